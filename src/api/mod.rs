@@ -1,0 +1,172 @@
+//! HTTP surface of the node: health, readiness and Prometheus metrics (later: webhooks and
+//! the REST API) on one axum router.
+//!
+//! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::call::Calls;
+use crate::store::Store;
+
+/// How long `/ready` waits for the store.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What `/ready` reports on: draining, and the listeners this node has bound.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+    listeners: Mutex<BTreeMap<&'static str, ListenerState>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum ListenerState {
+    Pending,
+    Bound { address: SocketAddr },
+}
+
+impl Readiness {
+    /// A node that expects the named listeners to be bound before it is ready.
+    pub fn new(expected: &[&'static str]) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            listeners: Mutex::new(
+                expected
+                    .iter()
+                    .map(|name| (*name, ListenerState::Pending))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Records that a listener is bound.
+    pub fn bound(&self, name: &'static str, address: SocketAddr) {
+        self.lock().insert(name, ListenerState::Bound { address });
+    }
+
+    /// From now on `/ready` answers 503.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, ListenerState>> {
+        self.listeners.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Everything the HTTP handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Readiness inputs.
+    pub readiness: Arc<Readiness>,
+    /// The database.
+    pub store: Store,
+    /// The call plane.
+    pub calls: Calls,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+}
+
+/// The node's HTTP router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    version: &'static str,
+}
+
+/// Liveness: the process answers.
+async fn health() -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "ok",
+        version: crate::telemetry::VERSION,
+    })
+}
+
+#[derive(Serialize)]
+struct ReadyBody {
+    status: &'static str,
+    draining: bool,
+    store: StoreCheck,
+    listeners: BTreeMap<&'static str, ListenerState>,
+    calls_active: usize,
+}
+
+#[derive(Serialize)]
+struct StoreCheck {
+    backend: &'static str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Readiness: 200 when the store answers and every listener is bound and the node is not
+/// draining; 503 otherwise, with the reason in the body.
+async fn ready(State(s): State<ApiState>) -> Response {
+    let draining = s.readiness.is_draining();
+    let ping = s.store.ping(STORE_PING_TIMEOUT).await;
+    let listeners = s.readiness.lock().clone();
+    let all_bound = listeners
+        .values()
+        .all(|l| matches!(l, ListenerState::Bound { .. }));
+    let ok = !draining && ping.is_ok() && all_bound;
+    let body = ReadyBody {
+        status: if draining {
+            "draining"
+        } else if ok {
+            "ready"
+        } else {
+            "not_ready"
+        },
+        draining,
+        store: StoreCheck {
+            backend: s.store.backend(),
+            ok: ping.is_ok(),
+            error: ping.err(),
+        },
+        listeners,
+        calls_active: s.calls.active(),
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.prometheus.render(),
+    )
+        .into_response()
+}

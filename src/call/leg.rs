@@ -1,0 +1,198 @@
+//! Signalling legs: the WhatsApp leg and the business (SIP) leg of a call.
+//!
+//! [`LegState`] is the sans-IO progress of one leg; [`LegActor`] holds it for a running call
+//! and reports every change to its call supervisor. The protocol drivers (Graph API for the
+//! WhatsApp leg, the B2BUA dialog for the SIP leg) deliver far-end events as
+//! [`LegSignal`]s; the supervisor tells a leg to answer or hang up. A leg never talks to
+//! another leg directly.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
+
+use super::supervisor::CallMsg;
+#[cfg(test)]
+use super::Fault;
+use super::LegRole;
+
+/// Progress of one signalling leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegState {
+    /// Created; the far end has been offered the call (or offered it to us).
+    Offered,
+    /// The far end is alerting (SIP 18x, WhatsApp ringing).
+    Ringing,
+    /// Answered (SIP 200 OK, WhatsApp accept).
+    Answered,
+    /// Over, for any reason.
+    Ended,
+}
+
+/// An event from the far end of a leg, as decoded by its protocol driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegSignal {
+    /// The far end is alerting.
+    Ringing,
+    /// The far end answered.
+    Answered,
+    /// The far end hung up, rejected or cancelled, with its cause.
+    HungUp {
+        /// End cause, e.g. `normal_clearing`, `busy`, `declined`, `cancelled`.
+        cause: String,
+    },
+}
+
+impl LegState {
+    /// The state after `signal`, or `None` when the signal changes nothing. Late and repeated
+    /// signals (a 180 after the 200, a retransmitted 200, a BYE crossing ours) are absorbed:
+    /// networks reorder and duplicate, and none of that may end a call.
+    pub fn on_signal(self, signal: &LegSignal) -> Option<LegState> {
+        use LegState::*;
+        match (self, signal) {
+            (Ended, _) => None,
+            (_, LegSignal::HungUp { .. }) => Some(Ended),
+            (Offered, LegSignal::Ringing) => Some(Ringing),
+            (Offered | Ringing, LegSignal::Answered) => Some(Answered),
+            (Ringing, LegSignal::Ringing) | (Answered, _) => None,
+        }
+    }
+}
+
+/// One signalling leg of a call. Spawned and supervised by the call supervisor.
+pub struct LegActor;
+
+/// What a leg starts with.
+pub struct LegArgs {
+    /// Which side of the call.
+    pub role: LegRole,
+    /// The leg's protocol id (Meta's call id, or the SIP Call-ID), when known.
+    pub leg_id: Option<String>,
+    /// The call supervisor to report to.
+    pub call: ActorRef<CallMsg>,
+    /// The call's span; the leg's span is its child.
+    pub span: tracing::Span,
+}
+
+/// Messages of [`LegActor`].
+#[derive(Debug)]
+pub enum LegMsg {
+    /// An event from the far end.
+    Remote(LegSignal),
+    /// The other side answered: answer this leg (WhatsApp `accept`, SIP 200 OK).
+    Answer,
+    /// End this leg from our side (BYE, CANCEL, `terminate`) with a cause; replies when done.
+    Hangup {
+        /// End cause sent to the far end.
+        cause: String,
+        /// Done.
+        reply: RpcReplyPort<()>,
+    },
+    /// Current state.
+    State(RpcReplyPort<LegState>),
+    /// Makes the leg fail (supervision tests).
+    #[cfg(test)]
+    Fault(Fault),
+}
+
+/// State of a running leg.
+pub struct Leg {
+    role: LegRole,
+    leg_id: Option<String>,
+    state: LegState,
+    call: ActorRef<CallMsg>,
+    span: tracing::Span,
+}
+
+impl Actor for LegActor {
+    type Msg = LegMsg;
+    type State = Leg;
+    type Arguments = LegArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: LegArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let span = tracing::debug_span!(parent: &args.span, "leg", role = args.role.as_str());
+        Ok(Leg {
+            role: args.role,
+            leg_id: args.leg_id,
+            state: LegState::Offered,
+            call: args.call,
+            span,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        leg: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = leg.span.clone();
+        async move {
+            match msg {
+                LegMsg::Remote(signal) => {
+                    if let Some(next) = leg.state.on_signal(&signal) {
+                        tracing::debug!(from = ?leg.state, to = ?next, ?signal, "leg changed");
+                        leg.state = next;
+                        let cause = match signal {
+                            LegSignal::HungUp { cause } => Some(cause),
+                            _ => None,
+                        };
+                        leg.call.send_message(CallMsg::LegChanged {
+                            role: leg.role,
+                            state: next,
+                            cause,
+                        })?;
+                    }
+                }
+                LegMsg::Answer => {
+                    if matches!(leg.state, LegState::Offered | LegState::Ringing) {
+                        leg.state = LegState::Answered;
+                    }
+                }
+                LegMsg::Hangup { cause, reply } => {
+                    if leg.state != LegState::Ended {
+                        tracing::debug!(%cause, leg_id = ?leg.leg_id, "hanging up leg");
+                        leg.state = LegState::Ended;
+                    }
+                    let _ = reply.send(());
+                }
+                LegMsg::State(reply) => {
+                    let _ = reply.send(leg.state);
+                }
+                #[cfg(test)]
+                LegMsg::Fault(fault) => return fault.trigger(leg.role.as_str()),
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reordered_and_repeated_signals_are_absorbed() {
+        use LegState::*;
+        let hung_up = LegSignal::HungUp {
+            cause: "normal_clearing".into(),
+        };
+        assert_eq!(Offered.on_signal(&LegSignal::Ringing), Some(Ringing));
+        assert_eq!(Ringing.on_signal(&LegSignal::Ringing), None);
+        assert_eq!(Ringing.on_signal(&LegSignal::Answered), Some(Answered));
+        assert_eq!(Offered.on_signal(&LegSignal::Answered), Some(Answered));
+        // A 180 overtaken by its 200, and a retransmitted 200.
+        assert_eq!(Answered.on_signal(&LegSignal::Ringing), None);
+        assert_eq!(Answered.on_signal(&LegSignal::Answered), None);
+        assert_eq!(Answered.on_signal(&hung_up), Some(Ended));
+        assert_eq!(Offered.on_signal(&hung_up), Some(Ended));
+        // Anything after the end (a BYE crossing ours).
+        assert_eq!(Ended.on_signal(&hung_up), None);
+        assert_eq!(Ended.on_signal(&LegSignal::Answered), None);
+    }
+}

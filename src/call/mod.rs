@@ -1,0 +1,408 @@
+//! Calls: one supervised actor tree per call, and the registry of live calls.
+//!
+//! `call` owns a call's life from the moment it is admitted to its CDR. Each call is a
+//! [`supervisor::CallSupervisor`] with children for the WhatsApp leg, the business (SIP) leg
+//! and media; one call failing never disturbs another. Ingress (webhooks, SIP, the REST API)
+//! talks to calls only through [`Calls`]. Media never flows through these actors.
+//!
+//! Failure semantics, decided once for every call:
+//! - a child that returns an error or panics ends *its* call: the other legs are told to hang
+//!   up, the remaining children are stopped (releasing their ports), the call leaves the
+//!   registry and exactly one CDR is written with the failure as its cause;
+//! - a call supervisor that itself dies is closed out by the root supervisor, which writes the
+//!   CDR from the registry entry; its children die with it;
+//! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
+
+pub mod leg;
+pub mod media;
+pub mod registry;
+pub mod root;
+pub mod supervisor;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorRef};
+use serde::Serialize;
+
+use crate::media::ports::PortAllocator;
+use crate::store::writer::CdrQueue;
+use crate::store::{CallOutcome, Cdr, Direction, HangupParty};
+use crate::telemetry;
+use leg::{LegSignal, LegState};
+use registry::{CallEntry, CallRegistry};
+use root::RootMsg;
+use supervisor::{CallArgs, CallMsg, CallSupervisor};
+
+/// How long a request to a call's actors may take before the call is reported unresponsive.
+pub const CALL_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The switch's id of a call: unique, opaque, stable from admission to CDR.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+impl CallId {
+    /// A new random id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CallId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for CallId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+/// The two signalling sides of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegRole {
+    /// The WhatsApp user's side (Meta).
+    WhatsApp,
+    /// The business's side (SIP trunk, agent, IVR).
+    Business,
+}
+
+impl LegRole {
+    /// Name used in logs and in `waswitch_actor_failures_total{actor}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegRole::WhatsApp => "wa_leg",
+            LegRole::Business => "sip_leg",
+        }
+    }
+
+    /// The party that hangs up when this leg's far end does.
+    pub fn party(self) -> HangupParty {
+        match self {
+            LegRole::WhatsApp => HangupParty::Customer,
+            LegRole::Business => HangupParty::Business,
+        }
+    }
+
+    /// The leg that is called in a call of `direction` (its answer answers the call).
+    pub fn called(direction: Direction) -> Self {
+        match direction {
+            Direction::UserInitiated => LegRole::Business,
+            Direction::BusinessInitiated => LegRole::WhatsApp,
+        }
+    }
+}
+
+/// A call as offered to the switch by an ingress.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallOffer {
+    /// Who is calling whom.
+    pub direction: Direction,
+    /// The business's WhatsApp number.
+    pub business_number: Option<String>,
+    /// The customer's WhatsApp id.
+    pub customer_wa_id: Option<String>,
+    /// Meta's call id, when Meta already assigned one.
+    pub wa_call_id: Option<String>,
+    /// SIP Call-ID of the business leg, when it already exists.
+    pub sip_call_id: Option<String>,
+    /// Trunk of the business leg.
+    pub trunk: Option<String>,
+}
+
+impl CallOffer {
+    /// An offer with only a direction (the rest unknown yet).
+    pub fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            business_number: None,
+            customer_wa_id: None,
+            wa_call_id: None,
+            sip_call_id: None,
+            trunk: None,
+        }
+    }
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallRefused {
+    /// The node is draining before shutdown; the ingress answers 503 so the caller retries
+    /// another node.
+    #[error("node is draining")]
+    Draining,
+    /// The call could not be set up (for example no free media port); a CDR was written.
+    #[error("call setup failed: {0}")]
+    Setup(String),
+}
+
+/// How a call ends, as decided by whoever ends it.
+#[derive(Debug, Clone)]
+pub struct CallEnd {
+    /// Which side ended it.
+    pub by: HangupParty,
+    /// End cause.
+    pub cause: String,
+    /// Which part of the switch failed, for failed calls.
+    pub failure: Option<String>,
+}
+
+/// A live call's view, for the REST API and operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSnapshot {
+    /// The call id.
+    pub call_id: CallId,
+    /// What was offered.
+    pub offer: CallOffer,
+    /// When it was offered (Unix ms).
+    pub offered_at: i64,
+    /// When the called party started ringing.
+    pub ringing_at: Option<i64>,
+    /// When the called party answered.
+    pub answered_at: Option<i64>,
+    /// The WhatsApp leg (`None`: not answering).
+    pub whatsapp_leg: Option<LegState>,
+    /// The business leg (`None`: not answering).
+    pub business_leg: Option<LegState>,
+    /// RTP ports (`None`: media not answering).
+    pub media: Option<media::MediaPorts>,
+}
+
+/// Makes a call's child fail, to exercise supervision.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The child panics.
+    Panic,
+    /// The child's handler returns an error.
+    Error,
+}
+
+#[cfg(test)]
+impl Fault {
+    fn trigger(self, actor: &str) -> Result<(), ractor::ActorProcessingErr> {
+        match self {
+            Fault::Panic => panic!("{actor}: panic injected by a test"),
+            Fault::Error => Err(format!("{actor}: error injected by a test").into()),
+        }
+    }
+}
+
+/// Current time as Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Builds the CDR of a call that has just left the registry and counts it in
+/// `waswitch_calls_total`.
+fn close_out(
+    node_id: &str,
+    id: &CallId,
+    entry: &CallEntry,
+    ringing_at: Option<i64>,
+    answered_at: Option<i64>,
+    end: CallEnd,
+) -> Cdr {
+    let ended_at = now_ms();
+    let outcome = if end.failure.is_some() {
+        CallOutcome::Failed
+    } else if answered_at.is_some() {
+        CallOutcome::Answered
+    } else {
+        CallOutcome::Unanswered
+    };
+    metrics::counter!(
+        telemetry::CALLS_TOTAL,
+        "direction" => entry.offer.direction.as_str(),
+        "outcome" => outcome.as_str()
+    )
+    .increment(1);
+    Cdr {
+        call_id: id.to_string(),
+        node_id: node_id.to_string(),
+        direction: entry.offer.direction,
+        business_number: entry.offer.business_number.clone(),
+        customer_wa_id: entry.offer.customer_wa_id.clone(),
+        wa_call_id: entry.offer.wa_call_id.clone(),
+        sip_call_id: entry.offer.sip_call_id.clone(),
+        trunk: entry.offer.trunk.clone(),
+        offered_at: entry.offered_at,
+        ringing_at,
+        answered_at,
+        ended_at,
+        duration_ms: answered_at.map_or(0, |a| (ended_at - a).max(0)),
+        outcome,
+        hangup_by: end.by,
+        end_cause: end.cause,
+        failure: end.failure,
+    }
+}
+
+/// The call plane of a node: admits calls, finds them, ends them. Cheap to clone.
+#[derive(Clone)]
+pub struct Calls {
+    inner: Arc<CallsInner>,
+}
+
+struct CallsInner {
+    registry: CallRegistry,
+    root: ActorRef<RootMsg>,
+    cdrs: CdrQueue,
+    ports: PortAllocator,
+    node_id: Arc<str>,
+}
+
+impl Calls {
+    /// The call plane over a running root supervisor.
+    pub fn new(
+        registry: CallRegistry,
+        root: ActorRef<RootMsg>,
+        cdrs: CdrQueue,
+        ports: PortAllocator,
+        node_id: &str,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CallsInner {
+                registry,
+                root,
+                cdrs,
+                ports,
+                node_id: Arc::from(node_id),
+            }),
+        }
+    }
+
+    /// Admits a call and starts its actor tree.
+    pub async fn start(&self, offer: CallOffer) -> Result<CallId, CallRefused> {
+        let inner = &self.inner;
+        if inner.registry.is_draining() {
+            metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "draining").increment(1);
+            return Err(CallRefused::Draining);
+        }
+        let id = CallId::new();
+        let args = CallArgs {
+            id: id.clone(),
+            offer,
+            offered_at: now_ms(),
+            registry: inner.registry.clone(),
+            cdrs: inner.cdrs.clone(),
+            ports: inner.ports.clone(),
+            node_id: Arc::clone(&inner.node_id),
+        };
+        match Actor::spawn_linked(None, CallSupervisor, args, inner.root.get_cell()).await {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "setup_failed")
+                    .increment(1);
+                Err(CallRefused::Setup(e.to_string()))
+            }
+        }
+    }
+
+    /// Delivers a far-end event to one leg of a call; false if the call is gone.
+    pub fn signal(&self, id: &CallId, role: LegRole, signal: LegSignal) -> bool {
+        match self.inner.registry.get(id) {
+            Some(call) => call.send_message(CallMsg::Signal { role, signal }).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends a call from outside (API, operator, shutdown); false if the call is gone.
+    pub async fn hangup(&self, id: &CallId, by: HangupParty, cause: &str) -> bool {
+        let Some(call) = self.inner.registry.get(id) else {
+            return false;
+        };
+        let cause = cause.to_string();
+        call.call(
+            |reply| CallMsg::Hangup {
+                by,
+                cause,
+                reply: Some(reply),
+            },
+            Some(CALL_RPC_TIMEOUT),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// A live call's view; `None` if it is gone or does not answer in time.
+    pub async fn snapshot(&self, id: &CallId) -> Option<CallSnapshot> {
+        let call = self.inner.registry.get(id)?;
+        match call.call(CallMsg::Snapshot, Some(CALL_RPC_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Ids of the live calls.
+    pub fn ids(&self) -> Vec<CallId> {
+        self.inner.registry.ids()
+    }
+
+    /// Number of live calls.
+    pub fn active(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Refuses new calls from now on; calls in progress continue.
+    pub fn begin_drain(&self) {
+        self.inner.registry.begin_drain();
+    }
+
+    /// The node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.registry.is_draining()
+    }
+
+    /// Waits until no call is left or `timeout` passes; true when none is left.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        self.inner.registry.wait_empty(timeout).await
+    }
+
+    /// Hangs up every live call with `cause` (the switch hangs up).
+    pub async fn hangup_all(&self, cause: &str) {
+        let calls = self.ids();
+        let hangups = calls
+            .iter()
+            .map(|id| self.hangup(id, HangupParty::Switch, cause));
+        futures::future::join_all(hangups).await;
+    }
+
+    /// The node's RTP port pool.
+    pub fn ports(&self) -> &PortAllocator {
+        &self.inner.ports
+    }
+
+    /// The CDR queue calls write to.
+    pub fn cdr_queue(&self) -> &CdrQueue {
+        &self.inner.cdrs
+    }
+
+    /// The root supervisor.
+    pub fn root(&self) -> &ActorRef<RootMsg> {
+        &self.inner.root
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! The registry of live calls: call id → the call's supervisor.
+//!
+//! Removing a call from the registry is the one act that closes it out: whoever removes the
+//! entry (the call supervisor when it ends, or the root supervisor when a call supervisor
+//! died) writes the call's CDR. A `DashMap` removal succeeds for exactly one caller, so a call
+//! gets exactly one CDR however it ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{ActorId, ActorRef};
+use tokio::sync::Notify;
+
+use super::supervisor::CallMsg;
+use super::{CallId, CallOffer};
+use crate::telemetry;
+
+/// A live call as the registry knows it: enough to write its CDR if its supervisor dies.
+#[derive(Debug, Clone)]
+pub struct CallEntry {
+    /// The call's supervisor.
+    pub actor: ActorRef<CallMsg>,
+    /// What was offered.
+    pub offer: CallOffer,
+    /// When the call reached the switch (Unix ms).
+    pub offered_at: i64,
+}
+
+/// Live calls of this node. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CallRegistry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: DashMap<CallId, CallEntry>,
+    by_actor: DashMap<ActorId, CallId>,
+    draining: AtomicBool,
+    changed: Notify,
+}
+
+impl CallRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a call.
+    pub fn insert(&self, id: CallId, entry: CallEntry) {
+        self.inner
+            .by_actor
+            .insert(entry.actor.get_id(), id.clone());
+        if self.inner.calls.insert(id, entry).is_none() {
+            metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Removes a call; `Some` for exactly one caller, who then owns writing its CDR.
+    pub fn remove(&self, id: &CallId) -> Option<CallEntry> {
+        let (_, entry) = self.inner.calls.remove(id)?;
+        self.inner.by_actor.remove(&entry.actor.get_id());
+        metrics::gauge!(telemetry::CALLS_ACTIVE).decrement(1.0);
+        self.inner.changed.notify_waiters();
+        Some(entry)
+    }
+
+    /// Removes the call whose supervisor is `actor`, if it is still registered.
+    pub fn remove_by_actor(&self, actor: ActorId) -> Option<(CallId, CallEntry)> {
+        let (_, id) = self.inner.by_actor.remove(&actor)?;
+        let entry = self.remove(&id)?;
+        Some((id, entry))
+    }
+
+    /// The supervisor of a live call.
+    pub fn get(&self, id: &CallId) -> Option<ActorRef<CallMsg>> {
+        self.inner.calls.get(id).map(|e| e.actor.clone())
+    }
+
+    /// Ids of every live call.
+    pub fn ids(&self) -> Vec<CallId> {
+        self.inner.calls.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Number of live calls.
+    pub fn len(&self) -> usize {
+        self.inner.calls.len()
+    }
+
+    /// No live call.
+    pub fn is_empty(&self) -> bool {
+        self.inner.calls.is_empty()
+    }
+
+    /// Refuse new calls from now on.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no call is left or `timeout` passes; true when empty.
+    pub async fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.changed.notified();
+            if self.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_empty();
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The per-call supervisor: owns one call's children and decides how the call ends.
+//!
+//! It registers the call, spawns the WhatsApp leg, the business leg and the media actor,
+//! coordinates them (the called leg's answer answers the calling leg; either leg hanging up
+//! hangs up the other), and on any end (hangup, a child failing, shutdown) tears the whole
+//! tree down and writes the CDR. It never touches the network or media itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::Instrument;
+
+use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
+use super::media::{MediaActor, MediaArgs, MediaMsg};
+use super::registry::{CallEntry, CallRegistry};
+#[cfg(test)]
+use super::Fault;
+use super::{close_out, now_ms, CallEnd, CallId, CallOffer, CallSnapshot, LegRole, CALL_RPC_TIMEOUT};
+use crate::media::ports::PortAllocator;
+use crate::store::writer::CdrQueue;
+use crate::store::HangupParty;
+use crate::telemetry;
+
+/// How long a stopping child may take before the call moves on without it.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Supervisor of one call.
+pub struct CallSupervisor;
+
+/// What a call starts with.
+pub struct CallArgs {
+    /// The call's id.
+    pub id: CallId,
+    /// What was offered.
+    pub offer: CallOffer,
+    /// When (Unix ms).
+    pub offered_at: i64,
+    /// Registry of live calls, where the call registers itself.
+    pub registry: CallRegistry,
+    /// Where the CDR goes.
+    pub cdrs: CdrQueue,
+    /// RTP port pool.
+    pub ports: PortAllocator,
+    /// This node, for the CDR.
+    pub node_id: Arc<str>,
+}
+
+/// Children of a call, as named in logs and in `waswitch_actor_failures_total{actor}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildRole {
+    /// A signalling leg.
+    Leg(LegRole),
+    /// The media actor.
+    Media,
+}
+
+impl ChildRole {
+    /// Metric and log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildRole::Leg(role) => role.as_str(),
+            ChildRole::Media => "media",
+        }
+    }
+}
+
+/// Messages of [`CallSupervisor`].
+#[derive(Debug)]
+pub enum CallMsg {
+    /// A leg changed state (sent by the leg).
+    LegChanged {
+        /// Which leg.
+        role: LegRole,
+        /// Its new state.
+        state: LegState,
+        /// The far end's cause, when the leg ended.
+        cause: Option<String>,
+    },
+    /// A far-end event for one leg (sent by protocol drivers).
+    Signal {
+        /// Which leg.
+        role: LegRole,
+        /// The event.
+        signal: LegSignal,
+    },
+    /// End the call from outside (API, operator, shutdown).
+    Hangup {
+        /// Who ends it.
+        by: HangupParty,
+        /// End cause.
+        cause: String,
+        /// Replies once the call is torn down.
+        reply: Option<RpcReplyPort<()>>,
+    },
+    /// The call's current view.
+    Snapshot(RpcReplyPort<CallSnapshot>),
+    /// Makes one child fail (supervision tests).
+    #[cfg(test)]
+    Fault {
+        /// Which child.
+        child: ChildRole,
+        /// How.
+        fault: Fault,
+    },
+}
+
+/// State of a running call.
+pub struct Call {
+    id: CallId,
+    offer: CallOffer,
+    offered_at: i64,
+    registry: CallRegistry,
+    cdrs: CdrQueue,
+    node_id: Arc<str>,
+    span: tracing::Span,
+    whatsapp: Option<ActorRef<LegMsg>>,
+    business: Option<ActorRef<LegMsg>>,
+    media: Option<ActorRef<MediaMsg>>,
+    children: Vec<(ActorId, ChildRole, ActorCell)>,
+    ringing_at: Option<i64>,
+    answered_at: Option<i64>,
+    ended: bool,
+}
+
+impl Actor for CallSupervisor {
+    type Msg = CallMsg;
+    type State = Call;
+    type Arguments = CallArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CallArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let span = tracing::info_span!(
+            "call",
+            call_id = %args.id,
+            direction = args.offer.direction.as_str()
+        );
+        args.registry.insert(
+            args.id.clone(),
+            CallEntry {
+                actor: myself.clone(),
+                offer: args.offer.clone(),
+                offered_at: args.offered_at,
+            },
+        );
+        let mut call = Call {
+            id: args.id,
+            offer: args.offer,
+            offered_at: args.offered_at,
+            registry: args.registry,
+            cdrs: args.cdrs,
+            node_id: args.node_id,
+            span,
+            whatsapp: None,
+            business: None,
+            media: None,
+            children: Vec::with_capacity(3),
+            ringing_at: None,
+            answered_at: None,
+            ended: false,
+        };
+        let span = call.span.clone();
+        match call.spawn_children(&myself, args.ports).instrument(span.clone()).await {
+            Ok(()) => {
+                tracing::info!(parent: &span, "call started");
+                Ok(call)
+            }
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "call setup failed");
+                call.stop_children().await;
+                call.finish(CallEnd {
+                    by: HangupParty::Switch,
+                    cause: "setup_failed".into(),
+                    failure: Some(format!("setup: {e}")),
+                })
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        call: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = call.span.clone();
+        call.on_message(&myself, msg).instrument(span).await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        call: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = call.span.clone();
+        call.on_child_event(&myself, event).instrument(span).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        call: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped from outside without ending first: still close the call out.
+        if !call.ended {
+            call.stop_children().await;
+            call.finish(CallEnd {
+                by: HangupParty::Switch,
+                cause: "supervisor_stopped".into(),
+                failure: None,
+            })
+            .await;
+        }
+        Ok(())
+    }
+}
+
+impl Call {
+    async fn spawn_children(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        ports: PortAllocator,
+    ) -> Result<(), ActorProcessingErr> {
+        let parent = myself.get_cell();
+        let (media, _) = Actor::spawn_linked(
+            None,
+            MediaActor,
+            MediaArgs {
+                ports,
+                span: self.span.clone(),
+            },
+            parent.clone(),
+        )
+        .await?;
+        self.children
+            .push((media.get_id(), ChildRole::Media, media.get_cell()));
+        self.media = Some(media);
+        for role in [LegRole::WhatsApp, LegRole::Business] {
+            let leg_id = match role {
+                LegRole::WhatsApp => self.offer.wa_call_id.clone(),
+                LegRole::Business => self.offer.sip_call_id.clone(),
+            };
+            let args = LegArgs {
+                role,
+                leg_id,
+                call: myself.clone(),
+                span: self.span.clone(),
+            };
+            let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent.clone()).await?;
+            self.children
+                .push((leg.get_id(), ChildRole::Leg(role), leg.get_cell()));
+            match role {
+                LegRole::WhatsApp => self.whatsapp = Some(leg),
+                LegRole::Business => self.business = Some(leg),
+            }
+        }
+        Ok(())
+    }
+
+    fn leg(&self, role: LegRole) -> Option<&ActorRef<LegMsg>> {
+        match role {
+            LegRole::WhatsApp => self.whatsapp.as_ref(),
+            LegRole::Business => self.business.as_ref(),
+        }
+    }
+
+    async fn on_message(&mut self, myself: &ActorRef<CallMsg>, msg: CallMsg) {
+        match msg {
+            CallMsg::LegChanged { role, state, cause } => {
+                self.on_leg_changed(myself, role, state, cause).await
+            }
+            CallMsg::Signal { role, signal } => {
+                if let Some(leg) = self.leg(role) {
+                    // A leg that is gone has already ended the call; nothing to deliver.
+                    let _ = leg.send_message(LegMsg::Remote(signal));
+                }
+            }
+            CallMsg::Hangup { by, cause, reply } => {
+                self.teardown(
+                    myself,
+                    None,
+                    CallEnd {
+                        by,
+                        cause,
+                        failure: None,
+                    },
+                )
+                .await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            CallMsg::Snapshot(reply) => {
+                let snapshot = self.snapshot().await;
+                let _ = reply.send(snapshot);
+            }
+            #[cfg(test)]
+            CallMsg::Fault { child, fault } => {
+                let _ = match child {
+                    ChildRole::Leg(role) => self
+                        .leg(role)
+                        .map(|leg| leg.send_message(LegMsg::Fault(fault)).is_ok()),
+                    ChildRole::Media => self
+                        .media
+                        .as_ref()
+                        .map(|m| m.send_message(MediaMsg::Fault(fault)).is_ok()),
+                };
+            }
+        }
+    }
+
+    async fn on_leg_changed(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        role: LegRole,
+        state: LegState,
+        cause: Option<String>,
+    ) {
+        let called = LegRole::called(self.offer.direction);
+        match state {
+            LegState::Ringing if role == called => {
+                self.ringing_at.get_or_insert_with(now_ms);
+            }
+            LegState::Answered if role == called && self.answered_at.is_none() => {
+                self.answered_at = Some(now_ms());
+                let calling = match called {
+                    LegRole::WhatsApp => LegRole::Business,
+                    LegRole::Business => LegRole::WhatsApp,
+                };
+                if let Some(leg) = self.leg(calling) {
+                    let _ = leg.send_message(LegMsg::Answer);
+                }
+                tracing::info!("call answered");
+            }
+            LegState::Ended => {
+                let end = CallEnd {
+                    by: role.party(),
+                    cause: cause.unwrap_or_else(|| "normal_clearing".into()),
+                    failure: None,
+                };
+                self.teardown(myself, Some(role), end).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_child_event(&mut self, myself: &ActorRef<CallMsg>, event: SupervisionEvent) {
+        if self.ended {
+            return;
+        }
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let failure = err.to_string();
+                (cell, Some(failure))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let why = reason.unwrap_or_else(|| "no reason given".into());
+                (cell, Some(format!("stopped unexpectedly ({why})")))
+            }
+            _ => return,
+        };
+        let Some(role) = self
+            .children
+            .iter()
+            .find(|(id, _, _)| *id == cell.get_id())
+            .map(|(_, role, _)| *role)
+        else {
+            return;
+        };
+        let failure = failure.unwrap_or_default();
+        let name = role.as_str();
+        metrics::counter!(telemetry::ACTOR_FAILURES_TOTAL, "actor" => name).increment(1);
+        tracing::error!(actor = name, error = %failure, "call child failed; ending the call");
+        self.children.retain(|(id, _, _)| *id != cell.get_id());
+        let failed_leg = match role {
+            ChildRole::Leg(r) => Some(r),
+            ChildRole::Media => None,
+        };
+        let end = CallEnd {
+            by: HangupParty::Switch,
+            cause: "internal_failure".into(),
+            failure: Some(format!("{name} failed: {failure}")),
+        };
+        self.teardown(myself, failed_leg, end).await;
+    }
+
+    /// Ends the call: hangs up every leg but `ended_leg` (which is already over), stops the
+    /// children, writes the CDR and stops the supervisor. Runs once.
+    async fn teardown(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        ended_leg: Option<LegRole>,
+        end: CallEnd,
+    ) {
+        if self.ended {
+            return;
+        }
+        for role in [LegRole::WhatsApp, LegRole::Business] {
+            if Some(role) == ended_leg {
+                continue;
+            }
+            if let Some(leg) = self.leg(role) {
+                let cause = end.cause.clone();
+                let hung_up = leg
+                    .call(
+                        |reply| LegMsg::Hangup { cause, reply },
+                        Some(CALL_RPC_TIMEOUT),
+                    )
+                    .await;
+                if !matches!(hung_up, Ok(ractor::rpc::CallResult::Success(()))) {
+                    tracing::warn!(leg = role.as_str(), "leg did not confirm hangup");
+                }
+            }
+        }
+        self.stop_children().await;
+        self.finish(end).await;
+        myself.stop(None);
+    }
+
+    async fn stop_children(&mut self) {
+        let stops = self.children.drain(..).map(|(_, _, cell)| async move {
+            cell.stop_and_wait(Some("call ended".into()), Some(CHILD_STOP_TIMEOUT))
+                .await
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Removes the call from the registry and writes its CDR, unless someone else already did.
+    async fn finish(&mut self, end: CallEnd) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some(entry) = self.registry.remove(&self.id) {
+            let cdr = close_out(
+                &self.node_id,
+                &self.id,
+                &entry,
+                self.ringing_at,
+                self.answered_at,
+                end,
+            );
+            tracing::info!(
+                outcome = cdr.outcome.as_str(),
+                cause = %cdr.end_cause,
+                hangup_by = cdr.hangup_by.as_str(),
+                failure = cdr.failure.as_deref().unwrap_or(""),
+                "call ended"
+            );
+            self.cdrs.submit(cdr).await;
+        }
+    }
+
+    async fn snapshot(&self) -> CallSnapshot {
+        async fn leg_state(leg: Option<&ActorRef<LegMsg>>) -> Option<LegState> {
+            match leg?.call(LegMsg::State, Some(CALL_RPC_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                _ => None,
+            }
+        }
+        let media = match &self.media {
+            Some(m) => match m.call(MediaMsg::Ports, Some(CALL_RPC_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(p)) => Some(p),
+                _ => None,
+            },
+            None => None,
+        };
+        CallSnapshot {
+            call_id: self.id.clone(),
+            offer: self.offer.clone(),
+            offered_at: self.offered_at,
+            ringing_at: self.ringing_at,
+            answered_at: self.answered_at,
+            whatsapp_leg: leg_state(self.whatsapp.as_ref()).await,
+            business_leg: leg_state(self.business.as_ref()).await,
+            media,
+        }
+    }
+}

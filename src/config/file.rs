@@ -1,0 +1,227 @@
+//! The configuration file as written: serde structs that mirror the TOML one to one.
+//!
+//! Values stay close to text here (addresses and URLs are strings) so that the typed layer in
+//! [`super`] can say precisely what is wrong with each and how to fix it. Unknown keys are
+//! refused, so a typo never silently falls back to a default.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub sip: SipSection,
+    #[serde(default)]
+    pub media: MediaSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub trunk: Vec<TrunkSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeSection {
+    #[serde(default = "default_node_id")]
+    pub id: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: default_node_id(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    "waswitch-1".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpSection {
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SipSection {
+    #[serde(default = "default_sip_listen")]
+    pub listen: String,
+    #[serde(default = "default_sip_transports")]
+    pub transports: Vec<String>,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        Self {
+            listen: default_sip_listen(),
+            transports: default_sip_transports(),
+        }
+    }
+}
+
+fn default_sip_listen() -> String {
+    "127.0.0.1:5060".to_string()
+}
+
+fn default_sip_transports() -> Vec<String> {
+    vec!["udp".to_string(), "tcp".to_string()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MediaSection {
+    #[serde(default = "default_media_ip")]
+    pub ip: String,
+    #[serde(default = "default_port_min")]
+    pub port_min: i64,
+    #[serde(default = "default_port_max")]
+    pub port_max: i64,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            ip: default_media_ip(),
+            port_min: default_port_min(),
+            port_max: default_port_max(),
+        }
+    }
+}
+
+fn default_media_ip() -> String {
+    "127.0.0.1".to_string()
+}
+
+fn default_port_min() -> i64 {
+    20000
+}
+
+fn default_port_max() -> i64 {
+    29999
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: i64,
+    #[serde(default = "default_cdr_batch_size")]
+    pub cdr_batch_size: i64,
+    #[serde(default = "default_cdr_flush_ms")]
+    pub cdr_flush_interval_ms: i64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+            max_connections: default_max_connections(),
+            cdr_batch_size: default_cdr_batch_size(),
+            cdr_flush_interval_ms: default_cdr_flush_ms(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/waswitch.db".to_string()
+}
+
+fn default_max_connections() -> i64 {
+    8
+}
+
+fn default_cdr_batch_size() -> i64 {
+    200
+}
+
+fn default_cdr_flush_ms() -> i64 {
+    250
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShutdownSection {
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: i64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            grace_secs: default_grace_secs(),
+        }
+    }
+}
+
+fn default_grace_secs() -> i64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogSection {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+fn default_log_format() -> String {
+    "text".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrunkSection {
+    pub name: String,
+    pub uri: String,
+    #[serde(default = "default_trunk_transport")]
+    pub transport: String,
+    #[serde(default)]
+    pub max_calls: Option<i64>,
+    #[serde(default)]
+    pub pstn: bool,
+}
+
+fn default_trunk_transport() -> String {
+    "udp".to_string()
+}

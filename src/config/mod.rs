@@ -1,0 +1,711 @@
+//! Typed configuration, validated once at startup.
+//!
+//! `config` owns turning `config/waswitch.toml` (plus `WASWITCH_*` environment overrides) into a
+//! [`Config`] whose values are already parsed: a socket address is a `SocketAddr`, a store URL
+//! is a [`StoreUrl`]. Every mistake is reported with the file, the key, what is wrong and how
+//! to fix it, and all mistakes are reported at once. Nothing here opens a socket or a file
+//! other than the configuration file itself.
+
+mod file;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::sip::uri::{SipUri, UriError};
+
+/// Default location of the configuration file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/waswitch.toml";
+
+/// Environment variables that override a configuration key, so several instances (tests, a
+/// cluster on one host) can run from one file.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WASWITCH_NODE_ID", "node.id"),
+    ("WASWITCH_HTTP_LISTEN", "http.listen"),
+    ("WASWITCH_SIP_LISTEN", "sip.listen"),
+    ("WASWITCH_MEDIA_IP", "media.ip"),
+    ("WASWITCH_MEDIA_PORTS", "media.port_min/media.port_max"),
+    ("WASWITCH_STORE_URL", "store.url"),
+    ("WASWITCH_SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),
+    ("WASWITCH_LOG_LEVEL", "log.level"),
+    ("WASWITCH_LOG_FORMAT", "log.format"),
+];
+
+/// The validated configuration of one switch node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from (for messages).
+    pub source: PathBuf,
+    /// Identity of this node in CDRs, logs and (later) the cluster.
+    pub node_id: String,
+    /// HTTP listener: webhooks, REST API, `/health`, `/ready`, `/metrics`.
+    pub http: HttpConfig,
+    /// SIP listener.
+    pub sip: SipConfig,
+    /// Media ports.
+    pub media: MediaConfig,
+    /// Database.
+    pub store: StoreConfig,
+    /// Draining on SIGTERM/SIGINT.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// SIP trunks toward PBXs, contact centers and SBCs, in file order.
+    pub trunks: Vec<SipTrunk>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+}
+
+/// SIP listener settings.
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    /// Address the SIP transports bind (the same port for UDP and TCP).
+    pub listen: SocketAddr,
+    /// Transports to listen on.
+    pub transports: Vec<Transport>,
+}
+
+/// SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+    /// SIP over TLS.
+    Tls,
+}
+
+impl Transport {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Some(Self::Udp),
+            "tcp" => Some(Self::Tcp),
+            "tls" => Some(Self::Tls),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as written in config and in `;transport=` parameters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+/// Media port range (RTP on even ports, RTCP on the next odd port or muxed).
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Address media sockets bind and advertise in SDP.
+    pub ip: IpAddr,
+    /// First port of the range (even).
+    pub port_min: u16,
+    /// Last port of the range.
+    pub port_max: u16,
+}
+
+/// Where the system of record lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// Embedded SQLite database file (or `:memory:`).
+    Sqlite(String),
+    /// PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{path}"),
+            // Never print a password that may be in the URL.
+            StoreUrl::Postgres(url) => match url.split_once('@') {
+                Some((_, host)) => write!(f, "postgres://…@{host}"),
+                None => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// SQLite or PostgreSQL.
+    pub url: StoreUrl,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Most CDRs written in one transaction.
+    pub cdr_batch_size: usize,
+    /// Longest a CDR waits in memory before it is written.
+    pub cdr_flush_interval: Duration,
+}
+
+/// Drain behaviour on SIGTERM/SIGINT.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long calls in progress may continue before they are hung up.
+    pub grace: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `info,waswitch::sip=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// A SIP trunk: a PBX, contact center or SBC the switch sends calls to.
+#[derive(Debug, Clone)]
+pub struct SipTrunk {
+    /// Unique name used in routes, CDRs and metrics.
+    pub name: String,
+    /// Where to send requests.
+    pub uri: SipUri,
+    /// Transport toward the trunk.
+    pub transport: Transport,
+    /// Most concurrent calls on this trunk (`None`: no limit).
+    pub max_calls: Option<u32>,
+    /// The trunk reaches the PSTN. WhatsApp calls are never routed to such a trunk.
+    pub pstn: bool,
+}
+
+/// One configuration mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `trunk[1].uri`, or the environment variable that set it.
+    pub key: String,
+    /// What is wrong with the value.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+/// Why a configuration could not be loaded. Displayed as one line per problem:
+/// `FILE: KEY: PROBLEM; FIX`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions).
+    #[error("{path}: cannot read: {source}; pass --config PATH or copy config/waswitch.toml", path = .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// One or more problems in the file or its environment overrides.
+    #[error("{}", render_problems(.path, .problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems found, empty for a read error.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}: {}; {}", path.display(), p.key, p.problem, p.fix))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates `path`, applying `WASWITCH_*` variables from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// Validates `text` as if read from `path`; `env` looks up override variables.
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let raw = parse_file(text).map_err(|p| invalid(vec![p]))?;
+        let mut v = Validator {
+            problems: Vec::new(),
+            origins: BTreeMap::new(),
+        };
+        let raw = v.apply_env(raw, &env);
+        let config = v.validate(path, raw);
+        match config {
+            Some(c) if v.problems.is_empty() => Ok(c),
+            _ => Err(invalid(v.problems)),
+        }
+    }
+}
+
+fn parse_file(text: &str) -> Result<file::ConfigFile, ConfigProblem> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let location = inner
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        let message = inner.message().trim().to_string();
+        let (key, fix) = if message.starts_with("unknown field") {
+            (path, "remove it or correct the spelling (see config/waswitch.toml for every key)")
+        } else if message.starts_with("missing field") {
+            (path, "add it; config/waswitch.toml shows an example")
+        } else if path == "." || path.is_empty() {
+            ("(syntax)".to_string(), "fix the TOML syntax at that line")
+        } else {
+            (path, "give it a value of the type config/waswitch.toml shows")
+        };
+        ConfigProblem {
+            key,
+            problem: format!("{message}{location}"),
+            fix: fix.to_string(),
+        }
+    })
+}
+
+struct Validator {
+    problems: Vec<ConfigProblem>,
+    /// Keys whose value came from an environment variable, for messages.
+    origins: BTreeMap<&'static str, &'static str>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, problem: impl Into<String>, fix: impl Into<String>) {
+        let key = match self.origins.get(key) {
+            Some(var) => format!("{key} (from {var})"),
+            None => key.to_string(),
+        };
+        self.problems.push(ConfigProblem {
+            key,
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn apply_env(
+        &mut self,
+        mut raw: file::ConfigFile,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> file::ConfigFile {
+        let mut take = |var: &'static str, key: &'static str| {
+            env(var).inspect(|_| {
+                self.origins.insert(key, var);
+            })
+        };
+        if let Some(v) = take("WASWITCH_NODE_ID", "node.id") {
+            raw.node.id = v;
+        }
+        if let Some(v) = take("WASWITCH_HTTP_LISTEN", "http.listen") {
+            raw.http.listen = v;
+        }
+        if let Some(v) = take("WASWITCH_SIP_LISTEN", "sip.listen") {
+            raw.sip.listen = v;
+        }
+        if let Some(v) = take("WASWITCH_MEDIA_IP", "media.ip") {
+            raw.media.ip = v;
+        }
+        if let Some(v) = take("WASWITCH_STORE_URL", "store.url") {
+            raw.store.url = v;
+        }
+        if let Some(v) = take("WASWITCH_LOG_LEVEL", "log.level") {
+            raw.log.level = v;
+        }
+        if let Some(v) = take("WASWITCH_LOG_FORMAT", "log.format") {
+            raw.log.format = v;
+        }
+        if let Some(v) = env("WASWITCH_SHUTDOWN_GRACE_SECS") {
+            self.origins
+                .insert("shutdown.grace_secs", "WASWITCH_SHUTDOWN_GRACE_SECS");
+            match v.trim().parse() {
+                Ok(n) => raw.shutdown.grace_secs = n,
+                Err(_) => self.problem(
+                    "shutdown.grace_secs",
+                    format!("{v:?} is not a whole number of seconds"),
+                    "set WASWITCH_SHUTDOWN_GRACE_SECS to e.g. 30",
+                ),
+            }
+        }
+        if let Some(v) = env("WASWITCH_MEDIA_PORTS") {
+            self.origins.insert("media.port_min", "WASWITCH_MEDIA_PORTS");
+            self.origins.insert("media.port_max", "WASWITCH_MEDIA_PORTS");
+            let parsed = v
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+            match parsed {
+                Some((min, max)) => {
+                    raw.media.port_min = min;
+                    raw.media.port_max = max;
+                }
+                None => self.problem(
+                    "media.port_min",
+                    format!("{v:?} is not a port range"),
+                    "set WASWITCH_MEDIA_PORTS to FIRST-LAST, e.g. 20000-29999",
+                ),
+            }
+        }
+        raw
+    }
+
+    fn validate(&mut self, path: &Path, raw: file::ConfigFile) -> Option<Config> {
+        let node_id = raw.node.id.trim().to_string();
+        if node_id.is_empty()
+            || !node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            self.problem(
+                "node.id",
+                format!("{:?} is not a node name", raw.node.id),
+                "use letters, digits, '-', '_' or '.', e.g. \"waswitch-1\"",
+            );
+        }
+
+        let http_listen = self.socket_addr("http.listen", &raw.http.listen, "127.0.0.1:8080");
+        let sip_listen = self.socket_addr("sip.listen", &raw.sip.listen, "127.0.0.1:5060");
+
+        let mut transports = Vec::new();
+        for (i, t) in raw.sip.transports.iter().enumerate() {
+            match Transport::parse(t) {
+                Some(t) if transports.contains(&t) => self.problem(
+                    &format!("sip.transports[{i}]"),
+                    format!("{:?} is listed twice", t.as_str()),
+                    "list each transport once",
+                ),
+                Some(t) => transports.push(t),
+                None => self.problem(
+                    &format!("sip.transports[{i}]"),
+                    format!("{t:?} is not a SIP transport"),
+                    "use \"udp\", \"tcp\" or \"tls\"",
+                ),
+            }
+        }
+        if raw.sip.transports.is_empty() {
+            self.problem(
+                "sip.transports",
+                "is empty: the switch could not receive SIP",
+                "list at least one of \"udp\", \"tcp\", \"tls\"",
+            );
+        }
+        if let (Some(h), Some(s)) = (http_listen, sip_listen) {
+            let sip_tcp = transports
+                .iter()
+                .any(|t| matches!(t, Transport::Tcp | Transport::Tls));
+            if sip_tcp && h.port() == s.port() && (h.ip() == s.ip() || h.ip().is_unspecified()) {
+                self.problem(
+                    "sip.listen",
+                    format!("{s} uses the same TCP port as http.listen ({h})"),
+                    "give SIP and HTTP different ports (SIP usually 5060, HTTP 8080)",
+                );
+            }
+        }
+
+        let media_ip = match raw.media.ip.trim().parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.problem(
+                    "media.ip",
+                    format!("{:?} is not an IP address", raw.media.ip),
+                    "use the address media is sent to, e.g. \"127.0.0.1\" or \"2001:db8::10\"",
+                );
+                None
+            }
+        };
+        let port_min = self.port("media.port_min", raw.media.port_min);
+        let port_max = self.port("media.port_max", raw.media.port_max);
+        if let (Some(min), Some(max)) = (port_min, port_max) {
+            if min % 2 != 0 {
+                self.problem(
+                    "media.port_min",
+                    format!("{min} is odd; RTP uses even ports"),
+                    format!("use {}", min.saturating_sub(1)),
+                );
+            }
+            if max <= min {
+                self.problem(
+                    "media.port_max",
+                    format!("{max} is not above media.port_min ({min})"),
+                    "give a range of at least two ports, e.g. 20000-29999",
+                );
+            } else if let Some(sip) = sip_listen {
+                if (min..=max).contains(&sip.port()) {
+                    self.problem(
+                        "media.port_min",
+                        format!(
+                            "the range {min}-{max} contains the SIP port {}",
+                            sip.port()
+                        ),
+                        "move the media range away from sip.listen",
+                    );
+                }
+            }
+        }
+
+        let store_url = self.store_url(&raw.store.url);
+        let max_connections =
+            self.bounded("store.max_connections", raw.store.max_connections, 1, 1000);
+        let cdr_batch_size =
+            self.bounded("store.cdr_batch_size", raw.store.cdr_batch_size, 1, 10_000);
+        let flush_ms = self.bounded(
+            "store.cdr_flush_interval_ms",
+            raw.store.cdr_flush_interval_ms,
+            1,
+            60_000,
+        );
+        let grace = self.bounded("shutdown.grace_secs", raw.shutdown.grace_secs, 0, 86_400);
+
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
+            self.problem(
+                "log.level",
+                format!("{:?} is not a log filter ({e})", raw.log.level),
+                "use error, warn, info, debug or trace, optionally with per-module \
+                 directives such as \"info,waswitch::sip=debug\"",
+            );
+        }
+        let log_format = match raw.log.format.to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                self.problem(
+                    "log.format",
+                    format!("{other:?} is not a log format"),
+                    "use \"text\" or \"json\"",
+                );
+                None
+            }
+        };
+
+        let trunks = self.trunks(&raw.trunk);
+
+        Some(Config {
+            source: path.to_path_buf(),
+            node_id,
+            http: HttpConfig {
+                listen: http_listen?,
+            },
+            sip: SipConfig {
+                listen: sip_listen?,
+                transports,
+            },
+            media: MediaConfig {
+                ip: media_ip?,
+                port_min: port_min?,
+                port_max: port_max?,
+            },
+            store: StoreConfig {
+                url: store_url?,
+                max_connections: max_connections? as u32,
+                cdr_batch_size: cdr_batch_size? as usize,
+                cdr_flush_interval: Duration::from_millis(flush_ms? as u64),
+            },
+            shutdown: ShutdownConfig {
+                grace: Duration::from_secs(grace? as u64),
+            },
+            log: LogConfig {
+                level: raw.log.level,
+                format: log_format?,
+            },
+            trunks,
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str, example: &str) -> Option<SocketAddr> {
+        match value.trim().parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                self.problem(
+                    key,
+                    format!("{value:?} has port 0"),
+                    format!("give a fixed port, e.g. \"{example}\""),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                let fix = if value.contains(':') || value.contains('.') {
+                    format!("write IP:PORT (IPv6 as [::1]:PORT), e.g. \"{example}\"; host names are not allowed")
+                } else {
+                    format!("write IP:PORT, e.g. \"{example}\"")
+                };
+                self.problem(key, format!("{value:?} is not an IP:port address"), fix);
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, key: &str, value: i64) -> Option<u16> {
+        match u16::try_from(value) {
+            Ok(p) if p >= 1024 => Some(p),
+            _ => {
+                self.problem(
+                    key,
+                    format!("{value} is not a usable UDP port"),
+                    "use a port between 1024 and 65535",
+                );
+                None
+            }
+        }
+    }
+
+    fn bounded(&mut self, key: &str, value: i64, min: i64, max: i64) -> Option<i64> {
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.problem(
+                key,
+                format!("{value} is out of range"),
+                format!("use a value from {min} to {max}"),
+            );
+            None
+        }
+    }
+
+    fn store_url(&mut self, url: &str) -> Option<StoreUrl> {
+        let url = url.trim();
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if rest.is_empty() {
+                self.problem(
+                    "store.url",
+                    "names no SQLite file",
+                    "write sqlite://PATH, e.g. \"sqlite://data/waswitch.db\"",
+                );
+                return None;
+            }
+            return Some(StoreUrl::Sqlite(rest.to_string()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return match url.parse::<sqlx::postgres::PgConnectOptions>() {
+                Ok(_) => Some(StoreUrl::Postgres(url.to_string())),
+                Err(e) => {
+                    self.problem(
+                        "store.url",
+                        format!("is not a valid PostgreSQL URL ({e})"),
+                        "write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                    );
+                    None
+                }
+            };
+        }
+        let shown = StoreUrl::Postgres(url.to_string()).to_string();
+        self.problem(
+            "store.url",
+            format!("{shown:?} is neither SQLite nor PostgreSQL"),
+            "use \"sqlite://data/waswitch.db\" (embedded) or \"postgres://user@host/db\" (cluster)",
+        );
+        None
+    }
+
+    fn trunks(&mut self, raw: &[file::TrunkSection]) -> Vec<SipTrunk> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let key = |field: &str| format!("trunk[{i}].{field}");
+            let name = t.name.trim().to_string();
+            if name.is_empty() {
+                self.problem(&key("name"), "is empty", "give every trunk a unique name");
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    &key("name"),
+                    format!("{name:?} is already used by another trunk"),
+                    "give every trunk a unique name",
+                );
+            }
+            let uri = match SipUri::parse(&t.uri) {
+                Ok(uri) => Some(uri),
+                Err(e) => {
+                    let fix = match e {
+                        UriError::Tel => "point the trunk at a SIP endpoint: sip:host[:port]",
+                        _ => "expected sip:host[:port] or sips:host[:port], e.g. \"sip:127.0.0.1:5070\"",
+                    };
+                    self.problem(&key("uri"), format!("{:?} {e}", t.uri), fix);
+                    None
+                }
+            };
+            let transport = Transport::parse(&t.transport);
+            if transport.is_none() {
+                self.problem(
+                    &key("transport"),
+                    format!("{:?} is not a SIP transport", t.transport),
+                    "use \"udp\", \"tcp\" or \"tls\"",
+                );
+            }
+            if let (Some(uri), Some(tr)) = (&uri, transport) {
+                if uri.scheme == crate::sip::uri::Scheme::Sips && tr != Transport::Tls {
+                    self.problem(
+                        &key("transport"),
+                        format!("is {:?} but the URI is sips:", tr.as_str()),
+                        "use transport = \"tls\" with a sips: URI",
+                    );
+                }
+            }
+            let max_calls = match t.max_calls {
+                None => None,
+                Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),
+                Some(n) => {
+                    self.problem(
+                        &key("max_calls"),
+                        format!("{n} is out of range"),
+                        "use 1 to 1000000, or leave it out for no limit",
+                    );
+                    None
+                }
+            };
+            if let (Some(uri), Some(transport)) = (uri, transport) {
+                out.push(SipTrunk {
+                    name,
+                    uri,
+                    transport,
+                    max_calls,
+                    pstn: t.pstn,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config/waswitch.toml");
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(Path::new("test.toml"), text, |_| None)
+}
+
+fn load_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(Path::new("test.toml"), text, |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+/// The single problem reported for `text`, or a failure naming what came back instead.
+fn one_problem(text: &str) -> ConfigProblem {
+    match load(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => {
+            let problems = e.problems();
+            assert_eq!(problems.len(), 1, "expected one problem, got: {e}");
+            problems[0].clone()
+        }
+    }
+}
+
+#[test]
+fn example_config_is_valid_and_matches_the_documented_defaults() {
+    let c = load(EXAMPLE).expect("config/waswitch.toml must be valid");
+    assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.sip.listen, "127.0.0.1:5060".parse().unwrap());
+    assert_eq!(c.sip.transports, vec![Transport::Udp, Transport::Tcp]);
+    assert_eq!((c.media.port_min, c.media.port_max), (20000, 29999));
+    assert_eq!(c.store.url, StoreUrl::Sqlite("data/waswitch.db".into()));
+    assert_eq!(c.shutdown.grace, Duration::from_secs(30));
+    // An empty file means "all defaults", and the defaults are the example's values.
+    let d = load("").unwrap();
+    assert_eq!(d.http.listen, c.http.listen);
+    assert_eq!(d.store.url, c.store.url);
+    assert_eq!(d.media.port_min, c.media.port_min);
+}
+
+#[test]
+fn environment_overrides_every_listener_and_the_store() {
+    let c = load_env(
+        EXAMPLE,
+        &[
+            ("WASWITCH_HTTP_LISTEN", "127.0.0.2:18080"),
+            ("WASWITCH_SIP_LISTEN", "[::1]:15060"),
+            ("WASWITCH_MEDIA_PORTS", "40000-40999"),
+            ("WASWITCH_STORE_URL", "postgres://postgres@127.0.0.1/test"),
+            ("WASWITCH_NODE_ID", "edge-b"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.http.listen, "127.0.0.2:18080".parse().unwrap());
+    assert_eq!(c.sip.listen, "[::1]:15060".parse().unwrap());
+    assert_eq!((c.media.port_min, c.media.port_max), (40000, 40999));
+    assert_eq!(
+        c.store.url,
+        StoreUrl::Postgres("postgres://postgres@127.0.0.1/test".into())
+    );
+    assert_eq!(c.node_id, "edge-b");
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let e = load_env(EXAMPLE, &[("WASWITCH_HTTP_LISTEN", "localhost:80")]).unwrap_err();
+    assert_eq!(e.problems().len(), 1);
+    assert_eq!(
+        e.problems()[0].key,
+        "http.listen (from WASWITCH_HTTP_LISTEN)"
+    );
+}
+
+#[test]
+fn syntax_error_gives_the_line() {
+    let p = one_problem("[http]\nlisten = \"127.0.0.1:8080\n");
+    assert_eq!(p.key, "(syntax)");
+    assert!(p.problem.contains("line 2"), "{p:?}");
+}
+
+#[test]
+fn misspelled_key_is_refused_with_its_path() {
+    let p = one_problem("[http]\nlisen = \"127.0.0.1:8080\"\n");
+    assert_eq!(p.key, "http.lisen");
+    assert!(p.problem.contains("unknown field"), "{p:?}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let p = one_problem("[media]\nport_min = \"20000\"\n");
+    assert_eq!(p.key, "media.port_min");
+    assert!(p.problem.contains("invalid type"), "{p:?}");
+}
+
+#[test]
+fn listen_address_must_be_ip_and_port() {
+    let p = one_problem("[http]\nlisten = \"localhost:8080\"\n");
+    assert_eq!(p.key, "http.listen");
+    assert!(p.fix.contains("IP:PORT"), "{p:?}");
+    let p = one_problem("[sip]\nlisten = \"5060\"\n");
+    assert_eq!(p.key, "sip.listen");
+}
+
+#[test]
+fn unknown_sip_transport_is_named_by_index() {
+    let p = one_problem("[sip]\ntransports = [\"udp\", \"sctp\"]\n");
+    assert_eq!(p.key, "sip.transports[1]");
+    assert!(p.problem.contains("sctp"), "{p:?}");
+}
+
+#[test]
+fn sip_and_http_cannot_share_a_tcp_port() {
+    let p = one_problem("[http]\nlisten = \"127.0.0.1:5060\"\n");
+    assert_eq!(p.key, "sip.listen");
+    assert!(p.problem.contains("same TCP port"), "{p:?}");
+}
+
+#[test]
+fn media_range_must_be_even_ordered_and_clear_of_sip() {
+    let p = one_problem("[media]\nport_min = 20001\n");
+    assert_eq!(p.key, "media.port_min");
+    assert!(p.problem.contains("odd"), "{p:?}");
+    let p = one_problem("[media]\nport_min = 30000\nport_max = 20000\n");
+    assert_eq!(p.key, "media.port_max");
+    let p = one_problem("[media]\nport_min = 5000\nport_max = 6000\n");
+    assert_eq!(p.key, "media.port_min");
+    assert!(p.problem.contains("SIP port 5060"), "{p:?}");
+    let p = one_problem("[media]\nport_max = 70000\n");
+    assert_eq!(p.key, "media.port_max");
+    let p = one_problem("[media]\nip = \"media.example.com\"\n");
+    assert_eq!(p.key, "media.ip");
+}
+
+#[test]
+fn store_url_must_be_sqlite_or_postgres() {
+    let p = one_problem("[store]\nurl = \"mysql://root:secret@db/waswitch\"\n");
+    assert_eq!(p.key, "store.url");
+    assert!(
+        !p.problem.contains("secret"),
+        "a password must never be printed: {p:?}"
+    );
+    let p = one_problem("[store]\nurl = \"sqlite://\"\n");
+    assert_eq!(p.key, "store.url");
+    let p = one_problem("[store]\ncdr_batch_size = 0\n");
+    assert_eq!(p.key, "store.cdr_batch_size");
+}
+
+#[test]
+fn trunk_uri_problems_name_the_trunk_index() {
+    let text = r#"
+[[trunk]]
+name = "pbx-a"
+uri = "sip:127.0.0.1:5070"
+
+[[trunk]]
+name = "pbx-b"
+uri = "sip:"
+"#;
+    let p = one_problem(text);
+    assert_eq!(p.key, "trunk[1].uri");
+    assert!(p.problem.contains("has no host"), "{p:?}");
+    assert!(p.fix.contains("sip:host[:port]"), "{p:?}");
+}
+
+#[test]
+fn tel_trunks_are_refused_because_whatsapp_never_reaches_the_pstn() {
+    let p = one_problem("[[trunk]]\nname = \"carrier\"\nuri = \"tel:+14155550100\"\n");
+    assert_eq!(p.key, "trunk[0].uri");
+    assert!(p.problem.contains("PSTN"), "{p:?}");
+}
+
+#[test]
+fn duplicate_trunk_names_and_bad_transports_are_refused() {
+    let text = r#"
+[[trunk]]
+name = "pbx"
+uri = "sip:127.0.0.1:5070"
+[[trunk]]
+name = "pbx"
+uri = "sips:pbx.example.com"
+transport = "udp"
+"#;
+    let e = load(text).unwrap_err();
+    let keys: Vec<_> = e.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["trunk[1].name", "trunk[1].transport"], "{e}");
+}
+
+#[test]
+fn missing_trunk_uri_is_reported() {
+    let p = one_problem("[[trunk]]\nname = \"pbx\"\n");
+    assert_eq!(p.key, "trunk[0]");
+    assert!(p.problem.contains("missing field `uri`"), "{p:?}");
+}
+
+#[test]
+fn log_settings_are_checked() {
+    let p = one_problem("[log]\nformat = \"xml\"\n");
+    assert_eq!(p.key, "log.format");
+    let p = one_problem("[log]\nlevel = \"loud[\"\n");
+    assert_eq!(p.key, "log.level");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_as_file_key_problem_fix() {
+    let text = "[http]\nlisten = \"nope\"\n[shutdown]\ngrace_secs = -1\n";
+    let e = load(text).unwrap_err();
+    let rendered = e.to_string();
+    let lines: Vec<_> = rendered.lines().collect();
+    assert_eq!(lines.len(), 2, "{rendered}");
+    assert!(lines[0].starts_with("test.toml: http.listen: \"nope\" is not an IP:port address; "));
+    assert!(lines[1].starts_with("test.toml: shutdown.grace_secs: -1 is out of range; "));
+}

@@ -1,0 +1,22 @@
+//! waswitch: a carrier-grade softswitch between WhatsApp Business Calling and the SIP voice
+//! systems businesses already run.
+//!
+//! Planes, from the leaves up (a module never imports one above it):
+//! - [`sip`]: sans-IO SIP (no sockets, no clock);
+//! - [`media`]: media-plane resources;
+//! - [`store`]: the system of record (SQLite or PostgreSQL) and the CDR writer;
+//! - [`call`]: one supervised actor tree per call, the registry, the root supervisor;
+//! - [`api`]: HTTP (health, readiness, metrics);
+//! - [`node`]: one running switch and its lifecycle;
+//! - [`config`] and [`telemetry`] serve all of them.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod api;
+pub mod call;
+pub mod config;
+pub mod media;
+pub mod node;
+pub mod sip;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,296 @@
+//! One running switch node: wires config, store, the call plane and the HTTP listener, and
+//! owns the drain-then-stop lifecycle.
+//!
+//! Start order: metrics, store (migrated), root supervisor (CDR writer, process sampler), HTTP
+//! listener. Stop order, on SIGTERM/SIGINT: `/ready` turns 503 and new calls are refused;
+//! calls in progress get the configured grace period, then are hung up; every CDR is flushed
+//! to the store (or, if the store is gone, spilled to a file so none is lost); the HTTP
+//! listener and the actors stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState, Readiness};
+use crate::call::registry::CallRegistry;
+use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
+use crate::call::{now_ms, Calls};
+use crate::config::Config;
+use crate::media::ports::PortAllocator;
+use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// CDRs held in memory before calls ending have to wait for the store.
+const CDR_QUEUE_CAPACITY: usize = 65_536;
+/// Calls still up when the grace period ends get this long to hang up.
+const HANGUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the final CDR flush may take.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a node could not start. Each names the configuration key to look at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The store could not be opened or migrated (check `store.url`).
+    #[error("store.url: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not bind (address in use, not local, no permission).
+    #[error("{key}: cannot listen on {address}: {source}")]
+    Bind {
+        /// The configuration key.
+        key: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An actor could not start.
+    #[error("cannot start {what}: {reason}")]
+    Actor {
+        /// Which actor.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the drain achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// Calls that were still up when the grace period ended and were hung up.
+    pub hung_up: usize,
+    /// CDRs written by the final flush.
+    pub cdrs_flushed: u64,
+    /// CDRs that could not be written to the store, and the file they were saved to.
+    pub cdrs_spilled: Option<(usize, PathBuf)>,
+}
+
+impl StopReport {
+    /// Every CDR reached the store.
+    pub fn clean(&self) -> bool {
+        self.cdrs_spilled.is_none()
+    }
+}
+
+/// A running node.
+pub struct Node {
+    config: Config,
+    store: Store,
+    calls: Calls,
+    readiness: Arc<Readiness>,
+    root: ActorRef<RootMsg>,
+    root_task: JoinHandle<()>,
+    http_addr: SocketAddr,
+    http_stop: oneshot::Sender<()>,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Starts every part of the node; returns once the HTTP listener is bound.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let prometheus = telemetry::install_metrics();
+        let readiness = Arc::new(Readiness::new(&["http"]));
+
+        let store = Store::open(&config.store).await?;
+        tracing::info!(store = %config.store.url, backend = store.backend(), "store open");
+
+        let registry = CallRegistry::new();
+        let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
+        let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+        let root_args = RootArgs {
+            registry: registry.clone(),
+            cdrs: cdrs.clone(),
+            writer: CdrWriterArgs {
+                store: store.clone(),
+                queue: cdrs.clone(),
+                batch_size: config.store.cdr_batch_size,
+                flush_interval: config.store.cdr_flush_interval,
+            },
+            node_id: Arc::clone(&node_id),
+        };
+        let (root, root_task) = Actor::spawn(None, RootSupervisor, root_args)
+            .await
+            .map_err(|e| StartError::Actor {
+                what: "root supervisor",
+                reason: e.to_string(),
+            })?;
+        let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
+        let calls = Calls::new(registry, root.clone(), cdrs, ports, &node_id);
+
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "http.listen",
+                address: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            key: "http.listen",
+            address: config.http.listen,
+            source,
+        })?;
+        let router = api::router(ApiState {
+            readiness: Arc::clone(&readiness),
+            store: store.clone(),
+            calls: calls.clone(),
+            prometheus,
+        });
+        let (http_stop, stop_rx) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        readiness.bound("http", http_addr);
+        tracing::info!(http = %http_addr, node = %node_id, version = telemetry::VERSION, "waswitch ready");
+
+        Ok(Node {
+            config,
+            store,
+            calls,
+            readiness,
+            root,
+            root_task,
+            http_addr,
+            http_stop,
+            http_task,
+        })
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The call plane.
+    pub fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Drains and stops the node: refuse new calls, give calls in progress the grace period,
+    /// hang up the rest, flush every CDR, stop listeners and actors.
+    pub async fn drain_and_stop(self) -> StopReport {
+        let grace = self.config.shutdown.grace;
+        self.readiness.begin_drain();
+        self.calls.begin_drain();
+        let active = self.calls.active();
+        tracing::info!(
+            calls = active,
+            grace_secs = grace.as_secs(),
+            "draining: new calls refused"
+        );
+
+        let mut hung_up = 0;
+        if !self.calls.wait_idle(grace).await {
+            hung_up = self.calls.active();
+            tracing::warn!(
+                calls = hung_up,
+                "grace period over; hanging up remaining calls"
+            );
+            self.calls.hangup_all("shutdown").await;
+            if !self.calls.wait_idle(HANGUP_TIMEOUT).await {
+                tracing::error!(
+                    calls = self.calls.active(),
+                    "calls did not end after hangup"
+                );
+            }
+        }
+
+        let (cdrs_flushed, flush_error) = match flush_cdrs(&self.root).await {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
+        let mut cdrs_spilled = None;
+        let queue = self.calls.cdr_queue().clone();
+        if flush_error.is_some() || queue.outstanding() > 0 {
+            let left = queue.take_all().await;
+            if !left.is_empty() {
+                let path = spill_path(&self.config.node_id);
+                match spill(&path, &left) {
+                    Ok(()) => {
+                        tracing::error!(
+                            cdrs = left.len(), path = %path.display(),
+                            error = flush_error.as_deref().unwrap_or("timeout"),
+                            "store unreachable at shutdown; CDRs saved to file"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(cdrs = left.len(), error = %e, "CDRs could not be saved");
+                    }
+                }
+                cdrs_spilled = Some((left.len(), path));
+            }
+        }
+
+        let _ = self.http_stop.send(());
+        match self.http_task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        self.root.stop(Some("node stopping".into()));
+        let _ = self.root_task.await;
+        self.store.close().await;
+        tracing::info!(cdrs_flushed, hung_up, "waswitch stopped");
+        StopReport {
+            hung_up,
+            cdrs_flushed,
+            cdrs_spilled,
+        }
+    }
+}
+
+/// Asks the current CDR writer to write everything queued. The writer may be restarting
+/// after a failure, so it is looked up again until the deadline.
+async fn flush_cdrs(root: &ActorRef<RootMsg>) -> Result<u64, String> {
+    let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+    loop {
+        let writer = match root
+            .call(RootMsg::CdrWriter, Some(Duration::from_secs(1)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(w)) => w,
+            _ => None,
+        };
+        if let Some(writer) = writer {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match writer.call(CdrWriterMsg::Flush, Some(remaining)).await {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("CDR writer did not finish in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spill_path(node_id: &str) -> PathBuf {
+    PathBuf::from(format!("cdr-unwritten-{node_id}-{}.jsonl", now_ms()))
+}
+
+/// Writes CDRs as JSON lines, for re-import once the store is back.
+fn spill(path: &std::path::Path, cdrs: &[crate::store::Cdr]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for cdr in cdrs {
+        serde_json::to_writer(&mut out, cdr)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    out.get_ref().sync_all()
+}

@@ -1,0 +1,6 @@
+//! SIP, sans-IO: message-level types and logic with no sockets and no clock.
+//!
+//! `sip` owns the SIP vocabulary of the switch. It never touches the network, a timer or an
+//! actor; the transport driver and the call layer feed it input and act on its output.
+
+pub mod uri;

@@ -1,0 +1,347 @@
+//! The CDR aggregate: one call detail record per call, and its repository.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// Who started the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A WhatsApp user called the business.
+    UserInitiated,
+    /// The business called a WhatsApp user (with the user's permission).
+    BusinessInitiated,
+}
+
+/// How a call ended, as counted in `waswitch_calls_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// The called party answered.
+    Answered,
+    /// The call ended before the called party answered (cancelled, rejected, no answer).
+    Unanswered,
+    /// A part of the switch failed and the call was torn down.
+    Failed,
+}
+
+/// Which side ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupParty {
+    /// The WhatsApp user.
+    Customer,
+    /// The business side (agent, PBX, trunk, API).
+    Business,
+    /// The switch itself (failure, shutdown, timeout).
+    Switch,
+}
+
+macro_rules! text_enum {
+    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored and exported spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(StoreError::Corrupt(format!(
+                        "{} {other:?} in the cdrs table", stringify!($ty)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(Direction { UserInitiated => "user_initiated", BusinessInitiated => "business_initiated" });
+text_enum!(CallOutcome { Answered => "answered", Unanswered => "unanswered", Failed => "failed" });
+text_enum!(HangupParty { Customer => "customer", Business => "business", Switch => "switch" });
+
+/// A call detail record. Times are Unix epoch milliseconds (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cdr {
+    /// The switch's id of the call (one CDR per call id).
+    pub call_id: String,
+    /// The node that carried the call.
+    pub node_id: String,
+    /// Who started the call.
+    pub direction: Direction,
+    /// The business's WhatsApp number (E.164 digits).
+    pub business_number: Option<String>,
+    /// The customer's WhatsApp id.
+    pub customer_wa_id: Option<String>,
+    /// Meta's id of the WhatsApp leg.
+    pub wa_call_id: Option<String>,
+    /// SIP Call-ID of the business leg.
+    pub sip_call_id: Option<String>,
+    /// Trunk the business leg used.
+    pub trunk: Option<String>,
+    /// When the call reached the switch.
+    pub offered_at: i64,
+    /// When the called party started ringing.
+    pub ringing_at: Option<i64>,
+    /// When the called party answered.
+    pub answered_at: Option<i64>,
+    /// When the call ended.
+    pub ended_at: i64,
+    /// Talk time: answer to end, 0 when unanswered.
+    pub duration_ms: i64,
+    /// How the call ended.
+    pub outcome: CallOutcome,
+    /// Which side ended it.
+    pub hangup_by: HangupParty,
+    /// The end cause (e.g. `normal_clearing`, `cancelled`, `shutdown`, `internal_failure`).
+    pub end_cause: String,
+    /// For failed calls: which part of the switch failed, and how.
+    pub failure: Option<String>,
+}
+
+/// Which CDRs to list. Results are newest first.
+#[derive(Debug, Clone, Default)]
+pub struct CdrFilter {
+    /// Only this direction.
+    pub direction: Option<Direction>,
+    /// Only this outcome.
+    pub outcome: Option<CallOutcome>,
+    /// Only calls of this business number.
+    pub business_number: Option<String>,
+    /// Only calls offered at or after this time.
+    pub since: Option<i64>,
+    /// Only calls offered before this time.
+    pub until: Option<i64>,
+    /// At most this many (0: 100).
+    pub limit: u32,
+    /// Skip this many.
+    pub offset: u32,
+}
+
+/// Storage of CDRs.
+pub trait CdrRepository {
+    /// Inserts CDRs in one transaction. A CDR whose call id is already stored is skipped, so
+    /// a batch retried after an uncertain failure never duplicates a record.
+    fn insert_batch(
+        &self,
+        cdrs: &[Cdr],
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send;
+    /// The CDR of one call.
+    fn get(
+        &self,
+        call_id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Cdr>, StoreError>> + Send;
+    /// CDRs matching `filter`, newest first.
+    fn list(
+        &self,
+        filter: &CdrFilter,
+    ) -> impl std::future::Future<Output = Result<Vec<Cdr>, StoreError>> + Send;
+    /// Number of CDRs matching `filter` (ignoring its limit and offset).
+    fn count(
+        &self,
+        filter: &CdrFilter,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send;
+}
+
+#[derive(sqlx::FromRow)]
+struct CdrRow {
+    call_id: String,
+    node_id: String,
+    direction: String,
+    business_number: Option<String>,
+    customer_wa_id: Option<String>,
+    wa_call_id: Option<String>,
+    sip_call_id: Option<String>,
+    trunk: Option<String>,
+    offered_at: i64,
+    ringing_at: Option<i64>,
+    answered_at: Option<i64>,
+    ended_at: i64,
+    duration_ms: i64,
+    outcome: String,
+    hangup_by: String,
+    end_cause: String,
+    failure: Option<String>,
+}
+
+impl TryFrom<CdrRow> for Cdr {
+    type Error = StoreError;
+
+    fn try_from(r: CdrRow) -> Result<Self, StoreError> {
+        Ok(Cdr {
+            call_id: r.call_id,
+            node_id: r.node_id,
+            direction: r.direction.parse()?,
+            business_number: r.business_number,
+            customer_wa_id: r.customer_wa_id,
+            wa_call_id: r.wa_call_id,
+            sip_call_id: r.sip_call_id,
+            trunk: r.trunk,
+            offered_at: r.offered_at,
+            ringing_at: r.ringing_at,
+            answered_at: r.answered_at,
+            ended_at: r.ended_at,
+            duration_ms: r.duration_ms,
+            outcome: r.outcome.parse()?,
+            hangup_by: r.hangup_by.parse()?,
+            end_cause: r.end_cause,
+            failure: r.failure,
+        })
+    }
+}
+
+const COLUMNS: &str = "call_id, node_id, direction, business_number, customer_wa_id, wa_call_id, \
+     sip_call_id, trunk, offered_at, ringing_at, answered_at, ended_at, duration_ms, outcome, \
+     hangup_by, end_cause, failure";
+
+/// The same SQL for both backends, instantiated per concrete database type so that no
+/// generic trait bounds leak into the rest of the crate.
+macro_rules! cdr_queries {
+    ($db:ty) => {
+        use sqlx::QueryBuilder;
+
+        use super::*;
+
+        pub(super) async fn insert_batch(
+            pool: &sqlx::Pool<$db>,
+            cdrs: &[Cdr],
+        ) -> Result<u64, StoreError> {
+            if cdrs.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            // SQLite allows 32766 bound values; 17 columns x 500 rows stays well below.
+            for chunk in cdrs.chunks(500) {
+                let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO cdrs ({COLUMNS}) "));
+                q.push_values(chunk, |mut b, c| {
+                    b.push_bind(c.call_id.clone())
+                        .push_bind(c.node_id.clone())
+                        .push_bind(c.direction.as_str())
+                        .push_bind(c.business_number.clone())
+                        .push_bind(c.customer_wa_id.clone())
+                        .push_bind(c.wa_call_id.clone())
+                        .push_bind(c.sip_call_id.clone())
+                        .push_bind(c.trunk.clone())
+                        .push_bind(c.offered_at)
+                        .push_bind(c.ringing_at)
+                        .push_bind(c.answered_at)
+                        .push_bind(c.ended_at)
+                        .push_bind(c.duration_ms)
+                        .push_bind(c.outcome.as_str())
+                        .push_bind(c.hangup_by.as_str())
+                        .push_bind(c.end_cause.clone())
+                        .push_bind(c.failure.clone());
+                });
+                q.push(" ON CONFLICT (call_id) DO NOTHING");
+                inserted += q.build().execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        }
+
+        pub(super) async fn get(
+            pool: &sqlx::Pool<$db>,
+            call_id: &str,
+        ) -> Result<Option<Cdr>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM cdrs WHERE call_id = "));
+            q.push_bind(call_id.to_string());
+            let row: Option<CdrRow> = q.build_query_as().fetch_optional(pool).await?;
+            row.map(Cdr::try_from).transpose()
+        }
+
+        fn push_filter(q: &mut QueryBuilder<'_, $db>, f: &CdrFilter) {
+            q.push(" WHERE 1 = 1");
+            if let Some(d) = f.direction {
+                q.push(" AND direction = ").push_bind(d.as_str());
+            }
+            if let Some(o) = f.outcome {
+                q.push(" AND outcome = ").push_bind(o.as_str());
+            }
+            if let Some(b) = &f.business_number {
+                q.push(" AND business_number = ").push_bind(b.clone());
+            }
+            if let Some(t) = f.since {
+                q.push(" AND offered_at >= ").push_bind(t);
+            }
+            if let Some(t) = f.until {
+                q.push(" AND offered_at < ").push_bind(t);
+            }
+        }
+
+        pub(super) async fn list(
+            pool: &sqlx::Pool<$db>,
+            f: &CdrFilter,
+        ) -> Result<Vec<Cdr>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM cdrs"));
+            push_filter(&mut q, f);
+            let limit = if f.limit == 0 { 100 } else { f.limit.min(10_000) };
+            q.push(" ORDER BY offered_at DESC, call_id DESC LIMIT ")
+                .push_bind(i64::from(limit))
+                .push(" OFFSET ")
+                .push_bind(i64::from(f.offset));
+            let rows: Vec<CdrRow> = q.build_query_as().fetch_all(pool).await?;
+            rows.into_iter().map(Cdr::try_from).collect()
+        }
+
+        pub(super) async fn count(
+            pool: &sqlx::Pool<$db>,
+            f: &CdrFilter,
+        ) -> Result<u64, StoreError> {
+            let mut q = QueryBuilder::<$db>::new("SELECT COUNT(*) FROM cdrs");
+            push_filter(&mut q, f);
+            let (n,): (i64,) = q.build_query_as().fetch_one(pool).await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        }
+    };
+}
+
+mod sqlite {
+    cdr_queries!(sqlx::Sqlite);
+}
+
+mod postgres {
+    cdr_queries!(sqlx::Postgres);
+}
+
+impl CdrRepository for Store {
+    async fn insert_batch(&self, cdrs: &[Cdr]) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::insert_batch(p, cdrs).await,
+            Store::Postgres(p) => postgres::insert_batch(p, cdrs).await,
+        }
+    }
+
+    async fn get(&self, call_id: &str) -> Result<Option<Cdr>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::get(p, call_id).await,
+            Store::Postgres(p) => postgres::get(p, call_id).await,
+        }
+    }
+
+    async fn list(&self, filter: &CdrFilter) -> Result<Vec<Cdr>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::list(p, filter).await,
+            Store::Postgres(p) => postgres::list(p, filter).await,
+        }
+    }
+
+    async fn count(&self, filter: &CdrFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::count(p, filter).await,
+            Store::Postgres(p) => postgres::count(p, filter).await,
+        }
+    }
+}
