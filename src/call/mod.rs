@@ -402,6 +402,11 @@ impl Calls {
     pub fn root(&self) -> &ActorRef<RootMsg> {
         &self.inner.root
     }
+
+    /// The registry of live calls.
+    pub fn registry(&self) -> &CallRegistry {
+        &self.inner.registry
+    }
 }
 
 #[cfg(test)]

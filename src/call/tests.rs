@@ -1,1 +1,469 @@
+//! Call-plane behaviour on a real node (SQLite store in a temp dir, real actors).
 
+use std::path::Path;
+use std::time::Duration;
+
+use super::leg::{LegSignal, LegState};
+use super::root::{RootMsg, Service};
+use super::supervisor::{CallMsg, ChildRole};
+use super::{CallId, CallOffer, CallRefused, Calls, Fault, LegRole};
+use crate::config::{Config, StoreUrl};
+use crate::node::Node;
+use crate::store::writer::CdrWriterMsg;
+use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty};
+use crate::telemetry;
+
+async fn test_node(dir: &Path, grace: Duration) -> Node {
+    let mut config = Config::from_toml(Path::new("test.toml"), "", |_| None).expect("defaults");
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.store.url = StoreUrl::Sqlite(dir.join("calls.db").to_string_lossy().into_owned());
+    config.store.cdr_flush_interval = Duration::from_millis(20);
+    config.shutdown.grace = grace;
+    Node::start(config).await.expect("node starts")
+}
+
+fn offer(direction: Direction) -> CallOffer {
+    CallOffer {
+        business_number: Some("15550001111".into()),
+        customer_wa_id: Some("4915112345678".into()),
+        ..CallOffer::new(direction)
+    }
+}
+
+/// Sum of a metric's series whose label set contains `label` (or all, if empty).
+fn metric(name: &str, label: &str) -> f64 {
+    telemetry::install_metrics()
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            (*series == name || series.starts_with(&format!("{name}{{")))
+                && series.contains(label)
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn flush(calls: &Calls) -> u64 {
+    let writer = calls
+        .root()
+        .call(RootMsg::CdrWriter, Some(Duration::from_secs(5)))
+        .await
+        .expect("root answers")
+        .unwrap()
+        .expect("writer running");
+    writer
+        .call(CdrWriterMsg::Flush, Some(Duration::from_secs(30)))
+        .await
+        .expect("writer answers")
+        .unwrap()
+        .expect("flush succeeds")
+}
+
+async fn answer(calls: &Calls, id: &CallId, called: LegRole) {
+    assert!(calls.signal(id, called, LegSignal::Ringing));
+    assert!(calls.signal(id, called, LegSignal::Answered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
+    const CALLS: usize = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node(dir.path(), Duration::from_secs(1)).await;
+    let calls = node.calls().clone();
+    let failures_before = metric(telemetry::ACTOR_FAILURES_TOTAL, "");
+
+    let starts = (0..CALLS).map(|i| {
+        let calls = calls.clone();
+        async move {
+            let direction = if i % 2 == 0 {
+                Direction::UserInitiated
+            } else {
+                Direction::BusinessInitiated
+            };
+            let id = calls.start(offer(direction)).await.expect("call admitted");
+            answer(&calls, &id, LegRole::called(direction)).await;
+            (id, direction)
+        }
+    });
+    let ids: Vec<(CallId, Direction)> = futures::future::join_all(starts).await;
+    assert_eq!(calls.active(), CALLS);
+    assert_eq!(metric(telemetry::CALLS_ACTIVE, ""), CALLS as f64);
+    assert_eq!(calls.ports().in_use(), 2 * CALLS);
+
+    // 20 panics and 20 errors, spread over every kind of child.
+    let children = [
+        ChildRole::Leg(LegRole::WhatsApp),
+        ChildRole::Leg(LegRole::Business),
+        ChildRole::Media,
+    ];
+    let mut failed = Vec::new();
+    for k in 0..40 {
+        let (id, _) = &ids[k * 47 + 3];
+        let fault = if k < 20 { Fault::Panic } else { Fault::Error };
+        let child = children[k % 3];
+        let supervisor = calls.registry().get(id).expect("live call");
+        supervisor
+            .send_message(CallMsg::Fault { child, fault })
+            .expect("supervisor takes messages");
+        failed.push(id.clone());
+    }
+    wait_until("40 failed calls to close", Duration::from_secs(30), || {
+        calls.active() == CALLS - 40
+    })
+    .await;
+
+    // Every other call still answers, through its supervisor, both legs and media.
+    let survivors: Vec<_> = ids
+        .iter()
+        .filter(|(id, _)| !failed.contains(id))
+        .collect();
+    assert_eq!(survivors.len(), CALLS - 40);
+    let snaps = futures::future::join_all(survivors.iter().map(|(id, _)| calls.snapshot(id))).await;
+    for (snap, (id, _)) in snaps.iter().zip(&survivors) {
+        let snap = snap.as_ref().unwrap_or_else(|| panic!("call {id} stopped answering"));
+        assert_eq!(snap.whatsapp_leg, Some(LegState::Answered), "{id}");
+        assert_eq!(snap.business_leg, Some(LegState::Answered), "{id}");
+        assert!(snap.media.is_some(), "{id}");
+        assert!(snap.answered_at.is_some(), "{id}");
+    }
+    let failures = metric(telemetry::ACTOR_FAILURES_TOTAL, "") - failures_before;
+    assert_eq!(failures, 40.0, "waswitch_actor_failures_total");
+    // Failed calls release their ports (a child's state is dropped as it stops).
+    wait_until("failed calls' ports to return", Duration::from_secs(10), || {
+        calls.ports().in_use() == 2 * (CALLS - 40)
+    })
+    .await;
+
+    // The rest hang up: half by the customer, half by the business, a few by the API.
+    for (n, (id, _)) in survivors.iter().enumerate() {
+        match n % 3 {
+            0 => assert!(calls.signal(
+                id,
+                LegRole::WhatsApp,
+                LegSignal::HungUp {
+                    cause: "normal_clearing".into()
+                }
+            )),
+            1 => assert!(calls.signal(
+                id,
+                LegRole::Business,
+                LegSignal::HungUp {
+                    cause: "normal_clearing".into()
+                }
+            )),
+            _ => assert!(calls.hangup(id, HangupParty::Business, "api_hangup").await),
+        }
+    }
+    assert!(calls.wait_idle(Duration::from_secs(30)).await, "calls left");
+    assert_eq!(calls.registry().len(), 0);
+    assert_eq!(metric(telemetry::CALLS_ACTIVE, ""), 0.0);
+    wait_until("every port to return", Duration::from_secs(10), || {
+        calls.ports().in_use() == 0
+    })
+    .await;
+
+    flush(&calls).await;
+    let store = node.store().clone();
+    let all = CdrFilter {
+        limit: 10_000,
+        ..CdrFilter::default()
+    };
+    assert_eq!(store.count(&all).await.expect("count"), CALLS as u64);
+    let failed_filter = CdrFilter {
+        outcome: Some(CallOutcome::Failed),
+        limit: 10_000,
+        ..CdrFilter::default()
+    };
+    let failed_cdrs = store.list(&failed_filter).await.expect("list");
+    assert_eq!(failed_cdrs.len(), 40);
+    let mut panicked = 0;
+    for cdr in &failed_cdrs {
+        assert!(failed.iter().any(|id| id.as_str() == cdr.call_id));
+        let failure = cdr.failure.as_deref().expect("failure cause");
+        assert!(
+            ["wa_leg failed", "sip_leg failed", "media failed"]
+                .iter()
+                .any(|p| failure.starts_with(p)),
+            "{failure}"
+        );
+        panicked += usize::from(failure.contains("panic injected"));
+        assert_eq!(cdr.hangup_by, HangupParty::Switch);
+        assert_eq!(cdr.end_cause, "internal_failure");
+    }
+    assert_eq!(panicked, 20);
+    let answered = CdrFilter {
+        outcome: Some(CallOutcome::Answered),
+        limit: 10_000,
+        ..CdrFilter::default()
+    };
+    let answered = store.list(&answered).await.expect("list");
+    assert_eq!(answered.len(), CALLS - 40);
+    assert!(answered.iter().all(|c| c.failure.is_none() && c.answered_at.is_some()));
+    assert_eq!(
+        answered
+            .iter()
+            .filter(|c| c.hangup_by == HangupParty::Customer)
+            .count(),
+        survivors.len().div_ceil(3)
+    );
+
+    let report = node.drain_and_stop().await;
+    assert!(report.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node(dir.path(), Duration::from_secs(1)).await;
+    let calls = node.calls().clone();
+
+    // Customer calls the business; the agent rings, answers, the customer hangs up.
+    let id = calls
+        .start(offer(Direction::UserInitiated))
+        .await
+        .expect("admitted");
+    let snap = calls.snapshot(&id).await.expect("snapshot");
+    assert_eq!(snap.whatsapp_leg, Some(LegState::Offered));
+    calls.signal(&id, LegRole::Business, LegSignal::Ringing);
+    calls.signal(&id, LegRole::Business, LegSignal::Answered);
+    // A 180 overtaken by its 200 does nothing.
+    calls.signal(&id, LegRole::Business, LegSignal::Ringing);
+    let mut snap = calls.snapshot(&id).await.expect("snapshot");
+    for _ in 0..100 {
+        if snap.whatsapp_leg == Some(LegState::Answered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        snap = calls.snapshot(&id).await.expect("snapshot");
+    }
+    assert_eq!(snap.whatsapp_leg, Some(LegState::Answered), "WA leg answered when the agent did");
+    assert_eq!(snap.business_leg, Some(LegState::Answered));
+    assert!(snap.ringing_at.is_some() && snap.answered_at >= snap.ringing_at);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    calls.signal(
+        &id,
+        LegRole::WhatsApp,
+        LegSignal::HungUp {
+            cause: "normal_clearing".into(),
+        },
+    );
+    assert!(calls.wait_idle(Duration::from_secs(5)).await);
+
+    // Business calls a customer who declines.
+    let declined = calls
+        .start(offer(Direction::BusinessInitiated))
+        .await
+        .expect("admitted");
+    calls.signal(&declined, LegRole::WhatsApp, LegSignal::Ringing);
+    calls.signal(
+        &declined,
+        LegRole::WhatsApp,
+        LegSignal::HungUp {
+            cause: "declined".into(),
+        },
+    );
+    assert!(calls.wait_idle(Duration::from_secs(5)).await);
+    assert!(!calls.signal(&declined, LegRole::WhatsApp, LegSignal::Answered));
+
+    flush(&calls).await;
+    let cdr = node.store().get(id.as_str()).await.expect("query").expect("cdr");
+    assert_eq!(cdr.outcome, CallOutcome::Answered);
+    assert_eq!(cdr.hangup_by, HangupParty::Customer);
+    assert_eq!(cdr.end_cause, "normal_clearing");
+    assert_eq!(cdr.business_number.as_deref(), Some("15550001111"));
+    assert!(cdr.duration_ms >= 30, "talk time {}", cdr.duration_ms);
+    assert!(cdr.offered_at <= cdr.ringing_at.unwrap());
+    assert!(cdr.answered_at.unwrap() <= cdr.ended_at);
+    let cdr = node
+        .store()
+        .get(declined.as_str())
+        .await
+        .expect("query")
+        .expect("cdr");
+    assert_eq!(cdr.outcome, CallOutcome::Unanswered);
+    assert_eq!(cdr.hangup_by, HangupParty::Customer);
+    assert_eq!(cdr.end_cause, "declined");
+    assert_eq!(cdr.duration_ms, 0);
+    assert!(node.drain_and_stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_call_supervisor_is_closed_out_by_the_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node(dir.path(), Duration::from_secs(1)).await;
+    let calls = node.calls().clone();
+    let other = calls
+        .start(offer(Direction::UserInitiated))
+        .await
+        .expect("admitted");
+    let id = calls
+        .start(offer(Direction::UserInitiated))
+        .await
+        .expect("admitted");
+    let supervisor = calls.registry().get(&id).expect("live");
+    // Killed from outside: post_stop does not run, children die with it.
+    supervisor.kill();
+    wait_until("the root to close the call", Duration::from_secs(5), || {
+        calls.active() == 1
+    })
+    .await;
+    assert!(calls.snapshot(&other).await.is_some(), "other call unaffected");
+    wait_until("ports released", Duration::from_secs(5), || {
+        calls.ports().in_use() == 2
+    })
+    .await;
+    flush(&calls).await;
+    let cdr = node.store().get(id.as_str()).await.expect("query").expect("cdr");
+    assert_eq!(cdr.outcome, CallOutcome::Failed);
+    assert!(
+        cdr.failure
+            .as_deref()
+            .is_some_and(|f| f.starts_with("call_supervisor")),
+        "{cdr:?}"
+    );
+    assert!(calls.hangup(&other, HangupParty::Customer, "normal_clearing").await);
+    assert!(node.drain_and_stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_cdr_writer_is_restarted_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node(dir.path(), Duration::from_secs(1)).await;
+    let calls = node.calls().clone();
+    let writer = calls
+        .root()
+        .call(RootMsg::CdrWriter, Some(Duration::from_secs(5)))
+        .await
+        .expect("root answers")
+        .unwrap()
+        .expect("writer");
+    writer.send_message(CdrWriterMsg::Crash).expect("send");
+    // Calls end while the writer is down.
+    for _ in 0..25 {
+        let id = calls
+            .start(offer(Direction::UserInitiated))
+            .await
+            .expect("admitted");
+        assert!(calls.hangup(&id, HangupParty::Business, "api_hangup").await);
+    }
+    let restarted = || async {
+        let r = calls
+            .root()
+            .call(RootMsg::Restarts, Some(Duration::from_secs(5)))
+            .await
+            .expect("root")
+            .unwrap();
+        r.iter()
+            .find(|(s, _)| *s == Service::CdrWriter)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while restarted().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "writer not restarted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flush(&calls).await;
+    let n = node
+        .store()
+        .count(&CdrFilter::default())
+        .await
+        .expect("count");
+    assert_eq!(n, 25);
+    assert!(node.drain_and_stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node(dir.path(), Duration::from_millis(300)).await;
+    let calls = node.calls().clone();
+    let store = node.store().clone();
+    let http = node.http_addr();
+    let id = calls
+        .start(offer(Direction::UserInitiated))
+        .await
+        .expect("admitted");
+    answer(&calls, &id, LegRole::Business).await;
+
+    let ready = || async {
+        reqwest::get(format!("http://{http}/ready"))
+            .await
+            .expect("http")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    let stopping = tokio::spawn(node.drain_and_stop());
+    wait_until("drain to start", Duration::from_secs(5), || calls.is_draining()).await;
+    assert_eq!(ready().await, 503);
+    assert_eq!(
+        calls.start(offer(Direction::UserInitiated)).await,
+        Err(CallRefused::Draining)
+    );
+    let report = stopping.await.expect("drain task");
+    assert_eq!(report.hung_up, 1);
+    assert!(report.clean());
+    assert_eq!(calls.active(), 0);
+    // The store was closed by the node; reopen it to read what was flushed.
+    let reopened = crate::store::Store::open(&crate::config::StoreConfig {
+        url: StoreUrl::Sqlite(dir.path().join("calls.db").to_string_lossy().into_owned()),
+        max_connections: 1,
+        cdr_batch_size: 10,
+        cdr_flush_interval: Duration::from_millis(10),
+    })
+    .await
+    .expect("reopen");
+    drop(store);
+    let cdr = reopened.get(id.as_str()).await.expect("query").expect("cdr flushed at stop");
+    assert_eq!(cdr.end_cause, "shutdown");
+    assert_eq!(cdr.hangup_by, HangupParty::Switch);
+    assert_eq!(cdr.outcome, CallOutcome::Answered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_free_media_port_refuses_the_call_with_a_cdr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::from_toml(Path::new("test.toml"), "", |_| None).expect("defaults");
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.store.url = StoreUrl::Sqlite(dir.path().join("p.db").to_string_lossy().into_owned());
+    config.media.port_min = 30000;
+    config.media.port_max = 30004; // two port pairs: one call
+    config.shutdown.grace = Duration::from_millis(50);
+    let node = Node::start(config).await.expect("start");
+    let calls = node.calls().clone();
+    let first = calls.start(offer(Direction::UserInitiated)).await;
+    assert!(first.is_ok());
+    let second = calls.start(offer(Direction::UserInitiated)).await;
+    assert!(
+        matches!(&second, Err(CallRefused::Setup(e)) if e.contains("no free RTP port")),
+        "{second:?}"
+    );
+    assert_eq!(calls.active(), 1);
+    assert_eq!(calls.ports().in_use(), 2);
+    flush(&calls).await;
+    let failed = node
+        .store()
+        .list(&CdrFilter {
+            outcome: Some(CallOutcome::Failed),
+            ..CdrFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].end_cause, "setup_failed");
+    assert!(node.drain_and_stop().await.clean());
+}

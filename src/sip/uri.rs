@@ -78,7 +78,11 @@ impl SipUri {
     /// Parses a URI such as `sip:pbx.example.com:5061;transport=tls`.
     pub fn parse(input: &str) -> Result<Self, UriError> {
         let input = input.trim();
-        let lower_scheme = input.get(..5).map(str::to_ascii_lowercase).unwrap_or_default();
+        let lower_scheme: String = input
+            .chars()
+            .take(5)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
         let (scheme, rest) = if lower_scheme == "sips:" {
             (Scheme::Sips, &input[5..])
         } else if lower_scheme.starts_with("sip:") {
