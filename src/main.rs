@@ -15,7 +15,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "waswitch", version, about = "WhatsApp Business Calling softswitch")]
+#[command(
+    name = "waswitch",
+    version,
+    about = "WhatsApp Business Calling softswitch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,9 @@ async fn wait_for_stop_signal() {
                 }
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the node"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the node")
+            }
         }
     }
     let _ = tokio::signal::ctrl_c().await;

@@ -267,9 +267,10 @@ async fn flush_cdrs(root: &ActorRef<RootMsg>) -> Result<u64, String> {
         };
         if let Some(writer) = writer {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match writer.call(CdrWriterMsg::Flush, Some(remaining)).await {
-                Ok(ractor::rpc::CallResult::Success(result)) => return result,
-                Ok(_) | Err(_) => {}
+            if let Ok(ractor::rpc::CallResult::Success(result)) =
+                writer.call(CdrWriterMsg::Flush, Some(remaining)).await
+            {
+                return result;
             }
         }
         if tokio::time::Instant::now() >= deadline {

@@ -50,9 +50,7 @@ impl CallRegistry {
 
     /// Adds a call.
     pub fn insert(&self, id: CallId, entry: CallEntry) {
-        self.inner
-            .by_actor
-            .insert(entry.actor.get_id(), id.clone());
+        self.inner.by_actor.insert(entry.actor.get_id(), id.clone());
         if self.inner.calls.insert(id, entry).is_none() {
             metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
         }

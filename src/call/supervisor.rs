@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use tracing::Instrument;
 
 use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
@@ -16,7 +18,9 @@ use super::media::{MediaActor, MediaArgs, MediaMsg};
 use super::registry::{CallEntry, CallRegistry};
 #[cfg(test)]
 use super::Fault;
-use super::{close_out, now_ms, CallEnd, CallId, CallOffer, CallSnapshot, LegRole, CALL_RPC_TIMEOUT};
+use super::{
+    close_out, now_ms, CallEnd, CallId, CallOffer, CallSnapshot, LegRole, CALL_RPC_TIMEOUT,
+};
 use crate::media::ports::PortAllocator;
 use crate::store::writer::CdrQueue;
 use crate::store::HangupParty;
@@ -163,7 +167,11 @@ impl Actor for CallSupervisor {
             ended: false,
         };
         let span = call.span.clone();
-        match call.spawn_children(&myself, args.ports).instrument(span.clone()).await {
+        match call
+            .spawn_children(&myself, args.ports)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(parent: &span, "call started");
                 Ok(call)

@@ -38,8 +38,7 @@ fn metric(name: &str, label: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
         .filter(|(series, _)| {
-            (*series == name || series.starts_with(&format!("{name}{{")))
-                && series.contains(label)
+            (*series == name || series.starts_with(&format!("{name}{{"))) && series.contains(label)
         })
         .filter_map(|(_, v)| v.parse::<f64>().ok())
         .sum()
@@ -126,14 +125,13 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     .await;
 
     // Every other call still answers, through its supervisor, both legs and media.
-    let survivors: Vec<_> = ids
-        .iter()
-        .filter(|(id, _)| !failed.contains(id))
-        .collect();
+    let survivors: Vec<_> = ids.iter().filter(|(id, _)| !failed.contains(id)).collect();
     assert_eq!(survivors.len(), CALLS - 40);
     let snaps = futures::future::join_all(survivors.iter().map(|(id, _)| calls.snapshot(id))).await;
     for (snap, (id, _)) in snaps.iter().zip(&survivors) {
-        let snap = snap.as_ref().unwrap_or_else(|| panic!("call {id} stopped answering"));
+        let snap = snap
+            .as_ref()
+            .unwrap_or_else(|| panic!("call {id} stopped answering"));
         assert_eq!(snap.whatsapp_leg, Some(LegState::Answered), "{id}");
         assert_eq!(snap.business_leg, Some(LegState::Answered), "{id}");
         assert!(snap.media.is_some(), "{id}");
@@ -142,9 +140,11 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     let failures = metric(telemetry::ACTOR_FAILURES_TOTAL, "") - failures_before;
     assert_eq!(failures, 40.0, "waswitch_actor_failures_total");
     // Failed calls release their ports (a child's state is dropped as it stops).
-    wait_until("failed calls' ports to return", Duration::from_secs(10), || {
-        calls.ports().in_use() == 2 * (CALLS - 40)
-    })
+    wait_until(
+        "failed calls' ports to return",
+        Duration::from_secs(10),
+        || calls.ports().in_use() == 2 * (CALLS - 40),
+    )
     .await;
 
     // The rest hang up: half by the customer, half by the business, a few by the API.
@@ -211,7 +211,9 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     };
     let answered = store.list(&answered).await.expect("list");
     assert_eq!(answered.len(), CALLS - 40);
-    assert!(answered.iter().all(|c| c.failure.is_none() && c.answered_at.is_some()));
+    assert!(answered
+        .iter()
+        .all(|c| c.failure.is_none() && c.answered_at.is_some()));
     assert_eq!(
         answered
             .iter()
@@ -249,7 +251,11 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         snap = calls.snapshot(&id).await.expect("snapshot");
     }
-    assert_eq!(snap.whatsapp_leg, Some(LegState::Answered), "WA leg answered when the agent did");
+    assert_eq!(
+        snap.whatsapp_leg,
+        Some(LegState::Answered),
+        "WA leg answered when the agent did"
+    );
     assert_eq!(snap.business_leg, Some(LegState::Answered));
     assert!(snap.ringing_at.is_some() && snap.answered_at >= snap.ringing_at);
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -279,7 +285,12 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
     assert!(!calls.signal(&declined, LegRole::WhatsApp, LegSignal::Answered));
 
     flush(&calls).await;
-    let cdr = node.store().get(id.as_str()).await.expect("query").expect("cdr");
+    let cdr = node
+        .store()
+        .get(id.as_str())
+        .await
+        .expect("query")
+        .expect("cdr");
     assert_eq!(cdr.outcome, CallOutcome::Answered);
     assert_eq!(cdr.hangup_by, HangupParty::Customer);
     assert_eq!(cdr.end_cause, "normal_clearing");
@@ -320,13 +331,21 @@ async fn a_dead_call_supervisor_is_closed_out_by_the_root() {
         calls.active() == 1
     })
     .await;
-    assert!(calls.snapshot(&other).await.is_some(), "other call unaffected");
+    assert!(
+        calls.snapshot(&other).await.is_some(),
+        "other call unaffected"
+    );
     wait_until("ports released", Duration::from_secs(5), || {
         calls.ports().in_use() == 2
     })
     .await;
     flush(&calls).await;
-    let cdr = node.store().get(id.as_str()).await.expect("query").expect("cdr");
+    let cdr = node
+        .store()
+        .get(id.as_str())
+        .await
+        .expect("query")
+        .expect("cdr");
     assert_eq!(cdr.outcome, CallOutcome::Failed);
     assert!(
         cdr.failure
@@ -334,7 +353,11 @@ async fn a_dead_call_supervisor_is_closed_out_by_the_root() {
             .is_some_and(|f| f.starts_with("call_supervisor")),
         "{cdr:?}"
     );
-    assert!(calls.hangup(&other, HangupParty::Customer, "normal_clearing").await);
+    assert!(
+        calls
+            .hangup(&other, HangupParty::Customer, "normal_clearing")
+            .await
+    );
     assert!(node.drain_and_stop().await.clean());
 }
 
@@ -373,7 +396,10 @@ async fn a_crashed_cdr_writer_is_restarted_and_loses_nothing() {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while restarted().await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "writer not restarted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writer not restarted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     flush(&calls).await;
@@ -408,7 +434,10 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
     };
     assert_eq!(ready().await, 200);
     let stopping = tokio::spawn(node.drain_and_stop());
-    wait_until("drain to start", Duration::from_secs(5), || calls.is_draining()).await;
+    wait_until("drain to start", Duration::from_secs(5), || {
+        calls.is_draining()
+    })
+    .await;
     assert_eq!(ready().await, 503);
     assert_eq!(
         calls.start(offer(Direction::UserInitiated)).await,
@@ -428,7 +457,11 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
     .await
     .expect("reopen");
     drop(store);
-    let cdr = reopened.get(id.as_str()).await.expect("query").expect("cdr flushed at stop");
+    let cdr = reopened
+        .get(id.as_str())
+        .await
+        .expect("query")
+        .expect("cdr flushed at stop");
     assert_eq!(cdr.end_cause, "shutdown");
     assert_eq!(cdr.hangup_by, HangupParty::Switch);
     assert_eq!(cdr.outcome, CallOutcome::Answered);

@@ -127,12 +127,20 @@ impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::Sqlite(path) => write!(f, "sqlite://{path}"),
-            // Never print a password that may be in the URL.
-            StoreUrl::Postgres(url) => match url.split_once('@') {
-                Some((_, host)) => write!(f, "postgres://…@{host}"),
-                None => f.write_str(url),
-            },
+            StoreUrl::Postgres(url) => f.write_str(&redact_url(url)),
         }
+    }
+}
+
+/// A URL with its user and password replaced by `…`, so logs and messages never show a
+/// password.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://…@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -287,15 +295,32 @@ fn parse_file(text: &str) -> Result<file::ConfigFile, ConfigProblem> {
                 format!(" (line {line})")
             })
             .unwrap_or_default();
-        let message = inner.message().trim().to_string();
-        let (key, fix) = if message.starts_with("unknown field") {
-            (path, "remove it or correct the spelling (see config/waswitch.toml for every key)")
-        } else if message.starts_with("missing field") {
-            (path, "add it; config/waswitch.toml shows an example")
+        let message = inner
+            .message()
+            .trim()
+            .replace("expected i64", "expected a whole number");
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let (key, fix) = if let Some(field) = missing {
+            let key = if path == "." || path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            (key, "add it; config/waswitch.toml shows an example")
+        } else if message.starts_with("unknown field") {
+            (
+                path,
+                "remove it or correct the spelling (see config/waswitch.toml for every key)",
+            )
         } else if path == "." || path.is_empty() {
             ("(syntax)".to_string(), "fix the TOML syntax at that line")
         } else {
-            (path, "give it a value of the type config/waswitch.toml shows")
+            (
+                path,
+                "give it a value of the type config/waswitch.toml shows",
+            )
         };
         ConfigProblem {
             key,
@@ -368,8 +393,10 @@ impl Validator {
             }
         }
         if let Some(v) = env("WASWITCH_MEDIA_PORTS") {
-            self.origins.insert("media.port_min", "WASWITCH_MEDIA_PORTS");
-            self.origins.insert("media.port_max", "WASWITCH_MEDIA_PORTS");
+            self.origins
+                .insert("media.port_min", "WASWITCH_MEDIA_PORTS");
+            self.origins
+                .insert("media.port_max", "WASWITCH_MEDIA_PORTS");
             let parsed = v
                 .split_once('-')
                 .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
@@ -472,10 +499,7 @@ impl Validator {
                 if (min..=max).contains(&sip.port()) {
                     self.problem(
                         "media.port_min",
-                        format!(
-                            "the range {min}-{max} contains the SIP port {}",
-                            sip.port()
-                        ),
+                        format!("the range {min}-{max} contains the SIP port {}", sip.port()),
                         "move the media range away from sip.listen",
                     );
                 }
@@ -629,10 +653,9 @@ impl Validator {
                 }
             };
         }
-        let shown = StoreUrl::Postgres(url.to_string()).to_string();
         self.problem(
             "store.url",
-            format!("{shown:?} is neither SQLite nor PostgreSQL"),
+            format!("{:?} is neither SQLite nor PostgreSQL", redact_url(url)),
             "use \"sqlite://data/waswitch.db\" (embedded) or \"postgres://user@host/db\" (cluster)",
         );
         None

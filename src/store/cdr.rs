@@ -256,7 +256,8 @@ macro_rules! cdr_queries {
             pool: &sqlx::Pool<$db>,
             call_id: &str,
         ) -> Result<Option<Cdr>, StoreError> {
-            let mut q = QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM cdrs WHERE call_id = "));
+            let mut q =
+                QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM cdrs WHERE call_id = "));
             q.push_bind(call_id.to_string());
             let row: Option<CdrRow> = q.build_query_as().fetch_optional(pool).await?;
             row.map(Cdr::try_from).transpose()
@@ -287,7 +288,11 @@ macro_rules! cdr_queries {
         ) -> Result<Vec<Cdr>, StoreError> {
             let mut q = QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM cdrs"));
             push_filter(&mut q, f);
-            let limit = if f.limit == 0 { 100 } else { f.limit.min(10_000) };
+            let limit = if f.limit == 0 {
+                100
+            } else {
+                f.limit.min(10_000)
+            };
             q.push(" ORDER BY offered_at DESC, call_id DESC LIMIT ")
                 .push_bind(i64::from(limit))
                 .push(" OFFSET ")

@@ -1,0 +1,319 @@
+//! The `waswitch` binary as an operator uses it: check-config, version, run, drain on signals.
+//! Every instance listens on loopback ports chosen for the test.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waswitch");
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/waswitch.toml")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn waswitch(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (var, _) in waswitch::config::ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn check_config(text: &str) -> (Output, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("waswitch.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = waswitch(&["check-config", path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run waswitch");
+    (out, path, dir)
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = waswitch(&["version"]).output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("waswitch {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn the_shipped_example_config_checks_clean() {
+    let out = waswitch(&["check-config", example_config().to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": ok (node waswitch-1, http 127.0.0.1:8080, sip 127.0.0.1:5060, store sqlite://data/waswitch.db"), "{stdout}");
+}
+
+/// Twelve different mistakes, each reported as `FILE: KEY: problem; fix` with exit code 2.
+#[test]
+fn check_config_names_file_and_key_for_each_mistake() {
+    let cases: &[(&str, &str)] = &[
+        ("[http]\nlisten = \"127.0.0.1:8080\n", "(syntax)"),
+        ("[http]\nlisen = \"127.0.0.1:8080\"\n", "http.lisen"),
+        ("[htp]\nlisten = \"127.0.0.1:8080\"\n", "htp"),
+        ("[http]\nlisten = \"localhost:8080\"\n", "http.listen"),
+        ("[sip]\ntransports = [\"udp\", \"sctp\"]\n", "sip.transports[1]"),
+        ("[media]\nport_min = 20001\n", "media.port_min"),
+        ("[media]\nport_min = 30000\nport_max = 20000\n", "media.port_max"),
+        ("[store]\nurl = \"mysql://db/waswitch\"\n", "store.url"),
+        ("[store]\ncdr_batch_size = 0\n", "store.cdr_batch_size"),
+        ("[shutdown]\ngrace_secs = \"soon\"\n", "shutdown.grace_secs"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        (
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1\"\n[[trunk]]\nname = \"b\"\nuri = \"sip:\"\n",
+            "trunk[1].uri",
+        ),
+        ("[[trunk]]\nname = \"pstn\"\nuri = \"tel:+4930123456\"\n", "trunk[0].uri"),
+    ];
+    assert!(cases.len() >= 10);
+    for (text, key) in cases {
+        let (out, path, _dir) = check_config(text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        let prefix = format!("{}: {key}: ", path.display());
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("; ")),
+            "expected a line starting with {prefix:?} and a fix, got:\n{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = waswitch(&["check-config", "/nonexistent/waswitch.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("/nonexistent/waswitch.toml: cannot read:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_overrides_are_validated_and_named() {
+    let out = waswitch(&["check-config", example_config().to_str().expect("utf-8")])
+        .env("WASWITCH_STORE_URL", "redis://127.0.0.1")
+        .env("WASWITCH_MEDIA_PORTS", "20000")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(": store.url (from WASWITCH_STORE_URL): "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(": media.port_min (from WASWITCH_MEDIA_PORTS): "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_with_a_broken_config_starts_nothing() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[media]\nport_min = 3\n").expect("write");
+    let out = waswitch(&["run", "--config", path.to_str().expect("utf-8")])
+        .env("WASWITCH_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("media.port_min"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// A node started from the shipped example with per-test overrides.
+struct RunningNode {
+    child: Child,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningNode {
+    fn start(extra_args: &[&str], store_url: Option<String>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = format!("127.0.0.1:{}", free_port());
+        let store_url = store_url.unwrap_or_else(|| {
+            format!("sqlite://{}", dir.path().join("data/waswitch.db").display())
+        });
+        let config = example_config();
+        let mut args = vec!["run", "--config", config.to_str().expect("utf-8")];
+        args.extend_from_slice(extra_args);
+        let child = waswitch(&args)
+            .current_dir(dir.path())
+            .env("WASWITCH_HTTP_LISTEN", &http)
+            .env("WASWITCH_SIP_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("WASWITCH_STORE_URL", store_url)
+            .env("WASWITCH_SHUTDOWN_GRACE_SECS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn waswitch");
+        let mut node = Self {
+            child,
+            http,
+            _dir: dir,
+        };
+        node.wait_healthy();
+        node
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.http);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let resp = reqwest::get(&url).await.expect("HTTP request");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.expect("body"))
+        })
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(&self.http).is_ok() && self.get("/health").0 == 200 {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("waswitch exited early with {status}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "waswitch did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for exit; returns the exit code and everything logged.
+    fn wait_exit(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("waswitch did not exit after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+#[test]
+fn run_answers_health_ready_metrics_and_sigterm_drains_to_exit_0() {
+    let node = RunningNode::start(&["--log-format", "json"], None);
+    let (status, body) = node.get("/health");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let (status, body) = node.get("/ready");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["store"]["backend"], "sqlite");
+    assert_eq!(ready["listeners"]["http"]["state"], "bound");
+    let (status, metrics) = node.get("/metrics");
+    assert_eq!(status, 200);
+    for series in [
+        "waswitch_calls_active 0",
+        "waswitch_calls_total{direction=\"user_initiated\",outcome=\"answered\"} 0",
+        "waswitch_actor_failures_total{actor=\"sip_leg\"} 0",
+        &format!(
+            "waswitch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "missing {series:?} in:\n{metrics}"
+        );
+    }
+    node.signal("TERM");
+    let (code, logs) = node.wait_exit();
+    assert_eq!(code, Some(0), "{logs}");
+    // --log-format json: every line is one JSON object.
+    let lines: Vec<_> = logs.lines().collect();
+    assert!(lines.len() >= 3, "{logs}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(logs.contains("SIGTERM received") && logs.contains("waswitch stopped"));
+}
+
+#[test]
+fn ctrl_c_drains_and_exits_0_with_a_postgres_store() {
+    let url = std::env::var("WASWITCH_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let node = RunningNode::start(&[], Some(url));
+    let (status, body) = node.get("/ready");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"backend\":\"postgres\""), "{body}");
+    node.signal("INT");
+    let (code, logs) = node.wait_exit();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("SIGINT received"), "{logs}");
+}
+
+#[test]
+fn a_busy_http_port_is_a_clear_start_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = waswitch(&["run", "--config", example_config().to_str().expect("utf-8")])
+        .current_dir(dir.path())
+        .env("WASWITCH_HTTP_LISTEN", addr.to_string())
+        .env("WASWITCH_STORE_URL", "sqlite://w.db")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("http.listen: cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,346 @@
+//! CDR repository contract, run against embedded SQLite and a real PostgreSQL server.
+//!
+//! PostgreSQL comes from `WASWITCH_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`; `.ci/run` starts one when none is running).
+//! Each test works in a schema of its own, dropped at the end.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::Connection;
+use waswitch::config::{StoreConfig, StoreUrl};
+use waswitch::store::{
+    CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, Store, StoreError,
+};
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg_url() -> String {
+    std::env::var("WASWITCH_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string())
+}
+
+fn sqlite_config(path: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        url: StoreUrl::Sqlite(path.to_string_lossy().into_owned()),
+        max_connections: 4,
+        cdr_batch_size: 100,
+        cdr_flush_interval: Duration::from_millis(50),
+    }
+}
+
+/// A PostgreSQL schema that exists for one test.
+struct PgSchema {
+    name: String,
+    admin: sqlx::PgConnection,
+}
+
+impl PgSchema {
+    async fn create() -> Self {
+        let url = pg_url();
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {url} is required for the repository tests ({e}); \
+                 run .ci/run or set WASWITCH_TEST_PG_URL"
+            )
+        });
+        let name = format!("waswitch_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create schema");
+        Self { name, admin }
+    }
+
+    async fn open(&self) -> Store {
+        let options = PgConnectOptions::from_str(&pg_url())
+            .expect("PostgreSQL URL")
+            .options([("search_path", self.name.as_str())]);
+        Store::open_postgres(options, 4)
+            .await
+            .expect("open PostgreSQL store")
+    }
+
+    async fn drop(mut self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&mut self.admin)
+            .await
+            .expect("drop schema");
+    }
+}
+
+fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
+    let offered_at = 1_700_000_000_000 + n * 1000;
+    let answered = outcome == CallOutcome::Answered;
+    Cdr {
+        call_id: format!("call-{n:05}"),
+        node_id: "node-a".into(),
+        direction,
+        business_number: Some(
+            if n % 2 == 0 {
+                "15550001111"
+            } else {
+                "15550002222"
+            }
+            .into(),
+        ),
+        customer_wa_id: Some(format!("49151{n:07}")),
+        wa_call_id: (n % 3 == 0).then(|| format!("wacid.{n}")),
+        sip_call_id: None,
+        trunk: Some("pbx".into()),
+        offered_at,
+        ringing_at: Some(offered_at + 100),
+        answered_at: answered.then_some(offered_at + 2000),
+        ended_at: offered_at + 62_000,
+        duration_ms: if answered { 60_000 } else { 0 },
+        outcome,
+        hangup_by: if n % 2 == 0 {
+            HangupParty::Customer
+        } else {
+            HangupParty::Business
+        },
+        end_cause: "normal_clearing".into(),
+        failure: (outcome == CallOutcome::Failed).then(|| "media failed: boom".to_string()),
+    }
+}
+
+fn sample() -> Vec<Cdr> {
+    (0..30)
+        .map(|n| {
+            let direction = if n % 3 == 0 {
+                Direction::BusinessInitiated
+            } else {
+                Direction::UserInitiated
+            };
+            let outcome = match n % 5 {
+                0 => CallOutcome::Failed,
+                1 | 2 => CallOutcome::Unanswered,
+                _ => CallOutcome::Answered,
+            };
+            cdr(n, direction, outcome)
+        })
+        .collect()
+}
+
+async fn insert_is_idempotent_and_round_trips(store: &Store) {
+    let cdrs = sample();
+    assert_eq!(store.insert_batch(&cdrs).await.expect("insert"), 30);
+    // A retried batch after an uncertain commit: only the new record is added.
+    let mut retry = cdrs[..5].to_vec();
+    retry.push(cdr(99, Direction::UserInitiated, CallOutcome::Answered));
+    assert_eq!(store.insert_batch(&retry).await.expect("retry"), 1);
+    assert_eq!(store.insert_batch(&[]).await.expect("empty"), 0);
+    for c in cdrs.iter().chain(retry.last()) {
+        let back = store.get(&c.call_id).await.expect("get").expect("stored");
+        assert_eq!(&back, c);
+    }
+    assert!(store.get("no-such-call").await.expect("get").is_none());
+    assert_eq!(store.count(&CdrFilter::default()).await.expect("count"), 31);
+}
+
+async fn list_filters_and_pages_newest_first(store: &Store) {
+    store.insert_batch(&sample()).await.expect("insert");
+    let all = store.list(&CdrFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 30);
+    assert!(all.windows(2).all(|w| w[0].offered_at >= w[1].offered_at));
+    assert_eq!(all[0].call_id, "call-00029");
+
+    let failed = CdrFilter {
+        outcome: Some(CallOutcome::Failed),
+        ..CdrFilter::default()
+    };
+    let rows = store.list(&failed).await.expect("list");
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|c| c.failure.is_some()));
+    assert_eq!(store.count(&failed).await.expect("count"), 6);
+
+    let bic_of_one_number = CdrFilter {
+        direction: Some(Direction::BusinessInitiated),
+        business_number: Some("15550001111".into()),
+        ..CdrFilter::default()
+    };
+    let rows = store.list(&bic_of_one_number).await.expect("list");
+    let expected: Vec<_> = sample()
+        .into_iter()
+        .rev()
+        .filter(|c| {
+            c.direction == Direction::BusinessInitiated
+                && c.business_number.as_deref() == Some("15550001111")
+        })
+        .collect();
+    assert_eq!(rows, expected);
+
+    let window = CdrFilter {
+        since: Some(1_700_000_000_000 + 10_000),
+        until: Some(1_700_000_000_000 + 20_000),
+        ..CdrFilter::default()
+    };
+    let rows = store.list(&window).await.expect("list");
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.last().map(|c| c.call_id.as_str()), Some("call-00010"));
+
+    let mut seen = Vec::new();
+    for page in 0..4 {
+        let rows = store
+            .list(&CdrFilter {
+                limit: 8,
+                offset: page * 8,
+                ..CdrFilter::default()
+            })
+            .await
+            .expect("page");
+        assert!(rows.len() <= 8);
+        seen.extend(rows.into_iter().map(|c| c.call_id));
+    }
+    assert_eq!(seen.len(), 30);
+    seen.dedup();
+    assert_eq!(seen.len(), 30, "pages overlap");
+    let limited = CdrFilter {
+        limit: 3,
+        ..CdrFilter::default()
+    };
+    assert_eq!(store.count(&limited).await.expect("count"), 30);
+}
+
+async fn large_batches_are_split_within_one_transaction(store: &Store) {
+    let many: Vec<_> = (0..1_234)
+        .map(|n| cdr(n, Direction::UserInitiated, CallOutcome::Answered))
+        .collect();
+    assert_eq!(store.insert_batch(&many).await.expect("insert"), 1_234);
+    assert_eq!(
+        store.count(&CdrFilter::default()).await.expect("count"),
+        1_234
+    );
+}
+
+fn assert_corrupt(result: Result<Option<Cdr>, StoreError>) {
+    match result {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("sideways"), "{msg}"),
+        other => panic!("expected a corrupt-record error, got {other:?}"),
+    }
+}
+
+const CORRUPT_ROW: &str = "INSERT INTO cdrs (call_id, node_id, direction, offered_at, ended_at, \
+     duration_ms, outcome, hangup_by, end_cause) VALUES ('bad', 'n', 'sideways', 0, 0, 0, \
+     'answered', 'customer', 'x')";
+
+#[tokio::test]
+async fn sqlite_insert_is_idempotent_and_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&sqlite_config(&dir.path().join("a.db")))
+        .await
+        .expect("open");
+    insert_is_idempotent_and_round_trips(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_insert_is_idempotent_and_round_trips() {
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    insert_is_idempotent_and_round_trips(&store).await;
+    store.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_list_filters_and_pages_newest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&sqlite_config(&dir.path().join("b.db")))
+        .await
+        .expect("open");
+    list_filters_and_pages_newest_first(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_list_filters_and_pages_newest_first() {
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    list_filters_and_pages_newest_first(&store).await;
+    store.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_large_batches_are_split_within_one_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&sqlite_config(&dir.path().join("c.db")))
+        .await
+        .expect("open");
+    large_batches_are_split_within_one_transaction(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_large_batches_are_split_within_one_transaction() {
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    large_batches_are_split_within_one_transaction(&store).await;
+    store.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_migrations_apply_once_and_data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sqlite_config(&dir.path().join("nested/dir/d.db"));
+    let store = Store::open(&config)
+        .await
+        .expect("open creates directories");
+    store
+        .insert_batch(&[cdr(1, Direction::UserInitiated, CallOutcome::Answered)])
+        .await
+        .expect("insert");
+    store.close().await;
+    let store = Store::open(&config).await.expect("reopen");
+    assert!(store.get("call-00001").await.expect("get").is_some());
+    let Store::Sqlite(pool) = &store else {
+        unreachable!("opened SQLite")
+    };
+    sqlx::query(CORRUPT_ROW)
+        .execute(pool)
+        .await
+        .expect("raw insert");
+    assert_corrupt(store.get("bad").await);
+    assert!(store.ping(Duration::from_secs(1)).await.is_ok());
+}
+
+#[tokio::test]
+async fn postgres_migrations_apply_once_and_data_survives_reopen() {
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    store
+        .insert_batch(&[cdr(1, Direction::UserInitiated, CallOutcome::Answered)])
+        .await
+        .expect("insert");
+    store.close().await;
+    let store = schema.open().await;
+    assert!(store.get("call-00001").await.expect("get").is_some());
+    let Store::Postgres(pool) = &store else {
+        unreachable!("opened PostgreSQL")
+    };
+    sqlx::query(CORRUPT_ROW)
+        .execute(pool)
+        .await
+        .expect("raw insert");
+    assert_corrupt(store.get("bad").await);
+    assert!(store.ping(Duration::from_secs(1)).await.is_ok());
+    store.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_open_error() {
+    // Port 1 on loopback: nothing listens there.
+    let config = StoreConfig {
+        url: StoreUrl::Postgres("postgres://waswitch:secret@127.0.0.1:1/none".into()),
+        max_connections: 1,
+        cdr_batch_size: 1,
+        cdr_flush_interval: Duration::from_millis(10),
+    };
+    let err = Store::open(&config)
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("secret"), "password leaked: {text}");
+}
