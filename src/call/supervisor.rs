@@ -167,23 +167,29 @@ impl Actor for CallSupervisor {
             ended: false,
         };
         let span = call.span.clone();
-        match call
-            .spawn_children(&myself, args.ports)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(parent: &span, "call started");
-                Ok(call)
+        let started = async {
+            let result = call.spawn_children(&myself, args.ports).await;
+            match &result {
+                Ok(()) => tracing::info!("call started"),
+                Err(e) => tracing::warn!(error = %e, "call setup failed"),
             }
+            result
+        }
+        .instrument(span.clone())
+        .await;
+        match started {
+            Ok(()) => Ok(call),
             Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "call setup failed");
-                call.stop_children().await;
-                call.finish(CallEnd {
+                let end = CallEnd {
                     by: HangupParty::Switch,
                     cause: "setup_failed".into(),
                     failure: Some(format!("setup: {e}")),
-                })
+                };
+                async {
+                    call.stop_children().await;
+                    call.finish(end).await;
+                }
+                .instrument(span)
                 .await;
                 Err(e)
             }

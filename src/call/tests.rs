@@ -500,3 +500,92 @@ async fn no_free_media_port_refuses_the_call_with_a_cdr() {
     assert_eq!(failed[0].end_cause, "setup_failed");
     assert!(node.drain_and_stop().await.clean());
 }
+
+/// Collects everything a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn every_call_event_is_logged_inside_a_span_carrying_the_call_id() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // One thread: every actor task runs where the subscriber is installed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = rt.block_on(async {
+        let node = test_node(dir.path(), Duration::from_millis(50)).await;
+        let calls = node.calls().clone();
+        let id = calls
+            .start(offer(Direction::UserInitiated))
+            .await
+            .expect("admitted");
+        answer(&calls, &id, LegRole::Business).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while calls
+            .snapshot(&id)
+            .await
+            .and_then(|s| s.answered_at)
+            .is_none()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "call not answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            calls
+                .hangup(&id, HangupParty::Customer, "normal_clearing")
+                .await
+        );
+        assert!(node.drain_and_stop().await.clean());
+        id
+    });
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let in_call: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["call_id"] == id.as_str()))
+        })
+        .map(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for expected in ["call started", "leg changed", "call answered", "call ended"] {
+        assert!(
+            in_call.iter().any(|m| m == expected),
+            "{expected:?} not logged in the call's span; call events: {in_call:?}"
+        );
+    }
+}
