@@ -224,62 +224,79 @@ const CORRUPT_ROW: &str = "INSERT INTO cdrs (call_id, node_id, direction, offere
      duration_ms, outcome, hangup_by, end_cause) VALUES ('bad', 'n', 'sideways', 0, 0, 0, \
      'answered', 'customer', 'x')";
 
-#[tokio::test]
-async fn sqlite_insert_is_idempotent_and_round_trips() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&sqlite_config(&dir.path().join("a.db")))
+/// Runs one contract check on a fresh SQLite file and on a fresh PostgreSQL schema.
+macro_rules! on_both_backends {
+    ($($check:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let store = super::Store::open(&super::sqlite_config(&dir.path().join("t.db")))
+                        .await
+                        .expect("open SQLite store");
+                    super::$check(&store).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let schema = super::PgSchema::create().await;
+                    let store = schema.open().await;
+                    super::$check(&store).await;
+                    store.close().await;
+                    schema.drop().await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    insert_is_idempotent_and_round_trips,
+    list_filters_and_pages_newest_first,
+    large_batches_are_split_within_one_transaction,
+    migrations_reapply_cleanly_and_corrupt_rows_are_reported,
+);
+
+/// Reopening applies no migration twice, data survives, and a row edited into an impossible
+/// value is reported as corrupt instead of misread.
+async fn migrations_reapply_cleanly_and_corrupt_rows_are_reported(store: &Store) {
+    store
+        .insert_batch(&[cdr(1, Direction::UserInitiated, CallOutcome::Answered)])
         .await
-        .expect("open");
-    insert_is_idempotent_and_round_trips(&store).await;
+        .expect("insert");
+    match store {
+        Store::Sqlite(pool) => {
+            sqlx::migrate!("./migrations")
+                .run(pool)
+                .await
+                .expect("re-migrate");
+            sqlx::query(CORRUPT_ROW)
+                .execute(pool)
+                .await
+                .expect("raw insert");
+        }
+        Store::Postgres(pool) => {
+            sqlx::migrate!("./migrations")
+                .run(pool)
+                .await
+                .expect("re-migrate");
+            sqlx::query(CORRUPT_ROW)
+                .execute(pool)
+                .await
+                .expect("raw insert");
+        }
+    }
+    assert!(store.get("call-00001").await.expect("get").is_some());
+    assert_corrupt(store.get("bad").await);
+    assert!(store.ping(Duration::from_secs(1)).await.is_ok());
 }
 
 #[tokio::test]
-async fn postgres_insert_is_idempotent_and_round_trips() {
-    let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    insert_is_idempotent_and_round_trips(&store).await;
-    store.close().await;
-    schema.drop().await;
-}
-
-#[tokio::test]
-async fn sqlite_list_filters_and_pages_newest_first() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&sqlite_config(&dir.path().join("b.db")))
-        .await
-        .expect("open");
-    list_filters_and_pages_newest_first(&store).await;
-}
-
-#[tokio::test]
-async fn postgres_list_filters_and_pages_newest_first() {
-    let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    list_filters_and_pages_newest_first(&store).await;
-    store.close().await;
-    schema.drop().await;
-}
-
-#[tokio::test]
-async fn sqlite_large_batches_are_split_within_one_transaction() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&sqlite_config(&dir.path().join("c.db")))
-        .await
-        .expect("open");
-    large_batches_are_split_within_one_transaction(&store).await;
-}
-
-#[tokio::test]
-async fn postgres_large_batches_are_split_within_one_transaction() {
-    let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    large_batches_are_split_within_one_transaction(&store).await;
-    store.close().await;
-    schema.drop().await;
-}
-
-#[tokio::test]
-async fn sqlite_migrations_apply_once_and_data_survives_reopen() {
+async fn sqlite_file_and_directories_are_created_and_data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = sqlite_config(&dir.path().join("nested/dir/d.db"));
     let store = Store::open(&config)
@@ -301,30 +318,6 @@ async fn sqlite_migrations_apply_once_and_data_survives_reopen() {
         .expect("raw insert");
     assert_corrupt(store.get("bad").await);
     assert!(store.ping(Duration::from_secs(1)).await.is_ok());
-}
-
-#[tokio::test]
-async fn postgres_migrations_apply_once_and_data_survives_reopen() {
-    let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store
-        .insert_batch(&[cdr(1, Direction::UserInitiated, CallOutcome::Answered)])
-        .await
-        .expect("insert");
-    store.close().await;
-    let store = schema.open().await;
-    assert!(store.get("call-00001").await.expect("get").is_some());
-    let Store::Postgres(pool) = &store else {
-        unreachable!("opened PostgreSQL")
-    };
-    sqlx::query(CORRUPT_ROW)
-        .execute(pool)
-        .await
-        .expect("raw insert");
-    assert_corrupt(store.get("bad").await);
-    assert!(store.ping(Duration::from_secs(1)).await.is_ok());
-    store.close().await;
-    schema.drop().await;
 }
 
 #[tokio::test]

@@ -14,12 +14,22 @@ use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty
 use crate::telemetry;
 
 async fn test_node(dir: &Path, grace: Duration) -> Node {
+    test_node_with(dir, grace, |_| {}).await
+}
+
+/// A node on loopback with a SQLite store in `dir`, after `tweak` adjusts its config.
+async fn test_node_with(dir: &Path, grace: Duration, tweak: impl FnOnce(&mut Config)) -> Node {
     let mut config = Config::from_toml(Path::new("test.toml"), "", |_| None).expect("defaults");
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.store.url = StoreUrl::Sqlite(dir.join("calls.db").to_string_lossy().into_owned());
+    config.store.url = StoreUrl::Sqlite(sqlite_path(dir));
     config.store.cdr_flush_interval = Duration::from_millis(20);
     config.shutdown.grace = grace;
+    tweak(&mut config);
     Node::start(config).await.expect("node starts")
+}
+
+fn sqlite_path(dir: &Path) -> String {
+    dir.join("calls.db").to_string_lossy().into_owned()
 }
 
 fn offer(direction: Direction) -> CallOffer {
@@ -69,6 +79,10 @@ async fn flush(calls: &Calls) -> u64 {
         .expect("writer answers")
         .unwrap()
         .expect("flush succeeds")
+}
+
+async fn admit(calls: &Calls, direction: Direction) -> CallId {
+    calls.start(offer(direction)).await.expect("admitted")
 }
 
 async fn answer(calls: &Calls, id: &CallId, called: LegRole) {
@@ -233,10 +247,7 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
     let calls = node.calls().clone();
 
     // Customer calls the business; the agent rings, answers, the customer hangs up.
-    let id = calls
-        .start(offer(Direction::UserInitiated))
-        .await
-        .expect("admitted");
+    let id = admit(&calls, Direction::UserInitiated).await;
     let snap = calls.snapshot(&id).await.expect("snapshot");
     assert_eq!(snap.whatsapp_leg, Some(LegState::Offered));
     calls.signal(&id, LegRole::Business, LegSignal::Ringing);
@@ -269,10 +280,7 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
     assert!(calls.wait_idle(Duration::from_secs(5)).await);
 
     // Business calls a customer who declines.
-    let declined = calls
-        .start(offer(Direction::BusinessInitiated))
-        .await
-        .expect("admitted");
+    let declined = admit(&calls, Direction::BusinessInitiated).await;
     calls.signal(&declined, LegRole::WhatsApp, LegSignal::Ringing);
     calls.signal(
         &declined,
@@ -316,14 +324,8 @@ async fn a_dead_call_supervisor_is_closed_out_by_the_root() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = test_node(dir.path(), Duration::from_secs(1)).await;
     let calls = node.calls().clone();
-    let other = calls
-        .start(offer(Direction::UserInitiated))
-        .await
-        .expect("admitted");
-    let id = calls
-        .start(offer(Direction::UserInitiated))
-        .await
-        .expect("admitted");
+    let other = admit(&calls, Direction::UserInitiated).await;
+    let id = admit(&calls, Direction::UserInitiated).await;
     let supervisor = calls.registry().get(&id).expect("live");
     // Killed from outside: post_stop does not run, children die with it.
     supervisor.kill();
@@ -376,10 +378,7 @@ async fn a_crashed_cdr_writer_is_restarted_and_loses_nothing() {
     writer.send_message(CdrWriterMsg::Crash).expect("send");
     // Calls end while the writer is down.
     for _ in 0..25 {
-        let id = calls
-            .start(offer(Direction::UserInitiated))
-            .await
-            .expect("admitted");
+        let id = admit(&calls, Direction::UserInitiated).await;
         assert!(calls.hangup(&id, HangupParty::Business, "api_hangup").await);
     }
     let restarted = || async {
@@ -419,10 +418,7 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
     let calls = node.calls().clone();
     let store = node.store().clone();
     let http = node.http_addr();
-    let id = calls
-        .start(offer(Direction::UserInitiated))
-        .await
-        .expect("admitted");
+    let id = admit(&calls, Direction::UserInitiated).await;
     answer(&calls, &id, LegRole::Business).await;
 
     let ready = || async {
@@ -449,7 +445,7 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
     assert_eq!(calls.active(), 0);
     // The store was closed by the node; reopen it to read what was flushed.
     let reopened = crate::store::Store::open(&crate::config::StoreConfig {
-        url: StoreUrl::Sqlite(dir.path().join("calls.db").to_string_lossy().into_owned()),
+        url: StoreUrl::Sqlite(sqlite_path(dir.path())),
         max_connections: 1,
         cdr_batch_size: 10,
         cdr_flush_interval: Duration::from_millis(10),
@@ -470,13 +466,11 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_free_media_port_refuses_the_call_with_a_cdr() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::from_toml(Path::new("test.toml"), "", |_| None).expect("defaults");
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.store.url = StoreUrl::Sqlite(dir.path().join("p.db").to_string_lossy().into_owned());
-    config.media.port_min = 30000;
-    config.media.port_max = 30004; // two port pairs: one call
-    config.shutdown.grace = Duration::from_millis(50);
-    let node = Node::start(config).await.expect("start");
+    let node = test_node_with(dir.path(), Duration::from_millis(50), |config| {
+        config.media.port_min = 30000;
+        config.media.port_max = 30004; // two port pairs: one call
+    })
+    .await;
     let calls = node.calls().clone();
     let first = calls.start(offer(Direction::UserInitiated)).await;
     assert!(first.is_ok());
@@ -540,10 +534,7 @@ fn every_call_event_is_logged_inside_a_span_carrying_the_call_id() {
     let id = rt.block_on(async {
         let node = test_node(dir.path(), Duration::from_millis(50)).await;
         let calls = node.calls().clone();
-        let id = calls
-            .start(offer(Direction::UserInitiated))
-            .await
-            .expect("admitted");
+        let id = admit(&calls, Direction::UserInitiated).await;
         answer(&calls, &id, LegRole::Business).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while calls
