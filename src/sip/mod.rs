@@ -3,4 +3,8 @@
 //! `sip` owns the SIP vocabulary of the switch. It never touches the network, a timer or an
 //! actor; the transport driver and the call layer feed it input and act on its output.
 
+pub mod build;
+pub mod header;
+pub mod msg;
 pub mod uri;
+pub mod validate;
