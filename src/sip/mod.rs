@@ -6,5 +6,6 @@
 pub mod build;
 pub mod header;
 pub mod msg;
+pub mod txn;
 pub mod uri;
 pub mod validate;
