@@ -37,6 +37,7 @@ fn call_tree(c: &mut Criterion) {
     let node = rt.block_on(async {
         let mut config = Config::from_toml(Path::new("bench.toml"), "", |_| None).expect("config");
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
         config.store.url = StoreUrl::Sqlite(dir.path().join("bench.db").to_string_lossy().into());
         config.shutdown.grace = Duration::from_millis(100);
         Node::start(config).await.expect("node")

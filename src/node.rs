@@ -22,6 +22,8 @@ use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
+use crate::sip::transport::UdpListener;
+use crate::sip::txn::TimerConfig;
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -89,13 +91,19 @@ pub struct Node {
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
+    sip_udp: Option<UdpListener>,
 }
 
 impl Node {
     /// Starts every part of the node; returns once the HTTP listener is bound.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let prometheus = telemetry::install_metrics();
-        let readiness = Arc::new(Readiness::new(&["http"]));
+        let udp = config
+            .sip
+            .transports
+            .contains(&crate::config::Transport::Udp);
+        let expected: &[&'static str] = if udp { &["http", "sip_udp"] } else { &["http"] };
+        let readiness = Arc::new(Readiness::new(expected));
 
         let store = Store::open(&config.store).await?;
         tracing::info!(store = %config.store.url, backend = store.backend(), "store open");
@@ -122,6 +130,21 @@ impl Node {
             })?;
         let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
         let calls = Calls::new(registry, root.clone(), cdrs, ports, &node_id);
+
+        let sip_udp = if udp {
+            let listener = UdpListener::bind(config.sip.listen, TimerConfig::default())
+                .await
+                .map_err(|source| StartError::Bind {
+                    key: "sip.listen",
+                    address: config.sip.listen,
+                    source,
+                })?;
+            readiness.bound("sip_udp", listener.local_addr());
+            tracing::info!(sip_udp = %listener.local_addr(), "SIP listening");
+            Some(listener)
+        } else {
+            None
+        };
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -162,7 +185,13 @@ impl Node {
             http_addr,
             http_stop,
             http_task,
+            sip_udp,
         })
+    }
+
+    /// The address the SIP UDP listener is bound to.
+    pub fn sip_udp_addr(&self) -> Option<SocketAddr> {
+        self.sip_udp.as_ref().map(UdpListener::local_addr)
     }
 
     /// The address the HTTP listener is bound to.
@@ -186,6 +215,9 @@ impl Node {
         let grace = self.config.shutdown.grace;
         self.readiness.begin_drain();
         self.calls.begin_drain();
+        if let Some(sip) = &self.sip_udp {
+            sip.begin_drain();
+        }
         let active = self.calls.active();
         tracing::info!(
             calls = active,
@@ -235,6 +267,9 @@ impl Node {
             }
         }
 
+        if let Some(sip) = self.sip_udp {
+            sip.stop().await;
+        }
         let _ = self.http_stop.send(());
         match self.http_task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),

@@ -41,6 +41,13 @@ pub const PROCESS_OPEN_FDS: &str = "waswitch_process_open_fds";
 /// Gauge: OS threads of the process.
 pub const PROCESS_THREADS: &str = "waswitch_process_threads";
 
+/// Counter: SIP messages, by `direction` (in, out) and `method_or_status`.
+pub const SIP_MESSAGES_TOTAL: &str = "waswitch_sip_messages_total";
+/// Gauge: SIP server and client transactions in progress.
+pub const SIP_TRANSACTIONS_ACTIVE: &str = "waswitch_sip_transactions_active";
+/// Counter: retransmitted SIP requests received and absorbed or answered from a transaction.
+pub const SIP_RETRANSMISSIONS_TOTAL: &str = "waswitch_sip_retransmissions_total";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",

@@ -4,8 +4,10 @@
 //! actor; the transport driver and the call layer feed it input and act on its output.
 
 pub mod build;
+pub mod core;
 pub mod header;
 pub mod msg;
+pub mod transport;
 pub mod txn;
 pub mod uri;
 pub mod validate;

@@ -1,0 +1,421 @@
+//! The SIP user-agent core of the switch's own address, sans-IO: framing, screening, server
+//! transactions and the answers the switch gives itself.
+//!
+//! [`SipCore`] takes datagrams with their source address and the time, and yields datagrams
+//! to send. It matches requests to server transactions (RFC 3261 §17.2.3), so
+//! retransmissions are absorbed or answered from the transaction, and it answers:
+//! OPTIONS with 200 (capabilities), an INVITE for which no route exists with 404, requests
+//! that need a dialog the switch does not have with 481, REGISTER and other methods the
+//! switch does not serve with 405. Responses are sent back to the source address of the
+//! request (RFC 3581 `rport`/`received` handling, RFC 3261 §18.2.2), never to a host named
+//! in a header.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::build::MessageBuilder;
+use super::header::Via;
+use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage};
+use super::txn::{ServerTxn, TimerConfig, Transport, TxnOutput};
+use super::validate::{screen, Screened, SUPPORTED_OPTIONS};
+use crate::telemetry;
+
+/// Most server transactions held at once; beyond it new requests get a stateless 503, so a
+/// flood of distinct requests cannot grow memory without limit.
+pub const MAX_TRANSACTIONS: usize = 200_000;
+
+/// Methods the switch implements (the `Allow` header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+
+/// Identifies a server transaction (RFC 3261 §17.2.3): branch, sent-by, and the method
+/// (ACK matches its INVITE).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TxnKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+impl TxnKey {
+    fn of(msg: &SipMessage) -> Option<TxnKey> {
+        let via = Via::parse_all(&msg.header(&HeaderName::Via)?.value).ok()?;
+        let top = via.into_iter().next()?;
+        let branch = top.branch()?.to_string();
+        // Only RFC 3261 branches identify transactions; RFC 2543 peers are not supported.
+        if !branch.starts_with("z9hG4bK") {
+            return None;
+        }
+        let method = match msg.method()? {
+            Method::Ack => Method::Invite,
+            m => m.clone(),
+        };
+        Some(TxnKey {
+            branch,
+            sent_by: format!("{}:{}", top.host, top.port.unwrap_or(5060)),
+            method,
+        })
+    }
+}
+
+struct Entry {
+    txn: ServerTxn,
+    peer: SocketAddr,
+}
+
+/// The switch's SIP core for one listening address.
+pub struct SipCore {
+    timers: TimerConfig,
+    transport: Transport,
+    txns: HashMap<TxnKey, Entry>,
+    /// Deadlines of transactions; stale entries are skipped when popped.
+    wheel: BinaryHeap<Reverse<(Instant, u64)>>,
+    ids: HashMap<u64, TxnKey>,
+    next_id: u64,
+    out: VecDeque<(SocketAddr, Bytes)>,
+    tag_counter: u64,
+    draining: bool,
+}
+
+impl SipCore {
+    /// A core for an unreliable (UDP) or reliable (TCP, TLS) transport.
+    pub fn new(transport: Transport, timers: TimerConfig) -> Self {
+        Self {
+            timers,
+            transport,
+            txns: HashMap::new(),
+            wheel: BinaryHeap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            out: VecDeque::new(),
+            tag_counter: 0,
+            draining: false,
+        }
+    }
+
+    /// While draining, new INVITEs are answered 503 so callers retry another node.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Server transactions in progress.
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// A datagram (or stream frame) arrived from `from` at `now`.
+    pub fn handle_datagram(&mut self, now: Instant, data: Bytes, from: SocketAddr) {
+        match screen(parse_datagram(data)) {
+            Screened::Accept(msg) => self.handle_message(now, msg, from),
+            Screened::Answer(resp) => {
+                count("in", "invalid");
+                self.send(from, &resp);
+            }
+            Screened::Drop(why) => {
+                count("in", "dropped");
+                tracing::debug!(%from, %why, "SIP message dropped");
+            }
+        }
+    }
+
+    /// A framed, screened message.
+    fn handle_message(&mut self, now: Instant, msg: SipMessage, from: SocketAddr) {
+        let Some(method) = msg.method().cloned() else {
+            // Responses belong to client transactions; the core has none yet.
+            count("in", &format!("{}", msg.status().unwrap_or(0)));
+            return;
+        };
+        count("in", &method.to_string());
+        let Some(key) = TxnKey::of(&msg) else {
+            if method != Method::Ack {
+                let resp = MessageBuilder::response_to(
+                    &msg,
+                    400,
+                    "Bad Request - Via branch must start with z9hG4bK",
+                    None,
+                )
+                .build();
+                self.send(from, &resp);
+            }
+            return;
+        };
+        if let Some(entry) = self.txns.get_mut(&key) {
+            metrics::counter!(telemetry::SIP_RETRANSMISSIONS_TOTAL).increment(1);
+            entry.txn.handle_request(now, &msg);
+            self.drain(&key, now);
+            return;
+        }
+        if method == Method::Ack {
+            // An ACK for a 2xx (or for a transaction already gone): no response, ever.
+            return;
+        }
+        if self.txns.len() >= MAX_TRANSACTIONS {
+            let resp =
+                MessageBuilder::response_to(&msg, 503, "Service Unavailable - overloaded", None)
+                    .header(HeaderName::RetryAfter, "5")
+                    .build();
+            self.send(from, &resp);
+            return;
+        }
+        let txn = ServerTxn::new(now, msg, self.transport, self.timers);
+        self.txns.insert(key.clone(), Entry { txn, peer: from });
+        metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
+        self.drain(&key, now);
+    }
+
+    /// Runs a transaction's outputs: transmissions go out, requests are answered.
+    fn drain(&mut self, key: &TxnKey, now: Instant) {
+        loop {
+            let Some(entry) = self.txns.get_mut(key) else {
+                return;
+            };
+            let Some(output) = entry.txn.poll_output() else {
+                break;
+            };
+            let peer = entry.peer;
+            match output {
+                TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
+                TxnOutput::Deliver(request) => {
+                    let response = self.answer(&request, peer);
+                    if let Some(entry) = self.txns.get_mut(key) {
+                        entry.txn.respond(now, response);
+                    }
+                }
+                TxnOutput::AckTimeout | TxnOutput::Timeout => {
+                    tracing::debug!(branch = %key.branch, "transaction timed out");
+                }
+                TxnOutput::Terminated => {
+                    self.txns.remove(key);
+                    metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
+                    return;
+                }
+            }
+        }
+        if let Some(at) = self.txns.get(key).and_then(|e| e.txn.poll_timeout()) {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ids.insert(id, key.clone());
+            self.wheel.push(Reverse((at, id)));
+        }
+    }
+
+    /// What the switch itself answers to a request outside any call.
+    fn answer(&mut self, req: &SipMessage, peer: SocketAddr) -> SipMessage {
+        self.tag_counter += 1;
+        let tag = format!("wsw{:x}", self.tag_counter);
+        let method = req.method().cloned().unwrap_or(Method::Options);
+        let respond = |code, reason: &str| {
+            MessageBuilder::response_to(req, code, reason, Some(&tag))
+                .header(HeaderName::Allow, ALLOW)
+                .header(HeaderName::Supported, SUPPORTED_OPTIONS.join(", "))
+        };
+        let mut resp = match method {
+            Method::Options => respond(200, "OK").header(
+                HeaderName::Other(Bytes::from_static(b"Accept")),
+                "application/sdp",
+            ),
+            Method::Invite if self.draining => {
+                respond(503, "Service Unavailable - draining").header(HeaderName::RetryAfter, "30")
+            }
+            Method::Invite => respond(404, "Not Found - no route"),
+            Method::Bye | Method::Cancel | Method::Update | Method::Info | Method::Prack => {
+                respond(481, "Call/Transaction Does Not Exist")
+            }
+            _ => respond(405, "Method Not Allowed"),
+        }
+        .header(
+            HeaderName::Server,
+            concat!("waswitch/", env!("CARGO_PKG_VERSION")),
+        )
+        .build();
+        stamp_received(&mut resp, peer);
+        resp
+    }
+
+    /// Time has reached the earliest deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.wheel.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wheel.pop();
+            let Some(key) = self.ids.remove(&id) else {
+                continue;
+            };
+            let Some(entry) = self.txns.get_mut(&key) else {
+                continue;
+            };
+            // Stale deadline: the transaction has re-armed since.
+            if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
+                entry.txn.handle_timeout(now);
+                self.drain(&key, now);
+            }
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next datagram to send and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
+        let (to, bytes) = self.out.pop_front()?;
+        if let Some(code) = status_of(&bytes) {
+            count("out", code);
+        }
+        Some((to, bytes))
+    }
+
+    fn send(&mut self, to: SocketAddr, resp: &SipMessage) {
+        let mut out = BytesMut::new();
+        resp.encode(&mut out);
+        self.out.push_back((to, out.freeze()));
+    }
+}
+
+/// Adds `received` (and fills `rport`) to the top Via of a response for its real source
+/// (RFC 3261 §18.2.1, RFC 3581 §4).
+fn stamp_received(resp: &mut SipMessage, peer: SocketAddr) {
+    let Some(pos) = resp.headers.iter().position(|h| h.name == HeaderName::Via) else {
+        return;
+    };
+    let value = resp.headers[pos].value.clone();
+    let Ok(list) = super::header::split_list(&value) else {
+        return;
+    };
+    let Some(top) = list.first() else { return };
+    let Ok(mut parsed) = Via::parse_all(top) else {
+        return;
+    };
+    let Some(via) = parsed.pop() else { return };
+    let mut text = String::from_utf8_lossy(top).into_owned();
+    if via.host != peer.ip().to_string() && via.received().is_none() {
+        text.push_str(&format!(";received={}", peer.ip()));
+    }
+    if via.rport() == Some(None) {
+        text = text.replacen(";rport", &format!(";rport={}", peer.port()), 1);
+    }
+    let rest = &value[top.len()..];
+    let mut new = BytesMut::from(text.as_bytes());
+    new.extend_from_slice(rest);
+    resp.headers[pos] = Header::new(HeaderName::Via, new.freeze());
+}
+
+fn status_of(bytes: &[u8]) -> Option<&str> {
+    if bytes.starts_with(b"SIP/2.0 ") && bytes.len() >= 11 {
+        std::str::from_utf8(&bytes[8..11]).ok()
+    } else {
+        None
+    }
+}
+
+fn count(direction: &'static str, what: &str) {
+    metrics::counter!(
+        telemetry::SIP_MESSAGES_TOTAL,
+        "direction" => direction,
+        "method_or_status" => what.to_string()
+    )
+    .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const PEER: &str = "127.0.0.1:5080";
+
+    fn options(branch: &str) -> Bytes {
+        Bytes::from(format!(
+            "OPTIONS sip:waswitch@127.0.0.1:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:5080;branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\n\
+             To: <sip:waswitch@127.0.0.1>\r\nCall-ID: {branch}@127.0.0.1\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ))
+    }
+
+    fn sent(core: &mut SipCore) -> Vec<SipMessage> {
+        std::iter::from_fn(|| core.poll_transmit())
+            .map(|(to, b)| {
+                assert_eq!(to, PEER.parse().unwrap(), "answers go to the source");
+                parse_datagram(b).expect("our output parses")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn options_is_answered_once_and_retransmissions_replayed() {
+        let now = Instant::now();
+        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let peer = PEER.parse().unwrap();
+        core.handle_datagram(now, options("z9hG4bK-o1"), peer);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status(), Some(200));
+        let via = &out[0].header(&HeaderName::Via).unwrap().value;
+        assert!(via.ends_with(b";rport=5080"), "{via:?}");
+        core.handle_datagram(
+            now + Duration::from_millis(500),
+            options("z9hG4bK-o1"),
+            peer,
+        );
+        let replay = sent(&mut core);
+        assert_eq!(replay, out, "the retransmission gets the same response");
+        assert_eq!(core.transactions(), 1);
+        // Timer J (64·T1) ends the transaction.
+        let deadline = core.poll_timeout().expect("timer J");
+        assert_eq!(deadline, now + Duration::from_secs(32));
+        core.handle_timeout(deadline);
+        assert_eq!(core.transactions(), 0);
+        assert_eq!(core.poll_timeout(), None);
+    }
+
+    #[test]
+    fn invite_without_a_route_gets_trying_then_404_and_the_ack_closes_it() {
+        let now = Instant::now();
+        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let peer = PEER.parse().unwrap();
+        let invite = String::from_utf8(options("z9hG4bK-i1").to_vec())
+            .unwrap()
+            .replace("OPTIONS", "INVITE");
+        core.handle_datagram(now, Bytes::from(invite.clone()), peer);
+        let out = sent(&mut core);
+        let codes: Vec<_> = out.iter().map(|m| m.status()).collect();
+        assert_eq!(codes, [Some(100), Some(404)]);
+        let to = &out[1].header(&HeaderName::To).unwrap().value;
+        let ack = invite
+            .replace("INVITE sip", "ACK sip")
+            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+            .replace(
+                "To: <sip:waswitch@127.0.0.1>",
+                &format!("To: {}", String::from_utf8_lossy(to)),
+            );
+        core.handle_datagram(now + Duration::from_millis(100), Bytes::from(ack), peer);
+        assert!(sent(&mut core).is_empty(), "an ACK is never answered");
+        // Timer I = T4 after the ACK.
+        core.handle_timeout(now + Duration::from_secs(6));
+        assert_eq!(core.transactions(), 0);
+    }
+
+    #[test]
+    fn garbage_is_dropped_and_a_bad_request_gets_400() {
+        let now = Instant::now();
+        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let peer = PEER.parse().unwrap();
+        core.handle_datagram(now, Bytes::from_static(b"\x00\x01 hello"), peer);
+        assert!(sent(&mut core).is_empty());
+        let bad = String::from_utf8(options("z9hG4bK-b1").to_vec())
+            .unwrap()
+            .replace("CSeq: 1 OPTIONS", "CSeq: 99999999999 OPTIONS");
+        core.handle_datagram(now, Bytes::from(bad), peer);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status(), Some(400));
+        assert_eq!(core.transactions(), 0);
+    }
+}

@@ -1,0 +1,96 @@
+//! The tokio driver of the SIP core: owns the sockets, feeds [`SipCore`] what arrives and the
+//! time, sends what it asks, re-arms its timer. No SIP logic lives here.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::core::SipCore;
+use super::txn::{TimerConfig, Transport};
+
+/// Largest UDP datagram read (a SIP message over UDP must fit one).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A running UDP listener.
+pub struct UdpListener {
+    local: SocketAddr,
+    draining: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl UdpListener {
+    /// Binds `addr` and starts serving.
+    pub async fn bind(addr: SocketAddr, timers: TimerConfig) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        let (draining, draining_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve_udp(socket, timers, draining_rx, stop_rx));
+        Ok(Self {
+            local,
+            draining,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// New INVITEs get 503 from now on.
+    pub fn begin_drain(&self) {
+        let _ = self.draining.send(true);
+    }
+
+    /// Stops serving and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn serve_udp(
+    socket: UdpSocket,
+    timers: TimerConfig,
+    mut draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut core = SipCore::new(Transport::Unreliable, timers);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let deadline = core.poll_timeout();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => core.handle_datagram(Instant::now(), Bytes::copy_from_slice(&buf[..n]), from),
+                // ICMP port unreachable from an earlier send shows up here on Linux; the
+                // socket is still good.
+                Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            changed = draining.changed() => {
+                if changed.is_ok() {
+                    core.set_draining(*draining.borrow());
+                }
+            }
+            _ = stop.changed() => break,
+        }
+        while let Some((to, bytes)) = core.poll_transmit() {
+            if let Err(e) = socket.send_to(&bytes, to).await {
+                tracing::debug!(%to, error = %e, "SIP UDP send failed");
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(at) = deadline {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
