@@ -275,3 +275,107 @@ fn stream_framing_rejects_what_a_datagram_tolerates() {
         assert_eq!(got.as_ref(), Some(&whole), "{name}");
     }
 }
+
+/// Every corpus message sent over UDP to a running node. The messages name foreign hosts, so
+/// the test re-runs itself inside `unshare -n` (a network namespace with nothing but
+/// loopback): no answer can leave the machine whatever the switch does.
+#[test]
+fn a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace() {
+    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_some() {
+        return over_the_wire();
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let status = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$1\" --exact --nocapture",
+        ])
+        .arg(&exe)
+        .arg("a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace")
+        .env("WASWITCH_TEST_IN_NETNS", "1")
+        .output()
+        .expect("unshare (util-linux) runs; the test needs root for a network namespace");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        status.status.success() && stdout.contains("1 passed"),
+        "the test inside the namespace failed or did not run:\n{stdout}\n{stderr}"
+    );
+}
+
+fn over_the_wire() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    use waswitch::config::{Config, StoreUrl};
+    use waswitch::node::Node;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = rt.block_on(async {
+        let mut config =
+            Config::from_toml(std::path::Path::new("t.toml"), "", |_| None).expect("config");
+        config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
+        config.store.url = StoreUrl::Sqlite(dir.path().join("t.db").to_string_lossy().into_owned());
+        Node::start(config).await.expect("node")
+    });
+    let switch = node.sip_udp_addr().expect("SIP UDP bound");
+    let expected = expectations();
+    let mut wrong = Vec::new();
+    for (name, kind) in manifest() {
+        let bytes = read(&name);
+        let is_response = bytes.starts_with(b"SIP/");
+        // A socket per message: a fresh source, so no two files share a transaction.
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        sock.send_to(&bytes, switch).expect("send");
+        let mut codes = Vec::new();
+        let mut buf = [0u8; 65_535];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            assert_eq!(from, switch);
+            let resp =
+                parse_datagram(Bytes::copy_from_slice(&buf[..n])).expect("switch output parses");
+            codes.push(resp.status().unwrap_or(0));
+            if resp.status().is_some_and(|c| c >= 200) {
+                break;
+            }
+        }
+        let finals: Vec<u16> = codes.iter().copied().filter(|c| *c >= 200).collect();
+        let ok = match expected[name.as_str()] {
+            Expect::Accept if is_response => codes.is_empty(),
+            Expect::Accept => finals.len() == 1 && finals[0] != 400,
+            Expect::Answer(code, _) => finals == [code],
+            Expect::Drop => codes.is_empty(),
+        };
+        if !ok {
+            wrong.push(format!(
+                "{name} ({kind}): expected {:?}, the switch sent {codes:?}",
+                expected[name.as_str()]
+            ));
+        }
+    }
+    // Still alive and serving after the whole corpus.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let probe = format!(
+        "OPTIONS sip:ping@{switch} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-alive\r\n\
+         From: <sip:t@127.0.0.1>;tag=a\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: alive\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        sock.local_addr().expect("addr")
+    );
+    sock.send_to(probe.as_bytes(), switch).expect("send");
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("switch still answers");
+    assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"));
+    rt.block_on(node.drain_and_stop());
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

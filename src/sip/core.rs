@@ -31,32 +31,55 @@ pub const MAX_TRANSACTIONS: usize = 200_000;
 /// Methods the switch implements (the `Allow` header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
 
-/// Identifies a server transaction (RFC 3261 §17.2.3): branch, sent-by, and the method
-/// (ACK matches its INVITE).
+/// Identifies a server transaction (RFC 3261 §17.2.3): branch, sent-by and method (ACK
+/// matches its INVITE); for RFC 2543 peers, whose branch lacks the magic cookie, the
+/// Request-URI, Call-ID, CSeq number and From tag stand in for the branch (§17.2.3, last
+/// paragraph). The source address is part of the key, so a request forged from elsewhere
+/// never matches, and never replays, another peer's transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TxnKey {
     branch: String,
     sent_by: String,
     method: Method,
+    peer: SocketAddr,
 }
 
 impl TxnKey {
-    fn of(msg: &SipMessage) -> Option<TxnKey> {
+    fn of(msg: &SipMessage, peer: SocketAddr) -> Option<TxnKey> {
         let via = Via::parse_all(&msg.header(&HeaderName::Via)?.value).ok()?;
         let top = via.into_iter().next()?;
-        let branch = top.branch()?.to_string();
-        // Only RFC 3261 branches identify transactions; RFC 2543 peers are not supported.
-        if !branch.starts_with("z9hG4bK") {
-            return None;
-        }
         let method = match msg.method()? {
             Method::Ack => Method::Invite,
             m => m.clone(),
+        };
+        let branch = match top.branch() {
+            Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
+            _ => {
+                let uri = match &msg.start {
+                    super::msg::StartLine::Request { uri, .. } => uri.clone(),
+                    super::msg::StartLine::Response { .. } => Bytes::new(),
+                };
+                let call_id = msg.header(&HeaderName::CallId)?.value.clone();
+                let seq = super::header::CSeq::parse(&msg.header(&HeaderName::CSeq)?.value)
+                    .ok()?
+                    .seq;
+                let from_tag =
+                    super::header::NameAddr::parse(&msg.header(&HeaderName::From)?.value)
+                        .ok()
+                        .and_then(|a| a.tag().map(str::to_string))
+                        .unwrap_or_default();
+                format!(
+                    "rfc2543:{}:{}:{seq}:{from_tag}",
+                    String::from_utf8_lossy(&uri),
+                    String::from_utf8_lossy(&call_id)
+                )
+            }
         };
         Some(TxnKey {
             branch,
             sent_by: format!("{}:{}", top.host, top.port.unwrap_or(5060)),
             method,
+            peer,
         })
     }
 }
@@ -129,17 +152,9 @@ impl SipCore {
             return;
         };
         count("in", &method.to_string());
-        let Some(key) = TxnKey::of(&msg) else {
-            if method != Method::Ack {
-                let resp = MessageBuilder::response_to(
-                    &msg,
-                    400,
-                    "Bad Request - Via branch must start with z9hG4bK",
-                    None,
-                )
-                .build();
-                self.send(from, &resp);
-            }
+        let Some(key) = TxnKey::of(&msg, from) else {
+            // Screening guarantees Via, Call-ID, CSeq and From parse; nothing to match on
+            // otherwise, and nothing sensible to answer.
             return;
         };
         if let Some(entry) = self.txns.get_mut(&key) {
