@@ -27,7 +27,7 @@ fn sipp_counters(csv: &Path) -> std::collections::HashMap<String, u64> {
     let text = std::fs::read_to_string(csv).expect("SIPp stats file");
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next().expect("header row").split(';').collect();
-    let last: Vec<&str> = lines.last().expect("a stats row").split(';').collect();
+    let last: Vec<&str> = lines.next_back().expect("a stats row").split(';').collect();
     header
         .iter()
         .zip(last)
