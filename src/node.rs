@@ -22,7 +22,7 @@ use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
-use crate::sip::transport::UdpListener;
+use crate::sip::transport::{bind_sip, tcp::TcpListener, UdpListener};
 use crate::sip::txn::TimerConfig;
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
@@ -92,6 +92,7 @@ pub struct Node {
     http_stop: oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
     sip_udp: Option<UdpListener>,
+    sip_tcp: Option<TcpListener>,
 }
 
 impl Node {
@@ -102,8 +103,18 @@ impl Node {
             .sip
             .transports
             .contains(&crate::config::Transport::Udp);
-        let expected: &[&'static str] = if udp { &["http", "sip_udp"] } else { &["http"] };
-        let readiness = Arc::new(Readiness::new(expected));
+        let tcp = config
+            .sip
+            .transports
+            .contains(&crate::config::Transport::Tcp);
+        let mut expected = vec!["http"];
+        if udp {
+            expected.push("sip_udp");
+        }
+        if tcp {
+            expected.push("sip_tcp");
+        }
+        let readiness = Arc::new(Readiness::new(&expected));
 
         let store = Store::open(&config.store).await?;
         tracing::info!(store = %config.store.url, backend = store.backend(), "store open");
@@ -131,20 +142,21 @@ impl Node {
         let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
         let calls = Calls::new(registry, root.clone(), cdrs, ports, &node_id);
 
-        let sip_udp = if udp {
-            let listener = UdpListener::bind(config.sip.listen, TimerConfig::default())
-                .await
-                .map_err(|source| StartError::Bind {
-                    key: "sip.listen",
-                    address: config.sip.listen,
-                    source,
-                })?;
-            readiness.bound("sip_udp", listener.local_addr());
-            tracing::info!(sip_udp = %listener.local_addr(), "SIP listening");
-            Some(listener)
-        } else {
-            None
-        };
+        let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, TimerConfig::default())
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "sip.listen",
+                address: config.sip.listen,
+                source,
+            })?;
+        if let Some(l) = &sip_udp {
+            readiness.bound("sip_udp", l.local_addr());
+            tracing::info!(sip_udp = %l.local_addr(), "SIP listening");
+        }
+        if let Some(l) = &sip_tcp {
+            readiness.bound("sip_tcp", l.local_addr());
+            tracing::info!(sip_tcp = %l.local_addr(), "SIP listening");
+        }
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -186,7 +198,13 @@ impl Node {
             http_stop,
             http_task,
             sip_udp,
+            sip_tcp,
         })
+    }
+
+    /// The address the SIP TCP listener is bound to.
+    pub fn sip_tcp_addr(&self) -> Option<SocketAddr> {
+        self.sip_tcp.as_ref().map(TcpListener::local_addr)
     }
 
     /// The address the SIP UDP listener is bound to.
@@ -216,6 +234,9 @@ impl Node {
         self.readiness.begin_drain();
         self.calls.begin_drain();
         if let Some(sip) = &self.sip_udp {
+            sip.begin_drain();
+        }
+        if let Some(sip) = &self.sip_tcp {
             sip.begin_drain();
         }
         let active = self.calls.active();
@@ -268,6 +289,9 @@ impl Node {
         }
 
         if let Some(sip) = self.sip_udp {
+            sip.stop().await;
+        }
+        if let Some(sip) = self.sip_tcp {
             sip.stop().await;
         }
         let _ = self.http_stop.send(());

@@ -35,9 +35,11 @@ fn sipp_counters(csv: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-/// Runs `calls` calls of a scenario at `rate` cps against `target`; bounded in count and time.
+/// Runs `calls` calls of a scenario over `transport` (SIPp's `-t`: u1 UDP, t1 one TCP
+/// connection) at `rate` cps against `target`; bounded in count and time.
 fn run_sipp(
     scenario_file: &str,
+    transport: &str,
     target: std::net::SocketAddr,
     calls: u32,
     rate: u32,
@@ -54,7 +56,7 @@ fn run_sipp(
         .args(["-p", &free_udp_port().to_string()])
         .args(["-cp", &free_udp_port().to_string()])
         .args(["-mp", &free_udp_port().to_string()])
-        .args(["-s", "4930123456"])
+        .args(["-s", "4930123456", "-t", transport])
         .args([
             "-m",
             &calls.to_string(),
@@ -105,7 +107,7 @@ fn sipp_options_pings_all_succeed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start_node(&rt, dir.path());
     let target = node.sip_udp_addr().expect("SIP UDP");
-    let (code, counters, log) = run_sipp("options_uac.xml", target, 300, 150);
+    let (code, counters, log) = run_sipp("options_uac.xml", "u1", target, 300, 150);
     assert_eq!(code, 0, "{log}");
     assert_eq!(
         counters.get("SuccessfulCall(C)"),
@@ -122,7 +124,7 @@ fn sipp_invite_without_route_gets_404_and_the_ack_is_absorbed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start_node(&rt, dir.path());
     let target = node.sip_udp_addr().expect("SIP UDP");
-    let (code, counters, log) = run_sipp("invite_no_route_uac.xml", target, 200, 100);
+    let (code, counters, log) = run_sipp("invite_no_route_uac.xml", "u1", target, 200, 100);
     assert_eq!(code, 0, "{log}");
     assert_eq!(
         counters.get("SuccessfulCall(C)"),
@@ -137,5 +139,68 @@ fn sipp_invite_without_route_gets_404_and_the_ack_is_absorbed() {
         "{counters:?}"
     );
     std::thread::sleep(Duration::from_millis(100));
+    rt.block_on(node.drain_and_stop());
+}
+
+#[test]
+fn sipp_over_tcp_options_and_invite_without_route() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&rt, dir.path());
+    let target = node.sip_tcp_addr().expect("SIP TCP");
+    assert_eq!(
+        Some(target),
+        node.sip_udp_addr(),
+        "UDP and TCP share the port"
+    );
+    // One connection (t1) carries every call: responses must go back on it.
+    let (code, counters, log) = run_sipp("options_uac.xml", "t1", target, 200, 100);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        counters.get("SuccessfulCall(C)"),
+        Some(&200),
+        "{counters:?}\n{log}"
+    );
+    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    let (code, counters, log) = run_sipp("invite_no_route_uac.xml", "t1", target, 100, 50);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        counters.get("SuccessfulCall(C)"),
+        Some(&100),
+        "{counters:?}\n{log}"
+    );
+    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    rt.block_on(node.drain_and_stop());
+}
+
+#[test]
+fn tcp_framing_error_is_answered_then_the_connection_closes() {
+    use std::io::{Read, Write};
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&rt, dir.path());
+    let target = node.sip_tcp_addr().expect("SIP TCP");
+    let mut conn = std::net::TcpStream::connect(target).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // A good OPTIONS, then one with a negative Content-Length: the stream cannot be framed
+    // after it, so the switch answers 400 and closes.
+    let good = "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK-t1\r\n\
+        From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: tcp-1\r\nCSeq: 1 OPTIONS\r\n\
+        Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    let bad = good
+        .replace("Content-Length: 0", "Content-Length: -999")
+        .replace("t1", "t2");
+    conn.write_all(good.as_bytes()).expect("write");
+    conn.write_all(bad.as_bytes()).expect("write");
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("SIP/2.0 400 Bad Request - Content-Length is not a non-negative number\r\n"),
+        "{text}"
+    );
+    // read_to_end returned: the switch closed the connection.
     rt.block_on(node.drain_and_stop());
 }

@@ -435,6 +435,11 @@ impl Validator {
         let mut transports = Vec::new();
         for (i, t) in raw.sip.transports.iter().enumerate() {
             match Transport::parse(t) {
+                Some(Transport::Tls) => self.problem(
+                    &format!("sip.transports[{i}]"),
+                    "\"tls\" is not available yet: this version has no [sip.tls] certificate settings",
+                    "listen on \"udp\" and \"tcp\", and put a TLS-terminating SBC in front for now",
+                ),
                 Some(t) if transports.contains(&t) => self.problem(
                     &format!("sip.transports[{i}]"),
                     format!("{:?} is listed twice", t.as_str()),

@@ -113,6 +113,13 @@ fn unknown_sip_transport_is_named_by_index() {
 }
 
 #[test]
+fn sip_tls_listener_is_refused_until_certificates_can_be_configured() {
+    let p = one_problem("[sip]\ntransports = [\"udp\", \"tls\"]\n");
+    assert_eq!(p.key, "sip.transports[1]");
+    assert!(p.problem.contains("not available yet"), "{p:?}");
+}
+
+#[test]
 fn sip_and_http_cannot_share_a_tcp_port() {
     let p = one_problem("[http]\nlisten = \"127.0.0.1:5060\"\n");
     assert_eq!(p.key, "sip.listen");

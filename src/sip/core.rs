@@ -129,9 +129,19 @@ impl SipCore {
         self.txns.len()
     }
 
-    /// A datagram (or stream frame) arrived from `from` at `now`.
+    /// A UDP datagram arrived from `from` at `now`.
     pub fn handle_datagram(&mut self, now: Instant, data: Bytes, from: SocketAddr) {
-        match screen(parse_datagram(data)) {
+        self.handle_frame(now, parse_datagram(data), from);
+    }
+
+    /// A message framed by the transport (a datagram, or a frame of a stream) arrived.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        framed: Result<SipMessage, super::msg::ParseFailure>,
+        from: SocketAddr,
+    ) {
+        match screen(framed) {
             Screened::Accept(msg) => self.handle_message(now, msg, from),
             Screened::Answer(resp) => {
                 count("in", "invalid");

@@ -9,6 +9,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod tcp;
+
 use super::core::SipCore;
 use super::txn::{TimerConfig, Transport};
 
@@ -26,7 +28,11 @@ pub struct UdpListener {
 impl UdpListener {
     /// Binds `addr` and starts serving.
     pub async fn bind(addr: SocketAddr, timers: TimerConfig) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(addr).await?;
+        Self::serve(UdpSocket::bind(addr).await?, timers)
+    }
+
+    /// Serves SIP on an already bound socket.
+    pub fn serve(socket: UdpSocket, timers: TimerConfig) -> std::io::Result<Self> {
         let local = socket.local_addr()?;
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
@@ -93,4 +99,51 @@ async fn sleep_until(deadline: Option<Instant>) {
     if let Some(at) = deadline {
         tokio::time::sleep_until(at.into()).await;
     }
+}
+
+/// Binds SIP on `addr` for UDP and/or TCP on the same port. With port 0 (tests), a port
+/// free for both is found.
+pub async fn bind_sip(
+    addr: SocketAddr,
+    udp: bool,
+    tcp: bool,
+    timers: TimerConfig,
+) -> std::io::Result<(Option<UdpListener>, Option<tcp::TcpListener>)> {
+    let mut last_err = None;
+    for _ in 0..if addr.port() == 0 { 20 } else { 1 } {
+        let udp_socket = if udp {
+            match UdpSocket::bind(addr).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let port = match &udp_socket {
+            Some(s) => s.local_addr()?.port(),
+            None => addr.port(),
+        };
+        let tcp_listener = if tcp {
+            match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let udp = udp_socket
+            .map(|s| UdpListener::serve(s, timers))
+            .transpose()?;
+        let tcp = tcp_listener
+            .map(|l| tcp::TcpListener::serve(l, timers))
+            .transpose()?;
+        return Ok((udp, tcp));
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no free SIP port")))
 }

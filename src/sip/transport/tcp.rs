@@ -1,0 +1,218 @@
+//! SIP over TCP: one task per connection frames the byte stream (Content-Length required),
+//! one task runs the core for every connection; responses go back on the connection the
+//! request came in on.
+//!
+//! Bounded everywhere: at most [`MAX_CONNECTIONS`] connections, a frame buffer of at most
+//! [`crate::sip::msg::MAX_MESSAGE_SIZE`] per connection, bounded queues between the tasks
+//! (a slow core slows the readers down; a peer that does not read its responses is
+//! disconnected), and an idle timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener as TokioTcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::sip::core::SipCore;
+use crate::sip::msg::{ParseFailure, SipMessage, StreamFramer};
+use crate::sip::txn::{TimerConfig, Transport};
+
+/// Most TCP connections served at once; further connections are accepted and closed.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Frames queued from all connections toward the core.
+const INBOUND_QUEUE: usize = 4096;
+/// Responses queued toward one connection before the peer counts as not reading.
+const OUTBOUND_QUEUE: usize = 256;
+
+enum Inbound {
+    Opened(SocketAddr, mpsc::Sender<Bytes>),
+    Frame(SocketAddr, Result<SipMessage, ParseFailure>),
+    Closed(SocketAddr),
+}
+
+/// A running TCP listener.
+pub struct TcpListener {
+    local: SocketAddr,
+    draining: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TcpListener {
+    /// Serves SIP on an already bound listener.
+    pub fn serve(listener: TokioTcpListener, timers: TimerConfig) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (draining, draining_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let core = tokio::spawn(run_core(inbound_rx, timers, draining_rx, stop_rx.clone()));
+        let accept = tokio::spawn(accept_loop(listener, inbound, stop_rx));
+        Ok(Self {
+            local,
+            draining,
+            stop,
+            tasks: vec![core, accept],
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// New INVITEs get 503 from now on.
+    pub fn begin_drain(&self) {
+        let _ = self.draining.send(true);
+    }
+
+    /// Stops accepting and serving; open connections are closed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TokioTcpListener,
+    inbound: mpsc::Sender<Inbound>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIP TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, "SIP TCP connection limit reached; closing");
+                    continue;
+                };
+                let inbound = inbound.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    connection(stream, peer, inbound, stop).await;
+                    drop(permit);
+                });
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
+    if inbound.send(Inbound::Opened(peer, out_tx)).await.is_err() {
+        return;
+    }
+    let write = async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    };
+    let read = async {
+        let mut framer = StreamFramer::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                r = tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut buf)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        tracing::debug!(%peer, "SIP TCP connection idle; closing");
+                        return;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            framer.push(&buf[..n]);
+            loop {
+                match framer.next_message() {
+                    Ok(Some(msg)) => {
+                        if inbound.send(Inbound::Frame(peer, Ok(msg))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(failure) => {
+                        // The stream cannot be re-synchronised (RFC 3261 §18.3): answer if
+                        // possible, then close.
+                        let _ = inbound.send(Inbound::Frame(peer, Err(failure))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(write);
+    tokio::select! {
+        _ = read => {}
+        _ = &mut write => {}
+    }
+    let _ = inbound.send(Inbound::Closed(peer)).await;
+    // Let the writer flush what the core already queued for this peer (a final 400).
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+async fn run_core(
+    mut inbound: mpsc::Receiver<Inbound>,
+    timers: TimerConfig,
+    mut draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut core = SipCore::new(Transport::Reliable, timers);
+    let mut conns: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    loop {
+        let deadline = core.poll_timeout();
+        tokio::select! {
+            msg = inbound.recv() => match msg {
+                Some(Inbound::Opened(peer, tx)) => { conns.insert(peer, tx); }
+                Some(Inbound::Frame(peer, framed)) => core.handle_frame(Instant::now(), framed, peer),
+                Some(Inbound::Closed(peer)) => { conns.remove(&peer); }
+                None => return,
+            },
+            _ = super::sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            changed = draining.changed() => {
+                if changed.is_ok() {
+                    core.set_draining(*draining.borrow());
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        while let Some((to, bytes)) = core.poll_transmit() {
+            match conns.get(&to) {
+                Some(tx) => {
+                    if tx.try_send(bytes).is_err() {
+                        tracing::warn!(peer = %to, "SIP TCP peer not reading its responses; dropping the connection");
+                        conns.remove(&to);
+                    }
+                }
+                None => tracing::debug!(peer = %to, "SIP TCP response for a closed connection"),
+            }
+        }
+    }
+}
