@@ -23,7 +23,7 @@ use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
 use crate::sip::transport::{bind_sip, tcp::TcpListener, UdpListener};
-use crate::sip::txn::TimerConfig;
+use crate::sip::trunk::{ProbeTarget, TrunkHealth};
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -93,6 +93,7 @@ pub struct Node {
     http_task: JoinHandle<std::io::Result<()>>,
     sip_udp: Option<UdpListener>,
     sip_tcp: Option<TcpListener>,
+    trunk_health: TrunkHealth,
 }
 
 impl Node {
@@ -142,13 +143,22 @@ impl Node {
         let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
         let calls = Calls::new(registry, root.clone(), cdrs, ports, &node_id);
 
-        let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, TimerConfig::default())
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "sip.listen",
-                address: config.sip.listen,
-                source,
-            })?;
+        let trunk_health = TrunkHealth::default();
+        let probes = probe_targets(&config);
+        let (sip_udp, sip_tcp) = bind_sip(
+            config.sip.listen,
+            udp,
+            tcp,
+            config.sip.timers,
+            probes,
+            trunk_health.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "sip.listen",
+            address: config.sip.listen,
+            source,
+        })?;
         if let Some(l) = &sip_udp {
             readiness.bound("sip_udp", l.local_addr());
             tracing::info!(sip_udp = %l.local_addr(), "SIP listening");
@@ -199,7 +209,13 @@ impl Node {
             http_task,
             sip_udp,
             sip_tcp,
+            trunk_health,
         })
+    }
+
+    /// Health of the probed trunks.
+    pub fn trunk_health(&self) -> &TrunkHealth {
+        &self.trunk_health
     }
 
     /// The address the SIP TCP listener is bound to.
@@ -310,6 +326,36 @@ impl Node {
             cdrs_spilled,
         }
     }
+}
+
+/// The trunks the UDP listener probes with OPTIONS: UDP trunks with an interval and an IP
+/// address. Trunks named by host name are not probed yet (no resolver); they stay usable.
+fn probe_targets(config: &Config) -> Vec<ProbeTarget> {
+    use crate::sip::uri::Host;
+    let mut out = Vec::new();
+    for t in &config.trunks {
+        let Some(interval) = t.options_interval else {
+            continue;
+        };
+        let ip: std::net::IpAddr = match &t.uri.host {
+            Host::V4(a) => (*a).into(),
+            Host::V6(a) => (*a).into(),
+            _ => {
+                tracing::warn!(trunk = %t.name, "trunk named by host name: not probed");
+                continue;
+            }
+        };
+        if t.transport != crate::config::Transport::Udp {
+            tracing::warn!(trunk = %t.name, "OPTIONS probes run over UDP only: trunk not probed");
+            continue;
+        }
+        out.push(ProbeTarget {
+            name: t.name.clone(),
+            address: SocketAddr::new(ip, t.uri.port.unwrap_or(5060)),
+            interval,
+        });
+    }
+    out
 }
 
 /// Asks the current CDR writer to write everything queued. The writer may be restarting

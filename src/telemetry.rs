@@ -48,6 +48,9 @@ pub const SIP_TRANSACTIONS_ACTIVE: &str = "waswitch_sip_transactions_active";
 /// Counter: retransmitted SIP requests received and absorbed or answered from a transaction.
 pub const SIP_RETRANSMISSIONS_TOTAL: &str = "waswitch_sip_retransmissions_total";
 
+/// Gauge: 1 when a trunk answers its OPTIONS probes, 0 when it does not, by `trunk`.
+pub const TRUNK_UP: &str = "waswitch_trunk_up";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",

@@ -204,3 +204,95 @@ fn tcp_framing_error_is_answered_then_the_connection_closes() {
     // read_to_end returned: the switch closed the connection.
     rt.block_on(node.drain_and_stop());
 }
+
+#[test]
+fn trunk_probes_mark_a_sipp_trunk_up_then_down_when_it_goes_away() {
+    let sipp_port = free_udp_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uas = Command::new("sipp")
+        .arg("-sf")
+        .arg(scenario("options_uas.xml"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &sipp_port.to_string(),
+            "-bind_local",
+        ])
+        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+        .args(["-ci", "127.0.0.1", "-cp", &free_udp_port().to_string()])
+        .args([
+            "-m",
+            "1000",
+            "-nostdin",
+            "-timeout",
+            "50s",
+            "-timeout_error",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp runs (Debian package sip-tester)");
+    let mut uas = KillOnDrop(uas);
+    let rt = runtime();
+    let toml = format!(
+        "[sip]\nt1_ms = 50\n[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{sipp_port}\"\noptions_interval_secs = 1\n"
+    );
+    let node = rt.block_on(async {
+        let mut config =
+            Config::from_toml(Path::new("trunk.toml"), &toml, |_| None).expect("config");
+        config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
+        config.store.url = StoreUrl::Sqlite(dir.path().join("t.db").to_string_lossy().into_owned());
+        Node::start(config).await.expect("node")
+    });
+    let wait_for = |want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while node.trunk_health().get("pbx") != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "trunk never became up={want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let gauge = || {
+        waswitch::telemetry::install_metrics()
+            .render()
+            .lines()
+            .find(|l| l.starts_with("waswitch_trunk_up{trunk=\"pbx\"}"))
+            .map(str::to_string)
+    };
+    wait_for(true);
+    assert!(node.trunk_health().usable("pbx"));
+    assert_eq!(
+        gauge().as_deref(),
+        Some("waswitch_trunk_up{trunk=\"pbx\"} 1")
+    );
+    uas.stop();
+    // Silence: the next probe times out after 64·T1 (3.2 s) and the trunk goes down.
+    wait_for(false);
+    assert!(!node.trunk_health().usable("pbx"));
+    assert_eq!(
+        gauge().as_deref(),
+        Some("waswitch_trunk_up{trunk=\"pbx\"} 0")
+    );
+    rt.block_on(node.drain_and_stop());
+}
+
+/// A child process that is killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -72,6 +72,12 @@ pub(crate) struct SipSection {
     pub listen: String,
     #[serde(default = "default_sip_transports")]
     pub transports: Vec<String>,
+    #[serde(default = "default_t1_ms")]
+    pub t1_ms: i64,
+    #[serde(default = "default_t2_ms")]
+    pub t2_ms: i64,
+    #[serde(default = "default_t4_ms")]
+    pub t4_ms: i64,
 }
 
 impl Default for SipSection {
@@ -79,8 +85,23 @@ impl Default for SipSection {
         Self {
             listen: default_sip_listen(),
             transports: default_sip_transports(),
+            t1_ms: default_t1_ms(),
+            t2_ms: default_t2_ms(),
+            t4_ms: default_t4_ms(),
         }
     }
+}
+
+fn default_t1_ms() -> i64 {
+    500
+}
+
+fn default_t2_ms() -> i64 {
+    4000
+}
+
+fn default_t4_ms() -> i64 {
+    5000
 }
 
 fn default_sip_listen() -> String {
@@ -220,6 +241,12 @@ pub(crate) struct TrunkSection {
     pub max_calls: Option<i64>,
     #[serde(default)]
     pub pstn: bool,
+    #[serde(default = "default_options_interval")]
+    pub options_interval_secs: i64,
+}
+
+fn default_options_interval() -> i64 {
+    30
 }
 
 fn default_trunk_transport() -> String {

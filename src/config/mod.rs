@@ -70,6 +70,8 @@ pub struct SipConfig {
     pub listen: SocketAddr,
     /// Transports to listen on.
     pub transports: Vec<Transport>,
+    /// Transaction timer bases T1, T2, T4 (RFC 3261 §17).
+    pub timers: crate::sip::txn::TimerConfig,
 }
 
 /// SIP transport protocol.
@@ -195,6 +197,8 @@ pub struct SipTrunk {
     pub max_calls: Option<u32>,
     /// The trunk reaches the PSTN. WhatsApp calls are never routed to such a trunk.
     pub pstn: bool,
+    /// How often the trunk is probed with OPTIONS (`None`: never; it is then assumed up).
+    pub options_interval: Option<Duration>,
 }
 
 /// One configuration mistake.
@@ -473,6 +477,27 @@ impl Validator {
             }
         }
 
+        let t1 = self.bounded("sip.t1_ms", raw.sip.t1_ms, 10, 10_000);
+        let t2 = self.bounded("sip.t2_ms", raw.sip.t2_ms, 10, 60_000);
+        let t4 = self.bounded("sip.t4_ms", raw.sip.t4_ms, 10, 60_000);
+        if let (Some(t1), Some(t2)) = (t1, t2) {
+            if t2 < t1 {
+                self.problem(
+                    "sip.t2_ms",
+                    format!("{t2} is below sip.t1_ms ({t1})"),
+                    "T2 caps the retransmit interval and must be at least T1 (RFC 3261 default 4000)",
+                );
+            }
+        }
+        let timers = match (t1, t2, t4) {
+            (Some(t1), Some(t2), Some(t4)) => Some(crate::sip::txn::TimerConfig {
+                t1: Duration::from_millis(t1 as u64),
+                t2: Duration::from_millis(t2 as u64),
+                t4: Duration::from_millis(t4 as u64),
+            }),
+            _ => None,
+        };
+
         let media_ip = match raw.media.ip.trim().parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
@@ -556,6 +581,7 @@ impl Validator {
             sip: SipConfig {
                 listen: sip_listen?,
                 transports,
+                timers: timers?,
             },
             media: MediaConfig {
                 ip: media_ip?,
@@ -721,13 +747,28 @@ impl Validator {
                     None
                 }
             };
-            if let (Some(uri), Some(transport)) = (uri, transport) {
+            let options_interval = match t.options_interval_secs {
+                0 => Some(None),
+                n if (1..=3600).contains(&n) => Some(Some(Duration::from_secs(n as u64))),
+                n => {
+                    self.problem(
+                        &key("options_interval_secs"),
+                        format!("{n} is out of range"),
+                        "use 1 to 3600 seconds, or 0 to never probe the trunk",
+                    );
+                    None
+                }
+            };
+            if let (Some(uri), Some(transport), Some(options_interval)) =
+                (uri, transport, options_interval)
+            {
                 out.push(SipTrunk {
                     name,
                     uri,
                     transport,
                     max_calls,
                     pstn: t.pstn,
+                    options_interval,
                 });
             }
         }

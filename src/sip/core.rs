@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use super::build::MessageBuilder;
 use super::header::Via;
 use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage};
-use super::txn::{ServerTxn, TimerConfig, Transport, TxnOutput};
+use super::txn::{ClientTxn, ServerTxn, TimerConfig, Transport, TxnOutput};
 use super::validate::{screen, Screened, SUPPORTED_OPTIONS};
 use crate::telemetry;
 
@@ -89,14 +89,52 @@ struct Entry {
     peer: SocketAddr,
 }
 
+/// Identifies a request the core sent on behalf of its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+/// What happened to a request sent with [`SipCore::send_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// A response (provisional or final) arrived for it.
+    Response(RequestId, SipMessage),
+    /// No final response came in time (Timer B or F), or the transport failed.
+    Timeout(RequestId),
+}
+
+/// Client transaction key (RFC 3261 §17.1.3): our branch and the CSeq method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: Method,
+}
+
+struct ClientEntry {
+    txn: ClientTxn,
+    peer: SocketAddr,
+    id: RequestId,
+}
+
+/// A deadline in the timer heap: which transaction it belongs to.
+#[derive(Debug, Clone)]
+enum TimerOwner {
+    Server(TxnKey),
+    Client(ClientKey),
+}
+
 /// The switch's SIP core for one listening address.
 pub struct SipCore {
     timers: TimerConfig,
     transport: Transport,
     txns: HashMap<TxnKey, Entry>,
+    clients: HashMap<ClientKey, ClientEntry>,
+    events: VecDeque<CoreEvent>,
+    local: SocketAddr,
+    branch_seed: u64,
+    next_request: u64,
     /// Deadlines of transactions; stale entries are skipped when popped.
     wheel: BinaryHeap<Reverse<(Instant, u64)>>,
-    ids: HashMap<u64, TxnKey>,
+    ids: HashMap<u64, TimerOwner>,
     next_id: u64,
     out: VecDeque<(SocketAddr, Bytes)>,
     tag_counter: u64,
@@ -104,12 +142,24 @@ pub struct SipCore {
 }
 
 impl SipCore {
-    /// A core for an unreliable (UDP) or reliable (TCP, TLS) transport.
-    pub fn new(transport: Transport, timers: TimerConfig) -> Self {
+    /// A core for an unreliable (UDP) or reliable (TCP, TLS) transport, listening at
+    /// `local` (written in the Via of requests it sends). `branch_seed` makes its branches
+    /// unique across restarts (pass a random value).
+    pub fn new(
+        transport: Transport,
+        timers: TimerConfig,
+        local: SocketAddr,
+        branch_seed: u64,
+    ) -> Self {
         Self {
             timers,
             transport,
             txns: HashMap::new(),
+            clients: HashMap::new(),
+            events: VecDeque::new(),
+            local,
+            branch_seed,
+            next_request: 0,
             wheel: BinaryHeap::new(),
             ids: HashMap::new(),
             next_id: 0,
@@ -157,8 +207,8 @@ impl SipCore {
     /// A framed, screened message.
     fn handle_message(&mut self, now: Instant, msg: SipMessage, from: SocketAddr) {
         let Some(method) = msg.method().cloned() else {
-            // Responses belong to client transactions; the core has none yet.
             count("in", &format!("{}", msg.status().unwrap_or(0)));
+            self.handle_response(now, msg);
             return;
         };
         count("in", &method.to_string());
@@ -220,10 +270,90 @@ impl SipCore {
             }
         }
         if let Some(at) = self.txns.get(key).and_then(|e| e.txn.poll_timeout()) {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.ids.insert(id, key.clone());
-            self.wheel.push(Reverse((at, id)));
+            self.arm(at, TimerOwner::Server(key.clone()));
+        }
+    }
+
+    fn arm(&mut self, at: Instant, owner: TimerOwner) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ids.insert(id, owner);
+        self.wheel.push(Reverse((at, id)));
+    }
+
+    /// Sends `request` to `to` in a new client transaction. The core puts its own Via (with a
+    /// fresh branch) on top. Outcomes come from [`poll_event`](Self::poll_event).
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        mut request: SipMessage,
+        to: SocketAddr,
+    ) -> RequestId {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        let branch = format!("z9hG4bK-{:x}-{:x}", self.branch_seed, self.next_request);
+        let proto = match self.transport {
+            Transport::Unreliable => "UDP",
+            Transport::Reliable => "TCP",
+        };
+        let via = Header::new(
+            HeaderName::Via,
+            format!("SIP/2.0/{proto} {};branch={branch};rport", self.local),
+        );
+        request.headers.insert(0, via);
+        let method = request.method().cloned().unwrap_or(Method::Options);
+        let key = ClientKey { branch, method };
+        let txn = ClientTxn::new(now, request, self.transport, self.timers);
+        self.clients
+            .insert(key.clone(), ClientEntry { txn, peer: to, id });
+        metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
+            .set((self.txns.len() + self.clients.len()) as f64);
+        self.drain_client(&key);
+        id
+    }
+
+    /// The next outcome of a request sent with [`send_request`](Self::send_request).
+    pub fn poll_event(&mut self) -> Option<CoreEvent> {
+        self.events.pop_front()
+    }
+
+    fn handle_response(&mut self, now: Instant, response: SipMessage) {
+        let Some(key) = client_key(&response) else {
+            return;
+        };
+        let Some(entry) = self.clients.get_mut(&key) else {
+            // A response to nothing we sent (or to a finished transaction): dropped.
+            return;
+        };
+        entry.txn.handle_response(now, response);
+        self.drain_client(&key);
+    }
+
+    fn drain_client(&mut self, key: &ClientKey) {
+        loop {
+            let Some(entry) = self.clients.get_mut(key) else {
+                return;
+            };
+            let Some(output) = entry.txn.poll_output() else {
+                break;
+            };
+            let (peer, id) = (entry.peer, entry.id);
+            match output {
+                TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
+                TxnOutput::Deliver(resp) => self.events.push_back(CoreEvent::Response(id, resp)),
+                TxnOutput::Timeout | TxnOutput::AckTimeout => {
+                    self.events.push_back(CoreEvent::Timeout(id))
+                }
+                TxnOutput::Terminated => {
+                    self.clients.remove(key);
+                    metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
+                        .set((self.txns.len() + self.clients.len()) as f64);
+                    return;
+                }
+            }
+        }
+        if let Some(at) = self.clients.get(key).and_then(|e| e.txn.poll_timeout()) {
+            self.arm(at, TimerOwner::Client(key.clone()));
         }
     }
 
@@ -267,16 +397,27 @@ impl SipCore {
                 break;
             }
             self.wheel.pop();
-            let Some(key) = self.ids.remove(&id) else {
-                continue;
-            };
-            let Some(entry) = self.txns.get_mut(&key) else {
-                continue;
-            };
-            // Stale deadline: the transaction has re-armed since.
-            if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
-                entry.txn.handle_timeout(now);
-                self.drain(&key, now);
+            match self.ids.remove(&id) {
+                Some(TimerOwner::Server(key)) => {
+                    let Some(entry) = self.txns.get_mut(&key) else {
+                        continue;
+                    };
+                    // Stale deadline: the transaction has re-armed since.
+                    if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
+                        entry.txn.handle_timeout(now);
+                        self.drain(&key, now);
+                    }
+                }
+                Some(TimerOwner::Client(key)) => {
+                    let Some(entry) = self.clients.get_mut(&key) else {
+                        continue;
+                    };
+                    if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
+                        entry.txn.handle_timeout(now);
+                        self.drain_client(&key);
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -300,6 +441,16 @@ impl SipCore {
         resp.encode(&mut out);
         self.out.push_back((to, out.freeze()));
     }
+}
+
+/// The client transaction a response belongs to: top Via branch and CSeq method.
+fn client_key(response: &SipMessage) -> Option<ClientKey> {
+    let via = Via::parse_all(&response.header(&HeaderName::Via)?.value).ok()?;
+    let branch = via.into_iter().next()?.branch()?.to_string();
+    let method = super::header::CSeq::parse(&response.header(&HeaderName::CSeq)?.value)
+        .ok()?
+        .method;
+    Some(ClientKey { branch, method })
 }
 
 /// Adds `received` (and fills `rport`) to the top Via of a response for its real source
@@ -376,7 +527,12 @@ mod tests {
     #[test]
     fn options_is_answered_once_and_retransmissions_replayed() {
         let now = Instant::now();
-        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let mut core = SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        );
         let peer = PEER.parse().unwrap();
         core.handle_datagram(now, options("z9hG4bK-o1"), peer);
         let out = sent(&mut core);
@@ -403,7 +559,12 @@ mod tests {
     #[test]
     fn invite_without_a_route_gets_trying_then_404_and_the_ack_closes_it() {
         let now = Instant::now();
-        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let mut core = SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        );
         let peer = PEER.parse().unwrap();
         let invite = String::from_utf8(options("z9hG4bK-i1").to_vec())
             .unwrap()
@@ -430,7 +591,12 @@ mod tests {
     #[test]
     fn garbage_is_dropped_and_a_bad_request_gets_400() {
         let now = Instant::now();
-        let mut core = SipCore::new(Transport::Unreliable, TimerConfig::default());
+        let mut core = SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        );
         let peer = PEER.parse().unwrap();
         core.handle_datagram(now, Bytes::from_static(b"\x00\x01 hello"), peer);
         assert!(sent(&mut core).is_empty());

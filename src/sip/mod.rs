@@ -8,6 +8,7 @@ pub mod core;
 pub mod header;
 pub mod msg;
 pub mod transport;
+pub mod trunk;
 pub mod txn;
 pub mod uri;
 pub mod validate;

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 pub mod tcp;
 
 use super::core::SipCore;
+use super::trunk::{ProbeTarget, TrunkHealth, TrunkMonitor};
 use super::txn::{TimerConfig, Transport};
 
 /// Largest UDP datagram read (a SIP message over UDP must fit one).
@@ -26,17 +27,34 @@ pub struct UdpListener {
 }
 
 impl UdpListener {
-    /// Binds `addr` and starts serving.
+    /// Binds `addr` and starts serving (no trunk probes).
     pub async fn bind(addr: SocketAddr, timers: TimerConfig) -> std::io::Result<Self> {
-        Self::serve(UdpSocket::bind(addr).await?, timers)
+        Self::serve(
+            UdpSocket::bind(addr).await?,
+            timers,
+            Vec::new(),
+            TrunkHealth::default(),
+        )
     }
 
-    /// Serves SIP on an already bound socket.
-    pub fn serve(socket: UdpSocket, timers: TimerConfig) -> std::io::Result<Self> {
+    /// Serves SIP on an already bound socket, probing `probes` and recording their health.
+    pub fn serve(
+        socket: UdpSocket,
+        timers: TimerConfig,
+        probes: Vec<ProbeTarget>,
+        health: TrunkHealth,
+    ) -> std::io::Result<Self> {
         let local = socket.local_addr()?;
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve_udp(socket, timers, draining_rx, stop_rx));
+        let task = tokio::spawn(serve_udp(
+            socket,
+            timers,
+            probes,
+            health,
+            draining_rx,
+            stop_rx,
+        ));
         Ok(Self {
             local,
             draining,
@@ -65,13 +83,22 @@ impl UdpListener {
 async fn serve_udp(
     socket: UdpSocket,
     timers: TimerConfig,
+    probes: Vec<ProbeTarget>,
+    health: TrunkHealth,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut core = SipCore::new(Transport::Unreliable, timers);
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)));
+    let mut core = SipCore::new(Transport::Unreliable, timers, local, rand_seed());
+    let mut monitor = TrunkMonitor::new(Instant::now(), local, probes);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let deadline = core.poll_timeout();
+        let deadline = [core.poll_timeout(), monitor.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => core.handle_datagram(Instant::now(), Bytes::copy_from_slice(&buf[..n]), from),
@@ -79,13 +106,22 @@ async fn serve_udp(
                 // socket is still good.
                 Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
             },
-            _ = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let now = Instant::now();
+                core.handle_timeout(now);
+                monitor.handle_timeout(now, &mut core);
+            }
             changed = draining.changed() => {
                 if changed.is_ok() {
                     core.set_draining(*draining.borrow());
                 }
             }
             _ = stop.changed() => break,
+        }
+        while let Some(event) = core.poll_event() {
+            if let Some(change) = monitor.handle_event(Instant::now(), &event) {
+                health.apply(&change);
+            }
         }
         while let Some((to, bytes)) = core.poll_transmit() {
             if let Err(e) = socket.send_to(&bytes, to).await {
@@ -108,6 +144,8 @@ pub async fn bind_sip(
     udp: bool,
     tcp: bool,
     timers: TimerConfig,
+    probes: Vec<ProbeTarget>,
+    health: TrunkHealth,
 ) -> std::io::Result<(Option<UdpListener>, Option<tcp::TcpListener>)> {
     let mut last_err = None;
     for _ in 0..if addr.port() == 0 { 20 } else { 1 } {
@@ -138,7 +176,7 @@ pub async fn bind_sip(
             None
         };
         let udp = udp_socket
-            .map(|s| UdpListener::serve(s, timers))
+            .map(|s| UdpListener::serve(s, timers, probes.clone(), health.clone()))
             .transpose()?;
         let tcp = tcp_listener
             .map(|l| tcp::TcpListener::serve(l, timers))
@@ -146,4 +184,11 @@ pub async fn bind_sip(
         return Ok((udp, tcp));
     }
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no free SIP port")))
+}
+
+/// A seed for transaction branches, unique per process start.
+fn rand_seed() -> u64 {
+    let id = uuid::Uuid::new_v4();
+    let (hi, lo) = id.as_u64_pair();
+    hi ^ lo
 }

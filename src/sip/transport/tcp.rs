@@ -52,7 +52,13 @@ impl TcpListener {
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let core = tokio::spawn(run_core(inbound_rx, timers, draining_rx, stop_rx.clone()));
+        let core = tokio::spawn(run_core(
+            inbound_rx,
+            timers,
+            local,
+            draining_rx,
+            stop_rx.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(listener, inbound, stop_rx));
         Ok(Self {
             local,
@@ -181,10 +187,11 @@ async fn connection(
 async fn run_core(
     mut inbound: mpsc::Receiver<Inbound>,
     timers: TimerConfig,
+    local: SocketAddr,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut core = SipCore::new(Transport::Reliable, timers);
+    let mut core = SipCore::new(Transport::Reliable, timers, local, super::rand_seed());
     let mut conns: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     loop {
         let deadline = core.poll_timeout();
