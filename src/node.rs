@@ -22,7 +22,8 @@ use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
-use crate::sip::transport::{bind_sip, tcp::TcpListener, UdpListener};
+use crate::sip::overload::RateLimiter;
+use crate::sip::transport::{bind_sip, tcp::TcpListener, ListenerSettings, UdpListener};
 use crate::sip::trunk::{ProbeTarget, TrunkHealth};
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
@@ -141,24 +142,32 @@ impl Node {
                 reason: e.to_string(),
             })?;
         let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
-        let calls = Calls::new(registry, root.clone(), cdrs, ports, &node_id);
+        let calls = Calls::new(
+            registry,
+            root.clone(),
+            cdrs,
+            ports,
+            &node_id,
+            config.limits.max_calls,
+        );
 
         let trunk_health = TrunkHealth::default();
         let probes = probe_targets(&config);
-        let (sip_udp, sip_tcp) = bind_sip(
-            config.sip.listen,
-            udp,
-            tcp,
-            config.sip.timers,
+        let settings = ListenerSettings {
+            timers: config.sip.timers,
+            admission: Arc::new(std::sync::Mutex::new(RateLimiter::new(
+                config.limits.max_cps,
+            ))),
             probes,
-            trunk_health.clone(),
-        )
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "sip.listen",
-            address: config.sip.listen,
-            source,
-        })?;
+            health: trunk_health.clone(),
+        };
+        let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, settings)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "sip.listen",
+                address: config.sip.listen,
+                source,
+            })?;
         if let Some(l) = &sip_udp {
             readiness.bound("sip_udp", l.local_addr());
             tracing::info!(sip_udp = %l.local_addr(), "SIP listening");

@@ -148,6 +148,10 @@ pub enum CallRefused {
     /// another node.
     #[error("node is draining")]
     Draining,
+    /// The node carries its configured maximum of calls (`limits.max_calls`); the ingress
+    /// answers 503 with Retry-After.
+    #[error("node at its call limit")]
+    Overloaded,
     /// The call could not be set up (for example no free media port); a CDR was written.
     #[error("call setup failed: {0}")]
     Setup(String),
@@ -270,16 +274,19 @@ struct CallsInner {
     cdrs: CdrQueue,
     ports: PortAllocator,
     node_id: Arc<str>,
+    max_calls: usize,
 }
 
 impl Calls {
-    /// The call plane over a running root supervisor.
+    /// The call plane over a running root supervisor, admitting at most `max_calls` calls at
+    /// once (0: no limit).
     pub fn new(
         registry: CallRegistry,
         root: ActorRef<RootMsg>,
         cdrs: CdrQueue,
         ports: PortAllocator,
         node_id: &str,
+        max_calls: u32,
     ) -> Self {
         Self {
             inner: Arc::new(CallsInner {
@@ -288,6 +295,7 @@ impl Calls {
                 cdrs,
                 ports,
                 node_id: Arc::from(node_id),
+                max_calls: max_calls as usize,
             }),
         }
     }
@@ -298,6 +306,10 @@ impl Calls {
         if inner.registry.is_draining() {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "draining").increment(1);
             return Err(CallRefused::Draining);
+        }
+        if inner.max_calls > 0 && inner.registry.len() >= inner.max_calls {
+            metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "overload").increment(1);
+            return Err(CallRefused::Overloaded);
         }
         let id = CallId::new();
         let args = CallArgs {

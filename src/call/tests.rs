@@ -581,3 +581,28 @@ fn every_call_event_is_logged_inside_a_span_carrying_the_call_id() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_above_the_node_limit_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node_with(dir.path(), Duration::from_millis(50), |c| {
+        c.limits.max_calls = 3
+    })
+    .await;
+    let calls = node.calls().clone();
+    for _ in 0..3 {
+        admit(&calls, Direction::UserInitiated).await;
+    }
+    assert_eq!(
+        calls.start(offer(Direction::UserInitiated)).await,
+        Err(CallRefused::Overloaded)
+    );
+    let first = calls.ids().into_iter().next().expect("a call");
+    assert!(
+        calls
+            .hangup(&first, HangupParty::Business, "api_hangup")
+            .await
+    );
+    admit(&calls, Direction::BusinessInitiated).await;
+    assert!(node.drain_and_stop().await.clean());
+}

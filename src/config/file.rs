@@ -24,6 +24,8 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
     pub trunk: Vec<TrunkSection>,
 }
 
@@ -251,4 +253,30 @@ fn default_options_interval() -> i64 {
 
 fn default_trunk_transport() -> String {
     "udp".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    #[serde(default = "default_max_cps")]
+    pub max_cps: i64,
+    #[serde(default = "default_max_calls")]
+    pub max_calls: i64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_cps: default_max_cps(),
+            max_calls: default_max_calls(),
+        }
+    }
+}
+
+fn default_max_cps() -> i64 {
+    200
+}
+
+fn default_max_calls() -> i64 {
+    10_000
 }

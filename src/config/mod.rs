@@ -54,6 +54,17 @@ pub struct Config {
     pub log: LogConfig,
     /// SIP trunks toward PBXs, contact centers and SBCs, in file order.
     pub trunks: Vec<SipTrunk>,
+    /// Overload protection.
+    pub limits: LimitsConfig,
+}
+
+/// Overload protection: above these, new calls get 503 with Retry-After at once.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsConfig {
+    /// New INVITEs accepted per second (a burst of one second's worth is allowed); 0: no limit.
+    pub max_cps: u32,
+    /// Calls in progress on this node; 0: no limit.
+    pub max_calls: u32,
 }
 
 /// HTTP listener settings.
@@ -571,6 +582,8 @@ impl Validator {
         };
 
         let trunks = self.trunks(&raw.trunk);
+        let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
+        let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
 
         Some(Config {
             source: path.to_path_buf(),
@@ -602,6 +615,10 @@ impl Validator {
                 format: log_format?,
             },
             trunks,
+            limits: LimitsConfig {
+                max_cps: max_cps? as u32,
+                max_calls: max_calls? as u32,
+            },
         })
     }
 

@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use super::build::MessageBuilder;
 use super::header::Via;
 use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage};
+use super::overload::RateLimiter;
 use super::txn::{ClientTxn, ServerTxn, TimerConfig, Transport, TxnOutput};
 use super::validate::{screen, Screened, SUPPORTED_OPTIONS};
 use crate::telemetry;
@@ -139,6 +141,7 @@ pub struct SipCore {
     out: VecDeque<(SocketAddr, Bytes)>,
     tag_counter: u64,
     draining: bool,
+    admission: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 impl SipCore {
@@ -166,7 +169,15 @@ impl SipCore {
             out: VecDeque::new(),
             tag_counter: 0,
             draining: false,
+            admission: None,
         }
+    }
+
+    /// Limits new INVITEs with `limiter` (shared by every listener of the node); above it
+    /// they get a stateless 503 with Retry-After. Requests inside a dialog are never limited.
+    pub fn with_admission(mut self, limiter: Arc<Mutex<RateLimiter>>) -> Self {
+        self.admission = Some(limiter);
+        self
     }
 
     /// While draining, new INVITEs are answered 503 so callers retry another node.
@@ -226,6 +237,25 @@ impl SipCore {
         if method == Method::Ack {
             // An ACK for a 2xx (or for a transaction already gone): no response, ever.
             return;
+        }
+        if method == Method::Invite && !in_dialog(&msg) {
+            let admitted = self
+                .admission
+                .as_ref()
+                .is_none_or(|l| l.lock().unwrap_or_else(PoisonError::into_inner).admit(now));
+            if !admitted {
+                metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "cps").increment(1);
+                let resp = MessageBuilder::response_to(
+                    &msg,
+                    503,
+                    "Service Unavailable - call rate limit",
+                    Some("wsw-ovl"),
+                )
+                .header(HeaderName::RetryAfter, "1")
+                .build();
+                self.send(from, &resp);
+                return;
+            }
         }
         if self.txns.len() >= MAX_TRANSACTIONS {
             let resp =
@@ -443,6 +473,13 @@ impl SipCore {
     }
 }
 
+/// A request inside a dialog carries a To tag.
+fn in_dialog(msg: &SipMessage) -> bool {
+    msg.header(&HeaderName::To)
+        .and_then(|h| super::header::NameAddr::parse(&h.value).ok())
+        .is_some_and(|to| to.tag().is_some())
+}
+
 /// The client transaction a response belongs to: top Via branch and CSeq method.
 fn client_key(response: &SipMessage) -> Option<ClientKey> {
     let via = Via::parse_all(&response.header(&HeaderName::Via)?.value).ok()?;
@@ -586,6 +623,45 @@ mod tests {
         // Timer I = T4 after the ACK.
         core.handle_timeout(now + Duration::from_secs(6));
         assert_eq!(core.transactions(), 0);
+    }
+
+    #[test]
+    fn new_invites_above_the_call_rate_get_503_but_dialogs_never_do() {
+        let now = Instant::now();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(5)));
+        let mut core = SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        )
+        .with_admission(limiter);
+        let peer = PEER.parse().unwrap();
+        let invite = |n: u32| {
+            String::from_utf8(options(&format!("z9hG4bK-cps{n}")).to_vec())
+                .unwrap()
+                .replace("OPTIONS", "INVITE")
+        };
+        for n in 0..8 {
+            core.handle_datagram(now, Bytes::from(invite(n)), peer);
+        }
+        let finals: Vec<_> = sent(&mut core)
+            .into_iter()
+            .filter_map(|m| m.status().filter(|c| *c >= 200))
+            .collect();
+        assert_eq!(finals, [404, 404, 404, 404, 404, 503, 503, 503]);
+        // An in-dialog re-INVITE and a BYE pass while the limit is exhausted.
+        let reinvite = invite(20).replace(
+            "To: <sip:waswitch@127.0.0.1>",
+            "To: <sip:waswitch@127.0.0.1>;tag=x",
+        );
+        core.handle_datagram(now, Bytes::from(reinvite), peer);
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert!(!codes.contains(&503), "{codes:?}");
+        // A second later the rate allows new calls again.
+        core.handle_datagram(now + Duration::from_secs(1), Bytes::from(invite(30)), peer);
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert_eq!(codes, [100, 404]);
     }
 
     #[test]

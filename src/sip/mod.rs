@@ -7,6 +7,7 @@ pub mod build;
 pub mod core;
 pub mod header;
 pub mod msg;
+pub mod overload;
 pub mod transport;
 pub mod trunk;
 pub mod txn;

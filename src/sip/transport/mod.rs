@@ -2,6 +2,7 @@
 //! time, sends what it asks, re-arms its timer. No SIP logic lives here.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -12,11 +13,37 @@ use tokio::task::JoinHandle;
 pub mod tcp;
 
 use super::core::SipCore;
+use super::overload::RateLimiter;
 use super::trunk::{ProbeTarget, TrunkHealth, TrunkMonitor};
 use super::txn::{TimerConfig, Transport};
 
 /// Largest UDP datagram read (a SIP message over UDP must fit one).
 const MAX_DATAGRAM: usize = 65_535;
+
+/// What every SIP listener of a node shares.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// New-INVITE rate limit, shared by all listeners.
+    pub admission: Arc<Mutex<RateLimiter>>,
+    /// Trunks the UDP listener probes with OPTIONS.
+    pub probes: Vec<ProbeTarget>,
+    /// Where probe results go.
+    pub health: TrunkHealth,
+}
+
+impl ListenerSettings {
+    /// Settings with the given timers, no rate limit and no probes.
+    pub fn new(timers: TimerConfig) -> Self {
+        Self {
+            timers,
+            admission: Arc::new(Mutex::new(RateLimiter::new(0))),
+            probes: Vec::new(),
+            health: TrunkHealth::default(),
+        }
+    }
+}
 
 /// A running UDP listener.
 pub struct UdpListener {
@@ -27,34 +54,17 @@ pub struct UdpListener {
 }
 
 impl UdpListener {
-    /// Binds `addr` and starts serving (no trunk probes).
-    pub async fn bind(addr: SocketAddr, timers: TimerConfig) -> std::io::Result<Self> {
-        Self::serve(
-            UdpSocket::bind(addr).await?,
-            timers,
-            Vec::new(),
-            TrunkHealth::default(),
-        )
+    /// Binds `addr` and starts serving.
+    pub async fn bind(addr: SocketAddr, settings: ListenerSettings) -> std::io::Result<Self> {
+        Self::serve(UdpSocket::bind(addr).await?, settings)
     }
 
-    /// Serves SIP on an already bound socket, probing `probes` and recording their health.
-    pub fn serve(
-        socket: UdpSocket,
-        timers: TimerConfig,
-        probes: Vec<ProbeTarget>,
-        health: TrunkHealth,
-    ) -> std::io::Result<Self> {
+    /// Serves SIP on an already bound socket, probing the configured trunks.
+    pub fn serve(socket: UdpSocket, settings: ListenerSettings) -> std::io::Result<Self> {
         let local = socket.local_addr()?;
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve_udp(
-            socket,
-            timers,
-            probes,
-            health,
-            draining_rx,
-            stop_rx,
-        ));
+        let task = tokio::spawn(serve_udp(socket, settings, draining_rx, stop_rx));
         Ok(Self {
             local,
             draining,
@@ -82,16 +92,21 @@ impl UdpListener {
 
 async fn serve_udp(
     socket: UdpSocket,
-    timers: TimerConfig,
-    probes: Vec<ProbeTarget>,
-    health: TrunkHealth,
+    settings: ListenerSettings,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)));
-    let mut core = SipCore::new(Transport::Unreliable, timers, local, rand_seed());
+    let ListenerSettings {
+        timers,
+        admission,
+        probes,
+        health,
+    } = settings;
+    let mut core =
+        SipCore::new(Transport::Unreliable, timers, local, rand_seed()).with_admission(admission);
     let mut monitor = TrunkMonitor::new(Instant::now(), local, probes);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -143,9 +158,7 @@ pub async fn bind_sip(
     addr: SocketAddr,
     udp: bool,
     tcp: bool,
-    timers: TimerConfig,
-    probes: Vec<ProbeTarget>,
-    health: TrunkHealth,
+    settings: ListenerSettings,
 ) -> std::io::Result<(Option<UdpListener>, Option<tcp::TcpListener>)> {
     let mut last_err = None;
     for _ in 0..if addr.port() == 0 { 20 } else { 1 } {
@@ -176,10 +189,10 @@ pub async fn bind_sip(
             None
         };
         let udp = udp_socket
-            .map(|s| UdpListener::serve(s, timers, probes.clone(), health.clone()))
+            .map(|s| UdpListener::serve(s, settings.clone()))
             .transpose()?;
         let tcp = tcp_listener
-            .map(|l| tcp::TcpListener::serve(l, timers))
+            .map(|l| tcp::TcpListener::serve(l, settings.clone()))
             .transpose()?;
         return Ok((udp, tcp));
     }

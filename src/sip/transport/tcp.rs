@@ -20,7 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::sip::core::SipCore;
 use crate::sip::msg::{ParseFailure, SipMessage, StreamFramer};
-use crate::sip::txn::{TimerConfig, Transport};
+use crate::sip::txn::Transport;
+
+use super::ListenerSettings;
 
 /// Most TCP connections served at once; further connections are accepted and closed.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -47,14 +49,14 @@ pub struct TcpListener {
 
 impl TcpListener {
     /// Serves SIP on an already bound listener.
-    pub fn serve(listener: TokioTcpListener, timers: TimerConfig) -> std::io::Result<Self> {
+    pub fn serve(listener: TokioTcpListener, settings: ListenerSettings) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let core = tokio::spawn(run_core(
             inbound_rx,
-            timers,
+            settings,
             local,
             draining_rx,
             stop_rx.clone(),
@@ -186,12 +188,18 @@ async fn connection(
 
 async fn run_core(
     mut inbound: mpsc::Receiver<Inbound>,
-    timers: TimerConfig,
+    settings: ListenerSettings,
     local: SocketAddr,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut core = SipCore::new(Transport::Reliable, timers, local, super::rand_seed());
+    let mut core = SipCore::new(
+        Transport::Reliable,
+        settings.timers,
+        local,
+        super::rand_seed(),
+    )
+    .with_admission(settings.admission);
     let mut conns: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     loop {
         let deadline = core.poll_timeout();
