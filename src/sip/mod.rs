@@ -3,6 +3,7 @@
 //! `sip` owns the SIP vocabulary of the switch. It never touches the network, a timer or an
 //! actor; the transport driver and the call layer feed it input and act on its output.
 
+pub mod auth;
 pub mod build;
 pub mod core;
 pub mod header;
