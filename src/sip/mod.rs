@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod build;
 pub mod core;
+pub mod dialog;
 pub mod header;
 pub mod msg;
 pub mod overload;
