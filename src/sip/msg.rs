@@ -200,79 +200,56 @@ impl HeaderName {
                     b'b' => ReferredBy,
                     _ => return None,
                 },
-                _ => {
-                    let eq = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
-                    if eq("Via") {
-                        Via
-                    } else if eq("From") {
-                        From
-                    } else if eq("To") {
-                        To
-                    } else if eq("Call-ID") {
-                        CallId
-                    } else if eq("CSeq") {
-                        CSeq
-                    } else if eq("Contact") {
-                        Contact
-                    } else if eq("Route") {
-                        Route
-                    } else if eq("Record-Route") {
-                        RecordRoute
-                    } else if eq("Max-Forwards") {
-                        MaxForwards
-                    } else if eq("Content-Type") {
-                        ContentType
-                    } else if eq("Content-Length") {
-                        ContentLength
-                    } else if eq("Content-Encoding") {
-                        ContentEncoding
-                    } else if eq("Authorization") {
-                        Authorization
-                    } else if eq("WWW-Authenticate") {
-                        WwwAuthenticate
-                    } else if eq("Proxy-Authorization") {
-                        ProxyAuthorization
-                    } else if eq("Proxy-Authenticate") {
-                        ProxyAuthenticate
-                    } else if eq("Supported") {
-                        Supported
-                    } else if eq("Require") {
-                        Require
-                    } else if eq("Proxy-Require") {
-                        ProxyRequire
-                    } else if eq("Unsupported") {
-                        Unsupported
-                    } else if eq("Allow") {
-                        Allow
-                    } else if eq("Session-Expires") {
-                        SessionExpires
-                    } else if eq("Min-SE") {
-                        MinSe
-                    } else if eq("Reason") {
-                        Reason
-                    } else if eq("P-Asserted-Identity") {
-                        PAssertedIdentity
-                    } else if eq("Subject") {
-                        Subject
-                    } else if eq("Event") {
-                        Event
-                    } else if eq("Refer-To") {
-                        ReferTo
-                    } else if eq("Referred-By") {
-                        ReferredBy
-                    } else if eq("Retry-After") {
-                        RetryAfter
-                    } else if eq("User-Agent") {
-                        UserAgent
-                    } else if eq("Server") {
-                        Server
-                    } else if eq("Warning") {
-                        Warning
-                    } else if eq("Expires") {
-                        Expires
-                    } else {
-                        return None;
-                    }
+                len => {
+                    // Only the names of this length are compared.
+                    let candidates: &[(&str, HeaderName)] = match len {
+                        2 => &[("To", To)],
+                        3 => &[("Via", Via)],
+                        4 => &[("From", From), ("CSeq", CSeq)],
+                        5 => &[("Route", Route), ("Allow", Allow), ("Event", Event)],
+                        6 => &[("Reason", Reason), ("Server", Server), ("Min-SE", MinSe)],
+                        7 => &[
+                            ("Call-ID", CallId),
+                            ("Contact", Contact),
+                            ("Require", Require),
+                            ("Subject", Subject),
+                            ("Warning", Warning),
+                            ("Expires", Expires),
+                        ],
+                        8 => &[("Refer-To", ReferTo)],
+                        9 => &[("Supported", Supported)],
+                        10 => &[("User-Agent", UserAgent)],
+                        11 => &[
+                            ("Unsupported", Unsupported),
+                            ("Referred-By", ReferredBy),
+                            ("Retry-After", RetryAfter),
+                        ],
+                        12 => &[
+                            ("Content-Type", ContentType),
+                            ("Max-Forwards", MaxForwards),
+                            ("Record-Route", RecordRoute),
+                        ],
+                        13 => &[
+                            ("Authorization", Authorization),
+                            ("Proxy-Require", ProxyRequire),
+                        ],
+                        14 => &[("Content-Length", ContentLength)],
+                        15 => &[("Session-Expires", SessionExpires)],
+                        16 => &[
+                            ("Content-Encoding", ContentEncoding),
+                            ("WWW-Authenticate", WwwAuthenticate),
+                        ],
+                        18 => &[("Proxy-Authenticate", ProxyAuthenticate)],
+                        19 => &[
+                            ("Proxy-Authorization", ProxyAuthorization),
+                            ("P-Asserted-Identity", PAssertedIdentity),
+                        ],
+                        _ => &[],
+                    };
+                    return candidates
+                        .iter()
+                        .find(|(s, _)| n.eq_ignore_ascii_case(s.as_bytes()))
+                        .map(|(_, h)| h.clone());
                 }
             })
         };
@@ -537,7 +514,12 @@ impl ParseFailure {
 
 /// Position of the empty line ending the header section: the index of the CRLFCRLF.
 fn find_header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
+    memchr::memmem::find(buf, b"\r\n\r\n")
+}
+
+/// Position of the next CRLF in `buf`.
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    memchr::memmem::find(buf, b"\r\n")
 }
 
 /// Parses one UDP datagram (RFC 3261 §18.3): the body is Content-Length octets (the rest of
@@ -692,10 +674,7 @@ pub fn is_token_char(b: u8) -> bool {
 /// `head_end`).
 fn parse_head(buf: &Bytes, head_end: usize) -> Result<SipMessage, ParseFailure> {
     let head = &buf[..head_end];
-    let first_end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(head.len());
+    let first_end = find_crlf(head).unwrap_or(head.len());
     let headers = parse_headers(buf, first_end, head_end)?;
     match parse_start_line(buf, 0, first_end) {
         Ok(start) => Ok(SipMessage {
@@ -727,10 +706,7 @@ fn parse_headers(
         // The header runs to the next CRLF not followed by SP/HTAB (folding).
         let mut end = pos;
         loop {
-            let next = head[end..]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .map_or(head.len(), |p| end + p);
+            let next = find_crlf(&head[end..]).map_or(head.len(), |p| end + p);
             if next + 2 < head.len() && matches!(head[next + 2], b' ' | b'\t') {
                 end = next + 2;
                 line_no += 1;
@@ -838,4 +814,89 @@ fn parse_start_line(buf: &Bytes, from: usize, to: usize) -> Result<StartLine, Pa
         uri: slice(parts[1]),
         version: slice(parts[2]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_header_name_is_recognised_in_any_case_and_compact_form() {
+        use HeaderName::*;
+        let all = [
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            Contact,
+            Route,
+            RecordRoute,
+            MaxForwards,
+            ContentType,
+            ContentLength,
+            ContentEncoding,
+            Authorization,
+            WwwAuthenticate,
+            ProxyAuthorization,
+            ProxyAuthenticate,
+            Supported,
+            Require,
+            ProxyRequire,
+            Unsupported,
+            Allow,
+            SessionExpires,
+            MinSe,
+            Reason,
+            PAssertedIdentity,
+            Subject,
+            Event,
+            ReferTo,
+            ReferredBy,
+            RetryAfter,
+            UserAgent,
+            Server,
+            Warning,
+            Expires,
+        ];
+        for h in all {
+            let name = h.as_str().to_string();
+            assert_eq!(
+                HeaderName::from_bytes(Bytes::from(name.clone())),
+                h,
+                "{name}"
+            );
+            assert_eq!(
+                HeaderName::from_bytes(Bytes::from(name.to_ascii_lowercase())),
+                h
+            );
+            assert_eq!(
+                HeaderName::from_bytes(Bytes::from(name.to_ascii_uppercase())),
+                h
+            );
+        }
+        for (compact, h) in [
+            ("v", Via),
+            ("f", From),
+            ("t", To),
+            ("i", CallId),
+            ("m", Contact),
+            ("c", ContentType),
+            ("l", ContentLength),
+            ("e", ContentEncoding),
+            ("k", Supported),
+            ("x", SessionExpires),
+            ("s", Subject),
+            ("o", Event),
+            ("r", ReferTo),
+            ("b", ReferredBy),
+            ("V", Via),
+        ] {
+            assert_eq!(HeaderName::from_bytes(Bytes::from(compact)), h, "{compact}");
+        }
+        assert_eq!(
+            HeaderName::from_bytes(Bytes::from_static(b"X-WA-Call-Id")),
+            Other(Bytes::from_static(b"X-WA-Call-Id"))
+        );
+    }
 }
