@@ -148,8 +148,8 @@ pub enum CallRefused {
     /// another node.
     #[error("node is draining")]
     Draining,
-    /// The node carries its configured maximum of calls (`limits.max_calls`); the ingress
-    /// answers 503 with Retry-After.
+    /// The node carries its configured maximum of calls (`limits.max_calls`), or has no
+    /// free media ports left; the ingress answers 503 with Retry-After.
     #[error("node at its call limit")]
     Overloaded,
     /// The call could not be set up (for example no free media port); a CDR was written.
@@ -311,6 +311,13 @@ impl Calls {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "overload").increment(1);
             return Err(CallRefused::Overloaded);
         }
+        // A call anchors two legs; without two free port pairs it is refused up front (503),
+        // not failed halfway.
+        if inner.ports.capacity() - inner.ports.in_use() < 2 {
+            metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "media_ports")
+                .increment(1);
+            return Err(CallRefused::Overloaded);
+        }
         let id = CallId::new();
         let args = CallArgs {
             id: id.clone(),
@@ -354,7 +361,7 @@ impl Calls {
             Some(CALL_RPC_TIMEOUT),
         )
         .await
-        .is_ok()
+        .is_ok_and(|r| matches!(r, ractor::rpc::CallResult::Success(())))
     }
 
     /// A live call's view; `None` if it is gone or does not answer in time.

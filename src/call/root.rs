@@ -193,7 +193,10 @@ impl Actor for RootSupervisor {
                     failure: Some(failure),
                 },
             );
-            root.args.cdrs.submit(cdr).await;
+            // Never wait on the queue here: if it is full, the root must stay free to restart
+            // the writer that drains it.
+            let queue = root.args.cdrs.clone();
+            tokio::spawn(async move { queue.submit(cdr).await });
         }
         Ok(())
     }

@@ -465,7 +465,7 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_free_media_port_refuses_the_call_with_a_cdr() {
+async fn calls_without_free_media_ports_are_refused_up_front() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = test_node_with(dir.path(), Duration::from_millis(50), |config| {
         config.media.port_min = 30000;
@@ -475,24 +475,39 @@ async fn no_free_media_port_refuses_the_call_with_a_cdr() {
     let calls = node.calls().clone();
     let first = calls.start(offer(Direction::UserInitiated)).await;
     assert!(first.is_ok());
+    // No free port pair: refused up front, before any actor or CDR exists.
     let second = calls.start(offer(Direction::UserInitiated)).await;
-    assert!(
-        matches!(&second, Err(CallRefused::Setup(e)) if e.contains("no free RTP port")),
-        "{second:?}"
-    );
+    assert_eq!(second, Err(CallRefused::Overloaded));
     assert_eq!(calls.active(), 1);
     assert_eq!(calls.ports().in_use(), 2);
+    // Pairs leased by something else count too.
+    let first = calls.ids().into_iter().next().expect("call");
+    assert!(
+        calls
+            .hangup(&first, HangupParty::Business, "api_hangup")
+            .await
+    );
+    wait_until("ports back", Duration::from_secs(5), || {
+        calls.ports().in_use() == 0
+    })
+    .await;
+    let held = calls.ports().lease().expect("a pair");
+    assert_eq!(
+        calls.start(offer(Direction::UserInitiated)).await,
+        Err(CallRefused::Overloaded)
+    );
+    drop(held);
+    admit(&calls, Direction::UserInitiated).await;
     flush(&calls).await;
-    let failed = node
+    // Refused attempts leave no CDR; the answered-then-hung-up call has one.
+    let all = node
         .store()
-        .list(&CdrFilter {
-            outcome: Some(CallOutcome::Failed),
-            ..CdrFilter::default()
-        })
+        .list(&CdrFilter::default())
         .await
         .expect("list");
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].end_cause, "setup_failed");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].end_cause, "api_hangup");
+
     assert!(node.drain_and_stop().await.clean());
 }
 

@@ -278,5 +278,6 @@ fn default_max_cps() -> i64 {
 }
 
 fn default_max_calls() -> i64 {
-    10_000
+    // What the default media range (20000-29999) carries: 5000 port pairs, two per call.
+    2_500
 }

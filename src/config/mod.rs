@@ -479,7 +479,10 @@ impl Validator {
             let sip_tcp = transports
                 .iter()
                 .any(|t| matches!(t, Transport::Tcp | Transport::Tls));
-            if sip_tcp && h.port() == s.port() && (h.ip() == s.ip() || h.ip().is_unspecified()) {
+            if sip_tcp
+                && h.port() == s.port()
+                && (h.ip() == s.ip() || h.ip().is_unspecified() || s.ip().is_unspecified())
+            {
                 self.problem(
                     "sip.listen",
                     format!("{s} uses the same TCP port as http.listen ({h})"),
@@ -530,11 +533,13 @@ impl Validator {
                     format!("use {}", min.saturating_sub(1)),
                 );
             }
-            if max <= min {
+            if max < min.saturating_add(3) {
                 self.problem(
                     "media.port_max",
-                    format!("{max} is not above media.port_min ({min})"),
-                    "give a range of at least two ports, e.g. 20000-29999",
+                    format!(
+                        "{max} leaves fewer than two RTP port pairs above media.port_min ({min})"
+                    ),
+                    "a call needs two pairs (one per leg); give a range such as 20000-29999",
                 );
             } else if let Some(sip) = sip_listen {
                 if (min..=max).contains(&sip.port()) {
@@ -581,10 +586,9 @@ impl Validator {
             }
         };
 
-        let trunks = self.trunks(&raw.trunk);
+        let trunks = self.trunks(&raw.trunk, sip_listen);
         let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
         let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
-
         Some(Config {
             source: path.to_path_buf(),
             node_id,
@@ -709,7 +713,11 @@ impl Validator {
         None
     }
 
-    fn trunks(&mut self, raw: &[file::TrunkSection]) -> Vec<SipTrunk> {
+    fn trunks(
+        &mut self,
+        raw: &[file::TrunkSection],
+        sip_listen: Option<SocketAddr>,
+    ) -> Vec<SipTrunk> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (i, t) in raw.iter().enumerate() {
@@ -735,6 +743,25 @@ impl Validator {
                     None
                 }
             };
+            if let (Some(uri), Some(listen)) = (&uri, sip_listen) {
+                let family_differs = match &uri.host {
+                    crate::sip::uri::Host::V4(_) => {
+                        listen.is_ipv6() && !listen.ip().is_unspecified()
+                    }
+                    crate::sip::uri::Host::V6(_) => listen.is_ipv4(),
+                    _ => false,
+                };
+                if family_differs {
+                    self.problem(
+                        &key("uri"),
+                        format!(
+                            "{} cannot be reached from sip.listen {listen} (other IP version)",
+                            t.uri
+                        ),
+                        "listen on an address of the trunk's IP version ([::] reaches both)",
+                    );
+                }
+            }
             let transport = Transport::parse(&t.transport);
             if transport.is_none() {
                 self.problem(

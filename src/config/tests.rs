@@ -143,6 +143,20 @@ fn media_range_must_be_even_ordered_and_clear_of_sip() {
 }
 
 #[test]
+fn the_media_range_must_carry_at_least_one_call() {
+    let p = one_problem("[media]\nport_min = 40000\nport_max = 40002\n");
+    assert_eq!(p.key, "media.port_max");
+    assert!(load("[media]\nport_min = 40000\nport_max = 40003\n").is_ok());
+}
+
+#[test]
+fn a_trunk_of_the_other_ip_version_is_refused() {
+    let p = one_problem("[[trunk]]\nname = \"v6\"\nuri = \"sip:[2001:db8::5]:5060\"\n");
+    assert_eq!(p.key, "trunk[0].uri");
+    assert!(p.problem.contains("other IP version"), "{p:?}");
+}
+
+#[test]
 fn store_url_must_be_sqlite_or_postgres() {
     let p = one_problem("[store]\nurl = \"mysql://root:secret@db/waswitch\"\n");
     assert_eq!(p.key, "store.url");

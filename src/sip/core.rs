@@ -89,6 +89,8 @@ impl TxnKey {
 struct Entry {
     txn: ServerTxn,
     peer: SocketAddr,
+    /// The deadline already in the timer heap, so a retransmission adds no entry.
+    armed: Option<Instant>,
 }
 
 /// Identifies a request the core sent on behalf of its user.
@@ -115,6 +117,7 @@ struct ClientEntry {
     txn: ClientTxn,
     peer: SocketAddr,
     id: RequestId,
+    armed: Option<Instant>,
 }
 
 /// A deadline in the timer heap: which transaction it belongs to.
@@ -141,6 +144,8 @@ pub struct SipCore {
     out: VecDeque<(SocketAddr, Bytes)>,
     tag_counter: u64,
     draining: bool,
+    /// For a CANCEL transaction being answered: whether it matched an INVITE.
+    cancel_matched: HashMap<TxnKey, bool>,
     admission: Option<Arc<Mutex<RateLimiter>>>,
 }
 
@@ -169,6 +174,7 @@ impl SipCore {
             out: VecDeque::new(),
             tag_counter: 0,
             draining: false,
+            cancel_matched: HashMap::new(),
             admission: None,
         }
     }
@@ -216,7 +222,12 @@ impl SipCore {
     }
 
     /// A framed, screened message.
-    fn handle_message(&mut self, now: Instant, msg: SipMessage, from: SocketAddr) {
+    fn handle_message(&mut self, now: Instant, mut msg: SipMessage, from: SocketAddr) {
+        if msg.is_request() {
+            // §18.2.1, RFC 3581: note the real source in the request's top Via, so every
+            // response (the transaction's 100 Trying included) carries it.
+            stamp_received(&mut msg, from);
+        }
         let Some(method) = msg.method().cloned() else {
             count("in", &format!("{}", msg.status().unwrap_or(0)));
             self.handle_response(now, msg);
@@ -265,8 +276,23 @@ impl SipCore {
             self.send(from, &resp);
             return;
         }
+        // A CANCEL is answered 200 when it matches a transaction (§9.2), whatever that
+        // transaction's state; otherwise 481.
+        let cancel_matches = method == Method::Cancel
+            && self.txns.contains_key(&TxnKey {
+                method: Method::Invite,
+                ..key.clone()
+            });
         let txn = ServerTxn::new(now, msg, self.transport, self.timers);
-        self.txns.insert(key.clone(), Entry { txn, peer: from });
+        self.cancel_matched.insert(key.clone(), cancel_matches);
+        self.txns.insert(
+            key.clone(),
+            Entry {
+                txn,
+                peer: from,
+                armed: None,
+            },
+        );
         metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
         self.drain(&key, now);
     }
@@ -284,7 +310,8 @@ impl SipCore {
             match output {
                 TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
                 TxnOutput::Deliver(request) => {
-                    let response = self.answer(&request, peer);
+                    let cancel_matched = self.cancel_matched.remove(key).unwrap_or(false);
+                    let response = self.answer(&request, cancel_matched);
                     if let Some(entry) = self.txns.get_mut(key) {
                         entry.txn.respond(now, response);
                     }
@@ -299,8 +326,15 @@ impl SipCore {
                 }
             }
         }
-        if let Some(at) = self.txns.get(key).and_then(|e| e.txn.poll_timeout()) {
-            self.arm(at, TimerOwner::Server(key.clone()));
+        let Some(entry) = self.txns.get_mut(key) else {
+            return;
+        };
+        let next = entry.txn.poll_timeout();
+        if next.is_some() && next != entry.armed {
+            entry.armed = next;
+            if let Some(at) = next {
+                self.arm(at, TimerOwner::Server(key.clone()));
+            }
         }
     }
 
@@ -334,8 +368,15 @@ impl SipCore {
         let method = request.method().cloned().unwrap_or(Method::Options);
         let key = ClientKey { branch, method };
         let txn = ClientTxn::new(now, request, self.transport, self.timers);
-        self.clients
-            .insert(key.clone(), ClientEntry { txn, peer: to, id });
+        self.clients.insert(
+            key.clone(),
+            ClientEntry {
+                txn,
+                peer: to,
+                id,
+                armed: None,
+            },
+        );
         metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
             .set((self.txns.len() + self.clients.len()) as f64);
         self.drain_client(&key);
@@ -382,13 +423,20 @@ impl SipCore {
                 }
             }
         }
-        if let Some(at) = self.clients.get(key).and_then(|e| e.txn.poll_timeout()) {
-            self.arm(at, TimerOwner::Client(key.clone()));
+        let Some(entry) = self.clients.get_mut(key) else {
+            return;
+        };
+        let next = entry.txn.poll_timeout();
+        if next.is_some() && next != entry.armed {
+            entry.armed = next;
+            if let Some(at) = next {
+                self.arm(at, TimerOwner::Client(key.clone()));
+            }
         }
     }
 
     /// What the switch itself answers to a request outside any call.
-    fn answer(&mut self, req: &SipMessage, peer: SocketAddr) -> SipMessage {
+    fn answer(&mut self, req: &SipMessage, cancel_matched: bool) -> SipMessage {
         self.tag_counter += 1;
         let tag = format!("wsw{:x}", self.tag_counter);
         let method = req.method().cloned().unwrap_or(Method::Options);
@@ -397,11 +445,14 @@ impl SipCore {
                 .header(HeaderName::Allow, ALLOW)
                 .header(HeaderName::Supported, SUPPORTED_OPTIONS.join(", "))
         };
-        let mut resp = match method {
+        match method {
             Method::Options => respond(200, "OK").header(
                 HeaderName::Other(Bytes::from_static(b"Accept")),
                 "application/sdp",
             ),
+            Method::Cancel if cancel_matched => respond(200, "OK"),
+            // A re-INVITE for a dialog this switch does not have.
+            Method::Invite if in_dialog(req) => respond(481, "Call/Transaction Does Not Exist"),
             Method::Invite if self.draining => {
                 respond(503, "Service Unavailable - draining").header(HeaderName::RetryAfter, "30")
             }
@@ -415,9 +466,7 @@ impl SipCore {
             HeaderName::Server,
             concat!("waswitch/", env!("CARGO_PKG_VERSION")),
         )
-        .build();
-        stamp_received(&mut resp, peer);
-        resp
+        .build()
     }
 
     /// Time has reached the earliest deadline.
@@ -432,20 +481,26 @@ impl SipCore {
                     let Some(entry) = self.txns.get_mut(&key) else {
                         continue;
                     };
+                    if entry.armed == Some(at) {
+                        entry.armed = None;
+                    }
                     // Stale deadline: the transaction has re-armed since.
                     if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
                         entry.txn.handle_timeout(now);
-                        self.drain(&key, now);
                     }
+                    self.drain(&key, now);
                 }
                 Some(TimerOwner::Client(key)) => {
                     let Some(entry) = self.clients.get_mut(&key) else {
                         continue;
                     };
+                    if entry.armed == Some(at) {
+                        entry.armed = None;
+                    }
                     if entry.txn.poll_timeout().is_some_and(|t| t <= now) {
                         entry.txn.handle_timeout(now);
-                        self.drain_client(&key);
                     }
+                    self.drain_client(&key);
                 }
                 None => {}
             }
@@ -490,8 +545,8 @@ fn client_key(response: &SipMessage) -> Option<ClientKey> {
     Some(ClientKey { branch, method })
 }
 
-/// Adds `received` (and fills `rport`) to the top Via of a response for its real source
-/// (RFC 3261 §18.2.1, RFC 3581 §4).
+/// Adds `received` (and fills `rport`) to the top Via of a received request for its real
+/// source (RFC 3261 §18.2.1, RFC 3581 §4).
 fn stamp_received(resp: &mut SipMessage, peer: SocketAddr) {
     let Some(pos) = resp.headers.iter().position(|h| h.name == HeaderName::Via) else {
         return;
@@ -510,7 +565,21 @@ fn stamp_received(resp: &mut SipMessage, peer: SocketAddr) {
         text.push_str(&format!(";received={}", peer.ip()));
     }
     if via.rport() == Some(None) {
-        text = text.replacen(";rport", &format!(";rport={}", peer.port()), 1);
+        // The parameter name is case-insensitive; keep everything else as written.
+        let lower = text.to_ascii_lowercase();
+        let mut at = None;
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(";rport") {
+            let end = from + i + ";rport".len();
+            if matches!(lower.as_bytes().get(end), None | Some(b';') | Some(b' ')) {
+                at = Some(end);
+                break;
+            }
+            from = end;
+        }
+        if let Some(end) = at {
+            text.insert_str(end, &format!("={}", peer.port()));
+        }
     }
     let rest = &value[top.len()..];
     let mut new = BytesMut::from(text.as_bytes());
@@ -585,6 +654,12 @@ mod tests {
         let replay = sent(&mut core);
         assert_eq!(replay, out, "the retransmission gets the same response");
         assert_eq!(core.transactions(), 1);
+        // Regression: every retransmission once added a timer entry until Timer J.
+        for _ in 0..1000 {
+            core.handle_datagram(now + Duration::from_secs(1), options("z9hG4bK-o1"), peer);
+            while core.poll_transmit().is_some() {}
+        }
+        assert_eq!(core.wheel.len(), 1, "one deadline per transaction");
         // Timer J (64·T1) ends the transaction.
         let deadline = core.poll_timeout().expect("timer J");
         assert_eq!(deadline, now + Duration::from_secs(32));
@@ -662,6 +737,52 @@ mod tests {
         core.handle_datagram(now + Duration::from_secs(1), Bytes::from(invite(30)), peer);
         let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
         assert_eq!(codes, [100, 404]);
+    }
+
+    #[test]
+    fn cancel_matching_a_transaction_gets_200_and_strangers_481() {
+        let now = Instant::now();
+        let mut core = SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        );
+        let peer = PEER.parse().unwrap();
+        let invite = String::from_utf8(options("z9hG4bK-c1").to_vec())
+            .unwrap()
+            .replace("OPTIONS", "INVITE")
+            .replace(";rport", ";RPORT");
+        core.handle_datagram(now, Bytes::from(invite.clone()), peer);
+        let out = sent(&mut core);
+        // Uppercase RPORT is filled in too.
+        let via = &out[0].header(&HeaderName::Via).unwrap().value;
+        assert!(via.ends_with(b";RPORT=5080"), "{via:?}");
+        let cancel = |branch: &str| {
+            invite
+                .replace("INVITE sip", "CANCEL sip")
+                .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+                .replace("z9hG4bK-c1", branch)
+        };
+        core.handle_datagram(now, Bytes::from(cancel("z9hG4bK-c1")), peer);
+        assert_eq!(sent(&mut core)[0].status(), Some(200));
+        core.handle_datagram(now, Bytes::from(cancel("z9hG4bK-nope")), peer);
+        assert_eq!(sent(&mut core)[0].status(), Some(481));
+        // A re-INVITE for a dialog we do not have.
+        let reinvite = invite.replace("z9hG4bK-c1", "z9hG4bK-c2").replace(
+            "To: <sip:waswitch@127.0.0.1>",
+            "To: <sip:waswitch@127.0.0.1>;tag=gone",
+        );
+        core.handle_datagram(now, Bytes::from(reinvite), peer);
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert_eq!(codes, [100, 481]);
+        // A broken ACK is never answered.
+        let bad_ack =
+            "ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-a\r\n\
+            From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: a\r\n\
+            CSeq: 99999999999 ACK\r\nContent-Length: 0\r\n\r\n";
+        core.handle_datagram(now, Bytes::from(bad_ack), peer);
+        assert!(sent(&mut core).is_empty());
     }
 
     #[test]

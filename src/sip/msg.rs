@@ -586,6 +586,12 @@ fn skip_leading_crlf(buf: &[u8]) -> usize {
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: BytesMut,
+    /// Octets already searched for the end of the headers, so a message that trickles in is
+    /// scanned once, not once per read.
+    scanned: usize,
+    /// Headers already parsed while the body is still arriving: the message and its total
+    /// length on the wire.
+    pending: Option<(SipMessage, usize, usize)>,
 }
 
 impl StreamFramer {
@@ -606,35 +612,49 @@ impl StreamFramer {
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<SipMessage>, ParseFailure> {
-        let skip = skip_leading_crlf(&self.buf);
-        let _ = self.buf.split_to(skip);
-        let Some(head_end) = find_header_end(&self.buf) else {
-            if self.buf.len() > MAX_MESSAGE_SIZE {
-                return Err(ParseError::TooLarge.into());
+        if self.pending.is_none() {
+            if self.scanned == 0 {
+                let skip = skip_leading_crlf(&self.buf);
+                let _ = self.buf.split_to(skip);
             }
+            let from = self.scanned.saturating_sub(3);
+            let Some(head_end) = find_header_end(&self.buf[from..]).map(|p| from + p) else {
+                self.scanned = self.buf.len();
+                if self.buf.len() > MAX_MESSAGE_SIZE {
+                    return Err(ParseError::TooLarge.into());
+                }
+                return Ok(None);
+            };
+            let head = Bytes::copy_from_slice(&self.buf[..head_end + 4]);
+            let msg = parse_head(&head, head_end)?;
+            let declared = match content_length(&msg) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    return Err(ParseFailure::with_message(
+                        ParseError::MissingContentLength,
+                        msg,
+                    ))
+                }
+                Err(error) => return Err(ParseFailure::with_message(error, msg)),
+            };
+            let total = head_end + 4 + declared;
+            if total > MAX_MESSAGE_SIZE {
+                return Err(ParseFailure::with_message(ParseError::TooLarge, msg));
+            }
+            self.pending = Some((msg, head_end + 4, total));
+        }
+        let Some((_, _, total)) = &self.pending else {
             return Ok(None);
         };
-        let head = Bytes::copy_from_slice(&self.buf[..head_end + 4]);
-        let mut msg = parse_head(&head, head_end)?;
-        let declared = match content_length(&msg) {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                return Err(ParseFailure::with_message(
-                    ParseError::MissingContentLength,
-                    msg,
-                ))
-            }
-            Err(error) => return Err(ParseFailure::with_message(error, msg)),
-        };
-        let total = head_end + 4 + declared;
-        if total > MAX_MESSAGE_SIZE {
-            return Err(ParseFailure::with_message(ParseError::TooLarge, msg));
-        }
-        if self.buf.len() < total {
+        if self.buf.len() < *total {
             return Ok(None);
         }
+        let Some((mut msg, head_len, total)) = self.pending.take() else {
+            return Ok(None);
+        };
         let mut frame = self.buf.split_to(total).freeze();
-        msg.body = frame.split_off(head_end + 4);
+        msg.body = frame.split_off(head_len);
+        self.scanned = 0;
         Ok(Some(msg))
     }
 }

@@ -506,7 +506,8 @@ impl ServerTxn {
         }
         if self.timers.end.is_some_and(|end| now >= end) {
             match self.state {
-                TxnState::Completed => self.out.push_back(TxnOutput::AckTimeout),
+                // Timer H: only an INVITE's final response is acknowledged.
+                TxnState::Completed if self.invite => self.out.push_back(TxnOutput::AckTimeout),
                 TxnState::Accepted if self.awaiting_ack => {
                     self.out.push_back(TxnOutput::AckTimeout)
                 }

@@ -241,9 +241,22 @@ pub fn screen(parsed: Result<SipMessage, super::msg::ParseFailure>) -> Screened 
         }
         Screened::Answer(b.build())
     };
+    // An ACK is never answered (RFC 3261 §17), however broken it is.
+    let is_ack = |headers: &[super::msg::Header]| {
+        headers
+            .iter()
+            .find(|h| h.name == HeaderName::CSeq)
+            .is_some_and(|h| {
+                let v = super::msg::trim(&h.value);
+                v.len() >= 3 && v[v.len() - 3..].eq_ignore_ascii_case(b"ACK")
+            })
+    };
     match parsed {
         Ok(msg) if msg.is_request() => match validate_request(&msg) {
             Ok(()) => Screened::Accept(msg),
+            Err(r) if msg.method() == Some(&Method::Ack) || is_ack(&msg.headers) => {
+                Screened::Drop(format!("invalid ACK ({}) is never answered", r.reason))
+            }
             Err(rejection) => answer(&msg.headers, rejection),
         },
         Ok(msg) => match validate_response(&msg) {
@@ -251,6 +264,9 @@ pub fn screen(parsed: Result<SipMessage, super::msg::ParseFailure>) -> Screened 
             Err(r) => Screened::Drop(format!("invalid response: {}", r.reason)),
         },
         Err(failure) => match failure.request_headers {
+            Some(headers) if is_ack(&headers) => {
+                Screened::Drop(format!("invalid ACK ({}) is never answered", failure.error))
+            }
             Some(headers) => answer(
                 &headers,
                 Rejection::new(400, format!("Bad Request - {}", failure.error)),

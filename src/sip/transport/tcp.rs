@@ -28,6 +28,11 @@ use super::ListenerSettings;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A message must arrive whole within this long of its first octet (a sender trickling bytes
+/// to hold the connection is cut off).
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(32);
+/// Most connections from one IP address.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Frames queued from all connections toward the core.
 const INBOUND_QUEUE: usize = 4096;
 /// Responses queued toward one connection before the peer counts as not reading.
@@ -95,6 +100,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -110,10 +116,27 @@ async fn accept_loop(
                     tracing::warn!(%peer, "SIP TCP connection limit reached; closing");
                     continue;
                 };
+                {
+                    let mut counts = per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let n = counts.entry(peer.ip()).or_insert(0);
+                    if *n >= MAX_CONNECTIONS_PER_IP {
+                        tracing::warn!(%peer, "SIP TCP connections from this address at the limit; closing");
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let inbound = inbound.clone();
                 let stop = stop.clone();
+                let per_ip = Arc::clone(&per_ip);
                 tokio::spawn(async move {
                     connection(stream, peer, inbound, stop).await;
+                    let mut counts = per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(n) = counts.get_mut(&peer.ip()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            counts.remove(&peer.ip());
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -145,13 +168,22 @@ async fn connection(
     let read = async {
         let mut framer = StreamFramer::new();
         let mut buf = vec![0u8; 16 * 1024];
+        // When the partial message in the framer started arriving.
+        let mut message_started: Option<tokio::time::Instant> = None;
         loop {
+            let wait = match message_started {
+                Some(t0) => MESSAGE_DEADLINE
+                    .saturating_sub(t0.elapsed())
+                    .min(IDLE_TIMEOUT),
+                None => IDLE_TIMEOUT,
+            };
             let n = tokio::select! {
-                r = tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut buf)) => match r {
+                r = tokio::time::timeout(wait, reader.read(&mut buf)) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) => return,
                     Ok(Ok(n)) => n,
                     Err(_) => {
-                        tracing::debug!(%peer, "SIP TCP connection idle; closing");
+                        tracing::debug!(%peer, partial = message_started.is_some(),
+                            "SIP TCP connection idle or message incomplete; closing");
                         return;
                     }
                 },
@@ -165,7 +197,14 @@ async fn connection(
                             return;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        message_started = match (framer.buffered(), message_started) {
+                            (0, _) => None,
+                            (_, Some(t0)) => Some(t0),
+                            (_, None) => Some(tokio::time::Instant::now()),
+                        };
+                        break;
+                    }
                     Err(failure) => {
                         // The stream cannot be re-synchronised (RFC 3261 §18.3): answer if
                         // possible, then close.

@@ -464,6 +464,8 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
     clock.run_until(&mut txn, &mut log, secs(40.0));
     assert_eq!(log.transmits().len(), 2);
     assert_eq!(log.when(&TxnOutput::Terminated), Some(secs(32.0))); // J = 64·T1
+                                                                    // Regression: Timer J once reported a missing ACK, which only INVITEs have.
+    assert!(!log.has(&TxnOutput::AckTimeout));
 }
 
 #[test]
