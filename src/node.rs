@@ -132,6 +132,7 @@ impl Node {
                 queue: cdrs.clone(),
                 batch_size: config.store.cdr_batch_size,
                 flush_interval: config.store.cdr_flush_interval,
+                reject_dir: PathBuf::from("."),
             },
             node_id: Arc::clone(&node_id),
         };
@@ -297,7 +298,7 @@ impl Node {
             let left = queue.take_all().await;
             if !left.is_empty() {
                 let path = spill_path(&self.config.node_id);
-                match spill(&path, &left) {
+                match crate::store::writer::write_jsonl(&path, &left) {
                     Ok(()) => {
                         tracing::error!(
                             cdrs = left.len(), path = %path.display(),
@@ -396,16 +397,4 @@ async fn flush_cdrs(root: &ActorRef<RootMsg>) -> Result<u64, String> {
 
 fn spill_path(node_id: &str) -> PathBuf {
     PathBuf::from(format!("cdr-unwritten-{node_id}-{}.jsonl", now_ms()))
-}
-
-/// Writes CDRs as JSON lines, for re-import once the store is back.
-fn spill(path: &std::path::Path, cdrs: &[crate::store::Cdr]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for cdr in cdrs {
-        serde_json::to_writer(&mut out, cdr)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    out.get_ref().sync_all()
 }

@@ -30,6 +30,8 @@ pub const BUILD_INFO: &str = "waswitch_build_info";
 pub const CDRS_WRITTEN_TOTAL: &str = "waswitch_cdrs_written_total";
 /// Counter: failed CDR batch writes (they are retried).
 pub const CDR_WRITE_ERRORS_TOTAL: &str = "waswitch_cdr_write_errors_total";
+/// Counter: CDRs the store refused for good (saved to a `cdr-rejected-*.jsonl` file).
+pub const CDRS_REJECTED_TOTAL: &str = "waswitch_cdrs_rejected_total";
 /// Gauge: CDRs waiting to be written.
 pub const CDRS_PENDING: &str = "waswitch_cdrs_pending";
 /// Gauge: resident memory of the process.

@@ -337,3 +337,61 @@ async fn unreachable_postgres_is_a_clear_open_error() {
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("secret"), "password leaked: {text}");
 }
+
+#[tokio::test]
+async fn a_cdr_postgres_refuses_is_set_aside_and_the_others_are_written() {
+    use waswitch::store::writer::{CdrQueue, CdrWriter, CdrWriterArgs};
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = CdrQueue::new(100);
+    let (writer, handle) = ractor::Actor::spawn(
+        None,
+        CdrWriter,
+        CdrWriterArgs {
+            store: store.clone(),
+            queue: queue.clone(),
+            batch_size: 100,
+            flush_interval: Duration::from_millis(20),
+            reject_dir: dir.path().to_path_buf(),
+        },
+    )
+    .await
+    .expect("writer starts");
+    // PostgreSQL refuses a NUL octet in text: this record can never be stored.
+    let mut poison = cdr(3, Direction::UserInitiated, CallOutcome::Answered);
+    poison.end_cause = "normal\0clearing".into();
+    // Queue them all before the writer's first pump can take a partial batch.
+    for n in [1, 2] {
+        queue
+            .submit(cdr(n, Direction::UserInitiated, CallOutcome::Answered))
+            .await;
+    }
+    queue.submit(poison).await;
+    queue
+        .submit(cdr(4, Direction::UserInitiated, CallOutcome::Answered))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while queue.outstanding() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CDRs stuck behind the refused one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.count(&CdrFilter::default()).await.expect("count"), 3);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("cdr-rejected-"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let saved = std::fs::read_to_string(&files[0]).expect("file");
+    assert_eq!(saved.lines().count(), 1);
+    assert!(saved.contains("call-00003"));
+    writer.stop(None);
+    let _ = handle.await;
+    store.close().await;
+    schema.drop().await;
+}

@@ -96,7 +96,14 @@ pub struct CdrWriterArgs {
     pub batch_size: usize,
     /// Longest a CDR waits before it is written.
     pub flush_interval: Duration,
+    /// Where CDRs the store refuses for good are saved (JSON lines), so one bad record never
+    /// blocks the others.
+    pub reject_dir: std::path::PathBuf,
 }
+
+/// A batch that failed this many times in a row is written row by row, to find a record the
+/// store refuses (as opposed to a store that is down, which fails every row).
+const ISOLATE_AFTER_FAILURES: u32 = 3;
 
 /// Messages of [`CdrWriter`].
 #[derive(Debug)]
@@ -177,6 +184,12 @@ impl WriterState {
         if batch.is_empty() {
             return Duration::ZERO;
         }
+        if self.consecutive_failures >= ISOLATE_AFTER_FAILURES {
+            self.isolate(&mut batch).await;
+            if batch.is_empty() {
+                return Duration::ZERO;
+            }
+        }
         match self.write(&mut batch).await {
             Ok(()) => Duration::ZERO,
             Err(e) => {
@@ -214,6 +227,60 @@ impl WriterState {
         }
     }
 
+    /// Writes `batch` one record at a time. Records that fail while others succeed are
+    /// refused by the store itself: they are saved to a file and removed. If every record
+    /// fails, the store is down and the batch is kept for the next retry.
+    async fn isolate(&mut self, batch: &mut Vec<Cdr>) {
+        let mut kept = Vec::new();
+        let mut refused = Vec::new();
+        let mut written = 0u64;
+        for cdr in batch.drain(..) {
+            match self
+                .args
+                .store
+                .insert_batch(std::slice::from_ref(&cdr))
+                .await
+            {
+                Ok(_) => written += 1,
+                Err(e) => {
+                    tracing::debug!(call_id = %cdr.call_id, error = %e, "CDR refused on its own");
+                    kept.push(cdr);
+                }
+            }
+        }
+        if written > 0 {
+            // The store works: what still fails is refused for good.
+            refused = std::mem::take(&mut kept);
+        }
+        let done = written + refused.len() as u64;
+        if done > 0 {
+            self.consecutive_failures = 0;
+            let left = self
+                .args
+                .queue
+                .shared
+                .outstanding
+                .fetch_sub(done, Ordering::Relaxed)
+                .saturating_sub(done);
+            metrics::counter!(telemetry::CDRS_WRITTEN_TOTAL).increment(written);
+            metrics::gauge!(telemetry::CDRS_PENDING).set(left as f64);
+        }
+        if !refused.is_empty() {
+            metrics::counter!(telemetry::CDRS_REJECTED_TOTAL).increment(refused.len() as u64);
+            let path = self
+                .args
+                .reject_dir
+                .join(format!("cdr-rejected-{}.jsonl", crate::call::now_ms()));
+            match write_jsonl(&path, &refused) {
+                Ok(()) => tracing::error!(cdrs = refused.len(), path = %path.display(),
+                    "the store refuses these CDRs; saved to a file"),
+                Err(e) => tracing::error!(cdrs = refused.len(), error = %e,
+                    "the store refuses these CDRs and they could not be saved"),
+            }
+        }
+        *batch = kept;
+    }
+
     async fn flush(&mut self) -> Result<u64, String> {
         let shared = Arc::clone(&self.args.queue.shared);
         let mut written = 0;
@@ -236,6 +303,18 @@ impl WriterState {
             written += n;
         }
     }
+}
+
+/// Writes CDRs as JSON lines (one record per line), synced to disk.
+pub fn write_jsonl(path: &std::path::Path, cdrs: &[Cdr]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for cdr in cdrs {
+        serde_json::to_writer(&mut out, cdr)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    out.get_ref().sync_all()
 }
 
 /// 100 ms doubling per consecutive failure, at most 5 s.
