@@ -329,12 +329,8 @@ impl SipCore {
         let Some(entry) = self.txns.get_mut(key) else {
             return;
         };
-        let next = entry.txn.poll_timeout();
-        if next.is_some() && next != entry.armed {
-            entry.armed = next;
-            if let Some(at) = next {
-                self.arm(at, TimerOwner::Server(key.clone()));
-            }
+        if let Some(at) = rearm(&mut entry.armed, entry.txn.poll_timeout()) {
+            self.arm(at, TimerOwner::Server(key.clone()));
         }
     }
 
@@ -426,12 +422,8 @@ impl SipCore {
         let Some(entry) = self.clients.get_mut(key) else {
             return;
         };
-        let next = entry.txn.poll_timeout();
-        if next.is_some() && next != entry.armed {
-            entry.armed = next;
-            if let Some(at) = next {
-                self.arm(at, TimerOwner::Client(key.clone()));
-            }
+        if let Some(at) = rearm(&mut entry.armed, entry.txn.poll_timeout()) {
+            self.arm(at, TimerOwner::Client(key.clone()));
         }
     }
 
@@ -525,6 +517,16 @@ impl SipCore {
         let mut out = BytesMut::new();
         resp.encode(&mut out);
         self.out.push_back((to, out.freeze()));
+    }
+}
+
+/// The deadline to put in the timer heap, if `next` is not already there (`armed`).
+fn rearm(armed: &mut Option<Instant>, next: Option<Instant>) -> Option<Instant> {
+    if next.is_some() && next != *armed {
+        *armed = next;
+        next
+    } else {
+        None
     }
 }
 

@@ -208,16 +208,7 @@ impl WriterState {
             Ok(_) => {
                 let n = batch.len() as u64;
                 batch.clear();
-                self.consecutive_failures = 0;
-                let left = self
-                    .args
-                    .queue
-                    .shared
-                    .outstanding
-                    .fetch_sub(n, Ordering::Relaxed)
-                    .saturating_sub(n);
-                metrics::counter!(telemetry::CDRS_WRITTEN_TOTAL).increment(n);
-                metrics::gauge!(telemetry::CDRS_PENDING).set(left as f64);
+                self.settled(n, n);
                 Ok(())
             }
             Err(e) => {
@@ -254,16 +245,7 @@ impl WriterState {
         }
         let done = written + refused.len() as u64;
         if done > 0 {
-            self.consecutive_failures = 0;
-            let left = self
-                .args
-                .queue
-                .shared
-                .outstanding
-                .fetch_sub(done, Ordering::Relaxed)
-                .saturating_sub(done);
-            metrics::counter!(telemetry::CDRS_WRITTEN_TOTAL).increment(written);
-            metrics::gauge!(telemetry::CDRS_PENDING).set(left as f64);
+            self.settled(done, written);
         }
         if !refused.is_empty() {
             metrics::counter!(telemetry::CDRS_REJECTED_TOTAL).increment(refused.len() as u64);
@@ -279,6 +261,20 @@ impl WriterState {
             }
         }
         *batch = kept;
+    }
+
+    /// `done` records left the writer's hands, `written` of them into the store.
+    fn settled(&mut self, done: u64, written: u64) {
+        self.consecutive_failures = 0;
+        let left = self
+            .args
+            .queue
+            .shared
+            .outstanding
+            .fetch_sub(done, Ordering::Relaxed)
+            .saturating_sub(done);
+        metrics::counter!(telemetry::CDRS_WRITTEN_TOTAL).increment(written);
+        metrics::gauge!(telemetry::CDRS_PENDING).set(left as f64);
     }
 
     async fn flush(&mut self) -> Result<u64, String> {
