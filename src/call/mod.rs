@@ -262,6 +262,19 @@ fn close_out(
     }
 }
 
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// The call plane of a node: admits calls, finds them, ends them. Cheap to clone.
 #[derive(Clone)]
 pub struct Calls {
@@ -275,6 +288,9 @@ struct CallsInner {
     ports: PortAllocator,
     node_id: Arc<str>,
     max_calls: usize,
+    /// Calls past the limit check and not yet in the registry, so concurrent admissions
+    /// cannot overshoot `max_calls`.
+    admitting: std::sync::atomic::AtomicUsize,
 }
 
 impl Calls {
@@ -296,6 +312,7 @@ impl Calls {
                 ports,
                 node_id: Arc::from(node_id),
                 max_calls: max_calls as usize,
+                admitting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -307,7 +324,13 @@ impl Calls {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "draining").increment(1);
             return Err(CallRefused::Draining);
         }
-        if inner.max_calls > 0 && inner.registry.len() >= inner.max_calls {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ahead = inner.admitting.fetch_add(1, SeqCst);
+        // Undone however this function returns.
+        let _admitting = scopeguard(|| {
+            inner.admitting.fetch_sub(1, SeqCst);
+        });
+        if inner.max_calls > 0 && inner.registry.len() + ahead >= inner.max_calls {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "overload").increment(1);
             return Err(CallRefused::Overloaded);
         }
