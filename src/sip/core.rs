@@ -47,9 +47,7 @@ struct TxnKey {
 }
 
 impl TxnKey {
-    fn of(msg: &SipMessage, peer: SocketAddr) -> Option<TxnKey> {
-        let via = Via::parse_all(&msg.header(&HeaderName::Via)?.value).ok()?;
-        let top = via.into_iter().next()?;
+    fn of(msg: &SipMessage, top: &Via, peer: SocketAddr) -> Option<TxnKey> {
         let method = match msg.method()? {
             Method::Ack => Method::Invite,
             m => m.clone(),
@@ -144,8 +142,6 @@ pub struct SipCore {
     out: VecDeque<(SocketAddr, Bytes)>,
     tag_counter: u64,
     draining: bool,
-    /// For a CANCEL transaction being answered: whether it matched an INVITE.
-    cancel_matched: HashMap<TxnKey, bool>,
     admission: Option<Arc<Mutex<RateLimiter>>>,
 }
 
@@ -174,7 +170,6 @@ impl SipCore {
             out: VecDeque::new(),
             tag_counter: 0,
             draining: false,
-            cancel_matched: HashMap::new(),
             admission: None,
         }
     }
@@ -223,22 +218,23 @@ impl SipCore {
 
     /// A framed, screened message.
     fn handle_message(&mut self, now: Instant, mut msg: SipMessage, from: SocketAddr) {
-        if msg.is_request() {
-            // §18.2.1, RFC 3581: note the real source in the request's top Via, so every
-            // response (the transaction's 100 Trying included) carries it.
-            stamp_received(&mut msg, from);
-        }
         let Some(method) = msg.method().cloned() else {
-            count("in", &format!("{}", msg.status().unwrap_or(0)));
+            count("in", msg.status().unwrap_or(0).to_string());
             self.handle_response(now, msg);
             return;
         };
-        count("in", &method.to_string());
-        let Some(key) = TxnKey::of(&msg, from) else {
-            // Screening guarantees Via, Call-ID, CSeq and From parse; nothing to match on
-            // otherwise, and nothing sensible to answer.
+        count("in", method.metric_label());
+        // Screening guarantees Via, Call-ID, CSeq and From parse; without them there is
+        // nothing to match on and nothing sensible to answer.
+        let Some(top) = top_via(&msg) else {
             return;
         };
+        let Some(key) = TxnKey::of(&msg, &top, from) else {
+            return;
+        };
+        // §18.2.1, RFC 3581: note the real source in the request's top Via, so every
+        // response (the transaction's 100 Trying included) carries it.
+        stamp_received(&mut msg, &top, from);
         if let Some(entry) = self.txns.get_mut(&key) {
             metrics::counter!(telemetry::SIP_RETRANSMISSIONS_TOTAL).increment(1);
             entry.txn.handle_request(now, &msg);
@@ -276,15 +272,7 @@ impl SipCore {
             self.send(from, &resp);
             return;
         }
-        // A CANCEL is answered 200 when it matches a transaction (§9.2), whatever that
-        // transaction's state; otherwise 481.
-        let cancel_matches = method == Method::Cancel
-            && self.txns.contains_key(&TxnKey {
-                method: Method::Invite,
-                ..key.clone()
-            });
-        let txn = ServerTxn::new(now, msg, self.transport, self.timers);
-        self.cancel_matched.insert(key.clone(), cancel_matches);
+        let txn = ServerTxn::new(msg, self.transport, self.timers);
         self.txns.insert(
             key.clone(),
             Entry {
@@ -310,8 +298,7 @@ impl SipCore {
             match output {
                 TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
                 TxnOutput::Deliver(request) => {
-                    let cancel_matched = self.cancel_matched.remove(key).unwrap_or(false);
-                    let response = self.answer(&request, cancel_matched);
+                    let response = self.answer(&request, key);
                     if let Some(entry) = self.txns.get_mut(key) {
                         entry.txn.respond(now, response);
                     }
@@ -428,7 +415,14 @@ impl SipCore {
     }
 
     /// What the switch itself answers to a request outside any call.
-    fn answer(&mut self, req: &SipMessage, cancel_matched: bool) -> SipMessage {
+    fn answer(&mut self, req: &SipMessage, key: &TxnKey) -> SipMessage {
+        // A CANCEL is answered 200 when it matches a transaction (§9.2), whatever that
+        // transaction's state; otherwise 481.
+        let cancel_matched = key.method == Method::Cancel
+            && self.txns.contains_key(&TxnKey {
+                method: Method::Invite,
+                ..key.clone()
+            });
         self.tag_counter += 1;
         let tag = format!("wsw{:x}", self.tag_counter);
         let method = req.method().cloned().unwrap_or(Method::Options);
@@ -508,7 +502,7 @@ impl SipCore {
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         let (to, bytes) = self.out.pop_front()?;
         if let Some(code) = status_of(&bytes) {
-            count("out", code);
+            count("out", code.to_string());
         }
         Some((to, bytes))
     }
@@ -547,46 +541,52 @@ fn client_key(response: &SipMessage) -> Option<ClientKey> {
     Some(ClientKey { branch, method })
 }
 
+/// The top Via of a message, parsed.
+fn top_via(msg: &SipMessage) -> Option<Via> {
+    let value = &msg.header(&HeaderName::Via)?.value;
+    let list = super::header::split_list(value).ok()?;
+    Via::parse_all(list.first()?).ok()?.pop()
+}
+
 /// Adds `received` (and fills `rport`) to the top Via of a received request for its real
-/// source (RFC 3261 §18.2.1, RFC 3581 §4).
-fn stamp_received(resp: &mut SipMessage, peer: SocketAddr) {
-    let Some(pos) = resp.headers.iter().position(|h| h.name == HeaderName::Via) else {
+/// source (RFC 3261 §18.2.1, RFC 3581 §4). `top` is that Via, already parsed; the header is
+/// rewritten only when something is added.
+fn stamp_received(msg: &mut SipMessage, top: &Via, peer: SocketAddr) {
+    let add_received = top.host != peer.ip().to_string() && top.received().is_none();
+    let fill_rport = top.rport() == Some(None);
+    if !add_received && !fill_rport {
+        return;
+    }
+    let Some(pos) = msg.headers.iter().position(|h| h.name == HeaderName::Via) else {
         return;
     };
-    let value = resp.headers[pos].value.clone();
-    let Ok(list) = super::header::split_list(&value) else {
+    let value = msg.headers[pos].value.clone();
+    let Some(first) = super::header::split_list(&value)
+        .ok()
+        .and_then(|l| l.first().map(|t| t.len()))
+    else {
         return;
     };
-    let Some(top) = list.first() else { return };
-    let Ok(mut parsed) = Via::parse_all(top) else {
-        return;
-    };
-    let Some(via) = parsed.pop() else { return };
-    let mut text = String::from_utf8_lossy(top).into_owned();
-    if via.host != peer.ip().to_string() && via.received().is_none() {
+    let mut text = String::from_utf8_lossy(&value[..first]).into_owned();
+    if add_received {
         text.push_str(&format!(";received={}", peer.ip()));
     }
-    if via.rport() == Some(None) {
+    if fill_rport {
         // The parameter name is case-insensitive; keep everything else as written.
         let lower = text.to_ascii_lowercase();
-        let mut at = None;
         let mut from = 0;
         while let Some(i) = lower[from..].find(";rport") {
             let end = from + i + ";rport".len();
             if matches!(lower.as_bytes().get(end), None | Some(b';') | Some(b' ')) {
-                at = Some(end);
+                text.insert_str(end, &format!("={}", peer.port()));
                 break;
             }
             from = end;
         }
-        if let Some(end) = at {
-            text.insert_str(end, &format!("={}", peer.port()));
-        }
     }
-    let rest = &value[top.len()..];
     let mut new = BytesMut::from(text.as_bytes());
-    new.extend_from_slice(rest);
-    resp.headers[pos] = Header::new(HeaderName::Via, new.freeze());
+    new.extend_from_slice(&value[first..]);
+    msg.headers[pos] = Header::new(HeaderName::Via, new.freeze());
 }
 
 fn status_of(bytes: &[u8]) -> Option<&str> {
@@ -597,11 +597,12 @@ fn status_of(bytes: &[u8]) -> Option<&str> {
     }
 }
 
-fn count(direction: &'static str, what: &str) {
+/// Counts a message. Labels are bounded: methods the switch knows, `other`, or a status code.
+fn count(direction: &'static str, what: impl Into<metrics::SharedString>) {
     metrics::counter!(
         telemetry::SIP_MESSAGES_TOTAL,
         "direction" => direction,
-        "method_or_status" => what.to_string()
+        "method_or_status" => what.into()
     )
     .increment(1);
 }

@@ -88,6 +88,27 @@ impl Method {
         }
     }
 
+    /// A metric label: the method for those the switch knows, `other` for extensions (their
+    /// names come from the network and must not grow the label set).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Info => "INFO",
+            Method::Refer => "REFER",
+            Method::Notify => "NOTIFY",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Message => "MESSAGE",
+            Method::Extension(_) => "other",
+        }
+    }
+
     /// Methods this switch implements as a B2BUA.
     pub fn is_known(&self) -> bool {
         !matches!(self, Method::Extension(_))
@@ -839,6 +860,22 @@ fn parse_start_line(buf: &Bytes, from: usize, to: usize) -> Result<StartLine, Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_labels_are_bounded_whatever_method_arrives() {
+        assert_eq!(
+            Method::from_token(Bytes::from_static(b"INVITE")).metric_label(),
+            "INVITE"
+        );
+        assert_eq!(
+            Method::from_token(Bytes::from_static(b"X-ATTACKER-1")).metric_label(),
+            "other"
+        );
+        assert_eq!(
+            Method::from_token(Bytes::from_static(b"invite")).metric_label(),
+            "other"
+        );
+    }
 
     #[test]
     fn every_known_header_name_is_recognised_in_any_case_and_compact_form() {

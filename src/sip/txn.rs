@@ -355,12 +355,7 @@ impl ServerTxn {
     /// Starts a server transaction for a received `request`, which is delivered to the TU.
     /// An INVITE is answered with 100 Trying at once (§17.2.1), so the client stops
     /// retransmitting while the B2BUA works.
-    pub fn new(
-        now: Instant,
-        request: SipMessage,
-        transport: Transport,
-        config: TimerConfig,
-    ) -> Self {
+    pub fn new(request: SipMessage, transport: Transport, config: TimerConfig) -> Self {
         let invite = request.method() == Some(&Method::Invite);
         let mut txn = Self {
             invite,
@@ -383,7 +378,6 @@ impl ServerTxn {
             txn.out.push_back(TxnOutput::Transmit(trying.clone()));
             txn.last_response = Some(trying);
         }
-        let _ = now;
         txn.out.push_back(TxnOutput::Deliver(request));
         txn
     }

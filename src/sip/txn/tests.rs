@@ -334,12 +334,7 @@ fn invite_server_sends_trying_answers_retransmissions_and_retransmits_failure() 
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
     clock.drain(&mut txn, &mut log);
     assert!(matches!(&log.0[0].1, TxnOutput::Transmit(b) if b.starts_with(b"SIP/2.0 100 Trying")));
     assert!(matches!(&log.0[1].1, TxnOutput::Deliver(m) if m == &req));
@@ -390,12 +385,7 @@ fn invite_server_timer_h_reports_a_missing_ack() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
     txn.respond(clock.now, response(&req, 404));
     clock.run_until(&mut txn, &mut log, secs(60.0));
     assert_eq!(log.when(&TxnOutput::AckTimeout), Some(secs(32.0)));
@@ -407,12 +397,7 @@ fn invite_server_retransmits_2xx_until_acked_and_absorbs_invites_in_accepted() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
     txn.respond(clock.now, response(&req, 200));
     assert_eq!(txn.state(), TxnState::Accepted);
     clock.run_until(&mut txn, &mut log, secs(2.0));
@@ -431,12 +416,7 @@ fn invite_server_gives_up_on_2xx_without_ack() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
     txn.respond(clock.now, response(&req, 200));
     clock.run_until(&mut txn, &mut log, secs(40.0));
     assert_eq!(log.when(&TxnOutput::AckTimeout), Some(secs(32.0)));
@@ -449,12 +429,7 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Options);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
     assert_eq!(txn.state(), TxnState::Trying);
     txn.handle_request(clock.now, &req); // absorbed: nothing sent, nothing delivered again
     clock.drain(&mut txn, &mut log);
@@ -472,12 +447,7 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
 fn non_invite_server_on_tcp_terminates_with_its_final_response() {
     let clock = Clock::new();
     let req = request(Method::Bye);
-    let mut txn = ServerTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Reliable,
-        TimerConfig::default(),
-    );
+    let mut txn = ServerTxn::new(req.clone(), Transport::Reliable, TimerConfig::default());
     txn.respond(clock.now, response(&req, 200));
     assert_eq!(txn.state(), TxnState::Terminated);
 }
@@ -508,9 +478,7 @@ fn client_and_server_converge_over_a_lossy_duplicating_network() {
                     for _ in 0..2 {
                         let m = parse_datagram(b.clone()).expect("parses");
                         match &mut uas {
-                            None => {
-                                uas = Some(ServerTxn::new(now, m, Transport::Unreliable, config))
-                            }
+                            None => uas = Some(ServerTxn::new(m, Transport::Unreliable, config)),
                             Some(s) => s.handle_request(now, &m),
                         }
                     }
