@@ -3,13 +3,12 @@
 //!
 //! `cargo bench --bench call_tree`
 
-use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use waswitch::call::leg::LegSignal;
 use waswitch::call::{CallOffer, Calls, LegRole};
-use waswitch::config::{Config, StoreUrl};
+use waswitch::config::Config;
 use waswitch::node::Node;
 use waswitch::store::{Direction, HangupParty};
 
@@ -35,10 +34,7 @@ fn call_tree(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let node = rt.block_on(async {
-        let mut config = Config::from_toml(Path::new("bench.toml"), "", |_| None).expect("config");
-        config.http.listen = "127.0.0.1:0".parse().expect("addr");
-        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
-        config.store.url = StoreUrl::Sqlite(dir.path().join("bench.db").to_string_lossy().into());
+        let mut config = Config::loopback("", &dir.path().join("bench.db")).expect("config");
         config.shutdown.grace = Duration::from_millis(100);
         Node::start(config).await.expect("node")
     });

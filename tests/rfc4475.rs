@@ -309,7 +309,7 @@ fn a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace() {
 fn over_the_wire() {
     use std::net::UdpSocket;
     use std::time::Duration;
-    use waswitch::config::{Config, StoreUrl};
+    use waswitch::config::Config;
     use waswitch::node::Node;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -319,11 +319,7 @@ fn over_the_wire() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let node = rt.block_on(async {
-        let mut config =
-            Config::from_toml(std::path::Path::new("t.toml"), "", |_| None).expect("config");
-        config.http.listen = "127.0.0.1:0".parse().expect("addr");
-        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
-        config.store.url = StoreUrl::Sqlite(dir.path().join("t.db").to_string_lossy().into_owned());
+        let config = Config::loopback("", &dir.path().join("t.db")).expect("config");
         Node::start(config).await.expect("node")
     });
     let switch = node.sip_udp_addr().expect("SIP UDP bound");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use waswitch::config::{Config, StoreUrl};
+use waswitch::config::Config;
 use waswitch::node::Node;
 
 fn scenario(name: &str) -> PathBuf {
@@ -83,12 +83,25 @@ fn run_sipp(
     )
 }
 
+/// SIPp exited 0 and counted `calls` successful calls and no failed one.
+fn assert_all_succeeded(
+    code: i32,
+    counters: &std::collections::HashMap<String, u64>,
+    log: &str,
+    calls: u64,
+) {
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        counters.get("SuccessfulCall(C)"),
+        Some(&calls),
+        "{counters:?}\n{log}"
+    );
+    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+}
+
 fn start_node(rt: &tokio::runtime::Runtime, dir: &Path) -> Node {
     rt.block_on(async {
-        let mut config = Config::from_toml(Path::new("sipp.toml"), "", |_| None).expect("config");
-        config.http.listen = "127.0.0.1:0".parse().expect("addr");
-        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
-        config.store.url = StoreUrl::Sqlite(dir.join("s.db").to_string_lossy().into_owned());
+        let config = Config::loopback("", &dir.join("s.db")).expect("config");
         Node::start(config).await.expect("node")
     })
 }
@@ -108,13 +121,7 @@ fn sipp_options_pings_all_succeed() {
     let node = start_node(&rt, dir.path());
     let target = node.sip_udp_addr().expect("SIP UDP");
     let (code, counters, log) = run_sipp("options_uac.xml", "u1", target, 300, 150);
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        counters.get("SuccessfulCall(C)"),
-        Some(&300),
-        "{counters:?}\n{log}"
-    );
-    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    assert_all_succeeded(code, &counters, &log, 300);
     rt.block_on(node.drain_and_stop());
 }
 
@@ -125,13 +132,7 @@ fn sipp_invite_without_route_gets_404_and_the_ack_is_absorbed() {
     let node = start_node(&rt, dir.path());
     let target = node.sip_udp_addr().expect("SIP UDP");
     let (code, counters, log) = run_sipp("invite_no_route_uac.xml", "u1", target, 200, 100);
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        counters.get("SuccessfulCall(C)"),
-        Some(&200),
-        "{counters:?}\n{log}"
-    );
-    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    assert_all_succeeded(code, &counters, &log, 200);
     // Our 404 was acknowledged: no 404 retransmissions reached SIPp as unexpected messages.
     assert_eq!(
         counters.get("FailedUnexpectedMessage(C)"),
@@ -155,21 +156,9 @@ fn sipp_over_tcp_options_and_invite_without_route() {
     );
     // One connection (t1) carries every call: responses must go back on it.
     let (code, counters, log) = run_sipp("options_uac.xml", "t1", target, 200, 100);
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        counters.get("SuccessfulCall(C)"),
-        Some(&200),
-        "{counters:?}\n{log}"
-    );
-    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    assert_all_succeeded(code, &counters, &log, 200);
     let (code, counters, log) = run_sipp("invite_no_route_uac.xml", "t1", target, 100, 50);
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        counters.get("SuccessfulCall(C)"),
-        Some(&100),
-        "{counters:?}\n{log}"
-    );
-    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+    assert_all_succeeded(code, &counters, &log, 100);
     rt.block_on(node.drain_and_stop());
 }
 
@@ -240,11 +229,7 @@ fn trunk_probes_mark_a_sipp_trunk_up_then_down_when_it_goes_away() {
         "[sip]\nt1_ms = 50\n[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{sipp_port}\"\noptions_interval_secs = 1\n"
     );
     let node = rt.block_on(async {
-        let mut config =
-            Config::from_toml(Path::new("trunk.toml"), &toml, |_| None).expect("config");
-        config.http.listen = "127.0.0.1:0".parse().expect("addr");
-        config.sip.listen = "127.0.0.1:0".parse().expect("addr");
-        config.store.url = StoreUrl::Sqlite(dir.path().join("t.db").to_string_lossy().into_owned());
+        let config = Config::loopback(&toml, &dir.path().join("t.db")).expect("config");
         Node::start(config).await.expect("node")
     });
     let wait_for = |want: bool| {

@@ -19,10 +19,7 @@ async fn test_node(dir: &Path, grace: Duration) -> Node {
 
 /// A node on loopback with a SQLite store in `dir`, after `tweak` adjusts its config.
 async fn test_node_with(dir: &Path, grace: Duration, tweak: impl FnOnce(&mut Config)) -> Node {
-    let mut config = Config::from_toml(Path::new("test.toml"), "", |_| None).expect("defaults");
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    config.store.url = StoreUrl::Sqlite(sqlite_path(dir));
+    let mut config = Config::loopback("", Path::new(&sqlite_path(dir))).expect("defaults");
     config.store.cdr_flush_interval = Duration::from_millis(20);
     config.shutdown.grace = grace;
     tweak(&mut config);

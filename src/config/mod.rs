@@ -274,6 +274,19 @@ impl Config {
         Self::from_toml(path, &text, |name| std::env::var(name).ok())
     }
 
+    /// A node configured from `text` (TOML; `""` for every default, environment ignored)
+    /// with every listener on an ephemeral loopback port and SQLite at `sqlite`: several
+    /// such nodes run side by side in tests, benchmarks or an embedding program. A file
+    /// cannot ask for port 0, so this is the only way to get one.
+    pub fn loopback(text: &str, sqlite: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::from_toml(Path::new("(loopback node)"), text, |_| None)?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.listen = any_port;
+        config.sip.listen = any_port;
+        config.store.url = StoreUrl::Sqlite(sqlite.to_string_lossy().into_owned());
+        Ok(config)
+    }
+
     /// Validates `text` as if read from `path`; `env` looks up override variables.
     pub fn from_toml(
         path: &Path,

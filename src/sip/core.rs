@@ -624,6 +624,16 @@ mod tests {
         ))
     }
 
+    /// A UDP core at 127.0.0.1:5060 with default timers.
+    fn core() -> SipCore {
+        SipCore::new(
+            Transport::Unreliable,
+            TimerConfig::default(),
+            "127.0.0.1:5060".parse().unwrap(),
+            7,
+        )
+    }
+
     fn sent(core: &mut SipCore) -> Vec<SipMessage> {
         std::iter::from_fn(|| core.poll_transmit())
             .map(|(to, b)| {
@@ -636,12 +646,7 @@ mod tests {
     #[test]
     fn options_is_answered_once_and_retransmissions_replayed() {
         let now = Instant::now();
-        let mut core = SipCore::new(
-            Transport::Unreliable,
-            TimerConfig::default(),
-            "127.0.0.1:5060".parse().unwrap(),
-            7,
-        );
+        let mut core = core();
         let peer = PEER.parse().unwrap();
         core.handle_datagram(now, options("z9hG4bK-o1"), peer);
         let out = sent(&mut core);
@@ -674,12 +679,7 @@ mod tests {
     #[test]
     fn invite_without_a_route_gets_trying_then_404_and_the_ack_closes_it() {
         let now = Instant::now();
-        let mut core = SipCore::new(
-            Transport::Unreliable,
-            TimerConfig::default(),
-            "127.0.0.1:5060".parse().unwrap(),
-            7,
-        );
+        let mut core = core();
         let peer = PEER.parse().unwrap();
         let invite = String::from_utf8(options("z9hG4bK-i1").to_vec())
             .unwrap()
@@ -707,13 +707,7 @@ mod tests {
     fn new_invites_above_the_call_rate_get_503_but_dialogs_never_do() {
         let now = Instant::now();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(5)));
-        let mut core = SipCore::new(
-            Transport::Unreliable,
-            TimerConfig::default(),
-            "127.0.0.1:5060".parse().unwrap(),
-            7,
-        )
-        .with_admission(limiter);
+        let mut core = core().with_admission(limiter);
         let peer = PEER.parse().unwrap();
         let invite = |n: u32| {
             String::from_utf8(options(&format!("z9hG4bK-cps{n}")).to_vec())
@@ -745,12 +739,7 @@ mod tests {
     #[test]
     fn cancel_matching_a_transaction_gets_200_and_strangers_481() {
         let now = Instant::now();
-        let mut core = SipCore::new(
-            Transport::Unreliable,
-            TimerConfig::default(),
-            "127.0.0.1:5060".parse().unwrap(),
-            7,
-        );
+        let mut core = core();
         let peer = PEER.parse().unwrap();
         let invite = String::from_utf8(options("z9hG4bK-c1").to_vec())
             .unwrap()
@@ -791,12 +780,7 @@ mod tests {
     #[test]
     fn garbage_is_dropped_and_a_bad_request_gets_400() {
         let now = Instant::now();
-        let mut core = SipCore::new(
-            Transport::Unreliable,
-            TimerConfig::default(),
-            "127.0.0.1:5060".parse().unwrap(),
-            7,
-        );
+        let mut core = core();
         let peer = PEER.parse().unwrap();
         core.handle_datagram(now, Bytes::from_static(b"\x00\x01 hello"), peer);
         assert!(sent(&mut core).is_empty());
