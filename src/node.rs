@@ -23,7 +23,7 @@ use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
 use crate::sip::overload::RateLimiter;
-use crate::sip::transport::{bind_sip, tcp::TcpListener, ListenerSettings, UdpListener};
+use crate::sip::transport::{bind_sip, ListenerSettings, SipListener};
 use crate::sip::trunk::{ProbeTarget, TrunkHealth};
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
@@ -92,8 +92,8 @@ pub struct Node {
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
-    sip_udp: Option<UdpListener>,
-    sip_tcp: Option<TcpListener>,
+    sip_udp: Option<SipListener>,
+    sip_tcp: Option<SipListener>,
     trunk_health: TrunkHealth,
 }
 
@@ -230,12 +230,12 @@ impl Node {
 
     /// The address the SIP TCP listener is bound to.
     pub fn sip_tcp_addr(&self) -> Option<SocketAddr> {
-        self.sip_tcp.as_ref().map(TcpListener::local_addr)
+        self.sip_tcp.as_ref().map(SipListener::local_addr)
     }
 
     /// The address the SIP UDP listener is bound to.
     pub fn sip_udp_addr(&self) -> Option<SocketAddr> {
-        self.sip_udp.as_ref().map(UdpListener::local_addr)
+        self.sip_udp.as_ref().map(SipListener::local_addr)
     }
 
     /// The address the HTTP listener is bound to.

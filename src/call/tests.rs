@@ -83,6 +83,15 @@ async fn admit(calls: &Calls, direction: Direction) -> CallId {
     calls.start(offer(direction)).await.expect("admitted")
 }
 
+/// The stored CDR of a call (after a flush).
+async fn cdr_of(node: &Node, id: &CallId) -> crate::store::Cdr {
+    node.store()
+        .get(id.as_str())
+        .await
+        .expect("query")
+        .expect("the call has a CDR")
+}
+
 async fn answer(calls: &Calls, id: &CallId, called: LegRole) {
     assert!(calls.signal(id, called, LegSignal::Ringing));
     assert!(calls.signal(id, called, LegSignal::Answered));
@@ -291,12 +300,7 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
     assert!(!calls.signal(&declined, LegRole::WhatsApp, LegSignal::Answered));
 
     flush(&calls).await;
-    let cdr = node
-        .store()
-        .get(id.as_str())
-        .await
-        .expect("query")
-        .expect("cdr");
+    let cdr = cdr_of(&node, &id).await;
     assert_eq!(cdr.outcome, CallOutcome::Answered);
     assert_eq!(cdr.hangup_by, HangupParty::Customer);
     assert_eq!(cdr.end_cause, "normal_clearing");
@@ -304,12 +308,7 @@ async fn legs_are_coordinated_and_the_cdr_tells_the_story() {
     assert!(cdr.duration_ms >= 30, "talk time {}", cdr.duration_ms);
     assert!(cdr.offered_at <= cdr.ringing_at.unwrap());
     assert!(cdr.answered_at.unwrap() <= cdr.ended_at);
-    let cdr = node
-        .store()
-        .get(declined.as_str())
-        .await
-        .expect("query")
-        .expect("cdr");
+    let cdr = cdr_of(&node, &declined).await;
     assert_eq!(cdr.outcome, CallOutcome::Unanswered);
     assert_eq!(cdr.hangup_by, HangupParty::Customer);
     assert_eq!(cdr.end_cause, "declined");
@@ -340,12 +339,7 @@ async fn a_dead_call_supervisor_is_closed_out_by_the_root() {
     })
     .await;
     flush(&calls).await;
-    let cdr = node
-        .store()
-        .get(id.as_str())
-        .await
-        .expect("query")
-        .expect("cdr");
+    let cdr = cdr_of(&node, &id).await;
     assert_eq!(cdr.outcome, CallOutcome::Failed);
     assert!(
         cdr.failure

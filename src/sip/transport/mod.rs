@@ -45,32 +45,35 @@ impl ListenerSettings {
     }
 }
 
-/// A running UDP listener.
-pub struct UdpListener {
+/// A running SIP listener (a UDP socket, or a TCP acceptor and its connections).
+pub struct SipListener {
     local: SocketAddr,
     draining: watch::Sender<bool>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-impl UdpListener {
-    /// Binds `addr` and starts serving.
-    pub async fn bind(addr: SocketAddr, settings: ListenerSettings) -> std::io::Result<Self> {
-        Self::serve(UdpSocket::bind(addr).await?, settings)
-    }
+/// What a listener's tasks watch: drain (new INVITEs get 503) and stop.
+struct Signals {
+    draining: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
 
-    /// Serves SIP on an already bound socket, probing the configured trunks.
-    pub fn serve(socket: UdpSocket, settings: ListenerSettings) -> std::io::Result<Self> {
-        let local = socket.local_addr()?;
+impl SipListener {
+    /// A listener at `local` whose tasks `start` spawns, given the signals to watch.
+    fn start(local: SocketAddr, start: impl FnOnce(Signals) -> Vec<JoinHandle<()>>) -> Self {
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve_udp(socket, settings, draining_rx, stop_rx));
-        Ok(Self {
+        let tasks = start(Signals {
+            draining: draining_rx,
+            stop: stop_rx,
+        });
+        Self {
             local,
             draining,
             stop,
-            task,
-        })
+            tasks,
+        }
     }
 
     /// The bound address.
@@ -83,19 +86,31 @@ impl UdpListener {
         let _ = self.draining.send(true);
     }
 
-    /// Stops serving and waits for the task to end.
+    /// Stops serving (open TCP connections are closed) and waits for the tasks to end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 }
 
-async fn serve_udp(
+/// Serves SIP on a bound UDP socket, probing the configured trunks.
+pub fn serve_udp_socket(
     socket: UdpSocket,
     settings: ListenerSettings,
-    mut draining: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
+) -> std::io::Result<SipListener> {
+    let local = socket.local_addr()?;
+    Ok(SipListener::start(local, |signals| {
+        vec![tokio::spawn(serve_udp(socket, settings, signals))]
+    }))
+}
+
+async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signals) {
+    let Signals {
+        mut draining,
+        mut stop,
+    } = signals;
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)));
@@ -159,7 +174,7 @@ pub async fn bind_sip(
     udp: bool,
     tcp: bool,
     settings: ListenerSettings,
-) -> std::io::Result<(Option<UdpListener>, Option<tcp::TcpListener>)> {
+) -> std::io::Result<(Option<SipListener>, Option<SipListener>)> {
     let mut last_err = None;
     for _ in 0..if addr.port() == 0 { 20 } else { 1 } {
         let udp_socket = if udp {
@@ -189,10 +204,10 @@ pub async fn bind_sip(
             None
         };
         let udp = udp_socket
-            .map(|s| UdpListener::serve(s, settings.clone()))
+            .map(|s| serve_udp_socket(s, settings.clone()))
             .transpose()?;
         let tcp = tcp_listener
-            .map(|l| tcp::TcpListener::serve(l, settings.clone()))
+            .map(|l| tcp::serve(l, settings.clone()))
             .transpose()?;
         return Ok((udp, tcp));
     }

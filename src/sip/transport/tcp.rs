@@ -16,13 +16,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener as TokioTcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
 
 use crate::sip::core::SipCore;
 use crate::sip::msg::{ParseFailure, SipMessage, StreamFramer};
 use crate::sip::txn::Transport;
 
-use super::ListenerSettings;
+use super::{ListenerSettings, SipListener};
 
 /// Most TCP connections served at once; further connections are accepted and closed.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -44,54 +43,24 @@ enum Inbound {
     Closed(SocketAddr),
 }
 
-/// A running TCP listener.
-pub struct TcpListener {
-    local: SocketAddr,
-    draining: watch::Sender<bool>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl TcpListener {
-    /// Serves SIP on an already bound listener.
-    pub fn serve(listener: TokioTcpListener, settings: ListenerSettings) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (draining, draining_rx) = watch::channel(false);
-        let (stop, stop_rx) = watch::channel(false);
+/// Serves SIP on a bound TCP listener.
+pub fn serve(
+    listener: TokioTcpListener,
+    settings: ListenerSettings,
+) -> std::io::Result<SipListener> {
+    let local = listener.local_addr()?;
+    Ok(SipListener::start(local, |signals| {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let core = tokio::spawn(run_core(
             inbound_rx,
             settings,
             local,
-            draining_rx,
-            stop_rx.clone(),
+            signals.draining,
+            signals.stop.clone(),
         ));
-        let accept = tokio::spawn(accept_loop(listener, inbound, stop_rx));
-        Ok(Self {
-            local,
-            draining,
-            stop,
-            tasks: vec![core, accept],
-        })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// New INVITEs get 503 from now on.
-    pub fn begin_drain(&self) {
-        let _ = self.draining.send(true);
-    }
-
-    /// Stops accepting and serving; open connections are closed.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
+        let accept = tokio::spawn(accept_loop(listener, inbound, signals.stop));
+        vec![core, accept]
+    }))
 }
 
 async fn accept_loop(

@@ -130,6 +130,21 @@ impl Clock {
     }
 }
 
+/// A client transaction over UDP with default timers, started now.
+fn udp_client(clock: &Clock, request: SipMessage) -> ClientTxn {
+    ClientTxn::new(
+        clock.now,
+        request,
+        Transport::Unreliable,
+        TimerConfig::default(),
+    )
+}
+
+/// A server transaction over UDP with default timers.
+fn udp_server(request: SipMessage) -> ServerTxn {
+    ServerTxn::new(request, Transport::Unreliable, TimerConfig::default())
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
@@ -138,12 +153,7 @@ fn secs(s: f64) -> Duration {
 fn invite_client_retransmits_on_timer_a_and_times_out_on_timer_b() {
     let mut clock = Clock::new();
     let mut log = Log::default();
-    let mut txn = ClientTxn::new(
-        clock.now,
-        request(Method::Invite),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = udp_client(&clock, request(Method::Invite));
     assert_eq!(txn.state(), TxnState::Calling);
     clock.run_until(&mut txn, &mut log, secs(40.0));
     // Sent at 0, then A doubles without a cap: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s.
@@ -196,12 +206,7 @@ fn invite_client_provisional_stops_retransmission_and_2xx_enters_accepted() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ClientTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = udp_client(&clock, req.clone());
     // The first INVITE is lost: the retransmission at 0.5 s gets through.
     clock.run_until(&mut txn, &mut log, 700 * MS);
     assert_eq!(log.transmits(), [Duration::ZERO, 500 * MS]);
@@ -230,12 +235,7 @@ fn invite_client_acks_a_failure_and_absorbs_its_retransmissions() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ClientTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = udp_client(&clock, req.clone());
     clock.drain(&mut txn, &mut log);
     txn.handle_response(clock.now, response(&req, 486));
     assert_eq!(txn.state(), TxnState::Completed);
@@ -286,12 +286,7 @@ fn invite_client_on_tcp_terminates_at_once_after_a_failure() {
 fn non_invite_client_timer_e_caps_at_t2_and_f_times_out() {
     let mut clock = Clock::new();
     let mut log = Log::default();
-    let mut txn = ClientTxn::new(
-        clock.now,
-        request(Method::Options),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = udp_client(&clock, request(Method::Options));
     assert_eq!(txn.state(), TxnState::Trying);
     clock.run_until(&mut txn, &mut log, secs(40.0));
     let sent = log.transmits();
@@ -308,12 +303,7 @@ fn non_invite_client_proceeding_retransmits_at_t2_then_completes_for_t4() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Bye);
-    let mut txn = ClientTxn::new(
-        clock.now,
-        req.clone(),
-        Transport::Unreliable,
-        TimerConfig::default(),
-    );
+    let mut txn = udp_client(&clock, req.clone());
     clock.run_until(&mut txn, &mut log, 600 * MS);
     txn.handle_response(clock.now, response(&req, 100));
     assert_eq!(txn.state(), TxnState::Proceeding);
@@ -334,7 +324,7 @@ fn invite_server_sends_trying_answers_retransmissions_and_retransmits_failure() 
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
+    let mut txn = udp_server(req.clone());
     clock.drain(&mut txn, &mut log);
     assert!(matches!(&log.0[0].1, TxnOutput::Transmit(b) if b.starts_with(b"SIP/2.0 100 Trying")));
     assert!(matches!(&log.0[1].1, TxnOutput::Deliver(m) if m == &req));
@@ -385,7 +375,7 @@ fn invite_server_timer_h_reports_a_missing_ack() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
+    let mut txn = udp_server(req.clone());
     txn.respond(clock.now, response(&req, 404));
     clock.run_until(&mut txn, &mut log, secs(60.0));
     assert_eq!(log.when(&TxnOutput::AckTimeout), Some(secs(32.0)));
@@ -397,7 +387,7 @@ fn invite_server_retransmits_2xx_until_acked_and_absorbs_invites_in_accepted() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
+    let mut txn = udp_server(req.clone());
     txn.respond(clock.now, response(&req, 200));
     assert_eq!(txn.state(), TxnState::Accepted);
     clock.run_until(&mut txn, &mut log, secs(2.0));
@@ -416,7 +406,7 @@ fn invite_server_gives_up_on_2xx_without_ack() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Invite);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
+    let mut txn = udp_server(req.clone());
     txn.respond(clock.now, response(&req, 200));
     clock.run_until(&mut txn, &mut log, secs(40.0));
     assert_eq!(log.when(&TxnOutput::AckTimeout), Some(secs(32.0)));
@@ -429,7 +419,7 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
     let mut clock = Clock::new();
     let mut log = Log::default();
     let req = request(Method::Options);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Unreliable, TimerConfig::default());
+    let mut txn = udp_server(req.clone());
     assert_eq!(txn.state(), TxnState::Trying);
     txn.handle_request(clock.now, &req); // absorbed: nothing sent, nothing delivered again
     clock.drain(&mut txn, &mut log);
