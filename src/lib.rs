@@ -17,6 +17,7 @@ pub mod call;
 pub mod config;
 pub mod media;
 pub mod node;
+pub mod routing;
 pub mod sip;
 pub mod store;
 pub mod telemetry;

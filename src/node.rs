@@ -20,6 +20,7 @@ use crate::api::{self, ApiState, Readiness};
 use crate::call::registry::CallRegistry;
 use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::call::{now_ms, Calls};
+use crate::call::sip_call::{SipHandles, SipIngress};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
 use crate::sip::overload::RateLimiter;
@@ -154,6 +155,11 @@ impl Node {
 
         let trunk_health = TrunkHealth::default();
         let probes = probe_targets(&config);
+        let ingress = SipIngress::new(&config, calls.clone(), trunk_health.clone());
+        // Without routes the switch takes no SIP calls and answers INVITEs itself (404).
+        let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
+            .routes_calls()
+            .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
         let settings = ListenerSettings {
             timers: config.sip.timers,
             admission: Arc::new(std::sync::Mutex::new(RateLimiter::new(
@@ -161,6 +167,7 @@ impl Node {
             ))),
             probes,
             health: trunk_health.clone(),
+            user,
         };
         let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, settings)
             .await
@@ -169,6 +176,10 @@ impl Node {
                 address: config.sip.listen,
                 source,
             })?;
+        ingress.set_handles(SipHandles {
+            udp: sip_udp.as_ref().map(SipListener::handle),
+            tcp: sip_tcp.as_ref().map(SipListener::handle),
+        });
         if let Some(l) = &sip_udp {
             readiness.bound("sip_udp", l.local_addr());
             tracing::info!(sip_udp = %l.local_addr(), "SIP listening");

@@ -17,6 +17,7 @@ pub mod leg;
 pub mod media;
 pub mod registry;
 pub mod root;
+pub mod sip_call;
 pub mod supervisor;
 
 use std::fmt;
@@ -103,7 +104,7 @@ impl LegRole {
     /// The leg that is called in a call of `direction` (its answer answers the call).
     pub fn called(direction: Direction) -> Self {
         match direction {
-            Direction::UserInitiated => LegRole::Business,
+            Direction::UserInitiated | Direction::SipTransit => LegRole::Business,
             Direction::BusinessInitiated => LegRole::WhatsApp,
         }
     }
@@ -124,6 +125,9 @@ pub struct CallOffer {
     pub sip_call_id: Option<String>,
     /// Trunk of the business leg.
     pub trunk: Option<String>,
+    /// A SIP call through the B2BUA: its bridge, taken by the supervisor at start.
+    #[serde(skip)]
+    pub sip: Option<sip_call::SipStart>,
 }
 
 impl CallOffer {
@@ -136,6 +140,7 @@ impl CallOffer {
             wa_call_id: None,
             sip_call_id: None,
             trunk: None,
+            sip: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
 use super::media::{MediaActor, MediaArgs, MediaMsg};
+use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
 use super::registry::{CallEntry, CallRegistry};
 #[cfg(test)]
 use super::Fault;
@@ -55,6 +56,8 @@ pub struct CallArgs {
 pub enum ChildRole {
     /// A signalling leg.
     Leg(LegRole),
+    /// The B2BUA of a SIP call (both signalling legs).
+    Bridge,
     /// The media actor.
     Media,
 }
@@ -64,6 +67,7 @@ impl ChildRole {
     pub fn as_str(self) -> &'static str {
         match self {
             ChildRole::Leg(role) => role.as_str(),
+            ChildRole::Bridge => "sip_b2bua",
             ChildRole::Media => "media",
         }
     }
@@ -87,6 +91,19 @@ pub enum CallMsg {
         role: LegRole,
         /// The event.
         signal: LegSignal,
+    },
+    /// A SIP call was offered to this trunk (sent by the bridge; the last one goes in the
+    /// CDR).
+    Routed {
+        /// Trunk name.
+        trunk: String,
+    },
+    /// A SIP call's bridge is done: both legs are settled.
+    BridgeEnded {
+        /// Who ended the call.
+        by: HangupParty,
+        /// End cause.
+        cause: String,
     },
     /// End the call from outside (API, operator, shutdown).
     Hangup {
@@ -121,6 +138,8 @@ pub struct Call {
     whatsapp: Option<ActorRef<LegMsg>>,
     business: Option<ActorRef<LegMsg>>,
     media: Option<ActorRef<MediaMsg>>,
+    bridge: Option<ActorRef<BridgeMsg>>,
+    trunk: Option<String>,
     children: Vec<(ActorId, ChildRole, ActorCell)>,
     ringing_at: Option<i64>,
     answered_at: Option<i64>,
@@ -161,6 +180,8 @@ impl Actor for CallSupervisor {
             whatsapp: None,
             business: None,
             media: None,
+            bridge: None,
+            trunk: None,
             children: Vec::with_capacity(3),
             ringing_at: None,
             answered_at: None,
@@ -257,6 +278,18 @@ impl Call {
         self.children
             .push((media.get_id(), ChildRole::Media, media.get_cell()));
         self.media = Some(media);
+        if let Some(setup) = self.offer.sip.as_ref().and_then(|s| s.take()) {
+            let args = BridgeArgs {
+                setup,
+                call: myself.clone(),
+                span: self.span.clone(),
+            };
+            let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, parent).await?;
+            self.children
+                .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
+            self.bridge = Some(bridge);
+            return Ok(());
+        }
         for role in [LegRole::WhatsApp, LegRole::Business] {
             let leg_id = match role {
                 LegRole::WhatsApp => self.offer.wa_call_id.clone(),
@@ -297,6 +330,17 @@ impl Call {
                     let _ = leg.send_message(LegMsg::Remote(signal));
                 }
             }
+            CallMsg::Routed { trunk } => self.trunk = Some(trunk),
+            CallMsg::BridgeEnded { by, cause } => {
+                // The bridge has nothing left to send: it is stopped with the others.
+                self.bridge = None;
+                let end = CallEnd {
+                    by,
+                    cause,
+                    failure: None,
+                };
+                self.teardown(myself, None, end).await;
+            }
             CallMsg::Hangup { by, cause, reply } => {
                 self.teardown(
                     myself,
@@ -322,6 +366,10 @@ impl Call {
                     ChildRole::Leg(role) => self
                         .leg(role)
                         .map(|leg| leg.send_message(LegMsg::Fault(fault)).is_ok()),
+                    ChildRole::Bridge => self
+                        .bridge
+                        .as_ref()
+                        .map(|b| b.send_message(BridgeMsg::Fault(fault)).is_ok()),
                     ChildRole::Media => self
                         .media
                         .as_ref()
@@ -396,6 +444,10 @@ impl Call {
         self.children.retain(|(id, _, _)| *id != cell.get_id());
         let failed_leg = match role {
             ChildRole::Leg(r) => Some(r),
+            ChildRole::Bridge => {
+                self.bridge = None;
+                None
+            }
             ChildRole::Media => None,
         };
         let end = CallEnd {
@@ -434,6 +486,18 @@ impl Call {
                 }
             }
         }
+        if let Some(bridge) = self.bridge.take() {
+            let cause = end.cause.clone();
+            let hung_up = bridge
+                .call(
+                    |reply| BridgeMsg::Hangup { cause, reply },
+                    Some(CALL_RPC_TIMEOUT),
+                )
+                .await;
+            if !matches!(hung_up, Ok(ractor::rpc::CallResult::Success(()))) {
+                tracing::warn!("SIP bridge did not confirm hangup");
+            }
+        }
         self.stop_children().await;
         self.finish(end).await;
         myself.stop(None);
@@ -453,7 +517,10 @@ impl Call {
             return;
         }
         self.ended = true;
-        if let Some(entry) = self.registry.remove(&self.id) {
+        if let Some(mut entry) = self.registry.remove(&self.id) {
+            if self.trunk.is_some() {
+                entry.offer.trunk = self.trunk.clone();
+            }
             let cdr = close_out(
                 &self.node_id,
                 &self.id,

@@ -27,6 +27,19 @@ pub(crate) struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub trunk: Vec<TrunkSection>,
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub from_trunk: Option<String>,
+    pub trunks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +93,18 @@ pub(crate) struct SipSection {
     pub t2_ms: i64,
     #[serde(default = "default_t4_ms")]
     pub t4_ms: i64,
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout_secs: i64,
+    #[serde(default = "default_session_expires")]
+    pub session_expires_secs: i64,
+}
+
+fn default_ring_timeout() -> i64 {
+    120
+}
+
+fn default_session_expires() -> i64 {
+    1800
 }
 
 impl Default for SipSection {
@@ -90,6 +115,8 @@ impl Default for SipSection {
             t1_ms: default_t1_ms(),
             t2_ms: default_t2_ms(),
             t4_ms: default_t4_ms(),
+            ring_timeout_secs: default_ring_timeout(),
+            session_expires_secs: default_session_expires(),
         }
     }
 }
@@ -245,6 +272,28 @@ pub(crate) struct TrunkSection {
     pub pstn: bool,
     #[serde(default = "default_options_interval")]
     pub options_interval_secs: i64,
+    #[serde(default = "default_invite_timeout")]
+    pub invite_timeout_ms: i64,
+    #[serde(default)]
+    pub accept_from: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub inbound_username: Option<String>,
+    #[serde(default)]
+    pub inbound_password: Option<String>,
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+}
+
+fn default_invite_timeout() -> i64 {
+    4000
+}
+
+fn default_codecs() -> Vec<String> {
+    ["opus", "PCMU", "PCMA"].map(String::from).to_vec()
 }
 
 fn default_options_interval() -> i64 {

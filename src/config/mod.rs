@@ -54,6 +54,8 @@ pub struct Config {
     pub log: LogConfig,
     /// SIP trunks toward PBXs, contact centers and SBCs, in file order.
     pub trunks: Vec<SipTrunk>,
+    /// SIP→SIP routes, in file order.
+    pub routes: Vec<SipRoute>,
     /// Overload protection.
     pub limits: LimitsConfig,
 }
@@ -83,6 +85,65 @@ pub struct SipConfig {
     pub transports: Vec<Transport>,
     /// Transaction timer bases T1, T2, T4 (RFC 3261 §17).
     pub timers: crate::sip::txn::TimerConfig,
+    /// How long a called trunk may ring before the call is given up (480).
+    pub ring_timeout: Duration,
+    /// Session interval requested toward trunks (RFC 4028), seconds; 0: no session timer.
+    pub session_expires: u32,
+}
+
+/// A SIP→SIP route: INVITEs whose Request-URI user starts with `prefix` (the longest
+/// matching prefix wins) go to `trunks`, tried in order.
+#[derive(Debug, Clone)]
+pub struct SipRoute {
+    /// Name for logs.
+    pub name: String,
+    /// Request-URI user prefix; empty matches every call.
+    pub prefix: String,
+    /// Only calls arriving from this trunk take the route (`None`: any trunk).
+    pub from_trunk: Option<String>,
+    /// Trunks to try, in order (indexes into [`Config::trunks`]).
+    pub trunks: Vec<usize>,
+}
+
+/// An IP network (`10.0.0.0/8`, `127.0.0.1`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `ADDR` or `ADDR/LEN`.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (addr, len) = match s.trim().split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = len.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// SIP transport protocol.
@@ -210,6 +271,16 @@ pub struct SipTrunk {
     pub pstn: bool,
     /// How often the trunk is probed with OPTIONS (`None`: never; it is then assumed up).
     pub options_interval: Option<Duration>,
+    /// No response at all to an INVITE within this long: the next trunk is tried.
+    pub invite_timeout: Duration,
+    /// Calls from these networks arrive from this trunk (the inbound allow-list).
+    pub accept_from: Vec<IpNet>,
+    /// Credentials for answering the trunk's digest challenges.
+    pub credentials: Option<(String, String)>,
+    /// Credentials the trunk must present (digest) on calls it sends us.
+    pub inbound_credentials: Option<(String, String)>,
+    /// Codecs the trunk may use, in preference order.
+    pub codecs: Vec<String>,
 }
 
 /// One configuration mistake.
@@ -600,6 +671,20 @@ impl Validator {
         };
 
         let trunks = self.trunks(&raw.trunk, sip_listen);
+        let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports);
+        let ring_timeout = self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
+        let session_expires = match raw.sip.session_expires_secs {
+            0 => Some(0),
+            n if (90..=86_400).contains(&n) => Some(n as u32),
+            n => {
+                self.problem(
+                    "sip.session_expires_secs",
+                    format!("{n} is out of range"),
+                    "use 90 to 86400 seconds (RFC 4028 minimum is 90), or 0 for no session timer",
+                );
+                None
+            }
+        };
         let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
         let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
         Some(Config {
@@ -612,6 +697,8 @@ impl Validator {
                 listen: sip_listen?,
                 transports,
                 timers: timers?,
+                ring_timeout: Duration::from_secs(ring_timeout? as u64),
+                session_expires: session_expires?,
             },
             media: MediaConfig {
                 ip: media_ip?,
@@ -632,6 +719,7 @@ impl Validator {
                 format: log_format?,
             },
             trunks,
+            routes,
             limits: LimitsConfig {
                 max_cps: max_cps? as u32,
                 max_calls: max_calls? as u32,
@@ -816,9 +904,62 @@ impl Validator {
                     None
                 }
             };
-            if let (Some(uri), Some(transport), Some(options_interval)) =
-                (uri, transport, options_interval)
-            {
+            let invite_timeout = self
+                .bounded(&key("invite_timeout_ms"), t.invite_timeout_ms, 100, 64_000)
+                .map(|ms| Duration::from_millis(ms as u64));
+            let mut accept_from = Vec::new();
+            for (j, net) in t.accept_from.iter().enumerate() {
+                match IpNet::parse(net) {
+                    Some(n) => accept_from.push(n),
+                    None => self.problem(
+                        &format!("trunk[{i}].accept_from[{j}]"),
+                        format!("{net:?} is not an IP address or network"),
+                        "write an address or CIDR network, e.g. \"127.0.0.1\" or \"10.0.0.0/8\"",
+                    ),
+                }
+            }
+            let credentials = self.credentials(&key("username"), &key("password"), &t.username, &t.password);
+            let inbound_credentials = self.credentials(
+                &key("inbound_username"),
+                &key("inbound_password"),
+                &t.inbound_username,
+                &t.inbound_password,
+            );
+            if inbound_credentials.as_ref().is_some_and(Option::is_some) && t.accept_from.is_empty() {
+                self.problem(
+                    &key("inbound_username"),
+                    "is set but the trunk accepts calls from nowhere",
+                    "list the trunk's addresses in accept_from; digest is checked on top of them",
+                );
+            }
+            const CODECS: [&str; 4] = ["opus", "pcmu", "pcma", "telephone-event"];
+            for (j, c) in t.codecs.iter().enumerate() {
+                if !CODECS.contains(&c.to_ascii_lowercase().as_str()) {
+                    self.problem(
+                        &format!("trunk[{i}].codecs[{j}]"),
+                        format!("{c:?} is not a codec the switch speaks"),
+                        "use \"opus\", \"PCMU\" or \"PCMA\"",
+                    );
+                }
+            }
+            if t.codecs.is_empty() {
+                self.problem(&key("codecs"), "is empty", "list at least one of \"opus\", \"PCMU\", \"PCMA\"");
+            }
+            if let (
+                Some(uri),
+                Some(transport),
+                Some(options_interval),
+                Some(invite_timeout),
+                Some(credentials),
+                Some(inbound_credentials),
+            ) = (
+                uri,
+                transport,
+                options_interval,
+                invite_timeout,
+                credentials,
+                inbound_credentials,
+            ) {
                 out.push(SipTrunk {
                     name,
                     uri,
@@ -826,8 +967,134 @@ impl Validator {
                     max_calls,
                     pstn: t.pstn,
                     options_interval,
+                    invite_timeout,
+                    accept_from,
+                    credentials,
+                    inbound_credentials,
+                    codecs: t.codecs.clone(),
                 });
             }
+        }
+        out
+    }
+
+    /// A username/password pair: both or neither.
+    fn credentials(
+        &mut self,
+        user_key: &str,
+        pass_key: &str,
+        user: &Option<String>,
+        pass: &Option<String>,
+    ) -> Option<Option<(String, String)>> {
+        let user_v = user.as_deref().filter(|s| !s.is_empty());
+        let pass_v = pass.as_deref().filter(|s| !s.is_empty());
+        match (user_v, pass_v) {
+            (None, None) if user.is_none() && pass.is_none() => Some(None),
+            (Some(u), Some(p)) => Some(Some((u.to_string(), p.to_string()))),
+            (Some(_), None) => {
+                self.problem(
+                    pass_key,
+                    "is missing or empty",
+                    format!("set {pass_key} together with {user_key}"),
+                );
+                None
+            }
+            _ => {
+                self.problem(
+                    user_key,
+                    "is missing or empty",
+                    format!("set {user_key} together with {pass_key}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn routes(
+        &mut self,
+        raw: &[file::RouteSection],
+        raw_trunks: &[file::TrunkSection],
+        trunks: &[SipTrunk],
+        listening: &[Transport],
+    ) -> Vec<SipRoute> {
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            if r.name.trim().is_empty() {
+                self.problem(&key("name"), "is empty", "give every route a unique name");
+            } else if !names.insert(r.name.clone()) {
+                self.problem(
+                    &key("name"),
+                    format!("{:?} is already used by another route", r.name),
+                    "give every route a unique name",
+                );
+            }
+            if r.prefix.chars().any(|c| c.is_whitespace() || c == '@' || c == ':') {
+                self.problem(
+                    &key("prefix"),
+                    format!("{:?} cannot start a Request-URI user", r.prefix),
+                    "write the leading digits or characters of the dialled user, e.g. \"+44\"",
+                );
+            }
+            let known = |name: &str| raw_trunks.iter().any(|t| t.name.trim() == name);
+            if let Some(from) = &r.from_trunk {
+                if !known(from) {
+                    self.problem(
+                        &key("from_trunk"),
+                        format!("{from:?} is not a configured trunk"),
+                        "name a trunk defined in a [[trunk]] section",
+                    );
+                }
+            }
+            if r.trunks.is_empty() {
+                self.problem(&key("trunks"), "is empty", "list at least one trunk to send the calls to");
+            }
+            let mut indexes = Vec::new();
+            for (j, name) in r.trunks.iter().enumerate() {
+                if !known(name) {
+                    self.problem(
+                        &format!("route[{i}].trunks[{j}]"),
+                        format!("{name:?} is not a configured trunk"),
+                        "name a trunk defined in a [[trunk]] section",
+                    );
+                    continue;
+                }
+                match trunks.iter().position(|t| t.name == *name) {
+                    Some(t) if trunks[t].pstn => self.problem(
+                        &format!("route[{i}].trunks[{j}]"),
+                        format!("{name:?} is a PSTN trunk"),
+                        "WhatsApp calls stay VoIP: route to trunks without pstn = true",
+                    ),
+                    Some(t) if matches!(trunks[t].uri.host, crate::sip::uri::Host::Domain(_)) => {
+                        self.problem(
+                            &format!("route[{i}].trunks[{j}]"),
+                            format!("trunk {name:?} is named by a host name ({})", trunks[t].uri),
+                            "the switch resolves no names on the call path: write the trunk's IP address in its uri",
+                        )
+                    }
+                    Some(t) if !listening.contains(&trunks[t].transport) => self.problem(
+                        &format!("route[{i}].trunks[{j}]"),
+                        format!(
+                            "trunk {name:?} uses {} but sip.transports does not listen on it",
+                            trunks[t].transport.as_str()
+                        ),
+                        format!(
+                            "add \"{}\" to sip.transports, or change the trunk's transport",
+                            trunks[t].transport.as_str()
+                        ),
+                    ),
+                    Some(t) => indexes.push(t),
+                    // The trunk itself is broken and reported under trunk[..].
+                    None => {}
+                }
+            }
+            out.push(SipRoute {
+                name: r.name.clone(),
+                prefix: r.prefix.clone(),
+                from_trunk: r.from_trunk.clone(),
+                trunks: indexes,
+            });
         }
         out
     }

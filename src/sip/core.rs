@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::build::MessageBuilder;
 use super::header::Via;
-use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage};
+use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage, StartLine};
 use super::overload::RateLimiter;
 use super::txn::{ClientTxn, ServerTxn, TimerConfig, Transport, TxnOutput};
 use super::validate::{screen, Screened, SUPPORTED_OPTIONS};
@@ -87,6 +87,10 @@ impl TxnKey {
 struct Entry {
     txn: ServerTxn,
     peer: SocketAddr,
+    id: ServerId,
+    /// Call-ID and CSeq number of an INVITE answered 2xx, so the ACK (its own transaction,
+    /// §17.2.3) finds it.
+    accepted: Option<(Bytes, u32)>,
     /// The deadline already in the timer heap, so a retransmission adds no entry.
     armed: Option<Instant>,
 }
@@ -95,13 +99,108 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
 
-/// What happened to a request sent with [`SipCore::send_request`].
+/// Identifies a server transaction handed to the transaction user, which answers it with
+/// [`SipCore::respond`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(u64);
+
+/// What the core reports to its user: outcomes of requests sent with
+/// [`SipCore::send_request`] and, with a transaction user attached
+/// ([`SipCore::with_user`]), the requests it does not answer itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
-    /// A response (provisional or final) arrived for it.
+    /// A response (provisional or final) arrived for a request we sent.
     Response(RequestId, SipMessage),
-    /// No final response came in time (Timer B or F), or the transport failed.
-    Timeout(RequestId),
+    /// No final response came in time (Timer B or F), or the transport failed; the request
+    /// that went unanswered.
+    Timeout(RequestId, SipMessage),
+    /// A request for the user: a new INVITE, or a request inside a dialog. The core has sent
+    /// 100 Trying for an INVITE; the user answers with [`SipCore::respond`].
+    Request {
+        /// The server transaction to answer.
+        server: ServerId,
+        /// The request (top Via stamped with `received`/`rport`).
+        request: SipMessage,
+        /// Where it came from.
+        from: SocketAddr,
+    },
+    /// A CANCEL matched an INVITE not yet answered finally; the core answered the CANCEL
+    /// 200, the user answers the INVITE (487).
+    Cancelled {
+        /// The INVITE's transaction.
+        server: ServerId,
+        /// The INVITE's Call-ID.
+        call_id: Bytes,
+    },
+    /// The ACK for a 2xx the user sent (the core stopped retransmitting the 2xx).
+    Ack {
+        /// The ACK.
+        request: SipMessage,
+        /// Where it came from.
+        from: SocketAddr,
+    },
+    /// A 2xx the user sent to an INVITE was never acknowledged (Timer L); RFC 3261 §13.3.1.4
+    /// says the dialog ends (the user sends BYE).
+    AckTimeout {
+        /// The INVITE's transaction.
+        server: ServerId,
+        /// The INVITE's Call-ID.
+        call_id: Bytes,
+    },
+}
+
+impl CoreEvent {
+    /// The Call-ID the event belongs to, for routing it to its call.
+    pub fn call_id(&self) -> Option<&[u8]> {
+        let msg = match self {
+            CoreEvent::Response(_, m)
+            | CoreEvent::Timeout(_, m)
+            | CoreEvent::Request { request: m, .. }
+            | CoreEvent::Ack { request: m, .. } => m,
+            CoreEvent::Cancelled { call_id, .. } | CoreEvent::AckTimeout { call_id, .. } => {
+                return Some(call_id)
+            }
+        };
+        msg.header(&HeaderName::CallId).map(|h| &h.value[..])
+    }
+}
+
+/// What a transaction user asks of the core (the same operations as its methods, as values
+/// that can cross a channel to the task that owns the core).
+#[derive(Debug, Clone)]
+pub enum SipCommand {
+    /// Answer a server transaction.
+    Respond {
+        /// Which.
+        server: ServerId,
+        /// The response.
+        response: SipMessage,
+    },
+    /// Send a request in a new client transaction.
+    Request {
+        /// The request, without our Via.
+        request: SipMessage,
+        /// Next hop.
+        to: SocketAddr,
+    },
+    /// Send the ACK for a 2xx (no transaction).
+    Ack {
+        /// The ACK, without our Via.
+        request: SipMessage,
+        /// Next hop.
+        to: SocketAddr,
+    },
+    /// CANCEL the INVITE we sent with this Call-ID.
+    Cancel {
+        /// Its Call-ID.
+        call_id: Bytes,
+    },
+    /// Stop retransmitting the INVITE we sent with this Call-ID, without a CANCEL (no
+    /// provisional response ever came, so there is nothing to cancel, §9.1).
+    Abandon {
+        /// Its Call-ID.
+        call_id: Bytes,
+    },
 }
 
 /// Client transaction key (RFC 3261 §17.1.3): our branch and the CSeq method.
@@ -116,6 +215,8 @@ struct ClientEntry {
     peer: SocketAddr,
     id: RequestId,
     armed: Option<Instant>,
+    /// Call-ID of an INVITE, indexed in `client_invites`.
+    invite_call_id: Option<Bytes>,
 }
 
 /// A deadline in the timer heap: which transaction it belongs to.
@@ -143,6 +244,12 @@ pub struct SipCore {
     tag_counter: u64,
     draining: bool,
     admission: Option<Arc<Mutex<RateLimiter>>>,
+    /// A transaction user takes INVITEs and in-dialog requests.
+    user: bool,
+    next_server: u64,
+    server_ids: HashMap<ServerId, TxnKey>,
+    accepted: HashMap<(Bytes, u32), TxnKey>,
+    client_invites: HashMap<Bytes, ClientKey>,
 }
 
 impl SipCore {
@@ -171,7 +278,19 @@ impl SipCore {
             tag_counter: 0,
             draining: false,
             admission: None,
+            user: false,
+            next_server: 0,
+            server_ids: HashMap::new(),
+            accepted: HashMap::new(),
+            client_invites: HashMap::new(),
         }
+    }
+
+    /// Hands new INVITEs and requests inside dialogs to a transaction user as
+    /// [`CoreEvent::Request`] instead of answering them itself (404, 481).
+    pub fn with_user(mut self) -> Self {
+        self.user = true;
+        self
     }
 
     /// Limits new INVITEs with `limiter` (shared by every listener of the node); above it
@@ -243,6 +362,9 @@ impl SipCore {
         }
         if method == Method::Ack {
             // An ACK for a 2xx (or for a transaction already gone): no response, ever.
+            if self.user {
+                self.ack_for_2xx(msg, from);
+            }
             return;
         }
         if method == Method::Invite && !in_dialog(&msg) {
@@ -273,11 +395,16 @@ impl SipCore {
             return;
         }
         let txn = ServerTxn::new(msg, self.transport, self.timers);
+        self.next_server += 1;
+        let id = ServerId(self.next_server);
+        self.server_ids.insert(id, key.clone());
         self.txns.insert(
             key.clone(),
             Entry {
                 txn,
                 peer: from,
+                id,
+                accepted: None,
                 armed: None,
             },
         );
@@ -294,20 +421,42 @@ impl SipCore {
             let Some(output) = entry.txn.poll_output() else {
                 break;
             };
-            let peer = entry.peer;
+            let (peer, server) = (entry.peer, entry.id);
             match output {
                 TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
                 TxnOutput::Deliver(request) => {
+                    if self.user && for_user(&request, self.draining) {
+                        self.events.push_back(CoreEvent::Request {
+                            server,
+                            request,
+                            from: peer,
+                        });
+                        continue;
+                    }
                     let response = self.answer(&request, key);
                     if let Some(entry) = self.txns.get_mut(key) {
                         entry.txn.respond(now, response);
                     }
                 }
-                TxnOutput::AckTimeout | TxnOutput::Timeout => {
+                TxnOutput::AckTimeout => {
+                    tracing::debug!(branch = %key.branch, "final response never acknowledged");
+                    if let Some((call_id, _)) = entry.accepted.clone() {
+                        if self.user {
+                            self.events
+                                .push_back(CoreEvent::AckTimeout { server, call_id });
+                        }
+                    }
+                }
+                TxnOutput::Timeout => {
                     tracing::debug!(branch = %key.branch, "transaction timed out");
                 }
                 TxnOutput::Terminated => {
-                    self.txns.remove(key);
+                    if let Some(entry) = self.txns.remove(key) {
+                        self.server_ids.remove(&entry.id);
+                        if let Some(dialog) = entry.accepted {
+                            self.accepted.remove(&dialog);
+                        }
+                    }
                     metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
                     return;
                 }
@@ -336,20 +485,28 @@ impl SipCore {
         mut request: SipMessage,
         to: SocketAddr,
     ) -> RequestId {
-        self.next_request += 1;
-        let id = RequestId(self.next_request);
-        let branch = format!("z9hG4bK-{:x}-{:x}", self.branch_seed, self.next_request);
-        let proto = match self.transport {
-            Transport::Unreliable => "UDP",
-            Transport::Reliable => "TCP",
-        };
-        let via = Header::new(
-            HeaderName::Via,
-            format!("SIP/2.0/{proto} {};branch={branch};rport", self.local),
-        );
-        request.headers.insert(0, via);
+        let (id, branch) = self.next_branch();
+        request.headers.insert(0, self.our_via(&branch));
+        self.start_client(now, request, to, branch, id);
+        id
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: SipMessage,
+        to: SocketAddr,
+        branch: String,
+        id: RequestId,
+    ) {
         let method = request.method().cloned().unwrap_or(Method::Options);
+        let invite_call_id = (method == Method::Invite)
+            .then(|| request.header(&HeaderName::CallId).map(|h| h.value.clone()))
+            .flatten();
         let key = ClientKey { branch, method };
+        if let Some(call_id) = &invite_call_id {
+            self.client_invites.insert(call_id.clone(), key.clone());
+        }
         let txn = ClientTxn::new(now, request, self.transport, self.timers);
         self.clients.insert(
             key.clone(),
@@ -358,12 +515,185 @@ impl SipCore {
                 peer: to,
                 id,
                 armed: None,
+                invite_call_id,
             },
         );
         metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
             .set((self.txns.len() + self.clients.len()) as f64);
         self.drain_client(&key);
-        id
+    }
+
+    fn our_via(&self, branch: &str) -> Header {
+        let proto = match self.transport {
+            Transport::Unreliable => "UDP",
+            Transport::Reliable => "TCP",
+        };
+        Header::new(
+            HeaderName::Via,
+            format!("SIP/2.0/{proto} {};branch={branch};rport", self.local),
+        )
+    }
+
+    fn next_branch(&mut self) -> (RequestId, String) {
+        self.next_request += 1;
+        let branch = format!("z9hG4bK-{:x}-{:x}", self.branch_seed, self.next_request);
+        (RequestId(self.next_request), branch)
+    }
+
+    /// Sends the ACK for a 2xx (RFC 3261 §13.2.2.4): its own transaction, sent once per 2xx
+    /// received, never retransmitted by the core.
+    pub fn send_ack(&mut self, mut ack: SipMessage, to: SocketAddr) {
+        let (_, branch) = self.next_branch();
+        ack.headers.insert(0, self.our_via(&branch));
+        self.out.push_back((to, ack.to_bytes()));
+    }
+
+    /// CANCELs the INVITE we sent with `call_id` (§9.1): same Request-URI, Via, Call-ID,
+    /// From, To, CSeq number and Route as the INVITE. False when no such INVITE is pending.
+    pub fn cancel_invite(&mut self, now: Instant, call_id: &[u8]) -> bool {
+        let Some(key) = self.client_invites.get(call_id) else {
+            return false;
+        };
+        let Some(entry) = self.clients.get(key) else {
+            return false;
+        };
+        if !matches!(
+            entry.txn.state(),
+            super::txn::TxnState::Calling | super::txn::TxnState::Proceeding
+        ) {
+            return false;
+        }
+        let (to, invite) = (entry.peer, entry.txn.request());
+        let StartLine::Request { uri, .. } = &invite.start else {
+            return false;
+        };
+        let mut cancel = SipMessage {
+            start: StartLine::Request {
+                method: Method::Cancel,
+                uri: uri.clone(),
+                version: Bytes::from_static(b"SIP/2.0"),
+            },
+            headers: Vec::with_capacity(8),
+            body: Bytes::new(),
+        };
+        for h in &invite.headers {
+            match &h.name {
+                HeaderName::Via if !cancel.headers.iter().any(|c| c.name == HeaderName::Via) => {
+                    cancel.headers.push(h.clone())
+                }
+                HeaderName::Route
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::MaxForwards => cancel.headers.push(h.clone()),
+                HeaderName::CSeq => {
+                    let Ok(cseq) = super::header::CSeq::parse(&h.value) else {
+                        return false;
+                    };
+                    cancel
+                        .headers
+                        .push(Header::new(HeaderName::CSeq, format!("{} CANCEL", cseq.seq)));
+                }
+                _ => {}
+            }
+        }
+        cancel
+            .headers
+            .push(Header::new(HeaderName::ContentLength, "0"));
+        let branch = key.branch.clone();
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        self.start_client(now, cancel, to, branch, id);
+        true
+    }
+
+    /// Stops the INVITE we sent with `call_id` without a CANCEL (nothing came back, so
+    /// there is nothing to cancel); later responses to it are dropped.
+    pub fn abandon_invite(&mut self, call_id: &[u8]) {
+        if let Some(key) = self.client_invites.remove(call_id) {
+            self.clients.remove(&key);
+        }
+    }
+
+    /// Answers a server transaction handed over as [`CoreEvent::Request`]. A response for a
+    /// transaction that is gone is dropped.
+    pub fn respond(&mut self, now: Instant, server: ServerId, response: SipMessage) {
+        let Some(key) = self.server_ids.get(&server).cloned() else {
+            return;
+        };
+        let Some(entry) = self.txns.get_mut(&key) else {
+            return;
+        };
+        if key.method == Method::Invite && response.status().is_some_and(|c| (200..300).contains(&c))
+        {
+            let dialog = response
+                .header(&HeaderName::CallId)
+                .map(|h| h.value.clone())
+                .zip(
+                    response
+                        .header(&HeaderName::CSeq)
+                        .and_then(|h| super::header::CSeq::parse(&h.value).ok())
+                        .map(|c| c.seq),
+                );
+            if let Some(dialog) = dialog {
+                self.accepted.insert(dialog.clone(), key.clone());
+                entry.accepted = Some(dialog);
+            }
+        }
+        entry.txn.respond(now, response);
+        self.drain(&key, now);
+    }
+
+    /// The transport could not reach `peer` (a connection failed): every client transaction
+    /// toward it fails as if timed out (RFC 3261 §17.1.4).
+    pub fn transport_failed(&mut self, _now: Instant, peer: SocketAddr) {
+        let keys: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.peer == peer)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(entry) = self.clients.get_mut(&key) {
+                entry.txn.handle_transport_error();
+            }
+            self.drain_client(&key);
+        }
+    }
+
+    /// Runs a command of the transaction user.
+    pub fn execute(&mut self, now: Instant, command: SipCommand) {
+        match command {
+            SipCommand::Respond { server, response } => self.respond(now, server, response),
+            SipCommand::Request { request, to } => {
+                self.send_request(now, request, to);
+            }
+            SipCommand::Ack { request, to } => self.send_ack(request, to),
+            SipCommand::Cancel { call_id } => {
+                self.cancel_invite(now, &call_id);
+            }
+            SipCommand::Abandon { call_id } => self.abandon_invite(&call_id),
+        }
+    }
+
+    /// An ACK outside any transaction: the ACK for a 2xx the user sent, found by Call-ID and
+    /// CSeq number, stops that 2xx's retransmissions and goes to the user.
+    fn ack_for_2xx(&mut self, ack: SipMessage, from: SocketAddr) {
+        let dialog = ack.header(&HeaderName::CallId).map(|h| h.value.clone()).zip(
+            ack.header(&HeaderName::CSeq)
+                .and_then(|h| super::header::CSeq::parse(&h.value).ok())
+                .map(|c| c.seq),
+        );
+        if let Some(entry) = dialog
+            .and_then(|d| self.accepted.get(&d))
+            .and_then(|key| self.txns.get_mut(key))
+        {
+            entry.txn.ack_received();
+        }
+        self.events.push_back(CoreEvent::Ack {
+            request: ack,
+            from,
+        });
     }
 
     /// The next outcome of a request sent with [`send_request`](Self::send_request).
@@ -396,10 +726,17 @@ impl SipCore {
                 TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
                 TxnOutput::Deliver(resp) => self.events.push_back(CoreEvent::Response(id, resp)),
                 TxnOutput::Timeout | TxnOutput::AckTimeout => {
-                    self.events.push_back(CoreEvent::Timeout(id))
+                    let request = entry.txn.request().clone();
+                    self.events.push_back(CoreEvent::Timeout(id, request))
                 }
                 TxnOutput::Terminated => {
-                    self.clients.remove(key);
+                    if let Some(entry) = self.clients.remove(key) {
+                        if let Some(call_id) = entry.invite_call_id {
+                            if self.client_invites.get(&call_id) == Some(key) {
+                                self.client_invites.remove(&call_id);
+                            }
+                        }
+                    }
                     metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
                         .set((self.txns.len() + self.clients.len()) as f64);
                     return;
@@ -423,6 +760,27 @@ impl SipCore {
                 method: Method::Invite,
                 ..key.clone()
             });
+        if cancel_matched && self.user {
+            let invite = TxnKey {
+                method: Method::Invite,
+                ..key.clone()
+            };
+            if let Some(entry) = self.txns.get(&invite) {
+                if matches!(
+                    entry.txn.state(),
+                    super::txn::TxnState::Trying | super::txn::TxnState::Proceeding
+                ) {
+                    let call_id = req
+                        .header(&HeaderName::CallId)
+                        .map(|h| h.value.clone())
+                        .unwrap_or_default();
+                    self.events.push_back(CoreEvent::Cancelled {
+                        server: entry.id,
+                        call_id,
+                    });
+                }
+            }
+        }
         self.tag_counter += 1;
         let tag = format!("wsw{:x}", self.tag_counter);
         let method = req.method().cloned().unwrap_or(Method::Options);
@@ -521,6 +879,16 @@ fn rearm(armed: &mut Option<Instant>, next: Option<Instant>) -> Option<Instant> 
         next
     } else {
         None
+    }
+}
+
+/// Whether a transaction user takes `request`: a new INVITE (unless draining, which the core
+/// answers 503), or a request inside a dialog other than OPTIONS and CANCEL.
+fn for_user(request: &SipMessage, draining: bool) -> bool {
+    match request.method() {
+        Some(Method::Invite) => in_dialog(request) || !draining,
+        Some(Method::Options | Method::Cancel | Method::Ack | Method::Register) | None => false,
+        Some(_) => in_dialog(request),
     }
 }
 

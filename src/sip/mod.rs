@@ -4,6 +4,7 @@
 //! actor; the transport driver and the call layer feed it input and act on its output.
 
 pub mod auth;
+pub mod b2bua;
 pub mod build;
 pub mod core;
 pub mod dialog;

@@ -134,6 +134,15 @@ impl TrunkMonitor {
         }
     }
 
+    /// Whether `event` settles one of this monitor's probes.
+    pub fn is_probe(&self, event: &CoreEvent) -> bool {
+        let id = match event {
+            CoreEvent::Response(id, _) | CoreEvent::Timeout(id, _) => *id,
+            _ => return false,
+        };
+        self.probes.iter().any(|p| p.pending == Some(id))
+    }
+
     /// Takes an event of the core; returns a health change when a probe settled one.
     /// Events for other requests are ignored (`None`).
     pub fn handle_event(&mut self, now: Instant, event: &CoreEvent) -> Option<HealthChange> {
@@ -143,7 +152,8 @@ impl TrunkMonitor {
                 Some(code @ (408 | 500..=699)) => (*id, (false, format!("answered {code}"))),
                 Some(code) => (*id, (true, format!("answered {code}"))),
             },
-            CoreEvent::Timeout(id) => (*id, (false, "no answer".to_string())),
+            CoreEvent::Timeout(id, _) => (*id, (false, "no answer".to_string())),
+            _ => return None,
         };
         let p = self.probes.iter_mut().find(|p| p.pending == Some(id))?;
         p.pending = None;

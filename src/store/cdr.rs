@@ -15,6 +15,8 @@ pub enum Direction {
     UserInitiated,
     /// The business called a WhatsApp user (with the user's permission).
     BusinessInitiated,
+    /// A SIP call routed from one trunk to another (no WhatsApp leg).
+    SipTransit,
 }
 
 /// How a call ended, as counted in `waswitch_calls_total{outcome}`.
@@ -37,6 +39,10 @@ pub enum HangupParty {
     Customer,
     /// The business side (agent, PBX, trunk, API).
     Business,
+    /// The calling side of a SIP transit call.
+    Caller,
+    /// The called side of a SIP transit call.
+    Callee,
     /// The switch itself (failure, shutdown, timeout).
     Switch,
 }
@@ -68,9 +74,9 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(Direction { UserInitiated => "user_initiated", BusinessInitiated => "business_initiated" });
+text_enum!(Direction { UserInitiated => "user_initiated", BusinessInitiated => "business_initiated", SipTransit => "sip_transit" });
 text_enum!(CallOutcome { Answered => "answered", Unanswered => "unanswered", Failed => "failed" });
-text_enum!(HangupParty { Customer => "customer", Business => "business", Switch => "switch" });
+text_enum!(HangupParty { Customer => "customer", Business => "business", Caller => "caller", Callee => "callee", Switch => "switch" });
 
 /// A call detail record. Times are Unix epoch milliseconds (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

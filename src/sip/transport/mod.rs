@@ -7,18 +7,54 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub mod tcp;
 
-use super::core::SipCore;
+use super::core::{CoreEvent, SipCommand, SipCore};
 use super::overload::RateLimiter;
 use super::trunk::{ProbeTarget, TrunkHealth, TrunkMonitor};
 use super::txn::{TimerConfig, Transport};
 
 /// Largest UDP datagram read (a SIP message over UDP must fit one).
 const MAX_DATAGRAM: usize = 65_535;
+
+/// Commands queued toward one listener's core; senders wait when it is full.
+const COMMAND_QUEUE: usize = 8192;
+
+/// Sends commands to the SIP core of one listener (the task that owns it runs them).
+#[derive(Debug, Clone)]
+pub struct SipHandle {
+    tx: mpsc::Sender<SipCommand>,
+    local: SocketAddr,
+    reliable: bool,
+}
+
+impl SipHandle {
+    /// Queues `command`; false when the listener is gone.
+    pub async fn send(&self, command: SipCommand) -> bool {
+        self.tx.send(command).await.is_ok()
+    }
+
+    /// The listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// TCP or TLS (no retransmissions).
+    pub fn is_reliable(&self) -> bool {
+        self.reliable
+    }
+}
+
+/// The transaction user of a node's listeners: takes new INVITEs and requests inside
+/// dialogs, and the outcomes of the requests it sends.
+pub trait SipUser: Send + Sync + 'static {
+    /// An event from the core behind `origin`. A returned command runs on that core at
+    /// once (an immediate answer such as 403 or 481).
+    fn on_event(&self, event: CoreEvent, origin: &SipHandle) -> Option<SipCommand>;
+}
 
 /// What every SIP listener of a node shares.
 #[derive(Debug, Clone)]
@@ -31,6 +67,14 @@ pub struct ListenerSettings {
     pub probes: Vec<ProbeTarget>,
     /// Where probe results go.
     pub health: TrunkHealth,
+    /// Takes INVITEs and dialogs; without one the switch answers them itself (404, 481).
+    pub user: Option<Arc<dyn SipUser>>,
+}
+
+impl std::fmt::Debug for dyn SipUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SipUser")
+    }
 }
 
 impl ListenerSettings {
@@ -41,6 +85,7 @@ impl ListenerSettings {
             admission: Arc::new(Mutex::new(RateLimiter::new(0))),
             probes: Vec::new(),
             health: TrunkHealth::default(),
+            user: None,
         }
     }
 }
@@ -48,28 +93,45 @@ impl ListenerSettings {
 /// A running SIP listener (a UDP socket, or a TCP acceptor and its connections).
 pub struct SipListener {
     local: SocketAddr,
+    handle: SipHandle,
     draining: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// What a listener's tasks watch: drain (new INVITEs get 503) and stop.
+/// What a listener's tasks watch: drain (new INVITEs get 503) and stop, and the commands of
+/// the transaction user.
 struct Signals {
     draining: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
+    commands: mpsc::Receiver<SipCommand>,
+    handle: SipHandle,
 }
 
 impl SipListener {
     /// A listener at `local` whose tasks `start` spawns, given the signals to watch.
-    fn start(local: SocketAddr, start: impl FnOnce(Signals) -> Vec<JoinHandle<()>>) -> Self {
+    fn start(
+        local: SocketAddr,
+        reliable: bool,
+        start: impl FnOnce(Signals) -> Vec<JoinHandle<()>>,
+    ) -> Self {
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let handle = SipHandle {
+            tx,
+            local,
+            reliable,
+        };
         let tasks = start(Signals {
             draining: draining_rx,
             stop: stop_rx,
+            commands,
+            handle: handle.clone(),
         });
         Self {
             local,
+            handle,
             draining,
             stop,
             tasks,
@@ -79,6 +141,11 @@ impl SipListener {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Where a transaction user sends this listener's core commands.
+    pub fn handle(&self) -> SipHandle {
+        self.handle.clone()
     }
 
     /// New INVITEs get 503 from now on.
@@ -101,7 +168,7 @@ pub fn serve_udp_socket(
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
     let local = socket.local_addr()?;
-    Ok(SipListener::start(local, |signals| {
+    Ok(SipListener::start(local, false, |signals| {
         vec![tokio::spawn(serve_udp(socket, settings, signals))]
     }))
 }
@@ -110,6 +177,8 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
     let Signals {
         mut draining,
         mut stop,
+        mut commands,
+        handle,
     } = signals;
     let local = socket
         .local_addr()
@@ -119,9 +188,13 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
         admission,
         probes,
         health,
+        user,
     } = settings;
     let mut core =
         SipCore::new(Transport::Unreliable, timers, local, rand_seed()).with_admission(admission);
+    if user.is_some() {
+        core = core.with_user();
+    }
     let mut monitor = TrunkMonitor::new(Instant::now(), local, probes);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -141,6 +214,14 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
                 core.handle_timeout(now);
                 monitor.handle_timeout(now, &mut core);
             }
+            Some(command) = commands.recv() => {
+                let now = Instant::now();
+                core.execute(now, command);
+                // Run what queued up behind it in the same pass.
+                while let Ok(command) = commands.try_recv() {
+                    core.execute(now, command);
+                }
+            }
             changed = draining.changed() => {
                 if changed.is_ok() {
                     core.set_draining(*draining.borrow());
@@ -149,8 +230,14 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
             _ = stop.changed() => break,
         }
         while let Some(event) = core.poll_event() {
-            if let Some(change) = monitor.handle_event(Instant::now(), &event) {
-                health.apply(&change);
+            if monitor.is_probe(&event) {
+                if let Some(change) = monitor.handle_event(Instant::now(), &event) {
+                    health.apply(&change);
+                }
+            } else if let Some(user) = &user {
+                if let Some(command) = user.on_event(event, &handle) {
+                    core.execute(Instant::now(), command);
+                }
             }
         }
         while let Some((to, bytes)) = core.poll_transmit() {

@@ -39,6 +39,7 @@ const OUTBOUND_QUEUE: usize = 256;
 
 enum Inbound {
     Opened(SocketAddr, mpsc::Sender<Bytes>),
+    ConnectFailed(SocketAddr),
     Frame(SocketAddr, Result<SipMessage, ParseFailure>),
     Closed(SocketAddr),
 }
@@ -49,14 +50,17 @@ pub fn serve(
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
     let local = listener.local_addr()?;
-    Ok(SipListener::start(local, |signals| {
+    Ok(SipListener::start(local, true, |signals| {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let core = tokio::spawn(run_core(
             inbound_rx,
+            inbound.clone(),
             settings,
             local,
             signals.draining,
             signals.stop.clone(),
+            signals.commands,
+            signals.handle,
         ));
         let accept = tokio::spawn(accept_loop(listener, inbound, signals.stop));
         vec![core, accept]
@@ -194,12 +198,16 @@ async fn connection(
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_core(
     mut inbound: mpsc::Receiver<Inbound>,
+    inbound_tx: mpsc::Sender<Inbound>,
     settings: ListenerSettings,
     local: SocketAddr,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    mut commands: mpsc::Receiver<crate::sip::core::SipCommand>,
+    handle: super::SipHandle,
 ) {
     let mut core = SipCore::new(
         Transport::Reliable,
@@ -208,17 +216,39 @@ async fn run_core(
         super::rand_seed(),
     )
     .with_admission(settings.admission);
+    let user = settings.user;
+    if user.is_some() {
+        core = core.with_user();
+    }
     let mut conns: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    // Messages for peers we are connecting to (outbound requests), sent once connected.
+    let mut connecting: HashMap<SocketAddr, Vec<Bytes>> = HashMap::new();
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
             msg = inbound.recv() => match msg {
-                Some(Inbound::Opened(peer, tx)) => { conns.insert(peer, tx); }
+                Some(Inbound::Opened(peer, tx)) => {
+                    for bytes in connecting.remove(&peer).unwrap_or_default() {
+                        let _ = tx.try_send(bytes);
+                    }
+                    conns.insert(peer, tx);
+                }
+                Some(Inbound::ConnectFailed(peer)) => {
+                    connecting.remove(&peer);
+                    core.transport_failed(Instant::now(), peer);
+                }
                 Some(Inbound::Frame(peer, framed)) => core.handle_frame(Instant::now(), framed, peer),
                 Some(Inbound::Closed(peer)) => { conns.remove(&peer); }
                 None => return,
             },
             _ = super::sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            Some(command) = commands.recv() => {
+                let now = Instant::now();
+                core.execute(now, command);
+                while let Ok(command) = commands.try_recv() {
+                    core.execute(now, command);
+                }
+            }
             changed = draining.changed() => {
                 if changed.is_ok() {
                     core.set_draining(*draining.borrow());
@@ -226,16 +256,52 @@ async fn run_core(
             }
             _ = stop.changed() => return,
         }
+        while let Some(event) = core.poll_event() {
+            if let Some(user) = &user {
+                if let Some(command) = user.on_event(event, &handle) {
+                    core.execute(Instant::now(), command);
+                }
+            }
+        }
         while let Some((to, bytes)) = core.poll_transmit() {
             match conns.get(&to) {
                 Some(tx) => {
                     if tx.try_send(bytes).is_err() {
-                        tracing::warn!(peer = %to, "SIP TCP peer not reading its responses; dropping the connection");
+                        tracing::warn!(peer = %to, "SIP TCP peer not reading its messages; dropping the connection");
                         conns.remove(&to);
                     }
                 }
-                None => tracing::debug!(peer = %to, "SIP TCP response for a closed connection"),
+                None if bytes.starts_with(b"SIP/2.0 ") => {
+                    tracing::debug!(peer = %to, "SIP TCP response for a closed connection")
+                }
+                None => {
+                    // A request to a peer with no connection: open one (RFC 3261 §18.1.1).
+                    let queue = connecting.entry(to).or_default();
+                    if queue.is_empty() {
+                        tokio::spawn(connect(to, inbound_tx.clone(), stop.clone()));
+                    }
+                    if queue.len() < OUTBOUND_QUEUE {
+                        queue.push(bytes);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// How long an outbound connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect(peer: SocketAddr, inbound: mpsc::Sender<Inbound>, stop: watch::Receiver<bool>) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+        Ok(Ok(stream)) => connection(stream, peer, inbound, stop).await,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "SIP TCP connection failed");
+            let _ = inbound.send(Inbound::ConnectFailed(peer)).await;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "SIP TCP connection timed out");
+            let _ = inbound.send(Inbound::ConnectFailed(peer)).await;
         }
     }
 }
