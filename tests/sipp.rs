@@ -1,118 +1,17 @@
 //! SIPp (Debian `sip-tester`) against a running node over UDP on loopback. Assertions are on
 //! SIPp's own counters (its `-trace_stat` CSV), not only on its exit code.
 
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::{
+    assert_all_succeeded, free_udp_port, run_sipp, runtime, scenario, start_node, KillOnDrop,
+};
+
 use waswitch::config::Config;
 use waswitch::node::Node;
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("loadtest/sipp")
-        .join(name)
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Counters from the last row of a SIPp `-trace_stat` CSV.
-fn sipp_counters(csv: &Path) -> std::collections::HashMap<String, u64> {
-    let text = std::fs::read_to_string(csv).expect("SIPp stats file");
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().expect("header row").split(';').collect();
-    let last: Vec<&str> = lines.next_back().expect("a stats row").split(';').collect();
-    header
-        .iter()
-        .zip(last)
-        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
-        .collect()
-}
-
-/// Runs `calls` calls of a scenario over `transport` (SIPp's `-t`: u1 UDP, t1 one TCP
-/// connection) at `rate` cps against `target`; bounded in count and time.
-fn run_sipp(
-    scenario_file: &str,
-    transport: &str,
-    target: std::net::SocketAddr,
-    calls: u32,
-    rate: u32,
-) -> (i32, std::collections::HashMap<String, u64>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stats = dir.path().join("stats.csv");
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg("sipp")
-        .arg("-sf")
-        .arg(scenario(scenario_file))
-        .arg(target.to_string())
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1"])
-        .args(["-p", &free_udp_port().to_string()])
-        .args(["-cp", &free_udp_port().to_string()])
-        .args(["-mp", &free_udp_port().to_string()])
-        .args(["-s", "4930123456", "-t", transport])
-        .args([
-            "-m",
-            &calls.to_string(),
-            "-r",
-            &rate.to_string(),
-            "-rp",
-            "1000",
-        ])
-        .args(["-timeout", "30s", "-timeout_error", "-recv_timeout", "5000"])
-        .args(["-nostdin", "-bind_local", "-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stats)
-        .current_dir(dir.path())
-        .output()
-        .expect("sipp runs (Debian package sip-tester; .ci/run installs it)");
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (
-        output.status.code().unwrap_or(-1),
-        sipp_counters(&stats),
-        log,
-    )
-}
-
-/// SIPp exited 0 and counted `calls` successful calls and no failed one.
-fn assert_all_succeeded(
-    code: i32,
-    counters: &std::collections::HashMap<String, u64>,
-    log: &str,
-    calls: u64,
-) {
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        counters.get("SuccessfulCall(C)"),
-        Some(&calls),
-        "{counters:?}\n{log}"
-    );
-    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
-}
-
-fn start_node(rt: &tokio::runtime::Runtime, dir: &Path) -> Node {
-    rt.block_on(async {
-        let config = Config::loopback("", &dir.join("s.db")).expect("config");
-        Node::start(config).await.expect("node")
-    })
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn sipp_options_pings_all_succeed() {
@@ -264,20 +163,4 @@ fn trunk_probes_mark_a_sipp_trunk_up_then_down_when_it_goes_away() {
         Some("waswitch_trunk_up{trunk=\"pbx\"} 0")
     );
     rt.block_on(node.drain_and_stop());
-}
-
-/// A child process that is killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl KillOnDrop {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -28,7 +28,9 @@ use super::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
 use crate::routing::{NoRoute, SipRouter};
 use crate::sip::auth::{self, Algorithm, NonceIssuer};
-use crate::sip::b2bua::{dialled_user, Action, Bridge, BridgeConfig, Credentials, Leg, Progress, Target};
+use crate::sip::b2bua::{
+    dialled_user, Action, Bridge, BridgeConfig, Credentials, Leg, Progress, Target,
+};
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, ServerId, SipCommand};
 use crate::sip::header::NameAddr;
@@ -421,7 +423,9 @@ impl SipUser for SipIngress {
             None => event,
         };
         // Nobody owns this Call-ID (any more).
-        self.inner.table.remove_if(&call_id, |_, r| matches!(r, Route::Call(_)));
+        self.inner
+            .table
+            .remove_if(&call_id, |_, r| matches!(r, Route::Call(_)));
         match event {
             CoreEvent::Request {
                 server,

@@ -15,8 +15,8 @@ use tracing::Instrument;
 
 use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
 use super::media::{MediaActor, MediaArgs, MediaMsg};
-use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
 use super::registry::{CallEntry, CallRegistry};
+use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
 #[cfg(test)]
 use super::Fault;
 use super::{

@@ -134,11 +134,15 @@ impl IpNet {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -672,7 +676,8 @@ impl Validator {
 
         let trunks = self.trunks(&raw.trunk, sip_listen);
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports);
-        let ring_timeout = self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
+        let ring_timeout =
+            self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
         let session_expires = match raw.sip.session_expires_secs {
             0 => Some(0),
             n if (90..=86_400).contains(&n) => Some(n as u32),
@@ -918,14 +923,16 @@ impl Validator {
                     ),
                 }
             }
-            let credentials = self.credentials(&key("username"), &key("password"), &t.username, &t.password);
+            let credentials =
+                self.credentials(&key("username"), &key("password"), &t.username, &t.password);
             let inbound_credentials = self.credentials(
                 &key("inbound_username"),
                 &key("inbound_password"),
                 &t.inbound_username,
                 &t.inbound_password,
             );
-            if inbound_credentials.as_ref().is_some_and(Option::is_some) && t.accept_from.is_empty() {
+            if inbound_credentials.as_ref().is_some_and(Option::is_some) && t.accept_from.is_empty()
+            {
                 self.problem(
                     &key("inbound_username"),
                     "is set but the trunk accepts calls from nowhere",
@@ -943,7 +950,11 @@ impl Validator {
                 }
             }
             if t.codecs.is_empty() {
-                self.problem(&key("codecs"), "is empty", "list at least one of \"opus\", \"PCMU\", \"PCMA\"");
+                self.problem(
+                    &key("codecs"),
+                    "is empty",
+                    "list at least one of \"opus\", \"PCMU\", \"PCMA\"",
+                );
             }
             if let (
                 Some(uri),
@@ -1030,7 +1041,10 @@ impl Validator {
                     "give every route a unique name",
                 );
             }
-            if r.prefix.chars().any(|c| c.is_whitespace() || c == '@' || c == ':') {
+            if r.prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '@' || c == ':')
+            {
                 self.problem(
                     &key("prefix"),
                     format!("{:?} cannot start a Request-URI user", r.prefix),
@@ -1048,7 +1062,11 @@ impl Validator {
                 }
             }
             if r.trunks.is_empty() {
-                self.problem(&key("trunks"), "is empty", "list at least one trunk to send the calls to");
+                self.problem(
+                    &key("trunks"),
+                    "is empty",
+                    "list at least one trunk to send the calls to",
+                );
             }
             let mut indexes = Vec::new();
             for (j, name) in r.trunks.iter().enumerate() {

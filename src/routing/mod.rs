@@ -65,7 +65,12 @@ impl SipRouter {
             .filter(|r| user.starts_with(&r.prefix))
             .max_by_key(|r| r.prefix.len())
             .ok_or(NoRoute::NoMatch)?;
-        let trunks: Vec<usize> = route.trunks.iter().copied().filter(|&t| usable(t)).collect();
+        let trunks: Vec<usize> = route
+            .trunks
+            .iter()
+            .copied()
+            .filter(|&t| usable(t))
+            .collect();
         if trunks.is_empty() {
             Err(NoRoute::AllTrunksUnavailable)
         } else {

@@ -420,7 +420,10 @@ impl Bridge {
             a_timer.we_refresh = se.refresher == Some(Refresher::Uas);
         }
         if targets.is_empty() {
-            return refuse(Refusal::new(503, "Service Unavailable - no trunk available"));
+            return refuse(Refusal::new(
+                503,
+                "Service Unavailable - no trunk available",
+            ));
         }
         let a_hop = if a_reliable {
             from
@@ -540,7 +543,9 @@ impl Bridge {
             .and_then(|h| NameAddr::parse(&h.value).ok());
         let from = match from {
             Some(NameAddr {
-                display: Some(d), uri, ..
+                display: Some(d),
+                uri,
+                ..
             }) => format!("\"{d}\" <{uri}>"),
             Some(a) => format!("<{}>", a.uri),
             None => "<sip:anonymous@anonymous.invalid>".into(),
@@ -621,10 +626,10 @@ impl Bridge {
 
     /// Every trunk failed: answer the caller with the best failure.
     fn fail_a(&mut self, now: Instant) {
-        let (code, reason, trunk) = self
-            .best
-            .clone()
-            .unwrap_or((503, "Service Unavailable".into(), String::new()));
+        let (code, reason, trunk) =
+            self.best
+                .clone()
+                .unwrap_or((503, "Service Unavailable".into(), String::new()));
         // A 503 from a trunk says the trunk is unavailable, not this switch (§16.7 item 6).
         let (status, phrase) = if code == 503 {
             (500, "Server Internal Error - trunk unavailable".to_string())
@@ -636,7 +641,10 @@ impl Bridge {
             if !trunk.is_empty() {
                 resp = resp.header(
                     HeaderName::Reason,
-                    format!("SIP;cause={code};text=\"{} from {trunk}\"", reason.replace('"', "'")),
+                    format!(
+                        "SIP;cause={code};text=\"{} from {trunk}\"",
+                        reason.replace('"', "'")
+                    ),
                 );
             }
             let server = self.a_server;
@@ -715,7 +723,10 @@ impl Bridge {
             return false;
         };
         let (challenge_header, answer_header) = if challenge.status() == Some(407) {
-            (HeaderName::ProxyAuthenticate, HeaderName::ProxyAuthorization)
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
         } else {
             (HeaderName::WwwAuthenticate, HeaderName::Authorization)
         };
@@ -741,7 +752,9 @@ impl Bridge {
         b.authenticated = true;
         b.state = BState::Calling;
         let mut invite = b.invite.clone();
-        invite.headers.retain(|h| h.name != HeaderName::Authorization && h.name != HeaderName::ProxyAuthorization);
+        invite.headers.retain(|h| {
+            h.name != HeaderName::Authorization && h.name != HeaderName::ProxyAuthorization
+        });
         for h in invite.headers.iter_mut() {
             if h.name == HeaderName::CSeq {
                 *h = super::msg::Header::new(HeaderName::CSeq, format!("{} INVITE", b.seq));
@@ -804,21 +817,24 @@ impl Bridge {
             b.timer.we_refresh = se.refresher != Some(Refresher::Uas);
             b.timer.arm(now);
         }
-        b.no_update = !resp
-            .headers_named(&HeaderName::Allow)
-            .any(|h| super::header::tokens(&h.value).is_ok_and(|t| t.iter().any(|m| m == "UPDATE")));
+        b.no_update = !resp.headers_named(&HeaderName::Allow).any(|h| {
+            super::header::tokens(&h.value).is_ok_and(|t| t.iter().any(|m| m == "UPDATE"))
+        });
         b.dialog = Some(dialog);
         self.ack_to_b = Some(OwedAck { seq, sent: None });
         // Answer the caller with the trunk's SDP.
-        let mut answer = with_body(self.a_response(200, "OK"), &resp).header(HeaderName::Allow, ALLOW);
+        let mut answer =
+            with_body(self.a_response(200, "OK"), &resp).header(HeaderName::Allow, ALLOW);
         if self.a_timer.interval > 0 {
-            let who = if self.a_timer.we_refresh { "uas" } else { "uac" };
-            answer = answer
-                .header(
-                    HeaderName::SessionExpires,
-                    format!("{};refresher={who}", self.a_timer.interval),
-                )
-                ;
+            let who = if self.a_timer.we_refresh {
+                "uas"
+            } else {
+                "uac"
+            };
+            answer = answer.header(
+                HeaderName::SessionExpires,
+                format!("{};refresher={who}", self.a_timer.interval),
+            );
             if supports_timer(&self.a_invite) {
                 answer = answer.header(HeaderName::Require, "timer");
             }
@@ -883,9 +899,21 @@ impl Bridge {
             _ => {
                 // Responses of an abandoned attempt are unrouted before they arrive; an
                 // in-dialog request that gets here matches neither leg.
-                if let CoreEvent::Request { server, request, .. } = event {
-                    let resp = MessageBuilder::response_to(&request, 481, "Call/Transaction Does Not Exist", None).build();
-                    self.a(SipCommand::Respond { server, response: resp });
+                if let CoreEvent::Request {
+                    server, request, ..
+                } = event
+                {
+                    let resp = MessageBuilder::response_to(
+                        &request,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        None,
+                    )
+                    .build();
+                    self.a(SipCommand::Respond {
+                        server,
+                        response: resp,
+                    });
                 }
                 return;
             }
@@ -895,9 +923,12 @@ impl Bridge {
             (Leg::A, CoreEvent::Response(_, resp)) => self.a_response_in(now, resp),
             (Leg::B, CoreEvent::Timeout(_, req)) => self.b_timeout(now, &req),
             (Leg::A, CoreEvent::Timeout(_, req)) => self.relayed_timeout(now, Leg::A, &req),
-            (leg, CoreEvent::Request {
-                server, request, ..
-            }) => self.request_in(now, leg, server, request),
+            (
+                leg,
+                CoreEvent::Request {
+                    server, request, ..
+                },
+            ) => self.request_in(now, leg, server, request),
             (Leg::A, CoreEvent::Cancelled { server, .. }) if server == self.a_server => {
                 self.cancelled(now)
             }
@@ -1106,7 +1137,10 @@ impl Bridge {
         if self.a_phase == APhase::Offered {
             let resp = self
                 .a_response(480, "Temporarily Unavailable")
-                .header(HeaderName::Reason, format!("SIP;cause=480;text=\"{cause}\""))
+                .header(
+                    HeaderName::Reason,
+                    format!("SIP;cause=480;text=\"{cause}\""),
+                )
                 .build();
             let server = self.a_server;
             self.respond_a(server, resp);
@@ -1159,17 +1193,18 @@ impl Bridge {
     /// A request inside one of the dialogs.
     fn request_in(&mut self, now: Instant, leg: Leg, server: ServerId, request: SipMessage) {
         let method = request.method().cloned().unwrap_or(Method::Options);
-        let respond = |this: &mut Self, code: u16, reason: &str, extra: Option<(HeaderName, String)>| {
-            let mut b = MessageBuilder::response_to(&request, code, reason, None);
-            if let Some((n, v)) = extra {
-                b = b.header(n, v);
-            }
-            let response = b.build();
-            match leg {
-                Leg::A => this.respond_a(server, response),
-                Leg::B => this.b(SipCommand::Respond { server, response }),
-            }
-        };
+        let respond =
+            |this: &mut Self, code: u16, reason: &str, extra: Option<(HeaderName, String)>| {
+                let mut b = MessageBuilder::response_to(&request, code, reason, None);
+                if let Some((n, v)) = extra {
+                    b = b.header(n, v);
+                }
+                let response = b.build();
+                match leg {
+                    Leg::A => this.respond_a(server, response),
+                    Leg::B => this.b(SipCommand::Respond { server, response }),
+                }
+            };
         // A retransmitted initial INVITE reaches the transaction, not here; an INVITE with
         // A's Call-ID and no To tag is a new call reusing the Call-ID: refuse it.
         let dialog = match leg {
@@ -1220,7 +1255,12 @@ impl Bridge {
             Method::Invite | Method::Update => {
                 if self.a_to_b.is_some() || self.b_to_a.is_some() {
                     // Glare: one offer at a time per call (RFC 3261 §14.1).
-                    respond(self, 491, "Request Pending", Some((HeaderName::RetryAfter, "1".into())));
+                    respond(
+                        self,
+                        491,
+                        "Request Pending",
+                        Some((HeaderName::RetryAfter, "1".into())),
+                    );
                     return;
                 }
                 if leg == Leg::A && self.is_refresh(&request) {
@@ -1228,7 +1268,11 @@ impl Bridge {
                     let mut b = MessageBuilder::response_to(&request, 200, "OK", None)
                         .header(HeaderName::Contact, format!("<{}>", self.a_contact));
                     if self.a_timer.interval > 0 {
-                        let who = if self.a_timer.we_refresh { "uas" } else { "uac" };
+                        let who = if self.a_timer.we_refresh {
+                            "uas"
+                        } else {
+                            "uac"
+                        };
                         b = b
                             .header(
                                 HeaderName::SessionExpires,
@@ -1415,7 +1459,10 @@ impl Bridge {
                         format!("{};refresher=uas", self.a_timer.interval),
                     )
                     .build();
-                self.a(SipCommand::Request { request: update, to });
+                self.a(SipCommand::Request {
+                    request: update,
+                    to,
+                });
             } else {
                 self.hangup(now, "session_expired");
                 return;

@@ -590,9 +590,10 @@ impl SipCore {
                     let Ok(cseq) = super::header::CSeq::parse(&h.value) else {
                         return false;
                     };
-                    cancel
-                        .headers
-                        .push(Header::new(HeaderName::CSeq, format!("{} CANCEL", cseq.seq)));
+                    cancel.headers.push(Header::new(
+                        HeaderName::CSeq,
+                        format!("{} CANCEL", cseq.seq),
+                    ));
                 }
                 _ => {}
             }
@@ -624,7 +625,8 @@ impl SipCore {
         let Some(entry) = self.txns.get_mut(&key) else {
             return;
         };
-        if key.method == Method::Invite && response.status().is_some_and(|c| (200..300).contains(&c))
+        if key.method == Method::Invite
+            && response.status().is_some_and(|c| (200..300).contains(&c))
         {
             let dialog = response
                 .header(&HeaderName::CallId)
@@ -679,21 +681,21 @@ impl SipCore {
     /// An ACK outside any transaction: the ACK for a 2xx the user sent, found by Call-ID and
     /// CSeq number, stops that 2xx's retransmissions and goes to the user.
     fn ack_for_2xx(&mut self, ack: SipMessage, from: SocketAddr) {
-        let dialog = ack.header(&HeaderName::CallId).map(|h| h.value.clone()).zip(
-            ack.header(&HeaderName::CSeq)
-                .and_then(|h| super::header::CSeq::parse(&h.value).ok())
-                .map(|c| c.seq),
-        );
+        let dialog = ack
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .zip(
+                ack.header(&HeaderName::CSeq)
+                    .and_then(|h| super::header::CSeq::parse(&h.value).ok())
+                    .map(|c| c.seq),
+            );
         if let Some(entry) = dialog
             .and_then(|d| self.accepted.get(&d))
             .and_then(|key| self.txns.get_mut(key))
         {
             entry.txn.ack_received();
         }
-        self.events.push_back(CoreEvent::Ack {
-            request: ack,
-            from,
-        });
+        self.events.push_back(CoreEvent::Ack { request: ack, from });
     }
 
     /// The next outcome of a request sent with [`send_request`](Self::send_request).

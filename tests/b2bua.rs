@@ -1,0 +1,278 @@
+//! The B2BUA end to end: SIPp caller (uac) → waswitch → SIPp callee (uas), on loopback, over
+//! UDP and TCP. Assertions are on both SIPp's counters and the switch's CDRs.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{free_udp_port, run_sipp, runtime, Uas};
+use waswitch::config::Config;
+use waswitch::node::Node;
+use waswitch::store::{Cdr, CdrFilter, CdrRepository, Store};
+
+/// A node routing every call from 127.0.0.1 to the given trunks, in order.
+fn b2bua_node(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    trunks: &[(&str, SocketAddr, &str)],
+    extra: &str,
+) -> Node {
+    let mut toml = format!("[sip]\ntransports = [\"udp\", \"tcp\"]\n{extra}\n");
+    for (name, addr, transport) in trunks {
+        toml.push_str(&format!(
+            "[[trunk]]\nname = \"{name}\"\nuri = \"sip:{addr}\"\ntransport = \"{transport}\"\n\
+             accept_from = [\"127.0.0.1\"]\noptions_interval_secs = 0\ninvite_timeout_ms = 800\n"
+        ));
+    }
+    let names: Vec<String> = trunks.iter().map(|(n, _, _)| format!("\"{n}\"")).collect();
+    toml.push_str(&format!(
+        "[[route]]\nname = \"all\"\ntrunks = [{}]\n",
+        names.join(", ")
+    ));
+    rt.block_on(async {
+        let config = Config::loopback(&toml, &dir.join("b.db")).expect("config");
+        Node::start(config).await.expect("node")
+    })
+}
+
+fn uas_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until the node has no call left, stops it (which writes every CDR) and reads the
+/// CDRs back from its database.
+fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
+    rt.block_on(async {
+        assert!(
+            node.calls().wait_idle(Duration::from_secs(10)).await,
+            "calls left over"
+        );
+        node.drain_and_stop().await;
+        let config = Config::loopback("", &dir.join("b.db")).expect("config");
+        let store = Store::open(&config.store).await.expect("store");
+        let filter = CdrFilter {
+            limit: 10_000,
+            ..CdrFilter::default()
+        };
+        let mut cdrs = store.list(&filter).await.expect("cdrs");
+        cdrs.sort_by_key(|c| c.offered_at);
+        cdrs
+    })
+}
+
+fn assert_uac(code: i32, counters: &std::collections::HashMap<String, u64>, log: &str, ok: u64) {
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        counters.get("SuccessfulCall(C)"),
+        Some(&ok),
+        "{counters:?}\n{log}"
+    );
+    assert_eq!(
+        counters.get("FailedCall(C)"),
+        Some(&0),
+        "{counters:?}\n{log}"
+    );
+}
+
+fn assert_uas(uas: Uas, ok: u64) {
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&ok), "{counters:?}");
+    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+}
+
+/// Caller hangs up, then callee hangs up, over `transport` (`u1` or `t1`).
+fn calls_both_ways(transport: &str, trunk_transport: &str) {
+    const CALLS: u32 = 20;
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = b2bua_node(
+        &rt,
+        dir.path(),
+        &[("pbx", uas_addr(port), trunk_transport)],
+        "",
+    );
+    let uas_t = if trunk_transport == "tcp" { "t1" } else { "u1" };
+    let target = match transport {
+        "t1" => node.sip_tcp_addr(),
+        _ => node.sip_udp_addr(),
+    }
+    .expect("listener");
+
+    let uas = Uas::start("b2bua_uas.xml", uas_t, port, CALLS);
+    let (code, counters, log) = run_sipp("b2bua_uac.xml", transport, target, CALLS, 20);
+    assert_uac(code, &counters, &log, CALLS as u64);
+    assert_uas(uas, CALLS as u64);
+
+    let uas = Uas::start("b2bua_uas_bye.xml", uas_t, port, CALLS);
+    let (code, counters, log) = run_sipp("b2bua_uac_wait_bye.xml", transport, target, CALLS, 20);
+    assert_uac(code, &counters, &log, CALLS as u64);
+    assert_uas(uas, CALLS as u64);
+
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 2 * CALLS as usize);
+    for (i, cdr) in cdrs.iter().enumerate() {
+        assert_eq!(cdr.outcome.as_str(), "answered", "{cdr:?}");
+        assert_eq!(cdr.direction.as_str(), "sip_transit");
+        assert_eq!(cdr.trunk.as_deref(), Some("pbx"));
+        assert_eq!(cdr.end_cause, "normal_clearing");
+        let by = if i < CALLS as usize {
+            "caller"
+        } else {
+            "callee"
+        };
+        assert_eq!(cdr.hangup_by.as_str(), by, "{cdr:?}");
+        assert!(cdr.answered_at.is_some() && cdr.ringing_at.is_some());
+    }
+}
+
+#[test]
+fn udp_calls_hung_up_by_either_side() {
+    calls_both_ways("u1", "udp");
+}
+
+#[test]
+fn tcp_calls_hung_up_by_either_side() {
+    calls_both_ways("t1", "tcp");
+}
+
+#[test]
+fn cancel_before_answer_reaches_the_callee() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
+    let target = node.sip_udp_addr().expect("udp");
+    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 10);
+    let (code, counters, log) = run_sipp("b2bua_uac_cancel.xml", "u1", target, 10, 10);
+    assert_uac(code, &counters, &log, 10);
+    assert_uas(uas, 10);
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 10);
+    assert!(cdrs.iter().all(|c| c.outcome.as_str() == "unanswered"
+        && c.end_cause == "cancelled"
+        && c.hangup_by.as_str() == "caller"));
+}
+
+#[test]
+fn busy_is_mapped_back_and_503_becomes_500() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
+    let target = node.sip_udp_addr().expect("udp");
+
+    let uas = Uas::start("b2bua_uas_refuse_486.xml", "u1", port, 5);
+    let (code, counters, log) = run_sipp("b2bua_uac_expect_486.xml", "u1", target, 5, 10);
+    assert_uac(code, &counters, &log, 5);
+    assert_uas(uas, 5);
+
+    // A trunk's 503 says the trunk is unavailable, not this switch: the caller gets 500.
+    let uas = Uas::start("b2bua_uas_refuse_503.xml", "u1", port, 5);
+    let (code, counters, log) = run_sipp("b2bua_uac_expect_500.xml", "u1", target, 5, 10);
+    assert_uac(code, &counters, &log, 5);
+    assert_uas(uas, 5);
+
+    let cdrs = cdrs(&rt, node, dir.path());
+    let causes: Vec<&str> = cdrs.iter().map(|c| c.end_cause.as_str()).collect();
+    assert_eq!(causes[..5], ["busy"; 5]);
+    assert_eq!(causes[5..], ["network_failure"; 5]);
+}
+
+#[test]
+fn a_trunk_that_never_answers_fails_over_to_the_next() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first trunk swallows every INVITE.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    silent
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let port = free_udp_port();
+    let node = b2bua_node(
+        &rt,
+        dir.path(),
+        &[
+            ("silent", silent.local_addr().expect("addr"), "udp"),
+            ("pbx", uas_addr(port), "udp"),
+        ],
+        "",
+    );
+    let target = node.sip_udp_addr().expect("udp");
+    let uas = Uas::start("b2bua_uas.xml", "u1", port, 5);
+    let (code, counters, log) = run_sipp("b2bua_uac.xml", "u1", target, 5, 5);
+    assert_uac(code, &counters, &log, 5);
+    assert_uas(uas, 5);
+    let mut buf = [0u8; 4096];
+    let (n, _) = silent
+        .recv_from(&mut buf)
+        .expect("the silent trunk got an INVITE");
+    assert!(
+        buf[..n].starts_with(b"INVITE sip:4930123456@"),
+        "{:?}",
+        &buf[..n.min(80)]
+    );
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 5);
+    assert!(cdrs
+        .iter()
+        .all(|c| c.trunk.as_deref() == Some("pbx") && c.outcome.as_str() == "answered"));
+}
+
+#[test]
+fn re_invite_mid_call_is_passed_through_with_its_sdp() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
+    let target = node.sip_udp_addr().expect("udp");
+    // The callee checks the hold offer arrived (a=sendonly), the caller that the hold answer
+    // came back (a=recvonly): SIPp fails the call otherwise.
+    let uas = Uas::start("b2bua_uas_reinvite.xml", "u1", port, 10);
+    let (code, counters, log) = run_sipp("b2bua_uac_reinvite.xml", "u1", target, 10, 10);
+    assert_uac(code, &counters, &log, 10);
+    assert_uas(uas, 10);
+    assert_eq!(cdrs(&rt, node, dir.path()).len(), 10);
+}
+
+#[test]
+fn calls_from_addresses_no_trunk_accepts_are_refused() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+                accept_from = [\"10.0.0.0/8\"]\noptions_interval_secs = 0\n\
+                [[route]]\nname = \"all\"\ntrunks = [\"pbx\"]\n";
+    let node = rt.block_on(async {
+        let config = Config::loopback(toml, &dir.path().join("r.db")).expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let me = socket.local_addr().expect("addr");
+    let invite = format!(
+        "INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-acl1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:1000@127.0.0.1>\r\n\
+         Call-ID: acl1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    socket
+        .send_to(invite.as_bytes(), node.sip_udp_addr().expect("udp"))
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let mut finals = Vec::new();
+    while finals.is_empty() {
+        let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !text.starts_with("SIP/2.0 100") {
+            finals.push(text);
+        }
+    }
+    assert!(finals[0].starts_with("SIP/2.0 403 "), "{}", finals[0]);
+    assert_eq!(node.calls().active(), 0);
+    rt.block_on(node.drain_and_stop());
+}

@@ -1,0 +1,191 @@
+//! Helpers shared by the integration tests that drive SIPp against a running node.
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use waswitch::config::Config;
+use waswitch::node::Node;
+
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("loadtest/sipp")
+        .join(name)
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Counters from the last row of a SIPp `-trace_stat` CSV.
+pub fn sipp_counters(csv: &Path) -> std::collections::HashMap<String, u64> {
+    let text = std::fs::read_to_string(csv).expect("SIPp stats file");
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().expect("header row").split(';').collect();
+    let last: Vec<&str> = lines.next_back().expect("a stats row").split(';').collect();
+    header
+        .iter()
+        .zip(last)
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+/// Runs `calls` calls of a scenario over `transport` (SIPp's `-t`: u1 UDP, t1 one TCP
+/// connection) at `rate` cps against `target`; bounded in count and time.
+pub fn run_sipp(
+    scenario_file: &str,
+    transport: &str,
+    target: std::net::SocketAddr,
+    calls: u32,
+    rate: u32,
+) -> (i32, std::collections::HashMap<String, u64>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("stats.csv");
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg("sipp")
+        .arg("-sf")
+        .arg(scenario(scenario_file))
+        .arg(target.to_string())
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1"])
+        .args(["-p", &free_udp_port().to_string()])
+        .args(["-cp", &free_udp_port().to_string()])
+        .args(["-mp", &free_udp_port().to_string()])
+        .args(["-s", "4930123456", "-t", transport])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-rp",
+            "1000",
+        ])
+        .args(["-timeout", "30s", "-timeout_error", "-recv_timeout", "5000"])
+        .args(["-nostdin", "-bind_local", "-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stats)
+        .current_dir(dir.path())
+        .output()
+        .expect("sipp runs (Debian package sip-tester; .ci/run installs it)");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        sipp_counters(&stats),
+        log,
+    )
+}
+
+/// SIPp exited 0 and counted `calls` successful calls and no failed one.
+pub fn assert_all_succeeded(
+    code: i32,
+    counters: &std::collections::HashMap<String, u64>,
+    log: &str,
+    calls: u64,
+) {
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        counters.get("SuccessfulCall(C)"),
+        Some(&calls),
+        "{counters:?}\n{log}"
+    );
+    assert_eq!(counters.get("FailedCall(C)"), Some(&0), "{counters:?}");
+}
+
+pub fn start_node(rt: &tokio::runtime::Runtime, dir: &Path) -> Node {
+    rt.block_on(async {
+        let config = Config::loopback("", &dir.join("s.db")).expect("config");
+        Node::start(config).await.expect("node")
+    })
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A SIPp callee (uas) on 127.0.0.1:`port` that serves `calls` calls of a scenario and then
+/// exits; its counters are read with [`Uas::finish`].
+pub struct Uas {
+    process: KillOnDrop,
+    stats: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Uas {
+    /// Starts `scenario_file` over `transport` (`u1`, `t1`) on `port`.
+    pub fn start(scenario_file: &str, transport: &str, port: u16, calls: u32) -> Uas {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stats = dir.path().join("uas.csv");
+        let child = Command::new("timeout")
+            .arg("90")
+            .arg("sipp")
+            .arg("-sf")
+            .arg(scenario(scenario_file))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-bind_local"])
+            .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+            .args(["-ci", "127.0.0.1", "-cp", &free_udp_port().to_string()])
+            .args(["-t", transport, "-m", &calls.to_string()])
+            .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
+            .args(["-trace_stat", "-fd", "1", "-stf"])
+            .arg(&stats)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sipp runs (Debian package sip-tester; .ci/run installs it)");
+        // SIPp binds within a few milliseconds; give it a moment before calls arrive.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Uas {
+            process: KillOnDrop(child),
+            stats,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for the uas to serve its calls and exit; its exit code and counters.
+    pub fn finish(mut self) -> (Option<i32>, std::collections::HashMap<String, u64>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let code = loop {
+            match self.process.0.try_wait() {
+                Ok(Some(status)) => break status.code(),
+                _ if std::time::Instant::now() > deadline => {
+                    // Soft exit: SIPp writes its final statistics row on SIGUSR1.
+                    let _ = Command::new("kill")
+                        .args(["-USR1", &self.process.0.id().to_string()])
+                        .status();
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    break None;
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        (code, sipp_counters(&self.stats))
+    }
+}
