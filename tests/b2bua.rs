@@ -17,13 +17,14 @@ fn b2bua_node(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     trunks: &[(&str, SocketAddr, &str)],
-    extra: &str,
+    trunk_extra: &str,
 ) -> Node {
-    let mut toml = format!("[sip]\ntransports = [\"udp\", \"tcp\"]\n{extra}\n");
+    let mut toml = "[sip]\ntransports = [\"udp\", \"tcp\"]\n".to_string();
     for (name, addr, transport) in trunks {
         toml.push_str(&format!(
             "[[trunk]]\nname = \"{name}\"\nuri = \"sip:{addr}\"\ntransport = \"{transport}\"\n\
-             accept_from = [\"127.0.0.1\"]\noptions_interval_secs = 0\ninvite_timeout_ms = 800\n"
+             accept_from = [\"127.0.0.1\"]\noptions_interval_secs = 0\ninvite_timeout_ms = 800\n\
+             {trunk_extra}\n"
         ));
     }
     let names: Vec<String> = trunks.iter().map(|(n, _, _)| format!("\"{n}\"")).collect();
@@ -275,4 +276,30 @@ fn calls_from_addresses_no_trunk_accepts_are_refused() {
     assert!(finals[0].starts_with("SIP/2.0 403 "), "{}", finals[0]);
     assert_eq!(node.calls().active(), 0);
     rt.block_on(node.drain_and_stop());
+}
+
+#[test]
+fn digest_both_ways_inbound_challenged_and_outbound_answered() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    // The trunk must authenticate its calls to us, and challenges ours.
+    let node = b2bua_node(
+        &rt,
+        dir.path(),
+        &[("pbx", uas_addr(port), "udp")],
+        "username = \"waswitch\"\npassword = \"s3cret\"\n\
+         inbound_username = \"pbx\"\ninbound_password = \"in-s3cret\"",
+    );
+    let target = node.sip_udp_addr().expect("udp");
+    let uas = Uas::start("b2bua_uas_digest.xml", "u1", port, 5);
+    let (code, counters, log) = run_sipp("b2bua_uac_digest.xml", "u1", target, 5, 5);
+    assert_uac(code, &counters, &log, 5);
+    assert_uas(uas, 5);
+    // Without credentials the caller only ever gets the challenge.
+    let (code, counters, _) = run_sipp("b2bua_uac.xml", "u1", target, 1, 1);
+    assert_ne!(code, 0);
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&0));
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 5, "a challenged INVITE is no call");
 }
