@@ -24,6 +24,7 @@ use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
 use crate::sip::overload::RateLimiter;
+use crate::sip::transport::tcp::TlsStreams;
 use crate::sip::transport::{bind_sip, ListenerSettings, SipListener};
 use crate::sip::trunk::{ProbeTarget, TrunkHealth};
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
@@ -54,6 +55,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used (check `sip.tls`).
+    #[error("sip.tls: {0}")]
+    Tls(#[from] crate::sip::transport::tls::TlsError),
     /// An actor could not start.
     #[error("cannot start {what}: {reason}")]
     Actor {
@@ -95,6 +99,7 @@ pub struct Node {
     http_task: JoinHandle<std::io::Result<()>>,
     sip_udp: Option<SipListener>,
     sip_tcp: Option<SipListener>,
+    sip_tls: Option<SipListener>,
     trunk_health: TrunkHealth,
 }
 
@@ -116,6 +121,9 @@ impl Node {
         }
         if tcp {
             expected.push("sip_tcp");
+        }
+        if config.sip.tls.is_some() {
+            expected.push("sip_tls");
         }
         let readiness = Arc::new(Readiness::new(&expected));
 
@@ -169,6 +177,36 @@ impl Node {
             health: trunk_health.clone(),
             user,
         };
+        let sip_tls = match &config.sip.tls {
+            Some(tls) => {
+                let streams = TlsStreams {
+                    acceptor: crate::sip::transport::tls::acceptor(&tls.cert, &tls.key)?,
+                    connector: tls
+                        .ca
+                        .as_deref()
+                        .map(crate::sip::transport::tls::connector)
+                        .transpose()?,
+                };
+                let listener =
+                    tokio::net::TcpListener::bind(tls.listen)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            key: "sip.tls.listen",
+                            address: tls.listen,
+                            source,
+                        })?;
+                let l = crate::sip::transport::tcp::serve_tls(listener, settings.clone(), streams)
+                    .map_err(|source| StartError::Bind {
+                        key: "sip.tls.listen",
+                        address: tls.listen,
+                        source,
+                    })?;
+                readiness.bound("sip_tls", l.local_addr());
+                tracing::info!(sip_tls = %l.local_addr(), "SIP listening");
+                Some(l)
+            }
+            None => None,
+        };
         let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, settings)
             .await
             .map_err(|source| StartError::Bind {
@@ -179,6 +217,7 @@ impl Node {
         ingress.set_handles(SipHandles {
             udp: sip_udp.as_ref().map(SipListener::handle),
             tcp: sip_tcp.as_ref().map(SipListener::handle),
+            tls: sip_tls.as_ref().map(SipListener::handle),
         });
         if let Some(l) = &sip_udp {
             readiness.bound("sip_udp", l.local_addr());
@@ -230,6 +269,7 @@ impl Node {
             http_task,
             sip_udp,
             sip_tcp,
+            sip_tls,
             trunk_health,
         })
     }
@@ -242,6 +282,11 @@ impl Node {
     /// The address the SIP TCP listener is bound to.
     pub fn sip_tcp_addr(&self) -> Option<SocketAddr> {
         self.sip_tcp.as_ref().map(SipListener::local_addr)
+    }
+
+    /// The address the SIP TLS listener is bound to.
+    pub fn sip_tls_addr(&self) -> Option<SocketAddr> {
+        self.sip_tls.as_ref().map(SipListener::local_addr)
     }
 
     /// The address the SIP UDP listener is bound to.
@@ -274,6 +319,9 @@ impl Node {
             sip.begin_drain();
         }
         if let Some(sip) = &self.sip_tcp {
+            sip.begin_drain();
+        }
+        if let Some(sip) = &self.sip_tls {
             sip.begin_drain();
         }
         let active = self.calls.active();
@@ -329,6 +377,9 @@ impl Node {
             sip.stop().await;
         }
         if let Some(sip) = self.sip_tcp {
+            sip.stop().await;
+        }
+        if let Some(sip) = self.sip_tls {
             sip.stop().await;
         }
         let _ = self.http_stop.send(());

@@ -303,3 +303,65 @@ fn digest_both_ways_inbound_challenged_and_outbound_answered() {
     let cdrs = cdrs(&rt, node, dir.path());
     assert_eq!(cdrs.len(), 5, "a challenged INVITE is no call");
 }
+
+#[test]
+fn tls_between_two_switches_carries_calls_both_ways() {
+    // caller (SIPp, UDP) → node A → TLS → node B → callee (SIPp, UDP). Node A opens the TLS
+    // connection (verifying node B's certificate against the test CA), node B accepts it.
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+    let tls = format!(
+        "[sip.tls]\ncert = \"{tls_dir}/server.pem\"\nkey = \"{tls_dir}/server.key\"\n\
+         ca = \"{tls_dir}/ca.pem\"\n"
+    );
+    let port = free_udp_port();
+    let edge_toml = format!(
+        "[sip]\ntransports = [\"udp\", \"tls\"]\n{tls}\
+         [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+         accept_from = [\"127.0.0.1\"]\noptions_interval_secs = 0\n\
+         [[route]]\nname = \"all\"\ntrunks = [\"pbx\"]\n"
+    );
+    let edge = rt.block_on(async {
+        let config = Config::loopback(&edge_toml, &dir.path().join("edge.db")).expect("config");
+        Node::start(config).await.expect("edge node")
+    });
+    let edge_tls = edge.sip_tls_addr().expect("TLS listener");
+    let core_toml = format!(
+        "[sip]\ntransports = [\"udp\", \"tls\"]\n{tls}\
+         [[trunk]]\nname = \"edge\"\nuri = \"sips:{edge_tls}\"\ntransport = \"tls\"\n\
+         accept_from = [\"127.0.0.1\"]\noptions_interval_secs = 0\n\
+         [[route]]\nname = \"all\"\ntrunks = [\"edge\"]\n"
+    );
+    let core = rt.block_on(async {
+        let config = Config::loopback(&core_toml, &dir.path().join("core.db")).expect("config");
+        Node::start(config).await.expect("core node")
+    });
+    let target = core.sip_udp_addr().expect("udp");
+
+    let uas = Uas::start("b2bua_uas.xml", "u1", port, 10);
+    let (code, counters, log) = run_sipp("b2bua_uac.xml", "u1", target, 10, 10);
+    assert_uac(code, &counters, &log, 10);
+    assert_uas(uas, 10);
+    let uas = Uas::start("b2bua_uas_bye.xml", "u1", port, 10);
+    let (code, counters, log) = run_sipp("b2bua_uac_wait_bye.xml", "u1", target, 10, 10);
+    assert_uac(code, &counters, &log, 10);
+    assert_uas(uas, 10);
+
+    let edge_cdrs = rt.block_on(async {
+        assert!(edge.calls().wait_idle(Duration::from_secs(10)).await);
+        edge.drain_and_stop().await;
+        let config = Config::loopback("", &dir.path().join("edge.db")).expect("config");
+        let store = Store::open(&config.store).await.expect("store");
+        store
+            .list(&CdrFilter {
+                limit: 100,
+                ..CdrFilter::default()
+            })
+            .await
+            .expect("cdrs")
+    });
+    assert_eq!(edge_cdrs.len(), 20, "every call crossed the TLS hop");
+    assert!(edge_cdrs.iter().all(|c| c.outcome.as_str() == "answered"));
+    rt.block_on(core.drain_and_stop());
+}

@@ -35,7 +35,7 @@ use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, ServerId, SipCommand};
 use crate::sip::header::NameAddr;
 use crate::sip::msg::{HeaderName, Method, SipMessage};
-use crate::sip::transport::{SipHandle, SipUser};
+use crate::sip::transport::{Kind, SipHandle, SipUser};
 use crate::sip::trunk::TrunkHealth;
 use crate::store::{Direction, HangupParty};
 
@@ -86,6 +86,8 @@ pub struct SipHandles {
     pub udp: Option<SipHandle>,
     /// The TCP listener.
     pub tcp: Option<SipHandle>,
+    /// The TLS listener.
+    pub tls: Option<SipHandle>,
 }
 
 impl SipHandles {
@@ -93,7 +95,7 @@ impl SipHandles {
         match t {
             ConfigTransport::Udp => self.udp.as_ref(),
             ConfigTransport::Tcp => self.tcp.as_ref(),
-            ConfigTransport::Tls => None,
+            ConfigTransport::Tls => self.tls.as_ref(),
         }
     }
 }
@@ -213,10 +215,10 @@ impl SipIngress {
             local.ip()
         };
         let addr = SocketAddr::new(ip, local.port());
-        if handle.is_reliable() {
-            format!("sip:waswitch@{addr};transport=tcp")
-        } else {
-            format!("sip:waswitch@{addr}")
+        match handle.kind() {
+            Kind::Udp => format!("sip:waswitch@{addr}"),
+            Kind::Tcp => format!("sip:waswitch@{addr};transport=tcp"),
+            Kind::Tls => format!("sip:waswitch@{addr};transport=tls"),
         }
     }
 
@@ -317,10 +319,9 @@ impl SipIngress {
                 Some(p) => format!("{}:{p}", trunk.uri.host),
                 None => trunk.uri.host.to_string(),
             };
-            let hostport = if trunk.transport == ConfigTransport::Tcp {
-                format!("{hostport};transport=tcp")
-            } else {
-                hostport
+            let hostport = match trunk.transport {
+                ConfigTransport::Udp => hostport,
+                t => format!("{hostport};transport={}", t.as_str()),
             };
             targets.push(Target {
                 trunk: trunk.name.clone(),

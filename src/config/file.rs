@@ -97,6 +97,21 @@ pub(crate) struct SipSection {
     pub ring_timeout_secs: i64,
     #[serde(default = "default_session_expires")]
     pub session_expires_secs: i64,
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 fn default_ring_timeout() -> i64 {
@@ -117,6 +132,7 @@ impl Default for SipSection {
             t4_ms: default_t4_ms(),
             ring_timeout_secs: default_ring_timeout(),
             session_expires_secs: default_session_expires(),
+            tls: None,
         }
     }
 }

@@ -89,6 +89,21 @@ pub struct SipConfig {
     pub ring_timeout: Duration,
     /// Session interval requested toward trunks (RFC 4028), seconds; 0: no session timer.
     pub session_expires: u32,
+    /// SIP over TLS, when `tls` is among the transports.
+    pub tls: Option<SipTls>,
+}
+
+/// SIP over TLS settings (`[sip.tls]`).
+#[derive(Debug, Clone)]
+pub struct SipTls {
+    /// Address the TLS listener binds (default: the SIP address, port 5061).
+    pub listen: SocketAddr,
+    /// PEM certificate chain presented to peers.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates trusted for TLS trunks (`None`: no outbound TLS).
+    pub ca: Option<PathBuf>,
 }
 
 /// A SIP→SIP route: INVITEs whose Request-URI user starts with `prefix` (the longest
@@ -358,6 +373,9 @@ impl Config {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.listen = any_port;
         config.sip.listen = any_port;
+        if let Some(tls) = config.sip.tls.as_mut() {
+            tls.listen = any_port;
+        }
         config.store.url = StoreUrl::Sqlite(sqlite.to_string_lossy().into_owned());
         Ok(config)
     }
@@ -538,11 +556,6 @@ impl Validator {
         let mut transports = Vec::new();
         for (i, t) in raw.sip.transports.iter().enumerate() {
             match Transport::parse(t) {
-                Some(Transport::Tls) => self.problem(
-                    &format!("sip.transports[{i}]"),
-                    "\"tls\" is not available yet: this version has no [sip.tls] certificate settings",
-                    "listen on \"udp\" and \"tcp\", and put a TLS-terminating SBC in front for now",
-                ),
                 Some(t) if transports.contains(&t) => self.problem(
                     &format!("sip.transports[{i}]"),
                     format!("{:?} is listed twice", t.as_str()),
@@ -674,8 +687,14 @@ impl Validator {
             }
         };
 
+        let tls = self.tls(
+            raw.sip.tls.as_ref(),
+            transports.contains(&Transport::Tls),
+            sip_listen,
+        );
         let trunks = self.trunks(&raw.trunk, sip_listen);
-        let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports);
+        let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
+        let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
         let ring_timeout =
             self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
         let session_expires = match raw.sip.session_expires_secs {
@@ -704,6 +723,7 @@ impl Validator {
                 timers: timers?,
                 ring_timeout: Duration::from_secs(ring_timeout? as u64),
                 session_expires: session_expires?,
+                tls: tls?,
             },
             media: MediaConfig {
                 ip: media_ip?,
@@ -989,6 +1009,78 @@ impl Validator {
         out
     }
 
+    /// `[sip.tls]`: required when listening on TLS; the certificate and key must load.
+    fn tls(
+        &mut self,
+        raw: Option<&file::TlsSection>,
+        listening: bool,
+        sip_listen: Option<SocketAddr>,
+    ) -> Option<Option<SipTls>> {
+        let Some(raw) = raw else {
+            if listening {
+                self.problem(
+                    "sip.tls",
+                    "is missing but sip.transports lists \"tls\"",
+                    "add a [sip.tls] section with cert and key (PEM files)",
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        if !listening {
+            self.problem(
+                "sip.tls",
+                "is set but sip.transports does not list \"tls\"",
+                "add \"tls\" to sip.transports, or remove [sip.tls]",
+            );
+            return None;
+        }
+        let listen = match &raw.listen {
+            Some(l) => self.socket_addr("sip.tls.listen", l, "127.0.0.1:5061"),
+            None => sip_listen.map(|a| SocketAddr::new(a.ip(), 5061)),
+        };
+        let mut pem =
+            |key: &str, value: &Option<String>, what: &str, certs: bool| -> Option<PathBuf> {
+                let Some(path) = value else {
+                    self.problem(
+                        key,
+                        "is missing",
+                        format!("give the path of a PEM file with the {what}"),
+                    );
+                    return None;
+                };
+                let path = PathBuf::from(path);
+                let loaded = if certs {
+                    crate::sip::transport::tls::load_certs(&path).map(|_| ())
+                } else {
+                    crate::sip::transport::tls::load_key(&path).map(|_| ())
+                };
+                match loaded {
+                    Ok(()) => Some(path),
+                    Err(e) => {
+                        self.problem(
+                            key,
+                            format!("{}: {e}", path.display()),
+                            format!("give the path of a PEM file with the {what}"),
+                        );
+                        None
+                    }
+                }
+            };
+        let cert = pem("sip.tls.cert", &raw.cert, "certificate chain", true);
+        let key = pem("sip.tls.key", &raw.key, "private key", false);
+        let ca = match &raw.ca {
+            None => Some(None),
+            Some(_) => pem("sip.tls.ca", &raw.ca, "trusted CA certificates", true).map(Some),
+        };
+        Some(Some(SipTls {
+            listen: listen?,
+            cert: cert?,
+            key: key?,
+            ca: ca?,
+        }))
+    }
+
     /// A username/password pair: both or neither.
     fn credentials(
         &mut self,
@@ -1027,6 +1119,7 @@ impl Validator {
         raw_trunks: &[file::TrunkSection],
         trunks: &[SipTrunk],
         listening: &[Transport],
+        outbound_tls: bool,
     ) -> Vec<SipRoute> {
         let mut out = Vec::new();
         let mut names = HashSet::new();
@@ -1101,6 +1194,11 @@ impl Validator {
                             "add \"{}\" to sip.transports, or change the trunk's transport",
                             trunks[t].transport.as_str()
                         ),
+                    ),
+                    Some(t) if trunks[t].transport == Transport::Tls && !outbound_tls => self.problem(
+                        &format!("route[{i}].trunks[{j}]"),
+                        format!("trunk {name:?} uses tls but no CA is configured to verify it"),
+                        "set sip.tls.ca to a PEM file with the CA certificates that sign the trunk's certificate",
                     ),
                     Some(t) => indexes.push(t),
                     // The trunk itself is broken and reported under trunk[..].

@@ -113,10 +113,24 @@ fn unknown_sip_transport_is_named_by_index() {
 }
 
 #[test]
-fn sip_tls_listener_is_refused_until_certificates_can_be_configured() {
+fn sip_tls_needs_its_certificate_and_key() {
     let p = one_problem("[sip]\ntransports = [\"udp\", \"tls\"]\n");
-    assert_eq!(p.key, "sip.transports[1]");
-    assert!(p.problem.contains("not available yet"), "{p:?}");
+    assert_eq!(p.key, "sip.tls");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+    let ok = format!(
+        "[sip]\ntransports = [\"udp\", \"tls\"]\n[sip.tls]\ncert = \"{dir}/server.pem\"\n\
+         key = \"{dir}/server.key\"\nca = \"{dir}/ca.pem\"\n"
+    );
+    let config = load(&ok).expect("TLS config loads");
+    let tls = config.sip.tls.expect("tls");
+    assert_eq!(tls.listen.port(), 5061);
+    // A key where the certificate belongs is named with its path.
+    let swapped = ok.replace("server.pem", "server.key");
+    let p = one_problem(&swapped);
+    assert_eq!(p.key, "sip.tls.cert");
+    assert!(p.problem.contains("server.key"), "{p:?}");
+    let p = one_problem(&ok.replace("/server.key", "/missing.key"));
+    assert_eq!(p.key, "sip.tls.key");
 }
 
 #[test]

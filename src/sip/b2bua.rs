@@ -241,6 +241,7 @@ pub struct Bridge {
     a_phase: APhase,
     /// Where in-dialog requests toward A go (the flow it came on for TCP, else its Contact).
     a_hop: SocketAddr,
+    a_reliable: bool,
     a_contact: String,
     a_timer: SessionTimer,
     /// The 2xx we sent A for its INVITE, retransmitted by the core until A's ACK.
@@ -304,6 +305,11 @@ fn text(b: &[u8]) -> String {
 
 fn seq_of(msg: &SipMessage) -> Option<CSeq> {
     CSeq::parse(&msg.header(&HeaderName::CSeq)?.value).ok()
+}
+
+/// A display name as a quoted-string body: `\` and `"` escaped (RFC 3261 §25.1).
+fn quote_display(display: &str) -> String {
+    display.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// The user part of a request's Request-URI (the dialled number).
@@ -442,6 +448,7 @@ impl Bridge {
             a_dialog,
             a_phase: APhase::Offered,
             a_hop,
+            a_reliable,
             a_contact,
             a_timer,
             a_last_answer: Bytes::new(),
@@ -546,7 +553,7 @@ impl Bridge {
                 display: Some(d),
                 uri,
                 ..
-            }) => format!("\"{d}\" <{uri}>"),
+            }) => format!("\"{}\" <{uri}>", quote_display(&d)),
             Some(a) => format!("<{}>", a.uri),
             None => "<sip:anonymous@anonymous.invalid>".into(),
         };
@@ -698,12 +705,22 @@ impl Bridge {
                     self.settled();
                     return;
                 }
-                if matches!(code, 401 | 407) && !b.authenticated {
-                    if self.retry_with_credentials(&resp) {
-                        return;
-                    }
+                if matches!(code, 401 | 407)
+                    && !b.authenticated
+                    && self.retry_with_credentials(now, &resp)
+                {
+                    return;
                 }
-                self.note_failure(code, reason_of(&resp));
+                let (code, reason) = match code {
+                    // The trunk's challenge is for our credentials, which the caller cannot
+                    // answer: refuse the call instead of passing the challenge on.
+                    401 | 407 => (
+                        403,
+                        "Forbidden - trunk refused the switch's credentials".to_string(),
+                    ),
+                    _ => (code, reason_of(&resp)),
+                };
+                self.note_failure(code, reason);
                 if code == 408 || (500..=599).contains(&code) {
                     self.try_next(now);
                 } else {
@@ -715,7 +732,7 @@ impl Bridge {
 
     /// Answers a trunk's digest challenge by re-sending the INVITE with credentials (same
     /// Call-ID, next CSeq). False when the trunk has none or the challenge is unusable.
-    fn retry_with_credentials(&mut self, challenge: &SipMessage) -> bool {
+    fn retry_with_credentials(&mut self, now: Instant, challenge: &SipMessage) -> bool {
         let Some(b) = self.b.as_mut() else {
             return false;
         };
@@ -765,6 +782,7 @@ impl Bridge {
             .push(super::msg::Header::new(answer_header, authorization));
         b.invite = invite.clone();
         let to = self.targets[b.target].addr;
+        self.b_deadline = Some(now + self.targets[b.target].invite_timeout);
         self.b(SipCommand::Request {
             request: invite,
             to,
@@ -980,11 +998,7 @@ impl Bridge {
             // ends the call (RFC 4028 §10).
             if leg == Leg::B && matches!(cseq.method, Method::Update | Method::Invite) {
                 match code {
-                    200..=299 => {
-                        if cseq.method == Method::Invite {
-                            self.ack_refresh(&resp);
-                        }
-                    }
+                    200..=299 if cseq.method == Method::Invite => self.ack_refresh(&resp),
                     405 | 501 if cseq.method == Method::Update => {
                         if let Some(b) = self.b.as_mut() {
                             b.no_update = true;
@@ -1004,6 +1018,30 @@ impl Bridge {
         };
         let mut back = with_body(back, &resp);
         if (200..300).contains(&code) && relayed.method == Method::Invite {
+            // The offer/answer took effect: remember it (for session refreshes), and follow
+            // the far side's target refresh (§12.2.1.2).
+            match leg {
+                Leg::B => {
+                    if !relayed.request.body.is_empty() {
+                        self.a_last_offer = relayed.request.body.clone();
+                        if let Some(b) = self.b.as_mut() {
+                            b.offer = relayed.request.body.clone();
+                        }
+                    }
+                    if !resp.body.is_empty() {
+                        self.a_last_answer = resp.body.clone();
+                    }
+                    if let Some(dialog) = self.b.as_mut().and_then(|b| b.dialog.as_mut()) {
+                        dialog.confirm(Some(&resp));
+                    }
+                }
+                Leg::A => {
+                    self.a_dialog.confirm(Some(&resp));
+                    if !self.a_reliable {
+                        self.a_hop = hop(&self.a_dialog.remote_target, self.a_hop);
+                    }
+                }
+            }
             back = back.header(HeaderName::Contact, format!("<{contact}>"));
             // The far side's 2xx is acknowledged when the near side acknowledges ours.
             let owed = OwedAck {
@@ -1219,6 +1257,10 @@ impl Bridge {
             respond(self, rejection.status, &rejection.reason, None);
             return;
         }
+        if leg == Leg::A && !self.a_reliable {
+            // A target refresh (re-INVITE, UPDATE) moves where requests toward A go.
+            self.a_hop = hop(&self.a_dialog.remote_target, self.a_hop);
+        }
         if self.ended.is_some() && method != Method::Bye {
             respond(self, 481, "Call/Transaction Does Not Exist", None);
             return;
@@ -1310,9 +1352,6 @@ impl Bridge {
     /// Passes an in-dialog request from `from_leg` to the other leg.
     fn relay(&mut self, _now: Instant, from_leg: Leg, server: ServerId, request: SipMessage) {
         let method = request.method().cloned().unwrap_or(Method::Info);
-        if from_leg == Leg::A && !request.body.is_empty() && method == Method::Invite {
-            self.a_last_offer = request.body.clone();
-        }
         let (built, to) = match from_leg {
             Leg::A => {
                 let Some(b) = self.b.as_mut() else {
@@ -1326,9 +1365,6 @@ impl Bridge {
                 let refresh = matches!(method, Method::Invite | Method::Update);
                 let builder = dialog.request(method.clone(), refresh.then_some(contact.as_str()));
                 let to = dialog_hop(dialog, fallback);
-                if !request.body.is_empty() {
-                    b.offer = request.body.clone();
-                }
                 (builder, to)
             }
             Leg::B => {

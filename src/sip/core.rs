@@ -246,6 +246,8 @@ pub struct SipCore {
     admission: Option<Arc<Mutex<RateLimiter>>>,
     /// A transaction user takes INVITEs and in-dialog requests.
     user: bool,
+    /// Transport written in our Via when not UDP/TCP (`TLS`).
+    via_protocol: Option<&'static str>,
     next_server: u64,
     server_ids: HashMap<ServerId, TxnKey>,
     accepted: HashMap<(Bytes, u32), TxnKey>,
@@ -279,11 +281,18 @@ impl SipCore {
             draining: false,
             admission: None,
             user: false,
+            via_protocol: None,
             next_server: 0,
             server_ids: HashMap::new(),
             accepted: HashMap::new(),
             client_invites: HashMap::new(),
         }
+    }
+
+    /// Writes `protocol` (e.g. `TLS`) as the transport of our Via headers.
+    pub fn with_via_protocol(mut self, protocol: &'static str) -> Self {
+        self.via_protocol = Some(protocol);
+        self
     }
 
     /// Hands new INVITEs and requests inside dialogs to a transaction user as
@@ -524,9 +533,10 @@ impl SipCore {
     }
 
     fn our_via(&self, branch: &str) -> Header {
-        let proto = match self.transport {
-            Transport::Unreliable => "UDP",
-            Transport::Reliable => "TCP",
+        let proto = match (self.via_protocol, self.transport) {
+            (Some(p), _) => p,
+            (None, Transport::Unreliable) => "UDP",
+            (None, Transport::Reliable) => "TCP",
         };
         Header::new(
             HeaderName::Via,

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub mod tcp;
+pub mod tls;
 
 use super::core::{CoreEvent, SipCommand, SipCore};
 use super::overload::RateLimiter;
@@ -28,7 +29,18 @@ const COMMAND_QUEUE: usize = 8192;
 pub struct SipHandle {
     tx: mpsc::Sender<SipCommand>,
     local: SocketAddr,
-    reliable: bool,
+    kind: Kind,
+}
+
+/// The transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
 }
 
 impl SipHandle {
@@ -44,7 +56,17 @@ impl SipHandle {
 
     /// TCP or TLS (no retransmissions).
     pub fn is_reliable(&self) -> bool {
-        self.reliable
+        self.kind != Kind::Udp
+    }
+
+    /// TLS.
+    pub fn is_tls(&self) -> bool {
+        self.kind == Kind::Tls
+    }
+
+    /// The listener's transport.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 }
 
@@ -112,17 +134,13 @@ impl SipListener {
     /// A listener at `local` whose tasks `start` spawns, given the signals to watch.
     fn start(
         local: SocketAddr,
-        reliable: bool,
+        kind: Kind,
         start: impl FnOnce(Signals) -> Vec<JoinHandle<()>>,
     ) -> Self {
         let (draining, draining_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
-        let handle = SipHandle {
-            tx,
-            local,
-            reliable,
-        };
+        let handle = SipHandle { tx, local, kind };
         let tasks = start(Signals {
             draining: draining_rx,
             stop: stop_rx,
@@ -168,7 +186,7 @@ pub fn serve_udp_socket(
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
     let local = socket.local_addr()?;
-    Ok(SipListener::start(local, false, |signals| {
+    Ok(SipListener::start(local, Kind::Udp, |signals| {
         vec![tokio::spawn(serve_udp(socket, settings, signals))]
     }))
 }

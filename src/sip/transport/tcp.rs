@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener as TokioTcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::sip::core::SipCore;
 use crate::sip::msg::{ParseFailure, SipMessage, StreamFramer};
@@ -44,13 +45,47 @@ enum Inbound {
     Closed(SocketAddr),
 }
 
+/// TLS on top of the stream: the listener's acceptor and, for trunks, a connector.
+#[derive(Clone)]
+pub struct TlsStreams {
+    /// Accepts TLS on every connection.
+    pub acceptor: TlsAcceptor,
+    /// Opens TLS toward trunks (`None`: requests to peers without a connection fail).
+    pub connector: Option<TlsConnector>,
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves SIP on a bound TCP listener.
 pub fn serve(
     listener: TokioTcpListener,
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
+    serve_streams(listener, settings, None)
+}
+
+/// Serves SIP over TLS on a bound TCP listener.
+pub fn serve_tls(
+    listener: TokioTcpListener,
+    settings: ListenerSettings,
+    tls: TlsStreams,
+) -> std::io::Result<SipListener> {
+    serve_streams(listener, settings, Some(tls))
+}
+
+fn serve_streams(
+    listener: TokioTcpListener,
+    settings: ListenerSettings,
+    tls: Option<TlsStreams>,
+) -> std::io::Result<SipListener> {
     let local = listener.local_addr()?;
-    Ok(SipListener::start(local, true, |signals| {
+    let kind = if tls.is_some() {
+        super::Kind::Tls
+    } else {
+        super::Kind::Tcp
+    };
+    Ok(SipListener::start(local, kind, |signals| {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let core = tokio::spawn(run_core(
             inbound_rx,
@@ -61,8 +96,14 @@ pub fn serve(
             signals.stop.clone(),
             signals.commands,
             signals.handle,
+            tls.as_ref().and_then(|t| t.connector.clone()),
         ));
-        let accept = tokio::spawn(accept_loop(listener, inbound, signals.stop));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            inbound,
+            signals.stop,
+            tls.map(|t| t.acceptor),
+        ));
         vec![core, accept]
     }))
 }
@@ -71,6 +112,7 @@ async fn accept_loop(
     listener: TokioTcpListener,
     inbound: mpsc::Sender<Inbound>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
@@ -101,8 +143,19 @@ async fn accept_loop(
                 let inbound = inbound.clone();
                 let stop = stop.clone();
                 let per_ip = Arc::clone(&per_ip);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    connection(stream, peer, inbound, stop).await;
+                    let _ = stream.set_nodelay(true);
+                    match tls {
+                        None => connection(stream, peer, inbound, stop).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => connection(stream, peer, inbound, stop).await,
+                                Ok(Err(e)) => tracing::info!(%peer, error = %e, "SIP TLS handshake failed"),
+                                Err(_) => tracing::info!(%peer, "SIP TLS handshake timed out"),
+                            }
+                        }
+                    }
                     let mut counts = per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Some(n) = counts.get_mut(&peer.ip()) {
                         *n -= 1;
@@ -118,14 +171,15 @@ async fn accept_loop(
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
     if inbound.send(Inbound::Opened(peer, out_tx)).await.is_err() {
         return;
@@ -208,6 +262,7 @@ async fn run_core(
     mut stop: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<crate::sip::core::SipCommand>,
     handle: super::SipHandle,
+    connector: Option<TlsConnector>,
 ) {
     let mut core = SipCore::new(
         Transport::Reliable,
@@ -216,6 +271,9 @@ async fn run_core(
         super::rand_seed(),
     )
     .with_admission(settings.admission);
+    if handle.is_tls() {
+        core = core.with_via_protocol("TLS");
+    }
     let user = settings.user;
     if user.is_some() {
         core = core.with_user();
@@ -278,7 +336,17 @@ async fn run_core(
                     // A request to a peer with no connection: open one (RFC 3261 §18.1.1).
                     let queue = connecting.entry(to).or_default();
                     if queue.is_empty() {
-                        tokio::spawn(connect(to, inbound_tx.clone(), stop.clone()));
+                        if handle.is_tls() && connector.is_none() {
+                            tracing::warn!(peer = %to, "no TLS connector (sip.tls.ca): cannot reach the peer");
+                            let _ = inbound_tx.try_send(Inbound::ConnectFailed(to));
+                        } else {
+                            tokio::spawn(connect(
+                                to,
+                                inbound_tx.clone(),
+                                stop.clone(),
+                                connector.clone(),
+                            ));
+                        }
                     }
                     if queue.len() < OUTBOUND_QUEUE {
                         queue.push(bytes);
@@ -292,9 +360,33 @@ async fn run_core(
 /// How long an outbound connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn connect(peer: SocketAddr, inbound: mpsc::Sender<Inbound>, stop: watch::Receiver<bool>) {
+async fn connect(
+    peer: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    stop: watch::Receiver<bool>,
+    tls: Option<TlsConnector>,
+) {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
-        Ok(Ok(stream)) => connection(stream, peer, inbound, stop).await,
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            let Some(connector) = tls else {
+                connection(stream, peer, inbound, stop).await;
+                return;
+            };
+            // Trunks are addressed by IP: their certificate must name that IP.
+            let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+                Ok(Ok(stream)) => connection(stream, peer, inbound, stop).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "SIP TLS connection failed");
+                    let _ = inbound.send(Inbound::ConnectFailed(peer)).await;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "SIP TLS handshake timed out");
+                    let _ = inbound.send(Inbound::ConnectFailed(peer)).await;
+                }
+            }
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "SIP TCP connection failed");
             let _ = inbound.send(Inbound::ConnectFailed(peer)).await;
