@@ -64,6 +64,28 @@ fn the_shipped_example_config_checks_clean() {
     assert!(stdout.contains(": ok (node waswitch-1, http 127.0.0.1:8080, sip 127.0.0.1:5060, store sqlite://data/waswitch.db"), "{stdout}");
 }
 
+#[test]
+fn every_config_under_examples_checks_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = waswitch(&["check-config", path.to_str().expect("utf-8")])
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "config/examples holds the B2BUA example");
+}
+
 /// Twelve different mistakes, each reported as `FILE: KEY: problem; fix` with exit code 2.
 #[test]
 fn check_config_names_file_and_key_for_each_mistake() {

@@ -250,3 +250,54 @@ fn every_problem_is_reported_at_once_as_file_key_problem_fix() {
     assert!(lines[0].starts_with("test.toml: http.listen: \"nope\" is not an IP:port address; "));
     assert!(lines[1].starts_with("test.toml: shutdown.grace_secs: -1 is out of range; "));
 }
+
+#[test]
+fn routes_name_each_unusable_trunk() {
+    let base = "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+                [[trunk]]\nname = \"pstn\"\nuri = \"sip:127.0.0.2:5070\"\npstn = true\n\
+                [[trunk]]\nname = \"named\"\nuri = \"sip:pbx.example.net\"\n";
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\ntrunks = [\"nope\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].trunks[0]");
+    assert!(p.problem.contains("not a configured trunk"), "{p:?}");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\ntrunks = [\"pbx\", \"pstn\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].trunks[1]");
+    assert!(p.fix.contains("VoIP"), "{p:?}");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\ntrunks = [\"named\"]\n"
+    ));
+    assert!(p.problem.contains("host name"), "{p:?}");
+    let p = one_problem(&format!("{base}[[route]]\nname = \"r\"\ntrunks = []\n"));
+    assert_eq!(p.key, "route[0].trunks");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\nfrom_trunk = \"nope\"\ntrunks = [\"pbx\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].from_trunk");
+    let ok = load(&format!(
+        "{base}[[route]]\nname = \"r\"\nprefix = \"+44\"\ntrunks = [\"pbx\"]\n"
+    ))
+    .expect("valid route");
+    assert_eq!(ok.routes[0].trunks, [0]);
+}
+
+#[test]
+fn trunk_credentials_come_in_pairs_and_networks_must_parse() {
+    let trunk = "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n";
+    let p = one_problem(&format!("{trunk}username = \"u\"\n"));
+    assert_eq!(p.key, "trunk[0].password");
+    let p = one_problem(&format!("{trunk}inbound_password = \"p\"\n"));
+    assert_eq!(p.key, "trunk[0].inbound_username");
+    let p = one_problem(&format!("{trunk}accept_from = [\"10.0.0.0/33\"]\n"));
+    assert_eq!(p.key, "trunk[0].accept_from[0]");
+    let p = one_problem(&format!(
+        "{trunk}inbound_username = \"u\"\ninbound_password = \"p\"\n"
+    ));
+    assert!(p.fix.contains("accept_from"), "{p:?}");
+    let p = one_problem(&format!("{trunk}codecs = [\"G729\"]\n"));
+    assert_eq!(p.key, "trunk[0].codecs[0]");
+    let p = one_problem("[sip]\nsession_expires_secs = 30\n");
+    assert_eq!(p.key, "sip.session_expires_secs");
+}
