@@ -365,3 +365,57 @@ fn tls_between_two_switches_carries_calls_both_ways() {
     assert!(edge_cdrs.iter().all(|c| c.outcome.as_str() == "answered"));
     rt.block_on(core.drain_and_stop());
 }
+
+#[test]
+fn a_trunk_that_fails_its_probes_is_skipped_without_waiting() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first trunk takes datagrams but never answers: its OPTIONS probes time out.
+    let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    dead.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let port = free_udp_port();
+    let toml = format!(
+        "[sip]\nt1_ms = 50\n\
+         [[trunk]]\nname = \"dead\"\nuri = \"sip:{}\"\naccept_from = [\"127.0.0.1\"]\n\
+         options_interval_secs = 1\ninvite_timeout_ms = 30000\n\
+         [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{port}\"\noptions_interval_secs = 0\n\
+         [[route]]\nname = \"all\"\ntrunks = [\"dead\", \"pbx\"]\n",
+        dead.local_addr().expect("addr")
+    );
+    let node = rt.block_on(async {
+        let config = Config::loopback(&toml, &dir.path().join("b.db")).expect("config");
+        Node::start(config).await.expect("node")
+    });
+    // Probe timeout is 64·T1 = 3.2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while node.trunk_health().get("dead") != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trunk never marked down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uas = Uas::start("b2bua_uas.xml", "u1", port, 3);
+    // With a 30 s invite timeout on the dead trunk, these calls only succeed within SIPp's
+    // 5 s receive timeout if the route skips it.
+    let (code, counters, log) = run_sipp(
+        "b2bua_uac.xml",
+        "u1",
+        node.sip_udp_addr().expect("udp"),
+        3,
+        3,
+    );
+    assert_uac(code, &counters, &log, 3);
+    assert_uas(uas, 3);
+    let mut buf = [0u8; 4096];
+    while let Ok((n, _)) = dead.recv_from(&mut buf) {
+        assert!(
+            buf[..n].starts_with(b"OPTIONS "),
+            "only probes reach a trunk that is down: {}",
+            String::from_utf8_lossy(&buf[..n.min(60)])
+        );
+    }
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert!(cdrs.iter().all(|c| c.trunk.as_deref() == Some("pbx")));
+}
