@@ -63,6 +63,47 @@ fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
     })
 }
 
+/// A node with one UDP trunk "pbx" toward a callee port (`trunk_extra` added to the trunk):
+/// its runtime, directory, callee port, the node and its SIP UDP address.
+fn one_trunk_node(
+    trunk_extra: &str,
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    u16,
+    Node,
+    SocketAddr,
+) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = b2bua_node(
+        &rt,
+        dir.path(),
+        &[("pbx", uas_addr(port), "udp")],
+        trunk_extra,
+    );
+    let target = node.sip_udp_addr().expect("udp");
+    (rt, dir, port, node, target)
+}
+
+/// `calls` calls of the `uac` scenario over `transport` against `target`, with a SIPp callee
+/// running `uas` over `uas_transport` on `port`; both sides must count every call successful.
+fn exchange(
+    target: SocketAddr,
+    transport: &str,
+    uac: &str,
+    uas: &str,
+    uas_transport: &str,
+    port: u16,
+    calls: u32,
+) {
+    let callee = Uas::start(uas, uas_transport, port, calls);
+    let (code, counters, log) = run_sipp(uac, transport, target, calls, calls.min(20));
+    assert_uac(code, &counters, &log, u64::from(calls));
+    assert_uas(callee, u64::from(calls));
+}
+
 fn assert_uac(code: i32, counters: &std::collections::HashMap<String, u64>, log: &str, ok: u64) {
     assert_eq!(code, 0, "{log}");
     assert_eq!(
@@ -103,15 +144,25 @@ fn calls_both_ways(transport: &str, trunk_transport: &str) {
     }
     .expect("listener");
 
-    let uas = Uas::start("b2bua_uas.xml", uas_t, port, CALLS);
-    let (code, counters, log) = run_sipp("b2bua_uac.xml", transport, target, CALLS, 20);
-    assert_uac(code, &counters, &log, CALLS as u64);
-    assert_uas(uas, CALLS as u64);
+    exchange(
+        target,
+        transport,
+        "b2bua_uac.xml",
+        "b2bua_uas.xml",
+        uas_t,
+        port,
+        CALLS,
+    );
 
-    let uas = Uas::start("b2bua_uas_bye.xml", uas_t, port, CALLS);
-    let (code, counters, log) = run_sipp("b2bua_uac_wait_bye.xml", transport, target, CALLS, 20);
-    assert_uac(code, &counters, &log, CALLS as u64);
-    assert_uas(uas, CALLS as u64);
+    exchange(
+        target,
+        transport,
+        "b2bua_uac_wait_bye.xml",
+        "b2bua_uas_bye.xml",
+        uas_t,
+        port,
+        CALLS,
+    );
 
     let cdrs = cdrs(&rt, node, dir.path());
     assert_eq!(cdrs.len(), 2 * CALLS as usize);
@@ -142,15 +193,16 @@ fn tcp_calls_hung_up_by_either_side() {
 
 #[test]
 fn cancel_before_answer_reaches_the_callee() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
-    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
-    let target = node.sip_udp_addr().expect("udp");
-    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 10);
-    let (code, counters, log) = run_sipp("b2bua_uac_cancel.xml", "u1", target, 10, 10);
-    assert_uac(code, &counters, &log, 10);
-    assert_uas(uas, 10);
+    let (rt, dir, port, node, target) = one_trunk_node("");
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_cancel.xml",
+        "b2bua_uas_ring_cancel.xml",
+        "u1",
+        port,
+        10,
+    );
     let cdrs = cdrs(&rt, node, dir.path());
     assert_eq!(cdrs.len(), 10);
     assert!(cdrs.iter().all(|c| c.outcome.as_str() == "unanswered"
@@ -160,22 +212,28 @@ fn cancel_before_answer_reaches_the_callee() {
 
 #[test]
 fn busy_is_mapped_back_and_503_becomes_500() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
-    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
-    let target = node.sip_udp_addr().expect("udp");
+    let (rt, dir, port, node, target) = one_trunk_node("");
 
-    let uas = Uas::start("b2bua_uas_refuse_486.xml", "u1", port, 5);
-    let (code, counters, log) = run_sipp("b2bua_uac_expect_486.xml", "u1", target, 5, 10);
-    assert_uac(code, &counters, &log, 5);
-    assert_uas(uas, 5);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_expect_486.xml",
+        "b2bua_uas_refuse_486.xml",
+        "u1",
+        port,
+        5,
+    );
 
     // A trunk's 503 says the trunk is unavailable, not this switch: the caller gets 500.
-    let uas = Uas::start("b2bua_uas_refuse_503.xml", "u1", port, 5);
-    let (code, counters, log) = run_sipp("b2bua_uac_expect_500.xml", "u1", target, 5, 10);
-    assert_uac(code, &counters, &log, 5);
-    assert_uas(uas, 5);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_expect_500.xml",
+        "b2bua_uas_refuse_503.xml",
+        "u1",
+        port,
+        5,
+    );
 
     let cdrs = cdrs(&rt, node, dir.path());
     let causes: Vec<&str> = cdrs.iter().map(|c| c.end_cause.as_str()).collect();
@@ -203,10 +261,15 @@ fn a_trunk_that_never_answers_fails_over_to_the_next() {
         "",
     );
     let target = node.sip_udp_addr().expect("udp");
-    let uas = Uas::start("b2bua_uas.xml", "u1", port, 5);
-    let (code, counters, log) = run_sipp("b2bua_uac.xml", "u1", target, 5, 5);
-    assert_uac(code, &counters, &log, 5);
-    assert_uas(uas, 5);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac.xml",
+        "b2bua_uas.xml",
+        "u1",
+        port,
+        5,
+    );
     let mut buf = [0u8; 4096];
     let (n, _) = silent
         .recv_from(&mut buf)
@@ -225,17 +288,18 @@ fn a_trunk_that_never_answers_fails_over_to_the_next() {
 
 #[test]
 fn re_invite_mid_call_is_passed_through_with_its_sdp() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
-    let node = b2bua_node(&rt, dir.path(), &[("pbx", uas_addr(port), "udp")], "");
-    let target = node.sip_udp_addr().expect("udp");
+    let (rt, dir, port, node, target) = one_trunk_node("");
     // The callee checks the hold offer arrived (a=sendonly), the caller that the hold answer
     // came back (a=recvonly): SIPp fails the call otherwise.
-    let uas = Uas::start("b2bua_uas_reinvite.xml", "u1", port, 10);
-    let (code, counters, log) = run_sipp("b2bua_uac_reinvite.xml", "u1", target, 10, 10);
-    assert_uac(code, &counters, &log, 10);
-    assert_uas(uas, 10);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_reinvite.xml",
+        "b2bua_uas_reinvite.xml",
+        "u1",
+        port,
+        10,
+    );
     assert_eq!(cdrs(&rt, node, dir.path()).len(), 10);
 }
 
@@ -280,22 +344,20 @@ fn calls_from_addresses_no_trunk_accepts_are_refused() {
 
 #[test]
 fn digest_both_ways_inbound_challenged_and_outbound_answered() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
     // The trunk must authenticate its calls to us, and challenges ours.
-    let node = b2bua_node(
-        &rt,
-        dir.path(),
-        &[("pbx", uas_addr(port), "udp")],
+    let (rt, dir, port, node, target) = one_trunk_node(
         "username = \"waswitch\"\npassword = \"s3cret\"\n\
          inbound_username = \"pbx\"\ninbound_password = \"in-s3cret\"",
     );
-    let target = node.sip_udp_addr().expect("udp");
-    let uas = Uas::start("b2bua_uas_digest.xml", "u1", port, 5);
-    let (code, counters, log) = run_sipp("b2bua_uac_digest.xml", "u1", target, 5, 5);
-    assert_uac(code, &counters, &log, 5);
-    assert_uas(uas, 5);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_digest.xml",
+        "b2bua_uas_digest.xml",
+        "u1",
+        port,
+        5,
+    );
     // Without credentials the caller only ever gets the challenge.
     let (code, counters, _) = run_sipp("b2bua_uac.xml", "u1", target, 1, 1);
     assert_ne!(code, 0);
@@ -339,14 +401,24 @@ fn tls_between_two_switches_carries_calls_both_ways() {
     });
     let target = core.sip_udp_addr().expect("udp");
 
-    let uas = Uas::start("b2bua_uas.xml", "u1", port, 10);
-    let (code, counters, log) = run_sipp("b2bua_uac.xml", "u1", target, 10, 10);
-    assert_uac(code, &counters, &log, 10);
-    assert_uas(uas, 10);
-    let uas = Uas::start("b2bua_uas_bye.xml", "u1", port, 10);
-    let (code, counters, log) = run_sipp("b2bua_uac_wait_bye.xml", "u1", target, 10, 10);
-    assert_uac(code, &counters, &log, 10);
-    assert_uas(uas, 10);
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac.xml",
+        "b2bua_uas.xml",
+        "u1",
+        port,
+        10,
+    );
+    exchange(
+        target,
+        "u1",
+        "b2bua_uac_wait_bye.xml",
+        "b2bua_uas_bye.xml",
+        "u1",
+        port,
+        10,
+    );
 
     let edge_cdrs = rt.block_on(async {
         assert!(edge.calls().wait_idle(Duration::from_secs(10)).await);
@@ -396,18 +468,16 @@ fn a_trunk_that_fails_its_probes_is_skipped_without_waiting() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let uas = Uas::start("b2bua_uas.xml", "u1", port, 3);
-    // With a 30 s invite timeout on the dead trunk, these calls only succeed within SIPp's
     // 5 s receive timeout if the route skips it.
-    let (code, counters, log) = run_sipp(
-        "b2bua_uac.xml",
-        "u1",
+    exchange(
         node.sip_udp_addr().expect("udp"),
-        3,
+        "u1",
+        "b2bua_uac.xml",
+        "b2bua_uas.xml",
+        "u1",
+        port,
         3,
     );
-    assert_uac(code, &counters, &log, 3);
-    assert_uas(uas, 3);
     let mut buf = [0u8; 4096];
     while let Ok((n, _)) = dead.recv_from(&mut buf) {
         assert!(

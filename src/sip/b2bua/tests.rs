@@ -157,114 +157,83 @@ struct Sent {
     to: SocketAddr,
 }
 
+/// The values `f` picks out of `actions`, in order.
+fn pick<T>(actions: &[Action], f: impl Fn(&Action) -> Option<T>) -> Vec<T> {
+    actions.iter().filter_map(f).collect()
+}
+
 fn b_requests(actions: &[Action]) -> Vec<Sent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::B(index, SipCommand::Request { request, to }) => Some(Sent {
-                index: *index,
-                request: request.clone(),
-                to: *to,
-            }),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::B(index, SipCommand::Request { request, to }) => Some(Sent {
+            index: *index,
+            request: request.clone(),
+            to: *to,
+        }),
+        _ => None,
+    })
 }
 
 fn b_acks(actions: &[Action]) -> Vec<(usize, SipMessage, SocketAddr)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::B(index, SipCommand::Ack { request, to }) => {
-                Some((*index, request.clone(), *to))
-            }
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::B(index, SipCommand::Ack { request, to }) => Some((*index, request.clone(), *to)),
+        _ => None,
+    })
 }
 
 fn b_responses(actions: &[Action]) -> Vec<(ServerId, SipMessage)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::B(_, SipCommand::Respond { server, response }) => {
-                Some((*server, response.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::B(_, SipCommand::Respond { server, response }) => Some((*server, response.clone())),
+        _ => None,
+    })
 }
 
 fn b_cancels(actions: &[Action]) -> Vec<Bytes> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::B(_, SipCommand::Cancel { call_id }) => Some(call_id.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::B(_, SipCommand::Cancel { call_id }) => Some(call_id.clone()),
+        _ => None,
+    })
 }
 
 fn b_abandons(actions: &[Action]) -> Vec<(usize, Bytes)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::B(index, SipCommand::Abandon { call_id }) => Some((*index, call_id.clone())),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::B(index, SipCommand::Abandon { call_id }) => Some((*index, call_id.clone())),
+        _ => None,
+    })
 }
 
 fn a_responses(actions: &[Action]) -> Vec<(ServerId, SipMessage)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::A(SipCommand::Respond { server, response }) => {
-                Some((*server, response.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::A(SipCommand::Respond { server, response }) => Some((*server, response.clone())),
+        _ => None,
+    })
 }
 
 fn a_requests(actions: &[Action]) -> Vec<(SipMessage, SocketAddr)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::A(SipCommand::Request { request, to }) => Some((request.clone(), *to)),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::A(SipCommand::Request { request, to }) => Some((request.clone(), *to)),
+        _ => None,
+    })
 }
 
 fn progress(actions: &[Action]) -> Vec<Progress> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Progress(p) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Progress(p) => Some(p.clone()),
+        _ => None,
+    })
 }
 
 fn routes(actions: &[Action]) -> Vec<Bytes> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Route(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Route(c) => Some(c.clone()),
+        _ => None,
+    })
 }
 
 fn unroutes(actions: &[Action]) -> Vec<Bytes> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Unroute(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Unroute(c) => Some(c.clone()),
+        _ => None,
+    })
 }
 
 fn ended(actions: &[Action]) -> Option<(Option<Leg>, String)> {
