@@ -1,7 +1,11 @@
 //! Media plane resources.
 //!
-//! `media` owns what carries audio: today the RTP port pool every anchored leg draws from.
+//! `media` owns what carries audio: the RTP port pool every anchored leg draws from, RTP and
+//! RTCP packet views, and the G.711 codecs.
 //! It never blocks on the network from a call's point of view and never holds a lock on a
 //! per-packet path.
 
+pub mod g711;
 pub mod ports;
+pub mod rtcp;
+pub mod rtp;
