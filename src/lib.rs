@@ -18,6 +18,7 @@ pub mod config;
 pub mod media;
 pub mod node;
 pub mod routing;
+pub mod sdp;
 pub mod sip;
 pub mod store;
 pub mod telemetry;
