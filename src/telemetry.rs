@@ -53,12 +53,29 @@ pub const SIP_RETRANSMISSIONS_TOTAL: &str = "waswitch_sip_retransmissions_total"
 /// Gauge: 1 when a trunk answers its OPTIONS probes, 0 when it does not, by `trunk`.
 pub const TRUNK_UP: &str = "waswitch_trunk_up";
 
+/// Counter: RTP packets relayed by the media shards, by `direction` (`in`, `out`).
+pub const RTP_PACKETS_TOTAL: &str = "waswitch_rtp_packets_total";
+
+/// Counter: RTP packets dropped by the media shards, by `reason` (`foreign_source`,
+/// `malformed`, `no_destination`).
+pub const RTP_DROPPED_TOTAL: &str = "waswitch_rtp_dropped_total";
+
+/// Gauge: media legs (sockets pairs) carried by the shards.
+pub const MEDIA_LEGS_ACTIVE: &str = "waswitch_media_legs_active";
+
+/// Gauge: legs whose audio is transcoded.
+pub const TRANSCODING_LEGS_ACTIVE: &str = "waswitch_transcoding_legs_active";
+
+/// Counter: DTMF digits received, by `side` (`a`, `b`).
+pub const DTMF_DIGITS_TOTAL: &str = "waswitch_dtmf_digits_total";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",
     "wa_leg",
     "sip_leg",
     "media",
+    "sip_b2bua",
     "cdr_writer",
     "process_sampler",
 ];
@@ -83,7 +100,15 @@ pub fn install_metrics() -> PrometheusHandle {
             metrics::gauge!(CALLS_ACTIVE).set(0.0);
             // Export every series at zero from the start, so rates and alerts work before the
             // first event.
-            for direction in ["user_initiated", "business_initiated"] {
+            metrics::gauge!(MEDIA_LEGS_ACTIVE).set(0.0);
+            metrics::gauge!(TRANSCODING_LEGS_ACTIVE).set(0.0);
+            for direction in ["in", "out"] {
+                metrics::counter!(RTP_PACKETS_TOTAL, "direction" => direction).increment(0);
+            }
+            for reason in ["foreign_source", "malformed", "no_destination"] {
+                metrics::counter!(RTP_DROPPED_TOTAL, "reason" => reason).increment(0);
+            }
+            for direction in ["user_initiated", "business_initiated", "sip_transit"] {
                 for outcome in ["answered", "unanswered", "failed"] {
                     metrics::counter!(CALLS_TOTAL, "direction" => direction, "outcome" => outcome)
                         .increment(0);

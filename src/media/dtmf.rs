@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(r.on_packet(1000, &ev(5, true, 800)), None);
         // The next key.
         r.on_packet(3000, &ev(11, false, 160));
-        assert_eq!(r.on_packet(3000, &ev(11, true, 640)).map(|d| d.digit), Some('#'));
+        assert_eq!(
+            r.on_packet(3000, &ev(11, true, 640)).map(|d| d.digit),
+            Some('#')
+        );
     }
 
     #[test]
@@ -173,7 +176,10 @@ mod tests {
                 ended: false
             })
         );
-        assert_eq!(r.on_packet(5000, &ev(2, true, 400)).map(|d| d.digit), Some('2'));
+        assert_eq!(
+            r.on_packet(5000, &ev(2, true, 400)).map(|d| d.digit),
+            Some('2')
+        );
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod g711;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod shard;

@@ -264,10 +264,7 @@ impl Sdp {
                 let f: Vec<&str> = o.split_whitespace().collect();
                 if f.len() == 6 {
                     let version = f[2].parse::<u64>().map_or(1, |v| v.wrapping_add(1));
-                    out.push(format!(
-                        "o={} {} {version} IN {family} {ip}",
-                        f[0], f[1]
-                    ));
+                    out.push(format!("o={} {} {version} IN {family} {ip}", f[0], f[1]));
                 } else {
                     out.push(l.clone());
                 }
@@ -293,8 +290,19 @@ mod tests {
         let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
         let audio = sdp.audio().unwrap().unwrap();
         assert_eq!(audio.target, Some("192.0.2.10:49170".parse().unwrap()));
-        let names: Vec<_> = audio.formats.iter().map(|f| (f.pt, f.name.as_str(), f.clock)).collect();
-        assert_eq!(names, [(0, "PCMU", 8000), (8, "PCMA", 8000), (101, "telephone-event", 8000)]);
+        let names: Vec<_> = audio
+            .formats
+            .iter()
+            .map(|f| (f.pt, f.name.as_str(), f.clock))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (0, "PCMU", 8000),
+                (8, "PCMA", 8000),
+                (101, "telephone-event", 8000)
+            ]
+        );
         assert_eq!(audio.codec().map(|c| c.pt), Some(0));
         assert_eq!(audio.telephone_event(), Some(101));
         assert_eq!(audio.direction, Direction::SendRecv);
@@ -306,26 +314,48 @@ mod tests {
         let mut sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
         sdp.anchor("127.0.0.1".parse().unwrap(), 20000);
         let text = String::from_utf8(sdp.to_bytes()).unwrap();
-        assert!(text.contains("o=alice 2890844526 2890844527 IN IP4 127.0.0.1\r\n"), "{text}");
+        assert!(
+            text.contains("o=alice 2890844526 2890844527 IN IP4 127.0.0.1\r\n"),
+            "{text}"
+        );
         assert!(text.contains("c=IN IP4 127.0.0.1\r\n"));
         assert!(text.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"));
         assert!(text.contains("a=fmtp:101 0-15\r\n"));
         assert!(!text.contains("a=rtcp:"));
-        assert!(text.contains("m=video 0 RTP/AVP 31\r\n"), "other streams untouched");
-        let again = Sdp::parse(text.as_bytes()).unwrap().audio().unwrap().unwrap();
+        assert!(
+            text.contains("m=video 0 RTP/AVP 31\r\n"),
+            "other streams untouched"
+        );
+        let again = Sdp::parse(text.as_bytes())
+            .unwrap()
+            .audio()
+            .unwrap()
+            .unwrap();
         assert_eq!(again.target, Some("127.0.0.1:20000".parse().unwrap()));
     }
 
     #[test]
     fn hold_and_disabled_streams_are_told_apart() {
         let hold = OFFER.replace("a=sendrecv", "a=sendonly");
-        let a = Sdp::parse(hold.as_bytes()).unwrap().audio().unwrap().unwrap();
+        let a = Sdp::parse(hold.as_bytes())
+            .unwrap()
+            .audio()
+            .unwrap()
+            .unwrap();
         assert_eq!(a.direction, Direction::SendOnly);
         let old_hold = OFFER.replace("c=IN IP4 192.0.2.10", "c=IN IP4 0.0.0.0");
-        let a = Sdp::parse(old_hold.as_bytes()).unwrap().audio().unwrap().unwrap();
+        let a = Sdp::parse(old_hold.as_bytes())
+            .unwrap()
+            .audio()
+            .unwrap()
+            .unwrap();
         assert_eq!(a.target, None);
         let disabled = OFFER.replace("m=audio 49170", "m=audio 0");
-        let a = Sdp::parse(disabled.as_bytes()).unwrap().audio().unwrap().unwrap();
+        let a = Sdp::parse(disabled.as_bytes())
+            .unwrap()
+            .audio()
+            .unwrap()
+            .unwrap();
         assert_eq!(a.target, None);
     }
 

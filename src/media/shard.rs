@@ -1,0 +1,874 @@
+//! Media shards: the RTP relay.
+//!
+//! A shard is one OS thread with its own epoll instance (mio), owning the UDP sockets of the
+//! call legs it carries. A packet is read into the shard's buffer, checked (source address,
+//! RTP validity), counted, rewritten in place when the stream needs smoothing, and sent from
+//! the other leg's socket to the other leg's peer: no copy, no allocation, no lock and no
+//! actor on the way. Calls talk to a shard through a bounded command queue (plus a waker)
+//! and hear back through an event callback: first packet, media timeout, DTMF digit.
+//!
+//! Source policy (RFC 3550 symmetric RTP / latching, safely): a leg accepts packets only from
+//! the address its peer's SDP gave (`Strict`), or latches to the first source and then locks
+//! to it (`Latch`, for peers behind NAT). Anything else is dropped and counted, so no one can
+//! inject audio into a call and no call's audio bleeds into another.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::dtmf::{Digit, DtmfReceiver};
+use super::ports::{PortAllocator, PortLease};
+use super::rtcp::ReceiverStats;
+use super::rtp::{is_rtcp, RtpView};
+use crate::telemetry;
+
+/// Commands queued toward one shard before senders are refused.
+const COMMAND_QUEUE: usize = 4096;
+/// Largest datagram relayed.
+const MAX_PACKET: usize = 2048;
+/// How often timeouts are checked and counters published.
+const TICK: Duration = Duration::from_millis(250);
+/// Socket buffers asked of the kernel (it may grant less).
+const SOCKET_BUFFER: usize = 256 * 1024;
+/// DSCP EF (46) in the IP TOS octet.
+const TOS_EF: u32 = 46 << 2;
+const WAKER: Token = Token(usize::MAX);
+
+/// Which side of a bridged pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The first leg (the caller's side of a SIP call, the WhatsApp side of a WhatsApp call).
+    A,
+    /// The second leg.
+    B,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+/// Which packets a leg accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePolicy {
+    /// Only from the address in the peer's SDP.
+    Strict,
+    /// From the first source seen (which may differ from the SDP, behind NAT), then only
+    /// from it.
+    Latch,
+}
+
+/// Where a leg's peer receives, and what it sends, from its SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    /// RTP address (`None`: the peer stopped the stream, e.g. hold with 0.0.0.0).
+    pub addr: Option<SocketAddr>,
+    /// RTCP shares the RTP port.
+    pub rtcp_mux: bool,
+    /// Clock rate of the codec (for jitter in milliseconds).
+    pub clock: u32,
+    /// The peer's telephone-event payload type.
+    pub dtmf_pt: Option<u8>,
+    /// The peer is expected to send (sendrecv/sendonly): silence counts toward the timeout.
+    pub sends: bool,
+}
+
+/// Something a shard tells the call that owns a pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    /// The first packet arrived on this side.
+    FirstPacket(Side),
+    /// This side sent nothing for the configured time.
+    Timeout(Side),
+    /// A DTMF digit arrived on this side.
+    Dtmf(Side, Digit),
+}
+
+/// Counters of one side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LegStats {
+    /// RTP packets received and accepted.
+    pub packets_in: u64,
+    /// Their octets.
+    pub bytes_in: u64,
+    /// Packets sent toward this side's peer.
+    pub packets_out: u64,
+    /// Packets dropped (foreign source, malformed, nowhere to send).
+    pub dropped: u64,
+    /// Packets lost on the way to us (RFC 3550 §A.3).
+    pub lost: i64,
+    /// Interarrival jitter, milliseconds.
+    pub jitter_ms: u32,
+}
+
+/// What a call gets back when it adds a pair.
+pub type EventSink = Box<dyn Fn(MediaEvent) + Send>;
+
+enum Command {
+    Add {
+        id: u64,
+        sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+    },
+    Remote {
+        id: u64,
+        side: Side,
+        remote: Remote,
+    },
+    Remove {
+        id: u64,
+        reply: Option<std::sync::mpsc::SyncSender<[LegStats; 2]>>,
+    },
+    Stats {
+        id: u64,
+        reply: std::sync::mpsc::SyncSender<[LegStats; 2]>,
+    },
+    Stop,
+}
+
+/// Why media could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// No free port pair, or the ports could not be bound.
+    #[error("{0}")]
+    Ports(String),
+    /// The shard is gone or its queue is full.
+    #[error("media shard unavailable")]
+    Shard,
+    /// A socket option could not be set.
+    #[error("socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+struct ShardHandle {
+    tx: SyncSender<Command>,
+    waker: Arc<Waker>,
+}
+
+struct PlaneInner {
+    shards: Vec<ShardHandle>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    next_shard: AtomicUsize,
+    next_id: std::sync::atomic::AtomicU64,
+    ip: IpAddr,
+    ports: PortAllocator,
+    policy: SourcePolicy,
+    timeout: Duration,
+}
+
+/// The node's media plane: its shards and port pool. Cheap to clone.
+#[derive(Clone)]
+pub struct MediaPlane {
+    inner: Arc<PlaneInner>,
+}
+
+impl std::fmt::Debug for MediaPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaPlane")
+            .field("shards", &self.inner.shards.len())
+            .field("ip", &self.inner.ip)
+            .finish()
+    }
+}
+
+/// A bridged pair of legs in a shard; removed from it when dropped (its ports return to the
+/// pool once the shard has closed the sockets).
+pub struct MediaPair {
+    id: u64,
+    shard: usize,
+    plane: MediaPlane,
+    ports: [u16; 2],
+    _leases: [PortLease; 2],
+    removed: bool,
+}
+
+impl MediaPlane {
+    /// Starts `shards` shard threads (at least one) relaying for legs bound on `ip` with
+    /// ports from `ports`.
+    pub fn start(
+        ip: IpAddr,
+        ports: PortAllocator,
+        shards: usize,
+        policy: SourcePolicy,
+        timeout: Duration,
+    ) -> std::io::Result<MediaPlane> {
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for n in 0..shards.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+            let thread = std::thread::Builder::new()
+                .name(format!("media-{n}"))
+                .spawn(move || Shard::new(poll, rx).run())?;
+            handles.push(ShardHandle { tx, waker });
+            threads.push(thread);
+        }
+        Ok(MediaPlane {
+            inner: Arc::new(PlaneInner {
+                shards: handles,
+                threads: std::sync::Mutex::new(threads),
+                next_shard: AtomicUsize::new(0),
+                next_id: std::sync::atomic::AtomicU64::new(1),
+                ip,
+                ports,
+                policy,
+                timeout,
+            }),
+        })
+    }
+
+    /// The address legs bind and SDP advertises.
+    pub fn ip(&self) -> IpAddr {
+        self.inner.ip
+    }
+
+    fn send(&self, shard: usize, command: Command) -> Result<(), MediaError> {
+        let handle = self.inner.shards.get(shard).ok_or(MediaError::Shard)?;
+        match handle.tx.try_send(command) {
+            Ok(()) => {
+                let _ = handle.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(MediaError::Shard),
+        }
+    }
+
+    /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
+    /// shard; `events` hears what happens on them.
+    pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
+        let (a_lease, a) = self.bind_leg()?;
+        let (b_lease, b) = self.bind_leg()?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
+        let ports = [a_lease.port(), b_lease.port()];
+        self.send(
+            shard,
+            Command::Add {
+                id,
+                sockets: [a, b],
+                policy: self.inner.policy,
+                timeout: self.inner.timeout,
+                events,
+            },
+        )?;
+        Ok(MediaPair {
+            id,
+            shard,
+            plane: self.clone(),
+            ports,
+            _leases: [a_lease, b_lease],
+            removed: false,
+        })
+    }
+
+    /// Leases a port pair and binds it; ports someone else holds are skipped.
+    fn bind_leg(
+        &self,
+    ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
+        let mut last = None;
+        for _ in 0..8 {
+            let lease = self
+                .inner
+                .ports
+                .lease()
+                .map_err(|e| MediaError::Ports(e.to_string()))?;
+            let port = lease.port();
+            match (bind(self.inner.ip, port), bind(self.inner.ip, port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => return Ok((lease, (rtp, rtcp))),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(port, error = %e, "RTP port taken by another process; skipping it");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(MediaError::Ports(format!(
+            "could not bind RTP ports: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// Stops every shard and waits for the threads.
+    pub fn stop(&self) {
+        for (n, _) in self.inner.shards.iter().enumerate() {
+            let _ = self.send(n, Command::Stop);
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .inner
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    if ip.is_ipv4() {
+        let _ = socket.set_tos_v4(TOS_EF);
+    } else {
+        let _ = socket.set_tclass_v6(TOS_EF);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+impl MediaPair {
+    /// Local RTP ports of side A and side B.
+    pub fn ports(&self) -> [u16; 2] {
+        self.ports
+    }
+
+    /// Tells the shard where `side`'s peer receives and what it sends (from its SDP).
+    pub fn set_remote(&self, side: Side, remote: Remote) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Remote {
+                id: self.id,
+                side,
+                remote,
+            },
+        )
+    }
+
+    /// Current counters of both sides (waits briefly for the shard).
+    pub fn stats(&self) -> Option<[LegStats; 2]> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.plane
+            .send(self.shard, Command::Stats { id: self.id, reply })
+            .ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
+    /// Removes the pair and returns its final counters.
+    pub fn close(mut self) -> Option<[LegStats; 2]> {
+        self.removed = true;
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.plane
+            .send(
+                self.shard,
+                Command::Remove {
+                    id: self.id,
+                    reply: Some(reply),
+                },
+            )
+            .ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+}
+
+impl Drop for MediaPair {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = self.plane.send(
+                self.shard,
+                Command::Remove {
+                    id: self.id,
+                    reply: None,
+                },
+            );
+        }
+    }
+}
+
+/// Output stream state of one direction: keeps SSRC, sequence and timestamp continuous for
+/// the receiver when the sender restarts or jumps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Smoother {
+    started: bool,
+    out_ssrc: u32,
+    in_ssrc: u32,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_in_seq: u16,
+    last_in_ts: u32,
+    last_out_seq: u16,
+    last_out_ts: u32,
+    ts_step: u32,
+}
+
+impl Smoother {
+    /// The sequence number and timestamp to send for an input packet, and whether the
+    /// packet must be rewritten.
+    fn next(&mut self, ssrc: u32, seq: u16, ts: u32) -> (u16, u32, bool) {
+        if !self.started {
+            self.started = true;
+            self.out_ssrc = ssrc;
+            self.in_ssrc = ssrc;
+            self.ts_step = 160;
+        } else {
+            let seq_jump = seq.wrapping_sub(self.last_in_seq);
+            let ts_jump = ts.wrapping_sub(self.last_in_ts);
+            let restarted = ssrc != self.in_ssrc
+                || (seq_jump > 3000 && seq_jump < 0xffff - 100)
+                || (ts_jump > 8000 * 60 && ts_jump < u32::MAX - 8000 * 60);
+            if restarted {
+                // Continue the output where it left off, one packet later.
+                self.in_ssrc = ssrc;
+                self.seq_offset = self.last_out_seq.wrapping_add(1).wrapping_sub(seq);
+                self.ts_offset = self.last_out_ts.wrapping_add(self.ts_step).wrapping_sub(ts);
+            } else if seq_jump == 1 && ts_jump > 0 && ts_jump < 8000 {
+                self.ts_step = ts_jump;
+            }
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        // Only advance on packets that move forward (a late packet keeps its place).
+        if seq.wrapping_sub(self.last_in_seq) < 0x8000 || !self.started {
+            self.last_in_seq = seq;
+            self.last_in_ts = ts;
+            self.last_out_seq = out_seq;
+            self.last_out_ts = out_ts;
+        }
+        let rewrite = self.seq_offset != 0 || self.ts_offset != 0 || ssrc != self.out_ssrc;
+        (out_seq, out_ts, rewrite)
+    }
+}
+
+struct Leg {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    pair: u64,
+    peer: usize,
+    side: Side,
+    policy: SourcePolicy,
+    remote: Option<SocketAddr>,
+    latched: bool,
+    rtcp_mux: bool,
+    clock: u32,
+    dtmf_pt: Option<u8>,
+    sends: bool,
+    epoch: Instant,
+    last_rx: Instant,
+    timeout: Duration,
+    timed_out: bool,
+    got_first: bool,
+    rx: ReceiverStats,
+    dtmf: DtmfReceiver,
+    smoother: Smoother,
+    stats: LegStats,
+}
+
+struct Pair {
+    legs: [usize; 2],
+    events: EventSink,
+}
+
+/// Counters published to the metrics registry every tick.
+#[derive(Default)]
+struct Counters {
+    rx: u64,
+    tx: u64,
+    foreign: u64,
+    malformed: u64,
+    no_destination: u64,
+}
+
+struct Shard {
+    poll: Poll,
+    commands: Receiver<Command>,
+    legs: Vec<Option<Leg>>,
+    free: Vec<usize>,
+    pairs: HashMap<u64, Pair>,
+    counters: Counters,
+}
+
+impl Shard {
+    fn new(poll: Poll, commands: Receiver<Command>) -> Self {
+        Self {
+            poll,
+            commands,
+            legs: Vec::new(),
+            free: Vec::new(),
+            pairs: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = [0u8; MAX_PACKET];
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "media shard poll failed");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == WAKER {
+                    if !self.run_commands() {
+                        self.close_all();
+                        return;
+                    }
+                    continue;
+                }
+                let (slot, is_rtcp_socket) = (token.0 / 2, token.0 % 2 == 1);
+                self.drain_socket(slot, is_rtcp_socket, &mut buf);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.tick(now);
+            }
+        }
+    }
+
+    /// Runs queued commands; false on Stop.
+    fn run_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add {
+                    id,
+                    sockets,
+                    policy,
+                    timeout,
+                    events,
+                } => self.add(id, sockets, policy, timeout, events),
+                Command::Remote { id, side, remote } => {
+                    if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
+                        if let Some(leg) = self.legs[slot].as_mut() {
+                            leg.remote = remote.addr;
+                            // A new address from SDP re-opens latching.
+                            leg.latched = false;
+                            leg.rtcp_mux = remote.rtcp_mux;
+                            leg.clock = remote.clock.max(1);
+                            leg.dtmf_pt = remote.dtmf_pt;
+                            leg.sends = remote.sends;
+                            leg.last_rx = Instant::now();
+                            leg.timed_out = false;
+                        }
+                    }
+                }
+                Command::Remove { id, reply } => {
+                    let stats = self.remove(id);
+                    if let (Some(reply), Some(stats)) = (reply, stats) {
+                        let _ = reply.try_send(stats);
+                    }
+                }
+                Command::Stats { id, reply } => {
+                    if let Some(pair) = self.pairs.get(&id) {
+                        let _ = reply.try_send(self.pair_stats(pair.legs));
+                    }
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn add(
+        &mut self,
+        id: u64,
+        sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+    ) {
+        let now = Instant::now();
+        let slots = [self.slot(), self.slot()];
+        for (i, (rtp, rtcp)) in sockets.into_iter().enumerate() {
+            let slot = slots[i];
+            let mut rtp = UdpSocket::from_std(rtp);
+            let mut rtcp = UdpSocket::from_std(rtcp);
+            let registry = self.poll.registry();
+            if let Err(e) = registry
+                .register(&mut rtp, Token(2 * slot), Interest::READABLE)
+                .and_then(|()| {
+                    registry.register(&mut rtcp, Token(2 * slot + 1), Interest::READABLE)
+                })
+            {
+                tracing::error!(error = %e, "media socket registration failed");
+            }
+            self.legs[slot] = Some(Leg {
+                rtp,
+                rtcp,
+                pair: id,
+                peer: slots[1 - i],
+                side: if i == 0 { Side::A } else { Side::B },
+                policy,
+                remote: None,
+                latched: false,
+                rtcp_mux: false,
+                clock: 8000,
+                dtmf_pt: None,
+                sends: false,
+                epoch: now,
+                last_rx: now,
+                timeout,
+                timed_out: false,
+                got_first: false,
+                rx: ReceiverStats::default(),
+                dtmf: DtmfReceiver::default(),
+                smoother: Smoother::default(),
+                stats: LegStats::default(),
+            });
+        }
+        self.pairs.insert(
+            id,
+            Pair {
+                legs: slots,
+                events,
+            },
+        );
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
+    }
+
+    fn slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.legs.push(None);
+                self.legs.len() - 1
+            }
+        }
+    }
+
+    fn pair_stats(&self, legs: [usize; 2]) -> [LegStats; 2] {
+        legs.map(|slot| match &self.legs[slot] {
+            Some(leg) => LegStats {
+                lost: leg.rx.lost(),
+                jitter_ms: leg.rx.jitter() * 1000 / leg.clock.max(1),
+                ..leg.stats
+            },
+            None => LegStats::default(),
+        })
+    }
+
+    fn remove(&mut self, id: u64) -> Option<[LegStats; 2]> {
+        let pair = self.pairs.remove(&id)?;
+        let stats = self.pair_stats(pair.legs);
+        for slot in pair.legs {
+            if let Some(mut leg) = self.legs[slot].take() {
+                let registry = self.poll.registry();
+                let _ = registry.deregister(&mut leg.rtp);
+                let _ = registry.deregister(&mut leg.rtcp);
+            }
+            self.free.push(slot);
+        }
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(2.0);
+        Some(stats)
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<u64> = self.pairs.keys().copied().collect();
+        for id in ids {
+            self.remove(id);
+        }
+        self.publish();
+    }
+
+    fn drain_socket(&mut self, slot: usize, rtcp_socket: bool, buf: &mut [u8; MAX_PACKET]) {
+        // Edge-triggered: read until the socket is empty.
+        loop {
+            let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
+                return;
+            };
+            let socket = if rtcp_socket { &leg.rtcp } else { &leg.rtp };
+            let (n, from) = match socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // ICMP errors from earlier sends surface here; the socket stays usable.
+                Err(_) => continue,
+            };
+            if rtcp_socket || is_rtcp(&buf[..n]) {
+                self.relay_rtcp(slot, &buf[..n], from);
+            } else {
+                self.relay_rtp(slot, &mut buf[..n], from);
+            }
+        }
+    }
+
+    /// Whether a leg takes a packet from `from`, latching if its policy allows.
+    fn accepts(leg: &mut Leg, from: SocketAddr) -> bool {
+        match (leg.policy, leg.remote, leg.latched) {
+            (_, Some(r), _) if r == from => {
+                leg.latched = true;
+                true
+            }
+            (SourcePolicy::Latch, _, false) => {
+                leg.remote = Some(from);
+                leg.latched = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn relay_rtp(&mut self, slot: usize, packet: &mut [u8], from: SocketAddr) {
+        let now = Instant::now();
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return;
+        };
+        if !Self::accepts(leg, from) {
+            leg.stats.dropped += 1;
+            self.counters.foreign += 1;
+            return;
+        }
+        let Ok(mut rtp) = RtpView::parse(&mut *packet) else {
+            leg.stats.dropped += 1;
+            self.counters.malformed += 1;
+            return;
+        };
+        self.counters.rx += 1;
+        leg.stats.packets_in += 1;
+        leg.stats.bytes_in += rtp.as_bytes().len() as u64;
+        leg.last_rx = now;
+        leg.timed_out = false;
+        let elapsed = now.duration_since(leg.epoch);
+        let arrival = (elapsed.as_micros() as u64 * u64::from(leg.clock) / 1_000_000) as u32;
+        let (seq, ts, ssrc, pt) = (
+            rtp.sequence(),
+            rtp.timestamp(),
+            rtp.ssrc(),
+            rtp.payload_type(),
+        );
+        leg.rx.on_packet(seq, ts, arrival);
+        let mut event = None;
+        if !leg.got_first {
+            leg.got_first = true;
+            event = Some(MediaEvent::FirstPacket(leg.side));
+        }
+        let mut dtmf = false;
+        if Some(pt) == leg.dtmf_pt {
+            dtmf = true;
+            if let Some(d) = leg.dtmf.on_packet(ts, rtp.payload()) {
+                event = Some(MediaEvent::Dtmf(leg.side, d));
+            }
+        }
+        let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
+        let out_ssrc = leg.smoother.out_ssrc;
+        let (pair, peer) = (leg.pair, leg.peer);
+        if let Some(e) = event {
+            if let Some(p) = self.pairs.get(&pair) {
+                (p.events)(e);
+            }
+        }
+        let Some(peer_leg) = self.legs[peer].as_mut() else {
+            return;
+        };
+        let Some(to) = peer_leg.remote else {
+            peer_leg.stats.dropped += 1;
+            self.counters.no_destination += 1;
+            return;
+        };
+        if rewrite {
+            rtp.set_sequence(out_seq);
+            rtp.set_timestamp(out_ts);
+            rtp.set_ssrc(out_ssrc);
+        }
+        if dtmf {
+            // Telephone-events keep their meaning under the receiver's payload type.
+            if let Some(peer_pt) = peer_leg.dtmf_pt {
+                if peer_pt != pt {
+                    rtp.set_payload_type(peer_pt);
+                }
+            }
+        }
+        match peer_leg.rtp.send_to(rtp.as_bytes(), to) {
+            Ok(_) => {
+                peer_leg.stats.packets_out += 1;
+                self.counters.tx += 1;
+            }
+            Err(_) => {
+                peer_leg.stats.dropped += 1;
+                self.counters.no_destination += 1;
+            }
+        }
+    }
+
+    fn relay_rtcp(&mut self, slot: usize, packet: &[u8], from: SocketAddr) {
+        let Some(leg) = self.legs[slot].as_ref() else {
+            return;
+        };
+        // RTCP comes from the peer's host (port +1, or the RTP port with rtcp-mux).
+        if leg.remote.map(|r| r.ip()) != Some(from.ip()) {
+            self.counters.foreign += 1;
+            return;
+        }
+        let peer = leg.peer;
+        let Some(peer_leg) = self.legs[peer].as_ref() else {
+            return;
+        };
+        let Some(to) = peer_leg.remote else {
+            return;
+        };
+        let to = if peer_leg.rtcp_mux {
+            to
+        } else {
+            SocketAddr::new(to.ip(), to.port().wrapping_add(1))
+        };
+        let socket = if peer_leg.rtcp_mux {
+            &peer_leg.rtp
+        } else {
+            &peer_leg.rtcp
+        };
+        let _ = socket.send_to(packet, to);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for leg in self.legs.iter_mut().flatten() {
+            if leg.sends
+                && !leg.timed_out
+                && leg.remote.is_some()
+                && now.duration_since(leg.last_rx) >= leg.timeout
+            {
+                leg.timed_out = true;
+                if let Some(p) = self.pairs.get(&leg.pair) {
+                    (p.events)(MediaEvent::Timeout(leg.side));
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let c = std::mem::take(&mut self.counters);
+        if c.rx > 0 {
+            metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(c.rx);
+        }
+        if c.tx > 0 {
+            metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(c.tx);
+        }
+        for (reason, n) in [
+            ("foreign_source", c.foreign),
+            ("malformed", c.malformed),
+            ("no_destination", c.no_destination),
+        ] {
+            if n > 0 {
+                metrics::counter!(telemetry::RTP_DROPPED_TOTAL, "reason" => reason).increment(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

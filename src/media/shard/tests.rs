@@ -1,0 +1,261 @@
+//! The relay on real loopback sockets.
+
+use std::net::UdpSocket as StdSocket;
+use std::sync::mpsc;
+
+use super::*;
+use crate::media::dtmf::EventPayload;
+use crate::media::rtp::write_packet;
+
+/// A plane on its own port range (tests run in parallel).
+fn plane(first: u16, policy: SourcePolicy, timeout: Duration) -> MediaPlane {
+    MediaPlane::start(
+        "127.0.0.1".parse().unwrap(),
+        PortAllocator::new(first, first + 99),
+        1,
+        policy,
+        timeout,
+    )
+    .unwrap()
+}
+
+fn peer() -> StdSocket {
+    let s = StdSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+fn remote(socket: &StdSocket, dtmf_pt: Option<u8>) -> Remote {
+    Remote {
+        addr: Some(socket.local_addr().unwrap()),
+        rtcp_mux: false,
+        clock: 8000,
+        dtmf_pt,
+        sends: true,
+    }
+}
+
+fn rtp(seq: u16, ts: u32, ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 12 + payload.len()];
+    let n = write_packet(&mut buf, false, pt, seq, ts, ssrc, payload).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn recv(socket: &StdSocket) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+struct Rig {
+    plane: MediaPlane,
+    pair: MediaPair,
+    a: StdSocket,
+    b: StdSocket,
+    a_port: SocketAddr,
+    b_port: SocketAddr,
+    events: mpsc::Receiver<MediaEvent>,
+}
+
+fn rig(first: u16, policy: SourcePolicy, timeout: Duration) -> Rig {
+    let plane = plane(first, policy, timeout);
+    let (tx, events) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let pair = plane
+        .add_pair(Box::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        }))
+        .unwrap();
+    let (a, b) = (peer(), peer());
+    pair.set_remote(Side::A, remote(&a, Some(101))).unwrap();
+    pair.set_remote(Side::B, remote(&b, Some(96))).unwrap();
+    let [pa, pb] = pair.ports();
+    Rig {
+        plane,
+        pair,
+        a,
+        b,
+        a_port: SocketAddr::from(([127, 0, 0, 1], pa)),
+        b_port: SocketAddr::from(([127, 0, 0, 1], pb)),
+        events,
+    }
+}
+
+#[test]
+fn packets_cross_both_ways_in_order_with_payloads_intact() {
+    let r = rig(41_000, SourcePolicy::Strict, Duration::from_secs(30));
+    for i in 0..50u16 {
+        let payload = [i as u8; 160];
+        r.a.send_to(&rtp(i, u32::from(i) * 160, 7, 0, &payload), r.a_port)
+            .unwrap();
+        let got = recv(&r.b).expect("relayed to B");
+        let v = RtpView::parse(&got[..]).unwrap();
+        assert_eq!(
+            (v.sequence(), v.timestamp(), v.ssrc()),
+            (i, u32::from(i) * 160, 7)
+        );
+        assert_eq!(v.payload(), payload);
+        // And back.
+        r.b.send_to(&rtp(i, 0, 9, 8, &payload), r.b_port).unwrap();
+        let back = recv(&r.a).expect("relayed to A");
+        assert_eq!(RtpView::parse(&back[..]).unwrap().payload(), payload);
+    }
+    assert_eq!(r.events.try_recv(), Ok(MediaEvent::FirstPacket(Side::A)));
+    assert_eq!(r.events.try_recv(), Ok(MediaEvent::FirstPacket(Side::B)));
+    let [a, b] = r.pair.stats().unwrap();
+    assert_eq!((a.packets_in, b.packets_out), (50, 50));
+    assert_eq!((b.packets_in, a.packets_out), (50, 50));
+    assert_eq!(a.lost, 0);
+    let final_stats = r.pair.close().unwrap();
+    assert_eq!(final_stats[0].packets_in, 50);
+    r.plane.stop();
+}
+
+#[test]
+fn foreign_sources_are_dropped_and_counted_never_relayed() {
+    let r = rig(41_100, SourcePolicy::Strict, Duration::from_secs(30));
+    let intruder = peer();
+    intruder
+        .send_to(&rtp(1, 160, 666, 0, &[0x55; 160]), r.a_port)
+        .unwrap();
+    // Garbage from the right source is dropped as malformed.
+    r.a.send_to(b"not rtp", r.a_port).unwrap();
+    r.a.send_to(&rtp(2, 320, 7, 0, &[1; 160]), r.a_port)
+        .unwrap();
+    let got = recv(&r.b).unwrap();
+    assert_eq!(
+        RtpView::parse(&got[..]).unwrap().ssrc(),
+        7,
+        "only A's packet arrives"
+    );
+    r.b.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(recv(&r.b).is_none());
+    let [a, _] = r.pair.stats().unwrap();
+    assert_eq!((a.packets_in, a.dropped), (1, 2));
+    r.plane.stop();
+}
+
+#[test]
+fn latching_follows_a_natted_source_then_locks() {
+    let plane = plane(41_200, SourcePolicy::Latch, Duration::from_secs(30));
+    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let (sdp_addr, natted, b, other) = (peer(), peer(), peer(), peer());
+    pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
+    pair.set_remote(Side::B, remote(&b, None)).unwrap();
+    let a_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[0]));
+    let b_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[1]));
+    // A's packets come from another address than its SDP said (NAT): latched.
+    natted
+        .send_to(&rtp(1, 160, 5, 0, &[1; 20]), a_port)
+        .unwrap();
+    assert!(recv(&b).is_some());
+    // B's answer goes back to where A really is.
+    b.send_to(&rtp(1, 160, 6, 0, &[2; 20]), b_port).unwrap();
+    assert!(recv(&natted).is_some());
+    // Locked: a third source is refused.
+    other.send_to(&rtp(2, 320, 5, 0, &[3; 20]), a_port).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(recv(&b).is_none());
+    assert_eq!(pair.stats().unwrap()[0].dropped, 1);
+    plane.stop();
+}
+
+#[test]
+fn a_new_ssrc_is_smoothed_into_one_continuous_stream() {
+    let r = rig(41_300, SourcePolicy::Strict, Duration::from_secs(30));
+    for i in 0..5u16 {
+        r.a.send_to(
+            &rtp(100 + i, 1000 + u32::from(i) * 160, 1, 0, &[0; 160]),
+            r.a_port,
+        )
+        .unwrap();
+        recv(&r.b).unwrap();
+    }
+    // The sender restarts: new SSRC, unrelated sequence and timestamp.
+    let mut seen = Vec::new();
+    for i in 0..3u16 {
+        r.a.send_to(
+            &rtp(9000 + i, 777_777 + u32::from(i) * 160, 2, 0, &[0; 160]),
+            r.a_port,
+        )
+        .unwrap();
+        let got = recv(&r.b).unwrap();
+        let v = RtpView::parse(&got[..]).unwrap();
+        seen.push((v.ssrc(), v.sequence(), v.timestamp()));
+    }
+    assert_eq!(
+        seen,
+        [(1, 105, 1800), (1, 106, 1960), (1, 107, 2120)],
+        "the receiver sees the same stream continue"
+    );
+    r.plane.stop();
+}
+
+#[test]
+fn dtmf_is_reported_once_and_mapped_to_the_other_sides_payload_type() {
+    let r = rig(41_400, SourcePolicy::Strict, Duration::from_secs(30));
+    let ev = |end, duration| {
+        EventPayload {
+            event: 7,
+            end,
+            volume: 10,
+            duration,
+        }
+        .to_bytes()
+    };
+    for (seq, (end, dur)) in [
+        (false, 160),
+        (false, 320),
+        (true, 800),
+        (true, 800),
+        (true, 800),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.a.send_to(&rtp(seq as u16, 4000, 3, 101, &ev(end, dur)), r.a_port)
+            .unwrap();
+        let got = recv(&r.b).unwrap();
+        assert_eq!(RtpView::parse(&got[..]).unwrap().payload_type(), 96);
+    }
+    let events: Vec<_> = r.events.try_iter().collect();
+    let digits: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::Dtmf(side, d) => Some((*side, d.digit, d.duration)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, [(Side::A, '7', 800)]);
+    r.plane.stop();
+}
+
+#[test]
+fn silence_raises_a_timeout_once_per_side() {
+    let r = rig(41_500, SourcePolicy::Strict, Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut timeouts = Vec::new();
+    while timeouts.len() < 2 && Instant::now() < deadline {
+        if let Ok(MediaEvent::Timeout(side)) = r.events.recv_timeout(Duration::from_millis(100)) {
+            timeouts.push(side);
+        }
+    }
+    timeouts.sort_by_key(|s| s.index());
+    assert_eq!(timeouts, [Side::A, Side::B]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(r.events.try_recv().is_err(), "reported once");
+    r.plane.stop();
+}
+
+#[test]
+fn closing_a_pair_frees_its_ports_for_reuse() {
+    let plane = plane(41_600, SourcePolicy::Strict, Duration::from_secs(30));
+    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let [a, _] = pair.ports();
+    pair.close().unwrap();
+    // The shard closed the sockets: the port binds again.
+    assert!(StdSocket::bind(("127.0.0.1", a)).is_ok());
+    plane.stop();
+}
