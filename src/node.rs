@@ -23,6 +23,7 @@ use crate::call::sip_call::{SipHandles, SipIngress};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
+use crate::media::shard::MediaPlane;
 use crate::sip::overload::RateLimiter;
 use crate::sip::transport::tcp::TlsStreams;
 use crate::sip::transport::{bind_sip, ListenerSettings, SipListener};
@@ -100,6 +101,7 @@ pub struct Node {
     sip_udp: Option<SipListener>,
     sip_tcp: Option<SipListener>,
     sip_tls: Option<SipListener>,
+    media: MediaPlane,
     trunk_health: TrunkHealth,
 }
 
@@ -152,6 +154,18 @@ impl Node {
                 reason: e.to_string(),
             })?;
         let ports = PortAllocator::new(config.media.port_min, config.media.port_max);
+        let media = MediaPlane::start(
+            config.media.ip,
+            ports.clone(),
+            config.media.shards,
+            config.media.source_policy,
+            config.media.timeout,
+        )
+        .map_err(|e| StartError::Actor {
+            what: "media shards",
+            reason: e.to_string(),
+        })?;
+        tracing::info!(shards = config.media.shards, ip = %config.media.ip, "media plane running");
         let calls = Calls::new(
             registry,
             root.clone(),
@@ -160,6 +174,7 @@ impl Node {
             &node_id,
             config.limits.max_calls,
         );
+        calls.set_media(media.clone());
 
         let trunk_health = TrunkHealth::default();
         let probes = probe_targets(&config);
@@ -270,6 +285,7 @@ impl Node {
             sip_udp,
             sip_tcp,
             sip_tls,
+            media,
             trunk_health,
         })
     }
@@ -382,6 +398,8 @@ impl Node {
         if let Some(sip) = self.sip_tls {
             sip.stop().await;
         }
+        let media = self.media.clone();
+        let _ = tokio::task::spawn_blocking(move || media.stop()).await;
         let _ = self.http_stop.send(());
         match self.http_task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),

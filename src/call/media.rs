@@ -1,14 +1,24 @@
 //! The media actor of a call: owns the call's media resources.
 //!
-//! It leases one RTP port pair per anchored leg when the call starts and holds them for the
-//! call's life. The leases are plain values in the actor's state, so they return to the pool
-//! however the actor ends: stopped, failed, or killed with its call.
+//! With a media plane (a running node), the call's legs are anchored on request: the actor
+//! binds a port pair per side and bridges them in a media shard, passes on what each side's
+//! SDP says, and hears back from the shard (DTMF digits, silence). Without one (unit tests
+//! of the call tree), it only leases one port pair per side. Either way the ports are plain
+//! values in the actor's state, so they return to the pool however the actor ends: stopped,
+//! failed, or killed with its call.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::supervisor::CallMsg;
 #[cfg(test)]
 use super::Fault;
 use crate::media::ports::{PortAllocator, PortLease};
+use crate::media::shard::{LegStats, MediaEvent, MediaPair, MediaPlane, Remote, Side};
+use crate::store::HangupParty;
+use crate::telemetry;
+
+/// Most DTMF digits a call remembers for its snapshot.
+const MAX_DIGITS: usize = 64;
 
 /// Media resources of one call. Spawned and supervised by the call supervisor.
 pub struct MediaActor;
@@ -17,33 +27,80 @@ pub struct MediaActor;
 pub struct MediaArgs {
     /// The node's RTP port pool.
     pub ports: PortAllocator,
+    /// The node's media shards (`None`: ports are leased but nothing is relayed).
+    pub plane: Option<MediaPlane>,
+    /// The call's supervisor (told when media times out).
+    pub call: ActorRef<CallMsg>,
     /// The call's span.
     pub span: tracing::Span,
 }
 
-/// RTP ports of an anchored call.
+/// Where the switch receives a call's media: the address and a port per side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// Address in SDP.
+    pub ip: std::net::IpAddr,
+    /// RTP port facing side A, side B.
+    pub ports: [u16; 2],
+}
+
+/// A DTMF digit as seen by a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DigitSeen {
+    /// `a` (caller side / WhatsApp) or `b`.
+    pub side: char,
+    /// The key.
+    pub digit: char,
+    /// How long it was held, milliseconds.
+    pub duration_ms: u32,
+}
+
+/// A call's media, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MediaPorts {
-    /// Port facing WhatsApp.
-    pub whatsapp: u16,
-    /// Port facing the business.
-    pub business: u16,
+    /// Port facing side A (WhatsApp, or the caller of a SIP call).
+    pub a: u16,
+    /// Port facing side B (the business).
+    pub b: u16,
+    /// Relayed by a media shard.
+    pub anchored: bool,
+    /// DTMF digits received, in order.
+    pub digits: Vec<DigitSeen>,
+    /// Counters per side (anchored calls).
+    pub stats: Option<[LegStats; 2]>,
 }
 
 /// Messages of [`MediaActor`].
 #[derive(Debug)]
 pub enum MediaMsg {
-    /// The call's RTP ports.
+    /// The call's media view.
     Ports(RpcReplyPort<MediaPorts>),
+    /// Anchor the call's media in a shard; `None` when the node relays no media.
+    Anchor(RpcReplyPort<Option<Anchor>>),
+    /// What one side's SDP says.
+    Remote(Side, Remote),
+    /// Something happened in the shard.
+    Event(MediaEvent),
     /// Makes the actor fail (supervision tests).
     #[cfg(test)]
     Fault(Fault),
 }
 
+enum Resources {
+    Leased([PortLease; 2]),
+    Anchored(MediaPair),
+    None,
+}
+
 /// State of a running media actor.
 pub struct Media {
-    whatsapp: PortLease,
-    business: PortLease,
+    resources: Resources,
+    ports: PortAllocator,
+    plane: Option<MediaPlane>,
+    call: ActorRef<CallMsg>,
+    span: tracing::Span,
+    digits: Vec<DigitSeen>,
+    clock: [u32; 2],
 }
 
 impl Actor for MediaActor {
@@ -56,28 +113,157 @@ impl Actor for MediaActor {
         _myself: ActorRef<Self::Msg>,
         args: MediaArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let whatsapp = args.ports.lease()?;
-        let business = args.ports.lease()?;
-        tracing::debug!(parent: &args.span, whatsapp = whatsapp.port(), business = business.port(), "media ports leased");
-        Ok(Media { whatsapp, business })
+        // A call holds its two port pairs from the start (the admission check counted on
+        // them); they are bound when the call asks for an anchor.
+        let a = args.ports.lease()?;
+        let b = args.ports.lease()?;
+        tracing::debug!(parent: &args.span, a = a.port(), b = b.port(), "media ports leased");
+        let resources = Resources::Leased([a, b]);
+        Ok(Media {
+            resources,
+            ports: args.ports,
+            plane: args.plane,
+            call: args.call,
+            span: args.span,
+            digits: Vec::new(),
+            clock: [8000; 2],
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         media: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MediaMsg::Ports(reply) => {
-                let _ = reply.send(MediaPorts {
-                    whatsapp: media.whatsapp.port(),
-                    business: media.business.port(),
-                });
+                let view = media.view();
+                let _ = reply.send(view);
             }
+            MediaMsg::Anchor(reply) => {
+                let anchor = media.anchor(&myself);
+                let _ = reply.send(anchor);
+            }
+            MediaMsg::Remote(side, remote) => {
+                media.clock[side_index(side)] = remote.clock.max(1);
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.set_remote(side, remote) {
+                        tracing::warn!(parent: &media.span, error = %e, "media update not delivered");
+                    }
+                }
+            }
+            MediaMsg::Event(event) => media.on_event(event),
             #[cfg(test)]
             MediaMsg::Fault(fault) => return fault.trigger("media"),
         }
         Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        media: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Resources::Anchored(pair) = std::mem::replace(&mut media.resources, Resources::None)
+        {
+            if let Some([a, b]) = pair.close() {
+                tracing::info!(
+                    parent: &media.span,
+                    a_in = a.packets_in, a_lost = a.lost, a_jitter_ms = a.jitter_ms,
+                    b_in = b.packets_in, b_lost = b.lost, b_jitter_ms = b.jitter_ms,
+                    dropped = a.dropped + b.dropped,
+                    "media closed"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+impl Media {
+    fn view(&self) -> MediaPorts {
+        let (ports, anchored, stats) = match &self.resources {
+            Resources::Leased([a, b]) => ([a.port(), b.port()], false, None),
+            Resources::Anchored(pair) => (pair.ports(), true, pair.stats()),
+            Resources::None => ([0, 0], false, None),
+        };
+        MediaPorts {
+            a: ports[0],
+            b: ports[1],
+            anchored,
+            digits: self.digits.clone(),
+            stats,
+        }
+    }
+
+    fn anchor(&mut self, myself: &ActorRef<MediaMsg>) -> Option<Anchor> {
+        let plane = self.plane.as_ref()?;
+        if let Resources::Anchored(pair) = &self.resources {
+            return Some(Anchor {
+                ip: plane.ip(),
+                ports: pair.ports(),
+            });
+        }
+        let me = myself.clone();
+        let sink = Box::new(move |event| {
+            let _ = me.send_message(MediaMsg::Event(event));
+        });
+        let leases = match std::mem::replace(&mut self.resources, Resources::None) {
+            Resources::Leased([a, b]) => [Some(a), Some(b)],
+            _ => [None, None],
+        };
+        match plane.add_pair_on(leases, sink) {
+            Ok(pair) => {
+                let anchor = Anchor {
+                    ip: plane.ip(),
+                    ports: pair.ports(),
+                };
+                tracing::debug!(parent: &self.span, a = anchor.ports[0], b = anchor.ports[1], "media anchored");
+                self.resources = Resources::Anchored(pair);
+                Some(anchor)
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, free = self.ports.capacity() - self.ports.in_use(), "media not anchored; SDP passes through");
+                None
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: MediaEvent) {
+        match event {
+            MediaEvent::FirstPacket(side) => {
+                tracing::debug!(parent: &self.span, ?side, "first media packet");
+            }
+            MediaEvent::Dtmf(side, d) => {
+                let clock = self.clock[side_index(side)];
+                let seen = DigitSeen {
+                    side: if side == Side::A { 'a' } else { 'b' },
+                    digit: d.digit,
+                    duration_ms: d.duration * 1000 / clock,
+                };
+                tracing::info!(parent: &self.span, side = %seen.side, digit = %seen.digit, duration_ms = seen.duration_ms, "DTMF");
+                metrics::counter!(telemetry::DTMF_DIGITS_TOTAL, "side" => if side == Side::A { "a" } else { "b" })
+                    .increment(1);
+                if self.digits.len() < MAX_DIGITS {
+                    self.digits.push(seen);
+                }
+            }
+            MediaEvent::Timeout(side) => {
+                tracing::warn!(parent: &self.span, ?side, "no media; ending the call");
+                let _ = self.call.send_message(CallMsg::Hangup {
+                    by: HangupParty::Switch,
+                    cause: "media_timeout".into(),
+                    reply: None,
+                });
+            }
+        }
     }
 }

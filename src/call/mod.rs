@@ -190,7 +190,7 @@ pub struct CallSnapshot {
     pub whatsapp_leg: Option<LegState>,
     /// The business leg (`None`: not answering).
     pub business_leg: Option<LegState>,
-    /// RTP ports (`None`: media not answering).
+    /// Media: ports, anchoring, DTMF, counters (`None`: media not answering).
     pub media: Option<media::MediaPorts>,
 }
 
@@ -291,6 +291,7 @@ struct CallsInner {
     root: ActorRef<RootMsg>,
     cdrs: CdrQueue,
     ports: PortAllocator,
+    media: std::sync::OnceLock<crate::media::shard::MediaPlane>,
     node_id: Arc<str>,
     max_calls: usize,
     /// Calls past the limit check and not yet in the registry, so concurrent admissions
@@ -315,6 +316,7 @@ impl Calls {
                 root,
                 cdrs,
                 ports,
+                media: std::sync::OnceLock::new(),
                 node_id: Arc::from(node_id),
                 max_calls: max_calls as usize,
                 admitting: std::sync::atomic::AtomicUsize::new(0),
@@ -354,6 +356,7 @@ impl Calls {
             registry: inner.registry.clone(),
             cdrs: inner.cdrs.clone(),
             ports: inner.ports.clone(),
+            media: inner.media.get().cloned(),
             node_id: Arc::clone(&inner.node_id),
         };
         match Actor::spawn_linked(None, CallSupervisor, args, inner.root.get_cell()).await {
@@ -433,6 +436,11 @@ impl Calls {
             .iter()
             .map(|id| self.hangup(id, HangupParty::Switch, cause));
         futures::future::join_all(hangups).await;
+    }
+
+    /// Relays calls' media through `plane` (whose port pool must be this plane's).
+    pub fn set_media(&self, plane: crate::media::shard::MediaPlane) {
+        let _ = self.inner.media.set(plane);
     }
 
     /// The node's RTP port pool.

@@ -21,15 +21,17 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
+use super::media::MediaMsg;
 use super::supervisor::CallMsg;
 #[cfg(test)]
 use super::Fault;
 use super::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
+use crate::media::shard::Side;
 use crate::routing::{NoRoute, SipRouter};
 use crate::sip::auth::{self, Algorithm, NonceIssuer};
 use crate::sip::b2bua::{
-    dialled_user, Action, Bridge, BridgeConfig, Credentials, Leg, Progress, Target,
+    dialled_user, Action, Anchor, Bridge, BridgeConfig, Credentials, Leg, Progress, Target,
 };
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, ServerId, SipCommand};
@@ -471,6 +473,8 @@ pub struct BridgeArgs {
     pub setup: BridgeSetup,
     /// The call's supervisor.
     pub call: ActorRef<CallMsg>,
+    /// The call's media actor (anchors the call's media).
+    pub media: Option<ActorRef<MediaMsg>>,
     /// The call's span.
     pub span: tracing::Span,
 }
@@ -503,6 +507,7 @@ pub struct BridgeState {
     table: Arc<DashMap<Bytes, Route>>,
     load: TrunkLoad,
     call: ActorRef<CallMsg>,
+    media: Option<ActorRef<MediaMsg>>,
     span: tracing::Span,
     routed: Vec<Bytes>,
     /// Configured index of the trunk currently counted in the load.
@@ -541,11 +546,27 @@ impl Actor for BridgeActor {
             table: setup.table,
             load: setup.load,
             call: args.call,
+            media: args.media,
             span,
             routed: vec![setup.a_call_id],
             counted: None,
             timer_at: None,
         };
+        // Anchor the media before the trunk sees the caller's SDP.
+        let anchor = match &state.media {
+            Some(media) => match media
+                .call(MediaMsg::Anchor, Some(super::CALL_RPC_TIMEOUT))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(a)) => a.map(|a| Anchor {
+                    ip: a.ip,
+                    ports: a.ports,
+                }),
+                _ => None,
+            },
+            None => None,
+        };
+        state.bridge.begin(Instant::now(), anchor);
         let span = state.span.clone();
         state.run(&myself).instrument(span).await;
         Ok(state)
@@ -619,6 +640,15 @@ impl BridgeState {
                     self.routed.retain(|c| *c != call_id);
                 }
                 Action::Progress(progress) => self.progress(progress),
+                Action::Media(leg, remote) => {
+                    if let Some(media) = &self.media {
+                        let side = match leg {
+                            Leg::A => Side::A,
+                            Leg::B => Side::B,
+                        };
+                        let _ = media.send_message(MediaMsg::Remote(side, remote));
+                    }
+                }
             }
         }
         let next = self.bridge.poll_timeout();

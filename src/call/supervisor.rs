@@ -47,6 +47,8 @@ pub struct CallArgs {
     pub cdrs: CdrQueue,
     /// RTP port pool.
     pub ports: PortAllocator,
+    /// Media shards (`None`: nothing is relayed).
+    pub media: Option<crate::media::shard::MediaPlane>,
     /// This node, for the CDR.
     pub node_id: Arc<str>,
 }
@@ -189,7 +191,7 @@ impl Actor for CallSupervisor {
         };
         let span = call.span.clone();
         let started = async {
-            let result = call.spawn_children(&myself, args.ports).await;
+            let result = call.spawn_children(&myself, args.ports, args.media).await;
             match &result {
                 Ok(()) => tracing::info!("call started"),
                 Err(e) => tracing::warn!(error = %e, "call setup failed"),
@@ -263,6 +265,7 @@ impl Call {
         &mut self,
         myself: &ActorRef<CallMsg>,
         ports: PortAllocator,
+        plane: Option<crate::media::shard::MediaPlane>,
     ) -> Result<(), ActorProcessingErr> {
         let parent = myself.get_cell();
         let (media, _) = Actor::spawn_linked(
@@ -270,6 +273,8 @@ impl Call {
             MediaActor,
             MediaArgs {
                 ports,
+                plane,
+                call: myself.clone(),
                 span: self.span.clone(),
             },
             parent.clone(),
@@ -282,6 +287,7 @@ impl Call {
             let args = BridgeArgs {
                 setup,
                 call: myself.clone(),
+                media: self.media.clone(),
                 span: self.span.clone(),
             };
             let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, parent).await?;

@@ -166,6 +166,20 @@ pub(crate) struct MediaSection {
     pub port_min: i64,
     #[serde(default = "default_port_max")]
     pub port_max: i64,
+    #[serde(default)]
+    pub shards: i64,
+    #[serde(default = "default_media_timeout")]
+    pub timeout_secs: i64,
+    #[serde(default = "default_source_policy")]
+    pub source_policy: String,
+}
+
+fn default_media_timeout() -> i64 {
+    30
+}
+
+fn default_source_policy() -> String {
+    "latch".to_string()
 }
 
 impl Default for MediaSection {
@@ -174,6 +188,9 @@ impl Default for MediaSection {
             ip: default_media_ip(),
             port_min: default_port_min(),
             port_max: default_port_max(),
+            shards: 0,
+            timeout_secs: default_media_timeout(),
+            source_policy: default_source_policy(),
         }
     }
 }

@@ -205,6 +205,12 @@ pub struct MediaConfig {
     pub port_min: u16,
     /// Last port of the range.
     pub port_max: u16,
+    /// Media shard threads (default: one per core).
+    pub shards: usize,
+    /// A leg that should send and sent nothing for this long ends its call.
+    pub timeout: std::time::Duration,
+    /// Which sources a leg accepts RTP from.
+    pub source_policy: crate::media::shard::SourcePolicy,
 }
 
 /// Where the system of record lives.
@@ -653,6 +659,28 @@ impl Validator {
             }
         }
 
+        let shards = self
+            .bounded("media.shards", raw.media.shards, 0, 256)
+            .map(|n| {
+                if n == 0 {
+                    std::thread::available_parallelism().map_or(1, |p| p.get() as i64)
+                } else {
+                    n
+                }
+            });
+        let media_timeout = self.bounded("media.timeout_secs", raw.media.timeout_secs, 1, 3600);
+        let source_policy = match raw.media.source_policy.to_ascii_lowercase().as_str() {
+            "latch" => Some(crate::media::shard::SourcePolicy::Latch),
+            "strict" => Some(crate::media::shard::SourcePolicy::Strict),
+            other => {
+                self.problem(
+                    "media.source_policy",
+                    format!("{other:?} is not a source policy"),
+                    "use \"latch\" (first source, then locked; for peers behind NAT) or \"strict\" (only the SDP address)",
+                );
+                None
+            }
+        };
         let store_url = self.store_url(&raw.store.url);
         let max_connections =
             self.bounded("store.max_connections", raw.store.max_connections, 1, 1000);
@@ -729,6 +757,9 @@ impl Validator {
                 ip: media_ip?,
                 port_min: port_min?,
                 port_max: port_max?,
+                shards: shards? as usize,
+                timeout: Duration::from_secs(media_timeout? as u64),
+                source_policy: source_policy?,
             },
             store: StoreConfig {
                 url: store_url?,

@@ -252,8 +252,19 @@ impl MediaPlane {
     /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
     /// shard; `events` hears what happens on them.
     pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
-        let (a_lease, a) = self.bind_leg()?;
-        let (b_lease, b) = self.bind_leg()?;
+        self.add_pair_on([None, None], events)
+    }
+
+    /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
+    /// cannot be bound is replaced by another from the pool).
+    pub fn add_pair_on(
+        &self,
+        leases: [Option<PortLease>; 2],
+        events: EventSink,
+    ) -> Result<MediaPair, MediaError> {
+        let [a, b] = leases;
+        let (a_lease, a) = self.bind_leased(a)?;
+        let (b_lease, b) = self.bind_leased(b)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let ports = [a_lease.port(), b_lease.port()];
@@ -275,6 +286,24 @@ impl MediaPlane {
             _leases: [a_lease, b_lease],
             removed: false,
         })
+    }
+
+    fn bind_leased(
+        &self,
+        lease: Option<PortLease>,
+    ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
+        if let Some(lease) = lease {
+            let port = lease.port();
+            if let (Ok(rtp), Ok(rtcp)) = (bind(self.inner.ip, port), bind(self.inner.ip, port + 1))
+            {
+                return Ok((lease, (rtp, rtcp)));
+            }
+            tracing::warn!(
+                port,
+                "leased RTP port taken by another process; using another"
+            );
+        }
+        self.bind_leg()
     }
 
     /// Leases a port pair and binds it; ports someone else holds are skipped.

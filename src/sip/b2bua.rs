@@ -134,6 +134,18 @@ pub enum Action {
     Unroute(Bytes),
     /// The call progressed.
     Progress(Progress),
+    /// What one leg's SDP says about its media (anchored calls).
+    Media(Leg, crate::media::shard::Remote),
+}
+
+/// Where the switch receives a call's media: SDP sent to leg A names `ip:ports[0]`, SDP
+/// sent to leg B names `ip:ports[1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// Address.
+    pub ip: std::net::IpAddr,
+    /// Port facing A, port facing B.
+    pub ports: [u16; 2],
 }
 
 /// A request received on one leg, waiting for the other leg's answer.
@@ -147,6 +159,8 @@ struct Relayed {
     sent_seq: u32,
     /// Its method.
     method: Method,
+    /// The body we sent on the other leg (after anchoring).
+    sent_body: Bytes,
 }
 
 /// An ACK owed to the far side of a relayed INVITE, sent when the near side acknowledges.
@@ -267,6 +281,9 @@ pub struct Bridge {
     linger: Option<Instant>,
     out: VecDeque<Action>,
     announced_ringing: bool,
+    anchor: Option<Anchor>,
+    /// The response being relayed to A carries the answer to remember.
+    answer_to_a_pending: bool,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -361,14 +378,6 @@ fn content_type(msg: &SipMessage) -> Option<String> {
     msg.header(&HeaderName::ContentType).map(|h| text(&h.value))
 }
 
-/// Copies `msg`'s body (and its type) onto `b`.
-fn with_body(b: MessageBuilder, msg: &SipMessage) -> MessageBuilder {
-    match (msg.body.is_empty(), content_type(msg)) {
-        (false, Some(ct)) => b.body(&ct, msg.body.clone()),
-        _ => b,
-    }
-}
-
 /// The reason phrase of a response.
 fn reason_of(resp: &SipMessage) -> String {
     match &resp.start {
@@ -436,7 +445,7 @@ impl Bridge {
         } else {
             hop(&a_dialog.remote_target, from)
         };
-        let mut bridge = Bridge {
+        let bridge = Bridge {
             cfg,
             seed,
             attempts: 0,
@@ -463,9 +472,67 @@ impl Bridge {
             linger: None,
             out: VecDeque::new(),
             announced_ringing: false,
+            anchor: None,
+            answer_to_a_pending: false,
         };
-        bridge.try_next(now);
+        let _ = now;
         Ok(bridge)
+    }
+
+    /// Offers the call to the first trunk. With `anchor`, every SDP crossing the bridge is
+    /// rewritten to point at the switch, and each leg's media is reported as
+    /// [`Action::Media`]; without, SDP passes through unchanged.
+    pub fn begin(&mut self, now: Instant, anchor: Option<Anchor>) {
+        self.anchor = anchor;
+        self.try_next(now);
+    }
+
+    /// The body of `msg` as it goes to leg `to` (it came from the other leg): anchored SDP
+    /// is rewritten to the switch's address and `to`'s port, and the sender's media is
+    /// reported. Anything else is carried unchanged.
+    fn carry_body(&mut self, to: Leg, b: MessageBuilder, msg: &SipMessage) -> MessageBuilder {
+        let Some(ct) = content_type(msg).filter(|_| !msg.body.is_empty()) else {
+            return b;
+        };
+        let Some(anchor) = self.anchor else {
+            return b.body(&ct, msg.body.clone());
+        };
+        if !ct.to_ascii_lowercase().starts_with("application/sdp") {
+            return b.body(&ct, msg.body.clone());
+        }
+        let from = match to {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        };
+        let mut sdp = match crate::sdp::Sdp::parse(&msg.body) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable SDP passed through unanchored");
+                return b.body(&ct, msg.body.clone());
+            }
+        };
+        if let Ok(Some(audio)) = sdp.audio() {
+            let sends = matches!(
+                audio.direction,
+                crate::sdp::Direction::SendRecv | crate::sdp::Direction::SendOnly
+            );
+            self.out.push_back(Action::Media(
+                from,
+                crate::media::shard::Remote {
+                    addr: audio.target,
+                    rtcp_mux: audio.rtcp_mux,
+                    clock: audio.codec().map_or(8000, |c| c.clock),
+                    dtmf_pt: audio.telephone_event(),
+                    sends,
+                },
+            ));
+        }
+        let port = anchor.ports[match to {
+            Leg::A => 0,
+            Leg::B => 1,
+        }];
+        sdp.anchor(anchor.ip, port);
+        b.body(&ct, sdp.to_bytes())
     }
 
     /// The targets (to map [`Action::B`] indexes to transports).
@@ -580,7 +647,8 @@ impl Bridge {
                 )
                 .header(HeaderName::MinSe, MIN_SE.to_string());
         }
-        let invite = with_body(builder, &self.a_invite).build();
+        let a_invite = self.a_invite.clone();
+        let invite = self.carry_body(Leg::B, builder, &a_invite).build();
         if let Some(old) = self.b.take() {
             self.out.push_back(Action::Unroute(old.call_id));
         }
@@ -688,7 +756,8 @@ impl Bridge {
                         b.dialog = Some(d);
                     }
                 }
-                let relayed = with_body(self.a_response(code, &reason_of(&resp)), &resp).build();
+                let head = self.a_response(code, &reason_of(&resp));
+                let relayed = self.carry_body(Leg::A, head, &resp).build();
                 let server = self.a_server;
                 self.respond_a(server, relayed);
                 if !self.announced_ringing {
@@ -841,8 +910,9 @@ impl Bridge {
         b.dialog = Some(dialog);
         self.ack_to_b = Some(OwedAck { seq, sent: None });
         // Answer the caller with the trunk's SDP.
-        let mut answer =
-            with_body(self.a_response(200, "OK"), &resp).header(HeaderName::Allow, ALLOW);
+        let mut answer = self
+            .carry_body(Leg::A, self.a_response(200, "OK"), &resp)
+            .header(HeaderName::Allow, ALLOW);
         if self.a_timer.interval > 0 {
             let who = if self.a_timer.we_refresh {
                 "uas"
@@ -1016,7 +1086,11 @@ impl Bridge {
             Leg::B => self.a_contact.clone(),
             Leg::A => self.b_contact(),
         };
-        let mut back = with_body(back, &resp);
+        let toward = match leg {
+            Leg::B => Leg::A,
+            Leg::A => Leg::B,
+        };
+        let mut back = self.carry_body(toward, back, &resp);
         if (200..300).contains(&code) && relayed.method == Method::Invite {
             // The offer/answer took effect: remember it (for session refreshes), and follow
             // the far side's target refresh (§12.2.1.2).
@@ -1025,12 +1099,10 @@ impl Bridge {
                     if !relayed.request.body.is_empty() {
                         self.a_last_offer = relayed.request.body.clone();
                         if let Some(b) = self.b.as_mut() {
-                            b.offer = relayed.request.body.clone();
+                            b.offer = relayed.sent_body.clone();
                         }
                     }
-                    if !resp.body.is_empty() {
-                        self.a_last_answer = resp.body.clone();
-                    }
+                    self.answer_to_a_pending = !resp.body.is_empty();
                     if let Some(dialog) = self.b.as_mut().and_then(|b| b.dialog.as_mut()) {
                         dialog.confirm(Some(&resp));
                     }
@@ -1054,6 +1126,9 @@ impl Bridge {
             }
         }
         let response = back.build();
+        if std::mem::take(&mut self.answer_to_a_pending) {
+            self.a_last_answer = response.body.clone();
+        }
         match leg {
             Leg::B => self.respond_a(relayed.server, response),
             Leg::A => self.b(SipCommand::Respond {
@@ -1376,7 +1451,11 @@ impl Bridge {
                 (builder, self.a_hop)
             }
         };
-        let mut built = with_body(built, &request);
+        let toward = match from_leg {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        };
+        let mut built = self.carry_body(toward, built, &request);
         if method == Method::Invite || method == Method::Update {
             built = built.header(HeaderName::Allow, ALLOW);
         }
@@ -1387,6 +1466,7 @@ impl Bridge {
             request,
             sent_seq,
             method,
+            sent_body: out.body.clone(),
         };
         match from_leg {
             Leg::A => {
@@ -1405,32 +1485,43 @@ impl Bridge {
     fn ack_in(&mut self, leg: Leg, ack: SipMessage) {
         match leg {
             Leg::A => {
-                let Some(b) = self.b.as_ref() else {
+                let Some(seq) = self
+                    .ack_to_b
+                    .as_ref()
+                    .filter(|o| o.sent.is_none())
+                    .map(|o| o.seq)
+                else {
                     return;
                 };
-                let Some(owed) = self.ack_to_b.as_mut() else {
+                let Some((head, to)) = self.b.as_ref().and_then(|b| {
+                    let dialog = b.dialog.as_ref()?;
+                    Some((
+                        dialog.ack(seq),
+                        dialog_hop(dialog, self.targets[b.target].addr),
+                    ))
+                }) else {
                     return;
                 };
-                if owed.sent.is_some() {
-                    return;
+                let out = self.carry_body(Leg::B, head, &ack).build();
+                if let Some(owed) = self.ack_to_b.as_mut() {
+                    owed.sent = Some(out.clone());
                 }
-                let Some(dialog) = &b.dialog else {
-                    return;
-                };
-                let to = dialog_hop(dialog, self.targets[b.target].addr);
-                let out = with_body(dialog.ack(owed.seq), &ack).build();
-                owed.sent = Some(out.clone());
                 self.b(SipCommand::Ack { request: out, to });
             }
             Leg::B => {
-                let Some(owed) = self.ack_to_a.as_mut() else {
+                let Some(seq) = self
+                    .ack_to_a
+                    .as_ref()
+                    .filter(|o| o.sent.is_none())
+                    .map(|o| o.seq)
+                else {
                     return;
                 };
-                if owed.sent.is_some() {
-                    return;
+                let head = self.a_dialog.ack(seq);
+                let out = self.carry_body(Leg::A, head, &ack).build();
+                if let Some(owed) = self.ack_to_a.as_mut() {
+                    owed.sent = Some(out.clone());
                 }
-                let out = with_body(self.a_dialog.ack(owed.seq), &ack).build();
-                owed.sent = Some(out.clone());
                 let to = self.a_hop;
                 self.a(SipCommand::Ack { request: out, to });
             }

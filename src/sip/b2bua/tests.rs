@@ -328,6 +328,7 @@ impl Call {
             bridge,
             branches: 0,
         };
+        call.bridge.begin(start, ANCHOR.with(|a| a.get()));
         let actions = call.drain();
         (call, actions)
     }
@@ -1577,4 +1578,54 @@ fn ack_timeout_from_a_hangs_up() {
     let bye = one_b_request(&actions).request;
     assert_eq!(bye.method(), Some(&Method::Bye));
     assert_eq!(ended(&actions), Some((None, "ack_timeout".to_string())));
+}
+
+thread_local! {
+    /// The anchor the next `Call` begins with (tests of anchored calls set it).
+    static ANCHOR: std::cell::Cell<Option<Anchor>> = const { std::cell::Cell::new(None) };
+}
+
+#[test]
+fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
+    let anchor = Anchor {
+        ip: "10.9.9.9".parse().unwrap(),
+        ports: [30_000, 30_002],
+    };
+    ANCHOR.with(|a| a.set(Some(anchor)));
+    let (mut call, actions) = Call::new();
+    ANCHOR.with(|a| a.set(None));
+    let invite = one_b_request(&actions).request;
+    let offer = String::from_utf8(invite.body.to_vec()).unwrap();
+    assert!(offer.contains("c=IN IP4 10.9.9.9\r\n"), "{offer}");
+    assert!(
+        offer.contains("m=audio 30002 "),
+        "B is offered the B-facing port: {offer}"
+    );
+    let media: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Media(leg, remote) => Some((*leg, *remote)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(media.len(), 1);
+    assert_eq!(media[0].0, Leg::A);
+    assert!(media[0].1.addr.is_some(), "A's own address from its SDP");
+
+    let answer_sdp = "v=0\r\no=uas 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                      t=0 0\r\nm=audio 7078 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let ok = b_reply(&invite, 200, "OK", Some(answer_sdp), &[]);
+    let actions = call.b_says(ok);
+    let (_, to_a) = one_a_response(&actions);
+    let answer = String::from_utf8(to_a.body.to_vec()).unwrap();
+    assert!(answer.contains("m=audio 30000 RTP/AVP 8 101"), "{answer}");
+    assert!(answer.contains("c=IN IP4 10.9.9.9"), "{answer}");
+    let b_media = actions.iter().find_map(|a| match a {
+        Action::Media(Leg::B, r) => Some(*r),
+        _ => None,
+    });
+    let b_media = b_media.expect("B's media reported");
+    assert_eq!(b_media.addr, Some("127.0.0.1:7078".parse().unwrap()));
+    assert_eq!(b_media.dtmf_pt, Some(101));
+    assert!(b_media.sends);
 }
