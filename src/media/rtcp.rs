@@ -188,7 +188,16 @@ pub struct ReceiverStats {
     /// Jitter estimate ×16 (the §A.8 fixed-point form).
     jitter_q4: u32,
     last_transit: Option<i64>,
+    /// Packets expected in runs before the last resynchronisation.
+    expected_before: u64,
+    /// §A.1: after a large jump, the sequence number that confirms the new run.
+    bad_seq: Option<u16>,
 }
+
+/// A forward jump larger than this is not loss but a new run (the sender restarted).
+const MAX_DROPOUT: u16 = 3000;
+/// A backward step larger than this is not reordering.
+const MAX_MISORDER: u16 = 100;
 
 impl ReceiverStats {
     /// A packet with sequence `seq` and RTP timestamp `ts` arrived at `arrival` (in the
@@ -200,11 +209,26 @@ impl ReceiverStats {
             self.max_seq = seq;
         } else {
             let delta = seq.wrapping_sub(self.max_seq);
-            if delta != 0 && delta < 0x8000 {
+            if delta == 0 {
+                // A duplicate.
+            } else if delta < MAX_DROPOUT {
                 if seq < self.max_seq {
                     self.cycles += 1 << 16;
                 }
                 self.max_seq = seq;
+                self.bad_seq = None;
+            } else if delta <= u16::MAX - MAX_MISORDER {
+                // A large jump (§A.1): a new run if the next packet follows it.
+                if self.bad_seq == Some(seq) {
+                    self.expected_before = self.expected();
+                    self.base_seq = u32::from(seq.wrapping_sub(1));
+                    self.max_seq = seq;
+                    self.cycles = 0;
+                    self.bad_seq = None;
+                    self.last_transit = None;
+                } else {
+                    self.bad_seq = Some(seq.wrapping_add(1));
+                }
             }
         }
         self.received += 1;
@@ -230,7 +254,7 @@ impl ReceiverStats {
         if !self.started {
             return 0;
         }
-        u64::from(self.extended_max()) - u64::from(self.base_seq) + 1
+        self.expected_before + u64::from(self.extended_max()) - u64::from(self.base_seq) + 1
     }
 
     /// Packets received so far (duplicates included, as §A.3 counts them).
@@ -372,6 +396,29 @@ mod tests {
         // A late, reordered packet does not move the highest sequence number back.
         s.on_packet(65_533, 0, 0);
         assert_eq!(s.extended_max(), 65_536 + 9);
+    }
+
+    #[test]
+    fn a_sender_restart_starts_a_new_run_instead_of_counting_loss() {
+        let mut s = ReceiverStats::default();
+        for seq in 100..110u16 {
+            s.on_packet(seq, 0, 0);
+        }
+        // The sender restarts far away: two packets in a row confirm the new run.
+        for seq in 40_000..40_010u16 {
+            s.on_packet(seq, 0, 0);
+        }
+        assert_eq!(s.received(), 20);
+        assert_eq!(s.expected(), 20, "no loss, no negative loss");
+        assert_eq!(s.lost(), 0);
+        // A single stray packet far away is not a new run.
+        s.on_packet(5, 0, 0);
+        s.on_packet(40_010, 0, 0);
+        assert_eq!(
+            s.lost(),
+            -1,
+            "the stray counts as received, nothing as lost"
+        );
     }
 
     #[test]

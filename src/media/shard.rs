@@ -107,7 +107,7 @@ pub struct LegStats {
     pub packets_out: u64,
     /// Packets dropped (foreign source, malformed, nowhere to send).
     pub dropped: u64,
-    /// Packets lost on the way to us (RFC 3550 §A.3).
+    /// Packets lost on the way to us (RFC 3550 §A.3, duplicates not offsetting loss below 0).
     pub lost: i64,
     /// Interarrival jitter, milliseconds.
     pub jitter_ms: u32,
@@ -683,7 +683,8 @@ impl Shard {
     fn pair_stats(&self, legs: [usize; 2]) -> [LegStats; 2] {
         legs.map(|slot| match &self.legs[slot] {
             Some(leg) => LegStats {
-                lost: leg.rx.lost(),
+                // Duplicates make RFC 3550's count negative; a call's loss is never below 0.
+                lost: leg.rx.lost().max(0),
                 jitter_ms: leg.rx.jitter() * 1000 / leg.clock.max(1),
                 ..leg.stats
             },

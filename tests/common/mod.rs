@@ -43,6 +43,18 @@ pub fn run_sipp(
     calls: u32,
     rate: u32,
 ) -> (i32, std::collections::HashMap<String, u64>, String) {
+    run_sipp_with(scenario_file, transport, target, calls, rate, &[])
+}
+
+/// [`run_sipp`] with extra SIPp arguments (e.g. `-set name value`).
+pub fn run_sipp_with(
+    scenario_file: &str,
+    transport: &str,
+    target: std::net::SocketAddr,
+    calls: u32,
+    rate: u32,
+    extra: &[&str],
+) -> (i32, std::collections::HashMap<String, u64>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = dir.path().join("stats.csv");
     let output = Command::new("timeout")
@@ -67,6 +79,7 @@ pub fn run_sipp(
         .args(["-timeout", "30s", "-timeout_error", "-recv_timeout", "5000"])
         .args(["-nostdin", "-bind_local", "-trace_stat", "-fd", "1", "-stf"])
         .arg(&stats)
+        .args(extra)
         .current_dir(dir.path())
         .output()
         .expect("sipp runs (Debian package sip-tester; .ci/run installs it)");
@@ -141,6 +154,17 @@ pub struct Uas {
 impl Uas {
     /// Starts `scenario_file` over `transport` (`u1`, `t1`) on `port`.
     pub fn start(scenario_file: &str, transport: &str, port: u16, calls: u32) -> Uas {
+        Self::start_with(scenario_file, transport, port, calls, &[])
+    }
+
+    /// [`Uas::start`] with extra SIPp arguments (e.g. `-rtp_echo`).
+    pub fn start_with(
+        scenario_file: &str,
+        transport: &str,
+        port: u16,
+        calls: u32,
+        extra: &[&str],
+    ) -> Uas {
         let dir = tempfile::tempdir().expect("tempdir");
         let stats = dir.path().join("uas.csv");
         let child = Command::new("timeout")
@@ -155,6 +179,7 @@ impl Uas {
             .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
             .args(["-trace_stat", "-fd", "1", "-stf"])
             .arg(&stats)
+            .args(extra)
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
