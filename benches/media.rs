@@ -1,0 +1,106 @@
+//! The media path: the per-packet work of the relay (validate, count, rewrite in place), a
+//! packet through a real shard over loopback, and G.711 per 20 ms frame.
+//!
+//! `cargo bench --bench media`
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use waswitch::media::g711;
+use waswitch::media::ports::PortAllocator;
+use waswitch::media::rtcp::ReceiverStats;
+use waswitch::media::rtp::{write_packet, RtpView};
+use waswitch::media::shard::{MediaPlane, Remote, Side, SourcePolicy};
+
+fn packet() -> [u8; 172] {
+    let mut p = [0u8; 172];
+    let _ = write_packet(&mut p, false, 8, 1000, 160_000, 0x1234_5678, &[0xd5; 160]);
+    p
+}
+
+fn per_packet(c: &mut Criterion) {
+    let mut g = c.benchmark_group("relay_userspace");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = packet();
+    let mut stats = ReceiverStats::default();
+    let mut seq = 0u16;
+    g.bench_function("validate_count_rewrite", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            let mut v = RtpView::parse(black_box(&mut buf[..])).expect("valid");
+            stats.on_packet(v.sequence(), v.timestamp(), u32::from(seq) * 160);
+            v.set_sequence(seq);
+            v.set_timestamp(u32::from(seq) * 160);
+            v.set_ssrc(7);
+            black_box(v.payload().len())
+        })
+    });
+    g.finish();
+}
+
+fn through_a_shard(c: &mut Criterion) {
+    let plane = MediaPlane::start(
+        "127.0.0.1".parse().expect("ip"),
+        PortAllocator::new(26_000, 26_099),
+        1,
+        SourcePolicy::Strict,
+        Duration::from_secs(3600),
+    )
+    .expect("plane");
+    let pair = plane.add_pair(Box::new(|_| {})).expect("pair");
+    let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    b.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let remote = |s: &UdpSocket| Remote {
+        addr: Some(s.local_addr().expect("addr")),
+        rtcp_mux: false,
+        clock: 8000,
+        dtmf_pt: None,
+        sends: true,
+    };
+    pair.set_remote(Side::A, remote(&a)).expect("remote");
+    pair.set_remote(Side::B, remote(&b)).expect("remote");
+    let to = SocketAddr::from(([127, 0, 0, 1], pair.ports()[0]));
+    let p = packet();
+    let mut buf = [0u8; 2048];
+    let mut g = c.benchmark_group("relay_loopback");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("send_relay_receive", |bench| {
+        bench.iter(|| {
+            a.send_to(&p, to).expect("send");
+            black_box(b.recv(&mut buf).expect("relayed"))
+        })
+    });
+    g.finish();
+    drop(pair);
+    plane.stop();
+}
+
+fn g711_frames(c: &mut Criterion) {
+    let samples: Vec<i16> = (0..160)
+        .map(|i| ((i as f64 * 0.39).sin() * 12_000.0) as i16)
+        .collect();
+    let mut codes = [0u8; 160];
+    let mut back = [0i16; 160];
+    let mut g = c.benchmark_group("g711_20ms_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("pcmu_encode", |b| {
+        b.iter(|| g711::linear_to_ulaw(black_box(&samples), &mut codes))
+    });
+    g.bench_function("pcmu_decode", |b| {
+        b.iter(|| g711::ulaw_to_linear(black_box(&codes), &mut back))
+    });
+    g.bench_function("pcma_encode", |b| {
+        b.iter(|| g711::linear_to_alaw(black_box(&samples), &mut codes))
+    });
+    g.bench_function("pcma_decode", |b| {
+        b.iter(|| g711::alaw_to_linear(black_box(&codes), &mut back))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, per_packet, through_a_shard, g711_frames);
+criterion_main!(benches);
