@@ -165,6 +165,13 @@ impl Node {
             what: "media shards",
             reason: e.to_string(),
         })?;
+        if let Some(dir) = &config.media.record_dir {
+            std::fs::create_dir_all(dir).map_err(|e| StartError::Actor {
+                what: "recordings",
+                reason: format!("media.record_dir {}: {e}", dir.display()),
+            })?;
+            media.set_record_dir(dir.clone());
+        }
         tracing::info!(shards = config.media.shards, ip = %config.media.ip, "media plane running");
         let calls = Calls::new(
             registry,

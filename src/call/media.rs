@@ -31,6 +31,8 @@ pub struct MediaArgs {
     pub plane: Option<MediaPlane>,
     /// The call's supervisor (told when media times out).
     pub call: ActorRef<CallMsg>,
+    /// The call's id (names its recording).
+    pub call_id: String,
     /// The call's span.
     pub span: tracing::Span,
 }
@@ -98,6 +100,7 @@ pub struct Media {
     ports: PortAllocator,
     plane: Option<MediaPlane>,
     call: ActorRef<CallMsg>,
+    call_id: String,
     span: tracing::Span,
     digits: Vec<DigitSeen>,
     clock: [u32; 2],
@@ -124,6 +127,7 @@ impl Actor for MediaActor {
             ports: args.ports,
             plane: args.plane,
             call: args.call,
+            call_id: args.call_id,
             span: args.span,
             digits: Vec::new(),
             clock: [8000; 2],
@@ -220,7 +224,7 @@ impl Media {
             Resources::Leased([a, b]) => [Some(a), Some(b)],
             _ => [None, None],
         };
-        match plane.add_pair_on(leases, sink) {
+        match plane.add_pair_on(leases, sink, Some(&self.call_id)) {
             Ok(pair) => {
                 let anchor = Anchor {
                     ip: plane.ip(),

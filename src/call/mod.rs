@@ -395,6 +395,34 @@ impl Calls {
         .is_ok_and(|r| matches!(r, ractor::rpc::CallResult::Success(())))
     }
 
+    /// Anchors a call's media in a shard: the address and the port per side; `None` when
+    /// the call is gone or the node relays no media.
+    pub async fn anchor_media(&self, id: &CallId) -> Option<media::Anchor> {
+        let call = self.inner.registry.get(id)?;
+        match call
+            .call(CallMsg::AnchorMedia, Some(CALL_RPC_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(a)) => a,
+            _ => None,
+        }
+    }
+
+    /// Tells a call's media what one side's SDP says; false if the call is gone.
+    pub fn media_remote(
+        &self,
+        id: &CallId,
+        side: crate::media::shard::Side,
+        remote: crate::media::shard::Remote,
+    ) -> bool {
+        match self.inner.registry.get(id) {
+            Some(call) => call
+                .send_message(CallMsg::MediaRemote(side, remote))
+                .is_ok(),
+            None => false,
+        }
+    }
+
     /// A live call's view; `None` if it is gone or does not answer in time.
     pub async fn snapshot(&self, id: &CallId) -> Option<CallSnapshot> {
         let call = self.inner.registry.get(id)?;

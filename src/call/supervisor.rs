@@ -118,6 +118,10 @@ pub enum CallMsg {
     },
     /// The call's current view.
     Snapshot(RpcReplyPort<CallSnapshot>),
+    /// Anchor the call's media in a shard (for legs that are not SIP bridges, e.g. WhatsApp).
+    AnchorMedia(RpcReplyPort<Option<super::media::Anchor>>),
+    /// What one side's SDP says about its media.
+    MediaRemote(crate::media::shard::Side, crate::media::shard::Remote),
     /// Makes one child fail (supervision tests).
     #[cfg(test)]
     Fault {
@@ -275,6 +279,7 @@ impl Call {
                 ports,
                 plane,
                 call: myself.clone(),
+                call_id: self.id.to_string(),
                 span: self.span.clone(),
             },
             parent.clone(),
@@ -365,6 +370,21 @@ impl Call {
             CallMsg::Snapshot(reply) => {
                 let snapshot = self.snapshot().await;
                 let _ = reply.send(snapshot);
+            }
+            CallMsg::AnchorMedia(reply) => {
+                let anchor = match &self.media {
+                    Some(m) => match m.call(MediaMsg::Anchor, Some(CALL_RPC_TIMEOUT)).await {
+                        Ok(ractor::rpc::CallResult::Success(a)) => a,
+                        _ => None,
+                    },
+                    None => None,
+                };
+                let _ = reply.send(anchor);
+            }
+            CallMsg::MediaRemote(side, remote) => {
+                if let Some(m) = &self.media {
+                    let _ = m.send_message(MediaMsg::Remote(side, remote));
+                }
             }
             #[cfg(test)]
             CallMsg::Fault { child, fault } => {

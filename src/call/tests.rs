@@ -612,3 +612,121 @@ async fn calls_above_the_node_limit_are_refused() {
     admit(&calls, Direction::BusinessInitiated).await;
     assert!(node.drain_and_stop().await.clean());
 }
+
+/// Power of `freq` Hz in `samples` at 8 kHz (Goertzel).
+fn tone_power(samples: &[f64], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
+    use crate::media::g711;
+    use crate::media::rtp::write_packet;
+    use crate::media::shard::{Remote, Side};
+    use std::net::{SocketAddr, UdpSocket};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec_dir = dir.path().join("recordings");
+    let node = test_node_with(dir.path(), Duration::from_secs(1), |c| {
+        c.media.record_dir = Some(rec_dir.clone());
+        c.media.port_min = 27_000;
+        c.media.port_max = 27_999;
+    })
+    .await;
+    let calls = node.calls().clone();
+    let id = admit(&calls, Direction::UserInitiated).await;
+    let anchor = calls.anchor_media(&id).await.expect("anchored");
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    );
+    for (side, socket) in [(Side::A, &a), (Side::B, &b)] {
+        let remote = Remote {
+            addr: Some(socket.local_addr().expect("addr")),
+            rtcp_mux: false,
+            clock: 8000,
+            dtmf_pt: None,
+            sends: true,
+        };
+        assert!(calls.media_remote(&id, side, remote));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // One second of 440 Hz from A and 1000 Hz from B, 20 ms packets, PCMU.
+    let to = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let tone = |freq: f64, n: u32| -> Vec<u8> {
+        (0..160)
+            .map(|k| {
+                let t = f64::from(n * 160 + k) / 8000.0;
+                g711::ulaw_encode(((2.0 * std::f64::consts::PI * freq * t).sin() * 8000.0) as i16)
+            })
+            .collect()
+    };
+    let start = tokio::time::Instant::now();
+    for n in 0..50u32 {
+        let mut p = [0u8; 172];
+        for (socket, port, freq) in [(&a, anchor.ports[0], 440.0), (&b, anchor.ports[1], 1000.0)] {
+            let len =
+                write_packet(&mut p, false, 0, n as u16, n * 160, 1, &tone(freq, n)).expect("fits");
+            socket.send_to(&p[..len], to(port)).expect("send");
+        }
+        tokio::time::sleep_until(start + Duration::from_millis(20) * (n + 1)).await;
+    }
+    // A leg panics: the call is torn down, and the recording is finalised all the same.
+    let supervisor = calls.registry().get(&id).expect("live call");
+    supervisor
+        .send_message(CallMsg::Fault {
+            child: ChildRole::Leg(LegRole::WhatsApp),
+            fault: Fault::Panic,
+        })
+        .expect("supervisor takes messages");
+    let wav = rec_dir.join(format!("{id}.wav"));
+    wait_until(
+        "the recording to be finalised",
+        Duration::from_secs(10),
+        || wav.exists(),
+    )
+    .await;
+    assert!(!rec_dir.join(format!("{id}.wav.part")).exists());
+    let bytes = std::fs::read(&wav).expect("recording");
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..16], b"WAVEfmt ");
+    assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
+    assert_eq!(
+        u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]),
+        8000
+    );
+    let data_len = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
+    assert_eq!(data_len, bytes.len() - 44);
+    let frames: Vec<(f64, f64)> = bytes[44..]
+        .chunks_exact(4)
+        .map(|c| {
+            (
+                f64::from(i16::from_le_bytes([c[0], c[1]])),
+                f64::from(i16::from_le_bytes([c[2], c[3]])),
+            )
+        })
+        .collect();
+    // One second of media, give or take the two sides' first packets arriving apart.
+    let seconds = frames.len() as f64 / 8000.0;
+    assert!((0.98..=1.06).contains(&seconds), "{seconds} s");
+    let left: Vec<f64> = frames.iter().map(|f| f.0).collect();
+    let right: Vec<f64> = frames.iter().map(|f| f.1).collect();
+    assert!(
+        tone_power(&left, 440.0) > 100.0 * tone_power(&left, 1000.0),
+        "side A (440 Hz) on the left"
+    );
+    assert!(
+        tone_power(&right, 1000.0) > 100.0 * tone_power(&right, 440.0),
+        "side B (1000 Hz) on the right"
+    );
+    flush(&calls).await;
+    assert_eq!(cdr_of(&node, &id).await.outcome, CallOutcome::Failed);
+    node.drain_and_stop().await;
+}

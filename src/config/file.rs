@@ -172,6 +172,8 @@ pub(crate) struct MediaSection {
     pub timeout_secs: i64,
     #[serde(default = "default_source_policy")]
     pub source_policy: String,
+    #[serde(default)]
+    pub record_dir: Option<String>,
 }
 
 fn default_media_timeout() -> i64 {
@@ -191,6 +193,7 @@ impl Default for MediaSection {
             shards: 0,
             timeout_secs: default_media_timeout(),
             source_policy: default_source_policy(),
+            record_dir: None,
         }
     }
 }

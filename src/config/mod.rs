@@ -211,6 +211,8 @@ pub struct MediaConfig {
     pub timeout: std::time::Duration,
     /// Which sources a leg accepts RTP from.
     pub source_policy: crate::media::shard::SourcePolicy,
+    /// Every anchored call is recorded here as `<call id>.wav` (`None`: no recording).
+    pub record_dir: Option<PathBuf>,
 }
 
 /// Where the system of record lives.
@@ -681,6 +683,28 @@ impl Validator {
                 None
             }
         };
+        let record_dir = match raw.media.record_dir.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                self.problem(
+                    "media.record_dir",
+                    "is empty",
+                    "give a directory for recordings, or leave the key out to record nothing",
+                );
+                None
+            }
+            Some(d) => {
+                let dir = PathBuf::from(d);
+                if dir.exists() && !dir.is_dir() {
+                    self.problem(
+                        "media.record_dir",
+                        format!("{d:?} exists and is not a directory"),
+                        "name a directory (it is created when missing)",
+                    );
+                }
+                Some(dir)
+            }
+        };
         let store_url = self.store_url(&raw.store.url);
         let max_connections =
             self.bounded("store.max_connections", raw.store.max_connections, 1, 1000);
@@ -760,6 +784,7 @@ impl Validator {
                 shards: shards? as usize,
                 timeout: Duration::from_secs(media_timeout? as u64),
                 source_policy: source_policy?,
+                record_dir,
             },
             store: StoreConfig {
                 url: store_url?,

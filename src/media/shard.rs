@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::dtmf::{Digit, DtmfReceiver};
 use super::ports::{PortAllocator, PortLease};
+use super::record::{Frame, Recorder};
 use super::rtcp::ReceiverStats;
 use super::rtp::{is_rtcp, RtpView};
 use crate::telemetry;
@@ -123,6 +124,7 @@ enum Command {
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
+        recorder: Option<Recorder>,
     },
     Remote {
         id: u64,
@@ -169,6 +171,7 @@ struct PlaneInner {
     ports: PortAllocator,
     policy: SourcePolicy,
     timeout: Duration,
+    record_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// The node's media plane: its shards and port pool. Cheap to clone.
@@ -229,8 +232,14 @@ impl MediaPlane {
                 ports,
                 policy,
                 timeout,
+                record_dir: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Records every pair added with a name from now on, as `<dir>/<name>.wav`.
+    pub fn set_record_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.inner.record_dir.set(dir);
     }
 
     /// The address legs bind and SDP advertises.
@@ -252,16 +261,29 @@ impl MediaPlane {
     /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
     /// shard; `events` hears what happens on them.
     pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
-        self.add_pair_on([None, None], events)
+        self.add_pair_on([None, None], events, None)
     }
 
     /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
     /// cannot be bound is replaced by another from the pool).
+    /// With `record` and a recording directory, the pair's G.711 audio is recorded as
+    /// `<dir>/<record>.wav` (side A left, side B right).
     pub fn add_pair_on(
         &self,
         leases: [Option<PortLease>; 2],
         events: EventSink,
+        record: Option<&str>,
     ) -> Result<MediaPair, MediaError> {
+        let recorder = match (record, self.inner.record_dir.get()) {
+            (Some(name), Some(dir)) => match Recorder::start(&dir.join(format!("{name}.wav"))) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(), "recording could not start; the call goes on unrecorded");
+                    None
+                }
+            },
+            _ => None,
+        };
         let [a, b] = leases;
         let (a_lease, a) = self.bind_leased(a)?;
         let (b_lease, b) = self.bind_leased(b)?;
@@ -276,6 +298,7 @@ impl MediaPlane {
                 policy: self.inner.policy,
                 timeout: self.inner.timeout,
                 events,
+                recorder,
             },
         )?;
         Ok(MediaPair {
@@ -505,6 +528,7 @@ struct Leg {
 struct Pair {
     legs: [usize; 2],
     events: EventSink,
+    recorder: Option<Recorder>,
 }
 
 /// Counters published to the metrics registry every tick.
@@ -524,6 +548,26 @@ struct Shard {
     free: Vec<usize>,
     pairs: HashMap<u64, Pair>,
     counters: Counters,
+}
+
+/// Hands a G.711 packet's audio to the call's recorder (other codecs are not recorded).
+fn record(rec: &mut Recorder, side: Side, pt: u8, ts: u32, arrival: Instant, payload: &[u8]) {
+    let decode: fn(u8) -> i16 = match pt {
+        0 => super::g711::ulaw_decode,
+        8 => super::g711::alaw_decode,
+        _ => return,
+    };
+    let mut frame = Frame {
+        side: side.index() as u8,
+        timestamp: ts,
+        arrival,
+        len: payload.len().min(super::record::MAX_FRAME) as u16,
+        samples: [0; super::record::MAX_FRAME],
+    };
+    for (s, &c) in frame.samples.iter_mut().zip(payload) {
+        *s = decode(c);
+    }
+    rec.push(frame);
 }
 
 impl Shard {
@@ -580,7 +624,8 @@ impl Shard {
                     policy,
                     timeout,
                     events,
-                } => self.add(id, sockets, policy, timeout, events),
+                    recorder,
+                } => self.add(id, sockets, policy, timeout, events, recorder),
                 Command::Remote { id, side, remote } => {
                     if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
                         if let Some(leg) = self.legs[slot].as_mut() {
@@ -620,6 +665,7 @@ impl Shard {
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
+        recorder: Option<Recorder>,
     ) {
         let now = Instant::now();
         let slots = [self.slot(), self.slot()];
@@ -665,6 +711,7 @@ impl Shard {
             Pair {
                 legs: slots,
                 events,
+                recorder,
             },
         );
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
@@ -796,10 +843,13 @@ impl Shard {
         }
         let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
         let out_ssrc = leg.smoother.out_ssrc;
-        let (pair, peer) = (leg.pair, leg.peer);
-        if let Some(e) = event {
-            if let Some(p) = self.pairs.get(&pair) {
+        let (pair, peer, side) = (leg.pair, leg.peer, leg.side);
+        if let Some(p) = self.pairs.get_mut(&pair) {
+            if let Some(e) = event {
                 (p.events)(e);
+            }
+            if let Some(rec) = p.recorder.as_mut() {
+                record(rec, side, pt, ts, now, rtp.payload());
             }
         }
         let Some(peer_leg) = self.legs[peer].as_mut() else {
