@@ -40,6 +40,9 @@ pub struct Frame {
     pub samples: [i16; MAX_FRAME],
 }
 
+// Frames are moved through a preallocated queue on purpose: boxing them would allocate per
+// packet on the shard.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Frame(Frame),
     Close,
