@@ -13,6 +13,7 @@ use waswitch::call::media::MediaPorts;
 use waswitch::config::Config;
 use waswitch::media::rtp::{write_packet, RtpView};
 use waswitch::node::Node;
+use waswitch::store::{CdrFilter, CdrRepository, Store};
 
 /// A node routing every call to the SIPp callee on `uas_port`. Media ports come from a range
 /// of its own below the kernel's ephemeral ports (which SIPp and the tests' sockets use).
@@ -152,7 +153,19 @@ fn rtp_crosses_the_switch_in_order_intact_and_foreign_packets_are_dropped() {
     assert_eq!(counters.get("SuccessfulCall(C)"), Some(&1));
     let (_, uas_counters) = uas.finish();
     assert_eq!(uas_counters.get("SuccessfulCall(C)"), Some(&1));
-    rt.block_on(node.drain_and_stop());
+    // The CDR carries the call's media quality.
+    let cdrs = rt.block_on(async {
+        assert!(node.calls().wait_idle(Duration::from_secs(10)).await);
+        node.drain_and_stop().await;
+        let config = Config::loopback("", &dir.path().join("m.db")).expect("config");
+        let store = Store::open(&config.store).await.expect("store");
+        store.list(&CdrFilter::default()).await.expect("cdrs")
+    });
+    assert_eq!(cdrs.len(), 1);
+    let media = cdrs[0].media.expect("media quality in the CDR");
+    assert_eq!(media.packets, 200, "{media:?}");
+    assert_eq!(media.lost, 0);
+    assert!(media.mos_centi >= 430, "{media:?}");
 }
 
 #[test]

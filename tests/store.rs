@@ -11,7 +11,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
 use waswitch::config::{StoreConfig, StoreUrl};
 use waswitch::store::{
-    CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, Store, StoreError,
+    CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, MediaQuality, Store,
+    StoreError,
 };
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -101,6 +102,12 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
         },
         end_cause: "normal_clearing".into(),
         failure: (outcome == CallOutcome::Failed).then(|| "media failed: boom".to_string()),
+        media: answered.then_some(MediaQuality {
+            packets: 6000 + n,
+            lost: n % 4,
+            jitter_ms: 3,
+            mos_centi: 438,
+        }),
     }
 }
 

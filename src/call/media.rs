@@ -81,6 +81,8 @@ pub enum MediaMsg {
     Anchor(RpcReplyPort<Option<Anchor>>),
     /// What one side's SDP says.
     Remote(Side, Remote),
+    /// Close the media (the call is ending) and report its quality (`None`: not relayed).
+    Close(RpcReplyPort<Option<crate::store::MediaQuality>>),
     /// Something happened in the shard.
     Event(MediaEvent),
     /// Makes the actor fail (supervision tests).
@@ -158,6 +160,10 @@ impl Actor for MediaActor {
                 }
             }
             MediaMsg::Event(event) => media.on_event(event),
+            MediaMsg::Close(reply) => {
+                let quality = media.close();
+                let _ = reply.send(quality);
+            }
             #[cfg(test)]
             MediaMsg::Fault(fault) => return fault.trigger("media"),
         }
@@ -169,18 +175,7 @@ impl Actor for MediaActor {
         _myself: ActorRef<Self::Msg>,
         media: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Resources::Anchored(pair) = std::mem::replace(&mut media.resources, Resources::None)
-        {
-            if let Some([a, b]) = pair.close() {
-                tracing::info!(
-                    parent: &media.span,
-                    a_in = a.packets_in, a_lost = a.lost, a_jitter_ms = a.jitter_ms,
-                    b_in = b.packets_in, b_lost = b.lost, b_jitter_ms = b.jitter_ms,
-                    dropped = a.dropped + b.dropped,
-                    "media closed"
-                );
-            }
-        }
+        media.close();
         Ok(())
     }
 }
@@ -193,6 +188,37 @@ fn side_index(side: Side) -> usize {
 }
 
 impl Media {
+    /// Ends relaying (once) and sums up the call's media quality.
+    fn close(&mut self) -> Option<crate::store::MediaQuality> {
+        let Resources::Anchored(pair) = std::mem::replace(&mut self.resources, Resources::None)
+        else {
+            return None;
+        };
+        let [a, b] = pair.close()?;
+        tracing::info!(
+            parent: &self.span,
+            a_in = a.packets_in, a_lost = a.lost, a_jitter_ms = a.jitter_ms,
+            b_in = b.packets_in, b_lost = b.lost, b_jitter_ms = b.jitter_ms,
+            dropped = a.dropped + b.dropped,
+            "media closed"
+        );
+        let packets = (a.packets_in + b.packets_in) as i64;
+        let lost = a.lost + b.lost;
+        let jitter_ms = i64::from(a.jitter_ms.max(b.jitter_ms));
+        let loss_pct = if packets + lost > 0 {
+            100.0 * lost as f64 / (packets + lost) as f64
+        } else {
+            0.0
+        };
+        Some(crate::store::MediaQuality {
+            packets,
+            lost,
+            jitter_ms,
+            mos_centi: (crate::media::quality::mos(loss_pct, jitter_ms as f64) * 100.0).round()
+                as i64,
+        })
+    }
+
     fn view(&self) -> MediaPorts {
         let (ports, anchored, stats) = match &self.resources {
             Resources::Leased([a, b]) => ([a.port(), b.port()], false, None),

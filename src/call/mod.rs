@@ -264,6 +264,7 @@ fn close_out(
         hangup_by: end.by,
         end_cause: end.cause,
         failure: end.failure,
+        media: None,
     }
 }
 

@@ -146,6 +146,7 @@ pub struct Call {
     media: Option<ActorRef<MediaMsg>>,
     bridge: Option<ActorRef<BridgeMsg>>,
     trunk: Option<String>,
+    media_quality: Option<crate::store::MediaQuality>,
     children: Vec<(ActorId, ChildRole, ActorCell)>,
     ringing_at: Option<i64>,
     answered_at: Option<i64>,
@@ -188,6 +189,7 @@ impl Actor for CallSupervisor {
             media: None,
             bridge: None,
             trunk: None,
+            media_quality: None,
             children: Vec::with_capacity(3),
             ringing_at: None,
             answered_at: None,
@@ -524,6 +526,13 @@ impl Call {
                 tracing::warn!("SIP bridge did not confirm hangup");
             }
         }
+        if let Some(media) = &self.media {
+            if let Ok(ractor::rpc::CallResult::Success(q)) =
+                media.call(MediaMsg::Close, Some(CALL_RPC_TIMEOUT)).await
+            {
+                self.media_quality = q;
+            }
+        }
         self.stop_children().await;
         self.finish(end).await;
         myself.stop(None);
@@ -547,7 +556,7 @@ impl Call {
             if self.trunk.is_some() {
                 entry.offer.trunk = self.trunk.clone();
             }
-            let cdr = close_out(
+            let mut cdr = close_out(
                 &self.node_id,
                 &self.id,
                 &entry,
@@ -555,6 +564,7 @@ impl Call {
                 self.answered_at,
                 end,
             );
+            cdr.media = self.media_quality;
             tracing::info!(
                 outcome = cdr.outcome.as_str(),
                 cause = %cdr.end_cause,

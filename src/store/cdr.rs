@@ -115,6 +115,21 @@ pub struct Cdr {
     pub end_cause: String,
     /// For failed calls: which part of the switch failed, and how.
     pub failure: Option<String>,
+    /// Media quality, for calls whose media the switch relayed.
+    pub media: Option<MediaQuality>,
+}
+
+/// What the media of a call looked like from the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaQuality {
+    /// RTP packets received from both sides.
+    pub packets: i64,
+    /// Packets lost on the way to the switch, both sides.
+    pub lost: i64,
+    /// Interarrival jitter of the worse side, milliseconds.
+    pub jitter_ms: i64,
+    /// Estimated MOS (ITU-T G.107 E-model from loss and jitter) ×100: 441 is 4.41.
+    pub mos_centi: i64,
 }
 
 /// Which CDRs to list. Results are newest first.
@@ -180,6 +195,10 @@ struct CdrRow {
     hangup_by: String,
     end_cause: String,
     failure: Option<String>,
+    media_packets: Option<i64>,
+    media_lost: Option<i64>,
+    media_jitter_ms: Option<i64>,
+    media_mos_centi: Option<i64>,
 }
 
 impl TryFrom<CdrRow> for Cdr {
@@ -204,13 +223,29 @@ impl TryFrom<CdrRow> for Cdr {
             hangup_by: r.hangup_by.parse()?,
             end_cause: r.end_cause,
             failure: r.failure,
+            media: match (
+                r.media_packets,
+                r.media_lost,
+                r.media_jitter_ms,
+                r.media_mos_centi,
+            ) {
+                (Some(packets), Some(lost), Some(jitter_ms), Some(mos_centi)) => {
+                    Some(MediaQuality {
+                        packets,
+                        lost,
+                        jitter_ms,
+                        mos_centi,
+                    })
+                }
+                _ => None,
+            },
         })
     }
 }
 
 const COLUMNS: &str = "call_id, node_id, direction, business_number, customer_wa_id, wa_call_id, \
      sip_call_id, trunk, offered_at, ringing_at, answered_at, ended_at, duration_ms, outcome, \
-     hangup_by, end_cause, failure";
+     hangup_by, end_cause, failure, media_packets, media_lost, media_jitter_ms, media_mos_centi";
 
 /// The same SQL for both backends, instantiated per concrete database type so that no
 /// generic trait bounds leak into the rest of the crate.
@@ -229,7 +264,7 @@ macro_rules! cdr_queries {
             }
             let mut tx = pool.begin().await?;
             let mut inserted = 0;
-            // SQLite allows 32766 bound values; 17 columns x 500 rows stays well below.
+            // SQLite allows 32766 bound values; 21 columns x 500 rows stays well below.
             for chunk in cdrs.chunks(500) {
                 let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO cdrs ({COLUMNS}) "));
                 q.push_values(chunk, |mut b, c| {
@@ -249,7 +284,11 @@ macro_rules! cdr_queries {
                         .push_bind(c.outcome.as_str())
                         .push_bind(c.hangup_by.as_str())
                         .push_bind(c.end_cause.clone())
-                        .push_bind(c.failure.clone());
+                        .push_bind(c.failure.clone())
+                        .push_bind(c.media.map(|m| m.packets))
+                        .push_bind(c.media.map(|m| m.lost))
+                        .push_bind(c.media.map(|m| m.jitter_ms))
+                        .push_bind(c.media.map(|m| m.mos_centi));
                 });
                 q.push(" ON CONFLICT (call_id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();
