@@ -139,7 +139,32 @@ enum Command {
         id: u64,
         reply: std::sync::mpsc::SyncSender<[LegStats; 2]>,
     },
+    Dtmf {
+        id: u64,
+        side: Side,
+        event: u8,
+        duration: Duration,
+    },
     Stop,
+}
+
+/// How often a telephone-event in progress is refreshed (RFC 4733 §2.5.1.2: 50 ms).
+const DTMF_UPDATE: Duration = Duration::from_millis(50);
+
+/// A DTMF digit being sent toward one side's peer.
+struct DtmfOut {
+    /// The leg whose peer hears the digit.
+    slot: usize,
+    event: u8,
+    /// RTP timestamp of the event (its start).
+    timestamp: u32,
+    /// Duration to send, in timestamp units.
+    total: u32,
+    /// When the digit started.
+    started: Instant,
+    next_at: Instant,
+    /// End packets sent (three in all).
+    ends: u8,
 }
 
 /// Why media could not be set up.
@@ -407,6 +432,24 @@ impl MediaPair {
         )
     }
 
+    /// Sends DTMF `digit` (RFC 4733 telephone-events) toward `side`'s peer for `duration`,
+    /// in the stream the peer already receives (same SSRC, continuing sequence numbers).
+    /// Fails when the digit is not a DTMF key or the shard is unavailable; a peer whose SDP
+    /// offered no telephone-event gets nothing.
+    pub fn send_dtmf(&self, side: Side, digit: char, duration: Duration) -> Result<(), MediaError> {
+        let event = super::dtmf::event_of(digit)
+            .ok_or_else(|| MediaError::Ports(format!("{digit:?} is not a DTMF key")))?;
+        self.plane.send(
+            self.shard,
+            Command::Dtmf {
+                id: self.id,
+                side,
+                event,
+                duration,
+            },
+        )
+    }
+
     /// Current counters of both sides (waits briefly for the shard).
     pub fn stats(&self) -> Option<[LegStats; 2]> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
@@ -499,6 +542,26 @@ impl Smoother {
         let rewrite = self.seq_offset != 0 || self.ts_offset != 0 || ssrc != self.out_ssrc;
         (out_seq, out_ts, rewrite)
     }
+
+    /// Takes one sequence number for a packet the switch inserts into this output stream
+    /// (relayed packets after it are shifted by one); with the stream's SSRC.
+    fn inject(&mut self) -> (u16, u32) {
+        if !self.started {
+            // Nothing relayed yet: the inserted packets start the stream.
+            self.started = true;
+            self.out_ssrc = 0x5753_0000 | (self.last_out_seq as u32);
+            self.ts_step = 160;
+        }
+        self.seq_offset = self.seq_offset.wrapping_add(1);
+        self.last_out_seq = self.last_out_seq.wrapping_add(1);
+        (self.last_out_seq, self.out_ssrc)
+    }
+
+    /// The timestamp of an event starting now in this output stream: one packet after the
+    /// last one sent.
+    fn next_event_timestamp(&self) -> u32 {
+        self.last_out_ts.wrapping_add(self.ts_step.max(1))
+    }
 }
 
 struct Leg {
@@ -548,6 +611,7 @@ struct Shard {
     free: Vec<usize>,
     pairs: HashMap<u64, Pair>,
     counters: Counters,
+    dtmf_out: Vec<DtmfOut>,
 }
 
 /// Hands a G.711 packet's audio to the call's recorder (other codecs are not recorded).
@@ -579,6 +643,7 @@ impl Shard {
             free: Vec::new(),
             pairs: HashMap::new(),
             counters: Counters::default(),
+            dtmf_out: Vec::new(),
         }
     }
 
@@ -587,7 +652,13 @@ impl Shard {
         let mut buf = [0u8; MAX_PACKET];
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let due = self
+                .dtmf_out
+                .iter()
+                .map(|d| d.next_at)
+                .min()
+                .map_or(next_tick, |d| d.min(next_tick));
+            let wait = due.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!(error = %e, "media shard poll failed");
@@ -607,9 +678,93 @@ impl Shard {
                 self.drain_socket(slot, is_rtcp_socket, &mut buf);
             }
             let now = Instant::now();
+            if !self.dtmf_out.is_empty() {
+                self.send_dtmf(now);
+            }
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
+            }
+        }
+    }
+
+    /// Sends the telephone-event packets that are due: an update every 50 ms, then three
+    /// end packets (RFC 4733 §2.5.1.4), all with the event's timestamp.
+    fn send_dtmf(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.dtmf_out.len() {
+            if self.dtmf_out[i].next_at > now {
+                i += 1;
+                continue;
+            }
+            let d = &mut self.dtmf_out[i];
+            let Some(leg) = self.legs.get(d.slot).and_then(Option::as_ref) else {
+                self.dtmf_out.swap_remove(i);
+                continue;
+            };
+            let clock = u64::from(leg.clock.max(1));
+            let elapsed = (now.duration_since(d.started).as_micros() as u64 * clock / 1_000_000)
+                .min(u64::from(d.total)) as u32;
+            let end = elapsed >= d.total;
+            let (slot, event, timestamp) = (d.slot, d.event, d.timestamp);
+            if end {
+                d.ends += 1;
+                d.next_at = now + Duration::from_millis(20);
+            } else {
+                d.next_at = (now + DTMF_UPDATE)
+                    .min(d.started + Duration::from_micros(u64::from(d.total) * 1_000_000 / clock));
+            }
+            let done = d.ends >= 3;
+            let marker = elapsed == 0;
+            let duration = if end { d.total } else { elapsed.max(1) };
+            self.emit_event(slot, event, timestamp, duration, end, marker);
+            if done {
+                self.dtmf_out.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One telephone-event packet toward the peer of leg `slot`, in the stream that peer
+    /// receives.
+    fn emit_event(
+        &mut self,
+        slot: usize,
+        event: u8,
+        timestamp: u32,
+        duration: u32,
+        end: bool,
+        marker: bool,
+    ) {
+        let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let (Some(to), Some(pt), peer) = (leg.remote, leg.dtmf_pt, leg.peer) else {
+            return;
+        };
+        // The stream toward this leg's peer is the one relayed from the other leg.
+        let Some(source) = self.legs.get_mut(peer).and_then(Option::as_mut) else {
+            return;
+        };
+        let (seq, ssrc) = source.smoother.inject();
+        let payload = super::dtmf::EventPayload {
+            event,
+            end,
+            volume: 10,
+            duration: duration.min(u32::from(u16::MAX)) as u16,
+        }
+        .to_bytes();
+        let mut packet = [0u8; 16];
+        let Some(n) =
+            super::rtp::write_packet(&mut packet, marker, pt, seq, timestamp, ssrc, &payload)
+        else {
+            return;
+        };
+        if let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) {
+            if leg.rtp.send_to(&packet[..n], to).is_ok() {
+                leg.stats.packets_out += 1;
+                self.counters.tx += 1;
             }
         }
     }
@@ -651,6 +806,36 @@ impl Shard {
                     if let Some(pair) = self.pairs.get(&id) {
                         let _ = reply.try_send(self.pair_stats(pair.legs));
                     }
+                }
+                Command::Dtmf {
+                    id,
+                    side,
+                    event,
+                    duration,
+                } => {
+                    let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) else {
+                        continue;
+                    };
+                    let Some(leg) = self.legs[slot].as_ref() else {
+                        continue;
+                    };
+                    let peer = leg.peer;
+                    let clock = u64::from(leg.clock.max(1));
+                    let total =
+                        (duration.as_micros() as u64 * clock / 1_000_000).clamp(1, 0xffff) as u32;
+                    let timestamp = self.legs[peer]
+                        .as_mut()
+                        .map_or(0, |p| p.smoother.next_event_timestamp());
+                    let now = Instant::now();
+                    self.dtmf_out.push(DtmfOut {
+                        slot,
+                        event,
+                        timestamp,
+                        total,
+                        started: now,
+                        next_at: now,
+                        ends: 0,
+                    });
                 }
                 Command::Stop => return false,
             }

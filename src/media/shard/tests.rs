@@ -259,3 +259,58 @@ fn closing_a_pair_frees_its_ports_for_reuse() {
     assert!(StdSocket::bind(("127.0.0.1", a)).is_ok());
     plane.stop();
 }
+
+#[test]
+fn dtmf_is_sent_into_the_stream_a_side_receives() {
+    let r = rig(41_700, SourcePolicy::Strict, Duration::from_secs(30));
+    // B talks to A: A receives B's stream (SSRC 9).
+    for i in 0..3u16 {
+        r.b.send_to(
+            &rtp(10 + i, 3200 + u32::from(i) * 160, 9, 0, &[0; 160]),
+            r.b_port,
+        )
+        .unwrap();
+        recv(&r.a).unwrap();
+    }
+    // A 200 ms '5' toward A, in A's telephone-event payload type (101).
+    r.pair
+        .send_dtmf(Side::A, '5', Duration::from_millis(200))
+        .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let got = recv(&r.a).expect("telephone-event packets");
+        let v = RtpView::parse(&got[..]).unwrap();
+        let e = EventPayload::parse(v.payload()).unwrap();
+        events.push((v.payload_type(), v.sequence(), v.timestamp(), v.ssrc(), e));
+        if events.iter().filter(|(.., e)| e.end).count() == 3 {
+            break;
+        }
+    }
+    assert!(events.iter().all(|(pt, _, ts, ssrc, e)| *pt == 101
+        && *ts == 3200 + 2 * 160 + 160
+        && *ssrc == 9
+        && e.event == 5));
+    let seqs: Vec<u16> = events.iter().map(|(_, s, ..)| *s).collect();
+    let expected: Vec<u16> = (13..13 + seqs.len() as u16).collect();
+    assert_eq!(seqs, expected, "the sequence continues after B's packets");
+    let durations: Vec<u16> = events.iter().map(|(.., e)| e.duration).collect();
+    assert!(durations.windows(2).all(|w| w[0] <= w[1]), "{durations:?}");
+    assert_eq!(*durations.last().unwrap(), 1600, "200 ms at 8 kHz");
+    assert!(
+        events.len() >= 5,
+        "updates while the key is held: {durations:?}"
+    );
+    // B's next packet follows the inserted ones.
+    r.b.send_to(&rtp(13, 3200 + 3 * 160, 9, 0, &[0; 160]), r.b_port)
+        .unwrap();
+    let got = recv(&r.a).unwrap();
+    assert_eq!(
+        RtpView::parse(&got[..]).unwrap().sequence(),
+        13 + seqs.len() as u16
+    );
+    assert!(r
+        .pair
+        .send_dtmf(Side::A, 'x', Duration::from_millis(100))
+        .is_err());
+    r.plane.stop();
+}
