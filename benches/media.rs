@@ -60,6 +60,7 @@ fn through_a_shard(c: &mut Criterion) {
         clock: 8000,
         dtmf_pt: None,
         sends: true,
+        codec_pt: Some(0),
     };
     pair.set_remote(Side::A, remote(&a)).expect("remote");
     pair.set_remote(Side::B, remote(&b)).expect("remote");

@@ -76,6 +76,7 @@ fn main() {
                     clock: 8000,
                     dtmf_pt: None,
                     sends: true,
+                    codec_pt: Some(0),
                 };
                 pair.set_remote(Side::A, remote(caller_addr))
                     .unwrap_or_else(|e| fail(&e.to_string()));

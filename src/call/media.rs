@@ -286,6 +286,13 @@ impl Media {
                     self.digits.push(seen);
                 }
             }
+            MediaEvent::PromptDone {
+                side,
+                barged_in,
+                played,
+            } => {
+                tracing::info!(parent: &self.span, ?side, barged_in, played, "prompt done");
+            }
             MediaEvent::Timeout(side) => {
                 tracing::warn!(parent: &self.span, ?side, "no media; ending the call");
                 let _ = self.call.send_message(CallMsg::Hangup {

@@ -654,6 +654,7 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
             clock: 8000,
             dtmf_pt: None,
             sends: true,
+            codec_pt: Some(0),
         };
         assert!(calls.media_remote(&id, side, remote));
     }

@@ -8,6 +8,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod ports;
+pub mod prompt;
 pub mod quality;
 pub mod record;
 pub mod rtcp;

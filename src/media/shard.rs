@@ -82,6 +82,8 @@ pub struct Remote {
     pub clock: u32,
     /// The peer's telephone-event payload type.
     pub dtmf_pt: Option<u8>,
+    /// The payload type of the codec the peer receives (prompts are encoded in it).
+    pub codec_pt: Option<u8>,
     /// The peer is expected to send (sendrecv/sendonly): silence counts toward the timeout.
     pub sends: bool,
 }
@@ -95,6 +97,16 @@ pub enum MediaEvent {
     Timeout(Side),
     /// A DTMF digit arrived on this side.
     Dtmf(Side, Digit),
+    /// A prompt played toward this side ended: played to its end, or cut short by a digit
+    /// from this side (barge-in), or not playable (no G.711 codec on this side).
+    PromptDone {
+        /// Toward which side it played.
+        side: Side,
+        /// A digit stopped it.
+        barged_in: bool,
+        /// It played at all.
+        played: bool,
+    },
 }
 
 /// Counters of one side.
@@ -145,7 +157,25 @@ enum Command {
         event: u8,
         duration: Duration,
     },
+    Play {
+        id: u64,
+        side: Side,
+        prompt: super::prompt::Prompt,
+        barge_in: bool,
+    },
     Stop,
+}
+
+/// A prompt playing toward one side's peer.
+struct PlayOut {
+    /// The leg whose peer hears it.
+    slot: usize,
+    prompt: super::prompt::Prompt,
+    pos: usize,
+    next_at: Instant,
+    barge_in: bool,
+    encode: fn(i16) -> u8,
+    pt: u8,
 }
 
 /// How often a telephone-event in progress is refreshed (RFC 4733 §2.5.1.2: 50 ms).
@@ -450,6 +480,26 @@ impl MediaPair {
         )
     }
 
+    /// Plays `prompt` toward `side`'s peer, replacing what the other side sends meanwhile;
+    /// with `barge_in`, a DTMF digit from that side stops it. A [`MediaEvent::PromptDone`]
+    /// follows.
+    pub fn play(
+        &self,
+        side: Side,
+        prompt: super::prompt::Prompt,
+        barge_in: bool,
+    ) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Play {
+                id: self.id,
+                side,
+                prompt,
+                barge_in,
+            },
+        )
+    }
+
     /// Current counters of both sides (waits briefly for the shard).
     pub fn stats(&self) -> Option<[LegStats; 2]> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
@@ -504,6 +554,8 @@ struct Smoother {
     last_out_seq: u16,
     last_out_ts: u32,
     ts_step: u32,
+    /// The switch inserted media: the next relayed packet continues after it.
+    resync: bool,
 }
 
 impl Smoother {
@@ -518,7 +570,8 @@ impl Smoother {
         } else {
             let seq_jump = seq.wrapping_sub(self.last_in_seq);
             let ts_jump = ts.wrapping_sub(self.last_in_ts);
-            let restarted = ssrc != self.in_ssrc
+            let restarted = std::mem::take(&mut self.resync)
+                || ssrc != self.in_ssrc
                 || (seq_jump > 3000 && seq_jump < 0xffff - 100)
                 || (ts_jump > 8000 * 60 && ts_jump < u32::MAX - 8000 * 60);
             if restarted {
@@ -557,6 +610,22 @@ impl Smoother {
         (self.last_out_seq, self.out_ssrc)
     }
 
+    /// Takes the sequence number and timestamp for `samples` of media the switch inserts
+    /// into this output stream (a prompt); relayed packets continue after it.
+    fn inject_media(&mut self, samples: u32) -> (u16, u32, u32) {
+        if !self.started {
+            self.started = true;
+            self.out_ssrc = 0x5753_0000 | u32::from(self.last_out_seq);
+            self.ts_step = samples;
+            self.last_out_ts = 0u32.wrapping_sub(samples);
+        }
+        self.last_out_seq = self.last_out_seq.wrapping_add(1);
+        self.last_out_ts = self.last_out_ts.wrapping_add(self.ts_step.max(1));
+        self.ts_step = samples;
+        self.resync = true;
+        (self.last_out_seq, self.last_out_ts, self.out_ssrc)
+    }
+
     /// The timestamp of an event starting now in this output stream: one packet after the
     /// last one sent.
     fn next_event_timestamp(&self) -> u32 {
@@ -576,7 +645,10 @@ struct Leg {
     rtcp_mux: bool,
     clock: u32,
     dtmf_pt: Option<u8>,
+    codec_pt: Option<u8>,
     sends: bool,
+    /// A prompt plays toward this leg's peer: what the other side sends is held back.
+    playing: bool,
     epoch: Instant,
     last_rx: Instant,
     timeout: Duration,
@@ -612,6 +684,7 @@ struct Shard {
     pairs: HashMap<u64, Pair>,
     counters: Counters,
     dtmf_out: Vec<DtmfOut>,
+    playing: Vec<PlayOut>,
 }
 
 /// Hands a G.711 packet's audio to the call's recorder (other codecs are not recorded).
@@ -644,6 +717,7 @@ impl Shard {
             pairs: HashMap::new(),
             counters: Counters::default(),
             dtmf_out: Vec::new(),
+            playing: Vec::new(),
         }
     }
 
@@ -656,6 +730,7 @@ impl Shard {
                 .dtmf_out
                 .iter()
                 .map(|d| d.next_at)
+                .chain(self.playing.iter().map(|p| p.next_at))
                 .min()
                 .map_or(next_tick, |d| d.min(next_tick));
             let wait = due.saturating_duration_since(Instant::now());
@@ -681,10 +756,81 @@ impl Shard {
             if !self.dtmf_out.is_empty() {
                 self.send_dtmf(now);
             }
+            if !self.playing.is_empty() {
+                self.send_prompts(now);
+            }
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
             }
+        }
+    }
+
+    /// Sends the prompt packets that are due (20 ms of G.711 each) and ends prompts that
+    /// are over.
+    fn send_prompts(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.playing.len() {
+            if self.playing[i].next_at > now {
+                i += 1;
+                continue;
+            }
+            let p = &mut self.playing[i];
+            let samples = p.prompt.samples();
+            if p.pos >= samples.len() {
+                let slot = p.slot;
+                self.playing.swap_remove(i);
+                self.end_prompt(slot, false);
+                continue;
+            }
+            let mut payload = [0u8; 160];
+            for (k, out) in payload.iter_mut().enumerate() {
+                *out = (p.encode)(samples.get(p.pos + k).copied().unwrap_or(0));
+            }
+            let marker = p.pos == 0;
+            p.pos += 160;
+            p.next_at += Duration::from_millis(20);
+            let (slot, pt) = (p.slot, p.pt);
+            let Some((to, peer)) = self.legs[slot]
+                .as_ref()
+                .and_then(|l| Some((l.remote?, l.peer)))
+            else {
+                i += 1;
+                continue;
+            };
+            let Some(source) = self.legs[peer].as_mut() else {
+                i += 1;
+                continue;
+            };
+            let (seq, ts, ssrc) = source.smoother.inject_media(160);
+            let mut packet = [0u8; 172];
+            if let Some(n) =
+                super::rtp::write_packet(&mut packet, marker, pt, seq, ts, ssrc, &payload)
+            {
+                if let Some(leg) = self.legs[slot].as_mut() {
+                    if leg.rtp.send_to(&packet[..n], to).is_ok() {
+                        leg.stats.packets_out += 1;
+                        self.counters.tx += 1;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// A prompt toward the peer of leg `slot` is over: relaying resumes, the call is told.
+    fn end_prompt(&mut self, slot: usize, barged_in: bool) {
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return;
+        };
+        leg.playing = false;
+        let (pair, side) = (leg.pair, leg.side);
+        if let Some(p) = self.pairs.get(&pair) {
+            (p.events)(MediaEvent::PromptDone {
+                side,
+                barged_in,
+                played: true,
+            });
         }
     }
 
@@ -790,6 +936,7 @@ impl Shard {
                             leg.rtcp_mux = remote.rtcp_mux;
                             leg.clock = remote.clock.max(1);
                             leg.dtmf_pt = remote.dtmf_pt;
+                            leg.codec_pt = remote.codec_pt;
                             leg.sends = remote.sends;
                             leg.last_rx = Instant::now();
                             leg.timed_out = false;
@@ -837,6 +984,45 @@ impl Shard {
                         ends: 0,
                     });
                 }
+                Command::Play {
+                    id,
+                    side,
+                    prompt,
+                    barge_in,
+                } => {
+                    let Some(pair) = self.pairs.get(&id) else {
+                        continue;
+                    };
+                    let slot = pair.legs[side.index()];
+                    let Some(leg) = self.legs[slot].as_mut() else {
+                        continue;
+                    };
+                    let encode: fn(i16) -> u8 = match leg.codec_pt {
+                        Some(0) => super::g711::ulaw_encode,
+                        Some(8) => super::g711::alaw_encode,
+                        _ => {
+                            (pair.events)(MediaEvent::PromptDone {
+                                side,
+                                barged_in: false,
+                                played: false,
+                            });
+                            continue;
+                        }
+                    };
+                    let pt = leg.codec_pt.unwrap_or(0);
+                    // One prompt at a time toward a side: a new one replaces the old.
+                    self.playing.retain(|p| p.slot != slot);
+                    leg.playing = true;
+                    self.playing.push(PlayOut {
+                        slot,
+                        prompt,
+                        pos: 0,
+                        next_at: Instant::now(),
+                        barge_in,
+                        encode,
+                        pt,
+                    });
+                }
                 Command::Stop => return false,
             }
         }
@@ -879,7 +1065,9 @@ impl Shard {
                 rtcp_mux: false,
                 clock: 8000,
                 dtmf_pt: None,
+                codec_pt: None,
                 sends: false,
+                playing: false,
                 epoch: now,
                 last_rx: now,
                 timeout,
@@ -1020,15 +1208,25 @@ impl Shard {
             event = Some(MediaEvent::FirstPacket(leg.side));
         }
         let mut dtmf = false;
+        let mut barge = false;
         if Some(pt) == leg.dtmf_pt {
             dtmf = true;
             if let Some(d) = leg.dtmf.on_packet(ts, rtp.payload()) {
                 event = Some(MediaEvent::Dtmf(leg.side, d));
+                barge = leg.playing;
             }
         }
-        let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
-        let out_ssrc = leg.smoother.out_ssrc;
         let (pair, peer, side) = (leg.pair, leg.peer, leg.side);
+        if barge {
+            if let Some(i) = self
+                .playing
+                .iter()
+                .position(|p| p.slot == slot && p.barge_in)
+            {
+                self.playing.swap_remove(i);
+                self.end_prompt(slot, true);
+            }
+        }
         if let Some(p) = self.pairs.get_mut(&pair) {
             if let Some(e) = event {
                 (p.events)(e);
@@ -1037,6 +1235,15 @@ impl Shard {
                 record(rec, side, pt, ts, now, rtp.payload());
             }
         }
+        if self.legs[peer].as_ref().is_none_or(|l| l.playing) {
+            // Gone, or a prompt has the floor toward that side.
+            return;
+        }
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return;
+        };
+        let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
+        let out_ssrc = leg.smoother.out_ssrc;
         let Some(peer_leg) = self.legs[peer].as_mut() else {
             return;
         };

@@ -523,6 +523,7 @@ impl Bridge {
                     rtcp_mux: audio.rtcp_mux,
                     clock: audio.codec().map_or(8000, |c| c.clock),
                     dtmf_pt: audio.telephone_event(),
+                    codec_pt: audio.codec().map(|c| c.pt),
                     sends,
                 },
             ));

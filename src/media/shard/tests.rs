@@ -32,6 +32,7 @@ fn remote(socket: &StdSocket, dtmf_pt: Option<u8>) -> Remote {
         clock: 8000,
         dtmf_pt,
         sends: true,
+        codec_pt: Some(0),
     }
 }
 
@@ -312,5 +313,117 @@ fn dtmf_is_sent_into_the_stream_a_side_receives() {
         .pair
         .send_dtmf(Side::A, 'x', Duration::from_millis(100))
         .is_err());
+    r.plane.stop();
+}
+
+fn prompt_tone(freq: f64, ms: u32) -> crate::media::prompt::Prompt {
+    let n = (8 * ms) as usize;
+    crate::media::prompt::Prompt::from_samples(
+        (0..n)
+            .map(|i| {
+                ((2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin() * 8000.0) as i16
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_prompt_plays_toward_a_side_in_its_codec_and_holds_back_the_other_side() {
+    let r = rig(41_800, SourcePolicy::Strict, Duration::from_secs(30));
+    r.pair
+        .play(Side::A, prompt_tone(440.0, 400), false)
+        .unwrap();
+    // B talks meanwhile: held back while the prompt has the floor.
+    r.b.send_to(&rtp(1, 160, 9, 0, &[0x11; 160]), r.b_port)
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let p = recv(&r.a).expect("prompt packets");
+        let v = RtpView::parse(&p[..]).unwrap();
+        assert_ne!(v.payload()[0], 0x11, "B's audio held back");
+        got.push((v.sequence(), v.timestamp(), v.payload().to_vec()));
+    }
+    // Continuous stream: sequence +1, timestamp +160.
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1));
+        assert_eq!(w[1].1, w[0].1.wrapping_add(160));
+    }
+    let samples: Vec<i16> = got
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&c| crate::media::g711::ulaw_decode(c)))
+        .collect();
+    let power = |f: f64| {
+        let w = 2.0 * std::f64::consts::PI * f / 8000.0;
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &x in &samples {
+            let s = f64::from(x) + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+    };
+    assert!(power(440.0) > 100.0 * power(1000.0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let done = loop {
+        match r.events.recv_timeout(Duration::from_millis(100)) {
+            Ok(MediaEvent::PromptDone {
+                side,
+                barged_in,
+                played,
+            }) => break (side, barged_in, played),
+            _ => assert!(Instant::now() < deadline, "no PromptDone"),
+        }
+    };
+    assert_eq!(done, (Side::A, false, true));
+    // After the prompt B is heard again, continuing the same stream.
+    r.b.send_to(&rtp(2, 320, 9, 0, &[0x22; 160]), r.b_port)
+        .unwrap();
+    let p = recv(&r.a).unwrap();
+    let v = RtpView::parse(&p[..]).unwrap();
+    assert_eq!(v.payload()[0], 0x22);
+    assert_eq!(v.sequence(), got.last().unwrap().0.wrapping_add(1));
+    r.plane.stop();
+}
+
+#[test]
+fn a_digit_from_the_listener_barges_in() {
+    let r = rig(41_900, SourcePolicy::Strict, Duration::from_secs(30));
+    r.pair
+        .play(Side::A, prompt_tone(440.0, 5000), true)
+        .unwrap();
+    for _ in 0..5 {
+        recv(&r.a).expect("prompt playing");
+    }
+    let end = EventPayload {
+        event: 3,
+        end: true,
+        volume: 10,
+        duration: 800,
+    }
+    .to_bytes();
+    r.a.send_to(&rtp(1, 8000, 5, 101, &end), r.a_port).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match r.events.recv_timeout(Duration::from_millis(100)) {
+            Ok(MediaEvent::PromptDone {
+                side, barged_in, ..
+            }) => {
+                assert_eq!((side, barged_in), (Side::A, true));
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the digit did not stop the prompt"
+            ),
+        }
+    }
+    // Nothing more of the prompt arrives (a packet or two in flight at most).
+    r.a.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut late = 0;
+    while recv(&r.a).is_some() {
+        late += 1;
+    }
+    assert!(late <= 2, "{late} prompt packets after the barge-in");
     r.plane.stop();
 }

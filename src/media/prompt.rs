@@ -1,0 +1,260 @@
+//! Prompts: WAV files (16-bit PCM mono at 8, 16 or 48 kHz) converted once, at load, to the
+//! 8 kHz samples the shards play into a leg.
+//!
+//! 16 and 48 kHz are brought down by an integer factor (2, 6) after a windowed-sinc
+//! low-pass filter below the new Nyquist frequency, so nothing folds back into the
+//! telephone band.
+
+use std::sync::Arc;
+
+/// Why a prompt file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PromptError {
+    /// Not a RIFF/WAVE file, or a chunk runs past the end.
+    #[error("not a WAV file: {0}")]
+    Format(&'static str),
+    /// A WAV the switch does not play.
+    #[error("unsupported WAV: {0}")]
+    Unsupported(String),
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A prompt ready to play: 8 kHz mono samples, shared between calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    samples: Arc<[i16]>,
+}
+
+fn le16(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Low-pass FIR taps (windowed sinc, Blackman window), unity gain at DC, for a cutoff of
+/// `cutoff` (fraction of the input sample rate).
+fn lowpass(taps: usize, cutoff: f64) -> Vec<f64> {
+    let m = (taps - 1) as f64;
+    let mut h: Vec<f64> = (0..taps)
+        .map(|n| {
+            let x = n as f64 - m / 2.0;
+            let sinc = if x == 0.0 {
+                2.0 * cutoff
+            } else {
+                (2.0 * std::f64::consts::PI * cutoff * x).sin() / (std::f64::consts::PI * x)
+            };
+            let w = 0.42 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / m).cos()
+                + 0.08 * (4.0 * std::f64::consts::PI * n as f64 / m).cos();
+            sinc * w
+        })
+        .collect();
+    let sum: f64 = h.iter().sum();
+    for v in &mut h {
+        *v /= sum;
+    }
+    h
+}
+
+/// Filters and keeps every `factor`-th sample.
+fn decimate(input: &[i16], factor: usize) -> Vec<i16> {
+    // Cut a little below the new Nyquist frequency (0.5 / factor).
+    let h = lowpass(16 * factor + 1, 0.45 / factor as f64);
+    let half = h.len() / 2;
+    (0..input.len() / factor)
+        .map(|k| {
+            let centre = k * factor;
+            let mut acc = 0.0;
+            for (j, tap) in h.iter().enumerate() {
+                let i = centre as isize + j as isize - half as isize;
+                if i >= 0 && (i as usize) < input.len() {
+                    acc += tap * f64::from(input[i as usize]);
+                }
+            }
+            acc.round().clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16
+        })
+        .collect()
+}
+
+impl Prompt {
+    /// 8 kHz samples as they are.
+    pub fn from_samples(samples: Vec<i16>) -> Prompt {
+        Prompt {
+            samples: samples.into(),
+        }
+    }
+
+    /// Reads a WAV file's bytes.
+    pub fn from_wav(bytes: &[u8]) -> Result<Prompt, PromptError> {
+        if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+            return Err(PromptError::Format("no RIFF/WAVE header"));
+        }
+        let mut at = 12;
+        let mut format = None;
+        let mut data = None;
+        while at + 8 <= bytes.len() {
+            let id = &bytes[at..at + 4];
+            let len = le32(&bytes[at + 4..at + 8]) as usize;
+            let body = bytes
+                .get(at + 8..at + 8 + len)
+                .ok_or(PromptError::Format("chunk runs past the end"))?;
+            match id {
+                b"fmt " if len >= 16 => {
+                    format = Some((
+                        le16(&body[0..2]),
+                        le16(&body[2..4]),
+                        le32(&body[4..8]),
+                        le16(&body[14..16]),
+                    ))
+                }
+                b"data" => data = Some(body),
+                _ => {}
+            }
+            at += 8 + len + (len & 1);
+        }
+        let (tag, channels, rate, bits) = format.ok_or(PromptError::Format("no fmt chunk"))?;
+        let data = data.ok_or(PromptError::Format("no data chunk"))?;
+        if tag != 1 || bits != 16 {
+            return Err(PromptError::Unsupported(format!(
+                "format {tag} with {bits} bits per sample (16-bit PCM only)"
+            )));
+        }
+        if channels != 1 {
+            return Err(PromptError::Unsupported(format!(
+                "{channels} channels (mono only)"
+            )));
+        }
+        let samples: Vec<i16> = data
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let samples = match rate {
+            8000 => samples,
+            16_000 => decimate(&samples, 2),
+            48_000 => decimate(&samples, 6),
+            other => {
+                return Err(PromptError::Unsupported(format!(
+                    "{other} Hz (8000, 16000 or 48000 only)"
+                )))
+            }
+        };
+        Ok(Prompt::from_samples(samples))
+    }
+
+    /// Reads a WAV file.
+    pub fn load(path: &std::path::Path) -> Result<Prompt, PromptError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))?;
+        Self::from_wav(&bytes)
+    }
+
+    /// The 8 kHz samples.
+    pub fn samples(&self) -> &[i16] {
+        &self.samples
+    }
+
+    /// Length in milliseconds.
+    pub fn duration_ms(&self) -> u64 {
+        self.samples.len() as u64 / 8
+    }
+}
+
+/// A mono 16-bit PCM WAV file of `samples` at `rate` (for tests and tools).
+pub fn wav_mono(samples: &[i16], rate: u32) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + samples.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(freq: f64, rate: u32, seconds: f64) -> Vec<i16> {
+        (0..(f64::from(rate) * seconds) as usize)
+            .map(|n| {
+                ((2.0 * std::f64::consts::PI * freq * n as f64 / f64::from(rate)).sin() * 10_000.0)
+                    as i16
+            })
+            .collect()
+    }
+
+    fn power(samples: &[i16], freq: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &x in samples {
+            let s = f64::from(x) + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+    }
+
+    #[test]
+    fn every_supported_rate_becomes_8khz_with_the_tone_kept() {
+        for rate in [8000, 16_000, 48_000] {
+            let p = Prompt::from_wav(&wav_mono(&tone(440.0, rate, 1.0), rate)).unwrap();
+            assert_eq!(p.samples().len(), 8000, "{rate} Hz");
+            assert_eq!(p.duration_ms(), 1000);
+            let s = &p.samples()[200..7800];
+            assert!(power(s, 440.0) > 1000.0 * power(s, 1500.0), "{rate} Hz");
+            let peak = s.iter().map(|v| i32::from(*v).abs()).max().unwrap();
+            assert!(
+                (9_000..=10_500).contains(&peak),
+                "{rate} Hz: gain kept, peak {peak}"
+            );
+        }
+    }
+
+    #[test]
+    fn tones_above_the_telephone_band_do_not_fold_back() {
+        // 5 kHz at 16 kHz would alias to 3 kHz without the filter.
+        let p = Prompt::from_wav(&wav_mono(&tone(5000.0, 16_000, 1.0), 16_000)).unwrap();
+        let s = &p.samples()[200..7800];
+        let peak = s.iter().map(|v| i32::from(*v).abs()).max().unwrap();
+        assert!(peak < 300, "aliased energy {peak}");
+    }
+
+    #[test]
+    fn files_the_switch_cannot_play_are_refused_with_the_reason() {
+        assert!(matches!(
+            Prompt::from_wav(b"nope"),
+            Err(PromptError::Format(_))
+        ));
+        let mut stereo = wav_mono(&[0; 100], 8000);
+        stereo[22] = 2;
+        assert!(
+            matches!(Prompt::from_wav(&stereo), Err(PromptError::Unsupported(m)) if m.contains("channels"))
+        );
+        let mut odd_rate = wav_mono(&[0; 100], 8000);
+        odd_rate[24..28].copy_from_slice(&44_100u32.to_le_bytes());
+        assert!(
+            matches!(Prompt::from_wav(&odd_rate), Err(PromptError::Unsupported(m)) if m.contains("44100"))
+        );
+        let mut truncated = wav_mono(&[0; 100], 8000);
+        truncated.truncate(100);
+        assert!(matches!(
+            Prompt::from_wav(&truncated),
+            Err(PromptError::Format(_))
+        ));
+    }
+}
