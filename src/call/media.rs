@@ -85,6 +85,10 @@ pub enum MediaMsg {
     Close(RpcReplyPort<Option<crate::store::MediaQuality>>),
     /// Something happened in the shard.
     Event(MediaEvent),
+    /// Play a prompt toward one side (barge-in on DTMF from that side when asked).
+    Play(Side, crate::media::prompt::Prompt, bool),
+    /// Send a DTMF digit toward one side for a duration.
+    SendDtmf(Side, char, std::time::Duration),
     /// Makes the actor fail (supervision tests).
     #[cfg(test)]
     Fault(Fault),
@@ -160,6 +164,20 @@ impl Actor for MediaActor {
                 }
             }
             MediaMsg::Event(event) => media.on_event(event),
+            MediaMsg::Play(side, prompt, barge_in) => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.play(side, prompt, barge_in) {
+                        tracing::warn!(parent: &media.span, error = %e, "prompt not played");
+                    }
+                }
+            }
+            MediaMsg::SendDtmf(side, digit, duration) => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.send_dtmf(side, digit, duration) {
+                        tracing::warn!(parent: &media.span, error = %e, "DTMF not sent");
+                    }
+                }
+            }
             MediaMsg::Close(reply) => {
                 let quality = media.close();
                 let _ = reply.send(quality);

@@ -424,6 +424,39 @@ impl Calls {
         }
     }
 
+    /// Plays `prompt` toward one side of an anchored call; with `barge_in`, a digit from
+    /// that side stops it. False if the call is gone.
+    pub fn play_prompt(
+        &self,
+        id: &CallId,
+        side: crate::media::shard::Side,
+        prompt: crate::media::prompt::Prompt,
+        barge_in: bool,
+    ) -> bool {
+        self.inner.registry.get(id).is_some_and(|call| {
+            call.send_message(CallMsg::Media(media::MediaMsg::Play(
+                side, prompt, barge_in,
+            )))
+            .is_ok()
+        })
+    }
+
+    /// Sends DTMF `digit` toward one side of an anchored call. False if the call is gone.
+    pub fn send_dtmf(
+        &self,
+        id: &CallId,
+        side: crate::media::shard::Side,
+        digit: char,
+        duration: Duration,
+    ) -> bool {
+        self.inner.registry.get(id).is_some_and(|call| {
+            call.send_message(CallMsg::Media(media::MediaMsg::SendDtmf(
+                side, digit, duration,
+            )))
+            .is_ok()
+        })
+    }
+
     /// A live call's view; `None` if it is gone or does not answer in time.
     pub async fn snapshot(&self, id: &CallId) -> Option<CallSnapshot> {
         let call = self.inner.registry.get(id)?;

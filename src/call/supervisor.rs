@@ -122,6 +122,8 @@ pub enum CallMsg {
     AnchorMedia(RpcReplyPort<Option<super::media::Anchor>>),
     /// What one side's SDP says about its media.
     MediaRemote(crate::media::shard::Side, crate::media::shard::Remote),
+    /// A media request passed to the call's media actor as is (prompts, DTMF).
+    Media(MediaMsg),
     /// Makes one child fail (supervision tests).
     #[cfg(test)]
     Fault {
@@ -382,6 +384,11 @@ impl Call {
                     None => None,
                 };
                 let _ = reply.send(anchor);
+            }
+            CallMsg::Media(msg) => {
+                if let Some(m) = &self.media {
+                    let _ = m.send_message(msg);
+                }
             }
             CallMsg::MediaRemote(side, remote) => {
                 if let Some(m) = &self.media {

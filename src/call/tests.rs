@@ -731,3 +731,68 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
     assert_eq!(cdr_of(&node, &id).await.outcome, CallOutcome::Failed);
     node.drain_and_stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_digits_reach_a_side_through_the_call() {
+    use crate::media::dtmf::EventPayload;
+    use crate::media::prompt::Prompt;
+    use crate::media::rtp::RtpView;
+    use crate::media::shard::{Remote, Side};
+    use std::net::UdpSocket;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node_with(dir.path(), Duration::from_secs(1), |c| {
+        c.media.port_min = 27_100;
+        c.media.port_max = 27_199;
+    })
+    .await;
+    let calls = node.calls().clone();
+    let id = admit(&calls, Direction::UserInitiated).await;
+    calls.anchor_media(&id).await.expect("anchored");
+    let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    a.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    for side in [Side::A, Side::B] {
+        let remote = Remote {
+            addr: Some(a.local_addr().expect("addr")),
+            rtcp_mux: false,
+            clock: 8000,
+            dtmf_pt: Some(101),
+            codec_pt: Some(8),
+            sends: true,
+        };
+        assert!(calls.media_remote(&id, side, remote));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(calls.play_prompt(&id, Side::A, Prompt::from_samples(vec![1000; 800]), false));
+    let a2 = a.try_clone().expect("clone");
+    let prompt = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 2048];
+        (0..5)
+            .map(|_| {
+                let n = a2.recv(&mut buf).expect("prompt packet");
+                RtpView::parse(&buf[..n]).expect("RTP").payload_type()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("receiver");
+    assert_eq!(prompt, [8; 5], "the prompt in side A's codec (PCMA)");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(calls.send_dtmf(&id, Side::A, '9', Duration::from_millis(100)));
+    let digit = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = a.recv(&mut buf).expect("telephone-event");
+            let v = RtpView::parse(&buf[..n]).expect("RTP");
+            if v.payload_type() == 101 {
+                return EventPayload::parse(v.payload()).expect("event").event;
+            }
+        }
+    })
+    .await
+    .expect("receiver");
+    assert_eq!(digit, 9);
+    assert!(calls.hangup(&id, HangupParty::Switch, "test").await);
+    node.drain_and_stop().await;
+}
