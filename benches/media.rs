@@ -103,5 +103,27 @@ fn g711_frames(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_packet, through_a_shard, g711_frames);
+fn opus_frames(c: &mut Criterion) {
+    use waswitch::media::transcode::{Codec, Transcoder};
+    let samples: Vec<i16> = (0..160)
+        .map(|i| ((i as f64 * 0.39).sin() * 12_000.0) as i16)
+        .collect();
+    let pcmu: Vec<u8> = samples.iter().map(|&s| g711::ulaw_encode(s)).collect();
+    let mut to_opus = Transcoder::new(Codec::Pcmu, Codec::Opus).expect("encoder");
+    let mut opus_packet = [0u8; 400];
+    let n = to_opus.transcode(&pcmu, &mut opus_packet).expect("encode");
+    let mut to_pcmu = Transcoder::new(Codec::Opus, Codec::Pcmu).expect("decoder");
+    let mut out = [0u8; 960];
+    let mut g = c.benchmark_group("transcode_20ms_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("pcmu_to_opus", |b| {
+        b.iter(|| to_opus.transcode(black_box(&pcmu), &mut opus_packet).expect("encode"))
+    });
+    g.bench_function("opus_to_pcmu", |b| {
+        b.iter(|| to_pcmu.transcode(black_box(&opus_packet[..n]), &mut out).expect("decode"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, per_packet, through_a_shard, g711_frames, opus_frames);
 criterion_main!(benches);

@@ -14,3 +14,4 @@ pub mod record;
 pub mod rtcp;
 pub mod rtp;
 pub mod shard;
+pub mod transcode;
