@@ -61,6 +61,7 @@ fn through_a_shard(c: &mut Criterion) {
         dtmf_pt: None,
         sends: true,
         codec_pt: Some(0),
+        codec: None,
     };
     pair.set_remote(Side::A, remote(&a)).expect("remote");
     pair.set_remote(Side::B, remote(&b)).expect("remote");
@@ -117,13 +118,27 @@ fn opus_frames(c: &mut Criterion) {
     let mut g = c.benchmark_group("transcode_20ms_frame");
     g.throughput(Throughput::Elements(1));
     g.bench_function("pcmu_to_opus", |b| {
-        b.iter(|| to_opus.transcode(black_box(&pcmu), &mut opus_packet).expect("encode"))
+        b.iter(|| {
+            to_opus
+                .transcode(black_box(&pcmu), &mut opus_packet)
+                .expect("encode")
+        })
     });
     g.bench_function("opus_to_pcmu", |b| {
-        b.iter(|| to_pcmu.transcode(black_box(&opus_packet[..n]), &mut out).expect("decode"))
+        b.iter(|| {
+            to_pcmu
+                .transcode(black_box(&opus_packet[..n]), &mut out)
+                .expect("decode")
+        })
     });
     g.finish();
 }
 
-criterion_group!(benches, per_packet, through_a_shard, g711_frames, opus_frames);
+criterion_group!(
+    benches,
+    per_packet,
+    through_a_shard,
+    g711_frames,
+    opus_frames
+);
 criterion_main!(benches);

@@ -77,6 +77,7 @@ fn main() {
                     dtmf_pt: None,
                     sends: true,
                     codec_pt: Some(0),
+                    codec: None,
                 };
                 pair.set_remote(Side::A, remote(caller_addr))
                     .unwrap_or_else(|e| fail(&e.to_string()));

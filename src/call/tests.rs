@@ -655,6 +655,7 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
             dtmf_pt: None,
             sends: true,
             codec_pt: Some(0),
+            codec: None,
         };
         assert!(calls.media_remote(&id, side, remote));
     }
@@ -759,6 +760,7 @@ async fn prompts_and_digits_reach_a_side_through_the_call() {
             clock: 8000,
             dtmf_pt: Some(101),
             codec_pt: Some(8),
+            codec: None,
             sends: true,
         };
         assert!(calls.media_remote(&id, side, remote));

@@ -84,6 +84,9 @@ pub struct Remote {
     pub dtmf_pt: Option<u8>,
     /// The payload type of the codec the peer receives (prompts are encoded in it).
     pub codec_pt: Option<u8>,
+    /// That codec, when the media plane speaks it (legs of different codecs are
+    /// transcoded; equal codecs are relayed untouched).
+    pub codec: Option<super::transcode::Codec>,
     /// The peer is expected to send (sendrecv/sendonly): silence counts toward the timeout.
     pub sends: bool,
 }
@@ -646,6 +649,9 @@ struct Leg {
     clock: u32,
     dtmf_pt: Option<u8>,
     codec_pt: Option<u8>,
+    codec: Option<super::transcode::Codec>,
+    /// Packets arriving on this leg are transcoded into the peer's codec.
+    transcode: Option<Box<Transcoding>>,
     sends: bool,
     /// A prompt plays toward this leg's peer: what the other side sends is held back.
     playing: bool,
@@ -658,6 +664,28 @@ struct Leg {
     dtmf: DtmfReceiver,
     smoother: Smoother,
     stats: LegStats,
+}
+
+/// One direction of a transcoded pair.
+struct Transcoding {
+    tx: super::transcode::Transcoder,
+    /// Payload type of the incoming codec, and of the outgoing one.
+    in_pt: u8,
+    out_pt: u8,
+    /// Timestamp scale (out clock / in clock).
+    num: u64,
+    den: u64,
+    /// First incoming (smoothed) timestamp, and the outgoing one it maps to.
+    base: Option<(u32, u32)>,
+}
+
+impl Transcoding {
+    /// The outgoing timestamp of an incoming one, on the outgoing clock.
+    fn timestamp(&mut self, ts: u32) -> u32 {
+        let (in0, out0) = *self.base.get_or_insert((ts, ts));
+        let delta = u64::from(ts.wrapping_sub(in0));
+        out0.wrapping_add((delta * self.num / self.den) as u32)
+    }
 }
 
 struct Pair {
@@ -685,6 +713,8 @@ struct Shard {
     counters: Counters,
     dtmf_out: Vec<DtmfOut>,
     playing: Vec<PlayOut>,
+    /// Where transcoded packets are built.
+    out_buf: [u8; MAX_PACKET],
 }
 
 /// Hands a G.711 packet's audio to the call's recorder (other codecs are not recorded).
@@ -718,6 +748,7 @@ impl Shard {
             counters: Counters::default(),
             dtmf_out: Vec::new(),
             playing: Vec::new(),
+            out_buf: [0; MAX_PACKET],
         }
     }
 
@@ -815,6 +846,53 @@ impl Shard {
                 }
             }
             i += 1;
+        }
+    }
+
+    /// Sets up or removes transcoding on both directions of the pair of leg `slot`: when
+    /// both sides' codecs are known and differ, each direction gets a transcoder (built
+    /// here, once); equal or unknown codecs are relayed untouched.
+    fn plan_transcoding(&mut self, slot: usize) {
+        let Some(peer) = self.legs[slot].as_ref().map(|l| l.peer) else {
+            return;
+        };
+        let codec = |s: &Self, i: usize| {
+            s.legs[i]
+                .as_ref()
+                .and_then(|l| Some((l.codec?, l.codec_pt?)))
+        };
+        let (a, b) = (codec(self, slot), codec(self, peer));
+        for (from, to, i) in [(a, b, slot), (b, a, peer)] {
+            let wanted = match (from, to) {
+                (Some((fc, fpt)), Some((tc, tpt))) if fc != tc => Some((fc, fpt, tc, tpt)),
+                _ => None,
+            };
+            let Some(leg) = self.legs[i].as_mut() else {
+                continue;
+            };
+            let had = leg.transcode.is_some();
+            leg.transcode = wanted.and_then(|(fc, fpt, tc, tpt)| {
+                let (num, den) = super::transcode::timestamp_factor(fc, tc);
+                match super::transcode::Transcoder::new(fc, tc) {
+                    Ok(tx) => Some(Box::new(Transcoding {
+                        tx,
+                        in_pt: fpt,
+                        out_pt: tpt,
+                        num: u64::from(num),
+                        den: u64::from(den),
+                        base: None,
+                    })),
+                    Err(e) => {
+                        tracing::error!(error = %e, "transcoder could not be built");
+                        None
+                    }
+                }
+            });
+            match (had, leg.transcode.is_some()) {
+                (false, true) => metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).increment(1.0),
+                (true, false) => metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0),
+                _ => {}
+            }
         }
     }
 
@@ -937,10 +1015,12 @@ impl Shard {
                             leg.clock = remote.clock.max(1);
                             leg.dtmf_pt = remote.dtmf_pt;
                             leg.codec_pt = remote.codec_pt;
+                            leg.codec = remote.codec;
                             leg.sends = remote.sends;
                             leg.last_rx = Instant::now();
                             leg.timed_out = false;
                         }
+                        self.plan_transcoding(slot);
                     }
                 }
                 Command::Remove { id, reply } => {
@@ -1066,6 +1146,8 @@ impl Shard {
                 clock: 8000,
                 dtmf_pt: None,
                 codec_pt: None,
+                codec: None,
+                transcode: None,
                 sends: false,
                 playing: false,
                 epoch: now,
@@ -1117,6 +1199,9 @@ impl Shard {
         let stats = self.pair_stats(pair.legs);
         for slot in pair.legs {
             if let Some(mut leg) = self.legs[slot].take() {
+                if leg.transcode.is_some() {
+                    metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
+                }
                 let registry = self.poll.registry();
                 let _ = registry.deregister(&mut leg.rtp);
                 let _ = registry.deregister(&mut leg.rtcp);
@@ -1244,6 +1329,39 @@ impl Shard {
         };
         let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
         let out_ssrc = leg.smoother.out_ssrc;
+        if let Some(t) = leg.transcode.as_mut().filter(|t| t.in_pt == pt) {
+            // Decode and encode into the shard's second buffer; the header is written anew.
+            let marker = rtp.marker();
+            let (head, body) = self.out_buf.split_at_mut(super::rtp::HEADER_LEN);
+            let n = match t.tx.transcode(rtp.payload(), body) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "packet not transcoded");
+                    leg.stats.dropped += 1;
+                    self.counters.malformed += 1;
+                    return;
+                }
+            };
+            let ts = t.timestamp(out_ts);
+            let _ = super::rtp::write_packet(head, marker, t.out_pt, out_seq, ts, out_ssrc, &[]);
+            let Some(peer_leg) = self.legs[peer].as_mut() else {
+                return;
+            };
+            let Some(to) = peer_leg.remote else {
+                peer_leg.stats.dropped += 1;
+                self.counters.no_destination += 1;
+                return;
+            };
+            if peer_leg
+                .rtp
+                .send_to(&self.out_buf[..super::rtp::HEADER_LEN + n], to)
+                .is_ok()
+            {
+                peer_leg.stats.packets_out += 1;
+                self.counters.tx += 1;
+            }
+            return;
+        }
         let Some(peer_leg) = self.legs[peer].as_mut() else {
             return;
         };

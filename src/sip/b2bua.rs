@@ -524,6 +524,9 @@ impl Bridge {
                     clock: audio.codec().map_or(8000, |c| c.clock),
                     dtmf_pt: audio.telephone_event(),
                     codec_pt: audio.codec().map(|c| c.pt),
+                    // SDP crosses the bridge unchanged but for the address, so both legs
+                    // settle on the same codec by offer/answer: nothing to transcode.
+                    codec: None,
                     sends,
                 },
             ));

@@ -33,6 +33,7 @@ fn remote(socket: &StdSocket, dtmf_pt: Option<u8>) -> Remote {
         dtmf_pt,
         sends: true,
         codec_pt: Some(0),
+        codec: None,
     }
 }
 
@@ -426,4 +427,66 @@ fn a_digit_from_the_listener_barges_in() {
     }
     assert!(late <= 2, "{late} prompt packets after the barge-in");
     r.plane.stop();
+}
+
+#[test]
+fn legs_of_different_codecs_are_transcoded_with_timestamps_on_each_clock() {
+    use crate::media::transcode::Codec;
+    let plane = plane(42_000, SourcePolicy::Strict, Duration::from_secs(30));
+    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let (a, b) = (peer(), peer());
+    let with = |s: &StdSocket, pt, codec, clock| Remote {
+        addr: Some(s.local_addr().unwrap()),
+        rtcp_mux: false,
+        clock,
+        dtmf_pt: None,
+        codec_pt: Some(pt),
+        codec: Some(codec),
+        sends: true,
+    };
+    pair.set_remote(Side::A, with(&a, 0, Codec::Pcmu, 8000))
+        .unwrap();
+    pair.set_remote(Side::B, with(&b, 111, Codec::Opus, 48_000))
+        .unwrap();
+    let [pa, pb] = pair.ports();
+    let (a_port, b_port) = (
+        SocketAddr::from(([127, 0, 0, 1], pa)),
+        SocketAddr::from(([127, 0, 0, 1], pb)),
+    );
+    let tone: Vec<u8> = (0..160)
+        .map(|i| {
+            crate::media::g711::ulaw_encode(
+                ((2.0 * std::f64::consts::PI * 1000.0 * f64::from(i) / 8000.0).sin() * 8000.0)
+                    as i16,
+            )
+        })
+        .collect();
+    let mut decoder = opus::Decoder::new(8000, opus::Channels::Mono).unwrap();
+    let mut stamps = Vec::new();
+    for i in 0..10u32 {
+        a.send_to(&rtp(i as u16, 1000 + i * 160, 4, 0, &tone), a_port)
+            .unwrap();
+        let got = recv(&b).expect("Opus toward B");
+        let v = RtpView::parse(&got[..]).unwrap();
+        assert_eq!(v.payload_type(), 111);
+        let mut pcm = [0i16; 960];
+        assert_eq!(decoder.decode(v.payload(), &mut pcm, false).unwrap(), 160);
+        stamps.push(v.timestamp());
+    }
+    // 20 ms apart on Opus's 48 kHz clock.
+    assert!(
+        stamps.windows(2).all(|w| w[1].wrapping_sub(w[0]) == 960),
+        "{stamps:?}"
+    );
+    // And back: Opus from B becomes PCMU toward A.
+    let mut encoder =
+        opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let mut packet = [0u8; 400];
+    let n = encoder.encode(&[500i16; 160], &mut packet).unwrap();
+    b.send_to(&rtp(1, 48_000, 8, 111, &packet[..n]), b_port)
+        .unwrap();
+    let got = recv(&a).expect("PCMU toward A");
+    let v = RtpView::parse(&got[..]).unwrap();
+    assert_eq!((v.payload_type(), v.payload().len()), (0, 160));
+    plane.stop();
 }
