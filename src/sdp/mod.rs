@@ -378,3 +378,114 @@ mod tests {
         assert_eq!(sdp.audio(), Ok(None));
     }
 }
+
+/// How a call's media crosses the switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPlan {
+    /// Codec and payload type on the offering side.
+    pub offerer: Format,
+    /// Codec and payload type on the answering side.
+    pub answerer: Format,
+}
+
+impl MediaPlan {
+    /// Whether the switch transcodes.
+    pub fn transcodes(&self) -> bool {
+        !self.offerer.name.eq_ignore_ascii_case(&self.answerer.name)
+            || self.offerer.clock != self.answerer.clock
+    }
+
+    /// One line for logs, snapshots and CDRs: `PCMU pass-through` or `opus <-> PCMA
+    /// (transcoded)`.
+    pub fn summary(&self) -> String {
+        if self.transcodes() {
+            format!(
+                "{} <-> {} (transcoded)",
+                self.offerer.name, self.answerer.name
+            )
+        } else {
+            format!("{} pass-through", self.offerer.name)
+        }
+    }
+}
+
+/// The cheapest way to connect an offer with a side that speaks `answerer` (its formats in
+/// its order of preference): the first codec of the offer the answerer also speaks is
+/// relayed untouched; only when they share none is one transcoded, into the answerer's
+/// first codec the switch can transcode (`can_transcode`). `None`: no way at all.
+pub fn plan(
+    offer: &[Format],
+    answerer: &[Format],
+    can_transcode: impl Fn(&str) -> bool,
+) -> Option<MediaPlan> {
+    let audio = |f: &&Format| {
+        !f.name.eq_ignore_ascii_case("telephone-event") && !f.name.eq_ignore_ascii_case("CN")
+    };
+    let same = |a: &Format, b: &Format| a.name.eq_ignore_ascii_case(&b.name) && a.clock == b.clock;
+    for o in offer.iter().filter(audio) {
+        if let Some(a) = answerer.iter().filter(audio).find(|a| same(o, a)) {
+            return Some(MediaPlan {
+                offerer: o.clone(),
+                answerer: a.clone(),
+            });
+        }
+    }
+    let o = offer
+        .iter()
+        .filter(audio)
+        .find(|f| can_transcode(&f.name))?;
+    let a = answerer
+        .iter()
+        .filter(audio)
+        .find(|f| can_transcode(&f.name))?;
+    Some(MediaPlan {
+        offerer: o.clone(),
+        answerer: a.clone(),
+    })
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn f(pt: u8, name: &str, clock: u32) -> Format {
+        Format {
+            pt,
+            name: name.into(),
+            clock,
+        }
+    }
+
+    fn g711_or_opus(name: &str) -> bool {
+        ["PCMU", "PCMA", "opus"]
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(name))
+    }
+
+    #[test]
+    fn a_shared_codec_is_relayed_untouched_before_anything_is_transcoded() {
+        let whatsapp = [
+            f(111, "opus", 48_000),
+            f(0, "PCMU", 8000),
+            f(126, "telephone-event", 8000),
+        ];
+        let pbx = [f(8, "PCMA", 8000), f(0, "PCMU", 8000)];
+        let p = plan(&whatsapp, &pbx, g711_or_opus).unwrap();
+        assert!(!p.transcodes());
+        assert_eq!((p.offerer.pt, p.answerer.pt), (0, 0));
+        assert_eq!(p.summary(), "PCMU pass-through");
+        let opus_both = plan(&whatsapp, &[f(96, "OPUS", 48_000)], g711_or_opus).unwrap();
+        assert_eq!(opus_both.summary(), "opus pass-through");
+    }
+
+    #[test]
+    fn without_a_shared_codec_one_is_transcoded() {
+        let whatsapp = [f(111, "opus", 48_000), f(126, "telephone-event", 48_000)];
+        let pbx = [f(18, "G729", 8000), f(8, "PCMA", 8000)];
+        let p = plan(&whatsapp, &pbx, g711_or_opus).unwrap();
+        assert!(p.transcodes());
+        assert_eq!((p.offerer.pt, p.answerer.pt), (111, 8));
+        assert_eq!(p.summary(), "opus <-> PCMA (transcoded)");
+        assert_eq!(plan(&whatsapp, &[f(18, "G729", 8000)], g711_or_opus), None);
+    }
+}
