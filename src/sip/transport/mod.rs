@@ -232,14 +232,7 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
                 core.handle_timeout(now);
                 monitor.handle_timeout(now, &mut core);
             }
-            Some(command) = commands.recv() => {
-                let now = Instant::now();
-                core.execute(now, command);
-                // Run what queued up behind it in the same pass.
-                while let Ok(command) = commands.try_recv() {
-                    core.execute(now, command);
-                }
-            }
+            Some(command) = commands.recv() => execute_queued(&mut core, command, &mut commands),
             changed = draining.changed() => {
                 if changed.is_ok() {
                     core.set_draining(*draining.borrow());
@@ -252,10 +245,8 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
                 if let Some(change) = monitor.handle_event(Instant::now(), &event) {
                     health.apply(&change);
                 }
-            } else if let Some(user) = &user {
-                if let Some(command) = user.on_event(event, &handle) {
-                    core.execute(Instant::now(), command);
-                }
+            } else {
+                hand_to_user(&mut core, user.as_deref(), &handle, event);
             }
         }
         while let Some((to, bytes)) = core.poll_transmit() {
@@ -263,6 +254,31 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
                 tracing::debug!(%to, error = %e, "SIP UDP send failed");
             }
         }
+    }
+}
+
+/// Runs a command of the transaction user, and the ones queued behind it in the same pass.
+fn execute_queued(
+    core: &mut SipCore,
+    first: SipCommand,
+    commands: &mut mpsc::Receiver<SipCommand>,
+) {
+    let now = Instant::now();
+    core.execute(now, first);
+    while let Ok(command) = commands.try_recv() {
+        core.execute(now, command);
+    }
+}
+
+/// Gives an event of the core to its transaction user; an immediate answer runs at once.
+fn hand_to_user(
+    core: &mut SipCore,
+    user: Option<&dyn SipUser>,
+    handle: &SipHandle,
+    event: CoreEvent,
+) {
+    if let Some(command) = user.and_then(|u| u.on_event(event, handle)) {
+        core.execute(Instant::now(), command);
     }
 }
 

@@ -300,13 +300,7 @@ async fn run_core(
                 None => return,
             },
             _ = super::sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
-            Some(command) = commands.recv() => {
-                let now = Instant::now();
-                core.execute(now, command);
-                while let Ok(command) = commands.try_recv() {
-                    core.execute(now, command);
-                }
-            }
+            Some(command) = commands.recv() => super::execute_queued(&mut core, command, &mut commands),
             changed = draining.changed() => {
                 if changed.is_ok() {
                     core.set_draining(*draining.borrow());
@@ -315,11 +309,7 @@ async fn run_core(
             _ = stop.changed() => return,
         }
         while let Some(event) = core.poll_event() {
-            if let Some(user) = &user {
-                if let Some(command) = user.on_event(event, &handle) {
-                    core.execute(Instant::now(), command);
-                }
-            }
+            super::hand_to_user(&mut core, user.as_deref(), &handle, event);
         }
         while let Some((to, bytes)) = core.poll_transmit() {
             match conns.get(&to) {
