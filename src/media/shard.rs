@@ -838,12 +838,7 @@ impl Shard {
             if let Some(n) =
                 super::rtp::write_packet(&mut packet, marker, pt, seq, ts, ssrc, &payload)
             {
-                if let Some(leg) = self.legs[slot].as_mut() {
-                    if leg.rtp.send_to(&packet[..n], to).is_ok() {
-                        leg.stats.packets_out += 1;
-                        self.counters.tx += 1;
-                    }
-                }
+                self.send_inserted(slot, &packet[..n], to);
             }
             i += 1;
         }
@@ -985,8 +980,13 @@ impl Shard {
         else {
             return;
         };
+        self.send_inserted(slot, &packet[..n], to);
+    }
+
+    /// Sends a packet the switch made (prompt, DTMF) from leg `slot` to its peer at `to`.
+    fn send_inserted(&mut self, slot: usize, packet: &[u8], to: SocketAddr) {
         if let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) {
-            if leg.rtp.send_to(&packet[..n], to).is_ok() {
+            if leg.rtp.send_to(packet, to).is_ok() {
                 leg.stats.packets_out += 1;
                 self.counters.tx += 1;
             }
