@@ -143,6 +143,26 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Whether something listens on 127.0.0.1:`port` (TCP, or a bound UDP socket), read from
+/// /proc/net without touching the port.
+pub fn listening(port: u16, tcp: bool) -> bool {
+    let table = if tcp {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/udp"
+    };
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string(table)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, rem_address, st (0A: TCP LISTEN; UDP sockets show 07).
+            f.len() > 3 && f[1] == local && (!tcp || f[3] == "0A")
+        })
+}
+
 /// A SIPp callee (uas) on 127.0.0.1:`port` that serves `calls` calls of a scenario and then
 /// exits; its counters are read with [`Uas::finish`].
 pub struct Uas {
@@ -185,8 +205,16 @@ impl Uas {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("sipp runs (Debian package sip-tester; .ci/run installs it)");
-        // SIPp binds within a few milliseconds; give it a moment before calls arrive.
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Calls must not arrive before SIPp listens: wait until its port is taken.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let bound = |port: u16| listening(port, matches!(transport, "t1" | "tn"));
+        while !bound(port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIPp did not start listening on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         Uas {
             process: KillOnDrop(child),
             stats,
