@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests that drive SIPp against a running node.
 #![allow(dead_code)]
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,10 +14,20 @@ pub fn scenario(name: &str) -> PathBuf {
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Ports for SIPp come from 10000-19999, below the kernel's ephemeral range: a port the
+    // kernel hands out for "port 0" could be given again to another test's socket before
+    // SIPp binds it. Each test process (nextest runs one per test) takes its own block of 40
+    // by process id, and skips a port something already holds (UDP or TCP).
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 250) as u16 * 40;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 40, "a test used more than 40 SIPp ports");
+        let port = base + n;
+        if !in_use(port) {
+            return port;
+        }
+    }
 }
 
 /// Counters from the last row of a SIPp `-trace_stat` CSV.
@@ -141,6 +150,31 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether any local UDP or TCP socket, on any address, holds `port` (from /proc/net).
+fn in_use(port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    [
+        "/proc/net/udp",
+        "/proc/net/tcp",
+        "/proc/net/udp6",
+        "/proc/net/tcp6",
+    ]
+    .iter()
+    .flat_map(|t| {
+        std::fs::read_to_string(t)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    })
+    .any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|local| local.ends_with(&suffix))
+    })
 }
 
 /// Whether something listens on 127.0.0.1:`port` (TCP, or a bound UDP socket), read from
