@@ -347,7 +347,6 @@ impl SipIngress {
             .and_then(|h| NameAddr::parse(&h.value).ok())
             .map(|a| a.uri);
         let bridge = match Bridge::start(
-            Instant::now(),
             inner.bridge.clone(),
             random_u64(),
             server,
@@ -379,7 +378,6 @@ impl SipIngress {
         };
         let mut offer = CallOffer::new(Direction::SipTransit);
         offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
-        offer.customer_wa_id = None;
         offer.business_number = caller;
         offer.sip = Some(SipStart::new(setup));
         let calls = inner.calls.clone();
@@ -408,7 +406,7 @@ impl SipIngress {
 
 impl SipUser for SipIngress {
     fn on_event(&self, event: CoreEvent, origin: &SipHandle) -> Option<SipCommand> {
-        let call_id = Bytes::copy_from_slice(event.call_id()?);
+        let call_id = event.call_id()?;
         let event = match self.inner.table.get_mut(&call_id) {
             Some(mut route) => match &mut *route {
                 Route::Pending(queue) => {
@@ -452,11 +450,8 @@ impl SipUser for SipIngress {
                     Some(SipCommand::Respond { server, response })
                 }
             }
-            CoreEvent::Cancelled { server, .. } => {
-                // The INVITE's call already ended; its final response went out. Nothing.
-                let _ = server;
-                None
-            }
+            // Responses, ACKs and CANCELs for a call that is gone need nothing more: its
+            // final response already went out.
             _ => None,
         }
     }

@@ -40,17 +40,11 @@ pub struct Frame {
     pub samples: [i16; MAX_FRAME],
 }
 
-// Frames are moved through a preallocated queue on purpose: boxing them would allocate per
-// packet on the shard.
-#[allow(clippy::large_enum_variant)]
-enum Message {
-    Frame(Frame),
-    Close,
-}
-
-/// The sending end of a recording, held by the shard.
+/// The sending end of a recording, held by the shard. Frames are moved through a
+/// preallocated queue (boxing them would allocate per packet on the shard); the recording
+/// ends when this end is closed or dropped, which disconnects the queue.
 pub struct Recorder {
-    tx: SyncSender<Message>,
+    tx: Option<SyncSender<Frame>>,
     dropped: u64,
     writer: Option<std::thread::JoinHandle<std::io::Result<PathBuf>>>,
 }
@@ -88,7 +82,7 @@ impl Recorder {
             .name("recorder".into())
             .spawn(move || write_loop(rx, file, &part, &final_path))?;
         Ok(Recorder {
-            tx,
+            tx: Some(tx),
             dropped: 0,
             writer: Some(writer),
         })
@@ -96,7 +90,10 @@ impl Recorder {
 
     /// Queues a packet's audio; drops it (counted) when the writer is behind.
     pub fn push(&mut self, frame: Frame) {
-        match self.tx.try_send(Message::Frame(frame)) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.try_send(frame) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped += 1,
         }
@@ -119,8 +116,8 @@ impl Recorder {
     }
 
     fn finish(&mut self, wait: bool) -> Option<std::io::Result<PathBuf>> {
-        // A blocking send: the writer drains the queue, so this returns promptly.
-        let _ = self.tx.send(Message::Close);
+        // Disconnecting never blocks the shard; the writer finishes what is queued.
+        self.tx = None;
         let writer = self.writer.take()?;
         if wait {
             Some(
@@ -221,7 +218,7 @@ fn write_samples(file: &mut File, samples: &[[i16; 2]], bytes: &mut u64) -> std:
 }
 
 fn write_loop(
-    rx: Receiver<Message>,
+    rx: Receiver<Frame>,
     mut file: File,
     part: &Path,
     path: &Path,
@@ -234,8 +231,8 @@ fn write_loop(
         end: 0,
     };
     let mut bytes = 0u64;
-    // The queue ends with Close, or when the recorder is dropped without it.
-    while let Ok(Message::Frame(f)) = rx.recv() {
+    // The queue ends when the recorder closes it.
+    while let Ok(f) = rx.recv() {
         timeline.place(&f);
         if timeline.pending.len() as u64 > 2 * HOLD_BACK {
             let done = timeline.settled(HOLD_BACK);

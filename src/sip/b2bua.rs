@@ -401,13 +401,12 @@ fn cause_of(code: u16) -> &'static str {
 }
 
 impl Bridge {
-    /// Starts bridging `invite` (received as `server`, from `from`; `a_reliable` when it came
-    /// over TCP/TLS) to the first of `targets`. `seed` makes tags and Call-IDs unique (pass a
+    /// Prepares bridging `invite` (received as `server`, from `from`; `a_reliable` when it
+    /// came over TCP/TLS) to `targets`; [`begin`](Self::begin) offers it to the first. `seed` makes tags and Call-IDs unique (pass a
     /// random value); `a_contact` is our Contact on the caller's listener. The caller is
     /// refused when the INVITE cannot start a dialog or its session interval is too short.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
-        now: Instant,
         cfg: BridgeConfig,
         seed: u64,
         server: ServerId,
@@ -475,7 +474,6 @@ impl Bridge {
             anchor: None,
             answer_to_a_pending: false,
         };
-        let _ = now;
         Ok(bridge)
     }
 
@@ -984,7 +982,7 @@ impl Bridge {
 
     /// An event for this call from either leg's core (routed by Call-ID).
     pub fn handle_event(&mut self, now: Instant, event: CoreEvent) {
-        let call_id = event.call_id().map(Bytes::copy_from_slice);
+        let call_id = event.call_id();
         let leg = match call_id {
             Some(c) if c[..] == *self.a_dialog.call_id.as_bytes() => Leg::A,
             Some(c) if self.b.as_ref().is_some_and(|b| b.call_id == c) => Leg::B,

@@ -150,18 +150,19 @@ pub enum CoreEvent {
 }
 
 impl CoreEvent {
-    /// The Call-ID the event belongs to, for routing it to its call.
-    pub fn call_id(&self) -> Option<&[u8]> {
+    /// The Call-ID the event belongs to, for routing it to its call (a view of the
+    /// message's bytes: no copy).
+    pub fn call_id(&self) -> Option<Bytes> {
         let msg = match self {
             CoreEvent::Response(_, m)
             | CoreEvent::Timeout(_, m)
             | CoreEvent::Request { request: m, .. }
             | CoreEvent::Ack { request: m, .. } => m,
             CoreEvent::Cancelled { call_id, .. } | CoreEvent::AckTimeout { call_id, .. } => {
-                return Some(call_id)
+                return Some(call_id.clone())
             }
         };
-        msg.header(&HeaderName::CallId).map(|h| &h.value[..])
+        msg.header(&HeaderName::CallId).map(|h| h.value.clone())
     }
 }
 

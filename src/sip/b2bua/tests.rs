@@ -307,7 +307,6 @@ impl Call {
         let rid = b_core.send_request(start, probe, sock("127.0.0.1:5070"));
         let (a_server, a_invite) = receive_wire(&mut a_core, start, wire);
         let bridge = Bridge::start(
-            start,
             cfg,
             SEED,
             a_server,
@@ -1308,7 +1307,6 @@ fn too_short_session_interval_is_refused_422() {
         "Session-Expires: 30\r\nSupported: timer\r\n",
     );
     let refused = Bridge::start(
-        now,
         BridgeConfig::default(),
         SEED,
         server,
