@@ -5,6 +5,7 @@
 //! It never blocks on the network from a call's point of view and never holds a lock on a
 //! per-packet path.
 
+pub mod batch;
 pub mod dtmf;
 pub mod g711;
 pub mod ports;

@@ -33,8 +33,7 @@ use crate::telemetry;
 
 /// Commands queued toward one shard before senders are refused.
 const COMMAND_QUEUE: usize = 4096;
-/// Largest datagram relayed.
-const MAX_PACKET: usize = 2048;
+use super::batch::{Batch, MAX_PACKET};
 /// How often timeouts are checked and counters published.
 const TICK: Duration = Duration::from_millis(250);
 /// Socket buffers asked of the kernel (it may grant less).
@@ -754,7 +753,8 @@ impl Shard {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut buf = [0u8; MAX_PACKET];
+        let mut batch = Batch::new();
+        let mut forward = Vec::with_capacity(super::batch::BATCH);
         let mut next_tick = Instant::now() + TICK;
         loop {
             let due = self
@@ -781,7 +781,7 @@ impl Shard {
                     continue;
                 }
                 let (slot, is_rtcp_socket) = (token.0 / 2, token.0 % 2 == 1);
-                self.drain_socket(slot, is_rtcp_socket, &mut buf);
+                self.drain_socket(slot, is_rtcp_socket, &mut batch, &mut forward);
             }
             let now = Instant::now();
             if !self.dtmf_out.is_empty() {
@@ -1220,26 +1220,74 @@ impl Shard {
         self.publish();
     }
 
-    fn drain_socket(&mut self, slot: usize, rtcp_socket: bool, buf: &mut [u8; MAX_PACKET]) {
-        // Edge-triggered: read until the socket is empty.
+    /// Reads everything queued on one of leg `slot`'s sockets, [`BATCH`] packets per
+    /// system call, and relays it; packets relayed untouched leave in one `sendmmsg` per
+    /// batch from the peer leg's socket.
+    ///
+    /// [`BATCH`]: super::batch::BATCH
+    fn drain_socket(
+        &mut self,
+        slot: usize,
+        rtcp_socket: bool,
+        batch: &mut Batch,
+        forward: &mut Vec<(usize, SocketAddr)>,
+    ) {
+        use std::os::fd::AsRawFd;
+        // Edge-triggered: read until the socket is empty. A short batch means it was
+        // empty when the kernel looked; a packet arriving after that raises a new edge.
         loop {
             let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
                 return;
             };
-            let socket = if rtcp_socket { &leg.rtcp } else { &leg.rtp };
-            let (n, from) = match socket.recv_from(buf) {
-                Ok(r) => r,
+            let fd = if rtcp_socket { &leg.rtcp } else { &leg.rtp }.as_raw_fd();
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // ICMP errors from earlier sends surface here; the socket stays usable.
                 Err(_) => continue,
             };
-            if rtcp_socket || is_rtcp(&buf[..n]) {
-                self.relay_rtcp(slot, &buf[..n], from);
-            } else {
-                self.relay_rtp(slot, &mut buf[..n], from);
+            forward.clear();
+            for i in 0..n {
+                let (packet, from) = batch.packet(i);
+                if rtcp_socket || is_rtcp(packet) {
+                    self.relay_rtcp(slot, packet, from);
+                } else if let Some(to) = self.relay_rtp(slot, packet, from) {
+                    forward.push((i, to));
+                    if self.legs[slot]
+                        .as_ref()
+                        .is_some_and(|l| l.transcode.is_some())
+                    {
+                        // Telephone-events among transcoded audio keep their place.
+                        self.flush(slot, batch, forward);
+                        forward.clear();
+                    }
+                }
+            }
+            if !forward.is_empty() {
+                self.flush(slot, batch, forward);
+            }
+            if n < super::batch::BATCH {
+                return;
             }
         }
+    }
+
+    /// Sends the packets `relay_rtp` passed through untouched from the peer of leg `slot`.
+    fn flush(&mut self, slot: usize, batch: &mut Batch, forward: &[(usize, SocketAddr)]) {
+        use std::os::fd::AsRawFd;
+        let Some(peer) = self.legs[slot].as_ref().map(|l| l.peer) else {
+            return;
+        };
+        let Some(peer_leg) = self.legs[peer].as_mut() else {
+            return;
+        };
+        let sent = batch.send(peer_leg.rtp.as_raw_fd(), forward) as u64;
+        let failed = forward.len() as u64 - sent;
+        peer_leg.stats.packets_out += sent;
+        peer_leg.stats.dropped += failed;
+        self.counters.tx += sent;
+        self.counters.no_destination += failed;
     }
 
     /// Whether a leg takes a packet from `from`, latching if its policy allows.
@@ -1258,20 +1306,26 @@ impl Shard {
         }
     }
 
-    fn relay_rtp(&mut self, slot: usize, packet: &mut [u8], from: SocketAddr) {
+    /// Relays one RTP packet from leg `slot`: the destination when it is to be passed on
+    /// untouched (rewritten in place) by the caller, `None` when it was dropped, held back,
+    /// or transcoded and sent here.
+    fn relay_rtp(
+        &mut self,
+        slot: usize,
+        packet: &mut [u8],
+        from: SocketAddr,
+    ) -> Option<SocketAddr> {
         let now = Instant::now();
-        let Some(leg) = self.legs[slot].as_mut() else {
-            return;
-        };
+        let leg = self.legs[slot].as_mut()?;
         if !Self::accepts(leg, from) {
             leg.stats.dropped += 1;
             self.counters.foreign += 1;
-            return;
+            return None;
         }
         let Ok(mut rtp) = RtpView::parse(&mut *packet) else {
             leg.stats.dropped += 1;
             self.counters.malformed += 1;
-            return;
+            return None;
         };
         self.counters.rx += 1;
         leg.stats.packets_in += 1;
@@ -1322,11 +1376,9 @@ impl Shard {
         }
         if self.legs[peer].as_ref().is_none_or(|l| l.playing) {
             // Gone, or a prompt has the floor toward that side.
-            return;
+            return None;
         }
-        let Some(leg) = self.legs[slot].as_mut() else {
-            return;
-        };
+        let leg = self.legs[slot].as_mut()?;
         let (out_seq, out_ts, rewrite) = leg.smoother.next(ssrc, seq, ts);
         let out_ssrc = leg.smoother.out_ssrc;
         if let Some(t) = leg.transcode.as_mut().filter(|t| t.in_pt == pt) {
@@ -1339,18 +1391,16 @@ impl Shard {
                     tracing::debug!(error = %e, "packet not transcoded");
                     leg.stats.dropped += 1;
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 }
             };
             let ts = t.timestamp(out_ts);
             let _ = super::rtp::write_packet(head, marker, t.out_pt, out_seq, ts, out_ssrc, &[]);
-            let Some(peer_leg) = self.legs[peer].as_mut() else {
-                return;
-            };
+            let peer_leg = self.legs[peer].as_mut()?;
             let Some(to) = peer_leg.remote else {
                 peer_leg.stats.dropped += 1;
                 self.counters.no_destination += 1;
-                return;
+                return None;
             };
             if peer_leg
                 .rtp
@@ -1360,15 +1410,13 @@ impl Shard {
                 peer_leg.stats.packets_out += 1;
                 self.counters.tx += 1;
             }
-            return;
+            return None;
         }
-        let Some(peer_leg) = self.legs[peer].as_mut() else {
-            return;
-        };
+        let peer_leg = self.legs[peer].as_mut()?;
         let Some(to) = peer_leg.remote else {
             peer_leg.stats.dropped += 1;
             self.counters.no_destination += 1;
-            return;
+            return None;
         };
         if rewrite {
             rtp.set_sequence(out_seq);
@@ -1383,16 +1431,7 @@ impl Shard {
                 }
             }
         }
-        match peer_leg.rtp.send_to(rtp.as_bytes(), to) {
-            Ok(_) => {
-                peer_leg.stats.packets_out += 1;
-                self.counters.tx += 1;
-            }
-            Err(_) => {
-                peer_leg.stats.dropped += 1;
-                self.counters.no_destination += 1;
-            }
-        }
+        Some(to)
     }
 
     fn relay_rtcp(&mut self, slot: usize, packet: &[u8], from: SocketAddr) {

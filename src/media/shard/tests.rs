@@ -114,6 +114,38 @@ fn packets_cross_both_ways_in_order_with_payloads_intact() {
 }
 
 #[test]
+fn a_burst_longer_than_a_batch_is_relayed_whole_and_in_order_around_dropped_packets() {
+    let r = rig(41_050, SourcePolicy::Strict, Duration::from_secs(30));
+    let intruder = peer();
+    // B reads only after the burst: room for all of it.
+    socket2::SockRef::from(&r.b)
+        .set_recv_buffer_size(1 << 20)
+        .unwrap();
+    // Queued faster than the shard reads: several batches, some of them full, with
+    // packets to drop among the ones to relay.
+    for i in 0..120u16 {
+        r.a.send_to(&rtp(i, u32::from(i) * 160, 7, 0, &[i as u8; 160]), r.a_port)
+            .unwrap();
+        if i % 7 == 3 {
+            intruder
+                .send_to(&rtp(i, 0, 666, 0, &[0x55; 160]), r.a_port)
+                .unwrap();
+            r.a.send_to(b"not rtp", r.a_port).unwrap();
+        }
+    }
+    for i in 0..120u16 {
+        let got = recv(&r.b).expect("relayed to B");
+        let v = RtpView::parse(&got[..]).unwrap();
+        assert_eq!((v.sequence(), v.ssrc()), (i, 7));
+        assert_eq!(v.payload(), [i as u8; 160]);
+    }
+    let [a, b] = r.pair.stats().unwrap();
+    assert_eq!((a.packets_in, b.packets_out), (120, 120));
+    assert_eq!(a.dropped, 2 * 17);
+    r.plane.stop();
+}
+
+#[test]
 fn foreign_sources_are_dropped_and_counted_never_relayed() {
     let r = rig(41_100, SourcePolicy::Strict, Duration::from_secs(30));
     let intruder = peer();

@@ -1,0 +1,274 @@
+//! Batched datagram I/O for the media shards: `recvmmsg(2)` reads up to [`BATCH`] packets
+//! from a socket in one system call and `sendmmsg(2)` sends several from one socket.
+//!
+//! A shard owns one [`Batch`]: a fixed pool of packet buffers plus the message headers the
+//! kernel fills, allocated once when the shard starts. Packets are relayed in the buffer
+//! they were read into (headers rewritten in place) and sent from it: nothing is copied or
+//! allocated per packet. The unsafe code of the media plane is confined to this module.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Packets read or sent per system call.
+pub const BATCH: usize = 16;
+/// Largest datagram a buffer holds; longer ones are dropped as malformed.
+pub const MAX_PACKET: usize = 2048;
+
+/// Buffers and message headers for one shard's batched reads and sends.
+pub struct Batch {
+    bufs: Box<[[u8; MAX_PACKET]; BATCH]>,
+    lens: [usize; BATCH],
+    truncated: [bool; BATCH],
+    from: [SocketAddr; BATCH],
+    names: Box<[libc::sockaddr_storage; BATCH]>,
+    iovs: Box<[libc::iovec; BATCH]>,
+    hdrs: Box<[libc::mmsghdr; BATCH]>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").finish_non_exhaustive()
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+impl Batch {
+    /// The buffers, allocated once.
+    pub fn new() -> Self {
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
+        // bytes are a valid value (null pointers, zero lengths).
+        let (names, iovs, hdrs) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed(), std::mem::zeroed()) };
+        Self {
+            bufs: Box::new([[0; MAX_PACKET]; BATCH]),
+            lens: [0; BATCH],
+            truncated: [false; BATCH],
+            from: [UNSPECIFIED; BATCH],
+            names: Box::new(names),
+            iovs: Box::new(iovs),
+            hdrs: Box::new(hdrs),
+        }
+    }
+
+    /// Reads up to [`BATCH`] datagrams from `fd` without blocking; returns how many (the
+    /// error `WouldBlock` when there were none). Fewer than `BATCH` means the socket was
+    /// empty when the kernel looked.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: MAX_PACKET,
+            };
+            let hdr = &mut self.hdrs[i];
+            hdr.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
+            hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            hdr.msg_hdr.msg_iov = &raw mut self.iovs[i];
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+            hdr.msg_len = 0;
+        }
+        // SAFETY: every header points at a buffer, an iovec and an address owned by `self`,
+        // which outlive the call; lengths match the allocations.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let hdr = &self.hdrs[i];
+            self.lens[i] = (hdr.msg_len as usize).min(MAX_PACKET);
+            self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.from[i] = decode(&self.names[i]).unwrap_or(UNSPECIFIED);
+        }
+        Ok(n)
+    }
+
+    /// Packet `i` of the last read: its bytes (to rewrite in place) and its source. A
+    /// datagram longer than [`MAX_PACKET`] comes back empty.
+    pub fn packet(&mut self, i: usize) -> (&mut [u8], SocketAddr) {
+        let len = if self.truncated[i] { 0 } else { self.lens[i] };
+        (&mut self.bufs[i][..len], self.from[i])
+    }
+
+    /// Sends packets of the last read (`items`: buffer index and destination) from `fd` in
+    /// as few system calls as the kernel allows. Returns how many were sent; the rest (from
+    /// the first that failed) were not.
+    pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
+        let count = items.len().min(BATCH);
+        for (k, &(i, to)) in items[..count].iter().enumerate() {
+            let namelen = encode(to, &mut self.names[k]);
+            self.iovs[k] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.lens[i],
+            };
+            let hdr = &mut self.hdrs[k];
+            hdr.msg_hdr.msg_name = (&raw mut self.names[k]).cast();
+            hdr.msg_hdr.msg_namelen = namelen;
+            hdr.msg_hdr.msg_iov = &raw mut self.iovs[k];
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+            hdr.msg_len = 0;
+        }
+        let mut sent = 0;
+        while sent < count {
+            // SAFETY: headers `sent..count` point at buffers, iovecs and addresses owned by
+            // `self`, set up above.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[sent..].as_mut_ptr(),
+                    (count - sent) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                sent += n as usize;
+                continue;
+            }
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // A full socket buffer or an ICMP error pending on the socket: the first
+            // packet is lost, the others may still go.
+            if n < 0 && sent + 1 < count {
+                sent += 1;
+                continue;
+            }
+            break;
+        }
+        sent
+    }
+}
+
+fn decode(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET), which fits in the
+            // storage and has no stricter alignment.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn encode(addr: SocketAddr, name: &mut libc::sockaddr_storage) -> u32 {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_in fits in sockaddr_storage, which is at least as aligned.
+            let a =
+                unsafe { &mut *(name as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = v4.port().to_be();
+            a.sin_addr = libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            };
+            a.sin_zero = [0; 8];
+            std::mem::size_of::<libc::sockaddr_in>() as u32
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a =
+                unsafe { &mut *(name as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = v6.port().to_be();
+            a.sin6_flowinfo = v6.flowinfo().to_be();
+            a.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            a.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>() as u32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_burst_is_read_in_one_call_with_sources_and_sent_back_in_one() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut batch = Batch::new();
+        assert_eq!(
+            batch.recv(rx.as_raw_fd()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        for i in 0..(BATCH as u8 + 3) {
+            tx.send_to(&[i; 12], rx.local_addr().expect("addr"))
+                .expect("send");
+        }
+        let n = batch.recv(rx.as_raw_fd()).expect("recv");
+        assert_eq!(n, BATCH);
+        let (p, from) = batch.packet(5);
+        assert_eq!(p, &[5u8; 12][..]);
+        assert_eq!(from, tx.local_addr().expect("addr"));
+        let back: Vec<(usize, SocketAddr)> = (0..4).map(|i| (i, from)).collect();
+        assert_eq!(batch.send(rx.as_raw_fd(), &back), 4);
+        let mut buf = [0u8; 64];
+        for i in 0..4u8 {
+            let (len, _) = tx.recv_from(&mut buf).expect("echo");
+            assert_eq!(&buf[..len], &[i; 12][..]);
+        }
+        // The remaining three come with the next read, which reports the socket drained.
+        assert_eq!(batch.recv(rx.as_raw_fd()).expect("recv"), 3);
+        assert_eq!(batch.packet(2).0, &[BATCH as u8 + 2; 12][..]);
+    }
+
+    #[test]
+    fn an_oversized_datagram_comes_back_empty_and_ipv6_sources_are_read() {
+        let Ok(rx) = UdpSocket::bind("[::1]:0") else {
+            return; // no IPv6 loopback on this host
+        };
+        let tx = UdpSocket::bind("[::1]:0").expect("bind");
+        tx.send_to(&[7u8; MAX_PACKET + 100], rx.local_addr().expect("addr"))
+            .expect("send");
+        tx.send_to(&[1u8; 3], rx.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(rx.as_raw_fd()).expect("recv"), 2);
+        assert!(batch.packet(0).0.is_empty());
+        let (p, from) = batch.packet(1);
+        assert_eq!(p, &[1u8; 3][..]);
+        assert_eq!(from, tx.local_addr().expect("addr"));
+    }
+}
