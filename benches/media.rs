@@ -59,6 +59,7 @@ fn through_a_shard(c: &mut Criterion) {
         rtcp_mux: false,
         clock: 8000,
         dtmf_pt: None,
+        dtmf_clock: 8000,
         sends: true,
         codec_pt: Some(0),
         codec: None,

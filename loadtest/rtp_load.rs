@@ -75,6 +75,7 @@ fn main() {
                     rtcp_mux: false,
                     clock: 8000,
                     dtmf_pt: None,
+                    dtmf_clock: 8000,
                     sends: true,
                     codec_pt: Some(0),
                     codec: None,

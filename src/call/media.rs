@@ -109,6 +109,7 @@ pub struct Media {
     call_id: String,
     span: tracing::Span,
     digits: Vec<DigitSeen>,
+    /// Each side's telephone-event clock (digit durations are counted in it).
     clock: [u32; 2],
 }
 
@@ -156,7 +157,7 @@ impl Actor for MediaActor {
                 let _ = reply.send(anchor);
             }
             MediaMsg::Remote(side, remote) => {
-                media.clock[side_index(side)] = remote.clock.max(1);
+                media.clock[side_index(side)] = remote.dtmf_clock.max(1);
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.set_remote(side, remote) {
                         tracing::warn!(parent: &media.span, error = %e, "media update not delivered");

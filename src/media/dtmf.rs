@@ -66,6 +66,17 @@ pub fn event_of(digit: char) -> Option<u8> {
     }
 }
 
+/// Rewrites the duration of the telephone-event `payload` (counted on clock `from`) for an
+/// event clock `to`; payloads too short to be events are left alone.
+pub fn rescale_duration(payload: &mut [u8], from: u32, to: u32) {
+    if payload.len() < 4 || from == 0 {
+        return;
+    }
+    let d = u64::from(u16::from_be_bytes([payload[2], payload[3]]));
+    let scaled = (d * u64::from(to) / u64::from(from)).min(u64::from(u16::MAX)) as u16;
+    payload[2..4].copy_from_slice(&scaled.to_be_bytes());
+}
+
 /// A digit received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Digit {
@@ -193,5 +204,26 @@ mod tests {
         let p = EventPayload::parse(&ev(9, true, 1234)).unwrap();
         assert_eq!((p.event, p.end, p.volume, p.duration), (9, true, 10, 1234));
         assert_eq!(EventPayload::parse(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn durations_are_rescaled_between_event_clocks_and_saturate() {
+        let mut p = ev(5, true, 800);
+        rescale_duration(&mut p, 8000, 48_000);
+        assert_eq!(
+            EventPayload::parse(&p).map(|e| (e.event, e.end, e.duration)),
+            Some((5, true, 4800))
+        );
+        rescale_duration(&mut p, 48_000, 8000);
+        assert_eq!(EventPayload::parse(&p).map(|e| e.duration), Some(800));
+        let mut long = ev(1, false, 20_000);
+        rescale_duration(&mut long, 8000, 48_000);
+        assert_eq!(
+            EventPayload::parse(&long).map(|e| e.duration),
+            Some(u16::MAX)
+        );
+        let mut short = [1u8, 2];
+        rescale_duration(&mut short, 8000, 48_000);
+        assert_eq!(short, [1, 2]);
     }
 }

@@ -81,6 +81,9 @@ pub struct Remote {
     pub clock: u32,
     /// The peer's telephone-event payload type.
     pub dtmf_pt: Option<u8>,
+    /// The clock of its telephone-events (RFC 4733 has it equal the audio clock; some
+    /// peers pair 8000 with Opus's 48000). Event durations are counted in it.
+    pub dtmf_clock: u32,
     /// The payload type of the codec the peer receives (prompts are encoded in it).
     pub codec_pt: Option<u8>,
     /// That codec, when the media plane speaks it (legs of different codecs are
@@ -647,6 +650,7 @@ struct Leg {
     rtcp_mux: bool,
     clock: u32,
     dtmf_pt: Option<u8>,
+    dtmf_clock: u32,
     codec_pt: Option<u8>,
     codec: Option<super::transcode::Codec>,
     /// Packets arriving on this leg are transcoded into the peer's codec.
@@ -921,7 +925,7 @@ impl Shard {
                 self.dtmf_out.swap_remove(i);
                 continue;
             };
-            let clock = u64::from(leg.clock.max(1));
+            let clock = u64::from(leg.dtmf_clock.max(1));
             let elapsed = (now.duration_since(d.started).as_micros() as u64 * clock / 1_000_000)
                 .min(u64::from(d.total)) as u32;
             let end = elapsed >= d.total;
@@ -1014,6 +1018,7 @@ impl Shard {
                             leg.rtcp_mux = remote.rtcp_mux;
                             leg.clock = remote.clock.max(1);
                             leg.dtmf_pt = remote.dtmf_pt;
+                            leg.dtmf_clock = remote.dtmf_clock.max(1);
                             leg.codec_pt = remote.codec_pt;
                             leg.codec = remote.codec;
                             leg.sends = remote.sends;
@@ -1047,7 +1052,7 @@ impl Shard {
                         continue;
                     };
                     let peer = leg.peer;
-                    let clock = u64::from(leg.clock.max(1));
+                    let clock = u64::from(leg.dtmf_clock.max(1));
                     let total =
                         (duration.as_micros() as u64 * clock / 1_000_000).clamp(1, 0xffff) as u32;
                     let timestamp = self.legs[peer]
@@ -1145,6 +1150,7 @@ impl Shard {
                 rtcp_mux: false,
                 clock: 8000,
                 dtmf_pt: None,
+                dtmf_clock: 8000,
                 codec_pt: None,
                 codec: None,
                 transcode: None,
@@ -1412,23 +1418,44 @@ impl Shard {
             }
             return None;
         }
+        // On a transcoded direction only telephone-events pass besides the audio; anything
+        // else is in a format the other side never agreed to.
+        let mapped_ts = match leg.transcode.as_mut() {
+            Some(_) if !dtmf => {
+                leg.stats.dropped += 1;
+                self.counters.malformed += 1;
+                return None;
+            }
+            // Events share the outgoing stream's timestamps, which run on its clock.
+            Some(t) => Some(t.timestamp(out_ts)),
+            None => None,
+        };
+        let in_dtmf_clock = leg.dtmf_clock;
         let peer_leg = self.legs[peer].as_mut()?;
         let Some(to) = peer_leg.remote else {
             peer_leg.stats.dropped += 1;
             self.counters.no_destination += 1;
             return None;
         };
-        if rewrite {
+        if rewrite || mapped_ts.is_some() {
             rtp.set_sequence(out_seq);
-            rtp.set_timestamp(out_ts);
+            rtp.set_timestamp(mapped_ts.unwrap_or(out_ts));
             rtp.set_ssrc(out_ssrc);
         }
         if dtmf {
-            // Telephone-events keep their meaning under the receiver's payload type.
+            // Telephone-events keep their meaning under the receiver's payload type, and
+            // their duration is counted on the receiver's event clock.
             if let Some(peer_pt) = peer_leg.dtmf_pt {
                 if peer_pt != pt {
                     rtp.set_payload_type(peer_pt);
                 }
+            }
+            if peer_leg.dtmf_clock != in_dtmf_clock {
+                super::dtmf::rescale_duration(
+                    rtp.payload_mut(),
+                    in_dtmf_clock,
+                    peer_leg.dtmf_clock,
+                );
             }
         }
         Some(to)

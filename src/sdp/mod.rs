@@ -69,12 +69,17 @@ impl Audio {
 
     /// The telephone-event payload type (RFC 4733) at the codec's clock rate, if offered.
     pub fn telephone_event(&self) -> Option<u8> {
+        self.telephone_event_format().map(|f| f.pt)
+    }
+
+    /// The telephone-event format nearest the codec's clock rate (RFC 4733 wants them
+    /// equal; some peers pair telephone-event/8000 with Opus), if offered.
+    pub fn telephone_event_format(&self) -> Option<&Format> {
         let clock = self.codec().map_or(8000, |c| c.clock);
         self.formats
             .iter()
             .filter(|f| f.name.eq_ignore_ascii_case("telephone-event"))
             .min_by_key(|f| f.clock.abs_diff(clock))
-            .map(|f| f.pt)
     }
 }
 
@@ -305,6 +310,7 @@ mod tests {
         );
         assert_eq!(audio.codec().map(|c| c.pt), Some(0));
         assert_eq!(audio.telephone_event(), Some(101));
+        assert_eq!(audio.telephone_event_format().map(|f| f.clock), Some(8000));
         assert_eq!(audio.direction, Direction::SendRecv);
         assert!(!audio.rtcp_mux);
     }

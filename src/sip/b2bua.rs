@@ -521,6 +521,7 @@ impl Bridge {
                     rtcp_mux: audio.rtcp_mux,
                     clock: audio.codec().map_or(8000, |c| c.clock),
                     dtmf_pt: audio.telephone_event(),
+                    dtmf_clock: audio.telephone_event_format().map_or(8000, |f| f.clock),
                     codec_pt: audio.codec().map(|c| c.pt),
                     // SDP crosses the bridge unchanged but for the address, so both legs
                     // settle on the same codec by offer/answer: nothing to transcode.

@@ -31,6 +31,7 @@ fn remote(socket: &StdSocket, dtmf_pt: Option<u8>) -> Remote {
         rtcp_mux: false,
         clock: 8000,
         dtmf_pt,
+        dtmf_clock: 8000,
         sends: true,
         codec_pt: Some(0),
         codec: None,
@@ -472,6 +473,7 @@ fn legs_of_different_codecs_are_transcoded_with_timestamps_on_each_clock() {
         rtcp_mux: false,
         clock,
         dtmf_pt: None,
+        dtmf_clock: 8000,
         codec_pt: Some(pt),
         codec: Some(codec),
         sends: true,
@@ -520,5 +522,92 @@ fn legs_of_different_codecs_are_transcoded_with_timestamps_on_each_clock() {
     let got = recv(&a).expect("PCMU toward A");
     let v = RtpView::parse(&got[..]).unwrap();
     assert_eq!((v.payload_type(), v.payload().len()), (0, 160));
+    plane.stop();
+}
+
+#[test]
+fn dtmf_across_a_transcoded_pair_follows_the_outgoing_clock_and_foreign_formats_stop() {
+    use crate::media::dtmf::EventPayload;
+    use crate::media::transcode::Codec;
+    let plane = plane(42_100, SourcePolicy::Strict, Duration::from_secs(30));
+    let (tx, events) = mpsc::channel();
+    let pair = plane
+        .add_pair(Box::new(move |e| {
+            let _ = tx.send(e);
+        }))
+        .unwrap();
+    let (a, b) = (peer(), peer());
+    let with = |s: &StdSocket, pt, codec, clock, dtmf_pt, dtmf_clock| Remote {
+        addr: Some(s.local_addr().unwrap()),
+        rtcp_mux: false,
+        clock,
+        dtmf_pt: Some(dtmf_pt),
+        dtmf_clock,
+        codec_pt: Some(pt),
+        codec: Some(codec),
+        sends: true,
+    };
+    // A: PCMU with telephone-event/8000 on 101. B: Opus with telephone-event/48000 on 96.
+    pair.set_remote(Side::A, with(&a, 0, Codec::Pcmu, 8000, 101, 8000))
+        .unwrap();
+    pair.set_remote(Side::B, with(&b, 111, Codec::Opus, 48_000, 96, 48_000))
+        .unwrap();
+    let a_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[0]));
+    a.send_to(&rtp(0, 1000, 4, 0, &[0xff; 160]), a_port)
+        .unwrap();
+    let audio = recv(&b).expect("Opus toward B");
+    let audio_ts = RtpView::parse(&audio[..]).unwrap().timestamp();
+    // A digit '5' starting 20 ms later, 100 ms long, ended; its end packet sent twice.
+    let event = |end, duration| {
+        EventPayload {
+            event: 5,
+            end,
+            volume: 10,
+            duration,
+        }
+        .to_bytes()
+    };
+    a.send_to(&rtp(1, 1160, 4, 101, &event(false, 160)), a_port)
+        .unwrap();
+    a.send_to(&rtp(2, 1160, 4, 101, &event(true, 800)), a_port)
+        .unwrap();
+    a.send_to(&rtp(3, 1160, 4, 101, &event(true, 800)), a_port)
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = recv(&b).expect("event toward B");
+        let v = RtpView::parse(&got[..]).unwrap();
+        let e = EventPayload::parse(v.payload()).unwrap();
+        seen.push((
+            v.payload_type(),
+            v.timestamp().wrapping_sub(audio_ts),
+            e.end,
+            e.duration,
+        ));
+    }
+    // Same 96 PT and 48 kHz timestamps as B's audio (20 ms = 960), durations on 48 kHz.
+    assert_eq!(
+        seen,
+        [
+            (96, 960, false, 960),
+            (96, 960, true, 4800),
+            (96, 960, true, 4800)
+        ]
+    );
+    let digit = events
+        .iter()
+        .find_map(|e| match e {
+            MediaEvent::Dtmf(Side::A, d) => Some(d),
+            _ => None,
+        })
+        .expect("digit reported");
+    assert_eq!((digit.digit, digit.duration), ('5', 800));
+    // Comfort noise (PT 13) was never agreed with B: not passed into its Opus stream.
+    a.send_to(&rtp(4, 1320, 4, 13, &[40]), a_port).unwrap();
+    a.send_to(&rtp(5, 1480, 4, 0, &[0xff; 160]), a_port)
+        .unwrap();
+    let next = recv(&b).expect("audio toward B");
+    assert_eq!(RtpView::parse(&next[..]).unwrap().payload_type(), 111);
+    assert_eq!(pair.stats().unwrap()[0].dropped, 1);
     plane.stop();
 }
