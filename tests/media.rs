@@ -166,6 +166,8 @@ fn rtp_crosses_the_switch_in_order_intact_and_foreign_packets_are_dropped() {
     assert_eq!(media.packets, 200, "{media:?}");
     assert_eq!(media.lost, 0);
     assert!(media.mos_centi >= 430, "{media:?}");
+    // And how its audio crossed the switch: the callee answered PCMU, relayed untouched.
+    assert_eq!(cdrs[0].codec_path.as_deref(), Some("PCMU pass-through"));
 }
 
 #[test]

@@ -108,6 +108,7 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             jitter_ms: 3,
             mos_centi: 438,
         }),
+        codec_path: answered.then(|| "PCMU pass-through".to_string()),
     }
 }
 

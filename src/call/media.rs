@@ -70,6 +70,18 @@ pub struct MediaPorts {
     pub digits: Vec<DigitSeen>,
     /// Counters per side (anchored calls).
     pub stats: Option<[LegStats; 2]>,
+    /// How the audio crosses the switch (`PCMU pass-through`, `opus <-> PCMA
+    /// (transcoded)`), once both sides' SDP are known.
+    pub codec_path: Option<String>,
+}
+
+/// What a call's media came to, for its CDR.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaReport {
+    /// Quality (`None`: the media was not relayed).
+    pub quality: Option<crate::store::MediaQuality>,
+    /// How the audio crossed the switch.
+    pub codec_path: Option<String>,
 }
 
 /// Messages of [`MediaActor`].
@@ -81,8 +93,10 @@ pub enum MediaMsg {
     Anchor(RpcReplyPort<Option<Anchor>>),
     /// What one side's SDP says.
     Remote(Side, Remote),
-    /// Close the media (the call is ending) and report its quality (`None`: not relayed).
-    Close(RpcReplyPort<Option<crate::store::MediaQuality>>),
+    /// How the audio crosses the switch (a media plan's summary).
+    Plan(String),
+    /// Close the media (the call is ending) and report what it came to.
+    Close(RpcReplyPort<MediaReport>),
     /// Something happened in the shard.
     Event(MediaEvent),
     /// Play a prompt toward one side (barge-in on DTMF from that side when asked).
@@ -111,6 +125,7 @@ pub struct Media {
     digits: Vec<DigitSeen>,
     /// Each side's telephone-event clock (digit durations are counted in it).
     clock: [u32; 2],
+    codec_path: Option<String>,
 }
 
 impl Actor for MediaActor {
@@ -138,6 +153,7 @@ impl Actor for MediaActor {
             span: args.span,
             digits: Vec::new(),
             clock: [8000; 2],
+            codec_path: None,
         })
     }
 
@@ -179,9 +195,16 @@ impl Actor for MediaActor {
                     }
                 }
             }
+            MediaMsg::Plan(path) => {
+                tracing::info!(parent: &media.span, codec_path = %path, "media plan");
+                media.codec_path = Some(path);
+            }
             MediaMsg::Close(reply) => {
-                let quality = media.close();
-                let _ = reply.send(quality);
+                let report = MediaReport {
+                    quality: media.close(),
+                    codec_path: media.codec_path.clone(),
+                };
+                let _ = reply.send(report);
             }
             #[cfg(test)]
             MediaMsg::Fault(fault) => return fault.trigger("media"),
@@ -250,6 +273,7 @@ impl Media {
             anchored,
             digits: self.digits.clone(),
             stats,
+            codec_path: self.codec_path.clone(),
         }
     }
 

@@ -265,6 +265,7 @@ fn close_out(
         end_cause: end.cause,
         failure: end.failure,
         media: None,
+        codec_path: None,
     }
 }
 

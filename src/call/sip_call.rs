@@ -644,6 +644,11 @@ impl BridgeState {
                         let _ = media.send_message(MediaMsg::Remote(side, remote));
                     }
                 }
+                Action::MediaPlan(plan) => {
+                    if let Some(media) = &self.media {
+                        let _ = media.send_message(MediaMsg::Plan(plan.summary()));
+                    }
+                }
             }
         }
         let next = self.bridge.poll_timeout();

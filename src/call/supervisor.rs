@@ -148,7 +148,7 @@ pub struct Call {
     media: Option<ActorRef<MediaMsg>>,
     bridge: Option<ActorRef<BridgeMsg>>,
     trunk: Option<String>,
-    media_quality: Option<crate::store::MediaQuality>,
+    media_report: super::media::MediaReport,
     children: Vec<(ActorId, ChildRole, ActorCell)>,
     ringing_at: Option<i64>,
     answered_at: Option<i64>,
@@ -191,7 +191,7 @@ impl Actor for CallSupervisor {
             media: None,
             bridge: None,
             trunk: None,
-            media_quality: None,
+            media_report: Default::default(),
             children: Vec::with_capacity(3),
             ringing_at: None,
             answered_at: None,
@@ -537,7 +537,7 @@ impl Call {
             if let Ok(ractor::rpc::CallResult::Success(q)) =
                 media.call(MediaMsg::Close, Some(CALL_RPC_TIMEOUT)).await
             {
-                self.media_quality = q;
+                self.media_report = q;
             }
         }
         self.stop_children().await;
@@ -571,7 +571,8 @@ impl Call {
                 self.answered_at,
                 end,
             );
-            cdr.media = self.media_quality;
+            cdr.media = self.media_report.quality;
+            cdr.codec_path = self.media_report.codec_path.clone();
             tracing::info!(
                 outcome = cdr.outcome.as_str(),
                 cause = %cdr.end_cause,

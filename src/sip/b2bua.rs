@@ -136,6 +136,9 @@ pub enum Action {
     Progress(Progress),
     /// What one leg's SDP says about its media (anchored calls).
     Media(Leg, crate::media::shard::Remote),
+    /// How the call's audio crosses the switch, once both legs' SDP are known and
+    /// whenever it changes (anchored calls).
+    MediaPlan(crate::sdp::MediaPlan),
 }
 
 /// Where the switch receives a call's media: SDP sent to leg A names `ip:ports[0]`, SDP
@@ -284,6 +287,9 @@ pub struct Bridge {
     anchor: Option<Anchor>,
     /// The response being relayed to A carries the answer to remember.
     answer_to_a_pending: bool,
+    /// The audio formats of each leg's latest SDP (A, B), and the plan they make.
+    formats: [Option<Vec<crate::sdp::Format>>; 2],
+    plan: Option<crate::sdp::MediaPlan>,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -473,6 +479,8 @@ impl Bridge {
             announced_ringing: false,
             anchor: None,
             answer_to_a_pending: false,
+            formats: [None, None],
+            plan: None,
         };
         Ok(bridge)
     }
@@ -529,6 +537,11 @@ impl Bridge {
                     sends,
                 },
             ));
+            self.formats[match from {
+                Leg::A => 0,
+                Leg::B => 1,
+            }] = Some(audio.formats.clone());
+            self.replan();
         }
         let port = anchor.ports[match to {
             Leg::A => 0,
@@ -536,6 +549,26 @@ impl Bridge {
         }];
         sdp.anchor(anchor.ip, port);
         b.body(&ct, sdp.to_bytes())
+    }
+
+    /// Works out how the audio crosses the switch from both legs' formats (A offered
+    /// first), reporting the plan when it is new. SDP crosses a SIP bridge end to end, so
+    /// the legs settle on one codec and nothing is transcoded; an answer sharing no codec
+    /// with the offer has no plan.
+    fn replan(&mut self) {
+        let [Some(a), Some(b)] = &self.formats else {
+            return;
+        };
+        let plan = crate::sdp::plan(a, b, |_| false);
+        if plan.is_none() {
+            tracing::warn!(call_id = %self.a_dialog.call_id, "the legs share no codec");
+        }
+        if plan.is_some() && plan != self.plan {
+            self.plan = plan.clone();
+            if let Some(p) = plan {
+                self.out.push_back(Action::MediaPlan(p));
+            }
+        }
     }
 
     /// The targets (to map [`Action::B`] indexes to transports).

@@ -117,6 +117,9 @@ pub struct Cdr {
     pub failure: Option<String>,
     /// Media quality, for calls whose media the switch relayed.
     pub media: Option<MediaQuality>,
+    /// How the audio crossed the switch (`PCMU pass-through`, `opus <-> PCMA (transcoded)`).
+    #[serde(default)]
+    pub codec_path: Option<String>,
 }
 
 /// What the media of a call looked like from the switch.
@@ -199,6 +202,7 @@ struct CdrRow {
     media_lost: Option<i64>,
     media_jitter_ms: Option<i64>,
     media_mos_centi: Option<i64>,
+    codec_path: Option<String>,
 }
 
 impl TryFrom<CdrRow> for Cdr {
@@ -239,13 +243,15 @@ impl TryFrom<CdrRow> for Cdr {
                 }
                 _ => None,
             },
+            codec_path: r.codec_path,
         })
     }
 }
 
 const COLUMNS: &str = "call_id, node_id, direction, business_number, customer_wa_id, wa_call_id, \
      sip_call_id, trunk, offered_at, ringing_at, answered_at, ended_at, duration_ms, outcome, \
-     hangup_by, end_cause, failure, media_packets, media_lost, media_jitter_ms, media_mos_centi";
+     hangup_by, end_cause, failure, media_packets, media_lost, media_jitter_ms, media_mos_centi, \
+     codec_path";
 
 /// The same SQL for both backends, instantiated per concrete database type so that no
 /// generic trait bounds leak into the rest of the crate.
@@ -264,7 +270,7 @@ macro_rules! cdr_queries {
             }
             let mut tx = pool.begin().await?;
             let mut inserted = 0;
-            // SQLite allows 32766 bound values; 21 columns x 500 rows stays well below.
+            // SQLite allows 32766 bound values; 22 columns x 500 rows stays well below.
             for chunk in cdrs.chunks(500) {
                 let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO cdrs ({COLUMNS}) "));
                 q.push_values(chunk, |mut b, c| {
@@ -288,7 +294,8 @@ macro_rules! cdr_queries {
                         .push_bind(c.media.map(|m| m.packets))
                         .push_bind(c.media.map(|m| m.lost))
                         .push_bind(c.media.map(|m| m.jitter_ms))
-                        .push_bind(c.media.map(|m| m.mos_centi));
+                        .push_bind(c.media.map(|m| m.mos_centi))
+                        .push_bind(c.codec_path.clone());
                 });
                 q.push(" ON CONFLICT (call_id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();

@@ -1611,12 +1611,12 @@ fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
     assert!(media[0].1.addr.is_some(), "A's own address from its SDP");
 
     let answer_sdp = "v=0\r\no=uas 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
-                      t=0 0\r\nm=audio 7078 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+                      t=0 0\r\nm=audio 7078 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
     let ok = b_reply(&invite, 200, "OK", Some(answer_sdp), &[]);
     let actions = call.b_says(ok);
     let (_, to_a) = one_a_response(&actions);
     let answer = String::from_utf8(to_a.body.to_vec()).unwrap();
-    assert!(answer.contains("m=audio 30000 RTP/AVP 8 101"), "{answer}");
+    assert!(answer.contains("m=audio 30000 RTP/AVP 0 101"), "{answer}");
     assert!(answer.contains("c=IN IP4 10.9.9.9"), "{answer}");
     let b_media = actions.iter().find_map(|a| match a {
         Action::Media(Leg::B, r) => Some(*r),
@@ -1626,4 +1626,12 @@ fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
     assert_eq!(b_media.addr, Some("127.0.0.1:7078".parse().unwrap()));
     assert_eq!(b_media.dtmf_pt, Some(101));
     assert!(b_media.sends);
+    let plans: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MediaPlan(p) => Some(p.summary()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(plans, ["PCMU pass-through"]);
 }
