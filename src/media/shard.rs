@@ -326,8 +326,8 @@ impl MediaPlane {
 
     /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
     /// cannot be bound is replaced by another from the pool).
-    /// With `record` and a recording directory, the pair's G.711 audio is recorded as
-    /// `<dir>/<record>.wav` (side A left, side B right).
+    /// With `record` and a recording directory, the pair's audio (G.711 as received, Opus
+    /// as transcoded) is recorded as `<dir>/<record>.wav` (side A left, side B right).
     pub fn add_pair_on(
         &self,
         leases: [Option<PortLease>; 2],
@@ -720,7 +720,8 @@ struct Shard {
     out_buf: [u8; MAX_PACKET],
 }
 
-/// Hands a G.711 packet's audio to the call's recorder (other codecs are not recorded).
+/// Hands a G.711 packet's audio to the call's recorder. Other codecs are recorded from
+/// their transcoded G.711 (the media plane reads no Opus it does not transcode).
 fn record(rec: &mut Recorder, side: Side, pt: u8, ts: u32, arrival: Instant, payload: &[u8]) {
     let decode: fn(u8) -> i16 = match pt {
         0 => super::g711::ulaw_decode,
@@ -1402,6 +1403,10 @@ impl Shard {
             };
             let ts = t.timestamp(out_ts);
             let _ = super::rtp::write_packet(head, marker, t.out_pt, out_seq, ts, out_ssrc, &[]);
+            // A side that speaks Opus is recorded from its audio as transcoded to G.711.
+            if let Some(rec) = self.pairs.get_mut(&pair).and_then(|p| p.recorder.as_mut()) {
+                record(rec, side, t.out_pt, ts, now, &body[..n]);
+            }
             let peer_leg = self.legs[peer].as_mut()?;
             let Some(to) = peer_leg.remote else {
                 peer_leg.stats.dropped += 1;

@@ -611,3 +611,106 @@ fn dtmf_across_a_transcoded_pair_follows_the_outgoing_clock_and_foreign_formats_
     assert_eq!(pair.stats().unwrap()[0].dropped, 1);
     plane.stop();
 }
+
+#[test]
+fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
+    use crate::media::g711;
+    use crate::media::transcode::Codec;
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(42_200, SourcePolicy::Strict, Duration::from_secs(30));
+    plane.set_record_dir(dir.path().to_path_buf());
+    let pair = plane
+        .add_pair_on([None, None], Box::new(|_| {}), Some("mixed"))
+        .unwrap();
+    let (a, b) = (peer(), peer());
+    let with = |s: &StdSocket, pt, codec, clock| Remote {
+        addr: Some(s.local_addr().unwrap()),
+        rtcp_mux: false,
+        clock,
+        dtmf_pt: None,
+        dtmf_clock: clock,
+        codec_pt: Some(pt),
+        codec: Some(codec),
+        sends: true,
+    };
+    pair.set_remote(Side::A, with(&a, 0, Codec::Pcmu, 8000))
+        .unwrap();
+    pair.set_remote(Side::B, with(&b, 111, Codec::Opus, 48_000))
+        .unwrap();
+    let [pa, pb] = pair.ports();
+    let (a_port, b_port) = (
+        SocketAddr::from(([127, 0, 0, 1], pa)),
+        SocketAddr::from(([127, 0, 0, 1], pb)),
+    );
+    let sine = |freq: f64, n: u32| -> Vec<i16> {
+        (0..160)
+            .map(|i| {
+                let t = f64::from(n * 160 + i) / 8000.0;
+                ((2.0 * std::f64::consts::PI * freq * t).sin() * 8000.0) as i16
+            })
+            .collect()
+    };
+    let mut encoder =
+        opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    // One second each: 440 Hz PCMU from A (customer), 1000 Hz Opus from B (business).
+    for n in 0..50u32 {
+        let ulaw: Vec<u8> = sine(440.0, n).into_iter().map(g711::ulaw_encode).collect();
+        a.send_to(&rtp(n as u16, n * 160, 1, 0, &ulaw), a_port)
+            .unwrap();
+        let mut opus_frame = [0u8; 400];
+        let len = encoder.encode(&sine(1000.0, n), &mut opus_frame).unwrap();
+        b.send_to(&rtp(n as u16, n * 960, 2, 111, &opus_frame[..len]), b_port)
+            .unwrap();
+        assert!(
+            recv(&b).is_some() && recv(&a).is_some(),
+            "frame {n} relayed"
+        );
+    }
+    assert_eq!(
+        pair.close().map(|[a, b]| (a.packets_in, b.packets_in)),
+        Some((50, 50))
+    );
+    let wav = dir.path().join("mixed.wav");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !wav.exists() {
+        assert!(std::time::Instant::now() < deadline, "recording finalised");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bytes = std::fs::read(&wav).unwrap();
+    assert_eq!(&bytes[22..24], &2u16.to_le_bytes(), "stereo");
+    let frames: Vec<(f64, f64)> = bytes[44..]
+        .chunks_exact(4)
+        .map(|c| {
+            (
+                f64::from(i16::from_le_bytes([c[0], c[1]])),
+                f64::from(i16::from_le_bytes([c[2], c[3]])),
+            )
+        })
+        .collect();
+    // About one second (Opus's look-ahead may shift the right channel a little).
+    assert!(
+        (7_800..=8_400).contains(&frames.len()),
+        "{} frames",
+        frames.len()
+    );
+    let (left, right): (Vec<f64>, Vec<f64>) = frames[1000..7000].iter().copied().unzip();
+    let power = |s: &[f64], f: f64| {
+        let w = 2.0 * std::f64::consts::PI * f / 8000.0;
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &x in s {
+            let v = x + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = v;
+        }
+        s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+    };
+    assert!(
+        power(&left, 440.0) > 100.0 * power(&left, 1000.0),
+        "left is A's 440 Hz"
+    );
+    assert!(
+        power(&right, 1000.0) > 100.0 * power(&right, 440.0),
+        "right is B's 1000 Hz, decoded from Opus"
+    );
+    plane.stop();
+}
