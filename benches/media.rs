@@ -125,6 +125,14 @@ fn opus_frames(c: &mut Criterion) {
                 .expect("encode")
         })
     });
+    for complexity in [0u8, 10] {
+        let mut tx =
+            Transcoder::with_complexity(Codec::Pcmu, Codec::Opus, complexity).expect("encoder");
+        let mut packet = [0u8; 400];
+        g.bench_function(format!("pcmu_to_opus_complexity_{complexity}"), |b| {
+            b.iter(|| tx.transcode(black_box(&pcmu), &mut packet).expect("encode"))
+        });
+    }
     g.bench_function("opus_to_pcmu", |b| {
         b.iter(|| {
             to_pcmu

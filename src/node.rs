@@ -165,6 +165,7 @@ impl Node {
             what: "media shards",
             reason: e.to_string(),
         })?;
+        media.set_opus_complexity(config.media.opus_complexity);
         if let Some(dir) = &config.media.record_dir {
             std::fs::create_dir_all(dir).map_err(|e| StartError::Actor {
                 what: "recordings",

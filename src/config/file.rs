@@ -174,6 +174,12 @@ pub(crate) struct MediaSection {
     pub source_policy: String,
     #[serde(default)]
     pub record_dir: Option<String>,
+    #[serde(default = "default_opus_complexity")]
+    pub opus_complexity: i64,
+}
+
+fn default_opus_complexity() -> i64 {
+    crate::media::transcode::DEFAULT_OPUS_COMPLEXITY as i64
 }
 
 fn default_media_timeout() -> i64 {
@@ -194,6 +200,7 @@ impl Default for MediaSection {
             timeout_secs: default_media_timeout(),
             source_policy: default_source_policy(),
             record_dir: None,
+            opus_complexity: default_opus_complexity(),
         }
     }
 }

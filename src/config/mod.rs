@@ -213,6 +213,8 @@ pub struct MediaConfig {
     pub source_policy: crate::media::shard::SourcePolicy,
     /// Every anchored call is recorded here as `<call id>.wav` (`None`: no recording).
     pub record_dir: Option<PathBuf>,
+    /// Opus encoder complexity for transcoded legs (0-10: CPU against quality).
+    pub opus_complexity: u8,
 }
 
 /// Where the system of record lives.
@@ -671,6 +673,8 @@ impl Validator {
                 }
             });
         let media_timeout = self.bounded("media.timeout_secs", raw.media.timeout_secs, 1, 3600);
+        let opus_complexity =
+            self.bounded("media.opus_complexity", raw.media.opus_complexity, 0, 10);
         let source_policy = match raw.media.source_policy.to_ascii_lowercase().as_str() {
             "latch" => Some(crate::media::shard::SourcePolicy::Latch),
             "strict" => Some(crate::media::shard::SourcePolicy::Strict),
@@ -785,6 +789,7 @@ impl Validator {
                 timeout: Duration::from_secs(media_timeout? as u64),
                 source_policy: source_policy?,
                 record_dir,
+                opus_complexity: opus_complexity? as u8,
             },
             store: StoreConfig {
                 url: store_url?,

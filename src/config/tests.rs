@@ -301,3 +301,11 @@ fn trunk_credentials_come_in_pairs_and_networks_must_parse() {
     let p = one_problem("[sip]\nsession_expires_secs = 30\n");
     assert_eq!(p.key, "sip.session_expires_secs");
 }
+
+#[test]
+fn opus_complexity_defaults_to_five_and_is_bounded() {
+    let c = load("").expect("defaults");
+    assert_eq!(c.media.opus_complexity, 5);
+    let p = one_problem("[media]\nopus_complexity = 11\n");
+    assert_eq!(p.key, "media.opus_complexity");
+}

@@ -232,6 +232,7 @@ struct PlaneInner {
     policy: SourcePolicy,
     timeout: Duration,
     record_dir: std::sync::OnceLock<std::path::PathBuf>,
+    opus_complexity: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// The node's media plane: its shards and port pool. Cheap to clone.
@@ -272,13 +273,17 @@ impl MediaPlane {
     ) -> std::io::Result<MediaPlane> {
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let opus_complexity = Arc::new(std::sync::atomic::AtomicU8::new(
+            super::transcode::DEFAULT_OPUS_COMPLEXITY,
+        ));
         for n in 0..shards.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+            let complexity = opus_complexity.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("media-{n}"))
-                .spawn(move || Shard::new(poll, rx).run())?;
+                .spawn(move || Shard::new(poll, rx, complexity).run())?;
             handles.push(ShardHandle { tx, waker });
             threads.push(thread);
         }
@@ -293,8 +298,16 @@ impl MediaPlane {
                 policy,
                 timeout,
                 record_dir: std::sync::OnceLock::new(),
+                opus_complexity,
             }),
         })
+    }
+
+    /// The Opus encoder complexity (0-10) of transcoders built from now on.
+    pub fn set_opus_complexity(&self, complexity: u8) {
+        self.inner
+            .opus_complexity
+            .store(complexity.min(10), Ordering::Relaxed);
     }
 
     /// Records every pair added with a name from now on, as `<dir>/<name>.wav`.
@@ -718,6 +731,7 @@ struct Shard {
     playing: Vec<PlayOut>,
     /// Where transcoded packets are built.
     out_buf: [u8; MAX_PACKET],
+    opus_complexity: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// Hands a G.711 packet's audio to the call's recorder. Other codecs are recorded from
@@ -742,7 +756,11 @@ fn record(rec: &mut Recorder, side: Side, pt: u8, ts: u32, arrival: Instant, pay
 }
 
 impl Shard {
-    fn new(poll: Poll, commands: Receiver<Command>) -> Self {
+    fn new(
+        poll: Poll,
+        commands: Receiver<Command>,
+        opus_complexity: Arc<std::sync::atomic::AtomicU8>,
+    ) -> Self {
         Self {
             poll,
             commands,
@@ -753,6 +771,7 @@ impl Shard {
             dtmf_out: Vec::new(),
             playing: Vec::new(),
             out_buf: [0; MAX_PACKET],
+            opus_complexity,
         }
     }
 
@@ -862,6 +881,7 @@ impl Shard {
                 .and_then(|l| Some((l.codec?, l.codec_pt?)))
         };
         let (a, b) = (codec(self, slot), codec(self, peer));
+        let complexity = self.opus_complexity.load(Ordering::Relaxed);
         for (from, to, i) in [(a, b, slot), (b, a, peer)] {
             let wanted = match (from, to) {
                 (Some((fc, fpt)), Some((tc, tpt))) if fc != tc => Some((fc, fpt, tc, tpt)),
@@ -873,7 +893,7 @@ impl Shard {
             let had = leg.transcode.is_some();
             leg.transcode = wanted.and_then(|(fc, fpt, tc, tpt)| {
                 let (num, den) = super::transcode::timestamp_factor(fc, tc);
-                match super::transcode::Transcoder::new(fc, tc) {
+                match super::transcode::Transcoder::with_complexity(fc, tc, complexity) {
                     Ok(tx) => Some(Box::new(Transcoding {
                         tx,
                         in_pt: fpt,
