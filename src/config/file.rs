@@ -29,6 +29,89 @@ pub(crate) struct ConfigFile {
     pub trunk: Vec<TrunkSection>,
     #[serde(default)]
     pub route: Vec<RouteSection>,
+    #[serde(default)]
+    pub meta: Option<MetaSection>,
+    #[serde(default)]
+    pub business_number: Vec<BusinessNumberSection>,
+    #[serde(default)]
+    pub sim: SimSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetaSection {
+    #[serde(default = "default_graph_url")]
+    pub graph_url: String,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    #[serde(default)]
+    pub access_token: String,
+    #[serde(default)]
+    pub app_secret: String,
+    #[serde(default)]
+    pub verify_token: String,
+    #[serde(default = "default_graph_timeout")]
+    pub request_timeout_ms: i64,
+    #[serde(default = "default_graph_attempts")]
+    pub max_attempts: i64,
+}
+
+fn default_graph_url() -> String {
+    "https://graph.facebook.com".to_string()
+}
+
+fn default_api_version() -> String {
+    "v23.0".to_string()
+}
+
+fn default_graph_timeout() -> i64 {
+    5000
+}
+
+fn default_graph_attempts() -> i64 {
+    3
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self {
+            graph_url: default_graph_url(),
+            api_version: default_api_version(),
+            access_token: String::new(),
+            app_secret: String::new(),
+            verify_token: String::new(),
+            request_timeout_ms: default_graph_timeout(),
+            max_attempts: default_graph_attempts(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BusinessNumberSection {
+    pub phone_number_id: String,
+    pub display_number: String,
+    pub country: String,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimSection {
+    #[serde(default = "default_sim_listen")]
+    pub listen: String,
+}
+
+fn default_sim_listen() -> String {
+    "127.0.0.1:8090".to_string()
+}
+
+impl Default for SimSection {
+    fn default() -> Self {
+        Self {
+            listen: default_sim_listen(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

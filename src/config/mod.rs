@@ -7,6 +7,9 @@
 //! other than the configuration file itself.
 
 mod file;
+mod meta;
+
+pub use meta::{BusinessNumber, MetaConfig, Secret, SimConfig};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -31,6 +34,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),
     ("WASWITCH_LOG_LEVEL", "log.level"),
     ("WASWITCH_LOG_FORMAT", "log.format"),
+    ("WASWITCH_META_GRAPH_URL", "meta.graph_url"),
+    ("WASWITCH_META_API_VERSION", "meta.api_version"),
+    ("WASWITCH_META_ACCESS_TOKEN", "meta.access_token"),
+    ("WASWITCH_META_APP_SECRET", "meta.app_secret"),
+    ("WASWITCH_META_VERIFY_TOKEN", "meta.verify_token"),
 ];
 
 /// The validated configuration of one switch node.
@@ -58,6 +66,12 @@ pub struct Config {
     pub routes: Vec<SipRoute>,
     /// Overload protection.
     pub limits: LimitsConfig,
+    /// Meta's Cloud API (`None`: no `[meta]` section, no WhatsApp calling).
+    pub meta: Option<MetaConfig>,
+    /// WhatsApp business numbers served, in file order.
+    pub business_numbers: Vec<BusinessNumber>,
+    /// `waswitch sim`.
+    pub sim: SimConfig,
 }
 
 /// Overload protection: above these, new calls get 503 with Retry-After at once.
@@ -511,6 +525,26 @@ impl Validator {
         if let Some(v) = take("WASWITCH_LOG_FORMAT", "log.format") {
             raw.log.format = v;
         }
+        // Secrets belong in the environment: a variable alone creates the [meta] section.
+        for (var, key) in [
+            ("WASWITCH_META_GRAPH_URL", "meta.graph_url"),
+            ("WASWITCH_META_API_VERSION", "meta.api_version"),
+            ("WASWITCH_META_ACCESS_TOKEN", "meta.access_token"),
+            ("WASWITCH_META_APP_SECRET", "meta.app_secret"),
+            ("WASWITCH_META_VERIFY_TOKEN", "meta.verify_token"),
+        ] {
+            if let Some(v) = take(var, key) {
+                let meta = raw.meta.get_or_insert_with(Default::default);
+                let field = match key {
+                    "meta.graph_url" => &mut meta.graph_url,
+                    "meta.api_version" => &mut meta.api_version,
+                    "meta.access_token" => &mut meta.access_token,
+                    "meta.app_secret" => &mut meta.app_secret,
+                    _ => &mut meta.verify_token,
+                };
+                *field = v;
+            }
+        }
         if let Some(v) = env("WASWITCH_SHUTDOWN_GRACE_SECS") {
             self.origins
                 .insert("shutdown.grace_secs", "WASWITCH_SHUTDOWN_GRACE_SECS");
@@ -749,8 +783,12 @@ impl Validator {
             sip_listen,
         );
         let trunks = self.trunks(&raw.trunk, sip_listen);
+        let sim_listen = self.socket_addr("sim.listen", &raw.sim.listen, "127.0.0.1:8090");
         let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
+        let meta = self.meta(raw.meta.as_ref());
+        let business_numbers =
+            self.business_numbers(&raw.business_number, raw.meta.is_some(), &routes);
         let ring_timeout =
             self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
         let session_expires = match raw.sip.session_expires_secs {
@@ -809,6 +847,11 @@ impl Validator {
             limits: LimitsConfig {
                 max_cps: max_cps? as u32,
                 max_calls: max_calls? as u32,
+            },
+            meta,
+            business_numbers,
+            sim: SimConfig {
+                listen: sim_listen?,
             },
         })
     }

@@ -309,3 +309,92 @@ fn opus_complexity_defaults_to_five_and_is_bounded() {
     let p = one_problem("[media]\nopus_complexity = 11\n");
     assert_eq!(p.key, "media.opus_complexity");
 }
+
+const META_BASE: &str = "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+    [[route]]\nname = \"support\"\ntrunks = [\"pbx\"]\n";
+
+#[test]
+fn meta_and_business_numbers_load_and_secrets_never_print() {
+    let text = format!(
+        "{META_BASE}[meta]\ngraph_url = \"http://127.0.0.1:8090/\"\napi_version = \"v23.0\"\n\
+         access_token = \"EAAG-token\"\napp_secret = \"s3cr3t\"\nverify_token = \"vt\"\n\
+         [[business_number]]\nphone_number_id = \"105615555715855\"\n\
+         display_number = \"15551112222\"\ncountry = \"us\"\nroute = \"support\"\n"
+    );
+    let c = load(&text).expect("valid");
+    let meta = c.meta.as_ref().expect("meta");
+    assert_eq!(meta.graph_url, "http://127.0.0.1:8090");
+    assert_eq!(meta.app_secret.expose(), "s3cr3t");
+    assert_eq!(meta.max_attempts, 3);
+    assert_eq!(c.business_numbers[0].country, "US");
+    assert_eq!(c.sim.listen, "127.0.0.1:8090".parse().unwrap());
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("EAAG-token"),
+        "{shown}"
+    );
+    // Without [meta] there is no WhatsApp calling, and that is valid.
+    assert!(load("").unwrap().meta.is_none());
+}
+
+#[test]
+fn meta_secrets_come_from_the_environment_and_missing_ones_name_the_variable() {
+    let c = load_env(
+        "[meta]\n",
+        &[
+            ("WASWITCH_META_ACCESS_TOKEN", "tok"),
+            ("WASWITCH_META_APP_SECRET", "sec"),
+            ("WASWITCH_META_VERIFY_TOKEN", "ver"),
+            ("WASWITCH_META_GRAPH_URL", "http://127.0.0.1:9"),
+        ],
+    )
+    .expect("valid from the environment");
+    let meta = c.meta.expect("meta");
+    assert_eq!(
+        (meta.access_token.expose(), meta.graph_url.as_str()),
+        ("tok", "http://127.0.0.1:9")
+    );
+    // A variable alone creates the section.
+    let only_env = load_env("", &[("WASWITCH_META_APP_SECRET", "x")]).unwrap_err();
+    let keys: Vec<String> = only_env.problems().iter().map(|p| p.key.clone()).collect();
+    assert_eq!(keys, ["meta.access_token", "meta.verify_token"]);
+    assert!(only_env.problems()[0]
+        .fix
+        .contains("WASWITCH_META_ACCESS_TOKEN"));
+    let bad_env = load_env(
+        "[meta]\naccess_token = \"a\"\napp_secret = \"b\"\nverify_token = \"c\"\n",
+        &[("WASWITCH_META_API_VERSION", "23")],
+    )
+    .unwrap_err();
+    assert_eq!(
+        bad_env.problems()[0].key,
+        "meta.api_version (from WASWITCH_META_API_VERSION)"
+    );
+}
+
+#[test]
+fn business_number_mistakes_name_the_entry_and_the_fix() {
+    let meta = "[meta]\naccess_token = \"a\"\napp_secret = \"b\"\nverify_token = \"c\"\n";
+    let number = |fields: &str| format!("{META_BASE}{meta}[[business_number]]\n{fields}");
+    let p = one_problem(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"+15551112222\"\ncountry = \"US\"\nroute = \"support\"\n",
+    ));
+    assert_eq!(p.key, "business_number[0].display_number");
+    assert!(p.fix.contains("\"15551112222\""), "{}", p.fix);
+    let p = one_problem(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"15551112222\"\ncountry = \"USA\"\nroute = \"support\"\n",
+    ));
+    assert_eq!(p.key, "business_number[0].country");
+    let p = one_problem(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"15551112222\"\ncountry = \"US\"\nroute = \"sales\"\n",
+    ));
+    assert_eq!(p.key, "business_number[0].route");
+    assert!(p.fix.contains("support"), "{}", p.fix);
+    let p = one_problem(&format!(
+        "{META_BASE}[[business_number]]\nphone_number_id = \"1\"\ndisplay_number = \"15551112222\"\n\
+         country = \"US\"\nroute = \"support\"\n"
+    ));
+    assert_eq!(p.key, "business_number");
+    let p = one_problem(&format!("{meta}graph_url = \"graph.facebook.com\"\n"));
+    assert_eq!(p.key, "meta.graph_url");
+}

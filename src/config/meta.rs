@@ -1,0 +1,228 @@
+//! `[meta]` and `[[business_number]]`: how the switch talks to Meta's Cloud API, and which
+//! WhatsApp business numbers it serves.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{file, SipRoute, Validator};
+
+/// A secret read from configuration: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that must use it (a signature key, a header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Meta's Cloud API: where the Graph API is, and the app's secrets.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Graph API base URL, without the version (`https://graph.facebook.com`; the sim's URL
+    /// in rehearsals and tests).
+    pub graph_url: String,
+    /// Graph API version (`v23.0`).
+    pub api_version: String,
+    /// System-user access token for the Graph API.
+    pub access_token: Secret,
+    /// App secret: the key of the webhooks' `X-Hub-Signature-256`.
+    pub app_secret: Secret,
+    /// Answer to Meta's webhook verification challenge.
+    pub verify_token: Secret,
+    /// Time limit of one Graph API request.
+    pub request_timeout: Duration,
+    /// Attempts of an idempotent Graph API request (1: no retry).
+    pub max_attempts: u32,
+}
+
+/// A WhatsApp business phone number the switch carries calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusinessNumber {
+    /// Meta's id of the number (the `<PHONE_NUMBER_ID>` of Graph API paths).
+    pub phone_number_id: String,
+    /// The number, digits only (`15551112222`), as Meta's webhooks show it.
+    pub display_number: String,
+    /// ISO 3166-1 alpha-2 country of the number (`US`), for country rules.
+    pub country: String,
+    /// Name of the route its calls take.
+    pub route: String,
+}
+
+/// `waswitch sim`, the Meta emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Where it serves the Graph API.
+    pub listen: SocketAddr,
+}
+
+impl Validator {
+    pub(super) fn meta(&mut self, raw: Option<&file::MetaSection>) -> Option<MetaConfig> {
+        let raw = raw?;
+        let url = raw.graph_url.trim().trim_end_matches('/');
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        let host = url.split_once("://").map_or("", |(_, rest)| rest);
+        if !scheme_ok || host.is_empty() || host.contains(char::is_whitespace) {
+            self.problem(
+                "meta.graph_url",
+                format!("{:?} is not an http(s) URL", raw.graph_url),
+                "use \"https://graph.facebook.com\", or the sim's \"http://127.0.0.1:8090\"",
+            );
+        }
+        let version = raw.api_version.trim();
+        let version_ok = version
+            .strip_prefix('v')
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                !major.is_empty()
+                    && !minor.is_empty()
+                    && major.bytes().all(|b| b.is_ascii_digit())
+                    && minor.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !version_ok {
+            self.problem(
+                "meta.api_version",
+                format!("{:?} is not a Graph API version", raw.api_version),
+                "write it as Meta does, e.g. \"v23.0\"",
+            );
+        }
+        for (key, value, what) in [
+            (
+                "meta.access_token",
+                &raw.access_token,
+                "the system user's access token",
+            ),
+            (
+                "meta.app_secret",
+                &raw.app_secret,
+                "the app secret from the app dashboard",
+            ),
+            (
+                "meta.verify_token",
+                &raw.verify_token,
+                "the verify token you give Meta for the webhook",
+            ),
+        ] {
+            if value.trim().is_empty() {
+                let var = format!("WASWITCH_{}", key.replace('.', "_").to_ascii_uppercase());
+                self.problem(
+                    key,
+                    "is empty",
+                    format!("set {what}, preferably through {var} so it stays out of files"),
+                );
+            }
+        }
+        let timeout = self.bounded(
+            "meta.request_timeout_ms",
+            raw.request_timeout_ms,
+            100,
+            60_000,
+        );
+        let attempts = self.bounded("meta.max_attempts", raw.max_attempts, 1, 10);
+        Some(MetaConfig {
+            graph_url: url.to_string(),
+            api_version: version.to_string(),
+            access_token: Secret::new(raw.access_token.trim()),
+            app_secret: Secret::new(raw.app_secret.trim()),
+            verify_token: Secret::new(raw.verify_token.trim()),
+            request_timeout: Duration::from_millis(timeout? as u64),
+            max_attempts: attempts? as u32,
+        })
+    }
+
+    pub(super) fn business_numbers(
+        &mut self,
+        raw: &[file::BusinessNumberSection],
+        meta: bool,
+        routes: &[SipRoute],
+    ) -> Vec<BusinessNumber> {
+        if !raw.is_empty() && !meta {
+            self.problem(
+                "business_number",
+                "business numbers are configured without a [meta] section",
+                "add [meta] with graph_url, api_version and the app's secrets",
+            );
+        }
+        let mut ids = HashSet::new();
+        let mut numbers = HashSet::new();
+        let mut out = Vec::new();
+        for (i, b) in raw.iter().enumerate() {
+            let key = |field: &str| format!("business_number[{i}].{field}");
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+            let id = b.phone_number_id.trim();
+            if !digits(id) {
+                self.problem(
+                    &key("phone_number_id"),
+                    format!("{:?} is not a phone number id", b.phone_number_id),
+                    "copy the number's id (digits) from WhatsApp Manager or the Graph API",
+                );
+            } else if !ids.insert(id.to_string()) {
+                self.problem(
+                    &key("phone_number_id"),
+                    format!("{id} is configured twice"),
+                    "list each business number once",
+                );
+            }
+            let number = b.display_number.trim();
+            if !digits(number) || !(7..=15).contains(&number.len()) {
+                let fix = if number.starts_with('+') {
+                    format!("drop the '+': \"{}\"", number.trim_start_matches('+'))
+                } else {
+                    "give the E.164 number as digits without '+', e.g. \"15551112222\"".to_string()
+                };
+                self.problem(
+                    &key("display_number"),
+                    format!("{:?} is not a number in Meta's form", b.display_number),
+                    fix,
+                );
+            } else if !numbers.insert(number.to_string()) {
+                self.problem(
+                    &key("display_number"),
+                    format!("{number} is configured twice"),
+                    "list each business number once",
+                );
+            }
+            let country = b.country.trim().to_ascii_uppercase();
+            if country.len() != 2 || !country.bytes().all(|c| c.is_ascii_alphabetic()) {
+                self.problem(
+                    &key("country"),
+                    format!("{:?} is not a country code", b.country),
+                    "use the ISO 3166-1 alpha-2 code, e.g. \"US\", \"BR\", \"IN\"",
+                );
+            }
+            if !routes.iter().any(|r| r.name == b.route) {
+                let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+                self.problem(
+                    &key("route"),
+                    format!("there is no route {:?}", b.route),
+                    if known.is_empty() {
+                        "add a [[route]] naming the trunks this number's calls go to".to_string()
+                    } else {
+                        format!("use one of: {}", known.join(", "))
+                    },
+                );
+            }
+            out.push(BusinessNumber {
+                phone_number_id: id.to_string(),
+                display_number: number.to_string(),
+                country,
+                route: b.route.clone(),
+            });
+        }
+        out
+    }
+}
