@@ -16,6 +16,7 @@ pub mod api;
 pub mod call;
 pub mod config;
 pub mod media;
+pub mod meta;
 pub mod node;
 pub mod routing;
 pub mod sdp;

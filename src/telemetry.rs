@@ -69,6 +69,18 @@ pub const TRANSCODING_LEGS_ACTIVE: &str = "waswitch_transcoding_legs_active";
 /// Counter: DTMF digits received, by `side` (`a`, `b`).
 pub const DTMF_DIGITS_TOTAL: &str = "waswitch_dtmf_digits_total";
 
+/// Counter: webhook deliveries received from Meta, by `outcome` (`accepted`,
+/// `bad_signature`, `malformed`, `overloaded`, `disabled`).
+pub const META_WEBHOOKS_TOTAL: &str = "waswitch_meta_webhooks_total";
+
+/// Counter: calling events in Meta's webhooks, by `kind` (`connect`, `terminate`, `status`,
+/// `permission_reply`) and `delivery` (`new`, `duplicate`).
+pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total";
+
+/// Counter: things in Meta's webhooks this version skipped, by `what` (`field`,
+/// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
+pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",
@@ -113,6 +125,15 @@ pub fn install_metrics() -> PrometheusHandle {
                     metrics::counter!(CALLS_TOTAL, "direction" => direction, "outcome" => outcome)
                         .increment(0);
                 }
+            }
+            for outcome in [
+                "accepted",
+                "bad_signature",
+                "malformed",
+                "overloaded",
+                "disabled",
+            ] {
+                metrics::counter!(META_WEBHOOKS_TOTAL, "outcome" => outcome).increment(0);
             }
             for actor in ACTOR_NAMES {
                 metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => *actor).increment(0);

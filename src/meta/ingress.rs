@@ -1,0 +1,226 @@
+//! `GET /webhooks/meta` (Meta's verification challenge) and `POST /webhooks/meta` (calling
+//! webhooks).
+//!
+//! A delivery is authenticated by its `X-Hub-Signature-256` over the raw body before
+//! anything is parsed (401 otherwise), parsed (400 when it is not a webhook), stripped of
+//! events already delivered, and handed whole to the call layer's queue; then it is answered
+//! 200 at once. When the queue cannot take every new event the delivery is answered 503 and
+//! nothing of it is remembered, so Meta's retry brings it again: an event is either queued
+//! or left for the retry, never half-processed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::mpsc;
+
+use super::signature;
+use super::webhook::{self, Dedup, MetaEvent};
+use crate::config::Secret;
+use crate::telemetry;
+
+/// The path Meta is configured to call.
+pub const PATH: &str = "/webhooks/meta";
+/// How long a delivered event is remembered (Meta retries calling webhooks for a short while).
+const DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
+/// Events remembered at most.
+const DEDUP_CAPACITY: usize = 200_000;
+
+/// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
+pub struct Ingress {
+    app_secret: Secret,
+    verify_token: Secret,
+    dedup: Mutex<Dedup>,
+    events: mpsc::Sender<MetaEvent>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress").finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    /// An ingress verifying with `app_secret`, answering challenges for `verify_token`, and
+    /// queueing events on `events`.
+    pub fn new(
+        app_secret: Secret,
+        verify_token: Secret,
+        events: mpsc::Sender<MetaEvent>,
+    ) -> Ingress {
+        Ingress {
+            app_secret,
+            verify_token,
+            dedup: Mutex::new(Dedup::new(DEDUP_WINDOW, DEDUP_CAPACITY)),
+            events,
+        }
+    }
+
+    /// Handles one POST: the status to answer.
+    pub fn deliver(&self, headers: &HeaderMap, body: &[u8], now: Instant) -> StatusCode {
+        let signature = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
+        if let Err(e) = signature::verify(self.app_secret.expose().as_bytes(), body, signature) {
+            tracing::warn!(error = %e, "webhook refused: signature");
+            outcome("bad_signature");
+            return StatusCode::UNAUTHORIZED;
+        }
+        let parsed = match webhook::parse(body) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook refused: payload");
+                outcome("malformed");
+                return StatusCode::BAD_REQUEST;
+            }
+        };
+        for (what, name) in &parsed.unknown {
+            tracing::debug!(what, name = %name, "webhook: skipped what this version does not know");
+            metrics::counter!(telemetry::META_WEBHOOK_SKIPPED_TOTAL, "what" => *what).increment(1);
+        }
+        for reason in &parsed.invalid {
+            tracing::warn!(reason = %reason, "webhook: incomplete item skipped");
+            metrics::counter!(telemetry::META_WEBHOOK_SKIPPED_TOTAL, "what" => "invalid")
+                .increment(1);
+        }
+        // The lock covers the check, the queueing and the remembering, so two deliveries of
+        // one event racing each other queue it once.
+        let Ok(mut dedup) = self.dedup.lock() else {
+            outcome("overloaded");
+            return StatusCode::SERVICE_UNAVAILABLE;
+        };
+        let mut fresh: Vec<(String, MetaEvent)> = Vec::new();
+        for event in parsed.events {
+            let key = event.dedup_key();
+            let delivery = if dedup.seen(&key, now) || fresh.iter().any(|(k, _)| *k == key) {
+                "duplicate"
+            } else {
+                "new"
+            };
+            metrics::counter!(telemetry::META_WEBHOOK_EVENTS_TOTAL, "kind" => event.kind(), "delivery" => delivery)
+                .increment(1);
+            if delivery == "new" {
+                fresh.push((key, event));
+            }
+        }
+        if fresh.is_empty() {
+            outcome("accepted");
+            return StatusCode::OK;
+        }
+        let permits = match self.events.try_reserve_many(fresh.len()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, events = fresh.len(), "webhook deferred: the call layer's queue is full");
+                outcome("overloaded");
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+        };
+        for (permit, (key, event)) in permits.zip(fresh) {
+            dedup.remember(key, now);
+            permit.send(event);
+        }
+        outcome("accepted");
+        StatusCode::OK
+    }
+
+    /// Handles Meta's verification GET: the challenge when the token is ours.
+    pub fn challenge(
+        &self,
+        mode: Option<&str>,
+        token: Option<&str>,
+        challenge: Option<&str>,
+    ) -> Result<String, StatusCode> {
+        let token_ok = token
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), self.verify_token.expose().as_bytes()));
+        match (mode, challenge) {
+            (Some("subscribe"), Some(c)) if token_ok => Ok(c.to_string()),
+            (Some("subscribe"), Some(_)) => {
+                tracing::warn!("webhook verification refused: wrong verify token");
+                Err(StatusCode::FORBIDDEN)
+            }
+            _ => Err(StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
+fn outcome(outcome: &'static str) {
+    metrics::counter!(telemetry::META_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use hmac::digest::Digest;
+    // Equal-length digests compared without an early exit: the time says nothing about
+    // where the token differs.
+    let (da, db) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[derive(serde::Deserialize)]
+struct Challenge {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// The webhook routes; `None` (no `[meta]` configured) answers 404 with a reason.
+pub fn router(ingress: Option<Arc<Ingress>>) -> Router {
+    Router::new()
+        .route(PATH, get(verify).post(receive))
+        .with_state(ingress)
+}
+
+async fn verify(
+    State(ingress): State<Option<Arc<Ingress>>>,
+    Query(q): Query<Challenge>,
+) -> Response {
+    let Some(ingress) = ingress else {
+        return disabled();
+    };
+    match ingress.challenge(
+        q.mode.as_deref(),
+        q.token.as_deref(),
+        q.challenge.as_deref(),
+    ) {
+        Ok(c) => ([(header::CONTENT_TYPE, "text/plain")], c).into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn receive(
+    State(ingress): State<Option<Arc<Ingress>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(ingress) = ingress else {
+        return disabled();
+    };
+    let status = ingress.deliver(&headers, &body, Instant::now());
+    let mut response = status.into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn disabled() -> Response {
+    outcome("disabled");
+    (
+        StatusCode::NOT_FOUND,
+        "WhatsApp calling is not configured on this node: add a [meta] section",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;
