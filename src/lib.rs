@@ -20,6 +20,7 @@ pub mod meta;
 pub mod node;
 pub mod routing;
 pub mod sdp;
+pub mod sim;
 pub mod sip;
 pub mod store;
 pub mod telemetry;

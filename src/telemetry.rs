@@ -81,6 +81,13 @@ pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total"
 /// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
 pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
 
+/// Counter: Graph API requests, by `action` and `outcome` (`ok`, `error`, `timeout`,
+/// `transport`, `decode`); each attempt counts.
+pub const META_API_REQUESTS_TOTAL: &str = "waswitch_meta_api_requests_total";
+
+/// Histogram: Graph API request latency in seconds, by `action`.
+pub const META_API_LATENCY_SECONDS: &str = "waswitch_meta_api_latency_seconds";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",

@@ -1,0 +1,515 @@
+//! The Graph API client: call actions, call permissions, the permission-request message and
+//! the number's calling settings.
+//!
+//! One pooled HTTPS client (rustls) per node. Every request has a time limit. Requests that
+//! may safely be repeated (everything but `connect` and sending a message) are retried with
+//! jittered exponential backoff on transport errors, timeouts, 429 and 5xx; Meta's error
+//! bodies become [`GraphError::Meta`] with code, subcode, message and `fbtrace_id`.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::config::{MetaConfig, Secret};
+use crate::telemetry;
+
+/// First retry delay; doubled per attempt, with ±50% jitter.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// Why a Graph API request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// Meta answered with an error body.
+    #[error("Meta error {code} (HTTP {status}): {message}")]
+    Meta {
+        /// HTTP status.
+        status: u16,
+        /// Meta's code (e.g. 138006: no approved call permission).
+        code: i64,
+        /// Meta's subcode, if any.
+        subcode: Option<i64>,
+        /// Message.
+        message: String,
+        /// `error_data.details`.
+        details: Option<String>,
+        /// For Meta's support.
+        fbtrace_id: Option<String>,
+    },
+    /// Meta answered an HTTP error without an error body (a proxy, an outage).
+    #[error("HTTP {status} from the Graph API")]
+    Http {
+        /// HTTP status.
+        status: u16,
+    },
+    /// No answer within the time limit.
+    #[error("the Graph API did not answer in time")]
+    Timeout,
+    /// The connection failed (DNS, TCP, TLS).
+    #[error("cannot reach the Graph API: {0}")]
+    Transport(String),
+    /// A success answer that does not say what it should.
+    #[error("unexpected Graph API answer: {0}")]
+    Decode(String),
+}
+
+impl GraphError {
+    /// Meta's error code, if Meta gave one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            GraphError::Meta { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether repeating the same request may succeed.
+    pub fn transient(&self) -> bool {
+        match self {
+            GraphError::Meta { status, .. } | GraphError::Http { status } => {
+                *status == 429 || *status >= 500
+            }
+            GraphError::Timeout | GraphError::Transport(_) => true,
+            GraphError::Decode(_) => false,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            GraphError::Meta { .. } | GraphError::Http { .. } => "error",
+            GraphError::Timeout => "timeout",
+            GraphError::Transport(_) => "transport",
+            GraphError::Decode(_) => "decode",
+        }
+    }
+}
+
+/// A call action on `POST /<PHONE_NUMBER_ID>/calls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallAction {
+    /// Start a business-initiated call with our SDP offer.
+    Connect {
+        /// The user's number.
+        to: String,
+        /// Our offer.
+        sdp: String,
+        /// Tracking string echoed in webhooks (at most 512 characters).
+        biz_opaque_callback_data: Option<String>,
+    },
+    /// Answer a user's call early, so ICE and DTLS come up while the business side rings.
+    PreAccept {
+        /// Meta's call id.
+        call_id: String,
+        /// Our answer.
+        sdp: String,
+    },
+    /// Answer a user's call (the same SDP as the pre-accept, if any).
+    Accept {
+        /// Meta's call id.
+        call_id: String,
+        /// Our answer.
+        sdp: String,
+        /// Tracking string echoed in the terminate webhook.
+        biz_opaque_callback_data: Option<String>,
+    },
+    /// Decline a user's call.
+    Reject {
+        /// Meta's call id.
+        call_id: String,
+    },
+    /// End a call.
+    Terminate {
+        /// Meta's call id.
+        call_id: String,
+    },
+}
+
+impl CallAction {
+    /// The action's name in Meta's API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CallAction::Connect { .. } => "connect",
+            CallAction::PreAccept { .. } => "pre_accept",
+            CallAction::Accept { .. } => "accept",
+            CallAction::Reject { .. } => "reject",
+            CallAction::Terminate { .. } => "terminate",
+        }
+    }
+
+    /// Whether repeating it cannot do anything twice: all but `connect`, which would place
+    /// a second call.
+    pub fn idempotent(&self) -> bool {
+        !matches!(self, CallAction::Connect { .. })
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = json!({"messaging_product": "whatsapp", "action": self.name()});
+        let sdp = |kind: &str, sdp: &str| json!({"sdp_type": kind, "sdp": sdp});
+        match self {
+            CallAction::Connect {
+                to,
+                sdp: s,
+                biz_opaque_callback_data,
+            } => {
+                body["to"] = json!(to);
+                body["session"] = sdp("offer", s);
+                if let Some(o) = biz_opaque_callback_data {
+                    body["biz_opaque_callback_data"] = json!(o);
+                }
+            }
+            CallAction::PreAccept { call_id, sdp: s } => {
+                body["call_id"] = json!(call_id);
+                body["session"] = sdp("answer", s);
+            }
+            CallAction::Accept {
+                call_id,
+                sdp: s,
+                biz_opaque_callback_data,
+            } => {
+                body["call_id"] = json!(call_id);
+                body["session"] = sdp("answer", s);
+                if let Some(o) = biz_opaque_callback_data {
+                    body["biz_opaque_callback_data"] = json!(o);
+                }
+            }
+            CallAction::Reject { call_id } | CallAction::Terminate { call_id } => {
+                body["call_id"] = json!(call_id);
+            }
+        }
+        body
+    }
+}
+
+/// A user's call permission, from `GET /<PHONE_NUMBER_ID>/call_permissions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPermission {
+    /// `no_permission`, `temporary` or `permanent` (other values kept as given).
+    pub status: String,
+    /// Expiry of a temporary permission, Unix seconds.
+    pub expires_at: Option<u64>,
+    /// Whether a permission request may be sent now (all limits considered).
+    pub can_request: Option<bool>,
+    /// Whether a call may be placed now (all limits considered).
+    pub can_call: Option<bool>,
+}
+
+/// The Graph API client of one node.
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// A client for the configured Graph API.
+    pub fn new(config: &MetaConfig) -> Result<GraphClient, GraphError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphError::Transport(e.to_string()))?;
+        Ok(GraphClient {
+            http,
+            base: format!("{}/{}", config.graph_url, config.api_version),
+            token: config.access_token.clone(),
+            max_attempts: config.max_attempts.max(1),
+        })
+    }
+
+    /// Runs a call action for business number `phone_number_id`. `connect` returns Meta's
+    /// new call id; the others `None`.
+    pub async fn call_action(
+        &self,
+        phone_number_id: &str,
+        action: &CallAction,
+    ) -> Result<Option<String>, GraphError> {
+        let url = format!("{}/{}/calls", self.base, phone_number_id);
+        let answer = self
+            .request(
+                action.name(),
+                action.idempotent(),
+                Method::Post(action.body()),
+                &url,
+            )
+            .await?;
+        match action {
+            CallAction::Connect { .. } => answer
+                .pointer("/calls/0/id")
+                .and_then(Value::as_str)
+                .map(|id| Some(id.to_string()))
+                .ok_or_else(|| GraphError::Decode("connect answered without a call id".into())),
+            _ => match answer.get("success").and_then(Value::as_bool) {
+                Some(false) => Err(GraphError::Decode(format!(
+                    "{} answered success=false",
+                    action.name()
+                ))),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    /// The call permission of user `wa_id` toward business number `phone_number_id`.
+    pub async fn call_permission(
+        &self,
+        phone_number_id: &str,
+        wa_id: &str,
+    ) -> Result<CallPermission, GraphError> {
+        let url = format!(
+            "{}/{}/call_permissions?user_wa_id={}",
+            self.base, phone_number_id, wa_id
+        );
+        let v = self
+            .request("call_permissions", true, Method::Get, &url)
+            .await?;
+        let permission = v.get("permission").ok_or_else(|| {
+            GraphError::Decode("call_permissions answered without a permission".into())
+        })?;
+        let status = permission
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("no_permission")
+            .to_string();
+        // Meta's sample says expiration_time, its table expiration: both are read.
+        let expires_at =
+            ["expiration_time", "expiration"]
+                .iter()
+                .find_map(|k| match permission.get(*k) {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                });
+        let can = |name: &str| {
+            v.get("actions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|a| a.get("action_name").and_then(Value::as_str) == Some(name))
+                .and_then(|a| a.get("can_perform_action"))
+                .and_then(Value::as_bool)
+        };
+        Ok(CallPermission {
+            status,
+            expires_at,
+            can_request: can("send_call_permission_request"),
+            can_call: can("start_call"),
+        })
+    }
+
+    /// Sends the free-form call-permission request message to `to`, with `text` explaining
+    /// why the business wants to call; returns the message id (`wamid.…`). Not retried: a
+    /// retry could send the user the request twice.
+    pub async fn send_permission_request(
+        &self,
+        phone_number_id: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, GraphError> {
+        let url = format!("{}/{}/messages", self.base, phone_number_id);
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "interactive",
+            "interactive": {
+                "type": "call_permission_request",
+                "action": {"name": "call_permission_request"},
+                "body": {"text": text},
+            },
+        });
+        let v = self
+            .request("permission_request", false, Method::Post(body), &url)
+            .await?;
+        v.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode("messages answered without a message id".into()))
+    }
+
+    /// The number's `calling` settings, as Meta returns them.
+    pub async fn calling_settings(&self, phone_number_id: &str) -> Result<Value, GraphError> {
+        let url = format!("{}/{}/settings", self.base, phone_number_id);
+        let v = self
+            .request("get_settings", true, Method::Get, &url)
+            .await?;
+        v.get("calling")
+            .cloned()
+            .ok_or_else(|| GraphError::Decode("settings answered without calling".into()))
+    }
+
+    /// Replaces the number's `calling` settings with `calling`.
+    pub async fn update_calling_settings(
+        &self,
+        phone_number_id: &str,
+        calling: Value,
+    ) -> Result<(), GraphError> {
+        let url = format!("{}/{}/settings", self.base, phone_number_id);
+        self.request(
+            "update_settings",
+            true,
+            Method::Post(json!({"calling": calling})),
+            &url,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn request(
+        &self,
+        action: &'static str,
+        idempotent: bool,
+        method: Method,
+        url: &str,
+    ) -> Result<Value, GraphError> {
+        let attempts = if idempotent { self.max_attempts } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self.once(&method, url).await;
+            metrics::histogram!(telemetry::META_API_LATENCY_SECONDS, "action" => action)
+                .record(started.elapsed().as_secs_f64());
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            };
+            metrics::counter!(telemetry::META_API_REQUESTS_TOTAL, "action" => action, "outcome" => outcome)
+                .increment(1);
+            match result {
+                Err(e) if e.transient() && attempt < attempts => {
+                    let wait = backoff(attempt);
+                    tracing::warn!(action, attempt, error = %e, wait_ms = wait.as_millis() as u64, "Graph API request retried");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    tracing::warn!(action, attempt, error = %e, "Graph API request failed");
+                    return Err(e);
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    async fn once(&self, method: &Method, url: &str) -> Result<Value, GraphError> {
+        let builder = match method {
+            Method::Get => self.http.get(url),
+            Method::Post(body) => self.http.post(url).json(body),
+        };
+        let response = builder
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(transport)?;
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if (200..300).contains(&status) {
+            return body
+                .ok_or_else(|| GraphError::Decode("a success answer that is not JSON".into()));
+        }
+        match body.as_ref().and_then(|b| b.get("error")) {
+            Some(e) => Err(GraphError::Meta {
+                status,
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+                subcode: e.get("error_subcode").and_then(Value::as_i64),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                details: e
+                    .pointer("/error_data/details")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                fbtrace_id: e
+                    .get("fbtrace_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }),
+            None => Err(GraphError::Http { status }),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Method {
+    Get,
+    Post(Value),
+}
+
+fn transport(e: reqwest::Error) -> GraphError {
+    if e.is_timeout() {
+        GraphError::Timeout
+    } else {
+        GraphError::Transport(e.to_string())
+    }
+}
+
+/// The wait before retry `attempt` (1-based): 200 ms doubling, ±50% at random, so many
+/// nodes retrying after one outage do not arrive together.
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF.as_millis() as u64 * (1u64 << attempt.saturating_sub(1).min(6));
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let jitter = random % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_follow_metas_shapes() {
+        let accept = CallAction::Accept {
+            call_id: "wacid.1".into(),
+            sdp: "v=0\r\n".into(),
+            biz_opaque_callback_data: Some("t-1".into()),
+        };
+        assert_eq!(
+            accept.body(),
+            json!({"messaging_product": "whatsapp", "action": "accept", "call_id": "wacid.1",
+                   "session": {"sdp_type": "answer", "sdp": "v=0\r\n"},
+                   "biz_opaque_callback_data": "t-1"})
+        );
+        let connect = CallAction::Connect {
+            to: "14085551234".into(),
+            sdp: "v=0\r\n".into(),
+            biz_opaque_callback_data: None,
+        };
+        assert_eq!(connect.body()["session"]["sdp_type"], "offer");
+        assert!(!connect.idempotent());
+        assert!(CallAction::Terminate {
+            call_id: "x".into()
+        }
+        .idempotent());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_within_bounds() {
+        for attempt in 1..=4u32 {
+            let base = 200u64 << (attempt - 1);
+            for _ in 0..50 {
+                let ms = backoff(attempt).as_millis() as u64;
+                assert!(
+                    (base / 2..=base / 2 + base).contains(&ms),
+                    "{attempt}: {ms}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! The sim's Graph API: `POST /<version>/<PHONE_NUMBER_ID>/calls` (connect, pre_accept,
+//! accept, reject, terminate), `GET …/call_permissions`, `POST …/messages` (call-permission
+//! requests), `GET`/`POST …/settings`, validated the way Meta validates them and answered
+//! with Meta-shaped errors. Every request is recorded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+
+/// Where a call stands, from Meta's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimCallState {
+    /// A user's call offered to the business, not yet answered.
+    Offered,
+    /// Pre-accepted with this SDP answer.
+    PreAccepted(String),
+    /// Accepted (user-initiated) or placed and ringing the user (business-initiated).
+    Active,
+    /// Over.
+    Ended,
+}
+
+/// One call the sim knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimCall {
+    /// `wacid.…`.
+    pub id: String,
+    /// The business number's id.
+    pub phone_number_id: String,
+    /// The WhatsApp user.
+    pub user: String,
+    /// Placed by the business.
+    pub business_initiated: bool,
+    /// Where it stands.
+    pub state: SimCallState,
+    /// Meta's offer (user-initiated) or the business's offer (business-initiated).
+    pub offer: String,
+    /// The answer applied.
+    pub answer: Option<String>,
+    /// The tracking string the business set.
+    pub biz_opaque_callback_data: Option<String>,
+}
+
+/// A request the sim received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `calls`, `call_permissions`, `messages`, `settings`.
+    pub endpoint: String,
+    /// For `calls`: the action.
+    pub action: Option<String>,
+    /// Business number id in the path.
+    pub phone_number_id: String,
+    /// The body (JSON), or the query for GETs.
+    pub body: Value,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// A failure the sim injects into the next requests, to rehearse outages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// HTTP status to answer (with Meta's transient error body).
+    pub status: u16,
+    /// Delay before answering.
+    pub delay: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: HashMap<String, SimCall>,
+    recorded: Vec<Recorded>,
+    /// (phone number id, user) → expiry (Unix seconds; `None`: permanent).
+    permissions: HashMap<(String, String), Option<u64>>,
+    settings: HashMap<String, Value>,
+    faults: Vec<Fault>,
+    next: u64,
+}
+
+/// The Graph API side of the sim: its state and its routes.
+#[derive(Clone)]
+pub struct SimGraph {
+    token: Secret,
+    numbers: Arc<Vec<String>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for SimGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimGraph")
+            .field("numbers", &self.numbers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimGraph {
+    /// A Graph API accepting `token` for the business numbers `phone_number_ids`.
+    pub fn new(token: Secret, phone_number_ids: Vec<String>) -> SimGraph {
+        SimGraph {
+            token,
+            numbers: Arc::new(phone_number_ids),
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
+    }
+
+    /// The routes, under `/<version>/…`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{version}/{number}/calls", post(calls))
+            .route("/{version}/{number}/call_permissions", get(permissions))
+            .route("/{version}/{number}/messages", post(messages))
+            .route(
+                "/{version}/{number}/settings",
+                get(get_settings).post(post_settings),
+            )
+            .with_state(self.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A WhatsApp user calls business number `phone_number_id` with Meta's SDP `offer`:
+    /// the call the sim's connect webhook announces. Returns its id.
+    pub fn place_user_call(&self, phone_number_id: &str, user: &str, offer: &str) -> String {
+        let mut inner = self.lock();
+        let id = call_id(&mut inner.next, user, phone_number_id);
+        inner.calls.insert(
+            id.clone(),
+            SimCall {
+                id: id.clone(),
+                phone_number_id: phone_number_id.to_string(),
+                user: user.to_string(),
+                business_initiated: false,
+                state: SimCallState::Offered,
+                offer: offer.to_string(),
+                answer: None,
+                biz_opaque_callback_data: None,
+            },
+        );
+        id
+    }
+
+    /// The user hangs up (or Meta ends the call).
+    pub fn end_call(&self, call_id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.calls.get_mut(call_id) {
+            Some(c) if c.state != SimCallState::Ended => {
+                c.state = SimCallState::Ended;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The user grants business number `phone_number_id` permission to call (until
+    /// `expires_at`, Unix seconds; `None`: permanently).
+    pub fn grant(&self, phone_number_id: &str, user: &str, expires_at: Option<u64>) {
+        self.lock()
+            .permissions
+            .insert((phone_number_id.to_string(), user.to_string()), expires_at);
+    }
+
+    /// The user revokes it.
+    pub fn revoke(&self, phone_number_id: &str, user: &str) {
+        self.lock()
+            .permissions
+            .remove(&(phone_number_id.to_string(), user.to_string()));
+    }
+
+    /// The next requests fail with `fault`, one each, in order.
+    pub fn inject(&self, faults: &[Fault]) {
+        self.lock().faults.extend_from_slice(faults);
+    }
+
+    /// A call.
+    pub fn call(&self, id: &str) -> Option<SimCall> {
+        self.lock().calls.get(id).cloned()
+    }
+
+    /// Every request received, in order.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.lock().recorded.clone()
+    }
+
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == self.token.expose())
+    }
+}
+
+/// A Meta-shaped error answer.
+fn error(status: StatusCode, code: i64, message: &str, details: Option<&str>) -> Response {
+    let mut e = json!({
+        "message": message,
+        "type": if code == 190 { "OAuthException" } else { "GraphMethodException" },
+        "code": code,
+        "fbtrace_id": "AsimTRACE0000000000000",
+    });
+    if let Some(d) = details {
+        e["error_data"] = json!({"messaging_product": "whatsapp", "details": d});
+    }
+    (status, Json(json!({"error": e}))).into_response()
+}
+
+/// A realistic opaque call id: `wacid.` and base64 of a counter, the user and the number.
+fn call_id(next: &mut u64, user: &str, number: &str) -> String {
+    *next += 1;
+    let raw = format!("{:020}:{user}:{number}", next);
+    let mut out = String::from("wacid.");
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in raw.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+        for _ in chunk.len()..3 {
+            out.push('=');
+        }
+    }
+    out
+}
+
+/// Checks applied to every request; the error answer when one fails. Faults are applied
+/// here, after recording.
+async fn gate(
+    sim: &SimGraph,
+    headers: &HeaderMap,
+    version: &str,
+    number: &str,
+) -> Option<Response> {
+    let fault = {
+        let mut inner = sim.lock();
+        (!inner.faults.is_empty()).then(|| inner.faults.remove(0))
+    };
+    if let Some(f) = fault {
+        tokio::time::sleep(f.delay).await;
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Some(error(status, 2, "Service temporarily unavailable", None));
+    }
+    if !sim.authorised(headers) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            190,
+            "Invalid OAuth access token - Cannot parse access token",
+            None,
+        ));
+    }
+    let version_ok = version
+        .strip_prefix('v')
+        .and_then(|v| v.split_once('.'))
+        .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+    if !version_ok {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            &format!("Unknown path components: /{version}/{number}"),
+            None,
+        ));
+    }
+    if !sim.numbers.iter().any(|n| n == number) {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            100,
+            &format!("Unsupported post request. Object with ID '{number}' does not exist"),
+            None,
+        ));
+    }
+    None
+}
+
+fn record(
+    sim: &SimGraph,
+    endpoint: &str,
+    action: Option<&str>,
+    number: &str,
+    body: Value,
+    response: &Response,
+) {
+    sim.lock().recorded.push(Recorded {
+        endpoint: endpoint.to_string(),
+        action: action.map(str::to_string),
+        phone_number_id: number.to_string(),
+        body,
+        status: response.status().as_u16(),
+    });
+}
+
+async fn calls(
+    State(sim): State<SimGraph>,
+    Path((version, number)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let action = parsed
+        .as_ref()
+        .and_then(|b| b.get("action"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let response = match gate(&sim, &headers, &version, &number).await {
+        Some(r) => r,
+        None => call_action(&sim, &number, parsed.as_ref()),
+    };
+    record(
+        &sim,
+        "calls",
+        action.as_deref(),
+        &number,
+        parsed.unwrap_or(Value::Null),
+        &response,
+    );
+    response
+}
+
+fn invalid(message: &str, details: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, 100, message, Some(details))
+}
+
+fn call_action(sim: &SimGraph, number: &str, body: Option<&Value>) -> Response {
+    let Some(body) = body.filter(|b| b.is_object()) else {
+        return invalid("Invalid parameter", "The request body is not a JSON object");
+    };
+    if body.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") {
+        return invalid(
+            "Invalid parameter",
+            "messaging_product must be \"whatsapp\"",
+        );
+    }
+    let Some(action) = body.get("action").and_then(Value::as_str) else {
+        return invalid("Invalid parameter", "action is required");
+    };
+    // The session's SDP, or what is wrong with it.
+    let session = |expected: &str| -> Result<String, String> {
+        let s = body.get("session").and_then(Value::as_object);
+        let kind = s.and_then(|s| s.get("sdp_type")).and_then(Value::as_str);
+        let sdp = s.and_then(|s| s.get("sdp")).and_then(Value::as_str);
+        match (kind, sdp) {
+            (Some(k), _) if k != expected => Err(format!(
+                "session.sdp_type must be \"{expected}\" for {action}"
+            )),
+            (Some(_), Some(sdp)) if sdp.starts_with("v=0\r\n") => Ok(sdp.to_string()),
+            (Some(_), Some(_)) => Err("session.sdp is not an SDP with CRLF line ends".into()),
+            _ => Err("session with sdp_type and sdp is required".into()),
+        }
+    };
+    let opaque = body
+        .get("biz_opaque_callback_data")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if opaque.as_ref().is_some_and(|o| o.chars().count() > 512) {
+        return invalid(
+            "Invalid parameter",
+            "biz_opaque_callback_data is longer than 512 characters",
+        );
+    }
+    let ok = || Json(json!({"messaging_product": "whatsapp", "success": true})).into_response();
+    let mut inner = sim.lock();
+    if action == "connect" {
+        let Some(to) = body
+            .get("to")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return invalid(
+                "Invalid parameter",
+                "to must be the user's number, digits only",
+            );
+        };
+        let offer = match session("offer") {
+            Ok(s) => s,
+            Err(d) => return invalid("Invalid parameter", &d),
+        };
+        let key = (number.to_string(), to.to_string());
+        let now = unix_now();
+        match inner.permissions.get(&key) {
+            Some(None) => {}
+            Some(Some(exp)) if *exp > now => {}
+            _ => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    138_006,
+                    "No approved call permission from the recipient",
+                    Some("The business needs the user's call permission before calling"),
+                )
+            }
+        }
+        let busy = inner
+            .calls
+            .values()
+            .any(|c| c.phone_number_id == number && c.user == to && c.state != SimCallState::Ended);
+        if busy {
+            return error(
+                StatusCode::BAD_REQUEST,
+                138_003,
+                "Duplicate call",
+                Some("A call with this user is already in progress"),
+            );
+        }
+        let id = call_id(&mut inner.next, to, number);
+        inner.calls.insert(
+            id.clone(),
+            SimCall {
+                id: id.clone(),
+                phone_number_id: number.to_string(),
+                user: to.to_string(),
+                business_initiated: true,
+                state: SimCallState::Active,
+                offer,
+                answer: None,
+                biz_opaque_callback_data: opaque,
+            },
+        );
+        return Json(json!({"messaging_product": "whatsapp", "calls": [{"id": id}]}))
+            .into_response();
+    }
+    let Some(call_id) = body.get("call_id").and_then(Value::as_str) else {
+        return invalid("Invalid parameter", "call_id is required");
+    };
+    let Some(call) = inner
+        .calls
+        .get_mut(call_id)
+        .filter(|c| c.phone_number_id == number)
+    else {
+        return invalid("Invalid parameter", &format!("Invalid call id: {call_id}"));
+    };
+    let ended = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            Some("The call is already completed"),
+        )
+    };
+    match action {
+        "pre_accept" | "accept" => {
+            if call.business_initiated {
+                return invalid(
+                    "Invalid parameter",
+                    &format!("{action} applies to user-initiated calls"),
+                );
+            }
+            let answer = match session("answer") {
+                Ok(s) => s,
+                Err(d) => return invalid("Invalid parameter", &d),
+            };
+            match (&call.state, action) {
+                (SimCallState::Ended, _) => ended(),
+                (SimCallState::Active, _) => invalid("Invalid parameter", "The call is already in progress"),
+                (SimCallState::PreAccepted(first), "accept") if *first != answer => invalid(
+                    "Invalid parameter",
+                    "SDP answer provided in accept does not match the SDP answer given in the Pre-Accept endpoint",
+                ),
+                (SimCallState::PreAccepted(_), "pre_accept") => {
+                    invalid("Invalid parameter", "The call is already pre-accepted")
+                }
+                (_, "pre_accept") => {
+                    call.state = SimCallState::PreAccepted(answer.clone());
+                    call.answer = Some(answer);
+                    ok()
+                }
+                _ => {
+                    call.state = SimCallState::Active;
+                    call.answer = Some(answer);
+                    if opaque.is_some() {
+                        call.biz_opaque_callback_data = opaque;
+                    }
+                    ok()
+                }
+            }
+        }
+        "reject" => match call.state {
+            SimCallState::Offered | SimCallState::PreAccepted(_) if !call.business_initiated => {
+                call.state = SimCallState::Ended;
+                ok()
+            }
+            SimCallState::Ended => ended(),
+            _ => invalid(
+                "Invalid parameter",
+                "Only a call not yet accepted can be rejected",
+            ),
+        },
+        "terminate" => match call.state {
+            SimCallState::Ended => ended(),
+            _ => {
+                call.state = SimCallState::Ended;
+                ok()
+            }
+        },
+        other => invalid("Invalid parameter", &format!("Unknown action: {other}")),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn permissions(
+    State(sim): State<SimGraph>,
+    Path((version, number)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let response = match gate(&sim, &headers, &version, &number).await {
+        Some(r) => r,
+        None => match query.get("user_wa_id") {
+            None => invalid("Invalid parameter", "user_wa_id is required"),
+            Some(user) => {
+                let inner = sim.lock();
+                let now = unix_now();
+                let (status, expiry) = match inner.permissions.get(&(number.clone(), user.clone()))
+                {
+                    Some(None) => ("permanent", None),
+                    Some(Some(e)) if *e > now => ("temporary", Some(*e)),
+                    _ => ("no_permission", None),
+                };
+                let mut permission = json!({"status": status});
+                if let Some(e) = expiry {
+                    permission["expiration_time"] = json!(e);
+                }
+                Json(json!({
+                    "messaging_product": "whatsapp",
+                    "permission": permission,
+                    "actions": [
+                        {"action_name": "send_call_permission_request",
+                         "can_perform_action": status != "permanent",
+                         "limits": [{"time_period": "PT24H", "max_allowed": 1, "current_usage": 0},
+                                    {"time_period": "P7D", "max_allowed": 2, "current_usage": 0}]},
+                        {"action_name": "start_call",
+                         "can_perform_action": status != "no_permission",
+                         "limits": [{"time_period": "PT24H", "max_allowed": 100, "current_usage": 0}]},
+                    ],
+                }))
+                .into_response()
+            }
+        },
+    };
+    let q = serde_json::to_value(&query).unwrap_or(Value::Null);
+    record(&sim, "call_permissions", None, &number, q, &response);
+    response
+}
+
+async fn messages(
+    State(sim): State<SimGraph>,
+    Path((version, number)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let response = match gate(&sim, &headers, &version, &number).await {
+        Some(r) => r,
+        None => {
+            let b = parsed.as_ref();
+            let to = b.and_then(|b| b.get("to")).and_then(Value::as_str);
+            let kind = b
+                .and_then(|b| b.pointer("/interactive/type"))
+                .and_then(Value::as_str);
+            match (to, kind) {
+                (Some(to), Some("call_permission_request")) if !to.is_empty() => {
+                    let mut inner = sim.lock();
+                    inner.next += 1;
+                    let id = format!("wamid.SIM{:016}", inner.next);
+                    Json(json!({
+                        "messaging_product": "whatsapp",
+                        "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
+                        "messages": [{"id": id}],
+                    }))
+                    .into_response()
+                }
+                _ => invalid(
+                    "Invalid parameter",
+                    "the sim accepts interactive call_permission_request messages with a recipient",
+                ),
+            }
+        }
+    };
+    record(
+        &sim,
+        "messages",
+        None,
+        &number,
+        parsed.unwrap_or(Value::Null),
+        &response,
+    );
+    response
+}
+
+async fn get_settings(
+    State(sim): State<SimGraph>,
+    Path((version, number)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let response = match gate(&sim, &headers, &version, &number).await {
+        Some(r) => r,
+        None => {
+            let calling = sim
+                .lock()
+                .settings
+                .get(&number)
+                .cloned()
+                .unwrap_or_else(|| {
+                    json!({"status": "ENABLED", "call_icon_visibility": "DEFAULT",
+                                          "callback_permission_status": "DISABLED"})
+                });
+            Json(json!({"calling": calling})).into_response()
+        }
+    };
+    record(&sim, "settings", None, &number, Value::Null, &response);
+    response
+}
+
+async fn post_settings(
+    State(sim): State<SimGraph>,
+    Path((version, number)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let response = match gate(&sim, &headers, &version, &number).await {
+        Some(r) => r,
+        None => match parsed.as_ref().and_then(|b| b.get("calling")) {
+            Some(calling) if calling.is_object() => {
+                let status = calling.get("status").and_then(Value::as_str);
+                if status.is_some_and(|s| s != "ENABLED" && s != "DISABLED") {
+                    invalid(
+                        "Invalid parameter",
+                        "calling.status must be ENABLED or DISABLED",
+                    )
+                } else {
+                    let mut inner = sim.lock();
+                    let entry = inner
+                        .settings
+                        .entry(number.clone())
+                        .or_insert_with(|| json!({}));
+                    if let (Some(target), Some(changes)) =
+                        (entry.as_object_mut(), calling.as_object())
+                    {
+                        for (k, v) in changes {
+                            target.insert(k.clone(), v.clone());
+                        }
+                    }
+                    Json(json!({"success": true})).into_response()
+                }
+            }
+            _ => invalid("Invalid parameter", "calling is required"),
+        },
+    };
+    record(
+        &sim,
+        "settings",
+        Some("update"),
+        &number,
+        parsed.unwrap_or(Value::Null),
+        &response,
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_look_like_metas_and_are_unique() {
+        let mut n = 0;
+        let a = call_id(&mut n, "14085551234", "105615555715855");
+        let b = call_id(&mut n, "14085551234", "105615555715855");
+        assert!(a.starts_with("wacid.") && a != b);
+        assert!(a[6..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)));
+    }
+}
