@@ -111,3 +111,68 @@ async fn without_meta_configured_the_webhook_says_so() {
     assert!(response.text().await.expect("body").contains("[meta]"));
     assert!(node.drain_and_stop().await.clean());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sims_webhooks_reach_the_switch_and_a_slow_answer_is_retried() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use waswitch::config::Secret;
+    use waswitch::sim::webhooks::{user_call_connect, BusinessRef, WebhookSender};
+
+    let business = BusinessRef {
+        waba_id: "1".into(),
+        phone_number_id: "105615555715855".into(),
+        display_number: "15551112222".into(),
+    };
+    let payload = user_call_connect(&business, "wacid.SIM1", "4477001", "Zoë", "v=0\r\n");
+
+    // Against a switch.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml =
+        format!("[meta]\naccess_token = \"t\"\napp_secret = \"{SECRET}\"\nverify_token = \"v\"\n");
+    let node = Node::start(Config::loopback(&toml, &dir.path().join("s.db")).expect("config"))
+        .await
+        .expect("node");
+    let url = format!("http://{}/webhooks/meta", node.http_addr());
+    let sender =
+        WebhookSender::new(&url, Secret::new(SECRET), Duration::from_secs(5)).expect("sender");
+    assert_eq!(sender.deliver(&payload).await.attempts, [Some(200)]);
+    let mut forged =
+        WebhookSender::new(&url, Secret::new("not-the-secret"), Duration::from_secs(5))
+            .expect("sender");
+    forged.retry_after = Duration::from_millis(10);
+    let refused = forged.deliver(&payload).await;
+    assert_eq!(refused.attempts, [Some(401), Some(401), Some(401)]);
+    assert!(!refused.delivered());
+    assert!(node.drain_and_stop().await.clean());
+
+    // Against an endpoint that is slow the first time: Meta gives up waiting and retries.
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let seen = Arc::clone(&seen);
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut sender =
+        WebhookSender::new(&slow, Secret::new(SECRET), Duration::from_millis(300)).expect("sender");
+    sender.retry_after = Duration::from_millis(10);
+    let d = sender.deliver(&payload).await;
+    assert_eq!(d.attempts, [None, Some(200)]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
