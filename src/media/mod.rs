@@ -16,3 +16,4 @@ pub mod rtcp;
 pub mod rtp;
 pub mod shard;
 pub mod transcode;
+pub mod webrtc;

@@ -1,0 +1,435 @@
+//! The WebRTC leg toward WhatsApp: ICE, DTLS-SRTP and RTP through str0m, driven sans-IO.
+//!
+//! str0m is used through its direct API, with our own SDP: Meta wants things str0m's SDP
+//! layer does not produce. Our answer says `a=setup:active` (we are the DTLS client, as Meta
+//! asks; str0m's SDP layer always answers `passive`), and it carries Meta's
+//! telephone-event payload type (126 at 8000 Hz), which str0m does not negotiate. The ICE
+//! role follows RFC 8445: toward an ICE-lite peer (Meta's media servers) we are the full,
+//! controlling agent; toward a full peer the offerer controls. Every candidate is in the
+//! SDP (no trickle). RTP crosses in str0m's RTP mode: whole packets, no depacketising.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::DirectApi;
+use str0m::config::Fingerprint;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+
+/// Payload type of Opus in our SDP (Meta's too).
+pub const OPUS_PT: u8 = 111;
+/// Payload type of telephone-event/8000 in our SDP (Meta's too).
+pub const DTMF_PT: u8 = 126;
+
+/// Why a WebRTC leg could not be set up or driven.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebRtcError {
+    /// The peer's SDP lacks something WebRTC needs, or is not SDP at all.
+    #[error("unusable SDP: {0}")]
+    Sdp(String),
+    /// str0m refused an input or a setting.
+    #[error("WebRTC: {0}")]
+    Rtc(#[from] str0m::RtcError),
+}
+
+/// What the peer's SDP says that the leg needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDescription {
+    /// ICE credentials.
+    pub ufrag: String,
+    /// ICE password.
+    pub pwd: String,
+    /// DTLS certificate fingerprint (`sha-256 AA:BB:…`).
+    pub fingerprint: String,
+    /// `a=setup` value (`actpass`, `active`, `passive`).
+    pub setup: String,
+    /// The peer is ICE-lite (Meta is).
+    pub ice_lite: bool,
+    /// Its candidates (`a=candidate` values without the `candidate:` prefix kept as given).
+    pub candidates: Vec<String>,
+    /// The audio stream's `a=mid`.
+    pub mid: String,
+    /// Opus payload type.
+    pub opus_pt: u8,
+    /// telephone-event/8000 payload type, if offered.
+    pub dtmf_pt: Option<u8>,
+    /// The peer's SSRC, if it says.
+    pub ssrc: Option<u32>,
+}
+
+impl PeerDescription {
+    /// Reads the WebRTC parts of an SDP (Meta's, or a browser's).
+    pub fn parse(sdp: &str) -> Result<PeerDescription, WebRtcError> {
+        let missing = |what: &str| WebRtcError::Sdp(format!("no {what}"));
+        let mut ufrag = None;
+        let mut pwd = None;
+        let mut fingerprint = None;
+        let mut setup = None;
+        let mut ice_lite = false;
+        let mut candidates = Vec::new();
+        let mut mid = None;
+        let mut opus_pt = None;
+        let mut dtmf_pt = None;
+        let mut ssrc = None;
+        let mut in_audio = false;
+        let mut seen_audio = false;
+        for line in sdp.lines().map(str::trim_end) {
+            if let Some(m) = line.strip_prefix("m=") {
+                in_audio = m.starts_with("audio ") && !seen_audio;
+                seen_audio |= in_audio;
+                continue;
+            }
+            let Some(attr) = line.strip_prefix("a=") else {
+                continue;
+            };
+            let (name, value) = attr.split_once(':').unwrap_or((attr, ""));
+            // Session-level attributes apply unless the audio section overrides them.
+            let here = in_audio || !seen_audio;
+            match name {
+                "ice-lite" => ice_lite = true,
+                "ice-ufrag" if here => ufrag = Some(value.to_string()),
+                "ice-pwd" if here => pwd = Some(value.to_string()),
+                "fingerprint"
+                    if here
+                        && (fingerprint.is_none()
+                            || value.to_ascii_lowercase().starts_with("sha-256 ")) =>
+                {
+                    fingerprint = Some(value.to_string());
+                }
+                "setup" if here => setup = Some(value.to_string()),
+                "candidate" if in_audio => candidates.push(value.to_string()),
+                "mid" if in_audio => mid = Some(value.to_string()),
+                "rtpmap" if in_audio => {
+                    let Some((pt, codec)) = value.split_once(' ') else {
+                        continue;
+                    };
+                    let Ok(pt) = pt.parse::<u8>() else {
+                        continue;
+                    };
+                    let codec = codec.to_ascii_lowercase();
+                    if codec.starts_with("opus/48000") && opus_pt.is_none() {
+                        opus_pt = Some(pt);
+                    } else if codec == "telephone-event/8000" && dtmf_pt.is_none() {
+                        dtmf_pt = Some(pt);
+                    }
+                }
+                "ssrc" if in_audio && ssrc.is_none() => {
+                    ssrc = value.split(' ').next().and_then(|s| s.parse().ok());
+                }
+                _ => {}
+            }
+        }
+        if !seen_audio {
+            return Err(missing("audio stream"));
+        }
+        Ok(PeerDescription {
+            ufrag: ufrag.ok_or_else(|| missing("a=ice-ufrag"))?,
+            pwd: pwd.ok_or_else(|| missing("a=ice-pwd"))?,
+            fingerprint: fingerprint.ok_or_else(|| missing("a=fingerprint"))?,
+            setup: setup.unwrap_or_else(|| "actpass".to_string()),
+            ice_lite,
+            candidates,
+            mid: mid.unwrap_or_else(|| "0".to_string()),
+            opus_pt: opus_pt.ok_or_else(|| missing("Opus at 48000 Hz"))?,
+            dtmf_pt,
+            ssrc,
+        })
+    }
+
+    fn fingerprint(&self) -> Result<Fingerprint, WebRtcError> {
+        let bad = || WebRtcError::Sdp(format!("unreadable fingerprint {:?}", self.fingerprint));
+        let (hash_func, hex) = self.fingerprint.split_once(' ').ok_or_else(bad)?;
+        let bytes = hex
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad())?;
+        Ok(Fingerprint {
+            hash_func: hash_func.to_ascii_lowercase(),
+            bytes,
+        })
+    }
+}
+
+/// Something the leg asks its driver to do, or tells it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LegOutput {
+    /// Send this datagram from the leg's socket.
+    Transmit {
+        /// Destination.
+        to: SocketAddr,
+        /// Datagram.
+        data: Vec<u8>,
+    },
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// ICE failed or the peer went away.
+    Disconnected,
+    /// An RTP packet from the peer, decrypted.
+    Rtp {
+        /// Payload type.
+        pt: u8,
+        /// Sequence number.
+        seq: u16,
+        /// RTP timestamp.
+        timestamp: u32,
+        /// Marker bit.
+        marker: bool,
+        /// Payload.
+        payload: std::sync::Arc<[u8]>,
+    },
+    /// Nothing to do before this time (then call [`WebRtcLeg::handle_timeout`]).
+    Timeout(Instant),
+}
+
+/// One WebRTC audio leg.
+pub struct WebRtcLeg {
+    rtc: Rtc,
+    tx_ssrc: Ssrc,
+    local: SocketAddr,
+    peer_dtmf_pt: Option<u8>,
+    answer: String,
+}
+
+impl std::fmt::Debug for WebRtcLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcLeg")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebRtcLeg {
+    /// Answers the peer's `offer` with a leg receiving on `local`; the answer SDP is
+    /// [`answer_sdp`](Self::answer_sdp).
+    pub fn accept_offer(
+        offer: &str,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<WebRtcLeg, WebRtcError> {
+        let peer = PeerDescription::parse(offer)?;
+        let mut config = RtcConfig::new()
+            .clear_codecs()
+            .set_rtp_mode(true)
+            .set_ice_lite(false);
+        // Opus under the peer's payload type, and telephone-event so str0m lets those
+        // packets through (it drops payload types it does not know).
+        config.codec_config().add_config(
+            Pt::from(peer.opus_pt),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams {
+                min_p_time: Some(20),
+                use_inband_fec: Some(true),
+                ..Default::default()
+            },
+        );
+        if let Some(pt) = peer.dtmf_pt {
+            config.codec_config().add_config(
+                Pt::from(pt),
+                None,
+                Codec::Unknown,
+                Frequency::EIGHT_KHZ,
+                Some(1),
+                FormatParams::default(),
+            );
+        }
+        let mut rtc = config.build(now);
+        let candidate = Candidate::host(local, "udp")
+            .map_err(|e| WebRtcError::Sdp(format!("local candidate {local}: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        for c in &peer.candidates {
+            match Candidate::from_sdp_string(&format!("candidate:{c}")) {
+                // Only candidates of our address family can be reached from our socket.
+                Ok(c) if c.addr().is_ipv4() == local.is_ipv4() => rtc.add_remote_candidate(c),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(candidate = %c, error = %e, "peer candidate skipped"),
+            }
+        }
+        let mid = Mid::from(peer.mid.as_str());
+        let tx_ssrc;
+        {
+            let mut api: DirectApi = rtc.direct_api();
+            api.set_remote_fingerprint(peer.fingerprint()?);
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: peer.ufrag.clone(),
+                pass: peer.pwd.clone(),
+            });
+            // RFC 8445 §6.1.1: a full agent facing a lite one controls; otherwise the
+            // offerer does, and we answer.
+            api.set_ice_controlling(peer.ice_lite);
+            // We take the DTLS client role unless the peer insists on it.
+            api.start_dtls(peer.setup != "active")?;
+            api.declare_media(mid, MediaKind::Audio);
+            tx_ssrc = api.new_ssrc();
+            api.declare_stream_tx(tx_ssrc, None, mid, None);
+            if let Some(ssrc) = peer.ssrc {
+                api.expect_stream_rx(Ssrc::from(ssrc), None, mid, None);
+            }
+        }
+        let answer = Self::answer_text(&mut rtc, &peer, local, tx_ssrc);
+        Ok(WebRtcLeg {
+            rtc,
+            tx_ssrc,
+            local,
+            peer_dtmf_pt: peer.dtmf_pt,
+            answer,
+        })
+    }
+
+    fn answer_text(rtc: &mut Rtc, peer: &PeerDescription, local: SocketAddr, ssrc: Ssrc) -> String {
+        let api = rtc.direct_api();
+        let creds = api.local_ice_credentials();
+        let fingerprint = api.local_dtls_fingerprint().to_string();
+        let (family, ip) = match local {
+            SocketAddr::V4(a) => ("IP4", a.ip().to_string()),
+            SocketAddr::V6(a) => ("IP6", a.ip().to_string()),
+        };
+        let port = local.port();
+        let setup = if peer.setup == "active" {
+            "passive"
+        } else {
+            "active"
+        };
+        let session = u64::from(*ssrc) << 16 | u64::from(port);
+        let mut pts = format!("{}", peer.opus_pt);
+        let mut dtmf = String::new();
+        if let Some(pt) = peer.dtmf_pt {
+            pts.push_str(&format!(" {pt}"));
+            dtmf = format!("a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
+        }
+        format!(
+            "v=0\r\n\
+             o=- {session} 2 IN {family} {ip}\r\n\
+             s=-\r\n\
+             t=0 0\r\n\
+             a=group:BUNDLE {mid}\r\n\
+             a=msid-semantic: WMS waswitch\r\n\
+             m=audio {port} UDP/TLS/RTP/SAVPF {pts}\r\n\
+             c=IN {family} {ip}\r\n\
+             a=candidate:1 1 udp 2130706431 {ip} {port} typ host\r\n\
+             a=end-of-candidates\r\n\
+             a=ice-ufrag:{ufrag}\r\n\
+             a=ice-pwd:{pwd}\r\n\
+             a=fingerprint:{fingerprint}\r\n\
+             a=setup:{setup}\r\n\
+             a=mid:{mid}\r\n\
+             a=sendrecv\r\n\
+             a=msid:waswitch audio\r\n\
+             a=rtcp-mux\r\n\
+             a=rtpmap:{opus} opus/48000/2\r\n\
+             a=fmtp:{opus} minptime=20;useinbandfec=1\r\n\
+             {dtmf}\
+             a=ptime:20\r\n\
+             a=maxptime:20\r\n\
+             a=ssrc:{ssrc} cname:waswitch\r\n",
+            mid = peer.mid,
+            ufrag = creds.ufrag,
+            pwd = creds.pass,
+            opus = peer.opus_pt,
+            ssrc = *ssrc,
+        )
+    }
+
+    /// Our SDP answer (CRLF line ends), the same for `pre_accept` and `accept`.
+    pub fn answer_sdp(&self) -> &str {
+        &self.answer
+    }
+
+    /// The address the leg receives on.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The peer's telephone-event payload type.
+    pub fn dtmf_pt(&self) -> Option<u8> {
+        self.peer_dtmf_pt
+    }
+
+    /// A datagram arrived on the leg's socket.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), WebRtcError> {
+        let Ok(contents) = data.try_into() else {
+            // Neither STUN, DTLS nor SRTP: not for us.
+            return Ok(());
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) {
+            self.rtc.handle_input(input)?;
+        }
+        Ok(())
+    }
+
+    /// The time asked for by the last [`LegOutput::Timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), WebRtcError> {
+        self.rtc.handle_input(Input::Timeout(now))?;
+        Ok(())
+    }
+
+    /// Sends an RTP packet (Opus or telephone-event) toward the peer.
+    pub fn send_rtp(
+        &mut self,
+        now: Instant,
+        pt: u8,
+        seq: u64,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Result<(), WebRtcError> {
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&self.tx_ssrc) else {
+            return Err(WebRtcError::Sdp("no send stream".into()));
+        };
+        stream.write_rtp(
+            RtpWrite::new(Pt::from(pt), SeqNo::from(seq), timestamp, now, payload).marker(marker),
+        );
+        Ok(())
+    }
+
+    /// The next thing to do; call until it returns [`LegOutput::Timeout`].
+    pub fn poll(&mut self) -> Result<LegOutput, WebRtcError> {
+        loop {
+            return Ok(match self.rtc.poll_output()? {
+                Output::Timeout(at) => LegOutput::Timeout(at),
+                Output::Transmit(t) => LegOutput::Transmit {
+                    to: t.destination,
+                    data: t.contents.to_vec(),
+                },
+                Output::Event(Event::Connected) => LegOutput::Connected,
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) => LegOutput::Disconnected,
+                Output::Event(Event::RtpPacket(p)) => LegOutput::Rtp {
+                    pt: *p.header.payload_type,
+                    seq: p.header.sequence_number,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    payload: p.payload.clone(),
+                },
+                Output::Event(_) => continue,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
