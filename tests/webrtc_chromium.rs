@@ -1,0 +1,371 @@
+//! Interop with a real libwebrtc: headless Chromium plays Meta's part. Its offer goes in as
+//! the `session.sdp` of a user-initiated connect webhook; the switch's WebRTC leg answers; the
+//! answer goes back to Chromium; ICE and DTLS complete; the leg sends a 1 kHz Opus tone and
+//! Chromium sends a 440 Hz one. Chromium's `getStats` must show our packets and a non-zero
+//! audio level, and the leg must decode Chromium's tone.
+//!
+//! Everything runs inside a network namespace holding only loopback (`unshare -n`): the test
+//! re-runs itself there, so no ICE check can leave the machine. Chromium is driven over the
+//! DevTools protocol on a pipe (`--remote-debugging-pipe`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use waswitch::media::webrtc::{LegOutput, WebRtcLeg, OPUS_PT};
+use waswitch::meta::webhook::{self, MetaEvent, SdpType};
+use waswitch::sim::webhooks::{ascii_json, user_call_connect, BusinessRef};
+
+const NETNS_VAR: &str = "WASWITCH_TEST_NETNS";
+
+/// Re-runs `test` inside a fresh network namespace with only `lo`; true when this process is
+/// already the one inside.
+fn in_loopback_namespace(test: &str) -> bool {
+    if std::env::var_os(NETNS_VAR).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let status = Command::new("unshare")
+        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture"])
+        .env(NETNS_VAR, "1")
+        .status()
+        .expect("unshare (util-linux) and ip (iproute2) are needed; run as root");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    false
+}
+
+/// Chromium driven over `--remote-debugging-pipe`: commands on its fd 3, answers on fd 4,
+/// each message NUL-terminated JSON.
+struct Chromium {
+    child: Child,
+    to: std::fs::File,
+    from: BufReader<std::fs::File>,
+    next: u64,
+    session: Option<String>,
+    _profile: tempfile::TempDir,
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array; each is owned once.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2");
+    // SAFETY: both descriptors were just created and are not owned elsewhere.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+impl Chromium {
+    fn start() -> Chromium {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let (cmd_read, cmd_write) = pipe();
+        let (out_read, out_write) = pipe();
+        let (r, w) = (cmd_read.as_raw_fd(), out_write.as_raw_fd());
+        let mut command = Command::new("chromium");
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-pipe",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe fcntl/dup2 calls between fork and exec. The pipe
+        // ends are first moved above 10, so neither dup2 below is a no-op (which would
+        // leave close-on-exec set) and neither overwrites the other's source.
+        unsafe {
+            command.pre_exec(move || {
+                let (r2, w2) = (
+                    libc::fcntl(r, libc::F_DUPFD, 10),
+                    libc::fcntl(w, libc::F_DUPFD, 10),
+                );
+                if r2 < 0 || w2 < 0 || libc::dup2(r2, 3) < 0 || libc::dup2(w2, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .expect("chromium (Debian package chromium) is needed");
+        drop((cmd_read, out_write));
+        let mut c = Chromium {
+            child,
+            to: std::fs::File::from(cmd_write),
+            from: BufReader::new(std::fs::File::from(out_read)),
+            next: 0,
+            session: None,
+            _profile: profile,
+        };
+        let target = c.call("Target.createTarget", json!({"url": "about:blank"}));
+        let target_id = target["targetId"].as_str().expect("target").to_string();
+        let attached = c.call(
+            "Target.attachToTarget",
+            json!({"targetId": target_id, "flatten": true}),
+        );
+        c.session = Some(attached["sessionId"].as_str().expect("session").to_string());
+        c
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("to chromium");
+        loop {
+            let mut buf = Vec::new();
+            let n = self.from.read_until(0, &mut buf).expect("from chromium");
+            assert!(n > 0, "chromium closed the DevTools pipe");
+            buf.pop();
+            let reply: Value = serde_json::from_slice(&buf).expect("DevTools JSON");
+            if reply["id"] == json!(id) {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Runs `script` (an async function body) in the page; its return value.
+    fn eval(&mut self, script: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": format!("(async () => {{ {script} }})()"),
+                   "awaitPromise": true, "returnByValue": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "script failed: {r}");
+        r["result"]["value"].clone()
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Power of `freq` in `samples` at `rate` (Goertzel), normalised by length.
+fn power(samples: &[f32], freq: f32, rate: f32) -> f32 {
+    let w = 2.0 * std::f32::consts::PI * freq / rate;
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in samples {
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / samples.len().max(1) as f32
+}
+
+/// What the leg saw.
+#[derive(Default)]
+struct LegReport {
+    connected: bool,
+    packets_in: usize,
+    decoded: Vec<f32>,
+    packets_out: u64,
+}
+
+/// Runs the leg on its socket until `stop`: ICE/DTLS, a 1 kHz Opus tone out every 20 ms
+/// once connected, Chromium's audio decoded.
+fn run_leg(mut leg: WebRtcLeg, socket: UdpSocket, stop: Arc<AtomicBool>) -> LegReport {
+    let mut report = LegReport::default();
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+    let mut next_frame = Instant::now();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    socket
+        .set_read_timeout(Some(Duration::from_millis(2)))
+        .expect("timeout");
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        loop {
+            match leg.poll().expect("leg") {
+                LegOutput::Timeout(_) => break,
+                LegOutput::Transmit { to, data } => {
+                    let _ = socket.send_to(&data, to);
+                }
+                LegOutput::Connected => report.connected = true,
+                LegOutput::Disconnected => return report,
+                LegOutput::Rtp { pt, payload, .. } => {
+                    report.packets_in += 1;
+                    if pt == OPUS_PT {
+                        let mut pcm = [0f32; 5760];
+                        if let Ok(n) = decoder.decode_float(&payload, &mut pcm, false) {
+                            report.decoded.extend_from_slice(&pcm[..n]);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            leg.handle_receive(Instant::now(), from, &buf[..n])
+                .expect("input");
+        }
+        let now = Instant::now();
+        leg.handle_timeout(now).expect("timeout");
+        if report.connected && now >= next_frame {
+            next_frame += Duration::from_millis(20);
+            let k = report.packets_out;
+            let tone: Vec<f32> = (0..960)
+                .map(|i| {
+                    let t = (k * 960 + i) as f32 / 48_000.0;
+                    0.3 * (2.0 * std::f32::consts::PI * 1000.0 * t).sin()
+                })
+                .collect();
+            let mut packet = [0u8; 1500];
+            let len = encoder.encode_float(&tone, &mut packet).expect("encode");
+            leg.send_rtp(
+                now,
+                OPUS_PT,
+                1000 + k,
+                (k * 960) as u32,
+                k == 0,
+                &packet[..len],
+            )
+            .expect("send");
+            report.packets_out += 1;
+        }
+    }
+    report
+}
+
+const NAME: &str = "chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways";
+
+#[test]
+fn chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways() {
+    if !in_loopback_namespace(NAME) {
+        return;
+    }
+    let mut chromium = Chromium::start();
+    // Chromium offers like Meta: a 440 Hz tone from WebAudio, Opus, all candidates gathered.
+    let offer = chromium.eval(
+        "const ctx = new AudioContext();
+         const osc = ctx.createOscillator(); osc.frequency.value = 440;
+         const dst = ctx.createMediaStreamDestination(); osc.connect(dst); osc.start();
+         const pc = new RTCPeerConnection({iceServers: []}); window.pc = pc;
+         pc.addTrack(dst.stream.getAudioTracks()[0], dst.stream);
+         pc.ontrack = (e) => { const a = new Audio(); a.srcObject = e.streams[0] || new MediaStream([e.track]); a.play().catch(() => {}); window.remote = a; };
+         await pc.setLocalDescription(await pc.createOffer());
+         await new Promise((done) => {
+           if (pc.iceGatheringState === 'complete') return done();
+           pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+           setTimeout(done, 5000);
+         });
+         return pc.localDescription.sdp;",
+    );
+    let offer = offer.as_str().expect("an SDP offer").to_string();
+    assert!(offer.contains("opus/48000"), "{offer}");
+
+    // The offer travels as Meta's connect webhook does, and is read back by the switch.
+    let business = BusinessRef {
+        waba_id: "1".into(),
+        phone_number_id: "105615555715855".into(),
+        display_number: "15551112222".into(),
+    };
+    let body = ascii_json(&user_call_connect(
+        &business,
+        "wacid.CHROME",
+        "4477001",
+        "Test",
+        &offer,
+    ));
+    let parsed = webhook::parse(&body).expect("webhook");
+    let Some(MetaEvent::Connect(connect)) = parsed.events.into_iter().next() else {
+        panic!("a connect event");
+    };
+    assert_eq!(connect.sdp_type, SdpType::Offer);
+
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let leg = WebRtcLeg::accept_offer(
+        &connect.sdp,
+        socket.local_addr().expect("addr"),
+        Instant::now(),
+    )
+    .expect("our answer");
+    let answer = leg.answer_sdp().to_string();
+    assert!(answer.contains("a=setup:active"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_leg = Arc::clone(&stop);
+    let leg_thread = std::thread::spawn(move || run_leg(leg, socket, stop_leg));
+
+    let stats = chromium.eval(&format!(
+        "await pc.setRemoteDescription({{type: 'answer', sdp: {answer}}});
+         const t0 = Date.now();
+         while (pc.connectionState !== 'connected' && Date.now() - t0 < 15000) {{
+           await new Promise((r) => setTimeout(r, 50));
+         }}
+         const state = pc.connectionState;
+         await new Promise((r) => setTimeout(r, 2500));
+         let out = {{state}};
+         (await pc.getStats()).forEach((s) => {{
+           if (s.type === 'inbound-rtp' && s.kind === 'audio') {{
+             out.packetsReceived = s.packetsReceived; out.audioLevel = s.audioLevel;
+             out.totalAudioEnergy = s.totalAudioEnergy;
+           }}
+           if (s.type === 'outbound-rtp' && s.kind === 'audio') out.packetsSent = s.packetsSent;
+           if (s.type === 'transport') {{ out.dtlsState = s.dtlsState; out.dtlsRole = s.dtlsRole; }}
+         }});
+         return out;",
+        answer = json!(answer)
+    ));
+    stop.store(true, Ordering::Relaxed);
+    let report = leg_thread.join().expect("leg thread");
+    eprintln!("chromium: {stats}");
+    eprintln!(
+        "leg: connected={} packets_in={} packets_out={}",
+        report.connected, report.packets_in, report.packets_out
+    );
+
+    assert_eq!(stats["state"], "connected", "{stats}");
+    assert_eq!(stats["dtlsState"], "connected", "{stats}");
+    assert_eq!(
+        stats["dtlsRole"], "server",
+        "we are the DTLS client: {stats}"
+    );
+    assert!(report.connected);
+    let received = stats["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 50, "Chromium received our audio: {stats}");
+    assert!(
+        stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            || stats["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
+        "our tone is audible in Chromium: {stats}"
+    );
+    assert!(report.packets_in >= 50, "we received Chromium's audio");
+    // Chromium's 440 Hz dominates what we decoded (skip the codec's start-up).
+    let tail = &report.decoded[report.decoded.len().min(48_000 / 2)..];
+    assert!(tail.len() >= 24_000, "at least half a second decoded");
+    let (p440, p1000) = (power(tail, 440.0, 48_000.0), power(tail, 1000.0, 48_000.0));
+    assert!(
+        p440 > 20.0 * p1000,
+        "440 Hz from Chromium: {p440} vs {p1000}"
+    );
+}
