@@ -258,6 +258,80 @@ fn run_leg(mut leg: WebRtcLeg, socket: UdpSocket, stop: Arc<AtomicBool>) -> LegR
     report
 }
 
+/// The page's side: a 440 Hz WebAudio tone on a peer connection, the far audio played.
+const PAGE_SETUP: &str = "const ctx = new AudioContext();
+     const osc = ctx.createOscillator(); osc.frequency.value = 440;
+     const dst = ctx.createMediaStreamDestination(); osc.connect(dst); osc.start();
+     const pc = new RTCPeerConnection({iceServers: []}); window.pc = pc;
+     pc.addTrack(dst.stream.getAudioTracks()[0], dst.stream);
+     pc.ontrack = (e) => { const a = new Audio(); a.srcObject = e.streams[0] || new MediaStream([e.track]); a.play().catch(() => {}); window.remote = a; };";
+
+/// Waits for ICE gathering to end (every candidate in the SDP, as Meta does it).
+const GATHERED: &str = "await new Promise((done) => {
+       if (pc.iceGatheringState === 'complete') return done();
+       pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+       setTimeout(done, 5000);
+     });";
+
+/// Waits for the connection, lets 2.5 s of audio flow, and reports Chromium's statistics.
+const STATS: &str = "const t0 = Date.now();
+     while (pc.connectionState !== 'connected' && Date.now() - t0 < 15000) {
+       await new Promise((r) => setTimeout(r, 50));
+     }
+     const state = pc.connectionState;
+     await new Promise((r) => setTimeout(r, 2500));
+     let out = {state};
+     (await pc.getStats()).forEach((s) => {
+       if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+         out.packetsReceived = s.packetsReceived; out.audioLevel = s.audioLevel;
+         out.totalAudioEnergy = s.totalAudioEnergy;
+       }
+       if (s.type === 'outbound-rtp' && s.kind === 'audio') out.packetsSent = s.packetsSent;
+       if (s.type === 'transport') { out.dtlsState = s.dtlsState; out.dtlsRole = s.dtlsRole; }
+     });
+     return out;";
+
+/// Runs the leg until Chromium has reported, then checks both directions.
+fn exchange_and_check(
+    chromium: &mut Chromium,
+    leg: WebRtcLeg,
+    socket: UdpSocket,
+    before_stats: &str,
+    chromium_dtls_role: &str,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_leg = Arc::clone(&stop);
+    let leg_thread = std::thread::spawn(move || run_leg(leg, socket, stop_leg));
+    let stats = chromium.eval(&format!("{before_stats}\n{STATS}"));
+    stop.store(true, Ordering::Relaxed);
+    let report = leg_thread.join().expect("leg thread");
+    eprintln!("chromium: {stats}");
+    eprintln!(
+        "leg: connected={} packets_in={} packets_out={}",
+        report.connected, report.packets_in, report.packets_out
+    );
+    assert_eq!(stats["state"], "connected", "{stats}");
+    assert_eq!(stats["dtlsState"], "connected", "{stats}");
+    assert_eq!(stats["dtlsRole"], chromium_dtls_role, "{stats}");
+    assert!(report.connected);
+    let received = stats["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 50, "Chromium received our audio: {stats}");
+    assert!(
+        stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && stats["audioLevel"].as_f64().unwrap_or(0.0) > 0.05,
+        "our tone is audible in Chromium: {stats}"
+    );
+    assert!(report.packets_in >= 50, "we received Chromium's audio");
+    // Chromium's 440 Hz dominates what we decoded (skip the codec's start-up).
+    let tail = &report.decoded[report.decoded.len().min(48_000 / 2)..];
+    assert!(tail.len() >= 24_000, "at least half a second decoded");
+    let (p440, p1000) = (power(tail, 440.0, 48_000.0), power(tail, 1000.0, 48_000.0));
+    assert!(
+        p440 > 20.0 * p1000,
+        "440 Hz from Chromium: {p440} vs {p1000}"
+    );
+}
+
 const NAME: &str = "chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways";
 
 #[test]
@@ -266,22 +340,12 @@ fn chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways() {
         return;
     }
     let mut chromium = Chromium::start();
-    // Chromium offers like Meta: a 440 Hz tone from WebAudio, Opus, all candidates gathered.
-    let offer = chromium.eval(
-        "const ctx = new AudioContext();
-         const osc = ctx.createOscillator(); osc.frequency.value = 440;
-         const dst = ctx.createMediaStreamDestination(); osc.connect(dst); osc.start();
-         const pc = new RTCPeerConnection({iceServers: []}); window.pc = pc;
-         pc.addTrack(dst.stream.getAudioTracks()[0], dst.stream);
-         pc.ontrack = (e) => { const a = new Audio(); a.srcObject = e.streams[0] || new MediaStream([e.track]); a.play().catch(() => {}); window.remote = a; };
+    let offer = chromium.eval(&format!(
+        "{PAGE_SETUP}
          await pc.setLocalDescription(await pc.createOffer());
-         await new Promise((done) => {
-           if (pc.iceGatheringState === 'complete') return done();
-           pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
-           setTimeout(done, 5000);
-         });
-         return pc.localDescription.sdp;",
-    );
+         {GATHERED}
+         return pc.localDescription.sdp;"
+    ));
     let offer = offer.as_str().expect("an SDP offer").to_string();
     assert!(offer.contains("opus/48000"), "{offer}");
 
@@ -311,61 +375,41 @@ fn chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways() {
         Instant::now(),
     )
     .expect("our answer");
-    let answer = leg.answer_sdp().to_string();
+    let answer = leg.local_sdp().to_string();
     assert!(answer.contains("a=setup:active"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_leg = Arc::clone(&stop);
-    let leg_thread = std::thread::spawn(move || run_leg(leg, socket, stop_leg));
+    let apply = format!(
+        "await pc.setRemoteDescription({{type: 'answer', sdp: {}}});",
+        json!(answer)
+    );
+    // We answered active: Chromium is the DTLS server.
+    exchange_and_check(&mut chromium, leg, socket, &apply, "server");
+}
 
-    let stats = chromium.eval(&format!(
-        "await pc.setRemoteDescription({{type: 'answer', sdp: {answer}}});
-         const t0 = Date.now();
-         while (pc.connectionState !== 'connected' && Date.now() - t0 < 15000) {{
-           await new Promise((r) => setTimeout(r, 50));
-         }}
-         const state = pc.connectionState;
-         await new Promise((r) => setTimeout(r, 2500));
-         let out = {{state}};
-         (await pc.getStats()).forEach((s) => {{
-           if (s.type === 'inbound-rtp' && s.kind === 'audio') {{
-             out.packetsReceived = s.packetsReceived; out.audioLevel = s.audioLevel;
-             out.totalAudioEnergy = s.totalAudioEnergy;
-           }}
-           if (s.type === 'outbound-rtp' && s.kind === 'audio') out.packetsSent = s.packetsSent;
-           if (s.type === 'transport') {{ out.dtlsState = s.dtlsState; out.dtlsRole = s.dtlsRole; }}
-         }});
-         return out;",
-        answer = json!(answer)
+const NAME_OFFER: &str = "chromium_answers_our_offer_and_audio_flows_both_ways";
+
+#[test]
+fn chromium_answers_our_offer_and_audio_flows_both_ways() {
+    if !in_loopback_namespace(NAME_OFFER) {
+        return;
+    }
+    let mut chromium = Chromium::start();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut leg =
+        WebRtcLeg::offer(socket.local_addr().expect("addr"), Instant::now()).expect("offer");
+    let answer = chromium.eval(&format!(
+        "{PAGE_SETUP}
+         await pc.setRemoteDescription({{type: 'offer', sdp: {offer}}});
+         await pc.setLocalDescription(await pc.createAnswer());
+         {GATHERED}
+         return pc.localDescription.sdp;",
+        offer = json!(leg.local_sdp())
     ));
-    stop.store(true, Ordering::Relaxed);
-    let report = leg_thread.join().expect("leg thread");
-    eprintln!("chromium: {stats}");
-    eprintln!(
-        "leg: connected={} packets_in={} packets_out={}",
-        report.connected, report.packets_in, report.packets_out
-    );
-
-    assert_eq!(stats["state"], "connected", "{stats}");
-    assert_eq!(stats["dtlsState"], "connected", "{stats}");
-    assert_eq!(
-        stats["dtlsRole"], "server",
-        "we are the DTLS client: {stats}"
-    );
-    assert!(report.connected);
-    let received = stats["packetsReceived"].as_u64().unwrap_or(0);
-    assert!(received >= 50, "Chromium received our audio: {stats}");
+    let answer = answer.as_str().expect("an SDP answer");
     assert!(
-        stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
-            || stats["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
-        "our tone is audible in Chromium: {stats}"
+        answer.contains("a=rtpmap:126 telephone-event/8000"),
+        "{answer}"
     );
-    assert!(report.packets_in >= 50, "we received Chromium's audio");
-    // Chromium's 440 Hz dominates what we decoded (skip the codec's start-up).
-    let tail = &report.decoded[report.decoded.len().min(48_000 / 2)..];
-    assert!(tail.len() >= 24_000, "at least half a second decoded");
-    let (p440, p1000) = (power(tail, 440.0, 48_000.0), power(tail, 1000.0, 48_000.0));
-    assert!(
-        p440 > 20.0 * p1000,
-        "440 Hz from Chromium: {p440} vs {p1000}"
-    );
+    leg.accept_answer(answer).expect("answer applied");
+    // Chromium answered `active` to our `actpass`: it is the DTLS client.
+    exchange_and_check(&mut chromium, leg, socket, "", "client");
 }

@@ -193,7 +193,7 @@ pub struct WebRtcLeg {
     tx_ssrc: Ssrc,
     local: SocketAddr,
     peer_dtmf_pt: Option<u8>,
-    answer: String,
+    local_sdp: String,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -213,134 +213,91 @@ impl WebRtcLeg {
         now: Instant,
     ) -> Result<WebRtcLeg, WebRtcError> {
         let peer = PeerDescription::parse(offer)?;
-        let mut config = RtcConfig::new()
-            .clear_codecs()
-            .set_rtp_mode(true)
-            .set_ice_lite(false);
-        // Opus under the peer's payload type, and telephone-event so str0m lets those
-        // packets through (it drops payload types it does not know).
-        config.codec_config().add_config(
-            Pt::from(peer.opus_pt),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams {
-                min_p_time: Some(20),
-                use_inband_fec: Some(true),
-                ..Default::default()
-            },
+        let mut rtc = build(peer.opus_pt, peer.dtmf_pt, local, now)?;
+        // RFC 8445 §6.1.1: a full agent facing a lite one controls; otherwise the offerer
+        // does, and we answer. We take the DTLS client role unless the peer insists on it.
+        let dtls_client = peer.setup != "active";
+        let tx_ssrc = apply_offer(&mut rtc, &peer, local, peer.ice_lite, dtls_client)?;
+        let setup = if dtls_client { "active" } else { "passive" };
+        let answer = sdp_text(
+            &mut rtc,
+            &peer.mid,
+            peer.opus_pt,
+            peer.dtmf_pt,
+            setup,
+            local,
+            tx_ssrc,
         );
-        if let Some(pt) = peer.dtmf_pt {
-            config.codec_config().add_config(
-                Pt::from(pt),
-                None,
-                Codec::Unknown,
-                Frequency::EIGHT_KHZ,
-                Some(1),
-                FormatParams::default(),
-            );
-        }
-        let mut rtc = config.build(now);
-        let candidate = Candidate::host(local, "udp")
-            .map_err(|e| WebRtcError::Sdp(format!("local candidate {local}: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        for c in &peer.candidates {
-            match Candidate::from_sdp_string(&format!("candidate:{c}")) {
-                // Only candidates of our address family can be reached from our socket.
-                Ok(c) if c.addr().is_ipv4() == local.is_ipv4() => rtc.add_remote_candidate(c),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(candidate = %c, error = %e, "peer candidate skipped"),
-            }
-        }
-        let mid = Mid::from(peer.mid.as_str());
-        let tx_ssrc;
-        {
-            let mut api: DirectApi = rtc.direct_api();
-            api.set_remote_fingerprint(peer.fingerprint()?);
-            api.set_remote_ice_credentials(IceCreds {
-                ufrag: peer.ufrag.clone(),
-                pass: peer.pwd.clone(),
-            });
-            // RFC 8445 §6.1.1: a full agent facing a lite one controls; otherwise the
-            // offerer does, and we answer.
-            api.set_ice_controlling(peer.ice_lite);
-            // We take the DTLS client role unless the peer insists on it.
-            api.start_dtls(peer.setup != "active")?;
-            api.declare_media(mid, MediaKind::Audio);
-            tx_ssrc = api.new_ssrc();
-            api.declare_stream_tx(tx_ssrc, None, mid, None);
-            if let Some(ssrc) = peer.ssrc {
-                api.expect_stream_rx(Ssrc::from(ssrc), None, mid, None);
-            }
-        }
-        let answer = Self::answer_text(&mut rtc, &peer, local, tx_ssrc);
         Ok(WebRtcLeg {
             rtc,
             tx_ssrc,
             local,
             peer_dtmf_pt: peer.dtmf_pt,
-            answer,
+            local_sdp: answer,
         })
     }
 
-    fn answer_text(rtc: &mut Rtc, peer: &PeerDescription, local: SocketAddr, ssrc: Ssrc) -> String {
-        let api = rtc.direct_api();
-        let creds = api.local_ice_credentials();
-        let fingerprint = api.local_dtls_fingerprint().to_string();
-        let (family, ip) = match local {
-            SocketAddr::V4(a) => ("IP4", a.ip().to_string()),
-            SocketAddr::V6(a) => ("IP6", a.ip().to_string()),
+    /// Makes our offer (business-initiated calls: it goes to Meta's `connect`), for a leg
+    /// receiving on `local`; complete it with [`accept_answer`](Self::accept_answer). As
+    /// offerer we control ICE; the DTLS roles follow the answer's `a=setup`.
+    pub fn offer(local: SocketAddr, now: Instant) -> Result<WebRtcLeg, WebRtcError> {
+        let mut rtc = build(OPUS_PT, Some(DTMF_PT), local, now)?;
+        let tx_ssrc = {
+            let mut api = rtc.direct_api();
+            api.set_ice_controlling(true);
+            let mid = Mid::from(OFFER_MID);
+            api.declare_media(mid, MediaKind::Audio);
+            let ssrc = api.new_ssrc();
+            api.declare_stream_tx(ssrc, None, mid, None);
+            ssrc
         };
-        let port = local.port();
-        let setup = if peer.setup == "active" {
-            "passive"
-        } else {
-            "active"
-        };
-        let session = u64::from(*ssrc) << 16 | u64::from(port);
-        let mut pts = format!("{}", peer.opus_pt);
-        let mut dtmf = String::new();
-        if let Some(pt) = peer.dtmf_pt {
-            pts.push_str(&format!(" {pt}"));
-            dtmf = format!("a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
-        }
-        format!(
-            "v=0\r\n\
-             o=- {session} 2 IN {family} {ip}\r\n\
-             s=-\r\n\
-             t=0 0\r\n\
-             a=group:BUNDLE {mid}\r\n\
-             a=msid-semantic: WMS waswitch\r\n\
-             m=audio {port} UDP/TLS/RTP/SAVPF {pts}\r\n\
-             c=IN {family} {ip}\r\n\
-             a=candidate:1 1 udp 2130706431 {ip} {port} typ host\r\n\
-             a=end-of-candidates\r\n\
-             a=ice-ufrag:{ufrag}\r\n\
-             a=ice-pwd:{pwd}\r\n\
-             a=fingerprint:{fingerprint}\r\n\
-             a=setup:{setup}\r\n\
-             a=mid:{mid}\r\n\
-             a=sendrecv\r\n\
-             a=msid:waswitch audio\r\n\
-             a=rtcp-mux\r\n\
-             a=rtpmap:{opus} opus/48000/2\r\n\
-             a=fmtp:{opus} minptime=20;useinbandfec=1\r\n\
-             {dtmf}\
-             a=ptime:20\r\n\
-             a=maxptime:20\r\n\
-             a=ssrc:{ssrc} cname:waswitch\r\n",
-            mid = peer.mid,
-            ufrag = creds.ufrag,
-            pwd = creds.pass,
-            opus = peer.opus_pt,
-            ssrc = *ssrc,
-        )
+        let offer = sdp_text(
+            &mut rtc,
+            OFFER_MID,
+            OPUS_PT,
+            Some(DTMF_PT),
+            "actpass",
+            local,
+            tx_ssrc,
+        );
+        Ok(WebRtcLeg {
+            rtc,
+            tx_ssrc,
+            local,
+            peer_dtmf_pt: None,
+            local_sdp: offer,
+        })
     }
 
-    /// Our SDP answer (CRLF line ends), the same for `pre_accept` and `accept`.
-    pub fn answer_sdp(&self) -> &str {
-        &self.answer
+    /// Applies the peer's answer to our offer.
+    pub fn accept_answer(&mut self, answer: &str) -> Result<(), WebRtcError> {
+        let peer = PeerDescription::parse(answer)?;
+        if peer.opus_pt != OPUS_PT {
+            return Err(WebRtcError::Sdp(format!(
+                "the answer moved Opus to payload type {}",
+                peer.opus_pt
+            )));
+        }
+        add_candidates(&mut self.rtc, &peer, self.local);
+        let mut api = self.rtc.direct_api();
+        api.set_remote_fingerprint(peer.fingerprint()?);
+        api.set_remote_ice_credentials(IceCreds {
+            ufrag: peer.ufrag.clone(),
+            pass: peer.pwd.clone(),
+        });
+        // The answerer chose its DTLS role: its `active` makes us the server.
+        api.start_dtls(peer.setup != "active")?;
+        if let Some(ssrc) = peer.ssrc {
+            api.expect_stream_rx(Ssrc::from(ssrc), None, Mid::from(OFFER_MID), None);
+        }
+        self.peer_dtmf_pt = peer.dtmf_pt;
+        Ok(())
+    }
+
+    /// Our SDP (CRLF line ends): the answer, the same for `pre_accept` and `accept`; for a
+    /// leg made by [`offer`](Self::offer), the offer.
+    pub fn local_sdp(&self) -> &str {
+        &self.local_sdp
     }
 
     /// The address the leg receives on.
@@ -429,6 +386,145 @@ impl WebRtcLeg {
             });
         }
     }
+}
+
+/// The `a=mid` of our offers.
+const OFFER_MID: &str = "audio";
+
+/// A str0m instance for one audio leg: RTP mode, full ICE, Opus and telephone-event under
+/// the given payload types (str0m drops payload types it does not know), a host candidate.
+fn build(
+    opus_pt: u8,
+    dtmf_pt: Option<u8>,
+    local: SocketAddr,
+    now: Instant,
+) -> Result<Rtc, WebRtcError> {
+    let mut config = RtcConfig::new()
+        .clear_codecs()
+        .set_rtp_mode(true)
+        .set_ice_lite(false);
+    config.codec_config().add_config(
+        Pt::from(opus_pt),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        FormatParams {
+            min_p_time: Some(20),
+            use_inband_fec: Some(true),
+            ..Default::default()
+        },
+    );
+    if let Some(pt) = dtmf_pt {
+        config.codec_config().add_config(
+            Pt::from(pt),
+            None,
+            Codec::Unknown,
+            Frequency::EIGHT_KHZ,
+            Some(1),
+            FormatParams::default(),
+        );
+    }
+    let mut rtc = config.build(now);
+    let candidate = Candidate::host(local, "udp")
+        .map_err(|e| WebRtcError::Sdp(format!("local candidate {local}: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    Ok(rtc)
+}
+
+/// The peer's candidates of our address family: Meta offers an IPv6 candidate ahead of the
+/// IPv4 one, and a switch without IPv6 must not wait for it to time out.
+fn add_candidates(rtc: &mut Rtc, peer: &PeerDescription, local: SocketAddr) {
+    for c in &peer.candidates {
+        match Candidate::from_sdp_string(&format!("candidate:{c}")) {
+            Ok(c) if c.addr().is_ipv4() == local.is_ipv4() => rtc.add_remote_candidate(c),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(candidate = %c, error = %e, "peer candidate skipped"),
+        }
+    }
+}
+
+/// Applies an offering peer's description; returns our send SSRC.
+fn apply_offer(
+    rtc: &mut Rtc,
+    peer: &PeerDescription,
+    local: SocketAddr,
+    controlling: bool,
+    dtls_client: bool,
+) -> Result<Ssrc, WebRtcError> {
+    add_candidates(rtc, peer, local);
+    let mid = Mid::from(peer.mid.as_str());
+    let mut api: DirectApi = rtc.direct_api();
+    api.set_remote_fingerprint(peer.fingerprint()?);
+    api.set_remote_ice_credentials(IceCreds {
+        ufrag: peer.ufrag.clone(),
+        pass: peer.pwd.clone(),
+    });
+    api.set_ice_controlling(controlling);
+    api.start_dtls(dtls_client)?;
+    api.declare_media(mid, MediaKind::Audio);
+    let tx_ssrc = api.new_ssrc();
+    api.declare_stream_tx(tx_ssrc, None, mid, None);
+    if let Some(ssrc) = peer.ssrc {
+        api.expect_stream_rx(Ssrc::from(ssrc), None, mid, None);
+    }
+    Ok(tx_ssrc)
+}
+
+/// Our SDP (offer or answer): one audio stream, every candidate, one SSRC, CRLF line ends.
+fn sdp_text(
+    rtc: &mut Rtc,
+    mid: &str,
+    opus_pt: u8,
+    dtmf_pt: Option<u8>,
+    setup: &str,
+    local: SocketAddr,
+    ssrc: Ssrc,
+) -> String {
+    let api = rtc.direct_api();
+    let creds = api.local_ice_credentials();
+    let fingerprint = api.local_dtls_fingerprint().to_string();
+    let (family, ip) = match local {
+        SocketAddr::V4(a) => ("IP4", a.ip().to_string()),
+        SocketAddr::V6(a) => ("IP6", a.ip().to_string()),
+    };
+    let port = local.port();
+    let session = u64::from(*ssrc) << 16 | u64::from(port);
+    let mut pts = format!("{opus_pt}");
+    let mut dtmf = String::new();
+    if let Some(pt) = dtmf_pt {
+        pts.push_str(&format!(" {pt}"));
+        dtmf = format!("a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
+    }
+    format!(
+        "v=0\r\n\
+         o=- {session} 2 IN {family} {ip}\r\n\
+         s=-\r\n\
+         t=0 0\r\n\
+         a=group:BUNDLE {mid}\r\n\
+         a=msid-semantic: WMS waswitch\r\n\
+         m=audio {port} UDP/TLS/RTP/SAVPF {pts}\r\n\
+         c=IN {family} {ip}\r\n\
+         a=candidate:1 1 udp 2130706431 {ip} {port} typ host\r\n\
+         a=end-of-candidates\r\n\
+         a=ice-ufrag:{ufrag}\r\n\
+         a=ice-pwd:{pwd}\r\n\
+         a=fingerprint:{fingerprint}\r\n\
+         a=setup:{setup}\r\n\
+         a=mid:{mid}\r\n\
+         a=sendrecv\r\n\
+         a=msid:waswitch audio\r\n\
+         a=rtcp-mux\r\n\
+         a=rtpmap:{opus_pt} opus/48000/2\r\n\
+         a=fmtp:{opus_pt} minptime=20;useinbandfec=1\r\n\
+         {dtmf}\
+         a=ptime:20\r\n\
+         a=maxptime:20\r\n\
+         a=ssrc:{ssrc} cname:waswitch\r\n",
+        ufrag = creds.ufrag,
+        pwd = creds.pass,
+        ssrc = *ssrc,
+    )
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn our_answer_to_meta_is_active_controlling_and_carries_dtmf() {
         Instant::now(),
     )
     .expect("answer");
-    let answer = leg.answer_sdp();
+    let answer = leg.local_sdp();
     for line in [
         "m=audio 40000 UDP/TLS/RTP/SAVPF 111 126\r\n",
         "a=setup:active\r\n",
@@ -97,44 +97,17 @@ impl Meta {
     }
 }
 
-#[test]
-fn a_leg_connects_to_an_ice_lite_peer_and_audio_flows_both_ways() {
-    let now = Instant::now();
-    let meta_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let our_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    for s in [&meta_socket, &our_socket] {
-        s.set_nonblocking(true).expect("nonblocking");
-    }
-    let mut meta_rtc = RtcConfig::new()
-        .set_ice_lite(true)
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true)
-        .build(now);
-    meta_rtc.add_local_candidate(
-        Candidate::host(meta_socket.local_addr().expect("addr"), "udp").expect("candidate"),
-    );
-    let mut change = meta_rtc.sdp_api();
-    let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-    let (offer, pending) = change.apply().expect("offer");
-    let offer_text = offer.to_sdp_string();
-    assert!(offer_text.contains("a=ice-lite"));
-
-    let mut leg = WebRtcLeg::accept_offer(&offer_text, our_socket.local_addr().expect("addr"), now)
-        .expect("answer");
-    let answer = SdpAnswer::from_sdp_string(leg.answer_sdp()).expect("str0m reads our answer");
-    meta_rtc
-        .sdp_api()
-        .accept_answer(pending, answer)
-        .expect("answer accepted");
-    let _ = SdpOffer::from_sdp_string(&offer_text);
-    let mut meta = Meta {
-        rtc: meta_rtc,
-        socket: meta_socket,
-        connected: false,
-        rtp: Vec::new(),
-    };
-
+/// Drives our leg and the str0m peer over their loopback sockets until both have received
+/// ten packets of the other's audio (or 10 s pass). Returns whether our leg connected, how
+/// long connecting took, and what it received.
+fn exchange(
+    leg: &mut WebRtcLeg,
+    our_socket: &UdpSocket,
+    meta: &mut Meta,
+    mid: str0m::media::Mid,
+) -> (bool, Option<Duration>, Vec<(u8, u16)>) {
+    let started = Instant::now();
+    let mut connected_after = None;
     let mut ours_connected = false;
     let mut got = Vec::new();
     let mut sent = 0u64;
@@ -143,14 +116,16 @@ fn a_leg_connects_to_an_ice_lite_peer_and_audio_flows_both_ways() {
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline && (got.len() < 10 || meta.rtp.len() < 10) {
         let now = Instant::now();
-        // Drive our leg.
         loop {
             match leg.poll().expect("poll") {
                 LegOutput::Timeout(_) => break,
                 LegOutput::Transmit { to, data } => {
                     let _ = our_socket.send_to(&data, to);
                 }
-                LegOutput::Connected => ours_connected = true,
+                LegOutput::Connected => {
+                    ours_connected = true;
+                    connected_after.get_or_insert(started.elapsed());
+                }
                 LegOutput::Rtp { pt, seq, .. } => got.push((pt, seq)),
                 LegOutput::Disconnected => panic!("ICE failed"),
             }
@@ -206,7 +181,62 @@ fn a_leg_connects_to_an_ice_lite_peer_and_audio_flows_both_ways() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(ours_connected && meta.connected, "ICE and DTLS completed");
+    (ours_connected, connected_after, got)
+}
+
+fn sockets() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for s in [&a, &b] {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    (a, b)
+}
+
+#[test]
+fn a_leg_connects_to_an_ice_lite_peer_and_audio_flows_both_ways() {
+    let now = Instant::now();
+    let (meta_socket, our_socket) = sockets();
+    let mut meta_rtc = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true)
+        .build(now);
+    meta_rtc.add_local_candidate(
+        Candidate::host(meta_socket.local_addr().expect("addr"), "udp").expect("candidate"),
+    );
+    let mut change = meta_rtc.sdp_api();
+    let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, pending) = change.apply().expect("offer");
+    let offer_text = offer.to_sdp_string();
+    assert!(offer_text.contains("a=ice-lite"));
+    // Like Meta, put an IPv6 candidate first, preferred: a leg on IPv4 must not wait on it.
+    let offer_text = offer_text.replacen(
+        "a=candidate:",
+        "a=candidate:9 1 udp 2122262783 2001:db8::1 3484 typ host\r\na=candidate:",
+        1,
+    );
+
+    let mut leg = WebRtcLeg::accept_offer(&offer_text, our_socket.local_addr().expect("addr"), now)
+        .expect("answer");
+    let answer = SdpAnswer::from_sdp_string(leg.local_sdp()).expect("str0m reads our answer");
+    meta_rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let mut meta = Meta {
+        rtc: meta_rtc,
+        socket: meta_socket,
+        connected: false,
+        rtp: Vec::new(),
+    };
+    let (connected, after, got) = exchange(&mut leg, &our_socket, &mut meta, mid);
+    assert!(connected && meta.connected, "ICE and DTLS completed");
+    assert!(
+        after.is_some_and(|d| d < Duration::from_secs(2)),
+        "no wait on IPv6: {after:?}"
+    );
     assert_eq!(
         meta.rtp.len(),
         10,
@@ -216,4 +246,51 @@ fn a_leg_connects_to_an_ice_lite_peer_and_audio_flows_both_ways() {
     assert!(meta.rtp.iter().all(|(pt, _)| *pt == 111));
     assert_eq!(got.len(), 10, "the peer's audio reached us: {got:?}");
     assert_eq!(got[0], (111, 500));
+}
+
+#[test]
+fn our_offer_is_answered_by_a_full_ice_peer_and_audio_flows_both_ways() {
+    let now = Instant::now();
+    let (peer_socket, our_socket) = sockets();
+    let mut leg = WebRtcLeg::offer(our_socket.local_addr().expect("addr"), now).expect("offer");
+    let offer = leg.local_sdp().to_string();
+    for line in [
+        "a=setup:actpass\r\n",
+        "m=audio ",
+        " 111 126\r\n",
+        "a=rtpmap:126 telephone-event/8000\r\n",
+    ] {
+        assert!(offer.contains(line), "missing {line:?} in\n{offer}");
+    }
+    let mut peer_rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true)
+        .build(now);
+    peer_rtc.add_local_candidate(
+        Candidate::host(peer_socket.local_addr().expect("addr"), "udp").expect("candidate"),
+    );
+    let answer = peer_rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("str0m reads our offer"))
+        .expect("answer");
+    leg.accept_answer(&answer.to_sdp_string())
+        .expect("answer applied");
+    let mut meta = Meta {
+        rtc: peer_rtc,
+        socket: peer_socket,
+        connected: false,
+        rtp: Vec::new(),
+    };
+    let (connected, _, got) = exchange(&mut leg, &our_socket, &mut meta, "audio".into());
+    assert!(connected && meta.connected, "ICE and DTLS completed");
+    assert_eq!(meta.rtp.len(), 10, "{:?}", meta.rtp);
+    assert_eq!(got.len(), 10, "{got:?}");
+    // An answer that moves Opus elsewhere is refused.
+    let mut other = WebRtcLeg::offer(our_socket.local_addr().expect("addr"), now).expect("offer");
+    let moved = answer.to_sdp_string().replace("111", "109");
+    assert!(matches!(
+        other.accept_answer(&moved),
+        Err(WebRtcError::Sdp(_))
+    ));
 }
