@@ -425,11 +425,27 @@ fn build(
             FormatParams::default(),
         );
     }
+    if let Some(cert) = shared_certificate() {
+        config = config.set_dtls_cert(cert);
+    }
     let mut rtc = config.build(now);
     let candidate = Candidate::host(local, "udp")
         .map_err(|e| WebRtcError::Sdp(format!("local candidate {local}: {e}")))?;
     rtc.add_local_candidate(candidate);
     Ok(rtc)
+}
+
+/// One DTLS certificate for every leg of the process, made once: generating a key pair
+/// and certificate per leg would cost more than the rest of its setup. (Meta and browsers
+/// check the certificate only against the fingerprint in our SDP.)
+fn shared_certificate() -> Option<str0m::config::DtlsCert> {
+    static CERT: std::sync::OnceLock<Option<str0m::config::DtlsCert>> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+    })
+    .clone()
 }
 
 /// The peer's candidates of our address family: Meta offers an IPv6 candidate ahead of the
