@@ -190,6 +190,8 @@ struct LegReport {
     packets_in: usize,
     decoded: Vec<f32>,
     packets_out: u64,
+    /// RFC 4733 digits received, with their durations (8 kHz units).
+    digits: Vec<(char, u32)>,
 }
 
 /// Runs the leg on its socket until `stop`: ICE/DTLS, a 1 kHz Opus tone out every 20 ms
@@ -199,6 +201,8 @@ fn run_leg(mut leg: WebRtcLeg, socket: UdpSocket, stop: Arc<AtomicBool>) -> LegR
     let mut encoder =
         opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
     let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+    let dtmf_pt = leg.dtmf_pt();
+    let mut dtmf = waswitch::media::dtmf::DtmfReceiver::default();
     let mut next_frame = Instant::now();
     let mut buf = [0u8; 2048];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -214,6 +218,16 @@ fn run_leg(mut leg: WebRtcLeg, socket: UdpSocket, stop: Arc<AtomicBool>) -> LegR
                 }
                 LegOutput::Connected => report.connected = true,
                 LegOutput::Disconnected => return report,
+                LegOutput::Rtp {
+                    pt,
+                    payload,
+                    timestamp,
+                    ..
+                } if Some(pt) == dtmf_pt => {
+                    if let Some(d) = dtmf.on_packet(timestamp, &payload) {
+                        report.digits.push((d.digit, d.duration));
+                    }
+                }
                 LegOutput::Rtp { pt, payload, .. } => {
                     report.packets_in += 1;
                     if pt == OPUS_PT {
@@ -298,7 +312,7 @@ fn exchange_and_check(
     socket: UdpSocket,
     before_stats: &str,
     chromium_dtls_role: &str,
-) {
+) -> LegReport {
     let stop = Arc::new(AtomicBool::new(false));
     let stop_leg = Arc::clone(&stop);
     let leg_thread = std::thread::spawn(move || run_leg(leg, socket, stop_leg));
@@ -330,6 +344,7 @@ fn exchange_and_check(
         p440 > 20.0 * p1000,
         "440 Hz from Chromium: {p440} vs {p1000}"
     );
+    report
 }
 
 const NAME: &str = "chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways";
@@ -381,8 +396,31 @@ fn chromium_as_meta_connects_to_our_answer_and_audio_flows_both_ways() {
         "await pc.setRemoteDescription({{type: 'answer', sdp: {}}});",
         json!(answer)
     );
+    // Once connected, the user presses 1 and 5 (RFC 4733 on Meta's PT 126, 8000 Hz).
+    let apply = format!(
+        "{apply}
+         const t1 = Date.now();
+         while (pc.connectionState !== 'connected' && Date.now() - t1 < 15000) {{
+           await new Promise((r) => setTimeout(r, 50));
+         }}
+         pc.getSenders()[0].dtmf.insertDTMF('15', 200, 100);"
+    );
     // We answered active: Chromium is the DTLS server.
-    exchange_and_check(&mut chromium, leg, socket, &apply, "server");
+    let report = exchange_and_check(&mut chromium, leg, socket, &apply, "server");
+    let keys: Vec<char> = report.digits.iter().map(|d| d.0).collect();
+    assert_eq!(
+        keys,
+        ['1', '5'],
+        "DTMF through the leg: {:?}",
+        report.digits
+    );
+    // 200 ms asked at 8000 Hz units; Chromium rounds the tone up to its packet grid (it
+    // reports 240 ms), so up to 60 ms more.
+    assert!(
+        report.digits.iter().all(|d| (1600..=2080).contains(&d.1)),
+        "{:?}",
+        report.digits
+    );
 }
 
 const NAME_OFFER: &str = "chromium_answers_our_offer_and_audio_flows_both_ways";
