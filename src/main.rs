@@ -41,6 +41,14 @@ enum Command {
         /// Configuration file.
         path: PathBuf,
     },
+    /// Run the Meta emulator: the Graph API (with Meta's validation and errors) on
+    /// `sim.listen`, for the business numbers and access token of the configuration, until
+    /// SIGTERM or SIGINT.
+    Sim {
+        /// Configuration file (the switch's: both agree on secrets and ids).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -76,6 +84,34 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Sim { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let Some(meta) = config.meta.clone() else {
+                eprintln!(
+                    "{}: meta: the sim needs a [meta] section (access_token, app_secret) to play Meta",
+                    config.source.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            telemetry::init_logging(&config.log.level, config.log.format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            runtime.block_on(sim(config, meta))
+        }
         Command::Run { config, log_format } => {
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
@@ -122,6 +158,38 @@ async fn run(config: Config) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+async fn sim(config: Config, meta: config::MetaConfig) -> ExitCode {
+    let numbers = config
+        .business_numbers
+        .iter()
+        .map(|b| b.phone_number_id.clone())
+        .collect();
+    let graph = waswitch::sim::graph::SimGraph::new(meta.access_token.clone(), numbers);
+    let listener = match tokio::net::TcpListener::bind(config.sim.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sim.listen {}: {e}", config.sim.listen);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addr = listener.local_addr().map_or(config.sim.listen, |a| a);
+    tracing::info!(graph_api = %addr, numbers = config.business_numbers.len(), "waswitch sim ready");
+    eprintln!(
+        "waswitch sim: Graph API on http://{addr}/{}/<PHONE_NUMBER_ID>/calls",
+        meta.api_version
+    );
+    let served = axum::serve(listener, graph.router())
+        .with_graceful_shutdown(wait_for_stop_signal())
+        .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waswitch sim: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

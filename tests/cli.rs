@@ -339,3 +339,92 @@ fn a_busy_http_port_is_a_clear_start_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sim_serves_metas_graph_api_from_the_switch_config_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let path = dir.path().join("waswitch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+             [[route]]\nname = \"support\"\ntrunks = [\"pbx\"]\n\
+             [meta]\naccess_token = \"sim-token\"\napp_secret = \"s\"\nverify_token = \"v\"\n\
+             [[business_number]]\nphone_number_id = \"105615555715855\"\n\
+             display_number = \"15551112222\"\ncountry = \"BR\"\nroute = \"support\"\n\
+             [sim]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .expect("write config");
+    let mut child = waswitch(&["sim", "--config", path.to_str().expect("utf-8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn waswitch sim");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the sim did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (no_permission, wrong_token) = rt.block_on(async {
+        let url = format!("http://127.0.0.1:{port}/v23.0/105615555715855/calls");
+        let body = serde_json::json!({"messaging_product": "whatsapp", "to": "5511999990000",
+            "action": "connect", "session": {"sdp_type": "offer", "sdp": "v=0\r\n"}});
+        let client = reqwest::Client::new();
+        let a = client
+            .post(&url)
+            .bearer_auth("sim-token")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        let b = client
+            .post(&url)
+            .bearer_auth("other")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        (
+            (
+                a.status().as_u16(),
+                a.json::<serde_json::Value>().await.expect("json"),
+            ),
+            (
+                b.status().as_u16(),
+                b.json::<serde_json::Value>().await.expect("json"),
+            ),
+        )
+    });
+    assert_eq!(no_permission.0, 401);
+    assert_eq!(no_permission.1["error"]["code"], 138_006);
+    assert_eq!(wrong_token.1["error"]["code"], 190);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "the sim did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+
+    // Without [meta] the sim cannot play Meta, and says why.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, "").expect("write");
+    let out = waswitch(&["sim", "--config", plain.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[meta]"));
+}
