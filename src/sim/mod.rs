@@ -1,8 +1,10 @@
 //! `waswitch sim`: an emulator of Meta's side of WhatsApp Business Calling, so a business
 //! can rehearse its integration without Meta and the tests have a WhatsApp side.
 //!
-//! It serves the Graph API with Meta's validation and errors ([`graph`]) and sends signed
-//! webhooks in Meta's shapes ([`webhooks`]).
+//! It serves the Graph API with Meta's validation and errors ([`graph`]), sends signed
+//! webhooks in Meta's shapes ([`webhooks`]), and plays WhatsApp users with real WebRTC
+//! media ([`user`]).
 
 pub mod graph;
+pub mod user;
 pub mod webhooks;

@@ -1,0 +1,360 @@
+//! A simulated WhatsApp user with real media: WebRTC as Meta's media servers do it (ICE-lite,
+//! DTLS `actpass`, Opus 48 kHz and telephone-event/8000 on PT 126, one SSRC), a known tone
+//! sent, and what comes back checked.
+//!
+//! A user-initiated call: [`SimUser::offer`] gives Meta's SDP offer for the connect webhook;
+//! the business's answer (from its `pre_accept`/`accept`) goes to
+//! [`SimUser::apply_answer`]; [`SimUser::run`] then carries the call on its socket.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+/// Meta's payload types.
+const OPUS_PT: u8 = 111;
+const DTMF_PT: u8 = 126;
+
+/// Why a simulated user could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserError {
+    /// The business's SDP was refused.
+    #[error("answer refused: {0}")]
+    Answer(String),
+    /// WebRTC failed.
+    #[error("WebRTC: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a call looked like from the user's phone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserReport {
+    /// ICE and DTLS completed.
+    pub connected: bool,
+    /// From the offer to connected.
+    pub setup: Option<Duration>,
+    /// Opus packets sent and received.
+    pub packets_out: u64,
+    /// Opus packets received.
+    pub packets_in: u64,
+    /// Share of the received audio's power at the expected frequency (0-1), after the
+    /// first half second.
+    pub tone_share: f32,
+}
+
+impl UserReport {
+    /// Audio came back and carried the expected tone.
+    pub fn audio_verified(&self) -> bool {
+        self.connected && self.packets_in >= 25 && self.tone_share > 0.5
+    }
+}
+
+/// One simulated WhatsApp user in one call.
+pub struct SimUser {
+    rtc: Rtc,
+    mid: Mid,
+    pending: Option<SdpPendingOffer>,
+    socket: UdpSocket,
+    started: Instant,
+}
+
+impl std::fmt::Debug for SimUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimUser").finish_non_exhaustive()
+    }
+}
+
+impl SimUser {
+    /// A user on `socket` (bound to the address its candidate names), and Meta's SDP offer.
+    pub fn offer(socket: UdpSocket) -> Result<(SimUser, String), UserError> {
+        let now = Instant::now();
+        let local = socket.local_addr()?;
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true);
+        // Let telephone-events through (str0m drops payload types it does not know).
+        config.codec_config().add_config(
+            Pt::from(DTMF_PT),
+            None,
+            Codec::Unknown,
+            Frequency::EIGHT_KHZ,
+            Some(1),
+            FormatParams::default(),
+        );
+        let mut rtc = config.build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| UserError::Answer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| UserError::Answer("no offer to make".into()))?;
+        // Meta offers telephone-event/8000 on 126 beside Opus.
+        let text = offer
+            .to_sdp_string()
+            .replacen(
+                &format!("UDP/TLS/RTP/SAVPF {OPUS_PT}"),
+                &format!("UDP/TLS/RTP/SAVPF {OPUS_PT} {DTMF_PT}"),
+                1,
+            )
+            .replacen(
+                &format!("a=rtpmap:{OPUS_PT} opus/48000/2\r\n"),
+                &format!(
+                    "a=rtpmap:{OPUS_PT} opus/48000/2\r\na=rtpmap:{DTMF_PT} telephone-event/8000\r\n"
+                ),
+                1,
+            );
+        socket.set_nonblocking(true)?;
+        Ok((
+            SimUser {
+                rtc,
+                mid,
+                pending: Some(pending),
+                socket,
+                started: now,
+            },
+            text,
+        ))
+    }
+
+    /// Applies the business's SDP answer.
+    pub fn apply_answer(&mut self, answer: &str) -> Result<(), UserError> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| UserError::Answer("an answer was already applied".into()))?;
+        let answer =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| UserError::Answer(e.to_string()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| UserError::Answer(e.to_string()))
+    }
+
+    /// Carries the call for `hold` after it connects (or until `stop`): sends a `send_hz`
+    /// tone in Opus every 20 ms and checks the received audio for `expect_hz`.
+    pub fn run(
+        mut self,
+        hold: Duration,
+        send_hz: f32,
+        expect_hz: f32,
+        stop: &AtomicBool,
+    ) -> Result<UserReport, UserError> {
+        let mut report = UserReport::default();
+        let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| UserError::Answer(e.to_string()))?;
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
+            .map_err(|e| UserError::Answer(e.to_string()))?;
+        let mut decoded: Vec<f32> = Vec::new();
+        let mut buf = [0u8; 2048];
+        let connect_deadline = self.started + Duration::from_secs(20);
+        let mut end: Option<Instant> = None;
+        let mut next_frame = Instant::now();
+        let local = self.socket.local_addr()?;
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::Relaxed) || end.is_some_and(|e| now >= e) {
+                break;
+            }
+            if end.is_none() && now >= connect_deadline {
+                break;
+            }
+            let timeout = loop {
+                match self.rtc.poll_output()? {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let _ = self.socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(Event::Connected) => {
+                        report.connected = true;
+                        report.setup = Some(self.started.elapsed());
+                        end = Some(Instant::now() + hold);
+                    }
+                    Output::Event(Event::IceConnectionStateChange(
+                        IceConnectionState::Disconnected,
+                    )) => return Ok(report),
+                    Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == OPUS_PT => {
+                        report.packets_in += 1;
+                        let mut pcm = [0f32; 5760];
+                        if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
+                            decoded.extend_from_slice(&pcm[..n]);
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            let mut got = false;
+            while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                got = true;
+                let Ok(contents) = (&buf[..n]).try_into() else {
+                    continue;
+                };
+                let input = Input::Receive(
+                    Instant::now(),
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents,
+                    },
+                );
+                if self.rtc.accepts(&input) {
+                    self.rtc.handle_input(input)?;
+                }
+            }
+            let now = Instant::now();
+            if report.connected && now >= next_frame {
+                next_frame += Duration::from_millis(20);
+                let k = report.packets_out;
+                let tone: Vec<f32> = (0..960)
+                    .map(|i| {
+                        let t = (k * 960 + i) as f32 / 48_000.0;
+                        0.3 * (2.0 * std::f32::consts::PI * send_hz * t).sin()
+                    })
+                    .collect();
+                let mut packet = [0u8; 1500];
+                if let Ok(len) = encoder.encode_float(&tone, &mut packet) {
+                    let mut api = self.rtc.direct_api();
+                    if let Some(tx) = api.stream_tx_by_mid(self.mid, None) {
+                        tx.write_rtp(
+                            RtpWrite::new(
+                                Pt::from(OPUS_PT),
+                                (k + 1).into(),
+                                (k * 960) as u32,
+                                now,
+                                &packet[..len],
+                            )
+                            .marker(k == 0),
+                        );
+                        report.packets_out += 1;
+                    }
+                }
+            }
+            if now >= timeout {
+                self.rtc.handle_input(Input::Timeout(now))?;
+            } else if !got {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        report.tone_share = tone_share(&decoded, expect_hz);
+        Ok(report)
+    }
+}
+
+/// The share of the signal's power at `hz` (48 kHz samples, after the first half second).
+fn tone_share(samples: &[f32], hz: f32) -> f32 {
+    let tail = &samples[samples.len().min(24_000)..];
+    if tail.is_empty() {
+        return 0.0;
+    }
+    let w = 2.0 * std::f32::consts::PI * hz / 48_000.0;
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in tail {
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let tone = (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) * 2.0 / tail.len() as f32;
+    let total: f32 = tail.iter().map(|x| x * x).sum();
+    if total <= 0.0 {
+        0.0
+    } else {
+        (tone / total).min(1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::webrtc::{LegOutput, WebRtcLeg};
+
+    #[test]
+    fn tone_share_finds_the_tone_and_not_another() {
+        let s: Vec<f32> = (0..48_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        assert!(tone_share(&s, 1000.0) > 0.9);
+        assert!(tone_share(&s, 440.0) < 0.01);
+        assert_eq!(tone_share(&[], 1000.0), 0.0);
+    }
+
+    /// A user's call answered by the switch's WebRTC leg, which echoes what it hears: the
+    /// user gets its own tone back.
+    #[test]
+    fn a_users_call_connects_to_a_leg_and_hears_its_tone_echoed() {
+        let user_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (mut user, offer) = SimUser::offer(user_socket).expect("offer");
+        assert!(offer.contains("a=ice-lite") && offer.contains("111 126"));
+        let leg_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut leg = WebRtcLeg::accept_offer(
+            &offer,
+            leg_socket.local_addr().expect("addr"),
+            Instant::now(),
+        )
+        .expect("answer");
+        user.apply_answer(leg.local_sdp()).expect("answer applied");
+        assert!(user.apply_answer(leg.local_sdp()).is_err(), "only once");
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let echo = scope.spawn(|| {
+                leg_socket
+                    .set_read_timeout(Some(Duration::from_millis(2)))
+                    .expect("timeout");
+                let mut buf = [0u8; 2048];
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    loop {
+                        match leg.poll().expect("poll") {
+                            LegOutput::Timeout(_) => break,
+                            LegOutput::Transmit { to, data } => {
+                                let _ = leg_socket.send_to(&data, to);
+                            }
+                            LegOutput::Rtp {
+                                pt,
+                                timestamp,
+                                payload,
+                                ..
+                            } => {
+                                seq += 1;
+                                leg.send_rtp(Instant::now(), pt, seq, timestamp, false, &payload)
+                                    .expect("echo");
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Ok((n, from)) = leg_socket.recv_from(&mut buf) {
+                        leg.handle_receive(Instant::now(), from, &buf[..n])
+                            .expect("input");
+                    }
+                    leg.handle_timeout(Instant::now()).expect("timeout");
+                }
+            });
+            let report = user
+                .run(
+                    Duration::from_millis(1500),
+                    800.0,
+                    800.0,
+                    &AtomicBool::new(false),
+                )
+                .expect("call");
+            stop.store(true, Ordering::Relaxed);
+            echo.join().expect("echo thread");
+            assert!(report.connected, "{report:?}");
+            assert!(report.audio_verified(), "{report:?}");
+            assert!(report.setup.is_some_and(|s| s < Duration::from_secs(2)));
+        });
+    }
+}
