@@ -1317,20 +1317,26 @@ impl Shard {
         self.counters.no_destination += failed;
     }
 
-    /// Whether a leg takes a packet from `from`, latching if its policy allows.
-    fn accepts(leg: &mut Leg, from: SocketAddr) -> bool {
-        match (leg.policy, leg.remote, leg.latched) {
-            (_, Some(r), _) if r == from => {
-                leg.latched = true;
-                true
-            }
-            (SourcePolicy::Latch, _, false) => {
-                leg.remote = Some(from);
-                leg.latched = true;
-                true
-            }
-            _ => false,
+    /// Whether a leg takes `packet` from `from`, latching if its policy allows. A leg latches
+    /// only to a valid RTP packet of a payload type its peer agreed to, so a stray or forged
+    /// datagram arriving first can neither take the call's audio nor lock the peer out.
+    fn accepts(leg: &mut Leg, from: SocketAddr, packet: &[u8]) -> bool {
+        if leg.remote == Some(from) {
+            leg.latched = true;
+            return true;
         }
+        if leg.policy != SourcePolicy::Latch || leg.latched {
+            return false;
+        }
+        let agreed = RtpView::parse(packet).is_ok_and(|rtp| {
+            let pt = rtp.payload_type();
+            leg.codec_pt.is_none_or(|c| c == pt) || leg.dtmf_pt == Some(pt)
+        });
+        if agreed {
+            leg.remote = Some(from);
+            leg.latched = true;
+        }
+        agreed
     }
 
     /// Relays one RTP packet from leg `slot`: the destination when it is to be passed on
@@ -1344,7 +1350,7 @@ impl Shard {
     ) -> Option<SocketAddr> {
         let now = Instant::now();
         let leg = self.legs[slot].as_mut()?;
-        if !Self::accepts(leg, from) {
+        if !Self::accepts(leg, from, packet) {
             leg.stats.dropped += 1;
             self.counters.foreign += 1;
             return None;

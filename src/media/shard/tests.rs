@@ -198,6 +198,38 @@ fn latching_follows_a_natted_source_then_locks() {
 }
 
 #[test]
+fn a_stray_or_forged_first_packet_cannot_take_the_latch() {
+    let plane = plane(41_250, SourcePolicy::Latch, Duration::from_secs(30));
+    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let (sdp_addr, natted, b, attacker) = (peer(), peer(), peer(), peer());
+    pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
+    pair.set_remote(Side::B, remote(&b, None)).unwrap();
+    let a_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[0]));
+    let b_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[1]));
+    // Before A's first packet: garbage, and RTP of a payload type A never agreed (PCMA; A
+    // speaks PCMU).
+    attacker.send_to(b"\x80junk", a_port).unwrap();
+    attacker
+        .send_to(&rtp(1, 160, 66, 8, &[9; 20]), a_port)
+        .unwrap();
+    // The real peer, from behind its NAT, still gets the latch...
+    natted
+        .send_to(&rtp(1, 160, 5, 0, &[1; 20]), a_port)
+        .unwrap();
+    let got = recv(&b).expect("A's audio reaches B");
+    assert_eq!(RtpView::parse(&got[..]).unwrap().payload(), [1; 20]);
+    // ...and B's audio goes to it, not to the attacker.
+    b.send_to(&rtp(1, 160, 6, 0, &[2; 20]), b_port).unwrap();
+    assert!(recv(&natted).is_some());
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(recv(&attacker).is_none(), "nothing leaked to the attacker");
+    assert_eq!(pair.stats().unwrap()[0].dropped, 2);
+    plane.stop();
+}
+
+#[test]
 fn a_new_ssrc_is_smoothed_into_one_continuous_stream() {
     let r = rig(41_300, SourcePolicy::Strict, Duration::from_secs(30));
     for i in 0..5u16 {
