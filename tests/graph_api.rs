@@ -183,14 +183,26 @@ async fn transient_failures_are_retried_only_where_repeating_is_safe() {
         "{failed:?}"
     );
     assert_eq!(sim.recorded().len(), 4, "one attempt only");
-    // Three attempts at most: a persistent outage surfaces as the last error.
+    // After a 500 Meta may have acted: a call action is not repeated (an accept repeated
+    // after it took effect would fail on an accepted call).
+    let id2 = sim.place_user_call(NUMBER, "4477010", OFFER);
+    sim.inject(&[fault(500)]);
+    let end2 = CallAction::Terminate { call_id: id2 };
+    let once = graph.call_action(NUMBER, &end2).await;
+    assert!(
+        matches!(once, Err(GraphError::Meta { status: 500, .. })),
+        "{once:?}"
+    );
+    assert_eq!(sim.recorded().len(), 5, "one attempt only");
+    // Three attempts at most: a persistent outage surfaces as the last error (a read is
+    // repeated on any 5xx).
     sim.inject(&[fault(502), fault(502), fault(502)]);
     let settings = graph.calling_settings(NUMBER).await;
     assert!(matches!(
         settings,
         Err(GraphError::Meta { status: 502, .. })
     ));
-    assert_eq!(sim.recorded().len(), 7);
+    assert_eq!(sim.recorded().len(), 8);
 }
 
 #[tokio::test]
@@ -211,9 +223,11 @@ async fn time_limits_wrong_tokens_and_settings() {
         .update_calling_settings(NUMBER, serde_json::json!({"status": "DISABLED"}))
         .await
         .expect("update");
+    let after = graph.calling_settings(NUMBER).await.expect("settings");
+    assert_eq!(after["status"], "DISABLED");
     assert_eq!(
-        graph.calling_settings(NUMBER).await.expect("settings")["status"],
-        "DISABLED"
+        after["call_icon_visibility"], "DEFAULT",
+        "a partial update keeps the rest"
     );
     let bad = client(&url, "stolen-token", 2000);
     let err = bad.calling_settings(NUMBER).await.expect_err("refused");
@@ -227,7 +241,7 @@ async fn time_limits_wrong_tokens_and_settings() {
     let nowhere = client("http://127.0.0.1:9", "sim-token", 300);
     assert!(matches!(
         nowhere.calling_settings(NUMBER).await,
-        Err(GraphError::Transport(_) | GraphError::Timeout)
+        Err(GraphError::Unreachable(_))
     ));
 }
 

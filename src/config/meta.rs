@@ -70,6 +70,19 @@ pub struct SimConfig {
     pub listen: SocketAddr,
 }
 
+/// Whether the authority of a URL (`host[:port][/path]`) names a loopback host.
+fn loopback_host(authority: &str) -> bool {
+    let host = authority.split('/').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Validator {
     pub(super) fn meta(&mut self, raw: Option<&file::MetaSection>) -> Option<MetaConfig> {
         let raw = raw?;
@@ -81,6 +94,12 @@ impl Validator {
                 "meta.graph_url",
                 format!("{:?} is not an http(s) URL", raw.graph_url),
                 "use \"https://graph.facebook.com\", or the sim's \"http://127.0.0.1:8090\"",
+            );
+        } else if url.starts_with("http://") && !loopback_host(host) {
+            self.problem(
+                "meta.graph_url",
+                format!("{url:?} would send the access token unencrypted"),
+                "use https, or plain http only toward a sim on loopback (127.0.0.1, [::1], localhost)",
             );
         }
         let version = raw.api_version.trim();

@@ -397,4 +397,17 @@ fn business_number_mistakes_name_the_entry_and_the_fix() {
     assert_eq!(p.key, "business_number");
     let p = one_problem(&format!("{meta}graph_url = \"graph.facebook.com\"\n"));
     assert_eq!(p.key, "meta.graph_url");
+    // Plain http would expose the access token; only a sim on loopback may use it.
+    let p = one_problem(&format!("{meta}graph_url = \"http://graph.example.com\"\n"));
+    assert!(p.problem.contains("unencrypted"), "{}", p.problem);
+    for ok in [
+        "http://127.0.0.1:8090",
+        "http://[::1]:8090/",
+        "http://localhost:8090",
+    ] {
+        assert!(
+            load(&format!("{meta}graph_url = \"{ok}\"\n")).is_ok(),
+            "{ok}"
+        );
+    }
 }

@@ -96,7 +96,12 @@ impl Batch {
             let hdr = &self.hdrs[i];
             self.lens[i] = (hdr.msg_len as usize).min(MAX_PACKET);
             self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.from[i] = decode(&self.names[i]).unwrap_or(UNSPECIFIED);
+            // No address written (namelen 0): unspecified, never a stale one.
+            self.from[i] = if hdr.msg_hdr.msg_namelen == 0 {
+                UNSPECIFIED
+            } else {
+                decode(&self.names[i]).unwrap_or(UNSPECIFIED)
+            };
         }
         Ok(n)
     }
@@ -109,8 +114,8 @@ impl Batch {
     }
 
     /// Sends packets of the last read (`items`: buffer index and destination) from `fd` in
-    /// as few system calls as the kernel allows. Returns how many were sent; the rest (from
-    /// the first that failed) were not.
+    /// as few system calls as the kernel allows. Returns how many were sent; a packet the
+    /// kernel refused is skipped and the rest still go.
     pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
         let count = items.len().min(BATCH);
         for (k, &(i, to)) in items[..count].iter().enumerate() {
@@ -129,32 +134,29 @@ impl Batch {
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
         }
-        let mut sent = 0;
-        while sent < count {
-            // SAFETY: headers `sent..count` point at buffers, iovecs and addresses owned by
+        let (mut next, mut sent) = (0, 0);
+        while next < count {
+            // SAFETY: headers `next..count` point at buffers, iovecs and addresses owned by
             // `self`, set up above.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
-                    self.hdrs[sent..].as_mut_ptr(),
-                    (count - sent) as u32,
+                    self.hdrs[next..].as_mut_ptr(),
+                    (count - next) as u32,
                     libc::MSG_DONTWAIT,
                 )
             };
             if n > 0 {
+                next += n as usize;
                 sent += n as usize;
                 continue;
             }
             if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // A full socket buffer or an ICMP error pending on the socket: the first
-            // packet is lost, the others may still go.
-            if n < 0 && sent + 1 < count {
-                sent += 1;
-                continue;
-            }
-            break;
+            // A full socket buffer or an ICMP error pending on the socket: the packet at
+            // `next` is lost, the others may still go.
+            next += 1;
         }
         sent
     }

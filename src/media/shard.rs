@@ -1262,6 +1262,7 @@ impl Shard {
         use std::os::fd::AsRawFd;
         // Edge-triggered: read until the socket is empty. A short batch means it was
         // empty when the kernel looked; a packet arriving after that raises a new edge.
+        let mut errors = 0;
         loop {
             let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
                 return;
@@ -1271,8 +1272,15 @@ impl Shard {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // ICMP errors from earlier sends surface here; the socket stays usable.
-                Err(_) => continue,
+                // ICMP errors from earlier sends surface here; the socket stays usable. A
+                // socket that keeps failing is left until its next readiness, never spun on.
+                Err(_) => {
+                    errors += 1;
+                    if errors >= 8 {
+                        return;
+                    }
+                    continue;
+                }
             };
             forward.clear();
             for i in 0..n {

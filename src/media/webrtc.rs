@@ -168,7 +168,8 @@ pub enum LegOutput {
     },
     /// ICE and DTLS are up: media can flow.
     Connected,
-    /// ICE failed or the peer went away.
+    /// ICE lost the peer (str0m may recover from this state: a caller decides how long to
+    /// wait before ending the call).
     Disconnected,
     /// An RTP packet from the peer, decrypted.
     Rtp {
@@ -194,6 +195,9 @@ pub struct WebRtcLeg {
     local: SocketAddr,
     peer_dtmf_pt: Option<u8>,
     local_sdp: String,
+    /// Outputs taken from str0m after an input and not yet polled: in RTP mode str0m holds
+    /// one received packet at a time, which the next input would replace.
+    queued: std::collections::VecDeque<LegOutput>,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -234,6 +238,7 @@ impl WebRtcLeg {
             local,
             peer_dtmf_pt: peer.dtmf_pt,
             local_sdp: answer,
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -266,6 +271,7 @@ impl WebRtcLeg {
             local,
             peer_dtmf_pt: None,
             local_sdp: offer,
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -287,8 +293,11 @@ impl WebRtcLeg {
         });
         // The answerer chose its DTLS role: its `active` makes us the server.
         api.start_dtls(peer.setup != "active")?;
-        if let Some(ssrc) = peer.ssrc {
-            api.expect_stream_rx(Ssrc::from(ssrc), None, Mid::from(OFFER_MID), None);
+        match peer.ssrc {
+            Some(ssrc) => {
+                api.expect_stream_rx(Ssrc::from(ssrc), None, Mid::from(OFFER_MID), None);
+            }
+            None => tracing::warn!("the answer has no a=ssrc: its audio may not be received"),
         }
         self.peer_dtmf_pt = peer.dtmf_pt;
         Ok(())
@@ -332,6 +341,13 @@ impl WebRtcLeg {
         );
         if self.rtc.accepts(&input) {
             self.rtc.handle_input(input)?;
+            // Take what the datagram produced now, before another input replaces it.
+            loop {
+                match self.next_output()? {
+                    LegOutput::Timeout(_) => break,
+                    other => self.queued.push_back(other),
+                }
+            }
         }
         Ok(())
     }
@@ -364,6 +380,13 @@ impl WebRtcLeg {
 
     /// The next thing to do; call until it returns [`LegOutput::Timeout`].
     pub fn poll(&mut self) -> Result<LegOutput, WebRtcError> {
+        match self.queued.pop_front() {
+            Some(out) => Ok(out),
+            None => self.next_output(),
+        }
+    }
+
+    fn next_output(&mut self) -> Result<LegOutput, WebRtcError> {
         loop {
             return Ok(match self.rtc.poll_output()? {
                 Output::Timeout(at) => LegOutput::Timeout(at),
@@ -481,8 +504,13 @@ fn apply_offer(
     api.declare_media(mid, MediaKind::Audio);
     let tx_ssrc = api.new_ssrc();
     api.declare_stream_tx(tx_ssrc, None, mid, None);
-    if let Some(ssrc) = peer.ssrc {
-        api.expect_stream_rx(Ssrc::from(ssrc), None, mid, None);
+    match peer.ssrc {
+        Some(ssrc) => {
+            api.expect_stream_rx(Ssrc::from(ssrc), None, mid, None);
+        }
+        // Without an SSRC in the SDP (and no negotiated mid header extension) str0m cannot
+        // tell which stream a packet belongs to, and drops it.
+        None => tracing::warn!("the peer's SDP has no a=ssrc: its audio may not be received"),
     }
     Ok(tx_ssrc)
 }

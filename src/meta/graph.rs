@@ -1,10 +1,14 @@
 //! The Graph API client: call actions, call permissions, the permission-request message and
 //! the number's calling settings.
 //!
-//! One pooled HTTPS client (rustls) per node. Every request has a time limit. Requests that
-//! may safely be repeated (everything but `connect` and sending a message) are retried with
-//! jittered exponential backoff on transport errors, timeouts, 429 and 5xx; Meta's error
-//! bodies become [`GraphError::Meta`] with code, subcode, message and `fbtrace_id`.
+//! One pooled HTTPS client (rustls) per node. Every request has a time limit. Reads are
+//! retried with jittered exponential backoff on transport errors, timeouts, 429 and 5xx.
+//! Call actions other than `connect` are retried only when Meta certainly did not act on the
+//! first request (no connection, 429, 503): after a timeout or another 5xx it may have, and a
+//! repeated `accept` would fail on a call that was in fact accepted. `connect` and sending a
+//! message are never repeated. All retries of one request stay within three time limits.
+//! Meta's error bodies become [`GraphError::Meta`] with code, subcode, message and
+//! `fbtrace_id`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -46,12 +50,18 @@ pub enum GraphError {
     /// No answer within the time limit.
     #[error("the Graph API did not answer in time")]
     Timeout,
-    /// The connection failed (DNS, TCP, TLS).
+    /// No connection could be made (DNS, TCP, TLS): the request was not sent.
     #[error("cannot reach the Graph API: {0}")]
+    Unreachable(String),
+    /// The connection failed after the request may have been sent.
+    #[error("the Graph API connection failed: {0}")]
     Transport(String),
     /// A success answer that does not say what it should.
     #[error("unexpected Graph API answer: {0}")]
     Decode(String),
+    /// A request not sent because its input is invalid (e.g. a user number with letters).
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl GraphError {
@@ -63,14 +73,26 @@ impl GraphError {
         }
     }
 
+    /// Whether Meta certainly did not act on the request: no connection was made, or it
+    /// answered 429 (rate limited) or 503 (unavailable).
+    pub fn unprocessed(&self) -> bool {
+        match self {
+            GraphError::Unreachable(_) => true,
+            GraphError::Meta { status, .. } | GraphError::Http { status } => {
+                *status == 429 || *status == 503
+            }
+            _ => false,
+        }
+    }
+
     /// Whether repeating the same request may succeed.
     pub fn transient(&self) -> bool {
         match self {
             GraphError::Meta { status, .. } | GraphError::Http { status } => {
                 *status == 429 || *status >= 500
             }
-            GraphError::Timeout | GraphError::Transport(_) => true,
-            GraphError::Decode(_) => false,
+            GraphError::Timeout | GraphError::Transport(_) | GraphError::Unreachable(_) => true,
+            GraphError::Decode(_) | GraphError::Invalid(_) => false,
         }
     }
 
@@ -78,8 +100,9 @@ impl GraphError {
         match self {
             GraphError::Meta { .. } | GraphError::Http { .. } => "error",
             GraphError::Timeout => "timeout",
-            GraphError::Transport(_) => "transport",
+            GraphError::Transport(_) | GraphError::Unreachable(_) => "transport",
             GraphError::Decode(_) => "decode",
+            GraphError::Invalid(_) => "invalid",
         }
     }
 }
@@ -143,6 +166,14 @@ impl CallAction {
         !matches!(self, CallAction::Connect { .. })
     }
 
+    fn repeat(&self) -> Repeat {
+        if self.idempotent() {
+            Repeat::IfUnprocessed
+        } else {
+            Repeat::Never
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = json!({"messaging_product": "whatsapp", "action": self.name()});
@@ -202,6 +233,7 @@ pub struct GraphClient {
     base: String,
     token: Secret,
     max_attempts: u32,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -227,6 +259,7 @@ impl GraphClient {
             base: format!("{}/{}", config.graph_url, config.api_version),
             token: config.access_token.clone(),
             max_attempts: config.max_attempts.max(1),
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -241,7 +274,7 @@ impl GraphClient {
         let answer = self
             .request(
                 action.name(),
-                action.idempotent(),
+                action.repeat(),
                 Method::Post(action.body()),
                 &url,
             )
@@ -268,12 +301,17 @@ impl GraphClient {
         phone_number_id: &str,
         wa_id: &str,
     ) -> Result<CallPermission, GraphError> {
+        if wa_id.is_empty() || !wa_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(GraphError::Invalid(format!(
+                "{wa_id:?} is not a WhatsApp number (digits, no '+')"
+            )));
+        }
         let url = format!(
             "{}/{}/call_permissions?user_wa_id={}",
             self.base, phone_number_id, wa_id
         );
         let v = self
-            .request("call_permissions", true, Method::Get, &url)
+            .request("call_permissions", Repeat::Always, Method::Get, &url)
             .await?;
         let permission = v.get("permission").ok_or_else(|| {
             GraphError::Decode("call_permissions answered without a permission".into())
@@ -331,7 +369,12 @@ impl GraphClient {
             },
         });
         let v = self
-            .request("permission_request", false, Method::Post(body), &url)
+            .request(
+                "permission_request",
+                Repeat::Never,
+                Method::Post(body),
+                &url,
+            )
             .await?;
         v.pointer("/messages/0/id")
             .and_then(Value::as_str)
@@ -343,7 +386,7 @@ impl GraphClient {
     pub async fn calling_settings(&self, phone_number_id: &str) -> Result<Value, GraphError> {
         let url = format!("{}/{}/settings", self.base, phone_number_id);
         let v = self
-            .request("get_settings", true, Method::Get, &url)
+            .request("get_settings", Repeat::Always, Method::Get, &url)
             .await?;
         v.get("calling")
             .cloned()
@@ -359,7 +402,7 @@ impl GraphClient {
         let url = format!("{}/{}/settings", self.base, phone_number_id);
         self.request(
             "update_settings",
-            true,
+            Repeat::IfUnprocessed,
             Method::Post(json!({"calling": calling})),
             &url,
         )
@@ -370,11 +413,15 @@ impl GraphClient {
     async fn request(
         &self,
         action: &'static str,
-        idempotent: bool,
+        repeat: Repeat,
         method: Method,
         url: &str,
     ) -> Result<Value, GraphError> {
-        let attempts = if idempotent { self.max_attempts } else { 1 };
+        let attempts = match repeat {
+            Repeat::Never => 1,
+            _ => self.max_attempts,
+        };
+        let give_up = Instant::now() + 3 * self.request_timeout;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -388,8 +435,17 @@ impl GraphClient {
             };
             metrics::counter!(telemetry::META_API_REQUESTS_TOTAL, "action" => action, "outcome" => outcome)
                 .increment(1);
+            let again = |e: &GraphError| match repeat {
+                Repeat::Never => false,
+                Repeat::Always => e.transient(),
+                Repeat::IfUnprocessed => e.unprocessed(),
+            };
             match result {
-                Err(e) if e.transient() && attempt < attempts => {
+                Err(e)
+                    if again(&e)
+                        && attempt < attempts
+                        && Instant::now() + backoff_ceiling(attempt) < give_up =>
+                {
                     let wait = backoff(attempt);
                     tracing::warn!(action, attempt, error = %e, wait_ms = wait.as_millis() as u64, "Graph API request retried");
                     tokio::time::sleep(wait).await;
@@ -444,6 +500,17 @@ impl GraphClient {
     }
 }
 
+/// When a request may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Never: it could do its work twice.
+    Never,
+    /// Only if Meta certainly did not act on it.
+    IfUnprocessed,
+    /// On any transient failure (reads).
+    Always,
+}
+
 #[derive(Debug)]
 enum Method {
     Get,
@@ -451,11 +518,18 @@ enum Method {
 }
 
 fn transport(e: reqwest::Error) -> GraphError {
-    if e.is_timeout() {
+    if e.is_connect() {
+        GraphError::Unreachable(e.to_string())
+    } else if e.is_timeout() {
         GraphError::Timeout
     } else {
         GraphError::Transport(e.to_string())
     }
+}
+
+/// The longest wait before retry `attempt`.
+fn backoff_ceiling(attempt: u32) -> Duration {
+    BACKOFF * (1u32 << attempt.saturating_sub(1).min(6)) * 3 / 2
 }
 
 /// The wait before retry `attempt` (1-based): 200 ms doubling, ±50% at random, so many

@@ -30,6 +30,9 @@ pub const PATH: &str = "/webhooks/meta";
 const DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Events remembered at most.
 const DEDUP_CAPACITY: usize = 200_000;
+/// Largest webhook body taken: Meta batches up to 1,000 updates, each connect carrying an
+/// SDP of a few kilobytes.
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
 pub struct Ingress {
@@ -88,10 +91,11 @@ impl Ingress {
         }
         // The lock covers the check, the queueing and the remembering, so two deliveries of
         // one event racing each other queue it once.
-        let Ok(mut dedup) = self.dedup.lock() else {
-            outcome("overloaded");
-            return StatusCode::SERVICE_UNAVAILABLE;
-        };
+        // A panic elsewhere while holding the lock leaves a usable map behind.
+        let mut dedup = self
+            .dedup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut fresh: Vec<(String, MetaEvent)> = Vec::new();
         for event in parsed.events {
             let key = event.dedup_key();
@@ -175,6 +179,7 @@ struct Challenge {
 pub fn router(ingress: Option<Arc<Ingress>>) -> Router {
     Router::new()
         .route(PATH, get(verify).post(receive))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ingress)
 }
 

@@ -508,6 +508,12 @@ fn call_action(sim: &SimGraph, number: &str, body: Option<&Value>) -> Response {
     }
 }
 
+/// A number's calling settings before the business changes any.
+fn default_calling() -> Value {
+    json!({"status": "ENABLED", "call_icon_visibility": "DEFAULT",
+           "callback_permission_status": "DISABLED"})
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -617,10 +623,7 @@ async fn get_settings(
                 .settings
                 .get(&number)
                 .cloned()
-                .unwrap_or_else(|| {
-                    json!({"status": "ENABLED", "call_icon_visibility": "DEFAULT",
-                                          "callback_permission_status": "DISABLED"})
-                });
+                .unwrap_or_else(default_calling);
             Json(json!({"calling": calling})).into_response()
         }
     };
@@ -650,7 +653,7 @@ async fn post_settings(
                     let entry = inner
                         .settings
                         .entry(number.clone())
-                        .or_insert_with(|| json!({}));
+                        .or_insert_with(default_calling);
                     if let (Some(target), Some(changes)) =
                         (entry.as_object_mut(), calling.as_object())
                     {

@@ -172,30 +172,18 @@ impl SimUser {
             if end.is_none() && now >= connect_deadline {
                 break;
             }
-            let timeout = loop {
-                match self.rtc.poll_output()? {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        let _ = self.socket.send_to(&t.contents, t.destination);
-                    }
-                    Output::Event(Event::Connected) => {
-                        report.connected = true;
-                        report.setup = Some(self.started.elapsed());
-                        end = Some(Instant::now() + hold);
-                    }
-                    Output::Event(Event::IceConnectionStateChange(
-                        IceConnectionState::Disconnected,
-                    )) => return Ok(report),
-                    Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == OPUS_PT => {
-                        report.packets_in += 1;
-                        let mut pcm = [0f32; 5760];
-                        if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
-                            decoded.extend_from_slice(&pcm[..n]);
-                        }
-                    }
-                    Output::Event(_) => {}
-                }
-            };
+            let timeout = self.drain(
+                &mut report,
+                &mut decoder,
+                &mut decoded,
+                &mut end,
+                &mut next_frame,
+                hold,
+            )?;
+            if report.setup.is_some() && end.is_none() {
+                // Disconnected after connecting.
+                break;
+            }
             let mut got = false;
             while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
                 got = true;
@@ -213,6 +201,15 @@ impl SimUser {
                 );
                 if self.rtc.accepts(&input) {
                     self.rtc.handle_input(input)?;
+                    // str0m holds one received RTP packet at a time: take it now.
+                    self.drain(
+                        &mut report,
+                        &mut decoder,
+                        &mut decoded,
+                        &mut end,
+                        &mut next_frame,
+                        hold,
+                    )?;
                 }
             }
             let now = Instant::now();
@@ -251,6 +248,48 @@ impl SimUser {
         }
         report.tone_share = tone_share(&decoded, expect_hz);
         Ok(report)
+    }
+}
+
+impl SimUser {
+    /// Takes everything str0m has to say until its next timer: datagrams to send, the
+    /// connection, received audio. Returns when to wake it next.
+    #[allow(clippy::too_many_arguments)]
+    fn drain(
+        &mut self,
+        report: &mut UserReport,
+        decoder: &mut opus::Decoder,
+        decoded: &mut Vec<f32>,
+        end: &mut Option<Instant>,
+        next_frame: &mut Instant,
+        hold: Duration,
+    ) -> Result<Instant, UserError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination);
+                }
+                Output::Event(Event::Connected) => {
+                    report.connected = true;
+                    report.setup = Some(self.started.elapsed());
+                    *end = Some(Instant::now() + hold);
+                    // The tone starts now, not with a burst of frames owed since the offer.
+                    *next_frame = Instant::now();
+                }
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) if report.connected => *end = None,
+                Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == OPUS_PT => {
+                    report.packets_in += 1;
+                    let mut pcm = [0f32; 5760];
+                    if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
+                        decoded.extend_from_slice(&pcm[..n]);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
     }
 }
 
