@@ -171,18 +171,6 @@ impl Drop for Chromium {
     }
 }
 
-/// Power of `freq` in `samples` at `rate` (Goertzel), normalised by length.
-fn power(samples: &[f32], freq: f32, rate: f32) -> f32 {
-    let w = 2.0 * std::f32::consts::PI * freq / rate;
-    let (mut s1, mut s2) = (0.0f32, 0.0f32);
-    for &x in samples {
-        let s = x + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / samples.len().max(1) as f32
-}
-
 /// What the leg saw.
 #[derive(Default)]
 struct LegReport {
@@ -339,6 +327,7 @@ fn exchange_and_check(
     // Chromium's 440 Hz dominates what we decoded (skip the codec's start-up).
     let tail = &report.decoded[report.decoded.len().min(48_000 / 2)..];
     assert!(tail.len() >= 24_000, "at least half a second decoded");
+    let power = waswitch::media::quality::tone_power;
     let (p440, p1000) = (power(tail, 440.0, 48_000.0), power(tail, 1000.0, 48_000.0));
     assert!(
         p440 > 20.0 * p1000,

@@ -21,8 +21,37 @@ pub fn mos(loss_pct: f64, jitter_ms: f64) -> f64 {
     mos.clamp(1.0, 4.5)
 }
 
+/// Mean power of the `hz` component of `samples` taken at `rate` Hz (Goertzel): a pure
+/// tone of amplitude `a` gives `a²/2`, like its mean square. For checking that a known
+/// signal came through.
+pub fn tone_power(samples: &[f32], hz: f32, rate: f32) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let w = 2.0 * std::f32::consts::PI * hz / rate;
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in samples {
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let n = samples.len() as f32;
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) * 2.0 / (n * n)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tone_power_is_the_mean_square_of_a_pure_tone_and_ignores_others() {
+        let s: Vec<f32> = (0..8000)
+            .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 8000.0).sin())
+            .collect();
+        let p = super::tone_power(&s, 1000.0, 8000.0);
+        assert!((p - 0.125).abs() < 0.005, "{p}");
+        assert!(super::tone_power(&s, 440.0, 8000.0) < 0.001);
+        assert_eq!(super::tone_power(&[], 1000.0, 8000.0), 0.0);
+    }
+
     use super::*;
 
     #[test]

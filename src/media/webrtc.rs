@@ -209,6 +209,23 @@ impl std::fmt::Debug for WebRtcLeg {
 }
 
 impl WebRtcLeg {
+    fn new(
+        rtc: Rtc,
+        tx_ssrc: Ssrc,
+        local: SocketAddr,
+        peer_dtmf_pt: Option<u8>,
+        local_sdp: String,
+    ) -> WebRtcLeg {
+        WebRtcLeg {
+            rtc,
+            tx_ssrc,
+            local,
+            peer_dtmf_pt,
+            local_sdp,
+            queued: std::collections::VecDeque::new(),
+        }
+    }
+
     /// Answers the peer's `offer` with a leg receiving on `local`; the answer SDP is
     /// [`answer_sdp`](Self::answer_sdp).
     pub fn accept_offer(
@@ -232,14 +249,7 @@ impl WebRtcLeg {
             local,
             tx_ssrc,
         );
-        Ok(WebRtcLeg {
-            rtc,
-            tx_ssrc,
-            local,
-            peer_dtmf_pt: peer.dtmf_pt,
-            local_sdp: answer,
-            queued: std::collections::VecDeque::new(),
-        })
+        Ok(Self::new(rtc, tx_ssrc, local, peer.dtmf_pt, answer))
     }
 
     /// Makes our offer (business-initiated calls: it goes to Meta's `connect`), for a leg
@@ -265,14 +275,7 @@ impl WebRtcLeg {
             local,
             tx_ssrc,
         );
-        Ok(WebRtcLeg {
-            rtc,
-            tx_ssrc,
-            local,
-            peer_dtmf_pt: None,
-            local_sdp: offer,
-            queued: std::collections::VecDeque::new(),
-        })
+        Ok(Self::new(rtc, tx_ssrc, local, None, offer))
     }
 
     /// Applies the peer's answer to our offer.

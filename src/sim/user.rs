@@ -299,14 +299,7 @@ fn tone_share(samples: &[f32], hz: f32) -> f32 {
     if tail.is_empty() {
         return 0.0;
     }
-    let w = 2.0 * std::f32::consts::PI * hz / 48_000.0;
-    let (mut s1, mut s2) = (0.0f32, 0.0f32);
-    for &x in tail {
-        let s = x + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let tone = (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) * 2.0 / tail.len() as f32;
+    let tone = crate::media::quality::tone_power(tail, hz, 48_000.0) * tail.len() as f32;
     let total: f32 = tail.iter().map(|x| x * x).sum();
     if total <= 0.0 {
         0.0
