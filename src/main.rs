@@ -44,13 +44,53 @@ enum Command {
     /// Run the Meta emulator: the Graph API (with Meta's validation and errors) on
     /// `sim.listen`, for the business numbers and access token of the configuration, until
     /// SIGTERM or SIGINT.
+    ///
+    /// With --call or --rate it also plays WhatsApp users calling the switch (real WebRTC
+    /// media, a 440 Hz tone out, the tone expected back from an echo-test number), prints a
+    /// JSON summary and exits: 0 when every call connected with its audio verified.
     Sim {
         /// Configuration file (the switch's: both agree on secrets and ids).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        #[command(flatten)]
+        calls: SimCalls,
     },
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Clone)]
+struct SimCalls {
+    /// Place one user-initiated call (scripted mode).
+    #[arg(long, conflicts_with = "rate")]
+    call: bool,
+    /// Load mode: new user-initiated calls per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Load mode: most calls up at once.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Load mode: seconds during which new calls start.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Load mode: stop after this many calls.
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Seconds each call holds after its media connects.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// The switch's webhook URL (default: http://<http.listen>/webhooks/meta).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The business number to call: its phone_number_id (default: the first configured).
+    #[arg(long)]
+    number: Option<String>,
+    /// The frequency expected back, Hz (440: the user's own tone, from an echo).
+    #[arg(long, default_value_t = 440.0)]
+    expect_hz: f32,
+    /// Address the simulated users' media binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    media_ip: std::net::IpAddr,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,7 +124,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Sim { config } => {
+        Command::Sim { config, calls } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -110,7 +150,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            runtime.block_on(sim(config, meta))
+            runtime.block_on(sim(config, meta, calls))
         }
         Command::Run { config, log_format } => {
             let mut config = match Config::load(&config) {
@@ -161,7 +201,7 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
-async fn sim(config: Config, meta: config::MetaConfig) -> ExitCode {
+async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitCode {
     let numbers = config
         .business_numbers
         .iter()
@@ -181,6 +221,48 @@ async fn sim(config: Config, meta: config::MetaConfig) -> ExitCode {
         "waswitch sim: Graph API on http://{addr}/{}/<PHONE_NUMBER_ID>/calls",
         meta.api_version
     );
+    let placing = calls.call || calls.rate.is_some();
+    if placing {
+        let context = match sim_context(&config, &meta, &calls, graph.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            graph.router(),
+        )));
+        let hold = std::time::Duration::from_secs_f64(calls.hold.max(0.0));
+        let (summary, ok) = if calls.call {
+            let user = "15550100001";
+            let result = waswitch::sim::load::user_call(&context, user, hold).await;
+            let ok = result.error.is_none();
+            (serde_json::to_string_pretty(&result), ok)
+        } else {
+            let plan = waswitch::sim::load::LoadPlan {
+                rate: calls.rate.unwrap_or(1.0),
+                concurrency: calls.concurrency,
+                duration: std::time::Duration::from_secs_f64(calls.duration.max(0.0)),
+                hold,
+                max_calls: calls.calls,
+            };
+            let report = waswitch::sim::load::run_load(&context, plan).await;
+            let ok = report.failed == 0 && report.audio_verified == report.attempts;
+            (serde_json::to_string_pretty(&report), ok)
+        };
+        server.abort();
+        match summary {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("waswitch sim: summary: {e}"),
+        }
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILURE)
+        };
+    }
     let served = axum::serve(listener, graph.router())
         .with_graceful_shutdown(wait_for_stop_signal())
         .await;
@@ -191,6 +273,54 @@ async fn sim(config: Config, meta: config::MetaConfig) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// What the sim needs to place calls, from the configuration and the command line.
+fn sim_context(
+    config: &Config,
+    meta: &config::MetaConfig,
+    calls: &SimCalls,
+    graph: waswitch::sim::graph::SimGraph,
+) -> Result<waswitch::sim::load::SimContext, String> {
+    let number = match &calls.number {
+        Some(id) => config
+            .business_numbers
+            .iter()
+            .find(|b| &b.phone_number_id == id)
+            .ok_or_else(|| {
+                format!(
+                    "--number {id}: not a business_number of {}",
+                    config.source.display()
+                )
+            })?,
+        None => config.business_numbers.first().ok_or_else(|| {
+            format!(
+                "{}: business_number: the sim calls a business number; configure one",
+                config.source.display()
+            )
+        })?,
+    };
+    let url = calls
+        .webhook_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/webhooks/meta", config.http.listen));
+    let webhooks = waswitch::sim::webhooks::WebhookSender::new(
+        &url,
+        meta.app_secret.clone(),
+        std::time::Duration::from_secs(20),
+    )
+    .map_err(|e| format!("--webhook-url {url}: {e}"))?;
+    Ok(waswitch::sim::load::SimContext {
+        graph,
+        webhooks,
+        business: waswitch::sim::webhooks::BusinessRef {
+            waba_id: "100000000000001".to_string(),
+            phone_number_id: number.phone_number_id.clone(),
+            display_number: number.display_number.clone(),
+        },
+        media_ip: calls.media_ip,
+        expect_hz: calls.expect_hz,
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

@@ -90,32 +90,6 @@ impl StopReport {
 /// Calling events from Meta's webhooks waiting for the call layer.
 const META_EVENT_QUEUE: usize = 4096;
 
-/// Takes the calling events of Meta's webhooks off the ingress queue. The WhatsApp call
-/// flows consume them; until a flow handles a kind, it is logged with its ids.
-async fn meta_events(mut rx: tokio::sync::mpsc::Receiver<crate::meta::webhook::MetaEvent>) {
-    use crate::meta::webhook::MetaEvent;
-    while let Some(event) = rx.recv().await {
-        match &event {
-            MetaEvent::Connect(c) => tracing::info!(
-                wa_call_id = %c.call_id, from = %c.from, to = %c.to,
-                business = %c.business.phone_number_id, sdp_type = ?c.sdp_type,
-                "WhatsApp call connect"
-            ),
-            MetaEvent::Terminate(t) => tracing::info!(
-                wa_call_id = %t.call_id, status = ?t.status, duration_secs = ?t.duration_secs,
-                "WhatsApp call terminate"
-            ),
-            MetaEvent::Status(s) => {
-                tracing::info!(wa_call_id = %s.call_id, status = ?s.status, "WhatsApp call status")
-            }
-            MetaEvent::PermissionReply(p) => tracing::info!(
-                from = %p.from, response = ?p.response, source = ?p.source,
-                "WhatsApp call permission reply"
-            ),
-        }
-    }
-}
-
 /// A running node.
 pub struct Node {
     config: Config,
@@ -292,9 +266,25 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
-        let meta_ingress = config.meta.as_ref().map(|meta| {
+        let meta_ingress = match config.meta.as_ref() {
+            Some(meta) => {
+                let graph =
+                    crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
+                        what: "Graph API client",
+                        reason: e.to_string(),
+                    })?;
+                let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(
+                    calls.clone(),
+                    Arc::new(graph),
+                    &config.business_numbers,
+                );
+                Some((meta, whatsapp))
+            }
+            None => None,
+        };
+        let meta_ingress = meta_ingress.map(|(meta, whatsapp)| {
             let (tx, rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
-            tokio::spawn(meta_events(rx));
+            tokio::spawn(whatsapp.run(rx));
             Arc::new(crate::meta::ingress::Ingress::new(
                 meta.app_secret.clone(),
                 meta.verify_token.clone(),

@@ -81,6 +81,10 @@ pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total"
 /// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
 pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
 
+/// Counter: WhatsApp calls Meta offered that the switch did not take, by `reason`
+/// (`unknown_number`, `duplicate`, `no_delivery`).
+pub const META_CALLS_SKIPPED_TOTAL: &str = "waswitch_meta_calls_skipped_total";
+
 /// Counter: Graph API requests, by `action` and `outcome` (`ok`, `error`, `timeout`,
 /// `transport`, `decode`); each attempt counts.
 pub const META_API_REQUESTS_TOTAL: &str = "waswitch_meta_api_requests_total";

@@ -13,7 +13,7 @@ use super::supervisor::CallMsg;
 #[cfg(test)]
 use super::Fault;
 use crate::media::ports::{PortAllocator, PortLease};
-use crate::media::shard::{LegStats, MediaEvent, MediaPair, MediaPlane, Remote, Side};
+use crate::media::shard::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane, Remote, Side};
 use crate::store::HangupParty;
 use crate::telemetry;
 
@@ -91,6 +91,16 @@ pub enum MediaMsg {
     Ports(RpcReplyPort<MediaPorts>),
     /// Anchor the call's media in a shard; `None` when the node relays no media.
     Anchor(RpcReplyPort<Option<Anchor>>),
+    /// Anchor the call with side A a WebRTC leg answering `offer` (Meta's), side B a plain
+    /// RTP leg, or an echo of side A; replies with our answer SDP.
+    AnchorWebRtc {
+        /// The peer's offer.
+        offer: String,
+        /// Side A's audio goes back to it (no side B).
+        echo: bool,
+        /// Our answer, or why there is none.
+        reply: RpcReplyPort<Result<String, String>>,
+    },
     /// What one side's SDP says.
     Remote(Side, Remote),
     /// How the audio crosses the switch (a media plan's summary).
@@ -171,6 +181,10 @@ impl Actor for MediaActor {
             MediaMsg::Anchor(reply) => {
                 let anchor = media.anchor(&myself);
                 let _ = reply.send(anchor);
+            }
+            MediaMsg::AnchorWebRtc { offer, echo, reply } => {
+                let answer = media.anchor_webrtc(&myself, offer, echo).await;
+                let _ = reply.send(answer);
             }
             MediaMsg::Remote(side, remote) => {
                 media.clock[side_index(side)] = remote.dtmf_clock.max(1);
@@ -310,8 +324,55 @@ impl Media {
         }
     }
 
+    /// Builds the WebRTC leg off the async threads (it costs milliseconds of CPU) and
+    /// bridges it in its shard.
+    async fn anchor_webrtc(
+        &mut self,
+        myself: &ActorRef<MediaMsg>,
+        offer: String,
+        echo: bool,
+    ) -> Result<String, String> {
+        let plane = self.plane.clone().ok_or("this node relays no media")?;
+        if matches!(self.resources, Resources::Anchored(_)) {
+            return Err("media already anchored".into());
+        }
+        let builder = plane.clone();
+        let prepared = tokio::task::spawn_blocking(move || builder.webrtc_answer(&offer))
+            .await
+            .map_err(|e| format!("WebRTC leg build: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let answer = prepared.local_sdp().to_string();
+        // Side A lives on a shared WebRTC socket: its own lease goes back to the pool.
+        let far = match std::mem::replace(&mut self.resources, Resources::None) {
+            _ if echo => FarSide::Echo,
+            Resources::Leased([_, b]) => FarSide::Rtp(Some(b)),
+            _ => FarSide::Rtp(None),
+        };
+        // The telephone-event clock of Meta's side.
+        self.clock[0] = 8000;
+        let me = myself.clone();
+        let sink = Box::new(move |event| {
+            let _ = me.send_message(MediaMsg::Event(event));
+        });
+        let pair = plane
+            .add_webrtc_pair(prepared, far, sink, Some(&self.call_id))
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(parent: &self.span, ports = ?pair.ports(), echo, "WebRTC media anchored");
+        if echo {
+            self.codec_path = Some("opus echo".into());
+        }
+        self.resources = Resources::Anchored(pair);
+        Ok(answer)
+    }
+
     fn on_event(&mut self, event: MediaEvent) {
         match event {
+            MediaEvent::Connected(side) => {
+                tracing::info!(parent: &self.span, ?side, "WebRTC media connected");
+            }
+            MediaEvent::Disconnected(side) => {
+                tracing::warn!(parent: &self.span, ?side, "WebRTC peer unreachable; waiting for it");
+            }
             MediaEvent::FirstPacket(side) => {
                 tracing::debug!(parent: &self.span, ?side, "first media packet");
             }

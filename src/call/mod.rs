@@ -19,6 +19,8 @@ pub mod registry;
 pub mod root;
 pub mod sip_call;
 pub mod supervisor;
+pub mod wa_leg;
+pub mod whatsapp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -128,6 +130,9 @@ pub struct CallOffer {
     /// A SIP call through the B2BUA: its bridge, taken by the supervisor at start.
     #[serde(skip)]
     pub sip: Option<sip_call::SipStart>,
+    /// A WhatsApp call signalled through the Graph API: the connect webhook's facts.
+    #[serde(skip)]
+    pub whatsapp: Option<wa_leg::WaStart>,
 }
 
 impl CallOffer {
@@ -141,6 +146,7 @@ impl CallOffer {
             sip_call_id: None,
             trunk: None,
             sip: None,
+            whatsapp: None,
         }
     }
 }

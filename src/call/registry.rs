@@ -38,6 +38,8 @@ pub struct CallRegistry {
 struct Inner {
     calls: DashMap<CallId, CallEntry>,
     by_actor: DashMap<ActorId, CallId>,
+    /// Meta's call id → the call (webhooks name calls by it).
+    by_wa_call: DashMap<String, CallId>,
     draining: AtomicBool,
     changed: Notify,
 }
@@ -51,6 +53,9 @@ impl CallRegistry {
     /// Adds a call.
     pub fn insert(&self, id: CallId, entry: CallEntry) {
         self.inner.by_actor.insert(entry.actor.get_id(), id.clone());
+        if let Some(wa) = &entry.offer.wa_call_id {
+            self.inner.by_wa_call.insert(wa.clone(), id.clone());
+        }
         if self.inner.calls.insert(id, entry).is_none() {
             metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
         }
@@ -61,6 +66,9 @@ impl CallRegistry {
     pub fn remove(&self, id: &CallId) -> Option<CallEntry> {
         let (_, entry) = self.inner.calls.remove(id)?;
         self.inner.by_actor.remove(&entry.actor.get_id());
+        if let Some(wa) = &entry.offer.wa_call_id {
+            self.inner.by_wa_call.remove_if(wa, |_, call| call == id);
+        }
         metrics::gauge!(telemetry::CALLS_ACTIVE).decrement(1.0);
         self.inner.changed.notify_waiters();
         Some(entry)
@@ -76,6 +84,14 @@ impl CallRegistry {
     /// The supervisor of a live call.
     pub fn get(&self, id: &CallId) -> Option<ActorRef<CallMsg>> {
         self.inner.calls.get(id).map(|e| e.actor.clone())
+    }
+
+    /// The live call Meta knows as `wa_call_id`.
+    pub fn by_wa_call_id(&self, wa_call_id: &str) -> Option<CallId> {
+        self.inner
+            .by_wa_call
+            .get(wa_call_id)
+            .map(|e| e.value().clone())
     }
 
     /// Ids of every live call.

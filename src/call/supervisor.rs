@@ -17,6 +17,7 @@ use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
 use super::media::{MediaActor, MediaArgs, MediaMsg};
 use super::registry::{CallEntry, CallRegistry};
 use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
+use super::wa_leg::{WaLegActor, WaLegArgs};
 #[cfg(test)]
 use super::Fault;
 use super::{
@@ -303,6 +304,41 @@ impl Call {
             self.children
                 .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
             self.bridge = Some(bridge);
+            return Ok(());
+        }
+        if let Some(start) = self.offer.whatsapp.clone() {
+            let echo = start.echo;
+            let args = WaLegArgs {
+                start,
+                call: myself.clone(),
+                media: media_ref(&self.media)?,
+                call_id: self.id.to_string(),
+                span: self.span.clone(),
+            };
+            let (leg, _) = Actor::spawn_linked(None, WaLegActor, args, parent.clone()).await?;
+            self.children.push((
+                leg.get_id(),
+                ChildRole::Leg(LegRole::WhatsApp),
+                leg.get_cell(),
+            ));
+            self.whatsapp = Some(leg);
+            if echo {
+                // An echo-test number answers at once; its business side is the echo.
+                let args = LegArgs {
+                    role: LegRole::Business,
+                    leg_id: None,
+                    call: myself.clone(),
+                    span: self.span.clone(),
+                };
+                let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent).await?;
+                self.children.push((
+                    leg.get_id(),
+                    ChildRole::Leg(LegRole::Business),
+                    leg.get_cell(),
+                ));
+                leg.send_message(LegMsg::Remote(LegSignal::Answered))?;
+                self.business = Some(leg);
+            }
             return Ok(());
         }
         for role in [LegRole::WhatsApp, LegRole::Business] {
@@ -609,4 +645,11 @@ impl Call {
             media,
         }
     }
+}
+
+/// The media actor, which a WhatsApp leg needs from its start.
+fn media_ref(media: &Option<ActorRef<MediaMsg>>) -> Result<ActorRef<MediaMsg>, ActorProcessingErr> {
+    media
+        .clone()
+        .ok_or_else(|| ActorProcessingErr::from("the call has no media actor"))
 }

@@ -92,7 +92,10 @@ pub(crate) struct BusinessNumberSection {
     pub phone_number_id: String,
     pub display_number: String,
     pub country: String,
-    pub route: String,
+    #[serde(default)]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub echo_test: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -59,8 +59,11 @@ pub struct BusinessNumber {
     pub display_number: String,
     /// ISO 3166-1 alpha-2 country of the number (`US`), for country rules.
     pub country: String,
-    /// Name of the route its calls take.
-    pub route: String,
+    /// Name of the route its calls take (`None` for an echo-test number).
+    pub route: Option<String>,
+    /// Calls to it are answered by the switch with an echo of the caller's audio: a line
+    /// to check WhatsApp calling and audio end to end without a PBX.
+    pub echo_test: bool,
 }
 
 /// `waswitch sim`, the Meta emulator.
@@ -223,23 +226,38 @@ impl Validator {
                     "use the ISO 3166-1 alpha-2 code, e.g. \"US\", \"BR\", \"IN\"",
                 );
             }
-            if !routes.iter().any(|r| r.name == b.route) {
-                let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
-                self.problem(
+            match (&b.route, b.echo_test) {
+                (Some(_), true) => self.problem(
                     &key("route"),
-                    format!("there is no route {:?}", b.route),
-                    if known.is_empty() {
-                        "add a [[route]] naming the trunks this number's calls go to".to_string()
-                    } else {
-                        format!("use one of: {}", known.join(", "))
-                    },
-                );
+                    "an echo-test number takes no route",
+                    "remove route, or set echo_test = false to deliver its calls",
+                ),
+                (None, false) => self.problem(
+                    &key("route"),
+                    "missing",
+                    "name the [[route]] this number's calls take, or set echo_test = true",
+                ),
+                (Some(route), false) if !routes.iter().any(|r| &r.name == route) => {
+                    let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+                    self.problem(
+                        &key("route"),
+                        format!("there is no route {route:?}"),
+                        if known.is_empty() {
+                            "add a [[route]] naming the trunks this number's calls go to"
+                                .to_string()
+                        } else {
+                            format!("use one of: {}", known.join(", "))
+                        },
+                    );
+                }
+                _ => {}
             }
             out.push(BusinessNumber {
                 phone_number_id: id.to_string(),
                 display_number: number.to_string(),
                 country,
                 route: b.route.clone(),
+                echo_test: b.echo_test,
             });
         }
         out

@@ -38,7 +38,8 @@ impl Default for Batch {
     }
 }
 
-const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+pub(crate) const UNSPECIFIED: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 impl Batch {
     /// The buffers, allocated once.

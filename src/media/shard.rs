@@ -29,6 +29,7 @@ use super::ports::{PortAllocator, PortLease};
 use super::record::{Frame, Recorder};
 use super::rtcp::ReceiverStats;
 use super::rtp::{is_rtcp, RtpView};
+use super::webrtc::{LegOutput, WebRtcError, WebRtcLeg};
 use crate::telemetry;
 
 /// Commands queued toward one shard before senders are refused.
@@ -41,6 +42,11 @@ const SOCKET_BUFFER: usize = 256 * 1024;
 /// DSCP EF (46) in the IP TOS octet.
 const TOS_EF: u32 = 46 << 2;
 const WAKER: Token = Token(usize::MAX);
+/// Tokens of the shared WebRTC sockets start here (leg sockets use `2 * slot` and
+/// `2 * slot + 1` below it).
+const RTC_TOKENS: usize = 1 << 40;
+/// How long a shard sleeps at most when it has no WebRTC timer due.
+const RTC_IDLE: Duration = Duration::from_secs(3600);
 
 /// Which side of a bridged pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +108,10 @@ pub enum MediaEvent {
     Timeout(Side),
     /// A DTMF digit arrived on this side.
     Dtmf(Side, Digit),
+    /// ICE and DTLS are up on this side's WebRTC leg: media can flow.
+    Connected(Side),
+    /// ICE lost this side's WebRTC peer (it may come back; the media timeout decides).
+    Disconnected(Side),
     /// A prompt played toward this side ended: played to its end, or cut short by a digit
     /// from this side (barge-in), or not playable (no G.711 codec on this side).
     PromptDone {
@@ -147,6 +157,30 @@ enum Command {
         id: u64,
         side: Side,
         remote: Remote,
+    },
+    /// A shared socket for WebRTC legs, `index` in the plane's list.
+    RtcSocket {
+        index: usize,
+        socket: std::net::UdpSocket,
+    },
+    /// A pair whose side A is a WebRTC leg on a shared socket; side B is a plain RTP leg,
+    /// or none (the pair echoes side A's audio back to it).
+    AddWebRtc {
+        id: u64,
+        leg: Box<WebRtcLeg>,
+        socket: usize,
+        remotes: Vec<SocketAddr>,
+        b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+        recorder: Option<Recorder>,
+    },
+    /// The peer's answer to a WebRTC leg's offer.
+    WebRtcAnswer {
+        id: u64,
+        sdp: String,
+        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
     },
     Remove {
         id: u64,
@@ -215,6 +249,9 @@ pub enum MediaError {
     /// A socket option could not be set.
     #[error("socket: {0}")]
     Socket(#[from] std::io::Error),
+    /// A WebRTC leg could not be made from the peer's SDP.
+    #[error("{0}")]
+    WebRtc(#[from] WebRtcError),
 }
 
 struct ShardHandle {
@@ -233,6 +270,67 @@ struct PlaneInner {
     timeout: Duration,
     record_dir: std::sync::OnceLock<std::path::PathBuf>,
     opus_complexity: Arc<std::sync::atomic::AtomicU8>,
+    /// The shared WebRTC sockets, touched only when a WebRTC leg is set up or removed.
+    rtc: std::sync::Mutex<Vec<RtcSocketInfo>>,
+}
+
+/// A socket WebRTC legs share, as the plane sees it.
+struct RtcSocketInfo {
+    shard: usize,
+    addr: SocketAddr,
+    /// The peers' addresses of its legs, with how many legs name each. Datagrams are told
+    /// apart by source address, so two legs whose peers share an address (Meta's media
+    /// servers receive every call on one port) never share a socket.
+    remotes: HashMap<SocketAddr, u32>,
+    _lease: PortLease,
+}
+
+/// A WebRTC leg made off the shard threads, waiting to join a pair in its shard
+/// ([`MediaPlane::add_webrtc_pair`]). Dropped unused, it gives its socket's place back.
+pub struct PreparedWebRtc {
+    plane: MediaPlane,
+    shard: usize,
+    socket: usize,
+    remotes: Vec<SocketAddr>,
+    leg: Option<Box<WebRtcLeg>>,
+}
+
+impl std::fmt::Debug for PreparedWebRtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedWebRtc")
+            .field("shard", &self.shard)
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedWebRtc {
+    /// Our SDP: the answer to the peer's offer, or our offer.
+    pub fn local_sdp(&self) -> &str {
+        self.leg.as_deref().map_or("", WebRtcLeg::local_sdp)
+    }
+
+    /// The address the leg receives on (the shared socket's).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.leg.as_deref().map(WebRtcLeg::local)
+    }
+}
+
+impl Drop for PreparedWebRtc {
+    fn drop(&mut self) {
+        if self.leg.is_some() {
+            self.plane.release_rtc(self.socket, &self.remotes);
+        }
+    }
+}
+
+/// What side B of a pair with a WebRTC side A is.
+#[derive(Debug)]
+pub enum FarSide {
+    /// A plain RTP leg on a port pair (leased here when `None`).
+    Rtp(Option<PortLease>),
+    /// No leg: side A's audio is sent back to it (an echo test line).
+    Echo,
 }
 
 /// The node's media plane: its shards and port pool. Cheap to clone.
@@ -257,7 +355,9 @@ pub struct MediaPair {
     shard: usize,
     plane: MediaPlane,
     ports: [u16; 2],
-    _leases: [PortLease; 2],
+    _leases: Vec<PortLease>,
+    /// A WebRTC side's shared socket and its peer's addresses, released with the pair.
+    rtc: Option<(usize, Vec<SocketAddr>)>,
     removed: bool,
 }
 
@@ -299,6 +399,7 @@ impl MediaPlane {
                 timeout,
                 record_dir: std::sync::OnceLock::new(),
                 opus_complexity,
+                rtc: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -347,16 +448,7 @@ impl MediaPlane {
         events: EventSink,
         record: Option<&str>,
     ) -> Result<MediaPair, MediaError> {
-        let recorder = match (record, self.inner.record_dir.get()) {
-            (Some(name), Some(dir)) => match Recorder::start(&dir.join(format!("{name}.wav"))) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, dir = %dir.display(), "recording could not start; the call goes on unrecorded");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let recorder = self.recorder(record);
         let [a, b] = leases;
         let (a_lease, a) = self.bind_leased(a)?;
         let (b_lease, b) = self.bind_leased(b)?;
@@ -379,9 +471,184 @@ impl MediaPlane {
             shard,
             plane: self.clone(),
             ports,
-            _leases: [a_lease, b_lease],
+            _leases: vec![a_lease, b_lease],
+            rtc: None,
             removed: false,
         })
+    }
+
+    /// Makes a WebRTC leg answering the peer's `offer` (Meta's, in a connect webhook). This
+    /// costs milliseconds of CPU (DTLS, ICE): run it off async tasks' threads.
+    pub fn webrtc_answer(&self, offer: &str) -> Result<PreparedWebRtc, MediaError> {
+        let peer = super::webrtc::PeerDescription::parse(offer)?;
+        let remotes = peer.candidate_addrs(self.inner.ip.is_ipv4());
+        self.prepare_webrtc(remotes, |local, now| {
+            WebRtcLeg::accept_offer(offer, local, now)
+        })
+    }
+
+    /// Makes a WebRTC leg with our offer (business-initiated calls: it goes to Meta's
+    /// `connect`); the peer's answer is applied with [`MediaPair::webrtc_answer`]. Costs
+    /// milliseconds of CPU, as [`webrtc_answer`](Self::webrtc_answer) does.
+    pub fn webrtc_offer(&self) -> Result<PreparedWebRtc, MediaError> {
+        self.prepare_webrtc(Vec::new(), WebRtcLeg::offer)
+    }
+
+    fn prepare_webrtc(
+        &self,
+        remotes: Vec<SocketAddr>,
+        build: impl FnOnce(SocketAddr, Instant) -> Result<WebRtcLeg, WebRtcError>,
+    ) -> Result<PreparedWebRtc, MediaError> {
+        let (shard, socket, local) = self.place_rtc(&remotes)?;
+        // From here a failure gives the place back (on drop).
+        let mut prepared = PreparedWebRtc {
+            plane: self.clone(),
+            shard,
+            socket,
+            remotes,
+            leg: None,
+        };
+        let leg = match build(local, Instant::now()) {
+            Ok(leg) => leg,
+            Err(e) => {
+                self.release_rtc(socket, &prepared.remotes);
+                prepared.remotes.clear();
+                prepared.socket = usize::MAX;
+                return Err(e.into());
+            }
+        };
+        prepared.leg = Some(Box::new(leg));
+        Ok(prepared)
+    }
+
+    /// Picks the shared socket a new WebRTC leg receives on: the next shard's first socket
+    /// none of whose legs' peers has one of `remotes`; binds a new one when there is none.
+    fn place_rtc(&self, remotes: &[SocketAddr]) -> Result<(usize, usize, SocketAddr), MediaError> {
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
+        let mut sockets = self
+            .inner
+            .rtc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let free = sockets
+            .iter()
+            .position(|s| s.shard == shard && !remotes.iter().any(|r| s.remotes.contains_key(r)));
+        let index = match free {
+            Some(i) => i,
+            None => {
+                let (lease, (socket, rtcp)) = self.bind_leg()?;
+                // The RTCP port of the pair stays unused: WebRTC multiplexes RTCP.
+                drop(rtcp);
+                let addr = socket.local_addr()?;
+                let index = sockets.len();
+                self.send(shard, Command::RtcSocket { index, socket })?;
+                sockets.push(RtcSocketInfo {
+                    shard,
+                    addr,
+                    remotes: HashMap::new(),
+                    _lease: lease,
+                });
+                index
+            }
+        };
+        let info = &mut sockets[index];
+        for r in remotes {
+            *info.remotes.entry(*r).or_default() += 1;
+        }
+        Ok((info.shard, index, info.addr))
+    }
+
+    fn release_rtc(&self, socket: usize, remotes: &[SocketAddr]) {
+        let mut sockets = self
+            .inner
+            .rtc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(info) = sockets.get_mut(socket) else {
+            return;
+        };
+        for r in remotes {
+            if let Some(n) = info.remotes.get_mut(r) {
+                *n -= 1;
+                if *n == 0 {
+                    info.remotes.remove(r);
+                }
+            }
+        }
+    }
+
+    /// Bridges a prepared WebRTC leg (side A) with `far` (side B) in the leg's shard.
+    /// Side A speaks Opus (and telephone-event, when its peer offered it); side B's codec
+    /// comes from its SDP ([`MediaPair::set_remote`]), and the pair transcodes when the two
+    /// differ. `record` as for [`add_pair_on`](Self::add_pair_on).
+    pub fn add_webrtc_pair(
+        &self,
+        mut prepared: PreparedWebRtc,
+        far: FarSide,
+        events: EventSink,
+        record: Option<&str>,
+    ) -> Result<MediaPair, MediaError> {
+        let recorder = self.recorder(record);
+        let Some(leg) = prepared.leg.take() else {
+            return Err(MediaError::Shard);
+        };
+        let remotes = std::mem::take(&mut prepared.remotes);
+        let (shard, socket) = (prepared.shard, prepared.socket);
+        let a_port = leg.local().port();
+        let (leases, b, b_port) = match far {
+            FarSide::Rtp(lease) => match self.bind_leased(lease) {
+                Ok((lease, sockets)) => {
+                    let port = lease.port();
+                    (vec![lease], Some(sockets), port)
+                }
+                Err(e) => {
+                    self.release_rtc(socket, &remotes);
+                    return Err(e);
+                }
+            },
+            FarSide::Echo => (Vec::new(), None, 0),
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let kept = remotes.clone();
+        if let Err(e) = self.send(
+            shard,
+            Command::AddWebRtc {
+                id,
+                leg,
+                socket,
+                remotes,
+                b,
+                policy: self.inner.policy,
+                timeout: self.inner.timeout,
+                events,
+                recorder,
+            },
+        ) {
+            self.release_rtc(socket, &kept);
+            return Err(e);
+        }
+        Ok(MediaPair {
+            id,
+            shard,
+            plane: self.clone(),
+            ports: [a_port, b_port],
+            _leases: leases,
+            rtc: Some((socket, kept)),
+            removed: false,
+        })
+    }
+
+    fn recorder(&self, record: Option<&str>) -> Option<Recorder> {
+        match (record, self.inner.record_dir.get()) {
+            (Some(name), Some(dir)) => match Recorder::start(&dir.join(format!("{name}.wav"))) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(), "recording could not start; the call goes on unrecorded");
+                    None
+                }
+            },
+            _ => None,
+        }
     }
 
     fn bind_leased(
@@ -527,11 +794,31 @@ impl MediaPair {
         rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
+    /// Applies the peer's answer to side A's WebRTC offer (made by
+    /// [`MediaPlane::webrtc_offer`]); waits briefly for the shard.
+    pub fn webrtc_answer(&self, sdp: &str) -> Result<(), MediaError> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.plane.send(
+            self.shard,
+            Command::WebRtcAnswer {
+                id: self.id,
+                sdp: sdp.to_string(),
+                reply,
+            },
+        )?;
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MediaError::WebRtc(WebRtcError::Sdp(e))),
+            Err(_) => Err(MediaError::Shard),
+        }
+    }
+
     /// Removes the pair and returns its final counters.
     pub fn close(mut self) -> Option<[LegStats; 2]> {
         self.removed = true;
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
-        self.plane
+        let sent = self
+            .plane
             .send(
                 self.shard,
                 Command::Remove {
@@ -539,7 +826,12 @@ impl MediaPair {
                     reply: Some(reply),
                 },
             )
-            .ok()?;
+            .ok();
+        // After the removal is queued: a leg placed later finds the peer's address free.
+        if let Some((socket, remotes)) = self.rtc.take() {
+            self.plane.release_rtc(socket, &remotes);
+        }
+        sent?;
         rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 }
@@ -554,6 +846,9 @@ impl Drop for MediaPair {
                     reply: None,
                 },
             );
+        }
+        if let Some((socket, remotes)) = self.rtc.take() {
+            self.plane.release_rtc(socket, &remotes);
         }
     }
 }
@@ -651,9 +946,54 @@ impl Smoother {
     }
 }
 
+/// How a leg's packets come and go.
+enum Io {
+    /// Its own RTP and RTCP sockets.
+    Plain { rtp: UdpSocket, rtcp: UdpSocket },
+    /// A WebRTC leg (SRTP in str0m) on one of the shard's shared sockets.
+    WebRtc(Box<RtcIo>),
+}
+
+struct RtcIo {
+    leg: Box<WebRtcLeg>,
+    /// Index of its shared socket.
+    socket: usize,
+    /// Peer addresses routed to this leg on that socket.
+    remotes: Vec<SocketAddr>,
+    /// Extended sequence number of the last packet sent (str0m counts past 16 bits).
+    seq: Option<u64>,
+    /// Sends only once the peer's answer is known (legs that made an offer).
+    ready: bool,
+}
+
+impl RtcIo {
+    /// The extended sequence number for an outgoing 16-bit one.
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.seq {
+            // The rollover count starts at 0, as the receiver's SRTP context assumes
+            // (RFC 3711 §3.3.1): the extended number is the SRTP index.
+            None => u64::from(seq),
+            Some(last) => {
+                let delta = i64::from(seq.wrapping_sub(last as u16) as i16);
+                (last as i64 + delta).max(0) as u64
+            }
+        };
+        if self.seq.is_none_or(|last| ext > last) {
+            self.seq = Some(ext);
+        }
+        ext
+    }
+}
+
+/// A socket shared by a shard's WebRTC legs.
+struct RtcSocket {
+    socket: UdpSocket,
+    /// Which leg (slot) a peer address belongs to.
+    by_remote: HashMap<SocketAddr, usize>,
+}
+
 struct Leg {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
+    io: Io,
     pair: u64,
     peer: usize,
     side: Side,
@@ -680,6 +1020,60 @@ struct Leg {
     dtmf: DtmfReceiver,
     smoother: Smoother,
     stats: LegStats,
+}
+
+impl Leg {
+    fn new(
+        io: Io,
+        pair: u64,
+        peer: usize,
+        side: Side,
+        policy: SourcePolicy,
+        timeout: Duration,
+    ) -> Leg {
+        let now = Instant::now();
+        Leg {
+            io,
+            pair,
+            peer,
+            side,
+            policy,
+            remote: None,
+            latched: false,
+            rtcp_mux: false,
+            clock: 8000,
+            dtmf_pt: None,
+            dtmf_clock: 8000,
+            codec_pt: None,
+            codec: None,
+            transcode: None,
+            sends: false,
+            playing: false,
+            epoch: now,
+            last_rx: now,
+            timeout,
+            timed_out: false,
+            got_first: false,
+            rx: ReceiverStats::default(),
+            dtmf: DtmfReceiver::default(),
+            smoother: Smoother::default(),
+            stats: LegStats::default(),
+        }
+    }
+
+    /// A WebRTC leg's media description, from its negotiation: Opus at 48 kHz both ways,
+    /// telephone-event at 8 kHz when the peer has it, RTCP multiplexed.
+    fn set_webrtc_remote(&mut self) {
+        let Io::WebRtc(rtc) = &self.io else {
+            return;
+        };
+        self.rtcp_mux = true;
+        self.clock = 48_000;
+        self.codec_pt = Some(rtc.leg.opus_pt());
+        self.codec = Some(super::transcode::Codec::Opus);
+        self.dtmf_pt = rtc.leg.dtmf_pt();
+        self.dtmf_clock = 8000;
+    }
 }
 
 /// One direction of a transcoded pair.
@@ -722,6 +1116,12 @@ struct Counters {
 
 struct Shard {
     poll: Poll,
+    /// Shared WebRTC sockets, by the plane's index.
+    rtc_sockets: Vec<Option<RtcSocket>>,
+    /// Slots of the WebRTC legs.
+    rtc_slots: Vec<usize>,
+    /// The earliest WebRTC timer.
+    rtc_due: Instant,
     commands: Receiver<Command>,
     legs: Vec<Option<Leg>>,
     free: Vec<usize>,
@@ -755,6 +1155,50 @@ fn record(rec: &mut Recorder, side: Side, pt: u8, ts: u32, arrival: Instant, pay
     rec.push(frame);
 }
 
+/// Sends whatever a WebRTC leg has to send from its shared socket, and notes its next timer.
+fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) {
+    let Some(socket) = sockets.get(rtc.socket).and_then(Option::as_ref) else {
+        return;
+    };
+    let mut send = |to: SocketAddr, data: &[u8]| {
+        let _ = socket.socket.send_to(data, to);
+    };
+    if let Err(e) = rtc.leg.transmit_into(&mut send) {
+        tracing::debug!(error = %e, "WebRTC leg output failed");
+    }
+    *due = (*due).min(rtc.leg.timeout());
+}
+
+/// Sends one RTP packet through a WebRTC leg; false when it cannot go (not connected yet,
+/// not an RTP packet).
+fn send_webrtc(
+    rtc: &mut RtcIo,
+    sockets: &[Option<RtcSocket>],
+    due: &mut Instant,
+    packet: &[u8],
+) -> bool {
+    if !rtc.ready {
+        return false;
+    }
+    let Ok(view) = RtpView::parse(packet) else {
+        return false;
+    };
+    let seq = rtc.extend(view.sequence());
+    let sent = rtc
+        .leg
+        .send_rtp(
+            Instant::now(),
+            view.payload_type(),
+            seq,
+            view.timestamp(),
+            view.marker(),
+            view.payload(),
+        )
+        .is_ok();
+    rtc_flush(rtc, sockets, due);
+    sent
+}
+
 impl Shard {
     fn new(
         poll: Poll,
@@ -763,6 +1207,9 @@ impl Shard {
     ) -> Self {
         Self {
             poll,
+            rtc_sockets: Vec::new(),
+            rtc_slots: Vec::new(),
+            rtc_due: Instant::now() + RTC_IDLE,
             commands,
             legs: Vec::new(),
             free: Vec::new(),
@@ -787,7 +1234,8 @@ impl Shard {
                 .map(|d| d.next_at)
                 .chain(self.playing.iter().map(|p| p.next_at))
                 .min()
-                .map_or(next_tick, |d| d.min(next_tick));
+                .map_or(next_tick, |d| d.min(next_tick))
+                .min(self.rtc_due);
             let wait = due.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -804,10 +1252,17 @@ impl Shard {
                     }
                     continue;
                 }
+                if token.0 >= RTC_TOKENS {
+                    self.drain_rtc_socket(token.0 - RTC_TOKENS, &mut batch);
+                    continue;
+                }
                 let (slot, is_rtcp_socket) = (token.0 / 2, token.0 % 2 == 1);
                 self.drain_socket(slot, is_rtcp_socket, &mut batch, &mut forward);
             }
             let now = Instant::now();
+            if now >= self.rtc_due {
+                self.rtc_timers(now);
+            }
             if !self.dtmf_out.is_empty() {
                 self.send_dtmf(now);
             }
@@ -1010,11 +1465,47 @@ impl Shard {
 
     /// Sends a packet the switch made (prompt, DTMF) from leg `slot` to its peer at `to`.
     fn send_inserted(&mut self, slot: usize, packet: &[u8], to: SocketAddr) {
-        if let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) {
-            if leg.rtp.send_to(packet, to).is_ok() {
-                leg.stats.packets_out += 1;
-                self.counters.tx += 1;
-            }
+        self.send_to_leg(slot, packet, to);
+    }
+
+    /// Sends `packet` (RTP) to leg `slot`'s peer at `to`: from its socket, or through its
+    /// WebRTC leg (which encrypts it and sends from the shared socket). Counts it.
+    fn send_to_leg(&mut self, slot: usize, packet: &[u8], to: SocketAddr) {
+        Self::send_via(
+            &mut self.legs,
+            &self.rtc_sockets,
+            &mut self.rtc_due,
+            &mut self.counters,
+            slot,
+            packet,
+            to,
+        );
+    }
+
+    /// [`send_to_leg`](Self::send_to_leg) over the shard's parts, for a packet built in
+    /// one of the shard's own buffers.
+    fn send_via(
+        legs: &mut [Option<Leg>],
+        rtc_sockets: &[Option<RtcSocket>],
+        rtc_due: &mut Instant,
+        counters: &mut Counters,
+        slot: usize,
+        packet: &[u8],
+        to: SocketAddr,
+    ) {
+        let Some(leg) = legs.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let sent = match &mut leg.io {
+            Io::Plain { rtp, .. } => rtp.send_to(packet, to).is_ok(),
+            Io::WebRtc(rtc) => send_webrtc(rtc, rtc_sockets, rtc_due, packet),
+        };
+        if sent {
+            leg.stats.packets_out += 1;
+            counters.tx += 1;
+        } else {
+            leg.stats.dropped += 1;
+            counters.no_destination += 1;
         }
     }
 
@@ -1030,8 +1521,32 @@ impl Shard {
                     events,
                     recorder,
                 } => self.add(id, sockets, policy, timeout, events, recorder),
+                Command::RtcSocket { index, socket } => self.add_rtc_socket(index, socket),
+                Command::AddWebRtc {
+                    id,
+                    leg,
+                    socket,
+                    remotes,
+                    b,
+                    policy,
+                    timeout,
+                    events,
+                    recorder,
+                } => self.add_webrtc(
+                    id, leg, socket, remotes, b, policy, timeout, events, recorder,
+                ),
+                Command::WebRtcAnswer { id, sdp, reply } => {
+                    let _ = reply.try_send(self.webrtc_answer(id, &sdp));
+                }
                 Command::Remote { id, side, remote } => {
                     if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
+                        if self.legs[slot]
+                            .as_ref()
+                            .is_some_and(|l| matches!(l.io, Io::WebRtc(_)))
+                        {
+                            // A WebRTC leg's media follows its own negotiation.
+                            continue;
+                        }
                         if let Some(leg) = self.legs[slot].as_mut() {
                             leg.remote = remote.addr;
                             // A new address from SDP re-opens latching.
@@ -1144,49 +1659,11 @@ impl Shard {
         events: EventSink,
         recorder: Option<Recorder>,
     ) {
-        let now = Instant::now();
         let slots = [self.slot(), self.slot()];
         for (i, (rtp, rtcp)) in sockets.into_iter().enumerate() {
-            let slot = slots[i];
-            let mut rtp = UdpSocket::from_std(rtp);
-            let mut rtcp = UdpSocket::from_std(rtcp);
-            let registry = self.poll.registry();
-            if let Err(e) = registry
-                .register(&mut rtp, Token(2 * slot), Interest::READABLE)
-                .and_then(|()| {
-                    registry.register(&mut rtcp, Token(2 * slot + 1), Interest::READABLE)
-                })
-            {
-                tracing::error!(error = %e, "media socket registration failed");
-            }
-            self.legs[slot] = Some(Leg {
-                rtp,
-                rtcp,
-                pair: id,
-                peer: slots[1 - i],
-                side: if i == 0 { Side::A } else { Side::B },
-                policy,
-                remote: None,
-                latched: false,
-                rtcp_mux: false,
-                clock: 8000,
-                dtmf_pt: None,
-                dtmf_clock: 8000,
-                codec_pt: None,
-                codec: None,
-                transcode: None,
-                sends: false,
-                playing: false,
-                epoch: now,
-                last_rx: now,
-                timeout,
-                timed_out: false,
-                got_first: false,
-                rx: ReceiverStats::default(),
-                dtmf: DtmfReceiver::default(),
-                smoother: Smoother::default(),
-                stats: LegStats::default(),
-            });
+            let io = self.plain_io(slots[i], rtp, rtcp);
+            let side = if i == 0 { Side::A } else { Side::B };
+            self.legs[slots[i]] = Some(Leg::new(io, id, slots[1 - i], side, policy, timeout));
         }
         self.pairs.insert(
             id,
@@ -1197,6 +1674,323 @@ impl Shard {
             },
         );
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
+    }
+
+    /// Registers a plain leg's sockets under slot `slot`'s tokens.
+    fn plain_io(&mut self, slot: usize, rtp: std::net::UdpSocket, rtcp: std::net::UdpSocket) -> Io {
+        let mut rtp = UdpSocket::from_std(rtp);
+        let mut rtcp = UdpSocket::from_std(rtcp);
+        let registry = self.poll.registry();
+        if let Err(e) = registry
+            .register(&mut rtp, Token(2 * slot), Interest::READABLE)
+            .and_then(|()| registry.register(&mut rtcp, Token(2 * slot + 1), Interest::READABLE))
+        {
+            tracing::error!(error = %e, "media socket registration failed");
+        }
+        Io::Plain { rtp, rtcp }
+    }
+
+    fn add_rtc_socket(&mut self, index: usize, socket: std::net::UdpSocket) {
+        let mut socket = UdpSocket::from_std(socket);
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(RTC_TOKENS + index),
+            Interest::READABLE,
+        ) {
+            tracing::error!(error = %e, "WebRTC socket registration failed");
+        }
+        if self.rtc_sockets.len() <= index {
+            self.rtc_sockets.resize_with(index + 1, || None);
+        }
+        self.rtc_sockets[index] = Some(RtcSocket {
+            socket,
+            by_remote: HashMap::new(),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_webrtc(
+        &mut self,
+        id: u64,
+        leg: Box<WebRtcLeg>,
+        socket: usize,
+        remotes: Vec<SocketAddr>,
+        b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+        recorder: Option<Recorder>,
+    ) {
+        let a = self.slot();
+        let b_slot = match b {
+            Some((rtp, rtcp)) => {
+                let slot = self.slot();
+                let io = self.plain_io(slot, rtp, rtcp);
+                self.legs[slot] = Some(Leg::new(io, id, a, Side::B, policy, timeout));
+                slot
+            }
+            // An echo: side A's packets go back to side A.
+            None => a,
+        };
+        if let Some(s) = self.rtc_sockets.get_mut(socket).and_then(Option::as_mut) {
+            for r in &remotes {
+                s.by_remote.insert(*r, a);
+            }
+        }
+        // A leg that answered an offer knows its peer; one that made an offer waits for
+        // the answer before it sends or expects anything.
+        let ready = !leg.awaiting_answer();
+        let mut a_leg = Leg::new(
+            Io::WebRtc(Box::new(RtcIo {
+                socket,
+                remotes,
+                seq: None,
+                ready,
+                leg,
+            })),
+            id,
+            b_slot,
+            Side::A,
+            policy,
+            timeout,
+        );
+        a_leg.set_webrtc_remote();
+        a_leg.sends = ready;
+        self.legs[a] = Some(a_leg);
+        self.rtc_slots.push(a);
+        // Its first timer (ICE checks start at once).
+        if let Some(Io::WebRtc(rtc)) = self.legs[a].as_mut().map(|l| &mut l.io) {
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        }
+        self.rtc_due = Instant::now();
+        self.pairs.insert(
+            id,
+            Pair {
+                legs: [a, b_slot],
+                events,
+                recorder,
+            },
+        );
+        let legs = if b_slot == a { 1.0 } else { 2.0 };
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(legs);
+        if b_slot != a {
+            self.plan_transcoding(a);
+        }
+    }
+
+    /// Applies the peer's answer to the WebRTC offer of pair `id`'s side A.
+    fn webrtc_answer(&mut self, id: u64, sdp: &str) -> Result<(), String> {
+        let slot = self
+            .pairs
+            .get(&id)
+            .map(|p| p.legs[0])
+            .ok_or("no such media pair")?;
+        let leg = self.legs[slot].as_mut().ok_or("no such media leg")?;
+        let Io::WebRtc(rtc) = &mut leg.io else {
+            return Err("side A is not a WebRTC leg".into());
+        };
+        rtc.leg.accept_answer(sdp).map_err(|e| e.to_string())?;
+        let v4 = rtc.leg.local().is_ipv4();
+        let remotes = super::webrtc::PeerDescription::parse(sdp)
+            .map(|p| p.candidate_addrs(v4))
+            .unwrap_or_default();
+        if let Some(s) = self
+            .rtc_sockets
+            .get_mut(rtc.socket)
+            .and_then(Option::as_mut)
+        {
+            for r in &remotes {
+                s.by_remote.insert(*r, slot);
+            }
+        }
+        rtc.remotes.extend(remotes);
+        rtc.ready = true;
+        rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        leg.set_webrtc_remote();
+        leg.sends = true;
+        leg.last_rx = Instant::now();
+        self.plan_transcoding(slot);
+        Ok(())
+    }
+
+    /// Reads what arrived on a shared WebRTC socket and hands each datagram to its leg:
+    /// found by the peer's address, or else by asking the socket's legs (a peer address
+    /// not in its SDP: the leg's STUN credentials decide), which learns the address.
+    fn drain_rtc_socket(&mut self, index: usize, batch: &mut Batch) {
+        use std::os::fd::AsRawFd;
+        let mut errors = 0;
+        loop {
+            let Some(shared) = self.rtc_sockets.get(index).and_then(Option::as_ref) else {
+                return;
+            };
+            let n = match batch.recv(shared.socket.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    errors += 1;
+                    if errors >= 8 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let (data, from) = batch.packet(i);
+                let known = self.rtc_sockets[index]
+                    .as_ref()
+                    .and_then(|s| s.by_remote.get(&from).copied());
+                let taken = match known {
+                    Some(slot) => self.rtc_receive(slot, index, now, from, data),
+                    None => {
+                        let mut taken = false;
+                        for k in 0..self.rtc_slots.len() {
+                            let slot = self.rtc_slots[k];
+                            let on_socket = matches!(
+                                self.legs[slot].as_ref().map(|l| &l.io),
+                                Some(Io::WebRtc(r)) if r.socket == index
+                            );
+                            if on_socket && self.rtc_receive(slot, index, now, from, data) {
+                                if let Some(s) = self.rtc_sockets[index].as_mut() {
+                                    s.by_remote.insert(from, slot);
+                                }
+                                if let Some(Io::WebRtc(r)) =
+                                    self.legs[slot].as_mut().map(|l| &mut l.io)
+                                {
+                                    r.remotes.push(from);
+                                }
+                                taken = true;
+                                break;
+                            }
+                        }
+                        taken
+                    }
+                };
+                if !taken {
+                    self.counters.foreign += 1;
+                }
+            }
+            if n < super::batch::BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Hands one datagram to the WebRTC leg in `slot`; false when the leg does not take it.
+    fn rtc_receive(
+        &mut self,
+        slot: usize,
+        socket: usize,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Io::WebRtc(rtc) = &mut leg.io else {
+            return false;
+        };
+        let Some(shared) = self.rtc_sockets.get(socket).and_then(Option::as_ref) else {
+            return false;
+        };
+        let mut send = |to: SocketAddr, d: &[u8]| {
+            let _ = shared.socket.send_to(d, to);
+        };
+        let taken = match rtc.leg.receive_into(now, from, data, &mut send) {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::debug!(error = %e, %from, "WebRTC datagram refused");
+                true
+            }
+        };
+        if taken {
+            self.rtc_due = self.rtc_due.min(rtc.leg.timeout());
+            if leg.remote.is_none() {
+                // Where the peer's media comes from: sent there once connected.
+                leg.remote = Some(from);
+            }
+            self.rtc_events(slot);
+        }
+        taken
+    }
+
+    /// Acts on what a WebRTC leg reported: connection changes, and RTP to relay.
+    fn rtc_events(&mut self, slot: usize) {
+        let mut buf = [0u8; MAX_PACKET];
+        loop {
+            let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let Io::WebRtc(rtc) = &mut leg.io else {
+                return;
+            };
+            let Some(event) = rtc.leg.next_event() else {
+                return;
+            };
+            let (pair, side) = (leg.pair, leg.side);
+            let from = leg.remote.unwrap_or(super::batch::UNSPECIFIED);
+            let notice = match event {
+                LegOutput::Connected => Some(MediaEvent::Connected(side)),
+                LegOutput::Disconnected => Some(MediaEvent::Disconnected(side)),
+                LegOutput::Rtp {
+                    pt,
+                    seq,
+                    timestamp,
+                    marker,
+                    ssrc,
+                    payload,
+                } => {
+                    let Some(n) = super::rtp::write_packet(
+                        &mut buf, marker, pt, seq, timestamp, ssrc, &payload,
+                    ) else {
+                        continue;
+                    };
+                    if let Some(to) = self.relay_rtp(slot, &mut buf[..n], from) {
+                        if let Some(peer) = self.legs[slot].as_ref().map(|l| l.peer) {
+                            self.send_to_leg(peer, &buf[..n], to);
+                        }
+                    }
+                    None
+                }
+                LegOutput::Transmit { to, data } => {
+                    if let Some(s) = self.rtc_sockets.get(rtc.socket).and_then(Option::as_ref) {
+                        let _ = s.socket.send_to(&data, to);
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let (Some(e), Some(p)) = (notice, self.pairs.get(&pair)) {
+                (p.events)(e);
+            }
+        }
+    }
+
+    /// Runs the WebRTC legs' timers that are due (ICE checks, DTLS retransmits, RTCP) and
+    /// finds the next one.
+    fn rtc_timers(&mut self, now: Instant) {
+        let mut due = now + RTC_IDLE;
+        for k in 0..self.rtc_slots.len() {
+            let slot = self.rtc_slots[k];
+            let Some(Io::WebRtc(rtc)) = self.legs[slot].as_mut().map(|l| &mut l.io) else {
+                continue;
+            };
+            if rtc.leg.timeout() <= now {
+                if let Err(e) = rtc.leg.handle_timeout(now) {
+                    tracing::debug!(error = %e, "WebRTC timer failed");
+                }
+                let mut ignored = now + RTC_IDLE;
+                rtc_flush(rtc, &self.rtc_sockets, &mut ignored);
+                self.rtc_events(slot);
+            }
+            if let Some(Io::WebRtc(rtc)) = self.legs[slot].as_ref().map(|l| &l.io) {
+                due = due.min(rtc.leg.timeout());
+            }
+        }
+        // str0m asks for "now" again when it has nothing planned; never spin on it.
+        self.rtc_due = due.max(now + Duration::from_millis(1));
     }
 
     fn slot(&mut self) -> usize {
@@ -1224,18 +2018,37 @@ impl Shard {
     fn remove(&mut self, id: u64) -> Option<[LegStats; 2]> {
         let pair = self.pairs.remove(&id)?;
         let stats = self.pair_stats(pair.legs);
-        for slot in pair.legs {
+        let distinct = if pair.legs[0] == pair.legs[1] { 1 } else { 2 };
+        for &slot in &pair.legs[..distinct] {
             if let Some(mut leg) = self.legs[slot].take() {
                 if leg.transcode.is_some() {
                     metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
                 }
-                let registry = self.poll.registry();
-                let _ = registry.deregister(&mut leg.rtp);
-                let _ = registry.deregister(&mut leg.rtcp);
+                match &mut leg.io {
+                    Io::Plain { rtp, rtcp } => {
+                        let registry = self.poll.registry();
+                        let _ = registry.deregister(rtp);
+                        let _ = registry.deregister(rtcp);
+                    }
+                    Io::WebRtc(rtc) => {
+                        if let Some(s) = self
+                            .rtc_sockets
+                            .get_mut(rtc.socket)
+                            .and_then(Option::as_mut)
+                        {
+                            for r in &rtc.remotes {
+                                if s.by_remote.get(r) == Some(&slot) {
+                                    s.by_remote.remove(r);
+                                }
+                            }
+                        }
+                        self.rtc_slots.retain(|&s| s != slot);
+                    }
+                }
             }
             self.free.push(slot);
         }
-        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(2.0);
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(distinct as f64);
         Some(stats)
     }
 
@@ -1267,7 +2080,10 @@ impl Shard {
             let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
                 return;
             };
-            let fd = if rtcp_socket { &leg.rtcp } else { &leg.rtp }.as_raw_fd();
+            let Io::Plain { rtp, rtcp } = &leg.io else {
+                return;
+            };
+            let fd = if rtcp_socket { rtcp } else { rtp }.as_raw_fd();
             let n = match batch.recv(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -1317,7 +2133,18 @@ impl Shard {
         let Some(peer_leg) = self.legs[peer].as_mut() else {
             return;
         };
-        let sent = batch.send(peer_leg.rtp.as_raw_fd(), forward) as u64;
+        let fd = match &peer_leg.io {
+            Io::Plain { rtp, .. } => rtp.as_raw_fd(),
+            Io::WebRtc(_) => {
+                // Toward WebRTC each packet is encrypted on its own.
+                for &(i, to) in forward {
+                    let (packet, _) = batch.packet(i);
+                    self.send_to_leg(peer, packet, to);
+                }
+                return;
+            }
+        };
+        let sent = batch.send(fd, forward) as u64;
         let failed = forward.len() as u64 - sent;
         peer_leg.stats.packets_out += sent;
         peer_leg.stats.dropped += failed;
@@ -1329,6 +2156,10 @@ impl Shard {
     /// only to a valid RTP packet of a payload type its peer agreed to, so a stray or forged
     /// datagram arriving first can neither take the call's audio nor lock the peer out.
     fn accepts(leg: &mut Leg, from: SocketAddr, packet: &[u8]) -> bool {
+        if matches!(leg.io, Io::WebRtc(_)) {
+            // SRTP authenticated it.
+            return true;
+        }
         if leg.remote == Some(from) {
             leg.latched = true;
             return true;
@@ -1447,14 +2278,15 @@ impl Shard {
                 self.counters.no_destination += 1;
                 return None;
             };
-            if peer_leg
-                .rtp
-                .send_to(&self.out_buf[..super::rtp::HEADER_LEN + n], to)
-                .is_ok()
-            {
-                peer_leg.stats.packets_out += 1;
-                self.counters.tx += 1;
-            }
+            Self::send_via(
+                &mut self.legs,
+                &self.rtc_sockets,
+                &mut self.rtc_due,
+                &mut self.counters,
+                peer,
+                &self.out_buf[..super::rtp::HEADER_LEN + n],
+                to,
+            );
             return None;
         }
         // On a transcoded direction only telephone-events pass besides the audio; anything
@@ -1516,24 +2348,26 @@ impl Shard {
         let Some(to) = peer_leg.remote else {
             return;
         };
+        // A WebRTC leg's RTCP is its own (str0m reports on each side's stream).
+        let Io::Plain { rtp, rtcp } = &peer_leg.io else {
+            return;
+        };
         let to = if peer_leg.rtcp_mux {
             to
         } else {
             SocketAddr::new(to.ip(), to.port().wrapping_add(1))
         };
-        let socket = if peer_leg.rtcp_mux {
-            &peer_leg.rtp
-        } else {
-            &peer_leg.rtcp
-        };
+        let socket = if peer_leg.rtcp_mux { rtp } else { rtcp };
         let _ = socket.send_to(packet, to);
     }
 
     fn tick(&mut self, now: Instant) {
         for leg in self.legs.iter_mut().flatten() {
+            // A WebRTC leg that never connects times out too.
+            let expected = leg.remote.is_some() || matches!(leg.io, Io::WebRtc(_));
             if leg.sends
                 && !leg.timed_out
-                && leg.remote.is_some()
+                && expected
                 && now.duration_since(leg.last_rx) >= leg.timeout
             {
                 leg.timed_out = true;

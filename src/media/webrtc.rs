@@ -140,6 +140,23 @@ impl PeerDescription {
         })
     }
 
+    /// The addresses of the peer's UDP candidates of one address family (`v4`: IPv4).
+    pub fn candidate_addrs(&self, v4: bool) -> Vec<SocketAddr> {
+        self.candidates
+            .iter()
+            .filter_map(|c| {
+                // foundation component transport priority address port typ ...
+                let f: Vec<&str> = c.split_ascii_whitespace().collect();
+                if f.len() < 6 || !f[2].eq_ignore_ascii_case("udp") {
+                    return None;
+                }
+                let ip: std::net::IpAddr = f[4].parse().ok()?;
+                let port: u16 = f[5].parse().ok()?;
+                (ip.is_ipv4() == v4).then_some(SocketAddr::new(ip, port))
+            })
+            .collect()
+    }
+
     fn fingerprint(&self) -> Result<Fingerprint, WebRtcError> {
         let bad = || WebRtcError::Sdp(format!("unreadable fingerprint {:?}", self.fingerprint));
         let (hash_func, hex) = self.fingerprint.split_once(' ').ok_or_else(bad)?;
@@ -181,6 +198,8 @@ pub enum LegOutput {
         timestamp: u32,
         /// Marker bit.
         marker: bool,
+        /// The sender's SSRC.
+        ssrc: u32,
         /// Payload.
         payload: std::sync::Arc<[u8]>,
     },
@@ -194,10 +213,15 @@ pub struct WebRtcLeg {
     tx_ssrc: Ssrc,
     local: SocketAddr,
     peer_dtmf_pt: Option<u8>,
+    opus_pt: u8,
+    /// An offer of ours still waits for its answer.
+    awaiting_answer: bool,
     local_sdp: String,
     /// Outputs taken from str0m after an input and not yet polled: in RTP mode str0m holds
     /// one received packet at a time, which the next input would replace.
     queued: std::collections::VecDeque<LegOutput>,
+    /// str0m's next timeout, as last polled.
+    timeout: Instant,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -214,9 +238,14 @@ impl WebRtcLeg {
         tx_ssrc: Ssrc,
         local: SocketAddr,
         peer_dtmf_pt: Option<u8>,
+        opus_pt: u8,
         local_sdp: String,
+        now: Instant,
     ) -> WebRtcLeg {
         WebRtcLeg {
+            timeout: now,
+            awaiting_answer: false,
+            opus_pt,
             rtc,
             tx_ssrc,
             local,
@@ -249,7 +278,15 @@ impl WebRtcLeg {
             local,
             tx_ssrc,
         );
-        Ok(Self::new(rtc, tx_ssrc, local, peer.dtmf_pt, answer))
+        Ok(Self::new(
+            rtc,
+            tx_ssrc,
+            local,
+            peer.dtmf_pt,
+            peer.opus_pt,
+            answer,
+            now,
+        ))
     }
 
     /// Makes our offer (business-initiated calls: it goes to Meta's `connect`), for a leg
@@ -275,7 +312,9 @@ impl WebRtcLeg {
             local,
             tx_ssrc,
         );
-        Ok(Self::new(rtc, tx_ssrc, local, None, offer))
+        let mut leg = Self::new(rtc, tx_ssrc, local, None, OPUS_PT, offer, now);
+        leg.awaiting_answer = true;
+        Ok(leg)
     }
 
     /// Applies the peer's answer to our offer.
@@ -303,6 +342,7 @@ impl WebRtcLeg {
             None => tracing::warn!("the answer has no a=ssrc: its audio may not be received"),
         }
         self.peer_dtmf_pt = peer.dtmf_pt;
+        self.awaiting_answer = false;
         Ok(())
     }
 
@@ -322,16 +362,94 @@ impl WebRtcLeg {
         self.peer_dtmf_pt
     }
 
-    /// A datagram arrived on the leg's socket.
+    /// The leg made an offer whose answer has not been applied.
+    pub fn awaiting_answer(&self) -> bool {
+        self.awaiting_answer
+    }
+
+    /// The payload type of Opus on this leg (both ways).
+    pub fn opus_pt(&self) -> u8 {
+        self.opus_pt
+    }
+
+    /// A datagram arrived on the leg's socket; false when it is not this leg's (another
+    /// leg's STUN, DTLS or SRTP, or neither).
     pub fn handle_receive(
         &mut self,
         now: Instant,
         from: SocketAddr,
         data: &[u8],
+    ) -> Result<bool, WebRtcError> {
+        if !self.input(now, from, data)? {
+            return Ok(false);
+        }
+        // Take what the datagram produced now, before another input replaces it.
+        loop {
+            match self.next_output()? {
+                LegOutput::Timeout(_) => break,
+                other => self.queued.push_back(other),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Like [`handle_receive`](Self::handle_receive) for a driver that sends at once:
+    /// datagrams to send go to `transmit` (no copy), events wait for
+    /// [`next_event`](Self::next_event), and the next timeout is
+    /// [`timeout`](Self::timeout).
+    pub fn receive_into(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        transmit: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> Result<bool, WebRtcError> {
+        if !self.input(now, from, data)? {
+            return Ok(false);
+        }
+        self.transmit_into(transmit)?;
+        Ok(true)
+    }
+
+    /// Sends what str0m has to send through `transmit`, keeps its events for
+    /// [`next_event`](Self::next_event) and notes its next timeout. Call after
+    /// [`send_rtp`](Self::send_rtp) and [`handle_timeout`](Self::handle_timeout).
+    pub fn transmit_into(
+        &mut self,
+        transmit: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Result<(), WebRtcError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(at) => {
+                    self.timeout = at;
+                    return Ok(());
+                }
+                Output::Transmit(t) => transmit(t.destination, &t.contents),
+                Output::Event(e) => {
+                    if let Some(out) = event_output(e) {
+                        self.queued.push_back(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event kept by [`receive_into`](Self::receive_into) or
+    /// [`transmit_into`](Self::transmit_into).
+    pub fn next_event(&mut self) -> Option<LegOutput> {
+        self.queued.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due, as last seen by
+    /// [`transmit_into`](Self::transmit_into).
+    pub fn timeout(&self) -> Instant {
+        self.timeout
+    }
+
+    fn input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<bool, WebRtcError> {
         let Ok(contents) = data.try_into() else {
             // Neither STUN, DTLS nor SRTP: not for us.
-            return Ok(());
+            return Ok(false);
         };
         let input = Input::Receive(
             now,
@@ -342,17 +460,11 @@ impl WebRtcLeg {
                 contents,
             },
         );
-        if self.rtc.accepts(&input) {
-            self.rtc.handle_input(input)?;
-            // Take what the datagram produced now, before another input replaces it.
-            loop {
-                match self.next_output()? {
-                    LegOutput::Timeout(_) => break,
-                    other => self.queued.push_back(other),
-                }
-            }
+        if !self.rtc.accepts(&input) {
+            return Ok(false);
         }
-        Ok(())
+        self.rtc.handle_input(input)?;
+        Ok(true)
     }
 
     /// The time asked for by the last [`LegOutput::Timeout`] has come.
@@ -392,26 +504,40 @@ impl WebRtcLeg {
     fn next_output(&mut self) -> Result<LegOutput, WebRtcError> {
         loop {
             return Ok(match self.rtc.poll_output()? {
-                Output::Timeout(at) => LegOutput::Timeout(at),
+                Output::Timeout(at) => {
+                    self.timeout = at;
+                    LegOutput::Timeout(at)
+                }
                 Output::Transmit(t) => LegOutput::Transmit {
                     to: t.destination,
                     data: t.contents.to_vec(),
                 },
-                Output::Event(Event::Connected) => LegOutput::Connected,
-                Output::Event(Event::IceConnectionStateChange(
-                    IceConnectionState::Disconnected,
-                )) => LegOutput::Disconnected,
-                Output::Event(Event::RtpPacket(p)) => LegOutput::Rtp {
-                    pt: *p.header.payload_type,
-                    seq: p.header.sequence_number,
-                    timestamp: p.header.timestamp,
-                    marker: p.header.marker,
-                    payload: p.payload.clone(),
+                Output::Event(e) => match event_output(e) {
+                    Some(out) => out,
+                    None => continue,
                 },
-                Output::Event(_) => continue,
             });
         }
     }
+}
+
+/// The leg's view of a str0m event (`None`: nothing a driver acts on).
+fn event_output(event: Event) -> Option<LegOutput> {
+    Some(match event {
+        Event::Connected => LegOutput::Connected,
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            LegOutput::Disconnected
+        }
+        Event::RtpPacket(p) => LegOutput::Rtp {
+            pt: *p.header.payload_type,
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            marker: p.header.marker,
+            ssrc: *p.header.ssrc,
+            payload: p.payload.clone(),
+        },
+        _ => return None,
+    })
 }
 
 /// The `a=mid` of our offers.

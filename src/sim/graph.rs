@@ -93,6 +93,8 @@ pub struct SimGraph {
     token: Secret,
     numbers: Arc<Vec<String>>,
     inner: Arc<Mutex<Inner>>,
+    /// Woken after every request.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for SimGraph {
@@ -110,6 +112,7 @@ impl SimGraph {
             token,
             numbers: Arc::new(phone_number_ids),
             inner: Arc::new(Mutex::new(Inner::default())),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -187,6 +190,29 @@ impl SimGraph {
     /// A call.
     pub fn call(&self, id: &str) -> Option<SimCall> {
         self.lock().calls.get(id).cloned()
+    }
+
+    /// Waits until call `id` satisfies `done` (checked after every request the sim
+    /// answers), or `timeout` passes; the call as it then is.
+    pub async fn wait_call(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&SimCall) -> bool,
+    ) -> Option<SimCall> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let call = self.call(id);
+            if call.as_ref().is_some_and(&done) {
+                return call;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.call(id).filter(|c| done(c));
+            }
+        }
     }
 
     /// Every request received, in order.
@@ -327,6 +353,7 @@ async fn calls(
         parsed.unwrap_or(Value::Null),
         &response,
     );
+    sim.changed.notify_waiters();
     response
 }
 

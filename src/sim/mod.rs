@@ -3,8 +3,9 @@
 //!
 //! It serves the Graph API with Meta's validation and errors ([`graph`]), sends signed
 //! webhooks in Meta's shapes ([`webhooks`]), and plays WhatsApp users with real WebRTC
-//! media ([`user`]).
+//! media ([`user`]). [`load`] places scripted and load-test calls against a switch.
 
 pub mod graph;
+pub mod load;
 pub mod user;
 pub mod webhooks;

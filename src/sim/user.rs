@@ -243,7 +243,18 @@ impl SimUser {
             if now >= timeout {
                 self.rtc.handle_input(Input::Timeout(now))?;
             } else if !got {
-                std::thread::sleep(Duration::from_millis(1));
+                // Sleep until a datagram, str0m's timer or the next frame, whichever is first.
+                let mut until = timeout.min(end.unwrap_or(connect_deadline));
+                if report.connected {
+                    until = until.min(next_frame);
+                }
+                let wait = until
+                    .saturating_duration_since(now)
+                    .clamp(Duration::from_micros(200), Duration::from_millis(100));
+                self.socket.set_nonblocking(false)?;
+                self.socket.set_read_timeout(Some(wait))?;
+                let _ = self.socket.peek_from(&mut buf);
+                self.socket.set_nonblocking(true)?;
             }
         }
         report.tone_share = tone_share(&decoded, expect_hz);

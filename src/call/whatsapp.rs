@@ -1,0 +1,155 @@
+//! WhatsApp calls from Meta's webhooks: a `connect` for one of the switch's business numbers
+//! starts a call, a `terminate` ends it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::leg::LegSignal;
+use super::wa_leg::WaStart;
+use super::{CallOffer, CallRefused, Calls, LegRole};
+use crate::config::BusinessNumber;
+use crate::meta::graph::{CallAction, GraphClient};
+use crate::meta::webhook::{CallConnect, CallTerminate, MetaEvent, SdpType, TerminateStatus};
+use crate::store::Direction;
+use crate::telemetry;
+
+/// Turns Meta's calling events into calls.
+pub struct WhatsAppCalls {
+    calls: Calls,
+    graph: Arc<GraphClient>,
+    /// Business numbers by Meta's phone number id.
+    numbers: HashMap<String, BusinessNumber>,
+}
+
+impl WhatsAppCalls {
+    /// Calls for `numbers`, signalled through `graph`.
+    pub fn new(calls: Calls, graph: Arc<GraphClient>, numbers: &[BusinessNumber]) -> Self {
+        Self {
+            calls,
+            graph,
+            numbers: numbers
+                .iter()
+                .map(|n| (n.phone_number_id.clone(), n.clone()))
+                .collect(),
+        }
+    }
+
+    /// Takes events off the ingress queue until it closes.
+    pub async fn run(self, mut rx: tokio::sync::mpsc::Receiver<MetaEvent>) {
+        while let Some(event) = rx.recv().await {
+            self.on_event(event).await;
+        }
+    }
+
+    /// Acts on one event.
+    pub async fn on_event(&self, event: MetaEvent) {
+        match event {
+            MetaEvent::Connect(c) => self.on_connect(c).await,
+            MetaEvent::Terminate(t) => self.on_terminate(&t),
+            MetaEvent::Status(s) => {
+                tracing::debug!(wa_call_id = %s.call_id, status = ?s.status, "WhatsApp call status")
+            }
+            MetaEvent::PermissionReply(p) => tracing::info!(
+                from = %p.from, response = ?p.response, source = ?p.source,
+                "WhatsApp call permission reply"
+            ),
+        }
+    }
+
+    async fn on_connect(&self, c: CallConnect) {
+        let skip = |reason: &'static str| {
+            metrics::counter!(telemetry::META_CALLS_SKIPPED_TOTAL, "reason" => reason).increment(1);
+        };
+        if c.sdp_type != SdpType::Offer {
+            // A business-initiated call's answer: its own flow takes it.
+            tracing::debug!(wa_call_id = %c.call_id, "connect with an answer; not a user's call");
+            return;
+        }
+        let Some(number) = self.numbers.get(&c.business.phone_number_id) else {
+            tracing::warn!(
+                wa_call_id = %c.call_id, phone_number_id = %c.business.phone_number_id,
+                "call to a business number this switch does not serve; left to Meta"
+            );
+            skip("unknown_number");
+            return;
+        };
+        if self.calls.registry().by_wa_call_id(&c.call_id).is_some() {
+            tracing::debug!(wa_call_id = %c.call_id, "connect for a live call; ignored");
+            skip("duplicate");
+            return;
+        }
+        if !number.echo_test {
+            // Delivery to the business's trunks is the user-initiated call flow's.
+            tracing::warn!(
+                wa_call_id = %c.call_id, route = ?number.route,
+                "no delivery for routed WhatsApp calls in this build; rejecting"
+            );
+            skip("no_delivery");
+            self.reject(number, &c.call_id);
+            return;
+        }
+        let customer = c
+            .contact
+            .as_ref()
+            .map(|ct| ct.wa_id.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| c.from.clone());
+        let offer = CallOffer {
+            business_number: Some(number.display_number.clone()),
+            customer_wa_id: Some(customer),
+            wa_call_id: Some(c.call_id.clone()),
+            whatsapp: Some(WaStart {
+                graph: self.graph.clone(),
+                phone_number_id: number.phone_number_id.clone(),
+                wa_call_id: c.call_id.clone(),
+                offer_sdp: c.sdp,
+                echo: number.echo_test,
+            }),
+            ..CallOffer::new(Direction::UserInitiated)
+        };
+        match self.calls.start(offer).await {
+            Ok(id) => {
+                tracing::info!(call_id = %id, wa_call_id = %c.call_id, "WhatsApp call offered")
+            }
+            Err(e) => {
+                tracing::warn!(wa_call_id = %c.call_id, error = %e, "WhatsApp call refused");
+                // A call set up and failed has rejected toward Meta itself.
+                if !matches!(e, CallRefused::Setup(_)) {
+                    self.reject(number, &c.call_id);
+                }
+            }
+        }
+    }
+
+    fn on_terminate(&self, t: &CallTerminate) {
+        let Some(id) = self.calls.registry().by_wa_call_id(&t.call_id) else {
+            tracing::debug!(wa_call_id = %t.call_id, "terminate for no live call");
+            return;
+        };
+        let cause = match &t.status {
+            TerminateStatus::Completed => "normal_clearing".to_string(),
+            TerminateStatus::Failed => match t.errors.first().and_then(|e| e.code) {
+                Some(code) => format!("meta_failed_{code}"),
+                None => "meta_failed".to_string(),
+            },
+            TerminateStatus::Unknown => "normal_clearing".to_string(),
+            TerminateStatus::Other(s) => format!("meta_{}", s.to_ascii_lowercase()),
+        };
+        self.calls
+            .signal(&id, LegRole::WhatsApp, LegSignal::HungUp { cause });
+    }
+
+    /// Rejects a call toward Meta without holding up the event queue.
+    fn reject(&self, number: &BusinessNumber, wa_call_id: &str) {
+        let graph = self.graph.clone();
+        let pnid = number.phone_number_id.clone();
+        let action = CallAction::Reject {
+            call_id: wa_call_id.to_string(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = graph.call_action(&pnid, &action).await {
+                tracing::warn!(error = %e, "reject not delivered to Meta");
+            }
+        });
+    }
+}
