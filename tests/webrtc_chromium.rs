@@ -440,3 +440,133 @@ fn chromium_answers_our_offer_and_audio_flows_both_ways() {
     // Chromium answered `active` to our `actpass`: it is the DTLS client.
     exchange_and_check(&mut chromium, leg, socket, "", "client");
 }
+
+const NAME_NODE: &str = "chromium_as_meta_calls_an_echo_number_of_a_running_switch";
+
+/// The whole path of a user's call: Chromium's offer goes to a running switch as a signed
+/// connect webhook; the switch answers in its media shards and sends the answer with
+/// pre_accept and accept to the sim's Graph API; the answer goes back to Chromium; ICE and
+/// DTLS complete and Chromium's tone comes back from the echo-test number (Chromium's
+/// `getStats` shows the packets and the level); its DTMF reaches the switch.
+#[test]
+fn chromium_as_meta_calls_an_echo_number_of_a_running_switch() {
+    if !in_loopback_namespace(NAME_NODE) {
+        return;
+    }
+    use waswitch::config::{Config, Secret};
+    use waswitch::sim::graph::SimGraph;
+    use waswitch::sim::webhooks::{terminate, Ending, WebhookSender};
+    const PNID: &str = "105615555715855";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sim");
+        let sim_addr = listener.local_addr().expect("sim address");
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            graph.router(),
+        )));
+        let toml = format!(
+            "[media]\nip = \"127.0.0.1\"\n\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"sec\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\n\
+             display_number = \"15551112222\"\ncountry = \"BR\"\necho_test = true\n"
+        );
+        let config = Config::loopback(&toml, &dir.path().join("c.db")).expect("config");
+        waswitch::node::Node::start(config).await.expect("node")
+    });
+    let webhooks = WebhookSender::new(
+        &format!("http://{}/webhooks/meta", node.http_addr()),
+        Secret::new("sec"),
+        Duration::from_secs(10),
+    )
+    .expect("sender");
+    let business = BusinessRef {
+        waba_id: "1".into(),
+        phone_number_id: PNID.into(),
+        display_number: "15551112222".into(),
+    };
+
+    let mut chromium = Chromium::start();
+    let offer = chromium.eval(&format!(
+        "{PAGE_SETUP}
+         await pc.setLocalDescription(await pc.createOffer());
+         {GATHERED}
+         return pc.localDescription.sdp;"
+    ));
+    let offer = offer.as_str().expect("an SDP offer").to_string();
+    let wa_call_id = graph.place_user_call(PNID, "4477001", &offer);
+    let connect = user_call_connect(&business, &wa_call_id, "4477001", "Test", &offer);
+    let answer = rt.block_on(async {
+        assert!(webhooks.deliver(&connect).await.delivered());
+        graph
+            .wait_call(&wa_call_id, Duration::from_secs(10), |c| c.answer.is_some())
+            .await
+            .and_then(|c| c.answer)
+            .expect("the switch pre-accepted with an answer")
+    });
+    assert!(answer.contains("a=setup:active"), "{answer}");
+    let apply = format!(
+        "await pc.setRemoteDescription({{type: 'answer', sdp: {}}});
+         const t1 = Date.now();
+         while (pc.connectionState !== 'connected' && Date.now() - t1 < 15000) {{
+           await new Promise((r) => setTimeout(r, 50));
+         }}
+         pc.getSenders()[0].dtmf.insertDTMF('15', 200, 100);",
+        json!(answer)
+    );
+    let stats = chromium.eval(&format!("{apply}\n{STATS}"));
+    eprintln!("chromium: {stats}");
+    assert_eq!(stats["state"], "connected", "{stats}");
+    assert_eq!(stats["dtlsRole"], "server", "{stats}");
+    assert!(
+        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50,
+        "Chromium received the switch's audio: {stats}"
+    );
+    assert!(
+        stats["audioLevel"].as_f64().unwrap_or(0.0) > 0.05,
+        "its echoed tone is audible: {stats}"
+    );
+
+    let call = node
+        .calls()
+        .registry()
+        .by_wa_call_id(&wa_call_id)
+        .expect("a live call");
+    let snapshot = rt.block_on(node.calls().snapshot(&call)).expect("snapshot");
+    let media = snapshot.media.expect("media");
+    let keys: Vec<(char, char)> = media.digits.iter().map(|d| (d.side, d.digit)).collect();
+    assert_eq!(keys, [('a', '1'), ('a', '5')], "{:?}", media.digits);
+    assert!(media.stats.is_some_and(|s| s[0].packets_in >= 100));
+    let actions: Vec<String> = graph
+        .recorded()
+        .iter()
+        .filter_map(|r| r.action.clone())
+        .collect();
+    assert_eq!(actions, ["pre_accept", "accept"]);
+
+    // The user hangs up.
+    let ending = Ending {
+        business_initiated: false,
+        user: "4477001".into(),
+        talked: Some((1, 3)),
+        error: None,
+        opaque: None,
+    };
+    rt.block_on(async {
+        assert!(webhooks
+            .deliver(&terminate(&business, &wa_call_id, &ending))
+            .await
+            .delivered());
+        assert!(node.calls().wait_idle(Duration::from_secs(5)).await);
+        node.drain_and_stop().await;
+    });
+}
