@@ -746,3 +746,164 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
     );
     plane.stop();
 }
+
+/// A WebRTC offer as Meta's media servers make it, with one host candidate at `candidate`.
+fn meta_like_offer(candidate: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE audio\r\na=ice-lite\r\n\
+         m=audio {port} UDP/TLS/RTP/SAVPF 111 126\r\nc=IN IP4 {ip}\r\n\
+         a=candidate:1 1 udp 2122260223 {ip} {port} typ host generation 0\r\n\
+         a=ice-ufrag:AeinEGDfvqBctbtM\r\na=ice-pwd:F6/jjqL0/8/Dzluc0IoZEQ==\r\n\
+         a=fingerprint:sha-256 A2:EC:E2:C4:E4:FE:75:63:39:0D:77:45:DF:70:64:BC:F9:96:73:DE:F4:92:E5:78:D0:5B:1F:8F:E7:46:D3:C6\r\n\
+         a=setup:actpass\r\na=mid:audio\r\na=sendrecv\r\na=rtcp-mux\r\n\
+         a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\n\
+         a=ssrc:1047224411 cname:WhatsAppAudioStream1\r\n",
+        ip = candidate.ip(),
+        port = candidate.port()
+    )
+}
+
+#[test]
+fn webrtc_legs_share_a_socket_unless_their_peers_share_an_address() {
+    let plane = plane(42_400, SourcePolicy::Strict, Duration::from_secs(30));
+    let relay: SocketAddr = "127.0.0.1:3484".parse().unwrap();
+    let other: SocketAddr = "127.0.0.1:3485".parse().unwrap();
+    let first = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
+    let second = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
+    let third = plane.webrtc_answer(&meta_like_offer(other)).unwrap();
+    let (p1, p2, p3) = (
+        first.local().unwrap(),
+        second.local().unwrap(),
+        third.local().unwrap(),
+    );
+    // Meta's media servers receive every call on one port: two calls to the same one
+    // cannot be told apart on one socket.
+    assert_ne!(p1, p2);
+    // A peer elsewhere shares the first socket.
+    assert_eq!(p1, p3);
+    assert!(first.local_sdp().contains(&format!(
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 {} typ host",
+        p1.port()
+    )));
+    // A leg given up (never bridged) frees its place.
+    drop(first);
+    let fourth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
+    assert_eq!(fourth.local().unwrap(), p1);
+    // A bridged leg holds it until the pair closes.
+    let pair = plane
+        .add_webrtc_pair(fourth, FarSide::Echo, Box::new(|_| {}), None)
+        .unwrap();
+    assert_eq!(pair.ports()[0], p1.port());
+    let fifth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
+    assert_ne!(fifth.local().unwrap(), p1);
+    drop(fifth);
+    pair.close();
+    let sixth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
+    assert_eq!(sixth.local().unwrap(), p1);
+    // Not WebRTC at all: a clear error, nothing held.
+    assert!(matches!(
+        plane.webrtc_answer("v=0\r\nm=audio 4000 RTP/AVP 0\r\n"),
+        Err(MediaError::WebRtc(_))
+    ));
+    drop((second, third, sixth));
+    plane.stop();
+}
+
+#[test]
+fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
+    use crate::media::quality::tone_power;
+    use crate::sim::user::SimUser;
+    let plane = plane(42_500, SourcePolicy::Strict, Duration::from_secs(30));
+    let (user, offer) = SimUser::offer(StdSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    let mut user = user;
+    let prepared = plane.webrtc_answer(&offer).unwrap();
+    user.apply_answer(prepared.local_sdp()).unwrap();
+    let (tx, events) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let pair = plane
+        .add_webrtc_pair(
+            prepared,
+            FarSide::Rtp(None),
+            Box::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }),
+            None,
+        )
+        .unwrap();
+    let phone = peer();
+    phone
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    pair.set_remote(
+        Side::B,
+        Remote {
+            codec: Some(crate::media::transcode::Codec::Pcmu),
+            ..remote(&phone, None)
+        },
+    )
+    .unwrap();
+    let b_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[1]));
+
+    // The WhatsApp user sends 440 Hz in Opus and expects the phone's 1 kHz back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let user_stop = stop.clone();
+    let user = std::thread::spawn(move || {
+        user.run(Duration::from_millis(2500), 440.0, 1000.0, &user_stop)
+    });
+    // The phone sends 1 kHz in PCMU every 20 ms and keeps what arrives.
+    let mut heard = Vec::new();
+    let mut pcmu_packets = 0;
+    let start = Instant::now();
+    let mut next = start;
+    let mut k: u32 = 0;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < Duration::from_secs(4) {
+        if Instant::now() >= next {
+            next += Duration::from_millis(20);
+            let payload: Vec<u8> = (0..160)
+                .map(|i| {
+                    let t = f64::from(k * 160 + i) / 8000.0;
+                    let s = 8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin();
+                    crate::media::g711::ulaw_encode(s as i16)
+                })
+                .collect();
+            let _ = phone.send_to(&rtp(k as u16, k * 160, 0x1234, 0, &payload), b_port);
+            k += 1;
+        }
+        if let Ok(n) = phone.recv(&mut buf) {
+            let view = RtpView::parse(&buf[..n]).unwrap();
+            assert_eq!(view.payload_type(), 0, "PCMU toward the phone");
+            pcmu_packets += 1;
+            heard.extend(
+                view.payload()
+                    .iter()
+                    .map(|&c| f32::from(crate::media::g711::ulaw_decode(c)) / 32768.0),
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = user.join().unwrap().unwrap();
+    assert!(report.connected, "{report:?}");
+    assert!(
+        report.audio_verified(),
+        "the phone's tone reached WhatsApp: {report:?}"
+    );
+    assert!(pcmu_packets >= 50, "{pcmu_packets} PCMU packets");
+    let tail = &heard[heard.len().min(4000)..];
+    let (p440, p1000) = (
+        tone_power(tail, 440.0, 8000.0),
+        tone_power(tail, 1000.0, 8000.0),
+    );
+    assert!(
+        p440 > 20.0 * p1000,
+        "WhatsApp's tone reached the phone: {p440} vs {p1000}"
+    );
+    let seen: Vec<MediaEvent> = events.try_iter().collect();
+    assert!(seen.contains(&MediaEvent::Connected(Side::A)), "{seen:?}");
+    let stats = pair.close().unwrap();
+    assert!(
+        stats[0].packets_in >= 50 && stats[1].packets_in >= 50,
+        "{stats:?}"
+    );
+    plane.stop();
+}
