@@ -428,3 +428,56 @@ fn sim_serves_metas_graph_api_from_the_switch_config_and_stops_on_sigterm() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[meta]"));
 }
+
+#[test]
+fn sim_calls_a_running_switch_and_the_echoed_audio_is_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, sim, sip) = (free_port(), free_port(), free_port());
+    let path = dir.path().join("echo.toml");
+    // The shipped rehearsal configuration, on ports free for this test.
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/echo-sim.toml"),
+    )
+    .expect("example");
+    let text = example
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+        .replace("127.0.0.1:8090", &format!("127.0.0.1:{sim}"))
+        .replace("127.0.0.1:5060", &format!("127.0.0.1:{sip}"))
+        .replace("waswitch-echo-sim.db", "echo.db");
+    std::fs::write(&path, text).expect("write config");
+    let config = path.to_str().expect("utf-8");
+    let mut switch = waswitch(&["run", "--config", config])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn waswitch run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "the switch did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = waswitch(&["sim", "--config", config, "--call", "--hold", "1"])
+        .current_dir(dir.path())
+        .output()
+        .expect("waswitch sim --call");
+    let _ = Command::new("kill")
+        .args(["-TERM", &switch.id().to_string()])
+        .status();
+    let _ = switch.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON summary");
+    assert_eq!(summary["connected"], true, "{summary}");
+    assert_eq!(summary["accepted"], true, "{summary}");
+    assert_eq!(summary["audio_verified"], true, "{summary}");
+    assert!(
+        summary["packets_in"].as_u64().unwrap_or(0) >= 25,
+        "{summary}"
+    );
+}

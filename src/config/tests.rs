@@ -390,6 +390,23 @@ fn business_number_mistakes_name_the_entry_and_the_fix() {
     ));
     assert_eq!(p.key, "business_number[0].route");
     assert!(p.fix.contains("support"), "{}", p.fix);
+    // A number is either routed or an echo test, never neither or both.
+    let p = one_problem(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"15551112222\"\ncountry = \"US\"\n",
+    ));
+    assert_eq!(p.key, "business_number[0].route");
+    assert!(p.fix.contains("echo_test = true"), "{}", p.fix);
+    let p = one_problem(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"15551112222\"\ncountry = \"US\"\n\
+         route = \"support\"\necho_test = true\n",
+    ));
+    assert_eq!(p.key, "business_number[0].route");
+    let echo = load(&number(
+        "phone_number_id = \"1\"\ndisplay_number = \"15551112222\"\ncountry = \"US\"\necho_test = true\n",
+    ))
+    .expect("an echo-test number needs no route");
+    assert!(echo.business_numbers[0].echo_test);
+    assert_eq!(echo.business_numbers[0].route, None);
     let p = one_problem(&format!(
         "{META_BASE}[[business_number]]\nphone_number_id = \"1\"\ndisplay_number = \"15551112222\"\n\
          country = \"US\"\nroute = \"support\"\n"
