@@ -88,6 +88,9 @@ struct SimCalls {
     /// The frequency expected back, Hz (440: the user's own tone, from an echo).
     #[arg(long, default_value_t = 440.0)]
     expect_hz: f32,
+    /// Digits each simulated user presses half a second into the call (RFC 4733).
+    #[arg(long)]
+    dtmf: Option<String>,
     /// Address the simulated users' media binds to.
     #[arg(long, default_value = "127.0.0.1")]
     media_ip: std::net::IpAddr,
@@ -320,6 +323,7 @@ fn sim_context(
         },
         media_ip: calls.media_ip,
         expect_hz: calls.expect_hz,
+        dtmf: calls.dtmf.clone(),
     })
 }
 

@@ -56,6 +56,7 @@ async fn sim_and_switch(dir: &Path) -> (SimGraph, Node, SimContext) {
         },
         media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         expect_hz: load::TONE_HZ,
+        dtmf: None,
     };
     (graph, node, context)
 }
@@ -81,7 +82,9 @@ async fn stop_and_read_cdrs(node: Node, dir: &Path) -> Vec<waswitch::store::Cdr>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, ctx) = sim_and_switch(dir.path()).await;
+    let (graph, node, mut ctx) = sim_and_switch(dir.path()).await;
+    // The user presses 1, 5 and # while talking; the echo sends them back.
+    ctx.dtmf = Some("15#".into());
 
     let result = load::user_call(&ctx, "4915112345678", Duration::from_secs(2)).await;
     assert_eq!(result.error, None, "{result:?}");
@@ -91,6 +94,7 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     );
     assert!(result.audio_verified, "{result:?}");
     assert!(result.packets_in >= 50, "{result:?}");
+    assert_eq!(result.digits_in, "15#", "{result:?}");
 
     // The Graph API saw pre_accept, then accept with the same SDP answer (Meta refuses a
     // different one), carrying our call id as the tracking string.

@@ -38,6 +38,8 @@ pub struct SimContext {
     pub media_ip: IpAddr,
     /// The frequency expected back (the user's own tone, from an echo).
     pub expect_hz: f32,
+    /// Digits each user presses half a second after the call connects.
+    pub dtmf: Option<String>,
 }
 
 impl std::fmt::Debug for SimContext {
@@ -69,6 +71,8 @@ pub struct CallResult {
     pub packets_in: u64,
     /// Audio came back with the expected tone.
     pub audio_verified: bool,
+    /// DTMF digits that came back (RFC 4733).
+    pub digits_in: String,
     /// What went wrong, by kind (`webhook`, `no_answer`, `answer_refused`, `not_connected`,
     /// `no_audio`, `socket`).
     pub error: Option<String>,
@@ -85,6 +89,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         packets_out: 0,
         packets_in: 0,
         audio_verified: false,
+        digits_in: String::new(),
         error: None,
     };
     let fail = |mut r: CallResult, kind: &str| {
@@ -95,7 +100,10 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         .map_err(super::user::UserError::from)
         .and_then(SimUser::offer);
     let (mut sim_user, offer) = match made {
-        Ok(m) => m,
+        Ok((u, offer)) => match &ctx.dtmf {
+            Some(d) => (u.with_dtmf(d, Duration::from_millis(500)), offer),
+            None => (u, offer),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "simulated user not created");
             return fail(result, "socket");
@@ -162,6 +170,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
     result.packets_out = report.packets_out;
     result.packets_in = report.packets_in;
     result.audio_verified = report.audio_verified();
+    result.digits_in = report.digits_in.clone();
     let talked = result.accepted.then(|| {
         let now = unix_now();
         (now.saturating_sub(hold.as_secs()), now)
@@ -339,6 +348,7 @@ mod tests {
             packets_out: 100,
             packets_in: 99,
             audio_verified: true,
+            digits_in: String::new(),
             error: None,
         };
         let bad = CallResult {

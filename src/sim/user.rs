@@ -50,6 +50,8 @@ pub struct UserReport {
     /// Share of the received audio's power at the expected frequency (0-1), after the
     /// first half second.
     pub tone_share: f32,
+    /// DTMF digits received (RFC 4733 on Meta's payload type 126), in order.
+    pub digits_in: String,
 }
 
 impl UserReport {
@@ -66,6 +68,61 @@ pub struct SimUser {
     pending: Option<SdpPendingOffer>,
     socket: UdpSocket,
     started: Instant,
+    dtmf: Option<DtmfPlan>,
+}
+
+/// Digits a user presses during a call: each held 200 ms, 100 ms apart.
+#[derive(Debug, Clone)]
+struct DtmfPlan {
+    events: std::collections::VecDeque<u8>,
+    after: Duration,
+    /// The event being sent: its code, its timestamp, frames sent.
+    current: Option<(u8, u32, u32)>,
+    gap: u32,
+}
+
+/// Frames (20 ms) a key is held.
+const PRESS_FRAMES: u32 = 10;
+
+impl DtmfPlan {
+    /// The telephone-event to send in this 20 ms frame (payload, timestamp, marker), or
+    /// `None` for audio. `audio_ts` is the audio's timestamp for the frame.
+    fn next_packet(
+        &mut self,
+        since_connect: Duration,
+        audio_ts: u32,
+    ) -> Option<([u8; 4], u32, bool)> {
+        if since_connect < self.after {
+            return None;
+        }
+        if self.gap > 0 {
+            self.gap -= 1;
+            return None;
+        }
+        if self.current.is_none() {
+            let event = self.events.pop_front()?;
+            self.current = Some((event, audio_ts, 0));
+        }
+        let (event, ts, frame) = self.current.as_mut()?;
+        *frame += 1;
+        let end = *frame > PRESS_FRAMES;
+        // Meta counts event durations at 8000 Hz beside Opus's 48000.
+        let duration = ((*frame).min(PRESS_FRAMES) * 160) as u16;
+        let payload = crate::media::dtmf::EventPayload {
+            event: *event,
+            end,
+            volume: 10,
+            duration,
+        }
+        .to_bytes();
+        let out = (payload, *ts, *frame == 1);
+        if *frame >= PRESS_FRAMES + 3 {
+            // Three end packets sent: a pause, then the next key.
+            self.current = None;
+            self.gap = 5;
+        }
+        Some(out)
+    }
 }
 
 impl std::fmt::Debug for SimUser {
@@ -125,9 +182,25 @@ impl SimUser {
                 pending: Some(pending),
                 socket,
                 started: now,
+                dtmf: None,
             },
             text,
         ))
+    }
+
+    /// Presses `digits` (0-9, *, #, A-D) `after` the call connects, each for 200 ms, as
+    /// RFC 4733 telephone-events on payload type 126. Other characters are skipped.
+    pub fn with_dtmf(mut self, digits: &str, after: Duration) -> SimUser {
+        self.dtmf = Some(DtmfPlan {
+            events: digits
+                .chars()
+                .filter_map(crate::media::dtmf::event_of)
+                .collect(),
+            after,
+            current: None,
+            gap: 0,
+        });
+        self
     }
 
     /// Applies the business's SDP answer.
@@ -159,6 +232,8 @@ impl SimUser {
         let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
             .map_err(|e| UserError::Answer(e.to_string()))?;
         let mut decoded: Vec<f32> = Vec::new();
+        let mut dtmf_in = crate::media::dtmf::DtmfReceiver::default();
+        let mut dtmf_plan = self.dtmf.take();
         let mut buf = [0u8; 2048];
         let connect_deadline = self.started + Duration::from_secs(20);
         let mut end: Option<Instant> = None;
@@ -176,6 +251,7 @@ impl SimUser {
                 &mut report,
                 &mut decoder,
                 &mut decoded,
+                &mut dtmf_in,
                 &mut end,
                 &mut next_frame,
                 hold,
@@ -206,6 +282,7 @@ impl SimUser {
                         &mut report,
                         &mut decoder,
                         &mut decoded,
+                        &mut dtmf_in,
                         &mut end,
                         &mut next_frame,
                         hold,
@@ -216,6 +293,24 @@ impl SimUser {
             if report.connected && now >= next_frame {
                 next_frame += Duration::from_millis(20);
                 let k = report.packets_out;
+                let since_connect = self
+                    .started
+                    .elapsed()
+                    .saturating_sub(report.setup.unwrap_or_default());
+                let event = dtmf_plan
+                    .as_mut()
+                    .and_then(|d| d.next_packet(since_connect, (k * 960) as u32));
+                if let Some((payload, ts, marker)) = event {
+                    let mut api = self.rtc.direct_api();
+                    if let Some(tx) = api.stream_tx_by_mid(self.mid, None) {
+                        tx.write_rtp(
+                            RtpWrite::new(Pt::from(DTMF_PT), (k + 1).into(), ts, now, &payload[..])
+                                .marker(marker),
+                        );
+                    }
+                    report.packets_out += 1;
+                    continue;
+                }
                 let tone: Vec<f32> = (0..960)
                     .map(|i| {
                         let t = (k * 960 + i) as f32 / 48_000.0;
@@ -271,6 +366,7 @@ impl SimUser {
         report: &mut UserReport,
         decoder: &mut opus::Decoder,
         decoded: &mut Vec<f32>,
+        dtmf_in: &mut crate::media::dtmf::DtmfReceiver,
         end: &mut Option<Instant>,
         next_frame: &mut Instant,
         hold: Duration,
@@ -298,6 +394,11 @@ impl SimUser {
                         decoded.extend_from_slice(&pcm[..n]);
                     }
                 }
+                Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == DTMF_PT => {
+                    if let Some(d) = dtmf_in.on_packet(p.header.timestamp, &p.payload) {
+                        report.digits_in.push(d.digit);
+                    }
+                }
                 Output::Event(_) => {}
             }
         }
@@ -310,7 +411,12 @@ fn tone_share(samples: &[f32], hz: f32) -> f32 {
     if tail.is_empty() {
         return 0.0;
     }
-    let tone = crate::media::quality::tone_power(tail, hz, 48_000.0) * tail.len() as f32;
+    // Block by block (100 ms, a whole number of periods of the test tones): audio with
+    // gaps (frames sent as DTMF instead) jumps in phase between blocks, not within.
+    let tone: f32 = tail
+        .chunks(4800)
+        .map(|b| crate::media::quality::tone_power(b, hz, 48_000.0) * b.len() as f32)
+        .sum();
     let total: f32 = tail.iter().map(|x| x * x).sum();
     if total <= 0.0 {
         0.0
