@@ -67,6 +67,39 @@ pub struct Recorded {
     pub status: u16,
 }
 
+/// Something the business asked of Meta that a simulated user answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimNotice {
+    /// The business calls a user (`connect` with its SDP offer).
+    BusinessCall {
+        /// Meta's call id given to the business.
+        call_id: String,
+        /// The business number's id.
+        phone_number_id: String,
+        /// The user called.
+        user: String,
+        /// The business's SDP offer.
+        offer: String,
+        /// The business's tracking string.
+        opaque: Option<String>,
+    },
+    /// The business ended a call (`reject` or `terminate`).
+    Ended {
+        /// Meta's call id.
+        call_id: String,
+    },
+    /// The business asked a user for call permission.
+    PermissionRequest {
+        /// The business number's id.
+        phone_number_id: String,
+        /// The user asked.
+        user: String,
+        /// The request message's id (a reply quotes it).
+        message_id: String,
+    },
+}
+
 /// A failure the sim injects into the next requests, to rehearse outages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
@@ -95,6 +128,8 @@ pub struct SimGraph {
     inner: Arc<Mutex<Inner>>,
     /// Woken after every request.
     changed: Arc<tokio::sync::Notify>,
+    /// Where business requests that users answer go, once someone listens.
+    notices: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<SimNotice>>>>,
 }
 
 impl std::fmt::Debug for SimGraph {
@@ -113,6 +148,7 @@ impl SimGraph {
             numbers: Arc::new(phone_number_ids),
             inner: Arc::new(Mutex::new(Inner::default())),
             changed: Arc::new(tokio::sync::Notify::new()),
+            notices: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -212,6 +248,25 @@ impl SimGraph {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.call(id).filter(|c| done(c));
             }
+        }
+    }
+
+    /// From now on, the business's calls, hangups and permission requests are told here
+    /// (to the simulated users); a second listener replaces the first.
+    pub fn notices(&self) -> tokio::sync::mpsc::UnboundedReceiver<SimNotice> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.notices.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    fn notify(&self, notice: SimNotice) {
+        if let Some(tx) = self
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(notice);
         }
     }
 
@@ -450,11 +505,18 @@ fn call_action(sim: &SimGraph, number: &str, body: Option<&Value>) -> Response {
                 user: to.to_string(),
                 business_initiated: true,
                 state: SimCallState::Active,
-                offer,
+                offer: offer.clone(),
                 answer: None,
-                biz_opaque_callback_data: opaque,
+                biz_opaque_callback_data: opaque.clone(),
             },
         );
+        sim.notify(SimNotice::BusinessCall {
+            call_id: id.clone(),
+            phone_number_id: number.to_string(),
+            user: to.to_string(),
+            offer,
+            opaque,
+        });
         return Json(json!({"messaging_product": "whatsapp", "calls": [{"id": id}]}))
             .into_response();
     }
@@ -516,6 +578,9 @@ fn call_action(sim: &SimGraph, number: &str, body: Option<&Value>) -> Response {
         "reject" => match call.state {
             SimCallState::Offered | SimCallState::PreAccepted(_) if !call.business_initiated => {
                 call.state = SimCallState::Ended;
+                sim.notify(SimNotice::Ended {
+                    call_id: call_id.to_string(),
+                });
                 ok()
             }
             SimCallState::Ended => ended(),
@@ -528,6 +593,9 @@ fn call_action(sim: &SimGraph, number: &str, body: Option<&Value>) -> Response {
             SimCallState::Ended => ended(),
             _ => {
                 call.state = SimCallState::Ended;
+                sim.notify(SimNotice::Ended {
+                    call_id: call_id.to_string(),
+                });
                 ok()
             }
         },
@@ -612,6 +680,12 @@ async fn messages(
                     let mut inner = sim.lock();
                     inner.next += 1;
                     let id = format!("wamid.SIM{:016}", inner.next);
+                    drop(inner);
+                    sim.notify(SimNotice::PermissionRequest {
+                        phone_number_id: number.clone(),
+                        user: to.trim_start_matches('+').to_string(),
+                        message_id: id.clone(),
+                    });
                     Json(json!({
                         "messaging_product": "whatsapp",
                         "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],

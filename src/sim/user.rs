@@ -136,6 +136,71 @@ impl SimUser {
     pub fn offer(socket: UdpSocket) -> Result<(SimUser, String), UserError> {
         let now = Instant::now();
         let local = socket.local_addr()?;
+        let mut rtc = Self::config().build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| UserError::Answer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| UserError::Answer("no offer to make".into()))?;
+        // Meta offers telephone-event/8000 on 126 beside Opus.
+        let text = with_telephone_event(&offer.to_sdp_string());
+        socket.set_nonblocking(true)?;
+        Ok((
+            SimUser {
+                rtc,
+                mid,
+                pending: Some(pending),
+                socket,
+                started: now,
+                dtmf: None,
+            },
+            text,
+        ))
+    }
+
+    /// A user on `socket` answering the business's `offer` (a business-initiated call), and
+    /// Meta's SDP answer for the connect webhook. As Meta's servers: ICE-lite, Opus and
+    /// telephone-event/8000 on 126 when the offer has it.
+    pub fn answer(socket: UdpSocket, offer: &str) -> Result<(SimUser, String), UserError> {
+        let now = Instant::now();
+        let local = socket.local_addr()?;
+        let mid = crate::media::webrtc::PeerDescription::parse(offer)
+            .map_err(|e| UserError::Answer(e.to_string()))?
+            .mid;
+        let mut rtc = Self::config().build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| UserError::Answer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
+            .map_err(|e| UserError::Answer(e.to_string()))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| UserError::Answer(e.to_string()))?;
+        let mut text = answer.to_sdp_string();
+        if !text.contains("telephone-event") {
+            text = with_telephone_event(&text);
+        }
+        socket.set_nonblocking(true)?;
+        Ok((
+            SimUser {
+                rtc,
+                mid: Mid::from(mid.as_str()),
+                pending: None,
+                socket,
+                started: now,
+                dtmf: None,
+            },
+            text,
+        ))
+    }
+
+    /// Meta's media servers as str0m plays them: ICE-lite, RTP mode, Opus, and
+    /// telephone-event let through.
+    fn config() -> RtcConfig {
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -150,42 +215,7 @@ impl SimUser {
             Some(1),
             FormatParams::default(),
         );
-        let mut rtc = config.build(now);
-        let candidate =
-            Candidate::host(local, "udp").map_err(|e| UserError::Answer(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-        let (offer, pending) = change
-            .apply()
-            .ok_or_else(|| UserError::Answer("no offer to make".into()))?;
-        // Meta offers telephone-event/8000 on 126 beside Opus.
-        let text = offer
-            .to_sdp_string()
-            .replacen(
-                &format!("UDP/TLS/RTP/SAVPF {OPUS_PT}"),
-                &format!("UDP/TLS/RTP/SAVPF {OPUS_PT} {DTMF_PT}"),
-                1,
-            )
-            .replacen(
-                &format!("a=rtpmap:{OPUS_PT} opus/48000/2\r\n"),
-                &format!(
-                    "a=rtpmap:{OPUS_PT} opus/48000/2\r\na=rtpmap:{DTMF_PT} telephone-event/8000\r\n"
-                ),
-                1,
-            );
-        socket.set_nonblocking(true)?;
-        Ok((
-            SimUser {
-                rtc,
-                mid,
-                pending: Some(pending),
-                socket,
-                started: now,
-                dtmf: None,
-            },
-            text,
-        ))
+        config
     }
 
     /// Presses `digits` (0-9, *, #, A-D) `after` the call connects, each for 200 ms, as
@@ -403,6 +433,20 @@ impl SimUser {
             }
         }
     }
+}
+
+/// `sdp` with telephone-event/8000 on 126 added beside Opus (str0m's SDP leaves it out).
+fn with_telephone_event(sdp: &str) -> String {
+    sdp.replacen(
+        &format!("UDP/TLS/RTP/SAVPF {OPUS_PT}"),
+        &format!("UDP/TLS/RTP/SAVPF {OPUS_PT} {DTMF_PT}"),
+        1,
+    )
+    .replacen(
+        &format!("a=rtpmap:{OPUS_PT} opus/48000/2\r\n"),
+        &format!("a=rtpmap:{OPUS_PT} opus/48000/2\r\na=rtpmap:{DTMF_PT} telephone-event/8000\r\n"),
+        1,
+    )
 }
 
 /// The share of the signal's power at `hz` (48 kHz samples, after the first half second).

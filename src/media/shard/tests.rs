@@ -907,3 +907,51 @@ fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
     );
     plane.stop();
 }
+
+#[test]
+fn a_webrtc_offer_of_ours_is_answered_and_its_audio_echoed() {
+    use crate::sim::user::SimUser;
+    let plane = plane(42_600, SourcePolicy::Strict, Duration::from_secs(30));
+    let prepared = plane.webrtc_offer().unwrap();
+    let offer = prepared.local_sdp().to_string();
+    assert!(offer.contains("a=setup:actpass"), "{offer}");
+    let (tx, events) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let pair = plane
+        .add_webrtc_pair(
+            prepared,
+            FarSide::Echo,
+            Box::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }),
+            None,
+        )
+        .unwrap();
+    // A business-initiated call: Meta's user answers our offer.
+    let (user, answer) = SimUser::answer(StdSocket::bind("127.0.0.1:0").unwrap(), &offer).unwrap();
+    assert!(answer.contains("telephone-event/8000"), "{answer}");
+    assert!(
+        pair.webrtc_answer("v=0\r\nm=audio 9 RTP/AVP 0\r\n")
+            .is_err(),
+        "an answer without WebRTC is refused"
+    );
+    pair.webrtc_answer(&answer).unwrap();
+    let report = user
+        .with_dtmf("7", Duration::from_millis(300))
+        .run(
+            Duration::from_millis(1500),
+            600.0,
+            600.0,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    assert!(report.audio_verified(), "{report:?}");
+    assert_eq!(report.digits_in, "7");
+    let seen: Vec<MediaEvent> = events.try_iter().collect();
+    assert!(seen.contains(&MediaEvent::Connected(Side::A)), "{seen:?}");
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, MediaEvent::Dtmf(Side::A, d) if d.digit == '7')));
+    pair.close();
+    plane.stop();
+}
