@@ -3,9 +3,11 @@
 //!
 //! It serves the Graph API with Meta's validation and errors ([`graph`]), sends signed
 //! webhooks in Meta's shapes ([`webhooks`]), and plays WhatsApp users with real WebRTC
-//! media ([`user`]). [`load`] places scripted and load-test calls against a switch.
+//! media ([`user`]). [`load`] places scripted and load-test calls against a switch;
+//! [`users`] answers the business's calls and permission requests as users would.
 
 pub mod graph;
 pub mod load;
 pub mod user;
+pub mod users;
 pub mod webhooks;
