@@ -88,6 +88,13 @@ struct SimCalls {
     /// The frequency expected back, Hz (440: the user's own tone, from an echo).
     #[arg(long, default_value_t = 440.0)]
     expect_hz: f32,
+    /// Deliver every webhook twice, as Meta sometimes does.
+    #[arg(long)]
+    duplicate_webhooks: bool,
+    /// Hold each webhook back by up to this many milliseconds, so they may arrive out of
+    /// order, as Meta's do.
+    #[arg(long, default_value_t = 0)]
+    webhook_jitter_ms: u64,
     /// Digits each simulated user presses half a second into the call (RFC 4733).
     #[arg(long)]
     dtmf: Option<String>,
@@ -307,12 +314,14 @@ fn sim_context(
         .webhook_url
         .clone()
         .unwrap_or_else(|| format!("http://{}/webhooks/meta", config.http.listen));
-    let webhooks = waswitch::sim::webhooks::WebhookSender::new(
+    let mut webhooks = waswitch::sim::webhooks::WebhookSender::new(
         &url,
         meta.app_secret.clone(),
         std::time::Duration::from_secs(20),
     )
     .map_err(|e| format!("--webhook-url {url}: {e}"))?;
+    webhooks.duplicates = calls.duplicate_webhooks;
+    webhooks.jitter = std::time::Duration::from_millis(calls.webhook_jitter_ms);
     Ok(waswitch::sim::load::SimContext {
         graph,
         webhooks,

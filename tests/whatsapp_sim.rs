@@ -141,7 +141,10 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_user_calls_connect_with_audio_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, ctx) = sim_and_switch(dir.path()).await;
+    let (graph, node, mut ctx) = sim_and_switch(dir.path()).await;
+    // Meta's delivery habits: every webhook twice, and bursts out of order.
+    ctx.webhooks.duplicates = true;
+    ctx.webhooks.jitter = Duration::from_millis(30);
     let plan = LoadPlan {
         rate: 40.0,
         concurrency: 60,
@@ -164,7 +167,51 @@ async fn two_hundred_user_calls_connect_with_audio_verified() {
         .filter(|r| r.action.as_deref() == Some("accept") && r.status == 200)
         .count();
     assert_eq!(accepts, 200);
+    // Each call was pre-accepted and accepted once, redeliveries notwithstanding.
+    let pre_accepts = graph
+        .recorded()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("pre_accept"))
+        .count();
+    assert_eq!(pre_accepts, 200);
     let cdrs = stop_and_read_cdrs(node, dir.path()).await;
     assert_eq!(cdrs.len(), 200);
     assert!(cdrs.iter().all(|c| c.outcome == CallOutcome::Answered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
+    use waswitch::sim::webhooks::{self, Ending};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, node, ctx) = sim_and_switch(dir.path()).await;
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    // The user gave up at once; Meta's webhooks arrive terminate first.
+    let id = graph.place_user_call(PNID, "4915100000009", &offer);
+    graph.end_call(&id);
+    let ending = Ending {
+        business_initiated: false,
+        user: "4915100000009".into(),
+        talked: None,
+        error: None,
+        opaque: None,
+    };
+    let terminate = webhooks::terminate(&ctx.business, &id, &ending);
+    assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+    let connect = webhooks::user_call_connect(&ctx.business, &id, "4915100000009", "Late", &offer);
+    assert!(ctx.webhooks.deliver(&connect).await.delivered());
+    // Meta refuses the pre_accept of an ended call: the switch ends its side too.
+    let cdrs = stop_and_read_cdrs(node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].end_cause, "meta_pre_accept_failed");
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Switch);
+    let actions: Vec<_> = graph
+        .recorded()
+        .into_iter()
+        .filter_map(|r| r.action.map(|a| (a, r.status)))
+        .collect();
+    assert_eq!(actions[0], ("pre_accept".to_string(), 400), "{actions:?}");
 }

@@ -323,7 +323,8 @@ impl Call {
             ));
             self.whatsapp = Some(leg);
             if echo {
-                // An echo-test number answers at once; its business side is the echo.
+                // An echo-test number's business side is the echo: it answers once the
+                // WhatsApp leg has pre-accepted (see `WaLeg`).
                 let args = LegArgs {
                     role: LegRole::Business,
                     leg_id: None,
@@ -336,7 +337,6 @@ impl Call {
                     ChildRole::Leg(LegRole::Business),
                     leg.get_cell(),
                 ));
-                leg.send_message(LegMsg::Remote(LegSignal::Answered))?;
                 self.business = Some(leg);
             }
             return Ok(());

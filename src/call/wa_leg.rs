@@ -176,6 +176,13 @@ impl WaLeg {
             return self.fail("meta_pre_accept_failed");
         }
         tracing::debug!("pre_accept sent");
+        if self.start.echo {
+            // The echo is the business side, and it answers at once.
+            let _ = self.call.send_message(CallMsg::Signal {
+                role: LegRole::Business,
+                signal: LegSignal::Answered,
+            });
+        }
     }
 
     /// Accepts the call toward Meta (the business answered).

@@ -262,6 +262,12 @@ pub struct WebhookSender {
     pub attempts: u32,
     /// Pause between attempts.
     pub retry_after: Duration,
+    /// Deliver each webhook a second time after it was answered 200, as Meta sometimes
+    /// does.
+    pub duplicates: bool,
+    /// Hold each delivery back by a random time up to this, so webhooks sent close together
+    /// may arrive out of order, as Meta's do.
+    pub jitter: Duration,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -287,12 +293,20 @@ impl WebhookSender {
             secret,
             attempts: 3,
             retry_after: Duration::from_millis(500),
+            duplicates: false,
+            jitter: Duration::ZERO,
         })
     }
 
     /// Delivers `payload`, signed, retrying until the switch answers 200 or the attempts are
     /// used up.
     pub async fn deliver(&self, payload: &Value) -> Delivery {
+        if !self.jitter.is_zero() {
+            // Random enough to reorder a burst; no need for a generator.
+            let r = u128::from(uuid::Uuid::new_v4().as_u64_pair().0);
+            let wait = r % self.jitter.as_micros().max(1);
+            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+        }
         let body = ascii_json(payload);
         let signature = signature::sign(self.secret.expose().as_bytes(), &body);
         let mut attempts = Vec::new();
@@ -314,6 +328,17 @@ impl WebhookSender {
             if status == Some(200) {
                 break;
             }
+        }
+        if self.duplicates && attempts.last() == Some(&Some(200)) {
+            // The redelivery's answer does not change what the delivery came to.
+            let _ = self
+                .http
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", &signature)
+                .body(body.clone())
+                .send()
+                .await;
         }
         Delivery { attempts }
     }
