@@ -277,6 +277,7 @@ impl Node {
                     calls.clone(),
                     Arc::new(graph),
                     &config.business_numbers,
+                    Some(ingress.clone()),
                 );
                 Some((meta, whatsapp))
             }

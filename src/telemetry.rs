@@ -82,7 +82,7 @@ pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total"
 pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
 
 /// Counter: WhatsApp calls Meta offered that the switch did not take, by `reason`
-/// (`unknown_number`, `duplicate`, `no_delivery`).
+/// (`unknown_number`, `duplicate`, `no_trunk`).
 pub const META_CALLS_SKIPPED_TOTAL: &str = "waswitch_meta_calls_skipped_total";
 
 /// Counter: Graph API requests, by `action` and `outcome` (`ok`, `error`, `timeout`,

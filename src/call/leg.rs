@@ -78,6 +78,9 @@ pub struct LegArgs {
 pub enum LegMsg {
     /// An event from the far end.
     Remote(LegSignal),
+    /// The other side is alerting: a WhatsApp leg pre-accepts, so its media comes up while
+    /// the business side rings.
+    Alert,
     /// The other side answered: answer this leg (WhatsApp `accept`, SIP 200 OK).
     Answer,
     /// End this leg from our side (BYE, CANCEL, `terminate`) with a cause; replies when done.
@@ -147,6 +150,7 @@ impl Actor for LegActor {
                         })?;
                     }
                 }
+                LegMsg::Alert => {}
                 LegMsg::Answer => {
                     if matches!(leg.state, LegState::Offered | LegState::Ringing) {
                         leg.state = LegState::Answered;

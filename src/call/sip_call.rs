@@ -41,6 +41,93 @@ use crate::sip::transport::{Kind, SipHandle, SipUser};
 use crate::sip::trunk::TrunkHealth;
 use crate::store::{Direction, HangupParty};
 
+/// The WhatsApp user of a call delivered to SIP, as the trunk learns it.
+#[derive(Debug, Clone)]
+pub struct WhatsAppCaller {
+    /// Meta's call id.
+    pub wa_call_id: String,
+    /// The customer's WhatsApp number (digits).
+    pub wa_id: String,
+    /// Their WhatsApp profile name.
+    pub name: Option<String>,
+    /// The business number called (digits).
+    pub business_number: String,
+}
+
+impl WhatsAppCaller {
+    fn uri(&self) -> String {
+        format!("sip:+{}@whatsapp.invalid", self.wa_id)
+    }
+
+    /// `"Name" <sip:+wa_id@whatsapp.invalid>`.
+    fn asserted_identity(&self) -> String {
+        match &self.name {
+            Some(n) => format!("\"{}\" <{}>", display_safe(n), self.uri()),
+            None => format!("<{}>", self.uri()),
+        }
+    }
+
+    /// The INVITE leg A would have sent: the customer calls the business number, offering
+    /// `codecs` (the first trunk's, in its order) and telephone-events.
+    fn invite(&self, seed: u64, codecs: &[String]) -> SipMessage {
+        let mut pts = Vec::new();
+        let mut maps = String::new();
+        for c in codecs {
+            match c.to_ascii_lowercase().as_str() {
+                "opus" => {
+                    pts.push("111");
+                    maps.push_str("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n");
+                }
+                "pcmu" => {
+                    pts.push("0");
+                    maps.push_str("a=rtpmap:0 PCMU/8000\r\n");
+                }
+                "pcma" => {
+                    pts.push("8");
+                    maps.push_str("a=rtpmap:8 PCMA/8000\r\n");
+                }
+                _ => {}
+            }
+        }
+        pts.push("101");
+        maps.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n");
+        let sdp = format!(
+            "v=0\r\no=waswitch {seed} 1 IN IP4 0.0.0.0\r\ns=WhatsApp call\r\nc=IN IP4 0.0.0.0\r\n\
+             t=0 0\r\nm=audio 9 RTP/AVP {}\r\n{maps}a=ptime:20\r\na=sendrecv\r\n",
+            pts.join(" ")
+        );
+        let to = format!("<sip:{}@whatsapp.invalid>", self.business_number);
+        let from = match &self.name {
+            Some(n) => format!("\"{}\" <{}>;tag={seed:x}w", display_safe(n), self.uri()),
+            None => format!("<{}>;tag={seed:x}w", self.uri()),
+        };
+        MessageBuilder::request(
+            Method::Invite,
+            &format!("sip:{}@whatsapp.invalid", self.business_number),
+        )
+        .header(
+            HeaderName::Via,
+            format!("SIP/2.0/TLS whatsapp.invalid;branch=z9hG4bK{seed:x}w"),
+        )
+        .header(HeaderName::MaxForwards, "70")
+        .header(HeaderName::From, from)
+        .header(HeaderName::To, to)
+        .header(HeaderName::CallId, format!("wa-{seed:x}@waswitch"))
+        .header(HeaderName::CSeq, "1 INVITE")
+        .header(HeaderName::Contact, format!("<{}>", self.uri()))
+        .body("application/sdp", sdp)
+        .build()
+    }
+}
+
+/// A profile name as a quoted display name: no quotes, backslashes or line breaks.
+fn display_safe(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, '"' | '\\' | '\r' | '\n'))
+        .take(64)
+        .collect()
+}
+
 /// Events kept for a call whose actor is still starting; more are dropped (the peer
 /// retransmits).
 const MAX_PENDING_EVENTS: usize = 32;
@@ -125,7 +212,8 @@ pub struct SipIngress {
 /// What a SIP call's actor starts with (carried in its [`CallOffer`]).
 pub struct BridgeSetup {
     bridge: Bridge,
-    a: SipHandle,
+    /// Leg A's listener; `None`: leg A is a WhatsApp call.
+    a: Option<SipHandle>,
     b: Vec<Option<SipHandle>>,
     /// Configured trunk index of each target.
     trunk_index: Vec<usize>,
@@ -134,12 +222,20 @@ pub struct BridgeSetup {
     load: TrunkLoad,
 }
 
+impl BridgeSetup {
+    /// The trunk the call is offered first.
+    pub fn first_trunk(&self) -> Option<String> {
+        self.bridge.targets().first().map(|t| t.trunk.clone())
+    }
+}
+
 /// The [`BridgeSetup`] of a SIP call, taken once by its supervisor.
 #[derive(Clone, Default)]
 pub struct SipStart(Arc<Mutex<Option<BridgeSetup>>>);
 
 impl SipStart {
-    fn new(setup: BridgeSetup) -> Self {
+    /// Wraps a setup for its call's supervisor.
+    pub fn new(setup: BridgeSetup) -> Self {
         Self(Arc::new(Mutex::new(Some(setup))))
     }
 
@@ -224,6 +320,139 @@ impl SipIngress {
         }
     }
 
+    /// The bridge targets of configured trunks `indexes` reachable through a listener, with
+    /// the handles reaching them and their configured indexes; `headers` gives each
+    /// trunk's extra INVITE headers.
+    fn targets(
+        &self,
+        handles: &SipHandles,
+        indexes: &[usize],
+        headers: impl Fn(&crate::config::SipTrunk) -> Vec<(HeaderName, String)>,
+    ) -> (Vec<Target>, Vec<Option<SipHandle>>, Vec<usize>) {
+        let trunks = self.inner.router.trunks();
+        let mut targets = Vec::with_capacity(indexes.len());
+        let mut b_handles = Vec::with_capacity(indexes.len());
+        let mut kept = Vec::with_capacity(indexes.len());
+        for &t in indexes {
+            let trunk = &trunks[t];
+            let Some(handle) = handles.for_transport(trunk.transport) else {
+                continue;
+            };
+            let ip = match &trunk.uri.host {
+                crate::sip::uri::Host::V4(a) => std::net::IpAddr::V4(*a),
+                crate::sip::uri::Host::V6(a) => std::net::IpAddr::V6(*a),
+                _ => continue,
+            };
+            let addr = SocketAddr::new(ip, trunk.uri.port.unwrap_or(5060));
+            let hostport = match trunk.uri.port {
+                Some(p) => format!("{}:{p}", trunk.uri.host),
+                None => trunk.uri.host.to_string(),
+            };
+            let hostport = match trunk.transport {
+                ConfigTransport::Udp => hostport,
+                t => format!("{hostport};transport={}", t.as_str()),
+            };
+            targets.push(Target {
+                trunk: trunk.name.clone(),
+                addr,
+                hostport,
+                contact: self.contact(handle),
+                credentials: trunk.credentials.as_ref().map(|(u, p)| Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                invite_timeout: trunk.invite_timeout,
+                headers: headers(trunk),
+            });
+            b_handles.push(Some(handle.clone()));
+            kept.push(t);
+        }
+        (targets, b_handles, kept)
+    }
+
+    /// A WhatsApp user's call delivered through the B2BUA to the trunks of route `route`:
+    /// the WhatsApp side stands in for leg A (a caller whose INVITE carries the customer's
+    /// identity, the business number as the dialled user, and `sdp`, the codecs the switch
+    /// offers the trunk); leg B is an ordinary SIP call to the trunks in order.
+    pub fn whatsapp_bridge(
+        &self,
+        route: &str,
+        caller: &WhatsAppCaller,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let handles = inner
+            .handles
+            .get()
+            .ok_or((503, "SIP listeners not ready"))?;
+        let trunks = inner.router.trunks();
+        let indexes = inner
+            .router
+            .named(route, |t| {
+                let trunk = &trunks[t];
+                inner.health.usable(&trunk.name)
+                    && trunk
+                        .max_calls
+                        .is_none_or(|max| inner.load.get(t) < max as usize)
+                    && handles.for_transport(trunk.transport).is_some()
+            })
+            .map_err(|e| match e {
+                NoRoute::AllTrunksUnavailable => (503, "no trunk available"),
+                _ => (404, "no such route"),
+            })?;
+        let identity = |trunk: &crate::config::SipTrunk| {
+            if !trunk.whatsapp_identity {
+                return Vec::new();
+            }
+            vec![
+                (HeaderName::PAssertedIdentity, caller.asserted_identity()),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Call-Id")),
+                    caller.wa_call_id.clone(),
+                ),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Business-Number")),
+                    caller.business_number.clone(),
+                ),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Channel")),
+                    "whatsapp-voice".to_string(),
+                ),
+            ]
+        };
+        let (targets, b_handles, indexes) = self.targets(handles, &indexes, identity);
+        if targets.is_empty() {
+            return Err((503, "no trunk reachable"));
+        }
+        let seed = random_u64();
+        let invite = caller.invite(seed, &trunks[indexes[0]].codecs);
+        let a_call_id = invite
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let bridge = Bridge::start(
+            inner.bridge.clone(),
+            seed,
+            ServerId::detached(0),
+            invite,
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            true,
+            "sip:whatsapp@whatsapp.invalid".into(),
+            targets,
+        )
+        .map_err(|_| (500, "the WhatsApp side could not start a bridge"))?;
+        let mut bridge = bridge;
+        bridge.set_whatsapp_a();
+        Ok(BridgeSetup {
+            bridge,
+            a: None,
+            b: b_handles,
+            trunk_index: indexes,
+            a_call_id,
+            table: Arc::clone(&inner.table),
+            load: inner.load.clone(),
+        })
+    }
+
     /// A new INVITE: decide, and either answer it now or start its call.
     fn new_call(
         &self,
@@ -304,40 +533,7 @@ impl SipIngress {
                 );
             }
         };
-        let mut targets = Vec::with_capacity(indexes.len());
-        let mut b_handles = Vec::with_capacity(indexes.len());
-        for &t in &indexes {
-            let trunk = &trunks[t];
-            let Some(handle) = handles.for_transport(trunk.transport) else {
-                continue;
-            };
-            let ip = match &trunk.uri.host {
-                crate::sip::uri::Host::V4(a) => std::net::IpAddr::V4(*a),
-                crate::sip::uri::Host::V6(a) => std::net::IpAddr::V6(*a),
-                _ => continue,
-            };
-            let addr = SocketAddr::new(ip, trunk.uri.port.unwrap_or(5060));
-            let hostport = match trunk.uri.port {
-                Some(p) => format!("{}:{p}", trunk.uri.host),
-                None => trunk.uri.host.to_string(),
-            };
-            let hostport = match trunk.transport {
-                ConfigTransport::Udp => hostport,
-                t => format!("{hostport};transport={}", t.as_str()),
-            };
-            targets.push(Target {
-                trunk: trunk.name.clone(),
-                addr,
-                hostport,
-                contact: self.contact(handle),
-                credentials: trunk.credentials.as_ref().map(|(u, p)| Credentials {
-                    username: u.clone(),
-                    password: p.clone(),
-                }),
-                invite_timeout: trunk.invite_timeout,
-            });
-            b_handles.push(Some(handle.clone()));
-        }
+        let (targets, b_handles, indexes) = self.targets(handles, &indexes, |_| Vec::new());
         let a_call_id = invite
             .header(&HeaderName::CallId)
             .map(|h| h.value.clone())
@@ -369,7 +565,7 @@ impl SipIngress {
             .insert(a_call_id.clone(), Route::Pending(Vec::new()));
         let setup = BridgeSetup {
             bridge,
-            a: origin.clone(),
+            a: Some(origin.clone()),
             b: b_handles,
             trunk_index: indexes,
             a_call_id: a_call_id.clone(),
@@ -496,7 +692,10 @@ pub enum BridgeMsg {
 /// State of a running bridge actor.
 pub struct BridgeState {
     bridge: Bridge,
-    a: SipHandle,
+    /// Leg A's listener; `None`: leg A is a WhatsApp call, answered here.
+    a: Option<SipHandle>,
+    /// Requests answered on the WhatsApp side.
+    detached: u64,
     b: Vec<Option<SipHandle>>,
     trunk_index: Vec<usize>,
     table: Arc<DashMap<Bytes, Route>>,
@@ -536,6 +735,7 @@ impl Actor for BridgeActor {
         let mut state = BridgeState {
             bridge: setup.bridge,
             a: setup.a,
+            detached: 0,
             b: setup.b,
             trunk_index: setup.trunk_index,
             table: setup.table,
@@ -617,9 +817,12 @@ impl BridgeState {
     async fn run(&mut self, myself: &ActorRef<BridgeMsg>) {
         while let Some(action) = self.bridge.poll_action() {
             match action {
-                Action::A(command) => {
-                    self.a.send(command).await;
-                }
+                Action::A(command) => match &self.a {
+                    Some(handle) => {
+                        handle.send(command).await;
+                    }
+                    None => self.whatsapp_side(command),
+                },
                 Action::B(index, command) => {
                     if let Some(Some(handle)) = self.b.get(index) {
                         handle.send(command).await;
@@ -635,6 +838,22 @@ impl BridgeState {
                     self.routed.retain(|c| *c != call_id);
                 }
                 Action::Progress(progress) => self.progress(progress),
+                Action::Media(Leg::B, remote) if self.a.is_none() => {
+                    // The WhatsApp side speaks Opus: the trunk's codec decides the path.
+                    if let Some(media) = &self.media {
+                        let path = match remote.codec {
+                            Some(crate::media::transcode::Codec::Opus) => {
+                                "opus pass-through".to_string()
+                            }
+                            Some(c) => format!("opus <-> {} (transcoded)", c.name()),
+                            None => "opus <-> ? (no common codec)".to_string(),
+                        };
+                        let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
+                        let _ = media.send_message(MediaMsg::Plan(path));
+                    }
+                }
+                // The WhatsApp side's media is its WebRTC leg's.
+                Action::Media(Leg::A, _) | Action::MediaPlan(_) if self.a.is_none() => {}
                 Action::Media(leg, remote) => {
                     if let Some(media) = &self.media {
                         let side = match leg {
@@ -659,6 +878,62 @@ impl BridgeState {
                 myself.send_after(wait, || BridgeMsg::Timer);
             }
         }
+    }
+
+    /// What the bridge sends leg A when leg A is a WhatsApp call: its INVITE's responses
+    /// are reported as progress (the call's supervisor pre-accepts, accepts or rejects);
+    /// requests from the trunk (BYE, and re-INVITE, UPDATE or INFO, which never reach
+    /// Meta) are answered 200 here, an offer with the WhatsApp side's SDP.
+    fn whatsapp_side(&mut self, command: SipCommand) {
+        let request = match command {
+            SipCommand::Request { request, .. } => request,
+            SipCommand::Respond { response, .. } => {
+                // The WhatsApp side acknowledges the answer at once (its accept goes to
+                // Meta through the call's supervisor), so the bridge acknowledges the trunk.
+                let answered = response.status().is_some_and(|c| (200..300).contains(&c))
+                    && response
+                        .header(&HeaderName::CSeq)
+                        .is_some_and(|h| h.value.ends_with(b"INVITE"));
+                if answered {
+                    let call_id = response
+                        .header(&HeaderName::CallId)
+                        .map(|h| h.value.clone())
+                        .unwrap_or_default();
+                    let seq = response
+                        .header(&HeaderName::CSeq)
+                        .and_then(|h| {
+                            std::str::from_utf8(&h.value)
+                                .ok()?
+                                .split(' ')
+                                .next()
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_else(|| "1".into());
+                    let ack = MessageBuilder::request(Method::Ack, "sip:waswitch@whatsapp.invalid")
+                        .header(HeaderName::CallId, call_id)
+                        .header(HeaderName::CSeq, format!("{seq} ACK"))
+                        .build();
+                    let event = CoreEvent::Ack {
+                        request: ack,
+                        from: SocketAddr::from(([127, 0, 0, 1], 9)),
+                    };
+                    self.bridge.handle_event(Instant::now(), event);
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.detached += 1;
+        let method = request.method().cloned();
+        let mut response = MessageBuilder::response_to(&request, 200, "OK", None);
+        if matches!(method, Some(Method::Invite | Method::Update)) && !request.body.is_empty() {
+            response = response.body("application/sdp", self.bridge.a_offer().clone());
+        }
+        let event = CoreEvent::Response(
+            crate::sip::core::RequestId::detached(self.detached),
+            response.build(),
+        );
+        self.bridge.handle_event(Instant::now(), event);
     }
 
     fn progress(&mut self, progress: Progress) {
@@ -692,7 +967,17 @@ impl BridgeState {
             Progress::Ringing => report(&self.call, LegState::Ringing),
             Progress::Answered => report(&self.call, LegState::Answered),
             Progress::Ended { by, cause } => {
+                let whatsapp = self.a.is_none();
+                // The PBX refusing a WhatsApp call (busy, declined, no answer) is the
+                // business's doing, as much as hanging up is.
+                let refused = matches!(
+                    cause.as_str(),
+                    "busy" | "declined" | "no_answer" | "unallocated_number" | "rejected"
+                );
                 let by = match by {
+                    Some(Leg::A) if whatsapp => HangupParty::Customer,
+                    Some(Leg::B) if whatsapp => HangupParty::Business,
+                    None if whatsapp && refused => HangupParty::Business,
                     Some(Leg::A) => HangupParty::Caller,
                     Some(Leg::B) => HangupParty::Callee,
                     None => HangupParty::Switch,

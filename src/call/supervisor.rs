@@ -293,19 +293,6 @@ impl Call {
         self.children
             .push((media.get_id(), ChildRole::Media, media.get_cell()));
         self.media = Some(media);
-        if let Some(setup) = self.offer.sip.as_ref().and_then(|s| s.take()) {
-            let args = BridgeArgs {
-                setup,
-                call: myself.clone(),
-                media: self.media.clone(),
-                span: self.span.clone(),
-            };
-            let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, parent).await?;
-            self.children
-                .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
-            self.bridge = Some(bridge);
-            return Ok(());
-        }
         if let Some(start) = self.offer.whatsapp.clone() {
             let echo = start.echo;
             let args = WaLegArgs {
@@ -322,7 +309,7 @@ impl Call {
                 leg.get_cell(),
             ));
             self.whatsapp = Some(leg);
-            if echo {
+            if echo && self.offer.sip.is_none() {
                 // An echo-test number's business side is the echo: it answers once the
                 // WhatsApp leg has pre-accepted (see `WaLeg`).
                 let args = LegArgs {
@@ -331,7 +318,7 @@ impl Call {
                     call: myself.clone(),
                     span: self.span.clone(),
                 };
-                let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent).await?;
+                let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent.clone()).await?;
                 self.children.push((
                     leg.get_id(),
                     ChildRole::Leg(LegRole::Business),
@@ -339,6 +326,21 @@ impl Call {
                 ));
                 self.business = Some(leg);
             }
+            if self.offer.sip.is_none() {
+                return Ok(());
+            }
+        }
+        if let Some(setup) = self.offer.sip.as_ref().and_then(|s| s.take()) {
+            let args = BridgeArgs {
+                setup,
+                call: myself.clone(),
+                media: self.media.clone(),
+                span: self.span.clone(),
+            };
+            let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, parent).await?;
+            self.children
+                .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
+            self.bridge = Some(bridge);
             return Ok(());
         }
         for role in [LegRole::WhatsApp, LegRole::Business] {
@@ -461,6 +463,13 @@ impl Call {
         match state {
             LegState::Ringing if role == called => {
                 self.ringing_at.get_or_insert_with(now_ms);
+                let calling = match called {
+                    LegRole::WhatsApp => LegRole::Business,
+                    LegRole::Business => LegRole::WhatsApp,
+                };
+                if let Some(leg) = self.leg(calling) {
+                    let _ = leg.send_message(LegMsg::Alert);
+                }
             }
             LegState::Answered if role == called && self.answered_at.is_none() => {
                 self.answered_at = Some(now_ms());

@@ -1,8 +1,9 @@
 //! The WhatsApp leg of a user-initiated call, signalled through Meta's Graph API.
 //!
-//! The leg answers the WebRTC offer of Meta's `connect` webhook in a media shard, sends
-//! the answer with `pre_accept` at once (so ICE and DTLS come up while the business side
-//! rings) and with `accept` when the business answers. Meta's `terminate` webhook ends it
+//! The leg answers the WebRTC offer of Meta's `connect` webhook in a media shard as it
+//! starts (before the business side is called, so the trunk is offered the call's media
+//! port), sends the answer with `pre_accept` when the business side alerts (so ICE and
+//! DTLS come up while it rings) and with `accept` when it answers. Meta's `terminate` webhook ends it
 //! from Meta's side; the switch ends it with `reject` before the accept and `terminate`
 //! after. It speaks the same [`LegMsg`] protocol as every leg, so the call supervisor
 //! treats it like any other.
@@ -74,6 +75,8 @@ pub struct WaLeg {
     state: LegState,
     /// Our answer, once made (the same text goes with pre_accept and accept).
     answer: Option<String>,
+    /// Meta has our answer.
+    pre_accepted: bool,
     span: tracing::Span,
 }
 
@@ -88,15 +91,25 @@ impl Actor for WaLegActor {
         args: WaLegArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg", wa_call_id = %args.start.wa_call_id);
-        Ok(WaLeg {
+        let mut leg = WaLeg {
             start: args.start,
             call: args.call,
             media: args.media,
             call_id: args.call_id,
             state: LegState::Offered,
             answer: None,
+            pre_accepted: false,
             span,
-        })
+        };
+        let span = leg.span.clone();
+        leg.anchor().instrument(span).await;
+        if leg.answer.is_none() {
+            // Rejected toward Meta already; the call ends as a setup failure.
+            return Err(ActorProcessingErr::from(
+                "the WhatsApp offer could not be answered",
+            ));
+        }
+        Ok(leg)
     }
 
     async fn post_start(
@@ -104,8 +117,15 @@ impl Actor for WaLegActor {
         _myself: ActorRef<Self::Msg>,
         leg: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let span = leg.span.clone();
-        leg.answer_early().instrument(span).await;
+        if leg.start.echo && leg.answer.is_some() {
+            let span = leg.span.clone();
+            leg.pre_accept().instrument(span).await;
+            // The echo is the business side, and it answers at once.
+            let _ = leg.call.send_message(CallMsg::Signal {
+                role: LegRole::Business,
+                signal: LegSignal::Answered,
+            });
+        }
         Ok(())
     }
 
@@ -119,7 +139,11 @@ impl Actor for WaLegActor {
         async move {
             match msg {
                 LegMsg::Remote(signal) => leg.on_remote(signal),
-                LegMsg::Answer => leg.accept().await,
+                LegMsg::Alert => leg.pre_accept().await,
+                LegMsg::Answer => {
+                    leg.pre_accept().await;
+                    leg.accept().await;
+                }
                 LegMsg::Hangup { cause, reply } => {
                     leg.hang_up(&cause);
                     let _ = reply.send(());
@@ -138,9 +162,9 @@ impl Actor for WaLegActor {
 }
 
 impl WaLeg {
-    /// Answers Meta's offer in a media shard and sends the answer with `pre_accept`. A
-    /// failure rejects the call toward Meta and ends it.
-    async fn answer_early(&mut self) {
+    /// Answers Meta's offer in a media shard. A failure rejects the call toward Meta and
+    /// ends it.
+    async fn anchor(&mut self) {
         let offer = self.start.offer_sdp.clone();
         let echo = self.start.echo;
         let anchored = self
@@ -150,22 +174,33 @@ impl WaLeg {
                 Some(ANCHOR_TIMEOUT),
             )
             .await;
-        let answer = match anchored {
-            Ok(ractor::rpc::CallResult::Success(Ok(answer))) => answer,
+        match anchored {
+            Ok(ractor::rpc::CallResult::Success(Ok(answer))) => self.answer = Some(answer),
             Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                 tracing::warn!(error = %e, "WhatsApp offer not answerable; rejecting the call");
-                return self.fail("media_setup_failed");
+                self.fail("media_setup_failed");
             }
             _ => {
                 tracing::warn!("media did not answer; rejecting the call");
-                return self.fail("media_setup_failed");
+                self.fail("media_setup_failed");
             }
+        }
+    }
+
+    /// Sends our answer with `pre_accept` (once). A failure rejects the call toward Meta
+    /// and ends it.
+    async fn pre_accept(&mut self) {
+        if self.pre_accepted || self.state == LegState::Ended {
+            return;
+        }
+        let Some(answer) = self.answer.clone() else {
+            return;
         };
+        self.pre_accepted = true;
         let action = CallAction::PreAccept {
             call_id: self.start.wa_call_id.clone(),
-            sdp: answer.clone(),
+            sdp: answer,
         };
-        self.answer = Some(answer);
         if let Err(e) = self
             .start
             .graph
@@ -176,13 +211,6 @@ impl WaLeg {
             return self.fail("meta_pre_accept_failed");
         }
         tracing::debug!("pre_accept sent");
-        if self.start.echo {
-            // The echo is the business side, and it answers at once.
-            let _ = self.call.send_message(CallMsg::Signal {
-                role: LegRole::Business,
-                signal: LegSignal::Answered,
-            });
-        }
     }
 
     /// Accepts the call toward Meta (the business answered).

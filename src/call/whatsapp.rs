@@ -16,6 +16,8 @@ use crate::telemetry;
 /// Turns Meta's calling events into calls.
 pub struct WhatsAppCalls {
     calls: Calls,
+    /// Delivers calls to the business's trunks.
+    sip: Option<super::sip_call::SipIngress>,
     graph: Arc<GraphClient>,
     /// Business numbers by Meta's phone number id.
     numbers: HashMap<String, BusinessNumber>,
@@ -23,9 +25,15 @@ pub struct WhatsAppCalls {
 
 impl WhatsAppCalls {
     /// Calls for `numbers`, signalled through `graph`.
-    pub fn new(calls: Calls, graph: Arc<GraphClient>, numbers: &[BusinessNumber]) -> Self {
+    pub fn new(
+        calls: Calls,
+        graph: Arc<GraphClient>,
+        numbers: &[BusinessNumber],
+        sip: Option<super::sip_call::SipIngress>,
+    ) -> Self {
         Self {
             calls,
+            sip,
             graph,
             numbers: numbers
                 .iter()
@@ -78,22 +86,39 @@ impl WhatsAppCalls {
             skip("duplicate");
             return;
         }
-        if !number.echo_test {
-            // Delivery to the business's trunks is the user-initiated call flow's.
-            tracing::warn!(
-                wa_call_id = %c.call_id, route = ?number.route,
-                "no delivery for routed WhatsApp calls in this build; rejecting"
-            );
-            skip("no_delivery");
-            self.reject(number, &c.call_id);
-            return;
-        }
         let customer = c
             .contact
             .as_ref()
             .map(|ct| ct.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.from.clone());
+        // A routed number's calls go to its route's trunks through the B2BUA.
+        let mut bridge = None;
+        let mut trunk = None;
+        if let (false, Some(route)) = (number.echo_test, &number.route) {
+            let caller = super::sip_call::WhatsAppCaller {
+                wa_call_id: c.call_id.clone(),
+                wa_id: customer.clone(),
+                name: c.contact.as_ref().and_then(|ct| ct.name.clone()),
+                business_number: number.display_number.clone(),
+            };
+            let setup = match &self.sip {
+                Some(sip) => sip.whatsapp_bridge(route, &caller),
+                None => Err((503, "no SIP listener")),
+            };
+            match setup {
+                Ok(setup) => {
+                    trunk = setup.first_trunk();
+                    bridge = Some(super::sip_call::SipStart::new(setup));
+                }
+                Err((code, why)) => {
+                    tracing::warn!(wa_call_id = %c.call_id, %route, code, why, "WhatsApp call not deliverable; rejecting");
+                    skip("no_trunk");
+                    self.reject(number, &c.call_id);
+                    return;
+                }
+            }
+        }
         let offer = CallOffer {
             business_number: Some(number.display_number.clone()),
             customer_wa_id: Some(customer),
@@ -105,6 +130,8 @@ impl WhatsAppCalls {
                 offer_sdp: c.sdp,
                 echo: number.echo_test,
             }),
+            sip: bridge,
+            trunk,
             ..CallOffer::new(Direction::UserInitiated)
         };
         match self.calls.start(offer).await {

@@ -415,6 +415,12 @@ pub(crate) struct TrunkSection {
     pub inbound_password: Option<String>,
     #[serde(default = "default_codecs")]
     pub codecs: Vec<String>,
+    #[serde(default = "default_whatsapp_identity")]
+    pub whatsapp_identity: bool,
+}
+
+fn default_whatsapp_identity() -> bool {
+    true
 }
 
 fn default_invite_timeout() -> i64 {

@@ -324,6 +324,9 @@ pub struct SipTrunk {
     pub inbound_credentials: Option<(String, String)>,
     /// Codecs the trunk may use, in preference order.
     pub codecs: Vec<String>,
+    /// WhatsApp calls to it carry the customer in P-Asserted-Identity and the call in
+    /// `X-WA-Call-Id`, `X-WA-Business-Number`, `X-WA-Channel: whatsapp-voice`.
+    pub whatsapp_identity: bool,
 }
 
 /// One configuration mistake.
@@ -1107,6 +1110,7 @@ impl Validator {
                     credentials,
                     inbound_credentials,
                     codecs: t.codecs.clone(),
+                    whatsapp_identity: t.whatsapp_identity,
                 });
             }
         }

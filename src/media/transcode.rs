@@ -34,6 +34,15 @@ impl Codec {
         }
     }
 
+    /// Its SDP encoding name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::Opus => "opus",
+        }
+    }
+
     /// RTP clock rate.
     pub fn clock(self) -> u32 {
         match self {

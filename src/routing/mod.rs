@@ -77,6 +77,27 @@ impl SipRouter {
             Ok(trunks)
         }
     }
+
+    /// The usable trunks of the route named `name` (a WhatsApp business number's route), in
+    /// order.
+    pub fn named(&self, name: &str, usable: impl Fn(usize) -> bool) -> Result<Vec<usize>, NoRoute> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or(NoRoute::NoMatch)?;
+        let trunks: Vec<usize> = route
+            .trunks
+            .iter()
+            .copied()
+            .filter(|&t| usable(t))
+            .collect();
+        if trunks.is_empty() {
+            Err(NoRoute::AllTrunksUnavailable)
+        } else {
+            Ok(trunks)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,10 +71,12 @@ pub struct CallResult {
     pub packets_in: u64,
     /// Audio came back with the expected tone.
     pub audio_verified: bool,
+    /// The business ended the call (reject or terminate) before the user hung up.
+    pub ended_by_business: bool,
     /// DTMF digits that came back (RFC 4733).
     pub digits_in: String,
-    /// What went wrong, by kind (`webhook`, `no_answer`, `answer_refused`, `not_connected`,
-    /// `no_audio`, `socket`).
+    /// What went wrong, by kind (`webhook`, `no_answer`, `answer_refused`, `not_accepted`,
+    /// `not_connected`, `no_audio`, `socket`).
     pub error: Option<String>,
 }
 
@@ -89,6 +91,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         packets_out: 0,
         packets_in: 0,
         audio_verified: false,
+        ended_by_business: false,
         digits_in: String::new(),
         error: None,
     };
@@ -141,15 +144,31 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         tokio::task::spawn_blocking(move || sim_user.run(hold, TONE_HZ, expect, &stop_user));
     // Meanwhile: the switch accepts (at once for an echo line; when the agent answers for
     // a delivered call).
+    // The business may also end the call (reject, terminate): the user then stops.
     let graph = ctx.graph.clone();
     let accept_id = id.clone();
+    let watch_stop = stop.clone();
     let accepted = tokio::spawn(async move {
-        graph
+        let first = graph
             .wait_call(&accept_id, hold + ANSWER_TIMEOUT, |c| {
                 matches!(c.state, SimCallState::Active | SimCallState::Ended)
             })
+            .await;
+        let accepted = first.is_some_and(|c| c.state == SimCallState::Active);
+        if !accepted {
+            watch_stop.store(true, Ordering::Relaxed);
+            return (false, true);
+        }
+        let ended = graph
+            .wait_call(&accept_id, hold + ANSWER_TIMEOUT, |c| {
+                c.state == SimCallState::Ended
+            })
             .await
-            .is_some_and(|c| c.state == SimCallState::Active)
+            .is_some();
+        if ended {
+            watch_stop.store(true, Ordering::Relaxed);
+        }
+        (true, ended)
     });
     let report = match media.await {
         Ok(Ok(report)) => report,
@@ -164,7 +183,21 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
             return fail(result, "socket");
         }
     };
-    result.accepted = accepted.await.unwrap_or(false);
+    // The watcher ends on its own once the user hangs up below; only its first answer is
+    // needed now.
+    let (was_accepted, business_ended) = if accepted.is_finished() {
+        accepted.await.unwrap_or((false, false))
+    } else {
+        accepted.abort();
+        (
+            ctx.graph
+                .call(&id)
+                .is_some_and(|c| c.state == SimCallState::Active),
+            false,
+        )
+    };
+    result.accepted = was_accepted;
+    result.ended_by_business = business_ended;
     result.connected = report.connected;
     result.setup_ms = report.setup.map(|d| d.as_secs_f64() * 1000.0);
     result.packets_out = report.packets_out;
@@ -175,7 +208,12 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         let now = unix_now();
         (now.saturating_sub(hold.as_secs()), now)
     });
-    hang_up(ctx, &id, user, talked).await;
+    if !business_ended {
+        hang_up(ctx, &id, user, talked).await;
+    }
+    if !result.accepted {
+        return fail(result, "not_accepted");
+    }
     if !result.connected {
         return fail(result, "not_connected");
     }
@@ -348,6 +386,7 @@ mod tests {
             packets_out: 100,
             packets_in: 99,
             audio_verified: true,
+            ended_by_business: false,
             digits_in: String::new(),
             error: None,
         };

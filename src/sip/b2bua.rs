@@ -68,6 +68,8 @@ pub struct Target {
     pub credentials: Option<Credentials>,
     /// How long to wait for any response to the INVITE before trying the next trunk.
     pub invite_timeout: Duration,
+    /// Headers added to the INVITE toward this trunk (who is calling, for a WhatsApp call).
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 /// Settings of every bridge on a node.
@@ -290,6 +292,8 @@ pub struct Bridge {
     /// The audio formats of each leg's latest SDP (A, B), and the plan they make.
     formats: [Option<Vec<crate::sdp::Format>>; 2],
     plan: Option<crate::sdp::MediaPlan>,
+    /// Leg A is a WhatsApp call.
+    a_is_whatsapp: bool,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -481,6 +485,7 @@ impl Bridge {
             answer_to_a_pending: false,
             formats: [None, None],
             plan: None,
+            a_is_whatsapp: false,
         };
         Ok(bridge)
     }
@@ -533,7 +538,14 @@ impl Bridge {
                     codec_pt: audio.codec().map(|c| c.pt),
                     // SDP crosses the bridge unchanged but for the address, so both legs
                     // settle on the same codec by offer/answer: nothing to transcode.
-                    codec: None,
+                    // Leg A of a WhatsApp call speaks Opus whatever leg B answers: leg B's
+                    // codec is named so the media plane transcodes when they differ.
+                    codec: match from {
+                        Leg::B if self.a_is_whatsapp => audio
+                            .codec()
+                            .and_then(|c| crate::media::transcode::Codec::from_name(&c.name)),
+                        _ => None,
+                    },
                     sends,
                 },
             ));
@@ -569,6 +581,17 @@ impl Bridge {
                 self.out.push_back(Action::MediaPlan(p));
             }
         }
+    }
+
+    /// Leg A is a WhatsApp call (Opus over WebRTC, in the media plane): leg B's codec is
+    /// reported with its media, for transcoding.
+    pub fn set_whatsapp_a(&mut self) {
+        self.a_is_whatsapp = true;
+    }
+
+    /// Leg A's SDP, as its INVITE carried it.
+    pub fn a_offer(&self) -> &Bytes {
+        &self.a_invite.body
     }
 
     /// The targets (to map [`Action::B`] indexes to transports).
@@ -673,6 +696,9 @@ impl Bridge {
             .header(HeaderName::Allow, ALLOW);
         for h in self.a_invite.headers_named(&HeaderName::PAssertedIdentity) {
             builder = builder.header(HeaderName::PAssertedIdentity, h.value.clone());
+        }
+        for (name, value) in &target.headers {
+            builder = builder.header(name.clone(), value.clone());
         }
         if self.cfg.session_expires > 0 {
             builder = builder

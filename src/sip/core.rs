@@ -99,10 +99,26 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
 
+impl RequestId {
+    /// The id of a request answered outside any SIP core (the WhatsApp side of a bridged
+    /// call answers the requests the bridge sends it).
+    pub fn detached(n: u64) -> Self {
+        RequestId(u64::MAX - n)
+    }
+}
+
 /// Identifies a server transaction handed to the transaction user, which answers it with
 /// [`SipCore::respond`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId(u64);
+
+impl ServerId {
+    /// The id of a server transaction outside any SIP core (the WhatsApp side of a bridged
+    /// call, whose INVITE the bridge answers).
+    pub fn detached(n: u64) -> Self {
+        ServerId(u64::MAX - n)
+    }
+}
 
 /// What the core reports to its user: outcomes of requests sent with
 /// [`SipCore::send_request`] and, with a transaction user attached

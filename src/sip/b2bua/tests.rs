@@ -43,6 +43,7 @@ fn target(index: usize) -> Target {
         contact: B_CONTACT.into(),
         credentials: None,
         invite_timeout: Duration::from_secs(2),
+        headers: Vec::new(),
     }
 }
 

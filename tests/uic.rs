@@ -1,0 +1,268 @@
+//! User-initiated WhatsApp calls delivered to a SIP trunk: `waswitch sim` plays WhatsApp
+//! (signed webhooks, its Graph API, users with real WebRTC media) and SIPp plays the PBX
+//! (answering with RTP echo, busy, hanging up, ringing until cancelled). Each call is
+//! checked on both sides and in its CDR.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{free_udp_port, runtime, Uas};
+use waswitch::config::{Config, Secret};
+use waswitch::node::Node;
+use waswitch::sim::graph::SimGraph;
+use waswitch::sim::load::{self, SimContext};
+use waswitch::sim::webhooks::{self, BusinessRef, Ending, WebhookSender};
+use waswitch::store::{CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, Store};
+
+const SECRET: &str = "uic-secret";
+const PNID: &str = "105615555715855";
+const NUMBER: &str = "15551112222";
+
+/// The sim's Graph API, and a node whose business number's route tries `trunk_ports` in
+/// order (SIPp callees on loopback).
+fn sim_and_switch(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    trunk_ports: &[u16],
+) -> (SimGraph, Node, SimContext) {
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let mut trunks = String::new();
+    let mut names = Vec::new();
+    for (i, port) in trunk_ports.iter().enumerate() {
+        trunks.push_str(&format!(
+            "[[trunk]]\nname = \"pbx{i}\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             options_interval_secs = 0\ninvite_timeout_ms = 2000\n"
+        ));
+        names.push(format!("\"pbx{i}\""));
+    }
+    let (node, sim_addr) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sim");
+        let sim_addr = listener.local_addr().expect("sim address");
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            graph.router(),
+        )));
+        let toml = format!(
+            "[media]\nip = \"127.0.0.1\"\nshards = 2\n{trunks}\
+             [[route]]\nname = \"support\"\ntrunks = [{}]\n\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
+             country = \"BR\"\nroute = \"support\"\n",
+            names.join(", ")
+        );
+        let config = Config::loopback(&toml, &dir.join("u.db")).expect("config");
+        (Node::start(config).await.expect("node"), sim_addr)
+    });
+    let _ = sim_addr;
+    let webhooks = WebhookSender::new(
+        &format!("http://{}/webhooks/meta", node.http_addr()),
+        Secret::new(SECRET),
+        Duration::from_secs(20),
+    )
+    .expect("sender");
+    let ctx = SimContext {
+        graph: graph.clone(),
+        webhooks,
+        business: BusinessRef {
+            waba_id: "1".into(),
+            phone_number_id: PNID.into(),
+            display_number: NUMBER.into(),
+        },
+        media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        expect_hz: load::TONE_HZ,
+        dtmf: None,
+    };
+    (graph, node, ctx)
+}
+
+fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
+    rt.block_on(async {
+        assert!(
+            node.calls().wait_idle(Duration::from_secs(15)).await,
+            "calls left over"
+        );
+        node.drain_and_stop().await;
+        let config = Config::loopback("", &dir.join("u.db")).expect("config");
+        let store = Store::open(&config.store).await.expect("store");
+        store
+            .list(&CdrFilter {
+                limit: 100,
+                ..CdrFilter::default()
+            })
+            .await
+            .expect("cdrs")
+    })
+}
+
+fn actions(graph: &SimGraph) -> Vec<(String, u16)> {
+    graph
+        .recorded()
+        .into_iter()
+        .filter_map(|r| r.action.map(|a| (a, r.status)))
+        .collect()
+}
+
+/// One answered call against a callee answering in `scenario` with RTP echo.
+fn answered_call(scenario: &str, codec_path: &str) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let uas = Uas::start_with(scenario, "u1", port, 1, &["-rtp_echo"]);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_secs(2),
+    ));
+    assert_eq!(result.error, None, "{result:?}");
+    assert!(
+        result.accepted && result.connected && result.audio_verified,
+        "{result:?}"
+    );
+    // Pre-accepted on the PBX's 180, accepted on its 200, with one answer.
+    let acts = actions(&graph);
+    let names: Vec<&str> = acts.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(names, ["pre_accept", "accept"], "{acts:?}");
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&1), "{counters:?}");
+    assert_eq!(cdrs.len(), 1);
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.direction, Direction::UserInitiated);
+    assert_eq!(cdr.outcome, CallOutcome::Answered);
+    assert_eq!(cdr.trunk.as_deref(), Some("pbx0"));
+    assert_eq!(cdr.hangup_by, HangupParty::Customer);
+    assert_eq!(cdr.wa_call_id.as_deref(), Some(result.wa_call_id.as_str()));
+    assert_eq!(cdr.customer_wa_id.as_deref(), Some("4915112345678"));
+    assert!(
+        cdr.ringing_at.is_some() && cdr.answered_at.is_some(),
+        "{cdr:?}"
+    );
+    assert_eq!(cdr.codec_path.as_deref(), Some(codec_path));
+    let media = cdr.media.expect("media quality");
+    assert!(media.packets >= 100, "{media:?}");
+}
+
+#[test]
+fn an_answered_call_is_transcoded_to_the_pcmu_pbx_with_audio_both_ways() {
+    answered_call("b2bua_uas.xml", "opus <-> PCMU (transcoded)");
+}
+
+#[test]
+fn an_answered_call_passes_opus_through_to_an_opus_pbx() {
+    answered_call("uic_uas_opus.xml", "opus pass-through");
+}
+
+#[test]
+fn a_busy_pbx_rejects_the_whatsapp_call() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let uas = Uas::start("b2bua_uas_refuse_486.xml", "u1", port, 1);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_secs(1),
+    ));
+    assert_eq!(result.error.as_deref(), Some("no_answer"), "{result:?}");
+    assert_eq!(actions(&graph), [("reject".to_string(), 200)]);
+    let cdrs = cdrs(&rt, node, dir.path());
+    let _ = uas.finish();
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].end_cause, "busy");
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Business);
+}
+
+#[test]
+fn a_failing_trunk_is_skipped_for_the_next() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (free_udp_port(), free_udp_port());
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[first, second]);
+    let down = Uas::start("b2bua_uas_refuse_503.xml", "u1", first, 1);
+    let up = Uas::start_with("b2bua_uas.xml", "u1", second, 1, &["-rtp_echo"]);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_secs(1),
+    ));
+    assert_eq!(result.error, None, "{result:?}");
+    assert!(result.audio_verified);
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept", "accept"]);
+    let cdrs = cdrs(&rt, node, dir.path());
+    let _ = (down.finish(), up.finish());
+    assert_eq!(cdrs[0].trunk.as_deref(), Some("pbx1"));
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered);
+}
+
+#[test]
+fn the_pbx_hanging_up_terminates_the_whatsapp_call() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let uas = Uas::start("b2bua_uas_bye.xml", "u1", port, 1);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_secs(5),
+    ));
+    assert!(result.accepted && result.ended_by_business, "{result:?}");
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept", "accept", "terminate"]);
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, _) = uas.finish();
+    assert_eq!(code, Some(0));
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Business);
+}
+
+#[test]
+fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let user = "4915100000001";
+    let id = graph.place_user_call(PNID, user, &offer);
+    rt.block_on(async {
+        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Ana", &offer);
+        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        // The PBX rings: the switch pre-accepts.
+        graph
+            .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
+            .await
+            .expect("pre-accepted while ringing");
+        graph.end_call(&id);
+        let ending = Ending {
+            business_initiated: false,
+            user: user.into(),
+            talked: None,
+            error: None,
+            opaque: None,
+        };
+        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
+        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+    });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "the PBX saw the CANCEL: {counters:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept"], "nothing more toward Meta");
+}
