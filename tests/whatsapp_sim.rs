@@ -203,6 +203,15 @@ async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
     let connect = webhooks::user_call_connect(&ctx.business, &id, "4915100000009", "Late", &offer);
     assert!(ctx.webhooks.deliver(&connect).await.delivered());
     // Meta refuses the pre_accept of an ended call: the switch ends its side too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !graph
+        .recorded()
+        .iter()
+        .any(|r| r.action.as_deref() == Some("pre_accept"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no pre_accept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let cdrs = stop_and_read_cdrs(node, dir.path()).await;
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
