@@ -43,7 +43,8 @@ enum Command {
     },
     /// Run the Meta emulator: the Graph API (with Meta's validation and errors) on
     /// `sim.listen`, for the business numbers and access token of the configuration, until
-    /// SIGTERM or SIGINT.
+    /// SIGTERM or SIGINT. Its users answer the business's calls and call-permission
+    /// requests (--answer, --ring-ms, --hold, --permission) with webhooks to the switch.
     ///
     /// With --call or --rate it also plays WhatsApp users calling the switch (real WebRTC
     /// media, a 440 Hz tone out, the tone expected back from an echo-test number), prints a
@@ -98,9 +99,37 @@ struct SimCalls {
     /// Digits each simulated user presses half a second into the call (RFC 4733).
     #[arg(long)]
     dtmf: Option<String>,
+    /// How simulated users answer the business's calls (serving mode): accept, reject,
+    /// ignore.
+    #[arg(long, value_enum, default_value = "accept")]
+    answer: AnswerArg,
+    /// How long a business call rings before the user answers or rejects it (Meta's ring
+    /// time when ignored), milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    ring_ms: u64,
+    /// How simulated users answer call-permission requests (serving mode).
+    #[arg(long, value_enum, default_value = "grant")]
+    permission: PermissionArg,
     /// Address the simulated users' media binds to.
     #[arg(long, default_value = "127.0.0.1")]
     media_ip: std::net::IpAddr,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AnswerArg {
+    Accept,
+    Reject,
+    Ignore,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PermissionArg {
+    /// Temporary, for Meta's 7 days.
+    Grant,
+    /// For good.
+    GrantPermanent,
+    Decline,
+    Ignore,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -272,6 +301,48 @@ async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitC
         } else {
             ExitCode::from(EXIT_FAILURE)
         };
+    }
+    // Serving: users answer the business's calls and permission requests, when the
+    // configuration names a number to answer for.
+    if !config.business_numbers.is_empty() {
+        match sim_context(&config, &meta, &calls, graph.clone()) {
+            Ok(context) => {
+                let ring = std::time::Duration::from_millis(calls.ring_ms);
+                let hold = std::time::Duration::from_secs_f64(calls.hold.max(0.0));
+                use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer};
+                let behaviour = Behaviour {
+                    call: match calls.answer {
+                        AnswerArg::Accept => CallAnswer::Accept { after: ring, hold },
+                        AnswerArg::Reject => CallAnswer::Reject { after: ring },
+                        AnswerArg::Ignore => CallAnswer::Ignore { ring },
+                    },
+                    permission: match calls.permission {
+                        PermissionArg::Grant => PermissionAnswer::Grant {
+                            lasts: Some(std::time::Duration::from_secs(7 * 24 * 3600)),
+                        },
+                        PermissionArg::GrantPermanent => PermissionAnswer::Grant { lasts: None },
+                        PermissionArg::Decline => PermissionAnswer::Decline,
+                        PermissionArg::Ignore => PermissionAnswer::Ignore,
+                    },
+                    dtmf: calls.dtmf.clone(),
+                };
+                let (_users, mut answered) = waswitch::sim::users::Users::start(context, behaviour);
+                tokio::spawn(async move {
+                    while let Some(call) = answered.recv().await {
+                        tracing::info!(
+                            wa_call_id = %call.call_id, user = %call.user,
+                            answer = ?call.answer,
+                            audio_verified = call.media.as_ref().is_some_and(|m| m.audio_verified()),
+                            "business call over"
+                        );
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
     }
     let served = axum::serve(listener, graph.router())
         .with_graceful_shutdown(wait_for_stop_signal())
