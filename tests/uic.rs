@@ -108,12 +108,14 @@ fn actions(graph: &SimGraph) -> Vec<(String, u16)> {
         .collect()
 }
 
-/// One answered call against a callee answering in `scenario` with RTP echo.
+/// One answered call against a callee answering in `scenario` with RTP echo; the user's
+/// DTMF crosses to the PBX and comes back in its echo.
 fn answered_call(scenario: &str, codec_path: &str) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    ctx.dtmf = Some("15#".into());
     let uas = Uas::start_with(scenario, "u1", port, 1, &["-rtp_echo"]);
     let result = rt.block_on(load::user_call(
         &ctx,
@@ -125,6 +127,8 @@ fn answered_call(scenario: &str, codec_path: &str) {
         result.accepted && result.connected && result.audio_verified,
         "{result:?}"
     );
+    // Telephone-events (126/8000 from WhatsApp, 101 toward the PBX) there and back.
+    assert_eq!(result.digits_in, "15#", "{result:?}");
     // Pre-accepted on the PBX's 180, accepted on its 200, with one answer.
     let acts = actions(&graph);
     let names: Vec<&str> = acts.iter().map(|(a, _)| a.as_str()).collect();
