@@ -18,6 +18,11 @@ use crate::config::LogFormat;
 pub const CALLS_ACTIVE: &str = "waswitch_calls_active";
 /// Counter: calls ended, by `direction` and `outcome`.
 pub const CALLS_TOTAL: &str = "waswitch_calls_total";
+/// Histogram: seconds from a call's offer (the connect webhook, the INVITE) to its answer
+/// (the business's SIP 200 for a WhatsApp call), by `direction`.
+pub const CALL_SETUP_SECONDS: &str = "waswitch_call_setup_seconds";
+/// Histogram: seconds from answer to end of answered calls, by `direction`.
+pub const CALL_DURATION_SECONDS: &str = "waswitch_call_duration_seconds";
 /// Counter: call attempts refused before a call was created, by `reason`.
 pub const CALLS_REFUSED_TOTAL: &str = "waswitch_calls_refused_total";
 /// Counter: actors that returned an error or panicked, by `actor`.

@@ -133,6 +133,23 @@ fn answered_call(scenario: &str, codec_path: &str) {
     let acts = actions(&graph);
     let names: Vec<&str> = acts.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(names, ["pre_accept", "accept"], "{acts:?}");
+    let metrics = rt.block_on(async {
+        assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
+        reqwest::get(format!("http://{}/metrics", node.http_addr()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    for series in [
+        "waswitch_call_setup_seconds_count{direction=\"user_initiated\"} 1",
+        "waswitch_call_duration_seconds_count{direction=\"user_initiated\"} 1",
+        "waswitch_calls_total{direction=\"user_initiated\",outcome=\"answered\"} 1",
+        "waswitch_meta_api_requests_total{action=\"accept\",outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "{counters:?}");

@@ -472,7 +472,13 @@ impl Call {
                 }
             }
             LegState::Answered if role == called && self.answered_at.is_none() => {
-                self.answered_at = Some(now_ms());
+                let now = now_ms();
+                self.answered_at = Some(now);
+                metrics::histogram!(
+                    telemetry::CALL_SETUP_SECONDS,
+                    "direction" => self.offer.direction.as_str()
+                )
+                .record((now - self.offered_at).max(0) as f64 / 1000.0);
                 let calling = match called {
                     LegRole::WhatsApp => LegRole::Business,
                     LegRole::Business => LegRole::WhatsApp,
@@ -616,6 +622,13 @@ impl Call {
                 self.answered_at,
                 end,
             );
+            if cdr.answered_at.is_some() {
+                metrics::histogram!(
+                    telemetry::CALL_DURATION_SECONDS,
+                    "direction" => cdr.direction.as_str()
+                )
+                .record(cdr.duration_ms as f64 / 1000.0);
+            }
             cdr.media = self.media_report.quality;
             cdr.codec_path = self.media_report.codec_path.clone();
             tracing::info!(
