@@ -287,3 +287,30 @@ fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
     let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
     assert_eq!(names, ["pre_accept"], "nothing more toward Meta");
 }
+
+#[test]
+fn a_pbx_ringing_without_early_media_gives_the_customer_ringback() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
+    // While the PBX rings (180, no SDP), the customer hears 425 Hz ringback, not silence
+    // (Meta drops a call without media after 20 s); hanging up cancels the PBX.
+    ctx.expect_hz = 425.0;
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_millis(1500),
+    ));
+    assert!(result.connected && !result.accepted, "{result:?}");
+    assert!(result.audio_verified, "ringback heard: {result:?}");
+    assert_eq!(result.error.as_deref(), Some("not_accepted"));
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept"]);
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+}

@@ -111,6 +111,8 @@ pub enum MediaMsg {
     Event(MediaEvent),
     /// Play a prompt toward one side (barge-in on DTMF from that side when asked).
     Play(Side, crate::media::prompt::Prompt, bool),
+    /// Start or stop ringback toward one side.
+    Ringback(Side, bool),
     /// Send a DTMF digit toward one side for a duration.
     SendDtmf(Side, char, std::time::Duration),
     /// Makes the actor fail (supervision tests).
@@ -199,6 +201,13 @@ impl Actor for MediaActor {
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.play(side, prompt, barge_in) {
                         tracing::warn!(parent: &media.span, error = %e, "prompt not played");
+                    }
+                }
+            }
+            MediaMsg::Ringback(side, on) => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.ringback(side, on) {
+                        tracing::warn!(parent: &media.span, error = %e, "ringback not changed");
                     }
                 }
             }

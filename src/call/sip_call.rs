@@ -696,6 +696,10 @@ pub struct BridgeState {
     a: Option<SipHandle>,
     /// Requests answered on the WhatsApp side.
     detached: u64,
+    /// The WhatsApp side hears ringback (the PBX rings without early media).
+    ringback: bool,
+    /// The PBX sent SDP: its early media or its answer's audio reaches the WhatsApp side.
+    b_media: bool,
     b: Vec<Option<SipHandle>>,
     trunk_index: Vec<usize>,
     table: Arc<DashMap<Bytes, Route>>,
@@ -736,6 +740,8 @@ impl Actor for BridgeActor {
             bridge: setup.bridge,
             a: setup.a,
             detached: 0,
+            ringback: false,
+            b_media: false,
             b: setup.b,
             trunk_index: setup.trunk_index,
             table: setup.table,
@@ -839,6 +845,9 @@ impl BridgeState {
                 }
                 Action::Progress(progress) => self.progress(progress),
                 Action::Media(Leg::B, remote) if self.a.is_none() => {
+                    // The PBX's audio takes over from ringback.
+                    self.b_media = true;
+                    self.set_ringback(false);
                     // The WhatsApp side speaks Opus: the trunk's codec decides the path.
                     if let Some(media) = &self.media {
                         let path = match remote.codec {
@@ -936,6 +945,16 @@ impl BridgeState {
         self.bridge.handle_event(Instant::now(), event);
     }
 
+    fn set_ringback(&mut self, on: bool) {
+        if self.ringback == on {
+            return;
+        }
+        self.ringback = on;
+        if let Some(media) = &self.media {
+            let _ = media.send_message(MediaMsg::Ringback(Side::A, on));
+        }
+    }
+
     fn progress(&mut self, progress: Progress) {
         use super::leg::LegState;
         use super::LegRole;
@@ -964,8 +983,18 @@ impl BridgeState {
                 }
                 let _ = self.call.send_message(CallMsg::Routed { trunk });
             }
-            Progress::Ringing => report(&self.call, LegState::Ringing),
-            Progress::Answered => report(&self.call, LegState::Answered),
+            Progress::Ringing => {
+                // Meta drops a call that carries no media for 20 s: a PBX ringing without
+                // early media gets ringback played toward WhatsApp meanwhile.
+                if self.a.is_none() && !self.b_media {
+                    self.set_ringback(true);
+                }
+                report(&self.call, LegState::Ringing)
+            }
+            Progress::Answered => {
+                self.set_ringback(false);
+                report(&self.call, LegState::Answered)
+            }
             Progress::Ended { by, cause } => {
                 let whatsapp = self.a.is_none();
                 // The PBX refusing a WhatsApp call (busy, declined, no answer) is the

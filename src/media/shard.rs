@@ -202,6 +202,12 @@ enum Command {
         prompt: super::prompt::Prompt,
         barge_in: bool,
     },
+    /// Start or stop ringback toward a side (looped, until stopped).
+    Ringback {
+        id: u64,
+        side: Side,
+        on: bool,
+    },
     Stop,
 }
 
@@ -215,6 +221,10 @@ struct PlayOut {
     barge_in: bool,
     encode: fn(i16) -> u8,
     pt: u8,
+    /// Starts again at its end, until stopped (ringback).
+    looping: bool,
+    /// Toward an Opus side: the G.711 frames are transcoded to Opus.
+    opus: Option<Box<super::transcode::Transcoder>>,
 }
 
 /// How often a telephone-event in progress is refreshed (RFC 4733 §2.5.1.2: 50 ms).
@@ -785,6 +795,20 @@ impl MediaPair {
         )
     }
 
+    /// Starts (`on`) or stops ringback toward `side`'s peer: a looped 425 Hz cadence in its
+    /// codec (an Opus side gets it transcoded), in place of what the other side sends, for
+    /// a caller waiting on a phone that rings without early media.
+    pub fn ringback(&self, side: Side, on: bool) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Ringback {
+                id: self.id,
+                side,
+                on,
+            },
+        )
+    }
+
     /// Current counters of both sides (waits briefly for the shard).
     pub fn stats(&self) -> Option<[LegStats; 2]> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
@@ -1286,6 +1310,9 @@ impl Shard {
                 continue;
             }
             let p = &mut self.playing[i];
+            if p.looping && p.pos >= p.prompt.samples().len() {
+                p.pos = 0;
+            }
             let samples = p.prompt.samples();
             if p.pos >= samples.len() {
                 let slot = p.slot;
@@ -1312,11 +1339,26 @@ impl Shard {
                 i += 1;
                 continue;
             };
-            let (seq, ts, ssrc) = source.smoother.inject_media(160);
-            let mut packet = [0u8; 172];
-            if let Some(n) =
-                super::rtp::write_packet(&mut packet, marker, pt, seq, ts, ssrc, &payload)
-            {
+            let mut packet = [0u8; super::batch::MAX_PACKET];
+            let written = match self.playing[i].opus.as_mut() {
+                // Opus at 48 kHz: the 20 ms frame is 960 timestamp units.
+                Some(opus) => {
+                    let (head, body) = packet.split_at_mut(super::rtp::HEADER_LEN);
+                    match opus.transcode(&payload, body) {
+                        Ok(n) => {
+                            let (seq, ts, ssrc) = source.smoother.inject_media(960);
+                            super::rtp::write_packet(head, marker, pt, seq, ts, ssrc, &[])
+                                .map(|h| h + n)
+                        }
+                        Err(_) => None,
+                    }
+                }
+                None => {
+                    let (seq, ts, ssrc) = source.smoother.inject_media(160);
+                    super::rtp::write_packet(&mut packet, marker, pt, seq, ts, ssrc, &payload)
+                }
+            };
+            if let Some(n) = written {
                 self.send_inserted(slot, &packet[..n], to);
             }
             i += 1;
@@ -1642,12 +1684,63 @@ impl Shard {
                         barge_in,
                         encode,
                         pt,
+                        looping: false,
+                        opus: None,
                     });
                 }
+                Command::Ringback { id, side, on } => self.ringback(id, side, on),
                 Command::Stop => return false,
             }
         }
         true
+    }
+
+    /// Starts or stops ringback toward `side` of pair `id`: in its G.711 codec, or
+    /// transcoded to its Opus (a WhatsApp side). What the other side sends meanwhile is
+    /// held back; stopping gives it the floor again. No event follows.
+    fn ringback(&mut self, id: u64, side: Side, on: bool) {
+        let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) else {
+            return;
+        };
+        self.playing.retain(|p| p.slot != slot);
+        let complexity = self.opus_complexity.load(Ordering::Relaxed);
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return;
+        };
+        leg.playing = false;
+        if !on {
+            return;
+        }
+        let (encode, opus): (fn(i16) -> u8, _) = match (leg.codec, leg.codec_pt) {
+            (Some(super::transcode::Codec::Opus), Some(_)) => {
+                use super::transcode::{Codec, Transcoder};
+                match Transcoder::with_complexity(Codec::Pcmu, Codec::Opus, complexity) {
+                    Ok(t) => (super::g711::ulaw_encode as fn(i16) -> u8, Some(Box::new(t))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no Opus encoder for ringback");
+                        return;
+                    }
+                }
+            }
+            (_, Some(8)) => (super::g711::alaw_encode as fn(i16) -> u8, None),
+            (_, Some(0)) => (super::g711::ulaw_encode as fn(i16) -> u8, None),
+            _ => return,
+        };
+        let Some(pt) = leg.codec_pt else {
+            return;
+        };
+        leg.playing = true;
+        self.playing.push(PlayOut {
+            slot,
+            prompt: super::prompt::Prompt::ringback(),
+            pos: 0,
+            next_at: Instant::now(),
+            barge_in: false,
+            encode,
+            pt,
+            looping: true,
+            opus,
+        });
     }
 
     fn add(
