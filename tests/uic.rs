@@ -27,6 +27,7 @@ fn sim_and_switch(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     trunk_ports: &[u16],
+    media_ports: u16,
 ) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let mut trunks = String::new();
@@ -48,12 +49,14 @@ fn sim_and_switch(
             graph.router(),
         )));
         let toml = format!(
-            "[media]\nip = \"127.0.0.1\"\nshards = 2\n{trunks}\
+            "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
+             port_max = {}\n{trunks}\
              [[route]]\nname = \"support\"\ntrunks = [{}]\n\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
              app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
              [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
              country = \"BR\"\nroute = \"support\"\n",
+            media_ports + 198,
             names.join(", ")
         );
         let config = Config::loopback(&toml, &dir.join("u.db")).expect("config");
@@ -110,11 +113,11 @@ fn actions(graph: &SimGraph) -> Vec<(String, u16)> {
 
 /// One answered call against a callee answering in `scenario` with RTP echo; the user's
 /// DTMF crosses to the PBX and comes back in its echo.
-fn answered_call(scenario: &str, codec_path: &str) {
+fn answered_call(scenario: &str, codec_path: &str, media_ports: u16) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port], media_ports);
     ctx.dtmf = Some("15#".into());
     let uas = Uas::start_with(scenario, "u1", port, 1, &["-rtp_echo"]);
     let result = rt.block_on(load::user_call(
@@ -173,12 +176,12 @@ fn answered_call(scenario: &str, codec_path: &str) {
 
 #[test]
 fn an_answered_call_is_transcoded_to_the_pcmu_pbx_with_audio_both_ways() {
-    answered_call("b2bua_uas.xml", "opus <-> PCMU (transcoded)");
+    answered_call("b2bua_uas.xml", "opus <-> PCMU (transcoded)", 46000);
 }
 
 #[test]
 fn an_answered_call_passes_opus_through_to_an_opus_pbx() {
-    answered_call("uic_uas_opus.xml", "opus pass-through");
+    answered_call("uic_uas_opus.xml", "opus pass-through", 47200);
 }
 
 #[test]
@@ -186,7 +189,7 @@ fn a_busy_pbx_rejects_the_whatsapp_call() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 46200);
     let uas = Uas::start("b2bua_uas_refuse_486.xml", "u1", port, 1);
     let result = rt.block_on(load::user_call(
         &ctx,
@@ -197,7 +200,7 @@ fn a_busy_pbx_rejects_the_whatsapp_call() {
     assert_eq!(actions(&graph), [("reject".to_string(), 200)]);
     let cdrs = cdrs(&rt, node, dir.path());
     let _ = uas.finish();
-    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered, "{:?}", cdrs[0]);
     assert_eq!(cdrs[0].end_cause, "busy");
     assert_eq!(cdrs[0].hangup_by, HangupParty::Business);
 }
@@ -207,7 +210,7 @@ fn a_failing_trunk_is_skipped_for_the_next() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (first, second) = (free_udp_port(), free_udp_port());
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[first, second]);
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[first, second], 46400);
     let down = Uas::start("b2bua_uas_refuse_503.xml", "u1", first, 1);
     let up = Uas::start_with("b2bua_uas.xml", "u1", second, 1, &["-rtp_echo"]);
     let result = rt.block_on(load::user_call(
@@ -230,7 +233,7 @@ fn the_pbx_hanging_up_terminates_the_whatsapp_call() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 46600);
     let uas = Uas::start("b2bua_uas_bye.xml", "u1", port, 1);
     let result = rt.block_on(load::user_call(
         &ctx,
@@ -252,7 +255,7 @@ fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 46800);
     let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
     let (_user, offer) = waswitch::sim::user::SimUser::offer(
         std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
@@ -293,7 +296,7 @@ fn a_pbx_ringing_without_early_media_gives_the_customer_ringback() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port]);
+    let (graph, node, mut ctx) = sim_and_switch(&rt, dir.path(), &[port], 47000);
     let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
     // While the PBX rings (180, no SDP), the customer hears 425 Hz ringback, not silence
     // (Meta drops a call without media after 20 s); hanging up cancels the PBX.

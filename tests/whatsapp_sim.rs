@@ -21,7 +21,7 @@ const PNID: &str = "105615555715855";
 const NUMBER: &str = "15551112222";
 
 /// The sim's Graph API on a loopback port, and a node of an echo-test number pointed at it.
-async fn sim_and_switch(dir: &Path) -> (SimGraph, Node, SimContext) {
+async fn sim_and_switch(dir: &Path, media_ports: u16) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new(TOKEN), vec![PNID.to_string()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -32,11 +32,12 @@ async fn sim_and_switch(dir: &Path) -> (SimGraph, Node, SimContext) {
         graph.router(),
     )));
     let toml = format!(
-        "[media]\nip = \"127.0.0.1\"\nshards = 2\n\
+        "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
          [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"{TOKEN}\"\n\
          app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
          [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
-         country = \"BR\"\necho_test = true\n"
+         country = \"BR\"\necho_test = true\n",
+        media_ports + 598
     );
     let config = Config::loopback(&toml, &dir.join("w.db")).expect("config");
     let node = Node::start(config).await.expect("node");
@@ -82,7 +83,7 @@ async fn stop_and_read_cdrs(node: Node, dir: &Path) -> Vec<waswitch::store::Cdr>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, mut ctx) = sim_and_switch(dir.path()).await;
+    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44000).await;
     // The user presses 1, 5 and # while talking; the echo sends them back.
     ctx.dtmf = Some("15#".into());
 
@@ -141,7 +142,7 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_user_calls_connect_with_audio_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, mut ctx) = sim_and_switch(dir.path()).await;
+    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44600).await;
     // Meta's delivery habits: every webhook twice, and bursts out of order.
     ctx.webhooks.duplicates = true;
     ctx.webhooks.jitter = Duration::from_millis(30);
@@ -183,7 +184,7 @@ async fn two_hundred_user_calls_connect_with_audio_verified() {
 async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
     use waswitch::sim::webhooks::{self, Ending};
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, ctx) = sim_and_switch(dir.path()).await;
+    let (graph, node, ctx) = sim_and_switch(dir.path(), 45200).await;
     let (_user, offer) = waswitch::sim::user::SimUser::offer(
         std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
     )

@@ -700,6 +700,9 @@ pub struct BridgeState {
     ringback: bool,
     /// The PBX sent SDP: its early media or its answer's audio reaches the WhatsApp side.
     b_media: bool,
+    /// A hangup waiting for the bridge to settle (the trunk's answer to our CANCEL or BYE,
+    /// a 2xx crossing the CANCEL hung up) before it is confirmed.
+    hangup_reply: Option<RpcReplyPort<()>>,
     b: Vec<Option<SipHandle>>,
     trunk_index: Vec<usize>,
     table: Arc<DashMap<Bytes, Route>>,
@@ -742,6 +745,7 @@ impl Actor for BridgeActor {
             detached: 0,
             ringback: false,
             b_media: false,
+            hangup_reply: None,
             b: setup.b,
             trunk_index: setup.trunk_index,
             table: setup.table,
@@ -790,10 +794,7 @@ impl Actor for BridgeActor {
             }
             BridgeMsg::Hangup { cause, reply } => {
                 state.bridge.hangup(now, &cause);
-                let span = state.span.clone();
-                state.run(&myself).instrument(span).await;
-                let _ = reply.send(());
-                return Ok(());
+                state.hangup_reply = Some(reply);
             }
             #[cfg(test)]
             BridgeMsg::Fault(fault) => fault.trigger("sip_b2bua")?,
@@ -877,6 +878,11 @@ impl BridgeState {
                         let _ = media.send_message(MediaMsg::Plan(plan.summary()));
                     }
                 }
+            }
+        }
+        if self.bridge.is_done() {
+            if let Some(reply) = self.hangup_reply.take() {
+                let _ = reply.send(());
             }
         }
         let next = self.bridge.poll_timeout();

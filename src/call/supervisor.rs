@@ -28,6 +28,10 @@ use crate::store::writer::CdrQueue;
 use crate::store::HangupParty;
 use crate::telemetry;
 
+/// How long a SIP bridge may take to settle its hangup with the trunk before the call moves
+/// on without it.
+const BRIDGE_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a stopping child may take before the call moves on without it.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -574,10 +578,12 @@ impl Call {
         }
         if let Some(bridge) = self.bridge.take() {
             let cause = end.cause.clone();
+            // The bridge confirms once the trunk has answered our CANCEL or BYE (and a 2xx
+            // crossing the CANCEL is hung up), so nothing is left half-done when it stops.
             let hung_up = bridge
                 .call(
                     |reply| BridgeMsg::Hangup { cause, reply },
-                    Some(CALL_RPC_TIMEOUT),
+                    Some(BRIDGE_SETTLE_TIMEOUT),
                 )
                 .await;
             if !matches!(hung_up, Ok(ractor::rpc::CallResult::Success(()))) {

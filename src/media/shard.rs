@@ -684,7 +684,9 @@ impl MediaPlane {
         &self,
     ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
         let mut last = None;
-        for _ in 0..8 {
+        // Ports another process holds (another instance sharing the range) are skipped;
+        // each skipped lease goes to the back of the pool.
+        for _ in 0..64 {
             let lease = self
                 .inner
                 .ports
