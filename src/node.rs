@@ -292,13 +292,17 @@ impl Node {
                 tx,
             ))
         });
-        let router = api::router(ApiState {
+        let api_state = ApiState {
             readiness: Arc::clone(&readiness),
             store: store.clone(),
             calls: calls.clone(),
             prometheus,
-        })
-        .merge(crate::meta::ingress::router(meta_ingress));
+        };
+        let mut router =
+            api::router(api_state.clone()).merge(crate::meta::ingress::router(meta_ingress));
+        if let Some(token) = config.http.api_token.clone() {
+            router = router.merge(api::v1::router(api_state, token));
+        }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
             axum::serve(listener, router)

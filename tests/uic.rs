@@ -20,6 +20,7 @@ use waswitch::store::{CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, Han
 const SECRET: &str = "uic-secret";
 const PNID: &str = "105615555715855";
 const NUMBER: &str = "15551112222";
+const API_TOKEN: &str = "uic-api-token";
 
 /// The sim's Graph API, and a node whose business number's route tries `trunk_ports` in
 /// order (SIPp callees on loopback).
@@ -49,7 +50,8 @@ fn sim_and_switch(
             graph.router(),
         )));
         let toml = format!(
-            "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
+            "[http]\napi_token = \"{API_TOKEN}\"\n\
+             [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
              port_max = {}\n{trunks}\
              [[route]]\nname = \"support\"\ntrunks = [{}]\n\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
@@ -316,4 +318,134 @@ fn a_pbx_ringing_without_early_media_gives_the_customer_ringback() {
     assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
     assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
     assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+}
+
+#[test]
+fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 47400);
+    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
+    let base = format!("http://{}", node.http_addr());
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let id = graph.place_user_call(PNID, "4915100000007", &offer);
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let get = |path: &str, token: Option<&str>| {
+            let mut r = http.get(format!("{base}{path}"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send()
+        };
+        // No token, a wrong one: 401, with the challenge.
+        let r = get("/v1/calls", None).await.expect("answer");
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert_eq!(
+            get("/v1/calls", Some("guess"))
+                .await
+                .expect("answer")
+                .status()
+                .as_u16(),
+            401
+        );
+
+        let connect =
+            webhooks::user_call_connect(&ctx.business, &id, "4915100000007", "Bo", &offer);
+        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        graph
+            .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
+            .await
+            .expect("ringing");
+        let live: serde_json::Value = get("/v1/calls", Some(API_TOKEN))
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("json");
+        let calls = live["calls"].as_array().expect("calls");
+        assert_eq!(calls.len(), 1, "{live}");
+        assert_eq!(calls[0]["offer"]["wa_call_id"], id.as_str());
+        assert_eq!(calls[0]["offer"]["direction"], "user_initiated");
+        assert!(calls[0]["ringing_at"].is_i64(), "{live}");
+        let call_id = calls[0]["call_id"].as_str().expect("id").to_string();
+        let one = get(&format!("/v1/calls/{call_id}"), Some(API_TOKEN))
+            .await
+            .expect("answer");
+        assert_eq!(one.status().as_u16(), 200);
+        assert_eq!(
+            get("/v1/calls/nope", Some(API_TOKEN))
+                .await
+                .expect("answer")
+                .status()
+                .as_u16(),
+            404
+        );
+
+        // An operator hangs it up: the PBX is cancelled, Meta gets a reject.
+        let deleted = http
+            .delete(format!("{base}/v1/calls/{call_id}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(deleted.status().as_u16(), 204);
+        assert!(node.calls().wait_idle(Duration::from_secs(10)).await);
+        let again = http
+            .delete(format!("{base}/v1/calls/{call_id}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(again.status().as_u16(), 404);
+
+        // Its CDR, by filter; the CDR writer flushes in batches, so wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let r: serde_json::Value = get(
+                "/v1/cdrs?direction=user_initiated&outcome=unanswered&limit=10",
+                Some(API_TOKEN),
+            )
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("json");
+            if r["total"] == 1 {
+                break r;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no CDR: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let cdr = &found["cdrs"][0];
+        assert_eq!(cdr["call_id"], call_id.as_str());
+        assert_eq!(cdr["end_cause"], "api_hangup");
+        assert_eq!(cdr["hangup_by"], "switch");
+        let none: serde_json::Value = get("/v1/cdrs?direction=business_initiated", Some(API_TOKEN))
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(none["total"], 0);
+        let bad = get("/v1/cdrs?direction=sideways", Some(API_TOKEN))
+            .await
+            .expect("answer");
+        assert_eq!(bad.status().as_u16(), 400);
+    });
+    // Meta is told on its own task: wait for it, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while actions(&graph).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept", "reject"]);
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
+    rt.block_on(node.drain_and_stop());
 }

@@ -3,6 +3,8 @@
 //!
 //! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
 
+pub mod v1;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

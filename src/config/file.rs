@@ -152,12 +152,15 @@ fn default_node_id() -> String {
 pub(crate) struct HttpSection {
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    #[serde(default)]
+    pub api_token: Option<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            api_token: None,
         }
     }
 }

@@ -27,6 +27,7 @@ pub const DEFAULT_PATH: &str = "config/waswitch.toml";
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_NODE_ID", "node.id"),
     ("WASWITCH_HTTP_LISTEN", "http.listen"),
+    ("WASWITCH_API_TOKEN", "http.api_token"),
     ("WASWITCH_SIP_LISTEN", "sip.listen"),
     ("WASWITCH_MEDIA_IP", "media.ip"),
     ("WASWITCH_MEDIA_PORTS", "media.port_min/media.port_max"),
@@ -88,6 +89,8 @@ pub struct LimitsConfig {
 pub struct HttpConfig {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
+    /// Bearer token of the REST API (`/v1/...`); without one the API is not served.
+    pub api_token: Option<Secret>,
 }
 
 /// SIP listener settings.
@@ -513,6 +516,9 @@ impl Validator {
         if let Some(v) = take("WASWITCH_HTTP_LISTEN", "http.listen") {
             raw.http.listen = v;
         }
+        if let Some(v) = take("WASWITCH_API_TOKEN", "http.api_token") {
+            raw.http.api_token = Some(v);
+        }
         if let Some(v) = take("WASWITCH_SIP_LISTEN", "sip.listen") {
             raw.sip.listen = v;
         }
@@ -813,6 +819,13 @@ impl Validator {
             node_id,
             http: HttpConfig {
                 listen: http_listen?,
+                api_token: raw
+                    .http
+                    .api_token
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
             },
             sip: SipConfig {
                 listen: sip_listen?,

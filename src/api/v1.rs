@@ -1,0 +1,166 @@
+//! The REST API (`/v1/...`), for operators and the business's applications. Every request
+//! carries `Authorization: Bearer <http.api_token>`; without a configured token the API is
+//! not served.
+//!
+//! - `GET /v1/calls`: the live calls; `GET /v1/calls/{id}`: one.
+//! - `DELETE /v1/calls/{id}`: hangs it up (both sides; the CDR says the switch ended it,
+//!   cause `api_hangup`).
+//! - `GET /v1/cdrs?direction=&outcome=&business_number=&since=&until=&limit=&offset=`: CDRs,
+//!   newest first, with the total matching.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiState;
+use crate::call::CallId;
+use crate::config::Secret;
+use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty};
+
+/// Most CDRs one request returns.
+const MAX_LIMIT: u32 = 1000;
+
+/// The `/v1` routes, behind the bearer token.
+pub fn router(state: ApiState, token: Secret) -> Router {
+    Router::new()
+        .route("/v1/calls", get(calls))
+        .route("/v1/calls/{id}", get(call).delete(hang_up))
+        .route("/v1/cdrs", get(cdrs))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let token = token.clone();
+                async move { authorised(&token, req, next).await }
+            },
+        ))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+async fn authorised(token: &Secret, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => next.run(req).await,
+        _ => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"waswitch\""),
+            );
+            r
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn calls(State(s): State<ApiState>) -> Response {
+    let mut out = Vec::new();
+    for id in s.calls.ids() {
+        // A call that ends meanwhile is simply not listed.
+        if let Some(snapshot) = s.calls.snapshot(&id).await {
+            out.push(snapshot);
+        }
+    }
+    out.sort_by_key(|c| c.offered_at);
+    Json(json!({"calls": out})).into_response()
+}
+
+async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.calls.snapshot(&CallId::from(id.as_str())).await {
+        Some(snapshot) => Json(snapshot).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such live call"),
+    }
+}
+
+async fn hang_up(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if s.calls
+        .hangup(
+            &CallId::from(id.as_str()),
+            HangupParty::Switch,
+            "api_hangup",
+        )
+        .await
+    {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "no such live call")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CdrQuery {
+    direction: Option<String>,
+    outcome: Option<String>,
+    business_number: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn cdrs(
+    State(s): State<ApiState>,
+    query: Result<Query<CdrQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: direction, outcome, business_number, since and until (Unix ms), limit, offset",
+        );
+    };
+    let direction = match q.direction.as_deref().map(str::parse::<Direction>) {
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "direction: user_initiated, business_initiated or sip_transit",
+            )
+        }
+        other => other.and_then(Result::ok),
+    };
+    let outcome = match q.outcome.as_deref().map(str::parse::<CallOutcome>) {
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "outcome: answered, unanswered or failed",
+            )
+        }
+        other => other.and_then(Result::ok),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000");
+    }
+    let filter = CdrFilter {
+        direction,
+        outcome,
+        business_number: q.business_number,
+        since: q.since,
+        until: q.until,
+        limit,
+        offset: q.offset.unwrap_or(0),
+    };
+    let listed = s.store.list(&filter).await;
+    let counted = s.store.count(&filter).await;
+    match (listed, counted) {
+        (Ok(cdrs), Ok(total)) => Json(json!({"total": total, "cdrs": cdrs})).into_response(),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "CDR query failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store did not answer")
+        }
+    }
+}
