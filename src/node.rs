@@ -137,6 +137,13 @@ impl Node {
 
         let registry = CallRegistry::new();
         let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
+        if let Some(hook) = config.cdr_webhook.clone() {
+            let tap = crate::store::webhook::start(hook).map_err(|reason| StartError::Actor {
+                what: "CDR webhook",
+                reason,
+            })?;
+            cdrs.set_tap(tap);
+        }
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let root_args = RootArgs {
             registry: registry.clone(),

@@ -18,6 +18,9 @@ use crate::config::LogFormat;
 pub const CALLS_ACTIVE: &str = "waswitch_calls_active";
 /// Counter: calls ended, by `direction` and `outcome`.
 pub const CALLS_TOTAL: &str = "waswitch_calls_total";
+/// Counter: CDRs POSTed to the CDR webhook, by `outcome` (`delivered`, `failed` after the
+/// last attempt, `dropped` when its queue was full).
+pub const CDR_WEBHOOKS_TOTAL: &str = "waswitch_cdr_webhooks_total";
 /// Histogram: seconds from a call's offer (the connect webhook, the INVITE) to its answer
 /// (the business's SIP 200 for a WhatsApp call), by `direction`.
 pub const CALL_SETUP_SECONDS: &str = "waswitch_call_setup_seconds";

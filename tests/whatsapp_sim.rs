@@ -21,7 +21,7 @@ const PNID: &str = "105615555715855";
 const NUMBER: &str = "15551112222";
 
 /// The sim's Graph API on a loopback port, and a node of an echo-test number pointed at it.
-async fn sim_and_switch(dir: &Path, media_ports: u16) -> (SimGraph, Node, SimContext) {
+async fn sim_and_switch(dir: &Path, media_ports: u16, extra: &str) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new(TOKEN), vec![PNID.to_string()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -36,7 +36,7 @@ async fn sim_and_switch(dir: &Path, media_ports: u16) -> (SimGraph, Node, SimCon
          [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"{TOKEN}\"\n\
          app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
          [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
-         country = \"BR\"\necho_test = true\n",
+         country = \"BR\"\necho_test = true\n{extra}",
         media_ports + 598
     );
     let config = Config::loopback(&toml, &dir.join("w.db")).expect("config");
@@ -83,7 +83,12 @@ async fn stop_and_read_cdrs(node: Node, dir: &Path) -> Vec<waswitch::store::Cdr>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44000).await;
+    // Every CDR also goes to a webhook, which fails its first delivery.
+    let (hook_url, received) = cdr_sink().await;
+    let extra = format!(
+        "[cdr_webhook]\nurl = \"{hook_url}\"\nsecret = \"cdr-secret\"\ntimeout_ms = 2000\n"
+    );
+    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44000, &extra).await;
     // The user presses 1, 5 and # while talking; the echo sends them back.
     ctx.dtmf = Some("15#".into());
 
@@ -137,12 +142,69 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     assert_eq!(cdr.codec_path.as_deref(), Some("opus echo"));
     let media = cdr.media.expect("media quality");
     assert!(media.packets >= 50, "{media:?}");
+
+    // The webhook got the same CDR on its second attempt, signed over timestamp and body.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().expect("sink").len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no webhook retry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().expect("sink").clone();
+    let (timestamp, signature, body) = &got[1];
+    assert_eq!(
+        signature,
+        &waswitch::store::webhook::signature(b"cdr-secret", *timestamp, body)
+    );
+    let posted: serde_json::Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(posted["call_id"], cdr.call_id.as_str());
+    assert_eq!(posted["outcome"], "answered");
+}
+
+/// A CDR webhook receiver answering 503 to its first request and 200 after; what it got.
+async fn cdr_sink() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Received = Default::default();
+    let kept = got.clone();
+    let app = axum::Router::new().route(
+        "/cdrs",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let ts = header("x-waswitch-timestamp").parse().unwrap_or(0);
+                let mut all = kept.lock().expect("sink");
+                all.push((ts, header("x-waswitch-signature"), body.to_vec()));
+                if all.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/cdrs", listener.local_addr().expect("addr"));
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )));
+    (url, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_user_calls_connect_with_audio_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44600).await;
+    let (graph, node, mut ctx) = sim_and_switch(dir.path(), 44600, "").await;
     // Meta's delivery habits: every webhook twice, and bursts out of order.
     ctx.webhooks.duplicates = true;
     ctx.webhooks.jitter = Duration::from_millis(30);
@@ -184,7 +246,7 @@ async fn two_hundred_user_calls_connect_with_audio_verified() {
 async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
     use waswitch::sim::webhooks::{self, Ending};
     let dir = tempfile::tempdir().expect("tempdir");
-    let (graph, node, ctx) = sim_and_switch(dir.path(), 45200).await;
+    let (graph, node, ctx) = sim_and_switch(dir.path(), 45200, "").await;
     let (_user, offer) = waswitch::sim::user::SimUser::offer(
         std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
     )

@@ -35,6 +35,40 @@ pub(crate) struct ConfigFile {
     pub business_number: Vec<BusinessNumberSection>,
     #[serde(default)]
     pub sim: SimSection,
+    #[serde(default)]
+    pub cdr_webhook: Option<CdrWebhookSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CdrWebhookSection {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default = "default_cdr_webhook_timeout")]
+    pub timeout_ms: i64,
+    #[serde(default = "default_cdr_webhook_attempts")]
+    pub max_attempts: i64,
+}
+
+impl Default for CdrWebhookSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            timeout_ms: default_cdr_webhook_timeout(),
+            max_attempts: default_cdr_webhook_attempts(),
+        }
+    }
+}
+
+fn default_cdr_webhook_timeout() -> i64 {
+    5000
+}
+
+fn default_cdr_webhook_attempts() -> i64 {
+    6
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_NODE_ID", "node.id"),
     ("WASWITCH_HTTP_LISTEN", "http.listen"),
     ("WASWITCH_API_TOKEN", "http.api_token"),
+    ("WASWITCH_CDR_WEBHOOK_SECRET", "cdr_webhook.secret"),
     ("WASWITCH_SIP_LISTEN", "sip.listen"),
     ("WASWITCH_MEDIA_IP", "media.ip"),
     ("WASWITCH_MEDIA_PORTS", "media.port_min/media.port_max"),
@@ -73,6 +74,22 @@ pub struct Config {
     pub business_numbers: Vec<BusinessNumber>,
     /// `waswitch sim`.
     pub sim: SimConfig,
+    /// Where each CDR is also POSTed, signed (`None`: only stored).
+    pub cdr_webhook: Option<CdrWebhookConfig>,
+}
+
+/// `[cdr_webhook]`: every CDR POSTed as JSON to a URL, signed and retried, never holding a
+/// call.
+#[derive(Debug, Clone)]
+pub struct CdrWebhookConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// HMAC-SHA256 key of the `X-Waswitch-Signature` header.
+    pub secret: Secret,
+    /// Per attempt.
+    pub timeout: std::time::Duration,
+    /// Attempts per CDR (backoff doubling from 500 ms, with jitter).
+    pub max_attempts: u32,
 }
 
 /// Overload protection: above these, new calls get 503 with Retry-After at once.
@@ -519,6 +536,9 @@ impl Validator {
         if let Some(v) = take("WASWITCH_API_TOKEN", "http.api_token") {
             raw.http.api_token = Some(v);
         }
+        if let Some(v) = take("WASWITCH_CDR_WEBHOOK_SECRET", "cdr_webhook.secret") {
+            raw.cdr_webhook.get_or_insert_with(Default::default).secret = v;
+        }
         if let Some(v) = take("WASWITCH_SIP_LISTEN", "sip.listen") {
             raw.sip.listen = v;
         }
@@ -796,6 +816,7 @@ impl Validator {
         let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
         let meta = self.meta(raw.meta.as_ref());
+        let cdr_webhook = self.cdr_webhook(raw.cdr_webhook.as_ref());
         let business_numbers =
             self.business_numbers(&raw.business_number, raw.meta.is_some(), &routes);
         let ring_timeout =
@@ -869,6 +890,34 @@ impl Validator {
             sim: SimConfig {
                 listen: sim_listen?,
             },
+            cdr_webhook,
+        })
+    }
+
+    fn cdr_webhook(&mut self, raw: Option<&file::CdrWebhookSection>) -> Option<CdrWebhookConfig> {
+        let raw = raw?;
+        let url = raw.url.trim();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            self.problem(
+                "cdr_webhook.url",
+                format!("{url:?} is not an http(s) URL"),
+                "give the receiver's URL, e.g. \"https://billing.example.com/cdrs\"",
+            );
+        }
+        if raw.secret.trim().is_empty() {
+            self.problem(
+                "cdr_webhook.secret",
+                "missing: CDRs would go unsigned",
+                "set a shared secret (better: WASWITCH_CDR_WEBHOOK_SECRET)",
+            );
+        }
+        let timeout = self.bounded("cdr_webhook.timeout_ms", raw.timeout_ms, 100, 60_000);
+        let attempts = self.bounded("cdr_webhook.max_attempts", raw.max_attempts, 1, 20);
+        Some(CdrWebhookConfig {
+            url: url.to_string(),
+            secret: Secret::new(raw.secret.trim()),
+            timeout: std::time::Duration::from_millis(timeout? as u64),
+            max_attempts: attempts? as u32,
         })
     }
 

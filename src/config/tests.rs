@@ -428,3 +428,20 @@ fn business_number_mistakes_name_the_entry_and_the_fix() {
         );
     }
 }
+
+#[test]
+fn cdr_webhook_mistakes_name_the_key() {
+    let p = one_problem("[cdr_webhook]\nurl = \"billing.example.com\"\nsecret = \"s\"\n");
+    assert_eq!(p.key, "cdr_webhook.url");
+    let p = one_problem("[cdr_webhook]\nurl = \"https://billing.example.com/cdrs\"\n");
+    assert_eq!(p.key, "cdr_webhook.secret");
+    assert!(p.fix.contains("WASWITCH_CDR_WEBHOOK_SECRET"), "{}", p.fix);
+    let p = one_problem(
+        "[cdr_webhook]\nurl = \"https://b.example.com/\"\nsecret = \"s\"\nmax_attempts = 0\n",
+    );
+    assert_eq!(p.key, "cdr_webhook.max_attempts");
+    let c = load("[cdr_webhook]\nurl = \"https://b.example.com/cdrs\"\nsecret = \"s\"\n")
+        .expect("valid");
+    let hook = c.cdr_webhook.expect("webhook");
+    assert_eq!((hook.max_attempts, hook.timeout.as_millis()), (6, 5000));
+}

@@ -5,6 +5,7 @@
 //! except [`writer`], the supervised service that batches CDR writes off the call path.
 
 pub mod cdr;
+pub mod webhook;
 pub mod writer;
 
 use std::path::Path;

@@ -30,6 +30,8 @@ struct Shared {
     batch: Mutex<Vec<Cdr>>,
     /// CDRs submitted and not yet committed.
     outstanding: AtomicU64,
+    /// Where each CDR is also handed (the CDR webhook), never waited on.
+    tap: std::sync::OnceLock<mpsc::Sender<Cdr>>,
 }
 
 impl CdrQueue {
@@ -42,6 +44,7 @@ impl CdrQueue {
                 rx: Mutex::new(rx),
                 batch: Mutex::new(Vec::new()),
                 outstanding: AtomicU64::new(0),
+                tap: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -49,6 +52,12 @@ impl CdrQueue {
     /// Queues a CDR. Returns at once unless the queue is full (the store is far behind),
     /// in which case it waits for room rather than drop the record.
     pub async fn submit(&self, cdr: Cdr) {
+        if let Some(tap) = self.shared.tap.get() {
+            if tap.try_send(cdr.clone()).is_err() {
+                metrics::counter!(crate::telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
+                    .increment(1);
+            }
+        }
         self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
         let cdr = match self.tx.try_send(cdr) {
             Ok(()) => return,
@@ -60,6 +69,12 @@ impl CdrQueue {
         if self.tx.send(cdr).await.is_err() {
             unreachable!("CDR queue receiver dropped");
         }
+    }
+
+    /// Hands every CDR submitted from now on to `tap` as well (the CDR webhook); a full tap
+    /// loses the copy (counted), never the stored record.
+    pub fn set_tap(&self, tap: mpsc::Sender<Cdr>) {
+        let _ = self.shared.tap.set(tap);
     }
 
     /// CDRs submitted and not yet committed to the store.

@@ -1,0 +1,92 @@
+//! The CDR webhook: every CDR is also POSTed as JSON to a configured URL, signed, and
+//! retried with backoff, on a task of its own so no call ever waits for it.
+//!
+//! Headers: `X-Waswitch-Timestamp` (Unix seconds) and `X-Waswitch-Signature:
+//! sha256=<hex>`, the HMAC-SHA256 with the shared secret of `<timestamp>.<body>`. A
+//! receiver recomputes it and refuses stale timestamps, so a captured request cannot be
+//! replayed later. A 2xx answer delivers; a 408, 429, 5xx or transport failure is retried
+//! (backoff doubling from 500 ms, with jitter); any other answer gives up at once.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Cdr;
+use crate::config::CdrWebhookConfig;
+use crate::telemetry;
+
+/// CDRs waiting for the webhook before further ones are dropped (and counted).
+pub const QUEUE: usize = 10_000;
+
+/// The signature header of `body` sent at `timestamp`.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut signed = Vec::with_capacity(body.len() + 21);
+    signed.extend_from_slice(timestamp.to_string().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    crate::meta::signature::sign(secret, &signed)
+}
+
+/// Starts the sender; CDRs handed to the returned queue are delivered in order.
+pub fn start(config: CdrWebhookConfig) -> Result<mpsc::Sender<Cdr>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cdr_webhook: {e}"))?;
+    let (tx, mut rx) = mpsc::channel::<Cdr>(QUEUE);
+    tokio::spawn(async move {
+        while let Some(cdr) = rx.recv().await {
+            let outcome = if deliver(&http, &config, &cdr).await {
+                "delivered"
+            } else {
+                "failed"
+            };
+            metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
+        }
+    });
+    Ok(tx)
+}
+
+async fn deliver(http: &reqwest::Client, config: &CdrWebhookConfig, cdr: &Cdr) -> bool {
+    let Ok(body) = serde_json::to_vec(cdr) else {
+        return false;
+    };
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=config.max_attempts {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let sent = http
+            .post(&config.url)
+            .header("content-type", "application/json")
+            .header("x-waswitch-timestamp", timestamp.to_string())
+            .header(
+                "x-waswitch-signature",
+                signature(config.secret.expose().as_bytes(), timestamp, &body),
+            )
+            .body(body.clone())
+            .send()
+            .await;
+        let retry = match sent {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => {
+                let code = r.status().as_u16();
+                tracing::warn!(call_id = %cdr.call_id, status = code, attempt, "CDR webhook refused");
+                matches!(code, 408 | 429) || code >= 500
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %cdr.call_id, error = %e, attempt, "CDR webhook unreachable");
+                true
+            }
+        };
+        if !retry || attempt == config.max_attempts {
+            break;
+        }
+        let jitter = uuid::Uuid::new_v4().as_u64_pair().0 % (backoff.as_millis() as u64 / 2 + 1);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+    false
+}
