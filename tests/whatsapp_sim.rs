@@ -160,11 +160,11 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     assert_eq!(posted["outcome"], "answered");
 }
 
+/// What a CDR webhook receiver got: timestamp, signature and body of each request.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>;
+
 /// A CDR webhook receiver answering 503 to its first request and 200 after; what it got.
-async fn cdr_sink() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>,
-) {
+async fn cdr_sink() -> (String, Received) {
     use axum::http::{HeaderMap, StatusCode};
     let got: Received = Default::default();
     let kept = got.clone();
