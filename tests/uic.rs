@@ -30,16 +30,34 @@ fn sim_and_switch(
     trunk_ports: &[u16],
     media_ports: u16,
 ) -> (SimGraph, Node, SimContext) {
+    sim_and_switch_probing(rt, dir, trunk_ports, media_ports, false)
+}
+
+/// [`sim_and_switch`], with the first trunk probed by OPTIONS every second (T1 50 ms, so a
+/// probe times out in 3.2 s) when `probe_first`.
+fn sim_and_switch_probing(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    trunk_ports: &[u16],
+    media_ports: u16,
+    probe_first: bool,
+) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let mut trunks = String::new();
     let mut names = Vec::new();
     for (i, port) in trunk_ports.iter().enumerate() {
+        let probe = if probe_first && i == 0 { 1 } else { 0 };
         trunks.push_str(&format!(
             "[[trunk]]\nname = \"pbx{i}\"\nuri = \"sip:127.0.0.1:{port}\"\n\
-             options_interval_secs = 0\ninvite_timeout_ms = 2000\n"
+             options_interval_secs = {probe}\ninvite_timeout_ms = 2000\n"
         ));
         names.push(format!("\"pbx{i}\""));
     }
+    let sip = if probe_first {
+        "[sip]\nt1_ms = 50\n"
+    } else {
+        ""
+    };
     let (node, sim_addr) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -50,7 +68,7 @@ fn sim_and_switch(
             graph.router(),
         )));
         let toml = format!(
-            "[http]\napi_token = \"{API_TOKEN}\"\n\
+            "{sip}[http]\napi_token = \"{API_TOKEN}\"\n\
              [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
              port_max = {}\n{trunks}\
              [[route]]\nname = \"support\"\ntrunks = [{}]\n\
@@ -448,4 +466,47 @@ fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
     rt.block_on(node.drain_and_stop());
+}
+
+#[test]
+fn a_trunk_failing_its_probes_is_skipped_for_whatsapp_calls() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first trunk takes datagrams and never answers: its OPTIONS probes time out.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    dead.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let dead_port = dead.local_addr().expect("addr").port();
+    let port = free_udp_port();
+    let (graph, node, ctx) =
+        sim_and_switch_probing(&rt, dir.path(), &[dead_port, port], 47600, true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while node.trunk_health().get("pbx0") != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trunk never marked down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", port, 1, &["-rtp_echo"]);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345678",
+        Duration::from_secs(1),
+    ));
+    assert_eq!(result.error, None, "{result:?}");
+    assert!(result.audio_verified);
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept", "accept"]);
+    let mut buf = [0u8; 4096];
+    while let Ok((n, _)) = dead.recv_from(&mut buf) {
+        assert!(
+            buf[..n].starts_with(b"OPTIONS "),
+            "only probes reach a trunk that is down: {}",
+            String::from_utf8_lossy(&buf[..n.min(60)])
+        );
+    }
+    let cdrs = cdrs(&rt, node, dir.path());
+    let _ = uas.finish();
+    assert_eq!(cdrs[0].trunk.as_deref(), Some("pbx1"));
 }
