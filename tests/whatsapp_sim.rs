@@ -22,6 +22,16 @@ const NUMBER: &str = "15551112222";
 
 /// The sim's Graph API on a loopback port, and a node of an echo-test number pointed at it.
 async fn sim_and_switch(dir: &Path, media_ports: u16, extra: &str) -> (SimGraph, Node, SimContext) {
+    sim_and_switch_with(dir, media_ports, extra, 30).await
+}
+
+/// [`sim_and_switch`] with a media timeout of `media_timeout` seconds.
+async fn sim_and_switch_with(
+    dir: &Path,
+    media_ports: u16,
+    extra: &str,
+    media_timeout: u32,
+) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new(TOKEN), vec![PNID.to_string()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -33,6 +43,7 @@ async fn sim_and_switch(dir: &Path, media_ports: u16, extra: &str) -> (SimGraph,
     )));
     let toml = format!(
         "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
+         timeout_secs = {media_timeout}\n\
          [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"{TOKEN}\"\n\
          app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
          [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
@@ -286,4 +297,41 @@ async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
         .filter_map(|r| r.action.map(|a| (a, r.status)))
         .collect();
     assert_eq!(actions[0], ("pre_accept".to_string(), 400), "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_leg_whose_media_never_comes_is_ended_with_its_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, node, ctx) = sim_and_switch_with(dir.path(), 45800, "", 2).await;
+    // A user whose phone never answers ICE: the call is accepted, then no media arrives.
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let id = graph.place_user_call(PNID, "4915100000011", &offer);
+    let connect = waswitch::sim::webhooks::user_call_connect(
+        &ctx.business,
+        &id,
+        "4915100000011",
+        "Mute",
+        &offer,
+    );
+    assert!(ctx.webhooks.deliver(&connect).await.delivered());
+    // The switch gives up after the media timeout and terminates toward Meta.
+    let ended = graph
+        .wait_call(&id, Duration::from_secs(15), |c| {
+            c.state == waswitch::sim::graph::SimCallState::Ended
+        })
+        .await;
+    assert!(ended.is_some(), "the switch never ended the silent call");
+    let cdrs = stop_and_read_cdrs(node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].end_cause, "media_timeout");
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Switch);
+    let names: Vec<String> = graph
+        .recorded()
+        .into_iter()
+        .filter_map(|r| r.action)
+        .collect();
+    assert_eq!(names, ["pre_accept", "accept", "terminate"]);
 }
