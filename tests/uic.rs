@@ -510,3 +510,50 @@ fn a_trunk_failing_its_probes_is_skipped_for_whatsapp_calls() {
     let _ = uas.finish();
     assert_eq!(cdrs[0].trunk.as_deref(), Some("pbx1"));
 }
+
+#[test]
+fn the_customer_hanging_up_before_the_pbx_answers_at_all_cancels_it_once_it_does() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 47800);
+    // The PBX says nothing for 1.5 s; the customer gives up meanwhile. The switch can only
+    // CANCEL once the PBX has answered provisionally (RFC 3261 §9.1), and does so then.
+    let uas = Uas::start("uic_uas_slow_ring_cancel.xml", "u1", port, 1);
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let user = "4915100000012";
+    let id = graph.place_user_call(PNID, user, &offer);
+    rt.block_on(async {
+        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Cy", &offer);
+        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        graph.end_call(&id);
+        let ending = Ending {
+            business_initiated: false,
+            user: user.into(),
+            talked: None,
+            error: None,
+            opaque: None,
+        };
+        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
+        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+    });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(
+        code,
+        Some(0),
+        "the PBX was cancelled once it rang: {counters:?}"
+    );
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+    // Nothing was pre-accepted: Meta had only the call, which the customer ended.
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert!(
+        !names.iter().any(|n| n == "pre_accept" || n == "accept"),
+        "{names:?}"
+    );
+}
