@@ -557,3 +557,45 @@ fn the_customer_hanging_up_before_the_pbx_answers_at_all_cancels_it_once_it_does
         "{names:?}"
     );
 }
+
+#[test]
+fn a_pbx_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 48000);
+    // The customer hangs up while it rings; the PBX answers anyway (its 200 crosses our
+    // CANCEL): the switch acknowledges it and ends it with BYE, and Meta is not accepted.
+    let uas = Uas::start("uic_uas_answer_crosses_cancel.xml", "u1", port, 1);
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let user = "4915100000013";
+    let id = graph.place_user_call(PNID, user, &offer);
+    rt.block_on(async {
+        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Di", &offer);
+        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        graph
+            .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
+            .await
+            .expect("pre-accepted while ringing");
+        graph.end_call(&id);
+        let ending = Ending {
+            business_initiated: false,
+            user: user.into(),
+            talked: None,
+            error: None,
+            opaque: None,
+        };
+        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
+        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+    });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "ACK and BYE reached the PBX: {counters:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(names, ["pre_accept"], "never accepted toward Meta");
+}
