@@ -131,6 +131,41 @@ fn actions(graph: &SimGraph) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// A user's call placed and announced in a signed connect webhook, its media never run
+/// (the test drives the call's ending); Meta's call id.
+async fn place_call(graph: &SimGraph, ctx: &SimContext, user: &str, name: &str) -> String {
+    let (_user, offer) = waswitch::sim::user::SimUser::offer(
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    )
+    .expect("offer");
+    let id = graph.place_user_call(PNID, user, &offer);
+    let connect = webhooks::user_call_connect(&ctx.business, &id, user, name, &offer);
+    assert!(ctx.webhooks.deliver(&connect).await.delivered());
+    id
+}
+
+/// The user hangs up: Meta ends the call and sends the terminate webhook.
+async fn customer_hangs_up(graph: &SimGraph, ctx: &SimContext, id: &str, user: &str) {
+    graph.end_call(id);
+    let ending = Ending {
+        business_initiated: false,
+        user: user.into(),
+        talked: None,
+        error: None,
+        opaque: None,
+    };
+    let terminate = webhooks::terminate(&ctx.business, id, &ending);
+    assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+}
+
+/// Waits until the switch pre-accepted call `id` (the PBX rings).
+async fn wait_pre_accepted(graph: &SimGraph, id: &str) {
+    graph
+        .wait_call(id, Duration::from_secs(10), |c| c.answer.is_some())
+        .await
+        .expect("pre-accepted while ringing");
+}
+
 /// One answered call against a callee answering in `scenario` with RTP echo; the user's
 /// DTMF crosses to the PBX and comes back in its echo.
 fn answered_call(scenario: &str, codec_path: &str, media_ports: u16) {
@@ -277,30 +312,12 @@ fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
     let port = free_udp_port();
     let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 46800);
     let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
-    let (_user, offer) = waswitch::sim::user::SimUser::offer(
-        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
-    )
-    .expect("offer");
     let user = "4915100000001";
-    let id = graph.place_user_call(PNID, user, &offer);
     rt.block_on(async {
-        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Ana", &offer);
-        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        let id = place_call(&graph, &ctx, user, "Ana").await;
         // The PBX rings: the switch pre-accepts.
-        graph
-            .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
-            .await
-            .expect("pre-accepted while ringing");
-        graph.end_call(&id);
-        let ending = Ending {
-            business_initiated: false,
-            user: user.into(),
-            talked: None,
-            error: None,
-            opaque: None,
-        };
-        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
-        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+        wait_pre_accepted(&graph, &id).await;
+        customer_hangs_up(&graph, &ctx, &id, user).await;
     });
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
@@ -520,26 +537,11 @@ fn the_customer_hanging_up_before_the_pbx_answers_at_all_cancels_it_once_it_does
     // The PBX says nothing for 1.5 s; the customer gives up meanwhile. The switch can only
     // CANCEL once the PBX has answered provisionally (RFC 3261 §9.1), and does so then.
     let uas = Uas::start("uic_uas_slow_ring_cancel.xml", "u1", port, 1);
-    let (_user, offer) = waswitch::sim::user::SimUser::offer(
-        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
-    )
-    .expect("offer");
     let user = "4915100000012";
-    let id = graph.place_user_call(PNID, user, &offer);
     rt.block_on(async {
-        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Cy", &offer);
-        assert!(ctx.webhooks.deliver(&connect).await.delivered());
+        let id = place_call(&graph, &ctx, user, "Cy").await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        graph.end_call(&id);
-        let ending = Ending {
-            business_initiated: false,
-            user: user.into(),
-            talked: None,
-            error: None,
-            opaque: None,
-        };
-        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
-        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+        customer_hangs_up(&graph, &ctx, &id, user).await;
     });
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
@@ -567,29 +569,11 @@ fn a_pbx_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
     // The customer hangs up while it rings; the PBX answers anyway (its 200 crosses our
     // CANCEL): the switch acknowledges it and ends it with BYE, and Meta is not accepted.
     let uas = Uas::start("uic_uas_answer_crosses_cancel.xml", "u1", port, 1);
-    let (_user, offer) = waswitch::sim::user::SimUser::offer(
-        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
-    )
-    .expect("offer");
     let user = "4915100000013";
-    let id = graph.place_user_call(PNID, user, &offer);
     rt.block_on(async {
-        let connect = webhooks::user_call_connect(&ctx.business, &id, user, "Di", &offer);
-        assert!(ctx.webhooks.deliver(&connect).await.delivered());
-        graph
-            .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
-            .await
-            .expect("pre-accepted while ringing");
-        graph.end_call(&id);
-        let ending = Ending {
-            business_initiated: false,
-            user: user.into(),
-            talked: None,
-            error: None,
-            opaque: None,
-        };
-        let terminate = webhooks::terminate(&ctx.business, &id, &ending);
-        assert!(ctx.webhooks.deliver(&terminate).await.delivered());
+        let id = place_call(&graph, &ctx, user, "Di").await;
+        wait_pre_accepted(&graph, &id).await;
+        customer_hangs_up(&graph, &ctx, &id, user).await;
     });
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();

@@ -65,17 +65,7 @@ impl SipRouter {
             .filter(|r| user.starts_with(&r.prefix))
             .max_by_key(|r| r.prefix.len())
             .ok_or(NoRoute::NoMatch)?;
-        let trunks: Vec<usize> = route
-            .trunks
-            .iter()
-            .copied()
-            .filter(|&t| usable(t))
-            .collect();
-        if trunks.is_empty() {
-            Err(NoRoute::AllTrunksUnavailable)
-        } else {
-            Ok(trunks)
-        }
+        usable_trunks(route, usable)
     }
 
     /// The usable trunks of the route named `name` (a WhatsApp business number's route), in
@@ -86,17 +76,22 @@ impl SipRouter {
             .iter()
             .find(|r| r.name == name)
             .ok_or(NoRoute::NoMatch)?;
-        let trunks: Vec<usize> = route
-            .trunks
-            .iter()
-            .copied()
-            .filter(|&t| usable(t))
-            .collect();
-        if trunks.is_empty() {
-            Err(NoRoute::AllTrunksUnavailable)
-        } else {
-            Ok(trunks)
-        }
+        usable_trunks(route, usable)
+    }
+}
+
+/// The route's trunks that are `usable`, in order; none is [`NoRoute::AllTrunksUnavailable`].
+fn usable_trunks(route: &SipRoute, usable: impl Fn(usize) -> bool) -> Result<Vec<usize>, NoRoute> {
+    let trunks: Vec<usize> = route
+        .trunks
+        .iter()
+        .copied()
+        .filter(|&t| usable(t))
+        .collect();
+    if trunks.is_empty() {
+        Err(NoRoute::AllTrunksUnavailable)
+    } else {
+        Ok(trunks)
     }
 }
 
