@@ -1181,6 +1181,11 @@ fn record(rec: &mut Recorder, side: Side, pt: u8, ts: u32, arrival: Instant, pay
     rec.push(frame);
 }
 
+/// A STUN message (RFC 5389 §6: top two bits zero, the magic cookie at octets 4-7).
+fn is_stun(data: &[u8]) -> bool {
+    data.len() >= 20 && data[0] < 4 && data[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
 /// Sends whatever a WebRTC leg has to send from its shared socket, and notes its next timer.
 fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) {
     let Some(socket) = sockets.get(rtc.socket).and_then(Option::as_ref) else {
@@ -1909,8 +1914,9 @@ impl Shard {
     }
 
     /// Reads what arrived on a shared WebRTC socket and hands each datagram to its leg:
-    /// found by the peer's address, or else by asking the socket's legs (a peer address
-    /// not in its SDP: the leg's STUN credentials decide), which learns the address.
+    /// found by the peer's address, or else, for an ICE check from an address not in any
+    /// SDP, by asking the socket's legs (the leg's STUN credentials decide), which then
+    /// learns the address.
     fn drain_rtc_socket(&mut self, index: usize, batch: &mut Batch) {
         use std::os::fd::AsRawFd;
         let mut errors = 0;
@@ -1938,6 +1944,9 @@ impl Shard {
                     .and_then(|s| s.by_remote.get(&from).copied());
                 let taken = match known {
                     Some(slot) => self.rtc_receive(slot, index, now, from, data),
+                    // A peer's new address shows itself with an ICE check first; DTLS or
+                    // SRTP from an address no leg knows is nobody's, and costs no scan.
+                    None if !is_stun(data) => false,
                     None => {
                         let mut taken = false;
                         for k in 0..self.rtc_slots.len() {

@@ -955,3 +955,17 @@ fn a_webrtc_offer_of_ours_is_answered_and_its_audio_echoed() {
     pair.close();
     plane.stop();
 }
+
+#[test]
+fn only_ice_checks_from_unknown_addresses_are_offered_to_webrtc_legs() {
+    let mut stun = [0u8; 20];
+    stun[1] = 0x01; // Binding request
+    stun[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    assert!(is_stun(&stun));
+    // A DTLS record (content type 22) and an RTP packet are not.
+    let mut dtls = [0u8; 20];
+    dtls[0] = 22;
+    assert!(!is_stun(&dtls));
+    assert!(!is_stun(&rtp(1, 160, 7, 0, &[0; 8])));
+    assert!(!is_stun(&stun[..12]));
+}
