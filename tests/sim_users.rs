@@ -85,6 +85,21 @@ fn call_events(inbox: &Inbox, call_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The business calls `user` through Meta's Graph API with our SDP `offer`.
+async fn connect(
+    business: &GraphClient,
+    user: &str,
+    offer: String,
+    opaque: Option<String>,
+) -> Result<Option<String>, GraphError> {
+    let action = CallAction::Connect {
+        to: user.into(),
+        sdp: offer,
+        biz_opaque_callback_data: opaque,
+    };
+    business.call_action(PNID, &action).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_users_answer_permission_requests_and_business_calls() {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
@@ -167,15 +182,7 @@ async fn simulated_users_answer_permission_requests_and_business_calls() {
         (offer, pair)
     };
     let (offer, pair) = place(&plane);
-    let call_id = business
-        .call_action(
-            PNID,
-            &CallAction::Connect {
-                to: user.into(),
-                sdp: offer,
-                biz_opaque_callback_data: Some("order-77".into()),
-            },
-        )
+    let call_id = connect(&business, user, offer, Some("order-77".into()))
         .await
         .expect("connect")
         .expect("a call id");
@@ -235,15 +242,7 @@ async fn simulated_users_answer_permission_requests_and_business_calls() {
         ..behaviour.clone()
     });
     let (offer, _pair) = place(&plane);
-    let rejected = business
-        .call_action(
-            PNID,
-            &CallAction::Connect {
-                to: user.into(),
-                sdp: offer,
-                biz_opaque_callback_data: None,
-            },
-        )
+    let rejected = connect(&business, user, offer, None)
         .await
         .expect("connect")
         .expect("id");
@@ -269,15 +268,7 @@ async fn simulated_users_answer_permission_requests_and_business_calls() {
         ..behaviour.clone()
     });
     let (offer, _pair) = place(&plane);
-    let ignored = business
-        .call_action(
-            PNID,
-            &CallAction::Connect {
-                to: user.into(),
-                sdp: offer,
-                biz_opaque_callback_data: None,
-            },
-        )
+    let ignored = connect(&business, user, offer, None)
         .await
         .expect("connect")
         .expect("id");
@@ -298,16 +289,7 @@ async fn simulated_users_answer_permission_requests_and_business_calls() {
 
     // The user revokes: Meta refuses the next call (138006) and tells the business.
     users.revoke(user).await;
-    let refused = business
-        .call_action(
-            PNID,
-            &CallAction::Connect {
-                to: user.into(),
-                sdp: place(&plane).0,
-                biz_opaque_callback_data: None,
-            },
-        )
-        .await;
+    let refused = connect(&business, user, place(&plane).0, None).await;
     match refused {
         Err(GraphError::Meta { code, .. }) => assert_eq!(code, 138_006),
         other => panic!("a call without permission: {other:?}"),

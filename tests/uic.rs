@@ -305,14 +305,15 @@ fn the_pbx_hanging_up_terminates_the_whatsapp_call() {
     assert_eq!(cdrs[0].hangup_by, HangupParty::Business);
 }
 
-#[test]
-fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
+/// The customer hangs up while a PBX playing `scenario` rings: the switch settles it with
+/// the PBX (SIPp's scenario completes), the call is unanswered and hung up by the
+/// customer, and Meta only ever had the pre-accept.
+fn customer_hangs_up_while_ringing(scenario: &str, media_ports: u16, user: &str, settled: &str) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 46800);
-    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
-    let user = "4915100000001";
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], media_ports);
+    let uas = Uas::start(scenario, "u1", port, 1);
     rt.block_on(async {
         let id = place_call(&graph, &ctx, user, "Ana").await;
         // The PBX rings: the switch pre-accepts.
@@ -321,11 +322,21 @@ fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
     });
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
-    assert_eq!(code, Some(0), "the PBX saw the CANCEL: {counters:?}");
+    assert_eq!(code, Some(0), "{settled}: {counters:?}");
     assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
     assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
     let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
-    assert_eq!(names, ["pre_accept"], "nothing more toward Meta");
+    assert_eq!(names, ["pre_accept"], "never accepted toward Meta");
+}
+
+#[test]
+fn the_customer_hanging_up_while_it_rings_cancels_the_pbx() {
+    customer_hangs_up_while_ringing(
+        "b2bua_uas_ring_cancel.xml",
+        46800,
+        "4915100000001",
+        "the PBX saw the CANCEL",
+    );
 }
 
 #[test]
@@ -562,24 +573,12 @@ fn the_customer_hanging_up_before_the_pbx_answers_at_all_cancels_it_once_it_does
 
 #[test]
 fn a_pbx_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
-    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 48000);
-    // The customer hangs up while it rings; the PBX answers anyway (its 200 crosses our
-    // CANCEL): the switch acknowledges it and ends it with BYE, and Meta is not accepted.
-    let uas = Uas::start("uic_uas_answer_crosses_cancel.xml", "u1", port, 1);
-    let user = "4915100000013";
-    rt.block_on(async {
-        let id = place_call(&graph, &ctx, user, "Di").await;
-        wait_pre_accepted(&graph, &id).await;
-        customer_hangs_up(&graph, &ctx, &id, user).await;
-    });
-    let cdrs = cdrs(&rt, node, dir.path());
-    let (code, counters) = uas.finish();
-    assert_eq!(code, Some(0), "ACK and BYE reached the PBX: {counters:?}");
-    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
-    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
-    assert_eq!(names, ["pre_accept"], "never accepted toward Meta");
+    // The PBX answers anyway (its 200 crosses our CANCEL): the switch acknowledges it and
+    // ends it with BYE.
+    customer_hangs_up_while_ringing(
+        "uic_uas_answer_crosses_cancel.xml",
+        48000,
+        "4915100000013",
+        "ACK and BYE reached the PBX",
+    );
 }
