@@ -18,6 +18,7 @@ pub mod config;
 pub mod media;
 pub mod meta;
 pub mod node;
+pub mod permission;
 pub mod routing;
 pub mod sdp;
 pub mod sim;

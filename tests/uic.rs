@@ -582,3 +582,102 @@ fn a_pbx_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
         "ACK and BYE reached the PBX",
     );
 }
+
+#[test]
+fn a_panic_in_one_calls_sip_leg_ends_it_cleanly_on_both_sides_and_spares_the_other() {
+    use waswitch::call::supervisor::ChildRole;
+    use waswitch::call::Fault;
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 48400);
+    // Both calls answered with RTP echo; each scenario ends with the switch's BYE.
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", port, 2, &["-rtp_echo"]);
+    let calls = node.calls().clone();
+    let (first, second, victim) = rt.block_on(async {
+        let inject = async {
+            // Once both calls are accepted and carrying audio, one call's SIP leg panics.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while actions(&graph)
+                .iter()
+                .filter(|(a, _)| a == "accept")
+                .count()
+                < 2
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "both calls accepted"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let ids = calls.registry().ids();
+            assert_eq!(ids.len(), 2, "two live calls");
+            assert!(calls.inject_fault(&ids[0], ChildRole::Bridge, Fault::Panic));
+            ids[0].to_string()
+        };
+        tokio::join!(
+            load::user_call(&ctx, "4915100000001", Duration::from_secs(5)),
+            load::user_call(&ctx, "4915100000002", Duration::from_secs(5)),
+            inject,
+        )
+    });
+    let metrics = rt.block_on(async {
+        assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
+        reqwest::get(format!("http://{}/metrics", node.http_addr()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    assert!(
+        metrics.contains("waswitch_actor_failures_total{actor=\"sip_b2bua\"} 1"),
+        "{metrics}"
+    );
+    let cdrs = cdrs(&rt, node, dir.path());
+    // The PBX got a BYE for both calls: the failed one's from the bridge's last act.
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&2), "{counters:?}");
+    assert_eq!(cdrs.len(), 2, "exactly one CDR per call: {cdrs:?}");
+    let failed = cdrs
+        .iter()
+        .find(|c| c.call_id == victim)
+        .expect("the failed call's CDR");
+    assert_eq!(failed.end_cause, "internal_failure", "{failed:?}");
+    assert_eq!(failed.hangup_by, HangupParty::Switch, "{failed:?}");
+    let failure = failed.failure.as_deref().unwrap_or_default();
+    assert!(
+        failure.contains("sip_b2bua failed") && failure.contains("panic injected"),
+        "{failed:?}"
+    );
+    // A call ended by a failure is a failed call, answered or not; it was answered.
+    assert_eq!(failed.outcome, CallOutcome::Failed, "{failed:?}");
+    assert!(failed.answered_at.is_some(), "{failed:?}");
+    let ok = cdrs
+        .iter()
+        .find(|c| c.call_id != victim)
+        .expect("other CDR");
+    assert_eq!(ok.end_cause, "normal_clearing", "{ok:?}");
+    assert_eq!(ok.hangup_by, HangupParty::Customer, "{ok:?}");
+    assert_eq!(ok.failure, None);
+    // WhatsApp heard the failed call end (terminate); the other call ran its course with
+    // audio both ways.
+    let (hit, spared) = if failed.customer_wa_id.as_deref() == Some("4915100000001") {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    assert!(hit.accepted && hit.ended_by_business, "{hit:?}");
+    assert_eq!(spared.error, None, "{spared:?}");
+    assert!(
+        spared.audio_verified && !spared.ended_by_business,
+        "{spared:?}"
+    );
+    let terminates = actions(&graph)
+        .iter()
+        .filter(|(a, _)| a == "terminate")
+        .count();
+    assert_eq!(terminates, 1, "{:?}", actions(&graph));
+}

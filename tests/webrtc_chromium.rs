@@ -570,3 +570,305 @@ fn chromium_as_meta_calls_an_echo_number_of_a_running_switch() {
         node.drain_and_stop().await;
     });
 }
+
+/// A mono 16-bit PCM WAV file of `seconds` of a `hz` tone at `rate`.
+fn write_tone_wav(path: &std::path::Path, hz: f64, rate: u32, seconds: u32) {
+    let n = rate * seconds;
+    let mut wav = Vec::with_capacity(44 + 2 * n as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(2 * rate).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(2 * n).to_le_bytes());
+    for k in 0..n {
+        let t = f64::from(k) / f64::from(rate);
+        let s = ((2.0 * std::f64::consts::PI * hz * t).sin() * 8000.0) as i16;
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("tone file");
+}
+
+/// The samples and rate of a 16-bit PCM WAV file (first channel).
+fn read_wav(path: &std::path::Path) -> (Vec<f32>, f32) {
+    let bytes = std::fs::read(path).expect("recording");
+    assert!(bytes.len() > 44 && &bytes[0..4] == b"RIFF", "a WAV file");
+    let (mut at, mut rate, mut channels) = (12, 0u32, 1usize);
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+            as usize;
+        let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+        if id == b"fmt " && body.len() >= 16 {
+            channels = usize::from(u16::from_le_bytes([body[2], body[3]])).max(1);
+            rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+        }
+        if id == b"data" {
+            let samples = body
+                .chunks_exact(2 * channels)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+                .collect();
+            return (samples, rate as f32);
+        }
+        at += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in {}", path.display());
+}
+
+const NAME_BARESIP: &str = "chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch";
+
+/// The product's first flow with real peers on both ends: Chromium plays the customer on
+/// WhatsApp (its offer in a signed connect webhook), the switch delivers the call as SIP to
+/// baresip, an auto-answering agent phone. Chromium's 440 Hz reaches the agent (baresip
+/// records what it decodes) and the agent's 1 kHz reaches Chromium (its analyser finds the
+/// peak); the customer hangs up and the agent's phone gets the BYE.
+#[test]
+fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
+    if !in_loopback_namespace(NAME_BARESIP) {
+        return;
+    }
+    use waswitch::config::{Config, Secret};
+    use waswitch::sim::graph::{SimCallState, SimGraph};
+    use waswitch::sim::webhooks::{terminate, Ending, WebhookSender};
+    use waswitch::store::{CallOutcome, CdrFilter, CdrRepository, HangupParty, Store};
+    const PNID: &str = "105615555715855";
+    const AGENT_PORT: u16 = 5090;
+
+    // The agent's phone: baresip answers every call, plays 1 kHz from a file and records
+    // what it decodes (sndfile), on loopback only.
+    let work = tempfile::tempdir().expect("workdir");
+    let conf = work.path().join("conf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    write_tone_wav(&work.path().join("tone.wav"), 1000.0, 8000, 30);
+    let w = work.path().display();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{AGENT_PORT}\nnet_interface 127.0.0.1\n\
+             rtp_ports 10000-10099\ncall_local_timeout 120\ncall_max_calls 4\n\
+             audio_player aubridge,null\naudio_source aufile,{w}/tone.wav\n\
+             audio_alert aubridge,null\nausrc_format s16\nauplay_format s16\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module aubridge.so\nmodule sndfile.so\nsnd_path {w}\nrtp_stats yes\n\
+             module_tmp uuid.so\nmodule_tmp account.so\n"
+        ),
+    )
+    .expect("baresip config");
+    std::fs::write(
+        conf.join("accounts"),
+        format!(
+            "<sip:agent@127.0.0.1:{AGENT_PORT}>;regint=0;answermode=auto;audio_codecs=PCMU,PCMA\n"
+        ),
+    )
+    .expect("baresip accounts");
+    let log_path = work.path().join("baresip.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut baresip = Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .args(["-n", "127.0.0.1", "-t", "60"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("baresip (Debian package baresip) is needed");
+    let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ready = Instant::now();
+    while !baresip_log().contains("baresip is ready") {
+        assert!(
+            ready.elapsed() < Duration::from_secs(10),
+            "baresip did not start: {}",
+            baresip_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sim");
+        let sim_addr = listener.local_addr().expect("sim address");
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            graph.router(),
+        )));
+        let toml = format!(
+            "[media]\nip = \"127.0.0.1\"\n\
+             [[trunk]]\nname = \"agents\"\nuri = \"sip:agent@127.0.0.1:{AGENT_PORT}\"\n\
+             options_interval_secs = 0\n\
+             [[route]]\nname = \"support\"\ntrunks = [\"agents\"]\n\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"sec\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\n\
+             display_number = \"15551112222\"\ncountry = \"BR\"\nroute = \"support\"\n"
+        );
+        let config = Config::loopback(&toml, &dir.path().join("c.db")).expect("config");
+        waswitch::node::Node::start(config).await.expect("node")
+    });
+    let webhooks = WebhookSender::new(
+        &format!("http://{}/webhooks/meta", node.http_addr()),
+        Secret::new("sec"),
+        Duration::from_secs(10),
+    )
+    .expect("sender");
+    let business = BusinessRef {
+        waba_id: "1".into(),
+        phone_number_id: PNID.into(),
+        display_number: "15551112222".into(),
+    };
+
+    // The customer calls: Chromium's offer goes in as Meta's connect webhook.
+    let mut chromium = Chromium::start();
+    let offer = chromium.eval(&format!(
+        "{PAGE_SETUP}
+         await pc.setLocalDescription(await pc.createOffer());
+         {GATHERED}
+         return pc.localDescription.sdp;"
+    ));
+    let offer = offer.as_str().expect("an SDP offer").to_string();
+    let wa_call_id = graph.place_user_call(PNID, "4477002", &offer);
+    let connect = user_call_connect(&business, &wa_call_id, "4477002", "Customer", &offer);
+    let answer = rt.block_on(async {
+        assert!(webhooks.deliver(&connect).await.delivered());
+        // baresip answers at once: the switch pre-accepts on its 180 and accepts on its 200.
+        graph
+            .wait_call(&wa_call_id, Duration::from_secs(10), |c| {
+                c.state == SimCallState::Active
+            })
+            .await
+            .and_then(|c| c.answer)
+    });
+    let Some(answer) = answer else {
+        panic!(
+            "the switch accepted with an answer; Meta saw {:?}; baresip:\n{}",
+            graph.recorded(),
+            baresip_log()
+        );
+    };
+    let stats = chromium.eval(&format!(
+        "await pc.setRemoteDescription({{type: 'answer', sdp: {answer}}});
+         {stats}
+         const ctx = new AudioContext();
+         const analyser = ctx.createAnalyser(); analyser.fftSize = 8192;
+         ctx.createMediaStreamSource(window.remote.srcObject).connect(analyser);
+         await new Promise((r) => setTimeout(r, 1000));
+         const bins = new Float32Array(analyser.frequencyBinCount);
+         analyser.getFloatFrequencyData(bins);
+         let peak = 1;
+         for (let i = 1; i < bins.length; i++) if (bins[i] > bins[peak]) peak = i;
+         out.peakHz = peak * ctx.sampleRate / analyser.fftSize;
+         return out;",
+        answer = json!(answer),
+        // The statistics, then a look at the spectrum before they are returned.
+        stats = STATS.trim_end().trim_end_matches("return out;")
+    ));
+    eprintln!("chromium: {stats}");
+    assert_eq!(stats["state"], "connected", "{stats}");
+    assert!(
+        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50,
+        "Chromium received the agent's audio: {stats}"
+    );
+    assert!(
+        stats["audioLevel"].as_f64().unwrap_or(0.0) > 0.05,
+        "the agent is audible: {stats}"
+    );
+    let peak = stats["peakHz"].as_f64().unwrap_or(0.0);
+    assert!(
+        (960.0..=1040.0).contains(&peak),
+        "the agent's 1 kHz is what Chromium hears: {stats}"
+    );
+    let acts: Vec<String> = graph
+        .recorded()
+        .iter()
+        .filter_map(|r| r.action.clone())
+        .collect();
+    assert_eq!(acts, ["pre_accept", "accept"]);
+
+    // The customer hangs up: the agent's phone gets the BYE.
+    let ending = Ending {
+        business_initiated: false,
+        user: "4477002".into(),
+        talked: Some((1, 4)),
+        error: None,
+        opaque: None,
+    };
+    let cdrs = rt.block_on(async {
+        assert!(webhooks
+            .deliver(&terminate(&business, &wa_call_id, &ending))
+            .await
+            .delivered());
+        assert!(node.calls().wait_idle(Duration::from_secs(10)).await);
+        node.drain_and_stop().await;
+        let config = Config::loopback("", &dir.path().join("c.db")).expect("config");
+        let store = Store::open(&config.store).await.expect("store");
+        store
+            .list(&CdrFilter {
+                limit: 10,
+                ..CdrFilter::default()
+            })
+            .await
+            .expect("CDRs")
+    });
+    let ended = Instant::now();
+    while !baresip_log().contains("terminated") {
+        assert!(
+            ended.elapsed() < Duration::from_secs(5),
+            "baresip saw the BYE: {}",
+            baresip_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    let log = baresip_log();
+    assert!(log.contains("Call established"), "{log}");
+
+    // What the agent heard: Chromium's 440 Hz, transcoded to PCMU by the switch.
+    let heard = std::fs::read_dir(work.path())
+        .expect("workdir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
+        })
+        .expect("baresip's recording of what it decoded");
+    let (samples, rate) = read_wav(&heard);
+    assert!(
+        samples.len() as f32 >= rate * 2.0,
+        "at least 2 s recorded: {}",
+        samples.len()
+    );
+    let tail = &samples[samples.len() / 4..];
+    let power = waswitch::media::quality::tone_power;
+    let (p440, p1000) = (power(tail, 440.0, rate), power(tail, 1000.0, rate));
+    assert!(
+        p440 > 20.0 * p1000 && p440 > 1e-4,
+        "the agent heard Chromium's 440 Hz: {p440} vs {p1000}"
+    );
+
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.outcome, CallOutcome::Answered, "{cdr:?}");
+    assert_eq!(cdr.trunk.as_deref(), Some("agents"));
+    assert_eq!(cdr.hangup_by, HangupParty::Customer);
+    assert_eq!(cdr.customer_wa_id.as_deref(), Some("4477002"));
+    assert_eq!(
+        cdr.codec_path.as_deref(),
+        Some("opus <-> PCMU (transcoded)")
+    );
+}

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
 use super::supervisor::CallMsg;
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::LegRole;
 
@@ -93,7 +93,7 @@ pub enum LegMsg {
     /// Current state.
     State(RpcReplyPort<LegState>),
     /// Makes the leg fail (supervision tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
 }
 
@@ -166,7 +166,7 @@ impl Actor for LegActor {
                 LegMsg::State(reply) => {
                     let _ = reply.send(leg.state);
                 }
-                #[cfg(test)]
+                #[cfg(any(test, feature = "fault-injection"))]
                 LegMsg::Fault(fault) => return fault.trigger(leg.role.as_str()),
             }
             Ok(())

@@ -10,7 +10,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::supervisor::CallMsg;
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use crate::media::ports::{PortAllocator, PortLease};
 use crate::media::shard::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane, Remote, Side};
@@ -116,7 +116,7 @@ pub enum MediaMsg {
     /// Send a DTMF digit toward one side for a duration.
     SendDtmf(Side, char, std::time::Duration),
     /// Makes the actor fail (supervision tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
 }
 
@@ -229,7 +229,7 @@ impl Actor for MediaActor {
                 };
                 let _ = reply.send(report);
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             MediaMsg::Fault(fault) => return fault.trigger("media"),
         }
         Ok(())

@@ -200,8 +200,9 @@ pub struct CallSnapshot {
     pub media: Option<media::MediaPorts>,
 }
 
-/// Makes a call's child fail, to exercise supervision.
-#[cfg(test)]
+/// Makes a call's child fail, to exercise supervision (tests and the `fault-injection`
+/// feature only; never in a release build).
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The child panics.
@@ -210,7 +211,7 @@ pub enum Fault {
     Error,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 impl Fault {
     fn trigger(self, actor: &str) -> Result<(), ractor::ActorProcessingErr> {
         match self {
@@ -530,6 +531,16 @@ impl Calls {
     /// The registry of live calls.
     pub fn registry(&self) -> &CallRegistry {
         &self.inner.registry
+    }
+
+    /// Makes one child of a live call fail (supervision tests; built only with the
+    /// `fault-injection` feature). False when the call is not live.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_fault(&self, id: &CallId, child: supervisor::ChildRole, fault: Fault) -> bool {
+        self.inner
+            .registry
+            .get(id)
+            .is_some_and(|call| call.send_message(CallMsg::Fault { child, fault }).is_ok())
     }
 }
 

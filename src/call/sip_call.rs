@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::media::MediaMsg;
 use super::supervisor::CallMsg;
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
@@ -356,6 +356,7 @@ impl SipIngress {
                 trunk: trunk.name.clone(),
                 addr,
                 hostport,
+                user: trunk.uri.user.clone(),
                 contact: self.contact(handle),
                 credentials: trunk.credentials.as_ref().map(|(u, p)| Credentials {
                     username: u.clone(),
@@ -685,7 +686,7 @@ pub enum BridgeMsg {
         reply: RpcReplyPort<()>,
     },
     /// Makes the actor fail (supervision tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
 }
 
@@ -796,7 +797,7 @@ impl Actor for BridgeActor {
                 state.bridge.hangup(now, &cause);
                 state.hangup_reply = Some(reply);
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             BridgeMsg::Fault(fault) => fault.trigger("sip_b2bua")?,
         }
         let span = state.span.clone();
@@ -804,18 +805,47 @@ impl Actor for BridgeActor {
         Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        for call_id in state.routed.drain(..) {
-            state.table.remove(&call_id);
+    // No `post_stop`: an actor that panics never runs it, so the state's `Drop` does the
+    // closing out, whichever way the actor ends.
+}
+
+impl Drop for BridgeState {
+    /// Closes the call out on the SIP side however the actor ended. A bridge that has not
+    /// settled (its actor failed mid-call) hangs up now: BYE to an answered trunk, CANCEL
+    /// to a ringing one, a final response to a SIP caller still waiting, each sent from
+    /// a task of its own. Routes and trunk load are given back.
+    fn drop(&mut self) {
+        if !self.bridge.is_done() {
+            self.bridge.hangup(Instant::now(), "internal_failure");
+            let mut out = Vec::new();
+            while let Some(action) = self.bridge.poll_action() {
+                let handle = match &action {
+                    Action::A(_) => self.a.clone(),
+                    Action::B(index, _) => self.b.get(*index).cloned().flatten(),
+                    _ => None,
+                };
+                if let (Some(handle), Action::A(command) | Action::B(_, command)) = (handle, action)
+                {
+                    out.push((handle, command));
+                }
+            }
+            if !out.is_empty() {
+                tracing::warn!(parent: &self.span, commands = out.len(), "SIP bridge failed; hanging up what the trunk still holds");
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        for (handle, command) in out {
+                            handle.send(command).await;
+                        }
+                    });
+                }
+            }
         }
-        if let Some(t) = state.counted.take() {
-            state.load.remove(t);
+        for call_id in self.routed.drain(..) {
+            self.table.remove(&call_id);
         }
-        Ok(())
+        if let Some(t) = self.counted.take() {
+            self.load.remove(t);
+        }
     }
 }
 

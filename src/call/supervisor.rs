@@ -18,7 +18,7 @@ use super::media::{MediaActor, MediaArgs, MediaMsg};
 use super::registry::{CallEntry, CallRegistry};
 use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
 use super::wa_leg::{WaLegActor, WaLegArgs};
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::{
     close_out, now_ms, CallEnd, CallId, CallOffer, CallSnapshot, LegRole, CALL_RPC_TIMEOUT,
@@ -130,7 +130,7 @@ pub enum CallMsg {
     /// A media request passed to the call's media actor as is (prompts, DTMF).
     Media(MediaMsg),
     /// Makes one child fail (supervision tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     Fault {
         /// Which child.
         child: ChildRole,
@@ -437,7 +437,7 @@ impl Call {
                     let _ = m.send_message(MediaMsg::Remote(side, remote));
                 }
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             CallMsg::Fault { child, fault } => {
                 let _ = match child {
                     ChildRole::Leg(role) => self

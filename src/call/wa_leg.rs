@@ -151,7 +151,7 @@ impl Actor for WaLegActor {
                 LegMsg::State(reply) => {
                     let _ = reply.send(leg.state);
                 }
-                #[cfg(test)]
+                #[cfg(any(test, feature = "fault-injection"))]
                 LegMsg::Fault(fault) => return fault.trigger("wa_leg"),
             }
             Ok(())

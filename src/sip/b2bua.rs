@@ -62,6 +62,9 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Host and port written in the Request-URI (`127.0.0.1:5070`).
     pub hostport: String,
+    /// The user to call at this trunk (its URI's user part: an extension, a queue); `None`:
+    /// the number the caller dialled.
+    pub user: Option<String>,
     /// Our Contact on the listener that reaches this trunk.
     pub contact: String,
     /// Credentials for a trunk that challenges.
@@ -659,7 +662,7 @@ impl Bridge {
         self.attempts += 1;
         let target = self.targets[index].clone();
         let call_id = Bytes::from(format!("{:x}-{}@waswitch", self.seed, self.attempts));
-        let user = dialled_user(&self.a_invite);
+        let user = target.user.clone().or_else(|| dialled_user(&self.a_invite));
         let uri = match &user {
             Some(u) => format!("sip:{u}@{}", target.hostport),
             None => format!("sip:{}", target.hostport),

@@ -40,6 +40,7 @@ fn target(index: usize) -> Target {
         trunk: format!("t{index}"),
         addr: sock(&format!("127.0.0.1:{port}")),
         hostport: format!("127.0.0.1:{port}"),
+        user: None,
         contact: B_CONTACT.into(),
         credentials: None,
         invite_timeout: Duration::from_secs(2),
@@ -1635,4 +1636,18 @@ fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
         })
         .collect();
     assert_eq!(plans, ["PCMU pass-through"]);
+}
+
+#[test]
+fn a_trunk_naming_a_user_is_called_at_that_user_not_the_dialled_number() {
+    let mut t = targets();
+    t[0].user = Some("queue7".into());
+    let (_call, actions) = Call::with(BridgeConfig::default(), "", t);
+    let invite = one_b_request(&actions).request;
+    assert_eq!(request_uri(&invite), "sip:queue7@127.0.0.1:5070");
+    assert!(
+        hdr(&invite, HeaderName::To).contains("sip:queue7@127.0.0.1:5070"),
+        "{}",
+        hdr(&invite, HeaderName::To)
+    );
 }
