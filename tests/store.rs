@@ -267,7 +267,138 @@ on_both_backends!(
     list_filters_and_pages_newest_first,
     large_batches_are_split_within_one_transaction,
     migrations_reapply_cleanly_and_corrupt_rows_are_reported,
+    audit_trail_appends_in_one_chain_and_verify_names_each_tampering,
 );
+
+async fn exec(store: &Store, sql: &str) {
+    match store {
+        Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Concurrent appends form one gapless chain; `verify` finds an edited, a deleted, a
+/// reordered and a cut-off record, and passes again once each is put back.
+async fn audit_trail_appends_in_one_chain_and_verify_names_each_tampering(store: &Store) {
+    use waswitch::permission::audit::{AuditEntry, Broken};
+    use waswitch::permission::state::Actor;
+    use waswitch::store::audit::{AuditFilter, AuditRepository, Verified};
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(0)
+    );
+    let entry = |k: i64| AuditEntry {
+        at: 1_700_000_000_000 + k,
+        business_number: "15551112222".into(),
+        wa_id: format!("4915100000{}", k % 4),
+        kind: "granted".into(),
+        actor: Actor::Customer,
+        detail: format!("{{\"event\":\"granted\",\"permanent\":false,\"k\":{k}}}"),
+    };
+    let mut tasks = Vec::new();
+    for k in 0..40 {
+        let store = store.clone();
+        let e = entry(k);
+        tasks.push(tokio::spawn(async move { store.append_audit(&[e]).await }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("append");
+    }
+    let all = store
+        .audit_records(&AuditFilter::default())
+        .await
+        .expect("list");
+    let seqs: Vec<i64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(40)
+    );
+    let one = store
+        .audit_records(&AuditFilter {
+            wa_id: Some("49151000001".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("by customer");
+    assert_eq!(one.len(), 10);
+
+    // Edited.
+    let original = all[6].entry.detail.clone();
+    exec(
+        store,
+        "UPDATE audit_records SET detail = '{\"event\":\"declined\"}' WHERE seq = 7",
+    )
+    .await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Broken(Broken::Altered { seq: 7 })
+    );
+    exec(
+        store,
+        &format!("UPDATE audit_records SET detail = '{original}' WHERE seq = 7"),
+    )
+    .await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(40)
+    );
+
+    // Deleted.
+    exec(store, "DELETE FROM audit_records WHERE seq = 12").await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Broken(Broken::Missing {
+            expected: 12,
+            found: 13
+        })
+    );
+    let r = &all[11];
+    exec(
+        store,
+        &format!(
+            "INSERT INTO audit_records (seq, at, business_number, wa_id, kind, actor, detail, \
+             prev_hash, hash) VALUES ({}, {}, '{}', '{}', '{}', 'customer', '{}', '{}', '{}')",
+            r.seq,
+            r.entry.at,
+            r.entry.business_number,
+            r.entry.wa_id,
+            r.entry.kind,
+            r.entry.detail,
+            r.prev_hash,
+            r.hash
+        ),
+    )
+    .await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(40)
+    );
+
+    // Reordered: records 20 and 21 trade places.
+    exec(store, "UPDATE audit_records SET seq = -1 WHERE seq = 20").await;
+    exec(store, "UPDATE audit_records SET seq = 20 WHERE seq = 21").await;
+    exec(store, "UPDATE audit_records SET seq = 21 WHERE seq = -1").await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Broken(Broken::Altered { seq: 20 })
+    );
+    exec(store, "UPDATE audit_records SET seq = -1 WHERE seq = 20").await;
+    exec(store, "UPDATE audit_records SET seq = 20 WHERE seq = 21").await;
+    exec(store, "UPDATE audit_records SET seq = 21 WHERE seq = -1").await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(40)
+    );
+
+    // Cut off at the end.
+    exec(store, "DELETE FROM audit_records WHERE seq = 40").await;
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Broken(Broken::Truncated { last: 39, head: 40 })
+    );
+}
 
 /// Reopening applies no migration twice, data survives, and a row edited into an impossible
 /// value is reported as corrupt instead of misread.

@@ -5,6 +5,7 @@
 //! permission; everything here is sans-IO so it can be driven by a virtual clock and
 //! checked by property tests.
 
+pub mod audit;
 pub mod state;
 
 pub use state::{AttemptOutcome, Blocked, Event, PairState, RequestRefused, Rules, Status};

@@ -1,0 +1,263 @@
+//! The audit trail in the database: appended one record at a time under the lock of its
+//! head row (so the chain has one writer at a time, across nodes too), read back by pair
+//! and time, and walked from the start by `waswitch audit verify`.
+
+use sqlx::QueryBuilder;
+
+use super::{Store, StoreError};
+use crate::permission::audit::{AuditEntry, AuditRecord, Broken, Verifier};
+use crate::permission::state::Actor;
+
+/// Which records to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// One business number.
+    pub business_number: Option<String>,
+    /// One customer.
+    pub wa_id: Option<String>,
+    /// From this time (epoch ms, inclusive).
+    pub since: Option<i64>,
+    /// Until this time (epoch ms, exclusive).
+    pub until: Option<i64>,
+    /// Only records after this position (paging).
+    pub after_seq: Option<i64>,
+    /// At most this many (0: 1000; capped at 10 000).
+    pub limit: u32,
+}
+
+/// The outcome of walking the whole trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Every record is in place: how many.
+    Intact(u64),
+    /// The first problem found.
+    Broken(Broken),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    at: i64,
+    business_number: String,
+    wa_id: String,
+    kind: String,
+    actor: String,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+fn actor_from(s: &str) -> Result<Actor, StoreError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| StoreError::Corrupt(format!("audit record with unknown actor {s:?}")))
+}
+
+fn actor_str(a: Actor) -> &'static str {
+    match a {
+        Actor::Customer => "customer",
+        Actor::Business => "business",
+        Actor::Meta => "meta",
+        Actor::Switch => "switch",
+    }
+}
+
+impl TryFrom<Row> for AuditRecord {
+    type Error = StoreError;
+    fn try_from(r: Row) -> Result<Self, StoreError> {
+        Ok(AuditRecord {
+            seq: r.seq,
+            entry: AuditEntry {
+                at: r.at,
+                business_number: r.business_number,
+                wa_id: r.wa_id,
+                kind: r.kind,
+                actor: actor_from(&r.actor)?,
+                detail: r.detail,
+            },
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+    }
+}
+
+const COLUMNS: &str = "seq, at, business_number, wa_id, kind, actor, detail, prev_hash, hash";
+
+macro_rules! audit_queries {
+    ($db:ty) => {
+        use super::*;
+
+        pub(super) async fn append(
+            pool: &sqlx::Pool<$db>,
+            entries: &[AuditEntry],
+        ) -> Result<Vec<AuditRecord>, StoreError> {
+            let mut tx = pool.begin().await?;
+            // Writing the head first takes its lock at once (a row lock on PostgreSQL, the
+            // write lock on SQLite): appends queue here instead of racing for a position.
+            let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+            let (last, mut hash): (i64, String) = sqlx::query_as(
+                "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq - $1, hash",
+            )
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut out = Vec::with_capacity(entries.len());
+            let mut seq = last;
+            for entry in entries {
+                let record = AuditRecord::next(Some((seq, &hash)), entry.clone());
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "INSERT INTO audit_records ({COLUMNS}) VALUES ("
+                ));
+                let mut v = q.separated(", ");
+                v.push_bind(record.seq)
+                    .push_bind(record.entry.at)
+                    .push_bind(record.entry.business_number.clone())
+                    .push_bind(record.entry.wa_id.clone())
+                    .push_bind(record.entry.kind.clone())
+                    .push_bind(actor_str(record.entry.actor))
+                    .push_bind(record.entry.detail.clone())
+                    .push_bind(record.prev_hash.clone())
+                    .push_bind(record.hash.clone());
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+                seq = record.seq;
+                hash = record.hash.clone();
+                out.push(record);
+            }
+            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        pub(super) async fn list(
+            pool: &sqlx::Pool<$db>,
+            f: &AuditFilter,
+        ) -> Result<Vec<AuditRecord>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(format!(
+                "SELECT {COLUMNS} FROM audit_records WHERE 1 = 1"
+            ));
+            if let Some(b) = &f.business_number {
+                q.push(" AND business_number = ").push_bind(b.clone());
+            }
+            if let Some(w) = &f.wa_id {
+                q.push(" AND wa_id = ").push_bind(w.clone());
+            }
+            if let Some(t) = f.since {
+                q.push(" AND at >= ").push_bind(t);
+            }
+            if let Some(t) = f.until {
+                q.push(" AND at < ").push_bind(t);
+            }
+            if let Some(s) = f.after_seq {
+                q.push(" AND seq > ").push_bind(s);
+            }
+            let limit = if f.limit == 0 {
+                1000
+            } else {
+                f.limit.min(10_000)
+            };
+            q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+            let rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
+            rows.into_iter().map(AuditRecord::try_from).collect()
+        }
+
+        pub(super) async fn head(pool: &sqlx::Pool<$db>) -> Result<(i64, String), StoreError> {
+            Ok(
+                sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                    .fetch_one(pool)
+                    .await?,
+            )
+        }
+    };
+}
+
+mod sqlite {
+    audit_queries!(sqlx::Sqlite);
+}
+
+mod postgres {
+    audit_queries!(sqlx::Postgres);
+}
+
+/// The audit trail's storage.
+pub trait AuditRepository {
+    /// Appends `entries` in order, in one transaction; the records as written. Returns
+    /// only once they are committed.
+    fn append_audit(
+        &self,
+        entries: &[AuditEntry],
+    ) -> impl std::future::Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// Records matching `filter`, in trail order.
+    fn audit_records(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl std::future::Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// The last record written: its position and hash.
+    fn audit_head(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(i64, String), StoreError>> + Send;
+}
+
+impl AuditRepository for Store {
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Sqlite(p) => sqlite::append(p, entries).await,
+            Store::Postgres(p) => postgres::append(p, entries).await,
+        }
+    }
+
+    async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::list(p, filter).await,
+            Store::Postgres(p) => postgres::list(p, filter).await,
+        }
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::head(p).await,
+            Store::Postgres(p) => postgres::head(p).await,
+        }
+    }
+}
+
+impl Store {
+    /// Walks the whole audit trail from its first record and checks every link, then the
+    /// end against the recorded head.
+    pub async fn verify_audit(&self) -> Result<Verified, StoreError> {
+        // The head is read first: records appended during the walk lie beyond it.
+        let (head_seq, head_hash) = self.audit_head().await?;
+        let mut verifier = Verifier::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .audit_records(&AuditFilter {
+                    after_seq: Some(after),
+                    limit: 5000,
+                    ..AuditFilter::default()
+                })
+                .await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            for r in page.iter().take_while(|r| r.seq <= head_seq) {
+                if let Err(broken) = verifier.check(r) {
+                    return Ok(Verified::Broken(broken));
+                }
+            }
+            if last >= head_seq {
+                break;
+            }
+            after = last;
+        }
+        Ok(match verifier.finish(head_seq, &head_hash) {
+            Ok(n) => Verified::Intact(n),
+            Err(broken) => Verified::Broken(broken),
+        })
+    }
+}
