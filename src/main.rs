@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use waswitch::config::{self, Config, LogFormat};
 use waswitch::node::Node;
+use waswitch::store::Store;
 use waswitch::telemetry;
 
 /// Exit code for a configuration mistake: nothing was started.
@@ -56,8 +57,38 @@ enum Command {
         #[command(flatten)]
         calls: SimCalls,
     },
+    /// The audit trail of call permissions and business-initiated calls.
+    Audit {
+        /// Configuration file (names the store).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Clone)]
+enum AuditAction {
+    /// Check every record's hash and link from the first to the last written: exit 0 when
+    /// the trail is intact, 1 with the first edited, deleted or reordered record named.
+    Verify,
+    /// Write records as CSV to standard output, in trail order.
+    Export {
+        /// One customer's WhatsApp id.
+        #[arg(long)]
+        wa_id: Option<String>,
+        /// One business number.
+        #[arg(long)]
+        business_number: Option<String>,
+        /// From this time (Unix epoch milliseconds, inclusive).
+        #[arg(long)]
+        since: Option<i64>,
+        /// Until this time (Unix epoch milliseconds, exclusive).
+        #[arg(long)]
+        until: Option<i64>,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -191,6 +222,26 @@ fn main() -> ExitCode {
             };
             runtime.block_on(sim(config, meta, calls))
         }
+        Command::Audit { config, action } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            runtime.block_on(audit(config, action))
+        }
         Command::Run { config, log_format } => {
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
@@ -218,6 +269,77 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn audit(config: Config, action: AuditAction) -> ExitCode {
+    use std::io::Write;
+    use waswitch::permission::audit::{csv_line, CSV_HEADER};
+    use waswitch::store::audit::{AuditFilter, AuditRepository, Verified};
+    let store = match Store::open(&config.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("waswitch audit: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match action {
+        AuditAction::Verify => match store.verify_audit().await {
+            Ok(Verified::Intact(n)) => {
+                println!("audit trail intact: {n} records");
+                ExitCode::SUCCESS
+            }
+            Ok(Verified::Broken(b)) => {
+                println!("audit trail BROKEN: {b}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+            Err(e) => {
+                eprintln!("waswitch audit verify: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        AuditAction::Export {
+            wa_id,
+            business_number,
+            since,
+            until,
+        } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if out.write_all(CSV_HEADER.as_bytes()).is_err() {
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            let mut after = 0;
+            loop {
+                let filter = AuditFilter {
+                    wa_id: wa_id.clone(),
+                    business_number: business_number.clone(),
+                    since,
+                    until,
+                    after_seq: Some(after),
+                    limit: 5000,
+                };
+                let page = match store.audit_records(&filter).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("waswitch audit export: {e}");
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                };
+                let Some(last) = page.last().map(|r| r.seq) else {
+                    break;
+                };
+                for r in &page {
+                    if out.write_all(csv_line(r).as_bytes()).is_err() {
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                }
+                after = last;
+            }
+            if out.flush().is_err() {
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            ExitCode::SUCCESS
         }
     }
 }

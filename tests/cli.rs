@@ -481,3 +481,84 @@ fn sim_calls_a_running_switch_and_the_echoed_audio_is_verified() {
         "{summary}"
     );
 }
+
+#[test]
+fn audit_verify_passes_an_intact_trail_and_names_an_edited_record_and_export_writes_csv() {
+    use waswitch::permission::audit::AuditEntry;
+    use waswitch::permission::state::Actor;
+    use waswitch::store::audit::AuditRepository;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("audit.db");
+    let path = dir.path().join("waswitch.toml");
+    std::fs::write(
+        &path,
+        format!("[store]\nurl = \"sqlite://{}\"\n", db.display()),
+    )
+    .expect("write config");
+    let config = waswitch::config::Config::load(&path).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = rt.block_on(async {
+        let store = waswitch::store::Store::open(&config.store)
+            .await
+            .expect("store");
+        for k in 0..3 {
+            store
+                .append_audit(&[AuditEntry {
+                    at: 1_700_000_000_000 + k,
+                    business_number: "15551112222".into(),
+                    wa_id: format!("49151{k}"),
+                    kind: "requested".into(),
+                    actor: Actor::Business,
+                    detail: "{\"event\":\"requested\",\"purpose\":\"order, 12\"}".into(),
+                }])
+                .await
+                .expect("append");
+        }
+        store
+    });
+    let config_arg = path.to_str().expect("utf-8 path");
+    let out = waswitch(&["audit", "--config", config_arg, "verify"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "audit trail intact: 3 records"
+    );
+    let out = waswitch(&[
+        "audit", "--config", config_arg, "export", "--wa-id", "491511",
+    ])
+    .output()
+    .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("seq,at,business_number,wa_id,kind"));
+    assert!(
+        lines[1].starts_with("2,1700000000001,15551112222,491511,requested,business,\"{"),
+        "{csv}"
+    );
+    rt.block_on(async {
+        let waswitch::store::Store::Sqlite(pool) = &store else {
+            unreachable!("a SQLite store")
+        };
+        sqlx::query("UPDATE audit_records SET at = at + 1 WHERE seq = 2")
+            .execute(pool)
+            .await
+            .expect("edit");
+        store.close().await;
+    });
+    let out = waswitch(&["audit", "--config", config_arg, "verify"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("record 2 was altered: its content does not match its hash"),
+        "{out:?}"
+    );
+}
