@@ -273,32 +273,53 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
-        let meta_ingress = match config.meta.as_ref() {
-            Some(meta) => {
-                let graph =
-                    crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
-                        what: "Graph API client",
-                        reason: e.to_string(),
-                    })?;
+        let permissions = crate::call::permissions::Permissions::load(
+            store.clone(),
+            config.permissions.rules.clone(),
+        )
+        .await?;
+        let graph = match config.meta.as_ref() {
+            Some(meta) => Some(Arc::new(
+                crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
+                    what: "Graph API client",
+                    reason: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
+        let meta_ingress = match (config.meta.as_ref(), &graph) {
+            (Some(meta), Some(graph)) => {
                 let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(
                     calls.clone(),
-                    Arc::new(graph),
+                    Arc::clone(graph),
                     &config.business_numbers,
                     Some(ingress.clone()),
                 );
                 Some((meta, whatsapp))
             }
-            None => None,
+            _ => None,
         };
         let meta_ingress = meta_ingress.map(|(meta, whatsapp)| {
             let (tx, rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
             tokio::spawn(whatsapp.run(rx));
-            Arc::new(crate::meta::ingress::Ingress::new(
-                meta.app_secret.clone(),
-                meta.verify_token.clone(),
-                tx,
-            ))
+            let replies = crate::call::permissions::ReplyRecorder::new(
+                permissions.clone(),
+                &config.business_numbers,
+            );
+            Arc::new(
+                crate::meta::ingress::Ingress::new(
+                    meta.app_secret.clone(),
+                    meta.verify_token.clone(),
+                    tx,
+                )
+                .with_reply_sink(Arc::new(replies)),
+            )
         });
+        let permission_api = crate::api::permissions::PermissionApi {
+            permissions: permissions.clone(),
+            graph: graph.clone(),
+            numbers: Arc::new(config.business_numbers.clone()),
+        };
         let api_state = ApiState {
             readiness: Arc::clone(&readiness),
             store: store.clone(),
@@ -308,7 +329,7 @@ impl Node {
         let mut router =
             api::router(api_state.clone()).merge(crate::meta::ingress::router(meta_ingress));
         if let Some(token) = config.http.api_token.clone() {
-            router = router.merge(api::v1::router(api_state, token));
+            router = router.merge(api::v1::router(api_state, token, Some(permission_api)));
         }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {

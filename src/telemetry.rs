@@ -100,6 +100,23 @@ pub const META_API_REQUESTS_TOTAL: &str = "waswitch_meta_api_requests_total";
 /// Histogram: Graph API request latency in seconds, by `action`.
 pub const META_API_LATENCY_SECONDS: &str = "waswitch_meta_api_latency_seconds";
 
+/// Counter: call-permission requests, by `outcome` (`sent`, `send_failed`, or the limit or
+/// rule that refused it: `daily_request_limit`, `weekly_request_limit`, `do_not_call`,
+/// `already_permanent`).
+pub const PERMISSION_REQUESTS_TOTAL: &str = "waswitch_permission_requests_total";
+/// Counter: customers' replies to permission requests, by `outcome` (`granted`,
+/// `declined`, `revoked`); with requests `sent`, the grant rate.
+pub const PERMISSION_REPLIES_TOTAL: &str = "waswitch_permission_replies_total";
+/// Gauge: grants in force (as last seen: a grant that lapses counts until the switch
+/// next looks at it).
+pub const PERMISSION_GRANTS_ACTIVE: &str = "waswitch_permission_grants_active";
+/// Counter: business-initiated calls refused before dialling, by `reason`
+/// (`no_permission`, `expired`, `do_not_call`, `country_not_allowed`, ...).
+pub const CALLS_BLOCKED_TOTAL: &str = "waswitch_calls_blocked_total";
+/// Counter: customers put on the do-not-call list, by `actor` (`customer`: an opt-out or
+/// revocation; `business`); with grants, the opt-out rate.
+pub const DNC_ADDED_TOTAL: &str = "waswitch_dnc_added_total";
+
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
     "call_supervisor",

@@ -7,6 +7,7 @@
 //!   cause `api_hangup`).
 //! - `GET /v1/cdrs?direction=&outcome=&business_number=&since=&until=&limit=&offset=`: CDRs,
 //!   newest first, with the total matching.
+//! - Permissions, the do-not-call list and the audit trail: [`super::permissions`].
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -26,18 +27,25 @@ use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty
 const MAX_LIMIT: u32 = 1000;
 
 /// The `/v1` routes, behind the bearer token.
-pub fn router(state: ApiState, token: Secret) -> Router {
-    Router::new()
+pub fn router(
+    state: ApiState,
+    token: Secret,
+    permissions: Option<super::permissions::PermissionApi>,
+) -> Router {
+    let mut router = Router::new()
         .route("/v1/calls", get(calls))
         .route("/v1/calls/{id}", get(call).delete(hang_up))
         .route("/v1/cdrs", get(cdrs))
-        .with_state(state)
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let token = token.clone();
-                async move { authorised(&token, req, next).await }
-            },
-        ))
+        .with_state(state);
+    if let Some(p) = permissions {
+        router = router.merge(super::permissions::routes(p));
+    }
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { authorised(&token, req, next).await }
+        },
+    ))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

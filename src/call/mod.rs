@@ -15,6 +15,7 @@
 
 pub mod leg;
 pub mod media;
+pub mod permissions;
 pub mod registry;
 pub mod root;
 pub mod sip_call;

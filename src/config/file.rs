@@ -37,6 +37,32 @@ pub(crate) struct ConfigFile {
     pub sim: SimSection,
     #[serde(default)]
     pub cdr_webhook: Option<CdrWebhookSection>,
+    #[serde(default)]
+    pub permissions: PermissionsSection,
+}
+
+/// `[permissions]`: every field optional; unset ones come from the profile.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PermissionsSection {
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub temporary_lifetime_hours: Option<i64>,
+    #[serde(default)]
+    pub calls_per_permission: Option<i64>,
+    #[serde(default)]
+    pub requests_per_day: Option<i64>,
+    #[serde(default)]
+    pub requests_per_week: Option<i64>,
+    #[serde(default)]
+    pub connected_calls_per_day: Option<i64>,
+    #[serde(default)]
+    pub revoke_after_unanswered: Option<i64>,
+    #[serde(default)]
+    pub excluded_countries: Option<Vec<String>>,
+    #[serde(default)]
+    pub sanctioned_calling_codes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

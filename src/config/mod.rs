@@ -76,7 +76,29 @@ pub struct Config {
     pub sim: SimConfig,
     /// Where each CDR is also POSTed, signed (`None`: only stored).
     pub cdr_webhook: Option<CdrWebhookConfig>,
+    /// Call permissions and the policy of business-initiated calls.
+    pub permissions: PermissionsConfig,
 }
+
+/// `[permissions]`: the limits a call permission lives by, and where business-initiated
+/// calls are not allowed.
+#[derive(Debug, Clone)]
+pub struct PermissionsConfig {
+    /// The limits (profile `meta` by default, `strict` on request, each field overridable).
+    pub rules: crate::permission::Rules,
+    /// Business numbers of these countries (ISO 3166 alpha-2) may not place
+    /// business-initiated calls (Meta's list: US, CA, TR, EG, VN, NG).
+    pub excluded_countries: Vec<String>,
+    /// Customers whose number starts with one of these calling codes are never called
+    /// nor delivered (sanctioned regions; default: 53 Cuba, 98 Iran, 850 North Korea,
+    /// 963 Syria).
+    pub sanctioned_calling_codes: Vec<String>,
+}
+
+/// Countries where Meta does not offer business-initiated calling.
+pub const DEFAULT_EXCLUDED_COUNTRIES: &[&str] = &["US", "CA", "TR", "EG", "VN", "NG"];
+/// Calling codes of comprehensively sanctioned countries.
+pub const DEFAULT_SANCTIONED_CODES: &[&str] = &["53", "98", "850", "963"];
 
 /// `[cdr_webhook]`: every CDR POSTed as JSON to a URL, signed and retried, never holding a
 /// call.
@@ -817,6 +839,7 @@ impl Validator {
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
         let meta = self.meta(raw.meta.as_ref());
         let cdr_webhook = self.cdr_webhook(raw.cdr_webhook.as_ref());
+        let permissions = self.permissions(&raw.permissions);
         let business_numbers =
             self.business_numbers(&raw.business_number, raw.meta.is_some(), &routes);
         let ring_timeout =
@@ -891,6 +914,92 @@ impl Validator {
                 listen: sim_listen?,
             },
             cdr_webhook,
+            permissions: permissions?,
+        })
+    }
+
+    fn permissions(&mut self, raw: &file::PermissionsSection) -> Option<PermissionsConfig> {
+        use crate::permission::state::DAY_MS;
+        let mut rules = match raw.profile.as_deref().map(str::trim) {
+            None | Some("meta") => crate::permission::Rules::meta(),
+            Some("strict") => crate::permission::Rules::strict(),
+            Some(other) => {
+                self.problem(
+                    "permissions.profile",
+                    format!("{other:?} is not a profile"),
+                    "use \"meta\" (Meta's documented limits, the default) or \"strict\" (24 h grants, one call each)",
+                );
+                return None;
+            }
+        };
+        if let Some(h) = raw.temporary_lifetime_hours {
+            let h = self.bounded("permissions.temporary_lifetime_hours", h, 1, 24 * 365)?;
+            rules.temporary_lifetime_ms = h * 3_600_000;
+            rules.max_temporary_lifetime_ms = Some(h * 3_600_000);
+        }
+        if let Some(n) = raw.calls_per_permission {
+            let n = self.bounded("permissions.calls_per_permission", n, 0, 1_000_000)?;
+            rules.calls_per_permission = (n > 0).then_some(n as u32);
+        }
+        if let Some(n) = raw.requests_per_day {
+            rules.requests_per_day =
+                self.bounded("permissions.requests_per_day", n, 0, 10_000)? as u32;
+        }
+        if let Some(n) = raw.requests_per_week {
+            rules.requests_per_week =
+                self.bounded("permissions.requests_per_week", n, 0, 70_000)? as u32;
+        }
+        if let Some(n) = raw.connected_calls_per_day {
+            rules.connected_calls_per_day =
+                self.bounded("permissions.connected_calls_per_day", n, 0, 1_000_000)? as u32;
+        }
+        if let Some(n) = raw.revoke_after_unanswered {
+            rules.revoke_after_unanswered =
+                self.bounded("permissions.revoke_after_unanswered", n, 0, 1000)? as u32;
+        }
+        debug_assert!(rules.temporary_lifetime_ms <= 365 * DAY_MS);
+        let mut excluded = Vec::new();
+        let countries = raw.excluded_countries.clone().unwrap_or_else(|| {
+            DEFAULT_EXCLUDED_COUNTRIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        });
+        for (i, c) in countries.iter().enumerate() {
+            let c = c.trim().to_ascii_uppercase();
+            if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                self.problem(
+                    &format!("permissions.excluded_countries[{i}]"),
+                    format!("{c:?} is not a country code"),
+                    "use ISO 3166 alpha-2 codes, e.g. \"US\"",
+                );
+                return None;
+            }
+            excluded.push(c);
+        }
+        let mut sanctioned = Vec::new();
+        let codes = raw.sanctioned_calling_codes.clone().unwrap_or_else(|| {
+            DEFAULT_SANCTIONED_CODES
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        });
+        for (i, c) in codes.iter().enumerate() {
+            let c = c.trim().trim_start_matches('+').to_string();
+            if c.is_empty() || c.len() > 4 || !c.bytes().all(|b| b.is_ascii_digit()) {
+                self.problem(
+                    &format!("permissions.sanctioned_calling_codes[{i}]"),
+                    format!("{c:?} is not a calling code"),
+                    "use the digits of a country calling code, e.g. \"98\"",
+                );
+                return None;
+            }
+            sanctioned.push(c);
+        }
+        Some(PermissionsConfig {
+            rules,
+            excluded_countries: excluded,
+            sanctioned_calling_codes: sanctioned,
         })
     }
 

@@ -20,7 +20,7 @@ use axum::Router;
 use tokio::sync::mpsc;
 
 use super::signature;
-use super::webhook::{self, Dedup, MetaEvent};
+use super::webhook::{self, Dedup, MetaEvent, PermissionReply};
 use crate::config::Secret;
 use crate::telemetry;
 
@@ -34,12 +34,24 @@ const DEDUP_CAPACITY: usize = 200_000;
 /// SDP of a few kilobytes.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
+/// Where call-permission replies are written before the webhook is answered: a grant
+/// Meta has delivered must never be lost to a crash, and Meta does not send it again once
+/// answered 200.
+pub trait ReplySink: Send + Sync + 'static {
+    /// Records one reply durably (a reply recorded before is accepted again, unchanged).
+    fn record(
+        &self,
+        reply: PermissionReply,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
 pub struct Ingress {
     app_secret: Secret,
     verify_token: Secret,
     dedup: Mutex<Dedup>,
     events: mpsc::Sender<MetaEvent>,
+    replies: Option<Arc<dyn ReplySink>>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -61,23 +73,47 @@ impl Ingress {
             verify_token,
             dedup: Mutex::new(Dedup::new(DEDUP_WINDOW, DEDUP_CAPACITY)),
             events,
+            replies: None,
         }
     }
 
-    /// Handles one POST: the status to answer.
+    /// Permission replies go to `sink` (written before the delivery is answered) instead
+    /// of the queue.
+    pub fn with_reply_sink(mut self, sink: Arc<dyn ReplySink>) -> Ingress {
+        self.replies = Some(sink);
+        self
+    }
+
+    /// Handles one POST: the status to answer. With a reply sink, permission replies are
+    /// not queued: see [`Ingress::deliver_split`].
     pub fn deliver(&self, headers: &HeaderMap, body: &[u8], now: Instant) -> StatusCode {
+        let status = self.deliver_split(headers, body, now).0;
+        if status == StatusCode::OK {
+            outcome("accepted");
+        }
+        status
+    }
+
+    /// Handles one POST: the status to answer, and (with a reply sink) the permission
+    /// replies the caller must record before answering.
+    pub fn deliver_split(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Instant,
+    ) -> (StatusCode, Vec<PermissionReply>) {
         let signature = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
         if let Err(e) = signature::verify(self.app_secret.expose().as_bytes(), body, signature) {
             tracing::warn!(error = %e, "webhook refused: signature");
             outcome("bad_signature");
-            return StatusCode::UNAUTHORIZED;
+            return (StatusCode::UNAUTHORIZED, Vec::new());
         }
         let parsed = match webhook::parse(body) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook refused: payload");
                 outcome("malformed");
-                return StatusCode::BAD_REQUEST;
+                return (StatusCode::BAD_REQUEST, Vec::new());
             }
         };
         for (what, name) in &parsed.unknown {
@@ -97,7 +133,15 @@ impl Ingress {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut fresh: Vec<(String, MetaEvent)> = Vec::new();
+        let mut replies = Vec::new();
         for event in parsed.events {
+            // Replies are recorded by the sink, which knows what it has seen.
+            if let (Some(_), MetaEvent::PermissionReply(reply)) = (&self.replies, &event) {
+                metrics::counter!(telemetry::META_WEBHOOK_EVENTS_TOTAL, "kind" => event.kind(), "delivery" => "recorded")
+                    .increment(1);
+                replies.push(reply.clone());
+                continue;
+            }
             let key = event.dedup_key();
             let delivery = if dedup.seen(&key, now) || fresh.iter().any(|(k, _)| *k == key) {
                 "duplicate"
@@ -111,23 +155,21 @@ impl Ingress {
             }
         }
         if fresh.is_empty() {
-            outcome("accepted");
-            return StatusCode::OK;
+            return (StatusCode::OK, replies);
         }
         let permits = match self.events.try_reserve_many(fresh.len()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, events = fresh.len(), "webhook deferred: the call layer's queue is full");
                 outcome("overloaded");
-                return StatusCode::SERVICE_UNAVAILABLE;
+                return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
             }
         };
         for (permit, (key, event)) in permits.zip(fresh) {
             dedup.remember(key, now);
             permit.send(event);
         }
-        outcome("accepted");
-        StatusCode::OK
+        (StatusCode::OK, replies)
     }
 
     /// Handles Meta's verification GET: the challenge when the token is ours.
@@ -208,7 +250,23 @@ async fn receive(
     let Some(ingress) = ingress else {
         return disabled();
     };
-    let status = ingress.deliver(&headers, &body, Instant::now());
+    let (mut status, replies) = ingress.deliver_split(&headers, &body, Instant::now());
+    if status == StatusCode::OK {
+        if let Some(sink) = &ingress.replies {
+            for reply in replies {
+                if let Err(e) = sink.record(reply).await {
+                    tracing::warn!(error = %e, "webhook deferred: a permission reply could not be recorded");
+                    status = StatusCode::SERVICE_UNAVAILABLE;
+                    break;
+                }
+            }
+        }
+        outcome(if status == StatusCode::OK {
+            "accepted"
+        } else {
+            "overloaded"
+        });
+    }
     let mut response = status.into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response

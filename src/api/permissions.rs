@@ -1,0 +1,316 @@
+//! The permission part of the REST API (behind the same bearer token as `/v1`):
+//!
+//! - `POST /v1/permissions/{business_number}/{wa_id}/request` `{"purpose": "..."}`: sends the
+//!   call-permission request message through Meta, if the limits allow (201 with the audit
+//!   record; 429 over a request limit, 403 on the do-not-call list, 409 when a permanent
+//!   grant exists, 502 when Meta refuses).
+//! - `GET /v1/permissions/{business_number}/{wa_id}`: the permission and what remains.
+//! - `DELETE /v1/permissions/{business_number}/{wa_id}`: the business withdraws the grant.
+//! - `PUT /v1/dnc/{business_number}/{wa_id}` `{"reason": "..."}`, `DELETE` the same path,
+//!   `GET /v1/dnc?business_number=`: the do-not-call list.
+//! - `GET /v1/audit?wa_id=&business_number=&since=&until=&after_seq=&limit=&format=csv`: the
+//!   audit trail in trail order (JSON, or CSV with `format=csv`).
+//!
+//! Every change is in the audit trail before the response is sent.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map};
+
+use crate::call::permissions::{Pair, PermissionError, Permissions};
+use crate::config::BusinessNumber;
+use crate::meta::graph::GraphClient;
+use crate::permission::audit::{csv_line, CSV_HEADER};
+use crate::permission::state::{Actor, Event, RequestRefused};
+use crate::store::audit::{AuditFilter, AuditRepository};
+use crate::telemetry;
+
+/// What the permission routes need.
+#[derive(Clone)]
+pub struct PermissionApi {
+    /// The permission service.
+    pub permissions: Permissions,
+    /// Meta's Graph API (`None`: no `[meta]`, requests cannot be sent).
+    pub graph: Option<Arc<GraphClient>>,
+    /// The business numbers served.
+    pub numbers: Arc<Vec<BusinessNumber>>,
+}
+
+/// The routes.
+pub fn routes(api: PermissionApi) -> Router {
+    Router::new()
+        .route("/v1/permissions/{number}/{wa_id}/request", post(request))
+        .route(
+            "/v1/permissions/{number}/{wa_id}",
+            get(view).delete(withdraw),
+        )
+        .route("/v1/dnc/{number}/{wa_id}", put(dnc_add).delete(dnc_remove))
+        .route("/v1/dnc", get(dnc_list))
+        .route("/v1/audit", get(audit))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// The pair named by a path, if the number is served and the customer is a number.
+fn pair(
+    api: &PermissionApi,
+    number: &str,
+    wa_id: &str,
+) -> Result<Pair, (StatusCode, &'static str)> {
+    if !api.numbers.iter().any(|n| n.display_number == number) {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "no such business number on this switch",
+        ));
+    }
+    if wa_id.is_empty() || wa_id.len() > 20 || !wa_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "wa_id: the customer's WhatsApp number, digits only",
+        ));
+    }
+    Ok(Pair::new(number, wa_id))
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "audit trail not written");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit trail could not be written; nothing was changed",
+    )
+}
+
+#[derive(Deserialize)]
+struct RequestBody {
+    purpose: String,
+}
+
+async fn request(
+    State(api): State<PermissionApi>,
+    Path((number, wa_id)): Path<(String, String)>,
+    body: Result<Json<RequestBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let pair = match pair(&api, &number, &wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body: {\"purpose\": \"why the business wants to call\"}",
+        );
+    };
+    let purpose = body.purpose.trim().to_string();
+    if purpose.is_empty() || purpose.chars().count() > 1024 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "purpose: 1 to 1024 characters, shown to the customer",
+        );
+    }
+    let Some(graph) = api.graph.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "WhatsApp is not configured on this switch: add a [meta] section",
+        );
+    };
+    let Some(pnid) = api
+        .numbers
+        .iter()
+        .find(|n| n.display_number == number)
+        .map(|n| n.phone_number_id.clone())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such business number on this switch",
+        );
+    };
+    let text = purpose.clone();
+    let to = wa_id.clone();
+    let sent = api
+        .permissions
+        .request(&pair, &purpose, || async move {
+            graph
+                .send_permission_request(&pnid, &to, &text)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    match sent {
+        Ok(record) => (StatusCode::CREATED, Json(record)).into_response(),
+        Err(PermissionError::Refused(r)) => {
+            let status = match r {
+                RequestRefused::DailyLimit | RequestRefused::WeeklyLimit => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                RequestRefused::DoNotCall => StatusCode::FORBIDDEN,
+                RequestRefused::AlreadyPermanent => StatusCode::CONFLICT,
+            };
+            (
+                status,
+                Json(json!({"error": r.to_string(), "reason": r.as_str()})),
+            )
+                .into_response()
+        }
+        Err(PermissionError::Send(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("Meta did not take the request: {e}"),
+        ),
+        Err(PermissionError::Store(e)) => store_error(e),
+        Err(PermissionError::Blocked(b)) => error(StatusCode::FORBIDDEN, &b.to_string()),
+    }
+}
+
+async fn view(
+    State(api): State<PermissionApi>,
+    Path((number, wa_id)): Path<(String, String)>,
+) -> Response {
+    match pair(&api, &number, &wa_id) {
+        Ok(p) => Json(api.permissions.view(&p).await).into_response(),
+        Err((status, why)) => error(status, why),
+    }
+}
+
+async fn withdraw(
+    State(api): State<PermissionApi>,
+    Path((number, wa_id)): Path<(String, String)>,
+) -> Response {
+    let p = match pair(&api, &number, &wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    match api
+        .permissions
+        .record(&p, Actor::Business, Event::Withdrawn, Map::new())
+        .await
+    {
+        Ok(_) => Json(api.permissions.view(&p).await).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DncBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn dnc_add(
+    State(api): State<PermissionApi>,
+    Path((number, wa_id)): Path<(String, String)>,
+    body: Option<Json<DncBody>>,
+) -> Response {
+    let p = match pair(&api, &number, &wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "added by the business".into());
+    match api
+        .permissions
+        .record(&p, Actor::Business, Event::DncAdded { reason }, Map::new())
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "business").increment(1);
+            Json(api.permissions.view(&p).await).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn dnc_remove(
+    State(api): State<PermissionApi>,
+    Path((number, wa_id)): Path<(String, String)>,
+) -> Response {
+    let p = match pair(&api, &number, &wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    match api
+        .permissions
+        .record(&p, Actor::Business, Event::DncRemoved, Map::new())
+        .await
+    {
+        Ok(_) => Json(api.permissions.view(&p).await).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DncQuery {
+    business_number: Option<String>,
+}
+
+async fn dnc_list(State(api): State<PermissionApi>, Query(q): Query<DncQuery>) -> Response {
+    let list = api.permissions.dnc_list(q.business_number.as_deref()).await;
+    let entries: Vec<_> = list
+        .iter()
+        .map(|p| json!({"business_number": p.business_number, "wa_id": p.wa_id}))
+        .collect();
+    Json(json!({"dnc": entries})).into_response()
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    wa_id: Option<String>,
+    business_number: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<u32>,
+    format: Option<String>,
+}
+
+async fn audit(
+    State(api): State<PermissionApi>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: wa_id, business_number, since and until (Unix ms), after_seq, limit, format=csv|json",
+        );
+    };
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "format: csv or json"),
+    };
+    let filter = AuditFilter {
+        business_number: q.business_number,
+        wa_id: q.wa_id,
+        since: q.since,
+        until: q.until,
+        after_seq: q.after_seq,
+        limit: q.limit.unwrap_or(1000).clamp(1, 10_000),
+    };
+    let records = match api.permissions.store().audit_records(&filter).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "audit trail not read");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit trail could not be read",
+            );
+        }
+    };
+    if csv {
+        let mut text = String::from(CSV_HEADER);
+        for r in &records {
+            text.push_str(&csv_line(r));
+        }
+        ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+    } else {
+        Json(json!({"records": records})).into_response()
+    }
+}

@@ -1,0 +1,627 @@
+//! The permission service: the live state of every (business number, customer) pair, kept
+//! in step with the audit trail.
+//!
+//! Every change is an [`Event`] written to the audit trail first and applied only once the
+//! write is committed, under the pair's lock: what the service acknowledges is in the
+//! trail, and a restart rebuilds the same states by applying the trail again
+//! ([`Permissions::load`]). A call attempt checks and reserves under that lock, so two
+//! simultaneous attempts on a one-call permission cannot both pass.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use dashmap::DashMap;
+use serde_json::{json, Map, Value};
+
+use super::now_ms;
+use crate::permission::audit::{AuditEntry, AuditRecord};
+use crate::permission::state::{
+    Actor, AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Status,
+};
+use crate::store::audit::{AuditFilter, AuditRepository};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// A (business number, customer) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    /// The business's WhatsApp number (digits).
+    pub business_number: String,
+    /// The customer's WhatsApp id.
+    pub wa_id: String,
+}
+
+impl Pair {
+    /// The pair of `business_number` and `wa_id`.
+    pub fn new(business_number: &str, wa_id: &str) -> Pair {
+        Pair {
+            business_number: business_number.to_string(),
+            wa_id: wa_id.to_string(),
+        }
+    }
+}
+
+/// A call attempt holding its pair's permission; give it back with
+/// [`Permissions::finish_call`].
+#[derive(Debug)]
+#[must_use = "a reservation is consumed or released with finish_call"]
+pub struct Reservation {
+    /// The pair.
+    pub pair: Pair,
+    /// The attempt's call id.
+    pub call_id: String,
+}
+
+/// Why a permission operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PermissionError {
+    /// The call is refused.
+    #[error("{0}")]
+    Blocked(Blocked),
+    /// The permission request is refused.
+    #[error("{0}")]
+    Refused(RequestRefused),
+    /// The audit trail could not be written: nothing was done.
+    #[error("audit trail not written: {0}")]
+    Store(#[from] StoreError),
+    /// Sending the request to Meta failed: nothing was recorded.
+    #[error("permission request not sent: {0}")]
+    Send(String),
+}
+
+/// What a pair looks like now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PairView {
+    /// The business number.
+    pub business_number: String,
+    /// The customer.
+    pub wa_id: String,
+    /// Where the permission stands (an expired grant reads `expired`).
+    pub status: Status,
+    /// On the do-not-call list.
+    pub dnc: bool,
+    /// When the grant in force ends (epoch ms; `None`: permanent, or none in force).
+    pub expires_at: Option<i64>,
+    /// A permanent grant is in force.
+    pub permanent: bool,
+    /// Connected calls made under the grant in force.
+    pub calls_used: u32,
+    /// Call attempts in progress holding the permission.
+    pub calls_in_progress: u32,
+    /// What can still be done now.
+    pub remaining: Remaining,
+}
+
+struct Inner {
+    store: Store,
+    rules: Rules,
+    pairs: DashMap<Pair, Arc<tokio::sync::Mutex<PairState>>>,
+    /// Meta's reply message ids already applied (a redelivered reply is not a new grant).
+    replies: StdMutex<HashSet<String>>,
+    /// Grants in force, kept by the change each applied event makes.
+    active: std::sync::atomic::AtomicI64,
+}
+
+/// The permission service. Cheap to clone.
+#[derive(Clone)]
+pub struct Permissions {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Permissions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permissions")
+            .field("pairs", &self.inner.pairs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A grant in force, not past its expiry.
+fn active(state: &PairState, now: i64) -> bool {
+    state.status == Status::Granted && !state.expiry_due(now)
+}
+
+/// The detail of an audit record: the event's own fields, then the context.
+fn detail(event: Option<&Event>, context: Map<String, Value>) -> String {
+    let mut map = match event.map(serde_json::to_value) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => Map::new(),
+    };
+    for (k, v) in context {
+        map.entry(k).or_insert(v);
+    }
+    Value::Object(map).to_string()
+}
+
+impl Permissions {
+    /// The service over `store`, its pairs rebuilt from the audit trail. Reservations left
+    /// by calls that were in progress when the switch stopped are released (and the
+    /// release recorded).
+    pub async fn load(store: Store, rules: Rules) -> Result<Permissions, StoreError> {
+        let service = Permissions {
+            inner: Arc::new(Inner {
+                store,
+                rules,
+                pairs: DashMap::new(),
+                replies: StdMutex::new(HashSet::new()),
+                active: std::sync::atomic::AtomicI64::new(0),
+            }),
+        };
+        let mut after = 0;
+        let mut records = 0u64;
+        loop {
+            let page = service
+                .inner
+                .store
+                .audit_records(&AuditFilter {
+                    after_seq: Some(after),
+                    limit: 5000,
+                    ..AuditFilter::default()
+                })
+                .await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            for r in &page {
+                service.replay(r);
+            }
+            records += page.len() as u64;
+            after = last;
+        }
+        let stuck: Vec<(Pair, u32)> = service
+            .inner
+            .pairs
+            .iter()
+            .filter_map(|e| {
+                let n = e.value().try_lock().map(|s| s.reserved).unwrap_or(0);
+                (n > 0).then(|| (e.key().clone(), n))
+            })
+            .collect();
+        for (pair, n) in stuck {
+            for _ in 0..n {
+                let mut context = Map::new();
+                context.insert(
+                    "note".into(),
+                    json!("released at start: the call did not survive a restart"),
+                );
+                service
+                    .record(
+                        &pair,
+                        Actor::Switch,
+                        Event::CallFinished {
+                            outcome: AttemptOutcome::Failed,
+                        },
+                        context,
+                    )
+                    .await?;
+            }
+        }
+        let now = now_ms();
+        let n = service
+            .inner
+            .pairs
+            .iter()
+            .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s, now)))
+            .count();
+        service
+            .inner
+            .active
+            .store(n as i64, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
+        tracing::info!(
+            records,
+            pairs = service.inner.pairs.len(),
+            "permissions rebuilt from the audit trail"
+        );
+        Ok(service)
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.inner.rules
+    }
+
+    /// The store the trail is written to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn slot(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<PairState>> {
+        self.inner
+            .pairs
+            .entry(pair.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(PairState::new())))
+            .clone()
+    }
+
+    /// Applies one record of the trail (at load).
+    fn replay(&self, r: &AuditRecord) {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&r.entry.detail) else {
+            return;
+        };
+        if let Some(Value::String(id)) = map.get("message_id") {
+            self.replies_mut().insert(id.clone());
+        }
+        if !map.contains_key("event") {
+            return;
+        }
+        let Ok(event) = serde_json::from_value::<Event>(Value::Object(map)) else {
+            return;
+        };
+        let pair = Pair::new(&r.entry.business_number, &r.entry.wa_id);
+        let slot = self.slot(&pair);
+        let Ok(mut state) = slot.try_lock() else {
+            return;
+        };
+        state.apply(&self.inner.rules, r.entry.at, &event);
+    }
+
+    fn replies_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner
+            .replies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `event` (with `context`) to the trail, then applies it. The record as written.
+    pub async fn record(
+        &self,
+        pair: &Pair,
+        actor: Actor,
+        event: Event,
+        context: Map<String, Value>,
+    ) -> Result<AuditRecord, StoreError> {
+        let slot = self.slot(pair);
+        let mut state = slot.lock().await;
+        let record = self
+            .write(pair, actor, now_ms(), event.name(), Some(&event), context)
+            .await?;
+        self.apply(&mut state, record.entry.at, &event);
+        Ok(record)
+    }
+
+    async fn write(
+        &self,
+        pair: &Pair,
+        actor: Actor,
+        at: i64,
+        kind: &str,
+        event: Option<&Event>,
+        context: Map<String, Value>,
+    ) -> Result<AuditRecord, StoreError> {
+        let entry = AuditEntry {
+            at,
+            business_number: pair.business_number.clone(),
+            wa_id: pair.wa_id.clone(),
+            kind: kind.to_string(),
+            actor,
+            detail: detail(event, context),
+        };
+        let mut written = self.inner.store.append_audit(&[entry]).await?;
+        written
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
+    }
+
+    /// A reply from Meta (`message_id` once only): a grant (`expires_at` epoch ms for a
+    /// temporary one), a decline, or an automatic revocation. False when the reply was
+    /// applied before.
+    pub async fn reply(
+        &self,
+        pair: &Pair,
+        message_id: &str,
+        event: Event,
+        actor: Actor,
+        mut context: Map<String, Value>,
+    ) -> Result<bool, StoreError> {
+        let slot = self.slot(pair);
+        let mut state = slot.lock().await;
+        if self.replies_mut().contains(message_id) {
+            return Ok(false);
+        }
+        context.insert("message_id".into(), json!(message_id));
+        let record = self
+            .write(pair, actor, now_ms(), event.name(), Some(&event), context)
+            .await?;
+        self.apply(&mut state, record.entry.at, &event);
+        self.replies_mut().insert(message_id.to_string());
+        let outcome = match state.status {
+            Status::Granted => "granted",
+            Status::Declined => "declined",
+            _ => "revoked",
+        };
+        drop(state);
+        metrics::counter!(telemetry::PERMISSION_REPLIES_TOTAL, "outcome" => outcome).increment(1);
+        Ok(true)
+    }
+
+    /// Sends a permission request (`send` delivers the message to Meta and gives its
+    /// message id) if the limits allow, and records it. Under the pair's lock, so two
+    /// requests at once cannot both pass a limit of one.
+    pub async fn request<F, Fut>(
+        &self,
+        pair: &Pair,
+        purpose: &str,
+        send: F,
+    ) -> Result<AuditRecord, PermissionError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, String>>,
+    {
+        let slot = self.slot(pair);
+        let mut state = slot.lock().await;
+        let now = now_ms();
+        if let Err(refused) = state.check_request(&self.inner.rules, now) {
+            metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => refused.as_str())
+                .increment(1);
+            return Err(PermissionError::Refused(refused));
+        }
+        let message_id = match send().await {
+            Ok(id) => id,
+            Err(e) => {
+                metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "send_failed")
+                    .increment(1);
+                return Err(PermissionError::Send(e));
+            }
+        };
+        let event = Event::Requested {
+            purpose: purpose.to_string(),
+        };
+        let mut context = Map::new();
+        context.insert("request_message_id".into(), json!(message_id));
+        let record = self
+            .write(
+                pair,
+                Actor::Business,
+                now,
+                event.name(),
+                Some(&event),
+                context,
+            )
+            .await?;
+        self.apply(&mut state, now, &event);
+        metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "sent").increment(1);
+        Ok(record)
+    }
+
+    /// Checks a business-initiated call to `pair` and reserves the permission for it. A
+    /// refusal is recorded (`call_blocked` with its reason) and counted; a grant found
+    /// past its expiry is recorded as expired first.
+    pub async fn reserve_call(
+        &self,
+        pair: &Pair,
+        call_id: &str,
+        policy: Result<(), Blocked>,
+    ) -> Result<Reservation, PermissionError> {
+        let slot = self.slot(pair);
+        let mut state = slot.lock().await;
+        let now = now_ms();
+        if state.expiry_due(now) {
+            let event = Event::Expired;
+            self.write(
+                pair,
+                Actor::Switch,
+                now,
+                event.name(),
+                Some(&event),
+                Map::new(),
+            )
+            .await?;
+            self.apply(&mut state, now, &event);
+        }
+        let verdict = policy.and_then(|()| state.check_call(&self.inner.rules, now));
+        let mut context = Map::new();
+        context.insert("call_id".into(), json!(call_id));
+        match verdict {
+            Err(blocked) => {
+                context.insert("reason".into(), json!(blocked.as_str()));
+                self.write(pair, Actor::Switch, now, "call_blocked", None, context)
+                    .await?;
+                drop(state);
+                metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str())
+                    .increment(1);
+                Err(PermissionError::Blocked(blocked))
+            }
+            Ok(()) => {
+                let event = Event::CallReserved;
+                self.write(
+                    pair,
+                    Actor::Business,
+                    now,
+                    event.name(),
+                    Some(&event),
+                    context,
+                )
+                .await?;
+                self.apply(&mut state, now, &event);
+                Ok(Reservation {
+                    pair: pair.clone(),
+                    call_id: call_id.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Ends a reserved attempt: a connected call uses the permission, an unanswered one
+    /// counts toward automatic revocation, a failed one gives it back. `context` adds the
+    /// call's duration, Meta's ids, the end cause.
+    pub async fn finish_call(
+        &self,
+        reservation: Reservation,
+        outcome: AttemptOutcome,
+        mut context: Map<String, Value>,
+    ) -> Result<AuditRecord, StoreError> {
+        context.insert("call_id".into(), json!(reservation.call_id));
+        self.record(
+            &reservation.pair,
+            Actor::Switch,
+            Event::CallFinished { outcome },
+            context,
+        )
+        .await
+    }
+
+    /// The pair's permission as it stands now.
+    pub async fn view(&self, pair: &Pair) -> PairView {
+        let slot = self.slot(pair);
+        let state = slot.lock().await;
+        let now = now_ms();
+        let status = if state.expiry_due(now) {
+            Status::Expired
+        } else {
+            state.status
+        };
+        let grant = state.grant.as_ref().filter(|_| status == Status::Granted);
+        PairView {
+            business_number: pair.business_number.clone(),
+            wa_id: pair.wa_id.clone(),
+            status,
+            dnc: state.dnc,
+            expires_at: grant.and_then(|g| g.expires_at),
+            permanent: grant.is_some_and(|g| g.expires_at.is_none()),
+            calls_used: grant.map_or(0, |g| g.calls_used),
+            calls_in_progress: state.reserved,
+            remaining: state.remaining(&self.inner.rules, now),
+        }
+    }
+
+    /// Pairs on the do-not-call list (of one business number, or all).
+    pub async fn dnc_list(&self, business_number: Option<&str>) -> Vec<Pair> {
+        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<PairState>>)> = self
+            .inner
+            .pairs
+            .iter()
+            .filter(|e| business_number.is_none_or(|b| e.key().business_number == b))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (pair, slot) in slots {
+            if slot.lock().await.dnc {
+                out.push(pair);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Applies `event` to a locked pair and keeps the count of grants in force.
+    fn apply(&self, state: &mut PairState, at: i64, event: &Event) {
+        let now = now_ms();
+        let was = active(state, now);
+        state.apply(&self.inner.rules, at, event);
+        let delta = i64::from(active(state, now)) - i64::from(was);
+        if delta != 0 {
+            let n = self
+                .inner
+                .active
+                .fetch_add(delta, std::sync::atomic::Ordering::Relaxed)
+                + delta;
+            metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
+        }
+    }
+}
+
+/// Records Meta's permission replies for the webhook ingress (before it answers 200).
+pub struct ReplyRecorder {
+    permissions: Permissions,
+    /// Display numbers by Meta's phone number id.
+    numbers: std::collections::HashMap<String, String>,
+}
+
+impl ReplyRecorder {
+    /// Records replies for `numbers` into `permissions`.
+    pub fn new(permissions: Permissions, numbers: &[crate::config::BusinessNumber]) -> Self {
+        ReplyRecorder {
+            permissions,
+            numbers: numbers
+                .iter()
+                .map(|n| (n.phone_number_id.clone(), n.display_number.clone()))
+                .collect(),
+        }
+    }
+
+    async fn apply(&self, reply: crate::meta::webhook::PermissionReply) -> Result<(), String> {
+        use crate::meta::webhook::{PermissionResponse, ResponseSource};
+        let Some(number) = self.numbers.get(&reply.business.phone_number_id) else {
+            tracing::warn!(phone_number_id = %reply.business.phone_number_id, "permission reply for a number this switch does not serve; ignored");
+            return Ok(());
+        };
+        let wa_id = reply
+            .contact
+            .as_ref()
+            .map(|c| c.wa_id.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| reply.from.clone());
+        if wa_id.is_empty() {
+            tracing::warn!(message_id = %reply.message_id, "permission reply without its user; ignored");
+            return Ok(());
+        }
+        let pair = Pair::new(number, &wa_id);
+        let automatic = reply.source == ResponseSource::Automatic;
+        let actor = if automatic {
+            Actor::Meta
+        } else {
+            Actor::Customer
+        };
+        let mut context = Map::new();
+        if let Some(c) = &reply.context_id {
+            context.insert("context_id".into(), json!(c));
+        }
+        if let Some(t) = reply.timestamp {
+            context.insert("meta_timestamp".into(), json!(t));
+        }
+        let event = match reply.response {
+            PermissionResponse::Accept => Event::Granted {
+                permanent: reply.is_permanent,
+                expires_at: reply
+                    .expires_at
+                    .and_then(|s| i64::try_from(s).ok())
+                    .map(|s| s.saturating_mul(1000)),
+            },
+            // A reply to our request declines it; without one (from the business
+            // profile, or Meta after unanswered calls) it takes a grant away.
+            PermissionResponse::Reject if reply.context_id.is_some() && !automatic => {
+                Event::Declined
+            }
+            PermissionResponse::Reject => Event::Revoked,
+            PermissionResponse::Other(ref other) => {
+                tracing::warn!(response = %other, "permission reply not understood; ignored");
+                return Ok(());
+            }
+        };
+        let customer_revoked = event == Event::Revoked && !automatic;
+        let fresh = self
+            .permissions
+            .reply(&pair, &reply.message_id, event, actor, context)
+            .await
+            .map_err(|e| e.to_string())?;
+        // A customer taking permission back opts out: the do-not-call list holds them
+        // until the business removes the entry.
+        if fresh && customer_revoked {
+            let mut context = Map::new();
+            context.insert("message_id".into(), json!(reply.message_id));
+            self.permissions
+                .record(
+                    &pair,
+                    Actor::Customer,
+                    Event::DncAdded {
+                        reason: "customer revoked call permission".into(),
+                    },
+                    context,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "customer").increment(1);
+        }
+        Ok(())
+    }
+}
+
+impl crate::meta::ingress::ReplySink for ReplyRecorder {
+    fn record(
+        &self,
+        reply: crate::meta::webhook::PermissionReply,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(self.apply(reply))
+    }
+}

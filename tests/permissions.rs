@@ -1,0 +1,360 @@
+//! Call permissions through a running switch: the business asks over the REST API, the
+//! request goes to the sim's Graph API, the sim's user answers with a signed permission
+//! reply webhook, and the switch's view, its limits, the do-not-call list and the audit
+//! trail follow. A `kill -9` during a burst of changes loses nothing that was acknowledged.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use waswitch::config::{Config, Secret};
+use waswitch::node::Node;
+use waswitch::sim::graph::SimGraph;
+use waswitch::sim::load::SimContext;
+use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+use waswitch::sim::webhooks::{self, BusinessRef, WebhookSender};
+
+const SECRET: &str = "perm-secret";
+const PNID: &str = "105615555715855";
+const NUMBER: &str = "15551112222";
+const TOKEN: &str = "perm-token";
+
+struct Switch {
+    node: Node,
+    graph: SimGraph,
+    ctx: SimContext,
+    http: reqwest::Client,
+}
+
+impl Switch {
+    async fn start(dir: &Path, extra: &str) -> Switch {
+        let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sim");
+        let sim_addr = listener.local_addr().expect("sim address");
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            graph.router(),
+        )));
+        let toml = format!(
+            "[http]\napi_token = \"{TOKEN}\"\n{extra}\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
+             country = \"BR\"\necho_test = true\n"
+        );
+        let config = Config::loopback(&toml, &dir.join("p.db")).expect("config");
+        let node = Node::start(config).await.expect("node");
+        let webhooks = WebhookSender::new(
+            &format!("http://{}/webhooks/meta", node.http_addr()),
+            Secret::new(SECRET),
+            Duration::from_secs(10),
+        )
+        .expect("sender");
+        let ctx = SimContext {
+            graph: graph.clone(),
+            webhooks,
+            business: BusinessRef {
+                waba_id: "1".into(),
+                phone_number_id: PNID.into(),
+                display_number: NUMBER.into(),
+            },
+            media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            expect_hz: 440.0,
+            dtmf: None,
+        };
+        Switch {
+            node,
+            graph,
+            ctx,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.node.http_addr())
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn view(&self, wa_id: &str) -> Value {
+        let (status, v) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/permissions/{NUMBER}/{wa_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    async fn wait_status(&self, wa_id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.view(wa_id).await;
+            if v["status"] == status {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{wa_id} never {status}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn audit(&self, wa_id: &str) -> Vec<Value> {
+        let (status, v) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/audit?wa_id={wa_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["records"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn kinds(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn behaviour(permission: PermissionAnswer) -> Behaviour {
+    Behaviour {
+        call: CallAnswer::Ignore {
+            ring: Duration::from_secs(30),
+        },
+        permission,
+        dtmf: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    let (users, _answered) = Users::start(
+        sw.ctx.clone(),
+        behaviour(PermissionAnswer::Grant {
+            lasts: Some(Duration::from_secs(7 * 86_400)),
+        }),
+    );
+
+    // Asked and granted for 7 days.
+    let granted = "4915100000001";
+    let (status, record) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
+            Some(json!({"purpose": "About your order ON-12853"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["kind"], "requested");
+    let view = sw.wait_status(granted, "granted").await;
+    assert_eq!(view["permanent"], false);
+    let expires = view["expires_at"].as_i64().expect("an expiry");
+    let week = 7 * 86_400_000;
+    let now = waswitch::call::now_ms();
+    assert!(
+        (now + week - 60_000..=now + week + 60_000).contains(&expires),
+        "{view}"
+    );
+    // The request the sim's user saw carried the purpose.
+    let sent = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .find(|r| r.endpoint == "messages")
+        .expect("the request message");
+    assert_eq!(
+        sent.body["interactive"]["body"]["text"],
+        "About your order ON-12853"
+    );
+    // A second request today is over Meta's limit of one per 24 h.
+    let (status, refused) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
+            Some(json!({"purpose": "again"})),
+        )
+        .await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["reason"], "daily_request_limit");
+    assert_eq!(view["remaining"]["requests"], 0, "{view}");
+
+    // Meta redelivers the same reply: nothing changes.
+    let trail = sw.audit(granted).await;
+    let grant = trail
+        .iter()
+        .find(|r| r["kind"] == "granted")
+        .expect("granted record");
+    let detail: Value =
+        serde_json::from_str(grant["detail"].as_str().expect("detail")).expect("detail JSON");
+    let message_id = detail["message_id"].as_str().expect("reply id").to_string();
+    assert_eq!(
+        detail["context_id"],
+        record["detail"]
+            .as_str()
+            .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            .expect("request detail")["request_message_id"]
+    );
+    let again = webhooks::permission_reply(
+        &sw.ctx.business,
+        granted,
+        &message_id,
+        true,
+        Some(9_999_999_999),
+        None,
+    );
+    assert!(sw.ctx.webhooks.deliver(&again).await.delivered());
+    assert_eq!(kinds(&sw.audit(granted).await), ["requested", "granted"]);
+    assert_eq!(sw.view(granted).await["expires_at"].as_i64(), Some(expires));
+
+    // The customer revokes from the business profile: revoked, and on the DNC list.
+    users.revoke(granted).await;
+    let view = sw.wait_status(granted, "revoked").await;
+    assert_eq!(view["dnc"], true, "{view}");
+    assert_eq!(
+        kinds(&sw.audit(granted).await),
+        ["requested", "granted", "revoked", "dnc_added"]
+    );
+    let (_, list) = sw.send(reqwest::Method::GET, "/v1/dnc", None).await;
+    assert_eq!(
+        list["dnc"],
+        json!([{"business_number": NUMBER, "wa_id": granted}])
+    );
+    // A DNC customer gets no request.
+    let (status, refused) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
+            Some(json!({"purpose": "later"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+
+    // Another customer declines.
+    users.set_behaviour(behaviour(PermissionAnswer::Decline));
+    let declined = "4915100000002";
+    let (status, _) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{declined}/request"),
+            Some(json!({"purpose": "Your delivery"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    sw.wait_status(declined, "declined").await;
+
+    // The business puts a third customer on the DNC list and takes them off again.
+    let other = "4915100000003";
+    let (status, v) = sw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/dnc/{NUMBER}/{other}"),
+            Some(json!({"reason": "asked by phone"})),
+        )
+        .await;
+    assert_eq!((status, v["dnc"].clone()), (200, json!(true)));
+    let (status, v) = sw
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/dnc/{NUMBER}/{other}"),
+            None,
+        )
+        .await;
+    assert_eq!((status, v["dnc"].clone()), (200, json!(false)));
+
+    // Bad input: an unknown number, a customer id that is not a number, no purpose.
+    let (status, _) = sw
+        .send(
+            reqwest::Method::GET,
+            "/v1/permissions/999/4915100000001",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = sw
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/permissions/{NUMBER}/abc"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{other}/request"),
+            Some(json!({"purpose": " "})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // The whole trail as CSV, and intact.
+    let csv = sw
+        .http
+        .get(sw.url("/v1/audit?format=csv"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    let metrics = reqwest::get(sw.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        "waswitch_permission_requests_total{outcome=\"sent\"} 2",
+        "waswitch_permission_requests_total{outcome=\"daily_request_limit\"} 1",
+        "waswitch_permission_requests_total{outcome=\"do_not_call\"} 1",
+        "waswitch_permission_replies_total{outcome=\"granted\"} 1",
+        "waswitch_permission_replies_total{outcome=\"declined\"} 1",
+        "waswitch_permission_grants_active 0",
+        "waswitch_dnc_added_total{actor=\"customer\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    assert_eq!(
+        sw.node.store().verify_audit().await.expect("verify"),
+        waswitch::store::audit::Verified::Intact(8)
+    );
+    sw.node.drain_and_stop().await;
+
+    // A restart rebuilds the same permissions from the trail.
+    let sw = Switch::start(dir.path(), "").await;
+    let view = sw.view(granted).await;
+    assert_eq!(
+        (view["status"].clone(), view["dnc"].clone()),
+        (json!("revoked"), json!(true))
+    );
+    assert_eq!(sw.view(declined).await["status"], "declined");
+    sw.node.drain_and_stop().await;
+}
