@@ -562,3 +562,133 @@ fn audit_verify_passes_an_intact_trail_and_names_an_edited_record_and_export_wri
         "{out:?}"
     );
 }
+
+#[test]
+fn kill_9_during_a_burst_of_permission_changes_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let path = dir.path().join("waswitch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"{http}\"\napi_token = \"t\"\n\
+             [sip]\nlisten = \"127.0.0.1:{}\"\n\
+             [store]\nurl = \"sqlite://{}\"\n\
+             [meta]\ngraph_url = \"http://127.0.0.1:9\"\naccess_token = \"x\"\n\
+             app_secret = \"y\"\nverify_token = \"z\"\n\
+             [[business_number]]\nphone_number_id = \"1\"\ndisplay_number = \"15551112222\"\n\
+             country = \"BR\"\necho_test = true\n",
+            free_port(),
+            dir.path().join("w.db").display()
+        ),
+    )
+    .expect("config");
+    let config = path.to_str().expect("utf-8").to_string();
+    let start = || {
+        let mut node = RunningNode {
+            child: waswitch(&["run", "--config", &config])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn waswitch"),
+            http: http.clone(),
+            _dir: tempfile::tempdir().expect("tempdir"),
+        };
+        node.wait_healthy();
+        node
+    };
+    let mut node = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Sixteen clients put customers on the DNC list and take them off again as fast as
+    // the switch answers, each change naming itself in its reason; the switch is killed
+    // mid-burst.
+    let acknowledged = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for c in 0..16u32 {
+            let client = client.clone();
+            let base = format!("http://{http}/v1/dnc/15551112222/49151000{c:05}");
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for k in 0..100_000u32 {
+                    let reason = format!("burst-{c}-{k}");
+                    let sent = if k % 2 == 0 {
+                        client
+                            .put(&base)
+                            .bearer_auth("t")
+                            .json(&serde_json::json!({"reason": reason}))
+                            .send()
+                            .await
+                    } else {
+                        client.delete(&base).bearer_auth("t").send().await
+                    };
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            if k % 2 == 0 {
+                                acked.push(reason);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        node.child.kill().expect("SIGKILL");
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("client"));
+        }
+        all
+    });
+    let _ = node.child.wait();
+    assert!(
+        acknowledged.len() >= 50,
+        "a burst: {} acknowledged",
+        acknowledged.len()
+    );
+
+    // After a restart every acknowledged change is in the trail, and the trail is intact.
+    let node = start();
+    let out = waswitch(&["audit", "--config", &config, "verify"])
+        .output()
+        .expect("verify");
+    assert!(out.status.success(), "{out:?}");
+    let trail = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://{http}/v1/audit?limit=10000&format=csv"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .expect("audit")
+            .text()
+            .await
+            .expect("text")
+    });
+    let recorded: std::collections::HashSet<String> = trail
+        .lines()
+        .filter_map(|l| {
+            l.find("burst-")
+                .map(|i| l[i..].split('"').next().unwrap_or("").to_string())
+        })
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|r| !recorded.contains(*r))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    eprintln!(
+        "{} DNC entries acknowledged before the kill, all {} in the trail ({} burst records)",
+        acknowledged.len(),
+        acknowledged.len(),
+        recorded.len()
+    );
+    node.signal("TERM");
+    let (code, _) = node.wait_exit();
+    assert_eq!(code, Some(0));
+}
