@@ -7,6 +7,7 @@
 # the switch's CPU over time.
 #
 #   loadtest/uic.sh [RATE] [HOLD_S] [DURATION_S] [CONCURRENCY]     default: 20 10 60 2000
+#   UIC_PBX=opus loadtest/uic.sh ...      the PBX answers Opus: no transcoding in the switch
 #
 # Needs a release build (cargo build --release; the script builds it if missing) and SIPp
 # (Debian package sip-tester). Ports: HTTP 18080, sim 18090, SIP 15060, PBX 15070, media
@@ -29,12 +30,21 @@ sed -e 's/127.0.0.1:8080/127.0.0.1:18080/' -e 's/127.0.0.1:8090/127.0.0.1:18090/
     -e 's/^\[media\]/[media]\nport_min = 30000\nport_max = 39999/' \
     "$ROOT/config/examples/uic-sim.toml" >"$W/uic.toml"
 sed -i 's/^\[limits\]//' "$W/uic.toml"
+# SIPp's built-in callee cannot answer OPTIONS (it aborts them as unexpected), so the trunk
+# is not probed: a probe timing out would mark it down and refuse every later call.
+sed -i 's/^invite_timeout_ms = 4000$/invite_timeout_ms = 4000\noptions_interval_secs = 0/' "$W/uic.toml"
 printf "\n[limits]\nmax_calls = 20000\nmax_cps = 5000\n" >>"$W/uic.toml"
 
-# The PBX: SIPp's built-in callee, echoing RTP, bounded in time.
-timeout $((DURATION + HOLD + 120)) sipp -sn uas -i 127.0.0.1 -p 15070 -mi 127.0.0.1 \
+# The PBX: SIPp's built-in callee (answers PCMU: the switch transcodes Opus <-> PCMU), or
+# with UIC_PBX=opus a callee answering Opus (passed through), echoing RTP, bounded in time.
+if [ "${UIC_PBX:-pcmu}" = opus ]; then
+  SCENARIO=(-sf "$ROOT/loadtest/sipp/uic_uas_opus.xml")
+else
+  SCENARIO=(-sn uas)
+fi
+timeout $((DURATION + HOLD + 120)) sipp "${SCENARIO[@]}" -i 127.0.0.1 -p 15070 -mi 127.0.0.1 \
   -mp 40000 -rtp_echo -nostdin -bg -trace_err -error_file "$W/sipp.err" >"$W/sipp.log" 2>&1
-SIPP=$(pgrep -n -f "sipp -sn uas -i 127.0.0.1 -p 15070") && PIDS+=("$SIPP")
+SIPP=$(pgrep -n -f "sipp .*-p 15070") && PIDS+=("$SIPP")
 
 WASWITCH_LOG_LEVEL=warn "$BIN" run --config "$W/uic.toml" >"$W/switch.log" 2>&1 &
 SW=$!; PIDS+=("$SW")

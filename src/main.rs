@@ -210,8 +210,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             telemetry::init_logging(&config.log.level, config.log.format);
+            // Each user in a call runs its media on a blocking thread of its own: room
+            // for every concurrent call, or the users beyond the pool would wait unserved.
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(calls.concurrency.saturating_add(64).max(512))
                 .build()
             {
                 Ok(rt) => rt,

@@ -261,9 +261,10 @@ impl SimUser {
             .map_err(|e| UserError::Answer(e.to_string()))?;
         let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
             .map_err(|e| UserError::Answer(e.to_string()))?;
-        let mut decoded: Vec<f32> = Vec::new();
+        let mut decoded = Heard::default();
         let mut dtmf_in = crate::media::dtmf::DtmfReceiver::default();
         let mut dtmf_plan = self.dtmf.take();
+        let mut tone_loop: Vec<Vec<u8>> = Vec::with_capacity(TONE_LOOP_FRAMES as usize);
         let mut buf = [0u8; 2048];
         let connect_deadline = self.started + Duration::from_secs(20);
         let mut end: Option<Instant> = None;
@@ -341,14 +342,24 @@ impl SimUser {
                     report.packets_out += 1;
                     continue;
                 }
-                let tone: Vec<f32> = (0..960)
-                    .map(|i| {
-                        let t = (k * 960 + i) as f32 / 48_000.0;
-                        0.3 * (2.0 * std::f32::consts::PI * send_hz * t).sin()
-                    })
-                    .collect();
-                let mut packet = [0u8; 1500];
-                if let Ok(len) = encoder.encode_float(&tone, &mut packet) {
+                // One second of tone is encoded once and then sent in a loop (a whole
+                // number of cycles per second joins up).
+                let slot = (k % TONE_LOOP_FRAMES) as usize;
+                if tone_loop.len() <= slot {
+                    let tone: Vec<f32> = (0..960)
+                        .map(|i| {
+                            let t = (k * 960 + i) as f32 / 48_000.0;
+                            0.3 * (2.0 * std::f32::consts::PI * send_hz * t).sin()
+                        })
+                        .collect();
+                    let mut packet = [0u8; 1500];
+                    let len = encoder.encode_float(&tone, &mut packet).unwrap_or(0);
+                    tone_loop.push(packet[..len].to_vec());
+                }
+                let encoded = tone_loop.get(slot).filter(|p| !p.is_empty());
+                if let Some(encoded) = encoded {
+                    let len = encoded.len();
+                    let packet = encoded;
                     let mut api = self.rtc.direct_api();
                     if let Some(tx) = api.stream_tx_by_mid(self.mid, None) {
                         tx.write_rtp(
@@ -382,7 +393,13 @@ impl SimUser {
                 self.socket.set_nonblocking(true)?;
             }
         }
-        report.tone_share = tone_share(&decoded, expect_hz);
+        // The tone must be there at the start and, on a longer call, still at the end.
+        let start = tone_share(&decoded.first, expect_hz, 24_000);
+        report.tone_share = if decoded.last.len() >= 24_000 {
+            start.min(tone_share(&decoded.last, expect_hz, 12_000))
+        } else {
+            start
+        };
         Ok(report)
     }
 }
@@ -395,7 +412,7 @@ impl SimUser {
         &mut self,
         report: &mut UserReport,
         decoder: &mut opus::Decoder,
-        decoded: &mut Vec<f32>,
+        decoded: &mut Heard,
         dtmf_in: &mut crate::media::dtmf::DtmfReceiver,
         end: &mut Option<Instant>,
         next_frame: &mut Instant,
@@ -419,9 +436,21 @@ impl SimUser {
                 )) if report.connected => *end = None,
                 Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == OPUS_PT => {
                     report.packets_in += 1;
-                    let mut pcm = [0f32; 5760];
-                    if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
-                        decoded.extend_from_slice(&pcm[..n]);
+                    // Only what is checked is decoded: the first seconds, and the last
+                    // one and a half before the user hangs up.
+                    let near_end = end.is_some_and(|e| Instant::now() + LAST_WINDOW >= e);
+                    let into = if decoded.first.len() < FIRST_SAMPLES {
+                        Some(&mut decoded.first)
+                    } else if near_end && decoded.last.len() < LAST_SAMPLES {
+                        Some(&mut decoded.last)
+                    } else {
+                        None
+                    };
+                    if let Some(into) = into {
+                        let mut pcm = [0f32; 5760];
+                        if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
+                            into.extend_from_slice(&pcm[..n]);
+                        }
                     }
                 }
                 Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == DTMF_PT => {
@@ -450,8 +479,26 @@ fn with_telephone_event(sdp: &str) -> String {
 }
 
 /// The share of the signal's power at `hz` (48 kHz samples, after the first half second).
-fn tone_share(samples: &[f32], hz: f32) -> f32 {
-    let tail = &samples[samples.len().min(24_000)..];
+/// Frames in the loop of encoded tone (one second).
+const TONE_LOOP_FRAMES: u64 = 50;
+/// Received audio decoded from the start (2.5 s at 48 kHz).
+const FIRST_SAMPLES: usize = 120_000;
+/// Received audio decoded before the end (1.5 s).
+const LAST_SAMPLES: usize = 72_000;
+/// How long before the end the last window opens.
+const LAST_WINDOW: Duration = Duration::from_millis(1500);
+
+/// The received audio that is checked.
+#[derive(Default)]
+struct Heard {
+    first: Vec<f32>,
+    last: Vec<f32>,
+}
+
+/// Share of `samples`' power at `hz`, after skipping the first `skip` (the decoder
+/// settling).
+fn tone_share(samples: &[f32], hz: f32, skip: usize) -> f32 {
+    let tail = &samples[samples.len().min(skip)..];
     if tail.is_empty() {
         return 0.0;
     }
@@ -479,9 +526,9 @@ mod tests {
         let s: Vec<f32> = (0..48_000)
             .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 48_000.0).sin())
             .collect();
-        assert!(tone_share(&s, 1000.0) > 0.9);
-        assert!(tone_share(&s, 440.0) < 0.01);
-        assert_eq!(tone_share(&[], 1000.0), 0.0);
+        assert!(tone_share(&s, 1000.0, 24_000) > 0.9);
+        assert!(tone_share(&s, 440.0, 24_000) < 0.01);
+        assert_eq!(tone_share(&[], 1000.0, 24_000), 0.0);
     }
 
     /// A user's call answered by the switch's WebRTC leg, which echoes what it hears: the
