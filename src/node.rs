@@ -89,6 +89,8 @@ impl StopReport {
 
 /// Calling events from Meta's webhooks waiting for the call layer.
 const META_EVENT_QUEUE: usize = 4096;
+/// How often lapsed temporary grants are recorded as expired.
+const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 
 /// A running node.
 pub struct Node {
@@ -106,6 +108,8 @@ pub struct Node {
     sip_tls: Option<SipListener>,
     media: MediaPlane,
     trunk_health: TrunkHealth,
+    permissions: crate::call::permissions::Permissions,
+    sweeper: JoinHandle<()>,
 }
 
 impl Node {
@@ -278,6 +282,7 @@ impl Node {
             config.permissions.rules.clone(),
         )
         .await?;
+        let sweeper = permissions.spawn_sweeper(PERMISSION_SWEEP);
         let graph = match config.meta.as_ref() {
             Some(meta) => Some(Arc::new(
                 crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
@@ -357,7 +362,14 @@ impl Node {
             sip_tls,
             media,
             trunk_health,
+            permissions,
+            sweeper,
         })
+    }
+
+    /// The permission service.
+    pub fn permissions(&self) -> &crate::call::permissions::Permissions {
+        &self.permissions
     }
 
     /// Health of the probed trunks.
@@ -433,6 +445,7 @@ impl Node {
             }
         }
 
+        self.sweeper.abort();
         let (cdrs_flushed, flush_error) = match flush_cdrs(&self.root).await {
             Ok(n) => (n, None),
             Err(e) => (0, Some(e)),

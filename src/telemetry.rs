@@ -107,8 +107,8 @@ pub const PERMISSION_REQUESTS_TOTAL: &str = "waswitch_permission_requests_total"
 /// Counter: customers' replies to permission requests, by `outcome` (`granted`,
 /// `declined`, `revoked`); with requests `sent`, the grant rate.
 pub const PERMISSION_REPLIES_TOTAL: &str = "waswitch_permission_replies_total";
-/// Gauge: grants in force (as last seen: a grant that lapses counts until the switch
-/// next looks at it).
+/// Gauge: grants in force (a temporary grant that lapses counts until the expiry sweep
+/// records it, within a minute).
 pub const PERMISSION_GRANTS_ACTIVE: &str = "waswitch_permission_grants_active";
 /// Counter: business-initiated calls refused before dialling, by `reason`
 /// (`no_permission`, `expired`, `do_not_call`, `country_not_allowed`, ...).

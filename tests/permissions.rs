@@ -25,6 +25,7 @@ const TOKEN: &str = "perm-token";
 struct Switch {
     node: Node,
     graph: SimGraph,
+    sim_addr: std::net::SocketAddr,
     ctx: SimContext,
     http: reqwest::Client,
 }
@@ -70,9 +71,14 @@ impl Switch {
         Switch {
             node,
             graph,
+            sim_addr,
             ctx,
             http: reqwest::Client::new(),
         }
+    }
+
+    fn graph_url(&self) -> String {
+        format!("http://{}", self.sim_addr)
     }
 
     fn url(&self, path: &str) -> String {
@@ -356,5 +362,95 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         (json!("revoked"), json!(true))
     );
     assert_eq!(sw.view(declined).await["status"], "declined");
+    sw.node.drain_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_grant_is_recorded_expired_and_metas_view_can_refuse_a_call() {
+    use waswitch::call::permissions::authoritative_check;
+    use waswitch::permission::Blocked;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+
+    // A grant that ends two seconds from now (Meta sends nothing when it lapses).
+    let user = "4915100000009";
+    let unix = (waswitch::call::now_ms() / 1000) as u64;
+    let reply = webhooks::permission_reply(
+        &sw.ctx.business,
+        user,
+        "wamid.SHORT",
+        true,
+        Some(unix + 2),
+        None,
+    );
+    assert!(sw.ctx.webhooks.deliver(&reply).await.delivered());
+    assert_eq!(sw.view(user).await["status"], "granted");
+    assert_eq!(
+        sw.node
+            .permissions()
+            .sweep_expired(waswitch::call::now_ms())
+            .await
+            .expect("sweep"),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Seen lapsed before the sweep records it; recorded once.
+    assert_eq!(sw.view(user).await["status"], "expired");
+    let now = waswitch::call::now_ms();
+    assert_eq!(
+        sw.node
+            .permissions()
+            .sweep_expired(now)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert_eq!(
+        sw.node
+            .permissions()
+            .sweep_expired(now)
+            .await
+            .expect("sweep"),
+        0
+    );
+    assert_eq!(kinds(&sw.audit(user).await), ["granted", "expired"]);
+    let metrics = reqwest::get(sw.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("waswitch_permission_grants_active 0"),
+        "{metrics}"
+    );
+
+    // Meta's view, asked before dialling when the business wants it authoritative.
+    let meta = Config::loopback(
+        &format!(
+            "[meta]\ngraph_url = \"{}\"\naccess_token = \"tok\"\napp_secret = \"s\"\n\
+             verify_token = \"v\"\n",
+            sw.graph_url()
+        ),
+        &dir.path().join("unused.db"),
+    )
+    .expect("config")
+    .meta
+    .expect("meta");
+    let graph = waswitch::meta::graph::GraphClient::new(&meta).expect("graph");
+    let now = waswitch::call::now_ms();
+    assert_eq!(
+        authoritative_check(&graph, PNID, user, now).await,
+        Err(Blocked::MetaRefused)
+    );
+    sw.graph.grant(PNID, user, Some(unix + 3600));
+    assert_eq!(authoritative_check(&graph, PNID, user, now).await, Ok(()));
+    sw.graph.grant(PNID, user, None);
+    assert_eq!(authoritative_check(&graph, PNID, user, now).await, Ok(()));
+    sw.graph.revoke(PNID, user);
+    assert_eq!(
+        authoritative_check(&graph, PNID, user, now).await,
+        Err(Blocked::MetaRefused)
+    );
     sw.node.drain_and_stop().await;
 }

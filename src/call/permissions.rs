@@ -116,9 +116,9 @@ impl std::fmt::Debug for Permissions {
     }
 }
 
-/// A grant in force, not past its expiry.
-fn active(state: &PairState, now: i64) -> bool {
-    state.status == Status::Granted && !state.expiry_due(now)
+/// A grant in force as recorded (a lapsed one counts until the sweep records its expiry).
+fn active(state: &PairState) -> bool {
+    state.status == Status::Granted
 }
 
 /// The detail of an audit record: the event's own fields, then the context.
@@ -196,12 +196,11 @@ impl Permissions {
                     .await?;
             }
         }
-        let now = now_ms();
         let n = service
             .inner
             .pairs
             .iter()
-            .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s, now)))
+            .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s)))
             .count();
         service
             .inner
@@ -485,6 +484,54 @@ impl Permissions {
         }
     }
 
+    /// Records `expired` for every grant past its expiry at `now` (Meta sends no webhook
+    /// when a temporary grant lapses): the trail says when each grant ended, and the
+    /// gauge of grants in force drops. The number recorded.
+    pub async fn sweep_expired(&self, now: i64) -> Result<usize, StoreError> {
+        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<PairState>>)> = self
+            .inner
+            .pairs
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut n = 0;
+        for (pair, slot) in slots {
+            let mut state = slot.lock().await;
+            if !state.expiry_due(now) {
+                continue;
+            }
+            let event = Event::Expired;
+            let record = self
+                .write(
+                    &pair,
+                    Actor::Switch,
+                    now,
+                    event.name(),
+                    Some(&event),
+                    Map::new(),
+                )
+                .await?;
+            self.apply(&mut state, record.entry.at, &event);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Runs [`Permissions::sweep_expired`] every `every` until the node stops.
+    pub fn spawn_sweeper(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.sweep_expired(now_ms()).await {
+                    tracing::warn!(error = %e, "expired grants not recorded; retried on the next sweep");
+                }
+            }
+        })
+    }
+
     /// Pairs on the do-not-call list (of one business number, or all).
     pub async fn dnc_list(&self, business_number: Option<&str>) -> Vec<Pair> {
         let slots: Vec<(Pair, Arc<tokio::sync::Mutex<PairState>>)> = self
@@ -506,10 +553,9 @@ impl Permissions {
 
     /// Applies `event` to a locked pair and keeps the count of grants in force.
     fn apply(&self, state: &mut PairState, at: i64, event: &Event) {
-        let now = now_ms();
-        let was = active(state, now);
+        let was = active(state);
         state.apply(&self.inner.rules, at, event);
-        let delta = i64::from(active(state, now)) - i64::from(was);
+        let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
             let n = self
                 .inner
@@ -623,5 +669,34 @@ impl crate::meta::ingress::ReplySink for ReplyRecorder {
         reply: crate::meta::webhook::PermissionReply,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(self.apply(reply))
+    }
+}
+
+/// Meta's own view of a permission, asked before dialling when
+/// `[permissions] authoritative_check` is on: Meta saying there is none, or that it has
+/// lapsed, refuses the call even when the switch's records allow it.
+pub async fn authoritative_check(
+    graph: &crate::meta::graph::GraphClient,
+    phone_number_id: &str,
+    wa_id: &str,
+    now: i64,
+) -> Result<(), Blocked> {
+    match graph.call_permission(phone_number_id, wa_id).await {
+        Ok(p) => match p.status.as_str() {
+            "permanent" => Ok(()),
+            "temporary" => match p.expires_at {
+                Some(at) if i64::try_from(at).unwrap_or(i64::MAX).saturating_mul(1000) <= now => {
+                    Err(Blocked::Expired)
+                }
+                _ => Ok(()),
+            },
+            _ => Err(Blocked::MetaRefused),
+        },
+        // Meta cannot be asked: the switch's own records stand, and the refusal or the
+        // call says the rest.
+        Err(e) => {
+            tracing::warn!(error = %e, "Meta's call permission could not be checked; the switch's records decide");
+            Ok(())
+        }
     }
 }
