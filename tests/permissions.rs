@@ -274,6 +274,38 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
     assert_eq!(status, 201);
     sw.wait_status(declined, "declined").await;
 
+    // Outside the service window the business sends its approved template instead.
+    users.set_behaviour(behaviour(PermissionAnswer::Grant { lasts: None }));
+    let templated = "4915100000004";
+    let (status, record) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{templated}/request"),
+            Some(json!({"purpose": "Callback you asked for",
+                        "template": {"name": "callback_permission", "language": "de",
+                                     "parameters": ["ON-12853"]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let detail: Value =
+        serde_json::from_str(record["detail"].as_str().expect("detail")).expect("JSON");
+    assert_eq!(detail["template"], "callback_permission");
+    let sent = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .filter(|r| r.endpoint == "messages")
+        .last()
+        .expect("the template message");
+    assert_eq!(sent.body["type"], "template");
+    assert_eq!(sent.body["template"]["language"]["code"], "de");
+    assert_eq!(
+        sent.body["template"]["components"][0]["parameters"][0]["text"],
+        "ON-12853"
+    );
+    let view = sw.wait_status(templated, "granted").await;
+    assert_eq!(view["permanent"], true, "{view}");
+
     // The business puts a third customer on the DNC list and takes them off again.
     let other = "4915100000003";
     let (status, v) = sw
@@ -330,7 +362,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         .text()
         .await
         .expect("text");
-    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
     let metrics = reqwest::get(sw.url("/metrics"))
         .await
         .expect("metrics")
@@ -338,19 +370,19 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         .await
         .expect("text");
     for series in [
-        "waswitch_permission_requests_total{outcome=\"sent\"} 2",
+        "waswitch_permission_requests_total{outcome=\"sent\"} 3",
         "waswitch_permission_requests_total{outcome=\"daily_request_limit\"} 1",
         "waswitch_permission_requests_total{outcome=\"do_not_call\"} 1",
-        "waswitch_permission_replies_total{outcome=\"granted\"} 1",
+        "waswitch_permission_replies_total{outcome=\"granted\"} 2",
         "waswitch_permission_replies_total{outcome=\"declined\"} 1",
-        "waswitch_permission_grants_active 0",
+        "waswitch_permission_grants_active 1",
         "waswitch_dnc_added_total{actor=\"customer\"} 1",
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
     assert_eq!(
         sw.node.store().verify_audit().await.expect("verify"),
-        waswitch::store::audit::Verified::Intact(8)
+        waswitch::store::audit::Verified::Intact(10)
     );
     sw.node.drain_and_stop().await;
 

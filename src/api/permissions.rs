@@ -1,7 +1,8 @@
 //! The permission part of the REST API (behind the same bearer token as `/v1`):
 //!
-//! - `POST /v1/permissions/{business_number}/{wa_id}/request` `{"purpose": "..."}`: sends the
-//!   call-permission request message through Meta, if the limits allow (201 with the audit
+//! - `POST /v1/permissions/{business_number}/{wa_id}/request` `{"purpose": "..."}` (and
+//!   optionally `"template": {"name", "language", "parameters"}` to send an approved
+//!   call-permission template instead): sends the request through Meta, if the limits allow (201 with the audit
 //!   record; 429 over a request limit, 403 on the do-not-call list, 409 when a permanent
 //!   grant exists, 502 when Meta refuses).
 //! - `GET /v1/permissions/{business_number}/{wa_id}`: the permission and what remains.
@@ -92,6 +93,23 @@ fn store_error(e: impl std::fmt::Display) -> Response {
 #[derive(Deserialize)]
 struct RequestBody {
     purpose: String,
+    /// Send this approved template instead of the free-form request (outside the
+    /// customer-service window).
+    #[serde(default)]
+    template: Option<TemplateRef>,
+}
+
+#[derive(Deserialize, Clone)]
+struct TemplateRef {
+    name: String,
+    #[serde(default = "default_language")]
+    language: String,
+    #[serde(default)]
+    parameters: Vec<String>,
+}
+
+fn default_language() -> String {
+    "en_US".into()
 }
 
 async fn request(
@@ -106,7 +124,8 @@ async fn request(
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
-            "body: {\"purpose\": \"why the business wants to call\"}",
+            "body: {\"purpose\": \"why the business wants to call\"} and optionally \
+             \"template\": {\"name\", \"language\", \"parameters\": [..]}",
         );
     };
     let purpose = body.purpose.trim().to_string();
@@ -133,15 +152,31 @@ async fn request(
             "no such business number on this switch",
         );
     };
+    if let Some(t) = &body.template {
+        if t.name.trim().is_empty() || t.language.trim().is_empty() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "template: an approved template's name and language code",
+            );
+        }
+    }
     let text = purpose.clone();
     let to = wa_id.clone();
+    let template = body.template.clone();
+    let template_name = body.template.as_ref().map(|t| t.name.clone());
     let sent = api
         .permissions
-        .request(&pair, &purpose, || async move {
-            graph
-                .send_permission_request(&pnid, &to, &text)
-                .await
-                .map_err(|e| e.to_string())
+        .request(&pair, &purpose, template_name.as_deref(), || async move {
+            match template {
+                Some(t) => graph
+                    .send_permission_template(&pnid, &to, &t.name, &t.language, &t.parameters)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => graph
+                    .send_permission_request(&pnid, &to, &text)
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
         })
         .await;
     match sent {

@@ -334,13 +334,14 @@ impl Permissions {
         Ok(true)
     }
 
-    /// Sends a permission request (`send` delivers the message to Meta and gives its
-    /// message id) if the limits allow, and records it. Under the pair's lock, so two
+    /// Sends a permission request (`send` delivers the message to Meta, free-form or as
+    /// `template`, and gives its message id) if the limits allow, and records it. Under the pair's lock, so two
     /// requests at once cannot both pass a limit of one.
     pub async fn request<F, Fut>(
         &self,
         pair: &Pair,
         purpose: &str,
+        template: Option<&str>,
         send: F,
     ) -> Result<AuditRecord, PermissionError>
     where
@@ -368,6 +369,9 @@ impl Permissions {
         };
         let mut context = Map::new();
         context.insert("request_message_id".into(), json!(message_id));
+        if let Some(t) = template {
+            context.insert("template".into(), json!(t));
+        }
         let record = self
             .write(
                 pair,

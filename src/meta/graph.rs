@@ -382,6 +382,47 @@ impl GraphClient {
             .ok_or_else(|| GraphError::Decode("messages answered without a message id".into()))
     }
 
+    /// Sends an approved message template that carries a `call_permission_request`
+    /// component (usable outside the customer-service window) to `to`, with `parameters`
+    /// for its body; returns the message id. Not retried, like the free-form request.
+    pub async fn send_permission_template(
+        &self,
+        phone_number_id: &str,
+        to: &str,
+        name: &str,
+        language: &str,
+        parameters: &[String],
+    ) -> Result<String, GraphError> {
+        let url = format!("{}/{}/messages", self.base, phone_number_id);
+        let mut template = json!({"name": name, "language": {"code": language}});
+        if !parameters.is_empty() {
+            let params: Vec<Value> = parameters
+                .iter()
+                .map(|p| json!({"type": "text", "text": p}))
+                .collect();
+            template["components"] = json!([{"type": "body", "parameters": params}]);
+        }
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "template",
+            "template": template,
+        });
+        let v = self
+            .request(
+                "permission_request",
+                Repeat::Never,
+                Method::Post(body),
+                &url,
+            )
+            .await?;
+        v.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Decode("messages answered without a message id".into()))
+    }
+
     /// The number's `calling` settings, as Meta returns them.
     pub async fn calling_settings(&self, phone_number_id: &str) -> Result<Value, GraphError> {
         let url = format!("{}/{}/settings", self.base, phone_number_id);

@@ -672,9 +672,17 @@ async fn messages(
         None => {
             let b = parsed.as_ref();
             let to = b.and_then(|b| b.get("to")).and_then(Value::as_str);
+            // A template message is taken as the business's call-permission template (the
+            // sim holds no template registry).
             let kind = b
                 .and_then(|b| b.pointer("/interactive/type"))
-                .and_then(Value::as_str);
+                .and_then(Value::as_str)
+                .or_else(|| {
+                    b.and_then(|b| b.pointer("/template/name"))
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .map(|_| "call_permission_request")
+                });
             match (to, kind) {
                 (Some(to), Some("call_permission_request")) if !to.is_empty() => {
                     let mut inner = sim.lock();
@@ -695,7 +703,7 @@ async fn messages(
                 }
                 _ => invalid(
                     "Invalid parameter",
-                    "the sim accepts interactive call_permission_request messages with a recipient",
+                    "the sim accepts interactive call_permission_request messages and templates with a recipient",
                 ),
             }
         }
