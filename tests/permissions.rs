@@ -294,8 +294,8 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         .graph
         .recorded()
         .into_iter()
-        .filter(|r| r.endpoint == "messages")
-        .last()
+        .rev()
+        .find(|r| r.endpoint == "messages")
         .expect("the template message");
     assert_eq!(sent.body["type"], "template");
     assert_eq!(sent.body["template"]["language"]["code"], "de");
