@@ -310,6 +310,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Whatever one record is changed in, removed or moved, the trail no longer
+        /// verifies; untouched, it does.
+        #[test]
+        fn any_single_tampering_is_detected(
+            n in 2i64..40,
+            pick in 0usize..1000,
+            other in 0usize..1000,
+            how in 0u8..8,
+            text in "[a-z0-9 ]{1,12}",
+        ) {
+            let records = chain(n);
+            let head_hash = records[records.len() - 1].hash.clone();
+            proptest::prop_assert_eq!(verify(&records, (n, &head_hash)), Ok(n as u64));
+            let i = pick % records.len();
+            let j = other % records.len();
+            let mut t = records.clone();
+            match how {
+                0 => t[i].entry.detail.push_str(&text),
+                1 => t[i].entry.at += 1,
+                2 => t[i].entry.wa_id.push('9'),
+                3 => t[i].entry.kind = format!("{}-{text}", t[i].entry.kind),
+                4 => t[i].entry.actor = Actor::Switch,
+                5 => { t.remove(i); }
+                6 => {
+                    proptest::prop_assume!(i != j);
+                    t.swap(i, j);
+                    // Renumbered to look contiguous.
+                    for (k, r) in t.iter_mut().enumerate() {
+                        r.seq = k as i64 + 1;
+                    }
+                }
+                _ => t[i].prev_hash = GENESIS.replace('0', "1"),
+            }
+            proptest::prop_assert!(verify(&t, (n, &head_hash)).is_err(), "undetected: {how} at {i}");
+        }
+    }
+
     #[test]
     fn csv_quotes_what_needs_quoting() {
         let r = &chain(1)[0];
