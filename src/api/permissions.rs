@@ -200,6 +200,10 @@ async fn request(
             &format!("Meta did not take the request: {e}"),
         ),
         Err(PermissionError::Store(e)) => store_error(e),
+        Err(e @ PermissionError::Unrecorded { .. }) => {
+            tracing::error!(error = %e, "permission request sent but not in the audit trail");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
         Err(PermissionError::Blocked(b)) => error(StatusCode::FORBIDDEN, &b.to_string()),
     }
 }

@@ -67,6 +67,15 @@ pub enum PermissionError {
     /// Sending the request to Meta failed: nothing was recorded.
     #[error("permission request not sent: {0}")]
     Send(String),
+    /// Meta took the request but the audit trail could not be written: the customer has
+    /// the message, the trail does not (the limits still count it until a restart).
+    #[error("permission request {message_id} sent but not recorded: {source}")]
+    Unrecorded {
+        /// Meta's id of the message sent.
+        message_id: String,
+        /// Why the trail was not written.
+        source: StoreError,
+    },
 }
 
 /// What a pair looks like now.
@@ -372,7 +381,7 @@ impl Permissions {
         if let Some(t) = template {
             context.insert("template".into(), json!(t));
         }
-        let record = self
+        let written = self
             .write(
                 pair,
                 Actor::Business,
@@ -381,10 +390,11 @@ impl Permissions {
                 Some(&event),
                 context,
             )
-            .await?;
+            .await;
+        // Sent either way: the limits count it.
         self.apply(&mut state, now, &event);
         metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "sent").increment(1);
-        Ok(record)
+        written.map_err(|source| PermissionError::Unrecorded { message_id, source })
     }
 
     /// Checks a business-initiated call to `pair` and reserves the permission for it. A
