@@ -89,6 +89,8 @@ impl StopReport {
 
 /// Calling events from Meta's webhooks waiting for the call layer.
 const META_EVENT_QUEUE: usize = 4096;
+/// CDRs on their way to the webhook and the permission service.
+const CDR_TAP_CAPACITY: usize = 65_536;
 /// How often lapsed temporary grants are recorded as expired.
 const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 
@@ -139,15 +141,25 @@ impl Node {
         let store = Store::open(&config.store).await?;
         tracing::info!(store = %config.store.url, backend = store.backend(), "store open");
 
+        let permissions = crate::call::permissions::Permissions::load(
+            store.clone(),
+            config.permissions.rules.clone(),
+        )
+        .await?;
+        let sweeper = permissions.spawn_sweeper(PERMISSION_SWEEP);
         let registry = CallRegistry::new();
         let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
-        if let Some(hook) = config.cdr_webhook.clone() {
-            let tap = crate::store::webhook::start(hook).map_err(|reason| StartError::Actor {
-                what: "CDR webhook",
-                reason,
-            })?;
-            cdrs.set_tap(tap);
-        }
+        let webhook =
+            match config.cdr_webhook.clone() {
+                Some(hook) => Some(crate::store::webhook::start(hook).map_err(|reason| {
+                    StartError::Actor {
+                        what: "CDR webhook",
+                        reason,
+                    }
+                })?),
+                None => None,
+            };
+        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone()));
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let root_args = RootArgs {
             registry: registry.clone(),
@@ -277,12 +289,6 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
-        let permissions = crate::call::permissions::Permissions::load(
-            store.clone(),
-            config.permissions.rules.clone(),
-        )
-        .await?;
-        let sweeper = permissions.spawn_sweeper(PERMISSION_SWEEP);
         let graph = match config.meta.as_ref() {
             Some(meta) => Some(Arc::new(
                 crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
@@ -560,4 +566,40 @@ async fn flush_cdrs(root: &ActorRef<RootMsg>) -> Result<u64, String> {
 
 fn spill_path(node_id: &str) -> PathBuf {
     PathBuf::from(format!("cdr-unwritten-{node_id}-{}.jsonl", now_ms()))
+}
+
+/// Every CDR, as it is queued for the store, goes to the CDR webhook (when configured)
+/// and, for an answered user-initiated call, to the permission service (a connected call
+/// resets the pair's request limits). A full webhook queue loses the copy (counted), never
+/// the stored record.
+fn cdr_fan_out(
+    webhook: Option<tokio::sync::mpsc::Sender<crate::store::Cdr>>,
+    permissions: crate::call::permissions::Permissions,
+) -> tokio::sync::mpsc::Sender<crate::store::Cdr> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::store::Cdr>(CDR_TAP_CAPACITY);
+    tokio::spawn(async move {
+        while let Some(cdr) = rx.recv().await {
+            if cdr.direction == crate::store::Direction::UserInitiated && cdr.answered_at.is_some()
+            {
+                if let (Some(b), Some(w)) = (&cdr.business_number, &cdr.customer_wa_id) {
+                    let pair = crate::call::permissions::Pair::new(b, w);
+                    let mut context = serde_json::Map::new();
+                    context.insert("call_id".into(), serde_json::json!(cdr.call_id));
+                    if let Some(id) = &cdr.wa_call_id {
+                        context.insert("wa_call_id".into(), serde_json::json!(id));
+                    }
+                    if let Err(e) = permissions.user_call_connected(&pair, context).await {
+                        tracing::warn!(error = %e, "a connected call's reset of the request limits not recorded");
+                    }
+                }
+            }
+            if let Some(hook) = &webhook {
+                if hook.try_send(cdr).is_err() {
+                    metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
+                        .increment(1);
+                }
+            }
+        }
+    });
+    tx
 }

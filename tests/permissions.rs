@@ -486,3 +486,38 @@ async fn a_lapsed_grant_is_recorded_expired_and_metas_view_can_refuse_a_call() {
     );
     sw.node.drain_and_stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_call_from_the_customer_resets_the_request_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    let user = "4915100000021";
+    let request = |purpose: &'static str| {
+        let sw = &sw;
+        async move {
+            sw.send(
+                reqwest::Method::POST,
+                &format!("/v1/permissions/{NUMBER}/{user}/request"),
+                Some(json!({"purpose": purpose})),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(request("first").await, 201);
+    assert_eq!(request("second").await, 429);
+    // The customer calls the business (its echo-test number) and the call connects.
+    let result = waswitch::sim::load::user_call(&sw.ctx, user, Duration::from_secs(1)).await;
+    assert!(result.audio_verified, "{result:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !kinds(&sw.audit(user).await).contains(&"user_call_connected".to_string()) {
+        assert!(tokio::time::Instant::now() < deadline, "no reset recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(request("after the call").await, 201);
+    assert_eq!(
+        kinds(&sw.audit(user).await),
+        ["requested", "user_call_connected", "requested"]
+    );
+    sw.node.drain_and_stop().await;
+}

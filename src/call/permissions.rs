@@ -498,6 +498,36 @@ impl Permissions {
         }
     }
 
+    /// A call between the pair connected (the customer's own call, answered): Meta resets
+    /// the permission-request limits on any connected call, and so does the switch, with
+    /// a record. Nothing is recorded for a pair with no requests counted.
+    pub async fn user_call_connected(
+        &self,
+        pair: &Pair,
+        context: Map<String, Value>,
+    ) -> Result<bool, StoreError> {
+        let Some(slot) = self.inner.pairs.get(pair).map(|e| e.value().clone()) else {
+            return Ok(false);
+        };
+        let mut state = slot.lock().await;
+        if !state.requests_counted() {
+            return Ok(false);
+        }
+        let event = Event::UserCallConnected;
+        let record = self
+            .write(
+                pair,
+                Actor::Customer,
+                now_ms(),
+                event.name(),
+                Some(&event),
+                context,
+            )
+            .await?;
+        self.apply(&mut state, record.entry.at, &event);
+        Ok(true)
+    }
+
     /// Records `expired` for every grant past its expiry at `now` (Meta sends no webhook
     /// when a temporary grant lapses): the trail says when each grant ended, and the
     /// gauge of grants in force drops. The number recorded.

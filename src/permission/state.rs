@@ -402,6 +402,12 @@ impl PairState {
                 .is_some_and(|at| now >= at)
     }
 
+    /// Whether permission requests are counted against the limits (a connected call
+    /// would reset them).
+    pub fn requests_counted(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
     /// What the pair can still do at `now`.
     pub fn remaining(&self, rules: &Rules, now: i64) -> Remaining {
         let day = rules
