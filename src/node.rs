@@ -305,7 +305,8 @@ impl Node {
                     Arc::clone(graph),
                     &config.business_numbers,
                     Some(ingress.clone()),
-                );
+                )
+                .with_sanctioned(config.permissions.sanctioned_calling_codes.clone());
                 Some((meta, whatsapp))
             }
             _ => None,
@@ -579,25 +580,41 @@ fn cdr_fan_out(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::store::Cdr>(CDR_TAP_CAPACITY);
     tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
-            if cdr.direction == crate::store::Direction::UserInitiated && cdr.answered_at.is_some()
-            {
-                if let (Some(b), Some(w)) = (&cdr.business_number, &cdr.customer_wa_id) {
-                    let pair = crate::call::permissions::Pair::new(b, w);
+            let reset = match (&cdr.business_number, &cdr.customer_wa_id, cdr.answered_at) {
+                (Some(b), Some(w), Some(answered_at))
+                    if cdr.direction == crate::store::Direction::UserInitiated =>
+                {
                     let mut context = serde_json::Map::new();
                     context.insert("call_id".into(), serde_json::json!(cdr.call_id));
                     if let Some(id) = &cdr.wa_call_id {
                         context.insert("wa_call_id".into(), serde_json::json!(id));
                     }
-                    if let Err(e) = permissions.user_call_connected(&pair, context).await {
-                        tracing::warn!(error = %e, "a connected call's reset of the request limits not recorded");
-                    }
+                    Some((
+                        crate::call::permissions::Pair::new(b, w),
+                        answered_at,
+                        context,
+                    ))
                 }
-            }
+                _ => None,
+            };
             if let Some(hook) = &webhook {
                 if hook.try_send(cdr).is_err() {
                     metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
                         .increment(1);
                 }
+            }
+            // On a task of its own: a pair busy with a request to Meta never holds up the
+            // CDRs behind it.
+            if let Some((pair, answered_at, context)) = reset {
+                let permissions = permissions.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = permissions
+                        .user_call_connected(&pair, answered_at, context)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "a connected call's reset of the request limits not recorded");
+                    }
+                });
             }
         }
     });

@@ -521,3 +521,67 @@ async fn a_connected_call_from_the_customer_resets_the_request_limits() {
     );
     sw.node.drain_and_stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_a_sanctioned_region_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    // +98: Iran, on the default list.
+    let result =
+        waswitch::sim::load::user_call(&sw.ctx, "989121234567", Duration::from_secs(1)).await;
+    assert!(!result.accepted && !result.connected, "{result:?}");
+    assert_eq!(result.error.as_deref(), Some("no_answer"), "{result:?}");
+    let actions: Vec<String> = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .filter_map(|r| r.action)
+        .collect();
+    assert_eq!(actions, ["reject"]);
+    let metrics = reqwest::get(sw.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("waswitch_calls_blocked_total{reason=\"sanctioned\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(sw.node.calls().active(), 0);
+    sw.node.drain_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_older_than_one_applied_is_recorded_as_superseded_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    let user = "4915100000031";
+    let at = |mut payload: Value, unix: u64| {
+        payload["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] =
+            json!(unix.to_string());
+        payload
+    };
+    let t = 1_790_000_000u64;
+    let business = &sw.ctx.business;
+    let grant = webhooks::permission_reply(business, user, "wamid.A", true, None, None);
+    let revoke = webhooks::permission_reply(business, user, "wamid.B", false, None, None);
+    let late = webhooks::permission_reply(business, user, "wamid.C", true, None, None);
+    for payload in [at(grant, t), at(revoke, t + 10), at(late, t + 5)] {
+        assert!(sw.ctx.webhooks.deliver(&payload).await.delivered());
+    }
+    // The late grant (sent before the revocation, delivered after it) does not undo it.
+    let view = sw.view(user).await;
+    assert_eq!(view["status"], "revoked", "{view}");
+    assert_eq!(
+        kinds(&sw.audit(user).await),
+        ["granted", "revoked", "dnc_added", "reply_superseded"]
+    );
+    sw.node.drain_and_stop().await;
+    // After a restart the order still holds.
+    let sw = Switch::start(dir.path(), "").await;
+    let older = webhooks::permission_reply(&sw.ctx.business, user, "wamid.D", true, None, None);
+    assert!(sw.ctx.webhooks.deliver(&at(older, t + 7)).await.delivered());
+    assert_eq!(sw.view(user).await["status"], "revoked");
+    sw.node.drain_and_stop().await;
+}

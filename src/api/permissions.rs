@@ -164,21 +164,26 @@ async fn request(
     let to = wa_id.clone();
     let template = body.template.clone();
     let template_name = body.template.as_ref().map(|t| t.name.clone());
-    let sent = api
-        .permissions
-        .request(&pair, &purpose, template_name.as_deref(), || async move {
-            match template {
-                Some(t) => graph
-                    .send_permission_template(&pnid, &to, &t.name, &t.language, &t.parameters)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => graph
-                    .send_permission_request(&pnid, &to, &text)
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        })
-        .await;
+    // On a task of its own: a client hanging up never splits sending from recording.
+    let permissions = api.permissions.clone();
+    let sent = tokio::spawn(async move {
+        permissions
+            .request(&pair, &purpose, template_name.as_deref(), || async move {
+                match template {
+                    Some(t) => graph
+                        .send_permission_template(&pnid, &to, &t.name, &t.language, &t.parameters)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => graph
+                        .send_permission_request(&pnid, &to, &text)
+                        .await
+                        .map_err(|e| e.to_string()),
+                }
+            })
+            .await
+    })
+    .await
+    .unwrap_or_else(|e| Err(PermissionError::Send(format!("request task failed: {e}"))));
     match sent {
         Ok(record) => (StatusCode::CREATED, Json(record)).into_response(),
         Err(PermissionError::Refused(r)) => {
@@ -218,6 +223,22 @@ async fn view(
     }
 }
 
+/// Records the business's `event` for `pair` on a task of its own, so a client hanging up
+/// never leaves a committed record unapplied.
+async fn recorded(api: &PermissionApi, pair: &Pair, event: Event) -> Result<(), String> {
+    let permissions = api.permissions.clone();
+    let pair = pair.clone();
+    tokio::spawn(async move {
+        permissions
+            .record(&pair, Actor::Business, event, Map::new())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("recording task failed: {e}")))
+}
+
 async fn withdraw(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,
@@ -226,11 +247,7 @@ async fn withdraw(
         Ok(p) => p,
         Err((status, why)) => return error(status, why),
     };
-    match api
-        .permissions
-        .record(&p, Actor::Business, Event::Withdrawn, Map::new())
-        .await
-    {
+    match recorded(&api, &p, Event::Withdrawn).await {
         Ok(_) => Json(api.permissions.view(&p).await).into_response(),
         Err(e) => store_error(e),
     }
@@ -254,11 +271,7 @@ async fn dnc_add(
     let reason = body
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| "added by the business".into());
-    match api
-        .permissions
-        .record(&p, Actor::Business, Event::DncAdded { reason }, Map::new())
-        .await
-    {
+    match recorded(&api, &p, Event::DncAdded { reason }).await {
         Ok(_) => {
             metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "business").increment(1);
             Json(api.permissions.view(&p).await).into_response()
@@ -275,11 +288,7 @@ async fn dnc_remove(
         Ok(p) => p,
         Err((status, why)) => return error(status, why),
     };
-    match api
-        .permissions
-        .record(&p, Actor::Business, Event::DncRemoved, Map::new())
-        .await
-    {
+    match recorded(&api, &p, Event::DncRemoved).await {
         Ok(_) => Json(api.permissions.view(&p).await).into_response(),
         Err(e) => store_error(e),
     }

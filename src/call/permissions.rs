@@ -107,6 +107,8 @@ struct Inner {
     pairs: DashMap<Pair, Arc<tokio::sync::Mutex<PairState>>>,
     /// Meta's reply message ids already applied (a redelivered reply is not a new grant).
     replies: StdMutex<HashSet<String>>,
+    /// Meta's timestamp of the last reply applied per pair (an older one is superseded).
+    last_reply: DashMap<Pair, i64>,
     /// Grants in force, kept by the change each applied event makes.
     active: std::sync::atomic::AtomicI64,
 }
@@ -153,6 +155,7 @@ impl Permissions {
                 rules,
                 pairs: DashMap::new(),
                 replies: StdMutex::new(HashSet::new()),
+                last_reply: DashMap::new(),
                 active: std::sync::atomic::AtomicI64::new(0),
             }),
         };
@@ -249,6 +252,16 @@ impl Permissions {
         };
         if let Some(Value::String(id)) = map.get("message_id") {
             self.replies_mut().insert(id.clone());
+            if let (Some(ts), true) = (
+                map.get("meta_timestamp").and_then(Value::as_i64),
+                map.contains_key("event"),
+            ) {
+                let pair = Pair::new(&r.entry.business_number, &r.entry.wa_id);
+                let mut last = self.inner.last_reply.entry(pair).or_insert(ts);
+                if *last < ts {
+                    *last = ts;
+                }
+            }
         }
         if !map.contains_key("event") {
             return;
@@ -312,14 +325,19 @@ impl Permissions {
     }
 
     /// A reply from Meta (`message_id` once only): a grant (`expires_at` epoch ms for a
-    /// temporary one), a decline, or an automatic revocation. False when the reply was
-    /// applied before.
+    /// temporary one), a decline, or a revocation, with any events that go with it (a
+    /// customer's revocation puts them on the DNC list), written together in one
+    /// transaction. A reply older (by Meta's `timestamp`, Unix seconds) than one already
+    /// applied to the pair is recorded as `reply_superseded` and changes nothing: Meta
+    /// does not promise order, and a retried delivery can arrive late. False when the
+    /// reply was seen before or was superseded.
     pub async fn reply(
         &self,
         pair: &Pair,
         message_id: &str,
-        event: Event,
+        events: &[Event],
         actor: Actor,
+        meta_timestamp: Option<i64>,
         mut context: Map<String, Value>,
     ) -> Result<bool, StoreError> {
         let slot = self.slot(pair);
@@ -328,11 +346,38 @@ impl Permissions {
             return Ok(false);
         }
         context.insert("message_id".into(), json!(message_id));
-        let record = self
-            .write(pair, actor, now_ms(), event.name(), Some(&event), context)
-            .await?;
-        self.apply(&mut state, record.entry.at, &event);
+        if let Some(ts) = meta_timestamp {
+            context.insert("meta_timestamp".into(), json!(ts));
+        }
+        let at = now_ms();
+        let last = self.inner.last_reply.get(pair).map(|e| *e.value());
+        if let (Some(ts), Some(last)) = (meta_timestamp, last) {
+            if ts < last {
+                self.write(pair, actor, at, "reply_superseded", None, context)
+                    .await?;
+                self.replies_mut().insert(message_id.to_string());
+                return Ok(false);
+            }
+        }
+        let entries: Vec<AuditEntry> = events
+            .iter()
+            .map(|e| AuditEntry {
+                at,
+                business_number: pair.business_number.clone(),
+                wa_id: pair.wa_id.clone(),
+                kind: e.name().to_string(),
+                actor,
+                detail: detail(Some(e), context.clone()),
+            })
+            .collect();
+        self.inner.store.append_audit(&entries).await?;
+        for e in events {
+            self.apply(&mut state, at, e);
+        }
         self.replies_mut().insert(message_id.to_string());
+        if let Some(ts) = meta_timestamp {
+            self.inner.last_reply.insert(pair.clone(), ts);
+        }
         let outcome = match state.status {
             Status::Granted => "granted",
             Status::Declined => "declined",
@@ -504,6 +549,7 @@ impl Permissions {
     pub async fn user_call_connected(
         &self,
         pair: &Pair,
+        answered_at: i64,
         context: Map<String, Value>,
     ) -> Result<bool, StoreError> {
         let Some(slot) = self.inner.pairs.get(pair).map(|e| e.value().clone()) else {
@@ -513,7 +559,9 @@ impl Permissions {
         if !state.requests_counted() {
             return Ok(false);
         }
-        let event = Event::UserCallConnected;
+        let event = Event::UserCallConnected {
+            answered_at: Some(answered_at),
+        };
         let record = self
             .write(
                 pair,
@@ -601,12 +649,10 @@ impl Permissions {
         state.apply(&self.inner.rules, at, event);
         let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
-            let n = self
-                .inner
+            self.inner
                 .active
-                .fetch_add(delta, std::sync::atomic::Ordering::Relaxed)
-                + delta;
-            metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
+                .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).increment(delta as f64);
         }
     }
 }
@@ -657,9 +703,6 @@ impl ReplyRecorder {
         if let Some(c) = &reply.context_id {
             context.insert("context_id".into(), json!(c));
         }
-        if let Some(t) = reply.timestamp {
-            context.insert("meta_timestamp".into(), json!(t));
-        }
         let event = match reply.response {
             PermissionResponse::Accept => Event::Granted {
                 permanent: reply.is_permanent,
@@ -679,28 +722,28 @@ impl ReplyRecorder {
                 return Ok(());
             }
         };
-        let customer_revoked = event == Event::Revoked && !automatic;
+        // A customer taking permission back opts out: the do-not-call list holds them
+        // until the business removes the entry. Both are written in one transaction.
+        let mut events = vec![event];
+        if events[0] == Event::Revoked && !automatic {
+            events.push(Event::DncAdded {
+                reason: "customer revoked call permission".into(),
+            });
+        }
+        let meta_timestamp = reply.timestamp.and_then(|t| i64::try_from(t).ok());
         let fresh = self
             .permissions
-            .reply(&pair, &reply.message_id, event, actor, context)
+            .reply(
+                &pair,
+                &reply.message_id,
+                &events,
+                actor,
+                meta_timestamp,
+                context,
+            )
             .await
             .map_err(|e| e.to_string())?;
-        // A customer taking permission back opts out: the do-not-call list holds them
-        // until the business removes the entry.
-        if fresh && customer_revoked {
-            let mut context = Map::new();
-            context.insert("message_id".into(), json!(reply.message_id));
-            self.permissions
-                .record(
-                    &pair,
-                    Actor::Customer,
-                    Event::DncAdded {
-                        reason: "customer revoked call permission".into(),
-                    },
-                    context,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+        if fresh && events.len() > 1 {
             metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "customer").increment(1);
         }
         Ok(())

@@ -21,6 +21,8 @@ pub struct WhatsAppCalls {
     graph: Arc<GraphClient>,
     /// Business numbers by Meta's phone number id.
     numbers: HashMap<String, BusinessNumber>,
+    /// Calling codes of sanctioned regions: their customers' calls are refused.
+    sanctioned: Vec<String>,
 }
 
 impl WhatsAppCalls {
@@ -39,7 +41,15 @@ impl WhatsAppCalls {
                 .iter()
                 .map(|n| (n.phone_number_id.clone(), n.clone()))
                 .collect(),
+            sanctioned: Vec::new(),
         }
+    }
+
+    /// Refuses calls from customers whose number starts with one of `codes` (sanctioned
+    /// regions: no calling at all).
+    pub fn with_sanctioned(mut self, codes: Vec<String>) -> Self {
+        self.sanctioned = codes;
+        self
     }
 
     /// Takes events off the ingress queue until it closes.
@@ -92,6 +102,18 @@ impl WhatsAppCalls {
             .map(|ct| ct.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.from.clone());
+        if self
+            .sanctioned
+            .iter()
+            .any(|code| customer.starts_with(code.as_str()))
+        {
+            tracing::warn!(wa_call_id = %c.call_id, "call from a sanctioned region; rejecting");
+            skip("sanctioned");
+            metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => "sanctioned")
+                .increment(1);
+            self.reject(number, &c.call_id);
+            return;
+        }
         // A routed number's calls go to its route's trunks through the B2BUA.
         let mut bridge = None;
         let mut trunk = None;

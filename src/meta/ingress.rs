@@ -254,7 +254,12 @@ async fn receive(
     if status == StatusCode::OK {
         if let Some(sink) = &ingress.replies {
             for reply in replies {
-                if let Err(e) = sink.record(reply).await {
+                // On a task of its own: Meta hanging up mid-way never cuts a write short.
+                let sink = Arc::clone(sink);
+                let recorded = tokio::spawn(async move { sink.record(reply).await })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("recording task failed: {e}")));
+                if let Err(e) = recorded {
                     tracing::warn!(error = %e, "webhook deferred: a permission reply could not be recorded");
                     status = StatusCode::SERVICE_UNAVAILABLE;
                     break;

@@ -100,6 +100,9 @@ pub enum AttemptOutcome {
     /// The call never reached the customer (switch, Meta or network failure): nothing
     /// is used.
     Failed,
+    /// How it ended was never seen (the switch stopped while it was in progress): the
+    /// grant counts it used, since it may have connected; nothing else changes.
+    Unknown,
 }
 
 /// Everything that changes a pair's permission. Each is written to the audit trail
@@ -135,8 +138,13 @@ pub enum Event {
         /// How.
         outcome: AttemptOutcome,
     },
-    /// A customer's call to the business connected (resets the request limits).
-    UserCallConnected,
+    /// A call from the customer to the business connected (at `answered_at`, epoch ms):
+    /// requests sent before then no longer count against the limits.
+    UserCallConnected {
+        /// When it was answered (`None`: every request counted so far is reset).
+        #[serde(default)]
+        answered_at: Option<i64>,
+    },
     /// The customer is on the do-not-call list (opt-out, or the business's choice).
     DncAdded {
         /// Why (free text).
@@ -158,7 +166,7 @@ impl Event {
             Event::Expired => "expired",
             Event::CallReserved => "call_attempted",
             Event::CallFinished { .. } => "call_finished",
-            Event::UserCallConnected => "user_call_connected",
+            Event::UserCallConnected { .. } => "user_call_connected",
             Event::DncAdded { .. } => "dnc_added",
             Event::DncRemoved => "dnc_removed",
         }
@@ -500,9 +508,17 @@ impl PairState {
                         }
                     }
                     AttemptOutcome::Failed => {}
+                    AttemptOutcome::Unknown => {
+                        if let Some(g) = self.grant.as_mut() {
+                            g.calls_used = g.calls_used.saturating_add(1);
+                        }
+                    }
                 }
             }
-            Event::UserCallConnected => self.requests.clear(),
+            Event::UserCallConnected { answered_at } => match answered_at {
+                Some(at) => self.requests.retain(|&t| t > *at),
+                None => self.requests.clear(),
+            },
             Event::DncAdded { .. } => self.dnc = true,
             Event::DncRemoved => self.dnc = false,
         }

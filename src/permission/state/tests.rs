@@ -31,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(AttemptOutcome::Connected),
         Just(AttemptOutcome::Unanswered),
         Just(AttemptOutcome::Failed),
+        Just(AttemptOutcome::Unknown),
     ];
     prop_oneof![
         4 => prop_oneof![1_000i64..60_000, 3_600_000i64..2 * DAY_MS, DAY_MS..10 * DAY_MS]
@@ -196,11 +197,16 @@ proptest! {
                                 }
                             }
                             AttemptOutcome::Failed => {}
+                            AttemptOutcome::Unknown => {
+                                if model.grant.is_some() {
+                                    model.used += 1;
+                                }
+                            }
                         }
                     }
                 }
                 Op::UserCall => {
-                    record(&mut state, now, Event::UserCallConnected, &mut log);
+                    record(&mut state, now, Event::UserCallConnected { answered_at: Some(now) }, &mut log);
                     last_connected = now;
                 }
             }
@@ -330,7 +336,11 @@ fn four_unanswered_calls_revoke_and_a_connected_call_resets_the_request_limits()
         s.check_request(&rules, 2 * DAY_MS + 2),
         Err(RequestRefused::WeeklyLimit)
     );
-    s.apply(&rules, 2 * DAY_MS + 3, &Event::UserCallConnected);
+    s.apply(
+        &rules,
+        2 * DAY_MS + 3,
+        &Event::UserCallConnected { answered_at: None },
+    );
     assert_eq!(s.check_request(&rules, 2 * DAY_MS + 4), Ok(()));
     s.apply(
         &rules,
