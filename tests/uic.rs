@@ -681,3 +681,40 @@ fn a_panic_in_one_calls_sip_leg_ends_it_cleanly_on_both_sides_and_spares_the_oth
         .count();
     assert_eq!(terminates, 1, "{:?}", actions(&graph));
 }
+
+#[test]
+fn a_panic_while_the_pbx_rings_cancels_it_and_its_crossing_answer_is_hung_up() {
+    use waswitch::call::supervisor::ChildRole;
+    use waswitch::call::Fault;
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 48600);
+    // The PBX answers after our CANCEL: its 200 reaches a call that is gone.
+    let uas = Uas::start("uic_uas_answer_crosses_cancel.xml", "u1", port, 1);
+    rt.block_on(async {
+        let id = place_call(&graph, &ctx, "4915100000041", "Ana").await;
+        wait_pre_accepted(&graph, &id).await;
+        let call = node
+            .calls()
+            .registry()
+            .by_wa_call_id(&id)
+            .expect("a live call");
+        assert!(node
+            .calls()
+            .inject_fault(&call, ChildRole::Bridge, Fault::Panic));
+    });
+    // CANCEL, then ACK and BYE for the crossing 200: the PBX's scenario completes (the
+    // switch keeps running meanwhile).
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].end_cause, "internal_failure", "{:?}", cdrs[0]);
+    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    assert_eq!(
+        names,
+        ["pre_accept", "reject"],
+        "never accepted toward Meta"
+    );
+}

@@ -647,11 +647,60 @@ impl SipUser for SipIngress {
                     Some(SipCommand::Respond { server, response })
                 }
             }
-            // Responses, ACKs and CANCELs for a call that is gone need nothing more: its
-            // final response already went out.
+            // A 2xx to an INVITE of a call that is gone (it crossed our CANCEL after the
+            // call's actor failed, or a retransmission outlived the call): acknowledged and
+            // hung up, so the far end is not left holding a call (RFC 3261 §13.2.2.4).
+            CoreEvent::Response(_, response) => {
+                stray_invite_2xx(&response, origin);
+                None
+            }
+            // ACKs and CANCELs for a call that is gone need nothing more: its final
+            // response already went out.
             _ => None,
         }
     }
+}
+
+/// Acknowledges a 2xx to an INVITE no call owns and hangs it up: ACK then BYE, in that
+/// order, from a task. Nothing for anything else, or when the 2xx's Contact is not an
+/// address to send to.
+fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
+    let status = response.status()?;
+    let cseq = response.header(&HeaderName::CSeq)?.value.clone();
+    let cseq = std::str::from_utf8(&cseq).ok()?.to_string();
+    let (number, method) = cseq.trim().split_once(' ')?;
+    if !(200..300).contains(&status) || method.trim() != "INVITE" {
+        return None;
+    }
+    let number: u32 = number.trim().parse().ok()?;
+    let contact = NameAddr::parse(&response.header(&HeaderName::Contact)?.value).ok()?;
+    let uri = crate::sip::uri::SipUri::parse(&contact.uri).ok()?;
+    let ip = match uri.host {
+        crate::sip::uri::Host::V4(a) => std::net::IpAddr::V4(a),
+        crate::sip::uri::Host::V6(a) => std::net::IpAddr::V6(a),
+        _ => return None,
+    };
+    let to = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+    let request = |method: Method, seq: u32| {
+        let mut b = MessageBuilder::request(method.clone(), &contact.uri)
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::CSeq, format!("{seq} {method}"));
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(h) = response.header(&name) {
+                b = b.header(name, String::from_utf8_lossy(&h.value).into_owned());
+            }
+        }
+        b.build()
+    };
+    tracing::warn!(%to, "a 2xx for a call that is gone: acknowledged and hung up");
+    let ack = request(Method::Ack, number);
+    let bye = request(Method::Bye, number.saturating_add(1));
+    let origin = origin.clone();
+    tokio::spawn(async move {
+        origin.send(SipCommand::Ack { request: ack, to }).await;
+        origin.send(SipCommand::Request { request: bye, to }).await;
+    });
+    Some(())
 }
 
 // ---- the per-call actor ------------------------------------------------------------
