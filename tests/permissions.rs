@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,14 +32,7 @@ struct Switch {
 impl Switch {
     async fn start(dir: &Path, extra: &str) -> Switch {
         let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sim");
-        let sim_addr = listener.local_addr().expect("sim address");
-        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener,
-            graph.router(),
-        )));
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
         let toml = format!(
             "[http]\napi_token = \"{TOKEN}\"\n{extra}\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
@@ -56,18 +48,15 @@ impl Switch {
             Duration::from_secs(10),
         )
         .expect("sender");
-        let ctx = SimContext {
-            graph: graph.clone(),
+        let ctx = SimContext::loopback(
+            graph.clone(),
             webhooks,
-            business: BusinessRef {
+            BusinessRef {
                 waba_id: "1".into(),
                 phone_number_id: PNID.into(),
                 display_number: NUMBER.into(),
             },
-            media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            expect_hz: 440.0,
-            dtmf: None,
-        };
+        );
         Switch {
             node,
             graph,

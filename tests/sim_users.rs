@@ -103,28 +103,17 @@ async fn connect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_users_answer_permission_requests_and_business_calls() {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sim_addr = listener.local_addr().expect("addr");
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        graph.router(),
-    )));
+    let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
     let (url, inbox) = webhook_sink().await;
-    let ctx = SimContext {
-        graph: graph.clone(),
-        webhooks: WebhookSender::new(&url, Secret::new(SECRET), Duration::from_secs(5))
-            .expect("sender"),
-        business: BusinessRef {
+    let ctx = SimContext::loopback(
+        graph.clone(),
+        WebhookSender::new(&url, Secret::new(SECRET), Duration::from_secs(5)).expect("sender"),
+        BusinessRef {
             waba_id: "1".into(),
             phone_number_id: PNID.into(),
             display_number: "15551112222".into(),
         },
-        media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        expect_hz: 440.0,
-        dtmf: None,
-    };
+    );
     let behaviour = Behaviour {
         call: CallAnswer::Accept {
             after: Duration::from_millis(300),

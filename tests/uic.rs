@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,14 +58,7 @@ fn sim_and_switch_probing(
         ""
     };
     let (node, sim_addr) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sim");
-        let sim_addr = listener.local_addr().expect("sim address");
-        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener,
-            graph.router(),
-        )));
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
         let toml = format!(
             "{sip}[http]\napi_token = \"{API_TOKEN}\"\n\
              [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
@@ -89,18 +81,15 @@ fn sim_and_switch_probing(
         Duration::from_secs(20),
     )
     .expect("sender");
-    let ctx = SimContext {
-        graph: graph.clone(),
+    let ctx = SimContext::loopback(
+        graph.clone(),
         webhooks,
-        business: BusinessRef {
+        BusinessRef {
             waba_id: "1".into(),
             phone_number_id: PNID.into(),
             display_number: NUMBER.into(),
         },
-        media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        expect_hz: load::TONE_HZ,
-        dtmf: None,
-    };
+    );
     (graph, node, ctx)
 }
 

@@ -465,14 +465,7 @@ fn chromium_as_meta_calls_an_echo_number_of_a_running_switch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let node = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sim");
-        let sim_addr = listener.local_addr().expect("sim address");
-        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener,
-            graph.router(),
-        )));
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
         let toml = format!(
             "[media]\nip = \"127.0.0.1\"\n\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
@@ -697,14 +690,7 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let node = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sim");
-        let sim_addr = listener.local_addr().expect("sim address");
-        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener,
-            graph.router(),
-        )));
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
         let toml = format!(
             "[media]\nip = \"127.0.0.1\"\n\
              [[trunk]]\nname = \"agents\"\nuri = \"sip:agent@127.0.0.1:{AGENT_PORT}\"\n\

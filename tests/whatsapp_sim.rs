@@ -4,7 +4,6 @@
 //! Graph API, and echoes the audio; the users check their tone comes back and hang up with
 //! Meta's terminate webhook. Every call leaves one CDR.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,14 +32,7 @@ async fn sim_and_switch_with(
     media_timeout: u32,
 ) -> (SimGraph, Node, SimContext) {
     let graph = SimGraph::new(Secret::new(TOKEN), vec![PNID.to_string()]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sim");
-    let sim_addr = listener.local_addr().expect("sim address");
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        graph.router(),
-    )));
+    let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
     let toml = format!(
         "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
          timeout_secs = {media_timeout}\n\
@@ -58,18 +50,15 @@ async fn sim_and_switch_with(
         Duration::from_secs(20),
     )
     .expect("webhook sender");
-    let context = SimContext {
-        graph: graph.clone(),
+    let context = SimContext::loopback(
+        graph.clone(),
         webhooks,
-        business: BusinessRef {
+        BusinessRef {
             waba_id: "112735964992110".into(),
             phone_number_id: PNID.into(),
             display_number: NUMBER.into(),
         },
-        media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        expect_hz: load::TONE_HZ,
-        dtmf: None,
-    };
+    );
     (graph, node, context)
 }
 

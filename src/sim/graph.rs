@@ -152,6 +152,17 @@ impl SimGraph {
         }
     }
 
+    /// Serves the Graph API on a free loopback port, on a task of its own; its address.
+    pub async fn serve_loopback(&self) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            self.router(),
+        )));
+        Ok(addr)
+    }
+
     /// The routes, under `/<version>/…`.
     pub fn router(&self) -> Router {
         Router::new()

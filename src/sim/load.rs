@@ -42,6 +42,21 @@ pub struct SimContext {
     pub dtmf: Option<String>,
 }
 
+impl SimContext {
+    /// Users of `business` on loopback media, signalled through `graph` and `webhooks`,
+    /// expecting their own tone back and pressing no digits.
+    pub fn loopback(graph: SimGraph, webhooks: WebhookSender, business: BusinessRef) -> Self {
+        SimContext {
+            graph,
+            webhooks,
+            business,
+            media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            expect_hz: TONE_HZ,
+            dtmf: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for SimContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimContext")
