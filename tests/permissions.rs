@@ -88,6 +88,15 @@ impl Switch {
         )
     }
 
+    async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     async fn view(&self, wa_id: &str) -> Value {
         let (status, v) = self
             .send(
@@ -352,12 +361,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         .await
         .expect("text");
     assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
-    let metrics = reqwest::get(sw.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = sw.metrics().await;
     for series in [
         "waswitch_permission_requests_total{outcome=\"sent\"} 3",
         "waswitch_permission_requests_total{outcome=\"daily_request_limit\"} 1",
@@ -435,12 +439,7 @@ async fn a_lapsed_grant_is_recorded_expired_and_metas_view_can_refuse_a_call() {
         0
     );
     assert_eq!(kinds(&sw.audit(user).await), ["granted", "expired"]);
-    let metrics = reqwest::get(sw.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = sw.metrics().await;
     assert!(
         metrics.contains("waswitch_permission_grants_active 0"),
         "{metrics}"
@@ -527,12 +526,7 @@ async fn a_call_from_a_sanctioned_region_is_rejected() {
         .filter_map(|r| r.action)
         .collect();
     assert_eq!(actions, ["reject"]);
-    let metrics = reqwest::get(sw.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = sw.metrics().await;
     assert!(
         metrics.contains("waswitch_calls_blocked_total{reason=\"sanctioned\"} 1"),
         "{metrics}"

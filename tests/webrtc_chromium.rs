@@ -441,6 +441,55 @@ fn chromium_answers_our_offer_and_audio_flows_both_ways() {
     exchange_and_check(&mut chromium, leg, socket, "", "client");
 }
 
+/// A running switch whose business number `PNID_NODE` is served as `number_toml` says
+/// (an echo test, or a route), signalled through `graph` on loopback; its runtime, the
+/// node, a signed webhook sender to it and the business.
+fn running_switch(
+    graph: &waswitch::sim::graph::SimGraph,
+    dir: &std::path::Path,
+    before_meta: &str,
+    number_toml: &str,
+) -> (
+    tokio::runtime::Runtime,
+    waswitch::node::Node,
+    waswitch::sim::webhooks::WebhookSender,
+    BusinessRef,
+) {
+    use waswitch::config::{Config, Secret};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let node = rt.block_on(async {
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
+        let toml = format!(
+            "[media]\nip = \"127.0.0.1\"\n{before_meta}\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"sec\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID_NODE}\"\n\
+             display_number = \"15551112222\"\ncountry = \"BR\"\n{number_toml}\n"
+        );
+        let config = Config::loopback(&toml, &dir.join("c.db")).expect("config");
+        waswitch::node::Node::start(config).await.expect("node")
+    });
+    let webhooks = waswitch::sim::webhooks::WebhookSender::new(
+        &format!("http://{}/webhooks/meta", node.http_addr()),
+        Secret::new("sec"),
+        Duration::from_secs(10),
+    )
+    .expect("sender");
+    let business = BusinessRef {
+        waba_id: "1".into(),
+        phone_number_id: PNID_NODE.into(),
+        display_number: "15551112222".into(),
+    };
+    (rt, node, webhooks, business)
+}
+
+/// Meta's id of the business number of the running-switch tests.
+const PNID_NODE: &str = "105615555715855";
+
 const NAME_NODE: &str = "chromium_as_meta_calls_an_echo_number_of_a_running_switch";
 
 /// The whole path of a user's call: Chromium's offer goes to a running switch as a signed
@@ -453,40 +502,13 @@ fn chromium_as_meta_calls_an_echo_number_of_a_running_switch() {
     if !in_loopback_namespace(NAME_NODE) {
         return;
     }
-    use waswitch::config::{Config, Secret};
+    use waswitch::config::Secret;
     use waswitch::sim::graph::SimGraph;
-    use waswitch::sim::webhooks::{terminate, Ending, WebhookSender};
-    const PNID: &str = "105615555715855";
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    use waswitch::sim::webhooks::{terminate, Ending};
+    const PNID: &str = PNID_NODE;
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let node = rt.block_on(async {
-        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
-        let toml = format!(
-            "[media]\nip = \"127.0.0.1\"\n\
-             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
-             app_secret = \"sec\"\nverify_token = \"vt\"\n\
-             [[business_number]]\nphone_number_id = \"{PNID}\"\n\
-             display_number = \"15551112222\"\ncountry = \"BR\"\necho_test = true\n"
-        );
-        let config = Config::loopback(&toml, &dir.path().join("c.db")).expect("config");
-        waswitch::node::Node::start(config).await.expect("node")
-    });
-    let webhooks = WebhookSender::new(
-        &format!("http://{}/webhooks/meta", node.http_addr()),
-        Secret::new("sec"),
-        Duration::from_secs(10),
-    )
-    .expect("sender");
-    let business = BusinessRef {
-        waba_id: "1".into(),
-        phone_number_id: PNID.into(),
-        display_number: "15551112222".into(),
-    };
+    let (rt, node, webhooks, business) = running_switch(&graph, dir.path(), "", "echo_test = true");
 
     let mut chromium = Chromium::start();
     let offer = chromium.eval(&format!(
@@ -628,9 +650,9 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
     }
     use waswitch::config::{Config, Secret};
     use waswitch::sim::graph::{SimCallState, SimGraph};
-    use waswitch::sim::webhooks::{terminate, Ending, WebhookSender};
+    use waswitch::sim::webhooks::{terminate, Ending};
     use waswitch::store::{CallOutcome, CdrFilter, CdrRepository, HangupParty, Store};
-    const PNID: &str = "105615555715855";
+    const PNID: &str = PNID_NODE;
     const AGENT_PORT: u16 = 5090;
 
     // The agent's phone: baresip answers every call, plays 1 kHz from a file and records
@@ -682,39 +704,14 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let node = rt.block_on(async {
-        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
-        let toml = format!(
-            "[media]\nip = \"127.0.0.1\"\n\
-             [[trunk]]\nname = \"agents\"\nuri = \"sip:agent@127.0.0.1:{AGENT_PORT}\"\n\
-             options_interval_secs = 0\n\
-             [[route]]\nname = \"support\"\ntrunks = [\"agents\"]\n\
-             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
-             app_secret = \"sec\"\nverify_token = \"vt\"\n\
-             [[business_number]]\nphone_number_id = \"{PNID}\"\n\
-             display_number = \"15551112222\"\ncountry = \"BR\"\nroute = \"support\"\n"
-        );
-        let config = Config::loopback(&toml, &dir.path().join("c.db")).expect("config");
-        waswitch::node::Node::start(config).await.expect("node")
-    });
-    let webhooks = WebhookSender::new(
-        &format!("http://{}/webhooks/meta", node.http_addr()),
-        Secret::new("sec"),
-        Duration::from_secs(10),
-    )
-    .expect("sender");
-    let business = BusinessRef {
-        waba_id: "1".into(),
-        phone_number_id: PNID.into(),
-        display_number: "15551112222".into(),
-    };
+    let trunk = format!(
+        "[[trunk]]\nname = \"agents\"\nuri = \"sip:agent@127.0.0.1:{AGENT_PORT}\"\n\
+         options_interval_secs = 0\n[[route]]\nname = \"support\"\ntrunks = [\"agents\"]\n"
+    );
+    let (rt, node, webhooks, business) =
+        running_switch(&graph, dir.path(), &trunk, "route = \"support\"");
 
     // The customer calls: Chromium's offer goes in as Meta's connect webhook.
     let mut chromium = Chromium::start();
