@@ -279,7 +279,7 @@ fn main() -> ExitCode {
 async fn audit(config: Config, action: AuditAction) -> ExitCode {
     use std::io::Write;
     use waswitch::permission::audit::{csv_line, CSV_HEADER};
-    use waswitch::store::audit::{AuditFilter, AuditRepository, Verified};
+    use waswitch::store::audit::{AuditFilter, Verified};
     let store = match Store::open(&config.store).await {
         Ok(s) => s,
         Err(e) => {
@@ -312,32 +312,30 @@ async fn audit(config: Config, action: AuditAction) -> ExitCode {
             if out.write_all(CSV_HEADER.as_bytes()).is_err() {
                 return ExitCode::from(EXIT_FAILURE);
             }
-            let mut after = 0;
-            loop {
-                let filter = AuditFilter {
-                    wa_id: wa_id.clone(),
-                    business_number: business_number.clone(),
-                    since,
-                    until,
-                    after_seq: Some(after),
-                    limit: 5000,
-                };
-                let page = match store.audit_records(&filter).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("waswitch audit export: {e}");
-                        return ExitCode::from(EXIT_FAILURE);
+            let filter = AuditFilter {
+                wa_id,
+                business_number,
+                since,
+                until,
+                ..AuditFilter::default()
+            };
+            let mut written = true;
+            let walked = store
+                .walk_audit(&filter, |r| {
+                    written = out.write_all(csv_line(r).as_bytes()).is_ok();
+                    if written {
+                        std::ops::ControlFlow::Continue(())
+                    } else {
+                        std::ops::ControlFlow::Break(())
                     }
-                };
-                let Some(last) = page.last().map(|r| r.seq) else {
-                    break;
-                };
-                for r in &page {
-                    if out.write_all(csv_line(r).as_bytes()).is_err() {
-                        return ExitCode::from(EXIT_FAILURE);
-                    }
-                }
-                after = last;
+                })
+                .await;
+            if let Err(e) = walked {
+                eprintln!("waswitch audit export: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            if !written {
+                return ExitCode::from(EXIT_FAILURE);
             }
             if out.flush().is_err() {
                 return ExitCode::from(EXIT_FAILURE);

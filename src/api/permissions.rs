@@ -239,18 +239,36 @@ async fn recorded(api: &PermissionApi, pair: &Pair, event: Event) -> Result<(), 
     .unwrap_or_else(|e| Err(format!("recording task failed: {e}")))
 }
 
+/// Records the business's `event` for the pair in the path, then answers with the pair's
+/// view.
+async fn business_change(
+    api: &PermissionApi,
+    number: &str,
+    wa_id: &str,
+    event: impl FnOnce() -> Event,
+) -> Response {
+    let p = match pair(api, number, wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    let event = event();
+    let dnc_added = matches!(event, Event::DncAdded { .. });
+    match recorded(api, &p, event).await {
+        Ok(()) => {
+            if dnc_added {
+                metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "business").increment(1);
+            }
+            Json(api.permissions.view(&p).await).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
 async fn withdraw(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,
 ) -> Response {
-    let p = match pair(&api, &number, &wa_id) {
-        Ok(p) => p,
-        Err((status, why)) => return error(status, why),
-    };
-    match recorded(&api, &p, Event::Withdrawn).await {
-        Ok(_) => Json(api.permissions.view(&p).await).into_response(),
-        Err(e) => store_error(e),
-    }
+    business_change(&api, &number, &wa_id, || Event::Withdrawn).await
 }
 
 #[derive(Deserialize, Default)]
@@ -264,34 +282,17 @@ async fn dnc_add(
     Path((number, wa_id)): Path<(String, String)>,
     body: Option<Json<DncBody>>,
 ) -> Response {
-    let p = match pair(&api, &number, &wa_id) {
-        Ok(p) => p,
-        Err((status, why)) => return error(status, why),
-    };
     let reason = body
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| "added by the business".into());
-    match recorded(&api, &p, Event::DncAdded { reason }).await {
-        Ok(_) => {
-            metrics::counter!(telemetry::DNC_ADDED_TOTAL, "actor" => "business").increment(1);
-            Json(api.permissions.view(&p).await).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    business_change(&api, &number, &wa_id, || Event::DncAdded { reason }).await
 }
 
 async fn dnc_remove(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,
 ) -> Response {
-    let p = match pair(&api, &number, &wa_id) {
-        Ok(p) => p,
-        Err((status, why)) => return error(status, why),
-    };
-    match recorded(&api, &p, Event::DncRemoved).await {
-        Ok(_) => Json(api.permissions.view(&p).await).into_response(),
-        Err(e) => store_error(e),
-    }
+    business_change(&api, &number, &wa_id, || Event::DncRemoved).await
 }
 
 #[derive(Deserialize)]

@@ -159,27 +159,14 @@ impl Permissions {
                 active: std::sync::atomic::AtomicI64::new(0),
             }),
         };
-        let mut after = 0;
-        let mut records = 0u64;
-        loop {
-            let page = service
-                .inner
-                .store
-                .audit_records(&AuditFilter {
-                    after_seq: Some(after),
-                    limit: 5000,
-                    ..AuditFilter::default()
-                })
-                .await?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                break;
-            };
-            for r in &page {
+        let records = service
+            .inner
+            .store
+            .walk_audit(&AuditFilter::default(), |r| {
                 service.replay(r);
-            }
-            records += page.len() as u64;
-            after = last;
-        }
+                std::ops::ControlFlow::Continue(())
+            })
+            .await?;
         let stuck: Vec<(Pair, u32)> = service
             .inner
             .pairs

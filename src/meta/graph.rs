@@ -356,7 +356,6 @@ impl GraphClient {
         to: &str,
         text: &str,
     ) -> Result<String, GraphError> {
-        let url = format!("{}/{}/messages", self.base, phone_number_id);
         let body = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -368,18 +367,7 @@ impl GraphClient {
                 "body": {"text": text},
             },
         });
-        let v = self
-            .request(
-                "permission_request",
-                Repeat::Never,
-                Method::Post(body),
-                &url,
-            )
-            .await?;
-        v.pointer("/messages/0/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| GraphError::Decode("messages answered without a message id".into()))
+        self.send_permission_message(phone_number_id, body).await
     }
 
     /// Sends an approved message template that carries a `call_permission_request`
@@ -393,7 +381,6 @@ impl GraphClient {
         language: &str,
         parameters: &[String],
     ) -> Result<String, GraphError> {
-        let url = format!("{}/{}/messages", self.base, phone_number_id);
         let mut template = json!({"name": name, "language": {"code": language}});
         if !parameters.is_empty() {
             let params: Vec<Value> = parameters
@@ -409,6 +396,17 @@ impl GraphClient {
             "type": "template",
             "template": template,
         });
+        self.send_permission_message(phone_number_id, body).await
+    }
+
+    /// Posts a permission-request message (free-form or template) and returns its id.
+    /// Never retried: a retry could send the user the request twice.
+    async fn send_permission_message(
+        &self,
+        phone_number_id: &str,
+        body: Value,
+    ) -> Result<String, GraphError> {
+        let url = format!("{}/{}/messages", self.base, phone_number_id);
         let v = self
             .request(
                 "permission_request",

@@ -2,6 +2,8 @@
 //! head row (so the chain has one writer at a time, across nodes too), read back by pair
 //! and time, and walked from the start by `waswitch audit verify`.
 
+use std::ops::ControlFlow;
+
 use sqlx::QueryBuilder;
 
 use super::{Store, StoreError};
@@ -226,34 +228,61 @@ impl AuditRepository for Store {
     }
 }
 
+/// Records read per page when a trail is walked.
+const WALK_PAGE: u32 = 5000;
+
 impl Store {
+    /// Visits the records matching `filter` in trail order, a page at a time, until `f`
+    /// breaks (`filter.after_seq` and `filter.limit` are the walk's own). The number
+    /// visited.
+    pub async fn walk_audit(
+        &self,
+        filter: &AuditFilter,
+        mut f: impl FnMut(&AuditRecord) -> ControlFlow<()>,
+    ) -> Result<u64, StoreError> {
+        let mut page_filter = AuditFilter {
+            after_seq: Some(0),
+            limit: WALK_PAGE,
+            ..filter.clone()
+        };
+        let mut visited = 0;
+        loop {
+            let page = self.audit_records(&page_filter).await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                return Ok(visited);
+            };
+            for r in &page {
+                visited += 1;
+                if f(r).is_break() {
+                    return Ok(visited);
+                }
+            }
+            page_filter.after_seq = Some(last);
+        }
+    }
+
     /// Walks the whole audit trail from its first record and checks every link, then the
     /// end against the recorded head.
     pub async fn verify_audit(&self) -> Result<Verified, StoreError> {
         // The head is read first: records appended during the walk lie beyond it.
         let (head_seq, head_hash) = self.audit_head().await?;
         let mut verifier = Verifier::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .audit_records(&AuditFilter {
-                    after_seq: Some(after),
-                    limit: 5000,
-                    ..AuditFilter::default()
-                })
-                .await?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                break;
-            };
-            for r in page.iter().take_while(|r| r.seq <= head_seq) {
-                if let Err(broken) = verifier.check(r) {
-                    return Ok(Verified::Broken(broken));
+        let mut broken = None;
+        self.walk_audit(&AuditFilter::default(), |r| {
+            if r.seq > head_seq {
+                return ControlFlow::Break(());
+            }
+            match verifier.check(r) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(b) => {
+                    broken = Some(b);
+                    ControlFlow::Break(())
                 }
             }
-            if last >= head_seq {
-                break;
-            }
-            after = last;
+        })
+        .await?;
+        if let Some(b) = broken {
+            return Ok(Verified::Broken(b));
         }
         Ok(match verifier.finish(head_seq, &head_hash) {
             Ok(n) => Verified::Intact(n),
