@@ -88,6 +88,16 @@ impl Switch {
         )
     }
 
+    /// POSTs a permission request for customer `wa_id` with `body`.
+    async fn request(&self, wa_id: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/{NUMBER}/{wa_id}/request"),
+            Some(body),
+        )
+        .await
+    }
+
     async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))
             .await
@@ -168,11 +178,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
     // Asked and granted for 7 days.
     let granted = "4915100000001";
     let (status, record) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
-            Some(json!({"purpose": "About your order ON-12853"})),
-        )
+        .request(granted, json!({"purpose": "About your order ON-12853"}))
         .await;
     assert_eq!(status, 201, "{record}");
     assert_eq!(record["kind"], "requested");
@@ -197,13 +203,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         "About your order ON-12853"
     );
     // A second request today is over Meta's limit of one per 24 h.
-    let (status, refused) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
-            Some(json!({"purpose": "again"})),
-        )
-        .await;
+    let (status, refused) = sw.request(granted, json!({"purpose": "again"})).await;
     assert_eq!(status, 429, "{refused}");
     assert_eq!(refused["reason"], "daily_request_limit");
     assert_eq!(view["remaining"]["requests"], 0, "{view}");
@@ -250,24 +250,14 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         json!([{"business_number": NUMBER, "wa_id": granted}])
     );
     // A DNC customer gets no request.
-    let (status, refused) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{granted}/request"),
-            Some(json!({"purpose": "later"})),
-        )
-        .await;
+    let (status, refused) = sw.request(granted, json!({"purpose": "later"})).await;
     assert_eq!(status, 403, "{refused}");
 
     // Another customer declines.
     users.set_behaviour(behaviour(PermissionAnswer::Decline));
     let declined = "4915100000002";
     let (status, _) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{declined}/request"),
-            Some(json!({"purpose": "Your delivery"})),
-        )
+        .request(declined, json!({"purpose": "Your delivery"}))
         .await;
     assert_eq!(status, 201);
     sw.wait_status(declined, "declined").await;
@@ -276,12 +266,11 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
     users.set_behaviour(behaviour(PermissionAnswer::Grant { lasts: None }));
     let templated = "4915100000004";
     let (status, record) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{templated}/request"),
-            Some(json!({"purpose": "Callback you asked for",
+        .request(
+            templated,
+            json!({"purpose": "Callback you asked for",
                         "template": {"name": "callback_permission", "language": "de",
-                                     "parameters": ["ON-12853"]}})),
+                                     "parameters": ["ON-12853"]}}),
         )
         .await;
     assert_eq!(status, 201, "{record}");
@@ -340,13 +329,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         )
         .await;
     assert_eq!(status, 400);
-    let (status, _) = sw
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/permissions/{NUMBER}/{other}/request"),
-            Some(json!({"purpose": " "})),
-        )
-        .await;
+    let (status, _) = sw.request(other, json!({"purpose": " "})).await;
     assert_eq!(status, 400);
 
     // The whole trail as CSV, and intact.
@@ -480,20 +463,8 @@ async fn a_connected_call_from_the_customer_resets_the_request_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sw = Switch::start(dir.path(), "").await;
     let user = "4915100000021";
-    let request = |purpose: &'static str| {
-        let sw = &sw;
-        async move {
-            sw.send(
-                reqwest::Method::POST,
-                &format!("/v1/permissions/{NUMBER}/{user}/request"),
-                Some(json!({"purpose": purpose})),
-            )
-            .await
-            .0
-        }
-    };
-    assert_eq!(request("first").await, 201);
-    assert_eq!(request("second").await, 429);
+    assert_eq!(sw.request(user, json!({"purpose": "first"})).await.0, 201);
+    assert_eq!(sw.request(user, json!({"purpose": "second"})).await.0, 429);
     // The customer calls the business (its echo-test number) and the call connects.
     let result = waswitch::sim::load::user_call(&sw.ctx, user, Duration::from_secs(1)).await;
     assert!(result.audio_verified, "{result:?}");
@@ -502,7 +473,12 @@ async fn a_connected_call_from_the_customer_resets_the_request_limits() {
         assert!(tokio::time::Instant::now() < deadline, "no reset recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(request("after the call").await, 201);
+    assert_eq!(
+        sw.request(user, json!({"purpose": "after the call"}))
+            .await
+            .0,
+        201
+    );
     assert_eq!(
         kinds(&sw.audit(user).await),
         ["requested", "user_call_connected", "requested"]

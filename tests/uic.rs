@@ -120,6 +120,11 @@ fn actions(graph: &SimGraph) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The names of the Graph API call actions, in order.
+fn action_names(graph: &SimGraph) -> Vec<String> {
+    actions(graph).into_iter().map(|a| a.0).collect()
+}
+
 /// A user's call placed and announced in a signed connect webhook, its media never run
 /// (the test drives the call's ending); Meta's call id.
 async fn place_call(graph: &SimGraph, ctx: &SimContext, user: &str, name: &str) -> String {
@@ -264,7 +269,7 @@ fn a_failing_trunk_is_skipped_for_the_next() {
     ));
     assert_eq!(result.error, None, "{result:?}");
     assert!(result.audio_verified);
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept", "accept"]);
     let cdrs = cdrs(&rt, node, dir.path());
     let _ = (down.finish(), up.finish());
@@ -285,7 +290,7 @@ fn the_pbx_hanging_up_terminates_the_whatsapp_call() {
         Duration::from_secs(5),
     ));
     assert!(result.accepted && result.ended_by_business, "{result:?}");
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept", "accept", "terminate"]);
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, _) = uas.finish();
@@ -314,7 +319,7 @@ fn customer_hangs_up_while_ringing(scenario: &str, media_ports: u16, user: &str,
     assert_eq!(code, Some(0), "{settled}: {counters:?}");
     assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
     assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept"], "never accepted toward Meta");
 }
 
@@ -346,7 +351,7 @@ fn a_pbx_ringing_without_early_media_gives_the_customer_ringback() {
     assert!(result.connected && !result.accepted, "{result:?}");
     assert!(result.audio_verified, "ringback heard: {result:?}");
     assert_eq!(result.error.as_deref(), Some("not_accepted"));
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept"]);
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
@@ -478,7 +483,7 @@ fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
     while actions(&graph).len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept", "reject"]);
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
@@ -513,7 +518,7 @@ fn a_trunk_failing_its_probes_is_skipped_for_whatsapp_calls() {
     ));
     assert_eq!(result.error, None, "{result:?}");
     assert!(result.audio_verified);
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(names, ["pre_accept", "accept"]);
     let mut buf = [0u8; 4096];
     while let Ok((n, _)) = dead.recv_from(&mut buf) {
@@ -553,7 +558,7 @@ fn the_customer_hanging_up_before_the_pbx_answers_at_all_cancels_it_once_it_does
     assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
     assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
     // Nothing was pre-accepted: Meta had only the call, which the customer ended.
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert!(
         !names.iter().any(|n| n == "pre_accept" || n == "accept"),
         "{names:?}"
@@ -700,7 +705,7 @@ fn a_panic_while_the_pbx_rings_cancels_it_and_its_crossing_answer_is_hung_up() {
     let cdrs = cdrs(&rt, node, dir.path());
     assert_eq!(cdrs.len(), 1);
     assert_eq!(cdrs[0].end_cause, "internal_failure", "{:?}", cdrs[0]);
-    let names: Vec<String> = actions(&graph).into_iter().map(|a| a.0).collect();
+    let names = action_names(&graph);
     assert_eq!(
         names,
         ["pre_accept", "reject"],
