@@ -109,8 +109,6 @@ struct Inner {
     replies: StdMutex<HashSet<String>>,
     /// Meta's timestamp of the last reply applied per pair (an older one is superseded).
     last_reply: DashMap<Pair, i64>,
-    /// Grants in force, kept by the change each applied event makes.
-    active: std::sync::atomic::AtomicI64,
 }
 
 /// The permission service. Cheap to clone.
@@ -156,7 +154,6 @@ impl Permissions {
                 pairs: DashMap::new(),
                 replies: StdMutex::new(HashSet::new()),
                 last_reply: DashMap::new(),
-                active: std::sync::atomic::AtomicI64::new(0),
             }),
         };
         let records = service
@@ -201,10 +198,6 @@ impl Permissions {
             .iter()
             .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s)))
             .count();
-        service
-            .inner
-            .active
-            .store(n as i64, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
         tracing::info!(
             records,
@@ -630,15 +623,12 @@ impl Permissions {
         out
     }
 
-    /// Applies `event` to a locked pair and keeps the count of grants in force.
+    /// Applies `event` to a locked pair and moves the gauge of grants in force.
     fn apply(&self, state: &mut PairState, at: i64, event: &Event) {
         let was = active(state);
         state.apply(&self.inner.rules, at, event);
         let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
-            self.inner
-                .active
-                .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).increment(delta as f64);
         }
     }

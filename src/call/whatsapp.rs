@@ -102,11 +102,7 @@ impl WhatsAppCalls {
             .map(|ct| ct.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.from.clone());
-        if self
-            .sanctioned
-            .iter()
-            .any(|code| customer.starts_with(code.as_str()))
-        {
+        if crate::permission::sanctioned(&customer, &self.sanctioned) {
             tracing::warn!(wa_call_id = %c.call_id, "call from a sanctioned region; rejecting");
             skip("sanctioned");
             metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => "sanctioned")

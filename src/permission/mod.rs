@@ -10,6 +10,14 @@ pub mod state;
 
 pub use state::{AttemptOutcome, Blocked, Event, PairState, RequestRefused, Rules, Status};
 
+/// Whether customer `wa_id` is in a sanctioned region: their number starts with one of
+/// `calling_codes` (calling codes are prefix-free, so a prefix match is exact).
+pub fn sanctioned(wa_id: &str, calling_codes: &[String]) -> bool {
+    calling_codes
+        .iter()
+        .any(|code| wa_id.starts_with(code.as_str()))
+}
+
 /// The policy checked before any permission: a customer in a sanctioned region (by the
 /// calling code their number starts with; calling codes are prefix-free) is never called,
 /// and a business number of an excluded country places no business-initiated calls.
@@ -19,10 +27,7 @@ pub fn bic_policy(
     excluded_countries: &[String],
     sanctioned_calling_codes: &[String],
 ) -> Result<(), Blocked> {
-    if sanctioned_calling_codes
-        .iter()
-        .any(|code| wa_id.starts_with(code.as_str()))
-    {
+    if sanctioned(wa_id, sanctioned_calling_codes) {
         return Err(Blocked::Sanctioned);
     }
     if excluded_countries
