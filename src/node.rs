@@ -94,6 +94,44 @@ const CDR_TAP_CAPACITY: usize = 65_536;
 /// How often lapsed temporary grants are recorded as expired.
 const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 
+/// Cancels business-initiated calls still waiting for their customer when the customer's
+/// permission ends (do-not-call, revocation, withdrawal, expiry): the PBX gets the refusal
+/// it would get dialling now, and Meta a `terminate`. Answered calls go on.
+fn spawn_cutoffs(
+    mut cutoffs: tokio::sync::broadcast::Receiver<(
+        crate::call::permissions::Pair,
+        crate::permission::Blocked,
+    )>,
+    calls: Calls,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (pair, blocked) = match cutoffs.recv().await {
+                Ok(c) => c,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::error!(
+                        missed = n,
+                        "permission cut-offs missed; waiting calls may ring on"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            for id in calls.waiting_business_calls(&pair.business_number, &pair.wa_id) {
+                tracing::info!(call_id = %id, reason = blocked.as_str(), "customer's permission ended; cancelling the call");
+                metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str())
+                    .increment(1);
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    calls
+                        .hangup(&id, crate::store::HangupParty::Switch, blocked.as_str())
+                        .await;
+                });
+            }
+        }
+    });
+}
+
 /// A running node.
 pub struct Node {
     config: Config,
@@ -212,10 +250,33 @@ impl Node {
 
         let trunk_health = TrunkHealth::default();
         let probes = probe_targets(&config);
+        let graph = match config.meta.as_ref() {
+            Some(meta) => Some(Arc::new(
+                crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
+                    what: "Graph API client",
+                    reason: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
         let ingress = SipIngress::new(&config, calls.clone(), trunk_health.clone());
-        // Without routes the switch takes no SIP calls and answers INVITEs itself (404).
+        if let Some(graph) = &graph {
+            if !config.business_numbers.is_empty() {
+                ingress.set_bic(crate::call::bic::BicContext {
+                    graph: Arc::clone(graph),
+                    permissions: permissions.clone(),
+                    numbers: Arc::new(config.business_numbers.clone()),
+                    excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
+                    sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
+                    authoritative: config.permissions.authoritative_check,
+                });
+            }
+        }
+        spawn_cutoffs(permissions.cutoffs(), calls.clone());
+        // Without routes or WhatsApp numbers the switch takes no SIP calls and answers
+        // INVITEs itself (404).
         let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
-            .routes_calls()
+            .takes_calls()
             .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
         let settings = ListenerSettings {
             timers: config.sip.timers,
@@ -289,15 +350,6 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
-        let graph = match config.meta.as_ref() {
-            Some(meta) => Some(Arc::new(
-                crate::meta::graph::GraphClient::new(meta).map_err(|e| StartError::Actor {
-                    what: "Graph API client",
-                    reason: e.to_string(),
-                })?,
-            )),
-            None => None,
-        };
         let meta_ingress = match (config.meta.as_ref(), &graph) {
             (Some(meta), Some(graph)) => {
                 let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(

@@ -116,6 +116,13 @@ pub const CALLS_BLOCKED_TOTAL: &str = "waswitch_calls_blocked_total";
 /// Counter: customers put on the do-not-call list, by `actor` (`customer`: an opt-out or
 /// revocation; `business`); with grants, the opt-out rate.
 pub const DNC_ADDED_TOTAL: &str = "waswitch_dnc_added_total";
+/// Counter: business-initiated calls admitted (permission reserved), by how they ended
+/// for the permission: `completed` (answered and ended normally), `connected_failed`
+/// (answered, then failed in the switch), `unanswered` (the customer declined or did not
+/// pick up), `failed` (never reached the customer). With `calls_blocked_total`, the
+/// answer rate (`completed` + `connected_failed` over all) and completion rate
+/// (`completed` over all).
+pub const BIC_ATTEMPTS_TOTAL: &str = "waswitch_bic_attempts_total";
 
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
@@ -174,6 +181,13 @@ pub fn install_metrics() -> PrometheusHandle {
             for actor in ACTOR_NAMES {
                 metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => *actor).increment(0);
             }
+            for result in ["completed", "connected_failed", "unanswered", "failed"] {
+                metrics::counter!(BIC_ATTEMPTS_TOTAL, "result" => result).increment(0);
+            }
+            for blocked in crate::permission::Blocked::ALL {
+                metrics::counter!(CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str()).increment(0);
+            }
+            metrics::gauge!(PERMISSION_GRANTS_ACTIVE).set(0.0);
             handle
         })
         .clone()

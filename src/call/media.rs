@@ -101,6 +101,12 @@ pub enum MediaMsg {
         /// Our answer, or why there is none.
         reply: RpcReplyPort<Result<String, String>>,
     },
+    /// Anchor the call with side A a WebRTC leg making our offer (a business-initiated
+    /// call: it goes to Meta's `connect`) and side B a plain RTP leg; replies with the
+    /// offer and where side B receives.
+    OfferWebRtc(RpcReplyPort<Result<(String, Anchor), String>>),
+    /// Meta's answer to our WebRTC offer.
+    WebRtcAnswer(String),
     /// What one side's SDP says.
     Remote(Side, Remote),
     /// How the audio crosses the switch (a media plan's summary).
@@ -187,6 +193,22 @@ impl Actor for MediaActor {
             MediaMsg::AnchorWebRtc { offer, echo, reply } => {
                 let answer = media.anchor_webrtc(&myself, offer, echo).await;
                 let _ = reply.send(answer);
+            }
+            MediaMsg::OfferWebRtc(reply) => {
+                let offer = media.offer_webrtc(&myself).await;
+                let _ = reply.send(offer);
+            }
+            MediaMsg::WebRtcAnswer(sdp) => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    match pair.webrtc_answer(&sdp) {
+                        Ok(()) => {
+                            tracing::debug!(parent: &media.span, "Meta's WebRTC answer applied")
+                        }
+                        Err(e) => {
+                            tracing::warn!(parent: &media.span, error = %e, "Meta's WebRTC answer not usable")
+                        }
+                    }
+                }
             }
             MediaMsg::Remote(side, remote) => {
                 media.clock[side_index(side)] = remote.dtmf_clock.max(1);
@@ -372,6 +394,46 @@ impl Media {
         }
         self.resources = Resources::Anchored(pair);
         Ok(answer)
+    }
+
+    /// Builds a WebRTC leg with our offer off the async threads and bridges it (side A)
+    /// with a plain RTP leg (side B) on the call's second port.
+    async fn offer_webrtc(
+        &mut self,
+        myself: &ActorRef<MediaMsg>,
+    ) -> Result<(String, Anchor), String> {
+        let plane = self.plane.clone().ok_or("this node relays no media")?;
+        if matches!(self.resources, Resources::Anchored(_)) {
+            return Err("media already anchored".into());
+        }
+        let builder = plane.clone();
+        let prepared = tokio::task::spawn_blocking(move || builder.webrtc_offer())
+            .await
+            .map_err(|e| format!("WebRTC leg build: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let offer = prepared.local_sdp().to_string();
+        let far = match std::mem::replace(&mut self.resources, Resources::None) {
+            Resources::Leased([_, b]) => FarSide::Rtp(Some(b)),
+            _ => FarSide::Rtp(None),
+        };
+        self.clock[0] = 8000;
+        let me = myself.clone();
+        let sink = Box::new(move |event| {
+            let _ = me.send_message(MediaMsg::Event(event));
+        });
+        let pair = plane
+            .add_webrtc_pair(prepared, far, sink, Some(&self.call_id))
+            .map_err(|e| e.to_string())?;
+        let [a, b] = pair.ports();
+        tracing::debug!(parent: &self.span, webrtc = a, rtp = b, "WebRTC media anchored with our offer");
+        self.resources = Resources::Anchored(pair);
+        Ok((
+            offer,
+            Anchor {
+                ip: plane.ip(),
+                ports: [a, b],
+            },
+        ))
     }
 
     fn on_event(&mut self, event: MediaEvent) {

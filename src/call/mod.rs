@@ -13,6 +13,7 @@
 //!   CDR from the registry entry; its children die with it;
 //! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
 
+pub mod bic;
 pub mod leg;
 pub mod media;
 pub mod permissions;
@@ -134,6 +135,10 @@ pub struct CallOffer {
     /// A WhatsApp call signalled through the Graph API: the connect webhook's facts.
     #[serde(skip)]
     pub whatsapp: Option<wa_leg::WaStart>,
+    /// A business-initiated call's hold on the customer's permission, settled from its
+    /// CDR.
+    #[serde(skip)]
+    pub permit: Option<bic::Permit>,
 }
 
 impl CallOffer {
@@ -148,6 +153,7 @@ impl CallOffer {
             trunk: None,
             sip: None,
             whatsapp: None,
+            permit: None,
         }
     }
 }
@@ -336,6 +342,12 @@ impl Calls {
 
     /// Admits a call and starts its actor tree.
     pub async fn start(&self, offer: CallOffer) -> Result<CallId, CallRefused> {
+        self.start_as(CallId::new(), offer).await
+    }
+
+    /// [`start`](Self::start) with the call's id chosen beforehand (a business-initiated
+    /// call reserves its permission under it before it is admitted).
+    pub async fn start_as(&self, id: CallId, offer: CallOffer) -> Result<CallId, CallRefused> {
         let inner = &self.inner;
         if inner.registry.is_draining() {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "draining").increment(1);
@@ -358,7 +370,6 @@ impl Calls {
                 .increment(1);
             return Err(CallRefused::Overloaded);
         }
-        let id = CallId::new();
         let args = CallArgs {
             id: id.clone(),
             offer,
@@ -376,6 +387,14 @@ impl Calls {
                     .increment(1);
                 Err(CallRefused::Setup(e.to_string()))
             }
+        }
+    }
+
+    /// Delivers what Meta said about a WhatsApp call; false if the call is gone.
+    pub fn whatsapp_event(&self, id: &CallId, event: bic::WaEvent) -> bool {
+        match self.inner.registry.get(id) {
+            Some(call) => call.send_message(CallMsg::WhatsApp(event)).is_ok(),
+            None => false,
         }
     }
 
@@ -473,6 +492,14 @@ impl Calls {
             Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
             _ => None,
         }
+    }
+
+    /// Business-initiated calls to customer `wa_id` of `business_number` still waiting
+    /// for the customer.
+    pub fn waiting_business_calls(&self, business_number: &str, wa_id: &str) -> Vec<CallId> {
+        self.inner
+            .registry
+            .waiting_business_calls(business_number, wa_id)
     }
 
     /// Ids of the live calls.

@@ -109,6 +109,8 @@ struct Inner {
     replies: StdMutex<HashSet<String>>,
     /// Meta's timestamp of the last reply applied per pair (an older one is superseded).
     last_reply: DashMap<Pair, i64>,
+    /// Where ended permissions are announced.
+    cutoffs: tokio::sync::broadcast::Sender<(Pair, Blocked)>,
 }
 
 /// The permission service. Cheap to clone.
@@ -154,6 +156,7 @@ impl Permissions {
                 pairs: DashMap::new(),
                 replies: StdMutex::new(HashSet::new()),
                 last_reply: DashMap::new(),
+                cutoffs: tokio::sync::broadcast::channel(1024).0,
             }),
         };
         let records = service
@@ -277,7 +280,7 @@ impl Permissions {
         let record = self
             .write(pair, actor, now_ms(), event.name(), Some(&event), context)
             .await?;
-        self.apply(&mut state, record.entry.at, &event);
+        self.apply(pair, &mut state, record.entry.at, &event);
         Ok(record)
     }
 
@@ -352,7 +355,7 @@ impl Permissions {
             .collect();
         self.inner.store.append_audit(&entries).await?;
         for e in events {
-            self.apply(&mut state, at, e);
+            self.apply(pair, &mut state, at, e);
         }
         self.replies_mut().insert(message_id.to_string());
         if let Some(ts) = meta_timestamp {
@@ -417,7 +420,7 @@ impl Permissions {
             )
             .await;
         // Sent either way: the limits count it.
-        self.apply(&mut state, now, &event);
+        self.apply(pair, &mut state, now, &event);
         metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "sent").increment(1);
         written.map_err(|source| PermissionError::Unrecorded { message_id, source })
     }
@@ -445,7 +448,7 @@ impl Permissions {
                 Map::new(),
             )
             .await?;
-            self.apply(&mut state, now, &event);
+            self.apply(pair, &mut state, now, &event);
         }
         let verdict = policy.and_then(|()| state.check_call(&self.inner.rules, now));
         let mut context = Map::new();
@@ -471,7 +474,7 @@ impl Permissions {
                     context,
                 )
                 .await?;
-                self.apply(&mut state, now, &event);
+                self.apply(pair, &mut state, now, &event);
                 Ok(Reservation {
                     pair: pair.clone(),
                     call_id: call_id.to_string(),
@@ -552,7 +555,7 @@ impl Permissions {
                 context,
             )
             .await?;
-        self.apply(&mut state, record.entry.at, &event);
+        self.apply(pair, &mut state, record.entry.at, &event);
         Ok(true)
     }
 
@@ -583,7 +586,7 @@ impl Permissions {
                     Map::new(),
                 )
                 .await?;
-            self.apply(&mut state, record.entry.at, &event);
+            self.apply(&pair, &mut state, record.entry.at, &event);
             n += 1;
         }
         Ok(n)
@@ -623,14 +626,46 @@ impl Permissions {
         out
     }
 
-    /// Applies `event` to a locked pair and moves the gauge of grants in force.
-    fn apply(&self, state: &mut PairState, at: i64, event: &Event) {
+    /// Applies `event` to a locked pair and moves the gauge of grants in force. An event
+    /// that ends the pair's permission (do-not-call, revocation, withdrawal, expiry) is
+    /// announced to [`cutoffs`](Self::cutoffs) subscribers, so calls still waiting for the
+    /// customer are cancelled.
+    fn apply(&self, pair: &Pair, state: &mut PairState, at: i64, event: &Event) {
         let was = active(state);
         state.apply(&self.inner.rules, at, event);
         let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
             metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).increment(delta as f64);
         }
+        let ends = matches!(
+            event,
+            Event::DncAdded { .. } | Event::Revoked | Event::Withdrawn | Event::Expired
+        );
+        if ends {
+            if let Err(blocked) = state.check_call(&self.inner.rules, at) {
+                // Nobody listening (no node running) is fine.
+                let _ = self.inner.cutoffs.send((pair.clone(), blocked));
+            }
+        }
+    }
+
+    /// Pairs whose permission just ended, with the reason a call would now be refused.
+    pub fn cutoffs(&self) -> tokio::sync::broadcast::Receiver<(Pair, Blocked)> {
+        self.inner.cutoffs.subscribe()
+    }
+
+    /// Records a call event that changes no permission (`call_connected`, say), with its
+    /// context, under the pair's lock so it lands in order with the pair's other records.
+    pub async fn note(
+        &self,
+        pair: &Pair,
+        actor: Actor,
+        kind: &str,
+        context: Map<String, Value>,
+    ) -> Result<AuditRecord, StoreError> {
+        let slot = self.slot(pair);
+        let _state = slot.lock().await;
+        self.write(pair, actor, now_ms(), kind, None, context).await
     }
 }
 

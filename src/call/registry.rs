@@ -17,6 +17,11 @@ use super::supervisor::CallMsg;
 use super::{CallId, CallOffer};
 use crate::telemetry;
 
+/// Most Meta call ids whose early events are kept.
+pub const EARLY_MAX: usize = 1024;
+/// How long early events are kept for a call id no call claims.
+pub const EARLY_TTL: Duration = Duration::from_secs(30);
+
 /// A live call as the registry knows it: enough to write its CDR if its supervisor dies.
 #[derive(Debug, Clone)]
 pub struct CallEntry {
@@ -26,6 +31,8 @@ pub struct CallEntry {
     pub offer: CallOffer,
     /// When the call reached the switch (Unix ms).
     pub offered_at: i64,
+    /// The called party answered.
+    pub answered: bool,
 }
 
 /// Live calls of this node. Cheap to clone.
@@ -40,6 +47,9 @@ struct Inner {
     by_actor: DashMap<ActorId, CallId>,
     /// Meta's call id → the call (webhooks name calls by it).
     by_wa_call: DashMap<String, CallId>,
+    /// Events for Meta call ids no call claims yet (a webhook can overtake the Graph API
+    /// answer that names the call), with when they came.
+    early: DashMap<String, (std::time::Instant, Vec<super::bic::WaEvent>)>,
     draining: AtomicBool,
     changed: Notify,
 }
@@ -84,6 +94,67 @@ impl CallRegistry {
     /// The supervisor of a live call.
     pub fn get(&self, id: &CallId) -> Option<ActorRef<CallMsg>> {
         self.inner.calls.get(id).map(|e| e.actor.clone())
+    }
+
+    /// Names live call `id` by Meta's `wa_call_id` (learned after the call started); the
+    /// events that came for it before are handed back in order.
+    pub fn set_wa_call_id(&self, id: &CallId, wa_call_id: &str) -> Vec<super::bic::WaEvent> {
+        if let Some(mut entry) = self.inner.calls.get_mut(id) {
+            entry.offer.wa_call_id = Some(wa_call_id.to_string());
+            self.inner
+                .by_wa_call
+                .insert(wa_call_id.to_string(), id.clone());
+        }
+        self.inner
+            .early
+            .remove(wa_call_id)
+            .map(|(_, (_, events))| events)
+            .unwrap_or_default()
+    }
+
+    /// Keeps an event for a Meta call id no call claims yet (bounded: at most
+    /// [`EARLY_MAX`] ids, none older than [`EARLY_TTL`]).
+    pub fn hold_early(&self, wa_call_id: &str, event: super::bic::WaEvent) {
+        let now = std::time::Instant::now();
+        if self.inner.early.len() >= EARLY_MAX {
+            self.inner
+                .early
+                .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
+            if self.inner.early.len() >= EARLY_MAX {
+                return;
+            }
+        }
+        let mut slot = self
+            .inner
+            .early
+            .entry(wa_call_id.to_string())
+            .or_insert_with(|| (now, Vec::new()));
+        if slot.1.len() < 16 {
+            slot.1.push(event);
+        }
+    }
+
+    /// Notes that call `id` was answered.
+    pub fn mark_answered(&self, id: &CallId) {
+        if let Some(mut entry) = self.inner.calls.get_mut(id) {
+            entry.answered = true;
+        }
+    }
+
+    /// Business-initiated calls to customer `wa_id` of `business_number` not answered yet.
+    pub fn waiting_business_calls(&self, business_number: &str, wa_id: &str) -> Vec<CallId> {
+        self.inner
+            .calls
+            .iter()
+            .filter(|e| {
+                let o = &e.value().offer;
+                !e.value().answered
+                    && o.direction == crate::store::Direction::BusinessInitiated
+                    && o.business_number.as_deref() == Some(business_number)
+                    && o.customer_wa_id.as_deref() == Some(wa_id)
+            })
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     /// The live call Meta knows as `wa_call_id`.

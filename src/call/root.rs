@@ -193,6 +193,9 @@ impl Actor for RootSupervisor {
                     failure: Some(failure),
                 },
             );
+            if let Some(permit) = &entry.offer.permit {
+                permit.settle(&cdr);
+            }
             // Never wait on the queue here: if it is full, the root must stay free to restart
             // the writer that drains it.
             let queue = root.args.cdrs.clone();

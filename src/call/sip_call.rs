@@ -21,13 +21,16 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
+use super::bic::{BicContext, BicStart, CalleeOut, WaEvent, WhatsAppCallee};
 use super::media::MediaMsg;
+use super::permissions::PermissionError;
 use super::supervisor::CallMsg;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
 use crate::media::shard::Side;
+use crate::meta::graph::CallAction;
 use crate::routing::{NoRoute, SipRouter};
 use crate::sip::auth::{self, Algorithm, NonceIssuer};
 use crate::sip::b2bua::{
@@ -200,6 +203,8 @@ struct IngressInner {
     nonces: NonceIssuer,
     /// The address written in Contact when a listener is bound to a wildcard address.
     advertised: std::net::IpAddr,
+    /// Business-initiated calls from PBXs (set when WhatsApp calling is configured).
+    bic: OnceLock<BicContext>,
 }
 
 /// The transaction user of the node's SIP listeners: admits SIP calls and routes their
@@ -220,6 +225,8 @@ pub struct BridgeSetup {
     a_call_id: Bytes,
     table: Arc<DashMap<Bytes, Route>>,
     load: TrunkLoad,
+    /// Leg B is a WhatsApp customer (a business-initiated call).
+    wa_b: Option<BicStart>,
 }
 
 impl BridgeSetup {
@@ -286,6 +293,7 @@ impl SipIngress {
                     NONCE_LIFETIME_SECS,
                 ),
                 advertised: config.media.ip,
+                bic: OnceLock::new(),
             }),
         }
     }
@@ -293,6 +301,17 @@ impl SipIngress {
     /// Whether SIP calls are routed at all (some route is configured).
     pub fn routes_calls(&self) -> bool {
         self.inner.router.has_routes()
+    }
+
+    /// Takes business-initiated calls: an INVITE from a trunk whose From is one of the
+    /// business's WhatsApp numbers calls the customer its Request-URI names.
+    pub fn set_bic(&self, bic: BicContext) {
+        let _ = self.inner.bic.set(bic);
+    }
+
+    /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
+    pub fn takes_calls(&self) -> bool {
+        self.routes_calls() || self.inner.bic.get().is_some()
     }
 
     /// Gives the ingress the listeners' handles, once they are bound.
@@ -451,6 +470,7 @@ impl SipIngress {
             a_call_id,
             table: Arc::clone(&inner.table),
             load: inner.load.clone(),
+            wa_b: None,
         })
     }
 
@@ -507,6 +527,17 @@ impl SipIngress {
                         Some((HeaderName::ProxyAuthenticate, challenge)),
                     );
                 }
+            }
+        }
+        if let Some(bic) = inner.bic.get() {
+            let from_user = invite
+                .header(&HeaderName::From)
+                .and_then(|h| NameAddr::parse(&h.value).ok())
+                .and_then(|a| crate::sip::uri::SipUri::parse(&a.uri).ok())
+                .and_then(|u| u.user);
+            if let Some(number) = from_user.as_deref().and_then(|u| bic.number(u)) {
+                let trunk = trunk.name.clone();
+                return self.business_call(server, invite, from, origin, trunk, number.clone());
             }
         }
         let user = dialled_user(&invite).unwrap_or_default();
@@ -572,6 +603,7 @@ impl SipIngress {
             a_call_id: a_call_id.clone(),
             table: Arc::clone(&inner.table),
             load: inner.load.clone(),
+            wa_b: None,
         };
         let mut offer = CallOffer::new(Direction::SipTransit);
         offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
@@ -596,6 +628,153 @@ impl SipIngress {
                 .header(HeaderName::RetryAfter, "5")
                 .build();
             origin.send(SipCommand::Respond { server, response }).await;
+        });
+        None
+    }
+}
+
+impl SipIngress {
+    /// A PBX calls a customer on WhatsApp for business number `number`: the
+    /// Request-URI's user is the customer. The policy and the customer's permission are
+    /// checked (and the permission reserved) before the call is admitted; a refusal gets
+    /// its precise status and `Reason`, and is in the audit trail.
+    fn business_call(
+        &self,
+        server: ServerId,
+        invite: SipMessage,
+        from: SocketAddr,
+        origin: &SipHandle,
+        trunk: String,
+        number: crate::config::BusinessNumber,
+    ) -> Option<SipCommand> {
+        let inner = &self.inner;
+        let bic = inner.bic.get()?.clone();
+        let tag = format!("{:x}", random_u64());
+        let respond = |response: SipMessage| Some(SipCommand::Respond { server, response });
+        let pstn = matches!(
+            &invite.start,
+            crate::sip::msg::StartLine::Request { uri, .. } if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"tel:")
+        );
+        if pstn {
+            metrics::counter!(crate::telemetry::CALLS_BLOCKED_TOTAL, "reason" => "pstn")
+                .increment(1);
+            return respond(super::bic::refusal(
+                &invite,
+                crate::permission::Blocked::Pstn,
+                &tag,
+            ));
+        }
+        let Some(customer) = dialled_user(&invite).and_then(|u| super::bic::digits(&u)) else {
+            return respond(
+                MessageBuilder::response_to(
+                    &invite,
+                    404,
+                    "Not Found - not a WhatsApp number",
+                    Some(&tag),
+                )
+                .build(),
+            );
+        };
+        let target = Target {
+            trunk: super::bic::WHATSAPP_TRUNK.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            hostport: "whatsapp.invalid".into(),
+            user: Some(customer.clone()),
+            contact: self.contact(origin),
+            credentials: None,
+            // Meta's answer to `connect` (the Graph API's own time limit applies first).
+            invite_timeout: std::time::Duration::from_secs(30),
+            headers: Vec::new(),
+        };
+        let a_call_id = invite
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let bridge = match Bridge::start(
+            inner.bridge.clone(),
+            random_u64(),
+            server,
+            invite.clone(),
+            from,
+            origin.is_reliable(),
+            self.contact(origin),
+            vec![target],
+        ) {
+            Ok(b) => b,
+            Err((refusal, tag)) => return respond(refusal.response(&invite, &tag)),
+        };
+        inner
+            .table
+            .insert(a_call_id.clone(), Route::Pending(Vec::new()));
+        let table = Arc::clone(&inner.table);
+        let load = inner.load.clone();
+        let calls = inner.calls.clone();
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            let id = super::CallId::new();
+            let refuse = |response: SipMessage| {
+                table.remove(&a_call_id);
+                let origin = origin.clone();
+                async move { origin.send(SipCommand::Respond { server, response }).await }
+            };
+            let permit = match bic.admit(&number, &customer, id.as_str()).await {
+                Ok(p) => p,
+                Err(PermissionError::Blocked(blocked)) => {
+                    tracing::info!(call_id = %id, %customer, reason = blocked.as_str(), "business-initiated call refused");
+                    refuse(super::bic::refusal(&invite, blocked, &tag)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(call_id = %id, error = %e, "permission not checked; refusing the call");
+                    let response = MessageBuilder::response_to(
+                        &invite,
+                        503,
+                        "Service Unavailable - permission store unavailable",
+                        Some(&tag),
+                    )
+                    .header(HeaderName::RetryAfter, "30")
+                    .build();
+                    refuse(response).await;
+                    return;
+                }
+            };
+            let setup = BridgeSetup {
+                bridge,
+                a: Some(origin.clone()),
+                b: vec![None],
+                trunk_index: Vec::new(),
+                a_call_id: a_call_id.clone(),
+                table: Arc::clone(&table),
+                load,
+                wa_b: Some(BicStart {
+                    graph: Arc::clone(&bic.graph),
+                    phone_number_id: number.phone_number_id.clone(),
+                    customer: customer.clone(),
+                    call_id: id.to_string(),
+                }),
+            };
+            let mut offer = CallOffer::new(Direction::BusinessInitiated);
+            offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
+            offer.business_number = Some(number.display_number.clone());
+            offer.customer_wa_id = Some(customer);
+            offer.trunk = Some(trunk);
+            offer.sip = Some(SipStart::new(setup));
+            offer.permit = Some(permit.clone());
+            let refused = match calls.start_as(id, offer).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            // A call that failed while starting settled its permit from its CDR.
+            permit.release("not admitted");
+            let (code, reason) = match refused {
+                CallRefused::Draining => (503, "Service Unavailable - draining"),
+                CallRefused::Overloaded => (503, "Service Unavailable - call limit"),
+                CallRefused::Setup(_) => (500, "Server Internal Error - call setup failed"),
+            };
+            let response = MessageBuilder::response_to(&invite, code, reason, Some(&tag))
+                .header(HeaderName::RetryAfter, "5")
+                .build();
+            refuse(response).await;
         });
         None
     }
@@ -703,6 +882,29 @@ fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
     Some(())
 }
 
+/// How long the media actor may take to build a WebRTC offer.
+const WEBRTC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends a business-initiated call on Meta's side (Graph `terminate`), from a task of its
+/// own so a slow Graph API never holds the call's teardown.
+fn terminate(start: &BicStart, wa_call_id: String, span: tracing::Span) {
+    let graph = Arc::clone(&start.graph);
+    let pnid = start.phone_number_id.clone();
+    let action = CallAction::Terminate {
+        call_id: wa_call_id,
+    };
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(
+            async move {
+                if let Err(e) = graph.call_action(&pnid, &action).await {
+                    tracing::warn!(error = %e, "Meta was not told the call ended");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
 // ---- the per-call actor ------------------------------------------------------------
 
 /// Runs one SIP call's [`Bridge`]; a child of the call's supervisor.
@@ -734,9 +936,19 @@ pub enum BridgeMsg {
         /// Reply.
         reply: RpcReplyPort<()>,
     },
+    /// Something Meta said about leg B (a business-initiated call's customer).
+    WhatsApp(WaEvent),
     /// Makes the actor fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
+}
+
+/// Leg B of a business-initiated call: the WhatsApp customer.
+struct WaB {
+    callee: WhatsAppCallee,
+    start: BicStart,
+    /// Our WebRTC offer, for Graph `connect`.
+    offer: String,
 }
 
 /// State of a running bridge actor.
@@ -764,6 +976,8 @@ pub struct BridgeState {
     /// Configured index of the trunk currently counted in the load.
     counted: Option<usize>,
     timer_at: Option<Instant>,
+    /// Leg B is a WhatsApp customer.
+    wa_b: Option<WaB>,
 }
 
 impl Actor for BridgeActor {
@@ -806,7 +1020,46 @@ impl Actor for BridgeActor {
             routed: vec![setup.a_call_id],
             counted: None,
             timer_at: None,
+            wa_b: None,
         };
+        if let Some(start) = setup.wa_b {
+            // A business-initiated call: the WebRTC leg makes our offer for Meta, and the
+            // PBX is answered with the plain RTP side of the pair.
+            let offered = match &state.media {
+                Some(media) => match media
+                    .call(MediaMsg::OfferWebRtc, Some(WEBRTC_TIMEOUT))
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(r)) => r,
+                    _ => Err("media did not answer".into()),
+                },
+                None => Err("the call has no media".into()),
+            };
+            let now = Instant::now();
+            match offered {
+                Ok((offer, anchor)) => {
+                    state.wa_b = Some(WaB {
+                        callee: WhatsAppCallee::new(&format!("{:x}wa", random_u64())),
+                        start,
+                        offer,
+                    });
+                    state.bridge.begin(
+                        now,
+                        Some(Anchor {
+                            ip: anchor.ip,
+                            ports: [anchor.ports[1], anchor.ports[0]],
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(parent: &state.span, error = %e, "no WebRTC offer for the customer; refusing the call");
+                    state.bridge.hangup(now, "media_setup_failed");
+                }
+            }
+            let span = state.span.clone();
+            state.run(&myself).instrument(span).await;
+            return Ok(state);
+        }
         // Anchor the media before the trunk sees the caller's SDP.
         let anchor = match &state.media {
             Some(media) => match media
@@ -843,8 +1096,24 @@ impl Actor for BridgeActor {
                 state.timer_at = None;
             }
             BridgeMsg::Hangup { cause, reply } => {
-                state.bridge.hangup(now, &cause);
+                // A permission that ended while the customer was being called (do-not-call,
+                // a revocation) refuses the PBX as precisely as a refusal at dialling.
+                match crate::permission::Blocked::from_name(&cause) {
+                    Some(blocked) => state.bridge.hangup_with(
+                        now,
+                        &cause,
+                        blocked.sip_status(),
+                        &blocked.sip_reason(),
+                    ),
+                    None => state.bridge.hangup(now, &cause),
+                }
                 state.hangup_reply = Some(reply);
+            }
+            BridgeMsg::WhatsApp(event) => {
+                if let Some(wa) = state.wa_b.as_mut() {
+                    let outs = wa.callee.on_event(event);
+                    state.carry_out(&myself, outs);
+                }
             }
             #[cfg(any(test, feature = "fault-injection"))]
             BridgeMsg::Fault(fault) => fault.trigger("sip_b2bua")?,
@@ -868,6 +1137,14 @@ impl Drop for BridgeState {
             self.bridge.hangup(Instant::now(), "internal_failure");
             let mut out = Vec::new();
             while let Some(action) = self.bridge.poll_action() {
+                if let (Some(wa), Action::B(_, command)) = (self.wa_b.as_mut(), &action) {
+                    for o in wa.callee.on_command(command.clone()) {
+                        if let CalleeOut::Terminate(id) = o {
+                            terminate(&wa.start, id, self.span.clone());
+                        }
+                    }
+                    continue;
+                }
                 let handle = match &action {
                     Action::A(_) => self.a.clone(),
                     Action::B(index, _) => self.b.get(*index).cloned().flatten(),
@@ -909,6 +1186,13 @@ impl BridgeState {
                     }
                     None => self.whatsapp_side(command),
                 },
+                Action::B(_, command) if self.wa_b.is_some() => {
+                    let outs = match self.wa_b.as_mut() {
+                        Some(wa) => wa.callee.on_command(command),
+                        None => Vec::new(),
+                    };
+                    self.carry_out(myself, outs);
+                }
                 Action::B(index, command) => {
                     if let Some(Some(handle)) = self.b.get(index) {
                         handle.send(command).await;
@@ -943,6 +1227,16 @@ impl BridgeState {
                 }
                 // The WhatsApp side's media is its WebRTC leg's.
                 Action::Media(Leg::A, _) | Action::MediaPlan(_) if self.a.is_none() => {}
+                // A business-initiated call: the PBX is side B of the media pair, with the
+                // codec our answer chose; the customer's side is the WebRTC leg.
+                Action::Media(Leg::A, remote) if self.wa_b.is_some() => {
+                    let outs = match self.wa_b.as_mut() {
+                        Some(wa) => wa.callee.pbx_media(remote),
+                        None => Vec::new(),
+                    };
+                    self.carry_out(myself, outs);
+                }
+                Action::Media(Leg::B, _) | Action::MediaPlan(_) if self.wa_b.is_some() => {}
                 Action::Media(leg, remote) => {
                     if let Some(media) = &self.media {
                         let side = match leg {
@@ -1030,6 +1324,71 @@ impl BridgeState {
         self.bridge.handle_event(Instant::now(), event);
     }
 
+    /// Carries out what leg B's WhatsApp callee asks; bridge events are handled at once
+    /// (the actions they cause are picked up by [`run`](Self::run)).
+    fn carry_out(&mut self, myself: &ActorRef<BridgeMsg>, outs: Vec<CalleeOut>) {
+        for out in outs {
+            let Some(wa) = self.wa_b.as_ref() else {
+                return;
+            };
+            match out {
+                CalleeOut::Bridge(event) => self.bridge.handle_event(Instant::now(), event),
+                CalleeOut::Connect => {
+                    let graph = Arc::clone(&wa.start.graph);
+                    let pnid = wa.start.phone_number_id.clone();
+                    let action = CallAction::Connect {
+                        to: wa.start.customer.clone(),
+                        sdp: wa.offer.clone(),
+                        biz_opaque_callback_data: Some(wa.start.call_id.clone()),
+                    };
+                    let me = myself.clone();
+                    tokio::spawn(
+                        async move {
+                            let result = match graph.call_action(&pnid, &action).await {
+                                Ok(Some(id)) => Ok(id),
+                                Ok(None) => Err((
+                                    480,
+                                    "Temporarily Unavailable - no call id from Meta".to_string(),
+                                )),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "Meta refused the call");
+                                    Err(super::bic::connect_refusal(&e))
+                                }
+                            };
+                            let _ =
+                                me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)));
+                        }
+                        .instrument(self.span.clone()),
+                    );
+                }
+                CalleeOut::Terminate(id) => terminate(&wa.start, id, self.span.clone()),
+                CalleeOut::Answer(sdp) => {
+                    if let Some(media) = &self.media {
+                        let _ = media.send_message(MediaMsg::WebRtcAnswer(sdp));
+                    }
+                }
+                CalleeOut::PbxMedia(remote) => {
+                    if let Some(media) = &self.media {
+                        let path = match remote.codec {
+                            Some(crate::media::transcode::Codec::Opus) => {
+                                "opus pass-through".to_string()
+                            }
+                            Some(c) => format!("opus <-> {} (transcoded)", c.name()),
+                            None => "opus <-> ? (no common codec)".to_string(),
+                        };
+                        let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
+                        let _ = media.send_message(MediaMsg::Plan(path));
+                    }
+                }
+                CalleeOut::WaCallId(id) => {
+                    tracing::info!(wa_call_id = %id, "Meta took the call");
+                    let _ = self.call.send_message(CallMsg::WaCallId(id));
+                }
+                CalleeOut::Answered => tracing::info!("the customer answered"),
+            }
+        }
+    }
+
     fn set_ringback(&mut self, on: bool) {
         if self.ringback == on {
             return;
@@ -1043,9 +1402,15 @@ impl BridgeState {
     fn progress(&mut self, progress: Progress) {
         use super::leg::LegState;
         use super::LegRole;
+        // The called side: the customer of a business-initiated call, else the trunk.
+        let role = if self.wa_b.is_some() {
+            LegRole::WhatsApp
+        } else {
+            LegRole::Business
+        };
         let report = |call: &ActorRef<CallMsg>, state: LegState| {
             let _ = call.send_message(CallMsg::LegChanged {
-                role: LegRole::Business,
+                role,
                 state,
                 cause: None,
             });
@@ -1066,7 +1431,9 @@ impl BridgeState {
                     self.load.add(t);
                     self.counted = Some(t);
                 }
-                let _ = self.call.send_message(CallMsg::Routed { trunk });
+                if self.wa_b.is_none() {
+                    let _ = self.call.send_message(CallMsg::Routed { trunk });
+                }
             }
             Progress::Ringing => {
                 // Meta drops a call that carries no media for 20 s: a PBX ringing without
@@ -1088,7 +1455,11 @@ impl BridgeState {
                     cause.as_str(),
                     "busy" | "declined" | "no_answer" | "unallocated_number" | "rejected"
                 );
+                let bic = self.wa_b.is_some();
                 let by = match by {
+                    Some(Leg::A) if bic => HangupParty::Business,
+                    Some(Leg::B) if bic => HangupParty::Customer,
+                    None if bic && refused => HangupParty::Customer,
                     Some(Leg::A) if whatsapp => HangupParty::Customer,
                     Some(Leg::B) if whatsapp => HangupParty::Business,
                     None if whatsapp && refused => HangupParty::Business,

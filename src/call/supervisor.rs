@@ -129,6 +129,10 @@ pub enum CallMsg {
     MediaRemote(crate::media::shard::Side, crate::media::shard::Remote),
     /// A media request passed to the call's media actor as is (prompts, DTMF).
     Media(MediaMsg),
+    /// Meta's id of the call is known (business-initiated calls learn it after they start).
+    WaCallId(String),
+    /// Something Meta said about the call (webhooks).
+    WhatsApp(super::bic::WaEvent),
     /// Makes one child fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault {
@@ -181,6 +185,7 @@ impl Actor for CallSupervisor {
                 actor: myself.clone(),
                 offer: args.offer.clone(),
                 offered_at: args.offered_at,
+                answered: false,
             },
         );
         let mut call = Call {
@@ -432,6 +437,27 @@ impl Call {
                     let _ = m.send_message(msg);
                 }
             }
+            CallMsg::WaCallId(wa_call_id) => {
+                self.offer.wa_call_id = Some(wa_call_id.clone());
+                let early = self.registry.set_wa_call_id(&self.id, &wa_call_id);
+                if let Some(bridge) = &self.bridge {
+                    for event in early {
+                        let _ = bridge.send_message(BridgeMsg::WhatsApp(event));
+                    }
+                }
+            }
+            CallMsg::WhatsApp(event) => match (&self.whatsapp, &self.bridge, event) {
+                // A user's call: Meta ending it ends the WhatsApp leg.
+                (Some(leg), _, super::bic::WaEvent::Terminated { cause }) => {
+                    let _ = leg.send_message(LegMsg::Remote(LegSignal::HungUp { cause }));
+                }
+                (Some(_), _, _) => {}
+                // A business-initiated call: leg B of its bridge is the customer.
+                (None, Some(bridge), event) => {
+                    let _ = bridge.send_message(BridgeMsg::WhatsApp(event));
+                }
+                (None, None, _) => {}
+            },
             CallMsg::MediaRemote(side, remote) => {
                 if let Some(m) = &self.media {
                     let _ = m.send_message(MediaMsg::Remote(side, remote));
@@ -489,6 +515,10 @@ impl Call {
                 };
                 if let Some(leg) = self.leg(calling) {
                     let _ = leg.send_message(LegMsg::Answer);
+                }
+                self.registry.mark_answered(&self.id);
+                if let Some(permit) = &self.offer.permit {
+                    permit.connected(self.offer.wa_call_id.clone());
                 }
                 tracing::info!("call answered");
             }
@@ -637,6 +667,9 @@ impl Call {
             }
             cdr.media = self.media_report.quality;
             cdr.codec_path = self.media_report.codec_path.clone();
+            if let Some(permit) = &entry.offer.permit {
+                permit.settle(&cdr);
+            }
             tracing::info!(
                 outcome = cdr.outcome.as_str(),
                 cause = %cdr.end_cause,

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::leg::LegSignal;
+use super::bic::WaEvent;
 use super::wa_leg::WaStart;
-use super::{CallOffer, CallRefused, Calls, LegRole};
+use super::{CallOffer, CallRefused, Calls};
 use crate::config::BusinessNumber;
 use crate::meta::graph::{CallAction, GraphClient};
-use crate::meta::webhook::{CallConnect, CallTerminate, MetaEvent, SdpType, TerminateStatus};
+use crate::meta::webhook::{
+    CallConnect, CallStatusKind, CallTerminate, MetaEvent, SdpType, TerminateStatus,
+};
 use crate::store::Direction;
 use crate::telemetry;
 
@@ -65,7 +67,14 @@ impl WhatsAppCalls {
             MetaEvent::Connect(c) => self.on_connect(c).await,
             MetaEvent::Terminate(t) => self.on_terminate(&t),
             MetaEvent::Status(s) => {
-                tracing::debug!(wa_call_id = %s.call_id, status = ?s.status, "WhatsApp call status")
+                tracing::debug!(wa_call_id = %s.call_id, status = ?s.status, "WhatsApp call status");
+                let event = match s.status {
+                    CallStatusKind::Ringing => WaEvent::Ringing,
+                    CallStatusKind::Accepted => WaEvent::Accepted,
+                    CallStatusKind::Rejected => WaEvent::Rejected,
+                    CallStatusKind::Other(_) => return,
+                };
+                self.deliver(&s.call_id, event);
             }
             MetaEvent::PermissionReply(p) => tracing::info!(
                 from = %p.from, response = ?p.response, source = ?p.source,
@@ -79,8 +88,8 @@ impl WhatsAppCalls {
             metrics::counter!(telemetry::META_CALLS_SKIPPED_TOTAL, "reason" => reason).increment(1);
         };
         if c.sdp_type != SdpType::Offer {
-            // A business-initiated call's answer: its own flow takes it.
-            tracing::debug!(wa_call_id = %c.call_id, "connect with an answer; not a user's call");
+            // Meta's answer to a business-initiated call's offer.
+            self.deliver(&c.call_id, WaEvent::Answer(c.sdp));
             return;
         }
         let Some(number) = self.numbers.get(&c.business.phone_number_id) else {
@@ -166,11 +175,24 @@ impl WhatsAppCalls {
         }
     }
 
-    fn on_terminate(&self, t: &CallTerminate) {
-        let Some(id) = self.calls.registry().by_wa_call_id(&t.call_id) else {
-            tracing::debug!(wa_call_id = %t.call_id, "terminate for no live call");
+    /// Hands a Meta event to the call Meta's id names; one for a call whose id is not
+    /// known yet (a webhook that overtook the Graph API's answer) waits for it.
+    fn deliver(&self, wa_call_id: &str, event: WaEvent) {
+        let registry = self.calls.registry();
+        if let Some(id) = registry.by_wa_call_id(wa_call_id) {
+            self.calls.whatsapp_event(&id, event);
             return;
-        };
+        }
+        registry.hold_early(wa_call_id, event);
+        // The call may have claimed its id meanwhile.
+        if let Some(id) = registry.by_wa_call_id(wa_call_id) {
+            for event in registry.set_wa_call_id(&id, wa_call_id) {
+                self.calls.whatsapp_event(&id, event);
+            }
+        }
+    }
+
+    fn on_terminate(&self, t: &CallTerminate) {
         let cause = match &t.status {
             TerminateStatus::Completed => "normal_clearing".to_string(),
             TerminateStatus::Failed => match t.errors.first().and_then(|e| e.code) {
@@ -180,8 +202,7 @@ impl WhatsAppCalls {
             TerminateStatus::Unknown => "normal_clearing".to_string(),
             TerminateStatus::Other(s) => format!("meta_{}", s.to_ascii_lowercase()),
         };
-        self.calls
-            .signal(&id, LegRole::WhatsApp, LegSignal::HungUp { cause });
+        self.deliver(&t.call_id, WaEvent::Terminated { cause });
     }
 
     /// Rejects a call toward Meta without holding up the event queue.

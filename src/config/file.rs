@@ -63,6 +63,8 @@ pub(crate) struct PermissionsSection {
     pub excluded_countries: Option<Vec<String>>,
     #[serde(default)]
     pub sanctioned_calling_codes: Option<Vec<String>>,
+    #[serde(default)]
+    pub authoritative_check: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

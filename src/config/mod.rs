@@ -93,6 +93,10 @@ pub struct PermissionsConfig {
     /// nor delivered (sanctioned regions; default: 53 Cuba, 98 Iran, 850 North Korea,
     /// 963 Syria).
     pub sanctioned_calling_codes: Vec<String>,
+    /// Before dialling a business-initiated call, ask Meta's call-permission endpoint too:
+    /// Meta saying there is no permission refuses the call even when the switch's records
+    /// allow it (one Graph API request per call; off by default).
+    pub authoritative_check: bool,
 }
 
 /// Countries where Meta does not offer business-initiated calling.
@@ -1000,6 +1004,7 @@ impl Validator {
             rules,
             excluded_countries: excluded,
             sanctioned_calling_codes: sanctioned,
+            authoritative_check: raw.authoritative_check,
         })
     }
 

@@ -238,6 +238,32 @@ impl Blocked {
             _ => (403, "Forbidden"),
         }
     }
+
+    /// Every reason, in a fixed order.
+    pub const ALL: [Blocked; 11] = [
+        Blocked::DoNotCall,
+        Blocked::NoPermission,
+        Blocked::Expired,
+        Blocked::Revoked,
+        Blocked::Withdrawn,
+        Blocked::Used,
+        Blocked::CallLimit,
+        Blocked::CountryNotAllowed,
+        Blocked::Sanctioned,
+        Blocked::Pstn,
+        Blocked::MetaRefused,
+    ];
+
+    /// The reason named `name` (as [`as_str`](Self::as_str) gives it).
+    pub fn from_name(name: &str) -> Option<Blocked> {
+        Blocked::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+
+    /// The `Reason` header of a refused INVITE: the status and the reason in words
+    /// (`SIP;cause=403;text="call permission required"`).
+    pub fn sip_reason(self) -> String {
+        format!("SIP;cause={};text=\"{self}\"", self.sip_status().0)
+    }
 }
 
 /// Why a permission request is refused.

@@ -1309,16 +1309,20 @@ impl Bridge {
 
     /// Ends the call from the switch's side (operator, shutdown, timer).
     pub fn hangup(&mut self, now: Instant, cause: &str) {
+        let reason = format!("SIP;cause=480;text=\"{cause}\"");
+        self.hangup_with(now, cause, (480, "Temporarily Unavailable"), &reason);
+    }
+
+    /// [`hangup`](Self::hangup), refusing a caller still waiting with `status` and
+    /// `Reason: reason` (a policy that ended the call, say).
+    pub fn hangup_with(&mut self, now: Instant, cause: &str, status: (u16, &str), reason: &str) {
         if self.ended.is_some() {
             return;
         }
         if self.a_phase == APhase::Offered {
             let resp = self
-                .a_response(480, "Temporarily Unavailable")
-                .header(
-                    HeaderName::Reason,
-                    format!("SIP;cause=480;text=\"{cause}\""),
-                )
+                .a_response(status.0, status.1)
+                .header(HeaderName::Reason, reason.to_string())
                 .build();
             let server = self.a_server;
             self.respond_a(server, resp);
