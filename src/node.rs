@@ -117,17 +117,15 @@ fn spawn_cutoffs(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            for id in calls.waiting_business_calls(&pair.business_number, &pair.wa_id) {
+            // In order: the first reason to reach a call is the one its PBX hears.
+            let waiting = calls.waiting_business_calls(&pair.business_number, &pair.wa_id);
+            let hangups = waiting.iter().map(|id| {
                 tracing::info!(call_id = %id, reason = blocked.as_str(), "customer's permission ended; cancelling the call");
                 metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str())
                     .increment(1);
-                let calls = calls.clone();
-                tokio::spawn(async move {
-                    calls
-                        .hangup(&id, crate::store::HangupParty::Switch, blocked.as_str())
-                        .await;
-                });
-            }
+                calls.hangup(id, crate::store::HangupParty::Switch, blocked.as_str())
+            });
+            futures::future::join_all(hangups).await;
         }
     });
 }

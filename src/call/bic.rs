@@ -165,15 +165,20 @@ impl Permit {
     }
 
     /// Settles the hold from the call's CDR: a connected call uses the permission, one
-    /// that reached the customer unanswered counts toward automatic revocation, one that
-    /// never reached Meta (or failed in the switch) gives it back. Once.
+    /// the customer declined or let ring counts toward automatic revocation, one that
+    /// never reached Meta, failed in the switch or was cut off by it gives it back. Once.
     pub fn settle(&self, cdr: &Cdr) {
         let Some((permissions, reservation)) = self.take() else {
             return;
         };
         let outcome = if cdr.answered_at.is_some() {
             AttemptOutcome::Connected
-        } else if cdr.failure.is_some() || cdr.wa_call_id.is_none() {
+        } else if cdr.failure.is_some()
+            || cdr.wa_call_id.is_none()
+            || cdr.hangup_by == crate::store::HangupParty::Switch
+        {
+            // Never reached the customer, or the switch cut it off (do-not-call, a
+            // revocation, shutdown): nothing the customer left unanswered.
             AttemptOutcome::Failed
         } else {
             AttemptOutcome::Unanswered

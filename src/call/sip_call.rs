@@ -1099,12 +1099,15 @@ impl Actor for BridgeActor {
                 // A permission that ended while the customer was being called (do-not-call,
                 // a revocation) refuses the PBX as precisely as a refusal at dialling.
                 match crate::permission::Blocked::from_name(&cause) {
-                    Some(blocked) => state.bridge.hangup_with(
-                        now,
-                        &cause,
-                        blocked.sip_status(),
-                        &blocked.sip_reason(),
-                    ),
+                    Some(blocked) => {
+                        let (code, phrase) = blocked.sip_status();
+                        state.bridge.hangup_with(
+                            now,
+                            &cause,
+                            (code, &format!("{phrase} - {blocked}")),
+                            &blocked.sip_reason(),
+                        )
+                    }
                     None => state.bridge.hangup(now, &cause),
                 }
                 state.hangup_reply = Some(reply);

@@ -1,0 +1,678 @@
+//! Business-initiated WhatsApp calls: SIPp plays the business's PBX (an agent dials the
+//! customer: From is the business's WhatsApp number, the Request-URI the customer), and
+//! `waswitch sim` plays WhatsApp (its Graph API, signed webhooks, customers who grant or
+//! decline permission and answer with real WebRTC media). Every call is checked on both
+//! sides, in the audit trail and in its CDR.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use waswitch::config::{Config, Secret};
+use waswitch::node::Node;
+use waswitch::sim::graph::SimGraph;
+use waswitch::sim::load::SimContext;
+use waswitch::sim::users::{AnsweredCall, Behaviour, CallAnswer, PermissionAnswer, Users};
+use waswitch::sim::webhooks::{BusinessRef, WebhookSender};
+
+const SECRET: &str = "bic-secret";
+const PNID: &str = "105615555715855";
+const NUMBER: &str = "15551112222";
+/// A business number of a country where Meta offers no business-initiated calling.
+const US_PNID: &str = "105615555799999";
+const US_NUMBER: &str = "15550001111";
+const TOKEN: &str = "bic-token";
+
+struct Switch {
+    node: Node,
+    graph: SimGraph,
+    ctx: SimContext,
+    http: reqwest::Client,
+    dir: PathBuf,
+}
+
+impl Switch {
+    /// A switch whose PBX trunk is SIPp on loopback, with `extra` configuration.
+    async fn start(dir: &Path, media_ports: u16, extra: &str) -> Switch {
+        let graph = SimGraph::new(
+            Secret::new("tok"),
+            vec![PNID.to_string(), US_PNID.to_string()],
+        );
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
+        let toml = format!(
+            "[http]\napi_token = \"{TOKEN}\"\n\
+             [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
+             {extra}\
+             [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
+             accept_from = [\"127.0.0.1/32\"]\noptions_interval_secs = 0\n\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
+             country = \"BR\"\necho_test = true\n\
+             [[business_number]]\nphone_number_id = \"{US_PNID}\"\n\
+             display_number = \"{US_NUMBER}\"\ncountry = \"US\"\necho_test = true\n",
+            media_ports + 198
+        );
+        let config = Config::loopback(&toml, &dir.join("b.db")).expect("config");
+        let node = Node::start(config).await.expect("node");
+        let webhooks = WebhookSender::new(
+            &format!("http://{}/webhooks/meta", node.http_addr()),
+            Secret::new(SECRET),
+            Duration::from_secs(10),
+        )
+        .expect("sender");
+        let ctx = SimContext::loopback(
+            graph.clone(),
+            webhooks,
+            BusinessRef {
+                waba_id: "1".into(),
+                phone_number_id: PNID.into(),
+                display_number: NUMBER.into(),
+            },
+        );
+        Switch {
+            node,
+            graph,
+            ctx,
+            http: reqwest::Client::new(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.node.http_addr());
+        let mut req = self.http.request(method, url).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn view(&self, wa_id: &str) -> Value {
+        let (status, v) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/permissions/{NUMBER}/{wa_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Asks `wa_id` for permission and waits until the pair is `status`.
+    async fn ask(&self, wa_id: &str, status: &str) -> Value {
+        let (code, v) = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/permissions/{NUMBER}/{wa_id}/request"),
+                Some(json!({"purpose": "About your order ON-12853"})),
+            )
+            .await;
+        assert_eq!(code, 201, "{v}");
+        self.wait_status(wa_id, status).await
+    }
+
+    async fn wait_status(&self, wa_id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.view(wa_id).await;
+            if v["status"] == status {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{wa_id} never {status}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The pair's audit records' kinds, once `last` is among them (records of a call's end
+    /// are written as its CDR is).
+    async fn audit_until(&self, wa_id: &str, last: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = self
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/audit?wa_id={wa_id}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            let records = v["records"].as_array().cloned().unwrap_or_default();
+            if records.iter().any(|r| r["kind"] == last) {
+                return records;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {last} for {wa_id}: {records:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.node.http_addr()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The PBX (SIPp) dials `customer` from business number `from` with `scenario`, `calls`
+    /// times; its exit code, counters, and the SIP messages it saw.
+    async fn dial(
+        &self,
+        scenario: &'static str,
+        from: &str,
+        customer: &str,
+        calls: u32,
+    ) -> (i32, std::collections::HashMap<String, u64>, String) {
+        let target = self.node.sip_udp_addr().expect("SIP over UDP");
+        let messages = self.dir.join(format!("sipp-{}.log", uuid::Uuid::new_v4()));
+        let from = from.to_string();
+        let customer = customer.to_string();
+        let log = messages.clone();
+        let (code, counters, out) = tokio::task::spawn_blocking(move || {
+            common::run_sipp_with(
+                scenario,
+                "u1",
+                target,
+                calls,
+                50,
+                &[
+                    "-key",
+                    "biz",
+                    &from,
+                    "-s",
+                    &customer,
+                    "-rtp_echo",
+                    "-trace_msg",
+                    "-message_file",
+                    &log.to_string_lossy(),
+                ],
+            )
+        })
+        .await
+        .expect("sipp");
+        let seen = std::fs::read_to_string(&messages).unwrap_or_default();
+        (code, counters, format!("{seen}\n{out}"))
+    }
+}
+
+/// The final failure responses the PBX received: (status line, Reason header).
+fn refusals(log: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for message in log.split("\n\n") {
+        let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+        let Some(first) = lines.find(|l| l.starts_with("SIP/2.0 ")) else {
+            continue;
+        };
+        let code: u16 = first[8..11].parse().unwrap_or(0);
+        if code < 300 {
+            continue;
+        }
+        let reason = message
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("Reason:"))
+            .map(|r| r.trim().to_string())
+            .unwrap_or_default();
+        out.push((first.to_string(), reason));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn behaviour(call: CallAnswer, permission: PermissionAnswer) -> Behaviour {
+    Behaviour {
+        call,
+        permission,
+        dtmf: None,
+    }
+}
+
+fn talk() -> CallAnswer {
+    CallAnswer::Accept {
+        after: Duration::from_millis(400),
+        hold: Duration::from_secs(3),
+    }
+}
+
+fn day() -> PermissionAnswer {
+    PermissionAnswer::Grant {
+        lasts: Some(Duration::from_secs(86_400)),
+    }
+}
+
+async fn next_answered(
+    answered: &mut tokio::sync::mpsc::UnboundedReceiver<AnsweredCall>,
+) -> AnsweredCall {
+    tokio::time::timeout(Duration::from_secs(20), answered.recv())
+        .await
+        .expect("the customer's call ended in time")
+        .expect("a call")
+}
+
+fn kinds(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// A record's detail, parsed.
+fn detail(record: &Value) -> Value {
+    serde_json::from_str(record["detail"].as_str().unwrap_or("{}")).unwrap_or(Value::Null)
+}
+
+async fn cdrs(node: Node, dir: &Path) -> Vec<waswitch::store::Cdr> {
+    use waswitch::store::{CdrFilter, CdrRepository, Store};
+    assert!(
+        node.calls().wait_idle(Duration::from_secs(15)).await,
+        "calls left over"
+    );
+    node.drain_and_stop().await;
+    let config = Config::loopback("", &dir.join("b.db")).expect("config");
+    let store = Store::open(&config.store).await.expect("store");
+    store
+        .list(&CdrFilter {
+            limit: 100,
+            ..CdrFilter::default()
+        })
+        .await
+        .expect("cdrs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_customer_is_called_from_the_pbx_with_audio_and_a_one_call_grant_is_then_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), 51_000, "[permissions]\nprofile = \"strict\"\n").await;
+    let (_users, mut answered) = Users::start(sw.ctx.clone(), behaviour(talk(), day()));
+    let customer = "4915100000101";
+    sw.ask(customer, "granted").await;
+
+    let (code, counters, log) = sw.dial("bic_uac_wait_bye.xml", NUMBER, customer, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let call = next_answered(&mut answered).await;
+    let media = call.media.expect("media");
+    assert!(media.audio_verified(), "{media:?}");
+    // Meta was asked to connect the customer with the switch's offer, tagged with the
+    // switch's call id; nothing else (the customer hung up).
+    let actions: Vec<String> = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .filter_map(|r| r.action)
+        .collect();
+    assert_eq!(actions, vec!["connect"], "{actions:?}");
+
+    // The one call the strict profile allows is used: the next is refused at once.
+    let view = sw.view(customer).await;
+    assert_eq!(view["calls_used"], 1, "{view}");
+    assert_eq!(view["calls_in_progress"], 0, "{view}");
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, customer, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - call permission used".to_string(),
+            "SIP;cause=403;text=\"call permission used\"".to_string()
+        )]
+    );
+
+    let records = sw.audit_until(customer, "call_blocked").await;
+    let k = kinds(&records);
+    for kind in [
+        "requested",
+        "granted",
+        "call_attempted",
+        "call_connected",
+        "call_finished",
+        "call_blocked",
+    ] {
+        assert!(k.contains(&kind.to_string()), "{kind} missing: {k:?}");
+    }
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    assert_eq!(finished["outcome"], "connected", "{finished}");
+    assert!(
+        finished["duration_ms"].as_i64().unwrap_or(0) >= 2_000,
+        "{finished}"
+    );
+    assert_eq!(finished["wa_call_id"], json!(call.call_id), "{finished}");
+    let metrics = sw.metrics().await;
+    assert!(
+        metrics.contains("waswitch_bic_attempts_total{result=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("waswitch_calls_blocked_total{reason=\"used\"} 1"),
+        "{metrics}"
+    );
+
+    let cdrs = cdrs(sw.node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
+    assert_eq!(cdr.outcome, waswitch::store::CallOutcome::Answered);
+    assert_eq!(cdr.hangup_by, waswitch::store::HangupParty::Customer);
+    assert_eq!(cdr.trunk.as_deref(), Some("pbx"));
+    assert_eq!(cdr.customer_wa_id.as_deref(), Some(customer));
+    assert_eq!(cdr.wa_call_id.as_deref(), Some(call.call_id.as_str()));
+    assert_eq!(
+        cdr.codec_path.as_deref(),
+        Some("opus <-> PCMU (transcoded)"),
+        "{cdr:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_permission_a_declined_request_an_excluded_country_and_a_declined_call_are_refused_precisely(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), 51_200, "").await;
+    let (users, _answered) =
+        Users::start(sw.ctx.clone(), behaviour(talk(), PermissionAnswer::Decline));
+    let refused = |log: &str, status: &str, text: &str| {
+        assert_eq!(
+            refusals(log),
+            vec![(
+                format!("SIP/2.0 {status} - {text}"),
+                format!("SIP;cause={};text=\"{text}\"", &status[..3])
+            )],
+            "{log}"
+        );
+    };
+
+    // Never asked.
+    let (code, counters, log) = sw
+        .dial("bic_uac_refused.xml", NUMBER, "4915100000201", 1)
+        .await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    refused(&log, "403 Forbidden", "call permission required");
+
+    // Asked and declined.
+    let declined = "4915100000202";
+    sw.ask(declined, "declined").await;
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, declined, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    refused(&log, "403 Forbidden", "call permission required");
+
+    // A US business number places no business-initiated calls, whatever the customer said.
+    let (code, counters, log) = sw
+        .dial("bic_uac_refused.xml", US_NUMBER, "4915100000203", 1)
+        .await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    refused(&log, "403 Forbidden", "country not allowed");
+
+    // A sanctioned region is never called.
+    let (code, counters, log) = sw
+        .dial("bic_uac_refused.xml", NUMBER, "989121234567", 1)
+        .await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    refused(&log, "403 Forbidden", "region sanctioned");
+
+    // Granted, then the customer declines the call itself: 603 from WhatsApp.
+    let granted = "4915100000204";
+    users.set_behaviour(behaviour(
+        CallAnswer::Reject {
+            after: Duration::from_millis(300),
+        },
+        day(),
+    ));
+    sw.ask(granted, "granted").await;
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, granted, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let seen = refusals(&log);
+    assert_eq!(seen.len(), 1, "{log}");
+    assert!(seen[0].0.starts_with("SIP/2.0 603"), "{seen:?}");
+    assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
+
+    // Every refusal is in the trail with its reason; the declined call counts unanswered.
+    let records = sw.audit_until(granted, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    assert_eq!(finished["outcome"], "unanswered", "{finished}");
+    let (status, all) = sw
+        .send(reqwest::Method::GET, "/v1/audit?limit=1000", None)
+        .await;
+    assert_eq!(status, 200);
+    let mut reasons: Vec<String> = all["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["kind"] == "call_blocked")
+        .map(|r| detail(r)["reason"].as_str().unwrap_or("?").to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            "country_not_allowed",
+            "no_permission",
+            "no_permission",
+            "sanctioned"
+        ]
+    );
+    let metrics = sw.metrics().await;
+    assert!(
+        metrics.contains("waswitch_calls_blocked_total{reason=\"no_permission\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("waswitch_bic_attempts_total{result=\"unanswered\"} 1"),
+        "{metrics}"
+    );
+    sw.node.drain_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_call_still_ringing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), 51_400, "[sip]\nring_timeout_secs = 20\n").await;
+    let (users, _answered) = Users::start(
+        sw.ctx.clone(),
+        behaviour(
+            CallAnswer::Ignore {
+                ring: Duration::from_secs(15),
+            },
+            PermissionAnswer::Grant {
+                lasts: Some(Duration::from_secs(2)),
+            },
+        ),
+    );
+    // A grant of two seconds has lapsed three seconds on.
+    let expiring = "4915100000301";
+    sw.ask(expiring, "granted").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, expiring, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - call permission expired".to_string(),
+            "SIP;cause=403;text=\"call permission expired\"".to_string()
+        )]
+    );
+    let records = sw.audit_until(expiring, "call_blocked").await;
+    assert!(
+        kinds(&records).contains(&"expired".to_string()),
+        "{records:?}"
+    );
+
+    // Put on the do-not-call list while the customer's phone rings: the call is cancelled
+    // at once (the PBX refused as it would be dialling now, Meta told to terminate).
+    users.set_behaviour(behaviour(
+        CallAnswer::Ignore {
+            ring: Duration::from_secs(15),
+        },
+        day(),
+    ));
+    let queued = "4915100000302";
+    sw.ask(queued, "granted").await;
+    let dial = sw.dial("bic_uac_refused.xml", NUMBER, queued, 1);
+    let dnc = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sw
+            .node
+            .calls()
+            .waiting_business_calls(NUMBER, queued)
+            .is_empty()
+            || !sw
+                .graph
+                .recorded()
+                .iter()
+                .any(|r| r.action.as_deref() == Some("connect"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the call never rang"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, v) = sw
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/dnc/{NUMBER}/{queued}"),
+                Some(json!({"reason": "asked on the phone not to be called"})),
+            )
+            .await;
+        assert!((200..300).contains(&status), "{v}");
+    };
+    let ((code, counters, log), ()) = tokio::join!(dial, dnc);
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - customer is on the do-not-call list".to_string(),
+            "SIP;cause=403;text=\"customer is on the do-not-call list\"".to_string()
+        )]
+    );
+    let records = sw.audit_until(queued, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    // Cut off by the switch, not left unanswered by the customer.
+    assert_eq!(finished["outcome"], "failed", "{finished}");
+    assert_eq!(finished["end_cause"], "do_not_call", "{finished}");
+
+    // The customer revokes while the phone rings: the same, with its own reason.
+    let revoking = "4915100000303";
+    sw.ask(revoking, "granted").await;
+    let before = sw
+        .graph
+        .recorded()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("connect"))
+        .count();
+    let dial = sw.dial("bic_uac_refused.xml", NUMBER, revoking, 1);
+    let revoke = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sw
+            .graph
+            .recorded()
+            .iter()
+            .filter(|r| r.action.as_deref() == Some("connect"))
+            .count()
+            == before
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the call never rang"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        users.revoke(revoking).await;
+    };
+    let ((code, counters, log), ()) = tokio::join!(dial, revoke);
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - call permission revoked".to_string(),
+            "SIP;cause=403;text=\"call permission revoked\"".to_string()
+        )]
+    );
+    // Meta was told to end both cancelled calls.
+    let terminates = sw
+        .graph
+        .recorded()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("terminate") && r.status == 200)
+        .count();
+    assert_eq!(terminates, 2);
+    // And the customer who revoked is on the do-not-call list for the next call.
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, revoking, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - customer is on the do-not-call list".to_string(),
+            "SIP;cause=403;text=\"customer is on the do-not-call list\"".to_string()
+        )]
+    );
+    sw.node.drain_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_simultaneous_invites_on_a_one_call_permission_connect_exactly_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), 51_600, "[permissions]\nprofile = \"strict\"\n").await;
+    let (_users, mut answered) = Users::start(sw.ctx.clone(), behaviour(talk(), day()));
+    let customer = "4915100000401";
+    sw.ask(customer, "granted").await;
+    // Two INVITEs 20 ms apart, each either answered or refused.
+    let (code, counters, log) = sw.dial("bic_uac_either.xml", NUMBER, customer, 2).await;
+    common::assert_all_succeeded(code, &counters, &log, 2);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - call permission used".to_string(),
+            "SIP;cause=403;text=\"call permission used\"".to_string()
+        )],
+        "{log}"
+    );
+    let call = next_answered(&mut answered).await;
+    assert!(call.media.is_some_and(|m| m.audio_verified()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), answered.recv())
+            .await
+            .is_err(),
+        "a second call reached the customer"
+    );
+    let connects = sw
+        .graph
+        .recorded()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("connect"))
+        .count();
+    assert_eq!(connects, 1);
+    let view = sw.view(customer).await;
+    assert_eq!(view["calls_used"], 1, "{view}");
+    sw.node.drain_and_stop().await;
+}
