@@ -387,6 +387,7 @@ impl Node {
             store: store.clone(),
             calls: calls.clone(),
             prometheus,
+            sip: ingress.clone(),
         };
         let mut router =
             api::router(api_state.clone()).merge(crate::meta::ingress::router(meta_ingress));

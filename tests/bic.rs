@@ -676,3 +676,105 @@ async fn two_simultaneous_invites_on_a_one_call_permission_connect_exactly_one()
     assert_eq!(view["calls_used"], 1, "{view}");
     sw.node.drain_and_stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_callback_calls_the_customer_then_bridges_them_to_a_sipp_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_port = common::free_udp_port();
+    let trunk = format!(
+        "[[trunk]]\nname = \"agents\"\nuri = \"sip:127.0.0.1:{agent_port}\"\n\
+         options_interval_secs = 0\n\
+         [[trunk]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:5998\"\npstn = true\n\
+         options_interval_secs = 0\n"
+    );
+    let sw = Switch::start(dir.path(), 51_800, &trunk).await;
+    let (_users, mut answered) = Users::start(sw.ctx.clone(), behaviour(talk(), day()));
+    let customer = "4915100000501";
+    let place = |wa_id: &str, extra: Value| {
+        let mut body = json!({"business_number": NUMBER, "wa_id": wa_id, "trunk": "agents"});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        sw.send(reqwest::Method::POST, "/v1/calls", Some(body))
+    };
+
+    // Refused before anything is dialled: no permission yet, a PSTN trunk, unknown names.
+    let (status, v) = place(customer, json!({})).await;
+    assert_eq!(
+        (status, v["reason"].clone()),
+        (403, json!("no_permission")),
+        "{v}"
+    );
+    sw.ask(customer, "granted").await;
+    let (status, v) = place(customer, json!({"trunk": "carrier"})).await;
+    assert_eq!((status, v["reason"].clone()), (403, json!("pstn")), "{v}");
+    let (status, v) = place(customer, json!({"trunk": "nowhere"})).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = sw
+        .send(
+            reqwest::Method::POST,
+            "/v1/calls",
+            Some(json!({"business_number": "19990000000", "wa_id": customer, "trunk": "agents"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        sw.graph.recorded().iter().all(|r| r.action.is_none()),
+        "nothing was dialled"
+    );
+
+    // Placed: the customer is called first; when they answer, agent 2001 (SIPp, echoing
+    // the audio) is called and the two are bridged until the customer hangs up.
+    let agent_log = dir.path().join("agent.log");
+    let agent = common::Uas::start_with(
+        "b2bua_uas.xml",
+        "u1",
+        agent_port,
+        1,
+        &[
+            "-rtp_echo",
+            "-trace_msg",
+            "-message_file",
+            &agent_log.to_string_lossy(),
+        ],
+    );
+    let (status, v) = place(customer, json!({"user": "2001"})).await;
+    assert_eq!(status, 201, "{v}");
+    let call_id = v["call_id"].as_str().expect("call id").to_string();
+    let call = next_answered(&mut answered).await;
+    let media = call.media.expect("media");
+    assert!(media.audio_verified(), "{media:?}");
+    let (code, counters) = tokio::task::spawn_blocking(move || agent.finish())
+        .await
+        .expect("agent");
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&1), "{counters:?}");
+    // The agent was called at the extension asked for, as the customer.
+    let seen = std::fs::read_to_string(&agent_log).unwrap_or_default();
+    assert!(
+        seen.contains(&format!("INVITE sip:2001@127.0.0.1:{agent_port}")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("<sip:+{customer}@whatsapp.invalid>")),
+        "{seen}"
+    );
+
+    let records = sw.audit_until(customer, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    assert_eq!(finished["outcome"], "connected", "{finished}");
+    assert_eq!(finished["call_id"], json!(call_id), "{finished}");
+    let cdrs = cdrs(sw.node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.call_id, call_id);
+    assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
+    assert_eq!(cdr.outcome, waswitch::store::CallOutcome::Answered);
+    assert_eq!(cdr.hangup_by, waswitch::store::HangupParty::Customer);
+    assert_eq!(cdr.trunk.as_deref(), Some("agents"));
+    assert_eq!(cdr.wa_call_id.as_deref(), Some(call.call_id.as_str()));
+}

@@ -87,6 +87,8 @@ pub struct ApiState {
     pub calls: Calls,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
+    /// Places business-initiated calls for `POST /v1/calls`.
+    pub sip: crate::call::sip_call::SipIngress,
 }
 
 /// The node's HTTP router.

@@ -3,6 +3,12 @@
 //! not served.
 //!
 //! - `GET /v1/calls`: the live calls; `GET /v1/calls/{id}`: one.
+//! - `POST /v1/calls` `{"business_number", "wa_id", "trunk" | "route", "user"?}`: a
+//!   callback: the customer is called on WhatsApp (their permission checked and reserved
+//!   first) and, when they answer, bridged to `user` (an agent extension, a queue) at the
+//!   trunk or route. `201 {"call_id"}`; a refusal is `403 {"error", "reason"}` (the reason
+//!   as in `waswitch_calls_blocked_total`), an unknown number `404`, a bad destination
+//!   `400`, no trunk or node capacity `503`.
 //! - `DELETE /v1/calls/{id}`: hangs it up (both sides; the CDR says the switch ended it,
 //!   cause `api_hangup`).
 //! - `GET /v1/cdrs?direction=&outcome=&business_number=&since=&until=&limit=&offset=`: CDRs,
@@ -33,7 +39,7 @@ pub fn router(
     permissions: Option<super::permissions::PermissionApi>,
 ) -> Router {
     let mut router = Router::new()
-        .route("/v1/calls", get(calls))
+        .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/{id}", get(call).delete(hang_up))
         .route("/v1/cdrs", get(cdrs))
         .with_state(state);
@@ -74,6 +80,45 @@ async fn authorised(token: &Secret, req: Request, next: Next) -> Response {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn place_call(
+    State(s): State<ApiState>,
+    body: Result<
+        Json<crate::call::sip_call::CallbackRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Response {
+    use crate::call::sip_call::CallbackRefused;
+    let Ok(Json(req)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body: {\"business_number\", \"wa_id\", \"trunk\" or \"route\", \"user\"}",
+        );
+    };
+    match s.sip.place_callback(&req).await {
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(json!({"call_id": id, "status": "calling_customer"})),
+        )
+            .into_response(),
+        Err(CallbackRefused::Blocked(b)) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": b.to_string(), "reason": b.as_str()})),
+        )
+            .into_response(),
+        Err(e @ CallbackRefused::UnknownNumber(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ (CallbackRefused::BadCustomer | CallbackRefused::BadDestination(_))) => {
+            error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ CallbackRefused::NotEnabled) => error(StatusCode::NOT_IMPLEMENTED, &e.to_string()),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+    }
 }
 
 async fn calls(State(s): State<ApiState>) -> Response {

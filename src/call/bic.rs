@@ -487,7 +487,7 @@ impl WhatsAppCallee {
                     return out;
                 };
                 self.answer = Some(answer.clone());
-                if let Some(remote) = self.pbx.clone() {
+                if let Some(remote) = self.pbx {
                     out.extend(self.pbx_media(remote));
                 }
                 out.push(CalleeOut::Answered);
@@ -551,7 +551,7 @@ impl WhatsAppCallee {
     /// The PBX's media as its SDP says (the bridge reports it from every offer it
     /// relays); once the codec is chosen it goes to the media plane with it.
     pub fn pbx_media(&mut self, mut remote: Remote) -> Vec<CalleeOut> {
-        self.pbx = Some(remote.clone());
+        self.pbx = Some(remote);
         let Some((codec, pt, clock)) = self.codec else {
             return Vec::new();
         };

@@ -227,6 +227,9 @@ pub struct BridgeSetup {
     load: TrunkLoad,
     /// Leg B is a WhatsApp customer (a business-initiated call).
     wa_b: Option<BicStart>,
+    /// Leg A is a WhatsApp customer called first (an API callback): leg B is called
+    /// once the customer answers.
+    callback: Option<BicStart>,
 }
 
 impl BridgeSetup {
@@ -419,6 +422,20 @@ impl SipIngress {
                 NoRoute::AllTrunksUnavailable => (503, "no trunk available"),
                 _ => (404, "no such route"),
             })?;
+        self.bridge_from_whatsapp(handles, &indexes, caller, None)
+    }
+
+    /// A bridge with `caller` as leg A and trunks `indexes` (configured order) as leg B;
+    /// `user` is called at each trunk instead of its own user or the business number.
+    fn bridge_from_whatsapp(
+        &self,
+        handles: &SipHandles,
+        indexes: &[usize],
+        caller: &WhatsAppCaller,
+        user: Option<&str>,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let trunks = inner.router.trunks();
         let identity = |trunk: &crate::config::SipTrunk| {
             if !trunk.whatsapp_identity {
                 return Vec::new();
@@ -439,7 +456,12 @@ impl SipIngress {
                 ),
             ]
         };
-        let (targets, b_handles, indexes) = self.targets(handles, &indexes, identity);
+        let (mut targets, b_handles, indexes) = self.targets(handles, indexes, identity);
+        if let Some(user) = user {
+            for t in &mut targets {
+                t.user = Some(user.to_string());
+            }
+        }
         if targets.is_empty() {
             return Err((503, "no trunk reachable"));
         }
@@ -471,6 +493,7 @@ impl SipIngress {
             table: Arc::clone(&inner.table),
             load: inner.load.clone(),
             wa_b: None,
+            callback: None,
         })
     }
 
@@ -604,6 +627,7 @@ impl SipIngress {
             table: Arc::clone(&inner.table),
             load: inner.load.clone(),
             wa_b: None,
+            callback: None,
         };
         let mut offer = CallOffer::new(Direction::SipTransit);
         offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
@@ -633,7 +657,160 @@ impl SipIngress {
     }
 }
 
+/// An API callback: call a customer on WhatsApp, then bridge them to a SIP destination.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRequest {
+    /// The business's WhatsApp number calling (digits).
+    pub business_number: String,
+    /// The customer.
+    pub wa_id: String,
+    /// Deliver to this configured trunk...
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// ...or to the trunks of this configured route, in order.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The agent extension or queue to call there (default: the trunk's own user, or
+    /// the business number).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Why an API callback was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackRefused {
+    /// WhatsApp calling is not configured.
+    #[error("business-initiated calls need [meta] and a [[business_number]]")]
+    NotEnabled,
+    /// The business number is not one the switch serves.
+    #[error("{0} is not a business number of this switch")]
+    UnknownNumber(String),
+    /// The customer is not a WhatsApp number.
+    #[error("wa_id must be the customer's number, 6 to 15 digits")]
+    BadCustomer,
+    /// The destination is missing, unknown or not allowed.
+    #[error("destination: {0}")]
+    BadDestination(String),
+    /// No trunk of the destination can take a call now.
+    #[error("no trunk of the destination is available")]
+    NoTrunk,
+    /// The policy or the customer's permission refuses the call (recorded).
+    #[error("{0}")]
+    Blocked(crate::permission::Blocked),
+    /// The permission could not be checked.
+    #[error("{0}")]
+    Permission(PermissionError),
+    /// The node did not admit the call.
+    #[error("{0}")]
+    Refused(CallRefused),
+}
+
 impl SipIngress {
+    /// Calls the customer on WhatsApp for `req.business_number` (policy and permission
+    /// checked, and the permission reserved, first); when they answer, calls
+    /// `req.user` at the destination trunk(s) and bridges the two. The call's id.
+    pub async fn place_callback(
+        &self,
+        req: &CallbackRequest,
+    ) -> Result<super::CallId, CallbackRefused> {
+        let inner = &self.inner;
+        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
+        let number = bic
+            .number(&req.business_number)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(req.business_number.clone()))?;
+        let customer = super::bic::digits(&req.wa_id).ok_or(CallbackRefused::BadCustomer)?;
+        let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
+        let trunks = inner.router.trunks();
+        let usable = |t: usize| {
+            let trunk = &trunks[t];
+            !trunk.pstn
+                && inner.health.usable(&trunk.name)
+                && trunk
+                    .max_calls
+                    .is_none_or(|max| inner.load.get(t) < max as usize)
+                && handles.for_transport(trunk.transport).is_some()
+        };
+        let indexes = match (&req.trunk, &req.route) {
+            (Some(name), None) => {
+                let t = trunks
+                    .iter()
+                    .position(|t| &t.name == name)
+                    .ok_or_else(|| CallbackRefused::BadDestination(format!("no trunk {name:?}")))?;
+                if trunks[t].pstn {
+                    metrics::counter!(crate::telemetry::CALLS_BLOCKED_TOTAL, "reason" => "pstn")
+                        .increment(1);
+                    return Err(CallbackRefused::Blocked(crate::permission::Blocked::Pstn));
+                }
+                if !usable(t) {
+                    return Err(CallbackRefused::NoTrunk);
+                }
+                vec![t]
+            }
+            (None, Some(route)) => match inner.router.named(route, usable) {
+                Ok(t) => t,
+                Err(NoRoute::AllTrunksUnavailable) => return Err(CallbackRefused::NoTrunk),
+                Err(_) => {
+                    return Err(CallbackRefused::BadDestination(format!(
+                        "no route {route:?}"
+                    )))
+                }
+            },
+            _ => {
+                return Err(CallbackRefused::BadDestination(
+                    "give exactly one of trunk and route".into(),
+                ))
+            }
+        };
+        if let Some(user) = &req.user {
+            let ok = !user.is_empty()
+                && user.len() <= 64
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
+            if !ok {
+                return Err(CallbackRefused::BadDestination(format!(
+                    "user {user:?} is not a SIP user (letters, digits, + - _ . * #)"
+                )));
+            }
+        }
+        let id = super::CallId::new();
+        let caller = WhatsAppCaller {
+            wa_call_id: String::new(),
+            wa_id: customer.clone(),
+            name: None,
+            business_number: number.display_number.clone(),
+        };
+        let mut setup = self
+            .bridge_from_whatsapp(handles, &indexes, &caller, req.user.as_deref())
+            .map_err(|_| CallbackRefused::NoTrunk)?;
+        setup.callback = Some(BicStart {
+            graph: Arc::clone(&bic.graph),
+            phone_number_id: number.phone_number_id.clone(),
+            customer: customer.clone(),
+            call_id: id.to_string(),
+        });
+        let permit = match bic.admit(&number, &customer, id.as_str()).await {
+            Ok(p) => p,
+            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
+            Err(e) => return Err(CallbackRefused::Permission(e)),
+        };
+        let mut offer = CallOffer::new(Direction::BusinessInitiated);
+        offer.business_number = Some(number.display_number.clone());
+        offer.customer_wa_id = Some(customer);
+        offer.trunk = setup.first_trunk();
+        offer.sip = Some(SipStart::new(setup));
+        offer.permit = Some(permit.clone());
+        match inner.calls.start_as(id, offer).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                permit.release("not admitted");
+                Err(CallbackRefused::Refused(e))
+            }
+        }
+    }
+
     /// A PBX calls a customer on WhatsApp for business number `number`: the
     /// Request-URI's user is the customer. The policy and the customer's permission are
     /// checked (and the permission reserved) before the call is admitted; a refusal gets
@@ -752,6 +929,7 @@ impl SipIngress {
                     customer: customer.clone(),
                     call_id: id.to_string(),
                 }),
+                callback: None,
             };
             let mut offer = CallOffer::new(Direction::BusinessInitiated);
             offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
@@ -885,6 +1063,36 @@ fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
 /// How long the media actor may take to build a WebRTC offer.
 const WEBRTC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Places the call with Meta (Graph `connect` with our offer, tagged with the switch's
+/// call id) from a task of its own; the outcome comes back to the bridge.
+fn connect(myself: &ActorRef<BridgeMsg>, start: &BicStart, offer: String, span: &tracing::Span) {
+    let graph = Arc::clone(&start.graph);
+    let pnid = start.phone_number_id.clone();
+    let action = CallAction::Connect {
+        to: start.customer.clone(),
+        sdp: offer,
+        biz_opaque_callback_data: Some(start.call_id.clone()),
+    };
+    let me = myself.clone();
+    tokio::spawn(
+        async move {
+            let result = match graph.call_action(&pnid, &action).await {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err((
+                    480,
+                    "Temporarily Unavailable - no call id from Meta".to_string(),
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Meta refused the call");
+                    Err(super::bic::connect_refusal(&e))
+                }
+            };
+            let _ = me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)));
+        }
+        .instrument(span.clone()),
+    );
+}
+
 /// Ends a business-initiated call on Meta's side (Graph `terminate`), from a task of its
 /// own so a slow Graph API never holds the call's teardown.
 fn terminate(start: &BicStart, wa_call_id: String, span: tracing::Span) {
@@ -951,6 +1159,19 @@ struct WaB {
     offer: String,
 }
 
+/// Leg A of an API callback: the WhatsApp customer, called first.
+struct Callback {
+    start: BicStart,
+    /// The media anchor: WebRTC toward the customer, RTP toward the trunk.
+    anchor: Anchor,
+    /// Meta's call id, once Meta took the call.
+    wa_call_id: Option<String>,
+    /// The customer answered (leg B is being called).
+    answered: bool,
+    /// Meta's side is over (or is being ended).
+    ended: bool,
+}
+
 /// State of a running bridge actor.
 pub struct BridgeState {
     bridge: Bridge,
@@ -978,6 +1199,8 @@ pub struct BridgeState {
     timer_at: Option<Instant>,
     /// Leg B is a WhatsApp customer.
     wa_b: Option<WaB>,
+    /// Leg A is a WhatsApp customer called first.
+    callback: Option<Callback>,
 }
 
 impl Actor for BridgeActor {
@@ -1021,7 +1244,37 @@ impl Actor for BridgeActor {
             counted: None,
             timer_at: None,
             wa_b: None,
+            callback: None,
         };
+        if let Some(start) = setup.callback {
+            // An API callback: the customer is called first, with our WebRTC offer; the
+            // trunk is called when they answer.
+            let offered = match &state.media {
+                Some(media) => match media
+                    .call(MediaMsg::OfferWebRtc, Some(WEBRTC_TIMEOUT))
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(r)) => r,
+                    _ => Err("media did not answer".into()),
+                },
+                None => Err("the call has no media".into()),
+            };
+            let (offer, anchor) = offered.map_err(|e| {
+                ActorProcessingErr::from(format!("no WebRTC offer for the customer: {e}"))
+            })?;
+            connect(&myself, &start, offer, &state.span);
+            state.callback = Some(Callback {
+                start,
+                anchor: Anchor {
+                    ip: anchor.ip,
+                    ports: anchor.ports,
+                },
+                wa_call_id: None,
+                answered: false,
+                ended: false,
+            });
+            return Ok(state);
+        }
         if let Some(start) = setup.wa_b {
             // A business-initiated call: the WebRTC leg makes our offer for Meta, and the
             // PBX is answered with the plain RTP side of the pair.
@@ -1110,12 +1363,15 @@ impl Actor for BridgeActor {
                     }
                     None => state.bridge.hangup(now, &cause),
                 }
+                state.end_callback();
                 state.hangup_reply = Some(reply);
             }
             BridgeMsg::WhatsApp(event) => {
                 if let Some(wa) = state.wa_b.as_mut() {
                     let outs = wa.callee.on_event(event);
                     state.carry_out(&myself, outs);
+                } else if state.callback.is_some() {
+                    state.callback_event(now, event);
                 }
             }
             #[cfg(any(test, feature = "fault-injection"))]
@@ -1169,6 +1425,7 @@ impl Drop for BridgeState {
                 }
             }
         }
+        self.end_callback();
         for call_id in self.routed.drain(..) {
             self.table.remove(&call_id);
         }
@@ -1327,6 +1584,86 @@ impl BridgeState {
         self.bridge.handle_event(Instant::now(), event);
     }
 
+    /// What Meta said about an API callback's customer (leg A, called first).
+    fn callback_event(&mut self, now: Instant, event: WaEvent) {
+        use super::leg::LegState;
+        use super::LegRole;
+        let Some(cb) = self.callback.as_mut() else {
+            return;
+        };
+        let report = |call: &ActorRef<CallMsg>, state: LegState, cause: Option<String>| {
+            let _ = call.send_message(CallMsg::LegChanged {
+                role: LegRole::WhatsApp,
+                state,
+                cause,
+            });
+        };
+        match event {
+            WaEvent::Connected(Ok(id)) => {
+                tracing::info!(wa_call_id = %id, "Meta took the call");
+                cb.wa_call_id = Some(id.clone());
+                let _ = self.call.send_message(CallMsg::WaCallId(id.clone()));
+                if cb.ended {
+                    // The call ended while Meta was being asked.
+                    terminate(&cb.start, id, self.span.clone());
+                }
+            }
+            WaEvent::Connected(Err((code, why))) => {
+                tracing::warn!(code, %why, "Meta refused the callback");
+                cb.ended = true;
+                let _ = self.call.send_message(CallMsg::Hangup {
+                    by: HangupParty::Switch,
+                    cause: format!("whatsapp_refused_{code}"),
+                    reply: None,
+                });
+            }
+            WaEvent::Answer(sdp) => {
+                if let Some(media) = &self.media {
+                    let _ = media.send_message(MediaMsg::WebRtcAnswer(sdp));
+                }
+            }
+            WaEvent::Ringing if !cb.answered => report(&self.call, LegState::Ringing, None),
+            WaEvent::Accepted if !cb.answered && !cb.ended => {
+                cb.answered = true;
+                tracing::info!("the customer answered; calling the agent");
+                let anchor = cb.anchor;
+                report(&self.call, LegState::Answered, None);
+                self.bridge.begin(now, Some(anchor));
+            }
+            WaEvent::Rejected if !cb.answered => {
+                cb.ended = true;
+                report(&self.call, LegState::Ended, Some("declined".into()));
+            }
+            WaEvent::Terminated { cause } => {
+                let was_ended = cb.ended;
+                cb.ended = true;
+                if !was_ended {
+                    let cause = if cb.answered {
+                        cause
+                    } else {
+                        "no_answer".into()
+                    };
+                    report(&self.call, LegState::Ended, Some(cause));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends an API callback's WhatsApp side (Graph `terminate`), once.
+    fn end_callback(&mut self) {
+        let Some(cb) = self.callback.as_mut() else {
+            return;
+        };
+        if cb.ended {
+            return;
+        }
+        cb.ended = true;
+        if let Some(id) = cb.wa_call_id.clone() {
+            terminate(&cb.start, id, self.span.clone());
+        }
+    }
+
     /// Carries out what leg B's WhatsApp callee asks; bridge events are handled at once
     /// (the actions they cause are picked up by [`run`](Self::run)).
     fn carry_out(&mut self, myself: &ActorRef<BridgeMsg>, outs: Vec<CalleeOut>) {
@@ -1336,34 +1673,7 @@ impl BridgeState {
             };
             match out {
                 CalleeOut::Bridge(event) => self.bridge.handle_event(Instant::now(), event),
-                CalleeOut::Connect => {
-                    let graph = Arc::clone(&wa.start.graph);
-                    let pnid = wa.start.phone_number_id.clone();
-                    let action = CallAction::Connect {
-                        to: wa.start.customer.clone(),
-                        sdp: wa.offer.clone(),
-                        biz_opaque_callback_data: Some(wa.start.call_id.clone()),
-                    };
-                    let me = myself.clone();
-                    tokio::spawn(
-                        async move {
-                            let result = match graph.call_action(&pnid, &action).await {
-                                Ok(Some(id)) => Ok(id),
-                                Ok(None) => Err((
-                                    480,
-                                    "Temporarily Unavailable - no call id from Meta".to_string(),
-                                )),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "Meta refused the call");
-                                    Err(super::bic::connect_refusal(&e))
-                                }
-                            };
-                            let _ =
-                                me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)));
-                        }
-                        .instrument(self.span.clone()),
-                    );
-                }
+                CalleeOut::Connect => connect(myself, &wa.start, wa.offer.clone(), &self.span),
                 CalleeOut::Terminate(id) => terminate(&wa.start, id, self.span.clone()),
                 CalleeOut::Answer(sdp) => {
                     if let Some(media) = &self.media {
@@ -1451,6 +1761,7 @@ impl BridgeState {
                 report(&self.call, LegState::Answered)
             }
             Progress::Ended { by, cause } => {
+                self.end_callback();
                 let whatsapp = self.a.is_none();
                 // The PBX refusing a WhatsApp call (busy, declined, no answer) is the
                 // business's doing, as much as hanging up is.

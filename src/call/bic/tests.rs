@@ -79,7 +79,7 @@ fn an_answered_call_connects_rings_answers_with_the_pbxs_first_spoken_codec_and_
     let media = outs
         .iter()
         .find_map(|o| match o {
-            CalleeOut::PbxMedia(r) => Some(r.clone()),
+            CalleeOut::PbxMedia(r) => Some(*r),
             _ => None,
         })
         .expect("the PBX's media");
