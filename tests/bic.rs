@@ -778,3 +778,70 @@ async fn an_api_callback_calls_the_customer_then_bridges_them_to_a_sipp_agent() 
     assert_eq!(cdr.trunk.as_deref(), Some("agents"));
     assert_eq!(cdr.wa_call_id.as_deref(), Some(call.call_id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_call_gets_480_at_the_ring_timeout_and_metas_own_check_can_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(
+        dir.path(),
+        52_000,
+        "[sip]\nring_timeout_secs = 2\n[permissions]\nauthoritative_check = true\n",
+    )
+    .await;
+    let (users, _answered) = Users::start(
+        sw.ctx.clone(),
+        behaviour(
+            CallAnswer::Ignore {
+                ring: Duration::from_secs(15),
+            },
+            day(),
+        ),
+    );
+    // The phone rings past the switch's ring timeout: 480 to the PBX, terminate to Meta,
+    // and an unanswered attempt in the trail (it counts toward automatic revocation).
+    let customer = "4915100000601";
+    sw.ask(customer, "granted").await;
+    let started = std::time::Instant::now();
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, customer, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert!(started.elapsed() >= Duration::from_secs(2), "{log}");
+    assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
+    let seen = refusals(&log);
+    assert_eq!(seen.len(), 1, "{log}");
+    assert!(seen[0].0.starts_with("SIP/2.0 480"), "{seen:?}");
+    let records = sw.audit_until(customer, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    assert_eq!(finished["outcome"], "unanswered", "{finished}");
+    assert_eq!(finished["end_cause"], "no_answer", "{finished}");
+    let terminated = sw
+        .graph
+        .recorded()
+        .iter()
+        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200);
+    assert!(terminated, "Meta was told the call ended");
+    // Meta's own records lose the grant without a webhook the switch saw: with the
+    // authoritative check on, Meta's answer refuses the call the switch's records allow.
+    let lost = "4915100000602";
+    sw.ask(lost, "granted").await;
+    sw.graph.revoke(PNID, lost);
+    let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, lost, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_eq!(
+        refusals(&log),
+        vec![(
+            "SIP/2.0 403 Forbidden - Meta reports no call permission".to_string(),
+            "SIP;cause=403;text=\"Meta reports no call permission\"".to_string()
+        )]
+    );
+    assert!(sw
+        .graph
+        .recorded()
+        .iter()
+        .any(|r| r.endpoint == "call_permissions"));
+    drop(users);
+    sw.node.drain_and_stop().await;
+}
