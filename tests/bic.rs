@@ -845,3 +845,77 @@ async fn an_unanswered_call_gets_480_at_the_ring_timeout_and_metas_own_check_can
     drop(users);
     sw.node.drain_and_stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_answered_business_call_hangs_up_both_sides_and_settles_the_permission() {
+    use waswitch::call::supervisor::ChildRole;
+    use waswitch::call::Fault;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), 52_200, "").await;
+    let (_users, mut answered) = Users::start(
+        sw.ctx.clone(),
+        behaviour(
+            CallAnswer::Accept {
+                after: Duration::from_millis(300),
+                hold: Duration::from_secs(20),
+            },
+            day(),
+        ),
+    );
+    let customer = "4915100000701";
+    sw.ask(customer, "granted").await;
+    let dial = sw.dial("bic_uac_wait_bye.xml", NUMBER, customer, 1);
+    let fail = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let calls = sw.node.calls();
+            let mut live = None;
+            for id in calls.ids() {
+                if let Some(s) = calls.snapshot(&id).await {
+                    if s.answered_at.is_some() {
+                        live = Some(id);
+                    }
+                }
+            }
+            if let Some(id) = live {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert!(calls.inject_fault(&id, ChildRole::Bridge, Fault::Panic));
+                return id;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // The PBX gets its BYE from the failed bridge, so its scenario completes.
+    let ((code, counters, log), id) = tokio::join!(dial, fail);
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    // Meta was told to end the customer's call, which ended well before its 20 s.
+    let call = next_answered(&mut answered).await;
+    assert!(sw
+        .graph
+        .recorded()
+        .iter()
+        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200));
+    assert!(call.media.is_some());
+    let records = sw.audit_until(customer, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    // The customer did talk: the permission counts the call.
+    assert_eq!(finished["outcome"], "connected", "{finished}");
+    assert_eq!(sw.view(customer).await["calls_in_progress"], 0);
+    let cdrs = cdrs(sw.node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].call_id, id.to_string());
+    assert_eq!(cdrs[0].end_cause, "internal_failure");
+    assert!(
+        cdrs[0]
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("panic injected")),
+        "{:?}",
+        cdrs[0]
+    );
+}

@@ -601,6 +601,19 @@ impl WhatsAppCallee {
     }
 }
 
+/// Whether an SDP offer (a PBX's INVITE body) has audio in a codec the switch carries to
+/// WhatsApp (Opus, PCMU, PCMA). An INVITE without an offer has none.
+pub fn offer_usable(body: &[u8]) -> bool {
+    crate::sdp::Sdp::parse(body)
+        .ok()
+        .and_then(|sdp| sdp.audio().ok().flatten())
+        .is_some_and(|a| {
+            a.formats
+                .iter()
+                .any(|f| Codec::from_name(&f.name).is_some())
+        })
+}
+
 /// The SIP status and reason of a refused Graph `connect`.
 pub fn connect_refusal(e: &GraphError) -> (u16, String) {
     match e.code() {

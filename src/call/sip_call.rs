@@ -852,6 +852,23 @@ impl SipIngress {
                 .build(),
             );
         };
+        // The customer's phone must not ring for a call whose audio could not be carried:
+        // the offer needs a codec the switch speaks with WhatsApp's Opus.
+        if !super::bic::offer_usable(&invite.body) {
+            return respond(
+                MessageBuilder::response_to(
+                    &invite,
+                    488,
+                    "Not Acceptable Here - offer Opus, PCMU or PCMA",
+                    Some(&tag),
+                )
+                .header(
+                    HeaderName::Warning,
+                    "305 waswitch \"no audio codec in common; an SDP offer is required\"",
+                )
+                .build(),
+            );
+        }
         let target = Target {
             trunk: super::bic::WHATSAPP_TRUNK.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], 9)),
