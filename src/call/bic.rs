@@ -114,7 +114,11 @@ impl BicContext {
 /// A call's hold on its customer's permission, settled once from the call's CDR however
 /// the call ends. Clones share the hold.
 #[derive(Clone, Default)]
-pub struct Permit(Arc<Mutex<Option<(Permissions, Reservation)>>>);
+pub struct Permit {
+    held: Arc<Mutex<Option<(Permissions, Reservation)>>>,
+    /// The `call_connected` record being written: the call's end is written after it.
+    connected: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,16 +128,29 @@ impl std::fmt::Debug for Permit {
 
 impl Permit {
     fn new(permissions: Permissions, reservation: Reservation) -> Permit {
-        Permit(Arc::new(Mutex::new(Some((permissions, reservation)))))
+        Permit {
+            held: Arc::new(Mutex::new(Some((permissions, reservation)))),
+            connected: Arc::default(),
+        }
     }
 
     fn take(&self) -> Option<(Permissions, Reservation)> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn connected_write(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The pair held, while it is held.
     pub fn pair(&self) -> Option<Pair> {
-        self.0
+        self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -143,7 +160,7 @@ impl Permit {
     /// The customer answered: `call_connected` goes in the audit trail with Meta's call id.
     pub fn connected(&self, wa_call_id: Option<String>) {
         let held = self
-            .0
+            .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -151,7 +168,7 @@ impl Permit {
         let Some((permissions, pair, call_id)) = held else {
             return;
         };
-        tokio::spawn(async move {
+        let write = tokio::spawn(async move {
             let mut context = Map::new();
             context.insert("call_id".into(), json!(call_id));
             context.insert("wa_call_id".into(), json!(wa_call_id));
@@ -162,6 +179,10 @@ impl Permit {
                 tracing::error!(error = %e, %call_id, "call_connected not written to the audit trail");
             }
         });
+        *self
+            .connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(write);
     }
 
     /// Settles the hold from the call's CDR: a connected call uses the permission, one
@@ -200,7 +221,12 @@ impl Permit {
             context.insert("failure".into(), json!(f));
         }
         let call_id = reservation.call_id.clone();
+        let connected = self.connected_write();
         tokio::spawn(async move {
+            // In the trail the call connects before it ends.
+            if let Some(write) = connected {
+                let _ = write.await;
+            }
             if let Err(e) = permissions.finish_call(reservation, outcome, context).await {
                 tracing::error!(error = %e, %call_id, "call end not written to the audit trail; the reservation is released at the next start");
             }

@@ -1104,7 +1104,20 @@ fn connect(myself: &ActorRef<BridgeMsg>, start: &BicStart, offer: String, span: 
                     Err(super::bic::connect_refusal(&e))
                 }
             };
-            let _ = me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)));
+            let placed = result.as_ref().ok().cloned();
+            if me
+                .send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)))
+                .is_err()
+            {
+                // The call ended (and its actor stopped) while Meta was placing it: end
+                // Meta's side here, or the customer's phone would ring for nothing.
+                if let Some(id) = placed {
+                    let action = CallAction::Terminate { call_id: id };
+                    if let Err(e) = graph.call_action(&pnid, &action).await {
+                        tracing::warn!(error = %e, "Meta was not told the call ended");
+                    }
+                }
+            }
         }
         .instrument(span.clone()),
     );
