@@ -46,7 +46,7 @@ impl Switch {
              [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
              {extra}\
              [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
-             accept_from = [\"127.0.0.1/32\"]\noptions_interval_secs = 0\n\
+             accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\noptions_interval_secs = 0\n\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
              app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
              [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\

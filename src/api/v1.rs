@@ -96,7 +96,17 @@ async fn place_call(
             "body: {\"business_number\", \"wa_id\", \"trunk\" or \"route\", \"user\"}",
         );
     };
-    match s.sip.place_callback(&req).await {
+    // Placed on a task of its own: a client that goes away mid-request cannot abandon a
+    // call halfway through its start.
+    let sip = s.sip.clone();
+    let placed = tokio::spawn(async move { sip.place_callback(&req).await }).await;
+    let Ok(placed) = placed else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the call could not be placed",
+        );
+    };
+    match placed {
         Ok(id) => (
             StatusCode::CREATED,
             Json(json!({"call_id": id, "status": "calling_customer"})),

@@ -115,9 +115,37 @@ impl BicContext {
 /// the call ends. Clones share the hold.
 #[derive(Clone, Default)]
 pub struct Permit {
-    held: Arc<Mutex<Option<(Permissions, Reservation)>>>,
+    held: Arc<Held>,
     /// The `call_connected` record being written: the call's end is written after it.
     connected: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// The reservation a permit holds. Dropped still holding it (the call was lost before it
+/// was settled, e.g. its start was abandoned), it gives the permission back.
+#[derive(Default)]
+struct Held(Mutex<Option<(Permissions, Reservation)>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let held = self
+            .0
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some((permissions, reservation)) = held else {
+            return;
+        };
+        tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; giving it back");
+        let mut context = Map::new();
+        context.insert("end_cause".into(), json!("call lost before it was settled"));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = permissions
+                    .finish_call(reservation, AttemptOutcome::Failed, context)
+                    .await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Permit {
@@ -129,13 +157,14 @@ impl std::fmt::Debug for Permit {
 impl Permit {
     fn new(permissions: Permissions, reservation: Reservation) -> Permit {
         Permit {
-            held: Arc::new(Mutex::new(Some((permissions, reservation)))),
+            held: Arc::new(Held(Mutex::new(Some((permissions, reservation))))),
             connected: Arc::default(),
         }
     }
 
     fn take(&self) -> Option<(Permissions, Reservation)> {
         self.held
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -151,16 +180,32 @@ impl Permit {
     /// The pair held, while it is held.
     pub fn pair(&self) -> Option<Pair> {
         self.held
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(|(_, r)| r.pair.clone())
     }
 
+    /// Whether the permission ended since it was reserved (see
+    /// [`Permissions::cut_off`]); `None` also once settled.
+    pub async fn cut_off(&self) -> Option<Blocked> {
+        let held = self
+            .held
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(p, r)| (p.clone(), r.pair.clone()));
+        let (permissions, pair) = held?;
+        permissions.cut_off(&pair).await
+    }
+
     /// The customer answered: `call_connected` goes in the audit trail with Meta's call id.
     pub fn connected(&self, wa_call_id: Option<String>) {
         let held = self
             .held
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -197,6 +242,7 @@ impl Permit {
         } else if cdr.failure.is_some()
             || cdr.wa_call_id.is_none()
             || cdr.hangup_by == crate::store::HangupParty::Switch
+            || cdr.end_cause.starts_with("meta_failed")
         {
             // Never reached the customer, or the switch cut it off (do-not-call, a
             // revocation, shutdown): nothing the customer left unanswered.
@@ -260,6 +306,11 @@ pub struct BicStart {
     pub customer: String,
     /// The switch's call id (Meta echoes it in the call's status webhooks).
     pub call_id: String,
+    /// The call's hold on the customer's permission (checked again just before Meta is
+    /// asked to place the call).
+    pub permit: Permit,
+    /// How long the customer may take to answer (`sip.ring_timeout_secs`).
+    pub ring_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for BicStart {
@@ -268,6 +319,58 @@ impl std::fmt::Debug for BicStart {
             .field("phone_number_id", &self.phone_number_id)
             .field("call_id", &self.call_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Meta's side of a business-initiated call, shared by the call's bridge and the task that
+/// places it with Meta, so Meta's call is ended exactly once whatever ends first: the
+/// call (its actor may be gone when Meta's id comes) or Meta.
+#[derive(Debug, Default)]
+pub struct MetaSide(Mutex<MetaState>);
+
+#[derive(Debug, Default)]
+struct MetaState {
+    /// Meta's call id, once `connect` answered.
+    id: Option<String>,
+    /// The switch ended the call.
+    ended: bool,
+    /// Meta's side is over (ended by Meta, or `terminate` sent).
+    over: bool,
+}
+
+impl MetaSide {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MetaState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `connect` answered with Meta's id; true when the call already ended, so the
+    /// caller must end Meta's side now.
+    pub fn placed(&self, id: &str) -> bool {
+        let mut s = self.lock();
+        s.id = Some(id.to_string());
+        if s.ended && !s.over {
+            s.over = true;
+            return true;
+        }
+        false
+    }
+
+    /// Meta ended the call (or refused it): nothing to terminate.
+    pub fn over(&self) {
+        self.lock().over = true;
+    }
+
+    /// The switch ends the call: Meta's id to `terminate` now, once; `None` when Meta's
+    /// side is over or not placed yet (then [`placed`](Self::placed) says to end it).
+    pub fn end(&self) -> Option<String> {
+        let mut s = self.lock();
+        s.ended = true;
+        if s.over {
+            return None;
+        }
+        let id = s.id.clone()?;
+        s.over = true;
+        Some(id)
     }
 }
 
@@ -438,8 +541,31 @@ impl WhatsAppCallee {
                 out
             }
             // A re-INVITE or UPDATE from the PBX (hold, a new address: the bridge reports
-            // its media): the WhatsApp side keeps its media, and our answer stays.
+            // its media): the WhatsApp side keeps its media; our answer keeps its codec,
+            // in the direction the offer asks.
             Some(Method::Invite | Method::Update) if !request.body.is_empty() => {
+                let (Some(answer), Some((_, pt, _))) = (self.answer.clone(), self.codec) else {
+                    // No answer of ours yet (an offer in the early dialog).
+                    return vec![self.respond(&request, 491, "Request Pending", None)];
+                };
+                let audio = crate::sdp::Sdp::parse(&request.body)
+                    .ok()
+                    .and_then(|s| s.audio().ok().flatten());
+                let Some(audio) = audio.filter(|a| a.formats.iter().any(|f| f.pt == pt)) else {
+                    return vec![self.respond(&request, 488, "Not Acceptable Here", None)];
+                };
+                let direction = match audio.direction {
+                    crate::sdp::Direction::SendOnly => "recvonly",
+                    crate::sdp::Direction::RecvOnly => "sendonly",
+                    crate::sdp::Direction::Inactive => "inactive",
+                    crate::sdp::Direction::SendRecv => "sendrecv",
+                };
+                let text = String::from_utf8_lossy(&answer)
+                    .replace("a=sendrecv", &format!("a={direction}"));
+                vec![self.respond(&request, 200, "OK", Some(Bytes::from(text)))]
+            }
+            // An offerless re-INVITE: our SDP goes in the 200 as the offer.
+            Some(Method::Invite) => {
                 let sdp = self.answer.clone();
                 vec![self.respond(&request, 200, "OK", sdp)]
             }
@@ -529,9 +655,17 @@ impl WhatsAppCallee {
                 self.invite_response(603, "Decline", None)
             }
             WaEvent::Terminated { cause } => match self.phase {
+                // Meta failed the call (not the customer's doing): the PBX hears a
+                // network failure, and the permission is given back.
+                Phase::Proceeding | Phase::Connecting if cause.starts_with("meta_failed") => {
+                    self.phase = Phase::Done;
+                    let phrase = format!("Service Unavailable - {}", safe_phrase(&cause));
+                    self.invite_response(503, &phrase, None)
+                }
                 Phase::Proceeding | Phase::Connecting => {
                     self.phase = Phase::Done;
-                    self.invite_response(480, &format!("Temporarily Unavailable - {cause}"), None)
+                    let phrase = format!("Temporarily Unavailable - {}", safe_phrase(&cause));
+                    self.invite_response(480, &phrase, None)
                 }
                 Phase::Answered => {
                     self.phase = Phase::Done;
@@ -640,6 +774,16 @@ pub fn offer_usable(body: &[u8]) -> bool {
         })
 }
 
+/// Text from elsewhere (Meta's error messages, webhook causes) made safe for a SIP reason
+/// phrase: printable ASCII without quotes, at most 80 characters.
+pub fn safe_phrase(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| !matches!(c, '"' | '\\'))
+        .take(80)
+        .collect()
+}
+
 /// The SIP status and reason of a refused Graph `connect`.
 pub fn connect_refusal(e: &GraphError) -> (u16, String) {
     match e.code() {
@@ -653,7 +797,10 @@ pub fn connect_refusal(e: &GraphError) -> (u16, String) {
             "Busy Here - a call with the customer is in progress".into(),
         ),
         _ if e.transient() => (503, "Service Unavailable - WhatsApp unreachable".into()),
-        _ => (480, format!("Temporarily Unavailable - {e}")),
+        _ => (
+            480,
+            format!("Temporarily Unavailable - {}", safe_phrase(&e.to_string())),
+        ),
     }
 }
 

@@ -649,6 +649,26 @@ impl Permissions {
         }
     }
 
+    /// Whether the pair's permission has ended since a call reserved it (do-not-call,
+    /// revocation, withdrawal, expiry): the reason, so the call is not placed.
+    pub async fn cut_off(&self, pair: &Pair) -> Option<Blocked> {
+        let slot = self.slot(pair);
+        let state = slot.lock().await;
+        if state.dnc {
+            return Some(Blocked::DoNotCall);
+        }
+        if state.expiry_due(now_ms()) {
+            return Some(Blocked::Expired);
+        }
+        match state.status {
+            Status::Granted => None,
+            Status::Revoked => Some(Blocked::Revoked),
+            Status::Withdrawn => Some(Blocked::Withdrawn),
+            Status::Expired => Some(Blocked::Expired),
+            _ => Some(Blocked::NoPermission),
+        }
+    }
+
     /// Pairs whose permission just ended, with the reason a call would now be refused.
     pub fn cutoffs(&self) -> tokio::sync::broadcast::Receiver<(Pair, Blocked)> {
         self.inner.cutoffs.subscribe()

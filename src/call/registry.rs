@@ -116,7 +116,7 @@ impl CallRegistry {
     /// [`EARLY_MAX`] ids, none older than [`EARLY_TTL`]).
     pub fn hold_early(&self, wa_call_id: &str, event: super::bic::WaEvent) {
         let now = std::time::Instant::now();
-        if self.inner.early.len() >= EARLY_MAX {
+        if self.inner.early.len() >= EARLY_MAX / 16 {
             self.inner
                 .early
                 .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);

@@ -194,7 +194,13 @@ impl Actor for RootSupervisor {
                 },
             );
             if let Some(permit) = &entry.offer.permit {
-                permit.settle(&cdr);
+                // An answered call counts as connected for the permission, though the
+                // supervisor that knew when died with it.
+                let mut seen = cdr.clone();
+                if entry.answered && seen.answered_at.is_none() {
+                    seen.answered_at = Some(seen.ended_at);
+                }
+                permit.settle(&seen);
             }
             // Never wait on the queue here: if it is full, the root must stay free to restart
             // the writer that drains it.

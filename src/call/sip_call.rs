@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
-use super::bic::{BicContext, BicStart, CalleeOut, WaEvent, WhatsAppCallee};
+use super::bic::{BicContext, BicStart, CalleeOut, MetaSide, WaEvent, WhatsAppCallee};
 use super::media::MediaMsg;
 use super::permissions::PermissionError;
 use super::supervisor::CallMsg;
@@ -552,7 +552,7 @@ impl SipIngress {
                 }
             }
         }
-        if let Some(bic) = inner.bic.get() {
+        if let Some(bic) = inner.bic.get().filter(|_| trunk.business_calls) {
             let from_user = invite
                 .header(&HeaderName::From)
                 .and_then(|h| NameAddr::parse(&h.value).ok())
@@ -785,17 +785,19 @@ impl SipIngress {
         let mut setup = self
             .bridge_from_whatsapp(handles, &indexes, &caller, req.user.as_deref())
             .map_err(|_| CallbackRefused::NoTrunk)?;
-        setup.callback = Some(BicStart {
-            graph: Arc::clone(&bic.graph),
-            phone_number_id: number.phone_number_id.clone(),
-            customer: customer.clone(),
-            call_id: id.to_string(),
-        });
         let permit = match bic.admit(&number, &customer, id.as_str()).await {
             Ok(p) => p,
             Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
             Err(e) => return Err(CallbackRefused::Permission(e)),
         };
+        setup.callback = Some(BicStart {
+            graph: Arc::clone(&bic.graph),
+            phone_number_id: number.phone_number_id.clone(),
+            customer: customer.clone(),
+            call_id: id.to_string(),
+            permit: permit.clone(),
+            ring_timeout: inner.bridge.ring_timeout,
+        });
         let mut offer = CallOffer::new(Direction::BusinessInitiated);
         offer.business_number = Some(number.display_number.clone());
         offer.customer_wa_id = Some(customer);
@@ -904,6 +906,7 @@ impl SipIngress {
         let load = inner.load.clone();
         let calls = inner.calls.clone();
         let origin = origin.clone();
+        let ring_timeout = inner.bridge.ring_timeout;
         tokio::spawn(async move {
             let id = super::CallId::new();
             let refuse = |response: SipMessage| {
@@ -945,6 +948,8 @@ impl SipIngress {
                     phone_number_id: number.phone_number_id.clone(),
                     customer: customer.clone(),
                     call_id: id.to_string(),
+                    permit: permit.clone(),
+                    ring_timeout,
                 }),
                 callback: None,
             };
@@ -1077,12 +1082,28 @@ fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
     Some(())
 }
 
+/// Hands a business call's waiting SIP events to its bridge before it begins; true when
+/// they ended the call (the PBX cancelled), so the customer is never called.
+fn pending_ends(bridge: &mut Bridge, now: Instant, pending: Vec<CoreEvent>) -> bool {
+    for event in pending {
+        bridge.handle_event(now, event);
+    }
+    bridge.is_done()
+}
+
 /// How long the media actor may take to build a WebRTC offer.
 const WEBRTC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Places the call with Meta (Graph `connect` with our offer, tagged with the switch's
 /// call id) from a task of its own; the outcome comes back to the bridge.
-fn connect(myself: &ActorRef<BridgeMsg>, start: &BicStart, offer: String, span: &tracing::Span) {
+fn connect(
+    myself: &ActorRef<BridgeMsg>,
+    start: &BicStart,
+    offer: String,
+    meta: &Arc<MetaSide>,
+    span: &tracing::Span,
+) {
+    let meta = Arc::clone(meta);
     let graph = Arc::clone(&start.graph);
     let pnid = start.phone_number_id.clone();
     let action = CallAction::Connect {
@@ -1104,20 +1125,19 @@ fn connect(myself: &ActorRef<BridgeMsg>, start: &BicStart, offer: String, span: 
                     Err(super::bic::connect_refusal(&e))
                 }
             };
-            let placed = result.as_ref().ok().cloned();
-            if me
-                .send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)))
-                .is_err()
-            {
-                // The call ended (and its actor stopped) while Meta was placing it: end
-                // Meta's side here, or the customer's phone would ring for nothing.
-                if let Some(id) = placed {
-                    let action = CallAction::Terminate { call_id: id };
+            // The call may have ended (its actor even gone) while Meta was placing it:
+            // then Meta's side is ended here, or the customer's phone would ring for nothing.
+            if let Ok(id) = &result {
+                if meta.placed(id) {
+                    let action = CallAction::Terminate {
+                        call_id: id.clone(),
+                    };
                     if let Err(e) = graph.call_action(&pnid, &action).await {
                         tracing::warn!(error = %e, "Meta was not told the call ended");
                     }
                 }
             }
+            let _ = me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(result)));
         }
         .instrument(span.clone()),
     );
@@ -1176,6 +1196,8 @@ pub enum BridgeMsg {
     },
     /// Something Meta said about leg B (a business-initiated call's customer).
     WhatsApp(WaEvent),
+    /// An API callback's customer has had their time to answer.
+    CustomerTimeout,
     /// Makes the actor fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
@@ -1231,6 +1253,8 @@ pub struct BridgeState {
     wa_b: Option<WaB>,
     /// Leg A is a WhatsApp customer called first.
     callback: Option<Callback>,
+    /// Meta's side of a business-initiated call (either kind).
+    meta: Option<Arc<MetaSide>>,
 }
 
 impl Actor for BridgeActor {
@@ -1253,9 +1277,16 @@ impl Actor for BridgeActor {
             Some(Route::Pending(events)) => events,
             _ => Vec::new(),
         };
-        for event in pending {
-            let _ = myself.send_message(BridgeMsg::Sip(event));
-        }
+        // A business call's waiting events (a CANCEL that came while its permission was
+        // checked) are handled before the customer is called; others go through the mailbox.
+        let pending = if setup.wa_b.is_some() {
+            pending
+        } else {
+            for event in pending {
+                let _ = myself.send_message(BridgeMsg::Sip(event));
+            }
+            Vec::new()
+        };
         let mut state = BridgeState {
             bridge: setup.bridge,
             a: setup.a,
@@ -1275,6 +1306,7 @@ impl Actor for BridgeActor {
             timer_at: None,
             wa_b: None,
             callback: None,
+            meta: None,
         };
         if let Some(start) = setup.callback {
             // An API callback: the customer is called first, with our WebRTC offer; the
@@ -1292,7 +1324,27 @@ impl Actor for BridgeActor {
             let (offer, anchor) = offered.map_err(|e| {
                 ActorProcessingErr::from(format!("no WebRTC offer for the customer: {e}"))
             })?;
-            connect(&myself, &start, offer, &state.span);
+            let meta = Arc::new(MetaSide::default());
+            match start.permit.cut_off().await {
+                // The permission ended while the call was being set up.
+                Some(blocked) => {
+                    let _ = state.call.send_message(CallMsg::Hangup {
+                        by: HangupParty::Switch,
+                        cause: blocked.as_str().to_string(),
+                        reply: None,
+                    });
+                }
+                None => {
+                    connect(&myself, &start, offer, &meta, &state.span);
+                    // Meta's own ring time normally ends an unanswered call first; this
+                    // holds if its webhook never comes. Placing the call may take a Graph
+                    // API round trip first.
+                    myself.send_after(start.ring_timeout + WEBRTC_TIMEOUT, || {
+                        BridgeMsg::CustomerTimeout
+                    });
+                }
+            }
+            state.meta = Some(meta);
             state.callback = Some(Callback {
                 start,
                 anchor: Anchor {
@@ -1318,9 +1370,26 @@ impl Actor for BridgeActor {
                 },
                 None => Err("the call has no media".into()),
             };
+            // The permission may have ended between its reservation and now.
+            let cut_off = start.permit.cut_off().await;
             let now = Instant::now();
             match offered {
+                Ok(_) if pending_ends(&mut state.bridge, now, pending) => {
+                    tracing::info!(parent: &state.span, "the PBX gave up before the customer was called");
+                }
+                Ok(_) if cut_off.is_some() => {
+                    if let Some(blocked) = cut_off {
+                        let (code, phrase) = blocked.sip_status();
+                        state.bridge.hangup_with(
+                            now,
+                            blocked.as_str(),
+                            (code, &format!("{phrase} - {blocked}")),
+                            &blocked.sip_reason(),
+                        );
+                    }
+                }
                 Ok((offer, anchor)) => {
+                    state.meta = Some(Arc::new(MetaSide::default()));
                     state.wa_b = Some(WaB {
                         callee: WhatsAppCallee::new(&format!("{:x}wa", random_u64())),
                         start,
@@ -1396,7 +1465,30 @@ impl Actor for BridgeActor {
                 state.end_callback();
                 state.hangup_reply = Some(reply);
             }
+            BridgeMsg::CustomerTimeout => {
+                let waiting = state
+                    .callback
+                    .as_ref()
+                    .is_some_and(|cb| !cb.answered && !cb.ended);
+                if waiting {
+                    tracing::info!("the customer did not answer in time");
+                    state.end_callback();
+                    let _ = state.call.send_message(CallMsg::LegChanged {
+                        role: super::LegRole::WhatsApp,
+                        state: super::leg::LegState::Ended,
+                        cause: Some("no_answer".into()),
+                    });
+                }
+            }
             BridgeMsg::WhatsApp(event) => {
+                if matches!(
+                    event,
+                    WaEvent::Terminated { .. } | WaEvent::Rejected | WaEvent::Connected(Err(_))
+                ) {
+                    if let Some(meta) = &state.meta {
+                        meta.over();
+                    }
+                }
                 if let Some(wa) = state.wa_b.as_mut() {
                     let outs = wa.callee.on_event(event);
                     state.carry_out(&myself, outs);
@@ -1426,12 +1518,8 @@ impl Drop for BridgeState {
             self.bridge.hangup(Instant::now(), "internal_failure");
             let mut out = Vec::new();
             while let Some(action) = self.bridge.poll_action() {
-                if let (Some(wa), Action::B(_, command)) = (self.wa_b.as_mut(), &action) {
-                    for o in wa.callee.on_command(command.clone()) {
-                        if let CalleeOut::Terminate(id) = o {
-                            terminate(&wa.start, id, self.span.clone());
-                        }
-                    }
+                // Leg B of a business call is Meta's: ended below.
+                if self.wa_b.is_some() && matches!(action, Action::B(..)) {
                     continue;
                 }
                 let handle = match &action {
@@ -1455,7 +1543,7 @@ impl Drop for BridgeState {
                 }
             }
         }
-        self.end_callback();
+        self.end_meta();
         for call_id in self.routed.drain(..) {
             self.table.remove(&call_id);
         }
@@ -1632,11 +1720,7 @@ impl BridgeState {
             WaEvent::Connected(Ok(id)) => {
                 tracing::info!(wa_call_id = %id, "Meta took the call");
                 cb.wa_call_id = Some(id.clone());
-                let _ = self.call.send_message(CallMsg::WaCallId(id.clone()));
-                if cb.ended {
-                    // The call ended while Meta was being asked.
-                    terminate(&cb.start, id, self.span.clone());
-                }
+                let _ = self.call.send_message(CallMsg::WaCallId(id));
             }
             WaEvent::Connected(Err((code, why))) => {
                 tracing::warn!(code, %why, "Meta refused the callback");
@@ -1668,7 +1752,8 @@ impl BridgeState {
                 let was_ended = cb.ended;
                 cb.ended = true;
                 if !was_ended {
-                    let cause = if cb.answered {
+                    // Meta's failures keep their cause (the permission is given back).
+                    let cause = if cb.answered || cause.starts_with("meta_failed") {
                         cause
                     } else {
                         "no_answer".into()
@@ -1685,12 +1770,20 @@ impl BridgeState {
         let Some(cb) = self.callback.as_mut() else {
             return;
         };
-        if cb.ended {
-            return;
-        }
         cb.ended = true;
-        if let Some(id) = cb.wa_call_id.clone() {
-            terminate(&cb.start, id, self.span.clone());
+        self.end_meta();
+    }
+
+    /// Ends Meta's side of a business call, once, unless Meta ended it (or Meta's id
+    /// comes later: the task placing the call ends it then).
+    fn end_meta(&self) {
+        let start = match (&self.wa_b, &self.callback) {
+            (Some(wa), _) => &wa.start,
+            (None, Some(cb)) => &cb.start,
+            (None, None) => return,
+        };
+        if let Some(id) = self.meta.as_ref().and_then(|m| m.end()) {
+            terminate(start, id, self.span.clone());
         }
     }
 
@@ -1703,8 +1796,12 @@ impl BridgeState {
             };
             match out {
                 CalleeOut::Bridge(event) => self.bridge.handle_event(Instant::now(), event),
-                CalleeOut::Connect => connect(myself, &wa.start, wa.offer.clone(), &self.span),
-                CalleeOut::Terminate(id) => terminate(&wa.start, id, self.span.clone()),
+                CalleeOut::Connect => {
+                    if let Some(meta) = &self.meta {
+                        connect(myself, &wa.start, wa.offer.clone(), meta, &self.span);
+                    }
+                }
+                CalleeOut::Terminate(_) => self.end_meta(),
                 CalleeOut::Answer(sdp) => {
                     if let Some(media) = &self.media {
                         let _ = media.send_message(MediaMsg::WebRtcAnswer(sdp));

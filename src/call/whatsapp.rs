@@ -74,6 +74,11 @@ impl WhatsAppCalls {
                     CallStatusKind::Rejected => WaEvent::Rejected,
                     CallStatusKind::Other(_) => return,
                 };
+                let opaque = s.biz_opaque_callback_data.as_deref();
+                let live = matches!(event, WaEvent::Ringing | WaEvent::Accepted);
+                if live && self.orphan(&s.call_id, opaque, &s.business.phone_number_id) {
+                    return;
+                }
                 self.deliver(&s.call_id, event);
             }
             MetaEvent::PermissionReply(p) => tracing::info!(
@@ -89,6 +94,10 @@ impl WhatsAppCalls {
         };
         if c.sdp_type != SdpType::Offer {
             // Meta's answer to a business-initiated call's offer.
+            let opaque = c.biz_opaque_callback_data.as_deref();
+            if self.orphan(&c.call_id, opaque, &c.business.phone_number_id) {
+                return;
+            }
             self.deliver(&c.call_id, WaEvent::Answer(c.sdp));
             return;
         }
@@ -173,6 +182,36 @@ impl WhatsAppCalls {
                 }
             }
         }
+    }
+
+    /// A business-initiated call Meta placed for a call of this switch that is gone (its
+    /// `connect` timed out or failed after Meta acted, so its id was never learned): the
+    /// webhook's tracking string names the switch's call. Meta's call is ended at once.
+    fn orphan(&self, wa_call_id: &str, opaque: Option<&str>, phone_number_id: &str) -> bool {
+        let registry = self.calls.registry();
+        let Some(ours) = opaque.filter(|o| !o.is_empty()) else {
+            return false;
+        };
+        if registry.by_wa_call_id(wa_call_id).is_some()
+            || registry.get(&super::CallId::from(ours)).is_some()
+        {
+            return false;
+        }
+        let Some(number) = self.numbers.get(phone_number_id) else {
+            return false;
+        };
+        tracing::warn!(%wa_call_id, call_id = %ours, "Meta placed a call the switch no longer has; terminating it");
+        let graph = self.graph.clone();
+        let pnid = number.phone_number_id.clone();
+        let action = CallAction::Terminate {
+            call_id: wa_call_id.to_string(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = graph.call_action(&pnid, &action).await {
+                tracing::warn!(error = %e, "terminate not delivered to Meta");
+            }
+        });
+        true
     }
 
     /// Hands a Meta event to the call Meta's id names; one for a call whose id is not

@@ -482,6 +482,8 @@ pub(crate) struct TrunkSection {
     pub codecs: Vec<String>,
     #[serde(default = "default_whatsapp_identity")]
     pub whatsapp_identity: bool,
+    #[serde(default)]
+    pub business_calls: bool,
 }
 
 fn default_whatsapp_identity() -> bool {

@@ -373,6 +373,10 @@ pub struct SipTrunk {
     /// WhatsApp calls to it carry the customer in P-Asserted-Identity and the call in
     /// `X-WA-Call-Id`, `X-WA-Business-Number`, `X-WA-Channel: whatsapp-voice`.
     pub whatsapp_identity: bool,
+    /// The trunk is a PBX placing business-initiated WhatsApp calls: its INVITEs whose From
+    /// is a business number call the customer the Request-URI names. Off by default, so a
+    /// PBX's ordinary outbound calls with the company's number as caller id stay SIP.
+    pub business_calls: bool,
 }
 
 /// One configuration mistake.
@@ -1259,6 +1263,20 @@ impl Validator {
                     "list at least one of \"opus\", \"PCMU\", \"PCMA\"",
                 );
             }
+            if t.business_calls && t.pstn {
+                self.problem(
+                    &key("business_calls"),
+                    "is set on a PSTN trunk",
+                    "business-initiated WhatsApp calls come from the business's PBX: set it on that trunk, not on pstn = true",
+                );
+            }
+            if t.business_calls && t.accept_from.is_empty() {
+                self.problem(
+                    &key("business_calls"),
+                    "is set but the trunk accepts calls from nowhere",
+                    "list the PBX's addresses in accept_from",
+                );
+            }
             if let (
                 Some(uri),
                 Some(transport),
@@ -1287,6 +1305,7 @@ impl Validator {
                     inbound_credentials,
                     codecs: t.codecs.clone(),
                     whatsapp_identity: t.whatsapp_identity,
+                    business_calls: t.business_calls,
                 });
             }
         }

@@ -221,3 +221,75 @@ fn an_offer_is_usable_only_with_a_codec_carried_to_whatsapp() {
                 m=audio 40000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
     assert!(!offer_usable(g729.as_bytes()));
 }
+
+#[test]
+fn metas_side_is_ended_once_whichever_ends_first() {
+    // The call ends before Meta's id is known: the placing task ends it.
+    let side = MetaSide::default();
+    assert_eq!(side.end(), None);
+    assert!(side.placed("wacid.7"));
+    assert_eq!(side.end(), None);
+    // Placed first: the switch ends it, once.
+    let side = MetaSide::default();
+    assert!(!side.placed("wacid.8"));
+    assert_eq!(side.end(), Some("wacid.8".to_string()));
+    assert_eq!(side.end(), None);
+    // Meta ended it: nothing to send.
+    let side = MetaSide::default();
+    assert!(!side.placed("wacid.9"));
+    side.over();
+    assert_eq!(side.end(), None);
+}
+
+#[test]
+fn in_dialog_offers_keep_the_codec_mirror_hold_and_refuse_what_cannot_be_answered() {
+    let mut c = WhatsAppCallee::new("t");
+    c.on_command(request(invite(PBX_OFFER)));
+    c.on_event(WaEvent::Connected(Ok("wacid.10".into())));
+    // An offer before our answer exists.
+    let early = in_dialog(Method::Update, PBX_OFFER);
+    assert_eq!(statuses(&c.on_command(request(early))), vec![491]);
+    c.on_event(WaEvent::Accepted);
+    // Hold: the PBX only sends, so we only receive.
+    let hold = format!("{PBX_OFFER}a=sendonly\r\n");
+    let outs = c.on_command(request(in_dialog(Method::Invite, &hold)));
+    let body = outs
+        .iter()
+        .find_map(|o| match o {
+            CalleeOut::Bridge(CoreEvent::Response(_, r)) if r.status() == Some(200) => {
+                Some(String::from_utf8_lossy(&r.body).into_owned())
+            }
+            _ => None,
+        })
+        .expect("200 with SDP");
+    assert!(
+        body.contains("a=recvonly") && body.contains("PCMA"),
+        "{body}"
+    );
+    // An offer without the codec in use.
+    let pcmu = PBX_OFFER.replace(" 18 8 0 101", " 0 101");
+    let outs = c.on_command(request(in_dialog(Method::Invite, &pcmu)));
+    assert_eq!(statuses(&outs), vec![488]);
+    // An offerless re-INVITE gets our SDP as the offer.
+    let outs = c.on_command(request(in_dialog(Method::Invite, "")));
+    assert!(outs.iter().any(|o| matches!(o,
+        CalleeOut::Bridge(CoreEvent::Response(_, r)) if r.status() == Some(200) && !r.body.is_empty())));
+    assert_eq!(safe_phrase("bad\r\nBYE \"x\""), "badBYE x");
+}
+
+/// A request inside the callee's dialog.
+fn in_dialog(method: Method, body: &str) -> SipMessage {
+    let mut b = MessageBuilder::request(method.clone(), "sip:whatsapp@whatsapp.invalid")
+        .header(
+            HeaderName::Via,
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKb2",
+        )
+        .header(HeaderName::From, "<sip:15551112222@pbx.invalid>;tag=b1")
+        .header(HeaderName::To, "<sip:4915112345678@whatsapp.invalid>;tag=t")
+        .header(HeaderName::CallId, "b-leg@waswitch")
+        .header(HeaderName::CSeq, format!("2 {method}"));
+    if !body.is_empty() {
+        b = b.body("application/sdp", body.to_string());
+    }
+    b.build()
+}
