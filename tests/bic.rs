@@ -919,3 +919,80 @@ async fn a_panic_in_an_answered_business_call_hangs_up_both_sides_and_settles_th
         cdrs[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_waiting_for_the_customer_is_cancelled_when_they_go_on_the_dnc_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trunk = "[[trunk]]\nname = \"agents\"\nuri = \"sip:127.0.0.1:5997\"\n\
+                 options_interval_secs = 0\n";
+    let sw = Switch::start(dir.path(), 52_400, trunk).await;
+    let (_users, _answered) = Users::start(
+        sw.ctx.clone(),
+        behaviour(
+            CallAnswer::Ignore {
+                ring: Duration::from_secs(15),
+            },
+            day(),
+        ),
+    );
+    let customer = "4915100000801";
+    sw.ask(customer, "granted").await;
+    let (status, v) = sw
+        .send(
+            reqwest::Method::POST,
+            "/v1/calls",
+            Some(json!({"business_number": NUMBER, "wa_id": customer, "trunk": "agents", "user": "2001"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // The customer's phone rings; the business puts them on the do-not-call list.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sw
+        .graph
+        .recorded()
+        .iter()
+        .any(|r| r.action.as_deref() == Some("connect"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, v) = sw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/dnc/{NUMBER}/{customer}"),
+            Some(json!({"reason": "asked by email"})),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{v}");
+    let records = sw.audit_until(customer, "call_finished").await;
+    let finished = records
+        .iter()
+        .find(|r| r["kind"] == "call_finished")
+        .map(detail)
+        .expect("call_finished");
+    assert_eq!(finished["outcome"], "failed", "{finished}");
+    assert_eq!(finished["end_cause"], "do_not_call", "{finished}");
+    assert!(sw
+        .graph
+        .recorded()
+        .iter()
+        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200));
+    // A new callback is refused at once.
+    let (status, v) = sw
+        .send(
+            reqwest::Method::POST,
+            "/v1/calls",
+            Some(json!({"business_number": NUMBER, "wa_id": customer, "trunk": "agents"})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["reason"].clone()),
+        (403, json!("do_not_call")),
+        "{v}"
+    );
+    let cdrs = cdrs(sw.node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0].end_cause, "do_not_call");
+    assert_eq!(cdrs[0].outcome, waswitch::store::CallOutcome::Unanswered);
+}

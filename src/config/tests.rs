@@ -300,6 +300,15 @@ fn trunk_credentials_come_in_pairs_and_networks_must_parse() {
     assert_eq!(p.key, "trunk[0].codecs[0]");
     let p = one_problem("[sip]\nsession_expires_secs = 30\n");
     assert_eq!(p.key, "sip.session_expires_secs");
+    // A PBX placing WhatsApp calls is known by its addresses, and is never a PSTN trunk.
+    let p = one_problem(&format!("{trunk}business_calls = true\n"));
+    assert_eq!(p.key, "trunk[0].business_calls");
+    assert!(p.fix.contains("accept_from"), "{p:?}");
+    let p = one_problem(&format!(
+        "{trunk}business_calls = true\npstn = true\naccept_from = [\"10.0.0.0/24\"]\n"
+    ));
+    assert_eq!(p.key, "trunk[0].business_calls");
+    assert!(p.problem.contains("PSTN"), "{p:?}");
 }
 
 #[test]
