@@ -16,18 +16,51 @@ pub fn scenario(name: &str) -> PathBuf {
 pub fn free_udp_port() -> u16 {
     // Ports for SIPp come from 10000-19999, below the kernel's ephemeral range: a port the
     // kernel hands out for "port 0" could be given again to another test's socket before
-    // SIPp binds it. Each test process (nextest runs one per test) takes its own block of 40
-    // by process id, and skips a port something already holds (UDP or TCP).
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 10_000 + (std::process::id() % 250) as u16 * 40;
-    loop {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(n < 40, "a test used more than 40 SIPp ports");
-        let port = base + n;
-        if !in_use(port) {
+    // SIPp binds it. Test processes (nextest runs one per test, several at once) reserve
+    // each port they hand out with a file named by it, created exclusively and holding the
+    // owner's process id; a file whose owner has exited is taken over. A port something
+    // already holds (UDP or TCP) is skipped.
+    let dir = std::env::temp_dir().join("waswitch-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let me = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut x = (u64::from(me) << 32 | u64::from(nanos)) | 1;
+    for _ in 0..5_000 {
+        // xorshift64: a different walk through the range per process.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + (x % 10_000) as u16;
+        if in_use(port) {
+            continue;
+        }
+        let path = dir.join(port.to_string());
+        if std::fs::File::create_new(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
+            .is_ok()
+        {
+            return port;
+        }
+        let owner = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if alive {
+            continue;
+        }
+        // Its owner is gone: take the reservation over (remove, then create exclusively,
+        // so of two processes doing this at once only one wins).
+        let _ = std::fs::remove_file(&path);
+        if std::fs::File::create_new(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
+            .is_ok()
+        {
             return port;
         }
     }
+    panic!("no free port for SIPp in 10000-19999");
 }
 
 /// Counters from the last row of a SIPp `-trace_stat` CSV.
