@@ -161,6 +161,26 @@ impl Switch {
         }
     }
 
+    /// The detail of the customer's `call_finished` record, once it is written.
+    async fn finished(&self, wa_id: &str) -> Value {
+        let records = self.audit_until(wa_id, "call_finished").await;
+        records
+            .iter()
+            .find(|r| r["kind"] == "call_finished")
+            .map(detail)
+            .expect("call_finished")
+    }
+
+    /// The statuses the sim answered to Graph call action `action`, in order.
+    fn actions(&self, action: &str) -> Vec<u16> {
+        self.graph
+            .recorded()
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some(action))
+            .map(|r| r.status)
+            .collect()
+    }
+
     async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.node.http_addr()))
             .await
@@ -234,6 +254,19 @@ fn refusals(log: &str) -> Vec<(String, String)> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The PBX got exactly one refusal: status line `SIP/2.0 {line}`, with a `Reason` of the
+/// same status and `text`.
+fn assert_refused(log: &str, line: &str, text: &str) {
+    assert_eq!(
+        refusals(log),
+        vec![(
+            format!("SIP/2.0 {line}"),
+            format!("SIP;cause={};text=\"{text}\"", &line[..3])
+        )],
+        "{log}"
+    );
 }
 
 fn behaviour(call: CallAnswer, permission: PermissionAnswer) -> Behaviour {
@@ -325,12 +358,10 @@ async fn a_granted_customer_is_called_from_the_pbx_with_audio_and_a_one_call_gra
     assert_eq!(view["calls_in_progress"], 0, "{view}");
     let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, customer, 1).await;
     common::assert_all_succeeded(code, &counters, &log, 1);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - call permission used".to_string(),
-            "SIP;cause=403;text=\"call permission used\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - call permission used",
+        "call permission used",
     );
 
     let records = sw.audit_until(customer, "call_blocked").await;
@@ -445,12 +476,7 @@ async fn no_permission_a_declined_request_an_excluded_country_and_a_declined_cal
     assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
 
     // Every refusal is in the trail with its reason; the declined call counts unanswered.
-    let records = sw.audit_until(granted, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(granted).await;
     assert_eq!(finished["outcome"], "unanswered", "{finished}");
     let (status, all) = sw
         .send(reqwest::Method::GET, "/v1/audit?limit=1000", None)
@@ -507,12 +533,10 @@ async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_cal
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, expiring, 1).await;
     common::assert_all_succeeded(code, &counters, &log, 1);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - call permission expired".to_string(),
-            "SIP;cause=403;text=\"call permission expired\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - call permission expired",
+        "call permission expired",
     );
     let records = sw.audit_until(expiring, "call_blocked").await;
     assert!(
@@ -538,11 +562,7 @@ async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_cal
             .calls()
             .waiting_business_calls(NUMBER, queued)
             .is_empty()
-            || !sw
-                .graph
-                .recorded()
-                .iter()
-                .any(|r| r.action.as_deref() == Some("connect"))
+            || sw.actions("connect").is_empty()
         {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -563,19 +583,12 @@ async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_cal
     let ((code, counters, log), ()) = tokio::join!(dial, dnc);
     common::assert_all_succeeded(code, &counters, &log, 1);
     assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - customer is on the do-not-call list".to_string(),
-            "SIP;cause=403;text=\"customer is on the do-not-call list\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - customer is on the do-not-call list",
+        "customer is on the do-not-call list",
     );
-    let records = sw.audit_until(queued, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(queued).await;
     // Cut off by the switch, not left unanswered by the customer.
     assert_eq!(finished["outcome"], "failed", "{finished}");
     assert_eq!(finished["end_cause"], "do_not_call", "{finished}");
@@ -583,23 +596,11 @@ async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_cal
     // The customer revokes while the phone rings: the same, with its own reason.
     let revoking = "4915100000303";
     sw.ask(revoking, "granted").await;
-    let before = sw
-        .graph
-        .recorded()
-        .iter()
-        .filter(|r| r.action.as_deref() == Some("connect"))
-        .count();
+    let before = sw.actions("connect").len();
     let dial = sw.dial("bic_uac_refused.xml", NUMBER, revoking, 1);
     let revoke = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while sw
-            .graph
-            .recorded()
-            .iter()
-            .filter(|r| r.action.as_deref() == Some("connect"))
-            .count()
-            == before
-        {
+        while sw.actions("connect").len() == before {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the call never rang"
@@ -611,30 +612,25 @@ async fn an_expired_grant_refuses_the_call_and_a_revocation_or_dnc_cancels_a_cal
     };
     let ((code, counters, log), ()) = tokio::join!(dial, revoke);
     common::assert_all_succeeded(code, &counters, &log, 1);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - call permission revoked".to_string(),
-            "SIP;cause=403;text=\"call permission revoked\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - call permission revoked",
+        "call permission revoked",
     );
     // Meta was told to end both cancelled calls.
     let terminates = sw
-        .graph
-        .recorded()
+        .actions("terminate")
         .iter()
-        .filter(|r| r.action.as_deref() == Some("terminate") && r.status == 200)
+        .filter(|&&s| s == 200)
         .count();
     assert_eq!(terminates, 2);
     // And the customer who revoked is on the do-not-call list for the next call.
     let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, revoking, 1).await;
     common::assert_all_succeeded(code, &counters, &log, 1);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - customer is on the do-not-call list".to_string(),
-            "SIP;cause=403;text=\"customer is on the do-not-call list\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - customer is on the do-not-call list",
+        "customer is on the do-not-call list",
     );
     sw.node.drain_and_stop().await;
 }
@@ -649,13 +645,10 @@ async fn two_simultaneous_invites_on_a_one_call_permission_connect_exactly_one()
     // Two INVITEs 20 ms apart, each either answered or refused.
     let (code, counters, log) = sw.dial("bic_uac_either.xml", NUMBER, customer, 2).await;
     common::assert_all_succeeded(code, &counters, &log, 2);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - call permission used".to_string(),
-            "SIP;cause=403;text=\"call permission used\"".to_string()
-        )],
-        "{log}"
+    assert_refused(
+        &log,
+        "403 Forbidden - call permission used",
+        "call permission used",
     );
     let call = next_answered(&mut answered).await;
     assert!(call.media.is_some_and(|m| m.audio_verified()));
@@ -665,12 +658,7 @@ async fn two_simultaneous_invites_on_a_one_call_permission_connect_exactly_one()
             .is_err(),
         "a second call reached the customer"
     );
-    let connects = sw
-        .graph
-        .recorded()
-        .iter()
-        .filter(|r| r.action.as_deref() == Some("connect"))
-        .count();
+    let connects = sw.actions("connect").len();
     assert_eq!(connects, 1);
     let view = sw.view(customer).await;
     assert_eq!(view["calls_used"], 1, "{view}");
@@ -760,12 +748,7 @@ async fn an_api_callback_calls_the_customer_then_bridges_them_to_a_sipp_agent() 
         "{seen}"
     );
 
-    let records = sw.audit_until(customer, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(customer).await;
     assert_eq!(finished["outcome"], "connected", "{finished}");
     assert_eq!(finished["call_id"], json!(call_id), "{finished}");
     let cdrs = cdrs(sw.node, dir.path()).await;
@@ -809,19 +792,10 @@ async fn an_unanswered_call_gets_480_at_the_ring_timeout_and_metas_own_check_can
     let seen = refusals(&log);
     assert_eq!(seen.len(), 1, "{log}");
     assert!(seen[0].0.starts_with("SIP/2.0 480"), "{seen:?}");
-    let records = sw.audit_until(customer, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(customer).await;
     assert_eq!(finished["outcome"], "unanswered", "{finished}");
     assert_eq!(finished["end_cause"], "no_answer", "{finished}");
-    let terminated = sw
-        .graph
-        .recorded()
-        .iter()
-        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200);
+    let terminated = sw.actions("terminate").contains(&200);
     assert!(terminated, "Meta was told the call ended");
     // Meta's own records lose the grant without a webhook the switch saw: with the
     // authoritative check on, Meta's answer refuses the call the switch's records allow.
@@ -830,12 +804,10 @@ async fn an_unanswered_call_gets_480_at_the_ring_timeout_and_metas_own_check_can
     sw.graph.revoke(PNID, lost);
     let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, lost, 1).await;
     common::assert_all_succeeded(code, &counters, &log, 1);
-    assert_eq!(
-        refusals(&log),
-        vec![(
-            "SIP/2.0 403 Forbidden - Meta reports no call permission".to_string(),
-            "SIP;cause=403;text=\"Meta reports no call permission\"".to_string()
-        )]
+    assert_refused(
+        &log,
+        "403 Forbidden - Meta reports no call permission",
+        "Meta reports no call permission",
     );
     assert!(sw
         .graph
@@ -891,18 +863,9 @@ async fn a_panic_in_an_answered_business_call_hangs_up_both_sides_and_settles_th
     common::assert_all_succeeded(code, &counters, &log, 1);
     // Meta was told to end the customer's call, which ended well before its 20 s.
     let call = next_answered(&mut answered).await;
-    assert!(sw
-        .graph
-        .recorded()
-        .iter()
-        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200));
+    assert!(sw.actions("terminate").contains(&200));
     assert!(call.media.is_some());
-    let records = sw.audit_until(customer, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(customer).await;
     // The customer did talk: the permission counts the call.
     assert_eq!(finished["outcome"], "connected", "{finished}");
     assert_eq!(sw.view(customer).await["calls_in_progress"], 0);
@@ -947,12 +910,7 @@ async fn a_callback_waiting_for_the_customer_is_cancelled_when_they_go_on_the_dn
     assert_eq!(status, 201, "{v}");
     // The customer's phone rings; the business puts them on the do-not-call list.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sw
-        .graph
-        .recorded()
-        .iter()
-        .any(|r| r.action.as_deref() == Some("connect"))
-    {
+    while sw.actions("connect").is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "never placed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -965,19 +923,10 @@ async fn a_callback_waiting_for_the_customer_is_cancelled_when_they_go_on_the_dn
         )
         .await;
     assert!((200..300).contains(&status), "{v}");
-    let records = sw.audit_until(customer, "call_finished").await;
-    let finished = records
-        .iter()
-        .find(|r| r["kind"] == "call_finished")
-        .map(detail)
-        .expect("call_finished");
+    let finished = sw.finished(customer).await;
     assert_eq!(finished["outcome"], "failed", "{finished}");
     assert_eq!(finished["end_cause"], "do_not_call", "{finished}");
-    assert!(sw
-        .graph
-        .recorded()
-        .iter()
-        .any(|r| r.action.as_deref() == Some("terminate") && r.status == 200));
+    assert!(sw.actions("terminate").contains(&200));
     // A new callback is refused at once.
     let (status, v) = sw
         .send(

@@ -463,7 +463,7 @@ fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let cdr = &found["cdrs"][0];
-        assert_eq!(cdr["call_id"], call_id.as_str());
+        assert_eq!(cdr["call_id"], call_id.as_str(), "{found}\n{live}");
         assert_eq!(cdr["end_cause"], "api_hangup");
         assert_eq!(cdr["hangup_by"], "switch");
         let none: serde_json::Value = get("/v1/cdrs?direction=business_initiated", Some(API_TOKEN))

@@ -191,12 +191,16 @@ impl Actor for MediaActor {
                 let _ = reply.send(anchor);
             }
             MediaMsg::AnchorWebRtc { offer, echo, reply } => {
-                let answer = media.anchor_webrtc(&myself, offer, echo).await;
-                let _ = reply.send(answer);
+                let answer = media.anchor_webrtc(&myself, Some(offer), echo).await;
+                let _ = reply.send(answer.map(|(sdp, _)| sdp));
             }
             MediaMsg::OfferWebRtc(reply) => {
-                let offer = media.offer_webrtc(&myself).await;
-                let _ = reply.send(offer);
+                let offer = media.anchor_webrtc(&myself, None, false).await;
+                let ip = media.plane.as_ref().map(MediaPlane::ip);
+                let _ = reply.send(offer.and_then(|(sdp, ports)| {
+                    let ip = ip.ok_or("this node relays no media")?;
+                    Ok((sdp, Anchor { ip, ports }))
+                }));
             }
             MediaMsg::WebRtcAnswer(sdp) => {
                 if let Resources::Anchored(pair) = &media.resources {
@@ -355,24 +359,29 @@ impl Media {
         }
     }
 
-    /// Builds the WebRTC leg off the async threads (it costs milliseconds of CPU) and
-    /// bridges it in its shard.
+    /// Builds the WebRTC leg (side A) off the async threads (it costs milliseconds of CPU),
+    /// answering the peer's offer or making ours, and bridges it in its shard with a plain
+    /// RTP leg on the call's second port (side B), or with an echo of itself. Our SDP and
+    /// the pair's ports.
     async fn anchor_webrtc(
         &mut self,
         myself: &ActorRef<MediaMsg>,
-        offer: String,
+        peer_offer: Option<String>,
         echo: bool,
-    ) -> Result<String, String> {
+    ) -> Result<(String, [u16; 2]), String> {
         let plane = self.plane.clone().ok_or("this node relays no media")?;
         if matches!(self.resources, Resources::Anchored(_)) {
             return Err("media already anchored".into());
         }
         let builder = plane.clone();
-        let prepared = tokio::task::spawn_blocking(move || builder.webrtc_answer(&offer))
-            .await
-            .map_err(|e| format!("WebRTC leg build: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let answer = prepared.local_sdp().to_string();
+        let prepared = tokio::task::spawn_blocking(move || match peer_offer {
+            Some(offer) => builder.webrtc_answer(&offer),
+            None => builder.webrtc_offer(),
+        })
+        .await
+        .map_err(|e| format!("WebRTC leg build: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let sdp = prepared.local_sdp().to_string();
         // Side A lives on a shared WebRTC socket: its own lease goes back to the pool.
         let far = match std::mem::replace(&mut self.resources, Resources::None) {
             _ if echo => FarSide::Echo,
@@ -388,52 +397,13 @@ impl Media {
         let pair = plane
             .add_webrtc_pair(prepared, far, sink, Some(&self.call_id))
             .map_err(|e| e.to_string())?;
-        tracing::debug!(parent: &self.span, ports = ?pair.ports(), echo, "WebRTC media anchored");
+        let ports = pair.ports();
+        tracing::debug!(parent: &self.span, ?ports, echo, "WebRTC media anchored");
         if echo {
             self.codec_path = Some("opus echo".into());
         }
         self.resources = Resources::Anchored(pair);
-        Ok(answer)
-    }
-
-    /// Builds a WebRTC leg with our offer off the async threads and bridges it (side A)
-    /// with a plain RTP leg (side B) on the call's second port.
-    async fn offer_webrtc(
-        &mut self,
-        myself: &ActorRef<MediaMsg>,
-    ) -> Result<(String, Anchor), String> {
-        let plane = self.plane.clone().ok_or("this node relays no media")?;
-        if matches!(self.resources, Resources::Anchored(_)) {
-            return Err("media already anchored".into());
-        }
-        let builder = plane.clone();
-        let prepared = tokio::task::spawn_blocking(move || builder.webrtc_offer())
-            .await
-            .map_err(|e| format!("WebRTC leg build: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let offer = prepared.local_sdp().to_string();
-        let far = match std::mem::replace(&mut self.resources, Resources::None) {
-            Resources::Leased([_, b]) => FarSide::Rtp(Some(b)),
-            _ => FarSide::Rtp(None),
-        };
-        self.clock[0] = 8000;
-        let me = myself.clone();
-        let sink = Box::new(move |event| {
-            let _ = me.send_message(MediaMsg::Event(event));
-        });
-        let pair = plane
-            .add_webrtc_pair(prepared, far, sink, Some(&self.call_id))
-            .map_err(|e| e.to_string())?;
-        let [a, b] = pair.ports();
-        tracing::debug!(parent: &self.span, webrtc = a, rtp = b, "WebRTC media anchored with our offer");
-        self.resources = Resources::Anchored(pair);
-        Ok((
-            offer,
-            Anchor {
-                ip: plane.ip(),
-                ports: [a, b],
-            },
-        ))
+        Ok((sdp, ports))
     }
 
     fn on_event(&mut self, event: MediaEvent) {

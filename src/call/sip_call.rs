@@ -1091,6 +1091,23 @@ fn pending_ends(bridge: &mut Bridge, now: Instant, pending: Vec<CoreEvent>) -> b
     bridge.is_done()
 }
 
+/// Our WebRTC offer for the customer of a business call, from the call's media actor, and
+/// where the media is anchored (WebRTC port, RTP port).
+async fn offer_webrtc(
+    media: &Option<ActorRef<MediaMsg>>,
+) -> Result<(String, super::media::Anchor), String> {
+    let Some(media) = media else {
+        return Err("the call has no media".into());
+    };
+    match media
+        .call(MediaMsg::OfferWebRtc, Some(WEBRTC_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        _ => Err("media did not answer".into()),
+    }
+}
+
 /// How long the media actor may take to build a WebRTC offer.
 const WEBRTC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -1311,16 +1328,7 @@ impl Actor for BridgeActor {
         if let Some(start) = setup.callback {
             // An API callback: the customer is called first, with our WebRTC offer; the
             // trunk is called when they answer.
-            let offered = match &state.media {
-                Some(media) => match media
-                    .call(MediaMsg::OfferWebRtc, Some(WEBRTC_TIMEOUT))
-                    .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(r)) => r,
-                    _ => Err("media did not answer".into()),
-                },
-                None => Err("the call has no media".into()),
-            };
+            let offered = offer_webrtc(&state.media).await;
             let (offer, anchor) = offered.map_err(|e| {
                 ActorProcessingErr::from(format!("no WebRTC offer for the customer: {e}"))
             })?;
@@ -1360,16 +1368,7 @@ impl Actor for BridgeActor {
         if let Some(start) = setup.wa_b {
             // A business-initiated call: the WebRTC leg makes our offer for Meta, and the
             // PBX is answered with the plain RTP side of the pair.
-            let offered = match &state.media {
-                Some(media) => match media
-                    .call(MediaMsg::OfferWebRtc, Some(WEBRTC_TIMEOUT))
-                    .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(r)) => r,
-                    _ => Err("media did not answer".into()),
-                },
-                None => Err("the call has no media".into()),
-            };
+            let offered = offer_webrtc(&state.media).await;
             // The permission may have ended between its reservation and now.
             let cut_off = start.permit.cut_off().await;
             let now = Instant::now();
