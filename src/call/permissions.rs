@@ -438,17 +438,7 @@ impl Permissions {
         let mut state = slot.lock().await;
         let now = now_ms();
         if state.expiry_due(now) {
-            let event = Event::Expired;
-            self.write(
-                pair,
-                Actor::Switch,
-                now,
-                event.name(),
-                Some(&event),
-                Map::new(),
-            )
-            .await?;
-            self.apply(pair, &mut state, now, &event);
+            self.expire(pair, &mut state, now).await?;
         }
         let verdict = policy.and_then(|()| state.check_call(&self.inner.rules, now));
         let mut context = Map::new();
@@ -575,18 +565,7 @@ impl Permissions {
             if !state.expiry_due(now) {
                 continue;
             }
-            let event = Event::Expired;
-            let record = self
-                .write(
-                    &pair,
-                    Actor::Switch,
-                    now,
-                    event.name(),
-                    Some(&event),
-                    Map::new(),
-                )
-                .await?;
-            self.apply(&pair, &mut state, record.entry.at, &event);
+            self.expire(&pair, &mut state, now).await?;
             n += 1;
         }
         Ok(n)
@@ -624,6 +603,22 @@ impl Permissions {
         }
         out.sort();
         out
+    }
+
+    /// Records that the locked pair's grant lapsed at `now`, then applies it.
+    async fn expire(&self, pair: &Pair, state: &mut PairState, now: i64) -> Result<(), StoreError> {
+        let event = Event::Expired;
+        self.write(
+            pair,
+            Actor::Switch,
+            now,
+            event.name(),
+            Some(&event),
+            Map::new(),
+        )
+        .await?;
+        self.apply(pair, state, now, &event);
+        Ok(())
     }
 
     /// Applies `event` to a locked pair and moves the gauge of grants in force. An event

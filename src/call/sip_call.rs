@@ -1590,17 +1590,7 @@ impl BridgeState {
                     self.b_media = true;
                     self.set_ringback(false);
                     // The WhatsApp side speaks Opus: the trunk's codec decides the path.
-                    if let Some(media) = &self.media {
-                        let path = match remote.codec {
-                            Some(crate::media::transcode::Codec::Opus) => {
-                                "opus pass-through".to_string()
-                            }
-                            Some(c) => format!("opus <-> {} (transcoded)", c.name()),
-                            None => "opus <-> ? (no common codec)".to_string(),
-                        };
-                        let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
-                        let _ = media.send_message(MediaMsg::Plan(path));
-                    }
+                    self.sip_side_media(remote);
                 }
                 // The WhatsApp side's media is its WebRTC leg's.
                 Action::Media(Leg::A, _) | Action::MediaPlan(_) if self.a.is_none() => {}
@@ -1807,17 +1797,7 @@ impl BridgeState {
                     }
                 }
                 CalleeOut::PbxMedia(remote) => {
-                    if let Some(media) = &self.media {
-                        let path = match remote.codec {
-                            Some(crate::media::transcode::Codec::Opus) => {
-                                "opus pass-through".to_string()
-                            }
-                            Some(c) => format!("opus <-> {} (transcoded)", c.name()),
-                            None => "opus <-> ? (no common codec)".to_string(),
-                        };
-                        let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
-                        let _ = media.send_message(MediaMsg::Plan(path));
-                    }
+                    self.sip_side_media(remote);
                 }
                 CalleeOut::WaCallId(id) => {
                     tracing::info!(wa_call_id = %id, "Meta took the call");
@@ -1826,6 +1806,21 @@ impl BridgeState {
                 CalleeOut::Answered => tracing::info!("the customer answered"),
             }
         }
+    }
+
+    /// The SIP side's media when the other side is WhatsApp (Opus over WebRTC, side A of
+    /// the pair): its codec decides whether the audio passes through or is transcoded.
+    fn sip_side_media(&self, remote: crate::media::shard::Remote) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        let path = match remote.codec {
+            Some(crate::media::transcode::Codec::Opus) => "opus pass-through".to_string(),
+            Some(c) => format!("opus <-> {} (transcoded)", c.name()),
+            None => "opus <-> ? (no common codec)".to_string(),
+        };
+        let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
+        let _ = media.send_message(MediaMsg::Plan(path));
     }
 
     fn set_ringback(&mut self, on: bool) {
