@@ -83,17 +83,7 @@ impl Switch {
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let url = format!("http://{}{path}", self.node.http_addr());
-        let mut req = self.http.request(method, url).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        common::api(&self.http, url, TOKEN, method, body).await
     }
 
     async fn view(&self, wa_id: &str) -> Value {

@@ -309,3 +309,25 @@ impl Uas {
         (code, sipp_counters(&self.stats))
     }
 }
+
+/// A REST API request with the bearer `token`: the status, and the body as JSON (or as a
+/// JSON string when it is not JSON).
+pub async fn api(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    method: reqwest::Method,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
