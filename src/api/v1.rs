@@ -217,8 +217,27 @@ async fn cdrs(
         limit,
         offset: q.offset.unwrap_or(0),
     };
-    let listed = s.store.list(&filter).await;
-    let counted = s.store.count(&filter).await;
+    // The page and the total are two reads; a CDR batch committed between them would make
+    // the total promise rows the page lacks. CDRs are only ever added, so reading the page
+    // again after the count settles it (bounded: the writer commits in batches).
+    let mut attempt = 0;
+    let (listed, counted) = loop {
+        attempt += 1;
+        let listed = s.store.list(&filter).await;
+        let counted = s.store.count(&filter).await;
+        let consistent = match (&listed, &counted) {
+            (Ok(cdrs), Ok(total)) => {
+                let expected = total
+                    .saturating_sub(u64::from(filter.offset))
+                    .min(u64::from(filter.limit));
+                cdrs.len() as u64 >= expected
+            }
+            _ => true,
+        };
+        if consistent || attempt == 3 {
+            break (listed, counted);
+        }
+    };
     match (listed, counted) {
         (Ok(cdrs), Ok(total)) => Json(json!({"total": total, "cdrs": cdrs})).into_response(),
         (Err(e), _) | (_, Err(e)) => {
