@@ -8,7 +8,8 @@
 //! - [`call`]: one supervised actor tree per call, the registry, the root supervisor;
 //! - [`api`]: HTTP (health, readiness, metrics);
 //! - [`node`]: one running switch and its lifecycle;
-//! - [`config`] and [`telemetry`] serve all of them.
+//! - [`config`] and [`telemetry`] serve all of them; [`number`] (E.164 numbers) is a leaf
+//!   every plane may use.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod media;
 pub mod meta;
 pub mod node;
+pub mod number;
 pub mod permission;
 pub mod routing;
 pub mod sdp;

@@ -381,6 +381,8 @@ impl Node {
             permissions: permissions.clone(),
             graph: graph.clone(),
             numbers: Arc::new(config.business_numbers.clone()),
+            excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
+            sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
         };
         let api_state = ApiState {
             readiness: Arc::clone(&readiness),

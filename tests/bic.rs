@@ -935,3 +935,102 @@ async fn a_callback_waiting_for_the_customer_is_cancelled_when_they_go_on_the_dn
     assert_eq!(cdrs[0].end_cause, "do_not_call");
     assert_eq!(cdrs[0].outcome, waswitch::store::CallOutcome::Unanswered);
 }
+
+/// A customer granted as `<wa_id>` is the customer a PBX dials as `00<wa_id>` (and a
+/// do-not-call entry written as `+<wa_id>` holds for them). Opting out voids consent:
+/// after the entry is removed, the INVITE is still refused until the customer grants
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_dialled_in_any_spelling_is_one_and_a_removed_dnc_entry_restores_no_consent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(
+        dir.path(),
+        52_800,
+        "[permissions]\nrequests_per_day = 5\nrequests_per_week = 10\n",
+    )
+    .await;
+    let (_users, mut answered) = Users::start(sw.ctx.clone(), behaviour(talk(), day()));
+    let customer = "4915100000701";
+    sw.ask(customer, "granted").await;
+
+    // The PBX dials with the international prefix 00: the same customer, called.
+    let (code, counters, log) = sw
+        .dial("bic_uac_wait_bye.xml", NUMBER, &format!("00{customer}"), 1)
+        .await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let call = next_answered(&mut answered).await;
+    assert!(call.media.is_some_and(|m| m.audio_verified()));
+    let connect = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .find(|r| r.action.as_deref() == Some("connect"))
+        .expect("connect");
+    assert_eq!(connect.body["to"], customer, "{:?}", connect.body);
+
+    // Opted out (written with +), then the entry removed: still refused.
+    let (status, v) = sw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/dnc/{NUMBER}/+{customer}"),
+            Some(json!({"reason": "asked not to be called"})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["status"].clone()),
+        (200, json!("withdrawn")),
+        "{v}"
+    );
+    let (status, v) = sw
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/dnc/{NUMBER}/{customer}"),
+            None,
+        )
+        .await;
+    assert_eq!((status, v["dnc"].clone()), (200, json!(false)), "{v}");
+    let (code, counters, log) = sw
+        .dial("bic_uac_refused.xml", NUMBER, &format!("+{customer}"), 1)
+        .await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert_refused(
+        &log,
+        "403 Forbidden - call permission withdrawn",
+        "call permission withdrawn",
+    );
+    let records = sw.audit_until(customer, "call_blocked").await;
+    let k = kinds(&records);
+    let added = k.iter().position(|x| x == "dnc_added").expect("dnc_added");
+    assert_eq!(k[added + 1], "withdrawn", "{k:?}");
+    let voided = detail(&records[added + 1]);
+    assert_eq!(
+        voided["reason"], "do-not-call entry added: consent voided",
+        "{voided}"
+    );
+
+    // A new grant, and the customer can be called again.
+    sw.ask(customer, "granted").await;
+    let (code, counters, log) = sw.dial("bic_uac_wait_bye.xml", NUMBER, customer, 1).await;
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let call = next_answered(&mut answered).await;
+    assert!(call.media.is_some_and(|m| m.audio_verified()));
+
+    // Not a number at all: 404 with the reason; cut short: 484.
+    for (user, status) in [
+        ("alice", "404 Not Found"),
+        ("4915", "484 Address Incomplete"),
+    ] {
+        let (code, counters, log) = sw.dial("bic_uac_refused.xml", NUMBER, user, 1).await;
+        common::assert_all_succeeded(code, &counters, &log, 1);
+        assert!(
+            log.contains(&format!("SIP/2.0 {status} - not a WhatsApp number")),
+            "{log}"
+        );
+    }
+    let cdrs = cdrs(sw.node, dir.path()).await;
+    assert!(
+        cdrs.iter()
+            .all(|c| c.customer_wa_id.as_deref() == Some(customer)),
+        "{cdrs:?}"
+    );
+}

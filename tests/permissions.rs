@@ -333,7 +333,8 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
         .text()
         .await
         .expect("text");
-    assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
+    // Ten changes, and the refused request to the customer on the DNC list.
+    assert_eq!(csv.lines().count(), 1 + 11, "{csv}");
     let metrics = sw.metrics().await;
     for series in [
         "waswitch_permission_requests_total{outcome=\"sent\"} 3",
@@ -348,7 +349,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
     }
     assert_eq!(
         sw.node.store().verify_audit().await.expect("verify"),
-        waswitch::store::audit::Verified::Intact(10)
+        waswitch::store::audit::Verified::Intact(11)
     );
     sw.node.drain_and_stop().await;
 
@@ -532,5 +533,167 @@ async fn a_reply_older_than_one_applied_is_recorded_as_superseded_and_changes_no
     let older = webhooks::permission_reply(&sw.ctx.business, user, "wamid.D", true, None, None);
     assert!(sw.ctx.webhooks.deliver(&at(older, t + 7)).await.delivered());
     assert_eq!(sw.view(user).await["status"], "revoked");
+    sw.node.drain_and_stop().await;
+}
+
+/// A permission request obeys the rules a call does: a customer in a sanctioned region, a
+/// business number of an excluded country and a customer on the do-not-call list each get
+/// 403 with the call's reason and a `request_blocked` record, and nothing reaches Meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_call_rule_refuses_is_403_recorded_and_never_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A second business number, of a country where Meta offers no business calling.
+    let sw = Switch::start(
+        dir.path(),
+        "[[business_number]]\nphone_number_id = \"105615555799999\"\n\
+         display_number = \"15550001111\"\ncountry = \"US\"\necho_test = true\n",
+    )
+    .await;
+    let body = json!({"purpose": "About your order"});
+    // +98: Iran, sanctioned by default.
+    let (status, v) = sw.request("989121234567", body.clone()).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["reason"], "sanctioned", "{v}");
+    assert_eq!(v["error"], "region sanctioned", "{v}");
+    let (status, v) = sw
+        .send(
+            reqwest::Method::POST,
+            "/v1/permissions/15550001111/4915100000401/request",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["reason"], "country_not_allowed", "{v}");
+    let dnc = "4915100000402";
+    let (status, _) = sw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/dnc/{NUMBER}/{dnc}"),
+            Some(json!({"reason": "asked not to be called"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = sw.request(dnc, body.clone()).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["reason"], "do_not_call", "{v}");
+
+    let sent: Vec<String> = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .map(|r| r.endpoint)
+        .collect();
+    assert!(
+        !sent.iter().any(|e| e == "messages"),
+        "sent to Meta: {sent:?}"
+    );
+    for (wa_id, reason) in [
+        ("989121234567", "sanctioned"),
+        ("4915100000401", "country_not_allowed"),
+        (dnc, "do_not_call"),
+    ] {
+        let records = sw.audit(wa_id).await;
+        let blocked: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["kind"] == "request_blocked")
+            .collect();
+        assert_eq!(blocked.len(), 1, "{wa_id}: {records:?}");
+        let detail: Value =
+            serde_json::from_str(blocked[0]["detail"].as_str().unwrap_or("{}")).expect("detail");
+        assert_eq!(detail["reason"], reason, "{detail}");
+        assert_eq!(detail["purpose"], "About your order", "{detail}");
+    }
+    let metrics = sw.metrics().await;
+    for reason in ["sanctioned", "country_not_allowed", "do_not_call"] {
+        let line = format!("waswitch_permission_requests_total{{outcome=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    sw.node.drain_and_stop().await;
+}
+
+/// `+<wa_id>`, `<wa_id>` and `00<wa_id>` are one customer in every door of the API: a
+/// grant asked one way is seen the others, a do-not-call entry written one way holds for
+/// all, the trail is found by any spelling and keys every record by the E.164 digits.
+/// What is not a number gets 400 naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_customers_number_is_one_customer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    let (_users, _calls) = Users::start(
+        sw.ctx.clone(),
+        behaviour(PermissionAnswer::Grant { lasts: None }),
+    );
+    let digits = "4915100000501";
+    let (status, v) = sw
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/permissions/+{NUMBER}/+{digits}/request"),
+            Some(json!({"purpose": "About your order"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["wa_id"], digits, "{v}");
+    for spelling in [
+        digits.to_string(),
+        format!("00{digits}"),
+        format!("+{digits}"),
+    ] {
+        let v = sw.wait_status(&spelling, "granted").await;
+        assert_eq!(v["wa_id"], digits, "{v}");
+        assert_eq!(v["permanent"], true, "{v}");
+    }
+    // Meta was sent the digits.
+    let to: Vec<Value> = sw
+        .graph
+        .recorded()
+        .into_iter()
+        .filter(|r| r.endpoint == "messages")
+        .map(|r| r.body["to"].clone())
+        .collect();
+    assert_eq!(to, vec![json!(digits)]);
+
+    let (status, v) = sw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/dnc/{NUMBER}/00{digits}"),
+            Some(json!({"reason": "opt-out by phone"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(sw.view(&format!("+{digits}")).await["dnc"], true);
+    let (_, list) = sw.send(reqwest::Method::GET, "/v1/dnc", None).await;
+    assert_eq!(
+        list["dnc"],
+        json!([{"business_number": NUMBER, "wa_id": digits}]),
+        "{list}"
+    );
+    let records = sw.audit(&format!("%2B{digits}")).await;
+    assert_eq!(
+        kinds(&records),
+        ["requested", "granted", "dnc_added", "withdrawn"],
+        "{records:?}"
+    );
+    assert!(records.iter().all(|r| r["wa_id"] == digits), "{records:?}");
+    assert_eq!(sw.audit(&format!("00{digits}")).await.len(), 4);
+
+    for (bad, why) in [
+        ("alice", "is not a phone number"),
+        ("4912", "too short"),
+        ("+999123456789", "no known country calling code"),
+    ] {
+        let (status, v) = sw
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/permissions/{NUMBER}/{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        let error = v["error"].as_str().unwrap_or("");
+        assert!(
+            error.starts_with("wa_id: ") && error.contains(why),
+            "{bad}: {v}"
+        );
+    }
     sw.node.drain_and_stop().await;
 }

@@ -268,6 +268,7 @@ on_both_backends!(
     large_batches_are_split_within_one_transaction,
     migrations_reapply_cleanly_and_corrupt_rows_are_reported,
     audit_trail_appends_in_one_chain_and_verify_names_each_tampering,
+    records_of_one_customer_in_older_spellings_are_found_and_replayed_as_one,
 );
 
 async fn exec(store: &Store, sql: &str) {
@@ -533,4 +534,68 @@ async fn a_cdr_postgres_refuses_is_set_aside_and_the_others_are_written() {
     let _ = handle.await;
     store.close().await;
     schema.drop().await;
+}
+
+/// Records written before numbers were normalised (the same customer as `+49…`, `0049…`
+/// and `49…`, with no customer index) are indexed at start without touching the records:
+/// a search by any spelling finds all three, the trail still verifies, and the permission
+/// service rebuilds one customer from them.
+async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_one(store: &Store) {
+    use waswitch::call::permissions::{Pair, Permissions};
+    use waswitch::permission::audit::AuditEntry;
+    use waswitch::permission::state::{Actor, Rules, Status};
+    use waswitch::store::audit::{AuditFilter, AuditRepository, Verified};
+    let now = waswitch::call::now_ms();
+    let entry = |wa_id: &str, kind: &str, detail: &str| AuditEntry {
+        at: now,
+        business_number: "15551112222".into(),
+        wa_id: wa_id.into(),
+        kind: kind.into(),
+        actor: Actor::Customer,
+        detail: detail.into(),
+    };
+    store
+        .append_audit(&[
+            entry(
+                "+4915100000901",
+                "granted",
+                r#"{"event":"granted","permanent":true}"#,
+            ),
+            entry(
+                "004915100000901",
+                "dnc_added",
+                r#"{"event":"dnc_added","reason":"x"}"#,
+            ),
+            entry("4915100000901", "dnc_removed", r#"{"event":"dnc_removed"}"#),
+        ])
+        .await
+        .expect("append");
+    // As a store written before the customer index existed.
+    exec(store, "UPDATE audit_records SET customer = NULL").await;
+    assert_eq!(store.index_audit_customers().await.expect("index"), 3);
+    let found = store
+        .audit_records(&AuditFilter {
+            wa_id: Some("4915100000901".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    let spelled: Vec<&str> = found.iter().map(|r| r.entry.wa_id.as_str()).collect();
+    assert_eq!(
+        spelled,
+        ["+4915100000901", "004915100000901", "4915100000901"]
+    );
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(3)
+    );
+    let permissions = Permissions::load(store.clone(), Rules::meta())
+        .await
+        .expect("load");
+    let view = permissions
+        .view(&Pair::new("15551112222", "4915100000901"))
+        .await;
+    // One customer: granted, then opted out (the grant voided), then the entry removed.
+    assert_eq!(view.status, Status::Withdrawn, "{view:?}");
+    assert!(!view.dnc, "{view:?}");
 }

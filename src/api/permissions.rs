@@ -3,8 +3,9 @@
 //! - `POST /v1/permissions/{business_number}/{wa_id}/request` `{"purpose": "..."}` (and
 //!   optionally `"template": {"name", "language", "parameters"}` to send an approved
 //!   call-permission template instead): sends the request through Meta, if the limits allow (201 with the audit
-//!   record; 429 over a request limit, 403 on the do-not-call list, 409 when a permanent
-//!   grant exists, 502 when Meta refuses).
+//!   record; 403 `{"error", "reason"}` for a customer a call could not reach either: a
+//!   sanctioned region, a business number of an excluded country, the do-not-call list;
+//!   429 over a request limit, 409 when a permanent grant exists, 502 when Meta refuses).
 //! - `GET /v1/permissions/{business_number}/{wa_id}`: the permission and what remains.
 //! - `DELETE /v1/permissions/{business_number}/{wa_id}`: the business withdraws the grant.
 //! - `PUT /v1/dnc/{business_number}/{wa_id}` `{"reason": "..."}`, `DELETE` the same path,
@@ -12,7 +13,10 @@
 //! - `GET /v1/audit?wa_id=&business_number=&since=&until=&after_seq=&limit=&format=csv`: the
 //!   audit trail in trail order (JSON, or CSV with `format=csv`).
 //!
-//! Every change is in the audit trail before the response is sent.
+//! Numbers in paths and queries are read as E.164 (`+4915…`, `4915…` and `004915…` are one
+//! customer; a national `0151…` is read in the business number's country); one that is
+//! not a number gets 400 naming why. Every change is in the audit trail before the
+//! response is sent.
 
 use std::sync::Arc;
 
@@ -41,6 +45,10 @@ pub struct PermissionApi {
     pub graph: Option<Arc<GraphClient>>,
     /// The business numbers served.
     pub numbers: Arc<Vec<BusinessNumber>>,
+    /// Business numbers of these countries send no permission requests (nor calls).
+    pub excluded_countries: Arc<Vec<String>>,
+    /// Customers whose number starts with one of these calling codes are never asked.
+    pub sanctioned: Arc<Vec<String>>,
 }
 
 /// The routes.
@@ -61,25 +69,24 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
-/// The pair named by a path, if the number is served and the customer is a number.
-fn pair(
-    api: &PermissionApi,
-    number: &str,
-    wa_id: &str,
-) -> Result<Pair, (StatusCode, &'static str)> {
-    if !api.numbers.iter().any(|n| n.display_number == number) {
+/// The business number served as `number` (any spelling of it).
+fn business_number<'a>(api: &'a PermissionApi, number: &str) -> Option<&'a BusinessNumber> {
+    let digits = crate::number::e164(number, None).ok()?;
+    api.numbers.iter().find(|n| n.display_number == digits)
+}
+
+/// The pair named by a path, its numbers normalised, if the number is served and the
+/// customer is a number.
+fn pair(api: &PermissionApi, number: &str, wa_id: &str) -> Result<Pair, (StatusCode, String)> {
+    let Some(business) = business_number(api, number) else {
         return Err((
             StatusCode::NOT_FOUND,
-            "no such business number on this switch",
+            "no such business number on this switch".into(),
         ));
-    }
-    if wa_id.is_empty() || wa_id.len() > 20 || !wa_id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "wa_id: the customer's WhatsApp number, digits only",
-        ));
-    }
-    Ok(Pair::new(number, wa_id))
+    };
+    let customer = crate::number::e164(wa_id, Some(&business.country))
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("wa_id: {e}")))?;
+    Ok(Pair::new(&business.display_number, &customer))
 }
 
 fn store_error(e: impl std::fmt::Display) -> Response {
@@ -119,7 +126,7 @@ async fn request(
 ) -> Response {
     let pair = match pair(&api, &number, &wa_id) {
         Ok(p) => p,
-        Err((status, why)) => return error(status, why),
+        Err((status, why)) => return error(status, &why),
     };
     let Ok(Json(body)) = body else {
         return error(
@@ -141,17 +148,19 @@ async fn request(
             "WhatsApp is not configured on this switch: add a [meta] section",
         );
     };
-    let Some(pnid) = api
-        .numbers
-        .iter()
-        .find(|n| n.display_number == number)
-        .map(|n| n.phone_number_id.clone())
-    else {
+    let Some(business) = business_number(&api, &number) else {
         return error(
             StatusCode::NOT_FOUND,
             "no such business number on this switch",
         );
     };
+    let pnid = business.phone_number_id.clone();
+    let policy = crate::permission::bic_policy(
+        &business.country,
+        &pair.wa_id,
+        &api.excluded_countries,
+        &api.sanctioned,
+    );
     if let Some(t) = &body.template {
         if t.name.trim().is_empty() || t.language.trim().is_empty() {
             return error(
@@ -161,25 +170,37 @@ async fn request(
         }
     }
     let text = purpose.clone();
-    let to = wa_id.clone();
+    let to = pair.wa_id.clone();
     let template = body.template.clone();
     let template_name = body.template.as_ref().map(|t| t.name.clone());
     // On a task of its own: a client hanging up never splits sending from recording.
     let permissions = api.permissions.clone();
     let sent = tokio::spawn(async move {
         permissions
-            .request(&pair, &purpose, template_name.as_deref(), || async move {
-                match template {
-                    Some(t) => graph
-                        .send_permission_template(&pnid, &to, &t.name, &t.language, &t.parameters)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => graph
-                        .send_permission_request(&pnid, &to, &text)
-                        .await
-                        .map_err(|e| e.to_string()),
-                }
-            })
+            .request(
+                &pair,
+                &purpose,
+                template_name.as_deref(),
+                policy,
+                || async move {
+                    match template {
+                        Some(t) => graph
+                            .send_permission_template(
+                                &pnid,
+                                &to,
+                                &t.name,
+                                &t.language,
+                                &t.parameters,
+                            )
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => graph
+                            .send_permission_request(&pnid, &to, &text)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                },
+            )
             .await
     })
     .await
@@ -209,7 +230,11 @@ async fn request(
             tracing::error!(error = %e, "permission request sent but not in the audit trail");
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
         }
-        Err(PermissionError::Blocked(b)) => error(StatusCode::FORBIDDEN, &b.to_string()),
+        Err(PermissionError::Blocked(b)) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": b.to_string(), "reason": b.as_str()})),
+        )
+            .into_response(),
     }
 }
 
@@ -219,7 +244,7 @@ async fn view(
 ) -> Response {
     match pair(&api, &number, &wa_id) {
         Ok(p) => Json(api.permissions.view(&p).await).into_response(),
-        Err((status, why)) => error(status, why),
+        Err((status, why)) => error(status, &why),
     }
 }
 
@@ -249,7 +274,7 @@ async fn business_change(
 ) -> Response {
     let p = match pair(api, number, wa_id) {
         Ok(p) => p,
-        Err((status, why)) => return error(status, why),
+        Err((status, why)) => return error(status, &why),
     };
     let event = event();
     let dnc_added = matches!(event, Event::DncAdded { .. });
@@ -301,7 +326,8 @@ struct DncQuery {
 }
 
 async fn dnc_list(State(api): State<PermissionApi>, Query(q): Query<DncQuery>) -> Response {
-    let list = api.permissions.dnc_list(q.business_number.as_deref()).await;
+    let number = q.business_number.as_deref().map(crate::number::e164_or_raw);
+    let list = api.permissions.dnc_list(number.as_deref()).await;
     let entries: Vec<_> = list
         .iter()
         .map(|p| json!({"business_number": p.business_number, "wa_id": p.wa_id}))
@@ -335,9 +361,20 @@ async fn audit(
         Some("csv") => true,
         Some(_) => return error(StatusCode::BAD_REQUEST, "format: csv or json"),
     };
+    let business = q
+        .business_number
+        .as_deref()
+        .and_then(|n| business_number(&api, n));
+    let wa_id = match q.wa_id.as_deref() {
+        None => None,
+        Some(w) => match crate::number::e164(w, business.map(|b| b.country.as_str())) {
+            Ok(w) => Some(w),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("wa_id: {e}")),
+        },
+    };
     let filter = AuditFilter {
-        business_number: q.business_number,
-        wa_id: q.wa_id,
+        business_number: q.business_number.as_deref().map(crate::number::e164_or_raw),
+        wa_id,
         since: q.since,
         until: q.until,
         after_seq: q.after_seq,

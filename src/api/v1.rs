@@ -118,7 +118,7 @@ async fn place_call(
         )
             .into_response(),
         Err(e @ CallbackRefused::UnknownNumber(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
-        Err(e @ (CallbackRefused::BadCustomer | CallbackRefused::BadDestination(_))) => {
+        Err(e @ (CallbackRefused::BadCustomer(_) | CallbackRefused::BadDestination(_))) => {
             error(StatusCode::BAD_REQUEST, &e.to_string())
         }
         Err(e @ CallbackRefused::NotEnabled) => error(StatusCode::NOT_IMPLEMENTED, &e.to_string()),

@@ -10,8 +10,11 @@
 //!
 //! Before a call is admitted, [`BicContext::admit`] checks the policy (sanctioned regions,
 //! excluded countries, optionally Meta's own permission check) and reserves the customer's
-//! permission atomically; the [`Permit`] travels with the call and is settled from its CDR
-//! (connected: used; unanswered: counted toward automatic revocation; failed: given back).
+//! permission atomically; the [`Permit`] travels with the call, writes each stage of the
+//! attempt to the audit trail ahead of it (`call_dialled` before Graph `connect` is sent,
+//! `call_connected` on the answer) and is settled from its CDR (connected: used;
+//! unanswered: counted toward automatic revocation; failed: given back). A restart settles
+//! what a crash left from the last stage recorded.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -23,7 +26,6 @@ use crate::config::BusinessNumber;
 use crate::media::shard::Remote;
 use crate::media::transcode::Codec;
 use crate::meta::graph::{GraphClient, GraphError};
-use crate::permission::state::Actor;
 use crate::permission::{AttemptOutcome, Blocked};
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, RequestId, ServerId, SipCommand};
@@ -61,21 +63,11 @@ impl std::fmt::Debug for BicContext {
     }
 }
 
-/// A number as the digits WhatsApp knows it by: `+` and visual separators removed; `None`
-/// unless 6 to 15 digits remain (E.164).
-pub fn digits(user: &str) -> Option<String> {
-    let d: String = user
-        .trim_start_matches('+')
-        .chars()
-        .filter(|c| !matches!(c, '-' | '.' | ' ' | '(' | ')'))
-        .collect();
-    (d.len() >= 6 && d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit())).then_some(d)
-}
-
 impl BicContext {
-    /// The business number whose WhatsApp number is `user` (a SIP From user, `+` or not).
+    /// The business number whose WhatsApp number is `user` (a SIP From user, in any
+    /// international spelling: `+`, `00` or bare digits).
     pub fn number(&self, user: &str) -> Option<&BusinessNumber> {
-        let d = digits(user)?;
+        let d = crate::number::e164(user, None).ok()?;
         self.numbers.iter().find(|n| n.display_number == d)
     }
 
@@ -121,7 +113,10 @@ pub struct Permit {
 }
 
 /// The reservation a permit holds. Dropped still holding it (the call was lost before it
-/// was settled, e.g. its start was abandoned), it gives the permission back.
+/// was settled, e.g. its start was abandoned), it settles by the attempt's last recorded
+/// stage: given back if never dialled, counted used otherwise
+/// ([`Permissions::abandon`]). Without a runtime (the process is ending) the next start
+/// settles it the same way from the trail.
 #[derive(Default)]
 struct Held(Mutex<Option<(Permissions, Reservation)>>);
 
@@ -135,13 +130,11 @@ impl Drop for Held {
         let Some((permissions, reservation)) = held else {
             return;
         };
-        tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; giving it back");
-        let mut context = Map::new();
-        context.insert("end_cause".into(), json!("call lost before it was settled"));
+        tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; settling it by its last recorded stage");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = permissions
-                    .finish_call(reservation, AttemptOutcome::Failed, context)
+                    .abandon(reservation, "call lost before it was settled")
                     .await;
             });
         }
@@ -201,24 +194,38 @@ impl Permit {
         permissions.cut_off(&pair).await
     }
 
-    /// The customer answered: `call_connected` goes in the audit trail with Meta's call id.
-    pub fn connected(&self, wa_call_id: Option<String>) {
-        let held = self
-            .held
+    /// The holder's service, pair and call id, while it is held.
+    fn holder(&self) -> Option<(Permissions, Pair, String)> {
+        self.held
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(|(p, r)| (p.clone(), r.pair.clone(), r.call_id.clone()));
-        let Some((permissions, pair, call_id)) = held else {
+            .map(|(p, r)| (p.clone(), r.pair.clone(), r.call_id.clone()))
+    }
+
+    /// Meta is about to be asked to place the call: `call_dialled` goes in the audit
+    /// trail first. An error means it is not recorded, and Meta must not be asked (a
+    /// restart would take the attempt for one Meta never heard of).
+    pub async fn dialled(&self) -> Result<(), String> {
+        let (permissions, pair, call_id) = self
+            .holder()
+            .ok_or_else(|| "the call's permission is no longer held".to_string())?;
+        permissions
+            .dialled(&pair, &call_id)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The customer answered: `call_connected` goes in the audit trail with Meta's call id.
+    pub fn connected(&self, wa_call_id: Option<String>) {
+        let Some((permissions, pair, call_id)) = self.holder() else {
             return;
         };
         let write = tokio::spawn(async move {
-            let mut context = Map::new();
-            context.insert("call_id".into(), json!(call_id));
-            context.insert("wa_call_id".into(), json!(wa_call_id));
             if let Err(e) = permissions
-                .note(&pair, Actor::Customer, "call_connected", context)
+                .answered(&pair, &call_id, wa_call_id.as_deref())
                 .await
             {
                 tracing::error!(error = %e, %call_id, "call_connected not written to the audit trail");
@@ -279,18 +286,16 @@ impl Permit {
         });
     }
 
-    /// Gives the permission back for a call that was never admitted (`why` in the trail).
+    /// Gives the permission back for a call that was never admitted (`why` in the trail;
+    /// such a call was never dialled).
     pub fn release(&self, why: &str) {
         let Some((permissions, reservation)) = self.take() else {
             return;
         };
         metrics::counter!(telemetry::BIC_ATTEMPTS_TOTAL, "result" => "failed").increment(1);
-        let mut context = Map::new();
-        context.insert("end_cause".into(), json!(why));
+        let why = why.to_string();
         tokio::spawn(async move {
-            let _ = permissions
-                .finish_call(reservation, AttemptOutcome::Failed, context)
-                .await;
+            let _ = permissions.abandon(reservation, &why).await;
         });
     }
 }

@@ -228,6 +228,21 @@ impl Fault {
     }
 }
 
+/// Stops this task for good when the process was started with `WASWITCH_TEST_PAUSE_AT`
+/// naming `point`: a test then kills the switch (`kill -9`) in exactly that window of a
+/// call's life. Points: `before_dial` (a business call's permission is reserved, Meta not
+/// yet asked), `before_cdr` (a call has ended, its CDR and permission settlement not yet
+/// written). The `fault-injection` feature only; a no-op otherwise.
+pub async fn pause_point(point: &str) {
+    #[cfg(any(test, feature = "fault-injection"))]
+    if std::env::var("WASWITCH_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "paused here for a test (WASWITCH_TEST_PAUSE_AT)");
+        std::future::pending::<()>().await;
+    }
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    let _ = point;
+}
+
 /// Current time as Unix epoch milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()

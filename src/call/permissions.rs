@@ -16,7 +16,8 @@ use serde_json::{json, Map, Value};
 use super::now_ms;
 use crate::permission::audit::{AuditEntry, AuditRecord};
 use crate::permission::state::{
-    Actor, AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Status,
+    Actor, AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Stage,
+    Status,
 };
 use crate::store::audit::{AuditFilter, AuditRepository};
 use crate::store::{Store, StoreError};
@@ -32,11 +33,21 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// The pair of `business_number` and `wa_id`.
+    /// The pair of `business_number` and `wa_id`, both already E.164 digits
+    /// ([`crate::number::e164`]).
     pub fn new(business_number: &str, wa_id: &str) -> Pair {
         Pair {
             business_number: business_number.to_string(),
             wa_id: wa_id.to_string(),
+        }
+    }
+
+    /// The pair an audit record names, its numbers normalised: records written before
+    /// numbers were normalised join the same customer's later ones.
+    fn of_record(entry: &AuditEntry) -> Pair {
+        Pair {
+            business_number: crate::number::e164_or_raw(&entry.business_number),
+            wa_id: crate::number::e164_or_raw(&entry.wa_id),
         }
     }
 }
@@ -55,7 +66,8 @@ pub struct Reservation {
 /// Why a permission operation did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PermissionError {
-    /// The call is refused.
+    /// The call (or the permission request) is refused by a call rule: policy or the
+    /// do-not-call list.
     #[error("{0}")]
     Blocked(Blocked),
     /// The permission request is refused.
@@ -132,6 +144,25 @@ fn active(state: &PairState) -> bool {
     state.status == Status::Granted
 }
 
+/// The audit entry of `event` (or of a note of `kind`) for `pair` at `at`.
+fn entry(
+    pair: &Pair,
+    actor: Actor,
+    at: i64,
+    kind: &str,
+    event: Option<&Event>,
+    context: Map<String, Value>,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        business_number: pair.business_number.clone(),
+        wa_id: pair.wa_id.clone(),
+        kind: kind.to_string(),
+        actor,
+        detail: detail(event, context),
+    }
+}
+
 /// The detail of an audit record: the event's own fields, then the context.
 fn detail(event: Option<&Event>, context: Map<String, Value>) -> String {
     let mut map = match event.map(serde_json::to_value) {
@@ -146,8 +177,10 @@ fn detail(event: Option<&Event>, context: Map<String, Value>) -> String {
 
 impl Permissions {
     /// The service over `store`, its pairs rebuilt from the audit trail. Reservations left
-    /// by calls that were in progress when the switch stopped are released (and the
-    /// release recorded).
+    /// by calls that were in progress when the switch stopped are settled by the last
+    /// stage the trail shows for them ([`Stage::settled_at_restart`]: never dialled is
+    /// released, dialled counts as used, answered as connected), each with a record naming
+    /// the call and why.
     pub async fn load(store: Store, rules: Rules) -> Result<Permissions, StoreError> {
         let service = Permissions {
             inner: Arc::new(Inner {
@@ -167,33 +200,40 @@ impl Permissions {
                 std::ops::ControlFlow::Continue(())
             })
             .await?;
-        let stuck: Vec<(Pair, u32)> = service
+        let unsettled: Vec<(Pair, Option<String>, Stage)> = service
             .inner
             .pairs
             .iter()
-            .filter_map(|e| {
-                let n = e.value().try_lock().map(|s| s.reserved).unwrap_or(0);
-                (n > 0).then(|| (e.key().clone(), n))
+            .flat_map(|e| {
+                let pair = e.key().clone();
+                let attempts = e
+                    .value()
+                    .try_lock()
+                    .map(|s| s.attempts().to_vec())
+                    .unwrap_or_default();
+                attempts
+                    .into_iter()
+                    .map(move |a| (pair.clone(), a.call_id, a.stage))
             })
             .collect();
-        for (pair, n) in stuck {
-            for _ in 0..n {
-                let mut context = Map::new();
-                context.insert(
-                    "note".into(),
-                    json!("released at start: the call did not survive a restart"),
-                );
-                service
-                    .record(
-                        &pair,
-                        Actor::Switch,
-                        Event::CallFinished {
-                            outcome: AttemptOutcome::Failed,
-                        },
-                        context,
-                    )
-                    .await?;
-            }
+        for (pair, call_id, stage) in unsettled {
+            let (outcome, why) = stage.settled_at_restart();
+            let mut context = Map::new();
+            context.insert("settled_at_start".into(), json!(why));
+            context.insert("stage".into(), json!(stage));
+            service
+                .record(
+                    &pair,
+                    Actor::Switch,
+                    Event::CallFinished { outcome, call_id },
+                    context,
+                )
+                .await?;
+            tracing::warn!(
+                ?outcome,
+                ?stage,
+                "a call attempt the last run left unsettled; settled at start"
+            );
         }
         let n = service
             .inner
@@ -230,29 +270,30 @@ impl Permissions {
 
     /// Applies one record of the trail (at load).
     fn replay(&self, r: &AuditRecord) {
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&r.entry.detail) else {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&r.entry.detail) else {
             return;
         };
+        let pair = Pair::of_record(&r.entry);
         if let Some(Value::String(id)) = map.get("message_id") {
             self.replies_mut().insert(id.clone());
             if let (Some(ts), true) = (
                 map.get("meta_timestamp").and_then(Value::as_i64),
                 map.contains_key("event"),
             ) {
-                let pair = Pair::new(&r.entry.business_number, &r.entry.wa_id);
-                let mut last = self.inner.last_reply.entry(pair).or_insert(ts);
+                let mut last = self.inner.last_reply.entry(pair.clone()).or_insert(ts);
                 if *last < ts {
                     *last = ts;
                 }
             }
         }
+        // Records of an event written as a plain note (`call_connected` once was) are the
+        // event their kind names; other notes (`call_blocked`, ...) name no event.
         if !map.contains_key("event") {
-            return;
+            map.insert("event".into(), json!(r.entry.kind));
         }
         let Ok(event) = serde_json::from_value::<Event>(Value::Object(map)) else {
             return;
         };
-        let pair = Pair::new(&r.entry.business_number, &r.entry.wa_id);
         let slot = self.slot(&pair);
         let Ok(mut state) = slot.try_lock() else {
             return;
@@ -268,6 +309,9 @@ impl Permissions {
     }
 
     /// Writes `event` (with `context`) to the trail, then applies it. The record as written.
+    ///
+    /// A do-not-call entry added while a grant is in force voids it: `dnc_added` and
+    /// `withdrawn` (with the reason) are written together, in one transaction.
     pub async fn record(
         &self,
         pair: &Pair,
@@ -277,11 +321,28 @@ impl Permissions {
     ) -> Result<AuditRecord, StoreError> {
         let slot = self.slot(pair);
         let mut state = slot.lock().await;
-        let record = self
-            .write(pair, actor, now_ms(), event.name(), Some(&event), context)
-            .await?;
-        self.apply(pair, &mut state, record.entry.at, &event);
-        Ok(record)
+        let at = now_ms();
+        let voids = matches!(event, Event::DncAdded { .. }) && active(&state);
+        let mut events = vec![(event, context.clone())];
+        if voids {
+            let mut why = context;
+            why.insert(
+                "reason".into(),
+                json!("do-not-call entry added: consent voided"),
+            );
+            events.push((Event::Withdrawn, why));
+        }
+        let entries: Vec<AuditEntry> = events
+            .iter()
+            .map(|(e, context)| entry(pair, actor, at, e.name(), Some(e), context.clone()))
+            .collect();
+        let mut written = self.inner.store.append_audit(&entries).await?;
+        for (e, _) in &events {
+            self.apply(pair, &mut state, at, e);
+        }
+        written
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
     }
 
     async fn write(
@@ -293,14 +354,7 @@ impl Permissions {
         event: Option<&Event>,
         context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
-        let entry = AuditEntry {
-            at,
-            business_number: pair.business_number.clone(),
-            wa_id: pair.wa_id.clone(),
-            kind: kind.to_string(),
-            actor,
-            detail: detail(event, context),
-        };
+        let entry = entry(pair, actor, at, kind, event, context);
         let mut written = self.inner.store.append_audit(&[entry]).await?;
         written
             .pop()
@@ -344,14 +398,7 @@ impl Permissions {
         }
         let entries: Vec<AuditEntry> = events
             .iter()
-            .map(|e| AuditEntry {
-                at,
-                business_number: pair.business_number.clone(),
-                wa_id: pair.wa_id.clone(),
-                kind: e.name().to_string(),
-                actor,
-                detail: detail(Some(e), context.clone()),
-            })
+            .map(|e| entry(pair, actor, at, e.name(), Some(e), context.clone()))
             .collect();
         self.inner.store.append_audit(&entries).await?;
         for e in events {
@@ -372,13 +419,20 @@ impl Permissions {
     }
 
     /// Sends a permission request (`send` delivers the message to Meta, free-form or as
-    /// `template`, and gives its message id) if the limits allow, and records it. Under the pair's lock, so two
-    /// requests at once cannot both pass a limit of one.
+    /// `template`, and gives its message id) if the call rules and the limits allow, and
+    /// records it. Under the pair's lock, so two requests at once cannot both pass a
+    /// limit of one.
+    ///
+    /// A request obeys the rules a call does: `policy` (sanctioned regions, excluded
+    /// countries) and the do-not-call list refuse it with the call's reason, recorded in
+    /// the trail (`request_blocked`, with the reason) as a refused call is; nothing is sent
+    /// to Meta. A request over a limit is refused and counted, as before, without a record.
     pub async fn request<F, Fut>(
         &self,
         pair: &Pair,
         purpose: &str,
         template: Option<&str>,
+        policy: Result<(), Blocked>,
         send: F,
     ) -> Result<AuditRecord, PermissionError>
     where
@@ -388,10 +442,37 @@ impl Permissions {
         let slot = self.slot(pair);
         let mut state = slot.lock().await;
         let now = now_ms();
-        if let Err(refused) = state.check_request(&self.inner.rules, now) {
-            metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => refused.as_str())
+        let verdict = policy
+            .and_then(|()| {
+                if state.dnc {
+                    Err(Blocked::DoNotCall)
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(PermissionError::Blocked)
+            .and_then(|()| {
+                state
+                    .check_request(&self.inner.rules, now)
+                    .map_err(PermissionError::Refused)
+            });
+        if let Err(refused) = verdict {
+            let reason = match &refused {
+                PermissionError::Blocked(b) => {
+                    let mut context = Map::new();
+                    context.insert("reason".into(), json!(b.as_str()));
+                    context.insert("purpose".into(), json!(purpose));
+                    self.write(pair, Actor::Switch, now, "request_blocked", None, context)
+                        .await?;
+                    b.as_str()
+                }
+                PermissionError::Refused(r) => r.as_str(),
+                _ => "refused",
+            };
+            drop(state);
+            metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => reason)
                 .increment(1);
-            return Err(PermissionError::Refused(refused));
+            return Err(refused);
         }
         let message_id = match send().await {
             Ok(id) => id,
@@ -454,7 +535,9 @@ impl Permissions {
                 Err(PermissionError::Blocked(blocked))
             }
             Ok(()) => {
-                let event = Event::CallReserved;
+                let event = Event::CallReserved {
+                    call_id: Some(call_id.to_string()),
+                };
                 self.write(
                     pair,
                     Actor::Business,
@@ -480,13 +563,74 @@ impl Permissions {
         &self,
         reservation: Reservation,
         outcome: AttemptOutcome,
-        mut context: Map<String, Value>,
+        context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
-        context.insert("call_id".into(), json!(reservation.call_id));
         self.record(
             &reservation.pair,
             Actor::Switch,
-            Event::CallFinished { outcome },
+            Event::CallFinished {
+                outcome,
+                call_id: Some(reservation.call_id),
+            },
+            context,
+        )
+        .await
+    }
+
+    /// Ends a reserved attempt whose outcome nobody saw (its call was lost before it was
+    /// settled), by the last stage the trail shows, as a restart would
+    /// ([`Stage::settled_at_restart`]): never dialled gives the permission back, anything
+    /// later counts it used. `why` goes in the record.
+    pub async fn abandon(
+        &self,
+        reservation: Reservation,
+        why: &str,
+    ) -> Result<AuditRecord, StoreError> {
+        let stage = {
+            let slot = self.slot(&reservation.pair);
+            let state = slot.lock().await;
+            state.stage(&reservation.call_id)
+        };
+        let (outcome, _) = stage.unwrap_or(Stage::Reserved).settled_at_restart();
+        let mut context = Map::new();
+        context.insert("end_cause".into(), json!(why));
+        if let Some(stage) = stage {
+            context.insert("stage".into(), json!(stage));
+        }
+        self.finish_call(reservation, outcome, context).await
+    }
+
+    /// Records that Meta is about to be asked to place the reserved attempt `call_id`
+    /// (Graph `connect`). Called, and awaited, before the request is sent: an attempt the
+    /// trail shows undialled is one Meta never heard of.
+    pub async fn dialled(&self, pair: &Pair, call_id: &str) -> Result<AuditRecord, StoreError> {
+        self.record(
+            pair,
+            Actor::Switch,
+            Event::CallDialled {
+                call_id: Some(call_id.to_string()),
+            },
+            Map::new(),
+        )
+        .await
+    }
+
+    /// Records that the customer answered the reserved attempt `call_id` (Meta's id of the
+    /// call in the record).
+    pub async fn answered(
+        &self,
+        pair: &Pair,
+        call_id: &str,
+        wa_call_id: Option<&str>,
+    ) -> Result<AuditRecord, StoreError> {
+        let mut context = Map::new();
+        context.insert("wa_call_id".into(), json!(wa_call_id));
+        self.record(
+            pair,
+            Actor::Customer,
+            Event::CallConnected {
+                call_id: Some(call_id.to_string()),
+            },
             context,
         )
         .await
@@ -511,7 +655,7 @@ impl Permissions {
             expires_at: grant.and_then(|g| g.expires_at),
             permanent: grant.is_some_and(|g| g.expires_at.is_none()),
             calls_used: grant.map_or(0, |g| g.calls_used),
-            calls_in_progress: state.reserved,
+            calls_in_progress: state.reserved(),
             remaining: state.remaining(&self.inner.rules, now),
         }
     }
@@ -627,6 +771,7 @@ impl Permissions {
     /// customer are cancelled.
     fn apply(&self, pair: &Pair, state: &mut PairState, at: i64, event: &Event) {
         let was = active(state);
+        let refused_before = state.check_call(&self.inner.rules, at).err();
         state.apply(&self.inner.rules, at, event);
         let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
@@ -637,9 +782,14 @@ impl Permissions {
             Event::DncAdded { .. } | Event::Revoked | Event::Withdrawn | Event::Expired
         );
         if ends {
-            if let Err(blocked) = state.check_call(&self.inner.rules, at) {
-                // Nobody listening (no node running) is fine.
-                let _ = self.inner.cutoffs.send((pair.clone(), blocked));
+            match state.check_call(&self.inner.rules, at) {
+                // Announced once per reason: a withdrawal that follows a do-not-call entry
+                // changes nothing a waiting call would hear.
+                Err(blocked) if refused_before != Some(blocked) => {
+                    // Nobody listening (no node running) is fine.
+                    let _ = self.inner.cutoffs.send((pair.clone(), blocked));
+                }
+                _ => {}
             }
         }
     }
@@ -715,10 +865,13 @@ impl ReplyRecorder {
             .map(|c| c.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| reply.from.clone());
-        if wa_id.is_empty() {
-            tracing::warn!(message_id = %reply.message_id, "permission reply without its user; ignored");
-            return Ok(());
-        }
+        let wa_id = match crate::number::e164(&wa_id, None) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(message_id = %reply.message_id, error = %e, "permission reply without a usable user number; ignored");
+                return Ok(());
+            }
+        };
         let pair = Pair::new(number, &wa_id);
         let automatic = reply.source == ResponseSource::Automatic;
         let actor = if automatic {

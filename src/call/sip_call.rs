@@ -687,8 +687,8 @@ pub enum CallbackRefused {
     #[error("{0} is not a business number of this switch")]
     UnknownNumber(String),
     /// The customer is not a WhatsApp number.
-    #[error("wa_id must be the customer's number, 6 to 15 digits")]
-    BadCustomer,
+    #[error("wa_id: {0}")]
+    BadCustomer(crate::number::NumberError),
     /// The destination is missing, unknown or not allowed.
     #[error("destination: {0}")]
     BadDestination(String),
@@ -720,7 +720,8 @@ impl SipIngress {
             .number(&req.business_number)
             .cloned()
             .ok_or_else(|| CallbackRefused::UnknownNumber(req.business_number.clone()))?;
-        let customer = super::bic::digits(&req.wa_id).ok_or(CallbackRefused::BadCustomer)?;
+        let customer = crate::number::e164(&req.wa_id, Some(&number.country))
+            .map_err(CallbackRefused::BadCustomer)?;
         let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
         let trunks = inner.router.trunks();
         let usable = |t: usize| {
@@ -843,16 +844,32 @@ impl SipIngress {
                 &tag,
             ));
         }
-        let Some(customer) = dialled_user(&invite).and_then(|u| super::bic::digits(&u)) else {
-            return respond(
-                MessageBuilder::response_to(
-                    &invite,
-                    404,
-                    "Not Found - not a WhatsApp number",
-                    Some(&tag),
-                )
-                .build(),
-            );
+        let customer = dialled_user(&invite)
+            .ok_or(crate::number::NumberError::Empty)
+            .and_then(|u| crate::number::e164(&u, Some(&number.country)));
+        let customer = match customer {
+            Ok(c) => c,
+            Err(e) => {
+                // 484 for a number cut short, 404 for anything else that is not one.
+                let (code, phrase) = match e {
+                    crate::number::NumberError::TooShort(_) => (484, "Address Incomplete"),
+                    _ => (404, "Not Found"),
+                };
+                let warning = format!(
+                    "399 waswitch \"{}\"",
+                    super::bic::safe_phrase(&e.to_string())
+                );
+                return respond(
+                    MessageBuilder::response_to(
+                        &invite,
+                        code,
+                        &format!("{phrase} - not a WhatsApp number"),
+                        Some(&tag),
+                    )
+                    .header(HeaderName::Warning, warning)
+                    .build(),
+                );
+            }
         };
         // The customer's phone must not ring for a call whose audio could not be carried:
         // the offer needs a codec the switch speaks with WhatsApp's Opus.
@@ -1112,7 +1129,9 @@ async fn offer_webrtc(
 const WEBRTC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Places the call with Meta (Graph `connect` with our offer, tagged with the switch's
-/// call id) from a task of its own; the outcome comes back to the bridge.
+/// call id) from a task of its own; the outcome comes back to the bridge. `call_dialled`
+/// is in the audit trail before the request leaves; when it cannot be written, Meta is
+/// not asked and the call fails with 503.
 fn connect(
     myself: &ActorRef<BridgeMsg>,
     start: &BicStart,
@@ -1129,8 +1148,19 @@ fn connect(
         biz_opaque_callback_data: Some(start.call_id.clone()),
     };
     let me = myself.clone();
+    let permit = start.permit.clone();
     tokio::spawn(
         async move {
+            super::pause_point("before_dial").await;
+            if let Err(e) = permit.dialled().await {
+                tracing::error!(error = %e, "call_dialled not written to the audit trail; Meta not asked");
+                let refused = (
+                    503,
+                    "Service Unavailable - audit trail not written".to_string(),
+                );
+                let _ = me.send_message(BridgeMsg::WhatsApp(WaEvent::Connected(Err(refused))));
+                return;
+            }
             let result = match graph.call_action(&pnid, &action).await {
                 Ok(Some(id)) => Ok(id),
                 Ok(None) => Err((

@@ -646,6 +646,7 @@ impl Call {
             return;
         }
         self.ended = true;
+        super::pause_point("before_cdr").await;
         if let Some(mut entry) = self.registry.remove(&self.id) {
             if self.trunk.is_some() {
                 entry.offer.trunk = self.trunk.clone();

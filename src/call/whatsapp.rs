@@ -120,6 +120,8 @@ impl WhatsAppCalls {
             .map(|ct| ct.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.from.clone());
+        // One customer, one number: the same E.164 digits the permissions are keyed by.
+        let customer = crate::number::e164_or_raw(&customer);
         if crate::permission::sanctioned(&customer, &self.sanctioned) {
             tracing::warn!(wa_call_id = %c.call_id, "call from a sanctioned region; rejecting");
             skip("sanctioned");

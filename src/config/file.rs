@@ -52,6 +52,8 @@ pub(crate) struct PermissionsSection {
     #[serde(default)]
     pub calls_per_permission: Option<i64>,
     #[serde(default)]
+    pub permanent_calls_per_day: Option<i64>,
+    #[serde(default)]
     pub requests_per_day: Option<i64>,
     #[serde(default)]
     pub requests_per_week: Option<i64>,

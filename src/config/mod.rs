@@ -935,7 +935,7 @@ impl Validator {
                 self.problem(
                     "permissions.profile",
                     format!("{other:?} is not a profile"),
-                    "use \"meta\" (Meta's documented limits, the default) or \"strict\" (24 h grants, one call each)",
+                    "use \"meta\" (Meta's documented limits, the default) or \"strict\" (24 h grants with one call each; one call a day on a permanent grant)",
                 );
                 return None;
             }
@@ -948,6 +948,10 @@ impl Validator {
         if let Some(n) = raw.calls_per_permission {
             let n = self.bounded("permissions.calls_per_permission", n, 0, 1_000_000)?;
             rules.calls_per_permission = (n > 0).then_some(n as u32);
+        }
+        if let Some(n) = raw.permanent_calls_per_day {
+            let n = self.bounded("permissions.permanent_calls_per_day", n, 0, 1_000_000)?;
+            rules.permanent_calls_per_day = (n > 0).then_some(n as u32);
         }
         if let Some(n) = raw.requests_per_day {
             rules.requests_per_day =

@@ -11,7 +11,15 @@
 //! connected call between the pair); a permission revoked after a run of unanswered calls.
 //! A call attempt reserves the permission ([`PairState::check_call`] then
 //! [`Event::CallReserved`]), so two simultaneous attempts on a one-call permission cannot
-//! both pass; the reservation is consumed when the call connects and released otherwise.
+//! both pass; the trail then follows the attempt (dialled, answered) until
+//! [`Event::CallFinished`] settles it: used when it connected, given back when it never
+//! reached Meta. An attempt whose end a stopped switch never saw is settled at the next
+//! start from the last stage the trail shows ([`Stage::settled_at_restart`]).
+//!
+//! A do-not-call entry ends any grant in force (removing the entry brings nothing back).
+//! Under a permanent grant, [`Rules::permanent_calls_per_day`] replaces the per-grant
+//! budget, so a permanent grant is never spent for good nor unlimited under the strict
+//! profile.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +36,14 @@ pub struct Rules {
     /// Cap on a temporary grant's lifetime even when the reply says longer (`None`: the
     /// reply's expiry stands).
     pub max_temporary_lifetime_ms: Option<i64>,
-    /// Connected calls one grant allows (`None`: any number while it is current).
+    /// Connected calls one temporary grant allows (`None`: any number while it is
+    /// current).
     pub calls_per_permission: Option<u32>,
+    /// Connected calls per rolling 24 h under a permanent grant (`None`: only
+    /// [`connected_calls_per_day`](Self::connected_calls_per_day)). A permanent grant has
+    /// no per-grant budget: it never expires and Meta refuses new requests while it
+    /// stands, so a budget spent once would leave the customer uncallable for ever.
+    pub permanent_calls_per_day: Option<u32>,
     /// Permission requests per rolling 24 h (Meta: 1).
     pub requests_per_day: u32,
     /// Permission requests per rolling 7 days (Meta: 2).
@@ -56,6 +70,7 @@ impl Rules {
             temporary_lifetime_ms: 7 * DAY_MS,
             max_temporary_lifetime_ms: None,
             calls_per_permission: None,
+            permanent_calls_per_day: None,
             requests_per_day: 1,
             requests_per_week: 2,
             connected_calls_per_day: 100,
@@ -63,13 +78,15 @@ impl Rules {
         }
     }
 
-    /// The strict profile: a grant lasts at most 24 h and allows one connected call; the
-    /// other limits are Meta's.
+    /// The strict profile ("24 h, one call"): a temporary grant lasts at most 24 h and
+    /// allows one connected call; a permanent grant allows one connected call per rolling
+    /// 24 h; the other limits are Meta's.
     pub fn strict() -> Rules {
         Rules {
             temporary_lifetime_ms: DAY_MS,
             max_temporary_lifetime_ms: Some(DAY_MS),
             calls_per_permission: Some(1),
+            permanent_calls_per_day: Some(1),
             ..Rules::meta()
         }
     }
@@ -100,8 +117,9 @@ pub enum AttemptOutcome {
     /// The call never reached the customer (switch, Meta or network failure): nothing
     /// is used.
     Failed,
-    /// How it ended was never seen (the switch stopped while it was in progress): the
-    /// grant counts it used, since it may have connected; nothing else changes.
+    /// How it ended was never seen (the switch stopped after Meta was asked to place it):
+    /// it may have connected, so the grant counts it used and it counts toward the daily
+    /// limit; the unanswered streak and the request limits are left as they are.
     Unknown,
 }
 
@@ -132,11 +150,33 @@ pub enum Event {
     /// A temporary grant reached its end.
     Expired,
     /// A call attempt reserved the grant.
-    CallReserved,
+    CallReserved {
+        /// The attempt's call id (absent only in records written before attempts were
+        /// named).
+        #[serde(default)]
+        call_id: Option<String>,
+    },
+    /// Meta was asked to place the reserved attempt (Graph `connect`): written before the
+    /// request leaves, so an attempt without it never reached Meta.
+    CallDialled {
+        /// The attempt's call id.
+        #[serde(default)]
+        call_id: Option<String>,
+    },
+    /// The customer answered the reserved attempt.
+    CallConnected {
+        /// The attempt's call id.
+        #[serde(default)]
+        call_id: Option<String>,
+    },
     /// A reserved call attempt ended.
     CallFinished {
         /// How.
         outcome: AttemptOutcome,
+        /// The attempt's call id (absent only in records written before attempts were
+        /// named: then the oldest attempt in progress).
+        #[serde(default)]
+        call_id: Option<String>,
     },
     /// A call from the customer to the business connected (at `answered_at`, epoch ms):
     /// requests sent before then no longer count against the limits.
@@ -164,7 +204,9 @@ impl Event {
             Event::Revoked => "revoked",
             Event::Withdrawn => "withdrawn",
             Event::Expired => "expired",
-            Event::CallReserved => "call_attempted",
+            Event::CallReserved { .. } => "call_attempted",
+            Event::CallDialled { .. } => "call_dialled",
+            Event::CallConnected { .. } => "call_connected",
             Event::CallFinished { .. } => "call_finished",
             Event::UserCallConnected { .. } => "user_call_connected",
             Event::DncAdded { .. } => "dnc_added",
@@ -327,6 +369,65 @@ pub enum Status {
     Withdrawn,
 }
 
+/// How far a reserved call attempt got, as far as the trail shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Reserved; Meta not asked yet.
+    Reserved,
+    /// Meta asked to place the call (`call_dialled` written before the request left).
+    Dialled,
+    /// The customer answered.
+    Answered,
+}
+
+impl Stage {
+    /// How an attempt that a stopped switch left at this stage is settled when the trail
+    /// is replayed at the next start, and why (the reason goes in the audit record).
+    ///
+    /// Decided for each window a crash can fall in:
+    /// - after the reservation, before `connect`: the trail ends at `call_attempted`.
+    ///   `call_dialled` is committed before the Graph request is sent, so Meta never heard
+    ///   of this call: it is released ([`AttemptOutcome::Failed`]).
+    /// - after `call_dialled` (whether or not the request left), before Meta answers: the
+    ///   customer may have picked up while the switch was down (the restarted switch ends
+    ///   any call it no longer knows when Meta's webhook names it, but not before it
+    ///   connected). Counted used and toward the daily limit
+    ///   ([`AttemptOutcome::Unknown`]); the unanswered streak and the request limits are
+    ///   left alone, since neither a no-answer nor a connection is known.
+    /// - after the answer (`call_connected`): the call connected
+    ///   ([`AttemptOutcome::Connected`]).
+    /// - after the call's end, before its CDR (so before `call_finished`): as the two
+    ///   windows before, by the last stage recorded. A call that in fact went unanswered
+    ///   is counted as used here: the error falls on the business's side, never the
+    ///   customer's.
+    pub fn settled_at_restart(self) -> (AttemptOutcome, &'static str) {
+        match self {
+            Stage::Reserved => (
+                AttemptOutcome::Failed,
+                "released at start: the trail shows it was never dialled",
+            ),
+            Stage::Dialled => (
+                AttemptOutcome::Unknown,
+                "counted as used at start: dialled, and its end was never seen",
+            ),
+            Stage::Answered => (
+                AttemptOutcome::Connected,
+                "counted as connected at start: answered, and its end was never seen",
+            ),
+        }
+    }
+}
+
+/// A call attempt holding the pair's permission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    /// Its call id (`None` in records written before attempts were named).
+    pub call_id: Option<String>,
+    /// How far it got.
+    pub stage: Stage,
+}
+
 /// One pair's permission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PairState {
@@ -336,8 +437,8 @@ pub struct PairState {
     pub grant: Option<Grant>,
     /// On the do-not-call list.
     pub dnc: bool,
-    /// Call attempts holding a reservation.
-    pub reserved: u32,
+    /// Call attempts holding a reservation, oldest first.
+    attempts: Vec<Attempt>,
     /// Unanswered or rejected calls in a row.
     pub unanswered_in_a_row: u32,
     /// Times of requests in the last 7 days (since the last connected call).
@@ -370,7 +471,7 @@ impl PairState {
             status: Status::None,
             grant: None,
             dnc: false,
-            reserved: 0,
+            attempts: Vec::new(),
             unanswered_in_a_row: 0,
             requests: Vec::new(),
             connected: Vec::new(),
@@ -393,16 +494,47 @@ impl PairState {
         if grant.expires_at.is_some_and(|at| now >= at) {
             return Err(Blocked::Expired);
         }
-        if let Some(limit) = rules.calls_per_permission {
-            if grant.calls_used.saturating_add(self.reserved) >= limit {
-                return Err(Blocked::Used);
+        let reserved = self.reserved();
+        let today = count_since(&self.connected, now - DAY_MS).saturating_add(reserved);
+        match (grant.expires_at, rules.calls_per_permission) {
+            (None, _) => {
+                if rules
+                    .permanent_calls_per_day
+                    .is_some_and(|limit| today >= limit)
+                {
+                    return Err(Blocked::CallLimit);
+                }
             }
+            (Some(_), Some(limit)) => {
+                if grant.calls_used.saturating_add(reserved) >= limit {
+                    return Err(Blocked::Used);
+                }
+            }
+            (Some(_), None) => {}
         }
-        let today = count_since(&self.connected, now - DAY_MS);
-        if today.saturating_add(self.reserved) >= rules.connected_calls_per_day {
+        if today >= rules.connected_calls_per_day {
             return Err(Blocked::CallLimit);
         }
         Ok(())
+    }
+
+    /// Call attempts holding a reservation.
+    pub fn reserved(&self) -> u32 {
+        u32::try_from(self.attempts.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The attempts holding a reservation, oldest first: after a replay at start, the
+    /// ones a stopped switch never settled.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+
+    /// The stage of the attempt `call_id`, while it holds a reservation.
+    pub fn stage(&self, call_id: &str) -> Option<Stage> {
+        self.attempts
+            .iter()
+            .find(|a| a.call_id.as_deref() == Some(call_id))
+            .map(|a| a.stage)
     }
 
     /// Whether a permission request may be sent at `now`. `Ok` means
@@ -453,10 +585,20 @@ impl PairState {
         let calls_today = rules
             .connected_calls_per_day
             .saturating_sub(count_since(&self.connected, now - DAY_MS));
-        let calls_on_grant = rules.calls_per_permission.map(|limit| {
-            let used = self.grant.as_ref().map_or(limit, |g| g.calls_used);
-            limit.saturating_sub(used.saturating_add(self.reserved))
-        });
+        let reserved = self.reserved();
+        let permanent = self.grant.as_ref().is_some_and(|g| g.expires_at.is_none());
+        let calls_on_grant = if permanent {
+            rules.permanent_calls_per_day.map(|limit| {
+                limit.saturating_sub(
+                    count_since(&self.connected, now - DAY_MS).saturating_add(reserved),
+                )
+            })
+        } else {
+            rules.calls_per_permission.map(|limit| {
+                let used = self.grant.as_ref().map_or(limit, |g| g.calls_used);
+                limit.saturating_sub(used.saturating_add(reserved))
+            })
+        };
         Remaining {
             requests: day.min(week),
             calls_today,
@@ -466,8 +608,9 @@ impl PairState {
 
     /// Applies one event that happened at `now`. Events are applied as recorded, in
     /// order; an event that makes no sense in the current state (a reply to nothing, a
-    /// release without a reservation) changes only what it can, so replaying any trail
-    /// gives the same state as living through it.
+    /// release without a reservation, a second end of one attempt) changes only what it
+    /// can, so replaying any trail gives the same state as living through it, and an
+    /// attempt is settled once however often its end is recorded.
     pub fn apply(&mut self, rules: &Rules, now: i64, event: &Event) {
         self.prune(now);
         match event {
@@ -512,9 +655,26 @@ impl PairState {
                     self.end_grant(Status::Expired);
                 }
             }
-            Event::CallReserved => self.reserved = self.reserved.saturating_add(1),
-            Event::CallFinished { outcome } => {
-                self.reserved = self.reserved.saturating_sub(1);
+            Event::CallReserved { call_id } => self.attempts.push(Attempt {
+                call_id: call_id.clone(),
+                stage: Stage::Reserved,
+            }),
+            Event::CallDialled { call_id } => self.advance(call_id.as_deref(), Stage::Dialled),
+            Event::CallConnected { call_id } => self.advance(call_id.as_deref(), Stage::Answered),
+            Event::CallFinished { outcome, call_id } => {
+                let at = match call_id {
+                    Some(id) => self
+                        .attempts
+                        .iter()
+                        .position(|a| a.call_id.as_deref() == Some(id.as_str())),
+                    None if self.attempts.is_empty() => None,
+                    None => Some(0),
+                };
+                let Some(at) = at else {
+                    // Settled already (or never reserved): nothing more to count.
+                    return;
+                };
+                self.attempts.remove(at);
                 match outcome {
                     AttemptOutcome::Connected => {
                         if let Some(g) = self.grant.as_mut() {
@@ -538,6 +698,7 @@ impl PairState {
                         if let Some(g) = self.grant.as_mut() {
                             g.calls_used = g.calls_used.saturating_add(1);
                         }
+                        self.connected.push(now);
                     }
                 }
             }
@@ -545,8 +706,29 @@ impl PairState {
                 Some(at) => self.requests.retain(|&t| t > *at),
                 None => self.requests.clear(),
             },
-            Event::DncAdded { .. } => self.dnc = true,
+            Event::DncAdded { .. } => {
+                self.dnc = true;
+                // Opting out voids consent: a grant in force ends here, and removing the
+                // entry later restores nothing.
+                if self.status == Status::Granted {
+                    self.end_grant(Status::Withdrawn);
+                }
+            }
             Event::DncRemoved => self.dnc = false,
+        }
+    }
+
+    /// Moves the attempt `call_id` (`None`: the oldest not yet there) on to `stage`.
+    fn advance(&mut self, call_id: Option<&str>, stage: Stage) {
+        let attempt = match call_id {
+            Some(id) => self
+                .attempts
+                .iter_mut()
+                .find(|a| a.call_id.as_deref() == Some(id)),
+            None => self.attempts.iter_mut().find(|a| a.stage < stage),
+        };
+        if let Some(a) = attempt {
+            a.stage = a.stage.max(stage);
         }
     }
 

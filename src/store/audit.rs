@@ -1,6 +1,11 @@
 //! The audit trail in the database: appended one record at a time under the lock of its
 //! head row (so the chain has one writer at a time, across nodes too), read back by pair
 //! and time, and walked from the start by `waswitch audit verify`.
+//!
+//! Each row also carries `customer`, its `wa_id` as E.164 digits: the key a customer's
+//! records are found by, however older records spelled the number. It is derived, outside
+//! the hash, and [`Store::index_audit_customers`] fills it in for rows written before it
+//! existed.
 
 use std::ops::ControlFlow;
 
@@ -15,7 +20,7 @@ use crate::permission::state::Actor;
 pub struct AuditFilter {
     /// One business number.
     pub business_number: Option<String>,
-    /// One customer.
+    /// One customer (E.164 digits: matched against each record's normalised customer).
     pub wa_id: Option<String>,
     /// From this time (epoch ms, inclusive).
     pub since: Option<i64>,
@@ -107,7 +112,7 @@ macro_rules! audit_queries {
             for entry in entries {
                 let record = AuditRecord::next(Some((seq, &hash)), entry.clone());
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "INSERT INTO audit_records ({COLUMNS}) VALUES ("
+                    "INSERT INTO audit_records ({COLUMNS}, customer) VALUES ("
                 ));
                 let mut v = q.separated(", ");
                 v.push_bind(record.seq)
@@ -118,7 +123,8 @@ macro_rules! audit_queries {
                     .push_bind(actor_str(record.entry.actor))
                     .push_bind(record.entry.detail.clone())
                     .push_bind(record.prev_hash.clone())
-                    .push_bind(record.hash.clone());
+                    .push_bind(record.hash.clone())
+                    .push_bind(crate::number::e164_or_raw(&record.entry.wa_id));
                 q.push(")");
                 q.build().execute(&mut *tx).await?;
                 seq = record.seq;
@@ -144,7 +150,7 @@ macro_rules! audit_queries {
                 q.push(" AND business_number = ").push_bind(b.clone());
             }
             if let Some(w) = &f.wa_id {
-                q.push(" AND wa_id = ").push_bind(w.clone());
+                q.push(" AND customer = ").push_bind(w.clone());
             }
             if let Some(t) = f.since {
                 q.push(" AND at >= ").push_bind(t);
@@ -163,6 +169,30 @@ macro_rules! audit_queries {
             q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
             let rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
             rows.into_iter().map(AuditRecord::try_from).collect()
+        }
+
+        pub(super) async fn index_customers(pool: &sqlx::Pool<$db>) -> Result<u64, StoreError> {
+            let mut done = 0;
+            loop {
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT seq, wa_id FROM audit_records WHERE customer IS NULL ORDER BY seq LIMIT 1000",
+                )
+                .fetch_all(pool)
+                .await?;
+                if rows.is_empty() {
+                    return Ok(done);
+                }
+                let mut tx = pool.begin().await?;
+                for (seq, wa_id) in &rows {
+                    sqlx::query("UPDATE audit_records SET customer = $1 WHERE seq = $2")
+                        .bind(crate::number::e164_or_raw(wa_id))
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                done += rows.len() as u64;
+            }
         }
 
         pub(super) async fn head(pool: &sqlx::Pool<$db>) -> Result<(i64, String), StoreError> {
@@ -232,6 +262,16 @@ impl AuditRepository for Store {
 const WALK_PAGE: u32 = 5000;
 
 impl Store {
+    /// Fills in the normalised customer of every record written without one (before the
+    /// column existed): the number of records indexed. Run at start, after migrations;
+    /// the records themselves, and so the chain, are untouched.
+    pub async fn index_audit_customers(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::index_customers(p).await,
+            Store::Postgres(p) => postgres::index_customers(p).await,
+        }
+    }
+
     /// Visits the records matching `filter` in trail order, a page at a time, until `f`
     /// breaks (`filter.after_seq` and `filter.limit` are the walk's own). The number
     /// visited.

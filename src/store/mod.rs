@@ -147,6 +147,13 @@ impl Store {
             Store::Sqlite(p) => MIGRATOR.run(p).await?,
             Store::Postgres(p) => MIGRATOR.run(p).await?,
         }
+        let indexed = self.index_audit_customers().await?;
+        if indexed > 0 {
+            tracing::info!(
+                records = indexed,
+                "audit records indexed by their customer's E.164 number"
+            );
+        }
         Ok(())
     }
 

@@ -93,7 +93,8 @@ proptest! {
         let mut state = PairState::new();
         let mut log: Vec<(i64, Event)> = Vec::new();
         let mut model = Model { grant: None, used: 0, dnc: false, unanswered: 0 };
-        let mut in_flight = 0u32;
+        let mut in_flight: std::collections::VecDeque<String> = Default::default();
+        let mut next_id = 0u32;
         let mut connected_at: Vec<i64> = Vec::new();
         let mut requested_at: Vec<i64> = Vec::new();
         let mut last_connected = i64::MIN;
@@ -131,6 +132,8 @@ proptest! {
                 Op::DncAdd => {
                     record(&mut state, now, Event::DncAdded { reason: "opt-out".into() }, &mut log);
                     model.dnc = true;
+                    // Opting out voids the grant in force.
+                    model.grant = None;
                 }
                 Op::DncRemove => {
                     record(&mut state, now, Event::DncRemoved, &mut log);
@@ -164,16 +167,23 @@ proptest! {
                         };
                         prop_assert!(expiry.is_none_or(|e| now < e), "a call on an expired grant");
                         if let Some(limit) = rules.calls_per_permission {
-                            prop_assert!(model.used + in_flight < limit, "the grant's calls are spent");
+                            if expiry.is_some() {
+                                prop_assert!(model.used + (in_flight.len() as u32) < limit, "the grant's calls are spent");
+                            }
                         }
-                        in_flight += 1;
-                        record(&mut state, now, Event::CallReserved, &mut log);
+                        if let (None, Some(limit)) = (expiry, rules.permanent_calls_per_day) {
+                            let today = connected_at.iter().filter(|&&t| t > now - DAY_MS).count() as u32;
+                            prop_assert!(today + (in_flight.len() as u32) < limit, "a permanent grant's calls today are spent");
+                        }
+                        next_id += 1;
+                        let id = format!("c{next_id}");
+                        in_flight.push_back(id.clone());
+                        record(&mut state, now, Event::CallReserved { call_id: Some(id) }, &mut log);
                     }
                 }
                 Op::Finish(outcome) => {
-                    if in_flight > 0 {
-                        in_flight -= 1;
-                        record(&mut state, now, Event::CallFinished { outcome }, &mut log);
+                    if let Some(id) = in_flight.pop_front() {
+                        record(&mut state, now, Event::CallFinished { outcome, call_id: Some(id) }, &mut log);
                         match outcome {
                             AttemptOutcome::Connected => {
                                 if model.grant.is_some() {
@@ -184,7 +194,7 @@ proptest! {
                                 last_connected = now;
                                 let today = connected_at.iter().filter(|&&t| t > now - DAY_MS).count();
                                 prop_assert!(today as u32 <= rules.connected_calls_per_day);
-                                if let Some(limit) = rules.calls_per_permission {
+                                if let (Some(limit), Some(Some(_))) = (rules.calls_per_permission, model.grant) {
                                     prop_assert!(model.used <= limit, "a grant used {} times", model.used);
                                 }
                             }
@@ -210,7 +220,7 @@ proptest! {
                     last_connected = now;
                 }
             }
-            prop_assert_eq!(state.reserved, in_flight);
+            prop_assert_eq!(state.reserved() as usize, in_flight.len());
         }
         // The trail rebuilds the state exactly.
         let mut replayed = PairState::new();
@@ -237,26 +247,19 @@ fn a_one_call_grant_admits_one_of_two_simultaneous_attempts_and_is_then_used() {
         },
     );
     assert_eq!(s.check_call(&rules, t), Ok(()));
-    s.apply(&rules, t, &Event::CallReserved);
+    s.apply(&rules, t, &reserved("a"));
     assert_eq!(s.check_call(&rules, t), Err(Blocked::Used));
     // The first attempt fails before reaching the customer: the grant is free again.
-    s.apply(
-        &rules,
-        t,
-        &Event::CallFinished {
-            outcome: AttemptOutcome::Failed,
-        },
-    );
+    s.apply(&rules, t, &finished("a", AttemptOutcome::Failed));
     assert_eq!(s.check_call(&rules, t), Ok(()));
-    s.apply(&rules, t, &Event::CallReserved);
-    s.apply(
-        &rules,
-        t + 1,
-        &Event::CallFinished {
-            outcome: AttemptOutcome::Connected,
-        },
-    );
+    s.apply(&rules, t, &reserved("b"));
+    s.apply(&rules, t + 1, &finished("b", AttemptOutcome::Connected));
     assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::Used));
+    // A second record of the same end (a redelivery, a retried write) settles nothing more.
+    let before = s.clone();
+    s.apply(&rules, t + 2, &finished("b", AttemptOutcome::Connected));
+    s.apply(&rules, t + 2, &finished("a", AttemptOutcome::Failed));
+    assert_eq!(s, before);
     // The strict profile's grant lasts 24 h at most.
     assert_eq!(
         s.grant.as_ref().and_then(|g| g.expires_at),
@@ -303,14 +306,188 @@ fn expiry_dnc_and_revocation_each_block_with_their_reason() {
         s.check_request(&rules, 2001),
         Err(RequestRefused::DoNotCall)
     );
+    // Opting out voided the grant: removing the entry brings nothing back, and a new
+    // request may go out (no permanent grant stands any more).
     s.apply(&rules, 2002, &Event::DncRemoved);
-    assert_eq!(s.check_call(&rules, 2003), Ok(()));
+    assert_eq!(s.check_call(&rules, 2003), Err(Blocked::Withdrawn));
+    assert_eq!(s.status, Status::Withdrawn);
+    assert_eq!(s.check_request(&rules, 2003), Ok(()));
+    s.apply(
+        &rules,
+        2004,
+        &Event::Granted {
+            permanent: true,
+            expires_at: None,
+        },
+    );
+    assert_eq!(s.check_call(&rules, 2005), Ok(()));
     assert_eq!(
-        s.check_request(&rules, 2003),
+        s.check_request(&rules, 2005),
         Err(RequestRefused::AlreadyPermanent)
     );
-    s.apply(&rules, 2004, &Event::Revoked);
-    assert_eq!(s.check_call(&rules, 2005), Err(Blocked::Revoked));
+    s.apply(&rules, 2006, &Event::Revoked);
+    assert_eq!(s.check_call(&rules, 2007), Err(Blocked::Revoked));
+}
+
+fn reserved(id: &str) -> Event {
+    Event::CallReserved {
+        call_id: Some(id.into()),
+    }
+}
+
+fn dialled(id: &str) -> Event {
+    Event::CallDialled {
+        call_id: Some(id.into()),
+    }
+}
+
+fn answered(id: &str) -> Event {
+    Event::CallConnected {
+        call_id: Some(id.into()),
+    }
+}
+
+fn finished(id: &str, outcome: AttemptOutcome) -> Event {
+    Event::CallFinished {
+        outcome,
+        call_id: Some(id.into()),
+    }
+}
+
+/// Replays `log` as a start does, then settles what it left in progress as
+/// [`Stage::settled_at_restart`] decides, appending the settlements to the log.
+fn restart(rules: &Rules, log: &mut Vec<(i64, Event)>, now: i64) -> PairState {
+    let mut s = PairState::new();
+    for (at, e) in log.iter() {
+        s.apply(rules, *at, e);
+    }
+    for a in s.attempts().to_vec() {
+        let (outcome, _) = a.stage.settled_at_restart();
+        let e = Event::CallFinished {
+            outcome,
+            call_id: a.call_id,
+        };
+        s.apply(rules, now, &e);
+        log.push((now, e));
+    }
+    s
+}
+
+#[test]
+fn each_crash_window_is_settled_from_the_last_stage_in_the_trail() {
+    let rules = Rules::strict();
+    let t = 10 * DAY_MS;
+    let grant = Event::Granted {
+        permanent: false,
+        expires_at: None,
+    };
+    // After the reservation, before connect: never dialled, given back.
+    let mut log = vec![(t, grant.clone()), (t, reserved("a"))];
+    let s = restart(&rules, &mut log, t + 1);
+    assert_eq!(s.reserved(), 0);
+    assert_eq!(s.check_call(&rules, t + 2), Ok(()));
+    assert_eq!(
+        log.last().map(|(_, e)| e.clone()),
+        Some(finished("a", AttemptOutcome::Failed))
+    );
+    // After connect, before Meta answers: it may have connected; used, and counted today.
+    let mut log = vec![(t, grant.clone()), (t, reserved("a")), (t, dialled("a"))];
+    let s = restart(&rules, &mut log, t + 1);
+    assert_eq!(s.reserved(), 0);
+    assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::Used));
+    assert_eq!(s.remaining(&rules, t + 2).calls_today, 99);
+    // After the answer, and after the call's end before its CDR: connected.
+    let mut log = vec![
+        (t, grant.clone()),
+        (t, reserved("a")),
+        (t, dialled("a")),
+        (t, answered("a")),
+    ];
+    let s = restart(&rules, &mut log, t + 1);
+    assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::Used));
+    assert_eq!(s.grant.as_ref().map(|g| g.calls_used), Some(1));
+    // A second restart finds nothing left to settle.
+    let before = log.len();
+    let again = restart(&rules, &mut log, t + 3);
+    assert_eq!(log.len(), before);
+    assert_eq!(again.reserved(), 0);
+}
+
+#[test]
+fn the_strict_profile_gives_a_permanent_grant_one_call_a_day_and_never_strands_the_customer() {
+    let rules = Rules::strict();
+    let mut s = PairState::new();
+    let t = 10 * DAY_MS;
+    s.apply(
+        &rules,
+        t,
+        &Event::Granted {
+            permanent: true,
+            expires_at: None,
+        },
+    );
+    // A permanent grant never lapses, even under the strict profile.
+    assert!(!s.expiry_due(t + 30 * DAY_MS));
+    s.apply(&rules, t, &reserved("a"));
+    // One call at a time, one a day.
+    assert_eq!(s.check_call(&rules, t), Err(Blocked::CallLimit));
+    s.apply(&rules, t + 1, &finished("a", AttemptOutcome::Connected));
+    assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::CallLimit));
+    assert_eq!(s.remaining(&rules, t + 2).calls_on_grant, Some(0));
+    // Meta refuses requests while a permanent grant stands (138017), and so does the switch…
+    assert_eq!(
+        s.check_request(&rules, t + 2),
+        Err(RequestRefused::AlreadyPermanent)
+    );
+    // …so the grant's budget comes back a day later instead.
+    assert_eq!(s.check_call(&rules, t + 1 + DAY_MS), Ok(()));
+    assert_eq!(s.remaining(&rules, t + 1 + DAY_MS).calls_on_grant, Some(1));
+    // An unanswered call spends nothing of it.
+    s.apply(&rules, t + 1 + DAY_MS, &reserved("b"));
+    s.apply(
+        &rules,
+        t + 2 + DAY_MS,
+        &finished("b", AttemptOutcome::Unanswered),
+    );
+    assert_eq!(s.check_call(&rules, t + 3 + DAY_MS), Ok(()));
+
+    // Meta's profile: a permanent grant has no budget beyond the 100 connected calls a day.
+    let rules = Rules::meta();
+    let mut s = PairState::new();
+    s.apply(
+        &rules,
+        t,
+        &Event::Granted {
+            permanent: true,
+            expires_at: None,
+        },
+    );
+    for k in 0..100 {
+        let id = format!("c{k}");
+        assert_eq!(s.check_call(&rules, t + k), Ok(()), "call {k}");
+        s.apply(&rules, t + k, &reserved(&id));
+        s.apply(&rules, t + k, &finished(&id, AttemptOutcome::Connected));
+    }
+    assert_eq!(s.check_call(&rules, t + 100), Err(Blocked::CallLimit));
+    assert_eq!(s.check_call(&rules, t + DAY_MS + 1), Ok(()));
+
+    // A per-grant budget set for temporary grants does not strand a permanent one.
+    let rules = Rules {
+        calls_per_permission: Some(1),
+        ..Rules::meta()
+    };
+    let mut s = PairState::new();
+    s.apply(
+        &rules,
+        t,
+        &Event::Granted {
+            permanent: true,
+            expires_at: None,
+        },
+    );
+    s.apply(&rules, t, &reserved("a"));
+    s.apply(&rules, t, &finished("a", AttemptOutcome::Connected));
+    assert_eq!(s.check_call(&rules, t + 1), Ok(()));
 }
 
 #[test]
@@ -351,16 +528,212 @@ fn four_unanswered_calls_revoke_and_a_connected_call_resets_the_request_limits()
         },
     );
     for k in 0..4 {
+        let id = format!("c{k}");
         assert_eq!(s.check_call(&rules, 3 * DAY_MS + k), Ok(()), "attempt {k}");
-        s.apply(&rules, 3 * DAY_MS + k, &Event::CallReserved);
+        s.apply(&rules, 3 * DAY_MS + k, &reserved(&id));
         s.apply(
             &rules,
             3 * DAY_MS + k,
-            &Event::CallFinished {
-                outcome: AttemptOutcome::Unanswered,
-            },
+            &finished(&id, AttemptOutcome::Unanswered),
         );
     }
     assert_eq!(s.status, Status::Revoked);
     assert_eq!(s.check_call(&rules, 4 * DAY_MS), Err(Blocked::Revoked));
+}
+
+/// One step of a history in which the switch can die at any point.
+#[derive(Debug, Clone)]
+enum Step {
+    Advance(i64),
+    Grant {
+        permanent: bool,
+    },
+    Revoke,
+    DncAdd,
+    DncRemove,
+    Sweep,
+    /// A business-initiated call reserves the permission, if the switch allows it.
+    Attempt,
+    /// Meta is asked to place an attempt still only reserved (`call_dialled` first).
+    Dial(usize),
+    /// The customer answers a dialled attempt.
+    Answer(usize),
+    /// An attempt ends as its stage allows (a dialled one unanswered, or failed).
+    End(usize, bool),
+    /// A finished attempt's end is recorded again (a retried write, a late settlement).
+    Again(usize),
+    /// The switch is killed: calls in progress die with it. Bit `k` says whether the
+    /// customer of the `k`-th dialled call picked up before Meta heard the switch was gone.
+    Crash(u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => prop_oneof![1_000i64..60_000, 3_600_000i64..2 * DAY_MS].prop_map(Step::Advance),
+        2 => any::<bool>().prop_map(|permanent| Step::Grant { permanent }),
+        1 => Just(Step::Revoke),
+        1 => Just(Step::DncAdd),
+        1 => Just(Step::DncRemove),
+        1 => Just(Step::Sweep),
+        5 => Just(Step::Attempt),
+        4 => any::<usize>().prop_map(Step::Dial),
+        4 => any::<usize>().prop_map(Step::Answer),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(i, u)| Step::End(i, u)),
+        1 => any::<usize>().prop_map(Step::Again),
+        2 => any::<u32>().prop_map(Step::Crash),
+    ]
+}
+
+/// A call as the world saw it, whatever the switch recorded.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    stage: Stage,
+    /// The grant it was reserved under (a counter of grants given).
+    grant: u32,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Kill the switch at any step and start it again from the trail: no grant is ever used
+    /// by more real conversations than it allows, nor the daily limits exceeded, counting
+    /// the calls a customer answered while the switch was down; after every start no
+    /// permission is left reserved; each attempt is settled exactly once however often its
+    /// end is recorded; and the trail rebuilds the live state.
+    #[test]
+    fn crashes_never_let_a_grant_be_overused_and_every_attempt_settles_once(
+        rules in rules(),
+        steps in proptest::collection::vec(step(), 1..150),
+    ) {
+        let mut now: i64 = 1_700_000_000_000;
+        let mut log: Vec<(i64, Event)> = Vec::new();
+        let mut state = PairState::new();
+        let mut calls: Vec<Call> = Vec::new();
+        let mut finished_ids: Vec<String> = Vec::new();
+        let mut next_id = 0u32;
+        // Grants given, and the one in force (with whether it is permanent).
+        let mut grants = 0u32;
+        // Real conversations: (when, under which grant, that grant permanent).
+        let mut talks: Vec<(i64, u32, bool)> = Vec::new();
+        let mut permanent_grants: Vec<u32> = Vec::new();
+        let record = |state: &mut PairState, log: &mut Vec<(i64, Event)>, now: i64, e: Event| {
+            state.apply(&rules, now, &e);
+            log.push((now, e));
+        };
+        let talk = |talks: &mut Vec<(i64, u32, bool)>, now: i64, grant: u32, permanent: bool| -> Result<(), TestCaseError> {
+            talks.push((now, grant, permanent));
+            let today = talks.iter().filter(|(t, _, _)| *t > now - DAY_MS).count() as u32;
+            prop_assert!(today <= rules.connected_calls_per_day, "{today} conversations in 24 h");
+            if permanent {
+                if let Some(limit) = rules.permanent_calls_per_day {
+                    let on_grant = talks.iter().filter(|(t, g, _)| *g == grant && *t > now - DAY_MS).count() as u32;
+                    prop_assert!(on_grant <= limit, "a permanent grant used {on_grant} times in 24 h");
+                }
+            } else if let Some(limit) = rules.calls_per_permission {
+                let on_grant = talks.iter().filter(|(_, g, _)| *g == grant).count() as u32;
+                prop_assert!(on_grant <= limit, "a one-call grant used {on_grant} times");
+            }
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Step::Advance(ms) => now += ms,
+                Step::Grant { permanent } => {
+                    grants += 1;
+                    if permanent {
+                        permanent_grants.push(grants);
+                    }
+                    record(&mut state, &mut log, now, Event::Granted { permanent, expires_at: None });
+                }
+                Step::Revoke => record(&mut state, &mut log, now, Event::Revoked),
+                Step::DncAdd => record(&mut state, &mut log, now, Event::DncAdded { reason: "opt-out".into() }),
+                Step::DncRemove => record(&mut state, &mut log, now, Event::DncRemoved),
+                Step::Sweep => {
+                    if state.expiry_due(now) {
+                        record(&mut state, &mut log, now, Event::Expired);
+                    }
+                }
+                Step::Attempt => {
+                    if state.check_call(&rules, now).is_ok() {
+                        next_id += 1;
+                        let id = format!("c{next_id}");
+                        calls.push(Call { id: id.clone(), stage: Stage::Reserved, grant: grants });
+                        record(&mut state, &mut log, now, reserved(&id));
+                    }
+                }
+                Step::Dial(i) => {
+                    let waiting: Vec<usize> = (0..calls.len()).filter(|&k| calls[k].stage == Stage::Reserved).collect();
+                    if !waiting.is_empty() {
+                        let k = waiting[i % waiting.len()];
+                        record(&mut state, &mut log, now, dialled(&calls[k].id));
+                        calls[k].stage = Stage::Dialled;
+                    }
+                }
+                Step::Answer(i) => {
+                    let ringing: Vec<usize> = (0..calls.len()).filter(|&k| calls[k].stage == Stage::Dialled).collect();
+                    if !ringing.is_empty() {
+                        let k = ringing[i % ringing.len()];
+                        calls[k].stage = Stage::Answered;
+                        let g = calls[k].grant;
+                        talk(&mut talks, now, g, permanent_grants.contains(&g))?;
+                        record(&mut state, &mut log, now, answered(&calls[k].id));
+                    }
+                }
+                Step::End(i, unanswered) => {
+                    if !calls.is_empty() {
+                        let call = calls.remove(i % calls.len());
+                        let outcome = match (call.stage, unanswered) {
+                            (Stage::Answered, _) => AttemptOutcome::Connected,
+                            (Stage::Dialled, true) => AttemptOutcome::Unanswered,
+                            _ => AttemptOutcome::Failed,
+                        };
+                        record(&mut state, &mut log, now, finished(&call.id, outcome));
+                        finished_ids.push(call.id);
+                    }
+                }
+                Step::Again(i) => {
+                    if !finished_ids.is_empty() {
+                        let id = finished_ids[i % finished_ids.len()].clone();
+                        let mut before = state.clone();
+                        before.prune(now);
+                        record(&mut state, &mut log, now, finished(&id, AttemptOutcome::Connected));
+                        prop_assert_eq!(&state, &before, "a second end of {} changed the state", id);
+                    }
+                }
+                Step::Crash(picked_up) => {
+                    let mut k = 0;
+                    for call in calls.drain(..) {
+                        if call.stage == Stage::Dialled {
+                            if picked_up & (1 << (k % 32)) != 0 {
+                                talk(&mut talks, now, call.grant, permanent_grants.contains(&call.grant))?;
+                            }
+                            k += 1;
+                        }
+                        finished_ids.push(call.id);
+                    }
+                    state = restart(&rules, &mut log, now);
+                    prop_assert_eq!(state.reserved(), 0, "a permission left reserved after a start");
+                }
+            }
+            prop_assert_eq!(state.reserved() as usize, calls.len());
+        }
+        // A last start settles what was in progress.
+        state = restart(&rules, &mut log, now);
+        prop_assert_eq!(state.reserved(), 0);
+        // Each attempt reserved was settled; a repeated end changed nothing (checked above).
+        for (_, e) in &log {
+            if let Event::CallReserved { call_id: Some(id) } = e {
+                let ends = log.iter().filter(|(_, f)| matches!(f, Event::CallFinished { call_id: Some(x), .. } if x == id)).count();
+                prop_assert!(ends >= 1, "attempt {} never settled", id);
+            }
+        }
+        let mut replayed = PairState::new();
+        for (at, e) in &log {
+            replayed.apply(&rules, *at, e);
+        }
+        replayed.prune(now);
+        state.prune(now);
+        prop_assert_eq!(replayed, state);
+    }
 }
