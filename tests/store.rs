@@ -570,9 +570,31 @@ async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_on
         ])
         .await
         .expect("append");
+    // A call the previous release left answered mid-call: its answer a plain note.
+    let far = now + 3_600_000;
+    store
+        .append_audit(&[
+            entry(
+                "+4915100000902",
+                "granted",
+                &format!(r#"{{"event":"granted","permanent":false,"expires_at":{far}}}"#),
+            ),
+            entry(
+                "4915100000902",
+                "call_attempted",
+                r#"{"event":"call_reserved","call_id":"old-1"}"#,
+            ),
+            entry(
+                "4915100000902",
+                "call_connected",
+                r#"{"call_id":"old-1","wa_call_id":"wacid.1"}"#,
+            ),
+        ])
+        .await
+        .expect("append");
     // As a store written before the customer index existed.
     exec(store, "UPDATE audit_records SET customer = NULL").await;
-    assert_eq!(store.index_audit_customers().await.expect("index"), 3);
+    assert_eq!(store.index_audit_customers().await.expect("index"), 6);
     let found = store
         .audit_records(&AuditFilter {
             wa_id: Some("4915100000901".into()),
@@ -587,9 +609,9 @@ async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_on
     );
     assert_eq!(
         store.verify_audit().await.expect("verify"),
-        Verified::Intact(3)
+        Verified::Intact(6)
     );
-    let permissions = Permissions::load(store.clone(), Rules::meta())
+    let permissions = Permissions::load(store.clone(), Rules::strict())
         .await
         .expect("load");
     let view = permissions
@@ -598,4 +620,29 @@ async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_on
     // One customer: granted, then opted out (the grant voided), then the entry removed.
     assert_eq!(view.status, Status::Withdrawn, "{view:?}");
     assert!(!view.dnc, "{view:?}");
+    // The answered call is settled as connected at start: the one-call grant is used.
+    let view = permissions
+        .view(&Pair::new("15551112222", "4915100000902"))
+        .await;
+    assert_eq!(
+        (view.calls_used, view.calls_in_progress),
+        (1, 0),
+        "{view:?}"
+    );
+    let settled = store
+        .audit_records(&AuditFilter {
+            wa_id: Some("4915100000902".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    let last = settled.last().expect("records");
+    assert_eq!(last.entry.kind, "call_finished");
+    let detail: serde_json::Value = serde_json::from_str(&last.entry.detail).expect("json");
+    assert_eq!(detail["call_id"], "old-1", "{detail}");
+    assert_eq!(detail["outcome"], "connected", "{detail}");
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Verified::Intact(7)
+    );
 }

@@ -818,20 +818,6 @@ impl Permissions {
     pub fn cutoffs(&self) -> tokio::sync::broadcast::Receiver<(Pair, Blocked)> {
         self.inner.cutoffs.subscribe()
     }
-
-    /// Records a call event that changes no permission (`call_connected`, say), with its
-    /// context, under the pair's lock so it lands in order with the pair's other records.
-    pub async fn note(
-        &self,
-        pair: &Pair,
-        actor: Actor,
-        kind: &str,
-        context: Map<String, Value>,
-    ) -> Result<AuditRecord, StoreError> {
-        let slot = self.slot(pair);
-        let _state = slot.lock().await;
-        self.write(pair, actor, now_ms(), kind, None, context).await
-    }
 }
 
 /// Records Meta's permission replies for the webhook ingress (before it answers 200).
