@@ -93,7 +93,9 @@ proptest! {
         let mut state = PairState::new();
         let mut log: Vec<(i64, Event)> = Vec::new();
         let mut model = Model { grant: None, used: 0, dnc: false, unanswered: 0 };
-        let mut in_flight: std::collections::VecDeque<String> = Default::default();
+        // Attempts in progress, with the grant they were reserved under (its number).
+        let mut in_flight: std::collections::VecDeque<(String, u32)> = Default::default();
+        let mut epoch = 0u32;
         let mut next_id = 0u32;
         let mut connected_at: Vec<i64> = Vec::new();
         let mut requested_at: Vec<i64> = Vec::new();
@@ -118,6 +120,7 @@ proptest! {
                     }
                     model.grant = Some(expiry);
                     model.used = 0;
+                    epoch += 1;
                     model.unanswered = 0;
                 }
                 Op::Decline => record(&mut state, now, Event::Declined, &mut log),
@@ -168,7 +171,8 @@ proptest! {
                         prop_assert!(expiry.is_none_or(|e| now < e), "a call on an expired grant");
                         if let Some(limit) = rules.calls_per_permission {
                             if expiry.is_some() {
-                                prop_assert!(model.used + (in_flight.len() as u32) < limit, "the grant's calls are spent");
+                                let mine = in_flight.iter().filter(|(_, e)| *e == epoch).count() as u32;
+                                prop_assert!(model.used + mine < limit, "the grant's calls are spent");
                             }
                         }
                         if let (None, Some(limit)) = (expiry, rules.permanent_calls_per_day) {
@@ -177,16 +181,18 @@ proptest! {
                         }
                         next_id += 1;
                         let id = format!("c{next_id}");
-                        in_flight.push_back(id.clone());
+                        in_flight.push_back((id.clone(), epoch));
                         record(&mut state, now, Event::CallReserved { call_id: Some(id) }, &mut log);
                     }
                 }
                 Op::Finish(outcome) => {
-                    if let Some(id) = in_flight.pop_front() {
+                    if let Some((id, reserved_under)) = in_flight.pop_front() {
+                        // Counted against the grant it was reserved under.
+                        let mine = reserved_under == epoch;
                         record(&mut state, now, Event::CallFinished { outcome, call_id: Some(id) }, &mut log);
                         match outcome {
                             AttemptOutcome::Connected => {
-                                if model.grant.is_some() {
+                                if model.grant.is_some() && mine {
                                     model.used += 1;
                                 }
                                 model.unanswered = 0;
@@ -208,7 +214,7 @@ proptest! {
                             }
                             AttemptOutcome::Failed => {}
                             AttemptOutcome::Unknown => {
-                                if model.grant.is_some() {
+                                if model.grant.is_some() && mine {
                                     model.used += 1;
                                 }
                             }
