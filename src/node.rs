@@ -283,6 +283,18 @@ impl Node {
             ))),
             probes,
             health: trunk_health.clone(),
+            // Calls are taken only from the trunks' networks; others are refused before
+            // any transaction (a node that takes no calls answers INVITEs itself).
+            sources: user.is_some().then(|| {
+                Arc::new(crate::sip::source::Sources::new(
+                    config
+                        .trunks
+                        .iter()
+                        .flat_map(|t| t.accept_from.iter().copied())
+                        .collect(),
+                    config.sip.unknown_sources,
+                ))
+            }),
             user,
         };
         let sip_tls = match &config.sip.tls {

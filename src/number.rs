@@ -39,7 +39,8 @@ pub enum NumberError {
 /// The E.164 digits (no `+`) of `input`.
 ///
 /// - `+<digits>`, `00<digits>` and bare `<digits>` (the `wa_id` form Meta uses) are
-///   international;
+///   international; bare digits that are no valid number that way but a valid national
+///   number of `home` are read as that;
 /// - any other leading `0` is the national form of `home` (an ISO 3166-1 alpha-2 country,
 ///   the business number's), read with that country's trunk prefix and international
 ///   prefix (`0151…` in DE, `011 49…` in US); without `home` it is refused;
@@ -83,7 +84,20 @@ pub fn e164(input: &str, home: Option<&str>) -> Result<String, NumberError> {
             }
         }
     } else {
-        parse(None, &format!("+{digits}"), input)?
+        let international = parse(None, &format!("+{digits}"), input);
+        let home =
+            home.and_then(|h| phonenumber::country::Id::from_str(&h.to_ascii_uppercase()).ok());
+        match (international, home) {
+            (Ok(n), _) if phonenumber::is_valid(&n) => n,
+            // Not a number anywhere as international digits, but one at home: a PBX
+            // dialling a national number without its trunk prefix (`2125550123` in the
+            // US, `89161234567` in Russia).
+            (international, Some(region)) => match phonenumber::parse(Some(region), &digits) {
+                Ok(n) if phonenumber::is_valid(&n) => n,
+                _ => international?,
+            },
+            (international, None) => international?,
+        }
     };
     let formatted = parsed.format().mode(phonenumber::Mode::E164).to_string();
     let out = formatted.trim_start_matches('+').to_string();
@@ -164,6 +178,17 @@ mod tests {
         assert_eq!(
             e164("015112345678", None),
             Err(NumberError::National("015112345678".into()))
+        );
+        // Bare digits: international as Meta writes them, unless only a national reading
+        // makes a valid number.
+        assert_eq!(
+            e164("4915112345678", Some("US")).as_deref(),
+            Ok("4915112345678")
+        );
+        assert_eq!(e164("6502530000", Some("US")).as_deref(), Ok("16502530000"));
+        assert_eq!(
+            e164("89161234567", Some("RU")).as_deref(),
+            Ok("79161234567")
         );
         // Italy keeps its leading zero after the country code.
         assert_eq!(

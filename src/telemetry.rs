@@ -181,7 +181,13 @@ pub fn install_metrics() -> PrometheusHandle {
             for actor in ACTOR_NAMES {
                 metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => *actor).increment(0);
             }
-            for result in ["completed", "connected_failed", "unanswered", "failed"] {
+            for result in [
+                "completed",
+                "connected_failed",
+                "unanswered",
+                "unknown",
+                "failed",
+            ] {
                 metrics::counter!(BIC_ATTEMPTS_TOTAL, "result" => result).increment(0);
             }
             for blocked in crate::permission::Blocked::ALL {

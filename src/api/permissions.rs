@@ -75,9 +75,13 @@ fn business_number<'a>(api: &'a PermissionApi, number: &str) -> Option<&'a Busin
     api.numbers.iter().find(|n| n.display_number == digits)
 }
 
-/// The pair named by a path, its numbers normalised, if the number is served and the
-/// customer is a number.
-fn pair(api: &PermissionApi, number: &str, wa_id: &str) -> Result<Pair, (StatusCode, String)> {
+/// The business number and the pair named by a path, the numbers normalised, if the
+/// number is served and the customer is a number.
+fn business_pair<'a>(
+    api: &'a PermissionApi,
+    number: &str,
+    wa_id: &str,
+) -> Result<(&'a BusinessNumber, Pair), (StatusCode, String)> {
     let Some(business) = business_number(api, number) else {
         return Err((
             StatusCode::NOT_FOUND,
@@ -86,7 +90,12 @@ fn pair(api: &PermissionApi, number: &str, wa_id: &str) -> Result<Pair, (StatusC
     };
     let customer = crate::number::e164(wa_id, Some(&business.country))
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("wa_id: {e}")))?;
-    Ok(Pair::new(&business.display_number, &customer))
+    Ok((business, Pair::new(&business.display_number, &customer)))
+}
+
+/// The pair named by a path (see [`business_pair`]).
+fn pair(api: &PermissionApi, number: &str, wa_id: &str) -> Result<Pair, (StatusCode, String)> {
+    business_pair(api, number, wa_id).map(|(_, p)| p)
 }
 
 fn store_error(e: impl std::fmt::Display) -> Response {
@@ -124,7 +133,7 @@ async fn request(
     Path((number, wa_id)): Path<(String, String)>,
     body: Result<Json<RequestBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let pair = match pair(&api, &number, &wa_id) {
+    let (business, pair) = match business_pair(&api, &number, &wa_id) {
         Ok(p) => p,
         Err((status, why)) => return error(status, &why),
     };
@@ -146,12 +155,6 @@ async fn request(
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "WhatsApp is not configured on this switch: add a [meta] section",
-        );
-    };
-    let Some(business) = business_number(&api, &number) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no such business number on this switch",
         );
     };
     let pnid = business.phone_number_id.clone();

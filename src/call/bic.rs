@@ -16,6 +16,7 @@
 //! unanswered: counted toward automatic revocation; failed: given back). A restart settles
 //! what a crash left from the last stage recorded.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -110,12 +111,14 @@ pub struct Permit {
     held: Arc<Held>,
     /// The `call_connected` record being written: the call's end is written after it.
     connected: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Meta certainly did not place the call (it refused `connect`, or never got it).
+    not_placed: Arc<AtomicBool>,
 }
 
 /// The reservation a permit holds. Dropped still holding it (the call was lost before it
 /// was settled, e.g. its start was abandoned), it settles by the attempt's last recorded
 /// stage: given back if never dialled, counted used otherwise
-/// ([`Permissions::abandon`]). Without a runtime (the process is ending) the next start
+/// ([`Permissions::finish_call`] with no outcome). Without a runtime (the process is ending) the next start
 /// settles it the same way from the trail.
 #[derive(Default)]
 struct Held(Mutex<Option<(Permissions, Reservation)>>);
@@ -132,10 +135,10 @@ impl Drop for Held {
         };
         tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; settling it by its last recorded stage");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let mut context = Map::new();
+            context.insert("end_cause".into(), json!("call lost before it was settled"));
             rt.spawn(async move {
-                let _ = permissions
-                    .abandon(reservation, "call lost before it was settled")
-                    .await;
+                let _ = permissions.finish_call(reservation, None, context).await;
             });
         }
     }
@@ -152,6 +155,7 @@ impl Permit {
         Permit {
             held: Arc::new(Held(Mutex::new(Some((permissions, reservation))))),
             connected: Arc::default(),
+            not_placed: Arc::default(),
         }
     }
 
@@ -211,11 +215,17 @@ impl Permit {
         let (permissions, pair, call_id) = self
             .holder()
             .ok_or_else(|| "the call's permission is no longer held".to_string())?;
-        permissions
-            .dialled(&pair, &call_id)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        match permissions.dialled(&pair, &call_id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the call's permission was settled before Meta was asked".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Meta certainly did not place the call: it refused Graph `connect`, or never got
+    /// it. Such a call gives its permission back however it ends.
+    pub fn not_placed(&self) {
+        self.not_placed.store(true, Ordering::SeqCst);
     }
 
     /// The customer answered: `call_connected` goes in the audit trail with Meta's call id.
@@ -245,22 +255,28 @@ impl Permit {
             return;
         };
         let outcome = if cdr.answered_at.is_some() {
-            AttemptOutcome::Connected
-        } else if cdr.failure.is_some()
-            || cdr.wa_call_id.is_none()
+            Some(AttemptOutcome::Connected)
+        } else if cdr.wa_call_id.is_none() && !self.not_placed.load(Ordering::SeqCst) {
+            // No id from Meta, and no refusal either: Meta may have placed the call (a
+            // timeout, a lost connection) or never been asked. The trail's last stage
+            // decides: given back only if Meta was never asked.
+            None
+        } else if cdr.wa_call_id.is_none()
+            || cdr.failure.is_some()
             || cdr.hangup_by == crate::store::HangupParty::Switch
             || cdr.end_cause.starts_with("meta_failed")
         {
-            // Never reached the customer, or the switch cut it off (do-not-call, a
-            // revocation, shutdown): nothing the customer left unanswered.
-            AttemptOutcome::Failed
+            // Never reached the customer, or the switch cut it off before an answer
+            // (do-not-call, a revocation, shutdown): nothing the customer left unanswered.
+            Some(AttemptOutcome::Failed)
         } else {
-            AttemptOutcome::Unanswered
+            Some(AttemptOutcome::Unanswered)
         };
         let result = match outcome {
-            AttemptOutcome::Connected if cdr.outcome == CallOutcome::Answered => "completed",
-            AttemptOutcome::Connected => "connected_failed",
-            AttemptOutcome::Unanswered => "unanswered",
+            Some(AttemptOutcome::Connected) if cdr.outcome == CallOutcome::Answered => "completed",
+            Some(AttemptOutcome::Connected) => "connected_failed",
+            Some(AttemptOutcome::Unanswered) => "unanswered",
+            None => "unknown",
             _ => "failed",
         };
         metrics::counter!(telemetry::BIC_ATTEMPTS_TOTAL, "result" => result).increment(1);
@@ -293,9 +309,10 @@ impl Permit {
             return;
         };
         metrics::counter!(telemetry::BIC_ATTEMPTS_TOTAL, "result" => "failed").increment(1);
-        let why = why.to_string();
+        let mut context = Map::new();
+        context.insert("end_cause".into(), json!(why));
         tokio::spawn(async move {
-            let _ = permissions.abandon(reservation, &why).await;
+            let _ = permissions.finish_call(reservation, None, context).await;
         });
     }
 }

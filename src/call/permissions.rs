@@ -286,10 +286,10 @@ impl Permissions {
                 }
             }
         }
-        // Records of an event written as a plain note (`call_connected` once was) are the
-        // event their kind names; other notes (`call_blocked`, ...) name no event.
-        if !map.contains_key("event") {
-            map.insert("event".into(), json!(r.entry.kind));
+        // `call_connected` was once written as a plain note; other notes (`call_blocked`,
+        // `reply_superseded`, ...) change no permission.
+        if !map.contains_key("event") && r.entry.kind == "call_connected" {
+            map.insert("event".into(), json!("call_connected"));
         }
         let Ok(event) = serde_json::from_value::<Event>(Value::Object(map)) else {
             return;
@@ -321,8 +321,22 @@ impl Permissions {
     ) -> Result<AuditRecord, StoreError> {
         let slot = self.slot(pair);
         let mut state = slot.lock().await;
+        self.commit(pair, &mut state, actor, event, context).await
+    }
+
+    /// [`record`](Self::record) on a pair already locked.
+    async fn commit(
+        &self,
+        pair: &Pair,
+        state: &mut PairState,
+        actor: Actor,
+        event: Event,
+        context: Map<String, Value>,
+    ) -> Result<AuditRecord, StoreError> {
         let at = now_ms();
-        let voids = matches!(event, Event::DncAdded { .. }) && active(&state);
+        // Opting out voids consent: the grant in force ends with the entry, and removing
+        // the entry later restores nothing.
+        let voids = matches!(event, Event::DncAdded { .. }) && active(state);
         let mut events = vec![(event, context.clone())];
         if voids {
             let mut why = context;
@@ -337,9 +351,8 @@ impl Permissions {
             .map(|(e, context)| entry(pair, actor, at, e.name(), Some(e), context.clone()))
             .collect();
         let mut written = self.inner.store.append_audit(&entries).await?;
-        for (e, _) in &events {
-            self.apply(pair, &mut state, at, e);
-        }
+        let events: Vec<Event> = events.into_iter().map(|(e, _)| e).collect();
+        self.apply_all(pair, state, at, &events);
         written
             .pop()
             .ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
@@ -388,22 +401,33 @@ impl Permissions {
         }
         let at = now_ms();
         let last = self.inner.last_reply.get(pair).map(|e| *e.value());
-        if let (Some(ts), Some(last)) = (meta_timestamp, last) {
-            if ts < last {
-                self.write(pair, actor, at, "reply_superseded", None, context)
-                    .await?;
-                self.replies_mut().insert(message_id.to_string());
-                return Ok(false);
+        let superseded = match (meta_timestamp, last) {
+            (Some(ts), Some(last)) if ts < last => Some("a later reply was applied"),
+            // A grant given before the customer opted out (a late or retried delivery)
+            // does not outlive the opt-out.
+            (Some(ts), _)
+                if events.iter().any(|e| matches!(e, Event::Granted { .. }))
+                    && state
+                        .dnc_since
+                        .is_some_and(|since| ts.saturating_mul(1000) < since) =>
+            {
+                Some("older than the do-not-call entry")
             }
+            _ => None,
+        };
+        if let Some(why) = superseded {
+            context.insert("superseded".into(), json!(why));
+            self.write(pair, actor, at, "reply_superseded", None, context)
+                .await?;
+            self.replies_mut().insert(message_id.to_string());
+            return Ok(false);
         }
         let entries: Vec<AuditEntry> = events
             .iter()
             .map(|e| entry(pair, actor, at, e.name(), Some(e), context.clone()))
             .collect();
         self.inner.store.append_audit(&entries).await?;
-        for e in events {
-            self.apply(pair, &mut state, at, e);
-        }
+        self.apply_all(pair, &mut state, at, events);
         self.replies_mut().insert(message_id.to_string());
         if let Some(ts) = meta_timestamp {
             self.inner.last_reply.insert(pair.clone(), ts);
@@ -501,7 +525,7 @@ impl Permissions {
             )
             .await;
         // Sent either way: the limits count it.
-        self.apply(pair, &mut state, now, &event);
+        self.apply_all(pair, &mut state, now, std::slice::from_ref(&event));
         metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "sent").increment(1);
         written.map_err(|source| PermissionError::Unrecorded { message_id, source })
     }
@@ -537,6 +561,7 @@ impl Permissions {
             Ok(()) => {
                 let event = Event::CallReserved {
                     call_id: Some(call_id.to_string()),
+                    staged: true,
                 };
                 self.write(
                     pair,
@@ -547,7 +572,7 @@ impl Permissions {
                     context,
                 )
                 .await?;
-                self.apply(pair, &mut state, now, &event);
+                self.apply_all(pair, &mut state, now, std::slice::from_ref(&event));
                 Ok(Reservation {
                     pair: pair.clone(),
                     call_id: call_id.to_string(),
@@ -557,62 +582,53 @@ impl Permissions {
     }
 
     /// Ends a reserved attempt: a connected call uses the permission, an unanswered one
-    /// counts toward automatic revocation, a failed one gives it back. `context` adds the
-    /// call's duration, Meta's ids, the end cause.
+    /// counts toward automatic revocation, a failed one gives it back; `None` when how it
+    /// ended is not known, and the attempt is settled by the last stage the trail shows,
+    /// as a restart would ([`Stage::settled_at_restart`]: never dialled gives the
+    /// permission back, anything later counts it used). Decided under the pair's lock, so
+    /// no stage can be recorded in between. `context` adds the call's duration, Meta's ids,
+    /// the end cause.
     pub async fn finish_call(
         &self,
         reservation: Reservation,
-        outcome: AttemptOutcome,
-        context: Map<String, Value>,
+        outcome: Option<AttemptOutcome>,
+        mut context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
-        self.record(
-            &reservation.pair,
-            Actor::Switch,
-            Event::CallFinished {
-                outcome,
-                call_id: Some(reservation.call_id),
-            },
-            context,
-        )
-        .await
-    }
-
-    /// Ends a reserved attempt whose outcome nobody saw (its call was lost before it was
-    /// settled), by the last stage the trail shows, as a restart would
-    /// ([`Stage::settled_at_restart`]): never dialled gives the permission back, anything
-    /// later counts it used. `why` goes in the record.
-    pub async fn abandon(
-        &self,
-        reservation: Reservation,
-        why: &str,
-    ) -> Result<AuditRecord, StoreError> {
-        let stage = {
-            let slot = self.slot(&reservation.pair);
-            let state = slot.lock().await;
-            state.stage(&reservation.call_id)
+        let slot = self.slot(&reservation.pair);
+        let mut state = slot.lock().await;
+        let outcome = match outcome {
+            Some(o) => o,
+            None => {
+                let stage = state.stage(&reservation.call_id).unwrap_or(Stage::Reserved);
+                context.insert("stage".into(), json!(stage));
+                stage.settled_at_restart().0
+            }
         };
-        let (outcome, _) = stage.unwrap_or(Stage::Reserved).settled_at_restart();
-        let mut context = Map::new();
-        context.insert("end_cause".into(), json!(why));
-        if let Some(stage) = stage {
-            context.insert("stage".into(), json!(stage));
-        }
-        self.finish_call(reservation, outcome, context).await
+        let event = Event::CallFinished {
+            outcome,
+            call_id: Some(reservation.call_id),
+        };
+        self.commit(&reservation.pair, &mut state, Actor::Switch, event, context)
+            .await
     }
 
     /// Records that Meta is about to be asked to place the reserved attempt `call_id`
     /// (Graph `connect`). Called, and awaited, before the request is sent: an attempt the
-    /// trail shows undialled is one Meta never heard of.
-    pub async fn dialled(&self, pair: &Pair, call_id: &str) -> Result<AuditRecord, StoreError> {
-        self.record(
-            pair,
-            Actor::Switch,
-            Event::CallDialled {
-                call_id: Some(call_id.to_string()),
-            },
-            Map::new(),
-        )
-        .await
+    /// trail shows undialled is one Meta never heard of. False, with nothing recorded,
+    /// when the attempt no longer holds the permission (it was settled meanwhile): then
+    /// Meta must not be asked.
+    pub async fn dialled(&self, pair: &Pair, call_id: &str) -> Result<bool, StoreError> {
+        let slot = self.slot(pair);
+        let mut state = slot.lock().await;
+        if state.stage(call_id).is_none() {
+            return Ok(false);
+        }
+        let event = Event::CallDialled {
+            call_id: Some(call_id.to_string()),
+        };
+        self.commit(pair, &mut state, Actor::Switch, event, Map::new())
+            .await?;
+        Ok(true)
     }
 
     /// Records that the customer answered the reserved attempt `call_id` (Meta's id of the
@@ -689,7 +705,12 @@ impl Permissions {
                 context,
             )
             .await?;
-        self.apply(pair, &mut state, record.entry.at, &event);
+        self.apply_all(
+            pair,
+            &mut state,
+            record.entry.at,
+            std::slice::from_ref(&event),
+        );
         Ok(true)
     }
 
@@ -761,36 +782,37 @@ impl Permissions {
             Map::new(),
         )
         .await?;
-        self.apply(pair, state, now, &event);
+        self.apply_all(pair, state, now, std::slice::from_ref(&event));
         Ok(())
     }
 
-    /// Applies `event` to a locked pair and moves the gauge of grants in force. An event
-    /// that ends the pair's permission (do-not-call, revocation, withdrawal, expiry) is
-    /// announced to [`cutoffs`](Self::cutoffs) subscribers, so calls still waiting for the
-    /// customer are cancelled.
-    fn apply(&self, pair: &Pair, state: &mut PairState, at: i64, event: &Event) {
+    /// Applies `events` (written together) to a locked pair and moves the gauge of grants
+    /// in force. When they end the pair's permission (do-not-call, revocation, withdrawal,
+    /// expiry), the reason a call would now be refused is announced, once, to
+    /// [`cutoffs`](Self::cutoffs) subscribers, so calls still waiting for the customer are
+    /// cancelled.
+    fn apply_all(&self, pair: &Pair, state: &mut PairState, at: i64, events: &[Event]) {
         let was = active(state);
-        let refused_before = state.check_call(&self.inner.rules, at).err();
-        state.apply(&self.inner.rules, at, event);
+        // The first event that ends the permission gives the reason (a revocation that
+        // puts the customer on the list is heard as a revocation).
+        let mut cut_off = None;
+        for event in events {
+            state.apply(&self.inner.rules, at, event);
+            let ends = matches!(
+                event,
+                Event::DncAdded { .. } | Event::Revoked | Event::Withdrawn | Event::Expired
+            );
+            if ends && cut_off.is_none() {
+                cut_off = state.check_call(&self.inner.rules, at).err();
+            }
+        }
         let delta = i64::from(active(state)) - i64::from(was);
         if delta != 0 {
             metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).increment(delta as f64);
         }
-        let ends = matches!(
-            event,
-            Event::DncAdded { .. } | Event::Revoked | Event::Withdrawn | Event::Expired
-        );
-        if ends {
-            match state.check_call(&self.inner.rules, at) {
-                // Announced once per reason: a withdrawal that follows a do-not-call entry
-                // changes nothing a waiting call would hear.
-                Err(blocked) if refused_before != Some(blocked) => {
-                    // Nobody listening (no node running) is fine.
-                    let _ = self.inner.cutoffs.send((pair.clone(), blocked));
-                }
-                _ => {}
-            }
+        if let Some(blocked) = cut_off {
+            // Nobody listening (no node running) is fine.
+            let _ = self.inner.cutoffs.send((pair.clone(), blocked));
         }
     }
 
@@ -851,13 +873,10 @@ impl ReplyRecorder {
             .map(|c| c.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| reply.from.clone());
-        let wa_id = match crate::number::e164(&wa_id, None) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(message_id = %reply.message_id, error = %e, "permission reply without a usable user number; ignored");
-                return Ok(());
-            }
-        };
+        // Meta's wa_id is the number already; normalised like every other door, but a
+        // number the phone metadata does not know is kept as given, never dropped (a
+        // revocation must not be lost).
+        let wa_id = crate::number::e164_or_raw(&wa_id);
         let pair = Pair::new(number, &wa_id);
         let automatic = reply.source == ResponseSource::Automatic;
         let actor = if automatic {
@@ -951,5 +970,137 @@ pub async fn authoritative_check(
             tracing::warn!(error = %e, "Meta's call permission could not be checked; the switch's records decide");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StoreConfig, StoreUrl};
+    use crate::permission::state::DAY_MS;
+
+    async fn service(rules: Rules) -> Permissions {
+        let store = Store::open(&StoreConfig {
+            url: StoreUrl::Sqlite(":memory:".into()),
+            max_connections: 1,
+            cdr_batch_size: 10,
+            cdr_flush_interval: std::time::Duration::from_millis(50),
+        })
+        .await
+        .expect("store");
+        Permissions::load(store, rules).await.expect("load")
+    }
+
+    fn pair() -> Pair {
+        Pair::new("15551112222", "4915100000001")
+    }
+
+    async fn grant(p: &Permissions, expires_at: Option<i64>) {
+        p.record(
+            &pair(),
+            Actor::Customer,
+            Event::Granted {
+                permanent: expires_at.is_none(),
+                expires_at,
+            },
+            Map::new(),
+        )
+        .await
+        .expect("grant");
+    }
+
+    #[tokio::test]
+    async fn a_lapsing_grant_cancels_the_calls_waiting_on_it() {
+        let p = service(Rules::meta()).await;
+        let mut cutoffs = p.cutoffs();
+        grant(&p, Some(now_ms() + 3_600_000)).await;
+        let _held = p
+            .reserve_call(&pair(), "c1", Ok(()))
+            .await
+            .expect("reserved");
+        // The sweep two hours on.
+        assert_eq!(
+            p.sweep_expired(now_ms() + 7_200_000).await.expect("sweep"),
+            1
+        );
+        assert_eq!(cutoffs.try_recv().ok(), Some((pair(), Blocked::Expired)));
+    }
+
+    #[tokio::test]
+    async fn an_opt_out_is_announced_once_and_a_grant_older_than_it_is_superseded() {
+        let p = service(Rules::meta()).await;
+        let mut cutoffs = p.cutoffs();
+        grant(&p, None).await;
+        let before_opt_out = now_ms() / 1000 - 5;
+        p.record(
+            &pair(),
+            Actor::Business,
+            Event::DncAdded {
+                reason: "asked by phone".into(),
+            },
+            Map::new(),
+        )
+        .await
+        .expect("dnc");
+        assert_eq!(cutoffs.try_recv().ok(), Some((pair(), Blocked::DoNotCall)));
+        assert!(cutoffs.try_recv().is_err(), "announced twice");
+        // A retried delivery of a grant given before the opt-out changes nothing…
+        let events = [Event::Granted {
+            permanent: true,
+            expires_at: None,
+        }];
+        let applied = p
+            .reply(
+                &pair(),
+                "wamid.late",
+                &events,
+                Actor::Customer,
+                Some(before_opt_out),
+                Map::new(),
+            )
+            .await
+            .expect("reply");
+        assert!(!applied);
+        p.record(&pair(), Actor::Business, Event::DncRemoved, Map::new())
+            .await
+            .expect("dnc removed");
+        let view = p.view(&pair()).await;
+        assert_eq!(view.status, Status::Withdrawn, "{view:?}");
+        // …while one the customer gives after it is a new grant.
+        let applied = p
+            .reply(
+                &pair(),
+                "wamid.new",
+                &events,
+                Actor::Customer,
+                Some(now_ms() / 1000 + 1),
+                Map::new(),
+            )
+            .await
+            .expect("reply");
+        assert!(applied);
+        assert_eq!(p.view(&pair()).await.status, Status::Granted);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_ended_without_a_known_outcome_is_settled_by_its_stage() {
+        let p = service(Rules::strict()).await;
+        grant(&p, Some(now_ms() + DAY_MS)).await;
+        // Never dialled: given back.
+        let r = p.reserve_call(&pair(), "c1", Ok(())).await.expect("c1");
+        p.finish_call(r, None, Map::new()).await.expect("finish");
+        assert_eq!(p.view(&pair()).await.remaining.calls_on_grant, Some(1));
+        // Dialled: Meta may have placed it, so it is used.
+        let r = p.reserve_call(&pair(), "c2", Ok(())).await.expect("c2");
+        assert!(p.dialled(&pair(), "c2").await.expect("dialled"));
+        p.finish_call(r, None, Map::new()).await.expect("finish");
+        let view = p.view(&pair()).await;
+        assert_eq!(
+            (view.calls_used, view.calls_in_progress),
+            (1, 0),
+            "{view:?}"
+        );
+        // Meta is never asked for an attempt settled already.
+        assert!(!p.dialled(&pair(), "c1").await.expect("dialled"));
     }
 }

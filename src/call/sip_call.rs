@@ -1169,6 +1169,9 @@ fn connect(
                 )),
                 Err(e) => {
                     tracing::warn!(error = %e, "Meta refused the call");
+                    if e.not_carried_out() {
+                        permit.not_placed();
+                    }
                     Err(super::bic::connect_refusal(&e))
                 }
             };

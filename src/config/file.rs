@@ -250,8 +250,14 @@ pub(crate) struct SipSection {
     pub ring_timeout_secs: i64,
     #[serde(default = "default_session_expires")]
     pub session_expires_secs: i64,
+    #[serde(default = "default_unknown_sources")]
+    pub unknown_sources: String,
     #[serde(default)]
     pub tls: Option<TlsSection>,
+}
+
+fn default_unknown_sources() -> String {
+    "refuse".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +291,7 @@ impl Default for SipSection {
             t4_ms: default_t4_ms(),
             ring_timeout_secs: default_ring_timeout(),
             session_expires_secs: default_session_expires(),
+            unknown_sources: default_unknown_sources(),
             tls: None,
         }
     }

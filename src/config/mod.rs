@@ -149,6 +149,8 @@ pub struct SipConfig {
     pub ring_timeout: Duration,
     /// Session interval requested toward trunks (RFC 4028), seconds; 0: no session timer.
     pub session_expires: u32,
+    /// What a new INVITE from an address no trunk's `accept_from` holds gets.
+    pub unknown_sources: crate::sip::source::UnknownSource,
     /// SIP over TLS, when `tls` is among the transports.
     pub tls: Option<SipTls>,
 }
@@ -180,50 +182,7 @@ pub struct SipRoute {
     pub trunks: Vec<usize>,
 }
 
-/// An IP network (`10.0.0.0/8`, `127.0.0.1`, `::1/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    /// Network address.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl IpNet {
-    /// Parses `ADDR` or `ADDR/LEN`.
-    pub fn parse(s: &str) -> Option<IpNet> {
-        let (addr, len) = match s.trim().split_once('/') {
-            Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = len.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the network (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
+pub use crate::sip::source::IpNet;
 
 /// SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -864,6 +823,18 @@ impl Validator {
                 None
             }
         };
+        let unknown_sources = match raw.sip.unknown_sources.trim() {
+            "refuse" => Some(crate::sip::source::UnknownSource::Refuse),
+            "drop" => Some(crate::sip::source::UnknownSource::Drop),
+            other => {
+                self.problem(
+                    "sip.unknown_sources",
+                    format!("{other:?} is not a policy"),
+                    "use \"refuse\" (one stateless 403 per INVITE) or \"drop\" (no answer)",
+                );
+                None
+            }
+        };
         let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
         let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
         Some(Config {
@@ -885,6 +856,7 @@ impl Validator {
                 timers: timers?,
                 ring_timeout: Duration::from_secs(ring_timeout? as u64),
                 session_expires: session_expires?,
+                unknown_sources: unknown_sources?,
                 tls: tls?,
             },
             media: MediaConfig {

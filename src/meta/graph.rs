@@ -85,6 +85,19 @@ impl GraphError {
         }
     }
 
+    /// Whether Meta certainly did not carry the request out: it was not processed
+    /// ([`unprocessed`](Self::unprocessed)), never sent (invalid), or refused with a
+    /// client error (4xx: no permission, not a WhatsApp user, a call already up, ...).
+    pub fn not_carried_out(&self) -> bool {
+        match self {
+            GraphError::Meta { status, .. } | GraphError::Http { status } => {
+                (400..500).contains(status) || *status == 503
+            }
+            GraphError::Invalid(_) => true,
+            other => other.unprocessed(),
+        }
+    }
+
     /// Whether repeating the same request may succeed.
     pub fn transient(&self) -> bool {
         match self {

@@ -16,8 +16,8 @@
 //! reached Meta. An attempt whose end a stopped switch never saw is settled at the next
 //! start from the last stage the trail shows ([`Stage::settled_at_restart`]).
 //!
-//! A do-not-call entry ends any grant in force (removing the entry brings nothing back).
-//! Under a permanent grant, [`Rules::permanent_calls_per_day`] replaces the per-grant
+//! A call is charged to the grant it was reserved under, never to one given while it was in
+//! progress. Under a permanent grant, [`Rules::permanent_calls_per_day`] replaces the per-grant
 //! budget, so a permanent grant is never spent for good nor unlimited under the strict
 //! profile.
 
@@ -155,6 +155,11 @@ pub enum Event {
         /// named).
         #[serde(default)]
         call_id: Option<String>,
+        /// The attempt's later stages (`call_dialled`, `call_connected`) are recorded.
+        /// False in records of earlier releases, which never recorded dialling: such an
+        /// attempt left unsettled may have reached Meta.
+        #[serde(default)]
+        staged: bool,
     },
     /// Meta was asked to place the reserved attempt (Graph `connect`): written before the
     /// request leaves, so an attempt without it never reached Meta.
@@ -341,6 +346,9 @@ impl RequestRefused {
 /// A grant in force (or last in force).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
+    /// Which grant of the pair this is (1 for the first given, then 2, ...): calls are
+    /// charged to the grant they were reserved under.
+    pub serial: u32,
     /// When it was given (epoch ms).
     pub granted_at: i64,
     /// When a temporary grant ends; `None`: permanent.
@@ -426,6 +434,8 @@ pub struct Attempt {
     pub call_id: Option<String>,
     /// How far it got.
     pub stage: Stage,
+    /// The serial of the grant it was reserved under.
+    pub grant: Option<u32>,
 }
 
 /// One pair's permission.
@@ -437,6 +447,10 @@ pub struct PairState {
     pub grant: Option<Grant>,
     /// On the do-not-call list.
     pub dnc: bool,
+    /// When the customer was put on the do-not-call list (epoch ms), while they are.
+    pub dnc_since: Option<i64>,
+    /// Grants given so far (the serial of the last one).
+    grants_given: u32,
     /// Call attempts holding a reservation, oldest first.
     attempts: Vec<Attempt>,
     /// Unanswered or rejected calls in a row.
@@ -471,6 +485,8 @@ impl PairState {
             status: Status::None,
             grant: None,
             dnc: false,
+            dnc_since: None,
+            grants_given: 0,
             attempts: Vec::new(),
             unanswered_in_a_row: 0,
             requests: Vec::new(),
@@ -506,7 +522,7 @@ impl PairState {
                 }
             }
             (Some(_), Some(limit)) => {
-                if grant.calls_used.saturating_add(reserved) >= limit {
+                if grant.calls_used.saturating_add(self.reserved_under(grant)) >= limit {
                     return Err(Blocked::Used);
                 }
             }
@@ -521,6 +537,16 @@ impl PairState {
     /// Call attempts holding a reservation.
     pub fn reserved(&self) -> u32 {
         u32::try_from(self.attempts.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Call attempts holding a reservation made under `grant`.
+    fn reserved_under(&self, grant: &Grant) -> u32 {
+        let n = self
+            .attempts
+            .iter()
+            .filter(|a| a.grant == Some(grant.serial))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The attempts holding a reservation, oldest first: after a replay at start, the
@@ -594,9 +620,11 @@ impl PairState {
                 )
             })
         } else {
-            rules.calls_per_permission.map(|limit| {
-                let used = self.grant.as_ref().map_or(limit, |g| g.calls_used);
-                limit.saturating_sub(used.saturating_add(reserved))
+            rules.calls_per_permission.map(|limit| match &self.grant {
+                Some(g) => {
+                    limit.saturating_sub(g.calls_used.saturating_add(self.reserved_under(g)))
+                }
+                None => 0,
             })
         };
         Remaining {
@@ -634,7 +662,9 @@ impl PairState {
                     })
                 };
                 self.status = Status::Granted;
+                self.grants_given = self.grants_given.saturating_add(1);
                 self.grant = Some(Grant {
+                    serial: self.grants_given,
                     granted_at: now,
                     expires_at,
                     calls_used: 0,
@@ -655,9 +685,19 @@ impl PairState {
                     self.end_grant(Status::Expired);
                 }
             }
-            Event::CallReserved { call_id } => self.attempts.push(Attempt {
+            Event::CallReserved { call_id, staged } => self.attempts.push(Attempt {
                 call_id: call_id.clone(),
-                stage: Stage::Reserved,
+                // An attempt of a release that did not record dialling may have been dialled.
+                stage: if *staged {
+                    Stage::Reserved
+                } else {
+                    Stage::Dialled
+                },
+                grant: self
+                    .grant
+                    .as_ref()
+                    .filter(|_| self.status == Status::Granted)
+                    .map(|g| g.serial),
             }),
             Event::CallDialled { call_id } => self.advance(call_id.as_deref(), Stage::Dialled),
             Event::CallConnected { call_id } => self.advance(call_id.as_deref(), Stage::Answered),
@@ -674,10 +714,15 @@ impl PairState {
                     // Settled already (or never reserved): nothing more to count.
                     return;
                 };
-                self.attempts.remove(at);
+                let attempt = self.attempts.remove(at);
+                // Charged to the grant it was reserved under, while that is in force.
+                let charged = self
+                    .grant
+                    .as_mut()
+                    .filter(|g| attempt.grant == Some(g.serial));
                 match outcome {
                     AttemptOutcome::Connected => {
-                        if let Some(g) = self.grant.as_mut() {
+                        if let Some(g) = charged {
                             g.calls_used = g.calls_used.saturating_add(1);
                         }
                         self.connected.push(now);
@@ -695,7 +740,7 @@ impl PairState {
                     }
                     AttemptOutcome::Failed => {}
                     AttemptOutcome::Unknown => {
-                        if let Some(g) = self.grant.as_mut() {
+                        if let Some(g) = charged {
                             g.calls_used = g.calls_used.saturating_add(1);
                         }
                         self.connected.push(now);
@@ -708,13 +753,12 @@ impl PairState {
             },
             Event::DncAdded { .. } => {
                 self.dnc = true;
-                // Opting out voids consent: a grant in force ends here, and removing the
-                // entry later restores nothing.
-                if self.status == Status::Granted {
-                    self.end_grant(Status::Withdrawn);
-                }
+                self.dnc_since.get_or_insert(now);
             }
-            Event::DncRemoved => self.dnc = false,
+            Event::DncRemoved => {
+                self.dnc = false;
+                self.dnc_since = None;
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use super::build::MessageBuilder;
 use super::header::Via;
 use super::msg::{parse_datagram, Header, HeaderName, Method, SipMessage, StartLine};
 use super::overload::RateLimiter;
+use super::source::{RefusalLog, Sources, UnknownSource};
 use super::txn::{ClientTxn, ServerTxn, TimerConfig, Transport, TxnOutput};
 use super::validate::{screen, Screened, SUPPORTED_OPTIONS};
 use crate::telemetry;
@@ -261,6 +262,9 @@ pub struct SipCore {
     tag_counter: u64,
     draining: bool,
     admission: Option<Arc<Mutex<RateLimiter>>>,
+    /// Who may start calls; `None`: anyone (the transaction user decides).
+    sources: Option<Arc<Sources>>,
+    refusals: RefusalLog,
     /// A transaction user takes INVITEs and in-dialog requests.
     user: bool,
     /// Transport written in our Via when not UDP/TCP (`TLS`).
@@ -297,6 +301,8 @@ impl SipCore {
             tag_counter: 0,
             draining: false,
             admission: None,
+            sources: None,
+            refusals: RefusalLog::default(),
             user: false,
             via_protocol: None,
             next_server: 0,
@@ -323,6 +329,14 @@ impl SipCore {
     /// they get a stateless 503 with Retry-After. Requests inside a dialog are never limited.
     pub fn with_admission(mut self, limiter: Arc<Mutex<RateLimiter>>) -> Self {
         self.admission = Some(limiter);
+        self
+    }
+
+    /// New INVITEs from addresses `sources` does not admit are refused statelessly (one
+    /// 403, no transaction) or dropped, as its policy says, before anything else is done
+    /// for them.
+    pub fn with_sources(mut self, sources: Arc<Sources>) -> Self {
+        self.sources = Some(sources);
         self
     }
 
@@ -394,6 +408,12 @@ impl SipCore {
             return;
         }
         if method == Method::Invite && !in_dialog(&msg) {
+            if let Some(sources) = self.sources.clone() {
+                if !sources.admits(from.ip()) {
+                    self.refuse_source(now, &msg, from, sources.policy());
+                    return;
+                }
+            }
             let admitted = self
                 .admission
                 .as_ref()
@@ -436,6 +456,32 @@ impl SipCore {
         );
         metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
         self.drain(&key, now);
+    }
+
+    /// A new INVITE from an address no trunk accepts: counted, logged at most once a
+    /// minute per source, and answered with one stateless 403 (or nothing).
+    fn refuse_source(
+        &mut self,
+        now: Instant,
+        msg: &SipMessage,
+        from: SocketAddr,
+        policy: UnknownSource,
+    ) {
+        metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "unknown_source")
+            .increment(1);
+        if let Some(refused) = self.refusals.refused(from.ip(), now) {
+            tracing::info!(%from, refused, ?policy, "INVITEs from an address no trunk accepts (refused since the last line)");
+        }
+        if policy == UnknownSource::Refuse {
+            let resp = MessageBuilder::response_to(
+                msg,
+                403,
+                "Forbidden - source address not accepted",
+                Some("wsw-src"),
+            )
+            .build();
+            self.send(from, &resp);
+        }
     }
 
     /// Runs a transaction's outputs: transmissions go out, requests are answered.

@@ -11,6 +11,7 @@ pub mod dialog;
 pub mod header;
 pub mod msg;
 pub mod overload;
+pub mod source;
 pub mod transport;
 pub mod trunk;
 pub mod txn;

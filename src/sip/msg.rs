@@ -691,11 +691,21 @@ fn content_length(msg: &SipMessage) -> Result<Option<usize>, ParseError> {
     }
     let v = first.unfolded();
     let v = trim(&v);
-    if v.is_empty() || v.len() > 9 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return Err(ParseError::BadContentLength);
     }
+    // A number, however large: beyond what any message may be, it is too large rather
+    // than malformed (leading zeros do not count).
+    let significant = &v[v.iter().take_while(|&&b| b == b'0').count()..];
+    if significant.len() > 9 {
+        return Err(ParseError::TooLarge);
+    }
     // Nine digits at most, all ASCII: always fits a usize.
-    Ok(std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()))
+    Ok(Some(
+        significant
+            .iter()
+            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')),
+    ))
 }
 
 /// Trims SP and HTAB (and folded line breaks) from both ends.

@@ -267,6 +267,11 @@ pub fn screen(parsed: Result<SipMessage, super::msg::ParseFailure>) -> Screened 
             Some(headers) if is_ack(&headers) => {
                 Screened::Drop(format!("invalid ACK ({}) is never answered", failure.error))
             }
+            // RFC 3261 §21.5.14: a request too large for the switch to take.
+            Some(headers) if failure.error == super::msg::ParseError::TooLarge => answer(
+                &headers,
+                Rejection::new(513, format!("Message Too Large - {}", failure.error)),
+            ),
             Some(headers) => answer(
                 &headers,
                 Rejection::new(400, format!("Bad Request - {}", failure.error)),

@@ -173,15 +173,19 @@ macro_rules! audit_queries {
 
         pub(super) async fn index_customers(pool: &sqlx::Pool<$db>) -> Result<u64, StoreError> {
             let mut done = 0;
+            let mut after = 0i64;
             loop {
                 let rows: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT seq, wa_id FROM audit_records WHERE customer IS NULL ORDER BY seq LIMIT 1000",
+                    "SELECT seq, wa_id FROM audit_records WHERE customer IS NULL AND seq > $1 \
+                     ORDER BY seq LIMIT 1000",
                 )
+                .bind(after)
                 .fetch_all(pool)
                 .await?;
-                if rows.is_empty() {
+                let Some(last) = rows.last().map(|(seq, _)| *seq) else {
                     return Ok(done);
-                }
+                };
+                after = last;
                 let mut tx = pool.begin().await?;
                 for (seq, wa_id) in &rows {
                     sqlx::query("UPDATE audit_records SET customer = $1 WHERE seq = $2")

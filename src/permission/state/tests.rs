@@ -133,9 +133,13 @@ proptest! {
                     model.grant = None;
                 }
                 Op::DncAdd => {
+                    // As the service records an opt-out: the grant in force is withdrawn with it.
+                    let voids = state.status == Status::Granted;
                     record(&mut state, now, Event::DncAdded { reason: "opt-out".into() }, &mut log);
+                    if voids {
+                        record(&mut state, now, Event::Withdrawn, &mut log);
+                    }
                     model.dnc = true;
-                    // Opting out voids the grant in force.
                     model.grant = None;
                 }
                 Op::DncRemove => {
@@ -182,7 +186,7 @@ proptest! {
                         next_id += 1;
                         let id = format!("c{next_id}");
                         in_flight.push_back((id.clone(), epoch));
-                        record(&mut state, now, Event::CallReserved { call_id: Some(id) }, &mut log);
+                        record(&mut state, now, Event::CallReserved { call_id: Some(id), staged: true }, &mut log);
                     }
                 }
                 Op::Finish(outcome) => {
@@ -227,6 +231,10 @@ proptest! {
                 }
             }
             prop_assert_eq!(state.reserved() as usize, in_flight.len());
+            // Calls are charged to the grant they were reserved under, and only to it.
+            if let (Some(g), Some(_)) = (&state.grant, model.grant) {
+                prop_assert_eq!(g.calls_used, model.used);
+            }
         }
         // The trail rebuilds the state exactly.
         let mut replayed = PairState::new();
@@ -312,8 +320,9 @@ fn expiry_dnc_and_revocation_each_block_with_their_reason() {
         s.check_request(&rules, 2001),
         Err(RequestRefused::DoNotCall)
     );
-    // Opting out voided the grant: removing the entry brings nothing back, and a new
-    // request may go out (no permanent grant stands any more).
+    // The service voids the grant with the entry (`withdrawn`): removing the entry brings
+    // nothing back, and a new request may go out (no permanent grant stands any more).
+    s.apply(&rules, 2001, &Event::Withdrawn);
     s.apply(&rules, 2002, &Event::DncRemoved);
     assert_eq!(s.check_call(&rules, 2003), Err(Blocked::Withdrawn));
     assert_eq!(s.status, Status::Withdrawn);
@@ -338,6 +347,7 @@ fn expiry_dnc_and_revocation_each_block_with_their_reason() {
 fn reserved(id: &str) -> Event {
     Event::CallReserved {
         call_id: Some(id.into()),
+        staged: true,
     }
 }
 
@@ -412,6 +422,27 @@ fn each_crash_window_is_settled_from_the_last_stage_in_the_trail() {
     let s = restart(&rules, &mut log, t + 1);
     assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::Used));
     assert_eq!(s.grant.as_ref().map(|g| g.calls_used), Some(1));
+    // An attempt of an earlier release, which never recorded dialling, may have been
+    // dialled: counted as used.
+    let mut log = vec![
+        (t, grant.clone()),
+        (
+            t,
+            Event::CallReserved {
+                call_id: Some("old".into()),
+                staged: false,
+            },
+        ),
+    ];
+    let s = restart(&rules, &mut log, t + 1);
+    assert_eq!(s.check_call(&rules, t + 2), Err(Blocked::Used));
+    assert_eq!(
+        log.last().map(|(_, e)| e.clone()),
+        Some(Event::CallFinished {
+            outcome: AttemptOutcome::Unknown,
+            call_id: Some("old".into())
+        })
+    );
     // A second restart finds nothing left to settle.
     let before = log.len();
     let again = restart(&rules, &mut log, t + 3);
@@ -653,7 +684,13 @@ proptest! {
                     record(&mut state, &mut log, now, Event::Granted { permanent, expires_at: None });
                 }
                 Step::Revoke => record(&mut state, &mut log, now, Event::Revoked),
-                Step::DncAdd => record(&mut state, &mut log, now, Event::DncAdded { reason: "opt-out".into() }),
+                Step::DncAdd => {
+                    let voids = state.status == Status::Granted;
+                    record(&mut state, &mut log, now, Event::DncAdded { reason: "opt-out".into() });
+                    if voids {
+                        record(&mut state, &mut log, now, Event::Withdrawn);
+                    }
+                }
                 Step::DncRemove => record(&mut state, &mut log, now, Event::DncRemoved),
                 Step::Sweep => {
                     if state.expiry_due(now) {
@@ -729,7 +766,7 @@ proptest! {
         prop_assert_eq!(state.reserved(), 0);
         // Each attempt reserved was settled; a repeated end changed nothing (checked above).
         for (_, e) in &log {
-            if let Event::CallReserved { call_id: Some(id) } = e {
+            if let Event::CallReserved { call_id: Some(id), .. } = e {
                 let ends = log.iter().filter(|(_, f)| matches!(f, Event::CallFinished { call_id: Some(x), .. } if x == id)).count();
                 prop_assert!(ends >= 1, "attempt {} never settled", id);
             }

@@ -91,6 +91,8 @@ pub struct ListenerSettings {
     pub health: TrunkHealth,
     /// Takes INVITEs and dialogs; without one the switch answers them itself (404, 481).
     pub user: Option<Arc<dyn SipUser>>,
+    /// Who may start calls (`None`: anyone; the transaction user decides).
+    pub sources: Option<Arc<super::source::Sources>>,
 }
 
 impl std::fmt::Debug for dyn SipUser {
@@ -108,6 +110,7 @@ impl ListenerSettings {
             probes: Vec::new(),
             health: TrunkHealth::default(),
             user: None,
+            sources: None,
         }
     }
 }
@@ -207,9 +210,13 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
         probes,
         health,
         user,
+        sources,
     } = settings;
     let mut core =
         SipCore::new(Transport::Unreliable, timers, local, rand_seed()).with_admission(admission);
+    if let Some(sources) = sources {
+        core = core.with_sources(sources);
+    }
     if user.is_some() {
         core = core.with_user();
     }

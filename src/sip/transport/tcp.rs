@@ -271,6 +271,9 @@ async fn run_core(
         super::rand_seed(),
     )
     .with_admission(settings.admission);
+    if let Some(sources) = settings.sources.clone() {
+        core = core.with_sources(sources);
+    }
     if handle.is_tls() {
         core = core.with_via_protocol("TLS");
     }
