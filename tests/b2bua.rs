@@ -303,42 +303,116 @@ fn re_invite_mid_call_is_passed_through_with_its_sdp() {
     assert_eq!(cdrs(&rt, node, dir.path()).len(), 10);
 }
 
+/// A flood of INVITEs from an address no trunk accepts is refused statelessly: one 403 per
+/// INVITE, no 100 Trying, no retransmitted final, no transaction (so nothing to amplify a
+/// forged source with), or nothing at all with `sip.unknown_sources = "drop"`; counted,
+/// and OPTIONS still answered.
 #[test]
-fn calls_from_addresses_no_trunk_accepts_are_refused() {
+fn invites_from_addresses_no_trunk_accepts_get_one_stateless_403_each() {
+    unknown_source_flood("refuse", FLOOD);
+}
+
+/// The same flood with `sip.unknown_sources = "drop"`: nothing comes back.
+#[test]
+fn invites_from_addresses_no_trunk_accepts_can_be_dropped() {
+    unknown_source_flood("drop", 0);
+}
+
+const FLOOD: usize = 2000;
+
+/// Sends [`FLOOD`] INVITEs from an address no trunk accepts to a node with `policy`; checks
+/// that exactly `answers` datagrams come back, all 403, with no transaction behind them.
+fn unknown_source_flood(policy: &str, answers: usize) {
+    const INVITES: usize = FLOOD;
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
-                accept_from = [\"10.0.0.0/8\"]\noptions_interval_secs = 0\n\
-                [[route]]\nname = \"all\"\ntrunks = [\"pbx\"]\n";
+    let toml = format!(
+        "[sip]\nunknown_sources = \"{policy}\"\n\
+             [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+             accept_from = [\"10.0.0.0/8\"]\noptions_interval_secs = 0\n\
+             [[route]]\nname = \"all\"\ntrunks = [\"pbx\"]\n"
+    );
     let node = rt.block_on(async {
-        let config = Config::loopback(toml, &dir.path().join("r.db")).expect("config");
+        let config = Config::loopback(&toml, &dir.path().join("r.db")).expect("config");
         Node::start(config).await.expect("node")
     });
+    let target = node.sip_udp_addr().expect("udp");
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_millis(1500)))
         .expect("timeout");
     let me = socket.local_addr().expect("addr");
-    let invite = format!(
-        "INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-acl1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:1000@127.0.0.1>\r\n\
-         Call-ID: acl1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    socket
-        .send_to(invite.as_bytes(), node.sip_udp_addr().expect("udp"))
-        .expect("send");
+    let mut received: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
-    let mut finals = Vec::new();
-    while finals.is_empty() {
-        let (n, _) = socket.recv_from(&mut buf).expect("an answer");
-        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        if !text.starts_with("SIP/2.0 100") {
-            finals.push(text);
+    let mut drain = |socket: &UdpSocket, received: &mut Vec<String>, wait: bool| {
+        socket.set_nonblocking(!wait).expect("mode");
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            received.push(text.lines().next().unwrap_or("").to_string());
+        }
+    };
+    for k in 0..INVITES {
+        let invite = format!(
+                "INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-fl{k}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag={k}\r\nTo: <sip:1000@127.0.0.1>\r\n\
+                 Call-ID: flood{k}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+        socket.send_to(invite.as_bytes(), target).expect("send");
+        if k % 20 == 19 {
+            // About 2,000 a second, and what came back read as it comes (socket
+            // buffers on either side never overflow).
+            std::thread::sleep(Duration::from_millis(10));
+            drain(&socket, &mut received, false);
         }
     }
-    assert!(finals[0].starts_with("SIP/2.0 403 "), "{}", finals[0]);
+    // Long enough for any retransmission of a final response (T1 = 500 ms) to show.
+    drain(&socket, &mut received, true);
+    assert_eq!(
+        received.len(),
+        answers,
+        "{policy}: {:?}",
+        &received[..received.len().min(5)]
+    );
+    assert!(
+        received
+            .iter()
+            .all(|l| l == "SIP/2.0 403 Forbidden - source address not accepted"),
+        "{policy}: {:?}",
+        received.iter().find(|l| !l.starts_with("SIP/2.0 403"))
+    );
     assert_eq!(node.calls().active(), 0);
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://{}/metrics", node.http_addr()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    let refused: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("waswitch_calls_refused_total{reason=\"unknown_source\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(refused, INVITES, "{policy}");
+    // No transaction was created for any of them.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("waswitch_sip_transactions_active") && !l.ends_with(" 0")),
+        "{policy}: transactions were created"
+    );
+    // OPTIONS is still answered.
+    let options = format!(
+        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-opt\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=o\r\nTo: <sip:ping@127.0.0.1>\r\n\
+             Call-ID: opt@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(options.as_bytes(), target).expect("send");
+    let mut pong = Vec::new();
+    drain(&socket, &mut pong, true);
+    assert_eq!(pong, ["SIP/2.0 200 OK"], "{policy}");
     rt.block_on(node.drain_and_stop());
 }
 

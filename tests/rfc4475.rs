@@ -276,9 +276,11 @@ fn stream_framing_rejects_what_a_datagram_tolerates() {
     }
 }
 
-/// Every corpus message sent over UDP to a running node. The messages name foreign hosts, so
-/// the test re-runs itself inside `unshare -n` (a network namespace with nothing but
-/// loopback): no answer can leave the machine whatever the switch does.
+/// Every corpus message sent over UDP to running nodes: one that takes no calls (it answers
+/// INVITEs itself) and a B2BUA whose route leads to a trunk that never answers, so every
+/// valid request reaches its final answer through the call layer. The messages name
+/// foreign hosts, so the test re-runs itself inside `unshare -n` (a network namespace with
+/// nothing but loopback): no answer can leave the machine whatever the switch does.
 #[test]
 fn a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace() {
     if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_some() {
@@ -307,6 +309,17 @@ fn a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace() {
 }
 
 fn over_the_wire() {
+    let b2bua = "[[trunk]]\nname = \"silent\"\nuri = \"sip:127.0.0.1:9\"\n\
+                 accept_from = [\"127.0.0.1/32\"]\ninvite_timeout_ms = 200\n\
+                 options_interval_secs = 0\n\
+                 [[route]]\nname = \"all\"\nprefix = \"\"\ntrunks = [\"silent\"]\n";
+    let mut wrong = corpus_over_the_wire("");
+    wrong.extend(corpus_over_the_wire(b2bua));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Sends the corpus to a node configured with `extra`: what it got wrong.
+fn corpus_over_the_wire(extra: &str) -> Vec<String> {
     use std::net::UdpSocket;
     use std::time::Duration;
     use waswitch::config::Config;
@@ -319,9 +332,14 @@ fn over_the_wire() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let node = rt.block_on(async {
-        let config = Config::loopback("", &dir.path().join("t.db")).expect("config");
+        let config = Config::loopback(extra, &dir.path().join("t.db")).expect("config");
         Node::start(config).await.expect("node")
     });
+    let setup = if extra.is_empty() {
+        "no calls"
+    } else {
+        "B2BUA"
+    };
     let switch = node.sip_udp_addr().expect("SIP UDP bound");
     let expected = expectations();
     let mut wrong = Vec::new();
@@ -330,7 +348,7 @@ fn over_the_wire() {
         let is_response = bytes.starts_with(b"SIP/");
         // A socket per message: a fresh source, so no two files share a transaction.
         let sock = UdpSocket::bind("127.0.0.1:0").expect("client socket");
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
+        sock.set_read_timeout(Some(Duration::from_millis(600)))
             .expect("timeout");
         sock.send_to(&bytes, switch).expect("send");
         let mut codes = Vec::new();
@@ -353,7 +371,7 @@ fn over_the_wire() {
         };
         if !ok {
             wrong.push(format!(
-                "{name} ({kind}): expected {:?}, the switch sent {codes:?}",
+                "{setup}: {name} ({kind}): expected {:?}, the switch sent {codes:?}",
                 expected[name.as_str()]
             ));
         }
@@ -373,5 +391,5 @@ fn over_the_wire() {
     let (n, _) = sock.recv_from(&mut buf).expect("switch still answers");
     assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"));
     rt.block_on(node.drain_and_stop());
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    wrong
 }

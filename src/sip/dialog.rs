@@ -34,9 +34,6 @@ pub enum DialogError {
     /// The response carries no To tag, so it cannot create a dialog.
     #[error("response without To tag")]
     NoToTag,
-    /// The next hop is a strict router (RFC 2543); waswitch routes loosely only.
-    #[error("strict routing is not supported")]
-    StrictRoute,
 }
 
 /// The identity of a dialog: Call-ID and the two tags, from our point of view.
@@ -144,39 +141,33 @@ impl Dialog {
                 DialogState::Early
             },
         };
-        dialog.check_loose()?;
         Ok(dialog)
     }
 
     /// The dialog a received INVITE creates when we answer it with `local_tag`: route set
     /// from Record-Route in order (§12.1.1). It starts Early; [`Dialog::confirm`] on our 2xx.
+    ///
+    /// An RFC 2543 peer may send no From tag (the remote tag is then null, §12.1.1) and no
+    /// Contact (requests then go to its From address, as RFC 2543 did).
     pub fn uas(request: &SipMessage, local_tag: &str) -> Result<Dialog, DialogError> {
         let from = addr(request, HeaderName::From, "From")?;
         let to = addr(request, HeaderName::To, "To")?;
-        let dialog = Dialog {
+        let remote_target = match request.header(&HeaderName::Contact) {
+            Some(_) => contact(request)?,
+            None => from.uri.clone(),
+        };
+        Ok(Dialog {
             call_id: text(header(request, HeaderName::CallId, "Call-ID")?),
             local_tag: local_tag.to_string(),
-            remote_tag: from
-                .tag()
-                .ok_or(DialogError::Header("From tag"))?
-                .to_string(),
+            remote_tag: from.tag().unwrap_or_default().to_string(),
             local_uri: to.uri,
             remote_uri: from.uri,
             local_seq: 0,
             remote_seq: Some(cseq(request)?.seq),
-            remote_target: contact(request)?,
+            remote_target,
             route_set: record_route(request)?,
             state: DialogState::Early,
-        };
-        dialog.check_loose()?;
-        Ok(dialog)
-    }
-
-    fn check_loose(&self) -> Result<(), DialogError> {
-        match self.route_set.first() {
-            Some(first) if !first.contains(";lr") => Err(DialogError::StrictRoute),
-            _ => Ok(()),
-        }
+        })
     }
 
     /// Identity from our side.
@@ -205,20 +196,36 @@ impl Dialog {
     }
 
     fn builder(&self, method: Method, seq: u32, local_contact: Option<&str>) -> MessageBuilder {
-        let mut b = MessageBuilder::request(method.clone(), &self.remote_target);
-        for route in &self.route_set {
-            b = b.header(HeaderName::Route, route.clone());
-        }
+        let tagged = |uri: &str, tag: &str| {
+            if tag.is_empty() {
+                format!("<{uri}>")
+            } else {
+                format!("<{uri}>;tag={tag}")
+            }
+        };
+        let mut b = match self.route_set.split_first() {
+            // The next hop is a strict router (RFC 2543): it gets the request addressed to
+            // itself, and the remote target travels as the last Route (§12.2.1.1).
+            Some((first, rest)) if !first.contains(";lr") => {
+                let hop = first.trim_start_matches('<').trim_end_matches('>');
+                let mut b = MessageBuilder::request(method.clone(), hop);
+                for route in rest {
+                    b = b.header(HeaderName::Route, route.clone());
+                }
+                b.header(HeaderName::Route, format!("<{}>", self.remote_target))
+            }
+            _ => {
+                let mut b = MessageBuilder::request(method.clone(), &self.remote_target);
+                for route in &self.route_set {
+                    b = b.header(HeaderName::Route, route.clone());
+                }
+                b
+            }
+        };
         b = b
             .header(HeaderName::MaxForwards, "70")
-            .header(
-                HeaderName::From,
-                format!("<{}>;tag={}", self.local_uri, self.local_tag),
-            )
-            .header(
-                HeaderName::To,
-                format!("<{}>;tag={}", self.remote_uri, self.remote_tag),
-            )
+            .header(HeaderName::From, tagged(&self.local_uri, &self.local_tag))
+            .header(HeaderName::To, tagged(&self.remote_uri, &self.remote_tag))
             .header(HeaderName::CallId, self.call_id.clone())
             .header(HeaderName::CSeq, format!("{seq} {method}"));
         if let Some(c) = local_contact {
@@ -283,9 +290,10 @@ impl Dialog {
         } else {
             (from_tag, to_tag)
         };
+        // A missing tag is the null tag of an RFC 2543 peer.
         call_id[..] == *self.call_id.as_bytes()
             && ours_then_theirs.0.as_deref() == Some(&self.local_tag)
-            && ours_then_theirs.1.as_deref() == Some(&self.remote_tag)
+            && ours_then_theirs.1.unwrap_or_default() == self.remote_tag
     }
 }
 
@@ -452,17 +460,28 @@ mod tests {
     }
 
     #[test]
-    fn dialogs_need_tags_and_loose_routing() {
+    fn dialogs_need_a_to_tag_and_route_strict_routers_as_rfc_3261_says() {
         let req = invite();
-        let mut no_tag = MessageBuilder::response_to(&req, 180, "Ringing", None)
+        let no_tag = MessageBuilder::response_to(&req, 180, "Ringing", None)
             .header(HeaderName::Contact, "<sip:a@192.0.2.20>")
             .build();
         assert_eq!(Dialog::uac(&req, &no_tag), Err(DialogError::NoToTag));
-        no_tag = MessageBuilder::response_to(&req, 180, "Ringing", Some("t"))
+        let strict = MessageBuilder::response_to(&req, 180, "Ringing", Some("t"))
             .header(HeaderName::Contact, "<sip:a@192.0.2.20>")
-            .header(HeaderName::RecordRoute, "<sip:strict.example.com>")
+            .header(
+                HeaderName::RecordRoute,
+                "<sip:loose.example.com;lr>, <sip:strict.example.com>",
+            )
             .build();
-        assert_eq!(Dialog::uac(&req, &no_tag), Err(DialogError::StrictRoute));
+        // Reversed: the strict router is our next hop.
+        let mut d = Dialog::uac(&req, &strict).unwrap();
+        let bye = d.request(Method::Bye, None).build();
+        assert_eq!(request_uri(&bye).as_deref(), Some("sip:strict.example.com"));
+        let routes: Vec<String> = bye
+            .headers_named(&HeaderName::Route)
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+            .collect();
+        assert_eq!(routes, ["<sip:loose.example.com;lr>", "<sip:a@192.0.2.20>"]);
         let early = MessageBuilder::response_to(&req, 183, "Session Progress", Some("t"))
             .header(HeaderName::Contact, "<sip:a@192.0.2.20>")
             .build();
@@ -471,5 +490,48 @@ mod tests {
         d.confirm(Some(&ok(&req)));
         assert_eq!(d.state, DialogState::Confirmed);
         assert_eq!(d.remote_target, "sip:agent@192.0.2.20:5070;transport=udp");
+    }
+}
+
+#[cfg(test)]
+mod rfc2543_tests {
+    use super::*;
+    use crate::sip::msg::parse_datagram;
+
+    /// RFC 4475 §3.4.1: an RFC 2543 INVITE (no From tag, no Contact, no branch cookie)
+    /// forms a dialog with a null remote tag; our requests in it carry no To tag and go to
+    /// the From address, and the peer's own requests (still tagless) match it.
+    #[test]
+    fn an_rfc_2543_invite_forms_a_dialog_with_a_null_remote_tag() {
+        let invite = parse_datagram(bytes::Bytes::from_static(
+            b"INVITE sip:UserB@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP iftgw.example.com\r\n\
+From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\
+To: sip:+16505552222@ss1.example.net;user=phone\r\n\
+Call-ID: inv2543.1717@ift.client.example.com\r\n\
+CSeq: 56 INVITE\r\n\
+Content-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let mut d = Dialog::uas(&invite, "ours").unwrap();
+        assert_eq!(d.remote_tag, "");
+        let bye = d.request(Method::Bye, None).build();
+        assert_eq!(
+            request_uri(&bye).as_deref(),
+            Some("sip:+13035551111@ift.client.example.net;user=phone")
+        );
+        let to = String::from_utf8_lossy(&bye.header(&HeaderName::To).unwrap().value).into_owned();
+        assert!(!to.contains("tag="), "{to}");
+        let their_bye = parse_datagram(bytes::Bytes::from_static(
+            b"BYE sip:UserB@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP iftgw.example.com\r\n\
+From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\
+To: <sip:+16505552222@ss1.example.net>;tag=ours\r\n\
+Call-ID: inv2543.1717@ift.client.example.com\r\n\
+CSeq: 57 BYE\r\n\
+Content-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        assert!(d.matches(&their_bye));
     }
 }
