@@ -140,7 +140,7 @@ pub struct Node {
     root_task: JoinHandle<()>,
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
-    http_task: JoinHandle<std::io::Result<()>>,
+    http_task: JoinHandle<()>,
     sip_udp: Option<SipListener>,
     sip_tcp: Option<SipListener>,
     sip_tls: Option<SipListener>,
@@ -386,7 +386,8 @@ impl Node {
                     meta.verify_token.clone(),
                     tx,
                 )
-                .with_reply_sink(Arc::new(replies)),
+                .with_reply_sink(Arc::new(replies))
+                .with_limits(config.http.webhooks),
             )
         });
         let permission_api = crate::api::permissions::PermissionApi {
@@ -409,12 +410,12 @@ impl Node {
             router = router.merge(api::v1::router(api_state, token, Some(permission_api)));
         }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
+        let limits = config.http.limits;
         let http_task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
+            api::server::serve(listener, router, limits, async {
+                let _ = stop_rx.await;
+            })
+            .await;
         });
         readiness.bound("http", http_addr);
         tracing::info!(http = %http_addr, node = %node_id, version = telemetry::VERSION, "waswitch ready");
@@ -556,10 +557,8 @@ impl Node {
         let media = self.media.clone();
         let _ = tokio::task::spawn_blocking(move || media.stop()).await;
         let _ = self.http_stop.send(());
-        match self.http_task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = self.http_task.await {
+            tracing::warn!(error = %e, "HTTP server task failed");
         }
         self.root.stop(Some("node stopping".into()));
         let _ = self.root_task.await;

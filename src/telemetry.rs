@@ -28,6 +28,10 @@ pub const CALL_SETUP_SECONDS: &str = "waswitch_call_setup_seconds";
 pub const CALL_DURATION_SECONDS: &str = "waswitch_call_duration_seconds";
 /// Counter: call attempts refused before a call was created, by `reason`.
 pub const CALLS_REFUSED_TOTAL: &str = "waswitch_calls_refused_total";
+/// Counter: HTTP connections and requests refused at the listener, by `reason`
+/// (`connection_limit`, `header_timeout`, `body_timeout`, `idle_timeout`,
+/// `body_too_large`, `body_broken`, `webhook_busy`).
+pub const HTTP_REFUSED_TOTAL: &str = "waswitch_http_refused_total";
 /// Counter: actors that returned an error or panicked, by `actor`.
 pub const ACTOR_FAILURES_TOTAL: &str = "waswitch_actor_failures_total";
 /// Counter: supervised service actors restarted, by `actor`.
@@ -194,6 +198,17 @@ pub fn install_metrics() -> PrometheusHandle {
                 metrics::counter!(CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str()).increment(0);
             }
             metrics::gauge!(PERMISSION_GRANTS_ACTIVE).set(0.0);
+            for reason in [
+                "connection_limit",
+                "header_timeout",
+                "body_timeout",
+                "idle_timeout",
+                "body_too_large",
+                "body_broken",
+                "webhook_busy",
+            ] {
+                metrics::counter!(HTTP_REFUSED_TOTAL, "reason" => reason).increment(0);
+            }
             handle
         })
         .clone()

@@ -4,6 +4,7 @@
 //! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
 
 pub mod permissions;
+pub mod server;
 pub mod v1;
 
 use std::collections::BTreeMap;

@@ -218,6 +218,20 @@ pub(crate) struct HttpSection {
     pub listen: String,
     #[serde(default)]
     pub api_token: Option<String>,
+    #[serde(default)]
+    pub header_timeout_secs: Option<i64>,
+    #[serde(default)]
+    pub body_timeout_secs: Option<i64>,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<i64>,
+    #[serde(default)]
+    pub max_connections: Option<i64>,
+    #[serde(default)]
+    pub max_body_bytes: Option<i64>,
+    #[serde(default)]
+    pub webhook_max_body_bytes: Option<i64>,
+    #[serde(default)]
+    pub webhook_concurrency: Option<i64>,
 }
 
 impl Default for HttpSection {
@@ -225,6 +239,13 @@ impl Default for HttpSection {
         Self {
             listen: default_http_listen(),
             api_token: None,
+            header_timeout_secs: None,
+            body_timeout_secs: None,
+            idle_timeout_secs: None,
+            max_connections: None,
+            max_body_bytes: None,
+            webhook_max_body_bytes: None,
+            webhook_concurrency: None,
         }
     }
 }

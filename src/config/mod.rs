@@ -134,6 +134,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token of the REST API (`/v1/...`); without one the API is not served.
     pub api_token: Option<Secret>,
+    /// Connection and request limits of the listener.
+    pub limits: crate::api::server::HttpLimits,
+    /// What Meta's webhooks may make the switch read.
+    pub webhooks: crate::meta::ingress::WebhookLimits,
 }
 
 /// SIP listener settings.
@@ -835,12 +839,16 @@ impl Validator {
                 None
             }
         };
+        let http_limits = self.http_limits(&raw.http);
         let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
         let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
+        let (http_limits, webhook_limits) = http_limits?;
         Some(Config {
             source: path.to_path_buf(),
             node_id,
             http: HttpConfig {
+                limits: http_limits,
+                webhooks: webhook_limits,
                 listen: http_listen?,
                 api_token: raw
                     .http
@@ -1050,6 +1058,91 @@ impl Validator {
                 None
             }
         }
+    }
+
+    fn http_limits(
+        &mut self,
+        raw: &file::HttpSection,
+    ) -> Option<(
+        crate::api::server::HttpLimits,
+        crate::meta::ingress::WebhookLimits,
+    )> {
+        let mut http = crate::api::server::HttpLimits::default();
+        let mut hooks = crate::meta::ingress::WebhookLimits::default();
+        let secs = |v: i64| Duration::from_secs(v as u64);
+        let mut ok = true;
+        let mut set = |v: &mut Self, key: &str, value: Option<i64>, min: i64, max: i64| {
+            value.map(|n| {
+                let b = v.bounded(key, n, min, max);
+                ok &= b.is_some();
+                b.unwrap_or(min)
+            })
+        };
+        if let Some(n) = set(
+            self,
+            "http.header_timeout_secs",
+            raw.header_timeout_secs,
+            1,
+            600,
+        ) {
+            http.header_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.body_timeout_secs",
+            raw.body_timeout_secs,
+            1,
+            600,
+        ) {
+            http.body_timeout = secs(n);
+            hooks.body_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.idle_timeout_secs",
+            raw.idle_timeout_secs,
+            1,
+            3600,
+        ) {
+            http.idle_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.max_connections",
+            raw.max_connections,
+            1,
+            1_000_000,
+        ) {
+            http.max_connections = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.max_body_bytes",
+            raw.max_body_bytes,
+            1024,
+            16 << 20,
+        ) {
+            http.max_body = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.webhook_max_body_bytes",
+            raw.webhook_max_body_bytes,
+            4096,
+            16 << 20,
+        ) {
+            hooks.max_body = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.webhook_concurrency",
+            raw.webhook_concurrency,
+            1,
+            4096,
+        ) {
+            hooks.concurrency = n as usize;
+        }
+        ok.then_some((http, hooks))
     }
 
     fn bounded(&mut self, key: &str, value: i64, min: i64, max: i64) -> Option<i64> {

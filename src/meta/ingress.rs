@@ -7,12 +7,19 @@
 //! 200 at once. When the queue cannot take every new event the delivery is answered 503 and
 //! nothing of it is remembered, so Meta's retry brings it again: an event is either queued
 //! or left for the retry, never half-processed.
+//!
+//! What an unsigned sender can make the switch hold is bounded: a request without a
+//! well-formed signature header is refused before its body is read; a body is hashed as it
+//! arrives and refused (413) the moment it passes [`WebhookLimits::max_body`] (at once when
+//! its `Content-Length` says so); at most [`WebhookLimits::concurrency`] bodies are read at
+//! a time (503 beyond); and one too slow gets 408. Meta's webhooks are small: the largest
+//! sample (a `connect` with its SDP offer) is 2.3 KB, so the default limit of 256 KiB
+//! leaves room for a hundred batched events.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,9 +37,27 @@ pub const PATH: &str = "/webhooks/meta";
 const DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Events remembered at most.
 const DEDUP_CAPACITY: usize = 200_000;
-/// Largest webhook body taken: Meta batches up to 1,000 updates, each connect carrying an
-/// SDP of a few kilobytes.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// How much webhook traffic is read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Largest body taken.
+    pub max_body: usize,
+    /// Bodies read at once.
+    pub concurrency: usize,
+    /// A body must arrive whole this long after its head.
+    pub body_timeout: Duration,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits {
+            max_body: 256 * 1024,
+            concurrency: 32,
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Where call-permission replies are written before the webhook is answered: a grant
 /// Meta has delivered must never be lost to a crash, and Meta does not send it again once
@@ -52,6 +77,8 @@ pub struct Ingress {
     dedup: Mutex<Dedup>,
     events: mpsc::Sender<MetaEvent>,
     replies: Option<Arc<dyn ReplySink>>,
+    limits: WebhookLimits,
+    reading: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -68,13 +95,23 @@ impl Ingress {
         verify_token: Secret,
         events: mpsc::Sender<MetaEvent>,
     ) -> Ingress {
+        let limits = WebhookLimits::default();
         Ingress {
             app_secret,
             verify_token,
             dedup: Mutex::new(Dedup::new(DEDUP_WINDOW, DEDUP_CAPACITY)),
             events,
             replies: None,
+            limits,
+            reading: Arc::new(tokio::sync::Semaphore::new(limits.concurrency)),
         }
+    }
+
+    /// Reads webhook bodies within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: WebhookLimits) -> Ingress {
+        self.reading = Arc::new(tokio::sync::Semaphore::new(limits.concurrency));
+        self.limits = limits;
+        self
     }
 
     /// Permission replies go to `sink` (written before the delivery is answered) instead
@@ -108,6 +145,12 @@ impl Ingress {
             outcome("bad_signature");
             return (StatusCode::UNAUTHORIZED, Vec::new());
         }
+        self.accept(body, now)
+    }
+
+    /// Handles a body whose signature has been checked: the status to answer, and (with a
+    /// reply sink) the permission replies the caller must record before answering.
+    fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
         let parsed = match webhook::parse(body) {
             Ok(p) => p,
             Err(e) => {
@@ -221,7 +264,6 @@ struct Challenge {
 pub fn router(ingress: Option<Arc<Ingress>>) -> Router {
     Router::new()
         .route(PATH, get(verify).post(receive))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ingress)
 }
 
@@ -242,15 +284,60 @@ async fn verify(
     }
 }
 
-async fn receive(
-    State(ingress): State<Option<Arc<Ingress>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn receive(State(ingress): State<Option<Arc<Ingress>>>, request: Request) -> Response {
     let Some(ingress) = ingress else {
         return disabled();
     };
-    let (mut status, replies) = ingress.deliver_split(&headers, &body, Instant::now());
+    let (parts, body) = request.into_parts();
+    let closing = |status: StatusCode| {
+        let mut response = status.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    };
+    // Unsigned: refused before a byte of the body is read.
+    let signature = parts
+        .headers
+        .get(signature::HEADER)
+        .map(HeaderValue::as_bytes);
+    let mut check =
+        match signature::Verifier::new(ingress.app_secret.expose().as_bytes(), signature) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook refused: signature");
+                outcome("bad_signature");
+                return closing(StatusCode::UNAUTHORIZED);
+            }
+        };
+    let Ok(_reading) = Arc::clone(&ingress.reading).try_acquire_owned() else {
+        crate::api::server::refused("webhook_busy");
+        outcome("overloaded");
+        let mut response = closing(StatusCode::SERVICE_UNAVAILABLE);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let limits = ingress.limits;
+    let body = match crate::api::server::read_body(
+        body,
+        crate::api::server::declared_length(&parts.headers),
+        limits.max_body,
+        tokio::time::Instant::now() + limits.body_timeout,
+        |piece| check.update(piece),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(refused) => return refused.response(limits.max_body),
+    };
+    if let Err(e) = check.finish() {
+        tracing::warn!(error = %e, "webhook refused: signature");
+        outcome("bad_signature");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let (mut status, replies) = ingress.accept(&body, Instant::now());
     if status == StatusCode::OK {
         if let Some(sink) = &ingress.replies {
             for reply in replies {

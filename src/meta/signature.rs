@@ -42,24 +42,53 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// Checks the `X-Hub-Signature-256` value `header` against `body` under `secret`.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let hex = header
-        .strip_prefix(b"sha256=")
-        .ok_or(SignatureError::Malformed)?;
-    let mut expected = [0u8; 32];
-    if hex.len() != 64 {
-        return Err(SignatureError::Malformed);
-    }
-    for (out, pair) in expected.iter_mut().zip(hex.chunks_exact(2)) {
-        let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+    let mut check = Verifier::new(secret, header)?;
+    check.update(body);
+    check.finish()
+}
+
+/// A signature checked as the body streams in: the header is read first (a request
+/// without a well-formed one is refused before its body is read), each piece of the body
+/// is hashed as it arrives, and [`Verifier::finish`] compares.
+pub struct Verifier {
+    mac: Hmac<Sha256>,
+    expected: [u8; 32],
+}
+
+impl Verifier {
+    /// A check of a body against `header` under `secret`.
+    pub fn new(secret: &[u8], header: Option<&[u8]>) -> Result<Verifier, SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        let hex = header
+            .strip_prefix(b"sha256=")
+            .ok_or(SignatureError::Malformed)?;
+        let mut expected = [0u8; 32];
+        if hex.len() != 64 {
             return Err(SignatureError::Malformed);
-        };
-        *out = hi << 4 | lo;
+        }
+        for (out, pair) in expected.iter_mut().zip(hex.chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+                return Err(SignatureError::Malformed);
+            };
+            *out = hi << 4 | lo;
+        }
+        Ok(Verifier {
+            mac: mac(secret),
+            expected,
+        })
     }
-    let mut mac = mac(secret);
-    mac.update(body);
-    mac.verify_slice(&expected)
-        .map_err(|_| SignatureError::Mismatch)
+
+    /// The next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.mac.update(piece);
+    }
+
+    /// Whether the whole body matched, compared in constant time.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        self.mac
+            .verify_slice(&self.expected)
+            .map_err(|_| SignatureError::Mismatch)
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
