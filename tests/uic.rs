@@ -712,3 +712,57 @@ fn a_panic_while_the_pbx_rings_cancels_it_and_its_crossing_answer_is_hung_up() {
         "never accepted toward Meta"
     );
 }
+
+/// Meta refuses `pre_accept` (slowly) while the PBX answers: the PBX's 200 crosses the
+/// refusal. The customer was never connected, so the call is failed, never answered: the
+/// CDR says so consistently (no answer time, no duration, the cause and the failure), the
+/// PBX is hung up, and `waswitch_calls_total` counts it as failed.
+#[test]
+fn a_meta_refusal_crossing_the_pbx_answer_fails_the_call_and_never_counts_it_answered() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let (graph, node, ctx) = sim_and_switch(&rt, dir.path(), &[port], 49_000);
+    graph.inject(&[waswitch::sim::graph::Fault {
+        status: 400,
+        delay: Duration::from_millis(600),
+    }]);
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", port, 1, &["-rtp_echo"]);
+    let result = rt.block_on(load::user_call(
+        &ctx,
+        "4915112345670",
+        Duration::from_secs(1),
+    ));
+    assert!(!result.connected, "{result:?}");
+    let metrics = rt.block_on(async {
+        assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
+        reqwest::get(format!("http://{}/metrics", node.http_addr()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    for series in [
+        "waswitch_calls_total{direction=\"user_initiated\",outcome=\"answered\"} 0",
+        "waswitch_calls_total{direction=\"user_initiated\",outcome=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (_, counters) = uas.finish();
+    // The PBX answered, and was hung up.
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&1), "{counters:?}");
+    assert_eq!(cdrs.len(), 1);
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.outcome, CallOutcome::Failed, "{cdr:?}");
+    assert_eq!(cdr.answered_at, None, "{cdr:?}");
+    assert_eq!(cdr.duration_ms, 0, "{cdr:?}");
+    assert_eq!(cdr.end_cause, "meta_pre_accept_failed", "{cdr:?}");
+    assert_eq!(
+        cdr.failure.as_deref(),
+        Some("the WhatsApp side failed before it connected: meta_pre_accept_failed"),
+        "{cdr:?}"
+    );
+    assert_eq!(cdr.hangup_by, HangupParty::Switch);
+}

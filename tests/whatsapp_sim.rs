@@ -277,7 +277,8 @@ async fn a_terminate_overtaking_its_connect_leaves_no_call_behind() {
     }
     let cdrs = stop_and_read_cdrs(node, dir.path()).await;
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
-    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered);
+    // Meta refused the WhatsApp side: a failed call, never an answered one.
+    assert_eq!(cdrs[0].outcome, CallOutcome::Failed);
     assert_eq!(cdrs[0].end_cause, "meta_pre_accept_failed");
     assert_eq!(cdrs[0].hangup_by, HangupParty::Switch);
     let actions: Vec<_> = graph

@@ -92,6 +92,15 @@ pub enum CallMsg {
         /// The far end's cause, when the leg ended.
         cause: Option<String>,
     },
+    /// A leg could not do its part before it connected (Meta refused `pre_accept` or
+    /// `accept`, its media could not be set up): the call fails, and was never answered
+    /// end to end, whatever the other leg did meanwhile.
+    LegFailed {
+        /// Which leg.
+        role: LegRole,
+        /// Why (the CDR's end cause).
+        cause: String,
+    },
     /// A far-end event for one leg (sent by protocol drivers).
     Signal {
         /// Which leg.
@@ -391,6 +400,23 @@ impl Call {
                     // A leg that is gone has already ended the call; nothing to deliver.
                     let _ = leg.send_message(LegMsg::Remote(signal));
                 }
+            }
+            CallMsg::LegFailed { role, cause } => {
+                // The business may have answered already (its 200 crossing Meta's
+                // refusal): the customer never was connected, so the call was not answered.
+                self.answered_at = None;
+                let end = CallEnd {
+                    by: crate::store::HangupParty::Switch,
+                    failure: Some(format!(
+                        "{} failed before it connected: {cause}",
+                        match role {
+                            LegRole::WhatsApp => "the WhatsApp side",
+                            LegRole::Business => "the business side",
+                        }
+                    )),
+                    cause,
+                };
+                self.teardown(myself, Some(role), end).await;
             }
             CallMsg::Routed { trunk } => self.trunk = Some(trunk),
             CallMsg::BridgeEnded { by, cause } => {

@@ -291,10 +291,9 @@ impl WaLeg {
     /// Ends the leg and the call after a failure of ours.
     fn fail(&mut self, cause: &str) {
         self.hang_up(cause);
-        let _ = self.call.send_message(CallMsg::Hangup {
-            by: crate::store::HangupParty::Switch,
+        let _ = self.call.send_message(CallMsg::LegFailed {
+            role: LegRole::WhatsApp,
             cause: cause.to_string(),
-            reply: None,
         });
     }
 }
