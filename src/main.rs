@@ -39,8 +39,11 @@ enum Command {
     },
     /// Validate a configuration file (with WASWITCH_* overrides) and exit: 0 valid, 2 not.
     CheckConfig {
-        /// Configuration file.
-        path: PathBuf,
+        /// Configuration file (default: config/waswitch.toml).
+        path: Option<PathBuf>,
+        /// The same, as a flag (as the other commands take it).
+        #[arg(long, short, conflicts_with = "path")]
+        config: Option<PathBuf>,
     },
     /// Run the Meta emulator: the Graph API (with Meta's validation and errors) on
     /// `sim.listen`, for the business numbers and access token of the configuration, until
@@ -59,8 +62,8 @@ enum Command {
     },
     /// The audit trail of call permissions and business-initiated calls.
     Audit {
-        /// Configuration file (names the store).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        /// Configuration file (names the store); before or after the action.
+        #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
         #[command(subcommand)]
         action: AuditAction,
@@ -176,24 +179,12 @@ fn main() -> ExitCode {
             println!("waswitch {}", telemetry::VERSION);
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { path } => match Config::load(&path) {
-            Ok(c) => {
-                println!(
-                    "{}: ok (node {}, http {}, sip {}, store {}, {} trunk(s))",
-                    path.display(),
-                    c.node_id,
-                    c.http.listen,
-                    c.sip.listen,
-                    c.store.url,
-                    c.trunks.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { path, config } => {
+            let path = path
+                .or(config)
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            check_config(&path)
+        }
         Command::Sim { config, calls } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -550,4 +541,26 @@ async fn wait_for_stop_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("SIGINT received");
+}
+
+/// `check-config`: the exit code.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok (node {}, http {}, sip {}, store {}, {} trunk(s))",
+                path.display(),
+                c.node_id,
+                c.http.listen,
+                c.sip.listen,
+                c.store.url,
+                c.trunks.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }

@@ -247,6 +247,10 @@ impl Node {
         calls.set_media(media.clone());
 
         let trunk_health = TrunkHealth::default();
+        // A trunk counts as up until its probes say otherwise.
+        for trunk in &config.trunks {
+            metrics::gauge!(telemetry::TRUNK_UP, "trunk" => trunk.name.clone()).set(1.0);
+        }
         let probes = probe_targets(&config);
         let graph = match config.meta.as_ref() {
             Some(meta) => Some(Arc::new(

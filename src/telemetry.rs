@@ -156,59 +156,7 @@ pub fn install_metrics() -> PrometheusHandle {
             // renders what it was given, which is still correct for `/metrics`.
             let _ = metrics::set_global_recorder(recorder);
             metrics::gauge!(BUILD_INFO, "version" => VERSION).set(1.0);
-            metrics::gauge!(CALLS_ACTIVE).set(0.0);
-            // Export every series at zero from the start, so rates and alerts work before the
-            // first event.
-            metrics::gauge!(MEDIA_LEGS_ACTIVE).set(0.0);
-            metrics::gauge!(TRANSCODING_LEGS_ACTIVE).set(0.0);
-            for direction in ["in", "out"] {
-                metrics::counter!(RTP_PACKETS_TOTAL, "direction" => direction).increment(0);
-            }
-            for reason in ["foreign_source", "malformed", "no_destination"] {
-                metrics::counter!(RTP_DROPPED_TOTAL, "reason" => reason).increment(0);
-            }
-            for direction in ["user_initiated", "business_initiated", "sip_transit"] {
-                for outcome in ["answered", "unanswered", "failed"] {
-                    metrics::counter!(CALLS_TOTAL, "direction" => direction, "outcome" => outcome)
-                        .increment(0);
-                }
-            }
-            for outcome in [
-                "accepted",
-                "bad_signature",
-                "malformed",
-                "overloaded",
-                "disabled",
-            ] {
-                metrics::counter!(META_WEBHOOKS_TOTAL, "outcome" => outcome).increment(0);
-            }
-            for actor in ACTOR_NAMES {
-                metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => *actor).increment(0);
-            }
-            for result in [
-                "completed",
-                "connected_failed",
-                "unanswered",
-                "unknown",
-                "failed",
-            ] {
-                metrics::counter!(BIC_ATTEMPTS_TOTAL, "result" => result).increment(0);
-            }
-            for blocked in crate::permission::Blocked::ALL {
-                metrics::counter!(CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str()).increment(0);
-            }
-            metrics::gauge!(PERMISSION_GRANTS_ACTIVE).set(0.0);
-            for reason in [
-                "connection_limit",
-                "header_timeout",
-                "body_timeout",
-                "idle_timeout",
-                "body_too_large",
-                "body_broken",
-                "webhook_busy",
-            ] {
-                metrics::counter!(HTTP_REFUSED_TOTAL, "reason" => reason).increment(0);
-            }
+            register_catalogue();
             handle
         })
         .clone()
@@ -320,3 +268,441 @@ fn sample_process() {
 
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture the switch targets (USER_HZ).
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution of observations.
+    Histogram,
+}
+
+/// One metric the switch exports: its name, kind, `# HELP` text, and the series it is
+/// exported with from the start (so rates and alerts work before the first event).
+#[derive(Debug, Clone)]
+pub struct MetricInfo {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: MetricKind,
+    /// What it counts or measures.
+    pub help: &'static str,
+    /// Label sets exported at zero from the start (an empty set: the unlabelled series).
+    pub initial: Vec<Vec<(&'static str, &'static str)>>,
+}
+
+/// Every metric the switch exports.
+pub fn catalogue() -> Vec<MetricInfo> {
+    use MetricKind::{Counter, Gauge, Histogram};
+    let one =
+        |label: &'static str, values: &[&'static str]| -> Vec<Vec<(&'static str, &'static str)>> {
+            values.iter().map(|v| vec![(label, *v)]).collect()
+        };
+    let unlabelled = || vec![Vec::new()];
+    let directions = ["user_initiated", "business_initiated", "sip_transit"];
+    let m = |name, kind, help, initial| MetricInfo {
+        name,
+        kind,
+        help,
+        initial,
+    };
+    let mut calls_total = Vec::new();
+    for d in directions {
+        for o in ["answered", "unanswered", "failed"] {
+            calls_total.push(vec![("direction", d), ("outcome", o)]);
+        }
+    }
+    let mut sip_messages = Vec::new();
+    for direction in ["in", "out"] {
+        for method in [
+            "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+        ] {
+            sip_messages.push(vec![("direction", direction), ("method_or_status", method)]);
+        }
+    }
+    let mut webhook_events = Vec::new();
+    for kind in ["connect", "terminate", "status", "permission_reply"] {
+        for delivery in ["new", "duplicate", "recorded"] {
+            webhook_events.push(vec![("kind", kind), ("delivery", delivery)]);
+        }
+    }
+    let actions = [
+        "connect",
+        "pre_accept",
+        "accept",
+        "reject",
+        "terminate",
+        "call_permissions",
+        "permission_request",
+        "get_settings",
+        "update_settings",
+    ];
+    let mut api_requests = Vec::new();
+    for action in actions {
+        for outcome in ["ok", "error", "timeout", "transport", "decode", "invalid"] {
+            api_requests.push(vec![("action", action), ("outcome", outcome)]);
+        }
+    }
+    let mut blocked: Vec<&'static str> = crate::permission::Blocked::ALL
+        .iter()
+        .map(|b| b.as_str())
+        .collect();
+    blocked.dedup();
+    vec![
+        m(CALLS_ACTIVE, Gauge, "Calls in progress.", unlabelled()),
+        m(
+            CALLS_TOTAL,
+            Counter,
+            "Calls ended, by direction and outcome.",
+            calls_total,
+        ),
+        m(
+            CALL_SETUP_SECONDS,
+            Histogram,
+            "Seconds from a call's offer to its answer, by direction.",
+            one("direction", &directions),
+        ),
+        m(
+            CALL_DURATION_SECONDS,
+            Histogram,
+            "Seconds from answer to end of answered calls, by direction.",
+            one("direction", &directions),
+        ),
+        m(
+            CALLS_REFUSED_TOTAL,
+            Counter,
+            "Call attempts refused before a call was created, by reason.",
+            one(
+                "reason",
+                &["cps", "max_calls", "unknown_source", "no_trunk", "draining"],
+            ),
+        ),
+        m(
+            CALLS_BLOCKED_TOTAL,
+            Counter,
+            "Business-initiated calls refused before dialling, by reason.",
+            one("reason", &blocked),
+        ),
+        m(
+            BIC_ATTEMPTS_TOTAL,
+            Counter,
+            "Business-initiated calls admitted, by how they ended for the permission.",
+            one(
+                "result",
+                &[
+                    "completed",
+                    "connected_failed",
+                    "unanswered",
+                    "unknown",
+                    "failed",
+                ],
+            ),
+        ),
+        m(
+            CDR_WEBHOOKS_TOTAL,
+            Counter,
+            "CDRs POSTed to the CDR webhook, by outcome.",
+            one("outcome", &["delivered", "failed", "dropped"]),
+        ),
+        m(
+            HTTP_REFUSED_TOTAL,
+            Counter,
+            "HTTP connections and requests refused at the listener, by reason.",
+            one(
+                "reason",
+                &[
+                    "connection_limit",
+                    "header_timeout",
+                    "body_timeout",
+                    "idle_timeout",
+                    "body_too_large",
+                    "body_broken",
+                    "webhook_busy",
+                ],
+            ),
+        ),
+        m(
+            ACTOR_FAILURES_TOTAL,
+            Counter,
+            "Actors that returned an error or panicked, by actor.",
+            one("actor", ACTOR_NAMES),
+        ),
+        m(
+            ACTOR_RESTARTS_TOTAL,
+            Counter,
+            "Supervised service actors restarted, by actor.",
+            one("actor", &["cdr_writer", "process_sampler"]),
+        ),
+        m(
+            BUILD_INFO,
+            Gauge,
+            "Always 1, labelled with the build version.",
+            Vec::new(),
+        ),
+        m(
+            CDRS_WRITTEN_TOTAL,
+            Counter,
+            "CDRs committed to the store.",
+            unlabelled(),
+        ),
+        m(
+            CDR_WRITE_ERRORS_TOTAL,
+            Counter,
+            "Failed CDR batch writes (they are retried).",
+            unlabelled(),
+        ),
+        m(
+            CDRS_REJECTED_TOTAL,
+            Counter,
+            "CDRs the store refused for good (saved to a file).",
+            unlabelled(),
+        ),
+        m(
+            CDRS_PENDING,
+            Gauge,
+            "CDRs waiting to be written.",
+            unlabelled(),
+        ),
+        m(
+            PROCESS_RESIDENT_MEMORY_BYTES,
+            Gauge,
+            "Resident memory of the process, in bytes.",
+            unlabelled(),
+        ),
+        m(
+            PROCESS_CPU_SECONDS,
+            Gauge,
+            "CPU time used by the process, in seconds.",
+            unlabelled(),
+        ),
+        m(
+            PROCESS_OPEN_FDS,
+            Gauge,
+            "Open file descriptors, sockets included.",
+            unlabelled(),
+        ),
+        m(
+            PROCESS_THREADS,
+            Gauge,
+            "OS threads of the process.",
+            unlabelled(),
+        ),
+        m(
+            SIP_MESSAGES_TOTAL,
+            Counter,
+            "SIP messages, by direction and method or status code.",
+            sip_messages,
+        ),
+        m(
+            SIP_TRANSACTIONS_ACTIVE,
+            Gauge,
+            "SIP server and client transactions in progress.",
+            unlabelled(),
+        ),
+        m(
+            SIP_RETRANSMISSIONS_TOTAL,
+            Counter,
+            "Retransmitted SIP requests absorbed or answered from a transaction.",
+            unlabelled(),
+        ),
+        m(
+            TRUNK_UP,
+            Gauge,
+            "1 when a trunk answers its OPTIONS probes, 0 when not, by trunk.",
+            Vec::new(),
+        ),
+        m(
+            RTP_PACKETS_TOTAL,
+            Counter,
+            "RTP packets relayed by the media shards, by direction.",
+            one("direction", &["in", "out"]),
+        ),
+        m(
+            RTP_DROPPED_TOTAL,
+            Counter,
+            "RTP packets dropped by the media shards, by reason.",
+            one("reason", &["foreign_source", "malformed", "no_destination"]),
+        ),
+        m(
+            MEDIA_LEGS_ACTIVE,
+            Gauge,
+            "Media legs carried by the shards.",
+            unlabelled(),
+        ),
+        m(
+            TRANSCODING_LEGS_ACTIVE,
+            Gauge,
+            "Media legs whose audio is transcoded.",
+            unlabelled(),
+        ),
+        m(
+            DTMF_DIGITS_TOTAL,
+            Counter,
+            "DTMF digits received, by side.",
+            one("side", &["a", "b"]),
+        ),
+        m(
+            META_WEBHOOKS_TOTAL,
+            Counter,
+            "Webhook deliveries received from Meta, by outcome.",
+            one(
+                "outcome",
+                &[
+                    "accepted",
+                    "bad_signature",
+                    "malformed",
+                    "overloaded",
+                    "disabled",
+                ],
+            ),
+        ),
+        m(
+            META_WEBHOOK_EVENTS_TOTAL,
+            Counter,
+            "Calling events in Meta's webhooks, by kind and delivery.",
+            webhook_events,
+        ),
+        m(
+            META_WEBHOOK_SKIPPED_TOTAL,
+            Counter,
+            "Things in Meta's webhooks this version skipped, by what.",
+            one(
+                "what",
+                &[
+                    "field",
+                    "change_field",
+                    "event",
+                    "message_type",
+                    "status_type",
+                    "invalid",
+                ],
+            ),
+        ),
+        m(
+            META_CALLS_SKIPPED_TOTAL,
+            Counter,
+            "WhatsApp calls Meta offered that the switch did not take, by reason.",
+            one(
+                "reason",
+                &["unknown_number", "duplicate", "sanctioned", "no_trunk"],
+            ),
+        ),
+        m(
+            META_API_REQUESTS_TOTAL,
+            Counter,
+            "Graph API requests (each attempt), by action and outcome.",
+            api_requests,
+        ),
+        m(
+            META_API_LATENCY_SECONDS,
+            Histogram,
+            "Graph API request latency in seconds, by action.",
+            one("action", &actions),
+        ),
+        m(
+            PERMISSION_REQUESTS_TOTAL,
+            Counter,
+            "Call-permission requests, by outcome.",
+            one(
+                "outcome",
+                &[
+                    "sent",
+                    "send_failed",
+                    "daily_request_limit",
+                    "weekly_request_limit",
+                    "already_permanent",
+                    "do_not_call",
+                    "sanctioned",
+                    "country_not_allowed",
+                ],
+            ),
+        ),
+        m(
+            PERMISSION_REPLIES_TOTAL,
+            Counter,
+            "Customers' replies to permission requests, by outcome.",
+            one("outcome", &["granted", "declined", "revoked"]),
+        ),
+        m(
+            PERMISSION_GRANTS_ACTIVE,
+            Gauge,
+            "Call-permission grants in force.",
+            unlabelled(),
+        ),
+        m(
+            DNC_ADDED_TOTAL,
+            Counter,
+            "Customers put on the do-not-call list, by actor.",
+            one("actor", &["customer", "business"]),
+        ),
+    ]
+}
+
+/// Describes every metric (its `# HELP`) and exports its initial series at zero.
+fn register_catalogue() {
+    for metric in catalogue() {
+        match metric.kind {
+            MetricKind::Counter => {
+                metrics::describe_counter!(metric.name, metric.help);
+                for labels in &metric.initial {
+                    let labels: Vec<metrics::Label> = labels
+                        .iter()
+                        .map(|(k, v)| metrics::Label::new(*k, *v))
+                        .collect();
+                    metrics::counter!(metric.name, labels).increment(0);
+                }
+            }
+            MetricKind::Gauge => {
+                metrics::describe_gauge!(metric.name, metric.help);
+                for labels in &metric.initial {
+                    let labels: Vec<metrics::Label> = labels
+                        .iter()
+                        .map(|(k, v)| metrics::Label::new(*k, *v))
+                        .collect();
+                    metrics::gauge!(metric.name, labels).set(0.0);
+                }
+            }
+            MetricKind::Histogram => {
+                metrics::describe_histogram!(metric.name, metric.help);
+                for labels in &metric.initial {
+                    let labels: Vec<metrics::Label> = labels
+                        .iter()
+                        .map(|(k, v)| metrics::Label::new(*k, *v))
+                        .collect();
+                    // A handle registers the series; it shows once observed.
+                    let _ = metrics::histogram!(metric.name, labels);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod catalogue_tests {
+    use super::*;
+
+    /// Every metric name this module declares is in the catalogue, once.
+    #[test]
+    fn every_declared_metric_is_catalogued_once() {
+        let source = include_str!("telemetry.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .filter(|name| name.starts_with("waswitch_"))
+            .collect();
+        let catalogued: Vec<&str> = catalogue().iter().map(|m| m.name).collect();
+        for name in &declared {
+            assert_eq!(
+                catalogued.iter().filter(|c| *c == name).count(),
+                1,
+                "{name} is catalogued {} times",
+                catalogued.iter().filter(|c| *c == name).count()
+            );
+        }
+        assert_eq!(declared.len(), catalogued.len());
+    }
+}

@@ -584,6 +584,14 @@ fn kill_9_during_a_burst_of_permission_changes_loses_nothing_acknowledged() {
     )
     .expect("config");
     let config = path.to_str().expect("utf-8").to_string();
+    // `--config` goes before or after the action.
+    for args in [
+        ["audit", "--config", config.as_str(), "verify"],
+        ["audit", "verify", "--config", config.as_str()],
+    ] {
+        let out = waswitch(&args).output().expect("verify");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
     let start = || {
         let mut node = RunningNode {
             child: waswitch(&["run", "--config", &config])

@@ -697,3 +697,39 @@ async fn every_spelling_of_a_customers_number_is_one_customer() {
     }
     sw.node.drain_and_stop().await;
 }
+
+/// A JSON body without `Content-Type` is read as JSON; one sent as a form (`curl -d`) gets
+/// 415 saying what to send; a body that does not parse gets 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_json_with_or_without_the_header_and_mistakes_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sw = Switch::start(dir.path(), "").await;
+    let url = sw.url(&format!("/v1/dnc/{NUMBER}/4915100000601"));
+    let send = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = sw.http.put(url.clone()).bearer_auth(TOKEN).body(body);
+        if let Some(t) = content_type {
+            req = req.header("Content-Type", t);
+        }
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.expect("text"))
+        }
+    };
+    let (status, body) = send(None, r#"{"reason": "asked by phone"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        Some("application/x-www-form-urlencoded"),
+        r#"{"reason": "asked by phone"}"#,
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("Content-Type: application/json"), "{body}");
+    let (status, body) = send(Some("application/json"), r#"{"reason": 7}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("body: reason: invalid type"), "{body}");
+    // An empty body is no body: the entry with its default reason.
+    let (status, body) = send(None, "").await;
+    assert_eq!(status, 200, "{body}");
+    sw.node.drain_and_stop().await;
+}

@@ -24,6 +24,71 @@ use serde::Serialize;
 use crate::call::Calls;
 use crate::store::Store;
 
+/// A JSON request body of the REST API. A body without `Content-Type` is read as JSON; one
+/// with another type gets 415 saying what to send; one that does not parse gets 400 naming
+/// the field (`body: purpose: missing field`). An empty body reads as JSON `null`, so an
+/// optional body is `ApiJson<Option<T>>`.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let json_type = match req.headers().get(header::CONTENT_TYPE) {
+            None => true,
+            Some(v) => v.to_str().is_ok_and(|t| {
+                let mime = t
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            }),
+        };
+        if !json_type {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(serde_json::json!({
+                    "error": "send the body as JSON with Content-Type: application/json \
+                              (curl: --json '{...}', or -H 'Content-Type: application/json' -d '{...}')"
+                })),
+            )
+                .into_response());
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &bytes
+        };
+        let mut de = serde_json::Deserializer::from_slice(text);
+        serde_path_to_error::deserialize(&mut de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let at = e.path().to_string();
+                let why = e.inner().to_string();
+                let message = if at == "." || at.is_empty() {
+                    format!("body: {why}")
+                } else {
+                    format!("body: {at}: {why}")
+                };
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(serde_json::json!({ "error": message })),
+                )
+                    .into_response()
+            })
+    }
+}
+
 /// How long `/ready` waits for the store.
 const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 

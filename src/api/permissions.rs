@@ -131,18 +131,11 @@ fn default_language() -> String {
 async fn request(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,
-    body: Result<Json<RequestBody>, axum::extract::rejection::JsonRejection>,
+    super::ApiJson(body): super::ApiJson<RequestBody>,
 ) -> Response {
     let (business, pair) = match business_pair(&api, &number, &wa_id) {
         Ok(p) => p,
         Err((status, why)) => return error(status, &why),
-    };
-    let Ok(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body: {\"purpose\": \"why the business wants to call\"} and optionally \
-             \"template\": {\"name\", \"language\", \"parameters\": [..]}",
-        );
     };
     let purpose = body.purpose.trim().to_string();
     if purpose.is_empty() || purpose.chars().count() > 1024 {
@@ -308,10 +301,10 @@ struct DncBody {
 async fn dnc_add(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,
-    body: Option<Json<DncBody>>,
+    super::ApiJson(body): super::ApiJson<Option<DncBody>>,
 ) -> Response {
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .and_then(|b| b.reason)
         .unwrap_or_else(|| "added by the business".into());
     business_change(&api, &number, &wa_id, || Event::DncAdded { reason }).await
 }

@@ -84,18 +84,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn place_call(
     State(s): State<ApiState>,
-    body: Result<
-        Json<crate::call::sip_call::CallbackRequest>,
-        axum::extract::rejection::JsonRejection,
-    >,
+    super::ApiJson(req): super::ApiJson<crate::call::sip_call::CallbackRequest>,
 ) -> Response {
     use crate::call::sip_call::CallbackRefused;
-    let Ok(Json(req)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body: {\"business_number\", \"wa_id\", \"trunk\" or \"route\", \"user\"}",
-        );
-    };
     // Placed on a task of its own: a client that goes away mid-request cannot abandon a
     // call halfway through its start.
     let sip = s.sip.clone();

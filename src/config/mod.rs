@@ -36,6 +36,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),
     ("WASWITCH_LOG_LEVEL", "log.level"),
     ("WASWITCH_LOG_FORMAT", "log.format"),
+    ("WASWITCH_SIM_LISTEN", "sim.listen"),
     ("WASWITCH_META_GRAPH_URL", "meta.graph_url"),
     ("WASWITCH_META_API_VERSION", "meta.api_version"),
     ("WASWITCH_META_ACCESS_TOKEN", "meta.access_token"),
@@ -546,6 +547,9 @@ impl Validator {
         }
         if let Some(v) = take("WASWITCH_LOG_FORMAT", "log.format") {
             raw.log.format = v;
+        }
+        if let Some(v) = take("WASWITCH_SIM_LISTEN", "sim.listen") {
+            raw.sim.listen = v;
         }
         // Secrets belong in the environment: a variable alone creates the [meta] section.
         for (var, key) in [

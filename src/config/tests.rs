@@ -454,3 +454,155 @@ fn cdr_webhook_mistakes_name_the_key() {
     let hook = c.cdr_webhook.expect("webhook");
     assert_eq!((hook.max_attempts, hook.timeout.as_millis()), (6, 5000));
 }
+
+/// The fields serde expects where `probe` (a TOML text with the field `zz_probe` in the
+/// place to look) puts an unknown one; `None` when that place is not a table.
+fn schema_fields(probe: &str) -> Option<std::collections::BTreeSet<String>> {
+    let problem = parse_file(probe).err()?.problem;
+    if !problem.starts_with("unknown field `zz_probe`") {
+        return None;
+    }
+    let list = problem
+        .split_once("expected ")
+        .map(|(_, rest)| rest.split(" (line").next().unwrap_or(rest))?;
+    Some(
+        list.trim_start_matches("one of ")
+            .split(", ")
+            .flat_map(|f| f.split(" or "))
+            .map(|f| f.trim_matches('`').to_string())
+            .collect(),
+    )
+}
+
+/// What config/waswitch.toml shows, set or commented out: section → keys.
+fn shown_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut shown = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    let mut section = String::new();
+    for line in EXAMPLE.lines() {
+        let text = line.trim_start_matches('#').trim();
+        let header = text
+            .strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| text.strip_prefix('[').and_then(|r| r.strip_suffix(']')));
+        if let Some(name) = header {
+            if name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            {
+                section = name.to_string();
+                shown.entry(section.clone()).or_default();
+                continue;
+            }
+        }
+        // `key = value`, set or commented out as `# key = value`.
+        let Some((key, _)) = text.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let is_key = key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let one_hash = line.starts_with("# ") && !line.starts_with("#  ") || !line.starts_with('#');
+        if is_key && one_hash {
+            shown
+                .entry(section.clone())
+                .or_default()
+                .insert(key.to_string());
+        }
+    }
+    shown
+}
+
+/// config/waswitch.toml shows every key the configuration schema has, in its section, and
+/// nothing the schema does not know: a key added to the schema without its documentation,
+/// or documented under a wrong name, fails here.
+#[test]
+fn the_commented_example_shows_every_key_the_schema_knows() {
+    let shown = shown_keys();
+    let top = schema_fields("zz_probe = 1\n").expect("top-level fields");
+    let mut schema = std::collections::BTreeMap::new();
+    for section in &top {
+        let probe = match section.as_str() {
+            "trunk" | "route" | "business_number" => format!("[[{section}]]\nzz_probe = 1\n"),
+            _ => format!("[{section}]\nzz_probe = 1\n"),
+        };
+        let fields = schema_fields(&probe).unwrap_or_else(|| panic!("[{section}] is a table"));
+        // A field that is itself a table (`[sip.tls]`) is a section of its own.
+        let mut keys = std::collections::BTreeSet::new();
+        for field in fields {
+            let nested = format!("[{section}.{field}]\nzz_probe = 1\n");
+            match schema_fields(&nested) {
+                Some(inner) => {
+                    schema.insert(format!("{section}.{field}"), inner);
+                }
+                None => {
+                    keys.insert(field);
+                }
+            }
+        }
+        schema.insert(section.clone(), keys);
+    }
+    let mut wrong = Vec::new();
+    for (section, keys) in &schema {
+        let documented = shown.get(section).cloned().unwrap_or_default();
+        for k in keys.difference(&documented) {
+            wrong.push(format!(
+                "{section}.{k} is not shown in config/waswitch.toml"
+            ));
+        }
+        for k in documented.difference(keys) {
+            wrong.push(format!(
+                "{section}.{k} is shown but the schema has no such key"
+            ));
+        }
+    }
+    for section in shown.keys() {
+        if !schema.contains_key(section) {
+            wrong.push(format!(
+                "[{section}] is shown but the schema has no such section"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Uncommented, the whole example is one valid configuration.
+    let uncommented: String = EXAMPLE
+        .lines()
+        .map(|l| {
+            let Some(rest) = l.strip_prefix("# ") else {
+                return l;
+            };
+            let key = rest.split(" = ").next().unwrap_or("");
+            let is_key = rest.contains(" = ")
+                && key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if rest.starts_with('[') || is_key {
+                rest
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        parse_file(&uncommented).is_ok(),
+        "{:?}",
+        parse_file(&uncommented).err()
+    );
+}
+
+/// Every environment override the switch reads is listed in README.md and in the
+/// example configuration.
+#[test]
+fn every_environment_override_is_documented() {
+    let readme = include_str!("../../README.md");
+    for (var, _) in ENV_OVERRIDES {
+        assert!(readme.contains(var), "README.md does not list {var}");
+        assert!(
+            EXAMPLE.contains(var),
+            "config/waswitch.toml does not list {var}"
+        );
+    }
+}
