@@ -645,34 +645,20 @@ pub fn catalogue() -> Vec<MetricInfo> {
 fn register_catalogue() {
     for metric in catalogue() {
         match metric.kind {
-            MetricKind::Counter => {
-                metrics::describe_counter!(metric.name, metric.help);
-                for labels in &metric.initial {
-                    let labels: Vec<metrics::Label> = labels
-                        .iter()
-                        .map(|(k, v)| metrics::Label::new(*k, *v))
-                        .collect();
-                    metrics::counter!(metric.name, labels).increment(0);
-                }
-            }
-            MetricKind::Gauge => {
-                metrics::describe_gauge!(metric.name, metric.help);
-                for labels in &metric.initial {
-                    let labels: Vec<metrics::Label> = labels
-                        .iter()
-                        .map(|(k, v)| metrics::Label::new(*k, *v))
-                        .collect();
-                    metrics::gauge!(metric.name, labels).set(0.0);
-                }
-            }
-            MetricKind::Histogram => {
-                metrics::describe_histogram!(metric.name, metric.help);
-                for labels in &metric.initial {
-                    let labels: Vec<metrics::Label> = labels
-                        .iter()
-                        .map(|(k, v)| metrics::Label::new(*k, *v))
-                        .collect();
-                    // A handle registers the series; it shows once observed.
+            MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+        for labels in &metric.initial {
+            let labels: Vec<metrics::Label> = labels
+                .iter()
+                .map(|(k, v)| metrics::Label::new(*k, *v))
+                .collect();
+            match metric.kind {
+                MetricKind::Counter => metrics::counter!(metric.name, labels).increment(0),
+                MetricKind::Gauge => metrics::gauge!(metric.name, labels).set(0.0),
+                // A handle registers the series; it shows with its HELP from the start.
+                MetricKind::Histogram => {
                     let _ = metrics::histogram!(metric.name, labels);
                 }
             }

@@ -382,14 +382,7 @@ fn unknown_source_flood(policy: &str, answers: usize) {
         received.iter().find(|l| !l.starts_with("SIP/2.0 403"))
     );
     assert_eq!(node.calls().active(), 0);
-    let metrics = rt.block_on(async {
-        reqwest::get(format!("http://{}/metrics", node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    });
+    let metrics = rt.block_on(async { common::metrics_text(node.http_addr()).await });
     let refused: usize = metrics
         .lines()
         .find_map(|l| l.strip_prefix("waswitch_calls_refused_total{reason=\"unknown_source\"} "))

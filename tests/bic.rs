@@ -15,7 +15,6 @@ use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::SimContext;
 use waswitch::sim::users::{AnsweredCall, Behaviour, CallAnswer, PermissionAnswer, Users};
-use waswitch::sim::webhooks::{BusinessRef, WebhookSender};
 
 const SECRET: &str = "bic-secret";
 const PNID: &str = "105615555715855";
@@ -57,21 +56,7 @@ impl Switch {
         );
         let config = Config::loopback(&toml, &dir.join("b.db")).expect("config");
         let node = Node::start(config).await.expect("node");
-        let webhooks = WebhookSender::new(
-            &format!("http://{}/webhooks/meta", node.http_addr()),
-            Secret::new(SECRET),
-            Duration::from_secs(10),
-        )
-        .expect("sender");
-        let ctx = SimContext::loopback(
-            graph.clone(),
-            webhooks,
-            BusinessRef {
-                waba_id: "1".into(),
-                phone_number_id: PNID.into(),
-                display_number: NUMBER.into(),
-            },
-        );
+        let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
         Switch {
             node,
             graph,
@@ -172,12 +157,7 @@ impl Switch {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        common::metrics_text(self.node.http_addr()).await
     }
 
     /// The PBX (SIPp) dials `customer` from business number `from` with `scenario`, `calls`

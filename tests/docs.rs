@@ -312,27 +312,7 @@ fn rehearse(name: &str, commands: &[String], dir: &Path) -> usize {
 /// Runs `rehearsals` inside a network namespace with only loopback: the test binary runs
 /// itself again there (`unshare -n`), which needs root, as the other namespace tests do.
 fn in_own_namespace(test: &str, rehearsals: impl FnOnce() -> Vec<(String, Vec<String>)>) {
-    if std::env::var_os("WASWITCH_DOCS_IN_NETNS").is_none() {
-        let exe = std::env::current_exe().expect("test binary");
-        let out = Command::new("unshare")
-            .args([
-                "-n",
-                "--",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$0\" \"$1\" --exact --nocapture",
-            ])
-            .arg(&exe)
-            .arg(test)
-            .env("WASWITCH_DOCS_IN_NETNS", "1")
-            .output()
-            .expect("unshare (util-linux) runs; the test needs root for a network namespace");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "the rehearsal inside the namespace failed:\n{stdout}\n{stderr}"
-        );
+    if !common::in_own_netns(test) {
         return;
     }
     let mut ran = 0;
@@ -475,14 +455,7 @@ fn every_metric_is_exported_with_help_from_the_start() {
         .expect("config");
         waswitch::node::Node::start(config).await.expect("node")
     });
-    let text = rt.block_on(async {
-        reqwest::get(format!("http://{}/metrics", node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    });
+    let text = rt.block_on(async { common::metrics_text(node.http_addr()).await });
     let catalogue = waswitch::telemetry::catalogue();
     for metric in &catalogue {
         let help = format!("# HELP {} {}", metric.name, metric.help);

@@ -20,7 +20,6 @@ use waswitch::config::Secret;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::SimContext;
 use waswitch::sim::users::{AnsweredCall, Behaviour, CallAnswer, PermissionAnswer, Users};
-use waswitch::sim::webhooks::{BusinessRef, WebhookSender};
 
 use common::KillOnDrop;
 
@@ -71,21 +70,7 @@ impl Crashable {
             ),
         )
         .expect("config");
-        let webhooks = WebhookSender::new(
-            &format!("http://{http}/webhooks/meta"),
-            Secret::new(SECRET),
-            Duration::from_secs(10),
-        )
-        .expect("sender");
-        let ctx = SimContext::loopback(
-            graph.clone(),
-            webhooks,
-            BusinessRef {
-                waba_id: "1".into(),
-                phone_number_id: PNID.into(),
-                display_number: NUMBER.into(),
-            },
-        );
+        let ctx = common::sim_context(&graph, &http, SECRET, PNID, NUMBER);
         Crashable {
             dir,
             config,

@@ -14,7 +14,7 @@ use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::SimContext;
 use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
-use waswitch::sim::webhooks::{self, BusinessRef, WebhookSender};
+use waswitch::sim::webhooks;
 
 const SECRET: &str = "perm-secret";
 const PNID: &str = "105615555715855";
@@ -42,21 +42,7 @@ impl Switch {
         );
         let config = Config::loopback(&toml, &dir.join("p.db")).expect("config");
         let node = Node::start(config).await.expect("node");
-        let webhooks = WebhookSender::new(
-            &format!("http://{}/webhooks/meta", node.http_addr()),
-            Secret::new(SECRET),
-            Duration::from_secs(10),
-        )
-        .expect("sender");
-        let ctx = SimContext::loopback(
-            graph.clone(),
-            webhooks,
-            BusinessRef {
-                waba_id: "1".into(),
-                phone_number_id: PNID.into(),
-                display_number: NUMBER.into(),
-            },
-        );
+        let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
         Switch {
             node,
             graph,

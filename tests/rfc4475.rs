@@ -5,6 +5,8 @@
 //!
 //! These messages name foreign hosts; nothing here touches the network.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -283,29 +285,11 @@ fn stream_framing_rejects_what_a_datagram_tolerates() {
 /// nothing but loopback): no answer can leave the machine whatever the switch does.
 #[test]
 fn a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace() {
-    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_some() {
-        return over_the_wire();
+    if common::in_own_netns(
+        "a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace",
+    ) {
+        over_the_wire();
     }
-    let exe = std::env::current_exe().expect("test binary");
-    let status = std::process::Command::new("unshare")
-        .args([
-            "-n",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$1\" --exact --nocapture",
-        ])
-        .arg(&exe)
-        .arg("a_running_switch_answers_every_message_sensibly_in_an_isolated_namespace")
-        .env("WASWITCH_TEST_IN_NETNS", "1")
-        .output()
-        .expect("unshare (util-linux) runs; the test needs root for a network namespace");
-    let stdout = String::from_utf8_lossy(&status.stdout);
-    let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(
-        status.status.success() && stdout.contains("1 passed"),
-        "the test inside the namespace failed or did not run:\n{stdout}\n{stderr}"
-    );
 }
 
 fn over_the_wire() {

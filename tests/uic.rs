@@ -187,12 +187,7 @@ fn answered_call(scenario: &str, codec_path: &str, media_ports: u16) {
     assert_eq!(names, ["pre_accept", "accept"], "{acts:?}");
     let metrics = rt.block_on(async {
         assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
-        reqwest::get(format!("http://{}/metrics", node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        common::metrics_text(node.http_addr()).await
     });
     for series in [
         "waswitch_call_setup_seconds_count{direction=\"user_initiated\"} 1",
@@ -618,12 +613,7 @@ fn a_panic_in_one_calls_sip_leg_ends_it_cleanly_on_both_sides_and_spares_the_oth
     });
     let metrics = rt.block_on(async {
         assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
-        reqwest::get(format!("http://{}/metrics", node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        common::metrics_text(node.http_addr()).await
     });
     assert!(
         metrics.contains("waswitch_actor_failures_total{actor=\"sip_b2bua\"} 1"),
@@ -736,12 +726,7 @@ fn a_meta_refusal_crossing_the_pbx_answer_fails_the_call_and_never_counts_it_ans
     assert!(!result.connected, "{result:?}");
     let metrics = rt.block_on(async {
         assert!(node.calls().wait_idle(Duration::from_secs(15)).await);
-        reqwest::get(format!("http://{}/metrics", node.http_addr()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        common::metrics_text(node.http_addr()).await
     });
     for series in [
         "waswitch_calls_total{direction=\"user_initiated\",outcome=\"answered\"} 0",

@@ -331,3 +331,69 @@ pub async fn api(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// Runs the calling test `test` of this binary again inside `unshare -n`, a network
+/// namespace with nothing but loopback (so it needs root), and checks that it passed there.
+/// True in the process inside the namespace, which then does the test's work.
+pub fn in_own_netns(test: &str) -> bool {
+    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("unshare")
+        .args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$1\" --exact --nocapture",
+        ])
+        .arg(&exe)
+        .arg(test)
+        .env("WASWITCH_TEST_IN_NETNS", "1")
+        .output()
+        .expect("unshare (util-linux) runs; the test needs root for a network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test inside the namespace failed or did not run:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+/// The Prometheus text of the node serving HTTP at `http`.
+pub async fn metrics_text(http: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The sim's context on loopback: Meta's side of business number `number` (Meta's id
+/// `pnid`), its webhooks signed with `secret` and sent to the switch at `http`.
+pub fn sim_context(
+    graph: &waswitch::sim::graph::SimGraph,
+    http: impl std::fmt::Display,
+    secret: &str,
+    pnid: &str,
+    number: &str,
+) -> waswitch::sim::load::SimContext {
+    let webhooks = waswitch::sim::webhooks::WebhookSender::new(
+        &format!("http://{http}/webhooks/meta"),
+        waswitch::config::Secret::new(secret),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("sender");
+    waswitch::sim::load::SimContext::loopback(
+        graph.clone(),
+        webhooks,
+        waswitch::sim::webhooks::BusinessRef {
+            waba_id: "1".into(),
+            phone_number_id: pnid.into(),
+            display_number: number.into(),
+        },
+    )
+}
