@@ -14,7 +14,9 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod audit;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod media;
 pub mod meta;

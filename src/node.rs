@@ -99,7 +99,7 @@ const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 /// it would get dialling now, and Meta a `terminate`. Answered calls go on.
 fn spawn_cutoffs(
     mut cutoffs: tokio::sync::broadcast::Receiver<(
-        crate::call::permissions::Pair,
+        crate::permission::service::Pair,
         crate::permission::Blocked,
     )>,
     calls: Calls,
@@ -146,7 +146,7 @@ pub struct Node {
     sip_tls: Option<SipListener>,
     media: MediaPlane,
     trunk_health: TrunkHealth,
-    permissions: crate::call::permissions::Permissions,
+    permissions: crate::permission::service::Permissions,
     sweeper: JoinHandle<()>,
 }
 
@@ -177,9 +177,9 @@ impl Node {
         let store = Store::open(&config.store).await?;
         tracing::info!(store = %config.store.url, backend = store.backend(), "store open");
 
-        let permissions = crate::call::permissions::Permissions::load(
+        let permissions = crate::permission::service::Permissions::load(
             store.clone(),
-            config.permissions.rules.clone(),
+            crate::permission::rules(&config.permissions),
         )
         .await?;
         let sweeper = permissions.spawn_sweeper(PERMISSION_SWEEP);
@@ -380,7 +380,7 @@ impl Node {
         let meta_ingress = meta_ingress.map(|(meta, whatsapp)| {
             let (tx, rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
             tokio::spawn(whatsapp.run(rx));
-            let replies = crate::call::permissions::ReplyRecorder::new(
+            let replies = crate::permission::service::ReplyRecorder::new(
                 permissions.clone(),
                 &config.business_numbers,
             );
@@ -408,8 +408,7 @@ impl Node {
             prometheus,
             sip: ingress.clone(),
         };
-        let mut router =
-            api::router(api_state.clone()).merge(crate::meta::ingress::router(meta_ingress));
+        let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
         if let Some(token) = config.http.api_token.clone() {
             router = router.merge(api::v1::router(api_state, token, Some(permission_api)));
         }
@@ -445,7 +444,7 @@ impl Node {
     }
 
     /// The permission service.
-    pub fn permissions(&self) -> &crate::call::permissions::Permissions {
+    pub fn permissions(&self) -> &crate::permission::service::Permissions {
         &self.permissions
     }
 
@@ -643,7 +642,7 @@ fn spill_path(node_id: &str) -> PathBuf {
 /// the stored record.
 fn cdr_fan_out(
     webhook: Option<tokio::sync::mpsc::Sender<crate::store::Cdr>>,
-    permissions: crate::call::permissions::Permissions,
+    permissions: crate::permission::service::Permissions,
 ) -> tokio::sync::mpsc::Sender<crate::store::Cdr> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::store::Cdr>(CDR_TAP_CAPACITY);
     tokio::spawn(async move {
@@ -658,7 +657,7 @@ fn cdr_fan_out(
                         context.insert("wa_call_id".into(), serde_json::json!(id));
                     }
                     Some((
-                        crate::call::permissions::Pair::new(b, w),
+                        crate::permission::service::Pair::new(b, w),
                         answered_at,
                         context,
                     ))

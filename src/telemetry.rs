@@ -12,7 +12,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Gauge: calls currently in the registry.
 pub const CALLS_ACTIVE: &str = "waswitch_calls_active";
@@ -127,6 +134,21 @@ pub const DNC_ADDED_TOTAL: &str = "waswitch_dnc_added_total";
 /// answer rate (`completed` + `connected_failed` over all) and completion rate
 /// (`completed` over all).
 pub const BIC_ATTEMPTS_TOTAL: &str = "waswitch_bic_attempts_total";
+
+/// Every value of the `reason` label of [`CALLS_BLOCKED_TOTAL`].
+pub const BLOCKED_REASONS: &[&str] = &[
+    "do_not_call",
+    "no_permission",
+    "expired",
+    "revoked",
+    "withdrawn",
+    "used",
+    "call_limit",
+    "country_not_allowed",
+    "sanctioned",
+    "pstn",
+    "meta_refused",
+];
 
 /// Every value of the `actor` label of [`ACTOR_FAILURES_TOTAL`].
 pub const ACTOR_NAMES: &[&str] = &[
@@ -346,11 +368,8 @@ pub fn catalogue() -> Vec<MetricInfo> {
             api_requests.push(vec![("action", action), ("outcome", outcome)]);
         }
     }
-    let mut blocked: Vec<&'static str> = crate::permission::Blocked::ALL
-        .iter()
-        .map(|b| b.as_str())
-        .collect();
-    blocked.dedup();
+    // Every `permission::Blocked` reason (a test there keeps the two lists in step).
+    let blocked = BLOCKED_REASONS;
     vec![
         m(CALLS_ACTIVE, Gauge, "Calls in progress.", unlabelled()),
         m(
@@ -384,7 +403,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             CALLS_BLOCKED_TOTAL,
             Counter,
             "Business-initiated calls refused before dialling, by reason.",
-            one("reason", &blocked),
+            one("reason", blocked),
         ),
         m(
             BIC_ATTEMPTS_TOTAL,

@@ -352,7 +352,7 @@ async fn a_request_is_granted_declined_limited_and_revoked_with_every_step_audit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_grant_is_recorded_expired_and_metas_view_can_refuse_a_call() {
-    use waswitch::call::permissions::authoritative_check;
+    use waswitch::permission::service::authoritative_check;
     use waswitch::permission::Blocked;
     let dir = tempfile::tempdir().expect("tempdir");
     let sw = Switch::start(dir.path(), "").await;

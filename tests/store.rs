@@ -541,8 +541,8 @@ async fn a_cdr_postgres_refuses_is_set_aside_and_the_others_are_written() {
 /// a search by any spelling finds all three, the trail still verifies, and the permission
 /// service rebuilds one customer from them.
 async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_one(store: &Store) {
-    use waswitch::call::permissions::{Pair, Permissions};
     use waswitch::permission::audit::AuditEntry;
+    use waswitch::permission::service::{Pair, Permissions};
     use waswitch::permission::state::{Actor, Rules, Status};
     use waswitch::store::audit::{AuditFilter, AuditRepository, Verified};
     let now = waswitch::call::now_ms();

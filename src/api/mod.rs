@@ -6,6 +6,7 @@
 pub mod permissions;
 pub mod server;
 pub mod v1;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -28,10 +28,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
-use crate::call::permissions::{Pair, PermissionError, Permissions};
+use crate::audit::{csv_line, CSV_HEADER};
 use crate::config::BusinessNumber;
 use crate::meta::graph::GraphClient;
-use crate::permission::audit::{csv_line, CSV_HEADER};
+use crate::permission::service::{Pair, PermissionError, Permissions};
 use crate::permission::state::{Actor, Event, RequestRefused};
 use crate::store::audit::{AuditFilter, AuditRepository};
 use crate::telemetry;

@@ -31,37 +31,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::config::HttpLimits;
 use crate::telemetry;
 
 /// How long connections still open at shutdown may take to finish their request.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-
-/// The listener's limits (`[http]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A request head must be complete this long after the connection starts waiting.
-    pub header_timeout: Duration,
-    /// A request body must be complete this long after its head.
-    pub body_timeout: Duration,
-    /// A connection with no bytes moving either way this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Largest request body of the REST API.
-    pub max_body: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 1024,
-            max_body: 64 * 1024,
-        }
-    }
-}
 
 /// Counts one refusal.
 pub fn refused(reason: &'static str) {

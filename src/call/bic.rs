@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use serde_json::{json, Map};
 
-use super::permissions::{Pair, PermissionError, Permissions, Reservation};
 use crate::config::BusinessNumber;
 use crate::media::shard::Remote;
 use crate::media::transcode::Codec;
 use crate::meta::graph::{GraphClient, GraphError};
+use crate::permission::service::{Pair, PermissionError, Permissions, Reservation};
 use crate::permission::{AttemptOutcome, Blocked};
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, RequestId, ServerId, SipCommand};
@@ -87,7 +87,7 @@ impl BicContext {
             &self.sanctioned,
         );
         if policy.is_ok() && self.authoritative {
-            policy = super::permissions::authoritative_check(
+            policy = crate::permission::service::authoritative_check(
                 &self.graph,
                 &number.phone_number_id,
                 wa_id,

@@ -16,7 +16,6 @@
 pub mod bic;
 pub mod leg;
 pub mod media;
-pub mod permissions;
 pub mod registry;
 pub mod root;
 pub mod sip_call;
@@ -26,7 +25,7 @@ pub mod whatsapp;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use serde::Serialize;
@@ -243,13 +242,7 @@ pub async fn pause_point(point: &str) {
     let _ = point;
 }
 
-/// Current time as Unix epoch milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Builds the CDR of a call that has just left the registry and counts it in
 /// `waswitch_calls_total`.

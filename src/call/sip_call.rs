@@ -23,7 +23,6 @@ use tracing::Instrument;
 
 use super::bic::{BicContext, BicStart, CalleeOut, MetaSide, WaEvent, WhatsAppCallee};
 use super::media::MediaMsg;
-use super::permissions::PermissionError;
 use super::supervisor::CallMsg;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
@@ -31,6 +30,7 @@ use super::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
 use crate::media::shard::Side;
 use crate::meta::graph::CallAction;
+use crate::permission::service::PermissionError;
 use crate::routing::{NoRoute, SipRouter};
 use crate::sip::auth::{self, Algorithm, NonceIssuer};
 use crate::sip::b2bua::{

@@ -85,8 +85,10 @@ pub struct Config {
 /// calls are not allowed.
 #[derive(Debug, Clone)]
 pub struct PermissionsConfig {
-    /// The limits (profile `meta` by default, `strict` on request, each field overridable).
-    pub rules: crate::permission::Rules,
+    /// The profile the limits start from (`meta` by default).
+    pub profile: PermissionProfile,
+    /// The limits set in the file, each overriding the profile's.
+    pub limits: PermissionLimits,
     /// Business numbers of these countries (ISO 3166 alpha-2) may not place
     /// business-initiated calls (Meta's list: US, CA, TR, EG, VN, NG).
     pub excluded_countries: Vec<String>,
@@ -98,6 +100,36 @@ pub struct PermissionsConfig {
     /// Meta saying there is no permission refuses the call even when the switch's records
     /// allow it (one Graph API request per call; off by default).
     pub authoritative_check: bool,
+}
+
+/// Where call-permission limits start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PermissionProfile {
+    /// Meta's documented limits.
+    #[default]
+    Meta,
+    /// "24 h, one call": day-long grants of one call, one call a day on a permanent grant.
+    Strict,
+}
+
+/// Call-permission limits set in `[permissions]` (`None`: the profile's). A zero in a
+/// budget means "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PermissionLimits {
+    /// Cap on a temporary grant's lifetime, hours.
+    pub temporary_lifetime_hours: Option<u32>,
+    /// Connected calls one temporary grant allows (0: any number).
+    pub calls_per_permission: Option<u32>,
+    /// Connected calls per rolling 24 h under a permanent grant (0: no own limit).
+    pub permanent_calls_per_day: Option<u32>,
+    /// Permission requests per rolling 24 h.
+    pub requests_per_day: Option<u32>,
+    /// Permission requests per rolling 7 days.
+    pub requests_per_week: Option<u32>,
+    /// Connected business-initiated calls per rolling 24 h.
+    pub connected_calls_per_day: Option<u32>,
+    /// Unanswered calls in a row that revoke the grant (0: never).
+    pub revoke_after_unanswered: Option<u32>,
 }
 
 /// Countries where Meta does not offer business-initiated calling.
@@ -136,9 +168,57 @@ pub struct HttpConfig {
     /// Bearer token of the REST API (`/v1/...`); without one the API is not served.
     pub api_token: Option<Secret>,
     /// Connection and request limits of the listener.
-    pub limits: crate::api::server::HttpLimits,
+    pub limits: HttpLimits,
     /// What Meta's webhooks may make the switch read.
-    pub webhooks: crate::meta::ingress::WebhookLimits,
+    pub webhooks: WebhookLimits,
+}
+
+/// The listener's limits (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request head must be complete this long after the connection starts waiting.
+    pub header_timeout: Duration,
+    /// A request body must be complete this long after its head.
+    pub body_timeout: Duration,
+    /// A connection with no bytes moving either way this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Largest request body of the REST API.
+    pub max_body: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// How much webhook traffic is read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Largest body taken.
+    pub max_body: usize,
+    /// Bodies read at once.
+    pub concurrency: usize,
+    /// A body must arrive whole this long after its head.
+    pub body_timeout: Duration,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits {
+            max_body: 256 * 1024,
+            concurrency: 32,
+            body_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// SIP listener settings.
@@ -291,14 +371,7 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Logging settings.
 #[derive(Debug, Clone)]
@@ -911,10 +984,9 @@ impl Validator {
     }
 
     fn permissions(&mut self, raw: &file::PermissionsSection) -> Option<PermissionsConfig> {
-        use crate::permission::state::DAY_MS;
-        let mut rules = match raw.profile.as_deref().map(str::trim) {
-            None | Some("meta") => crate::permission::Rules::meta(),
-            Some("strict") => crate::permission::Rules::strict(),
+        let profile = match raw.profile.as_deref().map(str::trim) {
+            None | Some("meta") => PermissionProfile::Meta,
+            Some("strict") => PermissionProfile::Strict,
             Some(other) => {
                 self.problem(
                     "permissions.profile",
@@ -924,36 +996,62 @@ impl Validator {
                 return None;
             }
         };
-        if let Some(h) = raw.temporary_lifetime_hours {
-            let h = self.bounded("permissions.temporary_lifetime_hours", h, 1, 24 * 365)?;
-            rules.temporary_lifetime_ms = h * 3_600_000;
-            rules.max_temporary_lifetime_ms = Some(h * 3_600_000);
-        }
-        if let Some(n) = raw.calls_per_permission {
-            let n = self.bounded("permissions.calls_per_permission", n, 0, 1_000_000)?;
-            rules.calls_per_permission = (n > 0).then_some(n as u32);
-        }
-        if let Some(n) = raw.permanent_calls_per_day {
-            let n = self.bounded("permissions.permanent_calls_per_day", n, 0, 1_000_000)?;
-            rules.permanent_calls_per_day = (n > 0).then_some(n as u32);
-        }
-        if let Some(n) = raw.requests_per_day {
-            rules.requests_per_day =
-                self.bounded("permissions.requests_per_day", n, 0, 10_000)? as u32;
-        }
-        if let Some(n) = raw.requests_per_week {
-            rules.requests_per_week =
-                self.bounded("permissions.requests_per_week", n, 0, 70_000)? as u32;
-        }
-        if let Some(n) = raw.connected_calls_per_day {
-            rules.connected_calls_per_day =
-                self.bounded("permissions.connected_calls_per_day", n, 0, 1_000_000)? as u32;
-        }
-        if let Some(n) = raw.revoke_after_unanswered {
-            rules.revoke_after_unanswered =
-                self.bounded("permissions.revoke_after_unanswered", n, 0, 1000)? as u32;
-        }
-        debug_assert!(rules.temporary_lifetime_ms <= 365 * DAY_MS);
+        let count = |v: &mut Self, key: &str, value: Option<i64>, min: i64, max: i64| {
+            value
+                .map(|n| v.bounded(key, n, min, max).map(|n| n as u32))
+                .map_or(Some(None), |n| n.map(Some))
+        };
+        let limits = PermissionLimits {
+            temporary_lifetime_hours: count(
+                self,
+                "permissions.temporary_lifetime_hours",
+                raw.temporary_lifetime_hours,
+                1,
+                24 * 365,
+            )?,
+            calls_per_permission: count(
+                self,
+                "permissions.calls_per_permission",
+                raw.calls_per_permission,
+                0,
+                1_000_000,
+            )?,
+            permanent_calls_per_day: count(
+                self,
+                "permissions.permanent_calls_per_day",
+                raw.permanent_calls_per_day,
+                0,
+                1_000_000,
+            )?,
+            requests_per_day: count(
+                self,
+                "permissions.requests_per_day",
+                raw.requests_per_day,
+                0,
+                10_000,
+            )?,
+            requests_per_week: count(
+                self,
+                "permissions.requests_per_week",
+                raw.requests_per_week,
+                0,
+                70_000,
+            )?,
+            connected_calls_per_day: count(
+                self,
+                "permissions.connected_calls_per_day",
+                raw.connected_calls_per_day,
+                0,
+                1_000_000,
+            )?,
+            revoke_after_unanswered: count(
+                self,
+                "permissions.revoke_after_unanswered",
+                raw.revoke_after_unanswered,
+                0,
+                1000,
+            )?,
+        };
         let mut excluded = Vec::new();
         let countries = raw.excluded_countries.clone().unwrap_or_else(|| {
             DEFAULT_EXCLUDED_COUNTRIES
@@ -993,7 +1091,8 @@ impl Validator {
             sanctioned.push(c);
         }
         Some(PermissionsConfig {
-            rules,
+            profile,
+            limits,
             excluded_countries: excluded,
             sanctioned_calling_codes: sanctioned,
             authoritative_check: raw.authoritative_check,
@@ -1064,15 +1163,9 @@ impl Validator {
         }
     }
 
-    fn http_limits(
-        &mut self,
-        raw: &file::HttpSection,
-    ) -> Option<(
-        crate::api::server::HttpLimits,
-        crate::meta::ingress::WebhookLimits,
-    )> {
-        let mut http = crate::api::server::HttpLimits::default();
-        let mut hooks = crate::meta::ingress::WebhookLimits::default();
+    fn http_limits(&mut self, raw: &file::HttpSection) -> Option<(HttpLimits, WebhookLimits)> {
+        let mut http = HttpLimits::default();
+        let mut hooks = WebhookLimits::default();
         let secs = |v: i64| Duration::from_secs(v as u64);
         let mut ok = true;
         let mut set = |v: &mut Self, key: &str, value: Option<i64>, min: i64, max: i64| {

@@ -1,5 +1,5 @@
-//! `GET /webhooks/meta` (Meta's verification challenge) and `POST /webhooks/meta` (calling
-//! webhooks).
+//! What the switch does with Meta's webhooks (`api::webhooks` serves them over HTTP): the
+//! verification challenge, and calling webhooks.
 //!
 //! A delivery is authenticated by its `X-Hub-Signature-256` over the raw body before
 //! anything is parsed (401 otherwise), parsed (400 when it is not a webhook), stripped of
@@ -19,16 +19,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 
 use super::signature;
 use super::webhook::{self, Dedup, MetaEvent, PermissionReply};
-use crate::config::Secret;
+use crate::config::{Secret, WebhookLimits};
 use crate::telemetry;
 
 /// The path Meta is configured to call.
@@ -37,27 +33,6 @@ pub const PATH: &str = "/webhooks/meta";
 const DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Events remembered at most.
 const DEDUP_CAPACITY: usize = 200_000;
-
-/// How much webhook traffic is read at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WebhookLimits {
-    /// Largest body taken.
-    pub max_body: usize,
-    /// Bodies read at once.
-    pub concurrency: usize,
-    /// A body must arrive whole this long after its head.
-    pub body_timeout: Duration,
-}
-
-impl Default for WebhookLimits {
-    fn default() -> Self {
-        WebhookLimits {
-            max_body: 256 * 1024,
-            concurrency: 32,
-            body_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Where call-permission replies are written before the webhook is answered: a grant
 /// Meta has delivered must never be lost to a crash, and Meta does not send it again once
@@ -148,9 +123,49 @@ impl Ingress {
         self.accept(body, now)
     }
 
+    /// A check of a delivery's signature as its body streams in: refused at once when the
+    /// signature header is missing or malformed (the body need not be read then).
+    pub fn verifier(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<signature::Verifier, signature::SignatureError> {
+        let sig = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
+        signature::Verifier::new(self.app_secret.expose().as_bytes(), sig)
+    }
+
+    /// The limits on reading deliveries.
+    pub fn limits(&self) -> WebhookLimits {
+        self.limits
+    }
+
+    /// A place among the bodies being read, if one is free.
+    pub fn try_reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.reading).try_acquire_owned().ok()
+    }
+
+    /// Records the permission replies of an accepted delivery with the reply sink, each on a
+    /// task of its own (the sender hanging up never cuts a write short): OK, or 503 when one
+    /// could not be recorded (Meta's retry brings the delivery again).
+    pub async fn record_replies(&self, replies: Vec<PermissionReply>) -> StatusCode {
+        let Some(sink) = &self.replies else {
+            return StatusCode::OK;
+        };
+        for reply in replies {
+            let sink = Arc::clone(sink);
+            let recorded = tokio::spawn(async move { sink.record(reply).await })
+                .await
+                .unwrap_or_else(|e| Err(format!("recording task failed: {e}")));
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "webhook deferred: a permission reply could not be recorded");
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
+        StatusCode::OK
+    }
+
     /// Handles a body whose signature has been checked: the status to answer, and (with a
     /// reply sink) the permission replies the caller must record before answering.
-    fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
+    pub fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
         let parsed = match webhook::parse(body) {
             Ok(p) => p,
             Err(e) => {
@@ -235,7 +250,8 @@ impl Ingress {
     }
 }
 
-fn outcome(outcome: &'static str) {
+/// Counts a delivery's outcome in `waswitch_meta_webhooks_total`.
+pub fn outcome(outcome: &'static str) {
     metrics::counter!(telemetry::META_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
 }
 
@@ -248,133 +264,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(db.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
-}
-
-#[derive(serde::Deserialize)]
-struct Challenge {
-    #[serde(rename = "hub.mode")]
-    mode: Option<String>,
-    #[serde(rename = "hub.verify_token")]
-    token: Option<String>,
-    #[serde(rename = "hub.challenge")]
-    challenge: Option<String>,
-}
-
-/// The webhook routes; `None` (no `[meta]` configured) answers 404 with a reason.
-pub fn router(ingress: Option<Arc<Ingress>>) -> Router {
-    Router::new()
-        .route(PATH, get(verify).post(receive))
-        .with_state(ingress)
-}
-
-async fn verify(
-    State(ingress): State<Option<Arc<Ingress>>>,
-    Query(q): Query<Challenge>,
-) -> Response {
-    let Some(ingress) = ingress else {
-        return disabled();
-    };
-    match ingress.challenge(
-        q.mode.as_deref(),
-        q.token.as_deref(),
-        q.challenge.as_deref(),
-    ) {
-        Ok(c) => ([(header::CONTENT_TYPE, "text/plain")], c).into_response(),
-        Err(status) => status.into_response(),
-    }
-}
-
-async fn receive(State(ingress): State<Option<Arc<Ingress>>>, request: Request) -> Response {
-    let Some(ingress) = ingress else {
-        return disabled();
-    };
-    let (parts, body) = request.into_parts();
-    let closing = |status: StatusCode| {
-        let mut response = status.into_response();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    };
-    // Unsigned: refused before a byte of the body is read.
-    let signature = parts
-        .headers
-        .get(signature::HEADER)
-        .map(HeaderValue::as_bytes);
-    let mut check =
-        match signature::Verifier::new(ingress.app_secret.expose().as_bytes(), signature) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook refused: signature");
-                outcome("bad_signature");
-                return closing(StatusCode::UNAUTHORIZED);
-            }
-        };
-    let Ok(_reading) = Arc::clone(&ingress.reading).try_acquire_owned() else {
-        crate::api::server::refused("webhook_busy");
-        outcome("overloaded");
-        let mut response = closing(StatusCode::SERVICE_UNAVAILABLE);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    };
-    let limits = ingress.limits;
-    let body = match crate::api::server::read_body(
-        body,
-        crate::api::server::declared_length(&parts.headers),
-        limits.max_body,
-        tokio::time::Instant::now() + limits.body_timeout,
-        |piece| check.update(piece),
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(refused) => return refused.response(limits.max_body),
-    };
-    if let Err(e) = check.finish() {
-        tracing::warn!(error = %e, "webhook refused: signature");
-        outcome("bad_signature");
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let (mut status, replies) = ingress.accept(&body, Instant::now());
-    if status == StatusCode::OK {
-        if let Some(sink) = &ingress.replies {
-            for reply in replies {
-                // On a task of its own: Meta hanging up mid-way never cuts a write short.
-                let sink = Arc::clone(sink);
-                let recorded = tokio::spawn(async move { sink.record(reply).await })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("recording task failed: {e}")));
-                if let Err(e) = recorded {
-                    tracing::warn!(error = %e, "webhook deferred: a permission reply could not be recorded");
-                    status = StatusCode::SERVICE_UNAVAILABLE;
-                    break;
-                }
-            }
-        }
-        outcome(if status == StatusCode::OK {
-            "accepted"
-        } else {
-            "overloaded"
-        });
-    }
-    let mut response = status.into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
-fn disabled() -> Response {
-    outcome("disabled");
-    (
-        StatusCode::NOT_FOUND,
-        "WhatsApp calling is not configured on this node: add a [meta] section",
-    )
-        .into_response()
 }
 
 #[cfg(test)]

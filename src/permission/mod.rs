@@ -5,10 +5,49 @@
 //! permission; everything here is sans-IO so it can be driven by a virtual clock and
 //! checked by property tests.
 
-pub mod audit;
+pub mod service;
 pub mod state;
 
+/// The audit trail (a leaf of its own; kept here under its old name too).
+pub use crate::audit;
+
 pub use state::{AttemptOutcome, Blocked, Event, PairState, RequestRefused, Rules, Status};
+
+use crate::config::{PermissionProfile, PermissionsConfig};
+
+/// The rules a configuration asks for: its profile's, with the limits it sets.
+pub fn rules(config: &PermissionsConfig) -> Rules {
+    let mut rules = match config.profile {
+        PermissionProfile::Meta => Rules::meta(),
+        PermissionProfile::Strict => Rules::strict(),
+    };
+    let l = &config.limits;
+    if let Some(h) = l.temporary_lifetime_hours {
+        let ms = i64::from(h) * 3_600_000;
+        rules.temporary_lifetime_ms = ms;
+        rules.max_temporary_lifetime_ms = Some(ms);
+    }
+    // A zero budget is no budget.
+    if let Some(n) = l.calls_per_permission {
+        rules.calls_per_permission = (n > 0).then_some(n);
+    }
+    if let Some(n) = l.permanent_calls_per_day {
+        rules.permanent_calls_per_day = (n > 0).then_some(n);
+    }
+    if let Some(n) = l.requests_per_day {
+        rules.requests_per_day = n;
+    }
+    if let Some(n) = l.requests_per_week {
+        rules.requests_per_week = n;
+    }
+    if let Some(n) = l.connected_calls_per_day {
+        rules.connected_calls_per_day = n;
+    }
+    if let Some(n) = l.revoke_after_unanswered {
+        rules.revoke_after_unanswered = n;
+    }
+    rules
+}
 
 /// Whether customer `wa_id` is in a sanctioned region: their number starts with one of
 /// `calling_codes` (calling codes are prefix-free, so a prefix match is exact).
@@ -42,6 +81,12 @@ pub fn bic_policy(
 #[cfg(test)]
 mod policy_tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_exported_from_the_start() {
+        let names: Vec<&str> = Blocked::ALL.iter().map(|b| b.as_str()).collect();
+        assert_eq!(names, crate::telemetry::BLOCKED_REASONS);
+    }
 
     #[test]
     fn sanctioned_codes_and_excluded_countries_block_and_others_pass() {

@@ -92,19 +92,7 @@ impl Rules {
     }
 }
 
-/// Who did something to a permission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Actor {
-    /// The customer (a reply, a revocation, an opt-out).
-    Customer,
-    /// The business (through the API or its PBX).
-    Business,
-    /// Meta on its own (an automatic grant after a callback, an automatic revocation).
-    Meta,
-    /// The switch (expiry, policy).
-    Switch,
-}
+pub use crate::audit::Actor;
 
 /// How a call attempt ended, for the permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

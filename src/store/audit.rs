@@ -12,8 +12,8 @@ use std::ops::ControlFlow;
 use sqlx::QueryBuilder;
 
 use super::{Store, StoreError};
-use crate::permission::audit::{AuditEntry, AuditRecord, Broken, Verifier};
-use crate::permission::state::Actor;
+use crate::audit::Actor;
+use crate::audit::{AuditEntry, AuditRecord, Broken, Verifier};
 
 /// Which records to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -267,7 +267,7 @@ impl WriterState {
             let path = self
                 .args
                 .reject_dir
-                .join(format!("cdr-rejected-{}.jsonl", crate::call::now_ms()));
+                .join(format!("cdr-rejected-{}.jsonl", crate::clock::now_ms()));
             match write_jsonl(&path, &refused) {
                 Ok(()) => tracing::error!(cdrs = refused.len(), path = %path.display(),
                     "the store refuses these CDRs; saved to a file"),

@@ -1,13 +1,26 @@
 //! The audit trail of permissions and business-initiated calls: append-only records, each
 //! carrying the hash of the one before, so an edited, deleted or reordered record breaks
-//! the chain and [`verify`] says where.
+//! the chain and [`Verifier`] says where.
 //!
-//! Sans-IO: hashing, checking and CSV; the store appends and reads the records.
+//! A leaf, sans-IO: hashing, checking and CSV. The permission service decides what is
+//! recorded; the store appends and reads the records.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::state::Actor;
+/// Who did something to a permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    /// The customer (a reply, a revocation, an opt-out).
+    Customer,
+    /// The business (through the API or its PBX).
+    Business,
+    /// Meta on its own (an automatic grant after a callback, an automatic revocation).
+    Meta,
+    /// The switch (expiry, policy).
+    Switch,
+}
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

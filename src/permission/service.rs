@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex as StdMutex};
 use dashmap::DashMap;
 use serde_json::{json, Map, Value};
 
-use super::now_ms;
-use crate::permission::audit::{AuditEntry, AuditRecord};
+use crate::audit::{Actor, AuditEntry, AuditRecord};
+use crate::clock::now_ms;
 use crate::permission::state::{
-    Actor, AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Stage,
-    Status,
+    AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Stage, Status,
 };
 use crate::store::audit::{AuditFilter, AuditRepository};
 use crate::store::{Store, StoreError};
