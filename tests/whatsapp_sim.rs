@@ -325,3 +325,69 @@ async fn a_whatsapp_leg_whose_media_never_comes_is_ended_with_its_cause() {
         .collect();
     assert_eq!(names, ["pre_accept", "accept", "terminate"]);
 }
+
+/// A call that ends just as the node stops still gets its CDR: a removed call counts as
+/// closing until its CDR is handed to the writer, and the drain waits for it. (The window
+/// between the two is held open for 800 ms by a `fault-injection` pause point; this test
+/// runs in a process of its own, so setting the variable touches no other test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ending_as_the_node_stops_still_gets_its_cdr() {
+    std::env::set_var("WASWITCH_TEST_PAUSE_AT", "before_cdr_submitted:800");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_graph, node, ctx) = sim_and_switch(dir.path(), 49_400, "").await;
+    let result = load::user_call(&ctx, "4915112345601", Duration::from_millis(500)).await;
+    assert!(result.connected, "{result:?}");
+    // No waiting for the calls to end first: the drain itself must.
+    node.drain_and_stop().await;
+    let config = Config::loopback("", &dir.path().join("w.db")).expect("config");
+    let store = Store::open(&config.store).await.expect("store");
+    let cdrs = store
+        .list(&CdrFilter {
+            limit: 10,
+            ..CdrFilter::default()
+        })
+        .await
+        .expect("cdrs");
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered);
+}
+
+/// A call supervisor that dies mid-call is closed out by the root supervisor from the
+/// registry, which knows when the call was answered: the CDR keeps its answer time and
+/// duration, with the failure as cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_call_closed_out_by_the_root_keeps_its_duration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_graph, node, ctx) = sim_and_switch(dir.path(), 49_800, "").await;
+    let calling = {
+        let ctx = ctx.clone();
+        tokio::spawn(
+            async move { load::user_call(&ctx, "4915112345602", Duration::from_secs(4)).await },
+        )
+    };
+    // Answered and talking for a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let ids = node.calls().ids();
+        if let Some(id) = ids.first() {
+            if let Some(s) = node.calls().snapshot(id).await {
+                if s.answered_at.is_some() {
+                    break id.clone();
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answered call");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(node
+        .calls()
+        .inject_supervisor_fault(&id, waswitch::call::Fault::Panic));
+    let _ = calling.await;
+    let cdrs = stop_and_read_cdrs(node, dir.path()).await;
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.end_cause, "internal_failure", "{cdr:?}");
+    assert!(cdr.answered_at.is_some(), "{cdr:?}");
+    assert!(cdr.duration_ms >= 1000, "{cdr:?}");
+}

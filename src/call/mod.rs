@@ -227,16 +227,31 @@ impl Fault {
     }
 }
 
-/// Stops this task for good when the process was started with `WASWITCH_TEST_PAUSE_AT`
-/// naming `point`: a test then kills the switch (`kill -9`) in exactly that window of a
-/// call's life. Points: `before_dial` (a business call's permission is reserved, Meta not
-/// yet asked), `before_cdr` (a call has ended, its CDR and permission settlement not yet
-/// written). The `fault-injection` feature only; a no-op otherwise.
+/// Stops this task when the process was started with `WASWITCH_TEST_PAUSE_AT` naming
+/// `point` (`point` for good, `point:MS` for that many milliseconds): a test then kills the
+/// switch (`kill -9`) or stops it in exactly that window of a call's life. Points:
+/// `before_dial` (a business call's permission is reserved, Meta not yet asked),
+/// `before_cdr` (a call has ended, its CDR and permission settlement not yet written),
+/// `before_cdr_submitted` (its CDR is built, not yet handed to the writer). The
+/// `fault-injection` feature only; a no-op otherwise.
 pub async fn pause_point(point: &str) {
     #[cfg(any(test, feature = "fault-injection"))]
-    if std::env::var("WASWITCH_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
-        tracing::warn!(point, "paused here for a test (WASWITCH_TEST_PAUSE_AT)");
-        std::future::pending::<()>().await;
+    if let Ok(setting) = std::env::var("WASWITCH_TEST_PAUSE_AT") {
+        let (name, ms) = match setting.split_once(':') {
+            Some((name, ms)) => (name.to_string(), ms.parse::<u64>().ok()),
+            None => (setting, None),
+        };
+        if name == point {
+            tracing::warn!(
+                point,
+                ?ms,
+                "paused here for a test (WASWITCH_TEST_PAUSE_AT)"
+            );
+            match ms {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending::<()>().await,
+            }
+        }
     }
     #[cfg(not(any(test, feature = "fault-injection")))]
     let _ = point;
@@ -577,6 +592,16 @@ impl Calls {
             .registry
             .get(id)
             .is_some_and(|call| call.send_message(CallMsg::Fault { child, fault }).is_ok())
+    }
+
+    /// Makes live call `id`'s supervisor itself fail (the `fault-injection` feature): the
+    /// root supervisor closes the call out. False when the call is not live.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_supervisor_fault(&self, id: &CallId, fault: Fault) -> bool {
+        self.inner
+            .registry
+            .get(id)
+            .is_some_and(|call| call.send_message(CallMsg::FaultSelf(fault)).is_ok())
     }
 }
 

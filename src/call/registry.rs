@@ -3,9 +3,11 @@
 //! Removing a call from the registry is the one act that closes it out: whoever removes the
 //! entry (the call supervisor when it ends, or the root supervisor when a call supervisor
 //! died) writes the call's CDR. A `DashMap` removal succeeds for exactly one caller, so a call
-//! gets exactly one CDR however it ends.
+//! gets exactly one CDR however it ends. The remover holds a [`Closing`] until the CDR is
+//! handed to the writer: until then the registry does not count as empty for a node that
+//! waits for its calls to end, so no CDR is left behind at shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +33,24 @@ pub struct CallEntry {
     pub offer: CallOffer,
     /// When the call reached the switch (Unix ms).
     pub offered_at: i64,
-    /// The called party answered.
-    pub answered: bool,
+    /// When the called party rang (Unix ms).
+    pub ringing_at: Option<i64>,
+    /// When the called party answered (Unix ms).
+    pub answered_at: Option<i64>,
+}
+
+/// A removed call whose CDR is not handed to the writer yet; drop it once it is.
+#[derive(Debug)]
+#[must_use = "the registry counts the call as closing until this is dropped"]
+pub struct Closing {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.inner.closing.fetch_sub(1, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+    }
 }
 
 /// Live calls of this node. Cheap to clone.
@@ -51,6 +69,8 @@ struct Inner {
     /// answer that names the call), with when they came.
     early: DashMap<String, (std::time::Instant, Vec<super::bic::WaEvent>)>,
     draining: AtomicBool,
+    /// Calls removed whose CDR is not handed to the writer yet.
+    closing: AtomicUsize,
     changed: Notify,
 }
 
@@ -72,23 +92,28 @@ impl CallRegistry {
         self.inner.changed.notify_waiters();
     }
 
-    /// Removes a call; `Some` for exactly one caller, who then owns writing its CDR.
-    pub fn remove(&self, id: &CallId) -> Option<CallEntry> {
+    /// Removes a call; `Some` for exactly one caller, who then owns writing its CDR and
+    /// drops the [`Closing`] once the CDR is handed to the writer.
+    pub fn remove(&self, id: &CallId) -> Option<(CallEntry, Closing)> {
         let (_, entry) = self.inner.calls.remove(id)?;
+        self.inner.closing.fetch_add(1, Ordering::SeqCst);
+        let closing = Closing {
+            inner: Arc::clone(&self.inner),
+        };
         self.inner.by_actor.remove(&entry.actor.get_id());
         if let Some(wa) = &entry.offer.wa_call_id {
             self.inner.by_wa_call.remove_if(wa, |_, call| call == id);
         }
         metrics::gauge!(telemetry::CALLS_ACTIVE).decrement(1.0);
         self.inner.changed.notify_waiters();
-        Some(entry)
+        Some((entry, closing))
     }
 
     /// Removes the call whose supervisor is `actor`, if it is still registered.
-    pub fn remove_by_actor(&self, actor: ActorId) -> Option<(CallId, CallEntry)> {
+    pub fn remove_by_actor(&self, actor: ActorId) -> Option<(CallId, CallEntry, Closing)> {
         let (_, id) = self.inner.by_actor.remove(&actor)?;
-        let entry = self.remove(&id)?;
-        Some((id, entry))
+        let (entry, closing) = self.remove(&id)?;
+        Some((id, entry, closing))
     }
 
     /// The supervisor of a live call.
@@ -134,10 +159,18 @@ impl CallRegistry {
         }
     }
 
-    /// Notes that call `id` was answered.
-    pub fn mark_answered(&self, id: &CallId) {
+    /// Notes when call `id` rang.
+    pub fn mark_ringing(&self, id: &CallId, at: i64) {
         if let Some(mut entry) = self.inner.calls.get_mut(id) {
-            entry.answered = true;
+            entry.ringing_at.get_or_insert(at);
+        }
+    }
+
+    /// Notes when call `id` was answered (`None`: the answer was taken back, the customer
+    /// never connected).
+    pub fn mark_answered(&self, id: &CallId, at: Option<i64>) {
+        if let Some(mut entry) = self.inner.calls.get_mut(id) {
+            entry.answered_at = at;
         }
     }
 
@@ -148,7 +181,7 @@ impl CallRegistry {
             .iter()
             .filter(|e| {
                 let o = &e.value().offer;
-                !e.value().answered
+                e.value().answered_at.is_none()
                     && o.direction == crate::store::Direction::BusinessInitiated
                     && o.business_number.as_deref() == Some(business_number)
                     && o.customer_wa_id.as_deref() == Some(wa_id)
@@ -190,16 +223,22 @@ impl CallRegistry {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// Waits until no call is left or `timeout` passes; true when empty.
+    /// No live call, and every ended call's CDR handed to the writer.
+    pub fn settled(&self) -> bool {
+        self.is_empty() && self.inner.closing.load(Ordering::SeqCst) == 0
+    }
+
+    /// Waits until no call is left and every CDR is handed to the writer, or `timeout`
+    /// passes; true when settled.
     pub async fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.inner.changed.notified();
-            if self.is_empty() {
+            if self.settled() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.is_empty();
+                return self.settled();
             }
         }
     }

@@ -171,7 +171,7 @@ impl Actor for RootSupervisor {
         }
         // Not a service: a call supervisor. If its call is still registered, it died without
         // closing the call; close it here.
-        if let Some((call_id, entry)) = root.args.registry.remove_by_actor(id) {
+        if let Some((call_id, entry, closing)) = root.args.registry.remove_by_actor(id) {
             let failure = match &failure {
                 Some(err) => {
                     metrics::counter!(telemetry::ACTOR_FAILURES_TOTAL, "actor" => "call_supervisor")
@@ -181,12 +181,14 @@ impl Actor for RootSupervisor {
                 None => "call_supervisor stopped without ending the call".to_string(),
             };
             tracing::error!(%call_id, %failure, "call supervisor died; closing the call out");
+            // The entry knows when the call rang and was answered: an answered call keeps its
+            // duration, and counts as connected for its permission.
             let cdr = close_out(
                 &root.args.node_id,
                 &call_id,
                 &entry,
-                None,
-                None,
+                entry.ringing_at,
+                entry.answered_at,
                 CallEnd {
                     by: HangupParty::Switch,
                     cause: "internal_failure".into(),
@@ -194,18 +196,15 @@ impl Actor for RootSupervisor {
                 },
             );
             if let Some(permit) = &entry.offer.permit {
-                // An answered call counts as connected for the permission, though the
-                // supervisor that knew when died with it.
-                let mut seen = cdr.clone();
-                if entry.answered && seen.answered_at.is_none() {
-                    seen.answered_at = Some(seen.ended_at);
-                }
-                permit.settle(&seen);
+                permit.settle(&cdr);
             }
             // Never wait on the queue here: if it is full, the root must stay free to restart
-            // the writer that drains it.
+            // the writer that drains it. The call counts as closing until the CDR is queued.
             let queue = root.args.cdrs.clone();
-            tokio::spawn(async move { queue.submit(cdr).await });
+            tokio::spawn(async move {
+                queue.submit(cdr).await;
+                drop(closing);
+            });
         }
         Ok(())
     }

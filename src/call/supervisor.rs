@@ -142,6 +142,9 @@ pub enum CallMsg {
     WaCallId(String),
     /// Something Meta said about the call (webhooks).
     WhatsApp(super::bic::WaEvent),
+    /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
+    #[cfg(any(test, feature = "fault-injection"))]
+    FaultSelf(super::Fault),
     /// Makes one child fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault {
@@ -194,7 +197,8 @@ impl Actor for CallSupervisor {
                 actor: myself.clone(),
                 offer: args.offer.clone(),
                 offered_at: args.offered_at,
-                answered: false,
+                ringing_at: None,
+                answered_at: None,
             },
         );
         let mut call = Call {
@@ -252,6 +256,10 @@ impl Actor for CallSupervisor {
         msg: Self::Msg,
         call: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        #[cfg(any(test, feature = "fault-injection"))]
+        if let CallMsg::FaultSelf(fault) = msg {
+            return fault.trigger("call_supervisor");
+        }
         let span = call.span.clone();
         call.on_message(&myself, msg).instrument(span).await;
         Ok(())
@@ -405,6 +413,7 @@ impl Call {
                 // The business may have answered already (its 200 crossing Meta's
                 // refusal): the customer never was connected, so the call was not answered.
                 self.answered_at = None;
+                self.registry.mark_answered(&self.id, None);
                 let end = CallEnd {
                     by: crate::store::HangupParty::Switch,
                     failure: Some(format!(
@@ -490,6 +499,9 @@ impl Call {
                 }
             }
             #[cfg(any(test, feature = "fault-injection"))]
+            // Handled before it reaches here.
+            #[cfg(any(test, feature = "fault-injection"))]
+            CallMsg::FaultSelf(_) => {}
             CallMsg::Fault { child, fault } => {
                 let _ = match child {
                     ChildRole::Leg(role) => self
@@ -518,7 +530,8 @@ impl Call {
         let called = LegRole::called(self.offer.direction);
         match state {
             LegState::Ringing if role == called => {
-                self.ringing_at.get_or_insert_with(now_ms);
+                let at = *self.ringing_at.get_or_insert_with(now_ms);
+                self.registry.mark_ringing(&self.id, at);
                 let calling = match called {
                     LegRole::WhatsApp => LegRole::Business,
                     LegRole::Business => LegRole::WhatsApp,
@@ -542,7 +555,7 @@ impl Call {
                 if let Some(leg) = self.leg(calling) {
                     let _ = leg.send_message(LegMsg::Answer);
                 }
-                self.registry.mark_answered(&self.id);
+                self.registry.mark_answered(&self.id, Some(now));
                 if let Some(permit) = &self.offer.permit {
                     permit.connected(self.offer.wa_call_id.clone());
                 }
@@ -673,7 +686,8 @@ impl Call {
         }
         self.ended = true;
         super::pause_point("before_cdr").await;
-        if let Some(mut entry) = self.registry.remove(&self.id) {
+        if let Some((mut entry, closing)) = self.registry.remove(&self.id) {
+            super::pause_point("before_cdr_submitted").await;
             if self.trunk.is_some() {
                 entry.offer.trunk = self.trunk.clone();
             }
@@ -705,6 +719,7 @@ impl Call {
                 "call ended"
             );
             self.cdrs.submit(cdr).await;
+            drop(closing);
         }
     }
 
