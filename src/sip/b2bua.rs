@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 use super::auth::DigestChallenge;
 use super::build::MessageBuilder;
-use super::core::{CoreEvent, ServerId, SipCommand};
+use super::core::{CoreEvent, ServerId, SipCommand, ALLOW};
 use super::dialog::{Dialog, DialogState};
 use super::header::{CSeq, NameAddr, Refresher, SessionExpires};
 use super::msg::{HeaderName, Method, SipMessage, StartLine};
@@ -40,9 +40,6 @@ use super::uri::{Host, SipUri};
 
 /// The smallest session interval the switch accepts (RFC 4028 §4 minimum).
 pub const MIN_SE: u32 = 90;
-
-/// Methods the bridge handles inside a dialog (the `Allow` header of its messages).
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
 /// Credentials for a trunk that challenges our requests.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,8 +31,10 @@ use crate::telemetry;
 /// flood of distinct requests cannot grow memory without limit.
 pub const MAX_TRANSACTIONS: usize = 200_000;
 
-/// Methods the switch implements (the `Allow` header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+/// Methods the switch implements (the `Allow` header of everything it sends, its own
+/// answers and the B2BUA's messages alike). PRACK is not among them: the switch sends no
+/// reliable provisional responses (no `100rel`), so a PRACK can only be answered 481.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
 /// Identifies a server transaction (RFC 3261 §17.2.3): branch, sent-by and method (ACK
 /// matches its INVITE); for RFC 2543 peers, whose branch lacks the magic cookie, the
@@ -1084,6 +1086,29 @@ mod tests {
                 parse_datagram(b).expect("our output parses")
             })
             .collect()
+    }
+
+    /// What the switch advertises is what it does: one `Allow` list for its own answers
+    /// and the B2BUA's messages, without PRACK (no reliable provisionals are ever sent).
+    #[test]
+    fn options_advertises_exactly_the_methods_implemented() {
+        let mut core = core();
+        core.handle_datagram(
+            Instant::now(),
+            options("z9hG4bK-allow"),
+            PEER.parse().unwrap(),
+        );
+        let out = sent(&mut core);
+        let allow =
+            String::from_utf8_lossy(&out[0].header(&HeaderName::Allow).unwrap().value).into_owned();
+        assert_eq!(allow, ALLOW);
+        let methods: Vec<&str> = allow.split(", ").collect();
+        assert!(!methods.contains(&"PRACK"), "{allow}");
+        for m in [
+            "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO",
+        ] {
+            assert!(methods.contains(&m), "{m} missing from {allow}");
+        }
     }
 
     #[test]
