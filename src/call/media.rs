@@ -27,6 +27,8 @@ pub struct MediaActor;
 pub struct MediaArgs {
     /// The node's RTP port pool.
     pub ports: PortAllocator,
+    /// The call's two port pairs, leased when the call was admitted.
+    pub leases: [PortLease; 2],
     /// The node's media shards (`None`: ports are leased but nothing is relayed).
     pub plane: Option<MediaPlane>,
     /// The call's supervisor (told when media times out).
@@ -156,11 +158,11 @@ impl Actor for MediaActor {
         _myself: ActorRef<Self::Msg>,
         args: MediaArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A call holds its two port pairs from the start (the admission check counted on
-        // them); they are bound when the call asks for an anchor.
-        let a = args.ports.lease()?;
-        let b = args.ports.lease()?;
-        tracing::debug!(parent: &args.span, a = a.port(), b = b.port(), "media ports leased");
+        // The call's two port pairs, leased at admission; they are bound when the call asks
+        // for an anchor.
+        let span = args.span.clone();
+        let [a, b] = args.leases;
+        tracing::debug!(parent: &span, a = a.port(), b = b.port(), "media ports held");
         let resources = Resources::Leased([a, b]);
         Ok(Media {
             resources,

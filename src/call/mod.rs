@@ -386,13 +386,17 @@ impl Calls {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "overload").increment(1);
             return Err(CallRefused::Overloaded);
         }
-        // A call anchors two legs; without two free port pairs it is refused up front (503),
-        // not failed halfway.
-        if inner.ports.capacity() - inner.ports.in_use() < 2 {
-            metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "media_ports")
-                .increment(1);
-            return Err(CallRefused::Overloaded);
-        }
+        // A call anchors two legs: its two port pairs are leased here, at admission, so a
+        // call that cannot have them is refused up front (503), never failed halfway, and
+        // calls admitted together cannot count the same free ports.
+        let leases = match (inner.ports.lease(), inner.ports.lease()) {
+            (Ok(a), Ok(b)) => [a, b],
+            _ => {
+                metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "media_ports")
+                    .increment(1);
+                return Err(CallRefused::Overloaded);
+            }
+        };
         let args = CallArgs {
             id: id.clone(),
             offer,
@@ -400,6 +404,7 @@ impl Calls {
             registry: inner.registry.clone(),
             cdrs: inner.cdrs.clone(),
             ports: inner.ports.clone(),
+            leases,
             media: inner.media.get().cloned(),
             node_id: Arc::clone(&inner.node_id),
         };

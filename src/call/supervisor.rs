@@ -52,6 +52,8 @@ pub struct CallArgs {
     pub cdrs: CdrQueue,
     /// RTP port pool.
     pub ports: PortAllocator,
+    /// The call's two port pairs, leased when it was admitted.
+    pub leases: [crate::media::ports::PortLease; 2],
     /// Media shards (`None`: nothing is relayed).
     pub media: Option<crate::media::shard::MediaPlane>,
     /// This node, for the CDR.
@@ -222,7 +224,9 @@ impl Actor for CallSupervisor {
         };
         let span = call.span.clone();
         let started = async {
-            let result = call.spawn_children(&myself, args.ports, args.media).await;
+            let result = call
+                .spawn_children(&myself, args.ports, args.leases, args.media)
+                .await;
             match &result {
                 Ok(()) => tracing::info!("call started"),
                 Err(e) => tracing::warn!(error = %e, "call setup failed"),
@@ -300,6 +304,7 @@ impl Call {
         &mut self,
         myself: &ActorRef<CallMsg>,
         ports: PortAllocator,
+        leases: [crate::media::ports::PortLease; 2],
         plane: Option<crate::media::shard::MediaPlane>,
     ) -> Result<(), ActorProcessingErr> {
         let parent = myself.get_cell();
@@ -308,6 +313,7 @@ impl Call {
             MediaActor,
             MediaArgs {
                 ports,
+                leases,
                 plane,
                 call: myself.clone(),
                 call_id: self.id.to_string(),

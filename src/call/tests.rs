@@ -800,3 +800,44 @@ async fn prompts_and_digits_reach_a_side_through_the_call() {
     assert!(calls.hangup(&id, HangupParty::Switch, "test").await);
     node.drain_and_stop().await;
 }
+
+/// Calls admitted together cannot count the same free ports: each call's two port pairs are
+/// leased at admission, so with room for five calls exactly five of twenty simultaneous
+/// calls are admitted and the others refused up front (overloaded, `media_ports`), none
+/// failing halfway through its setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_are_leased_at_admission_and_calls_beyond_them_are_refused_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = test_node_with(dir.path(), Duration::from_secs(1), |c| {
+        // Ten port pairs: room for five calls.
+        c.media.port_min = 41_000;
+        c.media.port_max = 41_019;
+    })
+    .await;
+    let calls = node.calls().clone();
+    let refused_before = metric(telemetry::CALLS_REFUSED_TOTAL, "media_ports");
+    // Each start on a task of its own, all at once.
+    let starts: Vec<_> = (0..20)
+        .map(|_| {
+            let calls = calls.clone();
+            tokio::spawn(async move { calls.start(offer(Direction::UserInitiated)).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for s in starts {
+        results.push(s.await.expect("start task"));
+    }
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(CallRefused::Overloaded)))
+        .count();
+    assert_eq!((admitted, refused), (5, 15), "{results:?}");
+    assert_eq!(calls.active(), 5);
+    assert_eq!(calls.ports().in_use(), 10);
+    assert_eq!(
+        metric(telemetry::CALLS_REFUSED_TOTAL, "media_ports") - refused_before,
+        15.0
+    );
+    node.drain_and_stop().await;
+}
