@@ -22,6 +22,7 @@ pub mod media;
 pub mod meta;
 pub mod node;
 pub mod number;
+pub mod once;
 pub mod permission;
 pub mod routing;
 pub mod sdp;

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used (check `sip.tls`).
     #[error("sip.tls: {0}")]
     Tls(#[from] crate::sip::transport::tls::TlsError),
+    /// A part of the node was set up twice: a bug in the start order.
+    #[error("start order: {0}")]
+    Order(#[from] crate::once::SetTwice),
     /// An actor could not start.
     #[error("cannot start {what}: {reason}")]
     Actor {
@@ -195,7 +198,7 @@ impl Node {
                 })?),
                 None => None,
             };
-        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone()));
+        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone()))?;
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let root_args = RootArgs {
             registry: registry.clone(),
@@ -233,7 +236,7 @@ impl Node {
                 what: "recordings",
                 reason: format!("media.record_dir {}: {e}", dir.display()),
             })?;
-            media.set_record_dir(dir.clone());
+            media.set_record_dir(dir.clone())?;
         }
         tracing::info!(shards = config.media.shards, ip = %config.media.ip, "media plane running");
         let calls = Calls::new(
@@ -244,7 +247,7 @@ impl Node {
             &node_id,
             config.limits.max_calls,
         );
-        calls.set_media(media.clone());
+        calls.set_media(media.clone())?;
 
         let trunk_health = TrunkHealth::default();
         // A trunk counts as up until its probes say otherwise.
@@ -271,7 +274,7 @@ impl Node {
                     excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
                     sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
                     authoritative: config.permissions.authoritative_check,
-                });
+                })?;
             }
         }
         spawn_cutoffs(permissions.cutoffs(), calls.clone());
@@ -342,7 +345,7 @@ impl Node {
             udp: sip_udp.as_ref().map(SipListener::handle),
             tcp: sip_tcp.as_ref().map(SipListener::handle),
             tls: sip_tls.as_ref().map(SipListener::handle),
-        });
+        })?;
         if let Some(l) = &sip_udp {
             readiness.bound("sip_udp", l.local_addr());
             tracing::info!(sip_udp = %l.local_addr(), "SIP listening");

@@ -134,12 +134,20 @@ impl Drop for Held {
             return;
         };
         tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; settling it by its last recorded stage");
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let mut context = Map::new();
-            context.insert("end_cause".into(), json!("call lost before it was settled"));
-            rt.spawn(async move {
-                let _ = permissions.finish_call(reservation, None, context).await;
-            });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let mut context = Map::new();
+                context.insert("end_cause".into(), json!("call lost before it was settled"));
+                rt.spawn(async move {
+                    let _ = permissions.finish_call(reservation, None, context).await;
+                });
+            }
+            // The process is ending: the next start settles the attempt from the trail, by
+            // the same rule.
+            Err(_) => tracing::error!(
+                call_id = %reservation.call_id,
+                "no runtime left to settle the permission; the next start settles it from the trail"
+            ),
         }
     }
 }

@@ -39,14 +39,7 @@ pub struct MediaArgs {
     pub span: tracing::Span,
 }
 
-/// Where the switch receives a call's media: the address and a port per side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Anchor {
-    /// Address in SDP.
-    pub ip: std::net::IpAddr,
-    /// RTP port facing side A, side B.
-    pub ports: [u16; 2],
-}
+pub use crate::sdp::Anchor;
 
 /// A DTMF digit as seen by a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -565,8 +565,11 @@ impl Calls {
     }
 
     /// Relays calls' media through `plane` (whose port pool must be this plane's).
-    pub fn set_media(&self, plane: crate::media::shard::MediaPlane) {
-        let _ = self.inner.media.set(plane);
+    pub fn set_media(
+        &self,
+        plane: crate::media::shard::MediaPlane,
+    ) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.media, plane, "the media plane")
     }
 
     /// The node's RTP port pool.

@@ -308,8 +308,8 @@ impl SipIngress {
 
     /// Takes business-initiated calls: an INVITE from a trunk whose From is one of the
     /// business's WhatsApp numbers calls the customer its Request-URI names.
-    pub fn set_bic(&self, bic: BicContext) {
-        let _ = self.inner.bic.set(bic);
+    pub fn set_bic(&self, bic: BicContext) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.bic, bic, "the business-call context")
     }
 
     /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
@@ -318,8 +318,8 @@ impl SipIngress {
     }
 
     /// Gives the ingress the listeners' handles, once they are bound.
-    pub fn set_handles(&self, handles: SipHandles) {
-        let _ = self.inner.handles.set(handles);
+    pub fn set_handles(&self, handles: SipHandles) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.handles, handles, "the SIP listeners' handles")
     }
 
     /// Call-IDs currently routed to calls (both legs of every call).
@@ -1201,15 +1201,21 @@ fn terminate(start: &BicStart, wa_call_id: String, span: tracing::Span) {
     let action = CallAction::Terminate {
         call_id: wa_call_id,
     };
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(
-            async move {
-                if let Err(e) = graph.call_action(&pnid, &action).await {
-                    tracing::warn!(error = %e, "Meta was not told the call ended");
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(
+                async move {
+                    if let Err(e) = graph.call_action(&pnid, &action).await {
+                        tracing::warn!(error = %e, "Meta was not told the call ended");
+                    }
                 }
-            }
-            .instrument(span),
-        );
+                .instrument(span),
+            );
+        }
+        // The process is ending: Meta ends the call at its own timeout.
+        Err(_) => {
+            tracing::error!(parent: &span, "Meta not told the call ended: no runtime left")
+        }
     }
 }
 
@@ -1388,10 +1394,7 @@ impl Actor for BridgeActor {
             state.meta = Some(meta);
             state.callback = Some(Callback {
                 start,
-                anchor: Anchor {
-                    ip: anchor.ip,
-                    ports: anchor.ports,
-                },
+                anchor,
                 wa_call_id: None,
                 answered: false,
                 ended: false,
@@ -1427,13 +1430,7 @@ impl Actor for BridgeActor {
                         start,
                         offer,
                     });
-                    state.bridge.begin(
-                        now,
-                        Some(Anchor {
-                            ip: anchor.ip,
-                            ports: [anchor.ports[1], anchor.ports[0]],
-                        }),
-                    );
+                    state.bridge.begin(now, Some(anchor.swapped()));
                 }
                 Err(e) => {
                     tracing::warn!(parent: &state.span, error = %e, "no WebRTC offer for the customer; refusing the call");
@@ -1450,10 +1447,7 @@ impl Actor for BridgeActor {
                 .call(MediaMsg::Anchor, Some(super::CALL_RPC_TIMEOUT))
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(a)) => a.map(|a| Anchor {
-                    ip: a.ip,
-                    ports: a.ports,
-                }),
+                Ok(ractor::rpc::CallResult::Success(a)) => a,
                 _ => None,
             },
             None => None,
@@ -1543,8 +1537,9 @@ impl Actor for BridgeActor {
 impl Drop for BridgeState {
     /// Closes the call out on the SIP side however the actor ended. A bridge that has not
     /// settled (its actor failed mid-call) hangs up now: BYE to an answered trunk, CANCEL
-    /// to a ringing one, a final response to a SIP caller still waiting, each sent from
-    /// a task of its own. Routes and trunk load are given back.
+    /// to a ringing one, a final response to a SIP caller still waiting, queued to the
+    /// listeners without waiting (so it works outside the runtime too). Routes and trunk
+    /// load are given back.
     fn drop(&mut self) {
         if !self.bridge.is_done() {
             self.bridge.hangup(Instant::now(), "internal_failure");
@@ -1566,12 +1561,10 @@ impl Drop for BridgeState {
             }
             if !out.is_empty() {
                 tracing::warn!(parent: &self.span, commands = out.len(), "SIP bridge failed; hanging up what the trunk still holds");
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        for (handle, command) in out {
-                            handle.send(command).await;
-                        }
-                    });
+                for (handle, command) in out {
+                    if !handle.try_send(command) {
+                        tracing::error!(parent: &self.span, "a hangup toward the trunk could not be queued; the trunk ends the call at its own timeout");
+                    }
                 }
             }
         }

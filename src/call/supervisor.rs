@@ -504,10 +504,10 @@ impl Call {
                     let _ = m.send_message(MediaMsg::Remote(side, remote));
                 }
             }
-            #[cfg(any(test, feature = "fault-injection"))]
             // Handled before it reaches here.
             #[cfg(any(test, feature = "fault-injection"))]
             CallMsg::FaultSelf(_) => {}
+            #[cfg(any(test, feature = "fault-injection"))]
             CallMsg::Fault { child, fault } => {
                 let _ = match child {
                     ChildRole::Leg(role) => self

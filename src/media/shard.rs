@@ -422,8 +422,8 @@ impl MediaPlane {
     }
 
     /// Records every pair added with a name from now on, as `<dir>/<name>.wav`.
-    pub fn set_record_dir(&self, dir: std::path::PathBuf) {
-        let _ = self.inner.record_dir.set(dir);
+    pub fn set_record_dir(&self, dir: std::path::PathBuf) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.record_dir, dir, "the recording directory")
     }
 
     /// The address legs bind and SDP advertises.

@@ -4,6 +4,29 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Where the switch receives a call's media: the address its SDP names, and the port
+/// facing each side of the media pair (side A, side B). A SIP bridge writes `ports[0]` in
+/// the SDP it sends leg A and `ports[1]` in what it sends leg B.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// The address in SDP.
+    pub ip: IpAddr,
+    /// The RTP port facing side A, and the one facing side B.
+    pub ports: [u16; 2],
+}
+
+impl Anchor {
+    /// The same anchor with the sides swapped: for a bridge whose leg A is the media pair's
+    /// side B (a business-initiated call: the PBX calls, the WhatsApp customer is side A of
+    /// the pair).
+    pub fn swapped(self) -> Anchor {
+        Anchor {
+            ip: self.ip,
+            ports: [self.ports[1], self.ports[0]],
+        }
+    }
+}
+
 /// Why a body is not a usable session description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

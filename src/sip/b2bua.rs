@@ -143,15 +143,7 @@ pub enum Action {
     MediaPlan(crate::sdp::MediaPlan),
 }
 
-/// Where the switch receives a call's media: SDP sent to leg A names `ip:ports[0]`, SDP
-/// sent to leg B names `ip:ports[1]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Anchor {
-    /// Address.
-    pub ip: std::net::IpAddr,
-    /// Port facing A, port facing B.
-    pub ports: [u16; 2],
-}
+pub use crate::sdp::Anchor;
 
 /// A request received on one leg, waiting for the other leg's answer.
 #[derive(Debug, Clone)]

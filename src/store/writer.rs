@@ -73,8 +73,8 @@ impl CdrQueue {
 
     /// Hands every CDR submitted from now on to `tap` as well (the CDR webhook); a full tap
     /// loses the copy (counted), never the stored record.
-    pub fn set_tap(&self, tap: mpsc::Sender<Cdr>) {
-        let _ = self.shared.tap.set(tap);
+    pub fn set_tap(&self, tap: mpsc::Sender<Cdr>) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.shared.tap, tap, "the CDR tap")
     }
 
     /// CDRs submitted and not yet committed to the store.

@@ -650,7 +650,9 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
     use crate::media::transcode::Codec;
     let dir = tempfile::tempdir().unwrap();
     let plane = plane(42_200, SourcePolicy::Strict, Duration::from_secs(30));
-    plane.set_record_dir(dir.path().to_path_buf());
+    plane
+        .set_record_dir(dir.path().to_path_buf())
+        .expect("set once");
     let pair = plane
         .add_pair_on([None, None], Box::new(|_| {}), Some("mixed"))
         .unwrap();

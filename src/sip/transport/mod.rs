@@ -49,6 +49,12 @@ impl SipHandle {
         self.tx.send(command).await.is_ok()
     }
 
+    /// Queues `command` without waiting (from a `Drop`, which may run outside the
+    /// runtime); false when the listener is gone or its queue is full.
+    pub fn try_send(&self, command: SipCommand) -> bool {
+        self.tx.try_send(command).is_ok()
+    }
+
     /// The listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
