@@ -1,15 +1,21 @@
 //! waswitch: a carrier-grade softswitch between WhatsApp Business Calling and the SIP voice
 //! systems businesses already run.
 //!
-//! Planes, from the leaves up (a module never imports one above it):
-//! - [`sip`]: sans-IO SIP (no sockets, no clock);
-//! - [`media`]: media-plane resources;
+//! Modules, from the leaves up (a module never imports one above it, and
+//! `tests/architecture.rs` fails on any circle between them; `ARCHITECTURE.md` is the map):
+//! - leaves: [`sdp`] (offer/answer, anchors), [`number`] (E.164), [`audit`] (the hash-chained
+//!   trail), [`clock`], [`once`], [`telemetry`] (logs and the metric catalogue);
+//! - [`media`]: the media plane (shards, relay, WebRTC, codecs, recording);
+//! - [`sip`]: sans-IO SIP, and its tokio driver (`sip::transport`);
+//! - [`config`]: the typed configuration, validated once;
+//! - [`meta`]: Meta's Cloud API (Graph client, webhook payloads and signatures);
 //! - [`store`]: the system of record (SQLite or PostgreSQL) and the CDR writer;
+//! - [`permission`]: call permissions (the sans-IO state machine and its service);
+//! - [`routing`]: which trunk a call comes from and goes to;
 //! - [`call`]: one supervised actor tree per call, the registry, the root supervisor;
-//! - [`api`]: HTTP (health, readiness, metrics);
-//! - [`node`]: one running switch and its lifecycle;
-//! - [`config`] and [`telemetry`] serve all of them; [`number`] (E.164 numbers) is a leaf
-//!   every plane may use.
+//! - [`api`]: HTTP (health, readiness, metrics, webhooks, the REST API);
+//! - [`sim`]: the Meta emulator (a client of the switch, as Meta is);
+//! - [`node`]: one running switch and its lifecycle.
 
 #![warn(missing_docs, unreachable_pub)]
 

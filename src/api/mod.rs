@@ -1,5 +1,6 @@
-//! HTTP surface of the node: health, readiness and Prometheus metrics (later: webhooks and
-//! the REST API) on one axum router.
+//! HTTP surface of the node, on one axum router behind one listener ([`server`]): health,
+//! readiness and Prometheus metrics; Meta's webhooks ([`webhooks`]); and, with a bearer
+//! token configured, the REST API ([`v1`], [`permissions`]).
 //!
 //! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
 

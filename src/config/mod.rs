@@ -49,7 +49,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 pub struct Config {
     /// The file this configuration was read from (for messages).
     pub source: PathBuf,
-    /// Identity of this node in CDRs, logs and (later) the cluster.
+    /// Identity of this node in CDRs and logs.
     pub node_id: String,
     /// HTTP listener: webhooks, REST API, `/health`, `/ready`, `/metrics`.
     pub http: HttpConfig,
