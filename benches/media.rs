@@ -49,7 +49,7 @@ fn through_a_shard(c: &mut Criterion) {
         Duration::from_secs(3600),
     )
     .expect("plane");
-    let pair = plane.add_pair(Box::new(|_| {})).expect("pair");
+    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).expect("pair");
     let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
     b.set_read_timeout(Some(Duration::from_secs(1)))

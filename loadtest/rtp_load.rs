@@ -68,7 +68,7 @@ fn main() {
             .unwrap_or_else(|e| fail(&e.to_string()));
             for _ in 0..calls {
                 let pair = plane
-                    .add_pair(Box::new(|_| {}))
+                    .add_pair(std::sync::Arc::new(|_| {}))
                     .unwrap_or_else(|e| fail(&e.to_string()));
                 let remote = |addr| Remote {
                     addr: Some(addr),

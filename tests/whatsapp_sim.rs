@@ -391,3 +391,69 @@ async fn an_answered_call_closed_out_by_the_root_keeps_its_duration() {
     assert!(cdr.answered_at.is_some(), "{cdr:?}");
     assert!(cdr.duration_ms >= 1000, "{cdr:?}");
 }
+
+/// A media shard that panics mid-call: the calls it relayed end with their failure in the
+/// CDR, the call on the other shard talks on with its audio verified, and a new call placed
+/// afterwards connects (the shard was started again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_panic_ends_its_own_calls_only_and_new_calls_succeed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_graph, node, ctx) = sim_and_switch(dir.path(), 55_000, "").await;
+    let call = |user: &'static str, hold: u64| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { load::user_call(&ctx, user, Duration::from_secs(hold)).await })
+    };
+    let first = call("4915112345611", 4);
+    let second = call("4915112345612", 4);
+    // Both answered and anchored, on two shards.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shards = loop {
+        let mut shards = Vec::new();
+        for id in node.calls().ids() {
+            if let Some(s) = node.calls().snapshot(&id).await {
+                if let (Some(_), Some(m)) = (s.answered_at, s.media) {
+                    shards.push((id, m.shard));
+                }
+            }
+        }
+        if shards.len() == 2 && shards.iter().all(|(_, s)| s.is_some()) {
+            break shards;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls not up: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(shards[0].1, shards[1].1, "both calls on one shard");
+    let (failing, shard) = (shards[0].0.clone(), shards[0].1.expect("shard"));
+    assert!(node.calls().inject_shard_panic(shard));
+    let results = [first.await.expect("call"), second.await.expect("call")];
+    // One call was cut short, the other talked to its end with its audio.
+    assert_eq!(
+        results.iter().filter(|r| r.audio_verified).count(),
+        1,
+        "{results:?}"
+    );
+    let after = load::user_call(&ctx, "4915112345613", Duration::from_secs(1)).await;
+    assert!(after.connected && after.audio_verified, "{after:?}");
+    let cdrs = stop_and_read_cdrs(node, dir.path()).await;
+    assert_eq!(cdrs.len(), 3, "{cdrs:?}");
+    let failed = cdrs
+        .iter()
+        .find(|c| c.call_id == failing.as_str())
+        .expect("the failed call's CDR");
+    assert_eq!(failed.outcome, CallOutcome::Failed, "{failed:?}");
+    assert_eq!(
+        failed.failure.as_deref(),
+        Some("media failed: the media shard relaying the call failed"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        cdrs.iter()
+            .filter(|c| c.outcome == CallOutcome::Answered)
+            .count(),
+        2,
+        "{cdrs:?}"
+    );
+}

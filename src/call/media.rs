@@ -61,6 +61,8 @@ pub struct MediaPorts {
     pub b: u16,
     /// Relayed by a media shard.
     pub anchored: bool,
+    /// Which shard relays it (anchored calls).
+    pub shard: Option<usize>,
     /// DTMF digits received, in order.
     pub digits: Vec<DigitSeen>,
     /// Counters per side (anchored calls).
@@ -217,7 +219,7 @@ impl Actor for MediaActor {
                     }
                 }
             }
-            MediaMsg::Event(event) => media.on_event(event),
+            MediaMsg::Event(event) => media.on_event(event)?,
             MediaMsg::Play(side, prompt, barge_in) => {
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.play(side, prompt, barge_in) {
@@ -306,15 +308,16 @@ impl Media {
     }
 
     fn view(&self) -> MediaPorts {
-        let (ports, anchored, stats) = match &self.resources {
-            Resources::Leased([a, b]) => ([a.port(), b.port()], false, None),
-            Resources::Anchored(pair) => (pair.ports(), true, pair.stats()),
-            Resources::None => ([0, 0], false, None),
+        let (ports, shard, stats) = match &self.resources {
+            Resources::Leased([a, b]) => ([a.port(), b.port()], None, None),
+            Resources::Anchored(pair) => (pair.ports(), Some(pair.shard()), pair.stats()),
+            Resources::None => ([0, 0], None, None),
         };
         MediaPorts {
             a: ports[0],
             b: ports[1],
-            anchored,
+            anchored: shard.is_some(),
+            shard,
             digits: self.digits.clone(),
             stats,
             codec_path: self.codec_path.clone(),
@@ -330,7 +333,7 @@ impl Media {
             });
         }
         let me = myself.clone();
-        let sink = Box::new(move |event| {
+        let sink: crate::media::shard::EventSink = std::sync::Arc::new(move |event| {
             let _ = me.send_message(MediaMsg::Event(event));
         });
         let leases = match std::mem::replace(&mut self.resources, Resources::None) {
@@ -386,7 +389,7 @@ impl Media {
         // The telephone-event clock of Meta's side.
         self.clock[0] = 8000;
         let me = myself.clone();
-        let sink = Box::new(move |event| {
+        let sink: crate::media::shard::EventSink = std::sync::Arc::new(move |event| {
             let _ = me.send_message(MediaMsg::Event(event));
         });
         let pair = plane
@@ -401,8 +404,13 @@ impl Media {
         Ok((sdp, ports))
     }
 
-    fn on_event(&mut self, event: MediaEvent) {
+    /// What the shard says about the call's pair. Its shard failing fails this actor, and
+    /// so the call (ended with the failure as cause and a CDR).
+    fn on_event(&mut self, event: MediaEvent) -> Result<(), ActorProcessingErr> {
         match event {
+            MediaEvent::ShardFailed => {
+                return Err("the media shard relaying the call failed".into());
+            }
             MediaEvent::Connected(side) => {
                 tracing::info!(parent: &self.span, ?side, "WebRTC media connected");
             }
@@ -442,5 +450,6 @@ impl Media {
                 });
             }
         }
+        Ok(())
     }
 }

@@ -602,6 +602,16 @@ impl Calls {
             .is_some_and(|call| call.send_message(CallMsg::Fault { child, fault }).is_ok())
     }
 
+    /// Makes media shard `n` panic (the `fault-injection` feature): it is started again,
+    /// and the calls it relayed fail. False without a media plane.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_shard_panic(&self, n: usize) -> bool {
+        self.inner
+            .media
+            .get()
+            .is_some_and(|plane| plane.inject_shard_panic(n).is_ok())
+    }
+
     /// Makes live call `id`'s supervisor itself fail (the `fault-injection` feature): the
     /// root supervisor closes the call out. False when the call is not live.
     #[cfg(any(test, feature = "fault-injection"))]

@@ -810,8 +810,8 @@ async fn ports_are_leased_at_admission_and_calls_beyond_them_are_refused_up_fron
     let dir = tempfile::tempdir().expect("tempdir");
     let node = test_node_with(dir.path(), Duration::from_secs(1), |c| {
         // Ten port pairs: room for five calls.
-        c.media.port_min = 41_000;
-        c.media.port_max = 41_019;
+        c.media.port_min = 54_200;
+        c.media.port_max = 54_219;
     })
     .await;
     let calls = node.calls().clone();

@@ -112,6 +112,9 @@ pub enum MediaEvent {
     Connected(Side),
     /// ICE lost this side's WebRTC peer (it may come back; the media timeout decides).
     Disconnected(Side),
+    /// The shard relaying the pair failed (it panicked and was started again, empty): the
+    /// pair's sockets are closed and its media is gone.
+    ShardFailed,
     /// A prompt played toward this side ended: played to its end, or cut short by a digit
     /// from this side (barge-in), or not playable (no G.711 codec on this side).
     PromptDone {
@@ -141,8 +144,13 @@ pub struct LegStats {
     pub jitter_ms: u32,
 }
 
-/// What a call gets back when it adds a pair.
-pub type EventSink = Box<dyn Fn(MediaEvent) + Send>;
+/// What a call gets back when it adds a pair. The plane keeps a copy for as long as the
+/// pair lives, so the call hears of its shard failing.
+pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
+
+/// The event sinks of the pairs one shard carries, by pair id: who to tell when it fails.
+/// Touched when a pair is added or removed, never per packet.
+type Owners = Arc<std::sync::Mutex<HashMap<u64, EventSink>>>;
 
 enum Command {
     Add {
@@ -208,6 +216,9 @@ enum Command {
         side: Side,
         on: bool,
     },
+    /// Makes the shard panic (supervision tests).
+    #[cfg(any(test, feature = "fault-injection"))]
+    Panic,
     Stop,
 }
 
@@ -267,6 +278,7 @@ pub enum MediaError {
 struct ShardHandle {
     tx: SyncSender<Command>,
     waker: Arc<Waker>,
+    owners: Owners,
 }
 
 struct PlaneInner {
@@ -281,7 +293,7 @@ struct PlaneInner {
     record_dir: std::sync::OnceLock<std::path::PathBuf>,
     opus_complexity: Arc<std::sync::atomic::AtomicU8>,
     /// The shared WebRTC sockets, touched only when a WebRTC leg is set up or removed.
-    rtc: std::sync::Mutex<Vec<RtcSocketInfo>>,
+    rtc: Arc<std::sync::Mutex<Vec<RtcSocketInfo>>>,
 }
 
 /// A socket WebRTC legs share, as the plane sees it.
@@ -292,7 +304,8 @@ struct RtcSocketInfo {
     /// apart by source address, so two legs whose peers share an address (Meta's media
     /// servers receive every call on one port) never share a socket.
     remotes: HashMap<SocketAddr, u32>,
-    _lease: PortLease,
+    /// The port, while the socket lives (`None` once its shard failed and closed it).
+    lease: Option<PortLease>,
 }
 
 /// A WebRTC leg made off the shard threads, waiting to join a pair in its shard
@@ -386,15 +399,22 @@ impl MediaPlane {
         let opus_complexity = Arc::new(std::sync::atomic::AtomicU8::new(
             super::transcode::DEFAULT_OPUS_COMPLEXITY,
         ));
+        let rtc: Arc<std::sync::Mutex<Vec<RtcSocketInfo>>> = Arc::default();
         for n in 0..shards.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
             let complexity = opus_complexity.clone();
+            let owners = Owners::default();
+            let supervised = Supervised {
+                n,
+                owners: owners.clone(),
+                rtc: rtc.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{n}"))
-                .spawn(move || Shard::new(poll, rx, complexity).run())?;
-            handles.push(ShardHandle { tx, waker });
+                .spawn(move || supervised.run(Shard::new(poll, rx, complexity)))?;
+            handles.push(ShardHandle { tx, waker, owners });
             threads.push(thread);
         }
         Ok(MediaPlane {
@@ -409,9 +429,35 @@ impl MediaPlane {
                 timeout,
                 record_dir: std::sync::OnceLock::new(),
                 opus_complexity,
-                rtc: std::sync::Mutex::new(Vec::new()),
+                rtc,
             }),
         })
+    }
+
+    /// Makes shard `n` panic (the `fault-injection` feature): it is started again, empty,
+    /// and its pairs' calls hear [`MediaEvent::ShardFailed`].
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_shard_panic(&self, n: usize) -> Result<(), MediaError> {
+        self.send(n, Command::Panic)
+    }
+
+    /// Notes `events` as the owner of pair `id` in `shard`, until the pair is removed.
+    fn own(&self, shard: usize, id: u64, events: &EventSink) {
+        if let Some(h) = self.inner.shards.get(shard) {
+            h.owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, Arc::clone(events));
+        }
+    }
+
+    fn disown(&self, shard: usize, id: u64) {
+        if let Some(h) = self.inner.shards.get(shard) {
+            h.owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        }
     }
 
     /// The Opus encoder complexity (0-10) of transcoders built from now on.
@@ -465,7 +511,8 @@ impl MediaPlane {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let ports = [a_lease.port(), b_lease.port()];
-        self.send(
+        self.own(shard, id, &events);
+        if let Err(e) = self.send(
             shard,
             Command::Add {
                 id,
@@ -475,7 +522,10 @@ impl MediaPlane {
                 events,
                 recorder,
             },
-        )?;
+        ) {
+            self.disown(shard, id);
+            return Err(e);
+        }
         Ok(MediaPair {
             id,
             shard,
@@ -540,9 +590,11 @@ impl MediaPlane {
             .rtc
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let free = sockets
-            .iter()
-            .position(|s| s.shard == shard && !remotes.iter().any(|r| s.remotes.contains_key(r)));
+        let free = sockets.iter().position(|s| {
+            s.shard == shard
+                && s.lease.is_some()
+                && !remotes.iter().any(|r| s.remotes.contains_key(r))
+        });
         let index = match free {
             Some(i) => i,
             None => {
@@ -556,7 +608,7 @@ impl MediaPlane {
                     shard,
                     addr,
                     remotes: HashMap::new(),
-                    _lease: lease,
+                    lease: Some(lease),
                 });
                 index
             }
@@ -620,6 +672,7 @@ impl MediaPlane {
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let kept = remotes.clone();
+        self.own(shard, id, &events);
         if let Err(e) = self.send(
             shard,
             Command::AddWebRtc {
@@ -634,6 +687,7 @@ impl MediaPlane {
                 recorder,
             },
         ) {
+            self.disown(shard, id);
             self.release_rtc(socket, &kept);
             return Err(e);
         }
@@ -742,6 +796,11 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
 }
 
 impl MediaPair {
+    /// The shard that relays the pair.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
     /// Local RTP ports of side A and side B.
     pub fn ports(&self) -> [u16; 2] {
         self.ports
@@ -864,6 +923,7 @@ impl MediaPair {
 
 impl Drop for MediaPair {
     fn drop(&mut self) {
+        self.plane.disown(self.shard, self.id);
         if !self.removed {
             let _ = self.plane.send(
                 self.shard,
@@ -1230,6 +1290,64 @@ fn send_webrtc(
     sent
 }
 
+/// A shard's thread: runs the shard, and when it panics, starts it again empty.
+///
+/// What the failed shard carried is gone (its sockets close as its state is dropped): the
+/// calls whose pairs it relayed hear [`MediaEvent::ShardFailed`] and end, its shared WebRTC
+/// sockets are forgotten by the plane (their ports go back to the pool), and the shard keeps
+/// its command queue and poller, so the plane and the other shards never notice.
+struct Supervised {
+    n: usize,
+    owners: Owners,
+    rtc: Arc<std::sync::Mutex<Vec<RtcSocketInfo>>>,
+}
+
+impl Supervised {
+    fn run(self, mut shard: Shard) {
+        loop {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+            let Err(panic) = ran else {
+                return;
+            };
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(shard = self.n, panic = %what, "media shard failed; starting it again");
+            metrics::counter!(crate::telemetry::ACTOR_FAILURES_TOTAL, "actor" => "media_shard")
+                .increment(1);
+            let Shard {
+                poll,
+                commands,
+                opus_complexity,
+                ..
+            } = shard;
+            for info in self
+                .rtc
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter_mut()
+                .filter(|s| s.shard == self.n)
+            {
+                info.lease = None;
+                info.remotes.clear();
+            }
+            let owners: Vec<EventSink> = self
+                .owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain()
+                .map(|(_, sink)| sink)
+                .collect();
+            for sink in owners {
+                sink(MediaEvent::ShardFailed);
+            }
+            shard = Shard::new(poll, commands, opus_complexity);
+        }
+    }
+}
+
 impl Shard {
     fn new(
         poll: Poll,
@@ -1253,7 +1371,7 @@ impl Shard {
         }
     }
 
-    fn run(mut self) {
+    fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut batch = Batch::new();
         let mut forward = Vec::with_capacity(super::batch::BATCH);
@@ -1696,6 +1814,8 @@ impl Shard {
                     });
                 }
                 Command::Ringback { id, side, on } => self.ringback(id, side, on),
+                #[cfg(any(test, feature = "fault-injection"))]
+                Command::Panic => panic!("media shard: panic injected by a test"),
                 Command::Stop => return false,
             }
         }

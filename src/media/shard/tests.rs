@@ -65,7 +65,7 @@ fn rig(first: u16, policy: SourcePolicy, timeout: Duration) -> Rig {
     let (tx, events) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let pair = plane
-        .add_pair(Box::new(move |e| {
+        .add_pair(Arc::new(move |e| {
             let _ = tx.lock().unwrap().send(e);
         }))
         .unwrap();
@@ -174,7 +174,7 @@ fn foreign_sources_are_dropped_and_counted_never_relayed() {
 #[test]
 fn latching_follows_a_natted_source_then_locks() {
     let plane = plane(41_200, SourcePolicy::Latch, Duration::from_secs(30));
-    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
     let (sdp_addr, natted, b, other) = (peer(), peer(), peer(), peer());
     pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
     pair.set_remote(Side::B, remote(&b, None)).unwrap();
@@ -200,7 +200,7 @@ fn latching_follows_a_natted_source_then_locks() {
 #[test]
 fn a_stray_or_forged_first_packet_cannot_take_the_latch() {
     let plane = plane(41_250, SourcePolicy::Latch, Duration::from_secs(30));
-    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
     let (sdp_addr, natted, b, attacker) = (peer(), peer(), peer(), peer());
     pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
     pair.set_remote(Side::B, remote(&b, None)).unwrap();
@@ -319,7 +319,7 @@ fn silence_raises_a_timeout_once_per_side() {
 #[test]
 fn closing_a_pair_frees_its_ports_for_reuse() {
     let plane = plane(41_600, SourcePolicy::Strict, Duration::from_secs(30));
-    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
     let [a, _] = pair.ports();
     pair.close().unwrap();
     // The shard closed the sockets: the port binds again.
@@ -498,7 +498,7 @@ fn a_digit_from_the_listener_barges_in() {
 fn legs_of_different_codecs_are_transcoded_with_timestamps_on_each_clock() {
     use crate::media::transcode::Codec;
     let plane = plane(42_000, SourcePolicy::Strict, Duration::from_secs(30));
-    let pair = plane.add_pair(Box::new(|_| {})).unwrap();
+    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
     let (a, b) = (peer(), peer());
     let with = |s: &StdSocket, pt, codec, clock| Remote {
         addr: Some(s.local_addr().unwrap()),
@@ -564,7 +564,7 @@ fn dtmf_across_a_transcoded_pair_follows_the_outgoing_clock_and_foreign_formats_
     let plane = plane(42_100, SourcePolicy::Strict, Duration::from_secs(30));
     let (tx, events) = mpsc::channel();
     let pair = plane
-        .add_pair(Box::new(move |e| {
+        .add_pair(Arc::new(move |e| {
             let _ = tx.send(e);
         }))
         .unwrap();
@@ -654,7 +654,7 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
         .set_record_dir(dir.path().to_path_buf())
         .expect("set once");
     let pair = plane
-        .add_pair_on([None, None], Box::new(|_| {}), Some("mixed"))
+        .add_pair_on([None, None], std::sync::Arc::new(|_| {}), Some("mixed"))
         .unwrap();
     let (a, b) = (peer(), peer());
     let with = |s: &StdSocket, pt, codec, clock| Remote {
@@ -793,7 +793,7 @@ fn webrtc_legs_share_a_socket_unless_their_peers_share_an_address() {
     assert_eq!(fourth.local().unwrap(), p1);
     // A bridged leg holds it until the pair closes.
     let pair = plane
-        .add_webrtc_pair(fourth, FarSide::Echo, Box::new(|_| {}), None)
+        .add_webrtc_pair(fourth, FarSide::Echo, std::sync::Arc::new(|_| {}), None)
         .unwrap();
     assert_eq!(pair.ports()[0], p1.port());
     let fifth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
@@ -826,7 +826,7 @@ fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
         .add_webrtc_pair(
             prepared,
             FarSide::Rtp(None),
-            Box::new(move |e| {
+            Arc::new(move |e| {
                 let _ = tx.lock().unwrap().send(e);
             }),
             None,
@@ -923,7 +923,7 @@ fn a_webrtc_offer_of_ours_is_answered_and_its_audio_echoed() {
         .add_webrtc_pair(
             prepared,
             FarSide::Echo,
-            Box::new(move |e| {
+            Arc::new(move |e| {
                 let _ = tx.lock().unwrap().send(e);
             }),
             None,
@@ -970,4 +970,70 @@ fn only_ice_checks_from_unknown_addresses_are_offered_to_webrtc_legs() {
     assert!(!is_stun(&dtls));
     assert!(!is_stun(&rtp(1, 160, 7, 0, &[0; 8])));
     assert!(!is_stun(&stun[..12]));
+}
+
+/// A shard that panics is started again, empty: the calls whose pairs it relayed hear
+/// `ShardFailed` (and end), the other shard's pairs relay on untouched, and a pair added
+/// to the restarted shard relays.
+#[test]
+fn a_panicking_shard_restarts_and_only_its_own_pairs_fail() {
+    let plane = MediaPlane::start(
+        "127.0.0.1".parse().unwrap(),
+        PortAllocator::new(54_000, 54_099),
+        2,
+        SourcePolicy::Strict,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let pair_with_events = || {
+        let (tx, events) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let pair = plane
+            .add_pair(Arc::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }))
+            .unwrap();
+        let (a, b) = (peer(), peer());
+        pair.set_remote(Side::A, remote(&a, None)).unwrap();
+        pair.set_remote(Side::B, remote(&b, None)).unwrap();
+        let [pa, _] = pair.ports();
+        (pair, events, a, b, SocketAddr::from(([127, 0, 0, 1], pa)))
+    };
+    let relays = |a: &StdSocket, b: &StdSocket, a_port: SocketAddr, seq: u16| {
+        a.send_to(&rtp(seq, u32::from(seq) * 160, 5, 0, &[1; 160]), a_port)
+            .unwrap();
+        recv(b).is_some()
+    };
+    // Pairs go to the shards in turn: the first to shard 0, the second to shard 1.
+    let (first, first_events, a1, b1, p1) = pair_with_events();
+    let (second, second_events, a2, b2, p2) = pair_with_events();
+    assert!(relays(&a1, &b1, p1, 1) && relays(&a2, &b2, p2, 1));
+
+    plane.inject_shard_panic(0).unwrap();
+    let told: Vec<MediaEvent> =
+        std::iter::from_fn(|| first_events.recv_timeout(Duration::from_secs(2)).ok())
+            .take_while(|e| *e != MediaEvent::ShardFailed)
+            .collect();
+    assert!(
+        !told.contains(&MediaEvent::ShardFailed),
+        "events before the failure: {told:?}"
+    );
+    // The failed shard's pair no longer relays; the other one does.
+    assert!(!relays(&a1, &b1, p1, 2), "the failed shard still relays");
+    assert!(relays(&a2, &b2, p2, 2), "the other shard was disturbed");
+    assert!(!second_events
+        .try_iter()
+        .any(|e| e == MediaEvent::ShardFailed));
+    drop(first);
+    // The restarted shard takes new pairs (the third goes to shard 0 again).
+    let (_third, third_events, a3, b3, p3) = pair_with_events();
+    assert!(
+        relays(&a3, &b3, p3, 1),
+        "the restarted shard does not relay"
+    );
+    assert!(!third_events
+        .try_iter()
+        .any(|e| e == MediaEvent::ShardFailed));
+    drop(second);
+    plane.stop();
 }
