@@ -17,7 +17,10 @@
 //! - [`sim`]: the Meta emulator (a client of the switch, as Meta is);
 //! - [`node`]: one running switch and its lifecycle.
 
-#![warn(missing_docs, unreachable_pub)]
+// Unsafe code lives in one module (`media::batch`, the batched socket calls), which allows it
+// with a SAFETY comment on every block; anywhere else it does not compile.
+#![deny(unsafe_code)]
+#![deny(missing_docs, unreachable_pub, unused_qualifications)]
 
 pub mod api;
 pub mod audit;

@@ -397,7 +397,7 @@ impl Node {
                 .with_limits(config.http.webhooks),
             )
         });
-        let permission_api = crate::api::permissions::PermissionApi {
+        let permission_api = api::permissions::PermissionApi {
             permissions: permissions.clone(),
             graph: graph.clone(),
             numbers: Arc::new(config.business_numbers.clone()),

@@ -1110,9 +1110,7 @@ fn pending_ends(bridge: &mut Bridge, now: Instant, pending: Vec<CoreEvent>) -> b
 
 /// Our WebRTC offer for the customer of a business call, from the call's media actor, and
 /// where the media is anchored (WebRTC port, RTP port).
-async fn offer_webrtc(
-    media: &Option<ActorRef<MediaMsg>>,
-) -> Result<(String, super::media::Anchor), String> {
+async fn offer_webrtc(media: &Option<ActorRef<MediaMsg>>) -> Result<(String, Anchor), String> {
     let Some(media) = media else {
         return Err("the call has no media".into());
     };

@@ -146,7 +146,7 @@ pub enum CallMsg {
     WhatsApp(super::bic::WaEvent),
     /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
     #[cfg(any(test, feature = "fault-injection"))]
-    FaultSelf(super::Fault),
+    FaultSelf(Fault),
     /// Makes one child fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault {
@@ -421,7 +421,7 @@ impl Call {
                 self.answered_at = None;
                 self.registry.mark_answered(&self.id, None);
                 let end = CallEnd {
-                    by: crate::store::HangupParty::Switch,
+                    by: HangupParty::Switch,
                     failure: Some(format!(
                         "{} failed before it connected: {cause}",
                         match role {

@@ -146,7 +146,7 @@ pub struct CdrWebhookConfig {
     /// HMAC-SHA256 key of the `X-Waswitch-Signature` header.
     pub secret: Secret,
     /// Per attempt.
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
     /// Attempts per CDR (backoff doubling from 500 ms, with jitter).
     pub max_attempts: u32,
 }
@@ -312,7 +312,7 @@ pub struct MediaConfig {
     /// Media shard threads (default: one per core).
     pub shards: usize,
     /// A leg that should send and sent nothing for this long ends its call.
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
     /// Which sources a leg accepts RTP from.
     pub source_policy: crate::media::shard::SourcePolicy,
     /// Every anchored call is recorded here as `<call id>.wav` (`None`: no recording).
@@ -1121,7 +1121,7 @@ impl Validator {
         Some(CdrWebhookConfig {
             url: url.to_string(),
             secret: Secret::new(raw.secret.trim()),
-            timeout: std::time::Duration::from_millis(timeout? as u64),
+            timeout: Duration::from_millis(timeout? as u64),
             max_attempts: attempts? as u32,
         })
     }

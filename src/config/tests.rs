@@ -475,8 +475,8 @@ fn schema_fields(probe: &str) -> Option<std::collections::BTreeSet<String>> {
 }
 
 /// What config/waswitch.toml shows, set or commented out: section → keys.
-fn shown_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let mut shown = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+fn shown_keys() -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut shown = BTreeMap::<String, std::collections::BTreeSet<String>>::new();
     let mut section = String::new();
     for line in EXAMPLE.lines() {
         let text = line.trim_start_matches('#').trim();
@@ -521,7 +521,7 @@ fn shown_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet
 fn the_commented_example_shows_every_key_the_schema_knows() {
     let shown = shown_keys();
     let top = schema_fields("zz_probe = 1\n").expect("top-level fields");
-    let mut schema = std::collections::BTreeMap::new();
+    let mut schema = BTreeMap::new();
     for section in &top {
         let probe = match section.as_str() {
             "trunk" | "route" | "business_number" => format!("[[{section}]]\nzz_probe = 1\n"),

@@ -4,7 +4,9 @@
 //! A shard owns one [`Batch`]: a fixed pool of packet buffers plus the message headers the
 //! kernel fills, allocated once when the shard starts. Packets are relayed in the buffer
 //! they were read into (headers rewritten in place) and sent from it: nothing is copied or
-//! allocated per packet. The unsafe code of the media plane is confined to this module.
+//! allocated per packet. The unsafe code of the crate is confined to this module.
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -70,7 +72,7 @@ impl Batch {
             };
             let hdr = &mut self.hdrs[i];
             hdr.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
-            hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             hdr.msg_hdr.msg_iov = &raw mut self.iovs[i];
             hdr.msg_hdr.msg_iovlen = 1;
             hdr.msg_hdr.msg_control = std::ptr::null_mut();
@@ -202,7 +204,7 @@ fn encode(addr: SocketAddr, name: &mut libc::sockaddr_storage) -> u32 {
                 s_addr: u32::from(*v4.ip()).to_be(),
             };
             a.sin_zero = [0; 8];
-            std::mem::size_of::<libc::sockaddr_in>() as u32
+            size_of::<libc::sockaddr_in>() as u32
         }
         SocketAddr::V6(v6) => {
             // SAFETY: as above, for sockaddr_in6.
@@ -215,7 +217,7 @@ fn encode(addr: SocketAddr, name: &mut libc::sockaddr_storage) -> u32 {
                 s6_addr: v6.ip().octets(),
             };
             a.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as u32
+            size_of::<libc::sockaddr_in6>() as u32
         }
     }
 }

@@ -46,10 +46,10 @@ mod tests {
         let s: Vec<f32> = (0..8000)
             .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 8000.0).sin())
             .collect();
-        let p = super::tone_power(&s, 1000.0, 8000.0);
+        let p = tone_power(&s, 1000.0, 8000.0);
         assert!((p - 0.125).abs() < 0.005, "{p}");
-        assert!(super::tone_power(&s, 440.0, 8000.0) < 0.001);
-        assert_eq!(super::tone_power(&[], 1000.0, 8000.0), 0.0);
+        assert!(tone_power(&s, 440.0, 8000.0) < 0.001);
+        assert_eq!(tone_power(&[], 1000.0, 8000.0), 0.0);
     }
 
     use super::*;

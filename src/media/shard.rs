@@ -188,15 +188,15 @@ enum Command {
     WebRtcAnswer {
         id: u64,
         sdp: String,
-        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+        reply: SyncSender<Result<(), String>>,
     },
     Remove {
         id: u64,
-        reply: Option<std::sync::mpsc::SyncSender<[LegStats; 2]>>,
+        reply: Option<SyncSender<[LegStats; 2]>>,
     },
     Stats {
         id: u64,
-        reply: std::sync::mpsc::SyncSender<[LegStats; 2]>,
+        reply: SyncSender<[LegStats; 2]>,
     },
     Dtmf {
         id: u64,
@@ -1315,7 +1315,7 @@ impl Supervised {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(shard = self.n, panic = %what, "media shard failed; starting it again");
-            metrics::counter!(crate::telemetry::ACTOR_FAILURES_TOTAL, "actor" => "media_shard")
+            metrics::counter!(telemetry::ACTOR_FAILURES_TOTAL, "actor" => "media_shard")
                 .increment(1);
             let Shard {
                 poll,
@@ -1464,7 +1464,7 @@ impl Shard {
                 i += 1;
                 continue;
             };
-            let mut packet = [0u8; super::batch::MAX_PACKET];
+            let mut packet = [0u8; MAX_PACKET];
             let written = match self.playing[i].opus.as_mut() {
                 // Opus at 48 kHz: the 20 ms frame is 960 timestamp units.
                 Some(opus) => {

@@ -59,8 +59,8 @@ impl TxnKey {
             Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
             _ => {
                 let uri = match &msg.start {
-                    super::msg::StartLine::Request { uri, .. } => uri.clone(),
-                    super::msg::StartLine::Response { .. } => Bytes::new(),
+                    StartLine::Request { uri, .. } => uri.clone(),
+                    StartLine::Response { .. } => Bytes::new(),
                 };
                 let call_id = msg.header(&HeaderName::CallId)?.value.clone();
                 let seq = super::header::CSeq::parse(&msg.header(&HeaderName::CSeq)?.value)

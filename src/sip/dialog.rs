@@ -503,7 +503,7 @@ mod rfc2543_tests {
     /// the From address, and the peer's own requests (still tagless) match it.
     #[test]
     fn an_rfc_2543_invite_forms_a_dialog_with_a_null_remote_tag() {
-        let invite = parse_datagram(bytes::Bytes::from_static(
+        let invite = parse_datagram(Bytes::from_static(
             b"INVITE sip:UserB@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP iftgw.example.com\r\n\
 From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\
@@ -522,7 +522,7 @@ Content-Length: 0\r\n\r\n",
         );
         let to = String::from_utf8_lossy(&bye.header(&HeaderName::To).unwrap().value).into_owned();
         assert!(!to.contains("tag="), "{to}");
-        let their_bye = parse_datagram(bytes::Bytes::from_static(
+        let their_bye = parse_datagram(Bytes::from_static(
             b"BYE sip:UserB@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP iftgw.example.com\r\n\
 From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\

@@ -54,7 +54,7 @@ impl CdrQueue {
     pub async fn submit(&self, cdr: Cdr) {
         if let Some(tap) = self.shared.tap.get() {
             if tap.try_send(cdr.clone()).is_err() {
-                metrics::counter!(crate::telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
+                metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
                     .increment(1);
             }
         }

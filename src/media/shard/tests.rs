@@ -57,7 +57,7 @@ struct Rig {
     b: StdSocket,
     a_port: SocketAddr,
     b_port: SocketAddr,
-    events: mpsc::Receiver<MediaEvent>,
+    events: Receiver<MediaEvent>,
 }
 
 fn rig(first: u16, policy: SourcePolicy, timeout: Duration) -> Rig {
@@ -174,7 +174,7 @@ fn foreign_sources_are_dropped_and_counted_never_relayed() {
 #[test]
 fn latching_follows_a_natted_source_then_locks() {
     let plane = plane(41_200, SourcePolicy::Latch, Duration::from_secs(30));
-    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
+    let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let (sdp_addr, natted, b, other) = (peer(), peer(), peer(), peer());
     pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
     pair.set_remote(Side::B, remote(&b, None)).unwrap();
@@ -200,7 +200,7 @@ fn latching_follows_a_natted_source_then_locks() {
 #[test]
 fn a_stray_or_forged_first_packet_cannot_take_the_latch() {
     let plane = plane(41_250, SourcePolicy::Latch, Duration::from_secs(30));
-    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
+    let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let (sdp_addr, natted, b, attacker) = (peer(), peer(), peer(), peer());
     pair.set_remote(Side::A, remote(&sdp_addr, None)).unwrap();
     pair.set_remote(Side::B, remote(&b, None)).unwrap();
@@ -319,7 +319,7 @@ fn silence_raises_a_timeout_once_per_side() {
 #[test]
 fn closing_a_pair_frees_its_ports_for_reuse() {
     let plane = plane(41_600, SourcePolicy::Strict, Duration::from_secs(30));
-    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
+    let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let [a, _] = pair.ports();
     pair.close().unwrap();
     // The shard closed the sockets: the port binds again.
@@ -498,7 +498,7 @@ fn a_digit_from_the_listener_barges_in() {
 fn legs_of_different_codecs_are_transcoded_with_timestamps_on_each_clock() {
     use crate::media::transcode::Codec;
     let plane = plane(42_000, SourcePolicy::Strict, Duration::from_secs(30));
-    let pair = plane.add_pair(std::sync::Arc::new(|_| {})).unwrap();
+    let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let (a, b) = (peer(), peer());
     let with = |s: &StdSocket, pt, codec, clock| Remote {
         addr: Some(s.local_addr().unwrap()),
@@ -654,7 +654,7 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
         .set_record_dir(dir.path().to_path_buf())
         .expect("set once");
     let pair = plane
-        .add_pair_on([None, None], std::sync::Arc::new(|_| {}), Some("mixed"))
+        .add_pair_on([None, None], Arc::new(|_| {}), Some("mixed"))
         .unwrap();
     let (a, b) = (peer(), peer());
     let with = |s: &StdSocket, pt, codec, clock| Remote {
@@ -705,9 +705,9 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
         Some((50, 50))
     );
     let wav = dir.path().join("mixed.wav");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !wav.exists() {
-        assert!(std::time::Instant::now() < deadline, "recording finalised");
+        assert!(Instant::now() < deadline, "recording finalised");
         std::thread::sleep(Duration::from_millis(20));
     }
     let bytes = std::fs::read(&wav).unwrap();
@@ -793,7 +793,7 @@ fn webrtc_legs_share_a_socket_unless_their_peers_share_an_address() {
     assert_eq!(fourth.local().unwrap(), p1);
     // A bridged leg holds it until the pair closes.
     let pair = plane
-        .add_webrtc_pair(fourth, FarSide::Echo, std::sync::Arc::new(|_| {}), None)
+        .add_webrtc_pair(fourth, FarSide::Echo, Arc::new(|_| {}), None)
         .unwrap();
     assert_eq!(pair.ports()[0], p1.port());
     let fifth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
@@ -847,7 +847,7 @@ fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
     let b_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[1]));
 
     // The WhatsApp user sends 440 Hz in Opus and expects the phone's 1 kHz back.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let user_stop = stop.clone();
     let user = std::thread::spawn(move || {
         user.run(Duration::from_millis(2500), 440.0, 1000.0, &user_stop)
@@ -883,7 +883,7 @@ fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let report = user.join().unwrap().unwrap();
     assert!(report.connected, "{report:?}");
     assert!(

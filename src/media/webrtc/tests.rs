@@ -104,7 +104,7 @@ fn exchange(
     leg: &mut WebRtcLeg,
     our_socket: &UdpSocket,
     meta: &mut Meta,
-    mid: str0m::media::Mid,
+    mid: Mid,
 ) -> (bool, Option<Duration>, Vec<(u8, u16)>) {
     let started = Instant::now();
     let mut connected_after = None;
