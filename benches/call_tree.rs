@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use waswitch::call::leg::LegSignal;
-use waswitch::call::{CallOffer, Calls, LegRole};
+use waswitch::call::{CallOffer, CallPlan, Calls, LegRole};
 use waswitch::config::Config;
 use waswitch::node::Node;
 use waswitch::store::{Direction, HangupParty};
 
 async fn one_call(calls: &Calls) {
     let id = calls
-        .start(CallOffer::new(Direction::UserInitiated))
+        .start(
+            CallOffer::new(Direction::UserInitiated),
+            CallPlan::Signalled(Direction::UserInitiated),
+        )
         .await
         .expect("admitted");
     calls.signal(&id, LegRole::Business, LegSignal::Ringing);

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState, Readiness};
 use crate::call::registry::CallRegistry;
 use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
-use crate::call::sip_call::{SipHandles, SipIngress};
+use crate::call::sip::{SipHandles, SipIngress};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
 use crate::media::ports::PortAllocator;
@@ -38,6 +38,8 @@ const CDR_QUEUE_CAPACITY: usize = 65_536;
 const HANGUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the final CDR flush may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the last actions for Meta may take to be sent at shutdown.
+const OUTBOX_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a node could not start. Each names the configuration key to look at.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,7 @@ fn spawn_cutoffs(
         crate::permission::Blocked,
     )>,
     calls: Calls,
-) {
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let (pair, blocked) = match cutoffs.recv().await {
@@ -130,7 +132,7 @@ fn spawn_cutoffs(
             });
             futures::future::join_all(hangups).await;
         }
-    });
+    })
 }
 
 /// A running node.
@@ -151,6 +153,10 @@ pub struct Node {
     trunk_health: TrunkHealth,
     permissions: crate::permission::service::Permissions,
     sweeper: JoinHandle<()>,
+    /// Sends the actions Meta must get (WhatsApp calling configured).
+    outbox: Option<crate::meta::outbox::OutboxWorker>,
+    /// The permission cut-off listener and the webhook event loop.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -264,11 +270,18 @@ impl Node {
             )),
             None => None,
         };
+        let (outbox, outbox_worker) = match &graph {
+            Some(graph) => {
+                let (outbox, worker) = crate::meta::outbox::Outbox::start(Arc::clone(graph));
+                (Some(outbox), Some(worker))
+            }
+            None => (None, None),
+        };
         let ingress = SipIngress::new(&config, calls.clone(), trunk_health.clone());
-        if let Some(graph) = &graph {
+        if let Some(outbox) = &outbox {
             if !config.business_numbers.is_empty() {
-                ingress.set_bic(crate::call::bic::BicContext {
-                    graph: Arc::clone(graph),
+                ingress.set_bic(crate::call::whatsapp::permit::BicContext {
+                    outbox: outbox.clone(),
                     permissions: permissions.clone(),
                     numbers: Arc::new(config.business_numbers.clone()),
                     excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
@@ -277,7 +290,7 @@ impl Node {
                 })?;
             }
         }
-        spawn_cutoffs(permissions.cutoffs(), calls.clone());
+        let mut background = vec![spawn_cutoffs(permissions.cutoffs(), calls.clone())];
         // Without routes or WhatsApp numbers the switch takes no SIP calls and answers
         // INVITEs itself (404).
         let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
@@ -367,11 +380,11 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
-        let meta_ingress = match (config.meta.as_ref(), &graph) {
-            (Some(meta), Some(graph)) => {
+        let meta_ingress = match (config.meta.as_ref(), &outbox) {
+            (Some(meta), Some(outbox)) => {
                 let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(
                     calls.clone(),
-                    Arc::clone(graph),
+                    outbox.clone(),
                     &config.business_numbers,
                     Some(ingress.clone()),
                 )
@@ -382,7 +395,7 @@ impl Node {
         };
         let meta_ingress = meta_ingress.map(|(meta, whatsapp)| {
             let (tx, rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
-            tokio::spawn(whatsapp.run(rx));
+            background.push(tokio::spawn(whatsapp.run(rx)));
             let replies = crate::permission::service::ReplyRecorder::new(
                 permissions.clone(),
                 &config.business_numbers,
@@ -443,6 +456,8 @@ impl Node {
             trunk_health,
             permissions,
             sweeper,
+            outbox: outbox_worker,
+            background,
         })
     }
 
@@ -525,6 +540,7 @@ impl Node {
         }
 
         self.sweeper.abort();
+
         let (cdrs_flushed, flush_error) = match flush_cdrs(&self.root).await {
             Ok(n) => (n, None),
             Err(e) => (0, Some(e)),
@@ -565,6 +581,16 @@ impl Node {
         let _ = self.http_stop.send(());
         if let Err(e) = self.http_task.await {
             tracing::warn!(error = %e, "HTTP server task failed");
+        }
+        // No more webhooks: the calls' last words (terminate, reject) reach Meta.
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(outbox) = self.outbox {
+            let left = outbox.drain(OUTBOX_DRAIN_TIMEOUT).await;
+            if left > 0 {
+                tracing::error!(left, "actions for Meta not sent before shutdown");
+            }
         }
         self.root.stop(Some("node stopping".into()));
         let _ = self.root_task.await;

@@ -156,7 +156,7 @@ pub struct ApiState {
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
     /// Places business-initiated calls for `POST /v1/calls`.
-    pub sip: crate::call::sip_call::SipIngress,
+    pub sip: crate::call::sip::SipIngress,
 }
 
 /// The node's HTTP router.

@@ -84,9 +84,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn place_call(
     State(s): State<ApiState>,
-    super::ApiJson(req): super::ApiJson<crate::call::sip_call::CallbackRequest>,
+    super::ApiJson(req): super::ApiJson<crate::call::sip::CallbackRequest>,
 ) -> Response {
-    use crate::call::sip_call::CallbackRefused;
+    use crate::call::sip::CallbackRefused;
     // Placed on a task of its own: a client that goes away mid-request cannot abandon a
     // call halfway through its start.
     let sip = s.sip.clone();

@@ -1,18 +1,28 @@
-//! Signalling legs: the WhatsApp leg and the business (SIP) leg of a call.
+//! Signalling legs: what every leg of a call speaks, and the plain leg.
 //!
-//! [`LegState`] is the sans-IO progress of one leg; [`LegActor`] holds it for a running call
-//! and reports every change to its call supervisor. The protocol drivers (Graph API for the
-//! WhatsApp leg, the B2BUA dialog for the SIP leg) deliver far-end events as
-//! [`LegSignal`]s; the supervisor tells a leg to answer or hang up. A leg never talks to
-//! another leg directly.
+//! [`LegState`] is the progress of one leg, and [`LegMsg`] what a call's supervisor (and,
+//! for a leg of a SIP bridge, the bridge) says to a leg: every leg answers it, whatever its
+//! protocol. A leg reports each change of its state to its supervisor, which decides what
+//! the call makes of it.
+//!
+//! [`LegActor`] is the leg without a protocol, for calls signalled from outside
+//! ([`CallPlan::Signalled`](super::plan::CallPlan::Signalled)): far-end events arrive as
+//! [`LegSignal`]s, and the supervisor couples its two legs (the called leg's alerting and
+//! answer are passed to the calling leg). The WhatsApp leg is
+//! [`WhatsAppLegActor`](super::whatsapp::actor::WhatsAppLegActor).
 
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
+use super::sip::bridge::BridgeMsg;
 use super::supervisor::CallMsg;
+use super::whatsapp::WaEvent;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::LegRole;
+use crate::media::shard::Remote;
+use crate::sip::core::SipCommand;
 
 /// Progress of one signalling leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -92,9 +102,32 @@ pub enum LegMsg {
     },
     /// Current state.
     State(RpcReplyPort<LegState>),
+    /// Something Meta said about the call (for a WhatsApp leg).
+    WhatsApp(WaEvent),
+    /// From the call's SIP bridge, to the leg that is one of its legs.
+    Bridge(FromBridge),
+    /// A deadline of the leg may have come, or a task of its own finished.
+    Wake,
     /// Makes the leg fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
+}
+
+/// What a call's SIP bridge says to the leg actor that is one of its legs.
+#[derive(Debug)]
+pub enum FromBridge {
+    /// The bridge is running: it takes this leg's SIP events, and `offer` is the SDP its
+    /// leg A offered.
+    Ready {
+        /// The bridge actor.
+        bridge: ActorRef<BridgeMsg>,
+        /// Leg A's SDP offer, as the bridge made it.
+        offer: Bytes,
+    },
+    /// A SIP command of the bridge toward this leg.
+    Sip(SipCommand),
+    /// The other leg's media, as its SDP says.
+    Media(Remote),
 }
 
 /// State of a running leg.
@@ -166,6 +199,19 @@ impl Actor for LegActor {
                 LegMsg::State(reply) => {
                     let _ = reply.send(leg.state);
                 }
+                LegMsg::WhatsApp(WaEvent::Terminated { cause }) => {
+                    if let Some(next) = leg.state.on_signal(&LegSignal::HungUp {
+                        cause: cause.clone(),
+                    }) {
+                        leg.state = next;
+                        leg.call.send_message(CallMsg::LegChanged {
+                            role: leg.role,
+                            state: next,
+                            cause: Some(cause),
+                        })?;
+                    }
+                }
+                LegMsg::WhatsApp(_) | LegMsg::Bridge(_) | LegMsg::Wake => {}
                 #[cfg(any(test, feature = "fault-injection"))]
                 LegMsg::Fault(fault) => return fault.trigger(leg.role.as_str()),
             }

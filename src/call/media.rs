@@ -41,6 +41,16 @@ pub struct MediaArgs {
 
 pub use crate::sdp::Anchor;
 
+/// How the audio crosses the switch when one side is WhatsApp (Opus over WebRTC, side A of
+/// the pair) and the other `remote` (side B): passed through, or transcoded.
+pub fn codec_path(remote: &Remote) -> String {
+    match remote.codec {
+        Some(crate::media::transcode::Codec::Opus) => "opus pass-through".to_string(),
+        Some(c) => format!("opus <-> {} (transcoded)", c.name()),
+        None => "opus <-> ? (no common codec)".to_string(),
+    }
+}
+
 /// A DTMF digit as seen by a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct DigitSeen {

@@ -1,9 +1,11 @@
 //! Calls: one supervised actor tree per call, and the registry of live calls.
 //!
 //! `call` owns a call's life from the moment it is admitted to its CDR. Each call is a
-//! [`supervisor::CallSupervisor`] with children for the WhatsApp leg, the business (SIP) leg
-//! and media; one call failing never disturbs another. Ingress (webhooks, SIP, the REST API)
-//! talks to calls only through [`Calls`]. Media never flows through these actors.
+//! [`supervisor::CallSupervisor`] with children for media and for the legs its
+//! [`CallPlan`] names (the WhatsApp leg, the SIP bridge); one call failing never disturbs
+//! another. Ingress (webhooks in [`whatsapp`], SIP and the REST API's callbacks in [`sip`])
+//! decides each call's plan and talks to calls only through [`Calls`]. Media never flows
+//! through these actors.
 //!
 //! Failure semantics, decided once for every call:
 //! - a child that returns an error or panics ends *its* call: the other legs are told to hang
@@ -13,14 +15,14 @@
 //!   CDR from the registry entry; its children die with it;
 //! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
 
-pub mod bic;
 pub mod leg;
 pub mod media;
+pub mod plan;
 pub mod registry;
 pub mod root;
-pub mod sip_call;
+pub mod sip;
 pub mod supervisor;
-pub mod wa_leg;
+mod wakeup;
 pub mod whatsapp;
 
 use std::fmt;
@@ -35,6 +37,7 @@ use crate::store::writer::CdrQueue;
 use crate::store::{CallOutcome, Cdr, Direction, HangupParty};
 use crate::telemetry;
 use leg::{LegSignal, LegState};
+pub use plan::CallPlan;
 use registry::{CallEntry, CallRegistry};
 use root::RootMsg;
 use supervisor::{CallArgs, CallMsg, CallSupervisor};
@@ -128,16 +131,6 @@ pub struct CallOffer {
     pub sip_call_id: Option<String>,
     /// Trunk of the business leg.
     pub trunk: Option<String>,
-    /// A SIP call through the B2BUA: its bridge, taken by the supervisor at start.
-    #[serde(skip)]
-    pub sip: Option<sip_call::SipStart>,
-    /// A WhatsApp call signalled through the Graph API: the connect webhook's facts.
-    #[serde(skip)]
-    pub whatsapp: Option<wa_leg::WaStart>,
-    /// A business-initiated call's hold on the customer's permission, settled from its
-    /// CDR.
-    #[serde(skip)]
-    pub permit: Option<bic::Permit>,
 }
 
 impl CallOffer {
@@ -150,9 +143,6 @@ impl CallOffer {
             wa_call_id: None,
             sip_call_id: None,
             trunk: None,
-            sip: None,
-            whatsapp: None,
-            permit: None,
         }
     }
 }
@@ -363,15 +353,27 @@ impl Calls {
         }
     }
 
-    /// Admits a call and starts its actor tree.
-    pub async fn start(&self, offer: CallOffer) -> Result<CallId, CallRefused> {
-        self.start_as(CallId::new(), offer).await
+    /// Admits a call made as `plan` says and starts its actor tree.
+    pub async fn start(&self, offer: CallOffer, plan: CallPlan) -> Result<CallId, CallRefused> {
+        self.start_as(CallId::new(), offer, plan).await
     }
 
     /// [`start`](Self::start) with the call's id chosen beforehand (a business-initiated
     /// call reserves its permission under it before it is admitted).
-    pub async fn start_as(&self, id: CallId, offer: CallOffer) -> Result<CallId, CallRefused> {
+    pub async fn start_as(
+        &self,
+        id: CallId,
+        offer: CallOffer,
+        plan: CallPlan,
+    ) -> Result<CallId, CallRefused> {
         let inner = &self.inner;
+        if plan.direction() != offer.direction {
+            return Err(CallRefused::Setup(format!(
+                "a {} plan does not carry a {} call",
+                plan.name(),
+                offer.direction.as_str()
+            )));
+        }
         if inner.registry.is_draining() {
             metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "draining").increment(1);
             return Err(CallRefused::Draining);
@@ -400,6 +402,7 @@ impl Calls {
         let args = CallArgs {
             id: id.clone(),
             offer,
+            plan,
             offered_at: now_ms(),
             registry: inner.registry.clone(),
             cdrs: inner.cdrs.clone(),
@@ -419,7 +422,7 @@ impl Calls {
     }
 
     /// Delivers what Meta said about a WhatsApp call; false if the call is gone.
-    pub fn whatsapp_event(&self, id: &CallId, event: bic::WaEvent) -> bool {
+    pub fn whatsapp_event(&self, id: &CallId, event: whatsapp::WaEvent) -> bool {
         match self.inner.registry.get(id) {
             Some(call) => call.send_message(CallMsg::WhatsApp(event)).is_ok(),
             None => false,

@@ -31,6 +31,9 @@ pub struct CallEntry {
     pub actor: ActorRef<CallMsg>,
     /// What was offered.
     pub offer: CallOffer,
+    /// A business-initiated call's hold on the customer's permission, settled from the
+    /// call's CDR.
+    pub permit: Option<super::whatsapp::permit::Permit>,
     /// When the call reached the switch (Unix ms).
     pub offered_at: i64,
     /// When the called party rang (Unix ms).
@@ -67,7 +70,7 @@ struct Inner {
     by_wa_call: DashMap<String, CallId>,
     /// Events for Meta call ids no call claims yet (a webhook can overtake the Graph API
     /// answer that names the call), with when they came.
-    early: DashMap<String, (std::time::Instant, Vec<super::bic::WaEvent>)>,
+    early: DashMap<String, (std::time::Instant, Vec<super::whatsapp::WaEvent>)>,
     draining: AtomicBool,
     /// Calls removed whose CDR is not handed to the writer yet.
     closing: AtomicUsize,
@@ -123,7 +126,7 @@ impl CallRegistry {
 
     /// Names live call `id` by Meta's `wa_call_id` (learned after the call started); the
     /// events that came for it before are handed back in order.
-    pub fn set_wa_call_id(&self, id: &CallId, wa_call_id: &str) -> Vec<super::bic::WaEvent> {
+    pub fn set_wa_call_id(&self, id: &CallId, wa_call_id: &str) -> Vec<super::whatsapp::WaEvent> {
         if let Some(mut entry) = self.inner.calls.get_mut(id) {
             entry.offer.wa_call_id = Some(wa_call_id.to_string());
             self.inner
@@ -139,7 +142,7 @@ impl CallRegistry {
 
     /// Keeps an event for a Meta call id no call claims yet (bounded: at most
     /// [`EARLY_MAX`] ids, none older than [`EARLY_TTL`]).
-    pub fn hold_early(&self, wa_call_id: &str, event: super::bic::WaEvent) {
+    pub fn hold_early(&self, wa_call_id: &str, event: super::whatsapp::WaEvent) {
         let now = std::time::Instant::now();
         if self.inner.early.len() >= EARLY_MAX / 16 {
             self.inner

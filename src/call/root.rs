@@ -195,7 +195,7 @@ impl Actor for RootSupervisor {
                     failure: Some(failure),
                 },
             );
-            if let Some(permit) = &entry.offer.permit {
+            if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
             }
             // Never wait on the queue here: if it is full, the root must stay free to restart

@@ -1,9 +1,11 @@
 //! The per-call supervisor: owns one call's children and decides how the call ends.
 //!
-//! It registers the call, spawns the WhatsApp leg, the business leg and the media actor,
-//! coordinates them (the called leg's answer answers the calling leg; either leg hanging up
-//! hangs up the other), and on any end (hangup, a child failing, shutdown) tears the whole
-//! tree down and writes the CDR. It never touches the network or media itself.
+//! It registers the call, spawns the children its [`CallPlan`] names (the media actor
+//! first, then the legs), notes when the called leg rings and answers, and on any end
+//! (hangup, a leg ending, a child failing, shutdown) tears the whole tree down and writes
+//! the CDR. Legs of a SIP bridge are coupled by the bridge; the two legs of a signalled
+//! call by the supervisor (the called leg's answer answers the calling leg). It never
+//! touches the network or media itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +17,20 @@ use tracing::Instrument;
 
 use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
 use super::media::{MediaActor, MediaArgs, MediaMsg};
+use super::plan::CallPlan;
 use super::registry::{CallEntry, CallRegistry};
-use super::sip_call::{BridgeActor, BridgeArgs, BridgeMsg};
-use super::wa_leg::{WaLegActor, WaLegArgs};
+use super::sip::bridge::{BridgeActor, BridgeArgs, BridgeMsg, BridgeSetup, Parties};
+use super::whatsapp::actor::{WhatsAppLegActor, WhatsAppLegArgs, WhatsAppStart};
+use super::whatsapp::leg::Face;
+use super::whatsapp::permit::Permit;
+use super::whatsapp::WaEvent;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::{
     close_out, now_ms, CallEnd, CallId, CallOffer, CallSnapshot, LegRole, CALL_RPC_TIMEOUT,
 };
 use crate::media::ports::PortAllocator;
+use crate::sip::b2bua::Leg;
 use crate::store::writer::CdrQueue;
 use crate::store::HangupParty;
 use crate::telemetry;
@@ -44,6 +51,8 @@ pub struct CallArgs {
     pub id: CallId,
     /// What was offered.
     pub offer: CallOffer,
+    /// What the call is made of.
+    pub plan: CallPlan,
     /// When (Unix ms).
     pub offered_at: i64,
     /// Registry of live calls, where the call registers itself.
@@ -142,8 +151,8 @@ pub enum CallMsg {
     Media(MediaMsg),
     /// Meta's id of the call is known (business-initiated calls learn it after they start).
     WaCallId(String),
-    /// Something Meta said about the call (webhooks).
-    WhatsApp(super::bic::WaEvent),
+    /// Something Meta said about the call (webhooks), for its WhatsApp leg.
+    WhatsApp(WaEvent),
     /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
     #[cfg(any(test, feature = "fault-injection"))]
     FaultSelf(Fault),
@@ -170,6 +179,13 @@ pub struct Call {
     business: Option<ActorRef<LegMsg>>,
     media: Option<ActorRef<MediaMsg>>,
     bridge: Option<ActorRef<BridgeMsg>>,
+    /// The leg whose answer answers the call.
+    called: LegRole,
+    /// The supervisor couples the legs (a signalled call); otherwise a bridge does, or
+    /// there is one leg.
+    coupled: bool,
+    /// A business-initiated call's hold on the customer's permission.
+    permit: Option<Permit>,
     trunk: Option<String>,
     media_report: super::media::MediaReport,
     children: Vec<(ActorId, ChildRole, ActorCell)>,
@@ -193,11 +209,13 @@ impl Actor for CallSupervisor {
             call_id = %args.id,
             direction = args.offer.direction.as_str()
         );
+        let permit = args.plan.permit().cloned();
         args.registry.insert(
             args.id.clone(),
             CallEntry {
                 actor: myself.clone(),
                 offer: args.offer.clone(),
+                permit: permit.clone(),
                 offered_at: args.offered_at,
                 ringing_at: None,
                 answered_at: None,
@@ -215,6 +233,9 @@ impl Actor for CallSupervisor {
             business: None,
             media: None,
             bridge: None,
+            called: args.plan.called(),
+            coupled: matches!(args.plan, CallPlan::Signalled(_)),
+            permit,
             trunk: None,
             media_report: Default::default(),
             children: Vec::with_capacity(3),
@@ -225,7 +246,7 @@ impl Actor for CallSupervisor {
         let span = call.span.clone();
         let started = async {
             let result = call
-                .spawn_children(&myself, args.ports, args.leases, args.media)
+                .spawn_children(&myself, args.ports, args.leases, args.media, args.plan)
                 .await;
             match &result {
                 Ok(()) => tracing::info!("call started"),
@@ -306,8 +327,8 @@ impl Call {
         ports: PortAllocator,
         leases: [crate::media::ports::PortLease; 2],
         plane: Option<crate::media::shard::MediaPlane>,
+        plan: CallPlan,
     ) -> Result<(), ActorProcessingErr> {
-        let parent = myself.get_cell();
         let (media, _) = Actor::spawn_linked(
             None,
             MediaActor,
@@ -319,81 +340,124 @@ impl Call {
                 call_id: self.id.to_string(),
                 span: self.span.clone(),
             },
-            parent.clone(),
+            myself.get_cell(),
         )
         .await?;
         self.children
             .push((media.get_id(), ChildRole::Media, media.get_cell()));
         self.media = Some(media);
-        if let Some(start) = self.offer.whatsapp.clone() {
-            let echo = start.echo;
-            let args = WaLegArgs {
-                start,
-                call: myself.clone(),
-                media: media_ref(&self.media)?,
-                call_id: self.id.to_string(),
-                span: self.span.clone(),
-            };
-            let (leg, _) = Actor::spawn_linked(None, WaLegActor, args, parent.clone()).await?;
-            self.children.push((
-                leg.get_id(),
-                ChildRole::Leg(LegRole::WhatsApp),
-                leg.get_cell(),
-            ));
-            self.whatsapp = Some(leg);
-            if echo && self.offer.sip.is_none() {
-                // An echo-test number's business side is the echo: it answers once the
-                // WhatsApp leg has pre-accepted (see `WaLeg`).
-                let args = LegArgs {
-                    role: LegRole::Business,
-                    leg_id: None,
-                    call: myself.clone(),
-                    span: self.span.clone(),
+        tracing::debug!(plan = plan.name(), "spawning the call's legs");
+        match plan {
+            CallPlan::WhatsAppToSip { whatsapp, sip } => {
+                let wa = self
+                    .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Caller)
+                    .await?;
+                self.spawn_bridge(myself, sip, Some((Leg::A, wa)), WHATSAPP_CALLER)
+                    .await
+            }
+            CallPlan::Echo { whatsapp } => self
+                .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Echo)
+                .await
+                .map(drop),
+            CallPlan::SipToWhatsApp { sip, whatsapp } => {
+                let wa = self
+                    .spawn_whatsapp(myself, WhatsAppStart::Outbound(whatsapp), Face::Callee)
+                    .await?;
+                let parties = Parties {
+                    a: HangupParty::Business,
+                    b: HangupParty::Customer,
+                    refusal: HangupParty::Customer,
                 };
-                let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent.clone()).await?;
-                self.children.push((
-                    leg.get_id(),
-                    ChildRole::Leg(LegRole::Business),
-                    leg.get_cell(),
-                ));
-                self.business = Some(leg);
+                self.spawn_bridge(myself, sip, Some((Leg::B, wa)), parties)
+                    .await
             }
-            if self.offer.sip.is_none() {
-                return Ok(());
+            CallPlan::Callback { whatsapp, sip } => {
+                let wa = self
+                    .spawn_whatsapp(myself, WhatsAppStart::Outbound(whatsapp), Face::Caller)
+                    .await?;
+                self.spawn_bridge(myself, sip, Some((Leg::A, wa)), WHATSAPP_CALLER)
+                    .await
             }
-        }
-        if let Some(setup) = self.offer.sip.as_ref().and_then(|s| s.take()) {
-            let args = BridgeArgs {
-                setup,
-                call: myself.clone(),
-                media: self.media.clone(),
-                span: self.span.clone(),
-            };
-            let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, parent).await?;
-            self.children
-                .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
-            self.bridge = Some(bridge);
-            return Ok(());
-        }
-        for role in [LegRole::WhatsApp, LegRole::Business] {
-            let leg_id = match role {
-                LegRole::WhatsApp => self.offer.wa_call_id.clone(),
-                LegRole::Business => self.offer.sip_call_id.clone(),
-            };
-            let args = LegArgs {
-                role,
-                leg_id,
-                call: myself.clone(),
-                span: self.span.clone(),
-            };
-            let (leg, _) = Actor::spawn_linked(None, LegActor, args, parent.clone()).await?;
-            self.children
-                .push((leg.get_id(), ChildRole::Leg(role), leg.get_cell()));
-            match role {
-                LegRole::WhatsApp => self.whatsapp = Some(leg),
-                LegRole::Business => self.business = Some(leg),
+            CallPlan::SipToSip { sip } => {
+                let parties = Parties {
+                    a: HangupParty::Caller,
+                    b: HangupParty::Callee,
+                    refusal: HangupParty::Switch,
+                };
+                self.spawn_bridge(myself, sip, None, parties).await
+            }
+            CallPlan::Signalled(_) => {
+                for role in [LegRole::WhatsApp, LegRole::Business] {
+                    let leg_id = match role {
+                        LegRole::WhatsApp => self.offer.wa_call_id.clone(),
+                        LegRole::Business => self.offer.sip_call_id.clone(),
+                    };
+                    let args = LegArgs {
+                        role,
+                        leg_id,
+                        call: myself.clone(),
+                        span: self.span.clone(),
+                    };
+                    let (leg, _) =
+                        Actor::spawn_linked(None, LegActor, args, myself.get_cell()).await?;
+                    self.children
+                        .push((leg.get_id(), ChildRole::Leg(role), leg.get_cell()));
+                    match role {
+                        LegRole::WhatsApp => self.whatsapp = Some(leg),
+                        LegRole::Business => self.business = Some(leg),
+                    }
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Spawns the call's WhatsApp leg.
+    async fn spawn_whatsapp(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        start: WhatsAppStart,
+        face: Face,
+    ) -> Result<ActorRef<LegMsg>, ActorProcessingErr> {
+        let args = WhatsAppLegArgs {
+            start,
+            face,
+            call: myself.clone(),
+            media: media_ref(&self.media)?,
+            call_id: self.id.to_string(),
+            span: self.span.clone(),
+        };
+        let (leg, _) = Actor::spawn_linked(None, WhatsAppLegActor, args, myself.get_cell()).await?;
+        self.children.push((
+            leg.get_id(),
+            ChildRole::Leg(LegRole::WhatsApp),
+            leg.get_cell(),
+        ));
+        self.whatsapp = Some(leg.clone());
+        Ok(leg)
+    }
+
+    /// Spawns the call's SIP bridge, with the call's WhatsApp leg as one of its legs when
+    /// it has one.
+    async fn spawn_bridge(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        setup: BridgeSetup,
+        whatsapp: Option<(Leg, ActorRef<LegMsg>)>,
+        parties: Parties,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = BridgeArgs {
+            setup,
+            whatsapp,
+            parties,
+            call: myself.clone(),
+            media: self.media.clone(),
+            span: self.span.clone(),
+        };
+        let (bridge, _) = Actor::spawn_linked(None, BridgeActor, args, myself.get_cell()).await?;
+        self.children
+            .push((bridge.get_id(), ChildRole::Bridge, bridge.get_cell()));
+        self.bridge = Some(bridge);
         Ok(())
     }
 
@@ -480,25 +544,20 @@ impl Call {
             }
             CallMsg::WaCallId(wa_call_id) => {
                 self.offer.wa_call_id = Some(wa_call_id.clone());
+                // Webhooks that overtook the Graph API's answer, in order.
                 let early = self.registry.set_wa_call_id(&self.id, &wa_call_id);
-                if let Some(bridge) = &self.bridge {
+                if let Some(leg) = &self.whatsapp {
                     for event in early {
-                        let _ = bridge.send_message(BridgeMsg::WhatsApp(event));
+                        let _ = leg.send_message(LegMsg::WhatsApp(event));
                     }
                 }
             }
-            CallMsg::WhatsApp(event) => match (&self.whatsapp, &self.bridge, event) {
-                // A user's call: Meta ending it ends the WhatsApp leg.
-                (Some(leg), _, super::bic::WaEvent::Terminated { cause }) => {
-                    let _ = leg.send_message(LegMsg::Remote(LegSignal::HungUp { cause }));
+            CallMsg::WhatsApp(event) => {
+                if let Some(leg) = &self.whatsapp {
+                    // A leg that is gone has ended the call already.
+                    let _ = leg.send_message(LegMsg::WhatsApp(event));
                 }
-                (Some(_), _, _) => {}
-                // A business-initiated call: leg B of its bridge is the customer.
-                (None, Some(bridge), event) => {
-                    let _ = bridge.send_message(BridgeMsg::WhatsApp(event));
-                }
-                (None, None, _) => {}
-            },
+            }
             CallMsg::MediaRemote(side, remote) => {
                 if let Some(m) = &self.media {
                     let _ = m.send_message(MediaMsg::Remote(side, remote));
@@ -533,16 +592,16 @@ impl Call {
         state: LegState,
         cause: Option<String>,
     ) {
-        let called = LegRole::called(self.offer.direction);
+        let called = self.called;
+        let calling = match called {
+            LegRole::WhatsApp => LegRole::Business,
+            LegRole::Business => LegRole::WhatsApp,
+        };
         match state {
             LegState::Ringing if role == called => {
                 let at = *self.ringing_at.get_or_insert_with(now_ms);
                 self.registry.mark_ringing(&self.id, at);
-                let calling = match called {
-                    LegRole::WhatsApp => LegRole::Business,
-                    LegRole::Business => LegRole::WhatsApp,
-                };
-                if let Some(leg) = self.leg(calling) {
+                if let Some(leg) = self.leg(calling).filter(|_| self.coupled) {
                     let _ = leg.send_message(LegMsg::Alert);
                 }
             }
@@ -554,15 +613,11 @@ impl Call {
                     "direction" => self.offer.direction.as_str()
                 )
                 .record((now - self.offered_at).max(0) as f64 / 1000.0);
-                let calling = match called {
-                    LegRole::WhatsApp => LegRole::Business,
-                    LegRole::Business => LegRole::WhatsApp,
-                };
-                if let Some(leg) = self.leg(calling) {
+                if let Some(leg) = self.leg(calling).filter(|_| self.coupled) {
                     let _ = leg.send_message(LegMsg::Answer);
                 }
                 self.registry.mark_answered(&self.id, Some(now));
-                if let Some(permit) = &self.offer.permit {
+                if let Some(permit) = &self.permit {
                     permit.connected(self.offer.wa_call_id.clone());
                 }
                 tracing::info!("call answered");
@@ -714,7 +769,7 @@ impl Call {
             }
             cdr.media = self.media_report.quality;
             cdr.codec_path = self.media_report.codec_path.clone();
-            if let Some(permit) = &entry.offer.permit {
+            if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
             }
             tracing::info!(
@@ -762,3 +817,11 @@ fn media_ref(media: &Option<ActorRef<MediaMsg>>) -> Result<ActorRef<MediaMsg>, A
         .clone()
         .ok_or_else(|| ActorProcessingErr::from("the call has no media actor"))
 }
+
+/// Who the legs of a bridge with a WhatsApp caller are: the customer calls, the business
+/// is called.
+const WHATSAPP_CALLER: Parties = Parties {
+    a: HangupParty::Customer,
+    b: HangupParty::Business,
+    refusal: HangupParty::Business,
+};

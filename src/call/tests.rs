@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::leg::{LegSignal, LegState};
 use super::root::{RootMsg, Service};
 use super::supervisor::{CallMsg, ChildRole};
-use super::{CallId, CallOffer, CallRefused, Calls, Fault, LegRole};
+use super::{CallId, CallOffer, CallPlan, CallRefused, Calls, Fault, LegRole};
 use crate::config::{Config, StoreUrl};
 use crate::node::Node;
 use crate::store::writer::CdrWriterMsg;
@@ -80,7 +80,10 @@ async fn flush(calls: &Calls) -> u64 {
 }
 
 async fn admit(calls: &Calls, direction: Direction) -> CallId {
-    calls.start(offer(direction)).await.expect("admitted")
+    calls
+        .start(offer(direction), CallPlan::Signalled(direction))
+        .await
+        .expect("admitted")
 }
 
 /// The stored CDR of a call (after a flush).
@@ -113,7 +116,10 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
             } else {
                 Direction::BusinessInitiated
             };
-            let id = calls.start(offer(direction)).await.expect("call admitted");
+            let id = calls
+                .start(offer(direction), CallPlan::Signalled(direction))
+                .await
+                .expect("call admitted");
             answer(&calls, &id, LegRole::called(direction)).await;
             (id, direction)
         }
@@ -428,7 +434,12 @@ async fn drain_refuses_new_calls_then_hangs_up_after_grace_and_flushes() {
     .await;
     assert_eq!(ready().await, 503);
     assert_eq!(
-        calls.start(offer(Direction::UserInitiated)).await,
+        calls
+            .start(
+                offer(Direction::UserInitiated),
+                CallPlan::Signalled(Direction::UserInitiated)
+            )
+            .await,
         Err(CallRefused::Draining)
     );
     let report = stopping.await.expect("drain task");
@@ -464,10 +475,20 @@ async fn calls_without_free_media_ports_are_refused_up_front() {
     })
     .await;
     let calls = node.calls().clone();
-    let first = calls.start(offer(Direction::UserInitiated)).await;
+    let first = calls
+        .start(
+            offer(Direction::UserInitiated),
+            CallPlan::Signalled(Direction::UserInitiated),
+        )
+        .await;
     assert!(first.is_ok());
     // No free port pair: refused up front, before any actor or CDR exists.
-    let second = calls.start(offer(Direction::UserInitiated)).await;
+    let second = calls
+        .start(
+            offer(Direction::UserInitiated),
+            CallPlan::Signalled(Direction::UserInitiated),
+        )
+        .await;
     assert_eq!(second, Err(CallRefused::Overloaded));
     assert_eq!(calls.active(), 1);
     assert_eq!(calls.ports().in_use(), 2);
@@ -484,7 +505,12 @@ async fn calls_without_free_media_ports_are_refused_up_front() {
     .await;
     let held = calls.ports().lease().expect("a pair");
     assert_eq!(
-        calls.start(offer(Direction::UserInitiated)).await,
+        calls
+            .start(
+                offer(Direction::UserInitiated),
+                CallPlan::Signalled(Direction::UserInitiated)
+            )
+            .await,
         Err(CallRefused::Overloaded)
     );
     drop(held);
@@ -600,7 +626,12 @@ async fn calls_above_the_node_limit_are_refused() {
         admit(&calls, Direction::UserInitiated).await;
     }
     assert_eq!(
-        calls.start(offer(Direction::UserInitiated)).await,
+        calls
+            .start(
+                offer(Direction::UserInitiated),
+                CallPlan::Signalled(Direction::UserInitiated)
+            )
+            .await,
         Err(CallRefused::Overloaded)
     );
     let first = calls.ids().into_iter().next().expect("a call");
@@ -820,7 +851,14 @@ async fn ports_are_leased_at_admission_and_calls_beyond_them_are_refused_up_fron
     let starts: Vec<_> = (0..20)
         .map(|_| {
             let calls = calls.clone();
-            tokio::spawn(async move { calls.start(offer(Direction::UserInitiated)).await })
+            tokio::spawn(async move {
+                calls
+                    .start(
+                        offer(Direction::UserInitiated),
+                        CallPlan::Signalled(Direction::UserInitiated),
+                    )
+                    .await
+            })
         })
         .collect();
     let mut results = Vec::new();

@@ -276,6 +276,12 @@ impl GraphClient {
         })
     }
 
+    /// The longest one request may take, retries included (attempts stop being started
+    /// after three request timeouts; the last one may run its own full timeout).
+    pub fn longest_request(&self) -> Duration {
+        4 * self.request_timeout
+    }
+
     /// Runs a call action for business number `phone_number_id`. `connect` returns Meta's
     /// new call id; the others `None`.
     pub async fn call_action(

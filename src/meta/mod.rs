@@ -1,7 +1,9 @@
 //! Meta's WhatsApp Cloud API: webhook signatures and payloads (sans-IO), the webhook
-//! ingress, and the Graph API client.
+//! ingress, the Graph API client, and the outbox of call actions that must reach Meta
+//! whatever happens to the call that sent them.
 
 pub mod graph;
 pub mod ingress;
+pub mod outbox;
 pub mod signature;
 pub mod webhook;

@@ -2,13 +2,15 @@
 //! starts a call, a `terminate` ends it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use super::bic::WaEvent;
-use super::wa_leg::WaStart;
-use super::{CallOffer, CallRefused, Calls};
+use super::WaEvent;
+use crate::call::plan::{CallPlan, WhatsAppInbound};
+use crate::call::sip::caller::WhatsAppCaller;
+use crate::call::sip::SipIngress;
+use crate::call::{CallId, CallOffer, CallRefused, Calls};
 use crate::config::BusinessNumber;
-use crate::meta::graph::{CallAction, GraphClient};
+use crate::meta::graph::CallAction;
+use crate::meta::outbox::Outbox;
 use crate::meta::webhook::{
     CallConnect, CallStatusKind, CallTerminate, MetaEvent, SdpType, TerminateStatus,
 };
@@ -19,8 +21,9 @@ use crate::telemetry;
 pub struct WhatsAppCalls {
     calls: Calls,
     /// Delivers calls to the business's trunks.
-    sip: Option<super::sip_call::SipIngress>,
-    graph: Arc<GraphClient>,
+    sip: Option<SipIngress>,
+    /// Meta's Graph API, and the outbox of actions Meta must get.
+    outbox: Outbox,
     /// Business numbers by Meta's phone number id.
     numbers: HashMap<String, BusinessNumber>,
     /// Calling codes of sanctioned regions: their customers' calls are refused.
@@ -28,17 +31,17 @@ pub struct WhatsAppCalls {
 }
 
 impl WhatsAppCalls {
-    /// Calls for `numbers`, signalled through `graph`.
+    /// Calls for `numbers`, signalled through `outbox`'s Graph API.
     pub fn new(
         calls: Calls,
-        graph: Arc<GraphClient>,
+        outbox: Outbox,
         numbers: &[BusinessNumber],
-        sip: Option<super::sip_call::SipIngress>,
+        sip: Option<SipIngress>,
     ) -> Self {
         Self {
             calls,
             sip,
-            graph,
+            outbox,
             numbers: numbers
                 .iter()
                 .map(|n| (n.phone_number_id.clone(), n.clone()))
@@ -130,11 +133,17 @@ impl WhatsAppCalls {
             self.reject(number, &c.call_id);
             return;
         }
-        // A routed number's calls go to its route's trunks through the B2BUA.
-        let mut bridge = None;
+        let whatsapp = WhatsAppInbound {
+            outbox: self.outbox.clone(),
+            phone_number_id: number.phone_number_id.clone(),
+            wa_call_id: c.call_id.clone(),
+            offer_sdp: c.sdp,
+        };
+        // A routed number's calls go to its route's trunks through the B2BUA; an echo-test
+        // number's callers hear themselves.
         let mut trunk = None;
-        if let (false, Some(route)) = (number.echo_test, &number.route) {
-            let caller = super::sip_call::WhatsAppCaller {
+        let plan = if let (false, Some(route)) = (number.echo_test, &number.route) {
+            let caller = WhatsAppCaller {
                 wa_call_id: c.call_id.clone(),
                 wa_id: customer.clone(),
                 name: c.contact.as_ref().and_then(|ct| ct.name.clone()),
@@ -147,7 +156,10 @@ impl WhatsAppCalls {
             match setup {
                 Ok(setup) => {
                     trunk = setup.first_trunk();
-                    bridge = Some(super::sip_call::SipStart::new(setup));
+                    CallPlan::WhatsAppToSip {
+                        whatsapp,
+                        sip: setup,
+                    }
                 }
                 Err((code, why)) => {
                     tracing::warn!(wa_call_id = %c.call_id, %route, code, why, "WhatsApp call not deliverable; rejecting");
@@ -156,29 +168,24 @@ impl WhatsAppCalls {
                     return;
                 }
             }
-        }
+        } else {
+            CallPlan::Echo { whatsapp }
+        };
         let offer = CallOffer {
             business_number: Some(number.display_number.clone()),
             customer_wa_id: Some(customer),
             wa_call_id: Some(c.call_id.clone()),
-            whatsapp: Some(WaStart {
-                graph: self.graph.clone(),
-                phone_number_id: number.phone_number_id.clone(),
-                wa_call_id: c.call_id.clone(),
-                offer_sdp: c.sdp,
-                echo: number.echo_test,
-            }),
-            sip: bridge,
             trunk,
             ..CallOffer::new(Direction::UserInitiated)
         };
-        match self.calls.start(offer).await {
+        match self.calls.start(offer, plan).await {
             Ok(id) => {
                 tracing::info!(call_id = %id, wa_call_id = %c.call_id, "WhatsApp call offered")
             }
             Err(e) => {
                 tracing::warn!(wa_call_id = %c.call_id, error = %e, "WhatsApp call refused");
-                // A call set up and failed has rejected toward Meta itself.
+                // A call set up and failed has rejected toward Meta itself (its WhatsApp
+                // leg ends Meta's side however it ends).
                 if !matches!(e, CallRefused::Setup(_)) {
                     self.reject(number, &c.call_id);
                 }
@@ -195,7 +202,7 @@ impl WhatsAppCalls {
             return false;
         };
         if registry.by_wa_call_id(wa_call_id).is_some()
-            || registry.get(&super::CallId::from(ours)).is_some()
+            || registry.get(&CallId::from(ours)).is_some()
         {
             return false;
         }
@@ -203,16 +210,12 @@ impl WhatsAppCalls {
             return false;
         };
         tracing::warn!(%wa_call_id, call_id = %ours, "Meta placed a call the switch no longer has; terminating it");
-        let graph = self.graph.clone();
-        let pnid = number.phone_number_id.clone();
-        let action = CallAction::Terminate {
-            call_id: wa_call_id.to_string(),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = graph.call_action(&pnid, &action).await {
-                tracing::warn!(error = %e, "terminate not delivered to Meta");
-            }
-        });
+        self.outbox.send(
+            &number.phone_number_id,
+            CallAction::Terminate {
+                call_id: wa_call_id.to_string(),
+            },
+        );
         true
     }
 
@@ -248,15 +251,11 @@ impl WhatsAppCalls {
 
     /// Rejects a call toward Meta without holding up the event queue.
     fn reject(&self, number: &BusinessNumber, wa_call_id: &str) {
-        let graph = self.graph.clone();
-        let pnid = number.phone_number_id.clone();
-        let action = CallAction::Reject {
-            call_id: wa_call_id.to_string(),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = graph.call_action(&pnid, &action).await {
-                tracing::warn!(error = %e, "reject not delivered to Meta");
-            }
-        });
+        self.outbox.send(
+            &number.phone_number_id,
+            CallAction::Reject {
+                call_id: wa_call_id.to_string(),
+            },
+        );
     }
 }

@@ -1,0 +1,143 @@
+//! What a call is made of: its plan, decided by the ingress that admits it.
+//!
+//! Every call has the same tree (a supervisor, a media actor, its legs), and its plan says
+//! which legs, each by its type: there is no leg that may or may not be there. The
+//! supervisor spawns what the plan names and nothing else.
+//!
+//! | plan | legs (besides media) | the call is answered when |
+//! |---|---|---|
+//! | [`WhatsAppToSip`](CallPlan::WhatsAppToSip) | WhatsApp leg (inbound) as the caller of a SIP bridge to trunks | a trunk answers |
+//! | [`Echo`](CallPlan::Echo) | WhatsApp leg (inbound); the media echoes | at once |
+//! | [`SipToWhatsApp`](CallPlan::SipToWhatsApp) | SIP bridge from a PBX, with the WhatsApp leg (outbound) as its callee | the customer answers |
+//! | [`Callback`](CallPlan::Callback) | WhatsApp leg (outbound), then a SIP bridge to trunks with it as the caller | the customer answers |
+//! | [`SipToSip`](CallPlan::SipToSip) | SIP bridge between trunks | the called trunk answers |
+//! | [`Signalled`](CallPlan::Signalled) | two protocol-less legs, signalled through [`Calls::signal`](super::Calls::signal) | the called leg answers |
+
+use std::time::Duration;
+
+use super::sip::bridge::BridgeSetup;
+use super::whatsapp::permit::Permit;
+use super::LegRole;
+use crate::meta::outbox::Outbox;
+use crate::store::Direction;
+
+/// A customer's call as Meta's `connect` webhook offered it.
+#[derive(Debug, Clone)]
+pub struct WhatsAppInbound {
+    /// Meta's Graph API, and the outbox of actions Meta must get.
+    pub outbox: Outbox,
+    /// Meta's id of the business number the customer called.
+    pub phone_number_id: String,
+    /// Meta's id of the call.
+    pub wa_call_id: String,
+    /// Meta's SDP offer.
+    pub offer_sdp: String,
+}
+
+/// A customer the switch calls, with the permission the call holds.
+#[derive(Debug, Clone)]
+pub struct WhatsAppOutbound {
+    /// Meta's Graph API, and the outbox of actions Meta must get.
+    pub outbox: Outbox,
+    /// Meta's id of the business number calling.
+    pub phone_number_id: String,
+    /// The customer called.
+    pub customer: String,
+    /// The call's hold on the customer's permission (checked again just before Meta is
+    /// asked to place the call).
+    pub permit: Permit,
+    /// How long the customer may take to answer (`sip.ring_timeout_secs`).
+    pub ring_timeout: Duration,
+}
+
+/// What a call is made of.
+pub enum CallPlan {
+    /// A customer calls a business number delivered to SIP trunks: the WhatsApp leg calls
+    /// the trunks through the SIP bridge (it is the bridge's leg A).
+    WhatsAppToSip {
+        /// The customer's call.
+        whatsapp: WhatsAppInbound,
+        /// The bridge toward the trunks.
+        sip: BridgeSetup,
+    },
+    /// A customer calls an echo-test number: they hear themselves.
+    Echo {
+        /// The customer's call.
+        whatsapp: WhatsAppInbound,
+    },
+    /// A PBX calls a customer: the SIP bridge answers the PBX and calls the WhatsApp leg
+    /// (its leg B).
+    SipToWhatsApp {
+        /// The bridge from the PBX.
+        sip: BridgeSetup,
+        /// The customer called.
+        whatsapp: WhatsAppOutbound,
+    },
+    /// The API calls a customer, and once they answer, an agent over SIP: the WhatsApp leg
+    /// is dialled first, then calls the agent's trunks through the bridge (its leg A).
+    Callback {
+        /// The customer called.
+        whatsapp: WhatsAppOutbound,
+        /// The bridge toward the agent's trunks.
+        sip: BridgeSetup,
+    },
+    /// A SIP call between trunks.
+    SipToSip {
+        /// The bridge.
+        sip: BridgeSetup,
+    },
+    /// Two legs without a protocol, driven from outside through
+    /// [`Calls::signal`](super::Calls::signal): the call tree's own tests and benches, and
+    /// whatever signals legs itself.
+    Signalled(Direction),
+}
+
+impl std::fmt::Debug for CallPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl CallPlan {
+    /// The plan's name in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CallPlan::WhatsAppToSip { .. } => "whatsapp_to_sip",
+            CallPlan::Echo { .. } => "echo",
+            CallPlan::SipToWhatsApp { .. } => "sip_to_whatsapp",
+            CallPlan::Callback { .. } => "callback",
+            CallPlan::SipToSip { .. } => "sip_to_sip",
+            CallPlan::Signalled(_) => "signalled",
+        }
+    }
+
+    /// Who calls whom, as CDRs and metrics say.
+    pub fn direction(&self) -> Direction {
+        match self {
+            CallPlan::WhatsAppToSip { .. } | CallPlan::Echo { .. } => Direction::UserInitiated,
+            CallPlan::SipToWhatsApp { .. } | CallPlan::Callback { .. } => {
+                Direction::BusinessInitiated
+            }
+            CallPlan::SipToSip { .. } => Direction::SipTransit,
+            CallPlan::Signalled(direction) => *direction,
+        }
+    }
+
+    /// The leg whose answer answers the call (an echo's only leg is the customer's).
+    pub fn called(&self) -> LegRole {
+        match self {
+            CallPlan::Echo { .. } => LegRole::WhatsApp,
+            _ => LegRole::called(self.direction()),
+        }
+    }
+
+    /// The permission a business-initiated call holds.
+    pub fn permit(&self) -> Option<&Permit> {
+        match self {
+            CallPlan::SipToWhatsApp { whatsapp, .. } | CallPlan::Callback { whatsapp, .. } => {
+                Some(&whatsapp.permit)
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Calls to WhatsApp customers over SIP: a PBX's INVITE whose From is one of the
+//! business's WhatsApp numbers calls the customer its Request-URI names; the REST API's
+//! callbacks call a customer first and an agent once they answer.
+//!
+//! Nothing reaches Meta before the policy and the customer's permission allow it: the
+//! permission is reserved here, before the call is admitted, and a refusal gets its
+//! precise SIP status and `Reason` (and is in the audit trail).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::bridge::BridgeSetup;
+use super::caller::WhatsAppCaller;
+use super::random_u64;
+use super::{Route, SipIngress};
+use crate::call::plan::{CallPlan, WhatsAppOutbound};
+use crate::call::whatsapp::leg::safe_phrase;
+use crate::call::{CallOffer, CallRefused};
+use crate::media::transcode::Codec;
+use crate::permission::service::PermissionError;
+use crate::permission::Blocked;
+use crate::routing::NoRoute;
+use crate::sip::b2bua::{dialled_user, Bridge, Target};
+use crate::sip::build::MessageBuilder;
+use crate::sip::core::{ServerId, SipCommand};
+use crate::sip::msg::{HeaderName, SipMessage};
+use crate::sip::transport::SipHandle;
+use crate::store::Direction;
+
+/// The name a business-initiated call's "trunk" (Meta) goes by in CDRs and logs.
+pub const WHATSAPP_TRUNK: &str = "whatsapp";
+
+/// An API callback: call a customer on WhatsApp, then bridge them to a SIP destination.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRequest {
+    /// The business's WhatsApp number calling (digits).
+    pub business_number: String,
+    /// The customer.
+    pub wa_id: String,
+    /// Deliver to this configured trunk...
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// ...or to the trunks of this configured route, in order.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The agent extension or queue to call there (default: the trunk's own user, or
+    /// the business number).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Why an API callback was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackRefused {
+    /// WhatsApp calling is not configured.
+    #[error("business-initiated calls need [meta] and a [[business_number]]")]
+    NotEnabled,
+    /// The business number is not one the switch serves.
+    #[error("{0} is not a business number of this switch")]
+    UnknownNumber(String),
+    /// The customer is not a WhatsApp number.
+    #[error("wa_id: {0}")]
+    BadCustomer(crate::number::NumberError),
+    /// The destination is missing, unknown or not allowed.
+    #[error("destination: {0}")]
+    BadDestination(String),
+    /// No trunk of the destination can take a call now.
+    #[error("no trunk of the destination is available")]
+    NoTrunk,
+    /// The policy or the customer's permission refuses the call (recorded).
+    #[error("{0}")]
+    Blocked(Blocked),
+    /// The permission could not be checked.
+    #[error("{0}")]
+    Permission(PermissionError),
+    /// The node did not admit the call.
+    #[error("{0}")]
+    Refused(CallRefused),
+}
+
+impl SipIngress {
+    /// Calls the customer on WhatsApp for `req.business_number` (policy and permission
+    /// checked, and the permission reserved, first); when they answer, calls
+    /// `req.user` at the destination trunk(s) and bridges the two. The call's id.
+    pub async fn place_callback(
+        &self,
+        req: &CallbackRequest,
+    ) -> Result<crate::call::CallId, CallbackRefused> {
+        let inner = &self.inner;
+        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
+        let number = bic
+            .number(&req.business_number)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(req.business_number.clone()))?;
+        let customer = crate::number::e164(&req.wa_id, Some(&number.country))
+            .map_err(CallbackRefused::BadCustomer)?;
+        let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
+        let trunks = inner.router.trunks();
+        let usable = |t: usize| {
+            let trunk = &trunks[t];
+            !trunk.pstn
+                && inner.health.usable(&trunk.name)
+                && trunk
+                    .max_calls
+                    .is_none_or(|max| inner.load.get(t) < max as usize)
+                && handles.for_transport(trunk.transport).is_some()
+        };
+        let indexes = match (&req.trunk, &req.route) {
+            (Some(name), None) => {
+                let t = trunks
+                    .iter()
+                    .position(|t| &t.name == name)
+                    .ok_or_else(|| CallbackRefused::BadDestination(format!("no trunk {name:?}")))?;
+                if trunks[t].pstn {
+                    metrics::counter!(crate::telemetry::CALLS_BLOCKED_TOTAL, "reason" => "pstn")
+                        .increment(1);
+                    return Err(CallbackRefused::Blocked(Blocked::Pstn));
+                }
+                if !usable(t) {
+                    return Err(CallbackRefused::NoTrunk);
+                }
+                vec![t]
+            }
+            (None, Some(route)) => match inner.router.named(route, usable) {
+                Ok(t) => t,
+                Err(NoRoute::AllTrunksUnavailable) => return Err(CallbackRefused::NoTrunk),
+                Err(_) => {
+                    return Err(CallbackRefused::BadDestination(format!(
+                        "no route {route:?}"
+                    )))
+                }
+            },
+            _ => {
+                return Err(CallbackRefused::BadDestination(
+                    "give exactly one of trunk and route".into(),
+                ))
+            }
+        };
+        if let Some(user) = &req.user {
+            let ok = !user.is_empty()
+                && user.len() <= 64
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
+            if !ok {
+                return Err(CallbackRefused::BadDestination(format!(
+                    "user {user:?} is not a SIP user (letters, digits, + - _ . * #)"
+                )));
+            }
+        }
+        let id = crate::call::CallId::new();
+        let caller = WhatsAppCaller {
+            wa_call_id: String::new(),
+            wa_id: customer.clone(),
+            name: None,
+            business_number: number.display_number.clone(),
+        };
+        let setup = self
+            .bridge_from_whatsapp(handles, &indexes, &caller, req.user.as_deref())
+            .map_err(|_| CallbackRefused::NoTrunk)?;
+        let permit = match bic.admit(&number, &customer, id.as_str()).await {
+            Ok(p) => p,
+            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
+            Err(e) => return Err(CallbackRefused::Permission(e)),
+        };
+        let whatsapp = WhatsAppOutbound {
+            outbox: bic.outbox.clone(),
+            phone_number_id: number.phone_number_id.clone(),
+            customer: customer.clone(),
+            permit: permit.clone(),
+            ring_timeout: inner.bridge.ring_timeout,
+        };
+        let mut offer = CallOffer::new(Direction::BusinessInitiated);
+        offer.business_number = Some(number.display_number.clone());
+        offer.customer_wa_id = Some(customer);
+        offer.trunk = setup.first_trunk();
+        let plan = CallPlan::Callback {
+            whatsapp,
+            sip: setup,
+        };
+        match inner.calls.start_as(id, offer, plan).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                permit.release("not admitted");
+                Err(CallbackRefused::Refused(e))
+            }
+        }
+    }
+
+    /// A PBX calls a customer on WhatsApp for business number `number`: the
+    /// Request-URI's user is the customer. The policy and the customer's permission are
+    /// checked (and the permission reserved) before the call is admitted; a refusal gets
+    /// its precise status and `Reason`, and is in the audit trail.
+    pub(super) fn business_call(
+        &self,
+        server: ServerId,
+        invite: SipMessage,
+        from: SocketAddr,
+        origin: &SipHandle,
+        trunk: String,
+        number: crate::config::BusinessNumber,
+    ) -> Option<SipCommand> {
+        let inner = &self.inner;
+        let bic = inner.bic.get()?.clone();
+        let tag = format!("{:x}", random_u64());
+        let respond = |response: SipMessage| Some(SipCommand::Respond { server, response });
+        let pstn = matches!(
+            &invite.start,
+            crate::sip::msg::StartLine::Request { uri, .. } if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"tel:")
+        );
+        if pstn {
+            metrics::counter!(crate::telemetry::CALLS_BLOCKED_TOTAL, "reason" => "pstn")
+                .increment(1);
+            return respond(refusal(&invite, Blocked::Pstn, &tag));
+        }
+        let customer = dialled_user(&invite)
+            .ok_or(crate::number::NumberError::Empty)
+            .and_then(|u| crate::number::e164(&u, Some(&number.country)));
+        let customer = match customer {
+            Ok(c) => c,
+            Err(e) => {
+                // 484 for a number cut short, 404 for anything else that is not one.
+                let (code, phrase) = match e {
+                    crate::number::NumberError::TooShort(_) => (484, "Address Incomplete"),
+                    _ => (404, "Not Found"),
+                };
+                let warning = format!("399 waswitch \"{}\"", safe_phrase(&e.to_string()));
+                return respond(
+                    MessageBuilder::response_to(
+                        &invite,
+                        code,
+                        &format!("{phrase} - not a WhatsApp number"),
+                        Some(&tag),
+                    )
+                    .header(HeaderName::Warning, warning)
+                    .build(),
+                );
+            }
+        };
+        // The customer's phone must not ring for a call whose audio could not be carried:
+        // the offer needs a codec the switch speaks with WhatsApp's Opus.
+        if !offer_usable(&invite.body) {
+            return respond(
+                MessageBuilder::response_to(
+                    &invite,
+                    488,
+                    "Not Acceptable Here - offer Opus, PCMU or PCMA",
+                    Some(&tag),
+                )
+                .header(
+                    HeaderName::Warning,
+                    "305 waswitch \"no audio codec in common; an SDP offer is required\"",
+                )
+                .build(),
+            );
+        }
+        let target = Target {
+            trunk: WHATSAPP_TRUNK.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            hostport: "whatsapp.invalid".into(),
+            user: Some(customer.clone()),
+            contact: self.contact(origin),
+            credentials: None,
+            // Meta's answer to `connect` (the Graph API's own time limit applies first).
+            invite_timeout: std::time::Duration::from_secs(30),
+            headers: Vec::new(),
+        };
+        let a_call_id = invite
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let bridge = match Bridge::start(
+            inner.bridge.clone(),
+            random_u64(),
+            server,
+            invite.clone(),
+            from,
+            origin.is_reliable(),
+            self.contact(origin),
+            vec![target],
+        ) {
+            Ok(b) => b,
+            Err((refusal, tag)) => return respond(refusal.response(&invite, &tag)),
+        };
+        inner
+            .table
+            .insert(a_call_id.clone(), Route::Pending(Vec::new()));
+        let table = Arc::clone(&inner.table);
+        let load = inner.load.clone();
+        let calls = inner.calls.clone();
+        let origin = origin.clone();
+        let ring_timeout = inner.bridge.ring_timeout;
+        tokio::spawn(async move {
+            let id = crate::call::CallId::new();
+            let refuse = |response: SipMessage| {
+                table.remove(&a_call_id);
+                let origin = origin.clone();
+                async move { origin.send(SipCommand::Respond { server, response }).await }
+            };
+            let permit = match bic.admit(&number, &customer, id.as_str()).await {
+                Ok(p) => p,
+                Err(PermissionError::Blocked(blocked)) => {
+                    tracing::info!(call_id = %id, %customer, reason = blocked.as_str(), "business-initiated call refused");
+                    refuse(refusal(&invite, blocked, &tag)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(call_id = %id, error = %e, "permission not checked; refusing the call");
+                    let response = MessageBuilder::response_to(
+                        &invite,
+                        503,
+                        "Service Unavailable - permission store unavailable",
+                        Some(&tag),
+                    )
+                    .header(HeaderName::RetryAfter, "30")
+                    .build();
+                    refuse(response).await;
+                    return;
+                }
+            };
+            let setup = BridgeSetup {
+                bridge,
+                a: Some(origin.clone()),
+                b: vec![None],
+                trunk_index: Vec::new(),
+                a_call_id: a_call_id.clone(),
+                table: Arc::clone(&table),
+                load,
+            };
+            let whatsapp = WhatsAppOutbound {
+                outbox: bic.outbox.clone(),
+                phone_number_id: number.phone_number_id.clone(),
+                customer: customer.clone(),
+                permit: permit.clone(),
+                ring_timeout,
+            };
+            let mut offer = CallOffer::new(Direction::BusinessInitiated);
+            offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
+            offer.business_number = Some(number.display_number.clone());
+            offer.customer_wa_id = Some(customer);
+            offer.trunk = Some(trunk);
+            let plan = CallPlan::SipToWhatsApp {
+                sip: setup,
+                whatsapp,
+            };
+            let refused = match calls.start_as(id, offer, plan).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            // A call that failed while starting settled its permit from its CDR.
+            permit.release("not admitted");
+            let (code, reason) = match refused {
+                CallRefused::Draining => (503, "Service Unavailable - draining"),
+                CallRefused::Overloaded => (503, "Service Unavailable - call limit"),
+                CallRefused::Setup(_) => (500, "Server Internal Error - call setup failed"),
+            };
+            let response = MessageBuilder::response_to(&invite, code, reason, Some(&tag))
+                .header(HeaderName::RetryAfter, "5")
+                .build();
+            refuse(response).await;
+        });
+        None
+    }
+}
+
+/// Whether an SDP offer (a PBX's INVITE body) has audio in a codec the switch carries to
+/// WhatsApp (Opus, PCMU, PCMA). An INVITE without an offer has none.
+pub fn offer_usable(body: &[u8]) -> bool {
+    crate::sdp::Sdp::parse(body)
+        .ok()
+        .and_then(|sdp| sdp.audio().ok().flatten())
+        .is_some_and(|a| {
+            a.formats
+                .iter()
+                .any(|f| Codec::from_name(&f.name).is_some())
+        })
+}
+
+/// The response refusing `invite` for `blocked`, with its status and `Reason`, tag `tag`.
+pub fn refusal(invite: &SipMessage, blocked: Blocked, tag: &str) -> SipMessage {
+    let (code, phrase) = blocked.sip_status();
+    MessageBuilder::response_to(invite, code, &format!("{phrase} - {blocked}"), Some(tag))
+        .header(HeaderName::Reason, blocked.sip_reason())
+        .build()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,481 @@
+//! The actor that runs a call's SIP bridge: the sans-IO [`Bridge`] of `sip::b2bua`, driven
+//! with the call's SIP events and its time, its commands carried out.
+//!
+//! A bridge has two legs. A leg is a SIP peer through one of the node's listeners (a PBX,
+//! a trunk), or the call's WhatsApp leg: a leg actor of the same call, which gets the
+//! bridge's commands for that leg and answers with SIP events of its own (see
+//! `call::whatsapp::leg`). A bridge with a WhatsApp leg begins when that leg says so; a
+//! plain SIP bridge begins at once. The bridge reports its leg B's progress to the call
+//! (ringing, answered: under the role of whoever leg B is) and the call's end as SIP saw
+//! it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
+
+use super::{Route, TrunkLoad};
+use crate::call::leg::{FromBridge, LegMsg, LegState};
+use crate::call::media::MediaMsg;
+use crate::call::supervisor::CallMsg;
+use crate::call::wakeup::Wakeup;
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::call::Fault;
+use crate::call::{LegRole, CALL_RPC_TIMEOUT};
+use crate::media::shard::{Remote, Side};
+use crate::sip::b2bua::{Action, Bridge, Leg, Progress};
+use crate::sip::core::CoreEvent;
+use crate::sip::transport::SipHandle;
+use crate::store::HangupParty;
+
+/// A call's SIP bridge as its ingress set it up: the sans-IO bridge, the listeners of its
+/// SIP legs, and its place in the ingress's routing.
+pub struct BridgeSetup {
+    pub(super) bridge: Bridge,
+    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg.
+    pub(super) a: Option<SipHandle>,
+    /// The listener reaching each target of leg B; `None`: the call's WhatsApp leg.
+    pub(super) b: Vec<Option<SipHandle>>,
+    /// Configured trunk index of each target.
+    pub(super) trunk_index: Vec<usize>,
+    pub(super) a_call_id: Bytes,
+    pub(super) table: Arc<DashMap<Bytes, Route>>,
+    pub(super) load: TrunkLoad,
+}
+
+impl BridgeSetup {
+    /// The trunk the call is offered first.
+    pub fn first_trunk(&self) -> Option<String> {
+        self.bridge.targets().first().map(|t| t.trunk.clone())
+    }
+}
+
+/// Who each leg of a bridge is, for the CDR's `hangup_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parties {
+    /// Leg A.
+    pub a: HangupParty,
+    /// Leg B.
+    pub b: HangupParty,
+    /// Who a refusal of the call is put down to (busy, declined, no answer): the called
+    /// side when a WhatsApp customer is in the call, else the switch.
+    pub refusal: HangupParty,
+}
+
+/// Runs one call's [`Bridge`]; a child of the call's supervisor.
+pub struct BridgeActor;
+
+/// What a bridge actor starts with.
+pub struct BridgeArgs {
+    /// The bridge and its listeners.
+    pub setup: BridgeSetup,
+    /// The call's WhatsApp leg and which leg of the bridge it is, if the call has one.
+    pub whatsapp: Option<(Leg, ActorRef<LegMsg>)>,
+    /// Who the legs are.
+    pub parties: Parties,
+    /// The call's supervisor.
+    pub call: ActorRef<CallMsg>,
+    /// The call's media actor (anchors the call's media).
+    pub media: Option<ActorRef<MediaMsg>>,
+    /// The call's span.
+    pub span: tracing::Span,
+}
+
+/// Messages of [`BridgeActor`].
+#[derive(Debug)]
+pub enum BridgeMsg {
+    /// A SIP event for this call (from a listener, or from the call's WhatsApp leg).
+    Sip(CoreEvent),
+    /// The call's WhatsApp leg lets the bridge call out.
+    Begin,
+    /// A deadline of the bridge may have come.
+    Timer,
+    /// End the call (operator, shutdown); replies once both legs have settled.
+    Hangup {
+        /// End cause.
+        cause: String,
+        /// Reply.
+        reply: RpcReplyPort<()>,
+    },
+    /// Makes the actor fail (supervision tests).
+    #[cfg(any(test, feature = "fault-injection"))]
+    Fault(Fault),
+}
+
+/// State of a running bridge actor.
+pub struct BridgeState {
+    bridge: Bridge,
+    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg.
+    a: Option<SipHandle>,
+    b: Vec<Option<SipHandle>>,
+    /// The call's WhatsApp leg, and which leg of the bridge it is.
+    whatsapp: Option<(Leg, ActorRef<LegMsg>)>,
+    parties: Parties,
+    /// Began calling out.
+    begun: bool,
+    /// The WhatsApp side hears ringback (the trunk rings without early media).
+    ringback: bool,
+    /// The trunk sent SDP: its early media or its answer's audio reaches the WhatsApp side.
+    b_media: bool,
+    /// A hangup waiting for the bridge to settle (the trunk's answer to our CANCEL or BYE,
+    /// a 2xx crossing the CANCEL hung up) before it is confirmed.
+    hangup_reply: Option<RpcReplyPort<()>>,
+    trunk_index: Vec<usize>,
+    table: Arc<DashMap<Bytes, Route>>,
+    load: TrunkLoad,
+    call: ActorRef<CallMsg>,
+    media: Option<ActorRef<MediaMsg>>,
+    span: tracing::Span,
+    routed: Vec<Bytes>,
+    /// Configured index of the trunk currently counted in the load.
+    counted: Option<usize>,
+    timer: Wakeup<BridgeMsg>,
+}
+
+impl Actor for BridgeActor {
+    type Msg = BridgeMsg;
+    type State = BridgeState;
+    type Arguments = BridgeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: BridgeArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let setup = args.setup;
+        let span = tracing::info_span!(parent: &args.span, "sip_b2bua");
+        // Take over the A leg's route; events that came in meanwhile are replayed in order.
+        let pending = match setup
+            .table
+            .insert(setup.a_call_id.clone(), Route::Call(myself.clone()))
+        {
+            Some(Route::Pending(events)) => events,
+            _ => Vec::new(),
+        };
+        let mut state = BridgeState {
+            bridge: setup.bridge,
+            a: setup.a,
+            b: setup.b,
+            whatsapp: args.whatsapp,
+            parties: args.parties,
+            begun: false,
+            ringback: false,
+            b_media: false,
+            hangup_reply: None,
+            trunk_index: setup.trunk_index,
+            table: setup.table,
+            load: setup.load,
+            call: args.call,
+            media: args.media,
+            span,
+            routed: vec![setup.a_call_id],
+            counted: None,
+            timer: Wakeup::default(),
+        };
+        match state.whatsapp.clone() {
+            Some((_, leg)) => {
+                // The caller's events that came while the call was admitted (a CANCEL
+                // while the customer's permission was checked) are handled before anyone
+                // is called: a caller who gave up is never connected.
+                let now = Instant::now();
+                for event in pending {
+                    state.bridge.handle_event(now, event);
+                }
+                if state.bridge.is_done() {
+                    tracing::info!(parent: &state.span, "the caller gave up before the call went on");
+                }
+                let ready = FromBridge::Ready {
+                    bridge: myself.clone(),
+                    offer: state.bridge.a_offer().clone(),
+                };
+                if leg.send_message(LegMsg::Bridge(ready)).is_err() {
+                    return Err(ActorProcessingErr::from("the call's WhatsApp leg is gone"));
+                }
+            }
+            None => {
+                for event in pending {
+                    let _ = myself.send_message(BridgeMsg::Sip(event));
+                }
+                state.begin().await;
+            }
+        }
+        let span = state.span.clone();
+        state.run(&myself).instrument(span).await;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            BridgeMsg::Sip(event) => state.bridge.handle_event(now, event),
+            BridgeMsg::Begin => state.begin().await,
+            BridgeMsg::Timer => {
+                state.timer.fired();
+                if state.bridge.poll_timeout().is_some_and(|at| at <= now) {
+                    state.bridge.handle_timeout(now);
+                }
+            }
+            BridgeMsg::Hangup { cause, reply } => {
+                // A permission that ended while the customer was being called (do-not-call,
+                // a revocation) refuses the caller as precisely as a refusal at admission.
+                match crate::permission::Blocked::from_name(&cause) {
+                    Some(blocked) => {
+                        let (code, phrase) = blocked.sip_status();
+                        state.bridge.hangup_with(
+                            now,
+                            &cause,
+                            (code, &format!("{phrase} - {blocked}")),
+                            &blocked.sip_reason(),
+                        )
+                    }
+                    None => state.bridge.hangup(now, &cause),
+                }
+                state.hangup_reply = Some(reply);
+            }
+            #[cfg(any(test, feature = "fault-injection"))]
+            BridgeMsg::Fault(fault) => fault.trigger("sip_b2bua")?,
+        }
+        let span = state.span.clone();
+        state.run(&myself).instrument(span).await;
+        Ok(())
+    }
+
+    // No `post_stop`: an actor that panics never runs it, so the state's `Drop` does the
+    // closing out, whichever way the actor ends.
+}
+
+impl Drop for BridgeState {
+    /// Closes the call out on the SIP side however the actor ended. A bridge that has not
+    /// settled (its actor failed mid-call) hangs up now: BYE to an answered trunk, CANCEL
+    /// to a ringing one, a final response to a SIP caller still waiting, queued to the
+    /// listeners without waiting (so it works outside the runtime too). Routes and trunk
+    /// load are given back. The call's WhatsApp leg ends Meta's side itself.
+    fn drop(&mut self) {
+        if !self.bridge.is_done() {
+            self.bridge.hangup(Instant::now(), "internal_failure");
+            let mut out = Vec::new();
+            while let Some(action) = self.bridge.poll_action() {
+                let handle = match &action {
+                    Action::A(_) => self.a.clone(),
+                    Action::B(index, _) => self.b.get(*index).cloned().flatten(),
+                    _ => None,
+                };
+                if let (Some(handle), Action::A(command) | Action::B(_, command)) = (handle, action)
+                {
+                    out.push((handle, command));
+                }
+            }
+            if !out.is_empty() {
+                tracing::warn!(parent: &self.span, commands = out.len(), "SIP bridge failed; hanging up what the trunk still holds");
+                for (handle, command) in out {
+                    if !handle.try_send(command) {
+                        tracing::error!(parent: &self.span, "a hangup toward the trunk could not be queued; the trunk ends the call at its own timeout");
+                    }
+                }
+            }
+        }
+        for call_id in self.routed.drain(..) {
+            self.table.remove(&call_id);
+        }
+        if let Some(t) = self.counted.take() {
+            self.load.remove(t);
+        }
+    }
+}
+
+impl BridgeState {
+    /// The bridge's leg that is the call's WhatsApp leg.
+    fn whatsapp_leg(&self) -> Option<Leg> {
+        self.whatsapp.as_ref().map(|(leg, _)| *leg)
+    }
+
+    /// Hands a command or event to the call's WhatsApp leg.
+    fn tell_whatsapp(&self, msg: FromBridge) {
+        if let Some((_, leg)) = &self.whatsapp {
+            // A leg that is gone has ended the call already.
+            let _ = leg.send_message(LegMsg::Bridge(msg));
+        }
+    }
+
+    /// Calls out (once, and not once the call is over), with the call's media anchored in
+    /// a shard: the WhatsApp leg's WebRTC pair when it has one (its RTP side toward the
+    /// SIP leg), else a plain pair.
+    async fn begin(&mut self) {
+        if self.begun || self.bridge.is_done() {
+            return;
+        }
+        self.begun = true;
+        let anchor = match &self.media {
+            Some(media) => match media.call(MediaMsg::Anchor, Some(CALL_RPC_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(a)) => a,
+                _ => None,
+            },
+            None => None,
+        };
+        // The pair's side A is the WhatsApp leg's: when that is the bridge's leg B, the
+        // bridge's leg A (the PBX) is offered the pair's side B.
+        let anchor = match self.whatsapp_leg() {
+            Some(Leg::B) => anchor.map(|a| a.swapped()),
+            _ => anchor,
+        };
+        self.bridge.begin(Instant::now(), anchor);
+    }
+
+    /// Carries out what the bridge asks, then re-arms its timer.
+    async fn run(&mut self, myself: &ActorRef<BridgeMsg>) {
+        let whatsapp = self.whatsapp_leg();
+        while let Some(action) = self.bridge.poll_action() {
+            match action {
+                Action::A(command) => match &self.a {
+                    Some(handle) => {
+                        handle.send(command).await;
+                    }
+                    None => self.tell_whatsapp(FromBridge::Sip(command)),
+                },
+                Action::B(index, command) => match self.b.get(index) {
+                    Some(Some(handle)) => {
+                        handle.send(command).await;
+                    }
+                    _ if whatsapp == Some(Leg::B) => self.tell_whatsapp(FromBridge::Sip(command)),
+                    _ => {}
+                },
+                Action::Route(call_id) => {
+                    self.table
+                        .insert(call_id.clone(), Route::Call(myself.clone()));
+                    self.routed.push(call_id);
+                }
+                Action::Unroute(call_id) => {
+                    self.table.remove(&call_id);
+                    self.routed.retain(|c| *c != call_id);
+                }
+                Action::Progress(progress) => self.progress(progress),
+                Action::Media(leg, remote) => self.leg_media(leg, remote),
+                Action::MediaPlan(plan) => {
+                    // With a WhatsApp leg the pair's codecs are the WhatsApp side's business.
+                    if let (Some(media), None) = (&self.media, whatsapp) {
+                        let _ = media.send_message(MediaMsg::Plan(plan.summary()));
+                    }
+                }
+            }
+        }
+        if self.bridge.is_done() {
+            if let Some(reply) = self.hangup_reply.take() {
+                let _ = reply.send(());
+            }
+        }
+        self.timer
+            .set(myself, self.bridge.poll_timeout(), || BridgeMsg::Timer);
+    }
+
+    /// What one leg's SDP says about its media. The WhatsApp leg's media is its WebRTC
+    /// leg's, never the SDP the bridge sees of it; the trunk facing a WhatsApp caller sets
+    /// the pair's side B with its codec (passed through or transcoded), and the PBX facing
+    /// a WhatsApp callee is handed to that leg, which chose the PBX's codec.
+    fn leg_media(&mut self, leg: Leg, remote: Remote) {
+        match (self.whatsapp_leg(), leg) {
+            (Some(w), l) if w == l => {}
+            (Some(Leg::A), Leg::B) => {
+                // The trunk's audio takes over from ringback.
+                self.b_media = true;
+                self.set_ringback(false);
+                if let Some(media) = &self.media {
+                    let _ = media.send_message(MediaMsg::Remote(Side::B, remote));
+                    let _ =
+                        media.send_message(MediaMsg::Plan(crate::call::media::codec_path(&remote)));
+                }
+            }
+            (Some(_), _) => self.tell_whatsapp(FromBridge::Media(remote)),
+            (None, leg) => {
+                if let Some(media) = &self.media {
+                    let side = match leg {
+                        Leg::A => Side::A,
+                        Leg::B => Side::B,
+                    };
+                    let _ = media.send_message(MediaMsg::Remote(side, remote));
+                }
+            }
+        }
+    }
+
+    fn set_ringback(&mut self, on: bool) {
+        if self.ringback == on {
+            return;
+        }
+        self.ringback = on;
+        if let Some(media) = &self.media {
+            let _ = media.send_message(MediaMsg::Ringback(Side::A, on));
+        }
+    }
+
+    fn progress(&mut self, progress: Progress) {
+        // Leg B progressing: the customer when the bridge calls the WhatsApp leg, else
+        // the trunk.
+        let role = match self.whatsapp_leg() {
+            Some(Leg::B) => LegRole::WhatsApp,
+            _ => LegRole::Business,
+        };
+        let report = |call: &ActorRef<CallMsg>, state: LegState| {
+            let _ = call.send_message(CallMsg::LegChanged {
+                role,
+                state,
+                cause: None,
+            });
+        };
+        match progress {
+            Progress::Trying { trunk } => {
+                tracing::info!(%trunk, "offering the call to a trunk");
+                let index = self
+                    .bridge
+                    .targets()
+                    .iter()
+                    .position(|t| t.trunk == trunk)
+                    .and_then(|i| self.trunk_index.get(i).copied());
+                if let Some(old) = self.counted.take() {
+                    self.load.remove(old);
+                }
+                if let Some(t) = index {
+                    self.load.add(t);
+                    self.counted = Some(t);
+                }
+                if role == LegRole::Business {
+                    let _ = self.call.send_message(CallMsg::Routed { trunk });
+                }
+            }
+            Progress::Ringing => {
+                // Meta drops a call that carries no media for 20 s: a trunk ringing without
+                // early media gets ringback played toward WhatsApp meanwhile.
+                if self.whatsapp_leg() == Some(Leg::A) && !self.b_media {
+                    self.set_ringback(true);
+                }
+                report(&self.call, LegState::Ringing)
+            }
+            Progress::Answered => {
+                self.set_ringback(false);
+                report(&self.call, LegState::Answered)
+            }
+            Progress::Ended { by, cause } => {
+                // A refused call (busy, declined, no answer) is the called side's doing
+                // when a customer is in it, as much as hanging up is.
+                let refused = matches!(
+                    cause.as_str(),
+                    "busy" | "declined" | "no_answer" | "unallocated_number" | "rejected"
+                );
+                let by = match by {
+                    Some(Leg::A) => self.parties.a,
+                    Some(Leg::B) => self.parties.b,
+                    None if refused => self.parties.refusal,
+                    None => HangupParty::Switch,
+                };
+                let _ = self.call.send_message(CallMsg::BridgeEnded { by, cause });
+            }
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The transaction user of the node's SIP listeners: routes each SIP event by Call-ID to
+//! the call that owns it, and decides on new INVITEs: where they come from (`accept_from`,
+//! inbound digest), where they go (routes, trunk health and limits), and whether the node
+//! takes the call at all (`Calls::start`). A refused INVITE gets its answer at once; an
+//! admitted one becomes a call whose bridge actor is a child of the call's supervisor.
+//! INVITEs for WhatsApp customers are admitted in [`admit`](super::admit).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use super::bridge::{BridgeMsg, BridgeSetup};
+use super::caller::WhatsAppCaller;
+use super::{random_u64, Route, TrunkLoad};
+use crate::call::plan::CallPlan;
+use crate::call::whatsapp::permit::BicContext;
+use crate::call::{CallOffer, CallRefused, Calls};
+use crate::config::{Config, Transport as ConfigTransport};
+use crate::routing::{NoRoute, SipRouter};
+use crate::sip::auth::{self, Algorithm, NonceIssuer};
+use crate::sip::b2bua::{dialled_user, Bridge, BridgeConfig, Credentials, Target};
+use crate::sip::build::MessageBuilder;
+use crate::sip::core::{CoreEvent, ServerId, SipCommand};
+use crate::sip::header::NameAddr;
+use crate::sip::msg::{HeaderName, Method, SipMessage};
+use crate::sip::transport::{Kind, SipHandle, SipUser};
+use crate::sip::trunk::TrunkHealth;
+use crate::store::Direction;
+
+/// Events kept for a call whose actor is still starting; more are dropped (the peer
+/// retransmits).
+const MAX_PENDING_EVENTS: usize = 32;
+/// How long an inbound digest nonce stays valid.
+const NONCE_LIFETIME_SECS: u64 = 300;
+
+/// The listeners' handles, known once they are bound.
+#[derive(Debug, Clone, Default)]
+pub struct SipHandles {
+    /// The UDP listener.
+    pub udp: Option<SipHandle>,
+    /// The TCP listener.
+    pub tcp: Option<SipHandle>,
+    /// The TLS listener.
+    pub tls: Option<SipHandle>,
+}
+
+impl SipHandles {
+    pub(super) fn for_transport(&self, t: ConfigTransport) -> Option<&SipHandle> {
+        match t {
+            ConfigTransport::Udp => self.udp.as_ref(),
+            ConfigTransport::Tcp => self.tcp.as_ref(),
+            ConfigTransport::Tls => self.tls.as_ref(),
+        }
+    }
+}
+
+pub(super) struct IngressInner {
+    pub(super) calls: Calls,
+    pub(super) router: SipRouter,
+    pub(super) bridge: BridgeConfig,
+    pub(super) health: TrunkHealth,
+    pub(super) load: TrunkLoad,
+    pub(super) table: Arc<DashMap<Bytes, Route>>,
+    pub(super) handles: OnceLock<SipHandles>,
+    nonces: NonceIssuer,
+    /// The address written in Contact when a listener is bound to a wildcard address.
+    advertised: std::net::IpAddr,
+    /// Business-initiated calls (set when WhatsApp calling is configured).
+    pub(super) bic: OnceLock<BicContext>,
+}
+
+/// The transaction user of the node's SIP listeners: admits SIP calls and routes their
+/// events. Cheap to clone.
+#[derive(Clone)]
+pub struct SipIngress {
+    pub(super) inner: Arc<IngressInner>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl SipIngress {
+    /// The ingress for `config`'s trunks and routes, admitting calls into `calls`.
+    pub fn new(config: &Config, calls: Calls, health: TrunkHealth) -> Self {
+        let router = SipRouter::new(config.trunks.clone(), config.routes.clone());
+        let load = TrunkLoad::new(config.trunks.len());
+        Self {
+            inner: Arc::new(IngressInner {
+                calls,
+                bridge: BridgeConfig {
+                    timers: config.sip.timers,
+                    ring_timeout: config.sip.ring_timeout,
+                    session_expires: config.sip.session_expires,
+                },
+                router,
+                health,
+                load,
+                table: Arc::new(DashMap::new()),
+                handles: OnceLock::new(),
+                nonces: NonceIssuer::new(
+                    &config.node_id,
+                    &uuid::Uuid::new_v4().to_string(),
+                    NONCE_LIFETIME_SECS,
+                ),
+                advertised: config.media.ip,
+                bic: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Whether SIP calls are routed at all (some route is configured).
+    pub fn routes_calls(&self) -> bool {
+        self.inner.router.has_routes()
+    }
+
+    /// Takes business-initiated calls: an INVITE from a trunk whose From is one of the
+    /// business's WhatsApp numbers calls the customer its Request-URI names.
+    pub fn set_bic(&self, bic: BicContext) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.bic, bic, "the business-call context")
+    }
+
+    /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
+    pub fn takes_calls(&self) -> bool {
+        self.routes_calls() || self.inner.bic.get().is_some()
+    }
+
+    /// Gives the ingress the listeners' handles, once they are bound.
+    pub fn set_handles(&self, handles: SipHandles) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.handles, handles, "the SIP listeners' handles")
+    }
+
+    /// Call-IDs currently routed to calls (both legs of every call).
+    pub fn routed(&self) -> usize {
+        self.inner.table.len()
+    }
+
+    pub(super) fn contact(&self, handle: &SipHandle) -> String {
+        let local = handle.local_addr();
+        let ip = if local.ip().is_unspecified() {
+            self.inner.advertised
+        } else {
+            local.ip()
+        };
+        let addr = SocketAddr::new(ip, local.port());
+        match handle.kind() {
+            Kind::Udp => format!("sip:waswitch@{addr}"),
+            Kind::Tcp => format!("sip:waswitch@{addr};transport=tcp"),
+            Kind::Tls => format!("sip:waswitch@{addr};transport=tls"),
+        }
+    }
+
+    /// The bridge targets of configured trunks `indexes` reachable through a listener, with
+    /// the handles reaching them and their configured indexes; `headers` gives each
+    /// trunk's extra INVITE headers.
+    pub(super) fn targets(
+        &self,
+        handles: &SipHandles,
+        indexes: &[usize],
+        headers: impl Fn(&crate::config::SipTrunk) -> Vec<(HeaderName, String)>,
+    ) -> (Vec<Target>, Vec<Option<SipHandle>>, Vec<usize>) {
+        let trunks = self.inner.router.trunks();
+        let mut targets = Vec::with_capacity(indexes.len());
+        let mut b_handles = Vec::with_capacity(indexes.len());
+        let mut kept = Vec::with_capacity(indexes.len());
+        for &t in indexes {
+            let trunk = &trunks[t];
+            let Some(handle) = handles.for_transport(trunk.transport) else {
+                continue;
+            };
+            let ip = match &trunk.uri.host {
+                crate::sip::uri::Host::V4(a) => std::net::IpAddr::V4(*a),
+                crate::sip::uri::Host::V6(a) => std::net::IpAddr::V6(*a),
+                _ => continue,
+            };
+            let addr = SocketAddr::new(ip, trunk.uri.port.unwrap_or(5060));
+            let hostport = match trunk.uri.port {
+                Some(p) => format!("{}:{p}", trunk.uri.host),
+                None => trunk.uri.host.to_string(),
+            };
+            let hostport = match trunk.transport {
+                ConfigTransport::Udp => hostport,
+                t => format!("{hostport};transport={}", t.as_str()),
+            };
+            targets.push(Target {
+                trunk: trunk.name.clone(),
+                addr,
+                hostport,
+                user: trunk.uri.user.clone(),
+                contact: self.contact(handle),
+                credentials: trunk.credentials.as_ref().map(|(u, p)| Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                invite_timeout: trunk.invite_timeout,
+                headers: headers(trunk),
+            });
+            b_handles.push(Some(handle.clone()));
+            kept.push(t);
+        }
+        (targets, b_handles, kept)
+    }
+
+    /// A WhatsApp user's call delivered through the B2BUA to the trunks of route `route`:
+    /// the WhatsApp side stands in for leg A (a caller whose INVITE carries the customer's
+    /// identity, the business number as the dialled user, and `sdp`, the codecs the switch
+    /// offers the trunk); leg B is an ordinary SIP call to the trunks in order.
+    pub fn whatsapp_bridge(
+        &self,
+        route: &str,
+        caller: &WhatsAppCaller,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let handles = inner
+            .handles
+            .get()
+            .ok_or((503, "SIP listeners not ready"))?;
+        let trunks = inner.router.trunks();
+        let indexes = inner
+            .router
+            .named(route, |t| {
+                let trunk = &trunks[t];
+                inner.health.usable(&trunk.name)
+                    && trunk
+                        .max_calls
+                        .is_none_or(|max| inner.load.get(t) < max as usize)
+                    && handles.for_transport(trunk.transport).is_some()
+            })
+            .map_err(|e| match e {
+                NoRoute::AllTrunksUnavailable => (503, "no trunk available"),
+                _ => (404, "no such route"),
+            })?;
+        self.bridge_from_whatsapp(handles, &indexes, caller, None)
+    }
+
+    /// A bridge with `caller` as leg A and trunks `indexes` (configured order) as leg B;
+    /// `user` is called at each trunk instead of its own user or the business number.
+    pub(super) fn bridge_from_whatsapp(
+        &self,
+        handles: &SipHandles,
+        indexes: &[usize],
+        caller: &WhatsAppCaller,
+        user: Option<&str>,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let trunks = inner.router.trunks();
+        let identity = |trunk: &crate::config::SipTrunk| {
+            if !trunk.whatsapp_identity {
+                return Vec::new();
+            }
+            vec![
+                (HeaderName::PAssertedIdentity, caller.asserted_identity()),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Call-Id")),
+                    caller.wa_call_id.clone(),
+                ),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Business-Number")),
+                    caller.business_number.clone(),
+                ),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-WA-Channel")),
+                    "whatsapp-voice".to_string(),
+                ),
+            ]
+        };
+        let (mut targets, b_handles, indexes) = self.targets(handles, indexes, identity);
+        if let Some(user) = user {
+            for t in &mut targets {
+                t.user = Some(user.to_string());
+            }
+        }
+        if targets.is_empty() {
+            return Err((503, "no trunk reachable"));
+        }
+        let seed = random_u64();
+        let invite = caller.invite(seed, &trunks[indexes[0]].codecs);
+        let a_call_id = invite
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let bridge = Bridge::start(
+            inner.bridge.clone(),
+            seed,
+            ServerId::detached(0),
+            invite,
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            true,
+            "sip:whatsapp@whatsapp.invalid".into(),
+            targets,
+        )
+        .map_err(|_| (500, "the WhatsApp side could not start a bridge"))?;
+        let mut bridge = bridge;
+        bridge.set_whatsapp_a();
+        Ok(BridgeSetup {
+            bridge,
+            a: None,
+            b: b_handles,
+            trunk_index: indexes,
+            a_call_id,
+            table: Arc::clone(&inner.table),
+            load: inner.load.clone(),
+        })
+    }
+
+    /// A new INVITE: decide, and either answer it now or start its call.
+    fn new_call(
+        &self,
+        server: ServerId,
+        invite: SipMessage,
+        from: SocketAddr,
+        origin: &SipHandle,
+    ) -> Option<SipCommand> {
+        let inner = &self.inner;
+        let refuse = |code: u16, reason: &str, extra: Option<(HeaderName, String)>| {
+            let tag = format!("{:x}", random_u64());
+            let mut b = MessageBuilder::response_to(&invite, code, reason, Some(&tag));
+            if let Some((name, value)) = extra {
+                b = b.header(name, value);
+            }
+            Some(SipCommand::Respond {
+                server,
+                response: b.build(),
+            })
+        };
+        let Some(handles) = inner.handles.get() else {
+            return refuse(503, "Service Unavailable - starting", None);
+        };
+        let Some(ingress) = inner.router.ingress(from.ip()) else {
+            tracing::info!(%from, "INVITE from an address no trunk accepts");
+            return refuse(403, "Forbidden - source address not accepted", None);
+        };
+        let trunk = &inner.router.trunks()[ingress];
+        if let Some((user, password)) = &trunk.inbound_credentials {
+            let now = unix_now();
+            let presented = invite
+                .headers_named(&HeaderName::ProxyAuthorization)
+                .map(|h| h.value.clone())
+                .next();
+            let verdict = presented.as_ref().map(|value| {
+                auth::verify(value, "INVITE", &inner.nonces, now, |u| {
+                    (u == user).then(|| password.clone())
+                })
+            });
+            match verdict {
+                Some(Ok(_)) => {}
+                other => {
+                    let stale = matches!(other, Some(Err(auth::AuthError::Stale)));
+                    if let Some(Err(e)) = &other {
+                        tracing::info!(%from, trunk = %trunk.name, error = %e, "INVITE credentials refused");
+                    }
+                    let challenge = inner.nonces.challenge(now, Algorithm::Md5, stale);
+                    return refuse(
+                        407,
+                        "Proxy Authentication Required",
+                        Some((HeaderName::ProxyAuthenticate, challenge)),
+                    );
+                }
+            }
+        }
+        if let Some(bic) = inner.bic.get().filter(|_| trunk.business_calls) {
+            let from_user = invite
+                .header(&HeaderName::From)
+                .and_then(|h| NameAddr::parse(&h.value).ok())
+                .and_then(|a| crate::sip::uri::SipUri::parse(&a.uri).ok())
+                .and_then(|u| u.user);
+            if let Some(number) = from_user.as_deref().and_then(|u| bic.number(u)) {
+                let trunk = trunk.name.clone();
+                return self.business_call(server, invite, from, origin, trunk, number.clone());
+            }
+        }
+        let user = dialled_user(&invite).unwrap_or_default();
+        let trunks = inner.router.trunks();
+        let selected = inner.router.select(&user, ingress, |t| {
+            let trunk = &trunks[t];
+            inner.health.usable(&trunk.name)
+                && trunk
+                    .max_calls
+                    .is_none_or(|max| inner.load.get(t) < max as usize)
+                && handles.for_transport(trunk.transport).is_some()
+        });
+        let indexes = match selected {
+            Ok(t) => t,
+            Err(NoRoute::NoMatch | NoRoute::UnknownSource) => {
+                return refuse(404, "Not Found - no route", None)
+            }
+            Err(NoRoute::AllTrunksUnavailable) => {
+                metrics::counter!(crate::telemetry::CALLS_REFUSED_TOTAL, "reason" => "no_trunk")
+                    .increment(1);
+                return refuse(
+                    503,
+                    "Service Unavailable - no trunk available",
+                    Some((HeaderName::RetryAfter, "30".into())),
+                );
+            }
+        };
+        let (targets, b_handles, indexes) = self.targets(handles, &indexes, |_| Vec::new());
+        let a_call_id = invite
+            .header(&HeaderName::CallId)
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let caller = invite
+            .header(&HeaderName::From)
+            .and_then(|h| NameAddr::parse(&h.value).ok())
+            .map(|a| a.uri);
+        let bridge = match Bridge::start(
+            inner.bridge.clone(),
+            random_u64(),
+            server,
+            invite.clone(),
+            from,
+            origin.is_reliable(),
+            self.contact(origin),
+            targets,
+        ) {
+            Ok(b) => b,
+            Err((refusal, tag)) => {
+                return Some(SipCommand::Respond {
+                    server,
+                    response: refusal.response(&invite, &tag),
+                })
+            }
+        };
+        inner
+            .table
+            .insert(a_call_id.clone(), Route::Pending(Vec::new()));
+        let setup = BridgeSetup {
+            bridge,
+            a: Some(origin.clone()),
+            b: b_handles,
+            trunk_index: indexes,
+            a_call_id: a_call_id.clone(),
+            table: Arc::clone(&inner.table),
+            load: inner.load.clone(),
+        };
+        let mut offer = CallOffer::new(Direction::SipTransit);
+        offer.sip_call_id = Some(String::from_utf8_lossy(&a_call_id).into_owned());
+        offer.business_number = caller;
+        let plan = CallPlan::SipToSip { sip: setup };
+        let calls = inner.calls.clone();
+        let table = Arc::clone(&inner.table);
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            let refused = match calls.start(offer, plan).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            table.remove(&a_call_id);
+            let (code, reason) = match refused {
+                CallRefused::Draining => (503, "Service Unavailable - draining"),
+                CallRefused::Overloaded => (503, "Service Unavailable - call limit"),
+                CallRefused::Setup(_) => (500, "Server Internal Error - call setup failed"),
+            };
+            let tag = format!("{:x}", random_u64());
+            let response = MessageBuilder::response_to(&invite, code, reason, Some(&tag))
+                .header(HeaderName::RetryAfter, "5")
+                .build();
+            origin.send(SipCommand::Respond { server, response }).await;
+        });
+        None
+    }
+}
+
+impl SipUser for SipIngress {
+    fn on_event(&self, event: CoreEvent, origin: &SipHandle) -> Option<SipCommand> {
+        let call_id = event.call_id()?;
+        let event = match self.inner.table.get_mut(&call_id) {
+            Some(mut route) => match &mut *route {
+                Route::Pending(queue) => {
+                    if queue.len() < MAX_PENDING_EVENTS {
+                        queue.push(event);
+                    }
+                    return None;
+                }
+                Route::Call(actor) => match actor.send_message(BridgeMsg::Sip(event)) {
+                    Ok(()) => return None,
+                    Err(ractor::MessagingErr::SendErr(BridgeMsg::Sip(event))) => event,
+                    Err(_) => return None,
+                },
+            },
+            None => event,
+        };
+        // Nobody owns this Call-ID (any more).
+        self.inner
+            .table
+            .remove_if(&call_id, |_, r| matches!(r, Route::Call(_)));
+        match event {
+            CoreEvent::Request {
+                server,
+                request,
+                from,
+            } => {
+                let in_dialog = request
+                    .header(&HeaderName::To)
+                    .and_then(|h| NameAddr::parse(&h.value).ok())
+                    .is_some_and(|a| a.tag().is_some());
+                if request.method() == Some(&Method::Invite) && !in_dialog {
+                    self.new_call(server, request, from, origin)
+                } else {
+                    let response = MessageBuilder::response_to(
+                        &request,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        None,
+                    )
+                    .build();
+                    Some(SipCommand::Respond { server, response })
+                }
+            }
+            // A 2xx to an INVITE of a call that is gone (it crossed our CANCEL after the
+            // call's actor failed, or a retransmission outlived the call): acknowledged and
+            // hung up, so the far end is not left holding a call (RFC 3261 §13.2.2.4).
+            CoreEvent::Response(_, response) => {
+                stray_invite_2xx(&response, origin);
+                None
+            }
+            // ACKs and CANCELs for a call that is gone need nothing more: its final
+            // response already went out.
+            _ => None,
+        }
+    }
+}
+
+/// Acknowledges a 2xx to an INVITE no call owns and hangs it up: ACK then BYE, in that
+/// order, from a task. Nothing for anything else, or when the 2xx's Contact is not an
+/// address to send to.
+fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
+    let status = response.status()?;
+    let cseq = response.header(&HeaderName::CSeq)?.value.clone();
+    let cseq = std::str::from_utf8(&cseq).ok()?.to_string();
+    let (number, method) = cseq.trim().split_once(' ')?;
+    if !(200..300).contains(&status) || method.trim() != "INVITE" {
+        return None;
+    }
+    let number: u32 = number.trim().parse().ok()?;
+    let contact = NameAddr::parse(&response.header(&HeaderName::Contact)?.value).ok()?;
+    let uri = crate::sip::uri::SipUri::parse(&contact.uri).ok()?;
+    let ip = match uri.host {
+        crate::sip::uri::Host::V4(a) => std::net::IpAddr::V4(a),
+        crate::sip::uri::Host::V6(a) => std::net::IpAddr::V6(a),
+        _ => return None,
+    };
+    let to = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+    let request = |method: Method, seq: u32| {
+        let mut b = MessageBuilder::request(method.clone(), &contact.uri)
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::CSeq, format!("{seq} {method}"));
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(h) = response.header(&name) {
+                b = b.header(name, String::from_utf8_lossy(&h.value).into_owned());
+            }
+        }
+        b.build()
+    };
+    tracing::warn!(%to, "a 2xx for a call that is gone: acknowledged and hung up");
+    let ack = request(Method::Ack, number);
+    let bye = request(Method::Bye, number.saturating_add(1));
+    let origin = origin.clone();
+    tokio::spawn(async move {
+        origin.send(SipCommand::Ack { request: ack, to }).await;
+        origin.send(SipCommand::Request { request: bye, to }).await;
+    });
+    Some(())
+}

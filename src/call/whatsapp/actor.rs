@@ -1,0 +1,481 @@
+//! The actor that runs a call's [`WhatsAppLeg`]: a child of the call's supervisor, and the
+//! one place a call talks to Meta.
+//!
+//! It builds the leg's WebRTC side as it starts (answering Meta's offer, or making the
+//! switch's), then carries out what the leg asks:
+//! - `pre_accept` and `accept` are awaited here, in order, and their outcome handed back;
+//! - `connect` runs as a task the actor owns (after `call_dialled` is in the audit trail),
+//!   so the leg keeps answering the bridge meanwhile; its answer comes back to the leg;
+//! - `reject` and `terminate` go to Meta's [`Outbox`]: the call's teardown never waits on
+//!   the Graph API, and a shutdown never loses them;
+//! - SIP events go to the call's bridge, media updates to the call's media actor, and the
+//!   leg's progress to the supervisor.
+//!
+//! However the actor ends, Meta's side of the call is ended: its state's `Drop` hands the
+//! leg's last words to the outbox. A `connect` still out when the actor stops is waited
+//! for (at most as long as one Graph request may take), so a call Meta placed just after
+//! the switch gave up on it is terminated; if the actor is killed instead, Meta's own
+//! webhooks name the call (`biz_opaque_callback_data`), and the ingress terminates it then.
+
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::leg::{Face, WaOut, Way, WhatsAppLeg};
+use super::permit::Permit;
+use super::WaEvent;
+use crate::call::leg::{FromBridge, LegMsg, LegSignal};
+use crate::call::media::MediaMsg;
+use crate::call::plan::{WhatsAppInbound, WhatsAppOutbound};
+use crate::call::sip::bridge::BridgeMsg;
+use crate::call::supervisor::CallMsg;
+use crate::call::wakeup::Wakeup;
+use crate::call::LegRole;
+use crate::media::shard::Side;
+use crate::meta::graph::{CallAction, GraphError};
+use crate::meta::outbox::Outbox;
+use crate::store::HangupParty;
+
+/// How long the media actor may take to build the WebRTC leg.
+const ANCHOR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which way the leg crosses Meta, with what that needs.
+#[derive(Debug)]
+pub enum WhatsAppStart {
+    /// A customer's call.
+    Inbound(WhatsAppInbound),
+    /// The switch calls a customer.
+    Outbound(WhatsAppOutbound),
+}
+
+/// The WhatsApp leg actor.
+pub struct WhatsAppLegActor;
+
+/// What the WhatsApp leg actor starts with.
+pub struct WhatsAppLegArgs {
+    /// Which way the call crosses Meta.
+    pub start: WhatsAppStart,
+    /// How the leg meets the rest of its call.
+    pub face: Face,
+    /// The call's supervisor.
+    pub call: ActorRef<CallMsg>,
+    /// The call's media actor (builds the WebRTC leg).
+    pub media: ActorRef<MediaMsg>,
+    /// The switch's id of the call (Meta echoes it in its webhooks).
+    pub call_id: String,
+    /// The call's span.
+    pub span: tracing::Span,
+}
+
+/// State of a running WhatsApp leg.
+pub struct WhatsAppLegState {
+    leg: WhatsAppLeg,
+    outbox: Outbox,
+    phone_number_id: String,
+    permit: Option<Permit>,
+    call: ActorRef<CallMsg>,
+    media: ActorRef<MediaMsg>,
+    /// The call's bridge, once it is ready for this leg.
+    bridge: Option<ActorRef<BridgeMsg>>,
+    /// What was said to the bridge before it was ready.
+    to_bridge: Vec<BridgeMsg>,
+    /// Placing the call with Meta.
+    tasks: JoinSet<WaEvent>,
+    timer: Wakeup<LegMsg>,
+    span: tracing::Span,
+}
+
+impl Actor for WhatsAppLegActor {
+    type Msg = LegMsg;
+    type State = WhatsAppLegState;
+    type Arguments = WhatsAppLegArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WhatsAppLegArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let span = args.span.clone();
+        start(args).instrument(span).await
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        leg: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let outs = leg.leg.start(Instant::now());
+        let span = leg.span.clone();
+        leg.carry_out(&myself, outs).instrument(span).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        leg: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = leg.span.clone();
+        async move {
+            let outs = match msg {
+                LegMsg::WhatsApp(event) => leg.leg.on_meta(event),
+                LegMsg::Bridge(FromBridge::Ready { bridge, offer }) => {
+                    for msg in leg.to_bridge.drain(..) {
+                        let _ = bridge.send_message(msg);
+                    }
+                    leg.bridge = Some(bridge);
+                    leg.leg.bridge_ready(offer)
+                }
+                LegMsg::Bridge(FromBridge::Sip(command)) => leg.leg.on_sip(command),
+                LegMsg::Bridge(FromBridge::Media(remote)) => leg.leg.sip_media(remote),
+                // Signalled from outside like any leg: a far-end hangup is Meta's.
+                LegMsg::Remote(LegSignal::HungUp { cause }) => {
+                    leg.leg.on_meta(WaEvent::Terminated { cause })
+                }
+                LegMsg::Remote(_) => Vec::new(),
+                // The bridge tells a WhatsApp leg how the business side goes, in SIP.
+                LegMsg::Alert | LegMsg::Answer => Vec::new(),
+                LegMsg::Hangup { cause, reply } => {
+                    tracing::debug!(%cause, "ending the WhatsApp leg");
+                    let outs = leg.leg.hangup();
+                    leg.carry_out(&myself, outs).await;
+                    let _ = reply.send(());
+                    Vec::new()
+                }
+                LegMsg::State(reply) => {
+                    let _ = reply.send(leg.leg.state());
+                    Vec::new()
+                }
+                LegMsg::Wake => {
+                    let mut outs = Vec::new();
+                    while let Some(done) = leg.tasks.try_join_next() {
+                        outs.extend(leg.finished(done));
+                    }
+                    if leg
+                        .leg
+                        .poll_timeout()
+                        .is_some_and(|at| at <= Instant::now())
+                    {
+                        leg.timer.fired();
+                        outs.extend(leg.leg.handle_timeout(Instant::now()));
+                    }
+                    outs
+                }
+                #[cfg(any(test, feature = "fault-injection"))]
+                LegMsg::Fault(fault) => return fault.trigger(LegRole::WhatsApp.as_str()),
+            };
+            leg.carry_out(&myself, outs).await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        leg: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A `connect` still out: its answer decides whether Meta's call is terminated.
+        if leg.tasks.is_empty() {
+            return Ok(());
+        }
+        let patience = leg.outbox.graph().longest_request();
+        let span = leg.span.clone();
+        async {
+            let deadline = tokio::time::Instant::now() + patience;
+            while let Ok(Some(done)) =
+                tokio::time::timeout_at(deadline, leg.tasks.join_next()).await
+            {
+                let outs = leg.finished(done);
+                leg.carry_out(&myself, outs).await;
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+/// Builds the leg's WebRTC side and the leg.
+async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessingErr> {
+    let tag = format!("{:x}wa", uuid::Uuid::new_v4().as_u64_pair().0);
+    let (way, outbox, phone_number_id, permit, span) = match args.start {
+        WhatsAppStart::Inbound(w) => {
+            let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg", wa_call_id = %w.wa_call_id);
+            let offer = w.offer_sdp;
+            let echo = args.face == Face::Echo;
+            let anchored = args
+                .media
+                .call(
+                    |reply| MediaMsg::AnchorWebRtc { offer, echo, reply },
+                    Some(ANCHOR_TIMEOUT),
+                )
+                .instrument(span.clone())
+                .await;
+            let answer = match anchored {
+                Ok(ractor::rpc::CallResult::Success(Ok(answer))) => answer,
+                other => {
+                    let why = match other {
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+                        _ => "media did not answer".into(),
+                    };
+                    tracing::warn!(parent: &span, error = %why, "WhatsApp offer not answerable; rejecting the call");
+                    let _entered = span.enter();
+                    w.outbox.send(
+                        &w.phone_number_id,
+                        CallAction::Reject {
+                            call_id: w.wa_call_id.clone(),
+                        },
+                    );
+                    return Err(ActorProcessingErr::from(
+                        "the WhatsApp offer could not be answered",
+                    ));
+                }
+            };
+            let way = Way::Inbound {
+                wa_call_id: w.wa_call_id,
+                answer,
+            };
+            (way, w.outbox, w.phone_number_id, None, span)
+        }
+        WhatsAppStart::Outbound(w) => {
+            let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg");
+            let offered = args
+                .media
+                .call(MediaMsg::OfferWebRtc, Some(ANCHOR_TIMEOUT))
+                .instrument(span.clone())
+                .await;
+            let offer = match offered {
+                Ok(ractor::rpc::CallResult::Success(Ok((offer, _)))) => offer,
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                    return Err(ActorProcessingErr::from(format!(
+                        "no WebRTC offer for the customer: {e}"
+                    )))
+                }
+                _ => {
+                    return Err(ActorProcessingErr::from(
+                        "no WebRTC offer for the customer: media did not answer",
+                    ))
+                }
+            };
+            let way = Way::Outbound {
+                customer: w.customer,
+                offer,
+                ring_timeout: w.ring_timeout,
+            };
+            (way, w.outbox, w.phone_number_id, Some(w.permit), span)
+        }
+    };
+    let mut leg = WhatsAppLeg::new(way, args.face, &args.call_id, &tag);
+    // The permission may have ended between its reservation and now: the call ends as a
+    // refusal for that reason, and nobody is called.
+    if let Some(blocked) = match &permit {
+        Some(p) => p.cut_off().await,
+        None => None,
+    } {
+        tracing::info!(parent: &span, reason = blocked.as_str(), "the customer's permission ended before the call was placed");
+        leg.hangup();
+        let _ = args.call.send_message(CallMsg::Hangup {
+            by: HangupParty::Switch,
+            cause: blocked.as_str().to_string(),
+            reply: None,
+        });
+    }
+    Ok(WhatsAppLegState {
+        leg,
+        outbox,
+        phone_number_id,
+        permit,
+        call: args.call,
+        media: args.media,
+        bridge: None,
+        to_bridge: Vec::new(),
+        tasks: JoinSet::new(),
+        timer: Wakeup::default(),
+        span,
+    })
+}
+
+impl Drop for WhatsAppLegState {
+    /// However the actor ended, Meta's side of the call is ended.
+    fn drop(&mut self) {
+        let _entered = self.span.enter();
+        for out in self.leg.hangup() {
+            if let WaOut::Send(action) = out {
+                tracing::warn!(
+                    action = action.name(),
+                    "WhatsApp leg gone; ending Meta's side"
+                );
+                self.outbox.send(&self.phone_number_id, action);
+            }
+        }
+    }
+}
+
+impl WhatsAppLegState {
+    /// A task's outcome, for the leg.
+    fn finished(&mut self, done: Result<WaEvent, tokio::task::JoinError>) -> Vec<WaOut> {
+        match done {
+            Ok(event) => self.leg.on_meta(event),
+            Err(e) => {
+                tracing::error!(error = %e, "placing the call with Meta failed");
+                self.leg.on_meta(WaEvent::Connected(Err((
+                    500,
+                    "Server Internal Error - placing the call failed".into(),
+                ))))
+            }
+        }
+    }
+
+    fn tell_bridge(&mut self, msg: BridgeMsg) {
+        match &self.bridge {
+            Some(bridge) => {
+                // A bridge that is gone has ended the call already.
+                let _ = bridge.send_message(msg);
+            }
+            None => self.to_bridge.push(msg),
+        }
+    }
+
+    /// Carries out what the leg asks, feeding back the outcomes it waits for.
+    async fn carry_out(&mut self, myself: &ActorRef<LegMsg>, outs: Vec<WaOut>) {
+        let mut queue: std::collections::VecDeque<WaOut> = outs.into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                WaOut::Await(action) => {
+                    let result = self
+                        .outbox
+                        .graph()
+                        .call_action(&self.phone_number_id, &action)
+                        .await;
+                    match &result {
+                        Ok(_) => tracing::debug!(action = action.name(), "sent to Meta"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, action = action.name(), "Meta refused; ending the call")
+                        }
+                    }
+                    queue.extend(self.leg.graph_done(&action, result.is_ok()));
+                }
+                WaOut::Dial(action) => self.dial(myself, action),
+                WaOut::Send(action) => {
+                    self.outbox.send(&self.phone_number_id, action);
+                }
+                WaOut::Bridge(event) => self.tell_bridge(BridgeMsg::Sip(event)),
+                WaOut::Begin => self.tell_bridge(BridgeMsg::Begin),
+                WaOut::WebRtcAnswer(sdp) => {
+                    let _ = self.media.send_message(MediaMsg::WebRtcAnswer(sdp));
+                }
+                WaOut::SipMedia(remote) => {
+                    let path = crate::call::media::codec_path(&remote);
+                    let _ = self.media.send_message(MediaMsg::Remote(Side::B, remote));
+                    let _ = self.media.send_message(MediaMsg::Plan(path));
+                }
+                WaOut::WaCallId(id) => {
+                    let _ = self.call.send_message(CallMsg::WaCallId(id));
+                }
+                WaOut::Changed(state, cause) => {
+                    let _ = self.call.send_message(CallMsg::LegChanged {
+                        role: LegRole::WhatsApp,
+                        state,
+                        cause,
+                    });
+                }
+                WaOut::Failed(cause) => {
+                    let _ = self.call.send_message(CallMsg::LegFailed {
+                        role: LegRole::WhatsApp,
+                        cause,
+                    });
+                }
+                WaOut::EndCall(cause) => {
+                    let _ = self.call.send_message(CallMsg::Hangup {
+                        by: HangupParty::Switch,
+                        cause,
+                        reply: None,
+                    });
+                }
+            }
+        }
+        self.timer
+            .set(myself, self.leg.poll_timeout(), || LegMsg::Wake);
+    }
+
+    /// Places the call with Meta from a task of the actor's: `call_dialled` is in the
+    /// audit trail before the request leaves (when it cannot be written, Meta is not
+    /// asked and the call fails with 503); Meta's answer comes back to the leg.
+    fn dial(&mut self, myself: &ActorRef<LegMsg>, action: CallAction) {
+        let graph = std::sync::Arc::clone(self.outbox.graph());
+        let pnid = self.phone_number_id.clone();
+        let permit = self.permit.clone();
+        let me = myself.clone();
+        self.tasks.spawn(
+            async move {
+                crate::call::pause_point("before_dial").await;
+                let event = place(permit, &graph, &pnid, &action).await;
+                let _ = me.send_message(LegMsg::Wake);
+                event
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+}
+
+async fn place(
+    permit: Option<Permit>,
+    graph: &crate::meta::graph::GraphClient,
+    pnid: &str,
+    action: &CallAction,
+) -> WaEvent {
+    if let Some(permit) = &permit {
+        if let Err(e) = permit.dialled().await {
+            tracing::error!(error = %e, "call_dialled not written to the audit trail; Meta not asked");
+            return WaEvent::Connected(Err((
+                503,
+                "Service Unavailable - audit trail not written".to_string(),
+            )));
+        }
+    }
+    let result = match graph.call_action(pnid, action).await {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err((
+            480,
+            "Temporarily Unavailable - no call id from Meta".to_string(),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "Meta refused the call");
+            if e.not_carried_out() {
+                if let Some(permit) = &permit {
+                    permit.not_placed();
+                }
+            }
+            Err(connect_refusal(&e))
+        }
+    };
+    WaEvent::Connected(result)
+}
+
+/// The SIP status and reason of a refused Graph `connect`.
+pub fn connect_refusal(e: &GraphError) -> (u16, String) {
+    match e.code() {
+        // No approved call permission (Meta's records disagree with the switch's).
+        Some(138_006) => (403, "Forbidden - Meta reports no call permission".into()),
+        // The number is not on WhatsApp, or its client cannot take calls.
+        Some(138_001) => (404, "Not Found - receiver uncallable on WhatsApp".into()),
+        // A call with the customer is already in progress.
+        Some(138_003) => (
+            486,
+            "Busy Here - a call with the customer is in progress".into(),
+        ),
+        _ if e.transient() => (503, "Service Unavailable - WhatsApp unreachable".into()),
+        _ => (
+            480,
+            format!(
+                "Temporarily Unavailable - {}",
+                super::leg::safe_phrase(&e.to_string())
+            ),
+        ),
+    }
+}
