@@ -12,7 +12,8 @@ use waswitch::media::g711;
 use waswitch::media::ports::PortAllocator;
 use waswitch::media::rtcp::ReceiverStats;
 use waswitch::media::rtp::{write_packet, RtpView};
-use waswitch::media::shard::{MediaPlane, Remote, Side, SourcePolicy};
+use waswitch::media::shard::MediaPlane;
+use waswitch::media::types::{Remote, Side, SourcePolicy};
 
 fn packet() -> [u8; 172] {
     let mut p = [0u8; 172];

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use waswitch::media::ports::PortAllocator;
-use waswitch::media::shard::{MediaPlane, Remote, Side, SourcePolicy};
+use waswitch::media::shard::MediaPlane;
+use waswitch::media::types::{Remote, Side, SourcePolicy};
 
 const PACKET: usize = 172;
 const BATCH: usize = 256;

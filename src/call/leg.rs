@@ -21,7 +21,7 @@ use super::whatsapp::WaEvent;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use super::LegRole;
-use crate::media::shard::Remote;
+use crate::media::types::Remote;
 use crate::sip::core::SipCommand;
 
 /// Progress of one signalling leg.

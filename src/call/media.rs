@@ -13,7 +13,8 @@ use super::supervisor::CallMsg;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
 use crate::media::ports::{PortAllocator, PortLease};
-use crate::media::shard::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane, Remote, Side};
+use crate::media::shard::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane};
+use crate::media::types::{Remote, Side};
 use crate::store::HangupParty;
 use crate::telemetry;
 

@@ -472,8 +472,8 @@ impl Calls {
     pub fn media_remote(
         &self,
         id: &CallId,
-        side: crate::media::shard::Side,
-        remote: crate::media::shard::Remote,
+        side: crate::media::types::Side,
+        remote: crate::media::types::Remote,
     ) -> bool {
         match self.inner.registry.get(id) {
             Some(call) => call
@@ -488,7 +488,7 @@ impl Calls {
     pub fn play_prompt(
         &self,
         id: &CallId,
-        side: crate::media::shard::Side,
+        side: crate::media::types::Side,
         prompt: crate::media::prompt::Prompt,
         barge_in: bool,
     ) -> bool {
@@ -504,7 +504,7 @@ impl Calls {
     pub fn send_dtmf(
         &self,
         id: &CallId,
-        side: crate::media::shard::Side,
+        side: crate::media::types::Side,
         digit: char,
         duration: Duration,
     ) -> bool {

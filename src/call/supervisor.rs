@@ -146,7 +146,7 @@ pub enum CallMsg {
     /// Anchor the call's media in a shard (for legs that are not SIP bridges, e.g. WhatsApp).
     AnchorMedia(RpcReplyPort<Option<super::media::Anchor>>),
     /// What one side's SDP says about its media.
-    MediaRemote(crate::media::shard::Side, crate::media::shard::Remote),
+    MediaRemote(crate::media::types::Side, crate::media::types::Remote),
     /// A media request passed to the call's media actor as is (prompts, DTMF).
     Media(MediaMsg),
     /// Meta's id of the call is known (business-initiated calls learn it after they start).

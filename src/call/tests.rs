@@ -660,7 +660,7 @@ fn tone_power(samples: &[f64], freq: f64) -> f64 {
 async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
     use crate::media::g711;
     use crate::media::rtp::write_packet;
-    use crate::media::shard::{Remote, Side};
+    use crate::media::types::{Remote, Side};
     use std::net::{SocketAddr, UdpSocket};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -770,7 +770,7 @@ async fn prompts_and_digits_reach_a_side_through_the_call() {
     use crate::media::dtmf::EventPayload;
     use crate::media::prompt::Prompt;
     use crate::media::rtp::RtpView;
-    use crate::media::shard::{Remote, Side};
+    use crate::media::types::{Remote, Side};
     use std::net::UdpSocket;
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -314,7 +314,7 @@ pub struct MediaConfig {
     /// A leg that should send and sent nothing for this long ends its call.
     pub timeout: Duration,
     /// Which sources a leg accepts RTP from.
-    pub source_policy: crate::media::shard::SourcePolicy,
+    pub source_policy: crate::media::types::SourcePolicy,
     /// Every anchored call is recorded here as `<call id>.wav` (`None`: no recording).
     pub record_dir: Option<PathBuf>,
     /// Opus encoder complexity for transcoded legs (0-10: CPU against quality).
@@ -809,8 +809,8 @@ impl Validator {
         let opus_complexity =
             self.bounded("media.opus_complexity", raw.media.opus_complexity, 0, 10);
         let source_policy = match raw.media.source_policy.to_ascii_lowercase().as_str() {
-            "latch" => Some(crate::media::shard::SourcePolicy::Latch),
-            "strict" => Some(crate::media::shard::SourcePolicy::Strict),
+            "latch" => Some(crate::media::types::SourcePolicy::Latch),
+            "strict" => Some(crate::media::types::SourcePolicy::Strict),
             other => {
                 self.problem(
                     "media.source_policy",

@@ -16,4 +16,5 @@ pub mod rtcp;
 pub mod rtp;
 pub mod shard;
 pub mod transcode;
+pub mod types;
 pub mod webrtc;

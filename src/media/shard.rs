@@ -29,6 +29,7 @@ use super::ports::{PortAllocator, PortLease};
 use super::record::{Frame, Recorder};
 use super::rtcp::ReceiverStats;
 use super::rtp::{is_rtcp, RtpView};
+use super::types::{Remote, Side, SourcePolicy};
 use super::webrtc::{LegOutput, WebRtcError, WebRtcLeg};
 use crate::telemetry;
 
@@ -47,57 +48,6 @@ const WAKER: Token = Token(usize::MAX);
 const RTC_TOKENS: usize = 1 << 40;
 /// How long a shard sleeps at most when it has no WebRTC timer due.
 const RTC_IDLE: Duration = Duration::from_secs(3600);
-
-/// Which side of a bridged pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The first leg (the caller's side of a SIP call, the WhatsApp side of a WhatsApp call).
-    A,
-    /// The second leg.
-    B,
-}
-
-impl Side {
-    fn index(self) -> usize {
-        match self {
-            Side::A => 0,
-            Side::B => 1,
-        }
-    }
-}
-
-/// Which packets a leg accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourcePolicy {
-    /// Only from the address in the peer's SDP.
-    Strict,
-    /// From the first source seen (which may differ from the SDP, behind NAT), then only
-    /// from it.
-    Latch,
-}
-
-/// Where a leg's peer receives, and what it sends, from its SDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Remote {
-    /// RTP address (`None`: the peer stopped the stream, e.g. hold with 0.0.0.0).
-    pub addr: Option<SocketAddr>,
-    /// RTCP shares the RTP port.
-    pub rtcp_mux: bool,
-    /// Clock rate of the codec (for jitter in milliseconds).
-    pub clock: u32,
-    /// The peer's telephone-event payload type.
-    pub dtmf_pt: Option<u8>,
-    /// The clock of its telephone-events (RFC 4733 has it equal the audio clock; some
-    /// peers pair 8000 with Opus's 48000). Event durations are counted in it.
-    pub dtmf_clock: u32,
-    /// The payload type of the codec the peer receives (prompts are encoded in it).
-    pub codec_pt: Option<u8>,
-    /// That codec, when the media plane speaks it (legs of different codecs are
-    /// transcoded; equal codecs are relayed untouched).
-    pub codec: Option<super::transcode::Codec>,
-    /// The peer is expected to send (sendrecv/sendonly): silence counts toward the timeout.
-    pub sends: bool,
-}
 
 /// Something a shard tells the call that owns a pair.
 #[derive(Debug, Clone, PartialEq)]

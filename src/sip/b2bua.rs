@@ -137,7 +137,7 @@ pub enum Action {
     /// The call progressed.
     Progress(Progress),
     /// What one leg's SDP says about its media (anchored calls).
-    Media(Leg, crate::media::shard::Remote),
+    Media(Leg, crate::sdp::Audio),
     /// How the call's audio crosses the switch, once both legs' SDP are known and
     /// whenever it changes (anchored calls).
     MediaPlan(crate::sdp::MediaPlan),
@@ -284,8 +284,6 @@ pub struct Bridge {
     /// The audio formats of each leg's latest SDP (A, B), and the plan they make.
     formats: [Option<Vec<crate::sdp::Format>>; 2],
     plan: Option<crate::sdp::MediaPlan>,
-    /// Leg A is a WhatsApp call.
-    a_is_whatsapp: bool,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -477,7 +475,6 @@ impl Bridge {
             answer_to_a_pending: false,
             formats: [None, None],
             plan: None,
-            a_is_whatsapp: false,
         };
         Ok(bridge)
     }
@@ -515,36 +512,12 @@ impl Bridge {
             }
         };
         if let Ok(Some(audio)) = sdp.audio() {
-            let sends = matches!(
-                audio.direction,
-                crate::sdp::Direction::SendRecv | crate::sdp::Direction::SendOnly
-            );
-            self.out.push_back(Action::Media(
-                from,
-                crate::media::shard::Remote {
-                    addr: audio.target,
-                    rtcp_mux: audio.rtcp_mux,
-                    clock: audio.codec().map_or(8000, |c| c.clock),
-                    dtmf_pt: audio.telephone_event(),
-                    dtmf_clock: audio.telephone_event_format().map_or(8000, |f| f.clock),
-                    codec_pt: audio.codec().map(|c| c.pt),
-                    // SDP crosses the bridge unchanged but for the address, so both legs
-                    // settle on the same codec by offer/answer: nothing to transcode.
-                    // Leg A of a WhatsApp call speaks Opus whatever leg B answers: leg B's
-                    // codec is named so the media plane transcodes when they differ.
-                    codec: match from {
-                        Leg::B if self.a_is_whatsapp => audio
-                            .codec()
-                            .and_then(|c| crate::media::transcode::Codec::from_name(&c.name)),
-                        _ => None,
-                    },
-                    sends,
-                },
-            ));
+            let formats = audio.formats.clone();
+            self.out.push_back(Action::Media(from, audio));
             self.formats[match from {
                 Leg::A => 0,
                 Leg::B => 1,
-            }] = Some(audio.formats.clone());
+            }] = Some(formats);
             self.replan();
         }
         let port = anchor.ports[match to {
@@ -573,12 +546,6 @@ impl Bridge {
                 self.out.push_back(Action::MediaPlan(p));
             }
         }
-    }
-
-    /// Leg A is a WhatsApp call (Opus over WebRTC, in the media plane): leg B's codec is
-    /// reported with its media, for transcoding.
-    pub fn set_whatsapp_a(&mut self) {
-        self.a_is_whatsapp = true;
     }
 
     /// Leg A's SDP, as its INVITE carried it.

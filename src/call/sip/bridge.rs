@@ -25,7 +25,7 @@ use crate::call::wakeup::Wakeup;
 #[cfg(any(test, feature = "fault-injection"))]
 use crate::call::Fault;
 use crate::call::{LegRole, CALL_RPC_TIMEOUT};
-use crate::media::shard::{Remote, Side};
+use crate::media::types::{Remote, Side};
 use crate::sip::b2bua::{Action, Bridge, Leg, Progress};
 use crate::sip::core::CoreEvent;
 use crate::sip::transport::SipHandle;
@@ -357,7 +357,7 @@ impl BridgeState {
                     self.routed.retain(|c| *c != call_id);
                 }
                 Action::Progress(progress) => self.progress(progress),
-                Action::Media(leg, remote) => self.leg_media(leg, remote),
+                Action::Media(leg, audio) => self.leg_media(leg, audio),
                 Action::MediaPlan(plan) => {
                     // With a WhatsApp leg the pair's codecs are the WhatsApp side's business.
                     if let (Some(media), None) = (&self.media, whatsapp) {
@@ -379,7 +379,13 @@ impl BridgeState {
     /// leg's, never the SDP the bridge sees of it; the trunk facing a WhatsApp caller sets
     /// the pair's side B with its codec (passed through or transcoded), and the PBX facing
     /// a WhatsApp callee is handed to that leg, which chose the PBX's codec.
-    fn leg_media(&mut self, leg: Leg, remote: Remote) {
+    fn leg_media(&mut self, leg: Leg, audio: crate::sdp::Audio) {
+        // SDP crosses the bridge unchanged but for the address, so two SIP legs settle on
+        // one codec by offer/answer: nothing to transcode. A WhatsApp leg A speaks Opus
+        // whatever leg B answers: leg B's codec is named, and the media plane transcodes
+        // when the two differ.
+        let transcoded = leg == Leg::B && self.whatsapp_leg() == Some(Leg::A);
+        let remote = Remote::from_sdp(&audio, transcoded);
         match (self.whatsapp_leg(), leg) {
             (Some(w), l) if w == l => {}
             (Some(Leg::A), Leg::B) => {

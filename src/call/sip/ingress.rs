@@ -295,8 +295,6 @@ impl SipIngress {
             targets,
         )
         .map_err(|_| (500, "the WhatsApp side could not start a bridge"))?;
-        let mut bridge = bridge;
-        bridge.set_whatsapp_a();
         Ok(BridgeSetup {
             bridge,
             a: None,

@@ -33,7 +33,7 @@ use crate::call::sip::bridge::BridgeMsg;
 use crate::call::supervisor::CallMsg;
 use crate::call::wakeup::Wakeup;
 use crate::call::LegRole;
-use crate::media::shard::Side;
+use crate::media::types::Side;
 use crate::meta::graph::{CallAction, GraphError};
 use crate::meta::outbox::Outbox;
 use crate::store::HangupParty;

@@ -30,8 +30,8 @@ use bytes::Bytes;
 
 use super::WaEvent;
 use crate::call::leg::LegState;
-use crate::media::shard::Remote;
 use crate::media::transcode::Codec;
+use crate::media::types::Remote;
 use crate::meta::graph::CallAction;
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, RequestId, ServerId, SipCommand};

@@ -1604,13 +1604,13 @@ fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
     let media: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Media(leg, remote) => Some((*leg, *remote)),
+            Action::Media(leg, audio) => Some((*leg, audio.clone())),
             _ => None,
         })
         .collect();
     assert_eq!(media.len(), 1);
     assert_eq!(media[0].0, Leg::A);
-    assert!(media[0].1.addr.is_some(), "A's own address from its SDP");
+    assert!(media[0].1.target.is_some(), "A's own address from its SDP");
 
     let answer_sdp = "v=0\r\no=uas 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
                       t=0 0\r\nm=audio 7078 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -1621,13 +1621,13 @@ fn anchored_calls_rewrite_sdp_both_ways_and_report_each_legs_media() {
     assert!(answer.contains("m=audio 30000 RTP/AVP 0 101"), "{answer}");
     assert!(answer.contains("c=IN IP4 10.9.9.9"), "{answer}");
     let b_media = actions.iter().find_map(|a| match a {
-        Action::Media(Leg::B, r) => Some(*r),
+        Action::Media(Leg::B, r) => Some(r.clone()),
         _ => None,
     });
     let b_media = b_media.expect("B's media reported");
-    assert_eq!(b_media.addr, Some("127.0.0.1:7078".parse().unwrap()));
-    assert_eq!(b_media.dtmf_pt, Some(101));
-    assert!(b_media.sends);
+    assert_eq!(b_media.target, Some("127.0.0.1:7078".parse().unwrap()));
+    assert_eq!(b_media.telephone_event(), Some(101));
+    assert_eq!(b_media.direction, crate::sdp::Direction::SendRecv);
     let plans: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
