@@ -12,10 +12,10 @@
 //! - [`store`]: the system of record (SQLite or PostgreSQL) and the CDR writer;
 //! - [`permission`]: call permissions (the sans-IO state machine and its service);
 //! - [`routing`]: which trunk a call comes from and goes to;
-//! - [`call`]: one supervised actor tree per call, the registry, the root supervisor;
+//! - [`call`]: one supervised actor tree per call, its plan, the registry;
 //! - [`api`]: HTTP (health, readiness, metrics, webhooks, the REST API);
 //! - [`sim`]: the Meta emulator (a client of the switch, as Meta is);
-//! - [`node`]: one running switch and its lifecycle.
+//! - [`node`]: one running switch, its lifecycle and its root supervisor.
 
 // Unsafe code lives in one module (`media::batch`, the batched socket calls), which allows it
 // with a SAFETY comment on every block; anywhere else it does not compile.

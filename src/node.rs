@@ -7,6 +7,8 @@
 //! to the store (or, if the store is gone, spilled to a file so none is lost); the HTTP
 //! listener and the actors stop.
 
+pub mod root;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState, Readiness};
 use crate::call::registry::CallRegistry;
-use crate::call::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::call::sip::{SipHandles, SipIngress};
 use crate::call::{now_ms, Calls};
 use crate::config::Config;
@@ -31,6 +32,7 @@ use crate::sip::trunk::{ProbeTarget, TrunkHealth};
 use crate::store::writer::{CdrQueue, CdrWriterArgs, CdrWriterMsg};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
+use root::{RootArgs, RootMsg, RootSupervisor};
 
 /// CDRs held in memory before calls ending have to wait for the store.
 const CDR_QUEUE_CAPACITY: usize = 65_536;
@@ -247,7 +249,7 @@ impl Node {
         tracing::info!(shards = config.media.shards, ip = %config.media.ip, "media plane running");
         let calls = Calls::new(
             registry,
-            root.clone(),
+            root.get_cell(),
             cdrs,
             ports,
             &node_id,

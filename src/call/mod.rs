@@ -19,7 +19,6 @@ pub mod leg;
 pub mod media;
 pub mod plan;
 pub mod registry;
-pub mod root;
 pub mod sip;
 pub mod supervisor;
 mod wakeup;
@@ -29,7 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorCell};
 use serde::Serialize;
 
 use crate::media::ports::PortAllocator;
@@ -39,7 +38,6 @@ use crate::telemetry;
 use leg::{LegSignal, LegState};
 pub use plan::CallPlan;
 use registry::{CallEntry, CallRegistry};
-use root::RootMsg;
 use supervisor::{CallArgs, CallMsg, CallSupervisor};
 
 /// How long a request to a call's actors may take before the call is reported unresponsive.
@@ -251,7 +249,7 @@ pub use crate::clock::now_ms;
 
 /// Builds the CDR of a call that has just left the registry and counts it in
 /// `waswitch_calls_total`.
-fn close_out(
+pub fn close_out(
     node_id: &str,
     id: &CallId,
     entry: &CallEntry,
@@ -317,7 +315,8 @@ pub struct Calls {
 
 struct CallsInner {
     registry: CallRegistry,
-    root: ActorRef<RootMsg>,
+    /// The parent of every call supervisor (the node's root supervisor).
+    parent: ActorCell,
     cdrs: CdrQueue,
     ports: PortAllocator,
     media: std::sync::OnceLock<crate::media::shard::MediaPlane>,
@@ -329,11 +328,11 @@ struct CallsInner {
 }
 
 impl Calls {
-    /// The call plane over a running root supervisor, admitting at most `max_calls` calls at
-    /// once (0: no limit).
+    /// The call plane under `parent` (the node's root supervisor, which closes out a call
+    /// whose supervisor dies), admitting at most `max_calls` calls at once (0: no limit).
     pub fn new(
         registry: CallRegistry,
-        root: ActorRef<RootMsg>,
+        parent: ActorCell,
         cdrs: CdrQueue,
         ports: PortAllocator,
         node_id: &str,
@@ -342,7 +341,7 @@ impl Calls {
         Self {
             inner: Arc::new(CallsInner {
                 registry,
-                root,
+                parent,
                 cdrs,
                 ports,
                 media: std::sync::OnceLock::new(),
@@ -411,7 +410,7 @@ impl Calls {
             media: inner.media.get().cloned(),
             node_id: Arc::clone(&inner.node_id),
         };
-        match Actor::spawn_linked(None, CallSupervisor, args, inner.root.get_cell()).await {
+        match Actor::spawn_linked(None, CallSupervisor, args, inner.parent.clone()).await {
             Ok(_) => Ok(id),
             Err(e) => {
                 metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "setup_failed")
@@ -585,9 +584,9 @@ impl Calls {
         &self.inner.cdrs
     }
 
-    /// The root supervisor.
-    pub fn root(&self) -> &ActorRef<RootMsg> {
-        &self.inner.root
+    /// The parent of every call supervisor (the node's root supervisor).
+    pub fn parent(&self) -> &ActorCell {
+        &self.inner.parent
     }
 
     /// The registry of live calls.

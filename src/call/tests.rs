@@ -3,11 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ractor::ActorRef;
+
 use super::leg::{LegSignal, LegState};
-use super::root::{RootMsg, Service};
 use super::supervisor::{CallMsg, ChildRole};
 use super::{CallId, CallOffer, CallPlan, CallRefused, Calls, Fault, LegRole};
 use crate::config::{Config, StoreUrl};
+use crate::node::root::{RootMsg, Service};
 use crate::node::Node;
 use crate::store::writer::CdrWriterMsg;
 use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty};
@@ -63,9 +65,13 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
+/// The node's root supervisor, the parent of the calls.
+fn root(calls: &Calls) -> ActorRef<RootMsg> {
+    calls.parent().clone().into()
+}
+
 async fn flush(calls: &Calls) -> u64 {
-    let writer = calls
-        .root()
+    let writer = root(calls)
         .call(RootMsg::CdrWriter, Some(Duration::from_secs(5)))
         .await
         .expect("root answers")
@@ -366,8 +372,7 @@ async fn a_crashed_cdr_writer_is_restarted_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = test_node(dir.path(), Duration::from_secs(1)).await;
     let calls = node.calls().clone();
-    let writer = calls
-        .root()
+    let writer = root(&calls)
         .call(RootMsg::CdrWriter, Some(Duration::from_secs(5)))
         .await
         .expect("root answers")
@@ -380,8 +385,7 @@ async fn a_crashed_cdr_writer_is_restarted_and_loses_nothing() {
         assert!(calls.hangup(&id, HangupParty::Business, "api_hangup").await);
     }
     let restarted = || async {
-        let r = calls
-            .root()
+        let r = root(&calls)
             .call(RootMsg::Restarts, Some(Duration::from_secs(5)))
             .await
             .expect("root")

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::registry::CallRegistry;
-use super::{close_out, CallEnd};
+use crate::call::registry::CallRegistry;
+use crate::call::{close_out, CallEnd};
 use crate::store::writer::{CdrQueue, CdrWriter, CdrWriterArgs, CdrWriterMsg};
 use crate::store::HangupParty;
 use crate::telemetry::{self, ProcessSampler, SamplerMsg};
