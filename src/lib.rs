@@ -4,7 +4,8 @@
 //! Modules, from the leaves up (a module never imports one above it, and
 //! `tests/architecture.rs` fails on any circle between them; `ARCHITECTURE.md` is the map):
 //! - leaves: [`sdp`] (offer/answer, anchors), [`number`] (E.164), [`audit`] (the hash-chained
-//!   trail), [`clock`], [`once`], [`telemetry`] (logs and the metric catalogue);
+//!   trail), [`clock`], [`once`], [`tasks`] (owned background work), [`telemetry`] (logs and the
+//!   metric catalogue);
 //! - [`media`]: the media plane (shards, relay, WebRTC, codecs, recording);
 //! - [`sip`]: sans-IO SIP, and its tokio driver (`sip::transport`);
 //! - [`config`]: the typed configuration, validated once;
@@ -38,4 +39,5 @@ pub mod sdp;
 pub mod sim;
 pub mod sip;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;

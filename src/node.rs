@@ -98,6 +98,8 @@ impl StopReport {
 const META_EVENT_QUEUE: usize = 4096;
 /// CDRs on their way to the webhook and the permission service.
 const CDR_TAP_CAPACITY: usize = 65_536;
+/// Longest the permission records still being written may take at shutdown.
+const PERMISSION_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often lapsed temporary grants are recorded as expired.
 const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 
@@ -542,6 +544,18 @@ impl Node {
         }
 
         self.sweeper.abort();
+        // The ended calls' permission settlements, and any record whose client hung up.
+        let unsettled = self
+            .permissions
+            .background()
+            .settle(PERMISSION_SETTLE_TIMEOUT)
+            .await;
+        if unsettled > 0 {
+            tracing::error!(
+                unsettled,
+                "permission records not written before shutdown; the next start settles them from the trail"
+            );
+        }
 
         let (cdrs_flushed, flush_error) = match flush_cdrs(&self.root).await {
             Ok(n) => (n, None),
@@ -704,9 +718,9 @@ fn cdr_fan_out(
             // On a task of its own: a pair busy with a request to Meta never holds up the
             // CDRs behind it.
             if let Some((pair, answered_at, context)) = reset {
-                let permissions = permissions.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = permissions
+                let service = permissions.clone();
+                permissions.background().spawn("request limits reset", async move {
+                    if let Err(e) = service
                         .user_call_connected(&pair, answered_at, context)
                         .await
                     {

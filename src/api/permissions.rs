@@ -171,36 +171,43 @@ async fn request(
     let template_name = body.template.as_ref().map(|t| t.name.clone());
     // On a task of its own: a client hanging up never splits sending from recording.
     let permissions = api.permissions.clone();
-    let sent = tokio::spawn(async move {
-        permissions
-            .request(
-                &pair,
-                &purpose,
-                template_name.as_deref(),
-                policy,
-                || async move {
-                    match template {
-                        Some(t) => graph
-                            .send_permission_template(
-                                &pnid,
-                                &to,
-                                &t.name,
-                                &t.language,
-                                &t.parameters,
-                            )
-                            .await
-                            .map_err(|e| e.to_string()),
-                        None => graph
-                            .send_permission_request(&pnid, &to, &text)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    }
-                },
-            )
-            .await
-    })
-    .await
-    .unwrap_or_else(|e| Err(PermissionError::Send(format!("request task failed: {e}"))));
+    let sent = api
+        .permissions
+        .background()
+        .run("permission request", async move {
+            permissions
+                .request(
+                    &pair,
+                    &purpose,
+                    template_name.as_deref(),
+                    policy,
+                    || async move {
+                        match template {
+                            Some(t) => graph
+                                .send_permission_template(
+                                    &pnid,
+                                    &to,
+                                    &t.name,
+                                    &t.language,
+                                    &t.parameters,
+                                )
+                                .await
+                                .map_err(|e| e.to_string()),
+                            None => graph
+                                .send_permission_request(&pnid, &to, &text)
+                                .await
+                                .map_err(|e| e.to_string()),
+                        }
+                    },
+                )
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(PermissionError::Send(format!(
+                "the request ended without an answer ({e})"
+            )))
+        });
     match sent {
         Ok(record) => (StatusCode::CREATED, Json(record)).into_response(),
         Err(PermissionError::Refused(r)) => {
@@ -249,15 +256,17 @@ async fn view(
 async fn recorded(api: &PermissionApi, pair: &Pair, event: Event) -> Result<(), String> {
     let permissions = api.permissions.clone();
     let pair = pair.clone();
-    tokio::spawn(async move {
-        permissions
-            .record(&pair, Actor::Business, event, Map::new())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("recording task failed: {e}")))
+    api.permissions
+        .background()
+        .run("business change", async move {
+            permissions
+                .record(&pair, Actor::Business, event, Map::new())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the record ended without an answer ({e})")))
 }
 
 /// Records the business's `event` for the pair in the path, then answers with the pair's

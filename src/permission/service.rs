@@ -20,6 +20,7 @@ use crate::permission::state::{
 };
 use crate::store::audit::{AuditFilter, AuditRepository};
 use crate::store::{Store, StoreError};
+use crate::tasks::Background;
 use crate::telemetry;
 
 /// A (business number, customer) pair.
@@ -122,6 +123,9 @@ struct Inner {
     last_reply: DashMap<Pair, i64>,
     /// Where ended permissions are announced.
     cutoffs: tokio::sync::broadcast::Sender<(Pair, Blocked)>,
+    /// Records that outlive whoever asked for them (a call's settlement, a change whose
+    /// HTTP client hung up), waited for at shutdown.
+    background: Background,
 }
 
 /// The permission service. Cheap to clone.
@@ -135,6 +139,15 @@ impl std::fmt::Debug for Permissions {
         f.debug_struct("Permissions")
             .field("pairs", &self.inner.pairs.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Permissions {
+    /// The service's records in flight that outlive whoever asked for them: a call's
+    /// settlement after the call ended, a change whose HTTP client hung up. The node waits
+    /// for them at shutdown.
+    pub fn background(&self) -> &Background {
+        &self.inner.background
     }
 }
 
@@ -189,6 +202,7 @@ impl Permissions {
                 replies: StdMutex::new(HashSet::new()),
                 last_reply: DashMap::new(),
                 cutoffs: tokio::sync::broadcast::channel(1024).0,
+                background: Background::new(),
             }),
         };
         let records = service

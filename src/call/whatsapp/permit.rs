@@ -93,7 +93,7 @@ impl BicContext {
 pub struct Permit {
     held: Arc<Held>,
     /// The `call_connected` record being written: the call's end is written after it.
-    connected: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    connected: Arc<Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
     /// Meta certainly did not place the call (it refused `connect`, or never got it).
     not_placed: Arc<AtomicBool>,
 }
@@ -117,20 +117,20 @@ impl Drop for Held {
             return;
         };
         tracing::warn!(call_id = %reservation.call_id, "a call's permission was never settled; settling it by its last recorded stage");
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let mut context = Map::new();
-                context.insert("end_cause".into(), json!("call lost before it was settled"));
-                rt.spawn(async move {
-                    let _ = permissions.finish_call(reservation, None, context).await;
-                });
-            }
+        let call_id = reservation.call_id.clone();
+        let mut context = Map::new();
+        context.insert("end_cause".into(), json!("call lost before it was settled"));
+        let background = permissions.background().clone();
+        let settled = background.spawn("permit settlement", async move {
+            let _ = permissions.finish_call(reservation, None, context).await;
+        });
+        if !settled {
             // The process is ending: the next start settles the attempt from the trail, by
             // the same rule.
-            Err(_) => tracing::error!(
-                call_id = %reservation.call_id,
+            tracing::error!(
+                %call_id,
                 "no runtime left to settle the permission; the next start settles it from the trail"
-            ),
+            );
         }
     }
 }
@@ -158,7 +158,7 @@ impl Permit {
             .take()
     }
 
-    fn connected_write(&self) -> Option<tokio::task::JoinHandle<()>> {
+    fn connected_write(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.connected
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -224,7 +224,8 @@ impl Permit {
         let Some((permissions, pair, call_id)) = self.holder() else {
             return;
         };
-        let write = tokio::spawn(async move {
+        let background = permissions.background().clone();
+        let write = background.run("call_connected", async move {
             if let Err(e) = permissions
                 .answered(&pair, &call_id, wa_call_id.as_deref())
                 .await
@@ -282,7 +283,8 @@ impl Permit {
         }
         let call_id = reservation.call_id.clone();
         let connected = self.connected_write();
-        tokio::spawn(async move {
+        let background = permissions.background().clone();
+        background.spawn("permit settlement", async move {
             // In the trail the call connects before it ends.
             if let Some(write) = connected {
                 let _ = write.await;
@@ -302,7 +304,8 @@ impl Permit {
         metrics::counter!(telemetry::BIC_ATTEMPTS_TOTAL, "result" => "failed").increment(1);
         let mut context = Map::new();
         context.insert("end_cause".into(), json!(why));
-        tokio::spawn(async move {
+        let background = permissions.background().clone();
+        background.spawn("permit release", async move {
             let _ = permissions.finish_call(reservation, None, context).await;
         });
     }
