@@ -2,9 +2,11 @@
 //! through a real [`SipCore`] (which hands out the [`ServerId`]s), the trunk's responses are
 //! fabricated from the requests the bridge sent, and time is a virtual clock.
 
+use super::session_timer::supports_timer;
 use super::*;
 use crate::sip::auth::{verify, Algorithm, NonceIssuer};
 use crate::sip::core::{RequestId, SipCore};
+use crate::sip::header::NameAddr;
 use crate::sip::txn::Transport;
 
 /// Where the caller sends from (and its Contact).

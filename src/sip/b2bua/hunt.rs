@@ -1,0 +1,431 @@
+//! Trying the route's trunks for leg B: the INVITE toward each trunk in turn, digest
+//! authentication when a trunk challenges it, failover on 408, 5xx or silence, the best
+//! failure mapped back to the caller, and the trunk's answer (forked 2xx included) carried
+//! to leg A.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::session_timer::{session_expires, supports_timer};
+use super::{
+    dialled_user, dialog_hop, reason_of, seq_of, text, APhase, Action, BLeg, BState, Bridge, Leg,
+    OwedAck, Progress, SessionTimer, MIN_SE,
+};
+use crate::sip::auth::DigestChallenge;
+use crate::sip::build::MessageBuilder;
+use crate::sip::core::{SipCommand, ALLOW};
+use crate::sip::dialog::{Dialog, DialogState};
+use crate::sip::header::{self, NameAddr, Refresher};
+use crate::sip::msg::{Header, HeaderName, Method, SipMessage, StartLine};
+
+/// A display name as a quoted-string body: `\` and `"` escaped (RFC 3261 §25.1).
+fn quote_display(display: &str) -> String {
+    display.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// End cause for a final failure status.
+fn cause_of(code: u16) -> &'static str {
+    match code {
+        486 | 600 => "busy",
+        603 => "declined",
+        404 | 484 | 604 => "unallocated_number",
+        408 | 480 => "no_answer",
+        487 => "cancelled",
+        401 | 403 | 407 => "rejected",
+        500..=599 => "network_failure",
+        _ => "failed",
+    }
+}
+
+impl Bridge {
+    pub(super) fn try_next(&mut self, now: Instant) {
+        let Some(index) = (self.next_target < self.targets.len()).then_some(self.next_target)
+        else {
+            self.fail_a(now);
+            return;
+        };
+        self.next_target += 1;
+        self.attempts += 1;
+        let target = self.targets[index].clone();
+        let call_id = Bytes::from(format!("{:x}-{}@waswitch", self.seed, self.attempts));
+        let user = target.user.clone().or_else(|| dialled_user(&self.a_invite));
+        let uri = match &user {
+            Some(u) => format!("sip:{u}@{}", target.hostport),
+            None => format!("sip:{}", target.hostport),
+        };
+        let max_forwards = self
+            .a_invite
+            .header(&HeaderName::MaxForwards)
+            .and_then(|h| header::max_forwards(&h.value).ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let from = self
+            .a_invite
+            .header(&HeaderName::From)
+            .and_then(|h| NameAddr::parse(&h.value).ok());
+        let from = match from {
+            Some(NameAddr {
+                display: Some(d),
+                uri,
+                ..
+            }) => format!("\"{}\" <{uri}>", quote_display(&d)),
+            Some(a) => format!("<{}>", a.uri),
+            None => "<sip:anonymous@anonymous.invalid>".into(),
+        };
+        let mut builder = MessageBuilder::request(Method::Invite, &uri)
+            .header(HeaderName::MaxForwards, max_forwards.to_string())
+            .header(
+                HeaderName::From,
+                format!("{from};tag={:x}b{}", self.seed, self.attempts),
+            )
+            .header(HeaderName::To, format!("<{uri}>"))
+            .header(HeaderName::CallId, call_id.clone())
+            .header(HeaderName::CSeq, "1 INVITE")
+            .header(HeaderName::Contact, format!("<{}>", target.contact))
+            .header(HeaderName::Allow, ALLOW);
+        for h in self.a_invite.headers_named(&HeaderName::PAssertedIdentity) {
+            builder = builder.header(HeaderName::PAssertedIdentity, h.value.clone());
+        }
+        for (name, value) in &target.headers {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        if self.cfg.session_expires > 0 {
+            builder = builder
+                .header(HeaderName::Supported, "timer")
+                .header(
+                    HeaderName::SessionExpires,
+                    self.cfg.session_expires.to_string(),
+                )
+                .header(HeaderName::MinSe, MIN_SE.to_string());
+        }
+        let a_invite = self.a_invite.clone();
+        let invite = self.carry_body(Leg::B, builder, &a_invite).build();
+        if let Some(old) = self.b.take() {
+            self.out.push_back(Action::Unroute(old.call_id));
+        }
+        self.b = Some(BLeg {
+            target: index,
+            call_id: call_id.clone(),
+            offer: invite.body.clone(),
+            invite: invite.clone(),
+            seq: 1,
+            state: BState::Calling,
+            dialog: None,
+            authenticated: false,
+            cancel_pending: false,
+            timer: SessionTimer::default(),
+            no_update: false,
+        });
+        self.b_deadline = Some(now + target.invite_timeout);
+        self.out.push_back(Action::Route(call_id));
+        self.out.push_back(Action::Progress(Progress::Trying {
+            trunk: target.trunk.clone(),
+        }));
+        self.b(SipCommand::Request {
+            request: invite,
+            to: target.addr,
+        });
+    }
+
+    /// Remembers a trunk's failure if it is the best to report (RFC 3261 §16.7.6: 6xx
+    /// first, then the lowest class).
+    pub(super) fn note_failure(&mut self, code: u16, reason: String) {
+        let trunk = self
+            .b
+            .as_ref()
+            .map(|b| self.targets[b.target].trunk.clone())
+            .unwrap_or_default();
+        let rank = |c: u16| match c {
+            600..=699 => 0,
+            400..=499 => 1,
+            500..=599 => 2,
+            _ => 3,
+        };
+        let better = match &self.best {
+            None => true,
+            Some((best, _, _)) => rank(code) < rank(*best),
+        };
+        if better {
+            self.best = Some((code, reason, trunk));
+        }
+    }
+
+    /// Every trunk failed: answer the caller with the best failure.
+    fn fail_a(&mut self, now: Instant) {
+        let (code, reason, trunk) =
+            self.best
+                .clone()
+                .unwrap_or((503, "Service Unavailable".into(), String::new()));
+        // A 503 from a trunk says the trunk is unavailable, not this switch (§16.7 item 6).
+        let (status, phrase) = if code == 503 {
+            (500, "Server Internal Error - trunk unavailable".to_string())
+        } else {
+            (code, reason.clone())
+        };
+        if self.a_phase == APhase::Offered {
+            let mut resp = self.a_response(status, &phrase);
+            if !trunk.is_empty() {
+                resp = resp.header(
+                    HeaderName::Reason,
+                    format!(
+                        "SIP;cause={code};text=\"{} from {trunk}\"",
+                        reason.replace('"', "'")
+                    ),
+                );
+            }
+            let server = self.a_server;
+            self.respond_a(server, resp.build());
+            self.a_phase = APhase::Done;
+        }
+        self.end(now, None, cause_of(code));
+    }
+
+    pub(super) fn b_invite_response(&mut self, now: Instant, resp: SipMessage) {
+        let Some(code) = resp.status() else {
+            return;
+        };
+        let Some(b) = self.b.as_mut() else {
+            return;
+        };
+        match code {
+            100..=199 => {
+                if b.state == BState::Calling {
+                    b.state = BState::Proceeding;
+                    self.b_deadline = Some(now + self.cfg.ring_timeout);
+                }
+                if b.cancel_pending {
+                    b.cancel_pending = false;
+                    let call_id = b.call_id.clone();
+                    self.b(SipCommand::Cancel { call_id });
+                    return;
+                }
+                if code == 100 || self.a_phase != APhase::Offered {
+                    return;
+                }
+                if let Ok(d) = Dialog::uac(&b.invite, &resp) {
+                    if b.dialog.is_none() {
+                        b.dialog = Some(d);
+                    }
+                }
+                let head = self.a_response(code, &reason_of(&resp));
+                let relayed = self.carry_body(Leg::A, head, &resp).build();
+                let server = self.a_server;
+                self.respond_a(server, relayed);
+                if !self.announced_ringing {
+                    self.announced_ringing = true;
+                    self.out.push_back(Action::Progress(Progress::Ringing));
+                }
+            }
+            200..=299 => self.b_answered(now, resp),
+            _ => {
+                b.state = BState::Done;
+                self.b_deadline = None;
+                if self.ended.is_some() || self.a_phase != APhase::Offered {
+                    // Our CANCEL (or hangup) took effect.
+                    self.settled();
+                    return;
+                }
+                if matches!(code, 401 | 407)
+                    && !b.authenticated
+                    && self.retry_with_credentials(now, &resp)
+                {
+                    return;
+                }
+                let (code, reason) = match code {
+                    // The trunk's challenge is for our credentials, which the caller cannot
+                    // answer: refuse the call instead of passing the challenge on.
+                    401 | 407 => (
+                        403,
+                        "Forbidden - trunk refused the switch's credentials".to_string(),
+                    ),
+                    _ => (code, reason_of(&resp)),
+                };
+                self.note_failure(code, reason);
+                if code == 408 || (500..=599).contains(&code) {
+                    self.try_next(now);
+                } else {
+                    self.fail_a(now);
+                }
+            }
+        }
+    }
+
+    /// Answers a trunk's digest challenge by re-sending the INVITE with credentials (same
+    /// Call-ID, next CSeq). False when the trunk has none or the challenge is unusable.
+    fn retry_with_credentials(&mut self, now: Instant, challenge: &SipMessage) -> bool {
+        let Some(b) = self.b.as_mut() else {
+            return false;
+        };
+        let Some(creds) = self.targets[b.target].credentials.clone() else {
+            return false;
+        };
+        let (challenge_header, answer_header) = if challenge.status() == Some(407) {
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
+        } else {
+            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+        };
+        let Some(parsed) = challenge
+            .headers_named(&challenge_header)
+            .find_map(|h| DigestChallenge::parse(&h.value).ok())
+        else {
+            return false;
+        };
+        let StartLine::Request { uri, .. } = &b.invite.start else {
+            return false;
+        };
+        let cnonce = format!("{:x}{:x}", self.seed, b.seq);
+        let authorization = parsed.respond(
+            "INVITE",
+            &text(uri),
+            &creds.username,
+            &creds.password,
+            &cnonce,
+            1,
+        );
+        b.seq += 1;
+        b.authenticated = true;
+        b.state = BState::Calling;
+        let mut invite = b.invite.clone();
+        invite.headers.retain(|h| {
+            h.name != HeaderName::Authorization && h.name != HeaderName::ProxyAuthorization
+        });
+        for h in invite.headers.iter_mut() {
+            if h.name == HeaderName::CSeq {
+                *h = Header::new(HeaderName::CSeq, format!("{} INVITE", b.seq));
+            }
+        }
+        invite
+            .headers
+            .push(Header::new(answer_header, authorization));
+        b.invite = invite.clone();
+        let to = self.targets[b.target].addr;
+        self.b_deadline = Some(now + self.targets[b.target].invite_timeout);
+        self.b(SipCommand::Request {
+            request: invite,
+            to,
+        });
+        true
+    }
+
+    fn b_answered(&mut self, now: Instant, resp: SipMessage) {
+        let Some(b) = self.b.as_mut() else {
+            return;
+        };
+        let fallback = self.targets[b.target].addr;
+        let Ok(mut dialog) = Dialog::uac(&b.invite, &resp) else {
+            return;
+        };
+        dialog.confirm(Some(&resp));
+        let seq = b.invite_seq();
+        let already = b
+            .dialog
+            .as_ref()
+            .filter(|d| d.state == DialogState::Confirmed);
+        if let Some(confirmed) = already {
+            if confirmed.remote_tag == dialog.remote_tag {
+                // A retransmitted 2xx: acknowledge it again once we have (§13.2.2.4).
+                if let Some(ack) = self.ack_to_b.as_ref().and_then(|a| a.sent.clone()) {
+                    let to = dialog_hop(confirmed, fallback);
+                    self.b(SipCommand::Ack { request: ack, to });
+                }
+            } else {
+                // A second fork answered: acknowledge and hang it up (§13.2.2.4).
+                self.ack_and_bye(dialog, seq, fallback);
+            }
+            return;
+        }
+        b.state = BState::Confirmed;
+        self.b_deadline = None;
+        if self.ended.is_some() || self.a_phase != APhase::Offered {
+            // The caller went away while the trunk answered: hang the trunk up.
+            self.ack_and_bye(dialog, seq, fallback);
+            self.b = self.b.take().map(|mut b| {
+                b.state = BState::Done;
+                b
+            });
+            self.settled();
+            return;
+        }
+        // Session timer toward B: we refresh when B says so (or says nothing of who).
+        if let Some(se) = session_expires(&resp) {
+            b.timer.interval = se.delta;
+            b.timer.we_refresh = se.refresher != Some(Refresher::Uas);
+            b.timer.arm(now);
+        }
+        b.no_update = !resp
+            .headers_named(&HeaderName::Allow)
+            .any(|h| header::tokens(&h.value).is_ok_and(|t| t.iter().any(|m| m == "UPDATE")));
+        b.dialog = Some(dialog);
+        self.ack_to_b = Some(OwedAck { seq, sent: None });
+        // Answer the caller with the trunk's SDP.
+        let mut answer = self
+            .carry_body(Leg::A, self.a_response(200, "OK"), &resp)
+            .header(HeaderName::Allow, ALLOW);
+        if self.a_timer.interval > 0 {
+            let who = if self.a_timer.we_refresh {
+                "uas"
+            } else {
+                "uac"
+            };
+            answer = answer.header(
+                HeaderName::SessionExpires,
+                format!("{};refresher={who}", self.a_timer.interval),
+            );
+            if supports_timer(&self.a_invite) {
+                answer = answer.header(HeaderName::Require, "timer");
+            }
+            self.a_timer.arm(now);
+        }
+        let answer = answer.build();
+        self.a_last_answer = answer.body.clone();
+        let server = self.a_server;
+        self.respond_a(server, answer);
+        self.a_phase = APhase::Answered;
+        self.a_dialog.confirm(None);
+        self.out.push_back(Action::Progress(Progress::Answered));
+    }
+
+    /// Acknowledges a 2xx that will not be used and ends its dialog.
+    fn ack_and_bye(&mut self, mut dialog: Dialog, seq: u32, fallback: SocketAddr) {
+        let to = dialog_hop(&dialog, fallback);
+        let ack = dialog.ack(seq).build();
+        self.b(SipCommand::Ack { request: ack, to });
+        let bye = dialog.request(Method::Bye, None).build();
+        self.b(SipCommand::Request { request: bye, to });
+    }
+
+    pub(super) fn b_timeout(&mut self, now: Instant, request: &SipMessage) {
+        let method = seq_of(request).map(|c| c.method);
+        if method == Some(Method::Invite) {
+            let is_initial = self
+                .b
+                .as_ref()
+                .is_some_and(|b| b.state != BState::Confirmed && b.state != BState::Done);
+            if is_initial {
+                self.b_give_up(now, 408, "Request Timeout - no answer from trunk");
+                return;
+            }
+        }
+        self.relayed_timeout(now, Leg::B, request);
+    }
+
+    /// Leg B's INVITE failed without a final response (timeout).
+    pub(super) fn b_give_up(&mut self, now: Instant, code: u16, reason: &str) {
+        let Some(b) = self.b.as_mut() else {
+            return;
+        };
+        b.state = BState::Done;
+        self.b_deadline = None;
+        if self.ended.is_some() {
+            self.settled();
+            return;
+        }
+        self.note_failure(code, reason.into());
+        self.try_next(now);
+    }
+}

@@ -1,0 +1,433 @@
+//! Relaying between the legs once a call is set up: in-dialog requests (re-INVITE, UPDATE,
+//! INFO, MESSAGE, BYE) passed to the other leg, their final responses passed back, the ACKs
+//! owed across for relayed INVITEs, and SDP bodies anchored on the way through with each
+//! leg's media reported.
+
+use std::time::Instant;
+
+use super::{
+    dialog_hop, hop, reason_of, seq_of, text, APhase, Action, BState, Bridge, Leg, OwedAck, Relayed,
+};
+use crate::sip::build::MessageBuilder;
+use crate::sip::core::{ServerId, SipCommand, ALLOW};
+use crate::sip::msg::{HeaderName, Method, SipMessage};
+
+fn content_type(msg: &SipMessage) -> Option<String> {
+    msg.header(&HeaderName::ContentType).map(|h| text(&h.value))
+}
+
+impl Bridge {
+    /// The body of `msg` as it goes to leg `to` (it came from the other leg): anchored SDP
+    /// is rewritten to the switch's address and `to`'s port, and the sender's media is
+    /// reported. Anything else is carried unchanged.
+    pub(super) fn carry_body(
+        &mut self,
+        to: Leg,
+        b: MessageBuilder,
+        msg: &SipMessage,
+    ) -> MessageBuilder {
+        let Some(ct) = content_type(msg).filter(|_| !msg.body.is_empty()) else {
+            return b;
+        };
+        let Some(anchor) = self.anchor else {
+            return b.body(&ct, msg.body.clone());
+        };
+        if !ct.to_ascii_lowercase().starts_with("application/sdp") {
+            return b.body(&ct, msg.body.clone());
+        }
+        let from = match to {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        };
+        let mut sdp = match crate::sdp::Sdp::parse(&msg.body) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable SDP passed through unanchored");
+                return b.body(&ct, msg.body.clone());
+            }
+        };
+        if let Ok(Some(audio)) = sdp.audio() {
+            let formats = audio.formats.clone();
+            self.out.push_back(Action::Media(from, audio));
+            self.formats[match from {
+                Leg::A => 0,
+                Leg::B => 1,
+            }] = Some(formats);
+            self.replan();
+        }
+        let port = anchor.ports[match to {
+            Leg::A => 0,
+            Leg::B => 1,
+        }];
+        sdp.anchor(anchor.ip, port);
+        b.body(&ct, sdp.to_bytes())
+    }
+
+    /// Works out how the audio crosses the switch from both legs' formats (A offered
+    /// first), reporting the plan when it is new. SDP crosses a SIP bridge end to end, so
+    /// the legs settle on one codec and nothing is transcoded; an answer sharing no codec
+    /// with the offer has no plan.
+    fn replan(&mut self) {
+        let [Some(a), Some(b)] = &self.formats else {
+            return;
+        };
+        let plan = crate::sdp::plan(a, b, |_| false);
+        if plan.is_none() {
+            tracing::warn!(call_id = %self.a_dialog.call_id, "the legs share no codec");
+        }
+        if plan.is_some() && plan != self.plan {
+            self.plan = plan.clone();
+            if let Some(p) = plan {
+                self.out.push_back(Action::MediaPlan(p));
+            }
+        }
+    }
+
+    /// A final response to a request we relayed onto `leg` (or to our own BYE or refresh).
+    pub(super) fn relayed_response(&mut self, now: Instant, leg: Leg, resp: SipMessage) {
+        let (Some(code), Some(cseq)) = (resp.status(), seq_of(&resp)) else {
+            return;
+        };
+        if code < 200 {
+            return;
+        }
+        let pending = match leg {
+            Leg::B => &mut self.a_to_b,
+            Leg::A => &mut self.b_to_a,
+        };
+        let relayed = match pending {
+            Some(r) if r.sent_seq == cseq.seq && r.method == cseq.method => pending.take(),
+            _ => None,
+        };
+        let Some(relayed) = relayed else {
+            // Our own request: a BYE's answer changes nothing; a failed session refresh
+            // ends the call (RFC 4028 §10).
+            if leg == Leg::B && matches!(cseq.method, Method::Update | Method::Invite) {
+                match code {
+                    200..=299 if cseq.method == Method::Invite => self.ack_refresh(&resp),
+                    405 | 501 if cseq.method == Method::Update => {
+                        if let Some(b) = self.b.as_mut() {
+                            b.no_update = true;
+                        }
+                    }
+                    408 | 481 => self.hangup(now, "session_refresh_failed"),
+                    _ => {}
+                }
+            }
+            return;
+        };
+        // Relay the final response back to the side that asked.
+        let back = MessageBuilder::response_to(&relayed.request, code, &reason_of(&resp), None);
+        let contact = match leg {
+            Leg::B => self.a_contact.clone(),
+            Leg::A => self.b_contact(),
+        };
+        let toward = match leg {
+            Leg::B => Leg::A,
+            Leg::A => Leg::B,
+        };
+        let mut back = self.carry_body(toward, back, &resp);
+        if (200..300).contains(&code) && relayed.method == Method::Invite {
+            // The offer/answer took effect: remember it (for session refreshes), and follow
+            // the far side's target refresh (§12.2.1.2).
+            match leg {
+                Leg::B => {
+                    if !relayed.request.body.is_empty() {
+                        self.a_last_offer = relayed.request.body.clone();
+                        if let Some(b) = self.b.as_mut() {
+                            b.offer = relayed.sent_body.clone();
+                        }
+                    }
+                    self.answer_to_a_pending = !resp.body.is_empty();
+                    if let Some(dialog) = self.b.as_mut().and_then(|b| b.dialog.as_mut()) {
+                        dialog.confirm(Some(&resp));
+                    }
+                }
+                Leg::A => {
+                    self.a_dialog.confirm(Some(&resp));
+                    if !self.a_reliable {
+                        self.a_hop = hop(&self.a_dialog.remote_target, self.a_hop);
+                    }
+                }
+            }
+            back = back.header(HeaderName::Contact, format!("<{contact}>"));
+            // The far side's 2xx is acknowledged when the near side acknowledges ours.
+            let owed = OwedAck {
+                seq: cseq.seq,
+                sent: None,
+            };
+            match leg {
+                Leg::B => self.ack_to_b = Some(owed),
+                Leg::A => self.ack_to_a = Some(owed),
+            }
+        }
+        let response = back.build();
+        if std::mem::take(&mut self.answer_to_a_pending) {
+            self.a_last_answer = response.body.clone();
+        }
+        match leg {
+            Leg::B => self.respond_a(relayed.server, response),
+            Leg::A => self.b(SipCommand::Respond {
+                server: relayed.server,
+                response,
+            }),
+        }
+        if matches!(code, 408 | 481) {
+            // The far dialog is gone (RFC 5057): end the call.
+            self.hangup(now, "dialog_lost");
+        }
+    }
+
+    pub(super) fn relayed_timeout(&mut self, now: Instant, leg: Leg, request: &SipMessage) {
+        let Some(cseq) = seq_of(request) else {
+            return;
+        };
+        if cseq.method == Method::Bye {
+            return;
+        }
+        let pending = match leg {
+            Leg::B => self.a_to_b.take(),
+            Leg::A => self.b_to_a.take(),
+        };
+        if let Some(relayed) = pending {
+            let resp =
+                MessageBuilder::response_to(&relayed.request, 408, "Request Timeout", None).build();
+            match leg {
+                Leg::B => self.respond_a(relayed.server, resp),
+                Leg::A => self.b(SipCommand::Respond {
+                    server: relayed.server,
+                    response: resp,
+                }),
+            }
+        }
+        self.hangup(now, "request_timeout");
+    }
+
+    fn b_contact(&self) -> String {
+        self.b
+            .as_ref()
+            .map(|b| self.targets[b.target].contact.clone())
+            .unwrap_or_default()
+    }
+
+    /// A request inside one of the dialogs.
+    pub(super) fn request_in(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        server: ServerId,
+        request: SipMessage,
+    ) {
+        let method = request.method().cloned().unwrap_or(Method::Options);
+        let respond =
+            |this: &mut Self, code: u16, reason: &str, extra: Option<(HeaderName, String)>| {
+                let mut b = MessageBuilder::response_to(&request, code, reason, None);
+                if let Some((n, v)) = extra {
+                    b = b.header(n, v);
+                }
+                let response = b.build();
+                match leg {
+                    Leg::A => this.respond_a(server, response),
+                    Leg::B => this.b(SipCommand::Respond { server, response }),
+                }
+            };
+        // A retransmitted initial INVITE reaches the transaction, not here; an INVITE with
+        // A's Call-ID and no To tag is a new call reusing the Call-ID: refuse it.
+        let dialog = match leg {
+            Leg::A => Some(&mut self.a_dialog),
+            Leg::B => self.b.as_mut().and_then(|b| b.dialog.as_mut()),
+        };
+        let Some(dialog) = dialog.filter(|d| d.matches(&request)) else {
+            respond(self, 481, "Call/Transaction Does Not Exist", None);
+            return;
+        };
+        if let Err(rejection) = dialog.receive(&request) {
+            respond(self, rejection.status, &rejection.reason, None);
+            return;
+        }
+        if leg == Leg::A && !self.a_reliable {
+            // A target refresh (re-INVITE, UPDATE) moves where requests toward A go.
+            self.a_hop = hop(&self.a_dialog.remote_target, self.a_hop);
+        }
+        if self.ended.is_some() && method != Method::Bye {
+            respond(self, 481, "Call/Transaction Does Not Exist", None);
+            return;
+        }
+        // Any request from a side counts as activity for its session timer.
+        match leg {
+            Leg::A if !self.a_timer.we_refresh => self.a_timer.arm(now),
+            Leg::B => {
+                if let Some(b) = self.b.as_mut() {
+                    if !b.timer.we_refresh {
+                        b.timer.arm(now);
+                    }
+                }
+            }
+            _ => {}
+        }
+        match method {
+            Method::Bye => {
+                respond(self, 200, "OK", None);
+                match leg {
+                    Leg::A => {
+                        self.a_phase = APhase::Done;
+                        self.end_b(now);
+                    }
+                    Leg::B => {
+                        if let Some(b) = self.b.as_mut() {
+                            b.state = BState::Done;
+                        }
+                        self.bye_a();
+                    }
+                }
+                self.end(now, Some(leg), "normal_clearing");
+            }
+            Method::Invite | Method::Update => {
+                if self.a_to_b.is_some() || self.b_to_a.is_some() {
+                    // Glare: one offer at a time per call (RFC 3261 §14.1).
+                    respond(
+                        self,
+                        491,
+                        "Request Pending",
+                        Some((HeaderName::RetryAfter, "1".into())),
+                    );
+                    return;
+                }
+                if leg == Leg::A && self.is_refresh(&request) {
+                    // A session refresh from the caller: answered here, not passed on.
+                    let mut b = MessageBuilder::response_to(&request, 200, "OK", None)
+                        .header(HeaderName::Contact, format!("<{}>", self.a_contact));
+                    if self.a_timer.interval > 0 {
+                        let who = if self.a_timer.we_refresh {
+                            "uas"
+                        } else {
+                            "uac"
+                        };
+                        b = b
+                            .header(
+                                HeaderName::SessionExpires,
+                                format!("{};refresher={who}", self.a_timer.interval),
+                            )
+                            .header(HeaderName::Require, "timer");
+                    }
+                    if method == Method::Invite && !self.a_last_answer.is_empty() {
+                        b = b.body("application/sdp", self.a_last_answer.clone());
+                    }
+                    let response = b.build();
+                    self.respond_a(server, response);
+                    return;
+                }
+                self.relay(now, leg, server, request);
+            }
+            Method::Info => self.relay(now, leg, server, request),
+            ref m if m.as_bytes() == b"MESSAGE" => {
+                self.relay(now, leg, server, request);
+            }
+            _ => respond(self, 501, "Not Implemented", None),
+        }
+    }
+
+    /// Passes an in-dialog request from `from_leg` to the other leg.
+    fn relay(&mut self, _now: Instant, from_leg: Leg, server: ServerId, request: SipMessage) {
+        let method = request.method().cloned().unwrap_or(Method::Info);
+        let (built, to) = match from_leg {
+            Leg::A => {
+                let Some(b) = self.b.as_mut() else {
+                    return;
+                };
+                let fallback = self.targets[b.target].addr;
+                let contact = self.targets[b.target].contact.clone();
+                let Some(dialog) = b.dialog.as_mut() else {
+                    return;
+                };
+                let refresh = matches!(method, Method::Invite | Method::Update);
+                let builder = dialog.request(method.clone(), refresh.then_some(contact.as_str()));
+                let to = dialog_hop(dialog, fallback);
+                (builder, to)
+            }
+            Leg::B => {
+                let contact = self.a_contact.clone();
+                let refresh = matches!(method, Method::Invite | Method::Update);
+                let builder = self
+                    .a_dialog
+                    .request(method.clone(), refresh.then_some(contact.as_str()));
+                (builder, self.a_hop)
+            }
+        };
+        let toward = match from_leg {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        };
+        let mut built = self.carry_body(toward, built, &request);
+        if method == Method::Invite || method == Method::Update {
+            built = built.header(HeaderName::Allow, ALLOW);
+        }
+        let out = built.build();
+        let sent_seq = seq_of(&out).map_or(0, |c| c.seq);
+        let relayed = Relayed {
+            server,
+            request,
+            sent_seq,
+            method,
+            sent_body: out.body.clone(),
+        };
+        match from_leg {
+            Leg::A => {
+                self.a_to_b = Some(relayed);
+                self.b(SipCommand::Request { request: out, to });
+            }
+            Leg::B => {
+                self.b_to_a = Some(relayed);
+                self.a(SipCommand::Request { request: out, to });
+            }
+        }
+    }
+
+    /// An ACK from `leg` for our 2xx: the ACK owed to the other leg goes out now, with the
+    /// body this one carried (the answer to an offer made in a 2xx).
+    pub(super) fn ack_in(&mut self, leg: Leg, ack: SipMessage) {
+        match leg {
+            Leg::A => {
+                let Some(seq) = self
+                    .ack_to_b
+                    .as_ref()
+                    .filter(|o| o.sent.is_none())
+                    .map(|o| o.seq)
+                else {
+                    return;
+                };
+                let Some((head, to)) = self.b.as_ref().and_then(|b| {
+                    let dialog = b.dialog.as_ref()?;
+                    Some((
+                        dialog.ack(seq),
+                        dialog_hop(dialog, self.targets[b.target].addr),
+                    ))
+                }) else {
+                    return;
+                };
+                let out = self.carry_body(Leg::B, head, &ack).build();
+                if let Some(owed) = self.ack_to_b.as_mut() {
+                    owed.sent = Some(out.clone());
+                }
+                self.b(SipCommand::Ack { request: out, to });
+            }
+            Leg::B => {
+                let Some(seq) = self
+                    .ack_to_a
+                    .as_ref()
+                    .filter(|o| o.sent.is_none())
+                    .map(|o| o.seq)
+                else {
+                    return;
+                };
+                let head = self.a_dialog.ack(seq);
+                let out = self.carry_body(Leg::A, head, &ack).build();
+                if let Some(owed) = self.ack_to_a.as_mut() {
+                    owed.sent = Some(out.clone());
+                }
+                let to = self.a_hop;
+                self.a(SipCommand::Ack { request: out, to });
+            }
+        }
+    }
+}
