@@ -157,6 +157,8 @@ pub struct Node {
     trunk_health: TrunkHealth,
     permissions: crate::permission::service::Permissions,
     sweeper: JoinHandle<()>,
+    /// SIP admissions in progress (each answers its INVITE).
+    admissions: crate::tasks::Background,
     /// Sends the actions Meta must get (WhatsApp calling configured).
     outbox: Option<crate::meta::outbox::OutboxWorker>,
     /// The permission cut-off listener and the webhook event loop.
@@ -282,6 +284,7 @@ impl Node {
             None => (None, None),
         };
         let ingress = SipIngress::new(&config, calls.clone(), trunk_health.clone());
+        let admissions = ingress.admissions().clone();
         if let Some(outbox) = &outbox {
             if !config.business_numbers.is_empty() {
                 ingress.set_bic(crate::call::whatsapp::permit::BicContext {
@@ -460,6 +463,7 @@ impl Node {
             trunk_health,
             permissions,
             sweeper,
+            admissions,
             outbox: outbox_worker,
             background,
         })
@@ -544,6 +548,9 @@ impl Node {
         }
 
         self.sweeper.abort();
+        // INVITEs being admitted as the drain began get their answer (a 503) before the
+        // listeners stop.
+        let _ = self.admissions.settle(HANGUP_TIMEOUT).await;
         // The ended calls' permission settlements, and any record whose client hung up.
         let unsettled = self
             .permissions

@@ -291,7 +291,7 @@ impl SipIngress {
         let calls = inner.calls.clone();
         let origin = origin.clone();
         let ring_timeout = inner.bridge.ring_timeout;
-        tokio::spawn(async move {
+        inner.admissions.spawn("business call admission", async move {
             let id = crate::call::CallId::new();
             let refuse = |response: SipMessage| {
                 table.remove(&a_call_id);

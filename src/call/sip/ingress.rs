@@ -29,6 +29,7 @@ use crate::sip::msg::{HeaderName, Method, SipMessage};
 use crate::sip::transport::{Kind, SipHandle, SipUser};
 use crate::sip::trunk::TrunkHealth;
 use crate::store::Direction;
+use crate::tasks::Background;
 
 /// Events kept for a call whose actor is still starting; more are dropped (the peer
 /// retransmits).
@@ -70,6 +71,8 @@ pub(super) struct IngressInner {
     advertised: std::net::IpAddr,
     /// Business-initiated calls (set when WhatsApp calling is configured).
     pub(super) bic: OnceLock<BicContext>,
+    /// Admissions in progress (each answers its INVITE), and hang-ups of stray answers.
+    pub(super) admissions: Background,
 }
 
 /// The transaction user of the node's SIP listeners: admits SIP calls and routes their
@@ -110,8 +113,15 @@ impl SipIngress {
                 ),
                 advertised: config.media.ip,
                 bic: OnceLock::new(),
+                admissions: Background::new(),
             }),
         }
+    }
+
+    /// Admissions in progress and hang-ups of stray answers: the node waits for them
+    /// before it stops its SIP listeners, so each INVITE gets its answer.
+    pub fn admissions(&self) -> &Background {
+        &self.inner.admissions
     }
 
     /// Whether SIP calls are routed at all (some route is configured).
@@ -443,7 +453,7 @@ impl SipIngress {
         let calls = inner.calls.clone();
         let table = Arc::clone(&inner.table);
         let origin = origin.clone();
-        tokio::spawn(async move {
+        inner.admissions.spawn("SIP call admission", async move {
             let refused = match calls.start(offer, plan).await {
                 Ok(_) => return,
                 Err(e) => e,
@@ -514,7 +524,7 @@ impl SipUser for SipIngress {
             // call's actor failed, or a retransmission outlived the call): acknowledged and
             // hung up, so the far end is not left holding a call (RFC 3261 §13.2.2.4).
             CoreEvent::Response(_, response) => {
-                stray_invite_2xx(&response, origin);
+                stray_invite_2xx(&response, origin, &self.inner.admissions);
                 None
             }
             // ACKs and CANCELs for a call that is gone need nothing more: its final
@@ -527,7 +537,7 @@ impl SipUser for SipIngress {
 /// Acknowledges a 2xx to an INVITE no call owns and hangs it up: ACK then BYE, in that
 /// order, from a task. Nothing for anything else, or when the 2xx's Contact is not an
 /// address to send to.
-fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
+fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle, tasks: &Background) -> Option<()> {
     let status = response.status()?;
     let cseq = response.header(&HeaderName::CSeq)?.value.clone();
     let cseq = std::str::from_utf8(&cseq).ok()?.to_string();
@@ -559,7 +569,7 @@ fn stray_invite_2xx(response: &SipMessage, origin: &SipHandle) -> Option<()> {
     let ack = request(Method::Ack, number);
     let bye = request(Method::Bye, number.saturating_add(1));
     let origin = origin.clone();
-    tokio::spawn(async move {
+    tasks.spawn("stray 2xx hang-up", async move {
         origin.send(SipCommand::Ack { request: ack, to }).await;
         origin.send(SipCommand::Request { request: bye, to }).await;
     });
