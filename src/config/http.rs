@@ -1,0 +1,152 @@
+//! `[http]`: the HTTP listener (webhooks, REST API, health and metrics) and the limits
+//! it reads requests under.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{file, Secret, Validator};
+
+/// HTTP listener settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Bearer token of the REST API (`/v1/...`); without one the API is not served.
+    pub api_token: Option<Secret>,
+    /// Connection and request limits of the listener.
+    pub limits: HttpLimits,
+    /// What Meta's webhooks may make the switch read.
+    pub webhooks: WebhookLimits,
+}
+
+/// The listener's limits (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request head must be complete this long after the connection starts waiting.
+    pub header_timeout: Duration,
+    /// A request body must be complete this long after its head.
+    pub body_timeout: Duration,
+    /// A connection with no bytes moving either way this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Largest request body of the REST API.
+    pub max_body: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// How much webhook traffic is read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Largest body taken.
+    pub max_body: usize,
+    /// Bodies read at once.
+    pub concurrency: usize,
+    /// A body must arrive whole this long after its head.
+    pub body_timeout: Duration,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits {
+            max_body: 256 * 1024,
+            concurrency: 32,
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Validator {
+    pub(super) fn http_limits(
+        &mut self,
+        raw: &file::HttpSection,
+    ) -> Option<(HttpLimits, WebhookLimits)> {
+        let mut http = HttpLimits::default();
+        let mut hooks = WebhookLimits::default();
+        let secs = |v: i64| Duration::from_secs(v as u64);
+        let mut ok = true;
+        let mut set = |v: &mut Self, key: &str, value: Option<i64>, min: i64, max: i64| {
+            value.map(|n| {
+                let b = v.bounded(key, n, min, max);
+                ok &= b.is_some();
+                b.unwrap_or(min)
+            })
+        };
+        if let Some(n) = set(
+            self,
+            "http.header_timeout_secs",
+            raw.header_timeout_secs,
+            1,
+            600,
+        ) {
+            http.header_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.body_timeout_secs",
+            raw.body_timeout_secs,
+            1,
+            600,
+        ) {
+            http.body_timeout = secs(n);
+            hooks.body_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.idle_timeout_secs",
+            raw.idle_timeout_secs,
+            1,
+            3600,
+        ) {
+            http.idle_timeout = secs(n);
+        }
+        if let Some(n) = set(
+            self,
+            "http.max_connections",
+            raw.max_connections,
+            1,
+            1_000_000,
+        ) {
+            http.max_connections = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.max_body_bytes",
+            raw.max_body_bytes,
+            1024,
+            16 << 20,
+        ) {
+            http.max_body = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.webhook_max_body_bytes",
+            raw.webhook_max_body_bytes,
+            4096,
+            16 << 20,
+        ) {
+            hooks.max_body = n as usize;
+        }
+        if let Some(n) = set(
+            self,
+            "http.webhook_concurrency",
+            raw.webhook_concurrency,
+            1,
+            4096,
+        ) {
+            hooks.concurrency = n as usize;
+        }
+        ok.then_some((http, hooks))
+    }
+}

@@ -1,0 +1,397 @@
+//! The validator: every key of the parsed file checked and turned into its typed value,
+//! every mistake collected (with the environment variable that set the key, if one did)
+//! rather than stopping at the first, and the checks shared by every section.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{
+    file, Config, ConfigProblem, HttpConfig, LimitsConfig, LogConfig, LogFormat, MediaConfig,
+    Secret, ShutdownConfig, SimConfig, SipConfig, StoreConfig, Transport,
+};
+
+pub(super) struct Validator {
+    pub(super) problems: Vec<ConfigProblem>,
+    /// Keys whose value came from an environment variable, for messages.
+    pub(super) origins: BTreeMap<&'static str, &'static str>,
+}
+
+impl Validator {
+    pub(super) fn problem(
+        &mut self,
+        key: &str,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let key = match self.origins.get(key) {
+            Some(var) => format!("{key} (from {var})"),
+            None => key.to_string(),
+        };
+        self.problems.push(ConfigProblem {
+            key,
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    pub(super) fn validate(&mut self, path: &Path, raw: file::ConfigFile) -> Option<Config> {
+        let node_id = raw.node.id.trim().to_string();
+        if node_id.is_empty()
+            || !node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            self.problem(
+                "node.id",
+                format!("{:?} is not a node name", raw.node.id),
+                "use letters, digits, '-', '_' or '.', e.g. \"waswitch-1\"",
+            );
+        }
+
+        let http_listen = self.socket_addr("http.listen", &raw.http.listen, "127.0.0.1:8080");
+        let sip_listen = self.socket_addr("sip.listen", &raw.sip.listen, "127.0.0.1:5060");
+
+        let mut transports = Vec::new();
+        for (i, t) in raw.sip.transports.iter().enumerate() {
+            match Transport::parse(t) {
+                Some(t) if transports.contains(&t) => self.problem(
+                    &format!("sip.transports[{i}]"),
+                    format!("{:?} is listed twice", t.as_str()),
+                    "list each transport once",
+                ),
+                Some(t) => transports.push(t),
+                None => self.problem(
+                    &format!("sip.transports[{i}]"),
+                    format!("{t:?} is not a SIP transport"),
+                    "use \"udp\", \"tcp\" or \"tls\"",
+                ),
+            }
+        }
+        if raw.sip.transports.is_empty() {
+            self.problem(
+                "sip.transports",
+                "is empty: the switch could not receive SIP",
+                "list at least one of \"udp\", \"tcp\", \"tls\"",
+            );
+        }
+        if let (Some(h), Some(s)) = (http_listen, sip_listen) {
+            let sip_tcp = transports
+                .iter()
+                .any(|t| matches!(t, Transport::Tcp | Transport::Tls));
+            if sip_tcp
+                && h.port() == s.port()
+                && (h.ip() == s.ip() || h.ip().is_unspecified() || s.ip().is_unspecified())
+            {
+                self.problem(
+                    "sip.listen",
+                    format!("{s} uses the same TCP port as http.listen ({h})"),
+                    "give SIP and HTTP different ports (SIP usually 5060, HTTP 8080)",
+                );
+            }
+        }
+
+        let t1 = self.bounded("sip.t1_ms", raw.sip.t1_ms, 10, 10_000);
+        let t2 = self.bounded("sip.t2_ms", raw.sip.t2_ms, 10, 60_000);
+        let t4 = self.bounded("sip.t4_ms", raw.sip.t4_ms, 10, 60_000);
+        if let (Some(t1), Some(t2)) = (t1, t2) {
+            if t2 < t1 {
+                self.problem(
+                    "sip.t2_ms",
+                    format!("{t2} is below sip.t1_ms ({t1})"),
+                    "T2 caps the retransmit interval and must be at least T1 (RFC 3261 default 4000)",
+                );
+            }
+        }
+        let timers = match (t1, t2, t4) {
+            (Some(t1), Some(t2), Some(t4)) => Some(crate::sip::txn::TimerConfig {
+                t1: Duration::from_millis(t1 as u64),
+                t2: Duration::from_millis(t2 as u64),
+                t4: Duration::from_millis(t4 as u64),
+            }),
+            _ => None,
+        };
+
+        let media_ip = match raw.media.ip.trim().parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.problem(
+                    "media.ip",
+                    format!("{:?} is not an IP address", raw.media.ip),
+                    "use the address media is sent to, e.g. \"127.0.0.1\" or \"2001:db8::10\"",
+                );
+                None
+            }
+        };
+        let port_min = self.port("media.port_min", raw.media.port_min);
+        let port_max = self.port("media.port_max", raw.media.port_max);
+        if let (Some(min), Some(max)) = (port_min, port_max) {
+            if min % 2 != 0 {
+                self.problem(
+                    "media.port_min",
+                    format!("{min} is odd; RTP uses even ports"),
+                    format!("use {}", min.saturating_sub(1)),
+                );
+            }
+            if max < min.saturating_add(3) {
+                self.problem(
+                    "media.port_max",
+                    format!(
+                        "{max} leaves fewer than two RTP port pairs above media.port_min ({min})"
+                    ),
+                    "a call needs two pairs (one per leg); give a range such as 20000-29999",
+                );
+            } else if let Some(sip) = sip_listen {
+                if (min..=max).contains(&sip.port()) {
+                    self.problem(
+                        "media.port_min",
+                        format!("the range {min}-{max} contains the SIP port {}", sip.port()),
+                        "move the media range away from sip.listen",
+                    );
+                }
+            }
+        }
+
+        let shards = self
+            .bounded("media.shards", raw.media.shards, 0, 256)
+            .map(|n| {
+                if n == 0 {
+                    std::thread::available_parallelism().map_or(1, |p| p.get() as i64)
+                } else {
+                    n
+                }
+            });
+        let media_timeout = self.bounded("media.timeout_secs", raw.media.timeout_secs, 1, 3600);
+        let opus_complexity =
+            self.bounded("media.opus_complexity", raw.media.opus_complexity, 0, 10);
+        let source_policy = match raw.media.source_policy.to_ascii_lowercase().as_str() {
+            "latch" => Some(crate::media::types::SourcePolicy::Latch),
+            "strict" => Some(crate::media::types::SourcePolicy::Strict),
+            other => {
+                self.problem(
+                    "media.source_policy",
+                    format!("{other:?} is not a source policy"),
+                    "use \"latch\" (first source, then locked; for peers behind NAT) or \"strict\" (only the SDP address)",
+                );
+                None
+            }
+        };
+        let record_dir = match raw.media.record_dir.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                self.problem(
+                    "media.record_dir",
+                    "is empty",
+                    "give a directory for recordings, or leave the key out to record nothing",
+                );
+                None
+            }
+            Some(d) => {
+                let dir = PathBuf::from(d);
+                if dir.exists() && !dir.is_dir() {
+                    self.problem(
+                        "media.record_dir",
+                        format!("{d:?} exists and is not a directory"),
+                        "name a directory (it is created when missing)",
+                    );
+                }
+                Some(dir)
+            }
+        };
+        let store_url = self.store_url(&raw.store.url);
+        let max_connections =
+            self.bounded("store.max_connections", raw.store.max_connections, 1, 1000);
+        let cdr_batch_size =
+            self.bounded("store.cdr_batch_size", raw.store.cdr_batch_size, 1, 10_000);
+        let flush_ms = self.bounded(
+            "store.cdr_flush_interval_ms",
+            raw.store.cdr_flush_interval_ms,
+            1,
+            60_000,
+        );
+        let grace = self.bounded("shutdown.grace_secs", raw.shutdown.grace_secs, 0, 86_400);
+
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
+            self.problem(
+                "log.level",
+                format!("{:?} is not a log filter ({e})", raw.log.level),
+                "use error, warn, info, debug or trace, optionally with per-module \
+                 directives such as \"info,waswitch::sip=debug\"",
+            );
+        }
+        let log_format = match raw.log.format.to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                self.problem(
+                    "log.format",
+                    format!("{other:?} is not a log format"),
+                    "use \"text\" or \"json\"",
+                );
+                None
+            }
+        };
+
+        let tls = self.tls(
+            raw.sip.tls.as_ref(),
+            transports.contains(&Transport::Tls),
+            sip_listen,
+        );
+        let trunks = self.trunks(&raw.trunk, sip_listen);
+        let sim_listen = self.socket_addr("sim.listen", &raw.sim.listen, "127.0.0.1:8090");
+        let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
+        let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
+        let meta = self.meta(raw.meta.as_ref());
+        let cdr_webhook = self.cdr_webhook(raw.cdr_webhook.as_ref());
+        let permissions = self.permissions(&raw.permissions);
+        let business_numbers =
+            self.business_numbers(&raw.business_number, raw.meta.is_some(), &routes);
+        let ring_timeout =
+            self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
+        let session_expires = match raw.sip.session_expires_secs {
+            0 => Some(0),
+            n if (90..=86_400).contains(&n) => Some(n as u32),
+            n => {
+                self.problem(
+                    "sip.session_expires_secs",
+                    format!("{n} is out of range"),
+                    "use 90 to 86400 seconds (RFC 4028 minimum is 90), or 0 for no session timer",
+                );
+                None
+            }
+        };
+        let unknown_sources = match raw.sip.unknown_sources.trim() {
+            "refuse" => Some(crate::sip::source::UnknownSource::Refuse),
+            "drop" => Some(crate::sip::source::UnknownSource::Drop),
+            other => {
+                self.problem(
+                    "sip.unknown_sources",
+                    format!("{other:?} is not a policy"),
+                    "use \"refuse\" (one stateless 403 per INVITE) or \"drop\" (no answer)",
+                );
+                None
+            }
+        };
+        let http_limits = self.http_limits(&raw.http);
+        let max_cps = self.bounded("limits.max_cps", raw.limits.max_cps, 0, 100_000);
+        let max_calls = self.bounded("limits.max_calls", raw.limits.max_calls, 0, 1_000_000);
+        let (http_limits, webhook_limits) = http_limits?;
+        Some(Config {
+            source: path.to_path_buf(),
+            node_id,
+            http: HttpConfig {
+                limits: http_limits,
+                webhooks: webhook_limits,
+                listen: http_listen?,
+                api_token: raw
+                    .http
+                    .api_token
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+            },
+            sip: SipConfig {
+                listen: sip_listen?,
+                transports,
+                timers: timers?,
+                ring_timeout: Duration::from_secs(ring_timeout? as u64),
+                session_expires: session_expires?,
+                unknown_sources: unknown_sources?,
+                tls: tls?,
+            },
+            media: MediaConfig {
+                ip: media_ip?,
+                port_min: port_min?,
+                port_max: port_max?,
+                shards: shards? as usize,
+                timeout: Duration::from_secs(media_timeout? as u64),
+                source_policy: source_policy?,
+                record_dir,
+                opus_complexity: opus_complexity? as u8,
+            },
+            store: StoreConfig {
+                url: store_url?,
+                max_connections: max_connections? as u32,
+                cdr_batch_size: cdr_batch_size? as usize,
+                cdr_flush_interval: Duration::from_millis(flush_ms? as u64),
+            },
+            shutdown: ShutdownConfig {
+                grace: Duration::from_secs(grace? as u64),
+            },
+            log: LogConfig {
+                level: raw.log.level,
+                format: log_format?,
+            },
+            trunks,
+            routes,
+            limits: LimitsConfig {
+                max_cps: max_cps? as u32,
+                max_calls: max_calls? as u32,
+            },
+            meta,
+            business_numbers,
+            sim: SimConfig {
+                listen: sim_listen?,
+            },
+            cdr_webhook,
+            permissions: permissions?,
+        })
+    }
+
+    pub(super) fn socket_addr(
+        &mut self,
+        key: &str,
+        value: &str,
+        example: &str,
+    ) -> Option<SocketAddr> {
+        match value.trim().parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                self.problem(
+                    key,
+                    format!("{value:?} has port 0"),
+                    format!("give a fixed port, e.g. \"{example}\""),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                let fix = if value.contains(':') || value.contains('.') {
+                    format!("write IP:PORT (IPv6 as [::1]:PORT), e.g. \"{example}\"; host names are not allowed")
+                } else {
+                    format!("write IP:PORT, e.g. \"{example}\"")
+                };
+                self.problem(key, format!("{value:?} is not an IP:port address"), fix);
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, key: &str, value: i64) -> Option<u16> {
+        match u16::try_from(value) {
+            Ok(p) if p >= 1024 => Some(p),
+            _ => {
+                self.problem(
+                    key,
+                    format!("{value} is not a usable UDP port"),
+                    "use a port between 1024 and 65535",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn bounded(&mut self, key: &str, value: i64, min: i64, max: i64) -> Option<i64> {
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.problem(
+                key,
+                format!("{value} is out of range"),
+                format!("use a value from {min} to {max}"),
+            );
+            None
+        }
+    }
+}
