@@ -1,9 +1,11 @@
 //! Call permissions for business-initiated calls: the per-pair state machine
-//! ([`state`]), and the policy that applies before it (countries, never PSTN).
+//! ([`state`]), the policy that applies before it (countries, never PSTN), and the
+//! [`service`] that runs the state machine over the audit trail (store, Graph requests,
+//! Meta's replies, reservations of calls, cut-offs).
 //!
 //! A business may call a customer on WhatsApp only with the customer's explicit, current
-//! permission; everything here is sans-IO so it can be driven by a virtual clock and
-//! checked by property tests.
+//! permission. The state machine and the policy are sans-IO, so they can be driven by a
+//! virtual clock and checked by property tests; the service is the only part that does I/O.
 
 pub mod service;
 pub mod state;
