@@ -51,7 +51,7 @@ pub struct SipRoute {
     pub prefix: String,
     /// Only calls arriving from this trunk take the route (`None`: any trunk).
     pub from_trunk: Option<String>,
-    /// Trunks to try, in order (indexes into [`Config::trunks`]).
+    /// Trunks to try, in order (indexes into [`Config::trunks`](super::Config::trunks)).
     pub trunks: Vec<usize>,
 }
 
