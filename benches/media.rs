@@ -9,10 +9,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use waswitch::media::g711;
+use waswitch::media::plane::MediaPlane;
 use waswitch::media::ports::PortAllocator;
 use waswitch::media::rtcp::ReceiverStats;
 use waswitch::media::rtp::{write_packet, RtpView};
-use waswitch::media::shard::MediaPlane;
 use waswitch::media::types::{Remote, Side, SourcePolicy};
 
 fn packet() -> [u8; 172] {

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use waswitch::media::plane::MediaPlane;
 use waswitch::media::ports::PortAllocator;
-use waswitch::media::shard::MediaPlane;
 use waswitch::media::types::{Remote, Side, SourcePolicy};
 
 const PACKET: usize = 172;

@@ -12,8 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::supervisor::CallMsg;
 #[cfg(any(test, feature = "fault-injection"))]
 use super::Fault;
+use crate::media::plane::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane};
 use crate::media::ports::{PortAllocator, PortLease};
-use crate::media::shard::{FarSide, LegStats, MediaEvent, MediaPair, MediaPlane};
 use crate::media::types::{Remote, Side};
 use crate::store::HangupParty;
 use crate::telemetry;
@@ -344,7 +344,7 @@ impl Media {
             });
         }
         let me = myself.clone();
-        let sink: crate::media::shard::EventSink = std::sync::Arc::new(move |event| {
+        let sink: crate::media::plane::EventSink = std::sync::Arc::new(move |event| {
             let _ = me.send_message(MediaMsg::Event(event));
         });
         let leases = match std::mem::replace(&mut self.resources, Resources::None) {
@@ -400,7 +400,7 @@ impl Media {
         // The telephone-event clock of Meta's side.
         self.clock[0] = 8000;
         let me = myself.clone();
-        let sink: crate::media::shard::EventSink = std::sync::Arc::new(move |event| {
+        let sink: crate::media::plane::EventSink = std::sync::Arc::new(move |event| {
             let _ = me.send_message(MediaMsg::Event(event));
         });
         let pair = plane

@@ -319,7 +319,7 @@ struct CallsInner {
     parent: ActorCell,
     cdrs: CdrQueue,
     ports: PortAllocator,
-    media: std::sync::OnceLock<crate::media::shard::MediaPlane>,
+    media: std::sync::OnceLock<crate::media::plane::MediaPlane>,
     node_id: Arc<str>,
     max_calls: usize,
     /// Calls past the limit check and not yet in the registry, so concurrent admissions
@@ -569,7 +569,7 @@ impl Calls {
     /// Relays calls' media through `plane` (whose port pool must be this plane's).
     pub fn set_media(
         &self,
-        plane: crate::media::shard::MediaPlane,
+        plane: crate::media::plane::MediaPlane,
     ) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.inner.media, plane, "the media plane")
     }

@@ -64,7 +64,7 @@ pub struct CallArgs {
     /// The call's two port pairs, leased when it was admitted.
     pub leases: [crate::media::ports::PortLease; 2],
     /// Media shards (`None`: nothing is relayed).
-    pub media: Option<crate::media::shard::MediaPlane>,
+    pub media: Option<crate::media::plane::MediaPlane>,
     /// This node, for the CDR.
     pub node_id: Arc<str>,
 }
@@ -326,7 +326,7 @@ impl Call {
         myself: &ActorRef<CallMsg>,
         ports: PortAllocator,
         leases: [crate::media::ports::PortLease; 2],
-        plane: Option<crate::media::shard::MediaPlane>,
+        plane: Option<crate::media::plane::MediaPlane>,
         plan: CallPlan,
     ) -> Result<(), ActorProcessingErr> {
         let (media, _) = Actor::spawn_linked(

@@ -8,13 +8,15 @@
 pub mod batch;
 pub mod dtmf;
 pub mod g711;
+pub mod plane;
 pub mod ports;
 pub mod prompt;
 pub mod quality;
 pub mod record;
 pub mod rtcp;
 pub mod rtp;
-pub mod shard;
+mod shard;
+mod smoother;
 pub mod transcode;
 pub mod types;
 pub mod webrtc;

@@ -1,11 +1,16 @@
 //! The relay on real loopback sockets.
 
 use std::net::UdpSocket as StdSocket;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
+use super::rtc::is_stun;
 use super::*;
 use crate::media::dtmf::EventPayload;
+use crate::media::plane::{FarSide, MediaError, MediaEvent, MediaPair, MediaPlane};
+use crate::media::ports::PortAllocator;
 use crate::media::rtp::write_packet;
+use crate::media::rtp::RtpView;
 
 /// A plane on its own port range (tests run in parallel).
 fn plane(first: u16, policy: SourcePolicy, timeout: Duration) -> MediaPlane {

@@ -1,0 +1,156 @@
+//! A call's handle on its pair of legs in a shard: where each side's peer is, DTMF,
+//! prompts and ringback toward a side, counters, the peer's answer to a WebRTC offer, and
+//! the pair's removal (on close or drop).
+
+use std::time::Duration;
+
+use super::{LegStats, MediaError, MediaPair};
+use crate::media::shard::Command;
+use crate::media::types::{Remote, Side};
+use crate::media::webrtc::WebRtcError;
+use crate::media::{dtmf, prompt};
+
+impl MediaPair {
+    /// The shard that relays the pair.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Local RTP ports of side A and side B.
+    pub fn ports(&self) -> [u16; 2] {
+        self.ports
+    }
+
+    /// Tells the shard where `side`'s peer receives and what it sends (from its SDP).
+    pub fn set_remote(&self, side: Side, remote: Remote) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Remote {
+                id: self.id,
+                side,
+                remote,
+            },
+        )
+    }
+
+    /// Sends DTMF `digit` (RFC 4733 telephone-events) toward `side`'s peer for `duration`,
+    /// in the stream the peer already receives (same SSRC, continuing sequence numbers).
+    /// Fails when the digit is not a DTMF key or the shard is unavailable; a peer whose SDP
+    /// offered no telephone-event gets nothing.
+    pub fn send_dtmf(&self, side: Side, digit: char, duration: Duration) -> Result<(), MediaError> {
+        let event = dtmf::event_of(digit)
+            .ok_or_else(|| MediaError::Ports(format!("{digit:?} is not a DTMF key")))?;
+        self.plane.send(
+            self.shard,
+            Command::Dtmf {
+                id: self.id,
+                side,
+                event,
+                duration,
+            },
+        )
+    }
+
+    /// Plays `prompt` toward `side`'s peer, replacing what the other side sends meanwhile;
+    /// with `barge_in`, a DTMF digit from that side stops it. A
+    /// [`MediaEvent::PromptDone`](super::MediaEvent::PromptDone) follows.
+    pub fn play(
+        &self,
+        side: Side,
+        prompt: prompt::Prompt,
+        barge_in: bool,
+    ) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Play {
+                id: self.id,
+                side,
+                prompt,
+                barge_in,
+            },
+        )
+    }
+
+    /// Starts (`on`) or stops ringback toward `side`'s peer: a looped 425 Hz cadence in its
+    /// codec (an Opus side gets it transcoded), in place of what the other side sends, for
+    /// a caller waiting on a phone that rings without early media.
+    pub fn ringback(&self, side: Side, on: bool) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Ringback {
+                id: self.id,
+                side,
+                on,
+            },
+        )
+    }
+
+    /// Current counters of both sides (waits briefly for the shard).
+    pub fn stats(&self) -> Option<[LegStats; 2]> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.plane
+            .send(self.shard, Command::Stats { id: self.id, reply })
+            .ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
+    /// Applies the peer's answer to side A's WebRTC offer (made by
+    /// [`MediaPlane::webrtc_offer`](super::MediaPlane::webrtc_offer)); waits briefly for the
+    /// shard.
+    pub fn webrtc_answer(&self, sdp: &str) -> Result<(), MediaError> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.plane.send(
+            self.shard,
+            Command::WebRtcAnswer {
+                id: self.id,
+                sdp: sdp.to_string(),
+                reply,
+            },
+        )?;
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MediaError::WebRtc(WebRtcError::Sdp(e))),
+            Err(_) => Err(MediaError::Shard),
+        }
+    }
+
+    /// Removes the pair and returns its final counters.
+    pub fn close(mut self) -> Option<[LegStats; 2]> {
+        self.removed = true;
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .plane
+            .send(
+                self.shard,
+                Command::Remove {
+                    id: self.id,
+                    reply: Some(reply),
+                },
+            )
+            .ok();
+        // After the removal is queued: a leg placed later finds the peer's address free.
+        if let Some((socket, remotes)) = self.rtc.take() {
+            self.plane.release_rtc(socket, &remotes);
+        }
+        sent?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+}
+
+impl Drop for MediaPair {
+    fn drop(&mut self) {
+        self.plane.disown(self.shard, self.id);
+        if !self.removed {
+            let _ = self.plane.send(
+                self.shard,
+                Command::Remove {
+                    id: self.id,
+                    reply: None,
+                },
+            );
+        }
+        if let Some((socket, remotes)) = self.rtc.take() {
+            self.plane.release_rtc(socket, &remotes);
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! WebRTC in the shard: the sockets a shard's WebRTC legs share, datagrams handed to the
+//! leg whose peer sent them (an ICE check from a new address offered to the socket's
+//! legs), the legs' events and timers, and RTP sent out through a leg's SRTP.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Interest, Token};
+
+use super::{Io, Leg, Pair, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS};
+use crate::media::batch::{self, Batch, MAX_PACKET};
+use crate::media::plane::{EventSink, MediaEvent};
+use crate::media::record::Recorder;
+use crate::media::rtp::{self, RtpView};
+use crate::media::types::{Side, SourcePolicy};
+use crate::media::webrtc::{self, LegOutput, WebRtcLeg};
+use crate::telemetry;
+
+impl RtcIo {
+    /// The extended sequence number for an outgoing 16-bit one.
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.seq {
+            // The rollover count starts at 0, as the receiver's SRTP context assumes
+            // (RFC 3711 §3.3.1): the extended number is the SRTP index.
+            None => u64::from(seq),
+            Some(last) => {
+                let delta = i64::from(seq.wrapping_sub(last as u16) as i16);
+                (last as i64 + delta).max(0) as u64
+            }
+        };
+        if self.seq.is_none_or(|last| ext > last) {
+            self.seq = Some(ext);
+        }
+        ext
+    }
+}
+
+/// A STUN message (RFC 5389 §6: top two bits zero, the magic cookie at octets 4-7).
+pub(super) fn is_stun(data: &[u8]) -> bool {
+    data.len() >= 20 && data[0] < 4 && data[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
+/// Sends whatever a WebRTC leg has to send from its shared socket, and notes its next timer.
+fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) {
+    let Some(socket) = sockets.get(rtc.socket).and_then(Option::as_ref) else {
+        return;
+    };
+    let mut send = |to: SocketAddr, data: &[u8]| {
+        let _ = socket.socket.send_to(data, to);
+    };
+    if let Err(e) = rtc.leg.transmit_into(&mut send) {
+        tracing::debug!(error = %e, "WebRTC leg output failed");
+    }
+    *due = (*due).min(rtc.leg.timeout());
+}
+
+/// Sends one RTP packet through a WebRTC leg; false when it cannot go (not connected yet,
+/// not an RTP packet).
+pub(super) fn send_webrtc(
+    rtc: &mut RtcIo,
+    sockets: &[Option<RtcSocket>],
+    due: &mut Instant,
+    packet: &[u8],
+) -> bool {
+    if !rtc.ready {
+        return false;
+    }
+    let Ok(view) = RtpView::parse(packet) else {
+        return false;
+    };
+    let seq = rtc.extend(view.sequence());
+    let sent = rtc
+        .leg
+        .send_rtp(
+            Instant::now(),
+            view.payload_type(),
+            seq,
+            view.timestamp(),
+            view.marker(),
+            view.payload(),
+        )
+        .is_ok();
+    rtc_flush(rtc, sockets, due);
+    sent
+}
+
+impl Shard {
+    pub(super) fn add_rtc_socket(&mut self, index: usize, socket: std::net::UdpSocket) {
+        let mut socket = UdpSocket::from_std(socket);
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(RTC_TOKENS + index),
+            Interest::READABLE,
+        ) {
+            tracing::error!(error = %e, "WebRTC socket registration failed");
+        }
+        if self.rtc_sockets.len() <= index {
+            self.rtc_sockets.resize_with(index + 1, || None);
+        }
+        self.rtc_sockets[index] = Some(RtcSocket {
+            socket,
+            by_remote: HashMap::new(),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_webrtc(
+        &mut self,
+        id: u64,
+        leg: Box<WebRtcLeg>,
+        socket: usize,
+        remotes: Vec<SocketAddr>,
+        b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+        recorder: Option<Recorder>,
+    ) {
+        let a = self.slot();
+        let b_slot = match b {
+            Some((rtp, rtcp)) => {
+                let slot = self.slot();
+                let io = self.plain_io(slot, rtp, rtcp);
+                self.legs[slot] = Some(Leg::new(io, id, a, Side::B, policy, timeout));
+                slot
+            }
+            // An echo: side A's packets go back to side A.
+            None => a,
+        };
+        if let Some(s) = self.rtc_sockets.get_mut(socket).and_then(Option::as_mut) {
+            for r in &remotes {
+                s.by_remote.insert(*r, a);
+            }
+        }
+        // A leg that answered an offer knows its peer; one that made an offer waits for
+        // the answer before it sends or expects anything.
+        let ready = !leg.awaiting_answer();
+        let mut a_leg = Leg::new(
+            Io::WebRtc(Box::new(RtcIo {
+                socket,
+                remotes,
+                seq: None,
+                ready,
+                leg,
+            })),
+            id,
+            b_slot,
+            Side::A,
+            policy,
+            timeout,
+        );
+        a_leg.set_webrtc_remote();
+        a_leg.sends = ready;
+        self.legs[a] = Some(a_leg);
+        self.rtc_slots.push(a);
+        // Its first timer (ICE checks start at once).
+        if let Some(Io::WebRtc(rtc)) = self.legs[a].as_mut().map(|l| &mut l.io) {
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        }
+        self.rtc_due = Instant::now();
+        self.pairs.insert(
+            id,
+            Pair {
+                legs: [a, b_slot],
+                events,
+                recorder,
+            },
+        );
+        let legs = if b_slot == a { 1.0 } else { 2.0 };
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(legs);
+        if b_slot != a {
+            self.plan_transcoding(a);
+        }
+    }
+
+    /// Applies the peer's answer to the WebRTC offer of pair `id`'s side A.
+    pub(super) fn webrtc_answer(&mut self, id: u64, sdp: &str) -> Result<(), String> {
+        let slot = self
+            .pairs
+            .get(&id)
+            .map(|p| p.legs[0])
+            .ok_or("no such media pair")?;
+        let leg = self.legs[slot].as_mut().ok_or("no such media leg")?;
+        let Io::WebRtc(rtc) = &mut leg.io else {
+            return Err("side A is not a WebRTC leg".into());
+        };
+        rtc.leg.accept_answer(sdp).map_err(|e| e.to_string())?;
+        let v4 = rtc.leg.local().is_ipv4();
+        let remotes = webrtc::PeerDescription::parse(sdp)
+            .map(|p| p.candidate_addrs(v4))
+            .unwrap_or_default();
+        if let Some(s) = self
+            .rtc_sockets
+            .get_mut(rtc.socket)
+            .and_then(Option::as_mut)
+        {
+            for r in &remotes {
+                s.by_remote.insert(*r, slot);
+            }
+        }
+        rtc.remotes.extend(remotes);
+        rtc.ready = true;
+        rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        leg.set_webrtc_remote();
+        leg.sends = true;
+        leg.last_rx = Instant::now();
+        self.plan_transcoding(slot);
+        Ok(())
+    }
+
+    /// Reads what arrived on a shared WebRTC socket and hands each datagram to its leg:
+    /// found by the peer's address, or else, for an ICE check from an address not in any
+    /// SDP, by asking the socket's legs (the leg's STUN credentials decide), which then
+    /// learns the address.
+    pub(super) fn drain_rtc_socket(&mut self, index: usize, batch: &mut Batch) {
+        use std::os::fd::AsRawFd;
+        let mut errors = 0;
+        loop {
+            let Some(shared) = self.rtc_sockets.get(index).and_then(Option::as_ref) else {
+                return;
+            };
+            let n = match batch.recv(shared.socket.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    errors += 1;
+                    if errors >= 8 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let (data, from) = batch.packet(i);
+                let known = self.rtc_sockets[index]
+                    .as_ref()
+                    .and_then(|s| s.by_remote.get(&from).copied());
+                let taken = match known {
+                    Some(slot) => self.rtc_receive(slot, index, now, from, data),
+                    // A peer's new address shows itself with an ICE check first; DTLS or
+                    // SRTP from an address no leg knows is nobody's, and costs no scan.
+                    None if !is_stun(data) => false,
+                    None => {
+                        let mut taken = false;
+                        for k in 0..self.rtc_slots.len() {
+                            let slot = self.rtc_slots[k];
+                            let on_socket = matches!(
+                                self.legs[slot].as_ref().map(|l| &l.io),
+                                Some(Io::WebRtc(r)) if r.socket == index
+                            );
+                            if on_socket && self.rtc_receive(slot, index, now, from, data) {
+                                if let Some(s) = self.rtc_sockets[index].as_mut() {
+                                    s.by_remote.insert(from, slot);
+                                }
+                                if let Some(Io::WebRtc(r)) =
+                                    self.legs[slot].as_mut().map(|l| &mut l.io)
+                                {
+                                    r.remotes.push(from);
+                                }
+                                taken = true;
+                                break;
+                            }
+                        }
+                        taken
+                    }
+                };
+                if !taken {
+                    self.counters.foreign += 1;
+                }
+            }
+            if n < batch::BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Hands one datagram to the WebRTC leg in `slot`; false when the leg does not take it.
+    fn rtc_receive(
+        &mut self,
+        slot: usize,
+        socket: usize,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Io::WebRtc(rtc) = &mut leg.io else {
+            return false;
+        };
+        let Some(shared) = self.rtc_sockets.get(socket).and_then(Option::as_ref) else {
+            return false;
+        };
+        let mut send = |to: SocketAddr, d: &[u8]| {
+            let _ = shared.socket.send_to(d, to);
+        };
+        let taken = match rtc.leg.receive_into(now, from, data, &mut send) {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::debug!(error = %e, %from, "WebRTC datagram refused");
+                true
+            }
+        };
+        if taken {
+            self.rtc_due = self.rtc_due.min(rtc.leg.timeout());
+            if leg.remote.is_none() {
+                // Where the peer's media comes from: sent there once connected.
+                leg.remote = Some(from);
+            }
+            self.rtc_events(slot);
+        }
+        taken
+    }
+
+    /// Acts on what a WebRTC leg reported: connection changes, and RTP to relay.
+    fn rtc_events(&mut self, slot: usize) {
+        let mut buf = [0u8; MAX_PACKET];
+        loop {
+            let Some(leg) = self.legs.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let Io::WebRtc(rtc) = &mut leg.io else {
+                return;
+            };
+            let Some(event) = rtc.leg.next_event() else {
+                return;
+            };
+            let (pair, side) = (leg.pair, leg.side);
+            let from = leg.remote.unwrap_or(batch::UNSPECIFIED);
+            let notice = match event {
+                LegOutput::Connected => Some(MediaEvent::Connected(side)),
+                LegOutput::Disconnected => Some(MediaEvent::Disconnected(side)),
+                LegOutput::Rtp {
+                    pt,
+                    seq,
+                    timestamp,
+                    marker,
+                    ssrc,
+                    payload,
+                } => {
+                    let Some(n) =
+                        rtp::write_packet(&mut buf, marker, pt, seq, timestamp, ssrc, &payload)
+                    else {
+                        continue;
+                    };
+                    if let Some(to) = self.relay_rtp(slot, &mut buf[..n], from) {
+                        if let Some(peer) = self.legs[slot].as_ref().map(|l| l.peer) {
+                            self.send_to_leg(peer, &buf[..n], to);
+                        }
+                    }
+                    None
+                }
+                LegOutput::Transmit { to, data } => {
+                    if let Some(s) = self.rtc_sockets.get(rtc.socket).and_then(Option::as_ref) {
+                        let _ = s.socket.send_to(&data, to);
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let (Some(e), Some(p)) = (notice, self.pairs.get(&pair)) {
+                (p.events)(e);
+            }
+        }
+    }
+
+    /// Runs the WebRTC legs' timers that are due (ICE checks, DTLS retransmits, RTCP) and
+    /// finds the next one.
+    pub(super) fn rtc_timers(&mut self, now: Instant) {
+        let mut due = now + RTC_IDLE;
+        for k in 0..self.rtc_slots.len() {
+            let slot = self.rtc_slots[k];
+            let Some(Io::WebRtc(rtc)) = self.legs[slot].as_mut().map(|l| &mut l.io) else {
+                continue;
+            };
+            if rtc.leg.timeout() <= now {
+                if let Err(e) = rtc.leg.handle_timeout(now) {
+                    tracing::debug!(error = %e, "WebRTC timer failed");
+                }
+                let mut ignored = now + RTC_IDLE;
+                rtc_flush(rtc, &self.rtc_sockets, &mut ignored);
+                self.rtc_events(slot);
+            }
+            if let Some(Io::WebRtc(rtc)) = self.legs[slot].as_ref().map(|l| &l.io) {
+                due = due.min(rtc.leg.timeout());
+            }
+        }
+        // str0m asks for "now" again when it has nothing planned; never spin on it.
+        self.rtc_due = due.max(now + Duration::from_millis(1));
+    }
+}

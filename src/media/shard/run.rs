@@ -1,0 +1,368 @@
+//! The shard's event loop: one thread waiting on its sockets, its command queue and its
+//! timers; the commands that add, change and remove pairs; the tick that raises media
+//! timeouts and publishes the shard's counters.
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Token};
+
+use super::{Command, DtmfOut, Io, Leg, Pair, PlayOut, Shard, RTC_TOKENS, TICK, WAKER};
+use crate::media::batch::{self, Batch};
+use crate::media::g711;
+use crate::media::plane::{EventSink, LegStats, MediaEvent};
+use crate::media::record::Recorder;
+use crate::media::types::{Side, SourcePolicy};
+use crate::telemetry;
+
+impl Shard {
+    pub(crate) fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut batch = Batch::new();
+        let mut forward = Vec::with_capacity(batch::BATCH);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let due = self
+                .dtmf_out
+                .iter()
+                .map(|d| d.next_at)
+                .chain(self.playing.iter().map(|p| p.next_at))
+                .min()
+                .map_or(next_tick, |d| d.min(next_tick))
+                .min(self.rtc_due);
+            let wait = due.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "media shard poll failed");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == WAKER {
+                    if !self.run_commands() {
+                        self.close_all();
+                        return;
+                    }
+                    continue;
+                }
+                if token.0 >= RTC_TOKENS {
+                    self.drain_rtc_socket(token.0 - RTC_TOKENS, &mut batch);
+                    continue;
+                }
+                let (slot, is_rtcp_socket) = (token.0 / 2, token.0 % 2 == 1);
+                self.drain_socket(slot, is_rtcp_socket, &mut batch, &mut forward);
+            }
+            let now = Instant::now();
+            if now >= self.rtc_due {
+                self.rtc_timers(now);
+            }
+            if !self.dtmf_out.is_empty() {
+                self.send_dtmf(now);
+            }
+            if !self.playing.is_empty() {
+                self.send_prompts(now);
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.tick(now);
+            }
+        }
+    }
+
+    /// Runs queued commands; false on Stop.
+    fn run_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add {
+                    id,
+                    sockets,
+                    policy,
+                    timeout,
+                    events,
+                    recorder,
+                } => self.add(id, sockets, policy, timeout, events, recorder),
+                Command::RtcSocket { index, socket } => self.add_rtc_socket(index, socket),
+                Command::AddWebRtc {
+                    id,
+                    leg,
+                    socket,
+                    remotes,
+                    b,
+                    policy,
+                    timeout,
+                    events,
+                    recorder,
+                } => self.add_webrtc(
+                    id, leg, socket, remotes, b, policy, timeout, events, recorder,
+                ),
+                Command::WebRtcAnswer { id, sdp, reply } => {
+                    let _ = reply.try_send(self.webrtc_answer(id, &sdp));
+                }
+                Command::Remote { id, side, remote } => {
+                    if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
+                        if self.legs[slot]
+                            .as_ref()
+                            .is_some_and(|l| matches!(l.io, Io::WebRtc(_)))
+                        {
+                            // A WebRTC leg's media follows its own negotiation.
+                            continue;
+                        }
+                        if let Some(leg) = self.legs[slot].as_mut() {
+                            leg.remote = remote.addr;
+                            // A new address from SDP re-opens latching.
+                            leg.latched = false;
+                            leg.rtcp_mux = remote.rtcp_mux;
+                            leg.clock = remote.clock.max(1);
+                            leg.dtmf_pt = remote.dtmf_pt;
+                            leg.dtmf_clock = remote.dtmf_clock.max(1);
+                            leg.codec_pt = remote.codec_pt;
+                            leg.codec = remote.codec;
+                            leg.sends = remote.sends;
+                            leg.last_rx = Instant::now();
+                            leg.timed_out = false;
+                        }
+                        self.plan_transcoding(slot);
+                    }
+                }
+                Command::Remove { id, reply } => {
+                    let stats = self.remove(id);
+                    if let (Some(reply), Some(stats)) = (reply, stats) {
+                        let _ = reply.try_send(stats);
+                    }
+                }
+                Command::Stats { id, reply } => {
+                    if let Some(pair) = self.pairs.get(&id) {
+                        let _ = reply.try_send(self.pair_stats(pair.legs));
+                    }
+                }
+                Command::Dtmf {
+                    id,
+                    side,
+                    event,
+                    duration,
+                } => {
+                    let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) else {
+                        continue;
+                    };
+                    let Some(leg) = self.legs[slot].as_ref() else {
+                        continue;
+                    };
+                    let peer = leg.peer;
+                    let clock = u64::from(leg.dtmf_clock.max(1));
+                    let total =
+                        (duration.as_micros() as u64 * clock / 1_000_000).clamp(1, 0xffff) as u32;
+                    let timestamp = self.legs[peer]
+                        .as_mut()
+                        .map_or(0, |p| p.smoother.next_event_timestamp());
+                    let now = Instant::now();
+                    self.dtmf_out.push(DtmfOut {
+                        slot,
+                        event,
+                        timestamp,
+                        total,
+                        started: now,
+                        next_at: now,
+                        ends: 0,
+                    });
+                }
+                Command::Play {
+                    id,
+                    side,
+                    prompt,
+                    barge_in,
+                } => {
+                    let Some(pair) = self.pairs.get(&id) else {
+                        continue;
+                    };
+                    let slot = pair.legs[side.index()];
+                    let Some(leg) = self.legs[slot].as_mut() else {
+                        continue;
+                    };
+                    let encode: fn(i16) -> u8 = match leg.codec_pt {
+                        Some(0) => g711::ulaw_encode,
+                        Some(8) => g711::alaw_encode,
+                        _ => {
+                            (pair.events)(MediaEvent::PromptDone {
+                                side,
+                                barged_in: false,
+                                played: false,
+                            });
+                            continue;
+                        }
+                    };
+                    let pt = leg.codec_pt.unwrap_or(0);
+                    // One prompt at a time toward a side: a new one replaces the old.
+                    self.playing.retain(|p| p.slot != slot);
+                    leg.playing = true;
+                    self.playing.push(PlayOut {
+                        slot,
+                        prompt,
+                        pos: 0,
+                        next_at: Instant::now(),
+                        barge_in,
+                        encode,
+                        pt,
+                        looping: false,
+                        opus: None,
+                    });
+                }
+                Command::Ringback { id, side, on } => self.ringback(id, side, on),
+                #[cfg(any(test, feature = "fault-injection"))]
+                Command::Panic => panic!("media shard: panic injected by a test"),
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn add(
+        &mut self,
+        id: u64,
+        sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
+        policy: SourcePolicy,
+        timeout: Duration,
+        events: EventSink,
+        recorder: Option<Recorder>,
+    ) {
+        let slots = [self.slot(), self.slot()];
+        for (i, (rtp, rtcp)) in sockets.into_iter().enumerate() {
+            let io = self.plain_io(slots[i], rtp, rtcp);
+            let side = if i == 0 { Side::A } else { Side::B };
+            self.legs[slots[i]] = Some(Leg::new(io, id, slots[1 - i], side, policy, timeout));
+        }
+        self.pairs.insert(
+            id,
+            Pair {
+                legs: slots,
+                events,
+                recorder,
+            },
+        );
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
+    }
+
+    /// Registers a plain leg's sockets under slot `slot`'s tokens.
+    pub(super) fn plain_io(
+        &mut self,
+        slot: usize,
+        rtp: std::net::UdpSocket,
+        rtcp: std::net::UdpSocket,
+    ) -> Io {
+        let mut rtp = UdpSocket::from_std(rtp);
+        let mut rtcp = UdpSocket::from_std(rtcp);
+        let registry = self.poll.registry();
+        if let Err(e) = registry
+            .register(&mut rtp, Token(2 * slot), Interest::READABLE)
+            .and_then(|()| registry.register(&mut rtcp, Token(2 * slot + 1), Interest::READABLE))
+        {
+            tracing::error!(error = %e, "media socket registration failed");
+        }
+        Io::Plain { rtp, rtcp }
+    }
+
+    pub(super) fn slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.legs.push(None);
+                self.legs.len() - 1
+            }
+        }
+    }
+
+    fn pair_stats(&self, legs: [usize; 2]) -> [LegStats; 2] {
+        legs.map(|slot| match &self.legs[slot] {
+            Some(leg) => LegStats {
+                // Duplicates make RFC 3550's count negative; a call's loss is never below 0.
+                lost: leg.rx.lost().max(0),
+                jitter_ms: leg.rx.jitter() * 1000 / leg.clock.max(1),
+                ..leg.stats
+            },
+            None => LegStats::default(),
+        })
+    }
+
+    fn remove(&mut self, id: u64) -> Option<[LegStats; 2]> {
+        let pair = self.pairs.remove(&id)?;
+        let stats = self.pair_stats(pair.legs);
+        let distinct = if pair.legs[0] == pair.legs[1] { 1 } else { 2 };
+        for &slot in &pair.legs[..distinct] {
+            if let Some(mut leg) = self.legs[slot].take() {
+                if leg.transcode.is_some() {
+                    metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
+                }
+                match &mut leg.io {
+                    Io::Plain { rtp, rtcp } => {
+                        let registry = self.poll.registry();
+                        let _ = registry.deregister(rtp);
+                        let _ = registry.deregister(rtcp);
+                    }
+                    Io::WebRtc(rtc) => {
+                        if let Some(s) = self
+                            .rtc_sockets
+                            .get_mut(rtc.socket)
+                            .and_then(Option::as_mut)
+                        {
+                            for r in &rtc.remotes {
+                                if s.by_remote.get(r) == Some(&slot) {
+                                    s.by_remote.remove(r);
+                                }
+                            }
+                        }
+                        self.rtc_slots.retain(|&s| s != slot);
+                    }
+                }
+            }
+            self.free.push(slot);
+        }
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(distinct as f64);
+        Some(stats)
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<u64> = self.pairs.keys().copied().collect();
+        for id in ids {
+            self.remove(id);
+        }
+        self.publish();
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for leg in self.legs.iter_mut().flatten() {
+            // A WebRTC leg that never connects times out too.
+            let expected = leg.remote.is_some() || matches!(leg.io, Io::WebRtc(_));
+            if leg.sends
+                && !leg.timed_out
+                && expected
+                && now.duration_since(leg.last_rx) >= leg.timeout
+            {
+                leg.timed_out = true;
+                if let Some(p) = self.pairs.get(&leg.pair) {
+                    (p.events)(MediaEvent::Timeout(leg.side));
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let c = std::mem::take(&mut self.counters);
+        if c.rx > 0 {
+            metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(c.rx);
+        }
+        if c.tx > 0 {
+            metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(c.tx);
+        }
+        for (reason, n) in [
+            ("foreign_source", c.foreign),
+            ("malformed", c.malformed),
+            ("no_destination", c.no_destination),
+        ] {
+            if n > 0 {
+                metrics::counter!(telemetry::RTP_DROPPED_TOTAL, "reason" => reason).increment(n);
+            }
+        }
+    }
+}
