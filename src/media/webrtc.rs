@@ -256,7 +256,7 @@ impl WebRtcLeg {
     }
 
     /// Answers the peer's `offer` with a leg receiving on `local`; the answer SDP is
-    /// [`answer_sdp`](Self::answer_sdp).
+    /// [`local_sdp`](Self::local_sdp).
     pub fn accept_offer(
         offer: &str,
         local: SocketAddr,
