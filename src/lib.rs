@@ -23,7 +23,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs, unreachable_pub, unused_qualifications)]
 
-pub mod api;
+pub(crate) mod api;
 pub mod audit;
 pub mod call;
 pub mod clock;

@@ -7,7 +7,7 @@
 //! to the store (or, if the store is gone, spilled to a file so none is lost); the HTTP
 //! listener and the actors stop.
 
-pub mod root;
+pub(crate) mod root;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,10 +4,10 @@
 //!
 //! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
 
-pub mod permissions;
-pub mod server;
-pub mod v1;
-pub mod webhooks;
+pub(crate) mod permissions;
+pub(crate) mod server;
+pub(crate) mod v1;
+pub(crate) mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use crate::store::Store;
 /// the field (`body: purpose: missing field`). An empty body reads as JSON `null`, so an
 /// optional body is `ApiJson<Option<T>>`.
 #[derive(Debug, Clone)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
 where
@@ -96,7 +96,7 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `/ready` reports on: draining, and the listeners this node has bound.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     draining: AtomicBool,
     listeners: Mutex<BTreeMap<&'static str, ListenerState>>,
 }
@@ -110,7 +110,7 @@ enum ListenerState {
 
 impl Readiness {
     /// A node that expects the named listeners to be bound before it is ready.
-    pub fn new(expected: &[&'static str]) -> Self {
+    pub(crate) fn new(expected: &[&'static str]) -> Self {
         Self {
             draining: AtomicBool::new(false),
             listeners: Mutex::new(
@@ -123,17 +123,17 @@ impl Readiness {
     }
 
     /// Records that a listener is bound.
-    pub fn bound(&self, name: &'static str, address: SocketAddr) {
+    pub(crate) fn bound(&self, name: &'static str, address: SocketAddr) {
         self.lock().insert(name, ListenerState::Bound { address });
     }
 
     /// From now on `/ready` answers 503.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
     /// The node is draining.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
@@ -146,7 +146,7 @@ impl Readiness {
 
 /// Everything the HTTP handlers need.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     /// Readiness inputs.
     pub readiness: Arc<Readiness>,
     /// The database.
@@ -160,7 +160,7 @@ pub struct ApiState {
 }
 
 /// The node's HTTP router.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -38,7 +38,7 @@ use crate::telemetry;
 
 /// What the permission routes need.
 #[derive(Clone)]
-pub struct PermissionApi {
+pub(crate) struct PermissionApi {
     /// The permission service.
     pub permissions: Permissions,
     /// Meta's Graph API (`None`: no `[meta]`, requests cannot be sent).
@@ -52,7 +52,7 @@ pub struct PermissionApi {
 }
 
 /// The routes.
-pub fn routes(api: PermissionApi) -> Router {
+pub(crate) fn routes(api: PermissionApi) -> Router {
     Router::new()
         .route("/v1/permissions/{number}/{wa_id}/request", post(request))
         .route(

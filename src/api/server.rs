@@ -38,13 +38,13 @@ use crate::telemetry;
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Counts one refusal.
-pub fn refused(reason: &'static str) {
+pub(crate) fn refused(reason: &'static str) {
     metrics::counter!(telemetry::HTTP_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Serves `router` on `listener` within `limits` until `stop` resolves; connections still
 /// open then get a few seconds to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
@@ -194,7 +194,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// Why a request body was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyRefused {
+pub(crate) enum BodyRefused {
     /// Larger than the limit (by `Content-Length`, or as it arrived).
     TooLarge,
     /// Not complete within the body timeout.
@@ -205,7 +205,7 @@ pub enum BodyRefused {
 
 impl BodyRefused {
     /// The answer: 413 or 408 (the connection is closed after it), or 400.
-    pub fn response(self, limit: usize) -> Response {
+    pub(crate) fn response(self, limit: usize) -> Response {
         let (status, reason, text) = match self {
             BodyRefused::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -234,7 +234,7 @@ impl BodyRefused {
 }
 
 /// The body's declared length, if any.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -244,7 +244,7 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Reads `body` whole, at most `max` bytes and by `deadline`, handing each piece to
 /// `piece` as it arrives (to hash it as it streams in). Refused at once when
 /// `declared` (the `Content-Length`) is already over the limit.
-pub async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     declared: Option<u64>,
     max: usize,
@@ -275,7 +275,7 @@ pub async fn read_body(
 
 /// Middleware: every request's body read whole within the limits before its handler runs
 /// (the webhook route, which reads its own, is left alone).
-pub async fn buffer_body(
+pub(crate) async fn buffer_body(
     State(limits): State<HttpLimits>,
     request: Request,
     next: Next,

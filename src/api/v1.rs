@@ -33,7 +33,7 @@ use crate::store::{CallOutcome, CdrFilter, CdrRepository, Direction, HangupParty
 const MAX_LIMIT: u32 = 1000;
 
 /// The `/v1` routes, behind the bearer token.
-pub fn router(
+pub(crate) fn router(
     state: ApiState,
     token: Secret,
     permissions: Option<super::permissions::PermissionApi>,

@@ -24,7 +24,7 @@ struct Challenge {
 }
 
 /// The webhook routes; `None` (no `[meta]` configured) answers 404 with a reason.
-pub fn router(ingress: Option<Arc<Ingress>>) -> Router {
+pub(crate) fn router(ingress: Option<Arc<Ingress>>) -> Router {
     Router::new()
         .route(PATH, get(verify).post(receive))
         .with_state(ingress)

@@ -17,12 +17,12 @@
 
 pub mod leg;
 pub mod media;
-pub mod plan;
-pub mod registry;
-pub mod sip;
+pub(crate) mod plan;
+pub(crate) mod registry;
+pub(crate) mod sip;
 pub mod supervisor;
 mod wakeup;
-pub mod whatsapp;
+pub(crate) mod whatsapp;
 
 use std::fmt;
 use std::sync::Arc;

@@ -20,9 +20,9 @@ use super::{CallId, CallOffer};
 use crate::telemetry;
 
 /// Most Meta call ids whose early events are kept.
-pub const EARLY_MAX: usize = 1024;
+pub(crate) const EARLY_MAX: usize = 1024;
 /// How long early events are kept for a call id no call claims.
-pub const EARLY_TTL: Duration = Duration::from_secs(30);
+pub(crate) const EARLY_TTL: Duration = Duration::from_secs(30);
 
 /// A live call as the registry knows it: enough to write its CDR if its supervisor dies.
 #[derive(Debug, Clone)]

@@ -14,12 +14,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Packets read or sent per system call.
-pub const BATCH: usize = 16;
+pub(crate) const BATCH: usize = 16;
 /// Largest datagram a buffer holds; longer ones are dropped as malformed.
-pub const MAX_PACKET: usize = 2048;
+pub(crate) const MAX_PACKET: usize = 2048;
 
 /// Buffers and message headers for one shard's batched reads and sends.
-pub struct Batch {
+pub(crate) struct Batch {
     bufs: Box<[[u8; MAX_PACKET]; BATCH]>,
     lens: [usize; BATCH],
     truncated: [bool; BATCH],
@@ -46,7 +46,7 @@ pub(crate) const UNSPECIFIED: SocketAddr =
 
 impl Batch {
     /// The buffers, allocated once.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
         // bytes are a valid value (null pointers, zero lengths).
         let (names, iovs, hdrs) =
@@ -65,7 +65,7 @@ impl Batch {
     /// Reads up to [`BATCH`] datagrams from `fd` without blocking; returns how many (the
     /// error `WouldBlock` when there were none). Fewer than `BATCH` means the socket was
     /// empty when the kernel looked.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
@@ -112,7 +112,7 @@ impl Batch {
 
     /// Packet `i` of the last read: its bytes (to rewrite in place) and its source. A
     /// datagram longer than [`MAX_PACKET`] comes back empty.
-    pub fn packet(&mut self, i: usize) -> (&mut [u8], SocketAddr) {
+    pub(crate) fn packet(&mut self, i: usize) -> (&mut [u8], SocketAddr) {
         let len = if self.truncated[i] { 0 } else { self.lens[i] };
         (&mut self.bufs[i][..len], self.from[i])
     }
@@ -120,7 +120,7 @@ impl Batch {
     /// Sends packets of the last read (`items`: buffer index and destination) from `fd` in
     /// as few system calls as the kernel allows. Returns how many were sent; a packet the
     /// kernel refused is skipped and the rest still go.
-    pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
+    pub(crate) fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
         let count = items.len().min(BATCH);
         for (k, &(i, to)) in items[..count].iter().enumerate() {
             let namelen = encode(to, &mut self.names[k]);

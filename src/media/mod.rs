@@ -5,14 +5,14 @@
 //! It never blocks on the network from a call's point of view and never holds a lock on a
 //! per-packet path.
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod dtmf;
 pub mod g711;
 pub mod plane;
 pub mod ports;
-pub mod prompt;
+pub(crate) mod prompt;
 pub mod quality;
-pub mod record;
+pub(crate) mod record;
 pub mod rtcp;
 pub mod rtp;
 mod shard;

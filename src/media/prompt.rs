@@ -174,7 +174,8 @@ impl Prompt {
 }
 
 /// A mono 16-bit PCM WAV file of `samples` at `rate` (for tests and tools).
-pub fn wav_mono(samples: &[i16], rate: u32) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn wav_mono(samples: &[i16], rate: u32) -> Vec<u8> {
     let data_len = (samples.len() * 2) as u32;
     let mut out = Vec::with_capacity(44 + samples.len() * 2);
     out.extend_from_slice(b"RIFF");

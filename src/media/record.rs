@@ -17,9 +17,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Instant;
 
 /// Sample rate of recordings.
-pub const RATE: u32 = 8000;
+pub(crate) const RATE: u32 = 8000;
 /// Most samples in one frame (30 ms at 8 kHz; longer packets are cut).
-pub const MAX_FRAME: usize = 240;
+pub(crate) const MAX_FRAME: usize = 240;
 /// Frames queued toward the writer (preallocated: 256 × ~500 octets per recording).
 const QUEUE: usize = 256;
 /// Samples kept back for late packets before they are written (0.5 s).
@@ -27,7 +27,7 @@ const HOLD_BACK: u64 = RATE as u64 / 2;
 
 /// Audio of one packet of one side.
 #[derive(Clone, Copy)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// 0: side A (left), 1: side B (right).
     pub side: u8,
     /// RTP timestamp of the first sample.
@@ -43,14 +43,14 @@ pub struct Frame {
 /// The sending end of a recording, held by the shard. Frames are moved through a
 /// preallocated queue (boxing them would allocate per packet on the shard); the recording
 /// ends when this end is closed or dropped, which disconnects the queue.
-pub struct Recorder {
+pub(crate) struct Recorder {
     tx: Option<SyncSender<Frame>>,
     dropped: u64,
     writer: Option<std::thread::JoinHandle<std::io::Result<PathBuf>>>,
 }
 
 /// Writes a 44-byte PCM WAV header for `data_len` octets of 16-bit stereo at 8 kHz.
-pub fn wav_header(data_len: u32) -> [u8; 44] {
+pub(crate) fn wav_header(data_len: u32) -> [u8; 44] {
     let mut h = [0u8; 44];
     let channels = 2u16;
     let block = channels * 2;
@@ -72,7 +72,7 @@ pub fn wav_header(data_len: u32) -> [u8; 44] {
 
 impl Recorder {
     /// Starts recording to `path` (written as `path` + `.part` until closed).
-    pub fn start(path: &Path) -> std::io::Result<Recorder> {
+    pub(crate) fn start(path: &Path) -> std::io::Result<Recorder> {
         let part = part_path(path);
         let mut file = File::create(&part)?;
         file.write_all(&wav_header(0))?;
@@ -89,7 +89,7 @@ impl Recorder {
     }
 
     /// Queues a packet's audio; drops it (counted) when the writer is behind.
-    pub fn push(&mut self, frame: Frame) {
+    pub(crate) fn push(&mut self, frame: Frame) {
         let Some(tx) = &self.tx else {
             return;
         };
@@ -99,18 +99,9 @@ impl Recorder {
         }
     }
 
-    /// Frames dropped because the writer was behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// Ends the recording without waiting for the writer (it finalises the file).
-    pub fn close(mut self) {
-        self.finish(false);
-    }
-
     /// Ends the recording and waits for the file; its final path.
-    pub fn close_and_wait(mut self) -> std::io::Result<PathBuf> {
+    #[cfg(test)]
+    pub(crate) fn close_and_wait(mut self) -> std::io::Result<PathBuf> {
         self.finish(true)
             .unwrap_or_else(|| Err(std::io::Error::other("recorder already closed")))
     }
@@ -118,6 +109,12 @@ impl Recorder {
     fn finish(&mut self, wait: bool) -> Option<std::io::Result<PathBuf>> {
         // Disconnecting never blocks the shard; the writer finishes what is queued.
         self.tx = None;
+        if self.dropped > 0 {
+            tracing::warn!(
+                frames = self.dropped,
+                "recording frames dropped: the writer fell behind"
+            );
+        }
         let writer = self.writer.take()?;
         if wait {
             Some(

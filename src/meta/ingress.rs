@@ -28,7 +28,7 @@ use crate::config::{Secret, WebhookLimits};
 use crate::telemetry;
 
 /// The path Meta is configured to call.
-pub const PATH: &str = "/webhooks/meta";
+pub(crate) const PATH: &str = "/webhooks/meta";
 /// How long a delivered event is remembered (Meta retries calling webhooks for a short while).
 const DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Events remembered at most.
@@ -37,7 +37,7 @@ const DEDUP_CAPACITY: usize = 200_000;
 /// Where call-permission replies are written before the webhook is answered: a grant
 /// Meta has delivered must never be lost to a crash, and Meta does not send it again once
 /// answered 200.
-pub trait ReplySink: Send + Sync + 'static {
+pub(crate) trait ReplySink: Send + Sync + 'static {
     /// Records one reply durably (a reply recorded before is accepted again, unchanged).
     fn record(
         &self,
@@ -46,7 +46,7 @@ pub trait ReplySink: Send + Sync + 'static {
 }
 
 /// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
-pub struct Ingress {
+pub(crate) struct Ingress {
     app_secret: Secret,
     verify_token: Secret,
     dedup: Mutex<Dedup>,
@@ -65,7 +65,7 @@ impl std::fmt::Debug for Ingress {
 impl Ingress {
     /// An ingress verifying with `app_secret`, answering challenges for `verify_token`, and
     /// queueing events on `events`.
-    pub fn new(
+    pub(crate) fn new(
         app_secret: Secret,
         verify_token: Secret,
         events: mpsc::Sender<MetaEvent>,
@@ -83,7 +83,7 @@ impl Ingress {
     }
 
     /// Reads webhook bodies within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: WebhookLimits) -> Ingress {
+    pub(crate) fn with_limits(mut self, limits: WebhookLimits) -> Ingress {
         self.reading = Arc::new(tokio::sync::Semaphore::new(limits.concurrency));
         self.limits = limits;
         self
@@ -91,14 +91,15 @@ impl Ingress {
 
     /// Permission replies go to `sink` (written before the delivery is answered) instead
     /// of the queue.
-    pub fn with_reply_sink(mut self, sink: Arc<dyn ReplySink>) -> Ingress {
+    pub(crate) fn with_reply_sink(mut self, sink: Arc<dyn ReplySink>) -> Ingress {
         self.replies = Some(sink);
         self
     }
 
     /// Handles one POST: the status to answer. With a reply sink, permission replies are
     /// not queued: see [`Ingress::deliver_split`].
-    pub fn deliver(&self, headers: &HeaderMap, body: &[u8], now: Instant) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn deliver(&self, headers: &HeaderMap, body: &[u8], now: Instant) -> StatusCode {
         let status = self.deliver_split(headers, body, now).0;
         if status == StatusCode::OK {
             outcome("accepted");
@@ -108,7 +109,8 @@ impl Ingress {
 
     /// Handles one POST: the status to answer, and (with a reply sink) the permission
     /// replies the caller must record before answering.
-    pub fn deliver_split(
+    #[cfg(test)]
+    pub(crate) fn deliver_split(
         &self,
         headers: &HeaderMap,
         body: &[u8],
@@ -125,7 +127,7 @@ impl Ingress {
 
     /// A check of a delivery's signature as its body streams in: refused at once when the
     /// signature header is missing or malformed (the body need not be read then).
-    pub fn verifier(
+    pub(crate) fn verifier(
         &self,
         headers: &HeaderMap,
     ) -> Result<signature::Verifier, signature::SignatureError> {
@@ -134,19 +136,19 @@ impl Ingress {
     }
 
     /// The limits on reading deliveries.
-    pub fn limits(&self) -> WebhookLimits {
+    pub(crate) fn limits(&self) -> WebhookLimits {
         self.limits
     }
 
     /// A place among the bodies being read, if one is free.
-    pub fn try_reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn try_reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         Arc::clone(&self.reading).try_acquire_owned().ok()
     }
 
     /// Records the permission replies of an accepted delivery with the reply sink, each on a
     /// task of its own (the sender hanging up never cuts a write short): OK, or 503 when one
     /// could not be recorded (Meta's retry brings the delivery again).
-    pub async fn record_replies(&self, replies: Vec<PermissionReply>) -> StatusCode {
+    pub(crate) async fn record_replies(&self, replies: Vec<PermissionReply>) -> StatusCode {
         let Some(sink) = &self.replies else {
             return StatusCode::OK;
         };
@@ -165,7 +167,7 @@ impl Ingress {
 
     /// Handles a body whose signature has been checked: the status to answer, and (with a
     /// reply sink) the permission replies the caller must record before answering.
-    pub fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
+    pub(crate) fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
         let parsed = match webhook::parse(body) {
             Ok(p) => p,
             Err(e) => {
@@ -231,7 +233,7 @@ impl Ingress {
     }
 
     /// Handles Meta's verification GET: the challenge when the token is ours.
-    pub fn challenge(
+    pub(crate) fn challenge(
         &self,
         mode: Option<&str>,
         token: Option<&str>,
@@ -251,7 +253,7 @@ impl Ingress {
 }
 
 /// Counts a delivery's outcome in `waswitch_meta_webhooks_total`.
-pub fn outcome(outcome: &'static str) {
+pub(crate) fn outcome(outcome: &'static str) {
     metrics::counter!(telemetry::META_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
 }
 

@@ -3,7 +3,7 @@
 //! whatever happens to the call that sent them.
 
 pub mod graph;
-pub mod ingress;
-pub mod outbox;
+pub(crate) mod ingress;
+pub(crate) mod outbox;
 pub mod signature;
 pub mod webhook;

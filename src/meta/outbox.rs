@@ -18,9 +18,9 @@ use tracing::Instrument;
 use super::graph::{CallAction, GraphClient};
 
 /// Actions queued before handing over fails (and is logged as an error).
-pub const CAPACITY: usize = 8192;
+pub(crate) const CAPACITY: usize = 8192;
 /// Actions sent at once.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 struct Job {
     phone_number_id: String,

@@ -23,7 +23,7 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// Service actors the root keeps running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub(crate) enum Service {
     /// Batches CDRs into the store.
     CdrWriter,
     /// Samples process resource usage into metrics.
@@ -32,7 +32,7 @@ pub enum Service {
 
 impl Service {
     /// Metric and log name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Service::CdrWriter => "cdr_writer",
             Service::ProcessSampler => "process_sampler",
@@ -41,10 +41,10 @@ impl Service {
 }
 
 /// The root supervisor.
-pub struct RootSupervisor;
+pub(crate) struct RootSupervisor;
 
 /// What the root starts with.
-pub struct RootArgs {
+pub(crate) struct RootArgs {
     /// Live calls.
     pub registry: CallRegistry,
     /// Where CDRs go.
@@ -57,12 +57,13 @@ pub struct RootArgs {
 
 /// Messages of [`RootSupervisor`].
 #[derive(Debug)]
-pub enum RootMsg {
+pub(crate) enum RootMsg {
     /// Start a service again (after its backoff).
     Restart(Service),
     /// The running CDR writer, if any (it changes when the writer is restarted).
     CdrWriter(RpcReplyPort<Option<ActorRef<CdrWriterMsg>>>),
     /// How many times each service was restarted.
+    #[cfg(test)]
     Restarts(RpcReplyPort<Vec<(Service, u32)>>),
 }
 
@@ -75,7 +76,7 @@ struct Slot {
 }
 
 /// State of the root.
-pub struct Root {
+pub(crate) struct Root {
     args: RootArgs,
     slots: Vec<Slot>,
     writer: Option<ActorRef<CdrWriterMsg>>,
@@ -121,6 +122,11 @@ impl Actor for RootSupervisor {
             RootMsg::Restart(service) => {
                 if let Some(slot) = root.slots.iter_mut().find(|s| s.service == service) {
                     slot.restarts += 1;
+                    tracing::info!(
+                        service = service.as_str(),
+                        restarts = slot.restarts,
+                        "restarting a service"
+                    );
                 }
                 metrics::counter!(telemetry::ACTOR_RESTARTS_TOTAL, "actor" => service.as_str())
                     .increment(1);
@@ -132,6 +138,7 @@ impl Actor for RootSupervisor {
             RootMsg::CdrWriter(reply) => {
                 let _ = reply.send(root.writer.clone());
             }
+            #[cfg(test)]
             RootMsg::Restarts(reply) => {
                 let _ = reply.send(root.slots.iter().map(|s| (s.service, s.restarts)).collect());
             }
@@ -258,7 +265,7 @@ impl Root {
 }
 
 /// 100 ms for the first failure in a row, doubling, at most 30 s.
-pub fn restart_backoff(failures_in_a_row: u32) -> Duration {
+pub(crate) fn restart_backoff(failures_in_a_row: u32) -> Duration {
     let exp = failures_in_a_row.saturating_sub(1).min(10);
     Duration::from_millis(100 << exp).min(Duration::from_secs(30))
 }

@@ -14,7 +14,7 @@ use super::header::AuthParams;
 
 /// Digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     /// MD5 (RFC 2617; what most SIP equipment speaks).
     Md5,
     /// SHA-256 (RFC 7616, RFC 8760).
@@ -58,7 +58,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Why authentication failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// Not a Digest challenge or credentials.
     #[error("not a Digest authentication header")]
     Scheme,
@@ -87,7 +87,7 @@ pub enum AuthError {
 
 /// A parsed `WWW-Authenticate` / `Proxy-Authenticate` Digest challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DigestChallenge {
+pub(crate) struct DigestChallenge {
     /// Protection space.
     pub realm: String,
     /// Server nonce.
@@ -104,7 +104,7 @@ pub struct DigestChallenge {
 
 impl DigestChallenge {
     /// Reads a challenge header value.
-    pub fn parse(value: &[u8]) -> Result<Self, AuthError> {
+    pub(crate) fn parse(value: &[u8]) -> Result<Self, AuthError> {
         let p = AuthParams::parse(value).map_err(|_| AuthError::Scheme)?;
         if !p.scheme.eq_ignore_ascii_case("Digest") {
             return Err(AuthError::Scheme);
@@ -141,7 +141,7 @@ impl DigestChallenge {
     /// `cnonce` must be unpredictable (the caller supplies randomness); `nc` counts the
     /// requests made with this nonce, starting at 1.
     #[allow(clippy::too_many_arguments)]
-    pub fn respond(
+    pub(crate) fn respond(
         &self,
         method: &str,
         uri: &str,
@@ -180,7 +180,7 @@ impl DigestChallenge {
 
 /// Issues and checks stateless nonces: `<issued-at hex>.<hash(secret, issued-at, realm)>`.
 #[derive(Debug, Clone)]
-pub struct NonceIssuer {
+pub(crate) struct NonceIssuer {
     secret: String,
     realm: String,
     lifetime_secs: u64,
@@ -188,7 +188,7 @@ pub struct NonceIssuer {
 
 impl NonceIssuer {
     /// An issuer for `realm`; `secret` must be random and private to the node (or cluster).
-    pub fn new(realm: &str, secret: &str, lifetime_secs: u64) -> Self {
+    pub(crate) fn new(realm: &str, secret: &str, lifetime_secs: u64) -> Self {
         Self {
             secret: secret.to_string(),
             realm: realm.to_string(),
@@ -197,7 +197,7 @@ impl NonceIssuer {
     }
 
     /// The realm challenges name.
-    pub fn realm(&self) -> &str {
+    pub(crate) fn realm(&self) -> &str {
         &self.realm
     }
 
@@ -206,12 +206,12 @@ impl NonceIssuer {
     }
 
     /// A nonce issued at `now` (Unix seconds).
-    pub fn nonce(&self, now: u64) -> String {
+    pub(crate) fn nonce(&self, now: u64) -> String {
         format!("{now:x}.{}", &self.mac(now)[..32])
     }
 
     /// A `WWW-Authenticate` value challenging with a fresh nonce.
-    pub fn challenge(&self, now: u64, algorithm: Algorithm, stale: bool) -> String {
+    pub(crate) fn challenge(&self, now: u64, algorithm: Algorithm, stale: bool) -> String {
         let mut v = format!(
             "Digest realm=\"{}\", nonce=\"{}\", algorithm={}, qop=\"auth\"",
             self.realm,
@@ -240,7 +240,7 @@ impl NonceIssuer {
 
 /// Checks `Authorization` credentials for a request with `method`, against a nonce from
 /// `issuer` and the password `password_of(username)` returns.
-pub fn verify(
+pub(crate) fn verify(
     credentials: &[u8],
     method: &str,
     issuer: &NonceIssuer,

@@ -50,11 +50,11 @@ mod teardown;
 use session_timer::session_expires;
 
 /// The smallest session interval the switch accepts (RFC 4028 §4 minimum).
-pub const MIN_SE: u32 = 90;
+pub(crate) const MIN_SE: u32 = 90;
 
 /// Credentials for a trunk that challenges our requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// User name.
     pub username: String,
     /// Password.
@@ -63,7 +63,7 @@ pub struct Credentials {
 
 /// A trunk to try for leg B.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Trunk name (CDRs, logs).
     pub trunk: String,
     /// The trunk's address.
@@ -85,7 +85,7 @@ pub struct Target {
 
 /// Settings of every bridge on a node.
 #[derive(Debug, Clone)]
-pub struct BridgeConfig {
+pub(crate) struct BridgeConfig {
     /// Transaction timers (2xx retransmission toward the caller follows T1/T2).
     pub timers: TimerConfig,
     /// How long the called side may ring before the call is abandoned (480 to the caller).
@@ -106,7 +106,7 @@ impl Default for BridgeConfig {
 
 /// Which leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
+pub(crate) enum Leg {
     /// The caller's leg (we are UAS).
     A,
     /// The leg toward a trunk (we are UAC).
@@ -115,7 +115,7 @@ pub enum Leg {
 
 /// How a call progressed, for the call's supervisor and CDR.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     /// A trunk was chosen and offered the call.
     Trying {
         /// Its name.
@@ -136,7 +136,7 @@ pub enum Progress {
 
 /// What the bridge asks of its driver.
 #[derive(Debug, Clone)]
-pub enum Action {
+pub(crate) enum Action {
     /// Run this command on leg A's SIP core.
     A(SipCommand),
     /// Run this command on the SIP core that reaches `targets[index]`.
@@ -154,7 +154,7 @@ pub enum Action {
     MediaPlan(crate::sdp::MediaPlan),
 }
 
-pub use crate::sdp::Anchor;
+pub(crate) use crate::sdp::Anchor;
 
 /// A request received on one leg, waiting for the other leg's answer.
 #[derive(Debug, Clone)]
@@ -233,7 +233,7 @@ enum APhase {
 }
 
 /// One call through the B2BUA.
-pub struct Bridge {
+pub(crate) struct Bridge {
     cfg: BridgeConfig,
     seed: u64,
     attempts: u32,
@@ -282,7 +282,7 @@ pub struct Bridge {
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// Status code.
     pub status: u16,
     /// Reason phrase.
@@ -301,7 +301,7 @@ impl Refusal {
     }
 
     /// The response to `invite` that carries this refusal.
-    pub fn response(&self, invite: &SipMessage, to_tag: &str) -> SipMessage {
+    pub(crate) fn response(&self, invite: &SipMessage, to_tag: &str) -> SipMessage {
         let mut b = MessageBuilder::response_to(invite, self.status, &self.reason, Some(to_tag));
         for (name, value) in &self.headers {
             b = b.header(name.clone(), value.clone());
@@ -319,7 +319,7 @@ fn seq_of(msg: &SipMessage) -> Option<CSeq> {
 }
 
 /// The user part of a request's Request-URI (the dialled number).
-pub fn dialled_user(invite: &SipMessage) -> Option<String> {
+pub(crate) fn dialled_user(invite: &SipMessage) -> Option<String> {
     let StartLine::Request { uri, .. } = &invite.start else {
         return None;
     };
@@ -363,7 +363,7 @@ impl Bridge {
     /// random value); `a_contact` is our Contact on the caller's listener. The caller is
     /// refused when the INVITE cannot start a dialog or its session interval is too short.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub(crate) fn start(
         cfg: BridgeConfig,
         seed: u64,
         server: ServerId,
@@ -439,33 +439,34 @@ impl Bridge {
     /// Offers the call to the first trunk. With `anchor`, every SDP crossing the bridge is
     /// rewritten to point at the switch, and each leg's media is reported as
     /// [`Action::Media`]; without, SDP passes through unchanged.
-    pub fn begin(&mut self, now: Instant, anchor: Option<Anchor>) {
+    pub(crate) fn begin(&mut self, now: Instant, anchor: Option<Anchor>) {
         self.anchor = anchor;
         self.try_next(now);
     }
 
     /// Leg A's SDP, as its INVITE carried it.
-    pub fn a_offer(&self) -> &Bytes {
+    pub(crate) fn a_offer(&self) -> &Bytes {
         &self.a_invite.body
     }
 
     /// The targets (to map [`Action::B`] indexes to transports).
-    pub fn targets(&self) -> &[Target] {
+    pub(crate) fn targets(&self) -> &[Target] {
         &self.targets
     }
 
     /// Leg A's Call-ID.
-    pub fn a_call_id(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn a_call_id(&self) -> &str {
         &self.a_dialog.call_id
     }
 
     /// The next action.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
         self.out.pop_front()
     }
 
     /// The earliest deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         [
             self.b_deadline,
             self.a_timer.due,
@@ -478,7 +479,7 @@ impl Bridge {
     }
 
     /// Over: nothing more will happen.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.ended.is_some() && self.linger.is_none()
     }
 
@@ -503,7 +504,7 @@ impl Bridge {
     }
 
     /// An event for this call from either leg's core (routed by Call-ID).
-    pub fn handle_event(&mut self, now: Instant, event: CoreEvent) {
+    pub(crate) fn handle_event(&mut self, now: Instant, event: CoreEvent) {
         let call_id = event.call_id();
         let leg = match call_id {
             Some(c) if c[..] == *self.a_dialog.call_id.as_bytes() => Leg::A,
@@ -572,14 +573,20 @@ impl Bridge {
     }
 
     /// Ends the call from the switch's side (operator, shutdown, timer).
-    pub fn hangup(&mut self, now: Instant, cause: &str) {
+    pub(crate) fn hangup(&mut self, now: Instant, cause: &str) {
         let reason = format!("SIP;cause=480;text=\"{cause}\"");
         self.hangup_with(now, cause, (480, "Temporarily Unavailable"), &reason);
     }
 
     /// [`hangup`](Self::hangup), refusing a caller still waiting with `status` and
     /// `Reason: reason` (a policy that ended the call, say).
-    pub fn hangup_with(&mut self, now: Instant, cause: &str, status: (u16, &str), reason: &str) {
+    pub(crate) fn hangup_with(
+        &mut self,
+        now: Instant,
+        cause: &str,
+        status: (u16, &str),
+        reason: &str,
+    ) {
         if self.ended.is_some() {
             return;
         }
@@ -598,7 +605,7 @@ impl Bridge {
     }
 
     /// Time has reached [`poll_timeout`](Self::poll_timeout).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.linger.is_some_and(|at| now >= at) {
             // The trunk never settled after our CANCEL: stop waiting.
             if let Some(b) = self.b.as_mut() {

@@ -29,12 +29,12 @@ use crate::telemetry;
 
 /// Most server transactions held at once; beyond it new requests get a stateless 503, so a
 /// flood of distinct requests cannot grow memory without limit.
-pub const MAX_TRANSACTIONS: usize = 200_000;
+pub(crate) const MAX_TRANSACTIONS: usize = 200_000;
 
 /// Methods the switch implements (the `Allow` header of everything it sends, its own
 /// answers and the B2BUA's messages alike). PRACK is not among them: the switch sends no
 /// reliable provisional responses (no `100rel`), so a PRACK can only be answered 481.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
 /// Identifies a server transaction (RFC 3261 §17.2.3): branch, sent-by and method (ACK
 /// matches its INVITE); for RFC 2543 peers, whose branch lacks the magic cookie, the
@@ -247,7 +247,7 @@ enum TimerOwner {
 }
 
 /// The switch's SIP core for one listening address.
-pub struct SipCore {
+pub(crate) struct SipCore {
     timers: TimerConfig,
     transport: Transport,
     txns: HashMap<TxnKey, Entry>,
@@ -281,7 +281,7 @@ impl SipCore {
     /// A core for an unreliable (UDP) or reliable (TCP, TLS) transport, listening at
     /// `local` (written in the Via of requests it sends). `branch_seed` makes its branches
     /// unique across restarts (pass a random value).
-    pub fn new(
+    pub(crate) fn new(
         transport: Transport,
         timers: TimerConfig,
         local: SocketAddr,
@@ -315,21 +315,21 @@ impl SipCore {
     }
 
     /// Writes `protocol` (e.g. `TLS`) as the transport of our Via headers.
-    pub fn with_via_protocol(mut self, protocol: &'static str) -> Self {
+    pub(crate) fn with_via_protocol(mut self, protocol: &'static str) -> Self {
         self.via_protocol = Some(protocol);
         self
     }
 
     /// Hands new INVITEs and requests inside dialogs to a transaction user as
     /// [`CoreEvent::Request`] instead of answering them itself (404, 481).
-    pub fn with_user(mut self) -> Self {
+    pub(crate) fn with_user(mut self) -> Self {
         self.user = true;
         self
     }
 
     /// Limits new INVITEs with `limiter` (shared by every listener of the node); above it
     /// they get a stateless 503 with Retry-After. Requests inside a dialog are never limited.
-    pub fn with_admission(mut self, limiter: Arc<Mutex<RateLimiter>>) -> Self {
+    pub(crate) fn with_admission(mut self, limiter: Arc<Mutex<RateLimiter>>) -> Self {
         self.admission = Some(limiter);
         self
     }
@@ -337,28 +337,29 @@ impl SipCore {
     /// New INVITEs from addresses `sources` does not admit are refused statelessly (one
     /// 403, no transaction) or dropped, as its policy says, before anything else is done
     /// for them.
-    pub fn with_sources(mut self, sources: Arc<Sources>) -> Self {
+    pub(crate) fn with_sources(mut self, sources: Arc<Sources>) -> Self {
         self.sources = Some(sources);
         self
     }
 
     /// While draining, new INVITEs are answered 503 so callers retry another node.
-    pub fn set_draining(&mut self, draining: bool) {
+    pub(crate) fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
     }
 
     /// Server transactions in progress.
-    pub fn transactions(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn transactions(&self) -> usize {
         self.txns.len()
     }
 
     /// A UDP datagram arrived from `from` at `now`.
-    pub fn handle_datagram(&mut self, now: Instant, data: Bytes, from: SocketAddr) {
+    pub(crate) fn handle_datagram(&mut self, now: Instant, data: Bytes, from: SocketAddr) {
         self.handle_frame(now, parse_datagram(data), from);
     }
 
     /// A message framed by the transport (a datagram, or a frame of a stream) arrived.
-    pub fn handle_frame(
+    pub(crate) fn handle_frame(
         &mut self,
         now: Instant,
         framed: Result<SipMessage, super::msg::ParseFailure>,
@@ -553,7 +554,7 @@ impl SipCore {
 
     /// Sends `request` to `to` in a new client transaction. The core puts its own Via (with a
     /// fresh branch) on top. Outcomes come from [`poll_event`](Self::poll_event).
-    pub fn send_request(
+    pub(crate) fn send_request(
         &mut self,
         now: Instant,
         mut request: SipMessage,
@@ -617,7 +618,7 @@ impl SipCore {
 
     /// Sends the ACK for a 2xx (RFC 3261 §13.2.2.4): its own transaction, sent once per 2xx
     /// received, never retransmitted by the core.
-    pub fn send_ack(&mut self, mut ack: SipMessage, to: SocketAddr) {
+    pub(crate) fn send_ack(&mut self, mut ack: SipMessage, to: SocketAddr) {
         let (_, branch) = self.next_branch();
         ack.headers.insert(0, self.our_via(&branch));
         self.out.push_back((to, ack.to_bytes()));
@@ -625,7 +626,7 @@ impl SipCore {
 
     /// CANCELs the INVITE we sent with `call_id` (§9.1): same Request-URI, Via, Call-ID,
     /// From, To, CSeq number and Route as the INVITE. False when no such INVITE is pending.
-    pub fn cancel_invite(&mut self, now: Instant, call_id: &[u8]) -> bool {
+    pub(crate) fn cancel_invite(&mut self, now: Instant, call_id: &[u8]) -> bool {
         let Some(key) = self.client_invites.get(call_id) else {
             return false;
         };
@@ -685,7 +686,7 @@ impl SipCore {
 
     /// Stops the INVITE we sent with `call_id` without a CANCEL (nothing came back, so
     /// there is nothing to cancel); later responses to it are dropped.
-    pub fn abandon_invite(&mut self, call_id: &[u8]) {
+    pub(crate) fn abandon_invite(&mut self, call_id: &[u8]) {
         if let Some(key) = self.client_invites.remove(call_id) {
             self.clients.remove(&key);
         }
@@ -693,7 +694,7 @@ impl SipCore {
 
     /// Answers a server transaction handed over as [`CoreEvent::Request`]. A response for a
     /// transaction that is gone is dropped.
-    pub fn respond(&mut self, now: Instant, server: ServerId, response: SipMessage) {
+    pub(crate) fn respond(&mut self, now: Instant, server: ServerId, response: SipMessage) {
         let Some(key) = self.server_ids.get(&server).cloned() else {
             return;
         };
@@ -723,7 +724,7 @@ impl SipCore {
 
     /// The transport could not reach `peer` (a connection failed): every client transaction
     /// toward it fails as if timed out (RFC 3261 §17.1.4).
-    pub fn transport_failed(&mut self, _now: Instant, peer: SocketAddr) {
+    pub(crate) fn transport_failed(&mut self, _now: Instant, peer: SocketAddr) {
         let keys: Vec<ClientKey> = self
             .clients
             .iter()
@@ -739,7 +740,7 @@ impl SipCore {
     }
 
     /// Runs a command of the transaction user.
-    pub fn execute(&mut self, now: Instant, command: SipCommand) {
+    pub(crate) fn execute(&mut self, now: Instant, command: SipCommand) {
         match command {
             SipCommand::Respond { server, response } => self.respond(now, server, response),
             SipCommand::Request { request, to } => {
@@ -774,7 +775,7 @@ impl SipCore {
     }
 
     /// The next outcome of a request sent with [`send_request`](Self::send_request).
-    pub fn poll_event(&mut self) -> Option<CoreEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<CoreEvent> {
         self.events.pop_front()
     }
 
@@ -891,7 +892,7 @@ impl SipCore {
     }
 
     /// Time has reached the earliest deadline.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         while let Some(Reverse((at, id))) = self.wheel.peek().copied() {
             if at > now {
                 break;
@@ -929,12 +930,12 @@ impl SipCore {
     }
 
     /// The earliest deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.wheel.peek().map(|Reverse((at, _))| *at)
     }
 
     /// The next datagram to send and where.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         let (to, bytes) = self.out.pop_front()?;
         if let Some(code) = status_of(&bytes) {
             count("out", code.to_string());

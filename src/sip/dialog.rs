@@ -10,12 +10,12 @@ use bytes::Bytes;
 
 use super::build::MessageBuilder;
 use super::header::{CSeq, NameAddr};
-use super::msg::{HeaderName, Method, SipMessage, StartLine};
+use super::msg::{HeaderName, Method, SipMessage};
 use super::validate::Rejection;
 
 /// Dialog state (§12.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogState {
+pub(crate) enum DialogState {
     /// Created by a provisional response with a To tag.
     Early,
     /// Created or confirmed by a 2xx.
@@ -27,7 +27,7 @@ pub enum DialogState {
 /// Why a dialog could not be formed or a message does not fit it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum DialogError {
+pub(crate) enum DialogError {
     /// A header needed to form the dialog is missing or malformed.
     #[error("missing or malformed {0}")]
     Header(&'static str),
@@ -36,20 +36,9 @@ pub enum DialogError {
     NoToTag,
 }
 
-/// The identity of a dialog: Call-ID and the two tags, from our point of view.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DialogId {
-    /// Call-ID.
-    pub call_id: String,
-    /// Our tag.
-    pub local_tag: String,
-    /// The peer's tag.
-    pub remote_tag: String,
-}
-
 /// One dialog of one leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dialog {
+pub(crate) struct Dialog {
     /// Call-ID.
     pub call_id: String,
     /// Our tag.
@@ -116,7 +105,7 @@ fn text(b: &Bytes) -> String {
 impl Dialog {
     /// The dialog our INVITE `request` created with `response` (a 1xx with a To tag, or a
     /// 2xx): route set from Record-Route, reversed (§12.1.2).
-    pub fn uac(request: &SipMessage, response: &SipMessage) -> Result<Dialog, DialogError> {
+    pub(crate) fn uac(request: &SipMessage, response: &SipMessage) -> Result<Dialog, DialogError> {
         let from = addr(request, HeaderName::From, "From")?;
         let to = addr(response, HeaderName::To, "To")?;
         let remote_tag = to.tag().ok_or(DialogError::NoToTag)?.to_string();
@@ -149,7 +138,7 @@ impl Dialog {
     ///
     /// An RFC 2543 peer may send no From tag (the remote tag is then null, §12.1.1) and no
     /// Contact (requests then go to its From address, as RFC 2543 did).
-    pub fn uas(request: &SipMessage, local_tag: &str) -> Result<Dialog, DialogError> {
+    pub(crate) fn uas(request: &SipMessage, local_tag: &str) -> Result<Dialog, DialogError> {
         let from = addr(request, HeaderName::From, "From")?;
         let to = addr(request, HeaderName::To, "To")?;
         let remote_target = match request.header(&HeaderName::Contact) {
@@ -170,18 +159,9 @@ impl Dialog {
         })
     }
 
-    /// Identity from our side.
-    pub fn id(&self) -> DialogId {
-        DialogId {
-            call_id: self.call_id.clone(),
-            local_tag: self.local_tag.clone(),
-            remote_tag: self.remote_tag.clone(),
-        }
-    }
-
     /// The dialog is confirmed by a 2xx (UAC: the 2xx received, with its Contact; UAS: our
     /// own 2xx sent).
-    pub fn confirm(&mut self, response: Option<&SipMessage>) {
+    pub(crate) fn confirm(&mut self, response: Option<&SipMessage>) {
         if let Some(c) = response.and_then(|r| contact(r).ok()) {
             self.remote_target = c;
         }
@@ -191,7 +171,7 @@ impl Dialog {
     }
 
     /// The dialog is over.
-    pub fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         self.state = DialogState::Terminated;
     }
 
@@ -236,21 +216,25 @@ impl Dialog {
 
     /// A new in-dialog request (BYE, re-INVITE, UPDATE, INFO, ...), with the next CSeq. The
     /// transaction layer adds the Via. Target-refresh requests carry `local_contact`.
-    pub fn request(&mut self, method: Method, local_contact: Option<&str>) -> MessageBuilder {
+    pub(crate) fn request(
+        &mut self,
+        method: Method,
+        local_contact: Option<&str>,
+    ) -> MessageBuilder {
         self.local_seq = self.local_seq.wrapping_add(1).max(1);
         self.builder(method, self.local_seq, local_contact)
     }
 
     /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4): its own
     /// transaction, same CSeq number.
-    pub fn ack(&self, invite_seq: u32) -> MessageBuilder {
+    pub(crate) fn ack(&self, invite_seq: u32) -> MessageBuilder {
         self.builder(Method::Ack, invite_seq, None)
     }
 
     /// Checks a request received in this dialog and applies it (§12.2.2): a CSeq lower than
     /// the last one is answered 500; a re-INVITE or UPDATE with a Contact refreshes the
     /// target; a BYE ends the dialog. ACK and CANCEL reuse their INVITE's CSeq.
-    pub fn receive(&mut self, request: &SipMessage) -> Result<(), Rejection> {
+    pub(crate) fn receive(&mut self, request: &SipMessage) -> Result<(), Rejection> {
         let method = request.method().cloned().unwrap_or(Method::Options);
         let seq = cseq(request)
             .map_err(|_| reject(400, "Bad Request - malformed CSeq"))?
@@ -275,7 +259,7 @@ impl Dialog {
     }
 
     /// Whether `msg` belongs to this dialog (Call-ID and both tags match, §12.2).
-    pub fn matches(&self, msg: &SipMessage) -> bool {
+    pub(crate) fn matches(&self, msg: &SipMessage) -> bool {
         let Ok(call_id) = header(msg, HeaderName::CallId, "Call-ID") else {
             return false;
         };
@@ -306,7 +290,9 @@ fn reject(status: u16, reason: &str) -> Rejection {
 }
 
 /// The Request-URI of a request, as text.
-pub fn request_uri(msg: &SipMessage) -> Option<String> {
+#[cfg(test)]
+pub(crate) fn request_uri(msg: &SipMessage) -> Option<String> {
+    use super::msg::StartLine;
     match &msg.start {
         StartLine::Request { uri, .. } => Some(text(uri)),
         StartLine::Response { .. } => None,

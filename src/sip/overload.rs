@@ -4,7 +4,7 @@ use std::time::Instant;
 
 /// Admits at most `rate` events per second on average, with bursts of up to `rate`.
 #[derive(Debug, Clone)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     tokens: f64,
     last: Option<Instant>,
@@ -12,7 +12,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter of `per_second` events; 0 admits everything.
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let rate = f64::from(per_second);
         Self {
             rate,
@@ -22,7 +22,7 @@ impl RateLimiter {
     }
 
     /// Whether one more event is admitted at `now`.
-    pub fn admit(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
         }

@@ -67,30 +67,30 @@ pub enum UnknownSource {
 
 /// The networks allowed to start calls, and the policy for everyone else.
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     networks: Vec<IpNet>,
     policy: UnknownSource,
 }
 
 impl Sources {
     /// Calls may come from `networks`; others get `policy`.
-    pub fn new(networks: Vec<IpNet>, policy: UnknownSource) -> Sources {
+    pub(crate) fn new(networks: Vec<IpNet>, policy: UnknownSource) -> Sources {
         Sources { networks, policy }
     }
 
     /// Whether `ip` may start a call.
-    pub fn admits(&self, ip: IpAddr) -> bool {
+    pub(crate) fn admits(&self, ip: IpAddr) -> bool {
         self.networks.iter().any(|n| n.contains(ip))
     }
 
     /// What a call from elsewhere gets.
-    pub fn policy(&self) -> UnknownSource {
+    pub(crate) fn policy(&self) -> UnknownSource {
         self.policy
     }
 }
 
 /// How often one source's refusals are logged at most.
-pub const LOG_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Sources remembered at most; beyond it refusals are counted but not logged until the
 /// oldest entries age out.
 const LOG_SOURCES: usize = 4096;
@@ -98,14 +98,14 @@ const LOG_SOURCES: usize = 4096;
 /// Per-source rate limit on refusal log lines: the first refusal of a source is logged,
 /// then at most one line per [`LOG_EVERY`] saying how many were refused meanwhile.
 #[derive(Debug, Default)]
-pub struct RefusalLog {
+pub(crate) struct RefusalLog {
     sources: HashMap<IpAddr, (Instant, u64)>,
 }
 
 impl RefusalLog {
     /// A refusal of `ip` at `now`: `Some(n)` when a line is due (`n` refusals since the
     /// last line, this one included), `None` to stay quiet.
-    pub fn refused(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
+    pub(crate) fn refused(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
         if let Some((last, quiet)) = self.sources.get_mut(&ip) {
             *quiet += 1;
             if now.duration_since(*last) < LOG_EVERY {

@@ -46,7 +46,7 @@ impl TrunkHealth {
 
 /// One trunk to watch.
 #[derive(Debug, Clone)]
-pub struct ProbeTarget {
+pub(crate) struct ProbeTarget {
     /// Trunk name (metric label, routing key).
     pub name: String,
     /// Where its OPTIONS go.
@@ -77,14 +77,14 @@ pub struct HealthChange {
 
 /// Probes trunks and tracks their health.
 #[derive(Debug)]
-pub struct TrunkMonitor {
+pub(crate) struct TrunkMonitor {
     probes: Vec<Probe>,
     local: SocketAddr,
 }
 
 impl TrunkMonitor {
     /// Watches `targets`; the first probes go out at `now`.
-    pub fn new(now: Instant, local: SocketAddr, targets: Vec<ProbeTarget>) -> Self {
+    pub(crate) fn new(now: Instant, local: SocketAddr, targets: Vec<ProbeTarget>) -> Self {
         Self {
             probes: targets
                 .into_iter()
@@ -101,7 +101,7 @@ impl TrunkMonitor {
     }
 
     /// When the next probe is due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.probes
             .iter()
             .filter(|p| p.pending.is_none())
@@ -110,7 +110,7 @@ impl TrunkMonitor {
     }
 
     /// Sends the probes that are due.
-    pub fn handle_timeout(&mut self, now: Instant, core: &mut SipCore) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, core: &mut SipCore) {
         for p in &mut self.probes {
             if p.pending.is_some() || p.next_at > now {
                 continue;
@@ -135,7 +135,7 @@ impl TrunkMonitor {
     }
 
     /// Whether `event` settles one of this monitor's probes.
-    pub fn is_probe(&self, event: &CoreEvent) -> bool {
+    pub(crate) fn is_probe(&self, event: &CoreEvent) -> bool {
         let id = match event {
             CoreEvent::Response(id, _) | CoreEvent::Timeout(id, _) => *id,
             _ => return false,
@@ -145,7 +145,7 @@ impl TrunkMonitor {
 
     /// Takes an event of the core; returns a health change when a probe settled one.
     /// Events for other requests are ignored (`None`).
-    pub fn handle_event(&mut self, now: Instant, event: &CoreEvent) -> Option<HealthChange> {
+    pub(crate) fn handle_event(&mut self, now: Instant, event: &CoreEvent) -> Option<HealthChange> {
         let (id, verdict) = match event {
             CoreEvent::Response(id, resp) => match resp.status() {
                 Some(100..=199) | None => return None,
@@ -169,7 +169,8 @@ impl TrunkMonitor {
     }
 
     /// Current health: `None` until the first probe settles.
-    pub fn health(&self, trunk: &str) -> Option<bool> {
+    #[cfg(test)]
+    pub(crate) fn health(&self, trunk: &str) -> Option<bool> {
         self.probes
             .iter()
             .find(|p| p.target.name == trunk)

@@ -43,7 +43,7 @@ impl Default for TimerConfig {
 
 /// Whether the transport retransmits for us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// UDP: the transaction retransmits.
     Unreliable,
     /// TCP, TLS: no retransmission, no wait states.
@@ -52,7 +52,7 @@ pub enum Transport {
 
 /// What a transaction asks of its driver and its transaction user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnOutput {
+pub(crate) enum TxnOutput {
     /// Send these octets to the transaction's peer.
     Transmit(Bytes),
     /// Give this message to the transaction user (a response for a client transaction).
@@ -67,7 +67,7 @@ pub enum TxnOutput {
 
 /// The states of RFC 3261 §17 (Calling and Trying are the client's first state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnState {
+pub(crate) enum TxnState {
     /// INVITE client sent the request.
     Calling,
     /// Non-INVITE client sent the request, or non-INVITE server got it.
@@ -110,7 +110,7 @@ impl Timers {
 
 /// A client transaction: sends a request, absorbs retransmissions, delivers responses.
 #[derive(Debug)]
-pub struct ClientTxn {
+pub(crate) struct ClientTxn {
     request: SipMessage,
     wire: Bytes,
     invite: bool,
@@ -126,7 +126,7 @@ pub struct ClientTxn {
 impl ClientTxn {
     /// Starts a client transaction for `request` at `now`: the request is queued for
     /// transmission and the timers are armed.
-    pub fn new(
+    pub(crate) fn new(
         now: Instant,
         request: SipMessage,
         transport: Transport,
@@ -163,27 +163,27 @@ impl ClientTxn {
     }
 
     /// Current state.
-    pub fn state(&self) -> TxnState {
+    pub(crate) fn state(&self) -> TxnState {
         self.state
     }
 
     /// The request this transaction sends.
-    pub fn request(&self) -> &SipMessage {
+    pub(crate) fn request(&self) -> &SipMessage {
         &self.request
     }
 
     /// Next output, if any.
-    pub fn poll_output(&mut self) -> Option<TxnOutput> {
+    pub(crate) fn poll_output(&mut self) -> Option<TxnOutput> {
         self.out.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }
 
     /// A response matched to this transaction arrived.
-    pub fn handle_response(&mut self, now: Instant, response: SipMessage) {
+    pub(crate) fn handle_response(&mut self, now: Instant, response: SipMessage) {
         let Some(code) = response.status() else {
             return;
         };
@@ -244,7 +244,7 @@ impl ClientTxn {
     }
 
     /// Time has reached (or passed) [`poll_timeout`](Self::poll_timeout).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if let Some(r) = self.timers.retransmit {
             if now >= r.at {
                 self.out.push_back(TxnOutput::Transmit(self.wire.clone()));
@@ -271,7 +271,7 @@ impl ClientTxn {
     }
 
     /// The transport could not send (connection refused, ICMP): the TU treats it as a 503.
-    pub fn handle_transport_error(&mut self) {
+    pub(crate) fn handle_transport_error(&mut self) {
         if self.state != TxnState::Terminated {
             self.out.push_back(TxnOutput::Timeout);
             self.terminate();
@@ -338,7 +338,7 @@ impl ClientTxn {
 /// A server transaction: receives a request, absorbs its retransmissions, sends the TU's
 /// responses (and retransmits them where the transport does not).
 #[derive(Debug)]
-pub struct ServerTxn {
+pub(crate) struct ServerTxn {
     invite: bool,
     state: TxnState,
     transport: Transport,
@@ -355,7 +355,7 @@ impl ServerTxn {
     /// Starts a server transaction for a received `request`, which is delivered to the TU.
     /// An INVITE is answered with 100 Trying at once (§17.2.1), so the client stops
     /// retransmitting while the B2BUA works.
-    pub fn new(request: SipMessage, transport: Transport, config: TimerConfig) -> Self {
+    pub(crate) fn new(request: SipMessage, transport: Transport, config: TimerConfig) -> Self {
         let invite = request.method() == Some(&Method::Invite);
         let mut txn = Self {
             invite,
@@ -383,23 +383,23 @@ impl ServerTxn {
     }
 
     /// Current state.
-    pub fn state(&self) -> TxnState {
+    pub(crate) fn state(&self) -> TxnState {
         self.state
     }
 
     /// Next output, if any.
-    pub fn poll_output(&mut self) -> Option<TxnOutput> {
+    pub(crate) fn poll_output(&mut self) -> Option<TxnOutput> {
         self.out.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }
 
     /// A request matched to this transaction arrived: a retransmission, or (INVITE) the ACK
     /// for a non-2xx final response.
-    pub fn handle_request(&mut self, now: Instant, request: &SipMessage) {
+    pub(crate) fn handle_request(&mut self, now: Instant, request: &SipMessage) {
         use TxnState::*;
         let is_ack = request.method() == Some(&Method::Ack);
         match (self.state, is_ack) {
@@ -423,7 +423,7 @@ impl ServerTxn {
     }
 
     /// The TU answers with `response`.
-    pub fn respond(&mut self, now: Instant, response: SipMessage) {
+    pub(crate) fn respond(&mut self, now: Instant, response: SipMessage) {
         let Some(code) = response.status() else {
             return;
         };
@@ -477,7 +477,7 @@ impl ServerTxn {
 
     /// The TU received the ACK for this transaction's 2xx (it matches the dialog, not the
     /// transaction, §17.2.3): stop retransmitting the 2xx.
-    pub fn ack_received(&mut self) {
+    pub(crate) fn ack_received(&mut self) {
         if self.state == TxnState::Accepted {
             self.awaiting_ack = false;
             self.timers.retransmit = None;
@@ -485,7 +485,7 @@ impl ServerTxn {
     }
 
     /// Time has reached (or passed) [`poll_timeout`](Self::poll_timeout).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if let Some(r) = self.timers.retransmit {
             if now >= r.at {
                 if let Some(resp) = &self.last_response {

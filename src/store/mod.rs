@@ -5,7 +5,7 @@
 //! except [`writer`], the supervised service that batches CDR writes off the call path.
 
 pub mod audit;
-pub mod cdr;
+pub(crate) mod cdr;
 pub mod webhook;
 pub mod writer;
 

@@ -28,12 +28,12 @@ use crate::sip::transport::SipHandle;
 use crate::store::Direction;
 
 /// The name a business-initiated call's "trunk" (Meta) goes by in CDRs and logs.
-pub const WHATSAPP_TRUNK: &str = "whatsapp";
+pub(crate) const WHATSAPP_TRUNK: &str = "whatsapp";
 
 /// An API callback: call a customer on WhatsApp, then bridge them to a SIP destination.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CallbackRequest {
+pub(crate) struct CallbackRequest {
     /// The business's WhatsApp number calling (digits).
     pub business_number: String,
     /// The customer.
@@ -52,7 +52,7 @@ pub struct CallbackRequest {
 
 /// Why an API callback was not placed.
 #[derive(Debug, thiserror::Error)]
-pub enum CallbackRefused {
+pub(crate) enum CallbackRefused {
     /// WhatsApp calling is not configured.
     #[error("business-initiated calls need [meta] and a [[business_number]]")]
     NotEnabled,
@@ -83,7 +83,7 @@ impl SipIngress {
     /// Calls the customer on WhatsApp for `req.business_number` (policy and permission
     /// checked, and the permission reserved, first); when they answer, calls
     /// `req.user` at the destination trunk(s) and bridges the two. The call's id.
-    pub async fn place_callback(
+    pub(crate) async fn place_callback(
         &self,
         req: &CallbackRequest,
     ) -> Result<crate::call::CallId, CallbackRefused> {
@@ -366,7 +366,7 @@ impl SipIngress {
 
 /// Whether an SDP offer (a PBX's INVITE body) has audio in a codec the switch carries to
 /// WhatsApp (Opus, PCMU, PCMA). An INVITE without an offer has none.
-pub fn offer_usable(body: &[u8]) -> bool {
+pub(crate) fn offer_usable(body: &[u8]) -> bool {
     crate::sdp::Sdp::parse(body)
         .ok()
         .and_then(|sdp| sdp.audio().ok().flatten())
@@ -378,7 +378,7 @@ pub fn offer_usable(body: &[u8]) -> bool {
 }
 
 /// The response refusing `invite` for `blocked`, with its status and `Reason`, tag `tag`.
-pub fn refusal(invite: &SipMessage, blocked: Blocked, tag: &str) -> SipMessage {
+pub(crate) fn refusal(invite: &SipMessage, blocked: Blocked, tag: &str) -> SipMessage {
     let (code, phrase) = blocked.sip_status();
     MessageBuilder::response_to(invite, code, &format!("{phrase} - {blocked}"), Some(tag))
         .header(HeaderName::Reason, blocked.sip_reason())

@@ -55,7 +55,7 @@ impl BridgeSetup {
 
 /// Who each leg of a bridge is, for the CDR's `hangup_by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parties {
+pub(crate) struct Parties {
     /// Leg A.
     pub a: HangupParty,
     /// Leg B.
@@ -66,10 +66,10 @@ pub struct Parties {
 }
 
 /// Runs one call's [`Bridge`]; a child of the call's supervisor.
-pub struct BridgeActor;
+pub(crate) struct BridgeActor;
 
 /// What a bridge actor starts with.
-pub struct BridgeArgs {
+pub(crate) struct BridgeArgs {
     /// The bridge and its listeners.
     pub setup: BridgeSetup,
     /// The call's WhatsApp leg and which leg of the bridge it is, if the call has one.
@@ -106,7 +106,7 @@ pub enum BridgeMsg {
 }
 
 /// State of a running bridge actor.
-pub struct BridgeState {
+pub(crate) struct BridgeState {
     bridge: Bridge,
     /// Leg A's listener; `None`: leg A is the call's WhatsApp leg.
     a: Option<SipHandle>,

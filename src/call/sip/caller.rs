@@ -6,7 +6,7 @@ use crate::sip::msg::{HeaderName, Method, SipMessage};
 
 /// The WhatsApp user of a call delivered to SIP, as the trunk learns it.
 #[derive(Debug, Clone)]
-pub struct WhatsAppCaller {
+pub(crate) struct WhatsAppCaller {
     /// Meta's call id.
     pub wa_call_id: String,
     /// The customer's WhatsApp number (digits).

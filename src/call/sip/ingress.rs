@@ -39,7 +39,7 @@ const NONCE_LIFETIME_SECS: u64 = 300;
 
 /// The listeners' handles, known once they are bound.
 #[derive(Debug, Clone, Default)]
-pub struct SipHandles {
+pub(crate) struct SipHandles {
     /// The UDP listener.
     pub udp: Option<SipHandle>,
     /// The TCP listener.
@@ -78,7 +78,7 @@ pub(super) struct IngressInner {
 /// The transaction user of the node's SIP listeners: admits SIP calls and routes their
 /// events. Cheap to clone.
 #[derive(Clone)]
-pub struct SipIngress {
+pub(crate) struct SipIngress {
     pub(super) inner: Arc<IngressInner>,
 }
 
@@ -90,7 +90,7 @@ fn unix_now() -> u64 {
 
 impl SipIngress {
     /// The ingress for `config`'s trunks and routes, admitting calls into `calls`.
-    pub fn new(config: &Config, calls: Calls, health: TrunkHealth) -> Self {
+    pub(crate) fn new(config: &Config, calls: Calls, health: TrunkHealth) -> Self {
         let router = SipRouter::new(config.trunks.clone(), config.routes.clone());
         let load = TrunkLoad::new(config.trunks.len());
         Self {
@@ -120,34 +120,29 @@ impl SipIngress {
 
     /// Admissions in progress and hang-ups of stray answers: the node waits for them
     /// before it stops its SIP listeners, so each INVITE gets its answer.
-    pub fn admissions(&self) -> &Background {
+    pub(crate) fn admissions(&self) -> &Background {
         &self.inner.admissions
     }
 
     /// Whether SIP calls are routed at all (some route is configured).
-    pub fn routes_calls(&self) -> bool {
+    pub(crate) fn routes_calls(&self) -> bool {
         self.inner.router.has_routes()
     }
 
     /// Takes business-initiated calls: an INVITE from a trunk whose From is one of the
     /// business's WhatsApp numbers calls the customer its Request-URI names.
-    pub fn set_bic(&self, bic: BicContext) -> Result<(), crate::once::SetTwice> {
+    pub(crate) fn set_bic(&self, bic: BicContext) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.inner.bic, bic, "the business-call context")
     }
 
     /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
-    pub fn takes_calls(&self) -> bool {
+    pub(crate) fn takes_calls(&self) -> bool {
         self.routes_calls() || self.inner.bic.get().is_some()
     }
 
     /// Gives the ingress the listeners' handles, once they are bound.
-    pub fn set_handles(&self, handles: SipHandles) -> Result<(), crate::once::SetTwice> {
+    pub(crate) fn set_handles(&self, handles: SipHandles) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.inner.handles, handles, "the SIP listeners' handles")
-    }
-
-    /// Call-IDs currently routed to calls (both legs of every call).
-    pub fn routed(&self) -> usize {
-        self.inner.table.len()
     }
 
     pub(super) fn contact(&self, handle: &SipHandle) -> String {
@@ -220,7 +215,7 @@ impl SipIngress {
     /// the WhatsApp side stands in for leg A (a caller whose INVITE carries the customer's
     /// identity, the business number as the dialled user, and `sdp`, the codecs the switch
     /// offers the trunk); leg B is an ordinary SIP call to the trunks in order.
-    pub fn whatsapp_bridge(
+    pub(crate) fn whatsapp_bridge(
         &self,
         route: &str,
         caller: &WhatsAppCaller,

@@ -11,18 +11,18 @@
 //! starting are kept (bounded) and handed over when it starts, so a CANCEL right behind
 //! the INVITE is never lost.
 
-pub mod admit;
-pub mod bridge;
-pub mod caller;
-pub mod ingress;
+pub(crate) mod admit;
+pub(crate) mod bridge;
+pub(crate) mod caller;
+pub(crate) mod ingress;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ractor::ActorRef;
 
-pub use admit::{CallbackRefused, CallbackRequest};
-pub use ingress::{SipHandles, SipIngress};
+pub(crate) use admit::{CallbackRefused, CallbackRequest};
+pub(crate) use ingress::{SipHandles, SipIngress};
 
 use crate::sip::core::CoreEvent;
 use bridge::BridgeMsg;

@@ -43,7 +43,7 @@ const ANCHOR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which way the leg crosses Meta, with what that needs.
 #[derive(Debug)]
-pub enum WhatsAppStart {
+pub(crate) enum WhatsAppStart {
     /// A customer's call.
     Inbound(WhatsAppInbound),
     /// The switch calls a customer.
@@ -51,10 +51,10 @@ pub enum WhatsAppStart {
 }
 
 /// The WhatsApp leg actor.
-pub struct WhatsAppLegActor;
+pub(crate) struct WhatsAppLegActor;
 
 /// What the WhatsApp leg actor starts with.
-pub struct WhatsAppLegArgs {
+pub(crate) struct WhatsAppLegArgs {
     /// Which way the call crosses Meta.
     pub start: WhatsAppStart,
     /// How the leg meets the rest of its call.
@@ -70,7 +70,7 @@ pub struct WhatsAppLegArgs {
 }
 
 /// State of a running WhatsApp leg.
-pub struct WhatsAppLegState {
+pub(crate) struct WhatsAppLegState {
     leg: WhatsAppLeg,
     outbox: Outbox,
     phone_number_id: String,
@@ -458,7 +458,7 @@ async fn place(
 }
 
 /// The SIP status and reason of a refused Graph `connect`.
-pub fn connect_refusal(e: &GraphError) -> (u16, String) {
+pub(crate) fn connect_refusal(e: &GraphError) -> (u16, String) {
     match e.code() {
         // No approved call permission (Meta's records disagree with the switch's).
         Some(138_006) => (403, "Forbidden - Meta reports no call permission".into()),

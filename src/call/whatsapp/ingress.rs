@@ -18,7 +18,7 @@ use crate::store::Direction;
 use crate::telemetry;
 
 /// Turns Meta's calling events into calls.
-pub struct WhatsAppCalls {
+pub(crate) struct WhatsAppCalls {
     calls: Calls,
     /// Delivers calls to the business's trunks.
     sip: Option<SipIngress>,
@@ -32,7 +32,7 @@ pub struct WhatsAppCalls {
 
 impl WhatsAppCalls {
     /// Calls for `numbers`, signalled through `outbox`'s Graph API.
-    pub fn new(
+    pub(crate) fn new(
         calls: Calls,
         outbox: Outbox,
         numbers: &[BusinessNumber],
@@ -52,20 +52,20 @@ impl WhatsAppCalls {
 
     /// Refuses calls from customers whose number starts with one of `codes` (sanctioned
     /// regions: no calling at all).
-    pub fn with_sanctioned(mut self, codes: Vec<String>) -> Self {
+    pub(crate) fn with_sanctioned(mut self, codes: Vec<String>) -> Self {
         self.sanctioned = codes;
         self
     }
 
     /// Takes events off the ingress queue until it closes.
-    pub async fn run(self, mut rx: tokio::sync::mpsc::Receiver<MetaEvent>) {
+    pub(crate) async fn run(self, mut rx: tokio::sync::mpsc::Receiver<MetaEvent>) {
         while let Some(event) = rx.recv().await {
             self.on_event(event).await;
         }
     }
 
     /// Acts on one event.
-    pub async fn on_event(&self, event: MetaEvent) {
+    pub(crate) async fn on_event(&self, event: MetaEvent) {
         match event {
             MetaEvent::Connect(c) => self.on_connect(c).await,
             MetaEvent::Terminate(t) => self.on_terminate(&t),

@@ -39,11 +39,11 @@ use crate::sip::header::NameAddr;
 use crate::sip::msg::{HeaderName, Method, SipMessage};
 
 /// How long placing a call with Meta may take before the customer's time to answer starts.
-pub const CONNECT_ALLOWANCE: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// Which way the leg crosses Meta.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Way {
+pub(crate) enum Way {
     /// The customer called: Meta's id of the call and the switch's answer to Meta's offer.
     Inbound {
         /// Meta's call id.
@@ -64,7 +64,7 @@ pub enum Way {
 
 /// How the leg meets the rest of its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Face {
+pub(crate) enum Face {
     /// Leg A of the call's SIP bridge: it calls the business.
     Caller,
     /// Leg B of the call's SIP bridge: the business calls it.
@@ -75,7 +75,7 @@ pub enum Face {
 
 /// What the leg asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WaOut {
+pub(crate) enum WaOut {
     /// Send this to Meta and tell the leg how it went ([`WhatsAppLeg::graph_done`]) before
     /// giving it anything else: `pre_accept` and `accept`, whose failures end the call.
     Await(CallAction),
@@ -173,7 +173,7 @@ struct Callee {
 
 /// One call's WhatsApp leg.
 #[derive(Debug)]
-pub struct WhatsAppLeg {
+pub(crate) struct WhatsAppLeg {
     way: Way,
     face: Face,
     /// The switch's id of the call (Meta echoes it in its webhooks).
@@ -203,7 +203,7 @@ pub struct WhatsAppLeg {
 impl WhatsAppLeg {
     /// A leg crossing Meta `way`, meeting its call as `face`; `call_id` is the switch's id
     /// of the call and `tag` its dialog tag toward the bridge.
-    pub fn new(way: Way, face: Face, call_id: &str, tag: &str) -> WhatsAppLeg {
+    pub(crate) fn new(way: Way, face: Face, call_id: &str, tag: &str) -> WhatsAppLeg {
         WhatsAppLeg {
             way,
             face,
@@ -230,16 +230,8 @@ impl WhatsAppLeg {
     }
 
     /// The leg's progress.
-    pub fn state(&self) -> LegState {
+    pub(crate) fn state(&self) -> LegState {
         self.state
-    }
-
-    /// Meta's id of the call, once known.
-    pub fn wa_call_id(&self) -> Option<&str> {
-        match &self.way {
-            Way::Inbound { wa_call_id, .. } => Some(wa_call_id),
-            Way::Outbound { .. } => self.meta.id.as_deref(),
-        }
     }
 
     fn inbound(&self) -> bool {
@@ -247,7 +239,7 @@ impl WhatsAppLeg {
     }
 
     /// Starts the leg: an echo answers; a callback's customer is called.
-    pub fn start(&mut self, now: Instant) -> Vec<WaOut> {
+    pub(crate) fn start(&mut self, now: Instant) -> Vec<WaOut> {
         match (&self.way, self.face) {
             (Way::Inbound { .. }, Face::Echo) => {
                 // The echo is the business side, and it answers at once.
@@ -267,7 +259,7 @@ impl WhatsAppLeg {
     /// The call's SIP bridge is ready for this leg; `offer` is the SDP its leg A offered.
     /// A caller lets it begin once it may (an inbound call at once, a callback once the
     /// customer answered); a callee lets it begin at once (it then sends its INVITE here).
-    pub fn bridge_ready(&mut self, offer: Bytes) -> Vec<WaOut> {
+    pub(crate) fn bridge_ready(&mut self, offer: Bytes) -> Vec<WaOut> {
         self.bridge_ready = true;
         self.caller_offer = offer;
         let may = match (&self.way, self.face) {
@@ -356,7 +348,7 @@ impl WhatsAppLeg {
     }
 
     /// How a [`WaOut::Await`]ed request went.
-    pub fn graph_done(&mut self, action: &CallAction, ok: bool) -> Vec<WaOut> {
+    pub(crate) fn graph_done(&mut self, action: &CallAction, ok: bool) -> Vec<WaOut> {
         match (action, ok) {
             (CallAction::PreAccept { .. }, true) => self.send_accept(),
             (CallAction::PreAccept { .. }, false) => self.fail("meta_pre_accept_failed"),
@@ -389,7 +381,7 @@ impl WhatsAppLeg {
     /// accepted and terminated after; an outbound one is terminated once Meta's id is
     /// known. A callee's SIP toward the bridge goes on answering (the bridge's CANCEL or
     /// BYE still gets its response).
-    pub fn hangup(&mut self) -> Vec<WaOut> {
+    pub(crate) fn hangup(&mut self) -> Vec<WaOut> {
         let action = match &self.way {
             Way::Inbound { wa_call_id, .. } => {
                 let call_id = wa_call_id.clone();
@@ -409,13 +401,13 @@ impl WhatsAppLeg {
     }
 
     /// The earliest deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// Time has reached [`poll_timeout`](Self::poll_timeout): a callback's customer who did
     /// not answer in time is given up on.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<WaOut> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<WaOut> {
         if self.deadline.is_none_or(|at| now < at) {
             return Vec::new();
         }
@@ -432,7 +424,7 @@ impl WhatsAppLeg {
     // ---- Meta's webhooks -------------------------------------------------------------
 
     /// What Meta said about the call.
-    pub fn on_meta(&mut self, event: WaEvent) -> Vec<WaOut> {
+    pub(crate) fn on_meta(&mut self, event: WaEvent) -> Vec<WaOut> {
         if matches!(
             event,
             WaEvent::Terminated { .. } | WaEvent::Rejected | WaEvent::Connected(Err(_))
@@ -512,7 +504,7 @@ impl WhatsAppLeg {
     // ---- the bridge's SIP --------------------------------------------------------------
 
     /// A SIP command the call's bridge sent this leg.
-    pub fn on_sip(&mut self, command: SipCommand) -> Vec<WaOut> {
+    pub(crate) fn on_sip(&mut self, command: SipCommand) -> Vec<WaOut> {
         match self.face {
             Face::Callee => self.callee_command(command),
             Face::Caller => self.caller_command(command),
@@ -820,7 +812,7 @@ impl WhatsAppLeg {
 
     /// The business side's media as the bridge found it in the PBX's SDP (it reports it
     /// from every offer it relays); once the codec is chosen it goes to the media with it.
-    pub fn sip_media(&mut self, mut remote: Remote) -> Vec<WaOut> {
+    pub(crate) fn sip_media(&mut self, mut remote: Remote) -> Vec<WaOut> {
         self.callee.pbx = Some(remote);
         let Some((codec, pt, clock)) = self.callee.codec else {
             return Vec::new();
@@ -900,7 +892,7 @@ fn ack_for(response: &SipMessage) -> CoreEvent {
 
 /// Text from elsewhere (Meta's error messages, webhook causes) made safe for a SIP reason
 /// phrase: printable ASCII without quotes, at most 80 characters.
-pub fn safe_phrase(text: &str) -> String {
+pub(crate) fn safe_phrase(text: &str) -> String {
     text.chars()
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .filter(|c| !matches!(c, '"' | '\\'))

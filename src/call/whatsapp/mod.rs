@@ -8,12 +8,12 @@
 //! - [`actor`]: the actor that runs it in a call's tree, and owns its Graph requests.
 //! - [`permit`]: admission of business-initiated calls and the permission each one holds.
 
-pub mod actor;
-pub mod ingress;
-pub mod leg;
-pub mod permit;
+pub(crate) mod actor;
+pub(crate) mod ingress;
+pub(crate) mod leg;
+pub(crate) mod permit;
 
-pub use ingress::WhatsAppCalls;
+pub(crate) use ingress::WhatsAppCalls;
 
 /// Something Meta said about a call (webhooks), or the Graph API's answer to placing one.
 #[derive(Debug, Clone, PartialEq, Eq)]

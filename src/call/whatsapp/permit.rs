@@ -23,7 +23,7 @@ use crate::telemetry;
 
 /// What the switch needs to place business-initiated calls. Cheap to clone.
 #[derive(Clone)]
-pub struct BicContext {
+pub(crate) struct BicContext {
     /// Meta's Graph API, and the outbox of actions Meta must get.
     pub outbox: Outbox,
     /// The permission service.
@@ -50,14 +50,14 @@ impl std::fmt::Debug for BicContext {
 impl BicContext {
     /// The business number whose WhatsApp number is `user` (a SIP From user, in any
     /// international spelling: `+`, `00` or bare digits).
-    pub fn number(&self, user: &str) -> Option<&BusinessNumber> {
+    pub(crate) fn number(&self, user: &str) -> Option<&BusinessNumber> {
         let d = crate::number::e164(user, None).ok()?;
         self.numbers.iter().find(|n| n.display_number == d)
     }
 
     /// Checks the policy and reserves `wa_id`'s permission for call `call_id` of
     /// `number`. A refusal is in the audit trail (`call_blocked`) and the metrics.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         number: &BusinessNumber,
         wa_id: &str,

@@ -10,8 +10,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub mod tcp;
-pub mod tls;
+pub(crate) mod tcp;
+pub(crate) mod tls;
 
 use super::core::{CoreEvent, SipCommand, SipCore};
 use super::overload::RateLimiter;
@@ -26,7 +26,7 @@ const COMMAND_QUEUE: usize = 8192;
 
 /// Sends commands to the SIP core of one listener (the task that owns it runs them).
 #[derive(Debug, Clone)]
-pub struct SipHandle {
+pub(crate) struct SipHandle {
     tx: mpsc::Sender<SipCommand>,
     local: SocketAddr,
     kind: Kind,
@@ -34,7 +34,7 @@ pub struct SipHandle {
 
 /// The transport of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// UDP.
     Udp,
     /// TCP.
@@ -45,40 +45,40 @@ pub enum Kind {
 
 impl SipHandle {
     /// Queues `command`; false when the listener is gone.
-    pub async fn send(&self, command: SipCommand) -> bool {
+    pub(crate) async fn send(&self, command: SipCommand) -> bool {
         self.tx.send(command).await.is_ok()
     }
 
     /// Queues `command` without waiting (from a `Drop`, which may run outside the
     /// runtime); false when the listener is gone or its queue is full.
-    pub fn try_send(&self, command: SipCommand) -> bool {
+    pub(crate) fn try_send(&self, command: SipCommand) -> bool {
         self.tx.try_send(command).is_ok()
     }
 
     /// The listener's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// TCP or TLS (no retransmissions).
-    pub fn is_reliable(&self) -> bool {
+    pub(crate) fn is_reliable(&self) -> bool {
         self.kind != Kind::Udp
     }
 
     /// TLS.
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.kind == Kind::Tls
     }
 
     /// The listener's transport.
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
 }
 
 /// The transaction user of a node's listeners: takes new INVITEs and requests inside
 /// dialogs, and the outcomes of the requests it sends.
-pub trait SipUser: Send + Sync + 'static {
+pub(crate) trait SipUser: Send + Sync + 'static {
     /// An event from the core behind `origin`. A returned command runs on that core at
     /// once (an immediate answer such as 403 or 481).
     fn on_event(&self, event: CoreEvent, origin: &SipHandle) -> Option<SipCommand>;
@@ -86,7 +86,7 @@ pub trait SipUser: Send + Sync + 'static {
 
 /// What every SIP listener of a node shares.
 #[derive(Debug, Clone)]
-pub struct ListenerSettings {
+pub(crate) struct ListenerSettings {
     /// Transaction timers.
     pub timers: TimerConfig,
     /// New-INVITE rate limit, shared by all listeners.
@@ -107,22 +107,8 @@ impl std::fmt::Debug for dyn SipUser {
     }
 }
 
-impl ListenerSettings {
-    /// Settings with the given timers, no rate limit and no probes.
-    pub fn new(timers: TimerConfig) -> Self {
-        Self {
-            timers,
-            admission: Arc::new(Mutex::new(RateLimiter::new(0))),
-            probes: Vec::new(),
-            health: TrunkHealth::default(),
-            user: None,
-            sources: None,
-        }
-    }
-}
-
 /// A running SIP listener (a UDP socket, or a TCP acceptor and its connections).
-pub struct SipListener {
+pub(crate) struct SipListener {
     local: SocketAddr,
     handle: SipHandle,
     draining: watch::Sender<bool>,
@@ -166,22 +152,22 @@ impl SipListener {
     }
 
     /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// Where a transaction user sends this listener's core commands.
-    pub fn handle(&self) -> SipHandle {
+    pub(crate) fn handle(&self) -> SipHandle {
         self.handle.clone()
     }
 
     /// New INVITEs get 503 from now on.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         let _ = self.draining.send(true);
     }
 
     /// Stops serving (open TCP connections are closed) and waits for the tasks to end.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -190,7 +176,7 @@ impl SipListener {
 }
 
 /// Serves SIP on a bound UDP socket, probing the configured trunks.
-pub fn serve_udp_socket(
+pub(crate) fn serve_udp_socket(
     socket: UdpSocket,
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
@@ -303,7 +289,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Binds SIP on `addr` for UDP and/or TCP on the same port. With port 0 (tests), a port
 /// free for both is found.
-pub async fn bind_sip(
+pub(crate) async fn bind_sip(
     addr: SocketAddr,
     udp: bool,
     tcp: bool,

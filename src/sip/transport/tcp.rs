@@ -25,14 +25,14 @@ use crate::sip::txn::Transport;
 use super::{ListenerSettings, SipListener};
 
 /// Most TCP connections served at once; further connections are accepted and closed.
-pub const MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A message must arrive whole within this long of its first octet (a sender trickling bytes
 /// to hold the connection is cut off).
-pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(32);
+pub(crate) const MESSAGE_DEADLINE: Duration = Duration::from_secs(32);
 /// Most connections from one IP address.
-pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+pub(crate) const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Frames queued from all connections toward the core.
 const INBOUND_QUEUE: usize = 4096;
 /// Responses queued toward one connection before the peer counts as not reading.
@@ -47,7 +47,7 @@ enum Inbound {
 
 /// TLS on top of the stream: the listener's acceptor and, for trunks, a connector.
 #[derive(Clone)]
-pub struct TlsStreams {
+pub(crate) struct TlsStreams {
     /// Accepts TLS on every connection.
     pub acceptor: TlsAcceptor,
     /// Opens TLS toward trunks (`None`: requests to peers without a connection fail).
@@ -58,7 +58,7 @@ pub struct TlsStreams {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves SIP on a bound TCP listener.
-pub fn serve(
+pub(crate) fn serve(
     listener: TokioTcpListener,
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
@@ -66,7 +66,7 @@ pub fn serve(
 }
 
 /// Serves SIP over TLS on a bound TCP listener.
-pub fn serve_tls(
+pub(crate) fn serve_tls(
     listener: TokioTcpListener,
     settings: ListenerSettings,
     tls: TlsStreams,

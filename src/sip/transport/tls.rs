@@ -23,7 +23,7 @@ pub enum TlsError {
 }
 
 /// Reads every certificate of a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::Pem(format!("cannot read certificates ({e})")))?
         .collect::<Result<_, _>>()
@@ -35,7 +35,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path)
         .map_err(|e| TlsError::Pem(format!("holds no usable PEM private key ({e})")))
 }
@@ -45,7 +45,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The listener side: presents `cert` (with its chain) signed by `key`.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -54,7 +54,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// The client side toward trunks: trusts the CA certificates in `ca`.
-pub fn connector(ca: &Path) -> Result<TlsConnector, TlsError> {
+pub(crate) fn connector(ca: &Path) -> Result<TlsConnector, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(ca)? {
         roots.add(cert)?;
