@@ -14,7 +14,7 @@
 //! - [`permission`]: call permissions (the sans-IO state machine and its service);
 //! - [`routing`]: which trunk a call comes from and goes to;
 //! - [`call`]: one supervised actor tree per call, its plan, the registry;
-//! - [`api`]: HTTP (health, readiness, metrics, webhooks, the REST API);
+//! - `api`: HTTP (health, readiness, metrics, webhooks, the REST API);
 //! - [`sim`]: the Meta emulator (a client of the switch, as Meta is);
 //! - [`node`]: one running switch, its lifecycle and its root supervisor.
 

@@ -9,7 +9,7 @@
 //! ([`CallPlan::Signalled`](super::plan::CallPlan::Signalled)): far-end events arrive as
 //! [`LegSignal`]s, and the supervisor couples its two legs (the called leg's alerting and
 //! answer are passed to the calling leg). The WhatsApp leg is
-//! [`WhatsAppLegActor`](super::whatsapp::actor::WhatsAppLegActor).
+//! `call::whatsapp::actor::WhatsAppLegActor`.
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};

@@ -3,7 +3,7 @@
 //! `call` owns a call's life from the moment it is admitted to its CDR. Each call is a
 //! [`supervisor::CallSupervisor`] with children for media and for the legs its
 //! [`CallPlan`] names (the WhatsApp leg, the SIP bridge); one call failing never disturbs
-//! another. Ingress (webhooks in [`whatsapp`], SIP and the REST API's callbacks in [`sip`])
+//! another. Ingress (webhooks in `whatsapp`, SIP and the REST API's callbacks in `sip`)
 //! decides each call's plan and talks to calls only through [`Calls`]. Media never flows
 //! through these actors.
 //!
