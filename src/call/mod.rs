@@ -21,6 +21,8 @@ pub(crate) mod plan;
 pub(crate) mod registry;
 pub(crate) mod sip;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 mod wakeup;
 pub(crate) mod whatsapp;
 

@@ -20,7 +20,7 @@ use crate::media::transcode::Codec;
 use crate::permission::service::PermissionError;
 use crate::permission::Blocked;
 use crate::routing::NoRoute;
-use crate::sip::b2bua::{dialled_user, Bridge, Target};
+use crate::sip::b2bua::{dialled_user, Target};
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{ServerId, SipCommand};
 use crate::sip::msg::{HeaderName, SipMessage};
@@ -97,15 +97,7 @@ impl SipIngress {
             .map_err(CallbackRefused::BadCustomer)?;
         let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
         let trunks = inner.router.trunks();
-        let usable = |t: usize| {
-            let trunk = &trunks[t];
-            !trunk.pstn
-                && inner.health.usable(&trunk.name)
-                && trunk
-                    .max_calls
-                    .is_none_or(|max| inner.load.get(t) < max as usize)
-                && handles.for_transport(trunk.transport).is_some()
-        };
+        let usable = |t: usize| !trunks[t].pstn && inner.trunk_usable(t, handles);
         let indexes = match (&req.trunk, &req.route) {
             (Some(name), None) => {
                 let t = trunks
@@ -270,18 +262,9 @@ impl SipIngress {
             .header(&HeaderName::CallId)
             .map(|h| h.value.clone())
             .unwrap_or_default();
-        let bridge = match Bridge::start(
-            inner.bridge.clone(),
-            random_u64(),
-            server,
-            invite.clone(),
-            from,
-            origin.is_reliable(),
-            self.contact(origin),
-            vec![target],
-        ) {
+        let bridge = match self.bridge_from(server, &invite, from, origin, vec![target]) {
             Ok(b) => b,
-            Err((refusal, tag)) => return respond(refusal.response(&invite, &tag)),
+            Err(response) => return respond(*response),
         };
         inner
             .table

@@ -75,6 +75,21 @@ pub(super) struct IngressInner {
     pub(super) admissions: Background,
 }
 
+impl IngressInner {
+    /// Trunk `t` may take a new call now: its probes say it is up, it is below its call
+    /// limit, and a listener speaks its transport.
+    pub(super) fn trunk_usable(&self, t: usize, handles: &SipHandles) -> bool {
+        let Some(trunk) = self.router.trunks().get(t) else {
+            return false;
+        };
+        self.health.usable(&trunk.name)
+            && trunk
+                .max_calls
+                .is_none_or(|max| self.load.get(t) < max as usize)
+            && handles.for_transport(trunk.transport).is_some()
+    }
+}
+
 /// The transaction user of the node's SIP listeners: admits SIP calls and routes their
 /// events. Cheap to clone.
 #[derive(Clone)]
@@ -143,6 +158,29 @@ impl SipIngress {
     /// Gives the ingress the listeners' handles, once they are bound.
     pub(crate) fn set_handles(&self, handles: SipHandles) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.inner.handles, handles, "the SIP listeners' handles")
+    }
+
+    /// The bridge of a PBX's or trunk's INVITE (`server`, from `from` through `origin`)
+    /// toward `targets`; its refusal is the response the INVITE gets.
+    pub(super) fn bridge_from(
+        &self,
+        server: ServerId,
+        invite: &SipMessage,
+        from: SocketAddr,
+        origin: &SipHandle,
+        targets: Vec<Target>,
+    ) -> Result<Bridge, Box<SipMessage>> {
+        Bridge::start(
+            self.inner.bridge.clone(),
+            random_u64(),
+            server,
+            invite.clone(),
+            from,
+            origin.is_reliable(),
+            self.contact(origin),
+            targets,
+        )
+        .map_err(|(refusal, tag)| Box::new(refusal.response(invite, &tag)))
     }
 
     pub(super) fn contact(&self, handle: &SipHandle) -> String {
@@ -225,17 +263,9 @@ impl SipIngress {
             .handles
             .get()
             .ok_or((503, "SIP listeners not ready"))?;
-        let trunks = inner.router.trunks();
         let indexes = inner
             .router
-            .named(route, |t| {
-                let trunk = &trunks[t];
-                inner.health.usable(&trunk.name)
-                    && trunk
-                        .max_calls
-                        .is_none_or(|max| inner.load.get(t) < max as usize)
-                    && handles.for_transport(trunk.transport).is_some()
-            })
+            .named(route, |t| inner.trunk_usable(t, handles))
             .map_err(|e| match e {
                 NoRoute::AllTrunksUnavailable => (503, "no trunk available"),
                 _ => (404, "no such route"),
@@ -378,15 +408,9 @@ impl SipIngress {
             }
         }
         let user = dialled_user(&invite).unwrap_or_default();
-        let trunks = inner.router.trunks();
-        let selected = inner.router.select(&user, ingress, |t| {
-            let trunk = &trunks[t];
-            inner.health.usable(&trunk.name)
-                && trunk
-                    .max_calls
-                    .is_none_or(|max| inner.load.get(t) < max as usize)
-                && handles.for_transport(trunk.transport).is_some()
-        });
+        let selected = inner
+            .router
+            .select(&user, ingress, |t| inner.trunk_usable(t, handles));
         let indexes = match selected {
             Ok(t) => t,
             Err(NoRoute::NoMatch | NoRoute::UnknownSource) => {
@@ -411,21 +435,12 @@ impl SipIngress {
             .header(&HeaderName::From)
             .and_then(|h| NameAddr::parse(&h.value).ok())
             .map(|a| a.uri);
-        let bridge = match Bridge::start(
-            inner.bridge.clone(),
-            random_u64(),
-            server,
-            invite.clone(),
-            from,
-            origin.is_reliable(),
-            self.contact(origin),
-            targets,
-        ) {
+        let bridge = match self.bridge_from(server, &invite, from, origin, targets) {
             Ok(b) => b,
-            Err((refusal, tag)) => {
+            Err(response) => {
                 return Some(SipCommand::Respond {
                     server,
-                    response: refusal.response(&invite, &tag),
+                    response: *response,
                 })
             }
         };
