@@ -4,7 +4,8 @@
 //! Modules, from the leaves up (a module never imports one above it, and
 //! `tests/architecture.rs` fails on any circle between them; `ARCHITECTURE.md` is the map):
 //! - leaves: [`sdp`] (offer/answer, anchors), [`number`] (E.164), [`audit`] (the hash-chained
-//!   trail), [`clock`], [`once`], [`tasks`] (owned background work), [`telemetry`] (logs and the
+//!   trail), [`clock`], [`once`], [`tasks`] (owned background work), [`control`] (call control:
+//!   the verbs and the sans-IO engine that runs them), [`telemetry`] (logs and the
 //!   metric catalogue);
 //! - [`media`]: the media plane (shards, relay, WebRTC, codecs, recording);
 //! - [`sip`]: sans-IO SIP, and its tokio driver (`sip::transport`);
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod call;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod media;
 pub mod meta;
 pub mod node;

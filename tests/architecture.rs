@@ -135,6 +135,7 @@ fn the_top_level_modules_form_no_circle() {
     for leaf in [
         "audit",
         "clock",
+        "control",
         "number",
         "once",
         "sdp",

@@ -1,0 +1,531 @@
+//! The verb engine under a virtual clock.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::control::verb::{Node, Play};
+
+fn prompts(names: &[&str]) -> Prompts {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn play(name: &str) -> Verb {
+    Verb::Play(Play {
+        prompts: prompts(&[name]),
+        loops: 1,
+        barge_in: true,
+    })
+}
+
+fn menu() -> Gather {
+    Gather {
+        prompts: prompts(&["menu"]),
+        reprompt: prompts(&["menu_again"]),
+        invalid: prompts(&["invalid"]),
+        min_digits: 1,
+        max_digits: 1,
+        terminator: Some('#'),
+        first_digit_timeout: Duration::from_secs(5),
+        inter_digit_timeout: Duration::from_secs(3),
+        retries: 2,
+        choices: BTreeMap::from([
+            ("1".to_string(), "support".to_string()),
+            ("2".to_string(), "sales".to_string()),
+        ]),
+        default: Some("support".to_string()),
+    }
+}
+
+/// "Press 1 for support, 2 for sales": nothing or a wrong digit twice more, then support.
+fn front_door() -> Arc<Script> {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "main".to_string(),
+        Node {
+            verbs: vec![Verb::Answer, play("welcome"), Verb::Gather(menu())],
+        },
+    );
+    for (name, route) in [("support", "support"), ("sales", "sales")] {
+        nodes.insert(
+            name.to_string(),
+            Node {
+                verbs: vec![
+                    Verb::Dial(Destination::Route(route.to_string())),
+                    Verb::Goto("voicemail".to_string()),
+                ],
+            },
+        );
+    }
+    nodes.insert(
+        "voicemail".to_string(),
+        Node {
+            verbs: vec![
+                play("leave_a_message"),
+                Verb::Record(Record::default()),
+                Verb::Message(Message::Text("We got your message".into())),
+                Verb::Hangup {
+                    reason: "voicemail_left".into(),
+                },
+            ],
+        },
+    );
+    let script = Script {
+        nodes,
+        entry: "main".into(),
+    };
+    script.check().expect("a valid script");
+    Arc::new(script)
+}
+
+fn plays(out: &[Command]) -> Vec<Vec<String>> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Play { prompts, .. } => Some(prompts.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An engine past `answer` and the welcome prompt, with the menu playing.
+fn at_menu() -> (Engine, Instant) {
+    let t0 = Instant::now();
+    let mut e = Engine::new(front_door(), true);
+    assert_eq!(e.start(t0), vec![Command::Answer]);
+    assert_eq!(
+        plays(&e.on_event(Event::Answered(Ok(())), t0)),
+        vec![prompts(&["welcome"])]
+    );
+    assert_eq!(
+        plays(&e.on_event(Event::PlayDone, t0)),
+        vec![prompts(&["menu"])]
+    );
+    (e, t0)
+}
+
+fn dial(out: &[Command]) -> Option<Destination> {
+    out.iter().find_map(|c| match c {
+        Command::Dial(d) => Some(d.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_digit_picks_the_department_and_the_path_names_it() {
+    let (mut e, t0) = at_menu();
+    let out = e.on_event(Event::Dtmf('2'), t0 + Duration::from_secs(1));
+    // The digit stops the menu (barge-in) and dials sales.
+    assert_eq!(out[0], Command::StopPlay);
+    assert_eq!(dial(&out), Some(Destination::Route("sales".into())));
+    assert_eq!(e.outcome().path, ["main", "2", "sales"]);
+    assert_eq!(e.outcome().digits, ["2"]);
+    // Sales answered: the call is theirs.
+    assert!(e
+        .on_event(Event::DialEnded { answered: true }, t0)
+        .is_empty());
+    assert!(e.finished());
+    assert_eq!(e.outcome().end, None);
+}
+
+#[test]
+fn the_first_digit_timeout_starts_when_the_menu_has_played() {
+    let (mut e, t0) = at_menu();
+    // The menu plays for 8 s: no deadline while it plays.
+    assert_eq!(e.poll_timeout(), None);
+    let played = t0 + Duration::from_secs(8);
+    assert!(e.on_event(Event::PlayDone, played).is_empty());
+    assert_eq!(e.poll_timeout(), Some(played + Duration::from_secs(5)));
+    // Early wake-ups do nothing.
+    assert!(e.handle_timeout(played + Duration::from_secs(4)).is_empty());
+}
+
+#[test]
+fn no_input_reprompts_twice_then_goes_to_the_default() {
+    let (mut e, t0) = at_menu();
+    let mut now = t0;
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        e.on_event(Event::PlayDone, now);
+        now = e.poll_timeout().expect("waiting for a digit");
+        let out = e.handle_timeout(now);
+        heard.extend(plays(&out));
+    }
+    assert_eq!(
+        heard,
+        vec![prompts(&["menu_again"]), prompts(&["menu_again"])]
+    );
+    e.on_event(Event::PlayDone, now);
+    now = e.poll_timeout().expect("the last attempt");
+    let out = e.handle_timeout(now);
+    assert_eq!(dial(&out), Some(Destination::Route("support".into())));
+    assert_eq!(e.outcome().path, ["main", "support"]);
+    assert!(e.outcome().digits.is_empty());
+}
+
+#[test]
+fn an_invalid_digit_plays_the_invalid_prompt_before_the_reprompt() {
+    let (mut e, t0) = at_menu();
+    let out = e.on_event(Event::Dtmf('7'), t0);
+    assert_eq!(out[0], Command::StopPlay);
+    assert_eq!(plays(&out), vec![prompts(&["invalid", "menu_again"])]);
+    // Then a valid one.
+    e.on_event(Event::PlayDone, t0);
+    let out = e.on_event(Event::Dtmf('1'), t0);
+    assert_eq!(dial(&out), Some(Destination::Route("support".into())));
+    assert_eq!(e.outcome().path, ["main", "1", "support"]);
+}
+
+#[test]
+fn digits_pressed_during_the_welcome_are_the_menus_input() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(front_door(), true);
+    e.start(t0);
+    e.on_event(Event::Answered(Ok(())), t0);
+    // The caller knows the menu: 2 during the welcome stops it and picks sales, with no
+    // menu played at all.
+    let out = e.on_event(Event::Dtmf('2'), t0);
+    assert_eq!(out[0], Command::StopPlay);
+    assert!(plays(&out).is_empty());
+    assert_eq!(dial(&out), Some(Destination::Route("sales".into())));
+}
+
+#[test]
+fn without_type_ahead_early_digits_are_dropped_and_counted() {
+    let t0 = Instant::now();
+    let mut script = (*front_door()).clone();
+    if let Some(main) = script.nodes.get_mut("main") {
+        main.verbs[1] = Verb::Play(Play {
+            prompts: prompts(&["welcome"]),
+            loops: 1,
+            barge_in: false,
+        });
+    }
+    let mut e = Engine::new(Arc::new(script), false);
+    e.start(t0);
+    e.on_event(Event::Answered(Ok(())), t0);
+    assert!(e.on_event(Event::Dtmf('2'), t0).is_empty());
+    assert_eq!(e.outcome().digits_dropped, 1);
+    assert_eq!(
+        plays(&e.on_event(Event::PlayDone, t0)),
+        vec![prompts(&["menu"])]
+    );
+}
+
+#[test]
+fn a_digit_flood_is_bounded() {
+    let t0 = Instant::now();
+    let mut script = (*front_door()).clone();
+    if let Some(main) = script.nodes.get_mut("main") {
+        main.verbs[1] = Verb::Play(Play {
+            prompts: prompts(&["welcome"]),
+            loops: 1,
+            barge_in: false,
+        });
+    }
+    let mut e = Engine::new(Arc::new(script), true);
+    e.start(t0);
+    e.on_event(Event::Answered(Ok(())), t0);
+    // 100 digits in a second while a prompt without barge-in plays.
+    for i in 0..100 {
+        let d = char::from(b'0' + (i % 10) as u8);
+        assert!(e
+            .on_event(Event::Dtmf(d), t0 + Duration::from_millis(i * 10))
+            .is_empty());
+    }
+    assert_eq!(e.outcome().digits_dropped, 100 - TYPE_AHEAD as u32);
+    // The kept digits are the menu's input, with no prompt played while they last: 0 is
+    // invalid, 1 picks support; the rest wait, unused, while support is dialled.
+    let out = e.on_event(Event::PlayDone, t0 + Duration::from_secs(1));
+    assert!(plays(&out).is_empty(), "{out:?}");
+    assert_eq!(dial(&out), Some(Destination::Route("support".into())));
+    assert_eq!(e.outcome().path, ["main", "1", "support"]);
+    assert_eq!(e.outcome().digits, ["1"]);
+}
+
+#[test]
+fn multi_digit_input_with_terminator_and_inter_digit_timeout() {
+    let t0 = Instant::now();
+    let mut g = menu();
+    g.prompts = prompts(&["enter_account"]);
+    g.min_digits = 3;
+    g.max_digits = 6;
+    g.choices.clear();
+    g.default = None;
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "main".into(),
+        Node {
+            verbs: vec![
+                Verb::Gather(g),
+                Verb::Hangup {
+                    reason: "done".into(),
+                },
+            ],
+        },
+    );
+    let script = Arc::new(Script {
+        nodes,
+        entry: "main".into(),
+    });
+    script.check().expect("valid");
+
+    // The terminator ends the input early; it is not part of it.
+    let mut e = Engine::new(Arc::clone(&script), true);
+    e.start(t0);
+    e.on_event(Event::PlayDone, t0);
+    for d in ['4', '2', '1'] {
+        assert!(e.on_event(Event::Dtmf(d), t0).is_empty());
+    }
+    assert_eq!(
+        e.poll_timeout(),
+        Some(t0 + Duration::from_secs(3)),
+        "inter-digit"
+    );
+    let out = e.on_event(Event::Dtmf('#'), t0);
+    assert_eq!(
+        out,
+        vec![Command::Hangup {
+            reason: "done".into()
+        }]
+    );
+    assert_eq!(e.outcome().digits, ["421"]);
+
+    // The inter-digit timeout ends an input long enough.
+    let mut e = Engine::new(Arc::clone(&script), true);
+    e.start(t0);
+    e.on_event(Event::PlayDone, t0);
+    for d in ['9', '8', '7', '6'] {
+        e.on_event(Event::Dtmf(d), t0);
+    }
+    e.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(e.outcome().digits, ["9876"]);
+
+    // Too short at the timeout is invalid: the invalid prompt and the reprompt.
+    let mut e = Engine::new(Arc::clone(&script), true);
+    e.start(t0);
+    e.on_event(Event::PlayDone, t0);
+    e.on_event(Event::Dtmf('5'), t0);
+    let out = e.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(plays(&out), vec![prompts(&["invalid", "menu_again"])]);
+    assert!(e.outcome().digits.is_empty());
+
+    // max_digits completes at once.
+    let mut e = Engine::new(script, true);
+    e.start(t0);
+    e.on_event(Event::PlayDone, t0);
+    for d in "123456".chars() {
+        e.on_event(Event::Dtmf(d), t0);
+    }
+    assert_eq!(e.outcome().digits, ["123456"]);
+    assert!(e.finished());
+}
+
+/// Runs the front door to the voicemail node: support does not answer.
+fn at_voicemail() -> (Engine, Instant) {
+    let (mut e, t0) = at_menu();
+    e.on_event(Event::Dtmf('1'), t0);
+    let out = e.on_event(Event::DialEnded { answered: false }, t0);
+    assert_eq!(plays(&out), vec![prompts(&["leave_a_message"])]);
+    let out = e.on_event(Event::PlayDone, t0);
+    assert_eq!(out, vec![Command::Record(Record::default())]);
+    (e, t0)
+}
+
+#[test]
+fn a_recording_ends_at_its_longest_and_the_script_goes_on() {
+    let (mut e, t0) = at_voicemail();
+    assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+    let out = e.handle_timeout(t0 + Duration::from_secs(120));
+    assert_eq!(out, vec![Command::StopRecord]);
+    let out = e.on_event(Event::RecordDone(Ok("vm/1.wav".into())), t0);
+    assert_eq!(
+        out,
+        vec![
+            Command::Message(Message::Text("We got your message".into())),
+            Command::Hangup {
+                reason: "voicemail_left".into()
+            }
+        ]
+    );
+    assert_eq!(e.outcome().recording.as_deref(), Some("vm/1.wav"));
+    assert_eq!(e.outcome().messages, 1);
+    assert_eq!(e.outcome().path, ["main", "1", "support", "voicemail"]);
+}
+
+#[test]
+fn hash_or_silence_ends_a_recording() {
+    let (mut e, t0) = at_voicemail();
+    assert_eq!(e.on_event(Event::Dtmf('#'), t0), vec![Command::StopRecord]);
+    // Further keys while it stops are not the recording's business.
+    assert!(e.on_event(Event::Dtmf('#'), t0).is_empty());
+    let (mut e, t0) = at_voicemail();
+    assert_eq!(e.on_event(Event::Silence, t0), vec![Command::StopRecord]);
+}
+
+#[test]
+fn a_caller_hanging_up_mid_recording_keeps_the_partial_voicemail() {
+    let (mut e, t0) = at_voicemail();
+    let out = e.on_event(Event::CallerHungUp, t0);
+    assert_eq!(out, vec![Command::StopRecord]);
+    assert!(e.finished());
+    assert_eq!(e.outcome().end.as_deref(), Some("caller_hangup"));
+    // The recorder's file still lands in the outcome.
+    e.on_event(Event::RecordDone(Ok("vm/partial.wav".into())), t0);
+    assert_eq!(e.outcome().recording.as_deref(), Some("vm/partial.wav"));
+}
+
+#[test]
+fn a_caller_hanging_up_mid_prompt_ends_the_script_without_a_hangup_of_ours() {
+    let (mut e, t0) = at_menu();
+    assert!(e.on_event(Event::CallerHungUp, t0).is_empty());
+    assert!(e.finished());
+    assert_eq!(e.outcome().end.as_deref(), Some("caller_hangup"));
+    assert!(e.on_event(Event::Dtmf('1'), t0).is_empty());
+}
+
+#[test]
+fn failing_verbs_end_the_call_with_a_cause() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(front_door(), true);
+    e.start(t0);
+    assert_eq!(
+        e.on_event(Event::Answered(Err("meta said no".into())), t0),
+        vec![Command::Hangup {
+            reason: "answer_failed".into()
+        }]
+    );
+    let mut e = Engine::new(front_door(), true);
+    e.start(t0);
+    assert_eq!(e.poll_timeout(), Some(t0 + ANSWER_TIMEOUT));
+    assert_eq!(
+        e.handle_timeout(t0 + ANSWER_TIMEOUT),
+        vec![Command::Hangup {
+            reason: "answer_timeout".into()
+        }]
+    );
+    let (mut e, t0) = at_voicemail();
+    assert_eq!(
+        e.on_event(Event::RecordDone(Err("disk full".into())), t0),
+        vec![Command::Hangup {
+            reason: "record_failed".into()
+        }]
+    );
+}
+
+#[test]
+fn a_script_that_runs_out_of_verbs_hangs_up() {
+    let t0 = Instant::now();
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "main".into(),
+        Node {
+            verbs: vec![Verb::RequestCallback {
+                purpose: "your order".into(),
+            }],
+        },
+    );
+    let mut e = Engine::new(
+        Arc::new(Script {
+            nodes,
+            entry: "main".into(),
+        }),
+        true,
+    );
+    assert_eq!(
+        e.start(t0),
+        vec![
+            Command::RequestCallback {
+                purpose: "your order".into()
+            },
+            Command::Hangup {
+                reason: "script_end".into()
+            }
+        ]
+    );
+    assert_eq!(e.outcome().callback_requests, 1);
+}
+
+#[test]
+fn a_silent_loop_is_refused_by_the_check_and_bounded_at_run_time() {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "a".into(),
+        Node {
+            verbs: vec![
+                Verb::Message(Message::Text("hi".into())),
+                Verb::Goto("b".into()),
+            ],
+        },
+    );
+    nodes.insert(
+        "b".into(),
+        Node {
+            verbs: vec![Verb::Goto("a".into())],
+        },
+    );
+    let script = Script {
+        nodes,
+        entry: "a".into(),
+    };
+    assert_eq!(
+        script.check(),
+        Err(crate::control::verb::ScriptError::SilentLoop(vec![
+            "a".into(),
+            "b".into()
+        ]))
+    );
+    let mut e = Engine::new(Arc::new(script), true);
+    let out = e.start(Instant::now());
+    assert_eq!(
+        out.last(),
+        Some(&Command::Hangup {
+            reason: "script_loop".into()
+        })
+    );
+    // The messages sent on the way are bounded with it.
+    assert!(e.outcome().messages as usize <= MAX_SILENT_STEPS);
+}
+
+#[test]
+fn the_check_names_unknown_and_unreachable_nodes_and_impossible_gathers() {
+    use crate::control::verb::ScriptError;
+    let mut script = (*front_door()).clone();
+    script.nodes.insert(
+        "orphan".into(),
+        Node {
+            verbs: vec![play("x")],
+        },
+    );
+    assert_eq!(
+        script.check(),
+        Err(ScriptError::Unreachable("orphan".into()))
+    );
+    let mut script = (*front_door()).clone();
+    if let Some(Verb::Gather(g)) = script
+        .nodes
+        .get_mut("main")
+        .and_then(|n| n.verbs.get_mut(2))
+    {
+        g.choices.insert("3".into(), "billing".into());
+    }
+    assert_eq!(
+        script.check(),
+        Err(ScriptError::UnknownNode {
+            from: Some("main".into()),
+            name: "billing".into()
+        })
+    );
+    let mut script = (*front_door()).clone();
+    if let Some(Verb::Gather(g)) = script
+        .nodes
+        .get_mut("main")
+        .and_then(|n| n.verbs.get_mut(2))
+    {
+        g.min_digits = 2;
+    }
+    assert!(matches!(script.check(), Err(ScriptError::BadGather { .. })));
+    let script = Script {
+        nodes: BTreeMap::new(),
+        entry: "main".into(),
+    };
+    assert!(script.check().is_err());
+}

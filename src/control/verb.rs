@@ -1,0 +1,344 @@
+//! The vocabulary of call control: what a call can be told to do.
+//!
+//! Verbs name prompts, nodes and destinations by name; what a name means (a file, a route,
+//! a queue) is resolved by whoever runs the script, and checked when the configuration is
+//! loaded, never at call time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Prompts to play, in order (names of prompt files, resolved per language by the runner).
+pub type Prompts = Vec<String>;
+
+/// One instruction to a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verb {
+    /// Answer the customer's call (Meta's `pre_accept` then `accept`).
+    Answer,
+    /// Play prompts.
+    Play(Play),
+    /// Collect digits, with prompts, and branch on them.
+    Gather(Gather),
+    /// Record the caller (voicemail).
+    Record(Record),
+    /// Bridge the call to a destination. When the destination answers, the call is theirs
+    /// and the script ends; when it does not, the script goes on with the next verb.
+    Dial(Destination),
+    /// Send the caller a WhatsApp message (chat fallback).
+    Message(Message),
+    /// Ask the caller for permission to call them back, with a purpose.
+    RequestCallback {
+        /// Why the business will call (shown to the customer).
+        purpose: String,
+    },
+    /// Go on at another node of the script.
+    Goto(String),
+    /// End the call.
+    Hangup {
+        /// End cause, for the CDR.
+        reason: String,
+    },
+}
+
+impl Verb {
+    /// The verb's name, as in configuration and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verb::Answer => "answer",
+            Verb::Play(_) => "play",
+            Verb::Gather(_) => "gather",
+            Verb::Record(_) => "record",
+            Verb::Dial(_) => "dial",
+            Verb::Message(_) => "message",
+            Verb::RequestCallback { .. } => "request_callback",
+            Verb::Goto(_) => "goto",
+            Verb::Hangup { .. } => "hangup",
+        }
+    }
+
+    /// The verb lets the caller hear or say something (a loop without one spins).
+    pub fn waits_for_the_caller(&self) -> bool {
+        matches!(
+            self,
+            Verb::Play(_) | Verb::Gather(_) | Verb::Record(_) | Verb::Dial(_)
+        )
+    }
+}
+
+/// `play`: prompts, looped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Play {
+    /// The prompts.
+    pub prompts: Prompts,
+    /// How many times the prompts play (at least once).
+    pub loops: u32,
+    /// A digit stops the prompts (the digit is kept for the next `gather`).
+    pub barge_in: bool,
+}
+
+/// `gather`: collect digits and branch on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gather {
+    /// Played first; a digit stops them.
+    pub prompts: Prompts,
+    /// Played instead of `prompts` on a retry (`prompts` again when empty).
+    pub reprompt: Prompts,
+    /// Played when the caller entered something that is not a choice.
+    pub invalid: Prompts,
+    /// Fewest digits accepted.
+    pub min_digits: usize,
+    /// Most digits: the gather completes when this many came.
+    pub max_digits: usize,
+    /// Ends the input early (not part of the digits), e.g. `#`.
+    pub terminator: Option<char>,
+    /// How long the caller has for the first digit, once the prompts finished.
+    pub first_digit_timeout: Duration,
+    /// How long the caller has between digits.
+    pub inter_digit_timeout: Duration,
+    /// Further attempts after no input or an invalid input.
+    pub retries: u32,
+    /// Digits → the node the call goes on at. Empty: any input of a valid length is taken,
+    /// and the script goes on with the next verb.
+    pub choices: BTreeMap<String, String>,
+    /// Where the call goes when the attempts run out (`None`: it goes on with the next
+    /// verb).
+    pub default: Option<String>,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Gather {
+            prompts: Vec::new(),
+            reprompt: Vec::new(),
+            invalid: Vec::new(),
+            min_digits: 1,
+            max_digits: 1,
+            terminator: Some('#'),
+            first_digit_timeout: Duration::from_secs(5),
+            inter_digit_timeout: Duration::from_secs(3),
+            retries: 2,
+            choices: BTreeMap::new(),
+            default: None,
+        }
+    }
+}
+
+/// `record`: the caller's voice to a file (voicemail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// A beep before recording starts.
+    pub beep: bool,
+    /// The longest recording.
+    pub max_length: Duration,
+    /// This long without voice ends the recording (`None`: silence never ends it).
+    pub silence: Option<Duration>,
+    /// `#` ends the recording.
+    pub finish_on_hash: bool,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            beep: true,
+            max_length: Duration::from_secs(120),
+            silence: Some(Duration::from_secs(5)),
+            finish_on_hash: true,
+        }
+    }
+}
+
+/// Where `dial` bridges the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A route (trunk group, with its sites).
+    Route(String),
+    /// A SIP URI reached through a trunk.
+    Uri {
+        /// The URI.
+        uri: String,
+        /// The trunk it is reached through.
+        trunk: String,
+    },
+}
+
+/// `message`: a WhatsApp message to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text message.
+    Text(String),
+    /// An approved template.
+    Template {
+        /// Its name.
+        name: String,
+        /// Its language code.
+        language: String,
+    },
+}
+
+/// A named list of verbs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Node {
+    /// The verbs, in order.
+    pub verbs: Vec<Verb>,
+}
+
+/// A call's script: named nodes and the one it starts at.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Script {
+    /// The nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// The node a call starts at.
+    pub entry: String,
+}
+
+/// Why a script cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptError {
+    /// A node name that names no node (`from` is the node that names it).
+    UnknownNode {
+        /// The node naming it (`None`: the entry).
+        from: Option<String>,
+        /// The unknown name.
+        name: String,
+    },
+    /// A node no path from the entry reaches.
+    Unreachable(String),
+    /// Nodes that go to each other without the caller ever hearing or saying anything.
+    SilentLoop(Vec<String>),
+    /// A gather that cannot complete (`min_digits` above `max_digits`, or none at all).
+    BadGather {
+        /// The node holding it.
+        node: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptError::UnknownNode { from: None, name } => {
+                write!(f, "the entry node {name:?} does not exist")
+            }
+            ScriptError::UnknownNode {
+                from: Some(from),
+                name,
+            } => write!(f, "node {from:?} goes to {name:?}, which does not exist"),
+            ScriptError::Unreachable(n) => write!(f, "node {n:?} is never reached"),
+            ScriptError::SilentLoop(nodes) => write!(
+                f,
+                "nodes {nodes:?} go round without playing, gathering, recording or dialling"
+            ),
+            ScriptError::BadGather { node, why } => write!(f, "node {node:?}: gather {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+impl Script {
+    /// The nodes a node goes on at (by goto, a gather's choices or its default).
+    fn next_nodes(node: &Node) -> Vec<&str> {
+        let mut out = Vec::new();
+        for verb in &node.verbs {
+            match verb {
+                Verb::Goto(n) => out.push(n.as_str()),
+                Verb::Gather(g) => {
+                    out.extend(g.choices.values().map(String::as_str));
+                    out.extend(g.default.as_deref());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Checks the script as a whole: every name names a node, every node is reached, no
+    /// loop goes round without the caller hearing or saying anything, every gather can
+    /// complete. All of it is decided here, so a script that passes never fails at call
+    /// time for these reasons.
+    pub fn check(&self) -> Result<(), ScriptError> {
+        if !self.nodes.contains_key(&self.entry) {
+            return Err(ScriptError::UnknownNode {
+                from: None,
+                name: self.entry.clone(),
+            });
+        }
+        for (name, node) in &self.nodes {
+            for next in Self::next_nodes(node) {
+                if !self.nodes.contains_key(next) {
+                    return Err(ScriptError::UnknownNode {
+                        from: Some(name.clone()),
+                        name: next.to_string(),
+                    });
+                }
+            }
+            for verb in &node.verbs {
+                if let Verb::Gather(g) = verb {
+                    let why = if g.max_digits == 0 {
+                        Some("takes no digits (max_digits = 0)".to_string())
+                    } else if g.min_digits > g.max_digits {
+                        Some(format!(
+                            "needs {} digits but takes at most {}",
+                            g.min_digits, g.max_digits
+                        ))
+                    } else {
+                        g.choices
+                            .keys()
+                            .find(|k| k.is_empty() || k.chars().count() > g.max_digits)
+                            .map(|k| format!("has a choice {k:?} longer than max_digits or empty"))
+                    };
+                    if let Some(why) = why {
+                        return Err(ScriptError::BadGather {
+                            node: name.clone(),
+                            why,
+                        });
+                    }
+                }
+            }
+        }
+        // Reachability from the entry.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![self.entry.as_str()];
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            if let Some(node) = self.nodes.get(n) {
+                todo.extend(Self::next_nodes(node));
+            }
+        }
+        if let Some(lost) = self.nodes.keys().find(|n| !seen.contains(n.as_str())) {
+            return Err(ScriptError::Unreachable(lost.clone()));
+        }
+        // A silent loop: following gotos that come before any verb that waits for the
+        // caller comes back to a node already on the way.
+        for start in self.nodes.keys() {
+            let mut way = vec![start.as_str()];
+            let mut at = start.as_str();
+            while let Some(node) = self.nodes.get(at) {
+                let mut next = None;
+                for verb in &node.verbs {
+                    if verb.waits_for_the_caller() {
+                        break;
+                    }
+                    if let Verb::Goto(n) = verb {
+                        next = Some(n.as_str());
+                        break;
+                    }
+                }
+                let Some(n) = next else {
+                    break;
+                };
+                if let Some(i) = way.iter().position(|w| *w == n) {
+                    return Err(ScriptError::SilentLoop(
+                        way[i..].iter().map(|s| s.to_string()).collect(),
+                    ));
+                }
+                way.push(n);
+                at = n;
+            }
+        }
+        Ok(())
+    }
+}
