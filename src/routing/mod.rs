@@ -1,7 +1,10 @@
 //! Routing decisions, sans-IO: which trunk a call arrives from, and where it goes.
 //!
 //! `routing` looks only at configuration and the facts handed to it (source address,
-//! dialled user, trunk health); it holds no sockets, no actors and no clock.
+//! dialled user, trunk health, the time); it holds no sockets, no actors and no clock.
+//! [`schedule`] says whether business hours are open at a given moment.
+
+pub mod schedule;
 
 use std::net::IpAddr;
 
