@@ -116,6 +116,17 @@ pub fn e164_or_raw(input: &str) -> String {
     e164(input, None).unwrap_or_else(|_| input.to_string())
 }
 
+/// The country (ISO 3166-1 alpha-2, e.g. `"BR"`) a customer's number belongs to, from
+/// its calling code and, where several countries share one (+1, +7, +44), its leading
+/// digits. `None` for a number no country claims. This is what routing policies and
+/// prompts key on; it says where the number was issued, not where the caller is.
+pub fn country(wa_id: &str) -> Option<String> {
+    let digits = e164(wa_id, None).ok()?;
+    let parsed = phonenumber::parse(None, format!("+{digits}")).ok()?;
+    let id = parsed.country().id()?;
+    Some(id.as_ref().to_string())
+}
+
 /// What follows `home`'s international prefix at the start of `digits`, if one is there.
 fn after_international_prefix<'a>(home: &str, digits: &'a str) -> Option<&'a str> {
     let meta = phonenumber::metadata::DATABASE.by_id(home)?;
@@ -142,6 +153,24 @@ fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_names_its_country_even_where_countries_share_a_calling_code() {
+        for (wa_id, expected) in [
+            ("5511987654321", "BR"),
+            ("+4915112345678", "DE"),
+            ("12125550123", "US"),
+            ("14165550123", "CA"),
+            ("447400123456", "GB"),
+            ("447911123456", "GG"),
+            ("79161234567", "RU"),
+            ("77012345678", "KZ"),
+        ] {
+            assert_eq!(country(wa_id).as_deref(), Some(expected), "{wa_id}");
+        }
+        assert_eq!(country("not a number"), None);
+        assert_eq!(country("999123456789"), None);
+    }
 
     #[test]
     fn every_international_spelling_of_one_number_is_one_number() {
