@@ -127,6 +127,11 @@ pub fn country(wa_id: &str) -> Option<String> {
     Some(id.as_ref().to_string())
 }
 
+/// Whether `code` is a country code (ISO 3166-1 alpha-2, upper case) that has numbers.
+pub fn is_country(code: &str) -> bool {
+    phonenumber::country::Id::from_str(code).is_ok()
+}
+
 /// What follows `home`'s international prefix at the start of `digits`, if one is there.
 fn after_international_prefix<'a>(home: &str, digits: &'a str) -> Option<&'a str> {
     let meta = phonenumber::metadata::DATABASE.by_id(home)?;

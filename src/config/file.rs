@@ -189,7 +189,27 @@ pub(crate) struct RouteSection {
     pub prefix: String,
     #[serde(default)]
     pub from_trunk: Option<String>,
+    #[serde(default)]
     pub trunks: Vec<String>,
+    #[serde(default)]
+    pub site: Vec<SiteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SiteSection {
+    pub name: String,
+    pub trunks: Vec<String>,
+    #[serde(default = "one")]
+    pub priority: i64,
+    #[serde(default = "one")]
+    pub weight: i64,
+    #[serde(default)]
+    pub countries: Vec<String>,
+}
+
+fn one() -> i64 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -41,8 +41,9 @@ pub struct SipTls {
     pub ca: Option<PathBuf>,
 }
 
-/// A SIP→SIP route: INVITEs whose Request-URI user starts with `prefix` (the longest
-/// matching prefix wins) go to `trunks`, tried in order.
+/// A route: SIP INVITEs whose Request-URI user starts with `prefix` (the longest matching
+/// prefix wins), and the WhatsApp calls of the business numbers that name it, go to its
+/// sites' trunks.
 #[derive(Debug, Clone)]
 pub struct SipRoute {
     /// Name for logs.
@@ -51,8 +52,24 @@ pub struct SipRoute {
     pub prefix: String,
     /// Only calls arriving from this trunk take the route (`None`: any trunk).
     pub from_trunk: Option<String>,
+    /// Where the calls go. A route written with a plain `trunks` list has one site, named
+    /// after the route, for every caller.
+    pub sites: Vec<RouteSite>,
+}
+
+/// One site of a route (a contact center, an office): its trunks, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSite {
+    /// Name for logs and CDRs.
+    pub name: String,
     /// Trunks to try, in order (indexes into [`Config::trunks`](super::Config::trunks)).
     pub trunks: Vec<usize>,
+    /// Sites of a lower priority are tried first; the next priority takes the overflow.
+    pub priority: u32,
+    /// Among sites of one priority, a site's share of the calls.
+    pub weight: u32,
+    /// Customers of these countries only (ISO 3166-1 alpha-2); empty: every caller.
+    pub countries: Vec<String>,
 }
 
 /// SIP transport protocol.
@@ -452,64 +469,162 @@ impl Validator {
                     );
                 }
             }
-            if r.trunks.is_empty() {
-                self.problem(
+            let mut sites = Vec::new();
+            match (r.trunks.is_empty(), r.site.is_empty()) {
+                (true, true) => self.problem(
                     &key("trunks"),
                     "is empty",
-                    "list at least one trunk to send the calls to",
-                );
-            }
-            let mut indexes = Vec::new();
-            for (j, name) in r.trunks.iter().enumerate() {
-                if !known(name) {
-                    self.problem(
-                        &format!("route[{i}].trunks[{j}]"),
-                        format!("{name:?} is not a configured trunk"),
-                        "name a trunk defined in a [[trunk]] section",
+                    "list at least one trunk to send the calls to, or add [[route.site]] sections",
+                ),
+                (false, false) => self.problem(
+                    &key("trunks"),
+                    "is given together with [[route.site]]",
+                    "list the trunks in the sites, and leave the route's own trunks out",
+                ),
+                (false, true) => {
+                    let trunks = self.route_trunks(
+                        &r.trunks,
+                        &format!("route[{i}].trunks"),
+                        raw_trunks,
+                        trunks,
+                        listening,
+                        outbound_tls,
                     );
-                    continue;
+                    sites.push(RouteSite {
+                        name: r.name.clone(),
+                        trunks,
+                        priority: 1,
+                        weight: 1,
+                        countries: Vec::new(),
+                    });
                 }
-                match trunks.iter().position(|t| t.name == *name) {
-                    Some(t) if trunks[t].pstn => self.problem(
-                        &format!("route[{i}].trunks[{j}]"),
-                        format!("{name:?} is a PSTN trunk"),
-                        "WhatsApp calls stay VoIP: route to trunks without pstn = true",
-                    ),
-                    Some(t) if matches!(trunks[t].uri.host, crate::sip::uri::Host::Domain(_)) => {
-                        self.problem(
-                            &format!("route[{i}].trunks[{j}]"),
-                            format!("trunk {name:?} is named by a host name ({})", trunks[t].uri),
-                            "the switch resolves no names on the call path: write the trunk's IP address in its uri",
-                        )
+                (true, false) => {
+                    let mut site_names = HashSet::new();
+                    for (k, site) in r.site.iter().enumerate() {
+                        let skey = |field: &str| format!("route[{i}].site[{k}].{field}");
+                        if site.name.trim().is_empty() {
+                            self.problem(
+                                &skey("name"),
+                                "is empty",
+                                "give every site of a route a unique name",
+                            );
+                        } else if !site_names.insert(site.name.clone()) {
+                            self.problem(
+                                &skey("name"),
+                                format!(
+                                    "{:?} is already used by another site of this route",
+                                    site.name
+                                ),
+                                "give every site of a route a unique name",
+                            );
+                        }
+                        if site.trunks.is_empty() {
+                            self.problem(
+                                &skey("trunks"),
+                                "is empty",
+                                "list at least one trunk of the site",
+                            );
+                        }
+                        let priority = self.bounded(&skey("priority"), site.priority, 1, 100);
+                        let weight = self.bounded(&skey("weight"), site.weight, 1, 1000);
+                        let mut countries = Vec::new();
+                        for (c, country) in site.countries.iter().enumerate() {
+                            let code = country.trim().to_ascii_uppercase();
+                            if crate::number::is_country(&code) {
+                                countries.push(code);
+                            } else {
+                                self.problem(
+                                    &format!("route[{i}].site[{k}].countries[{c}]"),
+                                    format!("{country:?} is not a country code"),
+                                    "write ISO 3166-1 alpha-2 codes, e.g. \"BR\" or \"DE\"",
+                                );
+                            }
+                        }
+                        let trunks = self.route_trunks(
+                            &site.trunks,
+                            &skey("trunks"),
+                            raw_trunks,
+                            trunks,
+                            listening,
+                            outbound_tls,
+                        );
+                        sites.push(RouteSite {
+                            name: site.name.clone(),
+                            trunks,
+                            priority: priority.unwrap_or(1) as u32,
+                            weight: weight.unwrap_or(1) as u32,
+                            countries,
+                        });
                     }
-                    Some(t) if !listening.contains(&trunks[t].transport) => self.problem(
-                        &format!("route[{i}].trunks[{j}]"),
-                        format!(
-                            "trunk {name:?} uses {} but sip.transports does not listen on it",
-                            trunks[t].transport.as_str()
-                        ),
-                        format!(
-                            "add \"{}\" to sip.transports, or change the trunk's transport",
-                            trunks[t].transport.as_str()
-                        ),
-                    ),
-                    Some(t) if trunks[t].transport == Transport::Tls && !outbound_tls => self.problem(
-                        &format!("route[{i}].trunks[{j}]"),
-                        format!("trunk {name:?} uses tls but no CA is configured to verify it"),
-                        "set sip.tls.ca to a PEM file with the CA certificates that sign the trunk's certificate",
-                    ),
-                    Some(t) => indexes.push(t),
-                    // The trunk itself is broken and reported under trunk[..].
-                    None => {}
                 }
             }
             out.push(SipRoute {
                 name: r.name.clone(),
                 prefix: r.prefix.clone(),
                 from_trunk: r.from_trunk.clone(),
-                trunks: indexes,
+                sites,
             });
         }
         out
+    }
+
+    /// The indexes of the trunks `names` (a route's or a site's list at `key`), each
+    /// checked: configured, not PSTN, reachable without a name lookup, on a transport the
+    /// switch listens on.
+    fn route_trunks(
+        &mut self,
+        names: &[String],
+        key: &str,
+        raw_trunks: &[file::TrunkSection],
+        trunks: &[SipTrunk],
+        listening: &[Transport],
+        outbound_tls: bool,
+    ) -> Vec<usize> {
+        let known = |name: &str| raw_trunks.iter().any(|t| t.name.trim() == name);
+        let mut indexes = Vec::new();
+        for (j, name) in names.iter().enumerate() {
+            if !known(name) {
+                self.problem(
+                    &format!("{key}[{j}]"),
+                    format!("{name:?} is not a configured trunk"),
+                    "name a trunk defined in a [[trunk]] section",
+                );
+                continue;
+            }
+            match trunks.iter().position(|t| t.name == *name) {
+                Some(t) if trunks[t].pstn => self.problem(
+                    &format!("{key}[{j}]"),
+                    format!("{name:?} is a PSTN trunk"),
+                    "WhatsApp calls stay VoIP: route to trunks without pstn = true",
+                ),
+                Some(t) if matches!(trunks[t].uri.host, crate::sip::uri::Host::Domain(_)) => {
+                    self.problem(
+                        &format!("{key}[{j}]"),
+                        format!("trunk {name:?} is named by a host name ({})", trunks[t].uri),
+                        "the switch resolves no names on the call path: write the trunk's IP address in its uri",
+                    )
+                }
+                Some(t) if !listening.contains(&trunks[t].transport) => self.problem(
+                    &format!("{key}[{j}]"),
+                    format!(
+                        "trunk {name:?} uses {} but sip.transports does not listen on it",
+                        trunks[t].transport.as_str()
+                    ),
+                    format!(
+                        "add \"{}\" to sip.transports, or change the trunk's transport",
+                        trunks[t].transport.as_str()
+                    ),
+                ),
+                Some(t) if trunks[t].transport == Transport::Tls && !outbound_tls => self.problem(
+                    &format!("{key}[{j}]"),
+                    format!("trunk {name:?} uses tls but no CA is configured to verify it"),
+                    "set sip.tls.ca to a PEM file with the CA certificates that sign the trunk's certificate",
+                ),
+                Some(t) => indexes.push(t),
+                // The trunk itself is broken and reported under trunk[..].
+                None => {}
+            }
+        }
+        indexes
     }
 }

@@ -280,7 +280,7 @@ fn routes_name_each_unusable_trunk() {
         "{base}[[route]]\nname = \"r\"\nprefix = \"+44\"\ntrunks = [\"pbx\"]\n"
     ))
     .expect("valid route");
-    assert_eq!(ok.routes[0].trunks, [0]);
+    assert_eq!(ok.routes[0].sites[0].trunks, [0]);
 }
 
 #[test]
@@ -530,8 +530,14 @@ fn the_commented_example_shows_every_key_the_schema_knows() {
         let fields = schema_fields(&probe).unwrap_or_else(|| panic!("[{section}] is a table"));
         // A field that is itself a table (`[sip.tls]`) is a section of its own.
         let mut keys = std::collections::BTreeSet::new();
+        let array = matches!(section.as_str(), "trunk" | "route" | "business_number");
         for field in fields {
-            let nested = format!("[{section}.{field}]\nzz_probe = 1\n");
+            // A table in an array of tables is itself an array of tables (`[[route.site]]`).
+            let nested = if array {
+                format!("[[{section}]]\n[[{section}.{field}]]\nzz_probe = 1\n")
+            } else {
+                format!("[{section}.{field}]\nzz_probe = 1\n")
+            };
             match schema_fields(&nested) {
                 Some(inner) => {
                     schema.insert(format!("{section}.{field}"), inner);
@@ -605,4 +611,41 @@ fn every_environment_override_is_documented() {
             "config/waswitch.toml does not list {var}"
         );
     }
+}
+
+#[test]
+fn route_sites_are_checked_entry_by_entry() {
+    let base = r#"
+        [[trunk]]
+        name = "pbx"
+        uri = "sip:127.0.0.1:5070"
+    "#;
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\ntrunks = [\"pbx\"]\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].trunks");
+    assert!(p.fix.contains("sites"), "{p:?}");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\ncountries = [\"Brazil\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].site[0].countries[0]");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"nope\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].site[0].trunks[0]");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\nweight = 0\n"
+    ));
+    assert_eq!(p.key, "route[0].site[0].weight");
+    let p = one_problem(&format!(
+        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n"
+    ));
+    assert_eq!(p.key, "route[0].site[1].name");
+    let ok = load(&format!(
+        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\ncountries = [\"br\"]\npriority = 2\nweight = 5\n"
+    ))
+    .expect("valid");
+    let site = &ok.routes[0].sites[0];
+    assert_eq!((site.priority, site.weight), (2, 5));
+    assert_eq!(site.countries, ["BR"]);
 }

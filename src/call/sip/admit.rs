@@ -19,7 +19,7 @@ use crate::call::{CallOffer, CallRefused};
 use crate::media::transcode::Codec;
 use crate::permission::service::PermissionError;
 use crate::permission::Blocked;
-use crate::routing::NoRoute;
+use crate::routing::{Caller, NoRoute};
 use crate::sip::b2bua::{dialled_user, Target};
 use crate::sip::build::MessageBuilder;
 use crate::sip::core::{ServerId, SipCommand};
@@ -114,7 +114,14 @@ impl SipIngress {
                 }
                 vec![t]
             }
-            (None, Some(route)) => match inner.router.named(route, usable) {
+            (None, Some(route)) => match inner.router.named(
+                route,
+                &Caller {
+                    country: crate::number::country(&customer).as_deref(),
+                    seed: random_u64(),
+                },
+                usable,
+            ) {
                 Ok(t) => t,
                 Err(NoRoute::AllTrunksUnavailable) => return Err(CallbackRefused::NoTrunk),
                 Err(_) => {

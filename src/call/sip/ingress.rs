@@ -19,7 +19,7 @@ use crate::call::plan::CallPlan;
 use crate::call::whatsapp::permit::BicContext;
 use crate::call::{CallOffer, CallRefused, Calls};
 use crate::config::{Config, Transport as ConfigTransport};
-use crate::routing::{NoRoute, SipRouter};
+use crate::routing::{Caller, NoRoute, SipRouter};
 use crate::sip::auth::{self, Algorithm, NonceIssuer};
 use crate::sip::b2bua::{dialled_user, Bridge, BridgeConfig, Credentials, Target};
 use crate::sip::build::MessageBuilder;
@@ -265,7 +265,14 @@ impl SipIngress {
             .ok_or((503, "SIP listeners not ready"))?;
         let indexes = inner
             .router
-            .named(route, |t| inner.trunk_usable(t, handles))
+            .named(
+                route,
+                &Caller {
+                    country: crate::number::country(&caller.wa_id).as_deref(),
+                    seed: random_u64(),
+                },
+                |t| inner.trunk_usable(t, handles),
+            )
             .map_err(|e| match e {
                 NoRoute::AllTrunksUnavailable => (503, "no trunk available"),
                 _ => (404, "no such route"),
@@ -408,9 +415,15 @@ impl SipIngress {
             }
         }
         let user = dialled_user(&invite).unwrap_or_default();
-        let selected = inner
-            .router
-            .select(&user, ingress, |t| inner.trunk_usable(t, handles));
+        let selected = inner.router.select(
+            &user,
+            ingress,
+            &Caller {
+                country: None,
+                seed: random_u64(),
+            },
+            |t| inner.trunk_usable(t, handles),
+        );
         let indexes = match selected {
             Ok(t) => t,
             Err(NoRoute::NoMatch | NoRoute::UnknownSource) => {
