@@ -751,3 +751,90 @@ fn a_meta_refusal_crossing_the_pbx_answer_fails_the_call_and_never_counts_it_ans
     );
     assert_eq!(cdr.hangup_by, HangupParty::Switch);
 }
+
+/// A route with sites: Brazil's (one call at a time), Germany's, and a hub for everyone
+/// else and for the overflow. Each site is a SIPp PBX answering with RTP echo.
+#[test]
+fn customers_reach_their_countrys_site_and_a_full_site_overflows_to_the_next() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (br, de, hub) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
+        let media_ports = 55_600;
+        let toml = format!(
+            "[media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\nport_max = {}\n\
+             [[trunk]]\nname = \"br\"\nuri = \"sip:127.0.0.1:{br}\"\nmax_calls = 1\n\
+             options_interval_secs = 0\n\
+             [[trunk]]\nname = \"de\"\nuri = \"sip:127.0.0.1:{de}\"\noptions_interval_secs = 0\n\
+             [[trunk]]\nname = \"hub\"\nuri = \"sip:127.0.0.1:{hub}\"\noptions_interval_secs = 0\n\
+             [[route]]\nname = \"agents\"\n\
+             [[route.site]]\nname = \"br\"\ntrunks = [\"br\"]\ncountries = [\"BR\"]\n\
+             [[route.site]]\nname = \"de\"\ntrunks = [\"de\"]\ncountries = [\"DE\"]\n\
+             [[route.site]]\nname = \"hub\"\ntrunks = [\"hub\"]\npriority = 2\n\
+             [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
+             app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
+             [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
+             country = \"BR\"\nroute = \"agents\"\n",
+            media_ports + 198,
+        );
+        let config = Config::loopback(&toml, &dir.path().join("u.db")).expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let webhooks = WebhookSender::new(
+        &format!("http://{}/webhooks/meta", node.http_addr()),
+        Secret::new(SECRET),
+        Duration::from_secs(20),
+    )
+    .expect("sender");
+    let ctx = SimContext::loopback(
+        graph.clone(),
+        webhooks,
+        BusinessRef {
+            waba_id: "1".into(),
+            phone_number_id: PNID.into(),
+            display_number: NUMBER.into(),
+        },
+    );
+    let br_pbx = Uas::start_with("b2bua_uas.xml", "u1", br, 1, &["-rtp_echo"]);
+    let de_pbx = Uas::start_with("b2bua_uas.xml", "u1", de, 1, &["-rtp_echo"]);
+    let hub_pbx = Uas::start_with("b2bua_uas.xml", "u1", hub, 1, &["-rtp_echo"]);
+    let (first_br, second_br, german) = rt.block_on(async {
+        // Two Brazilian customers at once: the first takes br's only line, the second
+        // overflows to the hub; a German customer reaches de.
+        let first = load::user_call(&ctx, "5511987654321", Duration::from_secs(3));
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            load::user_call(&ctx, "5521998765432", Duration::from_secs(1)).await
+        };
+        let german = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            load::user_call(&ctx, "4915112345678", Duration::from_secs(1)).await
+        };
+        tokio::join!(first, second, german)
+    });
+    for r in [&first_br, &second_br, &german] {
+        assert_eq!(r.error, None, "{r:?}");
+        assert!(r.connected && r.audio_verified, "{r:?}");
+    }
+    let cdrs = cdrs(&rt, node, dir.path());
+    // Each PBX got exactly its one INVITE and answered it.
+    for (site, pbx) in [("br", br_pbx), ("de", de_pbx), ("hub", hub_pbx)] {
+        let (code, counters) = pbx.finish();
+        assert_eq!(code, Some(0), "{site}: {counters:?}");
+        assert_eq!(
+            counters.get("SuccessfulCall(C)"),
+            Some(&1),
+            "{site}: {counters:?}"
+        );
+    }
+    let trunk_of = |wa_id: &str| {
+        cdrs.iter()
+            .find(|c| c.customer_wa_id.as_deref() == Some(wa_id))
+            .and_then(|c| c.trunk.clone())
+    };
+    assert_eq!(trunk_of("5511987654321").as_deref(), Some("br"));
+    assert_eq!(trunk_of("4915112345678").as_deref(), Some("de"));
+    assert_eq!(trunk_of("5521998765432").as_deref(), Some("hub"));
+}
