@@ -1,5 +1,5 @@
-//! Prompts: WAV files (16-bit PCM mono at 8, 16 or 48 kHz) converted once, at load, to the
-//! 8 kHz samples the shards play into a leg.
+//! Prompts: WAV files (16-bit PCM mono at 8, 16 or 48 kHz) and Ogg Opus files (RFC 7845,
+//! mono or stereo) converted once, at load, to the 8 kHz samples the shards play into a leg.
 //!
 //! 16 and 48 kHz are brought down by an integer factor (2, 6) after a windowed-sinc
 //! low-pass filter below the new Nyquist frequency, so nothing folds back into the
@@ -155,11 +155,77 @@ impl Prompt {
         Ok(Prompt::from_samples(samples))
     }
 
-    /// Reads a WAV file.
+    /// Reads an Ogg Opus file's bytes (RFC 7845): decoded at 48 kHz, its pre-skip
+    /// dropped, the end trimmed to the last page's granule position, stereo mixed down,
+    /// then brought to 8 kHz.
+    pub fn from_ogg_opus(bytes: &[u8]) -> Result<Prompt, PromptError> {
+        let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
+        let mut next = || {
+            reader
+                .read_packet()
+                .map_err(|_| PromptError::Format("not a readable Ogg stream"))
+        };
+        let head = next()?.ok_or(PromptError::Format("an empty Ogg stream"))?;
+        if head.data.len() < 19 || &head.data[..8] != b"OpusHead" {
+            return Err(PromptError::Format("no OpusHead: not an Ogg Opus file"));
+        }
+        let channels = head.data[9];
+        let pre_skip = usize::from(le16(&head.data[10..12]));
+        let mapping = head.data[18];
+        let layout = match (channels, mapping) {
+            (1, 0) => opus::Channels::Mono,
+            (2, 0) => opus::Channels::Stereo,
+            _ => {
+                return Err(PromptError::Unsupported(format!(
+                    "{channels} channels with mapping family {mapping} (mono or stereo only)"
+                )))
+            }
+        };
+        let tags = next()?.ok_or(PromptError::Format("no OpusTags"))?;
+        if !tags.data.starts_with(b"OpusTags") {
+            return Err(PromptError::Format("no OpusTags"));
+        }
+        let mut decoder = opus::Decoder::new(48_000, layout)
+            .map_err(|e| PromptError::Unsupported(format!("Opus decoder: {e}")))?;
+        let n = usize::from(channels);
+        // The longest Opus packet is 120 ms: 5760 samples per channel.
+        let mut frame = vec![0i16; 5760 * n];
+        let mut pcm: Vec<i16> = Vec::new();
+        let mut end = None;
+        while let Some(packet) = next()? {
+            let got = decoder
+                .decode(&packet.data, &mut frame, false)
+                .map_err(|e| PromptError::Unsupported(format!("an Opus packet: {e}")))?;
+            for chunk in frame[..got * n].chunks_exact(n) {
+                let sum: i32 = chunk.iter().map(|&v| i32::from(v)).sum();
+                pcm.push((sum / n as i32) as i16);
+            }
+            if packet.last_in_stream() {
+                end = usize::try_from(packet.absgp_page()).ok();
+            }
+        }
+        // Granule positions count 48 kHz samples from the start, pre-skip included.
+        if let Some(end) = end.filter(|e| *e < pcm.len()) {
+            pcm.truncate(end);
+        }
+        let pcm = pcm.get(pre_skip..).unwrap_or_default();
+        Ok(Prompt::from_samples(decimate(pcm, 6)))
+    }
+
+    /// Reads a prompt file, WAV or Ogg Opus (told apart by their first bytes).
     pub fn load(path: &std::path::Path) -> Result<Prompt, PromptError> {
         let bytes =
             std::fs::read(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))?;
-        Self::from_wav(&bytes)
+        Self::from_bytes(&bytes)
+    }
+
+    /// A prompt file's bytes, WAV or Ogg Opus.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Prompt, PromptError> {
+        if bytes.starts_with(b"OggS") {
+            Self::from_ogg_opus(bytes)
+        } else {
+            Self::from_wav(bytes)
+        }
     }
 
     /// The 8 kHz samples.
@@ -234,6 +300,96 @@ mod tests {
                 "{rate} Hz: gain kept, peak {peak}"
             );
         }
+    }
+
+    /// An Ogg Opus file of `samples` (48 kHz, `channels` interleaved), with a pre-skip of
+    /// 312 samples of silence before them, as encoders write it.
+    fn ogg_opus(samples: &[i16], channels: u8) -> Vec<u8> {
+        let layout = if channels == 2 {
+            opus::Channels::Stereo
+        } else {
+            opus::Channels::Mono
+        };
+        let mut enc = opus::Encoder::new(48_000, layout, opus::Application::Audio).unwrap();
+        let pre_skip = 312usize;
+        let n = usize::from(channels);
+        let mut input = vec![0i16; pre_skip * n];
+        input.extend_from_slice(samples);
+        let frames = input.len().div_ceil(960 * n);
+        input.resize(frames * 960 * n, 0);
+        let mut out = Vec::new();
+        let mut w = ogg::PacketWriter::new(&mut out);
+        let mut head = b"OpusHead".to_vec();
+        head.push(1);
+        head.push(channels);
+        head.extend_from_slice(&(pre_skip as u16).to_le_bytes());
+        head.extend_from_slice(&48_000u32.to_le_bytes());
+        head.extend_from_slice(&0u16.to_le_bytes());
+        head.push(0);
+        w.write_packet(head, 7, ogg::PacketWriteEndInfo::EndPage, 0)
+            .unwrap();
+        let mut tags = b"OpusTags".to_vec();
+        tags.extend_from_slice(&4u32.to_le_bytes());
+        tags.extend_from_slice(b"test");
+        tags.extend_from_slice(&0u32.to_le_bytes());
+        w.write_packet(tags, 7, ogg::PacketWriteEndInfo::EndPage, 0)
+            .unwrap();
+        let total = (pre_skip + samples.len() / n) as u64;
+        for (i, frame) in input.chunks(960 * n).enumerate() {
+            let mut packet = vec![0u8; 4000];
+            let len = enc.encode(frame, &mut packet).unwrap();
+            packet.truncate(len);
+            let last = i + 1 == frames;
+            let granule = if last { total } else { ((i + 1) * 960) as u64 };
+            let info = if last {
+                ogg::PacketWriteEndInfo::EndStream
+            } else {
+                ogg::PacketWriteEndInfo::NormalPacket
+            };
+            w.write_packet(packet, 7, info, granule).unwrap();
+        }
+        drop(w);
+        out
+    }
+
+    #[test]
+    fn ogg_opus_prompts_play_at_8khz_with_their_tone_and_length() {
+        for channels in [1u8, 2] {
+            let mono = tone(600.0, 48_000, 1.0);
+            let samples: Vec<i16> = mono
+                .iter()
+                .flat_map(|&v| std::iter::repeat_n(v, usize::from(channels)))
+                .collect();
+            let file = ogg_opus(&samples, channels);
+            let p = Prompt::from_bytes(&file).unwrap();
+            // Pre-skip dropped and the end trimmed: one second, to within a frame.
+            assert!(
+                (7_900..=8_000).contains(&p.samples().len()),
+                "{channels} ch: {} samples",
+                p.samples().len()
+            );
+            let s = &p.samples()[800..7200];
+            assert!(
+                power(s, 600.0) > 100.0 * power(s, 800.0),
+                "{channels} ch: the 600 Hz tone, not another"
+            );
+        }
+    }
+
+    #[test]
+    fn files_that_are_not_ogg_opus_are_refused_with_the_reason() {
+        let mut vorbis = ogg_opus(&tone(600.0, 48_000, 0.1), 1);
+        // The identification header names another codec.
+        let at = vorbis.windows(8).position(|w| w == b"OpusHead").unwrap();
+        vorbis[at..at + 8].copy_from_slice(b"vorbisXX");
+        assert!(matches!(
+            Prompt::from_bytes(&vorbis),
+            Err(PromptError::Format(_))
+        ));
+        assert!(matches!(
+            Prompt::from_bytes(b"OggS not really"),
+            Err(PromptError::Format(_))
+        ));
     }
 
     #[test]
