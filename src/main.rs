@@ -130,9 +130,13 @@ struct SimCalls {
     /// order, as Meta's do.
     #[arg(long, default_value_t = 0)]
     webhook_jitter_ms: u64,
-    /// Digits each simulated user presses half a second into the call (RFC 4733).
+    /// Digits each simulated user presses once the call's media is up (RFC 4733).
     #[arg(long)]
     dtmf: Option<String>,
+    /// Seconds after the media came up that the --dtmf digits are pressed (e.g. once an
+    /// IVR's menu has started playing).
+    #[arg(long, default_value_t = 0.5, value_parser = seconds)]
+    dtmf_after: f64,
     /// How simulated users answer the business's calls (serving mode): accept, reject,
     /// ignore.
     #[arg(long, value_enum, default_value = "accept")]
@@ -518,6 +522,7 @@ fn sim_context(
         media_ip: calls.media_ip,
         expect_hz: calls.expect_hz,
         dtmf: calls.dtmf.clone(),
+        dtmf_after: std::time::Duration::from_secs_f64(calls.dtmf_after),
     })
 }
 
@@ -562,5 +567,17 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// A duration in seconds from the command line: a finite number from 0 to 3600.
+fn seconds(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{text} is out of range: give 0 to 3600 seconds"))
     }
 }

@@ -700,3 +700,18 @@ fn kill_9_during_a_burst_of_permission_changes_loses_nothing_acknowledged() {
     let (code, _) = node.wait_exit();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn sim_refuses_a_dtmf_delay_that_is_not_a_sane_number_of_seconds() {
+    for (value, says) in [
+        ("soon", "not a number of seconds"),
+        ("5000", "give 0 to 3600 seconds"),
+    ] {
+        let out = waswitch(&["sim", "--call", "--dtmf", "2", "--dtmf-after", value])
+            .output()
+            .expect("waswitch sim");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}

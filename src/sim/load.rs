@@ -25,6 +25,9 @@ pub const TONE_HZ: f32 = 440.0;
 /// How long the switch may take to answer a call's offer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// When users press their digits unless told otherwise.
+pub const DTMF_AFTER: Duration = Duration::from_millis(500);
+
 /// What the sim needs to place calls.
 #[derive(Clone)]
 pub struct SimContext {
@@ -38,8 +41,11 @@ pub struct SimContext {
     pub media_ip: IpAddr,
     /// The frequency expected back (the user's own tone, from an echo).
     pub expect_hz: f32,
-    /// Digits each user presses half a second after the call connects.
+    /// Digits each user presses once the call's media is up (RFC 4733 events).
     pub dtmf: Option<String>,
+    /// How long after the media came up the digits are pressed (an IVR's first prompt
+    /// has started by then).
+    pub dtmf_after: Duration,
 }
 
 impl SimContext {
@@ -53,6 +59,7 @@ impl SimContext {
             media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             expect_hz: TONE_HZ,
             dtmf: None,
+            dtmf_after: DTMF_AFTER,
         }
     }
 }
@@ -119,7 +126,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         .and_then(SimUser::offer);
     let (mut sim_user, offer) = match made {
         Ok((u, offer)) => match &ctx.dtmf {
-            Some(d) => (u.with_dtmf(d, Duration::from_millis(500)), offer),
+            Some(d) => (u.with_dtmf(d, ctx.dtmf_after), offer),
             None => (u, offer),
         },
         Err(e) => {
