@@ -75,13 +75,19 @@ fn sim_and_switch_probing(
         (Node::start(config).await.expect("node"), sim_addr)
     });
     let _ = sim_addr;
+    let ctx = sim_context(&graph, &node);
+    (graph, node, ctx)
+}
+
+/// The sim's users of the business number, calling `node`.
+fn sim_context(graph: &SimGraph, node: &Node) -> SimContext {
     let webhooks = WebhookSender::new(
         &format!("http://{}/webhooks/meta", node.http_addr()),
         Secret::new(SECRET),
         Duration::from_secs(20),
     )
     .expect("sender");
-    let ctx = SimContext::loopback(
+    SimContext::loopback(
         graph.clone(),
         webhooks,
         BusinessRef {
@@ -89,8 +95,7 @@ fn sim_and_switch_probing(
             phone_number_id: PNID.into(),
             display_number: NUMBER.into(),
         },
-    );
-    (graph, node, ctx)
+    )
 }
 
 fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
@@ -782,21 +787,7 @@ fn customers_reach_their_countrys_site_and_a_full_site_overflows_to_the_next() {
         let config = Config::loopback(&toml, &dir.path().join("u.db")).expect("config");
         Node::start(config).await.expect("node")
     });
-    let webhooks = WebhookSender::new(
-        &format!("http://{}/webhooks/meta", node.http_addr()),
-        Secret::new(SECRET),
-        Duration::from_secs(20),
-    )
-    .expect("sender");
-    let ctx = SimContext::loopback(
-        graph.clone(),
-        webhooks,
-        BusinessRef {
-            waba_id: "1".into(),
-            phone_number_id: PNID.into(),
-            display_number: NUMBER.into(),
-        },
-    );
+    let ctx = sim_context(&graph, &node);
     let br_pbx = Uas::start_with("b2bua_uas.xml", "u1", br, 1, &["-rtp_echo"]);
     let de_pbx = Uas::start_with("b2bua_uas.xml", "u1", de, 1, &["-rtp_echo"]);
     let hub_pbx = Uas::start_with("b2bua_uas.xml", "u1", hub, 1, &["-rtp_echo"]);

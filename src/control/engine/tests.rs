@@ -188,9 +188,8 @@ fn digits_pressed_during_the_welcome_are_the_menus_input() {
     assert_eq!(dial(&out), Some(Destination::Route("sales".into())));
 }
 
-#[test]
-fn without_type_ahead_early_digits_are_dropped_and_counted() {
-    let t0 = Instant::now();
+/// The front door with a welcome that keys do not stop, answered and playing it.
+fn welcome_without_barge_in(type_ahead: bool, t0: Instant) -> Engine {
     let mut script = (*front_door()).clone();
     if let Some(main) = script.nodes.get_mut("main") {
         main.verbs[1] = Verb::Play(Play {
@@ -199,9 +198,16 @@ fn without_type_ahead_early_digits_are_dropped_and_counted() {
             barge_in: false,
         });
     }
-    let mut e = Engine::new(Arc::new(script), false);
+    let mut e = Engine::new(Arc::new(script), type_ahead);
     e.start(t0);
     e.on_event(Event::Answered(Ok(())), t0);
+    e
+}
+
+#[test]
+fn without_type_ahead_early_digits_are_dropped_and_counted() {
+    let t0 = Instant::now();
+    let mut e = welcome_without_barge_in(false, t0);
     assert!(e.on_event(Event::Dtmf('2'), t0).is_empty());
     assert_eq!(e.outcome().digits_dropped, 1);
     assert_eq!(
@@ -213,17 +219,7 @@ fn without_type_ahead_early_digits_are_dropped_and_counted() {
 #[test]
 fn a_digit_flood_is_bounded() {
     let t0 = Instant::now();
-    let mut script = (*front_door()).clone();
-    if let Some(main) = script.nodes.get_mut("main") {
-        main.verbs[1] = Verb::Play(Play {
-            prompts: prompts(&["welcome"]),
-            loops: 1,
-            barge_in: false,
-        });
-    }
-    let mut e = Engine::new(Arc::new(script), true);
-    e.start(t0);
-    e.on_event(Event::Answered(Ok(())), t0);
+    let mut e = welcome_without_barge_in(true, t0);
     // 100 digits in a second while a prompt without barge-in plays.
     for i in 0..100 {
         let d = char::from(b'0' + (i % 10) as u8);
