@@ -615,35 +615,30 @@ fn every_environment_override_is_documented() {
 
 #[test]
 fn route_sites_are_checked_entry_by_entry() {
-    let base = r#"
-        [[trunk]]
-        name = "pbx"
-        uri = "sip:127.0.0.1:5070"
-    "#;
-    let p = one_problem(&format!(
-        "{base}[[route]]\nname = \"r\"\ntrunks = [\"pbx\"]\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n"
-    ));
+    // A trunk "pbx", and a route "r" with `rest` after its name.
+    let route = |rest: &str| {
+        format!(
+            "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\n\
+             [[route]]\nname = \"r\"\n{rest}"
+        )
+    };
+    let site = "[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n";
+    let p = one_problem(&route(&format!("trunks = [\"pbx\"]\n{site}")));
     assert_eq!(p.key, "route[0].trunks");
     assert!(p.fix.contains("sites"), "{p:?}");
-    let p = one_problem(&format!(
-        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\ncountries = [\"Brazil\"]\n"
-    ));
+    let p = one_problem(&route(&format!("{site}countries = [\"Brazil\"]\n")));
     assert_eq!(p.key, "route[0].site[0].countries[0]");
-    let p = one_problem(&format!(
-        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"nope\"]\n"
+    let p = one_problem(&route(
+        "[[route.site]]\nname = \"a\"\ntrunks = [\"nope\"]\n",
     ));
     assert_eq!(p.key, "route[0].site[0].trunks[0]");
-    let p = one_problem(&format!(
-        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\nweight = 0\n"
-    ));
+    let p = one_problem(&route(&format!("{site}weight = 0\n")));
     assert_eq!(p.key, "route[0].site[0].weight");
-    let p = one_problem(&format!(
-        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\n"
-    ));
+    let p = one_problem(&route(&format!("{site}{site}")));
     assert_eq!(p.key, "route[0].site[1].name");
-    let ok = load(&format!(
-        "{base}[[route]]\nname = \"r\"\n[[route.site]]\nname = \"a\"\ntrunks = [\"pbx\"]\ncountries = [\"br\"]\npriority = 2\nweight = 5\n"
-    ))
+    let ok = load(&route(&format!(
+        "{site}countries = [\"br\"]\npriority = 2\nweight = 5\n"
+    )))
     .expect("valid");
     let site = &ok.routes[0].sites[0];
     assert_eq!((site.priority, site.weight), (2, 5));
