@@ -359,6 +359,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
         "terminate",
         "call_permissions",
         "permission_request",
+        "message",
         "get_settings",
         "update_settings",
     ];

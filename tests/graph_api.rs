@@ -283,3 +283,34 @@ async fn the_sim_refuses_what_meta_refuses() {
     assert_eq!(sim.call(&id).map(|c| c.state), Some(SimCallState::Offered));
     assert_eq!(sim.recorded().len(), 5);
 }
+
+#[tokio::test]
+async fn a_text_message_reaches_the_customer_and_an_empty_or_overlong_one_is_refused() {
+    let (sim, url) = sim().await;
+    let graph = client(&url, "sim-token", 2000);
+    let text = "We are closed now. Write to us here and we will answer in the morning.";
+    let id = graph
+        .send_text(NUMBER, "5511987654321", text)
+        .await
+        .expect("sent");
+    assert!(id.starts_with("wamid."), "{id}");
+    let sent = sim.recorded();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].endpoint, "messages");
+    assert_eq!(sent[0].status, 200);
+    assert_eq!(sent[0].body["type"], "text");
+    assert_eq!(sent[0].body["to"], "5511987654321");
+    assert_eq!(sent[0].body["text"]["body"], text);
+    for bad in [
+        String::new(),
+        "x".repeat(waswitch::meta::graph::MAX_TEXT + 1),
+    ] {
+        let refused = graph.send_text(NUMBER, "5511987654321", &bad).await;
+        assert!(
+            matches!(refused, Err(GraphError::Meta { status: 400, .. })),
+            "{refused:?}"
+        );
+    }
+    // Never retried: one request per message.
+    assert_eq!(sim.recorded().len(), 3);
+}

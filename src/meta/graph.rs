@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use crate::config::{MetaConfig, Secret};
 use crate::telemetry;
 
+/// The longest text message Meta takes, in characters.
+pub const MAX_TEXT: usize = 4096;
 /// First retry delay; doubled per attempt, with ±50% jitter.
 const BACKOFF: Duration = Duration::from_millis(200);
 
@@ -418,6 +420,25 @@ impl GraphClient {
         self.send_permission_message(phone_number_id, body).await
     }
 
+    /// Sends the text message `text` to `to` (a caller's chat fallback: "we are closed,
+    /// write to us here"); returns the message id. Meta takes at most
+    /// [`MAX_TEXT`] characters. Never retried: a retry could send it twice.
+    pub async fn send_text(
+        &self,
+        phone_number_id: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, GraphError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "text",
+            "text": {"preview_url": false, "body": text},
+        });
+        self.send_message("message", phone_number_id, body).await
+    }
+
     /// Posts a permission-request message (free-form or template) and returns its id.
     /// Never retried: a retry could send the user the request twice.
     async fn send_permission_message(
@@ -425,14 +446,20 @@ impl GraphClient {
         phone_number_id: &str,
         body: Value,
     ) -> Result<String, GraphError> {
+        self.send_message("permission_request", phone_number_id, body)
+            .await
+    }
+
+    /// Posts a message as `action` (for metrics) and returns its id. Never retried.
+    async fn send_message(
+        &self,
+        action: &'static str,
+        phone_number_id: &str,
+        body: Value,
+    ) -> Result<String, GraphError> {
         let url = format!("{}/{}/messages", self.base, phone_number_id);
         let v = self
-            .request(
-                "permission_request",
-                Repeat::Never,
-                Method::Post(body),
-                &url,
-            )
+            .request(action, Repeat::Never, Method::Post(body), &url)
             .await?;
         v.pointer("/messages/0/id")
             .and_then(Value::as_str)

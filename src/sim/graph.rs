@@ -1,5 +1,5 @@
 //! The sim's Graph API: `POST /<version>/<PHONE_NUMBER_ID>/calls` (connect, pre_accept,
-//! accept, reject, terminate), `GET …/call_permissions`, `POST …/messages` (call-permission
+//! accept, reject, terminate), `GET …/call_permissions`, `POST …/messages` (text, call-permission
 //! requests), `GET`/`POST …/settings`, validated the way Meta validates them and answered
 //! with Meta-shaped errors. Every request is recorded.
 
@@ -694,8 +694,31 @@ async fn messages(
                         .filter(|n| !n.is_empty())
                         .map(|_| "call_permission_request")
                 });
-            match (to, kind) {
-                (Some(to), Some("call_permission_request")) if !to.is_empty() => {
+            let text = b
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .and_then(|b| b.pointer("/text/body"))
+                .and_then(Value::as_str);
+            match (to, kind, text) {
+                (Some(to), None, Some(body)) if !to.is_empty() => {
+                    if body.trim().is_empty() || body.chars().count() > crate::meta::graph::MAX_TEXT {
+                        invalid(
+                            "Invalid parameter",
+                            "text.body must hold 1 to 4096 characters",
+                        )
+                    } else {
+                        let mut inner = sim.lock();
+                        inner.next += 1;
+                        let id = format!("wamid.SIM{:016}", inner.next);
+                        drop(inner);
+                        Json(json!({
+                            "messaging_product": "whatsapp",
+                            "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
+                            "messages": [{"id": id}],
+                        }))
+                        .into_response()
+                    }
+                }
+                (Some(to), Some("call_permission_request"), _) if !to.is_empty() => {
                     let mut inner = sim.lock();
                     inner.next += 1;
                     let id = format!("wamid.SIM{:016}", inner.next);
@@ -714,7 +737,7 @@ async fn messages(
                 }
                 _ => invalid(
                     "Invalid parameter",
-                    "the sim accepts interactive call_permission_request messages and templates with a recipient",
+                    "the sim accepts text messages, interactive call_permission_request messages and templates, each with a recipient",
                 ),
             }
         }
