@@ -340,5 +340,38 @@ impl Shard {
     }
 }
 
+/// What one read of a socket into a batch gave.
+pub(super) enum Read {
+    /// This many packets are in the batch.
+    Packets(usize),
+    /// A transient error: read again.
+    Again,
+    /// The socket is empty, or keeps failing: leave it until its next readiness.
+    Done,
+}
+
+/// Reads `fd` into `batch`, for a loop that drains an edge-triggered socket. ICMP errors
+/// from earlier sends surface as read errors and leave the socket usable; `errors` counts
+/// them, and a socket that fails 8 times in one drain is left, never spun on.
+pub(super) fn read_batch(
+    batch: &mut super::batch::Batch,
+    fd: std::os::fd::RawFd,
+    errors: &mut u32,
+) -> Read {
+    match batch.recv(fd) {
+        Ok(n) => Read::Packets(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Done,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Read::Again,
+        Err(_) => {
+            *errors += 1;
+            if *errors >= 8 {
+                Read::Done
+            } else {
+                Read::Again
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,13 +3,12 @@
 //! `sendmmsg` per batch) or transcoded into the other side's codec; RTCP passed to the
 //! other side's peer.
 
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::rtc::send_webrtc;
-use super::{Counters, Io, Leg, RtcSocket, Shard, Transcoding};
+use super::{read_batch, Counters, Io, Leg, Read, RtcSocket, Shard, Transcoding};
 use crate::media::batch::{self, Batch};
 use crate::media::plane::MediaEvent;
 use crate::media::record::{self, Frame, Recorder};
@@ -162,19 +161,10 @@ impl Shard {
                 return;
             };
             let fd = if rtcp_socket { rtcp } else { rtp }.as_raw_fd();
-            let n = match batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // ICMP errors from earlier sends surface here; the socket stays usable. A
-                // socket that keeps failing is left until its next readiness, never spun on.
-                Err(_) => {
-                    errors += 1;
-                    if errors >= 8 {
-                        return;
-                    }
-                    continue;
-                }
+            let n = match read_batch(batch, fd, &mut errors) {
+                Read::Packets(n) => n,
+                Read::Again => continue,
+                Read::Done => return,
             };
             forward.clear();
             for i in 0..n {

@@ -3,14 +3,13 @@
 //! legs), the legs' events and timers, and RTP sent out through a leg's SRTP.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
-use super::{Io, Leg, Pair, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS};
+use super::{read_batch, Io, Leg, Pair, Read, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS};
 use crate::media::batch::{self, Batch, MAX_PACKET};
 use crate::media::plane::{EventSink, MediaEvent};
 use crate::media::record::Recorder;
@@ -222,17 +221,10 @@ impl Shard {
             let Some(shared) = self.rtc_sockets.get(index).and_then(Option::as_ref) else {
                 return;
             };
-            let n = match batch.recv(shared.socket.as_raw_fd()) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    errors += 1;
-                    if errors >= 8 {
-                        return;
-                    }
-                    continue;
-                }
+            let n = match read_batch(batch, shared.socket.as_raw_fd(), &mut errors) {
+                Read::Packets(n) => n,
+                Read::Again => continue,
+                Read::Done => return,
             };
             let now = Instant::now();
             for i in 0..n {
