@@ -18,7 +18,7 @@ use mio::{Poll, Waker};
 use super::dtmf::Digit;
 use super::ports::{PortAllocator, PortLease};
 use super::record::Recorder;
-use super::shard::{Command, Shard, WAKER};
+use super::shard::{Command, NewWebRtcPair, Shard, WAKER};
 use super::types::{Side, SourcePolicy};
 use super::webrtc::{WebRtcError, WebRtcLeg};
 use crate::telemetry;
@@ -505,7 +505,7 @@ impl MediaPlane {
         self.own(shard, id, &events);
         if let Err(e) = self.send(
             shard,
-            Command::AddWebRtc {
+            Command::AddWebRtc(NewWebRtcPair {
                 id,
                 leg,
                 socket,
@@ -515,7 +515,7 @@ impl MediaPlane {
                 timeout: self.inner.timeout,
                 events,
                 recorder,
-            },
+            }),
         ) {
             self.disown(shard, id);
             self.release_rtc(socket, &kept);

@@ -54,6 +54,23 @@ const RTC_TOKENS: usize = 1 << 40;
 /// How long a shard sleeps at most when it has no WebRTC timer due.
 const RTC_IDLE: Duration = Duration::from_secs(3600);
 
+/// A pair whose side A is a WebRTC leg on a shared socket; side B is a plain RTP leg, or
+/// none (the pair echoes side A's audio back to it).
+pub(super) struct NewWebRtcPair {
+    pub(super) id: u64,
+    pub(super) leg: Box<WebRtcLeg>,
+    /// The shared socket's index.
+    pub(super) socket: usize,
+    /// The peer addresses the leg's packets come from (its SDP's candidates).
+    pub(super) remotes: Vec<SocketAddr>,
+    /// Side B's RTP and RTCP sockets.
+    pub(super) b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
+    pub(super) policy: SourcePolicy,
+    pub(super) timeout: Duration,
+    pub(super) events: EventSink,
+    pub(super) recorder: Option<Recorder>,
+}
+
 pub(super) enum Command {
     Add {
         id: u64,
@@ -73,19 +90,8 @@ pub(super) enum Command {
         index: usize,
         socket: std::net::UdpSocket,
     },
-    /// A pair whose side A is a WebRTC leg on a shared socket; side B is a plain RTP leg,
-    /// or none (the pair echoes side A's audio back to it).
-    AddWebRtc {
-        id: u64,
-        leg: Box<WebRtcLeg>,
-        socket: usize,
-        remotes: Vec<SocketAddr>,
-        b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
-        policy: SourcePolicy,
-        timeout: Duration,
-        events: EventSink,
-        recorder: Option<Recorder>,
-    },
+    /// A pair whose side A is a WebRTC leg on a shared socket.
+    AddWebRtc(NewWebRtcPair),
     /// The peer's answer to a WebRTC leg's offer.
     WebRtcAnswer {
         id: u64,

@@ -377,18 +377,19 @@ impl GraphClient {
         to: &str,
         text: &str,
     ) -> Result<String, GraphError> {
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": to,
-            "type": "interactive",
-            "interactive": {
-                "type": "call_permission_request",
-                "action": {"name": "call_permission_request"},
-                "body": {"text": text},
-            },
+        let interactive = json!({
+            "type": "call_permission_request",
+            "action": {"name": "call_permission_request"},
+            "body": {"text": text},
         });
-        self.send_permission_message(phone_number_id, body).await
+        self.send_message(
+            "permission_request",
+            phone_number_id,
+            to,
+            "interactive",
+            interactive,
+        )
+        .await
     }
 
     /// Sends an approved message template that carries a `call_permission_request`
@@ -410,14 +411,14 @@ impl GraphClient {
                 .collect();
             template["components"] = json!([{"type": "body", "parameters": params}]);
         }
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": to,
-            "type": "template",
-            "template": template,
-        });
-        self.send_permission_message(phone_number_id, body).await
+        self.send_message(
+            "permission_request",
+            phone_number_id,
+            to,
+            "template",
+            template,
+        )
+        .await
     }
 
     /// Sends the text message `text` to `to` (a caller's chat fallback: "we are closed,
@@ -429,34 +430,29 @@ impl GraphClient {
         to: &str,
         text: &str,
     ) -> Result<String, GraphError> {
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": to,
-            "type": "text",
-            "text": {"preview_url": false, "body": text},
-        });
-        self.send_message("message", phone_number_id, body).await
-    }
-
-    /// Posts a permission-request message (free-form or template) and returns its id.
-    /// Never retried: a retry could send the user the request twice.
-    async fn send_permission_message(
-        &self,
-        phone_number_id: &str,
-        body: Value,
-    ) -> Result<String, GraphError> {
-        self.send_message("permission_request", phone_number_id, body)
+        let content = json!({"preview_url": false, "body": text});
+        self.send_message("message", phone_number_id, to, "text", content)
             .await
     }
 
-    /// Posts a message as `action` (for metrics) and returns its id. Never retried.
+    /// Posts a message of `kind` (`text`, `interactive`, `template`) with its `content` to
+    /// `to`, counted as `action`, and returns its id. Never retried: a retry could send the
+    /// user the message twice.
     async fn send_message(
         &self,
         action: &'static str,
         phone_number_id: &str,
-        body: Value,
+        to: &str,
+        kind: &str,
+        content: Value,
     ) -> Result<String, GraphError> {
+        let mut body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": kind,
+        });
+        body[kind] = content;
         let url = format!("{}/{}/messages", self.base, phone_number_id);
         let v = self
             .request(action, Repeat::Never, Method::Post(body), &url)

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
-use super::{read_batch, Io, Leg, Pair, Read, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS};
+use super::{
+    read_batch, Io, Leg, NewWebRtcPair, Pair, Read, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS,
+};
 use crate::media::batch::{self, Batch, MAX_PACKET};
-use crate::media::plane::{EventSink, MediaEvent};
-use crate::media::record::Recorder;
+use crate::media::plane::MediaEvent;
 use crate::media::rtp::{self, RtpView};
-use crate::media::types::{Side, SourcePolicy};
-use crate::media::webrtc::{self, LegOutput, WebRtcLeg};
+use crate::media::types::Side;
+use crate::media::webrtc::{self, LegOutput};
 use crate::telemetry;
 
 impl RtcIo {
@@ -105,19 +106,18 @@ impl Shard {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_webrtc(
-        &mut self,
-        id: u64,
-        leg: Box<WebRtcLeg>,
-        socket: usize,
-        remotes: Vec<SocketAddr>,
-        b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
-        policy: SourcePolicy,
-        timeout: Duration,
-        events: EventSink,
-        recorder: Option<Recorder>,
-    ) {
+    pub(super) fn add_webrtc(&mut self, pair: NewWebRtcPair) {
+        let NewWebRtcPair {
+            id,
+            leg,
+            socket,
+            remotes,
+            b,
+            policy,
+            timeout,
+            events,
+            recorder,
+        } = pair;
         let a = self.slot();
         let b_slot = match b {
             Some((rtp, rtcp)) => {

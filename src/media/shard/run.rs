@@ -84,19 +84,7 @@ impl Shard {
                     recorder,
                 } => self.add(id, sockets, policy, timeout, events, recorder),
                 Command::RtcSocket { index, socket } => self.add_rtc_socket(index, socket),
-                Command::AddWebRtc {
-                    id,
-                    leg,
-                    socket,
-                    remotes,
-                    b,
-                    policy,
-                    timeout,
-                    events,
-                    recorder,
-                } => self.add_webrtc(
-                    id, leg, socket, remotes, b, policy, timeout, events, recorder,
-                ),
+                Command::AddWebRtc(pair) => self.add_webrtc(pair),
                 Command::WebRtcAnswer { id, sdp, reply } => {
                     let _ = reply.try_send(self.webrtc_answer(id, &sdp));
                 }
