@@ -12,9 +12,11 @@
 //!
 //! - [`verb`]: the vocabulary (verbs, destinations, the script).
 //! - [`engine`]: the state machine that runs a script.
+//! - [`schedule`]: business hours (Meta's `call_hours` shape), open or closed at a moment.
 
 pub mod engine;
+pub mod schedule;
 pub mod verb;
 
-pub use engine::{Command, Engine, Event, Outcome};
-pub use verb::{Destination, Gather, Node, Play, Record, Script, Verb};
+pub use engine::{Command, Engine, Event, Facts, Outcome};
+pub use verb::{Condition, Destination, Gather, Node, Play, Record, Script, Verb};

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::verb::{Destination, Gather, Message, Prompts, Record, Script, Verb};
+use super::verb::{Condition, Destination, Gather, Message, Prompts, Record, Script, Verb};
 
 /// Digits kept for a `gather` that has not started; more are dropped (a digit flood).
 pub const TYPE_AHEAD: usize = 32;
@@ -88,6 +88,17 @@ pub enum Event {
     },
     /// The caller hung up.
     CallerHungUp,
+}
+
+/// What a script's conditions test: facts about the call, settled when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The schedules open when the call arrived (by name).
+    pub open: std::collections::BTreeSet<String>,
+    /// The customer's country (ISO 3166-1 alpha-2), when the number says.
+    pub country: Option<String>,
+    /// The prompt language the call starts with.
+    pub language: String,
 }
 
 /// What the call produced, for its CDR.
@@ -156,6 +167,7 @@ pub struct Engine {
     silent_steps: usize,
     /// A recording stopped by the caller's hangup: its file is still to come.
     partial_recording: bool,
+    facts: Facts,
     outcome: Outcome,
 }
 
@@ -174,8 +186,20 @@ impl Engine {
             keep_type_ahead: type_ahead,
             silent_steps: 0,
             partial_recording: false,
+            facts: Facts::default(),
             outcome: Outcome::default(),
         }
+    }
+
+    /// The facts the script's conditions test (before [`start`](Self::start)).
+    pub fn with_facts(mut self, facts: Facts) -> Engine {
+        self.facts = facts;
+        self
+    }
+
+    /// The language prompts play in now.
+    pub fn language(&self) -> &str {
+        &self.facts.language
     }
 
     /// Starts the script.
@@ -380,8 +404,32 @@ impl Engine {
                 self.outcome.callback_requests += 1;
                 self.pc += 1;
             }
+            Verb::Branch { when, to } => {
+                if self.holds(&when) {
+                    self.goto(to);
+                } else {
+                    self.pc += 1;
+                }
+            }
+            Verb::Language(language) => {
+                self.facts.language = language;
+                self.pc += 1;
+            }
             Verb::Goto(node) => self.goto(node),
             Verb::Hangup { reason } => self.finish(&reason, out, true),
+        }
+    }
+
+    fn holds(&self, when: &Condition) -> bool {
+        match when {
+            Condition::Open(schedule) => self.facts.open.contains(schedule),
+            Condition::Closed(schedule) => !self.facts.open.contains(schedule),
+            Condition::Country(codes) => self
+                .facts
+                .country
+                .as_ref()
+                .is_some_and(|c| codes.iter().any(|k| k.eq_ignore_ascii_case(c))),
+            Condition::Language(language) => self.facts.language == *language,
         }
     }
 

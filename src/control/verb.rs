@@ -31,6 +31,15 @@ pub enum Verb {
         /// Why the business will call (shown to the customer).
         purpose: String,
     },
+    /// Go on at another node when a condition holds (else on with the next verb).
+    Branch {
+        /// What must hold.
+        when: Condition,
+        /// The node the call goes on at.
+        to: String,
+    },
+    /// Prompts play from this language's set from now on (the caller chose it).
+    Language(String),
     /// Go on at another node of the script.
     Goto(String),
     /// End the call.
@@ -51,6 +60,8 @@ impl Verb {
             Verb::Dial(_) => "dial",
             Verb::Message(_) => "message",
             Verb::RequestCallback { .. } => "request_callback",
+            Verb::Branch { .. } => "branch",
+            Verb::Language(_) => "language",
             Verb::Goto(_) => "goto",
             Verb::Hangup { .. } => "hangup",
         }
@@ -63,6 +74,20 @@ impl Verb {
             Verb::Play(_) | Verb::Gather(_) | Verb::Record(_) | Verb::Dial(_)
         )
     }
+}
+
+/// What a `branch` tests: facts about the call, known when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The named schedule is open (when the call arrived).
+    Open(String),
+    /// The named schedule is closed (when the call arrived).
+    Closed(String),
+    /// The customer's country (ISO 3166-1 alpha-2, from the wa_id's calling code) is one
+    /// of these.
+    Country(Vec<String>),
+    /// The call's prompt language is this one (derived from the country, or chosen).
+    Language(String),
 }
 
 /// `play`: prompts, looped.
@@ -242,7 +267,7 @@ impl Script {
         let mut out = Vec::new();
         for verb in &node.verbs {
             match verb {
-                Verb::Goto(n) => out.push(n.as_str()),
+                Verb::Goto(n) | Verb::Branch { to: n, .. } => out.push(n.as_str()),
                 Verb::Gather(g) => {
                     out.extend(g.choices.values().map(String::as_str));
                     out.extend(g.default.as_deref());
@@ -311,33 +336,52 @@ impl Script {
         if let Some(lost) = self.nodes.keys().find(|n| !seen.contains(n.as_str())) {
             return Err(ScriptError::Unreachable(lost.clone()));
         }
-        // A silent loop: following gotos that come before any verb that waits for the
-        // caller comes back to a node already on the way.
-        for start in self.nodes.keys() {
-            let mut way = vec![start.as_str()];
-            let mut at = start.as_str();
-            while let Some(node) = self.nodes.get(at) {
-                let mut next = None;
-                for verb in &node.verbs {
-                    if verb.waits_for_the_caller() {
+        // A silent loop: following the jumps (gotos, and branches whichever way they go)
+        // that come before any verb that waits for the caller comes back to a node
+        // already on the way.
+        fn silent_next(node: &Node) -> Vec<&str> {
+            let mut out = Vec::new();
+            for verb in &node.verbs {
+                match verb {
+                    v if v.waits_for_the_caller() => break,
+                    Verb::Branch { to, .. } => out.push(to.as_str()),
+                    Verb::Goto(n) => {
+                        out.push(n.as_str());
                         break;
                     }
-                    if let Verb::Goto(n) = verb {
-                        next = Some(n.as_str());
-                        break;
-                    }
+                    _ => {}
                 }
-                let Some(n) = next else {
-                    break;
-                };
-                if let Some(i) = way.iter().position(|w| *w == n) {
-                    return Err(ScriptError::SilentLoop(
-                        way[i..].iter().map(|s| s.to_string()).collect(),
-                    ));
-                }
-                way.push(n);
-                at = n;
             }
+            out
+        }
+        fn walk<'a>(
+            script: &'a Script,
+            at: &'a str,
+            way: &mut Vec<&'a str>,
+            done: &mut std::collections::BTreeSet<&'a str>,
+        ) -> Result<(), ScriptError> {
+            if let Some(i) = way.iter().position(|w| *w == at) {
+                return Err(ScriptError::SilentLoop(
+                    way[i..].iter().map(|s| s.to_string()).collect(),
+                ));
+            }
+            if done.contains(at) {
+                return Ok(());
+            }
+            let Some(node) = script.nodes.get(at) else {
+                return Ok(());
+            };
+            way.push(at);
+            for n in silent_next(node) {
+                walk(script, n, way, done)?;
+            }
+            way.pop();
+            done.insert(at);
+            Ok(())
+        }
+        let mut done = std::collections::BTreeSet::new();
+        for start in self.nodes.keys() {
+            walk(self, start, &mut Vec::new(), &mut done)?;
         }
         Ok(())
     }

@@ -2,9 +2,6 @@
 //!
 //! `routing` looks only at configuration and the facts handed to it (source address,
 //! dialled user, trunk health, the time); it holds no sockets, no actors and no clock.
-//! [`schedule`] says whether business hours are open at a given moment.
-
-pub mod schedule;
 
 use std::net::IpAddr;
 

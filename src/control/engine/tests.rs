@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::control::verb::{Node, Play};
+use crate::control::verb::{Condition, Node, Play};
 
 fn prompts(names: &[&str]) -> Prompts {
     names.iter().map(|s| s.to_string()).collect()
@@ -524,4 +524,110 @@ fn the_check_names_unknown_and_unreachable_nodes_and_impossible_gathers() {
         entry: "main".into(),
     };
     assert!(script.check().is_err());
+}
+
+/// Branches on the call's facts: closed hours go to the closed node, a Brazilian caller to
+/// the Portuguese prompts, the caller's choice of language holds from then on.
+#[test]
+fn branches_follow_the_calls_facts_and_the_chosen_language() {
+    let node = |verbs: Vec<Verb>| Node { verbs };
+    let script = Arc::new(Script {
+        entry: "main".into(),
+        nodes: BTreeMap::from([
+            (
+                "main".to_string(),
+                node(vec![
+                    Verb::Branch {
+                        when: Condition::Closed("office".into()),
+                        to: "closed".into(),
+                    },
+                    Verb::Branch {
+                        when: Condition::Country(vec!["BR".into(), "PT".into()]),
+                        to: "pt".into(),
+                    },
+                    play("open"),
+                    Verb::Hangup {
+                        reason: "done".into(),
+                    },
+                ]),
+            ),
+            (
+                "pt".to_string(),
+                node(vec![
+                    Verb::Language("pt".into()),
+                    Verb::Branch {
+                        when: Condition::Language("pt".into()),
+                        to: "closed".into(),
+                    },
+                    play("never"),
+                ]),
+            ),
+            ("closed".to_string(), node(vec![play("closed")])),
+        ]),
+    });
+    script.check().expect("a valid script");
+    let t0 = Instant::now();
+    let facts = |open: bool, country: &str| Facts {
+        open: if open {
+            ["office".to_string()].into()
+        } else {
+            Default::default()
+        },
+        country: Some(country.to_string()),
+        language: "en".into(),
+    };
+    let played = |cmds: Vec<Command>| match cmds.as_slice() {
+        [Command::Play { prompts, .. }] => prompts.clone(),
+        other => panic!("expected one play, got {other:?}"),
+    };
+
+    let mut closed = Engine::new(script.clone(), true).with_facts(facts(false, "US"));
+    assert_eq!(played(closed.start(t0)), vec!["closed"]);
+    assert_eq!(closed.outcome().path, vec!["main", "closed"]);
+
+    let mut us = Engine::new(script.clone(), true).with_facts(facts(true, "US"));
+    assert_eq!(played(us.start(t0)), vec!["open"]);
+    assert_eq!(us.language(), "en");
+
+    let mut br = Engine::new(script.clone(), true).with_facts(facts(true, "br"));
+    assert_eq!(played(br.start(t0)), vec!["closed"]);
+    assert_eq!(br.language(), "pt");
+    assert_eq!(br.outcome().path, vec!["main", "pt", "closed"]);
+}
+
+#[test]
+fn a_loop_through_branches_alone_is_refused() {
+    let script = Script {
+        entry: "a".into(),
+        nodes: BTreeMap::from([
+            (
+                "a".to_string(),
+                Node {
+                    verbs: vec![
+                        Verb::Branch {
+                            when: Condition::Open("office".into()),
+                            to: "b".into(),
+                        },
+                        play("x"),
+                    ],
+                },
+            ),
+            (
+                "b".to_string(),
+                Node {
+                    verbs: vec![
+                        Verb::Branch {
+                            when: Condition::Closed("office".into()),
+                            to: "a".into(),
+                        },
+                        play("y"),
+                    ],
+                },
+            ),
+        ]),
+    };
+    assert!(matches!(
+        script.check(),
+        Err(crate::control::verb::ScriptError::SilentLoop(_))
+    ));
 }
