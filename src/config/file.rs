@@ -39,6 +39,220 @@ pub(crate) struct ConfigFile {
     pub cdr_webhook: Option<CdrWebhookSection>,
     #[serde(default)]
     pub permissions: PermissionsSection,
+    #[serde(default)]
+    pub schedule: Vec<ScheduleSection>,
+    #[serde(default)]
+    pub ivr: Vec<IvrSection>,
+}
+
+/// `[[schedule]]`: business hours in Meta's `call_hours` shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScheduleSection {
+    pub name: String,
+    pub timezone: String,
+    #[serde(default)]
+    pub hours: Vec<HoursEntry>,
+    #[serde(default)]
+    pub holidays: Vec<HolidayEntry>,
+}
+
+/// One open interval of a weekday: `{ day = "MONDAY", open = "0900", close = "1700" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HoursEntry {
+    pub day: String,
+    pub open: String,
+    pub close: String,
+}
+
+/// One holiday: `{ date = "2026-12-25", start = "0000", end = "2359" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HolidayEntry {
+    pub date: String,
+    pub start: String,
+    pub end: String,
+}
+
+/// `[[ivr]]`: a menu, compiled to a call-control script.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IvrSection {
+    pub name: String,
+    #[serde(default = "default_ivr_entry")]
+    pub entry: String,
+    #[serde(default = "default_ivr_prompts")]
+    pub prompts: String,
+    #[serde(default = "default_ivr_language")]
+    pub language: String,
+    #[serde(default)]
+    pub languages: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_true")]
+    pub type_ahead: bool,
+    #[serde(default = "default_voicemail_dir")]
+    pub voicemail_dir: String,
+    #[serde(default)]
+    pub node: Vec<NodeEntry>,
+}
+
+fn default_ivr_entry() -> String {
+    "main".to_string()
+}
+
+fn default_ivr_prompts() -> String {
+    "prompts".to_string()
+}
+
+fn default_ivr_language() -> String {
+    "en".to_string()
+}
+
+fn default_voicemail_dir() -> String {
+    "voicemail".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[[ivr.node]]`: a named list of verbs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeEntry {
+    pub name: String,
+    #[serde(default)]
+    pub verb: Vec<VerbSection>,
+}
+
+/// `[[ivr.node.verb]]`: one verb. Every key any verb takes is here; which ones a verb
+/// takes is checked when the menu is compiled, so a key a verb does not take is named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerbSection {
+    pub verb: String,
+    // branch
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub countries: Option<Vec<String>>,
+    // branch (when = "language") and language
+    #[serde(default)]
+    pub language: Option<String>,
+    // play and gather
+    #[serde(default)]
+    pub prompts: Option<Vec<String>>,
+    // gather
+    #[serde(default)]
+    pub reprompt: Option<Vec<String>>,
+    #[serde(default)]
+    pub invalid: Option<Vec<String>>,
+    #[serde(default)]
+    pub min_digits: Option<i64>,
+    #[serde(default)]
+    pub max_digits: Option<i64>,
+    #[serde(default)]
+    pub terminator: Option<String>,
+    #[serde(default)]
+    pub first_digit_timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub inter_digit_timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub retries: Option<i64>,
+    #[serde(default)]
+    pub choices: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub default: Option<String>,
+    // play
+    #[serde(default)]
+    pub loops: Option<i64>,
+    #[serde(default)]
+    pub barge_in: Option<bool>,
+    // record
+    #[serde(default)]
+    pub beep: Option<bool>,
+    #[serde(default)]
+    pub max_length_secs: Option<i64>,
+    #[serde(default)]
+    pub silence_secs: Option<i64>,
+    #[serde(default)]
+    pub finish_on_hash: Option<bool>,
+    // dial
+    #[serde(default)]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub trunk: Option<String>,
+    // message
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_language: Option<String>,
+    // request_callback
+    #[serde(default)]
+    pub purpose: Option<String>,
+    // goto
+    #[serde(default)]
+    pub node: Option<String>,
+    // hangup
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl VerbSection {
+    /// The keys set besides `verb`, in schema order.
+    pub(crate) fn keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("when", self.when.is_some()),
+            ("schedule", self.schedule.is_some()),
+            ("to", self.to.is_some()),
+            ("countries", self.countries.is_some()),
+            ("language", self.language.is_some()),
+            ("prompts", self.prompts.is_some()),
+            ("reprompt", self.reprompt.is_some()),
+            ("invalid", self.invalid.is_some()),
+            ("min_digits", self.min_digits.is_some()),
+            ("max_digits", self.max_digits.is_some()),
+            ("terminator", self.terminator.is_some()),
+            (
+                "first_digit_timeout_ms",
+                self.first_digit_timeout_ms.is_some(),
+            ),
+            (
+                "inter_digit_timeout_ms",
+                self.inter_digit_timeout_ms.is_some(),
+            ),
+            ("retries", self.retries.is_some()),
+            ("choices", self.choices.is_some()),
+            ("default", self.default.is_some()),
+            ("loops", self.loops.is_some()),
+            ("barge_in", self.barge_in.is_some()),
+            ("beep", self.beep.is_some()),
+            ("max_length_secs", self.max_length_secs.is_some()),
+            ("silence_secs", self.silence_secs.is_some()),
+            ("finish_on_hash", self.finish_on_hash.is_some()),
+            ("route", self.route.is_some()),
+            ("uri", self.uri.is_some()),
+            ("trunk", self.trunk.is_some()),
+            ("text", self.text.is_some()),
+            ("template", self.template.is_some()),
+            ("template_language", self.template_language.is_some()),
+            ("purpose", self.purpose.is_some()),
+            ("node", self.node.is_some()),
+            ("reason", self.reason.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(k, _)| k)
+            .collect()
+    }
 }
 
 /// `[permissions]`: every field optional; unset ones come from the profile.
@@ -158,6 +372,8 @@ pub(crate) struct BusinessNumberSection {
     pub country: String,
     #[serde(default)]
     pub route: Option<String>,
+    #[serde(default)]
+    pub entry: Option<String>,
     #[serde(default)]
     pub echo_test: bool,
 }

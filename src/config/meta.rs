@@ -59,8 +59,11 @@ pub struct BusinessNumber {
     pub display_number: String,
     /// ISO 3166-1 alpha-2 country of the number (`US`), for country rules.
     pub country: String,
-    /// Name of the route its calls take (`None` for an echo-test number).
+    /// Name of the route its calls take (`None` for an echo-test number or one answered
+    /// by an IVR).
     pub route: Option<String>,
+    /// Name of the `[[ivr]]` that answers its calls (`None`: routed, or an echo test).
+    pub entry: Option<String>,
     /// Calls to it are answered by the switch with an echo of the caller's audio: a line
     /// to check WhatsApp calling and audio end to end without a PBX.
     pub echo_test: bool,
@@ -171,6 +174,7 @@ impl Validator {
         raw: &[file::BusinessNumberSection],
         meta: bool,
         routes: &[SipRoute],
+        ivrs: &[&str],
     ) -> Vec<BusinessNumber> {
         if !raw.is_empty() && !meta {
             self.problem(
@@ -226,18 +230,30 @@ impl Validator {
                     "use the ISO 3166-1 alpha-2 code, e.g. \"US\", \"BR\", \"IN\"",
                 );
             }
-            match (&b.route, b.echo_test) {
-                (Some(_), true) => self.problem(
+            let entry = b.entry.as_deref().map(str::trim);
+            match (&b.route, entry, b.echo_test) {
+                (Some(_), _, true) => self.problem(
                     &key("route"),
                     "an echo-test number takes no route",
                     "remove route, or set echo_test = false to deliver its calls",
                 ),
-                (None, false) => self.problem(
+                (None, Some(_), true) => self.problem(
+                    &key("entry"),
+                    "an echo-test number takes no entry",
+                    "remove entry, or set echo_test = false to answer its calls with the IVR",
+                ),
+                (Some(_), Some(_), false) => self.problem(
+                    &key("entry"),
+                    "is given together with route",
+                    "a number's calls either take a route or are answered by an IVR: keep one of route and entry",
+                ),
+                (None, None, false) => self.problem(
                     &key("route"),
                     "missing",
-                    "name the [[route]] this number's calls take, or set echo_test = true",
+                    "name the [[route]] this number's calls take, or the [[ivr]] that answers them \
+                     (entry = \"<ivr name>\"), or set echo_test = true",
                 ),
-                (Some(route), false) if !routes.iter().any(|r| &r.name == route) => {
+                (Some(route), None, false) if !routes.iter().any(|r| &r.name == route) => {
                     let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
                     self.problem(
                         &key("route"),
@@ -250,6 +266,15 @@ impl Validator {
                         },
                     );
                 }
+                (None, Some(entry), false) if !ivrs.contains(&entry) => self.problem(
+                    &key("entry"),
+                    format!("there is no ivr {entry:?}"),
+                    if ivrs.is_empty() {
+                        "add an [[ivr]] with that name to answer this number's calls".to_string()
+                    } else {
+                        format!("use one of: {}", ivrs.join(", "))
+                    },
+                ),
                 _ => {}
             }
             out.push(BusinessNumber {
@@ -257,6 +282,7 @@ impl Validator {
                 display_number: number.to_string(),
                 country,
                 route: b.route.clone(),
+                entry: entry.map(str::to_string),
                 echo_test: b.echo_test,
             });
         }

@@ -3,31 +3,38 @@
 //! `config` owns turning `config/waswitch.toml` (plus `WASWITCH_*` environment overrides) into a
 //! [`Config`] whose values are already parsed: a socket address is a `SocketAddr`, a store URL
 //! is a [`StoreUrl`]. Every mistake is reported with the file, the key, what is wrong and how
-//! to fix it, and all mistakes are reported at once. Nothing here opens a socket or a file
-//! other than the configuration file itself.
+//! to fix it, and all mistakes are reported at once. Nothing here opens a socket; besides the
+//! configuration file, files are read only to check them (TLS certificates) or to load them
+//! once (the IVR menus' prompts, so a missing or unplayable prompt is refused at load,
+//! never at call time).
 //!
 //! This file holds the whole [`Config`], the small sections (media, limits, shutdown, log),
 //! the errors and loading. Each larger section has its own file with its types and checks:
-//! `sip` (listener, trunks, routes), `http`, `store` (with the CDR webhook), `permissions`
-//! and `meta` (with the business numbers); `env` applies the `WASWITCH_*` overrides,
+//! `sip` (listener, trunks, routes), `http`, `store` (with the CDR webhook), `permissions`,
+//! `meta` (with the business numbers), `schedule` (business hours) and `ivr` (menus compiled
+//! to call-control scripts, with their prompts); `env` applies the `WASWITCH_*` overrides,
 //! `validate` holds the validator itself and `file` the raw TOML schema.
 
 mod env;
 mod file;
 mod http;
+mod ivr;
 mod meta;
 mod permissions;
+mod schedule;
 mod sip;
 mod store;
 mod validate;
 
 pub use env::ENV_OVERRIDES;
 pub use http::{HttpConfig, HttpLimits, WebhookLimits};
+pub use ivr::{IvrConfig, PromptSet, PROMPT_EXTENSIONS};
 pub use meta::{BusinessNumber, MetaConfig, Secret, SimConfig};
 pub use permissions::{
     PermissionLimits, PermissionProfile, PermissionsConfig, DEFAULT_EXCLUDED_COUNTRIES,
     DEFAULT_SANCTIONED_CODES,
 };
+pub use schedule::ScheduleConfig;
 pub use sip::{SipConfig, SipRoute, SipTls, SipTrunk, Transport};
 pub use store::{redact_url, CdrWebhookConfig, StoreConfig, StoreUrl};
 
@@ -76,6 +83,14 @@ pub struct Config {
     pub cdr_webhook: Option<CdrWebhookConfig>,
     /// Call permissions and the policy of business-initiated calls.
     pub permissions: PermissionsConfig,
+    /// Named business hours (`[[schedule]]`), in file order.
+    pub schedules: Vec<ScheduleConfig>,
+    /// IVR menus (`[[ivr]]`), compiled and checked, with their prompts loaded, in file order.
+    pub ivrs: Vec<IvrConfig>,
+    /// The call-control clock's offset from the system clock, in milliseconds, for the
+    /// schedules IVR branches test. Not read from the file: 0, unless the program sets it
+    /// (a rehearsal running at another time of day).
+    pub clock_offset_ms: i64,
 }
 
 /// Overload protection: above these, new calls get 503 with Retry-After at once.

@@ -569,8 +569,7 @@ impl Validator {
     }
 
     /// The indexes of the trunks `names` (a route's or a site's list at `key`), each
-    /// checked: configured, not PSTN, reachable without a name lookup, on a transport the
-    /// switch listens on.
+    /// checked as [`Validator::route_trunk`] does.
     fn route_trunks(
         &mut self,
         names: &[String],
@@ -580,51 +579,83 @@ impl Validator {
         listening: &[Transport],
         outbound_tls: bool,
     ) -> Vec<usize> {
-        let known = |name: &str| raw_trunks.iter().any(|t| t.name.trim() == name);
         let mut indexes = Vec::new();
         for (j, name) in names.iter().enumerate() {
-            if !known(name) {
-                self.problem(
-                    &format!("{key}[{j}]"),
-                    format!("{name:?} is not a configured trunk"),
-                    "name a trunk defined in a [[trunk]] section",
-                );
-                continue;
-            }
-            match trunks.iter().position(|t| t.name == *name) {
-                Some(t) if trunks[t].pstn => self.problem(
-                    &format!("{key}[{j}]"),
-                    format!("{name:?} is a PSTN trunk"),
-                    "WhatsApp calls stay VoIP: route to trunks without pstn = true",
-                ),
-                Some(t) if matches!(trunks[t].uri.host, crate::sip::uri::Host::Domain(_)) => {
-                    self.problem(
-                        &format!("{key}[{j}]"),
-                        format!("trunk {name:?} is named by a host name ({})", trunks[t].uri),
-                        "the switch resolves no names on the call path: write the trunk's IP address in its uri",
-                    )
-                }
-                Some(t) if !listening.contains(&trunks[t].transport) => self.problem(
-                    &format!("{key}[{j}]"),
-                    format!(
-                        "trunk {name:?} uses {} but sip.transports does not listen on it",
-                        trunks[t].transport.as_str()
-                    ),
-                    format!(
-                        "add \"{}\" to sip.transports, or change the trunk's transport",
-                        trunks[t].transport.as_str()
-                    ),
-                ),
-                Some(t) if trunks[t].transport == Transport::Tls && !outbound_tls => self.problem(
-                    &format!("{key}[{j}]"),
-                    format!("trunk {name:?} uses tls but no CA is configured to verify it"),
-                    "set sip.tls.ca to a PEM file with the CA certificates that sign the trunk's certificate",
-                ),
-                Some(t) => indexes.push(t),
-                // The trunk itself is broken and reported under trunk[..].
-                None => {}
-            }
+            let key = format!("{key}[{j}]");
+            indexes.extend(self.route_trunk(
+                name,
+                &key,
+                raw_trunks,
+                trunks,
+                listening,
+                outbound_tls,
+            ));
         }
         indexes
+    }
+
+    /// The index of the trunk `name` that calls are sent to (named at `key`), checked:
+    /// configured, not PSTN, reachable without a name lookup, on a transport the switch
+    /// listens on. `None` (with the problem reported) when it cannot be used, and also when
+    /// the trunk itself is broken (that is reported under `trunk[..]`).
+    pub(super) fn route_trunk(
+        &mut self,
+        name: &str,
+        key: &str,
+        raw_trunks: &[file::TrunkSection],
+        trunks: &[SipTrunk],
+        listening: &[Transport],
+        outbound_tls: bool,
+    ) -> Option<usize> {
+        if !raw_trunks.iter().any(|t| t.name.trim() == name) {
+            let known: Vec<&str> = raw_trunks.iter().map(|t| t.name.trim()).collect();
+            self.problem(
+                key,
+                format!("{name:?} is not a configured trunk"),
+                if known.is_empty() {
+                    "name a trunk defined in a [[trunk]] section".to_string()
+                } else {
+                    format!(
+                        "name a trunk defined in a [[trunk]] section: {}",
+                        known.join(", ")
+                    )
+                },
+            );
+            return None;
+        }
+        match trunks.iter().position(|t| t.name == name) {
+            Some(t) if trunks[t].pstn => self.problem(
+                key,
+                format!("{name:?} is a PSTN trunk"),
+                "WhatsApp calls stay VoIP: route to trunks without pstn = true",
+            ),
+            Some(t) if matches!(trunks[t].uri.host, crate::sip::uri::Host::Domain(_)) => {
+                self.problem(
+                    key,
+                    format!("trunk {name:?} is named by a host name ({})", trunks[t].uri),
+                    "the switch resolves no names on the call path: write the trunk's IP address in its uri",
+                )
+            }
+            Some(t) if !listening.contains(&trunks[t].transport) => self.problem(
+                key,
+                format!(
+                    "trunk {name:?} uses {} but sip.transports does not listen on it",
+                    trunks[t].transport.as_str()
+                ),
+                format!(
+                    "add \"{}\" to sip.transports, or change the trunk's transport",
+                    trunks[t].transport.as_str()
+                ),
+            ),
+            Some(t) if trunks[t].transport == Transport::Tls && !outbound_tls => self.problem(
+                key,
+                format!("trunk {name:?} uses tls but no CA is configured to verify it"),
+                "set sip.tls.ca to a PEM file with the CA certificates that sign the trunk's certificate",
+            ),
+            Some(t) => return Some(t),
+            // The trunk itself is broken and reported under trunk[..].
+            None => {}
+        }
+        None
     }
 }

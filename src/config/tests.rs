@@ -514,6 +514,49 @@ fn shown_keys() -> BTreeMap<String, std::collections::BTreeSet<String>> {
     shown
 }
 
+/// The sections of the schema under `path` (a section and the sections it sits in, each
+/// with whether it is an array of tables), with their plain keys, into `schema`.
+fn schema_sections(
+    path: &[(String, bool)],
+    schema: &mut BTreeMap<String, std::collections::BTreeSet<String>>,
+) {
+    // The headers down to the section, then the probe.
+    let probe = |path: &[(String, bool)]| {
+        let mut text = String::new();
+        for depth in 1..=path.len() {
+            let name: Vec<&str> = path[..depth].iter().map(|(n, _)| n.as_str()).collect();
+            let name = name.join(".");
+            if path[depth - 1].1 {
+                text.push_str(&format!("[[{name}]]\n"));
+            } else {
+                text.push_str(&format!("[{name}]\n"));
+            }
+        }
+        text + "zz_probe = 1\n"
+    };
+    let Some(fields) = schema_fields(&probe(path)) else {
+        panic!("{path:?} is not a section");
+    };
+    let mut keys = std::collections::BTreeSet::new();
+    for field in fields {
+        // A field that is itself a table (`[sip.tls]`) or an array of tables
+        // (`[[route.site]]`, `[[ivr.node.verb]]`) is a section of its own.
+        let nested = [false, true].into_iter().find_map(|array| {
+            let mut inner = path.to_vec();
+            inner.push((field.clone(), array));
+            schema_fields(&probe(&inner)).map(|_| inner)
+        });
+        match nested {
+            Some(inner) => schema_sections(&inner, schema),
+            None => {
+                keys.insert(field);
+            }
+        }
+    }
+    let name: Vec<&str> = path.iter().map(|(n, _)| n.as_str()).collect();
+    schema.insert(name.join("."), keys);
+}
+
 /// config/waswitch.toml shows every key the configuration schema has, in its section, and
 /// nothing the schema does not know: a key added to the schema without its documentation,
 /// or documented under a wrong name, fails here.
@@ -523,31 +566,18 @@ fn the_commented_example_shows_every_key_the_schema_knows() {
     let top = schema_fields("zz_probe = 1\n").expect("top-level fields");
     let mut schema = BTreeMap::new();
     for section in &top {
-        let probe = match section.as_str() {
-            "trunk" | "route" | "business_number" => format!("[[{section}]]\nzz_probe = 1\n"),
-            _ => format!("[{section}]\nzz_probe = 1\n"),
-        };
-        let fields = schema_fields(&probe).unwrap_or_else(|| panic!("[{section}] is a table"));
-        // A field that is itself a table (`[sip.tls]`) is a section of its own.
-        let mut keys = std::collections::BTreeSet::new();
-        let array = matches!(section.as_str(), "trunk" | "route" | "business_number");
-        for field in fields {
-            // A table in an array of tables is itself an array of tables (`[[route.site]]`).
-            let nested = if array {
-                format!("[[{section}]]\n[[{section}.{field}]]\nzz_probe = 1\n")
-            } else {
-                format!("[{section}.{field}]\nzz_probe = 1\n")
-            };
-            match schema_fields(&nested) {
-                Some(inner) => {
-                    schema.insert(format!("{section}.{field}"), inner);
-                }
-                None => {
-                    keys.insert(field);
-                }
-            }
-        }
-        schema.insert(section.clone(), keys);
+        let array = [false, true]
+            .into_iter()
+            .find(|array| {
+                let probe = if *array {
+                    format!("[[{section}]]\nzz_probe = 1\n")
+                } else {
+                    format!("[{section}]\nzz_probe = 1\n")
+                };
+                schema_fields(&probe).is_some()
+            })
+            .unwrap_or_else(|| panic!("[{section}] is a table"));
+        schema_sections(&[(section.clone(), array)], &mut schema);
     }
     let mut wrong = Vec::new();
     for (section, keys) in &schema {

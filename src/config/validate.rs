@@ -245,8 +245,27 @@ impl Validator {
         let meta = self.meta(raw.meta.as_ref());
         let cdr_webhook = self.cdr_webhook(raw.cdr_webhook.as_ref());
         let permissions = self.permissions(&raw.permissions);
-        let business_numbers =
-            self.business_numbers(&raw.business_number, raw.meta.is_some(), &routes);
+        let schedules = self.schedules(&raw.schedule);
+        let base = path.parent().unwrap_or(Path::new(""));
+        let ivrs = self.ivrs(
+            &raw.ivr,
+            &super::ivr::Known {
+                base,
+                schedules: raw.schedule.iter().map(|s| s.name.trim()).collect(),
+                routes: &routes,
+                raw_trunks: &raw.trunk,
+                trunks: &trunks,
+                listening: &transports,
+                outbound_tls,
+            },
+        );
+        let ivr_names: Vec<&str> = raw.ivr.iter().map(|i| i.name.trim()).collect();
+        let business_numbers = self.business_numbers(
+            &raw.business_number,
+            raw.meta.is_some(),
+            &routes,
+            &ivr_names,
+        );
         let ring_timeout =
             self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
         let session_expires = match raw.sip.session_expires_secs {
@@ -337,6 +356,9 @@ impl Validator {
             },
             cdr_webhook,
             permissions: permissions?,
+            schedules,
+            ivrs,
+            clock_offset_ms: 0,
         })
     }
 
