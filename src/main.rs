@@ -36,6 +36,11 @@ enum Command {
         /// Log format; overrides log.format in the configuration.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Run call control's clock (business hours, holidays) from this moment instead
+        /// of now, e.g. 2026-12-06T03:00:00-05:00 to rehearse the closed branch by day.
+        /// It runs on from there; CDRs and everything else keep the real time.
+        #[arg(long)]
+        clock: Option<String>,
     },
     /// Validate a configuration file (with WASWITCH_* overrides) and exit: 0 valid, 2 not.
     CheckConfig {
@@ -137,6 +142,15 @@ struct SimCalls {
     /// IVR's menu has started playing).
     #[arg(long, default_value_t = 0.5, value_parser = seconds)]
     dtmf_after: f64,
+    /// Tones (Hz, comma-separated) each user listens for through the whole call, e.g. an
+    /// IVR's tone-coded prompts: the summary lists those heard, in order, and the audio
+    /// counts as verified when the last one heard is --expect-hz.
+    #[arg(long, value_delimiter = ',')]
+    listen: Vec<f32>,
+    /// The WhatsApp user placing a --call (digits; the country comes from the calling
+    /// code, e.g. 5511987654321 for Brazil).
+    #[arg(long, default_value = "15550100001")]
+    user: String,
     /// How simulated users answer the business's calls (serving mode): accept, reject,
     /// ignore.
     #[arg(long, value_enum, default_value = "accept")]
@@ -240,7 +254,11 @@ fn main() -> ExitCode {
             };
             runtime.block_on(audit(config, action))
         }
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            clock,
+        } => {
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -248,6 +266,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Some(at) = clock {
+                match at.parse::<jiff::Timestamp>() {
+                    Ok(t) => {
+                        config.clock_offset_ms = t.as_millisecond() - waswitch::clock::now_ms()
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "--clock {at:?}: not a moment ({e}); give RFC 3339 with an offset, \
+                             e.g. 2026-12-06T03:00:00-05:00"
+                        );
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
             if let Some(f) = log_format {
                 config.log.format = match f {
                     LogFormatArg::Text => LogFormat::Text,
@@ -393,8 +425,7 @@ async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitC
         )));
         let hold = std::time::Duration::from_secs_f64(calls.hold.max(0.0));
         let (summary, ok) = if calls.call {
-            let user = "15550100001";
-            let result = waswitch::sim::load::user_call(&context, user, hold).await;
+            let result = waswitch::sim::load::user_call(&context, &calls.user, hold).await;
             let ok = result.error.is_none();
             (serde_json::to_string_pretty(&result), ok)
         } else {
@@ -523,6 +554,7 @@ fn sim_context(
         expect_hz: calls.expect_hz,
         dtmf: calls.dtmf.clone(),
         dtmf_after: std::time::Duration::from_secs_f64(calls.dtmf_after),
+        listen: calls.listen.clone(),
     })
 }
 

@@ -211,6 +211,28 @@ impl Node {
                 None => None,
             };
         cdrs.set_tap(cdr_fan_out(webhook, permissions.clone()))?;
+        // Call-control events (a voicemail ready) go to the same webhook, signed alike.
+        let control_events = match (&config.cdr_webhook, config.ivrs.is_empty()) {
+            (Some(hook), false) => Some(
+                crate::store::webhook::start_events(hook.clone()).map_err(|reason| {
+                    StartError::Actor {
+                        what: "event webhook",
+                        reason,
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        for ivr in &config.ivrs {
+            std::fs::create_dir_all(&ivr.voicemail_dir).map_err(|e| StartError::Actor {
+                what: "IVR voicemail directory",
+                reason: format!(
+                    "ivr {:?}: voicemail_dir {}: {e}",
+                    ivr.name,
+                    ivr.voicemail_dir.display()
+                ),
+            })?;
+        }
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let root_args = RootArgs {
             registry: registry.clone(),
@@ -389,13 +411,31 @@ impl Node {
         })?;
         let meta_ingress = match (config.meta.as_ref(), &outbox) {
             (Some(meta), Some(outbox)) => {
+                let control = crate::call::whatsapp::ingress::Control {
+                    ivrs: config
+                        .ivrs
+                        .iter()
+                        .map(|i| (i.name.clone(), i.clone()))
+                        .collect(),
+                    schedules: config.schedules.clone(),
+                    services: crate::call::ivr::ControlServices {
+                        sip: Some(ingress.clone()),
+                        outbox: outbox.clone(),
+                        permissions: Some(permissions.clone()),
+                        excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
+                        sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
+                        events: control_events.clone(),
+                    },
+                    clock_offset_ms: config.clock_offset_ms,
+                };
                 let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(
                     calls.clone(),
                     outbox.clone(),
                     &config.business_numbers,
                     Some(ingress.clone()),
                 )
-                .with_sanctioned(config.permissions.sanctioned_calling_codes.clone());
+                .with_sanctioned(config.permissions.sanctioned_calling_codes.clone())
+                .with_control(control);
                 Some((meta, whatsapp))
             }
             _ => None,

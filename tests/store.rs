@@ -109,6 +109,16 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             mos_centi: 438,
         }),
         codec_path: answered.then(|| "PCMU pass-through".to_string()),
+        // Some calls went through an IVR: the record round-trips as written.
+        control: (n % 5 == 0).then(|| waswitch::store::ControlRecord {
+            ivr: "front".into(),
+            ivr_path: vec!["main".into(), "2".into(), "sales".into()],
+            digits: vec!["2".into()],
+            voicemail: (n % 10 == 0).then(|| format!("voicemail/call-{n:05}.wav")),
+            messages: 1,
+            callback_requests: u32::from(n % 10 == 0),
+            end: None,
+        }),
     }
 }
 

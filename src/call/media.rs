@@ -92,6 +92,16 @@ pub struct MediaReport {
     pub codec_path: Option<String>,
 }
 
+/// Who hears a call's media events besides its media actor (the call's control).
+#[derive(Clone)]
+pub struct Listener(pub crate::media::plane::EventSink);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}
+
 /// Messages of [`MediaActor`].
 #[derive(Debug)]
 pub enum MediaMsg {
@@ -129,6 +139,21 @@ pub enum MediaMsg {
     Ringback(Side, bool),
     /// Send a DTMF digit toward one side for a duration.
     SendDtmf(Side, char, std::time::Duration),
+    /// Hand the pair's events (connections, digits, prompts done, silence, captures) to
+    /// this listener too (the call's control actor).
+    Subscribe(Listener),
+    /// Capture one side's audio to a WAV file (a voicemail), watching for silence;
+    /// [`MediaEvent::CaptureDone`] follows once the capture ends.
+    Capture {
+        /// Whose audio.
+        side: Side,
+        /// The file.
+        path: std::path::PathBuf,
+        /// This long without voice is reported.
+        silence: Option<std::time::Duration>,
+    },
+    /// End the capture.
+    StopCapture,
     /// Makes the actor fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
@@ -149,6 +174,8 @@ pub struct Media {
     call_id: String,
     span: tracing::Span,
     digits: Vec<DigitSeen>,
+    /// Also hears the pair's events.
+    listener: Option<Listener>,
     /// Each side's telephone-event clock (digit durations are counted in it).
     clock: [u32; 2],
     codec_path: Option<String>,
@@ -178,6 +205,7 @@ impl Actor for MediaActor {
             call_id: args.call_id,
             span: args.span,
             digits: Vec::new(),
+            listener: None,
             clock: [8000; 2],
             codec_path: None,
         })
@@ -249,6 +277,36 @@ impl Actor for MediaActor {
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.send_dtmf(side, digit, duration) {
                         tracing::warn!(parent: &media.span, error = %e, "DTMF not sent");
+                    }
+                }
+            }
+            MediaMsg::Subscribe(sink) => media.listener = Some(sink),
+            MediaMsg::Capture {
+                side,
+                path,
+                silence,
+            } => {
+                let me = myself.clone();
+                let done = move |r: std::io::Result<std::path::PathBuf>| {
+                    let _ = me.send_message(MediaMsg::Event(MediaEvent::CaptureDone(
+                        r.map_err(|e| e.to_string()),
+                    )));
+                };
+                let started = match &media.resources {
+                    Resources::Anchored(pair) => pair
+                        .capture(side, &path, silence, done)
+                        .map_err(|e| e.to_string()),
+                    _ => Err("the call's media is not anchored".to_string()),
+                };
+                if let Err(e) = started {
+                    tracing::warn!(parent: &media.span, error = %e, file = %path.display(), "recording not started");
+                    media.tell(MediaEvent::CaptureDone(Err(e)));
+                }
+            }
+            MediaMsg::StopCapture => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.stop_capture() {
+                        tracing::warn!(parent: &media.span, error = %e, "recording not stopped");
                     }
                 }
             }
@@ -415,10 +473,36 @@ impl Media {
         Ok((sdp, ports))
     }
 
+    /// Hands an event to the listener, if any.
+    fn tell(&self, event: MediaEvent) {
+        if let Some(listener) = &self.listener {
+            (listener.0)(event);
+        }
+    }
+
     /// What the shard says about the call's pair. Its shard failing fails this actor, and
     /// so the call (ended with the failure as cause and a CDR).
     fn on_event(&mut self, event: MediaEvent) -> Result<(), ActorProcessingErr> {
+        if matches!(
+            event,
+            MediaEvent::Connected(_)
+                | MediaEvent::Dtmf(..)
+                | MediaEvent::PromptDone { .. }
+                | MediaEvent::Silence(_)
+                | MediaEvent::CaptureDone(_)
+        ) {
+            self.tell(event.clone());
+        }
         match event {
+            MediaEvent::Silence(side) => {
+                tracing::debug!(parent: &self.span, ?side, "silence");
+            }
+            MediaEvent::CaptureDone(result) => match result {
+                Ok(path) => {
+                    tracing::info!(parent: &self.span, file = %path.display(), "recording saved")
+                }
+                Err(e) => tracing::warn!(parent: &self.span, error = %e, "recording lost"),
+            },
             MediaEvent::ShardFailed => {
                 return Err("the media shard relaying the call failed".into());
             }

@@ -15,6 +15,7 @@
 //!   CDR from the registry entry; its children die with it;
 //! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
 
+pub mod ivr;
 pub mod leg;
 pub mod media;
 pub(crate) mod plan;
@@ -293,6 +294,7 @@ pub fn close_out(
         failure: end.failure,
         media: None,
         codec_path: None,
+        control: None,
     }
 }
 

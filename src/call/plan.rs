@@ -7,6 +7,7 @@
 //! | plan | legs (besides media) | the call is answered when |
 //! |---|---|---|
 //! | [`WhatsAppToSip`](CallPlan::WhatsAppToSip) | WhatsApp leg (inbound) as the caller of a SIP bridge to trunks | a trunk answers |
+//! | [`Ivr`](CallPlan::Ivr) | WhatsApp leg (inbound) and the call-control actor running an IVR; a SIP bridge (the WhatsApp leg its caller) for each `dial` | the IVR answers |
 //! | [`Echo`](CallPlan::Echo) | WhatsApp leg (inbound); the media echoes | at once |
 //! | [`SipToWhatsApp`](CallPlan::SipToWhatsApp) | SIP bridge from a PBX, with the WhatsApp leg (outbound) as its callee | the customer answers |
 //! | [`Callback`](CallPlan::Callback) | WhatsApp leg (outbound), then a SIP bridge to trunks with it as the caller | the customer answers |
@@ -60,6 +61,14 @@ pub enum CallPlan {
         /// The bridge toward the trunks.
         sip: BridgeSetup,
     },
+    /// A customer calls a number whose entry is an IVR: the call-control actor answers,
+    /// plays, gathers, records, and dials SIP bridges with the WhatsApp leg as caller.
+    Ivr {
+        /// The customer's call.
+        whatsapp: WhatsAppInbound,
+        /// The IVR and what it needs.
+        ivr: Box<super::ivr::IvrSetup>,
+    },
     /// A customer calls an echo-test number: they hear themselves.
     Echo {
         /// The customer's call.
@@ -103,6 +112,7 @@ impl CallPlan {
     pub fn name(&self) -> &'static str {
         match self {
             CallPlan::WhatsAppToSip { .. } => "whatsapp_to_sip",
+            CallPlan::Ivr { .. } => "ivr",
             CallPlan::Echo { .. } => "echo",
             CallPlan::SipToWhatsApp { .. } => "sip_to_whatsapp",
             CallPlan::Callback { .. } => "callback",
@@ -114,7 +124,9 @@ impl CallPlan {
     /// Who calls whom, as CDRs and metrics say.
     pub fn direction(&self) -> Direction {
         match self {
-            CallPlan::WhatsAppToSip { .. } | CallPlan::Echo { .. } => Direction::UserInitiated,
+            CallPlan::WhatsAppToSip { .. } | CallPlan::Echo { .. } | CallPlan::Ivr { .. } => {
+                Direction::UserInitiated
+            }
             CallPlan::SipToWhatsApp { .. } | CallPlan::Callback { .. } => {
                 Direction::BusinessInitiated
             }
@@ -123,10 +135,11 @@ impl CallPlan {
         }
     }
 
-    /// The leg whose answer answers the call (an echo's only leg is the customer's).
+    /// The leg whose answer answers the call (an echo's only leg is the customer's, and an
+    /// IVR answers the customer itself).
     pub fn called(&self) -> LegRole {
         match self {
-            CallPlan::Echo { .. } => LegRole::WhatsApp,
+            CallPlan::Echo { .. } | CallPlan::Ivr { .. } => LegRole::WhatsApp,
             _ => LegRole::called(self.direction()),
         }
     }

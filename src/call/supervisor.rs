@@ -15,6 +15,7 @@ use ractor::{
 };
 use tracing::Instrument;
 
+use super::ivr::{IvrActor, IvrArgs, IvrMsg, IvrSetup, FINISH_PATIENCE};
 use super::leg::{LegActor, LegArgs, LegMsg, LegSignal, LegState};
 use super::media::{MediaActor, MediaArgs, MediaMsg};
 use super::plan::CallPlan;
@@ -78,6 +79,8 @@ pub enum ChildRole {
     Bridge,
     /// The media actor.
     Media,
+    /// The call-control actor (an IVR).
+    Control,
 }
 
 impl ChildRole {
@@ -87,6 +90,7 @@ impl ChildRole {
             ChildRole::Leg(role) => role.as_str(),
             ChildRole::Bridge => "sip_b2bua",
             ChildRole::Media => "media",
+            ChildRole::Control => "call_control",
         }
     }
 }
@@ -153,6 +157,8 @@ pub enum CallMsg {
     WaCallId(String),
     /// Something Meta said about the call (webhooks), for its WhatsApp leg.
     WhatsApp(WaEvent),
+    /// The call's control dials: a SIP bridge with the WhatsApp leg as its caller.
+    Dial(BridgeSetup),
     /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
     #[cfg(any(test, feature = "fault-injection"))]
     FaultSelf(Fault),
@@ -179,6 +185,12 @@ pub struct Call {
     business: Option<ActorRef<LegMsg>>,
     media: Option<ActorRef<MediaMsg>>,
     bridge: Option<ActorRef<BridgeMsg>>,
+    /// The call-control actor (an IVR call).
+    control: Option<ActorRef<IvrMsg>>,
+    /// What call control did, for the CDR.
+    control_record: Option<crate::store::ControlRecord>,
+    /// A dial of the call's control was answered: the call is the destination's now.
+    dial_answered: bool,
     /// The leg whose answer answers the call.
     called: LegRole,
     /// The supervisor couples the legs (a signalled call); otherwise a bridge does, or
@@ -233,6 +245,9 @@ impl Actor for CallSupervisor {
             business: None,
             media: None,
             bridge: None,
+            control: None,
+            control_record: None,
+            dial_answered: false,
             called: args.plan.called(),
             coupled: matches!(args.plan, CallPlan::Signalled(_)),
             permit,
@@ -355,6 +370,12 @@ impl Call {
                 self.spawn_bridge(myself, sip, Some((Leg::A, wa)), WHATSAPP_CALLER)
                     .await
             }
+            CallPlan::Ivr { whatsapp, ivr } => {
+                let wa = self
+                    .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Caller)
+                    .await?;
+                self.spawn_control(myself, *ivr, wa).await
+            }
             CallPlan::Echo { whatsapp } => self
                 .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Echo)
                 .await
@@ -437,6 +458,28 @@ impl Call {
         Ok(leg)
     }
 
+    /// Spawns the call-control actor, which runs the IVR.
+    async fn spawn_control(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        setup: IvrSetup,
+        whatsapp: ActorRef<LegMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = IvrArgs {
+            setup,
+            call: myself.clone(),
+            whatsapp,
+            media: media_ref(&self.media)?,
+            call_id: self.id.to_string(),
+            span: self.span.clone(),
+        };
+        let (control, _) = Actor::spawn_linked(None, IvrActor, args, myself.get_cell()).await?;
+        self.children
+            .push((control.get_id(), ChildRole::Control, control.get_cell()));
+        self.control = Some(control);
+        Ok(())
+    }
+
     /// Spawns the call's SIP bridge, with the call's WhatsApp leg as one of its legs when
     /// it has one.
     async fn spawn_bridge(
@@ -499,6 +542,20 @@ impl Call {
             }
             CallMsg::Routed { trunk } => self.trunk = Some(trunk),
             CallMsg::BridgeEnded { by, cause } => {
+                if let (Some(control), false) = (&self.control, self.dial_answered) {
+                    // A dial of the call's control that nobody answered: the script goes
+                    // on with the customer, and the bridge is done.
+                    tracing::info!(%cause, "dial not answered; back to the IVR");
+                    let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
+                        answered: false,
+                    }));
+                    if let Some(bridge) = self.bridge.take() {
+                        let id = bridge.get_id();
+                        self.children.retain(|(child, _, _)| *child != id);
+                        bridge.stop(Some("dial ended".into()));
+                    }
+                    return;
+                }
                 // The bridge has nothing left to send: it is stopped with the others.
                 self.bridge = None;
                 let end = CallEnd {
@@ -552,6 +609,32 @@ impl Call {
                     }
                 }
             }
+            CallMsg::Dial(setup) => {
+                let Some(wa) = self.whatsapp.clone() else {
+                    return;
+                };
+                if let Some(old) = self.bridge.take() {
+                    let id = old.get_id();
+                    self.children.retain(|(child, _, _)| *child != id);
+                    old.stop(Some("a new dial".into()));
+                }
+                self.dial_answered = false;
+                if let Some(trunk) = setup.first_trunk() {
+                    self.trunk = Some(trunk);
+                }
+                if let Err(e) = self
+                    .spawn_bridge(myself, setup, Some((Leg::A, wa)), WHATSAPP_CALLER)
+                    .await
+                {
+                    tracing::warn!(error = %e, "dial not started");
+                    if let Some(control) = &self.control {
+                        let _ =
+                            control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
+                                answered: false,
+                            }));
+                    }
+                }
+            }
             CallMsg::WhatsApp(event) => {
                 if let Some(leg) = &self.whatsapp {
                     // A leg that is gone has ended the call already.
@@ -580,6 +663,7 @@ impl Call {
                         .media
                         .as_ref()
                         .map(|m| m.send_message(MediaMsg::Fault(fault)).is_ok()),
+                    ChildRole::Control => None,
                 };
             }
         }
@@ -592,6 +676,20 @@ impl Call {
         state: LegState,
         cause: Option<String>,
     ) {
+        if let Some(control) = &self.control {
+            match (role, state) {
+                (LegRole::WhatsApp, LegState::Answered) => {
+                    let _ = control.send_message(IvrMsg::Answered);
+                }
+                (LegRole::Business, LegState::Answered) if !self.dial_answered => {
+                    self.dial_answered = true;
+                    let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
+                        answered: true,
+                    }));
+                }
+                _ => {}
+            }
+        }
         let called = self.called;
         let calling = match called {
             LegRole::WhatsApp => LegRole::Business,
@@ -669,6 +767,10 @@ impl Call {
                 None
             }
             ChildRole::Media => None,
+            ChildRole::Control => {
+                self.control = None;
+                None
+            }
         };
         let end = CallEnd {
             by: HangupParty::Switch,
@@ -688,6 +790,20 @@ impl Call {
     ) {
         if self.ended {
             return;
+        }
+        if let Some(control) = self.control.take() {
+            // The script stops first, so a recording in progress is finalised while the
+            // media still runs.
+            match control
+                .call(
+                    IvrMsg::Finish,
+                    Some(FINISH_PATIENCE + Duration::from_secs(1)),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(record)) => self.control_record = Some(record),
+                _ => tracing::warn!("call control did not report"),
+            }
         }
         for role in [LegRole::WhatsApp, LegRole::Business] {
             if Some(role) == ended_leg {
@@ -769,6 +885,7 @@ impl Call {
             }
             cdr.media = self.media_report.quality;
             cdr.codec_path = self.media_report.codec_path.clone();
+            cdr.control = self.control_record.take();
             if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
             }

@@ -39,12 +39,15 @@ pub const MAX_SILENT_STEPS: usize = 256;
 pub enum Command {
     /// Answer the customer's call.
     Answer,
-    /// Play these prompts, `loops` times; [`Event::PlayDone`] when finished.
+    /// Play these prompts, `loops` times; [`Event::PlayDone`] when finished (also when a
+    /// digit stopped them).
     Play {
         /// The prompts.
         prompts: Prompts,
         /// How many times.
         loops: u32,
+        /// A digit from the caller stops them (the player stops at once, then says done).
+        barge_in: bool,
     },
     /// Stop the prompts playing (a barge-in); no `PlayDone` is expected after it.
     StopPlay,
@@ -375,6 +378,7 @@ impl Engine {
                 out.push(Command::Play {
                     prompts: play.prompts,
                     loops: play.loops.max(1),
+                    barge_in: play.barge_in,
                 });
                 self.wait = Wait::Play {
                     barge_in: play.barge_in,
@@ -518,7 +522,11 @@ impl Engine {
         // Type-ahead first: digits pressed before the gather count as its input, and a
         // caller already typing does not hear the prompts.
         if playing && self.type_ahead.is_empty() {
-            out.push(Command::Play { prompts, loops: 1 });
+            out.push(Command::Play {
+                prompts,
+                loops: 1,
+                barge_in: true,
+            });
         } else if let Wait::Gather(g) = &mut self.wait {
             g.playing = false;
             self.deadline = Some(now + g.spec.first_digit_timeout);

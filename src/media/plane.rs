@@ -50,6 +50,10 @@ pub enum MediaEvent {
     /// The shard relaying the pair failed (it panicked and was started again, empty): the
     /// pair's sockets are closed and its media is gone.
     ShardFailed,
+    /// The side being captured was silent for the capture's silence limit.
+    Silence(Side),
+    /// A capture's file is final: its path, or why there is none.
+    CaptureDone(Result<std::path::PathBuf, String>),
     /// A prompt played toward this side ended: played to its end, or cut short by a digit
     /// from this side (barge-in), or not playable (no G.711 codec on this side).
     PromptDone {

@@ -1,5 +1,6 @@
 //! Call recording: two-channel 16-bit WAV at 8 kHz, side A on the left, side B on the
-//! right, written incrementally by a writer thread and finalised atomically.
+//! right, written incrementally by a writer thread and finalised atomically. A one-channel
+//! recording (a voicemail) has side A alone.
 //!
 //! The shard hands each accepted G.711 packet's audio to the recorder as a fixed-size frame
 //! moved through a bounded, preallocated queue (no allocation, never blocking: a full queue
@@ -45,14 +46,18 @@ pub(crate) struct Frame {
 /// ends when this end is closed or dropped, which disconnects the queue.
 pub(crate) struct Recorder {
     tx: Option<SyncSender<Frame>>,
+    /// Told the final path (or the failure) once the file is finalised.
+    on_done: Option<Done>,
     dropped: u64,
     writer: Option<std::thread::JoinHandle<std::io::Result<PathBuf>>>,
 }
 
-/// Writes a 44-byte PCM WAV header for `data_len` octets of 16-bit stereo at 8 kHz.
-pub(crate) fn wav_header(data_len: u32) -> [u8; 44] {
+/// Called with the recording's final path, or why there is none, once it is finalised.
+pub(crate) type Done = Box<dyn FnOnce(std::io::Result<PathBuf>) + Send>;
+
+/// Writes a 44-byte PCM WAV header for `data_len` octets of 16-bit audio at 8 kHz.
+pub(crate) fn wav_header(data_len: u32, channels: u16) -> [u8; 44] {
     let mut h = [0u8; 44];
-    let channels = 2u16;
     let block = channels * 2;
     h[0..4].copy_from_slice(b"RIFF");
     h[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
@@ -71,18 +76,29 @@ pub(crate) fn wav_header(data_len: u32) -> [u8; 44] {
 }
 
 impl Recorder {
-    /// Starts recording to `path` (written as `path` + `.part` until closed).
+    /// Starts recording both sides to `path` (written as `path` + `.part` until closed).
     pub(crate) fn start(path: &Path) -> std::io::Result<Recorder> {
+        Self::start_with(path, 2, None)
+    }
+
+    /// Starts recording side A alone to `path`; `on_done` hears how it ended, from the
+    /// writer's thread, once the file is final.
+    pub(crate) fn start_mono(path: &Path, on_done: Done) -> std::io::Result<Recorder> {
+        Self::start_with(path, 1, Some(on_done))
+    }
+
+    fn start_with(path: &Path, channels: u16, on_done: Option<Done>) -> std::io::Result<Recorder> {
         let part = part_path(path);
         let mut file = File::create(&part)?;
-        file.write_all(&wav_header(0))?;
+        file.write_all(&wav_header(0, channels))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let final_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || write_loop(rx, file, &part, &final_path))?;
+            .spawn(move || write_loop(rx, file, &part, &final_path, channels))?;
         Ok(Recorder {
             tx: Some(tx),
+            on_done,
             dropped: 0,
             writer: Some(writer),
         })
@@ -116,6 +132,22 @@ impl Recorder {
             );
         }
         let writer = self.writer.take()?;
+        if let Some(done) = self.on_done.take() {
+            // Someone waits for the file: a thread of its own joins the writer (the shard
+            // never blocks on it).
+            let spawned =
+                std::thread::Builder::new()
+                    .name("recorder-done".into())
+                    .spawn(move || {
+                        done(writer.join().unwrap_or_else(|_| {
+                            Err(std::io::Error::other("recorder thread panicked"))
+                        }))
+                    });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "recording's end not reported");
+            }
+            return None;
+        }
         if wait {
             Some(
                 writer
@@ -203,11 +235,18 @@ impl Timeline {
     }
 }
 
-fn write_samples(file: &mut File, samples: &[[i16; 2]], bytes: &mut u64) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(samples.len() * 4);
+fn write_samples(
+    file: &mut File,
+    samples: &[[i16; 2]],
+    channels: u16,
+    bytes: &mut u64,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(samples.len() * 2 * usize::from(channels));
     for [l, r] in samples {
         out.extend_from_slice(&l.to_le_bytes());
-        out.extend_from_slice(&r.to_le_bytes());
+        if channels > 1 {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
     }
     file.write_all(&out)?;
     *bytes += out.len() as u64;
@@ -219,6 +258,7 @@ fn write_loop(
     mut file: File,
     part: &Path,
     path: &Path,
+    channels: u16,
 ) -> std::io::Result<PathBuf> {
     let mut timeline = Timeline {
         start: None,
@@ -233,14 +273,14 @@ fn write_loop(
         timeline.place(&f);
         if timeline.pending.len() as u64 > 2 * HOLD_BACK {
             let done = timeline.settled(HOLD_BACK);
-            write_samples(&mut file, &done, &mut bytes)?;
+            write_samples(&mut file, &done, channels, &mut bytes)?;
         }
     }
     let rest = timeline.settled(0);
-    write_samples(&mut file, &rest, &mut bytes)?;
+    write_samples(&mut file, &rest, channels, &mut bytes)?;
     let data = u32::try_from(bytes).unwrap_or(u32::MAX - 36);
     file.seek(SeekFrom::Start(0))?;
-    file.write_all(&wav_header(data))?;
+    file.write_all(&wav_header(data, channels))?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(part, path)?;

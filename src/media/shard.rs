@@ -36,6 +36,7 @@ use super::smoother::Smoother;
 use super::types::{Remote, Side, SourcePolicy};
 use super::webrtc::WebRtcLeg;
 
+mod capture;
 mod playout;
 mod relay;
 mod rtc;
@@ -117,6 +118,17 @@ pub(super) enum Command {
         side: Side,
         prompt: super::prompt::Prompt,
         barge_in: bool,
+    },
+    /// Capture one side's audio to the recorder (replacing a capture running).
+    Capture {
+        id: u64,
+        side: Side,
+        recorder: Recorder,
+        silence: Option<Duration>,
+    },
+    /// End the capture (the recorder finalises the file and reports it).
+    StopCapture {
+        id: u64,
     },
     /// Start or stop ringback toward a side (looped, until stopped).
     Ringback {
@@ -205,6 +217,9 @@ struct Leg {
     codec: Option<super::transcode::Codec>,
     /// Packets arriving on this leg are transcoded into the peer's codec.
     transcode: Option<Box<Transcoding>>,
+    /// The Opus encoder of what the switch inserts toward this leg's peer (prompts,
+    /// ringback), kept between prompts so they continue one encoded stream.
+    inserted_opus: Option<Box<super::transcode::Transcoder>>,
     sends: bool,
     /// A prompt plays toward this leg's peer: what the other side sends is held back.
     playing: bool,
@@ -244,6 +259,7 @@ impl Leg {
             codec_pt: None,
             codec: None,
             transcode: None,
+            inserted_opus: None,
             sends: false,
             playing: false,
             epoch: now,
@@ -290,6 +306,23 @@ struct Pair {
     legs: [usize; 2],
     events: EventSink,
     recorder: Option<Recorder>,
+    /// One side's voice being captured (a voicemail).
+    capture: Option<Box<Capture>>,
+}
+
+/// One side's audio captured to a file (a voicemail), with silence watched.
+struct Capture {
+    side: Side,
+    recorder: Recorder,
+    /// An Opus side's packets are decoded (to G.711, then linear).
+    opus: Option<Box<super::transcode::Transcoder>>,
+    /// RTP timestamp of the first packet, and the side's clock.
+    base: Option<u32>,
+    clock: u32,
+    /// This long without voice is silence (`None`: not watched).
+    silence: Option<Duration>,
+    last_voice: Instant,
+    silence_told: bool,
 }
 
 /// Counters published to the metrics registry every tick.

@@ -435,6 +435,20 @@ impl GraphClient {
             .await
     }
 
+    /// Sends the approved template `name` in `language` (no parameters) to `to`: the chat
+    /// fallback outside the customer-service window. Never retried.
+    pub async fn send_template(
+        &self,
+        phone_number_id: &str,
+        to: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<String, GraphError> {
+        let content = json!({"name": name, "language": {"code": language}});
+        self.send_message("message", phone_number_id, to, "template", content)
+            .await
+    }
+
     /// Posts a message of `kind` (`text`, `interactive`, `template`) with its `content` to
     /// `to`, counted as `action`, and returns its id. Never retried: a retry could send the
     /// user the message twice.

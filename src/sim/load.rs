@@ -46,6 +46,10 @@ pub struct SimContext {
     /// How long after the media came up the digits are pressed (an IVR's first prompt
     /// has started by then).
     pub dtmf_after: Duration,
+    /// Tones each user listens for through the whole call (an IVR's tone-coded prompts).
+    /// When set, the audio is verified when the last tone heard is `expect_hz` (the
+    /// caller's own tone, echoed by the agent the IVR reached).
+    pub listen: Vec<f32>,
 }
 
 impl SimContext {
@@ -60,6 +64,7 @@ impl SimContext {
             expect_hz: TONE_HZ,
             dtmf: None,
             dtmf_after: DTMF_AFTER,
+            listen: Vec::new(),
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct CallResult {
     pub ended_by_business: bool,
     /// DTMF digits that came back (RFC 4733).
     pub digits_in: String,
+    /// The listened-for tones heard, in order.
+    pub tones: Vec<u32>,
     /// What went wrong, by kind (`webhook`, `no_answer`, `answer_refused`, `not_accepted`,
     /// `not_connected`, `no_audio`, `socket`).
     pub error: Option<String>,
@@ -115,6 +122,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         audio_verified: false,
         ended_by_business: false,
         digits_in: String::new(),
+        tones: Vec::new(),
         error: None,
     };
     let fail = |mut r: CallResult, kind: &str| {
@@ -125,10 +133,13 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         .map_err(super::user::UserError::from)
         .and_then(SimUser::offer);
     let (mut sim_user, offer) = match made {
-        Ok((u, offer)) => match &ctx.dtmf {
-            Some(d) => (u.with_dtmf(d, ctx.dtmf_after), offer),
-            None => (u, offer),
-        },
+        Ok((u, offer)) => {
+            let u = u.listening_for(&ctx.listen);
+            match &ctx.dtmf {
+                Some(d) => (u.with_dtmf(d, ctx.dtmf_after), offer),
+                None => (u, offer),
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "simulated user not created");
             return fail(result, "socket");
@@ -224,8 +235,13 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
     result.setup_ms = report.setup.map(|d| d.as_secs_f64() * 1000.0);
     result.packets_out = report.packets_out;
     result.packets_in = report.packets_in;
-    result.audio_verified = report.audio_verified();
+    result.audio_verified = if ctx.listen.is_empty() {
+        report.audio_verified()
+    } else {
+        report.connected && report.tones.last() == Some(&(ctx.expect_hz as u32))
+    };
     result.digits_in = report.digits_in.clone();
+    result.tones = report.tones.clone();
     let talked = result.accepted.then(|| {
         let now = unix_now();
         (now.saturating_sub(hold.as_secs()), now)
@@ -410,6 +426,7 @@ mod tests {
             audio_verified: true,
             ended_by_business: false,
             digits_in: String::new(),
+            tones: Vec::new(),
             error: None,
         };
         let bad = CallResult {

@@ -52,6 +52,9 @@ pub struct UserReport {
     pub tone_share: f32,
     /// DTMF digits received (RFC 4733 on Meta's payload type 126), in order.
     pub digits_in: String,
+    /// The listened-for tones heard, in order (one entry per run of 100 ms blocks in
+    /// which one of them carries most of the power), when the user listens for tones.
+    pub tones: Vec<u32>,
 }
 
 impl UserReport {
@@ -69,6 +72,8 @@ pub struct SimUser {
     socket: UdpSocket,
     started: Instant,
     dtmf: Option<DtmfPlan>,
+    /// Tones listened for through the whole call (an IVR's tone-coded prompts).
+    listen: Vec<f32>,
 }
 
 /// Digits a user presses during a call: each held 200 ms, 100 ms apart.
@@ -156,6 +161,7 @@ impl SimUser {
                 socket,
                 started: now,
                 dtmf: None,
+                listen: Vec::new(),
             },
             text,
         ))
@@ -193,6 +199,7 @@ impl SimUser {
                 socket,
                 started: now,
                 dtmf: None,
+                listen: Vec::new(),
             },
             text,
         ))
@@ -216,6 +223,13 @@ impl SimUser {
             FormatParams::default(),
         );
         config
+    }
+
+    /// Listens for `tones` (Hz) through the whole call: the report lists them as heard,
+    /// in order (an IVR's tone-coded prompts, then the agent's echo).
+    pub fn listening_for(mut self, tones: &[f32]) -> SimUser {
+        self.listen = tones.to_vec();
+        self
     }
 
     /// Presses `digits` (0-9, *, #, A-D) `after` the call connects, each for 200 ms, as
@@ -446,10 +460,16 @@ impl SimUser {
                     } else {
                         None
                     };
-                    if let Some(into) = into {
+                    let listening = !self.listen.is_empty();
+                    if into.is_some() || listening {
                         let mut pcm = [0f32; 5760];
                         if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
-                            into.extend_from_slice(&pcm[..n]);
+                            if let Some(into) = into {
+                                into.extend_from_slice(&pcm[..n]);
+                            }
+                            if listening {
+                                decoded.listen(&pcm[..n], &self.listen, &mut report.tones);
+                            }
                         }
                     }
                 }
@@ -493,6 +513,56 @@ const LAST_WINDOW: Duration = Duration::from_millis(1500);
 struct Heard {
     first: Vec<f32>,
     last: Vec<f32>,
+    /// The current 100 ms block, when listening for tones.
+    block: Vec<f32>,
+    /// When audio last arrived, and whether a gap (silence, or another sound) has come
+    /// since the last tone noted: the same tone after a gap is noted again.
+    last_at: Option<Instant>,
+    gap: bool,
+}
+
+impl Heard {
+    /// Adds decoded audio to the tone log: each full 100 ms block whose power is mostly
+    /// one of `tones` notes it (once per run).
+    fn listen(&mut self, pcm: &[f32], tones: &[f32], heard: &mut Vec<u32>) {
+        let now = Instant::now();
+        if self
+            .last_at
+            .is_some_and(|t| now.duration_since(t) > Duration::from_millis(200))
+        {
+            // Nothing arrived for a while: the caller heard silence.
+            self.gap = true;
+            self.block.clear();
+        }
+        self.last_at = Some(now);
+        for &x in pcm {
+            self.block.push(x);
+            if self.block.len() < 4800 {
+                continue;
+            }
+            let total: f32 = self.block.iter().map(|x| x * x).sum::<f32>() / 4800.0;
+            let best = tones
+                .iter()
+                .map(|&hz| {
+                    (
+                        hz,
+                        crate::media::quality::tone_power(&self.block, hz, 48_000.0),
+                    )
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .filter(|(_, p)| total > 1e-5 && *p / total > 0.5);
+            match best {
+                Some((hz, _)) => {
+                    if self.gap || heard.last() != Some(&(hz as u32)) {
+                        heard.push(hz as u32);
+                    }
+                    self.gap = false;
+                }
+                None => self.gap = true,
+            }
+            self.block.clear();
+        }
+    }
 }
 
 /// Share of `samples`' power at `hz`, after skipping the first `skip` (the decoder

@@ -120,6 +120,31 @@ pub struct Cdr {
     /// How the audio crossed the switch (`PCMU pass-through`, `opus <-> PCMA (transcoded)`).
     #[serde(default)]
     pub codec_path: Option<String>,
+    /// What call control (an IVR) did on the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlRecord>,
+}
+
+/// What call control did on a call: the way through the IVR, what the caller entered, and
+/// what the call produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ControlRecord {
+    /// The IVR that ran.
+    pub ivr: String,
+    /// Node names and the digits that chose each branch (e.g. `["main", "2", "sales"]`).
+    pub ivr_path: Vec<String>,
+    /// Every input the caller completed, in order.
+    pub digits: Vec<String>,
+    /// The voicemail's file.
+    #[serde(default)]
+    pub voicemail: Option<String>,
+    /// WhatsApp messages sent to the caller.
+    pub messages: u32,
+    /// Callback permission requests sent.
+    pub callback_requests: u32,
+    /// Why the script ended (`None`: the call went to a dialled destination).
+    #[serde(default)]
+    pub end: Option<String>,
 }
 
 /// What the media of a call looked like from the switch.
@@ -203,6 +228,7 @@ struct CdrRow {
     media_jitter_ms: Option<i64>,
     media_mos_centi: Option<i64>,
     codec_path: Option<String>,
+    control: Option<String>,
 }
 
 impl TryFrom<CdrRow> for Cdr {
@@ -244,6 +270,11 @@ impl TryFrom<CdrRow> for Cdr {
                 _ => None,
             },
             codec_path: r.codec_path,
+            // A record this version cannot read is left out rather than failing the CDR.
+            control: r
+                .control
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
         })
     }
 }
@@ -251,7 +282,7 @@ impl TryFrom<CdrRow> for Cdr {
 const COLUMNS: &str = "call_id, node_id, direction, business_number, customer_wa_id, wa_call_id, \
      sip_call_id, trunk, offered_at, ringing_at, answered_at, ended_at, duration_ms, outcome, \
      hangup_by, end_cause, failure, media_packets, media_lost, media_jitter_ms, media_mos_centi, \
-     codec_path";
+     codec_path, control";
 
 /// The same SQL for both backends, instantiated per concrete database type so that no
 /// generic trait bounds leak into the rest of the crate.
@@ -270,7 +301,7 @@ macro_rules! cdr_queries {
             }
             let mut tx = pool.begin().await?;
             let mut inserted = 0;
-            // SQLite allows 32766 bound values; 22 columns x 500 rows stays well below.
+            // SQLite allows 32766 bound values; 23 columns x 500 rows stays well below.
             for chunk in cdrs.chunks(500) {
                 let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO cdrs ({COLUMNS}) "));
                 q.push_values(chunk, |mut b, c| {
@@ -295,7 +326,12 @@ macro_rules! cdr_queries {
                         .push_bind(c.media.map(|m| m.lost))
                         .push_bind(c.media.map(|m| m.jitter_ms))
                         .push_bind(c.media.map(|m| m.mos_centi))
-                        .push_bind(c.codec_path.clone());
+                        .push_bind(c.codec_path.clone())
+                        .push_bind(
+                            c.control
+                                .as_ref()
+                                .and_then(|r| serde_json::to_string(r).ok()),
+                        );
                 });
                 q.push(" ON CONFLICT (call_id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();

@@ -20,7 +20,9 @@ use sqlx::sqlite::{
 
 use crate::config::{StoreConfig, StoreUrl};
 
-pub use cdr::{CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, MediaQuality};
+pub use cdr::{
+    CallOutcome, Cdr, CdrFilter, CdrRepository, ControlRecord, Direction, HangupParty, MediaQuality,
+};
 
 /// Migrations compiled into the binary and applied at start, on either backend.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

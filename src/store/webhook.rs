@@ -49,10 +49,54 @@ pub fn start(config: CdrWebhookConfig) -> Result<mpsc::Sender<Cdr>, String> {
     Ok(tx)
 }
 
+/// Events (`voicemail.ready`, …) waiting for the webhook before further ones are dropped.
+pub const EVENT_QUEUE: usize = 1_000;
+
+/// Starts a sender of events (JSON objects with an `event` name) to the same URL, signed
+/// the same way; delivered in order, retried as CDRs are.
+pub fn start_events(config: CdrWebhookConfig) -> Result<mpsc::Sender<serde_json::Value>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cdr_webhook: {e}"))?;
+    let (tx, mut rx) = mpsc::channel::<serde_json::Value>(EVENT_QUEUE);
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let Ok(body) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            let id = event
+                .get("call_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            let outcome = if post(&http, &config, &id, body).await {
+                "delivered"
+            } else {
+                "failed"
+            };
+            metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
+        }
+    });
+    Ok(tx)
+}
+
 async fn deliver(http: &reqwest::Client, config: &CdrWebhookConfig, cdr: &Cdr) -> bool {
     let Ok(body) = serde_json::to_vec(cdr) else {
         return false;
     };
+    post(http, config, &cdr.call_id, body).await
+}
+
+/// POSTs `body` signed, with retries; whether it was delivered.
+async fn post(
+    http: &reqwest::Client,
+    config: &CdrWebhookConfig,
+    call_id: &str,
+    body: Vec<u8>,
+) -> bool {
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=config.max_attempts {
         let timestamp = std::time::SystemTime::now()
@@ -73,11 +117,11 @@ async fn deliver(http: &reqwest::Client, config: &CdrWebhookConfig, cdr: &Cdr) -
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => {
                 let code = r.status().as_u16();
-                tracing::warn!(call_id = %cdr.call_id, status = code, attempt, "CDR webhook refused");
+                tracing::warn!(%call_id, status = code, attempt, "webhook refused");
                 matches!(code, 408 | 429) || code >= 500
             }
             Err(e) => {
-                tracing::warn!(call_id = %cdr.call_id, error = %e, attempt, "CDR webhook unreachable");
+                tracing::warn!(%call_id, error = %e, attempt, "webhook unreachable");
                 true
             }
         };

@@ -46,6 +46,14 @@ pub struct BridgeSetup {
     pub(super) load: TrunkLoad,
 }
 
+impl std::fmt::Debug for BridgeSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeSetup")
+            .field("first_trunk", &self.first_trunk())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BridgeSetup {
     /// The trunk the call is offered first.
     pub fn first_trunk(&self) -> Option<String> {

@@ -280,6 +280,37 @@ impl SipIngress {
         self.bridge_from_whatsapp(handles, &indexes, caller, None)
     }
 
+    /// A bridge with `caller` as leg A calling the user of `uri` (`sip:user@host`) at
+    /// `trunk` (the IVR's `dial` to a SIP URI on a trunk).
+    pub(crate) fn whatsapp_bridge_to_trunk(
+        &self,
+        trunk: &str,
+        uri: &str,
+        caller: &WhatsAppCaller,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let handles = inner
+            .handles
+            .get()
+            .ok_or((503, "SIP listeners not ready"))?;
+        let index = inner
+            .router
+            .trunks()
+            .iter()
+            .position(|t| t.name == trunk)
+            .ok_or((404, "no such trunk"))?;
+        if !inner.trunk_usable(index, handles) {
+            return Err((503, "no trunk available"));
+        }
+        let user = uri
+            .trim_start_matches("sips:")
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .filter(|u| !u.is_empty() && !u.contains(':'));
+        self.bridge_from_whatsapp(handles, &[index], caller, user)
+    }
+
     /// A bridge with `caller` as leg A and trunks `indexes` (configured order) as leg B;
     /// `user` is called at each trunk instead of its own user or the business number.
     pub(super) fn bridge_from_whatsapp(

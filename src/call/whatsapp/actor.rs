@@ -137,7 +137,9 @@ impl Actor for WhatsAppLegActor {
                 }
                 LegMsg::Remote(_) => Vec::new(),
                 // The bridge tells a WhatsApp leg how the business side goes, in SIP.
-                LegMsg::Alert | LegMsg::Answer => Vec::new(),
+                // The call's control answers the customer (an IVR).
+                LegMsg::Answer => leg.leg.answer(),
+                LegMsg::Alert => Vec::new(),
                 LegMsg::Hangup { cause, reply } => {
                     tracing::debug!(%cause, "ending the WhatsApp leg");
                     let outs = leg.leg.hangup();

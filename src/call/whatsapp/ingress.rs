@@ -28,6 +28,21 @@ pub(crate) struct WhatsAppCalls {
     numbers: HashMap<String, BusinessNumber>,
     /// Calling codes of sanctioned regions: their customers' calls are refused.
     sanctioned: Vec<String>,
+    /// Call control for numbers whose entry is an IVR.
+    control: Option<Control>,
+}
+
+/// What IVR calls need from the node.
+pub(crate) struct Control {
+    /// The IVRs by name.
+    pub ivrs: HashMap<String, crate::config::IvrConfig>,
+    /// The schedules IVR conditions test.
+    pub schedules: Vec<crate::config::ScheduleConfig>,
+    /// The node's services for call control.
+    pub services: crate::call::ivr::ControlServices,
+    /// The call-control clock's offset from the system clock (ms; a rehearsal's
+    /// `--clock`).
+    pub clock_offset_ms: i64,
 }
 
 impl WhatsAppCalls {
@@ -47,7 +62,14 @@ impl WhatsAppCalls {
                 .map(|n| (n.phone_number_id.clone(), n.clone()))
                 .collect(),
             sanctioned: Vec::new(),
+            control: None,
         }
+    }
+
+    /// Serves numbers whose entry is an IVR with `control`.
+    pub(crate) fn with_control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Refuses calls from customers whose number starts with one of `codes` (sanctioned
@@ -139,16 +161,29 @@ impl WhatsAppCalls {
             wa_call_id: c.call_id.clone(),
             offer_sdp: c.sdp,
         };
-        // A routed number's calls go to its route's trunks through the B2BUA; an echo-test
-        // number's callers hear themselves.
+        let caller = WhatsAppCaller {
+            wa_call_id: c.call_id.clone(),
+            wa_id: customer.clone(),
+            name: c.contact.as_ref().and_then(|ct| ct.name.clone()),
+            business_number: number.display_number.clone(),
+        };
+        // A routed number's calls go to its route's trunks through the B2BUA; an IVR
+        // number's to its IVR; an echo-test number's callers hear themselves.
         let mut trunk = None;
-        let plan = if let (false, Some(route)) = (number.echo_test, &number.route) {
-            let caller = WhatsAppCaller {
-                wa_call_id: c.call_id.clone(),
-                wa_id: customer.clone(),
-                name: c.contact.as_ref().and_then(|ct| ct.name.clone()),
-                business_number: number.display_number.clone(),
-            };
+        let plan = if let Some(entry) = &number.entry {
+            match self.ivr_setup(entry, number, caller) {
+                Some(ivr) => CallPlan::Ivr {
+                    whatsapp,
+                    ivr: Box::new(ivr),
+                },
+                None => {
+                    tracing::error!(wa_call_id = %c.call_id, ivr = %entry, "IVR not served on this node; rejecting");
+                    skip("no_ivr");
+                    self.reject(number, &c.call_id);
+                    return;
+                }
+            }
+        } else if let (false, Some(route)) = (number.echo_test, &number.route) {
             let setup = match &self.sip {
                 Some(sip) => sip.whatsapp_bridge(route, &caller),
                 None => Err((503, "no SIP listener")),
@@ -191,6 +226,45 @@ impl WhatsAppCalls {
                 }
             }
         }
+    }
+
+    /// An IVR call's setup: the IVR, and the facts its conditions test (the schedules
+    /// open now on the call-control clock, the customer's country, the language that
+    /// country speaks or the IVR's default).
+    fn ivr_setup(
+        &self,
+        entry: &str,
+        number: &BusinessNumber,
+        caller: WhatsAppCaller,
+    ) -> Option<crate::call::ivr::IvrSetup> {
+        let control = self.control.as_ref()?;
+        let ivr = control.ivrs.get(entry)?.clone();
+        let now = crate::clock::now_ms() + control.clock_offset_ms;
+        let country = crate::number::country(&caller.wa_id);
+        let language = country
+            .as_ref()
+            .and_then(|c| ivr.languages.get(c))
+            .cloned()
+            .unwrap_or_else(|| ivr.language.clone());
+        let facts = crate::control::Facts {
+            open: control
+                .schedules
+                .iter()
+                .filter(|s| s.schedule.is_open_at_ms(now))
+                .map(|s| s.name.clone())
+                .collect(),
+            country,
+            language,
+        };
+        tracing::debug!(ivr = %entry, open = ?facts.open, country = ?facts.country, "IVR call");
+        Some(crate::call::ivr::IvrSetup {
+            ivr,
+            facts,
+            services: control.services.clone(),
+            caller,
+            phone_number_id: number.phone_number_id.clone(),
+            business_country: number.country.clone(),
+        })
     }
 
     /// A business-initiated call Meta placed for a call of this switch that is gone (its

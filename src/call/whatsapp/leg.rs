@@ -332,6 +332,16 @@ impl WhatsAppLeg {
         }
     }
 
+    /// Answers an inbound call for the switch itself (an IVR): `pre_accept`, then
+    /// `accept`. An outbound leg is answered by the customer, not by this.
+    pub(crate) fn answer(&mut self) -> Vec<WaOut> {
+        if self.inbound() {
+            self.accept()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn send_accept(&mut self) -> Vec<WaOut> {
         let Way::Inbound { wa_call_id, answer } = &self.way else {
             return Vec::new();

@@ -71,6 +71,39 @@ impl MediaPair {
         )
     }
 
+    /// Captures `side`'s audio to a one-channel WAV at `path` (a voicemail), replacing a
+    /// capture running; with `silence`, [`MediaEvent::Silence`](super::MediaEvent::Silence)
+    /// when that side is quiet that long. The capture ends with
+    /// [`stop_capture`](Self::stop_capture) or with the pair, and `on_done` then hears the
+    /// final file (from another thread).
+    pub fn capture(
+        &self,
+        side: Side,
+        path: &std::path::Path,
+        silence: Option<Duration>,
+        on_done: impl FnOnce(std::io::Result<std::path::PathBuf>) + Send + 'static,
+    ) -> Result<(), MediaError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let recorder = crate::media::record::Recorder::start_mono(path, Box::new(on_done))?;
+        self.plane.send(
+            self.shard,
+            Command::Capture {
+                id: self.id,
+                side,
+                recorder,
+                silence,
+            },
+        )
+    }
+
+    /// Ends the capture; its file is finalised and reported.
+    pub fn stop_capture(&self) -> Result<(), MediaError> {
+        self.plane
+            .send(self.shard, Command::StopCapture { id: self.id })
+    }
+
     /// Starts (`on`) or stops ringback toward `side`'s peer: a looped 425 Hz cadence in its
     /// codec (an Opus side gets it transcoded), in place of what the other side sends, for
     /// a caller waiting on a phone that rings without early media.

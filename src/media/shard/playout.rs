@@ -32,7 +32,7 @@ impl Shard {
             let samples = p.prompt.samples();
             if p.pos >= samples.len() {
                 let slot = p.slot;
-                self.playing.swap_remove(i);
+                self.take_playout(i);
                 self.end_prompt(slot, false);
                 continue;
             }
@@ -77,6 +77,28 @@ impl Shard {
                 self.send_inserted(slot, &packet[..n], to);
             }
             i += 1;
+        }
+    }
+
+    /// Removes the `i`th playout; its Opus encoder goes back to its leg, so what the switch
+    /// inserts next toward that peer continues the same encoded stream (a decoder fed a
+    /// fresh encoder's frames mid-stream can go unstable).
+    pub(super) fn take_playout(&mut self, i: usize) {
+        let p = self.playing.swap_remove(i);
+        if let (Some(opus), Some(leg)) = (p.opus, self.legs[p.slot].as_mut()) {
+            leg.inserted_opus = Some(opus);
+        }
+    }
+
+    /// Stops whatever plays toward the peer of leg `slot` (no event).
+    pub(super) fn stop_playing(&mut self, slot: usize) {
+        let mut i = 0;
+        while i < self.playing.len() {
+            if self.playing[i].slot == slot {
+                self.take_playout(i);
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -183,7 +205,7 @@ impl Shard {
         let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) else {
             return;
         };
-        self.playing.retain(|p| p.slot != slot);
+        self.stop_playing(slot);
         let complexity = self.opus_complexity.load(Ordering::Relaxed);
         let Some(leg) = self.legs[slot].as_mut() else {
             return;
@@ -192,22 +214,7 @@ impl Shard {
         if !on {
             return;
         }
-        let (encode, opus): (fn(i16) -> u8, _) = match (leg.codec, leg.codec_pt) {
-            (Some(transcode::Codec::Opus), Some(_)) => {
-                use crate::media::transcode::{Codec, Transcoder};
-                match Transcoder::with_complexity(Codec::Pcmu, Codec::Opus, complexity) {
-                    Ok(t) => (g711::ulaw_encode as fn(i16) -> u8, Some(Box::new(t))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no Opus encoder for ringback");
-                        return;
-                    }
-                }
-            }
-            (_, Some(8)) => (g711::alaw_encode as fn(i16) -> u8, None),
-            (_, Some(0)) => (g711::ulaw_encode as fn(i16) -> u8, None),
-            _ => return,
-        };
-        let Some(pt) = leg.codec_pt else {
+        let Some((encode, opus, pt)) = encoder(leg, complexity) else {
             return;
         };
         leg.playing = true;
@@ -222,5 +229,32 @@ impl Shard {
             looping: true,
             opus,
         });
+    }
+}
+
+/// How audio the switch makes reaches `leg`'s peer: G.711 in the codec that side speaks, or
+/// G.711 transcoded to its Opus; with the payload type. `None`: no codec the switch plays.
+pub(super) fn encoder(
+    leg: &mut super::Leg,
+    complexity: u8,
+) -> Option<(fn(i16) -> u8, Option<Box<transcode::Transcoder>>, u8)> {
+    let pt = leg.codec_pt?;
+    match (leg.codec, pt) {
+        (Some(transcode::Codec::Opus), _) => {
+            use crate::media::transcode::{Codec, Transcoder};
+            if let Some(opus) = leg.inserted_opus.take() {
+                return Some((g711::ulaw_encode as fn(i16) -> u8, Some(opus), pt));
+            }
+            match Transcoder::with_complexity(Codec::Pcmu, Codec::Opus, complexity) {
+                Ok(t) => Some((g711::ulaw_encode as fn(i16) -> u8, Some(Box::new(t)), pt)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Opus encoder for a prompt");
+                    None
+                }
+            }
+        }
+        (_, 8) => Some((g711::alaw_encode as fn(i16) -> u8, None, pt)),
+        (_, 0) => Some((g711::ulaw_encode as fn(i16) -> u8, None, pt)),
+        _ => None,
     }
 }

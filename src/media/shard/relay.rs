@@ -302,7 +302,7 @@ impl Shard {
                 .iter()
                 .position(|p| p.slot == slot && p.barge_in)
             {
-                self.playing.swap_remove(i);
+                self.take_playout(i);
                 self.end_prompt(slot, true);
             }
         }
@@ -312,6 +312,9 @@ impl Shard {
             }
             if let Some(rec) = p.recorder.as_mut() {
                 record(rec, side, pt, ts, now, rtp.payload());
+            }
+            if let Some(c) = p.capture.as_mut().filter(|c| c.side == side && !dtmf) {
+                super::capture::capture_packet(c, pt, ts, now, rtp.payload());
             }
         }
         if self.legs[peer].as_ref().is_none_or(|l| l.playing) {

@@ -166,6 +166,7 @@ impl Shard {
                 legs: [a, b_slot],
                 events,
                 recorder,
+                capture: None,
             },
         );
         let legs = if b_slot == a { 1.0 } else { 2.0 };

@@ -10,7 +10,6 @@ use mio::{Events, Interest, Token};
 
 use super::{Command, DtmfOut, Io, Leg, Pair, PlayOut, Shard, RTC_TOKENS, TICK, WAKER};
 use crate::media::batch::{self, Batch};
-use crate::media::g711;
 use crate::media::plane::{EventSink, LegStats, MediaEvent};
 use crate::media::record::Recorder;
 use crate::media::types::{Side, SourcePolicy};
@@ -161,28 +160,29 @@ impl Shard {
                     prompt,
                     barge_in,
                 } => {
-                    let Some(pair) = self.pairs.get(&id) else {
+                    let Some((slot, events)) = self
+                        .pairs
+                        .get(&id)
+                        .map(|p| (p.legs[side.index()], p.events.clone()))
+                    else {
                         continue;
                     };
-                    let slot = pair.legs[side.index()];
+                    // One prompt at a time toward a side: a new one replaces the old.
+                    self.stop_playing(slot);
+                    let complexity = self
+                        .opus_complexity
+                        .load(std::sync::atomic::Ordering::Relaxed);
                     let Some(leg) = self.legs[slot].as_mut() else {
                         continue;
                     };
-                    let encode: fn(i16) -> u8 = match leg.codec_pt {
-                        Some(0) => g711::ulaw_encode,
-                        Some(8) => g711::alaw_encode,
-                        _ => {
-                            (pair.events)(MediaEvent::PromptDone {
-                                side,
-                                barged_in: false,
-                                played: false,
-                            });
-                            continue;
-                        }
+                    let Some((encode, opus, pt)) = super::playout::encoder(leg, complexity) else {
+                        events(MediaEvent::PromptDone {
+                            side,
+                            barged_in: false,
+                            played: false,
+                        });
+                        continue;
                     };
-                    let pt = leg.codec_pt.unwrap_or(0);
-                    // One prompt at a time toward a side: a new one replaces the old.
-                    self.playing.retain(|p| p.slot != slot);
                     leg.playing = true;
                     self.playing.push(PlayOut {
                         slot,
@@ -193,8 +193,20 @@ impl Shard {
                         encode,
                         pt,
                         looping: false,
-                        opus: None,
+                        opus,
                     });
+                }
+                Command::Capture {
+                    id,
+                    side,
+                    recorder,
+                    silence,
+                } => self.capture(id, side, recorder, silence),
+                Command::StopCapture { id } => {
+                    // Dropping the capture closes its recorder, which finalises the file.
+                    if let Some(pair) = self.pairs.get_mut(&id) {
+                        pair.capture = None;
+                    }
                 }
                 Command::Ringback { id, side, on } => self.ringback(id, side, on),
                 #[cfg(any(test, feature = "fault-injection"))]
@@ -226,6 +238,7 @@ impl Shard {
                 legs: slots,
                 events,
                 recorder,
+                capture: None,
             },
         );
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
@@ -318,6 +331,15 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        for pair in self.pairs.values_mut() {
+            if let Some(event) = pair
+                .capture
+                .as_mut()
+                .and_then(|c| super::capture::silence_due(c, now))
+            {
+                (pair.events)(event);
+            }
+        }
         for leg in self.legs.iter_mut().flatten() {
             // A WebRTC leg that never connects times out too.
             let expected = leg.remote.is_some() || matches!(leg.io, Io::WebRtc(_));

@@ -1,0 +1,620 @@
+//! The call-control actor: runs one call's IVR script ([`control::Engine`]) against the
+//! call's other actors.
+//!
+//! It is a child of the call's supervisor, next to the WhatsApp leg and the media actor.
+//! The engine decides; this actor carries its commands out and feeds it what happens:
+//! - `answer`: the WhatsApp leg pre-accepts and accepts toward Meta; ringback plays toward
+//!   the customer meanwhile (Meta drops a call that carries no media), and the script goes
+//!   on once the leg is answered and its media connected.
+//! - `play`: prompts (resolved in the call's language, with the IVR's default language as
+//!   fallback) play from the media shard toward the customer; a digit stops prompts that
+//!   allow barge-in, in the shard itself.
+//! - `record`: a beep, then the customer's side is captured to a WAV file in the IVR's
+//!   voicemail directory, watched for silence; when it ends the file is final, goes in the
+//!   CDR, and a signed `voicemail.ready` event is posted to the webhook.
+//! - `dial`: the supervisor starts a SIP bridge with the answered WhatsApp leg as its
+//!   caller; the script learns whether it was answered.
+//! - `message` and `request_callback`: a WhatsApp text (or template) through the Graph
+//!   API, and a call-permission request through the permission service (rules, limits,
+//!   audit trail), each on a task the actor owns.
+//!
+//! Media events come straight from the media actor (never through the supervisor), so a
+//! recording still finalises while the supervisor is tearing the call down: at teardown
+//! the supervisor asks for the call's [`ControlRecord`], and the actor answers once a
+//! recording in progress is on disk (or after [`FINISH_PATIENCE`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::leg::LegMsg;
+use super::media::MediaMsg;
+use super::sip::caller::WhatsAppCaller;
+use super::sip::SipIngress;
+use super::supervisor::CallMsg;
+use super::wakeup::Wakeup;
+use crate::config::IvrConfig;
+use crate::control::{Command, Destination, Engine, Event, Facts};
+use crate::media::plane::MediaEvent;
+use crate::media::prompt::Prompt;
+use crate::media::types::Side;
+use crate::meta::outbox::Outbox;
+use crate::permission::service::Permissions;
+use crate::store::{ControlRecord, HangupParty};
+
+/// How long the end of a call waits for a recording in progress to reach the disk.
+pub const FINISH_PATIENCE: Duration = Duration::from_secs(2);
+/// How long an answered call waits for its media to connect before the script goes on.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
+/// The record beep: 1 kHz for 500 ms.
+const BEEP_HZ: f64 = 1000.0;
+const BEEP_MS: usize = 500;
+
+/// What the node gives every IVR call: how to reach trunks, Meta and the permission
+/// service, and where voicemail events go.
+#[derive(Clone)]
+pub struct ControlServices {
+    /// Builds the SIP bridges `dial` starts.
+    pub(crate) sip: Option<SipIngress>,
+    /// Meta's Graph API (messages, permission requests).
+    pub outbox: Outbox,
+    /// The permission service (callback requests), with the call rules it applies.
+    pub permissions: Option<Permissions>,
+    /// Countries business-initiated calls may not reach.
+    pub excluded_countries: Arc<Vec<String>>,
+    /// Calling codes of sanctioned regions.
+    pub sanctioned: Arc<Vec<String>>,
+    /// Signed events (`voicemail.ready`) go here, when a webhook is configured.
+    pub events: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+}
+
+/// One IVR call's start.
+pub struct IvrSetup {
+    /// The IVR.
+    pub ivr: IvrConfig,
+    /// What its conditions test.
+    pub facts: Facts,
+    /// The node's services.
+    pub services: ControlServices,
+    /// The customer as trunks learn them.
+    pub(crate) caller: WhatsAppCaller,
+    /// Meta's id of the business number.
+    pub phone_number_id: String,
+    /// The business number's country (for the call rules of a callback request).
+    pub business_country: String,
+}
+
+/// Messages of [`IvrActor`].
+#[derive(Debug)]
+pub enum IvrMsg {
+    /// Something happened to the call (from the supervisor).
+    Call(Event),
+    /// The WhatsApp leg is answered (from the supervisor).
+    Answered,
+    /// Something happened in the call's media (from the media actor).
+    Media(MediaEvent),
+    /// A timer is due.
+    Wake,
+    /// The call is ending: stop, and reply with what the script did.
+    Finish(RpcReplyPort<ControlRecord>),
+}
+
+/// The call-control actor.
+pub struct IvrActor;
+
+/// What the actor starts with.
+pub struct IvrArgs {
+    /// The IVR call's setup.
+    pub setup: IvrSetup,
+    /// The call's supervisor.
+    pub call: ActorRef<CallMsg>,
+    /// The call's WhatsApp leg.
+    pub whatsapp: ActorRef<LegMsg>,
+    /// The call's media actor.
+    pub media: ActorRef<MediaMsg>,
+    /// The switch's id of the call.
+    pub call_id: String,
+    /// The call's span.
+    pub span: tracing::Span,
+}
+
+/// Where a `record` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    Idle,
+    /// The beep plays; capturing starts when it ends.
+    Beep,
+    /// The caller's side is being captured.
+    Capturing,
+    /// Stopped; the file is being finalised.
+    Stopping,
+}
+
+/// State of a running IVR.
+pub struct Ivr {
+    engine: Engine,
+    setup: IvrSetup,
+    call: ActorRef<CallMsg>,
+    whatsapp: ActorRef<LegMsg>,
+    media: ActorRef<MediaMsg>,
+    call_id: String,
+    span: tracing::Span,
+    timer: Wakeup<IvrMsg>,
+    /// Answering: waiting for the leg's answer and its media.
+    answering: bool,
+    answered: bool,
+    connected: bool,
+    /// When an answered call stops waiting for its media.
+    connect_deadline: Option<Instant>,
+    recording: Recording,
+    /// The current recording's settings and file.
+    record: Option<(crate::control::Record, PathBuf)>,
+    recordings: u32,
+    /// A prompt plays toward the customer (a `PromptDone` is due).
+    playing: bool,
+    tasks: JoinSet<()>,
+    finish: Option<RpcReplyPort<ControlRecord>>,
+    finish_deadline: Option<Instant>,
+}
+
+impl Actor for IvrActor {
+    type Msg = IvrMsg;
+    type State = Ivr;
+    type Arguments = IvrArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: IvrArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Media events come here directly.
+        let me = myself.clone();
+        let sink: crate::media::plane::EventSink = Arc::new(move |event| {
+            let _ = me.send_message(IvrMsg::Media(event));
+        });
+        let _ = args
+            .media
+            .send_message(MediaMsg::Subscribe(super::media::Listener(sink)));
+        let engine = Engine::new(args.setup.ivr.script.clone(), args.setup.ivr.type_ahead)
+            .with_facts(args.setup.facts.clone());
+        Ok(Ivr {
+            engine,
+            setup: args.setup,
+            call: args.call,
+            whatsapp: args.whatsapp,
+            media: args.media,
+            call_id: args.call_id,
+            span: args.span,
+            timer: Wakeup::default(),
+            answering: false,
+            answered: false,
+            connected: false,
+            connect_deadline: None,
+            recording: Recording::Idle,
+            record: None,
+            recordings: 0,
+            playing: false,
+            tasks: JoinSet::new(),
+            finish: None,
+            finish_deadline: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ivr: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = ivr.span.clone();
+        let _entered = span.enter();
+        tracing::info!(ivr = %ivr.setup.ivr.name, language = ivr.engine.language(), "IVR starts");
+        let commands = ivr.engine.start(Instant::now());
+        ivr.carry_out(commands);
+        ivr.arm(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        ivr: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = ivr.span.clone();
+        async {
+            let now = Instant::now();
+            let commands = match msg {
+                IvrMsg::Call(event) => ivr.engine.on_event(event, now),
+                IvrMsg::Answered => {
+                    ivr.answered = true;
+                    ivr.connect_deadline = Some(now + CONNECT_PATIENCE);
+                    ivr.answer_done(now)
+                }
+                IvrMsg::Media(event) => ivr.on_media(event, now),
+                IvrMsg::Wake => {
+                    ivr.timer.fired();
+                    let mut out = Vec::new();
+                    if ivr.connect_deadline.is_some_and(|at| at <= now) {
+                        tracing::warn!("the customer's media did not connect in time; going on");
+                        ivr.connected = true;
+                        out.extend(ivr.answer_done(now));
+                    }
+                    if ivr.finish_deadline.is_some_and(|at| at <= now) {
+                        tracing::warn!("the recording did not finish in time");
+                        ivr.reply_finish();
+                    }
+                    out.extend(ivr.engine.handle_timeout(now));
+                    out
+                }
+                IvrMsg::Finish(reply) => {
+                    ivr.finish = Some(reply);
+                    let out = ivr.engine.on_event(Event::CallerHungUp, now);
+                    ivr.finish_deadline = Some(now + FINISH_PATIENCE);
+                    out
+                }
+            };
+            ivr.carry_out(commands);
+            if ivr.finish.is_some() && ivr.recording == Recording::Idle {
+                ivr.reply_finish();
+            }
+            while ivr.tasks.try_join_next().is_some() {}
+            ivr.arm(&myself);
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ivr: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Messages and requests already handed to Meta finish (bounded by the Graph
+        // client's own timeouts).
+        let patience = ivr.setup.services.outbox.graph().longest_request();
+        let deadline = tokio::time::Instant::now() + patience;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, ivr.tasks.join_next()).await {}
+        Ok(())
+    }
+}
+
+impl Ivr {
+    fn arm(&mut self, myself: &ActorRef<IvrMsg>) {
+        let at = [
+            self.engine.poll_timeout(),
+            self.connect_deadline,
+            self.finish_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.timer.set(myself, at, || IvrMsg::Wake);
+    }
+
+    /// The answer is complete once the leg is answered and its media connected.
+    fn answer_done(&mut self, now: Instant) -> Vec<Command> {
+        if !(self.answering && self.answered && self.connected) {
+            return Vec::new();
+        }
+        self.answering = false;
+        self.connect_deadline = None;
+        let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
+        self.engine.on_event(Event::Answered(Ok(())), now)
+    }
+
+    fn on_media(&mut self, event: MediaEvent, now: Instant) -> Vec<Command> {
+        match event {
+            MediaEvent::Connected(Side::A) => {
+                self.connected = true;
+                self.answer_done(now)
+            }
+            MediaEvent::Dtmf(Side::A, d) => self.engine.on_event(Event::Dtmf(d.digit), now),
+            MediaEvent::PromptDone {
+                side: Side::A,
+                played,
+                ..
+            } => {
+                if !played {
+                    tracing::warn!("a prompt could not play toward the customer");
+                }
+                self.playing = false;
+                if self.recording == Recording::Beep {
+                    self.start_capture();
+                    return Vec::new();
+                }
+                self.engine.on_event(Event::PlayDone, now)
+            }
+            MediaEvent::Silence(Side::A) if self.recording == Recording::Capturing => {
+                self.engine.on_event(Event::Silence, now)
+            }
+            MediaEvent::CaptureDone(result) => {
+                self.recording = Recording::Idle;
+                let result = result.map(|p| p.display().to_string());
+                if let Ok(file) = &result {
+                    self.voicemail_ready(file);
+                }
+                self.engine.on_event(Event::RecordDone(result), now)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Carries out the engine's commands, and those that follow from one failing at once
+    /// (a dial with nothing to dial).
+    fn carry_out(&mut self, commands: Vec<Command>) {
+        let mut queue: std::collections::VecDeque<Command> = commands.into();
+        while let Some(command) = queue.pop_front() {
+            queue.extend(self.command(command));
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Vec<Command> {
+        match command {
+            Command::Answer => {
+                self.answering = true;
+                let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
+                let _ = self.whatsapp.send_message(LegMsg::Answer);
+                // A leg already answered goes straight on.
+                return self.answer_done(Instant::now());
+            }
+            Command::Play {
+                prompts,
+                loops,
+                barge_in,
+            } => self.play(&prompts, loops, barge_in),
+            Command::StopPlay => {
+                // Silences whatever plays toward the customer; no event follows.
+                self.playing = false;
+                let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
+            }
+            Command::Record(record) => self.record(record),
+            Command::StopRecord => match self.recording {
+                Recording::Capturing => {
+                    self.recording = Recording::Stopping;
+                    let _ = self.media.send_message(MediaMsg::StopCapture);
+                }
+                Recording::Beep => {
+                    // Ended before it began: an empty recording, still a file.
+                    let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
+                    self.playing = false;
+                    self.start_capture();
+                    self.recording = Recording::Stopping;
+                    let _ = self.media.send_message(MediaMsg::StopCapture);
+                }
+                Recording::Idle | Recording::Stopping => {}
+            },
+            Command::Dial(destination) => return self.dial(destination),
+            Command::Message(message) => self.message(message),
+            Command::RequestCallback { purpose } => self.request_callback(purpose),
+            Command::Hangup { reason } => {
+                let by = match reason.as_str() {
+                    "answer_failed" | "answer_timeout" | "record_failed" | "script_loop" => {
+                        HangupParty::Switch
+                    }
+                    _ => HangupParty::Business,
+                };
+                let _ = self.call.send_message(CallMsg::Hangup {
+                    by,
+                    cause: reason,
+                    reply: None,
+                });
+            }
+        }
+        Vec::new()
+    }
+
+    /// The prompts, in the call's language, as one prompt played `loops` times.
+    fn play(&mut self, names: &[String], loops: u32, barge_in: bool) {
+        let prompts = &self.setup.ivr.prompts;
+        let language = self.engine.language().to_string();
+        let found: Vec<&Prompt> = names
+            .iter()
+            .filter_map(|n| {
+                let p = prompts.get(&language, n);
+                if p.is_none() {
+                    tracing::error!(prompt = %n, %language, "prompt missing");
+                }
+                p
+            })
+            .collect();
+        let prompt = match (found.as_slice(), loops) {
+            ([one], 1) => (*one).clone(),
+            _ => {
+                let total: usize = found.iter().map(|p| p.samples().len()).sum();
+                let mut samples = Vec::with_capacity(total * loops as usize);
+                for _ in 0..loops.max(1) {
+                    for p in &found {
+                        samples.extend_from_slice(p.samples());
+                    }
+                }
+                Prompt::from_samples(samples)
+            }
+        };
+        self.playing = true;
+        let _ = self
+            .media
+            .send_message(MediaMsg::Play(Side::A, prompt, barge_in));
+    }
+
+    fn record(&mut self, record: crate::control::Record) {
+        self.recordings += 1;
+        let name = if self.recordings == 1 {
+            format!("{}.wav", self.call_id)
+        } else {
+            format!("{}-{}.wav", self.call_id, self.recordings)
+        };
+        let path = self.setup.ivr.voicemail_dir.join(name);
+        let beep = record.beep;
+        self.record = Some((record, path));
+        if beep {
+            self.recording = Recording::Beep;
+            self.playing = true;
+            let _ = self
+                .media
+                .send_message(MediaMsg::Play(Side::A, beep_prompt(), false));
+        } else {
+            self.start_capture();
+        }
+    }
+
+    fn start_capture(&mut self) {
+        let Some((record, path)) = &self.record else {
+            return;
+        };
+        self.recording = Recording::Capturing;
+        tracing::info!(file = %path.display(), "recording the caller");
+        let _ = self.media.send_message(MediaMsg::Capture {
+            side: Side::A,
+            path: path.clone(),
+            silence: record.silence,
+        });
+    }
+
+    fn dial(&mut self, destination: Destination) -> Vec<Command> {
+        let built = match (&self.setup.services.sip, &destination) {
+            (None, _) => Err((503, "no SIP listener")),
+            (Some(sip), Destination::Route(route)) => {
+                sip.whatsapp_bridge(route, &self.setup.caller)
+            }
+            (Some(sip), Destination::Uri { uri, trunk }) => {
+                sip.whatsapp_bridge_to_trunk(trunk, uri, &self.setup.caller)
+            }
+        };
+        match built {
+            Ok(setup) => {
+                tracing::info!(?destination, "dialling");
+                let _ = self.call.send_message(CallMsg::Dial(setup));
+                Vec::new()
+            }
+            Err((code, why)) => {
+                // The script goes on with its next verb.
+                tracing::warn!(?destination, code, why, "nothing to dial");
+                self.engine
+                    .on_event(Event::DialEnded { answered: false }, Instant::now())
+            }
+        }
+    }
+
+    fn message(&mut self, message: crate::control::verb::Message) {
+        let graph = Arc::clone(self.setup.services.outbox.graph());
+        let pnid = self.setup.phone_number_id.clone();
+        let to = self.setup.caller.wa_id.clone();
+        self.tasks.spawn(
+            async move {
+                let sent = match &message {
+                    crate::control::verb::Message::Text(text) => {
+                        graph.send_text(&pnid, &to, text).await
+                    }
+                    crate::control::verb::Message::Template { name, language } => {
+                        graph.send_template(&pnid, &to, name, language).await
+                    }
+                };
+                match sent {
+                    Ok(id) => tracing::info!(message_id = %id, "message sent to the caller"),
+                    Err(e) => tracing::warn!(error = %e, "message to the caller not sent"),
+                }
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    fn request_callback(&mut self, purpose: String) {
+        let Some(permissions) = self.setup.services.permissions.clone() else {
+            tracing::warn!("no permission service: callback request not sent");
+            return;
+        };
+        let graph = Arc::clone(self.setup.services.outbox.graph());
+        let pnid = self.setup.phone_number_id.clone();
+        let wa_id = self.setup.caller.wa_id.clone();
+        let pair =
+            crate::permission::service::Pair::new(&self.setup.caller.business_number, &wa_id);
+        let policy = crate::permission::bic_policy(
+            &self.setup.business_country,
+            &wa_id,
+            &self.setup.services.excluded_countries,
+            &self.setup.services.sanctioned,
+        );
+        let owner = permissions.clone();
+        let text = purpose.clone();
+        self.tasks.spawn(
+            async move {
+                let sent = owner
+                    .background()
+                    .run("callback request", async move {
+                        permissions
+                            .request(&pair, &purpose, None, policy, || async move {
+                                graph
+                                    .send_permission_request(&pnid, &wa_id, &text)
+                                    .await
+                                    .map_err(|e| e.to_string())
+                            })
+                            .await
+                    })
+                    .await;
+                match sent {
+                    Ok(Ok(_)) => tracing::info!("callback permission requested"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "callback permission not requested"),
+                    Err(e) => tracing::warn!(error = %e, "callback request ended early"),
+                }
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// Posts the signed `voicemail.ready` event.
+    fn voicemail_ready(&self, file: &str) {
+        let Some(events) = &self.setup.services.events else {
+            return;
+        };
+        let bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+        let event = serde_json::json!({
+            "event": "voicemail.ready",
+            "call_id": self.call_id,
+            "ivr": self.setup.ivr.name,
+            "business_number": self.setup.caller.business_number,
+            "customer_wa_id": self.setup.caller.wa_id,
+            "file": file,
+            "bytes": bytes,
+            "duration_ms": bytes.saturating_sub(44) * 1000 / 16_000,
+        });
+        if events.try_send(event).is_err() {
+            tracing::warn!("voicemail event not queued: the webhook queue is full");
+        }
+    }
+
+    fn reply_finish(&mut self) {
+        self.finish_deadline = None;
+        let Some(reply) = self.finish.take() else {
+            return;
+        };
+        let outcome = self.engine.outcome();
+        let record = ControlRecord {
+            ivr: self.setup.ivr.name.clone(),
+            ivr_path: outcome.path.clone(),
+            digits: outcome.digits.clone(),
+            voicemail: outcome.recording.clone(),
+            messages: outcome.messages,
+            callback_requests: outcome.callback_requests,
+            end: outcome.end.clone(),
+        };
+        let _ = reply.send(record);
+    }
+}
+
+/// The tone before a recording.
+fn beep_prompt() -> Prompt {
+    let n = 8 * BEEP_MS;
+    Prompt::from_samples(
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / 8000.0;
+                (8000.0 * (2.0 * std::f64::consts::PI * BEEP_HZ * t).sin()) as i16
+            })
+            .collect(),
+    )
+}
