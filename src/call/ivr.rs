@@ -488,7 +488,7 @@ impl Ivr {
         match built {
             Ok(setup) => {
                 tracing::info!(?destination, "dialling");
-                let _ = self.call.send_message(CallMsg::Dial(setup));
+                let _ = self.call.send_message(CallMsg::Dial(Box::new(setup)));
                 Vec::new()
             }
             Err((code, why)) => {

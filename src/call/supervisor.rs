@@ -158,7 +158,7 @@ pub enum CallMsg {
     /// Something Meta said about the call (webhooks), for its WhatsApp leg.
     WhatsApp(WaEvent),
     /// The call's control dials: a SIP bridge with the WhatsApp leg as its caller.
-    Dial(BridgeSetup),
+    Dial(Box<BridgeSetup>),
     /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
     #[cfg(any(test, feature = "fault-injection"))]
     FaultSelf(Fault),
@@ -623,7 +623,7 @@ impl Call {
                     self.trunk = Some(trunk);
                 }
                 if let Err(e) = self
-                    .spawn_bridge(myself, setup, Some((Leg::A, wa)), WHATSAPP_CALLER)
+                    .spawn_bridge(myself, *setup, Some((Leg::A, wa)), WHATSAPP_CALLER)
                     .await
                 {
                     tracing::warn!(error = %e, "dial not started");

@@ -232,12 +232,13 @@ impl Shard {
     }
 }
 
+/// A G.711 encoder, the Opus encoder its frames go through (an Opus side), and the
+/// payload type.
+pub(super) type Encoder = (fn(i16) -> u8, Option<Box<transcode::Transcoder>>, u8);
+
 /// How audio the switch makes reaches `leg`'s peer: G.711 in the codec that side speaks, or
 /// G.711 transcoded to its Opus; with the payload type. `None`: no codec the switch plays.
-pub(super) fn encoder(
-    leg: &mut super::Leg,
-    complexity: u8,
-) -> Option<(fn(i16) -> u8, Option<Box<transcode::Transcoder>>, u8)> {
+pub(super) fn encoder(leg: &mut super::Leg, complexity: u8) -> Option<Encoder> {
     let pt = leg.codec_pt?;
     match (leg.codec, pt) {
         (Some(transcode::Codec::Opus), _) => {
