@@ -372,6 +372,14 @@ fn the_business_call_rehearsal_runs_as_documented() {
 }
 
 #[test]
+fn the_ivr_rehearsal_runs_as_documented() {
+    in_own_namespace("the_ivr_rehearsal_runs_as_documented", || {
+        let path = "config/examples/ivr-sim.toml";
+        vec![(path.into(), config_commands(path))]
+    });
+}
+
+#[test]
 fn the_b2bua_rehearsal_runs_as_documented() {
     in_own_namespace("the_b2bua_rehearsal_runs_as_documented", || {
         let path = "config/examples/sip-b2bua.toml";
@@ -406,6 +414,7 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         ("config/examples/uic-sim.toml", 3),
         ("config/examples/bic-sim.toml", 9),
         ("config/examples/sip-b2bua.toml", 3),
+        ("config/examples/ivr-sim.toml", 6),
     ] {
         let found = config_commands(path);
         assert!(found.len() >= at_least, "{path}: {found:?}");

@@ -380,10 +380,12 @@ impl Validator {
             Some(dir) if plain_name(&language) => self.prompt_set(&ikey, &dir, &language, &menu),
             _ => PromptSet::new(language.clone()),
         };
+        // Written data lives where the node runs (like media.record_dir and the SQLite
+        // store): relative to the working directory, not to the configuration.
         let voicemail_dir = self.config_path(
             &format!("{ikey}.voicemail_dir"),
             &raw.voicemail_dir,
-            known.base,
+            Path::new(""),
             "the directory voicemail recordings go to",
         );
         if let Some(dir) = &voicemail_dir {

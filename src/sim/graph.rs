@@ -117,6 +117,8 @@ struct Inner {
     permissions: HashMap<(String, String), Option<u64>>,
     settings: HashMap<String, Value>,
     faults: Vec<Fault>,
+    /// The call-id counter; starts at a random point, so two sims (or one started again)
+    /// never reuse Meta's ids, as Meta never does.
     next: u64,
 }
 
@@ -146,7 +148,10 @@ impl SimGraph {
         SimGraph {
             token,
             numbers: Arc::new(phone_number_ids),
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                next: uuid::Uuid::new_v4().as_u64_pair().0 >> 20,
+                ..Inner::default()
+            })),
             changed: Arc::new(tokio::sync::Notify::new()),
             notices: Arc::new(Mutex::new(None)),
         }

@@ -1042,3 +1042,61 @@ fn a_panicking_shard_restarts_and_only_its_own_pairs_fail() {
     drop(second);
     plane.stop();
 }
+
+/// A voicemail: side A's audio (G.711 here) is captured to a one-channel WAV; the side
+/// going quiet is reported once after the silence limit; stopping finalises the file and
+/// reports it.
+#[test]
+fn a_capture_writes_one_sides_voice_and_reports_silence_and_its_file() {
+    let r = rig(42_700, SourcePolicy::Strict, Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm").join("call.wav");
+    let (done_tx, done_rx) = mpsc::channel();
+    r.pair
+        .capture(Side::A, &path, Some(Duration::from_millis(600)), move |f| {
+            let _ = done_tx.send(f.map_err(|e| e.to_string()));
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // One second of 440 Hz from A (B's audio is not captured), then A is silent.
+    let tone = prompt_tone(440.0, 1000);
+    for (k, frame) in tone.samples().chunks(160).enumerate() {
+        let payload: Vec<u8> = frame
+            .iter()
+            .map(|&s| crate::media::g711::ulaw_encode(s))
+            .collect();
+        let k = k as u16;
+        r.a.send_to(&rtp(k, u32::from(k) * 160, 5, 0, &payload), r.a_port)
+            .unwrap();
+        r.b.send_to(&rtp(k, u32::from(k) * 160, 6, 0, &[0x11; 160]), r.b_port)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut silences = 0;
+    while Instant::now() < deadline {
+        if let Ok(MediaEvent::Silence(side)) = r.events.recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(side, Side::A);
+            silences += 1;
+        }
+    }
+    assert_eq!(silences, 1, "silence is reported once");
+    r.pair.stop_capture().unwrap();
+    let file = done_rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("capture reported")
+        .expect("a file");
+    assert_eq!(file, path);
+    let wav = std::fs::read(&file).unwrap();
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "one channel");
+    let samples: Vec<f32> = wav[44..]
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    let secs = samples.len() as f32 / 8000.0;
+    assert!((0.9..1.2).contains(&secs), "{secs} s captured");
+    let total = samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32;
+    let share = crate::media::quality::tone_power(&samples, 440.0, 8000.0) / total;
+    assert!(share > 0.9, "440 Hz share {share}");
+    r.plane.stop();
+}
