@@ -530,3 +530,45 @@ fn a_brazilian_caller_hears_the_portuguese_menu_and_a_holiday_is_closed() {
         .expect("record");
     assert_eq!(control.ivr_path, ["main", "closed"], "{control:?}");
 }
+
+/// Support does not answer (nobody listens at its trunk; the INVITE times out): the script
+/// goes on to the closed branch and takes a message. A voicemail directory that cannot be
+/// written ends the call cleanly, with the cause in its CDR.
+#[test]
+fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_written_ends_the_call()
+{
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (support, sales) = (free_udp_port(), free_udp_port());
+    let mut rig = start_rig(&rt, dir.path(), support, sales, 56_800, OPEN_AT);
+    rig.ctx.dtmf = Some("1".into());
+    rig.ctx.dtmf_after = Duration::from_millis(700);
+    rig.ctx.expect_hz = BEEP as f32;
+    let r = rt.block_on(load::user_call(&rig.ctx, "4915112345678", Duration::from_secs(7)));
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.tones, [MENU, CLOSED, BEEP], "{r:?}");
+
+    // Once the first call is over (its voicemail final), the voicemail directory becomes
+    // a file: the next recording cannot start.
+    assert!(rt.block_on(rig.node.calls().wait_idle(Duration::from_secs(20))));
+    let voicemail = dir.path().join("voicemail");
+    std::fs::remove_dir_all(&voicemail).expect("voicemail dir");
+    std::fs::write(&voicemail, b"not a directory").expect("file");
+    let r2 = rt.block_on(load::user_call(&rig.ctx, "4915187654321", Duration::from_secs(7)));
+    assert!(r2.ended_by_business, "{r2:?}");
+
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let control = cdr_of(&cdrs, &r.wa_call_id).control.clone().expect("record");
+    assert_eq!(
+        control.ivr_path,
+        ["main", "1", "support", "closed"],
+        "{control:?}"
+    );
+    assert!(control.voicemail.is_some(), "{control:?}");
+    let failed = cdr_of(&cdrs, &r2.wa_call_id);
+    assert_eq!(failed.end_cause, "record_failed", "{failed:?}");
+    assert_eq!(failed.hangup_by, waswitch::store::HangupParty::Switch);
+    let control = failed.control.clone().expect("record");
+    assert_eq!(control.end.as_deref(), Some("record_failed"), "{control:?}");
+    assert_eq!(control.voicemail, None);
+}
