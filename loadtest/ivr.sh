@@ -38,7 +38,6 @@ run() {
       -e "s|^prompts = \"prompts\"|prompts = \"$ROOT/config/examples/prompts\"|" \
       -e 's/^\[media\]/[media]\nport_min = 30000\nport_max = 39999/' \
       -e 's/^codecs = .*/codecs = ["PCMU"]/' \
-      -e 's/^invite_timeout_ms = 4000$/invite_timeout_ms = 4000\noptions_interval_secs = 0/' \
       "$ROOT/$src" >"$conf"
   printf "\n[limits]\nmax_calls = 20000\nmax_cps = 5000\n" >>"$conf"
 

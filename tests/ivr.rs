@@ -535,8 +535,7 @@ fn a_brazilian_caller_hears_the_portuguese_menu_and_a_holiday_is_closed() {
 /// goes on to the closed branch and takes a message. A voicemail directory that cannot be
 /// written ends the call cleanly, with the cause in its CDR.
 #[test]
-fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_written_ends_the_call()
-{
+fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_written_ends_the_call() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (support, sales) = (free_udp_port(), free_udp_port());
@@ -544,7 +543,11 @@ fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_writte
     rig.ctx.dtmf = Some("1".into());
     rig.ctx.dtmf_after = Duration::from_millis(700);
     rig.ctx.expect_hz = BEEP as f32;
-    let r = rt.block_on(load::user_call(&rig.ctx, "4915112345678", Duration::from_secs(7)));
+    let r = rt.block_on(load::user_call(
+        &rig.ctx,
+        "4915112345678",
+        Duration::from_secs(7),
+    ));
     assert_eq!(r.error, None, "{r:?}");
     assert_eq!(r.tones, [MENU, CLOSED, BEEP], "{r:?}");
 
@@ -554,11 +557,18 @@ fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_writte
     let voicemail = dir.path().join("voicemail");
     std::fs::remove_dir_all(&voicemail).expect("voicemail dir");
     std::fs::write(&voicemail, b"not a directory").expect("file");
-    let r2 = rt.block_on(load::user_call(&rig.ctx, "4915187654321", Duration::from_secs(7)));
+    let r2 = rt.block_on(load::user_call(
+        &rig.ctx,
+        "4915187654321",
+        Duration::from_secs(7),
+    ));
     assert!(r2.ended_by_business, "{r2:?}");
 
     let cdrs = cdrs(&rt, rig.node, dir.path());
-    let control = cdr_of(&cdrs, &r.wa_call_id).control.clone().expect("record");
+    let control = cdr_of(&cdrs, &r.wa_call_id)
+        .control
+        .clone()
+        .expect("record");
     assert_eq!(
         control.ivr_path,
         ["main", "1", "support", "closed"],
