@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{free_udp_port, runtime, Uas};
@@ -18,7 +17,7 @@ use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::{self, SimContext};
 use waswitch::sim::webhooks::{BusinessRef, WebhookSender};
-use waswitch::store::{Cdr, CdrFilter, CdrRepository, Store};
+use waswitch::store::Cdr;
 
 const SECRET: &str = "ivr-secret";
 const PNID: &str = "105615555715855";
@@ -36,44 +35,6 @@ const OWN: u32 = 440;
 /// A Wednesday noon and a Sunday 3 a.m. in São Paulo.
 const OPEN_AT: &str = "2026-12-09T15:00:00Z";
 const CLOSED_AT: &str = "2026-12-06T06:00:00Z";
-
-type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
-
-/// A webhook receiver: every POST's timestamp and signature headers and its body.
-async fn webhook_sink() -> (String, Received) {
-    use axum::http::HeaderMap;
-    let got: Received = Default::default();
-    let kept = got.clone();
-    let app = axum::Router::new().route(
-        "/hooks",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                let header = |n: &str| {
-                    headers
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                kept.lock().expect("sink").push((
-                    header("x-waswitch-timestamp"),
-                    header("x-waswitch-signature"),
-                    body.to_vec(),
-                ));
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener, app,
-    )));
-    (url, got)
-}
 
 /// The front door: the IVR of config/examples/ivr-sim.toml with the test's ports, a
 /// first-digit timeout of 1.5 s, and the call-control clock at `now` (RFC 3339).
@@ -210,7 +171,7 @@ struct Rig {
     graph: SimGraph,
     node: Node,
     ctx: SimContext,
-    hooks: Received,
+    hooks: common::Posted,
 }
 
 /// The sim's Graph API and a node serving the front door, its call-control clock at `at`.
@@ -225,7 +186,7 @@ fn start_rig(
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let (node, hooks) = rt.block_on(async {
         let sim = graph.serve_loopback().await.expect("sim Graph API");
-        let (hook, hooks) = webhook_sink().await;
+        let (hook, hooks) = common::webhook_sink(false).await;
         let toml = ivr_toml(support, sales, media_ports, &sim.to_string(), &hook, dir);
         let mut config = Config::loopback(&toml, &dir.join("ivr.db")).expect("config");
         let target: jiff::Timestamp = at.parse().expect("instant");
@@ -261,22 +222,7 @@ fn start_rig(
 
 /// Waits for the calls to end, stops the node, and reads the CDRs.
 fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
-    rt.block_on(async {
-        assert!(
-            node.calls().wait_idle(Duration::from_secs(20)).await,
-            "calls left over"
-        );
-        node.drain_and_stop().await;
-        let config = Config::loopback("", &dir.join("ivr.db")).expect("config");
-        let store = Store::open(&config.store).await.expect("store");
-        store
-            .list(&CdrFilter {
-                limit: 100,
-                ..CdrFilter::default()
-            })
-            .await
-            .expect("cdrs")
-    })
+    common::cdrs_after(rt, node, &dir.join("ivr.db"))
 }
 
 fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
@@ -472,14 +418,13 @@ fn after_hours_a_caller_hears_closed_leaves_a_voicemail_and_gets_a_message_and_a
         .iter()
         .find_map(|(ts, sig, body)| {
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            (v["event"] == "voicemail.ready").then(|| (ts.clone(), sig.clone(), body.clone(), v))
+            (v["event"] == "voicemail.ready").then(|| (*ts, sig.clone(), body.clone(), v))
         })
         .unwrap_or_else(|| panic!("no voicemail event in {got:?}"));
     let (ts, sig, body, v) = event;
     assert_eq!(v["file"], file.as_str());
     assert_eq!(v["customer_wa_id"], customer);
-    let expected =
-        waswitch::store::webhook::signature(b"hook-secret", ts.parse().expect("timestamp"), &body);
+    let expected = waswitch::store::webhook::signature(b"hook-secret", ts, &body);
     assert_eq!(sig, expected);
 }
 

@@ -14,7 +14,7 @@ use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::{self, SimContext};
 use waswitch::sim::webhooks::{self, BusinessRef, Ending, WebhookSender};
-use waswitch::store::{CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, Store};
+use waswitch::store::{CallOutcome, Cdr, Direction, HangupParty};
 
 const SECRET: &str = "uic-secret";
 const PNID: &str = "105615555715855";
@@ -99,22 +99,7 @@ fn sim_context(graph: &SimGraph, node: &Node) -> SimContext {
 }
 
 fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
-    rt.block_on(async {
-        assert!(
-            node.calls().wait_idle(Duration::from_secs(15)).await,
-            "calls left over"
-        );
-        node.drain_and_stop().await;
-        let config = Config::loopback("", &dir.join("u.db")).expect("config");
-        let store = Store::open(&config.store).await.expect("store");
-        store
-            .list(&CdrFilter {
-                limit: 100,
-                ..CdrFilter::default()
-            })
-            .await
-            .expect("cdrs")
-    })
+    common::cdrs_after(rt, node, &dir.join("u.db"))
 }
 
 fn actions(graph: &SimGraph) -> Vec<(String, u16)> {

@@ -4,6 +4,8 @@
 //! Graph API, and echoes the audio; the users check their tone comes back and hang up with
 //! Meta's terminate webhook. Every call leaves one CDR.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -84,7 +86,7 @@ async fn stop_and_read_cdrs(node: Node, dir: &Path) -> Vec<waswitch::store::Cdr>
 async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Every CDR also goes to a webhook, which fails its first delivery.
-    let (hook_url, received) = cdr_sink().await;
+    let (hook_url, received) = common::webhook_sink(true).await;
     let extra = format!(
         "[cdr_webhook]\nurl = \"{hook_url}\"\nsecret = \"cdr-secret\"\ntimeout_ms = 2000\n"
     );
@@ -158,47 +160,6 @@ async fn a_user_call_to_an_echo_number_connects_with_audio_both_ways() {
     let posted: serde_json::Value = serde_json::from_slice(body).expect("json");
     assert_eq!(posted["call_id"], cdr.call_id.as_str());
     assert_eq!(posted["outcome"], "answered");
-}
-
-/// What a CDR webhook receiver got: timestamp, signature and body of each request.
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>;
-
-/// A CDR webhook receiver answering 503 to its first request and 200 after; what it got.
-async fn cdr_sink() -> (String, Received) {
-    use axum::http::{HeaderMap, StatusCode};
-    let got: Received = Default::default();
-    let kept = got.clone();
-    let app = axum::Router::new().route(
-        "/cdrs",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                let header = |n: &str| {
-                    headers
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let ts = header("x-waswitch-timestamp").parse().unwrap_or(0);
-                let mut all = kept.lock().expect("sink");
-                all.push((ts, header("x-waswitch-signature"), body.to_vec()));
-                if all.len() == 1 {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/cdrs", listener.local_addr().expect("addr"));
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener, app,
-    )));
-    (url, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,12 +29,7 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 
 /// Starts the sender; CDRs handed to the returned queue are delivered in order.
 pub fn start(config: CdrWebhookConfig) -> Result<mpsc::Sender<Cdr>, String> {
-    let http = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout)
-        .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cdr_webhook: {e}"))?;
+    let http = client(&config)?;
     let (tx, mut rx) = mpsc::channel::<Cdr>(QUEUE);
     tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
@@ -55,12 +50,7 @@ pub const EVENT_QUEUE: usize = 1_000;
 /// Starts a sender of events (JSON objects with an `event` name) to the same URL, signed
 /// the same way; delivered in order, retried as CDRs are.
 pub fn start_events(config: CdrWebhookConfig) -> Result<mpsc::Sender<serde_json::Value>, String> {
-    let http = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout)
-        .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cdr_webhook: {e}"))?;
+    let http = client(&config)?;
     let (tx, mut rx) = mpsc::channel::<serde_json::Value>(EVENT_QUEUE);
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
@@ -81,6 +71,16 @@ pub fn start_events(config: CdrWebhookConfig) -> Result<mpsc::Sender<serde_json:
         }
     });
     Ok(tx)
+}
+
+/// The HTTP client of the webhook: its timeouts, and the switch's name.
+fn client(config: &CdrWebhookConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .user_agent(concat!("waswitch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cdr_webhook: {e}"))
 }
 
 async fn deliver(http: &reqwest::Client, config: &CdrWebhookConfig, cdr: &Cdr) -> bool {

@@ -397,3 +397,76 @@ pub fn sim_context(
         },
     )
 }
+
+/// What a webhook receiver got: the timestamp and signature headers and the body of each
+/// request, in order.
+pub type Posted = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback (`POST /hooks`): its URL and what it got. With
+/// `refuse_first` the first request is answered 503, so the sender must retry.
+pub async fn webhook_sink(refuse_first: bool) -> (String, Posted) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Posted = Default::default();
+    let kept = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let ts = header("x-waswitch-timestamp").parse().unwrap_or(0);
+                let mut all = kept.lock().expect("sink");
+                all.push((ts, header("x-waswitch-signature"), body.to_vec()));
+                if refuse_first && all.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )));
+    (url, got)
+}
+
+/// Waits for `node`'s calls to end, drains and stops it, and reads the CDRs its SQLite
+/// store at `db` holds.
+pub fn cdrs_after(
+    rt: &tokio::runtime::Runtime,
+    node: Node,
+    db: &Path,
+) -> Vec<waswitch::store::Cdr> {
+    use waswitch::store::CdrRepository;
+    rt.block_on(async {
+        assert!(
+            node.calls()
+                .wait_idle(std::time::Duration::from_secs(20))
+                .await,
+            "calls left over"
+        );
+        node.drain_and_stop().await;
+        let config = Config::loopback("", db).expect("config");
+        let store = waswitch::store::Store::open(&config.store)
+            .await
+            .expect("store");
+        store
+            .list(&waswitch::store::CdrFilter {
+                limit: 100,
+                ..waswitch::store::CdrFilter::default()
+            })
+            .await
+            .expect("cdrs")
+    })
+}

@@ -249,6 +249,14 @@ impl SipIngress {
         (targets, b_handles, kept)
     }
 
+    /// The SIP listeners, once bound.
+    fn ready_handles(&self) -> Result<&SipHandles, (u16, &'static str)> {
+        self.inner
+            .handles
+            .get()
+            .ok_or((503, "SIP listeners not ready"))
+    }
+
     /// A WhatsApp user's call delivered through the B2BUA to the trunks of route `route`:
     /// the WhatsApp side stands in for leg A (a caller whose INVITE carries the customer's
     /// identity, the business number as the dialled user, and `sdp`, the codecs the switch
@@ -259,10 +267,7 @@ impl SipIngress {
         caller: &WhatsAppCaller,
     ) -> Result<BridgeSetup, (u16, &'static str)> {
         let inner = &self.inner;
-        let handles = inner
-            .handles
-            .get()
-            .ok_or((503, "SIP listeners not ready"))?;
+        let handles = self.ready_handles()?;
         let indexes = inner
             .router
             .named(
@@ -289,10 +294,7 @@ impl SipIngress {
         caller: &WhatsAppCaller,
     ) -> Result<BridgeSetup, (u16, &'static str)> {
         let inner = &self.inner;
-        let handles = inner
-            .handles
-            .get()
-            .ok_or((503, "SIP listeners not ready"))?;
+        let handles = self.ready_handles()?;
         let index = inner
             .router
             .trunks()
