@@ -16,7 +16,6 @@ use waswitch::config::{Config, Secret};
 use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::{self, SimContext};
-use waswitch::sim::webhooks::{BusinessRef, WebhookSender};
 use waswitch::store::Cdr;
 
 const SECRET: &str = "ivr-secret";
@@ -193,21 +192,7 @@ fn start_rig(
         config.clock_offset_ms = target.as_millisecond() - waswitch::clock::now_ms();
         (Node::start(config).await.expect("node"), hooks)
     });
-    let webhooks = WebhookSender::new(
-        &format!("http://{}/webhooks/meta", node.http_addr()),
-        Secret::new(SECRET),
-        Duration::from_secs(20),
-    )
-    .expect("sender");
-    let mut ctx = SimContext::loopback(
-        graph.clone(),
-        webhooks,
-        BusinessRef {
-            waba_id: "1".into(),
-            phone_number_id: PNID.into(),
-            display_number: NUMBER.into(),
-        },
-    );
+    let mut ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     ctx.listen = [MENU, INVALID, CLOSED, MENU_PT, BEEP, OWN]
         .iter()
         .map(|&hz| hz as f32)
