@@ -35,6 +35,8 @@ use crate::telemetry;
 use root::{RootArgs, RootMsg, RootSupervisor};
 
 /// CDRs held in memory before calls ending have to wait for the store.
+/// The digest realm agents' phones register in.
+const AGENT_REALM: &str = "waswitch";
 const CDR_QUEUE_CAPACITY: usize = 65_536;
 /// Calls still up when the grace period ends get this long to hang up.
 const HANGUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -345,6 +347,18 @@ impl Node {
                 ))
             }),
             user,
+            // Agents' phones register on every listener; nonces are keyed per node.
+            agents: (!config.agents.is_empty()).then(|| {
+                Arc::new(crate::sip::registrar::Agents::new(
+                    &config.agents,
+                    AGENT_REALM,
+                    &uuid::Uuid::new_v4().to_string(),
+                    (
+                        std::time::Instant::now(),
+                        u64::try_from(now_ms() / 1000).unwrap_or(0),
+                    ),
+                ))
+            }),
         };
         let sip_tls = match &config.sip.tls {
             Some(tls) => {

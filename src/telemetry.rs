@@ -85,6 +85,13 @@ pub const MEDIA_LEGS_ACTIVE: &str = "waswitch_media_legs_active";
 /// Gauge: legs whose audio is transcoded.
 pub const TRANSCODING_LEGS_ACTIVE: &str = "waswitch_transcoding_legs_active";
 
+/// Gauge: agents whose phones are registered.
+pub const AGENTS_REGISTERED: &str = "waswitch_agents_registered";
+
+/// Counter: agent REGISTERs answered, by `outcome` (`bound`, `unbound`, `challenged`,
+/// `queried`, `credentials`, `throttled`, `malformed`).
+pub const AGENT_REGISTRATIONS_TOTAL: &str = "waswitch_agent_registrations_total";
+
 /// Counter: DTMF digits received, by `side` (`a`, `b`).
 pub const DTMF_DIGITS_TOTAL: &str = "waswitch_dtmf_digits_total";
 
@@ -557,6 +564,29 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Gauge,
             "Media legs whose audio is transcoded.",
             unlabelled(),
+        ),
+        m(
+            AGENTS_REGISTERED,
+            Gauge,
+            "Agents whose phones are registered.",
+            unlabelled(),
+        ),
+        m(
+            AGENT_REGISTRATIONS_TOTAL,
+            Counter,
+            "Agent REGISTERs answered, by outcome.",
+            one(
+                "outcome",
+                &[
+                    "bound",
+                    "unbound",
+                    "challenged",
+                    "queried",
+                    "credentials",
+                    "throttled",
+                    "malformed",
+                ],
+            ),
         ),
         m(
             DTMF_DIGITS_TOTAL,

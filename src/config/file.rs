@@ -28,6 +28,8 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub trunk: Vec<TrunkSection>,
     #[serde(default)]
+    pub agent: Vec<AgentSection>,
+    #[serde(default)]
     pub route: Vec<RouteSection>,
     #[serde(default)]
     pub meta: Option<MetaSection>,
@@ -717,6 +719,20 @@ fn default_log_level() -> String {
 
 fn default_log_format() -> String {
     "text".to_string()
+}
+
+/// `[[agent]]`: an agent whose phone (a browser over WebSocket, a softphone) registers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentSection {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub queues: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

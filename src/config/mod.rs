@@ -77,6 +77,8 @@ pub struct Config {
     pub meta: Option<MetaConfig>,
     /// WhatsApp business numbers served, in file order.
     pub business_numbers: Vec<BusinessNumber>,
+    /// Agents whose phones register (`[[agent]]`).
+    pub agents: Vec<AgentConfig>,
     /// `waswitch sim`.
     pub sim: SimConfig,
     /// Where each CDR is also POSTed, signed (`None`: only stored).
@@ -91,6 +93,19 @@ pub struct Config {
     /// schedules IVR branches test. Not read from the file: 0, unless the program sets it
     /// (a rehearsal running at another time of day).
     pub clock_offset_ms: i64,
+}
+
+/// An agent whose phone registers with the switch (digest, SHA-256 or MD5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The SIP user the phone registers as.
+    pub user: String,
+    /// Its digest password.
+    pub password: Secret,
+    /// The name callers' cards and CDRs show.
+    pub display_name: Option<String>,
+    /// The queues the agent answers.
+    pub queues: Vec<String>,
 }
 
 /// Overload protection: above these, new calls get 503 with Retry-After at once.

@@ -674,3 +674,26 @@ fn route_sites_are_checked_entry_by_entry() {
     assert_eq!((site.priority, site.weight), (2, 5));
     assert_eq!(site.countries, ["BR"]);
 }
+
+#[test]
+fn agents_load_and_their_mistakes_name_the_entry() {
+    let c = load(
+        "[[agent]]\nuser = \"alice\"\npassword = \"alice-pass\"\ndisplay_name = \"Alice\"\n\
+         queues = [\"support\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(c.agents.len(), 1);
+    assert_eq!(c.agents[0].user, "alice");
+    assert_eq!(c.agents[0].password.expose(), "alice-pass");
+    assert!(!format!("{:?}", c.agents[0]).contains("alice-pass"));
+    assert_eq!(c.agents[0].queues, ["support"]);
+    let p = one_problem("[[agent]]\nuser = \"al ice\"\npassword = \"x\"\n");
+    assert_eq!(p.key, "agent[0].user");
+    let p = one_problem("[[agent]]\nuser = \"alice\"\n");
+    assert_eq!(p.key, "agent[0].password");
+    let p = one_problem(
+        "[[agent]]\nuser = \"alice\"\npassword = \"x\"\n[[agent]]\nuser = \"alice\"\npassword = \"y\"\n",
+    );
+    assert_eq!(p.key, "agent[1].user");
+    assert!(p.problem.contains("twice"), "{}", p.problem);
+}

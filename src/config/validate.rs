@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    file, Config, ConfigProblem, HttpConfig, LimitsConfig, LogConfig, LogFormat, MediaConfig,
-    Secret, ShutdownConfig, SimConfig, SipConfig, StoreConfig, Transport,
+    file, AgentConfig, Config, ConfigProblem, HttpConfig, LimitsConfig, LogConfig, LogFormat,
+    MediaConfig, Secret, ShutdownConfig, SimConfig, SipConfig, StoreConfig, Transport,
 };
 
 pub(super) struct Validator {
@@ -239,6 +239,7 @@ impl Validator {
             sip_listen,
         );
         let trunks = self.trunks(&raw.trunk, sip_listen);
+        let agents = self.agents(&raw.agent);
         let sim_listen = self.socket_addr("sim.listen", &raw.sim.listen, "127.0.0.1:8090");
         let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
@@ -351,6 +352,7 @@ impl Validator {
             },
             meta,
             business_numbers,
+            agents,
             sim: SimConfig {
                 listen: sim_listen?,
             },
@@ -415,5 +417,54 @@ impl Validator {
             );
             None
         }
+    }
+}
+
+impl Validator {
+    /// `[[agent]]`: a SIP user name (unique), a password.
+    fn agents(&mut self, raw: &[file::AgentSection]) -> Vec<AgentConfig> {
+        let mut users = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, a) in raw.iter().enumerate() {
+            let key = |field: &str| format!("agent[{i}].{field}");
+            let user = a.user.trim();
+            let valid = !user.is_empty()
+                && user.len() <= 64
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'".contains(&b));
+            if !valid {
+                self.problem(
+                    &key("user"),
+                    format!("{:?} is not a SIP user name", a.user),
+                    "use 1 to 64 letters, digits and - _ . ! ~ * ' (e.g. \"alice\")",
+                );
+            } else if !users.insert(user.to_string()) {
+                self.problem(
+                    &key("user"),
+                    format!("{user} is configured twice"),
+                    "list each agent once",
+                );
+            }
+            if a.password.is_empty() {
+                self.problem(
+                    &key("password"),
+                    "is empty",
+                    "give the agent's phone a password (digest; never sent in the clear)",
+                );
+            }
+            out.push(AgentConfig {
+                user: user.to_string(),
+                password: Secret::new(a.password.clone()),
+                display_name: a
+                    .display_name
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string),
+                queues: a.queues.iter().map(|q| q.trim().to_string()).collect(),
+            });
+        }
+        out
     }
 }

@@ -266,6 +266,8 @@ pub(crate) struct SipCore {
     admission: Option<Arc<Mutex<RateLimiter>>>,
     /// Who may start calls; `None`: anyone (the transaction user decides).
     sources: Option<Arc<Sources>>,
+    /// Agents whose phones register (`None`: REGISTER is not served).
+    agents: Option<Arc<super::registrar::Agents>>,
     refusals: RefusalLog,
     /// A transaction user takes INVITEs and in-dialog requests.
     user: bool,
@@ -304,6 +306,7 @@ impl SipCore {
             draining: false,
             admission: None,
             sources: None,
+            agents: None,
             refusals: RefusalLog::default(),
             user: false,
             via_protocol: None,
@@ -339,6 +342,12 @@ impl SipCore {
     /// for them.
     pub(crate) fn with_sources(mut self, sources: Arc<Sources>) -> Self {
         self.sources = Some(sources);
+        self
+    }
+
+    /// REGISTERs are answered by `agents`' registrar.
+    pub(crate) fn with_agents(mut self, agents: Arc<super::registrar::Agents>) -> Self {
+        self.agents = Some(agents);
         self
     }
 
@@ -508,7 +517,12 @@ impl SipCore {
                         });
                         continue;
                     }
-                    let response = self.answer(&request, key);
+                    let response = match (&self.agents, request.method()) {
+                        (Some(agents), Some(Method::Register)) => {
+                            agents.register(&request, peer, now)
+                        }
+                        _ => self.answer(&request, key),
+                    };
                     if let Some(entry) = self.txns.get_mut(key) {
                         entry.txn.respond(now, response);
                     }

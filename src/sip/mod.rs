@@ -11,6 +11,7 @@ pub(crate) mod dialog;
 pub mod header;
 pub mod msg;
 pub(crate) mod overload;
+pub(crate) mod registrar;
 pub(crate) mod source;
 pub(crate) mod transport;
 pub(crate) mod trunk;

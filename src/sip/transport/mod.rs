@@ -99,6 +99,8 @@ pub(crate) struct ListenerSettings {
     pub user: Option<Arc<dyn SipUser>>,
     /// Who may start calls (`None`: anyone; the transaction user decides).
     pub sources: Option<Arc<super::source::Sources>>,
+    /// Agents whose phones register here (`None`: REGISTER is refused 405).
+    pub agents: Option<Arc<super::registrar::Agents>>,
 }
 
 impl std::fmt::Debug for dyn SipUser {
@@ -203,11 +205,15 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
         health,
         user,
         sources,
+        agents,
     } = settings;
     let mut core =
         SipCore::new(Transport::Unreliable, timers, local, rand_seed()).with_admission(admission);
     if let Some(sources) = sources {
         core = core.with_sources(sources);
+    }
+    if let Some(agents) = agents {
+        core = core.with_agents(agents);
     }
     if user.is_some() {
         core = core.with_user();

@@ -274,6 +274,10 @@ async fn run_core(
     if let Some(sources) = settings.sources.clone() {
         core = core.with_sources(sources);
     }
+    let agents = settings.agents.clone();
+    if let Some(agents) = agents.clone() {
+        core = core.with_agents(agents);
+    }
     if handle.is_tls() {
         core = core.with_via_protocol("TLS");
     }
@@ -299,7 +303,13 @@ async fn run_core(
                     core.transport_failed(Instant::now(), peer);
                 }
                 Some(Inbound::Frame(peer, framed)) => core.handle_frame(Instant::now(), framed, peer),
-                Some(Inbound::Closed(peer)) => { conns.remove(&peer); }
+                Some(Inbound::Closed(peer)) => {
+                    conns.remove(&peer);
+                    // An agent's binding lives on its connection.
+                    if let Some(agents) = &agents {
+                        agents.flow_closed(peer);
+                    }
+                }
                 None => return,
             },
             _ = super::sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),

@@ -1,0 +1,448 @@
+//! The registrar of agents' phones (browser phones over WebSocket, softphones), sans-IO.
+//!
+//! A REGISTER is answered here: challenged with digest (SHA-256 offered first, then MD5,
+//! RFC 8760), checked against the agent's password, and its binding kept, refreshed or
+//! removed. A binding lives on the connection it came over (the binding is the flow): a
+//! request toward the agent goes back over that connection, and the connection closing
+//! removes the binding. Repeated failures from one address are throttled. Time is an input
+//! (Unix seconds); nothing here reads a clock or touches a socket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::auth::{self, Algorithm, AuthError, NonceIssuer};
+use super::build::MessageBuilder;
+use super::header::NameAddr;
+use super::msg::{HeaderName, Method, SipMessage};
+use super::uri::SipUri;
+
+/// A connection (flow) a binding lives on, as its transport numbers it.
+pub(crate) type FlowId = u64;
+
+/// Shortest registration accepted (RFC 3261 §10.3: 423 with Min-Expires below it).
+pub(crate) const MIN_EXPIRES: u64 = 60;
+/// Longest registration granted (longer requests are cut to it).
+pub(crate) const MAX_EXPIRES: u64 = 3600;
+/// Granted when the REGISTER names no expiry.
+pub(crate) const DEFAULT_EXPIRES: u64 = 600;
+/// Failed authentications from one address within [`FAILURE_WINDOW`] before it is
+/// throttled for the rest of the window.
+pub(crate) const MAX_FAILURES: u32 = 10;
+/// The window failures are counted in, seconds.
+pub(crate) const FAILURE_WINDOW: u64 = 60;
+
+/// Where an agent's phone is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Binding {
+    /// The agent.
+    pub user: String,
+    /// The Contact URI the phone registered.
+    pub contact: String,
+    /// The connection it registered over (requests to the agent go back over it).
+    pub flow: FlowId,
+    /// Where the connection comes from.
+    pub source: SocketAddr,
+    /// When it lapses (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// What a REGISTER did, besides its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Registered {
+    /// Nothing changed (challenged, refused, or a query).
+    Nothing,
+    /// The agent is reachable (new binding, or refreshed).
+    Bound(String),
+    /// The agent unregistered.
+    Unbound(String),
+}
+
+/// Why a REGISTER was refused, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No or bad credentials (401 again, or 403).
+    Credentials,
+    /// Too many failures from this address.
+    Throttled,
+    /// The request itself is wrong (400, 423).
+    Malformed,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Credentials => "credentials",
+            Refusal::Throttled => "throttled",
+            Refusal::Malformed => "malformed",
+        }
+    }
+}
+
+/// The outcome of one REGISTER.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The response to send back over the flow.
+    pub response: SipMessage,
+    /// What changed.
+    pub registered: Registered,
+    /// Why it was refused, when it was.
+    pub refusal: Option<Refusal>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    since: u64,
+    count: u32,
+}
+
+/// The agents' bindings.
+#[derive(Debug)]
+pub(crate) struct Registrar {
+    nonces: NonceIssuer,
+    bindings: HashMap<String, Binding>,
+    failures: HashMap<IpAddr, Failures>,
+}
+
+impl Registrar {
+    /// A registrar challenging with nonces from `nonces` (its realm is the agents').
+    pub(crate) fn new(nonces: NonceIssuer) -> Registrar {
+        Registrar {
+            nonces,
+            bindings: HashMap::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    /// Where `user` is reached, if registered and not lapsed at `now`.
+    pub(crate) fn lookup(&self, user: &str, now: u64) -> Option<&Binding> {
+        self.bindings.get(user).filter(|b| b.expires_at > now)
+    }
+
+    /// How many agents are registered.
+    pub(crate) fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Answers `request` (a REGISTER) that came over `flow` from `source` at `now`; the
+    /// agents' passwords come from `password_of`.
+    pub(crate) fn register(
+        &mut self,
+        request: &SipMessage,
+        flow: FlowId,
+        source: SocketAddr,
+        now: u64,
+        password_of: impl Fn(&str) -> Option<String>,
+    ) -> Outcome {
+        let refuse = |code: u16, reason: &str, refusal: Refusal| Outcome {
+            response: MessageBuilder::response_to(request, code, reason, None).build(),
+            registered: Registered::Nothing,
+            refusal: Some(refusal),
+        };
+        if request.method() != Some(&Method::Register) {
+            return refuse(405, "Method Not Allowed", Refusal::Malformed);
+        }
+        if self.throttled(source.ip(), now) {
+            let response = MessageBuilder::response_to(request, 503, "Service Unavailable", None)
+                .header(HeaderName::RetryAfter, FAILURE_WINDOW.to_string())
+                .build();
+            return Outcome {
+                response,
+                registered: Registered::Nothing,
+                refusal: Some(Refusal::Throttled),
+            };
+        }
+        // The address of record: To's user.
+        let Some(aor) = request
+            .header(&HeaderName::To)
+            .and_then(|h| NameAddr::parse(&h.value).ok())
+            .and_then(|a| SipUri::parse(&a.uri).ok())
+            .and_then(|u| u.user)
+        else {
+            return refuse(400, "Bad To", Refusal::Malformed);
+        };
+        let Some(credentials) = request.header(&HeaderName::Authorization) else {
+            return self.challenge(request, now, false);
+        };
+        let verified = auth::verify(&credentials.value, "REGISTER", &self.nonces, now, |u| {
+            password_of(u)
+        });
+        let user = match verified {
+            Ok(user) => user,
+            Err(AuthError::Stale) => return self.challenge(request, now, true),
+            Err(e) => {
+                self.failed(source.ip(), now);
+                tracing::info!(%source, aor = %aor, error = %e, "agent registration refused");
+                let mut out = refuse(403, "Forbidden", Refusal::Credentials);
+                if matches!(e, AuthError::Nonce) {
+                    // A nonce this node did not issue (another node's, a restart): a
+                    // fresh challenge lets an honest phone try again.
+                    out = self.challenge(request, now, true);
+                    out.refusal = Some(Refusal::Credentials);
+                }
+                return out;
+            }
+        };
+        if user != aor {
+            self.failed(source.ip(), now);
+            return refuse(403, "Forbidden", Refusal::Credentials);
+        }
+        self.failures.remove(&source.ip());
+        let contacts: Vec<NameAddr> = request
+            .headers_named(&HeaderName::Contact)
+            .filter_map(|h| NameAddr::parse_all(&h.value).ok())
+            .flatten()
+            .collect();
+        let header_expires = request
+            .header(&HeaderName::Expires)
+            .and_then(|h| std::str::from_utf8(&h.value).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // A query: the current binding, nothing changed.
+        if contacts.is_empty() {
+            let response = self.ok(request, &user, now);
+            return Outcome {
+                response,
+                registered: Registered::Nothing,
+                refusal: None,
+            };
+        }
+        let Some(contact) = contacts.first() else {
+            return refuse(400, "Bad Contact", Refusal::Malformed);
+        };
+        let expires = contact
+            .param("expires")
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+            .or(header_expires)
+            .unwrap_or(DEFAULT_EXPIRES);
+        if contact.uri == "*" || expires == 0 {
+            let had = self.bindings.remove(&user).is_some();
+            let response = MessageBuilder::response_to(request, 200, "OK", None).build();
+            return Outcome {
+                response,
+                registered: if had {
+                    Registered::Unbound(user)
+                } else {
+                    Registered::Nothing
+                },
+                refusal: None,
+            };
+        }
+        if expires < MIN_EXPIRES {
+            let response = MessageBuilder::response_to(request, 423, "Interval Too Brief", None)
+                .header(
+                    HeaderName::Other(bytes::Bytes::from_static(b"Min-Expires")),
+                    MIN_EXPIRES.to_string(),
+                )
+                .build();
+            return Outcome {
+                response,
+                registered: Registered::Nothing,
+                refusal: Some(Refusal::Malformed),
+            };
+        }
+        let expires = expires.min(MAX_EXPIRES);
+        self.bindings.insert(
+            user.clone(),
+            Binding {
+                user: user.clone(),
+                contact: contact.uri.clone(),
+                flow,
+                source,
+                expires_at: now + expires,
+            },
+        );
+        Outcome {
+            response: self.ok(request, &user, now),
+            registered: Registered::Bound(user),
+            refusal: None,
+        }
+    }
+
+    /// The connection `flow` closed: its bindings go (the agents are unreachable).
+    pub(crate) fn flow_closed(&mut self, flow: FlowId) -> Vec<String> {
+        let gone: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.flow == flow)
+            .map(|b| b.user.clone())
+            .collect();
+        for user in &gone {
+            self.bindings.remove(user);
+        }
+        gone
+    }
+
+    /// Removes the bindings lapsed at `now`, and forgets old failures; the agents whose
+    /// bindings lapsed.
+    pub(crate) fn expire(&mut self, now: u64) -> Vec<String> {
+        let gone: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.expires_at <= now)
+            .map(|b| b.user.clone())
+            .collect();
+        for user in &gone {
+            self.bindings.remove(user);
+        }
+        self.failures
+            .retain(|_, f| now.saturating_sub(f.since) < FAILURE_WINDOW);
+        gone
+    }
+
+    fn challenge(&self, request: &SipMessage, now: u64, stale: bool) -> Outcome {
+        let response = MessageBuilder::response_to(request, 401, "Unauthorized", None)
+            .header(
+                HeaderName::WwwAuthenticate,
+                self.nonces.challenge(now, Algorithm::Sha256, stale),
+            )
+            .header(
+                HeaderName::WwwAuthenticate,
+                self.nonces.challenge(now, Algorithm::Md5, stale),
+            )
+            .build();
+        Outcome {
+            response,
+            registered: Registered::Nothing,
+            refusal: None,
+        }
+    }
+
+    /// 200 with the user's binding and its remaining time.
+    fn ok(&self, request: &SipMessage, user: &str, now: u64) -> SipMessage {
+        let mut b = MessageBuilder::response_to(request, 200, "OK", None);
+        if let Some(binding) = self.lookup(user, now) {
+            b = b.header(
+                HeaderName::Contact,
+                format!(
+                    "<{}>;expires={}",
+                    binding.contact,
+                    binding.expires_at.saturating_sub(now)
+                ),
+            );
+        }
+        b.build()
+    }
+
+    fn throttled(&self, ip: IpAddr, now: u64) -> bool {
+        self.failures.get(&ip).is_some_and(|f| {
+            now.saturating_sub(f.since) < FAILURE_WINDOW && f.count >= MAX_FAILURES
+        })
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: u64) {
+        let f = self.failures.entry(ip).or_insert(Failures {
+            since: now,
+            count: 0,
+        });
+        if now.saturating_sub(f.since) >= FAILURE_WINDOW {
+            *f = Failures {
+                since: now,
+                count: 0,
+            };
+        }
+        f.count += 1;
+    }
+}
+
+/// The node's agents: their passwords and the registrar, shared by every SIP listener.
+pub(crate) struct Agents {
+    registrar: Mutex<Registrar>,
+    passwords: HashMap<String, String>,
+    /// An instant and the Unix second it was (the listeners count time in instants).
+    anchor: (Instant, u64),
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents")
+            .field("agents", &self.passwords.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agents {
+    /// The agents of `agents`, challenged in `realm` with nonces keyed by `secret`;
+    /// `anchor` ties the listeners' instants to Unix seconds.
+    pub(crate) fn new(
+        agents: &[crate::config::AgentConfig],
+        realm: &str,
+        secret: &str,
+        anchor: (Instant, u64),
+    ) -> Agents {
+        Agents {
+            registrar: Mutex::new(Registrar::new(NonceIssuer::new(realm, secret, 300))),
+            passwords: agents
+                .iter()
+                .map(|a| (a.user.clone(), a.password.expose().to_string()))
+                .collect(),
+            anchor,
+        }
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.anchor.1 + now.saturating_duration_since(self.anchor.0).as_secs()
+    }
+
+    /// Answers a REGISTER from `from` (over UDP the flow is the source address; a stream's
+    /// connection is one flow). Counts it, and logs what changed.
+    pub(crate) fn register(
+        &self,
+        request: &SipMessage,
+        from: SocketAddr,
+        now: Instant,
+    ) -> SipMessage {
+        let now = self.unix(now);
+        let flow = flow_of(from);
+        let mut registrar = self
+            .registrar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for user in registrar.expire(now) {
+            tracing::info!(agent = %user, "agent registration lapsed");
+        }
+        let out = registrar.register(request, flow, from, now, |u| self.passwords.get(u).cloned());
+        let outcome = match (&out.registered, out.refusal) {
+            (Registered::Bound(user), _) => {
+                tracing::info!(agent = %user, %from, "agent registered");
+                "bound"
+            }
+            (Registered::Unbound(user), _) => {
+                tracing::info!(agent = %user, %from, "agent unregistered");
+                "unbound"
+            }
+            (Registered::Nothing, Some(r)) => r.as_str(),
+            (Registered::Nothing, None) if out.response.status() == Some(401) => "challenged",
+            (Registered::Nothing, None) => "queried",
+        };
+        metrics::counter!(crate::telemetry::AGENT_REGISTRATIONS_TOTAL, "outcome" => outcome)
+            .increment(1);
+        metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
+        out.response
+    }
+
+    /// The connection from `from` closed: the agents registered over it are gone.
+    pub(crate) fn flow_closed(&self, from: SocketAddr) {
+        let mut registrar = self
+            .registrar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for user in registrar.flow_closed(flow_of(from)) {
+            tracing::info!(agent = %user, %from, "agent's connection closed; unregistered");
+        }
+        metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
+    }
+}
+
+/// The flow of a peer address (datagrams from one address are one flow).
+fn flow_of(from: SocketAddr) -> FlowId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    from.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Agents' phones register with the switch over real sockets: a phone written here against
+//! the wire (RFC 3261 REGISTER, RFC 7616/8760 digest computed from the RFC's formulas)
+//! registers over UDP and TCP, is refused with wrong credentials, unregisters, and loses
+//! its binding when its TCP connection closes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use waswitch::config::Config;
+use waswitch::node::Node;
+
+const AGENTS: &str = "[[agent]]\nuser = \"alice\"\npassword = \"alice-pass\"\n\
+                      display_name = \"Alice\"\nqueues = [\"support\"]\n\
+                      [[agent]]\nuser = \"bob\"\npassword = \"bob-pass\"\n";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hash(algorithm: &str, s: &str) -> String {
+    if algorithm == "SHA-256" {
+        hex(&Sha256::digest(s.as_bytes()))
+    } else {
+        hex(&Md5::digest(s.as_bytes()))
+    }
+}
+
+/// A parameter of a `WWW-Authenticate` value.
+fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
+    let at = challenge.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &challenge[at..];
+    Some(match rest.strip_prefix('"') {
+        Some(q) => &q[..q.find('"')?],
+        None => rest.split([',', ' ']).next()?,
+    })
+}
+
+/// The phone's Authorization answering `challenge` (qop=auth, nc 1).
+fn authorization(challenge: &str, user: &str, password: &str) -> String {
+    let realm = param(challenge, "realm").expect("realm");
+    let nonce = param(challenge, "nonce").expect("nonce");
+    let algorithm = param(challenge, "algorithm").unwrap_or("MD5");
+    let uri = "sip:waswitch";
+    let ha1 = hash(algorithm, &format!("{user}:{realm}:{password}"));
+    let ha2 = hash(algorithm, &format!("REGISTER:{uri}"));
+    let response = hash(
+        algorithm,
+        &format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"),
+    );
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm={algorithm}, qop=auth, nc=00000001, cnonce=\"0a4f113b\""
+    )
+}
+
+fn register(transport: &str, local: SocketAddr, user: &str, cseq: u32, extra: &str) -> String {
+    format!(
+        "REGISTER sip:waswitch SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {local};branch=z9hG4bK-{user}-{cseq}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@waswitch>;tag=ph{cseq}\r\n\
+         To: <sip:{user}@waswitch>\r\n\
+         Call-ID: reg-{user}-{transport}@{local}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{local};transport={}>\r\n\
+         {extra}Content-Length: 0\r\n\r\n",
+        transport.to_ascii_lowercase()
+    )
+}
+
+/// The status code and the headers named `name` of a response.
+fn status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn headers<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
+    response
+        .lines()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+fn node(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Node {
+    rt.block_on(async {
+        let toml = format!("[sip]\ntransports = [\"udp\", \"tcp\"]\n{AGENTS}");
+        let config = Config::loopback(&toml, &dir.join("a.db")).expect("config");
+        Node::start(config).await.expect("node")
+    })
+}
+
+fn registered(rt: &tokio::runtime::Runtime, node: &Node) -> String {
+    let metrics = rt.block_on(common::metrics_text(node.http_addr()));
+    metrics
+        .lines()
+        .find(|l| l.starts_with("waswitch_agents_registered "))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A phone over UDP: challenged (SHA-256 offered first, then MD5), registers with either,
+/// is refused a wrong password, asks for too short an expiry, unregisters.
+#[test]
+fn a_phone_registers_over_udp_with_digest_and_unregisters() {
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(&rt, dir.path());
+    let switch = node.sip_udp_addr().expect("udp");
+    let phone = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    phone
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let local = phone.local_addr().expect("addr");
+    let mut buf = [0u8; 4096];
+    let mut send = |msg: String| -> String {
+        phone.send_to(msg.as_bytes(), switch).expect("send");
+        let n = phone.recv(&mut buf).expect("a response");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let challenge = send(register("UDP", local, "alice", 1, "Expires: 300\r\n"));
+    assert_eq!(status(&challenge), 401, "{challenge}");
+    let offered = headers(&challenge, "WWW-Authenticate");
+    assert_eq!(offered.len(), 2, "{challenge}");
+    assert!(offered[0].contains("SHA-256") && offered[1].contains("MD5"));
+
+    let wrong = authorization(offered[0], "alice", "not-her-password");
+    let refused = send(register(
+        "UDP",
+        local,
+        "alice",
+        2,
+        &format!("Authorization: {wrong}\r\nExpires: 300\r\n"),
+    ));
+    assert_eq!(status(&refused), 403, "{refused}");
+
+    let sha = authorization(offered[0], "alice", "alice-pass");
+    let ok = send(register(
+        "UDP",
+        local,
+        "alice",
+        3,
+        &format!("Authorization: {sha}\r\nExpires: 300\r\n"),
+    ));
+    assert_eq!(status(&ok), 200, "{ok}");
+    let contact = headers(&ok, "Contact");
+    assert_eq!(contact.len(), 1, "{ok}");
+    assert!(contact[0].ends_with(";expires=300"), "{ok}");
+
+    let md5 = authorization(offered[1], "bob", "bob-pass");
+    // bob answers the MD5 challenge alice got: a nonce is the realm's, not one user's.
+    let ok = send(register(
+        "UDP",
+        local,
+        "bob",
+        4,
+        &format!("Authorization: {md5}\r\n"),
+    ));
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(registered(&rt, &node), "waswitch_agents_registered 2");
+
+    let brief = send(register(
+        "UDP",
+        local,
+        "alice",
+        5,
+        &format!("Authorization: {sha}\r\nExpires: 10\r\n"),
+    ));
+    assert_eq!(status(&brief), 423, "{brief}");
+    assert_eq!(headers(&brief, "Min-Expires"), ["60"], "{brief}");
+
+    let gone = send(register(
+        "UDP",
+        local,
+        "alice",
+        6,
+        &format!("Authorization: {sha}\r\nExpires: 0\r\n"),
+    ));
+    assert_eq!(status(&gone), 200, "{gone}");
+    assert_eq!(registered(&rt, &node), "waswitch_agents_registered 1");
+    let metrics = rt.block_on(common::metrics_text(node.http_addr()));
+    for series in [
+        "waswitch_agent_registrations_total{outcome=\"bound\"} 2",
+        "waswitch_agent_registrations_total{outcome=\"unbound\"} 1",
+        "waswitch_agent_registrations_total{outcome=\"credentials\"} 1",
+        "waswitch_agent_registrations_total{outcome=\"challenged\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    rt.block_on(node.drain_and_stop());
+}
+
+/// Over TCP the binding is the connection: closing it unregisters the agent.
+#[test]
+fn an_agent_registered_over_tcp_is_gone_when_its_connection_closes() {
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(&rt, dir.path());
+    let switch = node.sip_tcp_addr().expect("tcp");
+    let mut conn = TcpStream::connect(switch).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let local = conn.local_addr().expect("addr");
+    let mut exchange = |msg: String| -> String {
+        conn.write_all(msg.as_bytes()).expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = conn.read(&mut buf).expect("a response");
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let challenge = exchange(register("TCP", local, "alice", 1, ""));
+    assert_eq!(status(&challenge), 401, "{challenge}");
+    let offered = headers(&challenge, "WWW-Authenticate");
+    let auth = authorization(offered[0], "alice", "alice-pass");
+    let ok = exchange(register(
+        "TCP",
+        local,
+        "alice",
+        2,
+        &format!("Authorization: {auth}\r\n"),
+    ));
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(registered(&rt, &node), "waswitch_agents_registered 1");
+    drop(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while registered(&rt, &node) != "waswitch_agents_registered 0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "binding kept after the close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.block_on(node.drain_and_stop());
+}
