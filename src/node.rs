@@ -350,7 +350,11 @@ impl Node {
             // Agents' phones register on every listener; nonces are keyed per node.
             agents: (!config.agents.is_empty()).then(|| {
                 Arc::new(crate::sip::registrar::Agents::new(
-                    &config.agents,
+                    config
+                        .agents
+                        .iter()
+                        .map(|a| (a.user.clone(), a.password.expose().to_string()))
+                        .collect(),
                     AGENT_REALM,
                     &uuid::Uuid::new_v4().to_string(),
                     (

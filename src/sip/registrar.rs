@@ -364,20 +364,17 @@ impl std::fmt::Debug for Agents {
 }
 
 impl Agents {
-    /// The agents of `agents`, challenged in `realm` with nonces keyed by `secret`;
-    /// `anchor` ties the listeners' instants to Unix seconds.
+    /// The agents of `passwords` (user → digest password), challenged in `realm` with
+    /// nonces keyed by `secret`; `anchor` ties the listeners' instants to Unix seconds.
     pub(crate) fn new(
-        agents: &[crate::config::AgentConfig],
+        passwords: HashMap<String, String>,
         realm: &str,
         secret: &str,
         anchor: (Instant, u64),
     ) -> Agents {
         Agents {
             registrar: Mutex::new(Registrar::new(NonceIssuer::new(realm, secret, 300))),
-            passwords: agents
-                .iter()
-                .map(|a| (a.user.clone(), a.password.expose().to_string()))
-                .collect(),
+            passwords,
             anchor,
         }
     }
