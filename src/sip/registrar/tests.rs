@@ -66,17 +66,21 @@ fn answer(response: &SipMessage, which: usize, user: &str, pass: &str) -> String
     c.respond("REGISTER", "sip:agents.waswitch", user, pass, "c0ffee", 1)
 }
 
+/// `r` answers `request` from the usual phone address.
+fn send(r: &mut Registrar, request: SipMessage, flow: FlowId, now: u64) -> Outcome {
+    r.register(&request, flow, source(), now, password)
+}
+
 const CONTACT: &str = "<sip:x7k2@df7jal23ls0d.invalid;transport=ws>";
 
 #[test]
 fn a_phone_registers_with_sha256_or_md5_digest_and_is_bound_to_its_flow() {
     let mut r = registrar();
-    let first = r.register(
-        &register("alice", Some(CONTACT), Some(300), None),
+    let first = send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(300), None),
         7,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(first.response.status(), Some(401));
     let offered = challenges(&first.response);
@@ -85,12 +89,11 @@ fn a_phone_registers_with_sha256_or_md5_digest_and_is_bound_to_its_flow() {
     assert_eq!(first.registered, Registered::Nothing);
 
     let auth = answer(&first.response, 0, "alice", "alice-pass");
-    let ok = r.register(
-        &register("alice", Some(CONTACT), Some(300), Some(&auth)),
+    let ok = send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(300), Some(&auth)),
         7,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(ok.response.status(), Some(200));
     assert_eq!(ok.registered, Registered::Bound("alice".into()));
@@ -103,20 +106,13 @@ fn a_phone_registers_with_sha256_or_md5_digest_and_is_bound_to_its_flow() {
     assert_eq!((b.flow, b.expires_at), (7, NOW + 300));
 
     // MD5 works as well (bob, on another connection).
-    let c = r.register(
-        &register("bob", Some(CONTACT), None, None),
-        8,
-        source(),
-        NOW,
-        password,
-    );
+    let c = send(&mut r, register("bob", Some(CONTACT), None, None), 8, NOW);
     let auth = answer(&c.response, 1, "bob", "bob-pass");
-    let ok = r.register(
-        &register("bob", Some(CONTACT), None, Some(&auth)),
+    let ok = send(
+        &mut r,
+        register("bob", Some(CONTACT), None, Some(&auth)),
         8,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(ok.registered, Registered::Bound("bob".into()));
     assert_eq!(
@@ -129,20 +125,18 @@ fn a_phone_registers_with_sha256_or_md5_digest_and_is_bound_to_its_flow() {
 #[test]
 fn expiry_is_bounded_unregistering_and_lapsing_and_closing_the_flow_remove_the_binding() {
     let mut r = registrar();
-    let c = r.register(
-        &register("alice", Some(CONTACT), Some(30), None),
+    let c = send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(30), None),
         1,
-        source(),
         NOW,
-        password,
     );
     let auth = answer(&c.response, 0, "alice", "alice-pass");
-    let brief = r.register(
-        &register("alice", Some(CONTACT), Some(30), Some(&auth)),
+    let brief = send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(30), Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(brief.response.status(), Some(423));
     let min = brief
@@ -155,12 +149,11 @@ fn expiry_is_bounded_unregistering_and_lapsing_and_closing_the_flow_remove_the_b
 
     // Too long is cut to the most; the contact's own expires wins over the header.
     let long = format!("{CONTACT};expires=86400");
-    let ok = r.register(
-        &register("alice", Some(&long), Some(120), Some(&auth)),
+    let ok = send(
+        &mut r,
+        register("alice", Some(&long), Some(120), Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(ok.registered, Registered::Bound("alice".into()));
     assert_eq!(
@@ -169,50 +162,40 @@ fn expiry_is_bounded_unregistering_and_lapsing_and_closing_the_flow_remove_the_b
     );
 
     // Expires: 0 unregisters.
-    let gone = r.register(
-        &register("alice", Some(CONTACT), Some(0), Some(&auth)),
+    let gone = send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(0), Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(gone.response.status(), Some(200));
     assert_eq!(gone.registered, Registered::Unbound("alice".into()));
     assert!(r.lookup("alice", NOW).is_none());
 
     // Lapsing: gone at its expiry.
-    r.register(
-        &register("alice", Some(CONTACT), Some(100), Some(&auth)),
+    send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(100), Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert!(r.expire(NOW + 99).is_empty());
     assert_eq!(r.expire(NOW + 100), vec!["alice".to_string()]);
 
     // The connection closing takes its bindings, and only those.
-    r.register(
-        &register("alice", Some(CONTACT), Some(100), Some(&auth)),
+    send(
+        &mut r,
+        register("alice", Some(CONTACT), Some(100), Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
-    let c = r.register(
-        &register("bob", Some(CONTACT), None, None),
-        2,
-        source(),
-        NOW,
-        password,
-    );
+    let c = send(&mut r, register("bob", Some(CONTACT), None, None), 2, NOW);
     let bob = answer(&c.response, 0, "bob", "bob-pass");
-    r.register(
-        &register("bob", Some(CONTACT), None, Some(&bob)),
+    send(
+        &mut r,
+        register("bob", Some(CONTACT), None, Some(&bob)),
         2,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(r.flow_closed(1), vec!["alice".to_string()]);
     assert!(r.lookup("alice", NOW).is_none() && r.lookup("bob", NOW).is_some());
@@ -221,43 +204,34 @@ fn expiry_is_bounded_unregistering_and_lapsing_and_closing_the_flow_remove_the_b
 #[test]
 fn wrong_credentials_are_refused_and_a_guessing_address_is_throttled_for_a_while() {
     let mut r = registrar();
-    let c = r.register(
-        &register("alice", Some(CONTACT), None, None),
-        1,
-        source(),
-        NOW,
-        password,
-    );
+    let c = send(&mut r, register("alice", Some(CONTACT), None, None), 1, NOW);
     // Someone else's valid credentials for alice's address of record.
     let bob = answer(&c.response, 0, "bob", "bob-pass");
-    let out = r.register(
-        &register("alice", Some(CONTACT), None, Some(&bob)),
+    let out = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, Some(&bob)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(out.response.status(), Some(403));
     assert_eq!(out.refusal, Some(Refusal::Credentials));
     // Guessing: 403 until the limit, then 503 with Retry-After for the rest of the window.
     let wrong = answer(&c.response, 0, "alice", "guess");
     for _ in 1..MAX_FAILURES {
-        let out = r.register(
-            &register("alice", Some(CONTACT), None, Some(&wrong)),
+        let out = send(
+            &mut r,
+            register("alice", Some(CONTACT), None, Some(&wrong)),
             1,
-            source(),
             NOW,
-            password,
         );
         assert_eq!(out.response.status(), Some(403));
     }
     let right = answer(&c.response, 0, "alice", "alice-pass");
-    let out = r.register(
-        &register("alice", Some(CONTACT), None, Some(&right)),
+    let out = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, Some(&right)),
         1,
-        source(),
         NOW + 1,
-        password,
     );
     assert_eq!(out.response.status(), Some(503));
     assert_eq!(out.refusal, Some(Refusal::Throttled));
@@ -273,20 +247,18 @@ fn wrong_credentials_are_refused_and_a_guessing_address_is_throttled_for_a_while
     );
     assert_eq!(out.response.status(), Some(200));
     r.expire(NOW + FAILURE_WINDOW);
-    let c = r.register(
-        &register("alice", Some(CONTACT), None, None),
+    let c = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, None),
         1,
-        source(),
         NOW + FAILURE_WINDOW,
-        password,
     );
     let right = answer(&c.response, 0, "alice", "alice-pass");
-    let out = r.register(
-        &register("alice", Some(CONTACT), None, Some(&right)),
+    let out = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, Some(&right)),
         1,
-        source(),
         NOW + FAILURE_WINDOW,
-        password,
     );
     assert_eq!(out.response.status(), Some(200));
 }
@@ -294,20 +266,13 @@ fn wrong_credentials_are_refused_and_a_guessing_address_is_throttled_for_a_while
 #[test]
 fn a_stale_or_foreign_nonce_is_challenged_again_and_an_unknown_agent_refused() {
     let mut r = registrar();
-    let c = r.register(
-        &register("alice", Some(CONTACT), None, None),
-        1,
-        source(),
-        NOW,
-        password,
-    );
+    let c = send(&mut r, register("alice", Some(CONTACT), None, None), 1, NOW);
     let auth = answer(&c.response, 0, "alice", "alice-pass");
-    let late = r.register(
-        &register("alice", Some(CONTACT), None, Some(&auth)),
+    let late = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, Some(&auth)),
         1,
-        source(),
         NOW + 301,
-        password,
     );
     assert_eq!(late.response.status(), Some(401));
     assert!(challenges(&late.response)[0].contains("stale=true"));
@@ -315,29 +280,26 @@ fn a_stale_or_foreign_nonce_is_challenged_again_and_an_unknown_agent_refused() {
     let other = Registrar::new(NonceIssuer::new("agents.waswitch", "another-secret", 300));
     let c = other.challenge(&register("alice", Some(CONTACT), None, None), NOW, false);
     let foreign = answer(&c.response, 0, "alice", "alice-pass");
-    let out = r.register(
-        &register("alice", Some(CONTACT), None, Some(&foreign)),
+    let out = send(
+        &mut r,
+        register("alice", Some(CONTACT), None, Some(&foreign)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(out.response.status(), Some(401));
 
-    let c = r.register(
-        &register("mallory", Some(CONTACT), None, None),
+    let c = send(
+        &mut r,
+        register("mallory", Some(CONTACT), None, None),
         1,
-        source(),
         NOW,
-        password,
     );
     let auth = answer(&c.response, 0, "mallory", "x");
-    let out = r.register(
-        &register("mallory", Some(CONTACT), None, Some(&auth)),
+    let out = send(
+        &mut r,
+        register("mallory", Some(CONTACT), None, Some(&auth)),
         1,
-        source(),
         NOW,
-        password,
     );
     assert_eq!(out.response.status(), Some(403));
     assert_eq!(r.len(), 0);
