@@ -155,6 +155,8 @@ pub struct Node {
     sip_udp: Option<SipListener>,
     sip_tcp: Option<SipListener>,
     sip_tls: Option<SipListener>,
+    /// SIP over WebSocket on the HTTP listener (when agents are configured).
+    sip_ws: Option<SipListener>,
     media: MediaPlane,
     trunk_health: TrunkHealth,
     permissions: crate::permission::service::Permissions,
@@ -394,6 +396,8 @@ impl Node {
             }
             None => None,
         };
+        // SIP over WebSocket (agents' browser phones) shares the listeners' settings.
+        let ws_settings = (!config.agents.is_empty()).then(|| settings.clone());
         let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, settings)
             .await
             .map_err(|source| StartError::Bind {
@@ -490,6 +494,14 @@ impl Node {
             sip: ingress.clone(),
         };
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
+        // SIP over WebSocket at /sip on the HTTP listener, for agents' phones.
+        let sip_ws =
+            ws_settings.map(|settings| crate::sip::transport::ws::serve(http_addr, settings));
+        if let Some((listener, acceptor)) = &sip_ws {
+            router = router.merge(api::sip_ws::router(acceptor.clone()));
+            tracing::info!(sip_ws = %format!("ws://{}/sip", listener.local_addr()), "SIP listening");
+        }
+        let sip_ws = sip_ws.map(|(listener, _)| listener);
         if let Some(token) = config.http.api_token.clone() {
             router = router.merge(api::v1::router(api_state, token, Some(permission_api)));
         }
@@ -517,6 +529,7 @@ impl Node {
             sip_udp,
             sip_tcp,
             sip_tls,
+            sip_ws,
             media,
             trunk_health,
             permissions,
@@ -580,6 +593,9 @@ impl Node {
             sip.begin_drain();
         }
         if let Some(sip) = &self.sip_tls {
+            sip.begin_drain();
+        }
+        if let Some(sip) = &self.sip_ws {
             sip.begin_drain();
         }
         let active = self.calls.active();
@@ -655,6 +671,9 @@ impl Node {
             sip.stop().await;
         }
         if let Some(sip) = self.sip_tls {
+            sip.stop().await;
+        }
+        if let Some(sip) = self.sip_ws {
             sip.stop().await;
         }
         let media = self.media.clone();

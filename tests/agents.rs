@@ -247,3 +247,123 @@ fn an_agent_registered_over_tcp_is_gone_when_its_connection_closes() {
     }
     rt.block_on(node.drain_and_stop());
 }
+
+/// A browser phone's way in: SIP over WebSocket at `/sip` on the HTTP listener (subprotocol
+/// `sip`). It registers with digest over the connection; a message that is not SIP closes
+/// the connection, and the connection closing unregisters the agent.
+#[test]
+fn a_browser_phone_registers_over_websocket_and_its_binding_is_the_connection() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(&rt, dir.path());
+    let http = node.http_addr();
+    rt.block_on(async {
+        // Without the sip subprotocol the upgrade is refused.
+        let plain = format!("ws://{http}/sip")
+            .into_client_request()
+            .expect("request");
+        assert!(tokio_tungstenite::connect_async(plain).await.is_err());
+
+        let connect = || async {
+            let mut request = format!("ws://{http}/sip")
+                .into_client_request()
+                .expect("request");
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "sip".parse().expect("header"));
+            let (ws, response) = tokio_tungstenite::connect_async(request)
+                .await
+                .expect("upgrade");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("Sec-WebSocket-Protocol")
+                    .map(|v| v.as_bytes()),
+                Some(&b"sip"[..])
+            );
+            ws
+        };
+        let mut ws = connect().await;
+        let local: SocketAddr = "192.0.2.10:9".parse().expect("addr");
+        let exchange =
+            async |ws: &mut tokio_tungstenite::WebSocketStream<_>, msg: String| -> String {
+                ws.send(Message::text(msg)).await.expect("send");
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+                        Ok(Some(Ok(_))) => continue,
+                        other => panic!("no SIP answer: {other:?}"),
+                    }
+                }
+            };
+        let challenge = exchange(&mut ws, register("WS", local, "alice", 1, "")).await;
+        assert_eq!(status(&challenge), 401, "{challenge}");
+        assert!(challenge.contains("Via: SIP/2.0/WS"), "{challenge}");
+        let offered: Vec<String> = headers(&challenge, "WWW-Authenticate")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let auth = authorization(&offered[0], "alice", "alice-pass");
+        let ok = exchange(
+            &mut ws,
+            register(
+                "WS",
+                local,
+                "alice",
+                2,
+                &format!("Authorization: {auth}\r\n"),
+            ),
+        )
+        .await;
+        assert_eq!(status(&ok), 200, "{ok}");
+        assert_eq!(registered_async(http).await, "waswitch_agents_registered 1");
+        // The phone goes away: its binding with it.
+        ws.close(None).await.expect("close");
+        wait_registered(http, "waswitch_agents_registered 0").await;
+
+        // Something that is not SIP closes that connection (and only that one).
+        let mut good = connect().await;
+        let mut bad = connect().await;
+        bad.send(Message::text("GET / HTTP/1.1\r\n\r\n"))
+            .await
+            .expect("send");
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(m) = bad.next().await {
+                if matches!(m, Ok(Message::Close(_)) | Err(_)) {
+                    return true;
+                }
+            }
+            true
+        })
+        .await
+        .expect("the connection closes");
+        assert!(closed);
+        good.send(Message::text(register("WS", local, "bob", 1, "")))
+            .await
+            .expect("send");
+        let still = tokio::time::timeout(Duration::from_secs(3), good.next()).await;
+        assert!(matches!(still, Ok(Some(Ok(Message::Text(_))))), "{still:?}");
+    });
+    rt.block_on(node.drain_and_stop());
+}
+
+async fn registered_async(http: SocketAddr) -> String {
+    common::metrics_text(http)
+        .await
+        .lines()
+        .find(|l| l.starts_with("waswitch_agents_registered "))
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn wait_registered(http: SocketAddr, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while registered_async(http).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "never {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -6,6 +6,7 @@
 
 pub(crate) mod permissions;
 pub(crate) mod server;
+pub(crate) mod sip_ws;
 pub(crate) mod v1;
 pub(crate) mod webhooks;
 

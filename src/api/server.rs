@@ -52,7 +52,8 @@ pub(crate) async fn serve(
 ) {
     let router = router.layer(axum::middleware::from_fn_with_state(limits, buffer_body));
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Stopping: every connection finishes the request it serves, then closes.
+    let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -84,30 +85,52 @@ pub(crate) async fn serve(
             inner: stream,
             activity: Arc::clone(&activity),
         });
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(builder.serve_connection(io, service));
+        // Handlers learn the peer's address (`ConnectInfo`), and a WebSocket upgrade takes
+        // the connection over (SIP over WebSocket).
+        let inner = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&inner, req)
+            });
+        let conn = builder.serve_connection(io, service).with_upgrades();
         let idle = limits.idle_timeout;
+        let mut shutting_down = shutting_down.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                served = conn => {
-                    if let Err(e) = served {
-                        if e.is_timeout() {
-                            refused("header_timeout");
-                        } else {
-                            tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    served = conn.as_mut() => {
+                        if let Err(e) = served {
+                            if e.is_timeout() {
+                                refused("header_timeout");
+                            } else {
+                                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                            }
                         }
+                        break;
                     }
-                }
-                () = activity.idle_for(idle) => {
-                    refused("idle_timeout");
-                    tracing::debug!(%peer, "HTTP connection idle; closed");
+                    () = activity.idle_for(idle) => {
+                        refused("idle_timeout");
+                        tracing::debug!(%peer, "HTTP connection idle; closed");
+                        break;
+                    }
+                    _ = shutting_down.changed(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_WAIT, graceful.shutdown())
+    let _ = shutdown.send(true);
+    // Every connection's permit back: all are closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_WAIT, permits.acquire_many(all))
         .await
         .is_err()
     {

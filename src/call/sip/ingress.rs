@@ -195,6 +195,7 @@ impl SipIngress {
             Kind::Udp => format!("sip:waswitch@{addr}"),
             Kind::Tcp => format!("sip:waswitch@{addr};transport=tcp"),
             Kind::Tls => format!("sip:waswitch@{addr};transport=tls"),
+            Kind::Ws => format!("sip:waswitch@{addr};transport=ws"),
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 pub(crate) mod tcp;
 pub(crate) mod tls;
+pub(crate) mod ws;
 
 use super::core::{CoreEvent, SipCommand, SipCore};
 use super::overload::RateLimiter;
@@ -41,6 +42,8 @@ pub(crate) enum Kind {
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// WebSocket (RFC 7118), on the HTTP listener.
+    Ws,
 }
 
 impl SipHandle {

@@ -34,11 +34,11 @@ pub(crate) const MESSAGE_DEADLINE: Duration = Duration::from_secs(32);
 /// Most connections from one IP address.
 pub(crate) const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Frames queued from all connections toward the core.
-const INBOUND_QUEUE: usize = 4096;
+pub(super) const INBOUND_QUEUE: usize = 4096;
 /// Responses queued toward one connection before the peer counts as not reading.
-const OUTBOUND_QUEUE: usize = 256;
+pub(super) const OUTBOUND_QUEUE: usize = 256;
 
-enum Inbound {
+pub(super) enum Inbound {
     Opened(SocketAddr, mpsc::Sender<Bytes>),
     ConnectFailed(SocketAddr),
     Frame(SocketAddr, Result<SipMessage, ParseFailure>),
@@ -96,7 +96,7 @@ fn serve_streams(
             signals.stop.clone(),
             signals.commands,
             signals.handle,
-            tls.as_ref().and_then(|t| t.connector.clone()),
+            Outbound::Connect(tls.as_ref().and_then(|t| t.connector.clone())),
         ));
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -252,8 +252,17 @@ async fn connection<S>(
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
+/// How a stream listener reaches a peer it has no connection with.
+#[derive(Clone)]
+pub(super) enum Outbound {
+    /// Opens a TCP connection (TLS with a connector).
+    Connect(Option<TlsConnector>),
+    /// Cannot: the peer must connect first (WebSocket phones).
+    Never,
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn run_core(
+pub(super) async fn run_core(
     mut inbound: mpsc::Receiver<Inbound>,
     inbound_tx: mpsc::Sender<Inbound>,
     settings: ListenerSettings,
@@ -262,7 +271,7 @@ async fn run_core(
     mut stop: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<crate::sip::core::SipCommand>,
     handle: super::SipHandle,
-    connector: Option<TlsConnector>,
+    outbound: Outbound,
 ) {
     let mut core = SipCore::new(
         Transport::Reliable,
@@ -278,8 +287,10 @@ async fn run_core(
     if let Some(agents) = agents.clone() {
         core = core.with_agents(agents);
     }
-    if handle.is_tls() {
-        core = core.with_via_protocol("TLS");
+    match handle.kind() {
+        super::Kind::Tls => core = core.with_via_protocol("TLS"),
+        super::Kind::Ws => core = core.with_via_protocol("WS"),
+        super::Kind::Udp | super::Kind::Tcp => {}
     }
     let user = settings.user;
     if user.is_some() {
@@ -336,6 +347,14 @@ async fn run_core(
                     tracing::debug!(peer = %to, "SIP TCP response for a closed connection")
                 }
                 None => {
+                    let connector = match &outbound {
+                        Outbound::Connect(connector) => connector.clone(),
+                        Outbound::Never => {
+                            tracing::debug!(peer = %to, "no connection to the peer; the request fails");
+                            let _ = inbound_tx.try_send(Inbound::ConnectFailed(to));
+                            continue;
+                        }
+                    };
                     // A request to a peer with no connection: open one (RFC 3261 §18.1.1).
                     let queue = connecting.entry(to).or_default();
                     if queue.is_empty() {
@@ -343,12 +362,7 @@ async fn run_core(
                             tracing::warn!(peer = %to, "no TLS connector (sip.tls.ca): cannot reach the peer");
                             let _ = inbound_tx.try_send(Inbound::ConnectFailed(to));
                         } else {
-                            tokio::spawn(connect(
-                                to,
-                                inbound_tx.clone(),
-                                stop.clone(),
-                                connector.clone(),
-                            ));
+                            tokio::spawn(connect(to, inbound_tx.clone(), stop.clone(), connector));
                         }
                     }
                     if queue.len() < OUTBOUND_QUEUE {
