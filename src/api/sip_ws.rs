@@ -13,6 +13,11 @@ use axum::Router;
 use crate::sip::msg::MAX_MESSAGE_SIZE;
 use crate::sip::transport::ws::WsAcceptor;
 
+/// Read buffer of a connection (a message larger than it is read in several parts).
+const READ_BUFFER: usize = 4096;
+/// Most octets queued toward a phone that is not reading.
+const MAX_WRITE_BUFFER: usize = 4 * MAX_MESSAGE_SIZE;
+
 /// The route, handing upgraded connections to `acceptor`.
 pub(crate) fn router(acceptor: WsAcceptor) -> Router {
     Router::new()
@@ -39,7 +44,13 @@ async fn upgrade(
         )
             .into_response();
     }
+    // SIP messages are small and most phones idle: small buffers (the library's defaults
+    // hold 128 KiB per connection), writes go out at once, and a phone that stops reading
+    // cannot make the switch buffer without end.
     ws.protocols(["sip"])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE_SIZE)
         .max_frame_size(MAX_MESSAGE_SIZE)
         .on_upgrade(move |socket| acceptor.serve_connection(socket, peer))
