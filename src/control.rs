@@ -13,8 +13,10 @@
 //! - [`verb`]: the vocabulary (verbs, destinations, the script).
 //! - [`engine`]: the state machine that runs a script.
 //! - [`schedule`]: business hours (Meta's `call_hours` shape), open or closed at a moment.
+//! - [`queue`]: agents' presence and the queue strategies that pick who is offered a call.
 
 pub mod engine;
+pub mod queue;
 pub mod schedule;
 pub mod verb;
 
