@@ -329,6 +329,7 @@ impl Node {
         let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
             .takes_calls()
             .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
+        let agent_directory = crate::call::agents::Directory::new(&config.agents);
         let settings = ListenerSettings {
             timers: config.sip.timers,
             admission: Arc::new(std::sync::Mutex::new(RateLimiter::new(
@@ -349,21 +350,30 @@ impl Node {
                 ))
             }),
             user,
-            // Agents' phones register on every listener; nonces are keyed per node.
+            // Agents' phones register on every listener; nonces are keyed per node. The
+            // directory hears who is registered.
             agents: (!config.agents.is_empty()).then(|| {
-                Arc::new(crate::sip::registrar::Agents::new(
-                    config
-                        .agents
-                        .iter()
-                        .map(|a| (a.user.clone(), a.password.expose().to_string()))
-                        .collect(),
-                    AGENT_REALM,
-                    &uuid::Uuid::new_v4().to_string(),
-                    (
-                        std::time::Instant::now(),
-                        u64::try_from(now_ms() / 1000).unwrap_or(0),
-                    ),
-                ))
+                let directory = agent_directory.clone();
+                Arc::new(
+                    crate::sip::registrar::Agents::new(
+                        config
+                            .agents
+                            .iter()
+                            .map(|a| (a.user.clone(), a.password.expose().to_string()))
+                            .collect(),
+                        AGENT_REALM,
+                        &uuid::Uuid::new_v4().to_string(),
+                        (
+                            std::time::Instant::now(),
+                            u64::try_from(now_ms() / 1000).unwrap_or(0),
+                        ),
+                    )
+                    .with_listener(Arc::new(
+                        move |user: &str, registered: bool| {
+                            directory.set_registered(user, registered)
+                        },
+                    )),
+                )
             }),
         };
         let sip_tls = match &config.sip.tls {
@@ -492,6 +502,7 @@ impl Node {
             calls: calls.clone(),
             prometheus,
             sip: ingress.clone(),
+            agents: agent_directory,
         };
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
         // SIP over WebSocket at /sip on the HTTP listener, for agents' phones.

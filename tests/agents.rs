@@ -94,7 +94,9 @@ fn headers<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
 
 fn node(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Node {
     rt.block_on(async {
-        let toml = format!("[sip]\ntransports = [\"udp\", \"tcp\"]\n{AGENTS}");
+        let toml = format!(
+            "[http]\napi_token = \"agents-token\"\n[sip]\ntransports = [\"udp\", \"tcp\"]\n{AGENTS}"
+        );
         let config = Config::loopback(&toml, &dir.join("a.db")).expect("config");
         Node::start(config).await.expect("node")
     })
@@ -170,6 +172,54 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
     assert_eq!(status(&ok), 200, "{ok}");
     assert_eq!(registered(&rt, &node), "waswitch_agents_registered 2");
 
+    // The directory knows: both registered and available; alice chooses to go offline.
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let base = format!("http://{}/v1/agents", node.http_addr());
+        let (code, list) = common::api(
+            &http,
+            base.clone(),
+            "agents-token",
+            reqwest::Method::GET,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{list}");
+        let alice = &list["agents"][0];
+        assert_eq!(alice["user"], "alice");
+        assert_eq!(alice["display_name"], "Alice");
+        assert_eq!(alice["queues"][0], "support");
+        assert_eq!(
+            (alice["registered"].as_bool(), alice["presence"].as_str()),
+            (Some(true), Some("available"))
+        );
+        let put = |body: serde_json::Value, user: &str| {
+            common::api(
+                &http,
+                format!("{base}/{user}/presence"),
+                "agents-token",
+                reqwest::Method::PUT,
+                Some(body),
+            )
+        };
+        let (code, alice) = put(serde_json::json!({"presence": "offline"}), "alice").await;
+        assert_eq!(
+            (code, alice["presence"].as_str()),
+            (200, Some("offline")),
+            "{alice}"
+        );
+        let (code, _) = put(serde_json::json!({"presence": "busy"}), "alice").await;
+        assert_eq!(code, 400);
+        let (code, _) = put(serde_json::json!({"presence": "available"}), "mallory").await;
+        assert_eq!(code, 404);
+        let (code, alice) = put(serde_json::json!({"presence": "available"}), "alice").await;
+        assert_eq!(
+            (code, alice["presence"].as_str()),
+            (200, Some("available")),
+            "{alice}"
+        );
+    });
+
     let brief = send(register(
         "UDP",
         local,
@@ -189,6 +239,19 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
     ));
     assert_eq!(status(&gone), 200, "{gone}");
     assert_eq!(registered(&rt, &node), "waswitch_agents_registered 1");
+    let (code, alice) = rt.block_on(common::api(
+        &reqwest::Client::new(),
+        format!("http://{}/v1/agents/alice", node.http_addr()),
+        "agents-token",
+        reqwest::Method::GET,
+        None,
+    ));
+    assert_eq!(code, 200);
+    assert_eq!(
+        (alice["registered"].as_bool(), alice["presence"].as_str()),
+        (Some(false), Some("offline")),
+        "{alice}"
+    );
     let metrics = rt.block_on(common::metrics_text(node.http_addr()));
     for series in [
         "waswitch_agent_registrations_total{outcome=\"bound\"} 2",

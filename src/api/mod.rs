@@ -158,6 +158,8 @@ pub(crate) struct ApiState {
     pub prometheus: PrometheusHandle,
     /// Places business-initiated calls for `POST /v1/calls`.
     pub sip: crate::call::sip::SipIngress,
+    /// The agents, for `/v1/agents`.
+    pub agents: crate::call::agents::Directory,
 }
 
 /// The node's HTTP router.

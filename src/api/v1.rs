@@ -42,6 +42,12 @@ pub(crate) fn router(
         .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/{id}", get(call).delete(hang_up))
         .route("/v1/cdrs", get(cdrs))
+        .route("/v1/agents", get(agents))
+        .route("/v1/agents/{user}", get(agent))
+        .route(
+            "/v1/agents/{user}/presence",
+            axum::routing::put(set_presence),
+        )
         .with_state(state);
     if let Some(p) = permissions {
         router = router.merge(super::permissions::routes(p));
@@ -52,6 +58,50 @@ pub(crate) fn router(
             async move { authorised(&token, req, next).await }
         },
     ))
+}
+
+/// `GET /v1/agents`: every agent, registered or not, with their presence.
+async fn agents(State(state): State<ApiState>) -> Response {
+    Json(json!({"agents": state.agents.list()})).into_response()
+}
+
+/// `GET /v1/agents/{user}`.
+async fn agent(State(state): State<ApiState>, Path(user): Path<String>) -> Response {
+    match state.agents.get(&user) {
+        Some(a) => Json(a).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such agent"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    presence: String,
+}
+
+/// `PUT /v1/agents/{user}/presence` with `{"presence": "available" | "offline"}`: what the
+/// agent chooses (busy and wrap-up are the switch's to set).
+async fn set_presence(
+    State(state): State<ApiState>,
+    Path(user): Path<String>,
+    body: Option<Json<PresenceBody>>,
+) -> Response {
+    let willing = match body.as_ref().map(|b| b.presence.as_str()) {
+        Some("available") => true,
+        Some("offline") => false,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "presence: \"available\" or \"offline\" (busy and wrap_up are set by calls)",
+            )
+        }
+    };
+    if !state.agents.set_willing(&user, willing) {
+        return error(StatusCode::NOT_FOUND, "no such agent");
+    }
+    match state.agents.get(&user) {
+        Some(a) => Json(a).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such agent"),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -15,6 +15,7 @@
 //!   CDR from the registry entry; its children die with it;
 //! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
 
+pub mod agents;
 pub mod ivr;
 pub mod leg;
 pub mod media;

@@ -347,10 +347,15 @@ impl Registrar {
     }
 }
 
+/// Hears that an agent's phone registered (`true`) or went.
+pub(crate) type Listener = std::sync::Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// The node's agents: their passwords and the registrar, shared by every SIP listener.
 pub(crate) struct Agents {
     registrar: Mutex<Registrar>,
     passwords: HashMap<String, String>,
+    /// Told when an agent's phone registers (`true`) or goes.
+    listener: Option<Listener>,
     /// An instant and the Unix second it was (the listeners count time in instants).
     anchor: (Instant, u64),
 }
@@ -375,7 +380,20 @@ impl Agents {
         Agents {
             registrar: Mutex::new(Registrar::new(NonceIssuer::new(realm, secret, 300))),
             passwords,
+            listener: None,
             anchor,
+        }
+    }
+
+    /// Tells `listener` when an agent's phone registers or goes.
+    pub(crate) fn with_listener(mut self, listener: Listener) -> Agents {
+        self.listener = Some(listener);
+        self
+    }
+
+    fn tell(&self, user: &str, registered: bool) {
+        if let Some(l) = &self.listener {
+            l(user, registered);
         }
     }
 
@@ -399,15 +417,18 @@ impl Agents {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for user in registrar.expire(now) {
             tracing::info!(agent = %user, "agent registration lapsed");
+            self.tell(&user, false);
         }
         let out = registrar.register(request, flow, from, now, |u| self.passwords.get(u).cloned());
         let outcome = match (&out.registered, out.refusal) {
             (Registered::Bound(user), _) => {
                 tracing::info!(agent = %user, %from, "agent registered");
+                self.tell(user, true);
                 "bound"
             }
             (Registered::Unbound(user), _) => {
                 tracing::info!(agent = %user, %from, "agent unregistered");
+                self.tell(user, false);
                 "unbound"
             }
             (Registered::Nothing, Some(r)) => r.as_str(),
@@ -428,6 +449,7 @@ impl Agents {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for user in registrar.flow_closed(flow_of(from)) {
             tracing::info!(agent = %user, %from, "agent's connection closed; unregistered");
+            self.tell(&user, false);
         }
         metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
     }
