@@ -200,7 +200,7 @@ impl Crashable {
                 .arg(self.sip.to_string())
                 .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
                 .args(["-p", &common::free_udp_port().to_string()])
-                .args(["-mp", &common::free_udp_port().to_string()])
+                .args(["-mp", &common::free_udp_ports(4).to_string()])
                 .args(["-key", "biz", NUMBER, "-s", CUSTOMER, "-t", "u1"])
                 .args(["-m", "1", "-timeout", "60s", "-rtp_echo", "-nostdin"])
                 .args(["-trace_stat", "-stf"])

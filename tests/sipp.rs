@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    assert_all_succeeded, free_udp_port, run_sipp, runtime, scenario, start_node, KillOnDrop,
+    assert_all_succeeded, free_udp_port, free_udp_ports, run_sipp, runtime, scenario, start_node,
+    KillOnDrop,
 };
 
 use waswitch::config::Config;
@@ -107,7 +108,7 @@ fn trunk_probes_mark_a_sipp_trunk_up_then_down_when_it_goes_away() {
             &sipp_port.to_string(),
             "-bind_local",
         ])
-        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &free_udp_ports(4).to_string()])
         .args(["-ci", "127.0.0.1", "-cp", &free_udp_port().to_string()])
         .args([
             "-m",

@@ -14,6 +14,12 @@ pub fn scenario(name: &str) -> PathBuf {
 }
 
 pub fn free_udp_port() -> u16 {
+    free_udp_ports(1)
+}
+
+/// The first of `n` consecutive free ports, all reserved (SIPp's media uses its `-mp` port
+/// and the three after it: audio RTP and RTCP, video RTP and RTCP).
+pub fn free_udp_ports(n: u16) -> u16 {
     // Ports for SIPp come from 10000-19999, below the kernel's ephemeral range: a port the
     // kernel hands out for "port 0" could be given again to another test's socket before
     // SIPp binds it. Test processes (nextest runs one per test, several at once) reserve
@@ -27,40 +33,52 @@ pub fn free_udp_port() -> u16 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let mut x = (u64::from(me) << 32 | u64::from(nanos)) | 1;
+    let n = n.max(1);
     for _ in 0..5_000 {
         // xorshift64: a different walk through the range per process.
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let port = 10_000 + (x % 10_000) as u16;
-        if in_use(port) {
-            continue;
+        let base = 10_000 + ((x % u64::from(10_000 / n)) as u16) * n;
+        let mut taken = Vec::new();
+        for port in base..base + n {
+            if in_use(port) || !reserve(&dir, port, me) {
+                break;
+            }
+            taken.push(port);
         }
-        let path = dir.join(port.to_string());
-        if std::fs::File::create_new(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
-            .is_ok()
-        {
-            return port;
+        if taken.len() == usize::from(n) {
+            return base;
         }
-        let owner = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if alive {
-            continue;
-        }
-        // Its owner is gone: take the reservation over (remove, then create exclusively,
-        // so of two processes doing this at once only one wins).
-        let _ = std::fs::remove_file(&path);
-        if std::fs::File::create_new(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
-            .is_ok()
-        {
-            return port;
+        for port in taken {
+            let _ = std::fs::remove_file(dir.join(port.to_string()));
         }
     }
-    panic!("no free port for SIPp in 10000-19999");
+    panic!("no {n} free ports for SIPp in 10000-19999");
+}
+
+/// Reserves `port` for this process: its file created exclusively, or taken over from an
+/// owner that has exited.
+fn reserve(dir: &Path, port: u16, me: u32) -> bool {
+    let path = dir.join(port.to_string());
+    let create = |path: &Path| {
+        std::fs::File::create_new(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
+            .is_ok()
+    };
+    if create(&path) {
+        return true;
+    }
+    let owner = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        return false;
+    }
+    // Its owner is gone: take the reservation over (remove, then create exclusively, so of
+    // two processes doing this at once only one wins).
+    let _ = std::fs::remove_file(&path);
+    create(&path)
 }
 
 /// Counters from the last row of a SIPp `-trace_stat` CSV.
@@ -108,7 +126,7 @@ pub fn run_sipp_with(
         .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1"])
         .args(["-p", &free_udp_port().to_string()])
         .args(["-cp", &free_udp_port().to_string()])
-        .args(["-mp", &free_udp_port().to_string()])
+        .args(["-mp", &free_udp_ports(4).to_string()])
         .args(["-s", "4930123456", "-t", transport])
         .args([
             "-m",
@@ -260,7 +278,7 @@ impl Uas {
             .arg("-sf")
             .arg(scenario(scenario_file))
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-bind_local"])
-            .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+            .args(["-mi", "127.0.0.1", "-mp", &free_udp_ports(4).to_string()])
             .args(["-ci", "127.0.0.1", "-cp", &free_udp_port().to_string()])
             .args(["-t", transport, "-m", &calls.to_string()])
             .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
