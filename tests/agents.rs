@@ -430,3 +430,53 @@ async fn wait_registered(http: SocketAddr, want: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An independent SIP-over-WebSocket stack: JsSIP under Node (web/agent, from npm with its
+/// lockfile) registers with the switch's digest, unregisters, and is refused a wrong
+/// password.
+#[test]
+fn jssip_registers_and_unregisters_over_websocket() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
+    if !web.join("node_modules/jssip/package.json").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&web)
+            .status()
+            .expect("npm (Debian packages nodejs and npm; .ci/run installs them)");
+        assert!(installed.success(), "npm ci in web/agent failed");
+    }
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(&rt, dir.path());
+    let url = format!("ws://{}/sip", node.http_addr());
+    let run = |password: &str| {
+        let out = std::process::Command::new("timeout")
+            .args(["20", "node"])
+            .arg(web.join("node/register.js"))
+            .args([url.as_str(), "alice", password])
+            .output()
+            .expect("node (Debian package nodejs)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = run("alice-pass");
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["registered", "unregistered"]
+    );
+    let (code, said) = run("not-her-password");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("Rejected 403"), "{said}");
+    let metrics = rt.block_on(common::metrics_text(node.http_addr()));
+    for series in [
+        "waswitch_agent_registrations_total{outcome=\"bound\"} 1",
+        "waswitch_agent_registrations_total{outcome=\"unbound\"} 1",
+        "waswitch_agent_registrations_total{outcome=\"credentials\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    rt.block_on(node.drain_and_stop());
+}
