@@ -154,8 +154,6 @@ pub struct Ivr {
     /// The current recording's settings and file.
     record: Option<(crate::control::Record, PathBuf)>,
     recordings: u32,
-    /// A prompt plays toward the customer (a `PromptDone` is due).
-    playing: bool,
     tasks: JoinSet<()>,
     finish: Option<RpcReplyPort<ControlRecord>>,
     finish_deadline: Option<Instant>,
@@ -197,7 +195,6 @@ impl Actor for IvrActor {
             recording: Recording::Idle,
             record: None,
             recordings: 0,
-            playing: false,
             tasks: JoinSet::new(),
             finish: None,
             finish_deadline: None,
@@ -322,7 +319,6 @@ impl Ivr {
                 if !played {
                     tracing::warn!("a prompt could not play toward the customer");
                 }
-                self.playing = false;
                 if self.recording == Recording::Beep {
                     self.start_capture();
                     return Vec::new();
@@ -369,7 +365,6 @@ impl Ivr {
             } => self.play(&prompts, loops, barge_in),
             Command::StopPlay => {
                 // Silences whatever plays toward the customer; no event follows.
-                self.playing = false;
                 let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
             }
             Command::Record(record) => self.record(record),
@@ -381,7 +376,6 @@ impl Ivr {
                 Recording::Beep => {
                     // Ended before it began: an empty recording, still a file.
                     let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
-                    self.playing = false;
                     self.start_capture();
                     self.recording = Recording::Stopping;
                     let _ = self.media.send_message(MediaMsg::StopCapture);
@@ -435,7 +429,6 @@ impl Ivr {
                 Prompt::from_samples(samples)
             }
         };
-        self.playing = true;
         let _ = self
             .media
             .send_message(MediaMsg::Play(Side::A, prompt, barge_in));
@@ -453,7 +446,6 @@ impl Ivr {
         self.record = Some((record, path));
         if beep {
             self.recording = Recording::Beep;
-            self.playing = true;
             let _ = self
                 .media
                 .send_message(MediaMsg::Play(Side::A, beep_prompt(), false));
