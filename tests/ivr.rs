@@ -182,11 +182,31 @@ fn start_rig(
     media_ports: u16,
     at: &str,
 ) -> Rig {
+    start_rig_with(rt, dir, support, sales, media_ports, at, |toml| toml)
+}
+
+/// [`start_rig`] with the configuration changed by `edit` first.
+fn start_rig_with(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    support: u16,
+    sales: u16,
+    media_ports: u16,
+    at: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Rig {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let (node, hooks) = rt.block_on(async {
         let sim = graph.serve_loopback().await.expect("sim Graph API");
         let (hook, hooks) = common::webhook_sink(false).await;
-        let toml = ivr_toml(support, sales, media_ports, &sim.to_string(), &hook, dir);
+        let toml = edit(ivr_toml(
+            support,
+            sales,
+            media_ports,
+            &sim.to_string(),
+            &hook,
+            dir,
+        ));
         let mut config = Config::loopback(&toml, &dir.join("ivr.db")).expect("config");
         let target: jiff::Timestamp = at.parse().expect("instant");
         config.clock_offset_ms = target.as_millisecond() - waswitch::clock::now_ms();
@@ -511,4 +531,49 @@ fn an_unanswered_dial_goes_on_to_voicemail_and_a_recording_that_cannot_be_writte
     let control = failed.control.clone().expect("record");
     assert_eq!(control.end.as_deref(), Some("record_failed"), "{control:?}");
     assert_eq!(control.voicemail, None);
+}
+
+/// `dial` to a SIP URI on a trunk: sales is reached as extension 2001 at the sales trunk
+/// (the PBX's INVITE names that user).
+#[test]
+fn a_dial_to_a_sip_uri_calls_that_user_at_the_trunk() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (support, sales) = (free_udp_port(), free_udp_port());
+    let mut rig = start_rig_with(&rt, dir.path(), support, sales, 57_000, OPEN_AT, |toml| {
+        toml.replace(
+            "verb = \"dial\"\nroute = \"sales\"",
+            "verb = \"dial\"\nuri = \"sip:2001@127.0.0.1\"\ntrunk = \"sales\"",
+        )
+    });
+    let log = dir.path().join("sales-messages.log");
+    let log_arg = log.display().to_string();
+    let sales_pbx = Uas::start_with(
+        "b2bua_uas.xml",
+        "u1",
+        sales,
+        1,
+        &["-rtp_echo", "-trace_msg", "-message_file", &log_arg],
+    );
+    rig.ctx.dtmf = Some("2".into());
+    rig.ctx.dtmf_after = Duration::from_millis(700);
+    let r = rt.block_on(load::user_call(
+        &rig.ctx,
+        "4915112345678",
+        Duration::from_secs(4),
+    ));
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.tones.last(), Some(&OWN), "{r:?}");
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = sales_pbx.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    let messages = std::fs::read_to_string(&log).expect("SIPp's message log");
+    assert!(
+        messages.contains(&format!("INVITE sip:2001@127.0.0.1:{sales}")),
+        "{messages}"
+    );
+    let cdr = cdr_of(&cdrs, &r.wa_call_id);
+    assert_eq!(cdr.trunk.as_deref(), Some("sales"));
+    let control = cdr.control.clone().expect("record");
+    assert_eq!(control.ivr_path, ["main", "2", "sales"], "{control:?}");
 }
