@@ -329,7 +329,7 @@ impl Node {
         let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
             .takes_calls()
             .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
-        let agent_directory = crate::call::agents::Directory::new(&config.agents);
+        let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
         let settings = ListenerSettings {
             timers: config.sip.timers,
             admission: Arc::new(std::sync::Mutex::new(RateLimiter::new(

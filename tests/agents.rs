@@ -16,7 +16,8 @@ use waswitch::node::Node;
 
 const AGENTS: &str = "[[agent]]\nuser = \"alice\"\npassword = \"alice-pass\"\n\
                       display_name = \"Alice\"\nqueues = [\"support\"]\n\
-                      [[agent]]\nuser = \"bob\"\npassword = \"bob-pass\"\n";
+                      [[agent]]\nuser = \"bob\"\npassword = \"bob-pass\"\n\
+                      [[queue]]\nname = \"support\"\n";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -212,12 +213,36 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
         assert_eq!(code, 400);
         let (code, _) = put(serde_json::json!({"presence": "available"}), "mallory").await;
         assert_eq!(code, 404);
+        let (code, queues) = common::api(
+            &http,
+            format!("http://{}/v1/queues", node.http_addr()),
+            "agents-token",
+            reqwest::Method::GET,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{queues}");
+        let support = &queues["queues"][0];
+        assert_eq!(support["name"], "support");
+        assert_eq!(support["strategy"], "longest_idle");
+        // alice is offline by choice; bob is not a member.
+        assert_eq!(support["members"][0]["presence"], "offline", "{queues}");
+        assert_eq!(support["available"], 0, "{queues}");
         let (code, alice) = put(serde_json::json!({"presence": "available"}), "alice").await;
         assert_eq!(
             (code, alice["presence"].as_str()),
             (200, Some("available")),
             "{alice}"
         );
+        let (_, queues) = common::api(
+            &http,
+            format!("http://{}/v1/queues", node.http_addr()),
+            "agents-token",
+            reqwest::Method::GET,
+            None,
+        )
+        .await;
+        assert_eq!(queues["queues"][0]["available"], 1, "{queues}");
     });
 
     let brief = send(register(

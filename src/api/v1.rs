@@ -43,6 +43,7 @@ pub(crate) fn router(
         .route("/v1/calls/{id}", get(call).delete(hang_up))
         .route("/v1/cdrs", get(cdrs))
         .route("/v1/agents", get(agents))
+        .route("/v1/queues", get(queues))
         .route("/v1/agents/{user}", get(agent))
         .route(
             "/v1/agents/{user}/presence",
@@ -63,6 +64,11 @@ pub(crate) fn router(
 /// `GET /v1/agents`: every agent, registered or not, with their presence.
 async fn agents(State(state): State<ApiState>) -> Response {
     Json(json!({"agents": state.agents.list()})).into_response()
+}
+
+/// `GET /v1/queues`: every queue, its members' presence and how many are available.
+async fn queues(State(state): State<ApiState>) -> Response {
+    Json(json!({"queues": state.agents.queues()})).into_response()
 }
 
 /// `GET /v1/agents/{user}`.

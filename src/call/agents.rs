@@ -25,9 +25,34 @@ pub struct AgentView {
     pub presence: &'static str,
 }
 
+/// What the API shows of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueView {
+    /// Its name.
+    pub name: String,
+    /// `longest_idle`, `round_robin` or `ring_all`.
+    pub strategy: &'static str,
+    /// Members available to take a call now.
+    pub available: usize,
+    /// The members and their presence.
+    pub members: Vec<MemberView>,
+    /// Where callers overflow to.
+    pub overflow_route: Option<String>,
+}
+
+/// A queue member's presence.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberView {
+    /// The agent.
+    pub user: String,
+    /// Their presence.
+    pub presence: &'static str,
+}
+
 #[derive(Debug)]
 struct Inner {
     book: AgentBook,
+    queues: Vec<crate::config::QueueConfig>,
     /// Display name, queues, registered.
     info: BTreeMap<String, (Option<String>, Vec<String>, bool)>,
 }
@@ -39,12 +64,16 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// The agents of the configuration.
-    pub fn new(agents: &[crate::config::AgentConfig]) -> Directory {
+    /// The agents and queues of the configuration.
+    pub fn new(
+        agents: &[crate::config::AgentConfig],
+        queues: &[crate::config::QueueConfig],
+    ) -> Directory {
         let now = Instant::now();
         Directory {
             inner: Arc::new(Mutex::new(Inner {
                 book: AgentBook::new(agents.iter().map(|a| a.user.as_str()), now),
+                queues: queues.to_vec(),
                 info: agents
                     .iter()
                     .map(|a| {
@@ -95,6 +124,45 @@ impl Directory {
             .info
             .keys()
             .filter_map(|u| Self::view(&inner, u, now))
+            .collect()
+    }
+
+    /// Every queue, with its members' presence.
+    pub fn queues(&self) -> Vec<QueueView> {
+        use crate::control::queue::Strategy;
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .queues
+            .iter()
+            .map(|q| {
+                let members: Vec<MemberView> = q
+                    .members
+                    .iter()
+                    .map(|m| MemberView {
+                        user: m.clone(),
+                        presence: inner
+                            .book
+                            .presence(m, now)
+                            .unwrap_or(Presence::Offline)
+                            .as_str(),
+                    })
+                    .collect();
+                QueueView {
+                    name: q.name.clone(),
+                    strategy: match q.strategy {
+                        Strategy::LongestIdle => "longest_idle",
+                        Strategy::RoundRobin => "round_robin",
+                        Strategy::RingAll => "ring_all",
+                    },
+                    available: members
+                        .iter()
+                        .filter(|m| m.presence == Presence::Available.as_str())
+                        .count(),
+                    members,
+                    overflow_route: q.overflow_route.clone(),
+                }
+            })
             .collect()
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub agent: Vec<AgentSection>,
     #[serde(default)]
+    pub queue: Vec<QueueSection>,
+    #[serde(default)]
     pub route: Vec<RouteSection>,
     #[serde(default)]
     pub meta: Option<MetaSection>,
@@ -719,6 +721,40 @@ fn default_log_level() -> String {
 
 fn default_log_format() -> String {
     "text".to_string()
+}
+
+/// `[[queue]]`: agents answering calls in turn.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueueSection {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_queue_strategy")]
+    pub strategy: String,
+    #[serde(default = "default_agent_ring_timeout")]
+    pub ring_timeout_secs: i64,
+    #[serde(default = "default_queue_timeout")]
+    pub timeout_secs: i64,
+    #[serde(default = "default_wrap_up")]
+    pub wrap_up_secs: i64,
+    #[serde(default)]
+    pub overflow_route: Option<String>,
+}
+
+fn default_queue_strategy() -> String {
+    "longest_idle".to_string()
+}
+
+fn default_agent_ring_timeout() -> i64 {
+    15
+}
+
+fn default_queue_timeout() -> i64 {
+    120
+}
+
+fn default_wrap_up() -> i64 {
+    10
 }
 
 /// `[[agent]]`: an agent whose phone (a browser over WebSocket, a softphone) registers.

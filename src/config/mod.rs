@@ -79,6 +79,8 @@ pub struct Config {
     pub business_numbers: Vec<BusinessNumber>,
     /// Agents whose phones register (`[[agent]]`).
     pub agents: Vec<AgentConfig>,
+    /// Queues of agents (`[[queue]]`).
+    pub queues: Vec<QueueConfig>,
     /// `waswitch sim`.
     pub sim: SimConfig,
     /// Where each CDR is also POSTed, signed (`None`: only stored).
@@ -93,6 +95,25 @@ pub struct Config {
     /// schedules IVR branches test. Not read from the file: 0, unless the program sets it
     /// (a rehearsal running at another time of day).
     pub clock_offset_ms: i64,
+}
+
+/// A queue of agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Its name (routes, IVR dials and agents name it).
+    pub name: String,
+    /// How the next agent is picked.
+    pub strategy: crate::control::queue::Strategy,
+    /// How long an agent's phone rings before the next agent is tried.
+    pub ring_timeout: Duration,
+    /// How long a caller waits before the overflow.
+    pub timeout: Duration,
+    /// How long an agent wraps up after a call before the next one.
+    pub wrap_up: Duration,
+    /// Where callers go when nobody answers in time (a route); `None`: the call ends.
+    pub overflow_route: Option<String>,
+    /// The agents answering it (those naming it in their `queues`), in configuration order.
+    pub members: Vec<String>,
 }
 
 /// An agent whose phone registers with the switch (digest, SHA-256 or MD5).

@@ -679,7 +679,7 @@ fn route_sites_are_checked_entry_by_entry() {
 fn agents_load_and_their_mistakes_name_the_entry() {
     let c = load(
         "[[agent]]\nuser = \"alice\"\npassword = \"alice-pass\"\ndisplay_name = \"Alice\"\n\
-         queues = [\"support\"]\n",
+         queues = [\"support\"]\n[[queue]]\nname = \"support\"\n",
     )
     .expect("valid");
     assert_eq!(c.agents.len(), 1);
@@ -696,4 +696,39 @@ fn agents_load_and_their_mistakes_name_the_entry() {
     );
     assert_eq!(p.key, "agent[1].user");
     assert!(p.problem.contains("twice"), "{}", p.problem);
+}
+
+#[test]
+fn queues_take_their_members_from_the_agents_and_mistakes_name_the_key() {
+    let agents = "[[agent]]\nuser = \"alice\"\npassword = \"a\"\nqueues = [\"support\"]\n\
+                  [[agent]]\nuser = \"bob\"\npassword = \"b\"\nqueues = [\"support\", \"sales\"]\n";
+    let c = load(&format!(
+        "{agents}[[queue]]\nname = \"support\"\nstrategy = \"ring_all\"\nwrap_up_secs = 0\n\
+         [[queue]]\nname = \"sales\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.queues.len(), 2);
+    assert_eq!(c.queues[0].members, ["alice", "bob"]);
+    assert_eq!(
+        c.queues[0].strategy,
+        crate::control::queue::Strategy::RingAll
+    );
+    assert_eq!(c.queues[0].wrap_up, Duration::ZERO);
+    assert_eq!(c.queues[1].members, ["bob"]);
+    assert_eq!(
+        c.queues[1].strategy,
+        crate::control::queue::Strategy::LongestIdle
+    );
+    assert_eq!(c.queues[1].ring_timeout, Duration::from_secs(15));
+    // An agent naming a queue that does not exist.
+    let p = one_problem(&format!("{agents}[[queue]]\nname = \"support\"\n"));
+    assert_eq!(p.key, "agent[1].queues[1]");
+    let p = one_problem("[[queue]]\nname = \"q\"\nstrategy = \"random\"\n");
+    assert_eq!(p.key, "queue[0].strategy");
+    let p = one_problem("[[queue]]\nname = \"q\"\noverflow_route = \"nowhere\"\n");
+    assert_eq!(p.key, "queue[0].overflow_route");
+    let p = one_problem("[[queue]]\nname = \"q\"\nring_timeout_secs = 1\n");
+    assert_eq!(p.key, "queue[0].ring_timeout_secs");
+    let p = one_problem("[[queue]]\nname = \"q\"\n[[queue]]\nname = \"q\"\n");
+    assert_eq!(p.key, "queue[1].name");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{
     file, AgentConfig, Config, ConfigProblem, HttpConfig, LimitsConfig, LogConfig, LogFormat,
-    MediaConfig, Secret, ShutdownConfig, SimConfig, SipConfig, StoreConfig, Transport,
+    MediaConfig, QueueConfig, Secret, ShutdownConfig, SimConfig, SipConfig, StoreConfig, Transport,
 };
 
 pub(super) struct Validator {
@@ -243,6 +243,7 @@ impl Validator {
         let sim_listen = self.socket_addr("sim.listen", &raw.sim.listen, "127.0.0.1:8090");
         let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
+        let queues = self.queues(&raw.queue, &raw.agent, &agents, &routes);
         let meta = self.meta(raw.meta.as_ref());
         let cdr_webhook = self.cdr_webhook(raw.cdr_webhook.as_ref());
         let permissions = self.permissions(&raw.permissions);
@@ -353,6 +354,7 @@ impl Validator {
             meta,
             business_numbers,
             agents,
+            queues,
             sim: SimConfig {
                 listen: sim_listen?,
             },
@@ -464,6 +466,104 @@ impl Validator {
                     .map(str::to_string),
                 queues: a.queues.iter().map(|q| q.trim().to_string()).collect(),
             });
+        }
+        out
+    }
+}
+
+impl Validator {
+    /// `[[queue]]`: a unique name, a strategy, bounded times, an overflow route that
+    /// exists; every queue an agent names must exist. Members are the agents naming it.
+    fn queues(
+        &mut self,
+        raw: &[file::QueueSection],
+        raw_agents: &[file::AgentSection],
+        agents: &[AgentConfig],
+        routes: &[super::SipRoute],
+    ) -> Vec<QueueConfig> {
+        use crate::control::queue::Strategy;
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, q) in raw.iter().enumerate() {
+            let key = |field: &str| format!("queue[{i}].{field}");
+            let name = q.name.trim();
+            if name.is_empty() {
+                self.problem(
+                    &key("name"),
+                    "is empty",
+                    "give every [[queue]] a unique name",
+                );
+            } else if !names.insert(name.to_string()) {
+                self.problem(
+                    &key("name"),
+                    format!("{name} is configured twice"),
+                    "name each queue once",
+                );
+            }
+            let strategy = match q.strategy.trim() {
+                "longest_idle" => Some(Strategy::LongestIdle),
+                "round_robin" => Some(Strategy::RoundRobin),
+                "ring_all" => Some(Strategy::RingAll),
+                other => {
+                    self.problem(
+                        &key("strategy"),
+                        format!("{other:?} is not a strategy"),
+                        "use \"longest_idle\", \"round_robin\" or \"ring_all\"",
+                    );
+                    None
+                }
+            };
+            let ring = self.bounded(&key("ring_timeout_secs"), q.ring_timeout_secs, 5, 120);
+            let timeout = self.bounded(&key("timeout_secs"), q.timeout_secs, 10, 3600);
+            let wrap_up = self.bounded(&key("wrap_up_secs"), q.wrap_up_secs, 0, 600);
+            if let Some(route) = q.overflow_route.as_deref().map(str::trim) {
+                if !routes.iter().any(|r| r.name == route) {
+                    let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+                    self.problem(
+                        &key("overflow_route"),
+                        format!("there is no route {route:?}"),
+                        if known.is_empty() {
+                            "add the [[route]] callers overflow to, or leave the key out"
+                                .to_string()
+                        } else {
+                            format!("use one of: {}", known.join(", "))
+                        },
+                    );
+                }
+            }
+            let (Some(strategy), Some(ring), Some(timeout), Some(wrap_up)) =
+                (strategy, ring, timeout, wrap_up)
+            else {
+                continue;
+            };
+            out.push(QueueConfig {
+                name: name.to_string(),
+                strategy,
+                ring_timeout: Duration::from_secs(ring as u64),
+                timeout: Duration::from_secs(timeout as u64),
+                wrap_up: Duration::from_secs(wrap_up as u64),
+                overflow_route: q
+                    .overflow_route
+                    .as_deref()
+                    .map(str::trim)
+                    .map(str::to_string),
+                members: agents
+                    .iter()
+                    .filter(|a| a.queues.iter().any(|n| n == name))
+                    .map(|a| a.user.clone())
+                    .collect(),
+            });
+        }
+        for (i, a) in raw_agents.iter().enumerate() {
+            for (j, q) in a.queues.iter().enumerate() {
+                if !raw.iter().any(|r| r.name.trim() == q.trim()) {
+                    self.problem(
+                        &format!("agent[{i}].queues[{j}]"),
+                        format!("there is no queue {q:?}"),
+                        "add a [[queue]] with that name, or remove it from the agent's queues",
+                    );
+                }
+            }
         }
         out
     }
