@@ -93,6 +93,17 @@ fn headers<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `/v1{path}` on `node` with the test's token: the status and the JSON body.
+async fn v1(
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}/v1{path}", node.http_addr());
+    common::api(&reqwest::Client::new(), url, "agents-token", method, body).await
+}
+
 fn node(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Node {
     rt.block_on(async {
         let toml = format!(
@@ -175,16 +186,13 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
 
     // The directory knows: both registered and available; alice chooses to go offline.
     rt.block_on(async {
-        let http = reqwest::Client::new();
-        let base = format!("http://{}/v1/agents", node.http_addr());
-        let (code, list) = common::api(
-            &http,
-            base.clone(),
-            "agents-token",
-            reqwest::Method::GET,
-            None,
-        )
-        .await;
+        let node = &node;
+        let get = |path: &'static str| v1(node, reqwest::Method::GET, path, None);
+        let put = |body: serde_json::Value, user: &str| {
+            let path = format!("/agents/{user}/presence");
+            async move { v1(node, reqwest::Method::PUT, &path, Some(body)).await }
+        };
+        let (code, list) = get("/agents").await;
         assert_eq!(code, 200, "{list}");
         let alice = &list["agents"][0];
         assert_eq!(alice["user"], "alice");
@@ -194,15 +202,6 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
             (alice["registered"].as_bool(), alice["presence"].as_str()),
             (Some(true), Some("available"))
         );
-        let put = |body: serde_json::Value, user: &str| {
-            common::api(
-                &http,
-                format!("{base}/{user}/presence"),
-                "agents-token",
-                reqwest::Method::PUT,
-                Some(body),
-            )
-        };
         let (code, alice) = put(serde_json::json!({"presence": "offline"}), "alice").await;
         assert_eq!(
             (code, alice["presence"].as_str()),
@@ -213,14 +212,7 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
         assert_eq!(code, 400);
         let (code, _) = put(serde_json::json!({"presence": "available"}), "mallory").await;
         assert_eq!(code, 404);
-        let (code, queues) = common::api(
-            &http,
-            format!("http://{}/v1/queues", node.http_addr()),
-            "agents-token",
-            reqwest::Method::GET,
-            None,
-        )
-        .await;
+        let (code, queues) = get("/queues").await;
         assert_eq!(code, 200, "{queues}");
         let support = &queues["queues"][0];
         assert_eq!(support["name"], "support");
@@ -234,14 +226,7 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
             (200, Some("available")),
             "{alice}"
         );
-        let (_, queues) = common::api(
-            &http,
-            format!("http://{}/v1/queues", node.http_addr()),
-            "agents-token",
-            reqwest::Method::GET,
-            None,
-        )
-        .await;
+        let (_, queues) = get("/queues").await;
         assert_eq!(queues["queues"][0]["available"], 1, "{queues}");
     });
 
@@ -264,13 +249,7 @@ fn a_phone_registers_over_udp_with_digest_and_unregisters() {
     ));
     assert_eq!(status(&gone), 200, "{gone}");
     assert_eq!(registered(&rt, &node), "waswitch_agents_registered 1");
-    let (code, alice) = rt.block_on(common::api(
-        &reqwest::Client::new(),
-        format!("http://{}/v1/agents/alice", node.http_addr()),
-        "agents-token",
-        reqwest::Method::GET,
-        None,
-    ));
+    let (code, alice) = rt.block_on(v1(&node, reqwest::Method::GET, "/agents/alice", None));
     assert_eq!(code, 200);
     assert_eq!(
         (alice["registered"].as_bool(), alice["presence"].as_str()),
