@@ -104,6 +104,8 @@ pub(crate) struct Registrar {
     nonces: NonceIssuer,
     bindings: HashMap<String, Binding>,
     failures: HashMap<IpAddr, Failures>,
+    /// The second of the last sweep (the bindings are scanned at most once a second).
+    swept_at: Option<u64>,
 }
 
 impl Registrar {
@@ -113,6 +115,7 @@ impl Registrar {
             nonces,
             bindings: HashMap::new(),
             failures: HashMap::new(),
+            swept_at: None,
         }
     }
 
@@ -276,8 +279,13 @@ impl Registrar {
     }
 
     /// Removes the bindings lapsed at `now`, and forgets old failures; the agents whose
-    /// bindings lapsed.
+    /// bindings lapsed. Called on every REGISTER, it scans at most once a second (a lapsed
+    /// binding is never found by a lookup meanwhile).
     pub(crate) fn expire(&mut self, now: u64) -> Vec<String> {
+        if self.swept_at == Some(now) {
+            return Vec::new();
+        }
+        self.swept_at = Some(now);
         let gone: Vec<String> = self
             .bindings
             .values()
