@@ -324,12 +324,50 @@ impl Node {
             }
         }
         let mut background = vec![spawn_cutoffs(permissions.cutoffs(), calls.clone())];
+        let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
+        if !config.queues.is_empty() {
+            // Wrap-ups end with time alone: waiting calls are offered agents as they do.
+            let directory = agent_directory.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    directory.tick();
+                }
+            }));
+        }
         // Without routes or WhatsApp numbers the switch takes no SIP calls and answers
         // INVITEs itself (404).
         let user: Option<Arc<dyn crate::sip::transport::SipUser>> = ingress
             .takes_calls()
             .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
-        let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
+        // Agents' phones register on every listener; nonces are keyed per node. The
+        // directory hears who is registered; queue calls find the phones through it.
+        let agent_registrar = (!config.agents.is_empty()).then(|| {
+            let directory = agent_directory.clone();
+            Arc::new(
+                crate::sip::registrar::Agents::new(
+                    config
+                        .agents
+                        .iter()
+                        .map(|a| (a.user.clone(), a.password.expose().to_string()))
+                        .collect(),
+                    AGENT_REALM,
+                    &uuid::Uuid::new_v4().to_string(),
+                    (
+                        std::time::Instant::now(),
+                        u64::try_from(now_ms() / 1000).unwrap_or(0),
+                    ),
+                )
+                .with_listener(Arc::new(move |user: &str, registered: bool| {
+                    directory.set_registered(user, registered)
+                })),
+            )
+        });
+        if let Some(registrar) = &agent_registrar {
+            ingress.set_agents(Arc::clone(registrar))?;
+        }
         let settings = ListenerSettings {
             timers: config.sip.timers,
             admission: Arc::new(std::sync::Mutex::new(RateLimiter::new(
@@ -350,31 +388,7 @@ impl Node {
                 ))
             }),
             user,
-            // Agents' phones register on every listener; nonces are keyed per node. The
-            // directory hears who is registered.
-            agents: (!config.agents.is_empty()).then(|| {
-                let directory = agent_directory.clone();
-                Arc::new(
-                    crate::sip::registrar::Agents::new(
-                        config
-                            .agents
-                            .iter()
-                            .map(|a| (a.user.clone(), a.password.expose().to_string()))
-                            .collect(),
-                        AGENT_REALM,
-                        &uuid::Uuid::new_v4().to_string(),
-                        (
-                            std::time::Instant::now(),
-                            u64::try_from(now_ms() / 1000).unwrap_or(0),
-                        ),
-                    )
-                    .with_listener(Arc::new(
-                        move |user: &str, registered: bool| {
-                            directory.set_registered(user, registered)
-                        },
-                    )),
-                )
-            }),
+            agents: agent_registrar.clone(),
         };
         let sip_tls = match &config.sip.tls {
             Some(tls) => {
@@ -415,20 +429,6 @@ impl Node {
                 address: config.sip.listen,
                 source,
             })?;
-        ingress.set_handles(SipHandles {
-            udp: sip_udp.as_ref().map(SipListener::handle),
-            tcp: sip_tcp.as_ref().map(SipListener::handle),
-            tls: sip_tls.as_ref().map(SipListener::handle),
-        })?;
-        if let Some(l) = &sip_udp {
-            readiness.bound("sip_udp", l.local_addr());
-            tracing::info!(sip_udp = %l.local_addr(), "SIP listening");
-        }
-        if let Some(l) = &sip_tcp {
-            readiness.bound("sip_tcp", l.local_addr());
-            tracing::info!(sip_tcp = %l.local_addr(), "SIP listening");
-        }
-
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -441,6 +441,24 @@ impl Node {
             address: config.http.listen,
             source,
         })?;
+        // SIP over WebSocket at /sip on the HTTP listener, for agents' phones.
+        let sip_ws =
+            ws_settings.map(|settings| crate::sip::transport::ws::serve(http_addr, settings));
+        ingress.set_handles(SipHandles {
+            udp: sip_udp.as_ref().map(SipListener::handle),
+            tcp: sip_tcp.as_ref().map(SipListener::handle),
+            tls: sip_tls.as_ref().map(SipListener::handle),
+            ws: sip_ws.as_ref().map(|(l, _)| l.handle()),
+        })?;
+        if let Some(l) = &sip_udp {
+            readiness.bound("sip_udp", l.local_addr());
+            tracing::info!(sip_udp = %l.local_addr(), "SIP listening");
+        }
+        if let Some(l) = &sip_tcp {
+            readiness.bound("sip_tcp", l.local_addr());
+            tracing::info!(sip_tcp = %l.local_addr(), "SIP listening");
+        }
+
         let meta_ingress = match (config.meta.as_ref(), &outbox) {
             (Some(meta), Some(outbox)) => {
                 let control = crate::call::whatsapp::ingress::Control {
@@ -457,6 +475,7 @@ impl Node {
                         excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
                         sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
                         events: control_events.clone(),
+                        agents: (!config.queues.is_empty()).then(|| agent_directory.clone()),
                     },
                     clock_offset_ms: config.clock_offset_ms,
                 };
@@ -505,9 +524,6 @@ impl Node {
             agents: agent_directory,
         };
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
-        // SIP over WebSocket at /sip on the HTTP listener, for agents' phones.
-        let sip_ws =
-            ws_settings.map(|settings| crate::sip::transport::ws::serve(http_addr, settings));
         if let Some((listener, acceptor)) = &sip_ws {
             router = router.merge(api::sip_ws::router(acceptor.clone()));
             tracing::info!(sip_ws = %format!("ws://{}/sip", listener.local_addr()), "SIP listening");

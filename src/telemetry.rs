@@ -92,6 +92,20 @@ pub const AGENTS_REGISTERED: &str = "waswitch_agents_registered";
 /// `queried`, `credentials`, `throttled`, `malformed`).
 pub const AGENT_REGISTRATIONS_TOTAL: &str = "waswitch_agent_registrations_total";
 
+/// Gauge: calls waiting in a queue for an agent, by `queue`.
+pub const QUEUE_WAITING: &str = "waswitch_queue_waiting";
+
+/// Gauge: how long the longest-waiting call of a queue has waited, seconds, by `queue`.
+pub const QUEUE_LONGEST_WAIT_SECONDS: &str = "waswitch_queue_longest_wait_seconds";
+
+/// Counter: calls that left a queue, by `queue` and `outcome` (`answered`, `abandoned`,
+/// `overflow`).
+pub const QUEUE_CALLS_TOTAL: &str = "waswitch_queue_calls_total";
+
+/// Counter: queue calls an agent answered within the queue's service-level time, by `queue`
+/// (the service level is this over the answered and abandoned calls).
+pub const QUEUE_ANSWERED_WITHIN_SL_TOTAL: &str = "waswitch_queue_answered_within_sl_total";
+
 /// Counter: DTMF digits received, by `side` (`a`, `b`).
 pub const DTMF_DIGITS_TOTAL: &str = "waswitch_dtmf_digits_total";
 
@@ -587,6 +601,30 @@ pub fn catalogue() -> Vec<MetricInfo> {
                     "malformed",
                 ],
             ),
+        ),
+        m(
+            QUEUE_WAITING,
+            Gauge,
+            "Calls waiting in a queue for an agent, by queue.",
+            Vec::new(),
+        ),
+        m(
+            QUEUE_LONGEST_WAIT_SECONDS,
+            Gauge,
+            "Wait of the longest-waiting call of a queue, seconds, by queue.",
+            Vec::new(),
+        ),
+        m(
+            QUEUE_CALLS_TOTAL,
+            Counter,
+            "Calls that left a queue, by queue and outcome (answered, abandoned, overflow).",
+            Vec::new(),
+        ),
+        m(
+            QUEUE_ANSWERED_WITHIN_SL_TOTAL,
+            Counter,
+            "Queue calls answered within the queue's service-level time, by queue.",
+            Vec::new(),
         ),
         m(
             DTMF_DIGITS_TOTAL,

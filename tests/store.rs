@@ -118,6 +118,10 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             messages: 1,
             callback_requests: u32::from(n % 10 == 0),
             end: None,
+            queue: (n % 10 == 5).then(|| "support".to_string()),
+            agent: (n % 10 == 5).then(|| "alice".to_string()),
+            queue_wait_ms: (n % 10 == 5).then_some(4200),
+            queue_outcome: (n % 10 == 5).then(|| "answered".to_string()),
         }),
     }
 }

@@ -1,14 +1,67 @@
-//! The node's agents: who they are, whether their phone is registered, the presence they
-//! chose, and (as queues are served) their calls and wrap-up. The registrar tells it when
-//! a phone registers or goes; the REST API reads it and sets an agent's chosen presence.
-//! The state itself is [`control::queue::AgentBook`](crate::control::queue::AgentBook),
-//! sans-IO; this is its shared, clocked front.
+//! The node's agents and queues: who the agents are, whether their phone is registered,
+//! the presence they chose, their calls and wrap-up; and the calls waiting in each queue.
+//! The registrar tells it when a phone registers or goes; the REST API reads it and sets
+//! an agent's chosen presence; calls waiting in a queue are offered agents from it.
+//!
+//! Serving a queue: a call enters with [`Directory::enqueue`] and a sink that hears its
+//! offers. Waiting calls are served in arrival order: each one not ringing anyone is
+//! offered the agent(s) its queue's strategy picks, and those agents are reserved (busy to
+//! every other call) until the call says they answered ([`Directory::answered`]) or let it
+//! ring out ([`Directory::no_answer`]); an agent who rang out is passed over for that call
+//! until every member has been tried. An answered agent is busy until
+//! [`Directory::call_ended`], then wraps up. Offers are made whenever something changes,
+//! and on [`Directory::tick`] (wrap-ups ending). The state itself is
+//! [`control::queue::AgentBook`](crate::control::queue::AgentBook) and
+//! [`control::queue::Queue`](crate::control::queue::Queue), sans-IO; this is their shared,
+//! clocked front.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::control::queue::{AgentBook, Presence};
+use crate::control::queue::{AgentBook, Presence, Queue};
+use crate::telemetry;
+
+/// The agents a waiting call is offered (rung at once; one, or all for ring-all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOffer {
+    /// The call's ticket.
+    pub ticket: u64,
+    /// The agents reserved for it.
+    pub agents: Vec<String>,
+}
+
+/// Hears the offers made to one waiting call.
+pub type OfferSink = Arc<dyn Fn(QueueOffer) + Send + Sync>;
+
+/// How a call left its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// The caller hung up while waiting.
+    Abandoned,
+    /// The queue's timeout passed: the call goes to the overflow.
+    Overflow,
+}
+
+impl Left {
+    fn as_str(self) -> &'static str {
+        match self {
+            Left::Abandoned => "abandoned",
+            Left::Overflow => "overflow",
+        }
+    }
+}
+
+struct Waiting {
+    ticket: u64,
+    queue: usize,
+    since: Instant,
+    /// Agents who let this call ring out.
+    tried: Vec<String>,
+    /// Agents being rung for it now.
+    ringing: Vec<String>,
+    sink: OfferSink,
+}
 
 /// What the API shows of an agent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -49,12 +102,26 @@ pub struct MemberView {
     pub presence: &'static str,
 }
 
-#[derive(Debug)]
 struct Inner {
     book: AgentBook,
     queues: Vec<crate::config::QueueConfig>,
+    /// Each queue's picking state (round-robin's turn), in `queues`' order.
+    pickers: Vec<Queue>,
+    /// Calls waiting, in arrival order.
+    waiting: Vec<Waiting>,
+    next_ticket: u64,
     /// Display name, queues, registered.
     info: BTreeMap<String, (Option<String>, Vec<String>, bool)>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("agents", &self.info.len())
+            .field("queues", &self.queues.len())
+            .field("waiting", &self.waiting.len())
+            .finish()
+    }
 }
 
 /// The node's agents, shared.
@@ -73,7 +140,13 @@ impl Directory {
         Directory {
             inner: Arc::new(Mutex::new(Inner {
                 book: AgentBook::new(agents.iter().map(|a| a.user.as_str()), now),
+                pickers: queues
+                    .iter()
+                    .map(|q| Queue::new(q.strategy, q.members.clone()))
+                    .collect(),
                 queues: queues.to_vec(),
+                waiting: Vec::new(),
+                next_ticket: 1,
                 info: agents
                     .iter()
                     .map(|a| {
@@ -98,6 +171,7 @@ impl Directory {
         if let Some(info) = inner.info.get_mut(user) {
             info.2 = registered;
         }
+        self.dispatch(inner);
     }
 
     /// The agent chose to take calls (`true`) or not; false when there is no such agent.
@@ -107,7 +181,177 @@ impl Directory {
             return false;
         }
         inner.book.set_willing(user, willing, Instant::now());
+        self.dispatch(inner);
         true
+    }
+
+    /// Queue `name`'s settings.
+    pub fn queue(&self, name: &str) -> Option<crate::config::QueueConfig> {
+        self.lock().queues.iter().find(|q| q.name == name).cloned()
+    }
+
+    /// An agent's display name.
+    pub fn display_name(&self, user: &str) -> Option<String> {
+        self.lock().info.get(user).and_then(|i| i.0.clone())
+    }
+
+    /// A call starts waiting in queue `name`; `sink` hears the agents it is offered. Its
+    /// ticket, or `None` when there is no such queue.
+    pub fn enqueue(&self, name: &str, sink: OfferSink) -> Option<u64> {
+        let mut inner = self.lock();
+        let queue = inner.queues.iter().position(|q| q.name == name)?;
+        let ticket = inner.next_ticket;
+        inner.next_ticket += 1;
+        inner.waiting.push(Waiting {
+            ticket,
+            queue,
+            since: Instant::now(),
+            tried: Vec::new(),
+            ringing: Vec::new(),
+            sink,
+        });
+        self.dispatch(inner);
+        Some(ticket)
+    }
+
+    /// The call's place among those waiting in its queue (1: next to be served).
+    pub fn position(&self, ticket: u64) -> Option<usize> {
+        let inner = self.lock();
+        let me = inner.waiting.iter().find(|w| w.ticket == ticket)?;
+        Some(
+            inner
+                .waiting
+                .iter()
+                .filter(|w| w.queue == me.queue)
+                .take_while(|w| w.ticket != ticket)
+                .count()
+                + 1,
+        )
+    }
+
+    /// `user`'s phone stopped ringing for the call unanswered: the agent is free again,
+    /// and the call is offered someone else.
+    pub fn no_answer(&self, ticket: u64, user: &str) {
+        let mut inner = self.lock();
+        inner.book.release(user);
+        if let Some(w) = inner.waiting.iter_mut().find(|w| w.ticket == ticket) {
+            w.ringing.retain(|u| u != user);
+            if !w.tried.iter().any(|u| u == user) {
+                w.tried.push(user.to_string());
+            }
+        }
+        self.dispatch(inner);
+    }
+
+    /// `user` answered the call: it leaves the queue (other agents rung for it are
+    /// released) and the agent is busy until [`call_ended`](Self::call_ended). How long
+    /// the call waited.
+    pub fn answered(&self, ticket: u64, user: &str) -> Option<Duration> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let i = inner.waiting.iter().position(|w| w.ticket == ticket)?;
+        let w = inner.waiting.remove(i);
+        for other in w.ringing.iter().filter(|u| *u != user) {
+            inner.book.release(other);
+        }
+        inner.book.call_started(user, now);
+        let waited = now.saturating_duration_since(w.since);
+        let q = &inner.queues[w.queue];
+        let name = q.name.clone();
+        metrics::counter!(telemetry::QUEUE_CALLS_TOTAL, "queue" => name.clone(), "outcome" => "answered")
+            .increment(1);
+        if waited <= q.service_level {
+            metrics::counter!(telemetry::QUEUE_ANSWERED_WITHIN_SL_TOTAL, "queue" => name)
+                .increment(1);
+        }
+        self.dispatch(inner);
+        Some(waited)
+    }
+
+    /// The call leaves its queue unanswered; the agents rung for it are released. How long
+    /// it waited.
+    pub fn leave(&self, ticket: u64, why: Left) -> Option<Duration> {
+        let mut inner = self.lock();
+        let i = inner.waiting.iter().position(|w| w.ticket == ticket)?;
+        let w = inner.waiting.remove(i);
+        for user in &w.ringing {
+            inner.book.release(user);
+        }
+        let name = inner.queues[w.queue].name.clone();
+        metrics::counter!(telemetry::QUEUE_CALLS_TOTAL, "queue" => name, "outcome" => why.as_str())
+            .increment(1);
+        self.dispatch(inner);
+        Some(Instant::now().saturating_duration_since(w.since))
+    }
+
+    /// `user`'s call from queue `queue` ended: the agent wraps up for the queue's wrap-up
+    /// time, then takes calls again.
+    pub fn call_ended(&self, user: &str, queue: &str) {
+        let mut inner = self.lock();
+        let wrap_up = inner
+            .queues
+            .iter()
+            .find(|q| q.name == queue)
+            .map_or(Duration::ZERO, |q| q.wrap_up);
+        inner.book.call_ended(user, wrap_up, Instant::now());
+        self.dispatch(inner);
+    }
+
+    /// Offers agents to waiting calls whose wait a wrap-up ending may have changed, and
+    /// refreshes the queues' gauges. The node calls it every half second.
+    pub fn tick(&self) {
+        let inner = self.lock();
+        self.dispatch(inner);
+    }
+
+    /// Offers each waiting call that rings nobody the agents its queue picks (in arrival
+    /// order), then tells their sinks, outside the lock.
+    fn dispatch(&self, mut guard: std::sync::MutexGuard<'_, Inner>) {
+        let now = Instant::now();
+        let inner = &mut *guard;
+        let mut offers: Vec<(OfferSink, QueueOffer)> = Vec::new();
+        for w in inner.waiting.iter_mut() {
+            if !w.ringing.is_empty() {
+                continue;
+            }
+            let picker = &mut inner.pickers[w.queue];
+            let mut agents = picker.offer(&inner.book, &w.tried, now);
+            if agents.is_empty() && !w.tried.is_empty() && picker.anyone_available(&inner.book, now)
+            {
+                // Everyone free has been tried: start over.
+                w.tried.clear();
+                agents = picker.offer(&inner.book, &w.tried, now);
+            }
+            if agents.is_empty() {
+                continue;
+            }
+            for a in &agents {
+                inner.book.reserve(a, now);
+            }
+            w.ringing = agents.clone();
+            offers.push((
+                Arc::clone(&w.sink),
+                QueueOffer {
+                    ticket: w.ticket,
+                    agents,
+                },
+            ));
+        }
+        for (i, q) in inner.queues.iter().enumerate() {
+            let mut count = 0usize;
+            let mut longest = Duration::ZERO;
+            for w in inner.waiting.iter().filter(|w| w.queue == i) {
+                count += 1;
+                longest = longest.max(now.saturating_duration_since(w.since));
+            }
+            metrics::gauge!(telemetry::QUEUE_WAITING, "queue" => q.name.clone()).set(count as f64);
+            metrics::gauge!(telemetry::QUEUE_LONGEST_WAIT_SECONDS, "queue" => q.name.clone())
+                .set(longest.as_secs_f64());
+        }
+        drop(guard);
+        for (sink, offer) in offers {
+            sink(offer);
+        }
     }
 
     /// One agent.

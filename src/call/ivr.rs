@@ -70,6 +70,8 @@ pub struct ControlServices {
     pub sanctioned: Arc<Vec<String>>,
     /// Signed events (`voicemail.ready`) go here, when a webhook is configured.
     pub events: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+    /// The agents and queues a `dial` to a queue waits in (`None`: no queues).
+    pub agents: Option<super::agents::Directory>,
 }
 
 /// One IVR call's start.
@@ -101,6 +103,8 @@ pub enum IvrMsg {
     Wake,
     /// The call is ending: stop, and reply with what the script did.
     Finish(RpcReplyPort<ControlRecord>),
+    /// The queue the call waits in offers it agents.
+    Offer(super::agents::QueueOffer),
 }
 
 /// The call-control actor.
@@ -134,6 +138,25 @@ enum Recording {
     Stopping,
 }
 
+/// A call in a queue: waiting, ringing an agent, with its agent, or overflowed.
+struct Queued {
+    config: crate::config::QueueConfig,
+    ticket: u64,
+    entered: Instant,
+    /// When the caller goes to the overflow (once no agent is ringing).
+    deadline: Instant,
+    /// The agent being rung, and whether their phone got our WebRTC offer.
+    ringing: Option<(String, bool)>,
+    /// The agent who answered.
+    agent: Option<String>,
+    /// How long the call waited, once it left the queue.
+    waited: Option<Duration>,
+    /// How it left: `answered`, `abandoned`, `overflow`.
+    outcome: Option<&'static str>,
+    /// The call left the queue for the overflow: the next dial's end is the script's.
+    overflowed: bool,
+}
+
 /// State of a running IVR.
 pub struct Ivr {
     engine: Engine,
@@ -157,6 +180,9 @@ pub struct Ivr {
     tasks: JoinSet<()>,
     finish: Option<RpcReplyPort<ControlRecord>>,
     finish_deadline: Option<Instant>,
+    /// The call's queue, once a `dial` sent it to one.
+    queued: Option<Queued>,
+    myself: Option<ActorRef<IvrMsg>>,
 }
 
 impl Actor for IvrActor {
@@ -198,6 +224,8 @@ impl Actor for IvrActor {
             tasks: JoinSet::new(),
             finish: None,
             finish_deadline: None,
+            queued: None,
+            myself: Some(myself.clone()),
         })
     }
 
@@ -225,7 +253,14 @@ impl Actor for IvrActor {
         async {
             let now = Instant::now();
             let commands = match msg {
+                IvrMsg::Call(Event::DialEnded { answered }) if ivr.queued.is_some() => {
+                    ivr.queue_dial_ended(answered, now)
+                }
                 IvrMsg::Call(event) => ivr.engine.on_event(event, now),
+                IvrMsg::Offer(offer) => {
+                    ivr.offered(offer).await;
+                    Vec::new()
+                }
                 IvrMsg::Answered => {
                     ivr.answered = true;
                     ivr.connect_deadline = Some(now + CONNECT_PATIENCE);
@@ -244,10 +279,12 @@ impl Actor for IvrActor {
                         tracing::warn!("the recording did not finish in time");
                         ivr.reply_finish();
                     }
+                    out.extend(ivr.queue_timeout(now));
                     out.extend(ivr.engine.handle_timeout(now));
                     out
                 }
                 IvrMsg::Finish(reply) => {
+                    ivr.leave_queue();
                     ivr.finish = Some(reply);
                     let out = ivr.engine.on_event(Event::CallerHungUp, now);
                     ivr.finish_deadline = Some(now + FINISH_PATIENCE);
@@ -271,6 +308,8 @@ impl Actor for IvrActor {
         _myself: ActorRef<Self::Msg>,
         ivr: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // However the actor ends, its queue place and agent are given back.
+        ivr.leave_queue();
         // Messages and requests already handed to Meta finish (bounded by the Graph
         // client's own timeouts).
         let patience = ivr.setup.services.outbox.graph().longest_request();
@@ -282,10 +321,16 @@ impl Actor for IvrActor {
 
 impl Ivr {
     fn arm(&mut self, myself: &ActorRef<IvrMsg>) {
+        let queue_deadline = self
+            .queued
+            .as_ref()
+            .filter(|q| q.outcome.is_none() && q.ringing.is_none())
+            .map(|q| q.deadline);
         let at = [
             self.engine.poll_timeout(),
             self.connect_deadline,
             self.finish_deadline,
+            queue_deadline,
         ]
         .into_iter()
         .flatten()
@@ -468,8 +513,12 @@ impl Ivr {
     }
 
     fn dial(&mut self, destination: Destination) -> Vec<Command> {
+        if let Destination::Queue(name) = &destination {
+            return self.enqueue(name);
+        }
         let built = match (&self.setup.services.sip, &destination) {
             (None, _) => Err((503, "no SIP listener")),
+            (Some(_), Destination::Queue(_)) => Err((500, "a queue is not dialled directly")),
             (Some(sip), Destination::Route(route)) => {
                 sip.whatsapp_bridge(route, &self.setup.caller)
             }
@@ -489,6 +538,215 @@ impl Ivr {
                 self.engine
                     .on_event(Event::DialEnded { answered: false }, Instant::now())
             }
+        }
+    }
+
+    /// The caller starts waiting in queue `name`, hearing a comfort tone (Meta drops a
+    /// silent call) until an agent is offered.
+    fn enqueue(&mut self, name: &str) -> Vec<Command> {
+        let found = self
+            .setup
+            .services
+            .agents
+            .as_ref()
+            .and_then(|d| Some((d.clone(), d.queue(name)?)));
+        let (Some((directory, config)), Some(me)) = (found, self.myself.clone()) else {
+            tracing::warn!(queue = name, "no such queue; the script goes on");
+            return self
+                .engine
+                .on_event(Event::DialEnded { answered: false }, Instant::now());
+        };
+        let sink: super::agents::OfferSink = Arc::new(move |offer| {
+            let _ = me.send_message(IvrMsg::Offer(offer));
+        });
+        let now = Instant::now();
+        let Some(ticket) = directory.enqueue(name, sink) else {
+            return self
+                .engine
+                .on_event(Event::DialEnded { answered: false }, now);
+        };
+        tracing::info!(
+            queue = name,
+            ticket,
+            position = directory.position(ticket),
+            "the caller waits in the queue"
+        );
+        let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
+        self.queued = Some(Queued {
+            deadline: now + config.timeout,
+            config,
+            ticket,
+            entered: now,
+            ringing: None,
+            agent: None,
+            waited: None,
+            outcome: None,
+            overflowed: false,
+        });
+        Vec::new()
+    }
+
+    /// The queue offers the call agents: the first one's phone is rung (a browser phone
+    /// with our WebRTC offer); the rest are given back.
+    async fn offered(&mut self, offer: super::agents::QueueOffer) {
+        let Some(directory) = self.setup.services.agents.clone() else {
+            return;
+        };
+        let Some(q) = self.queued.as_ref() else {
+            // The call left the queue meanwhile.
+            for user in &offer.agents {
+                directory.no_answer(offer.ticket, user);
+            }
+            return;
+        };
+        let ticket = q.ticket;
+        if offer.ticket != ticket || q.ringing.is_some() || q.outcome.is_some() {
+            for user in &offer.agents {
+                directory.no_answer(offer.ticket, user);
+            }
+            return;
+        }
+        let mut agents = offer.agents.into_iter();
+        let Some(user) = agents.next() else {
+            return;
+        };
+        for other in agents {
+            directory.no_answer(ticket, &other);
+        }
+        let Some(sip) = self.setup.services.sip.clone() else {
+            directory.no_answer(ticket, &user);
+            return;
+        };
+        let browser = sip.agent_on_websocket(&user) == Some(true);
+        let webrtc = if browser {
+            match self
+                .media
+                .call(MediaMsg::OfferAgent, Some(Duration::from_secs(5)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(sdp))) => Some(sdp),
+                other => {
+                    tracing::warn!(agent = %user, result = ?other.map(|r| r.is_success()), "no WebRTC offer for the agent's phone");
+                    directory.no_answer(ticket, &user);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(q) = self.queued.as_mut() else {
+            directory.no_answer(ticket, &user);
+            return;
+        };
+        let path = self.engine.outcome().path.join(" > ");
+        let built = sip.agent_bridge(
+            super::sip::AgentCall {
+                user: &user,
+                queue: &q.config.name,
+                ivr_path: &path,
+                webrtc,
+                ring_timeout: q.config.ring_timeout,
+            },
+            &self.setup.caller,
+        );
+        match built {
+            Ok(setup) => {
+                tracing::info!(agent = %user, queue = %q.config.name, browser, "ringing an agent");
+                q.ringing = Some((user, browser));
+                let _ = self.call.send_message(CallMsg::Dial(Box::new(setup)));
+            }
+            Err((code, why)) => {
+                tracing::warn!(agent = %user, code, why, "the agent's phone cannot be called");
+                if browser {
+                    let _ = self.media.send_message(MediaMsg::DropAgent);
+                }
+                directory.no_answer(ticket, &user);
+            }
+        }
+    }
+
+    /// A dial of the queued call ended: an agent answered (the call is theirs), or let it
+    /// ring out (the next one is tried, or the overflow once the wait is over); the
+    /// overflow's dial ends the queue's part and the script goes on.
+    fn queue_dial_ended(&mut self, answered: bool, now: Instant) -> Vec<Command> {
+        let Some(q) = self.queued.as_mut() else {
+            return Vec::new();
+        };
+        if q.overflowed {
+            return self.engine.on_event(Event::DialEnded { answered }, now);
+        }
+        let Some((user, browser)) = q.ringing.take() else {
+            return Vec::new();
+        };
+        let directory = self.setup.services.agents.clone();
+        if answered {
+            q.waited = directory.as_ref().and_then(|d| d.answered(q.ticket, &user));
+            q.outcome = Some("answered");
+            tracing::info!(agent = %user, queue = %q.config.name, waited_ms = q.waited.map(|w| w.as_millis() as u64), "an agent answered the queued call");
+            q.agent = Some(user);
+            return self
+                .engine
+                .on_event(Event::DialEnded { answered: true }, now);
+        }
+        tracing::info!(agent = %user, queue = %q.config.name, "the agent did not answer");
+        if browser {
+            let _ = self.media.send_message(MediaMsg::DropAgent);
+        }
+        let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
+        if let Some(d) = &directory {
+            d.no_answer(q.ticket, &user);
+        }
+        self.queue_timeout(now)
+    }
+
+    /// The wait is over with no agent ringing: the call leaves the queue for its overflow
+    /// route, or (with none) the script goes on.
+    fn queue_timeout(&mut self, now: Instant) -> Vec<Command> {
+        let Some(q) = self.queued.as_mut() else {
+            return Vec::new();
+        };
+        if q.outcome.is_some() || q.ringing.is_some() || now < q.deadline {
+            return Vec::new();
+        }
+        q.waited = self
+            .setup
+            .services
+            .agents
+            .as_ref()
+            .and_then(|d| d.leave(q.ticket, super::agents::Left::Overflow));
+        q.outcome = Some("overflow");
+        q.overflowed = true;
+        tracing::info!(queue = %q.config.name, "no agent answered in time; overflow");
+        match q.config.overflow_route.clone() {
+            Some(route) => self.dial(Destination::Route(route)),
+            None => self
+                .engine
+                .on_event(Event::DialEnded { answered: false }, now),
+        }
+    }
+
+    /// The call is ending: a caller still waiting abandoned the queue; an agent who took
+    /// the call wraps up.
+    fn leave_queue(&mut self) {
+        let Some(directory) = self.setup.services.agents.clone() else {
+            return;
+        };
+        let Some(q) = self.queued.as_mut() else {
+            return;
+        };
+        match (q.outcome, &q.agent) {
+            (None, _) => {
+                q.waited = directory.leave(q.ticket, super::agents::Left::Abandoned);
+                q.outcome = Some("abandoned");
+                q.ringing = None;
+                tracing::info!(queue = %q.config.name, "the caller hung up while waiting");
+            }
+            (Some("answered"), Some(agent)) => {
+                directory.call_ended(agent, &q.config.name);
+                // Once: the record keeps the agent, the directory forgets the call.
+                q.outcome = Some("answered_ended");
+            }
+            _ => {}
         }
     }
 
@@ -593,6 +851,18 @@ impl Ivr {
             messages: outcome.messages,
             callback_requests: outcome.callback_requests,
             end: outcome.end.clone(),
+            queue: self.queued.as_ref().map(|q| q.config.name.clone()),
+            agent: self.queued.as_ref().and_then(|q| q.agent.clone()),
+            queue_wait_ms: self
+                .queued
+                .as_ref()
+                .map(|q| q.waited.unwrap_or_else(|| q.entered.elapsed()).as_millis() as u64),
+            queue_outcome: self.queued.as_ref().and_then(|q| {
+                q.outcome.map(|o| match o {
+                    "answered_ended" => "answered".to_string(),
+                    o => o.to_string(),
+                })
+            }),
         };
         let _ = reply.send(record);
     }

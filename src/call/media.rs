@@ -125,6 +125,13 @@ pub enum MediaMsg {
     OfferWebRtc(RpcReplyPort<Result<(String, Anchor), String>>),
     /// Meta's answer to our WebRTC offer.
     WebRtcAnswer(String),
+    /// A WebRTC offer of ours stands in for side B (an agent's browser phone is called
+    /// with it); replies with the offer. The plain side B waits until [`MediaMsg::DropAgent`].
+    OfferAgent(RpcReplyPort<Result<String, String>>),
+    /// The agent's answer to that offer.
+    AgentAnswer(String),
+    /// Side B's WebRTC leg goes (the agent did not answer, or hung up).
+    DropAgent,
     /// What one side's SDP says.
     Remote(Side, Remote),
     /// How the audio crosses the switch (a media plan's summary).
@@ -247,6 +254,35 @@ impl Actor for MediaActor {
                         Err(e) => {
                             tracing::warn!(parent: &media.span, error = %e, "Meta's WebRTC answer not usable")
                         }
+                    }
+                }
+            }
+            MediaMsg::OfferAgent(reply) => {
+                let offer = media.offer_agent().await;
+                let _ = reply.send(offer);
+            }
+            MediaMsg::AgentAnswer(sdp) => {
+                let applied = match &media.resources {
+                    Resources::Anchored(pair) => pair
+                        .webrtc_answer_on(Side::B, &sdp)
+                        .map_err(|e| e.to_string()),
+                    _ => Err("the call's media is not anchored".to_string()),
+                };
+                match &applied {
+                    Ok(()) => {
+                        media.clock[1] = 8000;
+                        media.codec_path = Some("opus pass-through (WebRTC agent)".into());
+                        tracing::debug!(parent: &media.span, "the agent's WebRTC answer applied");
+                    }
+                    Err(e) => {
+                        tracing::warn!(parent: &media.span, error = %e, "the agent's WebRTC answer not usable")
+                    }
+                }
+            }
+            MediaMsg::DropAgent => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    if let Err(e) = pair.drop_webrtc_b() {
+                        tracing::warn!(parent: &media.span, error = %e, "agent media not dropped");
                     }
                 }
             }
@@ -471,6 +507,26 @@ impl Media {
         }
         self.resources = Resources::Anchored(pair);
         Ok((sdp, ports))
+    }
+
+    /// Makes a WebRTC offer in the pair's shard (off the async threads: it costs
+    /// milliseconds of CPU) and puts it in place of side B.
+    async fn offer_agent(&mut self) -> Result<String, String> {
+        let plane = self.plane.clone().ok_or("this node relays no media")?;
+        let Resources::Anchored(pair) = &self.resources else {
+            return Err("the call's media is not anchored".into());
+        };
+        let shard = pair.shard();
+        let prepared = tokio::task::spawn_blocking(move || plane.webrtc_offer_in(shard))
+            .await
+            .map_err(|e| format!("WebRTC leg build: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let sdp = prepared.local_sdp().to_string();
+        let Resources::Anchored(pair) = &self.resources else {
+            return Err("the call's media closed".into());
+        };
+        pair.set_webrtc_b(prepared).map_err(|e| e.to_string())?;
+        Ok(sdp)
     }
 
     /// Hands an event to the listener, if any.

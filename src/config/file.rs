@@ -192,6 +192,8 @@ pub(crate) struct VerbSection {
     pub uri: Option<String>,
     #[serde(default)]
     pub trunk: Option<String>,
+    #[serde(default)]
+    pub queue: Option<String>,
     // message
     #[serde(default)]
     pub text: Option<String>,
@@ -737,8 +739,14 @@ pub(crate) struct QueueSection {
     pub timeout_secs: i64,
     #[serde(default = "default_wrap_up")]
     pub wrap_up_secs: i64,
+    #[serde(default = "default_service_level")]
+    pub service_level_secs: i64,
     #[serde(default)]
     pub overflow_route: Option<String>,
+}
+
+fn default_service_level() -> i64 {
+    20
 }
 
 fn default_queue_strategy() -> String {

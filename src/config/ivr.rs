@@ -142,6 +142,8 @@ pub(super) struct Known<'a> {
     pub listening: &'a [Transport],
     /// A CA is configured for outbound TLS.
     pub outbound_tls: bool,
+    /// `[[queue]]` names, as written.
+    pub queues: Vec<&'a str>,
 }
 
 /// What a verb may be given, by verb name (`None`: no such verb).
@@ -975,6 +977,34 @@ impl Validator {
 
     fn dial(&mut self, key: &str, v: &file::VerbSection, known: &Known<'_>) -> Option<Destination> {
         let k = |field: &str| format!("{key}.{field}");
+        if let Some(queue) = &v.queue {
+            for (field, given) in [
+                ("route", v.route.is_some()),
+                ("uri", v.uri.is_some()),
+                ("trunk", v.trunk.is_some()),
+            ] {
+                if given {
+                    self.problem(
+                        &k(field),
+                        "is given together with queue",
+                        "dial a queue, a route, or a uri through a trunk: one of them",
+                    );
+                }
+            }
+            let queue = queue.trim();
+            if !known.queues.contains(&queue) {
+                self.problem(
+                    &k("queue"),
+                    format!("there is no queue {queue:?}"),
+                    if known.queues.is_empty() {
+                        "add a [[queue]] and the [[agent]]s answering it".to_string()
+                    } else {
+                        format!("name one of the queues: {}", list(known.queues.clone()))
+                    },
+                );
+            }
+            return Some(Destination::Queue(queue.to_string()));
+        }
         match (&v.route, &v.uri, &v.trunk) {
             (Some(route), uri, trunk) => {
                 for (field, given) in [("uri", uri.is_some()), ("trunk", trunk.is_some())] {
@@ -1044,7 +1074,7 @@ impl Validator {
                 self.problem(
                     &k("route"),
                     "missing",
-                    "name the [[route]] to dial (route = \"support\"), or give uri and trunk",
+                    "name the [[route]] to dial (route = \"support\"), a queue (queue = \"support\"), or give uri and trunk",
                 );
                 None
             }

@@ -110,6 +110,8 @@ pub struct QueueConfig {
     pub timeout: Duration,
     /// How long an agent wraps up after a call before the next one.
     pub wrap_up: Duration,
+    /// Calls answered within this wait count toward the service level.
+    pub service_level: Duration,
     /// Where callers go when nobody answers in time (a route); `None`: the call ends.
     pub overflow_route: Option<String>,
     /// The agents answering it (those naming it in their `queues`), in configuration order.

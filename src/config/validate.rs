@@ -259,6 +259,7 @@ impl Validator {
                 trunks: &trunks,
                 listening: &transports,
                 outbound_tls,
+                queues: raw.queue.iter().map(|q| q.name.trim()).collect(),
             },
         );
         let ivr_names: Vec<&str> = raw.ivr.iter().map(|i| i.name.trim()).collect();
@@ -516,6 +517,8 @@ impl Validator {
             let ring = self.bounded(&key("ring_timeout_secs"), q.ring_timeout_secs, 5, 120);
             let timeout = self.bounded(&key("timeout_secs"), q.timeout_secs, 10, 3600);
             let wrap_up = self.bounded(&key("wrap_up_secs"), q.wrap_up_secs, 0, 600);
+            let service_level =
+                self.bounded(&key("service_level_secs"), q.service_level_secs, 1, 600);
             if let Some(route) = q.overflow_route.as_deref().map(str::trim) {
                 if !routes.iter().any(|r| r.name == route) {
                     let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
@@ -531,8 +534,8 @@ impl Validator {
                     );
                 }
             }
-            let (Some(strategy), Some(ring), Some(timeout), Some(wrap_up)) =
-                (strategy, ring, timeout, wrap_up)
+            let (Some(strategy), Some(ring), Some(timeout), Some(wrap_up), Some(service_level)) =
+                (strategy, ring, timeout, wrap_up, service_level)
             else {
                 continue;
             };
@@ -542,6 +545,7 @@ impl Validator {
                 ring_timeout: Duration::from_secs(ring as u64),
                 timeout: Duration::from_secs(timeout as u64),
                 wrap_up: Duration::from_secs(wrap_up as u64),
+                service_level: Duration::from_secs(service_level as u64),
                 overflow_route: q
                     .overflow_route
                     .as_deref()

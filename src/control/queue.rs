@@ -52,6 +52,8 @@ struct AgentState {
     /// The agent chose to take calls.
     willing: bool,
     on_call: bool,
+    /// Being rung for a call (offered to no other until released).
+    ringing: bool,
     wrap_up_until: Option<Instant>,
     /// Since when the agent has been free (for longest-idle).
     idle_since: Instant,
@@ -76,6 +78,7 @@ impl AgentBook {
                             registered: false,
                             willing: true,
                             on_call: false,
+                            ringing: false,
                             wrap_up_until: None,
                             idle_since: now,
                         },
@@ -105,10 +108,24 @@ impl AgentBook {
         self.touch(user, now, |a, _| a.willing = willing);
     }
 
+    /// The agent's phone rings for a call: busy to every other call until answered or
+    /// released.
+    pub fn reserve(&mut self, user: &str, now: Instant) {
+        self.touch(user, now, |a, _| a.ringing = true);
+    }
+
+    /// The agent's phone stopped ringing unanswered: free again, idle since as before.
+    pub fn release(&mut self, user: &str) {
+        if let Some(a) = self.agents.get_mut(user) {
+            a.ringing = false;
+        }
+    }
+
     /// The agent answered a call.
     pub fn call_started(&mut self, user: &str, now: Instant) {
         self.touch(user, now, |a, _| {
             a.on_call = true;
+            a.ringing = false;
             a.wrap_up_until = None;
         });
     }
@@ -126,7 +143,7 @@ impl AgentBook {
     fn state(a: &AgentState, now: Instant) -> Presence {
         if !a.registered || !a.willing {
             Presence::Offline
-        } else if a.on_call {
+        } else if a.on_call || a.ringing {
             Presence::Busy
         } else if a.wrap_up_until.is_some_and(|t| now < t) {
             Presence::WrapUp
@@ -168,6 +185,13 @@ impl Queue {
             members,
             last: None,
         }
+    }
+
+    /// Whether any member would be offered a call that has tried nobody.
+    pub fn anyone_available(&self, book: &AgentBook, now: Instant) -> bool {
+        self.members
+            .iter()
+            .any(|m| book.presence(m, now) == Some(Presence::Available))
     }
 
     /// The agents to ring now for a call: one (longest idle, or next in turn) or all
@@ -296,5 +320,28 @@ mod tests {
         b.set_registered("alice", false, t0);
         b.call_started("carol", t0);
         assert!(q.offer(&b, &[], t0).is_empty());
+    }
+
+    #[test]
+    fn an_agent_being_rung_is_offered_to_no_other_call_until_released() {
+        let t0 = Instant::now();
+        let mut b = book(t0);
+        let mut q = Queue::new(Strategy::LongestIdle, names(&["alice", "bob"]));
+        let first = q.offer(&b, &[], t0);
+        assert_eq!(first, names(&["alice"]));
+        b.reserve("alice", t0);
+        assert_eq!(b.presence("alice", t0), Some(Presence::Busy));
+        // A second call waiting meanwhile gets the other agent.
+        assert_eq!(q.offer(&b, &[], t0), names(&["bob"]));
+        b.reserve("bob", t0);
+        assert!(q.offer(&b, &[], t0).is_empty());
+        assert!(!q.anyone_available(&b, t0));
+        // Alice lets it ring out: free again, and still the longest idle.
+        b.release("alice");
+        assert_eq!(b.presence("alice", t0), Some(Presence::Available));
+        assert_eq!(q.offer(&b, &[], t0), names(&["alice"]));
+        // Bob answers: busy until the call ends, then wraps up.
+        b.call_started("bob", t0);
+        assert_eq!(b.presence("bob", t0), Some(Presence::Busy));
     }
 }

@@ -184,6 +184,9 @@ pub enum Destination {
         /// The trunk it is reached through.
         trunk: String,
     },
+    /// A queue of agents: the caller waits (hearing a comfort tone) until an agent
+    /// answers, or overflows.
+    Queue(String),
 }
 
 /// `message`: a WhatsApp message to the caller.

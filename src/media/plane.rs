@@ -388,12 +388,28 @@ impl MediaPlane {
         self.prepare_webrtc(Vec::new(), WebRtcLeg::offer)
     }
 
+    /// Makes a WebRTC leg with our offer in shard `shard`, to stand in for side B of a pair
+    /// there ([`MediaPair::set_webrtc_b`]). Costs milliseconds of CPU, as
+    /// [`webrtc_answer`](Self::webrtc_answer) does.
+    pub fn webrtc_offer_in(&self, shard: usize) -> Result<PreparedWebRtc, MediaError> {
+        self.prepare_webrtc_in(Some(shard), Vec::new(), WebRtcLeg::offer)
+    }
+
     fn prepare_webrtc(
         &self,
         remotes: Vec<SocketAddr>,
         build: impl FnOnce(SocketAddr, Instant) -> Result<WebRtcLeg, WebRtcError>,
     ) -> Result<PreparedWebRtc, MediaError> {
-        let (shard, socket, local) = self.place_rtc(&remotes)?;
+        self.prepare_webrtc_in(None, remotes, build)
+    }
+
+    fn prepare_webrtc_in(
+        &self,
+        shard: Option<usize>,
+        remotes: Vec<SocketAddr>,
+        build: impl FnOnce(SocketAddr, Instant) -> Result<WebRtcLeg, WebRtcError>,
+    ) -> Result<PreparedWebRtc, MediaError> {
+        let (shard, socket, local) = self.place_rtc(shard, &remotes)?;
         // From here a failure gives the place back (on drop).
         let mut prepared = PreparedWebRtc {
             plane: self.clone(),
@@ -415,10 +431,18 @@ impl MediaPlane {
         Ok(prepared)
     }
 
-    /// Picks the shared socket a new WebRTC leg receives on: the next shard's first socket
-    /// none of whose legs' peers has one of `remotes`; binds a new one when there is none.
-    fn place_rtc(&self, remotes: &[SocketAddr]) -> Result<(usize, usize, SocketAddr), MediaError> {
-        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
+    /// Picks the shared socket a new WebRTC leg receives on: the first socket of `shard`
+    /// (else the next shard) none of whose legs' peers has one of `remotes`; binds a new one
+    /// when there is none.
+    fn place_rtc(
+        &self,
+        shard: Option<usize>,
+        remotes: &[SocketAddr],
+    ) -> Result<(usize, usize, SocketAddr), MediaError> {
+        let shard = match shard {
+            Some(s) if s < self.inner.shards.len() => s,
+            _ => self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len(),
+        };
         let mut sockets = self
             .inner
             .rtc

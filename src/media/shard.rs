@@ -93,9 +93,21 @@ pub(super) enum Command {
     },
     /// A pair whose side A is a WebRTC leg on a shared socket.
     AddWebRtc(NewWebRtcPair),
+    /// A WebRTC leg of ours (an offer, awaiting its answer) stands in for side B: the plain
+    /// side B is parked until [`Command::DropWebRtcB`] (an agent's browser phone).
+    WebRtcB {
+        id: u64,
+        leg: Box<WebRtcLeg>,
+        socket: usize,
+    },
+    /// Side B's WebRTC leg goes; the parked plain leg is side B again.
+    DropWebRtcB {
+        id: u64,
+    },
     /// The peer's answer to a WebRTC leg's offer.
     WebRtcAnswer {
         id: u64,
+        side: Side,
         sdp: String,
         reply: SyncSender<Result<(), String>>,
     },
@@ -304,6 +316,8 @@ struct Transcoding {
 
 struct Pair {
     legs: [usize; 2],
+    /// The plain side B, while a WebRTC leg stands in for it.
+    parked: Option<usize>,
     events: EventSink,
     recorder: Option<Recorder>,
     /// One side's voice being captured (a voicemail).

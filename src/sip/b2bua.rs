@@ -81,6 +81,12 @@ pub(crate) struct Target {
     pub invite_timeout: Duration,
     /// Headers added to the INVITE toward this trunk (who is calling, for a WhatsApp call).
     pub headers: Vec<(HeaderName, String)>,
+    /// The Request-URI, when it is not the user at `hostport` (an agent's registered
+    /// Contact).
+    pub uri: Option<String>,
+    /// Our own WebRTC offer for this target (an agent's browser phone): sent instead of
+    /// leg A's SDP, and its answer reported as [`Action::WebRtcAnswer`], never anchored.
+    pub webrtc: Option<Bytes>,
 }
 
 /// Settings of every bridge on a node.
@@ -152,6 +158,14 @@ pub(crate) enum Action {
     /// How the call's audio crosses the switch, once both legs' SDP are known and
     /// whenever it changes (anchored calls).
     MediaPlan(crate::sdp::MediaPlan),
+    /// Leg B (a WebRTC target) sent SDP: its answer to our offer (`first`), or a later
+    /// offer of its own (hold, resume), whose direction it is.
+    WebRtcSdp {
+        /// The SDP.
+        sdp: Bytes,
+        /// The answer to our offer.
+        first: bool,
+    },
 }
 
 pub(crate) use crate::sdp::Anchor;
@@ -219,6 +233,8 @@ struct BLeg {
     timer: SessionTimer,
     /// B does not allow UPDATE: refresh with re-INVITE.
     no_update: bool,
+    /// A WebRTC leg B's latest offer of its own (hold, resume), which our answer mirrors.
+    last_offer_from_b: Option<Bytes>,
 }
 
 /// Phase of the caller's leg.
@@ -278,6 +294,9 @@ pub(crate) struct Bridge {
     /// The audio formats of each leg's latest SDP (A, B), and the plan they make.
     formats: [Option<Vec<crate::sdp::Format>>; 2],
     plan: Option<crate::sdp::MediaPlan>,
+    /// A WebRTC leg B's DTLS role from its answer (`active` or `passive`): our later
+    /// answers to its offers keep the opposite.
+    b_setup: Option<String>,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -432,6 +451,7 @@ impl Bridge {
             answer_to_a_pending: false,
             formats: [None, None],
             plan: None,
+            b_setup: None,
         };
         Ok(bridge)
     }

@@ -267,7 +267,7 @@ pub(crate) struct SipCore {
     /// Who may start calls; `None`: anyone (the transaction user decides).
     sources: Option<Arc<Sources>>,
     /// Agents whose phones register (`None`: REGISTER is not served).
-    agents: Option<Arc<super::registrar::Agents>>,
+    agents: Option<(Arc<super::registrar::Agents>, super::transport::Kind)>,
     refusals: RefusalLog,
     /// A transaction user takes INVITEs and in-dialog requests.
     user: bool,
@@ -346,8 +346,12 @@ impl SipCore {
     }
 
     /// REGISTERs are answered by `agents`' registrar.
-    pub(crate) fn with_agents(mut self, agents: Arc<super::registrar::Agents>) -> Self {
-        self.agents = Some(agents);
+    pub(crate) fn with_agents(
+        mut self,
+        agents: Arc<super::registrar::Agents>,
+        via: super::transport::Kind,
+    ) -> Self {
+        self.agents = Some((agents, via));
         self
     }
 
@@ -518,8 +522,8 @@ impl SipCore {
                         continue;
                     }
                     let response = match (&self.agents, request.method()) {
-                        (Some(agents), Some(Method::Register)) => {
-                            agents.register(&request, peer, now)
+                        (Some((agents, via)), Some(Method::Register)) => {
+                            agents.register(&request, peer, *via, now)
                         }
                         _ => self.answer(&request, key),
                     };

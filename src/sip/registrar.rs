@@ -16,6 +16,7 @@ use super::auth::{self, Algorithm, AuthError, NonceIssuer};
 use super::build::MessageBuilder;
 use super::header::NameAddr;
 use super::msg::{HeaderName, Method, SipMessage};
+use super::transport::Kind;
 use super::uri::SipUri;
 
 /// A connection (flow) a binding lives on, as its transport numbers it.
@@ -44,6 +45,8 @@ pub(crate) struct Binding {
     pub flow: FlowId,
     /// Where the connection comes from.
     pub source: SocketAddr,
+    /// The transport it came over (requests to the agent go out on that listener).
+    pub via: Kind,
     /// When it lapses (Unix seconds).
     pub expires_at: u64,
 }
@@ -131,11 +134,13 @@ impl Registrar {
 
     /// Answers `request` (a REGISTER) that came over `flow` from `source` at `now`; the
     /// agents' passwords come from `password_of`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &mut self,
         request: &SipMessage,
         flow: FlowId,
         source: SocketAddr,
+        via: Kind,
         now: u64,
         password_of: impl Fn(&str) -> Option<String>,
     ) -> Outcome {
@@ -254,6 +259,7 @@ impl Registrar {
                 contact: contact.uri.clone(),
                 flow,
                 source,
+                via,
                 expires_at: now + expires,
             },
         );
@@ -415,6 +421,7 @@ impl Agents {
         &self,
         request: &SipMessage,
         from: SocketAddr,
+        via: Kind,
         now: Instant,
     ) -> SipMessage {
         let now = self.unix(now);
@@ -427,7 +434,9 @@ impl Agents {
             tracing::info!(agent = %user, "agent registration lapsed");
             self.tell(&user, false);
         }
-        let out = registrar.register(request, flow, from, now, |u| self.passwords.get(u).cloned());
+        let out = registrar.register(request, flow, from, via, now, |u| {
+            self.passwords.get(u).cloned()
+        });
         let outcome = match (&out.registered, out.refusal) {
             (Registered::Bound(user), _) => {
                 tracing::info!(agent = %user, %from, "agent registered");
@@ -447,6 +456,16 @@ impl Agents {
             .increment(1);
         metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
         out.response
+    }
+
+    /// Where agent `user`'s phone is reached now, if it is registered.
+    pub(crate) fn lookup(&self, user: &str) -> Option<Binding> {
+        let now = self.unix(Instant::now());
+        self.registrar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lookup(user, now)
+            .cloned()
     }
 
     /// The connection from `from` closed: the agents registered over it are gone.

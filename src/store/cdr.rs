@@ -145,6 +145,19 @@ pub struct ControlRecord {
     /// Why the script ended (`None`: the call went to a dialled destination).
     #[serde(default)]
     pub end: Option<String>,
+    /// The queue the call waited in, if it went to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The agent who answered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// How long it waited in the queue, milliseconds (until an agent answered, the caller
+    /// hung up, or the overflow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
+    /// How it left the queue: `answered`, `abandoned` or `overflow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_outcome: Option<String>,
 }
 
 /// What the media of a call looked like from the switch.

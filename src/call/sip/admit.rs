@@ -264,6 +264,8 @@ impl SipIngress {
             // Meta's answer to `connect` (the Graph API's own time limit applies first).
             invite_timeout: std::time::Duration::from_secs(30),
             headers: Vec::new(),
+            uri: None,
+            webrtc: None,
         };
         let a_call_id = invite
             .header(&HeaderName::CallId)

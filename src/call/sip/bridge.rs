@@ -366,6 +366,7 @@ impl BridgeState {
                 }
                 Action::Progress(progress) => self.progress(progress),
                 Action::Media(leg, audio) => self.leg_media(leg, audio),
+                Action::WebRtcSdp { sdp, first } => self.webrtc_sdp(&sdp, first),
                 Action::MediaPlan(plan) => {
                     // With a WhatsApp leg the pair's codecs are the WhatsApp side's business.
                     if let (Some(media), None) = (&self.media, whatsapp) {
@@ -417,6 +418,27 @@ impl BridgeState {
                 }
             }
         }
+    }
+
+    /// A browser phone's SDP: its answer to our WebRTC offer goes to the media actor (its
+    /// leg stands in for the pair's side B); a later offer of its own puts the customer on
+    /// hold (a comfort tone, never silence: Meta drops silent calls) or takes them off.
+    fn webrtc_sdp(&mut self, sdp: &[u8], first: bool) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        let text = String::from_utf8_lossy(sdp).into_owned();
+        if first {
+            self.b_media = true;
+            let _ = media.send_message(MediaMsg::AgentAnswer(text));
+            return;
+        }
+        let held = text
+            .lines()
+            .any(|l| matches!(l.trim(), "a=sendonly" | "a=inactive"));
+        tracing::info!(held, "the agent's phone changed the call's direction");
+        self.ringback = held;
+        let _ = media.send_message(MediaMsg::Ringback(Side::A, held));
     }
 
     fn set_ringback(&mut self, on: bool) {

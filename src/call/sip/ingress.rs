@@ -46,6 +46,8 @@ pub(crate) struct SipHandles {
     pub tcp: Option<SipHandle>,
     /// The TLS listener.
     pub tls: Option<SipHandle>,
+    /// SIP over WebSocket (agents' browser phones).
+    pub ws: Option<SipHandle>,
 }
 
 impl SipHandles {
@@ -56,6 +58,30 @@ impl SipHandles {
             ConfigTransport::Tls => self.tls.as_ref(),
         }
     }
+
+    fn for_kind(&self, kind: Kind) -> Option<&SipHandle> {
+        match kind {
+            Kind::Udp => self.udp.as_ref(),
+            Kind::Tcp => self.tcp.as_ref(),
+            Kind::Tls => self.tls.as_ref(),
+            Kind::Ws => self.ws.as_ref(),
+        }
+    }
+}
+
+/// A queue call offered to an agent: who, and what their phone's card shows.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentCall<'a> {
+    /// The agent's SIP user.
+    pub user: &'a str,
+    /// The queue the call waited in.
+    pub queue: &'a str,
+    /// The IVR path that led there.
+    pub ivr_path: &'a str,
+    /// Our WebRTC offer, for a phone on a WebSocket (a browser).
+    pub webrtc: Option<String>,
+    /// How long the phone rings before the call is taken back.
+    pub ring_timeout: std::time::Duration,
 }
 
 pub(super) struct IngressInner {
@@ -73,6 +99,8 @@ pub(super) struct IngressInner {
     pub(super) bic: OnceLock<BicContext>,
     /// Admissions in progress (each answers its INVITE), and hang-ups of stray answers.
     pub(super) admissions: Background,
+    /// The agents' registrar (where queue calls find the agents' phones).
+    agents: OnceLock<Arc<crate::sip::registrar::Agents>>,
 }
 
 impl IngressInner {
@@ -129,6 +157,7 @@ impl SipIngress {
                 advertised: config.media.ip,
                 bic: OnceLock::new(),
                 admissions: Background::new(),
+                agents: OnceLock::new(),
             }),
         }
     }
@@ -153,6 +182,85 @@ impl SipIngress {
     /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
     pub(crate) fn takes_calls(&self) -> bool {
         self.routes_calls() || self.inner.bic.get().is_some()
+    }
+
+    /// Gives the ingress the agents' registrar.
+    pub(crate) fn set_agents(
+        &self,
+        agents: Arc<crate::sip::registrar::Agents>,
+    ) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.agents, agents, "the agents' registrar")
+    }
+
+    /// Whether agent `user`'s phone uses a WebSocket (a browser: WebRTC media); `None`
+    /// when it is not registered.
+    pub(crate) fn agent_on_websocket(&self, user: &str) -> Option<bool> {
+        let binding = self.inner.agents.get()?.lookup(user)?;
+        Some(binding.via == Kind::Ws)
+    }
+
+    /// A bridge with `caller` (the WhatsApp leg, answered) as leg A calling agent
+    /// `call.user`'s registered phone over the connection it registered on. A browser
+    /// phone is offered our WebRTC SDP; another phone gets the plain SDP a trunk gets.
+    pub(crate) fn agent_bridge(
+        &self,
+        call: AgentCall<'_>,
+        caller: &WhatsAppCaller,
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
+        let handles = self.ready_handles()?;
+        let binding = inner
+            .agents
+            .get()
+            .and_then(|a| a.lookup(call.user))
+            .ok_or((480, "the agent's phone is not registered"))?;
+        let handle = handles
+            .for_kind(binding.via)
+            .ok_or((503, "the agent's transport is not listening"))?;
+        let mut headers = vec![
+            (HeaderName::PAssertedIdentity, caller.asserted_identity()),
+            (
+                HeaderName::Other(Bytes::from_static(b"X-WA-Call-Id")),
+                caller.wa_call_id.clone(),
+            ),
+            (
+                HeaderName::Other(Bytes::from_static(b"X-WA-Business-Number")),
+                caller.business_number.clone(),
+            ),
+            (
+                HeaderName::Other(Bytes::from_static(b"X-WA-Queue")),
+                call.queue.to_string(),
+            ),
+        ];
+        if !call.ivr_path.is_empty() {
+            headers.push((
+                HeaderName::Other(Bytes::from_static(b"X-WA-IVR-Path")),
+                call.ivr_path.to_string(),
+            ));
+        }
+        let target = Target {
+            trunk: format!("agent:{}", call.user),
+            addr: binding.source,
+            hostport: binding.source.to_string(),
+            user: Some(call.user.to_string()),
+            contact: self.contact(handle),
+            credentials: None,
+            invite_timeout: call.ring_timeout,
+            headers,
+            uri: Some(binding.contact.clone()),
+            webrtc: call.webrtc.map(Bytes::from),
+        };
+        let mut cfg = inner.bridge.clone();
+        cfg.ring_timeout = call.ring_timeout;
+        let codecs = ["opus", "pcmu", "pcma"].map(String::from);
+        self.whatsapp_bridge_with(
+            cfg,
+            vec![target],
+            vec![Some(handle.clone())],
+            Vec::new(),
+            caller,
+            &codecs,
+        )
     }
 
     /// Gives the ingress the listeners' handles, once they are bound.
@@ -243,6 +351,8 @@ impl SipIngress {
                 }),
                 invite_timeout: trunk.invite_timeout,
                 headers: headers(trunk),
+                uri: None,
+                webrtc: None,
             });
             b_handles.push(Some(handle.clone()));
             kept.push(t);
@@ -354,14 +464,37 @@ impl SipIngress {
         if targets.is_empty() {
             return Err((503, "no trunk reachable"));
         }
+        let codecs = trunks[indexes[0]].codecs.clone();
+        self.whatsapp_bridge_with(
+            inner.bridge.clone(),
+            targets,
+            b_handles,
+            indexes,
+            caller,
+            &codecs,
+        )
+    }
+
+    /// A bridge with `caller` as leg A (its INVITE offering `codecs`) and `targets` as
+    /// leg B, reached through `b_handles`; `indexes` are the targets' configured trunks.
+    fn whatsapp_bridge_with(
+        &self,
+        cfg: BridgeConfig,
+        targets: Vec<Target>,
+        b_handles: Vec<Option<SipHandle>>,
+        indexes: Vec<usize>,
+        caller: &WhatsAppCaller,
+        codecs: &[String],
+    ) -> Result<BridgeSetup, (u16, &'static str)> {
+        let inner = &self.inner;
         let seed = random_u64();
-        let invite = caller.invite(seed, &trunks[indexes[0]].codecs);
+        let invite = caller.invite(seed, codecs);
         let a_call_id = invite
             .header(&HeaderName::CallId)
             .map(|h| h.value.clone())
             .unwrap_or_default();
         let bridge = Bridge::start(
-            inner.bridge.clone(),
+            cfg,
             seed,
             ServerId::detached(0),
             invite,

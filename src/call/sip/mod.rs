@@ -22,7 +22,7 @@ use std::sync::Arc;
 use ractor::ActorRef;
 
 pub(crate) use admit::{CallbackRefused, CallbackRequest};
-pub(crate) use ingress::{SipHandles, SipIngress};
+pub(crate) use ingress::{AgentCall, SipHandles, SipIngress};
 
 use crate::sip::core::CoreEvent;
 use bridge::BridgeMsg;

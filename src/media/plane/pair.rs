@@ -131,11 +131,17 @@ impl MediaPair {
     /// [`MediaPlane::webrtc_offer`](super::MediaPlane::webrtc_offer)); waits briefly for the
     /// shard.
     pub fn webrtc_answer(&self, sdp: &str) -> Result<(), MediaError> {
+        self.webrtc_answer_on(Side::A, sdp)
+    }
+
+    /// Applies the peer's answer to `side`'s WebRTC offer; waits briefly for the shard.
+    pub fn webrtc_answer_on(&self, side: Side, sdp: &str) -> Result<(), MediaError> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         self.plane.send(
             self.shard,
             Command::WebRtcAnswer {
                 id: self.id,
+                side,
                 sdp: sdp.to_string(),
                 reply,
             },
@@ -145,6 +151,36 @@ impl MediaPair {
             Ok(Err(e)) => Err(MediaError::WebRtc(WebRtcError::Sdp(e))),
             Err(_) => Err(MediaError::Shard),
         }
+    }
+
+    /// Puts `prepared` (our WebRTC offer, made by
+    /// [`MediaPlane::webrtc_offer_in`](super::MediaPlane::webrtc_offer_in) for this pair's
+    /// shard) in place of side B: an agent's browser phone, answered with
+    /// [`webrtc_answer_on`](Self::webrtc_answer_on)`(Side::B, …)`. A plain side B waits
+    /// parked until [`drop_webrtc_b`](Self::drop_webrtc_b); an earlier WebRTC side B is
+    /// replaced.
+    pub fn set_webrtc_b(&self, mut prepared: super::PreparedWebRtc) -> Result<(), MediaError> {
+        if prepared.shard != self.shard {
+            return Err(MediaError::Shard);
+        }
+        let Some(leg) = prepared.leg.take() else {
+            return Err(MediaError::Shard);
+        };
+        let socket = prepared.socket;
+        self.plane.send(
+            self.shard,
+            Command::WebRtcB {
+                id: self.id,
+                leg,
+                socket,
+            },
+        )
+    }
+
+    /// Ends side B's WebRTC leg; the plain side B it stood in for is side B again.
+    pub fn drop_webrtc_b(&self) -> Result<(), MediaError> {
+        self.plane
+            .send(self.shard, Command::DropWebRtcB { id: self.id })
     }
 
     /// Removes the pair and returns its final counters.

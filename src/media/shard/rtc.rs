@@ -16,6 +16,7 @@ use crate::media::batch::{self, Batch, MAX_PACKET};
 use crate::media::plane::MediaEvent;
 use crate::media::rtp::{self, RtpView};
 use crate::media::types::Side;
+use crate::media::webrtc::WebRtcLeg;
 use crate::media::webrtc::{self, LegOutput};
 use crate::telemetry;
 
@@ -164,6 +165,7 @@ impl Shard {
             id,
             Pair {
                 legs: [a, b_slot],
+                parked: None,
                 events,
                 recorder,
                 capture: None,
@@ -176,16 +178,91 @@ impl Shard {
         }
     }
 
-    /// Applies the peer's answer to the WebRTC offer of pair `id`'s side A.
-    pub(super) fn webrtc_answer(&mut self, id: u64, sdp: &str) -> Result<(), String> {
+    /// Puts `leg` (our WebRTC offer, awaiting its answer) on shared socket `socket` in
+    /// place of pair `id`'s side B. A plain side B is parked, to come back when the WebRTC
+    /// leg goes; an earlier WebRTC side B (an agent who did not answer) is removed.
+    pub(super) fn webrtc_b(&mut self, id: u64, leg: Box<WebRtcLeg>, socket: usize) {
+        let Some(pair) = self.pairs.get(&id) else {
+            return;
+        };
+        let [a, b] = pair.legs;
+        if a == b {
+            tracing::warn!(pair = id, "an echo pair has no side B to replace");
+            return;
+        }
+        let (policy, timeout) = match self.legs[a].as_ref() {
+            Some(l) => (l.policy, l.timeout),
+            None => return,
+        };
+        let b_is_rtc = matches!(self.legs[b].as_ref().map(|l| &l.io), Some(Io::WebRtc(_)));
+        if b_is_rtc {
+            self.free_leg(b);
+        } else if let Some(p) = self.pairs.get_mut(&id) {
+            p.parked = Some(b);
+            metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(1.0);
+        }
+        let slot = self.slot();
+        let mut new = Leg::new(
+            Io::WebRtc(Box::new(RtcIo {
+                socket,
+                remotes: Vec::new(),
+                seq: None,
+                ready: false,
+                leg,
+            })),
+            id,
+            a,
+            Side::B,
+            policy,
+            timeout,
+        );
+        new.set_webrtc_remote();
+        new.sends = false;
+        self.legs[slot] = Some(new);
+        self.rtc_slots.push(slot);
+        if let Some(l) = self.legs[a].as_mut() {
+            l.peer = slot;
+        }
+        if let Some(p) = self.pairs.get_mut(&id) {
+            p.legs[1] = slot;
+        }
+        if let Some(Io::WebRtc(rtc)) = self.legs[slot].as_mut().map(|l| &mut l.io) {
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        }
+        self.rtc_due = Instant::now();
+        self.plan_transcoding(a);
+    }
+
+    /// Removes pair `id`'s WebRTC side B; the parked plain leg is side B again.
+    pub(super) fn drop_webrtc_b(&mut self, id: u64) {
+        let Some(pair) = self.pairs.get(&id) else {
+            return;
+        };
+        let ([a, b], Some(parked)) = (pair.legs, pair.parked) else {
+            return;
+        };
+        self.free_leg(b);
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(1.0);
+        if let Some(p) = self.pairs.get_mut(&id) {
+            p.legs[1] = parked;
+            p.parked = None;
+        }
+        if let Some(l) = self.legs[a].as_mut() {
+            l.peer = parked;
+        }
+        self.plan_transcoding(a);
+    }
+
+    /// Applies the peer's answer to the WebRTC offer of pair `id`'s `side`.
+    pub(super) fn webrtc_answer(&mut self, id: u64, side: Side, sdp: &str) -> Result<(), String> {
         let slot = self
             .pairs
             .get(&id)
-            .map(|p| p.legs[0])
+            .map(|p| p.legs[side.index()])
             .ok_or("no such media pair")?;
         let leg = self.legs[slot].as_mut().ok_or("no such media leg")?;
         let Io::WebRtc(rtc) = &mut leg.io else {
-            return Err("side A is not a WebRTC leg".into());
+            return Err(format!("side {side:?} is not a WebRTC leg"));
         };
         rtc.leg.accept_answer(sdp).map_err(|e| e.to_string())?;
         let v4 = rtc.leg.local().is_ipv4();

@@ -84,9 +84,16 @@ impl Shard {
                 } => self.add(id, sockets, policy, timeout, events, recorder),
                 Command::RtcSocket { index, socket } => self.add_rtc_socket(index, socket),
                 Command::AddWebRtc(pair) => self.add_webrtc(pair),
-                Command::WebRtcAnswer { id, sdp, reply } => {
-                    let _ = reply.try_send(self.webrtc_answer(id, &sdp));
+                Command::WebRtcAnswer {
+                    id,
+                    side,
+                    sdp,
+                    reply,
+                } => {
+                    let _ = reply.try_send(self.webrtc_answer(id, side, &sdp));
                 }
+                Command::WebRtcB { id, leg, socket } => self.webrtc_b(id, leg, socket),
+                Command::DropWebRtcB { id } => self.drop_webrtc_b(id),
                 Command::Remote { id, side, remote } => {
                     if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
                         if self.legs[slot]
@@ -236,6 +243,7 @@ impl Shard {
             id,
             Pair {
                 legs: slots,
+                parked: None,
                 events,
                 recorder,
                 capture: None,
@@ -288,38 +296,49 @@ impl Shard {
     fn remove(&mut self, id: u64) -> Option<[LegStats; 2]> {
         let pair = self.pairs.remove(&id)?;
         let stats = self.pair_stats(pair.legs);
-        let distinct = if pair.legs[0] == pair.legs[1] { 1 } else { 2 };
-        for &slot in &pair.legs[..distinct] {
-            if let Some(mut leg) = self.legs[slot].take() {
-                if leg.transcode.is_some() {
-                    metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
-                }
-                match &mut leg.io {
-                    Io::Plain { rtp, rtcp } => {
-                        let registry = self.poll.registry();
-                        let _ = registry.deregister(rtp);
-                        let _ = registry.deregister(rtcp);
-                    }
-                    Io::WebRtc(rtc) => {
-                        if let Some(s) = self
-                            .rtc_sockets
-                            .get_mut(rtc.socket)
-                            .and_then(Option::as_mut)
-                        {
-                            for r in &rtc.remotes {
-                                if s.by_remote.get(r) == Some(&slot) {
-                                    s.by_remote.remove(r);
-                                }
-                            }
-                        }
-                        self.rtc_slots.retain(|&s| s != slot);
-                    }
-                }
-            }
-            self.free.push(slot);
+        let mut slots = vec![pair.legs[0]];
+        if pair.legs[1] != pair.legs[0] {
+            slots.push(pair.legs[1]);
+        }
+        slots.extend(pair.parked);
+        let distinct = slots.len();
+        for slot in slots {
+            self.free_leg(slot);
         }
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(distinct as f64);
         Some(stats)
+    }
+
+    /// Takes the leg in `slot` out of the shard: its sockets deregistered (a plain leg's
+    /// close when dropped), a WebRTC leg's peers unrouted from its shared socket.
+    pub(super) fn free_leg(&mut self, slot: usize) {
+        if let Some(mut leg) = self.legs[slot].take() {
+            if leg.transcode.is_some() {
+                metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
+            }
+            match &mut leg.io {
+                Io::Plain { rtp, rtcp } => {
+                    let registry = self.poll.registry();
+                    let _ = registry.deregister(rtp);
+                    let _ = registry.deregister(rtcp);
+                }
+                Io::WebRtc(rtc) => {
+                    if let Some(s) = self
+                        .rtc_sockets
+                        .get_mut(rtc.socket)
+                        .and_then(Option::as_mut)
+                    {
+                        for r in &rtc.remotes {
+                            if s.by_remote.get(r) == Some(&slot) {
+                                s.by_remote.remove(r);
+                            }
+                        }
+                    }
+                    self.rtc_slots.retain(|&s| s != slot);
+                }
+            }
+        }
+        self.free.push(slot);
     }
 
     fn close_all(&mut self) {

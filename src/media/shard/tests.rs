@@ -1100,3 +1100,73 @@ fn a_capture_writes_one_sides_voice_and_reports_silence_and_its_file() {
     assert!(share > 0.9, "440 Hz share {share}");
     r.plane.stop();
 }
+
+#[test]
+fn a_webrtc_side_b_stands_in_for_the_plain_one_and_opus_passes_between_two_browsers() {
+    use crate::sim::user::SimUser;
+    let plane = plane(42_700, SourcePolicy::Strict, Duration::from_secs(30));
+    // The customer (side A) calls; side B starts as the plain leg an IVR or a queue holds.
+    let (customer, offer) = SimUser::offer(StdSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    let mut customer = customer;
+    let prepared = plane.webrtc_answer(&offer).unwrap();
+    customer.apply_answer(prepared.local_sdp()).unwrap();
+    let (tx, events) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let pair = plane
+        .add_webrtc_pair(
+            prepared,
+            FarSide::Rtp(None),
+            Arc::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }),
+            None,
+        )
+        .unwrap();
+    // A first agent is offered the call and never answers; the second one does.
+    let unanswered = plane.webrtc_offer_in(pair.shard()).unwrap();
+    pair.set_webrtc_b(unanswered).unwrap();
+    let prepared_b = plane.webrtc_offer_in(pair.shard()).unwrap();
+    let our_offer = prepared_b.local_sdp().to_string();
+    assert!(our_offer.contains("a=setup:actpass"), "{our_offer}");
+    pair.set_webrtc_b(prepared_b).unwrap();
+    let (agent, answer) =
+        SimUser::answer(StdSocket::bind("127.0.0.1:0").unwrap(), &our_offer).unwrap();
+    pair.webrtc_answer_on(Side::B, &answer).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s1, s2) = (stop.clone(), stop.clone());
+    let customer =
+        std::thread::spawn(move || customer.run(Duration::from_millis(2000), 440.0, 1000.0, &s1));
+    let agent =
+        std::thread::spawn(move || agent.run(Duration::from_millis(2000), 1000.0, 440.0, &s2));
+    let customer = customer.join().unwrap().unwrap();
+    let agent = agent.join().unwrap().unwrap();
+    assert!(
+        customer.audio_verified(),
+        "the customer hears the agent: {customer:?}"
+    );
+    assert!(
+        agent.audio_verified(),
+        "the agent hears the customer: {agent:?}"
+    );
+    let seen: Vec<MediaEvent> = events.try_iter().collect();
+    assert!(seen.contains(&MediaEvent::Connected(Side::A)), "{seen:?}");
+    assert!(seen.contains(&MediaEvent::Connected(Side::B)), "{seen:?}");
+
+    // The agent's leg goes; the plain side B is back, with its own port.
+    pair.drop_webrtc_b().unwrap();
+    let phone = peer();
+    pair.set_remote(Side::B, remote(&phone, None)).unwrap();
+    let b_port = SocketAddr::from(([127, 0, 0, 1], pair.ports()[1]));
+    phone
+        .send_to(&rtp(1, 160, 9, 0, &[0xff; 160]), b_port)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = pair.stats().unwrap();
+    assert_eq!(
+        stats[1].packets_in, 1,
+        "the plain side B receives again: {stats:?}"
+    );
+    pair.close();
+    plane.stop();
+}

@@ -51,9 +51,10 @@ impl Bridge {
         let target = self.targets[index].clone();
         let call_id = Bytes::from(format!("{:x}-{}@waswitch", self.seed, self.attempts));
         let user = target.user.clone().or_else(|| dialled_user(&self.a_invite));
-        let uri = match &user {
-            Some(u) => format!("sip:{u}@{}", target.hostport),
-            None => format!("sip:{}", target.hostport),
+        let uri = match (&target.uri, &user) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(u)) => format!("sip:{u}@{}", target.hostport),
+            (None, None) => format!("sip:{}", target.hostport),
         };
         let max_forwards = self
             .a_invite
@@ -105,6 +106,7 @@ impl Bridge {
         if let Some(old) = self.b.take() {
             self.out.push_back(Action::Unroute(old.call_id));
         }
+        self.b_setup = None;
         self.b = Some(BLeg {
             target: index,
             call_id: call_id.clone(),
@@ -117,6 +119,7 @@ impl Bridge {
             cancel_pending: false,
             timer: SessionTimer::default(),
             no_update: false,
+            last_offer_from_b: None,
         });
         self.b_deadline = Some(now + target.invite_timeout);
         self.out.push_back(Action::Route(call_id));

@@ -29,6 +29,9 @@ impl Bridge {
         let Some(ct) = content_type(msg).filter(|_| !msg.body.is_empty()) else {
             return b;
         };
+        if let Some(ours) = self.b_webrtc() {
+            return self.carry_webrtc(to, b, msg, &ct, ours);
+        }
         let Some(anchor) = self.anchor else {
             return b.body(&ct, msg.body.clone());
         };
@@ -61,6 +64,63 @@ impl Bridge {
         }];
         sdp.anchor(anchor.ip, port);
         b.body(&ct, sdp.to_bytes())
+    }
+
+    /// The current leg B's WebRTC offer, when it is a WebRTC target.
+    fn b_webrtc(&self) -> Option<bytes::Bytes> {
+        let b = self.b.as_ref()?;
+        self.targets.get(b.target)?.webrtc.clone()
+    }
+
+    /// SDP across a bridge whose leg B is a WebRTC target: leg B gets our WebRTC offer (in
+    /// the INVITE), or, answering its later offers (hold, resume), that offer with the DTLS
+    /// role its first answer settled and the direction mirrored; leg B's SDP is reported
+    /// and goes to leg A (the WhatsApp leg, whose media never changes) as it came.
+    fn carry_webrtc(
+        &mut self,
+        to: Leg,
+        b: MessageBuilder,
+        msg: &SipMessage,
+        ct: &str,
+        ours: bytes::Bytes,
+    ) -> MessageBuilder {
+        match to {
+            Leg::B => {
+                if msg.is_request() {
+                    return b.body("application/sdp", ours);
+                }
+                let their = self
+                    .b
+                    .as_ref()
+                    .and_then(|b| b.last_offer_from_b.clone())
+                    .unwrap_or_default();
+                let setup = match self.b_setup.as_deref() {
+                    Some("active") => "passive",
+                    _ => "active",
+                };
+                b.body("application/sdp", reanswer(&ours, &their, setup))
+            }
+            Leg::A => {
+                let first = self.b_setup.is_none();
+                if first {
+                    let text = String::from_utf8_lossy(&msg.body);
+                    let setup = text
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("a=setup:"))
+                        .unwrap_or("active")
+                        .trim()
+                        .to_string();
+                    self.b_setup = Some(setup);
+                } else if let Some(bleg) = self.b.as_mut() {
+                    bleg.last_offer_from_b = Some(msg.body.clone());
+                }
+                self.out.push_back(Action::WebRtcSdp {
+                    sdp: msg.body.clone(),
+                    first,
+                });
+                b.body(ct, msg.body.clone())
+            }
+        }
     }
 
     /// Works out how the audio crosses the switch from both legs' formats (A offered
@@ -430,4 +490,35 @@ impl Bridge {
             }
         }
     }
+}
+
+/// Our WebRTC offer turned into the answer to a WebRTC peer's later offer: `a=setup` is the
+/// DTLS role already settled (`setup`), and the direction mirrors the peer's (its
+/// `sendonly` is our `recvonly`; `inactive` stays so; otherwise `sendrecv`).
+pub(super) fn reanswer(ours: &[u8], their_offer: &[u8], setup: &str) -> bytes::Bytes {
+    let their = String::from_utf8_lossy(their_offer);
+    let direction = their.lines().find_map(|l| match l.trim() {
+        "a=sendonly" => Some("a=recvonly"),
+        "a=recvonly" => Some("a=sendonly"),
+        "a=inactive" => Some("a=inactive"),
+        "a=sendrecv" => Some("a=sendrecv"),
+        _ => None,
+    });
+    let mut out = String::with_capacity(ours.len() + 16);
+    for line in String::from_utf8_lossy(ours).lines() {
+        let line = line.trim_end();
+        let replaced = if line.starts_with("a=setup:") {
+            format!("a=setup:{setup}")
+        } else if matches!(
+            line,
+            "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+        ) {
+            direction.unwrap_or("a=sendrecv").to_string()
+        } else {
+            line.to_string()
+        };
+        out.push_str(&replaced);
+        out.push_str("\r\n");
+    }
+    bytes::Bytes::from(out)
 }

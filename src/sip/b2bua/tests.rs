@@ -47,6 +47,8 @@ fn target(index: usize) -> Target {
         credentials: None,
         invite_timeout: Duration::from_secs(2),
         headers: Vec::new(),
+        uri: None,
+        webrtc: None,
     }
 }
 

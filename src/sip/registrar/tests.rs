@@ -68,7 +68,7 @@ fn answer(response: &SipMessage, which: usize, user: &str, pass: &str) -> String
 
 /// `r` answers `request` from the usual phone address.
 fn send(r: &mut Registrar, request: SipMessage, flow: FlowId, now: u64) -> Outcome {
-    r.register(&request, flow, source(), now, password)
+    r.register(&request, flow, source(), Kind::Ws, now, password)
 }
 
 const CONTACT: &str = "<sip:x7k2@df7jal23ls0d.invalid;transport=ws>";
@@ -242,6 +242,7 @@ fn wrong_credentials_are_refused_and_a_guessing_address_is_throttled_for_a_while
         &register("alice", Some(CONTACT), None, Some(&right)),
         2,
         other,
+        Kind::Udp,
         NOW + 1,
         password,
     );

@@ -216,7 +216,7 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
         core = core.with_sources(sources);
     }
     if let Some(agents) = agents {
-        core = core.with_agents(agents);
+        core = core.with_agents(agents, Kind::Udp);
     }
     if user.is_some() {
         core = core.with_user();

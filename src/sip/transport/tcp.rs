@@ -285,7 +285,7 @@ pub(super) async fn run_core(
     }
     let agents = settings.agents.clone();
     if let Some(agents) = agents.clone() {
-        core = core.with_agents(agents);
+        core = core.with_agents(agents, handle.kind());
     }
     match handle.kind() {
         super::Kind::Tls => core = core.with_via_protocol("TLS"),
