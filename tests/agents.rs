@@ -9,8 +9,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use md5::Md5;
-use sha2::{Digest, Sha256};
 use waswitch::config::Config;
 use waswitch::node::Node;
 
@@ -19,60 +17,7 @@ const AGENTS: &str = "[[agent]]\nuser = \"alice\"\npassword = \"alice-pass\"\n\
                       [[agent]]\nuser = \"bob\"\npassword = \"bob-pass\"\n\
                       [[queue]]\nname = \"support\"\n";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn hash(algorithm: &str, s: &str) -> String {
-    if algorithm == "SHA-256" {
-        hex(&Sha256::digest(s.as_bytes()))
-    } else {
-        hex(&Md5::digest(s.as_bytes()))
-    }
-}
-
-/// A parameter of a `WWW-Authenticate` value.
-fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
-    let at = challenge.find(&format!("{name}="))? + name.len() + 1;
-    let rest = &challenge[at..];
-    Some(match rest.strip_prefix('"') {
-        Some(q) => &q[..q.find('"')?],
-        None => rest.split([',', ' ']).next()?,
-    })
-}
-
-/// The phone's Authorization answering `challenge` (qop=auth, nc 1).
-fn authorization(challenge: &str, user: &str, password: &str) -> String {
-    let realm = param(challenge, "realm").expect("realm");
-    let nonce = param(challenge, "nonce").expect("nonce");
-    let algorithm = param(challenge, "algorithm").unwrap_or("MD5");
-    let uri = "sip:waswitch";
-    let ha1 = hash(algorithm, &format!("{user}:{realm}:{password}"));
-    let ha2 = hash(algorithm, &format!("REGISTER:{uri}"));
-    let response = hash(
-        algorithm,
-        &format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"),
-    );
-    format!(
-        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-         response=\"{response}\", algorithm={algorithm}, qop=auth, nc=00000001, cnonce=\"0a4f113b\""
-    )
-}
-
-fn register(transport: &str, local: SocketAddr, user: &str, cseq: u32, extra: &str) -> String {
-    format!(
-        "REGISTER sip:waswitch SIP/2.0\r\n\
-         Via: SIP/2.0/{transport} {local};branch=z9hG4bK-{user}-{cseq}\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:{user}@waswitch>;tag=ph{cseq}\r\n\
-         To: <sip:{user}@waswitch>\r\n\
-         Call-ID: reg-{user}-{transport}@{local}\r\n\
-         CSeq: {cseq} REGISTER\r\n\
-         Contact: <sip:{user}@{local};transport={}>\r\n\
-         {extra}Content-Length: 0\r\n\r\n",
-        transport.to_ascii_lowercase()
-    )
-}
+use common::agent::{authorization, register};
 
 /// The status code and the headers named `name` of a response.
 fn status(response: &str) -> u16 {

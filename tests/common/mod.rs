@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod agent;
+
 use waswitch::config::Config;
 use waswitch::node::Node;
 

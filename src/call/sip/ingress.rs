@@ -238,10 +238,27 @@ impl SipIngress {
                 call.ivr_path.to_string(),
             ));
         }
+        // Over a connection (TCP, TLS, WebSocket) the INVITE goes back over the flow that
+        // registered; over UDP, to the registered Contact when it names an address (there
+        // is no connection to reuse), else to where the REGISTER came from.
+        let addr = match binding.via {
+            Kind::Udp => crate::sip::uri::SipUri::parse(&binding.contact)
+                .ok()
+                .and_then(|u| {
+                    let ip: std::net::IpAddr = match u.host {
+                        crate::sip::uri::Host::V4(a) => a.into(),
+                        crate::sip::uri::Host::V6(a) => a.into(),
+                        _ => return None,
+                    };
+                    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+                })
+                .unwrap_or(binding.source),
+            _ => binding.source,
+        };
         let target = Target {
             trunk: format!("agent:{}", call.user),
-            addr: binding.source,
-            hostport: binding.source.to_string(),
+            addr,
+            hostport: addr.to_string(),
             user: Some(call.user.to_string()),
             contact: self.contact(handle),
             credentials: None,
