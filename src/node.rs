@@ -527,6 +527,19 @@ impl Node {
         if let Some((listener, acceptor)) = &sip_ws {
             router = router.merge(api::sip_ws::router(acceptor.clone()));
             tracing::info!(sip_ws = %format!("ws://{}/sip", listener.local_addr()), "SIP listening");
+            // The agent page and its API (agents sign in with their SIP credentials).
+            router = router.merge(api::agent_page::router(api::agent_page::AgentPage {
+                dir: config.http.agent_page.clone(),
+                agents: api_state.agents.clone(),
+                passwords: Arc::new(
+                    config
+                        .agents
+                        .iter()
+                        .map(|a| (a.user.clone(), a.password.clone()))
+                        .collect(),
+                ),
+                permissions: (!config.business_numbers.is_empty()).then(|| permission_api.clone()),
+            }));
         }
         let sip_ws = sip_ws.map(|(listener, _)| listener);
         if let Some(token) = config.http.api_token.clone() {

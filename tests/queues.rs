@@ -169,7 +169,11 @@ fn the_longest_idle_agent_is_rung_first_and_a_ring_timeout_moves_to_the_next() {
     ));
     assert_eq!(r.error, None, "{r:?}");
     assert!(r.accepted && r.connected && r.audio_verified, "{r:?}");
-    assert_eq!(r.tones.first(), Some(&COMFORT), "waited hearing the comfort tone: {r:?}");
+    assert_eq!(
+        r.tones.first(),
+        Some(&COMFORT),
+        "waited hearing the comfort tone: {r:?}"
+    );
     assert_eq!(r.tones.last(), Some(&OWN), "then Alice's echo: {r:?}");
     let metrics = rt.block_on(common::metrics_text(rig.node.http_addr()));
     assert_eq!(
@@ -186,7 +190,11 @@ fn the_longest_idle_agent_is_rung_first_and_a_ring_timeout_moves_to_the_next() {
     );
     let cdrs = common::cdrs_after(&rt, rig.node, &dir.path().join("q.db"));
     let (bob_code, bob_counters) = bob.finish();
-    assert_eq!(bob_code, Some(0), "Bob was rung and cancelled: {bob_counters:?}");
+    assert_eq!(
+        bob_code,
+        Some(0),
+        "Bob was rung and cancelled: {bob_counters:?}"
+    );
     let (alice_code, alice_counters) = alice.finish();
     assert_eq!(alice_code, Some(0), "Alice answered: {alice_counters:?}");
     assert_eq!(alice_counters.get("SuccessfulCall(C)"), Some(&1));

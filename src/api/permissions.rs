@@ -241,6 +241,45 @@ async fn request(
     }
 }
 
+/// The pair's permission (as `GET /v1/permissions/…` shows it) with `may_call`: whether a
+/// business-initiated call may be placed now (granted, not on the do-not-call list, calls
+/// left today and on the grant).
+pub(crate) async fn view_with_verdict(api: &PermissionApi, number: &str, wa_id: &str) -> Response {
+    let p = match pair(api, number, wa_id) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, &why),
+    };
+    let view = api.permissions.view(&p).await;
+    let may_call = view.status == crate::permission::state::Status::Granted
+        && !view.dnc
+        && view.remaining.calls_today > 0
+        && view.remaining.calls_on_grant != Some(0);
+    let mut body = serde_json::to_value(&view).unwrap_or_else(|_| json!({}));
+    if let Some(o) = body.as_object_mut() {
+        o.insert("may_call".into(), json!(may_call));
+    }
+    Json(body).into_response()
+}
+
+/// Sends a permission request to `wa_id` from business number `number` with `purpose`, as
+/// `POST /v1/permissions/…/request` does.
+pub(crate) async fn request_for(
+    api: &PermissionApi,
+    number: &str,
+    wa_id: &str,
+    purpose: &str,
+) -> Response {
+    request(
+        State(api.clone()),
+        Path((number.to_string(), wa_id.to_string())),
+        super::ApiJson(RequestBody {
+            purpose: purpose.to_string(),
+            template: None,
+        }),
+    )
+    .await
+}
+
 async fn view(
     State(api): State<PermissionApi>,
     Path((number, wa_id)): Path<(String, String)>,

@@ -60,8 +60,14 @@ struct Waiting {
     tried: Vec<String>,
     /// Agents being rung for it now.
     ringing: Vec<String>,
+    /// Every member was tried: the next round starts no sooner than this.
+    not_before: Option<Instant>,
     sink: OfferSink,
 }
+
+/// After every free member let a call ring out (or their phone failed), the call waits
+/// this long before they are rung again.
+pub const RETRY_PAUSE: Duration = Duration::from_secs(3);
 
 /// What the API shows of an agent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -208,6 +214,7 @@ impl Directory {
             since: Instant::now(),
             tried: Vec::new(),
             ringing: Vec::new(),
+            not_before: None,
             sink,
         });
         self.dispatch(inner);
@@ -311,16 +318,18 @@ impl Directory {
         let inner = &mut *guard;
         let mut offers: Vec<(OfferSink, QueueOffer)> = Vec::new();
         for w in inner.waiting.iter_mut() {
-            if !w.ringing.is_empty() {
+            if !w.ringing.is_empty() || w.not_before.is_some_and(|t| now < t) {
                 continue;
             }
             let picker = &mut inner.pickers[w.queue];
-            let mut agents = picker.offer(&inner.book, &w.tried, now);
+            let agents = picker.offer(&inner.book, &w.tried, now);
             if agents.is_empty() && !w.tried.is_empty() && picker.anyone_available(&inner.book, now)
             {
-                // Everyone free has been tried: start over.
+                // Everyone free has been tried: a new round, after a pause (a phone that
+                // fails at once is not rung in a loop).
                 w.tried.clear();
-                agents = picker.offer(&inner.book, &w.tried, now);
+                w.not_before = Some(now + RETRY_PAUSE);
+                continue;
             }
             if agents.is_empty() {
                 continue;
@@ -423,5 +432,96 @@ impl Directory {
                 .unwrap_or(Presence::Offline)
                 .as_str(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentConfig, QueueConfig, Secret};
+    use crate::control::queue::Strategy;
+
+    fn directory() -> Directory {
+        let agent = |u: &str| AgentConfig {
+            user: u.into(),
+            password: Secret::new("p"),
+            display_name: None,
+            queues: vec!["support".into()],
+        };
+        let queue = QueueConfig {
+            name: "support".into(),
+            strategy: Strategy::LongestIdle,
+            ring_timeout: Duration::from_secs(15),
+            timeout: Duration::from_secs(120),
+            wrap_up: Duration::from_secs(10),
+            service_level: Duration::from_secs(20),
+            overflow_route: None,
+            members: vec!["alice".into(), "bob".into()],
+        };
+        Directory::new(&[agent("alice"), agent("bob")], &[queue])
+    }
+
+    fn sink() -> (OfferSink, std::sync::mpsc::Receiver<QueueOffer>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let sink: OfferSink = Arc::new(move |o| {
+            let _ = tx.lock().unwrap_or_else(PoisonError::into_inner).send(o);
+        });
+        (sink, rx)
+    }
+
+    #[test]
+    fn waiting_calls_are_served_in_arrival_order_and_an_agent_rings_for_one_call_at_a_time() {
+        let d = directory();
+        let (s1, rx1) = sink();
+        let (s2, rx2) = sink();
+        assert_eq!(d.enqueue("nowhere", s1.clone()), None);
+        let t1 = d.enqueue("support", s1).unwrap();
+        let t2 = d.enqueue("support", s2).unwrap();
+        assert_eq!((d.position(t1), d.position(t2)), (Some(1), Some(2)));
+        // Nobody registered: nobody is offered.
+        assert!(rx1.try_recv().is_err() && rx2.try_recv().is_err());
+        d.set_registered("alice", true);
+        assert_eq!(rx1.try_recv().unwrap().agents, ["alice"]);
+        assert!(
+            rx2.try_recv().is_err(),
+            "alice rings for the first call only"
+        );
+        d.set_registered("bob", true);
+        assert_eq!(rx2.try_recv().unwrap().agents, ["bob"]);
+        assert_eq!(d.get("alice").unwrap().presence, "busy");
+        // Alice answers; the first call leaves the queue; bob lets the second ring out.
+        assert!(d.answered(t1, "alice").is_some());
+        assert_eq!(d.position(t1), None);
+        assert_eq!(d.position(t2), Some(1));
+        d.no_answer(t2, "bob");
+        assert_eq!(d.get("bob").unwrap().presence, "available");
+        // Bob was tried and Alice is on a call: a new round starts only after the pause.
+        assert!(rx2.try_recv().is_err(), "no ringing in a loop");
+        // Alice's call ends: she wraps up (10 s) before the next one.
+        d.call_ended("alice", "support");
+        assert_eq!(d.get("alice").unwrap().presence, "wrap_up");
+        // The caller gives up.
+        assert!(d.leave(t2, Left::Abandoned).is_some());
+        assert_eq!(d.leave(t2, Left::Abandoned), None, "once");
+    }
+
+    #[test]
+    fn an_agent_going_offline_is_not_offered() {
+        let d = directory();
+        d.set_registered("alice", true);
+        assert!(d.set_willing("alice", false));
+        assert!(!d.set_willing("nobody", false));
+        let (s, rx) = sink();
+        let t = d.enqueue("support", s).unwrap();
+        assert!(rx.try_recv().is_err());
+        assert!(d.set_willing("alice", true));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            QueueOffer {
+                ticket: t,
+                agents: vec!["alice".into()]
+            }
+        );
     }
 }

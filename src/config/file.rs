@@ -474,6 +474,8 @@ pub(crate) struct HttpSection {
     pub webhook_max_body_bytes: Option<i64>,
     #[serde(default)]
     pub webhook_concurrency: Option<i64>,
+    #[serde(default)]
+    pub agent_page: Option<String>,
 }
 
 impl Default for HttpSection {
@@ -488,6 +490,7 @@ impl Default for HttpSection {
             max_body_bytes: None,
             webhook_max_body_bytes: None,
             webhook_concurrency: None,
+            agent_page: None,
         }
     }
 }

@@ -17,6 +17,14 @@ pub struct HttpConfig {
     pub limits: HttpLimits,
     /// What Meta's webhooks may make the switch read.
     pub webhooks: WebhookLimits,
+    /// The built agent page served at `/agent` (`web/agent/dist` of the source tree unless
+    /// configured; relative paths start at the configuration file's directory).
+    pub agent_page: std::path::PathBuf,
+}
+
+/// Where the agent page is built in the source tree.
+pub(super) fn default_agent_page() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent/dist")
 }
 
 /// The listener's limits (`[http]`).

@@ -313,6 +313,13 @@ impl Validator {
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
                     .map(Secret::new),
+                agent_page: raw
+                    .http
+                    .agent_page
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map_or_else(super::http::default_agent_page, |p| base.join(p)),
             },
             sip: SipConfig {
                 listen: sip_listen?,

@@ -65,7 +65,12 @@ pub fn register(transport: &str, local: SocketAddr, user: &str, cseq: u32, extra
 /// Registers `user` over UDP from a socket of its own, with its Contact at `contact`
 /// (where the phone takes calls: a SIPp UAS, say); answers the digest challenge. Returns
 /// the socket (keep it: the binding is refreshed from it).
-pub fn register_udp(switch: SocketAddr, user: &str, password: &str, contact: SocketAddr) -> UdpSocket {
+pub fn register_udp(
+    switch: SocketAddr,
+    user: &str,
+    password: &str,
+    contact: SocketAddr,
+) -> UdpSocket {
     let phone = UdpSocket::bind("127.0.0.1:0").expect("bind");
     phone
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -78,7 +83,10 @@ pub fn register_udp(switch: SocketAddr, user: &str, password: &str, contact: Soc
         )
     };
     phone
-        .send_to(with_contact(register("UDP", local, user, 1, "")).as_bytes(), switch)
+        .send_to(
+            with_contact(register("UDP", local, user, 1, "")).as_bytes(),
+            switch,
+        )
         .expect("send");
     let mut buf = [0u8; 4096];
     let (n, _) = phone.recv_from(&mut buf).expect("challenge");
@@ -88,12 +96,21 @@ pub fn register_udp(switch: SocketAddr, user: &str, password: &str, contact: Soc
         .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
         .expect("challenged");
     let value = line.split_once(':').map(|(_, v)| v.trim()).unwrap_or("");
-    let auth = format!("Authorization: {}\r\n", authorization(value, user, password));
+    let auth = format!(
+        "Authorization: {}\r\n",
+        authorization(value, user, password)
+    );
     phone
-        .send_to(with_contact(register("UDP", local, user, 2, &auth)).as_bytes(), switch)
+        .send_to(
+            with_contact(register("UDP", local, user, 2, &auth)).as_bytes(),
+            switch,
+        )
         .expect("send");
     let (n, _) = phone.recv_from(&mut buf).expect("answer");
     let answer = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(answer.starts_with("SIP/2.0 200"), "{user} not registered: {answer}");
+    assert!(
+        answer.starts_with("SIP/2.0 200"),
+        "{user} not registered: {answer}"
+    );
     phone
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod agent;
+pub mod chromium;
 
 use waswitch::config::Config;
 use waswitch::node::Node;

@@ -202,12 +202,14 @@ impl Shard {
             metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(1.0);
         }
         let slot = self.slot();
+        // Our offer waits for its answer; a leg that answered an offer is ready.
+        let ready = !leg.awaiting_answer();
         let mut new = Leg::new(
             Io::WebRtc(Box::new(RtcIo {
                 socket,
                 remotes: Vec::new(),
                 seq: None,
-                ready: false,
+                ready,
                 leg,
             })),
             id,
@@ -217,7 +219,7 @@ impl Shard {
             timeout,
         );
         new.set_webrtc_remote();
-        new.sends = false;
+        new.sends = ready;
         self.legs[slot] = Some(new);
         self.rtc_slots.push(slot);
         if let Some(l) = self.legs[a].as_mut() {

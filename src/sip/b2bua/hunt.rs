@@ -102,7 +102,12 @@ impl Bridge {
                 .header(HeaderName::MinSe, MIN_SE.to_string());
         }
         let a_invite = self.a_invite.clone();
-        let invite = self.carry_body(Leg::B, builder, &a_invite).build();
+        // A WebRTC target (a browser phone) gets our own WebRTC offer; a trunk, leg A's
+        // SDP anchored at the switch.
+        let invite = match &target.webrtc {
+            Some(offer) => builder.body("application/sdp", offer.clone()).build(),
+            None => self.carry_body(Leg::B, builder, &a_invite).build(),
+        };
         if let Some(old) = self.b.take() {
             self.out.push_back(Action::Unroute(old.call_id));
         }

@@ -1,0 +1,235 @@
+//! The agent page and its API, on the HTTP listener next to `/sip`:
+//!
+//! - `GET /agent` and `GET /agent/{agent.js,agent.css}`: the page, built from `web/agent`
+//!   (JsSIP bundled from npm; `npm ci && npm run build` there) and served from its `dist`
+//!   directory (`http.agent_page`); nothing comes from a CDN.
+//! - `GET /agent/api/me`, `PUT /agent/api/presence` `{"presence": "available"|"offline"}`:
+//!   the signed-in agent and the presence they choose.
+//! - `GET /agent/api/permissions/{wa_id}` and `POST /agent/api/permissions/{wa_id}/request`
+//!   `{"purpose"?}`: the customer's call permission with the business number, and a
+//!   permission request sent in WhatsApp (chat-to-call escalation), exactly as
+//!   `/v1/permissions` does them.
+//!
+//! The API takes the agent's own SIP credentials (HTTP Basic), never the operator's token:
+//! an agent sees and changes only their own presence.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::permissions::PermissionApi;
+use crate::call::agents::Directory;
+
+/// What the page's routes need.
+#[derive(Clone)]
+pub(crate) struct AgentPage {
+    /// The built page (`web/agent/dist`).
+    pub dir: PathBuf,
+    /// The agents.
+    pub agents: Directory,
+    /// Each agent's password.
+    pub passwords: Arc<HashMap<String, crate::config::Secret>>,
+    /// Call permissions (`None`: no WhatsApp numbers).
+    pub permissions: Option<PermissionApi>,
+}
+
+/// The routes.
+pub(crate) fn router(page: AgentPage) -> Router {
+    Router::new()
+        .route("/agent", get(index))
+        .route("/agent/", get(index))
+        .route("/agent/{file}", get(asset))
+        .route("/agent/api/me", get(me))
+        .route("/agent/api/presence", put(presence))
+        .route("/agent/api/permissions/{wa_id}", get(permission))
+        .route("/agent/api/permissions/{wa_id}/request", post(request))
+        .with_state(page)
+}
+
+fn error(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
+}
+
+async fn serve(page: &AgentPage, file: &str, content_type: &'static str) -> Response {
+    match tokio::fs::read(page.dir.join(file)).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(dir = %page.dir.display(), file, error = %e, "agent page not found");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the agent page is not built in {}: run `npm ci && npm run build` in web/agent \
+                     (or point http.agent_page at a built copy)",
+                    page.dir.display()
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn index(State(page): State<AgentPage>) -> Response {
+    serve(&page, "index.html", "text/html; charset=utf-8").await
+}
+
+async fn asset(State(page): State<AgentPage>, Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "agent.js" => serve(&page, "agent.js", "text/javascript; charset=utf-8").await,
+        "agent.css" => serve(&page, "agent.css", "text/css; charset=utf-8").await,
+        "index.html" => serve(&page, "index.html", "text/html; charset=utf-8").await,
+        _ => error(StatusCode::NOT_FOUND, "no such file"),
+    }
+}
+
+/// The agent whose credentials the request carries (HTTP Basic, their SIP password).
+fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Response> {
+    use base64::Engine as _;
+    let refuse = || {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "sign in with your agent user and password",
+        )
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .ok_or_else(refuse)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| refuse())?;
+    let text = String::from_utf8(decoded).map_err(|_| refuse())?;
+    let (user, password) = text.split_once(':').ok_or_else(refuse)?;
+    let known = page.passwords.get(user).ok_or_else(refuse)?;
+    if !constant_time_eq(known.expose().as_bytes(), password.as_bytes()) {
+        tracing::info!(agent = user, "agent page sign-in refused");
+        return Err(refuse());
+    }
+    Ok(user.to_string())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn me(State(page): State<AgentPage>, headers: HeaderMap) -> Response {
+    let user = match signed_in(&page, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match page.agents.get(&user) {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such agent"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    presence: String,
+}
+
+async fn presence(State(page): State<AgentPage>, req: Request) -> Response {
+    let user = match signed_in(&page, req.headers()) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let body = match axum::body::to_bytes(req.into_body(), 4096).await {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "body too large"),
+    };
+    let Ok(PresenceBody { presence }) = serde_json::from_slice::<PresenceBody>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send {\"presence\": \"available\"} or {\"presence\": \"offline\"}",
+        );
+    };
+    let willing =
+        match presence.as_str() {
+            "available" => true,
+            "offline" => false,
+            _ => return error(
+                StatusCode::BAD_REQUEST,
+                "presence: \"available\" or \"offline\" (busy and wrap-up are set by the switch)",
+            ),
+        };
+    page.agents.set_willing(&user, willing);
+    tracing::info!(agent = %user, presence = %presence, "agent presence set from the agent page");
+    match page.agents.get(&user) {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such agent"),
+    }
+}
+
+/// The business number agents' customers are reached from (the first configured).
+fn business(page: &AgentPage) -> Result<(PermissionApi, String), Response> {
+    let api = page.permissions.clone().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no WhatsApp business number is configured",
+        )
+    })?;
+    let number = api
+        .numbers
+        .first()
+        .map(|n| n.display_number.clone())
+        .ok_or_else(|| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no WhatsApp business number is configured",
+            )
+        })?;
+    Ok((api, number))
+}
+
+async fn permission(
+    State(page): State<AgentPage>,
+    headers: HeaderMap,
+    Path(wa_id): Path<String>,
+) -> Response {
+    if let Err(r) = signed_in(&page, &headers) {
+        return r;
+    }
+    let (api, number) = match business(&page) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    super::permissions::view_with_verdict(&api, &number, &wa_id).await
+}
+
+async fn request(
+    State(page): State<AgentPage>,
+    headers: HeaderMap,
+    Path(wa_id): Path<String>,
+) -> Response {
+    let user = match signed_in(&page, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let (api, number) = match business(&page) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    tracing::info!(agent = %user, customer = %wa_id, "agent asks the customer's permission to call");
+    super::permissions::request_for(
+        &api,
+        &number,
+        &wa_id,
+        "Your support agent would like to call you on WhatsApp",
+    )
+    .await
+}

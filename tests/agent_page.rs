@@ -1,0 +1,327 @@
+//! The agent page in a real browser: headless Chromium (driven over the DevTools protocol,
+//! its microphone a fake device playing a 1 kHz tone) opens `/agent` as Alice, whose JsSIP
+//! phone registers over SIP over WebSocket. `waswitch sim` is the WhatsApp customer: its
+//! call goes through the IVR to queue `support`, rings the page, which answers; audio is
+//! checked both ways (the page's WebAudio analyser hears the customer's 440 Hz, the
+//! customer hears the agent's 1 kHz through Opus passed between the two WebRTC legs), the
+//! call is hung up from either side, and the CDR names the queue, the agent and the wait.
+//!
+//! Everything runs inside a network namespace holding only loopback. With
+//! `WASWITCH_SCREENSHOTS=<dir>` the page's screenshots (idle, ringing, in call) are saved
+//! there (the ones in `docs/` were taken so).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::chromium::{in_loopback_namespace, Chromium};
+use serde_json::{json, Value};
+use waswitch::config::{Config, Secret};
+use waswitch::node::Node;
+use waswitch::sim::graph::SimGraph;
+use waswitch::sim::load;
+
+const SECRET: &str = "page-secret";
+const PNID: &str = "105615555715877";
+const NUMBER: &str = "15551114444";
+const CUSTOMER_HZ: f32 = 440.0;
+const AGENT_HZ: f32 = 1000.0;
+
+/// Builds the page (`npm ci` when its modules are missing, then `npm run build`), outside
+/// the namespace (npm needs the registry).
+fn build_page() -> PathBuf {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
+    if !web.join("node_modules/jssip").exists() {
+        let ok = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&web)
+            .status()
+            .expect("npm (Debian packages nodejs and npm) is needed");
+        assert!(ok.success(), "npm ci in web/agent failed");
+    }
+    let ok = std::process::Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&web)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("npm");
+    assert!(ok.success(), "npm run build in web/agent failed");
+    web.join("dist")
+}
+
+/// A WAV file of a 1 kHz tone (48 kHz mono, 16-bit) for Chromium's fake microphone.
+fn tone_wav(path: &Path) {
+    let rate = 48_000u32;
+    let samples: Vec<i16> = (0..rate * 4)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            (0.4 * 32767.0 * (2.0 * std::f32::consts::PI * AGENT_HZ * t).sin()) as i16
+        })
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).expect("tone file");
+}
+
+fn toml(sim: &str, page: &Path) -> String {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts");
+    format!(
+        r#"
+[http]
+api_token = "page-token"
+agent_page = "{page}"
+[media]
+ip = "127.0.0.1"
+shards = 2
+port_min = 57600
+port_max = 57798
+[meta]
+graph_url = "http://{sim}"
+access_token = "tok"
+app_secret = "{SECRET}"
+verify_token = "vt"
+[[business_number]]
+phone_number_id = "{PNID}"
+display_number = "{NUMBER}"
+country = "DE"
+entry = "front"
+[[agent]]
+user = "alice"
+password = "alice-pass"
+display_name = "Alice"
+queues = ["support"]
+[[queue]]
+name = "support"
+ring_timeout_secs = 15
+timeout_secs = 60
+wrap_up_secs = 0
+[[ivr]]
+name = "front"
+prompts = "{prompts}"
+[[ivr.node]]
+name = "main"
+[[ivr.node.verb]]
+verb = "answer"
+[[ivr.node.verb]]
+verb = "dial"
+queue = "support"
+[[ivr.node.verb]]
+verb = "hangup"
+"#,
+        page = page.display(),
+        prompts = prompts.display(),
+    )
+}
+
+/// Polls `script` (an expression) in the page until it is true, or fails after `within`.
+fn wait_for(chromium: &mut Chromium, script: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        if chromium.eval(&format!("return !!({script});")) == json!(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: page state {}",
+            chromium.eval("return JSON.stringify(window.waswitchAgent);")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn screenshot(chromium: &mut Chromium, name: &str) {
+    let Some(dir) = std::env::var_os("WASWITCH_SCREENSHOTS") else {
+        return;
+    };
+    use base64::Engine as _;
+    let shot = chromium.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("png data"))
+        .expect("base64");
+    std::fs::write(Path::new(&dir).join(format!("agent-page-{name}.png")), png)
+        .expect("screenshot");
+}
+
+fn agent_state(chromium: &mut Chromium) -> Value {
+    let text = chromium.eval("return JSON.stringify(window.waswitchAgent);");
+    serde_json::from_str(text.as_str().unwrap_or("{}")).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
+    let page = if std::env::var_os("WASWITCH_TEST_NETNS").is_none() {
+        Some(build_page())
+    } else {
+        None
+    };
+    if !in_loopback_namespace("a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways") {
+        return;
+    }
+    let page = page.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent/dist"));
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("tone.wav");
+    tone_wav(&wav);
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let sim = graph.serve_loopback().await.expect("sim Graph API");
+        let config = Config::loopback(&toml(&sim.to_string(), &page), &dir.path().join("p.db"))
+            .expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let http = node.http_addr();
+    let mut ctx = common::sim_context(&graph, http, SECRET, PNID, NUMBER);
+    ctx.expect_hz = AGENT_HZ;
+
+    let mut chromium = Chromium::start_with(&[
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        &format!("--use-file-for-fake-audio-capture={}", wav.display()),
+    ]);
+    chromium.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 820, "height": 720, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    let open = |chromium: &mut Chromium, autoanswer: bool| {
+        chromium.call(
+            "Page.navigate",
+            json!({"url": format!(
+                "http://{http}/agent?user=alice&password=alice-pass&autoanswer={}",
+                u8::from(autoanswer)
+            )}),
+        );
+        wait_for(
+            chromium,
+            "window.waswitchAgent && window.waswitchAgent.registered \
+             && window.waswitchAgent.presence === 'available'",
+            Duration::from_secs(10),
+            "the page registers and the agent is available",
+        );
+    };
+    open(&mut chromium, true);
+    screenshot(&mut chromium, "idle");
+
+    // 1. The customer calls; the page answers at once; audio both ways; the customer
+    //    hangs up.
+    let customer = {
+        let ctx = ctx.clone();
+        rt.spawn(
+            async move { load::user_call(&ctx, "4915112345678", Duration::from_secs(6)).await },
+        )
+    };
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.some(c => c.state === 'answered')",
+        Duration::from_secs(15),
+        "the queued call rings the page, which answers",
+    );
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.heard && Math.abs(window.waswitchAgent.heard.hz - 440) < 15",
+        Duration::from_secs(8),
+        "the page hears the customer's 440 Hz",
+    );
+    screenshot(&mut chromium, "in-call");
+    let r = rt.block_on(customer).expect("customer");
+    assert_eq!(r.error, None, "{r:?}");
+    assert!(
+        r.connected && r.audio_verified,
+        "the customer hears the agent: {r:?}"
+    );
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.length === 1 && window.waswitchAgent.calls[0].state === 'ended'",
+        Duration::from_secs(5),
+        "the customer's hang-up ends the page's call",
+    );
+    let state = agent_state(&mut chromium);
+    assert_eq!(
+        state["calls"][0]["remote"],
+        json!("+4915112345678"),
+        "{state}"
+    );
+    assert_eq!(state["calls"][0]["queue"], json!("support"), "{state}");
+
+    // 2. The agent hangs up from the page.
+    let customer = {
+        let ctx = ctx.clone();
+        rt.spawn(
+            async move { load::user_call(&ctx, "4915187654321", Duration::from_secs(20)).await },
+        )
+    };
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.length === 2 && window.waswitchAgent.calls[1].state === 'answered'",
+        Duration::from_secs(15),
+        "the second call is answered",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    chromium.eval("document.getElementById('hangup').click(); return true;");
+    let r2 = rt.block_on(customer).expect("customer");
+    assert!(r2.connected && r2.audio_verified, "{r2:?}");
+    assert!(r2.ended_by_business, "the agent ended the call: {r2:?}");
+
+    // 3. Without auto-answer the call rings on the page until Answer is pressed.
+    open(&mut chromium, false);
+    let customer = {
+        let ctx = ctx.clone();
+        rt.spawn(
+            async move { load::user_call(&ctx, "4915100000003", Duration::from_secs(4)).await },
+        )
+    };
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.some(c => c.state === 'ringing') \
+         && !document.getElementById('incoming').hidden",
+        Duration::from_secs(15),
+        "the call card shows",
+    );
+    let card = chromium.eval(
+        "return document.getElementById('in-number').textContent + '|' + \
+         document.getElementById('in-queue').textContent;",
+    );
+    assert_eq!(card, json!("+4915100000003|support"));
+    screenshot(&mut chromium, "ringing");
+    chromium.eval("document.getElementById('answer').click(); return true;");
+    let r3 = rt.block_on(customer).expect("customer");
+    assert!(r3.connected && r3.audio_verified, "{r3:?}");
+    drop(chromium);
+
+    let cdrs = common::cdrs_after(&rt, node, &dir.path().join("p.db"));
+    for r in [&r, &r2, &r3] {
+        let cdr = cdrs
+            .iter()
+            .find(|c| c.wa_call_id.as_deref() == Some(r.wa_call_id.as_str()))
+            .unwrap_or_else(|| panic!("no CDR for {}", r.wa_call_id));
+        assert!(cdr.answered_at.is_some(), "{cdr:?}");
+        let control = cdr.control.as_ref().expect("control record");
+        assert_eq!(control.queue.as_deref(), Some("support"), "{control:?}");
+        assert_eq!(control.agent.as_deref(), Some("alice"), "{control:?}");
+        assert!(control.queue_wait_ms.is_some(), "{control:?}");
+    }
+    let hung_up_by_agent = cdrs
+        .iter()
+        .find(|c| c.wa_call_id.as_deref() == Some(r2.wa_call_id.as_str()))
+        .expect("cdr");
+    assert_eq!(
+        hung_up_by_agent.hangup_by.as_str(),
+        "business",
+        "{hung_up_by_agent:?}"
+    );
+}
