@@ -25,7 +25,6 @@ use waswitch::sim::load;
 const SECRET: &str = "page-secret";
 const PNID: &str = "105615555715877";
 const NUMBER: &str = "15551114444";
-const CUSTOMER_HZ: f32 = 440.0;
 const AGENT_HZ: f32 = 1000.0;
 
 /// Builds the page (`npm ci` when its modules are missing, then `npm run build`), outside
@@ -79,7 +78,7 @@ fn tone_wav(path: &Path) {
     std::fs::write(path, out).expect("tone file");
 }
 
-fn toml(sim: &str, page: &Path) -> String {
+fn toml(sim: &str, page: &Path, media_ports: u16) -> String {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts");
     format!(
         r#"
@@ -89,8 +88,8 @@ agent_page = "{page}"
 [media]
 ip = "127.0.0.1"
 shards = 2
-port_min = 57600
-port_max = 57798
+port_min = {media_ports}
+port_max = {port_max}
 [meta]
 graph_url = "http://{sim}"
 access_token = "tok"
@@ -126,7 +125,86 @@ verb = "hangup"
 "#,
         page = page.display(),
         prompts = prompts.display(),
+        port_max = media_ports + 198,
     )
+}
+
+/// The switch with the sim as Meta, and Chromium (fake microphone: 1 kHz) on the agent
+/// page signed in as Alice. Inside the test's network namespace.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    graph: SimGraph,
+    node: Node,
+    ctx: waswitch::sim::load::SimContext,
+    chromium: Chromium,
+}
+
+fn rig(page: &Path, media_ports: u16) -> Rig {
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("tone.wav");
+    tone_wav(&wav);
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let sim = graph.serve_loopback().await.expect("sim Graph API");
+        let config = Config::loopback(
+            &toml(&sim.to_string(), page, media_ports),
+            &dir.path().join("p.db"),
+        )
+        .expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let mut ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
+    ctx.expect_hz = AGENT_HZ;
+    let mut chromium = Chromium::start_with(&[
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        &format!("--use-file-for-fake-audio-capture={}", wav.display()),
+    ]);
+    chromium.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 820, "height": 720, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    Rig {
+        rt,
+        dir,
+        graph,
+        node,
+        ctx,
+        chromium,
+    }
+}
+
+/// Opens the page as Alice and waits until she is registered and available.
+fn open(chromium: &mut Chromium, http: std::net::SocketAddr, autoanswer: bool) {
+    chromium.call(
+        "Page.navigate",
+        json!({"url": format!(
+            "http://{http}/agent?user=alice&password=alice-pass&autoanswer={}",
+            u8::from(autoanswer)
+        )}),
+    );
+    wait_for(
+        chromium,
+        "window.waswitchAgent && window.waswitchAgent.registered \
+         && window.waswitchAgent.presence === 'available'",
+        Duration::from_secs(10),
+        "the page registers and the agent is available",
+    );
+}
+
+/// The page (outside the namespace: npm needs the registry), or `None` inside it.
+fn page_for(test: &str) -> Option<PathBuf> {
+    let page = if std::env::var_os("WASWITCH_TEST_NETNS").is_none() {
+        Some(build_page())
+    } else {
+        None
+    };
+    if !in_loopback_namespace(test) {
+        return None;
+    }
+    Some(page.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent/dist")))
 }
 
 /// Polls `script` (an expression) in the page until it is true, or fails after `within`.
@@ -165,56 +243,20 @@ fn agent_state(chromium: &mut Chromium) -> Value {
 
 #[test]
 fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
-    let page = if std::env::var_os("WASWITCH_TEST_NETNS").is_none() {
-        Some(build_page())
-    } else {
-        None
-    };
-    if !in_loopback_namespace("a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways") {
+    let Some(page) = page_for("a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways")
+    else {
         return;
-    }
-    let page = page.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent/dist"));
-    let rt = common::runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wav = dir.path().join("tone.wav");
-    tone_wav(&wav);
-    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let node = rt.block_on(async {
-        let sim = graph.serve_loopback().await.expect("sim Graph API");
-        let config = Config::loopback(&toml(&sim.to_string(), &page), &dir.path().join("p.db"))
-            .expect("config");
-        Node::start(config).await.expect("node")
-    });
-    let http = node.http_addr();
-    let mut ctx = common::sim_context(&graph, http, SECRET, PNID, NUMBER);
-    ctx.expect_hz = AGENT_HZ;
-
-    let mut chromium = Chromium::start_with(&[
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        &format!("--use-file-for-fake-audio-capture={}", wav.display()),
-    ]);
-    chromium.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 820, "height": 720, "deviceScaleFactor": 1, "mobile": false}),
-    );
-    let open = |chromium: &mut Chromium, autoanswer: bool| {
-        chromium.call(
-            "Page.navigate",
-            json!({"url": format!(
-                "http://{http}/agent?user=alice&password=alice-pass&autoanswer={}",
-                u8::from(autoanswer)
-            )}),
-        );
-        wait_for(
-            chromium,
-            "window.waswitchAgent && window.waswitchAgent.registered \
-             && window.waswitchAgent.presence === 'available'",
-            Duration::from_secs(10),
-            "the page registers and the agent is available",
-        );
     };
-    open(&mut chromium, true);
+    let Rig {
+        rt,
+        dir,
+        graph: _graph,
+        node,
+        ctx,
+        mut chromium,
+    } = rig(&page, 57_600);
+    let http = node.http_addr();
+    open(&mut chromium, http, true);
     screenshot(&mut chromium, "idle");
 
     // 1. The customer calls; the page answers at once; audio both ways; the customer
@@ -278,7 +320,7 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
     assert!(r2.ended_by_business, "the agent ended the call: {r2:?}");
 
     // 3. Without auto-answer the call rings on the page until Answer is pressed.
-    open(&mut chromium, false);
+    open(&mut chromium, http, false);
     let customer = {
         let ctx = ctx.clone();
         rt.spawn(
@@ -324,4 +366,174 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
         "business",
         "{hung_up_by_agent:?}"
     );
+}
+
+/// The page's "Call customer" box: a customer without permission is refused with the
+/// reason and never dialled; "Request permission" reaches the sim as Meta's permission
+/// request; once the customer grants it, the call goes through (the sim answers) with
+/// audio both ways, and is a business-initiated call from Alice in the CDR.
+#[test]
+fn the_agent_page_asks_permission_and_calls_a_customer_who_granted_it() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    let Some(page) = page_for("the_agent_page_asks_permission_and_calls_a_customer_who_granted_it")
+    else {
+        return;
+    };
+    let Rig {
+        rt,
+        dir,
+        graph,
+        node,
+        ctx,
+        mut chromium,
+    } = rig(&page, 57_800);
+    let http = node.http_addr();
+    let (_users, mut answered) = {
+        let _guard = rt.enter();
+        Users::start(
+            ctx.clone(),
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(400),
+                    hold: Duration::from_secs(5),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(86_400)),
+                },
+                dtmf: None,
+            },
+        )
+    };
+    open(&mut chromium, http, true);
+    let check = |chromium: &mut Chromium, wa: &str| {
+        chromium.eval(&format!(
+            "const f = document.getElementById('outbound-form'); \
+             f.wa_id.value = '{wa}'; f.requestSubmit(); return true;"
+        ));
+    };
+
+    // Without permission: the page says so, and a call forced through is refused.
+    let stranger = "4915100000501";
+    check(&mut chromium, stranger);
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.permission && window.waswitchAgent.permission.may_call === false",
+        Duration::from_secs(5),
+        "the page shows no permission",
+    );
+    assert_eq!(
+        chromium.eval("return document.getElementById('call').disabled;"),
+        json!(true)
+    );
+    chromium.eval(
+        "const b = document.getElementById('call'); b.disabled = false; b.click(); return true;",
+    );
+    wait_for(
+        &mut chromium,
+        "(window.waswitchAgent.error || '').startsWith('call refused: 4')",
+        Duration::from_secs(5),
+        "the switch refuses the call with its reason",
+    );
+    let refusal = chromium.eval("return window.waswitchAgent.error;");
+    assert!(
+        refusal.as_str().is_some_and(|r| r.contains("permission")),
+        "{refusal}"
+    );
+    let connects = |graph: &SimGraph| {
+        graph
+            .recorded()
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some("connect"))
+            .count()
+    };
+    assert_eq!(connects(&graph), 0, "nothing was dialled");
+
+    // Request permission: Meta (the sim) gets the request; the customer grants it.
+    let customer = "4915100000502";
+    check(&mut chromium, customer);
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.permission && window.waswitchAgent.permission.wa_id === '4915100000502' \
+         && !document.getElementById('request').disabled",
+        Duration::from_secs(5),
+        "the customer has no permission yet",
+    );
+    chromium.eval("document.getElementById('request').click(); return true;");
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.permissionRequested === '4915100000502'",
+        Duration::from_secs(5),
+        "the request is sent",
+    );
+    let asked = graph
+        .recorded()
+        .into_iter()
+        .any(|r| r.endpoint == "messages" && r.body.to_string().contains(customer));
+    assert!(
+        asked,
+        "the sim received the permission request: {:?}",
+        graph.recorded()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        check(&mut chromium, customer);
+        std::thread::sleep(Duration::from_millis(300));
+        if chromium.eval("return !!(window.waswitchAgent.permission && window.waswitchAgent.permission.may_call);")
+            == json!(true)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the customer's grant never showed"
+        );
+    }
+    chromium.eval("document.getElementById('call').click(); return true;");
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.some(c => c.direction === 'outgoing' && c.state === 'answered')",
+        Duration::from_secs(10),
+        "the customer answers the page's call",
+    );
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.heard && Math.abs(window.waswitchAgent.heard.hz - 440) < 15",
+        Duration::from_secs(8),
+        "the page hears the customer",
+    );
+    let stats = chromium.eval("return JSON.stringify(await window.waswitchAgent.stats());");
+    let stats: Value =
+        serde_json::from_str(stats.as_str().unwrap_or("null")).unwrap_or(Value::Null);
+    assert!(
+        stats["sent"]["packets"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["received"]["packets"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+    let call = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), answered.recv()).await })
+        .expect("the customer's call ended in time")
+        .expect("a call");
+    let media = call.media.expect("media");
+    assert!(
+        media.audio_verified(),
+        "the customer hears the agent: {media:?}"
+    );
+    assert_eq!(connects(&graph), 1);
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls.every(c => c.state === 'ended')",
+        Duration::from_secs(5),
+        "the customer's hang-up ends the page's call",
+    );
+    drop(chromium);
+    let cdrs = common::cdrs_after(&rt, node, &dir.path().join("p.db"));
+    let cdr = cdrs
+        .iter()
+        .find(|c| c.customer_wa_id.as_deref() == Some(customer) && c.answered_at.is_some())
+        .unwrap_or_else(|| panic!("no answered CDR for {customer}: {cdrs:?}"));
+    assert_eq!(cdr.direction.as_str(), "business_initiated", "{cdr:?}");
+    assert_eq!(cdr.trunk.as_deref(), Some("agent:alice"), "{cdr:?}");
 }

@@ -130,6 +130,9 @@ pub enum MediaMsg {
     OfferAgent(RpcReplyPort<Result<String, String>>),
     /// The agent's answer to that offer.
     AgentAnswer(String),
+    /// An agent's browser phone calls with this WebRTC offer: a WebRTC leg of ours
+    /// answering it stands in for side B; replies with our answer.
+    AnswerAgent(String, RpcReplyPort<Result<String, String>>),
     /// Side B's WebRTC leg goes (the agent did not answer, or hung up).
     DropAgent,
     /// What one side's SDP says.
@@ -258,8 +261,15 @@ impl Actor for MediaActor {
                 }
             }
             MediaMsg::OfferAgent(reply) => {
-                let offer = media.offer_agent().await;
+                let offer = media.offer_agent(None).await;
                 let _ = reply.send(offer);
+            }
+            MediaMsg::AnswerAgent(offer, reply) => {
+                let answer = media.offer_agent(Some(offer)).await;
+                if answer.is_ok() {
+                    media.codec_path = Some("opus pass-through (WebRTC agent)".into());
+                }
+                let _ = reply.send(answer);
             }
             MediaMsg::AgentAnswer(sdp) => {
                 let applied = match &media.resources {
@@ -509,18 +519,22 @@ impl Media {
         Ok((sdp, ports))
     }
 
-    /// Makes a WebRTC offer in the pair's shard (off the async threads: it costs
-    /// milliseconds of CPU) and puts it in place of side B.
-    async fn offer_agent(&mut self) -> Result<String, String> {
+    /// Makes a WebRTC offer in the pair's shard, or the answer to a browser's `offer`
+    /// (off the async threads: it costs milliseconds of CPU), and puts it in place of
+    /// side B. Our SDP.
+    async fn offer_agent(&mut self, offer: Option<String>) -> Result<String, String> {
         let plane = self.plane.clone().ok_or("this node relays no media")?;
         let Resources::Anchored(pair) = &self.resources else {
             return Err("the call's media is not anchored".into());
         };
         let shard = pair.shard();
-        let prepared = tokio::task::spawn_blocking(move || plane.webrtc_offer_in(shard))
-            .await
-            .map_err(|e| format!("WebRTC leg build: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let prepared = tokio::task::spawn_blocking(move || match offer {
+            Some(offer) => plane.webrtc_answer_in(shard, &offer),
+            None => plane.webrtc_offer_in(shard),
+        })
+        .await
+        .map_err(|e| format!("WebRTC leg build: {e}"))?
+        .map_err(|e| e.to_string())?;
         let sdp = prepared.local_sdp().to_string();
         let Resources::Anchored(pair) = &self.resources else {
             return Err("the call's media closed".into());

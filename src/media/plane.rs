@@ -395,6 +395,19 @@ impl MediaPlane {
         self.prepare_webrtc_in(Some(shard), Vec::new(), WebRtcLeg::offer)
     }
 
+    /// Makes a WebRTC leg answering a browser's `offer` in shard `shard`, to stand in for
+    /// side B of a pair there ([`MediaPair::set_webrtc_b`]). Costs milliseconds of CPU.
+    pub fn webrtc_answer_in(
+        &self,
+        shard: usize,
+        offer: &str,
+    ) -> Result<PreparedWebRtc, MediaError> {
+        super::webrtc::PeerDescription::parse(offer)?;
+        self.prepare_webrtc_in(Some(shard), Vec::new(), |local, now| {
+            WebRtcLeg::accept_offer(offer, local, now)
+        })
+    }
+
     fn prepare_webrtc(
         &self,
         remotes: Vec<SocketAddr>,

@@ -27,6 +27,13 @@ impl Anchor {
     }
 }
 
+/// Whether `body` is a WebRTC session description (DTLS-SRTP: a `UDP/TLS/RTP/SAVPF`
+/// stream with a certificate fingerprint), as browsers offer.
+pub fn is_webrtc(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("UDP/TLS/RTP/SAVPF") && text.contains("a=fingerprint:")
+}
+
 /// Why a body is not a usable session description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

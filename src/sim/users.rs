@@ -223,8 +223,11 @@ impl Users {
                 // ICE and DTLS answer at once (Meta's do, while the phone rings); the user
                 // picks up after `after` and talks for `hold`.
                 let run_stop = stop.clone();
+                // The user sends its tone and expects the context's (its own, from an echo;
+                // the agent's, from a phone that talks).
+                let expect = ctx.expect_hz;
                 let media = tokio::task::spawn_blocking(move || {
-                    sim_user.run(after + hold, TONE_HZ, TONE_HZ, &run_stop)
+                    sim_user.run(after + hold, TONE_HZ, expect, &run_stop)
                 });
                 tokio::time::sleep(after).await;
                 if !stop.load(Ordering::Relaxed) {

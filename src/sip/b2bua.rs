@@ -297,6 +297,9 @@ pub(crate) struct Bridge {
     /// A WebRTC leg B's DTLS role from its answer (`active` or `passive`): our later
     /// answers to its offers keep the opposite.
     b_setup: Option<String>,
+    /// Leg A is a browser phone: our WebRTC answer to its offer (every SDP toward leg A),
+    /// and its latest offer (which our answers mirror the direction of).
+    a_webrtc: Option<(Bytes, Bytes)>,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -452,6 +455,7 @@ impl Bridge {
             formats: [None, None],
             plan: None,
             b_setup: None,
+            a_webrtc: None,
         };
         Ok(bridge)
     }
@@ -467,6 +471,17 @@ impl Bridge {
     /// Leg A's SDP, as its INVITE carried it.
     pub(crate) fn a_offer(&self) -> &Bytes {
         &self.a_invite.body
+    }
+
+    /// Leg A offered WebRTC (a browser phone: DTLS-SRTP with ICE).
+    pub(crate) fn a_offer_is_webrtc(&self) -> bool {
+        crate::sdp::is_webrtc(&self.a_invite.body)
+    }
+
+    /// Our WebRTC answer to leg A's offer: every SDP toward leg A is it (its direction
+    /// mirroring leg A's latest offer), never the far side's.
+    pub(crate) fn set_a_webrtc(&mut self, answer: Bytes) {
+        self.a_webrtc = Some((answer, self.a_invite.body.clone()));
     }
 
     /// The targets (to map [`Action::B`] indexes to transports).

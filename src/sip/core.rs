@@ -424,7 +424,13 @@ impl SipCore {
             return;
         }
         if method == Method::Invite && !in_dialog(&msg) {
-            if let Some(sources) = self.sources.clone() {
+            // A registered agent's phone calls over the flow it registered on (its
+            // connection, or its address over UDP), wherever that is.
+            let agent = self
+                .agents
+                .as_ref()
+                .is_some_and(|(agents, via)| agents.agent_at(from, *via).is_some());
+            if let Some(sources) = self.sources.clone().filter(|_| !agent) {
                 if !sources.admits(from.ip()) {
                     self.refuse_source(now, &msg, from, sources.policy());
                     return;

@@ -127,6 +127,14 @@ impl Registrar {
         self.bindings.get(user).filter(|b| b.expires_at > now)
     }
 
+    /// The agent registered over `flow` on transport `via` (not lapsed at `now`).
+    pub(crate) fn agent_at(&self, flow: FlowId, via: Kind, now: u64) -> Option<String> {
+        self.bindings
+            .values()
+            .find(|b| b.flow == flow && b.via == via && b.expires_at > now)
+            .map(|b| b.user.clone())
+    }
+
     /// How many agents are registered.
     pub(crate) fn len(&self) -> usize {
         self.bindings.len()
@@ -466,6 +474,16 @@ impl Agents {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .lookup(user, now)
             .cloned()
+    }
+
+    /// The agent whose phone registered over the flow from `from` on transport `via`, if
+    /// one did (its requests over that flow are the agent's).
+    pub(crate) fn agent_at(&self, from: SocketAddr, via: Kind) -> Option<String> {
+        let now = self.unix(Instant::now());
+        self.registrar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .agent_at(flow_of(from), via, now)
     }
 
     /// The connection from `from` closed: the agents registered over it are gone.

@@ -334,6 +334,39 @@ impl BridgeState {
             Some(Leg::B) => anchor.map(|a| a.swapped()),
             _ => anchor,
         };
+        // A browser phone calling (an agent's page): a WebRTC leg of ours answers its
+        // offer and stands in for the pair's side B; Opus passes through to WhatsApp.
+        if self.whatsapp_leg() == Some(Leg::B) && self.bridge.a_offer_is_webrtc() {
+            if let Some(media) = &self.media {
+                let offer = String::from_utf8_lossy(self.bridge.a_offer()).into_owned();
+                match media
+                    .call(
+                        |reply| MediaMsg::AnswerAgent(offer, reply),
+                        Some(CALL_RPC_TIMEOUT),
+                    )
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(Ok(answer))) => {
+                        self.bridge.set_a_webrtc(Bytes::from(answer));
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+                            _ => "media did not answer".to_string(),
+                        };
+                        tracing::warn!(error = %why, "the browser phone's WebRTC offer cannot be answered");
+                        // Nobody is called: the browser hears why.
+                        self.bridge.hangup_with(
+                            Instant::now(),
+                            "media_failure",
+                            (488, "Not Acceptable Here - WebRTC offer not usable"),
+                            "Q.850;cause=88",
+                        );
+                        return;
+                    }
+                }
+            }
+        }
         self.bridge.begin(Instant::now(), anchor);
     }
 

@@ -555,6 +555,32 @@ impl SipIngress {
         let Some(handles) = inner.handles.get() else {
             return refuse(503, "Service Unavailable - starting", None);
         };
+        // An agent's phone (over the flow it registered on) calls a WhatsApp customer:
+        // a business-initiated call from the business number, with every check a PBX's
+        // call gets.
+        if let Some(user) = inner
+            .agents
+            .get()
+            .and_then(|a| a.agent_at(from, origin.kind()))
+        {
+            let number = inner.bic.get().and_then(|b| b.numbers.first().cloned());
+            let Some(number) = number else {
+                return refuse(
+                    403,
+                    "Forbidden - no WhatsApp business number to call from",
+                    None,
+                );
+            };
+            tracing::info!(agent = %user, %from, "an agent's phone calls a customer");
+            return self.business_call(
+                server,
+                invite,
+                from,
+                origin,
+                format!("agent:{user}"),
+                number,
+            );
+        }
         let Some(ingress) = inner.router.ingress(from.ip()) else {
             tracing::info!(%from, "INVITE from an address no trunk accepts");
             return refuse(403, "Forbidden - source address not accepted", None);

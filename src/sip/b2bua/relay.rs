@@ -29,6 +29,13 @@ impl Bridge {
         let Some(ct) = content_type(msg).filter(|_| !msg.body.is_empty()) else {
             return b;
         };
+        if let Some((answer, offer)) = self.a_webrtc.as_mut() {
+            match to {
+                Leg::A => return b.body("application/sdp", reanswer(answer, offer, "active")),
+                Leg::B if msg.is_request() => *offer = msg.body.clone(),
+                Leg::B => {}
+            }
+        }
         if let Some(ours) = self.b_webrtc() {
             return self.carry_webrtc(to, b, msg, &ct, ours);
         }

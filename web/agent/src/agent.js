@@ -50,6 +50,22 @@ function api(method, path, body) {
   });
 }
 
+// The current call's media counters (RTCPeerConnection.getStats): what the page sends
+// (and its microphone's level) and what it receives.
+agent.stats = async () => {
+  const pc = current && current.connection;
+  if (!pc) return null;
+  const out = { sent: null, received: null, microphone: null };
+  (await pc.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.kind === 'audio') out.sent = { packets: r.packetsSent, bytes: r.bytesSent };
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      out.received = { packets: r.packetsReceived, lost: r.packetsLost, level: r.audioLevel };
+    }
+    if (r.type === 'media-source' && r.kind === 'audio') out.microphone = { level: r.audioLevel };
+  });
+  return out;
+};
+
 function setPresence(presence) {
   agent.presence = presence;
   const b = $('presence');
@@ -177,7 +193,17 @@ function track(session, entry) {
   session.on('hold', () => { entry.held = true; $('hold').textContent = 'Resume'; });
   session.on('unhold', () => { entry.held = false; $('hold').textContent = 'Hold'; });
   session.on('ended', (e) => ended(e.cause));
-  session.on('failed', (e) => ended(e.cause));
+  session.on('failed', (e) => {
+    const response = e.message && e.message.status_code ? e.message : null;
+    if (response) {
+      entry.status = response.status_code;
+      entry.reason = response.reason_phrase;
+      if (entry.direction === 'outgoing') {
+        showError(`call refused: ${response.status_code} ${response.reason_phrase}`);
+      }
+    }
+    ended(e.cause);
+  });
 }
 
 function answer(session) {
@@ -269,6 +295,7 @@ function outbound() {
   };
   $('call').onclick = () => {
     if (!ua || current) return;
+    showError('');
     const session = ua.call(`sip:+${wa}@${window.location.hostname}`, {
       mediaConstraints: { audio: true, video: false },
     });
