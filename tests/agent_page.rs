@@ -537,3 +537,162 @@ fn the_agent_page_asks_permission_and_calls_a_customer_who_granted_it() {
     assert_eq!(cdr.direction.as_str(), "business_initiated", "{cdr:?}");
     assert_eq!(cdr.trunk.as_deref(), Some("agent:alice"), "{cdr:?}");
 }
+
+/// A second, independent client: JsSIP under Node (WebRTC from `@roamhq/wrtc`, no
+/// browser) registers as Alice, answers a queued WhatsApp call (each side hears the
+/// other's tone), then calls a customer who granted permission (the sim answers; audio
+/// both ways again).
+#[test]
+fn jssip_under_node_receives_a_queued_call_and_calls_a_customer() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    let Some(page) = page_for("jssip_under_node_receives_a_queued_call_and_calls_a_customer")
+    else {
+        return;
+    };
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = rt.block_on(async {
+        let sim = graph.serve_loopback().await.expect("sim Graph API");
+        let config = Config::loopback(
+            &toml(&sim.to_string(), &page, 58_000),
+            &dir.path().join("p.db"),
+        )
+        .expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let http = node.http_addr();
+    let mut ctx = common::sim_context(&graph, http, SECRET, PNID, NUMBER);
+    ctx.expect_hz = AGENT_HZ;
+    let (_users, mut answered) = {
+        let _guard = rt.enter();
+        Users::start(
+            ctx.clone(),
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(300),
+                    hold: Duration::from_secs(6),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(86_400)),
+                },
+                dtmf: None,
+            },
+        )
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent/node/phone.js");
+    let phone = |args: &[&str]| {
+        std::process::Command::new("node")
+            .arg(&script)
+            .arg(format!("ws://{http}/sip"))
+            .args(["alice", "alice-pass"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("node")
+    };
+    let registered = |rt: &tokio::runtime::Runtime| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = rt.block_on(common::api(
+                &reqwest::Client::new(),
+                format!("http://{http}/v1/agents/alice"),
+                "page-token",
+                reqwest::Method::GET,
+                None,
+            ));
+            if status == 200 && v["presence"] == "available" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Node phone never registered: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let report = |child: std::process::Child| -> Value {
+        let out = child.wait_with_output().expect("phone output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("").to_string();
+        serde_json::from_str(&line).unwrap_or_else(
+            |_| json!({ "unparsed": text, "stderr": String::from_utf8_lossy(&out.stderr) }),
+        )
+    };
+
+    // Receiving: a queued WhatsApp call reaches the Node phone, which answers.
+    let receiver = phone(&["answer", "1000", "440", "4000"]);
+    registered(&rt);
+    let r = rt.block_on(load::user_call(
+        &ctx,
+        "4915112340001",
+        Duration::from_secs(6),
+    ));
+    let heard = report(receiver);
+    assert!(
+        r.connected && r.audio_verified,
+        "the customer hears the Node phone: {r:?} (the phone: {heard})"
+    );
+    assert_eq!(heard["answered"], json!(true), "{heard}");
+    assert!(
+        heard["tone_share"].as_f64().unwrap_or(0.0) > 0.5,
+        "the Node phone hears the customer's 440 Hz: {heard}"
+    );
+
+    // Placing: the customer granted permission; the Node phone calls them.
+    let customer = "4915112340002";
+    let (status, v) = rt.block_on(common::api(
+        &reqwest::Client::new(),
+        format!("http://{http}/v1/permissions/{NUMBER}/{customer}/request"),
+        "page-token",
+        reqwest::Method::POST,
+        Some(json!({"purpose": "Your order"})),
+    ));
+    assert_eq!(status, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = rt.block_on(common::api(
+            &reqwest::Client::new(),
+            format!("http://{http}/v1/permissions/{NUMBER}/{customer}"),
+            "page-token",
+            reqwest::Method::GET,
+            None,
+        ));
+        if v["status"] == "granted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never granted: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caller = phone(&[
+        "call",
+        &format!("sip:+{customer}@127.0.0.1"),
+        "1000",
+        "440",
+        "4000",
+    ]);
+    let call = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), answered.recv()).await })
+        .expect("the customer's call ended in time")
+        .expect("a call");
+    let media = call.media.expect("media");
+    assert!(
+        media.audio_verified(),
+        "the customer hears the Node phone: {media:?}"
+    );
+    let heard = report(caller);
+    assert_eq!(heard["answered"], json!(true), "{heard}");
+    assert!(
+        heard["tone_share"].as_f64().unwrap_or(0.0) > 0.5,
+        "the Node phone hears the customer: {heard}"
+    );
+    let cdrs = common::cdrs_after(&rt, node, &dir.path().join("p.db"));
+    assert!(
+        cdrs.iter()
+            .any(|c| c.customer_wa_id.as_deref() == Some(customer)
+                && c.trunk.as_deref() == Some("agent:alice")
+                && c.answered_at.is_some()),
+        "{cdrs:?}"
+    );
+}
