@@ -26,6 +26,8 @@ const SECRET: &str = "page-secret";
 const PNID: &str = "105615555715877";
 const NUMBER: &str = "15551114444";
 const AGENT_HZ: f32 = 1000.0;
+/// The comfort tone a waiting or held customer hears (ITU-T E.180 ringback).
+const COMFORT_HZ: f32 = 425.0;
 
 /// Builds the page (`npm ci` when its modules are missing, then `npm run build`), outside
 /// the namespace (npm needs the registry).
@@ -300,9 +302,12 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
     );
     assert_eq!(state["calls"][0]["queue"], json!("support"), "{state}");
 
-    // 2. The agent hangs up from the page.
+    // 2. The agent presses a key (the customer hears it as an RFC 4733 event), holds
+    //    the customer (who hears the comfort tone meanwhile) and resumes, then hangs up
+    //    from the page.
     let customer = {
-        let ctx = ctx.clone();
+        let mut ctx = ctx.clone();
+        ctx.listen = vec![COMFORT_HZ, AGENT_HZ];
         rt.spawn(
             async move { load::user_call(&ctx, "4915187654321", Duration::from_secs(20)).await },
         )
@@ -313,11 +318,39 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
         Duration::from_secs(15),
         "the second call is answered",
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(1500));
+    chromium.eval(
+        "[...document.querySelectorAll('#dtmf button')].find(b => b.textContent === '5').click(); \
+         return true;",
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    chromium.eval("document.getElementById('hold').click(); return true;");
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls[1].held === true",
+        Duration::from_secs(5),
+        "the switch answers the page's hold",
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    chromium.eval("document.getElementById('hold').click(); return true;");
+    wait_for(
+        &mut chromium,
+        "window.waswitchAgent.calls[1].held === false",
+        Duration::from_secs(5),
+        "the switch answers the page's resume",
+    );
+    std::thread::sleep(Duration::from_millis(2000));
     chromium.eval("document.getElementById('hangup').click(); return true;");
     let r2 = rt.block_on(customer).expect("customer");
     assert!(r2.connected && r2.audio_verified, "{r2:?}");
     assert!(r2.ended_by_business, "the agent ended the call: {r2:?}");
+    assert_eq!(r2.digits_in, "5", "the agent's key reached the customer: {r2:?}");
+    let comfort = r2.tones.iter().rposition(|&t| t == COMFORT_HZ as u32);
+    let agent = r2.tones.iter().rposition(|&t| t == AGENT_HZ as u32);
+    assert!(
+        comfort.is_some() && agent > comfort,
+        "on hold the customer heard the comfort tone, then the agent again: {r2:?}"
+    );
 
     // 3. Without auto-answer the call rings on the page until Answer is pressed.
     open(&mut chromium, http, false);
