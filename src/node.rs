@@ -325,6 +325,7 @@ impl Node {
         }
         let mut background = vec![spawn_cutoffs(permissions.cutoffs(), calls.clone())];
         let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
+        agent_directory.export_metrics();
         if !config.queues.is_empty() {
             // Wrap-ups end with time alone: waiting calls are offered agents as they do.
             let directory = agent_directory.clone();

@@ -344,7 +344,10 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
     let r2 = rt.block_on(customer).expect("customer");
     assert!(r2.connected && r2.audio_verified, "{r2:?}");
     assert!(r2.ended_by_business, "the agent ended the call: {r2:?}");
-    assert_eq!(r2.digits_in, "5", "the agent's key reached the customer: {r2:?}");
+    assert_eq!(
+        r2.digits_in, "5",
+        "the agent's key reached the customer: {r2:?}"
+    );
     let comfort = r2.tones.iter().rposition(|&t| t == COMFORT_HZ as u32);
     let agent = r2.tones.iter().rposition(|&t| t == AGENT_HZ as u32);
     assert!(

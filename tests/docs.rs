@@ -43,7 +43,7 @@ fn commands_in(lines: &[String]) -> Vec<String> {
             continue;
         }
         let first = line.split_whitespace().next().unwrap_or("");
-        if !["cargo", "sipp", "curl", "bash", "sudo"].contains(&first) {
+        if !["cargo", "sipp", "curl", "bash", "sudo", "node"].contains(&first) {
             continue;
         }
         // A trailing `# comment` (after white space, outside the command).
@@ -113,6 +113,8 @@ enum Server {
     Sim(PathBuf),
     /// A SIPp phone on this UDP port.
     Sipp(u16),
+    /// Another program left running (`… &`), given a moment to start.
+    Background,
 }
 
 fn config_arg(words: &[&str]) -> PathBuf {
@@ -154,6 +156,8 @@ fn step(command: &str) -> Option<Step> {
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(5060);
         Some(Server::Sipp(port))
+    } else if command.trim_end().ends_with('&') {
+        Some(Server::Background)
     } else {
         None
     };
@@ -193,6 +197,10 @@ fn wait_ready(server: &Server, child: &mut Child, shell: &str) {
             }
             Server::Sim(config) => std::net::TcpStream::connect(listen_of(config, "sim")).is_ok(),
             Server::Sipp(port) => common::listening(*port, false),
+            Server::Background => {
+                std::thread::sleep(Duration::from_millis(1500));
+                true
+            }
         };
         if ready {
             return;
@@ -318,7 +326,7 @@ fn in_own_namespace(test: &str, rehearsals: impl FnOnce() -> Vec<(String, Vec<St
     let mut ran = 0;
     for (name, commands) in rehearsals() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for link in ["config", "loadtest"] {
+        for link in ["config", "loadtest", "web"] {
             std::os::unix::fs::symlink(repo().join(link), dir.path().join(link)).expect("symlink");
         }
         ran += rehearse(&name, &commands, dir.path());
@@ -379,6 +387,27 @@ fn the_ivr_rehearsal_runs_as_documented() {
     });
 }
 
+/// The agents rehearsal: its Node phone needs the page's modules (installed here, outside
+/// the namespace: npm needs the registry).
+#[test]
+fn the_agents_rehearsal_runs_as_documented() {
+    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_none() {
+        let web = repo().join("web/agent");
+        if !web.join("node_modules/@roamhq/wrtc").exists() {
+            let ok = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&web)
+                .status()
+                .expect("npm (Debian packages nodejs and npm) is needed");
+            assert!(ok.success(), "npm ci in web/agent failed");
+        }
+    }
+    in_own_namespace("the_agents_rehearsal_runs_as_documented", || {
+        let path = "config/examples/agents-sim.toml";
+        vec![(path.into(), config_commands(path))]
+    });
+}
+
 #[test]
 fn the_b2bua_rehearsal_runs_as_documented() {
     in_own_namespace("the_b2bua_rehearsal_runs_as_documented", || {
@@ -415,6 +444,7 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         ("config/examples/bic-sim.toml", 9),
         ("config/examples/sip-b2bua.toml", 3),
         ("config/examples/ivr-sim.toml", 6),
+        ("config/examples/agents-sim.toml", 4),
     ] {
         let found = config_commands(path);
         assert!(found.len() >= at_least, "{path}: {found:?}");
@@ -458,7 +488,9 @@ fn every_metric_is_exported_with_help_from_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = rt.block_on(async {
         let config = waswitch::config::Config::loopback(
-            "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\noptions_interval_secs = 0\n",
+            "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\noptions_interval_secs = 0\n\
+             [[agent]]\nuser = \"alice\"\npassword = \"a\"\nqueues = [\"support\"]\n\
+             [[queue]]\nname = \"support\"\n",
             &dir.path().join("m.db"),
         )
         .expect("config");

@@ -191,6 +191,22 @@ impl Directory {
         true
     }
 
+    /// Exports every queue's series at zero (dashboards and alerts see them from the start).
+    pub fn export_metrics(&self) {
+        for q in &self.lock().queues {
+            let name = q.name.clone();
+            metrics::gauge!(telemetry::QUEUE_WAITING, "queue" => name.clone()).set(0.0);
+            metrics::gauge!(telemetry::QUEUE_LONGEST_WAIT_SECONDS, "queue" => name.clone())
+                .set(0.0);
+            for outcome in ["answered", "abandoned", "overflow"] {
+                metrics::counter!(telemetry::QUEUE_CALLS_TOTAL, "queue" => name.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+            metrics::counter!(telemetry::QUEUE_ANSWERED_WITHIN_SL_TOTAL, "queue" => name)
+                .increment(0);
+        }
+    }
+
     /// Queue `name`'s settings.
     pub fn queue(&self, name: &str) -> Option<crate::config::QueueConfig> {
         self.lock().queues.iter().find(|q| q.name == name).cloned()
