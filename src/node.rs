@@ -443,8 +443,9 @@ impl Node {
             source,
         })?;
         // SIP over WebSocket at /sip on the HTTP listener, for agents' phones.
-        let sip_ws =
-            ws_settings.map(|settings| crate::sip::transport::ws::serve(http_addr, settings));
+        let sip_ws = ws_settings.map(|settings| {
+            crate::sip::transport::ws::serve(http_addr, settings, config.http.tls.is_some())
+        });
         ingress.set_handles(SipHandles {
             udp: sip_udp.as_ref().map(SipListener::handle),
             tcp: sip_tcp.as_ref().map(SipListener::handle),
@@ -527,7 +528,12 @@ impl Node {
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
         if let Some((listener, acceptor)) = &sip_ws {
             router = router.merge(api::sip_ws::router(acceptor.clone()));
-            tracing::info!(sip_ws = %format!("ws://{}/sip", listener.local_addr()), "SIP listening");
+            let scheme = if config.http.tls.is_some() {
+                "wss"
+            } else {
+                "ws"
+            };
+            tracing::info!(sip_ws = %format!("{scheme}://{}/sip", listener.local_addr()), "SIP listening");
             // The agent page and its API (agents sign in with their SIP credentials).
             router = router.merge(api::agent_page::router(api::agent_page::AgentPage {
                 dir: config.http.agent_page.clone(),
@@ -548,8 +554,12 @@ impl Node {
         }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let limits = config.http.limits;
+        let http_tls = match &config.http.tls {
+            Some((cert, key)) => Some(crate::sip::transport::tls::acceptor(cert, key)?),
+            None => None,
+        };
         let http_task = tokio::spawn(async move {
-            api::server::serve(listener, router, limits, async {
+            api::server::serve(listener, router, limits, http_tls, async {
                 let _ = stop_rx.await;
             })
             .await;

@@ -37,7 +37,7 @@ pub const CALL_DURATION_SECONDS: &str = "waswitch_call_duration_seconds";
 pub const CALLS_REFUSED_TOTAL: &str = "waswitch_calls_refused_total";
 /// Counter: HTTP connections and requests refused at the listener, by `reason`
 /// (`connection_limit`, `header_timeout`, `body_timeout`, `idle_timeout`,
-/// `body_too_large`, `body_broken`, `webhook_busy`).
+/// `body_too_large`, `body_broken`, `webhook_busy`, `tls_handshake`).
 pub const HTTP_REFUSED_TOTAL: &str = "waswitch_http_refused_total";
 /// Counter: actors that returned an error or panicked, by `actor`.
 pub const ACTOR_FAILURES_TOTAL: &str = "waswitch_actor_failures_total";
@@ -462,6 +462,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
                     "body_too_large",
                     "body_broken",
                     "webhook_busy",
+                    "tls_handshake",
                 ],
             ),
         ),

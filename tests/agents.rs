@@ -429,3 +429,85 @@ fn jssip_registers_and_unregisters_over_websocket() {
     }
     rt.block_on(node.drain_and_stop());
 }
+
+/// With `http.tls_cert` and `http.tls_key` the listener speaks HTTPS: the agent page and
+/// its API come over TLS, and JsSIP (under Node, trusting the test CA) registers over WSS.
+/// A client that does not finish the handshake is refused and counted.
+#[test]
+fn with_tls_the_page_is_served_over_https_and_jssip_registers_over_wss() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
+    if !web.join("node_modules/jssip/package.json").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&web)
+            .status()
+            .expect("npm (Debian packages nodejs and npm; .ci/run installs them)");
+        assert!(installed.success(), "npm ci in web/agent failed");
+    }
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = rt.block_on(async {
+        let toml = format!(
+            "[http]\napi_token = \"agents-token\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{AGENTS}",
+            tls.join("server.pem").display(),
+            tls.join("server.key").display(),
+        );
+        let config = Config::loopback(&toml, &dir.path().join("a.db")).expect("config");
+        Node::start(config).await.expect("node")
+    });
+    let http = node.http_addr();
+    let ca = std::fs::read(tls.join("ca.pem")).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+        .build()
+        .expect("client");
+    let (status, me) = rt.block_on(async {
+        let r = client
+            .get(format!("https://localhost:{}/agent/api/me", http.port()))
+            .basic_auth("alice", Some("alice-pass"))
+            .send()
+            .await
+            .expect("https");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 200, "{me}");
+    assert!(me.contains("\"user\":\"alice\""), "{me}");
+    // Plain HTTP to the TLS listener: no handshake, refused.
+    let plain = rt.block_on(async {
+        reqwest::get(format!("http://{http}/health"))
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert!(plain.is_err(), "{plain:?}");
+    let out = std::process::Command::new("timeout")
+        .args(["20", "node"])
+        .arg(web.join("node/register.js"))
+        .args([
+            &format!("wss://localhost:{}/sip", http.port()),
+            "alice",
+            "alice-pass",
+        ])
+        .env("NODE_EXTRA_CA_CERTS", tls.join("ca.pem"))
+        .output()
+        .expect("node (Debian package nodejs)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["registered", "unregistered"]
+    );
+    let metrics = rt.block_on(async {
+        let r = client
+            .get(format!("https://localhost:{}/metrics", http.port()))
+            .send()
+            .await
+            .expect("metrics");
+        r.text().await.unwrap_or_default()
+    });
+    assert!(
+        metrics.contains("waswitch_http_refused_total{reason=\"tls_handshake\"} 1"),
+        "{metrics}"
+    );
+    rt.block_on(node.drain_and_stop());
+}

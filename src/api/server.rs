@@ -42,12 +42,14 @@ pub(crate) fn refused(reason: &'static str) {
     metrics::counter!(telemetry::HTTP_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
-/// Serves `router` on `listener` within `limits` until `stop` resolves; connections still
-/// open then get a few seconds to finish.
+/// Serves `router` on `listener` within `limits` until `stop` resolves (over TLS when
+/// `tls` is given: HTTPS, and WSS for SIP over WebSocket); connections still open then get
+/// a few seconds to finish.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
     let router = router.layer(axum::middleware::from_fn_with_state(limits, buffer_body));
@@ -80,47 +82,31 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
-        let activity = Activity::new();
-        let io = hyper_util::rt::TokioIo::new(Watched {
-            inner: stream,
-            activity: Arc::clone(&activity),
-        });
-        // Handlers learn the peer's address (`ConnectInfo`), and a WebSocket upgrade takes
-        // the connection over (SIP over WebSocket).
-        let inner = hyper_util::service::TowerToHyperService::new(router.clone());
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                hyper::service::Service::call(&inner, req)
-            });
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        let idle = limits.idle_timeout;
-        let mut shutting_down = shutting_down.clone();
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            peer,
+            idle: limits.idle_timeout,
+            shutting_down: shutting_down.clone(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    served = conn.as_mut() => {
-                        if let Err(e) = served {
-                            if e.is_timeout() {
-                                refused("header_timeout");
-                            } else {
-                                tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                            }
+            match tls {
+                None => connection.run(stream).await,
+                // The handshake is bounded like a request head.
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Err(e)) => {
+                            refused("tls_handshake");
+                            tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
                         }
-                        break;
-                    }
-                    () = activity.idle_for(idle) => {
-                        refused("idle_timeout");
-                        tracing::debug!(%peer, "HTTP connection idle; closed");
-                        break;
-                    }
-                    _ = shutting_down.changed(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        Err(_) => {
+                            refused("tls_handshake");
+                            tracing::debug!(%peer, "HTTPS handshake too slow; closed");
+                        }
                     }
                 }
             }
@@ -135,6 +121,64 @@ pub(crate) async fn serve(
         .is_err()
     {
         tracing::info!("HTTP connections still open at shutdown were closed");
+    }
+}
+
+/// One accepted connection, served until it ends, idles out, or the server stops.
+struct Connection {
+    builder: hyper::server::conn::http1::Builder,
+    router: Router,
+    peer: std::net::SocketAddr,
+    idle: Duration,
+    shutting_down: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<S>(mut self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let activity = Activity::new();
+        let io = hyper_util::rt::TokioIo::new(Watched {
+            inner: stream,
+            activity: Arc::clone(&activity),
+        });
+        // Handlers learn the peer's address (`ConnectInfo`), and a WebSocket upgrade takes
+        // the connection over (SIP over WebSocket).
+        let inner = hyper_util::service::TowerToHyperService::new(self.router.clone());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&inner, req)
+            });
+        let conn = self.builder.serve_connection(io, service).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        if e.is_timeout() {
+                            refused("header_timeout");
+                        } else {
+                            tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                        }
+                    }
+                    break;
+                }
+                () = activity.idle_for(self.idle) => {
+                    refused("idle_timeout");
+                    tracing::debug!(%peer, "HTTP connection idle; closed");
+                    break;
+                }
+                _ = self.shutting_down.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 

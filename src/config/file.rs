@@ -476,6 +476,10 @@ pub(crate) struct HttpSection {
     pub webhook_concurrency: Option<i64>,
     #[serde(default)]
     pub agent_page: Option<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
 }
 
 impl Default for HttpSection {
@@ -491,6 +495,8 @@ impl Default for HttpSection {
             webhook_max_body_bytes: None,
             webhook_concurrency: None,
             agent_page: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

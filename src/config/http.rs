@@ -20,6 +20,10 @@ pub struct HttpConfig {
     /// The built agent page served at `/agent` (`web/agent/dist` of the source tree unless
     /// configured; relative paths start at the configuration file's directory).
     pub agent_page: std::path::PathBuf,
+    /// HTTPS: the PEM certificate chain and key (`None`: plain HTTP). With it, browser
+    /// phones connect over WSS at `/sip`, and the agent page is a secure context (browsers
+    /// give the microphone only to those, localhost aside).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Where the agent page is built in the source tree.
@@ -76,6 +80,49 @@ impl Default for WebhookLimits {
 }
 
 impl Validator {
+    /// `http.tls_cert` and `http.tls_key`: both or neither, and both must load.
+    pub(super) fn http_tls(
+        &mut self,
+        raw: &file::HttpSection,
+        base: &std::path::Path,
+    ) -> Option<Option<(std::path::PathBuf, std::path::PathBuf)>> {
+        let (cert, key) = match (&raw.tls_cert, &raw.tls_key) {
+            (None, None) => return Some(None),
+            (Some(c), Some(k)) => (base.join(c.trim()), base.join(k.trim())),
+            (Some(_), None) | (None, Some(_)) => {
+                let missing = if raw.tls_cert.is_none() {
+                    "http.tls_cert"
+                } else {
+                    "http.tls_key"
+                };
+                self.problem(
+                    missing,
+                    "is missing",
+                    "give both http.tls_cert and http.tls_key (PEM files) for HTTPS, or neither",
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        if let Err(e) = crate::sip::transport::tls::load_certs(&cert) {
+            self.problem(
+                "http.tls_cert",
+                format!("{}: {e}", cert.display()),
+                "give the path of a PEM file with the certificate chain",
+            );
+            ok = false;
+        }
+        if let Err(e) = crate::sip::transport::tls::load_key(&key) {
+            self.problem(
+                "http.tls_key",
+                format!("{}: {e}", key.display()),
+                "give the path of a PEM file with the certificate's private key",
+            );
+            ok = false;
+        }
+        ok.then_some(Some((cert, key)))
+    }
+
     pub(super) fn http_limits(
         &mut self,
         raw: &file::HttpSection,

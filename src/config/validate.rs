@@ -249,6 +249,7 @@ impl Validator {
         let permissions = self.permissions(&raw.permissions);
         let schedules = self.schedules(&raw.schedule);
         let base = path.parent().unwrap_or(Path::new(""));
+        let http_tls = self.http_tls(&raw.http, base);
         let ivrs = self.ivrs(
             &raw.ivr,
             &super::ivr::Known {
@@ -320,6 +321,7 @@ impl Validator {
                     .map(str::trim)
                     .filter(|p| !p.is_empty())
                     .map_or_else(super::http::default_agent_page, |p| base.join(p)),
+                tls: http_tls?,
             },
             sip: SipConfig {
                 listen: sip_listen?,

@@ -64,7 +64,7 @@ impl SipHandles {
             Kind::Udp => self.udp.as_ref(),
             Kind::Tcp => self.tcp.as_ref(),
             Kind::Tls => self.tls.as_ref(),
-            Kind::Ws => self.ws.as_ref(),
+            Kind::Ws | Kind::Wss => self.ws.as_ref(),
         }
     }
 }
@@ -196,7 +196,7 @@ impl SipIngress {
     /// when it is not registered.
     pub(crate) fn agent_on_websocket(&self, user: &str) -> Option<bool> {
         let binding = self.inner.agents.get()?.lookup(user)?;
-        Some(binding.via == Kind::Ws)
+        Some(binding.via.is_websocket())
     }
 
     /// A bridge with `caller` (the WhatsApp leg, answered) as leg A calling agent
@@ -321,6 +321,7 @@ impl SipIngress {
             Kind::Tcp => format!("sip:waswitch@{addr};transport=tcp"),
             Kind::Tls => format!("sip:waswitch@{addr};transport=tls"),
             Kind::Ws => format!("sip:waswitch@{addr};transport=ws"),
+            Kind::Wss => format!("sip:waswitch@{addr};transport=wss"),
         }
     }
 

@@ -44,6 +44,15 @@ pub(crate) enum Kind {
     Tls,
     /// WebSocket (RFC 7118), on the HTTP listener.
     Ws,
+    /// Secure WebSocket (RFC 7118), on the HTTP listener when it speaks TLS.
+    Wss,
+}
+
+impl Kind {
+    /// A WebSocket (a browser phone's), secure or not.
+    pub(crate) fn is_websocket(self) -> bool {
+        matches!(self, Kind::Ws | Kind::Wss)
+    }
 }
 
 impl SipHandle {

@@ -290,6 +290,7 @@ pub(super) async fn run_core(
     match handle.kind() {
         super::Kind::Tls => core = core.with_via_protocol("TLS"),
         super::Kind::Ws => core = core.with_via_protocol("WS"),
+        super::Kind::Wss => core = core.with_via_protocol("WSS"),
         super::Kind::Udp | super::Kind::Tcp => {}
     }
     let user = settings.user;

@@ -45,11 +45,20 @@ impl std::fmt::Debug for WsAcceptor {
 }
 
 /// Starts the core of SIP over WebSocket for connections arriving on the HTTP listener at
-/// `local`; the acceptor takes them.
-pub(crate) fn serve(local: SocketAddr, settings: ListenerSettings) -> (SipListener, WsAcceptor) {
+/// `local` (`secure`: it speaks TLS, so Via says `WSS`); the acceptor takes them.
+pub(crate) fn serve(
+    local: SocketAddr,
+    settings: ListenerSettings,
+    secure: bool,
+) -> (SipListener, WsAcceptor) {
     let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let mut acceptor = None;
-    let listener = SipListener::start(local, super::Kind::Ws, |signals| {
+    let kind = if secure {
+        super::Kind::Wss
+    } else {
+        super::Kind::Ws
+    };
+    let listener = SipListener::start(local, kind, |signals| {
         acceptor = Some(WsAcceptor {
             inbound: inbound.clone(),
             stop: signals.stop.clone(),
