@@ -108,6 +108,40 @@ const PERMISSION_SWEEP: Duration = Duration::from_secs(60);
 /// Cancels business-initiated calls still waiting for their customer when the customer's
 /// permission ends (do-not-call, revocation, withdrawal, expiry): the PBX gets the refusal
 /// it would get dialling now, and Meta a `terminate`. Answered calls go on.
+/// The agents the REST API stored join those of the configuration (which win a clash of
+/// names); queues that no longer exist are dropped from their lists.
+async fn load_stored_agents(
+    store: &Store,
+    registrar: &crate::sip::registrar::Agents,
+    directory: &crate::call::agents::Directory,
+) -> Result<(), StartError> {
+    let stored = store.agents().await.map_err(|e| StartError::Actor {
+        what: "stored agents",
+        reason: e.to_string(),
+    })?;
+    let queues = directory.queue_names();
+    for agent in stored {
+        if directory.is_configured(&agent.user) {
+            tracing::warn!(agent = %agent.user, "a stored agent has the name of a configured one; the configuration's is used");
+            continue;
+        }
+        registrar.set_agent(
+            &agent.user,
+            crate::sip::auth::Ha1 {
+                md5: agent.ha1_md5,
+                sha256: agent.ha1_sha256,
+            },
+        );
+        let kept: Vec<String> = agent
+            .queues
+            .into_iter()
+            .filter(|q| queues.contains(q))
+            .collect();
+        directory.upsert(&agent.user, agent.display_name, kept);
+    }
+    Ok(())
+}
+
 fn spawn_cutoffs(
     mut cutoffs: tokio::sync::broadcast::Receiver<(
         crate::permission::service::Pair,
@@ -345,7 +379,10 @@ impl Node {
             .then(|| Arc::new(ingress.clone()) as Arc<dyn crate::sip::transport::SipUser>);
         // Agents' phones register on every listener; nonces are keyed per node. The
         // directory hears who is registered; queue calls find the phones through it.
-        let agent_registrar = (!config.agents.is_empty()).then(|| {
+        // Agents are on when the configuration names agents or queues (the API adds agents
+        // to queues; those it stored are loaded below).
+        let agents_on = !config.agents.is_empty() || !config.queues.is_empty();
+        let agent_registrar = agents_on.then(|| {
             let directory = agent_directory.clone();
             Arc::new(
                 crate::sip::registrar::Agents::new(
@@ -368,6 +405,7 @@ impl Node {
         });
         if let Some(registrar) = &agent_registrar {
             ingress.set_agents(Arc::clone(registrar))?;
+            load_stored_agents(&store, registrar, &agent_directory).await?;
         }
         let settings = ListenerSettings {
             timers: config.sip.timers,
@@ -422,7 +460,7 @@ impl Node {
             None => None,
         };
         // SIP over WebSocket (agents' browser phones) shares the listeners' settings.
-        let ws_settings = (!config.agents.is_empty()).then(|| settings.clone());
+        let ws_settings = agents_on.then(|| settings.clone());
         let (sip_udp, sip_tcp) = bind_sip(config.sip.listen, udp, tcp, settings)
             .await
             .map_err(|source| StartError::Bind {
@@ -538,13 +576,7 @@ impl Node {
             router = router.merge(api::agent_page::router(api::agent_page::AgentPage {
                 dir: config.http.agent_page.clone(),
                 agents: api_state.agents.clone(),
-                passwords: Arc::new(
-                    config
-                        .agents
-                        .iter()
-                        .map(|a| (a.user.clone(), a.password.clone()))
-                        .collect(),
-                ),
+                registrar: agent_registrar.clone(),
                 permissions: (!config.business_numbers.is_empty()).then(|| permission_api.clone()),
             }));
         }

@@ -511,3 +511,146 @@ fn with_tls_the_page_is_served_over_https_and_jssip_registers_over_wss() {
     );
     rt.block_on(node.drain_and_stop());
 }
+
+/// Agents kept in the store: `PUT /v1/agents/{user}` adds one (its phone registers with
+/// digest at once, MD5 and SHA-256 alike, and the agent page takes its password), the
+/// store keeps only digest secrets, a restart keeps the agent, `DELETE` removes it (its
+/// binding goes and it can no longer register). Configured agents, unknown queues and
+/// weak passwords are refused with the reason.
+#[test]
+fn agents_added_through_the_api_are_kept_in_the_store_and_register() {
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(&rt, dir.path());
+    let put = |node: &Node, user: &str, body: serde_json::Value| {
+        rt.block_on(v1(
+            node,
+            reqwest::Method::PUT,
+            &format!("/agents/{user}"),
+            Some(body),
+        ))
+    };
+    let (status, v) = put(
+        &node,
+        "carol",
+        serde_json::json!({"password": "carol-pass-1", "display_name": "Carol", "queues": ["support"]}),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["queues"], serde_json::json!(["support"]));
+    let (status, v) = put(
+        &node,
+        "carol",
+        serde_json::json!({"password": "carol-pass-2", "queues": ["support"]}),
+    );
+    assert_eq!(status, 200, "changed: {v}");
+    for (user, body, want) in [
+        (
+            "alice",
+            serde_json::json!({"password": "whatever-1", "queues": []}),
+            409,
+        ),
+        (
+            "dave",
+            serde_json::json!({"password": "short", "queues": []}),
+            400,
+        ),
+        (
+            "dave",
+            serde_json::json!({"password": "long-enough", "queues": ["sales"]}),
+            400,
+        ),
+        (
+            "bad user",
+            serde_json::json!({"password": "long-enough"}),
+            400,
+        ),
+    ] {
+        let (status, v) = put(&node, user, body);
+        assert_eq!(status, want, "{user}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (_, queues) = rt.block_on(v1(&node, reqwest::Method::GET, "/queues", None));
+    let members: Vec<&str> = queues["queues"][0]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["user"].as_str())
+        .collect();
+    assert_eq!(members, ["alice", "carol"], "{queues}");
+
+    // Only digest secrets are in the store.
+    let db = std::fs::read(dir.path().join("a.db")).unwrap_or_default();
+    let wal = std::fs::read(dir.path().join("a.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(12).any(|w| w == b"carol-pass-2"),
+            "a password reached the store"
+        );
+    }
+
+    let register_carol = |node: &Node, password: &str, md5: bool| -> u16 {
+        let switch = node.sip_udp_addr().expect("udp");
+        let phone = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        phone
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let local = phone.local_addr().expect("addr");
+        let mut buf = [0u8; 4096];
+        let mut send = |msg: String| -> String {
+            phone.send_to(msg.as_bytes(), switch).expect("send");
+            let n = phone.recv(&mut buf).expect("a response");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let challenge = send(register("UDP", local, "carol", 1, ""));
+        let offered = headers(&challenge, "WWW-Authenticate");
+        let which = if md5 { offered[1] } else { offered[0] };
+        let auth = authorization(which, "carol", password);
+        self::status(&send(register(
+            "UDP",
+            local,
+            "carol",
+            2,
+            &format!("Authorization: {auth}\r\n"),
+        )))
+    };
+    assert_eq!(register_carol(&node, "carol-pass-2", false), 200);
+    assert_eq!(register_carol(&node, "carol-pass-2", true), 200);
+    assert_eq!(
+        register_carol(&node, "carol-pass-1", false),
+        403,
+        "the old password"
+    );
+    let page = |node: &Node, password: &str| {
+        rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://{}/agent/api/me", node.http_addr()))
+                .basic_auth("carol", Some(password))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    assert_eq!(page(&node, "carol-pass-2"), 200);
+    assert_eq!(page(&node, "carol-pass-1"), 401);
+
+    // A restart keeps her.
+    rt.block_on(node.drain_and_stop());
+    let node = self::node(&rt, dir.path());
+    let (status, v) = rt.block_on(v1(&node, reqwest::Method::GET, "/agents/carol", None));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["display_name"], serde_json::Value::Null, "{v}");
+    assert_eq!(register_carol(&node, "carol-pass-2", false), 200);
+    assert_eq!(registered(&rt, &node), "waswitch_agents_registered 1");
+
+    // Deleted: gone from the directory, unregistered, refused from now on.
+    let (status, _) = rt.block_on(v1(&node, reqwest::Method::DELETE, "/agents/carol", None));
+    assert_eq!(status, 204);
+    let (status, _) = rt.block_on(v1(&node, reqwest::Method::DELETE, "/agents/carol", None));
+    assert_eq!(status, 404);
+    let (status, _) = rt.block_on(v1(&node, reqwest::Method::DELETE, "/agents/alice", None));
+    assert_eq!(status, 409);
+    assert_eq!(registered(&rt, &node), "waswitch_agents_registered 0");
+    assert_eq!(register_carol(&node, "carol-pass-2", false), 403);
+    rt.block_on(node.drain_and_stop());
+}

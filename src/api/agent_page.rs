@@ -13,7 +13,6 @@
 //! The API takes the agent's own SIP credentials (HTTP Basic), never the operator's token:
 //! an agent sees and changes only their own presence.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,8 +34,8 @@ pub(crate) struct AgentPage {
     pub dir: PathBuf,
     /// The agents.
     pub agents: Directory,
-    /// Each agent's password.
-    pub passwords: Arc<HashMap<String, crate::config::Secret>>,
+    /// The agents' registrar (their digest secrets check a sign-in).
+    pub registrar: Option<Arc<crate::sip::registrar::Agents>>,
     /// Call permissions (`None`: no WhatsApp numbers).
     pub permissions: Option<PermissionApi>,
 }
@@ -115,16 +114,15 @@ fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Response> 
         .map_err(|_| refuse())?;
     let text = String::from_utf8(decoded).map_err(|_| refuse())?;
     let (user, password) = text.split_once(':').ok_or_else(refuse)?;
-    let known = page.passwords.get(user).ok_or_else(refuse)?;
-    if !constant_time_eq(known.expose().as_bytes(), password.as_bytes()) {
+    let ok = page
+        .registrar
+        .as_ref()
+        .is_some_and(|r| r.check_password(user, password));
+    if !ok {
         tracing::info!(agent = user, "agent page sign-in refused");
         return Err(refuse());
     }
     Ok(user.to_string())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn me(State(page): State<AgentPage>, headers: HeaderMap) -> Response {

@@ -44,7 +44,10 @@ pub(crate) fn router(
         .route("/v1/cdrs", get(cdrs))
         .route("/v1/agents", get(agents))
         .route("/v1/queues", get(queues))
-        .route("/v1/agents/{user}", get(agent))
+        .route(
+            "/v1/agents/{user}",
+            get(agent).put(put_agent).delete(delete_agent),
+        )
         .route(
             "/v1/agents/{user}/presence",
             axum::routing::put(set_presence),
@@ -77,6 +80,133 @@ async fn agent(State(state): State<ApiState>, Path(user): Path<String>) -> Respo
         Some(a) => Json(a).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such agent"),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentBody {
+    password: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    queues: Vec<String>,
+}
+
+/// `PUT /v1/agents/{user}` with `{"password", "display_name"?, "queues": [...]}`: adds the
+/// agent to the store (201) or changes them (200); their phone registers at once. The
+/// store keeps the digest secrets, never the password. Agents of the configuration file
+/// are changed there (409).
+async fn put_agent(
+    State(state): State<ApiState>,
+    Path(user): Path<String>,
+    body: Option<Json<AgentBody>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send {\"password\": \"...\", \"display_name\": \"...\", \"queues\": [\"support\"]}",
+        );
+    };
+    let user_ok = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !user_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "user: 1 to 64 letters, digits, '.', '_' or '-'",
+        );
+    }
+    if !(8..=128).contains(&body.password.chars().count()) {
+        return error(StatusCode::BAD_REQUEST, "password: 8 to 128 characters");
+    }
+    if body
+        .display_name
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 64 || d.chars().any(char::is_control))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "display_name: at most 64 characters, no control characters",
+        );
+    }
+    let known = state.agents.queue_names();
+    if let Some(q) = body.queues.iter().find(|q| !known.contains(q)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "queues: there is no queue {q:?} (known: {})",
+                known.join(", ")
+            ),
+        );
+    }
+    let Some(registrar) = state.sip.agent_registrar() else {
+        return error(
+            StatusCode::CONFLICT,
+            "agents are not enabled on this switch: configure a [[queue]] first",
+        );
+    };
+    if state.agents.is_configured(&user) {
+        return error(
+            StatusCode::CONFLICT,
+            "this agent is defined in the configuration file; change it there",
+        );
+    }
+    let ha1 = crate::sip::auth::Ha1::of(&user, registrar.realm(), &body.password);
+    let stored = crate::store::agents::StoredAgent {
+        user: user.clone(),
+        ha1_md5: ha1.md5.clone(),
+        ha1_sha256: ha1.sha256.clone(),
+        display_name: body.display_name.clone(),
+        queues: body.queues.clone(),
+    };
+    let created = match state.store.put_agent(&stored, crate::clock::now_ms()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, agent = %user, "agent not stored");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+        }
+    };
+    registrar.set_agent(&user, ha1);
+    state.agents.upsert(&user, body.display_name, body.queues);
+    tracing::info!(agent = %user, created, "agent stored");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    match state.agents.get(&user) {
+        Some(a) => (status, Json(a)).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "agent not found after storing",
+        ),
+    }
+}
+
+/// `DELETE /v1/agents/{user}`: removes a stored agent (204); their phone's binding goes.
+async fn delete_agent(State(state): State<ApiState>, Path(user): Path<String>) -> Response {
+    if state.agents.is_configured(&user) {
+        return error(
+            StatusCode::CONFLICT,
+            "this agent is defined in the configuration file; remove it there",
+        );
+    }
+    match state.store.delete_agent(&user).await {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, "no such agent"),
+        Err(e) => {
+            tracing::error!(error = %e, agent = %user, "agent not deleted");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+        }
+    }
+    if let Some(registrar) = state.sip.agent_registrar() {
+        registrar.remove_agent(&user);
+    }
+    state.agents.remove(&user);
+    tracing::info!(agent = %user, "agent deleted");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]

@@ -118,6 +118,8 @@ struct Inner {
     next_ticket: u64,
     /// Display name, queues, registered.
     info: BTreeMap<String, (Option<String>, Vec<String>, bool)>,
+    /// Agents of the configuration file (the API does not change them).
+    configured: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -153,6 +155,7 @@ impl Directory {
                 queues: queues.to_vec(),
                 waiting: Vec::new(),
                 next_ticket: 1,
+                configured: agents.iter().map(|a| a.user.clone()).collect(),
                 info: agents
                     .iter()
                     .map(|a| {
@@ -205,6 +208,61 @@ impl Directory {
             metrics::counter!(telemetry::QUEUE_ANSWERED_WITHIN_SL_TOTAL, "queue" => name)
                 .increment(0);
         }
+    }
+
+    /// Whether agent `user` comes from the configuration file.
+    pub fn is_configured(&self, user: &str) -> bool {
+        self.lock().configured.contains(user)
+    }
+
+    /// The names of the queues.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.lock().queues.iter().map(|q| q.name.clone()).collect()
+    }
+
+    /// Adds agent `user` (or changes their name and queues): a member of `queues` from now
+    /// on, of no others. Their registration and calls are kept.
+    pub fn upsert(&self, user: &str, display_name: Option<String>, queues: Vec<String>) {
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let registered = inner.info.get(user).is_some_and(|i| i.2);
+            inner.book.add(user, Instant::now());
+            for (i, q) in inner.queues.iter_mut().enumerate() {
+                let member = q.members.iter().any(|m| m == user);
+                let wanted = queues.iter().any(|n| *n == q.name);
+                if member != wanted {
+                    if wanted {
+                        q.members.push(user.to_string());
+                    } else {
+                        q.members.retain(|m| m != user);
+                    }
+                    inner.pickers[i] = Queue::new(q.strategy, q.members.clone());
+                }
+            }
+            inner
+                .info
+                .insert(user.to_string(), (display_name, queues, registered));
+        }
+        // A waiting call may take the new member at once.
+        self.tick();
+    }
+
+    /// Removes agent `user` from the directory and their queues; false when unknown.
+    pub fn remove(&self, user: &str) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.info.remove(user).is_none() {
+            return false;
+        }
+        inner.book.remove(user);
+        for (i, q) in inner.queues.iter_mut().enumerate() {
+            if q.members.iter().any(|m| m == user) {
+                q.members.retain(|m| m != user);
+                inner.pickers[i] = Queue::new(q.strategy, q.members.clone());
+            }
+        }
+        true
     }
 
     /// Queue `name`'s settings.

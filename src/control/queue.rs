@@ -88,6 +88,25 @@ impl AgentBook {
         }
     }
 
+    /// Adds agent `user` (not registered, willing); an agent already there is kept as is.
+    pub fn add(&mut self, user: &str, now: Instant) {
+        self.agents
+            .entry(user.to_string())
+            .or_insert_with(|| AgentState {
+                registered: false,
+                willing: true,
+                on_call: false,
+                ringing: false,
+                wrap_up_until: None,
+                idle_since: now,
+            });
+    }
+
+    /// Removes agent `user`.
+    pub fn remove(&mut self, user: &str) {
+        self.agents.remove(user);
+    }
+
     fn touch(&mut self, user: &str, now: Instant, f: impl FnOnce(&mut AgentState, Instant)) {
         if let Some(a) = self.agents.get_mut(user) {
             let was = Self::state(a, now);

@@ -247,6 +247,61 @@ pub(crate) fn verify(
     now: u64,
     password_of: impl Fn(&str) -> Option<String>,
 ) -> Result<String, AuthError> {
+    verify_ha1(
+        credentials,
+        method,
+        issuer,
+        now,
+        |username, realm, algorithm| {
+            password_of(username)
+                .map(|password| algorithm.hash(&format!("{username}:{realm}:{password}")))
+        },
+    )
+}
+
+/// A user's digest secrets (RFC 7616 HA1, `user:realm:password` hashed) for both
+/// algorithms: what a registrar keeps instead of the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ha1 {
+    /// MD5.
+    pub md5: String,
+    /// SHA-256.
+    pub sha256: String,
+}
+
+impl Ha1 {
+    /// The secrets of `user` with `password` in `realm`.
+    pub(crate) fn of(user: &str, realm: &str, password: &str) -> Ha1 {
+        let data = format!("{user}:{realm}:{password}");
+        Ha1 {
+            md5: Algorithm::Md5.hash(&data),
+            sha256: Algorithm::Sha256.hash(&data),
+        }
+    }
+
+    /// The secret for `algorithm`.
+    pub(crate) fn get(&self, algorithm: Algorithm) -> &str {
+        match algorithm {
+            Algorithm::Md5 => &self.md5,
+            Algorithm::Sha256 => &self.sha256,
+        }
+    }
+
+    /// Whether `password` is the one these secrets were made from.
+    pub(crate) fn matches(&self, user: &str, realm: &str, password: &str) -> bool {
+        let given = Algorithm::Sha256.hash(&format!("{user}:{realm}:{password}"));
+        constant_time_eq(given.as_bytes(), self.sha256.as_bytes())
+    }
+}
+
+/// [`verify`] with the user's HA1 (`ha1_of(user, realm, algorithm)`) instead of a password.
+pub(crate) fn verify_ha1(
+    credentials: &[u8],
+    method: &str,
+    issuer: &NonceIssuer,
+    now: u64,
+    ha1_of: impl Fn(&str, &str, Algorithm) -> Option<String>,
+) -> Result<String, AuthError> {
     let p = AuthParams::parse(credentials).map_err(|_| AuthError::Scheme)?;
     if !p.scheme.eq_ignore_ascii_case("Digest") {
         return Err(AuthError::Scheme);
@@ -261,7 +316,7 @@ pub(crate) fn verify(
     let response = get("response")?;
     let algorithm = Algorithm::parse(p.get("algorithm"))?;
     issuer.check(nonce, now)?;
-    let password = password_of(username).ok_or(AuthError::Credentials)?;
+    let ha1 = ha1_of(username, issuer.realm(), algorithm).ok_or(AuthError::Credentials)?;
     let challenge = DigestChallenge {
         realm: issuer.realm().to_string(),
         nonce: nonce.to_string(),
@@ -270,7 +325,6 @@ pub(crate) fn verify(
         qop_auth: p.get("qop").is_some(),
         stale: false,
     };
-    let ha1 = algorithm.hash(&format!("{username}:{}:{password}", challenge.realm));
     let ha2 = algorithm.hash(&format!("{method}:{uri}"));
     let expected = if challenge.qop_auth {
         if !p.get("qop").is_some_and(|q| q.eq_ignore_ascii_case("auth")) {

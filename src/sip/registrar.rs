@@ -127,6 +127,11 @@ impl Registrar {
         self.bindings.get(user).filter(|b| b.expires_at > now)
     }
 
+    /// Removes `user`'s binding; whether there was one.
+    pub(crate) fn unbind(&mut self, user: &str) -> bool {
+        self.bindings.remove(user).is_some()
+    }
+
     /// The agent registered over `flow` on transport `via` (not lapsed at `now`).
     pub(crate) fn agent_at(&self, flow: FlowId, via: Kind, now: u64) -> Option<String> {
         self.bindings
@@ -141,7 +146,7 @@ impl Registrar {
     }
 
     /// Answers `request` (a REGISTER) that came over `flow` from `source` at `now`; the
-    /// agents' passwords come from `password_of`.
+    /// agents' digest secrets come from `ha1_of`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &mut self,
@@ -150,7 +155,7 @@ impl Registrar {
         source: SocketAddr,
         via: Kind,
         now: u64,
-        password_of: impl Fn(&str) -> Option<String>,
+        ha1_of: impl Fn(&str) -> Option<auth::Ha1>,
     ) -> Outcome {
         let refuse = |code: u16, reason: &str, refusal: Refusal| Outcome {
             response: MessageBuilder::response_to(request, code, reason, None).build(),
@@ -182,9 +187,13 @@ impl Registrar {
         let Some(credentials) = request.header(&HeaderName::Authorization) else {
             return self.challenge(request, now, false);
         };
-        let verified = auth::verify(&credentials.value, "REGISTER", &self.nonces, now, |u| {
-            password_of(u)
-        });
+        let verified = auth::verify_ha1(
+            &credentials.value,
+            "REGISTER",
+            &self.nonces,
+            now,
+            |u, _, a| ha1_of(u).map(|h| h.get(a).to_string()),
+        );
         let user = match verified {
             Ok(user) => user,
             Err(AuthError::Stale) => return self.challenge(request, now, true),
@@ -375,7 +384,9 @@ pub(crate) type Listener = std::sync::Arc<dyn Fn(&str, bool) + Send + Sync>;
 /// The node's agents: their passwords and the registrar, shared by every SIP listener.
 pub(crate) struct Agents {
     registrar: Mutex<Registrar>,
-    passwords: HashMap<String, String>,
+    /// Each agent's digest secrets (never the password itself).
+    secrets: std::sync::RwLock<HashMap<String, auth::Ha1>>,
+    realm: String,
     /// Told when an agent's phone registers (`true`) or goes.
     listener: Option<Listener>,
     /// An instant and the Unix second it was (the listeners count time in instants).
@@ -385,7 +396,7 @@ pub(crate) struct Agents {
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agents")
-            .field("agents", &self.passwords.len())
+            .field("realm", &self.realm)
             .finish_non_exhaustive()
     }
 }
@@ -399,9 +410,17 @@ impl Agents {
         secret: &str,
         anchor: (Instant, u64),
     ) -> Agents {
+        let secrets = passwords
+            .into_iter()
+            .map(|(user, password)| {
+                let ha1 = auth::Ha1::of(&user, realm, &password);
+                (user, ha1)
+            })
+            .collect();
         Agents {
             registrar: Mutex::new(Registrar::new(NonceIssuer::new(realm, secret, 300))),
-            passwords,
+            secrets: std::sync::RwLock::new(secrets),
+            realm: realm.to_string(),
             listener: None,
             anchor,
         }
@@ -443,7 +462,11 @@ impl Agents {
             self.tell(&user, false);
         }
         let out = registrar.register(request, flow, from, via, now, |u| {
-            self.passwords.get(u).cloned()
+            self.secrets
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(u)
+                .cloned()
         });
         let outcome = match (&out.registered, out.refusal) {
             (Registered::Bound(user), _) => {
@@ -464,6 +487,49 @@ impl Agents {
             .increment(1);
         metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
         out.response
+    }
+
+    /// The realm agents' digest secrets are made in.
+    pub(crate) fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Adds agent `user` (or changes their secrets); their phone registers from now on.
+    pub(crate) fn set_agent(&self, user: &str, ha1: auth::Ha1) {
+        self.secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(user.to_string(), ha1);
+    }
+
+    /// Removes agent `user`: their phone's binding goes, and it registers no more.
+    pub(crate) fn remove_agent(&self, user: &str) {
+        self.secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(user);
+        let gone = {
+            let mut registrar = self
+                .registrar
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let gone = registrar.unbind(user);
+            metrics::gauge!(crate::telemetry::AGENTS_REGISTERED).set(registrar.len() as f64);
+            gone
+        };
+        if gone {
+            tracing::info!(agent = %user, "agent removed; unregistered");
+            self.tell(user, false);
+        }
+    }
+
+    /// Whether `password` is agent `user`'s.
+    pub(crate) fn check_password(&self, user: &str, password: &str) -> bool {
+        self.secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(user)
+            .is_some_and(|h| h.matches(user, &self.realm, password))
     }
 
     /// Where agent `user`'s phone is reached now, if it is registered.

@@ -4,6 +4,7 @@
 //! `store` owns connections, embedded migrations and SQL. It knows nothing of calls or actors
 //! except [`writer`], the supervised service that batches CDR writes off the call path.
 
+pub mod agents;
 pub mod audit;
 pub(crate) mod cdr;
 pub mod webhook;

@@ -192,6 +192,11 @@ impl SipIngress {
         crate::once::set(&self.inner.agents, agents, "the agents' registrar")
     }
 
+    /// The agents' registrar, when agents are enabled.
+    pub(crate) fn agent_registrar(&self) -> Option<Arc<crate::sip::registrar::Agents>> {
+        self.inner.agents.get().cloned()
+    }
+
     /// Whether agent `user`'s phone uses a WebSocket (a browser: WebRTC media); `None`
     /// when it is not registered.
     pub(crate) fn agent_on_websocket(&self, user: &str) -> Option<bool> {

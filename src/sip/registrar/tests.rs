@@ -6,19 +6,23 @@ use crate::sip::auth::DigestChallenge;
 const NOW: u64 = 1_800_000_000;
 
 fn registrar() -> Registrar {
-    Registrar::new(NonceIssuer::new("agents.waswitch", "node-secret", 300))
+    Registrar::new(NonceIssuer::new(REALM, "node-secret", 300))
 }
+
+const REALM: &str = "agents.waswitch";
 
 fn source() -> SocketAddr {
     "127.0.0.1:50000".parse().unwrap()
 }
 
-fn password(user: &str) -> Option<String> {
-    match user {
-        "alice" => Some("alice-pass".into()),
-        "bob" => Some("bob-pass".into()),
-        _ => None,
-    }
+/// The agents' digest secrets (the registrar never holds a password).
+fn password(user: &str) -> Option<auth::Ha1> {
+    let password = match user {
+        "alice" => "alice-pass",
+        "bob" => "bob-pass",
+        _ => return None,
+    };
+    Some(auth::Ha1::of(user, REALM, password))
 }
 
 /// A REGISTER for `aor` with `contact` (and an `Expires` header), carrying `auth`.
@@ -278,7 +282,7 @@ fn a_stale_or_foreign_nonce_is_challenged_again_and_an_unknown_agent_refused() {
     assert_eq!(late.response.status(), Some(401));
     assert!(challenges(&late.response)[0].contains("stale=true"));
 
-    let other = Registrar::new(NonceIssuer::new("agents.waswitch", "another-secret", 300));
+    let other = Registrar::new(NonceIssuer::new(REALM, "another-secret", 300));
     let c = other.challenge(&register("alice", Some(CONTACT), None, None), NOW, false);
     let foreign = answer(&c.response, 0, "alice", "alice-pass");
     let out = send(
