@@ -283,7 +283,33 @@ on_both_backends!(
     migrations_reapply_cleanly_and_corrupt_rows_are_reported,
     audit_trail_appends_in_one_chain_and_verify_names_each_tampering,
     records_of_one_customer_in_older_spellings_are_found_and_replayed_as_one,
+    stored_agents_are_added_changed_listed_and_deleted,
 );
+
+async fn stored_agents_are_added_changed_listed_and_deleted(store: &Store) {
+    use waswitch::store::agents::StoredAgent;
+    let carol = StoredAgent {
+        user: "carol".into(),
+        ha1_md5: "a".repeat(32),
+        ha1_sha256: "b".repeat(64),
+        display_name: Some("Carol".into()),
+        queues: vec!["support".into(), "sales".into()],
+    };
+    assert!(store.put_agent(&carol, 1).await.expect("put"), "new");
+    let mut changed = carol.clone();
+    changed.display_name = None;
+    changed.queues = vec!["sales".into()];
+    assert!(!store.put_agent(&changed, 2).await.expect("put"), "changed");
+    let dave = StoredAgent {
+        user: "dave".into(),
+        ..carol.clone()
+    };
+    store.put_agent(&dave, 3).await.expect("put");
+    assert_eq!(store.agents().await.expect("list"), vec![changed, dave]);
+    assert!(store.delete_agent("carol").await.expect("delete"));
+    assert!(!store.delete_agent("carol").await.expect("delete"));
+    assert_eq!(store.agents().await.expect("list").len(), 1);
+}
 
 async fn exec(store: &Store, sql: &str) {
     match store {
