@@ -95,14 +95,15 @@ async fn asset(State(page): State<AgentPage>, Path(file): Path<String>) -> Respo
     }
 }
 
-/// The agent whose credentials the request carries (HTTP Basic, their SIP password).
-fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Response> {
+/// The agent whose credentials the request carries (HTTP Basic, their SIP password), or
+/// the 401 refusing it.
+fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Box<Response>> {
     use base64::Engine as _;
     let refuse = || {
-        error(
+        Box::new(error(
             StatusCode::UNAUTHORIZED,
             "sign in with your agent user and password",
-        )
+        ))
     };
     let value = headers
         .get(header::AUTHORIZATION)
@@ -128,7 +129,7 @@ fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Response> 
 async fn me(State(page): State<AgentPage>, headers: HeaderMap) -> Response {
     let user = match signed_in(&page, &headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match page.agents.get(&user) {
         Some(view) => Json(view).into_response(),
@@ -144,7 +145,7 @@ struct PresenceBody {
 async fn presence(State(page): State<AgentPage>, req: Request) -> Response {
     let user = match signed_in(&page, req.headers()) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match axum::body::to_bytes(req.into_body(), 4096).await {
         Ok(b) => b,
@@ -174,23 +175,19 @@ async fn presence(State(page): State<AgentPage>, req: Request) -> Response {
 }
 
 /// The business number agents' customers are reached from (the first configured).
-fn business(page: &AgentPage) -> Result<(PermissionApi, String), Response> {
-    let api = page.permissions.clone().ok_or_else(|| {
-        error(
+fn business(page: &AgentPage) -> Result<(PermissionApi, String), Box<Response>> {
+    let none = || {
+        Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no WhatsApp business number is configured",
-        )
-    })?;
+        ))
+    };
+    let api = page.permissions.clone().ok_or_else(none)?;
     let number = api
         .numbers
         .first()
         .map(|n| n.display_number.clone())
-        .ok_or_else(|| {
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no WhatsApp business number is configured",
-            )
-        })?;
+        .ok_or_else(none)?;
     Ok((api, number))
 }
 
@@ -200,11 +197,11 @@ async fn permission(
     Path(wa_id): Path<String>,
 ) -> Response {
     if let Err(r) = signed_in(&page, &headers) {
-        return r;
+        return *r;
     }
     let (api, number) = match business(&page) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     super::permissions::view_with_verdict(&api, &number, &wa_id).await
 }
@@ -216,11 +213,11 @@ async fn request(
 ) -> Response {
     let user = match signed_in(&page, &headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (api, number) = match business(&page) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     tracing::info!(agent = %user, customer = %wa_id, "agent asks the customer's permission to call");
     super::permissions::request_for(

@@ -230,7 +230,7 @@ impl Directory {
             inner.book.add(user, Instant::now());
             for (i, q) in inner.queues.iter_mut().enumerate() {
                 let member = q.members.iter().any(|m| m == user);
-                let wanted = queues.iter().any(|n| *n == q.name);
+                let wanted = queues.contains(&q.name);
                 if member != wanted {
                     if wanted {
                         q.members.push(user.to_string());
