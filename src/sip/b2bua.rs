@@ -98,6 +98,9 @@ pub(crate) struct BridgeConfig {
     pub ring_timeout: Duration,
     /// Session interval requested toward trunks, in seconds (RFC 4028); 0 disables.
     pub session_expires: u32,
+    /// Ring every target at once (a queue's ring-all): the first to answer takes the
+    /// call, the others are cancelled; otherwise targets are tried in turn.
+    pub parallel: bool,
 }
 
 impl Default for BridgeConfig {
@@ -106,6 +109,7 @@ impl Default for BridgeConfig {
             timers: TimerConfig::default(),
             ring_timeout: Duration::from_secs(120),
             session_expires: 1800,
+            parallel: false,
         }
     }
 }
@@ -300,6 +304,8 @@ pub(crate) struct Bridge {
     /// Leg A is a browser phone: our WebRTC answer to its offer (every SDP toward leg A),
     /// and its latest offer (which our answers mirror the direction of).
     a_webrtc: Option<(Bytes, Bytes)>,
+    /// Ring-all attempts besides leg B, ringing at once.
+    forks: Vec<BLeg>,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -456,6 +462,7 @@ impl Bridge {
             plan: None,
             b_setup: None,
             a_webrtc: None,
+            forks: Vec::new(),
         };
         Ok(bridge)
     }
@@ -544,6 +551,10 @@ impl Bridge {
         let leg = match call_id {
             Some(c) if c[..] == *self.a_dialog.call_id.as_bytes() => Leg::A,
             Some(c) if self.b.as_ref().is_some_and(|b| b.call_id == c) => Leg::B,
+            Some(c) if self.forks.iter().any(|f| f.call_id == c) => {
+                self.fork_event(now, event);
+                return;
+            }
             _ => {
                 // Responses of an abandoned attempt are unrouted before they arrive; an
                 // in-dialog request that gets here matches neither leg.
@@ -657,7 +668,11 @@ impl Bridge {
         }
         if self.b_deadline.is_some_and(|at| now >= at) {
             self.b_deadline = None;
-            let state = self.b.as_ref().map(|b| b.state);
+            let state = match self.b.as_ref().map(|b| b.state) {
+                // Ring-all: nobody answered in time, whoever rang or not.
+                Some(BState::Calling) if self.cfg.parallel => Some(BState::Proceeding),
+                other => other,
+            };
             match state {
                 Some(BState::Calling) => {
                     // Nothing at all from the trunk in time: try the next one.

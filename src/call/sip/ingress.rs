@@ -143,6 +143,7 @@ impl SipIngress {
                     timers: config.sip.timers,
                     ring_timeout: config.sip.ring_timeout,
                     session_expires: config.sip.session_expires,
+                    parallel: false,
                 },
                 router,
                 health,

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::sip::auth::DigestChallenge;
 use crate::sip::build::MessageBuilder;
-use crate::sip::core::{SipCommand, ALLOW};
+use crate::sip::core::{CoreEvent, SipCommand, ALLOW};
 use crate::sip::dialog::{Dialog, DialogState};
 use crate::sip::header::{self, NameAddr, Refresher};
 use crate::sip::msg::{Header, HeaderName, Method, SipMessage, StartLine};
@@ -47,6 +47,32 @@ impl Bridge {
             return;
         };
         self.next_target += 1;
+        let b = self.start_attempt(index);
+        if let Some(old) = self.b.take() {
+            self.out.push_back(Action::Unroute(old.call_id));
+        }
+        self.b_setup = None;
+        self.b = Some(b);
+        self.b_deadline = Some(now + self.targets[index].invite_timeout);
+        if self.cfg.parallel {
+            // Ring-all: every target at once; the first to answer takes the call (and is
+            // reported then), the others are cancelled.
+            while self.next_target < self.targets.len() {
+                let index = self.next_target;
+                self.next_target += 1;
+                let fork = self.start_attempt(index);
+                self.forks.push(fork);
+            }
+        } else {
+            self.out.push_back(Action::Progress(Progress::Trying {
+                trunk: self.targets[index].trunk.clone(),
+            }));
+        }
+    }
+
+    /// Sends the INVITE toward `targets[index]` (routing its Call-ID here) and returns its
+    /// leg.
+    fn start_attempt(&mut self, index: usize) -> BLeg {
         self.attempts += 1;
         let target = self.targets[index].clone();
         let call_id = Bytes::from(format!("{:x}-{}@waswitch", self.seed, self.attempts));
@@ -108,11 +134,7 @@ impl Bridge {
             Some(offer) => builder.body("application/sdp", offer.clone()).build(),
             None => self.carry_body(Leg::B, builder, &a_invite).build(),
         };
-        if let Some(old) = self.b.take() {
-            self.out.push_back(Action::Unroute(old.call_id));
-        }
-        self.b_setup = None;
-        self.b = Some(BLeg {
+        let leg = BLeg {
             target: index,
             call_id: call_id.clone(),
             offer: invite.body.clone(),
@@ -125,25 +147,156 @@ impl Bridge {
             timer: SessionTimer::default(),
             no_update: false,
             last_offer_from_b: None,
-        });
-        self.b_deadline = Some(now + target.invite_timeout);
+        };
         self.out.push_back(Action::Route(call_id));
-        self.out.push_back(Action::Progress(Progress::Trying {
-            trunk: target.trunk.clone(),
-        }));
-        self.b(SipCommand::Request {
-            request: invite,
-            to: target.addr,
-        });
+        self.out.push_back(Action::B(
+            index,
+            SipCommand::Request {
+                request: invite,
+                to: target.addr,
+            },
+        ));
+        leg
+    }
+
+    /// An event of a ring-all attempt besides leg B: its ringing is announced, its answer
+    /// makes it leg B (the others are cancelled), its failure is noted; once every attempt
+    /// failed the caller hears the best failure.
+    pub(super) fn fork_event(&mut self, now: Instant, event: CoreEvent) {
+        let Some(call_id) = event.call_id() else {
+            return;
+        };
+        let Some(i) = self.forks.iter().position(|f| f.call_id == call_id) else {
+            return;
+        };
+        let resp = match event {
+            CoreEvent::Response(_, resp) => resp,
+            CoreEvent::Timeout(_, _) => {
+                let fork = self.forks.remove(i);
+                self.note_failure_of(fork.target, 408, "Request Timeout".into());
+                self.maybe_all_failed(now);
+                return;
+            }
+            _ => return,
+        };
+        let (Some(code), Some(cseq)) = (resp.status(), seq_of(&resp)) else {
+            return;
+        };
+        if cseq.method != Method::Invite {
+            return;
+        }
+        match code {
+            100 => {}
+            101..=199 => {
+                let fork = &mut self.forks[i];
+                if fork.state == BState::Calling {
+                    fork.state = BState::Proceeding;
+                }
+                if fork.cancel_pending {
+                    fork.cancel_pending = false;
+                    fork.state = BState::Done;
+                    let (target, call_id) = (fork.target, fork.call_id.clone());
+                    self.out
+                        .push_back(Action::B(target, SipCommand::Cancel { call_id }));
+                    return;
+                }
+                if self.a_phase == APhase::Offered && !self.announced_ringing {
+                    self.announced_ringing = true;
+                    let head = self.a_response(180, "Ringing").build();
+                    let server = self.a_server;
+                    self.respond_a(server, head);
+                    self.out.push_back(Action::Progress(Progress::Ringing));
+                }
+            }
+            200..=299 => {
+                let fork = self.forks.remove(i);
+                let cancelled = fork.cancel_pending || fork.state == BState::Done;
+                if cancelled || self.ended.is_some() || self.a_phase != APhase::Offered {
+                    // Answered as it was cancelled: acknowledge and hang it up.
+                    if let Ok(dialog) = Dialog::uac(&fork.invite, &resp) {
+                        let fallback = self.targets[fork.target].addr;
+                        let (target, seq) = (fork.target, fork.invite_seq());
+                        self.ack_and_bye_on(target, dialog, seq, fallback);
+                    }
+                    return;
+                }
+                // The winner becomes leg B; the previous leg B joins the cancelled.
+                if let Some(old) = self.b.replace(fork) {
+                    self.forks.push(old);
+                }
+                self.b_answered(now, resp);
+            }
+            _ => {
+                let fork = self.forks.remove(i);
+                if !fork.cancel_pending && fork.state != BState::Done && self.ended.is_none() {
+                    self.note_failure_of(fork.target, code, reason_of(&resp));
+                    self.maybe_all_failed(now);
+                }
+            }
+        }
+    }
+
+    /// Cancels every ring-all attempt besides leg B (one not yet ringing is cancelled
+    /// when its first provisional arrives).
+    pub(super) fn cancel_forks(&mut self) {
+        for fork in &mut self.forks {
+            match fork.state {
+                BState::Calling => fork.cancel_pending = true,
+                BState::Proceeding => {
+                    fork.state = BState::Done;
+                    self.out.push_back(Action::B(
+                        fork.target,
+                        SipCommand::Cancel {
+                            call_id: fork.call_id.clone(),
+                        },
+                    ));
+                }
+                BState::Confirmed | BState::Done => {}
+            }
+        }
+    }
+
+    /// Leg B failed in ring-all: an attempt still ringing takes its place. True when the
+    /// call goes on.
+    fn promote_fork(&mut self) -> bool {
+        let live = self
+            .forks
+            .iter()
+            .position(|f| !f.cancel_pending && f.state != BState::Done);
+        match live {
+            Some(i) => {
+                let fork = self.forks.remove(i);
+                if let Some(old) = self.b.replace(fork) {
+                    self.out.push_back(Action::Unroute(old.call_id));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A ring-all attempt failed: when leg B and every other attempt have too, the caller
+    /// hears the best failure.
+    fn maybe_all_failed(&mut self, now: Instant) {
+        let b_alive = self.b.as_ref().is_some_and(|b| b.state != BState::Done);
+        if !b_alive && !self.promote_fork() && self.ended.is_none() {
+            self.fail_a(now);
+        }
     }
 
     /// Remembers a trunk's failure if it is the best to report (RFC 3261 §16.7.6: 6xx
     /// first, then the lowest class).
     pub(super) fn note_failure(&mut self, code: u16, reason: String) {
+        let target = self.b.as_ref().map_or(usize::MAX, |b| b.target);
+        self.note_failure_of(target, code, reason);
+    }
+
+    /// [`note_failure`](Self::note_failure) of `targets[target]`.
+    pub(super) fn note_failure_of(&mut self, target: usize, code: u16, reason: String) {
         let trunk = self
-            .b
-            .as_ref()
-            .map(|b| self.targets[b.target].trunk.clone())
+            .targets
+            .get(target)
+            .map(|t| t.trunk.clone())
             .unwrap_or_default();
         let rank = |c: u16| match c {
             600..=699 => 0,
@@ -251,7 +404,12 @@ impl Bridge {
                     _ => (code, reason_of(&resp)),
                 };
                 self.note_failure(code, reason);
-                if code == 408 || (500..=599).contains(&code) {
+                if self.cfg.parallel {
+                    // Ring-all: the attempts still ringing go on.
+                    if !self.promote_fork() {
+                        self.fail_a(now);
+                    }
+                } else if code == 408 || (500..=599).contains(&code) {
                     self.try_next(now);
                 } else {
                     self.fail_a(now);
@@ -348,7 +506,18 @@ impl Bridge {
             return;
         }
         b.state = BState::Confirmed;
+        let winner = b.target;
         self.b_deadline = None;
+        if self.cfg.parallel {
+            // Ring-all: the others stop ringing; the winner is the one reported.
+            self.cancel_forks();
+            self.out.push_back(Action::Progress(Progress::Trying {
+                trunk: self.targets[winner].trunk.clone(),
+            }));
+        }
+        let Some(b) = self.b.as_mut() else {
+            return;
+        };
         if self.ended.is_some() || self.a_phase != APhase::Offered {
             // The caller went away while the trunk answered: hang the trunk up.
             self.ack_and_bye(dialog, seq, fallback);
@@ -399,12 +568,27 @@ impl Bridge {
     }
 
     /// Acknowledges a 2xx that will not be used and ends its dialog.
-    fn ack_and_bye(&mut self, mut dialog: Dialog, seq: u32, fallback: SocketAddr) {
+    fn ack_and_bye(&mut self, dialog: Dialog, seq: u32, fallback: SocketAddr) {
+        if let Some(target) = self.b.as_ref().map(|b| b.target) {
+            self.ack_and_bye_on(target, dialog, seq, fallback);
+        }
+    }
+
+    /// [`ack_and_bye`](Self::ack_and_bye) toward `targets[target]`.
+    fn ack_and_bye_on(
+        &mut self,
+        target: usize,
+        mut dialog: Dialog,
+        seq: u32,
+        fallback: SocketAddr,
+    ) {
         let to = dialog_hop(&dialog, fallback);
         let ack = dialog.ack(seq).build();
-        self.b(SipCommand::Ack { request: ack, to });
+        self.out
+            .push_back(Action::B(target, SipCommand::Ack { request: ack, to }));
         let bye = dialog.request(Method::Bye, None).build();
-        self.b(SipCommand::Request { request: bye, to });
+        self.out
+            .push_back(Action::B(target, SipCommand::Request { request: bye, to }));
     }
 
     pub(super) fn b_timeout(&mut self, now: Instant, request: &SipMessage) {
@@ -434,6 +618,10 @@ impl Bridge {
             return;
         }
         self.note_failure(code, reason.into());
-        self.try_next(now);
+        if self.cfg.parallel {
+            self.maybe_all_failed(now);
+        } else {
+            self.try_next(now);
+        }
     }
 }

@@ -24,6 +24,7 @@ impl Bridge {
 
     /// Stops leg B whatever its state: CANCEL, abandon or BYE.
     pub(super) fn end_b(&mut self, _now: Instant) {
+        self.cancel_forks();
         let Some(b) = self.b.as_mut() else {
             return;
         };

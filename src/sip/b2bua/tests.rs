@@ -1655,3 +1655,106 @@ fn a_trunk_naming_a_user_is_called_at_that_user_not_the_dialled_number() {
         hdr(&invite, HeaderName::To)
     );
 }
+
+fn ring_all() -> BridgeConfig {
+    BridgeConfig {
+        parallel: true,
+        ..BridgeConfig::default()
+    }
+}
+
+/// Ring-all: both targets get the INVITE at once; the second answers, takes the call (and
+/// is the one reported), and the first, still ringing, is cancelled.
+#[test]
+fn ring_all_invites_every_target_at_once_and_the_first_answer_wins() {
+    let (mut call, actions) = Call::with(ring_all(), "", targets());
+    let sent = b_requests(&actions);
+    assert_eq!(sent.len(), 2, "{actions:#?}");
+    assert_eq!((sent[0].index, sent[1].index), (0, 1));
+    assert_ne!(
+        hdr(&sent[0].request, HeaderName::CallId),
+        hdr(&sent[1].request, HeaderName::CallId)
+    );
+    assert_eq!(routes(&actions).len(), 2);
+    assert!(
+        !progress(&actions)
+            .iter()
+            .any(|p| matches!(p, Progress::Trying { .. })),
+        "nobody is reported before someone answers"
+    );
+    // Both ring: the caller hears ringing once.
+    let actions = call.b_says(b_reply(&sent[0].request, 180, "Ringing", None, &[]));
+    assert_eq!(one_a_response(&actions).1.status(), Some(180));
+    let actions = call.b_says(b_reply(&sent[1].request, 180, "Ringing", None, &[]));
+    assert!(a_responses(&actions).is_empty(), "{actions:#?}");
+    // The second answers.
+    let actions = call.b_says(b_reply(&sent[1].request, 200, "OK", Some(ANSWER), &[]));
+    assert_eq!(one_a_response(&actions).1.status(), Some(200));
+    assert_eq!(
+        b_cancels(&actions),
+        [Bytes::from(hdr(&sent[0].request, HeaderName::CallId))],
+        "the other stops ringing"
+    );
+    assert!(progress(&actions).contains(&Progress::Trying { trunk: "t1".into() }));
+    assert!(progress(&actions).contains(&Progress::Answered));
+    // The cancelled one's 487 changes nothing.
+    let actions = call.b_says(b_reply(
+        &sent[0].request,
+        487,
+        "Request Terminated",
+        None,
+        &[],
+    ));
+    assert!(a_responses(&actions).is_empty() && ended(&actions).is_none());
+}
+
+/// Ring-all: one target refuses, the other goes on ringing and answers; when every target
+/// refuses, the caller hears the best failure.
+#[test]
+fn ring_all_goes_on_while_any_target_rings_and_fails_only_when_all_have() {
+    let (mut call, actions) = Call::with(ring_all(), "", targets());
+    let sent = b_requests(&actions);
+    let actions = call.b_says(b_reply(&sent[0].request, 486, "Busy Here", None, &[]));
+    assert!(a_responses(&actions).is_empty(), "{actions:#?}");
+    assert!(ended(&actions).is_none());
+    let actions = call.b_says(b_reply(&sent[1].request, 200, "OK", Some(ANSWER), &[]));
+    assert_eq!(one_a_response(&actions).1.status(), Some(200));
+
+    let (mut call, actions) = Call::with(ring_all(), "", targets());
+    let sent = b_requests(&actions);
+    call.b_says(b_reply(&sent[1].request, 603, "Decline", None, &[]));
+    let actions = call.b_says(b_reply(&sent[0].request, 486, "Busy Here", None, &[]));
+    let (_, resp) = one_a_response(&actions);
+    assert_eq!(resp.status(), Some(603), "6xx is the best failure");
+    assert!(ended(&actions).is_some());
+}
+
+/// Ring-all: nobody answers within the ring time: every target is cancelled and the
+/// caller hears 480.
+#[test]
+fn ring_all_cancels_everyone_when_nobody_answers_in_time() {
+    let cfg = BridgeConfig {
+        ring_timeout: Duration::from_secs(5),
+        ..ring_all()
+    };
+    let (mut call, actions) = Call::with(cfg, "", targets());
+    let sent = b_requests(&actions);
+    call.b_says(b_reply(&sent[0].request, 180, "Ringing", None, &[]));
+    call.b_says(b_reply(&sent[1].request, 180, "Ringing", None, &[]));
+    let at = call.bridge.poll_timeout().expect("a deadline");
+    let actions = call.advance_to(at);
+    assert_eq!(one_a_response(&actions).1.status(), Some(480));
+    assert_eq!(b_cancels(&actions).len(), 2, "{actions:#?}");
+    // Leg B settles with its 487; the call ends as unanswered.
+    let actions = call.b_says(b_reply(
+        &sent[0].request,
+        487,
+        "Request Terminated",
+        None,
+        &[],
+    ));
+    assert_eq!(
+        ended(&actions).map(|(_, cause)| cause),
+        Some("no_answer".into())
+    );
+}
