@@ -26,7 +26,7 @@ const NUMBER: &str = "15551113333";
 const OWN: u32 = 440;
 const COMFORT: u32 = 425;
 
-fn toml(overflow: u16, media_ports: u16, sim: &str, timeout_secs: u32) -> String {
+fn toml(overflow: u16, media_ports: u16, sim: &str, timeout_secs: u32, strategy: &str) -> String {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts");
     format!(
         r#"
@@ -66,7 +66,7 @@ password = "bob-pass"
 queues = ["support"]
 [[queue]]
 name = "support"
-strategy = "longest_idle"
+strategy = "{strategy}"
 ring_timeout_secs = 5
 timeout_secs = {timeout_secs}
 wrap_up_secs = 0
@@ -102,10 +102,27 @@ fn start(
     media_ports: u16,
     timeout_secs: u32,
 ) -> Rig {
+    start_with(rt, dir, overflow, media_ports, timeout_secs, "longest_idle")
+}
+
+fn start_with(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    overflow: u16,
+    media_ports: u16,
+    timeout_secs: u32,
+    strategy: &str,
+) -> Rig {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let node = rt.block_on(async {
         let sim = graph.serve_loopback().await.expect("sim Graph API");
-        let toml = toml(overflow, media_ports, &sim.to_string(), timeout_secs);
+        let toml = toml(
+            overflow,
+            media_ports,
+            &sim.to_string(),
+            timeout_secs,
+            strategy,
+        );
         let config = Config::loopback(&toml, &dir.join("q.db")).expect("config");
         Node::start(config).await.expect("node")
     });
@@ -250,4 +267,55 @@ fn with_no_agent_the_caller_overflows_to_the_trunk_after_the_queue_timeout() {
     assert_eq!(control.queue_outcome.as_deref(), Some("overflow"));
     let waited = control.queue_wait_ms.expect("wait");
     assert!((9_500..13_000).contains(&waited), "{waited} ms");
+}
+
+/// Ring-all: both agents' phones ring at once; Alice answers at once, Bob's phone (which
+/// would ring until cancelled) is cancelled; the call, its CDR and the queue's metrics are
+/// Alice's.
+#[test]
+fn ring_all_rings_every_available_agent_and_the_first_to_answer_takes_the_call() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = start_with(&rt, dir.path(), free_udp_port(), 58_400, 60, "ring_all");
+    let (bob_port, alice_port) = (free_udp_port(), free_udp_port());
+    let bob = Uas::start_with("b2bua_uas_ring_cancel.xml", "u1", bob_port, 1, &[]);
+    let alice = Uas::start_with("b2bua_uas.xml", "u1", alice_port, 1, &["-rtp_echo"]);
+    let switch = sip_addr(&rig.node);
+    let _bob_phone = register_udp(
+        switch,
+        "bob",
+        "bob-pass",
+        SocketAddr::from(([127, 0, 0, 1], bob_port)),
+    );
+    let _alice_phone = register_udp(
+        switch,
+        "alice",
+        "alice-pass",
+        SocketAddr::from(([127, 0, 0, 1], alice_port)),
+    );
+    let r = rt.block_on(load::user_call(
+        &rig.ctx,
+        "4915112345679",
+        Duration::from_secs(4),
+    ));
+    assert_eq!(r.error, None, "{r:?}");
+    assert!(r.connected && r.audio_verified, "{r:?}");
+    let cdrs = common::cdrs_after(&rt, rig.node, &dir.path().join("q.db"));
+    let (bob_code, bob_counters) = bob.finish();
+    assert_eq!(
+        bob_code,
+        Some(0),
+        "Bob rang and was cancelled: {bob_counters:?}"
+    );
+    let (alice_code, alice_counters) = alice.finish();
+    assert_eq!(alice_code, Some(0), "Alice answered: {alice_counters:?}");
+    let cdr = cdr_of(&cdrs, &r.wa_call_id);
+    let control = cdr.control.as_ref().expect("control record");
+    assert_eq!(control.agent.as_deref(), Some("alice"), "{control:?}");
+    assert_eq!(cdr.trunk.as_deref(), Some("agent:alice"), "{cdr:?}");
+    let waited = control.queue_wait_ms.expect("wait");
+    assert!(
+        waited < 4_000,
+        "nobody waited for a ring timeout: {waited} ms"
+    );
 }

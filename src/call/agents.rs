@@ -324,6 +324,17 @@ impl Directory {
         self.dispatch(inner);
     }
 
+    /// `user`'s phone was offered the call but not rung (another kind of phone than the
+    /// ones rung with it): the agent is free again, and may be offered it later.
+    pub fn release(&self, ticket: u64, user: &str) {
+        let mut inner = self.lock();
+        inner.book.release(user);
+        if let Some(w) = inner.waiting.iter_mut().find(|w| w.ticket == ticket) {
+            w.ringing.retain(|u| u != user);
+        }
+        self.dispatch(inner);
+    }
+
     /// `user` answered the call: it leaves the queue (other agents rung for it are
     /// released) and the agent is busy until [`call_ended`](Self::call_ended). How long
     /// the call waited.

@@ -105,6 +105,8 @@ pub enum IvrMsg {
     Finish(RpcReplyPort<ControlRecord>),
     /// The queue the call waits in offers it agents.
     Offer(super::agents::QueueOffer),
+    /// Who the answered dial reached (its trunk: `agent:<user>` for an agent).
+    AnsweredBy(Option<String>),
 }
 
 /// The call-control actor.
@@ -145,8 +147,10 @@ struct Queued {
     entered: Instant,
     /// When the caller goes to the overflow (once no agent is ringing).
     deadline: Instant,
-    /// The agent being rung, and whether their phone got our WebRTC offer.
-    ringing: Option<(String, bool)>,
+    /// The agents being rung, and whether their phones got our WebRTC offer.
+    ringing: Option<(Vec<String>, bool)>,
+    /// Who answered, as the bridge reported it (`agent:<user>`).
+    answered_by: Option<String>,
     /// The agent who answered.
     agent: Option<String>,
     /// How long the call waited, once it left the queue.
@@ -259,6 +263,12 @@ impl Actor for IvrActor {
                 IvrMsg::Call(event) => ivr.engine.on_event(event, now),
                 IvrMsg::Offer(offer) => {
                     ivr.offered(offer).await;
+                    Vec::new()
+                }
+                IvrMsg::AnsweredBy(trunk) => {
+                    if let Some(q) = ivr.queued.as_mut() {
+                        q.answered_by = trunk;
+                    }
                     Vec::new()
                 }
                 IvrMsg::Answered => {
@@ -578,6 +588,7 @@ impl Ivr {
             ticket,
             entered: now,
             ringing: None,
+            answered_by: None,
             agent: None,
             waited: None,
             outcome: None,
@@ -586,38 +597,42 @@ impl Ivr {
         Vec::new()
     }
 
-    /// The queue offers the call agents: the first one's phone is rung (a browser phone
-    /// with our WebRTC offer); the rest are given back.
+    /// The queue offers the call agents: their phones ring (all at once for ring-all;
+    /// browser phones with our WebRTC offer). Agents whose phones are of the other kind
+    /// than the first's (a browser among softphones) are given back: one media leg serves
+    /// the ones rung together.
     async fn offered(&mut self, offer: super::agents::QueueOffer) {
         let Some(directory) = self.setup.services.agents.clone() else {
             return;
         };
-        let Some(q) = self.queued.as_ref() else {
-            // The call left the queue meanwhile.
+        let current = self
+            .queued
+            .as_ref()
+            .filter(|q| q.ticket == offer.ticket && q.ringing.is_none() && q.outcome.is_none());
+        let (Some(q), Some(sip)) = (current, self.setup.services.sip.clone()) else {
+            // The call left the queue meanwhile, or rings already.
             for user in &offer.agents {
-                directory.no_answer(offer.ticket, user);
+                directory.release(offer.ticket, user);
             }
             return;
         };
         let ticket = q.ticket;
-        if offer.ticket != ticket || q.ringing.is_some() || q.outcome.is_some() {
-            for user in &offer.agents {
-                directory.no_answer(offer.ticket, user);
+        let Some(first) = offer.agents.first() else {
+            return;
+        };
+        let browser = sip.agent_on_websocket(first) == Some(true);
+        let (users, others): (Vec<String>, Vec<String>) = offer
+            .agents
+            .into_iter()
+            .partition(|u| sip.agent_on_websocket(u) == Some(browser));
+        for other in &others {
+            directory.release(ticket, other);
+        }
+        let give_back = |users: &[String]| {
+            for user in users {
+                directory.no_answer(ticket, user);
             }
-            return;
-        }
-        let mut agents = offer.agents.into_iter();
-        let Some(user) = agents.next() else {
-            return;
         };
-        for other in agents {
-            directory.no_answer(ticket, &other);
-        }
-        let Some(sip) = self.setup.services.sip.clone() else {
-            directory.no_answer(ticket, &user);
-            return;
-        };
-        let browser = sip.agent_on_websocket(&user) == Some(true);
         let webrtc = if browser {
             match self
                 .media
@@ -626,8 +641,8 @@ impl Ivr {
             {
                 Ok(ractor::rpc::CallResult::Success(Ok(sdp))) => Some(sdp),
                 other => {
-                    tracing::warn!(agent = %user, result = ?other.map(|r| r.is_success()), "no WebRTC offer for the agent's phone");
-                    directory.no_answer(ticket, &user);
+                    tracing::warn!(agents = ?users, result = ?other.map(|r| r.is_success()), "no WebRTC offer for the agents' phones");
+                    give_back(&users);
                     return;
                 }
             }
@@ -635,13 +650,13 @@ impl Ivr {
             None
         };
         let Some(q) = self.queued.as_mut() else {
-            directory.no_answer(ticket, &user);
+            give_back(&users);
             return;
         };
         let path = self.engine.outcome().path.join(" > ");
         let built = sip.agent_bridge(
             super::sip::AgentCall {
-                user: &user,
+                users: &users,
                 queue: &q.config.name,
                 ivr_path: &path,
                 webrtc,
@@ -651,23 +666,25 @@ impl Ivr {
         );
         match built {
             Ok(setup) => {
-                tracing::info!(agent = %user, queue = %q.config.name, browser, "ringing an agent");
-                q.ringing = Some((user, browser));
+                tracing::info!(agents = ?users, queue = %q.config.name, browser, "ringing agents");
+                q.ringing = Some((users, browser));
+                q.answered_by = None;
                 let _ = self.call.send_message(CallMsg::Dial(Box::new(setup)));
             }
             Err((code, why)) => {
-                tracing::warn!(agent = %user, code, why, "the agent's phone cannot be called");
+                tracing::warn!(agents = ?users, code, why, "the agents' phones cannot be called");
                 if browser {
                     let _ = self.media.send_message(MediaMsg::DropAgent);
                 }
-                directory.no_answer(ticket, &user);
+                give_back(&users);
             }
         }
     }
 
-    /// A dial of the queued call ended: an agent answered (the call is theirs), or let it
-    /// ring out (the next one is tried, or the overflow once the wait is over); the
-    /// overflow's dial ends the queue's part and the script goes on.
+    /// A dial of the queued call ended: an agent answered (the call is theirs; the others
+    /// rung with them are given back), or nobody did within the ring time (the next round,
+    /// or the overflow once the wait is over); the overflow's dial ends the queue's part
+    /// and the script goes on.
     fn queue_dial_ended(&mut self, answered: bool, now: Instant) -> Vec<Command> {
         let Some(q) = self.queued.as_mut() else {
             return Vec::new();
@@ -675,26 +692,39 @@ impl Ivr {
         if q.overflowed {
             return self.engine.on_event(Event::DialEnded { answered }, now);
         }
-        let Some((user, browser)) = q.ringing.take() else {
+        let Some((users, browser)) = q.ringing.take() else {
             return Vec::new();
         };
         let directory = self.setup.services.agents.clone();
         if answered {
-            q.waited = directory.as_ref().and_then(|d| d.answered(q.ticket, &user));
+            // The one who answered, as the bridge reported it (the only one, unless rung
+            // together).
+            let winner = q
+                .answered_by
+                .take()
+                .and_then(|t| t.strip_prefix("agent:").map(str::to_string))
+                .filter(|w| users.contains(w))
+                .or_else(|| users.first().cloned())
+                .unwrap_or_default();
+            q.waited = directory
+                .as_ref()
+                .and_then(|d| d.answered(q.ticket, &winner));
             q.outcome = Some("answered");
-            tracing::info!(agent = %user, queue = %q.config.name, waited_ms = q.waited.map(|w| w.as_millis() as u64), "an agent answered the queued call");
-            q.agent = Some(user);
+            tracing::info!(agent = %winner, queue = %q.config.name, waited_ms = q.waited.map(|w| w.as_millis() as u64), "an agent answered the queued call");
+            q.agent = Some(winner);
             return self
                 .engine
                 .on_event(Event::DialEnded { answered: true }, now);
         }
-        tracing::info!(agent = %user, queue = %q.config.name, "the agent did not answer");
+        tracing::info!(agents = ?users, queue = %q.config.name, "nobody answered");
         if browser {
             let _ = self.media.send_message(MediaMsg::DropAgent);
         }
         let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
         if let Some(d) = &directory {
-            d.no_answer(q.ticket, &user);
+            for user in &users {
+                d.no_answer(q.ticket, user);
+            }
         }
         self.queue_timeout(now)
     }

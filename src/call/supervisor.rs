@@ -683,6 +683,7 @@ impl Call {
                 }
                 (LegRole::Business, LegState::Answered) if !self.dial_answered => {
                     self.dial_answered = true;
+                    let _ = control.send_message(IvrMsg::AnsweredBy(self.trunk.clone()));
                     let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
                         answered: true,
                     }));

@@ -69,11 +69,11 @@ impl SipHandles {
     }
 }
 
-/// A queue call offered to an agent: who, and what their phone's card shows.
+/// A queue call offered to agents: who, and what their phones' cards show.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentCall<'a> {
-    /// The agent's SIP user.
-    pub user: &'a str,
+    /// The agents' SIP users: one, or several rung at once (ring-all).
+    pub users: &'a [String],
     /// The queue the call waited in.
     pub queue: &'a str,
     /// The IVR path that led there.
@@ -205,9 +205,10 @@ impl SipIngress {
         Some(binding.via.is_websocket())
     }
 
-    /// A bridge with `caller` (the WhatsApp leg, answered) as leg A calling agent
-    /// `call.user`'s registered phone over the connection it registered on. A browser
-    /// phone is offered our WebRTC SDP; another phone gets the plain SDP a trunk gets.
+    /// A bridge with `caller` (the WhatsApp leg, answered) as leg A calling the registered
+    /// phones of `call.users` (each over the connection it registered on; several at once
+    /// for ring-all, the first to answer taking the call). Browser phones are offered our
+    /// WebRTC SDP; other phones get the plain SDP a trunk gets.
     pub(crate) fn agent_bridge(
         &self,
         call: AgentCall<'_>,
@@ -215,14 +216,37 @@ impl SipIngress {
     ) -> Result<BridgeSetup, (u16, &'static str)> {
         let inner = &self.inner;
         let handles = self.ready_handles()?;
-        let binding = inner
-            .agents
-            .get()
-            .and_then(|a| a.lookup(call.user))
-            .ok_or((480, "the agent's phone is not registered"))?;
-        let handle = handles
-            .for_kind(binding.via)
-            .ok_or((503, "the agent's transport is not listening"))?;
+        let mut targets = Vec::new();
+        let mut b_handles = Vec::new();
+        for user in call.users {
+            let Some(binding) = inner.agents.get().and_then(|a| a.lookup(user)) else {
+                continue;
+            };
+            let Some(handle) = handles.for_kind(binding.via) else {
+                continue;
+            };
+            targets.push(self.agent_target(&call, user, &binding, handle, caller));
+            b_handles.push(Some(handle.clone()));
+        }
+        if targets.is_empty() {
+            return Err((480, "the agent's phone is not registered"));
+        }
+        let mut cfg = inner.bridge.clone();
+        cfg.ring_timeout = call.ring_timeout;
+        cfg.parallel = targets.len() > 1;
+        let codecs = ["opus", "pcmu", "pcma"].map(String::from);
+        self.whatsapp_bridge_with(cfg, targets, b_handles, Vec::new(), caller, &codecs)
+    }
+
+    /// The bridge target of agent `user`'s phone at `binding`, reached through `handle`.
+    fn agent_target(
+        &self,
+        call: &AgentCall<'_>,
+        user: &str,
+        binding: &crate::sip::registrar::Binding,
+        handle: &SipHandle,
+        caller: &WhatsAppCaller,
+    ) -> Target {
         let mut headers = vec![
             (HeaderName::PAssertedIdentity, caller.asserted_identity()),
             (
@@ -261,29 +285,23 @@ impl SipIngress {
                 .unwrap_or(binding.source),
             _ => binding.source,
         };
-        let target = Target {
-            trunk: format!("agent:{}", call.user),
+        Target {
+            trunk: format!("agent:{user}"),
             addr,
             hostport: addr.to_string(),
-            user: Some(call.user.to_string()),
+            user: Some(user.to_string()),
             contact: self.contact(handle),
             credentials: None,
             invite_timeout: call.ring_timeout,
             headers,
             uri: Some(binding.contact.clone()),
-            webrtc: call.webrtc.map(Bytes::from),
-        };
-        let mut cfg = inner.bridge.clone();
-        cfg.ring_timeout = call.ring_timeout;
-        let codecs = ["opus", "pcmu", "pcma"].map(String::from);
-        self.whatsapp_bridge_with(
-            cfg,
-            vec![target],
-            vec![Some(handle.clone())],
-            Vec::new(),
-            caller,
-            &codecs,
-        )
+            // Browser phones are offered the WebRTC leg; the others the trunk's SDP.
+            webrtc: binding
+                .via
+                .is_websocket()
+                .then(|| call.webrtc.clone().map(Bytes::from))
+                .flatten(),
+        }
     }
 
     /// Gives the ingress the listeners' handles, once they are bound.
