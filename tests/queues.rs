@@ -22,9 +22,11 @@ use waswitch::store::Cdr;
 const SECRET: &str = "queue-secret";
 const PNID: &str = "105615555715866";
 const NUMBER: &str = "15551113333";
-/// The caller's own tone, echoed by whoever answers; the comfort tone while waiting.
+/// The caller's own tone, echoed by whoever answers; the comfort tone while waiting; the
+/// beeps of the caller's place in the queue.
 const OWN: u32 = 440;
 const COMFORT: u32 = 425;
+const PLACE: u32 = 950;
 
 fn toml(overflow: u16, media_ports: u16, sim: &str, timeout_secs: u32, strategy: &str) -> String {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts");
@@ -70,6 +72,7 @@ strategy = "{strategy}"
 ring_timeout_secs = 5
 timeout_secs = {timeout_secs}
 wrap_up_secs = 0
+announce_position_secs = 4
 overflow_route = "overflow"
 [[ivr]]
 name = "front"
@@ -127,7 +130,7 @@ fn start_with(
         Node::start(config).await.expect("node")
     });
     let mut ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
-    ctx.listen = vec![COMFORT as f32, OWN as f32];
+    ctx.listen = vec![COMFORT as f32, PLACE as f32, OWN as f32];
     Rig {
         _graph: graph,
         node,
@@ -229,8 +232,9 @@ fn the_longest_idle_agent_is_rung_first_and_a_ring_timeout_moves_to_the_next() {
     assert_eq!(cdr.trunk.as_deref(), Some("agent:alice"), "{cdr:?}");
 }
 
-/// Nobody is registered: the caller waits the queue's 10 s, hearing the comfort tone, and
-/// then overflows to the overflow route's trunk (a SIPp PBX that answers and echoes).
+/// Nobody is registered: the caller waits the queue's 10 s, hearing the comfort tone and,
+/// every 4 s, their place (one beep: first in line), and then overflows to the overflow
+/// route's trunk (a SIPp PBX that answers and echoes).
 #[test]
 fn with_no_agent_the_caller_overflows_to_the_trunk_after_the_queue_timeout() {
     let rt = runtime();
@@ -246,6 +250,8 @@ fn with_no_agent_the_caller_overflows_to_the_trunk_after_the_queue_timeout() {
     assert_eq!(r.error, None, "{r:?}");
     assert!(r.connected && r.audio_verified, "{r:?}");
     assert_eq!(r.tones.first(), Some(&COMFORT), "{r:?}");
+    let places = r.tones.iter().filter(|&&t| t == PLACE).count();
+    assert_eq!(places, 2, "the place told at 4 s and 8 s: {r:?}");
     assert_eq!(r.tones.last(), Some(&OWN), "the trunk's echo: {r:?}");
     let metrics = rt.block_on(common::metrics_text(rig.node.http_addr()));
     assert_eq!(

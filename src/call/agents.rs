@@ -540,6 +540,7 @@ mod tests {
             timeout: Duration::from_secs(120),
             wrap_up: Duration::from_secs(10),
             service_level: Duration::from_secs(20),
+            announce_position: None,
             overflow_route: None,
             members: vec!["alice".into(), "bob".into()],
         };

@@ -159,6 +159,10 @@ struct Queued {
     outcome: Option<&'static str>,
     /// The call left the queue for the overflow: the next dial's end is the script's.
     overflowed: bool,
+    /// When the caller next hears their place (queues that announce it).
+    next_announce: Option<Instant>,
+    /// Their place is being announced (the comfort tone resumes after it).
+    announcing: bool,
 }
 
 /// State of a running IVR.
@@ -290,6 +294,7 @@ impl Actor for IvrActor {
                         ivr.reply_finish();
                     }
                     out.extend(ivr.queue_timeout(now));
+                    ivr.announce_position(now);
                     out.extend(ivr.engine.handle_timeout(now));
                     out
                 }
@@ -336,11 +341,17 @@ impl Ivr {
             .as_ref()
             .filter(|q| q.outcome.is_none() && q.ringing.is_none())
             .map(|q| q.deadline);
+        let announce = self
+            .queued
+            .as_ref()
+            .filter(|q| q.outcome.is_none())
+            .and_then(|q| q.next_announce);
         let at = [
             self.engine.poll_timeout(),
             self.connect_deadline,
             self.finish_deadline,
             queue_deadline,
+            announce,
         ]
         .into_iter()
         .flatten()
@@ -360,6 +371,18 @@ impl Ivr {
     }
 
     fn on_media(&mut self, event: MediaEvent, now: Instant) -> Vec<Command> {
+        if let (Some(q), MediaEvent::PromptDone { side: Side::A, .. }) =
+            (self.queued.as_mut(), &event)
+        {
+            if q.announcing {
+                // The place was told: back to the comfort tone while still waiting.
+                q.announcing = false;
+                if q.outcome.is_none() && q.ringing.is_none() {
+                    let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
+                }
+                return Vec::new();
+            }
+        }
         match event {
             MediaEvent::Connected(Side::A) => {
                 self.connected = true;
@@ -593,8 +616,42 @@ impl Ivr {
             waited: None,
             outcome: None,
             overflowed: false,
+            next_announce: None,
+            announcing: false,
         });
+        if let Some(q) = self.queued.as_mut() {
+            q.next_announce = q.config.announce_position.map(|every| now + every);
+        }
         Vec::new()
+    }
+
+    /// Tells a caller still waiting their place in the queue: one short beep per place
+    /// (up to nine), the comfort tone paused meanwhile.
+    fn announce_position(&mut self, now: Instant) {
+        let Some(q) = self.queued.as_mut() else {
+            return;
+        };
+        let due = q.next_announce.is_some_and(|at| at <= now);
+        if !due {
+            return;
+        }
+        q.next_announce = q.config.announce_position.map(|every| now + every);
+        if q.outcome.is_some() || q.ringing.is_some() || q.announcing {
+            return;
+        }
+        let place = self
+            .setup
+            .services
+            .agents
+            .as_ref()
+            .and_then(|d| d.position(q.ticket))
+            .unwrap_or(1);
+        q.announcing = true;
+        tracing::debug!(place, "announcing the caller's place in the queue");
+        let _ = self.media.send_message(MediaMsg::Ringback(Side::A, false));
+        let _ = self
+            .media
+            .send_message(MediaMsg::Play(Side::A, position_prompt(place), false));
     }
 
     /// The queue offers the call agents: their phones ring (all at once for ring-all;
@@ -896,6 +953,23 @@ impl Ivr {
         };
         let _ = reply.send(record);
     }
+}
+
+/// The beep of a place in the queue.
+const PLACE_HZ: f64 = 950.0;
+
+/// A caller's place in the queue: one 300 ms beep per place (up to nine), 300 ms apart.
+fn position_prompt(place: usize) -> Prompt {
+    let beep = 8 * 300;
+    let mut samples = Vec::with_capacity(place.min(9) * beep * 2);
+    for _ in 0..place.clamp(1, 9) {
+        samples.extend((0..beep).map(|i| {
+            let t = i as f64 / 8000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * PLACE_HZ * t).sin()) as i16
+        }));
+        samples.extend(std::iter::repeat_n(0, beep));
+    }
+    Prompt::from_samples(samples)
 }
 
 /// The tone before a recording.

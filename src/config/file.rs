@@ -751,6 +751,8 @@ pub(crate) struct QueueSection {
     #[serde(default = "default_service_level")]
     pub service_level_secs: i64,
     #[serde(default)]
+    pub announce_position_secs: i64,
+    #[serde(default)]
     pub overflow_route: Option<String>,
 }
 

@@ -112,6 +112,8 @@ pub struct QueueConfig {
     pub wrap_up: Duration,
     /// Calls answered within this wait count toward the service level.
     pub service_level: Duration,
+    /// A waiting caller hears their place in the queue this often (`None`: never).
+    pub announce_position: Option<Duration>,
     /// Where callers go when nobody answers in time (a route); `None`: the call ends.
     pub overflow_route: Option<String>,
     /// The agents answering it (those naming it in their `queues`), in configuration order.

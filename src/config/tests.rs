@@ -729,6 +729,11 @@ fn queues_take_their_members_from_the_agents_and_mistakes_name_the_key() {
     assert_eq!(p.key, "queue[0].overflow_route");
     let p = one_problem("[[queue]]\nname = \"q\"\nring_timeout_secs = 1\n");
     assert_eq!(p.key, "queue[0].ring_timeout_secs");
+    let p = one_problem("[[queue]]\nname = \"q\"\nannounce_position_secs = 1\n");
+    assert_eq!(p.key, "queue[0].announce_position_secs");
+    let c = load("[[queue]]\nname = \"q\"\nannounce_position_secs = 30\n").expect("valid");
+    assert_eq!(c.queues[0].announce_position, Some(Duration::from_secs(30)));
+    assert_eq!(c.queues[0].service_level, Duration::from_secs(20));
     let p = one_problem("[[queue]]\nname = \"q\"\n[[queue]]\nname = \"q\"\n");
     assert_eq!(p.key, "queue[1].name");
 }

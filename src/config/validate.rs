@@ -528,6 +528,12 @@ impl Validator {
             let wrap_up = self.bounded(&key("wrap_up_secs"), q.wrap_up_secs, 0, 600);
             let service_level =
                 self.bounded(&key("service_level_secs"), q.service_level_secs, 1, 600);
+            let announce = match q.announce_position_secs {
+                0 => Some(None),
+                n => self
+                    .bounded(&key("announce_position_secs"), n, 3, 600)
+                    .map(|n| Some(Duration::from_secs(n as u64))),
+            };
             if let Some(route) = q.overflow_route.as_deref().map(str::trim) {
                 if !routes.iter().any(|r| r.name == route) {
                     let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
@@ -543,8 +549,14 @@ impl Validator {
                     );
                 }
             }
-            let (Some(strategy), Some(ring), Some(timeout), Some(wrap_up), Some(service_level)) =
-                (strategy, ring, timeout, wrap_up, service_level)
+            let (
+                Some(strategy),
+                Some(ring),
+                Some(timeout),
+                Some(wrap_up),
+                Some(service_level),
+                Some(announce_position),
+            ) = (strategy, ring, timeout, wrap_up, service_level, announce)
             else {
                 continue;
             };
@@ -555,6 +567,7 @@ impl Validator {
                 timeout: Duration::from_secs(timeout as u64),
                 wrap_up: Duration::from_secs(wrap_up as u64),
                 service_level: Duration::from_secs(service_level as u64),
+                announce_position,
                 overflow_route: q
                     .overflow_route
                     .as_deref()
