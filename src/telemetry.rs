@@ -37,7 +37,8 @@ pub const CALL_DURATION_SECONDS: &str = "waswitch_call_duration_seconds";
 pub const CALLS_REFUSED_TOTAL: &str = "waswitch_calls_refused_total";
 /// Counter: HTTP connections and requests refused at the listener, by `reason`
 /// (`connection_limit`, `header_timeout`, `body_timeout`, `idle_timeout`,
-/// `body_too_large`, `body_broken`, `webhook_busy`, `tls_handshake`).
+/// `body_too_large`, `body_broken`, `webhook_busy`, `tls_handshake`, `agent_sign_in`,
+/// `agent_sign_in_throttled`).
 pub const HTTP_REFUSED_TOTAL: &str = "waswitch_http_refused_total";
 /// Counter: actors that returned an error or panicked, by `actor`.
 pub const ACTOR_FAILURES_TOTAL: &str = "waswitch_actor_failures_total";
@@ -463,6 +464,8 @@ pub fn catalogue() -> Vec<MetricInfo> {
                     "body_broken",
                     "webhook_busy",
                     "tls_handshake",
+                    "agent_sign_in",
+                    "agent_sign_in_throttled",
                 ],
             ),
         ),

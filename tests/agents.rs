@@ -633,6 +633,16 @@ fn agents_added_through_the_api_are_kept_in_the_store_and_register() {
     };
     assert_eq!(page(&node, "carol-pass-2"), 200);
     assert_eq!(page(&node, "carol-pass-1"), 401);
+    // Guessing from one address is throttled with its REGISTERs: ten failures (the old
+    // password twice above, eight guesses), then 429.
+    for _ in 0..8 {
+        assert_eq!(page(&node, "guess"), 401);
+    }
+    assert_eq!(
+        page(&node, "carol-pass-2"),
+        429,
+        "even the right password waits"
+    );
 
     // A restart keeps her.
     rt.block_on(node.drain_and_stop());

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -97,7 +97,11 @@ async fn asset(State(page): State<AgentPage>, Path(file): Path<String>) -> Respo
 
 /// The agent whose credentials the request carries (HTTP Basic, their SIP password), or
 /// the 401 refusing it.
-fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Box<Response>> {
+fn signed_in(
+    page: &AgentPage,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> Result<String, Box<Response>> {
     use base64::Engine as _;
     let refuse = || {
         Box::new(error(
@@ -115,19 +119,38 @@ fn signed_in(page: &AgentPage, headers: &HeaderMap) -> Result<String, Box<Respon
         .map_err(|_| refuse())?;
     let text = String::from_utf8(decoded).map_err(|_| refuse())?;
     let (user, password) = text.split_once(':').ok_or_else(refuse)?;
-    let ok = page
+    use crate::sip::registrar::SignIn;
+    let verdict = page
         .registrar
         .as_ref()
-        .is_some_and(|r| r.check_password(user, password));
-    if !ok {
-        tracing::info!(agent = user, "agent page sign-in refused");
-        return Err(refuse());
+        .map_or(SignIn::Refused, |r| r.sign_in(peer, user, password));
+    match verdict {
+        SignIn::Ok => Ok(user.to_string()),
+        SignIn::Refused => {
+            super::server::refused("agent_sign_in");
+            tracing::info!(agent = user, %peer, "agent page sign-in refused");
+            Err(refuse())
+        }
+        SignIn::Throttled => {
+            super::server::refused("agent_sign_in_throttled");
+            Err(Box::new(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "60")],
+                    Json(json!({"error": "too many failed sign-ins from this address; wait a minute"})),
+                )
+                    .into_response(),
+            ))
+        }
     }
-    Ok(user.to_string())
 }
 
-async fn me(State(page): State<AgentPage>, headers: HeaderMap) -> Response {
-    let user = match signed_in(&page, &headers) {
+async fn me(
+    State(page): State<AgentPage>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let user = match signed_in(&page, peer.ip(), &headers) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -142,8 +165,12 @@ struct PresenceBody {
     presence: String,
 }
 
-async fn presence(State(page): State<AgentPage>, req: Request) -> Response {
-    let user = match signed_in(&page, req.headers()) {
+async fn presence(
+    State(page): State<AgentPage>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
+    let user = match signed_in(&page, peer.ip(), req.headers()) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -193,10 +220,11 @@ fn business(page: &AgentPage) -> Result<(PermissionApi, String), Box<Response>> 
 
 async fn permission(
     State(page): State<AgentPage>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(wa_id): Path<String>,
 ) -> Response {
-    if let Err(r) = signed_in(&page, &headers) {
+    if let Err(r) = signed_in(&page, peer.ip(), &headers) {
         return *r;
     }
     let (api, number) = match business(&page) {
@@ -208,10 +236,11 @@ async fn permission(
 
 async fn request(
     State(page): State<AgentPage>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(wa_id): Path<String>,
 ) -> Response {
-    let user = match signed_in(&page, &headers) {
+    let user = match signed_in(&page, peer.ip(), &headers) {
         Ok(u) => u,
         Err(r) => return *r,
     };

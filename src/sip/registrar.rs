@@ -106,6 +106,9 @@ struct Failures {
 pub(crate) struct Registrar {
     nonces: NonceIssuer,
     bindings: HashMap<String, Binding>,
+    /// The users bound on each flow (requests over a flow are its agent's; a closed flow
+    /// takes its bindings along).
+    by_flow: HashMap<FlowId, Vec<String>>,
     failures: HashMap<IpAddr, Failures>,
     /// The second of the last sweep (the bindings are scanned at most once a second).
     swept_at: Option<u64>,
@@ -117,6 +120,7 @@ impl Registrar {
         Registrar {
             nonces,
             bindings: HashMap::new(),
+            by_flow: HashMap::new(),
             failures: HashMap::new(),
             swept_at: None,
         }
@@ -129,14 +133,32 @@ impl Registrar {
 
     /// Removes `user`'s binding; whether there was one.
     pub(crate) fn unbind(&mut self, user: &str) -> bool {
-        self.bindings.remove(user).is_some()
+        let Some(b) = self.bindings.remove(user) else {
+            return false;
+        };
+        if let Some(users) = self.by_flow.get_mut(&b.flow) {
+            users.retain(|u| u != user);
+            if users.is_empty() {
+                self.by_flow.remove(&b.flow);
+            }
+        }
+        true
+    }
+
+    fn bind(&mut self, binding: Binding) {
+        let (user, flow) = (binding.user.clone(), binding.flow);
+        self.unbind(&user);
+        self.by_flow.entry(flow).or_default().push(user.clone());
+        self.bindings.insert(user, binding);
     }
 
     /// The agent registered over `flow` on transport `via` (not lapsed at `now`).
     pub(crate) fn agent_at(&self, flow: FlowId, via: Kind, now: u64) -> Option<String> {
-        self.bindings
-            .values()
-            .find(|b| b.flow == flow && b.via == via && b.expires_at > now)
+        self.by_flow
+            .get(&flow)?
+            .iter()
+            .filter_map(|u| self.bindings.get(u))
+            .find(|b| b.via == via && b.expires_at > now)
             .map(|b| b.user.clone())
     }
 
@@ -243,7 +265,7 @@ impl Registrar {
             .or(header_expires)
             .unwrap_or(DEFAULT_EXPIRES);
         if contact.uri == "*" || expires == 0 {
-            let had = self.bindings.remove(&user).is_some();
+            let had = self.unbind(&user);
             let response = MessageBuilder::response_to(request, 200, "OK", None).build();
             return Outcome {
                 response,
@@ -269,17 +291,14 @@ impl Registrar {
             };
         }
         let expires = expires.min(MAX_EXPIRES);
-        self.bindings.insert(
-            user.clone(),
-            Binding {
-                user: user.clone(),
-                contact: contact.uri.clone(),
-                flow,
-                source,
-                via,
-                expires_at: now + expires,
-            },
-        );
+        self.bind(Binding {
+            user: user.clone(),
+            contact: contact.uri.clone(),
+            flow,
+            source,
+            via,
+            expires_at: now + expires,
+        });
         Outcome {
             response: self.ok(request, &user, now),
             registered: Registered::Bound(user),
@@ -289,12 +308,7 @@ impl Registrar {
 
     /// The connection `flow` closed: its bindings go (the agents are unreachable).
     pub(crate) fn flow_closed(&mut self, flow: FlowId) -> Vec<String> {
-        let gone: Vec<String> = self
-            .bindings
-            .values()
-            .filter(|b| b.flow == flow)
-            .map(|b| b.user.clone())
-            .collect();
+        let gone = self.by_flow.remove(&flow).unwrap_or_default();
         for user in &gone {
             self.bindings.remove(user);
         }
@@ -316,7 +330,7 @@ impl Registrar {
             .map(|b| b.user.clone())
             .collect();
         for user in &gone {
-            self.bindings.remove(user);
+            self.unbind(user);
         }
         self.failures
             .retain(|_, f| now.saturating_sub(f.since) < FAILURE_WINDOW);
@@ -376,6 +390,17 @@ impl Registrar {
         }
         f.count += 1;
     }
+}
+
+/// A sign-in with an agent's password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignIn {
+    /// The password is the agent's.
+    Ok,
+    /// It is not (or there is no such agent).
+    Refused,
+    /// Too many failures from the address lately.
+    Throttled,
 }
 
 /// Hears that an agent's phone registered (`true`) or went.
@@ -523,13 +548,29 @@ impl Agents {
         }
     }
 
-    /// Whether `password` is agent `user`'s.
-    pub(crate) fn check_password(&self, user: &str, password: &str) -> bool {
-        self.secrets
+    /// Whether `password` is agent `user`'s, for a sign-in from `from` (outside SIP: the
+    /// agent page). Failures count toward the same per-address throttle as REGISTERs.
+    pub(crate) fn sign_in(&self, from: IpAddr, user: &str, password: &str) -> SignIn {
+        let now = self.unix(Instant::now());
+        let mut registrar = self
+            .registrar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if registrar.throttled(from, now) {
+            return SignIn::Throttled;
+        }
+        let ok = self
+            .secrets
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(user)
-            .is_some_and(|h| h.matches(user, &self.realm, password))
+            .is_some_and(|h| h.matches(user, &self.realm, password));
+        if ok {
+            SignIn::Ok
+        } else {
+            registrar.failed(from, now);
+            SignIn::Refused
+        }
     }
 
     /// Where agent `user`'s phone is reached now, if it is registered.
