@@ -32,15 +32,7 @@ const COMFORT_HZ: f32 = 425.0;
 /// Builds the page (`npm ci` when its modules are missing, then `npm run build`), outside
 /// the namespace (npm needs the registry).
 fn build_page() -> PathBuf {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
-    if !web.join("node_modules/jssip").exists() {
-        let ok = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&web)
-            .status()
-            .expect("npm (Debian packages nodejs and npm) is needed");
-        assert!(ok.success(), "npm ci in web/agent failed");
-    }
+    let web = common::agent::web_agent();
     let ok = std::process::Command::new("npm")
         .args(["run", "build"])
         .current_dir(&web)
@@ -238,6 +230,17 @@ fn screenshot(chromium: &mut Chromium, name: &str) {
         .expect("screenshot");
 }
 
+/// Customer `wa_id` calls (in the background), carrying the call for `hold`.
+fn calls(
+    rt: &tokio::runtime::Runtime,
+    ctx: &waswitch::sim::load::SimContext,
+    wa_id: &str,
+    hold: Duration,
+) -> tokio::task::JoinHandle<waswitch::sim::load::CallResult> {
+    let (ctx, wa_id) = (ctx.clone(), wa_id.to_string());
+    rt.spawn(async move { load::user_call(&ctx, &wa_id, hold).await })
+}
+
 fn agent_state(chromium: &mut Chromium) -> Value {
     let text = chromium.eval("return JSON.stringify(window.waswitchAgent);");
     serde_json::from_str(text.as_str().unwrap_or("{}")).unwrap_or(Value::Null)
@@ -263,12 +266,7 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
 
     // 1. The customer calls; the page answers at once; audio both ways; the customer
     //    hangs up.
-    let customer = {
-        let ctx = ctx.clone();
-        rt.spawn(
-            async move { load::user_call(&ctx, "4915112345678", Duration::from_secs(6)).await },
-        )
-    };
+    let customer = calls(&rt, &ctx, "4915112345678", Duration::from_secs(6));
     wait_for(
         &mut chromium,
         "window.waswitchAgent.calls.some(c => c.state === 'answered')",
@@ -305,13 +303,11 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
     // 2. The agent presses a key (the customer hears it as an RFC 4733 event), holds
     //    the customer (who hears the comfort tone meanwhile) and resumes, then hangs up
     //    from the page.
-    let customer = {
-        let mut ctx = ctx.clone();
-        ctx.listen = vec![COMFORT_HZ, AGENT_HZ];
-        rt.spawn(
-            async move { load::user_call(&ctx, "4915187654321", Duration::from_secs(20)).await },
-        )
+    let listening = waswitch::sim::load::SimContext {
+        listen: vec![COMFORT_HZ, AGENT_HZ],
+        ..ctx.clone()
     };
+    let customer = calls(&rt, &listening, "4915187654321", Duration::from_secs(20));
     wait_for(
         &mut chromium,
         "window.waswitchAgent.calls.length === 2 && window.waswitchAgent.calls[1].state === 'answered'",
@@ -357,12 +353,7 @@ fn a_queued_whatsapp_call_rings_the_agent_page_with_audio_both_ways() {
 
     // 3. Without auto-answer the call rings on the page until Answer is pressed.
     open(&mut chromium, http, false);
-    let customer = {
-        let ctx = ctx.clone();
-        rt.spawn(
-            async move { load::user_call(&ctx, "4915100000003", Duration::from_secs(4)).await },
-        )
-    };
+    let customer = calls(&rt, &ctx, "4915100000003", Duration::from_secs(4));
     wait_for(
         &mut chromium,
         "window.waswitchAgent.calls.some(c => c.state === 'ringing') \

@@ -385,15 +385,7 @@ async fn wait_registered(http: SocketAddr, want: &str) {
 /// password.
 #[test]
 fn jssip_registers_and_unregisters_over_websocket() {
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
-    if !web.join("node_modules/jssip/package.json").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&web)
-            .status()
-            .expect("npm (Debian packages nodejs and npm; .ci/run installs them)");
-        assert!(installed.success(), "npm ci in web/agent failed");
-    }
+    let web = common::agent::web_agent();
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node(&rt, dir.path());
@@ -435,15 +427,7 @@ fn jssip_registers_and_unregisters_over_websocket() {
 /// A client that does not finish the handshake is refused and counted.
 #[test]
 fn with_tls_the_page_is_served_over_https_and_jssip_registers_over_wss() {
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
-    if !web.join("node_modules/jssip/package.json").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&web)
-            .status()
-            .expect("npm (Debian packages nodejs and npm; .ci/run installs them)");
-        assert!(installed.success(), "npm ci in web/agent failed");
-    }
+    let web = common::agent::web_agent();
     let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -392,15 +392,7 @@ fn the_ivr_rehearsal_runs_as_documented() {
 #[test]
 fn the_agents_rehearsal_runs_as_documented() {
     if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_none() {
-        let web = repo().join("web/agent");
-        if !web.join("node_modules/@roamhq/wrtc").exists() {
-            let ok = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&web)
-                .status()
-                .expect("npm (Debian packages nodejs and npm) is needed");
-            assert!(ok.success(), "npm ci in web/agent failed");
-        }
+        common::agent::web_agent();
     }
     in_own_namespace("the_agents_rehearsal_runs_as_documented", || {
         let path = "config/examples/agents-sim.toml";

@@ -151,6 +151,16 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Bob's and then Alice's phones registered (digest over UDP), their Contacts at SIPp's
+/// ports; keep the sockets.
+fn phones(switch: SocketAddr, bob_port: u16, alice_port: u16) -> [std::net::UdpSocket; 2] {
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let bob = register_udp(switch, "bob", "bob-pass", at(bob_port));
+    std::thread::sleep(Duration::from_millis(50));
+    let alice = register_udp(switch, "alice", "alice-pass", at(alice_port));
+    [bob, alice]
+}
+
 fn sip_addr(node: &Node) -> SocketAddr {
     node.sip_udp_addr().expect("SIP over UDP")
 }
@@ -169,19 +179,8 @@ fn the_longest_idle_agent_is_rung_first_and_a_ring_timeout_moves_to_the_next() {
     let bob = Uas::start_with("b2bua_uas_ring_cancel.xml", "u1", bob_port, 1, &[]);
     let alice = Uas::start_with("b2bua_uas.xml", "u1", alice_port, 1, &["-rtp_echo"]);
     let switch = sip_addr(&rig.node);
-    let _bob_phone = register_udp(
-        switch,
-        "bob",
-        "bob-pass",
-        SocketAddr::from(([127, 0, 0, 1], bob_port)),
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    let _alice_phone = register_udp(
-        switch,
-        "alice",
-        "alice-pass",
-        SocketAddr::from(([127, 0, 0, 1], alice_port)),
-    );
+    // Bob first: he has been free the longer.
+    let _phones = phones(switch, bob_port, alice_port);
     let r = rt.block_on(load::user_call(
         &rig.ctx,
         "4915112345678",
@@ -287,18 +286,8 @@ fn ring_all_rings_every_available_agent_and_the_first_to_answer_takes_the_call()
     let bob = Uas::start_with("b2bua_uas_ring_cancel.xml", "u1", bob_port, 1, &[]);
     let alice = Uas::start_with("b2bua_uas.xml", "u1", alice_port, 1, &["-rtp_echo"]);
     let switch = sip_addr(&rig.node);
-    let _bob_phone = register_udp(
-        switch,
-        "bob",
-        "bob-pass",
-        SocketAddr::from(([127, 0, 0, 1], bob_port)),
-    );
-    let _alice_phone = register_udp(
-        switch,
-        "alice",
-        "alice-pass",
-        SocketAddr::from(([127, 0, 0, 1], alice_port)),
-    );
+    // Bob first: he has been free the longer.
+    let _phones = phones(switch, bob_port, alice_port);
     let r = rt.block_on(load::user_call(
         &rig.ctx,
         "4915112345679",

@@ -59,6 +59,20 @@ struct AgentState {
     idle_since: Instant,
 }
 
+impl AgentState {
+    /// An agent not registered yet, willing to take calls once they are.
+    fn fresh(now: Instant) -> AgentState {
+        AgentState {
+            registered: false,
+            willing: true,
+            on_call: false,
+            ringing: false,
+            wrap_up_until: None,
+            idle_since: now,
+        }
+    }
+}
+
 /// Every agent's state.
 #[derive(Debug, Clone, Default)]
 pub struct AgentBook {
@@ -71,19 +85,7 @@ impl AgentBook {
         AgentBook {
             agents: users
                 .into_iter()
-                .map(|u| {
-                    (
-                        u.to_string(),
-                        AgentState {
-                            registered: false,
-                            willing: true,
-                            on_call: false,
-                            ringing: false,
-                            wrap_up_until: None,
-                            idle_since: now,
-                        },
-                    )
-                })
+                .map(|u| (u.to_string(), AgentState::fresh(now)))
                 .collect(),
         }
     }
@@ -92,14 +94,7 @@ impl AgentBook {
     pub fn add(&mut self, user: &str, now: Instant) {
         self.agents
             .entry(user.to_string())
-            .or_insert_with(|| AgentState {
-                registered: false,
-                willing: true,
-                on_call: false,
-                ringing: false,
-                wrap_up_until: None,
-                idle_since: now,
-            });
+            .or_insert_with(|| AgentState::fresh(now));
     }
 
     /// Removes agent `user`.

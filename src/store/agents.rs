@@ -54,43 +54,30 @@ impl Store {
     /// Adds or replaces `agent`; true when it is new.
     pub async fn put_agent(&self, agent: &StoredAgent, now_ms: i64) -> Result<bool, StoreError> {
         let queues = serde_json::to_string(&agent.queues).unwrap_or_else(|_| "[]".into());
+        // One transaction: whether the agent existed, and the agent written.
+        macro_rules! put {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let (n,): (i64,) = sqlx::query_as(EXISTS)
+                    .bind(&agent.user)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(UPSERT)
+                    .bind(&agent.user)
+                    .bind(&agent.ha1_md5)
+                    .bind(&agent.ha1_sha256)
+                    .bind(&agent.display_name)
+                    .bind(&queues)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n
+            }};
+        }
         let existed: i64 = match self {
-            Store::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let (n,): (i64,) = sqlx::query_as(EXISTS)
-                    .bind(&agent.user)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(UPSERT)
-                    .bind(&agent.user)
-                    .bind(&agent.ha1_md5)
-                    .bind(&agent.ha1_sha256)
-                    .bind(&agent.display_name)
-                    .bind(&queues)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                n
-            }
-            Store::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                let (n,): (i64,) = sqlx::query_as(EXISTS)
-                    .bind(&agent.user)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(UPSERT)
-                    .bind(&agent.user)
-                    .bind(&agent.ha1_md5)
-                    .bind(&agent.ha1_sha256)
-                    .bind(&agent.display_name)
-                    .bind(&queues)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                n
-            }
+            Store::Sqlite(p) => put!(p),
+            Store::Postgres(p) => put!(p),
         };
         Ok(existed == 0)
     }

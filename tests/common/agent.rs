@@ -62,6 +62,20 @@ pub fn register(transport: &str, local: SocketAddr, user: &str, cseq: u32, extra
     )
 }
 
+/// `web/agent` with its npm packages installed (from the lockfile, when missing).
+pub fn web_agent() -> std::path::PathBuf {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/agent");
+    if !web.join("node_modules/@roamhq/wrtc/package.json").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&web)
+            .status()
+            .expect("npm (Debian packages nodejs and npm; .ci/run installs them)");
+        assert!(installed.success(), "npm ci in web/agent failed");
+    }
+    web
+}
+
 /// Registers `user` over UDP from a socket of its own, with its Contact at `contact`
 /// (where the phone takes calls: a SIPp UAS, say); answers the digest challenge. Returns
 /// the socket (keep it: the binding is refreshed from it).
