@@ -581,8 +581,15 @@ impl Node {
             }));
         }
         let sip_ws = sip_ws.map(|(listener, _)| listener);
-        if let Some(token) = config.http.api_token.clone() {
-            router = router.merge(api::v1::router(api_state, token, Some(permission_api)));
+        // The REST API: the operator's token, and the apps' tokens limited to their
+        // business numbers and scopes.
+        if config.http.api_token.is_some() || !config.api_tokens.is_empty() {
+            router = router.merge(api::v1::router(
+                api_state,
+                config.http.api_token.clone(),
+                config.api_tokens.clone(),
+                Some(permission_api),
+            ));
         }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let limits = config.http.limits;

@@ -15,11 +15,14 @@
 //!   newest first, with the total matching.
 //! - Permissions, the do-not-call list and the audit trail: [`super::permissions`].
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -35,9 +38,14 @@ const MAX_LIMIT: u32 = 1000;
 /// The `/v1` routes, behind the bearer token.
 pub(crate) fn router(
     state: ApiState,
-    token: Secret,
+    token: Option<Secret>,
+    app_tokens: Vec<crate::config::ApiTokenConfig>,
     permissions: Option<super::permissions::PermissionApi>,
 ) -> Router {
+    let tokens = Arc::new(Tokens {
+        operator: token,
+        apps: app_tokens,
+    });
     let mut router = Router::new()
         .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/{id}", get(call).delete(hang_up))
@@ -58,10 +66,75 @@ pub(crate) fn router(
     }
     router.layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
-            let token = token.clone();
-            async move { authorised(&token, req, next).await }
+            let tokens = Arc::clone(&tokens);
+            async move { authorised(&tokens, req, next).await }
         },
     ))
+}
+
+/// The API's tokens: the operator's (everything) and the apps' (their numbers, their
+/// scopes).
+struct Tokens {
+    operator: Option<Secret>,
+    apps: Vec<crate::config::ApiTokenConfig>,
+}
+
+/// Who a request acts for.
+#[derive(Debug, Clone)]
+pub(crate) enum Scope {
+    /// The operator's token: every business number, every route.
+    Operator,
+    /// An app's token (`[[api_token]]`).
+    App {
+        /// Its name.
+        name: String,
+        /// Its business numbers (E.164 digits).
+        numbers: Vec<String>,
+        /// Its scopes.
+        scopes: Vec<String>,
+    },
+}
+
+impl Scope {
+    /// Whether the token acts for business number `n` (`+`, `00` or bare digits).
+    pub(crate) fn number(&self, n: &str) -> bool {
+        match self {
+            Scope::Operator => true,
+            Scope::App { numbers, .. } => {
+                let d = n.trim().trim_start_matches('+');
+                let d = d.strip_prefix("00").unwrap_or(d);
+                numbers.iter().any(|x| x == d)
+            }
+        }
+    }
+
+    fn allows(&self, scope: &str) -> bool {
+        match self {
+            Scope::Operator => true,
+            Scope::App { scopes, .. } => scopes.iter().any(|s| s == scope),
+        }
+    }
+}
+
+/// What a path needs of a token: its scope, and the business number it names (the
+/// path's, or a query's `business_number`).
+fn required_scope(path: &str) -> Option<&'static str> {
+    let first = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match first {
+        "calls" => Some("calls"),
+        "cdrs" => Some("cdrs"),
+        "permissions" | "dnc" | "audit" => Some("permissions"),
+        "agents" | "queues" => Some("agents"),
+        _ => None,
+    }
+}
+
+fn forbidden(why: &str) -> Response {
+    error(StatusCode::FORBIDDEN, why)
 }
 
 /// `GET /v1/agents`: every agent, registered or not, with their presence.
@@ -244,16 +317,91 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
-async fn authorised(token: &Secret, req: Request, next: Next) -> Response {
+async fn authorised(tokens: &Tokens, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => next.run(req).await,
-        _ => {
+    let scope = presented.and_then(|p| {
+        let operator = tokens
+            .operator
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(p.as_bytes(), t.expose().as_bytes()));
+        if operator {
+            return Some(Scope::Operator);
+        }
+        tokens
+            .apps
+            .iter()
+            .find(|a| constant_time_eq(p.as_bytes(), a.token.expose().as_bytes()))
+            .map(|a| Scope::App {
+                name: a.name.clone(),
+                numbers: a.business_numbers.clone(),
+                scopes: a.scopes.clone(),
+            })
+    });
+    match scope {
+        Some(scope) => {
+            let path = req.uri().path().to_string();
+            if let Some(needed) = required_scope(&path) {
+                if !scope.allows(needed) {
+                    return forbidden(&format!("this token has no {needed:?} scope"));
+                }
+            }
+            if let Scope::App { numbers, name, .. } = &scope {
+                // A business number in the path is the token's own.
+                let parts: Vec<&str> = path.split('/').collect();
+                if matches!(parts.get(2), Some(&"permissions") | Some(&"dnc")) {
+                    if let Some(n) = parts.get(3).filter(|n| !n.is_empty()) {
+                        if !scope.number(n) {
+                            tracing::info!(token = %name, number = %n, "API token used for another business's number");
+                            return forbidden("this token does not act for that business number");
+                        }
+                    }
+                }
+                // Listings are of its own numbers: a query names one of them, or the
+                // token's only number is filled in.
+                if matches!(parts.get(2), Some(&"cdrs") | Some(&"dnc") | Some(&"audit"))
+                    && parts.len() == 3
+                {
+                    let query = req.uri().query().unwrap_or("").to_string();
+                    let named = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("business_number="))
+                        .map(str::to_string);
+                    match (named, numbers.as_slice()) {
+                        (Some(n), _) if !scope.number(&n) => {
+                            return forbidden("this token does not act for that business number");
+                        }
+                        (Some(_), _) => {}
+                        (None, [only]) => {
+                            let q = if query.is_empty() {
+                                format!("business_number={only}")
+                            } else {
+                                format!("{query}&business_number={only}")
+                            };
+                            if let Ok(uri) = format!("{path}?{q}").parse() {
+                                *req.uri_mut() = uri;
+                            }
+                        }
+                        (None, _) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                &format!(
+                                    "business_number: name one of this token's numbers ({})",
+                                    numbers.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            req.extensions_mut().insert(scope);
+            next.run(req).await
+        }
+        None => {
             let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -270,9 +418,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn place_call(
     State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
     super::ApiJson(req): super::ApiJson<crate::call::sip::CallbackRequest>,
 ) -> Response {
     use crate::call::sip::CallbackRefused;
+    if !scope.number(&req.business_number) {
+        return forbidden("this token does not act for that business number");
+    }
     // Placed on a task of its own: a client that goes away mid-request cannot abandon a
     // call halfway through its start.
     let sip = s.sip.clone();
@@ -308,26 +460,56 @@ async fn place_call(
     }
 }
 
-async fn calls(State(s): State<ApiState>) -> Response {
+/// Whether `scope` may see and act on the call `snapshot` is of.
+fn own_call(scope: &Scope, snapshot: &crate::call::CallSnapshot) -> bool {
+    match scope {
+        Scope::Operator => true,
+        Scope::App { .. } => snapshot
+            .offer
+            .business_number
+            .as_deref()
+            .is_some_and(|n| scope.number(n)),
+    }
+}
+
+async fn calls(State(s): State<ApiState>, Extension(scope): Extension<Scope>) -> Response {
     let mut out = Vec::new();
     for id in s.calls.ids() {
         // A call that ends meanwhile is simply not listed.
         if let Some(snapshot) = s.calls.snapshot(&id).await {
-            out.push(snapshot);
+            if own_call(&scope, &snapshot) {
+                out.push(snapshot);
+            }
         }
     }
     out.sort_by_key(|c| c.offered_at);
     Json(json!({"calls": out})).into_response()
 }
 
-async fn call(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn call(
+    State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Response {
     match s.calls.snapshot(&CallId::from(id.as_str())).await {
-        Some(snapshot) => Json(snapshot).into_response(),
+        Some(snapshot) if own_call(&scope, &snapshot) => Json(snapshot).into_response(),
+        Some(_) => forbidden("this token does not act for that call's business number"),
         None => error(StatusCode::NOT_FOUND, "no such live call"),
     }
 }
 
-async fn hang_up(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn hang_up(
+    State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Scope::App { .. } = scope {
+        match s.calls.snapshot(&CallId::from(id.as_str())).await {
+            Some(snapshot) if own_call(&scope, &snapshot) => {}
+            Some(_) => return forbidden("this token does not act for that call's business number"),
+            None => return error(StatusCode::NOT_FOUND, "no such live call"),
+        }
+    }
     if s.calls
         .hangup(
             &CallId::from(id.as_str()),

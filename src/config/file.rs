@@ -32,6 +32,8 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub queue: Vec<QueueSection>,
     #[serde(default)]
+    pub api_token: Vec<ApiTokenSection>,
+    #[serde(default)]
     pub route: Vec<RouteSection>,
     #[serde(default)]
     pub meta: Option<MetaSection>,
@@ -732,6 +734,24 @@ fn default_log_level() -> String {
 
 fn default_log_format() -> String {
     "text".to_string()
+}
+
+/// `[[api_token]]`: a REST API token limited to some business numbers and scopes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiTokenSection {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub business_numbers: Vec<String>,
+    #[serde(default = "default_token_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_token_scopes() -> Vec<String> {
+    ["calls", "cdrs", "permissions"].map(String::from).to_vec()
 }
 
 /// `[[queue]]`: agents answering calls in turn.

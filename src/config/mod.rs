@@ -81,6 +81,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// Queues of agents (`[[queue]]`).
     pub queues: Vec<QueueConfig>,
+    /// REST API tokens limited to some business numbers and scopes (`[[api_token]]`).
+    pub api_tokens: Vec<ApiTokenConfig>,
     /// `waswitch sim`.
     pub sim: SimConfig,
     /// Where each CDR is also POSTed, signed (`None`: only stored).
@@ -118,6 +120,20 @@ pub struct QueueConfig {
     pub overflow_route: Option<String>,
     /// The agents answering it (those naming it in their `queues`), in configuration order.
     pub members: Vec<String>,
+}
+
+/// A REST API token for one business (an app): it sees and acts on only its business
+/// numbers' calls, CDRs and permissions, within its scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenConfig {
+    /// Its name (logs).
+    pub name: String,
+    /// The bearer token.
+    pub token: Secret,
+    /// The business numbers it acts for (E.164 digits).
+    pub business_numbers: Vec<String>,
+    /// What it may use: `calls`, `cdrs`, `permissions`, `agents`.
+    pub scopes: Vec<String>,
 }
 
 /// An agent whose phone registers with the switch (digest, SHA-256 or MD5).

@@ -270,6 +270,11 @@ impl Validator {
             &routes,
             &ivr_names,
         );
+        let api_tokens = self.api_tokens(
+            &raw.api_token,
+            raw.http.api_token.as_deref().map(str::trim),
+            &business_numbers,
+        );
         let ring_timeout =
             self.bounded("sip.ring_timeout_secs", raw.sip.ring_timeout_secs, 1, 3600);
         let session_expires = match raw.sip.session_expires_secs {
@@ -365,6 +370,7 @@ impl Validator {
             business_numbers,
             agents,
             queues,
+            api_tokens,
             sim: SimConfig {
                 listen: sim_listen?,
             },
@@ -484,6 +490,75 @@ impl Validator {
 impl Validator {
     /// `[[queue]]`: a unique name, a strategy, bounded times, an overflow route that
     /// exists; every queue an agent names must exist. Members are the agents naming it.
+    fn api_tokens(
+        &mut self,
+        raw: &[file::ApiTokenSection],
+        operator: Option<&str>,
+        numbers: &[super::BusinessNumber],
+    ) -> Vec<super::ApiTokenConfig> {
+        let mut out: Vec<super::ApiTokenConfig> = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let key = |f: &str| format!("api_token[{i}].{f}");
+            let name = t.name.trim();
+            if name.is_empty() {
+                self.problem(&key("name"), "is missing", "name the token (its app, say)");
+                continue;
+            }
+            let token = t.token.trim();
+            if token.chars().count() < 16 {
+                self.problem(
+                    &key("token"),
+                    "is shorter than 16 characters",
+                    "use a long random token (openssl rand -hex 24)",
+                );
+                continue;
+            }
+            if operator == Some(token) || out.iter().any(|o| o.token.expose() == token) {
+                self.problem(
+                    &key("token"),
+                    "is the same as another token",
+                    "give every token its own value",
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (j, n) in t.business_numbers.iter().enumerate() {
+                let digits = n.trim().trim_start_matches('+');
+                if !numbers.iter().any(|b| b.display_number == digits) {
+                    self.problem(
+                        &format!("api_token[{i}].business_numbers[{j}]"),
+                        format!("{n:?} is not a [[business_number]] of this switch"),
+                        "name a display_number of a [[business_number]]",
+                    );
+                    ok = false;
+                }
+            }
+            for (j, s) in t.scopes.iter().enumerate() {
+                if !["calls", "cdrs", "permissions", "agents"].contains(&s.as_str()) {
+                    self.problem(
+                        &format!("api_token[{i}].scopes[{j}]"),
+                        format!("{s:?} is not a scope"),
+                        "use \"calls\", \"cdrs\", \"permissions\" or \"agents\"",
+                    );
+                    ok = false;
+                }
+            }
+            if ok {
+                out.push(super::ApiTokenConfig {
+                    name: name.to_string(),
+                    token: Secret::new(token),
+                    business_numbers: t
+                        .business_numbers
+                        .iter()
+                        .map(|n| n.trim().trim_start_matches('+').to_string())
+                        .collect(),
+                    scopes: t.scopes.clone(),
+                });
+            }
+        }
+        out
+    }
+
     fn queues(
         &mut self,
         raw: &[file::QueueSection],
