@@ -38,6 +38,8 @@ pub(crate) struct AgentPage {
     pub registrar: Option<Arc<crate::sip::registrar::Agents>>,
     /// Call permissions (`None`: no WhatsApp numbers).
     pub permissions: Option<PermissionApi>,
+    /// The business number each configured agent calls from (others: the first).
+    pub agent_numbers: Arc<std::collections::HashMap<String, String>>,
 }
 
 /// The routes.
@@ -201,8 +203,9 @@ async fn presence(
     }
 }
 
-/// The business number agents' customers are reached from (the first configured).
-fn business(page: &AgentPage) -> Result<(PermissionApi, String), Box<Response>> {
+/// The business number `user`'s customers are reached from (theirs, else the first
+/// configured), as their calls from the page are.
+fn business(page: &AgentPage, user: &str) -> Result<(PermissionApi, String), Box<Response>> {
     let none = || {
         Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -210,10 +213,11 @@ fn business(page: &AgentPage) -> Result<(PermissionApi, String), Box<Response>> 
         ))
     };
     let api = page.permissions.clone().ok_or_else(none)?;
-    let number = api
-        .numbers
-        .first()
-        .map(|n| n.display_number.clone())
+    let number = page
+        .agent_numbers
+        .get(user)
+        .cloned()
+        .or_else(|| api.numbers.first().map(|n| n.display_number.clone()))
         .ok_or_else(none)?;
     Ok((api, number))
 }
@@ -224,10 +228,11 @@ async fn permission(
     headers: HeaderMap,
     Path(wa_id): Path<String>,
 ) -> Response {
-    if let Err(r) = signed_in(&page, peer.ip(), &headers) {
-        return *r;
-    }
-    let (api, number) = match business(&page) {
+    let user = match signed_in(&page, peer.ip(), &headers) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let (api, number) = match business(&page, &user) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -244,7 +249,7 @@ async fn request(
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let (api, number) = match business(&page) {
+    let (api, number) = match business(&page, &user) {
         Ok(b) => b,
         Err(r) => return *r,
     };

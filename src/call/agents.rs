@@ -532,6 +532,7 @@ mod tests {
             password: Secret::new("p"),
             display_name: None,
             queues: vec!["support".into()],
+            business_number: None,
         };
         let queue = QueueConfig {
             name: "support".into(),

@@ -808,6 +808,8 @@ pub(crate) struct AgentSection {
     pub display_name: Option<String>,
     #[serde(default)]
     pub queues: Vec<String>,
+    #[serde(default)]
+    pub business_number: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -147,6 +147,9 @@ pub struct AgentConfig {
     pub display_name: Option<String>,
     /// The queues the agent answers.
     pub queues: Vec<String>,
+    /// The business number the agent's calls to customers come from (`None`: the first
+    /// configured).
+    pub business_number: Option<String>,
 }
 
 /// Overload protection: above these, new calls get 503 with Retry-After at once.

@@ -729,6 +729,11 @@ fn queues_take_their_members_from_the_agents_and_mistakes_name_the_key() {
     assert_eq!(p.key, "queue[0].overflow_route");
     let p = one_problem("[[queue]]\nname = \"q\"\nring_timeout_secs = 1\n");
     assert_eq!(p.key, "queue[0].ring_timeout_secs");
+    let p = one_problem(&format!(
+        "{agents}[[queue]]\nname = \"support\"\n[[queue]]\nname = \"sales\"\n\
+         [[agent]]\nuser = \"carol\"\npassword = \"c\"\nbusiness_number = \"15550001234\"\n"
+    ));
+    assert_eq!(p.key, "agent[2].business_number");
     let p = one_problem("[[queue]]\nname = \"q\"\nannounce_position_secs = 1\n");
     assert_eq!(p.key, "queue[0].announce_position_secs");
     let c = load("[[queue]]\nname = \"q\"\nannounce_position_secs = 30\n").expect("valid");

@@ -270,6 +270,19 @@ impl Validator {
             &routes,
             &ivr_names,
         );
+        for (i, a) in raw.agent.iter().enumerate() {
+            let Some(n) = a.business_number.as_deref() else {
+                continue;
+            };
+            let digits = n.trim().trim_start_matches('+');
+            if !business_numbers.iter().any(|b| b.display_number == digits) {
+                self.problem(
+                    &format!("agent[{i}].business_number"),
+                    format!("{n:?} is not a [[business_number]] of this switch"),
+                    "name the display_number of a [[business_number]], or leave it out (the first one)",
+                );
+            }
+        }
         let api_tokens = self.api_tokens(
             &raw.api_token,
             raw.http.api_token.as_deref().map(str::trim),
@@ -472,6 +485,10 @@ impl Validator {
                 );
             }
             out.push(AgentConfig {
+                business_number: a
+                    .business_number
+                    .as_deref()
+                    .map(|n| n.trim().trim_start_matches('+').to_string()),
                 user: user.to_string(),
                 password: Secret::new(a.password.clone()),
                 display_name: a

@@ -101,6 +101,8 @@ pub(super) struct IngressInner {
     pub(super) admissions: Background,
     /// The agents' registrar (where queue calls find the agents' phones).
     agents: OnceLock<Arc<crate::sip::registrar::Agents>>,
+    /// The business number each configured agent's calls to customers come from.
+    agent_numbers: std::collections::HashMap<String, String>,
 }
 
 impl IngressInner {
@@ -159,6 +161,11 @@ impl SipIngress {
                 bic: OnceLock::new(),
                 admissions: Background::new(),
                 agents: OnceLock::new(),
+                agent_numbers: config
+                    .agents
+                    .iter()
+                    .filter_map(|a| Some((a.user.clone(), a.business_number.clone()?)))
+                    .collect(),
             }),
         }
     }
@@ -588,7 +595,15 @@ impl SipIngress {
             .get()
             .and_then(|a| a.agent_at(from, origin.kind()))
         {
-            let number = inner.bic.get().and_then(|b| b.numbers.first().cloned());
+            // The agent's own business number, else the first.
+            let number = inner.bic.get().and_then(|b| {
+                inner
+                    .agent_numbers
+                    .get(&user)
+                    .and_then(|n| b.number(n))
+                    .or_else(|| b.numbers.first())
+                    .cloned()
+            });
             let Some(number) = number else {
                 return refuse(
                     403,
