@@ -313,26 +313,33 @@ impl Directory {
     /// `user`'s phone stopped ringing for the call unanswered: the agent is free again,
     /// and the call is offered someone else.
     pub fn no_answer(&self, ticket: u64, user: &str) {
-        let mut inner = self.lock();
-        inner.book.release(user);
-        if let Some(w) = inner.waiting.iter_mut().find(|w| w.ticket == ticket) {
-            w.ringing.retain(|u| u != user);
-            if !w.tried.iter().any(|u| u == user) {
-                w.tried.push(user.to_string());
-            }
+        self.give_back(ticket, user, true);
+    }
+
+    /// Frees `user` if they are reserved for call `ticket` (never one reserved for another
+    /// call since: an offer may arrive after its call left); `tried`: passed over for this
+    /// call until the next round.
+    fn give_back(&self, ticket: u64, user: &str, tried: bool) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(w) = inner.waiting.iter_mut().find(|w| w.ticket == ticket) else {
+            return;
+        };
+        if !w.ringing.iter().any(|u| u == user) {
+            return;
         }
-        self.dispatch(inner);
+        w.ringing.retain(|u| u != user);
+        if tried && !w.tried.iter().any(|u| u == user) {
+            w.tried.push(user.to_string());
+        }
+        inner.book.release(user);
+        self.dispatch(guard);
     }
 
     /// `user`'s phone was offered the call but not rung (another kind of phone than the
     /// ones rung with it): the agent is free again, and may be offered it later.
     pub fn release(&self, ticket: u64, user: &str) {
-        let mut inner = self.lock();
-        inner.book.release(user);
-        if let Some(w) = inner.waiting.iter_mut().find(|w| w.ticket == ticket) {
-            w.ringing.retain(|u| u != user);
-        }
-        self.dispatch(inner);
+        self.give_back(ticket, user, false);
     }
 
     /// `user` answered the call: it leaves the queue (other agents rung for it are

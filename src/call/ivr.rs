@@ -683,7 +683,16 @@ impl Ivr {
             .into_iter()
             .partition(|u| sip.agent_on_websocket(u) == Some(browser));
         for other in &others {
-            directory.release(ticket, other);
+            if sip.agent_on_websocket(other).is_none() {
+                // Its registration lapsed unnoticed: passed over, and offline from now.
+                directory.no_answer(ticket, other);
+                directory.set_registered(other, false);
+            } else {
+                directory.release(ticket, other);
+            }
+        }
+        if users.is_empty() {
+            return;
         }
         let give_back = |users: &[String]| {
             for user in users {

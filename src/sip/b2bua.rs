@@ -306,6 +306,8 @@ pub(crate) struct Bridge {
     a_webrtc: Option<(Bytes, Bytes)>,
     /// Ring-all attempts besides leg B, ringing at once.
     forks: Vec<BLeg>,
+    /// When ring-all gives up on every attempt (whichever is leg B by then).
+    ring_until: Option<Instant>,
 }
 
 /// Why an INVITE cannot be bridged; answered with this status before any call exists.
@@ -463,6 +465,7 @@ impl Bridge {
             b_setup: None,
             a_webrtc: None,
             forks: Vec::new(),
+            ring_until: None,
         };
         Ok(bridge)
     }
@@ -653,7 +656,19 @@ impl Bridge {
     /// Time has reached [`poll_timeout`](Self::poll_timeout).
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.linger.is_some_and(|at| now >= at) {
-            // The trunk never settled after our CANCEL: stop waiting.
+            // The trunk never settled after our CANCEL: stop waiting (ring-all attempts
+            // that never rang are abandoned).
+            for fork in std::mem::take(&mut self.forks) {
+                self.out.push_back(Action::Unroute(fork.call_id.clone()));
+                if fork.state == BState::Calling {
+                    self.out.push_back(Action::B(
+                        fork.target,
+                        SipCommand::Abandon {
+                            call_id: fork.call_id,
+                        },
+                    ));
+                }
+            }
             if let Some(b) = self.b.as_mut() {
                 if b.state == BState::Calling {
                     let call_id = b.call_id.clone();

@@ -200,6 +200,16 @@ impl Shard {
         } else if let Some(p) = self.pairs.get_mut(&id) {
             p.parked = Some(b);
             metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(1.0);
+            // Parked: it takes nothing (no source is accepted), expects nothing (no media
+            // timeout) and transcodes nothing, until it is side B again.
+            if let Some(leg) = self.legs[b].as_mut() {
+                leg.remote = None;
+                leg.latched = true;
+                leg.sends = false;
+                if leg.transcode.take().is_some() {
+                    metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
+                }
+            }
         }
         let slot = self.slot();
         // Our offer waits for its answer; a leg that answered an offer is ready.
@@ -251,6 +261,11 @@ impl Shard {
         }
         if let Some(l) = self.legs[a].as_mut() {
             l.peer = parked;
+        }
+        // Side B again: it takes its peer's packets once its SDP names (or latches) one.
+        if let Some(l) = self.legs[parked].as_mut() {
+            l.latched = false;
+            l.last_rx = Instant::now();
         }
         self.plan_transcoding(a);
     }

@@ -56,7 +56,13 @@ impl Bridge {
         self.b_deadline = Some(now + self.targets[index].invite_timeout);
         if self.cfg.parallel {
             // Ring-all: every target at once; the first to answer takes the call (and is
-            // reported then), the others are cancelled.
+            // reported then), the others are cancelled; all within the ring time.
+            self.ring_until = Some(
+                now + self
+                    .cfg
+                    .ring_timeout
+                    .max(self.targets[index].invite_timeout),
+            );
             while self.next_target < self.targets.len() {
                 let index = self.next_target;
                 self.next_target += 1;
@@ -171,10 +177,35 @@ impl Bridge {
         };
         let resp = match event {
             CoreEvent::Response(_, resp) => resp,
-            CoreEvent::Timeout(_, _) => {
-                let fork = self.forks.remove(i);
-                self.note_failure_of(fork.target, 408, "Request Timeout".into());
-                self.maybe_all_failed(now);
+            CoreEvent::Timeout(_, request)
+                if seq_of(&request).is_some_and(|c| c.method == Method::Invite) =>
+            {
+                let fork = self.fork_done(i);
+                if !fork.cancel_pending && fork.state != BState::Done && self.ended.is_none() {
+                    self.note_failure_of(fork.target, 408, "Request Timeout".into());
+                    self.maybe_all_failed(now);
+                }
+                return;
+            }
+            CoreEvent::Request {
+                server, request, ..
+            } => {
+                // Nothing is relayed from an attempt that has not answered.
+                let resp = MessageBuilder::response_to(
+                    &request,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    None,
+                )
+                .build();
+                let target = self.forks[i].target;
+                self.out.push_back(Action::B(
+                    target,
+                    SipCommand::Respond {
+                        server,
+                        response: resp,
+                    },
+                ));
                 return;
             }
             _ => return,
@@ -209,7 +240,7 @@ impl Bridge {
                 }
             }
             200..=299 => {
-                let fork = self.forks.remove(i);
+                let fork = self.fork_done(i);
                 let cancelled = fork.cancel_pending || fork.state == BState::Done;
                 if cancelled || self.ended.is_some() || self.a_phase != APhase::Offered {
                     // Answered as it was cancelled: acknowledge and hang it up.
@@ -227,13 +258,36 @@ impl Bridge {
                 self.b_answered(now, resp);
             }
             _ => {
-                let fork = self.forks.remove(i);
+                let fork = self.fork_done(i);
                 if !fork.cancel_pending && fork.state != BState::Done && self.ended.is_none() {
                     self.note_failure_of(fork.target, code, reason_of(&resp));
                     self.maybe_all_failed(now);
                 }
             }
         }
+    }
+
+    /// Leg B is settled: the call is too, unless ring-all attempts still owe their final
+    /// answer (the last of them settles it).
+    fn settled_unless_forks(&mut self) {
+        if self.forks.is_empty() {
+            self.settled();
+        }
+    }
+
+    /// Ring-all attempt `i` has its final answer: it goes, with its route; a call that
+    /// ended and was only waiting for it is settled.
+    fn fork_done(&mut self, i: usize) -> BLeg {
+        let fork = self.forks.remove(i);
+        self.out.push_back(Action::Unroute(fork.call_id.clone()));
+        let b_pending = self
+            .b
+            .as_ref()
+            .is_some_and(|b| matches!(b.state, BState::Calling | BState::Proceeding));
+        if self.linger.is_some() && self.forks.is_empty() && !b_pending {
+            self.settled();
+        }
+        fork
     }
 
     /// Cancels every ring-all attempt besides leg B (one not yet ringing is cancelled
@@ -258,7 +312,7 @@ impl Bridge {
 
     /// Leg B failed in ring-all: an attempt still ringing takes its place. True when the
     /// call goes on.
-    fn promote_fork(&mut self) -> bool {
+    fn promote_fork(&mut self, now: Instant) -> bool {
         let live = self
             .forks
             .iter()
@@ -268,6 +322,10 @@ impl Bridge {
                 let fork = self.forks.remove(i);
                 if let Some(old) = self.b.replace(fork) {
                     self.out.push_back(Action::Unroute(old.call_id));
+                }
+                // The ring time goes on for the attempts still ringing.
+                if self.b_deadline.is_none() {
+                    self.b_deadline = self.ring_until.or(Some(now + self.cfg.ring_timeout));
                 }
                 true
             }
@@ -279,7 +337,7 @@ impl Bridge {
     /// hears the best failure.
     fn maybe_all_failed(&mut self, now: Instant) {
         let b_alive = self.b.as_ref().is_some_and(|b| b.state != BState::Done);
-        if !b_alive && !self.promote_fork() && self.ended.is_none() {
+        if !b_alive && !self.promote_fork(now) && self.ended.is_none() {
             self.fail_a(now);
         }
     }
@@ -385,7 +443,7 @@ impl Bridge {
                 self.b_deadline = None;
                 if self.ended.is_some() || self.a_phase != APhase::Offered {
                     // Our CANCEL (or hangup) took effect.
-                    self.settled();
+                    self.settled_unless_forks();
                     return;
                 }
                 if matches!(code, 401 | 407)
@@ -406,7 +464,7 @@ impl Bridge {
                 self.note_failure(code, reason);
                 if self.cfg.parallel {
                     // Ring-all: the attempts still ringing go on.
-                    if !self.promote_fork() {
+                    if !self.promote_fork(now) {
                         self.fail_a(now);
                     }
                 } else if code == 408 || (500..=599).contains(&code) {
@@ -525,7 +583,7 @@ impl Bridge {
                 b.state = BState::Done;
                 b
             });
-            self.settled();
+            self.settled_unless_forks();
             return;
         }
         // Session timer toward B: we refresh when B says so (or says nothing of who).
@@ -614,7 +672,7 @@ impl Bridge {
         b.state = BState::Done;
         self.b_deadline = None;
         if self.ended.is_some() {
-            self.settled();
+            self.settled_unless_forks();
             return;
         }
         self.note_failure(code, reason.into());

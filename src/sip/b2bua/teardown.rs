@@ -73,10 +73,12 @@ impl Bridge {
                 b.timer.due = None;
             }
         }
+        // Ring-all attempts still owe their final answer (to our CANCEL) too.
         let pending = self
             .b
             .as_ref()
-            .is_some_and(|b| matches!(b.state, BState::Calling | BState::Proceeding));
+            .is_some_and(|b| matches!(b.state, BState::Calling | BState::Proceeding))
+            || !self.forks.is_empty();
         if pending {
             // Wait for the trunk's answer to our CANCEL (a 2xx crossing it is hung up), but
             // not forever.

@@ -1745,9 +1745,17 @@ fn ring_all_cancels_everyone_when_nobody_answers_in_time() {
     let actions = call.advance_to(at);
     assert_eq!(one_a_response(&actions).1.status(), Some(480));
     assert_eq!(b_cancels(&actions).len(), 2, "{actions:#?}");
-    // Leg B settles with its 487; the call ends as unanswered.
+    // Both settle with their 487; then the call ends as unanswered.
     let actions = call.b_says(b_reply(
         &sent[0].request,
+        487,
+        "Request Terminated",
+        None,
+        &[],
+    ));
+    assert!(ended(&actions).is_none(), "the other attempt is still owed");
+    let actions = call.b_says(b_reply(
+        &sent[1].request,
         487,
         "Request Terminated",
         None,
@@ -1757,4 +1765,61 @@ fn ring_all_cancels_everyone_when_nobody_answers_in_time() {
         ended(&actions).map(|(_, cause)| cause),
         Some("no_answer".into())
     );
+}
+
+/// Ring-all: the first target declines while the second rings; the second still gets
+/// only the ring time, then is cancelled and the caller hears 480.
+#[test]
+fn ring_all_keeps_the_ring_time_after_one_target_declines() {
+    let cfg = BridgeConfig {
+        ring_timeout: Duration::from_secs(5),
+        ..ring_all()
+    };
+    let (mut call, actions) = Call::with(cfg, "", targets());
+    let sent = b_requests(&actions);
+    call.b_says(b_reply(&sent[1].request, 180, "Ringing", None, &[]));
+    let actions = call.b_says(b_reply(&sent[0].request, 603, "Decline", None, &[]));
+    assert!(a_responses(&actions).is_empty(), "{actions:#?}");
+    let at = call
+        .bridge
+        .poll_timeout()
+        .expect("the ring time still runs");
+    assert!(
+        at - call.start <= Duration::from_secs(5),
+        "{:?}",
+        at - call.start
+    );
+    let actions = call.advance_to(at);
+    assert_eq!(one_a_response(&actions).1.status(), Some(480));
+    assert_eq!(
+        b_cancels(&actions),
+        [Bytes::from(hdr(&sent[1].request, HeaderName::CallId))]
+    );
+}
+
+/// Ring-all: the caller gives up while both ring: both are cancelled, and the call ends
+/// only once both have answered the CANCEL (a 2xx crossing it would be hung up).
+#[test]
+fn ring_all_cancels_every_attempt_when_the_caller_gives_up_and_waits_for_them() {
+    let (mut call, actions) = Call::with(ring_all(), "", targets());
+    let sent = b_requests(&actions);
+    call.b_says(b_reply(&sent[0].request, 180, "Ringing", None, &[]));
+    call.b_says(b_reply(&sent[1].request, 180, "Ringing", None, &[]));
+    let (_, actions) = call.a_sends(a_request("CANCEL", 1, None, "z9hG4bK-a-invite", "", ""));
+    assert_eq!(b_cancels(&actions).len(), 2, "{actions:#?}");
+    let actions = call.b_says(b_reply(
+        &sent[0].request,
+        487,
+        "Request Terminated",
+        None,
+        &[],
+    ));
+    assert!(ended(&actions).is_none(), "the other attempt is still owed");
+    // The other answers as it is cancelled: acknowledged and hung up, then the end.
+    let actions = call.b_says(b_reply(&sent[1].request, 200, "OK", Some(ANSWER), &[]));
+    assert_eq!(b_acks(&actions).len(), 1, "{actions:#?}");
+    assert!(b_requests(&actions)
+        .iter()
+        .any(|s| s.request.method() == Some(&Method::Bye)));
+    assert!(ended(&actions).is_some(), "{actions:#?}");
 }
