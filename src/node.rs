@@ -578,13 +578,7 @@ impl Node {
                 agents: api_state.agents.clone(),
                 registrar: agent_registrar.clone(),
                 permissions: (!config.business_numbers.is_empty()).then(|| permission_api.clone()),
-                agent_numbers: Arc::new(
-                    config
-                        .agents
-                        .iter()
-                        .filter_map(|a| Some((a.user.clone(), a.business_number.clone()?)))
-                        .collect(),
-                ),
+                agent_numbers: Arc::new(config.agent_business_numbers()),
             }));
         }
         let sip_ws = sip_ws.map(|(listener, _)| listener);

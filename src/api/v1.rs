@@ -101,9 +101,8 @@ impl Scope {
         match self {
             Scope::Operator => true,
             Scope::App { numbers, .. } => {
-                let d = n.trim().trim_start_matches('+');
-                let d = d.strip_prefix("00").unwrap_or(d);
-                numbers.iter().any(|x| x == d)
+                let d = crate::number::e164_or_raw(n);
+                numbers.contains(&d)
             }
         }
     }

@@ -122,6 +122,17 @@ pub struct QueueConfig {
     pub members: Vec<String>,
 }
 
+impl Config {
+    /// The business number each configured agent's calls to customers come from, for
+    /// the agents that name one.
+    pub fn agent_business_numbers(&self) -> std::collections::HashMap<String, String> {
+        self.agents
+            .iter()
+            .filter_map(|a| Some((a.user.clone(), a.business_number.clone()?)))
+            .collect()
+    }
+}
+
 /// A REST API token for one business (an app): it sees and acts on only its business
 /// numbers' calls, CDRs and permissions, within its scopes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -274,7 +274,7 @@ impl Validator {
             let Some(n) = a.business_number.as_deref() else {
                 continue;
             };
-            let digits = n.trim().trim_start_matches('+');
+            let digits = crate::number::e164_or_raw(n);
             if !business_numbers.iter().any(|b| b.display_number == digits) {
                 self.problem(
                     &format!("agent[{i}].business_number"),
@@ -485,10 +485,7 @@ impl Validator {
                 );
             }
             out.push(AgentConfig {
-                business_number: a
-                    .business_number
-                    .as_deref()
-                    .map(|n| n.trim().trim_start_matches('+').to_string()),
+                business_number: a.business_number.as_deref().map(crate::number::e164_or_raw),
                 user: user.to_string(),
                 password: Secret::new(a.password.clone()),
                 display_name: a
@@ -540,7 +537,7 @@ impl Validator {
             }
             let mut ok = true;
             for (j, n) in t.business_numbers.iter().enumerate() {
-                let digits = n.trim().trim_start_matches('+');
+                let digits = crate::number::e164_or_raw(n);
                 if !numbers.iter().any(|b| b.display_number == digits) {
                     self.problem(
                         &format!("api_token[{i}].business_numbers[{j}]"),
@@ -567,7 +564,7 @@ impl Validator {
                     business_numbers: t
                         .business_numbers
                         .iter()
-                        .map(|n| n.trim().trim_start_matches('+').to_string())
+                        .map(|n| crate::number::e164_or_raw(n))
                         .collect(),
                     scopes: t.scopes.clone(),
                 });

@@ -161,11 +161,7 @@ impl SipIngress {
                 bic: OnceLock::new(),
                 admissions: Background::new(),
                 agents: OnceLock::new(),
-                agent_numbers: config
-                    .agents
-                    .iter()
-                    .filter_map(|a| Some((a.user.clone(), a.business_number.clone()?)))
-                    .collect(),
+                agent_numbers: config.agent_business_numbers(),
             }),
         }
     }
