@@ -270,11 +270,6 @@ impl Directory {
         self.lock().queues.iter().find(|q| q.name == name).cloned()
     }
 
-    /// An agent's display name.
-    pub fn display_name(&self, user: &str) -> Option<String> {
-        self.lock().info.get(user).and_then(|i| i.0.clone())
-    }
-
     /// A call starts waiting in queue `name`; `sink` hears the agents it is offered. Its
     /// ticket, or `None` when there is no such queue.
     pub fn enqueue(&self, name: &str, sink: OfferSink) -> Option<u64> {
