@@ -571,6 +571,14 @@ fn agents_added_through_the_api_are_kept_in_the_store_and_register() {
             "a password reached the store"
         );
     }
+    // What is there is her SHA-256 HA1 (the bytes read are where the agent is kept).
+    let ha1 = common::agent::hash("SHA-256", "carol:waswitch:carol-pass-2");
+    assert!(
+        [&db, &wal]
+            .iter()
+            .any(|b| b.windows(ha1.len()).any(|w| w == ha1.as_bytes())),
+        "the agent's digest secret is in the store"
+    );
 
     let register_carol = |node: &Node, password: &str, md5: bool| -> u16 {
         let switch = node.sip_udp_addr().expect("udp");
