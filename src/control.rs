@@ -11,14 +11,16 @@
 //! input, so every rule here is tested with a virtual clock.
 //!
 //! - [`verb`]: the vocabulary (verbs, destinations, the script).
+//! - [`app`]: HTTP apps' JSON verbs, checked and compiled to a script.
 //! - [`engine`]: the state machine that runs a script.
 //! - [`schedule`]: business hours (Meta's `call_hours` shape), open or closed at a moment.
 //! - [`queue`]: agents' presence and the queue strategies that pick who is offered a call.
 
+pub mod app;
 pub mod engine;
 pub mod queue;
 pub mod schedule;
 pub mod verb;
 
-pub use engine::{Command, Engine, Event, Facts, Outcome};
+pub use engine::{Command, Engine, Event, Facts, Fetch, Outcome};
 pub use verb::{Condition, Destination, Gather, Node, Play, Record, Script, Verb};

@@ -248,16 +248,37 @@ impl Node {
                 })?),
                 None => None,
             };
-        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone()))?;
+        let apps = crate::call::app::Apps::start(
+            &config.apps,
+            crate::call::app::AppNames {
+                routes: config.routes.iter().map(|r| r.name.clone()).collect(),
+                trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
+                queues: config.queues.iter().map(|q| q.name.clone()).collect(),
+            },
+        )
+        .map_err(|reason| StartError::Actor {
+            what: "HTTP apps",
+            reason,
+        })?;
+        for app in &config.apps {
+            std::fs::create_dir_all(&app.recording_dir).map_err(|e| StartError::Actor {
+                what: "app recording directory",
+                reason: format!(
+                    "app {:?}: recording_dir {}: {e}",
+                    app.name,
+                    app.recording_dir.display()
+                ),
+            })?;
+        }
+        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone(), apps.clone()))?;
         // Call-control events (a voicemail ready) go to the same webhook, signed alike.
         let control_events = match (&config.cdr_webhook, config.ivrs.is_empty()) {
             (Some(hook), false) => Some(
-                crate::store::webhook::start_events(hook.clone()).map_err(|reason| {
-                    StartError::Actor {
+                crate::store::webhook::start_events(hook.clone(), telemetry::CDR_WEBHOOKS_TOTAL)
+                    .map_err(|reason| StartError::Actor {
                         what: "event webhook",
                         reason,
-                    }
-                })?,
+                    })?,
             ),
             _ => None,
         };
@@ -516,6 +537,8 @@ impl Node {
                         sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
                         events: control_events.clone(),
                         agents: (!config.queues.is_empty()).then(|| agent_directory.clone()),
+                        apps: apps.clone(),
+                        store: Some(store.clone()),
                     },
                     clock_offset_ms: config.clock_offset_ms,
                 };
@@ -863,10 +886,25 @@ fn spill_path(node_id: &str) -> PathBuf {
 fn cdr_fan_out(
     webhook: Option<tokio::sync::mpsc::Sender<crate::store::Cdr>>,
     permissions: crate::permission::service::Permissions,
+    apps: crate::call::app::Apps,
 ) -> tokio::sync::mpsc::Sender<crate::store::Cdr> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::store::Cdr>(CDR_TAP_CAPACITY);
     tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
+            // The app that drove the call hears of its end, with its CDR.
+            let app = cdr
+                .control
+                .as_ref()
+                .and_then(|c| c.app.as_deref())
+                .and_then(|name| apps.get(name));
+            if let Some(app) = app {
+                app.notify(serde_json::json!({
+                    "event": "call.ended",
+                    "call_id": cdr.call_id,
+                    "business_number": cdr.business_number,
+                    "cdr": cdr,
+                }));
+            }
             let reset = match (&cdr.business_number, &cdr.customer_wa_id, cdr.answered_at) {
                 (Some(b), Some(w), Some(answered_at))
                     if cdr.direction == crate::store::Direction::UserInitiated =>

@@ -107,6 +107,17 @@ pub const QUEUE_CALLS_TOTAL: &str = "waswitch_queue_calls_total";
 /// (the service level is this over the answered and abandoned calls).
 pub const QUEUE_ANSWERED_WITHIN_SL_TOTAL: &str = "waswitch_queue_answered_within_sl_total";
 
+/// Counter: requests for an HTTP app's verbs, by `app` and `outcome` (`ok`, `timeout`,
+/// `unreachable`, `http_4xx`, `http_5xx`, `invalid_json`, `invalid_verbs`, `prompt`).
+pub const APP_REQUESTS_TOTAL: &str = "waswitch_app_requests_total";
+
+/// Histogram: how long an HTTP app took to answer with verbs (its prompts fetched), seconds,
+/// by `app`.
+pub const APP_LATENCY_SECONDS: &str = "waswitch_app_latency_seconds";
+
+/// Counter: events posted to HTTP apps, by `outcome` (`delivered`, `failed`, `dropped`).
+pub const APP_EVENTS_TOTAL: &str = "waswitch_app_events_total";
+
 /// Counter: DTMF digits received, by `side` (`a`, `b`).
 pub const DTMF_DIGITS_TOTAL: &str = "waswitch_dtmf_digits_total";
 
@@ -629,6 +640,24 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "Queue calls answered within the queue's service-level time, by queue.",
             Vec::new(),
+        ),
+        m(
+            APP_REQUESTS_TOTAL,
+            Counter,
+            "Requests for an HTTP app's verbs, by app and outcome (ok, timeout, unreachable, http_4xx, http_5xx, invalid_json, invalid_verbs, prompt).",
+            Vec::new(),
+        ),
+        m(
+            APP_LATENCY_SECONDS,
+            Histogram,
+            "How long an HTTP app took to answer with verbs (prompts fetched), seconds, by app.",
+            Vec::new(),
+        ),
+        m(
+            APP_EVENTS_TOTAL,
+            Counter,
+            "Events posted to HTTP apps, by outcome.",
+            one("outcome", &["delivered", "failed", "dropped"]),
         ),
         m(
             DTMF_DIGITS_TOTAL,

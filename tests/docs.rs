@@ -134,6 +134,15 @@ fn step(command: &str) -> Option<Step> {
     let (shell, words): (String, Vec<&str>) =
         if let Some(args) = trimmed.strip_prefix("cargo run --release -- ") {
             (format!("{bin} {args}"), args.split_whitespace().collect())
+        } else if let Some(rest) = trimmed.strip_prefix("cargo run --release --example ") {
+            // An example, as `cargo test` built it next to the switch.
+            let (name, args) = rest.split_once(" -- ").unwrap_or((rest, ""));
+            let exe = Path::new(bin)
+                .parent()
+                .expect("target directory")
+                .join("examples")
+                .join(name.trim());
+            (format!("{} {args}", exe.display()), Vec::new())
         } else if trimmed == "cargo run --release" || trimmed == "cargo run --release --" {
             (bin.to_string(), Vec::new())
         } else if let Some(rest) = trimmed.strip_prefix("curl ") {
@@ -141,7 +150,12 @@ fn step(command: &str) -> Option<Step> {
         } else {
             (trimmed.to_string(), trimmed.split_whitespace().collect())
         };
-    let server = if trimmed.starts_with("cargo run") {
+    let server = if trimmed.starts_with("cargo run --release --example") {
+        command
+            .trim_end()
+            .ends_with('&')
+            .then_some(Server::Background)
+    } else if trimmed.starts_with("cargo run") {
         match words.first().copied() {
             Some("run") => Some(Server::Switch(config_arg(&words))),
             Some("sim") if !words.iter().any(|w| *w == "--call" || *w == "--rate") => {
@@ -400,6 +414,15 @@ fn the_agents_rehearsal_runs_as_documented() {
     });
 }
 
+/// The voice-app rehearsal, with the example app (examples/voice_app.rs).
+#[test]
+fn the_app_rehearsal_runs_as_documented() {
+    in_own_namespace("the_app_rehearsal_runs_as_documented", || {
+        let path = "config/examples/app-sim.toml";
+        vec![(path.into(), config_commands(path))]
+    });
+}
+
 #[test]
 fn the_b2bua_rehearsal_runs_as_documented() {
     in_own_namespace("the_b2bua_rehearsal_runs_as_documented", || {
@@ -437,6 +460,7 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         ("config/examples/sip-b2bua.toml", 3),
         ("config/examples/ivr-sim.toml", 6),
         ("config/examples/agents-sim.toml", 4),
+        ("config/examples/app-sim.toml", 6),
     ] {
         let found = config_commands(path);
         assert!(found.len() >= at_least, "{path}: {found:?}");

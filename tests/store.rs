@@ -122,6 +122,8 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             agent: (n % 10 == 5).then(|| "alice".to_string()),
             queue_wait_ms: (n % 10 == 5).then_some(4200),
             queue_outcome: (n % 10 == 5).then(|| "answered".to_string()),
+            app: (n % 10 == 0).then(|| "demo".to_string()),
+            app_error: (n % 20 == 0).then(|| "timeout: the app did not answer".to_string()),
         }),
     }
 }

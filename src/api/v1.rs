@@ -11,6 +11,12 @@
 //!   `400`, no trunk or node capacity `503`.
 //! - `DELETE /v1/calls/{id}`: hangs it up (both sides; the CDR says the switch ended it,
 //!   cause `api_hangup`).
+//! - `POST /v1/calls/{id}/actions`: verbs (as an HTTP app answers: `{"verbs": [...]}`, or
+//!   one verb such as `{"play": {...}}`; `bridge` is `dial`) interrupt what the call does
+//!   and run instead; `{"hangup": {}}` hangs the call up. `202` when they run, `400` with
+//!   the place of a wrong verb, `409` when the call cannot take them now (no app drives
+//!   it, it is being answered or dialled).
+//! - `GET /v1/recordings/{id}`: an app's recording (WAV); `DELETE` removes it.
 //! - `GET /v1/cdrs?direction=&outcome=&business_number=&since=&until=&limit=&offset=`: CDRs,
 //!   newest first, with the total matching.
 //! - Permissions, the do-not-call list and the audit trail: [`super::permissions`].
@@ -49,6 +55,11 @@ pub(crate) fn router(
     let mut router = Router::new()
         .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/{id}", get(call).delete(hang_up))
+        .route("/v1/calls/{id}/actions", axum::routing::post(actions))
+        .route(
+            "/v1/recordings/{id}",
+            get(recording).delete(delete_recording),
+        )
         .route("/v1/cdrs", get(cdrs))
         .route("/v1/agents", get(agents))
         .route("/v1/queues", get(queues))
@@ -124,7 +135,7 @@ fn required_scope(path: &str) -> Option<&'static str> {
         .next()
         .unwrap_or("");
     match first {
-        "calls" => Some("calls"),
+        "calls" | "recordings" => Some("calls"),
         "cdrs" => Some("cdrs"),
         "permissions" | "dnc" | "audit" => Some("permissions"),
         "agents" | "queues" => Some("agents"),
@@ -520,6 +531,155 @@ async fn hang_up(
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, "no such live call")
+    }
+}
+
+/// `POST /v1/calls/{id}/actions`.
+async fn actions(
+    State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"verbs\": [...]} or one verb",
+        );
+    };
+    let call_id = CallId::from(id.as_str());
+    match s.calls.snapshot(&call_id).await {
+        Some(snapshot) if own_call(&scope, &snapshot) => {}
+        Some(_) => return forbidden("this token does not act for that call's business number"),
+        None => return error(StatusCode::NOT_FOUND, "no such live call"),
+    }
+    // One verb on its own is a list of one; `bridge` is `dial`.
+    let body = match body {
+        serde_json::Value::Object(mut o) if !o.contains_key("verbs") => {
+            if let Some(b) = o.remove("bridge") {
+                o.insert("dial".into(), b);
+            }
+            if o.contains_key("hangup") && o.len() == 1 {
+                return if s
+                    .calls
+                    .hangup(&call_id, HangupParty::Switch, "api_hangup")
+                    .await
+                {
+                    StatusCode::ACCEPTED.into_response()
+                } else {
+                    error(StatusCode::NOT_FOUND, "no such live call")
+                };
+            }
+            json!({ "verbs": [serde_json::Value::Object(o)] })
+        }
+        other => other,
+    };
+    match s.calls.actions(&call_id, body).await {
+        Some(Ok(())) => (StatusCode::ACCEPTED, Json(json!({"call_id": id}))).into_response(),
+        Some(Err((code, why))) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::CONFLICT),
+            &why,
+        ),
+        None => error(StatusCode::NOT_FOUND, "no such live call"),
+    }
+}
+
+/// The recording `id`, if the token acts for its call's business number.
+async fn own_recording(
+    s: &ApiState,
+    scope: &Scope,
+    id: &str,
+) -> Result<crate::store::Recording, Response> {
+    match s.store.recording(id).await {
+        Ok(Some(r)) if scope.number(&r.business_number) => Ok(r),
+        Ok(Some(_)) => Err(forbidden(
+            "this token does not act for that recording's business number",
+        )),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "no such recording")),
+        Err(e) => {
+            tracing::error!(error = %e, "recording lookup failed");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable",
+            ))
+        }
+    }
+}
+
+/// `GET /v1/recordings/{id}`: the file, streamed.
+async fn recording(
+    State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = match own_recording(&s, &scope, &id).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let file = match tokio::fs::File::open(&r.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(recording = %id, path = %r.path, error = %e, "recording file unreadable");
+            return error(StatusCode::GONE, "the recording's file is gone");
+        }
+    };
+    let length = file.metadata().await.map_or(0, |m| m.len());
+    // Read in 64 KiB chunks: a long recording is never held in memory whole.
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err::<bytes::Bytes, _>(e), None)),
+        }
+    });
+    let body = axum::body::Body::from_stream(chunks);
+    (
+        [
+            (header::CONTENT_TYPE, "audio/wav".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.wav\"", r.id),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `DELETE /v1/recordings/{id}`: the file and its record.
+async fn delete_recording(
+    State(s): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = match own_recording(&s, &scope, &id).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    if let Err(e) = tokio::fs::remove_file(&r.path).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::error!(recording = %id, error = %e, "recording file not removed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the recording's file cannot be removed",
+            );
+        }
+    }
+    match s.store.delete_recording(&id).await {
+        Ok(_) => {
+            tracing::info!(recording = %id, "recording deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "recording record not deleted");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+        }
     }
 }
 

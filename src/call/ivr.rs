@@ -18,6 +18,11 @@
 //!   API, and a call-permission request through the permission service (rules, limits,
 //!   audit trail), each on a task the actor owns.
 //!
+//! - an HTTP app (`app`, a `redirect`, a gather's `action`): the app is asked on a task
+//!   the actor owns ([`super::app::App::verbs`]); its verbs replace the script, or, when it
+//!   fails, its fallback does (the error goes in the CDR). The app hears of the call's
+//!   answer, inputs, recordings and end as events.
+//!
 //! Media events come straight from the media actor (never through the supervisor), so a
 //! recording still finalises while the supervisor is tearing the call down: at teardown
 //! the supervisor asks for the call's [`ControlRecord`], and the actor answers once a
@@ -38,7 +43,7 @@ use super::sip::SipIngress;
 use super::supervisor::CallMsg;
 use super::wakeup::Wakeup;
 use crate::config::IvrConfig;
-use crate::control::{Command, Destination, Engine, Event, Facts};
+use crate::control::{Command, Destination, Engine, Event, Facts, Fetch};
 use crate::media::plane::MediaEvent;
 use crate::media::prompt::Prompt;
 use crate::media::types::Side;
@@ -72,6 +77,10 @@ pub struct ControlServices {
     pub events: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
     /// The agents and queues a `dial` to a queue waits in (`None`: no queues).
     pub agents: Option<super::agents::Directory>,
+    /// HTTP apps, by name.
+    pub apps: super::app::Apps,
+    /// Where recordings are kept track of (for their download).
+    pub store: Option<crate::store::Store>,
 }
 
 /// One IVR call's start.
@@ -107,6 +116,31 @@ pub enum IvrMsg {
     Offer(super::agents::QueueOffer),
     /// Who the answered dial reached (its trunk: `agent:<user>` for an agent).
     AnsweredBy(Option<String>),
+    /// An app answered a fetch (or failed to).
+    Fetched {
+        /// The engine's fetch.
+        seq: u64,
+        /// The app asked.
+        app: Arc<super::app::App>,
+        /// Its verbs.
+        result: Result<super::app::Verbs, super::app::AppError>,
+    },
+    /// Ring an agent's phone (a `dial` to an agent).
+    DialAgent(String),
+    /// Verbs from the REST API (JSON, as an app answers) replace the script now.
+    Actions {
+        /// The verbs.
+        body: serde_json::Value,
+        /// Whether they run, or the status and why not.
+        reply: RpcReplyPort<Result<(), (u16, String)>>,
+    },
+    /// Verbs, checked and their prompts ready, replace the script now.
+    Load {
+        /// The verbs.
+        verbs: super::app::Verbs,
+        /// Whether they run, or the status and why not.
+        reply: RpcReplyPort<Result<(), (u16, String)>>,
+    },
 }
 
 /// The call-control actor.
@@ -191,6 +225,14 @@ pub struct Ivr {
     /// The call's queue, once a `dial` sent it to one.
     queued: Option<Queued>,
     myself: Option<ActorRef<IvrMsg>>,
+    /// The HTTP app driving the call, once one was asked.
+    app: Option<Arc<super::app::App>>,
+    /// The prompts the app's verbs play, by the names they use.
+    app_prompts: std::collections::HashMap<String, Prompt>,
+    /// The first time the app failed, and how (for the CDR).
+    app_error: Option<String>,
+    /// A browser agent dialled directly has our WebRTC leg.
+    agent_leg: bool,
 }
 
 impl Actor for IvrActor {
@@ -234,6 +276,10 @@ impl Actor for IvrActor {
             finish_deadline: None,
             queued: None,
             myself: Some(myself.clone()),
+            app: None,
+            app_prompts: std::collections::HashMap::new(),
+            app_error: None,
+            agent_leg: false,
         })
     }
 
@@ -264,6 +310,14 @@ impl Actor for IvrActor {
                 IvrMsg::Call(Event::DialEnded { answered }) if ivr.queued.is_some() => {
                     ivr.queue_dial_ended(answered, now)
                 }
+                IvrMsg::Call(Event::DialEnded { answered }) if ivr.agent_leg => {
+                    // A browser agent's WebRTC leg goes when they did not answer.
+                    ivr.agent_leg = false;
+                    if !answered {
+                        let _ = ivr.media.send_message(MediaMsg::DropAgent);
+                    }
+                    ivr.engine.on_event(Event::DialEnded { answered }, now)
+                }
                 IvrMsg::Call(event) => ivr.engine.on_event(event, now),
                 IvrMsg::Offer(offer) => {
                     ivr.offered(offer).await;
@@ -275,7 +329,31 @@ impl Actor for IvrActor {
                     }
                     Vec::new()
                 }
+                IvrMsg::Fetched { seq, app, result } => ivr.fetched(seq, app, result, now),
+                IvrMsg::DialAgent(user) => ivr.dial_agent(&user).await,
+                IvrMsg::Actions { body, reply } => {
+                    ivr.actions(body, reply);
+                    Vec::new()
+                }
+                IvrMsg::Load { verbs, reply } => {
+                    let prompts = verbs.prompts;
+                    match ivr.engine.load(verbs.script, now) {
+                        Ok(out) => {
+                            tracing::info!("verbs from the API replace the script");
+                            ivr.app_prompts.extend(prompts);
+                            let _ = reply.send(Ok(()));
+                            out
+                        }
+                        Err(why) => {
+                            let _ = reply.send(Err((409, why)));
+                            Vec::new()
+                        }
+                    }
+                }
                 IvrMsg::Answered => {
+                    if let Some(app) = &ivr.app {
+                        app.notify(ivr.event("call.answered"));
+                    }
                     ivr.answered = true;
                     ivr.connect_deadline = Some(now + CONNECT_PATIENCE);
                     ivr.answer_done(now)
@@ -410,7 +488,11 @@ impl Ivr {
                 self.recording = Recording::Idle;
                 let result = result.map(|p| p.display().to_string());
                 if let Ok(file) = &result {
-                    self.voicemail_ready(file);
+                    if self.app.is_some() {
+                        self.recording_ready(file);
+                    } else {
+                        self.voicemail_ready(file);
+                    }
                 }
                 self.engine.on_event(Event::RecordDone(result), now)
             }
@@ -421,8 +503,26 @@ impl Ivr {
     /// Carries out the engine's commands, and those that follow from one failing at once
     /// (a dial with nothing to dial).
     fn carry_out(&mut self, commands: Vec<Command>) {
+        // An input posted to a gather's action is not also sent as an event.
+        let posted = commands.iter().any(|c| {
+            matches!(
+                c,
+                Command::Fetch {
+                    from: Fetch::Gather { .. },
+                    ..
+                }
+            )
+        });
         let mut queue: std::collections::VecDeque<Command> = commands.into();
         while let Some(command) = queue.pop_front() {
+            if let (Command::Gathered(digits), Some(app)) = (&command, &self.app) {
+                if !posted {
+                    let mut event = self.event("gather.completed");
+                    event["digits"] = digits.clone().into();
+                    app.notify(event);
+                }
+                continue;
+            }
             queue.extend(self.command(command));
         }
     }
@@ -463,11 +563,12 @@ impl Ivr {
             Command::Dial(destination) => return self.dial(destination),
             Command::Message(message) => self.message(message),
             Command::RequestCallback { purpose } => self.request_callback(purpose),
+            Command::Fetch { from, seq } => return self.fetch(from, seq),
+            Command::Gathered(_) => {}
             Command::Hangup { reason } => {
                 let by = match reason.as_str() {
-                    "answer_failed" | "answer_timeout" | "record_failed" | "script_loop" => {
-                        HangupParty::Switch
-                    }
+                    "answer_failed" | "answer_timeout" | "record_failed" | "script_loop"
+                    | "redirect_loop" | "app_failed" => HangupParty::Switch,
                     _ => HangupParty::Business,
                 };
                 let _ = self.call.send_message(CallMsg::Hangup {
@@ -487,7 +588,10 @@ impl Ivr {
         let found: Vec<&Prompt> = names
             .iter()
             .filter_map(|n| {
-                let p = prompts.get(&language, n);
+                let p = self
+                    .app_prompts
+                    .get(n)
+                    .or_else(|| prompts.get(&language, n));
                 if p.is_none() {
                     tracing::error!(prompt = %n, %language, "prompt missing");
                 }
@@ -519,7 +623,11 @@ impl Ivr {
         } else {
             format!("{}-{}.wav", self.call_id, self.recordings)
         };
-        let path = self.setup.ivr.voicemail_dir.join(name);
+        let dir = match &self.app {
+            Some(app) => &app.config.recording_dir,
+            None => &self.setup.ivr.voicemail_dir,
+        };
+        let path = dir.join(name);
         let beep = record.beep;
         self.record = Some((record, path));
         if beep {
@@ -549,9 +657,17 @@ impl Ivr {
         if let Destination::Queue(name) = &destination {
             return self.enqueue(name);
         }
+        if let (Destination::Agent(user), Some(me)) = (&destination, &self.myself) {
+            // The agent's phone is looked up (and a browser offered our WebRTC leg) on the
+            // actor's own turn.
+            let _ = me.send_message(IvrMsg::DialAgent(user.clone()));
+            return Vec::new();
+        }
         let built = match (&self.setup.services.sip, &destination) {
             (None, _) => Err((503, "no SIP listener")),
-            (Some(_), Destination::Queue(_)) => Err((500, "a queue is not dialled directly")),
+            (Some(_), Destination::Queue(_) | Destination::Agent(_)) => {
+                Err((500, "dialled on the actor's turn"))
+            }
             (Some(sip), Destination::Route(route)) => {
                 sip.whatsapp_bridge(route, &self.setup.caller)
             }
@@ -912,6 +1028,228 @@ impl Ivr {
         );
     }
 
+    /// Rings one agent's registered phone (a browser is offered our WebRTC leg); the
+    /// script learns whether they answered, as for any dial.
+    async fn dial_agent(&mut self, user: &str) -> Vec<Command> {
+        let not_dialled = |engine: &mut Engine| {
+            engine.on_event(Event::DialEnded { answered: false }, Instant::now())
+        };
+        let Some(sip) = self.setup.services.sip.clone() else {
+            return not_dialled(&mut self.engine);
+        };
+        let Some(browser) = sip.agent_on_websocket(user) else {
+            tracing::warn!(
+                agent = user,
+                "the agent's phone is not registered; the script goes on"
+            );
+            return not_dialled(&mut self.engine);
+        };
+        let webrtc = if browser {
+            match self
+                .media
+                .call(MediaMsg::OfferAgent, Some(Duration::from_secs(5)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(sdp))) => Some(sdp),
+                _ => {
+                    tracing::warn!(agent = user, "no WebRTC offer for the agent's phone");
+                    return not_dialled(&mut self.engine);
+                }
+            }
+        } else {
+            None
+        };
+        let path = self.engine.outcome().path.join(" > ");
+        let users = [user.to_string()];
+        let built = sip.agent_bridge(
+            super::sip::AgentCall {
+                users: &users,
+                queue: "",
+                ivr_path: &path,
+                webrtc,
+                ring_timeout: AGENT_RING,
+            },
+            &self.setup.caller,
+        );
+        match built {
+            Ok(setup) => {
+                tracing::info!(agent = user, browser, "ringing the agent");
+                self.agent_leg = browser;
+                let _ = self.call.send_message(CallMsg::Dial(Box::new(setup)));
+                Vec::new()
+            }
+            Err((code, why)) => {
+                tracing::warn!(
+                    agent = user,
+                    code,
+                    why,
+                    "the agent's phone cannot be called"
+                );
+                if browser {
+                    let _ = self.media.send_message(MediaMsg::DropAgent);
+                }
+                not_dialled(&mut self.engine)
+            }
+        }
+    }
+
+    /// Verbs from the REST API: checked and their prompts fetched by the call's app, on a
+    /// task, then loaded on the actor's turn ([`IvrMsg::Load`]).
+    fn actions(&mut self, body: serde_json::Value, reply: RpcReplyPort<Result<(), (u16, String)>>) {
+        let (Some(app), Some(me)) = (self.app.clone(), self.myself.clone()) else {
+            let _ = reply.send(Err((409, "no app drives this call".into())));
+            return;
+        };
+        if self.engine.finished() {
+            let _ = reply.send(Err((409, "the call's script has ended".into())));
+            return;
+        }
+        self.tasks.spawn(
+            async move {
+                match app.prepare(&body).await {
+                    Ok(verbs) => {
+                        let _ = me.send_message(IvrMsg::Load { verbs, reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err((400, e.to_string())));
+                    }
+                }
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// The call as an app's event tells it.
+    fn event(&self, name: &str) -> serde_json::Value {
+        let caller = &self.setup.caller;
+        serde_json::json!({
+            "event": name,
+            "call_id": self.call_id,
+            "direction": "user_initiated",
+            "business_number": caller.business_number,
+            "customer": { "wa_id": caller.wa_id, "name": caller.name },
+            "wa_call_id": caller.wa_call_id,
+        })
+    }
+
+    /// Asks the app for the next verbs, on a task of the actor's; the answer comes back as
+    /// [`IvrMsg::Fetched`].
+    fn fetch(&mut self, from: Fetch, seq: u64) -> Vec<Command> {
+        let (app, url, event) = match from {
+            Fetch::App(name) => match self.setup.services.apps.get(&name) {
+                Some(app) => {
+                    self.app = Some(Arc::clone(app));
+                    (
+                        Arc::clone(app),
+                        app.config.url.clone(),
+                        self.event("call.initiated"),
+                    )
+                }
+                None => {
+                    tracing::error!(app = %name, "no such app on this node; the call ends");
+                    return vec![Command::Hangup {
+                        reason: "app_failed".into(),
+                    }];
+                }
+            },
+            Fetch::Redirect(url) => match &self.app {
+                Some(app) => (Arc::clone(app), url, self.event("call.redirected")),
+                None => {
+                    return vec![Command::Hangup {
+                        reason: "app_failed".into(),
+                    }]
+                }
+            },
+            Fetch::Gather { url, digits } => match &self.app {
+                Some(app) => {
+                    let mut event = self.event("gather.completed");
+                    event["digits"] = digits.into();
+                    (Arc::clone(app), url, event)
+                }
+                None => {
+                    return vec![Command::Hangup {
+                        reason: "app_failed".into(),
+                    }]
+                }
+            },
+        };
+        let Some(me) = self.myself.clone() else {
+            return Vec::new();
+        };
+        self.tasks.spawn(
+            async move {
+                let result = app.verbs(&url, event).await;
+                let _ = me.send_message(IvrMsg::Fetched { seq, app, result });
+            }
+            .instrument(self.span.clone()),
+        );
+        Vec::new()
+    }
+
+    /// The app answered: its verbs run, or (it failed) its fallback does.
+    fn fetched(
+        &mut self,
+        seq: u64,
+        app: Arc<super::app::App>,
+        result: Result<super::app::Verbs, super::app::AppError>,
+        now: Instant,
+    ) -> Vec<Command> {
+        let script = match result {
+            Ok(verbs) => {
+                self.app_prompts.extend(verbs.prompts);
+                verbs.script
+            }
+            Err(e) => {
+                tracing::warn!(app = %app.config.name, error = %e, fallback = ?app.config.fallback_route, "the app failed; its fallback takes the call");
+                if self.app_error.is_none() {
+                    self.app_error = Some(format!("{}: {e}", e.outcome()));
+                }
+                app.fallback()
+            }
+        };
+        self.engine.on_event(Event::Fetched { seq, script }, now)
+    }
+
+    /// Records an app's recording (for its download) and posts `recording.ready`.
+    fn recording_ready(&mut self, file: &str) {
+        let Some(app) = self.app.clone() else {
+            return;
+        };
+        let bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+        let id = std::path::Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let recording = crate::store::Recording {
+            id: id.clone(),
+            call_id: self.call_id.clone(),
+            business_number: self.setup.caller.business_number.clone(),
+            app: app.config.name.clone(),
+            path: file.to_string(),
+            bytes: bytes as i64,
+            created_at_ms: crate::clock::now_ms(),
+        };
+        let mut event = self.event("recording.ready");
+        event["recording_id"] = id.clone().into();
+        event["url"] = format!("/v1/recordings/{id}").into();
+        event["bytes"] = bytes.into();
+        event["duration_ms"] = (bytes.saturating_sub(44) * 1000 / 16_000).into();
+        let store = self.setup.services.store.clone();
+        // The recording is known to the store before the app hears of it.
+        self.tasks.spawn(
+            async move {
+                if let Some(store) = store {
+                    if let Err(e) = store.put_recording(&recording).await {
+                        tracing::error!(error = %e, recording = %recording.id, "recording not recorded in the store");
+                    }
+                }
+                app.notify(event);
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
     /// Posts the signed `voicemail.ready` event.
     fn voicemail_ready(&self, file: &str) {
         let Some(events) = &self.setup.services.events else {
@@ -953,6 +1291,8 @@ impl Ivr {
                 .queued
                 .as_ref()
                 .map(|q| q.waited.unwrap_or_else(|| q.entered.elapsed()).as_millis() as u64),
+            app: self.app.as_ref().map(|a| a.config.name.clone()),
+            app_error: self.app_error.clone(),
             queue_outcome: self.queued.as_ref().and_then(|q| {
                 q.outcome.map(|o| match o {
                     "answered_ended" => "answered".to_string(),
@@ -963,6 +1303,9 @@ impl Ivr {
         let _ = reply.send(record);
     }
 }
+
+/// How long an agent dialled directly rings.
+const AGENT_RING: Duration = Duration::from_secs(30);
 
 /// The beep of a place in the queue.
 const PLACE_HZ: f64 = 950.0;

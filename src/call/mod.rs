@@ -16,6 +16,7 @@
 //! - service actors (CDR writer, process sampler) are restarted by the root with backoff.
 
 pub mod agents;
+pub mod app;
 pub mod ivr;
 pub mod leg;
 pub mod media;
@@ -46,6 +47,8 @@ use supervisor::{CallArgs, CallMsg, CallSupervisor};
 
 /// How long a request to a call's actors may take before the call is reported unresponsive.
 pub const CALL_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the REST API waits for a call to take verbs (their prompts fetched first).
+pub const ACTIONS_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// The switch's id of a call: unique, opaque, stable from admission to CDR.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -457,6 +460,30 @@ impl Calls {
         )
         .await
         .is_ok_and(|r| matches!(r, ractor::rpc::CallResult::Success(())))
+    }
+
+    /// Replaces what call `id`'s control runs with `body`'s verbs (JSON, as an app answers);
+    /// `None` when the call is gone, else whether they run or the status and why not.
+    pub async fn actions(
+        &self,
+        id: &CallId,
+        body: serde_json::Value,
+    ) -> Option<Result<(), (u16, String)>> {
+        let call = self.inner.registry.get(id)?;
+        // Fetching the verbs' prompts takes up to the app's timeout.
+        match call
+            .call(
+                |reply| CallMsg::Actions { body, reply },
+                Some(ACTIONS_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => Some(r),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Some(Err((504, "the call did not take the verbs in time".into())))
+            }
+            _ => None,
+        }
     }
 
     /// Anchors a call's media in a shard: the address and the port per side; `None` when

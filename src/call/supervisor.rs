@@ -147,6 +147,13 @@ pub enum CallMsg {
     },
     /// The call's current view.
     Snapshot(RpcReplyPort<CallSnapshot>),
+    /// Verbs (JSON, as an app answers) replace what the call's control runs now.
+    Actions {
+        /// The verbs.
+        body: serde_json::Value,
+        /// Whether they run, or the status and why not.
+        reply: RpcReplyPort<Result<(), (u16, String)>>,
+    },
     /// Anchor the call's media in a shard (for legs that are not SIP bridges, e.g. WhatsApp).
     AnchorMedia(RpcReplyPort<Option<super::media::Anchor>>),
     /// What one side's SDP says about its media.
@@ -584,6 +591,17 @@ impl Call {
                 let snapshot = self.snapshot().await;
                 let _ = reply.send(snapshot);
             }
+            CallMsg::Actions { body, reply } => match &self.control {
+                Some(control) => {
+                    let _ = control.send_message(IvrMsg::Actions { body, reply });
+                }
+                None => {
+                    let _ = reply.send(Err((
+                        409,
+                        "the call is not under call control (no IVR or app)".into(),
+                    )));
+                }
+            },
             CallMsg::AnchorMedia(reply) => {
                 let anchor = match &self.media {
                     Some(m) => match m.call(MediaMsg::Anchor, Some(CALL_RPC_TIMEOUT)).await {

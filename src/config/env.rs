@@ -23,6 +23,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_META_ACCESS_TOKEN", "meta.access_token"),
     ("WASWITCH_META_APP_SECRET", "meta.app_secret"),
     ("WASWITCH_META_VERIFY_TOKEN", "meta.verify_token"),
+    ("WASWITCH_APP_<NAME>_URL", "app[].url"),
+    ("WASWITCH_APP_<NAME>_SECRET", "app[].secret"),
 ];
 
 impl Validator {
@@ -33,7 +35,7 @@ impl Validator {
     ) -> file::ConfigFile {
         let mut take = |var: &'static str, key: &'static str| {
             env(var).inspect(|_| {
-                self.origins.insert(key, var);
+                self.origins.insert(key.to_string(), var.to_string());
             })
         };
         if let Some(v) = take("WASWITCH_NODE_ID", "node.id") {
@@ -87,8 +89,10 @@ impl Validator {
             }
         }
         if let Some(v) = env("WASWITCH_SHUTDOWN_GRACE_SECS") {
-            self.origins
-                .insert("shutdown.grace_secs", "WASWITCH_SHUTDOWN_GRACE_SECS");
+            self.origins.insert(
+                "shutdown.grace_secs".into(),
+                "WASWITCH_SHUTDOWN_GRACE_SECS".into(),
+            );
             match v.trim().parse() {
                 Ok(n) => raw.shutdown.grace_secs = n,
                 Err(_) => self.problem(
@@ -100,9 +104,9 @@ impl Validator {
         }
         if let Some(v) = env("WASWITCH_MEDIA_PORTS") {
             self.origins
-                .insert("media.port_min", "WASWITCH_MEDIA_PORTS");
+                .insert("media.port_min".into(), "WASWITCH_MEDIA_PORTS".into());
             self.origins
-                .insert("media.port_max", "WASWITCH_MEDIA_PORTS");
+                .insert("media.port_max".into(), "WASWITCH_MEDIA_PORTS".into());
             let parsed = v
                 .split_once('-')
                 .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
@@ -116,6 +120,19 @@ impl Validator {
                     format!("{v:?} is not a port range"),
                     "set WASWITCH_MEDIA_PORTS to FIRST-LAST, e.g. 20000-29999",
                 ),
+            }
+        }
+        // Each app's URL and secret: WASWITCH_APP_<NAME>_URL, WASWITCH_APP_<NAME>_SECRET.
+        for (i, app) in raw.app.iter_mut().enumerate() {
+            for field in ["url", "secret"] {
+                let var = super::app::env_var(app.name.trim(), field);
+                if let Some(v) = env(&var) {
+                    self.origins.insert(format!("app[{i}].{field}"), var);
+                    match field {
+                        "url" => app.url = v,
+                        _ => app.secret = v,
+                    }
+                }
             }
         }
         raw

@@ -49,6 +49,50 @@ pub(crate) struct ConfigFile {
     pub schedule: Vec<ScheduleSection>,
     #[serde(default)]
     pub ivr: Vec<IvrSection>,
+    #[serde(default)]
+    pub app: Vec<AppSection>,
+}
+
+/// `[[app]]`: an HTTP voice application.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppSection {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default = "default_app_timeout")]
+    pub timeout_ms: i64,
+    #[serde(default)]
+    pub fallback: Option<String>,
+    #[serde(default)]
+    pub fallback_message: Option<String>,
+    #[serde(default)]
+    pub prompts: Option<String>,
+    #[serde(default = "default_recording_dir")]
+    pub recording_dir: String,
+    #[serde(default = "default_max_prompt_kib")]
+    pub max_prompt_kib: i64,
+    #[serde(default = "default_event_attempts")]
+    pub event_attempts: i64,
+}
+
+fn default_app_timeout() -> i64 {
+    3000
+}
+
+fn default_recording_dir() -> String {
+    "recordings".to_string()
+}
+
+fn default_max_prompt_kib() -> i64 {
+    5120
+}
+
+fn default_event_attempts() -> i64 {
+    5
 }
 
 /// `[[schedule]]`: business hours in Meta's `call_hours` shape.
@@ -212,6 +256,9 @@ pub(crate) struct VerbSection {
     // hangup
     #[serde(default)]
     pub reason: Option<String>,
+    // app
+    #[serde(default)]
+    pub app: Option<String>,
 }
 
 impl VerbSection {
@@ -255,6 +302,7 @@ impl VerbSection {
             ("purpose", self.purpose.is_some()),
             ("node", self.node.is_some()),
             ("reason", self.reason.is_some()),
+            ("app", self.app.is_some()),
         ];
         set.into_iter()
             .filter(|(_, s)| *s)
@@ -382,6 +430,8 @@ pub(crate) struct BusinessNumberSection {
     pub route: Option<String>,
     #[serde(default)]
     pub entry: Option<String>,
+    #[serde(default)]
+    pub app: Option<String>,
     #[serde(default)]
     pub echo_test: bool,
 }

@@ -144,6 +144,8 @@ pub(super) struct Known<'a> {
     pub outbound_tls: bool,
     /// `[[queue]]` names, as written.
     pub queues: Vec<&'a str>,
+    /// `[[app]]` names, as written.
+    pub apps: Vec<&'a str>,
 }
 
 /// What a verb may be given, by verb name (`None`: no such verb).
@@ -172,12 +174,13 @@ fn verb_keys(verb: &str) -> Option<&'static [&'static str]> {
         "language" => &["language"],
         "goto" => &["node"],
         "hangup" => &["reason"],
+        "app" => &["app"],
         _ => return None,
     })
 }
 
 const VERBS: &str = "answer, play, gather, record, dial, message, request_callback, branch, \
-                     language, goto, hangup";
+                     language, goto, hangup, app";
 
 /// The keys a branch takes for its `when`.
 fn branch_keys(when: &str) -> &'static [&'static str] {
@@ -747,6 +750,24 @@ impl Validator {
                 Some(Verb::Hangup { reason })
             }
             "branch" => self.branch(key, v, menu, known),
+            "app" => {
+                let app =
+                    self.required(key, "app", &v.app, "name the [[app]] the call is handed to")?;
+                let app = app.trim();
+                if !known.apps.contains(&app) {
+                    self.problem(
+                        &k("app"),
+                        format!("there is no app {app:?}"),
+                        if known.apps.is_empty() {
+                            "add an [[app]] with that name".to_string()
+                        } else {
+                            format!("use one of: {}", list(&known.apps))
+                        },
+                    );
+                    return None;
+                }
+                Some(Verb::App(app.to_string()))
+            }
             _ => None,
         }
     }
@@ -972,6 +993,7 @@ impl Validator {
             retries,
             choices,
             default,
+            action: None,
         })
     }
 

@@ -62,8 +62,11 @@ pub struct BusinessNumber {
     /// Name of the route its calls take (`None` for an echo-test number or one answered
     /// by an IVR).
     pub route: Option<String>,
-    /// Name of the `[[ivr]]` that answers its calls (`None`: routed, or an echo test).
+    /// Name of the `[[ivr]]` that answers its calls (`None`: routed, an app's, or an echo
+    /// test).
     pub entry: Option<String>,
+    /// Name of the `[[app]]` that drives its calls.
+    pub app: Option<String>,
     /// Calls to it are answered by the switch with an echo of the caller's audio: a line
     /// to check WhatsApp calling and audio end to end without a PBX.
     pub echo_test: bool,
@@ -175,6 +178,7 @@ impl Validator {
         meta: bool,
         routes: &[SipRoute],
         ivrs: &[&str],
+        apps: &[&str],
     ) -> Vec<BusinessNumber> {
         if !raw.is_empty() && !meta {
             self.problem(
@@ -231,51 +235,79 @@ impl Validator {
                 );
             }
             let entry = b.entry.as_deref().map(str::trim);
-            match (&b.route, entry, b.echo_test) {
-                (Some(_), _, true) => self.problem(
-                    &key("route"),
-                    "an echo-test number takes no route",
-                    "remove route, or set echo_test = false to deliver its calls",
-                ),
-                (None, Some(_), true) => self.problem(
-                    &key("entry"),
-                    "an echo-test number takes no entry",
-                    "remove entry, or set echo_test = false to answer its calls with the IVR",
-                ),
-                (Some(_), Some(_), false) => self.problem(
-                    &key("entry"),
-                    "is given together with route",
-                    "a number's calls either take a route or are answered by an IVR: keep one of route and entry",
-                ),
-                (None, None, false) => self.problem(
-                    &key("route"),
-                    "missing",
-                    "name the [[route]] this number's calls take, or the [[ivr]] that answers them \
-                     (entry = \"<ivr name>\"), or set echo_test = true",
-                ),
-                (Some(route), None, false) if !routes.iter().any(|r| &r.name == route) => {
-                    let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+            let app = b.app.as_deref().map(str::trim);
+            if let Some(app) = app {
+                let other = match (&b.route, entry, b.echo_test) {
+                    (Some(_), _, _) => Some("route"),
+                    (_, Some(_), _) => Some("entry"),
+                    (_, _, true) => Some("echo_test"),
+                    _ => None,
+                };
+                if let Some(other) = other {
                     self.problem(
-                        &key("route"),
-                        format!("there is no route {route:?}"),
-                        if known.is_empty() {
-                            "add a [[route]] naming the trunks this number's calls go to"
-                                .to_string()
+                        &key("app"),
+                        format!("is given together with {other}"),
+                        "a number's calls take a route, or are answered by an IVR, an app or the echo test: keep one",
+                    );
+                } else if !apps.contains(&app) {
+                    self.problem(
+                        &key("app"),
+                        format!("there is no app {app:?}"),
+                        if apps.is_empty() {
+                            "add an [[app]] with that name to drive this number's calls".to_string()
                         } else {
-                            format!("use one of: {}", known.join(", "))
+                            format!("use one of: {}", apps.join(", "))
                         },
                     );
                 }
-                (None, Some(entry), false) if !ivrs.contains(&entry) => self.problem(
-                    &key("entry"),
-                    format!("there is no ivr {entry:?}"),
-                    if ivrs.is_empty() {
-                        "add an [[ivr]] with that name to answer this number's calls".to_string()
-                    } else {
-                        format!("use one of: {}", ivrs.join(", "))
-                    },
-                ),
-                _ => {}
+            }
+            if app.is_none() {
+                match (&b.route, entry, b.echo_test) {
+                    (Some(_), _, true) => self.problem(
+                        &key("route"),
+                        "an echo-test number takes no route",
+                        "remove route, or set echo_test = false to deliver its calls",
+                    ),
+                    (None, Some(_), true) => self.problem(
+                        &key("entry"),
+                        "an echo-test number takes no entry",
+                        "remove entry, or set echo_test = false to answer its calls with the IVR",
+                    ),
+                    (Some(_), Some(_), false) => self.problem(
+                        &key("entry"),
+                        "is given together with route",
+                        "a number's calls either take a route or are answered by an IVR: keep one of route and entry",
+                    ),
+                    (None, None, false) => self.problem(
+                        &key("route"),
+                        "missing",
+                        "name the [[route]] this number's calls take, or the [[ivr]] that answers them \
+                         (entry = \"<ivr name>\"), or set echo_test = true",
+                    ),
+                    (Some(route), None, false) if !routes.iter().any(|r| &r.name == route) => {
+                        let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+                        self.problem(
+                            &key("route"),
+                            format!("there is no route {route:?}"),
+                            if known.is_empty() {
+                                "add a [[route]] naming the trunks this number's calls go to"
+                                    .to_string()
+                            } else {
+                                format!("use one of: {}", known.join(", "))
+                            },
+                        );
+                    }
+                    (None, Some(entry), false) if !ivrs.contains(&entry) => self.problem(
+                        &key("entry"),
+                        format!("there is no ivr {entry:?}"),
+                        if ivrs.is_empty() {
+                            "add an [[ivr]] with that name to answer this number's calls".to_string()
+                        } else {
+                            format!("use one of: {}", ivrs.join(", "))
+                        },
+                    ),
+                    _ => {}
+                }
             }
             out.push(BusinessNumber {
                 phone_number_id: id.to_string(),
@@ -283,6 +315,7 @@ impl Validator {
                 country,
                 route: b.route.clone(),
                 entry: entry.map(str::to_string),
+                app: app.map(str::to_string),
                 echo_test: b.echo_test,
             });
         }

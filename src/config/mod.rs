@@ -15,6 +15,7 @@
 //! to call-control scripts, with their prompts); `env` applies the `WASWITCH_*` overrides,
 //! `validate` holds the validator itself and `file` the raw TOML schema.
 
+mod app;
 mod env;
 mod file;
 mod http;
@@ -26,6 +27,7 @@ mod sip;
 mod store;
 mod validate;
 
+pub use app::{env_var as app_env_var, AppConfig};
 pub use env::ENV_OVERRIDES;
 pub use http::{HttpConfig, HttpLimits, WebhookLimits};
 pub use ivr::{IvrConfig, PromptSet, PROMPT_EXTENSIONS};
@@ -93,6 +95,8 @@ pub struct Config {
     pub schedules: Vec<ScheduleConfig>,
     /// IVR menus (`[[ivr]]`), compiled and checked, with their prompts loaded, in file order.
     pub ivrs: Vec<IvrConfig>,
+    /// HTTP voice applications (`[[app]]`).
+    pub apps: Vec<AppConfig>,
     /// The call-control clock's offset from the system clock, in milliseconds, for the
     /// schedules IVR branches test. Not read from the file: 0, unless the program sets it
     /// (a rehearsal running at another time of day).

@@ -15,7 +15,7 @@ use super::{
 pub(super) struct Validator {
     pub(super) problems: Vec<ConfigProblem>,
     /// Keys whose value came from an environment variable, for messages.
-    pub(super) origins: BTreeMap<&'static str, &'static str>,
+    pub(super) origins: BTreeMap<String, String>,
 }
 
 impl Validator {
@@ -261,14 +261,18 @@ impl Validator {
                 listening: &transports,
                 outbound_tls,
                 queues: raw.queue.iter().map(|q| q.name.trim()).collect(),
+                apps: raw.app.iter().map(|a| a.name.trim()).collect(),
             },
         );
         let ivr_names: Vec<&str> = raw.ivr.iter().map(|i| i.name.trim()).collect();
+        let apps = self.apps(&raw.app, base, &routes);
+        let app_names: Vec<&str> = raw.app.iter().map(|a| a.name.trim()).collect();
         let business_numbers = self.business_numbers(
             &raw.business_number,
             raw.meta.is_some(),
             &routes,
             &ivr_names,
+            &app_names,
         );
         for (i, a) in raw.agent.iter().enumerate() {
             let Some(n) = a.business_number.as_deref() else {
@@ -391,6 +395,7 @@ impl Validator {
             permissions: permissions?,
             schedules,
             ivrs,
+            apps,
             clock_offset_ms: 0,
         })
     }

@@ -19,6 +19,12 @@
 //! - A verb that fails (answer refused, the recording failed) ends the call with a cause.
 //! - Jumps between nodes without the caller hearing or saying anything are bounded
 //!   ([`MAX_SILENT_STEPS`]) even though [`Script::check`] refuses such loops.
+//! - `redirect`, an `app` and a `gather` with an `action` fetch the next verbs (an HTTP
+//!   app's): the engine waits for [`Event::Fetched`], whose script replaces the one running.
+//!   Fetches in a row without the caller hearing or saying anything are bounded
+//!   ([`MAX_SILENT_FETCHES`]): a redirect loop ends the call.
+//! - [`Engine::load`] replaces the script at once (call control from the REST API): the
+//!   current prompt, gather, pause or recording is cut short (a recording is kept).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +39,25 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Verbs run in a row without one that waits for the caller, before the script is taken
 /// as looping.
 pub const MAX_SILENT_STEPS: usize = 256;
+/// Fetches of verbs in a row without one that waits for the caller, before the call is
+/// taken as caught in a redirect loop.
+pub const MAX_SILENT_FETCHES: usize = 10;
+
+/// Where the next verbs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// An HTTP app (`[[app]]` by name) is told of the call (`call.initiated`).
+    App(String),
+    /// A `redirect` to this URL.
+    Redirect(String),
+    /// A gather completed: its digits are posted to its action URL.
+    Gather {
+        /// The action URL.
+        url: String,
+        /// What the caller entered.
+        digits: String,
+    },
+}
 
 /// What the call's actors are told to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +94,15 @@ pub enum Command {
         /// End cause.
         reason: String,
     },
+    /// Fetch the next verbs; [`Event::Fetched`] with the same `seq` brings them.
+    Fetch {
+        /// Where from.
+        from: Fetch,
+        /// Matches the answer to this fetch (an older one's answer is ignored).
+        seq: u64,
+    },
+    /// A gather completed with these digits (for whoever reports inputs).
+    Gathered(String),
 }
 
 /// What happened to the call.
@@ -91,6 +125,14 @@ pub enum Event {
     },
     /// The caller hung up.
     CallerHungUp,
+    /// The verbs a [`Command::Fetch`] asked for, as a script (an app that failed is the
+    /// runner's to replace with its fallback).
+    Fetched {
+        /// The fetch answered.
+        seq: u64,
+        /// Its verbs.
+        script: Arc<Script>,
+    },
 }
 
 /// What a script's conditions test: facts about the call, settled when it starts.
@@ -140,6 +182,10 @@ enum Wait {
     Record { stopping: bool },
     /// A dial.
     Dial,
+    /// A `pause` (its deadline ends it).
+    Pause,
+    /// Verbs being fetched.
+    Fetch,
     /// The script ended.
     Done,
 }
@@ -168,6 +214,10 @@ pub struct Engine {
     /// Keep digits that come with no gather running (otherwise they are dropped).
     keep_type_ahead: bool,
     silent_steps: usize,
+    /// Fetches in a row without a verb that waits for the caller.
+    silent_fetches: usize,
+    /// The last fetch asked for.
+    fetch_seq: u64,
     /// A recording stopped by the caller's hangup: its file is still to come.
     partial_recording: bool,
     facts: Facts,
@@ -188,6 +238,8 @@ impl Engine {
             type_ahead: VecDeque::new(),
             keep_type_ahead: type_ahead,
             silent_steps: 0,
+            silent_fetches: 0,
+            fetch_seq: 0,
             partial_recording: false,
             facts: Facts::default(),
             outcome: Outcome::default(),
@@ -243,6 +295,15 @@ impl Engine {
             return out;
         }
         let ends_on_hash = self.record_ends_on_hash();
+        if let (true, Event::RecordDone(result)) = (self.partial_recording, &event) {
+            // A recording cut short (the caller hung up, or the script was replaced).
+            self.partial_recording = false;
+            match result {
+                Ok(file) => self.outcome.recording = Some(file.clone()),
+                Err(why) => tracing::warn!(error = %why, "partial recording lost"),
+            }
+            return out;
+        }
         match (&mut self.wait, event) {
             (Wait::Answer, Event::Answered(Ok(()))) => {
                 self.deadline = None;
@@ -283,12 +344,8 @@ impl Engine {
                     }
                 }
             }
-            (Wait::Done, Event::RecordDone(result)) if self.partial_recording => {
-                self.partial_recording = false;
-                match result {
-                    Ok(file) => self.outcome.recording = Some(file),
-                    Err(why) => tracing::warn!(error = %why, "partial recording lost"),
-                }
+            (Wait::Fetch, Event::Fetched { seq, script }) if seq == self.fetch_seq => {
+                self.replace(script, now, &mut out);
             }
             (Wait::Dial, Event::DialEnded { answered: true }) => {
                 // The destination had the call; it is over when they hang up.
@@ -321,9 +378,67 @@ impl Engine {
                 }
             }
             Wait::Record { stopping: false } => self.stop_record(&mut out),
+            Wait::Pause => self.advance(now, &mut out),
             _ => {}
         }
         out
+    }
+
+    /// Replaces the script at once with `script` (call control from outside the call):
+    /// the prompt playing stops, a gather or a pause is abandoned, a recording is stopped
+    /// and kept, a fetch in flight is forgotten. Refused (with the reason) while the call
+    /// is being answered or dialled, or once the script has ended.
+    pub fn load(&mut self, script: Arc<Script>, now: Instant) -> Result<Vec<Command>, String> {
+        let mut out = Vec::new();
+        match &self.wait {
+            Wait::Answer => return Err("the call is being answered".into()),
+            Wait::Dial => return Err("the call is dialling".into()),
+            Wait::Done => return Err("the call's script has ended".into()),
+            Wait::Play { .. } => out.push(Command::StopPlay),
+            Wait::Gather(g) if g.playing => out.push(Command::StopPlay),
+            Wait::Record { stopping } => {
+                if !stopping {
+                    out.push(Command::StopRecord);
+                }
+                self.partial_recording = true;
+            }
+            Wait::Gather(_) | Wait::Pause | Wait::Fetch | Wait::Next => {}
+        }
+        self.deadline = None;
+        // An answer to a fetch in flight is stale from now on.
+        self.fetch_seq += 1;
+        self.silent_fetches = 0;
+        self.replace(script, now, &mut out);
+        Ok(out)
+    }
+
+    /// The script is `script` from its entry on.
+    fn replace(&mut self, script: Arc<Script>, now: Instant, out: &mut Vec<Command>) {
+        self.node = script.entry.clone();
+        self.script = script;
+        self.pc = 0;
+        self.wait = Wait::Next;
+        self.outcome.path.push(self.node.clone());
+        self.run(now, out);
+    }
+
+    /// Asks for the next verbs.
+    fn fetch(&mut self, from: Fetch, out: &mut Vec<Command>) {
+        self.silent_fetches += 1;
+        if self.silent_fetches > MAX_SILENT_FETCHES {
+            tracing::error!(
+                fetches = self.silent_fetches,
+                "verbs fetched in a loop without the caller"
+            );
+            self.finish("redirect_loop", out, true);
+            return;
+        }
+        self.fetch_seq += 1;
+        out.push(Command::Fetch {
+            from,
+            seq: self.fetch_seq,
+        });
+        self.wait = Wait::Fetch;
     }
 
     // ---- running verbs ------------------------------------------------------------
@@ -350,6 +465,7 @@ impl Engine {
             };
             if verb.waits_for_the_caller() {
                 self.silent_steps = 0;
+                self.silent_fetches = 0;
             } else {
                 self.silent_steps += 1;
                 if self.silent_steps > MAX_SILENT_STEPS {
@@ -420,6 +536,12 @@ impl Engine {
                 self.pc += 1;
             }
             Verb::Goto(node) => self.goto(node),
+            Verb::Pause(pause) => {
+                self.deadline = Some(now + pause);
+                self.wait = Wait::Pause;
+            }
+            Verb::Redirect(url) => self.fetch(Fetch::Redirect(url), out),
+            Verb::App(app) => self.fetch(Fetch::App(app), out),
             Verb::Hangup { reason } => self.finish(&reason, out, true),
         }
     }
@@ -566,6 +688,7 @@ impl Engine {
             return;
         };
         let digits = g.digits.clone();
+        let action = g.spec.action.clone();
         let next = if !long_enough {
             None
         } else if g.spec.choices.is_empty() {
@@ -577,6 +700,11 @@ impl Engine {
             Some(node) => {
                 self.deadline = None;
                 self.outcome.digits.push(digits.clone());
+                out.push(Command::Gathered(digits.clone()));
+                if let Some(url) = action {
+                    self.fetch(Fetch::Gather { url, digits }, out);
+                    return;
+                }
                 match node {
                     Some(node) => {
                         self.outcome.path.push(digits);

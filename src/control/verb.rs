@@ -42,6 +42,13 @@ pub enum Verb {
     Language(String),
     /// Go on at another node of the script.
     Goto(String),
+    /// Wait, saying nothing.
+    Pause(Duration),
+    /// Fetch the next verbs from a URL (an HTTP app's): they replace the script.
+    Redirect(String),
+    /// Hand the call to an HTTP app (`[[app]]` by name): its answer to `call.initiated`
+    /// replaces the script.
+    App(String),
     /// End the call.
     Hangup {
         /// End cause, for the CDR.
@@ -63,6 +70,9 @@ impl Verb {
             Verb::Branch { .. } => "branch",
             Verb::Language(_) => "language",
             Verb::Goto(_) => "goto",
+            Verb::Pause(_) => "pause",
+            Verb::Redirect(_) => "redirect",
+            Verb::App(_) => "app",
             Verb::Hangup { .. } => "hangup",
         }
     }
@@ -71,7 +81,7 @@ impl Verb {
     pub fn waits_for_the_caller(&self) -> bool {
         matches!(
             self,
-            Verb::Play(_) | Verb::Gather(_) | Verb::Record(_) | Verb::Dial(_)
+            Verb::Play(_) | Verb::Gather(_) | Verb::Record(_) | Verb::Dial(_) | Verb::Pause(_)
         )
     }
 }
@@ -90,7 +100,8 @@ pub enum Condition {
     Language(String),
 }
 
-/// `play`: prompts, looped.
+/// `play`: prompts, looped. A prompt is a name the runner resolves: a prompt of the IVR's
+/// set, an HTTP app's prompt file, or (for apps) an `http(s)://` URL fetched and cached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Play {
     /// The prompts.
@@ -128,6 +139,9 @@ pub struct Gather {
     /// Where the call goes when the attempts run out (`None`: it goes on with the next
     /// verb).
     pub default: Option<String>,
+    /// An HTTP app's URL the completed input is posted to; its answer (verbs) replaces the
+    /// script. `None`: choices, or on with the next verb.
+    pub action: Option<String>,
 }
 
 impl Default for Gather {
@@ -144,6 +158,7 @@ impl Default for Gather {
             retries: 2,
             choices: BTreeMap::new(),
             default: None,
+            action: None,
         }
     }
 }
@@ -187,6 +202,8 @@ pub enum Destination {
     /// A queue of agents: the caller waits (hearing a comfort tone) until an agent
     /// answers, or overflows.
     Queue(String),
+    /// One agent, by user name, on the phone they registered.
+    Agent(String),
 }
 
 /// `message`: a WhatsApp message to the caller.

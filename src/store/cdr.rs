@@ -158,6 +158,12 @@ pub struct ControlRecord {
     /// How it left the queue: `answered`, `abandoned` or `overflow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_outcome: Option<String>,
+    /// The HTTP app that drove the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// How the app first failed (`timeout: …`, `http_5xx: …`); the fallback took the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_error: Option<String>,
 }
 
 /// What the media of a call looked like from the switch.

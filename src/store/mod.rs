@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod audit;
 pub(crate) mod cdr;
+pub mod recordings;
 pub mod webhook;
 pub mod writer;
 
@@ -24,6 +25,7 @@ use crate::config::{StoreConfig, StoreUrl};
 pub use cdr::{
     CallOutcome, Cdr, CdrFilter, CdrRepository, ControlRecord, Direction, HangupParty, MediaQuality,
 };
+pub use recordings::Recording;
 
 /// Migrations compiled into the binary and applied at start, on either backend.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

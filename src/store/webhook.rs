@@ -48,8 +48,12 @@ pub fn start(config: CdrWebhookConfig) -> Result<mpsc::Sender<Cdr>, String> {
 pub const EVENT_QUEUE: usize = 1_000;
 
 /// Starts a sender of events (JSON objects with an `event` name) to the same URL, signed
-/// the same way; delivered in order, retried as CDRs are.
-pub fn start_events(config: CdrWebhookConfig) -> Result<mpsc::Sender<serde_json::Value>, String> {
+/// the same way; delivered in order, retried as CDRs are, and counted in `metric` by
+/// `outcome`.
+pub fn start_events(
+    config: CdrWebhookConfig,
+    metric: &'static str,
+) -> Result<mpsc::Sender<serde_json::Value>, String> {
     let http = client(&config)?;
     let (tx, mut rx) = mpsc::channel::<serde_json::Value>(EVENT_QUEUE);
     tokio::spawn(async move {
@@ -67,7 +71,7 @@ pub fn start_events(config: CdrWebhookConfig) -> Result<mpsc::Sender<serde_json:
             } else {
                 "failed"
             };
-            metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => outcome).increment(1);
+            metrics::counter!(metric, "outcome" => outcome).increment(1);
         }
     });
     Ok(tx)

@@ -2,6 +2,7 @@
 //! starts a call, a `terminate` ends it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::WaEvent;
 use crate::call::plan::{CallPlan, WhatsAppInbound};
@@ -170,7 +171,7 @@ impl WhatsAppCalls {
         // A routed number's calls go to its route's trunks through the B2BUA; an IVR
         // number's to its IVR; an echo-test number's callers hear themselves.
         let mut trunk = None;
-        let plan = if let Some(entry) = &number.entry {
+        let plan = if let Some(entry) = number.entry.as_ref().or(number.app.as_ref()) {
             match self.ivr_setup(entry, number, caller) {
                 Some(ivr) => CallPlan::Ivr {
                     whatsapp,
@@ -238,7 +239,31 @@ impl WhatsAppCalls {
         caller: WhatsAppCaller,
     ) -> Option<crate::call::ivr::IvrSetup> {
         let control = self.control.as_ref()?;
-        let ivr = control.ivrs.get(entry)?.clone();
+        let ivr = match &number.app {
+            // An app's call: an IVR whose one verb hands the call to the app.
+            Some(app) => {
+                let config = &control.services.apps.get(app)?.config;
+                crate::config::IvrConfig {
+                    name: app.clone(),
+                    script: Arc::new(crate::control::Script {
+                        nodes: [(
+                            "app".to_string(),
+                            crate::control::Node {
+                                verbs: vec![crate::control::Verb::App(app.clone())],
+                            },
+                        )]
+                        .into(),
+                        entry: "app".into(),
+                    }),
+                    prompts: Arc::new(crate::config::PromptSet::new("en")),
+                    language: "en".into(),
+                    languages: Default::default(),
+                    type_ahead: true,
+                    voicemail_dir: config.recording_dir.clone(),
+                }
+            }
+            None => control.ivrs.get(entry)?.clone(),
+        };
         let now = crate::clock::now_ms() + control.clock_offset_ms;
         let country = crate::number::country(&caller.wa_id);
         let language = country

@@ -33,6 +33,7 @@ fn menu() -> Gather {
             ("2".to_string(), "sales".to_string()),
         ]),
         default: Some("support".to_string()),
+        action: None,
     }
 }
 
@@ -279,9 +280,12 @@ fn multi_digit_input_with_terminator_and_inter_digit_timeout() {
     let out = e.on_event(Event::Dtmf('#'), t0);
     assert_eq!(
         out,
-        vec![Command::Hangup {
-            reason: "done".into()
-        }]
+        vec![
+            Command::Gathered("421".into()),
+            Command::Hangup {
+                reason: "done".into()
+            }
+        ]
     );
     assert_eq!(e.outcome().digits, ["421"]);
 
@@ -630,4 +634,152 @@ fn a_loop_through_branches_alone_is_refused() {
         script.check(),
         Err(crate::control::verb::ScriptError::SilentLoop(_))
     ));
+}
+
+/// One node of `verbs`, as an app's answer compiles.
+fn app_script(verbs: Vec<Verb>) -> Arc<Script> {
+    Arc::new(Script {
+        entry: "app".into(),
+        nodes: BTreeMap::from([("app".to_string(), Node { verbs })]),
+    })
+}
+
+fn fetch_of(cmds: &[Command]) -> (Fetch, u64) {
+    cmds.iter()
+        .find_map(|c| match c {
+            Command::Fetch { from, seq } => Some((from.clone(), *seq)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no fetch in {cmds:?}"))
+}
+
+#[test]
+fn an_app_is_asked_then_its_verbs_run_and_a_gathers_input_goes_to_its_action() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(app_script(vec![Verb::App("demo".into())]), true);
+    let out = e.start(t0);
+    assert_eq!(fetch_of(&out).0, Fetch::App("demo".into()));
+    assert_eq!(e.poll_timeout(), None);
+    let (_, seq) = fetch_of(&out);
+    let gather = Gather {
+        choices: BTreeMap::new(),
+        default: None,
+        action: Some("https://app/menu".into()),
+        ..menu()
+    };
+    let out = e.on_event(
+        Event::Fetched {
+            seq,
+            script: app_script(vec![
+                Verb::Gather(gather),
+                Verb::Hangup {
+                    reason: "no_input".into(),
+                },
+            ]),
+        },
+        t0,
+    );
+    assert!(matches!(out.as_slice(), [Command::Play { .. }]), "{out:?}");
+    let out = e.on_event(Event::Dtmf('7'), t0 + Duration::from_secs(1));
+    assert!(out.contains(&Command::Gathered("7".into())), "{out:?}");
+    let (from, seq) = fetch_of(&out);
+    assert_eq!(
+        from,
+        Fetch::Gather {
+            url: "https://app/menu".into(),
+            digits: "7".into()
+        }
+    );
+    // An answer to an older fetch changes nothing.
+    assert!(e
+        .on_event(
+            Event::Fetched {
+                seq: seq - 1,
+                script: app_script(vec![Verb::Hangup {
+                    reason: "old".into()
+                }]),
+            },
+            t0,
+        )
+        .is_empty());
+    let out = e.on_event(
+        Event::Fetched {
+            seq,
+            script: app_script(vec![
+                Verb::Pause(Duration::from_secs(2)),
+                Verb::Hangup {
+                    reason: "bye".into(),
+                },
+            ]),
+        },
+        t0 + Duration::from_secs(1),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    let out = e.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(
+        out,
+        [Command::Hangup {
+            reason: "bye".into()
+        }]
+    );
+    assert_eq!(e.outcome().digits, ["7"]);
+    assert_eq!(e.outcome().path, ["app", "app", "app"]);
+}
+
+#[test]
+fn redirects_without_the_caller_are_bounded() {
+    let t0 = Instant::now();
+    let redirect = || app_script(vec![Verb::Redirect("https://app/again".into())]);
+    let mut e = Engine::new(redirect(), true);
+    let mut out = e.start(t0);
+    for _ in 0..MAX_SILENT_FETCHES + 1 {
+        let Some(Command::Fetch { seq, .. }) = out.first().cloned() else {
+            break;
+        };
+        out = e.on_event(
+            Event::Fetched {
+                seq,
+                script: redirect(),
+            },
+            t0,
+        );
+    }
+    assert_eq!(
+        out,
+        [Command::Hangup {
+            reason: "redirect_loop".into()
+        }]
+    );
+    assert!(e.finished());
+}
+
+#[test]
+fn loaded_verbs_cut_the_current_verb_short() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(
+        app_script(vec![play("long"), Verb::Record(Record::default())]),
+        true,
+    );
+    assert!(matches!(e.start(t0).as_slice(), [Command::Play { .. }]));
+    let out = e
+        .load(app_script(vec![Verb::Record(Record::default())]), t0)
+        .expect("loaded");
+    assert_eq!(out[0], Command::StopPlay);
+    assert!(matches!(out[1], Command::Record(_)), "{out:?}");
+    // A recording cut short by new verbs is stopped and kept.
+    let out = e
+        .load(app_script(vec![Verb::Hangup { reason: "x".into() }]), t0)
+        .expect("loaded");
+    assert_eq!(
+        out,
+        [Command::StopRecord, Command::Hangup { reason: "x".into() }]
+    );
+    e.on_event(Event::RecordDone(Ok("rec.wav".into())), t0);
+    assert_eq!(e.outcome().recording.as_deref(), Some("rec.wav"));
+    // Nothing is loaded once the script ended, or while answering.
+    assert!(e.load(app_script(vec![]), t0).is_err());
+    let mut answering = Engine::new(app_script(vec![Verb::Answer]), true);
+    answering.start(t0);
+    assert!(answering.load(app_script(vec![]), t0).is_err());
 }

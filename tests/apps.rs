@@ -1,0 +1,676 @@
+//! HTTP voice apps, end to end: an app inside the test (axum on loopback) decides what
+//! happens to each WhatsApp call; `waswitch sim` plays WhatsApp (signed webhooks, its Graph
+//! API, customers with real WebRTC audio who press keys and listen for the tone-coded
+//! prompts); SIPp with RTP echo is the PBX. Checked on the customer's side (the tones
+//! heard), at the app (signed events, in order), at the PBX, in the CDR and over the REST
+//! API with scoped tokens.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{free_udp_port, runtime, Uas};
+use serde_json::{json, Value};
+use waswitch::config::{Config, Secret};
+use waswitch::node::Node;
+use waswitch::sim::graph::SimGraph;
+use waswitch::sim::load::{self, SimContext};
+use waswitch::store::Cdr;
+
+const SECRET: &str = "apps-meta-secret";
+const PNID: &str = "105615555715855";
+const NUMBER: &str = "15551112222";
+const PNID2: &str = "105615555715856";
+const NUMBER2: &str = "15551113333";
+const OPERATOR: &str = "apps-operator-token";
+const DEMO_TOKEN: &str = "demo-token-0000000001";
+const OTHER_TOKEN: &str = "other-token-000000001";
+const DEMO_SECRET: &str = "demo-app-secret-0001";
+const OTHER_SECRET: &str = "other-app-secret-001";
+
+/// The menu prompt's tone (config/examples/prompts/en/menu.wav), and the caller's own.
+const MENU: u32 = 600;
+const OWN: u32 = 440;
+
+/// One request the app got.
+#[derive(Debug, Clone)]
+struct Got {
+    path: String,
+    timestamp: u64,
+    signature: String,
+    body: Vec<u8>,
+    json: Value,
+}
+
+/// What the app answers: status, body, and how long it takes.
+type Answer = (u16, Value, Duration);
+type Handler = Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>;
+
+/// The app: its base URL, what it got, and how often its prompt was fetched.
+#[derive(Clone)]
+struct TestApp {
+    base: String,
+    got: Arc<Mutex<Vec<Got>>>,
+    prompt_fetches: Arc<Mutex<u32>>,
+}
+
+impl TestApp {
+    /// The requests whose JSON has `event == name`.
+    fn events(&self, name: &str) -> Vec<Got> {
+        self.got
+            .lock()
+            .expect("app")
+            .iter()
+            .filter(|g| g.json["event"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to 15 s) for `n` events `name`.
+    async fn wait_for(&self, name: &str, n: usize) -> Vec<Got> {
+        for _ in 0..150 {
+            let got = self.events(name);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{n} {name} events never came: {:?}",
+            self.got
+                .lock()
+                .expect("app")
+                .iter()
+                .map(|g| (g.path.clone(), g.json["event"].clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Serves the app on loopback: POSTs go to `handler` (by path), and `GET
+/// /prompts/menu.wav` serves the menu prompt as audio/wav.
+async fn serve_app(handler: Handler) -> TestApp {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Arc<Mutex<Vec<Got>>> = Default::default();
+    let fetches: Arc<Mutex<u32>> = Default::default();
+    let kept = got.clone();
+    let counted = fetches.clone();
+    let menu = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts/en/menu.wav"),
+    )
+    .expect("menu prompt");
+    let app = axum::Router::new()
+        .route(
+            "/prompts/menu.wav",
+            axum::routing::get(move || {
+                let menu = menu.clone();
+                let counted = counted.clone();
+                async move {
+                    *counted.lock().expect("count") += 1;
+                    ([("content-type", "audio/wav")], menu)
+                }
+            }),
+        )
+        .route(
+            "/prompts/notes.txt",
+            axum::routing::get(|| async { ([("content-type", "text/plain")], "not audio") }),
+        )
+        .fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                let handler = handler.clone();
+                async move {
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    kept.lock().expect("app").push(Got {
+                        path: uri.path().to_string(),
+                        timestamp: header("x-waswitch-timestamp").parse().unwrap_or(0),
+                        signature: header("x-waswitch-signature"),
+                        body: body.to_vec(),
+                        json: json.clone(),
+                    });
+                    let (status, answer, delay) = handler(uri.path(), &json);
+                    tokio::time::sleep(delay).await;
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                    match answer {
+                        Value::String(raw) => (status, raw),
+                        other => (status, other.to_string()),
+                    }
+                }
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )));
+    TestApp {
+        base,
+        got,
+        prompt_fetches: fetches,
+    }
+}
+
+/// Answers an event (`call.answered`, …) that wants no verbs.
+fn ok() -> Answer {
+    (200, json!({}), Duration::ZERO)
+}
+
+fn verbs(v: Value) -> Answer {
+    (200, v, Duration::ZERO)
+}
+
+fn config(pbx: u16, media_ports: u16, sim: &str, app: &str, dir: &Path) -> String {
+    format!(
+        r#"
+[http]
+api_token = "{OPERATOR}"
+[media]
+ip = "127.0.0.1"
+shards = 2
+port_min = {media_ports}
+port_max = {port_max}
+[[trunk]]
+name = "pbx"
+uri = "sip:127.0.0.1:{pbx}"
+options_interval_secs = 0
+invite_timeout_ms = 2000
+[[route]]
+name = "pbx"
+trunks = ["pbx"]
+[meta]
+graph_url = "http://{sim}"
+access_token = "tok"
+app_secret = "{SECRET}"
+verify_token = "vt"
+[[business_number]]
+phone_number_id = "{PNID}"
+display_number = "{NUMBER}"
+country = "BR"
+app = "demo"
+[[business_number]]
+phone_number_id = "{PNID2}"
+display_number = "{NUMBER2}"
+country = "BR"
+app = "other"
+[[app]]
+name = "demo"
+url = "{app}/demo"
+secret = "{DEMO_SECRET}"
+timeout_ms = 1000
+fallback = "pbx"
+recording_dir = "{rec}"
+[[app]]
+name = "other"
+url = "{app}/other"
+secret = "{OTHER_SECRET}"
+timeout_ms = 1000
+fallback_message = "Sorry, we cannot take your call now."
+recording_dir = "{rec}"
+[[api_token]]
+name = "demo"
+token = "{DEMO_TOKEN}"
+business_numbers = ["{NUMBER}"]
+[[api_token]]
+name = "other"
+token = "{OTHER_TOKEN}"
+business_numbers = ["{NUMBER2}"]
+"#,
+        port_max = media_ports + 198,
+        rec = dir.join("recordings").display(),
+    )
+}
+
+struct Rig {
+    graph: SimGraph,
+    node: Node,
+    app: TestApp,
+    /// Customers calling the demo app's number, and the other app's.
+    demo: SimContext,
+    other: SimContext,
+}
+
+fn start(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    pbx: u16,
+    media_ports: u16,
+    handler: Handler,
+) -> Rig {
+    let graph = SimGraph::new(
+        Secret::new("tok"),
+        vec![PNID.to_string(), PNID2.to_string()],
+    );
+    let (node, app) = rt.block_on(async {
+        let sim = graph.serve_loopback().await.expect("sim Graph API");
+        let app = serve_app(handler).await;
+        let toml = config(pbx, media_ports, &sim.to_string(), &app.base, dir);
+        let config = Config::loopback(&toml, &dir.join("apps.db")).expect("config");
+        (Node::start(config).await.expect("node"), app)
+    });
+    let mut demo = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
+    demo.listen = vec![MENU as f32, OWN as f32];
+    let other = common::sim_context(&graph, node.http_addr(), SECRET, PNID2, NUMBER2);
+    Rig {
+        graph,
+        node,
+        app,
+        demo,
+        other,
+    }
+}
+
+fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
+    common::cdrs_after(rt, node, &dir.join("apps.db"))
+}
+
+fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
+    cdrs.iter()
+        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
+        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
+}
+
+/// The event's signature is the app secret's HMAC of `<timestamp>.<body>`.
+fn assert_signed(got: &Got, secret: &str) {
+    let expected = waswitch::store::webhook::signature(secret.as_bytes(), got.timestamp, &got.body);
+    assert_eq!(got.signature, expected, "{got:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    assert!(now.abs_diff(got.timestamp) < 60, "{got:?}");
+}
+
+/// A menu: the app answers `call.initiated` with answer + gather (its prompt a URL of the
+/// app's, fetched once for both calls), gets the digit at the gather's action, and answers
+/// with a dial to the PBX: the caller hears the menu, then their own voice through the
+/// PBX's echo. The app hears `call.answered` and `call.ended` (with the CDR), each signed.
+#[test]
+fn a_menu_posts_the_digit_to_the_app_and_its_dial_reaches_the_pbx_with_audio() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let base: Arc<Mutex<String>> = Default::default();
+    let b = base.clone();
+    let handler: Handler = Arc::new(move |path, event| {
+        let base = b.lock().expect("base").clone();
+        match (path, event["event"].as_str()) {
+            ("/demo", Some("call.initiated")) => verbs(json!({"verbs": [
+                "answer",
+                {"gather": {
+                    "prompts": [format!("{base}/prompts/menu.wav")],
+                    "timeout_ms": 3000,
+                    "action": format!("{base}/menu"),
+                }},
+                {"hangup": {"reason": "no_input"}},
+            ]})),
+            ("/menu", Some("gather.completed")) if event["digits"] == "2" => {
+                verbs(json!([{"dial": {"route": "pbx"}}]))
+            }
+            ("/menu", _) => verbs(json!(["hangup"])),
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), pbx, 59_000, handler);
+    *base.lock().expect("base") = rig.app.base.clone();
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 2, &["-rtp_echo"]);
+    rig.demo.dtmf = Some("2".into());
+    rig.demo.dtmf_after = Duration::from_millis(700);
+    let (r1, r2) = rt.block_on(async {
+        tokio::join!(
+            load::user_call(&rig.demo, "4915112345678", Duration::from_secs(4)),
+            load::user_call(&rig.demo, "4915187654321", Duration::from_secs(4)),
+        )
+    });
+    for r in [&r1, &r2] {
+        assert_eq!(r.error, None, "{r:?}");
+        assert!(r.connected && r.audio_verified, "{r:?}");
+        assert_eq!(r.tones.first(), Some(&MENU), "{r:?}");
+        assert_eq!(r.tones.last(), Some(&OWN), "{r:?}");
+    }
+    // The app: call.initiated (signed, with the call's facts), the digit at the action,
+    // call.answered, and once the calls ended call.ended with each CDR.
+    let initiated = rig.app.events("call.initiated");
+    assert_eq!(initiated.len(), 2, "{initiated:?}");
+    for got in &initiated {
+        assert_eq!(got.path, "/demo");
+        assert_signed(got, DEMO_SECRET);
+        assert_eq!(got.json["business_number"], NUMBER);
+        assert_eq!(got.json["direction"], "user_initiated");
+        assert_eq!(got.json["app"], "demo");
+        assert!(got.json["call_id"].as_str().is_some_and(|c| !c.is_empty()));
+    }
+    let customers: Vec<&str> = initiated
+        .iter()
+        .filter_map(|g| g.json["customer"]["wa_id"].as_str())
+        .collect();
+    assert!(customers.contains(&"4915112345678") && customers.contains(&"4915187654321"));
+    let gathered = rig.app.events("gather.completed");
+    assert_eq!(gathered.len(), 2, "{gathered:?}");
+    assert!(gathered
+        .iter()
+        .all(|g| g.path == "/menu" && g.json["digits"] == "2"));
+    gathered.iter().for_each(|g| assert_signed(g, DEMO_SECRET));
+    rt.block_on(rig.app.wait_for("call.answered", 2));
+    let ended = rt.block_on(rig.app.wait_for("call.ended", 2));
+    for got in &ended {
+        assert_signed(got, DEMO_SECRET);
+        assert_eq!(got.json["cdr"]["control"]["app"], "demo", "{got:?}");
+        assert_eq!(got.json["cdr"]["trunk"], "pbx", "{got:?}");
+    }
+    // The prompt was fetched once and played from the cache the second time.
+    assert_eq!(*rig.app.prompt_fetches.lock().expect("count"), 1);
+    let metrics = rt.block_on(common::metrics_text(rig.node.http_addr()));
+    assert!(
+        metrics.contains(r#"waswitch_app_requests_total{app="demo",outcome="ok"} 4"#),
+        "{metrics}"
+    );
+
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&2), "{counters:?}");
+    for r in [&r1, &r2] {
+        let cdr = cdr_of(&cdrs, &r.wa_call_id);
+        assert_eq!(cdr.trunk.as_deref(), Some("pbx"), "{cdr:?}");
+        let control = cdr.control.as_ref().expect("control record");
+        assert_eq!(control.app.as_deref(), Some("demo"));
+        assert_eq!(control.app_error, None);
+        assert_eq!(control.digits, ["2"], "{control:?}");
+    }
+}
+
+/// An app that times out, one that names an unknown verb and one that answers 500 each
+/// send the call to their app's fallback: the PBX (the caller hears their own voice), or
+/// the closed message and the call's end. The CDR says what went wrong.
+#[test]
+fn an_app_that_times_out_or_fails_sends_the_call_to_its_fallback() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let handler: Handler = Arc::new(move |path, event| {
+        let customer = event["customer"]["wa_id"].as_str().unwrap_or_default();
+        match (path, event["event"].as_str(), customer) {
+            ("/demo", Some("call.initiated"), "4915100000001") => {
+                (200, json!(["answer"]), Duration::from_secs(3))
+            }
+            ("/demo", Some("call.initiated"), _) => {
+                verbs(json!(["answer", {"say": {"text": "hello"}}]))
+            }
+            ("/other", Some("call.initiated"), _) => {
+                (500, json!({"error": "boom"}), Duration::ZERO)
+            }
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), pbx, 59_200, handler);
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 2, &["-rtp_echo"]);
+    rig.demo.listen.clear();
+    let (slow, unknown, broken) = rt.block_on(async {
+        tokio::join!(
+            load::user_call(&rig.demo, "4915100000001", Duration::from_secs(3)),
+            load::user_call(&rig.demo, "4915100000002", Duration::from_secs(3)),
+            load::user_call(&rig.other, "4915100000003", Duration::from_secs(3)),
+        )
+    });
+    for r in [&slow, &unknown] {
+        assert_eq!(r.error, None, "{r:?}");
+        assert!(r.connected && r.audio_verified, "{r:?}");
+    }
+    assert!(!broken.connected, "{broken:?}");
+    // The closed message reached the caller through the Graph API.
+    let texts: Vec<_> = rig
+        .graph
+        .recorded()
+        .into_iter()
+        .filter(|m| m.endpoint == "messages" && m.body["type"] == "text")
+        .collect();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert_eq!(texts[0].body["to"], "4915100000003");
+    assert_eq!(
+        texts[0].body["text"]["body"],
+        "Sorry, we cannot take your call now."
+    );
+    let metrics = rt.block_on(common::metrics_text(rig.node.http_addr()));
+    for (app, outcome) in [
+        ("demo", "timeout"),
+        ("demo", "invalid_verbs"),
+        ("other", "http_5xx"),
+    ] {
+        let series = format!(r#"waswitch_app_requests_total{{app="{app}",outcome="{outcome}"}} 1"#);
+        assert!(metrics.contains(&series), "{series}\n{metrics}");
+    }
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&2), "{counters:?}");
+    let error_of = |r: &load::CallResult| {
+        let cdr = cdr_of(&cdrs, &r.wa_call_id);
+        cdr.control
+            .as_ref()
+            .and_then(|c| c.app_error.clone())
+            .unwrap_or_else(|| panic!("no app error in {cdr:?}"))
+    };
+    assert!(
+        error_of(&slow).starts_with("timeout:"),
+        "{}",
+        error_of(&slow)
+    );
+    assert!(
+        error_of(&unknown).contains("verbs[1]: unknown verb \"say\""),
+        "{}",
+        error_of(&unknown)
+    );
+    assert!(
+        error_of(&broken).starts_with("http_5xx:"),
+        "{}",
+        error_of(&broken)
+    );
+    for r in [&slow, &unknown] {
+        assert_eq!(cdr_of(&cdrs, &r.wa_call_id).trunk.as_deref(), Some("pbx"));
+    }
+    let broken_cdr = cdr_of(&cdrs, &broken.wa_call_id);
+    assert_eq!(broken_cdr.answered_at, None, "{broken_cdr:?}");
+    assert_eq!(broken_cdr.end_cause, "app_failed", "{broken_cdr:?}");
+}
+
+/// `record` makes a file of the caller's voice; `recording.ready` tells the app where to
+/// download it, and only a token for the call's business number may (and may delete it).
+/// While the call is live, another app's token gets 403 on it.
+#[test]
+fn a_recording_is_announced_and_downloaded_only_with_the_numbers_token() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler: Handler = Arc::new(move |path, event| match (path, event["event"].as_str()) {
+        ("/other", Some("call.initiated")) => verbs(json!(["answer",
+            {"record": {"beep": false, "max_length_secs": 3, "silence_secs": 0}},
+            {"hangup": {}}])),
+        _ => ok(),
+    });
+    let rig = start(&rt, dir.path(), free_udp_port(), 59_400, handler);
+    let http = rig.node.http_addr();
+    let app = rig.app.clone();
+    let (r, live) = rt.block_on(async {
+        let call = load::user_call(&rig.other, "4915112345678", Duration::from_secs(8));
+        let probe = async {
+            let initiated = app.wait_for("call.initiated", 1).await;
+            let id = initiated[0].json["call_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            app.wait_for("call.answered", 1).await;
+            let client = reqwest::Client::new();
+            let url = format!("http://{http}/v1/calls/{id}");
+            let mine = common::api(
+                &client,
+                url.clone(),
+                OTHER_TOKEN,
+                reqwest::Method::GET,
+                None,
+            )
+            .await;
+            let theirs =
+                common::api(&client, url.clone(), DEMO_TOKEN, reqwest::Method::GET, None).await;
+            let act = common::api(
+                &client,
+                format!("{url}/actions"),
+                DEMO_TOKEN,
+                reqwest::Method::POST,
+                Some(json!({"verbs": ["hangup"]})),
+            )
+            .await;
+            (mine.0, theirs.0, act.0)
+        };
+        tokio::join!(call, probe)
+    });
+    assert_eq!(live, (200, 403, 403), "{live:?}");
+    assert!(r.connected, "{r:?}");
+    assert!(r.ended_by_business, "{r:?}");
+    let ready = rt.block_on(rig.app.wait_for("recording.ready", 1));
+    let ready = &ready[0];
+    assert_signed(ready, OTHER_SECRET);
+    let id = ready.json["recording_id"]
+        .as_str()
+        .expect("recording id")
+        .to_string();
+    assert_eq!(ready.json["url"], format!("/v1/recordings/{id}"));
+    let url = format!("http://{http}/v1/recordings/{id}");
+    let client = reqwest::Client::new();
+    let (wav, forbidden) = rt.block_on(async {
+        let wav = client
+            .get(&url)
+            .bearer_auth(OTHER_TOKEN)
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(wav.status(), 200);
+        assert_eq!(
+            wav.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("audio/wav")
+        );
+        let wav = wav.bytes().await.expect("body").to_vec();
+        let forbidden = client
+            .get(&url)
+            .bearer_auth(DEMO_TOKEN)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16();
+        (wav, forbidden)
+    });
+    assert_eq!(forbidden, 403);
+    // The caller's tone: most of the recording's power at 440 Hz, about 3 s long.
+    assert_eq!(&wav[..4], b"RIFF");
+    let samples: Vec<f32> = wav[44..]
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    let secs = samples.len() as f32 / 8000.0;
+    assert!((2.0..4.5).contains(&secs), "{secs} s");
+    let voiced = &samples[samples.len() / 4..samples.len() * 3 / 4];
+    let total = voiced.iter().map(|x| x * x).sum::<f32>() / voiced.len() as f32;
+    let tone = waswitch::media::quality::tone_power(voiced, OWN as f32, 8000.0);
+    assert!(tone / total > 0.5, "440 Hz share {}", tone / total);
+    // Deleting: not with another number's token; then gone.
+    rt.block_on(async {
+        let del = |token: &'static str| {
+            common::api(&client, url.clone(), token, reqwest::Method::DELETE, None)
+        };
+        assert_eq!(del(DEMO_TOKEN).await.0, 403);
+        assert_eq!(del(OTHER_TOKEN).await.0, 204);
+        assert_eq!(
+            common::api(&client, url.clone(), OPERATOR, reqwest::Method::GET, None)
+                .await
+                .0,
+            404
+        );
+    });
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let cdr = cdr_of(&cdrs, &r.wa_call_id);
+    assert_eq!(
+        cdr.control.as_ref().and_then(|c| c.app.as_deref()),
+        Some("other")
+    );
+}
+
+/// The REST API takes over a live call: verbs posted to `/v1/calls/{id}/actions` cut the
+/// app's pause short and play the menu, then hang up; a wrong verb is refused with its
+/// place, and a prompt that is not audio with the reason.
+#[test]
+fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler: Handler = Arc::new(move |path, event| match (path, event["event"].as_str()) {
+        ("/demo", Some("call.initiated")) => verbs(json!(["answer", {"pause": {"ms": 20000}}])),
+        _ => ok(),
+    });
+    let mut rig = start(&rt, dir.path(), free_udp_port(), 59_600, handler);
+    rig.demo.expect_hz = MENU as f32;
+    let http = rig.node.http_addr();
+    let app = rig.app.clone();
+    let (r, answers) = rt.block_on(async {
+        let call = load::user_call(&rig.demo, "4915112345678", Duration::from_secs(10));
+        let control = async {
+            let initiated = app.wait_for("call.initiated", 1).await;
+            let id = initiated[0].json["call_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            app.wait_for("call.answered", 1).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let client = reqwest::Client::new();
+            let url = format!("http://{http}/v1/calls/{id}/actions");
+            let post = |body: Value| {
+                common::api(
+                    &client,
+                    url.clone(),
+                    DEMO_TOKEN,
+                    reqwest::Method::POST,
+                    Some(body),
+                )
+            };
+            let bad = post(json!({"verbs": ["answer", {"gather": {"max_digits": 65}}]})).await;
+            let not_audio =
+                post(json!({"play": {"url": format!("{}/prompts/notes.txt", app.base)}})).await;
+            let good = post(json!({"verbs": [
+                {"play": {"url": format!("{}/prompts/menu.wav", app.base)}},
+                {"hangup": {"reason": "done"}},
+            ]}))
+            .await;
+            (bad, not_audio, good)
+        };
+        tokio::join!(call, control)
+    });
+    let (bad, not_audio, good) = answers;
+    assert_eq!(bad.0, 400, "{bad:?}");
+    assert!(
+        bad.1
+            .to_string()
+            .contains("verbs[1].gather.max_digits: must be 1..=64"),
+        "{bad:?}"
+    );
+    assert_eq!(not_audio.0, 400, "{not_audio:?}");
+    assert!(
+        not_audio.1.to_string().contains("is not audio"),
+        "{not_audio:?}"
+    );
+    assert_eq!(good.0, 202, "{good:?}");
+    assert!(r.connected && r.ended_by_business, "{r:?}");
+    assert_eq!(r.tones, [MENU], "{r:?}");
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let cdr = cdr_of(&cdrs, &r.wa_call_id);
+    let control = cdr.control.as_ref().expect("control");
+    assert_eq!(control.end.as_deref(), Some("done"), "{control:?}");
+}
