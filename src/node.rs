@@ -520,8 +520,22 @@ impl Node {
             tracing::info!(sip_tcp = %l.local_addr(), "SIP listening");
         }
 
-        let meta_ingress = match (config.meta.as_ref(), &outbox) {
-            (Some(meta), Some(outbox)) => {
+        // What call control (IVRs, apps) reaches: trunks, Meta, permissions, queues, apps.
+        let control_services = outbox
+            .as_ref()
+            .map(|outbox| crate::call::ivr::ControlServices {
+                sip: Some(ingress.clone()),
+                outbox: outbox.clone(),
+                permissions: Some(permissions.clone()),
+                excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
+                sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
+                events: control_events.clone(),
+                agents: (!config.queues.is_empty()).then(|| agent_directory.clone()),
+                apps: apps.clone(),
+                store: Some(store.clone()),
+            });
+        let meta_ingress = match (config.meta.as_ref(), &outbox, &control_services) {
+            (Some(meta), Some(outbox), Some(services)) => {
                 let control = crate::call::whatsapp::ingress::Control {
                     ivrs: config
                         .ivrs
@@ -529,17 +543,7 @@ impl Node {
                         .map(|i| (i.name.clone(), i.clone()))
                         .collect(),
                     schedules: config.schedules.clone(),
-                    services: crate::call::ivr::ControlServices {
-                        sip: Some(ingress.clone()),
-                        outbox: outbox.clone(),
-                        permissions: Some(permissions.clone()),
-                        excluded_countries: Arc::new(config.permissions.excluded_countries.clone()),
-                        sanctioned: Arc::new(config.permissions.sanctioned_calling_codes.clone()),
-                        events: control_events.clone(),
-                        agents: (!config.queues.is_empty()).then(|| agent_directory.clone()),
-                        apps: apps.clone(),
-                        store: Some(store.clone()),
-                    },
+                    services: services.clone(),
                     clock_offset_ms: config.clock_offset_ms,
                 };
                 let whatsapp = crate::call::whatsapp::WhatsAppCalls::new(
@@ -585,6 +589,7 @@ impl Node {
             prometheus,
             sip: ingress.clone(),
             agents: agent_directory,
+            control: control_services,
         };
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
         if let Some((listener, acceptor)) = &sip_ws {

@@ -674,3 +674,360 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
     let control = cdr.control.as_ref().expect("control");
     assert_eq!(control.end.as_deref(), Some("done"), "{control:?}");
 }
+
+/// The schema at `pointer` in the OpenAPI document, with the document's components beside
+/// it so its `$ref`s resolve.
+fn schema_at(doc: &Value, pointer: &str) -> jsonschema::Validator {
+    let mut schema = doc
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema at {pointer}"))
+        .clone();
+    if let Value::Object(o) = &mut schema {
+        o.insert("components".into(), doc["components"].clone());
+        o.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
+    }
+    jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{pointer}: {e}"))
+}
+
+fn escape(path: &str) -> String {
+    path.replace('~', "~0").replace('/', "~1")
+}
+
+/// `body` is what the document says `method path` answers with `status`.
+fn assert_response(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
+    let pointer = format!(
+        "/paths/{}/{method}/responses/{status}/content/application~1json/schema",
+        escape(path)
+    );
+    let validator = schema_at(doc, &pointer);
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: {errors:?}\n{body}"
+    );
+}
+
+/// `body` is the event the document's webhook `name` describes.
+fn assert_event(doc: &Value, name: &str, body: &Value) {
+    let pointer = format!(
+        "/webhooks/{}/post/requestBody/content/application~1json/schema",
+        escape(name)
+    );
+    let validator = schema_at(doc, &pointer);
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "event {name}: {errors:?}\n{body}");
+}
+
+/// `/v1/openapi.json` describes the REST API as it answers and the events as the app gets
+/// them: real responses (live calls, actions, CDRs, agents, queues, permissions, the
+/// do-not-call list, the audit trail, recordings, errors) and real events are validated
+/// against it with a JSON Schema validator; every path it lists is served.
+#[test]
+fn the_openapi_document_describes_real_responses_and_events() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base: Arc<Mutex<String>> = Default::default();
+    let b = base.clone();
+    let handler: Handler = Arc::new(move |path, event| {
+        let base = b.lock().expect("base").clone();
+        match (path, event["event"].as_str()) {
+            ("/demo", Some("call.initiated")) => verbs(json!(["answer",
+                {"gather": {"timeout_ms": 3000, "action": format!("{base}/menu")}}])),
+            ("/menu", _) => verbs(json!([
+                {"record": {"beep": false, "max_length_secs": 1, "silence_secs": 0}},
+                {"pause": {"ms": 20000}}])),
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), free_udp_port(), 59_800, handler);
+    *base.lock().expect("base") = rig.app.base.clone();
+    rig.demo.dtmf = Some("5".into());
+    rig.demo.dtmf_after = Duration::from_millis(500);
+    rig.demo.listen.clear();
+    let http = rig.node.http_addr();
+    let app = rig.app.clone();
+    let client = reqwest::Client::new();
+    let doc: Value = rt.block_on(async {
+        client
+            .get(format!("http://{http}/v1/openapi.json"))
+            .send()
+            .await
+            .expect("openapi")
+            .json()
+            .await
+            .expect("JSON")
+    });
+    assert_eq!(doc["openapi"], "3.1.0");
+    let get = |url: String, token: &'static str| {
+        let client = client.clone();
+        async move { common::api(&client, url, token, reqwest::Method::GET, None).await }
+    };
+    let (r, live) = rt.block_on(async {
+        let call = load::user_call(&rig.demo, "4915112345678", Duration::from_secs(6));
+        let probe = async {
+            let initiated = app.wait_for("call.initiated", 1).await;
+            let id = initiated[0].json["call_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            app.wait_for("recording.ready", 1).await;
+            let calls = get(format!("http://{http}/v1/calls"), DEMO_TOKEN).await;
+            let one = get(format!("http://{http}/v1/calls/{id}"), DEMO_TOKEN).await;
+            let post = |body: Value| {
+                common::api(
+                    &client,
+                    format!("http://{http}/v1/calls/{id}/actions"),
+                    DEMO_TOKEN,
+                    reqwest::Method::POST,
+                    Some(body),
+                )
+            };
+            let bad = post(json!([{"pause": {"ms": 0}}])).await;
+            let good = post(json!({"verbs": [{"hangup": {}}]})).await;
+            (calls, one, bad, good)
+        };
+        tokio::join!(call, probe)
+    });
+    assert!(r.connected, "{r:?}");
+    let (calls, one, bad, good) = live;
+    assert_eq!(calls.0, 200, "{calls:?}");
+    assert_eq!(
+        calls.1["calls"].as_array().map(Vec::len),
+        Some(1),
+        "{calls:?}"
+    );
+    assert_response(&doc, "/v1/calls", "get", 200, &calls.1);
+    assert_response(&doc, "/v1/calls/{id}", "get", 200, &one.1);
+    assert_eq!(bad.0, 400, "{bad:?}");
+    assert_response(&doc, "/v1/calls/{id}/actions", "post", 400, &bad.1);
+    assert_eq!(good.0, 202, "{good:?}");
+    assert_response(&doc, "/v1/calls/{id}/actions", "post", 202, &good.1);
+    // The events, as the app got them.
+    let ended = rt.block_on(app.wait_for("call.ended", 1));
+    for name in [
+        "call.initiated",
+        "call.answered",
+        "gather.completed",
+        "recording.ready",
+    ] {
+        let got = app.events(name);
+        assert!(!got.is_empty(), "no {name}");
+        for g in got {
+            assert_event(&doc, name, &g.json);
+        }
+    }
+    assert_event(&doc, "call.ended", &ended[0].json);
+    assert_event(&doc, "cdr", &ended[0].json["cdr"]);
+    // The rest of the API, with the app's token and the operator's.
+    rt.block_on(async {
+        let cdrs = get(format!("http://{http}/v1/cdrs?limit=5"), DEMO_TOKEN).await;
+        assert_eq!(cdrs.0, 200, "{cdrs:?}");
+        assert_response(&doc, "/v1/cdrs", "get", 200, &cdrs.1);
+        for (path, url) in [
+            ("/v1/agents", "/v1/agents"),
+            ("/v1/queues", "/v1/queues"),
+            ("/v1/dnc", "/v1/dnc"),
+            ("/v1/audit", "/v1/audit?limit=5"),
+            (
+                "/v1/permissions/{number}/{wa_id}",
+                "/v1/permissions/15551112222/4915112345678",
+            ),
+        ] {
+            let got = get(format!("http://{http}{url}"), OPERATOR).await;
+            assert_eq!(got.0, 200, "{url}: {got:?}");
+            assert_response(&doc, path, "get", 200, &got.1);
+        }
+        let missing = get(format!("http://{http}/v1/calls/nope"), OPERATOR).await;
+        assert_eq!(missing.0, 404);
+        assert_response(&doc, "/v1/calls/{id}", "get", 404, &missing.1);
+        let theirs = get(
+            format!("http://{http}/v1/permissions/15551113333/4915112345678"),
+            DEMO_TOKEN,
+        )
+        .await;
+        assert_eq!(theirs.0, 403, "{theirs:?}");
+        assert_response(
+            &doc,
+            "/v1/permissions/{number}/{wa_id}",
+            "get",
+            403,
+            &theirs.1,
+        );
+        let anonymous = get(format!("http://{http}/v1/cdrs"), "wrong-token").await;
+        assert_eq!(anonymous.0, 401);
+        assert_response(&doc, "/v1/cdrs", "get", 401, &anonymous.1);
+        // Every path the document lists is served: without a token, /v1 answers 401
+        // (never 404), the rest answers.
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, methods) in paths {
+            let url = path
+                .replace("{id}", "x")
+                .replace("{user}", "x")
+                .replace("{number}", "15551112222")
+                .replace("{wa_id}", "4915112345678");
+            for method in methods.as_object().expect("methods").keys() {
+                let m =
+                    reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+                let status = client
+                    .request(m, format!("http://{http}{url}"))
+                    .send()
+                    .await
+                    .expect("request")
+                    .status()
+                    .as_u16();
+                let public = doc["paths"][path][method]["security"] == json!([]);
+                let want: &[u16] = if public { &[200, 503] } else { &[401] };
+                assert!(want.contains(&status), "{method} {path}: {status}");
+            }
+        }
+    });
+    drop(cdrs(&rt, rig.node, dir.path()));
+}
+
+/// An app places a call with `POST /v1/calls {from, to: {whatsapp}}`: refused before
+/// anything is dialled without the customer's permission (and with verbs that do not
+/// check, or another number's token); with permission the customer is called, and once
+/// they answer the app's verbs run: the menu, then the PBX, whose echo the customer hears.
+#[test]
+fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let base: Arc<Mutex<String>> = Default::default();
+    let b = base.clone();
+    let handler: Handler = Arc::new(move |path, event| {
+        let base = b.lock().expect("base").clone();
+        match (path, event["event"].as_str()) {
+            ("/demo", Some("call.initiated")) => verbs(json!([
+                {"play": {"url": format!("{base}/prompts/menu.wav")}},
+                {"dial": {"route": "pbx"}},
+            ])),
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), pbx, 60_000, handler);
+    *base.lock().expect("base") = rig.app.base.clone();
+    rig.demo.listen = vec![MENU as f32, OWN as f32];
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 1, &["-rtp_echo"]);
+    let http = rig.node.http_addr();
+    let client = reqwest::Client::new();
+    let customer = "4915100000601";
+    let (placed, answered) = rt.block_on(async {
+        let (_users, mut answered) = Users::start(
+            rig.demo.clone(),
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(400),
+                    hold: Duration::from_secs(5),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(86_400)),
+                },
+                dtmf: None,
+            },
+        );
+        let place = |token: &'static str, body: Value| {
+            common::api(
+                &client,
+                format!("http://{http}/v1/calls"),
+                token,
+                reqwest::Method::POST,
+                Some(body),
+            )
+        };
+        let to = json!({"whatsapp": customer});
+        // Refused, nothing dialled: no permission yet, verbs that do not check, another
+        // number's token, a first leg that is not WhatsApp.
+        let refused = place(DEMO_TOKEN, json!({"from": NUMBER, "to": to, "app": "demo"})).await;
+        assert_eq!(
+            (refused.0, refused.1["reason"].clone()),
+            (403, json!("no_permission")),
+            "{refused:?}"
+        );
+        let bad = place(
+            DEMO_TOKEN,
+            json!({"from": NUMBER, "to": to, "verbs": [{"gather": {"max_digits": 0}}]}),
+        )
+        .await;
+        assert_eq!(bad.0, 400, "{bad:?}");
+        assert!(
+            bad.1.to_string().contains("verbs[0].gather.max_digits"),
+            "{bad:?}"
+        );
+        let theirs = place(OTHER_TOKEN, json!({"from": NUMBER, "to": to})).await;
+        assert_eq!(theirs.0, 403, "{theirs:?}");
+        let sip = place(
+            DEMO_TOKEN,
+            json!({"from": NUMBER, "to": {"sip": "sip:1@pbx"}}),
+        )
+        .await;
+        assert_eq!(sip.0, 501, "{sip:?}");
+        assert!(
+            rig.graph.recorded().iter().all(|r| r.action.is_none()),
+            "nothing was dialled"
+        );
+        // The customer grants permission; the app's call goes through.
+        let asked = common::api(
+            &client,
+            format!("http://{http}/v1/permissions/{NUMBER}/{customer}/request"),
+            OPERATOR,
+            reqwest::Method::POST,
+            Some(json!({"purpose": "Your order"})),
+        )
+        .await;
+        assert_eq!(asked.0, 201, "{asked:?}");
+        for _ in 0..100 {
+            let view = common::api(
+                &client,
+                format!("http://{http}/v1/permissions/{NUMBER}/{customer}"),
+                OPERATOR,
+                reqwest::Method::GET,
+                None,
+            )
+            .await;
+            if view.1["status"] == "granted" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let placed = place(DEMO_TOKEN, json!({"from": NUMBER, "to": to})).await;
+        let answered = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+            .await
+            .expect("the call ended in time")
+            .expect("a call");
+        (placed, answered)
+    });
+    assert_eq!(placed.0, 201, "{placed:?}");
+    let call_id = placed.1["call_id"].as_str().expect("call id").to_string();
+    let media = answered.media.expect("media");
+    assert!(media.connected, "{media:?}");
+    assert_eq!(media.tones.first(), Some(&MENU), "{media:?}");
+    assert_eq!(media.tones.last(), Some(&OWN), "{media:?}");
+    let initiated = rig.app.events("call.initiated");
+    assert_eq!(initiated.len(), 1, "{initiated:?}");
+    assert_eq!(initiated[0].json["direction"], "business_initiated");
+    assert_eq!(initiated[0].json["customer"]["wa_id"], customer);
+    assert_eq!(initiated[0].json["call_id"], call_id.as_str());
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    let cdr = cdrs
+        .iter()
+        .find(|c| c.call_id == call_id)
+        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
+    assert_eq!(
+        cdr.outcome,
+        waswitch::store::CallOutcome::Answered,
+        "{cdr:?}"
+    );
+    assert_eq!(cdr.trunk.as_deref(), Some("pbx"), "{cdr:?}");
+    assert_eq!(
+        cdr.control.as_ref().and_then(|c| c.app.as_deref()),
+        Some("demo")
+    );
+}

@@ -161,6 +161,8 @@ pub(crate) struct ApiState {
     pub sip: crate::call::sip::SipIngress,
     /// The agents, for `/v1/agents`.
     pub agents: crate::call::agents::Directory,
+    /// What calls placed for HTTP apps are driven with (`None`: no WhatsApp calling).
+    pub control: Option<crate::call::ivr::ControlServices>,
 }
 
 /// The node's HTTP router.
@@ -169,6 +171,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
         .with_state(state)
 }
 
@@ -236,6 +239,14 @@ async fn ready(State(s): State<ApiState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// The REST API and the events it sends, described in OpenAPI 3.1 (served to anyone: it
+/// holds no secret).
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// Prometheus text exposition.

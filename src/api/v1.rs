@@ -3,6 +3,12 @@
 //! not served.
 //!
 //! - `GET /v1/calls`: the live calls; `GET /v1/calls/{id}`: one.
+//! - `POST /v1/calls` `{"from", "to": {"whatsapp": wa_id}, "app"?, "verbs"?}`: a call an
+//!   HTTP app drives: the customer is called on WhatsApp (their permission checked and
+//!   reserved exactly as for a PBX's call) and, once they answer, the given verbs run, or
+//!   the app's answer to `call.initiated` (`app` defaults to the business number's).
+//!   Verbs are checked and their prompts fetched first: a mistake is 400 and nothing is
+//!   dialled.
 //! - `POST /v1/calls` `{"business_number", "wa_id", "trunk" | "route", "user"?}`: a
 //!   callback: the customer is called on WhatsApp (their permission checked and reserved
 //!   first) and, when they answer, bridged to `user` (an agent extension, a queue) at the
@@ -429,16 +435,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn place_call(
     State(s): State<ApiState>,
     Extension(scope): Extension<Scope>,
-    super::ApiJson(req): super::ApiJson<crate::call::sip::CallbackRequest>,
+    super::ApiJson(body): super::ApiJson<serde_json::Value>,
 ) -> Response {
     use crate::call::sip::CallbackRefused;
-    if !scope.number(&req.business_number) {
-        return forbidden("this token does not act for that business number");
-    }
-    // Placed on a task of its own: a client that goes away mid-request cannot abandon a
-    // call halfway through its start.
+    // `{from, to, app, verbs}`: a call an HTTP app drives; otherwise a callback to a trunk.
+    let app_call = body.get("to").is_some();
     let sip = s.sip.clone();
-    let placed = tokio::spawn(async move { sip.place_callback(&req).await }).await;
+    let placed = if app_call {
+        let req: crate::call::sip::AppCallRequest = match serde_json::from_value(body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        };
+        if !scope.number(&req.from) {
+            return forbidden("this token does not act for that business number");
+        }
+        let Some(services) = s.control.clone() else {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                &CallbackRefused::NotEnabled.to_string(),
+            );
+        };
+        // Placed on a task of its own: a client that goes away mid-request cannot abandon
+        // a call halfway through its start.
+        tokio::spawn(async move { sip.place_app_call(&req, &services).await }).await
+    } else {
+        let req: crate::call::sip::CallbackRequest = match serde_json::from_value(body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        };
+        if !scope.number(&req.business_number) {
+            return forbidden("this token does not act for that business number");
+        }
+        tokio::spawn(async move { sip.place_callback(&req).await }).await
+    };
     let Ok(placed) = placed else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -451,6 +480,10 @@ async fn place_call(
             Json(json!({"call_id": id, "status": "calling_customer"})),
         )
             .into_response(),
+        Err(e @ CallbackRefused::BadVerbs(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ CallbackRefused::NotSupported(_)) => {
+            error(StatusCode::NOT_IMPLEMENTED, &e.to_string())
+        }
         Err(CallbackRefused::Blocked(b)) => (
             StatusCode::FORBIDDEN,
             Json(json!({"error": b.to_string(), "reason": b.as_str()})),

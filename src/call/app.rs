@@ -393,6 +393,22 @@ impl App {
         ))
     }
 
+    /// The call control of a call this app drives, starting with `verbs`.
+    pub fn ivr(&self, verbs: Vec<Verb>) -> crate::config::IvrConfig {
+        crate::config::IvrConfig {
+            name: self.config.name.clone(),
+            script: Arc::new(Script {
+                nodes: [(verbs::NODE.to_string(), Node { verbs })].into(),
+                entry: verbs::NODE.into(),
+            }),
+            prompts: Arc::new(crate::config::PromptSet::new("en")),
+            language: "en".into(),
+            languages: Default::default(),
+            type_ahead: true,
+            voicemail_dir: self.config.recording_dir.clone(),
+        }
+    }
+
     /// What a call runs when the app failed: its fallback route, or its closed message and
     /// hang-up.
     pub fn fallback(&self) -> Arc<Script> {

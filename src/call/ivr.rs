@@ -97,6 +97,13 @@ pub struct IvrSetup {
     pub phone_number_id: String,
     /// The business number's country (for the call rules of a callback request).
     pub business_country: String,
+    /// Who called whom (the apps' events say it).
+    pub direction: crate::store::Direction,
+    /// The HTTP app driving the call from the start (`None`: an IVR, until a verb hands
+    /// the call to an app).
+    pub app: Option<Arc<super::app::App>>,
+    /// Prompts the first verbs play, fetched already (verbs given when the call was placed).
+    pub prompts: std::collections::HashMap<String, Prompt>,
 }
 
 /// Messages of [`IvrActor`].
@@ -233,6 +240,9 @@ pub struct Ivr {
     app_error: Option<String>,
     /// A browser agent dialled directly has our WebRTC leg.
     agent_leg: bool,
+    /// The script runs (a call the switch placed starts once the customer answered and
+    /// their media connected).
+    started: bool,
 }
 
 impl Actor for IvrActor {
@@ -253,6 +263,8 @@ impl Actor for IvrActor {
         let _ = args
             .media
             .send_message(MediaMsg::Subscribe(super::media::Listener(sink)));
+        let app = args.setup.app.clone();
+        let app_prompts = args.setup.prompts.clone();
         let engine = Engine::new(args.setup.ivr.script.clone(), args.setup.ivr.type_ahead)
             .with_facts(args.setup.facts.clone());
         Ok(Ivr {
@@ -276,10 +288,11 @@ impl Actor for IvrActor {
             finish_deadline: None,
             queued: None,
             myself: Some(myself.clone()),
-            app: None,
-            app_prompts: std::collections::HashMap::new(),
+            app,
+            app_prompts,
             app_error: None,
             agent_leg: false,
+            started: false,
         })
     }
 
@@ -290,9 +303,12 @@ impl Actor for IvrActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = ivr.span.clone();
         let _entered = span.enter();
-        tracing::info!(ivr = %ivr.setup.ivr.name, language = ivr.engine.language(), "IVR starts");
-        let commands = ivr.engine.start(Instant::now());
-        ivr.carry_out(commands);
+        if ivr.setup.direction == crate::store::Direction::BusinessInitiated {
+            // The customer is being called: the verbs run once they answer.
+            tracing::debug!(app = %ivr.setup.ivr.name, "waiting for the customer to answer");
+            return Ok(());
+        }
+        ivr.start();
         ivr.arm(&myself);
         Ok(())
     }
@@ -385,6 +401,9 @@ impl Actor for IvrActor {
                 }
             };
             ivr.carry_out(commands);
+            if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
+                ivr.start();
+            }
             if ivr.finish.is_some() && ivr.recording == Recording::Idle {
                 ivr.reply_finish();
             }
@@ -413,6 +432,14 @@ impl Actor for IvrActor {
 }
 
 impl Ivr {
+    /// Runs the script from its start.
+    fn start(&mut self) {
+        self.started = true;
+        tracing::info!(ivr = %self.setup.ivr.name, language = self.engine.language(), "call control starts");
+        let commands = self.engine.start(Instant::now());
+        self.carry_out(commands);
+    }
+
     fn arm(&mut self, myself: &ActorRef<IvrMsg>) {
         let queue_deadline = self
             .queued
@@ -1125,7 +1152,7 @@ impl Ivr {
         serde_json::json!({
             "event": name,
             "call_id": self.call_id,
-            "direction": "user_initiated",
+            "direction": self.setup.direction.as_str(),
             "business_number": caller.business_number,
             "customer": { "wa_id": caller.wa_id, "name": caller.name },
             "wa_call_id": caller.wa_call_id,

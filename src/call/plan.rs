@@ -11,6 +11,7 @@
 //! | [`Echo`](CallPlan::Echo) | WhatsApp leg (inbound); the media echoes | at once |
 //! | [`SipToWhatsApp`](CallPlan::SipToWhatsApp) | SIP bridge from a PBX, with the WhatsApp leg (outbound) as its callee | the customer answers |
 //! | [`Callback`](CallPlan::Callback) | WhatsApp leg (outbound), then a SIP bridge to trunks with it as the caller | the customer answers |
+//! | [`AppCall`](CallPlan::AppCall) | WhatsApp leg (outbound) and the call-control actor running an HTTP app's verbs once the customer answers; a SIP bridge (the WhatsApp leg its caller) for each `dial` | the customer answers |
 //! | [`SipToSip`](CallPlan::SipToSip) | SIP bridge between trunks | the called trunk answers |
 //! | [`Signalled`](CallPlan::Signalled) | two protocol-less legs, signalled through [`Calls::signal`](super::Calls::signal) | the called leg answers |
 
@@ -90,6 +91,15 @@ pub enum CallPlan {
         /// The bridge toward the agent's trunks.
         sip: BridgeSetup,
     },
+    /// The API places a call an HTTP app drives: the WhatsApp leg calls the customer (their
+    /// permission reserved), and the call-control actor runs the app's verbs once they
+    /// answer.
+    AppCall {
+        /// The customer called.
+        whatsapp: WhatsAppOutbound,
+        /// The app's verbs and what they need.
+        ivr: Box<super::ivr::IvrSetup>,
+    },
     /// A SIP call between trunks.
     SipToSip {
         /// The bridge.
@@ -116,6 +126,7 @@ impl CallPlan {
             CallPlan::Echo { .. } => "echo",
             CallPlan::SipToWhatsApp { .. } => "sip_to_whatsapp",
             CallPlan::Callback { .. } => "callback",
+            CallPlan::AppCall { .. } => "app_call",
             CallPlan::SipToSip { .. } => "sip_to_sip",
             CallPlan::Signalled(_) => "signalled",
         }
@@ -127,9 +138,9 @@ impl CallPlan {
             CallPlan::WhatsAppToSip { .. } | CallPlan::Echo { .. } | CallPlan::Ivr { .. } => {
                 Direction::UserInitiated
             }
-            CallPlan::SipToWhatsApp { .. } | CallPlan::Callback { .. } => {
-                Direction::BusinessInitiated
-            }
+            CallPlan::SipToWhatsApp { .. }
+            | CallPlan::Callback { .. }
+            | CallPlan::AppCall { .. } => Direction::BusinessInitiated,
             CallPlan::SipToSip { .. } => Direction::SipTransit,
             CallPlan::Signalled(direction) => *direction,
         }
@@ -147,9 +158,9 @@ impl CallPlan {
     /// The permission a business-initiated call holds.
     pub fn permit(&self) -> Option<&Permit> {
         match self {
-            CallPlan::SipToWhatsApp { whatsapp, .. } | CallPlan::Callback { whatsapp, .. } => {
-                Some(&whatsapp.permit)
-            }
+            CallPlan::SipToWhatsApp { whatsapp, .. }
+            | CallPlan::Callback { whatsapp, .. }
+            | CallPlan::AppCall { whatsapp, .. } => Some(&whatsapp.permit),
             _ => None,
         }
     }

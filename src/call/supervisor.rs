@@ -406,6 +406,12 @@ impl Call {
                 self.spawn_bridge(myself, sip, Some((Leg::A, wa)), WHATSAPP_CALLER)
                     .await
             }
+            CallPlan::AppCall { whatsapp, ivr } => {
+                let wa = self
+                    .spawn_whatsapp(myself, WhatsAppStart::Outbound(whatsapp), Face::Caller)
+                    .await?;
+                self.spawn_control(myself, *ivr, wa).await
+            }
             CallPlan::SipToSip { sip } => {
                 let parties = Parties {
                     a: HangupParty::Caller,

@@ -219,7 +219,8 @@ impl Users {
                 let sim_user = match &behaviour.dtmf {
                     Some(d) => sim_user.with_dtmf(d, Duration::from_millis(500)),
                     None => sim_user,
-                };
+                }
+                .listening_for(&ctx.listen);
                 // ICE and DTLS answer at once (Meta's do, while the phone rings); the user
                 // picks up after `after` and talks for `hold`.
                 let run_stop = stop.clone();

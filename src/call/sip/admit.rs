@@ -77,6 +77,42 @@ pub(crate) enum CallbackRefused {
     /// The node did not admit the call.
     #[error("{0}")]
     Refused(CallRefused),
+    /// The verbs given do not check, or a prompt they play cannot be played.
+    #[error("{0}")]
+    BadVerbs(String),
+    /// A call of a shape the switch does not place.
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+/// `POST /v1/calls` for a call an HTTP app drives: `{from, to: {whatsapp: wa_id}, app,
+/// verbs}`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppCallRequest {
+    /// The business number calling (digits, `+` or `00`).
+    pub from: String,
+    /// Who is called first.
+    pub to: CallTarget,
+    /// The app driving the call (default: the business number's).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// The first verbs (default: the app is asked, with `call.initiated`, once the customer
+    /// answers).
+    #[serde(default)]
+    pub verbs: Option<serde_json::Value>,
+}
+
+/// Who a placed call reaches first.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum CallTarget {
+    /// A customer on WhatsApp, by wa_id.
+    Whatsapp(String),
+    /// A SIP URI.
+    Sip(String),
+    /// A registered agent.
+    Agent(String),
 }
 
 impl SipIngress {
@@ -177,6 +213,115 @@ impl SipIngress {
         let plan = CallPlan::Callback {
             whatsapp,
             sip: setup,
+        };
+        match inner.calls.start_as(id, offer, plan).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                permit.release("not admitted");
+                Err(CallbackRefused::Refused(e))
+            }
+        }
+    }
+
+    /// Calls the customer on WhatsApp for `req.from` (policy and permission checked, and
+    /// the permission reserved, first, exactly as for a PBX's call); once they answer, the
+    /// app's verbs run (the given ones, or the app's answer to `call.initiated`). Verbs are
+    /// checked and their prompts fetched before anything is reserved or dialled.
+    pub(crate) async fn place_app_call(
+        &self,
+        req: &AppCallRequest,
+        services: &crate::call::ivr::ControlServices,
+    ) -> Result<crate::call::CallId, CallbackRefused> {
+        let inner = &self.inner;
+        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
+        let number = bic
+            .number(&req.from)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(req.from.clone()))?;
+        let wa_id = match &req.to {
+            CallTarget::Whatsapp(w) => w,
+            CallTarget::Sip(to) | CallTarget::Agent(to) => {
+                return Err(CallbackRefused::NotSupported(format!(
+                    "a call an app drives starts with its WhatsApp leg: place it to {{\"whatsapp\": wa_id}} and dial {to:?} from its verbs"
+                )))
+            }
+        };
+        let customer = crate::number::e164(wa_id, Some(&number.country))
+            .map_err(CallbackRefused::BadCustomer)?;
+        let name = req
+            .app
+            .clone()
+            .or_else(|| number.app.clone())
+            .ok_or_else(|| {
+                CallbackRefused::BadDestination(
+                    "name the app that drives the call (app), or give the business number one"
+                        .into(),
+                )
+            })?;
+        let app = services
+            .apps
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::BadDestination(format!("no app {name:?}")))?;
+        let (verbs, prompts) = match &req.verbs {
+            Some(body) => {
+                let ready = app
+                    .prepare(body)
+                    .await
+                    .map_err(|e| CallbackRefused::BadVerbs(e.to_string()))?;
+                let verbs = ready
+                    .script
+                    .nodes
+                    .get(crate::control::app::NODE)
+                    .map(|n| n.verbs.clone())
+                    .unwrap_or_default();
+                (verbs, ready.prompts)
+            }
+            None => (
+                vec![crate::control::Verb::App(name.clone())],
+                Default::default(),
+            ),
+        };
+        let id = crate::call::CallId::new();
+        let permit = match bic.admit(&number, &customer, id.as_str()).await {
+            Ok(p) => p,
+            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
+            Err(e) => return Err(CallbackRefused::Permission(e)),
+        };
+        let caller = WhatsAppCaller {
+            wa_call_id: String::new(),
+            wa_id: customer.clone(),
+            name: None,
+            business_number: number.display_number.clone(),
+        };
+        let ivr = crate::call::ivr::IvrSetup {
+            ivr: app.ivr(verbs),
+            facts: crate::control::Facts {
+                open: Default::default(),
+                country: crate::number::country(&customer),
+                language: "en".into(),
+            },
+            services: services.clone(),
+            caller,
+            phone_number_id: number.phone_number_id.clone(),
+            business_country: number.country.clone(),
+            direction: Direction::BusinessInitiated,
+            app: Some(app),
+            prompts,
+        };
+        let whatsapp = WhatsAppOutbound {
+            outbox: bic.outbox.clone(),
+            phone_number_id: number.phone_number_id.clone(),
+            customer: customer.clone(),
+            permit: permit.clone(),
+            ring_timeout: inner.bridge.ring_timeout,
+        };
+        let mut offer = CallOffer::new(Direction::BusinessInitiated);
+        offer.business_number = Some(number.display_number.clone());
+        offer.customer_wa_id = Some(customer);
+        let plan = CallPlan::AppCall {
+            whatsapp,
+            ivr: Box::new(ivr),
         };
         match inner.calls.start_as(id, offer, plan).await {
             Ok(id) => Ok(id),

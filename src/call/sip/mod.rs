@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use ractor::ActorRef;
 
-pub(crate) use admit::{CallbackRefused, CallbackRequest};
+pub(crate) use admit::{AppCallRequest, CallbackRefused, CallbackRequest};
 pub(crate) use ingress::{AgentCall, SipHandles, SipIngress};
 
 use crate::sip::core::CoreEvent;

@@ -2,7 +2,6 @@
 //! starts a call, a `terminate` ends it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::WaEvent;
 use crate::call::plan::{CallPlan, WhatsAppInbound};
@@ -241,27 +240,11 @@ impl WhatsAppCalls {
         let control = self.control.as_ref()?;
         let ivr = match &number.app {
             // An app's call: an IVR whose one verb hands the call to the app.
-            Some(app) => {
-                let config = &control.services.apps.get(app)?.config;
-                crate::config::IvrConfig {
-                    name: app.clone(),
-                    script: Arc::new(crate::control::Script {
-                        nodes: [(
-                            "app".to_string(),
-                            crate::control::Node {
-                                verbs: vec![crate::control::Verb::App(app.clone())],
-                            },
-                        )]
-                        .into(),
-                        entry: "app".into(),
-                    }),
-                    prompts: Arc::new(crate::config::PromptSet::new("en")),
-                    language: "en".into(),
-                    languages: Default::default(),
-                    type_ahead: true,
-                    voicemail_dir: config.recording_dir.clone(),
-                }
-            }
+            Some(app) => control
+                .services
+                .apps
+                .get(app)?
+                .ivr(vec![crate::control::Verb::App(app.clone())]),
             None => control.ivrs.get(entry)?.clone(),
         };
         let now = crate::clock::now_ms() + control.clock_offset_ms;
@@ -289,6 +272,9 @@ impl WhatsAppCalls {
             caller,
             phone_number_id: number.phone_number_id.clone(),
             business_country: number.country.clone(),
+            direction: Direction::UserInitiated,
+            app: None,
+            prompts: Default::default(),
         })
     }
 
