@@ -504,9 +504,12 @@ fn every_metric_is_exported_with_help_from_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = rt.block_on(async {
         let config = waswitch::config::Config::loopback(
-            "[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\noptions_interval_secs = 0\n\
+            &format!("[[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5070\"\noptions_interval_secs = 0\n\
              [[agent]]\nuser = \"alice\"\npassword = \"a\"\nqueues = [\"support\"]\n\
-             [[queue]]\nname = \"support\"\n",
+             [[queue]]\nname = \"support\"\n\
+             [[app]]\nname = \"demo\"\nurl = \"http://127.0.0.1:8700/\"\n\
+             secret = \"metrics-app-secret-01\"\nrecording_dir = \"{}\"\n",
+             dir.path().join("recordings").display()),
             &dir.path().join("m.db"),
         )
         .expect("config");

@@ -159,6 +159,23 @@ impl Apps {
         let names = Arc::new(names);
         let mut out = HashMap::new();
         for config in configs {
+            // Every app's series from the start, so rates and alerts work before its first
+            // call.
+            for outcome in [
+                "ok",
+                "timeout",
+                "unreachable",
+                "http_4xx",
+                "http_5xx",
+                "invalid_json",
+                "invalid_verbs",
+                "prompt",
+            ] {
+                metrics::counter!(telemetry::APP_REQUESTS_TOTAL, "app" => config.name.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+            let _ =
+                metrics::histogram!(telemetry::APP_LATENCY_SECONDS, "app" => config.name.clone());
             out.insert(
                 config.name.clone(),
                 Arc::new(App::start(config.clone(), Arc::clone(&names))?),
