@@ -414,9 +414,19 @@ fn the_agents_rehearsal_runs_as_documented() {
     });
 }
 
-/// The voice-app rehearsal, with the example app (examples/voice_app.rs).
+/// The voice-app rehearsal, with the example app (examples/voice_app.rs), built here
+/// (outside the namespace) as `cargo run --example` would.
 #[test]
 fn the_app_rehearsal_runs_as_documented() {
+    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_none() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--quiet", "--example", "voice-app"])
+            .current_dir(repo())
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "the example app does not build");
+    }
     in_own_namespace("the_app_rehearsal_runs_as_documented", || {
         let path = "config/examples/app-sim.toml";
         vec![(path.into(), config_commands(path))]
