@@ -115,6 +115,10 @@ pub const APP_REQUESTS_TOTAL: &str = "waswitch_app_requests_total";
 /// by `app`.
 pub const APP_LATENCY_SECONDS: &str = "waswitch_app_latency_seconds";
 
+/// Histogram: seconds from an app's verbs being ready (its answer read and checked, their
+/// prompts fetched) to the first of them carried out, by `app`: what the switch adds.
+pub const APP_VERBS_START_SECONDS: &str = "waswitch_app_verbs_start_seconds";
+
 /// Counter: events posted to HTTP apps, by `outcome` (`delivered`, `failed`, `dropped`).
 pub const APP_EVENTS_TOTAL: &str = "waswitch_app_events_total";
 
@@ -651,6 +655,12 @@ pub fn catalogue() -> Vec<MetricInfo> {
             APP_LATENCY_SECONDS,
             Histogram,
             "How long an HTTP app took to answer with verbs (prompts fetched), seconds, by app.",
+            Vec::new(),
+        ),
+        m(
+            APP_VERBS_START_SECONDS,
+            Histogram,
+            "Seconds from an app's verbs being ready to the first of them carried out, by app.",
             Vec::new(),
         ),
         m(

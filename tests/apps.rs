@@ -1031,3 +1031,151 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
         Some("demo")
     );
 }
+
+/// An app bridges two WhatsApp users: it places a call to one (`POST /v1/calls` with the
+/// verb `dial {whatsapp}`), and once they answer the switch calls the other, each with
+/// their own permission enforced; the two WebRTC legs are bridged and each user hears the
+/// other. A user without permission is never called.
+#[test]
+fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = start(
+        &rt,
+        dir.path(),
+        free_udp_port(),
+        60_200,
+        Arc::new(|_, _| ok()),
+    );
+    let http = rig.node.http_addr();
+    let client = reqwest::Client::new();
+    let (first, second, stranger) = ("4915100000701", "4915100000702", "4915100000703");
+    let (placed, refused_call, calls) = rt.block_on(async {
+        let (_users, mut answered) = Users::start(
+            rig.demo.clone(),
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(300),
+                    hold: Duration::from_secs(4),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(86_400)),
+                },
+                dtmf: None,
+            },
+        );
+        let api = |method: reqwest::Method, path: String, body: Option<Value>| {
+            common::api(
+                &client,
+                format!("http://{http}{path}"),
+                OPERATOR,
+                method,
+                body,
+            )
+        };
+        for customer in [first, second] {
+            let asked = api(
+                reqwest::Method::POST,
+                format!("/v1/permissions/{NUMBER}/{customer}/request"),
+                Some(json!({"purpose": "Your delivery"})),
+            )
+            .await;
+            assert_eq!(asked.0, 201, "{asked:?}");
+        }
+        for customer in [first, second] {
+            for _ in 0..100 {
+                let view = api(
+                    reqwest::Method::GET,
+                    format!("/v1/permissions/{NUMBER}/{customer}"),
+                    None,
+                )
+                .await;
+                if view.1["status"] == "granted" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The second user has no permission: the first is called, the dial is refused
+        // and the verbs go on (the call ends).
+        let refused = api(
+            reqwest::Method::POST,
+            "/v1/calls".into(),
+            Some(
+                json!({"from": NUMBER, "to": {"whatsapp": first}, "app": "demo",
+                        "verbs": [{"dial": {"whatsapp": stranger}}, {"hangup": {}}]}),
+            ),
+        )
+        .await;
+        let refused_call = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+            .await
+            .expect("in time")
+            .expect("a call");
+        let placed = api(
+            reqwest::Method::POST,
+            "/v1/calls".into(),
+            Some(
+                json!({"from": NUMBER, "to": {"whatsapp": first}, "app": "demo",
+                        "verbs": [{"dial": {"whatsapp": second}}]}),
+            ),
+        )
+        .await;
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            calls.push(
+                tokio::time::timeout(Duration::from_secs(20), answered.recv())
+                    .await
+                    .expect("in time")
+                    .expect("a call"),
+            );
+        }
+        ((placed, refused), refused_call, calls)
+    });
+    let (placed, refused) = placed;
+    assert_eq!(refused.0, 201, "{refused:?}");
+    assert_eq!(refused.1["status"], "calling_customer");
+    assert_eq!(
+        stranger_calls(&rig.graph, stranger),
+        0,
+        "the user without permission was called"
+    );
+    assert_eq!(refused_call.user, first);
+    assert_eq!(placed.0, 201, "{placed:?}");
+    let call_id = placed.1["call_id"].as_str().expect("call id").to_string();
+    let users: Vec<&str> = calls.iter().map(|c| c.user.as_str()).collect();
+    assert!(
+        users.contains(&first) && users.contains(&second),
+        "{users:?}"
+    );
+    for call in &calls {
+        let media = call.media.as_ref().expect("media");
+        // Each hears the other's voice: the switch echoes nothing.
+        assert!(media.audio_verified(), "{}: {media:?}", call.user);
+    }
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let cdr = cdrs
+        .iter()
+        .find(|c| c.call_id == call_id)
+        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    assert_eq!(
+        cdr.outcome,
+        waswitch::store::CallOutcome::Answered,
+        "{cdr:?}"
+    );
+    assert_eq!(
+        cdr.trunk.as_deref(),
+        Some(format!("whatsapp:{second}").as_str())
+    );
+    let path = cdr.codec_path.clone().unwrap_or_default();
+    assert_eq!(path, "opus pass-through (WebRTC both sides)");
+}
+
+/// How many times the sim's Graph API was asked to call `wa_id`.
+fn stranger_calls(graph: &SimGraph, wa_id: &str) -> usize {
+    graph
+        .recorded()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("connect") && r.body["to"] == wa_id)
+        .count()
+}

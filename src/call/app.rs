@@ -98,6 +98,8 @@ pub struct Verbs {
     pub script: Arc<Script>,
     /// Every prompt the verbs name, by the name they use.
     pub prompts: HashMap<String, Prompt>,
+    /// When they were ready to run.
+    pub ready_at: Instant,
 }
 
 /// What apps' verbs may name on this switch.
@@ -176,6 +178,7 @@ impl Apps {
             }
             let _ =
                 metrics::histogram!(telemetry::APP_LATENCY_SECONDS, "app" => config.name.clone());
+            let _ = metrics::histogram!(telemetry::APP_VERBS_START_SECONDS, "app" => config.name.clone());
             out.insert(
                 config.name.clone(),
                 Arc::new(App::start(config.clone(), Arc::clone(&names))?),
@@ -320,6 +323,7 @@ impl App {
         Ok(Verbs {
             script: Arc::new(script),
             prompts,
+            ready_at: Instant::now(),
         })
     }
 

@@ -134,6 +134,8 @@ pub enum IvrMsg {
     },
     /// Ring an agent's phone (a `dial` to an agent).
     DialAgent(String),
+    /// Call a WhatsApp user (a `dial` to a wa_id).
+    DialWhatsApp(String),
     /// Verbs from the REST API (JSON, as an app answers) replace the script now.
     Actions {
         /// The verbs.
@@ -243,6 +245,8 @@ pub struct Ivr {
     /// The script runs (a call the switch placed starts once the customer answered and
     /// their media connected).
     started: bool,
+    /// An app's verbs ready to run since then: the time to their first command is measured.
+    verbs_ready: Option<Instant>,
 }
 
 impl Actor for IvrActor {
@@ -293,6 +297,7 @@ impl Actor for IvrActor {
             app_error: None,
             agent_leg: false,
             started: false,
+            verbs_ready: None,
         })
     }
 
@@ -347,6 +352,7 @@ impl Actor for IvrActor {
                 }
                 IvrMsg::Fetched { seq, app, result } => ivr.fetched(seq, app, result, now),
                 IvrMsg::DialAgent(user) => ivr.dial_agent(&user).await,
+                IvrMsg::DialWhatsApp(wa_id) => ivr.dial_whatsapp(&wa_id).await,
                 IvrMsg::Actions { body, reply } => {
                     ivr.actions(body, reply);
                     Vec::new()
@@ -401,6 +407,10 @@ impl Actor for IvrActor {
                 }
             };
             ivr.carry_out(commands);
+            if let (Some(ready), Some(app)) = (ivr.verbs_ready.take(), &ivr.app) {
+                metrics::histogram!(crate::telemetry::APP_VERBS_START_SECONDS, "app" => app.config.name.clone())
+                    .record(ready.elapsed().as_secs_f64());
+            }
             if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
                 ivr.start();
             }
@@ -690,9 +700,14 @@ impl Ivr {
             let _ = me.send_message(IvrMsg::DialAgent(user.clone()));
             return Vec::new();
         }
+        if let (Destination::WhatsApp(wa_id), Some(me)) = (&destination, &self.myself) {
+            // The user's permission is checked and reserved on the actor's own turn.
+            let _ = me.send_message(IvrMsg::DialWhatsApp(wa_id.clone()));
+            return Vec::new();
+        }
         let built = match (&self.setup.services.sip, &destination) {
             (None, _) => Err((503, "no SIP listener")),
-            (Some(_), Destination::Queue(_) | Destination::Agent(_)) => {
+            (Some(_), Destination::Queue(_) | Destination::Agent(_) | Destination::WhatsApp(_)) => {
                 Err((500, "dialled on the actor's turn"))
             }
             (Some(sip), Destination::Route(route)) => {
@@ -1146,6 +1161,34 @@ impl Ivr {
         );
     }
 
+    /// Calls a WhatsApp user from the call's business number, their permission checked and
+    /// reserved first; the call's media bridges the two WebRTC legs (Opus passes through).
+    /// A refusal is a dial nobody answered.
+    async fn dial_whatsapp(&mut self, wa_id: &str) -> Vec<Command> {
+        let refused = |engine: &mut Engine| {
+            engine.on_event(Event::DialEnded { answered: false }, Instant::now())
+        };
+        let Some(sip) = self.setup.services.sip.clone() else {
+            return refused(&mut self.engine);
+        };
+        match sip
+            .whatsapp_callee(&self.setup.caller.business_number, wa_id, &self.call_id)
+            .await
+        {
+            Ok(callee) => {
+                tracing::info!(wa_id, "calling a WhatsApp user");
+                let _ = self
+                    .call
+                    .send_message(CallMsg::DialWhatsApp(Box::new(callee)));
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(wa_id, error = %e, "the WhatsApp user cannot be called; the script goes on");
+                refused(&mut self.engine)
+            }
+        }
+    }
+
     /// The call as an app's event tells it.
     fn event(&self, name: &str) -> serde_json::Value {
         let caller = &self.setup.caller;
@@ -1224,6 +1267,7 @@ impl Ivr {
         let script = match result {
             Ok(verbs) => {
                 self.app_prompts.extend(verbs.prompts);
+                self.verbs_ready = Some(verbs.ready_at);
                 verbs.script
             }
             Err(e) => {

@@ -267,7 +267,7 @@ impl Actor for MediaActor {
             MediaMsg::AnswerAgent(offer, reply) => {
                 let answer = media.offer_agent(Some(offer)).await;
                 if answer.is_ok() {
-                    media.codec_path = Some("opus pass-through (WebRTC agent)".into());
+                    media.codec_path = Some("opus pass-through (WebRTC both sides)".into());
                 }
                 let _ = reply.send(answer);
             }
@@ -281,7 +281,7 @@ impl Actor for MediaActor {
                 match &applied {
                     Ok(()) => {
                         media.clock[1] = 8000;
-                        media.codec_path = Some("opus pass-through (WebRTC agent)".into());
+                        media.codec_path = Some("opus pass-through (WebRTC both sides)".into());
                         tracing::debug!(parent: &media.span, "the agent's WebRTC answer applied");
                     }
                     Err(e) => {

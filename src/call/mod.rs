@@ -429,9 +429,14 @@ impl Calls {
     }
 
     /// Delivers what Meta said about a WhatsApp call; false if the call is gone.
-    pub fn whatsapp_event(&self, id: &CallId, event: whatsapp::WaEvent) -> bool {
+    pub fn whatsapp_event(&self, id: &CallId, wa_call_id: &str, event: whatsapp::WaEvent) -> bool {
         match self.inner.registry.get(id) {
-            Some(call) => call.send_message(CallMsg::WhatsApp(event)).is_ok(),
+            Some(call) => call
+                .send_message(CallMsg::WhatsApp {
+                    wa_call_id: wa_call_id.to_string(),
+                    event,
+                })
+                .is_ok(),
             None => false,
         }
     }

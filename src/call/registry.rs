@@ -40,6 +40,8 @@ pub struct CallEntry {
     pub ringing_at: Option<i64>,
     /// When the called party answered (Unix ms).
     pub answered_at: Option<i64>,
+    /// Meta's ids of WhatsApp users the call dialled (besides its own `wa_call_id`).
+    pub dialled_wa_call_ids: Vec<String>,
 }
 
 /// A removed call whose CDR is not handed to the writer yet; drop it once it is.
@@ -104,7 +106,12 @@ impl CallRegistry {
             inner: Arc::clone(&self.inner),
         };
         self.inner.by_actor.remove(&entry.actor.get_id());
-        if let Some(wa) = &entry.offer.wa_call_id {
+        for wa in entry
+            .offer
+            .wa_call_id
+            .iter()
+            .chain(&entry.dialled_wa_call_ids)
+        {
             self.inner.by_wa_call.remove_if(wa, |_, call| call == id);
         }
         metrics::gauge!(telemetry::CALLS_ACTIVE).decrement(1.0);
@@ -133,6 +140,31 @@ impl CallRegistry {
                 .by_wa_call
                 .insert(wa_call_id.to_string(), id.clone());
         }
+        self.inner
+            .early
+            .remove(wa_call_id)
+            .map(|(_, (_, events))| events)
+            .unwrap_or_default()
+    }
+
+    /// Names live call `id` also by the Meta call id of a WhatsApp user it dialled; the
+    /// events that came for it before are handed back in order.
+    pub fn add_dialled_wa_call_id(
+        &self,
+        id: &CallId,
+        wa_call_id: &str,
+    ) -> Vec<super::whatsapp::WaEvent> {
+        if let Some(mut entry) = self.inner.calls.get_mut(id) {
+            entry.dialled_wa_call_ids.push(wa_call_id.to_string());
+            self.inner
+                .by_wa_call
+                .insert(wa_call_id.to_string(), id.clone());
+        }
+        self.take_early(wa_call_id)
+    }
+
+    /// The events kept for a Meta call id before a call claimed it, in order.
+    pub fn take_early(&self, wa_call_id: &str) -> Vec<super::whatsapp::WaEvent> {
         self.inner
             .early
             .remove(wa_call_id)

@@ -162,8 +162,19 @@ pub enum CallMsg {
     Media(MediaMsg),
     /// Meta's id of the call is known (business-initiated calls learn it after they start).
     WaCallId(String),
-    /// Something Meta said about the call (webhooks), for its WhatsApp leg.
-    WhatsApp(WaEvent),
+    /// Something Meta said about the call (webhooks), for the WhatsApp leg of that Meta
+    /// call id.
+    WhatsApp {
+        /// Meta's call id.
+        wa_call_id: String,
+        /// What Meta said.
+        event: WaEvent,
+    },
+    /// Meta's id of the call to a WhatsApp user the call's control dialled.
+    DialledWaCallId(String),
+    /// The call's control dials a WhatsApp user (their permission reserved): a second
+    /// WhatsApp leg, on the media pair's side B.
+    DialWhatsApp(Box<crate::call::plan::WhatsAppOutbound>),
     /// The call's control dials: a SIP bridge with the WhatsApp leg as its caller.
     Dial(Box<BridgeSetup>),
     /// Makes the supervisor itself fail (supervision tests): the root closes the call out.
@@ -177,6 +188,14 @@ pub enum CallMsg {
         /// How.
         fault: Fault,
     },
+}
+
+/// A WhatsApp user the call's control dialled: their permission's hold, and how their call
+/// went, for settling it with the call's CDR.
+struct Dialled {
+    permit: Permit,
+    wa_call_id: Option<String>,
+    answered_at: Option<i64>,
 }
 
 /// State of a running call.
@@ -198,6 +217,9 @@ pub struct Call {
     control_record: Option<crate::store::ControlRecord>,
     /// A dial of the call's control was answered: the call is the destination's now.
     dial_answered: bool,
+    /// WhatsApp users the call's control dialled: their permission holds, settled with the
+    /// call's CDR.
+    dialled: Vec<Dialled>,
     /// The leg whose answer answers the call.
     called: LegRole,
     /// The supervisor couples the legs (a signalled call); otherwise a bridge does, or
@@ -238,6 +260,7 @@ impl Actor for CallSupervisor {
                 offered_at: args.offered_at,
                 ringing_at: None,
                 answered_at: None,
+                dialled_wa_call_ids: Vec::new(),
             },
         );
         let mut call = Call {
@@ -255,6 +278,7 @@ impl Actor for CallSupervisor {
             control: None,
             control_record: None,
             dial_answered: false,
+            dialled: Vec::new(),
             called: args.plan.called(),
             coupled: matches!(args.plan, CallPlan::Signalled(_)),
             permit,
@@ -460,6 +484,7 @@ impl Call {
             media: media_ref(&self.media)?,
             call_id: self.id.to_string(),
             span: self.span.clone(),
+            dialled: false,
         };
         let (leg, _) = Actor::spawn_linked(None, WhatsAppLegActor, args, myself.get_cell()).await?;
         self.children.push((
@@ -469,6 +494,72 @@ impl Call {
         ));
         self.whatsapp = Some(leg.clone());
         Ok(leg)
+    }
+
+    /// Spawns a second WhatsApp leg calling a user the call's control dialled (the
+    /// business side of the call; its media the pair's side B).
+    async fn spawn_dialled_whatsapp(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        whatsapp: crate::call::plan::WhatsAppOutbound,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.business.is_some() {
+            return Err(ActorProcessingErr::from(
+                "the call already has its business side",
+            ));
+        }
+        self.dial_answered = false;
+        self.trunk = Some(format!("whatsapp:{}", whatsapp.customer));
+        self.dialled.push(Dialled {
+            permit: whatsapp.permit.clone(),
+            wa_call_id: None,
+            answered_at: None,
+        });
+        let args = WhatsAppLegArgs {
+            start: WhatsAppStart::Outbound(whatsapp),
+            face: Face::Caller,
+            call: myself.clone(),
+            media: media_ref(&self.media)?,
+            call_id: self.id.to_string(),
+            span: self.span.clone(),
+            dialled: true,
+        };
+        let (leg, _) = Actor::spawn_linked(None, WhatsAppLegActor, args, myself.get_cell()).await?;
+        self.children.push((
+            leg.get_id(),
+            ChildRole::Leg(LegRole::Business),
+            leg.get_cell(),
+        ));
+        self.business = Some(leg);
+        Ok(())
+    }
+
+    /// A dialled WhatsApp user's leg ended before they answered: the call goes on with
+    /// its control (the script learns the dial was not answered). False when the call has
+    /// no such leg, or it had answered.
+    fn dialled_unanswered(&mut self, role: LegRole, cause: Option<&str>) -> bool {
+        if role != LegRole::Business || self.dial_answered || self.dialled.is_empty() {
+            return false;
+        }
+        let Some(leg) = self.business.take() else {
+            return false;
+        };
+        tracing::info!(
+            cause = cause.unwrap_or(""),
+            "the dialled WhatsApp user did not answer; back to call control"
+        );
+        let id = leg.get_id();
+        self.children.retain(|(child, _, _)| *child != id);
+        leg.stop(Some("dial ended".into()));
+        if let Some(media) = &self.media {
+            let _ = media.send_message(MediaMsg::DropAgent);
+        }
+        if let Some(control) = &self.control {
+            let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
+                answered: false,
+            }));
+        }
+        true
     }
 
     /// Spawns the call-control actor, which runs the IVR.
@@ -535,6 +626,7 @@ impl Call {
                     let _ = leg.send_message(LegMsg::Remote(signal));
                 }
             }
+            CallMsg::LegFailed { role, cause } if self.dialled_unanswered(role, Some(&cause)) => {}
             CallMsg::LegFailed { role, cause } => {
                 // The business may have answered already (its 200 crossing Meta's
                 // refusal): the customer never was connected, so the call was not answered.
@@ -659,10 +751,41 @@ impl Call {
                     }
                 }
             }
-            CallMsg::WhatsApp(event) => {
-                if let Some(leg) = &self.whatsapp {
+            CallMsg::WhatsApp { wa_call_id, event } => {
+                let dialled = self
+                    .dialled
+                    .last()
+                    .is_some_and(|d| d.wa_call_id.as_deref() == Some(wa_call_id.as_str()));
+                let leg = if dialled {
+                    &self.business
+                } else {
+                    &self.whatsapp
+                };
+                if let Some(leg) = leg {
                     // A leg that is gone has ended the call already.
                     let _ = leg.send_message(LegMsg::WhatsApp(event));
+                }
+            }
+            CallMsg::DialledWaCallId(wa_call_id) => {
+                let early = self.registry.add_dialled_wa_call_id(&self.id, &wa_call_id);
+                if let Some(d) = self.dialled.last_mut() {
+                    d.wa_call_id = Some(wa_call_id);
+                }
+                if let Some(leg) = &self.business {
+                    for event in early {
+                        let _ = leg.send_message(LegMsg::WhatsApp(event));
+                    }
+                }
+            }
+            CallMsg::DialWhatsApp(whatsapp) => {
+                if let Err(e) = self.spawn_dialled_whatsapp(myself, *whatsapp).await {
+                    tracing::warn!(error = %e, "WhatsApp dial not started");
+                    if let Some(control) = &self.control {
+                        let _ =
+                            control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
+                                answered: false,
+                            }));
+                    }
                 }
             }
             CallMsg::MediaRemote(side, remote) => {
@@ -707,6 +830,10 @@ impl Call {
                 }
                 (LegRole::Business, LegState::Answered) if !self.dial_answered => {
                     self.dial_answered = true;
+                    if let Some(d) = self.dialled.last_mut() {
+                        d.answered_at = Some(now_ms());
+                        d.permit.connected(d.wa_call_id.clone());
+                    }
                     let _ = control.send_message(IvrMsg::AnsweredBy(self.trunk.clone()));
                     let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
                         answered: true,
@@ -745,6 +872,7 @@ impl Call {
                 }
                 tracing::info!("call answered");
             }
+            LegState::Ended if self.dialled_unanswered(role, cause.as_deref()) => {}
             LegState::Ended => {
                 let end = CallEnd {
                     by: role.party(),
@@ -913,6 +1041,17 @@ impl Call {
             cdr.control = self.control_record.take();
             if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
+            }
+            // Each WhatsApp user the control dialled, as their own call saw it.
+            for d in self.dialled.drain(..) {
+                let mut theirs = cdr.clone();
+                theirs.wa_call_id = d.wa_call_id;
+                theirs.answered_at = d.answered_at;
+                if d.answered_at.is_none() {
+                    theirs.outcome = crate::store::CallOutcome::Unanswered;
+                    theirs.hangup_by = HangupParty::Customer;
+                }
+                d.permit.settle(&theirs);
             }
             tracing::info!(
                 outcome = cdr.outcome.as_str(),

@@ -12,7 +12,7 @@
 //! | `play` | `url` (http(s), fetched once and cached) or `file` (the app's prompt directory), or `prompts` (a list of either); `loops`, `barge_in` |
 //! | `gather` | `prompts`, `min_digits`, `max_digits`, `terminator`, `timeout_ms`, `inter_digit_timeout_ms`, `retries`, `action` (the input is posted there; the answer's verbs follow) |
 //! | `record` | `beep`, `max_length_secs`, `silence_secs`, `finish_on_hash` |
-//! | `dial` | one of `route`, `sip` (with `trunk`), `queue`, `agent` |
+//! | `dial` | one of `route`, `sip` (with `trunk`), `queue`, `agent`, `whatsapp` (a wa_id) |
 //! | `message` | `text`, or `template` with `language` |
 //! | `pause` | `ms` |
 //! | `hangup` | `reason` |
@@ -317,7 +317,7 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
             "action",
         ],
         "record" => &["beep", "max_length_secs", "silence_secs", "finish_on_hash"],
-        "dial" => &["route", "sip", "trunk", "queue", "agent"],
+        "dial" => &["route", "sip", "trunk", "queue", "agent", "whatsapp"],
         "message" => &["text", "template", "language"],
         "pause" => &["ms"],
         "hangup" => &["reason"],
@@ -447,14 +447,14 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
 }
 
 fn destination(s: &Settings<'_>, names: &dyn Names) -> Result<Destination, VerbError> {
-    let given: Vec<&str> = ["route", "sip", "queue", "agent"]
+    let given: Vec<&str> = ["route", "sip", "queue", "agent", "whatsapp"]
         .into_iter()
         .filter(|k| s.has(k))
         .collect();
     if given.len() != 1 {
         return Err(err(
             s.place.clone(),
-            "give exactly one of route, sip (with trunk), queue or agent",
+            "give exactly one of route, sip (with trunk), queue, agent or whatsapp",
         ));
     }
     if s.has("trunk") && given[0] != "sip" {
@@ -472,6 +472,16 @@ fn destination(s: &Settings<'_>, names: &dyn Names) -> Result<Destination, VerbE
         }
         "queue" => Ok(Destination::Queue(name)),
         "agent" => Ok(Destination::Agent(name)),
+        "whatsapp" => {
+            let digits = name.strip_prefix('+').unwrap_or(&name);
+            if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    s.at(key),
+                    format!("{name:?} is not a WhatsApp number (7 to 15 digits, E.164)"),
+                ));
+            }
+            Ok(Destination::WhatsApp(digits.to_string()))
+        }
         _ => {
             if !(name.starts_with("sip:") || name.starts_with("sips:")) || name.len() > 512 {
                 return Err(err(s.at(key), format!("{name:?} is not a SIP URI")));

@@ -204,6 +204,9 @@ pub enum Destination {
     Queue(String),
     /// One agent, by user name, on the phone they registered.
     Agent(String),
+    /// Another WhatsApp user, by wa_id, called from the call's business number (their
+    /// permission enforced); between the two WebRTC legs Opus passes through.
+    WhatsApp(String),
 }
 
 /// `message`: a WhatsApp message to the caller.

@@ -332,6 +332,36 @@ impl SipIngress {
         }
     }
 
+    /// A WhatsApp user a call's control dials from `business_number`: the policy and their
+    /// permission checked, and the permission reserved, exactly as for a PBX's call.
+    pub(crate) async fn whatsapp_callee(
+        &self,
+        business_number: &str,
+        wa_id: &str,
+        call_id: &str,
+    ) -> Result<WhatsAppOutbound, CallbackRefused> {
+        let inner = &self.inner;
+        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
+        let number = bic
+            .number(business_number)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(business_number.to_string()))?;
+        let customer = crate::number::e164(wa_id, Some(&number.country))
+            .map_err(CallbackRefused::BadCustomer)?;
+        let permit = match bic.admit(&number, &customer, call_id).await {
+            Ok(p) => p,
+            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
+            Err(e) => return Err(CallbackRefused::Permission(e)),
+        };
+        Ok(WhatsAppOutbound {
+            outbox: bic.outbox.clone(),
+            phone_number_id: number.phone_number_id.clone(),
+            customer,
+            permit,
+            ring_timeout: inner.bridge.ring_timeout,
+        })
+    }
+
     /// A PBX calls a customer on WhatsApp for business number `number`: the
     /// Request-URI's user is the customer. The policy and the customer's permission are
     /// checked (and the permission reserved) before the call is admitted; a refusal gets

@@ -67,6 +67,10 @@ pub(crate) struct WhatsAppLegArgs {
     pub call_id: String,
     /// The call's span.
     pub span: tracing::Span,
+    /// The call's second WhatsApp leg: a user its control dialled. Its media is the
+    /// pair's side B (a WebRTC leg standing in for the plain side), and it reports as the
+    /// call's business side.
+    pub dialled: bool,
 }
 
 /// State of a running WhatsApp leg.
@@ -85,6 +89,8 @@ pub(crate) struct WhatsAppLegState {
     tasks: JoinSet<WaEvent>,
     timer: Wakeup<LegMsg>,
     span: tracing::Span,
+    /// A user the call's control dialled (side B, the business side).
+    dialled: bool,
 }
 
 impl Actor for WhatsAppLegActor {
@@ -245,14 +251,23 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
             (way, w.outbox, w.phone_number_id, None, span)
         }
         WhatsAppStart::Outbound(w) => {
-            let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg");
-            let offered = args
-                .media
-                .call(MediaMsg::OfferWebRtc, Some(ANCHOR_TIMEOUT))
-                .instrument(span.clone())
-                .await;
+            let span = tracing::debug_span!(parent: &args.span, "leg", role = if args.dialled { "wa_leg_dialled" } else { "wa_leg" });
+            let offered = if args.dialled {
+                // A WebRTC leg standing in for the pair's side B.
+                args.media
+                    .call(MediaMsg::OfferAgent, Some(ANCHOR_TIMEOUT))
+                    .instrument(span.clone())
+                    .await
+                    .map(|r| r.map(|o| o.map(|sdp| (sdp, ()))))
+            } else {
+                args.media
+                    .call(MediaMsg::OfferWebRtc, Some(ANCHOR_TIMEOUT))
+                    .instrument(span.clone())
+                    .await
+                    .map(|r| r.map(|o| o.map(|(sdp, _)| (sdp, ()))))
+            };
             let offer = match offered {
-                Ok(ractor::rpc::CallResult::Success(Ok((offer, _)))) => offer,
+                Ok(ractor::rpc::CallResult::Success(Ok((offer, ())))) => offer,
                 Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                     return Err(ActorProcessingErr::from(format!(
                         "no WebRTC offer for the customer: {e}"
@@ -299,6 +314,7 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
         tasks: JoinSet::new(),
         timer: Wakeup::default(),
         span,
+        dialled: args.dialled,
     })
 }
 
@@ -319,6 +335,16 @@ impl Drop for WhatsAppLegState {
 }
 
 impl WhatsAppLegState {
+    /// The side of the call the leg is: the customer's, or (a user the call dialled) the
+    /// business side.
+    fn role(&self) -> LegRole {
+        if self.dialled {
+            LegRole::Business
+        } else {
+            LegRole::WhatsApp
+        }
+    }
+
     /// A task's outcome, for the leg.
     fn finished(&mut self, done: Result<WaEvent, tokio::task::JoinError>) -> Vec<WaOut> {
         match done {
@@ -368,6 +394,9 @@ impl WhatsAppLegState {
                 }
                 WaOut::Bridge(event) => self.tell_bridge(BridgeMsg::Sip(event)),
                 WaOut::Begin => self.tell_bridge(BridgeMsg::Begin),
+                WaOut::WebRtcAnswer(sdp) if self.dialled => {
+                    let _ = self.media.send_message(MediaMsg::AgentAnswer(sdp));
+                }
                 WaOut::WebRtcAnswer(sdp) => {
                     let _ = self.media.send_message(MediaMsg::WebRtcAnswer(sdp));
                 }
@@ -376,19 +405,22 @@ impl WhatsAppLegState {
                     let _ = self.media.send_message(MediaMsg::Remote(Side::B, remote));
                     let _ = self.media.send_message(MediaMsg::Plan(path));
                 }
+                WaOut::WaCallId(id) if self.dialled => {
+                    let _ = self.call.send_message(CallMsg::DialledWaCallId(id));
+                }
                 WaOut::WaCallId(id) => {
                     let _ = self.call.send_message(CallMsg::WaCallId(id));
                 }
                 WaOut::Changed(state, cause) => {
                     let _ = self.call.send_message(CallMsg::LegChanged {
-                        role: LegRole::WhatsApp,
+                        role: self.role(),
                         state,
                         cause,
                     });
                 }
                 WaOut::Failed(cause) => {
                     let _ = self.call.send_message(CallMsg::LegFailed {
-                        role: LegRole::WhatsApp,
+                        role: self.role(),
                         cause,
                     });
                 }

@@ -309,14 +309,14 @@ impl WhatsAppCalls {
     fn deliver(&self, wa_call_id: &str, event: WaEvent) {
         let registry = self.calls.registry();
         if let Some(id) = registry.by_wa_call_id(wa_call_id) {
-            self.calls.whatsapp_event(&id, event);
+            self.calls.whatsapp_event(&id, wa_call_id, event);
             return;
         }
         registry.hold_early(wa_call_id, event);
         // The call may have claimed its id meanwhile.
         if let Some(id) = registry.by_wa_call_id(wa_call_id) {
-            for event in registry.set_wa_call_id(&id, wa_call_id) {
-                self.calls.whatsapp_event(&id, event);
+            for event in registry.take_early(wa_call_id) {
+                self.calls.whatsapp_event(&id, wa_call_id, event);
             }
         }
     }
