@@ -605,9 +605,9 @@ fn a_recording_is_announced_and_downloaded_only_with_the_numbers_token() {
     );
 }
 
-/// The REST API takes over a live call: verbs posted to `/v1/calls/{id}/actions` cut the
-/// app's pause short and play the menu, then hang up; a wrong verb is refused with its
-/// place, and a prompt that is not audio with the reason.
+/// The REST API takes over a live call: DTMF reaches the customer; verbs posted to
+/// `/v1/calls/{id}/actions` cut the app's pause short and play the menu, then hang up; a
+/// wrong verb is refused with its place, and a prompt that is not audio with the reason.
 #[test]
 fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
     let rt = runtime();
@@ -644,6 +644,11 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
             let bad = post(json!({"verbs": ["answer", {"gather": {"max_digits": 65}}]})).await;
             let not_audio =
                 post(json!({"play": {"url": format!("{}/prompts/notes.txt", app.base)}})).await;
+            let keys = post(json!({"dtmf": {"digits": "42", "to": "customer"}})).await;
+            assert_eq!(keys.0, 202, "{keys:?}");
+            let bad_keys = post(json!({"dtmf": {"digits": "4x"}})).await;
+            assert_eq!(bad_keys.0, 400, "{bad_keys:?}");
+            tokio::time::sleep(Duration::from_millis(700)).await;
             let good = post(json!({"verbs": [
                 {"play": {"url": format!("{}/prompts/menu.wav", app.base)}},
                 {"hangup": {"reason": "done"}},
@@ -669,6 +674,7 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
     assert_eq!(good.0, 202, "{good:?}");
     assert!(r.connected && r.ended_by_business, "{r:?}");
     assert_eq!(r.tones, [MENU], "{r:?}");
+    assert_eq!(r.digits_in, "42", "{r:?}");
     let cdrs = cdrs(&rt, rig.node, dir.path());
     let cdr = cdr_of(&cdrs, &r.wa_call_id);
     let control = cdr.control.as_ref().expect("control");

@@ -592,6 +592,11 @@ async fn actions(
             if let Some(b) = o.remove("bridge") {
                 o.insert("dial".into(), b);
             }
+            if o.len() == 1 {
+                if let Some(dtmf) = o.get("dtmf") {
+                    return send_dtmf(&s, &call_id, dtmf);
+                }
+            }
             if o.contains_key("hangup") && o.len() == 1 {
                 return if s
                     .calls
@@ -615,6 +620,60 @@ async fn actions(
         ),
         None => error(StatusCode::NOT_FOUND, "no such live call"),
     }
+}
+
+/// Keys this long by default, with this gap between them.
+const DTMF_MS: u64 = 160;
+const DTMF_GAP_MS: u64 = 80;
+
+/// `{"dtmf": {"digits", "to", "duration_ms"}}`: DTMF (RFC 4733) toward the customer
+/// (`to: "customer"`) or the other side of the call (`"callee"`, the default: the PBX, agent
+/// or user it was bridged to), one key after another, without waiting for them.
+fn send_dtmf(s: &ApiState, call_id: &CallId, dtmf: &serde_json::Value) -> Response {
+    use crate::media::types::Side;
+    let digits = dtmf.get("digits").and_then(|d| d.as_str()).unwrap_or("");
+    let valid = |c: char| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D');
+    if digits.is_empty() || digits.len() > 32 || !digits.chars().all(valid) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "dtmf.digits: give 1 to 32 keys of 0-9, *, #, A-D",
+        );
+    }
+    let side = match dtmf.get("to").and_then(|t| t.as_str()).unwrap_or("callee") {
+        "callee" => Side::B,
+        "customer" => Side::A,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "dtmf.to: \"customer\" or \"callee\"",
+            )
+        }
+    };
+    let ms = match dtmf.get("duration_ms") {
+        None => DTMF_MS,
+        Some(v) => match v.as_u64().filter(|n| (40..=2000).contains(n)) {
+            Some(n) => n,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "dtmf.duration_ms: must be 40..=2000",
+                )
+            }
+        },
+    };
+    let calls = s.calls.clone();
+    let id = call_id.clone();
+    let keys: Vec<char> = digits.chars().collect();
+    tokio::spawn(async move {
+        let duration = std::time::Duration::from_millis(ms);
+        for key in keys {
+            if !calls.send_dtmf(&id, side, key, duration) {
+                return;
+            }
+            tokio::time::sleep(duration + std::time::Duration::from_millis(DTMF_GAP_MS)).await;
+        }
+    });
+    (StatusCode::ACCEPTED, Json(json!({"call_id": call_id}))).into_response()
 }
 
 /// The recording `id`, if the token acts for its call's business number.
