@@ -605,7 +605,8 @@ fn a_recording_is_announced_and_downloaded_only_with_the_numbers_token() {
     );
 }
 
-/// The REST API takes over a live call: DTMF reaches the customer; verbs posted to
+/// The REST API takes over a live call: DTMF reaches the customer, both sides are recorded
+/// on demand (`recording.ready`, a stereo file with the caller on the left); verbs posted to
 /// `/v1/calls/{id}/actions` cut the app's pause short and play the menu, then hang up; a
 /// wrong verb is refused with its place, and a prompt that is not audio with the reason.
 #[test]
@@ -648,7 +649,14 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
             assert_eq!(keys.0, 202, "{keys:?}");
             let bad_keys = post(json!({"dtmf": {"digits": "4x"}})).await;
             assert_eq!(bad_keys.0, 400, "{bad_keys:?}");
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            // Both sides recorded on demand for a second and a half.
+            let started = post(json!({"recording": "start"})).await;
+            assert_eq!(started.0, 202, "{started:?}");
+            let again = post(json!({"recording": "start"})).await;
+            assert_eq!(again.0, 409, "{again:?}");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let stopped = post(json!({"recording": "stop"})).await;
+            assert_eq!(stopped.0, 202, "{stopped:?}");
             let good = post(json!({"verbs": [
                 {"play": {"url": format!("{}/prompts/menu.wav", app.base)}},
                 {"hangup": {"reason": "done"}},
@@ -675,6 +683,37 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
     assert!(r.connected && r.ended_by_business, "{r:?}");
     assert_eq!(r.tones, [MENU], "{r:?}");
     assert_eq!(r.digits_in, "42", "{r:?}");
+    // The recording: stereo, the caller's tone on the left (side A), about 1.5 s.
+    let ready = rt.block_on(rig.app.wait_for("recording.ready", 1));
+    assert_eq!(ready[0].json["channels"], 2, "{:?}", ready[0].json);
+    let url = format!(
+        "http://{http}{}",
+        ready[0].json["url"].as_str().expect("url")
+    );
+    let wav = rt.block_on(async {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(DEMO_TOKEN)
+            .send()
+            .await
+            .expect("download")
+            .bytes()
+            .await
+            .expect("body")
+            .to_vec()
+    });
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
+    let left: Vec<f32> = wav[44..]
+        .chunks_exact(4)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    let secs = left.len() as f32 / 8000.0;
+    assert!((1.0..2.5).contains(&secs), "{secs} s");
+    let voiced = &left[left.len() / 4..left.len() * 3 / 4];
+    let total = voiced.iter().map(|x| x * x).sum::<f32>() / voiced.len() as f32;
+    let tone = waswitch::media::quality::tone_power(voiced, OWN as f32, 8000.0);
+    assert!(tone / total > 0.5, "440 Hz share {}", tone / total);
     let cdrs = cdrs(&rt, rig.node, dir.path());
     let cdr = cdr_of(&cdrs, &r.wa_call_id);
     let control = cdr.control.as_ref().expect("control");

@@ -19,7 +19,9 @@
 //!   cause `api_hangup`).
 //! - `POST /v1/calls/{id}/actions`: verbs (as an HTTP app answers: `{"verbs": [...]}`, or
 //!   one verb such as `{"play": {...}}`; `bridge` is `dial`) interrupt what the call does
-//!   and run instead; `{"hangup": {}}` hangs the call up. `202` when they run, `400` with
+//!   and run instead; `{"hangup": {}}` hangs the call up; `{"dtmf": {"digits", "to"}}`
+//!   sends keys; `{"recording": "start" | "stop"}` records both sides of the call (the app
+//!   hears `recording.ready`). `202` when they run, `400` with
 //!   the place of a wrong verb, `409` when the call cannot take them now (no app drives
 //!   it, it is being answered or dialled).
 //! - `GET /v1/recordings/{id}`: an app's recording (WAV); `DELETE` removes it.
@@ -608,7 +610,12 @@ async fn actions(
                     error(StatusCode::NOT_FOUND, "no such live call")
                 };
             }
-            json!({ "verbs": [serde_json::Value::Object(o)] })
+            if o.len() == 1 && o.contains_key("recording") {
+                // Recording the call on demand: not a verb.
+                serde_json::Value::Object(o)
+            } else {
+                json!({ "verbs": [serde_json::Value::Object(o)] })
+            }
         }
         other => other,
     };

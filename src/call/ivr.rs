@@ -247,6 +247,8 @@ pub struct Ivr {
     started: bool,
     /// An app's verbs ready to run since then: the time to their first command is measured.
     verbs_ready: Option<Instant>,
+    /// Both sides of the call are being recorded (started through the API).
+    call_recording: bool,
 }
 
 impl Actor for IvrActor {
@@ -298,6 +300,7 @@ impl Actor for IvrActor {
             agent_leg: false,
             started: false,
             verbs_ready: None,
+            call_recording: false,
         })
     }
 
@@ -399,6 +402,10 @@ impl Actor for IvrActor {
                     out
                 }
                 IvrMsg::Finish(reply) => {
+                    if ivr.call_recording {
+                        // The recording is finalised before the call's media goes.
+                        let _ = ivr.media.send_message(MediaMsg::Record(None, None));
+                    }
                     ivr.leave_queue();
                     ivr.finish = Some(reply);
                     let out = ivr.engine.on_event(Event::CallerHungUp, now);
@@ -414,7 +421,7 @@ impl Actor for IvrActor {
             if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
                 ivr.start();
             }
-            if ivr.finish.is_some() && ivr.recording == Recording::Idle {
+            if ivr.finish.is_some() && ivr.recording == Recording::Idle && !ivr.call_recording {
                 ivr.reply_finish();
             }
             while ivr.tasks.try_join_next().is_some() {}
@@ -521,12 +528,20 @@ impl Ivr {
             MediaEvent::Silence(Side::A) if self.recording == Recording::Capturing => {
                 self.engine.on_event(Event::Silence, now)
             }
+            MediaEvent::RecordingDone(result) => {
+                self.call_recording = false;
+                match result {
+                    Ok(file) => self.recording_ready(&file.display().to_string(), 2),
+                    Err(e) => tracing::warn!(error = %e, "call recording lost"),
+                }
+                Vec::new()
+            }
             MediaEvent::CaptureDone(result) => {
                 self.recording = Recording::Idle;
                 let result = result.map(|p| p.display().to_string());
                 if let Ok(file) = &result {
                     if self.app.is_some() {
-                        self.recording_ready(file);
+                        self.recording_ready(file, 1);
                     } else {
                         self.voicemail_ready(file);
                     }
@@ -1142,6 +1157,21 @@ impl Ivr {
             let _ = reply.send(Err((409, "no app drives this call".into())));
             return;
         };
+        if let Some(what) = body
+            .get("recording")
+            .filter(|_| body.as_object().is_some_and(|o| o.len() == 1))
+        {
+            let start = match what.as_str() {
+                Some("start") => true,
+                Some("stop") => false,
+                _ => {
+                    let _ = reply.send(Err((400, "recording: \"start\" or \"stop\"".into())));
+                    return;
+                }
+            };
+            self.record_call(&app, start, reply);
+            return;
+        }
         if self.engine.finished() {
             let _ = reply.send(Err((409, "the call's script has ended".into())));
             return;
@@ -1187,6 +1217,59 @@ impl Ivr {
                 refused(&mut self.engine)
             }
         }
+    }
+
+    /// Starts or stops recording both sides of the call (stereo WAV in the app's
+    /// `recording_dir`); `recording.ready` follows once the file is final.
+    fn record_call(
+        &mut self,
+        app: &super::app::App,
+        start: bool,
+        reply: RpcReplyPort<Result<(), (u16, String)>>,
+    ) {
+        if start == self.call_recording {
+            let why = if start {
+                "the call is being recorded already"
+            } else {
+                "the call is not being recorded"
+            };
+            let _ = reply.send(Err((409, why.into())));
+            return;
+        }
+        let path = start.then(|| {
+            self.recordings += 1;
+            app.config
+                .recording_dir
+                .join(format!("{}-call-{}.wav", self.call_id, self.recordings))
+        });
+        let media = self.media.clone();
+        let me = self.myself.clone();
+        self.call_recording = start;
+        self.tasks.spawn(
+            async move {
+                let done = media
+                    .call(
+                        |r| MediaMsg::Record(path, Some(r)),
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await;
+                let result = match done {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => Ok(()),
+                    Ok(ractor::rpc::CallResult::Success(Err(e))) => Err((409, e)),
+                    _ => Err((503, "the call's media did not answer".to_string())),
+                };
+                if result.is_err() && start {
+                    // Not recording after all.
+                    if let Some(me) = me {
+                        let _ = me.send_message(IvrMsg::Media(MediaEvent::RecordingDone(Err(
+                            "not started".into(),
+                        ))));
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            .instrument(self.span.clone()),
+        );
     }
 
     /// The call as an app's event tells it.
@@ -1282,7 +1365,7 @@ impl Ivr {
     }
 
     /// Records an app's recording (for its download) and posts `recording.ready`.
-    fn recording_ready(&mut self, file: &str) {
+    fn recording_ready(&mut self, file: &str, channels: u64) {
         let Some(app) = self.app.clone() else {
             return;
         };
@@ -1305,7 +1388,8 @@ impl Ivr {
         event["recording_id"] = id.clone().into();
         event["url"] = format!("/v1/recordings/{id}").into();
         event["bytes"] = bytes.into();
-        event["duration_ms"] = (bytes.saturating_sub(44) * 1000 / 16_000).into();
+        event["duration_ms"] = (bytes.saturating_sub(44) * 1000 / (16_000 * channels)).into();
+        event["channels"] = channels.into();
         let store = self.setup.services.store.clone();
         // The recording is known to the store before the app hears of it.
         self.tasks.spawn(

@@ -149,6 +149,13 @@ pub enum MediaMsg {
     Ringback(Side, bool),
     /// Send a DTMF digit toward one side for a duration.
     SendDtmf(Side, char, std::time::Duration),
+    /// Start (`Some(path)`) or stop recording both sides of the call (stereo WAV);
+    /// [`MediaEvent::RecordingDone`] follows once a recording's file is final. Replies
+    /// whether the shard took it, when asked.
+    Record(
+        Option<std::path::PathBuf>,
+        Option<RpcReplyPort<Result<(), String>>>,
+    ),
     /// Hand the pair's events (connections, digits, prompts done, silence, captures) to
     /// this listener too (the call's control actor).
     Subscribe(Listener),
@@ -347,6 +354,29 @@ impl Actor for MediaActor {
                 if let Err(e) = started {
                     tracing::warn!(parent: &media.span, error = %e, file = %path.display(), "recording not started");
                     media.tell(MediaEvent::CaptureDone(Err(e)));
+                }
+            }
+            MediaMsg::Record(path, reply) => {
+                let me = myself.clone();
+                let done = move |r: std::io::Result<std::path::PathBuf>| {
+                    let _ = me.send_message(MediaMsg::Event(MediaEvent::RecordingDone(
+                        r.map_err(|e| e.to_string()),
+                    )));
+                };
+                let result = match (&media.resources, &path) {
+                    (Resources::Anchored(pair), Some(path)) => {
+                        pair.record(path, done).map_err(|e| e.to_string())
+                    }
+                    (Resources::Anchored(pair), None) => {
+                        pair.stop_recording().map_err(|e| e.to_string())
+                    }
+                    _ => Err("the call's media is not anchored".to_string()),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(parent: &media.span, error = %e, "recording not started or stopped");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
                 }
             }
             MediaMsg::StopCapture => {
@@ -560,6 +590,7 @@ impl Media {
                 | MediaEvent::PromptDone { .. }
                 | MediaEvent::Silence(_)
                 | MediaEvent::CaptureDone(_)
+                | MediaEvent::RecordingDone(_)
         ) {
             self.tell(event.clone());
         }
@@ -567,7 +598,7 @@ impl Media {
             MediaEvent::Silence(side) => {
                 tracing::debug!(parent: &self.span, ?side, "silence");
             }
-            MediaEvent::CaptureDone(result) => match result {
+            MediaEvent::CaptureDone(result) | MediaEvent::RecordingDone(result) => match result {
                 Ok(path) => {
                     tracing::info!(parent: &self.span, file = %path.display(), "recording saved")
                 }

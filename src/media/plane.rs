@@ -54,6 +54,9 @@ pub enum MediaEvent {
     Silence(Side),
     /// A capture's file is final: its path, or why there is none.
     CaptureDone(Result<std::path::PathBuf, String>),
+    /// A recording of both sides started on demand is final: its path, or why there is
+    /// none.
+    RecordingDone(Result<std::path::PathBuf, String>),
     /// A prompt played toward this side ended: played to its end, or cut short by a digit
     /// from this side (barge-in), or not playable (no G.711 codec on this side).
     PromptDone {

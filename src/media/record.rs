@@ -81,6 +81,12 @@ impl Recorder {
         Self::start_with(path, 2, None)
     }
 
+    /// Starts recording both sides to `path`; `on_done` hears how it ended, from the
+    /// writer's thread, once the file is final.
+    pub(crate) fn start_stereo(path: &Path, on_done: Done) -> std::io::Result<Recorder> {
+        Self::start_with(path, 2, Some(on_done))
+    }
+
     /// Starts recording side A alone to `path`; `on_done` hears how it ended, from the
     /// writer's thread, once the file is final.
     pub(crate) fn start_mono(path: &Path, on_done: Done) -> std::io::Result<Recorder> {

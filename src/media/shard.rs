@@ -142,6 +142,12 @@ pub(super) enum Command {
     StopCapture {
         id: u64,
     },
+    /// Start (with a recorder) or stop the pair's recording of both sides; a recording
+    /// running is finalised either way.
+    Record {
+        id: u64,
+        recorder: Option<Recorder>,
+    },
     /// Start or stop ringback toward a side (looped, until stopped).
     Ringback {
         id: u64,
@@ -320,6 +326,9 @@ struct Pair {
     parked: Option<usize>,
     events: EventSink,
     recorder: Option<Recorder>,
+    /// For a recording started on demand, each Opus side's decoder (to G.711), with the
+    /// side's Opus payload type: its audio is recorded as it arrives.
+    record_opus: [Option<(u8, Box<super::transcode::Transcoder>)>; 2],
     /// One side's voice being captured (a voicemail).
     capture: Option<Box<Capture>>,
 }

@@ -98,6 +98,48 @@ impl MediaPair {
         )
     }
 
+    /// Starts recording both sides to `path` (stereo WAV: side A left, side B right),
+    /// finalising a recording running; `on_done` hears the file once it is final. Refused
+    /// when the plane records every call already (`media.record_dir`).
+    pub fn record(
+        &self,
+        path: &std::path::Path,
+        on_done: impl FnOnce(std::io::Result<std::path::PathBuf>) + Send + 'static,
+    ) -> Result<(), MediaError> {
+        if self.plane.inner.record_dir.get().is_some() {
+            return Err(MediaError::Ports(
+                "every call is recorded already (media.record_dir)".into(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let recorder = crate::media::record::Recorder::start_stereo(path, Box::new(on_done))?;
+        self.plane.send(
+            self.shard,
+            Command::Record {
+                id: self.id,
+                recorder: Some(recorder),
+            },
+        )
+    }
+
+    /// Ends the recording of both sides; its file is finalised and reported.
+    pub fn stop_recording(&self) -> Result<(), MediaError> {
+        if self.plane.inner.record_dir.get().is_some() {
+            return Err(MediaError::Ports(
+                "every call is recorded (media.record_dir): it is not stopped on demand".into(),
+            ));
+        }
+        self.plane.send(
+            self.shard,
+            Command::Record {
+                id: self.id,
+                recorder: None,
+            },
+        )
+    }
+
     /// Ends the capture; its file is finalised and reported.
     pub fn stop_capture(&self) -> Result<(), MediaError> {
         self.plane

@@ -55,6 +55,67 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Starts (`Some`) or stops the pair's recording of both sides; dropping a recorder
+    /// closes it, which finalises its file. An Opus side gets a decoder of its own, so its
+    /// audio is recorded whether or not it is transcoded.
+    pub(super) fn record(&mut self, id: u64, recorder: Option<Recorder>) {
+        let Some(pair) = self.pairs.get(&id) else {
+            return;
+        };
+        let mut decoders = [None, None];
+        if recorder.is_some() {
+            for (i, slot) in pair.legs.iter().enumerate() {
+                let Some(leg) = self.legs[*slot].as_ref() else {
+                    continue;
+                };
+                if let (Some(transcode::Codec::Opus), Some(pt)) = (leg.codec, leg.codec_pt) {
+                    match transcode::Transcoder::new(transcode::Codec::Opus, transcode::Codec::Pcmu)
+                    {
+                        Ok(t) => decoders[i] = Some((pt, Box::new(t))),
+                        Err(e) => tracing::warn!(error = %e, "no Opus decoder for a recording"),
+                    }
+                }
+            }
+        }
+        if let Some(pair) = self.pairs.get_mut(&id) {
+            pair.recorder = recorder;
+            pair.record_opus = decoders;
+        }
+    }
+}
+
+/// Hands an Opus packet of one side, decoded, to the recording of both sides (`ts` in the
+/// side's 48 kHz clock).
+pub(super) fn record_opus(
+    rec: &mut Recorder,
+    opus: &mut transcode::Transcoder,
+    side: Side,
+    ts: u32,
+    now: Instant,
+    payload: &[u8],
+) {
+    let mut ulaw = [0u8; 960];
+    let Ok(n) = opus.transcode(payload, &mut ulaw) else {
+        return;
+    };
+    let mut at = (u64::from(ts) * u64::from(record::RATE) / 48_000) as u32;
+    for chunk in ulaw[..n.min(ulaw.len())].chunks(record::MAX_FRAME) {
+        let mut frame = Frame {
+            side: side.index() as u8,
+            timestamp: at,
+            arrival: now,
+            len: chunk.len() as u16,
+            samples: [0; record::MAX_FRAME],
+        };
+        for (s, &b) in frame.samples.iter_mut().zip(chunk) {
+            *s = g711::ulaw_decode(b);
+        }
+        rec.push(frame);
+        at = at.wrapping_add(chunk.len() as u32);
+    }
+}
+
 /// Hands one audio packet of the captured side to its recorder, and notes voice.
 pub(super) fn capture_packet(c: &mut Capture, pt: u8, ts: u32, now: Instant, payload: &[u8]) {
     let mut ulaw = [0u8; 960];

@@ -311,7 +311,13 @@ impl Shard {
                 (p.events)(e);
             }
             if let Some(rec) = p.recorder.as_mut() {
-                record(rec, side, pt, ts, now, rtp.payload());
+                match p.record_opus[side.index()].as_mut() {
+                    Some((opus_pt, opus)) if *opus_pt == pt => {
+                        super::capture::record_opus(rec, opus, side, ts, now, rtp.payload())
+                    }
+                    Some(_) => {}
+                    None => record(rec, side, pt, ts, now, rtp.payload()),
+                }
             }
             if let Some(c) = p.capture.as_mut().filter(|c| c.side == side && !dtmf) {
                 super::capture::capture_packet(c, pt, ts, now, rtp.payload());
@@ -340,8 +346,15 @@ impl Shard {
             let ts = t.timestamp(out_ts);
             let _ = rtp::write_packet(head, marker, t.out_pt, out_seq, ts, out_ssrc, &[]);
             // A side that speaks Opus is recorded from its audio as transcoded to G.711.
-            if let Some(rec) = self.pairs.get_mut(&pair).and_then(|p| p.recorder.as_mut()) {
-                record(rec, side, t.out_pt, ts, now, &body[..n]);
+            // (Unless it is decoded for the recording already.)
+            if let Some(p) = self
+                .pairs
+                .get_mut(&pair)
+                .filter(|p| p.record_opus[side.index()].is_none())
+            {
+                if let Some(rec) = p.recorder.as_mut() {
+                    record(rec, side, t.out_pt, ts, now, &body[..n]);
+                }
             }
             let peer_leg = self.legs[peer].as_mut()?;
             let Some(to) = peer_leg.remote else {

@@ -168,6 +168,7 @@ impl Shard {
                 parked: None,
                 events,
                 recorder,
+                record_opus: [None, None],
                 capture: None,
             },
         );

@@ -209,6 +209,7 @@ impl Shard {
                     recorder,
                     silence,
                 } => self.capture(id, side, recorder, silence),
+                Command::Record { id, recorder } => self.record(id, recorder),
                 Command::StopCapture { id } => {
                     // Dropping the capture closes its recorder, which finalises the file.
                     if let Some(pair) = self.pairs.get_mut(&id) {
@@ -246,6 +247,7 @@ impl Shard {
                 parked: None,
                 events,
                 recorder,
+                record_opus: [None, None],
                 capture: None,
             },
         );
