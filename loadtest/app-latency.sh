@@ -5,17 +5,18 @@
 # each call.initiated with its menu (answer, gather with a prompt file). The switch measures,
 # per call, the time from the app's verbs being ready (answer read and checked, prompts loaded)
 # to the first of them carried out (waswitch_app_verbs_start_seconds, a summary with p50/p99),
+# each caller counting as verified once it hears the menu (600 Hz),
 # and the app's own time (waswitch_app_latency_seconds). The switch runs on core 0, the sim
 # and the app on core 1 (taskset).
 #
-#   loadtest/app-latency.sh [RATE] [DURATION_S] [HOLD_S]     default: 100 10 2
+#   loadtest/app-latency.sh [RATE] [DURATION_S] [HOLD_S]     default: 100 10 3
 #
 # Needs release builds of the switch and the example (built if missing). Ports: HTTP 18080,
 # sim 18090, SIP 15060, app 18700, media 30000-39999. Bounded: new calls stop after
 # DURATION_S, each call after HOLD_S.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-RATE="${1:-100}"; DURATION="${2:-10}"; HOLD="${3:-2}"
+RATE="${1:-100}"; DURATION="${2:-10}"; HOLD="${3:-3}"
 BIN="$ROOT/target/release/waswitch"
 APP="$ROOT/target/release/examples/voice-app"
 W="$(mktemp -d /tmp/app-latency.XXXXXX)"
@@ -48,7 +49,7 @@ echo "rate=$RATE/s duration=${DURATION}s hold=${HOLD}s switch on cpu $SWITCH_CPU
 TICK=$(getconf CLK_TCK)
 cpu0=$(awk '{print $14 + $15}' "/proc/$SW/stat")
 timeout $((DURATION + HOLD + 90)) taskset -c "$HARNESS_CPUS" "$BIN" sim --config "$W/app.toml" \
-  --rate "$RATE" --hold "$HOLD" --duration "$DURATION" --concurrency 2000 \
+  --rate "$RATE" --hold "$HOLD" --duration "$DURATION" --concurrency 2000 --listen 600 --expect-hz 600 \
   >"$W/sim.json" 2>"$W/sim.log"
 cpu1=$(awk '{print $14 + $15}' "/proc/$SW/stat")
 sleep 1

@@ -217,6 +217,9 @@ secret = "{OTHER_SECRET}"
 timeout_ms = 1000
 fallback_message = "Sorry, we cannot take your call now."
 recording_dir = "{rec}"
+[[agent]]
+user = "alice"
+password = "alice-pass"
 [[api_token]]
 name = "demo"
 token = "{DEMO_TOKEN}"
@@ -1223,4 +1226,56 @@ fn stranger_calls(graph: &SimGraph, wa_id: &str) -> usize {
         .iter()
         .filter(|r| r.action.as_deref() == Some("connect") && r.body["to"] == wa_id)
         .count()
+}
+
+/// An app's `dial {agent}` rings the agent's registered phone (SIPp, registered with digest
+/// over UDP, echoing): the caller hears their own voice back. A dial to an agent whose phone
+/// is not registered is a dial nobody answered: the verbs go on.
+#[test]
+fn a_dial_to_an_agent_rings_their_registered_phone() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler: Handler = Arc::new(move |path, event| {
+        let customer = event["customer"]["wa_id"].as_str().unwrap_or_default();
+        match (path, event["event"].as_str(), customer) {
+            ("/demo", Some("call.initiated"), "4915100000801") => {
+                verbs(json!(["answer", {"dial": {"agent": "alice"}}]))
+            }
+            ("/demo", Some("call.initiated"), _) => verbs(json!(["answer",
+                {"dial": {"agent": "bob"}}, {"hangup": {"reason": "nobody"}}])),
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), free_udp_port(), 60_400, handler);
+    rig.demo.listen.clear();
+    let phone = free_udp_port();
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", phone, 1, &["-rtp_echo"]);
+    let switch = rig.node.sip_udp_addr().expect("SIP over UDP");
+    let _alice = common::agent::register_udp(
+        switch,
+        "alice",
+        "alice-pass",
+        std::net::SocketAddr::from(([127, 0, 0, 1], phone)),
+    );
+    let (answered, nobody) = rt.block_on(async {
+        tokio::join!(
+            load::user_call(&rig.demo, "4915100000801", Duration::from_secs(3)),
+            load::user_call(&rig.demo, "4915100000802", Duration::from_secs(3)),
+        )
+    });
+    assert_eq!(answered.error, None, "{answered:?}");
+    assert!(answered.audio_verified, "{answered:?}");
+    assert!(nobody.ended_by_business, "{nobody:?}");
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(counters.get("SuccessfulCall(C)"), Some(&1), "{counters:?}");
+    let control = |r: &load::CallResult| {
+        cdr_of(&cdrs, &r.wa_call_id)
+            .control
+            .clone()
+            .expect("control")
+    };
+    assert_eq!(control(&nobody).end.as_deref(), Some("nobody"));
+    assert_eq!(control(&answered).end, None, "the agent had the call");
 }
