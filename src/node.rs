@@ -254,6 +254,11 @@ impl Node {
                 routes: config.routes.iter().map(|r| r.name.clone()).collect(),
                 trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
                 queues: config.queues.iter().map(|q| q.name.clone()).collect(),
+                app_routes: config
+                    .app_routes
+                    .iter()
+                    .map(|(r, a)| (r.clone(), a.clone()))
+                    .collect(),
             },
         )
         .map_err(|reason| StartError::Actor {

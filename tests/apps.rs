@@ -188,6 +188,9 @@ invite_timeout_ms = 2000
 [[route]]
 name = "pbx"
 trunks = ["pbx"]
+[[route]]
+name = "to-demo"
+app = "demo"
 [meta]
 graph_url = "http://{sim}"
 access_token = "tok"
@@ -197,7 +200,7 @@ verify_token = "vt"
 phone_number_id = "{PNID}"
 display_number = "{NUMBER}"
 country = "BR"
-app = "demo"
+route = "to-demo"
 [[business_number]]
 phone_number_id = "{PNID2}"
 display_number = "{NUMBER2}"

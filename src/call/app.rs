@@ -111,6 +111,8 @@ pub struct AppNames {
     pub trunks: HashSet<String>,
     /// Queues.
     pub queues: HashSet<String>,
+    /// Routes an app drives: route → app.
+    pub app_routes: HashMap<String, String>,
 }
 
 impl Names for AppNames {
@@ -122,6 +124,9 @@ impl Names for AppNames {
     }
     fn queue(&self, name: &str) -> bool {
         self.queues.contains(name)
+    }
+    fn app_route(&self, name: &str) -> Option<String> {
+        self.app_routes.get(name).cloned()
     }
 }
 

@@ -57,6 +57,52 @@ fn plain(name: &str) -> bool {
 }
 
 impl Validator {
+    /// Routes whose calls an app drives (`[[route]]` with `app`): route name → app name.
+    /// Such a route serves WhatsApp calls (a number's route, an IVR's or an app's dial);
+    /// it takes no trunks, sites, prefix or source trunk.
+    pub(super) fn app_routes(
+        &mut self,
+        raw: &[file::RouteSection],
+        apps: &[&str],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (i, r) in raw.iter().enumerate() {
+            let Some(app) = r.app.as_deref().map(str::trim) else {
+                continue;
+            };
+            let key = |field: &str| format!("route[{i}].{field}");
+            for (field, given) in [
+                ("trunks", !r.trunks.is_empty()),
+                ("site", !r.site.is_empty()),
+                ("prefix", !r.prefix.is_empty()),
+                ("from_trunk", r.from_trunk.is_some()),
+            ] {
+                if given {
+                    self.problem(
+                        &key(field),
+                        "is given together with app",
+                        "a route either goes to trunks or hands its calls to an app: keep one",
+                    );
+                }
+            }
+            if !apps.contains(&app) {
+                let known = apps;
+                self.problem(
+                    &key("app"),
+                    format!("there is no app {app:?}"),
+                    if known.is_empty() {
+                        "add an [[app]] with that name".to_string()
+                    } else {
+                        format!("use one of: {}", known.join(", "))
+                    },
+                );
+            }
+            // Kept even when wrong, so what names the route is not refused as well.
+            out.insert(r.name.trim().to_string(), app.to_string());
+        }
+        out
+    }
+
     pub(super) fn apps(
         &mut self,
         raw: &[file::AppSection],

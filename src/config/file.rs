@@ -467,6 +467,8 @@ pub(crate) struct RouteSection {
     pub trunks: Vec<String>,
     #[serde(default)]
     pub site: Vec<SiteSection>,
+    #[serde(default)]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

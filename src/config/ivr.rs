@@ -146,6 +146,8 @@ pub(super) struct Known<'a> {
     pub queues: Vec<&'a str>,
     /// `[[app]]` names, as written.
     pub apps: Vec<&'a str>,
+    /// Routes an app drives: route → app.
+    pub app_routes: &'a BTreeMap<String, String>,
 }
 
 /// What a verb may be given, by verb name (`None`: no such verb).
@@ -705,7 +707,17 @@ impl Validator {
                     finish_on_hash: v.finish_on_hash.unwrap_or(d.finish_on_hash),
                 }))
             }
-            "dial" => self.dial(key, v, known).map(Verb::Dial),
+            // A route an app drives hands the call to the app.
+            "dial" => match v
+                .route
+                .as_deref()
+                .and_then(|r| known.app_routes.get(r.trim()))
+            {
+                Some(app) if v.uri.is_none() && v.trunk.is_none() && v.queue.is_none() => {
+                    Some(Verb::App(app.clone()))
+                }
+                _ => self.dial(key, v, known).map(Verb::Dial),
+            },
             "message" => self.message(key, v).map(Verb::Message),
             "request_callback" => {
                 let purpose = self.required(

@@ -179,6 +179,7 @@ impl Validator {
         routes: &[SipRoute],
         ivrs: &[&str],
         apps: &[&str],
+        app_routes: &std::collections::BTreeMap<String, String>,
     ) -> Vec<BusinessNumber> {
         if !raw.is_empty() && !meta {
             self.problem(
@@ -235,9 +236,24 @@ impl Validator {
                 );
             }
             let entry = b.entry.as_deref().map(str::trim);
-            let app = b.app.as_deref().map(str::trim);
+            // A route an app drives makes the number the app's.
+            let app_route = b
+                .route
+                .as_deref()
+                .and_then(|r| app_routes.get(r.trim()))
+                .filter(|_| b.app.is_none() && entry.is_none() && !b.echo_test);
+            let app = b
+                .app
+                .as_deref()
+                .map(str::trim)
+                .or(app_route.map(String::as_str));
+            let route = if app_route.is_some() {
+                None
+            } else {
+                b.route.clone()
+            };
             if let Some(app) = app {
-                let other = match (&b.route, entry, b.echo_test) {
+                let other = match (&route, entry, b.echo_test) {
                     (Some(_), _, _) => Some("route"),
                     (_, Some(_), _) => Some("entry"),
                     (_, _, true) => Some("echo_test"),
@@ -249,7 +265,7 @@ impl Validator {
                         format!("is given together with {other}"),
                         "a number's calls take a route, or are answered by an IVR, an app or the echo test: keep one",
                     );
-                } else if !apps.contains(&app) {
+                } else if app_route.is_none() && !apps.contains(&app) {
                     self.problem(
                         &key("app"),
                         format!("there is no app {app:?}"),
@@ -262,7 +278,7 @@ impl Validator {
                 }
             }
             if app.is_none() {
-                match (&b.route, entry, b.echo_test) {
+                match (&route, entry, b.echo_test) {
                     (Some(_), _, true) => self.problem(
                         &key("route"),
                         "an echo-test number takes no route",
@@ -313,7 +329,7 @@ impl Validator {
                 phone_number_id: id.to_string(),
                 display_number: number.to_string(),
                 country,
-                route: b.route.clone(),
+                route,
                 entry: entry.map(str::to_string),
                 app: app.map(str::to_string),
                 echo_test: b.echo_test,

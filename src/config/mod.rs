@@ -97,6 +97,8 @@ pub struct Config {
     pub ivrs: Vec<IvrConfig>,
     /// HTTP voice applications (`[[app]]`).
     pub apps: Vec<AppConfig>,
+    /// Routes whose calls an app drives (`[[route]]` with `app`): route → app.
+    pub app_routes: BTreeMap<String, String>,
     /// The call-control clock's offset from the system clock, in milliseconds, for the
     /// schedules IVR branches test. Not read from the file: 0, unless the program sets it
     /// (a rehearsal running at another time of day).

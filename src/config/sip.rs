@@ -459,6 +459,10 @@ impl Validator {
                     "write the leading digits or characters of the dialled user, e.g. \"+44\"",
                 );
             }
+            if r.app.is_some() {
+                // An app's route: checked with the apps (`Validator::app_routes`).
+                continue;
+            }
             let known = |name: &str| raw_trunks.iter().any(|t| t.name.trim() == name);
             if let Some(from) = &r.from_trunk {
                 if !known(from) {

@@ -742,3 +742,62 @@ fn queues_take_their_members_from_the_agents_and_mistakes_name_the_key() {
     let p = one_problem("[[queue]]\nname = \"q\"\n[[queue]]\nname = \"q\"\n");
     assert_eq!(p.key, "queue[1].name");
 }
+
+/// Apps: `[[app]]` checked key by key (its URL and secret from the environment too); a
+/// number hands its calls to one by `app`, or by a route an app drives; an IVR's dial of
+/// such a route hands the call to the app.
+#[test]
+fn apps_load_and_routes_to_them_hand_calls_over() {
+    let meta = "[meta]\naccess_token = \"a\"\napp_secret = \"b\"\nverify_token = \"c\"\n";
+    let app = "[[app]]\nname = \"shop\"\nurl = \"https://voice.example.com/wa\"\n\
+               secret = \"shop-secret-0000001\"\nfallback = \"support\"\n";
+    let base = format!(
+        "{META_BASE}{meta}{app}[[route]]\nname = \"to-shop\"\napp = \"shop\"\n\
+         [[business_number]]\nphone_number_id = \"1\"\ndisplay_number = \"15551112222\"\n\
+         country = \"US\"\nroute = \"to-shop\"\n"
+    );
+    let c = load(&base).expect("valid");
+    assert_eq!(c.apps[0].name, "shop");
+    assert_eq!(c.apps[0].timeout, Duration::from_millis(3000));
+    assert_eq!(c.apps[0].fallback_route.as_deref(), Some("support"));
+    assert_eq!(
+        c.app_routes.get("to-shop").map(String::as_str),
+        Some("shop")
+    );
+    let number = &c.business_numbers[0];
+    assert_eq!(
+        (number.route.as_deref(), number.app.as_deref()),
+        (None, Some("shop"))
+    );
+    // The URL and the secret from the environment.
+    let c = load_env(
+        &base,
+        &[
+            ("WASWITCH_APP_SHOP_URL", "http://127.0.0.1:9000/"),
+            ("WASWITCH_APP_SHOP_SECRET", "from-the-environment-1"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.apps[0].url, "http://127.0.0.1:9000/");
+    assert_eq!(c.apps[0].secret.expose(), "from-the-environment-1");
+    // Mistakes name the key.
+    let p = one_problem(&base.replace("https://voice.example.com/wa", "ftp://x"));
+    assert_eq!(p.key, "app[0].url");
+    assert!(p.fix.contains("WASWITCH_APP_SHOP_URL"), "{}", p.fix);
+    let p = one_problem(&base.replace("shop-secret-0000001", "short"));
+    assert_eq!(p.key, "app[0].secret");
+    let p = one_problem(&base.replace("fallback = \"support\"", "fallback = \"nowhere\""));
+    assert_eq!(p.key, "app[0].fallback");
+    let p = one_problem(&base.replace(
+        "app = \"shop\"\n[[business",
+        "app = \"shop\"\ntrunks = [\"pbx\"]\n[[business",
+    ));
+    assert_eq!(p.key, "route[1].trunks");
+    let p = one_problem(&base.replace("app = \"shop\"\n[[business", "app = \"shops\"\n[[business"));
+    assert_eq!(p.key, "route[1].app");
+    let p = one_problem(&base.replace("route = \"to-shop\"", "app = \"nope\""));
+    assert_eq!(p.key, "business_number[0].app");
+    assert!(p.fix.contains("shop"), "{}", p.fix);
+    let p = one_problem(&base.replace("route = \"to-shop\"", "app = \"shop\"\nentry = \"front\""));
+    assert_eq!(p.key, "business_number[0].app");
+}

@@ -250,6 +250,11 @@ impl Validator {
         let schedules = self.schedules(&raw.schedule);
         let base = path.parent().unwrap_or(Path::new(""));
         let http_tls = self.http_tls(&raw.http, base);
+        let apps = self.apps(&raw.app, base, &routes);
+        let app_routes = self.app_routes(
+            &raw.route,
+            &raw.app.iter().map(|a| a.name.trim()).collect::<Vec<_>>(),
+        );
         let ivrs = self.ivrs(
             &raw.ivr,
             &super::ivr::Known {
@@ -262,10 +267,10 @@ impl Validator {
                 outbound_tls,
                 queues: raw.queue.iter().map(|q| q.name.trim()).collect(),
                 apps: raw.app.iter().map(|a| a.name.trim()).collect(),
+                app_routes: &app_routes,
             },
         );
         let ivr_names: Vec<&str> = raw.ivr.iter().map(|i| i.name.trim()).collect();
-        let apps = self.apps(&raw.app, base, &routes);
         let app_names: Vec<&str> = raw.app.iter().map(|a| a.name.trim()).collect();
         let business_numbers = self.business_numbers(
             &raw.business_number,
@@ -273,6 +278,7 @@ impl Validator {
             &routes,
             &ivr_names,
             &app_names,
+            &app_routes,
         );
         for (i, a) in raw.agent.iter().enumerate() {
             let Some(n) = a.business_number.as_deref() else {
@@ -396,6 +402,7 @@ impl Validator {
             schedules,
             ivrs,
             apps,
+            app_routes,
             clock_offset_ms: 0,
         })
     }

@@ -58,6 +58,10 @@ pub trait Names {
     fn trunk(&self, name: &str) -> bool;
     /// A queue by that name exists.
     fn queue(&self, name: &str) -> bool;
+    /// The app a route hands its calls to, when an app drives that route.
+    fn app_route(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The verbs this module knows, as an error lists them.
@@ -413,7 +417,19 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
                 finish_on_hash: s.flag("finish_on_hash", d.finish_on_hash)?,
             })
         }
-        "dial" => Verb::Dial(destination(&s, names)?),
+        "dial" => match s.text("route")?.and_then(|r| names.app_route(&r)) {
+            // A route an app drives hands the call to the app.
+            Some(app)
+                if !s.has("trunk")
+                    && !s.has("sip")
+                    && !s.has("queue")
+                    && !s.has("agent")
+                    && !s.has("whatsapp") =>
+            {
+                Verb::App(app)
+            }
+            _ => Verb::Dial(destination(&s, names)?),
+        },
         "message" => match (s.text("text")?, s.text("template")?) {
             (Some(text), None) if !s.has("language") => {
                 if text.len() > 4096 {
@@ -510,6 +526,9 @@ mod tests {
         }
         fn queue(&self, name: &str) -> bool {
             name == "sales"
+        }
+        fn app_route(&self, name: &str) -> Option<String> {
+            (name == "to-shop").then(|| "shop".to_string())
         }
     }
 
@@ -617,6 +636,24 @@ mod tests {
         }
         let many: Vec<Value> = (0..=MAX_VERBS).map(|_| json!("answer")).collect();
         assert!(verbs(Value::Array(many)).is_err());
+    }
+
+    #[test]
+    fn a_dial_of_a_route_an_app_drives_hands_the_call_to_it() {
+        let v = verbs(
+            json!([{"dial": {"route": "to-shop"}}, {"dial": {"whatsapp": "+4915112345678"}}]),
+        )
+        .expect("valid");
+        assert_eq!(v[0], Verb::App("shop".into()));
+        assert_eq!(
+            v[1],
+            Verb::Dial(Destination::WhatsApp("4915112345678".into()))
+        );
+        let e = verbs(json!([{"dial": {"whatsapp": "12ab"}}])).expect_err("invalid");
+        assert!(
+            e.starts_with("verbs[0].dial.whatsapp: \"12ab\" is not a WhatsApp number"),
+            "{e}"
+        );
     }
 
     #[test]
