@@ -229,6 +229,8 @@ pub struct Ivr {
     record: Option<(crate::control::Record, PathBuf)>,
     recordings: u32,
     tasks: JoinSet<()>,
+    /// Requests to the app (verbs and their prompts): abandoned when the actor stops.
+    fetches: JoinSet<()>,
     finish: Option<RpcReplyPort<ControlRecord>>,
     finish_deadline: Option<Instant>,
     /// The call's queue, once a `dial` sent it to one.
@@ -290,6 +292,7 @@ impl Actor for IvrActor {
             record: None,
             recordings: 0,
             tasks: JoinSet::new(),
+            fetches: JoinSet::new(),
             finish: None,
             finish_deadline: None,
             queued: None,
@@ -425,6 +428,7 @@ impl Actor for IvrActor {
                 ivr.reply_finish();
             }
             while ivr.tasks.try_join_next().is_some() {}
+            while ivr.fetches.try_join_next().is_some() {}
             ivr.arm(&myself);
         }
         .instrument(span)
@@ -1176,7 +1180,7 @@ impl Ivr {
             let _ = reply.send(Err((409, "the call's script has ended".into())));
             return;
         }
-        self.tasks.spawn(
+        self.fetches.spawn(
             async move {
                 match app.prepare(&body).await {
                     Ok(verbs) => {
@@ -1329,7 +1333,7 @@ impl Ivr {
         let Some(me) = self.myself.clone() else {
             return Vec::new();
         };
-        self.tasks.spawn(
+        self.fetches.spawn(
             async move {
                 let result = app.verbs(&url, event).await;
                 let _ = me.send_message(IvrMsg::Fetched { seq, app, result });

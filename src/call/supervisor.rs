@@ -754,12 +754,14 @@ impl Call {
             CallMsg::WhatsApp { wa_call_id, event } => {
                 let dialled = self
                     .dialled
-                    .last()
-                    .is_some_and(|d| d.wa_call_id.as_deref() == Some(wa_call_id.as_str()));
-                let leg = if dialled {
-                    &self.business
-                } else {
-                    &self.whatsapp
+                    .iter()
+                    .position(|d| d.wa_call_id.as_deref() == Some(wa_call_id.as_str()));
+                let leg = match dialled {
+                    None => &self.whatsapp,
+                    Some(i) if i + 1 == self.dialled.len() => &self.business,
+                    // A user dialled before, whose leg is gone: nothing of theirs reaches
+                    // the customer's leg.
+                    Some(_) => &None,
                 };
                 if let Some(leg) = leg {
                     // A leg that is gone has ended the call already.
