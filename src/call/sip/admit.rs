@@ -115,7 +115,79 @@ pub(crate) enum CallTarget {
     Agent(String),
 }
 
+/// A customer the switch may call for a business number: the number, the customer in
+/// E.164, and what business-initiated calls need.
+struct Customer {
+    bic: crate::call::whatsapp::permit::BicContext,
+    number: crate::config::BusinessNumber,
+    wa_id: String,
+}
+
+impl Customer {
+    /// Checks the policy and the customer's permission, and reserves it for `call_id`
+    /// (a refusal is in the audit trail).
+    async fn reserve(
+        &self,
+        call_id: &str,
+    ) -> Result<crate::call::whatsapp::permit::Permit, CallbackRefused> {
+        match self.bic.admit(&self.number, &self.wa_id, call_id).await {
+            Ok(p) => Ok(p),
+            Err(PermissionError::Blocked(b)) => Err(CallbackRefused::Blocked(b)),
+            Err(e) => Err(CallbackRefused::Permission(e)),
+        }
+    }
+
+    /// The WhatsApp leg calling the customer under `permit`.
+    fn outbound(
+        &self,
+        permit: crate::call::whatsapp::permit::Permit,
+        ring_timeout: std::time::Duration,
+    ) -> WhatsAppOutbound {
+        WhatsAppOutbound {
+            outbox: self.bic.outbox.clone(),
+            phone_number_id: self.number.phone_number_id.clone(),
+            customer: self.wa_id.clone(),
+            permit,
+            ring_timeout,
+        }
+    }
+}
+
 impl SipIngress {
+    /// The business number and the customer a business-initiated call would reach.
+    fn customer(&self, business_number: &str, wa_id: &str) -> Result<Customer, CallbackRefused> {
+        let bic = self
+            .inner
+            .bic
+            .get()
+            .ok_or(CallbackRefused::NotEnabled)?
+            .clone();
+        let number = bic
+            .number(business_number)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(business_number.to_string()))?;
+        let wa_id = crate::number::e164(wa_id, Some(&number.country))
+            .map_err(CallbackRefused::BadCustomer)?;
+        Ok(Customer { bic, number, wa_id })
+    }
+
+    /// Starts a call the switch places; a call not admitted gives its permission back.
+    async fn start_placed(
+        &self,
+        id: crate::call::CallId,
+        offer: CallOffer,
+        plan: CallPlan,
+        permit: &crate::call::whatsapp::permit::Permit,
+    ) -> Result<crate::call::CallId, CallbackRefused> {
+        match self.inner.calls.start_as(id, offer, plan).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                permit.release("not admitted");
+                Err(CallbackRefused::Refused(e))
+            }
+        }
+    }
+
     /// Calls the customer on WhatsApp for `req.business_number` (policy and permission
     /// checked, and the permission reserved, first); when they answer, calls
     /// `req.user` at the destination trunk(s) and bridges the two. The call's id.
@@ -124,13 +196,8 @@ impl SipIngress {
         req: &CallbackRequest,
     ) -> Result<crate::call::CallId, CallbackRefused> {
         let inner = &self.inner;
-        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
-        let number = bic
-            .number(&req.business_number)
-            .cloned()
-            .ok_or_else(|| CallbackRefused::UnknownNumber(req.business_number.clone()))?;
-        let customer = crate::number::e164(&req.wa_id, Some(&number.country))
-            .map_err(CallbackRefused::BadCustomer)?;
+        let party = self.customer(&req.business_number, &req.wa_id)?;
+        let (number, customer) = (&party.number, party.wa_id.clone());
         let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
         let trunks = inner.router.trunks();
         let usable = |t: usize| !trunks[t].pstn && inner.trunk_usable(t, handles);
@@ -194,18 +261,8 @@ impl SipIngress {
         let setup = self
             .bridge_from_whatsapp(handles, &indexes, &caller, req.user.as_deref())
             .map_err(|_| CallbackRefused::NoTrunk)?;
-        let permit = match bic.admit(&number, &customer, id.as_str()).await {
-            Ok(p) => p,
-            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
-            Err(e) => return Err(CallbackRefused::Permission(e)),
-        };
-        let whatsapp = WhatsAppOutbound {
-            outbox: bic.outbox.clone(),
-            phone_number_id: number.phone_number_id.clone(),
-            customer: customer.clone(),
-            permit: permit.clone(),
-            ring_timeout: inner.bridge.ring_timeout,
-        };
+        let permit = party.reserve(id.as_str()).await?;
+        let whatsapp = party.outbound(permit.clone(), inner.bridge.ring_timeout);
         let mut offer = CallOffer::new(Direction::BusinessInitiated);
         offer.business_number = Some(number.display_number.clone());
         offer.customer_wa_id = Some(customer);
@@ -214,13 +271,7 @@ impl SipIngress {
             whatsapp,
             sip: setup,
         };
-        match inner.calls.start_as(id, offer, plan).await {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                permit.release("not admitted");
-                Err(CallbackRefused::Refused(e))
-            }
-        }
+        self.start_placed(id, offer, plan, &permit).await
     }
 
     /// Calls the customer on WhatsApp for `req.from` (policy and permission checked, and
@@ -232,12 +283,6 @@ impl SipIngress {
         req: &AppCallRequest,
         services: &crate::call::ivr::ControlServices,
     ) -> Result<crate::call::CallId, CallbackRefused> {
-        let inner = &self.inner;
-        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
-        let number = bic
-            .number(&req.from)
-            .cloned()
-            .ok_or_else(|| CallbackRefused::UnknownNumber(req.from.clone()))?;
         let wa_id = match &req.to {
             CallTarget::Whatsapp(w) => w,
             CallTarget::Sip(to) | CallTarget::Agent(to) => {
@@ -246,8 +291,8 @@ impl SipIngress {
                 )))
             }
         };
-        let customer = crate::number::e164(wa_id, Some(&number.country))
-            .map_err(CallbackRefused::BadCustomer)?;
+        let party = self.customer(&req.from, wa_id)?;
+        let (number, customer) = (&party.number, party.wa_id.clone());
         let name = req
             .app
             .clone()
@@ -283,11 +328,7 @@ impl SipIngress {
             ),
         };
         let id = crate::call::CallId::new();
-        let permit = match bic.admit(&number, &customer, id.as_str()).await {
-            Ok(p) => p,
-            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
-            Err(e) => return Err(CallbackRefused::Permission(e)),
-        };
+        let permit = party.reserve(id.as_str()).await?;
         let caller = WhatsAppCaller {
             wa_call_id: String::new(),
             wa_id: customer.clone(),
@@ -309,13 +350,7 @@ impl SipIngress {
             app: Some(app),
             prompts,
         };
-        let whatsapp = WhatsAppOutbound {
-            outbox: bic.outbox.clone(),
-            phone_number_id: number.phone_number_id.clone(),
-            customer: customer.clone(),
-            permit: permit.clone(),
-            ring_timeout: inner.bridge.ring_timeout,
-        };
+        let whatsapp = party.outbound(permit.clone(), self.inner.bridge.ring_timeout);
         let mut offer = CallOffer::new(Direction::BusinessInitiated);
         offer.business_number = Some(number.display_number.clone());
         offer.customer_wa_id = Some(customer);
@@ -323,13 +358,7 @@ impl SipIngress {
             whatsapp,
             ivr: Box::new(ivr),
         };
-        match inner.calls.start_as(id, offer, plan).await {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                permit.release("not admitted");
-                Err(CallbackRefused::Refused(e))
-            }
-        }
+        self.start_placed(id, offer, plan, &permit).await
     }
 
     /// A WhatsApp user a call's control dials from `business_number`: the policy and their
@@ -340,26 +369,9 @@ impl SipIngress {
         wa_id: &str,
         call_id: &str,
     ) -> Result<WhatsAppOutbound, CallbackRefused> {
-        let inner = &self.inner;
-        let bic = inner.bic.get().ok_or(CallbackRefused::NotEnabled)?.clone();
-        let number = bic
-            .number(business_number)
-            .cloned()
-            .ok_or_else(|| CallbackRefused::UnknownNumber(business_number.to_string()))?;
-        let customer = crate::number::e164(wa_id, Some(&number.country))
-            .map_err(CallbackRefused::BadCustomer)?;
-        let permit = match bic.admit(&number, &customer, call_id).await {
-            Ok(p) => p,
-            Err(PermissionError::Blocked(b)) => return Err(CallbackRefused::Blocked(b)),
-            Err(e) => return Err(CallbackRefused::Permission(e)),
-        };
-        Ok(WhatsAppOutbound {
-            outbox: bic.outbox.clone(),
-            phone_number_id: number.phone_number_id.clone(),
-            customer,
-            permit,
-            ring_timeout: inner.bridge.ring_timeout,
-        })
+        let party = self.customer(business_number, wa_id)?;
+        let permit = party.reserve(call_id).await?;
+        Ok(party.outbound(permit, self.inner.bridge.ring_timeout))
     }
 
     /// A PBX calls a customer on WhatsApp for business number `number`: the
