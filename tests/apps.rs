@@ -286,6 +286,36 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
         .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
+/// Asks `customer` for call permission for the demo number (the sim's users grant it)
+/// and waits until it is granted.
+async fn grant(http: std::net::SocketAddr, customer: &str) {
+    let client = reqwest::Client::new();
+    let asked = common::api(
+        &client,
+        format!("http://{http}/v1/permissions/{NUMBER}/{customer}/request"),
+        OPERATOR,
+        reqwest::Method::POST,
+        Some(json!({"purpose": "Your order"})),
+    )
+    .await;
+    assert_eq!(asked.0, 201, "{asked:?}");
+    for _ in 0..100 {
+        let view = common::api(
+            &client,
+            format!("http://{http}/v1/permissions/{NUMBER}/{customer}"),
+            OPERATOR,
+            reqwest::Method::GET,
+            None,
+        )
+        .await;
+        if view.1["status"] == "granted" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{customer} never granted permission");
+}
+
 /// The event's signature is the app secret's HMAC of `<timestamp>.<body>`.
 fn assert_signed(got: &Got, secret: &str) {
     let expected = waswitch::store::webhook::signature(secret.as_bytes(), got.timestamp, &got.body);
@@ -1022,29 +1052,7 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
             "nothing was dialled"
         );
         // The customer grants permission; the app's call goes through.
-        let asked = common::api(
-            &client,
-            format!("http://{http}/v1/permissions/{NUMBER}/{customer}/request"),
-            OPERATOR,
-            reqwest::Method::POST,
-            Some(json!({"purpose": "Your order"})),
-        )
-        .await;
-        assert_eq!(asked.0, 201, "{asked:?}");
-        for _ in 0..100 {
-            let view = common::api(
-                &client,
-                format!("http://{http}/v1/permissions/{NUMBER}/{customer}"),
-                OPERATOR,
-                reqwest::Method::GET,
-                None,
-            )
-            .await;
-            if view.1["status"] == "granted" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        grant(http, customer).await;
         let placed = place(DEMO_TOKEN, json!({"from": NUMBER, "to": to})).await;
         let answered = tokio::time::timeout(Duration::from_secs(20), answered.recv())
             .await
@@ -1126,27 +1134,7 @@ fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
             )
         };
         for customer in [first, second] {
-            let asked = api(
-                reqwest::Method::POST,
-                format!("/v1/permissions/{NUMBER}/{customer}/request"),
-                Some(json!({"purpose": "Your delivery"})),
-            )
-            .await;
-            assert_eq!(asked.0, 201, "{asked:?}");
-        }
-        for customer in [first, second] {
-            for _ in 0..100 {
-                let view = api(
-                    reqwest::Method::GET,
-                    format!("/v1/permissions/{NUMBER}/{customer}"),
-                    None,
-                )
-                .await;
-                if view.1["status"] == "granted" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            grant(http, customer).await;
         }
         // The second user has no permission: the first is called, the dial is refused
         // and the verbs go on (the call ends).

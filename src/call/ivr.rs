@@ -1089,21 +1089,24 @@ impl Ivr {
         );
     }
 
+    /// A dial that reached nobody: the script goes on.
+    fn not_answered(&mut self) -> Vec<Command> {
+        self.engine
+            .on_event(Event::DialEnded { answered: false }, Instant::now())
+    }
+
     /// Rings one agent's registered phone (a browser is offered our WebRTC leg); the
     /// script learns whether they answered, as for any dial.
     async fn dial_agent(&mut self, user: &str) -> Vec<Command> {
-        let not_dialled = |engine: &mut Engine| {
-            engine.on_event(Event::DialEnded { answered: false }, Instant::now())
-        };
         let Some(sip) = self.setup.services.sip.clone() else {
-            return not_dialled(&mut self.engine);
+            return self.not_answered();
         };
         let Some(browser) = sip.agent_on_websocket(user) else {
             tracing::warn!(
                 agent = user,
                 "the agent's phone is not registered; the script goes on"
             );
-            return not_dialled(&mut self.engine);
+            return self.not_answered();
         };
         let webrtc = if browser {
             match self
@@ -1114,7 +1117,7 @@ impl Ivr {
                 Ok(ractor::rpc::CallResult::Success(Ok(sdp))) => Some(sdp),
                 _ => {
                     tracing::warn!(agent = user, "no WebRTC offer for the agent's phone");
-                    return not_dialled(&mut self.engine);
+                    return self.not_answered();
                 }
             }
         } else {
@@ -1149,7 +1152,7 @@ impl Ivr {
                 if browser {
                     let _ = self.media.send_message(MediaMsg::DropAgent);
                 }
-                not_dialled(&mut self.engine)
+                self.not_answered()
             }
         }
     }
@@ -1199,11 +1202,8 @@ impl Ivr {
     /// reserved first; the call's media bridges the two WebRTC legs (Opus passes through).
     /// A refusal is a dial nobody answered.
     async fn dial_whatsapp(&mut self, wa_id: &str) -> Vec<Command> {
-        let refused = |engine: &mut Engine| {
-            engine.on_event(Event::DialEnded { answered: false }, Instant::now())
-        };
         let Some(sip) = self.setup.services.sip.clone() else {
-            return refused(&mut self.engine);
+            return self.not_answered();
         };
         match sip
             .whatsapp_callee(&self.setup.caller.business_number, wa_id, &self.call_id)
@@ -1218,7 +1218,7 @@ impl Ivr {
             }
             Err(e) => {
                 tracing::warn!(wa_id, error = %e, "the WhatsApp user cannot be called; the script goes on");
-                refused(&mut self.engine)
+                self.not_answered()
             }
         }
     }
