@@ -1041,6 +1041,12 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
         );
         let theirs = place(OTHER_TOKEN, json!({"from": NUMBER, "to": to})).await;
         assert_eq!(theirs.0, 403, "{theirs:?}");
+        let other_app = place(
+            DEMO_TOKEN,
+            json!({"from": NUMBER, "to": to, "app": "other"}),
+        )
+        .await;
+        assert_eq!(other_app.0, 403, "{other_app:?}");
         let sip = place(
             DEMO_TOKEN,
             json!({"from": NUMBER, "to": {"sip": "sip:1@pbx"}}),

@@ -459,7 +459,9 @@ async fn place_call(
         };
         // Placed on a task of its own: a client that goes away mid-request cannot abandon
         // a call halfway through its start.
-        tokio::spawn(async move { sip.place_app_call(&req, &services).await }).await
+        // An app's token has its number's own app drive the call; the operator's, any.
+        let any_app = matches!(scope, Scope::Operator);
+        tokio::spawn(async move { sip.place_app_call(&req, &services, any_app).await }).await
     } else {
         let req: crate::call::sip::CallbackRequest = match serde_json::from_value(body) {
             Ok(r) => r,
@@ -483,6 +485,7 @@ async fn place_call(
         )
             .into_response(),
         Err(e @ CallbackRefused::BadVerbs(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ CallbackRefused::NotYourApp(_)) => forbidden(&e.to_string()),
         Err(e @ CallbackRefused::NotSupported(_)) => {
             error(StatusCode::NOT_IMPLEMENTED, &e.to_string())
         }

@@ -203,11 +203,6 @@ impl Apps {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    crate::clock::now_ms()
-}
-
 impl App {
     fn start(config: AppConfig, names: Arc<AppNames>) -> Result<App, String> {
         let http = reqwest::Client::builder()
@@ -242,7 +237,8 @@ impl App {
         if let Some(o) = event.as_object_mut() {
             o.entry("app")
                 .or_insert_with(|| Value::String(self.config.name.clone()));
-            o.entry("timestamp_ms").or_insert_with(|| now_ms().into());
+            o.entry("timestamp_ms")
+                .or_insert_with(|| crate::clock::now_ms().into());
         }
         if self.events.try_send(event).is_err() {
             tracing::warn!(app = %self.config.name, "app event dropped: its queue is full");
@@ -255,7 +251,7 @@ impl App {
     pub async fn verbs(&self, url: &str, mut event: Value) -> Result<Verbs, AppError> {
         if let Some(o) = event.as_object_mut() {
             o.insert("app".into(), Value::String(self.config.name.clone()));
-            o.insert("timestamp_ms".into(), now_ms().into());
+            o.insert("timestamp_ms".into(), crate::clock::now_ms().into());
         }
         let started = Instant::now();
         let limit = self.config.timeout;
@@ -310,11 +306,20 @@ impl App {
             .map_err(AppError::InvalidJson)?;
         let json: Value =
             serde_json::from_slice(&bytes).map_err(|e| AppError::InvalidJson(e.to_string()))?;
-        self.prepare(&json).await
+        self.check(&json).await
     }
 
-    /// Verbs given as JSON (an answer, or the REST API's), checked, their prompts ready.
+    /// Verbs given as JSON (the REST API's), checked, their prompts ready, within the
+    /// app's timeout.
     pub async fn prepare(&self, json: &Value) -> Result<Verbs, AppError> {
+        let limit = self.config.timeout;
+        tokio::time::timeout(limit, self.check(json))
+            .await
+            .unwrap_or(Err(AppError::Timeout(limit.as_millis() as u64)))
+    }
+
+    /// Verbs checked and their prompts fetched (the caller bounds the time).
+    async fn check(&self, json: &Value) -> Result<Verbs, AppError> {
         let script = verbs::compile(json, self.names.as_ref())
             .map_err(|e| AppError::Verbs(e.to_string()))?;
         let mut prompts = HashMap::new();

@@ -250,7 +250,7 @@ pub struct Ivr {
     /// An app's verbs ready to run since then: the time to their first command is measured.
     verbs_ready: Option<Instant>,
     /// Both sides of the call are being recorded (started through the API).
-    call_recording: bool,
+    call_recording: Option<PathBuf>,
 }
 
 impl Actor for IvrActor {
@@ -303,7 +303,7 @@ impl Actor for IvrActor {
             agent_leg: false,
             started: false,
             verbs_ready: None,
-            call_recording: false,
+            call_recording: None,
         })
     }
 
@@ -334,9 +334,6 @@ impl Actor for IvrActor {
         async {
             let now = Instant::now();
             let commands = match msg {
-                IvrMsg::Call(Event::DialEnded { answered }) if ivr.queued.is_some() => {
-                    ivr.queue_dial_ended(answered, now)
-                }
                 IvrMsg::Call(Event::DialEnded { answered }) if ivr.agent_leg => {
                     // A browser agent's WebRTC leg goes when they did not answer.
                     ivr.agent_leg = false;
@@ -344,6 +341,9 @@ impl Actor for IvrActor {
                         let _ = ivr.media.send_message(MediaMsg::DropAgent);
                     }
                     ivr.engine.on_event(Event::DialEnded { answered }, now)
+                }
+                IvrMsg::Call(Event::DialEnded { answered }) if ivr.queued.is_some() => {
+                    ivr.queue_dial_ended(answered, now)
                 }
                 IvrMsg::Call(event) => ivr.engine.on_event(event, now),
                 IvrMsg::Offer(offer) => {
@@ -363,12 +363,17 @@ impl Actor for IvrActor {
                     ivr.actions(body, reply);
                     Vec::new()
                 }
+                IvrMsg::Load { reply, .. } if reply.is_closed() => {
+                    // The API stopped waiting (and said so): the verbs do not run.
+                    Vec::new()
+                }
                 IvrMsg::Load { verbs, reply } => {
                     let prompts = verbs.prompts;
                     match ivr.engine.load(verbs.script, now) {
                         Ok(out) => {
                             tracing::info!("verbs from the API replace the script");
-                            ivr.app_prompts.extend(prompts);
+                            // The new verbs replace the script, and their prompts the old.
+                            ivr.app_prompts = prompts;
                             let _ = reply.send(Ok(()));
                             out
                         }
@@ -405,7 +410,7 @@ impl Actor for IvrActor {
                     out
                 }
                 IvrMsg::Finish(reply) => {
-                    if ivr.call_recording {
+                    if ivr.call_recording.is_some() {
                         // The recording is finalised before the call's media goes.
                         let _ = ivr.media.send_message(MediaMsg::Record(None, None));
                     }
@@ -424,7 +429,7 @@ impl Actor for IvrActor {
             if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
                 ivr.start();
             }
-            if ivr.finish.is_some() && ivr.recording == Recording::Idle && !ivr.call_recording {
+            if ivr.finish.is_some() && ivr.recording == Recording::Idle && ivr.call_recording.is_none() {
                 ivr.reply_finish();
             }
             while ivr.tasks.try_join_next().is_some() {}
@@ -533,7 +538,15 @@ impl Ivr {
                 self.engine.on_event(Event::Silence, now)
             }
             MediaEvent::RecordingDone(result) => {
-                self.call_recording = false;
+                // Only the recording running ends here (one stopped before may finish
+                // after the next began).
+                let current = match &result {
+                    Ok(path) => self.call_recording.as_ref() == Some(path),
+                    Err(_) => true,
+                };
+                if current {
+                    self.call_recording = None;
+                }
                 match result {
                     Ok(file) => self.recording_ready(&file.display().to_string(), 2),
                     Err(e) => tracing::warn!(error = %e, "call recording lost"),
@@ -541,7 +554,14 @@ impl Ivr {
                 Vec::new()
             }
             MediaEvent::CaptureDone(result) => {
-                self.recording = Recording::Idle;
+                // A capture cut short by new verbs may finish after the next one began.
+                let current = match &result {
+                    Ok(path) => self.record.as_ref().is_none_or(|(_, p)| p == path),
+                    Err(_) => true,
+                };
+                if current {
+                    self.recording = Recording::Idle;
+                }
                 let result = result.map(|p| p.display().to_string());
                 if let Ok(file) = &result {
                     if self.app.is_some() {
@@ -1098,6 +1118,9 @@ impl Ivr {
     /// Rings one agent's registered phone (a browser is offered our WebRTC leg); the
     /// script learns whether they answered, as for any dial.
     async fn dial_agent(&mut self, user: &str) -> Vec<Command> {
+        if self.finish.is_some() || self.engine.finished() {
+            return Vec::new();
+        }
         let Some(sip) = self.setup.services.sip.clone() else {
             return self.not_answered();
         };
@@ -1183,6 +1206,10 @@ impl Ivr {
             let _ = reply.send(Err((409, "the call's script has ended".into())));
             return;
         }
+        if !self.started {
+            let _ = reply.send(Err((409, "the customer has not answered yet".into())));
+            return;
+        }
         self.fetches.spawn(
             async move {
                 match app.prepare(&body).await {
@@ -1202,6 +1229,9 @@ impl Ivr {
     /// reserved first; the call's media bridges the two WebRTC legs (Opus passes through).
     /// A refusal is a dial nobody answered.
     async fn dial_whatsapp(&mut self, wa_id: &str) -> Vec<Command> {
+        if self.finish.is_some() || self.engine.finished() {
+            return Vec::new();
+        }
         let Some(sip) = self.setup.services.sip.clone() else {
             return self.not_answered();
         };
@@ -1231,7 +1261,7 @@ impl Ivr {
         start: bool,
         reply: RpcReplyPort<Result<(), (u16, String)>>,
     ) {
-        if start == self.call_recording {
+        if start == self.call_recording.is_some() {
             let why = if start {
                 "the call is being recorded already"
             } else {
@@ -1248,7 +1278,7 @@ impl Ivr {
         });
         let media = self.media.clone();
         let me = self.myself.clone();
-        self.call_recording = start;
+        self.call_recording = path.clone();
         self.tasks.spawn(
             async move {
                 let done = media
@@ -1312,9 +1342,10 @@ impl Ivr {
             Fetch::Redirect(url) => match &self.app {
                 Some(app) => (Arc::clone(app), url, self.event("call.redirected")),
                 None => {
+                    tracing::error!("verbs to fetch, but no app drives the call; the call ends");
                     return vec![Command::Hangup {
                         reason: "app_failed".into(),
-                    }]
+                    }];
                 }
             },
             Fetch::Gather { url, digits } => match &self.app {
@@ -1324,9 +1355,10 @@ impl Ivr {
                     (Arc::clone(app), url, event)
                 }
                 None => {
+                    tracing::error!("verbs to fetch, but no app drives the call; the call ends");
                     return vec![Command::Hangup {
                         reason: "app_failed".into(),
-                    }]
+                    }];
                 }
             },
         };
@@ -1351,9 +1383,13 @@ impl Ivr {
         result: Result<super::app::Verbs, super::app::AppError>,
         now: Instant,
     ) -> Vec<Command> {
+        if !self.engine.awaits_fetch(seq) {
+            // Verbs the script moved on from (new verbs replaced it): nothing changes.
+            return Vec::new();
+        }
         let script = match result {
             Ok(verbs) => {
-                self.app_prompts.extend(verbs.prompts);
+                self.app_prompts = verbs.prompts;
                 self.verbs_ready = Some(verbs.ready_at);
                 verbs.script
             }

@@ -196,6 +196,8 @@ struct Dialled {
     permit: Permit,
     wa_call_id: Option<String>,
     answered_at: Option<i64>,
+    /// How their call ended, when they did not answer.
+    cause: Option<String>,
 }
 
 /// State of a running call.
@@ -514,6 +516,7 @@ impl Call {
             permit: whatsapp.permit.clone(),
             wa_call_id: None,
             answered_at: None,
+            cause: None,
         });
         let args = WhatsAppLegArgs {
             start: WhatsAppStart::Outbound(whatsapp),
@@ -548,6 +551,9 @@ impl Call {
             cause = cause.unwrap_or(""),
             "the dialled WhatsApp user did not answer; back to call control"
         );
+        if let Some(d) = self.dialled.last_mut() {
+            d.cause = cause.map(str::to_string);
+        }
         let id = leg.get_id();
         self.children.retain(|(child, _, _)| *child != id);
         leg.stop(Some("dial ended".into()));
@@ -1050,8 +1056,11 @@ impl Call {
                 theirs.wa_call_id = d.wa_call_id;
                 theirs.answered_at = d.answered_at;
                 if d.answered_at.is_none() {
+                    // Their own call's end, not the customer's call's.
                     theirs.outcome = crate::store::CallOutcome::Unanswered;
                     theirs.hangup_by = HangupParty::Customer;
+                    theirs.failure = None;
+                    theirs.end_cause = d.cause.unwrap_or_else(|| "no_answer".into());
                 }
                 d.permit.settle(&theirs);
             }

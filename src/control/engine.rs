@@ -275,6 +275,11 @@ impl Engine {
         self.wait == Wait::Done
     }
 
+    /// The engine waits for the verbs of fetch `seq`.
+    pub fn awaits_fetch(&self, seq: u64) -> bool {
+        self.wait == Wait::Fetch && seq == self.fetch_seq
+    }
+
     /// The earliest deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline

@@ -22,6 +22,9 @@ pub enum PromptError {
     Io(String),
 }
 
+/// The longest prompt decoded from Ogg Opus, seconds.
+pub(crate) const MAX_PROMPT_SECS: usize = 600;
+
 /// A prompt ready to play: 8 kHz mono samples, shared between calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prompt {
@@ -157,7 +160,8 @@ impl Prompt {
 
     /// Reads an Ogg Opus file's bytes (RFC 7845): decoded at 48 kHz, its pre-skip
     /// dropped, the end trimmed to the last page's granule position, stereo mixed down,
-    /// then brought to 8 kHz.
+    /// then brought to 8 kHz. A file that decodes to more than [`MAX_PROMPT_SECS`] is
+    /// refused as it decodes (a few bytes of Opus can stand for hours of silence).
     pub fn from_ogg_opus(bytes: &[u8]) -> Result<Prompt, PromptError> {
         let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
         let mut next = || {
@@ -199,6 +203,11 @@ impl Prompt {
             for chunk in frame[..got * n].chunks_exact(n) {
                 let sum: i32 = chunk.iter().map(|&v| i32::from(v)).sum();
                 pcm.push((sum / n as i32) as i16);
+            }
+            if pcm.len() > MAX_PROMPT_SECS * 48_000 {
+                return Err(PromptError::Unsupported(format!(
+                    "longer than {MAX_PROMPT_SECS} s"
+                )));
             }
             if packet.last_in_stream() {
                 end = usize::try_from(packet.absgp_page()).ok();

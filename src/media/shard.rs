@@ -326,11 +326,21 @@ struct Pair {
     parked: Option<usize>,
     events: EventSink,
     recorder: Option<Recorder>,
-    /// For a recording started on demand, each Opus side's decoder (to G.711), with the
-    /// side's Opus payload type: its audio is recorded as it arrives.
-    record_opus: [Option<(u8, Box<super::transcode::Transcoder>)>; 2],
+    /// For a recording started on demand, each untranscoded Opus side's decoder (to
+    /// G.711): its audio is recorded as it arrives.
+    record_opus: [Option<Box<RecordOpus>>; 2],
     /// One side's voice being captured (a voicemail).
     capture: Option<Box<Capture>>,
+}
+
+/// An Opus side decoded for the recording of both sides.
+struct RecordOpus {
+    /// The side's Opus payload type.
+    pt: u8,
+    decoder: super::transcode::Transcoder,
+    /// RTP timestamp of the side's first packet (timestamps count from it, so a wrap of
+    /// the 48 kHz clock is no jump).
+    base: Option<u32>,
 }
 
 /// One side's audio captured to a file (a voicemail), with silence watched.

@@ -83,6 +83,11 @@ pub(crate) enum CallbackRefused {
     /// A call of a shape the switch does not place.
     #[error("{0}")]
     NotSupported(String),
+    /// The token may not have this app drive the call (not the business number's app).
+    #[error(
+        "app {0:?} is not this business number's app; only the operator's token may name another"
+    )]
+    NotYourApp(String),
 }
 
 /// `POST /v1/calls` for a call an HTTP app drives: `{from, to: {whatsapp: wa_id}, app,
@@ -282,6 +287,7 @@ impl SipIngress {
         &self,
         req: &AppCallRequest,
         services: &crate::call::ivr::ControlServices,
+        any_app: bool,
     ) -> Result<crate::call::CallId, CallbackRefused> {
         let wa_id = match &req.to {
             CallTarget::Whatsapp(w) => w,
@@ -303,6 +309,9 @@ impl SipIngress {
                         .into(),
                 )
             })?;
+        if !any_app && number.app.as_deref() != Some(name.as_str()) {
+            return Err(CallbackRefused::NotYourApp(name));
+        }
         let app = services
             .apps
             .get(&name)

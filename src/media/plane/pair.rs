@@ -112,9 +112,12 @@ impl MediaPair {
             ));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                MediaError::Ports(format!("recording directory {}: {e}", dir.display()))
+            })?;
         }
-        let recorder = crate::media::record::Recorder::start_stereo(path, Box::new(on_done))?;
+        let recorder = crate::media::record::Recorder::start_stereo(path, Box::new(on_done))
+            .map_err(|e| MediaError::Ports(format!("recording file {}: {e}", path.display())))?;
         self.plane.send(
             self.shard,
             Command::Record {

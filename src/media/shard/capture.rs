@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Capture, Shard};
+use super::{Capture, RecordOpus, Shard};
 use crate::media::plane::MediaEvent;
 use crate::media::record::{self, Frame, Recorder};
 use crate::media::types::Side;
@@ -57,8 +57,8 @@ impl Shard {
 
 impl Shard {
     /// Starts (`Some`) or stops the pair's recording of both sides; dropping a recorder
-    /// closes it, which finalises its file. An Opus side gets a decoder of its own, so its
-    /// audio is recorded whether or not it is transcoded.
+    /// closes it, which finalises its file. An Opus side passed through untranscoded gets
+    /// a decoder of its own (a transcoded one is recorded from its G.711).
     pub(super) fn record(&mut self, id: u64, recorder: Option<Recorder>) {
         let Some(pair) = self.pairs.get(&id) else {
             return;
@@ -69,10 +69,17 @@ impl Shard {
                 let Some(leg) = self.legs[*slot].as_ref() else {
                     continue;
                 };
-                if let (Some(transcode::Codec::Opus), Some(pt)) = (leg.codec, leg.codec_pt) {
+                let opus = (leg.codec, leg.codec_pt, leg.transcode.is_none());
+                if let (Some(transcode::Codec::Opus), Some(pt), true) = opus {
                     match transcode::Transcoder::new(transcode::Codec::Opus, transcode::Codec::Pcmu)
                     {
-                        Ok(t) => decoders[i] = Some((pt, Box::new(t))),
+                        Ok(decoder) => {
+                            decoders[i] = Some(Box::new(RecordOpus {
+                                pt,
+                                decoder,
+                                base: None,
+                            }))
+                        }
                         Err(e) => tracing::warn!(error = %e, "no Opus decoder for a recording"),
                     }
                 }
@@ -86,20 +93,21 @@ impl Shard {
 }
 
 /// Hands an Opus packet of one side, decoded, to the recording of both sides (`ts` in the
-/// side's 48 kHz clock).
+/// side's 48 kHz clock, counted from its first packet so the clock's wrap is no jump).
 pub(super) fn record_opus(
     rec: &mut Recorder,
-    opus: &mut transcode::Transcoder,
+    opus: &mut RecordOpus,
     side: Side,
     ts: u32,
     now: Instant,
     payload: &[u8],
 ) {
     let mut ulaw = [0u8; 960];
-    let Ok(n) = opus.transcode(payload, &mut ulaw) else {
+    let Ok(n) = opus.decoder.transcode(payload, &mut ulaw) else {
         return;
     };
-    let mut at = (u64::from(ts) * u64::from(record::RATE) / 48_000) as u32;
+    let base = *opus.base.get_or_insert(ts);
+    let mut at = (u64::from(ts.wrapping_sub(base)) * u64::from(record::RATE) / 48_000) as u32;
     for chunk in ulaw[..n.min(ulaw.len())].chunks(record::MAX_FRAME) {
         let mut frame = Frame {
             side: side.index() as u8,

@@ -312,11 +312,11 @@ impl Shard {
             }
             if let Some(rec) = p.recorder.as_mut() {
                 match p.record_opus[side.index()].as_mut() {
-                    Some((opus_pt, opus)) if *opus_pt == pt => {
+                    Some(opus) if opus.pt == pt => {
                         super::capture::record_opus(rec, opus, side, ts, now, rtp.payload())
                     }
-                    Some(_) => {}
-                    None => record(rec, side, pt, ts, now, rtp.payload()),
+                    // G.711 (a side whose codec changed) is recorded as is; others are not.
+                    Some(_) | None => record(rec, side, pt, ts, now, rtp.payload()),
                 }
             }
             if let Some(c) = p.capture.as_mut().filter(|c| c.side == side && !dtmf) {
