@@ -189,23 +189,15 @@ impl Validator {
                     );
                 }
             }
-            let recording_dir = PathBuf::from(a.recording_dir.trim());
-            if a.recording_dir.trim().is_empty() {
-                self.problem(
-                    &key("recording_dir"),
-                    "is empty",
-                    "name the directory recordings go to (created at start)",
-                );
-            } else if recording_dir.exists() && !recording_dir.is_dir() {
-                self.problem(
-                    &key("recording_dir"),
-                    format!("{} exists and is not a directory", recording_dir.display()),
-                    "name a directory (it is created at start when missing)",
-                );
-            }
-            if self.problems.len() != before {
+            let recording_dir = self.written_dir(
+                &key("recording_dir"),
+                &a.recording_dir,
+                "the directory recordings go to",
+            );
+            let Some(recording_dir) = recording_dir.filter(|_| self.problems.len() == before)
+            else {
                 continue;
-            }
+            };
             out.push(AppConfig {
                 name: name.to_string(),
                 url: url.to_string(),

@@ -246,6 +246,21 @@ impl Menu<'_> {
 
 impl Validator {
     /// `path` relative to `base` unless absolute; `None` (with a problem) when empty.
+    /// A directory the node writes to (voicemail, recordings): relative paths start at
+    /// the working directory, where the node runs (like `media.record_dir` and the SQLite
+    /// store), not at the configuration's; created at start when missing.
+    pub(super) fn written_dir(&mut self, key: &str, value: &str, what: &str) -> Option<PathBuf> {
+        let dir = self.config_path(key, value, Path::new(""), what)?;
+        if dir.exists() && !dir.is_dir() {
+            self.problem(
+                key,
+                format!("{} exists and is not a directory", dir.display()),
+                "name a directory (it is created at start when missing)",
+            );
+        }
+        Some(dir)
+    }
+
     fn config_path(&mut self, key: &str, value: &str, base: &Path, what: &str) -> Option<PathBuf> {
         let value = value.trim();
         if value.is_empty() {
@@ -387,23 +402,11 @@ impl Validator {
             Some(dir) if plain_name(&language) => self.prompt_set(&ikey, &dir, &language, &menu),
             _ => PromptSet::new(language.clone()),
         };
-        // Written data lives where the node runs (like media.record_dir and the SQLite
-        // store): relative to the working directory, not to the configuration.
-        let voicemail_dir = self.config_path(
+        let voicemail_dir = self.written_dir(
             &format!("{ikey}.voicemail_dir"),
             &raw.voicemail_dir,
-            Path::new(""),
             "the directory voicemail recordings go to",
         );
-        if let Some(dir) = &voicemail_dir {
-            if dir.exists() && !dir.is_dir() {
-                self.problem(
-                    &format!("{ikey}.voicemail_dir"),
-                    format!("{} exists and is not a directory", dir.display()),
-                    "name a directory (it is created at start when missing)",
-                );
-            }
-        }
         if self.problems.len() != before {
             return None;
         }
