@@ -130,10 +130,12 @@ impl Names for AppNames {
     }
 }
 
-/// Prompts fetched from URLs, in the order they came (the oldest goes first).
+/// Prompts fetched from URLs, in the order they were first asked for (the oldest goes
+/// first). Each is fetched once: calls asking for one being fetched wait for it (a failed
+/// fetch is tried again by the next).
 #[derive(Default)]
 struct PromptCache {
-    by_url: HashMap<String, Prompt>,
+    by_url: HashMap<String, Arc<tokio::sync::OnceCell<Prompt>>>,
     order: std::collections::VecDeque<String>,
 }
 
@@ -322,14 +324,20 @@ impl App {
     async fn check(&self, json: &Value) -> Result<Verbs, AppError> {
         let script = verbs::compile(json, self.names.as_ref())
             .map_err(|e| AppError::Verbs(e.to_string()))?;
-        let mut prompts = HashMap::new();
-        for name in verbs::prompts(&script) {
-            let prompt = self.prompt(name).await.map_err(|why| AppError::Prompt {
-                prompt: name.to_string(),
-                why,
-            })?;
-            prompts.insert(name.to_string(), prompt);
-        }
+        // Fetched together: the slowest prompt, not their sum, counts against the timeout.
+        let fetches = verbs::prompts(&script).into_iter().map(|name| async move {
+            self.prompt(name)
+                .await
+                .map(|prompt| (name.to_string(), prompt))
+                .map_err(|why| AppError::Prompt {
+                    prompt: name.to_string(),
+                    why,
+                })
+        });
+        let prompts: HashMap<String, Prompt> = futures::future::try_join_all(fetches)
+            .await?
+            .into_iter()
+            .collect();
         Ok(Verbs {
             script: Arc::new(script),
             prompts,
@@ -342,9 +350,31 @@ impl App {
         if !verbs::is_url(name) {
             return self.prompt_file(name).await;
         }
-        if let Some(p) = self.cached(name) {
-            return Ok(p);
+        let cell = self.cache_cell(name);
+        cell.get_or_try_init(|| self.fetch_prompt(name))
+            .await
+            .cloned()
+    }
+
+    /// The cache's place for the prompt at `url` (the oldest place goes when full).
+    fn cache_cell(&self, url: &str) -> Arc<tokio::sync::OnceCell<Prompt>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cell) = cache.by_url.get(url) {
+            return Arc::clone(cell);
         }
+        if cache.by_url.len() >= PROMPT_CACHE {
+            if let Some(old) = cache.order.pop_front() {
+                cache.by_url.remove(&old);
+            }
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        cache.by_url.insert(url.to_string(), Arc::clone(&cell));
+        cache.order.push_back(url.to_string());
+        cell
+    }
+
+    /// Fetches the prompt at `name` (a URL): its size, type and audio checked.
+    async fn fetch_prompt(&self, name: &str) -> Result<Prompt, String> {
         let response = self
             .http
             .get(name)
@@ -373,26 +403,7 @@ impl App {
             ));
         }
         let bytes = read_limited(response, self.config.max_prompt_bytes).await?;
-        let prompt = Prompt::from_bytes(&bytes).map_err(|e| format!("cannot be decoded: {e}"))?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.by_url.len() >= PROMPT_CACHE {
-            if let Some(old) = cache.order.pop_front() {
-                cache.by_url.remove(&old);
-            }
-        }
-        if cache
-            .by_url
-            .insert(name.to_string(), prompt.clone())
-            .is_none()
-        {
-            cache.order.push_back(name.to_string());
-        }
-        Ok(prompt)
-    }
-
-    fn cached(&self, url: &str) -> Option<Prompt> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.by_url.get(url).cloned()
+        Prompt::from_bytes(&bytes).map_err(|e| format!("cannot be decoded: {e}"))
     }
 
     async fn prompt_file(&self, name: &str) -> Result<Prompt, String> {
