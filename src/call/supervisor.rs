@@ -191,13 +191,43 @@ pub enum CallMsg {
 }
 
 /// A WhatsApp user the call's control dialled: their permission's hold, and how their call
-/// went, for settling it with the call's CDR.
+/// went, for settling it (when they did not answer, or with the call's CDR).
 struct Dialled {
     permit: Permit,
     wa_call_id: Option<String>,
     answered_at: Option<i64>,
     /// How their call ended, when they did not answer.
     cause: Option<String>,
+}
+
+impl Dialled {
+    /// Their call as a record the permission is settled from: unanswered, ended by them
+    /// with its own cause.
+    fn unanswered(&self, call_id: &str, node_id: &str) -> crate::store::Cdr {
+        let now = now_ms();
+        crate::store::Cdr {
+            call_id: call_id.to_string(),
+            node_id: node_id.to_string(),
+            direction: crate::store::Direction::BusinessInitiated,
+            business_number: None,
+            customer_wa_id: None,
+            wa_call_id: self.wa_call_id.clone(),
+            sip_call_id: None,
+            trunk: None,
+            offered_at: now,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: now,
+            duration_ms: 0,
+            outcome: crate::store::CallOutcome::Unanswered,
+            hangup_by: HangupParty::Customer,
+            end_cause: self.cause.clone().unwrap_or_else(|| "no_answer".into()),
+            failure: None,
+            media: None,
+            codec_path: None,
+            control: None,
+        }
+    }
 }
 
 /// State of a running call.
@@ -552,7 +582,10 @@ impl Call {
             "the dialled WhatsApp user did not answer; back to call control"
         );
         if let Some(d) = self.dialled.last_mut() {
+            // Settled now: a later dial of the same user is not held up by this one.
             d.cause = cause.map(str::to_string);
+            d.permit
+                .settle(&d.unanswered(self.id.as_str(), &self.node_id));
         }
         let id = leg.get_id();
         self.children.retain(|(child, _, _)| *child != id);
@@ -1050,17 +1083,14 @@ impl Call {
             if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
             }
-            // Each WhatsApp user the control dialled, as their own call saw it.
+            // Each WhatsApp user the control dialled who is not settled yet (answered, or
+            // still ringing at the end), as their own call saw it.
             for d in self.dialled.drain(..) {
                 let mut theirs = cdr.clone();
-                theirs.wa_call_id = d.wa_call_id;
+                theirs.wa_call_id = d.wa_call_id.clone();
                 theirs.answered_at = d.answered_at;
                 if d.answered_at.is_none() {
-                    // Their own call's end, not the customer's call's.
-                    theirs.outcome = crate::store::CallOutcome::Unanswered;
-                    theirs.hangup_by = HangupParty::Customer;
-                    theirs.failure = None;
-                    theirs.end_cause = d.cause.unwrap_or_else(|| "no_answer".into());
+                    theirs = d.unanswered(&cdr.call_id, &cdr.node_id);
                 }
                 d.permit.settle(&theirs);
             }
