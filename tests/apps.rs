@@ -316,6 +316,23 @@ async fn grant(http: std::net::SocketAddr, customer: &str) {
     panic!("{customer} never granted permission");
 }
 
+/// `wav` (8 kHz, 16-bit, `channels` channels) lasts `secs` and holds the caller's tone on
+/// its first channel (side A): most of the middle half's power at 440 Hz.
+fn assert_caller_tone(wav: &[u8], channels: u16, secs: std::ops::Range<f32>) {
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), channels, "channels");
+    let first: Vec<f32> = wav[44..]
+        .chunks_exact(2 * usize::from(channels))
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    let long = first.len() as f32 / 8000.0;
+    assert!(secs.contains(&long), "{long} s");
+    let voiced = &first[first.len() / 4..first.len() * 3 / 4];
+    let total = voiced.iter().map(|x| x * x).sum::<f32>() / voiced.len() as f32;
+    let tone = waswitch::media::quality::tone_power(voiced, OWN as f32, 8000.0);
+    assert!(tone / total > 0.5, "440 Hz share {}", tone / total);
+}
+
 /// The event's signature is the app secret's HMAC of `<timestamp>.<body>`.
 fn assert_signed(got: &Got, secret: &str) {
     let expected = waswitch::store::webhook::signature(secret.as_bytes(), got.timestamp, &got.body);
@@ -607,18 +624,8 @@ fn a_recording_is_announced_and_downloaded_only_with_the_numbers_token() {
         (wav, forbidden)
     });
     assert_eq!(forbidden, 403);
-    // The caller's tone: most of the recording's power at 440 Hz, about 3 s long.
-    assert_eq!(&wav[..4], b"RIFF");
-    let samples: Vec<f32> = wav[44..]
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
-    let secs = samples.len() as f32 / 8000.0;
-    assert!((2.0..4.5).contains(&secs), "{secs} s");
-    let voiced = &samples[samples.len() / 4..samples.len() * 3 / 4];
-    let total = voiced.iter().map(|x| x * x).sum::<f32>() / voiced.len() as f32;
-    let tone = waswitch::media::quality::tone_power(voiced, OWN as f32, 8000.0);
-    assert!(tone / total > 0.5, "440 Hz share {}", tone / total);
+    // The caller's tone, about 3 s long.
+    assert_caller_tone(&wav, 1, 2.0..4.5);
     // Deleting: not with another number's token; then gone.
     rt.block_on(async {
         let del = |token: &'static str| {
@@ -738,18 +745,7 @@ fn verbs_posted_to_a_live_call_interrupt_what_it_does() {
             .expect("body")
             .to_vec()
     });
-    assert_eq!(&wav[..4], b"RIFF");
-    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
-    let left: Vec<f32> = wav[44..]
-        .chunks_exact(4)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
-    let secs = left.len() as f32 / 8000.0;
-    assert!((1.0..2.5).contains(&secs), "{secs} s");
-    let voiced = &left[left.len() / 4..left.len() * 3 / 4];
-    let total = voiced.iter().map(|x| x * x).sum::<f32>() / voiced.len() as f32;
-    let tone = waswitch::media::quality::tone_power(voiced, OWN as f32, 8000.0);
-    assert!(tone / total > 0.5, "440 Hz share {}", tone / total);
+    assert_caller_tone(&wav, 2, 1.0..2.5);
     let cdrs = cdrs(&rt, rig.node, dir.path());
     let cdr = cdr_of(&cdrs, &r.wa_call_id);
     let control = cdr.control.as_ref().expect("control");
