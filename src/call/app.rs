@@ -203,6 +203,13 @@ impl Apps {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Their names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 impl App {
@@ -274,31 +281,20 @@ impl App {
 
     async fn ask(&self, url: &str, event: &Value) -> Result<Verbs, AppError> {
         let body = serde_json::to_vec(event).map_err(|e| AppError::InvalidJson(e.to_string()))?;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let signature = crate::store::webhook::signature(
+        let response = crate::store::webhook::signed(
+            self.http.post(url).header("accept", "application/json"),
             self.config.secret.expose().as_bytes(),
-            timestamp,
-            &body,
-        );
-        let response = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .header("x-waswitch-timestamp", timestamp.to_string())
-            .header("x-waswitch-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    AppError::Timeout(self.config.timeout.as_millis() as u64)
-                } else {
-                    AppError::Unreachable(e.to_string())
-                }
-            })?;
+            body,
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                AppError::Timeout(self.config.timeout.as_millis() as u64)
+            } else {
+                AppError::Unreachable(e.to_string())
+            }
+        })?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(AppError::Status(status));

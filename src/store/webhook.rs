@@ -27,6 +27,24 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     crate::meta::signature::sign(secret, &signed)
 }
 
+/// `request` with `body` as JSON, signed now with `secret` (the timestamp and signature
+/// headers above).
+pub fn signed(
+    request: reqwest::RequestBuilder,
+    secret: &[u8],
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = signature(secret, timestamp, &body);
+    request
+        .header("content-type", "application/json")
+        .header("x-waswitch-timestamp", timestamp.to_string())
+        .header("x-waswitch-signature", signature)
+        .body(body)
+}
+
 /// Starts the sender; CDRs handed to the returned queue are delivered in order.
 pub fn start(config: CdrWebhookConfig) -> Result<mpsc::Sender<Cdr>, String> {
     let http = client(&config)?;
@@ -103,20 +121,13 @@ async fn post(
 ) -> bool {
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=config.max_attempts {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let sent = http
-            .post(&config.url)
-            .header("content-type", "application/json")
-            .header("x-waswitch-timestamp", timestamp.to_string())
-            .header(
-                "x-waswitch-signature",
-                signature(config.secret.expose().as_bytes(), timestamp, &body),
-            )
-            .body(body.clone())
-            .send()
-            .await;
+        let sent = signed(
+            http.post(&config.url),
+            config.secret.expose().as_bytes(),
+            body.clone(),
+        )
+        .send()
+        .await;
         let retry = match sent {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => {

@@ -312,11 +312,12 @@ impl SipIngress {
         if !any_app && number.app.as_deref() != Some(name.as_str()) {
             return Err(CallbackRefused::NotYourApp(name));
         }
-        let app = services
-            .apps
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| CallbackRefused::BadDestination(format!("no app {name:?}")))?;
+        let app = services.apps.get(&name).cloned().ok_or_else(|| {
+            CallbackRefused::BadDestination(format!(
+                "no app {name:?}; the apps are: {}",
+                services.apps.names().join(", ")
+            ))
+        })?;
         let (verbs, prompts) = match &req.verbs {
             Some(body) => {
                 let ready = app
