@@ -431,14 +431,11 @@ impl App {
         ))
     }
 
-    /// The call control of a call this app drives, starting with `verbs`.
-    pub fn ivr(&self, verbs: Vec<Verb>) -> crate::config::IvrConfig {
+    /// The call control of a call this app drives, starting with `script`.
+    pub fn ivr(&self, script: Arc<Script>) -> crate::config::IvrConfig {
         crate::config::IvrConfig {
             name: self.config.name.clone(),
-            script: Arc::new(Script {
-                nodes: [(verbs::NODE.to_string(), Node { verbs })].into(),
-                entry: verbs::NODE.into(),
-            }),
+            script,
             prompts: Arc::new(crate::config::PromptSet::new("en")),
             language: "en".into(),
             languages: Default::default(),

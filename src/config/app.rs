@@ -129,15 +129,10 @@ impl Validator {
                 );
             }
             let url = a.url.trim();
-            let host = url
-                .strip_prefix("https://")
-                .or_else(|| url.strip_prefix("http://"));
-            if host.is_none_or(|h| {
-                h.is_empty() || h.starts_with('/') || h.contains(char::is_whitespace)
-            }) {
+            if let Err(e) = crate::control::app::check_url("url", url) {
                 self.problem(
                     &key("url"),
-                    format!("{:?} is not an http(s) URL", a.url),
+                    e.why,
                     format!(
                         "give the app's URL, e.g. \"https://voice.example.com/whatsapp\" (or set {})",
                         env_var(name, "url")

@@ -106,10 +106,15 @@ pub fn compile(body: &Value, names: &dyn Names) -> Result<Script, VerbError> {
     for (i, v) in list.iter().enumerate() {
         verbs.push(verb(&format!("verbs[{i}]"), v, names)?);
     }
-    Ok(Script {
+    Ok(script(verbs))
+}
+
+/// `verbs` as an app's script: one node, [`NODE`].
+pub fn script(verbs: Vec<Verb>) -> Script {
+    Script {
         nodes: BTreeMap::from([(NODE.to_string(), Node { verbs })]),
         entry: NODE.to_string(),
-    })
+    }
 }
 
 /// Every prompt the script plays (to fetch before it runs).
@@ -222,7 +227,9 @@ impl<'a> Settings<'a> {
     }
 }
 
-fn check_url(place: &str, url: &str) -> Result<(), VerbError> {
+/// `url` is an http(s) URL with a host, of sane length, without spaces or control
+/// characters (`place` names it in the error).
+pub fn check_url(place: &str, url: &str) -> Result<(), VerbError> {
     let host = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));

@@ -318,22 +318,18 @@ impl SipIngress {
                 services.apps.names().join(", ")
             ))
         })?;
-        let (verbs, prompts) = match &req.verbs {
+        let (script, prompts) = match &req.verbs {
             Some(body) => {
                 let ready = app
                     .prepare(body)
                     .await
                     .map_err(|e| CallbackRefused::BadVerbs(e.to_string()))?;
-                let verbs = ready
-                    .script
-                    .nodes
-                    .get(crate::control::app::NODE)
-                    .map(|n| n.verbs.clone())
-                    .unwrap_or_default();
-                (verbs, ready.prompts)
+                (ready.script, ready.prompts)
             }
             None => (
-                vec![crate::control::Verb::App(name.clone())],
+                Arc::new(crate::control::app::script(vec![
+                    crate::control::Verb::App(name.clone()),
+                ])),
                 Default::default(),
             ),
         };
@@ -346,7 +342,7 @@ impl SipIngress {
             business_number: number.display_number.clone(),
         };
         let ivr = crate::call::ivr::IvrSetup {
-            ivr: app.ivr(verbs),
+            ivr: app.ivr(script),
             facts: crate::control::Facts {
                 open: Default::default(),
                 country: crate::number::country(&customer),

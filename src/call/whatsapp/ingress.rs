@@ -240,11 +240,9 @@ impl WhatsAppCalls {
         let control = self.control.as_ref()?;
         let ivr = match &number.app {
             // An app's call: an IVR whose one verb hands the call to the app.
-            Some(app) => control
-                .services
-                .apps
-                .get(app)?
-                .ivr(vec![crate::control::Verb::App(app.clone())]),
+            Some(app) => control.services.apps.get(app)?.ivr(std::sync::Arc::new(
+                crate::control::app::script(vec![crate::control::Verb::App(app.clone())]),
+            )),
             None => control.ivrs.get(entry)?.clone(),
         };
         let now = crate::clock::now_ms() + control.clock_offset_ms;
