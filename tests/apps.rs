@@ -286,6 +286,31 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
         .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
+/// The sim's users of a number: they grant call permission for a day, and answer the
+/// business's calls after 300 ms, talking for `hold_secs`.
+fn answering_users(
+    ctx: &SimContext,
+    hold_secs: u64,
+) -> (
+    waswitch::sim::users::Users,
+    tokio::sync::mpsc::UnboundedReceiver<waswitch::sim::users::AnsweredCall>,
+) {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    Users::start(
+        ctx.clone(),
+        Behaviour {
+            call: CallAnswer::Accept {
+                after: Duration::from_millis(300),
+                hold: Duration::from_secs(hold_secs),
+            },
+            permission: PermissionAnswer::Grant {
+                lasts: Some(Duration::from_secs(86_400)),
+            },
+            dtmf: None,
+        },
+    )
+}
+
 /// Asks `customer` for call permission for the demo number (the sim's users grant it)
 /// and waits until it is granted.
 async fn grant(http: std::net::SocketAddr, customer: &str) {
@@ -970,7 +995,6 @@ fn the_openapi_document_describes_real_responses_and_events() {
 /// they answer the app's verbs run: the menu, then the PBX, whose echo the customer hears.
 #[test]
 fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
-    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let pbx = free_udp_port();
@@ -994,19 +1018,7 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
     let client = reqwest::Client::new();
     let customer = "4915100000601";
     let (placed, answered) = rt.block_on(async {
-        let (_users, mut answered) = Users::start(
-            rig.demo.clone(),
-            Behaviour {
-                call: CallAnswer::Accept {
-                    after: Duration::from_millis(400),
-                    hold: Duration::from_secs(5),
-                },
-                permission: PermissionAnswer::Grant {
-                    lasts: Some(Duration::from_secs(86_400)),
-                },
-                dtmf: None,
-            },
-        );
+        let (_users, mut answered) = answering_users(&rig.demo, 5);
         let place = |token: &'static str, body: Value| {
             common::api(
                 &client,
@@ -1099,7 +1111,6 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
 /// other. A user without permission is never called.
 #[test]
 fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
-    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let rig = start(
@@ -1113,19 +1124,7 @@ fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
     let client = reqwest::Client::new();
     let (first, second, stranger) = ("4915100000701", "4915100000702", "4915100000703");
     let (placed, refused_call, calls) = rt.block_on(async {
-        let (_users, mut answered) = Users::start(
-            rig.demo.clone(),
-            Behaviour {
-                call: CallAnswer::Accept {
-                    after: Duration::from_millis(300),
-                    hold: Duration::from_secs(4),
-                },
-                permission: PermissionAnswer::Grant {
-                    lasts: Some(Duration::from_secs(86_400)),
-                },
-                dtmf: None,
-            },
-        );
+        let (_users, mut answered) = answering_users(&rig.demo, 4);
         let api = |method: reqwest::Method, path: String, body: Option<Value>| {
             common::api(
                 &client,
