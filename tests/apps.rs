@@ -1030,7 +1030,7 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
         };
         let to = json!({"whatsapp": customer});
         // Refused, nothing dialled: no permission yet, verbs that do not check, another
-        // number's token, a first leg that is not WhatsApp.
+        // number's token, two first parties.
         let refused = place(DEMO_TOKEN, json!({"from": NUMBER, "to": to, "app": "demo"})).await;
         assert_eq!(
             (refused.0, refused.1["reason"].clone()),
@@ -1055,12 +1055,12 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
         )
         .await;
         assert_eq!(other_app.0, 403, "{other_app:?}");
-        let sip = place(
+        let two = place(
             DEMO_TOKEN,
-            json!({"from": NUMBER, "to": {"sip": "sip:1@pbx"}}),
+            json!({"from": NUMBER, "to": {"whatsapp": customer, "agent": "alice"}}),
         )
         .await;
-        assert_eq!(sip.0, 501, "{sip:?}");
+        assert_eq!(two.0, 400, "{two:?}");
         assert!(
             rig.graph.recorded().iter().all(|r| r.action.is_none()),
             "nothing was dialled"
@@ -1270,4 +1270,225 @@ fn a_dial_to_an_agent_rings_their_registered_phone() {
     };
     assert_eq!(control(&nobody).end.as_deref(), Some("nobody"));
     assert_eq!(control(&answered).end, None, "the agent had the call");
+}
+
+/// An app calls a phone first: `POST /v1/calls` to a SIP URI (the trunk found from its
+/// host and port) and to a registered agent, each answered by SIPp echoing; once the phone
+/// answers, the verbs dial a WhatsApp user (their permission enforced), who hears their
+/// own voice through the phone's echo (Opus transcoded to the phone's G.711 and back). The
+/// phone network is never a destination; a phone that is not reachable is refused before
+/// anything rings.
+#[test]
+fn an_app_calls_a_phone_first_and_bridges_it_to_a_whatsapp_user() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let phone = free_udp_port();
+    let rig = start(&rt, dir.path(), pbx, 60_600, Arc::new(|_, _| ok()));
+    let pbx_uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 1, &["-rtp_echo"]);
+    let phone_uas = Uas::start_with("b2bua_uas.xml", "u1", phone, 1, &["-rtp_echo"]);
+    let switch = rig.node.sip_udp_addr().expect("SIP over UDP");
+    let _alice = common::agent::register_udp(
+        switch,
+        "alice",
+        "alice-pass",
+        std::net::SocketAddr::from(([127, 0, 0, 1], phone)),
+    );
+    let http = rig.node.http_addr();
+    let client = reqwest::Client::new();
+    let (via_trunk, via_agent) = ("4915100000901", "4915100000902");
+    let (refusals, placed, calls) = rt.block_on(async {
+        let (_users, mut answered) = answering_users(&rig.demo, 4);
+        let place = |body: Value| {
+            common::api(
+                &client,
+                format!("http://{http}/v1/calls"),
+                DEMO_TOKEN,
+                reqwest::Method::POST,
+                Some(body),
+            )
+        };
+        let mut refusals = Vec::new();
+        for to in [
+            json!({"sip": "tel:+14155550100"}),
+            json!({"sip": "sip:2001@127.0.0.9:5999"}),
+            json!({"sip": "sip:2001@127.0.0.1", "trunk": "nope"}),
+            json!({"agent": "bob"}),
+        ] {
+            let r = place(json!({"from": NUMBER, "to": to, "verbs": [{"hangup": {}}]})).await;
+            refusals.push((to, r));
+        }
+        for customer in [via_trunk, via_agent] {
+            grant(http, customer).await;
+        }
+        let mut placed = Vec::new();
+        for (to, customer) in [
+            (
+                json!({"sip": format!("sip:2001@127.0.0.1:{pbx}")}),
+                via_trunk,
+            ),
+            (json!({"agent": "alice"}), via_agent),
+        ] {
+            placed.push(
+                place(json!({"from": NUMBER, "to": to,
+                             "verbs": [{"dial": {"whatsapp": customer}}, {"hangup": {}}]}))
+                .await,
+            );
+        }
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            calls.push(
+                tokio::time::timeout(Duration::from_secs(20), answered.recv())
+                    .await
+                    .expect("in time")
+                    .expect("a call"),
+            );
+        }
+        (refusals, placed, calls)
+    });
+    let status = |i: usize| (refusals[i].1 .0, refusals[i].1 .1.to_string());
+    assert_eq!(status(0).0, 403, "{refusals:?}");
+    assert_eq!(refusals[0].1 .1["reason"], "pstn", "{refusals:?}");
+    assert_eq!(status(1).0, 400, "{refusals:?}");
+    assert!(
+        status(1).1.contains("no trunk reaches 127.0.0.9:5999"),
+        "{refusals:?}"
+    );
+    assert_eq!(status(2).0, 400, "{refusals:?}");
+    assert!(status(2).1.contains("the trunks are: pbx"), "{refusals:?}");
+    assert_eq!(status(3).0, 400, "{refusals:?}");
+    assert!(status(3).1.contains("no registered phone"), "{refusals:?}");
+    let ids: Vec<String> = placed
+        .iter()
+        .map(|p| {
+            assert_eq!(p.0, 201, "{p:?}");
+            p.1["call_id"].as_str().expect("call id").to_string()
+        })
+        .collect();
+    for call in &calls {
+        let media = call.media.as_ref().expect("media");
+        assert!(media.audio_verified(), "{}: {media:?}", call.user);
+        assert_eq!(media.tones.last(), Some(&OWN), "{}: {media:?}", call.user);
+    }
+    let initiated = rig.app.events("call.initiated");
+    assert!(initiated.is_empty(), "verbs were given: {initiated:?}");
+    // The app hears of the phone's answer (no customer yet), and of the call's end with
+    // the CDR naming the customer it reached.
+    let answered = rt.block_on(rig.app.wait_for("call.answered", 2));
+    let ended = rt.block_on(rig.app.wait_for("call.ended", 2));
+    let event = |events: &[Got], id: &str| {
+        events
+            .iter()
+            .find(|e| e.json["call_id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id}: {events:?}"))
+            .json
+            .clone()
+    };
+    let first = event(&answered, &ids[0]);
+    assert_eq!(
+        first["to"],
+        json!({"sip": format!("sip:2001@127.0.0.1:{pbx}")})
+    );
+    assert_eq!(first["customer"], Value::Null, "{first}");
+    assert_eq!(event(&answered, &ids[1])["to"], json!({"agent": "alice"}));
+    assert_eq!(event(&ended, &ids[1])["cdr"]["customer_wa_id"], via_agent);
+    // As the OpenAPI document describes them.
+    let doc: Value =
+        serde_json::from_str(include_str!("../src/api/openapi.json")).expect("the document");
+    assert_event(&doc, "call.answered", &first);
+    assert_event(&doc, "call.ended", &event(&ended, &ids[0]));
+    assert_response(&doc, "/v1/calls", "post", 201, &placed[0].1);
+    assert_response(&doc, "/v1/calls", "post", 403, &refusals[0].1 .1);
+    assert_response(&doc, "/v1/calls", "post", 400, &refusals[1].1 .1);
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    for (uas, name) in [(pbx_uas, "pbx"), (phone_uas, "phone")] {
+        let (code, counters) = uas.finish();
+        assert_eq!(code, Some(0), "{name}: {counters:?}");
+        assert_eq!(
+            counters.get("SuccessfulCall(C)"),
+            Some(&1),
+            "{name}: {counters:?}"
+        );
+    }
+    for ((id, customer), trunk) in ids
+        .iter()
+        .zip([via_trunk, via_agent])
+        .zip(["pbx", "agent:alice"])
+    {
+        let cdr = cdrs
+            .iter()
+            .find(|c| &c.call_id == id)
+            .unwrap_or_else(|| panic!("no CDR for {id} in {cdrs:?}"));
+        assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
+        assert_eq!(
+            cdr.outcome,
+            waswitch::store::CallOutcome::Answered,
+            "{cdr:?}"
+        );
+        assert_eq!(cdr.trunk.as_deref(), Some(trunk), "{cdr:?}");
+        assert_eq!(cdr.customer_wa_id.as_deref(), Some(customer), "{cdr:?}");
+        assert!(cdr.wa_call_id.is_some(), "{cdr:?}");
+        let path = cdr.codec_path.as_deref().unwrap_or_default();
+        assert!(path.ends_with("(transcoded)"), "{path}");
+    }
+}
+
+/// A phone that refuses the call (SIPp answering 486) ends it: the verbs never run, no
+/// WhatsApp user is called, and the CDR puts the refusal down to the business side.
+#[test]
+fn a_phone_that_refuses_a_placed_call_ends_it_before_anyone_is_dialled() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let rig = start(&rt, dir.path(), pbx, 60_800, Arc::new(|_, _| ok()));
+    let uas = Uas::start_with("b2bua_uas_refuse_486.xml", "u1", pbx, 1, &[]);
+    let http = rig.node.http_addr();
+    let customer = "4915100000903";
+    let placed = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let (users, answered) = answering_users(&rig.demo, 2);
+        grant(http, customer).await;
+        let placed = common::api(
+            &client,
+            format!("http://{http}/v1/calls"),
+            DEMO_TOKEN,
+            reqwest::Method::POST,
+            Some(
+                json!({"from": NUMBER, "to": {"sip": format!("sip:2001@127.0.0.1:{pbx}")},
+                        "verbs": [{"dial": {"whatsapp": customer}}]}),
+            ),
+        )
+        .await;
+        (placed, users, answered)
+    });
+    let (placed, _users, _answered) = placed;
+    assert_eq!(placed.0, 201, "{placed:?}");
+    let call_id = placed.1["call_id"].as_str().expect("call id").to_string();
+    let ended = rt.block_on(rig.app.wait_for("call.ended", 1));
+    assert_eq!(ended[0].json["call_id"], call_id.as_str());
+    assert!(rig.app.events("call.answered").is_empty());
+    assert_eq!(
+        stranger_calls(&rig.graph, customer),
+        0,
+        "the customer was called"
+    );
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    let cdr = cdrs
+        .iter()
+        .find(|c| c.call_id == call_id)
+        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    assert_eq!(
+        cdr.outcome,
+        waswitch::store::CallOutcome::Unanswered,
+        "{cdr:?}"
+    );
+    assert_eq!(cdr.end_cause, "busy", "{cdr:?}");
+    assert_eq!(
+        cdr.hangup_by,
+        waswitch::store::HangupParty::Business,
+        "{cdr:?}"
+    );
+    assert_eq!(cdr.customer_wa_id, None, "{cdr:?}");
 }

@@ -486,9 +486,6 @@ async fn place_call(
             .into_response(),
         Err(e @ CallbackRefused::BadVerbs(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e @ CallbackRefused::NotYourApp(_)) => forbidden(&e.to_string()),
-        Err(e @ CallbackRefused::NotSupported(_)) => {
-            error(StatusCode::NOT_IMPLEMENTED, &e.to_string())
-        }
         Err(CallbackRefused::Blocked(b)) => (
             StatusCode::FORBIDDEN,
             Json(json!({"error": b.to_string(), "reason": b.as_str()})),

@@ -104,6 +104,9 @@ pub struct IvrSetup {
     pub app: Option<Arc<super::app::App>>,
     /// Prompts the first verbs play, fetched already (verbs given when the call was placed).
     pub prompts: std::collections::HashMap<String, Prompt>,
+    /// A call placed to a SIP party: who, as the app's events name them (`{"sip": uri}`,
+    /// `{"agent": user}`). The script talks to them, and its dials reach WhatsApp users.
+    pub placed_to: Option<serde_json::Value>,
 }
 
 /// Messages of [`IvrActor`].
@@ -161,8 +164,9 @@ pub struct IvrArgs {
     pub setup: IvrSetup,
     /// The call's supervisor.
     pub call: ActorRef<CallMsg>,
-    /// The call's WhatsApp leg.
-    pub whatsapp: ActorRef<LegMsg>,
+    /// The call's WhatsApp leg (`None`: a call placed to SIP, whose party is answered
+    /// already).
+    pub whatsapp: Option<ActorRef<LegMsg>>,
     /// The call's media actor.
     pub media: ActorRef<MediaMsg>,
     /// The switch's id of the call.
@@ -213,7 +217,7 @@ pub struct Ivr {
     engine: Engine,
     setup: IvrSetup,
     call: ActorRef<CallMsg>,
-    whatsapp: ActorRef<LegMsg>,
+    whatsapp: Option<ActorRef<LegMsg>>,
     media: ActorRef<MediaMsg>,
     call_id: String,
     span: tracing::Span,
@@ -275,6 +279,8 @@ impl Actor for IvrActor {
         let app_prompts = args.setup.prompts.clone();
         let engine = Engine::new(args.setup.ivr.script.clone(), args.setup.ivr.type_ahead)
             .with_facts(args.setup.facts.clone());
+        // A phone's plain RTP has no handshake to wait for: its media runs once it answers.
+        let connected = args.setup.placed_to.is_some();
         Ok(Ivr {
             engine,
             setup: args.setup,
@@ -286,7 +292,7 @@ impl Actor for IvrActor {
             timer: Wakeup::default(),
             answering: false,
             answered: false,
-            connected: false,
+            connected,
             connect_deadline: None,
             recording: Recording::Idle,
             record: None,
@@ -607,8 +613,10 @@ impl Ivr {
         match command {
             Command::Answer => {
                 self.answering = true;
-                let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
-                let _ = self.whatsapp.send_message(LegMsg::Answer);
+                if let Some(whatsapp) = &self.whatsapp {
+                    let _ = self.media.send_message(MediaMsg::Ringback(Side::A, true));
+                    let _ = whatsapp.send_message(LegMsg::Answer);
+                }
                 // A leg already answered goes straight on.
                 return self.answer_done(Instant::now());
             }
@@ -730,6 +738,14 @@ impl Ivr {
     }
 
     fn dial(&mut self, destination: Destination) -> Vec<Command> {
+        if self.setup.placed_to.is_some() && !matches!(destination, Destination::WhatsApp(_)) {
+            // The switch called a phone: what it dials is a WhatsApp user to bridge it to.
+            let why =
+                format!("a call placed to SIP dials WhatsApp users only, not {destination:?}");
+            tracing::warn!(%why, "nothing to dial");
+            self.app_error.get_or_insert(why);
+            return self.not_answered();
+        }
         if let Destination::Queue(name) = &destination {
             return self.enqueue(name);
         }
@@ -1241,6 +1257,10 @@ impl Ivr {
         {
             Ok(callee) => {
                 tracing::info!(wa_id, "calling a WhatsApp user");
+                if self.setup.placed_to.is_some() {
+                    // The customer of a call placed to SIP is the user it reaches.
+                    self.setup.caller.wa_id = callee.customer.clone();
+                }
                 let _ = self
                     .call
                     .send_message(CallMsg::DialWhatsApp(Box::new(callee)));
@@ -1309,14 +1329,23 @@ impl Ivr {
     /// The call as an app's event tells it.
     fn event(&self, name: &str) -> serde_json::Value {
         let caller = &self.setup.caller;
-        serde_json::json!({
+        let customer = if caller.wa_id.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!({ "wa_id": caller.wa_id, "name": caller.name })
+        };
+        let mut event = serde_json::json!({
             "event": name,
             "call_id": self.call_id,
             "direction": self.setup.direction.as_str(),
             "business_number": caller.business_number,
-            "customer": { "wa_id": caller.wa_id, "name": caller.name },
+            "customer": customer,
             "wa_call_id": caller.wa_call_id,
-        })
+        });
+        if let Some(party) = &self.setup.placed_to {
+            event["to"] = party.clone();
+        }
+        event
     }
 
     /// Asks the app for the next verbs, on a task of the actor's; the answer comes back as

@@ -22,7 +22,62 @@ use super::whatsapp::WaEvent;
 use super::Fault;
 use super::LegRole;
 use crate::media::types::Remote;
-use crate::sip::core::SipCommand;
+use crate::sip::build::MessageBuilder;
+use crate::sip::core::{CoreEvent, RequestId, SipCommand};
+use crate::sip::msg::{HeaderName, Method, SipMessage};
+
+/// What a caller that is not a SIP peer (the WhatsApp leg, or the switch itself placing a
+/// call) answers a command of its bridge toward leg A: the ACK of a 2xx to its INVITE, and
+/// 200 to the called side's requests (with `offer`, leg A's SDP, when they make an offer:
+/// leg A's media never changes). `seq` numbers the answer. Nothing else needs an answer.
+pub(crate) fn answer_as_caller(command: &SipCommand, offer: &Bytes, seq: u64) -> Option<CoreEvent> {
+    let request = match command {
+        SipCommand::Respond { response, .. } => {
+            let invite = response
+                .header(&HeaderName::CSeq)
+                .is_some_and(|h| h.value.ends_with(b"INVITE"));
+            let code = response.status().unwrap_or(0);
+            return (invite && (200..300).contains(&code)).then(|| ack_for(response));
+        }
+        SipCommand::Request { request, .. } => request,
+        _ => return None,
+    };
+    let method = request.method().cloned();
+    let mut response = MessageBuilder::response_to(request, 200, "OK", None);
+    if matches!(method, Some(Method::Invite | Method::Update)) && !request.body.is_empty() {
+        response = response.body("application/sdp", offer.clone());
+    }
+    Some(CoreEvent::Response(
+        RequestId::detached(seq),
+        response.build(),
+    ))
+}
+
+/// The ACK for a 2xx the bridge sent its caller.
+fn ack_for(response: &SipMessage) -> CoreEvent {
+    let call_id = response
+        .header(&HeaderName::CallId)
+        .map(|h| h.value.clone())
+        .unwrap_or_default();
+    let seq = response
+        .header(&HeaderName::CSeq)
+        .and_then(|h| {
+            std::str::from_utf8(&h.value)
+                .ok()?
+                .split(' ')
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "1".into());
+    let ack = MessageBuilder::request(Method::Ack, "sip:waswitch@whatsapp.invalid")
+        .header(HeaderName::CallId, call_id)
+        .header(HeaderName::CSeq, format!("{seq} ACK"))
+        .build();
+    CoreEvent::Ack {
+        request: ack,
+        from: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+    }
+}
 
 /// Progress of one signalling leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

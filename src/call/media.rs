@@ -196,6 +196,9 @@ pub struct Media {
     /// Each side's telephone-event clock (digit durations are counted in it).
     clock: [u32; 2],
     codec_path: Option<String>,
+    /// Side A's SDP, when side A is a plain leg (a phone a call placed to SIP rang): a
+    /// WebRTC leg standing in for side B speaks Opus with its codec.
+    plain_a: Option<Remote>,
 }
 
 impl Actor for MediaActor {
@@ -225,6 +228,7 @@ impl Actor for MediaActor {
             listener: None,
             clock: [8000; 2],
             codec_path: None,
+            plain_a: None,
         })
     }
 
@@ -288,7 +292,10 @@ impl Actor for MediaActor {
                 match &applied {
                     Ok(()) => {
                         media.clock[1] = 8000;
-                        media.codec_path = Some("opus pass-through (WebRTC both sides)".into());
+                        media.codec_path = Some(match &media.plain_a {
+                            Some(a) => codec_path(a),
+                            None => "opus pass-through (WebRTC both sides)".into(),
+                        });
                         tracing::debug!(parent: &media.span, "the agent's WebRTC answer applied");
                     }
                     Err(e) => {
@@ -305,6 +312,9 @@ impl Actor for MediaActor {
             }
             MediaMsg::Remote(side, remote) => {
                 media.clock[side_index(side)] = remote.dtmf_clock.max(1);
+                if side == Side::A {
+                    media.plain_a = Some(remote);
+                }
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.set_remote(side, remote) {
                         tracing::warn!(parent: &media.span, error = %e, "media update not delivered");

@@ -12,6 +12,7 @@
 //! | [`SipToWhatsApp`](CallPlan::SipToWhatsApp) | SIP bridge from a PBX, with the WhatsApp leg (outbound) as its callee | the customer answers |
 //! | [`Callback`](CallPlan::Callback) | WhatsApp leg (outbound), then a SIP bridge to trunks with it as the caller | the customer answers |
 //! | [`AppCall`](CallPlan::AppCall) | WhatsApp leg (outbound) and the call-control actor running an HTTP app's verbs once the customer answers; a SIP bridge (the WhatsApp leg its caller) for each `dial` | the customer answers |
+//! | [`AppToSip`](CallPlan::AppToSip) | a SIP bridge from the switch itself to a phone at a trunk or an agent's phone, and the call-control actor running an HTTP app's verbs toward them once they answer; a second WhatsApp leg (outbound) for each WhatsApp user its `dial` reaches | the phone answers |
 //! | [`SipToSip`](CallPlan::SipToSip) | SIP bridge between trunks | the called trunk answers |
 //! | [`Signalled`](CallPlan::Signalled) | two protocol-less legs, signalled through [`Calls::signal`](super::Calls::signal) | the called leg answers |
 
@@ -100,6 +101,16 @@ pub enum CallPlan {
         /// The app's verbs and what they need.
         ivr: Box<super::ivr::IvrSetup>,
     },
+    /// The API places a call an HTTP app drives to a SIP party (a phone at a trunk, or an
+    /// agent's registered phone): the switch is the bridge's caller, and the call-control
+    /// actor runs the app's verbs toward the party once they answer. Its dials reach
+    /// WhatsApp users (each with their own permission), who stand in for the media's side B.
+    AppToSip {
+        /// The bridge from the switch to the party.
+        sip: BridgeSetup,
+        /// The app's verbs and what they need.
+        ivr: Box<super::ivr::IvrSetup>,
+    },
     /// A SIP call between trunks.
     SipToSip {
         /// The bridge.
@@ -127,6 +138,7 @@ impl CallPlan {
             CallPlan::SipToWhatsApp { .. } => "sip_to_whatsapp",
             CallPlan::Callback { .. } => "callback",
             CallPlan::AppCall { .. } => "app_call",
+            CallPlan::AppToSip { .. } => "app_to_sip",
             CallPlan::SipToSip { .. } => "sip_to_sip",
             CallPlan::Signalled(_) => "signalled",
         }
@@ -140,7 +152,8 @@ impl CallPlan {
             }
             CallPlan::SipToWhatsApp { .. }
             | CallPlan::Callback { .. }
-            | CallPlan::AppCall { .. } => Direction::BusinessInitiated,
+            | CallPlan::AppCall { .. }
+            | CallPlan::AppToSip { .. } => Direction::BusinessInitiated,
             CallPlan::SipToSip { .. } => Direction::SipTransit,
             CallPlan::Signalled(direction) => *direction,
         }
@@ -151,7 +164,18 @@ impl CallPlan {
     pub fn called(&self) -> LegRole {
         match self {
             CallPlan::Echo { .. } | CallPlan::Ivr { .. } => LegRole::WhatsApp,
+            CallPlan::AppToSip { .. } => LegRole::Business,
             _ => LegRole::called(self.direction()),
+        }
+    }
+
+    /// The side of the call a `dial` of its control reaches: the business side when the
+    /// control talks to a customer, the customer's when it talks to the business's party
+    /// (a call placed to SIP first dials WhatsApp users).
+    pub fn dialled(&self) -> LegRole {
+        match self {
+            CallPlan::AppToSip { .. } => LegRole::WhatsApp,
+            _ => LegRole::Business,
         }
     }
 

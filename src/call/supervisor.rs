@@ -254,6 +254,8 @@ pub struct Call {
     dialled: Vec<Dialled>,
     /// The leg whose answer answers the call.
     called: LegRole,
+    /// The side the call's control dials (`CallPlan::dialled`).
+    dial_role: LegRole,
     /// The supervisor couples the legs (a signalled call); otherwise a bridge does, or
     /// there is one leg.
     coupled: bool,
@@ -312,6 +314,7 @@ impl Actor for CallSupervisor {
             dial_answered: false,
             dialled: Vec::new(),
             called: args.plan.called(),
+            dial_role: args.plan.dialled(),
             coupled: matches!(args.plan, CallPlan::Signalled(_)),
             permit,
             trunk: None,
@@ -437,7 +440,7 @@ impl Call {
                 let wa = self
                     .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Caller)
                     .await?;
-                self.spawn_control(myself, *ivr, wa).await
+                self.spawn_control(myself, *ivr, Some(wa)).await
             }
             CallPlan::Echo { whatsapp } => self
                 .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Echo)
@@ -466,7 +469,16 @@ impl Call {
                 let wa = self
                     .spawn_whatsapp(myself, WhatsAppStart::Outbound(whatsapp), Face::Caller)
                     .await?;
-                self.spawn_control(myself, *ivr, wa).await
+                self.spawn_control(myself, *ivr, Some(wa)).await
+            }
+            CallPlan::AppToSip { sip, ivr } => {
+                let parties = Parties {
+                    a: HangupParty::Switch,
+                    b: HangupParty::Business,
+                    refusal: HangupParty::Business,
+                };
+                self.spawn_bridge(myself, sip, None, parties).await?;
+                self.spawn_control(myself, *ivr, None).await
             }
             CallPlan::SipToSip { sip } => {
                 let parties = Parties {
@@ -516,7 +528,7 @@ impl Call {
             media: media_ref(&self.media)?,
             call_id: self.id.to_string(),
             span: self.span.clone(),
-            dialled: false,
+            dialled: None,
         };
         let (leg, _) = Actor::spawn_linked(None, WhatsAppLegActor, args, myself.get_cell()).await?;
         self.children.push((
@@ -528,20 +540,28 @@ impl Call {
         Ok(leg)
     }
 
-    /// Spawns a second WhatsApp leg calling a user the call's control dialled (the
-    /// business side of the call; its media the pair's side B).
+    /// Spawns a WhatsApp leg calling a user the call's control dialled: the call's side
+    /// its dials reach (the business side of a customer's call, the customer's of a call
+    /// placed to SIP), its media standing in for the pair's side B.
     async fn spawn_dialled_whatsapp(
         &mut self,
         myself: &ActorRef<CallMsg>,
         whatsapp: crate::call::plan::WhatsAppOutbound,
     ) -> Result<(), ActorProcessingErr> {
-        if self.business.is_some() {
+        let role = self.dial_role;
+        if self.leg(role).is_some() {
             return Err(ActorProcessingErr::from(
-                "the call already has its business side",
+                "the call already has the side its dials reach",
             ));
         }
         self.dial_answered = false;
-        self.trunk = Some(format!("whatsapp:{}", whatsapp.customer));
+        match role {
+            LegRole::Business => self.trunk = Some(format!("whatsapp:{}", whatsapp.customer)),
+            LegRole::WhatsApp => {
+                // The customer of a call placed to SIP is the user it reached.
+                self.offer.customer_wa_id = Some(whatsapp.customer.clone());
+            }
+        }
         self.dialled.push(Dialled {
             permit: whatsapp.permit.clone(),
             wa_call_id: None,
@@ -555,15 +575,15 @@ impl Call {
             media: media_ref(&self.media)?,
             call_id: self.id.to_string(),
             span: self.span.clone(),
-            dialled: true,
+            dialled: Some(role),
         };
         let (leg, _) = Actor::spawn_linked(None, WhatsAppLegActor, args, myself.get_cell()).await?;
-        self.children.push((
-            leg.get_id(),
-            ChildRole::Leg(LegRole::Business),
-            leg.get_cell(),
-        ));
-        self.business = Some(leg);
+        self.children
+            .push((leg.get_id(), ChildRole::Leg(role), leg.get_cell()));
+        match role {
+            LegRole::Business => self.business = Some(leg),
+            LegRole::WhatsApp => self.whatsapp = Some(leg),
+        }
         Ok(())
     }
 
@@ -571,10 +591,14 @@ impl Call {
     /// its control (the script learns the dial was not answered). False when the call has
     /// no such leg, or it had answered.
     fn dialled_unanswered(&mut self, role: LegRole, cause: Option<&str>) -> bool {
-        if role != LegRole::Business || self.dial_answered || self.dialled.is_empty() {
+        if role != self.dial_role || self.dial_answered || self.dialled.is_empty() {
             return false;
         }
-        let Some(leg) = self.business.take() else {
+        let slot = match role {
+            LegRole::Business => &mut self.business,
+            LegRole::WhatsApp => &mut self.whatsapp,
+        };
+        let Some(leg) = slot.take() else {
             return false;
         };
         tracing::info!(
@@ -606,7 +630,7 @@ impl Call {
         &mut self,
         myself: &ActorRef<CallMsg>,
         setup: IvrSetup,
-        whatsapp: ActorRef<LegMsg>,
+        whatsapp: Option<ActorRef<LegMsg>>,
     ) -> Result<(), ActorProcessingErr> {
         let args = IvrArgs {
             setup,
@@ -686,7 +710,9 @@ impl Call {
             }
             CallMsg::Routed { trunk } => self.trunk = Some(trunk),
             CallMsg::BridgeEnded { by, cause } => {
-                if let (Some(control), false) = (&self.control, self.dial_answered) {
+                let dials_sip = self.dial_role == LegRole::Business;
+                if let (Some(control), false, true) = (&self.control, self.dial_answered, dials_sip)
+                {
                     // A dial of the call's control that nobody answered: the script goes
                     // on with the customer, and the bridge is done.
                     tracing::info!(%cause, "dial not answered; back to the IVR");
@@ -765,8 +791,18 @@ impl Call {
                 }
             }
             CallMsg::Dial(setup) => {
-                let Some(wa) = self.whatsapp.clone() else {
-                    return;
+                let wa = match (&self.whatsapp, self.dial_role) {
+                    (Some(wa), LegRole::Business) => wa.clone(),
+                    _ => {
+                        // A call placed to SIP dials WhatsApp users only.
+                        tracing::warn!("a SIP dial in a call without a WhatsApp caller");
+                        if let Some(control) = &self.control {
+                            let _ = control.send_message(IvrMsg::Call(
+                                crate::control::Event::DialEnded { answered: false },
+                            ));
+                        }
+                        return;
+                    }
                 };
                 if let Some(old) = self.bridge.take() {
                     let id = old.get_id();
@@ -796,11 +832,13 @@ impl Call {
                     .iter()
                     .position(|d| d.wa_call_id.as_deref() == Some(wa_call_id.as_str()));
                 let leg = match dialled {
-                    None => &self.whatsapp,
-                    Some(i) if i + 1 == self.dialled.len() => &self.business,
+                    None if self.dial_role == LegRole::Business => self.whatsapp.as_ref(),
+                    // A call placed to SIP has no WhatsApp leg but the ones it dialled.
+                    None => None,
+                    Some(i) if i + 1 == self.dialled.len() => self.leg(self.dial_role),
                     // A user dialled before, whose leg is gone: nothing of theirs reaches
                     // the customer's leg.
-                    Some(_) => &None,
+                    Some(_) => None,
                 };
                 if let Some(leg) = leg {
                     // A leg that is gone has ended the call already.
@@ -809,10 +847,14 @@ impl Call {
             }
             CallMsg::DialledWaCallId(wa_call_id) => {
                 let early = self.registry.add_dialled_wa_call_id(&self.id, &wa_call_id);
+                if self.dial_role == LegRole::WhatsApp {
+                    // The customer's call, in a call placed to SIP, is the user it reached.
+                    self.offer.wa_call_id = Some(wa_call_id.clone());
+                }
                 if let Some(d) = self.dialled.last_mut() {
                     d.wa_call_id = Some(wa_call_id);
                 }
-                if let Some(leg) = &self.business {
+                if let Some(leg) = self.leg(self.dial_role) {
                     for event in early {
                         let _ = leg.send_message(LegMsg::WhatsApp(event));
                     }
@@ -865,11 +907,13 @@ impl Call {
         cause: Option<String>,
     ) {
         if let Some(control) = &self.control {
-            match (role, state) {
-                (LegRole::WhatsApp, LegState::Answered) => {
+            match (role == self.dial_role, state) {
+                // The party the control talks to answered (the customer; the phone a
+                // call placed to SIP rang).
+                (false, LegState::Answered) => {
                     let _ = control.send_message(IvrMsg::Answered);
                 }
-                (LegRole::Business, LegState::Answered) if !self.dial_answered => {
+                (true, LegState::Answered) if !self.dial_answered => {
                     self.dial_answered = true;
                     if let Some(d) = self.dialled.last_mut() {
                         d.answered_at = Some(now_ms());
@@ -1061,6 +1105,13 @@ impl Call {
             super::pause_point("before_cdr_submitted").await;
             if self.trunk.is_some() {
                 entry.offer.trunk = self.trunk.clone();
+            }
+            // A call placed to SIP learns its customer when its control dials them.
+            if entry.offer.customer_wa_id.is_none() {
+                entry.offer.customer_wa_id = self.offer.customer_wa_id.clone();
+            }
+            if entry.offer.wa_call_id.is_none() {
+                entry.offer.wa_call_id = self.offer.wa_call_id.clone();
             }
             let mut cdr = close_out(
                 &self.node_id,

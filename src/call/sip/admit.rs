@@ -80,9 +80,6 @@ pub(crate) enum CallbackRefused {
     /// The verbs given do not check, or a prompt they play cannot be played.
     #[error("{0}")]
     BadVerbs(String),
-    /// A call of a shape the switch does not place.
-    #[error("{0}")]
-    NotSupported(String),
     /// The token may not have this app drive the call (not the business number's app).
     #[error(
         "app {0:?} is not this business number's app; only the operator's token may name another"
@@ -108,16 +105,59 @@ pub(crate) struct AppCallRequest {
     pub verbs: Option<serde_json::Value>,
 }
 
-/// Who a placed call reaches first.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum CallTarget {
+/// A placed call's first party, ready: the customer (their permission not yet reserved),
+/// or the bridge to a SIP party with the party as the app's events name it.
+enum Placed {
+    Customer(Customer),
+    Sip(Box<BridgeSetup>, serde_json::Value),
+}
+
+/// Who a placed call reaches first: exactly one of `whatsapp`, `sip` (with the trunk
+/// it goes out on) and `agent`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CallTarget {
     /// A customer on WhatsApp, by wa_id.
-    Whatsapp(String),
-    /// A SIP URI.
-    Sip(String),
-    /// A registered agent.
-    Agent(String),
+    #[serde(default)]
+    pub whatsapp: Option<String>,
+    /// A SIP URI (`sip:user@host[:port]`), reached through a configured trunk.
+    #[serde(default)]
+    pub sip: Option<String>,
+    /// The trunk `sip` goes out on (default: the one trunk whose URI names its host and
+    /// port).
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// A registered agent, by SIP user.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// A placed call's first party, as [`CallTarget`] names it once checked.
+enum FirstParty<'a> {
+    WhatsApp(&'a str),
+    Sip {
+        uri: &'a str,
+        trunk: Option<&'a str>,
+    },
+    Agent(&'a str),
+}
+
+impl CallTarget {
+    fn first(&self) -> Result<FirstParty<'_>, CallbackRefused> {
+        let bad = |why: &str| Err(CallbackRefused::BadDestination(why.into()));
+        if self.trunk.is_some() && self.sip.is_none() {
+            return bad("to.trunk goes with to.sip");
+        }
+        match (&self.whatsapp, &self.sip, &self.agent) {
+            (Some(w), None, None) => Ok(FirstParty::WhatsApp(w)),
+            (None, Some(uri), None) => Ok(FirstParty::Sip {
+                uri,
+                trunk: self.trunk.as_deref(),
+            }),
+            (None, None, Some(user)) => Ok(FirstParty::Agent(user)),
+            _ => bad("to: give exactly one of whatsapp, sip and agent"),
+        }
+    }
 }
 
 /// A customer the switch may call for a business number: the number, the customer in
@@ -176,18 +216,31 @@ impl SipIngress {
         Ok(Customer { bic, number, wa_id })
     }
 
+    /// A business number of this switch, as business-initiated calls need it.
+    fn business_number(
+        &self,
+        number: &str,
+    ) -> Result<crate::config::BusinessNumber, CallbackRefused> {
+        let bic = self.inner.bic.get().ok_or(CallbackRefused::NotEnabled)?;
+        bic.number(number)
+            .cloned()
+            .ok_or_else(|| CallbackRefused::UnknownNumber(number.to_string()))
+    }
+
     /// Starts a call the switch places; a call not admitted gives its permission back.
     async fn start_placed(
         &self,
         id: crate::call::CallId,
         offer: CallOffer,
         plan: CallPlan,
-        permit: &crate::call::whatsapp::permit::Permit,
+        permit: Option<&crate::call::whatsapp::permit::Permit>,
     ) -> Result<crate::call::CallId, CallbackRefused> {
         match self.inner.calls.start_as(id, offer, plan).await {
             Ok(id) => Ok(id),
             Err(e) => {
-                permit.release("not admitted");
+                if let Some(permit) = permit {
+                    permit.release("not admitted");
+                }
                 Err(CallbackRefused::Refused(e))
             }
         }
@@ -276,29 +329,44 @@ impl SipIngress {
             whatsapp,
             sip: setup,
         };
-        self.start_placed(id, offer, plan, &permit).await
+        self.start_placed(id, offer, plan, Some(&permit)).await
     }
 
-    /// Calls the customer on WhatsApp for `req.from` (policy and permission checked, and
-    /// the permission reserved, first, exactly as for a PBX's call); once they answer, the
-    /// app's verbs run (the given ones, or the app's answer to `call.initiated`). Verbs are
-    /// checked and their prompts fetched before anything is reserved or dialled.
+    /// Places a call an HTTP app drives. To a customer on WhatsApp (`to.whatsapp`): the
+    /// policy and their permission are checked, and the permission reserved, first,
+    /// exactly as for a PBX's call. To a SIP party (`to.sip` through a trunk, or
+    /// `to.agent`'s registered phone): the switch calls them, and its script's dials reach
+    /// WhatsApp users, each with their own permission. Either way the verbs run once the
+    /// first party answers (the given ones, or the app's answer to `call.initiated`);
+    /// they are checked and their prompts fetched before anything is reserved or dialled.
     pub(crate) async fn place_app_call(
         &self,
         req: &AppCallRequest,
         services: &crate::call::ivr::ControlServices,
         any_app: bool,
     ) -> Result<crate::call::CallId, CallbackRefused> {
-        let wa_id = match &req.to {
-            CallTarget::Whatsapp(w) => w,
-            CallTarget::Sip(to) | CallTarget::Agent(to) => {
-                return Err(CallbackRefused::NotSupported(format!(
-                    "a call an app drives starts with its WhatsApp leg: place it to {{\"whatsapp\": wa_id}} and dial {to:?} from its verbs"
-                )))
+        let (number, first) = match req.to.first()? {
+            FirstParty::WhatsApp(wa_id) => {
+                let party = self.customer(&req.from, wa_id)?;
+                (party.number.clone(), Placed::Customer(party))
+            }
+            FirstParty::Sip { uri, trunk } => {
+                let number = self.business_number(&req.from)?;
+                let sip = self.placed_to_uri(uri, trunk, &number.display_number)?;
+                (
+                    number,
+                    Placed::Sip(Box::new(sip), serde_json::json!({ "sip": uri })),
+                )
+            }
+            FirstParty::Agent(user) => {
+                let number = self.business_number(&req.from)?;
+                let sip = self.placed_to_agent(user, &number.display_number)?;
+                (
+                    number,
+                    Placed::Sip(Box::new(sip), serde_json::json!({ "agent": user })),
+                )
             }
         };
-        let party = self.customer(&req.from, wa_id)?;
-        let (number, customer) = (&party.number, party.wa_id.clone());
         let name = req
             .app
             .clone()
@@ -334,18 +402,21 @@ impl SipIngress {
             ),
         };
         let id = crate::call::CallId::new();
-        let permit = party.reserve(id.as_str()).await?;
+        let wa_id = match &first {
+            Placed::Customer(party) => Some(party.wa_id.clone()),
+            Placed::Sip(..) => None,
+        };
         let caller = WhatsAppCaller {
             wa_call_id: String::new(),
-            wa_id: customer.clone(),
+            wa_id: wa_id.clone().unwrap_or_default(),
             name: None,
             business_number: number.display_number.clone(),
         };
-        let ivr = crate::call::ivr::IvrSetup {
+        let mut ivr = crate::call::ivr::IvrSetup {
             ivr: app.ivr(script),
             facts: crate::control::Facts {
                 open: Default::default(),
-                country: crate::number::country(&customer),
+                country: wa_id.as_deref().and_then(crate::number::country),
                 language: "en".into(),
             },
             services: services.clone(),
@@ -355,16 +426,143 @@ impl SipIngress {
             direction: Direction::BusinessInitiated,
             app: Some(app),
             prompts,
+            placed_to: None,
         };
-        let whatsapp = party.outbound(permit.clone(), self.inner.bridge.ring_timeout);
         let mut offer = CallOffer::new(Direction::BusinessInitiated);
         offer.business_number = Some(number.display_number.clone());
-        offer.customer_wa_id = Some(customer);
-        let plan = CallPlan::AppCall {
-            whatsapp,
-            ivr: Box::new(ivr),
+        offer.customer_wa_id = wa_id;
+        match first {
+            Placed::Customer(party) => {
+                let permit = party.reserve(id.as_str()).await?;
+                let whatsapp = party.outbound(permit.clone(), self.inner.bridge.ring_timeout);
+                let plan = CallPlan::AppCall {
+                    whatsapp,
+                    ivr: Box::new(ivr),
+                };
+                self.start_placed(id, offer, plan, Some(&permit)).await
+            }
+            Placed::Sip(sip, placed_to) => {
+                offer.trunk = sip.first_trunk();
+                ivr.placed_to = Some(placed_to);
+                let plan = CallPlan::AppToSip {
+                    sip: *sip,
+                    ivr: Box::new(ivr),
+                };
+                self.start_placed(id, offer, plan, None).await
+            }
+        }
+    }
+
+    /// The business number as the caller of a call the switch places to a SIP party.
+    fn business_caller(business_number: &str) -> WhatsAppCaller {
+        WhatsAppCaller {
+            wa_call_id: String::new(),
+            wa_id: business_number.to_string(),
+            name: None,
+            business_number: business_number.to_string(),
+        }
+    }
+
+    /// The bridge of a call placed to SIP URI `uri` through `trunk` (default: the one
+    /// trunk whose URI has the same host and port), the switch its caller. Never toward
+    /// the phone network: a `tel:` URI or a PSTN trunk is refused (and counted).
+    fn placed_to_uri(
+        &self,
+        uri: &str,
+        trunk: Option<&str>,
+        business_number: &str,
+    ) -> Result<BridgeSetup, CallbackRefused> {
+        let inner = &self.inner;
+        let pstn = || {
+            metrics::counter!(crate::telemetry::CALLS_BLOCKED_TOTAL, "reason" => "pstn")
+                .increment(1);
+            CallbackRefused::Blocked(Blocked::Pstn)
         };
-        self.start_placed(id, offer, plan, &permit).await
+        if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case("tel:") {
+            return Err(pstn());
+        }
+        let parsed = crate::sip::uri::SipUri::parse(uri).map_err(|e| {
+            CallbackRefused::BadDestination(format!("to.sip: {e} (write sip:user@host[:port])"))
+        })?;
+        let trunks = inner.router.trunks();
+        let index = match trunk {
+            Some(name) => trunks.iter().position(|t| t.name == name).ok_or_else(|| {
+                CallbackRefused::BadDestination(format!(
+                    "to.trunk: no trunk {name:?}; the trunks are: {}",
+                    trunk_names(trunks)
+                ))
+            })?,
+            None => {
+                let port = parsed.port.unwrap_or(5060);
+                let matching: Vec<usize> = (0..trunks.len())
+                    .filter(|&t| {
+                        trunks[t].uri.host == parsed.host
+                            && trunks[t].uri.port.unwrap_or(5060) == port
+                    })
+                    .collect();
+                match matching.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(CallbackRefused::BadDestination(format!(
+                            "to.sip: no trunk reaches {}:{port}; name one with to.trunk (the trunks are: {})",
+                            parsed.host,
+                            trunk_names(trunks)
+                        )))
+                    }
+                    _ => {
+                        return Err(CallbackRefused::BadDestination(format!(
+                            "to.sip: several trunks reach {}:{port}; name one with to.trunk",
+                            parsed.host
+                        )))
+                    }
+                }
+            }
+        };
+        if trunks[index].pstn {
+            return Err(pstn());
+        }
+        let handles = inner.handles.get().ok_or(CallbackRefused::NoTrunk)?;
+        if !inner.trunk_usable(index, handles) {
+            return Err(CallbackRefused::NoTrunk);
+        }
+        let caller = Self::business_caller(business_number);
+        self.bridge_from_whatsapp(handles, &[index], &caller, parsed.user.as_deref())
+            .map(BridgeSetup::placed)
+            .map_err(|_| CallbackRefused::NoTrunk)
+    }
+
+    /// The bridge of a call placed to agent `user`'s registered phone, the switch its
+    /// caller. A browser phone is not called this way: the agent's page places its own
+    /// calls.
+    fn placed_to_agent(
+        &self,
+        user: &str,
+        business_number: &str,
+    ) -> Result<BridgeSetup, CallbackRefused> {
+        match self.agent_on_websocket(user) {
+            None => {
+                return Err(CallbackRefused::BadDestination(format!(
+                    "to.agent: agent {user:?} has no registered phone"
+                )))
+            }
+            Some(true) => {
+                return Err(CallbackRefused::BadDestination(format!(
+                    "to.agent: agent {user:?} is on a browser phone; a call placed to an agent reaches SIP phones (the agent's page places its own calls)"
+                )))
+            }
+            Some(false) => {}
+        }
+        let users = [user.to_string()];
+        let call = super::ingress::AgentCall {
+            users: &users,
+            queue: "",
+            ivr_path: "",
+            webrtc: None,
+            ring_timeout: self.inner.bridge.ring_timeout,
+        };
+        self.agent_bridge(call, &Self::business_caller(business_number))
+            .map(BridgeSetup::placed)
+            .map_err(|(_, why)| CallbackRefused::BadDestination(format!("to.agent: {why}")))
     }
 
     /// A WhatsApp user a call's control dials from `business_number`: the policy and their
@@ -507,6 +705,7 @@ impl SipIngress {
             let setup = BridgeSetup {
                 bridge,
                 a: Some(origin.clone()),
+                placed: false,
                 b: vec![None],
                 trunk_index: Vec::new(),
                 a_call_id: a_call_id.clone(),
@@ -572,3 +771,12 @@ pub(crate) fn refusal(invite: &SipMessage, blocked: Blocked, tag: &str) -> SipMe
 
 #[cfg(test)]
 mod tests;
+
+/// The configured trunks' names, for an error that asks for one.
+fn trunk_names(trunks: &[crate::config::SipTrunk]) -> String {
+    trunks
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

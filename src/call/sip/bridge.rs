@@ -35,8 +35,11 @@ use crate::store::HangupParty;
 /// SIP legs, and its place in the ingress's routing.
 pub struct BridgeSetup {
     pub(super) bridge: Bridge,
-    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg.
+    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg, or the switch itself.
     pub(super) a: Option<SipHandle>,
+    /// Leg A is the switch itself: a call it places to a SIP party (nobody calls; the
+    /// bridge's answers to leg A are taken here).
+    pub(super) placed: bool,
     /// The listener reaching each target of leg B; `None`: the call's WhatsApp leg.
     pub(super) b: Vec<Option<SipHandle>>,
     /// Configured trunk index of each target.
@@ -58,6 +61,13 @@ impl BridgeSetup {
     /// The trunk the call is offered first.
     pub fn first_trunk(&self) -> Option<String> {
         self.bridge.targets().first().map(|t| t.trunk.clone())
+    }
+
+    /// The same bridge with the switch itself as leg A: a call it places to a SIP party,
+    /// whose media is the pair's side A (where call control plays and listens).
+    pub(super) fn placed(mut self) -> Self {
+        self.placed = true;
+        self
     }
 }
 
@@ -116,14 +126,18 @@ pub enum BridgeMsg {
 /// State of a running bridge actor.
 pub(crate) struct BridgeState {
     bridge: Bridge,
-    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg.
+    /// Leg A's listener; `None`: leg A is the call's WhatsApp leg, or the switch itself.
     a: Option<SipHandle>,
+    /// Leg A is the switch itself (a call it places to a SIP party).
+    placed: bool,
     b: Vec<Option<SipHandle>>,
     /// The call's WhatsApp leg, and which leg of the bridge it is.
     whatsapp: Option<(Leg, ActorRef<LegMsg>)>,
     parties: Parties,
     /// Began calling out.
     begun: bool,
+    /// Numbers the switch's answers as leg A of a call it places.
+    local_seq: u64,
     /// The WhatsApp side hears ringback (the trunk rings without early media).
     ringback: bool,
     /// The trunk sent SDP: its early media or its answer's audio reaches the WhatsApp side.
@@ -166,10 +180,12 @@ impl Actor for BridgeActor {
         let mut state = BridgeState {
             bridge: setup.bridge,
             a: setup.a,
+            placed: setup.placed,
             b: setup.b,
             whatsapp: args.whatsapp,
             parties: args.parties,
             begun: false,
+            local_seq: 0,
             ringback: false,
             b_media: false,
             hangup_reply: None,
@@ -329,9 +345,12 @@ impl BridgeState {
             None => None,
         };
         // The pair's side A is the WhatsApp leg's: when that is the bridge's leg B, the
-        // bridge's leg A (the PBX) is offered the pair's side B.
+        // bridge's leg A (the PBX) is offered the pair's side B. A call the switch places
+        // has its called party on side A, where call control plays and listens (a WhatsApp
+        // user it dials stands in for side B).
         let anchor = match self.whatsapp_leg() {
             Some(Leg::B) => anchor.map(|a| a.swapped()),
+            None if self.placed => anchor.map(|a| a.swapped()),
             _ => anchor,
         };
         // A browser phone calling (an agent's page): a WebRTC leg of ours answers its
@@ -379,6 +398,17 @@ impl BridgeState {
                     Some(handle) => {
                         handle.send(command).await;
                     }
+                    None if self.placed => {
+                        // The switch is the caller: it acknowledges the answer and
+                        // takes the called side's requests.
+                        self.local_seq += 1;
+                        let offer = self.bridge.a_offer().clone();
+                        if let Some(event) =
+                            crate::call::leg::answer_as_caller(&command, &offer, self.local_seq)
+                        {
+                            self.bridge.handle_event(Instant::now(), event);
+                        }
+                    }
                     None => self.tell_whatsapp(FromBridge::Sip(command)),
                 },
                 Action::B(index, command) => match self.b.get(index) {
@@ -401,8 +431,9 @@ impl BridgeState {
                 Action::Media(leg, audio) => self.leg_media(leg, audio),
                 Action::WebRtcSdp { sdp, first } => self.webrtc_sdp(&sdp, first),
                 Action::MediaPlan(plan) => {
-                    // With a WhatsApp leg the pair's codecs are the WhatsApp side's business.
-                    if let (Some(media), None) = (&self.media, whatsapp) {
+                    // With a WhatsApp leg the pair's codecs are the WhatsApp side's business;
+                    // a placed call's are its called party's.
+                    if let (Some(media), None, false) = (&self.media, whatsapp, self.placed) {
                         let _ = media.send_message(MediaMsg::Plan(plan.summary()));
                     }
                 }
@@ -426,8 +457,17 @@ impl BridgeState {
         // one codec by offer/answer: nothing to transcode. A WhatsApp leg A speaks Opus
         // whatever leg B answers: leg B's codec is named, and the media plane transcodes
         // when the two differ.
-        let transcoded = leg == Leg::B && self.whatsapp_leg() == Some(Leg::A);
+        let transcoded = leg == Leg::B && (self.whatsapp_leg() == Some(Leg::A) || self.placed);
         let remote = Remote::from_sdp(&audio, transcoded);
+        if self.placed {
+            // The called party is side A; leg A (the switch) has no media of its own. Its
+            // codec is named: a WhatsApp user dialled later speaks Opus.
+            if let (Leg::B, Some(media)) = (leg, &self.media) {
+                let _ = media.send_message(MediaMsg::Remote(Side::A, remote));
+                let _ = media.send_message(MediaMsg::Plan(crate::call::media::codec_path(&remote)));
+            }
+            return;
+        }
         match (self.whatsapp_leg(), leg) {
             (Some(w), l) if w == l => {}
             (Some(Leg::A), Leg::B) => {

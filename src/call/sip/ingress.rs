@@ -552,6 +552,7 @@ impl SipIngress {
         Ok(BridgeSetup {
             bridge,
             a: None,
+            placed: false,
             b: b_handles,
             trunk_index: indexes,
             a_call_id,
@@ -709,6 +710,7 @@ impl SipIngress {
         let setup = BridgeSetup {
             bridge,
             a: Some(origin.clone()),
+            placed: false,
             b: b_handles,
             trunk_index: indexes,
             a_call_id: a_call_id.clone(),

@@ -67,10 +67,11 @@ pub(crate) struct WhatsAppLegArgs {
     pub call_id: String,
     /// The call's span.
     pub span: tracing::Span,
-    /// The call's second WhatsApp leg: a user its control dialled. Its media is the
-    /// pair's side B (a WebRTC leg standing in for the plain side), and it reports as the
-    /// call's business side.
-    pub dialled: bool,
+    /// A user the call's control dialled, reporting as this side of the call (the
+    /// business side of a customer's call, the customer's of a call placed to SIP). Its
+    /// media is the pair's side B (a WebRTC leg standing in for the plain side). `None`:
+    /// the call's own customer.
+    pub dialled: Option<LegRole>,
 }
 
 /// State of a running WhatsApp leg.
@@ -89,8 +90,8 @@ pub(crate) struct WhatsAppLegState {
     tasks: JoinSet<WaEvent>,
     timer: Wakeup<LegMsg>,
     span: tracing::Span,
-    /// A user the call's control dialled (side B, the business side).
-    dialled: bool,
+    /// A user the call's control dialled (side B), and the side of the call it reports as.
+    dialled: Option<LegRole>,
 }
 
 impl Actor for WhatsAppLegActor {
@@ -251,8 +252,8 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
             (way, w.outbox, w.phone_number_id, None, span)
         }
         WhatsAppStart::Outbound(w) => {
-            let span = tracing::debug_span!(parent: &args.span, "leg", role = if args.dialled { "wa_leg_dialled" } else { "wa_leg" });
-            let offered = if args.dialled {
+            let span = tracing::debug_span!(parent: &args.span, "leg", role = if args.dialled.is_some() { "wa_leg_dialled" } else { "wa_leg" });
+            let offered = if args.dialled.is_some() {
                 // A WebRTC leg standing in for the pair's side B.
                 args.media
                     .call(MediaMsg::OfferAgent, Some(ANCHOR_TIMEOUT))
@@ -336,13 +337,9 @@ impl Drop for WhatsAppLegState {
 
 impl WhatsAppLegState {
     /// The side of the call the leg is: the customer's, or (a user the call dialled) the
-    /// business side.
+    /// side its dials reach.
     fn role(&self) -> LegRole {
-        if self.dialled {
-            LegRole::Business
-        } else {
-            LegRole::WhatsApp
-        }
+        self.dialled.unwrap_or(LegRole::WhatsApp)
     }
 
     /// A task's outcome, for the leg.
@@ -394,7 +391,7 @@ impl WhatsAppLegState {
                 }
                 WaOut::Bridge(event) => self.tell_bridge(BridgeMsg::Sip(event)),
                 WaOut::Begin => self.tell_bridge(BridgeMsg::Begin),
-                WaOut::WebRtcAnswer(sdp) if self.dialled => {
+                WaOut::WebRtcAnswer(sdp) if self.dialled.is_some() => {
                     let _ = self.media.send_message(MediaMsg::AgentAnswer(sdp));
                 }
                 WaOut::WebRtcAnswer(sdp) => {
@@ -405,7 +402,7 @@ impl WhatsAppLegState {
                     let _ = self.media.send_message(MediaMsg::Remote(Side::B, remote));
                     let _ = self.media.send_message(MediaMsg::Plan(path));
                 }
-                WaOut::WaCallId(id) if self.dialled => {
+                WaOut::WaCallId(id) if self.dialled.is_some() => {
                     let _ = self.call.send_message(CallMsg::DialledWaCallId(id));
                 }
                 WaOut::WaCallId(id) => {

@@ -273,6 +273,7 @@ impl WhatsAppCalls {
             direction: Direction::UserInitiated,
             app: None,
             prompts: Default::default(),
+            placed_to: None,
         })
     }
 

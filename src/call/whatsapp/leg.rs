@@ -532,37 +532,25 @@ impl WhatsAppLeg {
     /// answer acknowledged at once), and the business's requests, answered 200 (an offer
     /// with leg A's SDP: the WhatsApp side's media never changes).
     fn caller_command(&mut self, command: SipCommand) -> Vec<WaOut> {
-        let request = match command {
-            SipCommand::Respond { response, .. } => {
-                let invite = response
-                    .header(&HeaderName::CSeq)
-                    .is_some_and(|h| h.value.ends_with(b"INVITE"));
-                let code = response.status().unwrap_or(0);
-                if !invite {
-                    return Vec::new();
-                }
-                let mut out = Vec::new();
-                if (101..200).contains(&code) {
-                    out.extend(self.pre_accept());
-                }
-                if (200..300).contains(&code) {
-                    out.push(WaOut::Bridge(ack_for(&response)));
-                    if self.inbound() {
-                        out.extend(self.accept());
-                    }
-                }
-                return out;
+        let mut out = Vec::new();
+        if let SipCommand::Respond { response, .. } = &command {
+            let invite = response
+                .header(&HeaderName::CSeq)
+                .is_some_and(|h| h.value.ends_with(b"INVITE"));
+            let code = response.status().unwrap_or(0);
+            if invite && (101..200).contains(&code) {
+                out.extend(self.pre_accept());
             }
-            SipCommand::Request { request, .. } => request,
-            _ => return Vec::new(),
-        };
-        let method = request.method().cloned();
-        let mut response = MessageBuilder::response_to(&request, 200, "OK", None);
-        if matches!(method, Some(Method::Invite | Method::Update)) && !request.body.is_empty() {
-            response = response.body("application/sdp", self.caller_offer.clone());
         }
-        let id = RequestId::detached(self.next_seq());
-        vec![WaOut::Bridge(CoreEvent::Response(id, response.build()))]
+        let seq = self.next_seq();
+        let answered = matches!(&command, SipCommand::Respond { response, .. } if response.status().is_some_and(|c| (200..300).contains(&c)));
+        if let Some(event) = crate::call::leg::answer_as_caller(&command, &self.caller_offer, seq) {
+            out.push(WaOut::Bridge(event));
+            if answered && self.inbound() {
+                out.extend(self.accept());
+            }
+        }
+        out
     }
 
     fn respond(
@@ -870,33 +858,6 @@ impl WhatsAppLeg {
         sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
         self.callee.codec = Some((codec, format.pt, format.clock));
         Some(Bytes::from(sdp))
-    }
-}
-
-/// The ACK for a 2xx the bridge sent its caller (the WhatsApp side takes the answer at
-/// once; Meta's accept is the leg's business).
-fn ack_for(response: &SipMessage) -> CoreEvent {
-    let call_id = response
-        .header(&HeaderName::CallId)
-        .map(|h| h.value.clone())
-        .unwrap_or_default();
-    let seq = response
-        .header(&HeaderName::CSeq)
-        .and_then(|h| {
-            std::str::from_utf8(&h.value)
-                .ok()?
-                .split(' ')
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "1".into());
-    let ack = MessageBuilder::request(Method::Ack, "sip:waswitch@whatsapp.invalid")
-        .header(HeaderName::CallId, call_id)
-        .header(HeaderName::CSeq, format!("{seq} ACK"))
-        .build();
-    CoreEvent::Ack {
-        request: ack,
-        from: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
     }
 }
 
