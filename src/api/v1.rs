@@ -3,12 +3,13 @@
 //! not served.
 //!
 //! - `GET /v1/calls`: the live calls; `GET /v1/calls/{id}`: one.
-//! - `POST /v1/calls` `{"from", "to": {"whatsapp": wa_id}, "app"?, "verbs"?}`: a call an
-//!   HTTP app drives: the customer is called on WhatsApp (their permission checked and
-//!   reserved exactly as for a PBX's call) and, once they answer, the given verbs run, or
-//!   the app's answer to `call.initiated` (`app` defaults to the business number's).
-//!   Verbs are checked and their prompts fetched first: a mistake is 400 and nothing is
-//!   dialled.
+//! - `POST /v1/calls` `{"from", "to": {"whatsapp": wa_id} | {"sip": uri, "trunk"?} |
+//!   {"agent": user}, "app"?, "verbs"?}`: a call an HTTP app drives: the customer is called
+//!   on WhatsApp (their permission checked and reserved exactly as for a PBX's call), or a
+//!   phone (through a trunk, or an agent's registered SIP phone) whose verbs dial WhatsApp
+//!   users; once the first party answers, the given verbs run, or the app's answer to
+//!   `call.initiated` (`app` defaults to the business number's). Verbs are checked and
+//!   their prompts fetched first: a mistake is 400 and nothing is dialled.
 //! - `POST /v1/calls` `{"business_number", "wa_id", "trunk" | "route", "user"?}`: a
 //!   callback: the customer is called on WhatsApp (their permission checked and reserved
 //!   first) and, when they answer, bridged to `user` (an agent extension, a queue) at the

@@ -645,6 +645,14 @@ impl Ivr {
                 Recording::Idle | Recording::Stopping => {}
             },
             Command::Dial(destination) => return self.dial(destination),
+            Command::Message(_) | Command::RequestCallback { .. }
+                if self.setup.caller.wa_id.is_empty() =>
+            {
+                // A call placed to a phone has no customer until it dials one.
+                let why = "a message or callback request needs a WhatsApp user: dial one first";
+                tracing::warn!(why, "verb skipped");
+                self.app_error.get_or_insert_with(|| why.to_string());
+            }
             Command::Message(message) => self.message(message),
             Command::RequestCallback { purpose } => self.request_callback(purpose),
             Command::Fetch { from, seq } => return self.fetch(from, seq),
