@@ -195,6 +195,8 @@ pub struct Node {
     trunk_health: TrunkHealth,
     permissions: crate::permission::service::Permissions,
     sweeper: JoinHandle<()>,
+    /// Catches up on other nodes' permission records (a cluster on PostgreSQL).
+    cluster_listener: Option<JoinHandle<()>>,
     /// SIP admissions in progress (each answers its INVITE).
     admissions: crate::tasks::Background,
     /// Sends the actions Meta must get (WhatsApp calling configured).
@@ -233,9 +235,12 @@ impl Node {
         let permissions = crate::permission::service::Permissions::load(
             store.clone(),
             crate::permission::rules(&config.permissions),
+            &config.node_id,
         )
         .await?;
         let sweeper = permissions.spawn_sweeper(PERMISSION_SWEEP);
+        // In a cluster, what other nodes record reaches this node's permission states.
+        let cluster_listener = permissions.spawn_cluster_listener();
         let registry = CallRegistry::new();
         let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
         let webhook =
@@ -658,6 +663,7 @@ impl Node {
             trunk_health,
             permissions,
             sweeper,
+            cluster_listener,
             admissions,
             outbox: outbox_worker,
             background,
@@ -746,6 +752,9 @@ impl Node {
         }
 
         self.sweeper.abort();
+        if let Some(listener) = &self.cluster_listener {
+            listener.abort();
+        }
         // INVITEs being admitted as the drain began get their answer (a 503) before the
         // listeners stop.
         let _ = self.admissions.settle(HANGUP_TIMEOUT).await;

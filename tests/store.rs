@@ -4,22 +4,16 @@
 //! `postgres://postgres@127.0.0.1:5432/test`; `.ci/run` starts one when none is running).
 //! Each test works in a schema of its own, dropped at the end.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::Connection;
+mod common;
+
+use common::pg::PgSchema;
 use waswitch::config::{StoreConfig, StoreUrl};
 use waswitch::store::{
     CallOutcome, Cdr, CdrFilter, CdrRepository, Direction, HangupParty, MediaQuality, Store,
     StoreError,
 };
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pg_url() -> String {
-    std::env::var("WASWITCH_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string())
-}
 
 fn sqlite_config(path: &std::path::Path) -> StoreConfig {
     StoreConfig {
@@ -27,46 +21,6 @@ fn sqlite_config(path: &std::path::Path) -> StoreConfig {
         max_connections: 4,
         cdr_batch_size: 100,
         cdr_flush_interval: Duration::from_millis(50),
-    }
-}
-
-/// A PostgreSQL schema that exists for one test.
-struct PgSchema {
-    name: String,
-    admin: sqlx::PgConnection,
-}
-
-impl PgSchema {
-    async fn create() -> Self {
-        let url = pg_url();
-        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {url} is required for the repository tests ({e}); \
-                 run .ci/run or set WASWITCH_TEST_PG_URL"
-            )
-        });
-        let name = format!("waswitch_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create schema");
-        Self { name, admin }
-    }
-
-    async fn open(&self) -> Store {
-        let options = PgConnectOptions::from_str(&pg_url())
-            .expect("PostgreSQL URL")
-            .options([("search_path", self.name.as_str())]);
-        Store::open_postgres(options, 4)
-            .await
-            .expect("open PostgreSQL store")
-    }
-
-    async fn drop(mut self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&mut self.admin)
-            .await
-            .expect("drop schema");
     }
 }
 
@@ -653,7 +607,7 @@ async fn records_of_one_customer_in_older_spellings_are_found_and_replayed_as_on
         store.verify_audit().await.expect("verify"),
         Verified::Intact(6)
     );
-    let permissions = Permissions::load(store.clone(), Rules::strict())
+    let permissions = Permissions::load(store.clone(), Rules::strict(), "node-a")
         .await
         .expect("load");
     let view = permissions

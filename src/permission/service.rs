@@ -6,6 +6,16 @@
 //! trail, and a restart rebuilds the same states by applying the trail again
 //! ([`Permissions::load`]). A call attempt checks and reserves under that lock, so two
 //! simultaneous attempts on a one-call permission cannot both pass.
+//!
+//! On PostgreSQL the nodes of a cluster share the trail, and a node's pair states are a
+//! cache of it. The pair's lock is then also a PostgreSQL transaction holding an advisory
+//! lock keyed by the pair ([`PairLock`]): under it the node first applies what other nodes
+//! wrote for the pair since it last looked, then decides, appends and commits in that one
+//! transaction. Whatever the number of nodes, a grant's budget, the daily call limit and the
+//! request limits hold, and a redelivered reply is applied once. Each commit is announced
+//! (`LISTEN/NOTIFY`); every node catches up on the pairs it names, so a do-not-call entry,
+//! a revocation, a withdrawal or an expiry recorded on one node cancels the calls that
+//! wait on it on every node ([`Permissions::spawn_cluster_listener`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -18,10 +28,14 @@ use crate::clock::now_ms;
 use crate::permission::state::{
     AttemptOutcome, Blocked, Event, PairState, Remaining, RequestRefused, Rules, Stage, Status,
 };
-use crate::store::audit::{AuditFilter, AuditRepository};
+use crate::store::audit::{AuditFilter, AuditRepository, PairLock};
 use crate::store::{Store, StoreError};
 use crate::tasks::Background;
 use crate::telemetry;
+
+/// How often a cluster's node reads the trail for what other nodes recorded, whether or
+/// not it was notified.
+const CLUSTER_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A (business number, customer) pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,7 +130,11 @@ pub struct PairView {
 struct Inner {
     store: Store,
     rules: Rules,
-    pairs: DashMap<Pair, Arc<tokio::sync::Mutex<PairState>>>,
+    /// This node (its call attempts are the ones it settles at start).
+    node: String,
+    pairs: DashMap<Pair, Arc<tokio::sync::Mutex<Cached>>>,
+    /// The last position of the trail this node has heard of (cluster catch-up).
+    tail: std::sync::atomic::AtomicI64,
     /// Meta's reply message ids already applied (a redelivered reply is not a new grant).
     replies: StdMutex<HashSet<String>>,
     /// Meta's timestamp of the last reply applied per pair (an older one is superseded).
@@ -148,6 +166,57 @@ impl Permissions {
     /// for them at shutdown.
     pub fn background(&self) -> &Background {
         &self.inner.background
+    }
+}
+
+/// A pair's state as this node knows it: the trail applied up to position `seq`.
+struct Cached {
+    state: PairState,
+    seq: i64,
+    /// A transaction applied here did not commit: the state is rebuilt from the trail
+    /// before it is used again.
+    stale: bool,
+}
+
+impl Cached {
+    fn new() -> Self {
+        Cached {
+            state: PairState::new(),
+            seq: 0,
+            stale: false,
+        }
+    }
+}
+
+/// A pair held: this node's lock on its state and, in a cluster, the pair's lock across
+/// the nodes with the transaction its records are written in.
+struct Locked {
+    cached: tokio::sync::OwnedMutexGuard<Cached>,
+    tx: Option<PairLock>,
+    /// Records were appended in `tx` (and applied here).
+    dirty: bool,
+}
+
+impl Drop for Locked {
+    /// Let go without committing what it wrote: the records are gone, and what was applied
+    /// of them here is rebuilt from the trail before the pair is used again.
+    fn drop(&mut self) {
+        if self.tx.is_some() && self.dirty {
+            self.cached.stale = true;
+        }
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = PairState;
+    fn deref(&self) -> &PairState {
+        &self.cached.state
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut PairState {
+        &mut self.cached.state
     }
 }
 
@@ -188,16 +257,20 @@ fn detail(event: Option<&Event>, context: Map<String, Value>) -> String {
 }
 
 impl Permissions {
-    /// The service over `store`, its pairs rebuilt from the audit trail. Reservations left
-    /// by calls that were in progress when the switch stopped are settled by the last
-    /// stage the trail shows for them ([`Stage::settled_at_restart`]: never dialled is
-    /// released, dialled counts as used, answered as connected), each with a record naming
-    /// the call and why.
-    pub async fn load(store: Store, rules: Rules) -> Result<Permissions, StoreError> {
+    /// The service of node `node` over `store`, its pairs rebuilt from the audit trail.
+    /// Reservations left by calls that were in progress when the switch stopped are
+    /// settled by the last stage the trail shows for them ([`Stage::settled_at_restart`]:
+    /// never dialled is released, dialled counts as used, answered as connected), each with
+    /// a record naming the call and why. In a cluster (PostgreSQL) only this node's own are
+    /// (and those of records that name no node): the other nodes' calls are theirs.
+    pub async fn load(store: Store, rules: Rules, node: &str) -> Result<Permissions, StoreError> {
+        let cluster = matches!(store, Store::Postgres(_));
         let service = Permissions {
             inner: Arc::new(Inner {
                 store,
                 rules,
+                node: node.to_string(),
+                tail: std::sync::atomic::AtomicI64::new(0),
                 pairs: DashMap::new(),
                 replies: StdMutex::new(HashSet::new()),
                 last_reply: DashMap::new(),
@@ -205,14 +278,26 @@ impl Permissions {
                 background: Background::new(),
             }),
         };
+        // The node that reserved each attempt still open at the end of the trail.
+        let mut reserved_by: std::collections::HashMap<String, String> = Default::default();
+        let mut last = 0;
         let records = service
             .inner
             .store
             .walk_audit(&AuditFilter::default(), |r| {
-                service.replay(r);
+                service.replay(r, &mut reserved_by);
+                last = r.seq;
                 std::ops::ControlFlow::Continue(())
             })
             .await?;
+        service
+            .inner
+            .tail
+            .store(last, std::sync::atomic::Ordering::Relaxed);
+        let mine = |call_id: &Option<String>| {
+            let by = call_id.as_ref().and_then(|c| reserved_by.get(c));
+            !cluster || by.is_none_or(|n| n == node)
+        };
         let unsettled: Vec<(Pair, Option<String>, Stage)> = service
             .inner
             .pairs
@@ -222,12 +307,13 @@ impl Permissions {
                 let attempts = e
                     .value()
                     .try_lock()
-                    .map(|s| s.attempts().to_vec())
+                    .map(|s| s.state.attempts().to_vec())
                     .unwrap_or_default();
                 attempts
                     .into_iter()
                     .map(move |a| (pair.clone(), a.call_id, a.stage))
             })
+            .filter(|(_, call_id, _)| mine(call_id))
             .collect();
         for (pair, call_id, stage) in unsettled {
             let (outcome, why) = stage.settled_at_restart();
@@ -252,7 +338,7 @@ impl Permissions {
             .inner
             .pairs
             .iter()
-            .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s)))
+            .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s.state)))
             .count();
         metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
         tracing::info!(
@@ -273,20 +359,124 @@ impl Permissions {
         &self.inner.store
     }
 
-    fn slot(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<PairState>> {
+    fn slot(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<Cached>> {
         self.inner
             .pairs
             .entry(pair.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(PairState::new())))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Cached::new())))
             .clone()
     }
 
-    /// Applies one record of the trail (at load).
-    fn replay(&self, r: &AuditRecord) {
-        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&r.entry.detail) else {
-            return;
+    /// Holds `pair` to change it: this node's lock and, in a cluster, the pair's lock
+    /// across the nodes, with what other nodes wrote for it since applied first.
+    async fn lock(&self, pair: &Pair) -> Result<Locked, StoreError> {
+        let cached = self.slot(pair).lock_owned().await;
+        let tx = self
+            .inner
+            .store
+            .lock_pair(&pair.business_number, &pair.wa_id)
+            .await?;
+        let mut held = Locked {
+            cached,
+            tx,
+            dirty: false,
         };
-        let pair = Pair::of_record(&r.entry);
+        if let Some(tx) = held.tx.as_mut() {
+            if held.cached.stale {
+                *held.cached = Cached::new();
+            }
+            let records = tx
+                .records_after(&pair.business_number, &pair.wa_id, held.cached.seq)
+                .await?;
+            for r in &records {
+                self.catch_up(pair, &mut held.cached, r);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Commits what was written under `held` and lets the pair go. A commit that fails
+    /// leaves the pair to be rebuilt from the trail.
+    async fn release(&self, mut held: Locked) -> Result<(), StoreError> {
+        let Some(tx) = held.tx.take() else {
+            return Ok(());
+        };
+        if let Err(e) = tx.commit().await {
+            held.cached.stale = held.dirty;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` for the held pair: in its transaction in a cluster, else committed
+    /// at once. The records as written.
+    async fn append(
+        &self,
+        held: &mut Locked,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let written = match held.tx.as_mut() {
+            Some(tx) => {
+                held.dirty = true;
+                tx.append(entries).await?
+            }
+            None => self.inner.store.append_audit(entries).await?,
+        };
+        if let Some(last) = written.last() {
+            held.cached.seq = held.cached.seq.max(last.seq);
+        }
+        Ok(written)
+    }
+
+    /// The pair's state with what other nodes wrote applied (a read: the pair is not held
+    /// across the nodes). The store unreachable, the state as last known.
+    async fn current(&self, pair: &Pair) -> tokio::sync::OwnedMutexGuard<Cached> {
+        let mut cached = self.slot(pair).lock_owned().await;
+        if matches!(self.inner.store, Store::Postgres(_)) {
+            if cached.stale {
+                *cached = Cached::new();
+            }
+            match self
+                .inner
+                .store
+                .pair_records_after(&pair.business_number, &pair.wa_id, cached.seq)
+                .await
+            {
+                Ok(records) => {
+                    for r in &records {
+                        self.catch_up(pair, &mut cached, r);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "permission state not refreshed from the store; as last known")
+                }
+            }
+        }
+        cached
+    }
+
+    /// Applies a record another node wrote (or one this node wrote and has not applied):
+    /// its reply id is known, and its event applied and announced as if made here.
+    fn catch_up(&self, pair: &Pair, cached: &mut Cached, r: &AuditRecord) {
+        if r.seq <= cached.seq {
+            return;
+        }
+        cached.seq = r.seq;
+        if let Some(event) = self.note_record(pair, r) {
+            self.apply_all(
+                pair,
+                &mut cached.state,
+                r.entry.at,
+                std::slice::from_ref(&event),
+            );
+        }
+    }
+
+    /// Notes a record's reply id (and Meta's time of it), and gives its event, if any.
+    fn note_record(&self, pair: &Pair, r: &AuditRecord) -> Option<Event> {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&r.entry.detail) else {
+            return None;
+        };
         if let Some(Value::String(id)) = map.get("message_id") {
             self.replies_mut().insert(id.clone());
             if let (Some(ts), true) = (
@@ -304,14 +494,40 @@ impl Permissions {
         if !map.contains_key("event") && r.entry.kind == "call_connected" {
             map.insert("event".into(), json!("call_connected"));
         }
-        let Ok(event) = serde_json::from_value::<Event>(Value::Object(map)) else {
+        serde_json::from_value::<Event>(Value::Object(map)).ok()
+    }
+
+    /// Applies one record of the trail (at load); notes which node reserved each attempt
+    /// still open.
+    fn replay(&self, r: &AuditRecord, reserved_by: &mut std::collections::HashMap<String, String>) {
+        let pair = Pair::of_record(&r.entry);
+        let Some(event) = self.note_record(&pair, r) else {
             return;
         };
+        match &event {
+            Event::CallReserved {
+                call_id: Some(c), ..
+            } => {
+                let node = serde_json::from_str::<Value>(&r.entry.detail)
+                    .ok()
+                    .and_then(|d| d.get("node").and_then(Value::as_str).map(str::to_string));
+                if let Some(node) = node {
+                    reserved_by.insert(c.clone(), node);
+                }
+            }
+            Event::CallFinished {
+                call_id: Some(c), ..
+            } => {
+                reserved_by.remove(c);
+            }
+            _ => {}
+        }
         let slot = self.slot(&pair);
-        let Ok(mut state) = slot.try_lock() else {
+        let Ok(mut cached) = slot.try_lock() else {
             return;
         };
-        state.apply(&self.inner.rules, r.entry.at, &event);
+        cached.seq = r.seq;
+        cached.state.apply(&self.inner.rules, r.entry.at, &event);
     }
 
     fn replies_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -332,16 +548,17 @@ impl Permissions {
         event: Event,
         context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
-        let slot = self.slot(pair);
-        let mut state = slot.lock().await;
-        self.commit(pair, &mut state, actor, event, context).await
+        let mut held = self.lock(pair).await?;
+        let record = self.commit(pair, &mut held, actor, event, context).await?;
+        self.release(held).await?;
+        Ok(record)
     }
 
-    /// [`record`](Self::record) on a pair already locked.
+    /// [`record`](Self::record) on a pair already held.
     async fn commit(
         &self,
         pair: &Pair,
-        state: &mut PairState,
+        held: &mut Locked,
         actor: Actor,
         event: Event,
         context: Map<String, Value>,
@@ -349,7 +566,7 @@ impl Permissions {
         let at = now_ms();
         // Opting out voids consent: the grant in force ends with the entry, and removing
         // the entry later restores nothing.
-        let voids = matches!(event, Event::DncAdded { .. }) && active(state);
+        let voids = matches!(event, Event::DncAdded { .. }) && active(held);
         let mut events = vec![(event, context.clone())];
         if voids {
             let mut why = context;
@@ -363,17 +580,19 @@ impl Permissions {
             .iter()
             .map(|(e, context)| entry(pair, actor, at, e.name(), Some(e), context.clone()))
             .collect();
-        let mut written = self.inner.store.append_audit(&entries).await?;
+        let mut written = self.append(held, &entries).await?;
         let events: Vec<Event> = events.into_iter().map(|(e, _)| e).collect();
-        self.apply_all(pair, state, at, &events);
+        self.apply_all(pair, held, at, &events);
         written
             .pop()
             .ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         pair: &Pair,
+        held: &mut Locked,
         actor: Actor,
         at: i64,
         kind: &str,
@@ -381,7 +600,7 @@ impl Permissions {
         context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
         let entry = entry(pair, actor, at, kind, event, context);
-        let mut written = self.inner.store.append_audit(&[entry]).await?;
+        let mut written = self.append(held, &[entry]).await?;
         written
             .pop()
             .ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
@@ -403,9 +622,9 @@ impl Permissions {
         meta_timestamp: Option<i64>,
         mut context: Map<String, Value>,
     ) -> Result<bool, StoreError> {
-        let slot = self.slot(pair);
-        let mut state = slot.lock().await;
+        let mut held = self.lock(pair).await?;
         if self.replies_mut().contains(message_id) {
+            self.release(held).await?;
             return Ok(false);
         }
         context.insert("message_id".into(), json!(message_id));
@@ -420,7 +639,7 @@ impl Permissions {
             // does not outlive the opt-out.
             (Some(ts), _)
                 if events.iter().any(|e| matches!(e, Event::Granted { .. }))
-                    && state
+                    && held
                         .dnc_since
                         .is_some_and(|since| ts.saturating_mul(1000) < since) =>
             {
@@ -430,8 +649,17 @@ impl Permissions {
         };
         if let Some(why) = superseded {
             context.insert("superseded".into(), json!(why));
-            self.write(pair, actor, at, "reply_superseded", None, context)
-                .await?;
+            self.write(
+                pair,
+                &mut held,
+                actor,
+                at,
+                "reply_superseded",
+                None,
+                context,
+            )
+            .await?;
+            self.release(held).await?;
             self.replies_mut().insert(message_id.to_string());
             return Ok(false);
         }
@@ -439,18 +667,20 @@ impl Permissions {
             .iter()
             .map(|e| entry(pair, actor, at, e.name(), Some(e), context.clone()))
             .collect();
-        self.inner.store.append_audit(&entries).await?;
-        self.apply_all(pair, &mut state, at, events);
-        self.replies_mut().insert(message_id.to_string());
-        if let Some(ts) = meta_timestamp {
-            self.inner.last_reply.insert(pair.clone(), ts);
-        }
-        let outcome = match state.status {
+        self.append(&mut held, &entries).await?;
+        self.apply_all(pair, &mut held, at, events);
+        let outcome = match held.status {
             Status::Granted => "granted",
             Status::Declined => "declined",
             _ => "revoked",
         };
-        drop(state);
+        // Known as applied once it is committed: a reply whose record did not commit is
+        // taken again when Meta retries it.
+        self.release(held).await?;
+        self.replies_mut().insert(message_id.to_string());
+        if let Some(ts) = meta_timestamp {
+            self.inner.last_reply.insert(pair.clone(), ts);
+        }
         metrics::counter!(telemetry::PERMISSION_REPLIES_TOTAL, "outcome" => outcome).increment(1);
         Ok(true)
     }
@@ -476,12 +706,11 @@ impl Permissions {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<String, String>>,
     {
-        let slot = self.slot(pair);
-        let mut state = slot.lock().await;
+        let mut held = self.lock(pair).await?;
         let now = now_ms();
         let verdict = policy
             .and_then(|()| {
-                if state.dnc {
+                if held.dnc {
                     Err(Blocked::DoNotCall)
                 } else {
                     Ok(())
@@ -489,8 +718,7 @@ impl Permissions {
             })
             .map_err(PermissionError::Blocked)
             .and_then(|()| {
-                state
-                    .check_request(&self.inner.rules, now)
+                held.check_request(&self.inner.rules, now)
                     .map_err(PermissionError::Refused)
             });
         if let Err(refused) = verdict {
@@ -499,14 +727,22 @@ impl Permissions {
                     let mut context = Map::new();
                     context.insert("reason".into(), json!(b.as_str()));
                     context.insert("purpose".into(), json!(purpose));
-                    self.write(pair, Actor::Switch, now, "request_blocked", None, context)
-                        .await?;
+                    self.write(
+                        pair,
+                        &mut held,
+                        Actor::Switch,
+                        now,
+                        "request_blocked",
+                        None,
+                        context,
+                    )
+                    .await?;
                     b.as_str()
                 }
                 PermissionError::Refused(r) => r.as_str(),
                 _ => "refused",
             };
-            drop(state);
+            self.release(held).await?;
             metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => reason)
                 .increment(1);
             return Err(refused);
@@ -530,6 +766,7 @@ impl Permissions {
         let written = self
             .write(
                 pair,
+                &mut held,
                 Actor::Business,
                 now,
                 event.name(),
@@ -537,8 +774,13 @@ impl Permissions {
                 context,
             )
             .await;
-        // Sent either way: the limits count it.
-        self.apply_all(pair, &mut state, now, std::slice::from_ref(&event));
+        // Sent either way: the limits count it (in a cluster, a record that did not
+        // commit is not counted once the pair is rebuilt from the trail).
+        self.apply_all(pair, &mut held, now, std::slice::from_ref(&event));
+        let written = match written {
+            Ok(record) => self.release(held).await.map(|()| record),
+            Err(e) => Err(e),
+        };
         metrics::counter!(telemetry::PERMISSION_REQUESTS_TOTAL, "outcome" => "sent").increment(1);
         written.map_err(|source| PermissionError::Unrecorded { message_id, source })
     }
@@ -552,21 +794,28 @@ impl Permissions {
         call_id: &str,
         policy: Result<(), Blocked>,
     ) -> Result<Reservation, PermissionError> {
-        let slot = self.slot(pair);
-        let mut state = slot.lock().await;
+        let mut held = self.lock(pair).await?;
         let now = now_ms();
-        if state.expiry_due(now) {
-            self.expire(pair, &mut state, now).await?;
+        if held.expiry_due(now) {
+            self.expire(pair, &mut held, now).await?;
         }
-        let verdict = policy.and_then(|()| state.check_call(&self.inner.rules, now));
+        let verdict = policy.and_then(|()| held.check_call(&self.inner.rules, now));
         let mut context = Map::new();
         context.insert("call_id".into(), json!(call_id));
         match verdict {
             Err(blocked) => {
                 context.insert("reason".into(), json!(blocked.as_str()));
-                self.write(pair, Actor::Switch, now, "call_blocked", None, context)
-                    .await?;
-                drop(state);
+                self.write(
+                    pair,
+                    &mut held,
+                    Actor::Switch,
+                    now,
+                    "call_blocked",
+                    None,
+                    context,
+                )
+                .await?;
+                self.release(held).await?;
                 metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => blocked.as_str())
                     .increment(1);
                 Err(PermissionError::Blocked(blocked))
@@ -576,8 +825,11 @@ impl Permissions {
                     call_id: Some(call_id.to_string()),
                     staged: true,
                 };
+                // The node placing the call settles it if it restarts.
+                context.insert("node".into(), json!(self.inner.node));
                 self.write(
                     pair,
+                    &mut held,
                     Actor::Business,
                     now,
                     event.name(),
@@ -585,7 +837,8 @@ impl Permissions {
                     context,
                 )
                 .await?;
-                self.apply_all(pair, &mut state, now, std::slice::from_ref(&event));
+                self.apply_all(pair, &mut held, now, std::slice::from_ref(&event));
+                self.release(held).await?;
                 Ok(Reservation {
                     pair: pair.clone(),
                     call_id: call_id.to_string(),
@@ -607,12 +860,11 @@ impl Permissions {
         outcome: Option<AttemptOutcome>,
         mut context: Map<String, Value>,
     ) -> Result<AuditRecord, StoreError> {
-        let slot = self.slot(&reservation.pair);
-        let mut state = slot.lock().await;
+        let mut held = self.lock(&reservation.pair).await?;
         let outcome = match outcome {
             Some(o) => o,
             None => {
-                let stage = state.stage(&reservation.call_id).unwrap_or(Stage::Reserved);
+                let stage = held.stage(&reservation.call_id).unwrap_or(Stage::Reserved);
                 context.insert("stage".into(), json!(stage));
                 stage.settled_at_restart().0
             }
@@ -621,8 +873,11 @@ impl Permissions {
             outcome,
             call_id: Some(reservation.call_id),
         };
-        self.commit(&reservation.pair, &mut state, Actor::Switch, event, context)
-            .await
+        let record = self
+            .commit(&reservation.pair, &mut held, Actor::Switch, event, context)
+            .await?;
+        self.release(held).await?;
+        Ok(record)
     }
 
     /// Records that Meta is about to be asked to place the reserved attempt `call_id`
@@ -631,16 +886,17 @@ impl Permissions {
     /// when the attempt no longer holds the permission (it was settled meanwhile): then
     /// Meta must not be asked.
     pub async fn dialled(&self, pair: &Pair, call_id: &str) -> Result<bool, StoreError> {
-        let slot = self.slot(pair);
-        let mut state = slot.lock().await;
-        if state.stage(call_id).is_none() {
+        let mut held = self.lock(pair).await?;
+        if held.stage(call_id).is_none() {
+            self.release(held).await?;
             return Ok(false);
         }
         let event = Event::CallDialled {
             call_id: Some(call_id.to_string()),
         };
-        self.commit(pair, &mut state, Actor::Switch, event, Map::new())
+        self.commit(pair, &mut held, Actor::Switch, event, Map::new())
             .await?;
+        self.release(held).await?;
         Ok(true)
     }
 
@@ -667,8 +923,8 @@ impl Permissions {
 
     /// The pair's permission as it stands now.
     pub async fn view(&self, pair: &Pair) -> PairView {
-        let slot = self.slot(pair);
-        let state = slot.lock().await;
+        let cached = self.current(pair).await;
+        let state = &cached.state;
         let now = now_ms();
         let status = if state.expiry_due(now) {
             Status::Expired
@@ -698,11 +954,12 @@ impl Permissions {
         answered_at: i64,
         context: Map<String, Value>,
     ) -> Result<bool, StoreError> {
-        let Some(slot) = self.inner.pairs.get(pair).map(|e| e.value().clone()) else {
+        if !self.inner.pairs.contains_key(pair) {
             return Ok(false);
-        };
-        let mut state = slot.lock().await;
-        if !state.requests_counted() {
+        }
+        let mut held = self.lock(pair).await?;
+        if !held.requests_counted() {
+            self.release(held).await?;
             return Ok(false);
         }
         let event = Event::UserCallConnected {
@@ -711,6 +968,7 @@ impl Permissions {
         let record = self
             .write(
                 pair,
+                &mut held,
                 Actor::Customer,
                 now_ms(),
                 event.name(),
@@ -720,10 +978,11 @@ impl Permissions {
             .await?;
         self.apply_all(
             pair,
-            &mut state,
+            &mut held,
             record.entry.at,
             std::slice::from_ref(&event),
         );
+        self.release(held).await?;
         Ok(true)
     }
 
@@ -731,7 +990,7 @@ impl Permissions {
     /// when a temporary grant lapses): the trail says when each grant ended, and the
     /// gauge of grants in force drops. The number recorded.
     pub async fn sweep_expired(&self, now: i64) -> Result<usize, StoreError> {
-        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<PairState>>)> = self
+        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<Cached>>)> = self
             .inner
             .pairs
             .iter()
@@ -739,12 +998,16 @@ impl Permissions {
             .collect();
         let mut n = 0;
         for (pair, slot) in slots {
-            let mut state = slot.lock().await;
-            if !state.expiry_due(now) {
+            // Only the pairs due as last known are held (and looked at again).
+            if !slot.lock().await.state.expiry_due(now) {
                 continue;
             }
-            self.expire(&pair, &mut state, now).await?;
-            n += 1;
+            let mut held = self.lock(&pair).await?;
+            if held.expiry_due(now) {
+                self.expire(&pair, &mut held, now).await?;
+                n += 1;
+            }
+            self.release(held).await?;
         }
         Ok(n)
     }
@@ -764,9 +1027,105 @@ impl Permissions {
         })
     }
 
+    /// In a cluster (PostgreSQL), listens for the records other nodes commit
+    /// (`LISTEN/NOTIFY`) and brings the pairs they name up to date here: a permission
+    /// ended on another node is announced to this node's calls within moments. The trail
+    /// is also read every few seconds, and after the connection comes back, so a
+    /// notification lost on the way costs only that delay. `None` on SQLite.
+    pub fn spawn_cluster_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let Store::Postgres(pool) = &self.inner.store else {
+            return None;
+        };
+        let pool = pool.clone();
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    l.listen(crate::store::audit::AUDIT_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                let mut listener = match listener.await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "permission notifications not heard; trying again");
+                        me.catch_up_all().await;
+                        tokio::time::sleep(CLUSTER_POLL).await;
+                        continue;
+                    }
+                };
+                me.catch_up_all().await;
+                loop {
+                    match tokio::time::timeout(CLUSTER_POLL, listener.try_recv()).await {
+                        // A notification, or a while without one.
+                        Ok(Ok(Some(_))) | Err(_) => me.catch_up_all().await,
+                        Ok(Ok(None)) => {
+                            tracing::warn!(
+                                "permission notifications' connection lost; reconnecting"
+                            );
+                            break;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "permission notifications failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Reads the trail past the last position this node heard of and brings each pair it
+    /// names up to date, each on a task of its own (a pair held by a call here waits for
+    /// its turn without holding the others up).
+    async fn catch_up_all(&self) {
+        let tail = self.inner.tail.load(std::sync::atomic::Ordering::Relaxed);
+        let filter = AuditFilter {
+            after_seq: Some(tail),
+            limit: 10_000,
+            ..AuditFilter::default()
+        };
+        let records = match self.inner.store.audit_records(&filter).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit trail could not be read; permission states as last known");
+                return;
+            }
+        };
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return;
+        };
+        self.inner
+            .tail
+            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
+        let mut pairs: Vec<(Pair, i64)> = Vec::new();
+        for r in &records {
+            let pair = Pair::of_record(&r.entry);
+            match pairs.iter_mut().find(|(p, _)| *p == pair) {
+                Some((_, seq)) => *seq = r.seq,
+                None => pairs.push((pair, r.seq)),
+            }
+        }
+        for (pair, seq) in pairs {
+            let known = self
+                .inner
+                .pairs
+                .get(&pair)
+                .and_then(|slot| slot.try_lock().ok().map(|c| c.seq >= seq && !c.stale))
+                .unwrap_or(false);
+            if known {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                drop(me.current(&pair).await);
+            });
+        }
+    }
+
     /// Pairs on the do-not-call list (of one business number, or all).
     pub async fn dnc_list(&self, business_number: Option<&str>) -> Vec<Pair> {
-        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<PairState>>)> = self
+        let slots: Vec<(Pair, Arc<tokio::sync::Mutex<Cached>>)> = self
             .inner
             .pairs
             .iter()
@@ -775,7 +1134,7 @@ impl Permissions {
             .collect();
         let mut out = Vec::new();
         for (pair, slot) in slots {
-            if slot.lock().await.dnc {
+            if slot.lock().await.state.dnc {
                 out.push(pair);
             }
         }
@@ -784,10 +1143,11 @@ impl Permissions {
     }
 
     /// Records that the locked pair's grant lapsed at `now`, then applies it.
-    async fn expire(&self, pair: &Pair, state: &mut PairState, now: i64) -> Result<(), StoreError> {
+    async fn expire(&self, pair: &Pair, held: &mut Locked, now: i64) -> Result<(), StoreError> {
         let event = Event::Expired;
         self.write(
             pair,
+            held,
             Actor::Switch,
             now,
             event.name(),
@@ -795,7 +1155,7 @@ impl Permissions {
             Map::new(),
         )
         .await?;
-        self.apply_all(pair, state, now, std::slice::from_ref(&event));
+        self.apply_all(pair, held, now, std::slice::from_ref(&event));
         Ok(())
     }
 
@@ -832,8 +1192,8 @@ impl Permissions {
     /// Whether the pair's permission has ended since a call reserved it (do-not-call,
     /// revocation, withdrawal, expiry): the reason, so the call is not placed.
     pub async fn cut_off(&self, pair: &Pair) -> Option<Blocked> {
-        let slot = self.slot(pair);
-        let state = slot.lock().await;
+        let cached = self.current(pair).await;
+        let state = &cached.state;
         if state.dnc {
             return Some(Blocked::DoNotCall);
         }
@@ -1001,7 +1361,9 @@ mod tests {
         })
         .await
         .expect("store");
-        Permissions::load(store, rules).await.expect("load")
+        Permissions::load(store, rules, "node-a")
+            .await
+            .expect("load")
     }
 
     fn pair() -> Pair {

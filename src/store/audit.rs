@@ -98,6 +98,16 @@ macro_rules! audit_queries {
             entries: &[AuditEntry],
         ) -> Result<Vec<AuditRecord>, StoreError> {
             let mut tx = pool.begin().await?;
+            let out = append_in(&mut tx, entries).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        /// Appends `entries` inside `tx` (committed with it).
+        pub(super) async fn append_in(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            entries: &[AuditEntry],
+        ) -> Result<Vec<AuditRecord>, StoreError> {
             // Writing the head first takes its lock at once (a row lock on PostgreSQL, the
             // write lock on SQLite): appends queue here instead of racing for a position.
             let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
@@ -105,7 +115,7 @@ macro_rules! audit_queries {
                 "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq - $1, hash",
             )
             .bind(n)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
             let mut out = Vec::with_capacity(entries.len());
             let mut seq = last;
@@ -126,23 +136,25 @@ macro_rules! audit_queries {
                     .push_bind(record.hash.clone())
                     .push_bind(crate::number::e164_or_raw(&record.entry.wa_id));
                 q.push(")");
-                q.build().execute(&mut *tx).await?;
+                q.build().execute(&mut **tx).await?;
                 seq = record.seq;
                 hash = record.hash.clone();
                 out.push(record);
             }
             sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
                 .bind(hash)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            tx.commit().await?;
             Ok(out)
         }
 
-        pub(super) async fn list(
-            pool: &sqlx::Pool<$db>,
+        pub(super) async fn list<'e, E>(
+            exec: E,
             f: &AuditFilter,
-        ) -> Result<Vec<AuditRecord>, StoreError> {
+        ) -> Result<Vec<AuditRecord>, StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
             let mut q = QueryBuilder::<$db>::new(format!(
                 "SELECT {COLUMNS} FROM audit_records WHERE 1 = 1"
             ));
@@ -167,7 +179,7 @@ macro_rules! audit_queries {
                 f.limit.min(10_000)
             };
             q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-            let rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
+            let rows: Vec<Row> = q.build_query_as().fetch_all(exec).await?;
             rows.into_iter().map(AuditRecord::try_from).collect()
         }
 
@@ -258,6 +270,127 @@ impl AuditRepository for Store {
         match self {
             Store::Sqlite(p) => sqlite::head(p).await,
             Store::Postgres(p) => postgres::head(p).await,
+        }
+    }
+}
+
+/// The channel a cluster's nodes hear of each other's audit records on (PostgreSQL
+/// `LISTEN/NOTIFY`): the payload is the last position written.
+pub const AUDIT_CHANNEL: &str = "waswitch_audit";
+
+/// One (business number, customer) pair held across every node of a cluster: a PostgreSQL
+/// transaction holding an advisory lock keyed by the pair. What the holder reads of the
+/// pair's records is all there is (no other node writes to the pair meanwhile), and what it
+/// appends is committed together, then announced on [`AUDIT_CHANNEL`]. Dropped without
+/// [`commit`](Self::commit), nothing it appended stays and the lock is released; a node that
+/// dies releases it with its connection.
+pub struct PairLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The last position appended.
+    written: Option<i64>,
+}
+
+impl std::fmt::Debug for PairLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairLock")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairLock {
+    /// The pair's records after position `after`, in trail order.
+    pub async fn records_after(
+        &mut self,
+        business_number: &str,
+        customer: &str,
+        after: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut filter = pair_filter(business_number, customer, after);
+        loop {
+            let page = postgres::list(&mut *self.tx, &filter).await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                return Ok(out);
+            };
+            filter.after_seq = Some(last);
+            out.extend(page);
+        }
+    }
+
+    /// Appends `entries` in order, in the lock's transaction.
+    pub async fn append(&mut self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = postgres::append_in(&mut self.tx, entries).await?;
+        self.written = out.last().map(|r| r.seq).or(self.written);
+        Ok(out)
+    }
+
+    /// Commits what was appended (announcing it to the other nodes) and releases the pair.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(seq) = self.written {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(AUDIT_CHANNEL)
+                .bind(seq.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn pair_filter(business_number: &str, customer: &str, after: i64) -> AuditFilter {
+    AuditFilter {
+        business_number: Some(business_number.to_string()),
+        wa_id: Some(customer.to_string()),
+        after_seq: Some(after),
+        limit: 10_000,
+        ..AuditFilter::default()
+    }
+}
+
+impl Store {
+    /// Takes pair (`business_number`, `customer`) across the cluster ([`PairLock`]);
+    /// `None` on SQLite, a single node's store, where the permission service's own lock is
+    /// the pair's.
+    pub async fn lock_pair(
+        &self,
+        business_number: &str,
+        customer: &str,
+    ) -> Result<Option<PairLock>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("waswitch pair {business_number} {customer}"))
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(Some(PairLock { tx, written: None }))
+            }
+        }
+    }
+
+    /// The pair's records after position `after`, in trail order, read without its lock (a
+    /// node catching up on what others wrote).
+    pub async fn pair_records_after(
+        &self,
+        business_number: &str,
+        customer: &str,
+        after: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut filter = pair_filter(business_number, customer, after);
+        loop {
+            let page = self.audit_records(&filter).await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                return Ok(out);
+            };
+            filter.after_seq = Some(last);
+            out.extend(page);
         }
     }
 }

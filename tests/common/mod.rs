@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub mod agent;
 pub mod chromium;
+pub mod pg;
 
 use waswitch::config::Config;
 use waswitch::node::Node;

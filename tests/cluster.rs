@@ -1,0 +1,258 @@
+//! Permissions across the nodes of a cluster, against a real PostgreSQL server: three
+//! permission services (three nodes' worth: each its own connection pool, cache and node
+//! id) share one database, and act on the same pairs at the same moment. Whatever node an
+//! attempt lands on, a grant's budget, the daily call limit, the request limits and a
+//! reply's once-only hold; a do-not-call entry added on one node reaches another node's
+//! calls; the audit trail stays one intact chain.
+//!
+//! PostgreSQL comes from `WASWITCH_TEST_PG_URL` (see `common::pg`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::PgSchema;
+use serde_json::Map;
+use waswitch::permission::service::{Pair, PermissionError, Permissions};
+use waswitch::permission::state::{Actor, AttemptOutcome, Blocked, Event, Rules, DAY_MS};
+use waswitch::store::audit::{AuditRepository, Verified};
+use waswitch::store::Store;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Three nodes' permission services on one schema.
+async fn nodes(schema: &PgSchema, rules: &Rules) -> (Vec<Permissions>, Store) {
+    let mut out = Vec::new();
+    let mut first = None;
+    for n in 1..=3 {
+        let store = schema.open().await;
+        first.get_or_insert_with(|| store.clone());
+        out.push(
+            Permissions::load(store, rules.clone(), &format!("node-{n}"))
+                .await
+                .expect("load"),
+        );
+    }
+    (out, first.expect("a store"))
+}
+
+fn pair(wa_id: &str) -> Pair {
+    Pair::new("15551112222", wa_id)
+}
+
+async fn grant(node: &Permissions, pair: &Pair, permanent: bool) {
+    node.record(
+        pair,
+        Actor::Customer,
+        Event::Granted {
+            permanent,
+            expires_at: (!permanent).then(|| now_ms() + DAY_MS / 2),
+        },
+        Map::new(),
+    )
+    .await
+    .expect("grant");
+}
+
+/// `n` attempts at once, spread over the nodes in turn: how many were reserved, and the
+/// reasons of the others.
+async fn attempts(nodes: &[Permissions], pair: &Pair, n: usize) -> (usize, Vec<Blocked>) {
+    let tries = (0..n).map(|i| {
+        let node = nodes[i % nodes.len()].clone();
+        let pair = pair.clone();
+        async move {
+            node.reserve_call(&pair, &format!("call-{i}"), Ok(()))
+                .await
+                .map(|r| (node, r))
+        }
+    });
+    let mut reserved = 0;
+    let mut blocked = Vec::new();
+    for result in futures::future::join_all(tries).await {
+        match result {
+            Ok((node, r)) => {
+                reserved += 1;
+                node.finish_call(r, Some(AttemptOutcome::Connected), Map::new())
+                    .await
+                    .expect("finish");
+            }
+            Err(PermissionError::Blocked(b)) => blocked.push(b),
+            Err(e) => panic!("attempt failed: {e}"),
+        }
+    }
+    (reserved, blocked)
+}
+
+/// A one-call grant given on node 1 is known on nodes 2 and 3 at once; 30 attempts at the
+/// same moment over the three nodes reserve it exactly once. A daily limit of 5 with 20
+/// attempts over the nodes allows exactly 5. The chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_s_budget_and_the_daily_limit_hold_across_three_nodes() {
+    let schema = PgSchema::create().await;
+    let strict = Rules::strict();
+    let (n, store) = nodes(&schema, &strict).await;
+    let once = pair("4915100000001");
+    grant(&n[0], &once, false).await;
+    for node in &n[1..] {
+        let view = node.view(&once).await;
+        assert_eq!(
+            view.status,
+            waswitch::permission::Status::Granted,
+            "{view:?}"
+        );
+    }
+    let (reserved, blocked) = attempts(&n, &once, 30).await;
+    assert_eq!(reserved, 1, "{blocked:?}");
+    assert!(blocked.iter().all(|b| *b == Blocked::Used), "{blocked:?}");
+    for node in &n {
+        assert_eq!(node.view(&once).await.calls_used, 1);
+    }
+
+    // A permanent grant, at most 5 connected calls a day.
+    let daily = Rules {
+        connected_calls_per_day: 5,
+        permanent_calls_per_day: None,
+        ..Rules::meta()
+    };
+    let schema2 = PgSchema::create().await;
+    let (n2, store2) = nodes(&schema2, &daily).await;
+    let five = pair("4915100000002");
+    grant(&n2[1], &five, true).await;
+    let (reserved, blocked) = attempts(&n2, &five, 20).await;
+    assert_eq!(reserved, 5, "{blocked:?}");
+    assert!(
+        blocked.iter().all(|b| *b == Blocked::CallLimit),
+        "{blocked:?}"
+    );
+    for s in [&store, &store2] {
+        assert!(
+            matches!(s.verify_audit().await.expect("verify"), Verified::Intact(_)),
+            "the chain broke"
+        );
+    }
+    schema.drop().await;
+    schema2.drop().await;
+}
+
+/// One permission request a day, asked for on three nodes at once: one is sent. A reply
+/// delivered to all three nodes at once is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_limits_and_replies_hold_across_three_nodes() {
+    let schema = PgSchema::create().await;
+    let (n, store) = nodes(&schema, &Rules::meta()).await;
+    let p = pair("4915100000003");
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let asks = n.iter().map(|node| {
+        let (node, p, sent) = (node.clone(), p.clone(), sent.clone());
+        async move {
+            node.request(&p, "your order", None, Ok(()), || async move {
+                let k = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(format!("wamid.request.{k}"))
+            })
+            .await
+        }
+    });
+    let results = futures::future::join_all(asks).await;
+    assert_eq!(
+        sent.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    let replies = n.iter().map(|node| {
+        let (node, p) = (node.clone(), p.clone());
+        async move {
+            node.reply(
+                &p,
+                "wamid.reply.1",
+                &[Event::Granted {
+                    permanent: true,
+                    expires_at: None,
+                }],
+                Actor::Customer,
+                Some(now_ms() / 1000),
+                Map::new(),
+            )
+            .await
+            .expect("reply")
+        }
+    });
+    let applied = futures::future::join_all(replies).await;
+    assert_eq!(
+        applied.iter().filter(|a| **a).count(),
+        1,
+        "applied on {applied:?}"
+    );
+    let grants = store
+        .audit_records(&waswitch::store::audit::AuditFilter {
+            wa_id: Some(p.wa_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.entry.kind == "granted")
+        .count();
+    assert_eq!(grants, 1);
+    schema.drop().await;
+}
+
+/// A do-not-call entry added on node 1 is announced to node 2, which holds a call on the
+/// pair, within a second; node 3 refuses the next attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_do_not_call_entry_on_one_node_cuts_off_a_call_held_on_another() {
+    let schema = PgSchema::create().await;
+    let (n, _store) = nodes(&schema, &Rules::meta()).await;
+    let _listeners: Vec<_> = n
+        .iter()
+        .filter_map(|p| p.spawn_cluster_listener())
+        .collect();
+    let p = pair("4915100000004");
+    grant(&n[0], &p, true).await;
+    let held = n[1]
+        .reserve_call(&p, "ringing-1", Ok(()))
+        .await
+        .expect("held");
+    let mut cutoffs = n[1].cutoffs();
+    let added = std::time::Instant::now();
+    n[0].record(
+        &p,
+        Actor::Business,
+        Event::DncAdded {
+            reason: "asked by phone".into(),
+        },
+        Map::new(),
+    )
+    .await
+    .expect("dnc");
+    let heard = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match cutoffs.recv().await {
+                Ok((pair, reason)) if pair == p => return reason,
+                Ok(_) => continue,
+                Err(e) => panic!("cut-offs: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("node 2 heard of the entry within 1 s");
+    assert_eq!(heard, Blocked::DoNotCall);
+    eprintln!("cut-off heard on another node after {:?}", added.elapsed());
+    assert_eq!(n[1].cut_off(&p).await, Some(Blocked::DoNotCall));
+    match n[2].reserve_call(&p, "next", Ok(())).await {
+        Err(PermissionError::Blocked(Blocked::DoNotCall)) => {}
+        other => panic!("{:?}", other.map(|r| r.call_id)),
+    }
+    n[1].finish_call(held, Some(AttemptOutcome::Failed), Map::new())
+        .await
+        .expect("finish");
+    schema.drop().await;
+}
