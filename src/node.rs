@@ -197,6 +197,8 @@ pub struct Node {
     sweeper: JoinHandle<()>,
     /// Catches up on other nodes' permission records (a cluster on PostgreSQL).
     cluster_listener: Option<JoinHandle<()>>,
+    /// This node in its cluster, and the task writing its heartbeat and calls.
+    cluster: Option<(Arc<crate::call::cluster::Cluster>, JoinHandle<()>)>,
     /// SIP admissions in progress (each answers its INVITE).
     admissions: crate::tasks::Background,
     /// Sends the actions Meta must get (WhatsApp calling configured).
@@ -242,6 +244,17 @@ impl Node {
         // In a cluster, what other nodes record reaches this node's permission states.
         let cluster_listener = permissions.spawn_cluster_listener();
         let registry = CallRegistry::new();
+        // A node on PostgreSQL is one of a cluster: it registers the calls it has, and
+        // forwards webhooks for other nodes' calls to them.
+        let cluster = match (&store, config.meta.as_ref()) {
+            (Store::Postgres(_), Some(meta)) => Some(crate::call::cluster::Cluster::start(
+                store.clone(),
+                &config.node_id,
+                registry.clone(),
+                meta.app_secret.expose().as_bytes(),
+            )),
+            _ => None,
+        };
         let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
         let webhook =
             match config.cdr_webhook.clone() {
@@ -585,6 +598,17 @@ impl Node {
                 .with_limits(config.http.webhooks),
             )
         });
+        let meta_ingress = match (meta_ingress, &cluster) {
+            (Some(ingress), Some((cluster, _))) => Some(Arc::new(
+                Arc::try_unwrap(ingress)
+                    .map_err(|_| StartError::Actor {
+                        what: "webhook ingress",
+                        reason: "shared before it was set up".into(),
+                    })?
+                    .with_owners(Arc::clone(cluster) as Arc<dyn crate::meta::ingress::CallOwners>),
+            )),
+            (ingress, _) => ingress,
+        };
         let permission_api = api::permissions::PermissionApi {
             permissions: permissions.clone(),
             graph: graph.clone(),
@@ -643,6 +667,23 @@ impl Node {
             .await;
         });
         readiness.bound("http", http_addr);
+        if let Some((cluster, _)) = &cluster {
+            // Other nodes reach this one where its media is advertised when the listener
+            // takes any address.
+            let ip = if http_addr.ip().is_unspecified() {
+                config.media.ip
+            } else {
+                http_addr.ip()
+            };
+            let scheme = if config.http.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let url = format!("{scheme}://{}", SocketAddr::new(ip, http_addr.port()));
+            tracing::info!(%url, "in a cluster: other nodes forward webhooks here");
+            cluster.set_url(url);
+        }
         tracing::info!(http = %http_addr, node = %node_id, version = telemetry::VERSION, "waswitch ready");
 
         Ok(Node {
@@ -664,6 +705,7 @@ impl Node {
             permissions,
             sweeper,
             cluster_listener,
+            cluster,
             admissions,
             outbox: outbox_worker,
             background,
@@ -715,6 +757,9 @@ impl Node {
     pub async fn drain_and_stop(self) -> StopReport {
         let grace = self.config.shutdown.grace;
         self.readiness.begin_drain();
+        if let Some((cluster, _)) = &self.cluster {
+            cluster.drain();
+        }
         self.calls.begin_drain();
         if let Some(sip) = &self.sip_udp {
             sip.begin_drain();
@@ -754,6 +799,9 @@ impl Node {
         self.sweeper.abort();
         if let Some(listener) = &self.cluster_listener {
             listener.abort();
+        }
+        if let Some((_, task)) = &self.cluster {
+            task.abort();
         }
         // INVITEs being admitted as the drain began get their answer (a 503) before the
         // listeners stop.

@@ -133,6 +133,10 @@ pub const META_WEBHOOKS_TOTAL: &str = "waswitch_meta_webhooks_total";
 /// `permission_reply`) and `delivery` (`new`, `duplicate`).
 pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total";
 
+/// Counter: Meta's webhook deliveries forwarded to the node of a cluster that has their
+/// call, by `outcome` (`forwarded`, `failed`).
+pub const META_WEBHOOK_FORWARDED_TOTAL: &str = "waswitch_meta_webhook_forwarded_total";
+
 /// Counter: things in Meta's webhooks this version skipped, by `what` (`field`,
 /// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
 pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
@@ -695,6 +699,12 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "Calling events in Meta's webhooks, by kind and delivery.",
             webhook_events,
+        ),
+        m(
+            META_WEBHOOK_FORWARDED_TOTAL,
+            Counter,
+            "Meta's webhook deliveries forwarded to the node that has their call, by outcome.",
+            one("outcome", &["forwarded", "failed"]),
         ),
         m(
             META_WEBHOOK_SKIPPED_TOTAL,

@@ -256,3 +256,147 @@ async fn a_do_not_call_entry_on_one_node_cuts_off_a_call_held_on_another() {
         .expect("finish");
     schema.drop().await;
 }
+
+/// What one node does in the interleaving property.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A call attempt, ended (if reserved) as this outcome.
+    Attempt(AttemptOutcome),
+    Grant,
+    DncAdded,
+    DncRemoved,
+    Revoked,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => prop_oneof![
+            Just(AttemptOutcome::Connected),
+            Just(AttemptOutcome::Unanswered),
+            Just(AttemptOutcome::Failed),
+        ]
+        .prop_map(Op::Attempt),
+        2 => Just(Op::Grant),
+        1 => Just(Op::DncAdded),
+        1 => Just(Op::DncRemoved),
+        1 => Just(Op::Revoked),
+    ]
+}
+
+async fn run(node: Permissions, pair: Pair, op: Op, id: String) {
+    let record = |event: Event, actor: Actor| {
+        let (node, pair) = (node.clone(), pair.clone());
+        async move {
+            node.record(&pair, actor, event, Map::new())
+                .await
+                .expect("record");
+        }
+    };
+    match op {
+        Op::Attempt(outcome) => {
+            if let Ok(r) = node.reserve_call(&pair, &id, Ok(())).await {
+                node.finish_call(r, Some(outcome), Map::new())
+                    .await
+                    .expect("finish");
+            }
+        }
+        Op::Grant => {
+            record(
+                Event::Granted {
+                    permanent: false,
+                    expires_at: Some(now_ms() + DAY_MS / 2),
+                },
+                Actor::Customer,
+            )
+            .await
+        }
+        Op::DncAdded => {
+            record(
+                Event::DncAdded {
+                    reason: "property".into(),
+                },
+                Actor::Business,
+            )
+            .await
+        }
+        Op::DncRemoved => record(Event::DncRemoved, Actor::Business).await,
+        Op::Revoked => record(Event::Revoked, Actor::Customer).await,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random interleavings of attempts, grants, revocations and do-not-call changes
+    /// over three nodes, in batches that run at the same moment: the trail, read in order,
+    /// never shows a reservation that the state before it forbade (a one-call grant used
+    /// once, nothing on the do-not-call list or after a revocation), and every node ends
+    /// with the state the trail gives.
+    #[test]
+    fn interleavings_over_three_nodes_agree_with_the_trail_read_in_order(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((0usize..3, op()), 1..6),
+            1..6,
+        )
+    ) {
+        let rt = common::runtime();
+        rt.block_on(async {
+            let rules = Rules::strict();
+            let schema = PgSchema::create().await;
+            let (n, store) = nodes(&schema, &rules).await;
+            let p = pair("4915100000005");
+            let mut k = 0;
+            for batch in &batches {
+                let runs = batch.iter().map(|(node, op)| {
+                    k += 1;
+                    run(n[*node].clone(), p.clone(), op.clone(), format!("call-{k}"))
+                });
+                futures::future::join_all(runs).await;
+            }
+            let records = store
+                .audit_records(&waswitch::store::audit::AuditFilter {
+                    wa_id: Some(p.wa_id.clone()),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .expect("records");
+            let mut reference = waswitch::permission::PairState::new();
+            for r in &records {
+                let Ok(event) = serde_json::from_str::<Event>(&r.entry.detail) else {
+                    continue;
+                };
+                if matches!(event, Event::CallReserved { .. }) {
+                    assert_eq!(
+                        reference.check_call(&rules, r.entry.at),
+                        Ok(()),
+                        "record {} reserved a call the trail forbade: {batches:?}",
+                        r.seq
+                    );
+                }
+                reference.apply(&rules, r.entry.at, &event);
+            }
+            for node in &n {
+                let view = node.view(&p).await;
+                assert_eq!(view.status, reference.status, "{view:?} {batches:?}");
+                assert_eq!(view.dnc, reference.dnc, "{view:?}");
+                assert_eq!(view.calls_in_progress, 0, "{view:?}");
+                assert_eq!(
+                    view.calls_used,
+                    reference.grant.as_ref().map_or(0, |g| g.calls_used),
+                    "{view:?}"
+                );
+            }
+            assert!(matches!(
+                store.verify_audit().await.expect("verify"),
+                Verified::Intact(_)
+            ));
+            schema.drop().await;
+        });
+    }
+}

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::meta::ingress::{outcome, Ingress, PATH};
+use crate::meta::ingress::{outcome, CallOwners, Ingress, PATH};
+use crate::meta::webhook::MetaEvent;
 
 #[derive(serde::Deserialize)]
 struct Challenge {
@@ -100,7 +101,13 @@ async fn receive(State(ingress): State<Option<Arc<Ingress>>>, request: Request) 
         outcome("bad_signature");
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let (mut status, replies) = ingress.accept(&body, Instant::now());
+    let (mut status, replies) = match ingress.owners() {
+        Some(owners) => match route(owners, &parts.headers, &body).await {
+            Ok(keep) => ingress.accept_where(&body, Instant::now(), &|e| keep.takes(e)),
+            Err(refused) => return refused,
+        },
+        None => ingress.accept(&body, Instant::now()),
+    };
     if status == StatusCode::OK {
         status = ingress.record_replies(replies).await;
         outcome(if status == StatusCode::OK {
@@ -113,6 +120,88 @@ async fn receive(State(ingress): State<Option<Arc<Ingress>>>, request: Request) 
         return retry_soon(status.into_response());
     }
     status.into_response()
+}
+
+/// Which events of a delivery this node takes, in a cluster.
+enum Keep {
+    /// Every event but those of these calls (Meta's ids), which other nodes have.
+    AllBut(std::collections::HashSet<String>),
+    /// Only the events of calls this node has (a delivery another node forwarded).
+    Mine(Arc<dyn CallOwners>),
+}
+
+impl Keep {
+    fn takes(&self, event: &MetaEvent) -> bool {
+        match (self, event.call()) {
+            (Keep::AllBut(theirs), Some((wa_call_id, _))) => !theirs.contains(wa_call_id),
+            (Keep::AllBut(_), None) => true,
+            (Keep::Mine(owners), Some((wa_call_id, opaque))) => owners.here(wa_call_id, opaque),
+            // The node Meta sent it to records a permission reply.
+            (Keep::Mine(_), None) => false,
+        }
+    }
+}
+
+/// Sends a delivery (already checked as Meta's) on to the nodes that have the calls it
+/// names, and says which of its events are this node's. A delivery another node forwarded
+/// is checked as that node's (401 otherwise) and never forwarded again. One that cannot be
+/// forwarded is answered 503: Meta's retry brings it again.
+async fn route(
+    owners: &Arc<dyn CallOwners>,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Keep, Response> {
+    match owners.from_peer(headers, body) {
+        Ok(Some(node)) => {
+            tracing::debug!(%node, "webhook forwarded by another node");
+            return Ok(Keep::Mine(Arc::clone(owners)));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "forwarded webhook refused: hop signature");
+            outcome("bad_signature");
+            return Err(StatusCode::UNAUTHORIZED.into_response());
+        }
+    }
+    let Ok(parsed) = crate::meta::webhook::parse(body) else {
+        // Refused as malformed by the ingress.
+        return Ok(Keep::AllBut(Default::default()));
+    };
+    let mut theirs = std::collections::HashSet::new();
+    let mut nodes: Vec<(String, String)> = Vec::new();
+    for event in &parsed.events {
+        let Some((wa_call_id, opaque)) = event.call() else {
+            continue;
+        };
+        if owners.here(wa_call_id, opaque) || theirs.contains(wa_call_id) {
+            continue;
+        }
+        if let Some(node) = owners.elsewhere(wa_call_id, opaque).await {
+            theirs.insert(wa_call_id.to_string());
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    let signature = headers
+        .get(crate::meta::signature::HEADER)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    for (node, url) in &nodes {
+        match owners.forward(url, signature, body).await {
+            Ok(()) => {
+                tracing::debug!(%node, "webhook forwarded to the node that has the call");
+                metrics::counter!(crate::telemetry::META_WEBHOOK_FORWARDED_TOTAL, "outcome" => "forwarded").increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "webhook not forwarded to the node that has the call; Meta retries it");
+                metrics::counter!(crate::telemetry::META_WEBHOOK_FORWARDED_TOTAL, "outcome" => "failed").increment(1);
+                outcome("overloaded");
+                return Err(retry_soon(StatusCode::SERVICE_UNAVAILABLE.into_response()));
+            }
+        }
+    }
+    Ok(Keep::AllBut(theirs))
 }
 
 fn disabled() -> Response {

@@ -17,6 +17,7 @@
 
 pub mod agents;
 pub mod app;
+pub(crate) mod cluster;
 pub mod ivr;
 pub mod leg;
 pub mod media;

@@ -74,6 +74,8 @@ struct Inner {
     /// answer that names the call), with when they came.
     early: DashMap<String, (std::time::Instant, Vec<super::whatsapp::WaEvent>)>,
     draining: AtomicBool,
+    /// Where the calls this node owns are registered for the cluster (`call::cluster`).
+    owners: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::cluster::Claim>>,
     /// Calls removed whose CDR is not handed to the writer yet.
     closing: AtomicUsize,
     changed: Notify,
@@ -85,12 +87,30 @@ impl CallRegistry {
         Self::default()
     }
 
+    /// Registers the calls this node owns, from now on, through `claims` (a cluster).
+    pub(crate) fn watch_owners(&self, claims: tokio::sync::mpsc::Sender<super::cluster::Claim>) {
+        if self.inner.owners.set(claims).is_err() {
+            tracing::warn!("call ownership is registered once; the first register stands");
+        }
+    }
+
+    fn claim(&self, claim: super::cluster::Claim) {
+        if let Some(owners) = self.inner.owners.get() {
+            if let Err(e) = owners.try_send(claim) {
+                tracing::warn!(error = %e, "call ownership not registered: the register's queue is full");
+            }
+        }
+    }
+
     /// Adds a call.
     pub fn insert(&self, id: CallId, entry: CallEntry) {
         self.inner.by_actor.insert(entry.actor.get_id(), id.clone());
+        let mut keys = vec![crate::store::cluster::call_key(id.as_str())];
         if let Some(wa) = &entry.offer.wa_call_id {
             self.inner.by_wa_call.insert(wa.clone(), id.clone());
+            keys.push(crate::store::cluster::wa_key(wa));
         }
+        self.claim(super::cluster::Claim::Own(keys));
         if self.inner.calls.insert(id, entry).is_none() {
             metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
         }
@@ -106,6 +126,7 @@ impl CallRegistry {
             inner: Arc::clone(&self.inner),
         };
         self.inner.by_actor.remove(&entry.actor.get_id());
+        let mut keys = vec![crate::store::cluster::call_key(id.as_str())];
         for wa in entry
             .offer
             .wa_call_id
@@ -113,7 +134,9 @@ impl CallRegistry {
             .chain(&entry.dialled_wa_call_ids)
         {
             self.inner.by_wa_call.remove_if(wa, |_, call| call == id);
+            keys.push(crate::store::cluster::wa_key(wa));
         }
+        self.claim(super::cluster::Claim::Release(keys));
         metrics::gauge!(telemetry::CALLS_ACTIVE).decrement(1.0);
         self.inner.changed.notify_waiters();
         Some((entry, closing))
@@ -139,6 +162,9 @@ impl CallRegistry {
             self.inner
                 .by_wa_call
                 .insert(wa_call_id.to_string(), id.clone());
+            self.claim(super::cluster::Claim::Own(vec![
+                crate::store::cluster::wa_key(wa_call_id),
+            ]));
         }
         self.inner
             .early
@@ -159,6 +185,9 @@ impl CallRegistry {
             self.inner
                 .by_wa_call
                 .insert(wa_call_id.to_string(), id.clone());
+            self.claim(super::cluster::Claim::Own(vec![
+                crate::store::cluster::wa_key(wa_call_id),
+            ]));
         }
         self.take_early(wa_call_id)
     }

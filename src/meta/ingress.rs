@@ -45,6 +45,35 @@ pub(crate) trait ReplySink: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
+/// A boxed future, for the traits the call layer implements for the ingress.
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where the calls a delivery names are, in a cluster (`call::cluster`): a delivery naming
+/// a call another node has is forwarded to that node, which takes the events of its calls
+/// from it.
+pub(crate) trait CallOwners: Send + Sync + 'static {
+    /// Whether this node has the call (by Meta's id, or by the switch's call id Meta echoes
+    /// as `biz_opaque_callback_data`).
+    fn here(&self, wa_call_id: &str, opaque: Option<&str>) -> bool;
+    /// The node (id and URL) that has the call, when another node does.
+    fn elsewhere<'a>(
+        &'a self,
+        wa_call_id: &'a str,
+        opaque: Option<&'a str>,
+    ) -> BoxFuture<'a, Option<(String, String)>>;
+    /// Sends a delivery on to the node at `url`: Meta's body and signature, and the hop's.
+    fn forward<'a>(
+        &'a self,
+        url: &'a str,
+        meta_signature: &'a [u8],
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// The node a delivery was forwarded by (its hop signature checked); `None` when it
+    /// came from Meta directly.
+    fn from_peer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String>;
+}
+
 /// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
 pub(crate) struct Ingress {
     app_secret: Secret,
@@ -54,6 +83,8 @@ pub(crate) struct Ingress {
     replies: Option<Arc<dyn ReplySink>>,
     limits: WebhookLimits,
     reading: Arc<tokio::sync::Semaphore>,
+    /// The cluster's register of calls (`None`: a single node).
+    owners: Option<Arc<dyn CallOwners>>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -79,6 +110,7 @@ impl Ingress {
             replies: None,
             limits,
             reading: Arc::new(tokio::sync::Semaphore::new(limits.concurrency)),
+            owners: None,
         }
     }
 
@@ -94,6 +126,17 @@ impl Ingress {
     pub(crate) fn with_reply_sink(mut self, sink: Arc<dyn ReplySink>) -> Ingress {
         self.replies = Some(sink);
         self
+    }
+
+    /// Forwards deliveries for calls other nodes of the cluster have.
+    pub(crate) fn with_owners(mut self, owners: Arc<dyn CallOwners>) -> Ingress {
+        self.owners = Some(owners);
+        self
+    }
+
+    /// The cluster's register of calls, when the node is in one.
+    pub(crate) fn owners(&self) -> Option<&Arc<dyn CallOwners>> {
+        self.owners.as_ref()
     }
 
     /// Handles one POST: the status to answer. With a reply sink, permission replies are
@@ -168,6 +211,17 @@ impl Ingress {
     /// Handles a body whose signature has been checked: the status to answer, and (with a
     /// reply sink) the permission replies the caller must record before answering.
     pub(crate) fn accept(&self, body: &[u8], now: Instant) -> (StatusCode, Vec<PermissionReply>) {
+        self.accept_where(body, now, &|_| true)
+    }
+
+    /// [`accept`](Self::accept), taking only the events `keep` says (the others are another
+    /// node's).
+    pub(crate) fn accept_where(
+        &self,
+        body: &[u8],
+        now: Instant,
+        keep: &(dyn Fn(&MetaEvent) -> bool + Sync),
+    ) -> (StatusCode, Vec<PermissionReply>) {
         let parsed = match webhook::parse(body) {
             Ok(p) => p,
             Err(e) => {
@@ -194,7 +248,7 @@ impl Ingress {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut fresh: Vec<(String, MetaEvent)> = Vec::new();
         let mut replies = Vec::new();
-        for event in parsed.events {
+        for event in parsed.events.into_iter().filter(|e| keep(e)) {
             // Replies are recorded by the sink, which knows what it has seen.
             if let (Some(_), MetaEvent::PermissionReply(reply)) = (&self.replies, &event) {
                 metrics::counter!(telemetry::META_WEBHOOK_EVENTS_TOTAL, "kind" => event.kind(), "delivery" => "recorded")

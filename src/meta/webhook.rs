@@ -250,6 +250,17 @@ impl MetaEvent {
         }
     }
 
+    /// The call the event is about: Meta's id, and the switch's call id Meta echoes
+    /// (`biz_opaque_callback_data`); `None` for a permission reply.
+    pub fn call(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            MetaEvent::Connect(c) => Some((&c.call_id, c.biz_opaque_callback_data.as_deref())),
+            MetaEvent::Terminate(t) => Some((&t.call_id, t.biz_opaque_callback_data.as_deref())),
+            MetaEvent::Status(s) => Some((&s.call_id, s.biz_opaque_callback_data.as_deref())),
+            MetaEvent::PermissionReply(_) => None,
+        }
+    }
+
     /// What makes a redelivery of this event recognisable: the id plus what happened.
     pub fn dedup_key(&self) -> String {
         match self {

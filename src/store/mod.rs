@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod audit;
 pub(crate) mod cdr;
+pub mod cluster;
 pub mod recordings;
 pub mod webhook;
 pub mod writer;

@@ -1,0 +1,275 @@
+//! This node's place in a cluster (nodes on one PostgreSQL database): its heartbeat, the
+//! calls it owns, and Meta's webhooks for calls another node owns.
+//!
+//! Meta sends every webhook to one URL, behind any HTTP load balancer, so a webhook for a
+//! call can reach any node. The node that has the call registers it (by the switch's call
+//! id, and by each of Meta's ids as it learns them) with a lease it renews every second
+//! while the call lives. A node receiving a delivery that names a call it does not have
+//! looks the owner up and forwards the delivery there, unchanged and with Meta's own
+//! signature, adding a signature of its own (the hop's). The owner checks both, and takes
+//! from it only the events of its own calls; the receiving node takes the rest. A delivery
+//! that cannot be forwarded is answered 503, and Meta's retry brings it again.
+//!
+//! A new call (`connect` with Meta's offer) is taken by the node that receives it: the load
+//! balancer in front already spreads them, and the call needs no lookup before it rings.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use tokio::sync::mpsc;
+
+use super::registry::CallRegistry;
+use super::CallId;
+use crate::clock::now_ms;
+use crate::meta::ingress::{BoxFuture, CallOwners};
+use crate::store::cluster::{call_key, wa_key};
+use crate::store::Store;
+
+/// How often a node writes its heartbeat and renews its calls' leases.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node silent this long is taken as gone: its calls are owned by nobody.
+pub(crate) const ALIVE_MS: i64 = 5_000;
+/// How long a call's lease lasts past its last renewal.
+const LEASE_MS: i64 = 30_000;
+/// The header of the hop's signature: `t=<unix s>,node=<id>,v1=sha256=<hex>`, the
+/// HMAC-SHA256 of `<t>.<node>.<body>`.
+pub(crate) const HOP_HEADER: &str = "x-waswitch-hop";
+/// How far a hop's time may be from ours.
+const HOP_WINDOW_SECS: u64 = 300;
+/// How long a forward may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Registrations queued for the register at most; beyond, one is dropped (and logged): the
+/// lease of a call whose registration is lost only means its webhooks are not forwarded.
+const CLAIM_QUEUE: usize = 10_000;
+
+/// A change to the calls this node owns.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Owns the call of these keys.
+    Own(Vec<String>),
+    /// No longer owns them.
+    Release(Vec<String>),
+}
+
+/// This node in its cluster.
+pub(crate) struct Cluster {
+    store: Store,
+    node_id: String,
+    registry: CallRegistry,
+    /// Where the other nodes reach this one (known once the HTTP listener is bound).
+    url: OnceLock<String>,
+    /// Signs and checks the hops between nodes (derived from Meta's app secret, which every
+    /// node of the cluster holds).
+    hop_key: String,
+    http: reqwest::Client,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .field("url", &self.url.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// This node (`node_id`) of the cluster on `store`: it registers the calls of
+    /// `registry`, and signs hops with a key derived from `app_secret`. Its heartbeat starts
+    /// once its URL is known ([`Cluster::set_url`]).
+    pub(crate) fn start(
+        store: Store,
+        node_id: &str,
+        registry: CallRegistry,
+        app_secret: &[u8],
+    ) -> (Arc<Cluster>, tokio::task::JoinHandle<()>) {
+        let hop_key = crate::meta::signature::sign(app_secret, b"waswitch cluster hop");
+        let (tx, rx) = mpsc::channel(CLAIM_QUEUE);
+        registry.watch_owners(tx);
+        let cluster = Arc::new(Cluster {
+            store,
+            node_id: node_id.to_string(),
+            registry,
+            url: OnceLock::new(),
+            hop_key,
+            http: reqwest::Client::builder()
+                .timeout(FORWARD_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        });
+        let task = tokio::spawn(Arc::clone(&cluster).run(rx));
+        (cluster, task)
+    }
+
+    /// Where the other nodes reach this one's HTTP listener.
+    pub(crate) fn set_url(&self, url: String) {
+        if self.url.set(url).is_err() {
+            tracing::warn!("the node's cluster URL was set twice; the first stands");
+        }
+    }
+
+    /// The node takes no new calls: its heartbeat says so.
+    pub(crate) fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes registrations as they come, and the heartbeat (with the leases' renewal)
+    /// every second.
+    async fn run(self: Arc<Self>, mut claims: mpsc::Receiver<Claim>) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                claim = claims.recv() => {
+                    let Some(claim) = claim else { return };
+                    let result = match &claim {
+                        Claim::Own(keys) => {
+                            self.store
+                                .claim_calls(keys, &self.node_id, now_ms() + LEASE_MS)
+                                .await
+                        }
+                        Claim::Release(keys) => self.store.release_calls(keys, &self.node_id).await,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, ?claim, "call ownership not written; webhooks for it reach only the node Meta sends them to");
+                    }
+                }
+                _ = tick.tick() => {
+                    let Some(url) = self.url.get() else { continue };
+                    let state = if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                        "draining"
+                    } else {
+                        "up"
+                    };
+                    let now = now_ms();
+                    let beat = async {
+                        self.store.heartbeat(&self.node_id, url, state, now).await?;
+                        self.store.renew_calls(&self.node_id, now + LEASE_MS).await
+                    };
+                    if let Err(e) = beat.await {
+                        tracing::warn!(error = %e, "cluster heartbeat not written");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The hop's signature of `body` sent by `node` at `t`: `sha256=<hex>`.
+    fn hop_signature(&self, t: u64, node: &str, body: &[u8]) -> String {
+        let mut signed = format!("{t}.{node}.").into_bytes();
+        signed.extend_from_slice(body);
+        crate::meta::signature::sign(self.hop_key.as_bytes(), &signed)
+    }
+}
+
+fn unix_secs() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+impl CallOwners for Cluster {
+    fn here(&self, wa_call_id: &str, opaque: Option<&str>) -> bool {
+        self.registry.by_wa_call_id(wa_call_id).is_some()
+            || opaque
+                .filter(|o| !o.is_empty())
+                .is_some_and(|o| self.registry.get(&CallId::from(o)).is_some())
+    }
+
+    fn elsewhere<'a>(
+        &'a self,
+        wa_call_id: &'a str,
+        opaque: Option<&'a str>,
+    ) -> BoxFuture<'a, Option<(String, String)>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut keys = vec![wa_key(wa_call_id)];
+            if let Some(o) = opaque.filter(|o| !o.is_empty()) {
+                keys.push(call_key(o));
+            }
+            for key in keys {
+                match self.store.call_owner(&key, now, ALIVE_MS).await {
+                    Ok(Some(owner)) if owner.node_id != self.node_id => {
+                        return Some((owner.node_id, owner.url));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "call owner not looked up; the webhook is taken here");
+                        return None;
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    fn forward<'a>(
+        &'a self,
+        url: &'a str,
+        meta_signature: &'a [u8],
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let t = unix_secs();
+            let hop = format!(
+                "t={t},node={},v1={}",
+                self.node_id,
+                self.hop_signature(t, &self.node_id, body)
+            );
+            let response = self
+                .http
+                .post(format!(
+                    "{}{}",
+                    url.trim_end_matches('/'),
+                    crate::meta::ingress::PATH
+                ))
+                .header(crate::meta::signature::HEADER, meta_signature)
+                .header(HOP_HEADER, hop)
+                .header("content-type", "application/json")
+                .body(body.to_vec())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("{url} answered {}", response.status()))
+            }
+        })
+    }
+
+    fn from_peer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String> {
+        let Some(hop) = headers.get(HOP_HEADER) else {
+            return Ok(None);
+        };
+        let hop = hop.to_str().map_err(|_| "hop header is not text")?;
+        let (mut t, mut node, mut sig) = (None, None, None);
+        for part in hop.split(',') {
+            match part.split_once('=') {
+                Some(("t", v)) => t = v.parse::<u64>().ok(),
+                Some(("node", v)) => node = Some(v),
+                Some(("v1", v)) => sig = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(node), Some(sig)) = (t, node, sig) else {
+            return Err("hop header incomplete".into());
+        };
+        if unix_secs().abs_diff(t) > HOP_WINDOW_SECS {
+            return Err("hop signature too old".into());
+        }
+        let expected = self.hop_signature(t, node, body);
+        let same = expected.len() == sig.len()
+            && expected
+                .bytes()
+                .zip(sig.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err("hop signature does not match".into());
+        }
+        Ok(Some(node.to_string()))
+    }
+}
