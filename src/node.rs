@@ -682,7 +682,7 @@ impl Node {
             };
             let url = format!("{scheme}://{}", SocketAddr::new(ip, http_addr.port()));
             tracing::info!(%url, "in a cluster: other nodes forward webhooks here");
-            cluster.set_url(url);
+            cluster.set_url(url).await;
         }
         tracing::info!(http = %http_addr, node = %node_id, version = telemetry::VERSION, "waswitch ready");
 

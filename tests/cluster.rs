@@ -400,3 +400,231 @@ proptest::proptest! {
         });
     }
 }
+
+// ---- whole nodes ----------------------------------------------------------------------
+
+const SECRET: &str = "cluster-meta-secret";
+const PNID: &str = "105615555715855";
+const NUMBER: &str = "15551112222";
+const TOKEN: &str = "cluster-operator-token";
+
+/// Node `name` of a cluster on `schema`, its media on ports from `media_ports`, Meta being
+/// the sim at `sim`.
+async fn start_node(
+    schema: &PgSchema,
+    name: &str,
+    media_ports: u16,
+    sim: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> waswitch::node::Node {
+    let toml = format!(
+        r#"
+[http]
+api_token = "{TOKEN}"
+[media]
+ip = "127.0.0.1"
+shards = 1
+port_min = {media_ports}
+port_max = {port_max}
+[meta]
+graph_url = "http://{sim}"
+access_token = "tok"
+app_secret = "{SECRET}"
+verify_token = "vt"
+[[business_number]]
+phone_number_id = "{PNID}"
+display_number = "{NUMBER}"
+country = "BR"
+app = "demo"
+[[app]]
+name = "demo"
+url = "http://127.0.0.1:9/"
+secret = "cluster-app-secret-01"
+timeout_ms = 500
+fallback_message = "Sorry."
+event_attempts = 1
+"#,
+        port_max = media_ports + 98,
+    );
+    let mut config =
+        waswitch::config::Config::loopback(&toml, &dir.join(format!("{name}.db"))).expect("config");
+    config.store.url = waswitch::config::StoreUrl::Postgres(schema.url());
+    config.node_id = name.to_string();
+    waswitch::node::Node::start(config).await.expect("node")
+}
+
+async fn place(
+    http: &reqwest::Client,
+    node: &waswitch::node::Node,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    common::api(
+        http,
+        format!("http://{}/v1/calls", node.http_addr()),
+        TOKEN,
+        reqwest::Method::POST,
+        Some(body),
+    )
+    .await
+}
+
+/// Meta sends every webhook to node A (one URL, as behind a load balancer); the calls are
+/// placed on node B. Meta's `connect` (the customer's answer) and status webhooks reach B's
+/// call through A, which forwards them; so does the customer's hang-up (`terminate`). A
+/// do-not-call entry added through A's API cancels a call ringing on B within a second.
+#[test]
+fn webhooks_for_a_call_on_one_node_reach_it_through_another() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let graph = waswitch::sim::graph::SimGraph::new(
+            waswitch::config::Secret::new("tok"),
+            vec![PNID.to_string()],
+        );
+        let sim = graph.serve_loopback().await.expect("sim");
+        let a = start_node(&schema, "node-a", 61_000, sim, dir.path()).await;
+        let b = start_node(&schema, "node-b", 61_200, sim, dir.path()).await;
+        let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
+        let talk = Behaviour {
+            call: CallAnswer::Accept {
+                after: Duration::from_millis(300),
+                hold: Duration::from_secs(2),
+            },
+            permission: PermissionAnswer::Grant { lasts: None },
+            dtmf: None,
+        };
+        let (users, mut answered) = Users::start(ctx, talk);
+        let http = reqwest::Client::new();
+        let (talker, ringing) = ("4915100000011", "4915100000012");
+        for customer in [talker, ringing] {
+            let asked = common::api(
+                &http,
+                format!(
+                    "http://{}/v1/permissions/{NUMBER}/{customer}/request",
+                    a.http_addr()
+                ),
+                TOKEN,
+                reqwest::Method::POST,
+                Some(serde_json::json!({"purpose": "your order"})),
+            )
+            .await;
+            assert_eq!(asked.0, 201, "{asked:?}");
+        }
+        // The grant, recorded on A (Meta's reply reached A), is B's to use at once.
+        for customer in [talker, ringing] {
+            let mut granted = false;
+            for _ in 0..100 {
+                let view = b.permissions().view(&pair(customer)).await;
+                if view.status == waswitch::permission::Status::Granted {
+                    granted = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(granted, "{customer} not granted on node B");
+        }
+        // The customer answers on B's call, talks 2 s and hangs up: their answer, its
+        // status and their hang-up all came to A.
+        let placed = place(
+            &http,
+            &b,
+            serde_json::json!({"from": NUMBER, "to": {"whatsapp": talker},
+                               "verbs": [{"pause": {"ms": 20000}}]}),
+        )
+        .await;
+        assert_eq!(placed.0, 201, "{placed:?}");
+        let call_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let call = tokio::time::timeout(Duration::from_secs(15), answered.recv())
+            .await
+            .expect("the call ended in time")
+            .expect("a call");
+        assert_eq!(call.user, talker);
+        let media = call.media.expect("media");
+        assert!(media.connected, "{media:?}");
+
+        // A call left ringing on B is cancelled by a do-not-call entry added on A.
+        users.set_behaviour(Behaviour {
+            call: CallAnswer::Ignore {
+                ring: Duration::from_secs(20),
+            },
+            permission: PermissionAnswer::Grant { lasts: None },
+            dtmf: None,
+        });
+        let placed2 = place(
+            &http,
+            &b,
+            serde_json::json!({"from": NUMBER, "to": {"whatsapp": ringing},
+                               "verbs": [{"hangup": {}}]}),
+        )
+        .await;
+        assert_eq!(placed2.0, 201, "{placed2:?}");
+        let ringing_id = placed2.1["call_id"].as_str().expect("id").to_string();
+        // Ringing: Meta was asked to place it.
+        for _ in 0..100 {
+            if graph
+                .recorded()
+                .iter()
+                .any(|r| r.action.as_deref() == Some("connect") && r.body["to"] == ringing)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let terminates = || {
+            graph
+                .recorded()
+                .iter()
+                .filter(|r| r.action.as_deref() == Some("terminate"))
+                .count()
+        };
+        let before = terminates();
+        let added = std::time::Instant::now();
+        let dnc = common::api(
+            &http,
+            format!("http://{}/v1/dnc/{NUMBER}/{ringing}", a.http_addr()),
+            TOKEN,
+            reqwest::Method::PUT,
+            Some(serde_json::json!({"reason": "asked by phone"})),
+        )
+        .await;
+        assert!(dnc.0 == 200 || dnc.0 == 201, "{dnc:?}");
+        let mut cancelled = None;
+        while added.elapsed() < Duration::from_secs(3) {
+            if terminates() > before {
+                cancelled = Some(added.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = cancelled.expect("B's ringing call was terminated");
+        eprintln!("a call ringing on node B was cancelled {cancelled:?} after the entry on node A");
+        assert!(cancelled < Duration::from_secs(1), "{cancelled:?}");
+
+        let report_b = b.drain_and_stop().await;
+        let _ = a.drain_and_stop().await;
+        let _ = report_b;
+        let store = schema.open().await;
+        let cdrs =
+            waswitch::store::CdrRepository::list(&store, &waswitch::store::CdrFilter::default())
+                .await
+                .expect("cdrs");
+        let talked = cdrs.iter().find(|c| c.call_id == call_id).expect("B's CDR");
+        assert_eq!(talked.node_id, "node-b");
+        assert_eq!(
+            talked.outcome,
+            waswitch::store::CallOutcome::Answered,
+            "{talked:?}"
+        );
+        assert_eq!(
+            talked.hangup_by,
+            waswitch::store::HangupParty::Customer,
+            "{talked:?}"
+        );
+        let rang = cdrs.iter().find(|c| c.call_id == ringing_id).expect("CDR");
+        assert_eq!(rang.end_cause, "do_not_call", "{rang:?}");
+        schema.drop().await;
+    });
+}

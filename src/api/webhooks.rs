@@ -151,7 +151,7 @@ async fn route(
     headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> Result<Keep, Response> {
-    match owners.from_peer(headers, body) {
+    match owners.forwarded_by(headers, body) {
         Ok(Some(node)) => {
             tracing::debug!(%node, "webhook forwarded by another node");
             return Ok(Keep::Mine(Arc::clone(owners)));

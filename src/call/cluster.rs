@@ -104,10 +104,32 @@ impl Cluster {
         (cluster, task)
     }
 
-    /// Where the other nodes reach this one's HTTP listener.
-    pub(crate) fn set_url(&self, url: String) {
+    /// Where the other nodes reach this one's HTTP listener; the node's first heartbeat is
+    /// written before this returns, so webhooks for its first calls find it.
+    pub(crate) async fn set_url(&self, url: String) {
         if self.url.set(url).is_err() {
             tracing::warn!("the node's cluster URL was set twice; the first stands");
+        }
+        self.beat().await;
+    }
+
+    /// Writes the heartbeat (with the state) and renews the leases of the node's calls.
+    async fn beat(&self) {
+        let Some(url) = self.url.get() else {
+            return;
+        };
+        let state = if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            "draining"
+        } else {
+            "up"
+        };
+        let now = now_ms();
+        let beat = async {
+            self.store.heartbeat(&self.node_id, url, state, now).await?;
+            self.store.renew_calls(&self.node_id, now + LEASE_MS).await
+        };
+        if let Err(e) = beat.await {
+            tracing::warn!(error = %e, "cluster heartbeat not written");
         }
     }
 
@@ -138,22 +160,7 @@ impl Cluster {
                         tracing::warn!(error = %e, ?claim, "call ownership not written; webhooks for it reach only the node Meta sends them to");
                     }
                 }
-                _ = tick.tick() => {
-                    let Some(url) = self.url.get() else { continue };
-                    let state = if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                        "draining"
-                    } else {
-                        "up"
-                    };
-                    let now = now_ms();
-                    let beat = async {
-                        self.store.heartbeat(&self.node_id, url, state, now).await?;
-                        self.store.renew_calls(&self.node_id, now + LEASE_MS).await
-                    };
-                    if let Err(e) = beat.await {
-                        tracing::warn!(error = %e, "cluster heartbeat not written");
-                    }
-                }
+                _ = tick.tick() => self.beat().await,
             }
         }
     }
@@ -240,7 +247,7 @@ impl CallOwners for Cluster {
         })
     }
 
-    fn from_peer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String> {
+    fn forwarded_by(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String> {
         let Some(hop) = headers.get(HOP_HEADER) else {
             return Ok(None);
         };

@@ -71,7 +71,7 @@ pub(crate) trait CallOwners: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), String>>;
     /// The node a delivery was forwarded by (its hop signature checked); `None` when it
     /// came from Meta directly.
-    fn from_peer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String>;
+    fn forwarded_by(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, String>;
 }
 
 /// What the webhook endpoint needs: the app's secrets and the queue to the call layer.
