@@ -403,6 +403,14 @@ proptest::proptest! {
 
 // ---- whole nodes ----------------------------------------------------------------------
 
+/// The nodes' logs in a failed test's output (`RUST_LOG`).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 const SECRET: &str = "cluster-meta-secret";
 const PNID: &str = "105615555715855";
 const NUMBER: &str = "15551112222";
@@ -417,8 +425,20 @@ async fn start_node(
     sim: std::net::SocketAddr,
     dir: &std::path::Path,
 ) -> waswitch::node::Node {
+    start_node_with(schema, name, media_ports, sim, dir, "").await
+}
+
+/// [`start_node`] with `extra` configuration.
+async fn start_node_with(
+    schema: &PgSchema,
+    name: &str,
+    media_ports: u16,
+    sim: std::net::SocketAddr,
+    dir: &std::path::Path,
+    extra: &str,
+) -> waswitch::node::Node {
     let toml = format!(
-        r#"
+        r#"{extra}
 [http]
 api_token = "{TOKEN}"
 [media]
@@ -475,6 +495,7 @@ async fn place(
 #[test]
 fn webhooks_for_a_call_on_one_node_reach_it_through_another() {
     use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    logs();
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
@@ -625,6 +646,141 @@ fn webhooks_for_a_call_on_one_node_reach_it_through_another() {
         );
         let rang = cdrs.iter().find(|c| c.call_id == ringing_id).expect("CDR");
         assert_eq!(rang.end_cause, "do_not_call", "{rang:?}");
+        schema.drop().await;
+    });
+}
+
+/// 30 business-initiated INVITEs at the same moment, ten through each of three nodes, for
+/// a customer whose grant allows one call: the customer is called once (one Graph
+/// `connect`), answers, and hears the PBX; the 29 others are refused with the reason.
+#[test]
+fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    logs();
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let graph = waswitch::sim::graph::SimGraph::new(
+            waswitch::config::Secret::new("tok"),
+            vec![PNID.to_string()],
+        );
+        let sim = graph.serve_loopback().await.expect("sim");
+        let extra = "[permissions]\nprofile = \"strict\"\n\
+                     [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
+                     accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\n\
+                     options_interval_secs = 0\n";
+        let mut nodes = Vec::new();
+        for (i, name) in ["node-1", "node-2", "node-3"].iter().enumerate() {
+            let ports = 61_400 + 200 * u16::try_from(i).expect("few");
+            nodes.push(start_node_with(&schema, name, ports, sim, dir.path(), extra).await);
+        }
+        let ctx = common::sim_context(&graph, nodes[0].http_addr(), SECRET, PNID, NUMBER);
+        let (_users, mut answered) = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(200),
+                    hold: Duration::from_secs(2),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(3600)),
+                },
+                dtmf: None,
+            },
+        );
+        let customer = "4915100000021";
+        let http = reqwest::Client::new();
+        let asked = common::api(
+            &http,
+            format!(
+                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
+                nodes[1].http_addr()
+            ),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(serde_json::json!({"purpose": "your order"})),
+        )
+        .await;
+        assert_eq!(asked.0, 201, "{asked:?}");
+        for node in &nodes {
+            let mut granted = false;
+            for _ in 0..100 {
+                if node.permissions().view(&pair(customer)).await.status
+                    == waswitch::permission::Status::Granted
+                {
+                    granted = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(granted, "not granted on every node");
+        }
+        let dials = nodes.iter().map(|node| {
+            let target = node.sip_udp_addr().expect("SIP over UDP");
+            tokio::task::spawn_blocking(move || {
+                common::run_sipp_with(
+                    "bic_uac_either.xml",
+                    "u1",
+                    target,
+                    10,
+                    100,
+                    &["-key", "biz", NUMBER, "-s", customer, "-rtp_echo"],
+                )
+            })
+        });
+        let results = futures::future::join_all(dials).await;
+        for result in results {
+            let (code, counters, log) = result.expect("sipp");
+            common::assert_all_succeeded(code, &counters, &log, 10);
+        }
+        let call = tokio::time::timeout(Duration::from_secs(10), answered.recv())
+            .await
+            .expect("the customer was called")
+            .expect("a call");
+        assert!(call.media.is_some_and(|m| m.connected));
+        let connects = graph
+            .recorded()
+            .iter()
+            .filter(|r| r.action.as_deref() == Some("connect"))
+            .count();
+        assert_eq!(connects, 1, "the customer was called {connects} times");
+        // Settled once the node that had the call has written its CDR.
+        for node in &nodes {
+            let mut view = node.permissions().view(&pair(customer)).await;
+            for _ in 0..100 {
+                if view.calls_in_progress == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                view = node.permissions().view(&pair(customer)).await;
+            }
+            assert_eq!(
+                (view.calls_used, view.calls_in_progress),
+                (1, 0),
+                "{view:?}"
+            );
+        }
+        for node in nodes {
+            node.drain_and_stop().await;
+        }
+        let store = schema.open().await;
+        assert!(matches!(
+            store.verify_audit().await.expect("verify"),
+            Verified::Intact(_)
+        ));
+        let blocked = store
+            .audit_records(&waswitch::store::audit::AuditFilter {
+                wa_id: Some(customer.to_string()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("records")
+            .into_iter()
+            .filter(|r| r.entry.kind == "call_blocked")
+            .count();
+        assert_eq!(blocked, 29);
         schema.drop().await;
     });
 }

@@ -122,6 +122,12 @@ async fn receive(State(ingress): State<Option<Arc<Ingress>>>, request: Request) 
     status.into_response()
 }
 
+/// How long a webhook for a call no node has is held while the node that placed it
+/// learns Meta's id for it.
+const OWNER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the register is asked meanwhile.
+const OWNER_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Which events of a delivery this node takes, in a cluster.
 enum Keep {
     /// Every event but those of these calls (Meta's ids), which other nodes have.
@@ -173,14 +179,29 @@ async fn route(
         let Some((wa_call_id, opaque)) = event.call() else {
             continue;
         };
-        if owners.here(wa_call_id, opaque) || theirs.contains(wa_call_id) {
+        if theirs.contains(wa_call_id) {
             continue;
         }
-        if let Some(node) = owners.elsewhere(wa_call_id, opaque).await {
-            theirs.insert(wa_call_id.to_string());
-            if !nodes.contains(&node) {
-                nodes.push(node);
+        // Meta's webhooks for a business-initiated call can come before the Graph API's
+        // answer names the call to the node that placed it: a call no node has yet is
+        // looked for a little longer (a user's new call is this node's at once).
+        let deadline = tokio::time::Instant::now() + OWNER_PATIENCE;
+        loop {
+            if owners.here(wa_call_id, opaque) {
+                break;
             }
+            if let Some(node) = owners.elsewhere(wa_call_id, opaque).await {
+                theirs.insert(wa_call_id.to_string());
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+                break;
+            }
+            if event.starts_call() || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(%wa_call_id, kind = event.kind(), "webhook for a call no other node has; taken here");
+                break;
+            }
+            tokio::time::sleep(OWNER_POLL).await;
         }
     }
     let signature = headers

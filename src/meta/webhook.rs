@@ -261,6 +261,11 @@ impl MetaEvent {
         }
     }
 
+    /// A user's new call (a `connect` with their offer), which no node has yet.
+    pub fn starts_call(&self) -> bool {
+        matches!(self, MetaEvent::Connect(c) if c.sdp_type == SdpType::Offer)
+    }
+
     /// What makes a redelivery of this event recognisable: the id plus what happened.
     pub fn dedup_key(&self) -> String {
         match self {
