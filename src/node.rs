@@ -249,6 +249,7 @@ impl Node {
         let cluster = match (&store, config.meta.as_ref()) {
             (Store::Postgres(_), Some(meta)) => Some(crate::call::cluster::Cluster::start(
                 store.clone(),
+                permissions.clone(),
                 &config.node_id,
                 registry.clone(),
                 meta.app_secret.expose().as_bytes(),

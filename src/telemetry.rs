@@ -137,6 +137,9 @@ pub const META_WEBHOOK_EVENTS_TOTAL: &str = "waswitch_meta_webhook_events_total"
 /// call, by `outcome` (`forwarded`, `failed`).
 pub const META_WEBHOOK_FORWARDED_TOTAL: &str = "waswitch_meta_webhook_forwarded_total";
 
+/// Counter: nodes of the cluster this node found lost and closed out.
+pub const CLUSTER_NODES_LOST_TOTAL: &str = "waswitch_cluster_nodes_lost_total";
+
 /// Counter: things in Meta's webhooks this version skipped, by `what` (`field`,
 /// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
 pub const META_WEBHOOK_SKIPPED_TOTAL: &str = "waswitch_meta_webhook_skipped_total";
@@ -705,6 +708,12 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "Meta's webhook deliveries forwarded to the node that has their call, by outcome.",
             one("outcome", &["forwarded", "failed"]),
+        ),
+        m(
+            CLUSTER_NODES_LOST_TOTAL,
+            Counter,
+            "Nodes of the cluster this node found lost and closed out.",
+            Vec::new(),
         ),
         m(
             META_WEBHOOK_SKIPPED_TOTAL,

@@ -784,3 +784,215 @@ fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
         schema.drop().await;
     });
 }
+
+/// A node killed with `-9` mid-call: a survivor notices within 5 s (3 s without its
+/// heartbeat), writes the lost call's CDR with cause `node_lost` (its media went with the
+/// node), and settles the permission the call held (answered: counted as used). The trail
+/// still verifies.
+#[test]
+fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    logs();
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let graph = waswitch::sim::graph::SimGraph::new(
+            waswitch::config::Secret::new("tok"),
+            vec![PNID.to_string()],
+        );
+        let sim = graph.serve_loopback().await.expect("sim");
+        let a = start_node(&schema, "node-a", 62_000, sim, dir.path()).await;
+        // Node B is a process of its own, to be killed.
+        let http_b = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config_b = dir.path().join("node-b.toml");
+        std::fs::write(
+            &config_b,
+            format!(
+                r#"[node]
+id = "node-b"
+[http]
+listen = "{http_b}"
+api_token = "{TOKEN}"
+[sip]
+listen = "127.0.0.1:{sip}"
+[store]
+url = "{store}"
+[media]
+ip = "127.0.0.1"
+port_min = 62200
+port_max = 62298
+[meta]
+graph_url = "http://{sim}"
+access_token = "tok"
+app_secret = "{SECRET}"
+verify_token = "vt"
+[[business_number]]
+phone_number_id = "{PNID}"
+display_number = "{NUMBER}"
+country = "BR"
+app = "demo"
+[[app]]
+name = "demo"
+url = "http://127.0.0.1:9/"
+secret = "cluster-app-secret-01"
+timeout_ms = 500
+fallback_message = "Sorry."
+event_attempts = 1
+"#,
+                sip = common::free_udp_port(),
+                store = schema.url(),
+            ),
+        )
+        .expect("config");
+        let mut b = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"))
+            .args(["run", "--config", &config_b.to_string_lossy()])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node B");
+        let http = reqwest::Client::new();
+        let mut ready = false;
+        for _ in 0..300 {
+            if let Ok(r) = http.get(format!("http://{http_b}/ready")).send().await {
+                if r.status() == 200 {
+                    ready = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "node B did not become ready");
+        let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
+        let (_users, _answered) = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(200),
+                    hold: Duration::from_secs(30),
+                },
+                permission: PermissionAnswer::Grant { lasts: None },
+                dtmf: None,
+            },
+        );
+        let customer = "4915100000031";
+        let asked = common::api(
+            &http,
+            format!(
+                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
+                a.http_addr()
+            ),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(serde_json::json!({"purpose": "your order"})),
+        )
+        .await;
+        assert_eq!(asked.0, 201, "{asked:?}");
+        let mut granted = false;
+        for _ in 0..100 {
+            if a.permissions().view(&pair(customer)).await.status
+                == waswitch::permission::Status::Granted
+            {
+                granted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(granted);
+        let placed = common::api(
+            &http,
+            format!("http://{http_b}/v1/calls"),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(
+                serde_json::json!({"from": NUMBER, "to": {"whatsapp": customer},
+                                    "verbs": [{"pause": {"ms": 30000}}]}),
+            ),
+        )
+        .await;
+        assert_eq!(placed.0, 201, "{placed:?}");
+        let call_id = placed.1["call_id"].as_str().expect("id").to_string();
+        // Answered on B (the user picks up after 200 ms; the answer reaches B through A).
+        let mut answered = false;
+        for _ in 0..100 {
+            let view = a.permissions().view(&pair(customer)).await;
+            if view.calls_in_progress == 1 {
+                let store = schema.open().await;
+                let kinds: Vec<String> = store
+                    .audit_records(&waswitch::store::audit::AuditFilter {
+                        wa_id: Some(customer.to_string()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("records")
+                    .into_iter()
+                    .map(|r| r.entry.kind)
+                    .collect();
+                if kinds.iter().any(|k| k == "call_connected") {
+                    answered = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "the call was not answered on B");
+        b.kill().expect("kill -9");
+        let killed = std::time::Instant::now();
+        let _ = b.wait();
+        let store = schema.open().await;
+        let mut closed = None;
+        while killed.elapsed() < Duration::from_secs(10) {
+            let cdrs = waswitch::store::CdrRepository::list(
+                &store,
+                &waswitch::store::CdrFilter::default(),
+            )
+            .await
+            .expect("cdrs");
+            if let Some(cdr) = cdrs.into_iter().find(|c| c.call_id == call_id) {
+                closed = Some((killed.elapsed(), cdr));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (after, cdr) = closed.expect("the lost call's CDR was written");
+        eprintln!("node B killed; its call closed out by node A after {after:?}");
+        assert!(after < Duration::from_secs(5), "{after:?}");
+        assert_eq!(cdr.end_cause, "node_lost", "{cdr:?}");
+        assert_eq!(cdr.node_id, "node-b");
+        assert!(cdr.answered_at.is_some(), "{cdr:?}");
+        assert_eq!(cdr.customer_wa_id.as_deref(), Some(customer));
+        // The call's hold on the permission is settled right after: answered, so used.
+        let mut view = a.permissions().view(&pair(customer)).await;
+        for _ in 0..50 {
+            if view.calls_in_progress == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            view = a.permissions().view(&pair(customer)).await;
+        }
+        assert_eq!(view.calls_in_progress, 0, "{view:?}");
+        let finished = store
+            .audit_records(&waswitch::store::audit::AuditFilter {
+                wa_id: Some(customer.to_string()),
+                ..Default::default()
+            })
+            .await
+            .expect("records")
+            .into_iter()
+            .rfind(|r| r.entry.kind == "call_finished")
+            .expect("call_finished");
+        let detail: serde_json::Value = serde_json::from_str(&finished.entry.detail).expect("json");
+        assert_eq!(detail["outcome"], "connected", "{detail}");
+        assert_eq!(detail["node_lost"], "node-b", "{detail}");
+        assert_eq!(detail["settled_by"], "node-a", "{detail}");
+        assert!(matches!(
+            store.verify_audit().await.expect("verify"),
+            Verified::Intact(_)
+        ));
+        a.drain_and_stop().await;
+        schema.drop().await;
+    });
+}

@@ -28,8 +28,8 @@ use crate::store::Store;
 
 /// How often a node writes its heartbeat and renews its calls' leases.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A node silent this long is taken as gone: its calls are owned by nobody.
-pub(crate) const ALIVE_MS: i64 = 5_000;
+/// A node silent this long (three heartbeats) is taken as lost: its calls are closed out by a survivor.
+pub(crate) const ALIVE_MS: i64 = 3_000;
 /// How long a call's lease lasts past its last renewal.
 const LEASE_MS: i64 = 30_000;
 /// The header of the hop's signature: `t=<unix s>,node=<id>,v1=sha256=<hex>`, the
@@ -46,15 +46,48 @@ const CLAIM_QUEUE: usize = 10_000;
 /// A change to the calls this node owns.
 #[derive(Debug)]
 pub(crate) enum Claim {
-    /// Owns the call of these keys.
-    Own(Vec<String>),
+    /// Owns call `call_id` by these keys; `detail` is what its CDR starts from.
+    Own {
+        call_id: String,
+        keys: Vec<String>,
+        detail: Option<CallDetail>,
+    },
+    /// The call of `key` was answered at `at`.
+    Answered { key: String, at: i64 },
     /// No longer owns them.
     Release(Vec<String>),
+}
+
+/// What a survivor writes a lost node's call's CDR from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CallDetail {
+    direction: crate::store::Direction,
+    business_number: Option<String>,
+    customer_wa_id: Option<String>,
+    sip_call_id: Option<String>,
+    trunk: Option<String>,
+    offered_at: i64,
+}
+
+impl CallDetail {
+    /// The call as it started.
+    pub(crate) fn of(entry: &super::registry::CallEntry) -> CallDetail {
+        CallDetail {
+            direction: entry.offer.direction,
+            business_number: entry.offer.business_number.clone(),
+            customer_wa_id: entry.offer.customer_wa_id.clone(),
+            sip_call_id: entry.offer.sip_call_id.clone(),
+            trunk: entry.offer.trunk.clone(),
+            offered_at: entry.offered_at,
+        }
+    }
 }
 
 /// This node in its cluster.
 pub(crate) struct Cluster {
     store: Store,
+    /// Settles a lost node's permission holds.
+    permissions: crate::permission::service::Permissions,
     node_id: String,
     registry: CallRegistry,
     /// Where the other nodes reach this one (known once the HTTP listener is bound).
@@ -81,6 +114,7 @@ impl Cluster {
     /// once its URL is known ([`Cluster::set_url`]).
     pub(crate) fn start(
         store: Store,
+        permissions: crate::permission::service::Permissions,
         node_id: &str,
         registry: CallRegistry,
         app_secret: &[u8],
@@ -90,6 +124,7 @@ impl Cluster {
         registry.watch_owners(tx);
         let cluster = Arc::new(Cluster {
             store,
+            permissions,
             node_id: node_id.to_string(),
             registry,
             url: OnceLock::new(),
@@ -149,18 +184,110 @@ impl Cluster {
                 claim = claims.recv() => {
                     let Some(claim) = claim else { return };
                     let result = match &claim {
-                        Claim::Own(keys) => {
+                        Claim::Own { call_id, keys, detail } => {
+                            let detail = detail
+                                .as_ref()
+                                .and_then(|d| serde_json::to_string(d).ok());
                             self.store
-                                .claim_calls(keys, &self.node_id, now_ms() + LEASE_MS)
+                                .claim_calls(
+                                    keys,
+                                    &self.node_id,
+                                    call_id,
+                                    now_ms() + LEASE_MS,
+                                    detail.as_deref(),
+                                )
                                 .await
                         }
+                        Claim::Answered { key, at } => self.store.call_answered(key, *at).await,
                         Claim::Release(keys) => self.store.release_calls(keys, &self.node_id).await,
                     };
                     if let Err(e) = result {
                         tracing::warn!(error = %e, ?claim, "call ownership not written; webhooks for it reach only the node Meta sends them to");
                     }
                 }
-                _ = tick.tick() => self.beat().await,
+                _ = tick.tick() => {
+                    self.beat().await;
+                    self.watch_peers().await;
+                }
+            }
+        }
+    }
+
+    /// Takes over the nodes silent for [`ALIVE_MS`] (one survivor each): their calls are
+    /// closed out and their permission holds settled.
+    async fn watch_peers(&self) {
+        let before = now_ms() - ALIVE_MS;
+        let stale = match self.store.stale_nodes(&self.node_id, before).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's nodes could not be read");
+                return;
+            }
+        };
+        for node in stale {
+            match self.store.take_over(&node, before).await {
+                Ok(true) => self.close_out(&node).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%node, error = %e, "a silent node not taken over"),
+            }
+        }
+    }
+
+    /// Closes out lost node `node`'s calls (their media went with it): a CDR for each, with
+    /// cause `node_lost`, and its permission holds settled by the stage each reached.
+    async fn close_out(&self, node: &str) {
+        use crate::store::CdrRepository;
+        let calls = match self.store.lost_calls(node).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%node, error = %e, "a lost node's calls could not be read");
+                Vec::new()
+            }
+        };
+        tracing::warn!(%node, calls = calls.len(), "node lost: closing its calls out");
+        metrics::counter!(crate::telemetry::CLUSTER_NODES_LOST_TOTAL).increment(1);
+        let now = now_ms();
+        let cdrs: Vec<crate::store::Cdr> = calls
+            .iter()
+            .filter_map(|c| {
+                let d: CallDetail = serde_json::from_str(c.detail.as_deref()?).ok()?;
+                Some(crate::store::Cdr {
+                    call_id: c.call_id.clone(),
+                    node_id: node.to_string(),
+                    direction: d.direction,
+                    business_number: d.business_number,
+                    customer_wa_id: d.customer_wa_id,
+                    wa_call_id: c.wa_call_ids.first().cloned(),
+                    sip_call_id: d.sip_call_id,
+                    trunk: d.trunk,
+                    offered_at: d.offered_at,
+                    ringing_at: None,
+                    answered_at: c.answered_at,
+                    ended_at: now,
+                    duration_ms: c.answered_at.map_or(0, |a| (now - a).max(0)),
+                    outcome: crate::store::CallOutcome::Failed,
+                    hangup_by: crate::store::HangupParty::Switch,
+                    end_cause: "node_lost".into(),
+                    failure: Some(format!("node {node} lost (no heartbeat for 3 s)")),
+                    media: None,
+                    codec_path: None,
+                    control: None,
+                })
+            })
+            .collect();
+        if !cdrs.is_empty() {
+            match self.store.insert_batch(&cdrs).await {
+                Ok(_) => tracing::info!(%node, cdrs = cdrs.len(), "a lost node's calls closed out"),
+                Err(e) => tracing::error!(%node, error = %e, "a lost node's CDRs not written"),
+            }
+        }
+        if let Err(e) = self.store.forget_calls(node).await {
+            tracing::warn!(%node, error = %e, "a lost node's calls not forgotten; their leases lapse");
+        }
+        match self.permissions.settle_node(node).await {
+            Ok(n) => tracing::info!(%node, settled = n, "a lost node's permission holds settled"),
+            Err(e) => {
+                tracing::error!(%node, error = %e, "a lost node's permission holds not settled; it settles them when it starts again")
             }
         }
     }

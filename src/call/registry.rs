@@ -110,7 +110,13 @@ impl CallRegistry {
             self.inner.by_wa_call.insert(wa.clone(), id.clone());
             keys.push(crate::store::cluster::wa_key(wa));
         }
-        self.claim(super::cluster::Claim::Own(keys));
+        if self.inner.owners.get().is_some() {
+            self.claim(super::cluster::Claim::Own {
+                call_id: id.to_string(),
+                keys,
+                detail: Some(super::cluster::CallDetail::of(&entry)),
+            });
+        }
         if self.inner.calls.insert(id, entry).is_none() {
             metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
         }
@@ -162,9 +168,11 @@ impl CallRegistry {
             self.inner
                 .by_wa_call
                 .insert(wa_call_id.to_string(), id.clone());
-            self.claim(super::cluster::Claim::Own(vec![
-                crate::store::cluster::wa_key(wa_call_id),
-            ]));
+            self.claim(super::cluster::Claim::Own {
+                call_id: id.to_string(),
+                keys: vec![crate::store::cluster::wa_key(wa_call_id)],
+                detail: None,
+            });
         }
         self.inner
             .early
@@ -185,9 +193,11 @@ impl CallRegistry {
             self.inner
                 .by_wa_call
                 .insert(wa_call_id.to_string(), id.clone());
-            self.claim(super::cluster::Claim::Own(vec![
-                crate::store::cluster::wa_key(wa_call_id),
-            ]));
+            self.claim(super::cluster::Claim::Own {
+                call_id: id.to_string(),
+                keys: vec![crate::store::cluster::wa_key(wa_call_id)],
+                detail: None,
+            });
         }
         self.take_early(wa_call_id)
     }
@@ -235,6 +245,12 @@ impl CallRegistry {
     pub fn mark_answered(&self, id: &CallId, at: Option<i64>) {
         if let Some(mut entry) = self.inner.calls.get_mut(id) {
             entry.answered_at = at;
+        }
+        if let Some(at) = at {
+            self.claim(super::cluster::Claim::Answered {
+                key: crate::store::cluster::call_key(id.as_str()),
+                at,
+            });
         }
     }
 

@@ -1123,6 +1123,52 @@ impl Permissions {
         }
     }
 
+    /// Settles the call attempts node `node` reserved and left open (the node was lost):
+    /// each by the last stage the trail shows, as that node would at its restart
+    /// ([`Stage::settled_at_restart`]), with a record naming the node. The number settled.
+    pub async fn settle_node(&self, node: &str) -> Result<usize, StoreError> {
+        let since = now_ms() - 2 * crate::permission::state::DAY_MS;
+        let kind = Event::CallReserved {
+            call_id: None,
+            staged: true,
+        }
+        .name();
+        let reserved = self.inner.store.records_of_node(kind, node, since).await?;
+        let mut settled = 0;
+        for r in reserved {
+            let Ok(detail) = serde_json::from_str::<Value>(&r.entry.detail) else {
+                continue;
+            };
+            if detail.get("node").and_then(Value::as_str) != Some(node) {
+                continue;
+            }
+            let Some(call_id) = detail.get("call_id").and_then(Value::as_str) else {
+                continue;
+            };
+            let pair = Pair::of_record(&r.entry);
+            let mut held = self.lock(&pair).await?;
+            let Some(stage) = held.stage(call_id) else {
+                self.release(held).await?;
+                continue;
+            };
+            let (outcome, why) = stage.settled_at_restart();
+            let mut context = Map::new();
+            context.insert("node_lost".into(), json!(node));
+            context.insert("settled_by".into(), json!(self.inner.node));
+            context.insert("settled_at_start".into(), json!(why));
+            context.insert("stage".into(), json!(stage));
+            let event = Event::CallFinished {
+                outcome,
+                call_id: Some(call_id.to_string()),
+            };
+            self.commit(&pair, &mut held, Actor::Switch, event, context)
+                .await?;
+            self.release(held).await?;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
     /// Pairs on the do-not-call list (of one business number, or all).
     pub async fn dnc_list(&self, business_number: Option<&str>) -> Vec<Pair> {
         let slots: Vec<(Pair, Arc<tokio::sync::Mutex<Cached>>)> = self

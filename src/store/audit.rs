@@ -395,6 +395,42 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The records of `kind` since `since` (epoch ms) that name node `node` (a survivor
+    /// settles a lost node's call attempts from its reservations).
+    pub async fn records_of_node(
+        &self,
+        kind: &str,
+        node: &str,
+        since: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_records WHERE kind = $3 AND at >= $1 \
+             AND detail LIKE $2 ORDER BY seq"
+        );
+        let pattern = format!("%\"node\":{}%", serde_json::Value::from(node));
+        let rows: Vec<Row> = match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(&sql)
+                    .bind(since)
+                    .bind(&pattern)
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(&sql)
+                    .bind(since)
+                    .bind(&pattern)
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        rows.into_iter().map(AuditRecord::try_from).collect()
+    }
+}
+
 /// Records read per page when a trail is walked.
 const WALK_PAGE: u32 = 5000;
 

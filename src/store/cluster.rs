@@ -14,6 +14,19 @@ pub struct Owner {
     pub url: String,
 }
 
+/// A call of a lost node, as the register kept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCall {
+    /// The switch's call id.
+    pub call_id: String,
+    /// What its CDR starts from (JSON), when the register has it.
+    pub detail: Option<String>,
+    /// When it was answered (epoch ms).
+    pub answered_at: Option<i64>,
+    /// Meta's ids of it.
+    pub wa_call_ids: Vec<String>,
+}
+
 /// The register key of the switch's call `id`.
 pub fn call_key(id: &str) -> String {
     format!("call:{id}")
@@ -28,9 +41,18 @@ const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, url, heartbeat_at, 
                          VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET \
                          url = excluded.url, heartbeat_at = excluded.heartbeat_at, \
                          state = excluded.state";
-const CLAIM: &str = "INSERT INTO call_owners (key, node_id, lease_until) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key) DO UPDATE SET node_id = excluded.node_id, \
-                     lease_until = excluded.lease_until";
+const CLAIM: &str = "INSERT INTO call_owners (key, node_id, call_id, lease_until, detail) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO UPDATE SET \
+                     node_id = excluded.node_id, call_id = excluded.call_id, \
+                     lease_until = excluded.lease_until, detail = excluded.detail";
+const ANSWERED: &str = "UPDATE call_owners SET answered_at = $2 WHERE key = $1";
+const STALE: &str = "SELECT node_id FROM cluster_nodes WHERE state <> 'lost' \
+                     AND heartbeat_at < $1 AND node_id <> $2";
+const TAKE_OVER: &str = "UPDATE cluster_nodes SET state = 'lost' WHERE node_id = $1 \
+                         AND state <> 'lost' AND heartbeat_at < $2";
+const LOST_CALLS: &str = "SELECT key, call_id, detail, answered_at FROM call_owners \
+                          WHERE node_id = $1";
+const FORGET: &str = "DELETE FROM call_owners WHERE node_id = $1";
 const RELEASE: &str = "DELETE FROM call_owners WHERE key = $1 AND node_id = $2";
 const RENEW: &str = "UPDATE call_owners SET lease_until = $2 WHERE node_id = $1";
 const OWNER: &str = "SELECT o.key, o.node_id, n.url FROM call_owners o \
@@ -69,22 +91,106 @@ impl Store {
         Ok(())
     }
 
-    /// Node `node_id` owns the calls of `keys` until `lease_until` (epoch ms).
+    /// Node `node_id` owns call `call_id` by `keys` until `lease_until` (epoch ms);
+    /// `detail` (on the call's own key) is what its CDR would start from.
     pub async fn claim_calls(
         &self,
         keys: &[String],
         node_id: &str,
+        call_id: &str,
         lease_until: i64,
+        detail: Option<&str>,
     ) -> Result<(), StoreError> {
         for key in keys {
+            let detail = detail.filter(|_| key.starts_with("call:"));
             on_pool!(self, |p| sqlx::query(CLAIM)
                 .bind(key)
                 .bind(node_id)
+                .bind(call_id)
                 .bind(lease_until)
+                .bind(detail)
                 .execute(p)
                 .await
                 .map(drop))?;
         }
+        Ok(())
+    }
+
+    /// The call of `key` was answered at `at` (epoch ms).
+    pub async fn call_answered(&self, key: &str, at: i64) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(ANSWERED)
+            .bind(key)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+
+    /// Nodes other than `me` not heard from since `before` (epoch ms) and not yet taken
+    /// over.
+    pub async fn stale_nodes(&self, me: &str, before: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(STALE)
+            .bind(before)
+            .bind(me)
+            .fetch_all(p)
+            .await)?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    /// Marks node `node_id` lost if it is still silent since `before`: true for exactly one
+    /// caller, who then closes its calls out.
+    pub async fn take_over(&self, node_id: &str, before: i64) -> Result<bool, StoreError> {
+        let done = on_pool!(self, |p| sqlx::query(TAKE_OVER)
+            .bind(node_id)
+            .bind(before)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// The calls node `node_id` owned: each call id with what its CDR starts from, when it
+    /// was answered, and Meta's ids of it.
+    pub async fn lost_calls(&self, node_id: &str) -> Result<Vec<LostCall>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, Option<i64>)> =
+            on_pool!(self, |p| sqlx::query_as(LOST_CALLS)
+                .bind(node_id)
+                .fetch_all(p)
+                .await)?;
+        let mut calls: Vec<LostCall> = Vec::new();
+        for (key, call_id, detail, answered_at) in rows {
+            let i = match calls.iter().position(|c| c.call_id == call_id) {
+                Some(i) => i,
+                None => {
+                    calls.push(LostCall {
+                        call_id: call_id.clone(),
+                        detail: None,
+                        answered_at: None,
+                        wa_call_ids: Vec::new(),
+                    });
+                    calls.len() - 1
+                }
+            };
+            let call = &mut calls[i];
+            match key.strip_prefix("wa:") {
+                Some(wa) => call.wa_call_ids.push(wa.to_string()),
+                None => {
+                    call.detail = detail;
+                    call.answered_at = answered_at;
+                }
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Forgets every call node `node_id` owned.
+    pub async fn forget_calls(&self, node_id: &str) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(FORGET)
+            .bind(node_id)
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
