@@ -713,7 +713,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             CLUSTER_NODES_LOST_TOTAL,
             Counter,
             "Nodes of the cluster this node found lost and closed out.",
-            Vec::new(),
+            unlabelled(),
         ),
         m(
             META_WEBHOOK_SKIPPED_TOTAL,

@@ -996,3 +996,172 @@ event_attempts = 1
         schema.drop().await;
     });
 }
+
+/// Kamailio (ops/kamailio/waswitch.cfg) in front of two nodes: a PBX's calls through it are
+/// spread over both nodes, each dialog's ACK and BYE staying on its node (record-routing);
+/// once a node drains and stops, every call goes to the other, none failing.
+#[test]
+fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    logs();
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let graph = waswitch::sim::graph::SimGraph::new(
+            waswitch::config::Secret::new("tok"),
+            vec![PNID.to_string()],
+        );
+        let sim = graph.serve_loopback().await.expect("sim");
+        let extra = "[shutdown]\ngrace_secs = 5\n\
+                     [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
+                     accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\n\
+                     options_interval_secs = 0\n";
+        let a = start_node_with(&schema, "node-a", 62_400, sim, dir.path(), extra).await;
+        let b = start_node_with(&schema, "node-b", 62_600, sim, dir.path(), extra).await;
+        // Meta's webhooks go to B, which stays.
+        let ctx = common::sim_context(&graph, b.http_addr(), SECRET, PNID, NUMBER);
+        let (_users, _answered) = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(200),
+                    hold: Duration::from_millis(800),
+                },
+                permission: PermissionAnswer::Grant { lasts: None },
+                dtmf: None,
+            },
+        );
+        let customer = "4915100000041";
+        let http = reqwest::Client::new();
+        let asked = common::api(
+            &http,
+            format!(
+                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
+                b.http_addr()
+            ),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(serde_json::json!({"purpose": "your order"})),
+        )
+        .await;
+        assert_eq!(asked.0, 201, "{asked:?}");
+        for _ in 0..100 {
+            if a.permissions().view(&pair(customer)).await.status
+                == waswitch::permission::Status::Granted
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let list = dir.path().join("waswitch.list");
+        std::fs::write(
+            &list,
+            format!(
+                "1 sip:{}\n1 sip:{}\n",
+                a.sip_udp_addr().expect("SIP"),
+                b.sip_udp_addr().expect("SIP")
+            ),
+        )
+        .expect("list");
+        let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_udp_port()));
+        let run = dir.path().join("kamailio");
+        std::fs::create_dir_all(&run).expect("run dir");
+        let _kamailio = Kamailio(
+            std::process::Command::new("kamailio")
+                .args(["-f"])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/ops/kamailio/waswitch.cfg"
+                ))
+                .args(["-DD", "-E", "-Y"])
+                .arg(&run)
+                .arg("-w")
+                .arg(&run)
+                .arg("-A")
+                .arg(format!("LISTEN=udp:{proxy}"))
+                .arg("-A")
+                .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
+                .args(["-A", "CHILDREN=2", "-m", "64", "-M", "8"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("kamailio (Debian package kamailio)"),
+        );
+        // Both nodes probed up.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let dial = |calls: u32| {
+            tokio::task::spawn_blocking(move || {
+                common::run_sipp_with(
+                    "bic_uac_proxied.xml",
+                    "u1",
+                    proxy,
+                    calls,
+                    4,
+                    // One call at a time: Meta refuses a second call to a user in a call.
+                    &["-key", "biz", NUMBER, "-s", customer, "-rtp_echo", "-l", "1"],
+                )
+            })
+        };
+        let store = schema.open().await;
+        let nodes_of_calls = || async {
+            let cdrs = waswitch::store::CdrRepository::list(
+                &store,
+                &waswitch::store::CdrFilter::default(),
+            )
+            .await
+            .expect("cdrs");
+            cdrs.into_iter()
+                .map(|c| (c.node_id, c.outcome))
+                .collect::<Vec<_>>()
+        };
+        let (code, counters, log) = dial(6).await.expect("sipp");
+        common::assert_all_succeeded(code, &counters, &log, 6);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let first = nodes_of_calls().await;
+        assert_eq!(first.len(), 6, "{first:?}");
+        for node in ["node-a", "node-b"] {
+            assert!(
+                first
+                    .iter()
+                    .any(|(n, o)| n == node && *o == waswitch::store::CallOutcome::Answered),
+                "no call answered on {node}: {first:?}"
+            );
+        }
+        // A drains and stops; the proxy leaves it out, and no call fails.
+        a.drain_and_stop().await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (code, counters, log) = dial(6).await.expect("sipp");
+        common::assert_all_succeeded(code, &counters, &log, 6);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let all = nodes_of_calls().await;
+        let on_b = all.iter().filter(|(n, _)| n == "node-b").count();
+        let on_a = all.iter().filter(|(n, _)| n == "node-a").count();
+        assert_eq!(on_a + on_b, 12, "{all:?}");
+        assert_eq!(
+            on_a,
+            first.iter().filter(|(n, _)| n == "node-a").count(),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .all(|(_, o)| *o == waswitch::store::CallOutcome::Answered),
+            "{all:?}"
+        );
+        b.drain_and_stop().await;
+        schema.drop().await;
+    });
+}
+
+/// Kamailio in the foreground (`-DD`), stopped with SIGTERM (which stops its workers too)
+/// when the test ends, however it ends.
+struct Kamailio(std::process::Child);
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}

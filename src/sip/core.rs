@@ -892,6 +892,10 @@ impl SipCore {
                 .header(HeaderName::Supported, SUPPORTED_OPTIONS.join(", "))
         };
         match method {
+            // A proxy probing the node (Kamailio's dispatcher) stops sending it new calls.
+            Method::Options if self.draining => {
+                respond(503, "Service Unavailable - draining").header(HeaderName::RetryAfter, "30")
+            }
             Method::Options => respond(200, "OK").header(
                 HeaderName::Other(Bytes::from_static(b"Accept")),
                 "application/sdp",
