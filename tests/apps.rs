@@ -286,6 +286,13 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
         .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
+/// The CDR of the switch's call `call_id`.
+fn cdr_by_id<'a>(cdrs: &'a [Cdr], call_id: &str) -> &'a Cdr {
+    cdrs.iter()
+        .find(|c| c.call_id == call_id)
+        .unwrap_or_else(|| panic!("no CDR for {call_id} in {cdrs:?}"))
+}
+
 /// The sim's users of a number: they grant call permission for a day, and answer the
 /// business's calls after 300 ms, talking for `hold_secs`.
 fn answering_users(
@@ -1088,10 +1095,7 @@ fn an_app_places_a_call_with_the_permission_enforced_and_drives_it() {
     let cdrs = cdrs(&rt, rig.node, dir.path());
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "{counters:?}");
-    let cdr = cdrs
-        .iter()
-        .find(|c| c.call_id == call_id)
-        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    let cdr = cdr_by_id(&cdrs, &call_id);
     assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
     assert_eq!(
         cdr.outcome,
@@ -1194,10 +1198,7 @@ fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
         assert!(media.audio_verified(), "{}: {media:?}", call.user);
     }
     let cdrs = cdrs(&rt, rig.node, dir.path());
-    let cdr = cdrs
-        .iter()
-        .find(|c| c.call_id == call_id)
-        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    let cdr = cdr_by_id(&cdrs, &call_id);
     assert_eq!(
         cdr.outcome,
         waswitch::store::CallOutcome::Answered,
@@ -1415,10 +1416,7 @@ fn an_app_calls_a_phone_first_and_bridges_it_to_a_whatsapp_user() {
         .zip([via_trunk, via_agent])
         .zip(["pbx", "agent:alice"])
     {
-        let cdr = cdrs
-            .iter()
-            .find(|c| &c.call_id == id)
-            .unwrap_or_else(|| panic!("no CDR for {id} in {cdrs:?}"));
+        let cdr = cdr_by_id(&cdrs, id);
         assert_eq!(cdr.direction, waswitch::store::Direction::BusinessInitiated);
         assert_eq!(
             cdr.outcome,
@@ -1475,10 +1473,7 @@ fn a_phone_that_refuses_a_placed_call_ends_it_before_anyone_is_dialled() {
     let cdrs = cdrs(&rt, rig.node, dir.path());
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "{counters:?}");
-    let cdr = cdrs
-        .iter()
-        .find(|c| c.call_id == call_id)
-        .unwrap_or_else(|| panic!("no CDR in {cdrs:?}"));
+    let cdr = cdr_by_id(&cdrs, &call_id);
     assert_eq!(
         cdr.outcome,
         waswitch::store::CallOutcome::Unanswered,

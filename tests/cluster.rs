@@ -403,6 +403,51 @@ proptest::proptest! {
 
 // ---- whole nodes ----------------------------------------------------------------------
 
+/// The sim as Meta for the cluster's business number, and where its Graph API listens.
+async fn meta() -> (waswitch::sim::graph::SimGraph, std::net::SocketAddr) {
+    let graph = waswitch::sim::graph::SimGraph::new(
+        waswitch::config::Secret::new("tok"),
+        vec![PNID.to_string()],
+    );
+    let sim = graph.serve_loopback().await.expect("sim");
+    (graph, sim)
+}
+
+/// Asks `customer` for call permission through `via`'s API (the sim's users grant it), and
+/// waits until every node of `nodes` knows of the grant.
+async fn granted(
+    http: &reqwest::Client,
+    via: &waswitch::node::Node,
+    nodes: &[&waswitch::node::Node],
+    customer: &str,
+) {
+    let asked = common::api(
+        http,
+        format!(
+            "http://{}/v1/permissions/{NUMBER}/{customer}/request",
+            via.http_addr()
+        ),
+        TOKEN,
+        reqwest::Method::POST,
+        Some(serde_json::json!({"purpose": "your order"})),
+    )
+    .await;
+    assert_eq!(asked.0, 201, "{asked:?}");
+    for node in nodes {
+        let mut known = false;
+        for _ in 0..100 {
+            if node.permissions().view(&pair(customer)).await.status
+                == waswitch::permission::Status::Granted
+            {
+                known = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(known, "{customer}'s grant is not known on every node");
+    }
+}
+
 /// The nodes' logs in a failed test's output (`RUST_LOG`).
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -500,11 +545,7 @@ fn webhooks_for_a_call_on_one_node_reach_it_through_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
         let schema = PgSchema::create().await;
-        let graph = waswitch::sim::graph::SimGraph::new(
-            waswitch::config::Secret::new("tok"),
-            vec![PNID.to_string()],
-        );
-        let sim = graph.serve_loopback().await.expect("sim");
+        let (graph, sim) = meta().await;
         let a = start_node(&schema, "node-a", 61_000, sim, dir.path()).await;
         let b = start_node(&schema, "node-b", 61_200, sim, dir.path()).await;
         let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
@@ -519,32 +560,9 @@ fn webhooks_for_a_call_on_one_node_reach_it_through_another() {
         let (users, mut answered) = Users::start(ctx, talk);
         let http = reqwest::Client::new();
         let (talker, ringing) = ("4915100000011", "4915100000012");
-        for customer in [talker, ringing] {
-            let asked = common::api(
-                &http,
-                format!(
-                    "http://{}/v1/permissions/{NUMBER}/{customer}/request",
-                    a.http_addr()
-                ),
-                TOKEN,
-                reqwest::Method::POST,
-                Some(serde_json::json!({"purpose": "your order"})),
-            )
-            .await;
-            assert_eq!(asked.0, 201, "{asked:?}");
-        }
         // The grant, recorded on A (Meta's reply reached A), is B's to use at once.
         for customer in [talker, ringing] {
-            let mut granted = false;
-            for _ in 0..100 {
-                let view = b.permissions().view(&pair(customer)).await;
-                if view.status == waswitch::permission::Status::Granted {
-                    granted = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert!(granted, "{customer} not granted on node B");
+            granted(&http, &a, &[&b], customer).await;
         }
         // The customer answers on B's call, talks 2 s and hangs up: their answer, its
         // status and their hang-up all came to A.
@@ -661,11 +679,7 @@ fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
         let schema = PgSchema::create().await;
-        let graph = waswitch::sim::graph::SimGraph::new(
-            waswitch::config::Secret::new("tok"),
-            vec![PNID.to_string()],
-        );
-        let sim = graph.serve_loopback().await.expect("sim");
+        let (graph, sim) = meta().await;
         let extra = "[permissions]\nprofile = \"strict\"\n\
                      [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
                      accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\n\
@@ -691,31 +705,13 @@ fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
         );
         let customer = "4915100000021";
         let http = reqwest::Client::new();
-        let asked = common::api(
+        granted(
             &http,
-            format!(
-                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
-                nodes[1].http_addr()
-            ),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(serde_json::json!({"purpose": "your order"})),
+            &nodes[1],
+            &nodes.iter().collect::<Vec<_>>(),
+            customer,
         )
         .await;
-        assert_eq!(asked.0, 201, "{asked:?}");
-        for node in &nodes {
-            let mut granted = false;
-            for _ in 0..100 {
-                if node.permissions().view(&pair(customer)).await.status
-                    == waswitch::permission::Status::Granted
-                {
-                    granted = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert!(granted, "not granted on every node");
-        }
         let dials = nodes.iter().map(|node| {
             let target = node.sip_udp_addr().expect("SIP over UDP");
             tokio::task::spawn_blocking(move || {
@@ -797,11 +793,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
         let schema = PgSchema::create().await;
-        let graph = waswitch::sim::graph::SimGraph::new(
-            waswitch::config::Secret::new("tok"),
-            vec![PNID.to_string()],
-        );
-        let sim = graph.serve_loopback().await.expect("sim");
+        let (graph, sim) = meta().await;
         let a = start_node(&schema, "node-a", 62_000, sim, dir.path()).await;
         // Node B is a process of its own, to be killed.
         let http_b = std::net::TcpListener::bind("127.0.0.1:0")
@@ -879,29 +871,7 @@ event_attempts = 1
             },
         );
         let customer = "4915100000031";
-        let asked = common::api(
-            &http,
-            format!(
-                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
-                a.http_addr()
-            ),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(serde_json::json!({"purpose": "your order"})),
-        )
-        .await;
-        assert_eq!(asked.0, 201, "{asked:?}");
-        let mut granted = false;
-        for _ in 0..100 {
-            if a.permissions().view(&pair(customer)).await.status
-                == waswitch::permission::Status::Granted
-            {
-                granted = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(granted);
+        granted(&http, &a, &[&a], customer).await;
         let placed = common::api(
             &http,
             format!("http://{http_b}/v1/calls"),
@@ -1008,11 +978,7 @@ fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
         let schema = PgSchema::create().await;
-        let graph = waswitch::sim::graph::SimGraph::new(
-            waswitch::config::Secret::new("tok"),
-            vec![PNID.to_string()],
-        );
-        let sim = graph.serve_loopback().await.expect("sim");
+        let (graph, sim) = meta().await;
         let extra = "[shutdown]\ngrace_secs = 5\n\
                      [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5999\"\n\
                      accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\n\
@@ -1034,26 +1000,7 @@ fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
         );
         let customer = "4915100000041";
         let http = reqwest::Client::new();
-        let asked = common::api(
-            &http,
-            format!(
-                "http://{}/v1/permissions/{NUMBER}/{customer}/request",
-                b.http_addr()
-            ),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(serde_json::json!({"purpose": "your order"})),
-        )
-        .await;
-        assert_eq!(asked.0, 201, "{asked:?}");
-        for _ in 0..100 {
-            if a.permissions().view(&pair(customer)).await.status
-                == waswitch::permission::Status::Granted
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        granted(&http, &b, &[&a, &b], customer).await;
         let list = dir.path().join("waswitch.list");
         std::fs::write(
             &list,
@@ -1099,7 +1046,16 @@ fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
                     calls,
                     4,
                     // One call at a time: Meta refuses a second call to a user in a call.
-                    &["-key", "biz", NUMBER, "-s", customer, "-rtp_echo", "-l", "1"],
+                    &[
+                        "-key",
+                        "biz",
+                        NUMBER,
+                        "-s",
+                        customer,
+                        "-rtp_echo",
+                        "-l",
+                        "1",
+                    ],
                 )
             })
         };
