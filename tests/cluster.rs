@@ -482,7 +482,18 @@ async fn start_node_with(
     dir: &std::path::Path,
     extra: &str,
 ) -> waswitch::node::Node {
-    let toml = format!(
+    let toml = node_toml(media_ports, sim, extra);
+    let mut config =
+        waswitch::config::Config::loopback(&toml, &dir.join(format!("{name}.db"))).expect("config");
+    config.store.url = waswitch::config::StoreUrl::Postgres(schema.url());
+    config.node_id = name.to_string();
+    waswitch::node::Node::start(config).await.expect("node")
+}
+
+/// A node's configuration: the cluster's business number driven by app `demo`, Meta the
+/// sim at `sim`, media on ports from `media_ports`, with `extra` first.
+fn node_toml(media_ports: u16, sim: std::net::SocketAddr, extra: &str) -> String {
+    format!(
         r#"{extra}
 [http]
 api_token = "{TOKEN}"
@@ -510,12 +521,7 @@ fallback_message = "Sorry."
 event_attempts = 1
 "#,
         port_max = media_ports + 98,
-    );
-    let mut config =
-        waswitch::config::Config::loopback(&toml, &dir.join(format!("{name}.db"))).expect("config");
-    config.store.url = waswitch::config::StoreUrl::Postgres(schema.url());
-    config.node_id = name.to_string();
-    waswitch::node::Node::start(config).await.expect("node")
+    )
 }
 
 async fn place(
@@ -800,47 +806,16 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let config_b = dir.path().join("node-b.toml");
-        std::fs::write(
-            &config_b,
-            format!(
-                r#"[node]
-id = "node-b"
-[http]
-listen = "{http_b}"
-api_token = "{TOKEN}"
-[sip]
-listen = "127.0.0.1:{sip}"
-[store]
-url = "{store}"
-[media]
-ip = "127.0.0.1"
-port_min = 62200
-port_max = 62298
-[meta]
-graph_url = "http://{sim}"
-access_token = "tok"
-app_secret = "{SECRET}"
-verify_token = "vt"
-[[business_number]]
-phone_number_id = "{PNID}"
-display_number = "{NUMBER}"
-country = "BR"
-app = "demo"
-[[app]]
-name = "demo"
-url = "http://127.0.0.1:9/"
-secret = "cluster-app-secret-01"
-timeout_ms = 500
-fallback_message = "Sorry."
-event_attempts = 1
-"#,
-                sip = common::free_udp_port(),
-                store = schema.url(),
-            ),
-        )
-        .expect("config");
+        std::fs::write(&config_b, node_toml(62_200, sim, "")).expect("config");
         let mut b = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"))
             .args(["run", "--config", &config_b.to_string_lossy()])
+            .env("WASWITCH_NODE_ID", "node-b")
+            .env("WASWITCH_HTTP_LISTEN", http_b.to_string())
+            .env(
+                "WASWITCH_SIP_LISTEN",
+                format!("127.0.0.1:{}", common::free_udp_port()),
+            )
+            .env("WASWITCH_STORE_URL", schema.url())
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
