@@ -1,6 +1,7 @@
 -- The nodes of a cluster sharing this database, and which node owns which call.
--- A node writes its heartbeat every second; one silent for 5 s is taken as lost by a
--- survivor, which closes its calls out.
+-- A node writes its heartbeat every second (state `up` or `draining`); one silent for 3 s
+-- is taken as `lost` by a survivor, which closes its calls out; one that stopped in good
+-- order is `left`.
 CREATE TABLE IF NOT EXISTS cluster_nodes (
     node_id TEXT PRIMARY KEY,
     url TEXT NOT NULL,

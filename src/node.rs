@@ -801,9 +801,6 @@ impl Node {
         if let Some(listener) = &self.cluster_listener {
             listener.abort();
         }
-        if let Some((_, task)) = &self.cluster {
-            task.abort();
-        }
         // INVITEs being admitted as the drain began get their answer (a 503) before the
         // listeners stop.
         let _ = self.admissions.settle(HANGUP_TIMEOUT).await;
@@ -844,6 +841,12 @@ impl Node {
                 }
                 cdrs_spilled = Some((left.len(), path));
             }
+        }
+        // The calls are over and their CDRs written: the node leaves the cluster in good
+        // order, so no survivor takes it for lost.
+        if let Some((cluster, task)) = &self.cluster {
+            task.abort();
+            cluster.leave().await;
         }
 
         if let Some(sip) = self.sip_udp {

@@ -186,18 +186,36 @@ async fn route(
         // answer names the call to the node that placed it: a call no node has yet is
         // looked for a little longer (a user's new call is this node's at once).
         let deadline = tokio::time::Instant::now() + OWNER_PATIENCE;
+        let mut alone = None;
         loop {
             if owners.here(wa_call_id, opaque) {
                 break;
             }
-            if let Some(node) = owners.elsewhere(wa_call_id, opaque).await {
-                theirs.insert(wa_call_id.to_string());
-                if !nodes.contains(&node) {
-                    nodes.push(node);
+            match owners.elsewhere(wa_call_id, opaque).await {
+                Ok(Some(node)) => {
+                    theirs.insert(wa_call_id.to_string());
+                    if !nodes.contains(&node) {
+                        nodes.push(node);
+                    }
+                    break;
                 }
-                break;
+                Ok(None) => {}
+                Err(e) => {
+                    // Taken here it could end another node's call: Meta retries it.
+                    tracing::warn!(error = %e, "the call's owner could not be looked up; Meta retries the webhook");
+                    outcome("overloaded");
+                    return Err(retry_soon(StatusCode::SERVICE_UNAVAILABLE.into_response()));
+                }
             }
             if event.starts_call() || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(%wa_call_id, kind = event.kind(), "webhook for a call no other node has; taken here");
+                break;
+            }
+            // Alone in the cluster, nobody else can be about to register it.
+            if alone.is_none() {
+                alone = Some(!owners.peers().await);
+            }
+            if alone == Some(true) {
                 tracing::debug!(%wa_call_id, kind = event.kind(), "webhook for a call no other node has; taken here");
                 break;
             }

@@ -135,17 +135,39 @@ impl Cluster {
                 .unwrap_or_default(),
             draining: std::sync::atomic::AtomicBool::new(false),
         });
-        let task = tokio::spawn(Arc::clone(&cluster).run(rx));
+        // Registrations and the heartbeat on tasks of their own: a slow write of one never
+        // holds the other up (a node late with its heartbeat is taken as lost).
+        let claims = tokio::spawn(Arc::clone(&cluster).write_claims(rx));
+        let beats = tokio::spawn(Arc::clone(&cluster).run());
+        let task = tokio::spawn(async move {
+            let _ = tokio::join!(claims, beats);
+        });
         (cluster, task)
     }
 
-    /// Where the other nodes reach this one's HTTP listener; the node's first heartbeat is
-    /// written before this returns, so webhooks for its first calls find it.
+    /// Where the other nodes reach this one's HTTP listener. Before the node takes calls:
+    /// calls a previous run of this node left in the register (it stopped without leaving)
+    /// are closed out, and its first heartbeat is written, so webhooks for its first calls
+    /// find it.
     pub(crate) async fn set_url(&self, url: String) {
         if self.url.set(url).is_err() {
             tracing::warn!("the node's cluster URL was set twice; the first stands");
         }
+        // Its permission holds were settled as the node started (`Permissions::load`).
+        self.close_out_calls(&self.node_id).await;
         self.beat().await;
+    }
+
+    /// The node stops in good order (its calls are over): it leaves the register, so no
+    /// survivor takes it for lost.
+    pub(crate) async fn leave(&self) {
+        let left = async {
+            self.store.forget_calls(&self.node_id).await?;
+            self.store.leave_cluster(&self.node_id).await
+        };
+        if let Err(e) = left.await {
+            tracing::warn!(error = %e, "the node could not leave the cluster's register; a survivor closes it out");
+        }
     }
 
     /// Writes the heartbeat (with the state) and renews the leases of the node's calls.
@@ -174,41 +196,42 @@ impl Cluster {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes registrations as they come, and the heartbeat (with the leases' renewal)
-    /// every second.
-    async fn run(self: Arc<Self>, mut claims: mpsc::Receiver<Claim>) {
+    /// The heartbeat (with the leases' renewal) every second, and the other nodes watched.
+    async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                claim = claims.recv() => {
-                    let Some(claim) = claim else { return };
-                    let result = match &claim {
-                        Claim::Own { call_id, keys, detail } => {
-                            let detail = detail
-                                .as_ref()
-                                .and_then(|d| serde_json::to_string(d).ok());
-                            self.store
-                                .claim_calls(
-                                    keys,
-                                    &self.node_id,
-                                    call_id,
-                                    now_ms() + LEASE_MS,
-                                    detail.as_deref(),
-                                )
-                                .await
-                        }
-                        Claim::Answered { key, at } => self.store.call_answered(key, *at).await,
-                        Claim::Release(keys) => self.store.release_calls(keys, &self.node_id).await,
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, ?claim, "call ownership not written; webhooks for it reach only the node Meta sends them to");
-                    }
+            tick.tick().await;
+            self.beat().await;
+            self.watch_peers().await;
+        }
+    }
+
+    /// Writes registrations as they come.
+    async fn write_claims(self: Arc<Self>, mut claims: mpsc::Receiver<Claim>) {
+        while let Some(claim) = claims.recv().await {
+            let result = match &claim {
+                Claim::Own {
+                    call_id,
+                    keys,
+                    detail,
+                } => {
+                    let detail = detail.as_ref().and_then(|d| serde_json::to_string(d).ok());
+                    self.store
+                        .claim_calls(
+                            keys,
+                            &self.node_id,
+                            call_id,
+                            now_ms() + LEASE_MS,
+                            detail.as_deref(),
+                        )
+                        .await
                 }
-                _ = tick.tick() => {
-                    self.beat().await;
-                    self.watch_peers().await;
-                }
+                Claim::Answered { key, at } => self.store.call_answered(key, *at).await,
+                Claim::Release(keys) => self.store.release_calls(keys, &self.node_id).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, ?claim, "call ownership not written; webhooks for it reach only the node Meta sends them to");
             }
         }
     }
@@ -236,16 +259,32 @@ impl Cluster {
     /// Closes out lost node `node`'s calls (their media went with it): a CDR for each, with
     /// cause `node_lost`, and its permission holds settled by the stage each reached.
     async fn close_out(&self, node: &str) {
+        tracing::warn!(%node, "node lost: closing its calls out");
+        metrics::counter!(crate::telemetry::CLUSTER_NODES_LOST_TOTAL).increment(1);
+        self.close_out_calls(node).await;
+        match self.permissions.settle_node(node).await {
+            Ok(n) => tracing::info!(%node, settled = n, "a lost node's permission holds settled"),
+            Err(e) => {
+                tracing::error!(%node, error = %e, "a lost node's permission holds not all settled; the node settles them when it starts again")
+            }
+        }
+    }
+
+    /// Writes a CDR (cause `node_lost`) for each call `node` has in the register, then
+    /// forgets them; nothing is forgotten before its CDR is written.
+    async fn close_out_calls(&self, node: &str) {
         use crate::store::CdrRepository;
         let calls = match self.store.lost_calls(node).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(%node, error = %e, "a lost node's calls could not be read");
-                Vec::new()
+                tracing::error!(%node, error = %e, "a lost node's calls could not be read; their leases lapse");
+                return;
             }
         };
-        tracing::warn!(%node, calls = calls.len(), "node lost: closing its calls out");
-        metrics::counter!(crate::telemetry::CLUSTER_NODES_LOST_TOTAL).increment(1);
+        if calls.is_empty() {
+            return;
+        }
+        tracing::warn!(%node, calls = calls.len(), "closing out calls whose node is gone");
         let now = now_ms();
         let cdrs: Vec<crate::store::Cdr> = calls
             .iter()
@@ -276,19 +315,14 @@ impl Cluster {
             })
             .collect();
         if !cdrs.is_empty() {
-            match self.store.insert_batch(&cdrs).await {
-                Ok(_) => tracing::info!(%node, cdrs = cdrs.len(), "a lost node's calls closed out"),
-                Err(e) => tracing::error!(%node, error = %e, "a lost node's CDRs not written"),
+            if let Err(e) = self.store.insert_batch(&cdrs).await {
+                tracing::error!(%node, error = %e, "a lost node's CDRs not written; its calls stay in the register");
+                return;
             }
+            tracing::info!(%node, cdrs = cdrs.len(), "a lost node's calls closed out");
         }
         if let Err(e) = self.store.forget_calls(node).await {
             tracing::warn!(%node, error = %e, "a lost node's calls not forgotten; their leases lapse");
-        }
-        match self.permissions.settle_node(node).await {
-            Ok(n) => tracing::info!(%node, settled = n, "a lost node's permission holds settled"),
-            Err(e) => {
-                tracing::error!(%node, error = %e, "a lost node's permission holds not settled; it settles them when it starts again")
-            }
         }
     }
 
@@ -312,11 +346,21 @@ impl CallOwners for Cluster {
                 .is_some_and(|o| self.registry.get(&CallId::from(o)).is_some())
     }
 
+    fn peers(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // Unknown: as if there were (a call is waited for rather than taken here).
+            self.store
+                .live_peers(&self.node_id, now_ms() - ALIVE_MS)
+                .await
+                .map_or(true, |n| n > 0)
+        })
+    }
+
     fn elsewhere<'a>(
         &'a self,
         wa_call_id: &'a str,
         opaque: Option<&'a str>,
-    ) -> BoxFuture<'a, Option<(String, String)>> {
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, String>> {
         Box::pin(async move {
             let now = now_ms();
             let mut keys = vec![wa_key(wa_call_id)];
@@ -326,16 +370,13 @@ impl CallOwners for Cluster {
             for key in keys {
                 match self.store.call_owner(&key, now, ALIVE_MS).await {
                     Ok(Some(owner)) if owner.node_id != self.node_id => {
-                        return Some((owner.node_id, owner.url));
+                        return Ok(Some((owner.node_id, owner.url)));
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "call owner not looked up; the webhook is taken here");
-                        return None;
-                    }
+                    Err(e) => return Err(e.to_string()),
                 }
             }
-            None
+            Ok(None)
         })
     }
 

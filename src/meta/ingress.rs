@@ -56,12 +56,15 @@ pub(crate) trait CallOwners: Send + Sync + 'static {
     /// Whether this node has the call (by Meta's id, or by the switch's call id Meta echoes
     /// as `biz_opaque_callback_data`).
     fn here(&self, wa_call_id: &str, opaque: Option<&str>) -> bool;
-    /// The node (id and URL) that has the call, when another node does.
+    /// Whether other nodes are up now (with none, a call nobody has is not waited for).
+    fn peers(&self) -> BoxFuture<'_, bool>;
+    /// The node (id and URL) that has the call, when another node does; an error when the
+    /// register could not be read (the delivery is then left for Meta's retry).
     fn elsewhere<'a>(
         &'a self,
         wa_call_id: &'a str,
         opaque: Option<&'a str>,
-    ) -> BoxFuture<'a, Option<(String, String)>>;
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, String>>;
     /// Sends a delivery on to the node at `url`: Meta's body and signature, and the hop's.
     fn forward<'a>(
         &'a self,

@@ -382,14 +382,17 @@ impl Permissions {
             dirty: false,
         };
         if let Some(tx) = held.tx.as_mut() {
-            if held.cached.stale {
+            // A pair rebuilt from its whole trail announces nothing: its old cut-offs are
+            // not news.
+            let rebuilt = std::mem::take(&mut held.cached.stale);
+            if rebuilt {
                 *held.cached = Cached::new();
             }
             let records = tx
                 .records_after(&pair.business_number, &pair.wa_id, held.cached.seq)
                 .await?;
             for r in &records {
-                self.catch_up(pair, &mut held.cached, r);
+                self.catch_up(pair, &mut held.cached, r, !rebuilt);
             }
         }
         Ok(held)
@@ -433,7 +436,8 @@ impl Permissions {
     async fn current(&self, pair: &Pair) -> tokio::sync::OwnedMutexGuard<Cached> {
         let mut cached = self.slot(pair).lock_owned().await;
         if matches!(self.inner.store, Store::Postgres(_)) {
-            if cached.stale {
+            let rebuilt = std::mem::take(&mut cached.stale);
+            if rebuilt {
                 *cached = Cached::new();
             }
             match self
@@ -444,10 +448,11 @@ impl Permissions {
             {
                 Ok(records) => {
                     for r in &records {
-                        self.catch_up(pair, &mut cached, r);
+                        self.catch_up(pair, &mut cached, r, !rebuilt);
                     }
                 }
                 Err(e) => {
+                    cached.stale = rebuilt;
                     tracing::warn!(error = %e, "permission state not refreshed from the store; as last known")
                 }
             }
@@ -456,13 +461,18 @@ impl Permissions {
     }
 
     /// Applies a record another node wrote (or one this node wrote and has not applied):
-    /// its reply id is known, and its event applied and announced as if made here.
-    fn catch_up(&self, pair: &Pair, cached: &mut Cached, r: &AuditRecord) {
+    /// its reply id is known, and its event applied and, when `announce`, announced as if
+    /// made here.
+    fn catch_up(&self, pair: &Pair, cached: &mut Cached, r: &AuditRecord, announce: bool) {
         if r.seq <= cached.seq {
             return;
         }
         cached.seq = r.seq;
         if let Some(event) = self.note_record(pair, r) {
+            if !announce {
+                cached.state.apply(&self.inner.rules, r.entry.at, &event);
+                return;
+            }
             self.apply_all(
                 pair,
                 &mut cached.state,
@@ -1146,6 +1156,10 @@ impl Permissions {
                 continue;
             };
             let pair = Pair::of_record(&r.entry);
+            // Most are settled long ago: only the attempts still open as last known are held.
+            if self.current(&pair).await.state.stage(call_id).is_none() {
+                continue;
+            }
             let mut held = self.lock(&pair).await?;
             let Some(stage) = held.stage(call_id) else {
                 self.release(held).await?;

@@ -893,7 +893,7 @@ impl SipCore {
         };
         match method {
             // A proxy probing the node (Kamailio's dispatcher) stops sending it new calls.
-            Method::Options if self.draining => {
+            Method::Options if self.draining && !in_dialog(req) => {
                 respond(503, "Service Unavailable - draining").header(HeaderName::RetryAfter, "30")
             }
             Method::Options => respond(200, "OK").header(

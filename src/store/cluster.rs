@@ -46,7 +46,7 @@ const CLAIM: &str = "INSERT INTO call_owners (key, node_id, call_id, lease_until
                      node_id = excluded.node_id, call_id = excluded.call_id, \
                      lease_until = excluded.lease_until, detail = excluded.detail";
 const ANSWERED: &str = "UPDATE call_owners SET answered_at = $2 WHERE key = $1";
-const STALE: &str = "SELECT node_id FROM cluster_nodes WHERE state <> 'lost' \
+const STALE: &str = "SELECT node_id FROM cluster_nodes WHERE state IN ('up', 'draining') \
                      AND heartbeat_at < $1 AND node_id <> $2";
 const TAKE_OVER: &str = "UPDATE cluster_nodes SET state = 'lost' WHERE node_id = $1 \
                          AND state <> 'lost' AND heartbeat_at < $2";
@@ -58,7 +58,10 @@ const RENEW: &str = "UPDATE call_owners SET lease_until = $2 WHERE node_id = $1"
 const OWNER: &str = "SELECT o.key, o.node_id, n.url FROM call_owners o \
                      JOIN cluster_nodes n ON n.node_id = o.node_id \
                      WHERE o.key = $1 AND o.lease_until > $2 AND n.heartbeat_at > $3 \
-                     AND n.state = 'up'";
+                     AND n.state IN ('up', 'draining')";
+const PEERS: &str = "SELECT COUNT(*) FROM cluster_nodes WHERE node_id <> $1 \
+                     AND state IN ('up', 'draining') AND heartbeat_at > $2";
+const LEAVE: &str = "UPDATE cluster_nodes SET state = 'left' WHERE node_id = $1";
 
 macro_rules! on_pool {
     ($store:expr, |$p:ident| $body:expr) => {
@@ -182,6 +185,26 @@ impl Store {
             }
         }
         Ok(calls)
+    }
+
+    /// How many other nodes were heard from since `since` (epoch ms).
+    pub async fn live_peers(&self, me: &str, since: i64) -> Result<i64, StoreError> {
+        let (n,): (i64,) = on_pool!(self, |p| sqlx::query_as(PEERS)
+            .bind(me)
+            .bind(since)
+            .fetch_one(p)
+            .await)?;
+        Ok(n)
+    }
+
+    /// Node `node_id` left the cluster in good order (nothing to close out).
+    pub async fn leave_cluster(&self, node_id: &str) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(LEAVE)
+            .bind(node_id)
+            .execute(p)
+            .await
+            .map(drop))?;
+        Ok(())
     }
 
     /// Forgets every call node `node_id` owned.

@@ -478,7 +478,7 @@ impl SipIngress {
                 .increment(1);
             CallbackRefused::Blocked(Blocked::Pstn)
         };
-        if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case("tel:") {
+        if uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("tel:")) {
             return Err(pstn());
         }
         let parsed = crate::sip::uri::SipUri::parse(uri).map_err(|e| {
