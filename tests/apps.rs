@@ -286,6 +286,21 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
         .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
+/// Agent alice's phone: SIPp answering one call and echoing, registered (digest, over UDP)
+/// with `node`; the registration lasts as long as the socket returned.
+fn alice_phone(node: &Node) -> (Uas, std::net::UdpSocket) {
+    let phone = free_udp_port();
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", phone, 1, &["-rtp_echo"]);
+    let switch = node.sip_udp_addr().expect("SIP over UDP");
+    let registration = common::agent::register_udp(
+        switch,
+        "alice",
+        "alice-pass",
+        std::net::SocketAddr::from(([127, 0, 0, 1], phone)),
+    );
+    (uas, registration)
+}
+
 /// The CDR of the switch's call `call_id`.
 fn cdr_by_id<'a>(cdrs: &'a [Cdr], call_id: &str) -> &'a Cdr {
     cdrs.iter()
@@ -1241,15 +1256,7 @@ fn a_dial_to_an_agent_rings_their_registered_phone() {
     });
     let mut rig = start(&rt, dir.path(), free_udp_port(), 60_400, handler);
     rig.demo.listen.clear();
-    let phone = free_udp_port();
-    let uas = Uas::start_with("b2bua_uas.xml", "u1", phone, 1, &["-rtp_echo"]);
-    let switch = rig.node.sip_udp_addr().expect("SIP over UDP");
-    let _alice = common::agent::register_udp(
-        switch,
-        "alice",
-        "alice-pass",
-        std::net::SocketAddr::from(([127, 0, 0, 1], phone)),
-    );
+    let (uas, _alice) = alice_phone(&rig.node);
     let (answered, nobody) = rt.block_on(async {
         tokio::join!(
             load::user_call(&rig.demo, "4915100000801", Duration::from_secs(3)),
@@ -1284,17 +1291,9 @@ fn an_app_calls_a_phone_first_and_bridges_it_to_a_whatsapp_user() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let pbx = free_udp_port();
-    let phone = free_udp_port();
     let rig = start(&rt, dir.path(), pbx, 60_600, Arc::new(|_, _| ok()));
     let pbx_uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 1, &["-rtp_echo"]);
-    let phone_uas = Uas::start_with("b2bua_uas.xml", "u1", phone, 1, &["-rtp_echo"]);
-    let switch = rig.node.sip_udp_addr().expect("SIP over UDP");
-    let _alice = common::agent::register_udp(
-        switch,
-        "alice",
-        "alice-pass",
-        std::net::SocketAddr::from(([127, 0, 0, 1], phone)),
-    );
+    let (phone_uas, _alice) = alice_phone(&rig.node);
     let http = rig.node.http_addr();
     let client = reqwest::Client::new();
     let (via_trunk, via_agent) = ("4915100000901", "4915100000902");
