@@ -683,7 +683,13 @@ impl Node {
             };
             let url = format!("{scheme}://{}", SocketAddr::new(ip, http_addr.port()));
             tracing::info!(%url, "in a cluster: other nodes forward webhooks here");
-            cluster.set_url(url).await;
+            cluster
+                .set_url(url)
+                .await
+                .map_err(|reason| StartError::Actor {
+                    what: "the cluster node",
+                    reason,
+                })?;
         }
         tracing::info!(http = %http_addr, node = %node_id, version = telemetry::VERSION, "waswitch ready");
 

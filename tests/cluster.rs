@@ -1096,3 +1096,31 @@ impl Drop for Kamailio {
         let _ = self.0.wait();
     }
 }
+
+/// Two nodes of one id would take each other's calls for their own: the second refuses to
+/// start, and says why.
+#[test]
+fn a_second_node_with_the_same_id_refuses_to_start() {
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let (_graph, sim) = meta().await;
+        let first = start_node(&schema, "node-a", 62_800, sim, dir.path()).await;
+        let toml = node_toml(62_900, sim, "");
+        let mut config =
+            waswitch::config::Config::loopback(&toml, &dir.path().join("twin.db")).expect("config");
+        config.store.url = waswitch::config::StoreUrl::Postgres(schema.url());
+        config.node_id = "node-a".into();
+        let refused = match waswitch::node::Node::start(config).await {
+            Ok(_) => panic!("a second node-a started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            refused.contains("node id \"node-a\" is in use by the node at http://"),
+            "{refused}"
+        );
+        first.drain_and_stop().await;
+        schema.drop().await;
+    });
+}

@@ -149,13 +149,30 @@ impl Cluster {
     /// calls a previous run of this node left in the register (it stopped without leaving)
     /// are closed out, and its first heartbeat is written, so webhooks for its first calls
     /// find it.
-    pub(crate) async fn set_url(&self, url: String) {
+    /// Refused when another node with this node's id is alive: two nodes of one id would
+    /// take each other's calls for their own.
+    pub(crate) async fn set_url(&self, url: String) -> Result<(), String> {
+        match self
+            .store
+            .node_heard(&self.node_id, now_ms() - ALIVE_MS)
+            .await
+        {
+            Ok(Some(other)) if other != url => {
+                return Err(format!(
+                    "node id {:?} is in use by the node at {other}; give each node its own (node.id or WASWITCH_NODE_ID)",
+                    self.node_id
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the cluster's nodes could not be read"),
+        }
         if self.url.set(url).is_err() {
             tracing::warn!("the node's cluster URL was set twice; the first stands");
         }
         // Its permission holds were settled as the node started (`Permissions::load`).
         self.close_out_calls(&self.node_id).await;
         self.beat().await;
+        Ok(())
     }
 
     /// The node stops in good order (its calls are over): it leaves the register, so no

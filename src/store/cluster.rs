@@ -187,6 +187,23 @@ impl Store {
         Ok(calls)
     }
 
+    /// The URL node `node_id` was heard from at since `since` (epoch ms), if it was.
+    pub async fn node_heard(
+        &self,
+        node_id: &str,
+        since: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT url FROM cluster_nodes WHERE node_id = $1 AND heartbeat_at > $2 \
+             AND state IN ('up', 'draining')"
+        )
+        .bind(node_id)
+        .bind(since)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.map(|(url,)| url))
+    }
+
     /// How many other nodes were heard from since `since` (epoch ms).
     pub async fn live_peers(&self, me: &str, since: i64) -> Result<i64, StoreError> {
         let (n,): (i64,) = on_pool!(self, |p| sqlx::query_as(PEERS)
