@@ -286,6 +286,23 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
         .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
+/// The next `n` calls the sim's users answered (each within 20 s).
+async fn next_calls(
+    answered: &mut tokio::sync::mpsc::UnboundedReceiver<waswitch::sim::users::AnsweredCall>,
+    n: usize,
+) -> Vec<waswitch::sim::users::AnsweredCall> {
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        calls.push(
+            tokio::time::timeout(Duration::from_secs(20), answered.recv())
+                .await
+                .expect("in time")
+                .expect("a call"),
+        );
+    }
+    calls
+}
+
 /// Agent alice's phone: SIPp answering one call and echoing, registered (digest, over UDP)
 /// with `node`; the registration lasts as long as the socket returned.
 fn alice_phone(node: &Node) -> (Uas, std::net::UdpSocket) {
@@ -1180,15 +1197,7 @@ fn an_app_bridges_two_whatsapp_users_who_both_granted_permission() {
             ),
         )
         .await;
-        let mut calls = Vec::new();
-        for _ in 0..2 {
-            calls.push(
-                tokio::time::timeout(Duration::from_secs(20), answered.recv())
-                    .await
-                    .expect("in time")
-                    .expect("a call"),
-            );
-        }
+        let calls = next_calls(&mut answered, 2).await;
         ((placed, refused), refused_call, calls)
     });
     let (placed, refused) = placed;
@@ -1335,15 +1344,7 @@ fn an_app_calls_a_phone_first_and_bridges_it_to_a_whatsapp_user() {
                 .await,
             );
         }
-        let mut calls = Vec::new();
-        for _ in 0..2 {
-            calls.push(
-                tokio::time::timeout(Duration::from_secs(20), answered.recv())
-                    .await
-                    .expect("in time")
-                    .expect("a call"),
-            );
-        }
+        let calls = next_calls(&mut answered, 2).await;
         (refusals, placed, calls)
     });
     let status = |i: usize| (refusals[i].1 .0, refusals[i].1 .1.to_string());

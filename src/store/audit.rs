@@ -306,16 +306,9 @@ impl PairLock {
         customer: &str,
         after: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut filter = pair_filter(business_number, customer, after);
-        loop {
-            let page = postgres::list(&mut *self.tx, &filter).await?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                return Ok(out);
-            };
-            filter.after_seq = Some(last);
-            out.extend(page);
-        }
+        all_pages!(pair_filter(business_number, customer, after), |f| {
+            postgres::list(&mut *self.tx, f)
+        })
     }
 
     /// Appends `entries` in order, in the lock's transaction.
@@ -341,6 +334,25 @@ impl PairLock {
         Ok(())
     }
 }
+
+/// Every record `filter` matches past its `after_seq`, a page (`filter.limit`) at a time;
+/// `$page` reads one page for a filter.
+macro_rules! all_pages {
+    ($filter:expr, |$f:ident| $page:expr) => {{
+        let mut out = Vec::new();
+        let mut filter = $filter;
+        loop {
+            let $f = &filter;
+            let page = $page.await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                return Ok(out);
+            };
+            filter.after_seq = Some(last);
+            out.extend(page);
+        }
+    }};
+}
+use all_pages;
 
 fn pair_filter(business_number: &str, customer: &str, after: i64) -> AuditFilter {
     AuditFilter {
@@ -382,16 +394,8 @@ impl Store {
         customer: &str,
         after: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut filter = pair_filter(business_number, customer, after);
-        loop {
-            let page = self.audit_records(&filter).await?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                return Ok(out);
-            };
-            filter.after_seq = Some(last);
-            out.extend(page);
-        }
+        all_pages!(pair_filter(business_number, customer, after), |f| self
+            .audit_records(f))
     }
 }
 
