@@ -98,7 +98,7 @@ impl StopReport {
 
 /// Calling events from Meta's webhooks waiting for the call layer.
 const META_EVENT_QUEUE: usize = 4096;
-/// CDRs on their way to the webhook and the permission service.
+/// CDRs on their way to their app and the permission service.
 const CDR_TAP_CAPACITY: usize = 65_536;
 /// Longest the permission records still being written may take at shutdown.
 const PERMISSION_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +203,8 @@ pub struct Node {
     admissions: crate::tasks::Background,
     /// Sends the actions Meta must get (WhatsApp calling configured).
     outbox: Option<crate::meta::outbox::OutboxWorker>,
+    /// Sends the CDRs from the store's outbox to the CDR webhook.
+    cdr_webhook: Option<crate::store::webhook::CdrWebhook>,
     /// The permission cut-off listener and the webhook event loop.
     background: Vec<JoinHandle<()>>,
 }
@@ -244,6 +246,23 @@ impl Node {
         // In a cluster, what other nodes record reaches this node's permission states.
         let cluster_listener = permissions.spawn_cluster_listener();
         let registry = CallRegistry::new();
+        // The CDR webhook sends from the store's outbox: on SQLite every row is this node's;
+        // on PostgreSQL, the rows naming this node (and those it adopts in a cluster).
+        let webhook = match config.cdr_webhook.clone() {
+            Some(hook) => Some(
+                crate::store::webhook::start(
+                    hook,
+                    store.clone(),
+                    &config.node_id,
+                    matches!(store, Store::Sqlite(_)),
+                )
+                .map_err(|reason| StartError::Actor {
+                    what: "CDR webhook",
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
         // A node on PostgreSQL is one of a cluster: it registers the calls it has, and
         // forwards webhooks for other nodes' calls to them.
         let cluster = match (&store, config.meta.as_ref()) {
@@ -253,20 +272,11 @@ impl Node {
                 &config.node_id,
                 registry.clone(),
                 meta.app_secret.expose().as_bytes(),
+                webhook.clone(),
             )),
             _ => None,
         };
         let cdrs = CdrQueue::new(CDR_QUEUE_CAPACITY);
-        let webhook =
-            match config.cdr_webhook.clone() {
-                Some(hook) => Some(crate::store::webhook::start(hook).map_err(|reason| {
-                    StartError::Actor {
-                        what: "CDR webhook",
-                        reason,
-                    }
-                })?),
-                None => None,
-            };
         let apps = crate::call::app::Apps::start(
             &config.apps,
             crate::call::app::AppNames {
@@ -294,7 +304,11 @@ impl Node {
                 ),
             })?;
         }
-        cdrs.set_tap(cdr_fan_out(webhook, permissions.clone(), apps.clone()))?;
+        let tap = cdr_fan_out(permissions.clone(), apps.clone());
+        if let Some((cluster, _)) = &cluster {
+            cluster.set_tap(tap.clone());
+        }
+        cdrs.set_tap(tap)?;
         // Call-control events (a voicemail ready) go to the same webhook, signed alike.
         let control_events = match (&config.cdr_webhook, config.ivrs.is_empty()) {
             (Some(hook), false) => Some(
@@ -326,6 +340,7 @@ impl Node {
                 batch_size: config.store.cdr_batch_size,
                 flush_interval: config.store.cdr_flush_interval,
                 reject_dir: PathBuf::from("."),
+                webhook: webhook.clone(),
             },
             node_id: Arc::clone(&node_id),
         };
@@ -715,6 +730,7 @@ impl Node {
             cluster,
             admissions,
             outbox: outbox_worker,
+            cdr_webhook: webhook,
             background,
         })
     }
@@ -848,6 +864,14 @@ impl Node {
                 cdrs_spilled = Some((left.len(), path));
             }
         }
+        // The CDRs written, the webhook gets what it can of them; what it has not taken
+        // stays in the store's outbox for the node's next start (or, in a cluster, for a
+        // survivor).
+        if let Some(webhook) = &self.cdr_webhook {
+            if !webhook.drain(OUTBOX_DRAIN_TIMEOUT).await {
+                tracing::warn!("CDRs not delivered to the CDR webhook before shutdown; they stay in the store's outbox");
+            }
+        }
         // The calls are over and their CDRs written: the node leaves the cluster in good
         // order, so no survivor takes it for lost.
         if let Some((cluster, task)) = &self.cluster {
@@ -956,12 +980,11 @@ fn spill_path(node_id: &str) -> PathBuf {
     PathBuf::from(format!("cdr-unwritten-{node_id}-{}.jsonl", now_ms()))
 }
 
-/// Every CDR, as it is queued for the store, goes to the CDR webhook (when configured)
-/// and, for an answered user-initiated call, to the permission service (a connected call
-/// resets the pair's request limits). A full webhook queue loses the copy (counted), never
-/// the stored record.
+/// Every CDR, as it is queued for the store, goes to the app that drove the call (its
+/// `call.ended`) and, for an answered user-initiated call, to the permission service (a
+/// connected call resets the pair's request limits). A full queue loses the copy (logged),
+/// never the stored record; the CDR webhook sends from the store.
 fn cdr_fan_out(
-    webhook: Option<tokio::sync::mpsc::Sender<crate::store::Cdr>>,
     permissions: crate::permission::service::Permissions,
     apps: crate::call::app::Apps,
 ) -> tokio::sync::mpsc::Sender<crate::store::Cdr> {
@@ -999,12 +1022,6 @@ fn cdr_fan_out(
                 }
                 _ => None,
             };
-            if let Some(hook) = &webhook {
-                if hook.try_send(cdr).is_err() {
-                    metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
-                        .increment(1);
-                }
-            }
             // On a task of its own: a pair busy with a request to Meta never holds up the
             // CDRs behind it.
             if let Some((pair, answered_at, context)) = reset {

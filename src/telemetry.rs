@@ -25,9 +25,11 @@ pub enum LogFormat {
 pub const CALLS_ACTIVE: &str = "waswitch_calls_active";
 /// Counter: calls ended, by `direction` and `outcome`.
 pub const CALLS_TOTAL: &str = "waswitch_calls_total";
-/// Counter: CDRs POSTed to the CDR webhook, by `outcome` (`delivered`, `failed` after the
-/// last attempt, `dropped` when its queue was full).
+/// Counter: CDRs (and call-control events) POSTed to the CDR webhook, by `outcome`
+/// (`delivered`, `failed` after the last attempt).
 pub const CDR_WEBHOOKS_TOTAL: &str = "waswitch_cdr_webhooks_total";
+/// Gauge: CDRs waiting in the store's outbox for this node's CDR webhook.
+pub const CDR_WEBHOOK_BACKLOG: &str = "waswitch_cdr_webhook_backlog";
 /// Histogram: seconds from a call's offer (the connect webhook, the INVITE) to its answer
 /// (the business's SIP 200 for a WhatsApp call), by `direction`.
 pub const CALL_SETUP_SECONDS: &str = "waswitch_call_setup_seconds";
@@ -469,7 +471,13 @@ pub fn catalogue() -> Vec<MetricInfo> {
             CDR_WEBHOOKS_TOTAL,
             Counter,
             "CDRs POSTed to the CDR webhook, by outcome.",
-            one("outcome", &["delivered", "failed", "dropped"]),
+            one("outcome", &["delivered", "failed"]),
+        ),
+        m(
+            CDR_WEBHOOK_BACKLOG,
+            Gauge,
+            "CDRs waiting in the store's outbox for this node's CDR webhook.",
+            unlabelled(),
         ),
         m(
             HTTP_REFUSED_TOTAL,

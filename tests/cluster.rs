@@ -790,7 +790,8 @@ fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
 /// A node killed with `-9` mid-call: a survivor notices within 5 s (3 s without its
 /// heartbeat), writes the lost call's CDR with cause `node_lost` (its media went with the
 /// node), and settles the permission the call held (answered: counted as used). The trail
-/// still verifies.
+/// still verifies. The CDR webhook, refusing while B lived, gets from the survivor both the
+/// CDR B had not delivered and the lost call's, once each.
 #[test]
 fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
     use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
@@ -800,13 +801,17 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
     rt.block_on(async {
         let schema = PgSchema::create().await;
         let (graph, sim) = meta().await;
-        let a = start_node(&schema, "node-a", 62_000, sim, dir.path()).await;
+        let (hook_url, hooked, gate) = common::webhook_gate().await;
+        let hook = format!(
+            "[cdr_webhook]\nurl = \"{hook_url}\"\nsecret = \"cdr-secret\"\ntimeout_ms = 1000\nmax_attempts = 20\n"
+        );
+        let a = start_node_with(&schema, "node-a", 62_000, sim, dir.path(), &hook).await;
         // Node B is a process of its own, to be killed.
         let http_b = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let config_b = dir.path().join("node-b.toml");
-        std::fs::write(&config_b, node_toml(62_200, sim, "")).expect("config");
+        std::fs::write(&config_b, node_toml(62_200, sim, &hook)).expect("config");
         let mut b = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"))
             .args(["run", "--config", &config_b.to_string_lossy()])
             .env("WASWITCH_NODE_ID", "node-b")
@@ -847,6 +852,32 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         );
         let customer = "4915100000031";
         granted(&http, &a, &[&a], customer).await;
+        // A short call on B first: its CDR waits in B's outbox (the webhook refuses).
+        let short = "4915100000032";
+        granted(&http, &a, &[&a], short).await;
+        let placed = common::api(
+            &http,
+            format!("http://{http_b}/v1/calls"),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(
+                serde_json::json!({"from": NUMBER, "to": {"whatsapp": short},
+                                    "verbs": [{"pause": {"ms": 100}}]}),
+            ),
+        )
+        .await;
+        assert_eq!(placed.0, 201, "{placed:?}");
+        let short_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let store = schema.open().await;
+        let mut waiting = false;
+        for _ in 0..200 {
+            if store.webhook_backlog(Some("node-b")).await.expect("backlog") == 1 {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(waiting, "the short call's CDR is not in B's outbox");
         let placed = common::api(
             &http,
             format!("http://{http_b}/v1/calls"),
@@ -887,7 +918,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         b.kill().expect("kill -9");
         let killed = std::time::Instant::now();
         let _ = b.wait();
-        let store = schema.open().await;
+        gate.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut closed = None;
         while killed.elapsed() < Duration::from_secs(10) {
             let cdrs = waswitch::store::CdrRepository::list(
@@ -937,7 +968,31 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
             store.verify_audit().await.expect("verify"),
             Verified::Intact(_)
         ));
+        // The webhook gets both CDRs from A, once each.
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            ids = hooked
+                .lock()
+                .expect("sink")
+                .iter()
+                .map(|(_, _, body)| {
+                    serde_json::from_slice::<waswitch::store::Cdr>(body)
+                        .expect("a CDR")
+                        .call_id
+                })
+                .collect::<Vec<_>>();
+            if ids.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ids.sort();
+        let mut expected = vec![short_id.clone(), call_id.clone()];
+        expected.sort();
+        assert_eq!(ids, expected, "the webhook got each CDR once");
+        assert_eq!(store.webhook_backlog(None).await.expect("backlog"), 0);
         a.drain_and_stop().await;
+        assert_eq!(hooked.lock().expect("sink").len(), 2, "nothing sent twice");
         schema.drop().await;
     });
 }

@@ -240,7 +240,166 @@ on_both_backends!(
     audit_trail_appends_in_one_chain_and_verify_names_each_tampering,
     records_of_one_customer_in_older_spellings_are_found_and_replayed_as_one,
     stored_agents_are_added_changed_listed_and_deleted,
+    the_cdr_webhook_sends_what_a_stopped_node_left_in_its_outbox,
 );
+
+fn hook_config(url: &str, max_attempts: u32) -> waswitch::config::CdrWebhookConfig {
+    waswitch::config::CdrWebhookConfig {
+        url: url.to_string(),
+        secret: waswitch::config::Secret::new("outbox-secret"),
+        timeout: Duration::from_secs(2),
+        max_attempts,
+    }
+}
+
+/// CDRs stored with their outbox rows wait there until a sender delivers them: a node that
+/// stopped before its webhook took them sends them, in the order the calls ended, once
+/// each, when it starts again. A CDR the receiver refuses past the last attempt leaves the
+/// queue and stays in the outbox, marked; one stored without a webhook never enters it.
+async fn the_cdr_webhook_sends_what_a_stopped_node_left_in_its_outbox(store: &Store) {
+    // Three calls ended in the order 2, 0, 1; stored by node n1 whose webhook never ran.
+    let mut cdrs: Vec<Cdr> = (0..3)
+        .map(|n| cdr(n, Direction::UserInitiated, CallOutcome::Answered))
+        .collect();
+    cdrs[0].ended_at += 20_000;
+    cdrs[1].ended_at += 10_000;
+    cdrs[2].ended_at -= 5_000;
+    assert_eq!(
+        store.insert_cdrs(&cdrs, Some("n1")).await.expect("insert"),
+        3
+    );
+    // A retried batch adds no second row; a CDR stored without a webhook adds none.
+    assert_eq!(
+        store.insert_cdrs(&cdrs, Some("n1")).await.expect("retry"),
+        0
+    );
+    let quiet = cdr(7, Direction::UserInitiated, CallOutcome::Unanswered);
+    store.insert_cdrs(&[quiet], None).await.expect("insert");
+    assert_eq!(store.webhook_backlog(Some("n1")).await.expect("backlog"), 3);
+    assert_eq!(store.webhook_backlog(Some("n2")).await.expect("backlog"), 0);
+
+    // The node starts again: its sender finds them.
+    let (url, got) = common::webhook_sink(false).await;
+    let hook = waswitch::store::webhook::start(hook_config(&url, 3), store.clone(), "n1", false)
+        .expect("sender");
+    assert!(
+        hook.drain(Duration::from_secs(10)).await,
+        "outbox not drained"
+    );
+    let bodies: Vec<Cdr> = got
+        .lock()
+        .expect("sink")
+        .iter()
+        .map(|(_, _, b)| serde_json::from_slice(b).expect("a CDR"))
+        .collect();
+    let ids: Vec<&str> = bodies.iter().map(|c| c.call_id.as_str()).collect();
+    assert_eq!(ids, ["call-00002", "call-00001", "call-00000"]);
+    assert_eq!(bodies[0], cdrs[2]);
+    for (ts, signature, body) in got.lock().expect("sink").iter() {
+        assert_eq!(
+            *signature,
+            waswitch::store::webhook::signature(b"outbox-secret", *ts, body)
+        );
+    }
+    assert_eq!(store.webhook_backlog(None).await.expect("backlog"), 0);
+    // Nothing is sent twice.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(got.lock().expect("sink").len(), 3);
+
+    // A receiver that refuses: the sender gives up after its attempts, and the row stays,
+    // out of the queue.
+    let (url, got, _gate) = common::webhook_gate().await;
+    let refused = cdr(8, Direction::BusinessInitiated, CallOutcome::Answered);
+    store
+        .insert_cdrs(std::slice::from_ref(&refused), Some("n3"))
+        .await
+        .expect("insert");
+    let hook = waswitch::store::webhook::start(hook_config(&url, 2), store.clone(), "n3", false)
+        .expect("sender");
+    assert!(
+        hook.drain(Duration::from_secs(10)).await,
+        "outbox not drained"
+    );
+    assert!(got.lock().expect("sink").is_empty());
+    assert_eq!(store.webhook_backlog(Some("n3")).await.expect("backlog"), 0);
+    let (kept,): (i64,) = match store {
+        Store::Sqlite(p) => sqlx::query_as(
+            "SELECT COUNT(*) FROM cdr_webhook_outbox WHERE call_id = 'call-00008' \
+             AND gave_up_at IS NOT NULL AND attempts = 2",
+        )
+        .fetch_one(p)
+        .await
+        .expect("count"),
+        Store::Postgres(p) => sqlx::query_as(
+            "SELECT COUNT(*) FROM cdr_webhook_outbox WHERE call_id = 'call-00008' \
+             AND gave_up_at IS NOT NULL AND attempts = 2",
+        )
+        .fetch_one(p)
+        .await
+        .expect("count"),
+    };
+    assert_eq!(kept, 1, "the refused CDR is kept, marked");
+}
+
+/// In a cluster a node adopts the CDRs waiting for the webhook of nodes that are not alive
+/// (lost, left, or never registered), never those of a live node; two adopters at once
+/// split them, each row going to one.
+#[tokio::test]
+async fn cdrs_of_nodes_gone_are_adopted_once_for_the_webhook() {
+    let schema = PgSchema::create().await;
+    let store = schema.open().await;
+    let now = 1_800_000_000_000;
+    store
+        .heartbeat("alive", "http://a", "up", now)
+        .await
+        .expect("beat");
+    for live in ["me", "you"] {
+        store
+            .heartbeat(live, "http://l", "up", now)
+            .await
+            .expect("beat");
+    }
+    store
+        .heartbeat("draining", "http://d", "draining", now)
+        .await
+        .expect("beat");
+    store
+        .heartbeat("silent", "http://s", "up", now - 10_000)
+        .await
+        .expect("beat");
+    store
+        .heartbeat("gone", "http://g", "up", now)
+        .await
+        .expect("beat");
+    store.leave_cluster("gone").await.expect("left");
+    let mut n = 0;
+    for node in ["alive", "draining", "silent", "gone", "unknown"] {
+        let cdrs: Vec<Cdr> = (0..40)
+            .map(|_| {
+                n += 1;
+                cdr(n, Direction::UserInitiated, CallOutcome::Answered)
+            })
+            .collect();
+        store.insert_cdrs(&cdrs, Some(node)).await.expect("insert");
+    }
+    let since = now - 3_000;
+    let (one, two) = tokio::join!(
+        store.webhook_adopt("me", since),
+        store.webhook_adopt("you", since)
+    );
+    let (one, two) = (one.expect("adopt"), two.expect("adopt"));
+    assert_eq!(one + two, 120, "{one} + {two}");
+    assert_eq!(store.webhook_backlog(Some("me")).await.expect("n"), one);
+    assert_eq!(store.webhook_backlog(Some("you")).await.expect("n"), two);
+    for node in ["alive", "draining"] {
+        assert_eq!(store.webhook_backlog(Some(node)).await.expect("n"), 40);
+    }
+    for node in ["silent", "gone", "unknown"] {
+        assert_eq!(store.webhook_backlog(Some(node)).await.expect("n"), 0);
+    }
+    store.close().await;
+    schema.drop().await;
+}
 
 async fn stored_agents_are_added_changed_listed_and_deleted(store: &Store) {
     use waswitch::store::agents::StoredAgent;
@@ -490,6 +649,7 @@ async fn a_cdr_postgres_refuses_is_set_aside_and_the_others_are_written() {
             batch_size: 100,
             flush_interval: Duration::from_millis(20),
             reject_dir: dir.path().to_path_buf(),
+            webhook: None,
         },
     )
     .await

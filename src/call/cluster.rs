@@ -97,6 +97,12 @@ pub(crate) struct Cluster {
     hop_key: String,
     http: reqwest::Client,
     draining: std::sync::atomic::AtomicBool,
+    /// The CDR webhook, when configured: a lost node's CDRs (written here) and those it had
+    /// not delivered are sent by this node.
+    webhook: Option<crate::store::webhook::CdrWebhook>,
+    /// Where the CDRs this node writes for a lost node's calls go besides the store (the
+    /// request limits of an answered call are reset by them, as by any CDR).
+    ended: OnceLock<mpsc::Sender<crate::store::Cdr>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -118,6 +124,7 @@ impl Cluster {
         node_id: &str,
         registry: CallRegistry,
         app_secret: &[u8],
+        webhook: Option<crate::store::webhook::CdrWebhook>,
     ) -> (Arc<Cluster>, tokio::task::JoinHandle<()>) {
         let hop_key = crate::meta::signature::sign(app_secret, b"waswitch cluster hop");
         let (tx, rx) = mpsc::channel(CLAIM_QUEUE);
@@ -134,6 +141,8 @@ impl Cluster {
                 .build()
                 .unwrap_or_default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            webhook,
+            ended: OnceLock::new(),
         });
         // Registrations and the heartbeat on tasks of their own: a slow write of one never
         // holds the other up (a node late with its heartbeat is taken as lost).
@@ -207,6 +216,14 @@ impl Cluster {
         }
     }
 
+    /// The CDRs written for lost nodes' calls are handed to `tap` too, as the node's own
+    /// are (`CdrQueue::set_tap`).
+    pub(crate) fn set_tap(&self, tap: mpsc::Sender<crate::store::Cdr>) {
+        if self.ended.set(tap).is_err() {
+            tracing::warn!("the cluster's CDR tap was set twice; the first stands");
+        }
+    }
+
     /// The node takes no new calls: its heartbeat says so.
     pub(crate) fn drain(&self) {
         self.draining
@@ -254,9 +271,20 @@ impl Cluster {
     }
 
     /// Takes over the nodes silent for [`ALIVE_MS`] (one survivor each): their calls are
-    /// closed out and their permission holds settled.
+    /// closed out and their permission holds settled. The CDRs waiting for the webhook of a
+    /// node that is not alive (lost, or left with some undelivered) are adopted.
     async fn watch_peers(&self) {
         let before = now_ms() - ALIVE_MS;
+        if let Some(webhook) = &self.webhook {
+            match self.store.webhook_adopt(&self.node_id, before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(cdrs = n, "CDRs of nodes gone adopted for the CDR webhook");
+                    webhook.wake();
+                }
+                Err(e) => tracing::warn!(error = %e, "the CDR webhook's outbox not adopted"),
+            }
+        }
         let stale = match self.store.stale_nodes(&self.node_id, before).await {
             Ok(s) => s,
             Err(e) => {
@@ -288,9 +316,9 @@ impl Cluster {
     }
 
     /// Writes a CDR (cause `node_lost`) for each call `node` has in the register, then
-    /// forgets them; nothing is forgotten before its CDR is written.
+    /// forgets them; nothing is forgotten before its CDR is written (with its outbox row for
+    /// this node's CDR webhook).
     async fn close_out_calls(&self, node: &str) {
-        use crate::store::CdrRepository;
         let calls = match self.store.lost_calls(node).await {
             Ok(c) => c,
             Err(e) => {
@@ -332,11 +360,26 @@ impl Cluster {
             })
             .collect();
         if !cdrs.is_empty() {
-            if let Err(e) = self.store.insert_batch(&cdrs).await {
+            let webhook = self.webhook.as_ref();
+            if let Err(e) = self
+                .store
+                .insert_cdrs(&cdrs, webhook.map(|w| w.owner()))
+                .await
+            {
                 tracing::error!(%node, error = %e, "a lost node's CDRs not written; its calls stay in the register");
                 return;
             }
+            if let Some(w) = webhook {
+                w.wake();
+            }
             tracing::info!(%node, cdrs = cdrs.len(), "a lost node's calls closed out");
+            if let Some(tap) = self.ended.get() {
+                for cdr in &cdrs {
+                    if tap.try_send(cdr.clone()).is_err() {
+                        tracing::warn!(call_id = %cdr.call_id, "CDR tap full: a lost call's request limits not reset");
+                    }
+                }
+            }
         }
         if let Err(e) = self.store.forget_calls(node).await {
             tracing::warn!(%node, error = %e, "a lost node's calls not forgotten; their leases lapse");

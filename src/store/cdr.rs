@@ -314,6 +314,7 @@ macro_rules! cdr_queries {
         pub(super) async fn insert_batch(
             pool: &sqlx::Pool<$db>,
             cdrs: &[Cdr],
+            webhook: Option<&str>,
         ) -> Result<u64, StoreError> {
             if cdrs.is_empty() {
                 return Ok(0);
@@ -354,9 +355,45 @@ macro_rules! cdr_queries {
                 });
                 q.push(" ON CONFLICT (call_id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();
+                if let Some(node) = webhook {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO cdr_webhook_outbox (call_id, node_id, ended_at) ",
+                    );
+                    q.push_values(chunk, |mut b, c| {
+                        b.push_bind(c.call_id.clone())
+                            .push_bind(node.to_string())
+                            .push_bind(c.ended_at);
+                    });
+                    q.push(" ON CONFLICT (call_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
             Ok(inserted)
+        }
+
+        pub(super) async fn webhook_pending(
+            pool: &sqlx::Pool<$db>,
+            node: Option<&str>,
+            limit: i64,
+        ) -> Result<Vec<Cdr>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(format!(
+                "SELECT {COLUMNS} FROM cdrs WHERE call_id IN (SELECT call_id \
+                 FROM cdr_webhook_outbox WHERE gave_up_at IS NULL"
+            ));
+            if let Some(node) = node {
+                q.push(" AND node_id = ").push_bind(node.to_string());
+            }
+            q.push(" ORDER BY ended_at, call_id LIMIT ")
+                .push_bind(limit)
+                .push(")");
+            let rows: Vec<CdrRow> = q.build_query_as().fetch_all(pool).await?;
+            let mut cdrs = rows
+                .into_iter()
+                .map(Cdr::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            cdrs.sort_by(|a, b| (a.ended_at, &a.call_id).cmp(&(b.ended_at, &b.call_id)));
+            Ok(cdrs)
         }
 
         pub(super) async fn get(
@@ -431,8 +468,8 @@ mod postgres {
 impl CdrRepository for Store {
     async fn insert_batch(&self, cdrs: &[Cdr]) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(p) => sqlite::insert_batch(p, cdrs).await,
-            Store::Postgres(p) => postgres::insert_batch(p, cdrs).await,
+            Store::Sqlite(p) => sqlite::insert_batch(p, cdrs, None).await,
+            Store::Postgres(p) => postgres::insert_batch(p, cdrs, None).await,
         }
     }
 
@@ -455,5 +492,129 @@ impl CdrRepository for Store {
             Store::Sqlite(p) => sqlite::count(p, filter).await,
             Store::Postgres(p) => postgres::count(p, filter).await,
         }
+    }
+}
+
+const WEBHOOK_DONE: &str = "DELETE FROM cdr_webhook_outbox WHERE call_id = $1";
+const WEBHOOK_GAVE_UP: &str = "UPDATE cdr_webhook_outbox SET gave_up_at = $2, \
+                               attempts = attempts + $3 WHERE call_id = $1";
+const WEBHOOK_BACKLOG: &str = "SELECT COUNT(*) FROM cdr_webhook_outbox \
+                               WHERE gave_up_at IS NULL AND ($1 IS NULL OR node_id = $1)";
+const WEBHOOK_ADOPT: &str = "UPDATE cdr_webhook_outbox SET node_id = $1 WHERE node_id <> $1 \
+                             AND node_id NOT IN (SELECT node_id FROM cluster_nodes \
+                             WHERE state IN ('up', 'draining') AND heartbeat_at >= $2)";
+
+/// The CDR webhook's durable outbox: CDRs stored with [`Store::insert_cdrs`] and a node
+/// named wait here until that node's webhook sender delivers them.
+impl Store {
+    /// Inserts CDRs in one transaction, as [`CdrRepository::insert_batch`] does; with
+    /// `webhook`, each new one also waits in the outbox for that node's CDR webhook, in the
+    /// same transaction (a CDR is never stored without its delivery, nor the reverse).
+    pub async fn insert_cdrs(
+        &self,
+        cdrs: &[Cdr],
+        webhook: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::insert_batch(p, cdrs, webhook).await,
+            Store::Postgres(p) => postgres::insert_batch(p, cdrs, webhook).await,
+        }
+    }
+
+    /// Up to `limit` CDRs waiting for the webhook of `node` (of any node when `None`: a
+    /// single node owns them all), oldest first.
+    pub async fn webhook_pending(
+        &self,
+        node: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Cdr>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::webhook_pending(p, node, limit).await,
+            Store::Postgres(p) => postgres::webhook_pending(p, node, limit).await,
+        }
+    }
+
+    /// The webhook delivered call `call_id`'s CDR.
+    pub async fn webhook_delivered(&self, call_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlx::query(WEBHOOK_DONE)
+                .bind(call_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(WEBHOOK_DONE)
+                .bind(call_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(())
+    }
+
+    /// The webhook gave up on call `call_id`'s CDR at `at` (epoch ms) after `attempts`
+    /// attempts; the row stays, out of the queue.
+    pub async fn webhook_gave_up(
+        &self,
+        call_id: &str,
+        at: i64,
+        attempts: i32,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlx::query(WEBHOOK_GAVE_UP)
+                .bind(call_id)
+                .bind(at)
+                .bind(attempts)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(WEBHOOK_GAVE_UP)
+                .bind(call_id)
+                .bind(at)
+                .bind(attempts)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(())
+    }
+
+    /// How many CDRs wait for the webhook of `node` (of any node when `None`).
+    pub async fn webhook_backlog(&self, node: Option<&str>) -> Result<u64, StoreError> {
+        let (n,): (i64,) = match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(WEBHOOK_BACKLOG)
+                    .bind(node)
+                    .fetch_one(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(WEBHOOK_BACKLOG)
+                    .bind(node)
+                    .fetch_one(p)
+                    .await?
+            }
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Node `me` adopts the CDRs waiting for the webhook of every node not alive since
+    /// `alive_since` (epoch ms): lost, left, or never in the cluster's register. Each row
+    /// goes to one adopter. Returns how many it took.
+    pub async fn webhook_adopt(&self, me: &str, alive_since: i64) -> Result<u64, StoreError> {
+        let r = match self {
+            Store::Sqlite(p) => sqlx::query(WEBHOOK_ADOPT)
+                .bind(me)
+                .bind(alive_since)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(WEBHOOK_ADOPT)
+                .bind(me)
+                .bind(alive_since)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(r)
     }
 }

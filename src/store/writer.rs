@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, Mutex};
 
-use super::{Cdr, CdrRepository, Store};
+use super::{Cdr, Store};
 use crate::telemetry;
 
 /// Hand-off point between calls and the [`CdrWriter`]. Cheap to clone.
@@ -54,8 +54,8 @@ impl CdrQueue {
     pub async fn submit(&self, cdr: Cdr) {
         if let Some(tap) = self.shared.tap.get() {
             if tap.try_send(cdr.clone()).is_err() {
-                metrics::counter!(telemetry::CDR_WEBHOOKS_TOTAL, "outcome" => "dropped")
-                    .increment(1);
+                tracing::warn!(call_id = %cdr.call_id,
+                    "CDR tap full: the call's app and request limits not told of its end");
             }
         }
         self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -71,8 +71,8 @@ impl CdrQueue {
         }
     }
 
-    /// Hands every CDR submitted from now on to `tap` as well (the CDR webhook); a full tap
-    /// loses the copy (counted), never the stored record.
+    /// Hands every CDR submitted from now on to `tap` as well (the call's app, the request
+    /// limits); a full tap loses the copy (logged), never the stored record.
     pub fn set_tap(&self, tap: mpsc::Sender<Cdr>) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.shared.tap, tap, "the CDR tap")
     }
@@ -114,6 +114,9 @@ pub struct CdrWriterArgs {
     /// Where CDRs the store refuses for good are saved (JSON lines), so one bad record never
     /// blocks the others.
     pub reject_dir: std::path::PathBuf,
+    /// The CDR webhook, when configured: each CDR is stored with its outbox row for it, and
+    /// the sender woken once the batch committed.
+    pub webhook: Option<super::webhook::CdrWebhook>,
 }
 
 /// A batch that failed this many times in a row is written row by row, to find a record the
@@ -219,7 +222,7 @@ impl WriterState {
 
     /// Writes `batch` and empties it on success.
     async fn write(&mut self, batch: &mut Vec<Cdr>) -> Result<(), String> {
-        match self.args.store.insert_batch(batch).await {
+        match self.insert(batch).await {
             Ok(_) => {
                 let n = batch.len() as u64;
                 batch.clear();
@@ -241,12 +244,7 @@ impl WriterState {
         let mut refused = Vec::new();
         let mut written = 0u64;
         for cdr in batch.drain(..) {
-            match self
-                .args
-                .store
-                .insert_batch(std::slice::from_ref(&cdr))
-                .await
-            {
+            match self.insert(std::slice::from_ref(&cdr)).await {
                 Ok(_) => written += 1,
                 Err(e) => {
                     tracing::debug!(call_id = %cdr.call_id, error = %e, "CDR refused on its own");
@@ -276,6 +274,21 @@ impl WriterState {
             }
         }
         *batch = kept;
+    }
+
+    /// Stores `cdrs` (with their outbox rows for the webhook) in one transaction, then wakes
+    /// the webhook.
+    async fn insert(&self, cdrs: &[Cdr]) -> Result<u64, super::StoreError> {
+        let webhook = self.args.webhook.as_ref();
+        let n = self
+            .args
+            .store
+            .insert_cdrs(cdrs, webhook.map(|w| w.owner()))
+            .await?;
+        if let Some(w) = webhook {
+            w.wake();
+        }
+        Ok(n)
     }
 
     /// `done` records left the writer's hands, `written` of them into the store.

@@ -427,6 +427,26 @@ pub type Posted = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>;
 /// A webhook receiver on loopback (`POST /hooks`): its URL and what it got. With
 /// `refuse_first` the first request is answered 503, so the sender must retry.
 pub async fn webhook_sink(refuse_first: bool) -> (String, Posted) {
+    let (url, got, _) = sink(refuse_first, None).await;
+    (url, got)
+}
+
+/// A webhook receiver on loopback that answers 503 while its gate (the flag returned,
+/// closed at first) is closed, and 200 once it is open: its URL, what it got, the gate.
+pub async fn webhook_gate() -> (
+    String,
+    Posted,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, got, _) = sink(false, Some(gate.clone())).await;
+    (url, got, gate)
+}
+
+async fn sink(
+    refuse_first: bool,
+    gate: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> (String, Posted, ()) {
     use axum::http::{HeaderMap, StatusCode};
     let got: Posted = Default::default();
     let kept = got.clone();
@@ -434,6 +454,7 @@ pub async fn webhook_sink(refuse_first: bool) -> (String, Posted) {
         "/hooks",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let kept = kept.clone();
+            let gate = gate.clone();
             async move {
                 let header = |n: &str| {
                     headers
@@ -443,6 +464,11 @@ pub async fn webhook_sink(refuse_first: bool) -> (String, Posted) {
                         .to_string()
                 };
                 let ts = header("x-waswitch-timestamp").parse().unwrap_or(0);
+                if let Some(gate) = &gate {
+                    if !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                }
                 let mut all = kept.lock().expect("sink");
                 all.push((ts, header("x-waswitch-signature"), body.to_vec()));
                 if refuse_first && all.len() == 1 {
@@ -460,7 +486,7 @@ pub async fn webhook_sink(refuse_first: bool) -> (String, Posted) {
     tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
         listener, app,
     )));
-    (url, got)
+    (url, got, ())
 }
 
 /// Waits for `node`'s calls to end, drains and stops it, and reads the CDRs its SQLite
