@@ -59,7 +59,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-psql -q "$PG" -c "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" -c "CREATE SCHEMA $SCHEMA" >/dev/null ||
+PGOPTIONS="-c client_min_messages=warning" psql -q "$PG" -c "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" -c "CREATE SCHEMA $SCHEMA" >/dev/null ||
   { echo "PostgreSQL at $PG cannot be reached"; exit 2; }
 case "$PG" in *\?*) SEP='&' ;; *) SEP='?' ;; esac
 STORE="$PG${SEP}options=-c%20search_path%3D$SCHEMA"
@@ -138,7 +138,7 @@ SIPP=$!
 sleep "$KILL_AT"
 KILLED_PID=$(cat "$W/node-2.pid")
 CPU_KILLED=$(cpu_ticks "$KILLED_PID")
-kill -9 "$KILLED_PID"
+kill -9 "$KILLED_PID"; wait "$KILLED_PID" 2>/dev/null
 KILLED=$(date +%s.%N)
 echo "node 2 killed at $(python3 -c "print(round($KILLED - $START, 1))") s"
 sleep $((RESTART_AT - KILL_AT))
@@ -198,12 +198,12 @@ for path in glob.glob(f"{w}/*_logs.log"):
     for line in open(path, errors="replace"):
         f = line.split()
         if len(f) >= 5 and f[0] == "offered":
-            offered[f[1]] = int(f[3]) + int(f[4]) / 1e6
+            offered[f[1]] = float(f[3]) + float(f[4]) / 1e6
         elif len(f) >= 7 and f[0] == "answered":
-            answered[f[1]] = (int(f[3]) + int(f[4]) / 1e6, int(f[5]) + int(f[6]) / 1e6)
+            answered[f[1]] = (float(f[3]) + float(f[4]) / 1e6, float(f[5]) + float(f[6]) / 1e6)
         elif len(f) >= 2 and f[0] == "completed":
             completed.add(f[1])
-stats = list(csv.reader(open(f"{w}/sipp.csv"), delimiter=";"))
+stats = [r for r in csv.reader(open(f"{w}/sipp.csv"), delimiter=";") if len(r) > 3]
 head, last = stats[0], stats[-1]
 col = lambda name: int(last[head.index(name)])
 created, ok, failed = col("TotalCallCreated"), col("SuccessfulCall(C)"), col("FailedCall(C)")

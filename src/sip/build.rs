@@ -45,7 +45,10 @@ impl MessageBuilder {
     }
 
     /// A response to `request` (RFC 3261 §8.2.6.2): Via, From, To, Call-ID and CSeq copied;
-    /// `to_tag` added to To when it has none (not on 100 Trying).
+    /// `to_tag` added to To when it has none (not on 100 Trying). A provisional (101–199)
+    /// or success response also carries the request's Record-Route values, in order
+    /// (§12.1.1): the proxies that record-routed stay on the dialog's path, so the caller's
+    /// ACK and later requests go through them.
     pub fn response_to(
         request: &SipMessage,
         code: u16,
@@ -69,6 +72,7 @@ impl MessageBuilder {
                 HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                     b.headers.push(h.clone())
                 }
+                HeaderName::RecordRoute if (101..300).contains(&code) => b.headers.push(h.clone()),
                 HeaderName::To => {
                     let has_tag = super::header::NameAddr::parse(&h.value)
                         .map(|a| a.tag().is_some())
@@ -181,5 +185,47 @@ impl SipMessage {
                 .iter()
                 .map(|h| h.name.as_str().len() + h.value.len() + 4)
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> SipMessage {
+        let text = "INVITE sip:+4915100000001@10.0.0.11:5060 SIP/2.0\r\n\
+            Record-Route: <sip:10.0.0.2;lr>\r\n\
+            Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-p\r\n\
+            Via: SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bK-a\r\n\
+            Record-Route: <sip:10.0.0.1;lr;ftag=x>\r\n\
+            From: <sip:+15551112222@10.0.0.9>;tag=a\r\n\
+            To: <sip:+4915100000001@10.0.0.2>\r\n\
+            Call-ID: c1\r\n\
+            CSeq: 1 INVITE\r\n\
+            Content-Length: 0\r\n\r\n";
+        crate::sip::msg::parse_datagram(Bytes::from(text)).expect("an INVITE")
+    }
+
+    fn routes(msg: &SipMessage) -> Vec<String> {
+        msg.headers_named(&HeaderName::RecordRoute)
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn provisional_and_success_answers_keep_the_record_route_in_order() {
+        let invite = invite();
+        for code in [180, 183, 200] {
+            let r = MessageBuilder::response_to(&invite, code, "x", Some("t")).build();
+            assert_eq!(
+                routes(&r),
+                ["<sip:10.0.0.2;lr>", "<sip:10.0.0.1;lr;ftag=x>"],
+                "{code}"
+            );
+        }
+        for code in [100, 486, 503] {
+            let r = MessageBuilder::response_to(&invite, code, "x", Some("t")).build();
+            assert!(routes(&r).is_empty(), "{code}");
+        }
     }
 }
