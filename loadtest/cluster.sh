@@ -20,6 +20,8 @@
 #   - CDRs per call (goal: exactly one), the killed node's calls marked node_lost, and how
 #     long after the kill a survivor closed them out;
 #   - `waswitch audit verify`, and the permission holds left (goal: none);
+#   - the CDRs the CDR webhook (a receiver on 127.0.0.1:18070) got: every one, the killed
+#     node's undelivered ones sent by a survivor;
 #   - CPU seconds per 1,000 calls of the nodes, next to Kamailio's, with the nodes pinned to
 #     CLUSTER_SWITCH_CPUS (default 1) and the harness (SIPp, the sim, Kamailio) to
 #     CLUSTER_HARNESS_CPUS (default 0);
@@ -41,7 +43,6 @@ SCHEMA=waswitch_cluster_load
 NUMBER=15551112222
 TOKEN=cluster-sim-token
 BIN="$ROOT/target/release/waswitch"
-CONF="$ROOT/config/examples/cluster-node.toml"
 W="$(mktemp -d /tmp/cluster-load.XXXXXX)"
 
 for tool in sipp kamailio psql python3 taskset curl; do
@@ -66,6 +67,30 @@ STORE="$PG${SEP}options=-c%20search_path%3D$SCHEMA"
 export WASWITCH_STORE_URL="$STORE"
 
 ip_of() { echo "127.0.0.$(($1 + 1))"; }
+
+# The nodes' configuration: the rehearsal's, with a CDR webhook to a receiver on 127.0.0.1:18070
+# that records the call id of every CDR it is sent.
+cp "$ROOT/config/examples/cluster-node.toml" "$W/node.toml"
+printf '\n[cdr_webhook]\nurl = "http://127.0.0.1:18070/cdrs"\nsecret = "cluster-cdr-secret"\n' >>"$W/node.toml"
+CONF="$W/node.toml"
+taskset -c "$HARNESS_CPUS" python3 - "$W/hooked.txt" <<'PY' >"$W/hook.log" 2>&1 &
+import http.server, json, sys, threading
+out, lock = open(sys.argv[1], "a", buffering=1), threading.Lock()
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        try:
+            call_id = json.loads(body).get("call_id", "?")
+        except ValueError:
+            call_id = "?"
+        with lock:
+            out.write(f"{call_id}\n")
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 18070), Hook).serve_forever()
+PY
+PIDS+=($!)
 
 start_node() {
   local n=$1 ip
@@ -157,7 +182,12 @@ for _ in $(seq 60); do
   [ "$busy" = 0 ] && break
   sleep 1
 done
-sleep 2
+for _ in $(seq 30); do
+  backlog=$(psql -q "$STORE" -A -t -c "SELECT COUNT(*) FROM cdr_webhook_outbox WHERE gave_up_at IS NULL")
+  [ "$backlog" = 0 ] && break
+  sleep 1
+done
+sleep 1
 declare -A CPU1
 for n in 1 3; do CPU1[$n]=$(cpu_ticks "$(cat "$W/node-$n.pid")"); done
 CPU1[2]=$(cpu_ticks "$(cat "$W/node-2.pid")")
@@ -245,6 +275,10 @@ window = [t1 - t0 for (t0, t1) in after if t0 < killed + 5]
 setups = sorted(t1 - t0 for (t0, t1) in answered.values())
 pct = lambda p: setups[min(len(setups) - 1, int(p * len(setups)))] * 1000 if setups else 0
 audit = open(f"{w}/audit.txt").read().strip()
+hooked = [l.strip() for l in open(f"{w}/hooked.txt")]
+cdr_ids = {c["call_id"] for c in all_cdrs}
+hooked_once = set(hooked) & cdr_ids
+hooked_twice = len(hooked) - len(set(hooked))
 cpu_nodes = int(nodes_cpu) / tick
 cpu_kam = int(kam_cpu) / tick
 gap_text = "no call answered after it" if gap is None else f"{gap * 1000:.0f} ms"
@@ -262,6 +296,8 @@ print(f"CDRs: {len(all_cdrs)} for {len(offered)} calls; calls with more than one
       f"completed calls without one: {len(missing)}; CDRs of no offered call: {strays}")
 print(f"node_lost: {len(node_lost)} CDRs (all of node-2: {all_node_2}), the last written "
       f"{closed_text} after the kill; nodes taken for lost (metric): {lost_metric}")
+print(f"CDR webhook: {len(hooked_once)} of {len(cdr_ids)} CDRs delivered, "
+      f"{hooked_twice} delivered more than once")
 print(f"audit: {audit}")
 print(f"permission holds left: {held}")
 print(f"CPU: nodes {cpu_nodes:.1f} s ({1000 * cpu_nodes / max(created, 1):.2f} s per 1,000 "
@@ -275,6 +311,7 @@ goals = {
     "node_lost_marked": bool(node_lost) and all_node_2,
     "audit_intact": audit_exit == "0",
     "no_holds_left": held == 0,
+    "every_cdr_webhooked": hooked_once == cdr_ids,
 }
 print("goals: " + ", ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in goals.items()))
 print(json.dumps({
@@ -288,6 +325,7 @@ print(json.dumps({
     "cdrs": len(all_cdrs), "calls_with_several_cdrs": several, "node_lost": len(node_lost),
     "closed_out_after_s": None if closed_after is None else round(closed_after, 1),
     "audit_intact": audit_exit == "0", "holds_left": held,
+    "cdrs_webhooked": len(hooked_once), "cdrs_webhooked_twice": hooked_twice,
     "nodes_cpu_s_per_1000_calls": round(1000 * cpu_nodes / max(created, 1), 2),
     "kamailio_cpu_s_per_1000_calls": round(1000 * cpu_kam / max(created, 1), 2),
     "goals_met": all(goals.values()),
