@@ -380,6 +380,9 @@ impl Node {
             config.limits.max_calls,
         );
         calls.set_media(media.clone())?;
+        if let Some((cluster, _)) = &cluster {
+            cluster.set_calls(calls.clone());
+        }
 
         let trunk_health = TrunkHealth::default();
         // A trunk counts as up until its probes say otherwise.

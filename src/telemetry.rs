@@ -141,6 +141,9 @@ pub const META_WEBHOOK_FORWARDED_TOTAL: &str = "waswitch_meta_webhook_forwarded_
 
 /// Counter: nodes of the cluster this node found lost and closed out.
 pub const CLUSTER_NODES_LOST_TOTAL: &str = "waswitch_cluster_nodes_lost_total";
+/// Counter: times this node found another had taken it for lost while it ran (it hung its
+/// calls up and joined again).
+pub const CLUSTER_FENCED_TOTAL: &str = "waswitch_cluster_fenced_total";
 
 /// Counter: things in Meta's webhooks this version skipped, by `what` (`field`,
 /// `change_field`, `event`, `message_type`, `status_type`, `invalid`).
@@ -721,6 +724,12 @@ pub fn catalogue() -> Vec<MetricInfo> {
             CLUSTER_NODES_LOST_TOTAL,
             Counter,
             "Nodes of the cluster this node found lost and closed out.",
+            unlabelled(),
+        ),
+        m(
+            CLUSTER_FENCED_TOTAL,
+            Counter,
+            "Times another node took this one for lost while it ran (its calls hung up).",
             unlabelled(),
         ),
         m(

@@ -524,6 +524,50 @@ event_attempts = 1
     )
 }
 
+/// Node `name` as a process of its own (to be stopped or killed), on `schema`, Meta being
+/// the sim at `sim`, with `extra` configuration: the process and its HTTP address, once
+/// it is ready.
+async fn node_process(
+    schema: &PgSchema,
+    name: &str,
+    media_ports: u16,
+    sim: std::net::SocketAddr,
+    dir: &std::path::Path,
+    extra: &str,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, node_toml(media_ports, sim, extra)).expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"))
+        .args(["run", "--config", &config.to_string_lossy()])
+        .env("WASWITCH_NODE_ID", name)
+        .env("WASWITCH_HTTP_LISTEN", http_addr.to_string())
+        .env(
+            "WASWITCH_SIP_LISTEN",
+            format!("127.0.0.1:{}", common::free_udp_port()),
+        )
+        .env("WASWITCH_STORE_URL", schema.url())
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node process");
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("http://{http_addr}/ready")).send().await {
+            if r.status() == 200 {
+                return (child, http_addr);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("node {name} did not become ready");
+}
+
 async fn place(
     http: &reqwest::Client,
     node: &waswitch::node::Node,
@@ -807,37 +851,8 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         );
         let a = start_node_with(&schema, "node-a", 62_000, sim, dir.path(), &hook).await;
         // Node B is a process of its own, to be killed.
-        let http_b = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let config_b = dir.path().join("node-b.toml");
-        std::fs::write(&config_b, node_toml(62_200, sim, &hook)).expect("config");
-        let mut b = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"))
-            .args(["run", "--config", &config_b.to_string_lossy()])
-            .env("WASWITCH_NODE_ID", "node-b")
-            .env("WASWITCH_HTTP_LISTEN", http_b.to_string())
-            .env(
-                "WASWITCH_SIP_LISTEN",
-                format!("127.0.0.1:{}", common::free_udp_port()),
-            )
-            .env("WASWITCH_STORE_URL", schema.url())
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node B");
+        let (mut b, http_b) = node_process(&schema, "node-b", 62_200, sim, dir.path(), &hook).await;
         let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..300 {
-            if let Ok(r) = http.get(format!("http://{http_b}/ready")).send().await {
-                if r.status() == 200 {
-                    ready = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(ready, "node B did not become ready");
         let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
         let (_users, _answered) = Users::start(
             ctx,
@@ -993,6 +1008,148 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         assert_eq!(store.webhook_backlog(None).await.expect("backlog"), 0);
         a.drain_and_stop().await;
         assert_eq!(hooked.lock().expect("sink").len(), 2, "nothing sent twice");
+        schema.drop().await;
+    });
+}
+
+/// A node that stalls (SIGSTOP) for longer than a heartbeat allows is taken for lost: a
+/// survivor closes its call out (CDR `node_lost`, permission settled). When the node runs
+/// again it finds out at its next heartbeat, hangs the call up (nobody else counts it any
+/// more) and joins the cluster again; the call keeps its one CDR.
+#[test]
+fn a_node_taken_for_lost_while_it_ran_hangs_up_its_calls_and_joins_again() {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    logs();
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let schema = PgSchema::create().await;
+        let (graph, sim) = meta().await;
+        let a = start_node(&schema, "node-a", 62_800, sim, dir.path()).await;
+        let (mut b, http_b) = node_process(&schema, "node-b", 61_800, sim, dir.path(), "").await;
+        let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
+        let (_users, _answered) = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Accept {
+                    after: Duration::from_millis(200),
+                    hold: Duration::from_secs(60),
+                },
+                permission: PermissionAnswer::Grant { lasts: None },
+                dtmf: None,
+            },
+        );
+        let http = reqwest::Client::new();
+        let customer = "4915100000051";
+        granted(&http, &a, &[&a], customer).await;
+        let placed = common::api(
+            &http,
+            format!("http://{http_b}/v1/calls"),
+            TOKEN,
+            reqwest::Method::POST,
+            Some(
+                serde_json::json!({"from": NUMBER, "to": {"whatsapp": customer},
+                                    "verbs": [{"pause": {"ms": 60000}}]}),
+            ),
+        )
+        .await;
+        assert_eq!(placed.0, 201, "{placed:?}");
+        let call_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let active = |addr: std::net::SocketAddr, name: &'static str| async move {
+            common::metrics_text(addr)
+                .await
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        let mut up = false;
+        for _ in 0..100 {
+            if a.permissions()
+                .view(&pair(customer))
+                .await
+                .calls_in_progress
+                == 1
+                && active(http_b, "waswitch_calls_active").await == 1.0
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "the call did not start on B");
+        // B stalls; A takes it for lost and closes its call out.
+        let pid = b.id().to_string();
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill {sig}");
+        };
+        signal("-STOP");
+        let store = schema.open().await;
+        let mut closed = None;
+        for _ in 0..100 {
+            if let Ok(Some(cdr)) = waswitch::store::CdrRepository::get(&store, &call_id).await {
+                closed = Some(cdr);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cdr = closed.expect("the stalled node's call was closed out");
+        assert_eq!(cdr.end_cause, "node_lost", "{cdr:?}");
+        // B runs again: at its next heartbeat it hangs its call up and joins again.
+        signal("-CONT");
+        let mut fenced = false;
+        for _ in 0..100 {
+            if active(http_b, "waswitch_cluster_fenced_total").await == 1.0
+                && active(http_b, "waswitch_calls_active").await == 0.0
+            {
+                fenced = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            fenced,
+            "B did not hang up the call it was taken for lost with"
+        );
+        let mut joined = false;
+        for _ in 0..50 {
+            if store
+                .node_heard("node-b", waswitch::clock::now_ms() - 3_000)
+                .await
+                .expect("nodes")
+                .is_some()
+            {
+                joined = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(joined, "B did not join the cluster again");
+        // Still one CDR, the survivor's; the permission holds nothing.
+        let again = waswitch::store::CdrRepository::get(&store, &call_id)
+            .await
+            .expect("cdr")
+            .expect("cdr");
+        assert_eq!(again, cdr);
+        assert_eq!(
+            a.permissions()
+                .view(&pair(customer))
+                .await
+                .calls_in_progress,
+            0
+        );
+        assert!(matches!(
+            store.verify_audit().await.expect("verify"),
+            Verified::Intact(_)
+        ));
+        let _ = b.kill();
+        let _ = b.wait();
+        a.drain_and_stop().await;
         schema.drop().await;
     });
 }

@@ -103,6 +103,10 @@ pub(crate) struct Cluster {
     /// Where the CDRs this node writes for a lost node's calls go besides the store (the
     /// request limits of an answered call are reset by them, as by any CDR).
     ended: OnceLock<mpsc::Sender<crate::store::Cdr>>,
+    /// The database's clock less this node's (ms), measured at each heartbeat.
+    skew: std::sync::atomic::AtomicI64,
+    /// The node's calls (hung up when the node finds itself taken for lost).
+    calls: OnceLock<super::Calls>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -143,6 +147,8 @@ impl Cluster {
             draining: std::sync::atomic::AtomicBool::new(false),
             webhook,
             ended: OnceLock::new(),
+            skew: std::sync::atomic::AtomicI64::new(0),
+            calls: OnceLock::new(),
         });
         // Registrations and the heartbeat on tasks of their own: a slow write of one never
         // holds the other up (a node late with its heartbeat is taken as lost).
@@ -163,7 +169,7 @@ impl Cluster {
     pub(crate) async fn set_url(&self, url: String) -> Result<(), String> {
         match self
             .store
-            .node_heard(&self.node_id, now_ms() - ALIVE_MS)
+            .node_heard(&self.node_id, self.now() - ALIVE_MS)
             .await
         {
             Ok(Some(other)) if other != url => {
@@ -180,7 +186,7 @@ impl Cluster {
         }
         // Its permission holds were settled as the node started (`Permissions::load`).
         self.close_out_calls(&self.node_id).await;
-        self.beat().await;
+        self.beat(true).await;
         Ok(())
     }
 
@@ -196,8 +202,35 @@ impl Cluster {
         }
     }
 
+    /// The time heartbeats and leases are compared by: the database's clock, as last
+    /// measured (so nodes whose clocks disagree still agree on who is silent).
+    fn now(&self) -> i64 {
+        now_ms() + self.skew.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Measures how far the database's clock is from this node's.
+    async fn measure_skew(&self) {
+        let before = now_ms();
+        match self.store.clock_ms().await {
+            Ok(db) => {
+                let after = now_ms();
+                self.skew.store(
+                    db - (before + after) / 2,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "the database's clock could not be read"),
+        }
+    }
+
     /// Writes the heartbeat (with the state) and renews the leases of the node's calls.
-    async fn beat(&self) {
+    ///
+    /// A node a survivor took for lost (it was silent too long: a stalled process, a
+    /// partition from the database) finds out here. The cluster has already closed its calls
+    /// out, settled their permissions and sent their CDRs, so it hangs them up rather than
+    /// carry on with calls nobody else counts, and joins again. With `rejoin` (the node's
+    /// first heartbeat of a run) the heartbeat is written whatever the register says.
+    async fn beat(&self, rejoin: bool) {
         let Some(url) = self.url.get() else {
             return;
         };
@@ -206,13 +239,55 @@ impl Cluster {
         } else {
             "up"
         };
-        let now = now_ms();
+        self.measure_skew().await;
+        let now = self.now();
         let beat = async {
-            self.store.heartbeat(&self.node_id, url, state, now).await?;
-            self.store.renew_calls(&self.node_id, now + LEASE_MS).await
+            let written = if rejoin {
+                self.store.heartbeat(&self.node_id, url, state, now).await?;
+                true
+            } else {
+                self.store
+                    .heartbeat_unless_lost(&self.node_id, url, state, now)
+                    .await?
+            };
+            if written {
+                self.store
+                    .renew_calls(&self.node_id, now + LEASE_MS)
+                    .await?;
+            }
+            Ok::<bool, crate::store::StoreError>(written)
         };
-        if let Err(e) = beat.await {
+        match beat.await {
+            Ok(true) => {}
+            Ok(false) => self.fenced(url, state).await,
+            Err(e) => tracing::warn!(error = %e, "cluster heartbeat not written"),
+        }
+    }
+
+    /// This node was taken for lost while it ran: its calls end, and it joins again.
+    async fn fenced(&self, url: &str, state: &str) {
+        let calls = self.registry.len();
+        tracing::error!(
+            calls,
+            "this node was taken for lost by another (silent for {ALIVE_MS} ms): its calls were closed out there; hanging them up and joining again"
+        );
+        metrics::counter!(crate::telemetry::CLUSTER_FENCED_TOTAL).increment(1);
+        if let Some(node_calls) = self.calls.get() {
+            node_calls.hangup_all("node_lost").await;
+        }
+        if let Err(e) = self
+            .store
+            .heartbeat(&self.node_id, url, state, self.now())
+            .await
+        {
             tracing::warn!(error = %e, "cluster heartbeat not written");
+        }
+    }
+
+    /// The node's calls, hung up if the cluster takes the node for lost while it runs.
+    pub(crate) fn set_calls(&self, calls: super::Calls) {
+        if self.calls.set(calls).is_err() {
+            tracing::warn!("the cluster's calls were set twice; the first stand");
         }
     }
 
@@ -236,7 +311,7 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.beat().await;
+            self.beat(false).await;
             self.watch_peers().await;
         }
     }
@@ -256,7 +331,7 @@ impl Cluster {
                             keys,
                             &self.node_id,
                             call_id,
-                            now_ms() + LEASE_MS,
+                            self.now() + LEASE_MS,
                             detail.as_deref(),
                         )
                         .await
@@ -274,7 +349,7 @@ impl Cluster {
     /// closed out and their permission holds settled. The CDRs waiting for the webhook of a
     /// node that is not alive (lost, or left with some undelivered) are adopted.
     async fn watch_peers(&self) {
-        let before = now_ms() - ALIVE_MS;
+        let before = self.now() - ALIVE_MS;
         if let Some(webhook) = &self.webhook {
             match self.store.webhook_adopt(&self.node_id, before).await {
                 Ok(0) => {}
@@ -410,7 +485,7 @@ impl CallOwners for Cluster {
         Box::pin(async move {
             // Unknown: as if there were (a call is waited for rather than taken here).
             self.store
-                .live_peers(&self.node_id, now_ms() - ALIVE_MS)
+                .live_peers(&self.node_id, self.now() - ALIVE_MS)
                 .await
                 .map_or(true, |n| n > 0)
         })
@@ -422,7 +497,7 @@ impl CallOwners for Cluster {
         opaque: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Option<(String, String)>, String>> {
         Box::pin(async move {
-            let now = now_ms();
+            let now = self.now();
             let mut keys = vec![wa_key(wa_call_id)];
             if let Some(o) = opaque.filter(|o| !o.is_empty()) {
                 keys.push(call_key(o));

@@ -364,6 +364,9 @@ fn pair_filter(business_number: &str, customer: &str, after: i64) -> AuditFilter
     }
 }
 
+/// How long a decision waits for a pair another node holds.
+const PAIR_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '30s'";
+
 impl Store {
     /// Takes pair (`business_number`, `customer`) across the cluster ([`PairLock`]);
     /// `None` on SQLite, a single node's store, where the permission service's own lock is
@@ -377,6 +380,9 @@ impl Store {
             Store::Sqlite(_) => Ok(None),
             Store::Postgres(p) => {
                 let mut tx = p.begin().await?;
+                // A pair held past this (a node's Graph request retried to its end takes
+                // less) fails the waiting decision with an error rather than hang it.
+                sqlx::query(PAIR_LOCK_TIMEOUT).execute(&mut *tx).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                     .bind(format!("waswitch pair {business_number} {customer}"))
                     .execute(&mut *tx)

@@ -41,6 +41,14 @@ const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, url, heartbeat_at, 
                          VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET \
                          url = excluded.url, heartbeat_at = excluded.heartbeat_at, \
                          state = excluded.state";
+/// The heartbeat of a node that is not taken for lost: no row when it was.
+const BEAT_UNLESS_LOST: &str = "INSERT INTO cluster_nodes (node_id, url, heartbeat_at, state) \
+                                VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET \
+                                url = excluded.url, heartbeat_at = excluded.heartbeat_at, \
+                                state = excluded.state WHERE cluster_nodes.state <> 'lost' \
+                                RETURNING node_id";
+const CLOCK_PG: &str = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+const CLOCK_SQLITE: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 const CLAIM: &str = "INSERT INTO call_owners (key, node_id, call_id, lease_until, detail) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO UPDATE SET \
                      node_id = excluded.node_id, call_id = excluded.call_id, \
@@ -92,6 +100,35 @@ impl Store {
             .await
             .map(drop))?;
         Ok(())
+    }
+
+    /// [`Store::heartbeat`], unless a survivor has taken node `node_id` for lost: then
+    /// nothing is written and the answer is false.
+    pub async fn heartbeat_unless_lost(
+        &self,
+        node_id: &str,
+        url: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = on_pool!(self, |p| sqlx::query_as(BEAT_UNLESS_LOST)
+            .bind(node_id)
+            .bind(url)
+            .bind(now)
+            .bind(state)
+            .fetch_optional(p)
+            .await)?;
+        Ok(row.is_some())
+    }
+
+    /// The database's clock (epoch ms): the one time every node of a cluster compares
+    /// heartbeats and leases by.
+    pub async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let (t,): (i64,) = match self {
+            Store::Sqlite(p) => sqlx::query_as(CLOCK_SQLITE).fetch_one(p).await?,
+            Store::Postgres(p) => sqlx::query_as(CLOCK_PG).fetch_one(p).await?,
+        };
+        Ok(t)
     }
 
     /// Node `node_id` owns call `call_id` by `keys` until `lease_until` (epoch ms);
