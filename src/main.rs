@@ -73,8 +73,50 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Meta's side of the business numbers, through the Graph API of the configuration.
+    Meta {
+        /// Configuration file (names the numbers, Meta's access token, the schedules).
+        #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: MetaAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Clone)]
+enum MetaAction {
+    /// A number's calling settings (Meta's `calling` object).
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum SettingsAction {
+    /// Print the number's calling settings as JSON.
+    Get {
+        /// The business number: phone_number_id or display number (default: the first
+        /// configured).
+        #[arg(long)]
+        number: Option<String>,
+        /// Include each SIP server's password (Meta's include_sip_credentials=true).
+        #[arg(long)]
+        include_sip_credentials: bool,
+    },
+    /// Change the number's calling settings: CHANGE is a JSON object of Meta's `calling`
+    /// keys (`-` reads it from standard input); `"call_hours": {"schedule": "<name>"}` sends
+    /// the hours of that [[schedule]]. Prints the settings Meta then holds.
+    Set {
+        /// The business number: phone_number_id or display number (default: the first
+        /// configured).
+        #[arg(long)]
+        number: Option<String>,
+        /// The change, e.g. '{"status": "ENABLED", "call_hours": {"schedule": "office"}}'.
+        change: String,
+    },
 }
 
 #[derive(Subcommand, Clone)]
@@ -234,6 +276,26 @@ fn main() -> ExitCode {
             };
             runtime.block_on(sim(config, meta, calls))
         }
+        Command::Meta { config, action } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            runtime.block_on(meta(config, action))
+        }
         Command::Audit { config, action } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -299,6 +361,94 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn meta(config: Config, action: MetaAction) -> ExitCode {
+    use waswitch::meta::settings;
+    let MetaAction::Settings { action } = action;
+    let Some(meta) = config.meta.as_ref() else {
+        eprintln!(
+            "{}: meta: no [meta] section; the settings live at Meta, reached with its access token",
+            config.source.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let graph = match waswitch::meta::graph::GraphClient::new(meta) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("waswitch meta: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let wanted = match &action {
+        SettingsAction::Get { number, .. } | SettingsAction::Set { number, .. } => number.clone(),
+    };
+    let number = match wanted {
+        Some(id) => settings::find_number(&config.business_numbers, &id),
+        None => config.business_numbers.first(),
+    };
+    let Some(number) = number else {
+        eprintln!(
+            "{}: no such business number (give a [[business_number]]'s phone_number_id or display_number)",
+            config.source.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let pnid = number.phone_number_id.clone();
+    let result = match action {
+        SettingsAction::Get {
+            include_sip_credentials,
+            ..
+        } => {
+            graph
+                .calling_settings_with(&pnid, include_sip_credentials)
+                .await
+        }
+        SettingsAction::Set { change, .. } => {
+            let text = if change == "-" {
+                let mut buf = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf) {
+                    eprintln!("waswitch meta settings set: standard input: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+                buf
+            } else {
+                change
+            };
+            let parsed = match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => settings::prepare(v, &config.schedules),
+                Err(e) => Err(format!("the change is not JSON: {e}")),
+            };
+            let change = match parsed {
+                Ok(c) => c,
+                Err(why) => {
+                    eprintln!("waswitch meta settings set: {why}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match graph.update_calling_settings(&pnid, change).await {
+                Ok(()) => graph.calling_settings(&pnid).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(calling) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&calling).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (_, body) = settings::refusal(&e);
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -671,6 +671,11 @@ impl Node {
                 config.http.api_token.clone(),
                 config.api_tokens.clone(),
                 Some(permission_api),
+                Some(api::numbers::NumbersApi {
+                    graph: graph.clone(),
+                    numbers: Arc::new(config.business_numbers.clone()),
+                    schedules: Arc::new(config.schedules.clone()),
+                }),
             ));
         }
         let (http_stop, stop_rx) = oneshot::channel::<()>();

@@ -5,6 +5,7 @@
 //! `api` speaks HTTP for the rest of the crate and holds no call logic of its own.
 
 pub(crate) mod agent_page;
+pub(crate) mod numbers;
 pub(crate) mod permissions;
 pub(crate) mod server;
 pub(crate) mod sip_ws;

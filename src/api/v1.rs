@@ -56,6 +56,7 @@ pub(crate) fn router(
     token: Option<Secret>,
     app_tokens: Vec<crate::config::ApiTokenConfig>,
     permissions: Option<super::permissions::PermissionApi>,
+    numbers: Option<super::numbers::NumbersApi>,
 ) -> Router {
     let tokens = Arc::new(Tokens {
         operator: token,
@@ -83,6 +84,9 @@ pub(crate) fn router(
         .with_state(state);
     if let Some(p) = permissions {
         router = router.merge(super::permissions::routes(p));
+    }
+    if let Some(n) = numbers {
+        router = router.merge(super::numbers::routes(n));
     }
     router.layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {

@@ -207,6 +207,49 @@ impl Schedule {
         &self.zone_name
     }
 
+    /// The schedule as Meta's `call_hours` (a number's calling hours): the same zone,
+    /// intervals and holidays, enabled.
+    pub fn call_hours(&self) -> serde_json::Value {
+        let close = |m: u16| {
+            if m >= 24 * 60 {
+                "2359".to_string()
+            } else {
+                hhmm(m)
+            }
+        };
+        let weekly: Vec<serde_json::Value> = self
+            .weekly
+            .iter()
+            .enumerate()
+            .flat_map(|(day, intervals)| {
+                intervals.iter().map(move |(open, shut)| {
+                    serde_json::json!({
+                        "day_of_week": DAYS[day],
+                        "open_time": hhmm(*open),
+                        "close_time": close(*shut),
+                    })
+                })
+            })
+            .collect();
+        let holidays: Vec<serde_json::Value> = self
+            .holidays
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "date": h.date.to_string(),
+                    "start_time": hhmm(h.start),
+                    "end_time": hhmm(h.end),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "status": "ENABLED",
+            "timezone_id": self.zone_name,
+            "weekly_operating_hours": weekly,
+            "holiday_schedule": holidays,
+        })
+    }
+
     /// Whether the schedule is open at `at` (Unix milliseconds).
     pub fn is_open_at_ms(&self, at_ms: i64) -> bool {
         Timestamp::from_millisecond(at_ms).is_ok_and(|t| self.is_open(t))
@@ -238,6 +281,36 @@ fn weekday_index(day: Weekday) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_becomes_metas_call_hours() {
+        let s = Schedule::new(
+            "America/Manaus",
+            &[
+                ("MONDAY", "1400", "1800"),
+                ("MONDAY", "0900", "1200"),
+                ("SATURDAY", "1000", "2359"),
+            ],
+            &[("2026-12-25", "0000", "2359")],
+        )
+        .expect("valid");
+        let hours = s.call_hours();
+        assert_eq!(
+            hours,
+            serde_json::json!({
+                "status": "ENABLED",
+                "timezone_id": "America/Manaus",
+                "weekly_operating_hours": [
+                    {"day_of_week": "MONDAY", "open_time": "0900", "close_time": "1200"},
+                    {"day_of_week": "MONDAY", "open_time": "1400", "close_time": "1800"},
+                    {"day_of_week": "SATURDAY", "open_time": "1000", "close_time": "2359"},
+                ],
+                "holiday_schedule": [
+                    {"date": "2026-12-25", "start_time": "0000", "end_time": "2359"},
+                ],
+            })
+        );
+    }
 
     fn at(text: &str) -> Timestamp {
         text.parse().expect("timestamp")

@@ -479,7 +479,20 @@ impl GraphClient {
 
     /// The number's `calling` settings, as Meta returns them.
     pub async fn calling_settings(&self, phone_number_id: &str) -> Result<Value, GraphError> {
-        let url = format!("{}/{}/settings", self.base, phone_number_id);
+        self.calling_settings_with(phone_number_id, false).await
+    }
+
+    /// The number's `calling` settings; with `sip_credentials`, each SIP server's
+    /// `sip_user_password` too (Meta's `include_sip_credentials=true`).
+    pub async fn calling_settings_with(
+        &self,
+        phone_number_id: &str,
+        sip_credentials: bool,
+    ) -> Result<Value, GraphError> {
+        let mut url = format!("{}/{}/settings", self.base, phone_number_id);
+        if sip_credentials {
+            url.push_str("?include_sip_credentials=true");
+        }
         let v = self
             .request("get_settings", Repeat::Always, Method::Get, &url)
             .await?;

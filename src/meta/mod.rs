@@ -5,5 +5,6 @@
 pub mod graph;
 pub(crate) mod ingress;
 pub(crate) mod outbox;
+pub mod settings;
 pub mod signature;
 pub mod webhook;

@@ -116,6 +116,8 @@ struct Inner {
     /// (phone number id, user) → expiry (Unix seconds; `None`: permanent).
     permissions: HashMap<(String, String), Option<u64>>,
     settings: HashMap<String, Value>,
+    /// Meta's SIP password per phone number id (made when its first SIP server is set).
+    sip_passwords: HashMap<String, String>,
     faults: Vec<Fault>,
     /// The call-id counter; starts at a random point, so two sims (or one started again)
     /// never reuse Meta's ids, as Meta never does.
@@ -761,17 +763,33 @@ async fn messages(
 async fn get_settings(
     State(sim): State<SimGraph>,
     Path((version, number)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let response = match gate(&sim, &headers, &version, &number).await {
         Some(r) => r,
         None => {
-            let calling = sim
-                .lock()
+            let inner = sim.lock();
+            let mut calling = inner
                 .settings
                 .get(&number)
                 .cloned()
                 .unwrap_or_else(default_calling);
+            // The SIP password only when asked for, as Meta does.
+            let password = inner.sip_passwords.get(&number).cloned();
+            let with_credentials = query
+                .get("include_sip_credentials")
+                .is_some_and(|v| v == "true");
+            if let (true, Some(password)) = (with_credentials, password) {
+                if let Some(servers) = calling
+                    .pointer_mut("/sip/servers")
+                    .and_then(Value::as_array_mut)
+                {
+                    for server in servers.iter_mut().filter_map(Value::as_object_mut) {
+                        server.insert("sip_user_password".into(), json!(password));
+                    }
+                }
+            }
             Json(json!({"calling": calling})).into_response()
         }
     };
@@ -788,31 +806,38 @@ async fn post_settings(
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let response = match gate(&sim, &headers, &version, &number).await {
         Some(r) => r,
-        None => match parsed.as_ref().and_then(|b| b.get("calling")) {
-            Some(calling) if calling.is_object() => {
-                let status = calling.get("status").and_then(Value::as_str);
-                if status.is_some_and(|s| s != "ENABLED" && s != "DISABLED") {
-                    invalid(
-                        "Invalid parameter",
-                        "calling.status must be ENABLED or DISABLED",
-                    )
-                } else {
+        None => match parsed
+            .as_ref()
+            .and_then(|b| b.get("calling"))
+            .and_then(Value::as_object)
+        {
+            Some(calling) => match check_calling(calling, &today()) {
+                Err(details) => invalid("Invalid parameter", &details),
+                Ok(()) => {
                     let mut inner = sim.lock();
                     let entry = inner
                         .settings
                         .entry(number.clone())
                         .or_insert_with(default_calling);
-                    if let (Some(target), Some(changes)) =
-                        (entry.as_object_mut(), calling.as_object())
-                    {
-                        for (k, v) in changes {
+                    if let Some(target) = entry.as_object_mut() {
+                        // Each key given replaces the one stored (call_hours as a whole).
+                        for (k, v) in calling {
                             target.insert(k.clone(), v.clone());
                         }
                     }
+                    let has_server = calling
+                        .get("sip")
+                        .and_then(|s| s.get("servers"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|s| !s.is_empty());
+                    if has_server && !inner.sip_passwords.contains_key(&number) {
+                        let password = format!("sim-sip-{}", uuid::Uuid::new_v4().simple());
+                        inner.sip_passwords.insert(number.clone(), password);
+                    }
                     Json(json!({"success": true})).into_response()
                 }
-            }
-            _ => invalid("Invalid parameter", "calling is required"),
+            },
+            None => invalid("Invalid parameter", "calling is required"),
         },
     };
     record(
@@ -824,6 +849,164 @@ async fn post_settings(
         &response,
     );
     response
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn today() -> String {
+    jiff::tz::TimeZone::UTC
+        .to_datetime(jiff::Timestamp::now())
+        .date()
+        .to_string()
+}
+
+/// Meta's checks of a `calling` settings object (§4.2 of our digest of Meta's API): the
+/// first problem, worded as the details of Meta's error 100.
+fn check_calling(calling: &serde_json::Map<String, Value>, today: &str) -> Result<(), String> {
+    let one_of = |key: &str, v: &Value, allowed: &[&str]| match v.as_str() {
+        Some(s) if allowed.contains(&s) => Ok(()),
+        _ => Err(format!("{key} must be one of {}", allowed.join(", "))),
+    };
+    for (key, value) in calling {
+        match key.as_str() {
+            "status" | "callback_permission_status" => {
+                one_of(key, value, &["ENABLED", "DISABLED"])?
+            }
+            "call_icon_visibility" => one_of(key, value, &["DEFAULT", "DISABLE_ALL"])?,
+            "srtp_key_exchange_protocol" => one_of(key, value, &["DTLS", "SDES"])?,
+            "call_icons" => {
+                let countries = value
+                    .get("restrict_to_user_countries")
+                    .and_then(Value::as_array)
+                    .ok_or("call_icons.restrict_to_user_countries must be a list")?;
+                for c in countries {
+                    let ok = c
+                        .as_str()
+                        .is_some_and(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()));
+                    if !ok {
+                        return Err(format!(
+                            "call_icons.restrict_to_user_countries: {c} is not an ISO 3166 alpha-2 country code"
+                        ));
+                    }
+                }
+            }
+            "audio" => {
+                let codecs = value
+                    .get("additional_codecs")
+                    .and_then(Value::as_array)
+                    .ok_or("audio.additional_codecs must be a list")?;
+                for c in codecs {
+                    one_of("audio.additional_codecs", c, &["PCMA", "PCMU"])?;
+                }
+            }
+            "sip" => check_sip(value)?,
+            "call_hours" => check_call_hours(value, today)?,
+            "restrictions" => return Err("restrictions cannot be set".into()),
+            other => return Err(format!("unknown field calling.{other}")),
+        }
+    }
+    Ok(())
+}
+
+fn check_sip(sip: &Value) -> Result<(), String> {
+    let status = sip.get("status").and_then(Value::as_str);
+    if !matches!(status, Some("ENABLED" | "DISABLED")) {
+        return Err("sip.status must be one of ENABLED, DISABLED".into());
+    }
+    let servers = match sip.get("servers") {
+        None => Vec::new(),
+        Some(s) => s.as_array().cloned().ok_or("sip.servers must be a list")?,
+    };
+    if status == Some("ENABLED") && servers.is_empty() {
+        return Err("sip.servers: at least one SIP server is required while SIP is enabled".into());
+    }
+    for server in &servers {
+        let host = server.get("hostname").and_then(Value::as_str).unwrap_or("");
+        if host.is_empty() {
+            return Err("sip.servers[].hostname is required".into());
+        }
+        if let Some(port) = server.get("port") {
+            let port = port
+                .as_u64()
+                .or_else(|| port.as_str().and_then(|p| p.parse().ok()));
+            if !port.is_some_and(|p| (1..=65535).contains(&p)) {
+                return Err("sip.servers[].port must be a port number".into());
+            }
+        }
+        if let Some(params) = server.get("request_uri_user_params") {
+            let params = params
+                .as_object()
+                .ok_or("sip.servers[].request_uri_user_params must be an object")?;
+            for (k, v) in params {
+                let v = v.as_str().unwrap_or("");
+                if k.len() > 128 || v.len() > 128 {
+                    return Err("sip.servers[].request_uri_user_params: keys and values are at most 128 characters".into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_call_hours(hours: &Value, today: &str) -> Result<(), String> {
+    let status = hours.get("status").and_then(Value::as_str);
+    if !matches!(status, Some("ENABLED" | "DISABLED")) {
+        return Err("call_hours.status must be one of ENABLED, DISABLED".into());
+    }
+    let zone = hours
+        .get("timezone_id")
+        .and_then(Value::as_str)
+        .ok_or("call_hours.timezone_id is required")?;
+    let weekly = hours
+        .get("weekly_operating_hours")
+        .and_then(Value::as_array)
+        .ok_or("call_hours.weekly_operating_hours is required")?;
+    if weekly.is_empty() && status == Some("ENABLED") {
+        return Err("call_hours.weekly_operating_hours must not be empty".into());
+    }
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let entries: Vec<(String, String, String)> = weekly
+        .iter()
+        .map(|e| {
+            (
+                text(e, "day_of_week"),
+                text(e, "open_time"),
+                text(e, "close_time"),
+            )
+        })
+        .collect();
+    for day in crate::control::schedule::DAYS {
+        if entries.iter().filter(|(d, _, _)| d == day).count() > 2 {
+            return Err(format!("call_hours: at most 2 entries per day ({day})"));
+        }
+    }
+    let holidays = match hours.get("holiday_schedule") {
+        None => Vec::new(),
+        Some(h) => h
+            .as_array()
+            .ok_or("call_hours.holiday_schedule must be a list")?
+            .iter()
+            .map(|e| (text(e, "date"), text(e, "start_time"), text(e, "end_time")))
+            .collect(),
+    };
+    if holidays.len() > 20 {
+        return Err("call_hours.holiday_schedule: at most 20 entries".into());
+    }
+    let weekly_refs: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|(d, o, c)| (d.as_str(), o.as_str(), c.as_str()))
+        .collect();
+    let holiday_refs: Vec<(&str, &str, &str)> = holidays
+        .iter()
+        .map(|(d, s, e)| (d.as_str(), s.as_str(), e.as_str()))
+        .collect();
+    crate::control::schedule::Schedule::new(zone, &weekly_refs, &holiday_refs)
+        .map_err(|e| format!("call_hours: {e}"))?;
+    if let Some((date, _, _)) = holidays.iter().find(|(d, _, _)| d.as_str() < today) {
+        return Err(format!(
+            "call_hours.holiday_schedule: {date} is in the past"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
