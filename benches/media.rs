@@ -144,11 +144,36 @@ fn opus_frames(c: &mut Criterion) {
     g.finish();
 }
 
+/// SDES-SRTP of a 20 ms G.711 packet (160 bytes of payload), in place: protect on the way
+/// out, check and decrypt on the way in.
+fn srtp_packets(c: &mut Criterion) {
+    use waswitch::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, Suite, MAX_TRAILER};
+    let mut g = c.benchmark_group("srtp_aes_cm_128_hmac_sha1_80");
+    g.throughput(Throughput::Elements(1));
+    let key = MasterKey::random().expect("random");
+    let mut tx = SrtpSender::new(Suite::AesCm128HmacSha1_80, &key);
+    let mut rx = SrtpReceiver::new(Suite::AesCm128HmacSha1_80, &key);
+    let plain = packet();
+    let mut buf = [0u8; 172 + MAX_TRAILER];
+    let mut seq = 0u16;
+    g.bench_function("protect_then_unprotect", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            buf[..172].copy_from_slice(&plain);
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            let n = tx.protect_rtp(&mut buf, 172).expect("protect");
+            black_box(rx.unprotect_rtp(&mut buf[..n]).expect("unprotect"))
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     per_packet,
     through_a_shard,
     g711_frames,
-    opus_frames
+    opus_frames,
+    srtp_packets
 );
 criterion_main!(benches);

@@ -17,6 +17,7 @@ pub mod rtcp;
 pub mod rtp;
 mod shard;
 mod smoother;
+pub mod srtp;
 pub mod transcode;
 pub mod types;
 pub mod webrtc;
