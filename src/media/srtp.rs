@@ -229,6 +229,52 @@ impl Crypto {
     }
 }
 
+/// The SDES keys of a call leg: the peer's (to check and decrypt what it sends) and ours
+/// (to protect what we send), under one suite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keying {
+    /// The peer's `a=crypto`.
+    pub theirs: Crypto,
+    /// Ours, with the same tag and suite, and a fresh key.
+    pub ours: Crypto,
+}
+
+impl Keying {
+    /// The sender and the receiver of the leg.
+    pub fn contexts(&self) -> (SrtpSender, SrtpReceiver) {
+        (
+            SrtpSender::new(self.ours.suite, &self.ours.key),
+            SrtpReceiver::new(self.theirs.suite, &self.theirs.key),
+        )
+    }
+}
+
+/// Answers an SDES offer (its `a=crypto` values, in preference order): the first line the
+/// switch can use, and our own key for it (RFC 4568 §7.1.2: same tag, same suite). When
+/// none is usable, why each was not (an offer that gets 488).
+pub fn answer(offered: &[String]) -> Result<Keying, String> {
+    let mut why = Vec::new();
+    for value in offered {
+        match Crypto::parse(value) {
+            Ok(theirs) => {
+                let key = MasterKey::random().map_err(|e| format!("no random key: {e}"))?;
+                let ours = Crypto {
+                    tag: theirs.tag,
+                    suite: theirs.suite,
+                    key,
+                };
+                return Ok(Keying { theirs, ours });
+            }
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    if why.is_empty() {
+        Err("no a=crypto line".into())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
 /// The keys of one direction of RTP or RTCP, derived from the master key.
 #[derive(Clone)]
 struct SessionKeys {

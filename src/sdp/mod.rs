@@ -87,9 +87,19 @@ pub struct Audio {
     pub direction: Direction,
     /// RTP and RTCP share the port (RFC 5761).
     pub rtcp_mux: bool,
+    /// The transport protocol of the `m=` line (`RTP/AVP`, `RTP/SAVP`, `UDP/TLS/RTP/SAVPF`).
+    pub proto: String,
+    /// The `a=crypto` values (RFC 4568 SDES keys), in the peer's order of preference.
+    pub crypto: Vec<String>,
 }
 
 impl Audio {
+    /// Secure RTP keyed in the SDP itself (SDES): an `RTP/SAVP` or `RTP/SAVPF` stream, as
+    /// opposed to plain RTP or DTLS-SRTP (`UDP/TLS/…`).
+    pub fn sdes(&self) -> bool {
+        matches!(self.proto.as_str(), "RTP/SAVP" | "RTP/SAVPF")
+    }
+
     /// The first format that is not telephone-event or comfort noise: the codec in use.
     pub fn codec(&self) -> Option<&Format> {
         self.formats.iter().find(|f| {
@@ -224,7 +234,7 @@ impl Sdp {
             .and_then(|p| p.split('/').next())
             .and_then(|p| p.parse().ok())
             .ok_or(SdpError::Field('m'))?;
-        parts.next().ok_or(SdpError::Field('m'))?;
+        let proto = parts.next().ok_or(SdpError::Field('m'))?.to_string();
         let pts: Vec<u8> = parts.filter_map(|p| p.parse().ok()).collect();
         let section = &self.lines[start + 1..end];
         let attr = |name: &str| {
@@ -273,6 +283,12 @@ impl Sdp {
             formats,
             direction,
             rtcp_mux: section.iter().any(|l| l == "a=rtcp-mux"),
+            proto,
+            crypto: section
+                .iter()
+                .filter_map(|l| l.strip_prefix("a=crypto:"))
+                .map(|v| v.trim().to_string())
+                .collect(),
         }))
     }
 
@@ -319,6 +335,31 @@ mod tests {
         c=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 101\r\n\
         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=rtcp:49171\r\n\
         a=sendrecv\r\nm=video 0 RTP/AVP 31\r\n";
+
+    #[test]
+    fn an_sdes_stream_names_its_protocol_and_its_keys_in_order() {
+        let sdes = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\n\
+            t=0 0\r\nm=audio 3480 RTP/SAVP 111 126\r\na=rtpmap:111 opus/48000/2\r\n\
+            a=rtpmap:126 telephone-event/8000\r\n\
+            a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+            a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+        let audio = Sdp::parse(sdes.as_bytes())
+            .expect("parses")
+            .audio()
+            .expect("audio")
+            .expect("a stream");
+        assert!(audio.sdes());
+        assert_eq!(audio.proto, "RTP/SAVP");
+        assert_eq!(audio.crypto.len(), 2);
+        assert!(audio.crypto[0].starts_with("1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        let plain = Sdp::parse(OFFER.as_bytes())
+            .expect("parses")
+            .audio()
+            .expect("a")
+            .expect("s");
+        assert!(!plain.sdes());
+        assert!(plain.crypto.is_empty());
+    }
 
     #[test]
     fn reads_the_audio_stream() {

@@ -220,3 +220,39 @@ fn header_extensions_and_csrcs_stay_in_the_clear() {
     let n = rx.unprotect_rtp(&mut wire).expect("unprotect");
     assert_eq!(wire[..n], packet[..]);
 }
+
+#[test]
+fn an_offer_is_answered_with_its_first_usable_line_and_a_fresh_key_of_ours() {
+    let offered = vec![
+        "1 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR".to_string(),
+        "2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^31"
+            .to_string(),
+        "3 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR".to_string(),
+    ];
+    let k = answer(&offered).expect("usable");
+    assert_eq!(k.theirs.tag, 2);
+    assert_eq!(k.ours.tag, 2);
+    assert_eq!(k.ours.suite, Suite::AesCm128HmacSha1_32);
+    assert_ne!(k.ours.key, k.theirs.key, "a key of our own");
+    // Their sender and our receiver agree, and the other way round.
+    let (mut our_tx, mut our_rx) = k.contexts();
+    let mut their_tx = SrtpSender::new(k.theirs.suite, &k.theirs.key);
+    let mut their_rx = SrtpReceiver::new(k.ours.suite, &k.ours.key);
+    let packet = rtp(1, 9, 1);
+    let mut wire = protect(&mut their_tx, &packet);
+    assert_eq!(
+        our_rx.unprotect_rtp(&mut wire).map(|n| wire[..n].to_vec()),
+        Ok(packet.clone())
+    );
+    let mut wire = protect(&mut our_tx, &packet);
+    assert_eq!(
+        their_rx
+            .unprotect_rtp(&mut wire)
+            .map(|n| wire[..n].to_vec()),
+        Ok(packet)
+    );
+    // Nothing usable: why, line by line (the offer gets 488).
+    let why = answer(&offered[..1]).expect_err("unusable");
+    assert!(why.contains("AES_256_CM_HMAC_SHA1_80"), "{why}");
+    assert_eq!(answer(&[]).expect_err("none"), "no a=crypto line");
+}
