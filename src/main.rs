@@ -276,46 +276,14 @@ fn main() -> ExitCode {
             };
             runtime.block_on(sim(config, meta, calls))
         }
-        Command::Meta { config, action } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_FAILURE);
-                }
-            };
-            runtime.block_on(meta(config, action))
-        }
-        Command::Audit { config, action } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_FAILURE);
-                }
-            };
-            runtime.block_on(audit(config, action))
-        }
+        Command::Meta { config, action } => match one_shot(&config) {
+            Ok((config, runtime)) => runtime.block_on(meta(config, action)),
+            Err(code) => code,
+        },
+        Command::Audit { config, action } => match one_shot(&config) {
+            Ok((config, runtime)) => runtime.block_on(audit(config, action)),
+            Err(code) => code,
+        },
         Command::Run {
             config,
             log_format,
@@ -363,6 +331,23 @@ fn main() -> ExitCode {
             runtime.block_on(run(config))
         }
     }
+}
+
+/// The configuration at `path` and a single-threaded runtime, for a command that does one
+/// thing and exits; or the exit code that says why not (the mistake printed).
+fn one_shot(path: &std::path::Path) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        })?;
+    Ok((config, runtime))
 }
 
 async fn meta(config: Config, action: MetaAction) -> ExitCode {

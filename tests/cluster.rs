@@ -568,6 +568,29 @@ async fn node_process(
     panic!("node {name} did not become ready");
 }
 
+/// A call from the cluster's number to WhatsApp user `customer`, placed through the API of
+/// the node at `node`, that pauses `ms` milliseconds once answered: its call id.
+async fn place_call(
+    http: &reqwest::Client,
+    node: std::net::SocketAddr,
+    customer: &str,
+    ms: u64,
+) -> String {
+    let placed = common::api(
+        http,
+        format!("http://{node}/v1/calls"),
+        TOKEN,
+        reqwest::Method::POST,
+        Some(
+            serde_json::json!({"from": NUMBER, "to": {"whatsapp": customer},
+                                "verbs": [{"pause": {"ms": ms}}]}),
+        ),
+    )
+    .await;
+    assert_eq!(placed.0, 201, "{placed:?}");
+    placed.1["call_id"].as_str().expect("id").to_string()
+}
+
 async fn place(
     http: &reqwest::Client,
     node: &waswitch::node::Node,
@@ -870,19 +893,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         // A short call on B first: its CDR waits in B's outbox (the webhook refuses).
         let short = "4915100000032";
         granted(&http, &a, &[&a], short).await;
-        let placed = common::api(
-            &http,
-            format!("http://{http_b}/v1/calls"),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(
-                serde_json::json!({"from": NUMBER, "to": {"whatsapp": short},
-                                    "verbs": [{"pause": {"ms": 100}}]}),
-            ),
-        )
-        .await;
-        assert_eq!(placed.0, 201, "{placed:?}");
-        let short_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let short_id = place_call(&http, http_b, short, 100).await;
         let store = schema.open().await;
         let mut waiting = false;
         for _ in 0..200 {
@@ -893,19 +904,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(waiting, "the short call's CDR is not in B's outbox");
-        let placed = common::api(
-            &http,
-            format!("http://{http_b}/v1/calls"),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(
-                serde_json::json!({"from": NUMBER, "to": {"whatsapp": customer},
-                                    "verbs": [{"pause": {"ms": 30000}}]}),
-            ),
-        )
-        .await;
-        assert_eq!(placed.0, 201, "{placed:?}");
-        let call_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let call_id = place_call(&http, http_b, customer, 30000).await;
         // Answered on B (the user picks up after 200 ms; the answer reaches B through A).
         let mut answered = false;
         for _ in 0..100 {
@@ -1042,19 +1041,7 @@ fn a_node_taken_for_lost_while_it_ran_hangs_up_its_calls_and_joins_again() {
         let http = reqwest::Client::new();
         let customer = "4915100000051";
         granted(&http, &a, &[&a], customer).await;
-        let placed = common::api(
-            &http,
-            format!("http://{http_b}/v1/calls"),
-            TOKEN,
-            reqwest::Method::POST,
-            Some(
-                serde_json::json!({"from": NUMBER, "to": {"whatsapp": customer},
-                                    "verbs": [{"pause": {"ms": 60000}}]}),
-            ),
-        )
-        .await;
-        assert_eq!(placed.0, 201, "{placed:?}");
-        let call_id = placed.1["call_id"].as_str().expect("id").to_string();
+        let call_id = place_call(&http, http_b, customer, 60000).await;
         let active = |addr: std::net::SocketAddr, name: &'static str| async move {
             common::metrics_text(addr)
                 .await

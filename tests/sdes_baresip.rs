@@ -16,54 +16,6 @@ use waswitch::media::srtp::{
 
 mod common;
 
-/// A mono 16-bit WAV of a `hz` tone.
-fn tone_wav(path: &std::path::Path, hz: f32, rate: u32, seconds: u32) {
-    let n = rate * seconds;
-    let mut wav = Vec::new();
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + 2 * n).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&rate.to_le_bytes());
-    wav.extend_from_slice(&(2 * rate).to_le_bytes());
-    wav.extend_from_slice(&2u16.to_le_bytes());
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&(2 * n).to_le_bytes());
-    for k in 0..n {
-        let t = k as f32 / rate as f32;
-        let s = ((2.0 * std::f32::consts::PI * hz * t).sin() * 8000.0) as i16;
-        wav.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, wav).expect("tone file");
-}
-
-/// The first channel of a 16-bit PCM WAV as samples in -1..1, and its rate.
-fn read_wav(path: &std::path::Path) -> (Vec<f32>, f32) {
-    let bytes = std::fs::read(path).expect("recording");
-    let (mut at, mut rate, mut channels) = (12usize, 0u32, 1usize);
-    while at + 8 <= bytes.len() {
-        let id = &bytes[at..at + 4];
-        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
-            as usize;
-        let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
-        if id == b"fmt " && body.len() >= 16 {
-            channels = usize::from(u16::from_le_bytes([body[2], body[3]])).max(1);
-            rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-        } else if id == b"data" {
-            let samples = body
-                .chunks_exact(2 * channels)
-                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
-                .collect();
-            return (samples, rate as f32);
-        }
-        at += 8 + len + (len & 1);
-    }
-    panic!("no audio in {}", path.display());
-}
-
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
@@ -76,7 +28,7 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
     let work = tempfile::tempdir().expect("workdir");
     let conf = work.path().join("conf");
     std::fs::create_dir_all(&conf).expect("conf");
-    tone_wav(&work.path().join("tone.wav"), 1000.0, 8000, 30);
+    common::write_tone_wav(&work.path().join("tone.wav"), 1000.0, 8000, 30);
     let w = work.path().display();
     let port = common::free_udp_port();
     std::fs::write(
@@ -284,7 +236,7 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
                 .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
         })
         .unwrap_or_else(|| panic!("baresip's recording of what it decoded:\n{}", baresip_log()));
-    let (samples, rate) = read_wav(&recording);
+    let (samples, rate) = common::read_wav(&recording);
     assert!(
         samples.len() as f32 >= rate * 2.0,
         "{} samples",

@@ -518,3 +518,53 @@ pub fn cdrs_after(
             .expect("cdrs")
     })
 }
+
+/// A mono 16-bit PCM WAV file of `seconds` of a `hz` tone at `rate`.
+pub fn write_tone_wav(path: &std::path::Path, hz: f64, rate: u32, seconds: u32) {
+    let n = rate * seconds;
+    let mut wav = Vec::with_capacity(44 + 2 * n as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(2 * rate).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(2 * n).to_le_bytes());
+    for k in 0..n {
+        let t = f64::from(k) / f64::from(rate);
+        let s = ((2.0 * std::f64::consts::PI * hz * t).sin() * 8000.0) as i16;
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("tone file");
+}
+
+/// The samples and rate of a 16-bit PCM WAV file (first channel).
+pub fn read_wav(path: &std::path::Path) -> (Vec<f32>, f32) {
+    let bytes = std::fs::read(path).expect("recording");
+    assert!(bytes.len() > 44 && &bytes[0..4] == b"RIFF", "a WAV file");
+    let (mut at, mut rate, mut channels) = (12, 0u32, 1usize);
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+            as usize;
+        let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+        if id == b"fmt " && body.len() >= 16 {
+            channels = usize::from(u16::from_le_bytes([body[2], body[3]])).max(1);
+            rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+        }
+        if id == b"data" {
+            let samples = body
+                .chunks_exact(2 * channels)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+                .collect();
+            return (samples, rate as f32);
+        }
+        at += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in {}", path.display());
+}
