@@ -5,7 +5,6 @@
 //! All on 127.0.0.1.
 
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use waswitch::media::g711;
@@ -26,55 +25,15 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn sdes_srtp_media_flows_both_ways_with_baresip() {
     let work = tempfile::tempdir().expect("workdir");
-    let conf = work.path().join("conf");
-    std::fs::create_dir_all(&conf).expect("conf");
-    common::write_tone_wav(&work.path().join("tone.wav"), 1000.0, 8000, 30);
-    let w = work.path().display();
     let port = common::free_udp_port();
-    std::fs::write(
-        conf.join("config"),
-        format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
-             rtp_ports 10100-10199\ncall_local_timeout 120\ncall_max_calls 2\n\
-             audio_player aubridge,null\naudio_source aufile,{w}/tone.wav\n\
-             audio_alert aubridge,null\nausrc_format s16\nauplay_format s16\n\
-             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
-             module aubridge.so\nmodule sndfile.so\nmodule srtp.so\nsnd_path {w}\n\
-             module_tmp uuid.so\nmodule_tmp account.so\n"
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        conf.join("accounts"),
-        format!(
-            "<sip:uas@127.0.0.1:{port}>;regint=0;answermode=auto;audio_codecs=PCMU;\
-             mediaenc=srtp-mand\n"
-        ),
-    )
-    .expect("accounts");
-    let log_path = work.path().join("baresip.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let mut baresip = common::KillOnDrop(
-        Command::new("baresip")
-            .arg("-f")
-            .arg(&conf)
-            .args(["-n", "127.0.0.1", "-t", "30"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("baresip (Debian package baresip) is needed"),
+    let (mut baresip, log_path) = common::start_baresip(
+        work.path(),
+        port,
+        "10100-10199",
+        &["srtp.so"],
+        ";audio_codecs=PCMU;mediaenc=srtp-mand",
     );
     let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let started = Instant::now();
-    while !baresip_log().contains("baresip is ready") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "baresip did not start: {}",
-            baresip_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // Our side: a SIP socket, an RTP socket, and our key in the offer.
     let sip = UdpSocket::bind("127.0.0.1:0").expect("sip socket");
@@ -98,10 +57,10 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
          a=ptime:20\r\na=sendrecv\r\n",
         ours.line()
     );
-    let to = format!("<sip:uas@127.0.0.1:{port}>");
+    let to = format!("<sip:agent@127.0.0.1:{port}>");
     let from = format!("<sip:test@127.0.0.1:{sip_port}>;tag=sdes1");
     let invite = format!(
-        "INVITE sip:uas@127.0.0.1:{port} SIP/2.0\r\n\
+        "INVITE sip:agent@127.0.0.1:{port} SIP/2.0\r\n\
          Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-sdes-1;rport\r\n\
          Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: sdes-test@127.0.0.1\r\n\
          CSeq: 1 INVITE\r\nContact: <sip:test@127.0.0.1:{sip_port}>\r\n\
@@ -141,7 +100,7 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
     assert_ne!(theirs.key, ours.key);
     let target = answer.target.expect("where baresip takes RTP");
     let ack = format!(
-        "ACK sip:uas@127.0.0.1:{port} SIP/2.0\r\n\
+        "ACK sip:agent@127.0.0.1:{port} SIP/2.0\r\n\
          Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-sdes-2;rport\r\n\
          Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to_tagged}\r\n\
          Call-ID: sdes-test@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
@@ -194,7 +153,7 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
         }
     }
     let bye = format!(
-        "BYE sip:uas@127.0.0.1:{port} SIP/2.0\r\n\
+        "BYE sip:agent@127.0.0.1:{port} SIP/2.0\r\n\
          Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-sdes-3;rport\r\n\
          Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to_tagged}\r\n\
          Call-ID: sdes-test@127.0.0.1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"

@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -460,51 +459,14 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
     // The agent's phone: baresip answers every call, plays 1 kHz from a file and records
     // what it decodes (sndfile), on loopback only.
     let work = tempfile::tempdir().expect("workdir");
-    let conf = work.path().join("conf");
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    common::write_tone_wav(&work.path().join("tone.wav"), 1000.0, 8000, 30);
-    let w = work.path().display();
-    std::fs::write(
-        conf.join("config"),
-        format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{AGENT_PORT}\nnet_interface 127.0.0.1\n\
-             rtp_ports 10000-10099\ncall_local_timeout 120\ncall_max_calls 4\n\
-             audio_player aubridge,null\naudio_source aufile,{w}/tone.wav\n\
-             audio_alert aubridge,null\nausrc_format s16\nauplay_format s16\n\
-             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
-             module aubridge.so\nmodule sndfile.so\nsnd_path {w}\nrtp_stats yes\n\
-             module_tmp uuid.so\nmodule_tmp account.so\n"
-        ),
-    )
-    .expect("baresip config");
-    std::fs::write(
-        conf.join("accounts"),
-        format!(
-            "<sip:agent@127.0.0.1:{AGENT_PORT}>;regint=0;answermode=auto;audio_codecs=PCMU,PCMA\n"
-        ),
-    )
-    .expect("baresip accounts");
-    let log_path = work.path().join("baresip.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let mut baresip = Command::new("baresip")
-        .arg("-f")
-        .arg(&conf)
-        .args(["-n", "127.0.0.1", "-t", "60"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("baresip (Debian package baresip) is needed");
+    let (mut baresip, log_path) = common::start_baresip(
+        work.path(),
+        AGENT_PORT,
+        "10000-10099",
+        &[],
+        ";audio_codecs=PCMU,PCMA",
+    );
     let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let ready = Instant::now();
-    while !baresip_log().contains("baresip is ready") {
-        assert!(
-            ready.elapsed() < Duration::from_secs(10),
-            "baresip did not start: {}",
-            baresip_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
@@ -616,8 +578,7 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = baresip.kill();
-    let _ = baresip.wait();
+    baresip.stop();
     let log = baresip_log();
     assert!(log.contains("Call established"), "{log}");
 

@@ -568,3 +568,65 @@ pub fn read_wav(path: &std::path::Path) -> (Vec<f32>, f32) {
     }
     panic!("no data chunk in {}", path.display());
 }
+
+/// baresip on 127.0.0.1:`port` answering every call to `account` (an accounts line
+/// without its address, e.g. `;audio_codecs=PCMU`), playing a 1 kHz tone from `work` and
+/// recording what it decodes there (`dump-…-dec.wav`), its RTP on `rtp_ports`, with
+/// `modules` loaded besides g711, aufile, aubridge and sndfile; started and ready. The
+/// process, and where it logs.
+pub fn start_baresip(
+    work: &Path,
+    port: u16,
+    rtp_ports: &str,
+    modules: &[&str],
+    account: &str,
+) -> (KillOnDrop, PathBuf) {
+    let conf = work.join("conf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    write_tone_wav(&work.join("tone.wav"), 1000.0, 8000, 30);
+    let w = work.display();
+    let extra: String = modules.iter().map(|m| format!("module {m}\n")).collect();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+             rtp_ports {rtp_ports}\ncall_local_timeout 120\ncall_max_calls 4\n\
+             audio_player aubridge,null\naudio_source aufile,{w}/tone.wav\n\
+             audio_alert aubridge,null\nausrc_format s16\nauplay_format s16\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module aubridge.so\nmodule sndfile.so\n{extra}snd_path {w}\nrtp_stats yes\n\
+             module_tmp uuid.so\nmodule_tmp account.so\n"
+        ),
+    )
+    .expect("baresip config");
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:agent@127.0.0.1:{port}>;regint=0;answermode=auto{account}\n"),
+    )
+    .expect("baresip accounts");
+    let log_path = work.join("baresip.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .args(["-n", "127.0.0.1", "-t", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("baresip (Debian package baresip) is needed");
+    let baresip = KillOnDrop(child);
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("baresip is ready") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "baresip did not start: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (baresip, log_path)
+}
