@@ -536,18 +536,11 @@ impl Store {
 
     /// The webhook delivered call `call_id`'s CDR.
     pub async fn webhook_delivered(&self, call_id: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(p) => sqlx::query(WEBHOOK_DONE)
-                .bind(call_id)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Store::Postgres(p) => sqlx::query(WEBHOOK_DONE)
-                .bind(call_id)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+        on_pool!(self, |p| sqlx::query(WEBHOOK_DONE)
+            .bind(call_id)
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
@@ -559,41 +552,22 @@ impl Store {
         at: i64,
         attempts: i32,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(p) => sqlx::query(WEBHOOK_GAVE_UP)
-                .bind(call_id)
-                .bind(at)
-                .bind(attempts)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Store::Postgres(p) => sqlx::query(WEBHOOK_GAVE_UP)
-                .bind(call_id)
-                .bind(at)
-                .bind(attempts)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+        on_pool!(self, |p| sqlx::query(WEBHOOK_GAVE_UP)
+            .bind(call_id)
+            .bind(at)
+            .bind(attempts)
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
     /// How many CDRs wait for the webhook of `node` (of any node when `None`).
     pub async fn webhook_backlog(&self, node: Option<&str>) -> Result<u64, StoreError> {
-        let (n,): (i64,) = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(WEBHOOK_BACKLOG)
-                    .bind(node)
-                    .fetch_one(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(WEBHOOK_BACKLOG)
-                    .bind(node)
-                    .fetch_one(p)
-                    .await?
-            }
-        };
+        let (n,): (i64,) = on_pool!(self, |p| sqlx::query_as(WEBHOOK_BACKLOG)
+            .bind(node)
+            .fetch_one(p)
+            .await)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -601,20 +575,12 @@ impl Store {
     /// `alive_since` (epoch ms): lost, left, or never in the cluster's register. Each row
     /// goes to one adopter. Returns how many it took.
     pub async fn webhook_adopt(&self, me: &str, alive_since: i64) -> Result<u64, StoreError> {
-        let r = match self {
-            Store::Sqlite(p) => sqlx::query(WEBHOOK_ADOPT)
-                .bind(me)
-                .bind(alive_since)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Store::Postgres(p) => sqlx::query(WEBHOOK_ADOPT)
-                .bind(me)
-                .bind(alive_since)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+        let r = on_pool!(self, |p| sqlx::query(WEBHOOK_ADOPT)
+            .bind(me)
+            .bind(alive_since)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(r)
     }
 }

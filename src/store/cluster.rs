@@ -71,15 +71,6 @@ const PEERS: &str = "SELECT COUNT(*) FROM cluster_nodes WHERE node_id <> $1 \
                      AND state IN ('up', 'draining') AND heartbeat_at > $2";
 const LEAVE: &str = "UPDATE cluster_nodes SET state = 'left' WHERE node_id = $1";
 
-macro_rules! on_pool {
-    ($store:expr, |$p:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite($p) => $body,
-            Store::Postgres($p) => $body,
-        }
-    };
-}
-
 impl Store {
     /// Node `node_id` is alive at `now` (epoch ms), reached at `url`, in `state` (`up`, or
     /// `draining`: it takes no new calls, and what is forwarded to it still reaches its

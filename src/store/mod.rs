@@ -4,6 +4,16 @@
 //! `store` owns connections, embedded migrations and SQL. It knows nothing of calls or actors
 //! except [`writer`], the supervised service that batches CDR writes off the call path.
 
+/// `$body` run with `$p` the pool of either backend: the same SQL, one match.
+macro_rules! on_pool {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($p) => $body,
+            $crate::store::Store::Postgres($p) => $body,
+        }
+    };
+}
+
 pub mod agents;
 pub mod audit;
 pub(crate) mod cdr;
