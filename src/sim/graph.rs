@@ -901,6 +901,8 @@ fn check_calling(calling: &serde_json::Map<String, Value>, today: &str) -> Resul
             "sip" => check_sip(value)?,
             "call_hours" => check_call_hours(value, today)?,
             "restrictions" => return Err("restrictions cannot be set".into()),
+            // Meta's newer settings (voicemail, 2026-06): taken as given.
+            "voicemail" if value.is_object() => {}
             other => return Err(format!("unknown field calling.{other}")),
         }
     }

@@ -120,6 +120,7 @@ pub fn start(
                 let _ = tokio::time::timeout(POLL, wake.notified()).await;
                 continue;
             }
+            let mut unrecorded = false;
             for cdr in pending {
                 let (delivered, attempts) = deliver(&http, &config, &cdr).await;
                 let outcome = if delivered { "delivered" } else { "failed" };
@@ -138,7 +139,12 @@ pub fn start(
                     // call id.
                     tracing::warn!(call_id = %cdr.call_id, error = %e,
                         "the CDR webhook's delivery not recorded");
+                    unrecorded = true;
                 }
+            }
+            if unrecorded {
+                // A store that reads but does not write: not a loop resending at full speed.
+                tokio::time::sleep(POLL).await;
             }
             if let Ok(n) = store.webhook_backlog(node.as_deref()).await {
                 metrics::gauge!(telemetry::CDR_WEBHOOK_BACKLOG).set(n as f64);
