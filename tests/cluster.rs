@@ -448,6 +448,20 @@ async fn granted(
     }
 }
 
+/// Sim users who grant permission for good and answer a call after 200 ms, holding it
+/// `hold`.
+fn answering(hold: Duration) -> waswitch::sim::users::Behaviour {
+    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer};
+    Behaviour {
+        call: CallAnswer::Accept {
+            after: Duration::from_millis(200),
+            hold,
+        },
+        permission: PermissionAnswer::Grant { lasts: None },
+        dtmf: None,
+    }
+}
+
 /// The nodes' logs in a failed test's output (`RUST_LOG`).
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -861,7 +875,7 @@ fn thirty_invites_over_three_nodes_for_a_one_call_grant_connect_once() {
 /// CDR B had not delivered and the lost call's, once each.
 #[test]
 fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
-    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    use waswitch::sim::users::Users;
     logs();
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -877,17 +891,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
         let (mut b, http_b) = node_process(&schema, "node-b", 62_200, sim, dir.path(), &hook).await;
         let http = reqwest::Client::new();
         let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
-        let (_users, _answered) = Users::start(
-            ctx,
-            Behaviour {
-                call: CallAnswer::Accept {
-                    after: Duration::from_millis(200),
-                    hold: Duration::from_secs(30),
-                },
-                permission: PermissionAnswer::Grant { lasts: None },
-                dtmf: None,
-            },
-        );
+        let (_users, _answered) = Users::start(ctx, answering(Duration::from_secs(30)));
         let customer = "4915100000031";
         granted(&http, &a, &[&a], customer).await;
         // A short call on B first: its CDR waits in B's outbox (the webhook refuses).
@@ -1017,7 +1021,7 @@ fn a_node_killed_mid_call_is_closed_out_by_a_survivor() {
 /// more) and joins the cluster again; the call keeps its one CDR.
 #[test]
 fn a_node_taken_for_lost_while_it_ran_hangs_up_its_calls_and_joins_again() {
-    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    use waswitch::sim::users::Users;
     logs();
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1027,17 +1031,7 @@ fn a_node_taken_for_lost_while_it_ran_hangs_up_its_calls_and_joins_again() {
         let a = start_node(&schema, "node-a", 62_800, sim, dir.path()).await;
         let (mut b, http_b) = node_process(&schema, "node-b", 61_800, sim, dir.path(), "").await;
         let ctx = common::sim_context(&graph, a.http_addr(), SECRET, PNID, NUMBER);
-        let (_users, _answered) = Users::start(
-            ctx,
-            Behaviour {
-                call: CallAnswer::Accept {
-                    after: Duration::from_millis(200),
-                    hold: Duration::from_secs(60),
-                },
-                permission: PermissionAnswer::Grant { lasts: None },
-                dtmf: None,
-            },
-        );
+        let (_users, _answered) = Users::start(ctx, answering(Duration::from_secs(60)));
         let http = reqwest::Client::new();
         let customer = "4915100000051";
         granted(&http, &a, &[&a], customer).await;
@@ -1146,7 +1140,7 @@ fn a_node_taken_for_lost_while_it_ran_hangs_up_its_calls_and_joins_again() {
 /// once a node drains and stops, every call goes to the other, none failing.
 #[test]
 fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
-    use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+    use waswitch::sim::users::Users;
     logs();
     let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1161,17 +1155,7 @@ fn kamailio_spreads_calls_over_the_nodes_and_leaves_a_stopped_one_out() {
         let b = start_node_with(&schema, "node-b", 62_600, sim, dir.path(), extra).await;
         // Meta's webhooks go to B, which stays.
         let ctx = common::sim_context(&graph, b.http_addr(), SECRET, PNID, NUMBER);
-        let (_users, _answered) = Users::start(
-            ctx,
-            Behaviour {
-                call: CallAnswer::Accept {
-                    after: Duration::from_millis(200),
-                    hold: Duration::from_millis(800),
-                },
-                permission: PermissionAnswer::Grant { lasts: None },
-                dtmf: None,
-            },
-        );
+        let (_users, _answered) = Users::start(ctx, answering(Duration::from_millis(800)));
         let customer = "4915100000041";
         let http = reqwest::Client::new();
         granted(&http, &b, &[&a, &b], customer).await;

@@ -185,15 +185,7 @@ fn sdes_srtp_media_flows_both_ways_with_baresip() {
     );
 
     // Ours, as baresip decrypted and decoded it.
-    let recording = std::fs::read_dir(work.path())
-        .expect("workdir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
-        })
+    let recording = common::baresip_recording(work.path())
         .unwrap_or_else(|| panic!("baresip's recording of what it decoded:\n{}", baresip_log()));
     let (samples, rate) = common::read_wav(&recording);
     assert!(

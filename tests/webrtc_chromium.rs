@@ -583,16 +583,8 @@ fn chromium_as_the_customer_reaches_a_baresip_agent_through_the_switch() {
     assert!(log.contains("Call established"), "{log}");
 
     // What the agent heard: Chromium's 440 Hz, transcoded to PCMU by the switch.
-    let heard = std::fs::read_dir(work.path())
-        .expect("workdir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
-        })
-        .expect("baresip's recording of what it decoded");
+    let heard =
+        common::baresip_recording(work.path()).expect("baresip's recording of what it decoded");
     let (samples, rate) = common::read_wav(&heard);
     assert!(
         samples.len() as f32 >= rate * 2.0,

@@ -419,24 +419,12 @@ impl Store {
              AND detail LIKE $2 ORDER BY seq"
         );
         let pattern = format!("%\"node\":{}%", serde_json::Value::from(node));
-        let rows: Vec<Row> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(&sql)
-                    .bind(since)
-                    .bind(&pattern)
-                    .bind(kind)
-                    .fetch_all(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(&sql)
-                    .bind(since)
-                    .bind(&pattern)
-                    .bind(kind)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
+        let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(&sql)
+            .bind(since)
+            .bind(&pattern)
+            .bind(kind)
+            .fetch_all(p)
+            .await)?;
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
 }

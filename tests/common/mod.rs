@@ -630,3 +630,16 @@ pub fn start_baresip(
     }
     (baresip, log_path)
 }
+
+/// baresip's recording (sndfile) of what it decoded in a call, in `work`.
+pub fn baresip_recording(work: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(work)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
+        })
+}
