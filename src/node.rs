@@ -420,6 +420,23 @@ impl Node {
                 })?;
             }
         }
+        // Meta's INVITEs for numbers in SIP mode, from the SIP ingress to the WhatsApp one.
+        let (meta_sip_tx, meta_sip_rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
+        if let Some(sip) = config.meta.as_ref().and_then(|m| m.sip.clone()) {
+            let numbers: Vec<String> = config
+                .business_numbers
+                .iter()
+                .filter(|b| b.signaling == crate::config::Signaling::Sip)
+                .map(|b| b.display_number.clone())
+                .collect();
+            if !numbers.is_empty() {
+                ingress.set_meta_sip(crate::call::sip::ingress::MetaSipIngress {
+                    config: sip,
+                    numbers,
+                    calls: meta_sip_tx,
+                })?;
+            }
+        }
         let mut background = vec![spawn_cutoffs(permissions.cutoffs(), calls.clone())];
         let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
         agent_directory.export_metrics();
@@ -602,7 +619,7 @@ impl Node {
         };
         let meta_ingress = meta_ingress.map(|(meta, whatsapp)| {
             let (tx, rx) = tokio::sync::mpsc::channel(META_EVENT_QUEUE);
-            background.push(tokio::spawn(whatsapp.run(rx)));
+            background.push(tokio::spawn(whatsapp.run(rx, meta_sip_rx)));
             let replies = crate::permission::service::ReplyRecorder::new(
                 permissions.clone(),
                 &config.business_numbers,

@@ -161,6 +161,8 @@ pub enum LegMsg {
     WhatsApp(WaEvent),
     /// From the call's SIP bridge, to the leg that is one of its legs.
     Bridge(FromBridge),
+    /// A SIP event of the dialog with Meta (a WhatsApp leg Meta carries over SIP).
+    MetaSip(CoreEvent),
     /// A deadline of the leg may have come, or a task of its own finished.
     Wake,
     /// Makes the leg fail (supervision tests).
@@ -266,7 +268,7 @@ impl Actor for LegActor {
                         })?;
                     }
                 }
-                LegMsg::WhatsApp(_) | LegMsg::Bridge(_) | LegMsg::Wake => {}
+                LegMsg::WhatsApp(_) | LegMsg::Bridge(_) | LegMsg::MetaSip(_) | LegMsg::Wake => {}
                 #[cfg(any(test, feature = "fault-injection"))]
                 LegMsg::Fault(fault) => return fault.trigger(leg.role.as_str()),
             }

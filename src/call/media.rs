@@ -125,6 +125,20 @@ pub enum MediaMsg {
     OfferWebRtc(RpcReplyPort<Result<(String, Anchor), String>>),
     /// Meta's answer to our WebRTC offer.
     WebRtcAnswer(String),
+    /// Anchor the call with side A a plain leg speaking SDES-SRTP (Meta's SIP interface)
+    /// answering `offer`, side B a plain RTP leg; replies with our answer SDP, or why the
+    /// offer cannot be answered (no usable `a=crypto`, no codec the switch speaks).
+    AnchorSdes {
+        /// The peer's offer.
+        offer: String,
+        /// Our answer, or why there is none.
+        reply: RpcReplyPort<Result<String, String>>,
+    },
+    /// Anchor the call with side A a plain SDES-SRTP leg making our offer (a
+    /// business-initiated call over Meta's SIP interface); replies with the offer.
+    OfferSdes(RpcReplyPort<Result<String, String>>),
+    /// The answer to our SDES offer; replies whether it was usable.
+    SdesAnswer(String, RpcReplyPort<Result<(), String>>),
     /// A WebRTC offer of ours stands in for side B (an agent's browser phone is called
     /// with it); replies with the offer. The plain side B waits until [`MediaMsg::DropAgent`].
     OfferAgent(RpcReplyPort<Result<String, String>>),
@@ -199,6 +213,8 @@ pub struct Media {
     /// Side A's SDP, when side A is a plain leg (a phone a call placed to SIP rang): a
     /// WebRTC leg standing in for side B speaks Opus with its codec.
     plain_a: Option<Remote>,
+    /// Our SDES offer's keys, until the answer picks one.
+    sdes_offer: Vec<crate::media::srtp::Crypto>,
 }
 
 impl Actor for MediaActor {
@@ -229,6 +245,7 @@ impl Actor for MediaActor {
             clock: [8000; 2],
             codec_path: None,
             plain_a: None,
+            sdes_offer: Vec::new(),
         })
     }
 
@@ -258,6 +275,21 @@ impl Actor for MediaActor {
                     let ip = ip.ok_or("this node relays no media")?;
                     Ok((sdp, Anchor { ip, ports }))
                 }));
+            }
+            MediaMsg::AnchorSdes { offer, reply } => {
+                let answer = media.anchor_sdes(&myself, &offer);
+                let _ = reply.send(answer);
+            }
+            MediaMsg::OfferSdes(reply) => {
+                let offer = media.offer_sdes(&myself);
+                let _ = reply.send(offer);
+            }
+            MediaMsg::SdesAnswer(sdp, reply) => {
+                let applied = media.sdes_answer(&sdp);
+                if let Err(e) = &applied {
+                    tracing::warn!(parent: &media.span, error = %e, "the SDES answer is not usable");
+                }
+                let _ = reply.send(applied);
             }
             MediaMsg::WebRtcAnswer(sdp) => {
                 if let Resources::Anchored(pair) = &media.resources {
@@ -510,6 +542,127 @@ impl Media {
                 None
             }
         }
+    }
+
+    /// Anchors the pair (plain legs both sides) for an SDES-SRTP side A: the pair, the
+    /// address side A's peer is to send to.
+    fn anchor_plain(&mut self, myself: &ActorRef<MediaMsg>) -> Result<Anchor, String> {
+        if self.plane.is_none() {
+            return Err("this node relays no media".into());
+        }
+        if matches!(self.resources, Resources::Anchored(_)) {
+            return Err("media already anchored".into());
+        }
+        self.anchor(myself)
+            .ok_or_else(|| "no media ports".to_string())
+    }
+
+    /// Side A's peer as its SDES description says (its codec named: side B may speak
+    /// another, and is then transcoded), with its keys.
+    fn sdes_side_a(
+        &mut self,
+        audio: &crate::sdp::Audio,
+        codec: &crate::sdp::Format,
+        keying: &crate::media::srtp::Keying,
+    ) -> Result<(), String> {
+        let Resources::Anchored(pair) = &self.resources else {
+            return Err("the call's media is not anchored".into());
+        };
+        let mut remote = Remote::from_sdp(audio, true);
+        remote.codec = crate::media::transcode::Codec::from_name(&codec.name);
+        remote.codec_pt = Some(codec.pt);
+        remote.clock = codec.clock;
+        pair.set_srtp(Side::A, keying).map_err(|e| e.to_string())?;
+        pair.set_remote(Side::A, remote)
+            .map_err(|e| e.to_string())?;
+        self.clock[0] = remote.dtmf_clock;
+        Ok(())
+    }
+
+    /// Answers an SDES offer (Meta's, over SIP): the first usable `a=crypto` and the
+    /// first offered codec the switch speaks, mirrored with their payload types.
+    fn anchor_sdes(&mut self, myself: &ActorRef<MediaMsg>, offer: &str) -> Result<String, String> {
+        let audio = crate::sdp::Sdp::parse(offer.as_bytes())
+            .map_err(|e| format!("the offer is not SDP: {e}"))?
+            .audio()
+            .map_err(|e| format!("the offer's audio is malformed: {e}"))?
+            .ok_or("the offer has no audio")?;
+        if !audio.sdes() {
+            return Err(format!(
+                "the offer is {} without a=crypto, not SDES-SRTP",
+                audio.proto
+            ));
+        }
+        let keying = crate::media::srtp::answer(&audio.crypto)?;
+        let codec = audio
+            .formats
+            .iter()
+            .find(|f| crate::media::transcode::Codec::from_name(&f.name).is_some())
+            .cloned()
+            .ok_or("the offer has no codec the switch speaks (Opus, PCMU, PCMA)")?;
+        let anchor = self.anchor_plain(myself)?;
+        self.sdes_side_a(&audio, &codec, &keying)?;
+        let mut formats = vec![codec];
+        formats.extend(audio.telephone_event_format().cloned());
+        Ok(crate::sdp::sdes_description(
+            anchor.ip,
+            anchor.ports[0],
+            crate::call::sip::random_u64() >> 1,
+            &formats,
+            &keying.ours.line(),
+            audio.rtcp_mux,
+        ))
+    }
+
+    /// Our SDES offer toward Meta: Opus, PCMU and PCMA with telephone-events, both
+    /// AES_CM_128 suites.
+    fn offer_sdes(&mut self, myself: &ActorRef<MediaMsg>) -> Result<String, String> {
+        let cryptos = crate::media::srtp::offer()?;
+        let anchor = self.anchor_plain(myself)?;
+        let f = |pt: u8, name: &str, clock: u32| crate::sdp::Format {
+            pt,
+            name: name.into(),
+            clock,
+        };
+        let formats = [
+            f(111, "opus", 48_000),
+            f(0, "PCMU", 8000),
+            f(8, "PCMA", 8000),
+            f(126, "telephone-event", 8000),
+        ];
+        let mut sdp = crate::sdp::sdes_description(
+            anchor.ip,
+            anchor.ports[0],
+            crate::call::sip::random_u64() >> 1,
+            &formats,
+            &cryptos[0].line(),
+            false,
+        );
+        // The other suites, one line each, after the first.
+        for c in &cryptos[1..] {
+            sdp.push_str(&format!("a=crypto:{}\r\n", c.line()));
+        }
+        self.sdes_offer = cryptos;
+        Ok(sdp)
+    }
+
+    /// Meta's answer to our SDES offer: its address, codec and key.
+    fn sdes_answer(&mut self, answer: &str) -> Result<(), String> {
+        let audio = crate::sdp::Sdp::parse(answer.as_bytes())
+            .map_err(|e| format!("the answer is not SDP: {e}"))?
+            .audio()
+            .map_err(|e| format!("the answer's audio is malformed: {e}"))?
+            .ok_or("the answer has no audio")?;
+        let keying = crate::media::srtp::of_answer(&self.sdes_offer, &audio.crypto)?;
+        let codec = audio
+            .formats
+            .iter()
+            .find(|f| crate::media::transcode::Codec::from_name(&f.name).is_some())
+            .cloned()
+            .ok_or("the answer has no codec the switch speaks")?;
+        self.sdes_side_a(&audio, &codec, &keying)?;
+        self.sdes_offer.clear();
+        Ok(())
     }
 
     /// Builds the WebRTC leg (side A) off the async threads (it costs milliseconds of CPU),

@@ -24,11 +24,22 @@ use super::LegRole;
 use crate::meta::outbox::Outbox;
 use crate::store::Direction;
 
-/// A customer's call as Meta's `connect` webhook offered it.
+/// How Meta carries a WhatsApp leg.
+#[derive(Debug, Clone)]
+pub enum Carrier {
+    /// Graph API actions and webhooks.
+    Graph,
+    /// Meta's SIP interface: the dialog Meta's INVITE opened.
+    Sip(Box<super::whatsapp::sip::MetaSipLink>),
+}
+
+/// A customer's call as Meta offered it (a `connect` webhook, or an INVITE over SIP).
 #[derive(Debug, Clone)]
 pub struct WhatsAppInbound {
     /// Meta's Graph API, and the outbox of actions Meta must get.
     pub outbox: Outbox,
+    /// How Meta carries the call.
+    pub carrier: Carrier,
     /// Meta's id of the business number the customer called.
     pub phone_number_id: String,
     /// Meta's id of the call.

@@ -388,6 +388,55 @@ pub(crate) struct MetaSection {
     pub request_timeout_ms: i64,
     #[serde(default = "default_graph_attempts")]
     pub max_attempts: i64,
+    #[serde(default)]
+    pub sip: Option<MetaSipSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetaSipSection {
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default = "default_meta_sip_proxy")]
+    pub proxy: String,
+    #[serde(default = "default_meta_sip_allow_from")]
+    pub allow_from: Vec<String>,
+}
+
+fn default_meta_sip_proxy() -> String {
+    "wa.meta.vc:5061".to_string()
+}
+
+/// Meta's egress address space (AS32934), from which its SIP requests come.
+pub(crate) const META_SIP_RANGES: &[&str] = &[
+    "31.13.24.0/21",
+    "31.13.64.0/18",
+    "45.64.40.0/22",
+    "57.141.0.0/21",
+    "57.141.8.0/22",
+    "57.141.12.0/23",
+    "57.144.0.0/14",
+    "66.220.144.0/20",
+    "69.63.176.0/20",
+    "69.171.224.0/19",
+    "74.119.76.0/22",
+    "102.132.96.0/20",
+    "103.4.96.0/22",
+    "129.134.0.0/16",
+    "147.75.208.0/20",
+    "157.240.0.0/16",
+    "163.70.128.0/17",
+    "163.77.128.0/17",
+    "173.252.64.0/18",
+    "179.60.192.0/22",
+    "185.60.216.0/22",
+    "185.89.216.0/22",
+    "204.15.20.0/22",
+    "2a03:2880::/32",
+];
+
+fn default_meta_sip_allow_from() -> Vec<String> {
+    META_SIP_RANGES.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_graph_url() -> String {
@@ -416,6 +465,7 @@ impl Default for MetaSection {
             verify_token: String::new(),
             request_timeout_ms: default_graph_timeout(),
             max_attempts: default_graph_attempts(),
+            sip: None,
         }
     }
 }
@@ -434,6 +484,12 @@ pub(crate) struct BusinessNumberSection {
     pub app: Option<String>,
     #[serde(default)]
     pub echo_test: bool,
+    #[serde(default)]
+    pub signaling: Option<String>,
+    #[serde(default)]
+    pub srtp: Option<String>,
+    #[serde(default)]
+    pub sip_password: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,6 +48,41 @@ pub struct MetaConfig {
     pub request_timeout: Duration,
     /// Attempts of an idempotent Graph API request (1: no retry).
     pub max_attempts: u32,
+    /// Meta's SIP interface (`[meta.sip]`), for numbers whose calls Meta carries over SIP.
+    pub sip: Option<MetaSip>,
+}
+
+/// `[meta.sip]`: the switch as the SIP server Meta calls, and how it calls Meta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaSip {
+    /// The hostname configured with Meta as the number's SIP server: Meta's Request-URIs
+    /// name it, Meta checks the TLS certificate against it, and the From of the switch's
+    /// calls names it.
+    pub hostname: String,
+    /// Where the switch sends business-initiated calls (`wa.meta.vc:5061`).
+    pub proxy: String,
+    /// Addresses Meta's requests may come from.
+    pub allow_from: Vec<crate::sip::source::IpNet>,
+}
+
+/// How Meta carries a number's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signaling {
+    /// Graph API requests and webhooks; the media is WebRTC.
+    #[default]
+    Graph,
+    /// SIP over TLS between Meta (`wa.meta.vc`) and the switch.
+    Sip,
+}
+
+/// How the SRTP keys of a SIP-mode number's media are exchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpKeying {
+    /// In the SDP (`RTP/SAVP` with `a=crypto`, RFC 4568): no ICE, no DTLS.
+    #[default]
+    Sdes,
+    /// WebRTC's ICE and DTLS-SRTP, as in Graph mode.
+    Dtls,
 }
 
 /// A WhatsApp business phone number the switch carries calls for.
@@ -70,6 +105,12 @@ pub struct BusinessNumber {
     /// Calls to it are answered by the switch with an echo of the caller's audio: a line
     /// to check WhatsApp calling and audio end to end without a PBX.
     pub echo_test: bool,
+    /// How Meta carries its calls.
+    pub signaling: Signaling,
+    /// In SIP mode, how the media's keys are exchanged.
+    pub srtp: SrtpKeying,
+    /// In SIP mode, Meta's password for the number (digest of the switch's calls).
+    pub sip_password: Secret,
 }
 
 /// `waswitch sim`, the Meta emulator.
@@ -161,6 +202,7 @@ impl Validator {
             60_000,
         );
         let attempts = self.bounded("meta.max_attempts", raw.max_attempts, 1, 10);
+        let sip = raw.sip.as_ref().map(|s| self.meta_sip(s));
         Some(MetaConfig {
             graph_url: url.to_string(),
             api_version: version.to_string(),
@@ -169,7 +211,57 @@ impl Validator {
             verify_token: Secret::new(raw.verify_token.trim()),
             request_timeout: Duration::from_millis(timeout? as u64),
             max_attempts: attempts? as u32,
+            sip,
         })
+    }
+
+    fn meta_sip(&mut self, raw: &file::MetaSipSection) -> MetaSip {
+        let hostname = raw.hostname.trim().to_ascii_lowercase();
+        let host_ok = !hostname.is_empty()
+            && hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !host_ok {
+            self.problem(
+                "meta.sip.hostname",
+                format!("{:?} is not a hostname", raw.hostname),
+                "give the hostname configured as the number's SIP server with Meta, e.g. \"sip.example.com\" (the TLS certificate must cover it)",
+            );
+        }
+        let proxy = raw.proxy.trim();
+        let port_ok = proxy
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            self.problem(
+                "meta.sip.proxy",
+                format!("{:?} is not host:port", raw.proxy),
+                "use \"wa.meta.vc:5061\" (Meta), or the sim's TLS address, e.g. \"127.0.0.1:5081\"",
+            );
+        }
+        let mut allow_from = Vec::new();
+        for (j, net) in raw.allow_from.iter().enumerate() {
+            match crate::sip::source::IpNet::parse(net) {
+                Some(n) => allow_from.push(n),
+                None => self.problem(
+                    &format!("meta.sip.allow_from[{j}]"),
+                    format!("{net:?} is not an address or network"),
+                    "write an address or a CIDR network, e.g. \"157.240.0.0/16\"",
+                ),
+            }
+        }
+        if raw.allow_from.is_empty() {
+            self.problem(
+                "meta.sip.allow_from",
+                "is empty: no request from Meta would be taken",
+                "leave it out for Meta's published ranges, or list the addresses Meta calls from",
+            );
+        }
+        MetaSip {
+            hostname,
+            proxy: proxy.to_string(),
+            allow_from,
+        }
     }
 
     pub(super) fn business_numbers(
@@ -325,7 +417,41 @@ impl Validator {
                     _ => {}
                 }
             }
+            let signaling = match b.signaling.as_deref().map(str::trim) {
+                None | Some("graph") => Signaling::Graph,
+                Some("sip") => Signaling::Sip,
+                Some(other) => {
+                    self.problem(
+                        &key("signaling"),
+                        format!("{other:?} is not a signaling mode"),
+                        "use \"graph\" (Graph API and webhooks) or \"sip\" (Meta's SIP interface over TLS)",
+                    );
+                    Signaling::Graph
+                }
+            };
+            let srtp = match b.srtp.as_deref().map(str::trim) {
+                None | Some("sdes") => SrtpKeying::Sdes,
+                Some("dtls") => SrtpKeying::Dtls,
+                Some(other) => {
+                    self.problem(
+                        &key("srtp"),
+                        format!("{other:?} is not a key exchange"),
+                        "use \"sdes\" (keys in the SDP) or \"dtls\" (ICE and DTLS-SRTP)",
+                    );
+                    SrtpKeying::Sdes
+                }
+            };
+            if signaling == Signaling::Graph && (b.srtp.is_some() || !b.sip_password.is_empty()) {
+                self.problem(
+                    &key(if b.srtp.is_some() { "srtp" } else { "sip_password" }),
+                    "is set but the number's signaling is \"graph\"",
+                    "set signaling = \"sip\" to carry its calls over Meta's SIP interface, or remove it",
+                );
+            }
             out.push(BusinessNumber {
+                signaling,
+                srtp,
+                sip_password: Secret::new(b.sip_password.trim()),
                 phone_number_id: id.to_string(),
                 display_number: number.to_string(),
                 country,

@@ -31,7 +31,7 @@ pub use app::{env_var as app_env_var, AppConfig};
 pub use env::ENV_OVERRIDES;
 pub use http::{HttpConfig, HttpLimits, WebhookLimits};
 pub use ivr::{IvrConfig, PromptSet, PROMPT_EXTENSIONS};
-pub use meta::{BusinessNumber, MetaConfig, Secret, SimConfig};
+pub use meta::{BusinessNumber, MetaConfig, MetaSip, Secret, Signaling, SimConfig, SrtpKeying};
 pub use permissions::{
     PermissionLimits, PermissionProfile, PermissionsConfig, DEFAULT_EXCLUDED_COUNTRIES,
     DEFAULT_SANCTIONED_CODES,

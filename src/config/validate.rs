@@ -280,6 +280,26 @@ impl Validator {
             &app_names,
             &app_routes,
         );
+        if let Some(i) = business_numbers
+            .iter()
+            .position(|b| b.signaling == super::Signaling::Sip)
+        {
+            let with_sip = meta.as_ref().is_some_and(|m| m.sip.is_some());
+            if raw.meta.is_some() && !with_sip {
+                self.problem(
+                    &format!("business_number[{i}].signaling"),
+                    "is \"sip\" but there is no [meta.sip] section",
+                    "add [meta.sip] with the hostname configured as the number's SIP server with Meta",
+                );
+            }
+            if !transports.contains(&Transport::Tls) {
+                self.problem(
+                    &format!("business_number[{i}].signaling"),
+                    "is \"sip\" but sip.transports does not list \"tls\" (Meta's SIP interface is TLS only)",
+                    "add \"tls\" to sip.transports and a [sip.tls] section whose certificate covers meta.sip.hostname",
+                );
+            }
+        }
         for (i, a) in raw.agent.iter().enumerate() {
             let Some(n) = a.business_number.as_deref() else {
                 continue;

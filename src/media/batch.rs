@@ -117,6 +117,20 @@ impl Batch {
         (&mut self.bufs[i][..len], self.from[i])
     }
 
+    /// Packet `i`'s whole buffer and its length (0 for an oversized datagram), for a
+    /// rewrite that changes the length (SRTP adds or removes its trailer in place); the
+    /// new length is given back with [`set_len`](Self::set_len).
+    pub(crate) fn buffer(&mut self, i: usize) -> (&mut [u8; MAX_PACKET], usize) {
+        let len = if self.truncated[i] { 0 } else { self.lens[i] };
+        (&mut self.bufs[i], len)
+    }
+
+    /// Sets packet `i`'s length after a rewrite in its buffer.
+    pub(crate) fn set_len(&mut self, i: usize, len: usize) {
+        self.lens[i] = len.min(MAX_PACKET);
+        self.truncated[i] = false;
+    }
+
     /// Sends packets of the last read (`items`: buffer index and destination) from `fd` in
     /// as few system calls as the kernel allows. Returns how many were sent; a packet the
     /// kernel refused is skipped and the rest still go.

@@ -86,6 +86,13 @@ pub(super) enum Command {
         side: Side,
         remote: Remote,
     },
+    /// A plain leg's SDES-SRTP contexts (RFC 4568): what it receives is authenticated and
+    /// decrypted, what it sends encrypted.
+    Srtp {
+        id: u64,
+        side: Side,
+        srtp: Box<Sdes>,
+    },
     /// A shared socket for WebRTC legs, `index` in the plane's list.
     RtcSocket {
         index: usize,
@@ -250,6 +257,52 @@ struct Leg {
     dtmf: DtmfReceiver,
     smoother: Smoother,
     stats: LegStats,
+    /// SDES-SRTP of a plain leg (Meta's SIP interface); `None`: plain RTP.
+    srtp: Option<Box<Sdes>>,
+}
+
+/// A plain leg's SRTP: the contexts of each direction, and a buffer where a packet built
+/// elsewhere is copied to be encrypted (with room for the trailer).
+pub(crate) struct Sdes {
+    tx: super::srtp::SrtpSender,
+    rx: super::srtp::SrtpReceiver,
+    buf: [u8; MAX_PACKET],
+}
+
+impl Sdes {
+    /// Contexts from both sides' keys.
+    pub(crate) fn new(keying: &super::srtp::Keying) -> Box<Sdes> {
+        let (tx, rx) = keying.contexts();
+        Box::new(Sdes {
+            tx,
+            rx,
+            buf: [0; MAX_PACKET],
+        })
+    }
+
+    /// Encrypts `packet` (RTP, or RTCP when `rtcp`) into the leg's buffer; the bytes to
+    /// send, or `None` when it cannot be protected (too long).
+    fn protect(&mut self, packet: &[u8], rtcp: bool) -> Option<&[u8]> {
+        let len = packet.len();
+        if len + super::srtp::MAX_TRAILER > MAX_PACKET {
+            return None;
+        }
+        self.buf[..len].copy_from_slice(packet);
+        let n = if rtcp {
+            self.tx.protect_rtcp(&mut self.buf, len)
+        } else {
+            self.tx.protect_rtp(&mut self.buf, len)
+        }
+        .ok()?;
+        Some(&self.buf[..n])
+    }
+}
+
+impl std::fmt::Debug for Sdes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.write_str("Sdes")
+    }
 }
 
 impl Leg {
@@ -289,6 +342,7 @@ impl Leg {
             dtmf: DtmfReceiver::default(),
             smoother: Smoother::default(),
             stats: LegStats::default(),
+            srtp: None,
         }
     }
 

@@ -275,6 +275,33 @@ pub fn answer(offered: &[String]) -> Result<Keying, String> {
     }
 }
 
+/// Our SDES offer: a fresh key for each suite, `AES_CM_128_HMAC_SHA1_80` first (tag 1)
+/// then `_32` (tag 2).
+pub fn offer() -> Result<Vec<Crypto>, String> {
+    [Suite::AesCm128HmacSha1_80, Suite::AesCm128HmacSha1_32]
+        .into_iter()
+        .zip(1..)
+        .map(|(suite, tag)| {
+            let key = MasterKey::random().map_err(|e| format!("no random key: {e}"))?;
+            Ok(Crypto { tag, suite, key })
+        })
+        .collect()
+}
+
+/// The keys of a call whose SDES offer (`offered`, ours) was answered with `answered` (the
+/// peer's `a=crypto` values): the answer must pick one offered line by its tag, with its
+/// suite.
+pub fn of_answer(offered: &[Crypto], answered: &[String]) -> Result<Keying, String> {
+    let value = answered.first().ok_or("the answer has no a=crypto line")?;
+    let theirs = Crypto::parse(value).map_err(|e| e.to_string())?;
+    let ours = offered
+        .iter()
+        .find(|c| c.tag == theirs.tag && c.suite == theirs.suite)
+        .ok_or("the answer's a=crypto matches no offered tag and suite")?
+        .clone();
+    Ok(Keying { theirs, ours })
+}
+
 /// The keys of one direction of RTP or RTCP, derived from the master key.
 #[derive(Clone)]
 struct SessionKeys {

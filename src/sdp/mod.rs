@@ -456,6 +456,50 @@ mod tests {
     }
 }
 
+/// A description of one SDES-SRTP audio stream (RFC 4568): `RTP/SAVP` at `ip:port`
+/// with `formats` (in order; Opus gets its usual parameters, telephone-event its 0-15) and
+/// the `a=crypto` value `crypto` (`<tag> <suite> inline:<key>`); `rtcp_mux` when the peer
+/// multiplexes RTCP. No ICE and no DTLS: the keys travel in the SDP, over TLS signalling.
+pub fn sdes_description(
+    ip: IpAddr,
+    port: u16,
+    session: u64,
+    formats: &[Format],
+    crypto: &str,
+    rtcp_mux: bool,
+) -> String {
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let pts: Vec<String> = formats.iter().map(|f| f.pt.to_string()).collect();
+    let mut sdp = format!(
+        "v=0\r\no=waswitch {session} 1 IN {family} {ip}\r\ns=waswitch\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/SAVP {}\r\n",
+        pts.join(" ")
+    );
+    for f in formats {
+        if f.name.eq_ignore_ascii_case("opus") {
+            sdp.push_str(&format!(
+                "a=rtpmap:{pt} opus/{clock}/2\r\na=fmtp:{pt} minptime=10;useinbandfec=1\r\n",
+                pt = f.pt,
+                clock = f.clock
+            ));
+        } else if f.name.eq_ignore_ascii_case("telephone-event") {
+            sdp.push_str(&format!(
+                "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} 0-15\r\n",
+                pt = f.pt,
+                clock = f.clock
+            ));
+        } else {
+            sdp.push_str(&format!("a=rtpmap:{} {}/{}\r\n", f.pt, f.name, f.clock));
+        }
+    }
+    sdp.push_str(&format!("a=crypto:{crypto}\r\n"));
+    if rtcp_mux {
+        sdp.push_str("a=rtcp-mux\r\n");
+    }
+    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    sdp
+}
+
 /// How a call's media crosses the switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaPlan {

@@ -290,7 +290,6 @@ fn reject(status: u16, reason: &str) -> Rejection {
 }
 
 /// The Request-URI of a request, as text.
-#[cfg(test)]
 pub(crate) fn request_uri(msg: &SipMessage) -> Option<String> {
     use super::msg::StartLine;
     match &msg.start {

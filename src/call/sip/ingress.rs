@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use super::bridge::{BridgeMsg, BridgeSetup};
 use super::caller::WhatsAppCaller;
 use super::{random_u64, Route, TrunkLoad};
+use crate::call::leg::LegMsg;
 use crate::call::plan::CallPlan;
 use crate::call::whatsapp::permit::BicContext;
 use crate::call::{CallOffer, CallRefused, Calls};
@@ -69,6 +70,18 @@ impl SipHandles {
     }
 }
 
+/// Meta's SIP interface on the node's TLS listener: who Meta is, which numbers it calls
+/// over SIP, and where its calls go to become WhatsApp calls.
+#[derive(Debug, Clone)]
+pub(crate) struct MetaSipIngress {
+    /// `[meta.sip]`.
+    pub config: crate::config::MetaSip,
+    /// Display numbers of the business numbers in SIP mode.
+    pub numbers: Vec<String>,
+    /// The WhatsApp ingress, which admits the calls.
+    pub calls: tokio::sync::mpsc::Sender<crate::call::whatsapp::sip::MetaSipLink>,
+}
+
 /// A queue call offered to agents: who, and what their phones' cards show.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentCall<'a> {
@@ -101,6 +114,8 @@ pub(super) struct IngressInner {
     pub(super) admissions: Background,
     /// The agents' registrar (where queue calls find the agents' phones).
     agents: OnceLock<Arc<crate::sip::registrar::Agents>>,
+    /// Meta's SIP interface: its INVITEs become customers' calls.
+    meta_sip: OnceLock<MetaSipIngress>,
     /// The business number each configured agent's calls to customers come from.
     agent_numbers: std::collections::HashMap<String, String>,
 }
@@ -161,6 +176,7 @@ impl SipIngress {
                 bic: OnceLock::new(),
                 admissions: Background::new(),
                 agents: OnceLock::new(),
+                meta_sip: OnceLock::new(),
                 agent_numbers: config.agent_business_numbers(),
             }),
         }
@@ -183,9 +199,92 @@ impl SipIngress {
         crate::once::set(&self.inner.bic, bic, "the business-call context")
     }
 
-    /// Whether the ingress takes any SIP call (routes, or business-initiated calls).
+    /// Whether the ingress takes any SIP call (routes, business-initiated calls, Meta's
+    /// SIP interface).
     pub(crate) fn takes_calls(&self) -> bool {
-        self.routes_calls() || self.inner.bic.get().is_some()
+        self.routes_calls() || self.inner.bic.get().is_some() || self.inner.meta_sip.get().is_some()
+    }
+
+    /// Takes Meta's INVITEs (numbers in SIP mode) on the TLS listener.
+    pub(crate) fn set_meta_sip(&self, meta: MetaSipIngress) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.meta_sip, meta, "Meta's SIP interface")
+    }
+
+    /// A customer's call from Meta's SIP interface (an INVITE with Meta's
+    /// `X-FB-External-Domain`): from Meta's addresses over TLS only, to a number in SIP
+    /// mode (the Request-URI's user, its parameters set aside); handed to the WhatsApp
+    /// ingress, which decides it as it decides a `connect` webhook.
+    fn meta_call(
+        &self,
+        server: ServerId,
+        invite: SipMessage,
+        from: SocketAddr,
+        origin: &SipHandle,
+    ) -> Option<SipCommand> {
+        let refuse = |code: u16, reason: &str| {
+            let tag = format!("{:x}", random_u64());
+            Some(SipCommand::Respond {
+                server,
+                response: MessageBuilder::response_to(&invite, code, reason, Some(&tag)).build(),
+            })
+        };
+        let Some(meta) = self.inner.meta_sip.get() else {
+            tracing::info!(%from, "an INVITE in Meta's name, but no number uses Meta's SIP interface");
+            return refuse(403, "Forbidden - Meta's SIP interface is not configured");
+        };
+        if !meta.config.allow_from.iter().any(|n| n.contains(from.ip())) {
+            tracing::warn!(%from, "an INVITE in Meta's name from outside meta.sip.allow_from");
+            return refuse(403, "Forbidden - source address not accepted");
+        }
+        if origin.kind() != Kind::Tls {
+            tracing::warn!(%from, "an INVITE in Meta's name not over TLS");
+            return refuse(403, "Forbidden - Meta's SIP interface is TLS only");
+        }
+        let number = crate::sip::dialog::request_uri(&invite)
+            .and_then(|uri| crate::sip::uri::SipUri::parse(&uri).ok())
+            .and_then(|u| u.user)
+            .map(|user| {
+                // `+15551112222;tgrp=wacall;trunk-context=byoc.example.com`
+                let digits = user.split(';').next().unwrap_or_default();
+                crate::number::e164_or_raw(digits)
+            })
+            .filter(|n| meta.numbers.contains(n));
+        let Some(number) = number else {
+            tracing::info!(%from, "Meta called a number not in SIP mode here");
+            return refuse(404, "Not Found - no such business number in SIP mode");
+        };
+        let call = crate::call::whatsapp::sip::MetaSipCall {
+            server,
+            invite,
+            peer: from,
+            contact: format!(
+                "sip:{number}@{}:{};transport=tls",
+                meta.config.hostname,
+                origin.local_addr().port()
+            ),
+        };
+        let call_id = call.call_id();
+        self.inner
+            .table
+            .insert(call_id.clone(), Route::Pending(Vec::new()));
+        let link = crate::call::whatsapp::sip::MetaSipLink {
+            call,
+            origin: origin.clone(),
+            table: Arc::clone(&self.inner.table),
+        };
+        match meta.calls.try_send(link) {
+            Ok(()) => None,
+            Err(e) => {
+                self.inner.table.remove(&call_id);
+                let link = match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(l)
+                    | tokio::sync::mpsc::error::TrySendError::Closed(l) => l,
+                };
+                tracing::warn!("the WhatsApp ingress is not keeping up; Meta's call refused");
+                let tag = format!("{:x}", random_u64());
+                Some(link.call.refusal(503, "Service Unavailable - busy", &tag))
+            }
+        }
     }
 
     /// Gives the ingress the agents' registrar.
@@ -584,6 +683,14 @@ impl SipIngress {
         let Some(handles) = inner.handles.get() else {
             return refuse(503, "Service Unavailable - starting", None);
         };
+        if crate::call::whatsapp::sip::header_text(
+            &invite,
+            crate::call::whatsapp::sip::EXTERNAL_DOMAIN,
+        )
+        .is_some()
+        {
+            return self.meta_call(server, invite, from, origin);
+        }
         // An agent's phone (over the flow it registered on) calls a WhatsApp customer:
         // a business-initiated call from the business number, with every check a PBX's
         // call gets.
@@ -761,13 +868,18 @@ impl SipUser for SipIngress {
                     Err(ractor::MessagingErr::SendErr(BridgeMsg::Sip(event))) => event,
                     Err(_) => return None,
                 },
+                Route::Meta(actor) => match actor.send_message(LegMsg::MetaSip(event)) {
+                    Ok(()) => return None,
+                    Err(ractor::MessagingErr::SendErr(LegMsg::MetaSip(event))) => event,
+                    Err(_) => return None,
+                },
             },
             None => event,
         };
         // Nobody owns this Call-ID (any more).
-        self.inner
-            .table
-            .remove_if(&call_id, |_, r| matches!(r, Route::Call(_)));
+        self.inner.table.remove_if(&call_id, |_, r| {
+            matches!(r, Route::Call(_) | Route::Meta(_))
+        });
         match event {
             CoreEvent::Request {
                 server,

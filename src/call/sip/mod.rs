@@ -33,6 +33,8 @@ pub(crate) enum Route {
     Pending(Vec<CoreEvent>),
     /// The call's actor.
     Call(ActorRef<BridgeMsg>),
+    /// A WhatsApp leg whose dialog with Meta this is (Meta's SIP interface).
+    Meta(ActorRef<crate::call::leg::LegMsg>),
 }
 
 /// Calls in progress per trunk (for `max_calls`), indexed like the configured trunks.
@@ -62,7 +64,7 @@ impl TrunkLoad {
 }
 
 /// A random 64-bit value (tags, Call-IDs).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
     hi ^ lo
 }

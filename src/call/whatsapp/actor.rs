@@ -23,19 +23,28 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
 use super::leg::{Face, WaOut, Way, WhatsAppLeg};
 use super::permit::Permit;
+use super::sip::MetaSipInbound;
 use super::WaEvent;
 use crate::call::leg::{FromBridge, LegMsg, LegSignal};
 use crate::call::media::MediaMsg;
+use crate::call::plan::Carrier;
 use crate::call::plan::{WhatsAppInbound, WhatsAppOutbound};
 use crate::call::sip::bridge::BridgeMsg;
+use crate::call::sip::Route;
 use crate::call::supervisor::CallMsg;
 use crate::call::wakeup::Wakeup;
 use crate::call::LegRole;
 use crate::media::types::Side;
 use crate::meta::graph::{CallAction, GraphError};
 use crate::meta::outbox::Outbox;
+use crate::sip::transport::SipHandle;
 use crate::store::HangupParty;
 
 /// How long the media actor may take to build the WebRTC leg.
@@ -74,9 +83,23 @@ pub(crate) struct WhatsAppLegArgs {
     pub dialled: Option<LegRole>,
 }
 
+/// How the leg reaches Meta.
+enum Link {
+    /// Graph requests through the outbox (and webhooks, routed by the ingress).
+    Graph,
+    /// The SIP dialog Meta's INVITE opened, over the listener it came through.
+    SipIn {
+        dialog: MetaSipInbound,
+        origin: SipHandle,
+        table: Arc<DashMap<Bytes, Route>>,
+        call_id: Bytes,
+    },
+}
+
 /// State of a running WhatsApp leg.
 pub(crate) struct WhatsAppLegState {
     leg: WhatsAppLeg,
+    link: Link,
     outbox: Outbox,
     phone_number_id: String,
     permit: Option<Permit>,
@@ -113,6 +136,16 @@ impl Actor for WhatsAppLegActor {
         myself: ActorRef<Self::Msg>,
         leg: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Link::SipIn { table, call_id, .. } = &leg.link {
+            // The dialog's events come here now; those that came meanwhile, in order.
+            if let Some(Route::Pending(events)) =
+                table.insert(call_id.clone(), Route::Meta(myself.clone()))
+            {
+                for event in events {
+                    let _ = myself.send_message(LegMsg::MetaSip(event));
+                }
+            }
+        }
         let outs = leg.leg.start(Instant::now());
         let span = leg.span.clone();
         leg.carry_out(&myself, outs).instrument(span).await;
@@ -129,6 +162,7 @@ impl Actor for WhatsAppLegActor {
         async move {
             let outs = match msg {
                 LegMsg::WhatsApp(event) => leg.leg.on_meta(event),
+                LegMsg::MetaSip(event) => leg.meta_sip(event).await,
                 LegMsg::Bridge(FromBridge::Ready { bridge, offer }) => {
                     for msg in leg.to_bridge.drain(..) {
                         let _ = bridge.send_message(msg);
@@ -212,19 +246,35 @@ impl Actor for WhatsAppLegActor {
 /// Builds the leg's WebRTC side and the leg.
 async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessingErr> {
     let tag = format!("{:x}wa", uuid::Uuid::new_v4().as_u64_pair().0);
-    let (way, outbox, phone_number_id, permit, span) = match args.start {
+    let (way, link, outbox, phone_number_id, permit, span) = match args.start {
         WhatsAppStart::Inbound(w) => {
             let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg", wa_call_id = %w.wa_call_id);
             let offer = w.offer_sdp;
             let echo = args.face == Face::Echo;
-            let anchored = args
-                .media
-                .call(
-                    |reply| MediaMsg::AnchorWebRtc { offer, echo, reply },
-                    Some(ANCHOR_TIMEOUT),
-                )
-                .instrument(span.clone())
-                .await;
+            // Over SIP, Meta's offer is SDES-SRTP or WebRTC's ICE and DTLS (the number's
+            // setting decides which Meta sends).
+            let sdes = matches!(w.carrier, Carrier::Sip(_))
+                && crate::sdp::Sdp::parse(offer.as_bytes())
+                    .ok()
+                    .and_then(|s| s.audio().ok().flatten())
+                    .is_some_and(|a| a.proto.contains("SAVP") && !a.proto.contains("TLS"));
+            let anchored = if sdes {
+                args.media
+                    .call(
+                        |reply| MediaMsg::AnchorSdes { offer, reply },
+                        Some(ANCHOR_TIMEOUT),
+                    )
+                    .instrument(span.clone())
+                    .await
+            } else {
+                args.media
+                    .call(
+                        |reply| MediaMsg::AnchorWebRtc { offer, echo, reply },
+                        Some(ANCHOR_TIMEOUT),
+                    )
+                    .instrument(span.clone())
+                    .await
+            };
             let answer = match anchored {
                 Ok(ractor::rpc::CallResult::Success(Ok(answer))) => answer,
                 other => {
@@ -234,12 +284,24 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
                     };
                     tracing::warn!(parent: &span, error = %why, "WhatsApp offer not answerable; rejecting the call");
                     let _entered = span.enter();
-                    w.outbox.send(
-                        &w.phone_number_id,
-                        CallAction::Reject {
-                            call_id: w.wa_call_id.clone(),
-                        },
-                    );
+                    match &w.carrier {
+                        Carrier::Graph => {
+                            w.outbox.send(
+                                &w.phone_number_id,
+                                CallAction::Reject {
+                                    call_id: w.wa_call_id.clone(),
+                                },
+                            );
+                        }
+                        Carrier::Sip(link) => {
+                            let reason =
+                                format!("Not Acceptable Here - {}", super::leg::safe_phrase(&why));
+                            link.origin
+                                .send(link.call.refusal(488, &reason, &tag))
+                                .await;
+                            link.table.remove(&link.call.call_id());
+                        }
+                    }
                     return Err(ActorProcessingErr::from(
                         "the WhatsApp offer could not be answered",
                     ));
@@ -249,7 +311,19 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
                 wa_call_id: w.wa_call_id,
                 answer,
             };
-            (way, w.outbox, w.phone_number_id, None, span)
+            let link = match w.carrier {
+                Carrier::Graph => Link::Graph,
+                Carrier::Sip(l) => {
+                    let l = *l;
+                    Link::SipIn {
+                        call_id: l.call.call_id(),
+                        dialog: MetaSipInbound::new(l.call, &tag),
+                        origin: l.origin,
+                        table: l.table,
+                    }
+                }
+            };
+            (way, link, w.outbox, w.phone_number_id, None, span)
         }
         WhatsAppStart::Outbound(w) => {
             let span = tracing::debug_span!(parent: &args.span, "leg", role = if args.dialled.is_some() { "wa_leg_dialled" } else { "wa_leg" });
@@ -285,7 +359,14 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
                 offer,
                 ring_timeout: w.ring_timeout,
             };
-            (way, w.outbox, w.phone_number_id, Some(w.permit), span)
+            (
+                way,
+                Link::Graph,
+                w.outbox,
+                w.phone_number_id,
+                Some(w.permit),
+                span,
+            )
         }
     };
     let mut leg = WhatsAppLeg::new(way, args.face, &args.call_id, &tag);
@@ -305,6 +386,7 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
     }
     Ok(WhatsAppLegState {
         leg,
+        link,
         outbox,
         phone_number_id,
         permit,
@@ -329,8 +411,22 @@ impl Drop for WhatsAppLegState {
                     action = action.name(),
                     "WhatsApp leg gone; ending Meta's side"
                 );
-                self.outbox.send(&self.phone_number_id, action);
+                match &mut self.link {
+                    Link::Graph => {
+                        self.outbox.send(&self.phone_number_id, action);
+                    }
+                    Link::SipIn { dialog, origin, .. } => {
+                        if let Ok(Some(command)) = dialog.action(&action) {
+                            if !origin.try_send(command) {
+                                tracing::warn!("the SIP listener took no last word to Meta");
+                            }
+                        }
+                    }
+                }
             }
+        }
+        if let Link::SipIn { table, call_id, .. } = &self.link {
+            table.remove_if(call_id, |_, r| matches!(r, Route::Meta(_)));
         }
     }
 }
@@ -372,23 +468,47 @@ impl WhatsAppLegState {
         while let Some(out) = queue.pop_front() {
             match out {
                 WaOut::Await(action) => {
-                    let result = self
-                        .outbox
-                        .graph()
-                        .call_action(&self.phone_number_id, &action)
-                        .await;
-                    match &result {
-                        Ok(_) => tracing::debug!(action = action.name(), "sent to Meta"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, action = action.name(), "Meta refused; ending the call")
+                    let ok = match &mut self.link {
+                        Link::Graph => {
+                            let result = self
+                                .outbox
+                                .graph()
+                                .call_action(&self.phone_number_id, &action)
+                                .await;
+                            match &result {
+                                Ok(_) => tracing::debug!(action = action.name(), "sent to Meta"),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, action = action.name(), "Meta refused; ending the call")
+                                }
+                            }
+                            result.is_ok()
                         }
-                    }
-                    queue.extend(self.leg.graph_done(&action, result.is_ok()));
+                        Link::SipIn { dialog, origin, .. } => match dialog.action(&action) {
+                            Ok(command) => {
+                                if let Some(command) = command {
+                                    origin.send(command).await;
+                                }
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, action = action.name(), "not carried to Meta over SIP; ending the call");
+                                false
+                            }
+                        },
+                    };
+                    queue.extend(self.leg.graph_done(&action, ok));
                 }
                 WaOut::Dial(action) => self.dial(myself, action),
-                WaOut::Send(action) => {
-                    self.outbox.send(&self.phone_number_id, action);
-                }
+                WaOut::Send(action) => match &mut self.link {
+                    Link::Graph => {
+                        self.outbox.send(&self.phone_number_id, action);
+                    }
+                    Link::SipIn { dialog, origin, .. } => {
+                        if let Ok(Some(command)) = dialog.action(&action) {
+                            origin.send(command).await;
+                        }
+                    }
+                },
                 WaOut::Bridge(event) => self.tell_bridge(BridgeMsg::Sip(event)),
                 WaOut::Begin => self.tell_bridge(BridgeMsg::Begin),
                 WaOut::WebRtcAnswer(sdp) if self.dialled.is_some() => {
@@ -434,11 +554,26 @@ impl WhatsAppLegState {
             .set(myself, self.leg.poll_timeout(), || LegMsg::Wake);
     }
 
+    /// An event of the SIP dialog with Meta: answered, and what it means for the leg.
+    async fn meta_sip(&mut self, event: crate::sip::core::CoreEvent) -> Vec<WaOut> {
+        let Link::SipIn { dialog, origin, .. } = &mut self.link else {
+            return Vec::new();
+        };
+        let (command, event) = dialog.on_event(event);
+        if let Some(command) = command {
+            origin.send(command).await;
+        }
+        match event {
+            Some(event) => self.leg.on_meta(event),
+            None => Vec::new(),
+        }
+    }
+
     /// Places the call with Meta from a task of the actor's: `call_dialled` is in the
     /// audit trail before the request leaves (when it cannot be written, Meta is not
     /// asked and the call fails with 503); Meta's answer comes back to the leg.
     fn dial(&mut self, myself: &ActorRef<LegMsg>, action: CallAction) {
-        let graph = std::sync::Arc::clone(self.outbox.graph());
+        let graph = Arc::clone(self.outbox.graph());
         let pnid = self.phone_number_id.clone();
         let permit = self.permit.clone();
         let me = myself.clone();

@@ -3,17 +3,21 @@
 
 use std::collections::HashMap;
 
+use super::sip::MetaSipLink;
 use super::WaEvent;
-use crate::call::plan::{CallPlan, WhatsAppInbound};
+use crate::call::plan::{CallPlan, Carrier, WhatsAppInbound};
 use crate::call::sip::caller::WhatsAppCaller;
 use crate::call::sip::SipIngress;
 use crate::call::{CallId, CallOffer, CallRefused, Calls};
 use crate::config::BusinessNumber;
+use crate::config::Signaling;
 use crate::meta::graph::CallAction;
 use crate::meta::outbox::Outbox;
 use crate::meta::webhook::{
     CallConnect, CallStatusKind, CallTerminate, MetaEvent, SdpType, TerminateStatus,
 };
+use crate::sip::header::NameAddr;
+use crate::sip::msg::HeaderName;
 use crate::store::Direction;
 use crate::telemetry;
 
@@ -79,10 +83,25 @@ impl WhatsAppCalls {
         self
     }
 
-    /// Takes events off the ingress queue until it closes.
-    pub(crate) async fn run(self, mut rx: tokio::sync::mpsc::Receiver<MetaEvent>) {
-        while let Some(event) = rx.recv().await {
-            self.on_event(event).await;
+    /// Takes events off the ingress queue, and Meta's INVITEs off the SIP ingress's, until
+    /// both close.
+    pub(crate) async fn run(
+        self,
+        mut rx: tokio::sync::mpsc::Receiver<MetaEvent>,
+        mut sip: tokio::sync::mpsc::Receiver<MetaSipLink>,
+    ) {
+        let (mut events_open, mut sip_open) = (true, true);
+        while events_open || sip_open {
+            tokio::select! {
+                event = rx.recv(), if events_open => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => events_open = false,
+                },
+                link = sip.recv(), if sip_open => match link {
+                    Some(link) => self.on_sip_call(link).await,
+                    None => sip_open = false,
+                },
+            }
         }
     }
 
@@ -134,37 +153,116 @@ impl WhatsAppCalls {
             skip("unknown_number");
             return;
         };
-        if self.calls.registry().by_wa_call_id(&c.call_id).is_some() {
-            tracing::debug!(wa_call_id = %c.call_id, "connect for a live call; ignored");
-            skip("duplicate");
-            return;
-        }
         let customer = c
             .contact
             .as_ref()
             .map(|ct| ct.wa_id.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.from.clone());
+        let name = c.contact.as_ref().and_then(|ct| ct.name.clone());
+        self.offer(number, &c.call_id, &customer, name, c.sdp, Carrier::Graph)
+            .await;
+    }
+
+    /// A customer's call from Meta's SIP interface: Meta's INVITE to a number in SIP mode,
+    /// decided as a `connect` webhook is (the customer is the From's user, Meta's id of the
+    /// call its `x-wa-meta-wacid`).
+    pub(crate) async fn on_sip_call(&self, link: MetaSipLink) {
+        let request_user = crate::sip::dialog::request_uri(&link.call.invite)
+            .and_then(|uri| crate::sip::uri::SipUri::parse(&uri).ok())
+            .and_then(|u| u.user)
+            .map(|u| crate::number::e164_or_raw(u.split(';').next().unwrap_or_default()));
+        let number = request_user.as_ref().and_then(|n| {
+            self.numbers
+                .values()
+                .find(|b| &b.display_number == n && b.signaling == Signaling::Sip)
+        });
+        let from = link
+            .call
+            .invite
+            .header(&HeaderName::From)
+            .and_then(|h| NameAddr::parse(&h.value).ok());
+        let customer = from
+            .as_ref()
+            .and_then(|a| crate::sip::uri::SipUri::parse(&a.uri).ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let name = from.and_then(|a| a.display);
+        let wa_call_id = link.call.wa_call_id();
+        let Some(number) = number.cloned() else {
+            tracing::warn!(%wa_call_id, "Meta's INVITE names no number in SIP mode; refused");
+            Self::refuse_sip(&link, 404, "Not Found").await;
+            return;
+        };
+        if customer.is_empty() {
+            Self::refuse_sip(&link, 400, "Bad Request - no caller in From").await;
+            return;
+        }
+        let sdp = String::from_utf8_lossy(&link.call.invite.body).into_owned();
+        tracing::info!(%wa_call_id, number = %number.display_number, "WhatsApp call over Meta's SIP interface");
+        self.offer(
+            &number,
+            &wa_call_id,
+            &customer,
+            name,
+            sdp,
+            Carrier::Sip(Box::new(link)),
+        )
+        .await;
+    }
+
+    /// Refuses Meta's INVITE at once (the call never started).
+    async fn refuse_sip(link: &MetaSipLink, code: u16, reason: &str) {
+        let tag = format!("{:x}", crate::call::sip::random_u64());
+        link.origin
+            .send(link.call.refusal(code, reason, &tag))
+            .await;
+        link.table.remove(&link.call.call_id());
+    }
+
+    /// A customer's call to `number`, however Meta carries it: refused, or started with
+    /// the plan the number's entry says.
+    async fn offer(
+        &self,
+        number: &BusinessNumber,
+        wa_call_id: &str,
+        customer: &str,
+        name: Option<String>,
+        sdp: String,
+        carrier: Carrier,
+    ) {
+        let skip = |reason: &'static str| {
+            metrics::counter!(telemetry::META_CALLS_SKIPPED_TOTAL, "reason" => reason).increment(1);
+        };
+        if self.calls.registry().by_wa_call_id(wa_call_id).is_some() {
+            tracing::debug!(%wa_call_id, "connect for a live call; ignored");
+            skip("duplicate");
+            if let Carrier::Sip(link) = &carrier {
+                Self::refuse_sip(link, 482, "Loop Detected - a call with this id is live").await;
+            }
+            return;
+        }
         // One customer, one number: the same E.164 digits the permissions are keyed by.
-        let customer = crate::number::e164_or_raw(&customer);
+        let customer = crate::number::e164_or_raw(customer);
         if crate::permission::sanctioned(&customer, &self.sanctioned) {
-            tracing::warn!(wa_call_id = %c.call_id, "call from a sanctioned region; rejecting");
+            tracing::warn!(%wa_call_id, "call from a sanctioned region; rejecting");
             skip("sanctioned");
             metrics::counter!(telemetry::CALLS_BLOCKED_TOTAL, "reason" => "sanctioned")
                 .increment(1);
-            self.reject(number, &c.call_id);
+            self.reject(number, wa_call_id, &carrier).await;
             return;
         }
         let whatsapp = WhatsAppInbound {
             outbox: self.outbox.clone(),
+            carrier: carrier.clone(),
             phone_number_id: number.phone_number_id.clone(),
-            wa_call_id: c.call_id.clone(),
-            offer_sdp: c.sdp,
+            wa_call_id: wa_call_id.to_string(),
+            offer_sdp: sdp,
         };
         let caller = WhatsAppCaller {
-            wa_call_id: c.call_id.clone(),
+            wa_call_id: wa_call_id.to_string(),
             wa_id: customer.clone(),
-            name: c.contact.as_ref().and_then(|ct| ct.name.clone()),
+            name,
             business_number: number.display_number.clone(),
         };
         // A routed number's calls go to its route's trunks through the B2BUA; an IVR
@@ -177,9 +275,9 @@ impl WhatsAppCalls {
                     ivr: Box::new(ivr),
                 },
                 None => {
-                    tracing::error!(wa_call_id = %c.call_id, ivr = %entry, "IVR not served on this node; rejecting");
+                    tracing::error!(%wa_call_id, ivr = %entry, "IVR not served on this node; rejecting");
                     skip("no_ivr");
-                    self.reject(number, &c.call_id);
+                    self.reject(number, wa_call_id, &carrier).await;
                     return;
                 }
             }
@@ -197,9 +295,9 @@ impl WhatsAppCalls {
                     }
                 }
                 Err((code, why)) => {
-                    tracing::warn!(wa_call_id = %c.call_id, %route, code, why, "WhatsApp call not deliverable; rejecting");
+                    tracing::warn!(%wa_call_id, %route, code, why, "WhatsApp call not deliverable; rejecting");
                     skip("no_trunk");
-                    self.reject(number, &c.call_id);
+                    self.reject(number, wa_call_id, &carrier).await;
                     return;
                 }
             }
@@ -209,20 +307,20 @@ impl WhatsAppCalls {
         let offer = CallOffer {
             business_number: Some(number.display_number.clone()),
             customer_wa_id: Some(customer),
-            wa_call_id: Some(c.call_id.clone()),
+            wa_call_id: Some(wa_call_id.to_string()),
             trunk,
             ..CallOffer::new(Direction::UserInitiated)
         };
         match self.calls.start(offer, plan).await {
             Ok(id) => {
-                tracing::info!(call_id = %id, wa_call_id = %c.call_id, "WhatsApp call offered")
+                tracing::info!(call_id = %id, %wa_call_id, "WhatsApp call offered")
             }
             Err(e) => {
-                tracing::warn!(wa_call_id = %c.call_id, error = %e, "WhatsApp call refused");
+                tracing::warn!(%wa_call_id, error = %e, "WhatsApp call refused");
                 // A call set up and failed has rejected toward Meta itself (its WhatsApp
                 // leg ends Meta's side however it ends).
                 if !matches!(e, CallRefused::Setup(_)) {
-                    self.reject(number, &c.call_id);
+                    self.reject(number, wa_call_id, &carrier).await;
                 }
             }
         }
@@ -333,13 +431,21 @@ impl WhatsAppCalls {
         self.deliver(&t.call_id, WaEvent::Terminated { cause });
     }
 
-    /// Rejects a call toward Meta without holding up the event queue.
-    fn reject(&self, number: &BusinessNumber, wa_call_id: &str) {
-        self.outbox.send(
-            &number.phone_number_id,
-            CallAction::Reject {
-                call_id: wa_call_id.to_string(),
-            },
-        );
+    /// Rejects a call toward Meta without holding up the event queue (a Graph `reject`),
+    /// or with a final response to Meta's INVITE.
+    async fn reject(&self, number: &BusinessNumber, wa_call_id: &str, carrier: &Carrier) {
+        match carrier {
+            Carrier::Graph => {
+                self.outbox.send(
+                    &number.phone_number_id,
+                    CallAction::Reject {
+                        call_id: wa_call_id.to_string(),
+                    },
+                );
+            }
+            Carrier::Sip(link) => {
+                Self::refuse_sip(link, 480, "Temporarily Unavailable").await;
+            }
+        }
     }
 }

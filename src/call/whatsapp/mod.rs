@@ -7,11 +7,14 @@
 //!   customer's call and for the switch calling a customer.
 //! - [`actor`]: the actor that runs it in a call's tree, and owns its Graph requests.
 //! - [`permit`]: admission of business-initiated calls and the permission each one holds.
+//! - [`sip`]: Meta's SIP interface as the leg's carrier (a number with `signaling = "sip"`):
+//!   the dialog with Meta in place of Graph actions and webhooks.
 
 pub(crate) mod actor;
 pub(crate) mod ingress;
 pub(crate) mod leg;
 pub(crate) mod permit;
+pub(crate) mod sip;
 
 pub(crate) use ingress::WhatsAppCalls;
 

@@ -33,6 +33,23 @@ impl MediaPair {
         )
     }
 
+    /// Makes `side` (a plain leg) speak SDES-SRTP with these keys (ours to send, the peer's
+    /// to receive). A WebRTC side is left alone: it has DTLS-SRTP of its own.
+    pub fn set_srtp(
+        &self,
+        side: Side,
+        keying: &crate::media::srtp::Keying,
+    ) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Srtp {
+                id: self.id,
+                side,
+                srtp: crate::media::shard::Sdes::new(keying),
+            },
+        )
+    }
+
     /// Sends DTMF `digit` (RFC 4733 telephone-events) toward `side`'s peer for `duration`,
     /// in the stream the peer already receives (same SSRC, continuing sequence numbers).
     /// Fails when the digit is not a DTMF key or the shard is unavailable; a peer whose SDP

@@ -124,9 +124,12 @@ impl Shard {
         let Some(leg) = legs.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let sent = match &mut leg.io {
-            Io::Plain { rtp, .. } => rtp.send_to(packet, to).is_ok(),
-            Io::WebRtc(rtc) => send_webrtc(rtc, rtc_sockets, rtc_due, packet),
+        let sent = match (&mut leg.io, leg.srtp.as_mut()) {
+            (Io::Plain { rtp, .. }, Some(srtp)) => srtp
+                .protect(packet, false)
+                .is_some_and(|p| rtp.send_to(p, to).is_ok()),
+            (Io::Plain { rtp, .. }, None) => rtp.send_to(packet, to).is_ok(),
+            (Io::WebRtc(rtc), _) => send_webrtc(rtc, rtc_sockets, rtc_due, packet),
         };
         if sent {
             leg.stats.packets_out += 1;
@@ -168,6 +171,9 @@ impl Shard {
             };
             forward.clear();
             for i in 0..n {
+                if !self.unprotect(slot, batch, i) {
+                    continue;
+                }
                 let (packet, from) = batch.packet(i);
                 if rtcp_socket || is_rtcp(packet) {
                     self.relay_rtcp(slot, packet, from);
@@ -192,6 +198,37 @@ impl Shard {
         }
     }
 
+    /// Authenticates and decrypts packet `i` of `batch` in place when leg `slot` speaks
+    /// SDES-SRTP; whether the packet goes on (plain RTP always does). A packet that fails
+    /// (forged, replayed, not from the peer's key) is dropped and counted.
+    fn unprotect(&mut self, slot: usize, batch: &mut Batch, i: usize) -> bool {
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return false;
+        };
+        let Some(srtp) = leg.srtp.as_mut() else {
+            return true;
+        };
+        let (buf, len) = batch.buffer(i);
+        let packet = &mut buf[..len];
+        let done = if is_rtcp(packet) {
+            srtp.rx.unprotect_rtcp(packet)
+        } else {
+            srtp.rx.unprotect_rtp(packet)
+        };
+        match done {
+            Ok(n) => {
+                batch.set_len(i, n);
+                true
+            }
+            Err(e) => {
+                tracing::trace!(error = %e, "SRTP packet refused");
+                leg.stats.dropped += 1;
+                self.counters.foreign += 1;
+                false
+            }
+        }
+    }
+
     /// Sends the packets `relay_rtp` passed through untouched from the peer of leg `slot`.
     fn flush(&mut self, slot: usize, batch: &mut Batch, forward: &[(usize, SocketAddr)]) {
         use std::os::fd::AsRawFd;
@@ -202,7 +239,17 @@ impl Shard {
             return;
         };
         let fd = match &peer_leg.io {
-            Io::Plain { rtp, .. } => rtp.as_raw_fd(),
+            Io::Plain { rtp, .. } => {
+                if let Some(srtp) = peer_leg.srtp.as_mut() {
+                    // Encrypted in place in the batch's buffers, still sent in one call.
+                    for &(i, _) in forward {
+                        let (buf, len) = batch.buffer(i);
+                        let n = srtp.tx.protect_rtp(buf, len).unwrap_or(0);
+                        batch.set_len(i, n);
+                    }
+                }
+                rtp.as_raw_fd()
+            }
             Io::WebRtc(_) => {
                 // Toward WebRTC each packet is encrypted on its own.
                 for &(i, to) in forward {
@@ -226,6 +273,12 @@ impl Shard {
     fn accepts(leg: &mut Leg, from: SocketAddr, packet: &[u8]) -> bool {
         if matches!(leg.io, Io::WebRtc(_)) {
             // SRTP authenticated it.
+            return true;
+        }
+        if leg.srtp.is_some() {
+            // Authenticated with the peer's key: the peer, wherever it sends from now.
+            leg.remote = Some(from);
+            leg.latched = true;
             return true;
         }
         if leg.remote == Some(from) {
@@ -386,6 +439,7 @@ impl Shard {
             None => None,
         };
         let in_dtmf_clock = leg.dtmf_clock;
+        let (in_codec, in_codec_pt) = (leg.codec, leg.codec_pt);
         let peer_leg = self.legs[peer].as_mut()?;
         let Some(to) = peer_leg.remote else {
             peer_leg.stats.dropped += 1;
@@ -396,6 +450,12 @@ impl Shard {
             rtp.set_sequence(out_seq);
             rtp.set_timestamp(mapped_ts.unwrap_or(out_ts));
             rtp.set_ssrc(out_ssrc);
+        }
+        if !dtmf && in_codec.is_some() && in_codec == peer_leg.codec && in_codec_pt == Some(pt) {
+            // One codec both sides, under each side's own payload type.
+            if let Some(out_pt) = peer_leg.codec_pt.filter(|&p| p != pt) {
+                rtp.set_payload_type(out_pt);
+            }
         }
         if dtmf {
             // Telephone-events keep their meaning under the receiver's payload type, and
@@ -422,7 +482,7 @@ impl Shard {
             return;
         }
         let peer = leg.peer;
-        let Some(peer_leg) = self.legs[peer].as_ref() else {
+        let Some(peer_leg) = self.legs[peer].as_mut() else {
             return;
         };
         let Some(to) = peer_leg.remote else {
@@ -431,6 +491,13 @@ impl Shard {
         // A WebRTC leg's RTCP is its own (str0m reports on each side's stream).
         let Io::Plain { rtp, rtcp } = &peer_leg.io else {
             return;
+        };
+        let packet = match peer_leg.srtp.as_mut() {
+            Some(srtp) => match srtp.protect(packet, true) {
+                Some(p) => p,
+                None => return,
+            },
+            None => packet,
         };
         let to = if peer_leg.rtcp_mux {
             to

@@ -120,6 +120,16 @@ impl Shard {
                         self.plan_transcoding(slot);
                     }
                 }
+                Command::Srtp { id, side, srtp } => {
+                    if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
+                        if let Some(leg) = self.legs[slot]
+                            .as_mut()
+                            .filter(|l| matches!(l.io, Io::Plain { .. }))
+                        {
+                            leg.srtp = Some(srtp);
+                        }
+                    }
+                }
                 Command::Remove { id, reply } => {
                     let stats = self.remove(id);
                     if let (Some(reply), Some(stats)) = (reply, stats) {
