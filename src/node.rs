@@ -494,14 +494,28 @@ impl Node {
             ))),
             probes,
             health: trunk_health.clone(),
-            // Calls are taken only from the trunks' networks; others are refused before
-            // any transaction (a node that takes no calls answers INVITEs itself).
+            // Calls are taken only from the trunks' networks (and Meta's, for numbers in
+            // SIP mode); others are refused before any transaction (a node that takes no
+            // calls answers INVITEs itself).
             sources: user.is_some().then(|| {
+                let meta = config
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.sip.as_ref())
+                    .filter(|_| {
+                        config
+                            .business_numbers
+                            .iter()
+                            .any(|b| b.signaling == crate::config::Signaling::Sip)
+                    })
+                    .map(|s| s.allow_from.clone())
+                    .unwrap_or_default();
                 Arc::new(crate::sip::source::Sources::new(
                     config
                         .trunks
                         .iter()
                         .flat_map(|t| t.accept_from.iter().copied())
+                        .chain(meta)
                         .collect(),
                     config.sip.unknown_sources,
                 ))

@@ -33,6 +33,7 @@ fn client(url: &str, token: &str, timeout_ms: u64) -> GraphClient {
         verify_token: Secret::new("v"),
         request_timeout: Duration::from_millis(timeout_ms),
         max_attempts: 3,
+        sip: None,
     })
     .expect("client")
 }

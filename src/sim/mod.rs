@@ -5,9 +5,13 @@
 //! webhooks in Meta's shapes ([`webhooks`]), and plays WhatsApp users with real WebRTC
 //! media ([`user`]). [`load`] places scripted and load-test calls against a switch;
 //! [`users`] answers the business's calls and permission requests as users would.
+//! [`meta_sip`] plays Meta's SIP interface (numbers in SIP mode), its users' media SDES-SRTP
+//! ([`sdes_user`]).
 
 pub mod graph;
 pub mod load;
+pub mod meta_sip;
+pub mod sdes_user;
 pub mod user;
 pub mod users;
 pub mod webhooks;

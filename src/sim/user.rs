@@ -500,19 +500,19 @@ fn with_telephone_event(sdp: &str) -> String {
 
 /// The share of the signal's power at `hz` (48 kHz samples, after the first half second).
 /// Frames in the loop of encoded tone (one second).
-const TONE_LOOP_FRAMES: u64 = 50;
+pub(super) const TONE_LOOP_FRAMES: u64 = 50;
 /// Received audio decoded from the start (2.5 s at 48 kHz).
-const FIRST_SAMPLES: usize = 120_000;
+pub(super) const FIRST_SAMPLES: usize = 120_000;
 /// Received audio decoded before the end (1.5 s).
-const LAST_SAMPLES: usize = 72_000;
+pub(super) const LAST_SAMPLES: usize = 72_000;
 /// How long before the end the last window opens.
-const LAST_WINDOW: Duration = Duration::from_millis(1500);
+pub(super) const LAST_WINDOW: Duration = Duration::from_millis(1500);
 
 /// The received audio that is checked.
 #[derive(Default)]
-struct Heard {
-    first: Vec<f32>,
-    last: Vec<f32>,
+pub(super) struct Heard {
+    pub(super) first: Vec<f32>,
+    pub(super) last: Vec<f32>,
     /// The current 100 ms block, when listening for tones.
     block: Vec<f32>,
     /// When audio last arrived, and whether a gap (silence, or another sound) has come
@@ -567,7 +567,7 @@ impl Heard {
 
 /// Share of `samples`' power at `hz`, after skipping the first `skip` (the decoder
 /// settling).
-fn tone_share(samples: &[f32], hz: f32, skip: usize) -> f32 {
+pub(super) fn tone_share(samples: &[f32], hz: f32, skip: usize) -> f32 {
     let tail = &samples[samples.len().min(skip)..];
     if tail.is_empty() {
         return 0.0;

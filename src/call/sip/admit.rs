@@ -108,7 +108,7 @@ pub(crate) struct AppCallRequest {
 /// A placed call's first party, ready: the customer (their permission not yet reserved),
 /// or the bridge to a SIP party with the party as the app's events name it.
 enum Placed {
-    Customer(Customer),
+    Customer(Box<Customer>),
     Sip(Box<BridgeSetup>, serde_json::Value),
 }
 
@@ -348,7 +348,7 @@ impl SipIngress {
         let (number, first) = match req.to.first()? {
             FirstParty::WhatsApp(wa_id) => {
                 let party = self.customer(&req.from, wa_id)?;
-                (party.number.clone(), Placed::Customer(party))
+                (party.number.clone(), Placed::Customer(Box::new(party)))
             }
             FirstParty::Sip { uri, trunk } => {
                 let number = self.business_number(&req.from)?;

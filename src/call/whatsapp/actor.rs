@@ -89,7 +89,7 @@ enum Link {
     Graph,
     /// The SIP dialog Meta's INVITE opened, over the listener it came through.
     SipIn {
-        dialog: MetaSipInbound,
+        dialog: Box<MetaSipInbound>,
         origin: SipHandle,
         table: Arc<DashMap<Bytes, Route>>,
         call_id: Bytes,
@@ -317,7 +317,7 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
                     let l = *l;
                     Link::SipIn {
                         call_id: l.call.call_id(),
-                        dialog: MetaSipInbound::new(l.call, &tag),
+                        dialog: Box::new(MetaSipInbound::new(l.call, &tag)),
                         origin: l.origin,
                         table: l.table,
                     }

@@ -243,13 +243,15 @@ async fn connection<S>(
         }
     };
     tokio::pin!(write);
-    tokio::select! {
-        _ = read => {}
-        _ = &mut write => {}
-    }
+    let written = tokio::select! {
+        _ = read => false,
+        _ = &mut write => true,
+    };
     let _ = inbound.send(Inbound::Closed(peer)).await;
-    // Let the writer flush what the core already queued for this peer (a final 400).
-    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    if !written {
+        // Let the writer flush what the core already queued for this peer (a final 400).
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    }
 }
 
 /// How a stream listener reaches a peer it has no connection with.
