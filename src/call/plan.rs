@@ -48,11 +48,22 @@ pub struct WhatsAppInbound {
     pub offer_sdp: String,
 }
 
+/// How the switch reaches Meta to call a customer.
+#[derive(Debug, Clone)]
+pub enum Dialer {
+    /// Graph `connect`, and Meta's webhooks.
+    Graph,
+    /// An INVITE through Meta's SIP proxy (the number is in SIP mode).
+    Sip(Box<super::whatsapp::sip::MetaSipDialer>),
+}
+
 /// A customer the switch calls, with the permission the call holds.
 #[derive(Debug, Clone)]
 pub struct WhatsAppOutbound {
     /// Meta's Graph API, and the outbox of actions Meta must get.
     pub outbox: Outbox,
+    /// How the call reaches Meta.
+    pub dialer: Dialer,
     /// Meta's id of the business number calling.
     pub phone_number_id: String,
     /// The customer called.

@@ -190,6 +190,7 @@ impl Customer {
     ) -> WhatsAppOutbound {
         WhatsAppOutbound {
             outbox: self.bic.outbox.clone(),
+            dialer: crate::call::plan::Dialer::Graph,
             phone_number_id: self.number.phone_number_id.clone(),
             customer: self.wa_id.clone(),
             permit,
@@ -575,7 +576,9 @@ impl SipIngress {
     ) -> Result<WhatsAppOutbound, CallbackRefused> {
         let party = self.customer(business_number, wa_id)?;
         let permit = party.reserve(call_id).await?;
-        Ok(party.outbound(permit, self.inner.bridge.ring_timeout))
+        let mut outbound = party.outbound(permit, self.inner.bridge.ring_timeout);
+        outbound.dialer = self.dialer(&party.number);
+        Ok(outbound)
     }
 
     /// A PBX calls a customer on WhatsApp for business number `number`: the
@@ -593,6 +596,7 @@ impl SipIngress {
     ) -> Option<SipCommand> {
         let inner = &self.inner;
         let bic = inner.bic.get()?.clone();
+        let dialer = self.dialer(&number);
         let tag = format!("{:x}", random_u64());
         let respond = |response: SipMessage| Some(SipCommand::Respond { server, response });
         let pstn = matches!(
@@ -714,6 +718,7 @@ impl SipIngress {
             };
             let whatsapp = WhatsAppOutbound {
                 outbox: bic.outbox.clone(),
+                dialer,
                 phone_number_id: number.phone_number_id.clone(),
                 customer: customer.clone(),
                 permit: permit.clone(),

@@ -287,6 +287,38 @@ impl SipIngress {
         }
     }
 
+    /// How calls to customers of `number` reach Meta: an INVITE through Meta's SIP proxy
+    /// for a number in SIP mode (over the TLS listener), else Graph `connect`.
+    pub(crate) fn dialer(
+        &self,
+        number: &crate::config::BusinessNumber,
+    ) -> crate::call::plan::Dialer {
+        use crate::call::plan::Dialer;
+        let meta = self.inner.meta_sip.get();
+        let tls = self.inner.handles.get().and_then(|h| h.tls.clone());
+        match (number.signaling, meta, tls) {
+            (crate::config::Signaling::Sip, Some(meta), Some(origin)) => {
+                let contact = format!(
+                    "sip:{}@{}:{};transport=tls",
+                    number.display_number,
+                    meta.config.hostname,
+                    origin.local_addr().port()
+                );
+                Dialer::Sip(Box::new(crate::call::whatsapp::sip::MetaSipDialer {
+                    origin,
+                    table: Arc::clone(&self.inner.table),
+                    proxy: meta.config.proxy.clone(),
+                    hostname: meta.config.hostname.clone(),
+                    business: number.display_number.clone(),
+                    password: number.sip_password.clone(),
+                    sdes: number.srtp == crate::config::SrtpKeying::Sdes,
+                    contact,
+                }))
+            }
+            _ => Dialer::Graph,
+        }
+    }
+
     /// Gives the ingress the agents' registrar.
     pub(crate) fn set_agents(
         &self,

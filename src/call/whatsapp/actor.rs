@@ -17,24 +17,22 @@
 //! the switch gave up on it is terminated; if the actor is killed instead, Meta's own
 //! webhooks name the call (`biz_opaque_callback_data`), and the ingress terminates it then.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use dashmap::DashMap;
-
 use super::leg::{Face, WaOut, Way, WhatsAppLeg};
 use super::permit::Permit;
-use super::sip::MetaSipInbound;
+use super::sip::{MetaSipDialer, MetaSipInbound, MetaSipOutbound};
 use super::WaEvent;
 use crate::call::leg::{FromBridge, LegMsg, LegSignal};
 use crate::call::media::MediaMsg;
-use crate::call::plan::Carrier;
+use crate::call::plan::{Carrier, Dialer};
 use crate::call::plan::{WhatsAppInbound, WhatsAppOutbound};
 use crate::call::sip::bridge::BridgeMsg;
 use crate::call::sip::Route;
@@ -93,6 +91,11 @@ enum Link {
         origin: SipHandle,
         table: Arc<DashMap<Bytes, Route>>,
         call_id: Bytes,
+    },
+    /// Our call through Meta's SIP proxy (the INVITE goes out at `connect`).
+    SipOut {
+        dialer: Box<MetaSipDialer>,
+        call: Option<Box<MetaSipOutbound>>,
     },
 }
 
@@ -327,7 +330,14 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
         }
         WhatsAppStart::Outbound(w) => {
             let span = tracing::debug_span!(parent: &args.span, "leg", role = if args.dialled.is_some() { "wa_leg_dialled" } else { "wa_leg" });
-            let offered = if args.dialled.is_some() {
+            let sdes = matches!(&w.dialer, Dialer::Sip(d) if d.sdes) && args.dialled.is_none();
+            let offered = if sdes {
+                args.media
+                    .call(MediaMsg::OfferSdes, Some(ANCHOR_TIMEOUT))
+                    .instrument(span.clone())
+                    .await
+                    .map(|r| r.map(|o| o.map(|sdp| (sdp, ()))))
+            } else if args.dialled.is_some() {
                 // A WebRTC leg standing in for the pair's side B.
                 args.media
                     .call(MediaMsg::OfferAgent, Some(ANCHOR_TIMEOUT))
@@ -359,14 +369,11 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
                 offer,
                 ring_timeout: w.ring_timeout,
             };
-            (
-                way,
-                Link::Graph,
-                w.outbox,
-                w.phone_number_id,
-                Some(w.permit),
-                span,
-            )
+            let link = match w.dialer {
+                Dialer::Graph => Link::Graph,
+                Dialer::Sip(dialer) => Link::SipOut { dialer, call: None },
+            };
+            (way, link, w.outbox, w.phone_number_id, Some(w.permit), span)
         }
     };
     let mut leg = WhatsAppLeg::new(way, args.face, &args.call_id, &tag);
@@ -422,11 +429,29 @@ impl Drop for WhatsAppLegState {
                             }
                         }
                     }
+                    Link::SipOut { dialer, call } => {
+                        if let Some(command) = call.as_mut().and_then(|c| c.end()) {
+                            if !dialer.origin.try_send(command) {
+                                tracing::warn!("the SIP listener took no last word to Meta");
+                            }
+                        }
+                    }
                 }
             }
         }
-        if let Link::SipIn { table, call_id, .. } = &self.link {
-            table.remove_if(call_id, |_, r| matches!(r, Route::Meta(_)));
+        match &self.link {
+            Link::SipIn { table, call_id, .. } => {
+                table.remove_if(call_id, |_, r| matches!(r, Route::Meta(_)));
+            }
+            Link::SipOut {
+                dialer,
+                call: Some(call),
+            } => {
+                dialer.table.remove_if(call.call_id().as_bytes(), |_, r| {
+                    matches!(r, Route::Meta(_))
+                });
+            }
+            _ => {}
         }
     }
 }
@@ -483,6 +508,7 @@ impl WhatsAppLegState {
                             }
                             result.is_ok()
                         }
+                        Link::SipOut { .. } => false,
                         Link::SipIn { dialog, origin, .. } => match dialog.action(&action) {
                             Ok(command) => {
                                 if let Some(command) = command {
@@ -498,7 +524,13 @@ impl WhatsAppLegState {
                     };
                     queue.extend(self.leg.graph_done(&action, ok));
                 }
-                WaOut::Dial(action) => self.dial(myself, action),
+                WaOut::Dial(action) => {
+                    if matches!(self.link, Link::SipOut { .. }) {
+                        queue.extend(self.dial_sip(myself, action).await);
+                    } else {
+                        self.dial(myself, action);
+                    }
+                }
                 WaOut::Send(action) => match &mut self.link {
                     Link::Graph => {
                         self.outbox.send(&self.phone_number_id, action);
@@ -508,7 +540,28 @@ impl WhatsAppLegState {
                             origin.send(command).await;
                         }
                     }
+                    Link::SipOut { dialer, call } => {
+                        if let Some(command) = call.as_mut().and_then(|c| c.end()) {
+                            dialer.origin.send(command).await;
+                        }
+                    }
                 },
+                WaOut::WebRtcAnswer(sdp)
+                    if matches!(&self.link, Link::SipOut { dialer, .. } if dialer.sdes)
+                        && self.dialled.is_none() =>
+                {
+                    let applied = self
+                        .media
+                        .call(|r| MediaMsg::SdesAnswer(sdp, r), Some(ANCHOR_TIMEOUT))
+                        .await;
+                    if !matches!(applied, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
+                        let _ = self.call.send_message(CallMsg::Hangup {
+                            by: HangupParty::Switch,
+                            cause: "meta_answer_unusable".into(),
+                            reply: None,
+                        });
+                    }
+                }
                 WaOut::Bridge(event) => self.tell_bridge(BridgeMsg::Sip(event)),
                 WaOut::Begin => self.tell_bridge(BridgeMsg::Begin),
                 WaOut::WebRtcAnswer(sdp) if self.dialled.is_some() => {
@@ -556,17 +609,85 @@ impl WhatsAppLegState {
 
     /// An event of the SIP dialog with Meta: answered, and what it means for the leg.
     async fn meta_sip(&mut self, event: crate::sip::core::CoreEvent) -> Vec<WaOut> {
-        let Link::SipIn { dialog, origin, .. } = &mut self.link else {
+        let events = match &mut self.link {
+            Link::SipIn { dialog, origin, .. } => {
+                let (command, event) = dialog.on_event(event);
+                if let Some(command) = command {
+                    origin.send(command).await;
+                }
+                event.into_iter().collect()
+            }
+            Link::SipOut {
+                dialer,
+                call: Some(call),
+            } => {
+                let (commands, events) = call.on_event(event);
+                for command in commands {
+                    dialer.origin.send(command).await;
+                }
+                events
+            }
+            _ => Vec::new(),
+        };
+        let mut outs = Vec::new();
+        for event in events {
+            if let (WaEvent::Connected(Err(_)), Some(permit)) = (&event, &self.permit) {
+                // Meta refused the INVITE outright: nothing was placed.
+                permit.not_placed();
+            }
+            outs.extend(self.leg.on_meta(event));
+        }
+        outs
+    }
+
+    /// Places the call through Meta's SIP proxy: `call_dialled` is in the audit trail
+    /// before the INVITE leaves (when it cannot be written, Meta is not asked and the call
+    /// fails with 503); Meta's answers come back as the dialog's events.
+    async fn dial_sip(&mut self, myself: &ActorRef<LegMsg>, action: CallAction) -> Vec<WaOut> {
+        let CallAction::Connect { to, sdp, .. } = action else {
             return Vec::new();
         };
-        let (command, event) = dialog.on_event(event);
-        if let Some(command) = command {
-            origin.send(command).await;
+        if let Some(permit) = &self.permit {
+            if let Err(e) = permit.dialled().await {
+                tracing::error!(error = %e, "call_dialled not written to the audit trail; Meta not asked");
+                return self.leg.on_meta(WaEvent::Connected(Err((
+                    503,
+                    "Service Unavailable - audit trail not written".to_string(),
+                ))));
+            }
         }
-        match event {
-            Some(event) => self.leg.on_meta(event),
-            None => Vec::new(),
-        }
+        let Link::SipOut { dialer, call } = &mut self.link else {
+            return Vec::new();
+        };
+        let proxy = match tokio::net::lookup_host(dialer.proxy.as_str()).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                tracing::warn!(proxy = %dialer.proxy, error = %e, "Meta's SIP proxy not resolved");
+                None
+            }
+        };
+        let Some(proxy) = proxy else {
+            if let Some(permit) = &self.permit {
+                permit.not_placed();
+            }
+            return self.leg.on_meta(WaEvent::Connected(Err((
+                503,
+                "Service Unavailable - Meta's SIP proxy not found".to_string(),
+            ))));
+        };
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let call_id = format!("{hi:x}{lo:x}@{}", dialer.hostname);
+        let tag = format!("{:x}wa", lo ^ hi.rotate_left(7));
+        let mut outbound = Box::new(MetaSipOutbound::new(dialer, proxy, &call_id, &tag));
+        dialer
+            .table
+            .insert(Bytes::from(call_id.clone()), Route::Meta(myself.clone()));
+        let customer = to.trim_start_matches('+').to_string();
+        let invite = outbound.invite(&customer, &sdp);
+        tracing::info!(%proxy, %call_id, "calling the customer through Meta's SIP proxy");
+        dialer.origin.send(invite).await;
+        *call = Some(outbound);
+        Vec::new()
     }
 
     /// Places the call with Meta from a task of the actor's: `call_dialled` is in the

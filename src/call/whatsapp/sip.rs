@@ -10,6 +10,12 @@
 //! BYE: hold and session refresh toward the business are answered by the WhatsApp leg
 //! itself, and Meta takes no re-INVITE.
 //!
+//! [`MetaSipOutbound`] is the switch calling a customer: `connect` is our INVITE to
+//! `sip:+<wa_id>@wa.meta.vc;transport=tls` (From at the configured hostname), Meta's 407
+//! answered with the number's digest password (MD5 or SHA-256, as Meta asks); Meta's
+//! provisional responses, its 200 and its refusals are what its webhooks say in Graph mode;
+//! `terminate` is a CANCEL before the answer, a BYE after.
+//!
 //! Sans-IO: it builds the SIP commands; the leg's actor sends them.
 
 use std::net::SocketAddr;
@@ -243,6 +249,397 @@ impl MetaSipInbound {
                 (None, None)
             }
         }
+    }
+}
+
+/// How the switch reaches Meta's SIP proxy to call customers of a number in SIP mode.
+#[derive(Clone)]
+pub struct MetaSipDialer {
+    /// The TLS listener (its connections to Meta).
+    pub(crate) origin: crate::sip::transport::SipHandle,
+    /// Where the listeners send each Call-ID's events.
+    pub(crate) table: std::sync::Arc<dashmap::DashMap<Bytes, crate::call::sip::Route>>,
+    /// Meta's proxy, `host:port`.
+    pub(crate) proxy: String,
+    /// Our hostname as configured with Meta (the From's host).
+    pub(crate) hostname: String,
+    /// The business number, digits.
+    pub(crate) business: String,
+    /// Meta's password for the number.
+    pub(crate) password: crate::config::Secret,
+    /// Our offer is SDES (else WebRTC's ICE and DTLS).
+    pub(crate) sdes: bool,
+    /// Our Contact.
+    pub(crate) contact: String,
+}
+
+impl std::fmt::Debug for MetaSipDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaSipDialer")
+            .field("proxy", &self.proxy)
+            .field("hostname", &self.hostname)
+            .field("business", &self.business)
+            .field("sdes", &self.sdes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where our call to Meta stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutStage {
+    /// Not sent yet.
+    Idle,
+    /// INVITE sent, no final response.
+    Inviting,
+    /// Answered (and acknowledged).
+    Answered,
+    /// Refused, cancelled or ended.
+    Over,
+}
+
+/// The switch's call to a customer through Meta's SIP proxy.
+#[derive(Debug)]
+pub(crate) struct MetaSipOutbound {
+    business: String,
+    hostname: String,
+    password: crate::config::Secret,
+    contact: String,
+    /// Meta's proxy address.
+    proxy: SocketAddr,
+    call_id: String,
+    tag: String,
+    /// The INVITE last sent (the digest's retry replaces it).
+    invite: Option<SipMessage>,
+    stage: OutStage,
+    /// A provisional response came (a CANCEL may follow).
+    provisional: bool,
+    /// Meta took the call (reported once).
+    taken: bool,
+    /// Credentials were given (a second challenge is a refusal).
+    authorised: bool,
+    /// We ended the call before Meta's answer: a 2xx that crosses is acknowledged and
+    /// hung up.
+    ended: bool,
+    dialog: Option<Dialog>,
+}
+
+impl MetaSipOutbound {
+    /// A call through `proxy` as `dialer` describes, with Call-ID `call_id` and our tag.
+    pub(crate) fn new(dialer: &MetaSipDialer, proxy: SocketAddr, call_id: &str, tag: &str) -> Self {
+        Self {
+            business: dialer.business.clone(),
+            hostname: dialer.hostname.clone(),
+            password: dialer.password.clone(),
+            contact: dialer.contact.clone(),
+            proxy,
+            call_id: call_id.to_string(),
+            tag: tag.to_string(),
+            invite: None,
+            stage: OutStage::Idle,
+            provisional: false,
+            taken: false,
+            authorised: false,
+            ended: false,
+            dialog: None,
+        }
+    }
+
+    /// Our Call-ID.
+    pub(crate) fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// The INVITE placing the call to `customer` (digits) with our `offer`.
+    pub(crate) fn invite(&mut self, customer: &str, offer: &str) -> SipCommand {
+        let uri = format!("sip:+{customer}@wa.meta.vc;transport=tls");
+        let request = MessageBuilder::request(Method::Invite, &uri)
+            .header(HeaderName::MaxForwards, "70")
+            .header(
+                HeaderName::From,
+                format!(
+                    "<sip:+{}@{}>;tag={}",
+                    self.business, self.hostname, self.tag
+                ),
+            )
+            .header(HeaderName::To, format!("<sip:+{customer}@wa.meta.vc>"))
+            .header(HeaderName::CallId, self.call_id.clone())
+            .header(HeaderName::CSeq, "1 INVITE")
+            .header(HeaderName::Contact, format!("<{}>", self.contact))
+            .header(HeaderName::Allow, "INVITE, ACK, CANCEL, BYE, OPTIONS")
+            .body("application/sdp", Bytes::from(offer.to_string()))
+            .build();
+        self.invite = Some(request.clone());
+        self.stage = OutStage::Inviting;
+        SipCommand::Request {
+            request,
+            to: self.proxy,
+        }
+    }
+
+    /// The switch ends the call: CANCEL while Meta has not answered (or giving up on an
+    /// INVITE nothing answered yet), BYE once it has.
+    pub(crate) fn end(&mut self) -> Option<SipCommand> {
+        self.ended = true;
+        match self.stage {
+            OutStage::Idle | OutStage::Over => None,
+            OutStage::Inviting => {
+                let call_id = Bytes::from(self.call_id.clone());
+                Some(if self.provisional {
+                    SipCommand::Cancel { call_id }
+                } else {
+                    SipCommand::Abandon { call_id }
+                })
+            }
+            OutStage::Answered => {
+                self.stage = OutStage::Over;
+                self.bye()
+            }
+        }
+    }
+
+    fn bye(&mut self) -> Option<SipCommand> {
+        let dialog = self.dialog.as_mut()?;
+        dialog.terminate();
+        let request = dialog
+            .request(Method::Bye, None)
+            .header(
+                HeaderName::Reason,
+                "Q.850;cause=16;text=\"NORMAL_CLEARING\"",
+            )
+            .build();
+        Some(SipCommand::Request {
+            request,
+            to: self.proxy,
+        })
+    }
+
+    /// Meta took the call: reported once, with our Call-ID as its id until Meta's own
+    /// (`x-wa-meta-wacid`) is known.
+    fn taken(&mut self, msg: &SipMessage, events: &mut Vec<WaEvent>) {
+        if !self.taken {
+            self.taken = true;
+            let id = header_text(msg, WACID)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| self.call_id.clone());
+            events.push(WaEvent::Connected(Ok(id)));
+        }
+    }
+
+    /// The INVITE again with credentials for `challenge` (from a 401 or 407).
+    fn authorise(&mut self, response: &SipMessage) -> Option<SipCommand> {
+        let (challenge_header, answer_header) = if response.status() == Some(401) {
+            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+        } else {
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
+        };
+        let mut challenges: Vec<crate::sip::auth::DigestChallenge> = response
+            .headers_named(&challenge_header)
+            .filter_map(|h| crate::sip::auth::DigestChallenge::parse(&h.value).ok())
+            .collect();
+        // SHA-256 before MD5 when Meta offers both.
+        challenges.sort_by_key(|c| c.algorithm != crate::sip::auth::Algorithm::Sha256);
+        let challenge = challenges.first()?;
+        let previous = self.invite.as_ref()?;
+        let uri = crate::sip::dialog::request_uri(previous)?;
+        let cnonce = format!("{:x}", uuid::Uuid::new_v4().as_u64_pair().0);
+        let credentials = challenge.respond(
+            "INVITE",
+            &uri,
+            &self.business,
+            self.password.expose(),
+            &cnonce,
+            1,
+        );
+        let mut request = previous.clone();
+        request.headers.retain(|h| {
+            h.name != HeaderName::CSeq
+                && h.name != HeaderName::Via
+                && h.name != HeaderName::ProxyAuthorization
+                && h.name != HeaderName::Authorization
+        });
+        request
+            .headers
+            .push(crate::sip::msg::Header::new(HeaderName::CSeq, "2 INVITE"));
+        request
+            .headers
+            .push(crate::sip::msg::Header::new(answer_header, credentials));
+        self.invite = Some(request.clone());
+        self.authorised = true;
+        Some(SipCommand::Request {
+            request,
+            to: self.proxy,
+        })
+    }
+
+    /// A SIP event of the call: what to send, and what it means (Meta's webhooks in Graph
+    /// mode).
+    pub(crate) fn on_event(&mut self, event: CoreEvent) -> (Vec<SipCommand>, Vec<WaEvent>) {
+        let mut send = Vec::new();
+        let mut events = Vec::new();
+        match event {
+            CoreEvent::Response(_, response) => {
+                let is_invite = response
+                    .header(&HeaderName::CSeq)
+                    .is_some_and(|h| h.value.ends_with(b"INVITE"));
+                if !is_invite {
+                    // The answer to our BYE.
+                    return (send, events);
+                }
+                let code = response.status().unwrap_or(0);
+                let reason = match &response.start {
+                    crate::sip::msg::StartLine::Response { reason, .. } => {
+                        String::from_utf8_lossy(reason).into_owned()
+                    }
+                    crate::sip::msg::StartLine::Request { .. } => String::new(),
+                };
+                match code {
+                    100 => self.provisional = true,
+                    101..=199 => {
+                        self.provisional = true;
+                        if self.stage == OutStage::Inviting {
+                            self.taken(&response, &mut events);
+                            if matches!(code, 180 | 183) {
+                                events.push(WaEvent::Ringing);
+                            }
+                        }
+                    }
+                    200..=299 => {
+                        let Some(invite) = self.invite.clone() else {
+                            return (send, events);
+                        };
+                        let seq = crate::sip::header::CSeq::parse(
+                            &invite
+                                .header(&HeaderName::CSeq)
+                                .map(|h| h.value.clone())
+                                .unwrap_or_default(),
+                        )
+                        .map_or(1, |c| c.seq);
+                        let Ok(mut dialog) = Dialog::uac(&invite, &response) else {
+                            tracing::warn!("Meta's 200 forms no dialog; the call cannot go on");
+                            return (send, events);
+                        };
+                        dialog.confirm(Some(&response));
+                        send.push(SipCommand::Ack {
+                            request: dialog.ack(seq).build(),
+                            to: self.proxy,
+                        });
+                        if self.stage != OutStage::Inviting {
+                            // A retransmitted 2xx: acknowledged again, nothing more.
+                            return (send, events);
+                        }
+                        self.dialog = Some(dialog);
+                        self.stage = OutStage::Answered;
+                        if self.ended {
+                            // Answered across our CANCEL: hung up at once.
+                            self.stage = OutStage::Over;
+                            send.extend(self.bye());
+                            return (send, events);
+                        }
+                        self.taken(&response, &mut events);
+                        events.push(WaEvent::Answer(
+                            String::from_utf8_lossy(&response.body).into_owned(),
+                        ));
+                        events.push(WaEvent::Accepted);
+                    }
+                    401 | 407 if !self.authorised && self.stage == OutStage::Inviting => {
+                        match self.authorise(&response) {
+                            Some(retry) => send.push(retry),
+                            None => {
+                                self.stage = OutStage::Over;
+                                events.push(WaEvent::Connected(Err((
+                                    403,
+                                    "Forbidden - Meta's challenge could not be answered".into(),
+                                ))));
+                            }
+                        }
+                    }
+                    _ if self.stage == OutStage::Inviting => {
+                        self.stage = OutStage::Over;
+                        let phrase = super::leg::safe_phrase(&reason);
+                        match code {
+                            // The customer declined.
+                            486 | 600 | 603 => {
+                                self.taken(&response, &mut events);
+                                events.push(WaEvent::Rejected);
+                            }
+                            // Not answered, or cancelled by us.
+                            408 | 480 | 487 => {
+                                self.taken(&response, &mut events);
+                                events.push(WaEvent::Terminated {
+                                    cause: if code == 487 {
+                                        "cancelled".into()
+                                    } else {
+                                        "no_answer".into()
+                                    },
+                                });
+                            }
+                            // Meta refused before placing anything: its status goes to
+                            // the PBX as it came.
+                            _ if !self.taken => events.push(WaEvent::Connected(Err((
+                                code,
+                                if phrase.is_empty() {
+                                    "Refused by Meta".into()
+                                } else {
+                                    phrase
+                                },
+                            )))),
+                            _ => events.push(WaEvent::Terminated {
+                                cause: format!("meta_failed_sip_{code}"),
+                            }),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            CoreEvent::Timeout(_, request) => {
+                if request.method() == Some(&Method::Invite) && self.stage == OutStage::Inviting {
+                    self.stage = OutStage::Over;
+                    events.push(if self.taken {
+                        WaEvent::Terminated {
+                            cause: "meta_failed_sip_timeout".into(),
+                        }
+                    } else {
+                        WaEvent::Connected(Err((
+                            503,
+                            "Service Unavailable - Meta's SIP proxy did not answer".into(),
+                        )))
+                    });
+                }
+            }
+            CoreEvent::Request {
+                server, request, ..
+            } => {
+                let method = request.method().cloned();
+                let respond = |code: u16, reason: &str| SipCommand::Respond {
+                    server,
+                    response: MessageBuilder::response_to(&request, code, reason, None).build(),
+                };
+                match method {
+                    Some(Method::Bye) => {
+                        send.push(respond(200, "OK"));
+                        if self.stage == OutStage::Answered {
+                            self.stage = OutStage::Over;
+                            if let Some(d) = self.dialog.as_mut() {
+                                d.terminate();
+                            }
+                            events.push(WaEvent::Terminated {
+                                cause: "normal_clearing".into(),
+                            });
+                        }
+                    }
+                    Some(Method::Options | Method::Info | Method::Notify) => {
+                        send.push(respond(200, "OK"))
+                    }
+                    Some(Method::Invite) => send.push(respond(488, "Not Acceptable Here")),
+                    _ => send.push(respond(405, "Method Not Allowed")),
+                }
+            }
+            CoreEvent::Cancelled { .. } | CoreEvent::Ack { .. } | CoreEvent::AckTimeout { .. } => {}
+        }
+        (send, events)
     }
 }
 
