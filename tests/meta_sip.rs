@@ -12,41 +12,63 @@ use common::{free_udp_port, runtime, Uas};
 use waswitch::config::{Config, Secret};
 use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
-use waswitch::sim::meta_sip::{MetaSipClient, SipUserCall, META_RECORD_ROUTE};
+use waswitch::sim::meta_sip::{
+    Digest, MetaSipClient, MetaSipServer, MetaSipServerConfig, SipAnswer, SipUserCall,
+    META_RECORD_ROUTE,
+};
+use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
 use waswitch::store::{CallOutcome, Cdr, Direction, HangupParty};
 
 const PNID: &str = "105615555715855";
 const NUMBER: &str = "15551112222";
 const USER: &str = "5511987654321";
 const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+const SECRET: &str = "meta-sip-secret";
+const PASSWORD: &str = "meta-generated-password";
+const API_TOKEN: &str = "meta-sip-token";
 
-/// A node whose business number is in SIP mode, its calls routed to a PBX at `pbx_port`;
-/// Meta (the sim) may call from loopback. The Graph API is the sim's (it carries no call of
-/// this number).
-fn switch(rt: &tokio::runtime::Runtime, dir: &Path, pbx_port: u16, media_ports: u16) -> Node {
-    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+/// A node whose business number is in SIP mode, its calls routed to a PBX at `pbx_port`
+/// (which may also call customers from the number); Meta (the sim) may call from loopback,
+/// and takes the switch's calls at `proxy`. The Graph API is the sim's `graph` (it carries
+/// the number's permission requests, not its calls).
+fn switch_with(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    graph: &SimGraph,
+    pbx_port: u16,
+    media_ports: u16,
+    proxy: Option<std::net::SocketAddr>,
+) -> Node {
     rt.block_on(async {
         let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
+        let proxy = proxy.map_or_else(String::new, |p| format!("proxy = \"{p}\"\n"));
         let toml = format!(
-            "[sip]\ntransports = [\"udp\", \"tls\"]\n\
+            "[http]\napi_token = \"{API_TOKEN}\"\n\
+             [sip]\ntransports = [\"udp\", \"tls\"]\n\
              [sip.tls]\ncert = \"{TLS_DIR}/server.pem\"\nkey = \"{TLS_DIR}/server.key\"\n\
              ca = \"{TLS_DIR}/ca.pem\"\n\
              [media]\nip = \"127.0.0.1\"\nshards = 2\nport_min = {media_ports}\n\
              port_max = {}\n\
              [[trunk]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{pbx_port}\"\n\
+             accept_from = [\"127.0.0.1/32\"]\nbusiness_calls = true\n\
              options_interval_secs = 0\ninvite_timeout_ms = 2000\n\
              [[route]]\nname = \"support\"\ntrunks = [\"pbx\"]\n\
              [meta]\ngraph_url = \"http://{sim_addr}\"\naccess_token = \"tok\"\n\
-             app_secret = \"s\"\nverify_token = \"vt\"\n\
-             [meta.sip]\nhostname = \"localhost\"\nallow_from = [\"127.0.0.0/8\"]\n\
+             app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
+             [meta.sip]\nhostname = \"localhost\"\nallow_from = [\"127.0.0.0/8\"]\n{proxy}\
              [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
              country = \"BR\"\nroute = \"support\"\nsignaling = \"sip\"\n\
-             sip_password = \"meta-generated-password\"\n",
+             sip_password = \"{PASSWORD}\"\n",
             media_ports + 98,
         );
         let config = Config::loopback(&toml, &dir.join("m.db")).expect("config");
         Node::start(config).await.expect("node")
     })
+}
+
+fn switch(rt: &tokio::runtime::Runtime, dir: &Path, pbx_port: u16, media_ports: u16) -> Node {
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    switch_with(rt, dir, &graph, pbx_port, media_ports, None)
 }
 
 /// Meta, calling the node's TLS listener as `localhost` (the test certificate covers it).
@@ -173,4 +195,154 @@ fn meta_calling_a_number_not_in_sip_mode_or_without_usable_crypto_is_refused() {
     assert_eq!(report.status, 488, "{report:?}");
     rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(5)).await) });
     drop(node);
+}
+
+/// Asks `customer` for permission through the API (the sim's user grants it for a day) and
+/// waits until the switch has it.
+async fn granted(node: &Node, customer: &str) {
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", node.http_addr());
+    let response = http
+        .post(format!("{base}/v1/permissions/{NUMBER}/{customer}/request"))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"purpose": "About your order ON-12853"}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let view: serde_json::Value = http
+            .get(format!("{base}/v1/permissions/{NUMBER}/{customer}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("view")
+            .json()
+            .await
+            .expect("json");
+        if view["status"] == "granted" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never granted: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The PBX (SIPp) calls `customer` from the business number with `scenario`: SIPp's exit
+/// code, counters and output.
+async fn pbx_dials(
+    node: &Node,
+    scenario: &'static str,
+    customer: &str,
+) -> (i32, std::collections::HashMap<String, u64>, String) {
+    let target = node.sip_udp_addr().expect("SIP over UDP");
+    let customer = customer.to_string();
+    tokio::task::spawn_blocking(move || {
+        common::run_sipp_with(
+            scenario,
+            "u1",
+            target,
+            1,
+            10,
+            &["-key", "biz", NUMBER, "-s", &customer, "-rtp_echo"],
+        )
+    })
+    .await
+    .expect("sipp")
+}
+
+/// A business-initiated call over SIP: the PBX calls a customer who granted permission;
+/// the switch answers Meta's digest challenge (`digest`) with the number's password, the
+/// customer answers and talks, and hangs up. A customer without a grant is refused by the
+/// switch itself: Meta never sees that INVITE.
+fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stranger: &str) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let server = rt
+        .block_on(MetaSipServer::start(
+            "127.0.0.1:0".parse().expect("address"),
+            &Path::new(TLS_DIR).join("server.pem"),
+            &Path::new(TLS_DIR).join("server.key"),
+            MetaSipServerConfig {
+                hostname: "localhost".into(),
+                numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
+                digest,
+                answer: SipAnswer::Accept {
+                    after: Duration::from_millis(300),
+                    hold: Duration::from_secs(3),
+                },
+                graph: graph.clone(),
+            },
+        ))
+        .expect("Meta's SIP side");
+    let node = switch_with(
+        &rt,
+        dir.path(),
+        &graph,
+        free_udp_port(),
+        media_ports,
+        Some(server.addr()),
+    );
+    let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
+    let _users = rt.block_on(async {
+        let users = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Reject {
+                    after: Duration::from_millis(100),
+                },
+                permission: PermissionAnswer::Grant {
+                    lasts: Some(Duration::from_secs(86_400)),
+                },
+                dtmf: None,
+            },
+        );
+        granted(&node, customer).await;
+        users
+    });
+    let (code, counters, log) = rt.block_on(pbx_dials(&node, "bic_uac_wait_bye.xml", customer));
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let calls = rt.block_on(server.wait_calls(1, Duration::from_secs(20)));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.user, customer);
+    assert_eq!(call.from_host, "localhost");
+    assert_eq!(call.authorised_with, Some(digest), "{call:?}");
+    assert_eq!(call.status, 200, "{call:?}");
+    assert_eq!(call.ended_by, "meta", "{call:?}");
+    assert!(call.other_requests.is_empty(), "{call:?}");
+    let heard = call.user_report.clone().expect("media ran");
+    assert!(heard.audio_verified(), "{heard:?}");
+
+    // No grant: the switch refuses, and Meta is never asked.
+    let (code, counters, log) = rt.block_on(pbx_dials(&node, "bic_uac_refused.xml", stranger));
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    assert!(log.contains("403"), "{log}");
+    assert_eq!(server.calls().len(), 1, "{:?}", server.calls());
+
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let answered: Vec<&Cdr> = cdrs
+        .iter()
+        .filter(|c| c.outcome == CallOutcome::Answered)
+        .collect();
+    assert_eq!(answered.len(), 1, "{cdrs:?}");
+    assert_eq!(answered[0].direction, Direction::BusinessInitiated);
+    assert_eq!(answered[0].customer_wa_id.as_deref(), Some(customer));
+    assert_eq!(answered[0].hangup_by, HangupParty::Customer);
+}
+
+#[test]
+fn a_pbx_calls_a_customer_over_sip_answering_metas_md5_challenge() {
+    business_call_over_sip(Digest::Md5, 63_300, "4915100000201", "4915100000202");
+}
+
+#[test]
+fn a_pbx_calls_a_customer_over_sip_answering_metas_sha256_challenge() {
+    business_call_over_sip(Digest::Sha256, 63_400, "4915100000301", "4915100000302");
 }

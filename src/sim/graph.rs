@@ -229,6 +229,17 @@ impl SimGraph {
             .insert((phone_number_id.to_string(), user.to_string()), expires_at);
     }
 
+    /// Whether `user` lets business number `phone_number_id` call now (Meta's check of a
+    /// business-initiated call).
+    pub fn permitted(&self, phone_number_id: &str, user: &str) -> bool {
+        let key = (phone_number_id.to_string(), user.to_string());
+        match self.lock().permissions.get(&key) {
+            Some(None) => true,
+            Some(Some(exp)) => *exp > unix_now(),
+            None => false,
+        }
+    }
+
     /// The user revokes it.
     pub fn revoke(&self, phone_number_id: &str, user: &str) {
         self.lock()

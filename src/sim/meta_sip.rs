@@ -373,3 +373,485 @@ impl MetaSipClient {
         Ok(report)
     }
 }
+
+/// The digest algorithm Meta's challenge names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digest {
+    /// MD5, as Meta's samples show.
+    Md5,
+    /// SHA-256, seen in the field.
+    Sha256,
+}
+
+impl Digest {
+    fn algorithm(self) -> crate::sip::auth::Algorithm {
+        match self {
+            Digest::Md5 => crate::sip::auth::Algorithm::Md5,
+            Digest::Sha256 => crate::sip::auth::Algorithm::Sha256,
+        }
+    }
+}
+
+/// How Meta's users answer the business's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SipAnswer {
+    /// The phone rings for `after`, then the user talks for `hold` and hangs up.
+    Accept {
+        /// Ring time.
+        after: Duration,
+        /// Talk time.
+        hold: Duration,
+    },
+    /// The phone rings for `after`, then the user declines (603).
+    Decline {
+        /// Ring time.
+        after: Duration,
+    },
+}
+
+/// Meta's side of business-initiated calls over SIP.
+#[derive(Debug, Clone)]
+pub struct MetaSipServerConfig {
+    /// The business's SIP server hostname (the From host of its calls must be it, or a
+    /// parent domain of it).
+    pub hostname: String,
+    /// Business numbers (digits), each with its phone number id and Meta's SIP password.
+    pub numbers: Vec<(String, String, String)>,
+    /// The challenge's algorithm.
+    pub digest: Digest,
+    /// How users answer.
+    pub answer: SipAnswer,
+    /// Permissions: the sim's Graph API holds who granted what.
+    pub graph: super::graph::SimGraph,
+}
+
+/// A business-initiated call as Meta's side saw it.
+#[derive(Debug, Clone, Default)]
+pub struct ServerCall {
+    /// The customer called (digits).
+    pub user: String,
+    /// The host of the INVITE's From.
+    pub from_host: String,
+    /// The digest algorithm the business answered with, when its credentials were good.
+    pub authorised_with: Option<Digest>,
+    /// The final status Meta gave the INVITE.
+    pub status: u16,
+    /// The customer's media, when answered.
+    pub user_report: Option<UserReport>,
+    /// Who ended an answered call: `"meta"` or `"business"`.
+    pub ended_by: String,
+    /// The Route headers of the business's BYE.
+    pub bye_routes: Vec<String>,
+    /// Requests the business sent inside the call other than ACK and BYE.
+    pub other_requests: Vec<String>,
+}
+
+/// Meta's SIP proxy as the sim plays it: a TLS listener taking the business's INVITEs.
+#[derive(Debug, Clone)]
+pub struct MetaSipServer {
+    addr: SocketAddr,
+    calls: Arc<std::sync::Mutex<Vec<ServerCall>>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+/// What a call's tasks tell its connection.
+enum CallNews {
+    /// Answer now (the ring time is over).
+    Answer(String),
+    /// The user's media ended (after the talk time, or stopped).
+    MediaDone(String, Result<UserReport, String>),
+}
+
+impl MetaSipServer {
+    /// Listens on `listen` with `cert`/`key` (PEM), as `config` says.
+    pub async fn start(
+        listen: SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        config: MetaSipServerConfig,
+    ) -> Result<MetaSipServer, String> {
+        let acceptor =
+            crate::sip::transport::tls::acceptor(cert, key).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("bind {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let server = MetaSipServer {
+            addr,
+            calls: Arc::default(),
+            notify: Arc::default(),
+        };
+        let config = Arc::new(config);
+        let nonces = Arc::new(crate::sip::auth::NonceIssuer::new(
+            "wa.meta.vc",
+            &random_hex(),
+            300,
+        ));
+        let this = server.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let (this, config, nonces) =
+                    (this.clone(), Arc::clone(&config), Arc::clone(&nonces));
+                tokio::spawn(async move { this.connection(tls, &config, &nonces).await });
+            }
+        });
+        Ok(server)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The calls so far (each once its INVITE had a final answer; updated as it goes).
+    pub fn calls(&self) -> Vec<ServerCall> {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `n` calls are over (BYE exchanged or refused), at most `timeout`.
+    pub async fn wait_calls(&self, n: usize, timeout: Duration) -> Vec<ServerCall> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            let calls = self.calls();
+            let over = calls
+                .iter()
+                .filter(|c| c.status >= 300 || !c.ended_by.is_empty())
+                .count();
+            if over >= n || tokio::time::Instant::now() >= deadline {
+                return calls;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    fn record(&self, index: usize, update: impl FnOnce(&mut ServerCall)) {
+        let mut calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = calls.get_mut(index) {
+            update(c);
+        }
+        drop(calls);
+        self.notify.notify_waiters();
+    }
+
+    async fn connection(
+        &self,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        config: &MetaSipServerConfig,
+        nonces: &crate::sip::auth::NonceIssuer,
+    ) {
+        let local = tls.get_ref().0.local_addr().ok();
+        let (mut read_half, mut write) = tokio::io::split(tls);
+        let (frames_tx, mut frames) = mpsc::channel::<SipMessage>(64);
+        tokio::spawn(async move {
+            let mut framer = StreamFramer::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match read_half.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                framer.push(&buf[..n]);
+                while let Ok(Some(msg)) = framer.next_message() {
+                    if frames_tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (news_tx, mut news) = mpsc::channel::<CallNews>(16);
+        // Per Call-ID: the INVITE being answered, our tag, the call's record, the media's
+        // stop flag, and the user waiting to answer.
+        struct Live {
+            invite: SipMessage,
+            tag: String,
+            index: usize,
+            stop: Arc<AtomicBool>,
+            answered: bool,
+            over: bool,
+        }
+        let mut live: std::collections::HashMap<String, Live> = Default::default();
+        let via = |branch: &str| {
+            format!(
+                "SIP/2.0/TLS {};branch=z9hG4bK{branch}",
+                local.map_or_else(|| "127.0.0.1:5061".to_string(), |a| a.to_string())
+            )
+        };
+        loop {
+            let mut out: Vec<SipMessage> = Vec::new();
+            tokio::select! {
+                msg = frames.recv() => {
+                    let Some(msg) = msg else { break };
+                    let call_id = header_values(&msg, &HeaderName::CallId).pop().unwrap_or_default();
+                    match msg.method().cloned() {
+                        Some(Method::Invite) if !live.contains_key(&call_id) => {
+                            match self.invite(&msg, config, nonces) {
+                                Err(refusal) => out.push(refusal),
+                                Ok((index, user, after)) => {
+                                    let tag = random_hex();
+                                    let ringing = MessageBuilder::response_to(&msg, 180, "Ringing", Some(&tag))
+                                        .build();
+                                    out.push(MessageBuilder::response_to(&msg, 100, "Trying", None).build());
+                                    out.push(ringing);
+                                    live.insert(call_id.clone(), Live {
+                                        invite: msg.clone(),
+                                        tag,
+                                        index,
+                                        stop: Arc::new(AtomicBool::new(false)),
+                                        answered: false,
+                                        over: false,
+                                    });
+                                    let news = news_tx.clone();
+                                    let id = call_id.clone();
+                                    let _ = user;
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(after).await;
+                                        let _ = news.send(CallNews::Answer(id)).await;
+                                    });
+                                }
+                            }
+                        }
+                        Some(Method::Cancel) => {
+                            out.push(MessageBuilder::response_to(&msg, 200, "OK", None).build());
+                            if let Some(call) = live.get_mut(&call_id).filter(|c| !c.answered && !c.over) {
+                                call.over = true;
+                                out.push(MessageBuilder::response_to(&call.invite, 487, "Request Terminated", Some(&call.tag)).build());
+                                self.record(call.index, |c| c.status = 487);
+                            }
+                        }
+                        Some(Method::Bye) => {
+                            out.push(MessageBuilder::response_to(&msg, 200, "OK", None).build());
+                            if let Some(call) = live.get_mut(&call_id) {
+                                call.stop.store(true, Ordering::Relaxed);
+                                if !call.over {
+                                    call.over = true;
+                                    let routes = header_values(&msg, &HeaderName::Route);
+                                    self.record(call.index, |c| {
+                                        c.ended_by = "business".into();
+                                        c.bye_routes = routes;
+                                    });
+                                }
+                            }
+                        }
+                        Some(Method::Ack) | None => {}
+                        Some(m) => {
+                            if let Some(call) = live.get(&call_id) {
+                                let name = m.to_string();
+                                self.record(call.index, |c| c.other_requests.push(name));
+                            }
+                            let code = if m == Method::Invite { 500 } else { 200 };
+                            out.push(MessageBuilder::response_to(&msg, code, if code == 500 { "Server Internal Error" } else { "OK" }, None).build());
+                        }
+                    }
+                }
+                news_item = news.recv() => {
+                    let Some(item) = news_item else { break };
+                    match item {
+                        CallNews::Answer(id) => {
+                            let Some(call) = live.get_mut(&id).filter(|c| !c.over) else { continue };
+                            match config.answer {
+                                SipAnswer::Decline { .. } => {
+                                    call.over = true;
+                                    out.push(MessageBuilder::response_to(&call.invite, 603, "Decline", Some(&call.tag)).build());
+                                    self.record(call.index, |c| c.status = 603);
+                                }
+                                SipAnswer::Accept { hold, .. } => {
+                                    let offer = String::from_utf8_lossy(&call.invite.body).into_owned();
+                                    let answered = std::net::UdpSocket::bind("127.0.0.1:0")
+                                        .map_err(|e| e.to_string())
+                                        .and_then(|s| SdesUser::answer(s, &offer).map_err(|e| e.to_string()));
+                                    let (user, sdp) = match answered {
+                                        Ok(a) => a,
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "the business's offer is not usable");
+                                            call.over = true;
+                                            out.push(MessageBuilder::response_to(&call.invite, 488, "Not Acceptable Here", Some(&call.tag)).build());
+                                            self.record(call.index, |c| c.status = 488);
+                                            continue;
+                                        }
+                                    };
+                                    call.answered = true;
+                                    let mut b = MessageBuilder::response_to(&call.invite, 200, "OK", Some(&call.tag));
+                                    // As the far end's proxies record them: the UAC reverses them.
+                                    for rr in META_RECORD_ROUTE.iter().rev() {
+                                        b = b.header(HeaderName::RecordRoute, *rr);
+                                    }
+                                    let user_digits = header_values(&call.invite, &HeaderName::To)
+                                        .pop()
+                                        .and_then(|t| NameAddr::parse(t.as_bytes()).ok())
+                                        .and_then(|a| crate::sip::uri::SipUri::parse(&a.uri).ok())
+                                        .and_then(|u| u.user)
+                                        .unwrap_or_default();
+                                    out.push(
+                                        b.header(HeaderName::Contact, format!("<sip:{user_digits}@wa.meta.vc;transport=tls;ob>;isfocus"))
+                                            .body("application/sdp", Bytes::from(sdp))
+                                            .build(),
+                                    );
+                                    self.record(call.index, |c| c.status = 200);
+                                    let stop = Arc::clone(&call.stop);
+                                    let news = news_tx.clone();
+                                    tokio::task::spawn_blocking(move || {
+                                        let report = user.run(hold, 1000.0, 1000.0, &stop).map_err(|e| e.to_string());
+                                        let _ = news.blocking_send(CallNews::MediaDone(id, report));
+                                    });
+                                }
+                            }
+                        }
+                        CallNews::MediaDone(id, report) => {
+                            let Some(call) = live.get_mut(&id) else { continue };
+                            let report = report.ok();
+                            self.record(call.index, |c| c.user_report = report);
+                            if call.over {
+                                continue;
+                            }
+                            call.over = true;
+                            self.record(call.index, |c| c.ended_by = "meta".into());
+                            let invite = &call.invite;
+                            let target = invite
+                                .header(&HeaderName::Contact)
+                                .and_then(|h| NameAddr::parse(&h.value).ok())
+                                .map(|a| a.uri)
+                                .unwrap_or_default();
+                            let from = header_values(invite, &HeaderName::To).pop().unwrap_or_default();
+                            let to = header_values(invite, &HeaderName::From).pop().unwrap_or_default();
+                            let wacid = format!("wacid.{}", random_hex());
+                            out.push(
+                                MessageBuilder::request(Method::Bye, &target)
+                                    .header(HeaderName::Via, via(&random_hex()))
+                                    .header(HeaderName::MaxForwards, "70")
+                                    .header(HeaderName::From, format!("{from};tag={}", call.tag))
+                                    .header(HeaderName::To, to)
+                                    .header(HeaderName::CallId, id.clone())
+                                    .header(HeaderName::CSeq, "1 BYE")
+                                    .header(other("x-wa-meta-wacid"), wacid)
+                                    .header(other("x-wa-meta-call-duration"), "3")
+                                    .build(),
+                            );
+                        }
+                    }
+                }
+            }
+            for msg in out {
+                if write.write_all(&msg.to_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Meta's checks of the business's INVITE: its digest (challenged first), the From
+    /// host, the customer's permission. The call's record, the user, and the ring time;
+    /// or the refusal to send.
+    fn invite(
+        &self,
+        invite: &SipMessage,
+        config: &MetaSipServerConfig,
+        nonces: &crate::sip::auth::NonceIssuer,
+    ) -> Result<(usize, String, Duration), SipMessage> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let tag = random_hex();
+        let refuse = |code: u16, reason: &str| {
+            MessageBuilder::response_to(invite, code, reason, Some(&tag))
+                .header(HeaderName::Warning, format!("399 wa.meta.vc \"{reason}\""))
+                .build()
+        };
+        let Some(credentials) = invite.header(&HeaderName::ProxyAuthorization) else {
+            return Err(MessageBuilder::response_to(
+                invite,
+                407,
+                "Proxy Authentication Required",
+                Some(&tag),
+            )
+            .header(
+                HeaderName::ProxyAuthenticate,
+                format!(
+                    "{}, opaque=\"{}\"",
+                    nonces.challenge(now, config.digest.algorithm(), false),
+                    random_hex()
+                ),
+            )
+            .build());
+        };
+        let from = invite
+            .header(&HeaderName::From)
+            .and_then(|h| NameAddr::parse(&h.value).ok())
+            .and_then(|a| crate::sip::uri::SipUri::parse(&a.uri).ok());
+        let from_host = from
+            .as_ref()
+            .map(|u| u.host.to_string())
+            .unwrap_or_default();
+        let business = from
+            .and_then(|u| u.user)
+            .unwrap_or_default()
+            .trim_start_matches('+')
+            .to_string();
+        let user = crate::sip::dialog::request_uri(invite)
+            .and_then(|u| crate::sip::uri::SipUri::parse(&u).ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default()
+            .trim_start_matches('+')
+            .to_string();
+        let index = {
+            let mut calls = self
+                .calls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            calls.push(ServerCall {
+                user: user.clone(),
+                from_host: from_host.clone(),
+                ..ServerCall::default()
+            });
+            calls.len() - 1
+        };
+        let number = config.numbers.iter().find(|(n, _, _)| *n == business);
+        let verified = crate::sip::auth::verify(&credentials.value, "INVITE", nonces, now, |u| {
+            number.filter(|(n, _, _)| n == u).map(|(_, _, p)| p.clone())
+        });
+        let used = String::from_utf8_lossy(&credentials.value).to_ascii_uppercase();
+        let digest = if used.contains("SHA-256") {
+            Digest::Sha256
+        } else {
+            Digest::Md5
+        };
+        let status = |code: u16| {
+            self.record(index, |c| c.status = code);
+        };
+        let Some((_, pnid, _)) = number else {
+            status(400);
+            return Err(refuse(400, "Bad Request - invalid business number in From"));
+        };
+        if verified.is_err() || digest != config.digest {
+            status(403);
+            return Err(refuse(403, "Forbidden - bad digest response"));
+        }
+        self.record(index, |c| c.authorised_with = Some(digest));
+        let host_ok =
+            from_host == config.hostname || config.hostname.ends_with(&format!(".{from_host}"));
+        if !host_ok {
+            status(403);
+            return Err(refuse(
+                403,
+                "Forbidden - SIP server in From does not match configuration",
+            ));
+        }
+        if !config.graph.permitted(pnid, &user) {
+            status(403);
+            return Err(refuse(403, "Forbidden - No approved call permission"));
+        }
+        let after = match config.answer {
+            SipAnswer::Accept { after, .. } | SipAnswer::Decline { after } => after,
+        };
+        Ok((index, user, after))
+    }
+}
