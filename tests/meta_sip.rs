@@ -94,6 +94,7 @@ fn user_call(hold: Option<Duration>) -> SipUserCall {
         send_hz: 1000.0,
         expect_hz: 1000.0,
         crypto: None,
+        dtls: false,
     }
 }
 
@@ -132,6 +133,30 @@ fn a_customers_call_over_sip_with_sdes_reaches_the_pbx_with_audio_both_ways() {
     assert_eq!(cdr.business_number.as_deref(), Some(NUMBER));
     let path = cdr.codec_path.as_deref().unwrap_or_default();
     assert!(path.contains("opus") && path.contains("PCMU"), "{path}");
+}
+
+#[test]
+fn a_customers_call_over_sip_with_webrtc_media_reaches_the_pbx_with_audio_both_ways() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = switch(&rt, dir.path(), port, 63_500);
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", port, 1, &["-rtp_echo"]);
+    let mut call = user_call(Some(Duration::from_secs(3)));
+    call.dtls = true;
+    let report = rt
+        .block_on(meta(&node).user_call(&call))
+        .expect("the call runs");
+    assert_eq!(report.status, 200, "{report:?}");
+    assert!(report.record_route_kept, "{report:?}");
+    let heard = report.user.clone().expect("media ran");
+    assert!(heard.audio_verified(), "{heard:?}");
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered);
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
 }
 
 #[test]

@@ -115,6 +115,12 @@ pub fn connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, Str
     crate::sip::transport::tls::connector(ca).map_err(|e| e.to_string())
 }
 
+/// A user's media: SDES-SRTP, or WebRTC's ICE and DTLS.
+enum Media {
+    Sdes(Box<SdesUser>),
+    WebRtc(Box<super::user::SimUser>),
+}
+
 /// Meta calling the business's SIP server: a customer's call over SIP.
 #[derive(Clone)]
 pub struct MetaSipClient {
@@ -150,6 +156,9 @@ pub struct SipUserCall {
     pub send_hz: f32,
     /// Tone the customer expects to hear (Hz).
     pub expect_hz: f32,
+    /// The user's media is WebRTC (ICE and DTLS-SRTP, the number's `srtp = "dtls"`), not
+    /// SDES.
+    pub dtls: bool,
     /// Offer this `a=crypto` value instead of the user's keys (a rehearsal of an offer the
     /// business cannot use: it answers 488).
     pub crypto: Option<String>,
@@ -193,7 +202,13 @@ impl MetaSipClient {
     /// way, then the customer's BYE, or the business's answered.
     pub async fn user_call(&self, call: &SipUserCall) -> Result<SipCallReport, String> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let (mut user, mut offer) = SdesUser::offer(socket).map_err(|e| e.to_string())?;
+        let (mut user, mut offer) = if call.dtls {
+            let (user, offer) = super::user::SimUser::offer(socket).map_err(|e| e.to_string())?;
+            (Media::WebRtc(Box::new(user)), offer)
+        } else {
+            let (user, offer) = SdesUser::offer(socket).map_err(|e| e.to_string())?;
+            (Media::Sdes(Box::new(user)), offer)
+        };
         if let Some(crypto) = &call.crypto {
             offer = offer
                 .lines()
@@ -305,16 +320,22 @@ impl MetaSipClient {
         // Meta's proxies consume their own Route entries: the ACK reaches the business
         // without them.
         conn.send(&in_dialog(Method::Ack, 1, &conn).build()).await?;
-        user.apply_answer(&String::from_utf8_lossy(&ok.body))
-            .map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&ok.body).into_owned();
+        match &mut user {
+            Media::Sdes(u) => u.apply_answer(&answer),
+            Media::WebRtc(u) => u.apply_answer(&answer),
+        }
+        .map_err(|e| e.to_string())?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let media_stop = Arc::clone(&stop);
         let (send_hz, expect_hz) = (call.send_hz, call.expect_hz);
         let hold = call.hold.unwrap_or(Duration::from_secs(30));
         let connected_at = Instant::now();
-        let mut media =
-            tokio::task::spawn_blocking(move || user.run(hold, send_hz, expect_hz, &media_stop));
+        let mut media = tokio::task::spawn_blocking(move || match user {
+            Media::Sdes(u) => u.run(hold, send_hz, expect_hz, &media_stop),
+            Media::WebRtc(u) => u.run(hold, send_hz, expect_hz, &media_stop),
+        });
         let user_report = loop {
             tokio::select! {
                 done = &mut media => break done.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?,
