@@ -34,7 +34,7 @@ pub enum Carrier {
 }
 
 /// A customer's call as Meta offered it (a `connect` webhook, or an INVITE over SIP).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WhatsAppInbound {
     /// Meta's Graph API, and the outbox of actions Meta must get.
     pub outbox: Outbox,
@@ -46,6 +46,17 @@ pub struct WhatsAppInbound {
     pub wa_call_id: String,
     /// Meta's SDP offer.
     pub offer_sdp: String,
+}
+
+impl std::fmt::Debug for WhatsAppInbound {
+    /// Without the offer: over SIP it holds Meta's SRTP key (`a=crypto`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsAppInbound")
+            .field("carrier", &self.carrier)
+            .field("phone_number_id", &self.phone_number_id)
+            .field("wa_call_id", &self.wa_call_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the switch reaches Meta to call a customer.

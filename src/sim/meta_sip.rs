@@ -616,7 +616,7 @@ impl MetaSipServer {
                     match msg.method().cloned() {
                         Some(Method::Invite) if !live.contains_key(&call_id) => {
                             match self.invite(&msg, config, nonces) {
-                                Err(refusal) => out.push(refusal),
+                                Err(refusal) => out.push(*refusal),
                                 Ok((index, user, after)) => {
                                     let tag = random_hex();
                                     let ringing = MessageBuilder::response_to(&msg, 180, "Ringing", Some(&tag))
@@ -777,32 +777,36 @@ impl MetaSipServer {
         invite: &SipMessage,
         config: &MetaSipServerConfig,
         nonces: &crate::sip::auth::NonceIssuer,
-    ) -> Result<(usize, String, Duration), SipMessage> {
+    ) -> Result<(usize, String, Duration), Box<SipMessage>> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let tag = random_hex();
         let refuse = |code: u16, reason: &str| {
-            MessageBuilder::response_to(invite, code, reason, Some(&tag))
-                .header(HeaderName::Warning, format!("399 wa.meta.vc \"{reason}\""))
-                .build()
+            Box::new(
+                MessageBuilder::response_to(invite, code, reason, Some(&tag))
+                    .header(HeaderName::Warning, format!("399 wa.meta.vc \"{reason}\""))
+                    .build(),
+            )
         };
         let Some(credentials) = invite.header(&HeaderName::ProxyAuthorization) else {
-            return Err(MessageBuilder::response_to(
-                invite,
-                407,
-                "Proxy Authentication Required",
-                Some(&tag),
-            )
-            .header(
-                HeaderName::ProxyAuthenticate,
-                format!(
-                    "{}, opaque=\"{}\"",
-                    nonces.challenge(now, config.digest.algorithm(), false),
-                    random_hex()
-                ),
-            )
-            .build());
+            return Err(Box::new(
+                MessageBuilder::response_to(
+                    invite,
+                    407,
+                    "Proxy Authentication Required",
+                    Some(&tag),
+                )
+                .header(
+                    HeaderName::ProxyAuthenticate,
+                    format!(
+                        "{}, opaque=\"{}\"",
+                        nonces.challenge(now, config.digest.algorithm(), false),
+                        random_hex()
+                    ),
+                )
+                .build(),
+            ));
         };
         let from = invite
             .header(&HeaderName::From)

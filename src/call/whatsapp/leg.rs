@@ -42,7 +42,7 @@ use crate::sip::msg::{HeaderName, Method, SipMessage};
 pub(crate) const CONNECT_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// Which way the leg crosses Meta.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Way {
     /// The customer called: Meta's id of the call and the switch's answer to Meta's offer.
     Inbound {
@@ -60,6 +60,27 @@ pub(crate) enum Way {
         /// How long the customer may take to answer a callback.
         ring_timeout: Duration,
     },
+}
+
+impl std::fmt::Debug for Way {
+    /// Without the SDP: an SDES answer or offer holds our SRTP key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Way::Inbound { wa_call_id, .. } => f
+                .debug_struct("Inbound")
+                .field("wa_call_id", wa_call_id)
+                .finish_non_exhaustive(),
+            Way::Outbound {
+                customer,
+                ring_timeout,
+                ..
+            } => f
+                .debug_struct("Outbound")
+                .field("customer", customer)
+                .field("ring_timeout", ring_timeout)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// How the leg meets the rest of its call.

@@ -43,7 +43,7 @@ pub(crate) fn header_text(msg: &SipMessage, name: &str) -> Option<String> {
 }
 
 /// A customer's call as Meta's INVITE brought it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct MetaSipCall {
     /// The INVITE's server transaction.
     pub(crate) server: ServerId,
@@ -53,6 +53,16 @@ pub(crate) struct MetaSipCall {
     pub(crate) peer: SocketAddr,
     /// Our Contact.
     pub(crate) contact: String,
+}
+
+impl std::fmt::Debug for MetaSipCall {
+    /// Without the INVITE's body: it holds Meta's SRTP key (`a=crypto`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaSipCall")
+            .field("call_id", &String::from_utf8_lossy(&self.call_id()))
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetaSipCall {
@@ -298,7 +308,6 @@ enum OutStage {
 }
 
 /// The switch's call to a customer through Meta's SIP proxy.
-#[derive(Debug)]
 pub(crate) struct MetaSipOutbound {
     business: String,
     hostname: String,
@@ -321,6 +330,17 @@ pub(crate) struct MetaSipOutbound {
     /// hung up.
     ended: bool,
     dialog: Option<Dialog>,
+}
+
+impl std::fmt::Debug for MetaSipOutbound {
+    /// Without the INVITE: its offer holds our SRTP key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaSipOutbound")
+            .field("call_id", &self.call_id)
+            .field("proxy", &self.proxy)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetaSipOutbound {
@@ -576,6 +596,12 @@ impl MetaSipOutbound {
                                     },
                                 });
                             }
+                            // Credentials refused: the PBX is told so, not challenged
+                            // for ours.
+                            401 | 407 => events.push(WaEvent::Connected(Err((
+                                403,
+                                "Forbidden - Meta refused the number's SIP credentials".into(),
+                            )))),
                             // Meta refused before placing anything: its status goes to
                             // the PBX as it came.
                             _ if !self.taken => events.push(WaEvent::Connected(Err((

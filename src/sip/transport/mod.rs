@@ -56,6 +56,18 @@ impl Kind {
 }
 
 impl SipHandle {
+    /// A TLS handle bound to no listener, and what is queued on it (sans-IO tests).
+    #[cfg(test)]
+    pub(crate) fn detached_for_tests() -> (SipHandle, mpsc::Receiver<SipCommand>) {
+        let (tx, rx) = mpsc::channel(16);
+        let handle = SipHandle {
+            tx,
+            local: SocketAddr::from(([127, 0, 0, 1], 5061)),
+            kind: Kind::Tls,
+        };
+        (handle, rx)
+    }
+
     /// Queues `command`; false when the listener is gone.
     pub(crate) async fn send(&self, command: SipCommand) -> bool {
         self.tx.send(command).await.is_ok()
