@@ -146,6 +146,11 @@ struct SimCalls {
     /// Place one user-initiated call (scripted mode).
     #[arg(long, conflicts_with = "rate")]
     call: bool,
+    /// How the --call reaches the switch: Meta's webhooks and Graph API, or Meta's SIP
+    /// interface over TLS (a number in SIP mode; the switch's [sip.tls] address,
+    /// meta.sip.hostname checked against its certificate, trusting sip.tls.ca).
+    #[arg(long, value_enum, default_value = "graph", requires = "call")]
+    via: ViaArg,
     /// Load mode: new user-initiated calls per second.
     #[arg(long)]
     rate: Option<f64>,
@@ -207,6 +212,12 @@ struct SimCalls {
     /// Address the simulated users' media binds to.
     #[arg(long, default_value = "127.0.0.1")]
     media_ip: std::net::IpAddr,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ViaArg {
+    Graph,
+    Sip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -526,6 +537,10 @@ async fn run(config: Config) -> ExitCode {
 }
 
 async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitCode {
+    if calls.call && calls.via == ViaArg::Sip {
+        // Meta's SIP side places the call; the serving sim keeps the Graph API.
+        return sim_sip_call(&config, &calls).await;
+    }
     let numbers = config
         .business_numbers
         .iter()
@@ -628,6 +643,14 @@ async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitC
             }
         }
     }
+    // Numbers in SIP mode: the sim is also Meta's SIP proxy, taking the switch's calls.
+    let _meta_sip = match meta_sip_server(&config, &calls, &graph).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let served = axum::serve(listener, graph.router())
         .with_graceful_shutdown(wait_for_stop_signal())
         .await;
@@ -635,6 +658,163 @@ async fn sim(config: Config, meta: config::MetaConfig, calls: SimCalls) -> ExitC
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("waswitch sim: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// The SIP-mode numbers of `config`, with `[meta.sip]` and `[sip.tls]`: what the sim needs
+/// to play Meta's SIP interface. `None`: no number is in SIP mode.
+fn sip_mode(config: &Config) -> Result<Option<(&config::MetaSip, &config::SipTls)>, String> {
+    if !config
+        .business_numbers
+        .iter()
+        .any(|b| b.signaling == config::Signaling::Sip)
+    {
+        return Ok(None);
+    }
+    let file = config.source.display();
+    let sip = config
+        .meta
+        .as_ref()
+        .and_then(|m| m.sip.as_ref())
+        .ok_or_else(|| format!("{file}: meta.sip: a number is in SIP mode; add [meta.sip]"))?;
+    let tls = config.sip.tls.as_ref().ok_or_else(|| {
+        format!("{file}: sip.tls: the sim speaks TLS with the switch; add [sip.tls]")
+    })?;
+    Ok(Some((sip, tls)))
+}
+
+/// Serving mode for numbers in SIP mode: Meta's SIP proxy at `sim.sip_listen`, presenting
+/// the rehearsal's certificate ([sip.tls]), challenging the switch's calls with each
+/// number's `sip_password`, its users answering as --answer, --ring-ms and --hold say.
+async fn meta_sip_server(
+    config: &Config,
+    calls: &SimCalls,
+    graph: &waswitch::sim::graph::SimGraph,
+) -> Result<Option<waswitch::sim::meta_sip::MetaSipServer>, String> {
+    use waswitch::sim::meta_sip::{Digest, MetaSipServer, MetaSipServerConfig, SipAnswer};
+    let Some((sip, tls)) = sip_mode(config)? else {
+        return Ok(None);
+    };
+    let ring = std::time::Duration::from_millis(calls.ring_ms);
+    let hold = std::time::Duration::from_secs_f64(calls.hold.max(0.0));
+    let server_config = MetaSipServerConfig {
+        hostname: sip.hostname.clone(),
+        numbers: config
+            .business_numbers
+            .iter()
+            .filter(|b| b.signaling == config::Signaling::Sip)
+            .map(|b| {
+                (
+                    b.display_number.clone(),
+                    b.phone_number_id.clone(),
+                    b.sip_password.expose().to_string(),
+                )
+            })
+            .collect(),
+        digest: Digest::Md5,
+        answer: match calls.answer {
+            AnswerArg::Reject | AnswerArg::Ignore => SipAnswer::Decline { after: ring },
+            AnswerArg::Accept => SipAnswer::Accept { after: ring, hold },
+        },
+        graph: graph.clone(),
+    };
+    let server = MetaSipServer::start(config.sim.sip_listen, &tls.cert, &tls.key, server_config)
+        .await
+        .map_err(|e| format!("sim.sip_listen {}: {e}", config.sim.sip_listen))?;
+    eprintln!(
+        "waswitch sim: Meta's SIP proxy on sips:{} (the switch's meta.sip.proxy)",
+        server.addr()
+    );
+    Ok(Some(server))
+}
+
+/// `--call --via sip`: one customer's call over Meta's SIP interface to the switch's TLS
+/// listener; a JSON summary; 0 when it connected with its audio verified.
+async fn sim_sip_call(config: &Config, calls: &SimCalls) -> ExitCode {
+    let (sip, tls) = match sip_mode(config) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            eprintln!(
+                "{}: business_number: --via sip calls a number with signaling = \"sip\"; none is",
+                config.source.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let number = config
+        .business_numbers
+        .iter()
+        .filter(|b| b.signaling == config::Signaling::Sip)
+        .find(|b| {
+            calls
+                .number
+                .as_ref()
+                .is_none_or(|id| &b.phone_number_id == id)
+        });
+    let Some(number) = number else {
+        eprintln!("--number: not a business_number in SIP mode");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(ca) = &tls.ca else {
+        eprintln!(
+            "{}: sip.tls.ca: the sim checks the switch's certificate; give the CA that signed it",
+            config.source.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let connector = match waswitch::sim::meta_sip::connector(ca) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sip.tls.ca {}: {e}", ca.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let client = waswitch::sim::meta_sip::MetaSipClient::new(connector, &sip.hostname, tls.listen);
+    let call = waswitch::sim::meta_sip::SipUserCall {
+        business: number.display_number.clone(),
+        user: calls.user.clone(),
+        user_params: Vec::new(),
+        hold: Some(std::time::Duration::from_secs_f64(calls.hold.max(0.0))),
+        send_hz: 440.0,
+        expect_hz: calls.expect_hz,
+        crypto: None,
+        dtls: number.srtp == config::SrtpKeying::Dtls,
+    };
+    match client.user_call(&call).await {
+        Ok(report) => {
+            let media = report.user.as_ref();
+            let verified = media.is_some_and(|m| m.audio_verified());
+            let summary = serde_json::json!({
+                "wa_call_id": report.wa_call_id,
+                "status": report.status,
+                "reason": report.reason,
+                "record_route_kept": report.record_route_kept,
+                "connected": media.is_some_and(|m| m.connected),
+                "setup_ms": media.and_then(|m| m.setup).map(|d| d.as_millis() as u64),
+                "packets_in": media.map_or(0, |m| m.packets_in),
+                "packets_out": media.map_or(0, |m| m.packets_out),
+                "tone_share": media.map_or(0.0, |m| m.tone_share),
+                "audio_verified": verified,
+                "ended_by": report.ended_by,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
+            if verified && report.status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("waswitch sim: the call over SIP failed: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

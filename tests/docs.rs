@@ -434,6 +434,14 @@ fn the_app_rehearsal_runs_as_documented() {
 }
 
 #[test]
+fn the_sip_mode_rehearsal_runs_as_documented() {
+    in_own_namespace("the_sip_mode_rehearsal_runs_as_documented", || {
+        let path = "config/examples/sip-mode-sim.toml";
+        vec![(path.into(), config_commands(path))]
+    });
+}
+
+#[test]
 fn the_b2bua_rehearsal_runs_as_documented() {
     in_own_namespace("the_b2bua_rehearsal_runs_as_documented", || {
         let path = "config/examples/sip-b2bua.toml";
@@ -468,6 +476,7 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         ("config/examples/uic-sim.toml", 3),
         ("config/examples/bic-sim.toml", 9),
         ("config/examples/sip-b2bua.toml", 3),
+        ("config/examples/sip-mode-sim.toml", 7),
         ("config/examples/ivr-sim.toml", 6),
         ("config/examples/agents-sim.toml", 4),
         ("config/examples/app-sim.toml", 6),

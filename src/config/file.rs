@@ -497,6 +497,12 @@ pub(crate) struct BusinessNumberSection {
 pub(crate) struct SimSection {
     #[serde(default = "default_sim_listen")]
     pub listen: String,
+    #[serde(default = "default_sim_sip_listen")]
+    pub sip_listen: String,
+}
+
+fn default_sim_sip_listen() -> String {
+    "127.0.0.1:5081".to_string()
 }
 
 fn default_sim_listen() -> String {
@@ -507,6 +513,7 @@ impl Default for SimSection {
     fn default() -> Self {
         Self {
             listen: default_sim_listen(),
+            sip_listen: default_sim_sip_listen(),
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct BusinessNumber {
 pub struct SimConfig {
     /// Where it serves the Graph API.
     pub listen: SocketAddr,
+    /// Where it plays Meta's SIP proxy over TLS (numbers in SIP mode).
+    pub sip_listen: SocketAddr,
 }
 
 /// Whether the authority of a URL (`host[:port][/path]`) names a loopback host.

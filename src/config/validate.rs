@@ -241,6 +241,8 @@ impl Validator {
         let trunks = self.trunks(&raw.trunk, sip_listen);
         let agents = self.agents(&raw.agent);
         let sim_listen = self.socket_addr("sim.listen", &raw.sim.listen, "127.0.0.1:8090");
+        let sim_sip_listen =
+            self.socket_addr("sim.sip_listen", &raw.sim.sip_listen, "127.0.0.1:5081");
         let outbound_tls = matches!(&tls, Some(Some(t)) if t.ca.is_some());
         let routes = self.routes(&raw.route, &raw.trunk, &trunks, &transports, outbound_tls);
         let queues = self.queues(&raw.queue, &raw.agent, &agents, &routes);
@@ -416,6 +418,7 @@ impl Validator {
             api_tokens,
             sim: SimConfig {
                 listen: sim_listen?,
+                sip_listen: sim_sip_listen?,
             },
             cdr_webhook,
             permissions: permissions?,
