@@ -801,3 +801,86 @@ fn apps_load_and_routes_to_them_hand_calls_over() {
     let p = one_problem(&base.replace("route = \"to-shop\"", "app = \"shop\"\nentry = \"front\""));
     assert_eq!(p.key, "business_number[0].app");
 }
+
+#[test]
+fn a_number_in_sip_mode_needs_meta_sip_tls_and_a_ca_and_each_mistake_is_named() {
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+    let meta = "[meta]\naccess_token = \"a\"\napp_secret = \"b\"\nverify_token = \"c\"\n";
+    let sip = |transports: &str, ca: bool| {
+        format!(
+            "[sip]\ntransports = [{transports}]\n[sip.tls]\ncert = \"{tls}/server.pem\"\n\
+             key = \"{tls}/server.key\"\n{}",
+            if ca {
+                format!("ca = \"{tls}/ca.pem\"\n")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let number = |fields: &str| {
+        format!(
+            "[[business_number]]\nphone_number_id = \"1\"\ndisplay_number = \"15551112222\"\n\
+             country = \"US\"\nroute = \"support\"\n{fields}"
+        )
+    };
+    let meta_sip = "[meta.sip]\nhostname = \"sip.example.com\"\n";
+    let good = format!(
+        "{}{META_BASE}{meta}{meta_sip}{}",
+        sip("\"udp\", \"tls\"", true),
+        number("signaling = \"sip\"\nsip_password = \"pw\"\n")
+    );
+    let c = load(&good).expect("valid");
+    let n = &c.business_numbers[0];
+    assert_eq!((n.signaling, n.srtp), (Signaling::Sip, SrtpKeying::Sdes));
+    assert!(!format!("{c:?}").contains("\"pw\""));
+    let ms = c.meta.and_then(|m| m.sip).expect("[meta.sip]");
+    assert_eq!(ms.proxy, "wa.meta.vc:5061");
+    assert!(ms
+        .allow_from
+        .iter()
+        .any(|n| n.contains("157.240.1.1".parse().expect("ip"))));
+    assert!(!ms
+        .allow_from
+        .iter()
+        .any(|n| n.contains("127.0.0.1".parse().expect("ip"))));
+
+    let p = one_problem(&format!(
+        "{}{META_BASE}{meta}{}",
+        sip("\"udp\", \"tls\"", true),
+        number("signaling = \"sip\"\n")
+    ));
+    assert_eq!(p.key, "business_number[0].signaling");
+    assert!(p.fix.contains("[meta.sip]"), "{}", p.fix);
+    let p = one_problem(&format!(
+        "{}{META_BASE}{meta}{meta_sip}{}",
+        sip("\"udp\", \"tls\"", false),
+        number("signaling = \"sip\"\n")
+    ));
+    assert_eq!(p.key, "sip.tls.ca");
+    let p = one_problem(&format!(
+        "{META_BASE}{meta}{meta_sip}{}",
+        number("signaling = \"sip\"\n")
+    ));
+    assert_eq!(p.key, "business_number[0].signaling");
+    assert!(p.fix.contains("\"tls\""), "{}", p.fix);
+    let p = one_problem(&format!(
+        "{META_BASE}{meta}{}",
+        number("signaling = \"webrtc\"\n")
+    ));
+    assert_eq!(p.key, "business_number[0].signaling");
+    let p = one_problem(&format!("{META_BASE}{meta}{}", number("srtp = \"sdes\"\n")));
+    assert_eq!(p.key, "business_number[0].srtp");
+    assert!(p.fix.contains("signaling = \"sip\""), "{}", p.fix);
+    let p = one_problem(&format!(
+        "{}{META_BASE}{meta}[meta.sip]\nhostname = \"sip example\"\n{}",
+        sip("\"udp\", \"tls\"", true),
+        number("signaling = \"sip\"\n")
+    ));
+    assert_eq!(p.key, "meta.sip.hostname");
+    let p = one_problem(&format!(
+        "{}{META_BASE}{meta}{meta_sip}proxy = \"wa.meta.vc\"\n{}",
+        sip("\"udp\", \"tls\"", true),
+        number("signaling = \"sip\"\n")
+    ));
+    assert_eq!(p.key, "meta.sip.proxy");
+}

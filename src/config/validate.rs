@@ -294,6 +294,13 @@ impl Validator {
                     "add [meta.sip] with the hostname configured as the number's SIP server with Meta",
                 );
             }
+            if transports.contains(&Transport::Tls) && !outbound_tls {
+                self.problem(
+                    "sip.tls.ca",
+                    format!("is missing but business_number[{i}] is in SIP mode: its calls to customers go to Meta's proxy over TLS, whose certificate is checked"),
+                    "set it to the CA certificates to trust, e.g. the system's bundle /etc/ssl/certs/ca-certificates.crt",
+                );
+            }
             if !transports.contains(&Transport::Tls) {
                 self.problem(
                     &format!("business_number[{i}].signaling"),

@@ -675,6 +675,18 @@ impl WhatsAppLegState {
                 "Service Unavailable - Meta's SIP proxy not found".to_string(),
             ))));
         };
+        let host = dialer
+            .proxy
+            .rsplit_once(':')
+            .map_or(dialer.proxy.as_str(), |(h, _)| h);
+        if host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            // Meta's certificate names wa.meta.vc, not the address it resolved to.
+            crate::sip::transport::tls::name_peer(proxy, host);
+        }
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
         let call_id = format!("{hi:x}{lo:x}@{}", dialer.hostname);
         let tag = format!("{:x}wa", lo ^ hi.rotate_left(7));

@@ -393,8 +393,9 @@ async fn connect(
                 connection(stream, peer, inbound, stop).await;
                 return;
             };
-            // Trunks are addressed by IP: their certificate must name that IP.
-            let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+            // Trunks are addressed by IP: their certificate must name that IP; a peer
+            // reached by a DNS name (Meta's proxy) must carry that name.
+            let name = super::tls::server_name(peer);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
                 Ok(Ok(stream)) => connection(stream, peer, inbound, stop).await,
                 Ok(Err(e)) => {

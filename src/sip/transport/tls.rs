@@ -65,3 +65,23 @@ pub(crate) fn connector(ca: &Path) -> Result<TlsConnector, TlsError> {
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
+
+/// Peers reached by a DNS name (Meta's proxy, `wa.meta.vc`): the address the name resolved
+/// to, and the name their certificate is checked against. Peers not named here (trunks,
+/// addressed by IP) are checked against their IP address.
+static SERVER_NAMES: std::sync::LazyLock<dashmap::DashMap<std::net::SocketAddr, String>> =
+    std::sync::LazyLock::new(dashmap::DashMap::new);
+
+/// The certificate of the peer at `addr` is checked against `name` (the name `addr` was
+/// resolved from).
+pub(crate) fn name_peer(addr: std::net::SocketAddr, name: &str) {
+    SERVER_NAMES.insert(addr, name.to_string());
+}
+
+/// The name the certificate of the peer at `addr` must carry.
+pub(crate) fn server_name(addr: std::net::SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    SERVER_NAMES
+        .get(&addr)
+        .and_then(|n| rustls::pki_types::ServerName::try_from(n.value().clone()).ok())
+        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
+}
