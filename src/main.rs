@@ -105,6 +105,11 @@ enum SettingsAction {
         /// Include each SIP server's password (Meta's include_sip_credentials=true).
         #[arg(long)]
         include_sip_credentials: bool,
+        /// Fetch the number's SIP password (Meta's password for the switch's SIP server,
+        /// meta.sip.hostname) into this file, readable by its owner only, for the number's
+        /// sip_password_file; the settings are printed without it.
+        #[arg(long, value_name = "FILE")]
+        save_sip_password: Option<PathBuf>,
     },
     /// Change the number's calling settings: CHANGE is a JSON object of Meta's `calling`
     /// keys (`-` reads it from standard input); `"call_hours": {"schedule": "<name>"}` sends
@@ -396,11 +401,37 @@ async fn meta(config: Config, action: MetaAction) -> ExitCode {
     let result = match action {
         SettingsAction::Get {
             include_sip_credentials,
+            save_sip_password: None,
             ..
         } => {
             graph
                 .calling_settings_with(&pnid, include_sip_credentials)
                 .await
+        }
+        SettingsAction::Get {
+            save_sip_password: Some(file),
+            ..
+        } => {
+            let hostname = meta.sip.as_ref().map(|s| s.hostname.as_str());
+            match graph.calling_settings_with(&pnid, true).await {
+                Ok(mut calling) => {
+                    let shown = file.display().to_string();
+                    let Some(password) =
+                        settings::take_sip_password(&mut calling, hostname, &shown)
+                    else {
+                        eprintln!(
+                            "waswitch meta settings get: Meta holds no SIP server with a password for this number (set one with `waswitch meta settings set '{{\"sip\": {{\"status\": \"ENABLED\", \"servers\": [{{\"hostname\": \"<meta.sip.hostname>\"}}]}}}}'`)"
+                        );
+                        return ExitCode::from(EXIT_FAILURE);
+                    };
+                    if let Err(e) = save_secret(&file, &password) {
+                        eprintln!("waswitch meta settings get: {}: {e}", file.display());
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                    Ok(calling)
+                }
+                Err(e) => Err(e),
+            }
         }
         SettingsAction::Set { change, .. } => {
             let text = if change == "-" {
@@ -447,6 +478,31 @@ async fn meta(config: Config, action: MetaAction) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Writes `secret` to `path`, readable and writable by its owner only: a new file beside
+/// it, renamed over it, so a reader never sees half of it.
+fn save_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?
+        .to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    let written = file
+        .write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 async fn audit(config: Config, action: AuditAction) -> ExitCode {

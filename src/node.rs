@@ -429,6 +429,15 @@ impl Node {
                 .filter(|b| b.signaling == crate::config::Signaling::Sip)
                 .map(|b| b.display_number.clone())
                 .collect();
+            for b in config.business_numbers.iter().filter(|b| {
+                b.signaling == crate::config::Signaling::Sip && b.sip_password.expose().is_empty()
+            }) {
+                tracing::warn!(
+                    number = %b.display_number,
+                    "a number in SIP mode without its SIP password: Meta will refuse its calls to customers; fetch it with `waswitch meta settings get --number {} --save-sip-password <sip_password_file>`",
+                    b.phone_number_id
+                );
+            }
             if !numbers.is_empty() {
                 ingress.set_meta_sip(crate::call::sip::ingress::MetaSipIngress {
                     config: sip,

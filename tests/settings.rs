@@ -304,3 +304,71 @@ fn the_command_line_reads_and_changes_the_settings() {
     assert_eq!(code, Some(2), "{err}");
     drop(rt);
 }
+
+#[test]
+fn the_sip_password_is_fetched_into_a_file_the_number_reads_and_is_never_printed() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_graph, sim_addr) = rt.block_on(sim());
+    let config = dir.path().join("waswitch.toml");
+    std::fs::write(&config, toml(sim_addr)).expect("config");
+    let run = |config: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"));
+        cmd.args(["meta", "settings"]).args(args);
+        cmd.args(["--config", &config.to_string_lossy()]);
+        let out = cmd.output().expect("waswitch");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = dir.path().join("sip-password");
+    let file_arg = file.to_string_lossy().into_owned();
+    // No SIP server at Meta yet: nothing to fetch, and no file.
+    let (code, _, err) = run(&config, &["get", "--save-sip-password", &file_arg]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no SIP server"), "{err}");
+    assert!(!file.exists());
+    let (code, _, err) = run(
+        &config,
+        &[
+            "set",
+            r#"{"status": "ENABLED", "sip": {"status": "ENABLED", "servers": [{"hostname": "sip.example.com", "port": 5061}]}}"#,
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = run(&config, &["get", "--include-sip-credentials"]);
+    assert_eq!(code, Some(0));
+    let shown: Value = serde_json::from_str(&out).expect("JSON");
+    let password = shown["sip"]["servers"][0]["sip_user_password"]
+        .as_str()
+        .expect("Meta's password")
+        .to_string();
+    assert!(password.len() >= 8, "{shown}");
+
+    let (code, out, err) = run(&config, &["get", "--save-sip-password", &file_arg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains(&password), "{out}");
+    assert!(out.contains("saved to"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("saved").trim(),
+        password
+    );
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A number in SIP mode reads it from there.
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+    let sip_mode = format!(
+        "[sip]\ntransports = [\"udp\", \"tls\"]\n[sip.tls]\ncert = \"{tls}/server.pem\"\n\
+         key = \"{tls}/server.key\"\nca = \"{tls}/ca.pem\"\n{}",
+        toml(sim_addr)
+            .replace("echo_test = true", &format!("echo_test = true\nsignaling = \"sip\"\nsrtp = \"dtls\"\nsip_password_file = \"{file_arg}\""))
+            .replace("verify_token = \"vt\"", "verify_token = \"vt\"\n[meta.sip]\nhostname = \"sip.example.com\"")
+    );
+    let loaded = waswitch::config::Config::from_toml(&config, &sip_mode, |_| None).expect("valid");
+    assert_eq!(loaded.business_numbers[0].sip_password.expose(), password);
+    drop(rt);
+}

@@ -490,6 +490,8 @@ pub(crate) struct BusinessNumberSection {
     pub srtp: Option<String>,
     #[serde(default)]
     pub sip_password: String,
+    #[serde(default)]
+    pub sip_password_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

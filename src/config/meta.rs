@@ -450,10 +450,49 @@ impl Validator {
                     "set signaling = \"sip\" to carry its calls over Meta's SIP interface, or remove it",
                 );
             }
+            let sip_password = match (&b.sip_password_file, b.sip_password.is_empty()) {
+                (None, _) => b.sip_password.trim().to_string(),
+                (Some(_), false) => {
+                    self.problem(
+                        &key("sip_password_file"),
+                        "is given together with sip_password",
+                        "keep the file (fetched with `waswitch meta settings get --save-sip-password`) and remove sip_password",
+                    );
+                    String::new()
+                }
+                // Not fetched yet: the number's calls to customers are refused by Meta
+                // until it is (the node says so at start).
+                (Some(path), true) => match std::fs::read_to_string(path) {
+                    Ok(text) => text.trim().to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => {
+                        self.problem(
+                            &key("sip_password_file"),
+                            format!("{path}: {e}"),
+                            "make the file readable by the switch's user",
+                        );
+                        String::new()
+                    }
+                },
+            };
+            if signaling == Signaling::Sip && srtp == SrtpKeying::Sdes && b.echo_test {
+                self.problem(
+                    &key("echo_test"),
+                    "an echo test over SIP needs WebRTC media: the switch echoes only a WebRTC leg",
+                    "set srtp = \"dtls\" for this number, or keep its echo test in Graph mode",
+                );
+            }
+            if signaling == Signaling::Graph && b.sip_password_file.is_some() {
+                self.problem(
+                    &key("sip_password_file"),
+                    "is set but the number's signaling is \"graph\"",
+                    "set signaling = \"sip\" to carry its calls over Meta's SIP interface, or remove it",
+                );
+            }
             out.push(BusinessNumber {
                 signaling,
                 srtp,
-                sip_password: Secret::new(b.sip_password.trim()),
+                sip_password: Secret::new(sip_password),
                 phone_number_id: id.to_string(),
                 display_number: number.to_string(),
                 country,

@@ -53,6 +53,42 @@ pub fn prepare(change: Value, schedules: &[ScheduleConfig]) -> Result<Value, Str
     Ok(Value::Object(change))
 }
 
+/// Takes the SIP password out of `calling` (Meta's answer with `include_sip_credentials`):
+/// the `sip_user_password` of the SIP server named `hostname`, else of the first server
+/// that has one. Every password in `calling` is replaced by a note of where it went, so
+/// the settings can be shown.
+pub fn take_sip_password(
+    calling: &mut Value,
+    hostname: Option<&str>,
+    saved_to: &str,
+) -> Option<String> {
+    let servers = calling
+        .get_mut("sip")
+        .and_then(|s| s.get_mut("servers"))
+        .and_then(Value::as_array_mut)?;
+    let ours = servers
+        .iter()
+        .position(|s| {
+            hostname.is_some_and(|h| s.get("hostname").and_then(Value::as_str) == Some(h))
+                && s.get("sip_user_password").is_some()
+        })
+        .or_else(|| {
+            servers
+                .iter()
+                .position(|s| s.get("sip_user_password").is_some())
+        })?;
+    let password = servers[ours]
+        .get("sip_user_password")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    for s in servers.iter_mut() {
+        if let Some(p) = s.get_mut("sip_user_password") {
+            *p = json!(format!("(saved to {saved_to})"));
+        }
+    }
+    password
+}
+
 /// How a failed settings request is answered: Meta's own refusal passed through (its
 /// HTTP status and error object, so a validation error reads exactly as Meta wrote it),
 /// anything else as 502 (Meta not reached, or an answer that makes no sense) or 400 (a
