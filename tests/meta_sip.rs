@@ -17,6 +17,7 @@ use waswitch::sim::meta_sip::{
     META_RECORD_ROUTE,
 };
 use waswitch::sim::users::{Behaviour, CallAnswer, PermissionAnswer, Users};
+use waswitch::sim::webhooks;
 use waswitch::store::{CallOutcome, Cdr, Direction, HangupParty};
 
 const PNID: &str = "105615555715855";
@@ -260,11 +261,10 @@ async fn granted(node: &Node, customer: &str) {
 /// The PBX (SIPp) calls `customer` from the business number with `scenario`: SIPp's exit
 /// code, counters and output.
 async fn pbx_dials(
-    node: &Node,
+    target: std::net::SocketAddr,
     scenario: &'static str,
     customer: &str,
 ) -> (i32, std::collections::HashMap<String, u64>, String) {
-    let target = node.sip_udp_addr().expect("SIP over UDP");
     let customer = customer.to_string();
     tokio::task::spawn_blocking(move || {
         common::run_sipp_with(
@@ -298,7 +298,7 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
                 numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
                 digest,
                 answer: SipAnswer::Accept {
-                    after: Duration::from_millis(300),
+                    after: Duration::from_millis(1500),
                     hold: Duration::from_secs(3),
                 },
                 graph: graph.clone(),
@@ -316,7 +316,7 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let _users = rt.block_on(async {
         let users = Users::start(
-            ctx,
+            ctx.clone(),
             Behaviour {
                 call: CallAnswer::Reject {
                     after: Duration::from_millis(100),
@@ -330,7 +330,26 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
         granted(&node, customer).await;
         users
     });
-    let (code, counters, log) = rt.block_on(pbx_dials(&node, "bic_uac_wait_bye.xml", customer));
+    let wacid = format!("wacid.SIP{customer}");
+    let (code, counters, log) = rt.block_on(async {
+        let dial = tokio::spawn({
+            let target = node.sip_udp_addr().expect("SIP over UDP");
+            let customer = customer.to_string();
+            async move { pbx_dials(target, "bic_uac_wait_bye.xml", &customer).await }
+        });
+        // While the customer's phone rings, Meta's SIP-mode webhook names the call.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !server.calls().iter().any(|c| c.authorised_with.is_some()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no INVITE reached Meta"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let created = webhooks::call_created(&ctx.business, &wacid, NUMBER, customer, true);
+        assert!(ctx.webhooks.deliver(&created).await.delivered());
+        dial.await.expect("sipp")
+    });
     common::assert_all_succeeded(code, &counters, &log, 1);
     let calls = rt.block_on(server.wait_calls(1, Duration::from_secs(20)));
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -345,7 +364,8 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
     assert!(heard.audio_verified(), "{heard:?}");
 
     // No grant: the switch refuses, and Meta is never asked.
-    let (code, counters, log) = rt.block_on(pbx_dials(&node, "bic_uac_refused.xml", stranger));
+    let target = node.sip_udp_addr().expect("SIP over UDP");
+    let (code, counters, log) = rt.block_on(pbx_dials(target, "bic_uac_refused.xml", stranger));
     common::assert_all_succeeded(code, &counters, &log, 1);
     assert!(log.contains("403"), "{log}");
     assert_eq!(server.calls().len(), 1, "{:?}", server.calls());
@@ -360,6 +380,7 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
     assert_eq!(answered[0].direction, Direction::BusinessInitiated);
     assert_eq!(answered[0].customer_wa_id.as_deref(), Some(customer));
     assert_eq!(answered[0].hangup_by, HangupParty::Customer);
+    assert_eq!(answered[0].wa_call_id.as_deref(), Some(wacid.as_str()));
 }
 
 #[test]

@@ -442,6 +442,17 @@ impl Calls {
         }
     }
 
+    /// Call `id` is known to Meta as `wa_call_id` (learnt after it was placed); false if
+    /// the call is gone.
+    pub fn learn_wa_call_id(&self, id: &CallId, wa_call_id: &str) -> bool {
+        match self.inner.registry.get(id) {
+            Some(call) => call
+                .send_message(CallMsg::MetaWaCallId(wa_call_id.to_string()))
+                .is_ok(),
+            None => false,
+        }
+    }
+
     /// Delivers a far-end event to one leg of a call; false if the call is gone.
     pub fn signal(&self, id: &CallId, role: LegRole, signal: LegSignal) -> bool {
         match self.inner.registry.get(id) {

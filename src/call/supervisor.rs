@@ -162,6 +162,9 @@ pub enum CallMsg {
     Media(MediaMsg),
     /// Meta's id of the call is known (business-initiated calls learn it after they start).
     WaCallId(String),
+    /// Meta's own webhook names the call (its SIP-mode `call_created`): this id is kept
+    /// over one the call's SIP dialog gave it.
+    MetaWaCallId(String),
     /// Something Meta said about the call (webhooks), for the WhatsApp leg of that Meta
     /// call id.
     WhatsApp {
@@ -256,6 +259,8 @@ pub struct Call {
     called: LegRole,
     /// The side the call's control dials (`CallPlan::dialled`).
     dial_role: LegRole,
+    /// Meta's webhook named the call: its id is not replaced.
+    wa_call_id_from_meta: bool,
     /// The supervisor couples the legs (a signalled call); otherwise a bridge does, or
     /// there is one leg.
     coupled: bool,
@@ -315,6 +320,7 @@ impl Actor for CallSupervisor {
             dialled: Vec::new(),
             called: args.plan.called(),
             dial_role: args.plan.dialled(),
+            wa_call_id_from_meta: false,
             coupled: matches!(args.plan, CallPlan::Signalled(_)),
             permit,
             trunk: None,
@@ -678,6 +684,17 @@ impl Call {
         }
     }
 
+    /// Names the call by Meta's id; webhooks that came for that id before, in order.
+    fn name_wa_call(&mut self, wa_call_id: &str) {
+        self.offer.wa_call_id = Some(wa_call_id.to_string());
+        let early = self.registry.set_wa_call_id(&self.id, wa_call_id);
+        if let Some(leg) = &self.whatsapp {
+            for event in early {
+                let _ = leg.send_message(LegMsg::WhatsApp(event));
+            }
+        }
+    }
+
     async fn on_message(&mut self, myself: &ActorRef<CallMsg>, msg: CallMsg) {
         match msg {
             CallMsg::LegChanged { role, state, cause } => {
@@ -780,15 +797,11 @@ impl Call {
                     let _ = m.send_message(msg);
                 }
             }
-            CallMsg::WaCallId(wa_call_id) => {
-                self.offer.wa_call_id = Some(wa_call_id.clone());
-                // Webhooks that overtook the Graph API's answer, in order.
-                let early = self.registry.set_wa_call_id(&self.id, &wa_call_id);
-                if let Some(leg) = &self.whatsapp {
-                    for event in early {
-                        let _ = leg.send_message(LegMsg::WhatsApp(event));
-                    }
-                }
+            CallMsg::WaCallId(_) if self.wa_call_id_from_meta => {}
+            CallMsg::WaCallId(wa_call_id) => self.name_wa_call(&wa_call_id),
+            CallMsg::MetaWaCallId(wa_call_id) => {
+                self.wa_call_id_from_meta = true;
+                self.name_wa_call(&wa_call_id);
             }
             CallMsg::Dial(setup) => {
                 let wa = match (&self.whatsapp, self.dial_role) {

@@ -110,6 +110,24 @@ pub enum TerminateStatus {
     Other(String),
 }
 
+/// `calls[].event = call_created`: a call of a number in SIP mode began (Meta's SIP
+/// interface carries it; the webhook has no session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCreated {
+    /// Meta's call id (the SIP dialog's `x-wa-meta-wacid`).
+    pub call_id: String,
+    /// Caller.
+    pub from: String,
+    /// Callee.
+    pub to: String,
+    /// Who placed it.
+    pub direction: Option<CallDirection>,
+    /// Unix seconds.
+    pub timestamp: Option<u64>,
+    /// The business number.
+    pub business: Business,
+}
+
 /// `calls[].event = terminate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallTerminate {
@@ -233,6 +251,8 @@ pub enum MetaEvent {
     Connect(CallConnect),
     /// A call ended.
     Terminate(CallTerminate),
+    /// A call over Meta's SIP interface began (its SIP-mode webhook).
+    Created(CallCreated),
     /// A business-initiated call progressed.
     Status(CallStatus),
     /// A call-permission reply.
@@ -245,6 +265,7 @@ impl MetaEvent {
         match self {
             MetaEvent::Connect(_) => "connect",
             MetaEvent::Terminate(_) => "terminate",
+            MetaEvent::Created(_) => "call_created",
             MetaEvent::Status(_) => "status",
             MetaEvent::PermissionReply(_) => "permission_reply",
         }
@@ -256,6 +277,7 @@ impl MetaEvent {
         match self {
             MetaEvent::Connect(c) => Some((&c.call_id, c.biz_opaque_callback_data.as_deref())),
             MetaEvent::Terminate(t) => Some((&t.call_id, t.biz_opaque_callback_data.as_deref())),
+            MetaEvent::Created(c) => Some((&c.call_id, None)),
             MetaEvent::Status(s) => Some((&s.call_id, s.biz_opaque_callback_data.as_deref())),
             MetaEvent::PermissionReply(_) => None,
         }
@@ -271,6 +293,7 @@ impl MetaEvent {
         match self {
             MetaEvent::Connect(c) => format!("{}|connect", c.call_id),
             MetaEvent::Terminate(t) => format!("{}|terminate", t.call_id),
+            MetaEvent::Created(c) => format!("{}|call_created", c.call_id),
             MetaEvent::Status(s) => format!("{}|status|{}", s.call_id, status_name(&s.status)),
             MetaEvent::PermissionReply(p) => format!("{}|permission_reply", p.message_id),
         }
@@ -533,6 +556,14 @@ fn call_event(
                 contact,
             }));
         }
+        "call_created" => out.events.push(MetaEvent::Created(CallCreated {
+            call_id,
+            from,
+            to,
+            direction,
+            timestamp,
+            business: business.clone(),
+        })),
         other => out.unknown.push(("event", other.to_string())),
     }
 }

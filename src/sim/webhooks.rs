@@ -99,6 +99,33 @@ pub fn business_call_connect(
     )
 }
 
+/// A SIP-mode `call_created` (no session: Meta's SIP interface carries the call): from
+/// `from` to `to`, placed by the business when `business_initiated`.
+pub fn call_created(
+    business: &BusinessRef,
+    call_id: &str,
+    from: &str,
+    to: &str,
+    business_initiated: bool,
+) -> Value {
+    let user = if business_initiated { to } else { from };
+    envelope(
+        business,
+        "calls",
+        json!({
+            "contacts": contacts(user, user),
+            "calls": [{
+                "id": call_id,
+                "from": from,
+                "to": to,
+                "event": "call_created",
+                "timestamp": unix_now().to_string(),
+                "direction": if business_initiated { "BUSINESS_INITIATED" } else { "USER_INITIATED" },
+            }],
+        }),
+    )
+}
+
 /// A business-initiated call's status (`RINGING`, `ACCEPTED`, `REJECTED`).
 pub fn call_status(
     business: &BusinessRef,
@@ -411,6 +438,17 @@ mod tests {
             (&t.status, t.duration_secs, t.errors.len()),
             (&TerminateStatus::Failed, Some(30), 1)
         );
+        let created = call_created(&b, "wacid.SIP1", "15551112222", "4915100000001", true);
+        let p = read(&created);
+        assert!(p.invalid.is_empty() && p.unknown.is_empty(), "{p:?}");
+        let MetaEvent::Created(c) = &p.events[0] else {
+            panic!("not a call_created: {p:?}");
+        };
+        assert_eq!(
+            (c.call_id.as_str(), c.to.as_str()),
+            ("wacid.SIP1", "4915100000001")
+        );
+        assert_eq!(c.direction, Some(webhook::CallDirection::BusinessInitiated));
         let p = read(&permission_reply(
             &b,
             "4477001",

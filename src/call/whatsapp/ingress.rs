@@ -14,7 +14,8 @@ use crate::config::Signaling;
 use crate::meta::graph::CallAction;
 use crate::meta::outbox::Outbox;
 use crate::meta::webhook::{
-    CallConnect, CallStatusKind, CallTerminate, MetaEvent, SdpType, TerminateStatus,
+    CallConnect, CallCreated, CallDirection, CallStatusKind, CallTerminate, MetaEvent, SdpType,
+    TerminateStatus,
 };
 use crate::sip::header::NameAddr;
 use crate::sip::msg::HeaderName;
@@ -110,6 +111,7 @@ impl WhatsAppCalls {
         match event {
             MetaEvent::Connect(c) => self.on_connect(c).await,
             MetaEvent::Terminate(t) => self.on_terminate(&t),
+            MetaEvent::Created(c) => self.on_created(&c),
             MetaEvent::Status(s) => {
                 tracing::debug!(wa_call_id = %s.call_id, status = ?s.status, "WhatsApp call status");
                 let event = match s.status {
@@ -415,6 +417,39 @@ impl WhatsAppCalls {
             for event in registry.take_early(wa_call_id) {
                 self.calls.whatsapp_event(&id, wa_call_id, event);
             }
+        }
+    }
+
+    /// Meta's SIP-mode `call_created`: the call it names is carried over SIP. A
+    /// customer's call is known by the same id (its INVITE's `x-wa-meta-wacid`); the
+    /// switch's own call to a customer learns Meta's id here (its SIP dialog may not carry
+    /// it), when exactly one call to that customer from that number waits for an answer.
+    fn on_created(&self, c: &CallCreated) {
+        let registry = self.calls.registry();
+        if let Some(id) = registry.by_wa_call_id(&c.call_id) {
+            tracing::debug!(call_id = %id, wa_call_id = %c.call_id, "Meta's call_created for a call over SIP");
+            return;
+        }
+        let business = self
+            .numbers
+            .get(&c.business.phone_number_id)
+            .map(|n| n.display_number.clone());
+        let customer = crate::number::e164_or_raw(&c.to);
+        let waiting = match (&business, c.direction.as_ref()) {
+            (Some(b), Some(CallDirection::BusinessInitiated)) => {
+                self.calls.waiting_business_calls(b, &customer)
+            }
+            _ => Vec::new(),
+        };
+        match &waiting[..] {
+            [id] => {
+                tracing::info!(call_id = %id, wa_call_id = %c.call_id, "Meta's id of a call placed over SIP");
+                self.calls.learn_wa_call_id(id, &c.call_id);
+            }
+            _ => tracing::debug!(
+                wa_call_id = %c.call_id, waiting = waiting.len(),
+                "Meta's call_created matches no one call here"
+            ),
         }
     }
 
