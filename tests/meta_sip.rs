@@ -392,3 +392,101 @@ fn a_pbx_calls_a_customer_over_sip_answering_metas_md5_challenge() {
 fn a_pbx_calls_a_customer_over_sip_answering_metas_sha256_challenge() {
     business_call_over_sip(Digest::Sha256, 63_400, "4915100000301", "4915100000302");
 }
+
+/// SDES-SRTP through the media plane against an independent implementation: baresip
+/// (`mediaenc=srtp-mand`, over TLS) stands where Meta's proxy and the customer's phone are.
+/// The PBX calls a customer who granted permission; the switch's INVITE offers its
+/// `a=crypto` keys and baresip answers with its own. baresip's 1 kHz tone crosses the
+/// switch (decrypted in its shard) to the PBX, whose echo comes back (encrypted in the
+/// shard) to baresip, which records what it decoded.
+#[test]
+fn sdes_media_through_the_switch_interoperates_with_baresip() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("baresip's directory");
+    let certificate = work.path().join("certificate.pem");
+    let pem = |name: &str| std::fs::read_to_string(Path::new(TLS_DIR).join(name)).expect("pem");
+    std::fs::write(&certificate, pem("server.pem") + &pem("server.key")).expect("certificate");
+    let port = free_udp_port();
+    let (mut baresip, log_path) = common::start_baresip_with(
+        work.path(),
+        port,
+        "10200-10299",
+        &["srtp.so"],
+        "+4915100000401",
+        ";audio_codecs=PCMU;mediaenc=srtp-mand",
+        &format!("sip_certificate {}\n", certificate.display()),
+    );
+    let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{}", port + 1).parse().expect("address");
+    let node = switch_with(&rt, dir.path(), &graph, free_udp_port(), 63_600, Some(tls));
+    let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
+    let customer = "4915100000401";
+    let (code, counters, log) = rt.block_on(async {
+        let _users = Users::start(
+            ctx.clone(),
+            Behaviour {
+                call: CallAnswer::Reject {
+                    after: Duration::from_millis(100),
+                },
+                permission: PermissionAnswer::Grant { lasts: None },
+                dtmf: None,
+            },
+        );
+        granted(&node, customer).await;
+        let target = node.sip_udp_addr().expect("SIP over UDP");
+        let dial = tokio::spawn(pbx_dials(target, "bic_uac_wait_bye.xml", customer));
+        // Three seconds of audio once baresip answered, then the business hangs up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let answered = loop {
+            let ids = node.calls().ids();
+            if let Some(id) = ids.first() {
+                let snapshot = node.calls().snapshot(id).await;
+                if snapshot.is_some_and(|s| s.answered_at.is_some()) {
+                    break id.clone();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "baresip never answered:\n{}",
+                baresip_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            node.calls()
+                .hangup(&answered, HangupParty::Business, "test over")
+                .await
+        );
+        dial.await.expect("sipp")
+    });
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    std::thread::sleep(Duration::from_millis(500));
+    baresip.stop();
+    let recording = common::baresip_recording(work.path())
+        .unwrap_or_else(|| panic!("baresip's recording of what it decoded:\n{}", baresip_log()));
+    let (samples, rate) = common::read_wav(&recording);
+    assert!(
+        samples.len() as f32 >= rate * 2.0,
+        "{} samples:\n{}",
+        samples.len(),
+        baresip_log()
+    );
+    let tail = &samples[samples.len() / 4..];
+    let (p1000, p600) = (
+        waswitch::media::quality::tone_power(tail, 1000.0, rate),
+        waswitch::media::quality::tone_power(tail, 600.0, rate),
+    );
+    assert!(
+        p1000 > 1e-4 && p1000 > 20.0 * p600,
+        "baresip's own tone, echoed by the PBX through the switch: {p1000} vs {p600}\n{}",
+        baresip_log()
+    );
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered, "{cdrs:?}");
+    let media = cdrs[0].media.expect("media quality");
+    assert!(media.packets >= 100, "{media:?}");
+}

@@ -581,6 +581,20 @@ pub fn start_baresip(
     modules: &[&str],
     account: &str,
 ) -> (KillOnDrop, PathBuf) {
+    start_baresip_with(work, port, rtp_ports, modules, "agent", account, "")
+}
+
+/// [`start_baresip`] as SIP user `user`, with `extra` lines in its configuration (e.g.
+/// `sip_certificate`, which makes it listen for TLS on `port + 1`).
+pub fn start_baresip_with(
+    work: &Path,
+    port: u16,
+    rtp_ports: &str,
+    modules: &[&str],
+    user: &str,
+    account: &str,
+    extra_config: &str,
+) -> (KillOnDrop, PathBuf) {
     let conf = work.join("conf");
     std::fs::create_dir_all(&conf).expect("conf dir");
     write_tone_wav(&work.join("tone.wav"), 1000.0, 8000, 30);
@@ -595,13 +609,13 @@ pub fn start_baresip(
              audio_alert aubridge,null\nausrc_format s16\nauplay_format s16\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
              module aubridge.so\nmodule sndfile.so\n{extra}snd_path {w}\nrtp_stats yes\n\
-             module_tmp uuid.so\nmodule_tmp account.so\n"
+             module_tmp uuid.so\nmodule_tmp account.so\n{extra_config}"
         ),
     )
     .expect("baresip config");
     std::fs::write(
         conf.join("accounts"),
-        format!("<sip:agent@127.0.0.1:{port}>;regint=0;answermode=auto{account}\n"),
+        format!("<sip:{user}@127.0.0.1:{port}>;regint=0;answermode=auto{account}\n"),
     )
     .expect("baresip accounts");
     let log_path = work.join("baresip.log");
