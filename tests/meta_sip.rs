@@ -39,6 +39,7 @@ fn switch_with(
     pbx_port: u16,
     media_ports: u16,
     proxy: Option<std::net::SocketAddr>,
+    srtp: &str,
 ) -> Node {
     rt.block_on(async {
         let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
@@ -59,7 +60,7 @@ fn switch_with(
              [meta.sip]\nhostname = \"localhost\"\nallow_from = [\"127.0.0.0/8\"]\n{proxy}\
              [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
              country = \"BR\"\nroute = \"support\"\nsignaling = \"sip\"\n\
-             sip_password = \"{PASSWORD}\"\n",
+             sip_password = \"{PASSWORD}\"\nsrtp = \"{srtp}\"\n",
             media_ports + 98,
         );
         let config = Config::loopback(&toml, &dir.join("m.db")).expect("config");
@@ -69,7 +70,7 @@ fn switch_with(
 
 fn switch(rt: &tokio::runtime::Runtime, dir: &Path, pbx_port: u16, media_ports: u16) -> Node {
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    switch_with(rt, dir, &graph, pbx_port, media_ports, None)
+    switch_with(rt, dir, &graph, pbx_port, media_ports, None, "sdes")
 }
 
 /// Meta, calling the node's TLS listener as `localhost` (the test certificate covers it).
@@ -284,7 +285,13 @@ async fn pbx_dials(
 /// the switch answers Meta's digest challenge (`digest`) with the number's password, the
 /// customer answers and talks, and hangs up. A customer without a grant is refused by the
 /// switch itself: Meta never sees that INVITE.
-fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stranger: &str) {
+fn business_call_over_sip(
+    digest: Digest,
+    srtp: &str,
+    media_ports: u16,
+    customer: &str,
+    stranger: &str,
+) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
@@ -312,6 +319,7 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
         free_udp_port(),
         media_ports,
         Some(server.addr()),
+        srtp,
     );
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let _users = rt.block_on(async {
@@ -385,12 +393,35 @@ fn business_call_over_sip(digest: Digest, media_ports: u16, customer: &str, stra
 
 #[test]
 fn a_pbx_calls_a_customer_over_sip_answering_metas_md5_challenge() {
-    business_call_over_sip(Digest::Md5, 63_300, "4915100000201", "4915100000202");
+    business_call_over_sip(
+        Digest::Md5,
+        "sdes",
+        63_300,
+        "4915100000201",
+        "4915100000202",
+    );
 }
 
 #[test]
 fn a_pbx_calls_a_customer_over_sip_answering_metas_sha256_challenge() {
-    business_call_over_sip(Digest::Sha256, 63_400, "4915100000301", "4915100000302");
+    business_call_over_sip(
+        Digest::Sha256,
+        "sdes",
+        63_400,
+        "4915100000301",
+        "4915100000302",
+    );
+}
+
+#[test]
+fn a_pbx_calls_a_customer_over_sip_with_webrtc_media() {
+    business_call_over_sip(
+        Digest::Md5,
+        "dtls",
+        63_700,
+        "4915100000501",
+        "4915100000502",
+    );
 }
 
 /// SDES-SRTP through the media plane against an independent implementation: baresip
@@ -420,7 +451,15 @@ fn sdes_media_through_the_switch_interoperates_with_baresip() {
     let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
     let tls: std::net::SocketAddr = format!("127.0.0.1:{}", port + 1).parse().expect("address");
-    let node = switch_with(&rt, dir.path(), &graph, free_udp_port(), 63_600, Some(tls));
+    let node = switch_with(
+        &rt,
+        dir.path(),
+        &graph,
+        free_udp_port(),
+        63_600,
+        Some(tls),
+        "sdes",
+    );
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let customer = "4915100000401";
     let (code, counters, log) = rt.block_on(async {

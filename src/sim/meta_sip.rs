@@ -687,9 +687,21 @@ impl MetaSipServer {
                                 }
                                 SipAnswer::Accept { hold, .. } => {
                                     let offer = String::from_utf8_lossy(&call.invite.body).into_owned();
+                                    // SDES, or WebRTC's ICE and DTLS, as the business offered.
+                                    let webrtc = offer.contains("UDP/TLS/RTP/SAVPF");
                                     let answered = std::net::UdpSocket::bind("127.0.0.1:0")
                                         .map_err(|e| e.to_string())
-                                        .and_then(|s| SdesUser::answer(s, &offer).map_err(|e| e.to_string()));
+                                        .and_then(|s| {
+                                            if webrtc {
+                                                super::user::SimUser::answer(s, &offer)
+                                                    .map(|(u, sdp)| (Media::WebRtc(Box::new(u)), sdp))
+                                                    .map_err(|e| e.to_string())
+                                            } else {
+                                                SdesUser::answer(s, &offer)
+                                                    .map(|(u, sdp)| (Media::Sdes(Box::new(u)), sdp))
+                                                    .map_err(|e| e.to_string())
+                                            }
+                                        });
                                     let (user, sdp) = match answered {
                                         Ok(a) => a,
                                         Err(e) => {
@@ -721,7 +733,11 @@ impl MetaSipServer {
                                     let stop = Arc::clone(&call.stop);
                                     let news = news_tx.clone();
                                     tokio::task::spawn_blocking(move || {
-                                        let report = user.run(hold, 1000.0, 1000.0, &stop).map_err(|e| e.to_string());
+                                        let report = match user {
+                                            Media::Sdes(u) => u.run(hold, 1000.0, 1000.0, &stop),
+                                            Media::WebRtc(u) => u.run(hold, 1000.0, 1000.0, &stop),
+                                        }
+                                        .map_err(|e| e.to_string());
                                         let _ = news.blocking_send(CallNews::MediaDone(id, report));
                                     });
                                 }
