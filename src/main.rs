@@ -840,6 +840,7 @@ async fn sim_sip_call(config: &Config, calls: &SimCalls) -> ExitCode {
         send_hz: 440.0,
         expect_hz: calls.expect_hz,
         crypto: None,
+        cancel_after: None,
         dtls: number.srtp == config::SrtpKeying::Dtls,
     };
     match client.user_call(&call).await {

@@ -27,6 +27,7 @@ const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
 const SECRET: &str = "meta-sip-secret";
 const PASSWORD: &str = "meta-generated-password";
 const API_TOKEN: &str = "meta-sip-token";
+const PROMPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples/prompts");
 
 /// A node whose business number is in SIP mode, its calls routed to a PBX at `pbx_port`
 /// (which may also call customers from the number); Meta (the sim) may call from loopback,
@@ -40,6 +41,31 @@ fn switch_with(
     media_ports: u16,
     proxy: Option<std::net::SocketAddr>,
     srtp: &str,
+) -> Node {
+    switch_answering(
+        rt,
+        dir,
+        graph,
+        pbx_port,
+        media_ports,
+        proxy,
+        srtp,
+        "route = \"support\"",
+    )
+}
+
+/// [`switch_with`], the number's calls going where `entry` says (`route = ...` or
+/// `entry = ...`), with the IVR `front` (a menu prompt, then hang-up) configured.
+#[allow(clippy::too_many_arguments)]
+fn switch_answering(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    graph: &SimGraph,
+    pbx_port: u16,
+    media_ports: u16,
+    proxy: Option<std::net::SocketAddr>,
+    srtp: &str,
+    entry: &str,
 ) -> Node {
     rt.block_on(async {
         let sim_addr = graph.serve_loopback().await.expect("sim Graph API");
@@ -59,8 +85,13 @@ fn switch_with(
              app_secret = \"{SECRET}\"\nverify_token = \"vt\"\n\
              [meta.sip]\nhostname = \"localhost\"\nallow_from = [\"127.0.0.0/8\"]\n{proxy}\
              [[business_number]]\nphone_number_id = \"{PNID}\"\ndisplay_number = \"{NUMBER}\"\n\
-             country = \"BR\"\nroute = \"support\"\nsignaling = \"sip\"\n\
-             sip_password = \"{PASSWORD}\"\nsrtp = \"{srtp}\"\n",
+             country = \"BR\"\n{entry}\nsignaling = \"sip\"\n\
+             sip_password = \"{PASSWORD}\"\nsrtp = \"{srtp}\"\n\
+             [[ivr]]\nname = \"front\"\nprompts = \"{PROMPTS}\"\nlanguage = \"en\"\n\
+             [[ivr.node]]\nname = \"main\"\n\
+             [[ivr.node.verb]]\nverb = \"answer\"\n\
+             [[ivr.node.verb]]\nverb = \"play\"\nprompts = [\"menu\"]\n\
+             [[ivr.node.verb]]\nverb = \"hangup\"\n",
             media_ports + 98,
         );
         let config = Config::loopback(&toml, &dir.join("m.db")).expect("config");
@@ -96,6 +127,7 @@ fn user_call(hold: Option<Duration>) -> SipUserCall {
         send_hz: 1000.0,
         expect_hz: 1000.0,
         crypto: None,
+        cancel_after: None,
         dtls: false,
     }
 }
@@ -159,6 +191,62 @@ fn a_customers_call_over_sip_with_webrtc_media_reaches_the_pbx_with_audio_both_w
     assert_eq!(code, Some(0), "{counters:?}");
     assert_eq!(cdrs[0].outcome, CallOutcome::Answered);
     assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+}
+
+#[test]
+fn the_customer_hanging_up_while_the_pbx_rings_cancels_both_sides() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let node = switch(&rt, dir.path(), port, 63_800);
+    let uas = Uas::start("b2bua_uas_ring_cancel.xml", "u1", port, 1);
+    let mut call = user_call(None);
+    call.cancel_after = Some(Duration::from_millis(1500));
+    let report = rt
+        .block_on(meta(&node).user_call(&call))
+        .expect("the call runs");
+    assert_eq!(report.status, 487, "{report:?}");
+    assert!(report.user.is_none());
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    let cdrs = cdrs(&rt, node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "the PBX was cancelled: {counters:?}");
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered, "{cdrs:?}");
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Customer);
+}
+
+#[test]
+fn a_customers_call_over_sip_is_answered_by_an_ivr_with_its_prompt_then_hung_up() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let node = switch_answering(
+        &rt,
+        dir.path(),
+        &graph,
+        free_udp_port(),
+        63_900,
+        None,
+        "sdes",
+        "entry = \"front\"",
+    );
+    let mut call = user_call(None);
+    // A caller from the US hears the English menu: 600 Hz for 2 s.
+    call.user = "12025550123".into();
+    call.expect_hz = 600.0;
+    let report = rt
+        .block_on(meta(&node).user_call(&call))
+        .expect("the call runs");
+    assert_eq!(report.status, 200, "{report:?}");
+    assert_eq!(report.ended_by, "business", "{report:?}");
+    assert_eq!(report.bye_routes, META_RECORD_ROUTE.map(String::from));
+    let heard = report.user.clone().expect("media ran");
+    assert!(heard.audio_verified(), "the menu prompt: {heard:?}");
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs[0].outcome, CallOutcome::Answered, "{cdrs:?}");
+    assert_eq!(cdrs[0].hangup_by, HangupParty::Business, "{cdrs:?}");
 }
 
 #[test]

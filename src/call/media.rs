@@ -215,6 +215,8 @@ pub struct Media {
     plain_a: Option<Remote>,
     /// Our SDES offer's keys, until the answer picks one.
     sdes_offer: Vec<crate::media::srtp::Crypto>,
+    /// Side A speaks SDES-SRTP with agreed keys (its media counts as connected).
+    sdes_a: bool,
 }
 
 impl Actor for MediaActor {
@@ -246,6 +248,7 @@ impl Actor for MediaActor {
             codec_path: None,
             plain_a: None,
             sdes_offer: Vec::new(),
+            sdes_a: false,
         })
     }
 
@@ -375,7 +378,14 @@ impl Actor for MediaActor {
                     }
                 }
             }
-            MediaMsg::Subscribe(sink) => media.listener = Some(sink),
+            MediaMsg::Subscribe(sink) => {
+                media.listener = Some(sink);
+                if media.sdes_a {
+                    // SDES has no handshake: side A's media is up since its keys were
+                    // agreed, which this listener came too late to hear.
+                    media.tell(MediaEvent::Connected(Side::A));
+                }
+            }
             MediaMsg::Capture {
                 side,
                 path,
@@ -576,6 +586,10 @@ impl Media {
         pair.set_remote(Side::A, remote)
             .map_err(|e| e.to_string())?;
         self.clock[0] = remote.dtmf_clock;
+        // No handshake follows: the media is up as far as the call can tell (Meta waits for
+        // the switch's first packet, so nothing may wait for one of Meta's).
+        self.sdes_a = true;
+        self.tell(MediaEvent::Connected(Side::A));
         Ok(())
     }
 

@@ -159,6 +159,9 @@ pub struct SipUserCall {
     /// The user's media is WebRTC (ICE and DTLS-SRTP, the number's `srtp = "dtls"`), not
     /// SDES.
     pub dtls: bool,
+    /// The customer hangs up this long after the INVITE when the business has not
+    /// answered by then: Meta's CANCEL.
+    pub cancel_after: Option<Duration>,
     /// Offer this `a=crypto` value instead of the user's keys (a rehearsal of an offer the
     /// business cannot use: it answers 488).
     pub crypto: Option<String>,
@@ -264,10 +267,33 @@ impl MetaSipClient {
             ..SipCallReport::default()
         };
         let deadline = Instant::now() + ANSWER_WAIT;
+        let mut cancel_at = call.cancel_after.map(|d| Instant::now() + d);
         let ok = loop {
-            let Some(msg) = conn.next(deadline).await else {
+            let next = conn.next(cancel_at.unwrap_or(deadline).min(deadline)).await;
+            let Some(msg) = next else {
+                if cancel_at.take().is_some() {
+                    // The customer hangs up while the business rings.
+                    let cancel = MessageBuilder::request(Method::Cancel, &uri)
+                        .header(HeaderName::Via, conn.via(&branch))
+                        .header(HeaderName::MaxForwards, "70")
+                        .header(HeaderName::From, from.clone())
+                        .header(HeaderName::To, to.clone())
+                        .header(HeaderName::CallId, call_id.clone())
+                        .header(HeaderName::CSeq, "1 CANCEL")
+                        .build();
+                    conn.send(&cancel).await?;
+                    report.ended_by = "meta".into();
+                    continue;
+                }
                 return Ok(report);
             };
+            if header_values(&msg, &HeaderName::CSeq)
+                .first()
+                .is_some_and(|c| c.ends_with("CANCEL"))
+            {
+                // The answer to our CANCEL; the INVITE's own comes next.
+                continue;
+            }
             let Some(status) = msg.status() else {
                 continue;
             };
