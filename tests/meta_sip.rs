@@ -617,3 +617,65 @@ fn sdes_media_through_the_switch_interoperates_with_baresip() {
     let media = cdrs[0].media.expect("media quality");
     assert!(media.packets >= 100, "{media:?}");
 }
+
+/// The PBX hangs up while the customer's phone rings: the switch CANCELs its INVITE to
+/// Meta (Meta answers 487), and the call ends unanswered.
+#[test]
+fn a_pbx_hanging_up_while_the_customer_rings_cancels_metas_call() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
+    let server = rt
+        .block_on(MetaSipServer::start(
+            "127.0.0.1:0".parse().expect("address"),
+            &Path::new(TLS_DIR).join("server.pem"),
+            &Path::new(TLS_DIR).join("server.key"),
+            MetaSipServerConfig {
+                hostname: "localhost".into(),
+                numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
+                digest: Digest::Md5,
+                answer: SipAnswer::Accept {
+                    after: Duration::from_secs(10),
+                    hold: Duration::from_secs(1),
+                },
+                graph: graph.clone(),
+            },
+        ))
+        .expect("Meta's SIP side");
+    let node = switch_with(
+        &rt,
+        dir.path(),
+        &graph,
+        free_udp_port(),
+        64_000,
+        Some(server.addr()),
+        "sdes",
+    );
+    let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
+    let customer = "4915100000601";
+    let (code, counters, log) = rt.block_on(async {
+        let _users = Users::start(
+            ctx,
+            Behaviour {
+                call: CallAnswer::Reject {
+                    after: Duration::from_millis(100),
+                },
+                permission: PermissionAnswer::Grant { lasts: None },
+                dtmf: None,
+            },
+        );
+        granted(&node, customer).await;
+        let target = node.sip_udp_addr().expect("SIP over UDP");
+        pbx_dials(target, "bic_uac_cancel.xml", customer).await
+    });
+    common::assert_all_succeeded(code, &counters, &log, 1);
+    let calls = rt.block_on(server.wait_calls(1, Duration::from_secs(10)));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].status, 487, "{calls:?}");
+    assert!(calls[0].user_report.is_none());
+    rt.block_on(async { assert!(node.calls().wait_idle(Duration::from_secs(15)).await) });
+    let cdrs = cdrs(&rt, node, dir.path());
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0].outcome, CallOutcome::Unanswered, "{cdrs:?}");
+    assert_eq!(cdrs[0].direction, Direction::BusinessInitiated);
+}
