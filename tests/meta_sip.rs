@@ -312,6 +312,44 @@ fn meta_calling_a_number_not_in_sip_mode_or_without_usable_crypto_is_refused() {
     drop(node);
 }
 
+/// The sim as Meta's SIP proxy for the number: its password, `digest` challenges, users
+/// answering as `answer` says, permissions as `graph` holds them.
+fn meta_server(
+    rt: &tokio::runtime::Runtime,
+    graph: &SimGraph,
+    digest: Digest,
+    answer: SipAnswer,
+) -> MetaSipServer {
+    rt.block_on(MetaSipServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        &Path::new(TLS_DIR).join("server.pem"),
+        &Path::new(TLS_DIR).join("server.key"),
+        MetaSipServerConfig {
+            hostname: "localhost".into(),
+            numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
+            digest,
+            answer,
+            graph: graph.clone(),
+        },
+    ))
+    .expect("Meta's SIP side")
+}
+
+/// The sim's users, who grant permission requests (their calls come over SIP).
+fn granting_users(ctx: waswitch::sim::load::SimContext, lasts: Option<Duration>) -> Users {
+    Users::start(
+        ctx,
+        Behaviour {
+            call: CallAnswer::Reject {
+                after: Duration::from_millis(100),
+            },
+            permission: PermissionAnswer::Grant { lasts },
+            dtmf: None,
+        },
+    )
+    .0
+}
+
 /// Asks `customer` for permission through the API (the sim's user grants it for a day) and
 /// waits until the switch has it.
 async fn granted(node: &Node, customer: &str) {
@@ -383,23 +421,15 @@ fn business_call_over_sip(
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let server = rt
-        .block_on(MetaSipServer::start(
-            "127.0.0.1:0".parse().expect("address"),
-            &Path::new(TLS_DIR).join("server.pem"),
-            &Path::new(TLS_DIR).join("server.key"),
-            MetaSipServerConfig {
-                hostname: "localhost".into(),
-                numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
-                digest,
-                answer: SipAnswer::Accept {
-                    after: Duration::from_millis(1500),
-                    hold: Duration::from_secs(3),
-                },
-                graph: graph.clone(),
-            },
-        ))
-        .expect("Meta's SIP side");
+    let server = meta_server(
+        &rt,
+        &graph,
+        digest,
+        SipAnswer::Accept {
+            after: Duration::from_millis(1500),
+            hold: Duration::from_secs(3),
+        },
+    );
     let node = switch_with(
         &rt,
         dir.path(),
@@ -411,18 +441,7 @@ fn business_call_over_sip(
     );
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let _users = rt.block_on(async {
-        let users = Users::start(
-            ctx.clone(),
-            Behaviour {
-                call: CallAnswer::Reject {
-                    after: Duration::from_millis(100),
-                },
-                permission: PermissionAnswer::Grant {
-                    lasts: Some(Duration::from_secs(86_400)),
-                },
-                dtmf: None,
-            },
-        );
+        let users = granting_users(ctx.clone(), Some(Duration::from_secs(86_400)));
         granted(&node, customer).await;
         users
     });
@@ -551,16 +570,7 @@ fn sdes_media_through_the_switch_interoperates_with_baresip() {
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let customer = "4915100000401";
     let (code, counters, log) = rt.block_on(async {
-        let _users = Users::start(
-            ctx.clone(),
-            Behaviour {
-                call: CallAnswer::Reject {
-                    after: Duration::from_millis(100),
-                },
-                permission: PermissionAnswer::Grant { lasts: None },
-                dtmf: None,
-            },
-        );
+        let _users = granting_users(ctx.clone(), None);
         granted(&node, customer).await;
         let target = node.sip_udp_addr().expect("SIP over UDP");
         let dial = tokio::spawn(pbx_dials(target, "bic_uac_wait_bye.xml", customer));
@@ -625,23 +635,15 @@ fn a_pbx_hanging_up_while_the_customer_rings_cancels_metas_call() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let graph = SimGraph::new(Secret::new("tok"), vec![PNID.to_string()]);
-    let server = rt
-        .block_on(MetaSipServer::start(
-            "127.0.0.1:0".parse().expect("address"),
-            &Path::new(TLS_DIR).join("server.pem"),
-            &Path::new(TLS_DIR).join("server.key"),
-            MetaSipServerConfig {
-                hostname: "localhost".into(),
-                numbers: vec![(NUMBER.into(), PNID.into(), PASSWORD.into())],
-                digest: Digest::Md5,
-                answer: SipAnswer::Accept {
-                    after: Duration::from_secs(10),
-                    hold: Duration::from_secs(1),
-                },
-                graph: graph.clone(),
-            },
-        ))
-        .expect("Meta's SIP side");
+    let server = meta_server(
+        &rt,
+        &graph,
+        Digest::Md5,
+        SipAnswer::Accept {
+            after: Duration::from_secs(10),
+            hold: Duration::from_secs(1),
+        },
+    );
     let node = switch_with(
         &rt,
         dir.path(),
@@ -654,16 +656,7 @@ fn a_pbx_hanging_up_while_the_customer_rings_cancels_metas_call() {
     let ctx = common::sim_context(&graph, node.http_addr(), SECRET, PNID, NUMBER);
     let customer = "4915100000601";
     let (code, counters, log) = rt.block_on(async {
-        let _users = Users::start(
-            ctx,
-            Behaviour {
-                call: CallAnswer::Reject {
-                    after: Duration::from_millis(100),
-                },
-                permission: PermissionAnswer::Grant { lasts: None },
-                dtmf: None,
-            },
-        );
+        let _users = granting_users(ctx, None);
         granted(&node, customer).await;
         let target = node.sip_udp_addr().expect("SIP over UDP");
         pbx_dials(target, "bic_uac_cancel.xml", customer).await

@@ -54,6 +54,19 @@ end = "2359"
     )
 }
 
+/// `waswitch meta settings ARGS --config CONFIG`: exit code, standard output and error.
+fn settings_cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"));
+    cmd.args(["meta", "settings"]).args(args);
+    cmd.args(["--config", &config.to_string_lossy()]);
+    let out = cmd.output().expect("waswitch");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 async fn sim() -> (waswitch::sim::graph::SimGraph, std::net::SocketAddr) {
     let graph = waswitch::sim::graph::SimGraph::new(
         waswitch::config::Secret::new("tok"),
@@ -267,17 +280,7 @@ fn the_command_line_reads_and_changes_the_settings() {
     let (_graph, sim_addr) = rt.block_on(sim());
     let config = dir.path().join("waswitch.toml");
     std::fs::write(&config, toml(sim_addr)).expect("config");
-    let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"));
-        cmd.args(["meta", "settings"]).args(args);
-        cmd.args(["--config", &config.to_string_lossy()]);
-        let out = cmd.output().expect("waswitch");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| settings_cli(&config, args);
     // The sim serves on the runtime's worker threads while the commands run.
     let (code, out, err) = run(&[
         "set",
@@ -313,17 +316,7 @@ fn the_sip_password_is_fetched_into_a_file_the_number_reads_and_is_never_printed
     let (_graph, sim_addr) = rt.block_on(sim());
     let config = dir.path().join("waswitch.toml");
     std::fs::write(&config, toml(sim_addr)).expect("config");
-    let run = |config: &std::path::Path, args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waswitch"));
-        cmd.args(["meta", "settings"]).args(args);
-        cmd.args(["--config", &config.to_string_lossy()]);
-        let out = cmd.output().expect("waswitch");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = settings_cli;
     let file = dir.path().join("sip-password");
     let file_arg = file.to_string_lossy().into_owned();
     // No SIP server at Meta yet: nothing to fetch, and no file.

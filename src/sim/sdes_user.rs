@@ -7,10 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::user::{
-    tone_share, Heard, UserError, UserReport, FIRST_SAMPLES, LAST_SAMPLES, LAST_WINDOW,
-    TONE_LOOP_FRAMES,
-};
+use super::user::{tone_frame, wait_readable, Heard, UserError, UserReport, TONE_LOOP_FRAMES};
 use crate::media::rtp::{self, RtpView};
 use crate::media::srtp::{self, Crypto, Keying, SrtpReceiver, SrtpSender};
 use crate::sdp::{Format, Sdp};
@@ -216,14 +213,7 @@ impl SdesUser {
                     continue;
                 }
                 report.packets_in += 1;
-                let near_end = end.is_some_and(|e| Instant::now() + LAST_WINDOW >= e);
-                let into = if decoded.first.len() < FIRST_SAMPLES {
-                    Some(&mut decoded.first)
-                } else if near_end && decoded.last.len() < LAST_SAMPLES {
-                    Some(&mut decoded.last)
-                } else {
-                    None
-                };
+                let into = decoded.window(end);
                 if let Some(into) = into {
                     let mut pcm = [0f32; 5760];
                     if let Ok(n) = decoder.decode_float(packet.payload(), &mut pcm, false) {
@@ -237,15 +227,7 @@ impl SdesUser {
                 let k = report.packets_out;
                 let slot = (k % TONE_LOOP_FRAMES) as usize;
                 if tone_loop.len() <= slot {
-                    let tone: Vec<f32> = (0..960)
-                        .map(|i| {
-                            let t = (k * 960 + i) as f32 / 48_000.0;
-                            0.3 * (2.0 * std::f32::consts::PI * send_hz * t).sin()
-                        })
-                        .collect();
-                    let mut packet = [0u8; 1500];
-                    let len = encoder.encode_float(&tone, &mut packet).unwrap_or(0);
-                    tone_loop.push(packet[..len].to_vec());
+                    tone_loop.push(tone_frame(&mut encoder, k, send_hz));
                 }
                 if let Some(payload) = tone_loop.get(slot).filter(|p| !p.is_empty()) {
                     let written = rtp::write_packet(
@@ -269,17 +251,9 @@ impl SdesUser {
             let wait = until
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_micros(200), Duration::from_millis(20));
-            self.socket.set_nonblocking(false)?;
-            self.socket.set_read_timeout(Some(wait))?;
-            let _ = self.socket.peek_from(&mut buf);
-            self.socket.set_nonblocking(true)?;
+            wait_readable(&self.socket, wait)?;
         }
-        let start = tone_share(&decoded.first, expect_hz, 24_000);
-        report.tone_share = if decoded.last.len() >= 24_000 {
-            start.min(tone_share(&decoded.last, expect_hz, 12_000))
-        } else {
-            start
-        };
+        report.tone_share = decoded.tone_share(expect_hz);
         Ok(report)
     }
 }

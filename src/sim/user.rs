@@ -360,15 +360,7 @@ impl SimUser {
                 // number of cycles per second joins up).
                 let slot = (k % TONE_LOOP_FRAMES) as usize;
                 if tone_loop.len() <= slot {
-                    let tone: Vec<f32> = (0..960)
-                        .map(|i| {
-                            let t = (k * 960 + i) as f32 / 48_000.0;
-                            0.3 * (2.0 * std::f32::consts::PI * send_hz * t).sin()
-                        })
-                        .collect();
-                    let mut packet = [0u8; 1500];
-                    let len = encoder.encode_float(&tone, &mut packet).unwrap_or(0);
-                    tone_loop.push(packet[..len].to_vec());
+                    tone_loop.push(tone_frame(&mut encoder, k, send_hz));
                 }
                 let encoded = tone_loop.get(slot).filter(|p| !p.is_empty());
                 if let Some(encoded) = encoded {
@@ -401,19 +393,10 @@ impl SimUser {
                 let wait = until
                     .saturating_duration_since(now)
                     .clamp(Duration::from_micros(200), Duration::from_millis(100));
-                self.socket.set_nonblocking(false)?;
-                self.socket.set_read_timeout(Some(wait))?;
-                let _ = self.socket.peek_from(&mut buf);
-                self.socket.set_nonblocking(true)?;
+                wait_readable(&self.socket, wait)?;
             }
         }
-        // The tone must be there at the start and, on a longer call, still at the end.
-        let start = tone_share(&decoded.first, expect_hz, 24_000);
-        report.tone_share = if decoded.last.len() >= 24_000 {
-            start.min(tone_share(&decoded.last, expect_hz, 12_000))
-        } else {
-            start
-        };
+        report.tone_share = decoded.tone_share(expect_hz);
         Ok(report)
     }
 }
@@ -452,14 +435,7 @@ impl SimUser {
                     report.packets_in += 1;
                     // Only what is checked is decoded: the first seconds, and the last
                     // one and a half before the user hangs up.
-                    let near_end = end.is_some_and(|e| Instant::now() + LAST_WINDOW >= e);
-                    let into = if decoded.first.len() < FIRST_SAMPLES {
-                        Some(&mut decoded.first)
-                    } else if near_end && decoded.last.len() < LAST_SAMPLES {
-                        Some(&mut decoded.last)
-                    } else {
-                        None
-                    };
+                    let into = decoded.window(*end);
                     let listening = !self.listen.is_empty();
                     if into.is_some() || listening {
                         let mut pcm = [0f32; 5760];
@@ -521,7 +497,54 @@ pub(super) struct Heard {
     gap: bool,
 }
 
+/// One 20 ms Opus frame of a `hz` tone, the `k`th of the stream (one second of them,
+/// [`TONE_LOOP_FRAMES`], joins up into a loop).
+pub(super) fn tone_frame(encoder: &mut opus::Encoder, k: u64, hz: f32) -> Vec<u8> {
+    let tone: Vec<f32> = (0..960)
+        .map(|i| {
+            let t = (k * 960 + i) as f32 / 48_000.0;
+            0.3 * (2.0 * std::f32::consts::PI * hz * t).sin()
+        })
+        .collect();
+    let mut packet = [0u8; 1500];
+    let len = encoder.encode_float(&tone, &mut packet).unwrap_or(0);
+    packet[..len].to_vec()
+}
+
+/// Waits until `socket` has a datagram, at most `wait`.
+pub(super) fn wait_readable(socket: &UdpSocket, wait: Duration) -> std::io::Result<()> {
+    let mut probe = [0u8; 1];
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(wait))?;
+    let _ = socket.peek_from(&mut probe);
+    socket.set_nonblocking(true)
+}
+
 impl Heard {
+    /// Where received audio goes to be checked, if anywhere: the first seconds, and the
+    /// last one and a half before the call's `end`.
+    pub(super) fn window(&mut self, end: Option<Instant>) -> Option<&mut Vec<f32>> {
+        let near_end = end.is_some_and(|e| Instant::now() + LAST_WINDOW >= e);
+        if self.first.len() < FIRST_SAMPLES {
+            Some(&mut self.first)
+        } else if near_end && self.last.len() < LAST_SAMPLES {
+            Some(&mut self.last)
+        } else {
+            None
+        }
+    }
+
+    /// The share of `hz` in what was heard: at the start and, on a longer call, still at
+    /// the end (the lower of the two).
+    pub(super) fn tone_share(&self, hz: f32) -> f32 {
+        let start = tone_share(&self.first, hz, 24_000);
+        if self.last.len() >= 24_000 {
+            start.min(tone_share(&self.last, hz, 12_000))
+        } else {
+            start
+        }
+    }
+
     /// Adds decoded audio to the tone log: each full 100 ms block whose power is mostly
     /// one of `tones` notes it (once per run).
     fn listen(&mut self, pcm: &[f32], tones: &[f32], heard: &mut Vec<u32>) {

@@ -42,6 +42,20 @@ pub(crate) fn header_text(msg: &SipMessage, name: &str) -> Option<String> {
         .map(|h| String::from_utf8_lossy(&h.value).trim().to_string())
 }
 
+/// The BYE ending `dialog`, along its route set, sent to `to` (Meta's proxy, or the
+/// connection Meta's INVITE came on).
+fn bye(dialog: &mut Dialog, to: SocketAddr) -> Option<SipCommand> {
+    dialog.terminate();
+    let request = dialog
+        .request(Method::Bye, None)
+        .header(
+            HeaderName::Reason,
+            "Q.850;cause=16;text=\"NORMAL_CLEARING\"",
+        )
+        .build();
+    Some(SipCommand::Request { request, to })
+}
+
 /// A customer's call as Meta's INVITE brought it.
 #[derive(Clone)]
 pub(crate) struct MetaSipCall {
@@ -189,19 +203,7 @@ impl MetaSipInbound {
     /// Our BYE, along Meta's route set.
     fn bye(&mut self) -> Option<SipCommand> {
         self.stage = Stage::Over;
-        let dialog = self.dialog.as_mut()?;
-        dialog.terminate();
-        let request = dialog
-            .request(Method::Bye, None)
-            .header(
-                HeaderName::Reason,
-                "Q.850;cause=16;text=\"NORMAL_CLEARING\"",
-            )
-            .build();
-        Some(SipCommand::Request {
-            request,
-            to: self.call.peer,
-        })
+        bye(self.dialog.as_mut()?, self.call.peer)
     }
 
     /// A SIP event of the dialog: what to send back, and what it means for the leg.
@@ -418,19 +420,7 @@ impl MetaSipOutbound {
     }
 
     fn bye(&mut self) -> Option<SipCommand> {
-        let dialog = self.dialog.as_mut()?;
-        dialog.terminate();
-        let request = dialog
-            .request(Method::Bye, None)
-            .header(
-                HeaderName::Reason,
-                "Q.850;cause=16;text=\"NORMAL_CLEARING\"",
-            )
-            .build();
-        Some(SipCommand::Request {
-            request,
-            to: self.proxy,
-        })
+        bye(self.dialog.as_mut()?, self.proxy)
     }
 
     /// Meta took the call: reported once, with our Call-ID as its id until Meta's own
