@@ -168,6 +168,10 @@ struct SimCalls {
     /// Load mode: stop after this many calls.
     #[arg(long)]
     calls: Option<u64>,
+    /// Load mode: threads carrying the users' media (each many users on one epoll);
+    /// 0: a thread per user.
+    #[arg(long, default_value_t = 1)]
+    media_threads: usize,
     /// Seconds each call holds after its media connects.
     #[arg(long, default_value_t = 5.0)]
     hold: f64,
@@ -927,6 +931,13 @@ fn sim_context(
         dtmf: calls.dtmf.clone(),
         dtmf_after: std::time::Duration::from_secs_f64(calls.dtmf_after),
         listen: calls.listen.clone(),
+        pool: match (calls.rate, calls.media_threads) {
+            (Some(_), threads) if threads > 0 => Some(
+                waswitch::sim::pool::UserPool::start(threads)
+                    .map_err(|e| format!("--media-threads {threads}: {e}"))?,
+            ),
+            _ => None,
+        },
     })
 }
 

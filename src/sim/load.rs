@@ -50,6 +50,8 @@ pub struct SimContext {
     /// When set, the audio is verified when the last tone heard is `expect_hz` (the
     /// caller's own tone, echoed by the agent the IVR reached).
     pub listen: Vec<f32>,
+    /// Carries the users' media on a few threads; `None`: a thread per user.
+    pub pool: Option<super::pool::UserPool>,
 }
 
 impl SimContext {
@@ -65,6 +67,7 @@ impl SimContext {
             dtmf: None,
             dtmf_after: DTMF_AFTER,
             listen: Vec::new(),
+            pool: None,
         }
     }
 }
@@ -173,8 +176,14 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
     let stop = Arc::new(AtomicBool::new(false));
     let stop_user = stop.clone();
     let expect = ctx.expect_hz;
-    let media =
-        tokio::task::spawn_blocking(move || sim_user.run(hold, TONE_HZ, expect, &stop_user));
+    let media = match ctx.pool.clone() {
+        Some(pool) => {
+            tokio::spawn(async move { pool.run(sim_user, hold, TONE_HZ, expect, stop_user).await })
+        }
+        None => {
+            tokio::task::spawn_blocking(move || sim_user.run(hold, TONE_HZ, expect, &stop_user))
+        }
+    };
     // Meanwhile: the switch accepts (at once for an echo line; when the agent answers for
     // a delivered call).
     // The business may also end the call (reject, terminate): the user then stops.

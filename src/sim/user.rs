@@ -264,199 +264,275 @@ impl SimUser {
     /// Carries the call for `hold` after it connects (or until `stop`): sends a `send_hz`
     /// tone in Opus every 20 ms and checks the received audio for `expect_hz`.
     pub fn run(
-        mut self,
+        self,
         hold: Duration,
         send_hz: f32,
         expect_hz: f32,
         stop: &AtomicBool,
     ) -> Result<UserReport, UserError> {
-        let mut report = UserReport::default();
-        let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
-            .map_err(|e| UserError::Answer(e.to_string()))?;
-        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
-            .map_err(|e| UserError::Answer(e.to_string()))?;
-        let mut decoded = Heard::default();
-        let mut dtmf_in = crate::media::dtmf::DtmfReceiver::default();
-        let mut dtmf_plan = self.dtmf.take();
-        let mut tone_loop: Vec<Vec<u8>> = Vec::with_capacity(TONE_LOOP_FRAMES as usize);
+        let mut call = Running::new(self, hold, send_hz, expect_hz)?;
         let mut buf = [0u8; 2048];
-        let connect_deadline = self.started + Duration::from_secs(20);
-        let mut end: Option<Instant> = None;
-        let mut next_frame = Instant::now();
-        let local = self.socket.local_addr()?;
         loop {
             let now = Instant::now();
-            if stop.load(Ordering::Relaxed) || end.is_some_and(|e| now >= e) {
+            let Some(due) = call.tick(now, stop.load(Ordering::Relaxed))? else {
                 break;
-            }
-            if end.is_none() && now >= connect_deadline {
-                break;
-            }
-            let timeout = self.drain(
-                &mut report,
-                &mut decoder,
-                &mut decoded,
-                &mut dtmf_in,
-                &mut end,
-                &mut next_frame,
-                hold,
-            )?;
-            if report.setup.is_some() && end.is_none() {
-                // Disconnected after connecting.
-                break;
-            }
+            };
             let mut got = false;
-            while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            while let Ok((n, from)) = call.user.socket.recv_from(&mut buf) {
                 got = true;
-                let Ok(contents) = (&buf[..n]).try_into() else {
-                    continue;
-                };
-                let input = Input::Receive(
-                    Instant::now(),
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: from,
-                        destination: local,
-                        contents,
-                    },
-                );
-                if self.rtc.accepts(&input) {
-                    self.rtc.handle_input(input)?;
-                    // str0m holds one received RTP packet at a time: take it now.
-                    self.drain(
-                        &mut report,
-                        &mut decoder,
-                        &mut decoded,
-                        &mut dtmf_in,
-                        &mut end,
-                        &mut next_frame,
-                        hold,
-                    )?;
-                }
+                call.receive(from, &buf[..n])?;
             }
-            let now = Instant::now();
-            if report.connected && now >= next_frame {
-                next_frame += Duration::from_millis(20);
-                let k = report.packets_out;
-                let since_connect = self
-                    .started
-                    .elapsed()
-                    .saturating_sub(report.setup.unwrap_or_default());
-                let event = dtmf_plan
-                    .as_mut()
-                    .and_then(|d| d.next_packet(since_connect, (k * 960) as u32));
-                if let Some((payload, ts, marker)) = event {
-                    let mut api = self.rtc.direct_api();
-                    if let Some(tx) = api.stream_tx_by_mid(self.mid, None) {
-                        tx.write_rtp(
-                            RtpWrite::new(Pt::from(DTMF_PT), (k + 1).into(), ts, now, &payload[..])
-                                .marker(marker),
-                        );
-                    }
-                    report.packets_out += 1;
-                    continue;
-                }
-                // One second of tone is encoded once and then sent in a loop (a whole
-                // number of cycles per second joins up).
-                let slot = (k % TONE_LOOP_FRAMES) as usize;
-                if tone_loop.len() <= slot {
-                    tone_loop.push(tone_frame(&mut encoder, k, send_hz));
-                }
-                let encoded = tone_loop.get(slot).filter(|p| !p.is_empty());
-                if let Some(encoded) = encoded {
-                    let len = encoded.len();
-                    let packet = encoded;
-                    let mut api = self.rtc.direct_api();
-                    if let Some(tx) = api.stream_tx_by_mid(self.mid, None) {
-                        tx.write_rtp(
-                            RtpWrite::new(
-                                Pt::from(OPUS_PT),
-                                (k + 1).into(),
-                                (k * 960) as u32,
-                                now,
-                                &packet[..len],
-                            )
-                            .marker(k == 0),
-                        );
-                        report.packets_out += 1;
-                    }
-                }
-            }
-            if now >= timeout {
-                self.rtc.handle_input(Input::Timeout(now))?;
-            } else if !got {
+            if !got {
                 // Sleep until a datagram, str0m's timer or the next frame, whichever is first.
-                let mut until = timeout.min(end.unwrap_or(connect_deadline));
-                if report.connected {
-                    until = until.min(next_frame);
-                }
-                let wait = until
-                    .saturating_duration_since(now)
+                let wait = due
+                    .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_micros(200), Duration::from_millis(100));
-                wait_readable(&self.socket, wait)?;
+                wait_readable(&call.user.socket, wait)?;
             }
         }
-        report.tone_share = decoded.tone_share(expect_hz);
-        Ok(report)
+        Ok(call.finish())
+    }
+
+    /// The socket the user's media goes through.
+    pub(super) fn socket(&self) -> &UdpSocket {
+        &self.socket
     }
 }
 
-impl SimUser {
-    /// Takes everything str0m has to say until its next timer: datagrams to send, the
-    /// connection, received audio. Returns when to wake it next.
-    #[allow(clippy::too_many_arguments)]
-    fn drain(
-        &mut self,
-        report: &mut UserReport,
-        decoder: &mut opus::Decoder,
-        decoded: &mut Heard,
-        dtmf_in: &mut crate::media::dtmf::DtmfReceiver,
-        end: &mut Option<Instant>,
-        next_frame: &mut Instant,
+/// The tone loops encoded so far, by frequency: every user sending the same tone sends the
+/// same Opus frames, encoded once.
+static TONE_LOOPS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<u32, std::sync::Arc<Vec<Vec<u8>>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One second of a `hz` tone as Opus frames (a whole number of cycles: it loops).
+pub(super) fn tone_loop(hz: f32) -> Result<std::sync::Arc<Vec<Vec<u8>>>, UserError> {
+    let key = hz.to_bits();
+    let mut loops = TONE_LOOPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(frames) = loops.get(&key) {
+        return Ok(std::sync::Arc::clone(frames));
+    }
+    let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+        .map_err(|e| UserError::Answer(e.to_string()))?;
+    let frames: Vec<Vec<u8>> = (0..TONE_LOOP_FRAMES)
+        .map(|k| tone_frame(&mut encoder, k, hz))
+        .collect();
+    let frames = std::sync::Arc::new(frames);
+    loops.insert(key, std::sync::Arc::clone(&frames));
+    Ok(frames)
+}
+
+/// A user's call in progress, driven by the time and the datagrams it is given: by
+/// [`SimUser::run`] on a thread of its own, or with many others by a [`super::pool`].
+pub(super) struct Running {
+    pub(super) user: SimUser,
+    hold: Duration,
+    expect_hz: f32,
+    report: UserReport,
+    decoder: opus::Decoder,
+    decoded: Heard,
+    dtmf_in: crate::media::dtmf::DtmfReceiver,
+    dtmf_plan: Option<DtmfPlan>,
+    tone: std::sync::Arc<Vec<Vec<u8>>>,
+    connect_deadline: Instant,
+    end: Option<Instant>,
+    next_frame: Instant,
+    /// str0m's next timer.
+    rtc_due: Instant,
+    local: std::net::SocketAddr,
+}
+
+impl Running {
+    /// `user`'s call, to carry for `hold` after it connects with a `send_hz` tone out and
+    /// `expect_hz` expected back.
+    pub(super) fn new(
+        mut user: SimUser,
         hold: Duration,
-    ) -> Result<Instant, UserError> {
+        send_hz: f32,
+        expect_hz: f32,
+    ) -> Result<Running, UserError> {
+        let decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
+            .map_err(|e| UserError::Answer(e.to_string()))?;
+        let local = user.socket.local_addr()?;
+        let now = Instant::now();
+        Ok(Running {
+            dtmf_plan: user.dtmf.take(),
+            connect_deadline: user.started + Duration::from_secs(20),
+            user,
+            hold,
+            expect_hz,
+            report: UserReport::default(),
+            decoder,
+            decoded: Heard::default(),
+            dtmf_in: crate::media::dtmf::DtmfReceiver::default(),
+            tone: tone_loop(send_hz)?,
+            end: None,
+            next_frame: now,
+            rtc_due: now,
+            local,
+        })
+    }
+
+    /// A datagram for the user's WebRTC leg.
+    pub(super) fn receive(
+        &mut self,
+        from: std::net::SocketAddr,
+        data: &[u8],
+    ) -> Result<(), UserError> {
+        let Ok(contents) = data.try_into() else {
+            return Ok(());
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.user.rtc.accepts(&input) {
+            self.user.rtc.handle_input(input)?;
+            // str0m holds one received RTP packet at a time: take it now.
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// Does what is due at `now`: str0m's timers and output, the next 20 ms frame. When
+    /// the call goes on, when it is next due; `None` once it is over (its time is up, it
+    /// never connected, the far end went away, or `stop`).
+    pub(super) fn tick(&mut self, now: Instant, stop: bool) -> Result<Option<Instant>, UserError> {
+        if stop || self.end.is_some_and(|e| now >= e) {
+            return Ok(None);
+        }
+        if self.end.is_none() && now >= self.connect_deadline {
+            return Ok(None);
+        }
+        if now >= self.rtc_due {
+            self.user.rtc.handle_input(Input::Timeout(now))?;
+        }
+        self.drain()?;
+        if self.report.setup.is_some() && self.end.is_none() {
+            // Disconnected after connecting.
+            return Ok(None);
+        }
+        if self.report.connected && now >= self.next_frame {
+            self.next_frame += Duration::from_millis(20);
+            self.send_frame(now);
+            self.drain()?;
+        }
+        let mut due = self.rtc_due.min(self.end.unwrap_or(self.connect_deadline));
+        if self.report.connected {
+            due = due.min(self.next_frame);
+        }
+        Ok(Some(due))
+    }
+
+    /// The frame of this 20 ms: a DTMF event while a key is pressed, else the tone.
+    fn send_frame(&mut self, now: Instant) {
+        let k = self.report.packets_out;
+        let since_connect = self
+            .user
+            .started
+            .elapsed()
+            .saturating_sub(self.report.setup.unwrap_or_default());
+        let event = self
+            .dtmf_plan
+            .as_mut()
+            .and_then(|d| d.next_packet(since_connect, (k * 960) as u32));
+        let mid = self.user.mid;
+        let mut api = self.user.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        if let Some((payload, ts, marker)) = event {
+            tx.write_rtp(
+                RtpWrite::new(Pt::from(DTMF_PT), (k + 1).into(), ts, now, &payload[..])
+                    .marker(marker),
+            );
+            self.report.packets_out += 1;
+            return;
+        }
+        let frame = self
+            .tone
+            .get((k % TONE_LOOP_FRAMES) as usize)
+            .filter(|p| !p.is_empty());
+        if let Some(frame) = frame {
+            tx.write_rtp(
+                RtpWrite::new(
+                    Pt::from(OPUS_PT),
+                    (k + 1).into(),
+                    (k * 960) as u32,
+                    now,
+                    &frame[..],
+                )
+                .marker(k == 0),
+            );
+            self.report.packets_out += 1;
+        }
+    }
+
+    /// Takes everything str0m has to say until its next timer: datagrams to send, the
+    /// connection, received audio.
+    fn drain(&mut self) -> Result<(), UserError> {
         loop {
-            match self.rtc.poll_output()? {
-                Output::Timeout(t) => return Ok(t),
+            match self.user.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.rtc_due = t;
+                    return Ok(());
+                }
                 Output::Transmit(t) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
+                    let _ = self.user.socket.send_to(&t.contents, t.destination);
                 }
                 Output::Event(Event::Connected) => {
-                    report.connected = true;
-                    report.setup = Some(self.started.elapsed());
-                    *end = Some(Instant::now() + hold);
+                    self.report.connected = true;
+                    self.report.setup = Some(self.user.started.elapsed());
+                    self.end = Some(Instant::now() + self.hold);
                     // The tone starts now, not with a burst of frames owed since the offer.
-                    *next_frame = Instant::now();
+                    self.next_frame = Instant::now();
                 }
                 Output::Event(Event::IceConnectionStateChange(
                     IceConnectionState::Disconnected,
-                )) if report.connected => *end = None,
+                )) if self.report.connected => self.end = None,
                 Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == OPUS_PT => {
-                    report.packets_in += 1;
+                    self.report.packets_in += 1;
                     // Only what is checked is decoded: the first seconds, and the last
                     // one and a half before the user hangs up.
-                    let into = decoded.window(*end);
-                    let listening = !self.listen.is_empty();
-                    if into.is_some() || listening {
+                    let listening = !self.user.listen.is_empty();
+                    let into = self.decoded.window(self.end).is_some();
+                    if into || listening {
                         let mut pcm = [0f32; 5760];
-                        if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
-                            if let Some(into) = into {
+                        if let Ok(n) = self.decoder.decode_float(&p.payload, &mut pcm, false) {
+                            if let Some(into) = self.decoded.window(self.end) {
                                 into.extend_from_slice(&pcm[..n]);
                             }
                             if listening {
-                                decoded.listen(&pcm[..n], &self.listen, &mut report.tones);
+                                self.decoded.listen(
+                                    &pcm[..n],
+                                    &self.user.listen,
+                                    &mut self.report.tones,
+                                );
                             }
                         }
                     }
                 }
                 Output::Event(Event::RtpPacket(p)) if *p.header.payload_type == DTMF_PT => {
-                    if let Some(d) = dtmf_in.on_packet(p.header.timestamp, &p.payload) {
-                        report.digits_in.push(d.digit);
+                    if let Some(d) = self.dtmf_in.on_packet(p.header.timestamp, &p.payload) {
+                        self.report.digits_in.push(d.digit);
                     }
                 }
                 Output::Event(_) => {}
             }
         }
+    }
+
+    /// What the call came to.
+    pub(super) fn finish(mut self) -> UserReport {
+        self.report.tone_share = self.decoded.tone_share(self.expect_hz);
+        self.report
     }
 }
 
