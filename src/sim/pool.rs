@@ -168,8 +168,8 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
         }
         // Timers, and calls that are over.
         let now = Instant::now();
-        for i in 0..slots.len() {
-            let Some(slot) = slots[i].as_mut() else {
+        for (i, entry) in slots.iter_mut().enumerate() {
+            let Some(slot) = entry.as_mut() else {
                 continue;
             };
             if slot.due > now {
@@ -179,7 +179,7 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
             match slot.job.call.tick(now, stop) {
                 Ok(Some(due)) => slot.due = due,
                 over => {
-                    let Some(done) = slots[i].take() else {
+                    let Some(done) = entry.take() else {
                         continue;
                     };
                     let fd = done.job.call.user.socket().as_raw_fd();

@@ -301,12 +301,14 @@ impl SimUser {
 
 /// The tone loops encoded so far, by frequency: every user sending the same tone sends the
 /// same Opus frames, encoded once.
-static TONE_LOOPS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<u32, std::sync::Arc<Vec<Vec<u8>>>>>,
-> = std::sync::LazyLock::new(Default::default);
+static TONE_LOOPS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u32, ToneLoop>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One second of a tone's Opus frames, shared by the users sending it.
+pub(super) type ToneLoop = std::sync::Arc<Vec<Vec<u8>>>;
 
 /// One second of a `hz` tone as Opus frames (a whole number of cycles: it loops).
-pub(super) fn tone_loop(hz: f32) -> Result<std::sync::Arc<Vec<Vec<u8>>>, UserError> {
+pub(super) fn tone_loop(hz: f32) -> Result<ToneLoop, UserError> {
     let key = hz.to_bits();
     let mut loops = TONE_LOOPS
         .lock()
@@ -335,7 +337,7 @@ pub(super) struct Running {
     decoded: Heard,
     dtmf_in: crate::media::dtmf::DtmfReceiver,
     dtmf_plan: Option<DtmfPlan>,
-    tone: std::sync::Arc<Vec<Vec<u8>>>,
+    tone: ToneLoop,
     connect_deadline: Instant,
     end: Option<Instant>,
     next_frame: Instant,
