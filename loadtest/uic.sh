@@ -6,15 +6,45 @@
 # call and resident memory per concurrent call, and writes a PNG plot of concurrent calls and
 # the switch's CPU over time.
 #
-#   loadtest/uic.sh [RATE] [HOLD_S] [DURATION_S] [CONCURRENCY]     default: 20 10 60 2000
+#   loadtest/uic.sh [OPTIONS] [RATE] [HOLD_S] [DURATION_S] [CONCURRENCY]   default: 20 10 60 2000
 #   UIC_PBX=opus loadtest/uic.sh ...      the PBX answers Opus: no transcoding in the switch
+#
+# Options:
+#   --switch-cpus LIST    pin the switch to these CPUs (taskset -c), e.g. 0
+#   --harness-cpus LIST   pin the sim and SIPp to these CPUs, e.g. 1
+#   --media-threads N     threads carrying the sim's users' media (default 1)
+#   --find-max            raise the concurrency in steps (HOLD_S-long calls started over
+#                         HOLD_S/2 seconds, 250 more each step, up to CONCURRENCY) until a
+#                         call fails or the echo loses more than 0.1 %; reports the highest
+#                         step with no failure
+#
+# The last line is one JSON object (mode, cpu_ms_per_call_second, max_concurrent_zero_fail,
+# mem_kib_per_call, setup_p50_ms, setup_p99_ms, loss_pct, ...), for scripts comparing runs.
+# cpu_ms_per_call_second is the switch's CPU time over the seconds calls were up (the sum
+# of concurrent calls sampled each second); loss_pct is the echo's loss seen by the users
+# (Opus packets back against packets sent, both ways through the switch and the PBX).
 #
 # Needs a release build (cargo build --release; the script builds it if missing) and SIPp
 # (Debian package sip-tester). Ports: HTTP 18080, sim 18090, SIP 15060, PBX 15070, media
 # 30000-39999. The run is bounded: new calls stop after DURATION_S, every call after its hold.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SWITCH_CPUS=""; HARNESS_CPUS=""; FIND_MAX=0; MEDIA_THREADS=1; ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --switch-cpus) SWITCH_CPUS="$2"; shift 2 ;;
+    --harness-cpus) HARNESS_CPUS="$2"; shift 2 ;;
+    --media-threads) MEDIA_THREADS="$2"; shift 2 ;;
+    --find-max) FIND_MAX=1; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+set -- "${ARGS[@]}"
 RATE="${1:-20}"; HOLD="${2:-10}"; DURATION="${3:-60}"; CONCURRENCY="${4:-2000}"
+MODE=transcoded; [ "${UIC_PBX:-pcmu}" = opus ] && MODE=passthrough
+pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
+SW_PIN=$(pin "$SWITCH_CPUS"); H_PIN=$(pin "$HARNESS_CPUS")
 BIN="$ROOT/target/release/waswitch"
 W="$(mktemp -d /tmp/uic-load.XXXXXX)"
 command -v sipp >/dev/null || { echo "missing sipp (apt-get install sip-tester)"; exit 2; }
@@ -32,7 +62,8 @@ sed -e 's/127.0.0.1:8080/127.0.0.1:18080/' -e 's/127.0.0.1:8090/127.0.0.1:18090/
 sed -i 's/^\[limits\]//' "$W/uic.toml"
 # SIPp's built-in callee cannot answer OPTIONS (it aborts them as unexpected), so the trunk
 # is not probed: a probe timing out would mark it down and refuse every later call.
-sed -i 's/^invite_timeout_ms = 4000$/invite_timeout_ms = 4000\noptions_interval_secs = 0/' "$W/uic.toml"
+grep -q '^options_interval_secs' "$W/uic.toml" ||
+  sed -i 's/^invite_timeout_ms = 4000$/invite_timeout_ms = 4000\noptions_interval_secs = 0/' "$W/uic.toml"
 printf "\n[limits]\nmax_calls = 20000\nmax_cps = 5000\n" >>"$W/uic.toml"
 
 # The PBX: SIPp's built-in callee (answers PCMU: the switch transcodes Opus <-> PCMU), or
@@ -42,55 +73,119 @@ if [ "${UIC_PBX:-pcmu}" = opus ]; then
 else
   SCENARIO=(-sn uas)
 fi
-timeout $((DURATION + HOLD + 120)) sipp "${SCENARIO[@]}" -i 127.0.0.1 -p 15070 -mi 127.0.0.1 \
+BOUND=$((DURATION + HOLD + 120)); [ "$FIND_MAX" = 1 ] && BOUND=$(( (HOLD * 2 + 120) * (CONCURRENCY / 250 + 1) ))
+timeout $BOUND $H_PIN sipp "${SCENARIO[@]}" -i 127.0.0.1 -p 15070 -mi 127.0.0.1 \
   -mp 40000 -rtp_echo -nostdin -bg -trace_err -error_file "$W/sipp.err" >"$W/sipp.log" 2>&1
 SIPP=$(pgrep -n -f "sipp .*-p 15070") && PIDS+=("$SIPP")
 
-WASWITCH_LOG_LEVEL=warn "$BIN" run --config "$W/uic.toml" >"$W/switch.log" 2>&1 &
+WASWITCH_LOG_LEVEL=warn $SW_PIN "$BIN" run --config "$W/uic.toml" >"$W/switch.log" 2>&1 &
 SW=$!; PIDS+=("$SW")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/ready >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:18080/ready >/dev/null || { echo "the switch did not start"; cat "$W/switch.log"; exit 2; }
 
-# Once a second: concurrent calls (the switch's gauge), the switch's CPU ticks and RSS.
+# Once a second: concurrent calls (the switch's gauge), the switch's CPU ticks and RSS, and
+# the harness's CPU ticks (SIPp, and the sim placing calls).
 TICK=$(getconf CLK_TCK)
+ticks() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
 (
   while kill -0 "$SW" 2>/dev/null; do
     calls=$(curl -sf http://127.0.0.1:18080/metrics | sed -n 's/^waswitch_calls_active \([0-9.]*\)$/\1/p')
-    read -r ut st < <(awk '{print $14, $15}' "/proc/$SW/stat")
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$SW/status")
-    echo "$(date +%s.%N) ${calls:-0} $((ut + st)) $rss"
+    SIMP=$(pgrep -n -f "waswitch sim --config $W/uic.toml")
+    echo "$(date +%s.%N) ${calls:-0} $(ticks "$SW") $rss $(ticks "$SIPP") $(ticks "$SIMP")"
     sleep 1
   done
 ) >"$W/samples.txt" &
 PIDS+=($!)
 
-echo "rate=$RATE/s hold=${HOLD}s duration=${DURATION}s concurrency<=$CONCURRENCY (results: $W)"
-cpu0=$(awk '{print $14 + $15}' "/proc/$SW/stat")
-timeout $((DURATION + HOLD + 90)) "$BIN" sim --config "$W/uic.toml" --rate "$RATE" \
-  --hold "$HOLD" --duration "$DURATION" --concurrency "$CONCURRENCY" \
-  >"$W/sim.json" 2>"$W/sim.log"
-SIM_EXIT=$?
-cpu1=$(awk '{print $14 + $15}' "/proc/$SW/stat")
+# One run of the sim: RATE HOLD DURATION CONCURRENCY TAG; its report in $W/TAG.json, the
+# switch's CPU ticks before and after in $W/TAG.cpu.
+run_sim() {
+  local rate=$1 hold=$2 duration=$3 concurrency=$4 tag=$5
+  echo "$(awk '{print $14 + $15}' "/proc/$SW/stat") $(date +%s.%N)" >"$W/$tag.cpu"
+  timeout $((duration + hold + 90)) $H_PIN "$BIN" sim --config "$W/uic.toml" --rate "$rate" \
+    --hold "$hold" --duration "$duration" --concurrency "$concurrency" \
+    --media-threads "$MEDIA_THREADS" >"$W/$tag.json" 2>"$W/$tag.log"
+  local code=$?
+  echo "$(awk '{print $14 + $15}' "/proc/$SW/stat") $(date +%s.%N)" >>"$W/$tag.cpu"
+  return $code
+}
+
+echo "mode=$MODE switch_cpus=${SWITCH_CPUS:-any} harness_cpus=${HARNESS_CPUS:-any} media_threads=$MEDIA_THREADS (results: $W)"
+STEPS=()
+if [ "$FIND_MAX" = 1 ]; then
+  # Each step: calls of HOLD seconds started over HOLD/2 seconds, so all of them are up
+  # at once for half their hold.
+  for ((c = 250; c <= CONCURRENCY; c += 250)); do
+    ramp=$(( HOLD / 2 > 1 ? HOLD / 2 : 1 ))
+    echo "step: $c concurrent calls (rate $((c / ramp))/s for ${ramp}s, hold ${HOLD}s)"
+    run_sim "$(( c / ramp ))" "$HOLD" "$ramp" "$c" "step$c"
+    STEPS+=("step$c")
+    python3 - "$W/step$c.json" <<'STEP' || break
+import json, sys
+r = json.load(open(sys.argv[1]))
+loss = 100 * (1 - r["packets_in"] / max(r["packets_out"], 1))
+print(f"  offered={r['attempts']} failed={r['failed']} audio_verified={r['audio_verified']} "
+      f"peak={r['peak_concurrency']} setup_p99_ms={r['setup_p99_ms']} echo_loss_pct={loss:.3f}")
+sys.exit(1 if r["failed"] or loss > 0.1 else 0)
+STEP
+    sleep 3
+  done
+else
+  echo "rate=$RATE/s hold=${HOLD}s duration=${DURATION}s concurrency<=$CONCURRENCY"
+  run_sim "$RATE" "$HOLD" "$DURATION" "$CONCURRENCY" run
+  STEPS=(run)
+fi
 sleep 1
 
-python3 - "$W" "$cpu0" "$cpu1" "$TICK" "$SIM_EXIT" <<'PY'
+python3 - "$W" "$TICK" "$MODE" "$FIND_MAX" "${STEPS[@]}" <<'PY'
 import json, struct, sys, zlib
-w, cpu0, cpu1, tick, sim_exit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-try:
-    r = json.load(open(f"{w}/sim.json"))
-except Exception as e:
-    print(f"no report from the sim (exit {sim_exit}): {e}"); sys.exit(1)
-samples = [list(map(float, l.split())) for l in open(f"{w}/samples.txt") if len(l.split()) == 4]
-cpu_s = (cpu1 - cpu0) / tick
+w, tick, mode, find_max, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5:]
+samples = [list(map(float, l.split())) for l in open(f"{w}/samples.txt") if len(l.split()) == 6]
+rows = []
+for tag in steps:
+    try:
+        r = json.load(open(f"{w}/{tag}.json"))
+    except Exception as e:
+        print(f"{tag}: no report from the sim: {e}")
+        continue
+    (c0, t0), (c1, t1) = [tuple(map(float, l.split())) for l in open(f"{w}/{tag}.cpu")][:2]
+    cpu_s = (c1 - c0) / tick
+    window = [s for s in samples if t0 <= s[0] <= t1]
+    # Call-seconds: concurrent calls sampled once a second, summed over the run.
+    call_s = sum(b[1] * (b[0] - a[0]) for a, b in zip(window, window[1:]))
+    peak = max((s[1] for s in window), default=0)
+    rss_base = window[0][3] if window else 0
+    rss_peak = max((s[3] for s in window), default=0)
+    loss = 100 * (1 - r["packets_in"] / max(r["packets_out"], 1))
+    # The harness: SIPp's ticks over the window, and the sim's (its process is new each
+    # step: its last sample is its total).
+    sipp_s = (window[-1][4] - window[0][4]) / tick if window else 0
+    sim_s = max((s[5] for s in window), default=0) / tick
+    print(f"{tag}: harness_cpu_s: sipp={sipp_s:.1f} sim={sim_s:.1f} "
+          f"(per call-second: sipp {1000 * sipp_s / max(call_s, 1):.2f} ms, sim {1000 * sim_s / max(call_s, 1):.2f} ms)")
+    rows.append(dict(tag=tag, r=r, cpu_s=cpu_s, call_s=call_s, peak=peak, loss=loss,
+                     mem=(rss_peak - rss_base) / max(peak, 1), rss_peak=rss_peak))
+    print(f"{tag}: offered={r['attempts']} connected={r['connected']} failed={r['failed']} "
+          f"audio_verified={r['audio_verified']} errors={r['errors']}")
+    print(f"{tag}: setup_p50_ms={r['setup_p50_ms']} setup_p99_ms={r['setup_p99_ms']} "
+          f"peak_concurrent={peak:.0f} call_seconds={call_s:.0f} echo_loss_pct={loss:.3f}")
+    print(f"{tag}: switch_cpu_s={cpu_s:.1f} cpu_ms_per_call_second={1000 * cpu_s / max(call_s, 1):.2f} "
+          f"rss_peak_kib={rss_peak:.0f} mem_kib_per_call={(rss_peak - rss_base) / max(peak, 1):.1f}")
+good = [x for x in rows if x["r"]["failed"] == 0 and x["loss"] <= 0.1]
+best = max(good, key=lambda x: x["peak"], default=None)
+last = best or (rows[-1] if rows else None)
+summary = {"mode": mode, "find_max": find_max,
+           "max_concurrent_zero_fail": int(best["peak"]) if best else 0}
+if last:
+    summary.update({
+        "cpu_ms_per_call_second": round(1000 * last["cpu_s"] / max(last["call_s"], 1), 3),
+        "mem_kib_per_call": round(last["mem"], 1),
+        "setup_p50_ms": last["r"]["setup_p50_ms"], "setup_p99_ms": last["r"]["setup_p99_ms"],
+        "loss_pct": round(last["loss"], 4), "offered": last["r"]["attempts"],
+        "failed": last["r"]["failed"], "call_seconds": round(last["call_s"]),
+        "switch_cpu_s": round(last["cpu_s"], 2)})
 peak = max((s[1] for s in samples), default=0)
-rss_peak = max((s[3] for s in samples), default=0)
-rss_base = samples[0][3] if samples else 0
-print(f"offered={r['attempts']} connected={r['connected']} accepted={r['accepted']} "
-      f"failed={r['failed']} audio_verified={r['audio_verified']} errors={r['errors']}")
-print(f"setup_p50_ms={r['setup_p50_ms']} setup_p99_ms={r['setup_p99_ms']} "
-      f"peak_concurrent={peak:.0f} elapsed_s={r['elapsed_s']:.1f}")
-print(f"switch_cpu_s={cpu_s:.1f} cpu_ms_per_call={1000 * cpu_s / max(r['attempts'], 1):.1f} "
-      f"rss_peak_kib={rss_peak:.0f} rss_kib_per_concurrent_call={(rss_peak - rss_base) / max(peak, 1):.1f}")
 
 # A PNG of concurrent calls (blue) and switch CPU % of one core (red) over time.
 W_, H_ = 800, 300
@@ -121,4 +216,5 @@ png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W_, H_, 8, 2
     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 open(f"{w}/uic.png", "wb").write(png)
 print(f"plot: {w}/uic.png (blue: concurrent calls, 0..{peak:.0f}; red: switch CPU, 0..200% of a core)")
+print(json.dumps(summary))
 PY

@@ -327,6 +327,10 @@ pub struct LoadReport {
     pub setup_p99_ms: Option<f64>,
     /// Most calls up at once.
     pub peak_concurrency: u64,
+    /// Opus packets the users sent, all calls together.
+    pub packets_out: u64,
+    /// Opus packets the users received (their echo, through the switch and back).
+    pub packets_in: u64,
     /// Wall time of the run, seconds.
     pub elapsed_s: f64,
 }
@@ -386,6 +390,8 @@ pub fn summarise(results: &[CallResult]) -> LoadReport {
         report.connected += u64::from(r.connected);
         report.accepted += u64::from(r.accepted);
         report.audio_verified += u64::from(r.audio_verified);
+        report.packets_out += r.packets_out;
+        report.packets_in += r.packets_in;
         if let Some(e) = &r.error {
             report.failed += 1;
             *report.errors.entry(e.clone()).or_default() += 1;
