@@ -14,9 +14,14 @@
 #   --harness-cpus LIST   pin the sim and SIPp to these CPUs, e.g. 1
 #   --media-threads N     threads carrying the sim's users' media (default 1)
 #   --find-max            raise the concurrency in steps (HOLD_S-long calls started over
-#                         HOLD_S/2 seconds, 250 more each step, up to CONCURRENCY) until a
+#                         HOLD_S/2 seconds, --step more each step, up to CONCURRENCY) until a
 #                         call fails or the echo loses more than 0.1 %; reports the highest
 #                         step with no failure
+#   --step N              the --find-max step (default 250)
+#
+# SIPp echoes every call's RTP on one socket: with the default receive buffer
+# (net.core.rmem_default, 208 KiB) it drops packets beyond a few hundred calls. For such runs
+# raise it first (sudo sysctl -w net.core.rmem_default=4194304) and restore it after.
 #
 # The last line is one JSON object (mode, cpu_ms_per_call_second, max_concurrent_zero_fail,
 # mem_kib_per_call, setup_p50_ms, setup_p99_ms, loss_pct, ...), for scripts comparing runs.
@@ -29,14 +34,15 @@
 # 30000-39999. The run is bounded: new calls stop after DURATION_S, every call after its hold.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-SWITCH_CPUS=""; HARNESS_CPUS=""; FIND_MAX=0; MEDIA_THREADS=1; ARGS=()
+SWITCH_CPUS=""; HARNESS_CPUS=""; FIND_MAX=0; MEDIA_THREADS=1; STEP=250; ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --switch-cpus) SWITCH_CPUS="$2"; shift 2 ;;
     --harness-cpus) HARNESS_CPUS="$2"; shift 2 ;;
     --media-threads) MEDIA_THREADS="$2"; shift 2 ;;
     --find-max) FIND_MAX=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --step) STEP="$2"; shift 2 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
@@ -73,7 +79,7 @@ if [ "${UIC_PBX:-pcmu}" = opus ]; then
 else
   SCENARIO=(-sn uas)
 fi
-BOUND=$((DURATION + HOLD + 120)); [ "$FIND_MAX" = 1 ] && BOUND=$(( (HOLD * 2 + 120) * (CONCURRENCY / 250 + 1) ))
+BOUND=$((DURATION + HOLD + 120)); [ "$FIND_MAX" = 1 ] && BOUND=$(( (HOLD * 2 + 120) * (CONCURRENCY / STEP + 1) ))
 timeout $BOUND $H_PIN sipp "${SCENARIO[@]}" -i 127.0.0.1 -p 15070 -mi 127.0.0.1 \
   -mp 40000 -rtp_echo -nostdin -bg -trace_err -error_file "$W/sipp.err" >"$W/sipp.log" 2>&1
 SIPP=$(pgrep -n -f "sipp .*-p 15070") && PIDS+=("$SIPP")
@@ -111,12 +117,14 @@ run_sim() {
   return $code
 }
 
+[ "$(cat /proc/sys/net/core/rmem_default)" -lt 1048576 ] &&
+  echo "note: net.core.rmem_default is $(cat /proc/sys/net/core/rmem_default): SIPp's echo drops packets beyond a few hundred calls"
 echo "mode=$MODE switch_cpus=${SWITCH_CPUS:-any} harness_cpus=${HARNESS_CPUS:-any} media_threads=$MEDIA_THREADS (results: $W)"
 STEPS=()
 if [ "$FIND_MAX" = 1 ]; then
   # Each step: calls of HOLD seconds started over HOLD/2 seconds, so all of them are up
   # at once for half their hold.
-  for ((c = 250; c <= CONCURRENCY; c += 250)); do
+  for ((c = STEP; c <= CONCURRENCY; c += STEP)); do
     ramp=$(( HOLD / 2 > 1 ? HOLD / 2 : 1 ))
     echo "step: $c concurrent calls (rate $((c / ramp))/s for ${ramp}s, hold ${HOLD}s)"
     run_sim "$(( c / ramp ))" "$HOLD" "$ramp" "$c" "step$c"

@@ -206,12 +206,15 @@ impl SimUser {
     }
 
     /// Meta's media servers as str0m plays them: ICE-lite, RTP mode, Opus, and
-    /// telephone-event let through.
+    /// telephone-event let through, no header extensions.
     fn config() -> RtcConfig {
+        // No RTP header extensions: Meta's SDP has none (so no transport-wide congestion
+        // control feedback either, whose cost would otherwise show in the switch's).
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
+            .clear_extension_map()
             .enable_opus(true);
         // Let telephone-events through (str0m drops payload types it does not know).
         config.codec_config().add_config(
