@@ -241,7 +241,9 @@ impl Shard {
         let fd = match &peer_leg.io {
             Io::Plain { rtp, .. } => {
                 if let Some(srtp) = peer_leg.srtp.as_mut() {
-                    // Encrypted in place in the batch's buffers, still sent in one call.
+                    // Encrypted in place in the batch's buffers, still sent in one call. A
+                    // packet with no room left for the trailer leaves empty (the peer
+                    // ignores it): never in the clear.
                     for &(i, _) in forward {
                         let (buf, len) = batch.buffer(i);
                         let n = srtp.tx.protect_rtp(buf, len).unwrap_or(0);
