@@ -17,6 +17,9 @@ use super::user::{Running, SimUser, UserError, UserReport};
 const WAKER: Token = Token(usize::MAX);
 /// The longest a thread sleeps with nothing due.
 const IDLE: Duration = Duration::from_millis(20);
+/// Timers falling due within this of each other run in one pass (a frame a millisecond
+/// early or late is nothing to a 20 ms cadence; a wake-up per user per frame is a lot).
+const SLACK: Duration = Duration::from_millis(1);
 
 /// A user's call handed to a pool thread.
 struct Job {
@@ -102,15 +105,10 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
     let mut free: Vec<usize> = Vec::new();
     let mut open = true;
     let mut buf = [0u8; 2048];
+    let mut earliest = Instant::now();
     loop {
         let now = Instant::now();
-        let earliest = slots
-            .iter()
-            .flatten()
-            .map(|s| s.due)
-            .min()
-            .unwrap_or(now + IDLE);
-        let wait = earliest.saturating_duration_since(now).min(IDLE);
+        let wait = earliest.saturating_duration_since(now).clamp(SLACK, IDLE);
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::error!(error = %e, "the user pool's poll failed");
@@ -125,8 +123,6 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
             let Some(slot) = slots.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
-            // What came may change what is due (the media connected: frames start now).
-            slot.due = Instant::now();
             // Edge-triggered: read until the socket is empty.
             loop {
                 let read = slot.job.call.user.socket().recv_from(&mut buf);
@@ -139,6 +135,8 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
                     break;
                 }
             }
+            // What came may change what is due (the media connected: frames start now).
+            slot.due = slot.due.min(slot.job.call.due());
         }
         // New calls.
         while open {
@@ -166,18 +164,23 @@ fn serve(mut poll: Poll, queue: mpsc::Receiver<Job>) {
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
-        // Timers, and calls that are over.
+        // Timers, and calls that are over; and the next wake-up.
         let now = Instant::now();
+        earliest = now + IDLE;
         for (i, entry) in slots.iter_mut().enumerate() {
             let Some(slot) = entry.as_mut() else {
                 continue;
             };
-            if slot.due > now {
+            if slot.due > now + SLACK {
+                earliest = earliest.min(slot.due);
                 continue;
             }
             let stop = slot.job.stop.load(Ordering::Relaxed);
             match slot.job.call.tick(now, stop) {
-                Ok(Some(due)) => slot.due = due,
+                Ok(Some(due)) => {
+                    slot.due = due;
+                    earliest = earliest.min(due);
+                }
                 over => {
                     let Some(done) = entry.take() else {
                         continue;

@@ -429,11 +429,17 @@ impl Running {
             self.send_frame(now);
             self.drain()?;
         }
-        let mut due = self.rtc_due.min(self.end.unwrap_or(self.connect_deadline));
+        Ok(Some(self.due()))
+    }
+
+    /// When the call is next due: str0m's timer, the next frame, or its end.
+    pub(super) fn due(&self) -> Instant {
+        let due = self.rtc_due.min(self.end.unwrap_or(self.connect_deadline));
         if self.report.connected {
-            due = due.min(self.next_frame);
+            due.min(self.next_frame)
+        } else {
+            due
         }
-        Ok(Some(due))
     }
 
     /// The frame of this 20 ms: a DTMF event while a key is pressed, else the tone.
