@@ -70,10 +70,12 @@ fn setup(n: u32, start: Instant) -> (WebRtcLeg, Rtc, Duration) {
     let ours: SocketAddr = SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 40_000));
     let theirs: SocketAddr = SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 3_484));
     let mut now = start;
+    // Meta's offers carry no RTP header extensions.
     let mut peer = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()
+        .clear_extension_map()
         .enable_opus(true)
         .build(now);
     peer.add_local_candidate(Candidate::host(theirs, "udp").expect("candidate"));
