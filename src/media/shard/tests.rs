@@ -1170,3 +1170,72 @@ fn a_webrtc_side_b_stands_in_for_the_plain_one_and_opus_passes_between_two_brows
     pair.close();
     plane.stop();
 }
+
+#[test]
+fn an_sdes_side_is_decrypted_in_and_encrypted_out_and_forgeries_are_dropped() {
+    use crate::media::srtp::{Crypto, Keying, MasterKey, SrtpReceiver, SrtpSender, Suite};
+    let r = rig(42_300, SourcePolicy::Strict, Duration::from_secs(30));
+    let key = |b: u8| MasterKey::new([b; 16], [b ^ 0x5a; 14]);
+    let keying = Keying {
+        theirs: Crypto {
+            tag: 1,
+            suite: Suite::AesCm128HmacSha1_80,
+            key: key(1),
+        },
+        ours: Crypto {
+            tag: 1,
+            suite: Suite::AesCm128HmacSha1_80,
+            key: key(2),
+        },
+    };
+    r.pair.set_srtp(Side::A, &keying).unwrap();
+    // A's peer: sends under its key, reads under ours.
+    let mut tx = SrtpSender::new(Suite::AesCm128HmacSha1_80, &key(1));
+    let mut rx = SrtpReceiver::new(Suite::AesCm128HmacSha1_80, &key(2));
+    let mut forger = SrtpSender::new(Suite::AesCm128HmacSha1_80, &key(3));
+    let protect = |tx: &mut SrtpSender, packet: Vec<u8>| {
+        let mut buf = packet;
+        let len = buf.len();
+        buf.resize(len + crate::media::srtp::MAX_TRAILER, 0);
+        let n = tx.protect_rtp(&mut buf, len).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let mut sent = Vec::new();
+    for i in 0..20u16 {
+        let payload = [i as u8; 160];
+        let packet = protect(&mut tx, rtp(i, u32::from(i) * 160, 7, 0, &payload));
+        r.a.send_to(&packet, r.a_port).unwrap();
+        sent.push(packet);
+        let got = recv(&r.b).expect("decrypted toward B");
+        let v = RtpView::parse(&got[..]).unwrap();
+        assert_eq!((v.sequence(), v.payload()), (i, &payload[..]));
+    }
+    // A forged packet (another key) and a replayed one reach nobody.
+    r.a.send_to(
+        &protect(&mut forger, rtp(20, 3200, 7, 0, &[9; 160])),
+        r.a_port,
+    )
+    .unwrap();
+    r.a.send_to(&sent[5], r.a_port).unwrap();
+    assert_eq!(recv(&r.b), None, "nothing unauthenticated passes");
+    // B's packets, a burst at a time (one batch, encrypted in place), reach A's peer
+    // under our key.
+    socket2::SockRef::from(&r.a)
+        .set_recv_buffer_size(1 << 20)
+        .unwrap();
+    for i in 0..12u16 {
+        r.b.send_to(&rtp(i, u32::from(i) * 160, 9, 0, &[i as u8; 160]), r.b_port)
+            .unwrap();
+    }
+    for i in 0..12u16 {
+        let mut got = recv(&r.a).expect("encrypted toward A");
+        let n = rx.unprotect_rtp(&mut got).expect("under our key");
+        let v = RtpView::parse(&got[..n]).unwrap();
+        assert_eq!((v.sequence(), v.payload()), (i, &[i as u8; 160][..]));
+    }
+    let [a, _] = r.pair.stats().unwrap();
+    assert_eq!(a.packets_in, 20);
+    assert_eq!(a.dropped, 2);
+    r.plane.stop();
+}
