@@ -387,12 +387,21 @@ fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
             .wait_call(&id, Duration::from_secs(10), |c| c.answer.is_some())
             .await
             .expect("ringing");
-        let live: serde_json::Value = get("/v1/calls", Some(API_TOKEN))
-            .await
-            .expect("answer")
-            .json()
-            .await
-            .expect("json");
+        // The pre-accept reaches Meta as the PBX's 180 reaches the call: the call's own
+        // record of the ringing may come a moment later.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let live = loop {
+            let live: serde_json::Value = get("/v1/calls", Some(API_TOKEN))
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("json");
+            if live["calls"][0]["ringing_at"].is_i64() || tokio::time::Instant::now() > deadline {
+                break live;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let calls = live["calls"].as_array().expect("calls");
         assert_eq!(calls.len(), 1, "{live}");
         assert_eq!(calls[0]["offer"]["wa_call_id"], id.as_str());
