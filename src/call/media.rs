@@ -102,6 +102,23 @@ impl std::fmt::Debug for Listener {
     }
 }
 
+/// The audio of an SDES description (`what`: "offer" or "answer", for the reasons) and its
+/// first codec the switch speaks.
+fn sdes_audio(sdp: &str, what: &str) -> Result<(crate::sdp::Audio, crate::sdp::Format), String> {
+    let audio = crate::sdp::Sdp::parse(sdp.as_bytes())
+        .map_err(|e| format!("the {what} is not SDP: {e}"))?
+        .audio()
+        .map_err(|e| format!("the {what}'s audio is malformed: {e}"))?
+        .ok_or_else(|| format!("the {what} has no audio"))?;
+    let codec = audio
+        .formats
+        .iter()
+        .find(|f| crate::media::transcode::Codec::from_name(&f.name).is_some())
+        .cloned()
+        .ok_or_else(|| format!("the {what} has no codec the switch speaks (Opus, PCMU, PCMA)"))?;
+    Ok((audio, codec))
+}
+
 /// Messages of [`MediaActor`].
 #[derive(Debug)]
 pub enum MediaMsg {
@@ -596,11 +613,7 @@ impl Media {
     /// Answers an SDES offer (Meta's, over SIP): the first usable `a=crypto` and the
     /// first offered codec the switch speaks, mirrored with their payload types.
     fn anchor_sdes(&mut self, myself: &ActorRef<MediaMsg>, offer: &str) -> Result<String, String> {
-        let audio = crate::sdp::Sdp::parse(offer.as_bytes())
-            .map_err(|e| format!("the offer is not SDP: {e}"))?
-            .audio()
-            .map_err(|e| format!("the offer's audio is malformed: {e}"))?
-            .ok_or("the offer has no audio")?;
+        let (audio, codec) = sdes_audio(offer, "offer")?;
         if !audio.sdes() {
             return Err(format!(
                 "the offer is {} without a=crypto, not SDES-SRTP",
@@ -608,12 +621,6 @@ impl Media {
             ));
         }
         let keying = crate::media::srtp::answer(&audio.crypto)?;
-        let codec = audio
-            .formats
-            .iter()
-            .find(|f| crate::media::transcode::Codec::from_name(&f.name).is_some())
-            .cloned()
-            .ok_or("the offer has no codec the switch speaks (Opus, PCMU, PCMA)")?;
         let anchor = self.anchor_plain(myself)?;
         self.sdes_side_a(&audio, &codec, &keying)?;
         let mut formats = vec![codec];
@@ -662,18 +669,8 @@ impl Media {
 
     /// Meta's answer to our SDES offer: its address, codec and key.
     fn sdes_answer(&mut self, answer: &str) -> Result<(), String> {
-        let audio = crate::sdp::Sdp::parse(answer.as_bytes())
-            .map_err(|e| format!("the answer is not SDP: {e}"))?
-            .audio()
-            .map_err(|e| format!("the answer's audio is malformed: {e}"))?
-            .ok_or("the answer has no audio")?;
+        let (audio, codec) = sdes_audio(answer, "answer")?;
         let keying = crate::media::srtp::of_answer(&self.sdes_offer, &audio.crypto)?;
-        let codec = audio
-            .formats
-            .iter()
-            .find(|f| crate::media::transcode::Codec::from_name(&f.name).is_some())
-            .cloned()
-            .ok_or("the answer has no codec the switch speaks")?;
         self.sdes_side_a(&audio, &codec, &keying)?;
         self.sdes_offer.clear();
         Ok(())

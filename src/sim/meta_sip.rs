@@ -714,7 +714,7 @@ impl MetaSipServer {
                                 SipAnswer::Accept { hold, .. } => {
                                     let offer = String::from_utf8_lossy(&call.invite.body).into_owned();
                                     // SDES, or WebRTC's ICE and DTLS, as the business offered.
-                                    let webrtc = offer.contains("UDP/TLS/RTP/SAVPF");
+                                    let webrtc = crate::sdp::is_webrtc(offer.as_bytes());
                                     let answered = std::net::UdpSocket::bind("127.0.0.1:0")
                                         .map_err(|e| e.to_string())
                                         .and_then(|s| {

@@ -257,6 +257,7 @@ impl SipIngress {
             server,
             invite,
             peer: from,
+            business: number.clone(),
             contact: format!(
                 "sip:{number}@{}:{};transport=tls",
                 meta.config.hostname,

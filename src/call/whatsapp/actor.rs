@@ -42,6 +42,7 @@ use crate::call::LegRole;
 use crate::media::types::Side;
 use crate::meta::graph::{CallAction, GraphError};
 use crate::meta::outbox::Outbox;
+use crate::sip::core::SipCommand;
 use crate::sip::transport::SipHandle;
 use crate::store::HangupParty;
 
@@ -97,6 +98,21 @@ enum Link {
         dialer: Box<MetaSipDialer>,
         call: Option<Box<MetaSipOutbound>>,
     },
+}
+
+impl Link {
+    /// What a Graph action sent without waiting (`reject`, `terminate`) is toward Meta
+    /// over SIP, with the listener it goes through; `None` for the Graph link, or when
+    /// there is nothing left to send.
+    fn sip_send(&mut self, action: &CallAction) -> Option<(SipCommand, &SipHandle)> {
+        match self {
+            Link::Graph => None,
+            Link::SipIn { dialog, origin, .. } => {
+                dialog.action(action).ok().flatten().map(|c| (c, &*origin))
+            }
+            Link::SipOut { dialer, call } => call.as_mut()?.end().map(|c| (c, &dialer.origin)),
+        }
+    }
 }
 
 /// State of a running WhatsApp leg.
@@ -254,13 +270,10 @@ async fn start(args: WhatsAppLegArgs) -> Result<WhatsAppLegState, ActorProcessin
             let span = tracing::debug_span!(parent: &args.span, "leg", role = "wa_leg", wa_call_id = %w.wa_call_id);
             let offer = w.offer_sdp;
             let echo = args.face == Face::Echo;
-            // Over SIP, Meta's offer is SDES-SRTP or WebRTC's ICE and DTLS (the number's
-            // setting decides which Meta sends).
-            let sdes = matches!(w.carrier, Carrier::Sip(_))
-                && crate::sdp::Sdp::parse(offer.as_bytes())
-                    .ok()
-                    .and_then(|s| s.audio().ok().flatten())
-                    .is_some_and(|a| a.proto.contains("SAVP") && !a.proto.contains("TLS"));
+            // Over SIP, Meta's offer is WebRTC's ICE and DTLS or else SDES-SRTP (the number's
+            // setting decides which Meta sends; the SDES answerer says what an offer lacks).
+            let sdes =
+                matches!(w.carrier, Carrier::Sip(_)) && !crate::sdp::is_webrtc(offer.as_bytes());
             let anchored = if sdes {
                 args.media
                     .call(
@@ -418,23 +431,11 @@ impl Drop for WhatsAppLegState {
                     action = action.name(),
                     "WhatsApp leg gone; ending Meta's side"
                 );
-                match &mut self.link {
-                    Link::Graph => {
-                        self.outbox.send(&self.phone_number_id, action);
-                    }
-                    Link::SipIn { dialog, origin, .. } => {
-                        if let Ok(Some(command)) = dialog.action(&action) {
-                            if !origin.try_send(command) {
-                                tracing::warn!("the SIP listener took no last word to Meta");
-                            }
-                        }
-                    }
-                    Link::SipOut { dialer, call } => {
-                        if let Some(command) = call.as_mut().and_then(|c| c.end()) {
-                            if !dialer.origin.try_send(command) {
-                                tracing::warn!("the SIP listener took no last word to Meta");
-                            }
-                        }
+                if matches!(self.link, Link::Graph) {
+                    self.outbox.send(&self.phone_number_id, action);
+                } else if let Some((command, origin)) = self.link.sip_send(&action) {
+                    if !origin.try_send(command) {
+                        tracing::warn!("the SIP listener took no last word to Meta");
                     }
                 }
             }
@@ -531,21 +532,13 @@ impl WhatsAppLegState {
                         self.dial(myself, action);
                     }
                 }
-                WaOut::Send(action) => match &mut self.link {
-                    Link::Graph => {
+                WaOut::Send(action) => {
+                    if matches!(self.link, Link::Graph) {
                         self.outbox.send(&self.phone_number_id, action);
+                    } else if let Some((command, origin)) = self.link.sip_send(&action) {
+                        origin.send(command).await;
                     }
-                    Link::SipIn { dialog, origin, .. } => {
-                        if let Ok(Some(command)) = dialog.action(&action) {
-                            origin.send(command).await;
-                        }
-                    }
-                    Link::SipOut { dialer, call } => {
-                        if let Some(command) = call.as_mut().and_then(|c| c.end()) {
-                            dialer.origin.send(command).await;
-                        }
-                    }
-                },
+                }
                 WaOut::WebRtcAnswer(sdp)
                     if matches!(&self.link, Link::SipOut { dialer, .. } if dialer.sdes)
                         && self.dialled.is_none() =>

@@ -170,15 +170,10 @@ impl WhatsAppCalls {
     /// decided as a `connect` webhook is (the customer is the From's user, Meta's id of the
     /// call its `x-wa-meta-wacid`).
     pub(crate) async fn on_sip_call(&self, link: MetaSipLink) {
-        let request_user = crate::sip::dialog::request_uri(&link.call.invite)
-            .and_then(|uri| crate::sip::uri::SipUri::parse(&uri).ok())
-            .and_then(|u| u.user)
-            .map(|u| crate::number::e164_or_raw(u.split(';').next().unwrap_or_default()));
-        let number = request_user.as_ref().and_then(|n| {
-            self.numbers
-                .values()
-                .find(|b| &b.display_number == n && b.signaling == Signaling::Sip)
-        });
+        let number = self
+            .numbers
+            .values()
+            .find(|b| b.display_number == link.call.business && b.signaling == Signaling::Sip);
         let from = link
             .call
             .invite

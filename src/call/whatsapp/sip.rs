@@ -65,6 +65,9 @@ pub(crate) struct MetaSipCall {
     pub(crate) invite: SipMessage,
     /// Where it came from (the TLS connection our answers and requests go back over).
     pub(crate) peer: SocketAddr,
+    /// The business number called (digits): the Request-URI's user, its parameters set
+    /// aside.
+    pub(crate) business: String,
     /// Our Contact.
     pub(crate) contact: String,
 }

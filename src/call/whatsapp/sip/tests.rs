@@ -31,6 +31,7 @@ fn call() -> MetaSipCall {
         server: ServerId::detached(1),
         invite: meta_invite(),
         peer: "127.0.0.9:40123".parse().expect("address"),
+        business: "15551112222".into(),
         contact: "sip:15551112222@sip.example.com:5061;transport=tls".into(),
     }
 }
