@@ -1,10 +1,13 @@
 //! The media path: the per-packet work of the relay (validate, count, rewrite in place), a
-//! packet through a real shard over loopback, and G.711 per 20 ms frame.
+//! packet through a real shard over loopback, G.711 and Opus per 20 ms frame, and the SRTP
+//! of SDES (SIP) and of WebRTC (DTLS-SRTP) legs per packet.
 //!
 //! `cargo bench --bench media`
+//! `cargo bench --bench media --features webrtc-aws-lc -- webrtc` (WebRTC's crypto from
+//! aws-lc instead of the RustCrypto crates)
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -14,6 +17,10 @@ use waswitch::media::ports::PortAllocator;
 use waswitch::media::rtcp::ReceiverStats;
 use waswitch::media::rtp::{write_packet, RtpView};
 use waswitch::media::types::{Remote, Side, SourcePolicy};
+
+#[path = "../loadtest/webrtc_pair.rs"]
+#[allow(dead_code)]
+mod webrtc_pair;
 
 fn packet() -> [u8; 172] {
     let mut p = [0u8; 172];
@@ -168,12 +175,172 @@ fn srtp_packets(c: &mut Criterion) {
     g.finish();
 }
 
+/// The per-packet work of a WebRTC leg connected as Meta connects (ICE, DTLS-SRTP, RTP
+/// mode): an 80-byte Opus packet from the peer authenticated, decrypted and handed out as
+/// RTP; one of ours encrypted and handed to the socket. The crypto is whichever backend
+/// the build gives str0m.
+fn webrtc_packets(c: &mut Criterion) {
+    use str0m::media::Pt;
+    use str0m::rtp::RtpWrite;
+    use str0m::{Input, Output};
+    use waswitch::media::webrtc::LegOutput;
+
+    let mut g = c.benchmark_group("webrtc_srtp_opus");
+    g.throughput(Throughput::Elements(1));
+    let webrtc_pair::Connected {
+        mut leg,
+        mut peer,
+        mid,
+        now,
+        ..
+    } = webrtc_pair::setup(1, Instant::now());
+    let theirs = webrtc_pair::theirs(1);
+    let pt = leg.opus_pt();
+    let frame = [0x5a_u8; 80];
+    let mut now = now;
+    let mut k: u64 = 0;
+    // The peer's packets are made (and encrypted) outside the measured time, 1,024 at a
+    // time; each is new to the leg (SRTP refuses replays).
+    g.bench_function("receive", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut packets: Vec<Vec<u8>> = Vec::with_capacity(1024);
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(1024);
+                keep_alive(&mut leg, &mut peer, now);
+                packets.clear();
+                while (packets.len() as u64) < chunk {
+                    k += 1;
+                    now += Duration::from_millis(20);
+                    peer.handle_input(Input::Timeout(now)).expect("peer clock");
+                    let mut api = peer.direct_api();
+                    let tx = api.stream_tx_by_mid(mid, None).expect("peer stream");
+                    tx.write_rtp(RtpWrite::new(
+                        Pt::from(pt),
+                        k.into(),
+                        (k * 960) as u32,
+                        now,
+                        &frame[..],
+                    ));
+                    loop {
+                        match peer.poll_output().expect("peer output") {
+                            Output::Timeout(_) => break,
+                            // SRTP only (RTCP has a payload type of 200 to 204).
+                            Output::Transmit(t) if !(200..=204).contains(&t.contents[1]) => {
+                                packets.push(t.contents.to_vec())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                let t = Instant::now();
+                let mut got = 0;
+                for p in &packets {
+                    leg.receive_into(now, theirs, p, &mut |_, d| {
+                        black_box(d);
+                    })
+                    .expect("receive");
+                    while let Some(event) = leg.next_event() {
+                        if matches!(event, LegOutput::Rtp { .. }) {
+                            got += 1;
+                        }
+                        black_box(event);
+                    }
+                }
+                spent += t.elapsed();
+                assert_eq!(got, packets.len(), "every packet decrypted");
+                left -= chunk;
+            }
+            spent
+        })
+    });
+    g.bench_function("send", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(1024);
+                // str0m releases a packet at the time it last saw (a live leg's clock moves
+                // with every datagram it receives): the chunk is sent at one instant.
+                now += Duration::from_millis(20);
+                keep_alive(&mut leg, &mut peer, now);
+                let t = Instant::now();
+                let mut sent = 0;
+                for _ in 0..chunk {
+                    k += 1;
+                    leg.send_rtp(now, pt, k, (k * 960) as u32, false, &frame)
+                        .expect("send");
+                    leg.transmit_into(&mut |_, d| {
+                        sent += 1;
+                        black_box(d);
+                    })
+                    .expect("transmit");
+                }
+                spent += t.elapsed();
+                assert!(sent >= chunk, "every packet went out");
+                left -= chunk;
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+/// Runs both sides' timers at `now` and passes their STUN between them (ICE consent, as
+/// between real peers), outside the measured time; media and RTCP are left out.
+fn keep_alive(leg: &mut waswitch::media::webrtc::WebRtcLeg, peer: &mut str0m::Rtc, now: Instant) {
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Input, Output};
+    let (ours, theirs) = (webrtc_pair::ours(1), webrtc_pair::theirs(1));
+    let stun = |d: &[u8]| !d.is_empty() && d[0] < 4;
+    for _ in 0..8 {
+        leg.handle_timeout(now).expect("leg clock");
+        let mut to_peer = Vec::new();
+        leg.transmit_into(&mut |_, d| {
+            if stun(d) {
+                to_peer.push(d.to_vec());
+            }
+        })
+        .expect("leg output");
+        while leg.next_event().is_some() {}
+        peer.handle_input(Input::Timeout(now)).expect("peer clock");
+        for d in &to_peer {
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: ours,
+                    destination: theirs,
+                    contents: d.as_slice().try_into().expect("datagram"),
+                },
+            );
+            peer.handle_input(input).expect("peer input");
+        }
+        let mut to_leg = Vec::new();
+        loop {
+            match peer.poll_output().expect("peer output") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) if stun(&t.contents) => to_leg.push(t.contents.to_vec()),
+                _ => {}
+            }
+        }
+        if to_peer.is_empty() && to_leg.is_empty() {
+            return;
+        }
+        for d in &to_leg {
+            leg.handle_receive(now, theirs, d).expect("leg input");
+        }
+    }
+}
+
 criterion_group!(
     benches,
     per_packet,
     through_a_shard,
     g711_frames,
     opus_frames,
-    srtp_packets
+    srtp_packets,
+    webrtc_packets
 );
 criterion_main!(benches);

@@ -104,10 +104,19 @@ ticks() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}'
 ) >"$W/samples.txt" &
 PIDS+=($!)
 
-# One run of the sim: RATE HOLD DURATION CONCURRENCY TAG; its report in $W/TAG.json, the
-# switch's CPU ticks before and after in $W/TAG.cpu.
+# The switch's media latency histograms (time in the switch, delay variation), for the
+# window between two scrapes.
+scrape() {
+  curl -sf http://127.0.0.1:18080/metrics |
+    grep -E '^waswitch_media_(latency_added|delay_variation)_seconds_bucket' >"$1"
+}
+
+# One run of the sim: RATE HOLD DURATION CONCURRENCY TAG [FROM TO]; its report in
+# $W/TAG.json, the switch's CPU ticks before and after in $W/TAG.cpu, its latency
+# histograms FROM and TO seconds into the run (the calls' plateau) in $W/TAG.m0, TAG.m1.
 run_sim() {
-  local rate=$1 hold=$2 duration=$3 concurrency=$4 tag=$5
+  local rate=$1 hold=$2 duration=$3 concurrency=$4 tag=$5 from=${6:-0} to=${7:-$(($2 + $3))}
+  ( sleep "$from"; scrape "$W/$tag.m0"; sleep $((to - from)); scrape "$W/$tag.m1" ) &
   echo "$(awk '{print $14 + $15}' "/proc/$SW/stat") $(date +%s.%N)" >"$W/$tag.cpu"
   timeout $((duration + hold + 90)) $H_PIN "$BIN" sim --config "$W/uic.toml" --rate "$rate" \
     --hold "$hold" --duration "$duration" --concurrency "$concurrency" \
@@ -127,7 +136,7 @@ if [ "$FIND_MAX" = 1 ]; then
   for ((c = STEP; c <= CONCURRENCY; c += STEP)); do
     ramp=$(( HOLD / 2 > 1 ? HOLD / 2 : 1 ))
     echo "step: $c concurrent calls (rate $((c / ramp))/s for ${ramp}s, hold ${HOLD}s)"
-    run_sim "$(( c / ramp ))" "$HOLD" "$ramp" "$c" "step$c"
+    run_sim "$(( c / ramp ))" "$HOLD" "$ramp" "$c" "step$c" "$ramp" "$((ramp + HOLD / 2))"
     STEPS+=("step$c")
     python3 - "$W/step$c.json" <<'STEP' || break
 import json, sys
@@ -141,7 +150,12 @@ STEP
   done
 else
   echo "rate=$RATE/s hold=${HOLD}s duration=${DURATION}s concurrency<=$CONCURRENCY"
-  run_sim "$RATE" "$HOLD" "$DURATION" "$CONCURRENCY" run
+  # The plateau: from the first calls' end to the last calls' start.
+  if [ "$DURATION" -gt "$HOLD" ]; then
+    run_sim "$RATE" "$HOLD" "$DURATION" "$CONCURRENCY" run "$HOLD" "$DURATION"
+  else
+    run_sim "$RATE" "$HOLD" "$DURATION" "$CONCURRENCY" run
+  fi
   STEPS=(run)
 fi
 sleep 1
@@ -150,6 +164,52 @@ python3 - "$W" "$TICK" "$MODE" "$FIND_MAX" "${STEPS[@]}" <<'PY'
 import json, struct, sys, zlib
 w, tick, mode, find_max, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5:]
 samples = [list(map(float, l.split())) for l in open(f"{w}/samples.txt") if len(l.split()) == 6]
+
+def buckets(path):
+    # {(metric, direction): [(le, cumulative count)]}
+    out = {}
+    try:
+        lines = open(path).read().split("\n")
+    except OSError:
+        return out
+    for l in lines:
+        if not l:
+            continue
+        head, value = l.rsplit(" ", 1)
+        name = head.split("{")[0].replace("waswitch_media_", "").replace("_seconds_bucket", "")
+        labels = dict(kv.split("=", 1) for kv in head.split("{")[1].rstrip("}").split(","))
+        le = labels["le"].strip('"')
+        out.setdefault((name, labels["direction"].strip('"')), []).append(
+            (float("inf") if le == "+Inf" else float(le), float(value)))
+    return out
+
+def quantile(cum, q):
+    # Linear within the bucket holding the q-th sample (Prometheus' histogram_quantile).
+    total = cum[-1][1] if cum else 0
+    if total <= 0:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for le, c in cum:
+        if c >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (rank - below) / max(c - below, 1e-9)
+        lo, below = le, c
+    return lo
+
+def latency(tag):
+    # p50/p99 in ms of the time in the switch and its variation, per direction, over the
+    # plateau's window.
+    a, b = buckets(f"{w}/{tag}.m0"), buckets(f"{w}/{tag}.m1")
+    out = {}
+    for key, after in b.items():
+        before = dict(a.get(key, []))
+        cum = sorted((le, c - before.get(le, 0.0)) for le, c in after)
+        p50, p99 = quantile(cum, 0.5), quantile(cum, 0.99)
+        if p50 is not None:
+            out[key] = (1000 * p50, 1000 * p99, cum[-1][1])
+    return out
+
 rows = []
 for tag in steps:
     try:
@@ -180,6 +240,11 @@ for tag in steps:
           f"peak_concurrent={peak:.0f} call_seconds={call_s:.0f} echo_loss_pct={loss:.3f}")
     print(f"{tag}: switch_cpu_s={cpu_s:.1f} cpu_ms_per_call_second={1000 * cpu_s / max(call_s, 1):.2f} "
           f"rss_peak_kib={rss_peak:.0f} mem_kib_per_call={(rss_peak - rss_base) / max(peak, 1):.1f}")
+    lat = latency(tag)
+    for (name, d), (p50, p99, n) in sorted(lat.items()):
+        what = "latency_added" if name == "latency_added" else "jitter_added"
+        print(f"{tag}: {what} {d}: p50={p50:.3f} ms p99={p99:.3f} ms ({n:.0f} packets sampled on the plateau)")
+    rows[-1]["lat"] = lat
 good = [x for x in rows if x["r"]["failed"] == 0 and x["loss"] <= 0.1]
 best = max(good, key=lambda x: x["peak"], default=None)
 last = best or (rows[-1] if rows else None)
@@ -193,6 +258,10 @@ if last:
         "loss_pct": round(last["loss"], 4), "offered": last["r"]["attempts"],
         "failed": last["r"]["failed"], "call_seconds": round(last["call_s"]),
         "switch_cpu_s": round(last["cpu_s"], 2)})
+    for (name, d), (p50, p99, _) in last.get("lat", {}).items():
+        what = "latency_added" if name == "latency_added" else "jitter_added"
+        summary[f"{what}_{d}_p50_ms"] = round(p50, 3)
+        summary[f"{what}_{d}_p99_ms"] = round(p99, 3)
 peak = max((s[1] for s in samples), default=0)
 
 # A PNG of concurrent calls (blue) and switch CPU % of one core (red) over time.

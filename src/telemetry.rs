@@ -82,6 +82,21 @@ pub const RTP_PACKETS_TOTAL: &str = "waswitch_rtp_packets_total";
 /// `malformed`, `no_destination`).
 pub const RTP_DROPPED_TOTAL: &str = "waswitch_rtp_dropped_total";
 
+/// Histogram: seconds a relayed RTP packet spent in the switch, from the kernel's receive
+/// stamp to its send (one packet in 16 per leg), by `direction` (`a_to_b`: from the
+/// WhatsApp side, or a SIP call's caller, toward the other; `b_to_a`).
+pub const MEDIA_LATENCY_ADDED: &str = "waswitch_media_latency_added_seconds";
+
+/// Histogram: change of that time between a leg's successive samples (the delay variation
+/// the switch adds), seconds, by `direction`.
+pub const MEDIA_DELAY_VARIATION: &str = "waswitch_media_delay_variation_seconds";
+
+/// Bucket bounds (seconds) of the two media latency histograms.
+const MEDIA_LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.01,
+    0.02, 0.05, 0.1,
+];
+
 /// Gauge: media legs (sockets pairs) carried by the shards.
 pub const MEDIA_LEGS_ACTIVE: &str = "waswitch_media_legs_active";
 
@@ -221,7 +236,20 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install_metrics() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // The media latency histograms get buckets (cumulative counts a load test or
+            // Prometheus can difference over any window); the others stay summaries.
+            let builder = PrometheusBuilder::new();
+            let builder = [MEDIA_LATENCY_ADDED, MEDIA_DELAY_VARIATION]
+                .into_iter()
+                .fold(builder, |b, name| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(name.to_string()),
+                        &MEDIA_LATENCY_BUCKETS,
+                    )
+                    // (Refused only for an empty list of bounds.)
+                    .unwrap_or_else(|_| PrometheusBuilder::new())
+                });
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // A recorder may already be installed by an embedding program; then ours only
             // renders what it was given, which is still correct for `/metrics`.
@@ -603,6 +631,18 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "RTP packets dropped by the media shards, by reason.",
             one("reason", &["foreign_source", "malformed", "no_destination"]),
+        ),
+        m(
+            MEDIA_LATENCY_ADDED,
+            Histogram,
+            "Seconds a relayed RTP packet spent in the switch (kernel receive to send, sampled), by direction.",
+            one("direction", &["a_to_b", "b_to_a"]),
+        ),
+        m(
+            MEDIA_DELAY_VARIATION,
+            Histogram,
+            "Change of the time in the switch between a leg's successive samples, seconds, by direction.",
+            one("direction", &["a_to_b", "b_to_a"]),
         ),
         m(
             MEDIA_LEGS_ACTIVE,

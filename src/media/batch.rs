@@ -5,6 +5,10 @@
 //! kernel fills, allocated once when the shard starts. Packets are relayed in the buffer
 //! they were read into (headers rewritten in place) and sent from it: nothing is copied or
 //! allocated per packet. The unsafe code of the crate is confined to this module.
+//!
+//! Sockets marked with [`stamp_arrivals`] have the kernel's receive time of each datagram
+//! read with it ([`Batch::arrived`]), so a shard can tell how long a packet spent in the
+//! switch, its queue on the socket included.
 
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -27,6 +31,44 @@ pub(crate) struct Batch {
     names: Box<[libc::sockaddr_storage; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
+    /// Ancillary data of each read (the kernel's receive timestamp).
+    controls: Box<[Control; BATCH]>,
+    /// Each packet's arrival, nanoseconds since the Unix epoch (0: not stamped).
+    arrived: [u64; BATCH],
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message (a `timespec`), aligned as `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 64]);
+
+/// Asks the kernel to stamp each datagram `socket` receives with its arrival time
+/// (`SO_TIMESTAMPNS`), read back by [`Batch::arrived`]. Best effort: a socket that cannot
+/// be stamped still works, its packets unstamped.
+pub(crate) fn stamp_arrivals(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` outlives the call and its size is passed; the fd is the caller's open
+    // socket.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Now, in the clock [`Batch::arrived`] is in: nanoseconds since the Unix epoch.
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl std::fmt::Debug for Batch {
@@ -59,6 +101,8 @@ impl Batch {
             names: Box::new(names),
             iovs: Box::new(iovs),
             hdrs: Box::new(hdrs),
+            controls: Box::new([Control([0; 64]); BATCH]),
+            arrived: [0; BATCH],
         }
     }
 
@@ -76,13 +120,13 @@ impl Batch {
             hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             hdr.msg_hdr.msg_iov = &raw mut self.iovs[i];
             hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = size_of::<Control>() as _;
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
         }
-        // SAFETY: every header points at a buffer, an iovec and an address owned by `self`,
-        // which outlive the call; lengths match the allocations.
+        // SAFETY: every header points at a buffer, an iovec, an address and a control
+        // buffer owned by `self`, which outlive the call; lengths match the allocations.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -106,8 +150,15 @@ impl Batch {
             } else {
                 decode(&self.names[i]).unwrap_or(UNSPECIFIED)
             };
+            self.arrived[i] = timestamp(&self.hdrs[i].msg_hdr);
         }
         Ok(n)
+    }
+
+    /// When packet `i` of the last read reached the socket, in nanoseconds since the Unix
+    /// epoch ([`now_ns`]'s clock); 0 when the socket does not stamp its packets.
+    pub(crate) fn arrived(&self, i: usize) -> u64 {
+        self.arrived[i]
     }
 
     /// Packet `i` of the last read: its bytes (to rewrite in place) and its source. A
@@ -178,6 +229,35 @@ impl Batch {
         }
         sent
     }
+}
+
+/// The `SCM_TIMESTAMPNS` time in a received message's ancillary data, in nanoseconds since
+/// the Unix epoch; 0 when there is none.
+// `msg_controllen` is a `size_t` on glibc, a `socklen_t` elsewhere.
+#[allow(clippy::unnecessary_cast)]
+fn timestamp(hdr: &libc::msghdr) -> u64 {
+    if hdr.msg_control.is_null() || (hdr.msg_controllen as usize) < size_of::<libc::cmsghdr>() {
+        return 0;
+    }
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of control
+    // messages, which the CMSG macros walk within those bounds.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*cmsg).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::timespec>() as u32) as usize
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                return (ts.tv_sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(ts.tv_nsec as u64);
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    0
 }
 
 fn decode(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -271,6 +351,40 @@ mod tests {
         // The remaining three come with the next read, which reports the socket drained.
         assert_eq!(batch.recv(rx.as_raw_fd()).expect("recv"), 3);
         assert_eq!(batch.packet(2).0, &[BATCH as u8 + 2; 12][..]);
+    }
+
+    #[test]
+    fn a_stamped_socket_tells_when_each_packet_arrived() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let plain = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        stamp_arrivals(&rx).expect("SO_TIMESTAMPNS");
+        // The kernel turns receive stamping on for the host a moment later (deferred
+        // work); until then a packet is stamped when read.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let before = now_ns();
+        tx.send_to(&[1; 12], rx.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        tx.send_to(&[2; 12], rx.local_addr().expect("addr"))
+            .expect("send");
+        tx.send_to(&[3; 12], plain.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(rx.as_raw_fd()).expect("recv"), 2);
+        let after = now_ns();
+        let (first, second) = (batch.arrived(0), batch.arrived(1));
+        assert!(
+            before <= first && first <= second && second <= after,
+            "{before} {first} {second} {after}"
+        );
+        // Sent 5 ms apart, stamped as they arrived (not when read).
+        assert!(second - first >= 4_000_000, "{first} {second}");
+        assert!(after - second >= 4_000_000, "{second} {after}");
+        // A socket not asked for stamps gives none.
+        assert_eq!(batch.recv(plain.as_raw_fd()).expect("recv"), 1);
+        assert_eq!(batch.arrived(0), 0);
     }
 
     #[test]

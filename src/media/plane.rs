@@ -666,6 +666,8 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // Each packet's arrival, for the time it spends in the switch (best effort).
+    let _ = super::batch::stamp_arrivals(&socket);
     Ok(socket.into())
 }
 

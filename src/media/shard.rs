@@ -37,6 +37,7 @@ use super::types::{Remote, Side, SourcePolicy};
 use super::webrtc::WebRtcLeg;
 
 mod capture;
+mod latency;
 mod playout;
 mod relay;
 mod rtc;
@@ -257,6 +258,8 @@ struct Leg {
     dtmf: DtmfReceiver,
     smoother: Smoother,
     stats: LegStats,
+    /// Sampling of the time its packets spent in the switch.
+    latency: latency::Sampling,
     /// SDES-SRTP of a plain leg (Meta's SIP interface); `None`: plain RTP.
     srtp: Option<Box<Sdes>>,
 }
@@ -342,6 +345,7 @@ impl Leg {
             dtmf: DtmfReceiver::default(),
             smoother: Smoother::default(),
             stats: LegStats::default(),
+            latency: latency::Sampling::default(),
             srtp: None,
         }
     }
@@ -435,6 +439,10 @@ pub(super) struct Shard {
     free: Vec<usize>,
     pairs: HashMap<u64, Pair>,
     counters: Counters,
+    /// When the packet being relayed reached the switch (nanoseconds since the Unix
+    /// epoch; 0 while nothing received is being relayed).
+    arrived: u64,
+    latency: latency::Latency,
     dtmf_out: Vec<DtmfOut>,
     playing: Vec<PlayOut>,
     /// Where transcoded packets are built.
@@ -458,6 +466,8 @@ impl Shard {
             free: Vec::new(),
             pairs: HashMap::new(),
             counters: Counters::default(),
+            arrived: 0,
+            latency: latency::Latency::new(),
             dtmf_out: Vec::new(),
             playing: Vec::new(),
             out_buf: [0; MAX_PACKET],

@@ -222,6 +222,8 @@ pub struct WebRtcLeg {
     queued: std::collections::VecDeque<LegOutput>,
     /// str0m's next timeout, as last polled.
     timeout: Instant,
+    /// The time of the last input given to str0m (a datagram, a timeout, a packet sent).
+    now: Instant,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -244,6 +246,7 @@ impl WebRtcLeg {
     ) -> WebRtcLeg {
         WebRtcLeg {
             timeout: now,
+            now,
             awaiting_answer: false,
             opus_pt,
             rtc,
@@ -414,12 +417,22 @@ impl WebRtcLeg {
     /// Sends what str0m has to send through `transmit`, keeps its events for
     /// [`next_event`](Self::next_event) and notes its next timeout. Call after
     /// [`send_rtp`](Self::send_rtp) and [`handle_timeout`](Self::handle_timeout).
+    ///
+    /// str0m asks for a timeout at once after each packet it sends (its pacer takes a fresh
+    /// look at its queues only then); that one is given here, so the leg's
+    /// [`timeout`](Self::timeout) is its next real timer and a driver is not woken for
+    /// nothing after every packet.
     pub fn transmit_into(
         &mut self,
         transmit: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Result<(), WebRtcError> {
+        let mut caught_up = false;
         loop {
             match self.rtc.poll_output()? {
+                Output::Timeout(at) if at <= self.now && !caught_up => {
+                    caught_up = true;
+                    self.rtc.handle_input(Input::Timeout(self.now))?;
+                }
                 Output::Timeout(at) => {
                     self.timeout = at;
                     return Ok(());
@@ -464,12 +477,14 @@ impl WebRtcLeg {
             return Ok(false);
         }
         self.rtc.handle_input(input)?;
+        self.now = self.now.max(now);
         Ok(true)
     }
 
     /// The time asked for by the last [`LegOutput::Timeout`] has come.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), WebRtcError> {
         self.rtc.handle_input(Input::Timeout(now))?;
+        self.now = self.now.max(now);
         Ok(())
     }
 
@@ -490,6 +505,11 @@ impl WebRtcLeg {
         stream.write_rtp(
             RtpWrite::new(Pt::from(pt), SeqNo::from(seq), timestamp, now, payload).marker(marker),
         );
+        // str0m queues the packet; its pacer releases it on the next timeout, given now so
+        // that the packet leaves with the next transmit rather than a timer pass later.
+        let now = now.max(self.now);
+        self.rtc.handle_input(Input::Timeout(now))?;
+        self.now = now;
         Ok(())
     }
 

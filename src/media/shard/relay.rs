@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::latency::Latency;
 use super::rtc::send_webrtc;
 use super::{read_batch, Counters, Io, Leg, Read, RtcSocket, Shard, Transcoding};
 use crate::media::batch::{self, Batch};
@@ -104,6 +105,7 @@ impl Shard {
             &self.rtc_sockets,
             &mut self.rtc_due,
             &mut self.counters,
+            (&self.latency, self.arrived),
             slot,
             packet,
             to,
@@ -111,12 +113,15 @@ impl Shard {
     }
 
     /// [`send_to_leg`](Self::send_to_leg) over the shard's parts, for a packet built in
-    /// one of the shard's own buffers.
+    /// one of the shard's own buffers. (The shard's parts are borrowed one by one, hence
+    /// the arguments.)
+    #[allow(clippy::too_many_arguments)]
     fn send_via(
         legs: &mut [Option<Leg>],
         rtc_sockets: &[Option<RtcSocket>],
         rtc_due: &mut Instant,
         counters: &mut Counters,
+        (latency, arrived): (&Latency, u64),
         slot: usize,
         packet: &[u8],
         to: SocketAddr,
@@ -134,6 +139,7 @@ impl Shard {
         if sent {
             leg.stats.packets_out += 1;
             counters.tx += 1;
+            latency.sent(leg, arrived);
         } else {
             leg.stats.dropped += 1;
             counters.no_destination += 1;
@@ -171,6 +177,7 @@ impl Shard {
             };
             forward.clear();
             for i in 0..n {
+                self.arrived = batch.arrived(i);
                 if !self.unprotect(slot, batch, i) {
                     continue;
                 }
@@ -192,6 +199,7 @@ impl Shard {
             if !forward.is_empty() {
                 self.flush(slot, batch, forward);
             }
+            self.arrived = 0;
             if n < batch::BATCH {
                 return;
             }
@@ -255,6 +263,7 @@ impl Shard {
             Io::WebRtc(_) => {
                 // Toward WebRTC each packet is encrypted on its own.
                 for &(i, to) in forward {
+                    self.arrived = batch.arrived(i);
                     let (packet, _) = batch.packet(i);
                     self.send_to_leg(peer, packet, to);
                 }
@@ -262,6 +271,11 @@ impl Shard {
             }
         };
         let sent = batch.send(fd, forward) as u64;
+        if sent == forward.len() as u64 {
+            for &(i, _) in forward {
+                self.latency.sent(peer_leg, batch.arrived(i));
+            }
+        }
         let failed = forward.len() as u64 - sent;
         peer_leg.stats.packets_out += sent;
         peer_leg.stats.dropped += failed;
@@ -422,6 +436,7 @@ impl Shard {
                 &self.rtc_sockets,
                 &mut self.rtc_due,
                 &mut self.counters,
+                (&self.latency, self.arrived),
                 peer,
                 &self.out_buf[..rtp::HEADER_LEN + n],
                 to,

@@ -324,6 +324,7 @@ impl Shard {
             };
             let now = Instant::now();
             for i in 0..n {
+                self.arrived = batch.arrived(i);
                 let (data, from) = batch.packet(i);
                 let known = self.rtc_sockets[index]
                     .as_ref()
@@ -361,6 +362,7 @@ impl Shard {
                     self.counters.foreign += 1;
                 }
             }
+            self.arrived = 0;
             if n < batch::BATCH {
                 return;
             }
