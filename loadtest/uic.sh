@@ -51,7 +51,7 @@ RATE="${1:-20}"; HOLD="${2:-10}"; DURATION="${3:-60}"; CONCURRENCY="${4:-2000}"
 MODE=transcoded; [ "${UIC_PBX:-pcmu}" = opus ] && MODE=passthrough
 pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
 SW_PIN=$(pin "$SWITCH_CPUS"); H_PIN=$(pin "$HARNESS_CPUS")
-BIN="$ROOT/target/release/waswitch"
+BIN="${UIC_BIN:-$ROOT/target/release/waswitch}"
 W="$(mktemp -d /tmp/uic-load.XXXXXX)"
 command -v sipp >/dev/null || { echo "missing sipp (apt-get install sip-tester)"; exit 2; }
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin waswitch) || exit 2

@@ -218,6 +218,51 @@ struct RtcIo {
     seq: Option<u64>,
     /// Sends only once the peer's answer is known (legs that made an offer).
     ready: bool,
+    /// The time of its entry in the shard's [`RtcTimers`] (`None`: no entry).
+    scheduled: Option<Instant>,
+}
+
+/// The WebRTC legs' timers: a heap of (due, slot). A leg's entry is pushed only when its
+/// timer moves earlier than the entry it has; a timer that moved later is found when the
+/// entry fires, and pushed again. Entries of legs gone or moved are skipped when they fire.
+/// So a timer pass visits the legs that are due, not every leg.
+pub(super) struct RtcTimers {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
+    /// The earliest entry (or later, never earlier): when the shard next runs the pass.
+    due: Instant,
+    /// No entry is due before this: 1 ms after the last pass began (str0m asks for "now"
+    /// again when it has nothing planned; a pass never spins on it).
+    floor: Instant,
+}
+
+impl RtcTimers {
+    fn new() -> RtcTimers {
+        RtcTimers {
+            heap: std::collections::BinaryHeap::new(),
+            due: Instant::now() + RTC_IDLE,
+            floor: Instant::now(),
+        }
+    }
+
+    /// Notes WebRTC leg `slot`'s next timer.
+    fn schedule(&mut self, slot: usize, rtc: &mut RtcIo) {
+        let at = rtc.leg.timeout().max(self.floor);
+        if rtc.scheduled.is_none_or(|s| at < s) {
+            self.heap.push(std::cmp::Reverse((at, slot)));
+            rtc.scheduled = Some(at);
+            self.due = self.due.min(at);
+        }
+    }
+
+    /// The next entry due by `now`, taken off the heap.
+    fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
+        match self.heap.peek() {
+            Some(std::cmp::Reverse((at, _))) if *at <= now => {
+                self.heap.pop().map(|std::cmp::Reverse(entry)| entry)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A socket shared by a shard's WebRTC legs.
@@ -432,8 +477,8 @@ pub(super) struct Shard {
     rtc_sockets: Vec<Option<RtcSocket>>,
     /// Slots of the WebRTC legs.
     rtc_slots: Vec<usize>,
-    /// The earliest WebRTC timer.
-    rtc_due: Instant,
+    /// The WebRTC legs' timers.
+    rtc_timers: RtcTimers,
     pub(super) commands: Receiver<Command>,
     legs: Vec<Option<Leg>>,
     free: Vec<usize>,
@@ -460,7 +505,7 @@ impl Shard {
             poll,
             rtc_sockets: Vec::new(),
             rtc_slots: Vec::new(),
-            rtc_due: Instant::now() + RTC_IDLE,
+            rtc_timers: RtcTimers::new(),
             commands,
             legs: Vec::new(),
             free: Vec::new(),

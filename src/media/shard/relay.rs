@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::latency::Latency;
 use super::rtc::send_webrtc;
-use super::{read_batch, Counters, Io, Leg, Read, RtcSocket, Shard, Transcoding};
+use super::{read_batch, Counters, Io, Leg, Read, RtcSocket, RtcTimers, Shard, Transcoding};
 use crate::media::batch::{self, Batch};
 use crate::media::plane::MediaEvent;
 use crate::media::record::{self, Frame, Recorder};
@@ -103,7 +103,7 @@ impl Shard {
         Self::send_via(
             &mut self.legs,
             &self.rtc_sockets,
-            &mut self.rtc_due,
+            &mut self.rtc_timers,
             &mut self.counters,
             (&self.latency, self.arrived),
             slot,
@@ -119,7 +119,7 @@ impl Shard {
     fn send_via(
         legs: &mut [Option<Leg>],
         rtc_sockets: &[Option<RtcSocket>],
-        rtc_due: &mut Instant,
+        rtc_timers: &mut RtcTimers,
         counters: &mut Counters,
         (latency, arrived): (&Latency, u64),
         slot: usize,
@@ -134,7 +134,7 @@ impl Shard {
                 .protect(packet, false)
                 .is_some_and(|p| rtp.send_to(p, to).is_ok()),
             (Io::Plain { rtp, .. }, None) => rtp.send_to(packet, to).is_ok(),
-            (Io::WebRtc(rtc), _) => send_webrtc(rtc, rtc_sockets, rtc_due, packet),
+            (Io::WebRtc(rtc), _) => send_webrtc(rtc, rtc_sockets, rtc_timers, slot, packet),
         };
         if sent {
             leg.stats.packets_out += 1;
@@ -434,7 +434,7 @@ impl Shard {
             Self::send_via(
                 &mut self.legs,
                 &self.rtc_sockets,
-                &mut self.rtc_due,
+                &mut self.rtc_timers,
                 &mut self.counters,
                 (&self.latency, self.arrived),
                 peer,

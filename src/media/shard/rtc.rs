@@ -10,7 +10,8 @@ use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
 use super::{
-    read_batch, Io, Leg, NewWebRtcPair, Pair, Read, RtcIo, RtcSocket, Shard, RTC_IDLE, RTC_TOKENS,
+    read_batch, Io, Leg, NewWebRtcPair, Pair, Read, RtcIo, RtcSocket, RtcTimers, Shard, RTC_IDLE,
+    RTC_TOKENS,
 };
 use crate::media::batch::{self, Batch, MAX_PACKET};
 use crate::media::plane::MediaEvent;
@@ -44,8 +45,9 @@ pub(super) fn is_stun(data: &[u8]) -> bool {
     data.len() >= 20 && data[0] < 4 && data[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
-/// Sends whatever a WebRTC leg has to send from its shared socket, and notes its next timer.
-fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) {
+/// Sends whatever WebRTC leg `slot` has to send from its shared socket, and notes its next
+/// timer.
+fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], timers: &mut RtcTimers, slot: usize) {
     let Some(socket) = sockets.get(rtc.socket).and_then(Option::as_ref) else {
         return;
     };
@@ -55,7 +57,7 @@ fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) 
     if let Err(e) = rtc.leg.transmit_into(&mut send) {
         tracing::debug!(error = %e, "WebRTC leg output failed");
     }
-    *due = (*due).min(rtc.leg.timeout());
+    timers.schedule(slot, rtc);
 }
 
 /// Sends one RTP packet through a WebRTC leg; false when it cannot go (not connected yet,
@@ -63,7 +65,8 @@ fn rtc_flush(rtc: &mut RtcIo, sockets: &[Option<RtcSocket>], due: &mut Instant) 
 pub(super) fn send_webrtc(
     rtc: &mut RtcIo,
     sockets: &[Option<RtcSocket>],
-    due: &mut Instant,
+    timers: &mut RtcTimers,
+    slot: usize,
     packet: &[u8],
 ) -> bool {
     if !rtc.ready {
@@ -84,7 +87,7 @@ pub(super) fn send_webrtc(
             view.payload(),
         )
         .is_ok();
-    rtc_flush(rtc, sockets, due);
+    rtc_flush(rtc, sockets, timers, slot);
     sent
 }
 
@@ -144,6 +147,7 @@ impl Shard {
                 remotes,
                 seq: None,
                 ready,
+                scheduled: None,
                 leg,
             })),
             id,
@@ -158,9 +162,9 @@ impl Shard {
         self.rtc_slots.push(a);
         // Its first timer (ICE checks start at once).
         if let Some(Io::WebRtc(rtc)) = self.legs[a].as_mut().map(|l| &mut l.io) {
-            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_timers, a);
         }
-        self.rtc_due = Instant::now();
+        self.rtc_timers.due = Instant::now();
         self.pairs.insert(
             id,
             Pair {
@@ -221,6 +225,7 @@ impl Shard {
                 remotes: Vec::new(),
                 seq: None,
                 ready,
+                scheduled: None,
                 leg,
             })),
             id,
@@ -240,9 +245,9 @@ impl Shard {
             p.legs[1] = slot;
         }
         if let Some(Io::WebRtc(rtc)) = self.legs[slot].as_mut().map(|l| &mut l.io) {
-            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_timers, slot);
         }
-        self.rtc_due = Instant::now();
+        self.rtc_timers.due = Instant::now();
         self.plan_transcoding(a);
     }
 
@@ -298,7 +303,7 @@ impl Shard {
         }
         rtc.remotes.extend(remotes);
         rtc.ready = true;
-        rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_due);
+        rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_timers, slot);
         leg.set_webrtc_remote();
         leg.sends = true;
         leg.last_rx = Instant::now();
@@ -398,7 +403,7 @@ impl Shard {
             }
         };
         if taken {
-            self.rtc_due = self.rtc_due.min(rtc.leg.timeout());
+            self.rtc_timers.schedule(slot, rtc);
             if leg.remote.is_none() {
                 // Where the peer's media comes from: sent there once connected.
                 leg.remote = Some(from);
@@ -463,25 +468,27 @@ impl Shard {
     /// Runs the WebRTC legs' timers that are due (ICE checks, DTLS retransmits, RTCP) and
     /// finds the next one.
     pub(super) fn rtc_timers(&mut self, now: Instant) {
-        let mut due = now + RTC_IDLE;
-        for k in 0..self.rtc_slots.len() {
-            let slot = self.rtc_slots[k];
+        self.rtc_timers.floor = now + Duration::from_millis(1);
+        while let Some((at, slot)) = self.rtc_timers.pop_due(now) {
             let Some(Io::WebRtc(rtc)) = self.legs[slot].as_mut().map(|l| &mut l.io) else {
-                continue;
+                continue; // the leg is gone
             };
+            if rtc.scheduled != Some(at) {
+                continue; // an entry the leg no longer has (an earlier one replaced it)
+            }
+            rtc.scheduled = None;
             if rtc.leg.timeout() <= now {
                 if let Err(e) = rtc.leg.handle_timeout(now) {
                     tracing::debug!(error = %e, "WebRTC timer failed");
                 }
-                let mut ignored = now + RTC_IDLE;
-                rtc_flush(rtc, &self.rtc_sockets, &mut ignored);
-                self.rtc_events(slot);
             }
-            if let Some(Io::WebRtc(rtc)) = self.legs[slot].as_ref().map(|l| &l.io) {
-                due = due.min(rtc.leg.timeout());
-            }
+            rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_timers, slot);
+            self.rtc_events(slot);
         }
-        // str0m asks for "now" again when it has nothing planned; never spin on it.
-        self.rtc_due = due.max(now + Duration::from_millis(1));
+        self.rtc_timers.due = self
+            .rtc_timers
+            .heap
+            .peek()
+            .map_or(now + RTC_IDLE, |std::cmp::Reverse((at, _))| *at);
     }
 }

@@ -29,7 +29,7 @@ impl Shard {
                 .chain(self.playing.iter().map(|p| p.next_at))
                 .min()
                 .map_or(next_tick, |d| d.min(next_tick))
-                .min(self.rtc_due);
+                .min(self.rtc_timers.due);
             let wait = due.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -54,7 +54,7 @@ impl Shard {
                 self.drain_socket(slot, is_rtcp_socket, &mut batch, &mut forward);
             }
             let now = Instant::now();
-            if now >= self.rtc_due {
+            if now >= self.rtc_timers.due {
                 self.rtc_timers(now);
             }
             if !self.dtmf_out.is_empty() {
