@@ -25,6 +25,10 @@
 #
 # The last line is one JSON object (mode, cpu_ms_per_call_second, max_concurrent_zero_fail,
 # mem_kib_per_call, setup_p50_ms, setup_p99_ms, loss_pct, ...), for scripts comparing runs.
+# latency_added_* and jitter_added_* (p50/p99 per direction, ms) come from the switch's
+# histograms of the time a packet spends in it (kernel receive stamp to send), taken over the
+# calls' plateau (find-max: from the last call's start to half its hold).
+# UIC_BIN=path runs another build of waswitch (switch and sim), for comparing two builds.
 # cpu_ms_per_call_second is the switch's CPU time over the seconds calls were up (the sum
 # of concurrent calls sampled each second); loss_pct is the echo's loss seen by the users
 # (Opus packets back against packets sent, both ways through the switch and the PBX).
@@ -42,7 +46,7 @@ while [ $# -gt 0 ]; do
     --media-threads) MEDIA_THREADS="$2"; shift 2 ;;
     --find-max) FIND_MAX=1; shift ;;
     --step) STEP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
