@@ -187,6 +187,9 @@ def buckets(path):
             (float("inf") if le == "+Inf" else float(le), float(value)))
     return out
 
+# The histograms' highest bound (s): a quantile beyond it is reported as that bound.
+LATENCY_TOP = 0.1
+
 def quantile(cum, q):
     # Linear within the bucket holding the q-th sample (Prometheus' histogram_quantile).
     total = cum[-1][1] if cum else 0
@@ -247,7 +250,9 @@ for tag in steps:
     lat = latency(tag)
     for (name, d), (p50, p99, n) in sorted(lat.items()):
         what = "latency_added" if name == "latency_added" else "jitter_added"
-        print(f"{tag}: {what} {d}: p50={p50:.3f} ms p99={p99:.3f} ms ({n:.0f} packets sampled on the plateau)")
+        top = 1000 * LATENCY_TOP
+        shown = lambda v: f">={top:.0f}" if v >= top else f"{v:.3f}"
+        print(f"{tag}: {what} {d}: p50={shown(p50)} ms p99={shown(p99)} ms ({n:.0f} packets sampled on the plateau)")
     rows[-1]["lat"] = lat
 good = [x for x in rows if x["r"]["failed"] == 0 and x["loss"] <= 0.1]
 best = max(good, key=lambda x: x["peak"], default=None)
