@@ -290,9 +290,8 @@ fn webrtc_packets(c: &mut Criterion) {
 /// Runs both sides' timers at `now` and passes their STUN between them (ICE consent, as
 /// between real peers), outside the measured time; media and RTCP are left out.
 fn keep_alive(leg: &mut waswitch::media::webrtc::WebRtcLeg, peer: &mut str0m::Rtc, now: Instant) {
-    use str0m::net::{Protocol, Receive};
     use str0m::{Input, Output};
-    let (ours, theirs) = (webrtc_pair::ours(1), webrtc_pair::theirs(1));
+    let theirs = webrtc_pair::theirs(1);
     let stun = |d: &[u8]| !d.is_empty() && d[0] < 4;
     for _ in 0..8 {
         leg.handle_timeout(now).expect("leg clock");
@@ -306,16 +305,7 @@ fn keep_alive(leg: &mut waswitch::media::webrtc::WebRtcLeg, peer: &mut str0m::Rt
         while leg.next_event().is_some() {}
         peer.handle_input(Input::Timeout(now)).expect("peer clock");
         for d in &to_peer {
-            let input = Input::Receive(
-                now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: ours,
-                    destination: theirs,
-                    contents: d.as_slice().try_into().expect("datagram"),
-                },
-            );
-            peer.handle_input(input).expect("peer input");
+            webrtc_pair::deliver_to_peer(peer, 1, now, d);
         }
         let mut to_leg = Vec::new();
         loop {

@@ -22,6 +22,20 @@ pub fn theirs(n: u32) -> SocketAddr {
     SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 3_484))
 }
 
+/// Hands the peer of leg `n` a datagram our leg sent.
+pub fn deliver_to_peer(peer: &mut Rtc, n: u32, now: Instant, datagram: &[u8]) {
+    let input = Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source: ours(n),
+            destination: theirs(n),
+            contents: datagram.try_into().expect("datagram"),
+        },
+    );
+    peer.handle_input(input).expect("peer input");
+}
+
 /// A leg and its peer, connected.
 pub struct Connected {
     /// Our leg.
@@ -107,16 +121,7 @@ pub fn setup(n: u32, start: Instant) -> Connected {
             continue;
         }
         while let Some(d) = to_peer.pop_front() {
-            let input = Input::Receive(
-                now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: ours,
-                    destination: theirs,
-                    contents: d.as_slice().try_into().expect("datagram"),
-                },
-            );
-            peer.handle_input(input).expect("peer input");
+            deliver_to_peer(&mut peer, n, now, &d);
         }
         let t = Instant::now();
         while let Some(d) = to_leg.pop_front() {
