@@ -187,6 +187,23 @@ fn answered_call(scenario: &str, codec_path: &str, media_ports: u16) {
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
+    // The time packets spent in the switch was sampled both ways (one in 16 of a leg's
+    // packets: a 2 s call relays about 100 each way), each sample a plausible time.
+    for direction in ["a_to_b", "b_to_a"] {
+        let value = |name: &str| -> f64 {
+            let series = format!("waswitch_media_{name}{{direction=\"{direction}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+        };
+        let count = value("latency_added_seconds_count");
+        assert!(count >= 3.0, "{direction}: {count} samples");
+        let mean = value("latency_added_seconds_sum") / count;
+        assert!(mean > 0.0 && mean < 1.0, "{direction}: mean {mean} s");
+        assert!(value("delay_variation_seconds_count") >= 2.0, "{direction}");
+    }
     let cdrs = cdrs(&rt, node, dir.path());
     let (code, counters) = uas.finish();
     assert_eq!(code, Some(0), "{counters:?}");
