@@ -101,7 +101,7 @@ ticks() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}'
   while kill -0 "$SW" 2>/dev/null; do
     calls=$(curl -sf http://127.0.0.1:18080/metrics | sed -n 's/^waswitch_calls_active \([0-9.]*\)$/\1/p')
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$SW/status")
-    SIMP=$(pgrep -n -f "waswitch sim --config $W/uic.toml")
+    SIMP=$(pgrep -n -f " sim --config $W/uic.toml")
     echo "$(date +%s.%N) ${calls:-0} $(ticks "$SW") $rss $(ticks "$SIPP") $(ticks "$SIMP")"
     sleep 1
   done
