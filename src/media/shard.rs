@@ -254,6 +254,14 @@ impl RtcTimers {
         }
     }
 
+    /// After a pass at `now`: the next pass is due at the earliest entry.
+    fn settle(&mut self, now: Instant) {
+        self.due = self
+            .heap
+            .peek()
+            .map_or(now + RTC_IDLE, |std::cmp::Reverse((at, _))| *at);
+    }
+
     /// The next entry due by `now`, taken off the heap.
     fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
         match self.heap.peek() {

@@ -9,7 +9,7 @@ use crate::media::types::Side;
 use crate::telemetry;
 
 /// One relayed packet in this many, per leg, is timed.
-pub(super) const SAMPLE: u32 = 16;
+const SAMPLE: u32 = 16;
 
 /// A leg's sampling state.
 #[derive(Debug, Default, Clone, Copy)]

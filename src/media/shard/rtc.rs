@@ -10,8 +10,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
 use super::{
-    read_batch, Io, Leg, NewWebRtcPair, Pair, Read, RtcIo, RtcSocket, RtcTimers, Shard, RTC_IDLE,
-    RTC_TOKENS,
+    read_batch, Io, Leg, NewWebRtcPair, Pair, Read, RtcIo, RtcSocket, RtcTimers, Shard, RTC_TOKENS,
 };
 use crate::media::batch::{self, Batch, MAX_PACKET};
 use crate::media::plane::MediaEvent;
@@ -485,10 +484,6 @@ impl Shard {
             rtc_flush(rtc, &self.rtc_sockets, &mut self.rtc_timers, slot);
             self.rtc_events(slot);
         }
-        self.rtc_timers.due = self
-            .rtc_timers
-            .heap
-            .peek()
-            .map_or(now + RTC_IDLE, |std::cmp::Reverse((at, _))| *at);
+        self.rtc_timers.settle(now);
     }
 }
