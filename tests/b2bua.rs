@@ -164,6 +164,16 @@ fn calls_both_ways(transport: &str, trunk_transport: &str) {
         CALLS,
     );
 
+    // Each call is counted under the direction its CDR names, as the README documents.
+    rt.block_on(async {
+        assert!(node.calls().wait_idle(Duration::from_secs(10)).await);
+    });
+    let metrics = rt.block_on(common::metrics_text(node.http_addr()));
+    let counted = format!(
+        "waswitch_calls_total{{direction=\"sip_transit\",outcome=\"answered\"}} {}",
+        2 * CALLS
+    );
+    assert!(metrics.contains(&counted), "{counted} in:\n{metrics}");
     let cdrs = cdrs(&rt, node, dir.path());
     assert_eq!(cdrs.len(), 2 * CALLS as usize);
     for (i, cdr) in cdrs.iter().enumerate() {

@@ -26,11 +26,72 @@ use crate::sip::build::MessageBuilder;
 use crate::sip::core::{CoreEvent, RequestId, SipCommand};
 use crate::sip::msg::{HeaderName, Method, SipMessage};
 
-/// What a caller that is not a SIP peer (the WhatsApp leg, or the switch itself placing a
-/// call) answers a command of its bridge toward leg A: the ACK of a 2xx to its INVITE, and
-/// 200 to the called side's requests (with `offer`, leg A's SDP, when they make an offer:
-/// leg A's media never changes). `seq` numbers the answer. Nothing else needs an answer.
-pub(crate) fn answer_as_caller(command: &SipCommand, offer: &Bytes, seq: u64) -> Option<CoreEvent> {
+/// The session description of a side of a bridge that is not a SIP peer (the WhatsApp
+/// leg, as caller or callee, or the switch itself placing a call): the SDP it gave first
+/// (its offer, or its answer), and what it answers the SIP side's later offers (hold,
+/// resume, a codec change) with. Each answer is that SDP narrowed to the offer
+/// (`Sdp::answer`: one codec, the direction mirrored); the origin version moves on by one
+/// whenever what is said changes, and stays when it does not (RFC 3264 §8).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalSdp {
+    /// What the side said first; later answers are cut from it.
+    ours: Option<crate::sdp::Sdp>,
+    /// The description said last (its version the current one).
+    last: Option<crate::sdp::Sdp>,
+}
+
+impl LocalSdp {
+    /// The side's first SDP.
+    pub(crate) fn new(offer: &Bytes) -> LocalSdp {
+        let ours = crate::sdp::Sdp::parse(offer).ok();
+        LocalSdp {
+            last: ours.clone(),
+            ours,
+        }
+    }
+
+    /// Says `sdp` next: with the version after the last one when it says something new.
+    fn say(&mut self, mut sdp: crate::sdp::Sdp) -> Bytes {
+        if let Some(last) = &self.last {
+            let version = last.version().unwrap_or(0);
+            if sdp.same_content(last) {
+                sdp.set_version(version);
+            } else {
+                sdp.set_version(version.wrapping_add(1));
+            }
+        }
+        let body = Bytes::from(sdp.to_bytes());
+        self.last = Some(sdp);
+        body
+    }
+
+    /// The answer to a later offer, or why none can be given (the caller answers 488).
+    pub(crate) fn answer(&mut self, offer: &[u8]) -> Result<Bytes, crate::sdp::NotAcceptable> {
+        let ours = self
+            .ours
+            .as_ref()
+            .ok_or(crate::sdp::NotAcceptable::NoAudio)?;
+        let answer = ours.answer(&crate::sdp::Sdp::parse(offer)?)?;
+        Ok(self.say(answer))
+    }
+
+    /// An offer of our own, for a request that made none: everything we can do.
+    pub(crate) fn offer(&mut self) -> Option<Bytes> {
+        let ours = self.ours.clone()?;
+        Some(self.say(ours))
+    }
+}
+
+/// What a caller that is not a SIP peer answers a command of its bridge toward leg A: the
+/// ACK of a 2xx to its INVITE, and the called side's requests: 200 (an INVITE or UPDATE
+/// offering SDP gets `sdp`'s answer narrowed to it, or 488 when none can be given; an
+/// INVITE without an offer gets our offer, answered in the ACK). `seq` numbers the answer.
+/// Nothing else needs an answer.
+pub(crate) fn answer_as_caller(
+    command: &SipCommand,
+    sdp: &mut LocalSdp,
+    seq: u64,
+) -> Option<CoreEvent> {
     let request = match command {
         SipCommand::Respond { response, .. } => {
             let invite = response
@@ -43,10 +104,26 @@ pub(crate) fn answer_as_caller(command: &SipCommand, offer: &Bytes, seq: u64) ->
         _ => return None,
     };
     let method = request.method().cloned();
-    let mut response = MessageBuilder::response_to(request, 200, "OK", None);
-    if matches!(method, Some(Method::Invite | Method::Update)) && !request.body.is_empty() {
-        response = response.body("application/sdp", offer.clone());
-    }
+    let offers = matches!(method, Some(Method::Invite | Method::Update));
+    let response = if offers && !request.body.is_empty() {
+        match sdp.answer(&request.body) {
+            Ok(answer) => MessageBuilder::response_to(request, 200, "OK", None)
+                .body("application/sdp", answer),
+            Err(why) => {
+                tracing::info!(reason = %why, "a later offer refused");
+                MessageBuilder::response_to(request, 488, "Not Acceptable Here", None)
+                    .header(HeaderName::Warning, format!("305 waswitch \"{why}\""))
+            }
+        }
+    } else if method == Some(Method::Invite) {
+        let response = MessageBuilder::response_to(request, 200, "OK", None);
+        match sdp.offer() {
+            Some(offer) => response.body("application/sdp", offer),
+            None => response,
+        }
+    } else {
+        MessageBuilder::response_to(request, 200, "OK", None)
+    };
     Some(CoreEvent::Response(
         RequestId::detached(seq),
         response.build(),
@@ -301,5 +378,99 @@ mod tests {
         // Anything after the end (a BYE crossing ours).
         assert_eq!(Ended.on_signal(&hung_up), None);
         assert_eq!(Ended.on_signal(&LegSignal::Answered), None);
+    }
+
+    fn request(method: &str, body: &str) -> SipCommand {
+        let mut b = MessageBuilder::request(
+            Method::from_token(Bytes::copy_from_slice(method.as_bytes())),
+            "sip:whatsapp@whatsapp.invalid",
+        )
+        .header(HeaderName::CallId, "c1")
+        .header(HeaderName::CSeq, format!("2 {method}"));
+        if !body.is_empty() {
+            b = b.body("application/sdp", Bytes::from(body.to_string()));
+        }
+        SipCommand::Request {
+            request: b.build(),
+            to: std::net::SocketAddr::from(([127, 0, 0, 1], 5060)),
+        }
+    }
+
+    fn response(event: Option<CoreEvent>) -> SipMessage {
+        match event {
+            Some(CoreEvent::Response(_, r)) => r,
+            other => panic!("a response: {other:?}"),
+        }
+    }
+
+    const OURS: &str = "v=0\r\no=waswitch 7 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\n\
+        t=0 0\r\nm=audio 9 RTP/AVP 111 0 8 101\r\na=rtpmap:111 opus/48000/2\r\n\
+        a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+    fn pbx(direction: &str, version: u32, pts: &str) -> String {
+        format!(
+            "v=0\r\no=pbx 1 {version} IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\n\
+             t=0 0\r\nm=audio 4000 RTP/AVP {pts}\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a={direction}\r\n"
+        )
+    }
+
+    fn origin(r: &SipMessage) -> String {
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Hold, hold again, resume, a codec we never offered, an offer of ours: each answered
+    /// as RFC 3264 asks, the version moving only when what we say changes.
+    #[test]
+    fn later_offers_get_narrowed_answers_with_versions_that_move_with_them() {
+        let mut sdp = LocalSdp::new(&Bytes::from_static(OURS.as_bytes()));
+        let held = response(answer_as_caller(
+            &request("INVITE", &pbx("sendonly", 2, "0 101")),
+            &mut sdp,
+            1,
+        ));
+        assert_eq!(held.status(), Some(200));
+        let body = String::from_utf8_lossy(&held.body).into_owned();
+        assert!(body.contains("m=audio 9 RTP/AVP 0 101\r\n"), "{body}");
+        assert!(body.contains("a=recvonly\r\n"), "{body}");
+        assert_eq!(origin(&held), "o=waswitch 7 2 IN IP4 0.0.0.0");
+        let again = response(answer_as_caller(
+            &request("INVITE", &pbx("sendonly", 2, "0 101")),
+            &mut sdp,
+            2,
+        ));
+        assert_eq!(
+            origin(&again),
+            "o=waswitch 7 2 IN IP4 0.0.0.0",
+            "nothing new"
+        );
+        let resumed = response(answer_as_caller(
+            &request("UPDATE", &pbx("sendrecv", 3, "8 0 101")),
+            &mut sdp,
+            3,
+        ));
+        let body = String::from_utf8_lossy(&resumed.body).into_owned();
+        assert!(body.contains("m=audio 9 RTP/AVP 8 101\r\n"), "{body}");
+        assert!(body.contains("a=sendrecv\r\n"), "{body}");
+        assert_eq!(origin(&resumed), "o=waswitch 7 3 IN IP4 0.0.0.0");
+        let g729 = response(answer_as_caller(
+            &request("INVITE", &pbx("sendrecv", 4, "18")),
+            &mut sdp,
+            4,
+        ));
+        assert_eq!(g729.status(), Some(488));
+        assert!(g729.body.is_empty());
+        let offerless = response(answer_as_caller(&request("INVITE", ""), &mut sdp, 5));
+        assert_eq!(offerless.status(), Some(200));
+        let body = String::from_utf8_lossy(&offerless.body).into_owned();
+        assert!(body.contains("m=audio 9 RTP/AVP 111 0 8 101\r\n"), "{body}");
+        assert_eq!(origin(&offerless), "o=waswitch 7 4 IN IP4 0.0.0.0");
+        let info = response(answer_as_caller(&request("INFO", ""), &mut sdp, 6));
+        assert_eq!(info.status(), Some(200));
+        assert!(info.body.is_empty());
     }
 }

@@ -581,6 +581,16 @@ impl Calls {
             .waiting_business_calls(business_number, wa_id)
     }
 
+    /// The live calls as the registry knows them (no call is asked; no media).
+    pub fn views(&self) -> Vec<CallSnapshot> {
+        self.inner.registry.views()
+    }
+
+    /// The business number of live call `id` (`Some(None)`: a call without one).
+    pub fn business_number(&self, id: &CallId) -> Option<Option<String>> {
+        self.inner.registry.business_number(id)
+    }
+
     /// Ids of the live calls.
     pub fn ids(&self) -> Vec<CallId> {
         self.inner.registry.ids()

@@ -15,8 +15,9 @@ use dashmap::DashMap;
 use ractor::{ActorId, ActorRef};
 use tokio::sync::Notify;
 
+use super::leg::LegState;
 use super::supervisor::CallMsg;
-use super::{CallId, CallOffer};
+use super::{CallId, CallOffer, CallSnapshot, LegRole};
 use crate::telemetry;
 
 /// Most Meta call ids whose early events are kept.
@@ -42,6 +43,10 @@ pub struct CallEntry {
     pub answered_at: Option<i64>,
     /// Meta's ids of WhatsApp users the call dialled (besides its own `wa_call_id`).
     pub dialled_wa_call_ids: Vec<String>,
+    /// The WhatsApp side's latest state, as its leg reported it to the supervisor.
+    pub whatsapp_leg: Option<LegState>,
+    /// The business side's latest state (its leg, or its SIP bridge).
+    pub business_leg: Option<LegState>,
 }
 
 /// A removed call whose CDR is not handed to the writer yet; drop it once it is.
@@ -252,6 +257,44 @@ impl CallRegistry {
                 at,
             });
         }
+    }
+
+    /// Notes the state a side of call `id` reported.
+    pub fn mark_leg(&self, id: &CallId, role: LegRole, state: LegState) {
+        if let Some(mut entry) = self.inner.calls.get_mut(id) {
+            match role {
+                LegRole::WhatsApp => entry.whatsapp_leg = Some(state),
+                LegRole::Business => entry.business_leg = Some(state),
+            }
+        }
+    }
+
+    /// The live calls as the registry knows them, without asking any call: what, when,
+    /// and each side's state (no media: that is the call's own snapshot). Each entry is
+    /// read under its shard's read lock for as long as a copy takes.
+    pub fn views(&self) -> Vec<CallSnapshot> {
+        self.inner
+            .calls
+            .iter()
+            .map(|e| CallSnapshot {
+                call_id: e.key().clone(),
+                offer: e.offer.clone(),
+                offered_at: e.offered_at,
+                ringing_at: e.ringing_at,
+                answered_at: e.answered_at,
+                whatsapp_leg: e.whatsapp_leg,
+                business_leg: e.business_leg,
+                media: None,
+            })
+            .collect()
+    }
+
+    /// The business number of live call `id` (`Some(None)`: a call without one).
+    pub fn business_number(&self, id: &CallId) -> Option<Option<String>> {
+        self.inner
+            .calls
+            .get(id)
+            .map(|e| e.offer.business_number.clone())
     }
 
     /// Business-initiated calls to customer `wa_id` of `business_number` not answered yet.

@@ -300,6 +300,8 @@ impl Actor for CallSupervisor {
                 ringing_at: None,
                 answered_at: None,
                 dialled_wa_call_ids: Vec::new(),
+                whatsapp_leg: None,
+                business_leg: None,
             },
         );
         let mut call = Call {
@@ -514,6 +516,7 @@ impl Call {
                         LegRole::WhatsApp => self.whatsapp = Some(leg),
                         LegRole::Business => self.business = Some(leg),
                     }
+                    self.registry.mark_leg(&self.id, role, LegState::Offered);
                 }
                 Ok(())
             }
@@ -543,6 +546,8 @@ impl Call {
             leg.get_cell(),
         ));
         self.whatsapp = Some(leg.clone());
+        self.registry
+            .mark_leg(&self.id, LegRole::WhatsApp, LegState::Offered);
         Ok(leg)
     }
 
@@ -590,6 +595,7 @@ impl Call {
             LegRole::Business => self.business = Some(leg),
             LegRole::WhatsApp => self.whatsapp = Some(leg),
         }
+        self.registry.mark_leg(&self.id, role, LegState::Offered);
         Ok(())
     }
 
@@ -698,6 +704,7 @@ impl Call {
     async fn on_message(&mut self, myself: &ActorRef<CallMsg>, msg: CallMsg) {
         match msg {
             CallMsg::LegChanged { role, state, cause } => {
+                self.registry.mark_leg(&self.id, role, state);
                 self.on_leg_changed(myself, role, state, cause).await
             }
             CallMsg::Signal { role, signal } => {

@@ -4,6 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+mod answer;
+
+pub use answer::NotAcceptable;
+
 /// Where the switch receives a call's media: the address its SDP names, and the port
 /// facing each side of the media pair (side A, side B). A SIP bridge writes `ports[0]` in
 /// the SDP it sends leg A and `ports[1]` in what it sends leg B.
@@ -105,6 +109,19 @@ impl Audio {
         self.formats.iter().find(|f| {
             !f.name.eq_ignore_ascii_case("telephone-event") && !f.name.eq_ignore_ascii_case("CN")
         })
+    }
+
+    /// This offer's formats narrowed to those an answer to it kept (matched by name and
+    /// clock; the offer's payload types and order stay): what the offerer may send once
+    /// the answer is in (RFC 3264 §6.1).
+    pub fn narrowed_to(&self, answer: &[Format]) -> Audio {
+        let mut narrowed = self.clone();
+        narrowed.formats.retain(|f| {
+            answer
+                .iter()
+                .any(|a| a.name.eq_ignore_ascii_case(&f.name) && a.clock == f.clock)
+        });
+        narrowed
     }
 
     /// The telephone-event payload type (RFC 4733) at the codec's clock rate, if offered.

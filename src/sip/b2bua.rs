@@ -298,6 +298,10 @@ pub(crate) struct Bridge {
     /// The audio formats of each leg's latest SDP (A, B), and the plan they make.
     formats: [Option<Vec<crate::sdp::Format>>; 2],
     plan: Option<crate::sdp::MediaPlan>,
+    /// An offer carried across and not yet answered: the leg that made it and its audio.
+    /// The answer narrows it (the offerer's media is what both kept); a later offer that is
+    /// refused never reaches the media.
+    offer_pending: Option<(Leg, crate::sdp::Audio)>,
     /// A WebRTC leg B's DTLS role from its answer (`active` or `passive`): our later
     /// answers to its offers keep the opposite.
     b_setup: Option<String>,
@@ -461,6 +465,7 @@ impl Bridge {
             anchor: None,
             answer_to_a_pending: false,
             formats: [None, None],
+            offer_pending: None,
             plan: None,
             b_setup: None,
             a_webrtc: None,

@@ -138,6 +138,8 @@ pub(crate) struct BridgeState {
     begun: bool,
     /// Numbers the switch's answers as leg A of a call it places.
     local_seq: u64,
+    /// The switch's SDP as leg A of a call it places (answers to the phone's re-offers).
+    local_sdp: Option<crate::call::leg::LocalSdp>,
     /// The WhatsApp side hears ringback (the trunk rings without early media).
     ringback: bool,
     /// The trunk sent SDP: its early media or its answer's audio reaches the WhatsApp side.
@@ -186,6 +188,7 @@ impl Actor for BridgeActor {
             parties: args.parties,
             begun: false,
             local_seq: 0,
+            local_sdp: None,
             ringback: false,
             b_media: false,
             hangup_reply: None,
@@ -402,9 +405,12 @@ impl BridgeState {
                         // The switch is the caller: it acknowledges the answer and
                         // takes the called side's requests.
                         self.local_seq += 1;
-                        let offer = self.bridge.a_offer().clone();
+                        let bridge = &self.bridge;
+                        let sdp = self.local_sdp.get_or_insert_with(|| {
+                            crate::call::leg::LocalSdp::new(bridge.a_offer())
+                        });
                         if let Some(event) =
-                            crate::call::leg::answer_as_caller(&command, &offer, self.local_seq)
+                            crate::call::leg::answer_as_caller(&command, sdp, self.local_seq)
                         {
                             self.bridge.handle_event(Instant::now(), event);
                         }

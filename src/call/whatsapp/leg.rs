@@ -184,8 +184,9 @@ struct Callee {
     invite: Option<SipMessage>,
     /// Our dialog tag.
     tag: String,
-    /// Our answer toward the bridge (the PBX's codec, chosen from its offer).
-    answer: Option<Bytes>,
+    /// Our answer toward the bridge (the PBX's codec, chosen from its offer), and what we
+    /// answer the PBX's later offers with (narrowed to that codec).
+    answer: Option<crate::call::leg::LocalSdp>,
     /// The codec chosen, its payload type and clock.
     codec: Option<(Codec, u8, u32)>,
     /// The PBX's media as last reported.
@@ -215,7 +216,7 @@ pub(crate) struct WhatsAppLeg {
     /// Beginning waits for the bridge.
     begin_due: bool,
     /// Leg A's offer, as the bridge made it (answered to the business's re-offers).
-    caller_offer: Bytes,
+    caller_offer: crate::call::leg::LocalSdp,
     callee: Callee,
     /// Numbers requests and responses given to the bridge.
     seq: u64,
@@ -237,7 +238,7 @@ impl WhatsAppLeg {
             deadline: None,
             bridge_ready: false,
             begin_due: false,
-            caller_offer: Bytes::new(),
+            caller_offer: Default::default(),
             callee: Callee {
                 phase: Phase::Idle,
                 invite: None,
@@ -282,7 +283,7 @@ impl WhatsAppLeg {
     /// customer answered); a callee lets it begin at once (it then sends its INVITE here).
     pub(crate) fn bridge_ready(&mut self, offer: Bytes) -> Vec<WaOut> {
         self.bridge_ready = true;
-        self.caller_offer = offer;
+        self.caller_offer = crate::call::leg::LocalSdp::new(&offer);
         let may = match (&self.way, self.face) {
             (Way::Inbound { .. }, Face::Caller) => self.state != LegState::Ended,
             // A callee the switch already hung up calls nobody.
@@ -550,8 +551,8 @@ impl WhatsAppLeg {
 
     /// What the bridge sends its caller: responses to "our" INVITE (the business
     /// ringing, then answering: an inbound call is pre-accepted, then accepted, and the
-    /// answer acknowledged at once), and the business's requests, answered 200 (an offer
-    /// with leg A's SDP: the WhatsApp side's media never changes).
+    /// answer acknowledged at once), and the business's requests, answered here (a later
+    /// offer gets leg A's SDP narrowed to it: the WhatsApp side's media never changes).
     fn caller_command(&mut self, command: SipCommand) -> Vec<WaOut> {
         let mut out = Vec::new();
         if let SipCommand::Respond { response, .. } = &command {
@@ -565,7 +566,9 @@ impl WhatsAppLeg {
         }
         let seq = self.next_seq();
         let answered = matches!(&command, SipCommand::Respond { response, .. } if response.status().is_some_and(|c| (200..300).contains(&c)));
-        if let Some(event) = crate::call::leg::answer_as_caller(&command, &self.caller_offer, seq) {
+        if let Some(event) =
+            crate::call::leg::answer_as_caller(&command, &mut self.caller_offer, seq)
+        {
             out.push(WaOut::Bridge(event));
             if answered && self.inbound() {
                 out.extend(self.accept());
@@ -647,34 +650,24 @@ impl WhatsAppLeg {
                 out
             }
             // A re-INVITE or UPDATE from the PBX (hold, a new address: the bridge reports
-            // its media): the WhatsApp side keeps its media; our answer keeps its codec,
-            // in the direction the offer asks.
+            // its media): the WhatsApp side keeps its media; our answer keeps its codec, in
+            // the direction the offer asks, or is 488 when the offer dropped that codec.
             Some(Method::Invite | Method::Update) if !request.body.is_empty() => {
-                let (Some(answer), Some((_, pt, _))) =
-                    (self.callee.answer.clone(), self.callee.codec)
-                else {
+                let Some(sdp) = self.callee.answer.as_mut() else {
                     // No answer of ours yet (an offer in the early dialog).
                     return vec![self.respond(&request, 491, "Request Pending", None)];
                 };
-                let audio = crate::sdp::Sdp::parse(&request.body)
-                    .ok()
-                    .and_then(|s| s.audio().ok().flatten());
-                let Some(audio) = audio.filter(|a| a.formats.iter().any(|f| f.pt == pt)) else {
-                    return vec![self.respond(&request, 488, "Not Acceptable Here", None)];
-                };
-                let direction = match audio.direction {
-                    crate::sdp::Direction::SendOnly => "recvonly",
-                    crate::sdp::Direction::RecvOnly => "sendonly",
-                    crate::sdp::Direction::Inactive => "inactive",
-                    crate::sdp::Direction::SendRecv => "sendrecv",
-                };
-                let text = String::from_utf8_lossy(&answer)
-                    .replace("a=sendrecv", &format!("a={direction}"));
-                vec![self.respond(&request, 200, "OK", Some(Bytes::from(text)))]
+                match sdp.answer(&request.body) {
+                    Ok(answer) => vec![self.respond(&request, 200, "OK", Some(answer))],
+                    Err(why) => {
+                        tracing::info!(reason = %why, "the PBX's later offer refused");
+                        vec![self.respond(&request, 488, "Not Acceptable Here", None)]
+                    }
+                }
             }
             // An offerless re-INVITE: our SDP goes in the 200 as the offer.
             Some(Method::Invite) => {
-                let sdp = self.callee.answer.clone();
+                let sdp = self.callee.answer.as_mut().and_then(|s| s.offer());
                 vec![self.respond(&request, 200, "OK", sdp)]
             }
             _ => vec![self.respond(&request, 200, "OK", None)],
@@ -754,7 +747,7 @@ impl WhatsAppLeg {
                     out.extend(self.meta.end().map(WaOut::Send));
                     return out;
                 };
-                self.callee.answer = Some(answer.clone());
+                self.callee.answer = Some(crate::call::leg::LocalSdp::new(&answer));
                 if let Some(remote) = self.callee.pbx {
                     out.extend(self.sip_media(remote));
                 }

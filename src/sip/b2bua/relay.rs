@@ -57,13 +57,7 @@ impl Bridge {
             }
         };
         if let Ok(Some(audio)) = sdp.audio() {
-            let formats = audio.formats.clone();
-            self.out.push_back(Action::Media(from, audio));
-            self.formats[match from {
-                Leg::A => 0,
-                Leg::B => 1,
-            }] = Some(formats);
-            self.replan();
+            self.report_sdp(from, msg, audio);
         }
         let port = anchor.ports[match to {
             Leg::A => 0,
@@ -71,6 +65,50 @@ impl Bridge {
         }];
         sdp.anchor(anchor.ip, port);
         b.body(&ct, sdp.to_bytes())
+    }
+
+    /// Reports the media of `from`'s SDP as it crosses (`msg` carried it). An offer in a
+    /// request waits for its answer, except a call's first offer (its media may be needed
+    /// for early media at once); the answer then reports both sides, the offerer's formats
+    /// narrowed to what the answer kept (RFC 3264 §6.1). Any other SDP is reported as it is.
+    fn report_sdp(&mut self, from: Leg, msg: &SipMessage, audio: crate::sdp::Audio) {
+        let offer =
+            msg.is_request() && matches!(msg.method(), Some(Method::Invite | Method::Update));
+        if offer {
+            let first = msg
+                .header(&HeaderName::To)
+                .is_some_and(|to| !text(&to.value).contains(";tag="));
+            self.offer_pending = Some((from, audio.clone()));
+            if first {
+                self.report_media(from, audio);
+            }
+            return;
+        }
+        let to = match from {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        };
+        let answered = match self.offer_pending.take() {
+            Some((offerer, offered)) if offerer == to && !msg.is_request() => Some(offered),
+            other => {
+                self.offer_pending = other;
+                None
+            }
+        };
+        if let Some(offered) = answered {
+            self.report_media(to, offered.narrowed_to(&audio.formats));
+        }
+        self.report_media(from, audio);
+    }
+
+    fn report_media(&mut self, leg: Leg, audio: crate::sdp::Audio) {
+        let formats = audio.formats.clone();
+        self.out.push_back(Action::Media(leg, audio));
+        self.formats[match leg {
+            Leg::A => 0,
+            Leg::B => 1,
+        }] = Some(formats);
+        self.replan();
     }
 
     /// The current leg B's WebRTC offer, when it is a WebRTC target.
@@ -183,6 +221,10 @@ impl Bridge {
             }
             return;
         };
+        if code >= 300 {
+            // A refused offer never reaches the media.
+            self.offer_pending = None;
+        }
         // Relay the final response back to the side that asked.
         let back = MessageBuilder::response_to(&relayed.request, code, &reason_of(&resp), None);
         let contact = match leg {

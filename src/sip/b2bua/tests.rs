@@ -1823,3 +1823,70 @@ fn ring_all_cancels_every_attempt_when_the_caller_gives_up_and_waits_for_them() 
         .any(|s| s.request.method() == Some(&Method::Bye)));
     assert!(ended(&actions).is_some(), "{actions:#?}");
 }
+
+fn media_reports(actions: &[Action]) -> Vec<(Leg, crate::sdp::Audio)> {
+    pick(actions, |a| match a {
+        Action::Media(leg, audio) => Some((*leg, audio.clone())),
+        _ => None,
+    })
+}
+
+fn pts(audio: &crate::sdp::Audio) -> Vec<u8> {
+    audio.formats.iter().map(|f| f.pt).collect()
+}
+
+/// A later offer reaches the media only with its answer, narrowed to what the answer kept;
+/// one the far side refuses never reaches it.
+#[test]
+fn a_later_offer_reaches_the_media_narrowed_by_its_answer_and_a_refused_one_never() {
+    ANCHOR.with(|a| {
+        a.set(Some(Anchor {
+            ip: "10.9.9.9".parse().unwrap(),
+            ports: [30_000, 30_002],
+        }))
+    });
+    let (mut call, actions) = Call::new();
+    ANCHOR.with(|a| a.set(None));
+    let first = media_reports(&actions);
+    assert_eq!(first.len(), 1, "the first offer at once (early media)");
+    let invite = call.ringing(&actions);
+    let answer = "v=0\r\no=uas 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                  t=0 0\r\nm=audio 7078 RTP/AVP 0\r\n";
+    let actions = call.b_says(b_reply(&invite, 200, "OK", Some(answer), &[]));
+    let media = media_reports(&actions);
+    let a_kept = media
+        .iter()
+        .find(|(l, _)| *l == Leg::A)
+        .expect("A narrowed");
+    assert_eq!(pts(&a_kept.1), [0], "A offered more; the answer kept PCMU");
+    call.a_ack(1);
+
+    // A holds, offering PCMA and PCMU: nothing moves until B answers, and B refuses.
+    let hold = "v=0\r\no=alice 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                t=0 0\r\nm=audio 9000 RTP/AVP 8 0\r\na=sendonly\r\n";
+    let (_, actions) = call.a_in_dialog("INVITE", 2, hold);
+    assert!(media_reports(&actions).is_empty(), "{actions:#?}");
+    let reinvite = one_b_request(&actions).request;
+    let actions = call.b_says(b_reply(&reinvite, 488, "Not Acceptable Here", None, &[]));
+    assert_eq!(one_a_response(&actions).1.status(), Some(488));
+    assert!(media_reports(&actions).is_empty(), "{actions:#?}");
+
+    // Offered again, B takes PCMU only: A's media is its new address with PCMU alone.
+    let hold = hold.replace("o=alice 1 2", "o=alice 1 3");
+    let (_, actions) = call.a_in_dialog("INVITE", 3, &hold);
+    assert!(media_reports(&actions).is_empty());
+    let reinvite = one_b_request(&actions).request;
+    let held = "v=0\r\no=uas 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                t=0 0\r\nm=audio 7078 RTP/AVP 0\r\na=recvonly\r\n";
+    let actions = call.b_says(b_reply(&reinvite, 200, "OK", Some(held), &[]));
+    let media = media_reports(&actions);
+    assert_eq!(media.len(), 2, "{media:#?}");
+    let (leg, a) = &media[0];
+    assert_eq!(*leg, Leg::A);
+    assert_eq!(a.target, Some(sock("127.0.0.1:9000")));
+    assert_eq!(pts(a), [0], "narrowed: A may send only what B kept");
+    assert_eq!(a.codec().map(|c| c.pt), Some(0), "not PCMA, A's first");
+    assert_eq!(a.direction, crate::sdp::Direction::SendOnly);
+    assert_eq!(media[1].0, Leg::B);
+    assert_eq!(media[1].1.direction, crate::sdp::Direction::RecvOnly);
+}

@@ -347,8 +347,10 @@ fn a_callee_hung_up_while_meta_places_the_call_ends_the_invite_when_the_id_comes
 fn an_inbound_caller_pre_accepts_when_the_business_rings_and_accepts_when_it_answers() {
     let mut leg = WhatsAppLeg::new(inbound(), Face::Caller, "call-3", "t");
     assert!(leg.start(Instant::now()).is_empty());
+    const LEG_A: &str = "v=0\r\no=waswitch 3 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\n\
+        t=0 0\r\nm=audio 9 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
     assert_eq!(
-        leg.bridge_ready(Bytes::from_static(b"v=0\r\n")),
+        leg.bridge_ready(Bytes::from_static(LEG_A.as_bytes())),
         vec![WaOut::Begin]
     );
     // The business rings: our answer goes to Meta with pre_accept, once.
@@ -383,10 +385,18 @@ fn an_inbound_caller_pre_accepts_when_the_business_rings_and_accepts_when_it_ans
         vec![WaOut::Changed(LegState::Answered, None)]
     );
     assert_eq!(leg.state(), LegState::Answered);
-    // The business's re-offer is answered with leg A's SDP; its BYE with a plain 200.
+    // The business's re-offer is answered with leg A's SDP narrowed to it (the offer's
+    // G.729 first, but PCMU is what leg A has), the version moved on.
     let outs = leg.on_sip(request(in_dialog(Method::Invite, PBX_OFFER)));
-    assert!(outs.iter().any(|o| matches!(o,
-        WaOut::Bridge(CoreEvent::Response(_, r)) if r.status() == Some(200) && &r.body[..] == b"v=0\r\n")));
+    let answer = outs.iter().find_map(|o| match o {
+        WaOut::Bridge(CoreEvent::Response(_, r)) if r.status() == Some(200) => {
+            Some(String::from_utf8_lossy(&r.body).into_owned())
+        }
+        _ => None,
+    });
+    let answer = answer.expect("a 200 with an answer");
+    assert!(answer.contains("o=waswitch 3 2 "), "{answer}");
+    assert!(answer.contains("m=audio 9 RTP/AVP 0 101\r\n"), "{answer}");
     // Ending it terminates (accepted), once.
     assert_eq!(graph(&leg.hangup()), vec!["terminate"]);
     assert!(leg.hangup().is_empty());
