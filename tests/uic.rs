@@ -424,6 +424,10 @@ fn the_rest_api_lists_a_live_call_hangs_it_up_and_finds_its_cdr() {
         assert_eq!(calls[0]["offer"]["wa_call_id"], id.as_str());
         assert_eq!(calls[0]["offer"]["direction"], "user_initiated");
         assert!(calls[0]["ringing_at"].is_i64(), "{live}");
+        // Read from the registry: each side's state as its leg reported it, no media.
+        assert_eq!(calls[0]["business_leg"], "ringing", "{live}");
+        assert!(calls[0]["whatsapp_leg"].is_string(), "{live}");
+        assert!(calls[0]["media"].is_null(), "{live}");
         let call_id = calls[0]["call_id"].as_str().expect("id").to_string();
         let one = get(&format!("/v1/calls/{call_id}"), Some(API_TOKEN))
             .await
