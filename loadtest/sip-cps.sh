@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# Calls per second through waswitch (B2BUA) and through Kamailio (stateful proxy), in the
-# same run, at rising rates. For each system and rate: calls, failures, CPU seconds used by
-# the system under test, and CPU seconds per 1,000 calls; then the highest rate each
-# carried with zero failed calls, and the CPU ratio waswitch / Kamailio.
+# Calls per second through waswitch (B2BUA: two dialogs, media anchored, a CDR per call) and
+# through Kamailio (transaction-stateful, record-routing proxy), in the same run, at rising
+# rates. For each system and rate: calls, failures, CPU seconds used by the system under
+# test, and CPU seconds per 1,000 calls; then the highest rate each carried with zero failed
+# calls, and the CPU ratio waswitch / Kamailio.
 #
-#   loadtest/sip-cps.sh [DURATION_S] [RATE ...]        default: 10 s at 100 200 400 600 800
+#   loadtest/sip-cps.sh [OPTIONS] [DURATION_S] [RATE ...]   default: 10 s at 200 1000 2000
+#
+# Options:
+#   --switch-cpus LIST    pin waswitch and Kamailio (each in its turn) to these CPUs
+#                         (taskset -c; default 0)
+#   --harness-cpus LIST   pin the SIPp caller and callee to these CPUs (default 1)
+#   --overload RATE       after the table, offer RATE calls/s to waswitch configured with
+#                         limits.max_cps = --max-cps: every call must either complete or be
+#                         refused at once with 503 and Retry-After (no timeout, no call left
+#                         half set up: the switch ends with no live call and one CDR per
+#                         completed call)
+#   --max-cps N           waswitch's limits.max_cps (default 0: no limit; the overload run
+#                         needs it, e.g. the highest rate with zero failures)
+#   --cdr-batch N         waswitch's store.cdr_batch_size (default: the switch's own)
+#
+# The last line is one JSON object: rates, CPU s per 1,000 calls of each system per rate,
+# ratios, the highest rates with zero failures, and the overload run's counts.
 #
 # Needs: sipp (Debian sip-tester), kamailio, a release build (cargo build --release; or set
 # WASWITCH_BIN). Everything runs on 127.0.0.1; every SIPp run is bounded by -m and timeouts.
@@ -12,10 +29,24 @@
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WASWITCH_BIN:-$ROOT/target/release/waswitch}"
+SWITCH_CPUS=0; HARNESS_CPUS=1; OVERLOAD=""; MAX_CPS=0; CDR_BATCH=""; ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --switch-cpus) SWITCH_CPUS="$2"; shift 2 ;;
+    --harness-cpus) HARNESS_CPUS="$2"; shift 2 ;;
+    --overload) OVERLOAD="$2"; shift 2 ;;
+    --max-cps) MAX_CPS="$2"; shift 2 ;;
+    --cdr-batch) CDR_BATCH="$2"; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+set -- "${ARGS[@]}"
 DUR="${1:-10}"; shift || true
-RATES=("$@"); [ ${#RATES[@]} -eq 0 ] && RATES=(100 200 400 600 800)
+RATES=("$@"); [ ${#RATES[@]} -eq 0 ] && RATES=(200 1000 2000)
 W="$(mktemp -d /tmp/sip-cps.XXXXXX)"
 L=127.0.0.1
+SW_PIN=(taskset -c "$SWITCH_CPUS"); H_PIN=(taskset -c "$HARNESS_CPUS")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -23,12 +54,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in sipp kamailio; do
-  command -v $tool >/dev/null || { echo "missing $tool (apt-get install sip-tester kamailio)"; exit 2; }
+for tool in sipp kamailio taskset; do
+  command -v $tool >/dev/null || { echo "missing $tool (apt-get install sip-tester kamailio util-linux)"; exit 2; }
 done
 [ -x "$BIN" ] || { echo "no waswitch binary at $BIN (cargo build --release)"; exit 2; }
 
-cat >"$W/waswitch.toml" <<TOML
+switch_config() { # switch_config FILE MAX_CPS
+  cat >"$1" <<TOML
 [node]
 id = "cps"
 [http]
@@ -42,11 +74,12 @@ port_min = 20000
 port_max = 59999
 [store]
 url = "sqlite://$W/cps.db"
+${CDR_BATCH:+cdr_batch_size = $CDR_BATCH}
 [log]
 level = "warn"
 [limits]
-max_cps = 100000
-max_calls = 10000
+max_cps = $2
+max_calls = 20000
 [[trunk]]
 name = "callee"
 uri = "sip:$L:5071"
@@ -56,23 +89,28 @@ options_interval_secs = 0
 name = "all"
 trunks = ["callee"]
 TOML
+}
+switch_config "$W/waswitch.toml" "$MAX_CPS"
 
 wait_udp() { for _ in $(seq 100); do ss -lun | grep -q "$L:$1 " && return 0; sleep 0.1; done; return 1; }
 
 # The callee both systems send their calls to.
-sipp -sf "$ROOT/loadtest/sipp/cps_uas.xml" -i $L -p 5071 -bind_local -mi $L -mp 6010 \
+"${H_PIN[@]}" sipp -sf "$ROOT/loadtest/sipp/cps_uas.xml" -i $L -p 5071 -bind_local -mi $L -mp 6010 \
   -ci $L -cp 8892 -nostdin -timeout 3600s -default_behaviors all,-abortunexp \
   >"$W/uas.out" 2>&1 &
 PIDS+=("$!")
 
-"$BIN" run --config "$W/waswitch.toml" >"$W/waswitch.log" 2>&1 &
-WPID=$!; PIDS+=("$WPID")
+start_switch() { # start_switch CONFIG LOG
+  "${SW_PIN[@]}" "$BIN" run --config "$1" >"$2" 2>&1 &
+  WPID=$!; PIDS+=("$WPID")
+  wait_udp 5062 || { echo "waswitch did not start"; tail "$2"; exit 2; }
+}
+start_switch "$W/waswitch.toml" "$W/waswitch.log"
 mkdir -p "$W/kam"
-kamailio -f "$ROOT/loadtest/kamailio/proxy.cfg" -DD -E -Y "$W/kam" -w "$W/kam" \
+"${SW_PIN[@]}" kamailio -f "$ROOT/loadtest/kamailio/proxy.cfg" -DD -E -Y "$W/kam" -w "$W/kam" \
   -A LISTEN=udp:$L:5064 -A DOWNSTREAM="\"sip:$L:5071\"" -A CHILDREN=2 -m 256 -M 16 \
   >"$W/kamailio.log" 2>&1 &
 KPID=$!; PIDS+=("$KPID")
-wait_udp 5062 || { echo "waswitch did not start"; tail "$W/waswitch.log"; exit 2; }
 wait_udp 5064 || { echo "kamailio did not start"; tail "$W/kamailio.log"; exit 2; }
 wait_udp 5071 || { echo "callee did not start"; exit 2; }
 
@@ -92,26 +130,32 @@ rows = [l.rstrip("\n").split(";") for l in open(path) if l.strip()]
 print(rows[-1][rows[0].index(name)] if len(rows) > 1 else 0)
 PY
 }
+metric() { # metric NAME: a sample of the switch's /metrics (0 when absent)
+  curl -sf "http://$L:18080/metrics" | awk -v n="$1" '$1 == n {print $2; f=1} END {if (!f) print 0}'
+}
+caller() { # caller SCENARIO PORT RATE CALLS CSV OUT
+  timeout -s TERM $((DUR * 3 + 30)) \
+  "${H_PIN[@]}" sipp -sf "$ROOT/loadtest/sipp/$1" $L:$2 -s 1000 -i $L -p 5080 -bind_local \
+    -mi $L -mp 6100 -ci $L -cp 8891 -r "$3" -rp 1000 -m "$4" -l $(($3 * 5)) -nostdin \
+    -default_behaviors all,-abortunexp -recv_timeout 10000 -timeout $((DUR * 3 + 20))s \
+    -trace_stat -stf "$5" -fd 1 >"$6" 2>&1
+}
 
-printf '%-9s %6s %7s %6s %7s %8s %12s\n' system rate calls ok failed cpu_s cpu_s/1000
+printf '%-9s %6s %7s %7s %7s %8s %12s\n' system rate calls ok failed cpu_s cpu_s/1000
 declare -A BEST PER1000
 for R in "${RATES[@]}"; do
   for sys in waswitch kamailio; do
     if [ $sys = waswitch ]; then port=5062; pid=$WPID; else port=5064; pid=$KPID; fi
     M=$((R * DUR))
     c0=$(cpu_ticks "$pid")
-    timeout -s TERM $((DUR * 3 + 30)) \
-    sipp -sf "$ROOT/loadtest/sipp/cps_uac.xml" $L:$port -s 1000 -i $L -p 5080 -bind_local \
-      -mi $L -mp 6100 -ci $L -cp 8891 -r "$R" -rp 1000 -m "$M" -l $((R * 5)) -nostdin \
-      -default_behaviors all,-abortunexp -recv_timeout 10000 -timeout $((DUR * 3 + 20))s \
-      -trace_stat -stf "$W/${sys}_$R.csv" -fd 1 >"$W/${sys}_$R.out" 2>&1
+    caller cps_uac.xml $port "$R" "$M" "$W/${sys}_$R.csv" "$W/${sys}_$R.out"
     sleep 1   # let the last BYEs and CDR writes finish inside the measured window
     c1=$(cpu_ticks "$pid")
     ok=$(counter 'SuccessfulCall(C)' "$W/${sys}_$R.csv")
     failed=$(counter 'FailedCall(C)' "$W/${sys}_$R.csv")
     cpu=$(python3 -c "print(f'{($c1-$c0)/$TCK:.2f}')")
     per=$(python3 -c "print(f'{1000*($c1-$c0)/$TCK/max($ok,1):.3f}')")
-    printf '%-9s %6s %7s %6s %7s %8s %12s\n' $sys "$R" "$M" "$ok" "$failed" "$cpu" "$per"
+    printf '%-9s %6s %7s %7s %7s %8s %12s\n' $sys "$R" "$M" "$ok" "$failed" "$cpu" "$per"
     PER1000[$sys,$R]=$per
     if [ "$failed" = 0 ] && [ "$ok" = "$M" ]; then BEST[$sys]=$R; fi
     sleep 1
@@ -124,7 +168,41 @@ for sys in waswitch kamailio; do
     "(CPU s per 1000 calls there: ${PER1000[$sys,$b]:-n/a})"
 done
 echo "CPU per call, waswitch / kamailio, by rate:"
+RATIOS=()
 for R in "${RATES[@]}"; do
-  python3 -c "w,k=${PER1000[waswitch,$R]},${PER1000[kamailio,$R]}; print(f'  {$R:>5} cps: {w/k if k else float(\"inf\"):.2f}x')"
+  r=$(python3 -c "w,k=${PER1000[waswitch,$R]},${PER1000[kamailio,$R]}; print(f'{w/k if k else float(\"inf\"):.2f}')")
+  echo "  $R cps: ${r}x"
+  RATIOS+=("\"$R\": $r")
 done
+
+OV_JSON=""
+if [ -n "$OVERLOAD" ]; then
+  # A switch of its own for the overload run, limited to --max-cps.
+  kill "$WPID" 2>/dev/null; wait "$WPID" 2>/dev/null
+  switch_config "$W/overload.toml" "$MAX_CPS"
+  sed -i "s|cps.db|overload.db|" "$W/overload.toml"
+  start_switch "$W/overload.toml" "$W/overload.log"
+  M=$((OVERLOAD * DUR))
+  c0=$(cpu_ticks "$WPID")
+  caller cps_uac_or_503.xml 5062 "$OVERLOAD" "$M" "$W/overload.csv" "$W/overload.out"
+  for _ in $(seq 100); do [ "$(metric waswitch_calls_active)" = 0 ] && break; sleep 0.1; done
+  sleep 2   # the CDR writer's last batch
+  c1=$(cpu_ticks "$WPID")
+  ok=$(counter 'SuccessfulCall(C)' "$W/overload.csv")
+  failed=$(counter 'FailedCall(C)' "$W/overload.csv")
+  refused=$(metric 'waswitch_calls_refused_total{reason="cps"}')
+  active=$(metric waswitch_calls_active)
+  answered=$(metric 'waswitch_calls_total{direction="sip_transit",outcome="answered"}')
+  other=$(curl -sf "http://$L:18080/metrics" | awk '$1 ~ /^waswitch_calls_total\{/ && $1 !~ /outcome="answered"/ {s+=$2} END {print s+0}')
+  echo
+  echo "overload: $OVERLOAD cps offered for ${DUR} s to waswitch with limits.max_cps = $MAX_CPS"
+  echo "  offered $M, completed $ok, refused with 503 + Retry-After $refused, failed $failed"
+  echo "  after the run: live calls $active, CDRs answered $answered, other CDRs $other"
+  echo "  CPU s: $(python3 -c "print(f'{($c1-$c0)/$TCK:.2f}')")"
+  OV_JSON=", \"overload\": {\"rate\": $OVERLOAD, \"max_cps\": $MAX_CPS, \"offered\": $M, \"completed\": $ok, \"refused_503\": $refused, \"failed\": $failed, \"live_after\": $active, \"cdrs_answered\": $answered, \"cdrs_other\": $other}"
+fi
 echo "logs and SIPp statistics: $W"
+W_PER=$(for R in "${RATES[@]}"; do printf '"%s": %s, ' "$R" "${PER1000[waswitch,$R]}"; done)
+K_PER=$(for R in "${RATES[@]}"; do printf '"%s": %s, ' "$R" "${PER1000[kamailio,$R]}"; done)
+RJ=$(IFS=,; echo "${RATIOS[*]}")
+echo "{\"duration_s\": $DUR, \"waswitch_cpu_s_per_1000\": {${W_PER%, }}, \"kamailio_cpu_s_per_1000\": {${K_PER%, }}, \"ratio\": {$RJ}, \"waswitch_max_zero_fail_cps\": \"${BEST[waswitch]:-none}\", \"kamailio_max_zero_fail_cps\": \"${BEST[kamailio]:-none}\"$OV_JSON}"

@@ -119,6 +119,8 @@ impl Store {
                         Some(Duration::from_secs(1800))
                     })
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // An embedded database's connection cannot drop: no ping before each use.
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .map_err(open_err)?;

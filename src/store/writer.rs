@@ -186,18 +186,28 @@ impl Actor for CdrWriter {
 }
 
 impl WriterState {
-    /// Waits up to the flush interval for CDRs and writes one batch. Returns how long to wait
-    /// before the next pump (zero unless the store is failing).
+    /// Waits for CDRs and writes one batch: once the first arrives, the batch is written
+    /// when it is full or the first has waited the flush interval, so a busy node writes
+    /// few large transactions rather than one per call. Returns how long to wait before
+    /// the next pump (zero unless the store is failing).
     async fn pump(&mut self) -> Duration {
         let shared = Arc::clone(&self.args.queue.shared);
         let mut batch = shared.batch.lock().await;
         if batch.is_empty() {
             let mut rx = shared.rx.lock().await;
-            let _ = tokio::time::timeout(
-                self.args.flush_interval,
-                rx.recv_many(&mut batch, self.args.batch_size),
-            )
-            .await;
+            let size = self.args.batch_size;
+            let _ = tokio::time::timeout(self.args.flush_interval, rx.recv_many(&mut batch, size))
+                .await;
+            if !batch.is_empty() {
+                let deadline = tokio::time::Instant::now() + self.args.flush_interval;
+                while batch.len() < size {
+                    let room = size - batch.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
         }
         if batch.is_empty() {
             return Duration::ZERO;
