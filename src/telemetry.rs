@@ -79,7 +79,7 @@ pub const TRUNK_UP: &str = "waswitch_trunk_up";
 pub const RTP_PACKETS_TOTAL: &str = "waswitch_rtp_packets_total";
 
 /// Counter: RTP packets dropped by the media shards, by `reason` (`foreign_source`,
-/// `malformed`, `no_destination`).
+/// `malformed`, `no_destination`, `stale`: left on a socket kept from an earlier call).
 pub const RTP_DROPPED_TOTAL: &str = "waswitch_rtp_dropped_total";
 
 /// Histogram: seconds a relayed RTP packet spent in the switch, from the kernel's receive
@@ -630,7 +630,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             RTP_DROPPED_TOTAL,
             Counter,
             "RTP packets dropped by the media shards, by reason.",
-            one("reason", &["foreign_source", "malformed", "no_destination"]),
+            one("reason", &["foreign_source", "malformed", "no_destination", "stale"]),
         ),
         m(
             MEDIA_LATENCY_ADDED,

@@ -115,6 +115,8 @@ pub enum MediaError {
 struct ShardHandle {
     tx: SyncSender<Command>,
     waker: Arc<Waker>,
+    /// A wake-up is pending (the shard has not begun draining its queue since).
+    notified: Arc<std::sync::atomic::AtomicBool>,
     owners: Owners,
 }
 
@@ -215,7 +217,7 @@ pub struct MediaPair {
     shard: usize,
     plane: MediaPlane,
     ports: [u16; 2],
-    _leases: Vec<PortLease>,
+    leases: Vec<PortLease>,
     /// A WebRTC side's shared socket and its peer's addresses, released with the pair.
     rtc: Option<(usize, Vec<SocketAddr>)>,
     removed: bool,
@@ -241,6 +243,11 @@ impl MediaPlane {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+            let notified = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let inbox = crate::media::shard::Inbox {
+                rx,
+                notified: notified.clone(),
+            };
             let complexity = opus_complexity.clone();
             let owners = Owners::default();
             let supervised = Supervised {
@@ -250,8 +257,13 @@ impl MediaPlane {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{n}"))
-                .spawn(move || supervised.run(Shard::new(poll, rx, complexity)))?;
-            handles.push(ShardHandle { tx, waker, owners });
+                .spawn(move || supervised.run(Shard::new(poll, inbox, complexity)))?;
+            handles.push(ShardHandle {
+                tx,
+                waker,
+                notified,
+                owners,
+            });
             threads.push(thread);
         }
         Ok(MediaPlane {
@@ -318,7 +330,9 @@ impl MediaPlane {
         let handle = self.inner.shards.get(shard).ok_or(MediaError::Shard)?;
         match handle.tx.try_send(command) {
             Ok(()) => {
-                let _ = handle.waker.wake();
+                if !handle.notified.swap(true, Ordering::SeqCst) {
+                    let _ = handle.waker.wake();
+                }
                 Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(MediaError::Shard),
@@ -368,7 +382,7 @@ impl MediaPlane {
             shard,
             plane: self.clone(),
             ports,
-            _leases: vec![a_lease, b_lease],
+            leases: vec![a_lease, b_lease],
             rtc: None,
             removed: false,
         })
@@ -570,7 +584,7 @@ impl MediaPlane {
             shard,
             plane: self.clone(),
             ports: [a_port, b_port],
-            _leases: leases,
+            leases,
             rtc: Some((socket, kept)),
             removed: false,
         })
@@ -593,7 +607,10 @@ impl MediaPlane {
         &self,
         lease: Option<PortLease>,
     ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
-        if let Some(lease) = lease {
+        if let Some(mut lease) = lease {
+            if let Some(kept) = lease.take_sockets() {
+                return Ok((lease, fresh(kept)));
+            }
             let port = lease.port();
             if let (Ok(rtp), Ok(rtcp)) = (bind(self.inner.ip, port), bind(self.inner.ip, port + 1))
             {
@@ -615,11 +632,14 @@ impl MediaPlane {
         // Ports another process holds (another instance sharing the range) are skipped;
         // each skipped lease goes to the back of the pool.
         for _ in 0..64 {
-            let lease = self
+            let mut lease = self
                 .inner
                 .ports
                 .lease()
                 .map_err(|e| MediaError::Ports(e.to_string()))?;
+            if let Some(kept) = lease.take_sockets() {
+                return Ok((lease, fresh(kept)));
+            }
             let port = lease.port();
             match (bind(self.inner.ip, port), bind(self.inner.ip, port + 1)) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((lease, (rtp, rtcp))),
@@ -651,6 +671,29 @@ impl MediaPlane {
             let _ = t.join();
         }
     }
+}
+
+/// Sockets kept from an earlier call, emptied of what they received while they rested (its
+/// stragglers): none reaches the new call, or latches its source. Done as they are leased,
+/// before the new call's SDP names them, so nothing of the new call can be dropped here.
+fn fresh(
+    (rtp, rtcp): (std::net::UdpSocket, std::net::UdpSocket),
+) -> (std::net::UdpSocket, std::net::UdpSocket) {
+    let stale = drain(&rtp) + drain(&rtcp);
+    if stale > 0 {
+        metrics::counter!(telemetry::RTP_DROPPED_TOTAL, "reason" => "stale").increment(stale);
+    }
+    (rtp, rtcp)
+}
+
+/// Reads and drops whatever `socket` holds (bounded). Returns how many datagrams went.
+fn drain(socket: &std::net::UdpSocket) -> u64 {
+    let mut scratch = [0u8; 1500];
+    let mut dropped = 0;
+    while dropped < 256 && socket.recv(&mut scratch).is_ok() {
+        dropped += 1;
+    }
+    dropped
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
@@ -726,5 +769,43 @@ impl Supervised {
             }
             shard = Shard::new(poll, commands, opus_complexity);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kept sockets are handed out empty: what reached them while they rested is gone, and
+    /// what arrives next is read as usual.
+    #[test]
+    fn kept_sockets_are_emptied_of_what_they_received_while_resting() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let (rtp, rtcp) = (bind(ip, 0).expect("rtp"), bind(ip, 0).expect("rtcp"));
+        let straggler = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        for _ in 0..3 {
+            straggler
+                .send_to(&[0x80; 172], rtp.local_addr().expect("addr"))
+                .expect("send");
+        }
+        straggler
+            .send_to(&[0x81; 64], rtcp.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        let (rtp, rtcp) = fresh((rtp, rtcp));
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            rtp.recv(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(
+            rtcp.recv(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+        straggler
+            .send_to(&[0x80; 12], rtp.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(rtp.recv(&mut buf).ok(), Some(12));
     }
 }

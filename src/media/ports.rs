@@ -4,9 +4,25 @@
 //! call that ends in any way (including a panicking actor, whose state is dropped while
 //! unwinding) gives its ports back. Released ports go to the back of the queue: a port is
 //! reused as late as possible, so stray packets of an ended call never reach a new one.
+//!
+//! A lease given back with its sockets still bound ([`PortLease::give_back`]) keeps them: the
+//! next call on that port takes them as they are, with no socket, bind, option or close
+//! system call (a call's four sockets cost some 40 of them to make and to close). Such a
+//! pair is handed out again only once it has rested [`REST`] (or when no other port is
+//! free), and at most [`KEEP_BOUND`] pairs are kept; the media shard drops whatever a kept
+//! socket received while it rested before it relays anything on it.
 
 use std::collections::VecDeque;
+use std::net::UdpSocket;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a kept pair rests before another call takes it: longer than a peer that hung up
+/// goes on sending.
+pub const REST: Duration = Duration::from_secs(2);
+
+/// Most pairs kept bound between calls (two sockets each).
+pub const KEEP_BOUND: usize = 4096;
 
 /// The pool of RTP ports of one node. Cheap to clone; used at call setup, never per packet.
 #[derive(Clone, Debug)]
@@ -17,7 +33,18 @@ pub struct PortAllocator {
 #[derive(Debug)]
 struct Pool {
     free: VecDeque<u16>,
+    /// Pairs given back still bound, oldest first.
+    bound: VecDeque<Bound>,
     total: usize,
+    rest: Duration,
+    keep: usize,
+}
+
+#[derive(Debug)]
+struct Bound {
+    port: u16,
+    sockets: (UdpSocket, UdpSocket),
+    since: Instant,
 }
 
 /// All ports of the range are leased.
@@ -39,26 +66,62 @@ impl PortAllocator {
             .collect();
         let total = free.len();
         Self {
-            pool: Arc::new(Mutex::new(Pool { free, total })),
+            pool: Arc::new(Mutex::new(Pool {
+                free,
+                bound: VecDeque::new(),
+                total,
+                rest: REST,
+                keep: KEEP_BOUND,
+            })),
         }
     }
 
-    /// Leases the least recently used free port.
+    /// The same pool keeping at most `keep` bound pairs, each resting `rest` (tests).
+    pub fn keeping(self, keep: usize, rest: Duration) -> Self {
+        {
+            let mut pool = self.lock();
+            pool.keep = keep;
+            pool.rest = rest;
+        }
+        self
+    }
+
+    /// Leases a port: a pair kept bound that has rested, else the least recently used free
+    /// port (a kept pair that has not rested only when no port is free).
     pub fn lease(&self) -> Result<PortLease, PortsExhausted> {
         let mut pool = self.lock();
+        let rested = pool
+            .bound
+            .front()
+            .is_some_and(|b| b.since.elapsed() >= pool.rest);
+        if rested || pool.free.is_empty() {
+            if let Some(b) = pool.bound.pop_front() {
+                return Ok(PortLease {
+                    port: b.port,
+                    sockets: Some(b.sockets),
+                    pool: Arc::clone(&self.pool),
+                });
+            }
+        }
         match pool.free.pop_front() {
             Some(port) => Ok(PortLease {
                 port,
+                sockets: None,
                 pool: Arc::clone(&self.pool),
             }),
             None => Err(PortsExhausted { total: pool.total }),
         }
     }
 
-    /// Port pairs currently leased.
+    /// Port pairs currently leased (kept bound pairs are not).
     pub fn in_use(&self) -> usize {
         let pool = self.lock();
-        pool.total - pool.free.len()
+        pool.total - pool.free.len() - pool.bound.len()
+    }
+
+    /// Pairs kept bound between calls.
+    pub fn kept_bound(&self) -> usize {
+        self.lock().bound.len()
     }
 
     /// Port pairs in the pool.
@@ -77,6 +140,8 @@ impl PortAllocator {
 #[derive(Debug)]
 pub struct PortLease {
     port: u16,
+    /// The port's RTP and RTCP sockets, when the pool kept them bound.
+    sockets: Option<(UdpSocket, UdpSocket)>,
     pool: Arc<Mutex<Pool>>,
 }
 
@@ -85,12 +150,31 @@ impl PortLease {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The port's sockets, bound, when the pool kept them from an earlier call.
+    pub fn take_sockets(&mut self) -> Option<(UdpSocket, UdpSocket)> {
+        self.sockets.take()
+    }
+
+    /// Keeps this port's sockets (still bound to it) with the lease: when it is dropped,
+    /// the pool keeps them for a later call.
+    pub fn give_back(&mut self, rtp: UdpSocket, rtcp: UdpSocket) {
+        self.sockets = Some((rtp, rtcp));
+    }
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        pool.free.push_back(self.port);
+        match self.sockets.take() {
+            Some(sockets) if pool.bound.len() < pool.keep => pool.bound.push_back(Bound {
+                port: self.port,
+                sockets,
+                since: Instant::now(),
+            }),
+            // Closed as they drop here.
+            _ => pool.free.push_back(self.port),
+        }
     }
 }
 
@@ -122,5 +206,48 @@ mod tests {
         let ports = PortAllocator::new(20001, 20004);
         assert_eq!(ports.lease().unwrap().port(), 20002);
         assert_eq!(ports.capacity(), 1);
+    }
+
+    fn bound_pair(port: u16) -> (UdpSocket, UdpSocket) {
+        let rtp = UdpSocket::bind(("127.0.0.1", port)).expect("rtp");
+        let rtcp = UdpSocket::bind(("127.0.0.1", port + 1)).expect("rtcp");
+        (rtp, rtcp)
+    }
+
+    /// A pair given back bound is kept and handed out again with its sockets once it has
+    /// rested; before that, free ports go first; beyond the limit, sockets are closed.
+    #[test]
+    fn pairs_given_back_bound_are_kept_rested_and_reused_as_they_are() {
+        let ports = PortAllocator::new(42_900, 42_909).keeping(1, Duration::from_millis(200));
+        let mut a = ports.lease().expect("a");
+        let mut b = ports.lease().expect("b");
+        assert!(a.take_sockets().is_none(), "nothing kept yet");
+        let (rtp, rtcp) = bound_pair(a.port());
+        let kept_fd = rtp.local_addr().expect("addr");
+        a.give_back(rtp, rtcp);
+        drop(a);
+        let (rtp, rtcp) = bound_pair(b.port());
+        b.give_back(rtp, rtcp);
+        drop(b);
+        assert_eq!(ports.kept_bound(), 1, "the limit: b's sockets were closed");
+        assert_eq!(ports.in_use(), 0);
+        // Not rested yet: a free port goes first.
+        let mut c = ports.lease().expect("c");
+        assert_eq!(c.port(), 42_904);
+        assert!(c.take_sockets().is_none());
+        std::thread::sleep(Duration::from_millis(250));
+        let mut d = ports.lease().expect("d");
+        assert_eq!(d.port(), 42_900);
+        let (rtp, _rtcp) = d.take_sockets().expect("kept sockets");
+        assert_eq!(rtp.local_addr().expect("addr"), kept_fd);
+        // b's port was closed and freed: it can be bound again.
+        let mut e = ports.lease().expect("e");
+        assert_eq!(e.port(), 42_906);
+        assert!(e.take_sockets().is_none());
+        let f = ports.lease().expect("f");
+        assert_eq!(f.port(), 42_908);
+        let g = ports.lease().expect("g");
+        assert_eq!(g.port(), 42_902, "b's port came back last");
+        drop(bound_pair(g.port()));
     }
 }

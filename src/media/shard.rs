@@ -73,6 +73,22 @@ pub(super) struct NewWebRtcPair {
     pub(super) recorder: Option<Recorder>,
 }
 
+/// What the shard hands back when it removes a pair: its final counters, and each side's
+/// plain sockets (side A, side B), still bound, for the port pool to keep for a later call.
+#[derive(Debug)]
+pub(super) struct Removed {
+    pub(super) stats: [LegStats; 2],
+    pub(super) sockets: [Option<(std::net::UdpSocket, std::net::UdpSocket)>; 2],
+}
+
+/// A shard's command queue as the shard sees it. `notified` is set by whoever wakes the
+/// shard and cleared by the shard before it drains the queue, so commands queued while a
+/// wake is pending share it: one wake-up, not one per command.
+pub(super) struct Inbox {
+    pub(super) rx: Receiver<Command>,
+    pub(super) notified: Arc<std::sync::atomic::AtomicBool>,
+}
+
 pub(super) enum Command {
     Add {
         id: u64,
@@ -121,7 +137,7 @@ pub(super) enum Command {
     },
     Remove {
         id: u64,
-        reply: Option<SyncSender<[LegStats; 2]>>,
+        reply: Option<SyncSender<Removed>>,
     },
     Stats {
         id: u64,
@@ -487,7 +503,7 @@ pub(super) struct Shard {
     rtc_slots: Vec<usize>,
     /// The WebRTC legs' timers.
     rtc_timers: RtcTimers,
-    pub(super) commands: Receiver<Command>,
+    pub(super) commands: Inbox,
     legs: Vec<Option<Leg>>,
     free: Vec<usize>,
     pairs: HashMap<u64, Pair>,
@@ -506,7 +522,7 @@ pub(super) struct Shard {
 impl Shard {
     pub(super) fn new(
         poll: Poll,
-        commands: Receiver<Command>,
+        commands: Inbox,
         opus_complexity: Arc<std::sync::atomic::AtomicU8>,
     ) -> Self {
         Self {

@@ -248,6 +248,7 @@ impl MediaPair {
     /// Removes the pair and returns its final counters.
     pub fn close(mut self) -> Option<[LegStats; 2]> {
         self.removed = true;
+        let plain = self.rtc.is_none();
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         let sent = self
             .plane
@@ -264,7 +265,17 @@ impl MediaPair {
             self.plane.release_rtc(socket, &remotes);
         }
         sent?;
-        rx.recv_timeout(Duration::from_secs(1)).ok()
+        let removed = rx.recv_timeout(Duration::from_secs(1)).ok()?;
+        // Each side's sockets stay bound with its port, for the pool to keep (a pair whose
+        // side stands on a shared WebRTC socket leases differently: nothing is kept).
+        if plain && self.leases.len() == 2 {
+            for (lease, sockets) in self.leases.iter_mut().zip(removed.sockets) {
+                if let Some((rtp, rtcp)) = sockets {
+                    lease.give_back(rtp, rtcp);
+                }
+            }
+        }
+        Some(removed.stats)
     }
 }
 

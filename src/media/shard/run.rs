@@ -21,6 +21,11 @@ impl Shard {
         let mut batch = Batch::new();
         let mut forward = Vec::with_capacity(batch::BATCH);
         let mut next_tick = Instant::now() + TICK;
+        // A shard started again after a panic may find commands whose wake-up it lost.
+        if !self.run_commands() {
+            self.close_all();
+            return;
+        }
         loop {
             let due = self
                 .dtmf_out
@@ -72,7 +77,11 @@ impl Shard {
 
     /// Runs queued commands; false on Stop.
     fn run_commands(&mut self) -> bool {
-        while let Ok(command) = self.commands.try_recv() {
+        // Cleared before draining: a command queued from here on wakes the shard again.
+        self.commands
+            .notified
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        while let Ok(command) = self.commands.rx.try_recv() {
             match command {
                 Command::Add {
                     id,
@@ -131,9 +140,9 @@ impl Shard {
                     }
                 }
                 Command::Remove { id, reply } => {
-                    let stats = self.remove(id);
-                    if let (Some(reply), Some(stats)) = (reply, stats) {
-                        let _ = reply.try_send(stats);
+                    let keep = reply.is_some();
+                    if let (Some(reply), Some(removed)) = (reply, self.remove(id, keep)) {
+                        let _ = reply.try_send(removed);
                     }
                 }
                 Command::Stats { id, reply } => {
@@ -305,25 +314,45 @@ impl Shard {
         })
     }
 
-    fn remove(&mut self, id: u64) -> Option<[LegStats; 2]> {
+    /// Takes a pair out. With `keep`, its two sides' plain sockets (when they are still the
+    /// pair's own: no WebRTC leg standing in for side B) are handed back bound rather than
+    /// closed.
+    fn remove(&mut self, id: u64, keep: bool) -> Option<super::Removed> {
         let pair = self.pairs.remove(&id)?;
         let stats = self.pair_stats(pair.legs);
-        let mut slots = vec![pair.legs[0]];
-        if pair.legs[1] != pair.legs[0] {
-            slots.push(pair.legs[1]);
+        let mut sockets = [None, None];
+        let shared = pair.legs[1] == pair.legs[0];
+        let mut distinct = 0;
+        for (i, &slot) in pair.legs.iter().enumerate() {
+            if i == 1 && shared {
+                continue;
+            }
+            let own = i == 0 || pair.parked.is_none();
+            sockets[i] = self.release_leg(slot, keep && own);
+            distinct += 1;
         }
-        slots.extend(pair.parked);
-        let distinct = slots.len();
-        for slot in slots {
+        if let Some(slot) = pair.parked {
             self.free_leg(slot);
+            distinct += 1;
         }
-        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(distinct as f64);
-        Some(stats)
+        metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(f64::from(distinct));
+        Some(super::Removed { stats, sockets })
     }
 
     /// Takes the leg in `slot` out of the shard: its sockets deregistered (a plain leg's
     /// close when dropped), a WebRTC leg's peers unrouted from its shared socket.
     pub(super) fn free_leg(&mut self, slot: usize) {
+        let _ = self.release_leg(slot, false);
+    }
+
+    /// As [`free_leg`](Self::free_leg); with `keep`, a plain leg's sockets are returned,
+    /// deregistered and still bound, instead of closed.
+    fn release_leg(
+        &mut self,
+        slot: usize,
+        keep: bool,
+    ) -> Option<(std::net::UdpSocket, std::net::UdpSocket)> {
+        let mut kept = None;
         if let Some(mut leg) = self.legs[slot].take() {
             if leg.transcode.is_some() {
                 metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
@@ -349,14 +378,18 @@ impl Shard {
                     self.rtc_slots.retain(|&s| s != slot);
                 }
             }
+            if let (true, Io::Plain { rtp, rtcp }) = (keep, leg.io) {
+                kept = Some((rtp.into(), rtcp.into()));
+            }
         }
         self.free.push(slot);
+        kept
     }
 
     fn close_all(&mut self) {
         let ids: Vec<u64> = self.pairs.keys().copied().collect();
         for id in ids {
-            self.remove(id);
+            self.remove(id, false);
         }
         self.publish();
     }

@@ -322,13 +322,55 @@ fn silence_raises_a_timeout_once_per_side() {
 }
 
 #[test]
-fn closing_a_pair_frees_its_ports_for_reuse() {
-    let plane = plane(41_600, SourcePolicy::Strict, Duration::from_secs(30));
+fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_received() {
+    let ports = PortAllocator::new(41_600, 41_603).keeping(8, Duration::from_millis(100));
+    let plane = MediaPlane::start(
+        "127.0.0.1".parse().unwrap(),
+        ports.clone(),
+        1,
+        SourcePolicy::Latch,
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
-    let [a, _] = pair.ports();
+    let [a, b] = pair.ports();
     pair.close().unwrap();
-    // The shard closed the sockets: the port binds again.
-    assert!(StdSocket::bind(("127.0.0.1", a)).is_ok());
+    // Both sides' sockets are kept bound with their ports, not closed, and no call uses them.
+    assert_eq!((ports.kept_bound(), ports.in_use()), (2, 0));
+    assert!(StdSocket::bind(("127.0.0.1", a)).is_err(), "still bound");
+    // A straggler of the ended call reaches a kept socket while it rests.
+    let old_peer = peer();
+    old_peer
+        .send_to(&rtp(1, 160, 5, 0, &[1; 160]), ("127.0.0.1", a))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // The next call gets the same ports, and the straggler never reaches its other side.
+    let (tx, events) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let next = plane
+        .add_pair(Arc::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        }))
+        .unwrap();
+    let mut reused = next.ports();
+    reused.sort_unstable();
+    let mut before = [a, b];
+    before.sort_unstable();
+    assert_eq!(reused, before, "the kept pairs, taken as they were");
+    let (pa, pb) = (peer(), peer());
+    next.set_remote(Side::A, remote(&pa, None)).unwrap();
+    next.set_remote(Side::B, remote(&pb, None)).unwrap();
+    assert!(
+        recv(&pb).is_none() && recv(&pa).is_none(),
+        "nothing stale relayed"
+    );
+    // And the new call's own audio crosses.
+    let [na, _] = next.ports();
+    pa.send_to(&rtp(7, 1120, 8, 0, &[2; 160]), ("127.0.0.1", na))
+        .unwrap();
+    assert!(recv(&pb).is_some(), "the new call's audio crosses");
+    drop(events);
+    next.close().unwrap();
     plane.stop();
 }
 
