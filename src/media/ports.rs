@@ -9,8 +9,8 @@
 //! next call on that port takes them as they are, with no socket, bind, option or close
 //! system call (a call's four sockets cost some 40 of them to make and to close). Such a
 //! pair is handed out again only once it has rested [`REST`] (or when no other port is
-//! free), and at most [`KEEP_BOUND`] pairs are kept; the media shard drops whatever a kept
-//! socket received while it rested before it relays anything on it.
+//! free), and at most [`KEEP_BOUND`] pairs are kept (fewer under a low open-file limit);
+//! whatever a kept socket received while it rested is dropped before it is used again.
 
 use std::collections::VecDeque;
 use std::net::UdpSocket;
@@ -21,8 +21,25 @@ use std::time::{Duration, Instant};
 /// goes on sending.
 pub const REST: Duration = Duration::from_secs(2);
 
-/// Most pairs kept bound between calls (two sockets each).
+/// Most pairs kept bound between calls (two sockets each), and never more than an eighth
+/// of the process's open-file limit in pairs (a quarter of it in sockets): the calls' own
+/// sockets, SIP and HTTP connections and the store need the rest.
 pub const KEEP_BOUND: usize = 4096;
+
+/// [`KEEP_BOUND`], within the process's soft open-file limit (read from
+/// `/proc/self/limits`; 1024 assumed where it cannot be read).
+fn keep_within_file_limit() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    KEEP_BOUND.min(soft / 8)
+}
 
 /// The pool of RTP ports of one node. Cheap to clone; used at call setup, never per packet.
 #[derive(Clone, Debug)]
@@ -71,7 +88,7 @@ impl PortAllocator {
                 bound: VecDeque::new(),
                 total,
                 rest: REST,
-                keep: KEEP_BOUND,
+                keep: keep_within_file_limit(),
             })),
         }
     }

@@ -264,6 +264,8 @@ pub(crate) struct SipCore {
     tag_counter: u64,
     draining: bool,
     admission: Option<Arc<Mutex<RateLimiter>>>,
+    /// INVITEs the rate limit refused, kept while their retransmissions may come.
+    refused: Refused,
     /// Who may start calls; `None`: anyone (the transaction user decides).
     sources: Option<Arc<Sources>>,
     /// Agents whose phones register (`None`: REGISTER is not served).
@@ -305,6 +307,7 @@ impl SipCore {
             tag_counter: 0,
             draining: false,
             admission: None,
+            refused: Refused::default(),
             sources: None,
             agents: None,
             refusals: RefusalLog::default(),
@@ -436,11 +439,15 @@ impl SipCore {
                     return;
                 }
             }
-            let admitted = self
-                .admission
-                .as_ref()
-                .is_none_or(|l| l.lock().unwrap_or_else(PoisonError::into_inner).admit(now));
+            // A retransmission of an INVITE refused a moment ago is refused again, whatever
+            // the rate now: admitting it would set up a call its caller already gave up on.
+            let admitted = !self.refused.contains(now, &key)
+                && self
+                    .admission
+                    .as_ref()
+                    .is_none_or(|l| l.lock().unwrap_or_else(PoisonError::into_inner).admit(now));
             if !admitted {
+                self.refused.insert(now, key.clone(), 64 * self.timers.t1);
                 metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "cps").increment(1);
                 let resp = MessageBuilder::response_to(
                     &msg,
@@ -1081,6 +1088,44 @@ fn count(direction: &'static str, what: impl Into<metrics::SharedString>) {
     .increment(1);
 }
 
+/// The INVITEs the rate limit refused (stateless 503), each for as long as its caller may
+/// retransmit it (64·T1), at most [`Refused::MAX`] of them (the oldest forgotten first).
+#[derive(Debug, Default)]
+struct Refused {
+    keys: std::collections::HashSet<TxnKey>,
+    order: VecDeque<(Instant, TxnKey)>,
+}
+
+impl Refused {
+    const MAX: usize = 65_536;
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((until, _)) = self.order.front() {
+            if *until > now && self.order.len() <= Self::MAX {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    fn contains(&mut self, now: Instant, key: &TxnKey) -> bool {
+        if self.keys.is_empty() {
+            return false;
+        }
+        self.expire(now);
+        self.keys.contains(key)
+    }
+
+    fn insert(&mut self, now: Instant, key: TxnKey, keep: std::time::Duration) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back((now + keep, key));
+        }
+        self.expire(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1227,8 +1272,17 @@ mod tests {
         core.handle_datagram(now, Bytes::from(reinvite), peer);
         let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
         assert!(!codes.contains(&503), "{codes:?}");
-        // A second later the rate allows new calls again.
-        core.handle_datagram(now + Duration::from_secs(1), Bytes::from(invite(30)), peer);
+        // A second later the rate allows new calls again, but not the retransmission of
+        // one refused a second ago: its caller took the 503 and gave up on it.
+        let later = now + Duration::from_secs(1);
+        core.handle_datagram(later, Bytes::from(invite(7)), peer);
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert_eq!(codes, [503], "the refused INVITE's retransmission");
+        core.handle_datagram(later, Bytes::from(invite(30)), peer);
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert_eq!(codes, [100, 404]);
+        // Once its retransmissions are over (64·T1), the same branch is a new request.
+        core.handle_datagram(now + Duration::from_secs(40), Bytes::from(invite(7)), peer);
         let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
         assert_eq!(codes, [100, 404]);
     }
