@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// How long a kept pair rests before another call takes it: longer than a peer that hung up
 /// goes on sending.
-pub const REST: Duration = Duration::from_secs(2);
+pub const REST: Duration = Duration::from_secs(1);
 
 /// Most pairs kept bound between calls (two sockets each), and never more than an eighth
 /// of the process's open-file limit in pairs (a quarter of it in sockets): the calls' own
