@@ -26,6 +26,23 @@ impl Bridge {
         b: MessageBuilder,
         msg: &SipMessage,
     ) -> MessageBuilder {
+        // A WebRTC leg B's later offer is answered from our own WebRTC offer, whatever leg
+        // A said (its media never changes; it answered a request that carried no offer).
+        let answering_b = to == Leg::B
+            && msg.status().is_some_and(|c| (200..300).contains(&c))
+            && self
+                .b
+                .as_ref()
+                .is_some_and(|b| b.last_offer_from_b.is_some());
+        if answering_b {
+            if let Some(ours) = self.b_webrtc() {
+                let out = self.carry_webrtc(to, b, msg, "application/sdp", ours);
+                if let Some(bleg) = self.b.as_mut() {
+                    bleg.last_offer_from_b = None;
+                }
+                return out;
+            }
+        }
         let Some(ct) = content_type(msg).filter(|_| !msg.body.is_empty()) else {
             return b;
         };
@@ -163,6 +180,11 @@ impl Bridge {
                     sdp: msg.body.clone(),
                     first,
                 });
+                if msg.is_request() && !first {
+                    // Leg A (the WhatsApp leg) is told of the request, not offered the
+                    // browser's SDP: its media never changes, and our answer is ours.
+                    return b;
+                }
                 b.body(ct, msg.body.clone())
             }
         }
