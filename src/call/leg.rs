@@ -111,8 +111,13 @@ pub(crate) fn answer_as_caller(
                 .body("application/sdp", answer),
             Err(why) => {
                 tracing::info!(reason = %why, "a later offer refused");
-                MessageBuilder::response_to(request, 488, "Not Acceptable Here", None)
-                    .header(HeaderName::Warning, format!("305 waswitch \"{why}\""))
+                MessageBuilder::response_to(request, 488, "Not Acceptable Here", None).header(
+                    HeaderName::Warning,
+                    format!(
+                        "305 waswitch \"{}\"",
+                        super::whatsapp::leg::safe_phrase(&why.to_string())
+                    ),
+                )
             }
         }
     } else if method == Some(Method::Invite) {

@@ -183,15 +183,24 @@ impl PortLease {
 impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.sockets.take() {
-            Some(sockets) if pool.bound.len() < pool.keep => pool.bound.push_back(Bound {
-                port: self.port,
-                sockets,
-                since: Instant::now(),
-            }),
-            // Closed as they drop here.
-            _ => pool.free.push_back(self.port),
+        let sockets = match self.sockets.take() {
+            Some(sockets) if pool.bound.len() < pool.keep => {
+                pool.bound.push_back(Bound {
+                    port: self.port,
+                    sockets,
+                    since: Instant::now(),
+                });
+                return;
+            }
+            other => other,
+        };
+        if sockets.is_some() {
+            // No room to keep them: closed outside the pool's lock, before the port is free.
+            drop(pool);
+            drop(sockets);
+            pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         }
+        pool.free.push_back(self.port);
     }
 }
 
