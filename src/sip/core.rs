@@ -1006,7 +1006,7 @@ fn for_user(request: &SipMessage, draining: bool) -> bool {
 }
 
 /// A request inside a dialog carries a To tag.
-fn in_dialog(msg: &SipMessage) -> bool {
+pub(crate) fn in_dialog(msg: &SipMessage) -> bool {
     msg.header(&HeaderName::To)
         .and_then(|h| super::header::NameAddr::parse(&h.value).ok())
         .is_some_and(|to| to.tag().is_some())

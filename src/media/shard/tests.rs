@@ -344,7 +344,8 @@ fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_rec
         .send_to(&rtp(1, 160, 5, 0, &[1; 160]), ("127.0.0.1", a))
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
-    // The next call gets the same ports, and the straggler never reaches its other side.
+    // The next call gets the same ports, and nothing of the ended call reaches either side
+    // (the emptying of kept sockets itself: media::plane::tests).
     let (tx, events) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let next = plane

@@ -92,9 +92,7 @@ impl Bridge {
         let offer =
             msg.is_request() && matches!(msg.method(), Some(Method::Invite | Method::Update));
         if offer {
-            let first = msg
-                .header(&HeaderName::To)
-                .is_some_and(|to| !text(&to.value).contains(";tag="));
+            let first = !crate::sip::core::in_dialog(msg);
             self.offer_pending = Some((from, audio.clone()));
             if first {
                 self.report_media(from, audio);
