@@ -164,7 +164,7 @@ fn calls_both_ways(transport: &str, trunk_transport: &str) {
         CALLS,
     );
 
-    // Each call is counted under the direction its CDR names, as the README documents.
+    // Each call is counted under the direction its CDR names, as docs/metrics.md documents.
     rt.block_on(async {
         assert!(node.calls().wait_idle(Duration::from_secs(10)).await);
     });

@@ -1,12 +1,21 @@
-//! Every command the documentation shows is run, so none can rot: the fenced blocks of
-//! README.md and the commented commands of the example configurations.
+//! Every command the documentation shows is run, so none can rot: the fenced blocks of the
+//! rehearsed documents (README.md and the pages of docs/ named in `rehearsed_docs!` below,
+//! one test each) and the commented commands of the example configurations.
 //!
-//! Each source is a rehearsal, run as a newcomer would in several terminals: the servers it
-//! starts (`waswitch run`, `waswitch sim` without `--call` or `--rate`, a SIPp phone)
-//! stay up in the background, each awaited until it answers; every other command must exit
-//! 0, a second apart as a person would type them; then the switch is stopped with SIGTERM
-//! and must drain and exit 0. Translations, and nothing else: `cargo run --release --` is
-//! the built binary, and `curl` gets `--fail-with-body -sS` so an HTTP error fails the run.
+//! Which documents are rehearsed is explicit: a Markdown file of the documentation (README.md,
+//! or anything under docs/) that shows a command in a fenced block must be one of the
+//! rehearsed documents, or lie under a folder of `NOT_REHEARSED` (docs/loadtest/: reports of
+//! load tests that run for minutes); `every_documented_command_is_rehearsed` fails otherwise.
+//!
+//! Each fenced block (and each configuration) is a rehearsal, run as a newcomer would in
+//! several terminals: the servers it starts (`waswitch run`, `waswitch sim` without `--call`
+//! or `--rate`, a SIPp phone) stay up in the background, each awaited until it answers (a
+//! program left running with `&` must not have failed after a moment); every other command
+//! must exit 0, a second apart as a person would type them; then the switch is stopped with
+//! SIGTERM and must drain and exit 0. Translations, and nothing else: `cargo run --release --` is
+//! the built binary, `cargo run --release --example NAME` the example as `cargo build`
+//! builds it (built before the rehearsal), and `curl` gets `--fail-with-body -sS` so an HTTP
+//! error fails the run.
 //! The test command itself (`cargo nextest run`, `bash .ci/run`) is not run here; it is
 //! checked to be what `.ci/run` ends with.
 //!
@@ -24,7 +33,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The commands of a README fenced block, or of a configuration file's comments: each a
+/// The commands of a fenced block, or of a configuration file's comments: each a
 /// line (continuation lines joined), with its trailing comment removed.
 fn commands_in(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
@@ -62,9 +71,10 @@ fn commands_in(lines: &[String]) -> Vec<String> {
     out
 }
 
-/// README.md's fenced blocks that hold commands, in order.
-fn readme_blocks() -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+/// A Markdown document's fenced blocks that hold commands, in order (`path` from the
+/// repository's root).
+fn doc_blocks(path: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut blocks = Vec::new();
     let mut current: Option<Vec<String>> = None;
     for line in text.lines() {
@@ -213,6 +223,9 @@ fn wait_ready(server: &Server, child: &mut Child, shell: &str) {
             Server::Sipp(port) => common::listening(*port, false),
             Server::Background => {
                 std::thread::sleep(Duration::from_millis(1500));
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "`{shell}` exited with {status}");
+                }
                 true
             }
         };
@@ -348,15 +361,125 @@ fn in_own_namespace(test: &str, rehearsals: impl FnOnce() -> Vec<(String, Vec<St
     assert!(ran > 0, "{test}: no command found");
 }
 
-#[test]
-fn every_readme_command_runs() {
-    in_own_namespace("every_readme_command_runs", || {
-        readme_blocks()
+/// Builds the examples that `commands` run (`cargo run --release --example NAME`), as the
+/// rehearsal's translation runs them, outside the namespace (cargo may need the network).
+fn build_examples(commands: &[String]) {
+    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_some() {
+        return;
+    }
+    for command in commands {
+        let Some(rest) = command
+            .trim()
+            .strip_prefix("cargo run --release --example ")
+        else {
+            continue;
+        };
+        let name = rest.split_whitespace().next().expect("an example's name");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--quiet", "--example", name])
+            .current_dir(repo())
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "the example {name} does not build");
+    }
+}
+
+/// Rehearses every fenced block of the document at `path`, each a rehearsal of its own.
+fn rehearse_doc(test: &str, path: &str) {
+    let blocks = doc_blocks(path);
+    build_examples(&blocks.concat());
+    in_own_namespace(test, || {
+        blocks
             .into_iter()
             .enumerate()
-            .map(|(i, block)| (format!("README.md block {}", i + 1), block))
+            .map(|(i, block)| (format!("{path} block {}", i + 1), block))
             .collect()
     });
+}
+
+/// The rehearsed documents, each with its test; `REHEARSED_DOCS` lists them.
+macro_rules! rehearsed_docs {
+    ($($test:ident => $path:literal,)*) => {
+        const REHEARSED_DOCS: &[&str] = &[$($path),*];
+        $(
+            #[test]
+            fn $test() {
+                rehearse_doc(stringify!($test), $path);
+            }
+        )*
+    };
+}
+
+rehearsed_docs! {
+    every_readme_command_runs => "README.md",
+    every_ivr_page_command_runs => "docs/ivr.md",
+    every_agents_page_command_runs => "docs/agents.md",
+    every_apps_page_command_runs => "docs/apps.md",
+    every_configuration_page_command_runs => "docs/configuration.md",
+}
+
+/// Folders of the documentation whose fenced commands are not rehearsed, and why.
+const NOT_REHEARSED: &[(&str, &str)] = &[(
+    "docs/loadtest/",
+    "reports of load tests (loadtest/) that run for minutes; they are run by hand",
+)];
+
+/// The Markdown files of the documentation: README.md and every `.md` under docs/, as
+/// paths from the repository's root.
+fn documentation() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("docs/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&repo().join("docs"), &mut found);
+    let mut docs: Vec<String> = found
+        .iter()
+        .map(|p| {
+            p.strip_prefix(repo())
+                .expect("under the repository")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    docs.push("README.md".into());
+    docs.sort();
+    docs
+}
+
+/// A document that shows a command is rehearsed (or in a folder whose commands are not
+/// rehearsals, for a stated reason), and a rehearsed document shows commands.
+#[test]
+fn every_documented_command_is_rehearsed() {
+    let docs = documentation();
+    for doc in &docs {
+        let commands = doc_blocks(doc).concat();
+        if REHEARSED_DOCS.contains(&doc.as_str()) {
+            assert!(
+                !commands.is_empty(),
+                "{doc} is rehearsed but shows no command"
+            );
+        } else if !NOT_REHEARSED.iter().any(|(dir, _)| doc.starts_with(dir)) {
+            assert!(
+                commands.is_empty(),
+                "{doc} shows commands that no test runs: {commands:?}; add it to \
+                 `rehearsed_docs!` in tests/docs.rs (or show them outside a fenced block)"
+            );
+        }
+    }
+    for doc in REHEARSED_DOCS {
+        assert!(
+            docs.iter().any(|d| d == doc),
+            "{doc} is rehearsed but missing"
+        );
+    }
 }
 
 #[test]
@@ -418,17 +541,9 @@ fn the_agents_rehearsal_runs_as_documented() {
 /// (outside the namespace) as `cargo run --example` would.
 #[test]
 fn the_app_rehearsal_runs_as_documented() {
-    if std::env::var_os("WASWITCH_TEST_IN_NETNS").is_none() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--quiet", "--example", "voice-app"])
-            .current_dir(repo())
-            .status()
-            .expect("cargo runs");
-        assert!(built.success(), "the example app does not build");
-    }
+    let path = "config/examples/app-sim.toml";
+    build_examples(&config_commands(path));
     in_own_namespace("the_app_rehearsal_runs_as_documented", || {
-        let path = "config/examples/app-sim.toml";
         vec![(path.into(), config_commands(path))]
     });
 }
@@ -453,7 +568,7 @@ fn the_b2bua_rehearsal_runs_as_documented() {
 /// noticed; and the test command is what `.ci/run` runs last.
 #[test]
 fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
-    let blocks = readme_blocks();
+    let blocks = doc_blocks("README.md");
     let all: Vec<&String> = blocks.iter().flatten().collect();
     assert!(
         all.iter().any(|c| c.as_str() == "cargo nextest run"),
@@ -470,6 +585,16 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .unwrap_or("");
     assert_eq!(last.trim(), "cargo nextest run");
+    for (path, at_least) in [
+        ("README.md", 6),
+        ("docs/ivr.md", 3),
+        ("docs/agents.md", 2),
+        ("docs/apps.md", 2),
+        ("docs/configuration.md", 4),
+    ] {
+        let found = doc_blocks(path).concat();
+        assert!(found.len() >= at_least, "{path}: {found:?}");
+    }
     for (path, at_least) in [
         ("config/waswitch.toml", 2),
         ("config/examples/echo-sim.toml", 3),
@@ -515,8 +640,12 @@ fn the_systemd_unit_verifies_and_needs_no_account() {
     );
 }
 
-/// Every metric the switch exports is there from the start, with its `# HELP`, and every
-/// metric README.md names is one of them.
+/// Names in the documentation that start as metrics do but are not metrics: the PostgreSQL
+/// channel a cluster's nodes hear each other's permission changes on.
+const NOT_METRICS: &[&str] = &["waswitch_audit"];
+
+/// Every metric the switch exports is there from the start, with its `# HELP`; every metric
+/// the documentation names is one of them, and docs/metrics.md names every one.
 #[test]
 fn every_metric_is_exported_with_help_from_the_start() {
     let rt = common::runtime();
@@ -540,17 +669,45 @@ fn every_metric_is_exported_with_help_from_the_start() {
         let help = format!("# HELP {} {}", metric.name, metric.help);
         assert!(text.contains(&help), "{help} missing from\n{text}");
     }
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
-    let named: std::collections::BTreeSet<&str> = readme
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("waswitch_"))
-        .collect();
-    assert!(!named.is_empty());
-    for name in named {
+    let named_in = |doc: &str| -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(repo().join(doc)).expect("document");
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("waswitch_") && !NOT_METRICS.contains(w))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut docs = documentation();
+    docs.push("ARCHITECTURE.md".into());
+    for doc in &docs {
+        for name in named_in(doc) {
+            assert!(
+                catalogue.iter().any(|m| m.name == name),
+                "{doc} names {name}, which the switch does not export"
+            );
+        }
+    }
+    let reference = named_in("docs/metrics.md");
+    assert!(!reference.is_empty());
+    for metric in &catalogue {
         assert!(
-            catalogue.iter().any(|m| m.name == name),
-            "README.md names {name}, which the switch does not export"
+            reference.contains(metric.name),
+            "docs/metrics.md does not describe {}",
+            metric.name
         );
     }
     rt.block_on(node.drain_and_stop());
+}
+
+/// docs/configuration.md lists every environment override with the key it overrides.
+#[test]
+fn every_environment_override_is_in_the_configuration_page() {
+    let page = std::fs::read_to_string(repo().join("docs/configuration.md"))
+        .expect("docs/configuration.md");
+    for (var, key) in waswitch::config::ENV_OVERRIDES {
+        let row = format!("| `{var}` | `{key}` |");
+        assert!(
+            page.lines().any(|l| l.trim() == row),
+            "docs/configuration.md has no row {row}"
+        );
+    }
 }

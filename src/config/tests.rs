@@ -629,13 +629,16 @@ fn the_commented_example_shows_every_key_the_schema_knows() {
     );
 }
 
-/// Every environment override the switch reads is listed in README.md and in the
-/// example configuration.
+/// Every environment override the switch reads is listed in docs/configuration.md and in
+/// the example configuration.
 #[test]
 fn every_environment_override_is_documented() {
-    let readme = include_str!("../../README.md");
+    let docs = include_str!("../../docs/configuration.md");
     for (var, _) in ENV_OVERRIDES {
-        assert!(readme.contains(var), "README.md does not list {var}");
+        assert!(
+            docs.contains(var),
+            "docs/configuration.md does not list {var}"
+        );
         assert!(
             EXAMPLE.contains(var),
             "config/waswitch.toml does not list {var}"
