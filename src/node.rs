@@ -1039,6 +1039,11 @@ fn cdr_fan_out(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::store::Cdr>(CDR_TAP_CAPACITY);
     tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
+            // Every ended call's CDR comes here: its MOS, when its media carried packets.
+            if let Some(media) = cdr.media.as_ref().filter(|m| m.packets > 0) {
+                metrics::histogram!(telemetry::CALL_MOS, "direction" => cdr.direction.as_str())
+                    .record(media.mos_centi as f64 / 100.0);
+            }
             // The app that drove the call hears of its end, with its CDR.
             let app = cdr
                 .control

@@ -56,6 +56,17 @@ pub const CDR_WRITE_ERRORS_TOTAL: &str = "waswitch_cdr_write_errors_total";
 pub const CDRS_REJECTED_TOTAL: &str = "waswitch_cdrs_rejected_total";
 /// Gauge: CDRs waiting to be written.
 pub const CDRS_PENDING: &str = "waswitch_cdrs_pending";
+/// Gauge: 1 when the node is ready (`/ready` answers 200), 0 when it is not (draining, its
+/// store not answering, a listener not bound); decided afresh at each `/ready` and each
+/// scrape of `/metrics`.
+pub const READY: &str = "waswitch_ready";
+/// Histogram: each ended call's estimated MOS (ITU-T G.107 E-model, from the loss and
+/// jitter the relay measured; 1 to 4.5), for calls whose media carried packets, by
+/// `direction`.
+pub const CALL_MOS: &str = "waswitch_call_mos";
+
+/// Bucket bounds of [`CALL_MOS`] (3.5 parts acceptable calls from poor ones).
+const CALL_MOS_BUCKETS: [f64; 8] = [2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4];
 /// Gauge: resident memory of the process.
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "waswitch_process_resident_memory_bytes";
 /// Gauge: CPU time used by the process (a gauge mirroring a kernel counter).
@@ -236,19 +247,24 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install_metrics() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            // The media latency histograms get buckets (cumulative counts a load test or
-            // Prometheus can difference over any window); the others stay summaries.
+            // The media latency histograms and the calls' MOS get buckets (cumulative counts
+            // a load test or Prometheus can difference over any window); the others stay
+            // summaries.
             let builder = PrometheusBuilder::new();
-            let builder = [MEDIA_LATENCY_ADDED, MEDIA_DELAY_VARIATION]
-                .into_iter()
-                .fold(builder, |b, name| {
-                    b.set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Full(name.to_string()),
-                        &MEDIA_LATENCY_BUCKETS,
-                    )
-                    // (Refused only for an empty list of bounds.)
-                    .unwrap_or_else(|_| PrometheusBuilder::new())
-                });
+            let builder = [
+                (MEDIA_LATENCY_ADDED, &MEDIA_LATENCY_BUCKETS[..]),
+                (MEDIA_DELAY_VARIATION, &MEDIA_LATENCY_BUCKETS[..]),
+                (CALL_MOS, &CALL_MOS_BUCKETS[..]),
+            ]
+            .into_iter()
+            .fold(builder, |b, (name, buckets)| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(name.to_string()),
+                    buckets,
+                )
+                // (Refused only for an empty list of bounds.)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+            });
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // A recorder may already be installed by an embedding program; then ours only
@@ -571,6 +587,18 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Gauge,
             "CDRs waiting to be written.",
             unlabelled(),
+        ),
+        m(
+            READY,
+            Gauge,
+            "1 when the node is ready (/ready answers 200), 0 when it is not.",
+            unlabelled(),
+        ),
+        m(
+            CALL_MOS,
+            Histogram,
+            "Estimated MOS (E-model, 1 to 4.5) of each ended call whose media carried packets, by direction.",
+            one("direction", &directions),
         ),
         m(
             PROCESS_RESIDENT_MEMORY_BYTES,

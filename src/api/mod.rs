@@ -210,6 +210,17 @@ struct StoreCheck {
 /// Readiness: 200 when the store answers and every listener is bound and the node is not
 /// draining; 503 otherwise, with the reason in the body.
 async fn ready(State(s): State<ApiState>) -> Response {
+    let (ok, body) = readiness(&s).await;
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Whether the node is ready, and why, as `/ready` reports it; exported as `waswitch_ready`.
+async fn readiness(s: &ApiState) -> (bool, ReadyBody) {
     let draining = s.readiness.is_draining();
     let ping = s.store.ping(STORE_PING_TIMEOUT).await;
     let listeners = s.readiness.lock().clone();
@@ -234,12 +245,8 @@ async fn ready(State(s): State<ApiState>) -> Response {
         listeners,
         calls_active: s.calls.active(),
     };
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    metrics::gauge!(crate::telemetry::READY).set(if ok { 1.0 } else { 0.0 });
+    (ok, body)
 }
 
 /// The REST API and the events it sends, described in OpenAPI 3.1 (served to anyone: it
@@ -250,8 +257,9 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition (readiness decided afresh for `waswitch_ready`).
 async fn metrics_text(State(s): State<ApiState>) -> Response {
+    readiness(&s).await;
     (
         [(
             header::CONTENT_TYPE,
