@@ -309,17 +309,27 @@ impl Node {
             cluster.set_tap(tap.clone());
         }
         cdrs.set_tap(tap)?;
-        // Call-control events (a voicemail ready) go to the same webhook, signed alike.
-        let control_events = match (&config.cdr_webhook, config.ivrs.is_empty()) {
-            (Some(hook), false) => Some(
+        // Call-control and recording events (a voicemail, a recording ready) go to the same
+        // webhook, signed alike.
+        let control_events = match &config.cdr_webhook {
+            Some(hook) => Some(
                 crate::store::webhook::start_events(hook.clone(), telemetry::CDR_WEBHOOKS_TOTAL)
                     .map_err(|reason| StartError::Actor {
                         what: "event webhook",
                         reason,
                     })?,
             ),
-            _ => None,
+            None => None,
         };
+        let recordings = crate::call::recordings::Recordings::new(
+            config.recording.clone(),
+            Some(store.clone()),
+            control_events.clone(),
+        )
+        .map_err(|reason| StartError::Actor {
+            what: "recordings",
+            reason,
+        })?;
         for ivr in &config.ivrs {
             std::fs::create_dir_all(&ivr.voicemail_dir).map_err(|e| StartError::Actor {
                 what: "IVR voicemail directory",
@@ -363,13 +373,6 @@ impl Node {
             reason: e.to_string(),
         })?;
         media.set_opus_complexity(config.media.opus_complexity);
-        if let Some(dir) = &config.media.record_dir {
-            std::fs::create_dir_all(dir).map_err(|e| StartError::Actor {
-                what: "recordings",
-                reason: format!("media.record_dir {}: {e}", dir.display()),
-            })?;
-            media.set_record_dir(dir.clone())?;
-        }
         tracing::info!(shards = config.media.shards, ip = %config.media.ip, "media plane running");
         let calls = Calls::new(
             registry,
@@ -380,6 +383,7 @@ impl Node {
             config.limits.max_calls,
         );
         calls.set_media(media.clone())?;
+        calls.set_recordings(recordings.clone())?;
         if let Some((cluster, _)) = &cluster {
             cluster.set_calls(calls.clone());
         }
@@ -446,7 +450,10 @@ impl Node {
                 })?;
             }
         }
-        let mut background = vec![spawn_cutoffs(permissions.cutoffs(), calls.clone())];
+        let mut background = vec![
+            spawn_cutoffs(permissions.cutoffs(), calls.clone()),
+            tokio::spawn(recordings.clone().run_sweeper()),
+        ];
         let agent_directory = crate::call::agents::Directory::new(&config.agents, &config.queues);
         agent_directory.export_metrics();
         if !config.queues.is_empty() {
@@ -636,6 +643,10 @@ impl Node {
                 )
                 .with_sanctioned(config.permissions.sanctioned_calling_codes.clone())
                 .with_control(control);
+                let whatsapp = match &graph {
+                    Some(graph) => whatsapp.with_recordings(recordings.clone(), Arc::clone(graph)),
+                    None => whatsapp,
+                };
                 Some((meta, whatsapp))
             }
             _ => None,
@@ -683,6 +694,7 @@ impl Node {
             sip: ingress.clone(),
             agents: agent_directory,
             control: control_services,
+            recordings: recordings.clone(),
         };
         let mut router = api::router(api_state.clone()).merge(api::webhooks::router(meta_ingress));
         if let Some((listener, acceptor)) = &sip_ws {

@@ -25,6 +25,13 @@ pub enum LogFormat {
 pub const CALLS_ACTIVE: &str = "waswitch_calls_active";
 /// Counter: calls ended, by `direction` and `outcome`.
 pub const CALLS_TOTAL: &str = "waswitch_calls_total";
+/// Counter: recordings kept, by `source` (`switch`, `meta`) and `outcome` (`kept`,
+/// `failed`: written but not kept, or Meta's not fetched or not matching its digest).
+pub const RECORDINGS_TOTAL: &str = "waswitch_recordings_total";
+/// Counter: recordings deleted, by `reason` (`retention`, `api`).
+pub const RECORDINGS_DELETED_TOTAL: &str = "waswitch_recordings_deleted_total";
+/// Gauge: recordings written locally still waiting for their upload to the bucket.
+pub const RECORDING_UPLOADS_PENDING: &str = "waswitch_recording_uploads_pending";
 /// Counter: CDRs (and call-control events) POSTed to the CDR webhook, by `outcome`
 /// (`delivered`, `failed` after the last attempt).
 pub const CDR_WEBHOOKS_TOTAL: &str = "waswitch_cdr_webhooks_total";
@@ -455,11 +462,18 @@ pub fn catalogue() -> Vec<MetricInfo> {
         "message",
         "get_settings",
         "update_settings",
+        "media",
     ];
     let mut api_requests = Vec::new();
     for action in actions {
         for outcome in ["ok", "error", "timeout", "transport", "decode", "invalid"] {
             api_requests.push(vec![("action", action), ("outcome", outcome)]);
+        }
+    }
+    let mut recordings = Vec::new();
+    for source in ["switch", "meta"] {
+        for outcome in ["kept", "failed"] {
+            recordings.push(vec![("source", source), ("outcome", outcome)]);
         }
     }
     // Every `permission::Blocked` reason (a test there keeps the two lists in step).
@@ -872,6 +886,24 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "Customers put on the do-not-call list, by actor.",
             one("actor", &["customer", "business"]),
+        ),
+        m(
+            RECORDINGS_TOTAL,
+            Counter,
+            "Recordings kept (or failed to be), by source and outcome.",
+            recordings,
+        ),
+        m(
+            RECORDINGS_DELETED_TOTAL,
+            Counter,
+            "Recordings deleted, by reason.",
+            one("reason", &["retention", "api"]),
+        ),
+        m(
+            RECORDING_UPLOADS_PENDING,
+            Gauge,
+            "Recordings written locally still waiting for their upload to the bucket.",
+            unlabelled(),
         ),
     ]
 }

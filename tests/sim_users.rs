@@ -167,7 +167,7 @@ async fn simulated_users_answer_permission_requests_and_business_calls() {
         let prepared = plane.webrtc_offer().expect("offer");
         let offer = prepared.local_sdp().to_string();
         let pair = plane
-            .add_webrtc_pair(prepared, FarSide::Echo, std::sync::Arc::new(|_| {}), None)
+            .add_webrtc_pair(prepared, FarSide::Echo, std::sync::Arc::new(|_| {}))
             .expect("pair");
         (offer, pair)
     };

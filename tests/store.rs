@@ -79,6 +79,14 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             app: (n % 10 == 0).then(|| "demo".to_string()),
             app_error: (n % 20 == 0).then(|| "timeout: the app did not answer".to_string()),
         }),
+        // Some were recorded, and Meta's recording linked to some.
+        recording: (n % 4 == 0).then(|| waswitch::store::CdrRecording {
+            id: format!("call-{n:05}-0a1b2c3d"),
+            file: format!("s3://recordings/calls/call-{n:05}-0a1b2c3d.ogg"),
+            sha256: format!("{n:064x}"),
+        }),
+        meta_recording_id: (n % 6 == 0).then(|| format!("meta-{n}")),
+        meta_transcript_id: (n % 12 == 0).then(|| format!("meta-t{n}")),
     }
 }
 

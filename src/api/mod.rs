@@ -164,6 +164,8 @@ pub(crate) struct ApiState {
     pub agents: crate::call::agents::Directory,
     /// What calls placed for HTTP apps are driven with (`None`: no WhatsApp calling).
     pub control: Option<crate::call::ivr::ControlServices>,
+    /// Where recordings are kept (downloads and deletions).
+    pub recordings: crate::call::recordings::Recordings,
 }
 
 /// The node's HTTP router.

@@ -21,11 +21,12 @@
 //! - `POST /v1/calls/{id}/actions`: verbs (as an HTTP app answers: `{"verbs": [...]}`, or
 //!   one verb such as `{"play": {...}}`; `bridge` is `dial`) interrupt what the call does
 //!   and run instead; `{"hangup": {}}` hangs the call up; `{"dtmf": {"digits", "to"}}`
-//!   sends keys; `{"recording": "start" | "stop"}` records both sides of the call (the app
-//!   hears `recording.ready`). `202` when they run, `400` with
-//!   the place of a wrong verb, `409` when the call cannot take them now (no app drives
-//!   it, it is being answered or dialled).
-//! - `GET /v1/recordings/{id}`: an app's recording (WAV); `DELETE` removes it.
+//!   sends keys; `{"recording": "start" | "stop"}` records both sides of the call as its
+//!   recording policy allows (`403` when it is `none`; `recording.ready` follows). `202`
+//!   when they run, `400` with the place of a wrong verb, `409` when the call cannot take
+//!   them now (no app drives it, it is being answered or dialled).
+//! - `GET /v1/recordings/{id}`: a recording (the switch's or Meta's), streamed from disk or
+//!   the bucket; `DELETE` removes it (audited).
 //! - `GET /v1/cdrs?direction=&outcome=&business_number=&since=&until=&limit=&offset=`: CDRs,
 //!   newest first, with the total matching.
 //! - Permissions, the do-not-call list and the audit trail: [`super::permissions`].
@@ -720,40 +721,66 @@ async fn recording(
         Ok(r) => r,
         Err(response) => return response,
     };
-    let file = match tokio::fs::File::open(&r.path).await {
-        Ok(f) => f,
+    let download = match s
+        .recordings
+        .blobs()
+        .download(&r.path, r.storage == "local")
+        .await
+    {
+        Ok(d) => d,
         Err(e) => {
-            tracing::warn!(recording = %id, path = %r.path, error = %e, "recording file unreadable");
-            return error(StatusCode::GONE, "the recording's file is gone");
+            tracing::warn!(recording = %id, path = %r.path, storage = %r.storage, error = %e, "recording unreadable");
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                error(StatusCode::GONE, "the recording's file is gone")
+            } else {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the recording's storage is unavailable",
+                )
+            };
         }
     };
-    let length = file.metadata().await.map_or(0, |m| m.len());
-    // Read in 64 KiB chunks: a long recording is never held in memory whole.
-    let chunks = futures::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 64 * 1024];
-        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
-            }
-            Err(e) => Some((Err::<bytes::Bytes, _>(e), None)),
+    let extension = std::path::Path::new(&r.path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("bin");
+    let mut headers = vec![
+        (header::CONTENT_TYPE, r.media_type.clone()),
+        (header::CONTENT_LENGTH, download.length.to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}.{extension}\"", r.id),
+        ),
+    ];
+    if let Some(sha) = &r.sha256 {
+        // RFC 9530: the digest of the bytes served.
+        if let Some(b64) = hex_to_base64(sha) {
+            headers.push((
+                header::HeaderName::from_static("repr-digest"),
+                format!("sha-256=:{b64}:"),
+            ));
         }
-    });
-    let body = axum::body::Body::from_stream(chunks);
-    (
-        [
-            (header::CONTENT_TYPE, "audio/wav".to_string()),
-            (header::CONTENT_LENGTH, length.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.wav\"", r.id),
-            ),
-        ],
-        body,
-    )
-        .into_response()
+    }
+    let mut response = axum::body::Body::from_stream(download.chunks).into_response();
+    for (name, value) in headers {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
+}
+
+/// Hex digits as base64 (`None` when they are not hex).
+fn hex_to_base64(hex: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes?))
 }
 
 /// `DELETE /v1/recordings/{id}`: the file and its record.
@@ -766,23 +793,14 @@ async fn delete_recording(
         Ok(r) => r,
         Err(response) => return response,
     };
-    if let Err(e) = tokio::fs::remove_file(&r.path).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::error!(recording = %id, error = %e, "recording file not removed");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the recording's file cannot be removed",
-            );
-        }
-    }
-    match s.store.delete_recording(&id).await {
-        Ok(_) => {
-            tracing::info!(recording = %id, "recording deleted");
-            StatusCode::NO_CONTENT.into_response()
-        }
+    match s.recordings.delete(&r, "api").await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "recording record not deleted");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+            tracing::error!(error = %e, "recording not deleted");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the recording's storage or the store is unavailable",
+            )
         }
     }
 }

@@ -431,6 +431,9 @@ impl Cluster {
                     media: None,
                     codec_path: None,
                     control: None,
+                    recording: None,
+                    meta_recording_id: None,
+                    meta_transcript_id: None,
                 })
             })
             .collect();

@@ -109,6 +109,13 @@ pub struct IvrSetup {
     pub placed_to: Option<serde_json::Value>,
 }
 
+impl IvrSetup {
+    /// The HTTP app driving the call from the start.
+    pub fn app_name(&self) -> Option<String> {
+        self.app.as_ref().map(|a| a.config.name.clone())
+    }
+}
+
 /// Messages of [`IvrActor`].
 #[derive(Debug)]
 pub enum IvrMsg {
@@ -145,6 +152,18 @@ pub enum IvrMsg {
         body: serde_json::Value,
         /// Whether they run, or the status and why not.
         reply: RpcReplyPort<Result<(), (u16, String)>>,
+    },
+    /// The call's recording (both sides; the supervisor's, on demand or by policy) is
+    /// kept: the app hears `recording.ready`.
+    CallRecorded {
+        /// The recording's id.
+        id: String,
+        /// Its size.
+        bytes: u64,
+        /// How long it ran.
+        duration_ms: u64,
+        /// Its media type.
+        media_type: &'static str,
     },
     /// Verbs, checked and their prompts ready, replace the script now.
     Load {
@@ -253,8 +272,6 @@ pub struct Ivr {
     started: bool,
     /// An app's verbs ready to run since then: the time to their first command is measured.
     verbs_ready: Option<Instant>,
-    /// Both sides of the call are being recorded (started through the API).
-    call_recording: Option<PathBuf>,
 }
 
 impl Actor for IvrActor {
@@ -309,7 +326,6 @@ impl Actor for IvrActor {
             agent_leg: false,
             started: false,
             verbs_ready: None,
-            call_recording: None,
         })
     }
 
@@ -415,11 +431,16 @@ impl Actor for IvrActor {
                     out.extend(ivr.engine.handle_timeout(now));
                     out
                 }
+                IvrMsg::CallRecorded {
+                    id,
+                    bytes,
+                    duration_ms,
+                    media_type,
+                } => {
+                    ivr.call_recorded(&id, bytes, duration_ms, media_type);
+                    Vec::new()
+                }
                 IvrMsg::Finish(reply) => {
-                    if ivr.call_recording.is_some() {
-                        // The recording is finalised before the call's media goes.
-                        let _ = ivr.media.send_message(MediaMsg::Record(None, None));
-                    }
                     ivr.leave_queue();
                     ivr.finish = Some(reply);
                     let out = ivr.engine.on_event(Event::CallerHungUp, now);
@@ -435,7 +456,7 @@ impl Actor for IvrActor {
             if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
                 ivr.start();
             }
-            if ivr.finish.is_some() && ivr.recording == Recording::Idle && ivr.call_recording.is_none() {
+            if ivr.finish.is_some() && ivr.recording == Recording::Idle {
                 ivr.reply_finish();
             }
             while ivr.tasks.try_join_next().is_some() {}
@@ -543,22 +564,6 @@ impl Ivr {
             MediaEvent::Silence(Side::A) if self.recording == Recording::Capturing => {
                 self.engine.on_event(Event::Silence, now)
             }
-            MediaEvent::RecordingDone(result) => {
-                // Only the recording running ends here (one stopped before may finish
-                // after the next began).
-                let current = match &result {
-                    Ok(path) => self.call_recording.as_ref() == Some(path),
-                    Err(_) => true,
-                };
-                if current {
-                    self.call_recording = None;
-                }
-                match result {
-                    Ok(file) => self.recording_ready(&file.display().to_string(), 2),
-                    Err(e) => tracing::warn!(error = %e, "call recording lost"),
-                }
-                Vec::new()
-            }
             MediaEvent::CaptureDone(result) => {
                 // A capture cut short by new verbs may finish after the next one began.
                 let current = match &result {
@@ -571,7 +576,7 @@ impl Ivr {
                 let result = result.map(|p| p.display().to_string());
                 if let Ok(file) = &result {
                     if self.app.is_some() {
-                        self.recording_ready(file, 1);
+                        self.recording_ready(file);
                     } else {
                         self.voicemail_ready(file);
                     }
@@ -754,6 +759,13 @@ impl Ivr {
             self.app_error.get_or_insert(why);
             return self.not_answered();
         }
+        // The recording policy of what is dialled applies when it answers.
+        let (queue, route) = match &destination {
+            Destination::Queue(q) => (Some(q.clone()), None),
+            Destination::Route(r) => (None, Some(r.clone())),
+            _ => (None, None),
+        };
+        let _ = self.call.send_message(CallMsg::DialTarget { queue, route });
         if let Destination::Queue(name) = &destination {
             return self.enqueue(name);
         }
@@ -1211,21 +1223,6 @@ impl Ivr {
             let _ = reply.send(Err((409, "no app drives this call".into())));
             return;
         };
-        if let Some(what) = body
-            .get("recording")
-            .filter(|_| body.as_object().is_some_and(|o| o.len() == 1))
-        {
-            let start = match what.as_str() {
-                Some("start") => true,
-                Some("stop") => false,
-                _ => {
-                    let _ = reply.send(Err((400, "recording: \"start\" or \"stop\"".into())));
-                    return;
-                }
-            };
-            self.record_call(&app, start, reply);
-            return;
-        }
         if self.engine.finished() {
             let _ = reply.send(Err((409, "the call's script has ended".into())));
             return;
@@ -1279,59 +1276,6 @@ impl Ivr {
                 self.not_answered()
             }
         }
-    }
-
-    /// Starts or stops recording both sides of the call (stereo WAV in the app's
-    /// `recording_dir`); `recording.ready` follows once the file is final.
-    fn record_call(
-        &mut self,
-        app: &super::app::App,
-        start: bool,
-        reply: RpcReplyPort<Result<(), (u16, String)>>,
-    ) {
-        if start == self.call_recording.is_some() {
-            let why = if start {
-                "the call is being recorded already"
-            } else {
-                "the call is not being recorded"
-            };
-            let _ = reply.send(Err((409, why.into())));
-            return;
-        }
-        let path = start.then(|| {
-            self.recordings += 1;
-            app.config
-                .recording_dir
-                .join(format!("{}-call-{}.wav", self.call_id, self.recordings))
-        });
-        let media = self.media.clone();
-        let me = self.myself.clone();
-        self.call_recording = path.clone();
-        self.tasks.spawn(
-            async move {
-                let done = media
-                    .call(
-                        |r| MediaMsg::Record(path, Some(r)),
-                        Some(Duration::from_secs(2)),
-                    )
-                    .await;
-                let result = match done {
-                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => Ok(()),
-                    Ok(ractor::rpc::CallResult::Success(Err(e))) => Err((409, e)),
-                    _ => Err((503, "the call's media did not answer".to_string())),
-                };
-                if result.is_err() && start {
-                    // Not recording after all.
-                    if let Some(me) = me {
-                        let _ = me.send_message(IvrMsg::Media(MediaEvent::RecordingDone(Err(
-                            "not started".into(),
-                        ))));
-                    }
-                }
-                let _ = reply.send(result);
-            }
-            .instrument(self.span.clone()),
-        );
     }
 
     /// The call as an app's event tells it.
@@ -1441,8 +1385,25 @@ impl Ivr {
         self.engine.on_event(Event::Fetched { seq, script }, now)
     }
 
-    /// Records an app's recording (for its download) and posts `recording.ready`.
-    fn recording_ready(&mut self, file: &str, channels: u64) {
+    /// The call's recording is kept: the app hears `recording.ready`.
+    fn call_recorded(&mut self, id: &str, bytes: u64, duration_ms: u64, media_type: &str) {
+        let Some(app) = self.app.clone() else {
+            return;
+        };
+        let mut event = self.event("recording.ready");
+        event["recording_id"] = id.into();
+        event["url"] = format!("/v1/recordings/{id}").into();
+        event["bytes"] = bytes.into();
+        event["duration_ms"] = duration_ms.into();
+        event["channels"] = 2.into();
+        event["media_type"] = media_type.into();
+        app.notify(event);
+    }
+
+    /// Records an app's `record` (the caller's voice, one channel of WAV) for its download,
+    /// and posts `recording.ready`.
+    fn recording_ready(&mut self, file: &str) {
+        let channels = 1u64;
         let Some(app) = self.app.clone() else {
             return;
         };
@@ -1460,6 +1421,14 @@ impl Ivr {
             path: file.to_string(),
             bytes: bytes as i64,
             created_at_ms: crate::clock::now_ms(),
+            sha256: super::recordings::digest(std::path::Path::new(file))
+                .ok()
+                .map(|(_, sha)| sha),
+            storage: "local".into(),
+            media_type: "audio/wav".into(),
+            source: "switch".into(),
+            kind: "audio".into(),
+            customer: Some(self.setup.caller.wa_id.clone()).filter(|w| !w.is_empty()),
         };
         let mut event = self.event("recording.ready");
         event["recording_id"] = id.clone().into();
@@ -1467,6 +1436,7 @@ impl Ivr {
         event["bytes"] = bytes.into();
         event["duration_ms"] = (bytes.saturating_sub(44) * 1000 / (16_000 * channels)).into();
         event["channels"] = channels.into();
+        event["media_type"] = "audio/wav".into();
         let store = self.setup.services.store.clone();
         // The recording is known to the store before the app hears of it.
         self.tasks.spawn(

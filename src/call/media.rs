@@ -34,8 +34,6 @@ pub struct MediaArgs {
     pub plane: Option<MediaPlane>,
     /// The call's supervisor (told when media times out).
     pub call: ActorRef<CallMsg>,
-    /// The call's id (names its recording).
-    pub call_id: String,
     /// The call's span.
     pub span: tracing::Span,
 }
@@ -180,13 +178,22 @@ pub enum MediaMsg {
     Ringback(Side, bool),
     /// Send a DTMF digit toward one side for a duration.
     SendDtmf(Side, char, std::time::Duration),
-    /// Start (`Some(path)`) or stop recording both sides of the call (stereo WAV);
-    /// [`MediaEvent::RecordingDone`] follows once a recording's file is final. Replies
-    /// whether the shard took it, when asked.
-    Record(
-        Option<std::path::PathBuf>,
-        Option<RpcReplyPort<Result<(), String>>>,
-    ),
+    /// Record both sides of the call as `planned` (side A left, side B right), after
+    /// `consent` is played to the side given (prompts asked for that side meanwhile wait
+    /// for it). Replies whether it was taken.
+    StartRecording {
+        /// The recording.
+        planned: super::recordings::Planned,
+        /// The announcement first, and to whom.
+        consent: Option<(Side, crate::media::prompt::Prompt)>,
+        /// Taken, or why not.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Stop the call's recording; replies with the saved file once it is final (`None`
+    /// when nothing was recorded: none running, or stopped during its announcement).
+    StopRecording(RpcReplyPort<Option<Result<super::recordings::Saved, String>>>),
+    /// The recording's file is final (from the recorder).
+    RecordingSaved(Result<super::recordings::Saved, String>),
     /// Hand the pair's events (connections, digits, prompts done, silence, captures) to
     /// this listener too (the call's control actor).
     Subscribe(Listener),
@@ -219,7 +226,6 @@ pub struct Media {
     ports: PortAllocator,
     plane: Option<MediaPlane>,
     call: ActorRef<CallMsg>,
-    call_id: String,
     span: tracing::Span,
     digits: Vec<DigitSeen>,
     /// Also hears the pair's events.
@@ -234,6 +240,23 @@ pub struct Media {
     sdes_offer: Vec<crate::media::srtp::Crypto>,
     /// Side A speaks SDES-SRTP with agreed keys (its media counts as connected).
     sdes_a: bool,
+    /// The call's recording.
+    recording: CallRecording,
+    /// Prompts for the side hearing the consent announcement, waiting for its end.
+    held: Vec<(Side, crate::media::prompt::Prompt, bool)>,
+}
+
+/// Where the call's recording stands.
+enum CallRecording {
+    Idle,
+    /// The consent announcement plays to `side`; the recording starts when it ends.
+    Consent {
+        planned: super::recordings::Planned,
+        side: Side,
+    },
+    Running,
+    /// Stopped; `reply` hears the file once it is final.
+    Stopping(Option<RpcReplyPort<Option<Result<super::recordings::Saved, String>>>>),
 }
 
 impl Actor for MediaActor {
@@ -257,7 +280,6 @@ impl Actor for MediaActor {
             ports: args.ports,
             plane: args.plane,
             call: args.call,
-            call_id: args.call_id,
             span: args.span,
             digits: Vec::new(),
             listener: None,
@@ -266,6 +288,8 @@ impl Actor for MediaActor {
             plain_a: None,
             sdes_offer: Vec::new(),
             sdes_a: false,
+            recording: CallRecording::Idle,
+            held: Vec::new(),
         })
     }
 
@@ -373,7 +397,25 @@ impl Actor for MediaActor {
                     }
                 }
             }
+            MediaMsg::Event(MediaEvent::PromptDone { side, .. }) if matches!(&media.recording, CallRecording::Consent { side: s, .. } if *s == side) =>
+            {
+                // The announcement is over: the recording starts, then what waited plays.
+                if let CallRecording::Consent { planned, .. } =
+                    std::mem::replace(&mut media.recording, CallRecording::Idle)
+                {
+                    if let Err(e) = media.start_recording(&myself, &planned) {
+                        tracing::warn!(parent: &media.span, error = %e, "recording not started after its announcement");
+                    }
+                }
+                for (side, prompt, barge_in) in std::mem::take(&mut media.held) {
+                    let _ = myself.send_message(MediaMsg::Play(side, prompt, barge_in));
+                }
+            }
             MediaMsg::Event(event) => media.on_event(event)?,
+            MediaMsg::Play(side, prompt, barge_in) if matches!(&media.recording, CallRecording::Consent { side: s, .. } if *s == side) =>
+            {
+                media.held.push((side, prompt, barge_in));
+            }
             MediaMsg::Play(side, prompt, barge_in) => {
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.play(side, prompt, barge_in) {
@@ -425,27 +467,82 @@ impl Actor for MediaActor {
                     media.tell(MediaEvent::CaptureDone(Err(e)));
                 }
             }
-            MediaMsg::Record(path, reply) => {
-                let me = myself.clone();
-                let done = move |r: std::io::Result<std::path::PathBuf>| {
-                    let _ = me.send_message(MediaMsg::Event(MediaEvent::RecordingDone(
-                        r.map_err(|e| e.to_string()),
-                    )));
-                };
-                let result = match (&media.resources, &path) {
-                    (Resources::Anchored(pair), Some(path)) => {
-                        pair.record(path, done).map_err(|e| e.to_string())
+            MediaMsg::StartRecording {
+                planned,
+                consent,
+                reply,
+            } => {
+                let anchored = matches!(media.resources, Resources::Anchored(_));
+                let idle = matches!(media.recording, CallRecording::Idle);
+                let taken = match consent {
+                    _ if !anchored => Err("the call's media is not anchored".to_string()),
+                    _ if !idle => Err("the call is being recorded already".to_string()),
+                    None => media.start_recording(&myself, &planned),
+                    Some((side, prompt)) => {
+                        let played = match &media.resources {
+                            Resources::Anchored(pair) => {
+                                pair.play(side, prompt, false).map_err(|e| e.to_string())
+                            }
+                            _ => Err("the call's media is not anchored".to_string()),
+                        };
+                        played.map(|()| {
+                            tracing::info!(parent: &media.span, recording = %planned.id, "consent announcement before the recording");
+                            media.recording = CallRecording::Consent { planned, side };
+                        })
                     }
-                    (Resources::Anchored(pair), None) => {
-                        pair.stop_recording().map_err(|e| e.to_string())
-                    }
-                    _ => Err("the call's media is not anchored".to_string()),
                 };
-                if let Err(e) = &result {
-                    tracing::warn!(parent: &media.span, error = %e, "recording not started or stopped");
+                let _ = reply.send(taken);
+            }
+            MediaMsg::StopRecording(reply) => {
+                match std::mem::replace(&mut media.recording, CallRecording::Idle) {
+                    CallRecording::Running => {
+                        let stopped = match &media.resources {
+                            Resources::Anchored(pair) => {
+                                pair.stop_recording().map_err(|e| e.to_string())
+                            }
+                            _ => Err("the call's media is closed".into()),
+                        };
+                        match stopped {
+                            Ok(()) => media.recording = CallRecording::Stopping(Some(reply)),
+                            Err(e) => {
+                                tracing::warn!(parent: &media.span, error = %e, "recording not stopped");
+                                let _ = reply.send(Some(Err(e)));
+                            }
+                        }
+                    }
+                    CallRecording::Consent { .. } => {
+                        // Stopped before it began: what waited for the announcement plays.
+                        for (side, prompt, barge_in) in std::mem::take(&mut media.held) {
+                            let _ = myself.send_message(MediaMsg::Play(side, prompt, barge_in));
+                        }
+                        let _ = reply.send(None);
+                    }
+                    CallRecording::Stopping(None) => {
+                        media.recording = CallRecording::Stopping(Some(reply));
+                    }
+                    other => {
+                        media.recording = other;
+                        let _ = reply.send(None);
+                    }
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+            }
+            MediaMsg::RecordingSaved(saved) => {
+                match &saved {
+                    Ok(s) => {
+                        tracing::info!(parent: &media.span, recording = %s.planned.id, bytes = s.bytes, "recording saved")
+                    }
+                    Err(e) => tracing::warn!(parent: &media.span, error = %e, "recording lost"),
+                }
+                match std::mem::replace(&mut media.recording, CallRecording::Idle) {
+                    CallRecording::Stopping(Some(reply)) => {
+                        let _ = reply.send(Some(saved));
+                    }
+                    CallRecording::Running | CallRecording::Stopping(None) => {
+                        // It ended on its own (the pair went): whoever stops it later hears
+                        // nothing more; the supervisor is told now.
+                        let _ = media.call.send_message(CallMsg::RecordingSaved(saved));
+                    }
+                    other => media.recording = other,
                 }
             }
             MediaMsg::StopCapture => {
@@ -554,7 +651,7 @@ impl Media {
             Resources::Leased([a, b]) => [Some(a), Some(b)],
             _ => [None, None],
         };
-        match plane.add_pair_on(leases, sink, Some(&self.call_id)) {
+        match plane.add_pair_on(leases, sink) {
             Ok(pair) => {
                 let anchor = Anchor {
                     ip: plane.ip(),
@@ -712,7 +809,7 @@ impl Media {
             let _ = me.send_message(MediaMsg::Event(event));
         });
         let pair = plane
-            .add_webrtc_pair(prepared, far, sink, Some(&self.call_id))
+            .add_webrtc_pair(prepared, far, sink)
             .map_err(|e| e.to_string())?;
         let ports = pair.ports();
         tracing::debug!(parent: &self.span, ?ports, echo, "WebRTC media anchored");
@@ -747,6 +844,36 @@ impl Media {
         Ok(sdp)
     }
 
+    /// Starts recording both sides as `planned`; the recorder's thread digests the final
+    /// file and reports it ([`MediaMsg::RecordingSaved`]).
+    fn start_recording(
+        &mut self,
+        myself: &ActorRef<MediaMsg>,
+        planned: &super::recordings::Planned,
+    ) -> Result<(), String> {
+        let Resources::Anchored(pair) = &self.resources else {
+            return Err("the call's media is not anchored".into());
+        };
+        let me = myself.clone();
+        let done_planned = planned.clone();
+        let done = move |r: std::io::Result<std::path::PathBuf>| {
+            let saved = r
+                .and_then(|path| super::recordings::digest(&path))
+                .map(|(bytes, sha256)| super::recordings::Saved {
+                    planned: done_planned,
+                    bytes,
+                    sha256,
+                })
+                .map_err(|e| e.to_string());
+            let _ = me.send_message(MediaMsg::RecordingSaved(saved));
+        };
+        pair.record(&planned.path, planned.format, done)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(parent: &self.span, recording = %planned.id, file = %planned.path.display(), "recording");
+        self.recording = CallRecording::Running;
+        Ok(())
+    }
+
     /// Hands an event to the listener, if any.
     fn tell(&self, event: MediaEvent) {
         if let Some(listener) = &self.listener {
@@ -764,7 +891,6 @@ impl Media {
                 | MediaEvent::PromptDone { .. }
                 | MediaEvent::Silence(_)
                 | MediaEvent::CaptureDone(_)
-                | MediaEvent::RecordingDone(_)
         ) {
             self.tell(event.clone());
         }
@@ -772,7 +898,7 @@ impl Media {
             MediaEvent::Silence(side) => {
                 tracing::debug!(parent: &self.span, ?side, "silence");
             }
-            MediaEvent::CaptureDone(result) | MediaEvent::RecordingDone(result) => match result {
+            MediaEvent::CaptureDone(result) => match result {
                 Ok(path) => {
                     tracing::info!(parent: &self.span, file = %path.display(), "recording saved")
                 }

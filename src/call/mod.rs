@@ -22,6 +22,7 @@ pub mod ivr;
 pub mod leg;
 pub mod media;
 pub(crate) mod plan;
+pub mod recordings;
 pub(crate) mod registry;
 pub(crate) mod sip;
 pub mod supervisor;
@@ -300,6 +301,9 @@ pub fn close_out(
         media: None,
         codec_path: None,
         control: None,
+        recording: None,
+        meta_recording_id: None,
+        meta_transcript_id: None,
     }
 }
 
@@ -329,6 +333,7 @@ struct CallsInner {
     cdrs: CdrQueue,
     ports: PortAllocator,
     media: std::sync::OnceLock<crate::media::plane::MediaPlane>,
+    recordings: std::sync::OnceLock<recordings::Recordings>,
     node_id: Arc<str>,
     max_calls: usize,
     /// Calls past the limit check and not yet in the registry, so concurrent admissions
@@ -354,6 +359,7 @@ impl Calls {
                 cdrs,
                 ports,
                 media: std::sync::OnceLock::new(),
+                recordings: std::sync::OnceLock::new(),
                 node_id: Arc::from(node_id),
                 max_calls: max_calls as usize,
                 admitting: std::sync::atomic::AtomicUsize::new(0),
@@ -417,6 +423,7 @@ impl Calls {
             ports: inner.ports.clone(),
             leases,
             media: inner.media.get().cloned(),
+            recordings: inner.recordings.get().cloned(),
             node_id: Arc::clone(&inner.node_id),
         };
         match Actor::spawn_linked(None, CallSupervisor, args, inner.parent.clone()).await {
@@ -487,6 +494,31 @@ impl Calls {
         body: serde_json::Value,
     ) -> Option<Result<(), (u16, String)>> {
         let call = self.inner.registry.get(id)?;
+        // Recording on demand is the call's own, not a verb.
+        if let Some(what) = body
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.get("recording"))
+        {
+            let start = match what.as_str() {
+                Some("start") => true,
+                Some("stop") => false,
+                _ => return Some(Err((400, "recording: \"start\" or \"stop\"".into()))),
+            };
+            return match call
+                .call(
+                    |reply| CallMsg::Recording { start, reply },
+                    Some(ACTIONS_TIMEOUT),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(r)) => Some(r),
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    Some(Err((504, "the call did not answer in time".into())))
+                }
+                _ => None,
+            };
+        }
         // Fetching the verbs' prompts takes up to the app's timeout.
         match call
             .call(
@@ -631,6 +663,14 @@ impl Calls {
         plane: crate::media::plane::MediaPlane,
     ) -> Result<(), crate::once::SetTwice> {
         crate::once::set(&self.inner.media, plane, "the media plane")
+    }
+
+    /// Records calls as `recordings` says (without, nothing is recorded).
+    pub fn set_recordings(
+        &self,
+        recordings: recordings::Recordings,
+    ) -> Result<(), crate::once::SetTwice> {
+        crate::once::set(&self.inner.recordings, recordings, "the recordings")
     }
 
     /// The node's RTP port pool.

@@ -40,6 +40,12 @@ use crate::telemetry;
 /// on without it.
 const BRIDGE_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the call's end waits for its recording's file to be final.
+const RECORDING_FINISH_PATIENCE: Duration = Duration::from_secs(3);
+
+/// How long the call's end waits for its recording to be kept (uploaded, stored).
+const RECORDING_KEEP_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How long a stopping child may take before the call moves on without it.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -66,6 +72,8 @@ pub struct CallArgs {
     pub leases: [crate::media::ports::PortLease; 2],
     /// Media shards (`None`: nothing is relayed).
     pub media: Option<crate::media::plane::MediaPlane>,
+    /// Recording policy and storage (`None`: nothing is recorded).
+    pub recordings: Option<super::recordings::Recordings>,
     /// This node, for the CDR.
     pub node_id: Arc<str>,
 }
@@ -122,6 +130,24 @@ pub enum CallMsg {
         role: LegRole,
         /// The event.
         signal: LegSignal,
+    },
+    /// Start (`true`) or stop the call's recording (the REST API, an app): `202`, or the
+    /// status and why not.
+    Recording {
+        /// Start or stop.
+        start: bool,
+        /// Whether it was done.
+        reply: RpcReplyPort<Result<(), (u16, String)>>,
+    },
+    /// The call's recording ended on its own (its media went): its file.
+    RecordingSaved(Result<super::recordings::Saved, String>),
+    /// The call's control dials a queue or a route (their recording policy applies when it
+    /// is answered).
+    DialTarget {
+        /// The queue.
+        queue: Option<String>,
+        /// The route.
+        route: Option<String>,
     },
     /// A SIP call was offered to this trunk (sent by the bridge; the last one goes in the
     /// CDR).
@@ -229,6 +255,9 @@ impl Dialled {
             media: None,
             codec_path: None,
             control: None,
+            recording: None,
+            meta_recording_id: None,
+            meta_transcript_id: None,
         }
     }
 }
@@ -272,6 +301,25 @@ pub struct Call {
     ringing_at: Option<i64>,
     answered_at: Option<i64>,
     ended: bool,
+    /// The call's recording.
+    recording: CallRecording,
+}
+
+/// A call's recording: what decides it, and where it stands.
+struct CallRecording {
+    recordings: Option<super::recordings::Recordings>,
+    /// The media side of the customer (who hears the consent announcement).
+    customer_side: crate::media::types::Side,
+    /// The app driving the call, the queue or route its control dialled last.
+    app: Option<String>,
+    queue: Option<String>,
+    route: Option<String>,
+    /// The recording running, and when it started (ms).
+    running: Option<(super::recordings::Planned, i64)>,
+    /// The policy started one already (it does once per call).
+    by_policy: bool,
+    /// The first recording kept, for the CDR.
+    first: Option<crate::store::CdrRecording>,
 }
 
 impl Actor for CallSupervisor {
@@ -290,6 +338,18 @@ impl Actor for CallSupervisor {
             direction = args.offer.direction.as_str()
         );
         let permit = args.plan.permit().cloned();
+        let customer_side = match &args.plan {
+            CallPlan::SipToWhatsApp { .. } | CallPlan::AppToSip { .. } => {
+                crate::media::types::Side::B
+            }
+            _ => crate::media::types::Side::A,
+        };
+        let app = match &args.plan {
+            CallPlan::Ivr { ivr, .. }
+            | CallPlan::AppCall { ivr, .. }
+            | CallPlan::AppToSip { ivr, .. } => ivr.app_name(),
+            _ => None,
+        };
         args.registry.insert(
             args.id.clone(),
             CallEntry {
@@ -331,6 +391,16 @@ impl Actor for CallSupervisor {
             ringing_at: None,
             answered_at: None,
             ended: false,
+            recording: CallRecording {
+                recordings: args.recordings,
+                customer_side,
+                app,
+                queue: None,
+                route: None,
+                running: None,
+                by_policy: false,
+                first: None,
+            },
         };
         let span = call.span.clone();
         let started = async {
@@ -426,7 +496,6 @@ impl Call {
                 leases,
                 plane,
                 call: myself.clone(),
-                call_id: self.id.to_string(),
                 span: self.span.clone(),
             },
             myself.get_cell(),
@@ -733,6 +802,23 @@ impl Call {
                 self.teardown(myself, Some(role), end).await;
             }
             CallMsg::Routed { trunk } => self.trunk = Some(trunk),
+            CallMsg::Recording { start, reply } => {
+                let done = if start {
+                    self.start_recording(false).await
+                } else {
+                    self.stop_recording(false).await
+                };
+                let _ = reply.send(done);
+            }
+            CallMsg::RecordingSaved(saved) => {
+                if let Some((_, started)) = self.recording.running.take() {
+                    self.recording_saved(saved, started, false).await;
+                }
+            }
+            CallMsg::DialTarget { queue, route } => {
+                self.recording.queue = queue;
+                self.recording.route = route;
+            }
             CallMsg::BridgeEnded { by, cause } => {
                 let dials_sip = self.dial_role == LegRole::Business;
                 if let (Some(control), false, true) = (&self.control, self.dial_answered, dials_sip)
@@ -943,6 +1029,7 @@ impl Call {
                     let _ = control.send_message(IvrMsg::Call(crate::control::Event::DialEnded {
                         answered: true,
                     }));
+                    self.record_by_policy().await;
                 }
                 _ => {}
             }
@@ -976,6 +1063,7 @@ impl Call {
                     permit.connected(self.offer.wa_call_id.clone());
                 }
                 tracing::info!("call answered");
+                self.record_by_policy().await;
             }
             LegState::Ended if self.dialled_unanswered(role, cause.as_deref()) => {}
             LegState::Ended => {
@@ -1049,6 +1137,11 @@ impl Call {
         if self.ended {
             return;
         }
+        // The recording is finalised while the media still runs (and an app still hears of
+        // it).
+        if self.recording.running.is_some() {
+            let _ = self.stop_recording(true).await;
+        }
         if let Some(control) = self.control.take() {
             // The script stops first, so a recording in progress is finalised while the
             // media still runs.
@@ -1106,6 +1199,169 @@ impl Call {
         myself.stop(None);
     }
 
+    /// Starts the recording the call's policy asks for (`all`), once per call.
+    async fn record_by_policy(&mut self) {
+        let Some(recordings) = &self.recording.recordings else {
+            return;
+        };
+        if self.recording.by_policy || self.recording.running.is_some() {
+            return;
+        }
+        let r = &self.recording;
+        let policy = recordings.policy(
+            self.offer.business_number.as_deref(),
+            r.route.as_deref(),
+            r.queue.as_deref(),
+            r.app.as_deref(),
+        );
+        if policy != crate::config::RecordPolicy::All {
+            return;
+        }
+        self.recording.by_policy = true;
+        if let Err((_, why)) = self.start_recording(true).await {
+            tracing::warn!(error = %why, "the call's recording (policy \"all\") not started");
+        }
+    }
+
+    /// Starts recording the call (by its policy, or asked on demand): the consent
+    /// announcement first, when one is configured.
+    async fn start_recording(&mut self, by_policy: bool) -> Result<(), (u16, String)> {
+        let Some(recordings) = self.recording.recordings.clone() else {
+            return Err((409, "this node records no calls".into()));
+        };
+        if !by_policy {
+            let r = &self.recording;
+            let policy = recordings.policy(
+                self.offer.business_number.as_deref(),
+                r.route.as_deref(),
+                r.queue.as_deref(),
+                r.app.as_deref(),
+            );
+            if policy == crate::config::RecordPolicy::None {
+                return Err((
+                    403,
+                    "this call is never recorded (its record policy is \"none\")".into(),
+                ));
+            }
+        }
+        if self.recording.running.is_some() {
+            return Err((409, "the call is being recorded already".into()));
+        }
+        if self.answered_at.is_none() && !self.dial_answered && self.control.is_none() {
+            return Err((409, "the call is not answered yet".into()));
+        }
+        let Some(media) = self.media.clone() else {
+            return Err((409, "the call has no media".into()));
+        };
+        let planned = recordings.plan(self.id.as_str());
+        let consent = recordings
+            .consent_for(self.offer.customer_wa_id.as_deref())
+            .map(|p| (self.recording.customer_side, p));
+        let asked = planned.clone();
+        let taken = media
+            .call(
+                |reply| MediaMsg::StartRecording {
+                    planned: asked,
+                    consent,
+                    reply,
+                },
+                Some(CALL_RPC_TIMEOUT),
+            )
+            .await;
+        match taken {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+                tracing::info!(recording = %planned.id, by_policy, "call recording started");
+                self.recording.running = Some((planned, now_ms()));
+                Ok(())
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err((409, e)),
+            _ => Err((503, "the call's media did not answer".into())),
+        }
+    }
+
+    /// Stops the call's recording and keeps its file. A recording the policy runs is not
+    /// stopped on demand.
+    async fn stop_recording(&mut self, ending: bool) -> Result<(), (u16, String)> {
+        if !ending && self.recording.by_policy && self.recording.running.is_some() {
+            return Err((
+                409,
+                "the call is recorded by its policy (\"all\"): it is not stopped on demand".into(),
+            ));
+        }
+        let Some((_, started)) = self.recording.running.take() else {
+            return Err((409, "the call is not being recorded".into()));
+        };
+        let Some(media) = self.media.clone() else {
+            return Err((409, "the call has no media".into()));
+        };
+        match media
+            .call(MediaMsg::StopRecording, Some(RECORDING_FINISH_PATIENCE))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(Some(saved))) => {
+                self.recording_saved(saved, started, ending).await;
+            }
+            Ok(ractor::rpc::CallResult::Success(None)) => {
+                tracing::info!("recording stopped during its announcement: nothing recorded");
+            }
+            _ => tracing::warn!("the recording did not finish in time"),
+        }
+        Ok(())
+    }
+
+    /// A recording's file is final: noted for the CDR, kept (uploaded, stored, announced),
+    /// and the call's app told. At the call's end the app hears of it before its script
+    /// stops.
+    async fn recording_saved(
+        &mut self,
+        saved: Result<super::recordings::Saved, String>,
+        started: i64,
+        ending: bool,
+    ) {
+        let Some(recordings) = self.recording.recordings.clone() else {
+            return;
+        };
+        let saved = match saved {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "call recording lost");
+                metrics::counter!(telemetry::RECORDINGS_TOTAL, "source" => "switch", "outcome" => "failed")
+                    .increment(1);
+                return;
+            }
+        };
+        if self.recording.first.is_none() {
+            self.recording.first = Some(recordings.cdr_entry(&saved));
+        }
+        let owner = super::recordings::Owner {
+            call_id: self.id.to_string(),
+            business_number: self.offer.business_number.clone().unwrap_or_default(),
+            customer: self.offer.customer_wa_id.clone(),
+            app: self.recording.app.clone().unwrap_or_default(),
+        };
+        // An app driving the call hears of it (an IVR without one ignores it).
+        let told = self.control.clone();
+        let recorded = IvrMsg::CallRecorded {
+            id: saved.planned.id.clone(),
+            bytes: saved.bytes,
+            duration_ms: (now_ms() - started).max(0) as u64,
+            media_type: saved.planned.format.mime(),
+        };
+        let keep = async move {
+            recordings.keep(&saved, &owner).await;
+            if let Some(control) = told {
+                let _ = control.send_message(recorded);
+            }
+        }
+        .instrument(self.span.clone());
+        let keeping = tokio::spawn(keep);
+        if ending {
+            // The call's end waits for the store, not for a slow bucket forever (the upload
+            // goes on without it).
+            let _ = tokio::time::timeout(RECORDING_KEEP_PATIENCE, keeping).await;
+        }
+    }
+
     async fn stop_children(&mut self) {
         let stops = self.children.drain(..).map(|(_, _, cell)| async move {
             cell.stop_and_wait(Some("call ended".into()), Some(CHILD_STOP_TIMEOUT))
@@ -1151,6 +1407,7 @@ impl Call {
             cdr.media = self.media_report.quality;
             cdr.codec_path = self.media_report.codec_path.clone();
             cdr.control = self.control_record.take();
+            cdr.recording = self.recording.first.take();
             if let Some(permit) = &entry.permit {
                 permit.settle(&cdr);
             }

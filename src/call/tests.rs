@@ -670,7 +670,9 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec_dir = dir.path().join("recordings");
     let node = test_node_with(dir.path(), Duration::from_secs(1), |c| {
-        c.media.record_dir = Some(rec_dir.clone());
+        c.recording.default = crate::config::RecordPolicy::All;
+        c.recording.format = crate::media::record::Format::Wav;
+        c.recording.dir = rec_dir.clone();
         c.media.port_min = 27_000;
         c.media.port_max = 27_999;
     })
@@ -678,6 +680,15 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
     let calls = node.calls().clone();
     let id = admit(&calls, Direction::UserInitiated).await;
     let anchor = calls.anchor_media(&id).await.expect("anchored");
+    // Answered: the policy ("all") starts the recording (its file is there as `.part`).
+    answer(&calls, &id, LegRole::Business).await;
+    wait_until("the recording to start", Duration::from_secs(5), || {
+        std::fs::read_dir(&rec_dir).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "part"))
+        })
+    })
+    .await;
     let (a, b) = (
         UdpSocket::bind("127.0.0.1:0").expect("bind"),
         UdpSocket::bind("127.0.0.1:0").expect("bind"),
@@ -724,14 +735,23 @@ async fn a_call_torn_down_by_a_panic_leaves_a_complete_stereo_recording() {
             fault: Fault::Panic,
         })
         .expect("supervisor takes messages");
-    let wav = rec_dir.join(format!("{id}.wav"));
-    wait_until(
-        "the recording to be finalised",
-        Duration::from_secs(10),
-        || wav.exists(),
-    )
-    .await;
-    assert!(!rec_dir.join(format!("{id}.wav.part")).exists());
+    let cdr = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(cdr)) = node.store().get(id.as_str()).await {
+                break cdr;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no CDR");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let recording = cdr.recording.expect("the CDR names the recording");
+    let wav = std::path::PathBuf::from(&recording.file);
+    assert_eq!(wav.parent(), Some(rec_dir.as_path()));
+    assert!(recording.id.starts_with(id.as_str()), "{recording:?}");
+    assert!(!rec_dir.join(format!("{}.wav.part", recording.id)).exists());
+    let (_, sha) = crate::call::recordings::digest(&wav).expect("recording");
+    assert_eq!(sha, recording.sha256, "the CDR's digest is the file's");
     let bytes = std::fs::read(&wav).expect("recording");
     assert_eq!(&bytes[0..4], b"RIFF");
     assert_eq!(&bytes[8..16], b"WAVEfmt ");

@@ -23,6 +23,14 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WASWITCH_META_ACCESS_TOKEN", "meta.access_token"),
     ("WASWITCH_META_APP_SECRET", "meta.app_secret"),
     ("WASWITCH_META_VERIFY_TOKEN", "meta.verify_token"),
+    (
+        "WASWITCH_RECORDING_S3_ACCESS_KEY_ID",
+        "recording.s3.access_key_id",
+    ),
+    (
+        "WASWITCH_RECORDING_S3_SECRET_ACCESS_KEY",
+        "recording.s3.secret_access_key",
+    ),
     ("WASWITCH_APP_<NAME>_URL", "app[].url"),
     ("WASWITCH_APP_<NAME>_SECRET", "app[].secret"),
 ];
@@ -46,6 +54,25 @@ impl Validator {
         }
         if let Some(v) = take("WASWITCH_API_TOKEN", "http.api_token") {
             raw.http.api_token = Some(v);
+        }
+        // The bucket's keys, when there is a bucket ([recording.s3] names it).
+        if raw.recording.s3.is_some() {
+            let id = take(
+                "WASWITCH_RECORDING_S3_ACCESS_KEY_ID",
+                "recording.s3.access_key_id",
+            );
+            let secret = take(
+                "WASWITCH_RECORDING_S3_SECRET_ACCESS_KEY",
+                "recording.s3.secret_access_key",
+            );
+            if let Some(s3) = raw.recording.s3.as_mut() {
+                if let Some(v) = id {
+                    s3.access_key_id = v;
+                }
+                if let Some(v) = secret {
+                    s3.secret_access_key = v;
+                }
+            }
         }
         if let Some(v) = take("WASWITCH_CDR_WEBHOOK_SECRET", "cdr_webhook.secret") {
             raw.cdr_webhook.get_or_insert_with(Default::default).secret = v;

@@ -51,6 +51,89 @@ pub(crate) struct ConfigFile {
     pub ivr: Vec<IvrSection>,
     #[serde(default)]
     pub app: Vec<AppSection>,
+    #[serde(default)]
+    pub recording: RecordingSection,
+}
+
+/// `[recording]`: call recordings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordingSection {
+    #[serde(default = "default_record_policy")]
+    pub default: String,
+    #[serde(default = "default_record_format")]
+    pub format: String,
+    #[serde(default = "default_recording_dir")]
+    pub dir: String,
+    #[serde(default = "default_record_storage")]
+    pub storage: String,
+    #[serde(default)]
+    pub retention_days: i64,
+    #[serde(default = "default_sweep_interval")]
+    pub sweep_interval_secs: i64,
+    #[serde(default)]
+    pub consent: Option<String>,
+    #[serde(default)]
+    pub consent_by_country: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_true")]
+    pub meta_recordings: bool,
+    #[serde(default)]
+    pub s3: Option<S3Section>,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            default: default_record_policy(),
+            format: default_record_format(),
+            dir: default_recording_dir(),
+            storage: default_record_storage(),
+            retention_days: 0,
+            sweep_interval_secs: default_sweep_interval(),
+            consent: None,
+            consent_by_country: Default::default(),
+            meta_recordings: true,
+            s3: None,
+        }
+    }
+}
+
+fn default_record_policy() -> String {
+    "on_demand".to_string()
+}
+
+fn default_record_format() -> String {
+    "ogg".to_string()
+}
+
+fn default_record_storage() -> String {
+    "local".to_string()
+}
+
+fn default_sweep_interval() -> i64 {
+    3600
+}
+
+/// `[recording.s3]`: an S3-compatible bucket.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct S3Section {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    #[serde(default)]
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_string()
 }
 
 /// `[[app]]`: an HTTP voice application.
@@ -77,6 +160,8 @@ pub(crate) struct AppSection {
     pub max_prompt_kib: i64,
     #[serde(default = "default_event_attempts")]
     pub event_attempts: i64,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 fn default_app_timeout() -> i64 {
@@ -492,6 +577,8 @@ pub(crate) struct BusinessNumberSection {
     pub sip_password: String,
     #[serde(default)]
     pub sip_password_file: Option<String>,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -534,6 +621,8 @@ pub(crate) struct RouteSection {
     pub site: Vec<SiteSection>,
     #[serde(default)]
     pub app: Option<String>,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -723,8 +812,6 @@ pub(crate) struct MediaSection {
     pub timeout_secs: i64,
     #[serde(default = "default_source_policy")]
     pub source_policy: String,
-    #[serde(default)]
-    pub record_dir: Option<String>,
     #[serde(default = "default_opus_complexity")]
     pub opus_complexity: i64,
 }
@@ -750,7 +837,6 @@ impl Default for MediaSection {
             shards: 0,
             timeout_secs: default_media_timeout(),
             source_policy: default_source_policy(),
-            record_dir: None,
             opus_complexity: default_opus_complexity(),
         }
     }
@@ -891,6 +977,8 @@ pub(crate) struct QueueSection {
     pub announce_position_secs: i64,
     #[serde(default)]
     pub overflow_route: Option<String>,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 fn default_service_level() -> i64 {

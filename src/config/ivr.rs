@@ -247,7 +247,7 @@ impl Menu<'_> {
 impl Validator {
     /// `path` relative to `base` unless absolute; `None` (with a problem) when empty.
     /// A directory the node writes to (voicemail, recordings): relative paths start at
-    /// the working directory, where the node runs (like `media.record_dir` and the SQLite
+    /// the working directory, where the node runs (like `recording.dir` and the SQLite
     /// store), not at the configuration's; created at start when missing.
     pub(super) fn written_dir(&mut self, key: &str, value: &str, what: &str) -> Option<PathBuf> {
         let dir = self.config_path(key, value, Path::new(""), what)?;

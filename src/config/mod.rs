@@ -22,6 +22,7 @@ mod http;
 mod ivr;
 mod meta;
 mod permissions;
+mod recording;
 mod schedule;
 mod sip;
 mod store;
@@ -36,6 +37,7 @@ pub use permissions::{
     PermissionLimits, PermissionProfile, PermissionsConfig, DEFAULT_EXCLUDED_COUNTRIES,
     DEFAULT_SANCTIONED_CODES,
 };
+pub use recording::{RecordPolicy, RecordingConfig, RecordingStorage, S3Config};
 pub use schedule::ScheduleConfig;
 pub use sip::{SipConfig, SipRoute, SipTls, SipTrunk, Transport};
 pub use store::{redact_url, CdrWebhookConfig, StoreConfig, StoreUrl};
@@ -97,6 +99,8 @@ pub struct Config {
     pub ivrs: Vec<IvrConfig>,
     /// HTTP voice applications (`[[app]]`).
     pub apps: Vec<AppConfig>,
+    /// Call recordings: policy, format, storage, retention, consent.
+    pub recording: RecordingConfig,
     /// Routes whose calls an app drives (`[[route]]` with `app`): route → app.
     pub app_routes: BTreeMap<String, String>,
     /// The call-control clock's offset from the system clock, in milliseconds, for the
@@ -195,8 +199,6 @@ pub struct MediaConfig {
     pub timeout: Duration,
     /// Which sources a leg accepts RTP from.
     pub source_policy: crate::media::types::SourcePolicy,
-    /// Every anchored call is recorded here as `<call id>.wav` (`None`: no recording).
-    pub record_dir: Option<PathBuf>,
     /// Opus encoder complexity for transcoded legs (0-10: CPU against quality).
     pub opus_complexity: u8,
 }
@@ -228,6 +230,27 @@ pub struct ConfigProblem {
     pub problem: String,
     /// How to fix it.
     pub fix: String,
+}
+
+/// Keys an older configuration had, with what replaced them.
+const MOVED_KEYS: &[(&str, &str)] = &[(
+    "media.record_dir",
+    "which calls are recorded is a policy now: remove it and add [recording] with dir = \"<the directory>\" and default = \"all\" (see config/waswitch.toml)",
+)];
+
+/// An unknown key that an older configuration had: its name and what replaced it.
+fn moved_key(path: &str, message: &str) -> Option<(String, &'static str)> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    // The path may end at the unknown key already.
+    let key = if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_string()
+    } else {
+        format!("{path}.{field}")
+    };
+    MOVED_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(k, fix)| (k.to_string(), *fix))
 }
 
 /// Why a configuration could not be loaded. Displayed as one line per problem:
@@ -347,6 +370,8 @@ fn parse_file(text: &str) -> Result<file::ConfigFile, ConfigProblem> {
                 format!("{path}.{field}")
             };
             (key, "add it; config/waswitch.toml shows an example")
+        } else if let Some((key, fix)) = moved_key(&path, &message) {
+            (key, fix)
         } else if message.starts_with("unknown field") {
             (
                 path,

@@ -487,7 +487,7 @@ fn shown_keys() -> BTreeMap<String, std::collections::BTreeSet<String>> {
         if let Some(name) = header {
             if name
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
             {
                 section = name.to_string();
                 shown.entry(section.clone()).or_default();
@@ -886,4 +886,28 @@ fn a_number_in_sip_mode_needs_meta_sip_tls_and_a_ca_and_each_mistake_is_named() 
         number("signaling = \"sip\"\n")
     ));
     assert_eq!(p.key, "meta.sip.proxy");
+}
+
+#[test]
+fn recording_mistakes_name_the_key_and_the_fix() {
+    let p = one_problem("[recording]\nformat = \"mp3\"\n");
+    assert_eq!(p.key, "recording.format");
+    assert!(p.fix.contains("\"ogg\""), "{}", p.fix);
+    let p = one_problem("[recording]\nstorage = \"s3\"\n");
+    assert_eq!(p.key, "recording.s3");
+    let p = one_problem("[recording]\ndefault = \"sometimes\"\n");
+    assert_eq!(p.key, "recording.default");
+    assert!(p.fix.contains("on_demand"), "{}", p.fix);
+    let p = one_problem("[recording]\nconsent = \"no/such/file.wav\"\n");
+    assert_eq!(p.key, "recording.consent");
+    let p = one_problem(
+        "[recording]\nstorage = \"s3\"\n[recording.s3]\nbucket = \"b\"\nendpoint = \"ftp://x\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+    );
+    assert_eq!(p.key, "recording.s3.endpoint");
+    let p = one_problem("[[queue]]\nname = \"q\"\nrecord = \"always\"\n");
+    assert_eq!(p.key, "queue[0].record");
+    // The key recordings used to be configured with says where it went.
+    let p = one_problem("[media]\nrecord_dir = \"recordings\"\n");
+    assert_eq!(p.key, "media.record_dir", "{p:?}");
+    assert!(p.fix.contains("[recording]"), "{p:?}");
 }

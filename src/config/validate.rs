@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::{
@@ -177,28 +177,6 @@ impl Validator {
                 None
             }
         };
-        let record_dir = match raw.media.record_dir.as_deref().map(str::trim) {
-            None => None,
-            Some("") => {
-                self.problem(
-                    "media.record_dir",
-                    "is empty",
-                    "give a directory for recordings, or leave the key out to record nothing",
-                );
-                None
-            }
-            Some(d) => {
-                let dir = PathBuf::from(d);
-                if dir.exists() && !dir.is_dir() {
-                    self.problem(
-                        "media.record_dir",
-                        format!("{d:?} exists and is not a directory"),
-                        "name a directory (it is created when missing)",
-                    );
-                }
-                Some(dir)
-            }
-        };
         let store_url = self.store_url(&raw.store.url);
         let max_connections =
             self.bounded("store.max_connections", raw.store.max_connections, 1, 1000);
@@ -281,6 +259,62 @@ impl Validator {
             &ivr_names,
             &app_names,
             &app_routes,
+        );
+        let recording = self.recording(
+            &raw.recording,
+            base,
+            super::recording::record_keys(
+                raw.business_number
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (
+                            format!("business_number[{i}].record"),
+                            b.display_number.trim(),
+                            b.record.as_deref(),
+                        )
+                    })
+                    .collect(),
+            ),
+            super::recording::record_keys(
+                raw.route
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        (
+                            format!("route[{i}].record"),
+                            r.name.trim(),
+                            r.record.as_deref(),
+                        )
+                    })
+                    .collect(),
+            ),
+            super::recording::record_keys(
+                raw.queue
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| {
+                        (
+                            format!("queue[{i}].record"),
+                            q.name.trim(),
+                            q.record.as_deref(),
+                        )
+                    })
+                    .collect(),
+            ),
+            super::recording::record_keys(
+                raw.app
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        (
+                            format!("app[{i}].record"),
+                            a.name.trim(),
+                            a.record.as_deref(),
+                        )
+                    })
+                    .collect(),
+            ),
         );
         if let Some(i) = business_numbers
             .iter()
@@ -396,7 +430,6 @@ impl Validator {
                 shards: shards? as usize,
                 timeout: Duration::from_secs(media_timeout? as u64),
                 source_policy: source_policy?,
-                record_dir,
                 opus_complexity: opus_complexity? as u8,
             },
             store: StoreConfig {
@@ -433,6 +466,7 @@ impl Validator {
             ivrs,
             apps,
             app_routes,
+            recording: recording?,
             clock_offset_ms: 0,
         })
     }

@@ -12,7 +12,7 @@ pub mod plane;
 pub mod ports;
 pub(crate) mod prompt;
 pub mod quality;
-pub(crate) mod record;
+pub mod record;
 pub mod rtcp;
 pub mod rtp;
 mod shard;

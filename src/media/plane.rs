@@ -17,7 +17,6 @@ use mio::{Poll, Waker};
 
 use super::dtmf::Digit;
 use super::ports::{PortAllocator, PortLease};
-use super::record::Recorder;
 use super::shard::{Command, NewWebRtcPair, Shard, WAKER};
 use super::types::{Side, SourcePolicy};
 use super::webrtc::{WebRtcError, WebRtcLeg};
@@ -54,9 +53,6 @@ pub enum MediaEvent {
     Silence(Side),
     /// A capture's file is final: its path, or why there is none.
     CaptureDone(Result<std::path::PathBuf, String>),
-    /// A recording of both sides started on demand is final: its path, or why there is
-    /// none.
-    RecordingDone(Result<std::path::PathBuf, String>),
     /// A prompt played toward this side ended: played to its end, or cut short by a digit
     /// from this side (barge-in), or not playable (no G.711 codec on this side).
     PromptDone {
@@ -129,7 +125,6 @@ struct PlaneInner {
     ports: PortAllocator,
     policy: SourcePolicy,
     timeout: Duration,
-    record_dir: std::sync::OnceLock<std::path::PathBuf>,
     opus_complexity: Arc<std::sync::atomic::AtomicU8>,
     /// The shared WebRTC sockets, touched only when a WebRTC leg is set up or removed.
     rtc: Arc<std::sync::Mutex<Vec<RtcSocketInfo>>>,
@@ -276,7 +271,6 @@ impl MediaPlane {
                 ports,
                 policy,
                 timeout,
-                record_dir: std::sync::OnceLock::new(),
                 opus_complexity,
                 rtc,
             }),
@@ -316,11 +310,6 @@ impl MediaPlane {
             .store(complexity.min(10), Ordering::Relaxed);
     }
 
-    /// Records every pair added with a name from now on, as `<dir>/<name>.wav`.
-    pub fn set_record_dir(&self, dir: std::path::PathBuf) -> Result<(), crate::once::SetTwice> {
-        crate::once::set(&self.inner.record_dir, dir, "the recording directory")
-    }
-
     /// The address legs bind and SDP advertises.
     pub fn ip(&self) -> IpAddr {
         self.inner.ip
@@ -342,20 +331,16 @@ impl MediaPlane {
     /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
     /// shard; `events` hears what happens on them.
     pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
-        self.add_pair_on([None, None], events, None)
+        self.add_pair_on([None, None], events)
     }
 
     /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
     /// cannot be bound is replaced by another from the pool).
-    /// With `record` and a recording directory, the pair's audio (G.711 as received, Opus
-    /// as transcoded) is recorded as `<dir>/<record>.wav` (side A left, side B right).
     pub fn add_pair_on(
         &self,
         leases: [Option<PortLease>; 2],
         events: EventSink,
-        record: Option<&str>,
     ) -> Result<MediaPair, MediaError> {
-        let recorder = self.recorder(record);
         let [a, b] = leases;
         let (a_lease, a) = self.bind_leased(a)?;
         let (b_lease, b) = self.bind_leased(b)?;
@@ -371,7 +356,6 @@ impl MediaPlane {
                 policy: self.inner.policy,
                 timeout: self.inner.timeout,
                 events,
-                recorder,
             },
         ) {
             self.disown(shard, id);
@@ -530,15 +514,13 @@ impl MediaPlane {
     /// Bridges a prepared WebRTC leg (side A) with `far` (side B) in the leg's shard.
     /// Side A speaks Opus (and telephone-event, when its peer offered it); side B's codec
     /// comes from its SDP ([`MediaPair::set_remote`]), and the pair transcodes when the two
-    /// differ. `record` as for [`add_pair_on`](Self::add_pair_on).
+    /// differ.
     pub fn add_webrtc_pair(
         &self,
         mut prepared: PreparedWebRtc,
         far: FarSide,
         events: EventSink,
-        record: Option<&str>,
     ) -> Result<MediaPair, MediaError> {
-        let recorder = self.recorder(record);
         let Some(leg) = prepared.leg.take() else {
             return Err(MediaError::Shard);
         };
@@ -572,7 +554,6 @@ impl MediaPlane {
                 policy: self.inner.policy,
                 timeout: self.inner.timeout,
                 events,
-                recorder,
             }),
         ) {
             self.disown(shard, id);
@@ -588,19 +569,6 @@ impl MediaPlane {
             rtc: Some((socket, kept)),
             removed: false,
         })
-    }
-
-    fn recorder(&self, record: Option<&str>) -> Option<Recorder> {
-        match (record, self.inner.record_dir.get()) {
-            (Some(name), Some(dir)) => match Recorder::start(&dir.join(format!("{name}.wav"))) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, dir = %dir.display(), "recording could not start; the call goes on unrecorded");
-                    None
-                }
-            },
-            _ => None,
-        }
     }
 
     fn bind_leased(

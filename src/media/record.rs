@@ -1,18 +1,19 @@
-//! Call recording: two-channel 16-bit WAV at 8 kHz, side A on the left, side B on the
-//! right, written incrementally by a writer thread and finalised atomically. A one-channel
-//! recording (a voicemail) has side A alone.
+//! Call recording: two channels at 8 kHz, side A on the left, side B on the right, as Ogg
+//! Opus (RFC 7845; a twelfth of WAV's size) or 16-bit WAV, written incrementally by a writer
+//! thread and finalised atomically. A one-channel recording (a voicemail) has side A alone.
 //!
 //! The shard hands each accepted G.711 packet's audio to the recorder as a fixed-size frame
 //! moved through a bounded, preallocated queue (no allocation, never blocking: a full queue
 //! drops the frame and counts it). The writer places samples on one timeline by RTP timestamp (the first packet
 //! of each side anchors that side at its arrival time), fills gaps with silence, and writes
-//! `<name>.wav.part`. When the recorder is closed (the call ended, however it ended) it
-//! writes what is left, fixes the header sizes, syncs and renames the file to `<name>.wav`.
+//! `<name>.part`. When the recorder is closed (the call ended, however it ended) it writes
+//! what is left (the WAV header's sizes, the Ogg stream's last page), syncs and renames the
+//! file to `<name>`.
 //! The recording spans from the first media packet to the end of the last.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Instant;
@@ -25,6 +26,49 @@ pub(crate) const MAX_FRAME: usize = 240;
 const QUEUE: usize = 256;
 /// Samples kept back for late packets before they are written (0.5 s).
 const HOLD_BACK: u64 = RATE as u64 / 2;
+
+/// How a recording is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Ogg Opus (RFC 7845), at [`OPUS_BITRATE`] per channel.
+    #[default]
+    OggOpus,
+    /// 16-bit linear PCM WAV.
+    Wav,
+}
+
+impl Format {
+    /// The file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::OggOpus => "ogg",
+            Format::Wav => "wav",
+        }
+    }
+
+    /// The media type a download is served as.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::OggOpus => "audio/ogg; codecs=opus",
+            Format::Wav => "audio/wav",
+        }
+    }
+
+    /// The configuration's name of it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::OggOpus => "ogg",
+            Format::Wav => "wav",
+        }
+    }
+}
+
+/// Opus bit rate per channel of an Ogg Opus recording (narrowband speech).
+pub const OPUS_BITRATE: i32 = 12_000;
+/// Samples per channel in one Opus frame of a recording (20 ms at 8 kHz).
+const OPUS_FRAME: usize = 160;
+/// The Ogg stream's serial number (one stream per file).
+const OGG_SERIAL: u32 = 0x7761_7377;
 
 /// Audio of one packet of one side.
 #[derive(Clone, Copy)]
@@ -55,53 +99,43 @@ pub(crate) struct Recorder {
 /// Called with the recording's final path, or why there is none, once it is finalised.
 pub(crate) type Done = Box<dyn FnOnce(std::io::Result<PathBuf>) + Send>;
 
-/// Writes a 44-byte PCM WAV header for `data_len` octets of 16-bit audio at 8 kHz.
-pub(crate) fn wav_header(data_len: u32, channels: u16) -> [u8; 44] {
-    let mut h = [0u8; 44];
-    let block = channels * 2;
-    h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
-    h[8..12].copy_from_slice(b"WAVE");
-    h[12..16].copy_from_slice(b"fmt ");
-    h[16..20].copy_from_slice(&16u32.to_le_bytes());
-    h[20..22].copy_from_slice(&1u16.to_le_bytes());
-    h[22..24].copy_from_slice(&channels.to_le_bytes());
-    h[24..28].copy_from_slice(&RATE.to_le_bytes());
-    h[28..32].copy_from_slice(&(RATE * u32::from(block)).to_le_bytes());
-    h[32..34].copy_from_slice(&block.to_le_bytes());
-    h[34..36].copy_from_slice(&16u16.to_le_bytes());
-    h[36..40].copy_from_slice(b"data");
-    h[40..44].copy_from_slice(&data_len.to_le_bytes());
-    h
-}
-
 impl Recorder {
-    /// Starts recording both sides to `path` (written as `path` + `.part` until closed).
+    /// Starts recording both sides to `path` as WAV (written as `path` + `.part` until
+    /// closed).
+    #[cfg(test)]
     pub(crate) fn start(path: &Path) -> std::io::Result<Recorder> {
-        Self::start_with(path, 2, None)
+        Self::start_with(path, 2, Format::Wav, None)
     }
 
-    /// Starts recording both sides to `path`; `on_done` hears how it ended, from the
-    /// writer's thread, once the file is final.
-    pub(crate) fn start_stereo(path: &Path, on_done: Done) -> std::io::Result<Recorder> {
-        Self::start_with(path, 2, Some(on_done))
+    /// Starts recording both sides to `path` in `format`; `on_done` hears how it ended,
+    /// from the writer's thread, once the file is final.
+    pub(crate) fn start_stereo(
+        path: &Path,
+        format: Format,
+        on_done: Done,
+    ) -> std::io::Result<Recorder> {
+        Self::start_with(path, 2, format, Some(on_done))
     }
 
-    /// Starts recording side A alone to `path`; `on_done` hears how it ended, from the
-    /// writer's thread, once the file is final.
+    /// Starts recording side A alone to `path` as WAV; `on_done` hears how it ended, from
+    /// the writer's thread, once the file is final.
     pub(crate) fn start_mono(path: &Path, on_done: Done) -> std::io::Result<Recorder> {
-        Self::start_with(path, 1, Some(on_done))
+        Self::start_with(path, 1, Format::Wav, Some(on_done))
     }
 
-    fn start_with(path: &Path, channels: u16, on_done: Option<Done>) -> std::io::Result<Recorder> {
+    fn start_with(
+        path: &Path,
+        channels: u16,
+        format: Format,
+        on_done: Option<Done>,
+    ) -> std::io::Result<Recorder> {
         let part = part_path(path);
-        let mut file = File::create(&part)?;
-        file.write_all(&wav_header(0, channels))?;
+        let sink = Sink::create(&part, channels, format)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let final_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || write_loop(rx, file, &part, &final_path, channels))?;
+            .spawn(move || write_loop(rx, sink, &part, &final_path, channels))?;
         Ok(Recorder {
             tx: Some(tx),
             on_done,
@@ -241,27 +275,180 @@ impl Timeline {
     }
 }
 
-fn write_samples(
-    file: &mut File,
-    samples: &[[i16; 2]],
-    channels: u16,
-    bytes: &mut u64,
-) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(samples.len() * 2 * usize::from(channels));
-    for [l, r] in samples {
-        out.extend_from_slice(&l.to_le_bytes());
-        if channels > 1 {
-            out.extend_from_slice(&r.to_le_bytes());
+/// Where settled samples go: a WAV writer, or an Opus encoder feeding an Ogg stream.
+enum Sink {
+    Wav(hound::WavWriter<BufWriter<File>>),
+    Ogg(Box<OggOpus>),
+}
+
+/// An Ogg Opus stream being written. One packet is held back, so the last one written can
+/// end the stream.
+struct OggOpus {
+    writer: ogg::PacketWriter<'static, BufWriter<File>>,
+    encoder: opus::Encoder,
+    channels: usize,
+    /// Interleaved samples of the frame being filled.
+    frame: Vec<i16>,
+    /// The encoded packet not written yet, and its granule position.
+    held: Option<(Vec<u8>, u64)>,
+    /// Samples per channel encoded so far, and how many of them are audio (not padding).
+    encoded: u64,
+    audio: u64,
+    /// Encoder delay at 48 kHz.
+    pre_skip: u64,
+}
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl Sink {
+    fn create(part: &Path, channels: u16, format: Format) -> std::io::Result<Sink> {
+        let file = BufWriter::new(File::create(part)?);
+        match format {
+            Format::Wav => {
+                let spec = hound::WavSpec {
+                    channels,
+                    sample_rate: RATE,
+                    bits_per_sample: 16,
+                    sample_format: hound::SampleFormat::Int,
+                };
+                Ok(Sink::Wav(
+                    hound::WavWriter::new(file, spec).map_err(io_error)?,
+                ))
+            }
+            Format::OggOpus => Ok(Sink::Ogg(Box::new(OggOpus::start(file, channels)?))),
         }
     }
-    file.write_all(&out)?;
-    *bytes += out.len() as u64;
-    Ok(())
+
+    fn write(&mut self, samples: &[[i16; 2]], channels: u16) -> std::io::Result<()> {
+        match self {
+            Sink::Wav(w) => {
+                for [l, r] in samples {
+                    w.write_sample(*l).map_err(io_error)?;
+                    if channels > 1 {
+                        w.write_sample(*r).map_err(io_error)?;
+                    }
+                }
+                Ok(())
+            }
+            Sink::Ogg(o) => o.write(samples),
+        }
+    }
+
+    /// Writes what is left and flushes the file to disk.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Wav(mut w) => {
+                w.flush().map_err(io_error)?;
+                w.finalize().map_err(io_error)
+            }
+            Sink::Ogg(o) => o.finish(),
+        }
+    }
+}
+
+impl OggOpus {
+    fn start(file: BufWriter<File>, channels: u16) -> std::io::Result<OggOpus> {
+        let layout = if channels > 1 {
+            opus::Channels::Stereo
+        } else {
+            opus::Channels::Mono
+        };
+        let mut encoder =
+            opus::Encoder::new(RATE, layout, opus::Application::Voip).map_err(io_error)?;
+        encoder
+            .set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE * i32::from(channels)))
+            .map_err(io_error)?;
+        // The delay is told at the encoder's rate; Ogg Opus counts it at 48 kHz.
+        let lookahead = encoder.get_lookahead().map_err(io_error)?;
+        let pre_skip = u64::try_from(lookahead).unwrap_or(0) * 48_000 / u64::from(RATE);
+        let mut writer = ogg::PacketWriter::new(file);
+        let mut head = Vec::with_capacity(19);
+        head.extend_from_slice(b"OpusHead");
+        head.push(1);
+        head.push(channels as u8);
+        head.extend_from_slice(&(pre_skip as u16).to_le_bytes());
+        head.extend_from_slice(&RATE.to_le_bytes());
+        head.extend_from_slice(&0i16.to_le_bytes());
+        head.push(0);
+        writer.write_packet(head, OGG_SERIAL, ogg::PacketWriteEndInfo::EndPage, 0)?;
+        let vendor = concat!("waswitch ", env!("CARGO_PKG_VERSION"));
+        let mut tags = Vec::with_capacity(16 + vendor.len());
+        tags.extend_from_slice(b"OpusTags");
+        tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
+        tags.extend_from_slice(vendor.as_bytes());
+        tags.extend_from_slice(&0u32.to_le_bytes());
+        writer.write_packet(tags, OGG_SERIAL, ogg::PacketWriteEndInfo::EndPage, 0)?;
+        let channels = usize::from(channels);
+        Ok(OggOpus {
+            writer,
+            encoder,
+            channels,
+            frame: Vec::with_capacity(OPUS_FRAME * channels),
+            held: None,
+            encoded: 0,
+            audio: 0,
+            pre_skip,
+        })
+    }
+
+    fn write(&mut self, samples: &[[i16; 2]]) -> std::io::Result<()> {
+        for pair in samples {
+            self.frame.extend_from_slice(&pair[..self.channels]);
+            if self.frame.len() == OPUS_FRAME * self.channels {
+                self.audio += OPUS_FRAME as u64;
+                self.encode()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the full frame, writing the packet held before it.
+    fn encode(&mut self) -> std::io::Result<()> {
+        let mut packet = vec![0u8; 1275];
+        let len = self
+            .encoder
+            .encode(&self.frame, &mut packet)
+            .map_err(io_error)?;
+        packet.truncate(len);
+        self.frame.clear();
+        self.encoded += OPUS_FRAME as u64;
+        let granule = self.pre_skip + self.encoded * 48_000 / u64::from(RATE);
+        if let Some((held, at)) = self.held.replace((packet, granule)) {
+            self.writer.write_packet(
+                held,
+                OGG_SERIAL,
+                ogg::PacketWriteEndInfo::NormalPacket,
+                at,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        // The last frame padded with silence (and one of silence for an empty recording);
+        // the last granule position says where the audio ends, so players trim the rest.
+        let partial = (self.frame.len() / self.channels) as u64;
+        if partial > 0 || self.held.is_none() {
+            self.audio += partial;
+            self.frame.resize(OPUS_FRAME * self.channels, 0);
+            self.encode()?;
+        }
+        if let Some((last, _)) = self.held.take() {
+            let end = self.pre_skip + self.audio * 48_000 / u64::from(RATE);
+            self.writer
+                .write_packet(last, OGG_SERIAL, ogg::PacketWriteEndInfo::EndStream, end)?;
+        }
+        let mut file = self.writer.into_inner();
+        file.flush()?;
+        Ok(())
+    }
 }
 
 fn write_loop(
     rx: Receiver<Frame>,
-    mut file: File,
+    mut sink: Sink,
     part: &Path,
     path: &Path,
     channels: u16,
@@ -273,22 +460,18 @@ fn write_loop(
         pending: VecDeque::new(),
         end: 0,
     };
-    let mut bytes = 0u64;
     // The queue ends when the recorder closes it.
     while let Ok(f) = rx.recv() {
         timeline.place(&f);
         if timeline.pending.len() as u64 > 2 * HOLD_BACK {
             let done = timeline.settled(HOLD_BACK);
-            write_samples(&mut file, &done, channels, &mut bytes)?;
+            sink.write(&done, channels)?;
         }
     }
     let rest = timeline.settled(0);
-    write_samples(&mut file, &rest, channels, &mut bytes)?;
-    let data = u32::try_from(bytes).unwrap_or(u32::MAX - 36);
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&wav_header(data, channels))?;
-    file.sync_all()?;
-    drop(file);
+    sink.write(&rest, channels)?;
+    sink.finish()?;
+    File::open(part)?.sync_all()?;
     std::fs::rename(part, path)?;
     Ok(path.to_path_buf())
 }

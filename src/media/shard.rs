@@ -70,7 +70,6 @@ pub(super) struct NewWebRtcPair {
     pub(super) policy: SourcePolicy,
     pub(super) timeout: Duration,
     pub(super) events: EventSink,
-    pub(super) recorder: Option<Recorder>,
 }
 
 /// What the shard hands back when it removes a pair: its final counters, and each side's
@@ -96,7 +95,6 @@ pub(super) enum Command {
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
-        recorder: Option<Recorder>,
     },
     Remote {
         id: u64,

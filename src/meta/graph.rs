@@ -241,6 +241,9 @@ pub struct CallPermission {
     pub can_call: Option<bool>,
 }
 
+/// How long fetching one media file (a call's recording) may take.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The Graph API client of one node.
 #[derive(Clone)]
 pub struct GraphClient {
@@ -516,6 +519,62 @@ impl GraphClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Fetches media Meta announced (a call's recording or transcript) from `url` with the
+    /// access token into the file `to`: its size. The token goes only over HTTPS, or to the
+    /// configured Graph API's own origin (an emulator on loopback). At most `max_bytes`.
+    pub async fn fetch_media(
+        &self,
+        url: &str,
+        to: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<u64, String> {
+        let origin = |u: &str| -> Option<String> {
+            let (scheme, rest) = u.split_once("://")?;
+            let host = rest.split('/').next()?;
+            Some(format!("{scheme}://{host}"))
+        };
+        let ours = origin(&self.base) == origin(url);
+        if !(url.starts_with("https://") || ours) {
+            return Err(format!(
+                "{url:?} is neither HTTPS nor the Graph API's origin: the access token is not sent there"
+            ));
+        }
+        let mut response = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .timeout(MEDIA_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        metrics::counter!(telemetry::META_API_REQUESTS_TOTAL, "action" => "media", "outcome" => if status.is_success() { "ok" } else { "error" })
+            .increment(1);
+        if !status.is_success() {
+            return Err(format!("Meta answered {status}"));
+        }
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        let mut total = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            total += chunk.len() as u64;
+            if total > max_bytes {
+                return Err(format!("larger than {max_bytes} bytes"));
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        file.sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        Ok(total)
     }
 
     async fn request(

@@ -128,6 +128,28 @@ pub struct CallCreated {
     pub business: Business,
 }
 
+/// `calls[].event = call_recording_available` or `call_transcription_available`: Meta's own
+/// recording (Ogg Opus) or transcript (JSON) of a call is ready to be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallMedia {
+    /// Meta's call id.
+    pub call_id: String,
+    /// A transcript rather than the audio.
+    pub transcript: bool,
+    /// Meta's media id.
+    pub media_id: String,
+    /// Its SHA-256, base64.
+    pub sha256: String,
+    /// Its media type.
+    pub mime_type: String,
+    /// Where it is fetched, with the access token.
+    pub url: String,
+    /// The WhatsApp user of the call (`from`, or `to`).
+    pub user: String,
+    /// The business number.
+    pub business: Business,
+}
+
 /// `calls[].event = terminate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallTerminate {
@@ -257,6 +279,8 @@ pub enum MetaEvent {
     Status(CallStatus),
     /// A call-permission reply.
     PermissionReply(PermissionReply),
+    /// Meta's recording or transcript of a call is ready.
+    Media(CallMedia),
 }
 
 impl MetaEvent {
@@ -268,6 +292,8 @@ impl MetaEvent {
             MetaEvent::Created(_) => "call_created",
             MetaEvent::Status(_) => "status",
             MetaEvent::PermissionReply(_) => "permission_reply",
+            MetaEvent::Media(m) if m.transcript => "call_transcription_available",
+            MetaEvent::Media(_) => "call_recording_available",
         }
     }
 
@@ -279,7 +305,8 @@ impl MetaEvent {
             MetaEvent::Terminate(t) => Some((&t.call_id, t.biz_opaque_callback_data.as_deref())),
             MetaEvent::Created(c) => Some((&c.call_id, None)),
             MetaEvent::Status(s) => Some((&s.call_id, s.biz_opaque_callback_data.as_deref())),
-            MetaEvent::PermissionReply(_) => None,
+            // After the call: any node keeps it (the store is shared).
+            MetaEvent::PermissionReply(_) | MetaEvent::Media(_) => None,
         }
     }
 
@@ -296,6 +323,7 @@ impl MetaEvent {
             MetaEvent::Created(c) => format!("{}|call_created", c.call_id),
             MetaEvent::Status(s) => format!("{}|status|{}", s.call_id, status_name(&s.status)),
             MetaEvent::PermissionReply(p) => format!("{}|permission_reply", p.message_id),
+            MetaEvent::Media(m) => format!("{}|media|{}", m.call_id, m.media_id),
         }
     }
 }
@@ -460,6 +488,8 @@ const CALL_KEYS: &[&str] = &[
     "end_time",
     "duration",
     "errors",
+    "call_recording",
+    "call_transcript",
     "from_user_id",
     "from_parent_user_id",
     "to_user_id",
@@ -564,6 +594,48 @@ fn call_event(
             timestamp,
             business: business.clone(),
         })),
+        "call_recording_available" | "call_transcription_available" => {
+            let transcript = event == "call_transcription_available";
+            let (outer, inner) = if transcript {
+                ("call_transcript", "document")
+            } else {
+                ("call_recording", "audio")
+            };
+            let media = call
+                .get(outer)
+                .and_then(|m| m.get(inner))
+                .and_then(Value::as_object);
+            let field = |k: &str| media.and_then(|m| text(m.get(k))).filter(|v| !v.is_empty());
+            let (Some(media_id), Some(sha256), Some(url)) =
+                (field("id"), field("sha256"), field("url"))
+            else {
+                out.invalid.push(format!(
+                    "{event} {call_id} without its {outer}.{inner} id, sha256 and url"
+                ));
+                return;
+            };
+            let user = if from.is_empty() || from == business.display_number {
+                to
+            } else {
+                from
+            };
+            out.events.push(MetaEvent::Media(CallMedia {
+                call_id,
+                transcript,
+                media_id,
+                sha256,
+                mime_type: field("mime_type").unwrap_or_else(|| {
+                    if transcript {
+                        "application/json".into()
+                    } else {
+                        "audio/ogg; codecs=opus".into()
+                    }
+                }),
+                url,
+                user,
+                business: business.clone(),
+            }));
+        }
         other => out.unknown.push(("event", other.to_string())),
     }
 }

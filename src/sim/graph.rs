@@ -119,6 +119,8 @@ struct Inner {
     /// Meta's SIP password per phone number id (made when its first SIP server is set).
     sip_passwords: HashMap<String, String>,
     faults: Vec<Fault>,
+    /// Media Meta serves (calls' recordings and transcripts), by id.
+    media: HashMap<String, (String, Vec<u8>)>,
     /// The call-id counter; starts at a random point, so two sims (or one started again)
     /// never reuse Meta's ids, as Meta never does.
     next: u64,
@@ -180,6 +182,7 @@ impl SimGraph {
                 "/{version}/{number}/settings",
                 get(get_settings).post(post_settings),
             )
+            .route("/media/{id}", get(media))
             .with_state(self.clone())
     }
 
@@ -304,12 +307,50 @@ impl SimGraph {
         self.lock().recorded.clone()
     }
 
+    /// Meta's id of a call of `user` (one of them, when they made several).
+    pub fn call_of_user(&self, user: &str) -> Option<String> {
+        self.lock()
+            .calls
+            .values()
+            .find(|c| c.user == user)
+            .map(|c| c.id.clone())
+    }
+
+    /// Serves `bytes` (of `mime_type`) as Meta serves a call's recording or transcript: at
+    /// `/media/<id>`, to the access token only. The path.
+    pub fn add_media(&self, id: &str, mime_type: &str, bytes: Vec<u8>) -> String {
+        self.lock()
+            .media
+            .insert(id.to_string(), (mime_type.to_string(), bytes));
+        format!("/media/{id}")
+    }
+
     fn authorised(&self, headers: &HeaderMap) -> bool {
         headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| t == self.token.expose())
+    }
+}
+
+/// `GET /media/{id}`: a recording or transcript, to the access token only.
+async fn media(
+    State(sim): State<SimGraph>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !sim.authorised(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            190,
+            "Invalid OAuth access token.",
+            None,
+        );
+    }
+    match sim.lock().media.get(&id).cloned() {
+        Some((mime, bytes)) => ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response(),
+        None => error(StatusCode::NOT_FOUND, 100, "Unsupported get request.", None),
     }
 }
 

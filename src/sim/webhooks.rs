@@ -45,6 +45,46 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Meta's recording (`transcript`: transcript) of call `call_id` with user `user` is
+/// ready: `call_recording_available` (or `call_transcription_available`) with the media's
+/// id, base64 SHA-256, type and URL.
+pub fn call_media(
+    business: &BusinessRef,
+    call_id: &str,
+    user: &str,
+    media: (&str, &str, &str, &str),
+    transcript: bool,
+) -> Value {
+    let (id, sha256, mime_type, url) = media;
+    let reference = json!({"id": id, "sha256": sha256, "mime_type": mime_type, "url": url});
+    let (event, body) = if transcript {
+        (
+            "call_transcription_available",
+            json!({"call_transcript": {"type": "document", "document": reference}}),
+        )
+    } else {
+        (
+            "call_recording_available",
+            json!({"call_recording": {"type": "audio", "audio": reference}}),
+        )
+    };
+    let mut call = json!({
+        "id": call_id,
+        "from": user,
+        "to": business.display_number,
+        "event": event,
+        "timestamp": unix_now().to_string(),
+    });
+    if let (Some(c), Some(b)) = (call.as_object_mut(), body.as_object()) {
+        c.extend(b.clone());
+    }
+    envelope(
+        business,
+        "calls",
+        json!({"contacts": contacts(user, ""), "calls": [call]}),
+    )
+}
+
 /// A user-initiated `connect`: user `user` (profile `name`) calls, with Meta's SDP `offer`.
 pub fn user_call_connect(
     business: &BusinessRef,

@@ -123,6 +123,26 @@ pub struct Cdr {
     /// What call control (an IVR) did on the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlRecord>,
+    /// The call's recording by the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<CdrRecording>,
+    /// Meta's recording of the call (a recording id), once Meta delivered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_recording_id: Option<String>,
+    /// Meta's transcript of the call (a recording id), once Meta delivered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_transcript_id: Option<String>,
+}
+
+/// A call's recording as its CDR names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdrRecording {
+    /// The recording's id (`GET /v1/recordings/{id}`).
+    pub id: String,
+    /// Where it is kept: a local path, or `s3://<bucket>/<key>`.
+    pub file: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
 }
 
 /// What call control did on a call: the way through the IVR, what the caller entered, and
@@ -248,6 +268,11 @@ struct CdrRow {
     media_mos_centi: Option<i64>,
     codec_path: Option<String>,
     control: Option<String>,
+    recording_id: Option<String>,
+    recording_file: Option<String>,
+    recording_sha256: Option<String>,
+    meta_recording_id: Option<String>,
+    meta_transcript_id: Option<String>,
 }
 
 impl TryFrom<CdrRow> for Cdr {
@@ -294,6 +319,12 @@ impl TryFrom<CdrRow> for Cdr {
                 .control
                 .as_deref()
                 .and_then(|c| serde_json::from_str(c).ok()),
+            recording: match (r.recording_id, r.recording_file, r.recording_sha256) {
+                (Some(id), Some(file), Some(sha256)) => Some(CdrRecording { id, file, sha256 }),
+                _ => None,
+            },
+            meta_recording_id: r.meta_recording_id,
+            meta_transcript_id: r.meta_transcript_id,
         })
     }
 }
@@ -301,7 +332,8 @@ impl TryFrom<CdrRow> for Cdr {
 const COLUMNS: &str = "call_id, node_id, direction, business_number, customer_wa_id, wa_call_id, \
      sip_call_id, trunk, offered_at, ringing_at, answered_at, ended_at, duration_ms, outcome, \
      hangup_by, end_cause, failure, media_packets, media_lost, media_jitter_ms, media_mos_centi, \
-     codec_path, control";
+     codec_path, control, recording_id, recording_file, recording_sha256, meta_recording_id, \
+     meta_transcript_id";
 
 /// The same SQL for both backends, instantiated per concrete database type so that no
 /// generic trait bounds leak into the rest of the crate.
@@ -321,7 +353,7 @@ macro_rules! cdr_queries {
             }
             let mut tx = pool.begin().await?;
             let mut inserted = 0;
-            // SQLite allows 32766 bound values; 23 columns x 500 rows stays well below.
+            // SQLite allows 32766 bound values; 28 columns x 500 rows stays well below.
             for chunk in cdrs.chunks(500) {
                 let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO cdrs ({COLUMNS}) "));
                 q.push_values(chunk, |mut b, c| {
@@ -351,7 +383,12 @@ macro_rules! cdr_queries {
                             c.control
                                 .as_ref()
                                 .and_then(|r| serde_json::to_string(r).ok()),
-                        );
+                        )
+                        .push_bind(c.recording.as_ref().map(|r| r.id.clone()))
+                        .push_bind(c.recording.as_ref().map(|r| r.file.clone()))
+                        .push_bind(c.recording.as_ref().map(|r| r.sha256.clone()))
+                        .push_bind(c.meta_recording_id.clone())
+                        .push_bind(c.meta_transcript_id.clone());
                 });
                 q.push(" ON CONFLICT (call_id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();

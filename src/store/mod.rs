@@ -16,6 +16,7 @@ macro_rules! on_pool {
 
 pub mod agents;
 pub mod audit;
+pub mod blobs;
 pub(crate) mod cdr;
 pub mod cluster;
 pub mod recordings;
@@ -34,7 +35,8 @@ use sqlx::sqlite::{
 use crate::config::{StoreConfig, StoreUrl};
 
 pub use cdr::{
-    CallOutcome, Cdr, CdrFilter, CdrRepository, ControlRecord, Direction, HangupParty, MediaQuality,
+    CallOutcome, Cdr, CdrFilter, CdrRecording, CdrRepository, ControlRecord, Direction,
+    HangupParty, MediaQuality,
 };
 pub use recordings::Recording;
 

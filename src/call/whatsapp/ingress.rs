@@ -2,6 +2,7 @@
 //! starts a call, a `terminate` ends it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::sip::MetaSipLink;
 use super::WaEvent;
@@ -22,6 +23,10 @@ use crate::sip::msg::HeaderName;
 use crate::store::Direction;
 use crate::telemetry;
 
+/// The largest recording or transcript of Meta's fetched (a long call's Ogg Opus is a few
+/// MB).
+const META_MEDIA_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Turns Meta's calling events into calls.
 pub(crate) struct WhatsAppCalls {
     calls: Calls,
@@ -35,6 +40,11 @@ pub(crate) struct WhatsAppCalls {
     sanctioned: Vec<String>,
     /// Call control for numbers whose entry is an IVR.
     control: Option<Control>,
+    /// Where Meta's recordings of calls are kept, and the client that fetches them.
+    recordings: Option<(
+        crate::call::recordings::Recordings,
+        Arc<crate::meta::graph::GraphClient>,
+    )>,
 }
 
 /// What IVR calls need from the node.
@@ -68,7 +78,18 @@ impl WhatsAppCalls {
                 .collect(),
             sanctioned: Vec::new(),
             control: None,
+            recordings: None,
         }
+    }
+
+    /// Keeps Meta's recordings and transcripts of calls in `recordings`, fetched by `graph`.
+    pub(crate) fn with_recordings(
+        mut self,
+        recordings: crate::call::recordings::Recordings,
+        graph: Arc<crate::meta::graph::GraphClient>,
+    ) -> Self {
+        self.recordings = Some((recordings, graph));
+        self
     }
 
     /// Serves numbers whose entry is an IVR with `control`.
@@ -131,7 +152,44 @@ impl WhatsAppCalls {
                 from = %p.from, response = ?p.response, source = ?p.source,
                 "WhatsApp call permission reply"
             ),
+            MetaEvent::Media(m) => self.on_media(m),
         }
+    }
+
+    /// Meta's recording or transcript of a call: fetched, checked and kept on a task of
+    /// its own (the webhook queue does not wait for a download).
+    fn on_media(&self, m: crate::meta::webhook::CallMedia) {
+        let Some((recordings, graph)) = self
+            .recordings
+            .clone()
+            .filter(|(r, _)| r.config().meta_recordings)
+        else {
+            tracing::info!(wa_call_id = %m.call_id, media = %m.media_id, "Meta's recording not fetched (recording.meta_recordings is off)");
+            return;
+        };
+        let media = crate::call::recordings::MetaMedia {
+            wa_call_id: m.call_id,
+            media_id: m.media_id,
+            transcript: m.transcript,
+            url: m.url,
+            sha256_base64: m.sha256,
+            mime_type: m.mime_type,
+            business_number: m.business.display_number,
+            customer: Some(m.user).filter(|u| !u.is_empty()),
+        };
+        tokio::spawn(async move {
+            let fetch = |url: String, to: std::path::PathBuf| async move {
+                graph.fetch_media(&url, &to, META_MEDIA_MAX_BYTES).await
+            };
+            match recordings.keep_meta(&media, fetch).await {
+                Ok(id) => {
+                    tracing::info!(wa_call_id = %media.wa_call_id, recording = %id, "Meta's recording kept")
+                }
+                Err(e) => {
+                    tracing::warn!(wa_call_id = %media.wa_call_id, error = %e, "Meta's recording not kept")
+                }
+            }
+        });
     }
 
     async fn on_connect(&self, c: CallConnect) {
@@ -335,9 +393,15 @@ impl WhatsAppCalls {
         let control = self.control.as_ref()?;
         let ivr = match &number.app {
             // An app's call: an IVR whose one verb hands the call to the app.
-            Some(app) => control.services.apps.get(app)?.ivr(std::sync::Arc::new(
-                crate::control::app::script(vec![crate::control::Verb::App(app.clone())]),
-            )),
+            Some(app) => {
+                control
+                    .services
+                    .apps
+                    .get(app)?
+                    .ivr(Arc::new(crate::control::app::script(vec![
+                        crate::control::Verb::App(app.clone()),
+                    ])))
+            }
             None => control.ivrs.get(entry)?.clone(),
         };
         let now = crate::clock::now_ms() + control.clock_offset_ms;

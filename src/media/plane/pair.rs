@@ -115,26 +115,23 @@ impl MediaPair {
         )
     }
 
-    /// Starts recording both sides to `path` (stereo WAV: side A left, side B right),
-    /// finalising a recording running; `on_done` hears the file once it is final. Refused
-    /// when the plane records every call already (`media.record_dir`).
+    /// Starts recording both sides to `path` in `format` (side A left, side B right),
+    /// finalising a recording running; `on_done` hears the file once it is final.
     pub fn record(
         &self,
         path: &std::path::Path,
+        format: crate::media::record::Format,
         on_done: impl FnOnce(std::io::Result<std::path::PathBuf>) + Send + 'static,
     ) -> Result<(), MediaError> {
-        if self.plane.inner.record_dir.get().is_some() {
-            return Err(MediaError::Ports(
-                "every call is recorded already (media.record_dir)".into(),
-            ));
-        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 MediaError::Ports(format!("recording directory {}: {e}", dir.display()))
             })?;
         }
-        let recorder = crate::media::record::Recorder::start_stereo(path, Box::new(on_done))
-            .map_err(|e| MediaError::Ports(format!("recording file {}: {e}", path.display())))?;
+        let recorder =
+            crate::media::record::Recorder::start_stereo(path, format, Box::new(on_done)).map_err(
+                |e| MediaError::Ports(format!("recording file {}: {e}", path.display())),
+            )?;
         self.plane.send(
             self.shard,
             Command::Record {
@@ -146,11 +143,6 @@ impl MediaPair {
 
     /// Ends the recording of both sides; its file is finalised and reported.
     pub fn stop_recording(&self) -> Result<(), MediaError> {
-        if self.plane.inner.record_dir.get().is_some() {
-            return Err(MediaError::Ports(
-                "every call is recorded (media.record_dir): it is not stopped on demand".into(),
-            ));
-        }
         self.plane.send(
             self.shard,
             Command::Record {

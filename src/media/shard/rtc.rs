@@ -119,7 +119,6 @@ impl Shard {
             policy,
             timeout,
             events,
-            recorder,
         } = pair;
         let a = self.slot();
         let b_slot = match b {
@@ -170,7 +169,7 @@ impl Shard {
                 legs: [a, b_slot],
                 parked: None,
                 events,
-                recorder,
+                recorder: None,
                 record_opus: [None, None],
                 capture: None,
             },

@@ -11,7 +11,6 @@ use mio::{Events, Interest, Token};
 use super::{Command, DtmfOut, Io, Leg, Pair, PlayOut, Shard, RTC_TOKENS, TICK, WAKER};
 use crate::media::batch::{self, Batch};
 use crate::media::plane::{EventSink, LegStats, MediaEvent};
-use crate::media::record::Recorder;
 use crate::media::types::{Side, SourcePolicy};
 use crate::telemetry;
 
@@ -89,8 +88,7 @@ impl Shard {
                     policy,
                     timeout,
                     events,
-                    recorder,
-                } => self.add(id, sockets, policy, timeout, events, recorder),
+                } => self.add(id, sockets, policy, timeout, events),
                 Command::RtcSocket { index, socket } => self.add_rtc_socket(index, socket),
                 Command::AddWebRtc(pair) => self.add_webrtc(pair),
                 Command::WebRtcAnswer {
@@ -251,7 +249,6 @@ impl Shard {
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
-        recorder: Option<Recorder>,
     ) {
         let slots = [self.slot(), self.slot()];
         for (i, (rtp, rtcp)) in sockets.into_iter().enumerate() {
@@ -265,7 +262,7 @@ impl Shard {
                 legs: slots,
                 parked: None,
                 events,
-                recorder,
+                recorder: None,
                 record_opus: [None, None],
                 capture: None,
             },

@@ -698,12 +698,7 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
     use crate::media::transcode::Codec;
     let dir = tempfile::tempdir().unwrap();
     let plane = plane(42_200, SourcePolicy::Strict, Duration::from_secs(30));
-    plane
-        .set_record_dir(dir.path().to_path_buf())
-        .expect("set once");
-    let pair = plane
-        .add_pair_on([None, None], Arc::new(|_| {}), Some("mixed"))
-        .unwrap();
+    let pair = plane.add_pair_on([None, None], Arc::new(|_| {})).unwrap();
     let (a, b) = (peer(), peer());
     let with = |s: &StdSocket, pt, codec, clock| Remote {
         addr: Some(s.local_addr().unwrap()),
@@ -719,6 +714,12 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
         .unwrap();
     pair.set_remote(Side::B, with(&b, 111, Codec::Opus, 48_000))
         .unwrap();
+    pair.record(
+        &dir.path().join("mixed.wav"),
+        crate::media::record::Format::Wav,
+        |_| {},
+    )
+    .unwrap();
     let [pa, pb] = pair.ports();
     let (a_port, b_port) = (
         SocketAddr::from(([127, 0, 0, 1], pa)),
@@ -841,7 +842,7 @@ fn webrtc_legs_share_a_socket_unless_their_peers_share_an_address() {
     assert_eq!(fourth.local().unwrap(), p1);
     // A bridged leg holds it until the pair closes.
     let pair = plane
-        .add_webrtc_pair(fourth, FarSide::Echo, Arc::new(|_| {}), None)
+        .add_webrtc_pair(fourth, FarSide::Echo, Arc::new(|_| {}))
         .unwrap();
     assert_eq!(pair.ports()[0], p1.port());
     let fifth = plane.webrtc_answer(&meta_like_offer(relay)).unwrap();
@@ -877,7 +878,6 @@ fn a_webrtc_leg_is_transcoded_to_a_pcmu_leg_both_ways() {
             Arc::new(move |e| {
                 let _ = tx.lock().unwrap().send(e);
             }),
-            None,
         )
         .unwrap();
     let phone = peer();
@@ -974,7 +974,6 @@ fn a_webrtc_offer_of_ours_is_answered_and_its_audio_echoed() {
             Arc::new(move |e| {
                 let _ = tx.lock().unwrap().send(e);
             }),
-            None,
         )
         .unwrap();
     // A business-initiated call: Meta's user answers our offer.
@@ -1162,7 +1161,6 @@ fn a_webrtc_side_b_stands_in_for_the_plain_one_and_opus_passes_between_two_brows
             Arc::new(move |e| {
                 let _ = tx.lock().unwrap().send(e);
             }),
-            None,
         )
         .unwrap();
     // A first agent is offered the call and never answers; the second one does.
