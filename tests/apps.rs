@@ -180,6 +180,9 @@ ip = "127.0.0.1"
 shards = 2
 port_min = {media_ports}
 port_max = {port_max}
+[recording]
+format = "wav"
+dir = "{rec}"
 [[trunk]]
 name = "pbx"
 uri = "sip:127.0.0.1:{pbx}"

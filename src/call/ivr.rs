@@ -659,6 +659,7 @@ impl Ivr {
                 self.app_error.get_or_insert_with(|| why.to_string());
             }
             Command::Message(message) => self.message(message),
+            Command::RecordCall(start) => self.record_call(start),
             Command::RequestCallback { purpose } => self.request_callback(purpose),
             Command::Fetch { from, seq } => return self.fetch(from, seq),
             Command::Gathered(_) => {}
@@ -1276,6 +1277,30 @@ impl Ivr {
                 self.not_answered()
             }
         }
+    }
+
+    /// Asks the call to start or stop its recording (the `record_call` verb); a refusal
+    /// (the policy is `none`, it is recording already) is logged and the script goes on.
+    fn record_call(&mut self, start: bool) {
+        let call = self.call.clone();
+        self.tasks.spawn(
+            async move {
+                let asked = call
+                    .call(
+                        |reply| CallMsg::Recording { start, reply },
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await;
+                match asked {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => {}
+                    Ok(ractor::rpc::CallResult::Success(Err((_, why)))) => {
+                        tracing::warn!(start, %why, "record_call not carried out")
+                    }
+                    _ => tracing::warn!(start, "record_call: the call did not answer"),
+                }
+            }
+            .instrument(self.span.clone()),
+        );
     }
 
     /// The call as an app's event tells it.

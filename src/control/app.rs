@@ -65,8 +65,8 @@ pub trait Names {
 }
 
 /// The verbs this module knows, as an error lists them.
-pub const VERBS: &str =
-    "answer, play, gather, record, dial, message, pause, hangup, redirect, request_callback";
+pub const VERBS: &str = "answer, play, gather, record, record_call, dial, message, pause, \
+                         hangup, redirect, request_callback";
 
 fn err(place: impl Into<String>, why: impl Into<String>) -> VerbError {
     VerbError {
@@ -331,6 +331,7 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
         "dial" => &["route", "sip", "trunk", "queue", "agent", "whatsapp"],
         "message" => &["text", "template", "language"],
         "pause" => &["ms"],
+        "record_call" => &["action"],
         "hangup" => &["reason"],
         "redirect" => &["url"],
         "request_callback" => &["purpose"],
@@ -453,6 +454,16 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
             }
         },
         "pause" => Verb::Pause(Duration::from_millis(s.number("ms", 1, 600_000, 1000)?)),
+        "record_call" => match s.text("action")?.as_deref() {
+            None | Some("start") => Verb::RecordCall(true),
+            Some("stop") => Verb::RecordCall(false),
+            Some(other) => {
+                return Err(err(
+                    s.at("action"),
+                    format!("{other:?}: give \"start\" or \"stop\""),
+                ))
+            }
+        },
         "hangup" => Verb::Hangup {
             reason: s
                 .text("reason")?
@@ -594,6 +605,26 @@ mod tests {
                 reason: "normal_clearing".into()
             }
         );
+    }
+
+    #[test]
+    fn record_call_starts_by_default_and_stops_when_told() {
+        let v = verbs(json!([
+            "record_call",
+            {"record_call": {"action": "stop"}},
+            {"record_call": {}}
+        ]))
+        .expect("valid");
+        assert_eq!(
+            v,
+            [
+                Verb::RecordCall(true),
+                Verb::RecordCall(false),
+                Verb::RecordCall(true)
+            ]
+        );
+        let e = verbs(json!([{"record_call": {"action": "pause"}}])).expect_err("refused");
+        assert!(e.contains("verbs[0].record_call.action"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub enum Fetch {
 pub enum Command {
     /// Answer the customer's call.
     Answer,
+    /// Start (`true`) or stop recording both sides of the call.
+    RecordCall(bool),
     /// Play these prompts, `loops` times; [`Event::PlayDone`] when finished (also when a
     /// digit stopped them).
     Play {
@@ -522,6 +524,10 @@ impl Engine {
             Verb::Message(message) => {
                 out.push(Command::Message(message));
                 self.outcome.messages += 1;
+                self.pc += 1;
+            }
+            Verb::RecordCall(start) => {
+                out.push(Command::RecordCall(start));
                 self.pc += 1;
             }
             Verb::RequestCallback { purpose } => {

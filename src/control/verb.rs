@@ -44,6 +44,9 @@ pub enum Verb {
     Goto(String),
     /// Wait, saying nothing.
     Pause(Duration),
+    /// Start (`true`) or stop recording both sides of the call, as its recording policy
+    /// allows; the script goes on at once.
+    RecordCall(bool),
     /// Fetch the next verbs from a URL (an HTTP app's): they replace the script.
     Redirect(String),
     /// Hand the call to an HTTP app (`[[app]]` by name): its answer to `call.initiated`
@@ -71,6 +74,7 @@ impl Verb {
             Verb::Language(_) => "language",
             Verb::Goto(_) => "goto",
             Verb::Pause(_) => "pause",
+            Verb::RecordCall(_) => "record_call",
             Verb::Redirect(_) => "redirect",
             Verb::App(_) => "app",
             Verb::Hangup { .. } => "hangup",

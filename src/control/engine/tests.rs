@@ -783,3 +783,31 @@ fn loaded_verbs_cut_the_current_verb_short() {
     answering.start(t0);
     assert!(answering.load(app_script(vec![]), t0).is_err());
 }
+
+#[test]
+fn record_call_is_asked_for_and_the_script_goes_on_at_once() {
+    let script = crate::control::app::script(vec![
+        Verb::Answer,
+        Verb::RecordCall(true),
+        Verb::Pause(Duration::from_millis(100)),
+        Verb::RecordCall(false),
+        Verb::Hangup {
+            reason: "done".into(),
+        },
+    ]);
+    let t0 = Instant::now();
+    let mut e = Engine::new(Arc::new(script), true);
+    assert_eq!(e.start(t0), [Command::Answer]);
+    let out = e.on_event(Event::Answered(Ok(())), t0);
+    assert_eq!(out, [Command::RecordCall(true)], "then it pauses");
+    let out = e.handle_timeout(t0 + Duration::from_millis(100));
+    assert_eq!(
+        out,
+        [
+            Command::RecordCall(false),
+            Command::Hangup {
+                reason: "done".into()
+            }
+        ]
+    );
+}

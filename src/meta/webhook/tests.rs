@@ -137,7 +137,7 @@ fn string_expiry_batches_and_unknown_things_are_tolerated_and_reported() {
           "calls":[
             {"id":"wacid.A","from":"4477","to":"15550001","event":"connect","timestamp":"10",
              "session":{"sdp_type":"offer","sdp":"v=0\r\n"},"brand_new_field":true},
-            {"id":"wacid.A","event":"call_recording_available","timestamp":"11"},
+            {"id":"wacid.A","event":"call_summary_available","timestamp":"11"},
             {"event":"terminate"},
             {"id":"wacid.B","event":"connect","session":{"sdp_type":"offer"}}
           ],
@@ -170,12 +170,63 @@ fn string_expiry_batches_and_unknown_things_are_tolerated_and_reported() {
         [
             ("field", "new_top".to_string()),
             ("field", "call.brand_new_field".to_string()),
-            ("event", "call_recording_available".to_string()),
+            ("event", "call_summary_available".to_string()),
             ("status_type", "message".to_string()),
             ("change_field", "account_update".to_string()),
         ]
     );
     assert_eq!(p.invalid.len(), 2, "{:?}", p.invalid);
+}
+
+#[test]
+fn metas_recordings_and_transcripts_are_read_with_their_media() {
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+        {"field":"calls","value":{"messaging_product":"whatsapp",
+          "metadata":{"display_phone_number":"15550001","phone_number_id":"99"},
+          "calls":[
+            {"id":"wacid.R","from":"4477","to":"15550001","event":"call_recording_available",
+             "timestamp":"20","call_recording":{"type":"audio","audio":{"id":"123",
+             "sha256":"q83vEjRWeJA=","mime_type":"audio/ogg; codecs=opus",
+             "url":"https://lookaside.example/123"}}},
+            {"id":"wacid.R","from":"4477","to":"15550001",
+             "event":"call_transcription_available","timestamp":"21",
+             "call_transcript":{"type":"document","document":{"id":"124","sha256":"AA==",
+             "url":"https://lookaside.example/124"}}},
+            {"id":"wacid.S","event":"call_recording_available","timestamp":"22"}
+          ]}}]}]}"#;
+    let p = parse(body).expect("a webhook");
+    let media: Vec<&CallMedia> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            MetaEvent::Media(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(media.len(), 2, "{:?}", p.events);
+    assert_eq!(
+        (
+            media[0].call_id.as_str(),
+            media[0].transcript,
+            media[0].media_id.as_str()
+        ),
+        ("wacid.R", false, "123")
+    );
+    assert_eq!(media[0].url, "https://lookaside.example/123");
+    assert_eq!(media[0].user, "4477");
+    assert_eq!(media[0].business.display_number, "15550001");
+    assert!(media[1].transcript);
+    assert_eq!(
+        media[1].mime_type, "application/json",
+        "Meta's type when it gives none"
+    );
+    assert_eq!(p.events[0].kind(), "call_recording_available");
+    assert_eq!(p.events[1].kind(), "call_transcription_available");
+    // Redeliveries are told apart from the other media of the same call.
+    assert_ne!(p.events[0].dedup_key(), p.events[1].dedup_key());
+    // One without its media is reported, not guessed at.
+    assert_eq!(p.invalid.len(), 1, "{:?}", p.invalid);
+    assert!(p.invalid[0].contains("wacid.S"), "{:?}", p.invalid);
 }
 
 #[test]
