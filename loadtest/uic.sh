@@ -3,8 +3,8 @@
 # media, user-initiated calls at a rate, each held for a time) -> waswitch -> a SIPp PBX
 # answering with RTP echo, all on 127.0.0.1. Prints offered/connected/failed, audio verified,
 # setup latency p50/p99 (the user's offer to media connected), the switch's CPU seconds per
-# call and resident memory per concurrent call, and writes a PNG plot of concurrent calls and
-# the switch's CPU over time.
+# call and resident memory per concurrent call, and writes plots (gnuplot: concurrent calls
+# and CPU over time, resident memory) and report.md (parameters, figures, plots).
 #
 #   loadtest/uic.sh [OPTIONS] [RATE] [HOLD_S] [DURATION_S] [CONCURRENCY]   default: 20 10 60 2000
 #   UIC_PBX=opus loadtest/uic.sh ...      the PBX answers Opus: no transcoding in the switch
@@ -164,9 +164,15 @@ else
 fi
 sleep 1
 
-python3 - "$W" "$TICK" "$MODE" "$FIND_MAX" "${STEPS[@]}" <<'PY'
-import json, struct, sys, zlib
-w, tick, mode, find_max, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5:]
+PARAMS="rate=$RATE hold_s=$HOLD duration_s=$DURATION concurrency=$CONCURRENCY step=$STEP switch_cpus=${SWITCH_CPUS:-any} harness_cpus=${HARNESS_CPUS:-any} media_threads=$MEDIA_THREADS"
+python3 - "$W" "$TICK" "$MODE" "$FIND_MAX" "$ROOT" "$PARAMS" "${STEPS[@]}" <<'PY'
+import json, os, sys
+w, tick, mode, find_max, root, params, steps = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
+                                                sys.argv[4] == "1", sys.argv[5], sys.argv[6],
+                                                sys.argv[7:])
+sys.path.insert(0, os.path.join(root, "loadtest"))
+import report
+params = dict(kv.split("=", 1) for kv in params.split())
 samples = [list(map(float, l.split())) for l in open(f"{w}/samples.txt") if len(l.split()) == 6]
 
 def buckets(path):
@@ -273,34 +279,40 @@ if last:
         summary[f"{what}_{d}_p99_ms"] = round(p99, 3)
 peak = max((s[1] for s in samples), default=0)
 
-# A PNG of concurrent calls (blue) and switch CPU % of one core (red) over time.
-W_, H_ = 800, 300
-img = [[(255, 255, 255)] * W_ for _ in range(H_)]
-def line(points, colour, top):
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        n = max(abs(x1 - x0), abs(y1 - y0), 1)
-        for k in range(n + 1):
-            x = int(x0 + (x1 - x0) * k / n); y = int(y0 + (y1 - y0) * k / n)
-            if 0 <= x < W_ and 0 <= y < H_:
-                img[y][x] = colour
+# Plots: concurrent calls and the switch's CPU over time; its resident memory.
+run = (f"find-max, steps of {params['step']} up to {params['concurrency']}, hold {params['hold_s']} s"
+       if find_max else
+       f"{params['rate']} calls/s, hold {params['hold_s']} s, for {params['duration_s']} s")
+title = f"uic.sh {mode}: {run} (switch CPUs {params['switch_cpus']})"
+plots = []
 if len(samples) > 1:
-    t0, t1 = samples[0][0], samples[-1][0]
-    xs = lambda t: int(20 + (W_ - 40) * (t - t0) / max(t1 - t0, 1e-9))
-    calls = [(xs(s[0]), int(H_ - 20 - (H_ - 40) * s[1] / max(peak, 1))) for s in samples]
-    cpu = []
-    for a, b in zip(samples, samples[1:]):
-        pct = 100 * (b[2] - a[2]) / tick / max(b[0] - a[0], 1e-9)
-        cpu.append((xs(b[0]), int(H_ - 20 - (H_ - 40) * min(pct, 200) / 200)))
-    for x in range(20, W_ - 20):
-        img[H_ - 20][x] = (0, 0, 0)
-    line(calls, (30, 80, 200), peak)
-    line(cpu, (200, 40, 40), 200)
-raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in img)
-def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
-png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W_, H_, 8, 2, 0, 0, 0)) \
-    + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-open(f"{w}/uic.png", "wb").write(png)
-print(f"plot: {w}/uic.png (blue: concurrent calls, 0..{peak:.0f}; red: switch CPU, 0..200% of a core)")
+    t0 = samples[0][0]
+    xs = [s[0] - t0 for s in samples[1:]]
+    cpu = [100 * (b[2] - a[2]) / tick / max(b[0] - a[0], 1e-9) for a, b in zip(samples, samples[1:])]
+    sipp = [100 * (b[4] - a[4]) / tick / max(b[0] - a[0], 1e-9) for a, b in zip(samples, samples[1:])]
+    plots.append(report.plot(f"{w}/uic.png", title, "time since the switch started (s)", [
+        report.Series("concurrent calls", xs, [s[1] for s in samples[1:]], "calls"),
+        report.Series("switch CPU", xs, cpu, "% of one core", right=True),
+        report.Series("SIPp CPU", xs, sipp, "% of one core", right=True),
+    ]))
+    plots.append(report.plot(f"{w}/uic-memory.png", title, "time since the switch started (s)", [
+        report.Series("switch resident memory", xs, [s[3] / 1024 for s in samples[1:]], "MiB"),
+        report.Series("concurrent calls", xs, [s[1] for s in samples[1:]], "calls", right=True),
+    ]))
+table = [{
+    "run": x["tag"], "offered": x["r"]["attempts"], "failed": x["r"]["failed"],
+    "peak concurrent": int(x["peak"]),
+    "switch CPU ms per call-second": round(1000 * x["cpu_s"] / max(x["call_s"], 1), 2),
+    "memory KiB per call": round(x["mem"], 1),
+    "setup p50 / p99 ms": f"{x['r']['setup_p50_ms']} / {x['r']['setup_p99_ms']}",
+    "loss %": round(x["loss"], 3),
+} for x in rows]
+params["mode"] = mode
+report.write(f"{w}/report.md", f"User-initiated calls under load: {title}", params, table,
+             plots, [f"summary: `{json.dumps(summary)}`"])
+for p in plots:
+    if p:
+        print(f"plot: {p}")
+print(f"report: {w}/report.md")
 print(json.dumps(summary))
 PY

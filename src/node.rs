@@ -323,6 +323,7 @@ impl Node {
         };
         let recordings = crate::call::recordings::Recordings::new(
             config.recording.clone(),
+            &config.node_id,
             Some(store.clone()),
             control_events.clone(),
         )

@@ -721,6 +721,14 @@ async fn recording(
         Ok(r) => r,
         Err(response) => return response,
     };
+    if let (true, Some(node)) = (r.storage == "local", r.node_id.as_deref()) {
+        if node != s.recordings.node_id() {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("the recording is on node {node}'s disk: ask that node"),
+            );
+        }
+    }
     let download = match s
         .recordings
         .blobs()

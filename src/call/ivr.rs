@@ -1446,14 +1446,13 @@ impl Ivr {
             path: file.to_string(),
             bytes: bytes as i64,
             created_at_ms: crate::clock::now_ms(),
-            sha256: super::recordings::digest(std::path::Path::new(file))
-                .ok()
-                .map(|(_, sha)| sha),
+            sha256: None,
             storage: "local".into(),
             media_type: "audio/wav".into(),
             source: "switch".into(),
             kind: "audio".into(),
             customer: Some(self.setup.caller.wa_id.clone()).filter(|w| !w.is_empty()),
+            node_id: None,
         };
         let mut event = self.event("recording.ready");
         event["recording_id"] = id.clone().into();
@@ -1466,6 +1465,16 @@ impl Ivr {
         // The recording is known to the store before the app hears of it.
         self.tasks.spawn(
             async move {
+                let mut recording = recording;
+                let path = std::path::absolute(&recording.path)
+                    .unwrap_or_else(|_| PathBuf::from(&recording.path));
+                recording.path = path.display().to_string();
+                recording.sha256 = tokio::task::spawn_blocking(move || {
+                    super::recordings::digest(&path).ok().map(|(_, sha)| sha)
+                })
+                .await
+                .ok()
+                .flatten();
                 if let Some(store) = store {
                     if let Err(e) = store.put_recording(&recording).await {
                         tracing::error!(error = %e, recording = %recording.id, "recording not recorded in the store");

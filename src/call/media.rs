@@ -7,6 +7,8 @@
 //! values in the actor's state, so they return to the pool however the actor ends: stopped,
 //! failed, or killed with its call.
 
+use std::time::Duration;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::supervisor::CallMsg;
@@ -17,6 +19,9 @@ use crate::media::ports::{PortAllocator, PortLease};
 use crate::media::types::{Remote, Side};
 use crate::store::HangupParty;
 use crate::telemetry;
+
+/// How long past its own length a consent announcement may take to end.
+const CONSENT_GRACE: Duration = Duration::from_secs(2);
 
 /// Most DTMF digits a call remembers for its snapshot.
 const MAX_DIGITS: usize = 64;
@@ -177,13 +182,14 @@ pub enum MediaMsg {
     /// Start or stop ringback toward one side.
     Ringback(Side, bool),
     /// Send a DTMF digit toward one side for a duration.
-    SendDtmf(Side, char, std::time::Duration),
-    /// Record both sides of the call as `planned` (side A left, side B right), after
-    /// `consent` is played to the side given (prompts asked for that side meanwhile wait
-    /// for it). Replies whether it was taken.
+    SendDtmf(Side, char, Duration),
+    /// Record both sides of the call as the job says (the customer left, the business
+    /// right), after `consent` is played to the side given (prompts and tones asked for
+    /// that side meanwhile wait for it; it waits for a prompt playing there). Replies
+    /// whether it was taken.
     StartRecording {
-        /// The recording.
-        planned: super::recordings::Planned,
+        /// The recording, and who keeps it.
+        job: super::recordings::Job,
         /// The announcement first, and to whom.
         consent: Option<(Side, crate::media::prompt::Prompt)>,
         /// Taken, or why not.
@@ -194,6 +200,8 @@ pub enum MediaMsg {
     StopRecording(RpcReplyPort<Option<Result<super::recordings::Saved, String>>>),
     /// The recording's file is final (from the recorder).
     RecordingSaved(Result<super::recordings::Saved, String>),
+    /// The consent announcement of this generation should be over by now.
+    ConsentDeadline(u64),
     /// Hand the pair's events (connections, digits, prompts done, silence, captures) to
     /// this listener too (the call's control actor).
     Subscribe(Listener),
@@ -205,7 +213,7 @@ pub enum MediaMsg {
         /// The file.
         path: std::path::PathBuf,
         /// This long without voice is reported.
-        silence: Option<std::time::Duration>,
+        silence: Option<Duration>,
     },
     /// End the capture.
     StopCapture,
@@ -242,17 +250,28 @@ pub struct Media {
     sdes_a: bool,
     /// The call's recording.
     recording: CallRecording,
-    /// Prompts for the side hearing the consent announcement, waiting for its end.
-    held: Vec<(Side, crate::media::prompt::Prompt, bool)>,
+    /// What was asked of the side hearing the consent announcement, waiting for its end.
+    held: Vec<MediaMsg>,
+    /// A prompt plays toward the side (set when one is asked for, cleared by its end).
+    playing: [bool; 2],
+    /// Counts consent announcements (a deadline names the one it is for).
+    consents: u64,
 }
 
 /// Where the call's recording stands.
 enum CallRecording {
     Idle,
+    /// A prompt plays to the customer: the consent announcement follows when it ends.
+    Waiting {
+        job: Box<super::recordings::Job>,
+        consent: crate::media::prompt::Prompt,
+        side: Side,
+    },
     /// The consent announcement plays to `side`; the recording starts when it ends.
     Consent {
-        planned: super::recordings::Planned,
+        job: Box<super::recordings::Job>,
         side: Side,
+        generation: u64,
     },
     Running,
     /// Stopped; `reply` hears the file once it is final.
@@ -290,6 +309,8 @@ impl Actor for MediaActor {
             sdes_a: false,
             recording: CallRecording::Idle,
             held: Vec::new(),
+            playing: [false; 2],
+            consents: 0,
         })
     }
 
@@ -397,26 +418,65 @@ impl Actor for MediaActor {
                     }
                 }
             }
-            MediaMsg::Event(MediaEvent::PromptDone { side, .. }) if matches!(&media.recording, CallRecording::Consent { side: s, .. } if *s == side) =>
-            {
-                // The announcement is over: the recording starts, then what waited plays.
-                if let CallRecording::Consent { planned, .. } =
-                    std::mem::replace(&mut media.recording, CallRecording::Idle)
-                {
-                    if let Err(e) = media.start_recording(&myself, &planned) {
-                        tracing::warn!(parent: &media.span, error = %e, "recording not started after its announcement");
+            MediaMsg::Event(MediaEvent::PromptDone {
+                side,
+                barged_in,
+                played,
+            }) => {
+                media.playing[side.index()] = false;
+                match std::mem::replace(&mut media.recording, CallRecording::Idle) {
+                    CallRecording::Consent {
+                        job,
+                        side: s,
+                        generation,
+                    } if s == side => media.consent_over(&myself, *job, played, generation),
+                    CallRecording::Waiting {
+                        job,
+                        consent,
+                        side: s,
+                    } if s == side => {
+                        // The customer's prompt ended (whoever asked for it hears so): the
+                        // announcement now.
+                        media.on_event(MediaEvent::PromptDone {
+                            side,
+                            barged_in,
+                            played,
+                        })?;
+                        media.start_consent(&myself, *job, consent, side);
+                    }
+                    other => {
+                        media.recording = other;
+                        media.on_event(MediaEvent::PromptDone {
+                            side,
+                            barged_in,
+                            played,
+                        })?;
                     }
                 }
-                for (side, prompt, barge_in) in std::mem::take(&mut media.held) {
-                    let _ = myself.send_message(MediaMsg::Play(side, prompt, barge_in));
+            }
+            MediaMsg::ConsentDeadline(generation) => {
+                if let CallRecording::Consent { generation: g, .. } = &media.recording {
+                    if *g == generation {
+                        if let CallRecording::Consent { job, .. } =
+                            std::mem::replace(&mut media.recording, CallRecording::Idle)
+                        {
+                            // Cut short (another prompt or tone took its place): the
+                            // customer did not hear it through.
+                            media.consent_over(&myself, *job, false, generation);
+                        }
+                    }
                 }
             }
             MediaMsg::Event(event) => media.on_event(event)?,
-            MediaMsg::Play(side, prompt, barge_in) if matches!(&media.recording, CallRecording::Consent { side: s, .. } if *s == side) =>
+            msg @ (MediaMsg::Play(..) | MediaMsg::Ringback(..))
+                if media.consent_side().is_some_and(
+                    |c| matches!(&msg, MediaMsg::Play(s, ..) | MediaMsg::Ringback(s, _) if *s == c),
+                ) =>
             {
-                media.held.push((side, prompt, barge_in));
+                media.held.push(msg);
             }
             MediaMsg::Play(side, prompt, barge_in) => {
+                media.playing[side.index()] = true;
                 if let Resources::Anchored(pair) = &media.resources {
                     if let Err(e) = pair.play(side, prompt, barge_in) {
                         tracing::warn!(parent: &media.span, error = %e, "prompt not played");
@@ -468,7 +528,7 @@ impl Actor for MediaActor {
                 }
             }
             MediaMsg::StartRecording {
-                planned,
+                job,
                 consent,
                 reply,
             } => {
@@ -477,18 +537,19 @@ impl Actor for MediaActor {
                 let taken = match consent {
                     _ if !anchored => Err("the call's media is not anchored".to_string()),
                     _ if !idle => Err("the call is being recorded already".to_string()),
-                    None => media.start_recording(&myself, &planned),
-                    Some((side, prompt)) => {
-                        let played = match &media.resources {
-                            Resources::Anchored(pair) => {
-                                pair.play(side, prompt, false).map_err(|e| e.to_string())
-                            }
-                            _ => Err("the call's media is not anchored".to_string()),
+                    None => media.start_recording(&myself, job),
+                    Some((side, prompt)) if media.playing[side.index()] => {
+                        // After the prompt the customer hears now.
+                        media.recording = CallRecording::Waiting {
+                            job: Box::new(job),
+                            consent: prompt,
+                            side,
                         };
-                        played.map(|()| {
-                            tracing::info!(parent: &media.span, recording = %planned.id, "consent announcement before the recording");
-                            media.recording = CallRecording::Consent { planned, side };
-                        })
+                        Ok(())
+                    }
+                    Some((side, prompt)) => {
+                        media.start_consent(&myself, job, prompt, side);
+                        Ok(())
                     }
                 };
                 let _ = reply.send(taken);
@@ -510,11 +571,11 @@ impl Actor for MediaActor {
                             }
                         }
                     }
-                    CallRecording::Consent { .. } => {
-                        // Stopped before it began: what waited for the announcement plays.
-                        for (side, prompt, barge_in) in std::mem::take(&mut media.held) {
-                            let _ = myself.send_message(MediaMsg::Play(side, prompt, barge_in));
-                        }
+                    CallRecording::Consent { job, .. } | CallRecording::Waiting { job, .. } => {
+                        // Stopped before it began: nothing recorded; what waited for the
+                        // announcement goes on.
+                        job.not_recorded();
+                        media.release_held(&myself);
                         let _ = reply.send(None);
                     }
                     CallRecording::Stopping(None) => {
@@ -538,8 +599,8 @@ impl Actor for MediaActor {
                         let _ = reply.send(Some(saved));
                     }
                     CallRecording::Running | CallRecording::Stopping(None) => {
-                        // It ended on its own (the pair went): whoever stops it later hears
-                        // nothing more; the supervisor is told now.
+                        // It ended on its own (the pair went): the supervisor is told (it is
+                        // kept all the same: the recorder hands it over itself).
                         let _ = media.call.send_message(CallMsg::RecordingSaved(saved));
                     }
                     other => media.recording = other,
@@ -844,30 +905,101 @@ impl Media {
         Ok(sdp)
     }
 
-    /// Starts recording both sides as `planned`; the recorder's thread digests the final
-    /// file and reports it ([`MediaMsg::RecordingSaved`]).
+    /// The side hearing the consent announcement now.
+    fn consent_side(&self) -> Option<Side> {
+        match &self.recording {
+            CallRecording::Consent { side, .. } => Some(*side),
+            _ => None,
+        }
+    }
+
+    /// What waited for the consent announcement, in order.
+    fn release_held(&mut self, myself: &ActorRef<MediaMsg>) {
+        for msg in std::mem::take(&mut self.held) {
+            let _ = myself.send_message(msg);
+        }
+    }
+
+    /// Plays the consent announcement to `side`; the recording starts when it has played
+    /// through, and is given up when it has not ended in its length and two seconds.
+    fn start_consent(
+        &mut self,
+        myself: &ActorRef<MediaMsg>,
+        job: super::recordings::Job,
+        prompt: crate::media::prompt::Prompt,
+        side: Side,
+    ) {
+        let Resources::Anchored(pair) = &self.resources else {
+            job.not_recorded();
+            return;
+        };
+        let length = Duration::from_millis(prompt.duration_ms()) + CONSENT_GRACE;
+        if let Err(e) = pair.play(side, prompt, false) {
+            tracing::warn!(parent: &self.span, error = %e, "consent announcement not played: not recording");
+            job.not_recorded();
+            return;
+        }
+        self.playing[side.index()] = true;
+        self.consents += 1;
+        let generation = self.consents;
+        tracing::info!(parent: &self.span, recording = %job.planned.id, "consent announcement before the recording");
+        self.recording = CallRecording::Consent {
+            job: Box::new(job),
+            side,
+            generation,
+        };
+        myself.send_after(length, move || MediaMsg::ConsentDeadline(generation));
+    }
+
+    /// The consent announcement ended: played through, the recording starts; otherwise
+    /// nothing is recorded. What waited for it goes on.
+    fn consent_over(
+        &mut self,
+        myself: &ActorRef<MediaMsg>,
+        job: super::recordings::Job,
+        played: bool,
+        generation: u64,
+    ) {
+        if played {
+            if let Err(e) = self.start_recording(myself, job) {
+                tracing::warn!(parent: &self.span, error = %e, "recording not started after its announcement");
+            }
+        } else {
+            tracing::warn!(parent: &self.span, recording = %job.planned.id, generation, "the consent announcement was not played through: not recording");
+            job.not_recorded();
+        }
+        self.release_held(myself);
+    }
+
+    /// Starts recording both sides as the job says; the recorder's thread digests the final
+    /// file, reports it ([`MediaMsg::RecordingSaved`]) and hands it to be kept, whatever
+    /// became of this actor meanwhile.
     fn start_recording(
         &mut self,
         myself: &ActorRef<MediaMsg>,
-        planned: &super::recordings::Planned,
+        job: super::recordings::Job,
     ) -> Result<(), String> {
         let Resources::Anchored(pair) = &self.resources else {
+            job.not_recorded();
             return Err("the call's media is not anchored".into());
         };
         let me = myself.clone();
-        let done_planned = planned.clone();
+        let planned = job.planned.clone();
+        let swap = job.swap;
+        let runtime = tokio::runtime::Handle::current();
         let done = move |r: std::io::Result<std::path::PathBuf>| {
             let saved = r
                 .and_then(|path| super::recordings::digest(&path))
                 .map(|(bytes, sha256)| super::recordings::Saved {
-                    planned: done_planned,
+                    planned: job.planned.clone(),
                     bytes,
                     sha256,
                 })
                 .map_err(|e| e.to_string());
-            let _ = me.send_message(MediaMsg::RecordingSaved(saved));
+            let _ = me.send_message(MediaMsg::RecordingSaved(saved.clone()));
+            runtime.spawn(job.keep(saved));
         };
-        pair.record(&planned.path, planned.format, done)
+        pair.record(&planned.path, planned.format, swap, done)
             .map_err(|e| e.to_string())?;
         tracing::info!(parent: &self.span, recording = %planned.id, file = %planned.path.display(), "recording");
         self.recording = CallRecording::Running;

@@ -26,8 +26,18 @@ use crate::store::blobs::Blobs;
 use crate::store::{CdrRecording, Recording, Store};
 use crate::telemetry;
 
-/// Recordings read per sweep pass.
+/// Recordings read per page of a sweep pass.
 const SWEEP_BATCH: i64 = 500;
+
+/// How long Meta keeps a recording (its recordings whose call has no CDR here after that
+/// are no longer looked for).
+const META_RETENTION_MS: i64 = 8 * 86_400_000;
+
+/// `path` made absolute (against the working directory), so the store's record of a
+/// local file still names it after a restart elsewhere.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
 
 /// The node's recordings. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +47,8 @@ pub struct Recordings {
 
 struct Inner {
     config: RecordingConfig,
+    /// This node (whose disk local recordings are on).
+    node_id: String,
     blobs: Blobs,
     store: Option<Store>,
     /// Signed events (`recording.ready`) go here, when a webhook is configured.
@@ -88,6 +100,63 @@ pub struct Owner {
     pub app: String,
 }
 
+/// A recording to make: its file, who keeps it and whose call it is, how its channels lie,
+/// and who hears when it is kept.
+pub struct Job {
+    /// The file.
+    pub planned: Planned,
+    /// Keeps it once final.
+    pub recordings: Recordings,
+    /// Whose call.
+    pub owner: Owner,
+    /// The customer is the pair's side B: the channels are swapped so the customer is
+    /// always on the left.
+    pub swap: bool,
+    /// Hears the recording once it is kept (`None`: nothing was recorded, or it was lost).
+    pub kept: Option<tokio::sync::oneshot::Sender<Option<Saved>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("planned", &self.planned)
+            .field("swap", &self.swap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// Nothing was recorded (stopped during the announcement, or never started).
+    pub fn not_recorded(self) {
+        if let Some(kept) = self.kept {
+            let _ = kept.send(None);
+        }
+    }
+
+    /// The recorder's outcome: kept (uploaded, stored, announced), or counted as lost and
+    /// its partial file removed.
+    pub async fn keep(self, saved: Result<Saved, String>) {
+        let outcome = match saved {
+            Ok(saved) => {
+                let kept = self.recordings.keep(&saved, &self.owner).await;
+                kept.then_some(saved)
+            }
+            Err(e) => {
+                tracing::warn!(recording = %self.planned.id, error = %e, "recording lost");
+                metrics::counter!(telemetry::RECORDINGS_TOTAL, "source" => "switch", "outcome" => "failed")
+                    .increment(1);
+                let mut part = self.planned.path.clone().into_os_string();
+                part.push(".part");
+                let _ = tokio::fs::remove_file(PathBuf::from(part)).await;
+                None
+            }
+        };
+        if let Some(kept) = self.kept {
+            let _ = kept.send(outcome);
+        }
+    }
+}
+
 /// What a sweep did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Swept {
@@ -137,6 +206,7 @@ impl Recordings {
     /// Its directory is made with the first recording.
     pub fn new(
         config: RecordingConfig,
+        node_id: &str,
         store: Option<Store>,
         events: Option<mpsc::Sender<serde_json::Value>>,
     ) -> Result<Recordings, String> {
@@ -144,6 +214,7 @@ impl Recordings {
         Ok(Recordings {
             inner: Arc::new(Inner {
                 config,
+                node_id: node_id.to_string(),
                 blobs,
                 store,
                 events,
@@ -154,6 +225,11 @@ impl Recordings {
     /// The settings.
     pub fn config(&self) -> &RecordingConfig {
         &self.inner.config
+    }
+
+    /// This node (whose disk its local recordings are on).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// Where recordings are kept.
@@ -186,7 +262,7 @@ impl Recordings {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let name = format!("{id}.{}", format.extension());
-        let path = self.inner.config.dir.join(&name);
+        let path = absolute(&self.inner.config.dir.join(&name));
         let key = match &self.inner.blobs {
             Blobs::Local => path.display().to_string(),
             s3 => s3.key(&name),
@@ -210,7 +286,8 @@ impl Recordings {
 
     /// Keeps a saved recording: uploaded (with a bucket), recorded in the store, and
     /// announced (`recording.ready`). A failed upload leaves it local for the sweeper.
-    pub async fn keep(&self, saved: &Saved, owner: &Owner) {
+    /// Whether it is kept.
+    pub async fn keep(&self, saved: &Saved, owner: &Owner) -> bool {
         let mut row = Recording {
             id: saved.planned.id.clone(),
             call_id: owner.call_id.clone(),
@@ -225,6 +302,7 @@ impl Recordings {
             source: "switch".into(),
             kind: "audio".into(),
             customer: owner.customer.clone(),
+            node_id: Some(self.inner.node_id.clone()),
         };
         let kept = self
             .store_row(&mut row, &saved.planned.path, &saved.planned.key)
@@ -235,6 +313,7 @@ impl Recordings {
         if kept {
             self.announce(&row);
         }
+        kept
     }
 
     /// Uploads (with a bucket) then writes the row; whether the row is written.
@@ -246,7 +325,6 @@ impl Recordings {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(recording = %row.id, error = %e, "recording not uploaded; kept locally and retried by the sweeper");
-                    metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).increment(1.0);
                     false
                 }
             },
@@ -256,9 +334,21 @@ impl Recordings {
             row.path = key.to_string();
         }
         let Some(store) = &self.inner.store else {
+            if uploaded {
+                let _ = tokio::fs::remove_file(local).await;
+            }
             return true;
         };
-        match store.put_recording(row).await {
+        // A store that fails for a moment is tried again before the recording is given up.
+        let mut written = store.put_recording(row).await;
+        for wait in [200u64, 1000, 5000] {
+            if written.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            written = store.put_recording(row).await;
+        }
+        match written {
             Ok(()) => {
                 if uploaded {
                     if let Err(e) = tokio::fs::remove_file(local).await {
@@ -297,17 +387,49 @@ impl Recordings {
         }
     }
 
-    /// Deletes recording `r` (its bytes, then its row); `reason` says why, for the audit
-    /// trail and the metric.
+    /// Deletes recording `r`: its row first (so two nodes, or the API and the sweeper,
+    /// never both delete it), then its bytes, then the audit record; `reason` says why.
     pub async fn delete(&self, r: &Recording, reason: &'static str) -> Result<(), String> {
-        self.inner
-            .blobs
-            .remove(&r.path, r.storage == "local")
+        let local = r.storage == "local";
+        if !local && r.storage != self.inner.blobs.name() {
+            return Err(format!(
+                "recording {} is kept in {} storage, which this node does not use",
+                r.id, r.storage
+            ));
+        }
+        if local
+            && r.node_id
+                .as_deref()
+                .is_some_and(|n| n != self.inner.node_id)
+        {
+            return Err(format!(
+                "recording {} is on node {}'s disk",
+                r.id,
+                r.node_id.as_deref().unwrap_or("")
+            ));
+        }
+        let Some(store) = &self.inner.store else {
+            return self
+                .inner
+                .blobs
+                .remove(&r.path, local)
+                .await
+                .map_err(|e| format!("recording {}: {e}", r.id));
+        };
+        let claimed = store
+            .delete_recording(&r.id)
             .await
             .map_err(|e| format!("recording {}: {e}", r.id))?;
-        let Some(store) = &self.inner.store else {
+        if !claimed {
+            // Deleted meanwhile, by whoever got there first: theirs is the audit record.
             return Ok(());
-        };
+        }
+        if local && !Path::new(&r.path).exists() {
+            tracing::warn!(recording = %r.id, path = %r.path, "recording's file was already gone");
+        }
+        if let Err(e) = self.inner.blobs.remove(&r.path, local).await {
+            tracing::error!(recording = %r.id, path = %r.path, error = %e, "recording's record deleted but its bytes not removed: remove them by hand");
+        }
         let entry = AuditEntry {
             at: crate::clock::now_ms(),
             business_number: r.business_number.clone(),
@@ -324,53 +446,70 @@ impl Recordings {
                 "reason": reason,
                 "source": r.source,
                 "kind": r.kind,
+                "storage": r.storage,
+                "path": r.path,
                 "sha256": r.sha256,
                 "created_at_ms": r.created_at_ms,
                 "retention_days": self.inner.config.retention.map(|d| d.as_secs() / 86_400),
             })
             .to_string(),
         };
-        store
-            .append_audit(&[entry])
-            .await
-            .map_err(|e| format!("recording {}: audit record not written: {e}", r.id))?;
-        store
-            .delete_recording(&r.id)
-            .await
-            .map_err(|e| format!("recording {}: {e}", r.id))?;
+        store.append_audit(&[entry]).await.map_err(|e| {
+            format!(
+                "recording {}: deleted, but its audit record not written: {e}",
+                r.id
+            )
+        })?;
         metrics::counter!(telemetry::RECORDINGS_DELETED_TOTAL, "reason" => reason).increment(1);
         tracing::info!(recording = %r.id, reason, "recording deleted");
         Ok(())
     }
 
     /// One pass of the sweeper at `now_ms`: recordings past their retention deleted (each in
-    /// the audit trail), uploads left over retried, Meta's recordings linked to CDRs
-    /// written since.
+    /// the audit trail), uploads left on this node's disk retried, Meta's recordings linked
+    /// to CDRs written since.
     pub async fn sweep(&self, now_ms: i64) -> Swept {
         let mut swept = Swept::default();
         let Some(store) = self.inner.store.clone() else {
             return swept;
         };
+        let node = self.inner.node_id.clone();
         if let Some(keep) = self.inner.config.retention {
             let before = now_ms - keep.as_millis() as i64;
-            match store.recordings_before(before, SWEEP_BATCH).await {
-                Ok(old) => {
-                    for r in old {
-                        match self.delete(&r, "retention").await {
-                            Ok(()) => swept.deleted += 1,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "recording past its retention not deleted")
-                            }
+            // Page by page from the oldest; one that cannot be deleted is passed over.
+            let mut after = (i64::MIN, String::new());
+            loop {
+                let page = match store
+                    .recordings_before(before, &node, (after.0, &after.1), SWEEP_BATCH)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention sweep: recordings not read");
+                        break;
+                    }
+                };
+                for r in &page {
+                    match self.delete(r, "retention").await {
+                        Ok(()) => swept.deleted += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "recording past its retention not deleted")
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "retention sweep: recordings not read"),
+                match page.last() {
+                    Some(last) if page.len() as i64 == SWEEP_BATCH => {
+                        after = (last.created_at_ms, last.id.clone());
+                    }
+                    _ => break,
+                }
             }
         }
         if !matches!(self.inner.blobs, Blobs::Local) {
-            match store.recordings_in("local", SWEEP_BATCH).await {
+            match store.local_recordings(&node, SWEEP_BATCH).await {
                 Ok(left) => {
-                    metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).set(left.len() as f64);
+                    let mut pending = left.len();
+                    metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).set(pending as f64);
                     for mut r in left {
                         let local = PathBuf::from(&r.path);
                         let name = local
@@ -380,14 +519,18 @@ impl Recordings {
                         let key = self.inner.blobs.key(&name);
                         if self.store_row(&mut r, &local, &key).await && r.storage != "local" {
                             swept.uploaded += 1;
-                            metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).decrement(1.0);
+                            pending = pending.saturating_sub(1);
                         }
                     }
+                    metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).set(pending as f64);
                 }
                 Err(e) => tracing::warn!(error = %e, "upload sweep: recordings not read"),
             }
         }
-        match store.unlinked_meta_recordings(SWEEP_BATCH).await {
+        match store
+            .unlinked_meta_recordings(now_ms - META_RETENTION_MS, SWEEP_BATCH)
+            .await
+        {
             Ok(unlinked) => {
                 for r in unlinked {
                     if let Ok(Some(call_id)) = store.call_of_wa_call(&r.call_id).await {
@@ -395,6 +538,7 @@ impl Recordings {
                         let linked = store
                             .link_meta_recording(&r.call_id, &r.id, transcript)
                             .await;
+                        // The row names the switch's call once its CDR names the recording.
                         if linked.is_ok() && store.recording_call(&r.id, &call_id).await.is_ok() {
                             swept.linked += 1;
                         }
@@ -460,8 +604,12 @@ impl Recordings {
         };
         let id = format!("meta-{safe}");
         let name = format!("{id}.{ext}");
-        let path = self.inner.config.dir.join(&name);
-        let part = self.inner.config.dir.join(format!("{name}.part"));
+        let path = absolute(&self.inner.config.dir.join(&name));
+        // Two deliveries of the same media never write one file.
+        let part = absolute(&self.inner.config.dir.join(format!(
+            "{name}.{}.part",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )));
         tokio::fs::create_dir_all(&self.inner.config.dir)
             .await
             .map_err(|e| format!("recording.dir {}: {e}", self.inner.config.dir.display()))?;
@@ -483,7 +631,7 @@ impl Recordings {
                 return Err(format!("Meta's {kind} {} not fetched: {e}", m.media_id));
             }
         };
-        let expected = base64_to_hex(&m.sha256_base64);
+        let expected = digest_hex(&m.sha256_base64);
         if expected.as_deref() != Some(sha256.as_str()) {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(format!(
@@ -503,9 +651,20 @@ impl Recordings {
             Blobs::Local => path.display().to_string(),
             s3 => s3.key(&name),
         };
+        // Its call is Meta's id until the call's CDR names the recording.
+        let mut linked = false;
+        if let (Some(store), Some(_)) = (store, &call_id) {
+            linked = store
+                .link_meta_recording(&m.wa_call_id, &id, m.transcript)
+                .await
+                .unwrap_or(false);
+        }
         let mut row = Recording {
             id: id.clone(),
-            call_id: call_id.clone().unwrap_or_else(|| m.wa_call_id.clone()),
+            call_id: match &call_id {
+                Some(c) if linked => c.clone(),
+                _ => m.wa_call_id.clone(),
+            },
             business_number: m.business_number.clone(),
             app: String::new(),
             path: path.display().to_string(),
@@ -517,6 +676,7 @@ impl Recordings {
             source: "meta".into(),
             kind: kind.into(),
             customer: m.customer.clone(),
+            node_id: Some(self.inner.node_id.clone()),
         };
         if !self.store_row(&mut row, &path, &key).await {
             return Err(format!(
@@ -524,20 +684,25 @@ impl Recordings {
                 m.media_id
             ));
         }
-        if let (Some(store), Some(_)) = (store, &call_id) {
-            if let Err(e) = store
-                .link_meta_recording(&m.wa_call_id, &id, m.transcript)
-                .await
-            {
-                tracing::warn!(recording = %id, error = %e, "Meta's recording not linked to its CDR yet; the sweeper will");
-            }
+        if !linked {
+            tracing::info!(recording = %id, wa_call_id = %m.wa_call_id, "Meta's recording kept; its CDR is linked by the sweeper once written");
         }
         self.announce(&row);
         Ok(id)
     }
 }
 
-/// Meta's base64 digest as hex (`None` when it is not base64 of 32 bytes).
+/// Meta's digest as hex: base64 of the 32 bytes (as Meta's samples show it), or hex
+/// already (`None` when it is neither).
+fn digest_hex(given: &str) -> Option<String> {
+    let given = given.trim();
+    if given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(given.to_ascii_lowercase());
+    }
+    base64_to_hex(given)
+}
+
+/// A base64 digest as hex (`None` when it is not base64 of 32 bytes).
 fn base64_to_hex(b64: &str) -> Option<String> {
     use base64::Engine;
     let raw = base64::engine::general_purpose::STANDARD
@@ -559,6 +724,11 @@ mod tests {
         assert_eq!(base64_to_hex(&b64), Some(hex(&sha)));
         assert_eq!(base64_to_hex("not base64!"), None);
         assert_eq!(base64_to_hex("YWJj"), None, "three bytes are no SHA-256");
+        assert_eq!(
+            digest_hex(&hex(&sha).to_ascii_uppercase()),
+            Some(hex(&sha)),
+            "hex too"
+        );
     }
 
     async fn store(dir: &Path) -> Store {
@@ -582,7 +752,8 @@ mod tests {
             retention: Some(std::time::Duration::from_secs(86_400)),
             ..RecordingConfig::default()
         };
-        let recordings = Recordings::new(config, Some(store.clone()), None).expect("recordings");
+        let recordings =
+            Recordings::new(config, "node-1", Some(store.clone()), None).expect("recordings");
         std::fs::create_dir_all(dir.path().join("rec")).expect("dir");
         let now = crate::clock::now_ms();
         let mut ids = Vec::new();

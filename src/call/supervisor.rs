@@ -40,8 +40,8 @@ use crate::telemetry;
 /// on without it.
 const BRIDGE_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the call's end waits for its recording's file to be final.
-const RECORDING_FINISH_PATIENCE: Duration = Duration::from_secs(3);
+/// How long stopping a recording waits for its file to be final (the CDR names it then).
+const RECORDING_FINISH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long the call's end waits for its recording to be kept (uploaded, stored).
 const RECORDING_KEEP_PATIENCE: Duration = Duration::from_secs(10);
@@ -314,12 +314,22 @@ struct CallRecording {
     app: Option<String>,
     queue: Option<String>,
     route: Option<String>,
-    /// The recording running, and when it started (ms).
-    running: Option<(super::recordings::Planned, i64)>,
+    /// The recording running, when it started (ms), and where its keeping is heard of.
+    running: Option<Running>,
     /// The policy started one already (it does once per call).
     by_policy: bool,
     /// The first recording kept, for the CDR.
     first: Option<crate::store::CdrRecording>,
+    /// The customer is reached only by a dial of the call's control (a call placed to a
+    /// phone first): the policy applies then, not when the phone answers.
+    at_dial_only: bool,
+}
+
+/// A recording running.
+struct Running {
+    started: i64,
+    /// Hears the recording once kept.
+    kept: tokio::sync::oneshot::Receiver<Option<super::recordings::Saved>>,
 }
 
 impl Actor for CallSupervisor {
@@ -338,6 +348,7 @@ impl Actor for CallSupervisor {
             direction = args.offer.direction.as_str()
         );
         let permit = args.plan.permit().cloned();
+        let at_dial_only = matches!(args.plan, CallPlan::AppToSip { .. });
         let customer_side = match &args.plan {
             CallPlan::SipToWhatsApp { .. } | CallPlan::AppToSip { .. } => {
                 crate::media::types::Side::B
@@ -400,6 +411,7 @@ impl Actor for CallSupervisor {
                 running: None,
                 by_policy: false,
                 first: None,
+                at_dial_only,
             },
         };
         let span = call.span.clone();
@@ -811,8 +823,8 @@ impl Call {
                 let _ = reply.send(done);
             }
             CallMsg::RecordingSaved(saved) => {
-                if let Some((_, started)) = self.recording.running.take() {
-                    self.recording_saved(saved, started, false).await;
+                if let Some(running) = self.recording.running.take() {
+                    self.recording_saved(saved, running, false).await;
                 }
             }
             CallMsg::DialTarget { queue, route } => {
@@ -1063,7 +1075,9 @@ impl Call {
                     permit.connected(self.offer.wa_call_id.clone());
                 }
                 tracing::info!("call answered");
-                self.record_by_policy().await;
+                if !self.recording.at_dial_only {
+                    self.record_by_policy().await;
+                }
             }
             LegState::Ended if self.dialled_unanswered(role, cause.as_deref()) => {}
             LegState::Ended => {
@@ -1199,27 +1213,49 @@ impl Call {
         myself.stop(None);
     }
 
-    /// Starts the recording the call's policy asks for (`all`), once per call.
-    async fn record_by_policy(&mut self) {
-        let Some(recordings) = &self.recording.recordings else {
-            return;
-        };
-        if self.recording.by_policy || self.recording.running.is_some() {
-            return;
-        }
+    /// The call's recording policy now (its number's route when its control dialled none).
+    fn record_policy(
+        &self,
+        recordings: &super::recordings::Recordings,
+    ) -> crate::config::RecordPolicy {
         let r = &self.recording;
-        let policy = recordings.policy(
-            self.offer.business_number.as_deref(),
-            r.route.as_deref(),
+        let number = self.offer.business_number.as_deref();
+        let route = r.route.clone().or_else(|| {
+            number.and_then(|n| recordings.config().policies.number_routes.get(n).cloned())
+        });
+        recordings.policy(
+            number,
+            route.as_deref(),
             r.queue.as_deref(),
             r.app.as_deref(),
-        );
-        if policy != crate::config::RecordPolicy::All {
+        )
+    }
+
+    /// Starts the recording the call's policy asks for (`all`), once per call; a policy of
+    /// `none` (a queue's, a route's) ends one the policy started before.
+    async fn record_by_policy(&mut self) {
+        let Some(recordings) = self.recording.recordings.clone() else {
             return;
-        }
-        self.recording.by_policy = true;
-        if let Err((_, why)) = self.start_recording(true).await {
-            tracing::warn!(error = %why, "the call's recording (policy \"all\") not started");
+        };
+        match self.record_policy(&recordings) {
+            crate::config::RecordPolicy::All => {
+                if self.recording.by_policy || self.recording.running.is_some() {
+                    return;
+                }
+                match self.start_recording(true).await {
+                    Ok(()) => self.recording.by_policy = true,
+                    Err((_, why)) => {
+                        tracing::warn!(error = %why, "the call's recording (policy \"all\") not started")
+                    }
+                }
+            }
+            crate::config::RecordPolicy::None if self.recording.running.is_some() => {
+                tracing::info!(
+                    "the party reached is never recorded (policy \"none\"): recording stopped"
+                );
+                let _ = self.stop_recording(true).await;
+            }
+            _ => {}
         }
     }
 
@@ -1229,20 +1265,11 @@ impl Call {
         let Some(recordings) = self.recording.recordings.clone() else {
             return Err((409, "this node records no calls".into()));
         };
-        if !by_policy {
-            let r = &self.recording;
-            let policy = recordings.policy(
-                self.offer.business_number.as_deref(),
-                r.route.as_deref(),
-                r.queue.as_deref(),
-                r.app.as_deref(),
-            );
-            if policy == crate::config::RecordPolicy::None {
-                return Err((
-                    403,
-                    "this call is never recorded (its record policy is \"none\")".into(),
-                ));
-            }
+        if !by_policy && self.record_policy(&recordings) == crate::config::RecordPolicy::None {
+            return Err((
+                403,
+                "this call is never recorded (its record policy is \"none\")".into(),
+            ));
         }
         if self.recording.running.is_some() {
             return Err((409, "the call is being recorded already".into()));
@@ -1254,14 +1281,27 @@ impl Call {
             return Err((409, "the call has no media".into()));
         };
         let planned = recordings.plan(self.id.as_str());
+        let side = self.recording.customer_side;
         let consent = recordings
             .consent_for(self.offer.customer_wa_id.as_deref())
-            .map(|p| (self.recording.customer_side, p));
-        let asked = planned.clone();
+            .map(|p| (side, p));
+        let (kept_tx, kept) = tokio::sync::oneshot::channel();
+        let job = super::recordings::Job {
+            planned: planned.clone(),
+            recordings,
+            owner: super::recordings::Owner {
+                call_id: self.id.to_string(),
+                business_number: self.offer.business_number.clone().unwrap_or_default(),
+                customer: self.offer.customer_wa_id.clone(),
+                app: self.recording.app.clone().unwrap_or_default(),
+            },
+            swap: side == crate::media::types::Side::B,
+            kept: Some(kept_tx),
+        };
         let taken = media
             .call(
                 |reply| MediaMsg::StartRecording {
-                    planned: asked,
+                    job,
                     consent,
                     reply,
                 },
@@ -1271,7 +1311,10 @@ impl Call {
         match taken {
             Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
                 tracing::info!(recording = %planned.id, by_policy, "call recording started");
-                self.recording.running = Some((planned, now_ms()));
+                self.recording.running = Some(Running {
+                    started: now_ms(),
+                    kept,
+                });
                 Ok(())
             }
             Ok(ractor::rpc::CallResult::Success(Err(e))) => Err((409, e)),
@@ -1279,8 +1322,8 @@ impl Call {
         }
     }
 
-    /// Stops the call's recording and keeps its file. A recording the policy runs is not
-    /// stopped on demand.
+    /// Stops the call's recording (it is kept by the recorder's own hand-over). A recording
+    /// the policy runs is not stopped on demand.
     async fn stop_recording(&mut self, ending: bool) -> Result<(), (u16, String)> {
         if !ending && self.recording.by_policy && self.recording.running.is_some() {
             return Err((
@@ -1288,7 +1331,7 @@ impl Call {
                 "the call is recorded by its policy (\"all\"): it is not stopped on demand".into(),
             ));
         }
-        let Some((_, started)) = self.recording.running.take() else {
+        let Some(running) = self.recording.running.take() else {
             return Err((409, "the call is not being recorded".into()));
         };
         let Some(media) = self.media.clone() else {
@@ -1299,23 +1342,24 @@ impl Call {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(Some(saved))) => {
-                self.recording_saved(saved, started, ending).await;
+                self.recording_saved(saved, running, ending).await;
             }
             Ok(ractor::rpc::CallResult::Success(None)) => {
-                tracing::info!("recording stopped during its announcement: nothing recorded");
+                tracing::info!("recording stopped before it began: nothing recorded");
             }
-            _ => tracing::warn!("the recording did not finish in time"),
+            _ => tracing::warn!(
+                "the recording's file was not final in time: the CDR does not name it (it is kept when it is)"
+            ),
         }
         Ok(())
     }
 
-    /// A recording's file is final: noted for the CDR, kept (uploaded, stored, announced),
-    /// and the call's app told. At the call's end the app hears of it before its script
-    /// stops.
+    /// A recording's file is final: noted for the CDR; the call's app hears of it once it is
+    /// kept. At the call's end the app hears of it before its script stops.
     async fn recording_saved(
         &mut self,
         saved: Result<super::recordings::Saved, String>,
-        started: i64,
+        running: Running,
         ending: bool,
     ) {
         let Some(recordings) = self.recording.recordings.clone() else {
@@ -1323,42 +1367,33 @@ impl Call {
         };
         let saved = match saved {
             Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "call recording lost");
-                metrics::counter!(telemetry::RECORDINGS_TOTAL, "source" => "switch", "outcome" => "failed")
-                    .increment(1);
-                return;
-            }
+            // Counted and cleaned up where it is kept.
+            Err(_) => return,
         };
         if self.recording.first.is_none() {
             self.recording.first = Some(recordings.cdr_entry(&saved));
         }
-        let owner = super::recordings::Owner {
-            call_id: self.id.to_string(),
-            business_number: self.offer.business_number.clone().unwrap_or_default(),
-            customer: self.offer.customer_wa_id.clone(),
-            app: self.recording.app.clone().unwrap_or_default(),
-        };
         // An app driving the call hears of it (an IVR without one ignores it).
-        let told = self.control.clone();
-        let recorded = IvrMsg::CallRecorded {
-            id: saved.planned.id.clone(),
-            bytes: saved.bytes,
-            duration_ms: (now_ms() - started).max(0) as u64,
-            media_type: saved.planned.format.mime(),
+        let Some(control) = self.control.clone() else {
+            return;
         };
-        let keep = async move {
-            recordings.keep(&saved, &owner).await;
-            if let Some(control) = told {
-                let _ = control.send_message(recorded);
+        let started = running.started;
+        let told = async move {
+            if let Ok(Some(kept)) = running.kept.await {
+                let _ = control.send_message(IvrMsg::CallRecorded {
+                    id: kept.planned.id.clone(),
+                    bytes: kept.bytes,
+                    duration_ms: (now_ms() - started).max(0) as u64,
+                    media_type: kept.planned.format.mime(),
+                });
             }
         }
         .instrument(self.span.clone());
-        let keeping = tokio::spawn(keep);
+        let telling = tokio::spawn(told);
         if ending {
             // The call's end waits for the store, not for a slow bucket forever (the upload
             // goes on without it).
-            let _ = tokio::time::timeout(RECORDING_KEEP_PATIENCE, keeping).await;
+            let _ = tokio::time::timeout(RECORDING_KEEP_PATIENCE, telling).await;
         }
     }
 

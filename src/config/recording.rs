@@ -83,6 +83,8 @@ pub struct Policies {
     pub queues: BTreeMap<String, RecordPolicy>,
     /// By app name.
     pub apps: BTreeMap<String, RecordPolicy>,
+    /// The route each business number's calls take (its route's policy applies to them).
+    pub number_routes: BTreeMap<String, String>,
 }
 
 /// `[recording]`, with the `record` keys of numbers, routes, queues and apps.
@@ -169,6 +171,15 @@ pub(super) struct RecordKey<'a> {
     pub value: Option<&'a str>,
 }
 
+/// The `record` keys of the sections that have one, and each number's route.
+pub(super) struct SectionKeys<'a> {
+    pub numbers: Vec<RecordKey<'a>>,
+    pub routes: Vec<RecordKey<'a>>,
+    pub queues: Vec<RecordKey<'a>>,
+    pub apps: Vec<RecordKey<'a>>,
+    pub number_routes: BTreeMap<String, String>,
+}
+
 /// The `record` keys of sections, from (key, section name, value).
 pub(super) fn record_keys<'a>(keys: Vec<(String, &'a str, Option<&'a str>)>) -> Vec<RecordKey<'a>> {
     keys.into_iter()
@@ -222,14 +233,21 @@ impl Validator {
         &mut self,
         raw: &file::RecordingSection,
         base: &Path,
-        numbers: Vec<RecordKey<'_>>,
-        routes: Vec<RecordKey<'_>>,
-        queues: Vec<RecordKey<'_>>,
-        apps: Vec<RecordKey<'_>>,
+        keys: SectionKeys<'_>,
     ) -> Option<RecordingConfig> {
+        let SectionKeys {
+            numbers,
+            routes,
+            queues,
+            apps,
+            number_routes,
+        } = keys;
         let before = self.problems.len();
         let default = self.record_policy("recording.default", &raw.default);
-        let mut policies = Policies::default();
+        let mut policies = Policies {
+            number_routes,
+            ..Policies::default()
+        };
         for (keys, map) in [
             (numbers, &mut policies.numbers),
             (routes, &mut policies.routes),
@@ -251,7 +269,7 @@ impl Validator {
                 self.problem(
                     "recording.format",
                     format!("{other:?} is not a recording format"),
-                    "use \"ogg\" (stereo Ogg Opus, about a twelfth of WAV's size) or \"wav\" (stereo 16-bit PCM)",
+                    "use \"ogg\" (stereo Ogg Opus, about a tenth of WAV's size) or \"wav\" (stereo 16-bit PCM)",
                 );
                 None
             }
@@ -381,7 +399,21 @@ impl Validator {
                 self.problem(key, "is missing", format!("set it (better: {var})"));
             }
         }
-        let prefix = raw.prefix.trim().trim_start_matches('/');
+        let mut prefix = raw.prefix.trim().trim_start_matches('/').to_string();
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+            || prefix.contains("//")
+        {
+            self.problem(
+                "recording.s3.prefix",
+                format!("{prefix:?} holds characters an object key should not"),
+                "use letters, digits and . _ - / (e.g. \"waswitch/recordings/\")",
+            );
+        }
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
         if self.problems.len() != before {
             return None;
         }
@@ -389,7 +421,7 @@ impl Validator {
             endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
             region: raw.region.trim().to_string(),
             bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            prefix,
             access_key_id: Secret::new(raw.access_key_id.trim()),
             secret_access_key: Secret::new(raw.secret_access_key.trim()),
         })

@@ -263,58 +263,68 @@ impl Validator {
         let recording = self.recording(
             &raw.recording,
             base,
-            super::recording::record_keys(
-                raw.business_number
+            super::recording::SectionKeys {
+                numbers: super::recording::record_keys(
+                    raw.business_number
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            (
+                                format!("business_number[{i}].record"),
+                                b.display_number.trim(),
+                                b.record.as_deref(),
+                            )
+                        })
+                        .collect(),
+                ),
+                routes: super::recording::record_keys(
+                    raw.route
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            (
+                                format!("route[{i}].record"),
+                                r.name.trim(),
+                                r.record.as_deref(),
+                            )
+                        })
+                        .collect(),
+                ),
+                queues: super::recording::record_keys(
+                    raw.queue
+                        .iter()
+                        .enumerate()
+                        .map(|(i, q)| {
+                            (
+                                format!("queue[{i}].record"),
+                                q.name.trim(),
+                                q.record.as_deref(),
+                            )
+                        })
+                        .collect(),
+                ),
+                apps: super::recording::record_keys(
+                    raw.app
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| {
+                            (
+                                format!("app[{i}].record"),
+                                a.name.trim(),
+                                a.record.as_deref(),
+                            )
+                        })
+                        .collect(),
+                ),
+                number_routes: raw
+                    .business_number
                     .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        (
-                            format!("business_number[{i}].record"),
-                            b.display_number.trim(),
-                            b.record.as_deref(),
-                        )
+                    .filter_map(|b| {
+                        let route = b.route.as_deref()?.trim();
+                        Some((b.display_number.trim().to_string(), route.to_string()))
                     })
                     .collect(),
-            ),
-            super::recording::record_keys(
-                raw.route
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        (
-                            format!("route[{i}].record"),
-                            r.name.trim(),
-                            r.record.as_deref(),
-                        )
-                    })
-                    .collect(),
-            ),
-            super::recording::record_keys(
-                raw.queue
-                    .iter()
-                    .enumerate()
-                    .map(|(i, q)| {
-                        (
-                            format!("queue[{i}].record"),
-                            q.name.trim(),
-                            q.record.as_deref(),
-                        )
-                    })
-                    .collect(),
-            ),
-            super::recording::record_keys(
-                raw.app
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        (
-                            format!("app[{i}].record"),
-                            a.name.trim(),
-                            a.record.as_deref(),
-                        )
-                    })
-                    .collect(),
-            ),
+            },
         );
         if let Some(i) = business_numbers
             .iter()

@@ -1,5 +1,6 @@
-//! Call recording: two channels at 8 kHz, side A on the left, side B on the right, as Ogg
-//! Opus (RFC 7845; a twelfth of WAV's size) or 16-bit WAV, written incrementally by a writer
+//! Call recording: two channels at 8 kHz, side A on the left, side B on the right (or the
+//! other way round, so a call's customer is always on the left), as Ogg
+//! Opus (RFC 7845; a tenth of WAV's size) or 16-bit WAV, written incrementally by a writer
 //! thread and finalised atomically. A one-channel recording (a voicemail) has side A alone.
 //!
 //! The shard hands each accepted G.711 packet's audio to the recorder as a fixed-size frame
@@ -104,7 +105,7 @@ impl Recorder {
     /// closed).
     #[cfg(test)]
     pub(crate) fn start(path: &Path) -> std::io::Result<Recorder> {
-        Self::start_with(path, 2, Format::Wav, None)
+        Self::start_with(path, 2, Format::Wav, false, None)
     }
 
     /// Starts recording both sides to `path` in `format`; `on_done` hears how it ended,
@@ -112,21 +113,23 @@ impl Recorder {
     pub(crate) fn start_stereo(
         path: &Path,
         format: Format,
+        swap: bool,
         on_done: Done,
     ) -> std::io::Result<Recorder> {
-        Self::start_with(path, 2, format, Some(on_done))
+        Self::start_with(path, 2, format, swap, Some(on_done))
     }
 
     /// Starts recording side A alone to `path` as WAV; `on_done` hears how it ended, from
     /// the writer's thread, once the file is final.
     pub(crate) fn start_mono(path: &Path, on_done: Done) -> std::io::Result<Recorder> {
-        Self::start_with(path, 1, Format::Wav, Some(on_done))
+        Self::start_with(path, 1, Format::Wav, false, Some(on_done))
     }
 
     fn start_with(
         path: &Path,
         channels: u16,
         format: Format,
+        swap: bool,
         on_done: Option<Done>,
     ) -> std::io::Result<Recorder> {
         let part = part_path(path);
@@ -135,7 +138,7 @@ impl Recorder {
         let final_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || write_loop(rx, sink, &part, &final_path, channels))?;
+            .spawn(move || write_loop(rx, sink, &part, &final_path, channels, swap))?;
         Ok(Recorder {
             tx: Some(tx),
             on_done,
@@ -414,7 +417,8 @@ impl OggOpus {
         packet.truncate(len);
         self.frame.clear();
         self.encoded += OPUS_FRAME as u64;
-        let granule = self.pre_skip + self.encoded * 48_000 / u64::from(RATE);
+        // RFC 7845: every sample the packets decode to, the encoder's delay included.
+        let granule = self.encoded * 48_000 / u64::from(RATE);
         if let Some((held, at)) = self.held.replace((packet, granule)) {
             self.writer.write_packet(
                 held,
@@ -427,16 +431,18 @@ impl OggOpus {
     }
 
     fn finish(mut self) -> std::io::Result<()> {
-        // The last frame padded with silence (and one of silence for an empty recording);
-        // the last granule position says where the audio ends, so players trim the rest.
+        // The last frame padded with silence, and silence after it until the encoder's
+        // delay is flushed (the audio's end decodes too); the last granule position says
+        // where the audio ends, so players trim the rest.
         let partial = (self.frame.len() / self.channels) as u64;
-        if partial > 0 || self.held.is_none() {
-            self.audio += partial;
+        self.audio += partial;
+        let scale = 48_000 / u64::from(RATE);
+        let end = self.pre_skip + self.audio * scale;
+        while !self.frame.is_empty() || self.encoded * scale < end || self.held.is_none() {
             self.frame.resize(OPUS_FRAME * self.channels, 0);
             self.encode()?;
         }
         if let Some((last, _)) = self.held.take() {
-            let end = self.pre_skip + self.audio * 48_000 / u64::from(RATE);
             self.writer
                 .write_packet(last, OGG_SERIAL, ogg::PacketWriteEndInfo::EndStream, end)?;
         }
@@ -452,6 +458,7 @@ fn write_loop(
     part: &Path,
     path: &Path,
     channels: u16,
+    swap: bool,
 ) -> std::io::Result<PathBuf> {
     let mut timeline = Timeline {
         start: None,
@@ -461,7 +468,10 @@ fn write_loop(
         end: 0,
     };
     // The queue ends when the recorder closes it.
-    while let Ok(f) = rx.recv() {
+    while let Ok(mut f) = rx.recv() {
+        if swap {
+            f.side = 1 - f.side.min(1);
+        }
         timeline.place(&f);
         if timeline.pending.len() as u64 > 2 * HOLD_BACK {
             let done = timeline.settled(HOLD_BACK);

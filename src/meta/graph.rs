@@ -241,6 +241,34 @@ pub struct CallPermission {
     pub can_call: Option<bool>,
 }
 
+/// Whether `url` is HTTPS to one of the hosts Meta serves media from.
+fn meta_media_host(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = authority
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    META_MEDIA_DOMAINS
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
+/// The domains Meta serves media (recordings, transcripts) from.
+const META_MEDIA_DOMAINS: &[&str] = &[
+    "fbsbx.com",
+    "facebook.com",
+    "fbcdn.net",
+    "whatsapp.net",
+    "whatsapp.com",
+];
+
 /// How long fetching one media file (a call's recording) may take.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -536,9 +564,9 @@ impl GraphClient {
             Some(format!("{scheme}://{host}"))
         };
         let ours = origin(&self.base) == origin(url);
-        if !(url.starts_with("https://") || ours) {
+        if !(ours || meta_media_host(url)) {
             return Err(format!(
-                "{url:?} is neither HTTPS nor the Graph API's origin: the access token is not sent there"
+                "{url:?} is neither one of Meta's media hosts over HTTPS nor the Graph API's origin: the access token is not sent there"
             ));
         }
         let mut response = self
@@ -752,5 +780,28 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod media_host_tests {
+    use super::meta_media_host;
+
+    #[test]
+    fn the_token_goes_only_to_metas_media_hosts_over_https() {
+        assert!(meta_media_host(
+            "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1"
+        ));
+        assert!(meta_media_host("https://mmg.whatsapp.net:443/v/t62/x"));
+        assert!(
+            !meta_media_host("http://lookaside.fbsbx.com/x"),
+            "not over HTTPS"
+        );
+        assert!(!meta_media_host("https://fbsbx.com.evil.example/x"));
+        assert!(!meta_media_host("https://evilfbsbx.com/x"));
+        assert!(!meta_media_host(
+            "https://lookaside.fbsbx.com@evil.example/x"
+        ));
+        assert!(!meta_media_host("https://example.com/?u=fbsbx.com"));
     }
 }

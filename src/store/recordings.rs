@@ -35,6 +35,8 @@ pub struct Recording {
     pub kind: String,
     /// The customer's WhatsApp id.
     pub customer: Option<String>,
+    /// The node whose disk holds it, while `storage` is `local`.
+    pub node_id: Option<String>,
 }
 
 type Row = (
@@ -50,6 +52,7 @@ type Row = (
     String,
     String,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -70,18 +73,20 @@ fn from_row(r: Row) -> Recording {
         source: r.10,
         kind: r.11,
         customer: r.12,
+        node_id: r.13,
     }
 }
 
 const COLUMNS: &str = "id, call_id, business_number, app, path, bytes, created_at_ms, sha256, \
-                       storage, media_type, source, kind, customer";
+                       storage, media_type, source, kind, customer, node_id";
 const INSERT: &str = "INSERT INTO recordings \
                       (id, call_id, business_number, app, path, bytes, created_at_ms, sha256, \
-                      storage, media_type, source, kind, customer) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                      storage, media_type, source, kind, customer, node_id) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                       ON CONFLICT (id) DO UPDATE SET path = excluded.path, bytes = excluded.bytes, \
                       created_at_ms = excluded.created_at_ms, sha256 = excluded.sha256, \
-                      storage = excluded.storage, media_type = excluded.media_type";
+                      storage = excluded.storage, media_type = excluded.media_type, \
+                      node_id = excluded.node_id";
 const DELETE: &str = "DELETE FROM recordings WHERE id = $1";
 const STORED: &str = "UPDATE recordings SET storage = $2, path = $3 WHERE id = $1";
 const LINK_RECORDING: &str =
@@ -115,6 +120,7 @@ impl Store {
             .bind(&r.source)
             .bind(&r.kind)
             .bind(&r.customer)
+            .bind(&r.node_id)
             .execute(p)
             .await
             .map(|_| ())?);
@@ -131,36 +137,44 @@ impl Store {
         Ok(row.map(from_row))
     }
 
-    /// Recordings finished before `before_ms`, oldest first, at most `limit`.
+    /// Recordings finished before `before_ms` that node `node` may remove (in a bucket, or
+    /// on its own disk), oldest first from `(after_ms, after_id)`, at most `limit`.
     pub async fn recordings_before(
         &self,
         before_ms: i64,
+        node: &str,
+        after: (i64, &str),
         limit: i64,
     ) -> Result<Vec<Recording>, StoreError> {
         let q = format!(
             "SELECT {COLUMNS} FROM recordings WHERE created_at_ms < $1 \
-             ORDER BY created_at_ms, id LIMIT $2"
+             AND (storage <> 'local' OR node_id = $2 OR node_id IS NULL) \
+             AND (created_at_ms > $3 OR (created_at_ms = $3 AND id > $4)) \
+             ORDER BY created_at_ms, id LIMIT $5"
         );
         let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(&q)
             .bind(before_ms)
+            .bind(node)
+            .bind(after.0)
+            .bind(after.1)
             .bind(limit)
             .fetch_all(p)
             .await?);
         Ok(rows.into_iter().map(from_row).collect())
     }
 
-    /// Recordings kept in `storage`, oldest first, at most `limit`.
-    pub async fn recordings_in(
+    /// Recordings on node `node`'s own disk, oldest first, at most `limit`.
+    pub async fn local_recordings(
         &self,
-        storage: &str,
+        node: &str,
         limit: i64,
     ) -> Result<Vec<Recording>, StoreError> {
         let q = format!(
-            "SELECT {COLUMNS} FROM recordings WHERE storage = $1 \
-             ORDER BY created_at_ms, id LIMIT $2"
+            "SELECT {COLUMNS} FROM recordings WHERE storage = 'local' \
+             AND (node_id = $1 OR node_id IS NULL) ORDER BY created_at_ms, id LIMIT $2"
         );
         let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(&q)
-            .bind(storage)
+            .bind(node)
             .bind(limit)
             .fetch_all(p)
             .await?);
@@ -228,13 +242,20 @@ impl Store {
 
     /// Meta's recordings whose call had no CDR when they came (`call_id` is still Meta's
     /// call id), at most `limit`.
-    pub async fn unlinked_meta_recordings(&self, limit: i64) -> Result<Vec<Recording>, StoreError> {
+    /// (Meta keeps media a week: older ones are left alone.)
+    pub async fn unlinked_meta_recordings(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Recording>, StoreError> {
         let q = format!(
             "SELECT {COLUMNS} FROM recordings WHERE source = 'meta' \
-             AND call_id NOT IN (SELECT call_id FROM cdrs) ORDER BY created_at_ms LIMIT $1"
+             AND NOT EXISTS (SELECT 1 FROM cdrs WHERE cdrs.call_id = recordings.call_id) \
+             AND created_at_ms > $2 ORDER BY created_at_ms LIMIT $1"
         );
         let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(&q)
             .bind(limit)
+            .bind(since_ms)
             .fetch_all(p)
             .await?);
         Ok(rows.into_iter().map(from_row).collect())

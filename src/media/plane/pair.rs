@@ -115,12 +115,14 @@ impl MediaPair {
         )
     }
 
-    /// Starts recording both sides to `path` in `format` (side A left, side B right),
+    /// Starts recording both sides to `path` in `format` (side A left, side B right; with
+    /// `swap`, side B left),
     /// finalising a recording running; `on_done` hears the file once it is final.
     pub fn record(
         &self,
         path: &std::path::Path,
         format: crate::media::record::Format,
+        swap: bool,
         on_done: impl FnOnce(std::io::Result<std::path::PathBuf>) + Send + 'static,
     ) -> Result<(), MediaError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -129,9 +131,10 @@ impl MediaPair {
             })?;
         }
         let recorder =
-            crate::media::record::Recorder::start_stereo(path, format, Box::new(on_done)).map_err(
-                |e| MediaError::Ports(format!("recording file {}: {e}", path.display())),
-            )?;
+            crate::media::record::Recorder::start_stereo(path, format, swap, Box::new(on_done))
+                .map_err(|e| {
+                    MediaError::Ports(format!("recording file {}: {e}", path.display()))
+                })?;
         self.plane.send(
             self.shard,
             Command::Record {

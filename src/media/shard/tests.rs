@@ -717,6 +717,7 @@ fn a_transcoded_call_is_recorded_with_each_side_on_its_channel() {
     pair.record(
         &dir.path().join("mixed.wav"),
         crate::media::record::Format::Wav,
+        false,
         |_| {},
     )
     .unwrap();
