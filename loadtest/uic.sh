@@ -304,7 +304,8 @@ table = [{
     "peak concurrent": int(x["peak"]),
     "switch CPU ms per call-second": round(1000 * x["cpu_s"] / max(x["call_s"], 1), 2),
     "memory KiB per call": round(x["mem"], 1),
-    "setup p50 / p99 ms": f"{x['r']['setup_p50_ms']} / {x['r']['setup_p99_ms']}",
+    "setup p50 / p99 ms": " / ".join(f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+                                     for v in (x["r"]["setup_p50_ms"], x["r"]["setup_p99_ms"])),
     "loss %": round(x["loss"], 3),
 } for x in rows]
 params["mode"] = mode
