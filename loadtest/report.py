@@ -56,6 +56,7 @@ def plot(png, title, xlabel, series, width=1000, height=480, logy=False):
         "set grid",
         "set key outside bottom center horizontal noenhanced",
         "set yrange [0:*]",
+        "set offsets graph 0.02, graph 0.02, 0, 0",
     ]
     if logy:
         lines += ["set logscale y", "set yrange [*:*]"]

@@ -21,7 +21,8 @@
 #   --cdr-batch N         waswitch's store.cdr_batch_size (default: the switch's own)
 #
 # The last line is one JSON object: rates, CPU s per 1,000 calls of each system per rate,
-# ratios, the highest rates with zero failures, and the overload run's counts.
+# ratios, the highest rates with zero failures, and the overload run's counts. Before it, a
+# plot (sip-cps.png: CPU per 1,000 calls against the rate, gnuplot) and report.md.
 #
 # Needs: sipp (Debian sip-tester), kamailio, a release build (cargo build --release; or set
 # WASWITCH_BIN). Everything runs on 127.0.0.1; every SIPp run is bounded by -m and timeouts.
@@ -205,4 +206,37 @@ echo "logs and SIPp statistics: $W"
 W_PER=$(for R in "${RATES[@]}"; do printf '"%s": %s, ' "$R" "${PER1000[waswitch,$R]}"; done)
 K_PER=$(for R in "${RATES[@]}"; do printf '"%s": %s, ' "$R" "${PER1000[kamailio,$R]}"; done)
 RJ=$(IFS=,; echo "${RATIOS[*]}")
-echo "{\"duration_s\": $DUR, \"waswitch_cpu_s_per_1000\": {${W_PER%, }}, \"kamailio_cpu_s_per_1000\": {${K_PER%, }}, \"ratio\": {$RJ}, \"waswitch_max_zero_fail_cps\": \"${BEST[waswitch]:-none}\", \"kamailio_max_zero_fail_cps\": \"${BEST[kamailio]:-none}\"$OV_JSON}"
+SUMMARY="{\"duration_s\": $DUR, \"waswitch_cpu_s_per_1000\": {${W_PER%, }}, \"kamailio_cpu_s_per_1000\": {${K_PER%, }}, \"ratio\": {$RJ}, \"waswitch_max_zero_fail_cps\": \"${BEST[waswitch]:-none}\", \"kamailio_max_zero_fail_cps\": \"${BEST[kamailio]:-none}\"$OV_JSON}"
+# The plot (CPU per 1,000 calls against the rate, both systems) and report.md.
+python3 - "$ROOT" "$W" "$SWITCH_CPUS" "$HARNESS_CPUS" "$SUMMARY" <<'PY'
+import json, os, sys
+root, w, switch_cpus, harness_cpus, summary = sys.argv[1:6]
+sys.path.insert(0, os.path.join(root, "loadtest"))
+import report
+s = json.loads(summary)
+rates = sorted(s["waswitch_cpu_s_per_1000"], key=float)
+title = (f"sip-cps.sh: {s['duration_s']} s per rate, system under test on CPUs {switch_cpus}, "
+         f"SIPp on {harness_cpus}")
+plot = report.plot(f"{w}/sip-cps.png", title, "calls per second offered", [
+    report.Series("waswitch (B2BUA, media anchored, CDRs)", [float(r) for r in rates],
+                  [s["waswitch_cpu_s_per_1000"][r] for r in rates], "CPU s per 1,000 calls",
+                  style="linespoints"),
+    report.Series("Kamailio (stateful proxy)", [float(r) for r in rates],
+                  [s["kamailio_cpu_s_per_1000"][r] for r in rates], "CPU s per 1,000 calls",
+                  style="linespoints"),
+])
+rows = [{"calls/s": r, "waswitch CPU s / 1,000 calls": s["waswitch_cpu_s_per_1000"][r],
+         "Kamailio CPU s / 1,000 calls": s["kamailio_cpu_s_per_1000"][r],
+         "ratio": s["ratio"].get(r)} for r in rates]
+notes = [f"highest rate with zero failed calls: waswitch {s['waswitch_max_zero_fail_cps']}, "
+         f"Kamailio {s['kamailio_max_zero_fail_cps']}"]
+if "overload" in s:
+    notes.append(f"overload: `{json.dumps(s['overload'])}`")
+report.write(f"{w}/report.md", f"SIP calls per second: {title}",
+             {"duration_s": s["duration_s"], "rates": " ".join(rates),
+              "switch_cpus": switch_cpus, "harness_cpus": harness_cpus}, rows, [plot], notes)
+if plot:
+    print(f"plot: {plot}")
+print(f"report: {w}/report.md")
+PY
+echo "$SUMMARY"
