@@ -33,9 +33,10 @@ def _quote(text):
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def plot(png, title, xlabel, series, width=1000, height=480, logy=False):
+def plot(png, title, xlabel, series, width=1000, height=480, logy=False, xtics=None):
     """Draws `series` into `png`: one or two y axes (by the series' units), a legend, the
-    title. Returns the path, or None (with a note on stderr) when gnuplot is missing."""
+    title; `xtics` names x positions ([(x, label)]: categories, for bars). Returns the
+    path, or None (with a note) when gnuplot is missing."""
     gnuplot = shutil.which("gnuplot")
     if gnuplot is None:
         print("note: gnuplot missing (apt-get install gnuplot-nox): no plot drawn", flush=True)
@@ -60,6 +61,10 @@ def plot(png, title, xlabel, series, width=1000, height=480, logy=False):
     ]
     if logy:
         lines += ["set logscale y", "set yrange [*:*]"]
+    if xtics:
+        ticks = ", ".join(f"{_quote(label)} {x}" for x, label in xtics)
+        lines += [f"set xtics ({ticks})", "set xrange [-0.75:" + str(len(xtics) - 0.25) + "]",
+                  "set boxwidth 0.35", "set style fill solid 0.6"]
     if right:
         lines += [
             f"set y2label {_quote(right)} noenhanced",

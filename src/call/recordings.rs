@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::audit::{Actor, AuditEntry};
-use crate::config::{RecordPolicy, RecordingConfig};
+use crate::config::RecordingConfig;
 use crate::media::prompt::Prompt;
 use crate::media::record::Format;
 use crate::store::audit::AuditRepository;
@@ -235,17 +235,6 @@ impl Recordings {
     /// Where recordings are kept.
     pub fn blobs(&self) -> &Blobs {
         &self.inner.blobs
-    }
-
-    /// The policy of a call (see [`RecordingConfig::policy`]).
-    pub fn policy(
-        &self,
-        number: Option<&str>,
-        route: Option<&str>,
-        queue: Option<&str>,
-        app: Option<&str>,
-    ) -> RecordPolicy {
-        self.inner.config.policy(number, route, queue, app)
     }
 
     /// The consent announcement for a customer whose WhatsApp id is `wa_id`.
@@ -715,6 +704,7 @@ fn base64_to_hex(b64: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RecordPolicy;
 
     #[test]
     fn meta_digests_are_read_from_base64() {

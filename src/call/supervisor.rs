@@ -1223,7 +1223,7 @@ impl Call {
         let route = r.route.clone().or_else(|| {
             number.and_then(|n| recordings.config().policies.number_routes.get(n).cloned())
         });
-        recordings.policy(
+        recordings.config().policy(
             number,
             route.as_deref(),
             r.queue.as_deref(),

@@ -180,10 +180,19 @@ pub(super) struct SectionKeys<'a> {
     pub number_routes: BTreeMap<String, String>,
 }
 
-/// The `record` keys of sections, from (key, section name, value).
-pub(super) fn record_keys<'a>(keys: Vec<(String, &'a str, Option<&'a str>)>) -> Vec<RecordKey<'a>> {
-    keys.into_iter()
-        .map(|(key, name, value)| RecordKey { key, name, value })
+/// The `record` keys of the sections of `table` (`route`): each section's name and value,
+/// keyed as `table[i].record`.
+pub(super) fn record_keys<'a>(
+    table: &str,
+    sections: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Vec<RecordKey<'a>> {
+    sections
+        .enumerate()
+        .map(|(i, (name, value))| RecordKey {
+            key: format!("{table}[{i}].record"),
+            name: name.trim(),
+            value,
+        })
         .collect()
 }
 

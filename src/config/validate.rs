@@ -265,56 +265,28 @@ impl Validator {
             base,
             super::recording::SectionKeys {
                 numbers: super::recording::record_keys(
+                    "business_number",
                     raw.business_number
                         .iter()
-                        .enumerate()
-                        .map(|(i, b)| {
-                            (
-                                format!("business_number[{i}].record"),
-                                b.display_number.trim(),
-                                b.record.as_deref(),
-                            )
-                        })
-                        .collect(),
+                        .map(|b| (b.display_number.as_str(), b.record.as_deref())),
                 ),
                 routes: super::recording::record_keys(
+                    "route",
                     raw.route
                         .iter()
-                        .enumerate()
-                        .map(|(i, r)| {
-                            (
-                                format!("route[{i}].record"),
-                                r.name.trim(),
-                                r.record.as_deref(),
-                            )
-                        })
-                        .collect(),
+                        .map(|r| (r.name.as_str(), r.record.as_deref())),
                 ),
                 queues: super::recording::record_keys(
+                    "queue",
                     raw.queue
                         .iter()
-                        .enumerate()
-                        .map(|(i, q)| {
-                            (
-                                format!("queue[{i}].record"),
-                                q.name.trim(),
-                                q.record.as_deref(),
-                            )
-                        })
-                        .collect(),
+                        .map(|q| (q.name.as_str(), q.record.as_deref())),
                 ),
                 apps: super::recording::record_keys(
+                    "app",
                     raw.app
                         .iter()
-                        .enumerate()
-                        .map(|(i, a)| {
-                            (
-                                format!("app[{i}].record"),
-                                a.name.trim(),
-                                a.record.as_deref(),
-                            )
-                        })
-                        .collect(),
+                        .map(|a| (a.name.as_str(), a.record.as_deref())),
                 ),
                 number_routes: raw
                     .business_number
