@@ -53,7 +53,7 @@ def kv(p): return dict(x.split("=", 1) for x in open(p).read().split())
 w, r = kv(f"{w_dir}/waswitch.txt"), kv(f"{w_dir}/rtpengine.txt")
 print(f"CPU per packet, waswitch / rtpengine: {float(w['cpu_s_per_mpkt'])/max(float(r['cpu_s_per_mpkt']),1e-9):.2f}x")
 # Plots: CPU per million packets, and the latency each relay adds, side by side.
-title = f"rtp-relay.sh: {calls} calls of G.711 both ways for {seconds} s, {shards} threads each"
+title = f"rtp-relay.sh: {calls} calls of G.711 both ways for {seconds} s, threads per relay: {shards}"
 relays = [(0, "waswitch"), (1, "rtpengine")]
 num = lambda d, k: float(d.get(k, "nan"))
 plots = [
