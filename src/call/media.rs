@@ -275,7 +275,7 @@ enum CallRecording {
     },
     Running,
     /// Stopped; `reply` hears the file once it is final.
-    Stopping(Option<RpcReplyPort<Option<Result<super::recordings::Saved, String>>>>),
+    Stopping(RpcReplyPort<Option<Result<super::recordings::Saved, String>>>),
 }
 
 impl Actor for MediaActor {
@@ -564,7 +564,7 @@ impl Actor for MediaActor {
                             _ => Err("the call's media is closed".into()),
                         };
                         match stopped {
-                            Ok(()) => media.recording = CallRecording::Stopping(Some(reply)),
+                            Ok(()) => media.recording = CallRecording::Stopping(reply),
                             Err(e) => {
                                 tracing::warn!(parent: &media.span, error = %e, "recording not stopped");
                                 let _ = reply.send(Some(Err(e)));
@@ -577,9 +577,6 @@ impl Actor for MediaActor {
                         job.not_recorded();
                         media.release_held(&myself);
                         let _ = reply.send(None);
-                    }
-                    CallRecording::Stopping(None) => {
-                        media.recording = CallRecording::Stopping(Some(reply));
                     }
                     other => {
                         media.recording = other;
@@ -595,10 +592,10 @@ impl Actor for MediaActor {
                     Err(e) => tracing::warn!(parent: &media.span, error = %e, "recording lost"),
                 }
                 match std::mem::replace(&mut media.recording, CallRecording::Idle) {
-                    CallRecording::Stopping(Some(reply)) => {
+                    CallRecording::Stopping(reply) => {
                         let _ = reply.send(Some(saved));
                     }
-                    CallRecording::Running | CallRecording::Stopping(None) => {
+                    CallRecording::Running => {
                         // It ended on its own (the pair went): the supervisor is told (it is
                         // kept all the same: the recorder hands it over itself).
                         let _ = media.call.send_message(CallMsg::RecordingSaved(saved));
