@@ -252,10 +252,7 @@ impl Recordings {
         );
         let name = format!("{id}.{}", format.extension());
         let path = absolute(&self.inner.config.dir.join(&name));
-        let key = match &self.inner.blobs {
-            Blobs::Local => path.display().to_string(),
-            s3 => s3.key(&name),
-        };
+        let key = self.inner.blobs.key(&path);
         Planned {
             id,
             path,
@@ -501,11 +498,7 @@ impl Recordings {
                     metrics::gauge!(telemetry::RECORDING_UPLOADS_PENDING).set(pending as f64);
                     for mut r in left {
                         let local = PathBuf::from(&r.path);
-                        let name = local
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_else(|| r.id.clone());
-                        let key = self.inner.blobs.key(&name);
+                        let key = self.inner.blobs.key(&local);
                         if self.store_row(&mut r, &local, &key).await && r.storage != "local" {
                             swept.uploaded += 1;
                             pending = pending.saturating_sub(1);
@@ -636,10 +629,7 @@ impl Recordings {
             Some(s) => s.call_of_wa_call(&m.wa_call_id).await.ok().flatten(),
             None => None,
         };
-        let key = match &self.inner.blobs {
-            Blobs::Local => path.display().to_string(),
-            s3 => s3.key(&name),
-        };
+        let key = self.inner.blobs.key(&path);
         // Its call is Meta's id until the call's CDR names the recording.
         let mut linked = false;
         if let (Some(store), Some(_)) = (store, &call_id) {

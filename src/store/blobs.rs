@@ -95,11 +95,18 @@ impl Blobs {
         }
     }
 
-    /// The key a file named `name` is kept under in the bucket.
-    pub fn key(&self, name: &str) -> String {
+    /// Where the local file `local` is kept: the file itself, or in the bucket under the
+    /// prefix and the file's name.
+    pub fn key(&self, local: &Path) -> String {
         match self {
-            Blobs::Local => name.to_string(),
-            Blobs::S3 { prefix, .. } => format!("{prefix}{name}"),
+            Blobs::Local => local.display().to_string(),
+            Blobs::S3 { prefix, .. } => {
+                let name = local
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                format!("{prefix}{name}")
+            }
         }
     }
 
