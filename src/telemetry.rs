@@ -89,6 +89,22 @@ pub const SIP_MESSAGES_TOTAL: &str = "waswitch_sip_messages_total";
 pub const SIP_TRANSACTIONS_ACTIVE: &str = "waswitch_sip_transactions_active";
 /// Counter: retransmitted SIP requests received and absorbed or answered from a transaction.
 pub const SIP_RETRANSMISSIONS_TOTAL: &str = "waswitch_sip_retransmissions_total";
+/// Counter: SIP requests the switch never answered, whose server transactions were dropped
+/// (an INVITE after 15 minutes, other methods after 64·T1), by `method`.
+pub const SIP_UNANSWERED_TOTAL: &str = "waswitch_sip_unanswered_total";
+
+/// Gauge: entries of the switch's long-lived tables that outlive a call, by `table`
+/// (each bounded by size or age; see docs/metrics.md).
+pub const STATE_ENTRIES: &str = "waswitch_state_entries";
+/// The tables of [`STATE_ENTRIES`].
+pub const STATE_TABLES: &[&str] = &[
+    "meta_webhook_ids",
+    "meta_early_events",
+    "permission_pairs",
+    "permission_reply_ids",
+    "app_prompts",
+    "kept_media_ports",
+];
 
 /// Gauge: 1 when a trunk answers its OPTIONS probes, 0 when it does not, by `trunk`.
 pub const TRUNK_UP: &str = "waswitch_trunk_up";
@@ -346,6 +362,7 @@ impl Actor for ProcessSampler {
         match msg {
             SamplerMsg::Tick => {
                 sample_process();
+                give_back_free_memory();
                 if let Some(handle) = PROMETHEUS.get() {
                     handle.run_upkeep();
                 }
@@ -385,6 +402,28 @@ fn sample_process() {
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(PROCESS_OPEN_FDS).set(dir.count() as f64);
+    }
+}
+
+/// Returns the heap's free pages to the system, at most once a minute. glibc's malloc keeps
+/// what calls freed in its per-thread arenas (only the top of each heap is trimmed by
+/// itself), so after a peak the resident memory would stay at the peak's size;
+/// `malloc_trim` releases the free pages of every arena. Builds with the `mimalloc`
+/// allocator, or on other C libraries, have nothing to do.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static TICKS: AtomicU64 = AtomicU64::new(0);
+        let every = (60 / SAMPLE_INTERVAL.as_secs().max(1)).max(1);
+        if TICKS.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+            // SAFETY: malloc_trim takes each arena's lock itself; it only gives free pages
+            // back (madvise), never memory in use.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 }
 
@@ -655,6 +694,24 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             "Retransmitted SIP requests absorbed or answered from a transaction.",
             unlabelled(),
+        ),
+        m(
+            SIP_UNANSWERED_TOTAL,
+            Counter,
+            "SIP requests never answered, whose server transactions were dropped, by method.",
+            one(
+                "method",
+                &[
+                    "INVITE", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+                    "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "other",
+                ],
+            ),
+        ),
+        m(
+            STATE_ENTRIES,
+            Gauge,
+            "Entries of the long-lived tables that outlive a call, by table.",
+            one("table", STATE_TABLES),
         ),
         m(
             TRUNK_UP,

@@ -360,11 +360,16 @@ impl App {
         }
         if cache.by_url.len() >= PROMPT_CACHE {
             if let Some(old) = cache.order.pop_front() {
-                cache.by_url.remove(&old);
+                if cache.by_url.remove(&old).is_some() {
+                    metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "app_prompts")
+                        .decrement(1.0);
+                }
             }
         }
         let cell = Arc::new(tokio::sync::OnceCell::new());
         cache.by_url.insert(url.to_string(), Arc::clone(&cell));
+        // Every app's cache, summed (each at most PROMPT_CACHE prompts).
+        metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "app_prompts").increment(1.0);
         cache.order.push_back(url.to_string());
         cell
     }

@@ -209,33 +209,42 @@ impl CallRegistry {
 
     /// The events kept for a Meta call id before a call claimed it, in order.
     pub fn take_early(&self, wa_call_id: &str) -> Vec<super::whatsapp::WaEvent> {
-        self.inner
-            .early
-            .remove(wa_call_id)
-            .map(|(_, (_, events))| events)
-            .unwrap_or_default()
+        let Some((_, (_, events))) = self.inner.early.remove(wa_call_id) else {
+            return Vec::new();
+        };
+        self.publish_early();
+        events
+    }
+
+    fn publish_early(&self) {
+        metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "meta_early_events")
+            .set(self.inner.early.len() as f64);
     }
 
     /// Keeps an event for a Meta call id no call claims yet (bounded: at most
     /// [`EARLY_MAX`] ids, none older than [`EARLY_TTL`]).
     pub fn hold_early(&self, wa_call_id: &str, event: super::whatsapp::WaEvent) {
         let now = std::time::Instant::now();
-        if self.inner.early.len() >= EARLY_MAX / 16 {
-            self.inner
+        // Events of calls that ended before their webhooks arrived land here too: what is
+        // past its time goes at each new one (the table is small: a scan is cheap).
+        self.inner
+            .early
+            .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
+        if self.inner.early.len() >= EARLY_MAX {
+            self.publish_early();
+            return;
+        }
+        {
+            let mut slot = self
+                .inner
                 .early
-                .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
-            if self.inner.early.len() >= EARLY_MAX {
-                return;
+                .entry(wa_call_id.to_string())
+                .or_insert_with(|| (now, Vec::new()));
+            if slot.1.len() < 16 {
+                slot.1.push(event);
             }
         }
-        let mut slot = self
-            .inner
-            .early
-            .entry(wa_call_id.to_string())
-            .or_insert_with(|| (now, Vec::new()));
-        if slot.1.len() < 16 {
-            slot.1.push(event);
-        }
+        self.publish_early();
     }
 
     /// Notes when call `id` rang.

@@ -113,6 +113,7 @@ impl PortAllocator {
             .is_some_and(|b| b.since.elapsed() >= pool.rest);
         if rested || pool.free.is_empty() {
             if let Some(b) = pool.bound.pop_front() {
+                publish_kept(pool.bound.len());
                 return Ok(PortLease {
                     port: b.port,
                     sockets: Some(b.sockets),
@@ -153,6 +154,12 @@ impl PortAllocator {
     }
 }
 
+/// The node's port pairs kept bound between calls, in `waswitch_state_entries` (bounded by
+/// [`KEEP_BOUND`]; their sockets are file descriptors, their buffers kernel memory).
+fn publish_kept(n: usize) {
+    metrics::gauge!(crate::telemetry::STATE_ENTRIES, "table" => "kept_media_ports").set(n as f64);
+}
+
 /// An RTP port held by one leg; returned to the pool on drop.
 #[derive(Debug)]
 pub struct PortLease {
@@ -190,6 +197,7 @@ impl Drop for PortLease {
                     sockets,
                     since: Instant::now(),
                 });
+                publish_kept(pool.bound.len());
                 return;
             }
             other => other,

@@ -85,13 +85,16 @@ fn decimate(input: &[i16], factor: usize) -> Vec<i16> {
 
 impl Prompt {
     /// Ringback as most of the world hears it (ITU-T E.180: 425 Hz, 1 s on, 4 s off), one
-    /// cadence long; played in a loop.
+    /// cadence long; played in a loop. Made once and shared by every call that rings.
     pub fn ringback() -> Prompt {
-        let on = (0..8000).map(|i| {
-            let t = f64::from(i) / 8000.0;
-            ((2.0 * std::f64::consts::PI * 425.0 * t).sin() * 6000.0) as i16
+        static RINGBACK: std::sync::LazyLock<Prompt> = std::sync::LazyLock::new(|| {
+            let on = (0..8000).map(|i| {
+                let t = f64::from(i) / 8000.0;
+                ((2.0 * std::f64::consts::PI * 425.0 * t).sin() * 6000.0) as i16
+            });
+            Prompt::from_samples(on.chain(std::iter::repeat_n(0, 4 * 8000)).collect())
         });
-        Prompt::from_samples(on.chain(std::iter::repeat_n(0, 4 * 8000)).collect())
+        RINGBACK.clone()
     }
 
     /// 8 kHz samples as they are.

@@ -286,6 +286,8 @@ impl Ingress {
             dedup.remember(key, now);
             permit.send(event);
         }
+        metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "meta_webhook_ids")
+            .set(dedup.len() as f64);
         (StatusCode::OK, replies)
     }
 

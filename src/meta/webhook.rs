@@ -7,7 +7,7 @@
 //! be identified without it, and unknown fields, event types and message types are counted
 //! and skipped, never fatal. [`Dedup`] recognises redelivered events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -779,11 +779,12 @@ fn unknown_keys(map: &Map<String, Value>, known: &[&str], prefix: &str, out: &mu
 }
 
 /// Remembers the events already delivered, so a redelivery is recognised. Bounded in size
-/// and age; time is an input.
+/// and age; time is an input. Each event is kept as 16 bytes of the SHA-256 of its key, so
+/// a full window costs a few megabytes, whatever the keys' length.
 #[derive(Debug)]
 pub struct Dedup {
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(Instant, String)>,
+    seen: HashSet<u128>,
+    order: VecDeque<(Instant, u128)>,
     ttl: Duration,
     capacity: usize,
 }
@@ -792,17 +793,25 @@ impl Dedup {
     /// Remembers up to `capacity` events for `ttl` each.
     pub fn new(ttl: Duration, capacity: usize) -> Dedup {
         Dedup {
-            seen: HashMap::new(),
+            seen: HashSet::new(),
             order: VecDeque::new(),
             ttl,
             capacity: capacity.max(1),
         }
     }
 
+    fn digest(key: &str) -> u128 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(key.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        u128::from_be_bytes(first)
+    }
+
     /// Whether `key` was seen within the window (without remembering it).
     pub fn seen(&mut self, key: &str, now: Instant) -> bool {
         self.expire(now);
-        self.seen.contains_key(key)
+        self.seen.contains(&Self::digest(key))
     }
 
     /// Remembers `key` as delivered at `now`.
@@ -816,8 +825,9 @@ impl Dedup {
                 None => break,
             }
         }
-        if self.seen.insert(key.clone(), now).is_none() {
-            self.order.push_back((now, key));
+        let digest = Self::digest(&key);
+        if self.seen.insert(digest) {
+            self.order.push_back((now, digest));
         }
     }
 
@@ -831,7 +841,9 @@ impl Dedup {
         self.seen.is_empty()
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Forgets what is older than the window, and gives back the memory of a burst once
+    /// the window holds a quarter of it.
+    pub fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) < self.ttl {
                 break;
@@ -839,6 +851,10 @@ impl Dedup {
             if let Some((_, key)) = self.order.pop_front() {
                 self.seen.remove(&key);
             }
+        }
+        if self.seen.capacity() > 1024 && self.seen.len() < self.seen.capacity() / 4 {
+            self.seen.shrink_to(self.seen.len() * 2);
+            self.order.shrink_to(self.order.len() * 2);
         }
     }
 }

@@ -127,6 +127,33 @@ pub struct PairView {
     pub remaining: Remaining,
 }
 
+/// Meta's reply message ids already applied, each kept as 16 bytes of its SHA-256 (a
+/// message id is ~60 characters), with its size in `waswitch_state_entries`. It holds one
+/// entry per reply ever applied: it grows with customers' replies, not with calls.
+#[derive(Default)]
+struct ReplyIds(HashSet<u128>);
+
+impl ReplyIds {
+    fn digest(id: &str) -> u128 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(id.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        u128::from_be_bytes(first)
+    }
+
+    fn insert(&mut self, id: impl AsRef<str>) {
+        if self.0.insert(Self::digest(id.as_ref())) {
+            metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "permission_reply_ids")
+                .set(self.0.len() as f64);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.contains(&Self::digest(id))
+    }
+}
+
 struct Inner {
     store: Store,
     rules: Rules,
@@ -136,7 +163,7 @@ struct Inner {
     /// The last position of the trail this node has heard of (cluster catch-up).
     tail: std::sync::atomic::AtomicI64,
     /// Meta's reply message ids already applied (a redelivered reply is not a new grant).
-    replies: StdMutex<HashSet<String>>,
+    replies: StdMutex<ReplyIds>,
     /// Meta's timestamp of the last reply applied per pair (an older one is superseded).
     last_reply: DashMap<Pair, i64>,
     /// Where ended permissions are announced.
@@ -272,7 +299,7 @@ impl Permissions {
                 node: node.to_string(),
                 tail: std::sync::atomic::AtomicI64::new(0),
                 pairs: DashMap::new(),
-                replies: StdMutex::new(HashSet::new()),
+                replies: StdMutex::new(ReplyIds::default()),
                 last_reply: DashMap::new(),
                 cutoffs: tokio::sync::broadcast::channel(1024).0,
                 background: Background::new(),
@@ -341,6 +368,7 @@ impl Permissions {
             .filter(|e| e.value().try_lock().is_ok_and(|s| active(&s.state)))
             .count();
         metrics::gauge!(telemetry::PERMISSION_GRANTS_ACTIVE).set(n as f64);
+        service.publish_pairs();
         tracing::info!(
             records,
             pairs = service.inner.pairs.len(),
@@ -360,11 +388,24 @@ impl Permissions {
     }
 
     fn slot(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<Cached>> {
-        self.inner
-            .pairs
-            .entry(pair.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Cached::new())))
-            .clone()
+        let (slot, new) = match self.inner.pairs.entry(pair.clone()) {
+            dashmap::Entry::Occupied(e) => (e.get().clone(), false),
+            dashmap::Entry::Vacant(e) => {
+                let slot = Arc::new(tokio::sync::Mutex::new(Cached::new()));
+                e.insert(slot.clone());
+                (slot, true)
+            }
+        };
+        // Counted once the entry's shard is let go (len() reads every shard).
+        if new {
+            self.publish_pairs();
+        }
+        slot
+    }
+
+    fn publish_pairs(&self) {
+        metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "permission_pairs")
+            .set(self.inner.pairs.len() as f64);
     }
 
     /// Holds `pair` to change it: this node's lock and, in a cluster, the pair's lock
@@ -540,7 +581,7 @@ impl Permissions {
         cached.state.apply(&self.inner.rules, r.entry.at, &event);
     }
 
-    fn replies_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn replies_mut(&self) -> std::sync::MutexGuard<'_, ReplyIds> {
         self.inner
             .replies
             .lock()
@@ -670,7 +711,7 @@ impl Permissions {
             )
             .await?;
             self.release(held).await?;
-            self.replies_mut().insert(message_id.to_string());
+            self.replies_mut().insert(message_id);
             return Ok(false);
         }
         let entries: Vec<AuditEntry> = events
@@ -687,7 +728,7 @@ impl Permissions {
         // Known as applied once it is committed: a reply whose record did not commit is
         // taken again when Meta retries it.
         self.release(held).await?;
-        self.replies_mut().insert(message_id.to_string());
+        self.replies_mut().insert(message_id);
         if let Some(ts) = meta_timestamp {
             self.inner.last_reply.insert(pair.clone(), ts);
         }

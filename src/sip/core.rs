@@ -279,6 +279,15 @@ pub(crate) struct SipCore {
     server_ids: HashMap<ServerId, TxnKey>,
     accepted: HashMap<(Bytes, u32), TxnKey>,
     client_invites: HashMap<Bytes, ClientKey>,
+    /// This core's share of `waswitch_sip_transactions_active` (every listener and
+    /// connection has a core; the gauge is their sum).
+    published: usize,
+}
+
+impl Drop for SipCore {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).decrement(self.published as f64);
+    }
 }
 
 impl SipCore {
@@ -317,6 +326,21 @@ impl SipCore {
             server_ids: HashMap::new(),
             accepted: HashMap::new(),
             client_invites: HashMap::new(),
+            published: 0,
+        }
+    }
+
+    /// Brings this core's share of `waswitch_sip_transactions_active` up to date.
+    fn publish_size(&mut self) {
+        let now = self.txns.len() + self.clients.len();
+        if now != self.published {
+            let gauge = metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE);
+            if now > self.published {
+                gauge.increment((now - self.published) as f64);
+            } else {
+                gauge.decrement((self.published - now) as f64);
+            }
+            self.published = now;
         }
     }
 
@@ -469,7 +493,7 @@ impl SipCore {
             self.send(from, &resp);
             return;
         }
-        let txn = ServerTxn::new(msg, self.transport, self.timers);
+        let txn = ServerTxn::new(now, msg, self.transport, self.timers);
         self.next_server += 1;
         let id = ServerId(self.next_server);
         self.server_ids.insert(id, key.clone());
@@ -483,7 +507,7 @@ impl SipCore {
                 armed: None,
             },
         );
-        metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
+        self.publish_size();
         self.drain(&key, now);
     }
 
@@ -556,6 +580,14 @@ impl SipCore {
                 TxnOutput::Timeout => {
                     tracing::debug!(branch = %key.branch, "transaction timed out");
                 }
+                TxnOutput::Unanswered => {
+                    // The transaction user never answered: a bug on some path, made
+                    // visible rather than kept for the life of the process.
+                    let method = key.method.metric_label();
+                    tracing::warn!(branch = %key.branch, method = %method, "request never answered; its transaction is dropped");
+                    metrics::counter!(telemetry::SIP_UNANSWERED_TOTAL, "method" => method)
+                        .increment(1);
+                }
                 TxnOutput::Terminated => {
                     if let Some(entry) = self.txns.remove(key) {
                         self.server_ids.remove(&entry.id);
@@ -563,7 +595,7 @@ impl SipCore {
                             self.accepted.remove(&dialog);
                         }
                     }
-                    metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE).set(self.txns.len() as f64);
+                    self.publish_size();
                     return;
                 }
             }
@@ -624,8 +656,7 @@ impl SipCore {
                 invite_call_id,
             },
         );
-        metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
-            .set((self.txns.len() + self.clients.len()) as f64);
+        self.publish_size();
         self.drain_client(&key);
     }
 
@@ -721,6 +752,7 @@ impl SipCore {
         if let Some(key) = self.client_invites.remove(call_id) {
             self.clients.remove(&key);
         }
+        self.publish_size();
     }
 
     /// Answers a server transaction handed over as [`CoreEvent::Request`]. A response for a
@@ -834,7 +866,7 @@ impl SipCore {
             match output {
                 TxnOutput::Transmit(bytes) => self.out.push_back((peer, bytes)),
                 TxnOutput::Deliver(resp) => self.events.push_back(CoreEvent::Response(id, resp)),
-                TxnOutput::Timeout | TxnOutput::AckTimeout => {
+                TxnOutput::Timeout | TxnOutput::AckTimeout | TxnOutput::Unanswered => {
                     let request = entry.txn.request().clone();
                     self.events.push_back(CoreEvent::Timeout(id, request))
                 }
@@ -846,8 +878,7 @@ impl SipCore {
                             }
                         }
                     }
-                    metrics::gauge!(telemetry::SIP_TRANSACTIONS_ACTIVE)
-                        .set((self.txns.len() + self.clients.len()) as f64);
+                    self.publish_size();
                     return;
                 }
             }

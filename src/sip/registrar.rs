@@ -31,6 +31,9 @@ pub(crate) const DEFAULT_EXPIRES: u64 = 600;
 /// Failed authentications from one address within [`FAILURE_WINDOW`] before it is
 /// throttled for the rest of the window.
 pub(crate) const MAX_FAILURES: u32 = 10;
+/// Most source addresses whose failed sign-ins are remembered at once.
+const MAX_FAILING_ADDRESSES: usize = 65_536;
+
 /// The window failures are counted in, seconds.
 pub(crate) const FAILURE_WINDOW: u64 = 60;
 
@@ -378,6 +381,16 @@ impl Registrar {
     }
 
     fn failed(&mut self, ip: IpAddr, now: u64) {
+        // Sign-ins over the web fail here too, with no REGISTER to sweep the old ones: what
+        // is past its window goes once the table is large, and it never holds more than
+        // MAX_FAILING_ADDRESSES addresses (beyond that a new address is not throttled).
+        if self.failures.len() >= MAX_FAILING_ADDRESSES / 16 && !self.failures.contains_key(&ip) {
+            self.failures
+                .retain(|_, f| now.saturating_sub(f.since) < FAILURE_WINDOW);
+            if self.failures.len() >= MAX_FAILING_ADDRESSES {
+                return;
+            }
+        }
         let f = self.failures.entry(ip).or_insert(Failures {
             since: now,
             count: 0,

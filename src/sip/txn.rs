@@ -20,6 +20,10 @@ use bytes::Bytes;
 use super::build::MessageBuilder;
 use super::msg::{HeaderName, Method, SipMessage};
 
+/// How long an INVITE server transaction waits for its TU's final response before it is
+/// dropped as unanswered: far beyond any ring timeout, so only a lost answer reaches it.
+pub(crate) const UNANSWERED_INVITE: Duration = Duration::from_secs(15 * 60);
+
 /// Timer base values (RFC 3261 §17.1.1.1, Table 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerConfig {
@@ -61,6 +65,9 @@ pub(crate) enum TxnOutput {
     Timeout,
     /// Timer H: the final non-2xx response was never acknowledged.
     AckTimeout,
+    /// A server transaction's TU never answered its request within
+    /// [`UNANSWERED_INVITE`] (INVITE) or 64·T1 (other methods); the transaction ends.
+    Unanswered,
     /// The transaction is over; drop it.
     Terminated,
 }
@@ -354,8 +361,15 @@ pub(crate) struct ServerTxn {
 impl ServerTxn {
     /// Starts a server transaction for a received `request`, which is delivered to the TU.
     /// An INVITE is answered with 100 Trying at once (§17.2.1), so the client stops
-    /// retransmitting while the B2BUA works.
-    pub(crate) fn new(request: SipMessage, transport: Transport, config: TimerConfig) -> Self {
+    /// retransmitting while the B2BUA works. A request the TU never answers ends the
+    /// transaction with [`TxnOutput::Unanswered`]: after [`UNANSWERED_INVITE`] for an
+    /// INVITE, after 64·T1 (when the client has given up, Timer F) for other methods.
+    pub(crate) fn new(
+        now: Instant,
+        request: SipMessage,
+        transport: Transport,
+        config: TimerConfig,
+    ) -> Self {
         let invite = request.method() == Some(&Method::Invite);
         let mut txn = Self {
             invite,
@@ -366,7 +380,16 @@ impl ServerTxn {
             },
             transport,
             config,
-            timers: Timers::default(),
+            timers: Timers {
+                retransmit: None,
+                end: Some(
+                    now + if invite {
+                        UNANSWERED_INVITE
+                    } else {
+                        64 * config.t1
+                    },
+                ),
+            },
             last_response: None,
             awaiting_ack: false,
             out: VecDeque::new(),
@@ -504,6 +527,9 @@ impl ServerTxn {
                 TxnState::Completed if self.invite => self.out.push_back(TxnOutput::AckTimeout),
                 TxnState::Accepted if self.awaiting_ack => {
                     self.out.push_back(TxnOutput::AckTimeout)
+                }
+                TxnState::Trying | TxnState::Proceeding => {
+                    self.out.push_back(TxnOutput::Unanswered)
                 }
                 _ => {}
             }

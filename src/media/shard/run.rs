@@ -350,6 +350,9 @@ impl Shard {
         keep: bool,
     ) -> Option<(std::net::UdpSocket, std::net::UdpSocket)> {
         let mut kept = None;
+        // Whatever plays toward this leg's peer ends with it: a looping ringback would
+        // otherwise outlive the call and play into the next leg given this slot.
+        self.stop_playing(slot);
         if let Some(mut leg) = self.legs[slot].take() {
             if leg.transcode.is_some() {
                 metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);

@@ -376,6 +376,32 @@ fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_rec
 }
 
 #[test]
+fn ringback_ends_with_its_call_and_never_plays_into_the_next() {
+    let r = rig(42_800, SourcePolicy::Strict, Duration::from_secs(30));
+    r.pair.ringback(Side::A, true).unwrap();
+    let got = recv(&r.a).expect("ringback toward A");
+    assert_eq!(RtpView::parse(&got[..]).unwrap().payload_type(), 0);
+    // The call ends while it rings (the caller gave up).
+    r.pair.close().unwrap();
+    // The next call takes the freed legs; nothing plays toward either of its sides.
+    let next = r.plane.add_pair(Arc::new(|_| {})).unwrap();
+    let (pa, pb) = (peer(), peer());
+    pa.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    pb.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    next.set_remote(Side::A, remote(&pa, None)).unwrap();
+    next.set_remote(Side::B, remote(&pb, None)).unwrap();
+    assert!(
+        recv(&pa).is_none(),
+        "no ringback of the ended call toward A"
+    );
+    assert!(recv(&pb).is_none(), "nor toward B");
+    next.close().unwrap();
+    r.plane.stop();
+}
+
+#[test]
 fn dtmf_is_sent_into_the_stream_a_side_receives() {
     let r = rig(41_700, SourcePolicy::Strict, Duration::from_secs(30));
     // B talks to A: A receives B's stream (SSRC 9).

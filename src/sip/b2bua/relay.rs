@@ -448,25 +448,63 @@ impl Bridge {
                 }
                 self.relay(now, leg, server, request);
             }
-            Method::Info => self.relay(now, leg, server, request),
+            Method::Info => self.relay_one_at_a_time(now, leg, server, request),
             ref m if m.as_bytes() == b"MESSAGE" => {
-                self.relay(now, leg, server, request);
+                self.relay_one_at_a_time(now, leg, server, request);
             }
             _ => respond(self, 501, "Not Implemented", None),
         }
     }
 
-    /// Passes an in-dialog request from `from_leg` to the other leg.
+    /// Passes an INFO or MESSAGE on, unless a request relayed the same way still waits for
+    /// its answer: then this one is refused with 500 and Retry-After (RFC 3261 §14.2's
+    /// answer to a request crossing another), so every request gets its answer.
+    fn relay_one_at_a_time(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        server: ServerId,
+        request: SipMessage,
+    ) {
+        let busy = match leg {
+            Leg::A => self.a_to_b.is_some(),
+            Leg::B => self.b_to_a.is_some(),
+        };
+        if busy {
+            let response =
+                MessageBuilder::response_to(&request, 500, "Server Internal Error", None)
+                    .header(HeaderName::RetryAfter, "1")
+                    .build();
+            match leg {
+                Leg::A => self.respond_a(server, response),
+                Leg::B => self.b(SipCommand::Respond { server, response }),
+            }
+            return;
+        }
+        self.relay(now, leg, server, request);
+    }
+
+    /// Passes an in-dialog request from `from_leg` to the other leg (one at a time each
+    /// way: the caller checks none is pending); with no dialog on the other side yet, the
+    /// request is answered 481.
     fn relay(&mut self, _now: Instant, from_leg: Leg, server: ServerId, request: SipMessage) {
         let method = request.method().cloned().unwrap_or(Method::Info);
+        let no_dialog = |this: &mut Self| {
+            let response =
+                MessageBuilder::response_to(&request, 481, "Call/Transaction Does Not Exist", None)
+                    .build();
+            this.respond_a(server, response);
+        };
         let (built, to) = match from_leg {
             Leg::A => {
                 let Some(b) = self.b.as_mut() else {
+                    no_dialog(self);
                     return;
                 };
                 let fallback = self.targets[b.target].addr;
                 let contact = self.targets[b.target].contact.clone();
                 let Some(dialog) = b.dialog.as_mut() else {
+                    no_dialog(self);
                     return;
                 };
                 let refresh = matches!(method, Method::Invite | Method::Update);

@@ -1071,6 +1071,26 @@ fn second_reinvite_while_one_is_pending_is_491() {
 }
 
 #[test]
+fn an_info_crossing_a_pending_one_is_answered_500_never_dropped() {
+    let (mut call, actions) = Call::new();
+    call.connect(&actions, &[]);
+    let (first, actions) = call.a_in_dialog("INFO", 2, "");
+    let relayed = one_b_request(&actions).request;
+    assert_eq!(cseq(&relayed), "2 INFO");
+    // A second INFO before B answered the first: refused at once, with a time to retry.
+    let (second, actions) = call.a_in_dialog("INFO", 3, "");
+    let (answered, resp) = one_a_response(&actions);
+    assert_eq!(answered, second);
+    assert_eq!(resp.status(), Some(500));
+    assert_eq!(hdr(&resp, HeaderName::RetryAfter), "1");
+    assert!(b_requests(&actions).is_empty());
+    // The first still gets B's answer.
+    let actions = call.b_says(b_reply(&relayed, 200, "OK", None, &[]));
+    let (answered, ok) = one_a_response(&actions);
+    assert_eq!((answered, ok.status()), (first, Some(200)));
+}
+
+#[test]
 fn rejected_reinvite_offer_is_not_remembered() {
     let (mut call, actions) = Call::new();
     call.connect(&actions, &[]);

@@ -142,7 +142,12 @@ fn udp_client(clock: &Clock, request: SipMessage) -> ClientTxn {
 
 /// A server transaction over UDP with default timers.
 fn udp_server(request: SipMessage) -> ServerTxn {
-    ServerTxn::new(request, Transport::Unreliable, TimerConfig::default())
+    ServerTxn::new(
+        Instant::now(),
+        request,
+        Transport::Unreliable,
+        TimerConfig::default(),
+    )
 }
 
 fn secs(s: f64) -> Duration {
@@ -434,10 +439,68 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
 }
 
 #[test]
+fn a_request_its_tu_never_answers_ends_its_transaction_as_unanswered() {
+    // Non-INVITE: when the client's Timer F has given up (64·T1).
+    let mut clock = Clock::new();
+    let mut log = Log::default();
+    let info = request(Method::Info);
+    let mut txn = ServerTxn::new(
+        clock.now,
+        info,
+        Transport::Unreliable,
+        TimerConfig::default(),
+    );
+    clock.run_until(&mut txn, &mut log, secs(60.0));
+    assert_eq!(log.when(&TxnOutput::Unanswered), Some(secs(32.0)));
+    assert_eq!(log.when(&TxnOutput::Terminated), Some(secs(32.0)));
+    assert_eq!(log.transmits().len(), 0, "nothing is made up for the TU");
+
+    // INVITE: its 100 Trying went out; only far beyond any ring timeout is it given up.
+    let mut clock = Clock::new();
+    let mut log = Log::default();
+    let invite = request(Method::Invite);
+    let mut txn = ServerTxn::new(
+        clock.now,
+        invite.clone(),
+        Transport::Unreliable,
+        TimerConfig::default(),
+    );
+    txn.respond(clock.now, response(&invite, 180));
+    clock.run_until(&mut txn, &mut log, UNANSWERED_INVITE - secs(1.0));
+    assert_eq!(
+        txn.state(),
+        TxnState::Proceeding,
+        "still waiting for its answer"
+    );
+    clock.run_until(&mut txn, &mut log, UNANSWERED_INVITE + secs(1.0));
+    assert_eq!(log.when(&TxnOutput::Unanswered), Some(UNANSWERED_INVITE));
+    assert_eq!(txn.state(), TxnState::Terminated);
+
+    // Answered in time, the guard is gone: a 200 to the INVITE ends on Timer L as ever.
+    let mut clock = Clock::new();
+    let mut log = Log::default();
+    let mut txn = ServerTxn::new(
+        clock.now,
+        invite.clone(),
+        Transport::Unreliable,
+        TimerConfig::default(),
+    );
+    txn.respond(clock.now, response(&invite, 200));
+    txn.ack_received();
+    clock.run_until(&mut txn, &mut log, UNANSWERED_INVITE + secs(1.0));
+    assert!(!log.has(&TxnOutput::Unanswered));
+}
+
+#[test]
 fn non_invite_server_on_tcp_terminates_with_its_final_response() {
     let clock = Clock::new();
     let req = request(Method::Bye);
-    let mut txn = ServerTxn::new(req.clone(), Transport::Reliable, TimerConfig::default());
+    let mut txn = ServerTxn::new(
+        clock.now,
+        req.clone(),
+        Transport::Reliable,
+        TimerConfig::default(),
+    );
     txn.respond(clock.now, response(&req, 200));
     assert_eq!(txn.state(), TxnState::Terminated);
 }
@@ -468,7 +531,9 @@ fn client_and_server_converge_over_a_lossy_duplicating_network() {
                     for _ in 0..2 {
                         let m = parse_datagram(b.clone()).expect("parses");
                         match &mut uas {
-                            None => uas = Some(ServerTxn::new(m, Transport::Unreliable, config)),
+                            None => {
+                                uas = Some(ServerTxn::new(now, m, Transport::Unreliable, config))
+                            }
                             Some(s) => s.handle_request(now, &m),
                         }
                     }
