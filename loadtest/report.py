@@ -30,13 +30,17 @@ class Series:
 
 
 def _quote(text):
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A line break in a title becomes gnuplot's \n inside a double-quoted string.
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def plot(png, title, xlabel, series, width=1000, height=480, logy=False, xtics=None):
+def plot(png, title, xlabel, series, width=1000, height=480, logy=False, xtics=None,
+         yzero=True):
     """Draws `series` into `png`: one or two y axes (by the series' units), a legend, the
-    title; `xtics` names x positions ([(x, label)]: categories, for bars). Returns the
-    path, or None (with a note) when gnuplot is missing."""
+    title (a line break in it starts a second line); `xtics` names x positions
+    ([(x, label)]: categories, for bars); `yzero=False` fits the left axis to the data
+    instead of starting it at 0 (a small change on a large value). Returns the path, or
+    None (with a note) when gnuplot is missing."""
     gnuplot = shutil.which("gnuplot")
     if gnuplot is None:
         print("note: gnuplot missing (apt-get install gnuplot-nox): no plot drawn", flush=True)
@@ -56,7 +60,7 @@ def plot(png, title, xlabel, series, width=1000, height=480, logy=False, xtics=N
         f"set ylabel {_quote(left)} noenhanced",
         "set grid",
         "set key outside bottom center horizontal noenhanced",
-        "set yrange [0:*]",
+        "set yrange [0:*]" if yzero else "set yrange [*:*]",
         "set offsets graph 0.02, graph 0.02, 0, 0",
     ]
     if logy:

@@ -36,15 +36,19 @@
 # share x (100 - mix) x sip-capacity transit calls, each started at concurrency / hold per
 # second, so the switch's core is loaded to about `share` of what it carries.
 # WASWITCH_BIN=path runs another build (e.g. one with another allocator); WASWITCH_ENV adds
-# environment to the switch's process (e.g. "MALLOC_ARENA_MAX=2").
+# environment to the switch's process (e.g. "MALLOC_ARENA_MAX=2"); WASWITCH_WRAP runs the
+# switch under a profiler (e.g. "heaptrack -o /tmp/soak-heap": its allocations over the
+# run, read with heaptrack_print); SOAK_KILL=1 ends the switch with SIGKILL once the load is
+# over and sampled, so what a heap profiler reports as leaked is what the switch still held
+# (a clean shutdown frees its tables first).
 #
 # The last line is one JSON object (rss_slope_bytes_per_call, rss_idle_kib, rss_after_kib,
 # calls_served, failed, ...), for scripts comparing runs.
 #
 # Needs a release build (cargo build --release), SIPp (Debian sip-tester) and gnuplot
 # (gnuplot-nox) for the plots. Ports: HTTP 18080, sim 18090, SIP 15060, PBX 15070, transit
-# callee 15071, transit caller 15080, switch media 30000-39999, SIPp media 40000-40003 and
-# 42000. Bounded: new calls stop after DURATION_S, every process is killed after
+# callee 15071, transit caller 15080, switch media 30000-39999, SIPp media 40000, 40002, 40010,
+# 40012, 42000 and 42002. Bounded: new calls stop after DURATION_S, every process is killed after
 # DURATION_S + 4 holds + 300 s.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -82,8 +86,19 @@ done
 [ -x "$BIN" ] || { echo "no waswitch binary at $BIN (cargo build --release)"; exit 2; }
 [ "$WARMUP" -lt "$DURATION" ] || { echo "the warm-up ($WARMUP s) must be shorter than the run ($DURATION s)"; exit 2; }
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+PIDS=(); SW=""; SWW=""
+cleanup() {
+  # The switch first, given time to shut down cleanly (a profiler wrapping it writes its
+  # data at the exit), then the rest.
+  if [ -n "$SW" ] && kill "$SW" 2>/dev/null; then
+    for _ in $(seq 600); do kill -0 "$SW" 2>/dev/null || break; sleep 0.1; done
+  fi
+  if [ -n "$SWW" ] && [ "$SWW" != "$SW" ]; then
+    for _ in $(seq 600); do kill -0 "$SWW" 2>/dev/null || break; sleep 0.1; done
+  fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+}
 trap cleanup EXIT
 
 # The switch: the user-initiated rehearsal (config/examples/uic-sim.toml) on the soak's
@@ -130,15 +145,19 @@ PY
     -i $L -p 15070 -mi $L -mp 40000 -rtp_echo -nostdin -trace_err -error_file "$W/pbx.err" \
     >"$W/pbx.log" 2>&1 ) &
 PIDS+=($!)
-( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp -sn uas -i $L -p 15071 -mi $L -mp 40002 \
+( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp -sn uas -i $L -p 15071 -mi $L -mp 40010 \
     -rtp_echo -nostdin -trace_err -error_file "$W/callee.err" >"$W/callee.log" 2>&1 ) &
 PIDS+=($!)
 
-env ${WASWITCH_ENV:-} WASWITCH_LOG_LEVEL=warn "${SW_PIN[@]}" "$BIN" run --config "$W/soak.toml" \
-  >"$W/switch.log" 2>&1 &
-SW=$!; PIDS+=("$SW")
-for _ in $(seq 100); do curl -sf http://$L:18080/ready >/dev/null && break; sleep 0.1; done
+env ${WASWITCH_ENV:-} WASWITCH_LOG_LEVEL=warn "${SW_PIN[@]}" ${WASWITCH_WRAP:-} "$BIN" run \
+  --config "$W/soak.toml" >"$W/switch.log" 2>&1 &
+SW=$!; SWW=$SW; PIDS+=("$SW")
+for _ in $(seq 300); do curl -sf http://$L:18080/ready >/dev/null && break; sleep 0.1; done
 curl -sf http://$L:18080/ready >/dev/null || { echo "the switch did not start"; cat "$W/switch.log"; exit 2; }
+# Under a wrapper the switch is the wrapper's newest descendant of that command line.
+if [ -n "${WASWITCH_WRAP:-}" ]; then
+  SW=$(pgrep -n -f "$BIN run --config $W/soak.toml") || { echo "the switch's process not found"; exit 2; }
+fi
 
 # One sample: time, the switch's CPU ticks, RSS (KiB), open fds, then its metrics of
 # interest (calls, RTP, table sizes) as name{labels}=value.
@@ -146,7 +165,7 @@ sample() {
   local fds metrics
   fds=$(ls "/proc/$SW/fd" 2>/dev/null | wc -l)
   metrics=$(curl -sf --max-time 2 http://$L:18080/metrics |
-    grep -E '^waswitch_(calls_active|media_legs_active|cdrs_pending|calls_total|calls_refused_total|rtp_packets_total|rtp_dropped_total|state_entries)[ {]' |
+    grep -E '^waswitch_(calls_active|media_legs_active|cdrs_pending|process_threads|calls_total|calls_refused_total|rtp_packets_total|rtp_dropped_total|state_entries)[ {]' |
     tr ' ' '=' | tr '\n' ' ')
   echo "$(date +%s.%N) $(awk '{print $14 + $15}' "/proc/$SW/stat") $(awk '/VmRSS/ {print $2}' "/proc/$SW/status") $fds $metrics"
 }
@@ -181,6 +200,10 @@ sleep 30
 sample >"$W/after.txt"
 sleep 30
 sample >>"$W/after.txt"
+if [ "${SOAK_KILL:-0}" = 1 ]; then
+  kill -9 "$SW" 2>/dev/null
+  for _ in $(seq 600); do kill -0 "$SWW" 2>/dev/null || break; sleep 0.1; done
+fi
 sleep 1
 
 PARAMS="duration_s=$DURATION share_pct=$SHARE uic_capacity=$UIC_CAP sip_capacity=$SIP_CAP mix_pct=$MIX hold_s=$HOLD warmup_s=$WARMUP max_slope_kib=$MAX_SLOPE sample_s=$SAMPLE uic_calls=$UIC_CALLS sip_calls=$SIP_CALLS switch_cpus=$SWITCH_CPUS harness_cpus=$HARNESS_CPUS switch_env=${WASWITCH_ENV:-none}"

@@ -140,6 +140,8 @@ summary = {
     "rss_idle_kib": int(rss_idle), "rss_peak_kib": int(rss_peak), "rss_after_kib": int(rss_after),
     "fds_min": int(min(fds)), "fds_max": int(max(fds)),
     "fds_after": int(end_state["fds"]),
+    "threads_max": int(max((s["m"].get("waswitch_process_threads", 0) for s in samples), default=0)),
+    "threads_after": int(end_state["m"].get("waswitch_process_threads", 0)),
     "passed": passed,
 }
 for k in tables:
@@ -168,12 +170,12 @@ run = (f"{params['duration_s']} s at {params['share_pct']} % of capacity "
        f"({params['uic_calls']} WhatsApp + {params['sip_calls']} SIP-transit calls, "
        f"hold {params['hold_s']} s, switch CPU {params['switch_cpus']})")
 plots = [
-    report.plot(f"{work}/soak-memory.png", f"soak.sh memory: {run}",
+    report.plot(f"{work}/soak-memory.png", f"soak.sh: the switch's memory\n{run}",
                 "time since the switch started (s)", [
                     report.Series("switch resident memory", xs, [s["rss"] / 1024 for s in samples], "MiB"),
                     report.Series("calls served", xs, [served(s) for s in samples], "calls", right=True),
                 ]),
-    report.plot(f"{work}/soak-calls.png", f"soak.sh load: {run}",
+    report.plot(f"{work}/soak-calls.png", f"soak.sh: calls and the switch's CPU\n{run}",
                 "time since the switch started (s)", [
                     report.Series("concurrent calls", xs,
                                   [s["m"].get("waswitch_calls_active", 0) for s in samples], "calls"),
@@ -186,15 +188,15 @@ if steady:
     cs = [served(s) for s in steady]
     plots.append(report.plot(
         f"{work}/soak-rss-per-call.png",
-        f"soak.sh RSS against calls served after the warm-up: slope {slope_bytes:.0f} bytes per call ({run})",
+        f"soak.sh: RSS against calls served after the warm-up, slope {slope_bytes:.0f} bytes per call\n{run}",
         "calls served", [
             report.Series("switch resident memory, sampled", cs, [s["rss"] / 1024 for s in steady], "MiB",
                           style="points pt 7 ps 0.5"),
             report.Series("least-squares fit", cs, [(icpt + slope_kib * c) / 1024 for c in cs], "MiB"),
-        ]))
+        ], yzero=False))
 if tables:
     plots.append(report.plot(
-        f"{work}/soak-tables.png", f"soak.sh long-lived tables: {run}",
+        f"{work}/soak-tables.png", f"soak.sh: entries of the long-lived tables\n{run}",
         "time since the switch started (s)", [
             report.Series(k.split('table="')[1].split('"')[0], xs,
                           [s["m"].get(k, 0) for s in samples], "entries")
@@ -215,6 +217,7 @@ table = [
      "value": f"{slope_bytes:.1f} bytes (threshold {max_slope} KiB)"},
     {"figure": "RSS slope per hour (after the warm-up)", "value": f"{3600 * slope_time:.0f} KiB"},
     {"figure": "open fds during the load / after", "value": f"{min(fds):.0f}-{max(fds):.0f} / {end_state['fds']:.0f}"},
+    {"figure": "threads, most / after", "value": f"{summary['threads_max']} / {summary['threads_after']}"},
 ] + [{"figure": f"{k} peak / after",
       "value": f"{max(s['m'].get(k, 0) for s in samples):.0f} / {end_state['m'].get(k, 0):.0f}"}
      for k in tables]
