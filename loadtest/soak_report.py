@@ -14,7 +14,7 @@ work, root, start, end, params = (sys.argv[1], sys.argv[2], float(sys.argv[3]),
 sys.path.insert(0, os.path.join(root, "loadtest"))
 import report  # noqa: E402
 
-params = dict(kv.split("=", 1) for kv in params.split())
+params = dict(kv.split("=", 1) for kv in params.split() if "=" in kv)
 tick = os.sysconf("SC_CLK_TCK")
 warmup, max_slope = float(params["warmup_s"]), float(params["max_slope_kib"])
 

@@ -89,8 +89,8 @@ pub const SIP_MESSAGES_TOTAL: &str = "waswitch_sip_messages_total";
 pub const SIP_TRANSACTIONS_ACTIVE: &str = "waswitch_sip_transactions_active";
 /// Counter: retransmitted SIP requests received and absorbed or answered from a transaction.
 pub const SIP_RETRANSMISSIONS_TOTAL: &str = "waswitch_sip_retransmissions_total";
-/// Counter: SIP requests the switch never answered, whose server transactions were dropped
-/// (an INVITE after 15 minutes, other methods after 64·T1), by `method`.
+/// Counter: SIP requests the switch itself never answered: their server transactions gave up
+/// (an INVITE after 6 hours, answered 500; other methods after 128·T1), by `method`.
 pub const SIP_UNANSWERED_TOTAL: &str = "waswitch_sip_unanswered_total";
 
 /// Gauge: entries of the switch's long-lived tables that outlive a call, by `table`
@@ -417,12 +417,20 @@ fn give_back_free_memory() {
         static TICKS: AtomicU64 = AtomicU64::new(0);
         let every = (60 / SAMPLE_INTERVAL.as_secs().max(1)).max(1);
         if TICKS.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
-            // SAFETY: malloc_trim takes each arena's lock itself; it only gives free pages
-            // back (madvise), never memory in use.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            // Off the async workers: it holds each arena's lock while it walks it.
+            tokio::task::spawn_blocking(|| {
+                let started = std::time::Instant::now();
+                // SAFETY: malloc_trim takes each arena's lock itself; it only gives free
+                // pages back (madvise), never memory in use.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+                tracing::debug!(
+                    took_us = started.elapsed().as_micros() as u64,
+                    "free heap pages given back"
+                );
+            });
         }
     }
 }
@@ -698,7 +706,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
         m(
             SIP_UNANSWERED_TOTAL,
             Counter,
-            "SIP requests never answered, whose server transactions were dropped, by method.",
+            "SIP requests the switch never answered (their transactions gave up on them), by method.",
             one(
                 "method",
                 &[

@@ -174,6 +174,11 @@ pub(crate) enum Action {
 
 pub(crate) use crate::sdp::Anchor;
 
+/// Most requests relayed one way at once, each waiting for its answer (INFO carrying
+/// DTMF can follow each other faster than a trunk answers); one more gets 500 with
+/// Retry-After.
+const MAX_RELAYED: usize = 8;
+
 /// A request received on one leg, waiting for the other leg's answer.
 #[derive(Debug, Clone)]
 struct Relayed {
@@ -276,10 +281,10 @@ pub(crate) struct Bridge {
     b: Option<BLeg>,
     /// Best failure so far from the trunks tried: code, reason, trunk.
     best: Option<(u16, String, String)>,
-    /// Request relayed from A to B, awaiting B's final response.
-    a_to_b: Option<Relayed>,
-    /// Request relayed from B to A, awaiting A's final response.
-    b_to_a: Option<Relayed>,
+    /// Requests relayed from A to B, awaiting B's final responses (at most MAX_RELAYED).
+    a_to_b: VecDeque<Relayed>,
+    /// Requests relayed from B to A, awaiting A's final responses (at most MAX_RELAYED).
+    b_to_a: VecDeque<Relayed>,
     /// ACK owed to B for a 2xx it sent to an INVITE we relayed from A.
     ack_to_b: Option<OwedAck>,
     /// ACK owed to A for a 2xx it sent to an INVITE we relayed from B.
@@ -453,8 +458,8 @@ impl Bridge {
             a_last_answer: Bytes::new(),
             b: None,
             best: None,
-            a_to_b: None,
-            b_to_a: None,
+            a_to_b: VecDeque::new(),
+            b_to_a: VecDeque::new(),
             ack_to_b: None,
             ack_to_a: None,
             b_deadline: None,

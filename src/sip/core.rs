@@ -584,7 +584,7 @@ impl SipCore {
                     // The transaction user never answered: a bug on some path, made
                     // visible rather than kept for the life of the process.
                     let method = key.method.metric_label();
-                    tracing::warn!(branch = %key.branch, method = %method, "request never answered; its transaction is dropped");
+                    tracing::warn!(branch = %key.branch, method = %method, "request never answered; its transaction gives up on it");
                     metrics::counter!(telemetry::SIP_UNANSWERED_TOTAL, "method" => method)
                         .increment(1);
                 }

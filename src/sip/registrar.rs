@@ -115,6 +115,8 @@ pub(crate) struct Registrar {
     failures: HashMap<IpAddr, Failures>,
     /// The second of the last sweep (the bindings are scanned at most once a second).
     swept_at: Option<u64>,
+    /// The second of the last sweep of `failures` made by a failure.
+    failures_swept_at: Option<u64>,
 }
 
 impl Registrar {
@@ -126,6 +128,7 @@ impl Registrar {
             by_flow: HashMap::new(),
             failures: HashMap::new(),
             swept_at: None,
+            failures_swept_at: None,
         }
     }
 
@@ -385,10 +388,22 @@ impl Registrar {
         // is past its window goes once the table is large, and it never holds more than
         // MAX_FAILING_ADDRESSES addresses (beyond that a new address is not throttled).
         if self.failures.len() >= MAX_FAILING_ADDRESSES / 16 && !self.failures.contains_key(&ip) {
-            self.failures
-                .retain(|_, f| now.saturating_sub(f.since) < FAILURE_WINDOW);
+            // At most one sweep a second, however many addresses fail.
+            if self.failures_swept_at != Some(now) {
+                self.failures_swept_at = Some(now);
+                self.failures
+                    .retain(|_, f| now.saturating_sub(f.since) < FAILURE_WINDOW);
+            }
             if self.failures.len() >= MAX_FAILING_ADDRESSES {
-                return;
+                // Full of addresses failing now: the one failing longest makes room.
+                let oldest = self
+                    .failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.since)
+                    .map(|(ip, _)| *ip);
+                if let Some(oldest) = oldest {
+                    self.failures.remove(&oldest);
+                }
             }
         }
         let f = self.failures.entry(ip).or_insert(Failures {

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::build::MessageBuilder;
-use super::msg::{HeaderName, Method, SipMessage};
+use super::msg::{parse_datagram, HeaderName, Method, SipMessage};
 
-/// How long an INVITE server transaction waits for its TU's final response before it is
-/// dropped as unanswered: far beyond any ring timeout, so only a lost answer reaches it.
-pub(crate) const UNANSWERED_INVITE: Duration = Duration::from_secs(15 * 60);
+/// How long an INVITE server transaction waits for its TU's final response before it
+/// answers 500 itself: hours beyond what a call rings (`sip.ring_timeout_secs` is at most
+/// an hour per trunk), so only an answer lost on some path reaches it.
+pub(crate) const UNANSWERED_INVITE: Duration = Duration::from_secs(6 * 3600);
 
 /// Timer base values (RFC 3261 §17.1.1.1, Table 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +66,9 @@ pub(crate) enum TxnOutput {
     Timeout,
     /// Timer H: the final non-2xx response was never acknowledged.
     AckTimeout,
-    /// A server transaction's TU never answered its request within
-    /// [`UNANSWERED_INVITE`] (INVITE) or 64·T1 (other methods); the transaction ends.
+    /// A server transaction's TU never answered its request: an INVITE within
+    /// [`UNANSWERED_INVITE`] (the transaction answers 500 itself), another method within
+    /// 128·T1 (the transaction ends: its client gave up at 64·T1).
     Unanswered,
     /// The transaction is over; drop it.
     Terminated,
@@ -361,9 +363,11 @@ pub(crate) struct ServerTxn {
 impl ServerTxn {
     /// Starts a server transaction for a received `request`, which is delivered to the TU.
     /// An INVITE is answered with 100 Trying at once (§17.2.1), so the client stops
-    /// retransmitting while the B2BUA works. A request the TU never answers ends the
-    /// transaction with [`TxnOutput::Unanswered`]: after [`UNANSWERED_INVITE`] for an
-    /// INVITE, after 64·T1 (when the client has given up, Timer F) for other methods.
+    /// retransmitting while the B2BUA works. A request the TU never answers is reported
+    /// with [`TxnOutput::Unanswered`]: an INVITE after [`UNANSWERED_INVITE`], answered 500
+    /// by the transaction itself; another method after 128·T1 (twice the client's Timer F,
+    /// so a relayed request's own timeout still finds this transaction to answer), and the
+    /// transaction ends.
     pub(crate) fn new(
         now: Instant,
         request: SipMessage,
@@ -386,7 +390,7 @@ impl ServerTxn {
                     now + if invite {
                         UNANSWERED_INVITE
                     } else {
-                        64 * config.t1
+                        128 * config.t1
                     },
                 ),
             },
@@ -529,7 +533,12 @@ impl ServerTxn {
                     self.out.push_back(TxnOutput::AckTimeout)
                 }
                 TxnState::Trying | TxnState::Proceeding => {
-                    self.out.push_back(TxnOutput::Unanswered)
+                    self.out.push_back(TxnOutput::Unanswered);
+                    if let Some(failure) = self.unanswered_failure() {
+                        // Timers G and H take over, as for any final failure.
+                        self.respond(now, failure);
+                        return;
+                    }
                 }
                 _ => {}
             }
@@ -540,6 +549,24 @@ impl ServerTxn {
     fn send(&mut self, wire: Bytes) {
         self.out.push_back(TxnOutput::Transmit(wire.clone()));
         self.last_response = Some(wire);
+    }
+
+    /// An INVITE's 500 made from its last provisional response (the same Via, From, To,
+    /// Call-ID and CSeq), so the caller stops waiting; `None` for other methods.
+    fn unanswered_failure(&self) -> Option<SipMessage> {
+        if !self.invite {
+            return None;
+        }
+        let provisional = parse_datagram(self.last_response.clone()?).ok()?;
+        Some(
+            MessageBuilder::response_to_headers(
+                &provisional.headers,
+                500,
+                "Server Internal Error",
+                Some("unanswered"),
+            )
+            .build(),
+        )
     }
 
     fn wait(&self, unreliable: Duration) -> Duration {

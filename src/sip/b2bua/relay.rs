@@ -220,10 +220,10 @@ impl Bridge {
             Leg::B => &mut self.a_to_b,
             Leg::A => &mut self.b_to_a,
         };
-        let relayed = match pending {
-            Some(r) if r.sent_seq == cseq.seq && r.method == cseq.method => pending.take(),
-            _ => None,
-        };
+        let relayed = pending
+            .iter()
+            .position(|r| r.sent_seq == cseq.seq && r.method == cseq.method)
+            .and_then(|i| pending.remove(i));
         let Some(relayed) = relayed else {
             // Our own request: a BYE's answer changes nothing; a failed session refresh
             // ends the call (RFC 4028 §10).
@@ -315,9 +315,13 @@ impl Bridge {
             return;
         }
         let pending = match leg {
-            Leg::B => self.a_to_b.take(),
-            Leg::A => self.b_to_a.take(),
+            Leg::B => &mut self.a_to_b,
+            Leg::A => &mut self.b_to_a,
         };
+        let pending = pending
+            .iter()
+            .position(|r| r.sent_seq == cseq.seq && r.method == cseq.method)
+            .and_then(|i| pending.remove(i));
         if let Some(relayed) = pending {
             let resp =
                 MessageBuilder::response_to(&relayed.request, 408, "Request Timeout", None).build();
@@ -412,7 +416,7 @@ impl Bridge {
                 self.end(now, Some(leg), "normal_clearing");
             }
             Method::Invite | Method::Update => {
-                if self.a_to_b.is_some() || self.b_to_a.is_some() {
+                if self.offer_relayed() {
                     // Glare: one offer at a time per call (RFC 3261 §14.1).
                     respond(
                         self,
@@ -448,27 +452,30 @@ impl Bridge {
                 }
                 self.relay(now, leg, server, request);
             }
-            Method::Info => self.relay_one_at_a_time(now, leg, server, request),
+            Method::Info => self.relay_bounded(now, leg, server, request),
             ref m if m.as_bytes() == b"MESSAGE" => {
-                self.relay_one_at_a_time(now, leg, server, request);
+                self.relay_bounded(now, leg, server, request);
             }
             _ => respond(self, 501, "Not Implemented", None),
         }
     }
 
-    /// Passes an INFO or MESSAGE on, unless a request relayed the same way still waits for
-    /// its answer: then this one is refused with 500 and Retry-After (RFC 3261 §14.2's
-    /// answer to a request crossing another), so every request gets its answer.
-    fn relay_one_at_a_time(
-        &mut self,
-        now: Instant,
-        leg: Leg,
-        server: ServerId,
-        request: SipMessage,
-    ) {
+    /// Whether a re-INVITE or UPDATE relayed either way still waits for its answer (one
+    /// offer at a time per call).
+    pub(super) fn offer_relayed(&self) -> bool {
+        self.a_to_b
+            .iter()
+            .chain(self.b_to_a.iter())
+            .any(|r| matches!(r.method, Method::Invite | Method::Update))
+    }
+
+    /// Passes an INFO or MESSAGE on, unless [`MAX_RELAYED`](super::MAX_RELAYED) requests
+    /// relayed the same way still wait for their answers: then this one is refused with 500
+    /// and Retry-After, so every request gets an answer.
+    fn relay_bounded(&mut self, now: Instant, leg: Leg, server: ServerId, request: SipMessage) {
         let busy = match leg {
-            Leg::A => self.a_to_b.is_some(),
-            Leg::B => self.b_to_a.is_some(),
+            Leg::A => self.a_to_b.len() >= super::MAX_RELAYED,
+            Leg::B => self.b_to_a.len() >= super::MAX_RELAYED,
         };
         if busy {
             let response =
@@ -484,14 +491,15 @@ impl Bridge {
         self.relay(now, leg, server, request);
     }
 
-    /// Passes an in-dialog request from `from_leg` to the other leg (one at a time each
-    /// way: the caller checks none is pending); with no dialog on the other side yet, the
-    /// request is answered 481.
+    /// Passes an in-dialog request from `from_leg` to the other leg; with no dialog on the
+    /// other side yet (a trunk still being tried), the request is answered 500 with
+    /// Retry-After (481 would end the caller's early dialog, RFC 5057).
     fn relay(&mut self, _now: Instant, from_leg: Leg, server: ServerId, request: SipMessage) {
         let method = request.method().cloned().unwrap_or(Method::Info);
         let no_dialog = |this: &mut Self| {
             let response =
-                MessageBuilder::response_to(&request, 481, "Call/Transaction Does Not Exist", None)
+                MessageBuilder::response_to(&request, 500, "Server Internal Error", None)
+                    .header(HeaderName::RetryAfter, "1")
                     .build();
             this.respond_a(server, response);
         };
@@ -540,11 +548,11 @@ impl Bridge {
         };
         match from_leg {
             Leg::A => {
-                self.a_to_b = Some(relayed);
+                self.a_to_b.push_back(relayed);
                 self.b(SipCommand::Request { request: out, to });
             }
             Leg::B => {
-                self.b_to_a = Some(relayed);
+                self.b_to_a.push_back(relayed);
                 self.a(SipCommand::Request { request: out, to });
             }
         }

@@ -69,6 +69,7 @@ impl Bridge {
     /// Leg B's session timer fired: refresh (UPDATE, or re-INVITE with the same SDP) when
     /// we are the refresher, else the session expired.
     pub(super) fn refresh_b(&mut self, now: Instant) {
+        let offering = self.offer_relayed();
         let Some(b) = self.b.as_mut() else {
             return;
         };
@@ -76,7 +77,7 @@ impl Bridge {
             self.hangup(now, "session_expired");
             return;
         }
-        if self.a_to_b.is_some() {
+        if offering {
             // An offer is in progress; it refreshes the session itself.
             b.timer.arm(now);
             return;

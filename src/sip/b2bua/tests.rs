@@ -1071,23 +1071,30 @@ fn second_reinvite_while_one_is_pending_is_491() {
 }
 
 #[test]
-fn an_info_crossing_a_pending_one_is_answered_500_never_dropped() {
+fn infos_in_a_row_are_relayed_each_answered_and_one_too_many_gets_500() {
     let (mut call, actions) = Call::new();
     call.connect(&actions, &[]);
-    let (first, actions) = call.a_in_dialog("INFO", 2, "");
-    let relayed = one_b_request(&actions).request;
-    assert_eq!(cseq(&relayed), "2 INFO");
-    // A second INFO before B answered the first: refused at once, with a time to retry.
-    let (second, actions) = call.a_in_dialog("INFO", 3, "");
+    // DTMF as INFO, faster than the trunk answers: each is passed on.
+    let mut sent = Vec::new();
+    for seq in 2..2 + MAX_RELAYED as u32 {
+        let (server, actions) = call.a_in_dialog("INFO", seq, "");
+        assert!(a_responses(&actions).is_empty(), "{actions:#?}");
+        sent.push((server, one_b_request(&actions).request));
+    }
+    // One more while all of them wait: refused at once, with a time to retry.
+    let (refused, actions) = call.a_in_dialog("INFO", 2 + MAX_RELAYED as u32, "");
     let (answered, resp) = one_a_response(&actions);
-    assert_eq!(answered, second);
+    assert_eq!(answered, refused);
     assert_eq!(resp.status(), Some(500));
     assert_eq!(hdr(&resp, HeaderName::RetryAfter), "1");
     assert!(b_requests(&actions).is_empty());
-    // The first still gets B's answer.
-    let actions = call.b_says(b_reply(&relayed, 200, "OK", None, &[]));
-    let (answered, ok) = one_a_response(&actions);
-    assert_eq!((answered, ok.status()), (first, Some(200)));
+    // B's answers, in any order, each reach the request they answer.
+    for (server, relayed) in sent.into_iter().rev() {
+        let actions = call.b_says(b_reply(&relayed, 200, "OK", None, &[]));
+        let (answered, ok) = one_a_response(&actions);
+        assert_eq!((answered, ok.status()), (server, Some(200)));
+        assert_eq!(cseq(&ok).split(' ').nth(1), Some("INFO"));
+    }
 }
 
 #[test]

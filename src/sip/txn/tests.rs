@@ -440,7 +440,7 @@ fn non_invite_server_absorbs_and_replays_then_waits_timer_j() {
 
 #[test]
 fn a_request_its_tu_never_answers_ends_its_transaction_as_unanswered() {
-    // Non-INVITE: when the client's Timer F has given up (64·T1).
+    // Non-INVITE: twice the client's Timer F (64·T1).
     let mut clock = Clock::new();
     let mut log = Log::default();
     let info = request(Method::Info);
@@ -451,11 +451,13 @@ fn a_request_its_tu_never_answers_ends_its_transaction_as_unanswered() {
         TimerConfig::default(),
     );
     clock.run_until(&mut txn, &mut log, secs(60.0));
-    assert_eq!(log.when(&TxnOutput::Unanswered), Some(secs(32.0)));
-    assert_eq!(log.when(&TxnOutput::Terminated), Some(secs(32.0)));
+    clock.run_until(&mut txn, &mut log, secs(70.0));
+    assert_eq!(log.when(&TxnOutput::Unanswered), Some(secs(64.0)));
+    assert_eq!(log.when(&TxnOutput::Terminated), Some(secs(64.0)));
     assert_eq!(log.transmits().len(), 0, "nothing is made up for the TU");
 
-    // INVITE: its 100 Trying went out; only far beyond any ring timeout is it given up.
+    // INVITE: its 100 Trying and a 180 went out; only hours beyond any ring timeout does
+    // the transaction answer 500 itself, and the caller's ACK ends it.
     let mut clock = Clock::new();
     let mut log = Log::default();
     let invite = request(Method::Invite);
@@ -474,6 +476,25 @@ fn a_request_its_tu_never_answers_ends_its_transaction_as_unanswered() {
     );
     clock.run_until(&mut txn, &mut log, UNANSWERED_INVITE + secs(1.0));
     assert_eq!(log.when(&TxnOutput::Unanswered), Some(UNANSWERED_INVITE));
+    assert_eq!(txn.state(), TxnState::Completed);
+    let failure = log
+        .0
+        .iter()
+        .rev()
+        .find_map(|(_, o)| match o {
+            TxnOutput::Transmit(b) => Some(parse_datagram(b.clone()).expect("parses")),
+            _ => None,
+        })
+        .expect("a final response");
+    assert_eq!(failure.status(), Some(500));
+    let to = failure.header(&HeaderName::To).expect("To").value.clone();
+    assert!(
+        to.ends_with(b";tag=to-tag-9"),
+        "the provisional's To tag: {to:?}"
+    );
+    let ack = MessageBuilder::request(Method::Ack, "sip:agent@192.0.2.20:5070").build();
+    txn.handle_request(clock.now, &ack);
+    clock.run_until(&mut txn, &mut log, UNANSWERED_INVITE + secs(10.0));
     assert_eq!(txn.state(), TxnState::Terminated);
 
     // Answered in time, the guard is gone: a 200 to the INVITE ends on Timer L as ever.
