@@ -46,10 +46,11 @@
 # calls_served, failed, ...), for scripts comparing runs.
 #
 # Needs a release build (cargo build --release), SIPp (Debian sip-tester) and gnuplot
-# (gnuplot-nox) for the plots. Ports: HTTP 18080, sim 18090, SIP 15060, PBX 15070, transit
-# callee 15071, transit caller 15080, switch media 30000-39999, SIPp media 40000, 40002, 40010,
-# 40012, 42000 and 42002. Bounded: new calls stop after DURATION_S, every process is killed after
-# DURATION_S + 4 holds + 300 s.
+# (gnuplot-nox) for the plots. Ports (below the kernel's ephemeral range, so the sim's own
+# sockets never take them): HTTP 18080, sim 18090, SIP 15060, PBX 15070, transit callee
+# 15071, transit caller 15080, switch media 20000-29999, SIPp media 12000, 12002, 12010,
+# 12012, 12100 and 12102. Bounded: new calls stop after DURATION_S, every process is killed
+# after DURATION_S + 4 holds + 300 s.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SHARE=70; UIC_CAP=400; SIP_CAP=1000; MIX=50; HOLD=30; WARMUP=""; MAX_SLOPE=1; SAMPLE=5
@@ -66,7 +67,7 @@ while [ $# -gt 0 ]; do
     --sample) SAMPLE="$2"; shift 2 ;;
     --switch-cpus) SWITCH_CPUS="$2"; shift 2 ;;
     --harness-cpus) HARNESS_CPUS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
     -*) echo "unknown option $1 (see --help)"; exit 2 ;;
     *) ARGS+=("$1"); shift ;;
   esac
@@ -106,7 +107,7 @@ trap cleanup EXIT
 sed -e "s/127.0.0.1:8080/$L:18080/" -e "s/127.0.0.1:8090/$L:18090/" \
     -e "s/127.0.0.1:5060/$L:15060/" -e "s/127.0.0.1:5070/$L:15070/" \
     -e "s|sqlite://waswitch-uic-sim.db|sqlite://$W/soak.db|" \
-    -e 's/^\[media\]/[media]\nport_min = 30000\nport_max = 39999/' \
+    -e 's/^\[media\]/[media]\nport_min = 20000\nport_max = 29999/' \
     "$ROOT/config/examples/uic-sim.toml" >"$W/soak.toml"
 cat >>"$W/soak.toml" <<TOML
 
@@ -142,22 +143,21 @@ PY
 # The PBX of the user-initiated calls (answers Opus, echoes), and the transit callee
 # (SIPp's built-in callee: answers PCMU, echoes).
 ( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp -sf "$ROOT/loadtest/sipp/uic_uas_opus.xml" \
-    -i $L -p 15070 -mi $L -mp 40000 -rtp_echo -nostdin -trace_err -error_file "$W/pbx.err" \
+    -i $L -p 15070 -mi $L -mp 12000 -rtp_echo -nostdin -trace_err -error_file "$W/pbx.err" \
     >"$W/pbx.log" 2>&1 ) &
 PIDS+=($!)
-( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp -sn uas -i $L -p 15071 -mi $L -mp 40010 \
+( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp -sn uas -i $L -p 15071 -mi $L -mp 12010 \
     -rtp_echo -nostdin -trace_err -error_file "$W/callee.err" >"$W/callee.log" 2>&1 ) &
 PIDS+=($!)
 
-env ${WASWITCH_ENV:-} WASWITCH_LOG_LEVEL=warn "${SW_PIN[@]}" ${WASWITCH_WRAP:-} "$BIN" run \
+env ${WASWITCH_ENV:-} WASWITCH_LOG_LEVEL=warn timeout $BOUND "${SW_PIN[@]}" ${WASWITCH_WRAP:-} "$BIN" run \
   --config "$W/soak.toml" >"$W/switch.log" 2>&1 &
 SW=$!; SWW=$SW; PIDS+=("$SW")
 for _ in $(seq 300); do curl -sf http://$L:18080/ready >/dev/null && break; sleep 0.1; done
 curl -sf http://$L:18080/ready >/dev/null || { echo "the switch did not start"; cat "$W/switch.log"; exit 2; }
-# Under a wrapper the switch is the wrapper's newest descendant of that command line.
-if [ -n "${WASWITCH_WRAP:-}" ]; then
-  SW=$(pgrep -n -f "$BIN run --config $W/soak.toml") || { echo "the switch's process not found"; exit 2; }
-fi
+# The switch itself runs under timeout (and maybe a profiler): it is the newest process of
+# that command line.
+SW=$(pgrep -n -f "$BIN run --config $W/soak.toml") || { echo "the switch's process not found"; exit 2; }
 
 # One sample: time, the switch's CPU ticks, RSS (KiB), open fds, then its metrics of
 # interest (calls, RTP, table sizes) as name{labels}=value.
@@ -184,9 +184,9 @@ if [ "$UIC_CALLS" -gt 0 ]; then
 fi
 if [ "$SIP_CALLS" -gt 0 ]; then
   # Calls per 10 s, so that low rates stay exact.
-  PER10=$(( (SIP_CALLS * 10 + HOLD / 2) / HOLD ))
+  PER10=$(( (SIP_CALLS * 10 + HOLD / 2) / HOLD )); [ "$PER10" -gt 0 ] || PER10=1
   ( cd "$W" && exec timeout $BOUND "${H_PIN[@]}" sipp $L:15060 -sf "$ROOT/loadtest/sipp/soak_uac.xml" \
-      -s 9000 -i $L -p 15080 -mi $L -mp 42000 -r "$PER10" -rp 10000 -d $(( HOLD * 1000 )) \
+      -s 9000 -i $L -p 15080 -mi $L -mp 12100 -r "$PER10" -rp 10000 -d $(( HOLD * 1000 )) \
       -m $(( PER10 * DURATION / 10 )) -l $(( SIP_CALLS * 2 )) -nostdin -trace_err \
       -error_file "$W/caller.err" -trace_stat -stf "$W/caller.csv" -fd "$SAMPLE" \
       -recv_timeout 10000 >"$W/caller.log" 2>&1 ) &
@@ -206,5 +206,5 @@ if [ "${SOAK_KILL:-0}" = 1 ]; then
 fi
 sleep 1
 
-PARAMS="duration_s=$DURATION share_pct=$SHARE uic_capacity=$UIC_CAP sip_capacity=$SIP_CAP mix_pct=$MIX hold_s=$HOLD warmup_s=$WARMUP max_slope_kib=$MAX_SLOPE sample_s=$SAMPLE uic_calls=$UIC_CALLS sip_calls=$SIP_CALLS switch_cpus=$SWITCH_CPUS harness_cpus=$HARNESS_CPUS switch_env=${WASWITCH_ENV:-none}"
+PARAMS="duration_s=$DURATION share_pct=$SHARE uic_capacity=$UIC_CAP sip_capacity=$SIP_CAP mix_pct=$MIX hold_s=$HOLD warmup_s=$WARMUP max_slope_kib=$MAX_SLOPE sample_s=$SAMPLE uic_calls=$UIC_CALLS sip_calls=$SIP_CALLS switch_cpus=$SWITCH_CPUS harness_cpus=$HARNESS_CPUS switch_env=$(echo "${WASWITCH_ENV:-none}" | tr ' ' ',')"
 python3 "$ROOT/loadtest/soak_report.py" "$W" "$ROOT" "$START" "$END" "$PARAMS"
