@@ -216,14 +216,7 @@ impl Bridge {
         if code < 200 {
             return;
         }
-        let pending = match leg {
-            Leg::B => &mut self.a_to_b,
-            Leg::A => &mut self.b_to_a,
-        };
-        let relayed = pending
-            .iter()
-            .position(|r| r.sent_seq == cseq.seq && r.method == cseq.method)
-            .and_then(|i| pending.remove(i));
+        let relayed = self.take_relayed(leg, cseq.seq, &cseq.method);
         let Some(relayed) = relayed else {
             // Our own request: a BYE's answer changes nothing; a failed session refresh
             // ends the call (RFC 4028 §10).
@@ -307,6 +300,19 @@ impl Bridge {
         }
     }
 
+    /// The request relayed onto `leg` that our request `seq`/`method` carried, taken out
+    /// of those waiting for their answers.
+    fn take_relayed(&mut self, leg: Leg, seq: u32, method: &Method) -> Option<Relayed> {
+        let pending = match leg {
+            Leg::B => &mut self.a_to_b,
+            Leg::A => &mut self.b_to_a,
+        };
+        let i = pending
+            .iter()
+            .position(|r| r.sent_seq == seq && &r.method == method)?;
+        pending.remove(i)
+    }
+
     pub(super) fn relayed_timeout(&mut self, now: Instant, leg: Leg, request: &SipMessage) {
         let Some(cseq) = seq_of(request) else {
             return;
@@ -314,14 +320,7 @@ impl Bridge {
         if cseq.method == Method::Bye {
             return;
         }
-        let pending = match leg {
-            Leg::B => &mut self.a_to_b,
-            Leg::A => &mut self.b_to_a,
-        };
-        let pending = pending
-            .iter()
-            .position(|r| r.sent_seq == cseq.seq && r.method == cseq.method)
-            .and_then(|i| pending.remove(i));
+        let pending = self.take_relayed(leg, cseq.seq, &cseq.method);
         if let Some(relayed) = pending {
             let resp =
                 MessageBuilder::response_to(&relayed.request, 408, "Request Timeout", None).build();
