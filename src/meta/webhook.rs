@@ -778,6 +778,16 @@ fn unknown_keys(map: &Map<String, Value>, known: &[&str], prefix: &str, out: &mu
     }
 }
 
+/// The first 16 bytes of an id's SHA-256: what is kept of Meta's ids that only need to be
+/// recognised again (delivered events, applied replies), whatever their length.
+pub(crate) fn id_digest(id: &str) -> u128 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(first)
+}
+
 /// Remembers the events already delivered, so a redelivery is recognised. Bounded in size
 /// and age; time is an input. Each event is kept as 16 bytes of the SHA-256 of its key, so
 /// a full window costs a few megabytes, whatever the keys' length.
@@ -800,18 +810,10 @@ impl Dedup {
         }
     }
 
-    fn digest(key: &str) -> u128 {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(key.as_bytes());
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&d[..16]);
-        u128::from_be_bytes(first)
-    }
-
     /// Whether `key` was seen within the window (without remembering it).
     pub fn seen(&mut self, key: &str, now: Instant) -> bool {
         self.expire(now);
-        self.seen.contains(&Self::digest(key))
+        self.seen.contains(&id_digest(key))
     }
 
     /// Remembers `key` as delivered at `now`.
@@ -825,7 +827,7 @@ impl Dedup {
                 None => break,
             }
         }
-        let digest = Self::digest(&key);
+        let digest = id_digest(&key);
         if self.seen.insert(digest) {
             self.order.push_back((now, digest));
         }

@@ -134,23 +134,15 @@ pub struct PairView {
 struct ReplyIds(HashSet<u128>);
 
 impl ReplyIds {
-    fn digest(id: &str) -> u128 {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(id.as_bytes());
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&d[..16]);
-        u128::from_be_bytes(first)
-    }
-
     fn insert(&mut self, id: impl AsRef<str>) {
-        if self.0.insert(Self::digest(id.as_ref())) {
+        if self.0.insert(crate::meta::webhook::id_digest(id.as_ref())) {
             metrics::gauge!(telemetry::STATE_ENTRIES, "table" => "permission_reply_ids")
                 .set(self.0.len() as f64);
         }
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.0.contains(&Self::digest(id))
+        self.0.contains(&crate::meta::webhook::id_digest(id))
     }
 }
 
