@@ -65,6 +65,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used (check `sip.tls`).
     #[error("sip.tls: {0}")]
     Tls(#[from] crate::sip::transport::tls::TlsError),
+    /// The trust of media streams' `wss://` connections could not be set up.
+    #[error("stream.ca_file: {0}")]
+    Stream(String),
     /// A part of the node was set up twice: a bug in the start order.
     #[error("start order: {0}")]
     Order(#[from] crate::once::SetTwice),
@@ -610,7 +613,13 @@ impl Node {
             tracing::info!(sip_tcp = %l.local_addr(), "SIP listening");
         }
 
-        // What call control (IVRs, apps) reaches: trunks, Meta, permissions, queues, apps.
+        // What call control (IVRs, apps) reaches: trunks, Meta, permissions, queues, apps,
+        // voice bots.
+        let streams = crate::call::stream::StreamServices::new(
+            config.stream.ca_file.as_deref(),
+            config.stream.connect_timeout,
+        )
+        .map_err(StartError::Stream)?;
         let control_services = outbox
             .as_ref()
             .map(|outbox| crate::call::ivr::ControlServices {
@@ -623,6 +632,7 @@ impl Node {
                 agents: (!config.queues.is_empty()).then(|| agent_directory.clone()),
                 apps: apps.clone(),
                 store: Some(store.clone()),
+                streams: streams.clone(),
             });
         let meta_ingress = match (config.meta.as_ref(), &outbox, &control_services) {
             (Some(meta), Some(outbox), Some(services)) => {

@@ -115,6 +115,20 @@ pub const RTP_PACKETS_TOTAL: &str = "waswitch_rtp_packets_total";
 /// Counter: RTP packets dropped by the media shards, by `reason` (`foreign_source`,
 /// `malformed`, `no_destination`, `stale`: left on a socket kept from an earlier call).
 pub const RTP_DROPPED_TOTAL: &str = "waswitch_rtp_dropped_total";
+/// Counter: messages or audio from voice bots' media streams dropped, by `reason`
+/// (`not_json`, `unknown_event`, `bad_payload`, `too_long`, `bad_binary`, `flood`,
+/// `queue_full`).
+pub const STREAM_DROPPED_TOTAL: &str = "waswitch_stream_dropped_total";
+/// Gauge: media streams to bots connected now.
+pub const STREAMS_ACTIVE: &str = "waswitch_streams_active";
+/// Counter: media streams ended, by `format` and `end` (the CDR's end reason).
+pub const STREAMS_TOTAL: &str = "waswitch_streams_total";
+/// Counter: audio bytes of media streams, by `direction` (`to_bot`, `from_bot`).
+pub const STREAM_BYTES_TOTAL: &str = "waswitch_stream_bytes_total";
+/// Histogram: seconds the switch adds to a media stream's audio, by `direction`
+/// (`to_bot`: a customer's packet reaching the switch to its audio written to the bot;
+/// `to_caller`: the bot's audio reaching an empty playout buffer to its first packet).
+pub const STREAM_LATENCY: &str = "waswitch_stream_latency_seconds";
 
 /// Histogram: seconds a relayed RTP packet spent in the switch, from the kernel's receive
 /// stamp to its send (one packet in 16 per leg), by `direction` (`a_to_b`: from the
@@ -126,6 +140,13 @@ pub const MEDIA_LATENCY_ADDED: &str = "waswitch_media_latency_added_seconds";
 pub const MEDIA_DELAY_VARIATION: &str = "waswitch_media_delay_variation_seconds";
 
 /// Bucket bounds (seconds) of the two media latency histograms.
+/// Bounds of the media streams' latency (the bot → customer direction holds the playout
+/// buffer's prefill, tens of milliseconds).
+const STREAM_LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1,
+    0.2, 0.5,
+];
+
 const MEDIA_LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.01,
     0.02, 0.05, 0.1,
@@ -277,6 +298,7 @@ pub fn install_metrics() -> PrometheusHandle {
             let builder = [
                 (MEDIA_LATENCY_ADDED, &MEDIA_LATENCY_BUCKETS[..]),
                 (MEDIA_DELAY_VARIATION, &MEDIA_LATENCY_BUCKETS[..]),
+                (STREAM_LATENCY, &STREAM_LATENCY_BUCKETS[..]),
                 (CALL_MOS, &CALL_MOS_BUCKETS[..]),
             ]
             .into_iter()
@@ -744,6 +766,47 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Histogram,
             "Seconds a relayed RTP packet spent in the switch (kernel receive to send, sampled), by direction.",
             one("direction", &["a_to_b", "b_to_a"]),
+        ),
+        m(
+            STREAMS_ACTIVE,
+            Gauge,
+            "Media streams to voice bots connected now.",
+            unlabelled(),
+        ),
+        m(
+            STREAMS_TOTAL,
+            Counter,
+            "Media streams to voice bots ended, by format and end reason.",
+            Vec::new(),
+        ),
+        m(
+            STREAM_BYTES_TOTAL,
+            Counter,
+            "Audio bytes of media streams to voice bots, by direction.",
+            one("direction", &["to_bot", "from_bot"]),
+        ),
+        m(
+            STREAM_DROPPED_TOTAL,
+            Counter,
+            "Messages or audio from voice bots dropped, by reason.",
+            one(
+                "reason",
+                &[
+                    "not_json",
+                    "unknown_event",
+                    "bad_payload",
+                    "too_long",
+                    "bad_binary",
+                    "flood",
+                    "queue_full",
+                ],
+            ),
+        ),
+        m(
+            STREAM_LATENCY,
+            Histogram,
+            "Seconds the switch adds to a media stream's audio, by direction.",
+            one("direction", &["to_bot", "to_caller"]),
         ),
         m(
             MEDIA_DELAY_VARIATION,

@@ -78,6 +78,26 @@ fn cdr(n: i64, direction: Direction, outcome: CallOutcome) -> Cdr {
             queue_outcome: (n % 10 == 5).then(|| "answered".to_string()),
             app: (n % 10 == 0).then(|| "demo".to_string()),
             app_error: (n % 20 == 0).then(|| "timeout: the app did not answer".to_string()),
+            streams: if n % 10 == 0 {
+                vec![waswitch::store::StreamRecord {
+                    url: "wss://bot.example/media".into(),
+                    format: "twilio".into(),
+                    stream_sid: format!("MZ{n:032x}"),
+                    duration_ms: 12_345,
+                    end: "handover".into(),
+                    handover: serde_json::json!({"queue": "sales"}).as_object().cloned(),
+                    bytes_to_bot: 98_760,
+                    bytes_from_bot: 54_320,
+                    malformed: 1,
+                    flood_dropped_bytes: 0,
+                    attempts: 1,
+                    to_bot_us: Some([180, 950]),
+                    to_caller_us: Some([40_100, 41_000]),
+                    error: None,
+                }]
+            } else {
+                Vec::new()
+            },
         }),
         // Some were recorded, and Meta's recording linked to some.
         recording: (n % 4 == 0).then(|| waswitch::store::CdrRecording {

@@ -81,6 +81,8 @@ pub struct ControlServices {
     pub apps: super::app::Apps,
     /// Where recordings are kept track of (for their download).
     pub store: Option<crate::store::Store>,
+    /// Whom `stream` connections trust, and how long they may take.
+    pub streams: super::stream::StreamServices,
 }
 
 /// One IVR call's start.
@@ -164,6 +166,15 @@ pub enum IvrMsg {
         duration_ms: u64,
         /// Its media type.
         media_type: &'static str,
+    },
+    /// A stream ended.
+    StreamEnded {
+        /// The engine's stream.
+        seq: u64,
+        /// How.
+        end: crate::media::stream::session::End,
+        /// Its record, for the CDR.
+        record: super::stream::StreamRecord,
     },
     /// Verbs, checked and their prompts ready, replace the script now.
     Load {
@@ -272,6 +283,10 @@ pub struct Ivr {
     started: bool,
     /// An app's verbs ready to run since then: the time to their first command is measured.
     verbs_ready: Option<Instant>,
+    /// The stream running (the engine's number for it), and how to reach its connection.
+    stream: Option<(u64, tokio::sync::mpsc::Sender<super::stream::Control>)>,
+    /// The streams the call had, for its CDR.
+    streams: Vec<super::stream::StreamRecord>,
 }
 
 impl Actor for IvrActor {
@@ -326,6 +341,8 @@ impl Actor for IvrActor {
             agent_leg: false,
             started: false,
             verbs_ready: None,
+            stream: None,
+            streams: Vec::new(),
         })
     }
 
@@ -414,6 +431,7 @@ impl Actor for IvrActor {
                     ivr.answer_done(now)
                 }
                 IvrMsg::Media(event) => ivr.on_media(event, now),
+                IvrMsg::StreamEnded { seq, end, record } => ivr.stream_ended(seq, end, record, now),
                 IvrMsg::Wake => {
                     ivr.timer.fired();
                     let mut out = Vec::new();
@@ -456,7 +474,7 @@ impl Actor for IvrActor {
             if !ivr.started && ivr.answered && ivr.connected && ivr.finish.is_none() {
                 ivr.start();
             }
-            if ivr.finish.is_some() && ivr.recording == Recording::Idle {
+            if ivr.finish.is_some() && ivr.recording == Recording::Idle && ivr.stream.is_none() {
                 ivr.reply_finish();
             }
             while ivr.tasks.try_join_next().is_some() {}
@@ -663,6 +681,17 @@ impl Ivr {
             Command::RequestCallback { purpose } => self.request_callback(purpose),
             Command::Fetch { from, seq } => return self.fetch(from, seq),
             Command::Gathered(_) => {}
+            Command::Stream { stream, seq } => self.stream(*stream, seq),
+            Command::StreamDtmf(digit) => {
+                if let Some((_, control)) = &self.stream {
+                    let _ = control.try_send(super::stream::Control::Dtmf(digit));
+                }
+            }
+            Command::StopStream { reason } => {
+                if let Some((_, control)) = &self.stream {
+                    let _ = control.try_send(super::stream::Control::Stop(reason));
+                }
+            }
             Command::Hangup { reason } => {
                 let by = match reason.as_str() {
                     "answer_failed" | "answer_timeout" | "record_failed" | "script_loop"
@@ -1354,6 +1383,29 @@ impl Ivr {
                     }];
                 }
             },
+            Fetch::Stream {
+                url,
+                reason,
+                handover,
+            } => match &self.app {
+                Some(app) => {
+                    let mut event = self.event("stream.ended");
+                    event["reason"] = reason.into();
+                    if let Some(h) = handover {
+                        event["handover"] = serde_json::from_str(&h).unwrap_or_default();
+                    }
+                    if let Some(last) = self.streams.last() {
+                        event["stream_sid"] = last.stream_sid.clone().into();
+                    }
+                    (Arc::clone(app), url, event)
+                }
+                None => {
+                    tracing::error!("verbs to fetch, but no app drives the call; the call ends");
+                    return vec![Command::Hangup {
+                        reason: "app_failed".into(),
+                    }];
+                }
+            },
             Fetch::Gather { url, digits } => match &self.app {
                 Some(app) => {
                     let mut event = self.event("gather.completed");
@@ -1379,6 +1431,67 @@ impl Ivr {
             .instrument(self.span.clone()),
         );
         Vec::new()
+    }
+
+    /// Starts a `stream`: its connection runs on a task of the actor's; the engine hears
+    /// of its end as [`IvrMsg::StreamEnded`].
+    fn stream(&mut self, verb: crate::control::verb::Stream, seq: u64) {
+        if let Some((_, control)) = self.stream.take() {
+            let _ = control.try_send(super::stream::Control::Stop("replaced".into()));
+        }
+        let Some(me) = self.myself.clone() else {
+            return;
+        };
+        let (control, rx) = tokio::sync::mpsc::channel(64);
+        self.stream = Some((seq, control));
+        let start = super::stream::StreamStart {
+            verb: Arc::new(verb),
+            call_id: self.call_id.clone(),
+            account: self.setup.phone_number_id.clone(),
+            from: self.setup.caller.wa_id.clone(),
+            to: self.setup.caller.business_number.clone(),
+            media: self.media.clone(),
+            side: Side::A,
+            services: self.setup.services.streams.clone(),
+        };
+        tracing::info!(url = %start.verb.url, "stream to the bot starts");
+        self.tasks.spawn(
+            async move {
+                let (end, record) = super::stream::run(start, rx).await;
+                let _ = me.send_message(IvrMsg::StreamEnded { seq, end, record });
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// A stream ended: its record kept for the CDR, the engine told.
+    fn stream_ended(
+        &mut self,
+        seq: u64,
+        end: crate::media::stream::session::End,
+        record: super::stream::StreamRecord,
+        now: Instant,
+    ) -> Vec<Command> {
+        tracing::info!(end = %record.end, duration_ms = record.duration_ms, "stream to the bot ended");
+        if self.stream.as_ref().is_some_and(|(s, _)| *s == seq) {
+            self.stream = None;
+        }
+        let handover = match &end {
+            crate::media::stream::session::End::Handover(p) => {
+                Some(serde_json::Value::Object(p.clone().unwrap_or_default()).to_string())
+            }
+            _ => None,
+        };
+        let reason = record.end.clone();
+        self.streams.push(record);
+        self.engine.on_event(
+            Event::StreamEnded {
+                seq,
+                reason,
+                handover,
+            },
+            now,
+        )
     }
 
     /// The app answered: its verbs run, or (it failed) its fallback does.
@@ -1535,6 +1648,7 @@ impl Ivr {
                     o => o.to_string(),
                 })
             }),
+            streams: self.streams.clone(),
         };
         let _ = reply.send(record);
     }

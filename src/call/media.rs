@@ -217,6 +217,11 @@ pub enum MediaMsg {
     },
     /// End the capture.
     StopCapture,
+    /// Start a media stream on one side (its queues' shard end; the connection holds the
+    /// others).
+    StartStream(Side, crate::media::stream::Tap),
+    /// End the media stream.
+    StopStream,
     /// Makes the actor fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
@@ -608,6 +613,21 @@ impl Actor for MediaActor {
                     if let Err(e) = pair.stop_capture() {
                         tracing::warn!(parent: &media.span, error = %e, "recording not stopped");
                     }
+                }
+            }
+            MediaMsg::StartStream(side, tap) => match &media.resources {
+                Resources::Anchored(pair) => {
+                    if let Err(e) = pair.stream(side, tap) {
+                        tracing::warn!(parent: &media.span, error = %e, "stream not started");
+                    }
+                }
+                // Without media the tap's queues close with it: the connection sees no
+                // audio, and the bot hears silence.
+                _ => tracing::warn!(parent: &media.span, "a stream without anchored media"),
+            },
+            MediaMsg::StopStream => {
+                if let Resources::Anchored(pair) = &media.resources {
+                    let _ = pair.stop_stream();
                 }
             }
             MediaMsg::Plan(path) => {

@@ -25,6 +25,7 @@ pub(crate) mod plan;
 pub mod recordings;
 pub(crate) mod registry;
 pub(crate) mod sip;
+pub mod stream;
 pub mod supervisor;
 #[cfg(test)]
 mod testing;

@@ -53,6 +53,31 @@ pub(crate) struct ConfigFile {
     pub app: Vec<AppSection>,
     #[serde(default)]
     pub recording: RecordingSection,
+    #[serde(default)]
+    pub stream: StreamSection,
+}
+
+/// `[stream]`: media streams to voice bots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamSection {
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default = "default_stream_connect_timeout_ms")]
+    pub connect_timeout_ms: i64,
+}
+
+impl Default for StreamSection {
+    fn default() -> Self {
+        StreamSection {
+            ca_file: None,
+            connect_timeout_ms: default_stream_connect_timeout_ms(),
+        }
+    }
+}
+
+fn default_stream_connect_timeout_ms() -> i64 {
+    5000
 }
 
 /// `[recording]`: call recordings.
@@ -344,6 +369,29 @@ pub(crate) struct VerbSection {
     // app
     #[serde(default)]
     pub app: Option<String>,
+    // stream
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    #[serde(default)]
+    pub on_handover: Option<String>,
+    #[serde(default)]
+    pub reconnect: Option<i64>,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<i64>,
+    #[serde(default)]
+    pub max_buffer_secs: Option<i64>,
+    #[serde(default)]
+    pub prefill_ms: Option<i64>,
+    #[serde(default)]
+    pub on_flood: Option<String>,
+    #[serde(default)]
+    pub max_malformed: Option<i64>,
 }
 
 impl VerbSection {
@@ -388,6 +436,17 @@ impl VerbSection {
             ("node", self.node.is_some()),
             ("reason", self.reason.is_some()),
             ("app", self.app.is_some()),
+            ("url", self.url.is_some()),
+            ("format", self.format.is_some()),
+            ("parameters", self.parameters.is_some()),
+            ("bearer_env", self.bearer_env.is_some()),
+            ("on_handover", self.on_handover.is_some()),
+            ("reconnect", self.reconnect.is_some()),
+            ("idle_timeout_secs", self.idle_timeout_secs.is_some()),
+            ("max_buffer_secs", self.max_buffer_secs.is_some()),
+            ("prefill_ms", self.prefill_ms.is_some()),
+            ("on_flood", self.on_flood.is_some()),
+            ("max_malformed", self.max_malformed.is_some()),
         ];
         set.into_iter()
             .filter(|(_, s)| *s)

@@ -177,12 +177,25 @@ fn verb_keys(verb: &str) -> Option<&'static [&'static str]> {
         "goto" => &["node"],
         "hangup" => &["reason"],
         "app" => &["app"],
+        "stream" => &[
+            "url",
+            "format",
+            "parameters",
+            "bearer_env",
+            "on_handover",
+            "reconnect",
+            "idle_timeout_secs",
+            "max_buffer_secs",
+            "prefill_ms",
+            "on_flood",
+            "max_malformed",
+        ],
         _ => return None,
     })
 }
 
 const VERBS: &str = "answer, play, gather, record, dial, message, request_callback, branch, \
-                     language, goto, hangup, app";
+                     language, goto, hangup, app, stream";
 
 /// The keys a branch takes for its `when`.
 fn branch_keys(when: &str) -> &'static [&'static str] {
@@ -765,6 +778,7 @@ impl Validator {
                 Some(Verb::Hangup { reason })
             }
             "branch" => self.branch(key, v, menu, known),
+            "stream" => self.stream_verb(key, v, menu),
             "app" => {
                 let app =
                     self.required(key, "app", &v.app, "name the [[app]] the call is handed to")?;
@@ -785,6 +799,68 @@ impl Validator {
             }
             _ => None,
         }
+    }
+
+    /// A `stream` verb: its settings checked as an app's are, its handover node in the
+    /// menu, its bearer token from the environment.
+    fn stream_verb(
+        &mut self,
+        key: &str,
+        v: &file::VerbSection,
+        menu: &mut Menu<'_>,
+    ) -> Option<Verb> {
+        let k = |field: &str| format!("{key}.{field}");
+        let mut settings = serde_json::Map::new();
+        let mut put = |name: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                settings.insert(name.to_string(), value);
+            }
+        };
+        put("url", v.url.clone().map(Into::into));
+        put("format", v.format.clone().map(Into::into));
+        put(
+            "parameters",
+            v.parameters
+                .as_ref()
+                .map(|p| serde_json::to_value(p).unwrap_or_default()),
+        );
+        put("reconnect", v.reconnect.map(Into::into));
+        put("idle_timeout_secs", v.idle_timeout_secs.map(Into::into));
+        put("max_buffer_secs", v.max_buffer_secs.map(Into::into));
+        put("prefill_ms", v.prefill_ms.map(Into::into));
+        put("on_flood", v.on_flood.clone().map(Into::into));
+        put("max_malformed", v.max_malformed.map(Into::into));
+        let mut stream =
+            match crate::control::app::stream_verb(key, &serde_json::Value::Object(settings)) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(
+                        &e.place,
+                        e.why,
+                        "see docs/streams.md for the stream verb's settings",
+                    );
+                    return None;
+                }
+            };
+        if let Some(var) = v.bearer_env.as_deref().map(str::trim) {
+            match std::env::var(var) {
+                Ok(token) if !token.trim().is_empty() => {
+                    stream.bearer = Some(token.trim().to_string())
+                }
+                _ => {
+                    self.problem(
+                        &k("bearer_env"),
+                        format!("the environment variable {var:?} is not set"),
+                        format!("export {var}=<the bot's bearer token>, or remove bearer_env"),
+                    );
+                    return None;
+                }
+            }
+        }
+        if let Some(node) = &v.on_handover {
+            stream.on_handover = Some(self.node_ref(&k("on_handover"), node, menu));
+        }
+        Some(Verb::Stream(Box::new(stream)))
     }
 
     fn branch(

@@ -26,6 +26,7 @@ mod recording;
 mod schedule;
 mod sip;
 mod store;
+mod stream;
 mod validate;
 
 pub use app::{env_var as app_env_var, AppConfig};
@@ -41,6 +42,7 @@ pub use recording::{RecordPolicy, RecordingConfig, RecordingStorage, S3Config};
 pub use schedule::ScheduleConfig;
 pub use sip::{SipConfig, SipRoute, SipTls, SipTrunk, Transport};
 pub use store::{redact_url, CdrWebhookConfig, StoreConfig, StoreUrl};
+pub use stream::StreamConfig;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -101,6 +103,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Call recordings: policy, format, storage, retention, consent.
     pub recording: RecordingConfig,
+    /// Media streams to voice bots: whom `wss://` trusts, how long a connection may take.
+    pub stream: StreamConfig,
     /// Routes whose calls an app drives (`[[route]]` with `app`): route → app.
     pub app_routes: BTreeMap<String, String>,
     /// The call-control clock's offset from the system clock, in milliseconds, for the

@@ -260,6 +260,7 @@ impl Validator {
             &app_names,
             &app_routes,
         );
+        let stream = self.stream(&raw.stream);
         let recording = self.recording(
             &raw.recording,
             base,
@@ -449,6 +450,7 @@ impl Validator {
             apps,
             app_routes,
             recording: recording?,
+            stream: stream?,
             clock_offset_ms: 0,
         })
     }

@@ -17,6 +17,7 @@
 //! | `pause` | `ms` |
 //! | `hangup` | `reason` |
 //! | `redirect` | `url` (its answer's verbs follow) |
+//! | `stream` | `url` (`ws://` or `wss://`), `format` (`twilio`, `l16`), `parameters`, `bearer`, `action` (the stream's end is posted there; the answer's verbs follow), `reconnect`, `idle_timeout_secs`, `max_buffer_secs`, `prefill_ms`, `on_flood` (`drop`, `end`), `max_malformed` |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +25,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::verb::{Destination, Gather, Message, Node, Play, Record, Script, Verb};
+use super::verb::{
+    Destination, Gather, Message, Node, Play, Record, Script, Stream, StreamFormat, Verb,
+};
 
 /// Most verbs in one answer.
 pub const MAX_VERBS: usize = 64;
@@ -66,7 +69,7 @@ pub trait Names {
 
 /// The verbs this module knows, as an error lists them.
 pub const VERBS: &str = "answer, play, gather, record, record_call, dial, message, pause, \
-                         hangup, redirect, request_callback";
+                         hangup, redirect, request_callback, stream";
 
 fn err(place: impl Into<String>, why: impl Into<String>) -> VerbError {
     VerbError {
@@ -335,6 +338,7 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
         "hangup" => &["reason"],
         "redirect" => &["url"],
         "request_callback" => &["purpose"],
+        "stream" => STREAM_KEYS,
         _ => {
             return Err(err(
                 place,
@@ -476,8 +480,155 @@ fn verb(place: &str, value: &Value, names: &dyn Names) -> Result<Verb, VerbError
         "request_callback" => Verb::RequestCallback {
             purpose: s.required_text("purpose", "why the business will call back")?,
         },
+        "stream" => Verb::Stream(Box::new(stream(&s)?)),
         _ => return Err(err(place, format!("unknown verb {name:?}"))),
     })
+}
+
+/// What a `stream` takes.
+pub const STREAM_KEYS: &[&str] = &[
+    "url",
+    "format",
+    "parameters",
+    "bearer",
+    "action",
+    "reconnect",
+    "idle_timeout_secs",
+    "max_buffer_secs",
+    "prefill_ms",
+    "on_flood",
+    "max_malformed",
+];
+
+/// Checks a `stream` verb's settings (`value`, at `place`): the verb with its defaults
+/// for what is not given. IVR menus' `stream` verbs are checked here too.
+pub fn stream_verb(place: &str, value: &Value) -> Result<Stream, VerbError> {
+    stream(&Settings::new(place.to_string(), value, STREAM_KEYS)?)
+}
+
+fn stream(s: &Settings<'_>) -> Result<Stream, VerbError> {
+    let url = s.required_text("url", "the bot's WebSocket URL, ws:// or wss://")?;
+    check_ws_url(&s.at("url"), &url)?;
+    let format = match s.text("format")?.as_deref() {
+        None | Some("twilio") => StreamFormat::Twilio,
+        Some("l16") | Some("native") => StreamFormat::L16,
+        Some(other) => {
+            return Err(err(
+                s.at("format"),
+                format!("{other:?}: give \"twilio\" (μ-law 8 kHz JSON) or \"l16\" (16 kHz PCM)"),
+            ))
+        }
+    };
+    let mut parameters = Vec::new();
+    match s.get("parameters") {
+        None => {}
+        Some(Value::Object(m)) => {
+            if m.len() > 32 {
+                return Err(err(s.at("parameters"), "more than 32 parameters"));
+            }
+            for (k, v) in m {
+                let v = match v {
+                    Value::String(v) => v.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(err(
+                            format!("{}.{k}", s.at("parameters")),
+                            "must be a string, a number or true/false",
+                        ))
+                    }
+                };
+                if k.len() + v.len() > 1024 {
+                    return Err(err(
+                        format!("{}.{k}", s.at("parameters")),
+                        "longer than 1024 bytes",
+                    ));
+                }
+                parameters.push((k.clone(), v));
+            }
+        }
+        Some(_) => {
+            return Err(err(
+                s.at("parameters"),
+                "must be an object of names and values",
+            ))
+        }
+    }
+    let bearer = s.text("bearer")?;
+    if bearer
+        .as_deref()
+        .is_some_and(|b| b.len() > 4096 || b.chars().any(|c| c.is_control() || c == ' '))
+    {
+        return Err(err(
+            s.at("bearer"),
+            "must be a token without spaces or control characters, at most 4096 bytes",
+        ));
+    }
+    let d = Stream::new(url.clone(), format);
+    let idle = s.number("idle_timeout_secs", 0, 3600, 60)?;
+    let end_on_flood = match s.text("on_flood")?.as_deref() {
+        None | Some("drop") => false,
+        Some("end") => true,
+        Some(other) => {
+            return Err(err(
+                s.at("on_flood"),
+                format!("{other:?}: give \"drop\" or \"end\""),
+            ))
+        }
+    };
+    Ok(Stream {
+        parameters,
+        bearer,
+        action: s.url("action")?,
+        reconnect: s.number("reconnect", 0, 5, 0)? as u32,
+        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+        max_buffer: Duration::from_secs(s.number(
+            "max_buffer_secs",
+            1,
+            300,
+            d.max_buffer.as_secs(),
+        )?),
+        prefill: Duration::from_millis(s.number(
+            "prefill_ms",
+            0,
+            1000,
+            d.prefill.as_millis() as u64,
+        )?),
+        end_on_flood,
+        max_malformed: s.number("max_malformed", 0, 10_000, u64::from(d.max_malformed))? as u32,
+        ..d
+    })
+}
+
+/// `url` is a `ws://` or `wss://` URL with a host, of sane length, without spaces,
+/// control characters or credentials.
+pub fn check_ws_url(place: &str, url: &str) -> Result<(), VerbError> {
+    let Some(rest) = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"))
+    else {
+        return Err(err(
+            place,
+            format!("{url:?}: a stream's URL starts ws:// or wss://"),
+        ));
+    };
+    if url.len() > MAX_URL || url.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(err(
+            place,
+            format!("must be at most {MAX_URL} bytes, without spaces"),
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(err(place, format!("{url:?} has no host")));
+    }
+    if authority.contains('@') {
+        return Err(err(
+            place,
+            "no credentials in the URL: give a bearer token instead",
+        ));
+    }
+    Ok(())
 }
 
 fn destination(s: &Settings<'_>, names: &dyn Names) -> Result<Destination, VerbError> {
@@ -692,6 +843,73 @@ mod tests {
             e.starts_with("verbs[0].dial.whatsapp: \"12ab\" is not a WhatsApp number"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_stream_takes_its_settings_and_refuses_wrong_ones_by_name() {
+        let got = verbs(json!([{"stream": {
+            "url": "wss://bot.example/media?x=1",
+            "format": "l16",
+            "parameters": {"lang": "pt", "tier": 2},
+            "bearer": "tok-123",
+            "action": "https://app.example/after-bot",
+            "reconnect": 2,
+            "idle_timeout_secs": 0,
+            "on_flood": "end"
+        }}]))
+        .expect("valid");
+        let Verb::Stream(s) = &got[0] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(s.format, StreamFormat::L16);
+        assert_eq!(
+            s.parameters,
+            [("lang".into(), "pt".into()), ("tier".into(), "2".into())]
+        );
+        assert_eq!(s.bearer.as_deref(), Some("tok-123"));
+        assert_eq!(s.reconnect, 2);
+        assert_eq!(s.idle_timeout, None);
+        assert!(s.end_on_flood);
+        let d = verbs(json!([{"stream": {"url": "ws://127.0.0.1:9000"}}])).expect("valid");
+        let Verb::Stream(d) = &d[0] else {
+            panic!("{d:?}");
+        };
+        assert_eq!(d.format, StreamFormat::Twilio);
+        assert_eq!(d.idle_timeout, Some(Duration::from_secs(60)));
+        for (body, place) in [
+            (json!([{"stream": {}}]), "verbs[0].stream.url"),
+            (
+                json!([{"stream": {"url": "https://x"}}]),
+                "verbs[0].stream.url",
+            ),
+            (
+                json!([{"stream": {"url": "wss://u:p@x/"}}]),
+                "verbs[0].stream.url",
+            ),
+            (
+                json!([{"stream": {"url": "ws://x", "format": "mp3"}}]),
+                "verbs[0].stream.format",
+            ),
+            (
+                json!([{"stream": {"url": "ws://x", "parameters": {"a": [1]}}}]),
+                "verbs[0].stream.parameters.a",
+            ),
+            (
+                json!([{"stream": {"url": "ws://x", "reconnect": 9}}]),
+                "verbs[0].stream.reconnect",
+            ),
+            (
+                json!([{"stream": {"url": "ws://x", "bearer": "a b"}}]),
+                "verbs[0].stream.bearer",
+            ),
+            (
+                json!([{"stream": {"url": "ws://x", "speed": 2}}]),
+                "verbs[0].stream.speed",
+            ),
+        ] {
+            let e = compile(&body, &Known).expect_err("refused");
+            assert_eq!(e.place, place, "{body}: {e}");
+        }
     }
 
     #[test]

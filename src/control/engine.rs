@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::verb::{Condition, Destination, Gather, Message, Prompts, Record, Script, Verb};
+use super::verb::{Condition, Destination, Gather, Message, Prompts, Record, Script, Stream, Verb};
 
 /// Digits kept for a `gather` that has not started; more are dropped (a digit flood).
 pub const TYPE_AHEAD: usize = 32;
@@ -56,6 +56,15 @@ pub enum Fetch {
         url: String,
         /// What the caller entered.
         digits: String,
+    },
+    /// A stream ended: how, posted to its action URL.
+    Stream {
+        /// The action URL.
+        url: String,
+        /// Why it ended (`bot_closed`, `handover`, …).
+        reason: String,
+        /// The bot's handover parameters (a JSON object), when it asked for one.
+        handover: Option<String>,
     },
 }
 
@@ -105,6 +114,21 @@ pub enum Command {
     },
     /// A gather completed with these digits (for whoever reports inputs).
     Gathered(String),
+    /// Stream the call's audio to a bot; [`Event::StreamEnded`] with the same `seq` when
+    /// the stream ends.
+    Stream {
+        /// The verb.
+        stream: Box<Stream>,
+        /// Matches the end to this stream.
+        seq: u64,
+    },
+    /// The customer pressed a key while the stream runs: the bot hears it.
+    StreamDtmf(char),
+    /// End the stream now (the call hung up, or the script was replaced).
+    StopStream {
+        /// Why, as the bot's `stop` says.
+        reason: String,
+    },
 }
 
 /// What happened to the call.
@@ -127,6 +151,15 @@ pub enum Event {
     },
     /// The caller hung up.
     CallerHungUp,
+    /// A stream ended.
+    StreamEnded {
+        /// The stream ([`Command::Stream`]'s `seq`).
+        seq: u64,
+        /// Why (`bot_closed`, `handover`, `bot_silent`, …).
+        reason: String,
+        /// The bot asked for a handover, with these parameters (a JSON object, or `{}`).
+        handover: Option<String>,
+    },
     /// The verbs a [`Command::Fetch`] asked for, as a script (an app that failed is the
     /// runner's to replace with its fallback).
     Fetched {
@@ -184,6 +217,11 @@ enum Wait {
     Record { stopping: bool },
     /// A dial.
     Dial,
+    /// A stream to a bot (where a handover goes, and where its end is posted).
+    Stream {
+        on_handover: Option<String>,
+        action: Option<String>,
+    },
     /// A `pause` (its deadline ends it).
     Pause,
     /// Verbs being fetched.
@@ -220,6 +258,8 @@ pub struct Engine {
     silent_fetches: usize,
     /// The last fetch asked for.
     fetch_seq: u64,
+    /// The last stream started.
+    stream_seq: u64,
     /// A recording stopped by the caller's hangup: its file is still to come.
     partial_recording: bool,
     facts: Facts,
@@ -242,6 +282,7 @@ impl Engine {
             silent_steps: 0,
             silent_fetches: 0,
             fetch_seq: 0,
+            stream_seq: 0,
             partial_recording: false,
             facts: Facts::default(),
             outcome: Outcome::default(),
@@ -297,6 +338,11 @@ impl Engine {
                     out.push(Command::StopRecord);
                 }
                 self.partial_recording = true;
+            }
+            if let Wait::Stream { .. } = self.wait {
+                out.push(Command::StopStream {
+                    reason: "caller_hangup".into(),
+                });
             }
             self.finish("caller_hangup", &mut out, false);
             return out;
@@ -359,6 +405,36 @@ impl Engine {
                 self.wait = Wait::Done;
             }
             (Wait::Dial, Event::DialEnded { answered: false }) => self.advance(now, &mut out),
+            (Wait::Stream { .. }, Event::Dtmf(d)) => out.push(Command::StreamDtmf(d)),
+            (
+                Wait::Stream {
+                    on_handover,
+                    action,
+                },
+                Event::StreamEnded {
+                    seq,
+                    reason,
+                    handover,
+                },
+            ) if seq == self.stream_seq => {
+                let (on_handover, action) = (on_handover.clone(), action.clone());
+                match (&handover, on_handover, action) {
+                    (Some(_), Some(node), _) => {
+                        self.outcome.path.push("handover".into());
+                        self.goto(node);
+                        self.run(now, &mut out);
+                    }
+                    (_, _, Some(url)) => self.fetch(
+                        Fetch::Stream {
+                            url,
+                            reason,
+                            handover,
+                        },
+                        &mut out,
+                    ),
+                    _ => self.advance(now, &mut out),
+                }
+            }
             (_, Event::Dtmf(d)) => self.keep(d),
             // Anything else is late news for a verb already left (a PlayDone after a
             // barge-in, a second RecordDone): nothing to do.
@@ -403,6 +479,9 @@ impl Engine {
             Wait::Done => return Err("the call's script has ended".into()),
             Wait::Play { .. } => out.push(Command::StopPlay),
             Wait::Gather(g) if g.playing => out.push(Command::StopPlay),
+            Wait::Stream { .. } => out.push(Command::StopStream {
+                reason: "replaced".into(),
+            }),
             Wait::Record { stopping } => {
                 if !stopping {
                     out.push(Command::StopRecord);
@@ -520,6 +599,18 @@ impl Engine {
             Verb::Dial(destination) => {
                 out.push(Command::Dial(destination));
                 self.wait = Wait::Dial;
+            }
+            Verb::Stream(stream) => {
+                self.type_ahead.clear();
+                self.stream_seq += 1;
+                self.wait = Wait::Stream {
+                    on_handover: stream.on_handover.clone(),
+                    action: stream.action.clone(),
+                };
+                out.push(Command::Stream {
+                    stream,
+                    seq: self.stream_seq,
+                });
             }
             Verb::Message(message) => {
                 out.push(Command::Message(message));

@@ -52,6 +52,9 @@ pub enum Verb {
     /// Hand the call to an HTTP app (`[[app]]` by name): its answer to `call.initiated`
     /// replaces the script.
     App(String),
+    /// Stream the call's audio both ways over a WebSocket to a voice bot, until the bot
+    /// closes (or asks for a handover) or the call ends; then the script goes on.
+    Stream(Box<Stream>),
     /// End the call.
     Hangup {
         /// End cause, for the CDR.
@@ -77,6 +80,7 @@ impl Verb {
             Verb::RecordCall(_) => "record_call",
             Verb::Redirect(_) => "redirect",
             Verb::App(_) => "app",
+            Verb::Stream(_) => "stream",
             Verb::Hangup { .. } => "hangup",
         }
     }
@@ -85,7 +89,12 @@ impl Verb {
     pub fn waits_for_the_caller(&self) -> bool {
         matches!(
             self,
-            Verb::Play(_) | Verb::Gather(_) | Verb::Record(_) | Verb::Dial(_) | Verb::Pause(_)
+            Verb::Play(_)
+                | Verb::Gather(_)
+                | Verb::Record(_)
+                | Verb::Dial(_)
+                | Verb::Pause(_)
+                | Verb::Stream(_)
         )
     }
 }
@@ -187,6 +196,65 @@ impl Default for Record {
             max_length: Duration::from_secs(120),
             silence: Some(Duration::from_secs(5)),
             finish_on_hash: true,
+        }
+    }
+}
+
+/// How a `stream` carries audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// Twilio Media Streams' JSON messages, μ-law at 8 kHz.
+    Twilio,
+    /// Native: binary messages of 16-bit PCM at 16 kHz, JSON for events.
+    L16,
+}
+
+/// `stream`: the call's audio to and from a voice bot over a WebSocket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    /// `ws://` or `wss://` (the bot's certificate verified).
+    pub url: String,
+    /// The wire format.
+    pub format: StreamFormat,
+    /// Passed to the bot in `start.customParameters`.
+    pub parameters: Vec<(String, String)>,
+    /// Sent as `Authorization: Bearer …` when connecting.
+    pub bearer: Option<String>,
+    /// Where the call goes on when the bot asks for a handover (`None`: the next verb).
+    pub on_handover: Option<String>,
+    /// An HTTP app's URL the stream's end is posted to; its answer's verbs follow.
+    pub action: Option<String>,
+    /// Connection attempts after an early failure (the bot unreachable, or gone within
+    /// its first seconds without a word).
+    pub reconnect: u32,
+    /// The bot saying nothing this long ends the stream (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// The most of the bot's audio buffered ahead of playout.
+    pub max_buffer: Duration,
+    /// Audio buffered before playout starts (absorbs the bot's jitter).
+    pub prefill: Duration,
+    /// Audio beyond `max_buffer` ends the stream (else it is dropped).
+    pub end_on_flood: bool,
+    /// Malformed messages dropped before the stream ends.
+    pub max_malformed: u32,
+}
+
+impl Stream {
+    /// A stream to `url` in `format`, with the defaults.
+    pub fn new(url: impl Into<String>, format: StreamFormat) -> Stream {
+        Stream {
+            url: url.into(),
+            format,
+            parameters: Vec::new(),
+            bearer: None,
+            on_handover: None,
+            action: None,
+            reconnect: 0,
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_buffer: Duration::from_secs(30),
+            prefill: Duration::from_millis(40),
+            end_on_flood: false,
+            max_malformed: 20,
         }
     }
 }
@@ -295,6 +363,7 @@ impl Script {
         for verb in &node.verbs {
             match verb {
                 Verb::Goto(n) | Verb::Branch { to: n, .. } => out.push(n.as_str()),
+                Verb::Stream(s) => out.extend(s.on_handover.as_deref()),
                 Verb::Gather(g) => {
                     out.extend(g.choices.values().map(String::as_str));
                     out.extend(g.default.as_deref());

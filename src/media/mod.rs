@@ -18,6 +18,7 @@ pub mod rtp;
 mod shard;
 mod smoother;
 pub mod srtp;
+pub mod stream;
 pub mod transcode;
 pub mod types;
 pub mod webrtc;

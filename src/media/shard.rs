@@ -42,6 +42,7 @@ mod playout;
 mod relay;
 mod rtc;
 mod run;
+mod stream;
 
 /// How often timeouts are checked and counters published.
 const TICK: Duration = Duration::from_millis(250);
@@ -175,6 +176,16 @@ pub(super) enum Command {
         id: u64,
         side: Side,
         on: bool,
+    },
+    /// Start a media stream on one side (replacing one running).
+    Stream {
+        id: u64,
+        side: Side,
+        tap: Box<super::stream::Tap>,
+    },
+    /// End the pair's media stream.
+    StopStream {
+        id: u64,
     },
     /// Makes the shard panic (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
@@ -456,6 +467,8 @@ struct Pair {
     record_opus: [Option<Box<RecordOpus>>; 2],
     /// One side's voice being captured (a voicemail).
     capture: Option<Box<Capture>>,
+    /// A media stream to a bot on one side.
+    stream: Option<Box<stream::Stream>>,
 }
 
 /// An Opus side decoded for the recording of both sides.
@@ -512,6 +525,9 @@ pub(super) struct Shard {
     latency: latency::Latency,
     dtmf_out: Vec<DtmfOut>,
     playing: Vec<PlayOut>,
+    /// Pairs with a media stream, and when the next of them plays.
+    streams: Vec<u64>,
+    stream_due: Instant,
     /// Where transcoded packets are built.
     out_buf: [u8; MAX_PACKET],
     pub(super) opus_complexity: Arc<std::sync::atomic::AtomicU8>,
@@ -537,6 +553,8 @@ impl Shard {
             latency: latency::Latency::new(),
             dtmf_out: Vec::new(),
             playing: Vec::new(),
+            streams: Vec::new(),
+            stream_due: Instant::now() + RTC_IDLE,
             out_buf: [0; MAX_PACKET],
             opus_complexity,
         }

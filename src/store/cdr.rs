@@ -184,6 +184,51 @@ pub struct ControlRecord {
     /// How the app first failed (`timeout: …`, `http_5xx: …`); the fallback took the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_error: Option<String>,
+    /// The media streams to voice bots the call had, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamRecord>,
+}
+
+/// How a media stream to a voice bot went, for the CDR.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// The bot's URL (without its query).
+    pub url: String,
+    /// `twilio` or `l16`.
+    pub format: String,
+    /// The stream's id (the `streamSid` the bot saw).
+    pub stream_sid: String,
+    /// How long it ran, milliseconds (0: it never connected).
+    pub duration_ms: u64,
+    /// Why it ended: `caller_hangup`, `bot_closed`, `handover`, `bot_silent`,
+    /// `bot_malformed`, `bot_flood`, `bot_unresponsive`, `bot_unreachable`,
+    /// `handshake_failed`, `protocol_error`, `replaced`.
+    pub end: String,
+    /// The bot's handover parameters, when it asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Audio bytes sent to the bot, and received from it.
+    pub bytes_to_bot: u64,
+    /// Audio bytes received from the bot.
+    pub bytes_from_bot: u64,
+    /// Messages of the bot dropped as malformed.
+    #[serde(default)]
+    pub malformed: u32,
+    /// Bytes of the bot's audio dropped beyond the playout buffer.
+    #[serde(default)]
+    pub flood_dropped_bytes: u64,
+    /// Connection attempts (more than 1: it was retried).
+    pub attempts: u32,
+    /// Latency added by the switch, customer → bot, microseconds (p50, p99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_bot_us: Option<[u64; 2]>,
+    /// Latency added by the switch, bot → customer (with the playout buffer's prefill),
+    /// microseconds (p50, p99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_caller_us: Option<[u64; 2]>,
+    /// The first connection error, when it failed to connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What the media of a call looked like from the switch.

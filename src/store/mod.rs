@@ -36,7 +36,7 @@ use crate::config::{StoreConfig, StoreUrl};
 
 pub use cdr::{
     CallOutcome, Cdr, CdrFilter, CdrRecording, CdrRepository, ControlRecord, Direction,
-    HangupParty, MediaQuality,
+    HangupParty, MediaQuality, StreamRecord,
 };
 pub use recordings::Recording;
 

@@ -811,3 +811,155 @@ fn record_call_is_asked_for_and_the_script_goes_on_at_once() {
         ]
     );
 }
+
+// ---- stream --------------------------------------------------------------------------
+
+/// "The bot takes the call; it hands over to the queue, or the call ends."
+fn bot_script(action: Option<&str>) -> Arc<Script> {
+    let mut bot = Stream::new(
+        "wss://bot.example/media",
+        crate::control::verb::StreamFormat::Twilio,
+    );
+    bot.on_handover = Some("people".into());
+    bot.action = action.map(str::to_string);
+    let script = Script {
+        nodes: BTreeMap::from([
+            (
+                "main".to_string(),
+                Node {
+                    verbs: vec![
+                        Verb::Answer,
+                        Verb::Stream(Box::new(bot)),
+                        Verb::Hangup {
+                            reason: "bot_done".into(),
+                        },
+                    ],
+                },
+            ),
+            (
+                "people".to_string(),
+                Node {
+                    verbs: vec![Verb::Dial(Destination::Queue("sales".into()))],
+                },
+            ),
+        ]),
+        entry: "main".into(),
+    };
+    script.check().expect("valid");
+    Arc::new(script)
+}
+
+fn started_stream(engine: &mut Engine, t0: Instant) -> u64 {
+    assert_eq!(engine.start(t0), vec![Command::Answer]);
+    let out = engine.on_event(Event::Answered(Ok(())), t0);
+    match out.as_slice() {
+        [Command::Stream { stream, seq }] => {
+            assert_eq!(stream.url, "wss://bot.example/media");
+            *seq
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_stream_hears_digits_and_its_handover_goes_to_its_node() {
+    let t0 = Instant::now();
+    let mut engine = Engine::new(bot_script(None), true);
+    let seq = started_stream(&mut engine, t0);
+    assert_eq!(
+        engine.on_event(Event::Dtmf('4'), t0),
+        vec![Command::StreamDtmf('4')]
+    );
+    // An older stream's end changes nothing.
+    let stale = Event::StreamEnded {
+        seq: seq + 7,
+        reason: "bot_closed".into(),
+        handover: None,
+    };
+    assert!(engine.on_event(stale, t0).is_empty());
+    let out = engine.on_event(
+        Event::StreamEnded {
+            seq,
+            reason: "handover".into(),
+            handover: Some(r#"{"queue":"sales"}"#.into()),
+        },
+        t0,
+    );
+    assert_eq!(out, vec![Command::Dial(Destination::Queue("sales".into()))]);
+    assert_eq!(engine.outcome().path, ["main", "handover", "people"]);
+    // The digit went to the bot, not to a later gather.
+    assert_eq!(engine.outcome().digits_dropped, 0);
+}
+
+#[test]
+fn a_stream_the_bot_closes_goes_on_with_the_next_verb() {
+    let t0 = Instant::now();
+    let mut engine = Engine::new(bot_script(None), true);
+    let seq = started_stream(&mut engine, t0);
+    let out = engine.on_event(
+        Event::StreamEnded {
+            seq,
+            reason: "bot_closed".into(),
+            handover: None,
+        },
+        t0,
+    );
+    assert_eq!(
+        out,
+        vec![Command::Hangup {
+            reason: "bot_done".into()
+        }]
+    );
+}
+
+#[test]
+fn a_streams_end_is_posted_to_its_action_unless_a_handover_has_a_node() {
+    let t0 = Instant::now();
+    let mut engine = Engine::new(bot_script(Some("https://app.example/bot-done")), true);
+    let seq = started_stream(&mut engine, t0);
+    let out = engine.on_event(
+        Event::StreamEnded {
+            seq,
+            reason: "bot_silent".into(),
+            handover: None,
+        },
+        t0,
+    );
+    assert_eq!(
+        out,
+        vec![Command::Fetch {
+            from: Fetch::Stream {
+                url: "https://app.example/bot-done".into(),
+                reason: "bot_silent".into(),
+                handover: None,
+            },
+            seq: 1,
+        }]
+    );
+}
+
+#[test]
+fn a_hangup_or_new_verbs_stop_the_stream() {
+    let t0 = Instant::now();
+    let mut engine = Engine::new(bot_script(None), true);
+    started_stream(&mut engine, t0);
+    assert_eq!(
+        engine.on_event(Event::CallerHungUp, t0),
+        vec![Command::StopStream {
+            reason: "caller_hangup".into()
+        }]
+    );
+    assert_eq!(engine.outcome().end.as_deref(), Some("caller_hangup"));
+
+    let mut engine = Engine::new(bot_script(None), true);
+    started_stream(&mut engine, t0);
+    let out = engine
+        .load(Arc::new(crate::control::app::script(vec![play("bye")])), t0)
+        .expect("taken");
+    assert_eq!(
+        out[0],
+        Command::StopStream {
+            reason: "replaced".into()
+        }
+    );
+}

@@ -115,6 +115,25 @@ impl MediaPair {
         )
     }
 
+    /// Starts a media stream on `side`: the shard hands that side's audio to `tap`'s
+    /// connection and plays the bot's audio from it (the other side is held back meanwhile).
+    pub fn stream(&self, side: Side, tap: crate::media::stream::Tap) -> Result<(), MediaError> {
+        self.plane.send(
+            self.shard,
+            Command::Stream {
+                id: self.id,
+                side,
+                tap: Box::new(tap),
+            },
+        )
+    }
+
+    /// Ends the pair's media stream.
+    pub fn stop_stream(&self) -> Result<(), MediaError> {
+        self.plane
+            .send(self.shard, Command::StopStream { id: self.id })
+    }
+
     /// Starts recording both sides to `path` in `format` (side A left, side B right; with
     /// `swap`, side B left),
     /// finalising a recording running; `on_done` hears the file once it is final.

@@ -391,6 +391,9 @@ impl Shard {
             if let Some(c) = p.capture.as_mut().filter(|c| c.side == side && !dtmf) {
                 super::capture::capture_packet(c, pt, ts, now, rtp.payload());
             }
+            if let Some(s) = p.stream.as_mut().filter(|s| s.side() == side && !dtmf) {
+                s.caller_packet(pt, rtp.payload(), now);
+            }
         }
         if self.legs[peer].as_ref().is_none_or(|l| l.playing) {
             // Gone, or a prompt has the floor toward that side.

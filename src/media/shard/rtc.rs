@@ -172,6 +172,7 @@ impl Shard {
                 recorder: None,
                 record_opus: [None, None],
                 capture: None,
+                stream: None,
             },
         );
         let legs = if b_slot == a { 1.0 } else { 2.0 };

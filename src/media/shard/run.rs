@@ -33,7 +33,8 @@ impl Shard {
                 .chain(self.playing.iter().map(|p| p.next_at))
                 .min()
                 .map_or(next_tick, |d| d.min(next_tick))
-                .min(self.rtc_timers.due);
+                .min(self.rtc_timers.due)
+                .min(self.stream_due);
             let wait = due.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -66,6 +67,9 @@ impl Shard {
             }
             if !self.playing.is_empty() {
                 self.send_prompts(now);
+            }
+            if now >= self.stream_due {
+                self.run_streams(now);
             }
             if now >= next_tick {
                 next_tick = now + TICK;
@@ -234,6 +238,8 @@ impl Shard {
                     }
                 }
                 Command::Ringback { id, side, on } => self.ringback(id, side, on),
+                Command::Stream { id, side, tap } => self.start_stream(id, side, *tap),
+                Command::StopStream { id } => self.stop_stream(id),
                 #[cfg(any(test, feature = "fault-injection"))]
                 Command::Panic => panic!("media shard: panic injected by a test"),
                 Command::Stop => return false,
@@ -265,6 +271,7 @@ impl Shard {
                 recorder: None,
                 record_opus: [None, None],
                 capture: None,
+                stream: None,
             },
         );
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
@@ -315,6 +322,7 @@ impl Shard {
     /// pair's own: no WebRTC leg standing in for side B) are handed back bound rather than
     /// closed.
     fn remove(&mut self, id: u64, keep: bool) -> Option<super::Removed> {
+        self.streams.retain(|s| *s != id);
         let pair = self.pairs.remove(&id)?;
         let stats = self.pair_stats(pair.legs);
         let mut sockets = [None, None];

@@ -1,0 +1,595 @@
+//! A `stream` verb's connection: the WebSocket to the bot (`ws://`, or `wss://` with the
+//! bot's certificate verified), run on a task of the call's control actor.
+//!
+//! The task connects (retrying an early failure when the verb allows), then asks the media
+//! actor to tap the customer's side of the call's media pair with the stream's queues
+//! ([`crate::media::stream::queues`]); from then on it moves bytes: the customer's audio
+//! frames from the shard to the bot, the bot's audio, marks and clears to the shard,
+//! digits and the end to the bot. The rules (what the bot may send, how fast, how long it
+//! may stay silent) are [`crate::media::stream::session`]'s. When the stream ends, the
+//! shard lets go of the side, and the control actor hears how it ended, with the stream's
+//! record for the CDR.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::media::MediaMsg;
+use crate::control::verb::{Stream as StreamVerb, StreamFormat};
+use crate::media::stream::session::{End, OnFlood, Out, Policy, Session};
+use crate::media::stream::{self, wire, ws, Format};
+use crate::media::types::Side;
+use crate::telemetry;
+
+/// Longest a connection (TCP, TLS, the WebSocket handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream that fails within this long after it started is an early failure (retried
+/// when the verb allows).
+const EARLY: Duration = Duration::from_secs(3);
+/// Wait before a retry, doubled each time.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What a stream's connection needs from the node: whom to trust over `wss://`.
+#[derive(Clone)]
+pub struct StreamServices {
+    tls: Arc<tokio_rustls::TlsConnector>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for StreamServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamServices")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl StreamServices {
+    /// Trusts the system's certificate authorities, and those in `ca_file` (PEM) too.
+    pub fn new(
+        ca_file: Option<&std::path::Path>,
+        connect_timeout: Duration,
+    ) -> Result<StreamServices, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = ca_file {
+            let certs = crate::sip::transport::tls::load_certs(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(StreamServices {
+            tls: Arc::new(tokio_rustls::TlsConnector::from(Arc::new(config))),
+            connect_timeout,
+        })
+    }
+}
+
+impl Default for StreamServices {
+    fn default() -> Self {
+        match StreamServices::new(None, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => {
+                // No provider could be built at all: a connector that trusts nothing.
+                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+                let config = config.unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+                StreamServices {
+                    tls: Arc::new(tokio_rustls::TlsConnector::from(Arc::new(config))),
+                    connect_timeout: CONNECT_TIMEOUT,
+                }
+            }
+        }
+    }
+}
+
+/// What the control actor tells a running stream.
+#[derive(Debug)]
+pub enum Control {
+    /// The customer pressed a key.
+    Dtmf(char),
+    /// End the stream (the call hung up, or the script moved on).
+    Stop(String),
+}
+
+pub use crate::store::StreamRecord;
+
+/// A stream's start: the verb, who calls whom, where its audio is.
+pub struct StreamStart {
+    /// The verb.
+    pub verb: Arc<StreamVerb>,
+    /// The call's id.
+    pub call_id: String,
+    /// The business number's id (the `accountSid` the bot sees).
+    pub account: String,
+    /// The customer, and the business number.
+    pub from: String,
+    /// The business number.
+    pub to: String,
+    /// The call's media actor.
+    pub media: ActorRef<MediaMsg>,
+    /// Which side of the pair the customer is.
+    pub side: Side,
+    /// Trust and timeouts.
+    pub services: StreamServices,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+enum ConnectError {
+    /// DNS, TCP, TLS or a timeout.
+    Unreachable(String),
+    /// The server did not take the WebSocket upgrade.
+    Handshake(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connected WebSocket: its stream, and bytes read past the handshake.
+struct Conn {
+    io: Box<dyn Io>,
+    reader: ws::Reader,
+}
+
+/// The bot's URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `wss://`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path and query.
+    pub path: String,
+}
+
+/// Parses a `ws://` or `wss://` URL.
+pub fn target(url: &str) -> Result<Target, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else {
+        return Err(format!("{url:?}: a stream's URL starts ws:// or wss://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?}: no credentials in the URL; give a bearer token"
+        ));
+    }
+    let default = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: an IPv6 address needs its ]"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+            None => default,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+            ),
+            None => (authority.to_string(), default),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok(Target {
+        tls,
+        host,
+        port,
+        path: path.to_string(),
+    })
+}
+
+async fn connect(
+    target: &Target,
+    bearer: Option<&str>,
+    services: &StreamServices,
+) -> Result<Conn, ConnectError> {
+    let unreachable = |e: std::io::Error| ConnectError::Unreachable(e.to_string());
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    let mut io: Box<dyn Io> = if target.tls {
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| ConnectError::Unreachable(format!("{}: {e}", target.host)))?;
+        let tls = services
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnectError::Unreachable(format!("TLS: {e}")))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let key = ws::new_key();
+    let host = if target.port == if target.tls { 443 } else { 80 } {
+        target.host.clone()
+    } else if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let mut request = Vec::new();
+    ws::request(&host, &target.path, &key, &headers, &mut request);
+    io.write_all(&request).await.map_err(unreachable)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = io.read(&mut chunk).await.map_err(unreachable)?;
+        if n == 0 {
+            return Err(ConnectError::Handshake(
+                "the connection closed during the handshake".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match ws::response(&buf, &key) {
+            Ok(Some(used)) => {
+                let mut reader = ws::Reader::new();
+                reader.feed(&buf[used..]);
+                return Ok(Conn { io, reader });
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ConnectError::Handshake(e.to_string())),
+        }
+    }
+}
+
+fn policy(verb: &StreamVerb) -> Policy {
+    Policy {
+        max_buffer: verb.max_buffer,
+        on_flood: if verb.end_on_flood {
+            OnFlood::End
+        } else {
+            OnFlood::Drop
+        },
+        max_malformed: verb.max_malformed,
+        idle_timeout: verb.idle_timeout,
+        ..Policy::default()
+    }
+}
+
+fn format(f: StreamFormat) -> Format {
+    match f {
+        StreamFormat::Twilio => Format::Twilio,
+        StreamFormat::L16 => Format::L16,
+    }
+}
+
+/// Runs a stream to its end: connects (retrying early failures as the verb allows),
+/// streams, and returns its record. `control` brings digits and the stop.
+pub async fn run(start: StreamStart, mut control: mpsc::Receiver<Control>) -> (End, StreamRecord) {
+    let verb = Arc::clone(&start.verb);
+    let fmt = format(verb.format);
+    let mut record = StreamRecord {
+        url: verb.url.split('?').next().unwrap_or_default().to_string(),
+        format: fmt.name().to_string(),
+        ..StreamRecord::default()
+    };
+    let target = match target(&verb.url) {
+        Ok(t) => t,
+        Err(e) => {
+            record.end = "bot_unreachable".into();
+            record.error = Some(e.clone());
+            return (End::Policy("bot_unreachable"), record);
+        }
+    };
+    let stream_sid = wire::stream_id();
+    record.stream_sid = stream_sid.clone();
+    let mut backoff = RETRY_BACKOFF;
+    loop {
+        record.attempts += 1;
+        let attempt = tokio::time::timeout(
+            start.services.connect_timeout,
+            connect(&target, verb.bearer.as_deref(), &start.services),
+        );
+        let conn = tokio::select! {
+            r = attempt => match r {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ConnectError::Unreachable("timed out".into())),
+            },
+            c = control.recv() => {
+                // The call ended (or moved on) while connecting.
+                let reason = match c {
+                    Some(Control::Stop(r)) => r,
+                    _ => "caller_hangup".into(),
+                };
+                record.end = reason.clone();
+                return (End::Switch(reason), record);
+            }
+        };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                let (end, why) = match e {
+                    ConnectError::Unreachable(w) => ("bot_unreachable", w),
+                    ConnectError::Handshake(w) => ("handshake_failed", w),
+                };
+                tracing::warn!(url = %record.url, error = %why, attempt = record.attempts, "stream: no connection to the bot");
+                record.error.get_or_insert(why);
+                if record.attempts <= verb.reconnect {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    continue;
+                }
+                record.end = end.into();
+                metrics::counter!(telemetry::STREAMS_TOTAL, "format" => fmt.name(), "end" => end)
+                    .increment(1);
+                return (End::Policy(end), record);
+            }
+        };
+        let started = Instant::now();
+        let (end, retry) = stream_on(
+            &start,
+            fmt,
+            &stream_sid,
+            &mut conn,
+            &mut control,
+            &mut record,
+        )
+        .await;
+        record.duration_ms += started.elapsed().as_millis() as u64;
+        let early = started.elapsed() < EARLY
+            && matches!(end, End::Closed(None, _) | End::Policy("protocol_error"));
+        if retry && early && record.attempts <= verb.reconnect {
+            tracing::warn!(url = %record.url, attempt = record.attempts, "stream: the bot went early; reconnecting");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            continue;
+        }
+        record.end = end.reason();
+        if let End::Handover(p) = &end {
+            record.handover = p.clone();
+        }
+        metrics::counter!(telemetry::STREAMS_TOTAL, "format" => fmt.name(), "end" => record.end.clone())
+            .increment(1);
+        return (end, record);
+    }
+}
+
+/// Streams over `conn` until the stream ends; whether a retry may follow.
+async fn stream_on(
+    start: &StreamStart,
+    fmt: Format,
+    stream_sid: &str,
+    conn: &mut Conn,
+    control: &mut mpsc::Receiver<Control>,
+    record: &mut StreamRecord,
+) -> (End, bool) {
+    let verb = &start.verb;
+    let now = Instant::now();
+    let mut out = Out::default();
+    let mut session = Session::new(
+        fmt,
+        policy(verb),
+        wire::Ids {
+            stream: stream_sid.to_string(),
+            call: start.call_id.clone(),
+            account: start.account.clone(),
+        },
+        &start.from,
+        &start.to,
+        &verb.parameters,
+        now,
+        &mut out,
+    );
+    let (tap, mut up, down) = stream::queues(
+        fmt,
+        verb.max_buffer.as_millis().min(u128::from(u32::MAX)) as u32 + 1000,
+        verb.prefill.as_millis() as u32,
+    );
+    let _ = start
+        .media
+        .send_message(MediaMsg::StartStream(start.side, tap));
+    metrics::gauge!(telemetry::STREAMS_ACTIVE).increment(1.0);
+    let mut read_room = 16 * 1024;
+    let mut pending_latency: Vec<Instant> = Vec::with_capacity(64);
+    let end = loop {
+        // Write what is ready.
+        if !out.wire.is_empty() {
+            if let Err(e) = conn.io.write_all(&out.wire).await {
+                tracing::debug!(error = %e, "stream: write to the bot failed");
+                out.wire.clear();
+                break session.lost().unwrap_or(End::Closed(None, e.to_string()));
+            }
+            out.wire.clear();
+            let now = Instant::now();
+            for arrived in pending_latency.drain(..) {
+                let d = now.saturating_duration_since(arrived);
+                session.written(arrived, now);
+                metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_bot")
+                    .record(d.as_secs_f64());
+            }
+        }
+        if let Some(end) = session.ended() {
+            break end.clone();
+        }
+        session.take_down(|d| match down.try_send(d) {
+            Ok(()) => Ok(()),
+            Err(
+                std::sync::mpsc::TrySendError::Full(d)
+                | std::sync::mpsc::TrySendError::Disconnected(d),
+            ) => Err(d),
+        });
+        let deadline = if session.down_pending() {
+            // The shard's queue was full: try again after its next period.
+            (Instant::now() + Duration::from_millis(20)).min(session.poll_timeout())
+        } else {
+            session.poll_timeout()
+        };
+        let room = conn.reader.room(read_room);
+        tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(Control::Dtmf(d)) => session.dtmf(d, &mut out),
+                Some(Control::Stop(reason)) => {
+                    let _ = session.stop(&reason, &mut out);
+                }
+                None => {
+                    let _ = session.stop("caller_hangup", &mut out);
+                }
+            },
+            u = up.recv() => {
+                conn.reader.filled(read_room, 0);
+                if let Some(u) = u {
+                    let now = Instant::now();
+                    if let stream::Up::Audio(f) = &u {
+                        pending_latency.push(f.arrived);
+                    }
+                    if let stream::Up::Latency(d) = &u {
+                        metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_caller")
+                            .record(d.as_secs_f64());
+                    }
+                    session.on_up(u, now, &mut out);
+                    // Take every frame waiting, then write once.
+                    while let Ok(u) = up.try_recv() {
+                        if let stream::Up::Audio(f) = &u {
+                            pending_latency.push(f.arrived);
+                        }
+                        session.on_up(u, now, &mut out);
+                    }
+                }
+                continue;
+            }
+            r = conn.io.read(room) => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        conn.reader.filled(read_room, 0);
+                        break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
+                    }
+                    Ok(n) => {
+                        conn.reader.filled(read_room, n);
+                        if n == read_room && read_room < 256 * 1024 {
+                            read_room *= 2;
+                        }
+                        let now = Instant::now();
+                        loop {
+                            match conn.reader.next_message() {
+                                Ok(Some(m)) => {
+                                    if session.on_message(m, now, &mut out).is_some() {
+                                        break;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "stream: the bot broke the protocol");
+                                    session.protocol_error(&e, &mut out);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let _ = session.handle_timeout(Instant::now(), &mut out);
+            }
+        }
+        conn.reader.filled(read_room, 0);
+    };
+    // Last words (stop, close) go out; the shard lets go of the side.
+    if !out.wire.is_empty() {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), conn.io.write_all(&out.wire)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), conn.io.shutdown()).await;
+    let _ = start.media.send_message(MediaMsg::StopStream);
+    metrics::gauge!(telemetry::STREAMS_ACTIVE).decrement(1.0);
+    let counts = session.counts();
+    record.bytes_to_bot += counts.audio_to_bot;
+    record.bytes_from_bot += counts.audio_from_bot;
+    record.malformed += counts.malformed;
+    record.flood_dropped_bytes += counts.flood_dropped;
+    metrics::counter!(telemetry::STREAM_BYTES_TOTAL, "direction" => "to_bot")
+        .increment(counts.audio_to_bot);
+    metrics::counter!(telemetry::STREAM_BYTES_TOTAL, "direction" => "from_bot")
+        .increment(counts.audio_from_bot);
+    let q = |l: &stream::session::Latencies| {
+        let us = |ms: f64| (ms * 1000.0).round() as u64;
+        Some([us(l.quantile_ms(0.5)?), us(l.quantile_ms(0.99)?)])
+    };
+    record.to_bot_us = q(session.to_bot());
+    record.to_caller_us = q(session.to_caller());
+    let retry = counts.audio_from_bot == 0;
+    (end, retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_and_wrong_ones_refused_with_the_reason() {
+        assert_eq!(
+            target("wss://bot.example.com/media?x=1"),
+            Ok(Target {
+                tls: true,
+                host: "bot.example.com".into(),
+                port: 443,
+                path: "/media?x=1".into()
+            })
+        );
+        assert_eq!(
+            target("ws://127.0.0.1:9000"),
+            Ok(Target {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9000,
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            target("ws://[::1]:81/x").map(|t| (t.host, t.port)),
+            Ok(("::1".into(), 81))
+        );
+        assert!(target("http://x").is_err());
+        assert!(target("wss://user:pw@x/").is_err());
+        assert!(target("ws://x:port/").is_err());
+    }
+}
