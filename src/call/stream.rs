@@ -450,11 +450,11 @@ async fn stream_on(
             break end.clone();
         }
         session.take_down(|d| match down.try_send(d) {
-            Ok(()) => Ok(()),
+            Ok(()) => None,
             Err(
                 std::sync::mpsc::TrySendError::Full(d)
                 | std::sync::mpsc::TrySendError::Disconnected(d),
-            ) => Err(d),
+            ) => Some(d),
         });
         let deadline = if session.down_pending() {
             // The shard's queue was full: try again after its next period.

@@ -162,6 +162,16 @@ impl Validator {
                 }
             }
         }
+        // Bots' bearer tokens, from the variables `stream` verbs name (`bearer_env`).
+        for ivr in &mut raw.ivr {
+            for node in &mut ivr.node {
+                for verb in &mut node.verb {
+                    if let Some(var) = verb.bearer_env.as_deref() {
+                        verb.bearer_token = env(var.trim());
+                    }
+                }
+            }
+        }
         raw
     }
 }

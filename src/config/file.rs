@@ -378,6 +378,9 @@ pub(crate) struct VerbSection {
     pub parameters: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     pub bearer_env: Option<String>,
+    /// The value of `bearer_env`'s variable (read with the environment's overrides).
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
     #[serde(default)]
     pub on_handover: Option<String>,
     #[serde(default)]

@@ -843,10 +843,8 @@ impl Validator {
                 }
             };
         if let Some(var) = v.bearer_env.as_deref().map(str::trim) {
-            match std::env::var(var) {
-                Ok(token) if !token.trim().is_empty() => {
-                    stream.bearer = Some(token.trim().to_string())
-                }
+            match v.bearer_token.as_deref().map(str::trim) {
+                Some(token) if !token.is_empty() => stream.bearer = Some(token.to_string()),
                 _ => {
                     self.problem(
                         &k("bearer_env"),

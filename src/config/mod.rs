@@ -313,7 +313,16 @@ impl Config {
     /// such nodes run side by side in tests, benchmarks or an embedding program. A file
     /// cannot ask for port 0, so this is the only way to get one.
     pub fn loopback(text: &str, sqlite: &Path) -> Result<Self, ConfigError> {
-        let mut config = Self::from_toml(Path::new("(loopback node)"), text, |_| None)?;
+        Self::loopback_with_env(text, sqlite, |_| None)
+    }
+
+    /// [`Config::loopback`] with the environment's overrides taken from `env`.
+    pub fn loopback_with_env(
+        text: &str,
+        sqlite: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::from_toml(Path::new("(loopback node)"), text, env)?;
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.listen = any_port;
         config.sip.listen = any_port;

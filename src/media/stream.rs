@@ -122,8 +122,10 @@ impl std::fmt::Debug for Frame {
     }
 }
 
-/// From the shard to the connection.
+/// From the shard to the connection. (Frames travel by value in a queue sized once:
+/// boxing them would allocate per frame.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Up {
     /// 20 ms of the customer's audio.
     Audio(Frame),
@@ -136,8 +138,9 @@ pub enum Up {
     Overflow(u32),
 }
 
-/// From the connection to the shard.
+/// From the connection to the shard (frames by value, as [`Up`]).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Down {
     /// The bot's audio, to play after what is queued.
     Audio(Frame),

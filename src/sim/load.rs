@@ -107,6 +107,8 @@ pub struct CallResult {
     pub digits_in: String,
     /// The listened-for tones heard, in order.
     pub tones: Vec<u32>,
+    /// When the user last heard sound, Unix milliseconds (when listening for tones).
+    pub last_sound_unix_ms: Option<u64>,
     /// What went wrong, by kind (`webhook`, `no_answer`, `answer_refused`, `not_accepted`,
     /// `not_connected`, `no_audio`, `socket`).
     pub error: Option<String>,
@@ -126,6 +128,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
         ended_by_business: false,
         digits_in: String::new(),
         tones: Vec::new(),
+        last_sound_unix_ms: None,
         error: None,
     };
     let fail = |mut r: CallResult, kind: &str| {
@@ -251,6 +254,7 @@ pub async fn user_call(ctx: &SimContext, user: &str, hold: Duration) -> CallResu
     };
     result.digits_in = report.digits_in.clone();
     result.tones = report.tones.clone();
+    result.last_sound_unix_ms = report.last_sound_unix_ms;
     let talked = result.accepted.then(|| {
         let now = unix_now();
         (now.saturating_sub(hold.as_secs()), now)
@@ -442,6 +446,7 @@ mod tests {
             ended_by_business: false,
             digits_in: String::new(),
             tones: Vec::new(),
+            last_sound_unix_ms: None,
             error: None,
         };
         let bad = CallResult {

@@ -55,6 +55,9 @@ pub struct UserReport {
     /// The listened-for tones heard, in order (one entry per run of 100 ms blocks in
     /// which one of them carries most of the power), when the user listens for tones.
     pub tones: Vec<u32>,
+    /// When the user last heard sound (a 20 ms frame above -30 dBFS), Unix milliseconds,
+    /// when the user listens for tones.
+    pub last_sound_unix_ms: Option<u64>,
 }
 
 impl UserReport {
@@ -521,6 +524,12 @@ impl Running {
                                 into.extend_from_slice(&pcm[..n]);
                             }
                             if listening {
+                                let power: f32 =
+                                    pcm[..n].iter().map(|x| x * x).sum::<f32>() / n.max(1) as f32;
+                                if power > 1e-3 {
+                                    self.report.last_sound_unix_ms =
+                                        Some(crate::clock::now_ms() as u64);
+                                }
                                 self.decoded.listen(
                                     &pcm[..n],
                                     &self.user.listen,

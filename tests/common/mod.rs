@@ -21,6 +21,12 @@ pub fn free_udp_port() -> u16 {
     free_udp_ports(1)
 }
 
+/// A port free for TCP as well (the reservation skips ports held either way), below the
+/// kernel's ephemeral range.
+pub fn free_tcp_port() -> u16 {
+    free_udp_ports(1)
+}
+
 /// The first of `n` consecutive free ports, all reserved (SIPp's media uses its `-mp` port
 /// and the three after it: audio RTP and RTCP, video RTP and RTCP).
 pub fn free_udp_ports(n: u16) -> u16 {

@@ -227,10 +227,8 @@ impl Stream {
                 }
             }
         }
-        if self.overflow > 0 {
-            if self.up.try_send(Up::Overflow(self.overflow)).is_ok() {
-                self.overflow = 0;
-            }
+        if self.overflow > 0 && self.up.try_send(Up::Overflow(self.overflow)).is_ok() {
+            self.overflow = 0;
         }
     }
 

@@ -82,17 +82,9 @@ impl Down2 {
 }
 
 /// 8 kHz → 16 kHz.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Up2 {
     inner: Down2,
-}
-
-impl Default for Up2 {
-    fn default() -> Self {
-        Up2 {
-            inner: Down2::default(),
-        }
-    }
 }
 
 impl Up2 {

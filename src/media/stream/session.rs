@@ -436,16 +436,26 @@ impl Session {
                     Err(why) => self.malformed(why),
                 };
                 self.audio = audio;
-                end
+                Self::close_on_policy(end, out)
             }
             Message::Binary(data) => {
                 self.heard(now);
-                match wire::check_binary(self.format, data) {
+                let end = match wire::check_binary(self.format, data) {
                     Ok(()) => self.bot_audio(data, now),
                     Err(why) => self.malformed(why),
-                }
+                };
+                Self::close_on_policy(end, out)
             }
         }
+    }
+
+    /// A bot that broke the stream's rules is closed with 1008 (policy violation) and
+    /// the rule.
+    fn close_on_policy(end: Option<End>, out: &mut Out) -> Option<End> {
+        if let Some(End::Policy(why)) = &end {
+            out.close(1008, why);
+        }
+        end
     }
 
     fn heard(&mut self, now: Instant) {
@@ -530,18 +540,19 @@ impl Session {
         self.down.push_back(Down::Clear);
     }
 
-    /// Hands what is for the shard to `send` (false: its queue is full). Audio the shard
-    /// has no room for is dropped and counted; marks and clears wait for room.
-    pub fn take_down(&mut self, mut send: impl FnMut(Down) -> Result<(), Down>) {
+    /// Hands what is for the shard to `send`, which gives back what its full queue did
+    /// not take. Audio the shard has no room for is dropped and counted; marks and clears
+    /// wait for room.
+    pub fn take_down(&mut self, mut send: impl FnMut(Down) -> Option<Down>) {
         while let Some(d) = self.down.pop_front() {
             match send(d) {
-                Ok(()) => {}
-                Err(Down::Audio(f)) => {
+                None => {}
+                Some(Down::Audio(f)) => {
                     self.counts.flood_dropped += u64::from(f.len);
                     metrics::counter!(crate::telemetry::STREAM_DROPPED_TOTAL, "reason" => "queue_full")
                         .increment(1);
                 }
-                Err(d) => {
+                Some(d) => {
                     self.down.push_front(d);
                     return;
                 }
