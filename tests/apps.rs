@@ -1490,3 +1490,137 @@ fn a_phone_that_refuses_a_placed_call_ends_it_before_anyone_is_dialled() {
     );
     assert_eq!(cdr.customer_wa_id, None, "{cdr:?}");
 }
+
+/// A native-format bot on plain `ws://` inside the test: it checks `start`, speaks a
+/// 1200 Hz tone for `speak`, then asks for a handover with `parameters` and waits to be
+/// closed. Returns its URL.
+async fn handover_bot(
+    speak: Duration,
+    parameters: Value,
+    started: Arc<Mutex<Option<Value>>>,
+) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ws://{}/bot", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        for _ in 0..2 {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(&t).expect("JSON");
+                if v["event"] == "start" {
+                    *started.lock().expect("start") = Some(v);
+                }
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for k in 0..(speak.as_millis() / 20) as u64 {
+            tick.tick().await;
+            let frame: Vec<u8> = (0..320u64)
+                .flat_map(|i| {
+                    let t = (k * 320 + i) as f64 / 16_000.0;
+                    ((9000.0 * (2.0 * std::f64::consts::PI * 1200.0 * t).sin()) as i16)
+                        .to_le_bytes()
+                })
+                .collect();
+            if ws.send(Message::Binary(frame.into())).await.is_err() {
+                return;
+            }
+        }
+        let handover = json!({"event": "handover", "parameters": parameters});
+        let _ = ws.send(Message::Text(handover.to_string().into())).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    url
+}
+
+/// An app hands the call to a voice bot with `stream`; when the bot asks for a handover
+/// the app hears `stream.ended` (with the bot's parameters, as the OpenAPI document says)
+/// at the stream's action, and its answer dials the PBX: the caller hears the bot, then
+/// their own voice through the PBX's echo.
+#[test]
+fn an_app_streams_a_call_to_a_bot_and_takes_it_back_at_the_handover() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx = free_udp_port();
+    let started: Arc<Mutex<Option<Value>>> = Default::default();
+    let bot = rt.block_on(handover_bot(
+        Duration::from_millis(1500),
+        json!({"queue": "sales", "summary": "wants a refund"}),
+        started.clone(),
+    ));
+    let base: Arc<Mutex<String>> = Default::default();
+    let b = base.clone();
+    let handler: Handler = Arc::new(move |path, event| {
+        let base = b.lock().expect("base").clone();
+        match (path, event["event"].as_str()) {
+            ("/demo", Some("call.initiated")) => verbs(json!(["answer",
+                {"stream": {
+                    "url": bot,
+                    "format": "l16",
+                    "parameters": {"order": 1234},
+                    "action": format!("{base}/after-bot"),
+                }},
+                {"hangup": {"reason": "bot_did_not_hand_over"}}])),
+            ("/after-bot", Some("stream.ended")) if event["reason"] == "handover" => {
+                verbs(json!([{"dial": {"route": "pbx"}}]))
+            }
+            ("/after-bot", _) => verbs(json!(["hangup"])),
+            _ => ok(),
+        }
+    });
+    let mut rig = start(&rt, dir.path(), pbx, 64_800, handler);
+    *base.lock().expect("base") = rig.app.base.clone();
+    let uas = Uas::start_with("b2bua_uas.xml", "u1", pbx, 1, &["-rtp_echo"]);
+    rig.demo.listen = vec![1200.0, OWN as f32];
+    let r = rt.block_on(load::user_call(
+        &rig.demo,
+        "4915112345678",
+        Duration::from_secs(5),
+    ));
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.tones.first(), Some(&1200), "{r:?}");
+    assert_eq!(r.tones.last(), Some(&OWN), "{r:?}");
+    let start = started
+        .lock()
+        .expect("start")
+        .clone()
+        .expect("the bot started");
+    assert_eq!(
+        start["start"]["customParameters"]["order"], "1234",
+        "{start}"
+    );
+    let ended = rig.app.events("stream.ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let got = &ended[0];
+    assert_eq!(got.path, "/after-bot");
+    assert_signed(got, DEMO_SECRET);
+    assert_eq!(got.json["handover"]["queue"], "sales", "{got:?}");
+    assert_eq!(
+        got.json["stream_sid"], start["start"]["streamSid"],
+        "{got:?}"
+    );
+    let doc: Value = serde_json::from_str(include_str!("../src/api/openapi.json")).expect("doc");
+    assert_event(&doc, "stream.ended", &got.json);
+    let call_ended = rt.block_on(rig.app.wait_for("call.ended", 1));
+    assert_event(&doc, "cdr", &call_ended[0].json["cdr"]);
+    let stream = &call_ended[0].json["cdr"]["control"]["streams"][0];
+    assert_eq!(stream["end"], "handover", "{stream}");
+
+    let cdrs = cdrs(&rt, rig.node, dir.path());
+    let (code, counters) = uas.finish();
+    assert_eq!(code, Some(0), "{counters:?}");
+    let cdr = cdr_of(&cdrs, &r.wa_call_id);
+    assert_eq!(cdr.trunk.as_deref(), Some("pbx"), "{cdr:?}");
+}
