@@ -548,6 +548,17 @@ fn the_app_rehearsal_runs_as_documented() {
     });
 }
 
+/// The voice-bot rehearsal, with the example bot (examples/stream_bot.rs), built here
+/// (outside the namespace) as `cargo run --example` would.
+#[test]
+fn the_stream_rehearsal_runs_as_documented() {
+    let path = "config/examples/stream-sim.toml";
+    build_examples(&config_commands(path));
+    in_own_namespace("the_stream_rehearsal_runs_as_documented", || {
+        vec![(path.into(), config_commands(path))]
+    });
+}
+
 #[test]
 fn the_sip_mode_rehearsal_runs_as_documented() {
     in_own_namespace("the_sip_mode_rehearsal_runs_as_documented", || {
@@ -605,6 +616,7 @@ fn the_commands_are_found_and_the_test_command_is_what_ci_runs() {
         ("config/examples/ivr-sim.toml", 6),
         ("config/examples/agents-sim.toml", 4),
         ("config/examples/app-sim.toml", 6),
+        ("config/examples/stream-sim.toml", 6),
     ] {
         let found = config_commands(path);
         assert!(found.len() >= at_least, "{path}: {found:?}");
