@@ -107,7 +107,11 @@ async fn serve(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
             if echoed % 20 == 0 {
                 let mark = json!({"event": "mark", "streamSid": stream_sid,
                                   "mark": {"name": format!("echo-{echoed}")}});
-                if tx.send(Message::Text(mark.to_string().into())).await.is_err() {
+                if tx
+                    .send(Message::Text(mark.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

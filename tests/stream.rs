@@ -54,6 +54,19 @@ fn tls_dir() -> PathBuf {
 /// The switch: each business number's IVR streams to its bot; the native one hands over
 /// to the `agents` route (a SIPp agent), the others go on to the `closed` prompt.
 fn config(bot: u16, pipecat: u16, agent: u16, nowhere: u16, media: u16, sim: &str) -> String {
+    config_trusting(true, bot, pipecat, agent, nowhere, media, sim)
+}
+
+/// [`config`], trusting the test CA for `wss://` (`trust`) or only the system's CAs.
+fn config_trusting(
+    trust: bool,
+    bot: u16,
+    pipecat: u16,
+    agent: u16,
+    nowhere: u16,
+    media: u16,
+    sim: &str,
+) -> String {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/prompts");
     let mut toml = format!(
         r#"
@@ -62,8 +75,7 @@ ip = "127.0.0.1"
 shards = 2
 port_min = {media}
 port_max = {port_max}
-[stream]
-ca_file = "{ca}"
+{stream}
 [[trunk]]
 name = "agents"
 uri = "sip:127.0.0.1:{agent}"
@@ -79,7 +91,14 @@ app_secret = "{SECRET}"
 verify_token = "vt"
 "#,
         port_max = media + 198,
-        ca = tls_dir().join("ca.pem").display(),
+        stream = if trust {
+            format!(
+                "[stream]\nca_file = \"{}\"",
+                tls_dir().join("ca.pem").display()
+            )
+        } else {
+            "[stream]\nconnect_timeout_ms = 2000".to_string()
+        },
     );
     for (pnid, number, ivr) in NUMBERS {
         toml.push_str(&format!(
@@ -803,4 +822,40 @@ fn bad_bots_end_their_streams_with_a_cause_and_the_call_goes_on() {
             seen[name].start
         );
     }
+}
+
+/// A `wss://` bot whose certificate no trusted CA signed is not streamed to: the call goes
+/// on with the next verb, and the CDR says why.
+#[test]
+fn a_bot_whose_certificate_is_not_trusted_gets_no_audio() {
+    let rt = runtime();
+    let (bot_port, bots) = rt.block_on(native_bots(HashMap::from([(
+        "native",
+        Mode::Speak(Duration::from_millis(2000), true),
+    )])));
+    let (rig, graph) = start_rig(&rt, |sim| {
+        config_trusting(false, bot_port, 1, 1, 1, 65_000, sim)
+    });
+    let mut ctx = ctx(&graph, rig.http, 0);
+    ctx.expect_hz = CLOSED as f32;
+    let r = rt.block_on(load::user_call(
+        &ctx,
+        "5511966665555",
+        Duration::from_secs(6),
+    ));
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.tones, [CLOSED], "{r:?}");
+    assert!(bots.lock().expect("bots").is_empty(), "the bot was reached");
+    let cdrs = cdrs(&rt, rig);
+    let stream = &cdr_of(&cdrs, &r.wa_call_id)
+        .control
+        .as_ref()
+        .expect("control")
+        .streams[0];
+    assert_eq!(stream.end, "bot_unreachable", "{stream:?}");
+    let error = stream.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("TLS") && error.contains("certificate"),
+        "{error}"
+    );
 }

@@ -688,7 +688,10 @@ impl Ivr {
                 }
             }
             Command::StopStream { reason } => {
-                if let Some((_, control)) = &self.stream {
+                if let Some((seq, control)) = &self.stream {
+                    // The shard lets go of the customer at once, before the next verb plays;
+                    // the connection says goodbye to the bot on its own time.
+                    let _ = self.media.send_message(MediaMsg::StopStream(*seq));
                     let _ = control.try_send(super::stream::Control::Stop(reason));
                 }
             }
@@ -1436,7 +1439,8 @@ impl Ivr {
     /// Starts a `stream`: its connection runs on a task of the actor's; the engine hears
     /// of its end as [`IvrMsg::StreamEnded`].
     fn stream(&mut self, verb: crate::control::verb::Stream, seq: u64) {
-        if let Some((_, control)) = self.stream.take() {
+        if let Some((old, control)) = self.stream.take() {
+            let _ = self.media.send_message(MediaMsg::StopStream(old));
             let _ = control.try_send(super::stream::Control::Stop("replaced".into()));
         }
         let Some(me) = self.myself.clone() else {
@@ -1453,8 +1457,9 @@ impl Ivr {
             media: self.media.clone(),
             side: Side::A,
             services: self.setup.services.streams.clone(),
+            seq,
         };
-        tracing::info!(url = %start.verb.url, "stream to the bot starts");
+        tracing::info!(url = %super::stream::public_url(&start.verb.url), "stream to the bot starts");
         self.tasks.spawn(
             async move {
                 let (end, record) = super::stream::run(start, rx).await;

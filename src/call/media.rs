@@ -220,8 +220,8 @@ pub enum MediaMsg {
     /// Start a media stream on one side (its queues' shard end; the connection holds the
     /// others).
     StartStream(Side, crate::media::stream::Tap),
-    /// End the media stream.
-    StopStream,
+    /// End the media stream of this number (a later one is left alone).
+    StopStream(u64),
     /// Makes the actor fail (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Fault(Fault),
@@ -625,9 +625,9 @@ impl Actor for MediaActor {
                 // audio, and the bot hears silence.
                 _ => tracing::warn!(parent: &media.span, "a stream without anchored media"),
             },
-            MediaMsg::StopStream => {
+            MediaMsg::StopStream(seq) => {
                 if let Resources::Anchored(pair) = &media.resources {
-                    let _ = pair.stop_stream();
+                    let _ = pair.stop_stream(seq);
                 }
             }
             MediaMsg::Plan(path) => {

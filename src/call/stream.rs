@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::media::MediaMsg;
 use crate::control::verb::{Stream as StreamVerb, StreamFormat};
 use crate::media::stream::session::{End, OnFlood, Out, Policy, Session};
-use crate::media::stream::{self, wire, ws, Format};
+use crate::media::stream::{self, wire, ws, Down, Format};
 use crate::media::types::Side;
 use crate::telemetry;
 
@@ -138,6 +138,8 @@ pub struct StreamStart {
     pub side: Side,
     /// Trust and timeouts.
     pub services: StreamServices,
+    /// The engine's number for the stream (the media actor's tap is known by it).
+    pub seq: u64,
 }
 
 /// Why a connection could not be made.
@@ -180,9 +182,12 @@ pub fn target(url: &str) -> Result<Target, String> {
     } else {
         return Err(format!("{url:?}: a stream's URL starts ws:// or wss://"));
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+    // The fragment never leaves; the authority ends at the path or the query.
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
     };
     if authority.contains('@') {
         return Err(format!(
@@ -215,7 +220,7 @@ pub fn target(url: &str) -> Result<Target, String> {
         tls,
         host,
         port,
-        path: path.to_string(),
+        path,
     })
 }
 
@@ -242,12 +247,15 @@ async fn connect(
         Box::new(tcp)
     };
     let key = ws::new_key();
-    let host = if target.port == if target.tls { 443 } else { 80 } {
-        target.host.clone()
-    } else if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
+    let bracketed = if target.host.contains(':') {
+        format!("[{}]", target.host)
     } else {
-        format!("{}:{}", target.host, target.port)
+        target.host.clone()
+    };
+    let host = if target.port == if target.tls { 443 } else { 80 } {
+        bracketed
+    } else {
+        format!("{bracketed}:{}", target.port)
     };
     let auth = bearer.map(|b| format!("Bearer {b}"));
     let headers: Vec<(&str, &str)> = auth
@@ -300,13 +308,30 @@ fn format(f: StreamFormat) -> Format {
     }
 }
 
+/// Waits `wait` unless the control channel speaks first: `Some(reason)` when the stream
+/// is to end (the call hung up, or the script moved on).
+async fn pause(wait: Duration, control: &mut mpsc::Receiver<Control>) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return None,
+            c = control.recv() => match c {
+                Some(Control::Stop(r)) => return Some(r),
+                // A digit before the bot is there is lost, as on a call nobody hears.
+                Some(Control::Dtmf(_)) => {}
+                None => return Some("caller_hangup".into()),
+            },
+        }
+    }
+}
+
 /// Runs a stream to its end: connects (retrying early failures as the verb allows),
 /// streams, and returns its record. `control` brings digits and the stop.
 pub async fn run(start: StreamStart, mut control: mpsc::Receiver<Control>) -> (End, StreamRecord) {
     let verb = Arc::clone(&start.verb);
     let fmt = format(verb.format);
     let mut record = StreamRecord {
-        url: verb.url.split('?').next().unwrap_or_default().to_string(),
+        url: public_url(&verb.url),
         format: fmt.name().to_string(),
         ..StreamRecord::default()
     };
@@ -321,6 +346,15 @@ pub async fn run(start: StreamStart, mut control: mpsc::Receiver<Control>) -> (E
     let stream_sid = wire::stream_id();
     record.stream_sid = stream_sid.clone();
     let mut backoff = RETRY_BACKOFF;
+    let finish = |record: &mut StreamRecord, end: End| {
+        record.end = end.reason();
+        if let End::Handover(p) = &end {
+            record.handover = p.clone();
+        }
+        metrics::counter!(telemetry::STREAMS_TOTAL, "format" => fmt.name(), "end" => record.end.clone())
+            .increment(1);
+        end
+    };
     loop {
         record.attempts += 1;
         let attempt = tokio::time::timeout(
@@ -339,11 +373,11 @@ pub async fn run(start: StreamStart, mut control: mpsc::Receiver<Control>) -> (E
                     Some(Control::Stop(r)) => r,
                     _ => "caller_hangup".into(),
                 };
-                record.end = reason.clone();
-                return (End::Switch(reason), record);
+                let end = finish(&mut record, End::Switch(reason));
+                return (end, record);
             }
         };
-        let mut conn = match conn {
+        let conn = match conn {
             Ok(c) => c,
             Err(e) => {
                 let (end, why) = match e {
@@ -353,60 +387,64 @@ pub async fn run(start: StreamStart, mut control: mpsc::Receiver<Control>) -> (E
                 tracing::warn!(url = %record.url, error = %why, attempt = record.attempts, "stream: no connection to the bot");
                 record.error.get_or_insert(why);
                 if record.attempts <= verb.reconnect {
-                    tokio::time::sleep(backoff).await;
+                    if let Some(reason) = pause(backoff, &mut control).await {
+                        let end = finish(&mut record, End::Switch(reason));
+                        return (end, record);
+                    }
                     backoff *= 2;
                     continue;
                 }
-                record.end = end.into();
-                metrics::counter!(telemetry::STREAMS_TOTAL, "format" => fmt.name(), "end" => end)
-                    .increment(1);
-                return (End::Policy(end), record);
+                let end = finish(&mut record, End::Policy(end));
+                return (end, record);
             }
         };
         let started = Instant::now();
-        let (end, retry) = stream_on(
-            &start,
-            fmt,
-            &stream_sid,
-            &mut conn,
-            &mut control,
-            &mut record,
-        )
-        .await;
+        let (end, retry) =
+            stream_on(&start, fmt, &stream_sid, conn, &mut control, &mut record).await;
         record.duration_ms += started.elapsed().as_millis() as u64;
         let early = started.elapsed() < EARLY
             && matches!(end, End::Closed(None, _) | End::Policy("protocol_error"));
         if retry && early && record.attempts <= verb.reconnect {
             tracing::warn!(url = %record.url, attempt = record.attempts, "stream: the bot went early; reconnecting");
-            tokio::time::sleep(backoff).await;
+            if let Some(reason) = pause(backoff, &mut control).await {
+                let end = finish(&mut record, End::Switch(reason));
+                return (end, record);
+            }
             backoff *= 2;
             continue;
         }
-        record.end = end.reason();
-        if let End::Handover(p) = &end {
-            record.handover = p.clone();
-        }
-        metrics::counter!(telemetry::STREAMS_TOTAL, "format" => fmt.name(), "end" => record.end.clone())
-            .increment(1);
+        let end = finish(&mut record, end);
         return (end, record);
     }
 }
+
+/// A bot's URL as logs and CDRs show it: without its query or fragment (which may hold a
+/// token).
+pub fn public_url(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or_default().to_string()
+}
+
+/// The most of what is written to the bot that may wait unsent: beyond it, the customer's
+/// audio is dropped (the bot is not reading).
+const MAX_UNSENT: usize = 256 * 1024;
 
 /// Streams over `conn` until the stream ends; whether a retry may follow.
 async fn stream_on(
     start: &StreamStart,
     fmt: Format,
     stream_sid: &str,
-    conn: &mut Conn,
+    conn: Conn,
     control: &mut mpsc::Receiver<Control>,
     record: &mut StreamRecord,
 ) -> (End, bool) {
     let verb = &start.verb;
     let now = Instant::now();
     let mut out = Out::default();
+    let policy = policy(verb);
+    let stall_limit = policy.ping_interval * 2;
     let mut session = Session::new(
         fmt,
-        policy(verb),
+        policy,
         wire::Ids {
             stream: stream_sid.to_string(),
             call: start.call_id.clone(),
@@ -422,28 +460,32 @@ async fn stream_on(
         fmt,
         verb.max_buffer.as_millis().min(u128::from(u32::MAX)) as u32 + 1000,
         verb.prefill.as_millis() as u32,
+        start.seq,
     );
     let _ = start
         .media
         .send_message(MediaMsg::StartStream(start.side, tap));
     metrics::gauge!(telemetry::STREAMS_ACTIVE).increment(1.0);
+    let Conn { io, mut reader } = conn;
+    let (mut rd, mut wr) = tokio::io::split(io);
     let mut read_room = 16 * 1024;
+    // The customer's frames in `out.wire` not yet written, by arrival (for the latency).
     let mut pending_latency: Vec<Instant> = Vec::with_capacity(64);
+    let mut written = 0usize;
+    // When writing last made progress while something waited to be written.
+    let mut write_progress = Instant::now();
+    let mut up_open = true;
+    let mut dropped_up = 0u64;
+    let mut tap_gone: Vec<u32> = Vec::new();
     let end = loop {
-        // Write what is ready.
-        if !out.wire.is_empty() {
-            if let Err(e) = conn.io.write_all(&out.wire).await {
-                tracing::debug!(error = %e, "stream: write to the bot failed");
-                out.wire.clear();
-                break session.lost().unwrap_or(End::Closed(None, e.to_string()));
-            }
+        if written == out.wire.len() && written > 0 {
             out.wire.clear();
+            written = 0;
             let now = Instant::now();
             for arrived in pending_latency.drain(..) {
-                let d = now.saturating_duration_since(arrived);
                 session.written(arrived, now);
                 metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_bot")
-                    .record(d.as_secs_f64());
+                    .record(now.saturating_duration_since(arrived).as_secs_f64());
             }
         }
         if let Some(end) = session.ended() {
@@ -451,18 +493,35 @@ async fn stream_on(
         }
         session.take_down(|d| match down.try_send(d) {
             Ok(()) => None,
-            Err(
-                std::sync::mpsc::TrySendError::Full(d)
-                | std::sync::mpsc::TrySendError::Disconnected(d),
-            ) => Some(d),
+            Err(std::sync::mpsc::TrySendError::Full(d)) => Some(d),
+            // The shard let go of the tap: the bot's audio plays nowhere, its marks are
+            // answered at once.
+            Err(std::sync::mpsc::TrySendError::Disconnected(d)) => {
+                if let Down::Mark(id) = d {
+                    tap_gone.push(id);
+                }
+                None
+            }
         });
-        let deadline = if session.down_pending() {
+        for id in tap_gone.drain(..) {
+            session.on_up(stream::Up::Played(id), Instant::now(), &mut out);
+        }
+        let unsent = out.wire.len() - written;
+        if unsent == 0 {
+            write_progress = Instant::now();
+        } else if write_progress.elapsed() >= stall_limit {
+            tracing::warn!(url = %record.url, unsent, "stream: the bot reads nothing");
+            break End::Policy("bot_unresponsive");
+        }
+        let mut deadline = session.poll_timeout();
+        if session.down_pending() {
             // The shard's queue was full: try again after its next period.
-            (Instant::now() + Duration::from_millis(20)).min(session.poll_timeout())
-        } else {
-            session.poll_timeout()
-        };
-        let room = conn.reader.room(read_room);
+            deadline = deadline.min(Instant::now() + Duration::from_millis(20));
+        }
+        if unsent > 0 {
+            deadline = deadline.min(write_progress + stall_limit);
+        }
+        let room = reader.room(read_room);
         tokio::select! {
             biased;
             c = control.recv() => match c {
@@ -474,73 +533,90 @@ async fn stream_on(
                     let _ = session.stop("caller_hangup", &mut out);
                 }
             },
-            u = up.recv() => {
-                conn.reader.filled(read_room, 0);
-                if let Some(u) = u {
-                    let now = Instant::now();
-                    if let stream::Up::Audio(f) = &u {
-                        pending_latency.push(f.arrived);
-                    }
-                    if let stream::Up::Latency(d) = &u {
-                        metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_caller")
-                            .record(d.as_secs_f64());
-                    }
-                    session.on_up(u, now, &mut out);
-                    // Take every frame waiting, then write once.
-                    while let Ok(u) = up.try_recv() {
-                        if let stream::Up::Audio(f) = &u {
-                            pending_latency.push(f.arrived);
-                        }
-                        session.on_up(u, now, &mut out);
-                    }
+            w = wr.write(&out.wire[written..]), if unsent > 0 => match w {
+                Ok(0) | Err(_) => {
+                    reader.filled(read_room, 0);
+                    break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
                 }
-                continue;
-            }
-            r = conn.io.read(room) => {
-                match r {
-                    Ok(0) | Err(_) => {
-                        conn.reader.filled(read_room, 0);
-                        break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
-                    }
-                    Ok(n) => {
-                        conn.reader.filled(read_room, n);
-                        if n == read_room && read_room < 256 * 1024 {
-                            read_room *= 2;
+                Ok(n) => {
+                    written += n;
+                    write_progress = Instant::now();
+                }
+            },
+            u = up.recv(), if up_open => {
+                // `None`: the shard let go of the tap (the pair is gone).
+                up_open = u.is_some();
+                let now = Instant::now();
+                let mut next = u;
+                while let Some(u) = next.take() {
+                    match &u {
+                        stream::Up::Audio(_) if out.wire.len() - written > MAX_UNSENT => {
+                            dropped_up += 1;
                         }
-                        let now = Instant::now();
-                        loop {
-                            match conn.reader.next_message() {
-                                Ok(Some(m)) => {
-                                    if session.on_message(m, now, &mut out).is_some() {
-                                        break;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "stream: the bot broke the protocol");
-                                    session.protocol_error(&e, &mut out);
+                        stream::Up::Audio(f) => {
+                            pending_latency.push(f.arrived);
+                            session.on_up(u, now, &mut out);
+                        }
+                        stream::Up::Latency(d) => {
+                            metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_caller")
+                                .record(d.as_secs_f64());
+                            session.on_up(u, now, &mut out);
+                        }
+                        _ => session.on_up(u, now, &mut out),
+                    }
+                    // Take every frame waiting, then write once.
+                    next = up.try_recv().ok();
+                }
+            },
+            r = rd.read(room) => match r {
+                Ok(0) | Err(_) => {
+                    reader.filled(read_room, 0);
+                    break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
+                }
+                Ok(n) => {
+                    reader.filled(read_room, n);
+                    if n == read_room && read_room < 256 * 1024 {
+                        read_room *= 2;
+                    }
+                    let now = Instant::now();
+                    loop {
+                        match reader.next_message() {
+                            Ok(Some(m)) => {
+                                if session.on_message(m, now, &mut out).is_some() {
                                     break;
                                 }
                             }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "stream: the bot broke the protocol");
+                                session.protocol_error(&e, &mut out);
+                                break;
+                            }
                         }
                     }
+                    continue;
                 }
-                continue;
-            }
+            },
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let _ = session.handle_timeout(Instant::now(), &mut out);
             }
         }
-        conn.reader.filled(read_room, 0);
+        reader.filled(read_room, 0);
     };
-    // Last words (stop, close) go out; the shard lets go of the side.
-    if !out.wire.is_empty() {
-        let _ =
-            tokio::time::timeout(Duration::from_millis(500), conn.io.write_all(&out.wire)).await;
+    // The shard lets go of the side now; last words (stop, close) go out, bounded.
+    let _ = start.media.send_message(MediaMsg::StopStream(start.seq));
+    if written < out.wire.len() {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            wr.write_all(&out.wire[written..]),
+        )
+        .await;
     }
-    let _ = tokio::time::timeout(Duration::from_millis(500), conn.io.shutdown()).await;
-    let _ = start.media.send_message(MediaMsg::StopStream);
+    let _ = tokio::time::timeout(Duration::from_millis(500), wr.shutdown()).await;
     metrics::gauge!(telemetry::STREAMS_ACTIVE).decrement(1.0);
+    if dropped_up > 0 {
+        tracing::warn!(url = %record.url, frames = dropped_up, "stream: the customer's audio dropped while the bot did not read");
+    }
     let counts = session.counts();
     record.bytes_to_bot += counts.audio_to_bot;
     record.bytes_from_bot += counts.audio_from_bot;
@@ -591,5 +667,14 @@ mod tests {
         assert!(target("http://x").is_err());
         assert!(target("wss://user:pw@x/").is_err());
         assert!(target("ws://x:port/").is_err());
+        // The authority ends at the query; the fragment never leaves.
+        assert_eq!(
+            target("wss://bot.example?k=1#frag").map(|t| (t.host, t.path)),
+            Ok(("bot.example".into(), "/?k=1".into()))
+        );
+        assert_eq!(
+            public_url("wss://b.example/m?token=x#y"),
+            "wss://b.example/m"
+        );
     }
 }

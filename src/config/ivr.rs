@@ -844,7 +844,21 @@ impl Validator {
             };
         if let Some(var) = v.bearer_env.as_deref().map(str::trim) {
             match v.bearer_token.as_deref().map(str::trim) {
-                Some(token) if !token.is_empty() => stream.bearer = Some(token.to_string()),
+                Some(token)
+                    if !token.is_empty()
+                        && token.len() <= 4096
+                        && !token.chars().any(|c| c.is_control() || c == ' ') =>
+                {
+                    stream.bearer = Some(token.to_string())
+                }
+                Some(token) if !token.is_empty() => {
+                    self.problem(
+                        &k("bearer_env"),
+                        format!("the token in {var:?} has spaces or control characters, or is over 4096 bytes"),
+                        format!("set {var} to the bot's token alone"),
+                    );
+                    return None;
+                }
                 _ => {
                     self.problem(
                         &k("bearer_env"),

@@ -183,9 +183,10 @@ pub(super) enum Command {
         side: Side,
         tap: Box<super::stream::Tap>,
     },
-    /// End the pair's media stream.
+    /// End the pair's media stream `seq` (a later one is left alone).
     StopStream {
         id: u64,
+        seq: u64,
     },
     /// Makes the shard panic (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
@@ -528,6 +529,8 @@ pub(super) struct Shard {
     /// Pairs with a media stream, and when the next of them plays.
     streams: Vec<u64>,
     stream_due: Instant,
+    /// The origin of the streams' shared 20 ms grid.
+    stream_epoch: Instant,
     /// Where transcoded packets are built.
     out_buf: [u8; MAX_PACKET],
     pub(super) opus_complexity: Arc<std::sync::atomic::AtomicU8>,
@@ -555,6 +558,7 @@ impl Shard {
             playing: Vec::new(),
             streams: Vec::new(),
             stream_due: Instant::now() + RTC_IDLE,
+            stream_epoch: Instant::now(),
             out_buf: [0; MAX_PACKET],
             opus_complexity,
         }

@@ -163,6 +163,8 @@ pub struct Tap {
     /// Audio buffered before playout starts (and again after it ran dry), milliseconds:
     /// absorbs the bot's jitter.
     pub prefill_ms: u32,
+    /// The stream's number in its call: stopping it stops this one, not a later one.
+    pub seq: u64,
 }
 
 impl std::fmt::Debug for Tap {
@@ -176,6 +178,7 @@ pub fn queues(
     format: Format,
     max_buffer_ms: u32,
     prefill_ms: u32,
+    seq: u64,
 ) -> (
     Tap,
     tokio::sync::mpsc::Receiver<Up>,
@@ -190,6 +193,7 @@ pub fn queues(
             down: down_rx,
             max_buffer_ms,
             prefill_ms,
+            seq,
         },
         up_rx,
         down_tx,

@@ -128,10 +128,10 @@ impl MediaPair {
         )
     }
 
-    /// Ends the pair's media stream.
-    pub fn stop_stream(&self) -> Result<(), MediaError> {
+    /// Ends the pair's media stream `seq` (the tap's; a later stream is left alone).
+    pub fn stop_stream(&self, seq: u64) -> Result<(), MediaError> {
         self.plane
-            .send(self.shard, Command::StopStream { id: self.id })
+            .send(self.shard, Command::StopStream { id: self.id, seq })
     }
 
     /// Starts recording both sides to `path` in `format` (side A left, side B right; with

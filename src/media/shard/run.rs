@@ -239,7 +239,7 @@ impl Shard {
                 }
                 Command::Ringback { id, side, on } => self.ringback(id, side, on),
                 Command::Stream { id, side, tap } => self.start_stream(id, side, *tap),
-                Command::StopStream { id } => self.stop_stream(id),
+                Command::StopStream { id, seq } => self.stop_stream(id, seq),
                 #[cfg(any(test, feature = "fault-injection"))]
                 Command::Panic => panic!("media shard: panic injected by a test"),
                 Command::Stop => return false,

@@ -4,7 +4,8 @@
 //!
 //! The playout buffer starts playing once it holds `prefill` (or its oldest audio waited
 //! that long), and waits again when it runs dry: the bot's jitter (bursty speech synthesis)
-//! is absorbed there, and the customer hears whole 20 ms frames. A clear empties it. Marks
+//! is absorbed there, and the customer hears whole 20 ms frames; silence while the bot says
+//! nothing, so the customer's stream has no gaps. A clear empties it. Marks
 //! sit at the position the bot put them and are reported when playout passes them.
 //! Everything is sized when the stream starts; a packet allocates nothing.
 
@@ -66,6 +67,8 @@ pub(super) struct Stream {
     /// Audio that reached an empty buffer: its position and arrival, for the latency.
     stamp: Option<(u64, Instant)>,
     overflow: u32,
+    /// The tap's number (a stop for another is ignored).
+    seq: u64,
     pub(super) next_at: Instant,
 }
 
@@ -128,6 +131,7 @@ impl Stream {
             marks: VecDeque::new(),
             stamp: None,
             overflow: 0,
+            seq: tap.seq,
             next_at: Instant::now() + PERIOD,
         })
     }
@@ -251,16 +255,35 @@ impl Stream {
         }
     }
 
-    /// The next 20 ms of the bot's audio, encoded for the customer into `out`: its
-    /// length, or `None` when nothing plays now.
+    /// The next 20 ms toward the customer, encoded into `out`: the bot's audio, or
+    /// silence while there is none (the customer's stream never stops while the bot is
+    /// quiet, so their jitter buffer sees no gap); its length, `None` when the side has no
+    /// codec the switch speaks.
     fn next_payload(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let mut pcm = [0i16; 320];
+        if self.fill(now, &mut pcm) {
+            let stamp_due = self.stamp.is_some_and(|(at, _)| at < self.read);
+            if stamp_due {
+                if let Some((_, arrived)) = self.stamp.take() {
+                    let _ = self
+                        .up
+                        .try_send(Up::Latency(now.saturating_duration_since(arrived)));
+                }
+            }
+        }
+        self.encode(&pcm, out)
+    }
+
+    /// The next 20 ms of the buffer into `pcm`, when it plays now (false: silence, while
+    /// the prefill fills or the bot says nothing).
+    fn fill(&mut self, now: Instant, pcm: &mut [i16; 320]) -> bool {
         let frame = self.format.frame_bytes();
         if !self.playing {
             let waited = self
                 .waiting_since
                 .is_some_and(|since| now.duration_since(since) >= self.prefill_time);
             if self.buffer.is_empty() || (self.buffer.len() < self.prefill && !waited) {
-                return None;
+                return false;
             }
             self.playing = true;
             self.waiting_since = None;
@@ -268,11 +291,10 @@ impl Stream {
         if self.buffer.is_empty() {
             // Ran dry: wait for the prefill again.
             self.playing = false;
-            return None;
+            return false;
         }
         let take = frame.min(self.buffer.len());
         let samples = take / self.format.sample_bytes();
-        let mut pcm = [0i16; 320];
         match self.format {
             Format::Twilio => {
                 for (s, b) in pcm.iter_mut().zip(self.buffer.drain(..take)) {
@@ -289,16 +311,14 @@ impl Stream {
             }
         }
         self.read += take as u64;
+        true
+    }
+
+    /// 20 ms of `pcm` (the stream's rate) in the customer's codec, into `out`.
+    fn encode(&mut self, pcm: &[i16; 320], out: &mut [u8]) -> Option<usize> {
+        let frame = self.format.frame_bytes();
         // A short last piece is padded with silence to a whole frame.
         let full = frame / self.format.sample_bytes();
-        let stamp_due = self.stamp.is_some_and(|(at, _)| at < self.read);
-        if stamp_due {
-            if let Some((_, arrived)) = self.stamp.take() {
-                let _ = self
-                    .up
-                    .try_send(Up::Latency(now.saturating_duration_since(arrived)));
-            }
-        }
         match self.to.as_mut()? {
             ToCaller::Opus(enc) => enc.encode(&pcm[..full], out).ok(),
             ToCaller::G711(encode) => {
@@ -325,6 +345,13 @@ impl Stream {
     }
 }
 
+/// The first point of the shard's 20 ms grid (from `epoch`) after `now`.
+fn next_period(epoch: Instant, now: Instant) -> Instant {
+    let period = PERIOD.as_nanos();
+    let k = now.saturating_duration_since(epoch).as_nanos() / period + 1;
+    epoch + Duration::from_nanos((k * period).min(u128::from(u64::MAX)) as u64)
+}
+
 impl Shard {
     /// Starts a stream on `side` of pair `id` (replacing one running); what the other
     /// side sends toward that side is held back while it runs.
@@ -341,24 +368,30 @@ impl Shard {
         };
         let pt = leg.codec_pt.unwrap_or(0);
         match Stream::new(side, tap, leg.codec, pt, complexity) {
-            Ok(stream) => {
+            Ok(mut stream) => {
+                stream.next_at = next_period(self.stream_epoch, Instant::now());
                 leg.playing = true;
+                let stream_next = stream.next_at;
                 pair.stream = Some(Box::new(stream));
                 if !self.streams.contains(&id) {
                     self.streams.push(id);
                 }
-                self.stream_due = self.stream_due.min(Instant::now() + PERIOD);
+                self.stream_due = self.stream_due.min(stream_next);
             }
             Err(e) => tracing::warn!(error = %e, "stream not started"),
         }
     }
 
-    /// Ends the stream of pair `id`: the side hears the other again.
-    pub(super) fn stop_stream(&mut self, id: u64) {
-        self.streams.retain(|s| *s != id);
+    /// Ends stream `seq` of pair `id` (a later stream is left alone): the side hears the
+    /// other again.
+    pub(super) fn stop_stream(&mut self, id: u64, seq: u64) {
         let Some(pair) = self.pairs.get_mut(&id) else {
             return;
         };
+        if pair.stream.as_ref().is_none_or(|s| s.seq != seq) {
+            return;
+        }
+        self.streams.retain(|s| *s != id);
         if let Some(stream) = pair.stream.take() {
             let slot = pair.legs[stream.side().index()];
             if let Some(leg) = self.legs[slot].as_mut() {
@@ -383,8 +416,9 @@ impl Shard {
                 due = due.min(stream.next_at);
                 continue;
             }
-            // A shard that fell behind does not play a burst to catch up.
-            stream.next_at = (stream.next_at + PERIOD).max(now);
+            // A shard that fell behind does not play a burst to catch up; every stream of
+            // the shard keeps to one 20 ms grid, so they share the shard's wake-ups.
+            stream.next_at = next_period(self.stream_epoch, now);
             due = due.min(stream.next_at);
             stream.drain(now);
             let body = &mut payload[rtp::HEADER_LEN..];

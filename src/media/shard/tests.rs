@@ -1307,3 +1307,163 @@ fn an_sdes_side_is_decrypted_in_and_encrypted_out_and_forgeries_are_dropped() {
     assert_eq!(a.dropped, 2);
     r.plane.stop();
 }
+
+/// A G.711 side on a 16 kHz stream: the side's audio reaches the connection as 20 ms
+/// frames of 16 kHz PCM (resampled, the tone kept); the bot's audio is played toward the
+/// side after the prefill, 20 ms a packet in its codec, holding the other side back; a mark
+/// is reported once the audio before it played; a clear silences the side at once and
+/// reports the marks still pending.
+#[test]
+fn a_stream_carries_a_g711_side_to_the_bot_and_plays_the_bots_audio_with_marks_and_clear() {
+    use crate::media::stream::{queues, Down, Format, Frame, Up};
+    let r = rig(40_800, SourcePolicy::Strict, Duration::from_secs(30));
+    let (tap, mut up, down) = queues(Format::L16, 2000, 40, 1);
+    r.pair.stream(Side::A, tap).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // The customer (side A) speaks 1 kHz in PCMU.
+    for k in 0..25u32 {
+        let payload: Vec<u8> = (0..160)
+            .map(|i| {
+                let t = f64::from(k * 160 + i) / 8000.0;
+                crate::media::g711::ulaw_encode(
+                    (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16,
+                )
+            })
+            .collect();
+        r.a.send_to(&rtp(k as u16, k * 160, 7, 0, &payload), r.a_port)
+            .unwrap();
+    }
+    let mut pcm = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pcm.len() < 25 * 320 && Instant::now() < deadline {
+        match up.try_recv() {
+            Ok(Up::Audio(f)) => {
+                assert_eq!(f.len, 640, "20 ms of 16 kHz PCM");
+                pcm.extend(
+                    f.bytes()
+                        .chunks_exact(2)
+                        .map(|c| f64::from(i16::from_le_bytes([c[0], c[1]]))),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert_eq!(pcm.len(), 25 * 320);
+    let at = |f: f64| {
+        let w = 2.0 * std::f64::consts::PI * f / 16_000.0;
+        let tail = &pcm[1600..];
+        let (re, im) = tail
+            .iter()
+            .enumerate()
+            .fold((0.0, 0.0), |(re, im), (i, &x)| {
+                (re + x * (w * i as f64).cos(), im + x * (w * i as f64).sin())
+            });
+        2.0 * (re * re + im * im).sqrt() / tail.len() as f64
+    };
+    assert!(at(1000.0) > 6000.0, "1 kHz at {}", at(1000.0));
+    assert!(at(7000.0) < 300.0, "an image at 7 kHz: {}", at(7000.0));
+
+    // The bot: 200 ms of 500 Hz at 16 kHz, a mark, then 2 s more.
+    let tone = |k: u64| -> Vec<u8> {
+        (0..320u64)
+            .flat_map(|i| {
+                let t = (k * 320 + i) as f64 / 16_000.0;
+                ((8000.0 * (2.0 * std::f64::consts::PI * 500.0 * t).sin()) as i16).to_le_bytes()
+            })
+            .collect()
+    };
+    let now = Instant::now();
+    for k in 0..10 {
+        down.send(Down::Audio(Frame::new(&tone(k), now))).unwrap();
+    }
+    down.send(Down::Mark(1)).unwrap();
+    for k in 10..60 {
+        down.send(Down::Audio(Frame::new(&tone(k), now))).unwrap();
+    }
+    down.send(Down::Mark(2)).unwrap();
+    // B talks meanwhile: held back while the stream has the floor.
+    r.b.send_to(&rtp(1, 160, 9, 0, &[0x11; 160]), r.b_port)
+        .unwrap();
+    // Silence until the bot's audio plays (the side's stream has no gaps), then the bot.
+    let silent = |p: &[u8]| p.iter().all(|&b| b == 0xFF || b == 0x7F);
+    let mut got = Vec::new();
+    let mut silence = 0;
+    while got.len() < 15 {
+        let p = recv(&r.a).expect("packets toward the side");
+        let v = RtpView::parse(&p[..]).unwrap();
+        assert_eq!(v.payload_type(), 0);
+        assert_eq!(v.payload().len(), 160, "20 ms of PCMU");
+        assert_ne!(v.payload()[0], 0x11, "B held back");
+        if got.is_empty() && silent(v.payload()) {
+            silence += 1;
+            assert!(silence < 20, "the bot's audio never played");
+            continue;
+        }
+        assert!(!silent(v.payload()), "a gap in the bot's audio");
+        got.push((v.sequence(), v.timestamp()));
+    }
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1));
+        assert_eq!(w[1].1, w[0].1.wrapping_add(160));
+    }
+    // Mark 1 played (after 10 frames), mark 2 not yet.
+    let mut played = Vec::new();
+    let mut latency = None;
+    while let Ok(u) = up.try_recv() {
+        match u {
+            Up::Played(id) => played.push(id),
+            Up::Latency(d) => latency = Some(d),
+            _ => {}
+        }
+    }
+    assert_eq!(played, [1]);
+    // Measured from the audio's arrival: it was buffered beyond the prefill at once, so it
+    // played at the shard's next period.
+    let latency = latency.expect("the latency of audio reaching an empty buffer");
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    // A clear: mark 2 is reported at once, and the side goes quiet within a period.
+    down.send(Down::Clear).unwrap();
+    let cleared = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mark2 = loop {
+        match up.try_recv() {
+            Ok(Up::Played(2)) => break Instant::now(),
+            _ if Instant::now() > deadline => panic!("mark 2 never reported"),
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    assert!(mark2 - cleared < Duration::from_millis(100));
+    // At most what was in flight, then silence.
+    let mut after = 0;
+    loop {
+        let p = recv(&r.a).expect("silence after the clear");
+        if silent(RtpView::parse(&p[..]).unwrap().payload()) {
+            break;
+        }
+        after += 1;
+        assert!(after <= 2, "audio after the clear");
+    }
+    // A stop for another stream changes nothing; with this one stopped, B is heard again.
+    r.pair.stop_stream(7).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    r.b.send_to(&rtp(2, 320, 9, 0, &[0x22; 160]), r.b_port)
+        .unwrap();
+    let p = recv(&r.a).unwrap();
+    assert_ne!(
+        RtpView::parse(&p[..]).unwrap().payload()[0],
+        0x22,
+        "B heard under the stream"
+    );
+    r.pair.stop_stream(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    r.a.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while recv(&r.a).is_some() {}
+    r.a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    r.b.send_to(&rtp(3, 480, 9, 0, &[0x22; 160]), r.b_port)
+        .unwrap();
+    let p = recv(&r.a).unwrap();
+    assert_eq!(RtpView::parse(&p[..]).unwrap().payload()[0], 0x22);
+    r.plane.stop();
+}

@@ -89,11 +89,11 @@ impl End {
 /// Counters of one stream, for its CDR and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Audio bytes sent to the bot, and received from it (in the stream's format).
+    /// Audio bytes sent to the bot (in the stream's format).
     pub audio_to_bot: u64,
     /// Audio bytes received from the bot.
     pub audio_from_bot: u64,
-    /// Messages sent and received (any kind).
+    /// Messages sent to the bot (any kind).
     pub messages_to_bot: u64,
     /// Messages received.
     pub messages_from_bot: u64,
@@ -101,27 +101,47 @@ pub struct Counts {
     pub malformed: u32,
     /// Bytes of the bot's audio dropped beyond the buffer.
     pub flood_dropped: u64,
-    /// Frames of the customer's audio dropped (the connection could not keep up).
-    pub caller_dropped: u64,
-    /// Marks echoed, and clears taken.
+    /// Marks echoed.
     pub marks: u32,
     /// Clears taken.
     pub clears: u32,
 }
 
-/// Latencies of one stream, to 0.1 ms, up to 100 ms (more counts as 100 ms).
+/// Buckets of [`Latencies`]: 0.1 ms wide up to 100 ms, then 10 ms wide up to 2 s (more
+/// counts as 2 s).
+const FINE: usize = 1000;
+const COARSE: usize = 190;
+
+/// Latencies of one stream (its quantiles are upper bounds of their buckets).
 #[derive(Clone)]
 pub struct Latencies {
-    buckets: Box<[u32; 1001]>,
+    buckets: Box<[u32; FINE + COARSE + 1]>,
     n: u64,
 }
 
 impl Default for Latencies {
     fn default() -> Self {
         Latencies {
-            buckets: Box::new([0; 1001]),
+            buckets: Box::new([0; FINE + COARSE + 1]),
             n: 0,
         }
+    }
+}
+
+/// The bucket of `us` microseconds, and a bucket's upper bound in milliseconds.
+fn bucket(us: u128) -> usize {
+    if us < 100_000 {
+        (us / 100) as usize
+    } else {
+        FINE + ((us - 100_000) / 10_000).min(COARSE as u128) as usize
+    }
+}
+
+fn upper_ms(i: usize) -> f64 {
+    if i < FINE {
+        (i as f64 + 1.0) / 10.0
+    } else {
+        100.0 + ((i - FINE) as f64 + 1.0) * 10.0
     }
 }
 
@@ -134,7 +154,7 @@ impl std::fmt::Debug for Latencies {
 impl Latencies {
     /// Notes one.
     pub fn record(&mut self, d: Duration) {
-        let i = (d.as_micros() / 100).min(1000) as usize;
+        let i = bucket(d.as_micros());
         self.buckets[i] += 1;
         self.n += 1;
     }
@@ -154,10 +174,10 @@ impl Latencies {
         for (i, &c) in self.buckets.iter().enumerate() {
             seen += u64::from(c);
             if seen >= want {
-                return Some((i as f64 + 1.0) / 10.0);
+                return Some(upper_ms(i));
             }
         }
-        Some(100.0)
+        Some(upper_ms(FINE + COARSE))
     }
 }
 
@@ -337,7 +357,12 @@ impl Session {
         if self.writer.wants_binary() {
             out.binary(audio);
         } else {
-            let ms = now.duration_since(self.started).as_millis() as u64;
+            // When the audio reached the switch, from the stream's start (frames written in
+            // a batch keep their own times).
+            let ms = frame
+                .arrived
+                .saturating_duration_since(self.started)
+                .as_millis() as u64;
             let writer = &mut self.writer;
             out.text(|b| writer.media(b, ms, audio));
         }
@@ -406,9 +431,18 @@ impl Session {
                     out.close(1000, "");
                     return self.end(End::Handover(parameters));
                 }
-                // Answer the close.
-                out.close(code.unwrap_or(1000), "");
-                self.end(End::Closed(code, reason.to_string()))
+                // Answer the close with its code; a code no endpoint may send (RFC 6455
+                // §7.4: 1005, 1006, 1015, or outside 1000-4999) is a protocol error.
+                match code {
+                    Some(c) if !(1000..5000).contains(&c) || matches!(c, 1005 | 1006 | 1015) => {
+                        out.close(1002, "");
+                        self.end(End::Policy("protocol_error"))
+                    }
+                    _ => {
+                        out.close(code.unwrap_or(1000), "");
+                        self.end(End::Closed(code, reason.to_string()))
+                    }
+                }
             }
             Message::Text(text) => {
                 self.heard(now);
@@ -541,21 +575,13 @@ impl Session {
     }
 
     /// Hands what is for the shard to `send`, which gives back what its full queue did
-    /// not take. Audio the shard has no room for is dropped and counted; marks and clears
-    /// wait for room.
+    /// not take: that waits here, in order, for the shard's next period (the bot's audio
+    /// held here counts against `max_buffer` as the shard's does).
     pub fn take_down(&mut self, mut send: impl FnMut(Down) -> Option<Down>) {
         while let Some(d) = self.down.pop_front() {
-            match send(d) {
-                None => {}
-                Some(Down::Audio(f)) => {
-                    self.counts.flood_dropped += u64::from(f.len);
-                    metrics::counter!(crate::telemetry::STREAM_DROPPED_TOTAL, "reason" => "queue_full")
-                        .increment(1);
-                }
-                Some(d) => {
-                    self.down.push_front(d);
-                    return;
-                }
+            if let Some(d) = send(d) {
+                self.down.push_front(d);
+                return;
             }
         }
     }

@@ -157,6 +157,19 @@ pub fn response(buf: &[u8], key: &str) -> Result<Option<usize>, WsError> {
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err(WsError::Handshake("no Upgrade: websocket".into()));
     }
+    if !header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    }) {
+        return Err(WsError::Handshake("no Connection: Upgrade".into()));
+    }
+    for unasked in ["sec-websocket-extensions", "sec-websocket-protocol"] {
+        if header(unasked).is_some_and(|v| !v.is_empty()) {
+            return Err(WsError::Handshake(format!(
+                "{unasked} that was not asked for"
+            )));
+        }
+    }
     if header("sec-websocket-accept").as_deref() != Some(accept_for(key).as_str()) {
         return Err(WsError::Handshake(
             "Sec-WebSocket-Accept does not match the key".into(),
@@ -305,12 +318,17 @@ impl Reader {
         self.buf.len() - self.used
     }
 
-    /// The next complete message, if the bytes fed in hold one.
+    /// The next complete message, if the bytes fed in hold one. (Bytes taken are dropped
+    /// from the buffer at the next [`room`](Self::room) or [`feed`](Self::feed): once per
+    /// read, however many messages it held.)
     pub fn next_message(&mut self) -> Result<Option<Message<'_>>, WsError> {
-        self.compact();
+        if self.partial_done {
+            self.partial.clear();
+            self.partial_done = false;
+        }
         loop {
             let Some((op, fin, start, len)) = self.header()? else {
-                if self.buf.len() > MAX_MESSAGE + 14 {
+                if self.buffered() > MAX_MESSAGE + 14 {
                     return Err(WsError::TooLong);
                 }
                 return Ok(None);
@@ -361,8 +379,6 @@ impl Reader {
             }
             self.partial.extend_from_slice(&self.buf[start..end]);
             self.used = end;
-            self.buf.drain(..self.used);
-            self.used = 0;
             if fin {
                 let op = self.partial_op.take();
                 self.partial_done = true;

@@ -142,19 +142,24 @@ fn marks_come_back_when_played_and_a_clear_drops_what_the_shard_has_not_taken() 
 }
 
 #[test]
-fn a_full_shard_queue_drops_audio_but_keeps_marks_and_clears_for_later() {
+fn what_a_full_shard_queue_cannot_take_waits_in_order_and_nothing_is_lost() {
     let t0 = Instant::now();
     let (mut s, mut out) = session(Format::Twilio, Policy::default(), t0);
     s.on_message(Message::Text(&media(160)), t0, &mut out);
     s.on_message(Message::Text(r#"{"event":"clear"}"#), t0, &mut out);
-    s.on_message(Message::Text(&media(160)), t0, &mut out);
-    s.take_down(Some);
+    s.on_message(Message::Text(&media(1600)), t0, &mut out);
+    // The queue takes one, then is full.
+    let mut room = 1;
+    s.take_down(|d| {
+        if room == 0 {
+            return Some(d);
+        }
+        room -= 1;
+        None
+    });
     assert!(s.down_pending());
-    assert_eq!(downs(&mut s), ["clear", "audio 160"]);
+    assert_eq!(downs(&mut s), ["audio 640", "audio 640", "audio 320"]);
     assert_eq!(s.counts().flood_dropped, 0);
-    s.on_message(Message::Text(&media(160)), t0, &mut out);
-    s.take_down(Some);
-    assert_eq!(s.counts().flood_dropped, 160);
 }
 
 #[test]
@@ -322,6 +327,9 @@ fn latencies_give_their_quantiles() {
     }
     assert_eq!(l.quantile_ms(0.5), Some(0.4));
     assert_eq!(l.quantile_ms(0.99), Some(5.1));
-    l.record(Duration::from_secs(1));
-    assert_eq!(l.quantile_ms(1.0), Some(100.1));
+    // Past 100 ms, to 10 ms; past 2 s, as 2 s.
+    l.record(Duration::from_millis(1005));
+    assert_eq!(l.quantile_ms(1.0), Some(1010.0));
+    l.record(Duration::from_secs(9));
+    assert_eq!(l.quantile_ms(1.0), Some(2010.0));
 }
