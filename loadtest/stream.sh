@@ -6,8 +6,9 @@
 # the bot. With CONCURRENCY streams up at once the switch's histograms are read over the
 # plateau (from the last call's start to a second before the first call's end):
 # - to_bot: a customer's packet reaching the switch to its audio written to the bot;
-# - to_caller: the bot's audio reaching an empty playout buffer to its first packet toward
-#   the customer (the playout prefill, PREFILL_MS, included).
+# - to_caller: a frame of the bot's audio reaching the switch to its first packet toward the
+#   customer, the playout buffer's queue included (it holds PREFILL_MS or more: the bot
+#   sends as it receives).
 # The switch runs on core 0, the sim and the bot on core 1 (taskset).
 #
 #   loadtest/stream.sh [CONCURRENCY] [HOLD_S] [FORMAT] [PREFILL_MS]   default: 100 20 twilio 40

@@ -127,7 +127,8 @@ pub const STREAMS_TOTAL: &str = "waswitch_streams_total";
 pub const STREAM_BYTES_TOTAL: &str = "waswitch_stream_bytes_total";
 /// Histogram: seconds the switch adds to a media stream's audio, by `direction`
 /// (`to_bot`: a customer's packet reaching the switch to its audio written to the bot;
-/// `to_caller`: the bot's audio reaching an empty playout buffer to its first packet).
+/// `to_caller`: a frame of the bot's audio reaching the switch to its first packet toward
+/// the customer, the playout buffer's queue included; one frame at a time is timed).
 pub const STREAM_LATENCY: &str = "waswitch_stream_latency_seconds";
 
 /// Histogram: seconds a relayed RTP packet spent in the switch, from the kernel's receive

@@ -131,8 +131,8 @@ pub enum Up {
     Audio(Frame),
     /// The audio queued before mark `id` has played (or was cleared).
     Played(u32),
-    /// The bot's audio that reached an empty buffer took this long to start playing
-    /// (the switch's share of the bot → customer latency).
+    /// A frame of the bot's audio took this long from reaching the switch to its first
+    /// packet toward the customer (the playout buffer's queue included).
     Latency(std::time::Duration),
     /// The shard's buffer was full: this many of the bot's bytes were dropped.
     Overflow(u32),

@@ -21,6 +21,8 @@ use crate::media::{g711, rtp, transcode};
 
 /// Playout period.
 const PERIOD: Duration = Duration::from_millis(20);
+/// Periods a late shard plays at once to catch up (more are lost).
+const MAX_CATCH_UP: u128 = 5;
 
 /// How the customer's audio is decoded for the stream.
 enum FromCaller {
@@ -64,7 +66,7 @@ pub(super) struct Stream {
     read: u64,
     /// Marks at a position of the byte stream.
     marks: VecDeque<(u64, u32)>,
-    /// Audio that reached an empty buffer: its position and arrival, for the latency.
+    /// A frame of the bot's being timed through the buffer: its position and arrival.
     stamp: Option<(u64, Instant)>,
     overflow: u32,
     /// The tap's number (a stop for another is ignored).
@@ -212,7 +214,9 @@ impl Stream {
                     if take < bytes.len() {
                         self.overflow += (bytes.len() - take) as u32;
                     }
-                    if self.buffer.is_empty() && self.stamp.is_none() && take > 0 {
+                    // One frame at a time is timed through the buffer: the next one once it
+                    // has played (a sample of every stretch of the bot's audio).
+                    if self.stamp.is_none() && take > 0 {
                         self.stamp = Some((self.written, f.arrived));
                     }
                     if !self.playing && self.waiting_since.is_none() && take > 0 {
@@ -406,50 +410,67 @@ impl Shard {
         let mut payload = [0u8; MAX_PACKET];
         for i in 0..self.streams.len() {
             let id = self.streams[i];
-            let Some(pair) = self.pairs.get_mut(&id) else {
-                continue;
-            };
-            let Some(stream) = pair.stream.as_mut() else {
+            let Some(stream) = self.pairs.get(&id).and_then(|p| p.stream.as_ref()) else {
                 continue;
             };
             if stream.next_at > now {
                 due = due.min(stream.next_at);
                 continue;
             }
-            // A shard that fell behind does not play a burst to catch up; every stream of
-            // the shard keeps to one 20 ms grid, so they share the shard's wake-ups.
-            stream.next_at = next_period(self.stream_epoch, now);
-            due = due.min(stream.next_at);
-            stream.drain(now);
-            let body = &mut payload[rtp::HEADER_LEN..];
-            let encoded = stream.next_payload(now, body);
-            stream.passed_marks();
-            let (side, pt, opus) = (
-                stream.side,
-                stream.pt,
-                matches!(stream.to, Some(ToCaller::Opus(_))),
-            );
-            let slot = pair.legs[side.index()];
-            let Some(n) = encoded else {
-                continue;
-            };
-            let Some((to, peer)) = self.legs[slot]
-                .as_ref()
-                .and_then(|l| Some((l.remote?, l.peer)))
-            else {
-                continue;
-            };
-            let Some(source) = self.legs[peer].as_mut() else {
-                continue;
-            };
-            let samples = if opus { 960 } else { 160 };
-            let (seq, ts, ssrc) = source.smoother.inject_media(samples);
-            let (head, _) = payload.split_at_mut(rtp::HEADER_LEN);
-            if rtp::write_packet(head, false, pt, seq, ts, ssrc, &[]).is_none() {
-                continue;
+            // Every period gone by plays its frame, so the customer hears the bot in real
+            // time even when the shard was late (a late shard would otherwise add 20 ms to
+            // the stream's delay for good with each period it missed); past a few, the
+            // periods are lost. Every stream of the shard keeps to one 20 ms grid, so they
+            // share the shard's wake-ups.
+            let late = now.saturating_duration_since(stream.next_at);
+            let periods = 1 + (late.as_nanos() / PERIOD.as_nanos()).min(MAX_CATCH_UP - 1) as usize;
+            for _ in 0..periods {
+                self.play_stream_period(id, now, &mut payload);
             }
-            self.send_to_leg(slot, &payload[..rtp::HEADER_LEN + n], to);
+            if let Some(stream) = self.pairs.get_mut(&id).and_then(|p| p.stream.as_mut()) {
+                stream.next_at = next_period(self.stream_epoch, now);
+                due = due.min(stream.next_at);
+            }
         }
         self.stream_due = due;
+    }
+
+    /// One period of pair `id`'s stream: what the bot sent taken in, 20 ms played toward
+    /// the customer (the bot's audio, or silence), marks passed reported.
+    fn play_stream_period(&mut self, id: u64, now: Instant, payload: &mut [u8; MAX_PACKET]) {
+        let Some(pair) = self.pairs.get_mut(&id) else {
+            return;
+        };
+        let Some(stream) = pair.stream.as_mut() else {
+            return;
+        };
+        stream.drain(now);
+        let encoded = stream.next_payload(now, &mut payload[rtp::HEADER_LEN..]);
+        stream.passed_marks();
+        let (side, pt, opus) = (
+            stream.side,
+            stream.pt,
+            matches!(stream.to, Some(ToCaller::Opus(_))),
+        );
+        let slot = pair.legs[side.index()];
+        let Some(n) = encoded else {
+            return;
+        };
+        let Some((to, peer)) = self.legs[slot]
+            .as_ref()
+            .and_then(|l| Some((l.remote?, l.peer)))
+        else {
+            return;
+        };
+        let Some(source) = self.legs[peer].as_mut() else {
+            return;
+        };
+        let samples = if opus { 960 } else { 160 };
+        let (seq, ts, ssrc) = source.smoother.inject_media(samples);
+        let (head, _) = payload.split_at_mut(rtp::HEADER_LEN);
+        if rtp::write_packet(head, false, pt, seq, ts, ssrc, &[]).is_none() {
+            return;
+        }
+        self.send_to_leg(slot, &payload[..rtp::HEADER_LEN + n], to);
     }
 }

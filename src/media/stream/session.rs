@@ -307,7 +307,8 @@ impl Session {
         &self.to_bot
     }
 
-    /// Latencies bot → customer (audio reaching an empty buffer to its first packet).
+    /// Latencies bot → customer (a frame reaching the switch to its first packet, the
+    /// playout buffer's queue included).
     pub fn to_caller(&self) -> &Latencies {
         &self.to_caller
     }
