@@ -7,13 +7,16 @@
 # plateau (from the last call's start to a second before the first call's end):
 # - to_bot: a customer's packet reaching the switch to its audio written to the bot;
 # - to_caller: a frame of the bot's audio reaching the switch to its first packet toward the
-#   customer, the playout buffer's queue included (it holds PREFILL_MS or more: the bot
-#   sends as it receives).
+#   customer, the playout prefill (PREFILL_MS) included; timed for frames that find the
+#   buffer holding no more than the prefill and a frame (what the switch adds, not a queue
+#   the bot built by sending in bursts).
 # The switch runs on core 0, the sim and the bot on core 1 (taskset).
 #
 #   loadtest/stream.sh [CONCURRENCY] [HOLD_S] [FORMAT] [PREFILL_MS]   default: 100 20 twilio 40
 #
-# FORMAT is twilio (μ-law 8 kHz in JSON) or l16 (16 kHz PCM in binary messages). The last
+# FORMAT is twilio (μ-law 8 kHz in JSON) or l16 (16 kHz PCM in binary messages).
+# OPUS_COMPLEXITY (default 5, the switch's default) sets [media] opus_complexity: the Opus
+# encoder toward the customer. SWITCH_CPUS and HARNESS_CPUS (default 0 and 1) pin them. The last
 # line is one JSON object (format, streams, to_bot_p50_ms, to_bot_p99_ms, to_caller_p50_ms,
 # to_caller_p99_ms, cpu_ms_per_stream_second, failed, ...).
 #
@@ -40,7 +43,7 @@ sed -e 's/127.0.0.1:8080/127.0.0.1:18080/' -e 's/127.0.0.1:8090/127.0.0.1:18090/
     -e "s|^format = \"twilio\"|format = \"$FORMAT\"\nprefill_ms = $PREFILL|" \
     -e "s|sqlite://waswitch-stream-sim.db|sqlite://$W/stream.db|" \
     -e "s|^prompts = \"prompts\"|prompts = \"$ROOT/config/examples/prompts\"|" \
-    -e 's/^\[media\]/[media]\nport_min = 30000\nport_max = 39999/' \
+    -e "s/^\[media\]/[media]\nport_min = 30000\nport_max = 39999\nopus_complexity = ${OPUS_COMPLEXITY:-5}/" \
     "$ROOT/config/examples/stream-sim.toml" >"$W/stream.toml"
 printf "\n[limits]\nmax_calls = 20000\nmax_cps = 5000\n" >>"$W/stream.toml"
 
@@ -55,8 +58,10 @@ scrape() { curl -sf http://127.0.0.1:18080/metrics >"$1"; }
 TICK=$(getconf CLK_TCK)
 echo "streams=$CONCURRENCY (over ${RAMP}s) hold=${HOLD}s format=$FORMAT prefill_ms=$PREFILL; switch on cpu $SWITCH_CPUS, sim and bot on cpu $HARNESS_CPUS (results: $W)"
 # The plateau: from a second after the last call started to a second before the first ends.
-( sleep $((RAMP + 2)); scrape "$W/m0"; awk '{print $14 + $15}' "/proc/$SW/stat" >"$W/cpu0"; date +%s.%N >>"$W/cpu0"
-  sleep $((HOLD - RAMP - 3)); scrape "$W/m1"; awk '{print $14 + $15}' "/proc/$SW/stat" >"$W/cpu1"; date +%s.%N >>"$W/cpu1" ) &
+# The harness core's busy and total ticks (is the harness the bottleneck?).
+core() { awk -v c="cpu$HARNESS_CPUS" '$1 == c {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+( sleep $((RAMP + 2)); scrape "$W/m0"; awk '{print $14 + $15}' "/proc/$SW/stat" >"$W/cpu0"; date +%s.%N >>"$W/cpu0"; core >"$W/h0"
+  sleep $((HOLD - RAMP - 3)); scrape "$W/m1"; awk '{print $14 + $15}' "/proc/$SW/stat" >"$W/cpu1"; date +%s.%N >>"$W/cpu1"; core >"$W/h1" ) &
 PIDS+=($!)
 timeout $((HOLD + RAMP + 90)) taskset -c "$HARNESS_CPUS" "$BIN" sim --config "$W/stream.toml" \
   --rate $(( CONCURRENCY / RAMP )) --hold "$HOLD" --duration "$RAMP" --concurrency "$CONCURRENCY" \
@@ -136,6 +141,12 @@ stream_s = streams * (t1 - t0)
 result["cpu_ms_per_stream_second"] = round(1000 * cpu_s / max(stream_s, 1), 3)
 print(f"switch: cpu_s={cpu_s:.2f} over {t1 - t0:.1f}s with {streams:.0f} streams up: "
       f"{result['cpu_ms_per_stream_second']} ms per stream-second on one core")
+try:
+    (b0, t0h), (b1, t1h) = [tuple(map(float, open(f"{w}/{h}").read().split())) for h in ("h0", "h1")]
+    result["harness_core_busy_pct"] = round(100 * (b1 - b0) / max(t1h - t0h, 1), 1)
+    print(f"harness core busy: {result['harness_core_busy_pct']} % (sim and bot)")
+except Exception:
+    pass
 ends = {}
 for line in open(f"{w}/m2").read().splitlines():
     m = re.match(r'waswitch_streams_total\{([^}]*)\} ([0-9.]+)$', line)

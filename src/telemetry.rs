@@ -128,7 +128,8 @@ pub const STREAM_BYTES_TOTAL: &str = "waswitch_stream_bytes_total";
 /// Histogram: seconds the switch adds to a media stream's audio, by `direction`
 /// (`to_bot`: a customer's packet reaching the switch to its audio written to the bot;
 /// `to_caller`: a frame of the bot's audio reaching the switch to its first packet toward
-/// the customer, the playout buffer's queue included; one frame at a time is timed).
+/// the customer, the playout prefill included; timed for frames that found the buffer
+/// holding no more than the prefill and a frame, one at a time).
 pub const STREAM_LATENCY: &str = "waswitch_stream_latency_seconds";
 
 /// Histogram: seconds a relayed RTP packet spent in the switch, from the kernel's receive

@@ -521,7 +521,7 @@ async fn stream_on(
         if unsent > 0 {
             deadline = deadline.min(write_progress + stall_limit);
         }
-        let room = reader.room(read_room);
+        let room = reader.for_read(read_room);
         tokio::select! {
             biased;
             c = control.recv() => match c {
@@ -535,7 +535,6 @@ async fn stream_on(
             },
             w = wr.write(&out.wire[written..]), if unsent > 0 => match w {
                 Ok(0) | Err(_) => {
-                    reader.filled(read_room, 0);
                     break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
                 }
                 Ok(n) => {
@@ -568,14 +567,12 @@ async fn stream_on(
                     next = up.try_recv().ok();
                 }
             },
-            r = rd.read(room) => match r {
+            r = rd.read_buf(room) => match r {
                 Ok(0) | Err(_) => {
-                    reader.filled(read_room, 0);
                     break session.lost().unwrap_or(End::Closed(None, "connection lost".into()));
                 }
                 Ok(n) => {
-                    reader.filled(read_room, n);
-                    if n == read_room && read_room < 256 * 1024 {
+                    if n >= read_room && read_room < 256 * 1024 {
                         read_room *= 2;
                     }
                     let now = Instant::now();
@@ -601,7 +598,6 @@ async fn stream_on(
                 let _ = session.handle_timeout(Instant::now(), &mut out);
             }
         }
-        reader.filled(read_room, 0);
     };
     // The shard lets go of the side now; last words (stop, close) go out, bounded.
     let _ = start.media.send_message(MediaMsg::StopStream(start.seq));

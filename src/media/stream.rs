@@ -132,7 +132,8 @@ pub enum Up {
     /// The audio queued before mark `id` has played (or was cleared).
     Played(u32),
     /// A frame of the bot's audio took this long from reaching the switch to its first
-    /// packet toward the customer (the playout buffer's queue included).
+    /// packet toward the customer (timed for frames that found the playout buffer holding
+    /// no more than its prefill and a frame: the switch's share, not a bot's queue).
     Latency(std::time::Duration),
     /// The shard's buffer was full: this many of the bot's bytes were dropped.
     Overflow(u32),

@@ -222,8 +222,8 @@ pub struct StreamRecord {
     /// Latency added by the switch, customer → bot, microseconds (p50, p99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_bot_us: Option<[u64; 2]>,
-    /// Latency added by the switch, bot → customer (the playout buffer's queue
-    /// included), microseconds (p50, p99).
+    /// Latency added by the switch, bot → customer (the playout prefill included),
+    /// microseconds (p50, p99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_caller_us: Option<[u64; 2]>,
     /// The first connection error, when it failed to connect.

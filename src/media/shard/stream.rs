@@ -66,7 +66,8 @@ pub(super) struct Stream {
     read: u64,
     /// Marks at a position of the byte stream.
     marks: VecDeque<(u64, u32)>,
-    /// A frame of the bot's being timed through the buffer: its position and arrival.
+    /// A frame of the bot's being timed through the buffer: its position and arrival (one
+    /// at a time, of those reaching a buffer that holds at most the prefill and a frame).
     stamp: Option<(u64, Instant)>,
     overflow: u32,
     /// The tap's number (a stop for another is ignored).
@@ -214,9 +215,12 @@ impl Stream {
                     if take < bytes.len() {
                         self.overflow += (bytes.len() - take) as u32;
                     }
-                    // One frame at a time is timed through the buffer: the next one once it
-                    // has played (a sample of every stretch of the bot's audio).
-                    if self.stamp.is_none() && take > 0 {
+                    // One frame at a time is timed through the buffer, among those that
+                    // arrive when it holds no more than the prefill and a frame: what the
+                    // switch adds, not the queue of a bot sending ahead (or in bursts).
+                    let frame = self.format.frame_bytes();
+                    if self.stamp.is_none() && take > 0 && self.buffer.len() <= self.prefill + frame
+                    {
                         self.stamp = Some((self.written, f.arrived));
                     }
                     if !self.playing && self.waiting_since.is_none() && take > 0 {

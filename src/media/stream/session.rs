@@ -308,7 +308,7 @@ impl Session {
     }
 
     /// Latencies bot → customer (a frame reaching the switch to its first packet, the
-    /// playout buffer's queue included).
+    /// playout prefill included).
     pub fn to_caller(&self) -> &Latencies {
         &self.to_caller
     }

@@ -281,19 +281,13 @@ impl Reader {
         Reader::default()
     }
 
-    /// Room to read into: the caller writes up to `room.len()` bytes, then calls
-    /// [`filled`](Self::filled) with how many.
-    pub fn room(&mut self, at_least: usize) -> &mut [u8] {
+    /// The buffer to read into, with room for at least `at_least` more bytes past what it
+    /// holds: the caller appends what it reads (into its spare capacity, which needs no
+    /// clearing: `AsyncReadExt::read_buf`).
+    pub fn for_read(&mut self, at_least: usize) -> &mut Vec<u8> {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + at_least, 0);
-        &mut self.buf[len..]
-    }
-
-    /// `n` bytes were written into the last [`room`](Self::room); the rest is given back.
-    pub fn filled(&mut self, at_least: usize, n: usize) {
-        let keep = self.buf.len() - at_least + n.min(at_least);
-        self.buf.truncate(keep);
+        self.buf.reserve(at_least);
+        &mut self.buf
     }
 
     /// Feeds bytes read from the connection.
@@ -547,12 +541,12 @@ mod tests {
     }
 
     #[test]
-    fn reading_into_the_readers_room_needs_no_copy_of_its_own() {
+    fn reading_into_the_readers_buffer_needs_no_copy_of_its_own() {
         let frame = server_frame(2, true, &[5; 640]);
         let mut r = Reader::new();
-        let room = r.room(4096);
-        room[..frame.len()].copy_from_slice(&frame);
-        r.filled(4096, frame.len());
+        let buf = r.for_read(4096);
+        assert!(buf.capacity() - buf.len() >= 4096);
+        buf.extend_from_slice(&frame);
         assert_eq!(r.buffered(), frame.len());
         assert_eq!(r.next_message(), Ok(Some(Message::Binary(&[5; 640]))));
         assert_eq!(r.next_message(), Ok(None));
