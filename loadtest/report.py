@@ -128,3 +128,20 @@ def write(path, title, params, rows, plots, notes=()):
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
     return path
+
+
+def quantile(cum, q):
+    """The q quantile of a histogram given as sorted (upper bound, cumulative count) pairs:
+    linear within the bucket holding the q-th sample (as Prometheus' histogram_quantile);
+    None when it holds nothing."""
+    total = cum[-1][1] if cum else 0
+    if total <= 0:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for le, c in cum:
+        if c >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (rank - below) / max(c - below, 1e-9)
+        lo, below = le, c
+    return lo

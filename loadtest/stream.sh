@@ -69,9 +69,11 @@ timeout $((HOLD + RAMP + 90)) taskset -c "$HARNESS_CPUS" "$BIN" sim --config "$W
 sleep 2
 scrape "$W/m2"
 
-python3 - "$W" "$TICK" "$FORMAT" "$CONCURRENCY" "$PREFILL" <<'PY'
-import json, re, sys
+python3 - "$W" "$TICK" "$FORMAT" "$CONCURRENCY" "$PREFILL" "$ROOT" <<'PY'
+import json, os, re, sys
 w, tick, fmt, concurrency, prefill = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, os.path.join(sys.argv[6], "loadtest"))
+from report import quantile
 
 def buckets(path, name):
     out = {}
@@ -86,20 +88,6 @@ def buckets(path, name):
         out.setdefault(labels.get("direction", ""), []).append(
             (float("inf") if le == "+Inf" else float(le), float(m.group(3))))
     return {k: sorted(v) for k, v in out.items()}
-
-def quantile(cum, q):
-    # Linear within the bucket holding the q-th sample (as Prometheus' histogram_quantile).
-    total = cum[-1][1] if cum else 0
-    if total <= 0:
-        return None
-    rank, lo, below = q * total, 0.0, 0.0
-    for le, c in cum:
-        if c >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * (rank - below) / max(c - below, 1e-9)
-        lo, below = le, c
-    return lo
 
 def counter(path, name, **labels):
     total = 0.0

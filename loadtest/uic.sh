@@ -196,19 +196,7 @@ def buckets(path):
 # The histograms' highest bound (s): a quantile beyond it is reported as that bound.
 LATENCY_TOP = 0.1
 
-def quantile(cum, q):
-    # Linear within the bucket holding the q-th sample (Prometheus' histogram_quantile).
-    total = cum[-1][1] if cum else 0
-    if total <= 0:
-        return None
-    rank, lo, below = q * total, 0.0, 0.0
-    for le, c in cum:
-        if c >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * (rank - below) / max(c - below, 1e-9)
-        lo, below = le, c
-    return lo
+quantile = report.quantile
 
 def latency(tag):
     # p50/p99 in ms of the time in the switch and its variation, per direction, over the
