@@ -123,6 +123,21 @@ pub const STREAM_DROPPED_TOTAL: &str = "waswitch_stream_dropped_total";
 pub const STREAMS_ACTIVE: &str = "waswitch_streams_active";
 /// Counter: media streams ended, by `format` and `end` (the CDR's end reason).
 pub const STREAMS_TOTAL: &str = "waswitch_streams_total";
+/// Why a media stream ends (the CDR's `control.streams[].end`; a `stop` the switch sends
+/// for another reason, e.g. a call's own hangup cause, is counted under it too).
+pub const STREAM_ENDS: &[&str] = &[
+    "caller_hangup",
+    "replaced",
+    "bot_closed",
+    "handover",
+    "bot_silent",
+    "bot_malformed",
+    "bot_flood",
+    "bot_unresponsive",
+    "bot_unreachable",
+    "handshake_failed",
+    "protocol_error",
+];
 /// Counter: audio bytes of media streams, by `direction` (`to_bot`, `from_bot`).
 pub const STREAM_BYTES_TOTAL: &str = "waswitch_stream_bytes_total";
 /// Histogram: seconds the switch adds to a media stream's audio, by `direction`
@@ -547,6 +562,12 @@ pub fn catalogue() -> Vec<MetricInfo> {
             recordings.push(vec![("source", source), ("outcome", outcome)]);
         }
     }
+    let mut streams = Vec::new();
+    for format in ["twilio", "l16"] {
+        for end in STREAM_ENDS {
+            streams.push(vec![("format", format), ("end", *end)]);
+        }
+    }
     // Every `permission::Blocked` reason (a test there keeps the two lists in step).
     let blocked = BLOCKED_REASONS;
     vec![
@@ -779,7 +800,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             STREAMS_TOTAL,
             Counter,
             "Media streams to voice bots ended, by format and end reason.",
-            Vec::new(),
+            streams,
         ),
         m(
             STREAM_BYTES_TOTAL,
