@@ -111,6 +111,13 @@ entry = "{ivr}"
 "#
         ));
     }
+    // A bot inside the test that misbehaves (the path picks how), in the native format.
+    let bad = |path: &str, rule: &str| {
+        format!(
+            "url = \"wss://127.0.0.1:{bot}/{path}\"\nbearer_env = \"WASWITCH_TEST_BOT_TOKEN\"\n\
+             format = \"l16\"\n{rule}"
+        )
+    };
     let streams: [(&str, String); 7] = [
         (
             "native",
@@ -130,42 +137,13 @@ format = "twilio"
 parameters = {{ lang = "pt" }}"#
             ),
         ),
-        (
-            "silent",
-            format!(
-                r#"url = "wss://127.0.0.1:{bot}/silent"
-bearer_env = "WASWITCH_TEST_BOT_TOKEN"
-format = "l16"
-idle_timeout_secs = 2"#
-            ),
-        ),
+        ("silent", bad("silent", "idle_timeout_secs = 2")),
         (
             "flood",
-            format!(
-                r#"url = "wss://127.0.0.1:{bot}/flood"
-bearer_env = "WASWITCH_TEST_BOT_TOKEN"
-format = "l16"
-max_buffer_secs = 1
-on_flood = "end""#
-            ),
+            bad("flood", "max_buffer_secs = 1\non_flood = \"end\""),
         ),
-        (
-            "malformed",
-            format!(
-                r#"url = "wss://127.0.0.1:{bot}/malformed"
-bearer_env = "WASWITCH_TEST_BOT_TOKEN"
-format = "l16"
-max_malformed = 3"#
-            ),
-        ),
-        (
-            "closing",
-            format!(
-                r#"url = "wss://127.0.0.1:{bot}/closing"
-bearer_env = "WASWITCH_TEST_BOT_TOKEN"
-format = "l16""#
-            ),
-        ),
+        ("malformed", bad("malformed", "max_malformed = 3")),
+        ("closing", bad("closing", "")),
         (
             "unreachable",
             format!(
