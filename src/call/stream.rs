@@ -477,6 +477,10 @@ async fn stream_on(
     let mut up_open = true;
     let mut dropped_up = 0u64;
     let mut tap_gone: Vec<u32> = Vec::new();
+    // The histograms' handles, looked up once (not per frame).
+    let to_bot_latency = metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_bot");
+    let to_caller_latency =
+        metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_caller");
     let end = loop {
         if written == out.wire.len() && written > 0 {
             out.wire.clear();
@@ -484,8 +488,7 @@ async fn stream_on(
             let now = Instant::now();
             for arrived in pending_latency.drain(..) {
                 session.written(arrived, now);
-                metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_bot")
-                    .record(now.saturating_duration_since(arrived).as_secs_f64());
+                to_bot_latency.record(now.saturating_duration_since(arrived).as_secs_f64());
             }
         }
         if let Some(end) = session.ended() {
@@ -557,8 +560,7 @@ async fn stream_on(
                             session.on_up(u, now, &mut out);
                         }
                         stream::Up::Latency(d) => {
-                            metrics::histogram!(telemetry::STREAM_LATENCY, "direction" => "to_caller")
-                                .record(d.as_secs_f64());
+                            to_caller_latency.record(d.as_secs_f64());
                             session.on_up(u, now, &mut out);
                         }
                         _ => session.on_up(u, now, &mut out),
