@@ -491,8 +491,13 @@ impl Actor for IvrActor {
         _myself: ActorRef<Self::Msg>,
         ivr: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // However the actor ends, its queue place and agent are given back.
+        // However the actor ends, its queue place and agent are given back, and a stream
+        // to a bot is told to stop (its connection says goodbye and ends on its own).
         ivr.leave_queue();
+        if let Some((seq, control)) = ivr.stream.take() {
+            let _ = ivr.media.send_message(MediaMsg::StopStream(seq));
+            let _ = control.try_send(super::stream::Control::Stop("caller_hangup".into()));
+        }
         // Messages and requests already handed to Meta finish (bounded by the Graph
         // client's own timeouts).
         let patience = ivr.setup.services.outbox.graph().longest_request();
