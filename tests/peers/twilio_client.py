@@ -88,24 +88,8 @@ def ulaw_decode(data: bytes) -> np.ndarray:
 # ---------------------------------------------------------------- analysis
 
 
-def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
-    """Strongest frequency (Hann window + FFT + parabolic peak fit)."""
-    x = samples.astype(np.float64)
-    x -= x.mean()
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
-    low = int(np.searchsorted(freqs, 40.0))
-    k = low + int(np.argmax(spectrum[low:]))
-    shift = 0.0
-    if 0 < k < len(spectrum) - 1:
-        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
-        if a - 2 * b + c != 0:
-            shift = 0.5 * (a - c) / (a - 2 * b + c)
-    return float((k + shift) * rate / len(x))
-
-
-def rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+# The bot's own analysis (the same measure both ways).
+from pipecat_bot import dominant_frequency, rms  # noqa: E402
 
 
 # ---------------------------------------------------------------- the call
@@ -314,7 +298,7 @@ class TwilioCall:
             if blocks:
                 voiced = np.concatenate(blocks)
                 self.result["bot_rms"] = round(rms(voiced), 1)
-                self.result["bot_hz"] = round(dominant_frequency(voiced), 1)
+                self.result["bot_hz"] = round(dominant_frequency(voiced, RATE), 1)
 
 
 def parse_args():
