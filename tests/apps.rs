@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_udp_port, runtime, Uas};
+use common::{cdr_of, free_udp_port, runtime, Uas};
 use serde_json::{json, Value};
 use waswitch::config::{Config, Secret};
 use waswitch::node::Node;
@@ -281,12 +281,6 @@ fn start(
 
 fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
     common::cdrs_after(rt, node, &dir.join("apps.db"))
-}
-
-fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
-    cdrs.iter()
-        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
-        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
 /// The next `n` calls the sim's users answered (each within 20 s).

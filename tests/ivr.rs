@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{free_udp_port, runtime, Uas};
+use common::{cdr_of, free_udp_port, runtime, Uas};
 use waswitch::config::{Config, Secret};
 use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
@@ -228,12 +228,6 @@ fn start_rig_with(
 /// Waits for the calls to end, stops the node, and reads the CDRs.
 fn cdrs(rt: &tokio::runtime::Runtime, node: Node, dir: &Path) -> Vec<Cdr> {
     common::cdrs_after(rt, node, &dir.join("ivr.db"))
-}
-
-fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
-    cdrs.iter()
-        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
-        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
 /// 1 reaches support and 2 reaches sales (each SIPp PBX gets exactly its INVITE), each

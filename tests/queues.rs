@@ -12,12 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::agent::register_udp;
-use common::{free_udp_port, runtime, Uas};
+use common::{cdr_of, free_udp_port, runtime, Uas};
 use waswitch::config::{Config, Secret};
 use waswitch::node::Node;
 use waswitch::sim::graph::SimGraph;
 use waswitch::sim::load::{self, SimContext};
-use waswitch::store::Cdr;
 
 const SECRET: &str = "queue-secret";
 const PNID: &str = "105615555715866";
@@ -136,12 +135,6 @@ fn start_with(
         node,
         ctx,
     }
-}
-
-fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
-    cdrs.iter()
-        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
-        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
 fn metric(text: &str, line_start: &str) -> Option<f64> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_udp_port, runtime, KillOnDrop, Uas};
+use common::{cdr_of, free_udp_port, runtime, KillOnDrop, Uas};
 use futures::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::Value;
@@ -481,12 +481,6 @@ fn ctx(graph: &SimGraph, http: std::net::SocketAddr, number: usize) -> load::Sim
 fn cdrs(rt: &tokio::runtime::Runtime, rig: Rig) -> Vec<Cdr> {
     let db = rig.dir.path().join("s.db");
     common::cdrs_after(rt, rig.node, &db)
-}
-
-fn cdr_of<'a>(cdrs: &'a [Cdr], wa_call_id: &str) -> &'a Cdr {
-    cdrs.iter()
-        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
-        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
 }
 
 /// The native format over `wss://` with a bearer token: the bot gets `start` with the

@@ -495,6 +495,13 @@ async fn sink(
     (url, got, ())
 }
 
+/// The CDR of Meta's call `wa_call_id` among `cdrs`.
+pub fn cdr_of<'a>(cdrs: &'a [waswitch::store::Cdr], wa_call_id: &str) -> &'a waswitch::store::Cdr {
+    cdrs.iter()
+        .find(|c| c.wa_call_id.as_deref() == Some(wa_call_id))
+        .unwrap_or_else(|| panic!("no CDR for {wa_call_id} in {cdrs:?}"))
+}
+
 /// Waits for `node`'s calls to end, drains and stops it, and reads the CDRs its SQLite
 /// store at `db` holds.
 pub fn cdrs_after(
