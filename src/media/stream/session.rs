@@ -93,16 +93,10 @@ pub struct Counts {
     pub audio_to_bot: u64,
     /// Audio bytes received from the bot.
     pub audio_from_bot: u64,
-    /// Messages sent to the bot (any kind).
-    pub messages_to_bot: u64,
-    /// Messages received.
-    pub messages_from_bot: u64,
     /// Malformed messages dropped.
     pub malformed: u32,
     /// Bytes of the bot's audio dropped beyond the buffer.
     pub flood_dropped: u64,
-    /// Marks echoed.
-    pub marks: u32,
     /// Clears taken.
     pub clears: u32,
 }
@@ -276,10 +270,7 @@ impl Session {
             next_mark: 0,
             down: VecDeque::new(),
             audio: vec![0; wire::MAX_AUDIO].into_boxed_slice(),
-            counts: Counts {
-                messages_to_bot: 2,
-                ..Counts::default()
-            },
+            counts: Counts::default(),
             to_bot: Latencies::default(),
             to_caller: Latencies::default(),
             ended: None,
@@ -368,7 +359,6 @@ impl Session {
             out.text(|b| writer.media(b, ms, audio));
         }
         self.counts.audio_to_bot += audio.len() as u64;
-        self.counts.messages_to_bot += 1;
         self.first_audio.get_or_insert(now);
     }
 
@@ -384,7 +374,6 @@ impl Session {
         }
         let writer = &mut self.writer;
         out.text(|b| writer.dtmf(b, digit));
-        self.counts.messages_to_bot += 1;
     }
 
     /// The switch ends the stream: `stop`, then a normal close.
@@ -404,8 +393,6 @@ impl Session {
         }
         let writer = &mut self.writer;
         out.text(|b| writer.mark(b, name));
-        self.counts.marks += 1;
-        self.counts.messages_to_bot += 1;
     }
 
     /// A message from the bot. Returns the stream's end when it ended here.
@@ -496,7 +483,6 @@ impl Session {
     fn heard(&mut self, now: Instant) {
         self.last_heard = now;
         self.last_pong = now;
-        self.counts.messages_from_bot += 1;
     }
 
     /// The connection broke the WebSocket rules: close with its code.
