@@ -24,8 +24,6 @@ use crate::media::stream::{self, wire, ws, Down, Format};
 use crate::media::types::Side;
 use crate::telemetry;
 
-/// Longest a connection (TCP, TLS, the WebSocket handshake) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stream that fails within this long after it started is an early failure (retried
 /// when the verb allows).
 const EARLY: Duration = Duration::from_secs(3);
@@ -78,34 +76,6 @@ impl StreamServices {
             tls: Arc::new(tokio_rustls::TlsConnector::from(Arc::new(config))),
             connect_timeout,
         })
-    }
-}
-
-impl Default for StreamServices {
-    fn default() -> Self {
-        match StreamServices::new(None, CONNECT_TIMEOUT) {
-            Ok(s) => s,
-            Err(_) => {
-                // No provider could be built at all: a connector that trusts nothing.
-                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-                let config = config.unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-                StreamServices {
-                    tls: Arc::new(tokio_rustls::TlsConnector::from(Arc::new(config))),
-                    connect_timeout: CONNECT_TIMEOUT,
-                }
-            }
-        }
     }
 }
 
