@@ -171,6 +171,8 @@ pub enum MediaMsg {
     DropAgent,
     /// What one side's SDP says.
     Remote(Side, Remote),
+    /// What each side's SDP says (`None`: unchanged), applied at once.
+    Remotes([Option<Remote>; 2]),
     /// How the audio crosses the switch (a media plan's summary).
     Plan(String),
     /// Close the media (the call is ending) and report what it came to.
@@ -249,6 +251,8 @@ pub struct Media {
     /// Side A's SDP, when side A is a plain leg (a phone a call placed to SIP rang): a
     /// WebRTC leg standing in for side B speaks Opus with its codec.
     plain_a: Option<Remote>,
+    /// What each side's peer was last said to be (the shard hears only of changes).
+    remotes: [Option<Remote>; 2],
     /// Our SDES offer's keys, until the answer picks one.
     sdes_offer: Vec<crate::media::srtp::Crypto>,
     /// Side A speaks SDES-SRTP with agreed keys (its media counts as connected).
@@ -310,6 +314,7 @@ impl Actor for MediaActor {
             clock: [8000; 2],
             codec_path: None,
             plain_a: None,
+            remotes: [None, None],
             sdes_offer: Vec::new(),
             sdes_a: false,
             recording: CallRecording::Idle,
@@ -413,16 +418,11 @@ impl Actor for MediaActor {
                 }
             }
             MediaMsg::Remote(side, remote) => {
-                media.clock[side_index(side)] = remote.dtmf_clock.max(1);
-                if side == Side::A {
-                    media.plain_a = Some(remote);
-                }
-                if let Resources::Anchored(pair) = &media.resources {
-                    if let Err(e) = pair.set_remote(side, remote) {
-                        tracing::warn!(parent: &media.span, error = %e, "media update not delivered");
-                    }
-                }
+                let mut remotes = [None, None];
+                remotes[side_index(side)] = Some(remote);
+                media.set_remotes(remotes);
             }
+            MediaMsg::Remotes(remotes) => media.set_remotes(remotes),
             MediaMsg::Event(MediaEvent::PromptDone {
                 side,
                 barged_in,
@@ -665,6 +665,40 @@ fn side_index(side: Side) -> usize {
 }
 
 impl Media {
+    /// Takes what the sides' SDP say; the shard hears of the sides that changed, in one
+    /// command.
+    fn set_remotes(&mut self, remotes: [Option<Remote>; 2]) {
+        let mut changed = [None, None];
+        for (i, remote) in remotes.into_iter().enumerate() {
+            let Some(remote) = remote else { continue };
+            self.clock[i] = remote.dtmf_clock.max(1);
+            if i == 0 {
+                self.plain_a = Some(remote);
+            }
+            if self.remotes[i] != Some(remote) {
+                changed[i] = Some(remote);
+            }
+        }
+        let Resources::Anchored(pair) = &self.resources else {
+            return;
+        };
+        if changed == [None, None] {
+            return;
+        }
+        match pair.set_remotes(changed) {
+            Ok(()) => {
+                for (known, new) in self.remotes.iter_mut().zip(changed) {
+                    if new.is_some() {
+                        *known = new;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, "media update not delivered")
+            }
+        }
+    }
+
     /// Ends relaying (once) and sums up the call's media quality.
     fn close(&mut self) -> Option<crate::store::MediaQuality> {
         let Resources::Anchored(pair) = std::mem::replace(&mut self.resources, Resources::None)
@@ -737,6 +771,7 @@ impl Media {
                 };
                 tracing::debug!(parent: &self.span, a = anchor.ports[0], b = anchor.ports[1], "media anchored");
                 self.resources = Resources::Anchored(pair);
+                self.remotes = [None, None];
                 Some(anchor)
             }
             Err(e) => {
@@ -777,6 +812,7 @@ impl Media {
         pair.set_srtp(Side::A, keying).map_err(|e| e.to_string())?;
         pair.set_remote(Side::A, remote)
             .map_err(|e| e.to_string())?;
+        self.remotes[0] = Some(remote);
         self.clock[0] = remote.dtmf_clock;
         // No handshake follows: the media is up as far as the call can tell (Meta waits for
         // the switch's first packet, so nothing may wait for one of Meta's).
@@ -895,6 +931,7 @@ impl Media {
             self.codec_path = Some("opus echo".into());
         }
         self.resources = Resources::Anchored(pair);
+        self.remotes = [None, None];
         Ok((sdp, ports))
     }
 

@@ -316,26 +316,42 @@ impl MediaPlane {
     }
 
     fn send(&self, shard: usize, command: Command) -> Result<(), MediaError> {
+        self.queue(shard, command)?;
+        self.wake(shard);
+        Ok(())
+    }
+
+    /// Queues `command` without waking the shard: it runs when the shard next wakes (for
+    /// the next command sent, a packet, a timer), within a tick at the latest.
+    fn queue(&self, shard: usize, command: Command) -> Result<(), MediaError> {
         let handle = self.inner.shards.get(shard).ok_or(MediaError::Shard)?;
-        match handle.tx.try_send(command) {
-            Ok(()) => {
-                if !handle.notified.swap(true, Ordering::SeqCst) {
-                    let _ = handle.waker.wake();
-                }
-                Ok(())
+        handle.tx.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => MediaError::Shard,
+        })
+    }
+
+    /// Wakes `shard` to run its queued commands (one wake-up for all queued meanwhile).
+    fn wake(&self, shard: usize) {
+        if let Some(handle) = self.inner.shards.get(shard) {
+            if !handle.notified.swap(true, Ordering::SeqCst) {
+                let _ = handle.waker.wake();
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(MediaError::Shard),
         }
     }
 
     /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
-    /// shard; `events` hears what happens on them.
+    /// shard at once; `events` hears what happens on them.
     pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
-        self.add_pair_on([None, None], events)
+        let pair = self.add_pair_on([None, None], events)?;
+        self.wake(pair.shard);
+        Ok(pair)
     }
 
     /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
-    /// cannot be bound is replaced by another from the pool).
+    /// cannot be bound is replaced by another from the pool). The shard takes the pair
+    /// with the next command sent to it (the peers' addresses, which a call sends next), or
+    /// within a tick: a call's setup wakes the shard once less. Packets reaching the new
+    /// sockets meanwhile wait in them.
     pub fn add_pair_on(
         &self,
         leases: [Option<PortLease>; 2],
@@ -348,7 +364,7 @@ impl MediaPlane {
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let ports = [a_lease.port(), b_lease.port()];
         self.own(shard, id, &events);
-        if let Err(e) = self.send(
+        if let Err(e) = self.queue(
             shard,
             Command::Add {
                 id,

@@ -97,10 +97,11 @@ pub(super) enum Command {
         timeout: Duration,
         events: EventSink,
     },
+    /// Where each side's peer receives and what it sends (from its SDP); `None` leaves a
+    /// side as it is.
     Remote {
         id: u64,
-        side: Side,
-        remote: Remote,
+        remotes: [Option<Remote>; 2],
     },
     /// A plain leg's SDES-SRTP contexts (RFC 4568): what it receives is authenticated and
     /// decrypted, what it sends encrypted.

@@ -142,6 +142,9 @@ pub(crate) struct BridgeState {
     local_sdp: Option<crate::call::leg::LocalSdp>,
     /// The WhatsApp side hears ringback (the trunk rings without early media).
     ringback: bool,
+    /// Both SIP legs' media as their SDP said in this pass, for the media actor in one
+    /// message.
+    remotes: [Option<Remote>; 2],
     /// The trunk sent SDP: its early media or its answer's audio reaches the WhatsApp side.
     b_media: bool,
     /// A hangup waiting for the bridge to settle (the trunk's answer to our CANCEL or BYE,
@@ -190,6 +193,7 @@ impl Actor for BridgeActor {
             local_seq: 0,
             local_sdp: None,
             ringback: false,
+            remotes: [None, None],
             b_media: false,
             hangup_reply: None,
             trunk_index: setup.trunk_index,
@@ -445,6 +449,12 @@ impl BridgeState {
                 }
             }
         }
+        let remotes = std::mem::take(&mut self.remotes);
+        if remotes != [None, None] {
+            if let Some(media) = &self.media {
+                let _ = media.send_message(MediaMsg::Remotes(remotes));
+            }
+        }
         if self.bridge.is_done() {
             if let Some(reply) = self.hangup_reply.take() {
                 let _ = reply.send(());
@@ -488,13 +498,12 @@ impl BridgeState {
             }
             (Some(_), _) => self.tell_whatsapp(FromBridge::Media(remote)),
             (None, leg) => {
-                if let Some(media) = &self.media {
-                    let side = match leg {
-                        Leg::A => Side::A,
-                        Leg::B => Side::B,
-                    };
-                    let _ = media.send_message(MediaMsg::Remote(side, remote));
-                }
+                // Sent with the other leg's, if any, at the end of the pass.
+                let side = match leg {
+                    Leg::A => Side::A,
+                    Leg::B => Side::B,
+                };
+                self.remotes[side.index()] = Some(remote);
             }
         }
     }

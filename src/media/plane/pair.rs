@@ -23,12 +23,19 @@ impl MediaPair {
 
     /// Tells the shard where `side`'s peer receives and what it sends (from its SDP).
     pub fn set_remote(&self, side: Side, remote: Remote) -> Result<(), MediaError> {
+        let mut remotes = [None, None];
+        remotes[side.index()] = Some(remote);
+        self.set_remotes(remotes)
+    }
+
+    /// Like [`set_remote`](Self::set_remote) for both sides at once (`None` leaves a side
+    /// as it is): one command, one wake-up of the shard.
+    pub fn set_remotes(&self, remotes: [Option<Remote>; 2]) -> Result<(), MediaError> {
         self.plane.send(
             self.shard,
             Command::Remote {
                 id: self.id,
-                side,
-                remote,
+                remotes,
             },
         )
     }

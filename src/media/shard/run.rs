@@ -42,13 +42,15 @@ impl Shard {
                     return;
                 }
             }
+            // Commands first, whatever woke the shard: some are queued without a wake-up
+            // (a plain pair's addition) and wait for the next one, at most a tick.
+            if !self.run_commands() {
+                self.close_all();
+                return;
+            }
             for event in events.iter() {
                 let token = event.token();
                 if token == WAKER {
-                    if !self.run_commands() {
-                        self.close_all();
-                        return;
-                    }
                     continue;
                 }
                 if token.0 >= RTC_TOKENS {
@@ -105,30 +107,11 @@ impl Shard {
                 }
                 Command::WebRtcB { id, leg, socket } => self.webrtc_b(id, leg, socket),
                 Command::DropWebRtcB { id } => self.drop_webrtc_b(id),
-                Command::Remote { id, side, remote } => {
-                    if let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side.index()]) {
-                        if self.legs[slot]
-                            .as_ref()
-                            .is_some_and(|l| matches!(l.io, Io::WebRtc(_)))
-                        {
-                            // A WebRTC leg's media follows its own negotiation.
-                            continue;
+                Command::Remote { id, remotes } => {
+                    for (i, remote) in remotes.into_iter().enumerate() {
+                        if let Some(remote) = remote {
+                            self.set_remote(id, i, remote);
                         }
-                        if let Some(leg) = self.legs[slot].as_mut() {
-                            leg.remote = remote.addr;
-                            // A new address from SDP re-opens latching.
-                            leg.latched = false;
-                            leg.rtcp_mux = remote.rtcp_mux;
-                            leg.clock = remote.clock.max(1);
-                            leg.dtmf_pt = remote.dtmf_pt;
-                            leg.dtmf_clock = remote.dtmf_clock.max(1);
-                            leg.codec_pt = remote.codec_pt;
-                            leg.codec = remote.codec;
-                            leg.sends = remote.sends;
-                            leg.last_rx = Instant::now();
-                            leg.timed_out = false;
-                        }
-                        self.plan_transcoding(slot);
                     }
                 }
                 Command::Srtp { id, side, srtp } => {
@@ -246,6 +229,33 @@ impl Shard {
             }
         }
         true
+    }
+
+    /// Where side `side` (0: A, 1: B) of pair `id` sends and what it hears, from its SDP.
+    fn set_remote(&mut self, id: u64, side: usize, remote: crate::media::types::Remote) {
+        let Some(slot) = self.pairs.get(&id).map(|p| p.legs[side]) else {
+            return;
+        };
+        let Some(leg) = self.legs[slot].as_mut() else {
+            return;
+        };
+        if matches!(leg.io, Io::WebRtc(_)) {
+            // A WebRTC leg's media follows its own negotiation.
+            return;
+        }
+        leg.remote = remote.addr;
+        // A new address from SDP re-opens latching.
+        leg.latched = false;
+        leg.rtcp_mux = remote.rtcp_mux;
+        leg.clock = remote.clock.max(1);
+        leg.dtmf_pt = remote.dtmf_pt;
+        leg.dtmf_clock = remote.dtmf_clock.max(1);
+        leg.codec_pt = remote.codec_pt;
+        leg.codec = remote.codec;
+        leg.sends = remote.sends;
+        leg.last_rx = Instant::now();
+        leg.timed_out = false;
+        self.plan_transcoding(slot);
     }
 
     fn add(

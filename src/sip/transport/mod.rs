@@ -22,6 +22,9 @@ use super::txn::{TimerConfig, Transport};
 /// Largest UDP datagram read (a SIP message over UDP must fit one).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Datagrams read in one pass of a UDP listener before it looks at its timers and commands.
+const RECV_BATCH: usize = 32;
+
 /// Commands queued toward one listener's core; senders wait when it is full.
 const COMMAND_QUEUE: usize = 8192;
 
@@ -244,19 +247,44 @@ async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signa
     }
     let mut monitor = TrunkMonitor::new(Instant::now(), local, probes);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // One timer for the listener, moved when the core's next deadline moves.
+    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = [core.poll_timeout(), monitor.poll_timeout()]
             .into_iter()
             .flatten()
             .min();
+        if deadline != armed {
+            armed = deadline;
+            sleep
+                .as_mut()
+                .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
+        }
         tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => core.handle_datagram(Instant::now(), Bytes::copy_from_slice(&buf[..n]), from),
-                // ICMP port unreachable from an earlier send shows up here on Linux; the
-                // socket is still good.
-                Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+            ready = socket.readable() => {
+                if ready.is_ok() {
+                    // What is queued is read in one pass (bounded, so timers and commands
+                    // are not starved), each datagram handled as it comes.
+                    for _ in 0..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => core.handle_datagram(
+                                Instant::now(),
+                                Bytes::copy_from_slice(&buf[..n]),
+                                from,
+                            ),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            // ICMP port unreachable from an earlier send shows up here on
+                            // Linux; the socket is still good.
+                            Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+                        }
+                    }
+                }
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            () = &mut sleep, if armed.is_some() => {
+                armed = None;
                 let now = Instant::now();
                 core.handle_timeout(now);
                 monitor.handle_timeout(now, &mut core);
