@@ -406,9 +406,9 @@ impl Calls {
         // A call anchors two legs: its two port pairs are leased here, at admission, so a
         // call that cannot have them is refused up front (503), never failed halfway, and
         // calls admitted together cannot count the same free ports.
-        let leases = match (inner.ports.lease(), inner.ports.lease()) {
-            (Ok(a), Ok(b)) => [a, b],
-            _ => {
+        let leases = match inner.ports.lease_two() {
+            Ok(leases) => leases,
+            Err(_) => {
                 metrics::counter!(telemetry::CALLS_REFUSED_TOTAL, "reason" => "media_ports")
                     .increment(1);
                 return Err(CallRefused::Overloaded);

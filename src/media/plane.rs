@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use mio::{Poll, Waker};
 
 use super::dtmf::Digit;
-use super::ports::{PortAllocator, PortLease};
-use super::shard::{Command, NewWebRtcPair, Shard, WAKER};
+use super::ports::{PortAllocator, PortLease, Resting};
+use super::shard::{Command, LegSockets, NewWebRtcPair, Shard, WAKER};
 use super::types::{Side, SourcePolicy};
 use super::webrtc::{WebRtcError, WebRtcLeg};
 use crate::telemetry;
@@ -113,6 +113,8 @@ struct ShardHandle {
     waker: Arc<Waker>,
     /// A wake-up is pending (the shard has not begun draining its queue since).
     notified: Arc<std::sync::atomic::AtomicBool>,
+    /// The shard's life (see [`Inbox::epoch`](crate::media::shard::Inbox)).
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     owners: Owners,
 }
 
@@ -239,9 +241,11 @@ impl MediaPlane {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
             let notified = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let inbox = crate::media::shard::Inbox {
                 rx,
                 notified: notified.clone(),
+                epoch: epoch.clone(),
             };
             let complexity = opus_complexity.clone();
             let owners = Owners::default();
@@ -257,10 +261,24 @@ impl MediaPlane {
                 tx,
                 waker,
                 notified,
+                epoch,
                 owners,
             });
             threads.push(thread);
         }
+        // Resting sockets the pool cannot keep are closed by their shard.
+        let evict: Vec<_> = handles
+            .iter()
+            .map(|h| (h.tx.clone(), h.waker.clone(), h.notified.clone()))
+            .collect();
+        ports.set_evictor(Arc::new(move |r: Resting| {
+            if let Some((tx, waker, notified)) = evict.get(r.shard) {
+                if tx.try_send(Command::Evict(r)).is_ok() && !notified.swap(true, Ordering::SeqCst)
+                {
+                    let _ = waker.wake();
+                }
+            }
+        }));
         Ok(MediaPlane {
             inner: Arc::new(PlaneInner {
                 shards: handles,
@@ -358,10 +376,19 @@ impl MediaPlane {
         events: EventSink,
     ) -> Result<MediaPair, MediaError> {
         let [a, b] = leases;
-        let (a_lease, a) = self.bind_leased(a)?;
-        let (b_lease, b) = self.bind_leased(b)?;
+        // Where the leased ports' sockets rest, the pair is relayed; else in the next shard.
+        let shard = a
+            .iter()
+            .chain(b.iter())
+            .filter_map(PortLease::resting)
+            .find(|r| self.is_current(r))
+            .map_or_else(
+                || self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len(),
+                |r| r.shard,
+            );
+        let (a_lease, a) = self.leg_sockets(a, shard)?;
+        let (b_lease, b) = self.leg_sockets(b, shard)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let ports = [a_lease.port(), b_lease.port()];
         self.own(shard, id, &events);
         if let Err(e) = self.queue(
@@ -486,7 +513,7 @@ impl MediaPlane {
         let index = match free {
             Some(i) => i,
             None => {
-                let (lease, (socket, rtcp)) = self.bind_leg()?;
+                let (lease, (socket, rtcp)) = self.bind_new()?;
                 // The RTCP port of the pair stays unused: WebRTC multiplexes RTCP.
                 drop(rtcp);
                 let addr = socket.local_addr()?;
@@ -544,7 +571,7 @@ impl MediaPlane {
         let (shard, socket) = (prepared.shard, prepared.socket);
         let a_port = leg.local().port();
         let (leases, b, b_port) = match far {
-            FarSide::Rtp(lease) => match self.bind_leased(lease) {
+            FarSide::Rtp(lease) => match self.leg_sockets(lease, shard) {
                 Ok((lease, sockets)) => {
                     let port = lease.port();
                     (vec![lease], Some(sockets), port)
@@ -587,31 +614,73 @@ impl MediaPlane {
         })
     }
 
-    fn bind_leased(
-        &self,
-        lease: Option<PortLease>,
-    ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
-        if let Some(mut lease) = lease {
-            if let Some(kept) = lease.take_sockets() {
-                return Ok((lease, fresh(kept)));
-            }
-            let port = lease.port();
-            if let (Ok(rtp), Ok(rtcp)) = (bind(self.inner.ip, port), bind(self.inner.ip, port + 1))
-            {
-                return Ok((lease, (rtp, rtcp)));
-            }
-            tracing::warn!(
-                port,
-                "leased RTP port taken by another process; using another"
-            );
-        }
-        self.bind_leg()
+    /// The shard's life now.
+    fn epoch(&self, shard: usize) -> Option<u64> {
+        self.inner
+            .shards
+            .get(shard)
+            .map(|h| h.epoch.load(Ordering::Relaxed))
     }
 
-    /// Leases a port pair and binds it; ports someone else holds are skipped.
-    fn bind_leg(
+    /// Sockets resting in a shard that still holds them (not started again since).
+    fn is_current(&self, r: &Resting) -> bool {
+        self.epoch(r.shard) == Some(r.epoch)
+    }
+
+    /// Sockets for a plain leg relayed in `shard` on the leased port (a port that cannot
+    /// be bound is replaced by another from the pool): its resting sockets when they rest
+    /// there, else sockets bound for it.
+    fn leg_sockets(
+        &self,
+        lease: Option<PortLease>,
+        shard: usize,
+    ) -> Result<(PortLease, LegSockets), MediaError> {
+        let Some(mut lease) = lease else {
+            return self.bind_leg(shard);
+        };
+        match lease.take_resting() {
+            Some(r) if r.shard == shard && self.is_current(&r) => {
+                return Ok((lease, LegSockets::Resting(r)))
+            }
+            Some(r) if self.is_current(&r) => {
+                // Resting in another shard: closed there, and this leg takes another port
+                // (this one is leased again long after).
+                self.evict(r);
+                drop(lease);
+                return self.bind_leg(shard);
+            }
+            // Their shard was started again since: they are closed, the port is free.
+            _ => {}
+        }
+        let port = lease.port();
+        if let (Ok(rtp), Ok(rtcp)) = (bind(self.inner.ip, port), bind(self.inner.ip, port + 1)) {
+            return Ok((lease, LegSockets::Bound(rtp, rtcp)));
+        }
+        tracing::warn!(
+            port,
+            "leased RTP port taken by another process; using another"
+        );
+        self.bind_leg(shard)
+    }
+
+    /// Leases a port pair for a plain leg in `shard`: resting there, or bound anew; ports
+    /// someone else holds are skipped.
+    fn bind_leg(&self, shard: usize) -> Result<(PortLease, LegSockets), MediaError> {
+        self.lease_and_bind(Some(shard))
+    }
+
+    /// Leases a port pair and binds it anew (sockets resting anywhere are closed there and
+    /// another port taken).
+    fn bind_new(
         &self,
     ) -> Result<(PortLease, (std::net::UdpSocket, std::net::UdpSocket)), MediaError> {
+        match self.lease_and_bind(None)? {
+            (lease, LegSockets::Bound(rtp, rtcp)) => Ok((lease, (rtp, rtcp))),
+            (_, LegSockets::Resting(_)) => Err(MediaError::Shard),
+        }
+    }
+
+    fn lease_and_bind(&self, shard: Option<usize>) -> Result<(PortLease, LegSockets), MediaError> {
         let mut last = None;
         // Ports another process holds (another instance sharing the range) are skipped;
         // each skipped lease goes to the back of the pool.
@@ -621,12 +690,19 @@ impl MediaPlane {
                 .ports
                 .lease()
                 .map_err(|e| MediaError::Ports(e.to_string()))?;
-            if let Some(kept) = lease.take_sockets() {
-                return Ok((lease, fresh(kept)));
+            match lease.take_resting() {
+                Some(r) if Some(r.shard) == shard && self.is_current(&r) => {
+                    return Ok((lease, LegSockets::Resting(r)))
+                }
+                Some(r) if self.is_current(&r) => {
+                    self.evict(r);
+                    continue;
+                }
+                _ => {}
             }
             let port = lease.port();
             match (bind(self.inner.ip, port), bind(self.inner.ip, port + 1)) {
-                (Ok(rtp), Ok(rtcp)) => return Ok((lease, (rtp, rtcp))),
+                (Ok(rtp), Ok(rtcp)) => return Ok((lease, LegSockets::Bound(rtp, rtcp))),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(port, error = %e, "RTP port taken by another process; skipping it");
                     last = Some(e);
@@ -637,6 +713,11 @@ impl MediaPlane {
             "could not bind RTP ports: {}",
             last.map_or_else(String::new, |e| e.to_string())
         )))
+    }
+
+    /// Has the shard holding resting sockets close them.
+    fn evict(&self, r: Resting) {
+        let _ = self.send(r.shard, Command::Evict(r));
     }
 
     /// Stops every shard and waits for the threads.
@@ -655,29 +736,6 @@ impl MediaPlane {
             let _ = t.join();
         }
     }
-}
-
-/// Sockets kept from an earlier call, emptied of what they received while they rested (its
-/// stragglers): none reaches the new call, or latches its source. Done as they are leased,
-/// before the new call's SDP names them, so nothing of the new call can be dropped here.
-fn fresh(
-    (rtp, rtcp): (std::net::UdpSocket, std::net::UdpSocket),
-) -> (std::net::UdpSocket, std::net::UdpSocket) {
-    let stale = drain(&rtp) + drain(&rtcp);
-    if stale > 0 {
-        metrics::counter!(telemetry::RTP_DROPPED_TOTAL, "reason" => "stale").increment(stale);
-    }
-    (rtp, rtcp)
-}
-
-/// Reads and drops whatever `socket` holds (bounded). Returns how many datagrams went.
-fn drain(socket: &std::net::UdpSocket) -> u64 {
-    let mut scratch = [0u8; 1500];
-    let mut dropped = 0;
-    while dropped < 256 && socket.recv(&mut scratch).is_ok() {
-        dropped += 1;
-    }
-    dropped
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
@@ -731,6 +789,9 @@ impl Supervised {
                 opus_complexity,
                 ..
             } = shard;
+            // Sockets resting in the failed shard closed with it: the pool's records of
+            // them are stale from now on.
+            commands.epoch.fetch_add(1, Ordering::Relaxed);
             for info in self
                 .rtc
                 .lock()
@@ -753,43 +814,5 @@ impl Supervised {
             }
             shard = Shard::new(poll, commands, opus_complexity);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Kept sockets are handed out empty: what reached them while they rested is gone, and
-    /// what arrives next is read as usual.
-    #[test]
-    fn kept_sockets_are_emptied_of_what_they_received_while_resting() {
-        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-        let (rtp, rtcp) = (bind(ip, 0).expect("rtp"), bind(ip, 0).expect("rtcp"));
-        let straggler = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
-        for _ in 0..3 {
-            straggler
-                .send_to(&[0x80; 172], rtp.local_addr().expect("addr"))
-                .expect("send");
-        }
-        straggler
-            .send_to(&[0x81; 64], rtcp.local_addr().expect("addr"))
-            .expect("send");
-        std::thread::sleep(Duration::from_millis(50));
-        let (rtp, rtcp) = fresh((rtp, rtcp));
-        let mut buf = [0u8; 256];
-        assert_eq!(
-            rtp.recv(&mut buf).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock)
-        );
-        assert_eq!(
-            rtcp.recv(&mut buf).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock)
-        );
-        straggler
-            .send_to(&[0x80; 12], rtp.local_addr().expect("addr"))
-            .expect("send");
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(rtp.recv(&mut buf).ok(), Some(12));
     }
 }

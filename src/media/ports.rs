@@ -5,15 +5,16 @@
 //! unwinding) gives its ports back. Released ports go to the back of the queue: a port is
 //! reused as late as possible, so stray packets of an ended call never reach a new one.
 //!
-//! A lease given back with its sockets still bound ([`PortLease::give_back`]) keeps them: the
-//! next call on that port takes them as they are, with no socket, bind, option or close
-//! system call (a call's four sockets cost some 40 of them to make and to close). Such a
+//! A lease given back with its sockets still bound ([`PortLease::give_back`]) keeps them
+//! where they are: in the media shard that relayed them, still registered with its poller,
+//! which drops whatever reaches them while they rest. The next call on that port takes them
+//! as they are, in that shard, with no system call at all (a call's four sockets cost some
+//! 40 of them to make and to close, and eight more to register and deregister). Such a
 //! pair is handed out again only once it has rested [`REST`] (or when no other port is
 //! free), and at most [`KEEP_BOUND`] pairs are kept (fewer under a low open-file limit);
-//! whatever a kept socket received while it rested is dropped before it is used again.
+//! beyond that, the shard is told to close them.
 
 use std::collections::VecDeque;
-use std::net::UdpSocket;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,13 +42,38 @@ fn keep_within_file_limit() -> usize {
     KEEP_BOUND.min(soft / 8)
 }
 
+/// A port's RTP and RTCP sockets resting in a media shard between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resting {
+    /// The shard that holds them.
+    pub shard: usize,
+    /// The shard's life they belong to (a shard started again after a panic has closed
+    /// the sockets of its earlier life).
+    pub epoch: u64,
+    /// Their place in the shard.
+    pub slot: usize,
+}
+
+/// Closes resting sockets the pool has no room for (the media plane tells their shard).
+pub type Evictor = Arc<dyn Fn(Resting) + Send + Sync>;
+
 /// The pool of RTP ports of one node. Cheap to clone; used at call setup, never per packet.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PortAllocator {
     pool: Arc<Mutex<Pool>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for PortAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pool = self.lock();
+        f.debug_struct("PortAllocator")
+            .field("total", &pool.total)
+            .field("free", &pool.free.len())
+            .field("kept", &pool.bound.len())
+            .finish()
+    }
+}
+
 struct Pool {
     free: VecDeque<u16>,
     /// Pairs given back still bound, oldest first.
@@ -55,12 +81,12 @@ struct Pool {
     total: usize,
     rest: Duration,
     keep: usize,
+    evictor: Option<Evictor>,
 }
 
-#[derive(Debug)]
 struct Bound {
     port: u16,
-    sockets: (UdpSocket, UdpSocket),
+    resting: Resting,
     since: Instant,
 }
 
@@ -89,6 +115,7 @@ impl PortAllocator {
                 total,
                 rest: REST,
                 keep: keep_within_file_limit(),
+                evictor: None,
             })),
         }
     }
@@ -101,6 +128,11 @@ impl PortAllocator {
             pool.rest = rest;
         }
         self
+    }
+
+    /// Who closes resting sockets the pool cannot keep (the media plane, when it starts).
+    pub(crate) fn set_evictor(&self, evictor: Evictor) {
+        self.lock().evictor = Some(evictor);
     }
 
     /// Leases a port: a pair kept bound that has rested, else the least recently used free
@@ -116,7 +148,7 @@ impl PortAllocator {
                 publish_kept(pool.bound.len());
                 return Ok(PortLease {
                     port: b.port,
-                    sockets: Some(b.sockets),
+                    resting: Some(b.resting),
                     pool: Arc::clone(&self.pool),
                 });
             }
@@ -124,11 +156,37 @@ impl PortAllocator {
         match pool.free.pop_front() {
             Some(port) => Ok(PortLease {
                 port,
-                sockets: None,
+                resting: None,
                 pool: Arc::clone(&self.pool),
             }),
             None => Err(PortsExhausted { total: pool.total }),
         }
+    }
+
+    /// Leases the two ports of a call: the second, when the first rests in a shard, one
+    /// resting in the same shard if one has rested (the pair is relayed there, where its
+    /// sockets are), else as [`lease`](Self::lease).
+    pub fn lease_two(&self) -> Result<[PortLease; 2], PortsExhausted> {
+        let first = self.lease()?;
+        if let Some(shard) = first.resting.map(|r| r.shard) {
+            let mut pool = self.lock();
+            let rest = pool.rest;
+            let found = pool
+                .bound
+                .iter()
+                .take(16)
+                .position(|b| b.resting.shard == shard && b.since.elapsed() >= rest);
+            if let Some(b) = found.and_then(|i| pool.bound.remove(i)) {
+                publish_kept(pool.bound.len());
+                let second = PortLease {
+                    port: b.port,
+                    resting: Some(b.resting),
+                    pool: Arc::clone(&self.pool),
+                };
+                return Ok([first, second]);
+            }
+        }
+        Ok([first, self.lease()?])
     }
 
     /// Port pairs currently leased (kept bound pairs are not).
@@ -161,12 +219,20 @@ fn publish_kept(n: usize) {
 }
 
 /// An RTP port held by one leg; returned to the pool on drop.
-#[derive(Debug)]
 pub struct PortLease {
     port: u16,
-    /// The port's RTP and RTCP sockets, when the pool kept them bound.
-    sockets: Option<(UdpSocket, UdpSocket)>,
+    /// Where the port's sockets rest, when the pool kept them bound.
+    resting: Option<Resting>,
     pool: Arc<Mutex<Pool>>,
+}
+
+impl std::fmt::Debug for PortLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortLease")
+            .field("port", &self.port)
+            .field("resting", &self.resting)
+            .finish()
+    }
 }
 
 impl PortLease {
@@ -175,40 +241,49 @@ impl PortLease {
         self.port
     }
 
-    /// The port's sockets, bound, when the pool kept them from an earlier call.
-    pub fn take_sockets(&mut self) -> Option<(UdpSocket, UdpSocket)> {
-        self.sockets.take()
+    /// Where the port's sockets rest, when the pool kept them from an earlier call.
+    pub fn resting(&self) -> Option<Resting> {
+        self.resting
     }
 
-    /// Keeps this port's sockets (still bound to it) with the lease: when it is dropped,
-    /// the pool keeps them for a later call.
-    pub fn give_back(&mut self, rtp: UdpSocket, rtcp: UdpSocket) {
-        self.sockets = Some((rtp, rtcp));
+    /// Where the port's sockets rest, bound, when the pool kept them from an earlier call:
+    /// the lease's user takes them (or has them closed) from there.
+    pub fn take_resting(&mut self) -> Option<Resting> {
+        self.resting.take()
+    }
+
+    /// Keeps this port's sockets, still bound and resting where `resting` says: when the
+    /// lease is dropped, the pool keeps them for a later call.
+    pub fn give_back(&mut self, resting: Resting) {
+        self.resting = Some(resting);
     }
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        let sockets = match self.sockets.take() {
-            Some(sockets) if pool.bound.len() < pool.keep => {
-                pool.bound.push_back(Bound {
-                    port: self.port,
-                    sockets,
-                    since: Instant::now(),
-                });
-                publish_kept(pool.bound.len());
-                return;
-            }
-            other => other,
+        let Some(resting) = self.resting.take() else {
+            pool.free.push_back(self.port);
+            return;
         };
-        if sockets.is_some() {
-            // No room to keep them: closed outside the pool's lock, before the port is free.
-            drop(pool);
-            drop(sockets);
-            pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.bound.len() < pool.keep {
+            pool.bound.push_back(Bound {
+                port: self.port,
+                resting,
+                since: Instant::now(),
+            });
+            publish_kept(pool.bound.len());
+            return;
         }
+        // No room to keep them: their shard closes them. The port goes to the back of the
+        // queue, leased again long after they are closed (a bind that finds it still taken
+        // moves on to another port).
+        let evictor = pool.evictor.clone();
         pool.free.push_back(self.port);
+        drop(pool);
+        if let Some(evict) = evictor {
+            evict(resting);
+        }
     }
 }
 
@@ -242,46 +317,66 @@ mod tests {
         assert_eq!(ports.capacity(), 1);
     }
 
-    fn bound_pair(port: u16) -> (UdpSocket, UdpSocket) {
-        let rtp = UdpSocket::bind(("127.0.0.1", port)).expect("rtp");
-        let rtcp = UdpSocket::bind(("127.0.0.1", port + 1)).expect("rtcp");
-        (rtp, rtcp)
+    fn resting(slot: usize) -> Resting {
+        Resting {
+            shard: 0,
+            epoch: 0,
+            slot,
+        }
     }
 
-    /// A pair given back bound is kept and handed out again with its sockets once it has
-    /// rested; before that, free ports go first; beyond the limit, sockets are closed.
+    /// A pair given back resting is kept and handed out again with its place once it has
+    /// rested; before that, free ports go first; beyond the limit, its shard is told to
+    /// close it and the port is free again.
     #[test]
-    fn pairs_given_back_bound_are_kept_rested_and_reused_as_they_are() {
+    fn pairs_given_back_resting_are_kept_rested_and_reused_as_they_are() {
+        let evicted = Arc::new(Mutex::new(Vec::new()));
         let ports = PortAllocator::new(42_900, 42_909).keeping(1, Duration::from_millis(200));
+        let seen = evicted.clone();
+        ports.set_evictor(Arc::new(move |r| seen.lock().unwrap().push(r)));
         let mut a = ports.lease().expect("a");
         let mut b = ports.lease().expect("b");
-        assert!(a.take_sockets().is_none(), "nothing kept yet");
-        let (rtp, rtcp) = bound_pair(a.port());
-        let kept_fd = rtp.local_addr().expect("addr");
-        a.give_back(rtp, rtcp);
+        assert!(a.take_resting().is_none(), "nothing kept yet");
+        a.give_back(resting(3));
         drop(a);
-        let (rtp, rtcp) = bound_pair(b.port());
-        b.give_back(rtp, rtcp);
+        b.give_back(resting(4));
         drop(b);
-        assert_eq!(ports.kept_bound(), 1, "the limit: b's sockets were closed");
+        assert_eq!(ports.kept_bound(), 1, "the limit: b's sockets are closed");
+        assert_eq!(*evicted.lock().unwrap(), [resting(4)]);
         assert_eq!(ports.in_use(), 0);
         // Not rested yet: a free port goes first.
         let mut c = ports.lease().expect("c");
         assert_eq!(c.port(), 42_904);
-        assert!(c.take_sockets().is_none());
+        assert!(c.take_resting().is_none());
         std::thread::sleep(Duration::from_millis(250));
         let mut d = ports.lease().expect("d");
         assert_eq!(d.port(), 42_900);
-        let (rtp, _rtcp) = d.take_sockets().expect("kept sockets");
-        assert_eq!(rtp.local_addr().expect("addr"), kept_fd);
-        // b's port was closed and freed: it can be bound again.
+        assert_eq!(d.take_resting(), Some(resting(3)));
         let mut e = ports.lease().expect("e");
         assert_eq!(e.port(), 42_906);
-        assert!(e.take_sockets().is_none());
+        assert!(e.take_resting().is_none());
         let f = ports.lease().expect("f");
         assert_eq!(f.port(), 42_908);
         let g = ports.lease().expect("g");
         assert_eq!(g.port(), 42_902, "b's port came back last");
-        drop(bound_pair(g.port()));
+    }
+
+    /// A call's two ports come from one shard when the first rests in one.
+    #[test]
+    fn a_calls_two_ports_rest_in_the_same_shard() {
+        let ports = PortAllocator::new(42_900, 42_909).keeping(8, Duration::ZERO);
+        let in_shard = |shard, slot| Resting {
+            shard,
+            epoch: 0,
+            slot,
+        };
+        let mut leases: Vec<_> = (0..3).map(|_| ports.lease().expect("lease")).collect();
+        for (l, (shard, slot)) in leases.iter_mut().zip([(0, 1), (1, 2), (0, 3)]) {
+            l.give_back(in_shard(shard, slot));
+        }
+        drop(leases);
+        let [mut a, mut b] = ports.lease_two().expect("two");
+        assert_eq!(a.take_resting(), Some(in_shard(0, 1)));
+        assert_eq!(b.take_resting(), Some(in_shard(0, 3)));
     }
 }

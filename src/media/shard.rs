@@ -67,18 +67,30 @@ pub(super) struct NewWebRtcPair {
     /// The peer addresses the leg's packets come from (its SDP's candidates).
     pub(super) remotes: Vec<SocketAddr>,
     /// Side B's RTP and RTCP sockets.
-    pub(super) b: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
+    pub(super) b: Option<LegSockets>,
     pub(super) policy: SourcePolicy,
     pub(super) timeout: Duration,
     pub(super) events: EventSink,
 }
 
-/// What the shard hands back when it removes a pair: its final counters, and each side's
-/// plain sockets (side A, side B), still bound, for the port pool to keep for a later call.
+/// What the shard hands back when it removes a pair: its final counters, and where each
+/// side's plain sockets (side A, side B) rest in the shard, still bound and registered, for
+/// the port pool to keep for a later call.
 #[derive(Debug)]
 pub(super) struct Removed {
     pub(super) stats: [LegStats; 2],
-    pub(super) sockets: [Option<(std::net::UdpSocket, std::net::UdpSocket)>; 2],
+    /// The slots where they rest.
+    pub(super) resting: [Option<usize>; 2],
+    /// The shard's life (see [`Inbox::epoch`]).
+    pub(super) epoch: u64,
+}
+
+/// A plain leg's sockets for a new pair.
+pub(super) enum LegSockets {
+    /// Bound for it (or taken from elsewhere): registered by the shard.
+    Bound(std::net::UdpSocket, std::net::UdpSocket),
+    /// Resting in this shard since an earlier call, registered still.
+    Resting(super::ports::Resting),
 }
 
 /// A shard's command queue as the shard sees it. `notified` is set by whoever wakes the
@@ -87,12 +99,15 @@ pub(super) struct Removed {
 pub(super) struct Inbox {
     pub(super) rx: Receiver<Command>,
     pub(super) notified: Arc<std::sync::atomic::AtomicBool>,
+    /// The shard's life: counted up each time it is started again after a panic (what it
+    /// held before, resting sockets included, is gone).
+    pub(super) epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(super) enum Command {
     Add {
         id: u64,
-        sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
+        sockets: [LegSockets; 2],
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
@@ -189,6 +204,8 @@ pub(super) enum Command {
         id: u64,
         seq: u64,
     },
+    /// Close sockets resting here (the port pool has no room for them).
+    Evict(super::ports::Resting),
     /// Makes the shard panic (supervision tests).
     #[cfg(any(test, feature = "fault-injection"))]
     Panic,
@@ -519,6 +536,9 @@ pub(super) struct Shard {
     pub(super) commands: Inbox,
     legs: Vec<Option<Leg>>,
     free: Vec<usize>,
+    /// Plain sockets resting between calls, by the slot whose tokens they keep (what
+    /// reaches them is dropped).
+    resting: HashMap<usize, (UdpSocket, UdpSocket)>,
     pairs: HashMap<u64, Pair>,
     counters: Counters,
     /// When the packet being relayed reached the switch (nanoseconds since the Unix
@@ -551,6 +571,7 @@ impl Shard {
             commands,
             legs: Vec::new(),
             free: Vec::new(),
+            resting: HashMap::new(),
             pairs: HashMap::new(),
             counters: Counters::default(),
             arrived: 0,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{LegStats, MediaError, MediaPair};
+use crate::media::ports::PortLease;
 use crate::media::shard::Command;
 use crate::media::types::{Remote, Side};
 use crate::media::webrtc::WebRtcError;
@@ -287,13 +288,25 @@ impl MediaPair {
         }
         sent?;
         let removed = rx.recv_timeout(Duration::from_secs(1)).ok()?;
-        // Each side's sockets stay bound with its port, for the pool to keep (a pair whose
-        // side stands on a shared WebRTC socket leases differently: nothing is kept).
-        if plain && self.leases.len() == 2 {
-            for (lease, sockets) in self.leases.iter_mut().zip(removed.sockets) {
-                if let Some((rtp, rtcp)) = sockets {
-                    lease.give_back(rtp, rtcp);
-                }
+        // Each plain side's sockets rest in the shard, bound with its port, for the pool to
+        // keep (a WebRTC side stands on a shared socket, leased differently).
+        // The leases by side: a plain pair's both, a WebRTC pair's side B (when plain).
+        let sides: [Option<&mut PortLease>; 2] = match (plain, self.leases.as_mut_slice()) {
+            (true, [a, b]) => [Some(a), Some(b)],
+            (false, [b]) => [None, Some(b)],
+            _ => [None, None],
+        };
+        for (lease, slot) in sides.into_iter().zip(removed.resting) {
+            let Some(slot) = slot else { continue };
+            let resting = crate::media::ports::Resting {
+                shard: self.shard,
+                epoch: removed.epoch,
+                slot,
+            };
+            match lease {
+                Some(lease) => lease.give_back(resting),
+                // No lease to keep them with: closed.
+                None => self.plane.evict(resting),
             }
         }
         Some(removed.stats)

@@ -162,6 +162,26 @@ impl Shard {
         // Edge-triggered: read until the socket is empty. A short batch means it was
         // empty when the kernel looked; a packet arriving after that raises a new edge.
         let mut errors = 0;
+        if self.legs.get(slot).is_some_and(Option::is_none) {
+            if let Some((rtp, rtcp)) = self.resting.get(&slot) {
+                // A socket resting between calls: what reaches it (a straggler of the
+                // ended call) is dropped, so the next call starts empty.
+                let fd = if rtcp_socket { rtcp } else { rtp }.as_raw_fd();
+                let mut stale = 0;
+                loop {
+                    match read_batch(batch, fd, &mut errors) {
+                        Read::Packets(n) => stale += n as u64,
+                        Read::Again => {}
+                        Read::Done => break,
+                    }
+                }
+                if stale > 0 {
+                    metrics::counter!(telemetry::RTP_DROPPED_TOTAL, "reason" => "stale")
+                        .increment(stale);
+                }
+            }
+            return;
+        }
         loop {
             let Some(leg) = self.legs.get(slot).and_then(Option::as_ref) else {
                 return;

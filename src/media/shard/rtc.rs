@@ -120,11 +120,22 @@ impl Shard {
             timeout,
             events,
         } = pair;
+        let b = match b.map(|sockets| self.leg_io(sockets)) {
+            Some(Some(b)) => Some(b),
+            Some(None) => {
+                // Only when the shard was started again between the lease and now: its
+                // calls hear that it failed.
+                tracing::error!(
+                    pair = id,
+                    "media pair not added: its resting sockets are gone"
+                );
+                return;
+            }
+            None => None,
+        };
         let a = self.slot();
         let b_slot = match b {
-            Some((rtp, rtcp)) => {
-                let slot = self.slot();
-                let io = self.plain_io(slot, rtp, rtcp);
+            Some((slot, io)) => {
                 self.legs[slot] = Some(Leg::new(io, id, a, Side::B, policy, timeout));
                 slot
             }

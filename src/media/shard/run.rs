@@ -223,6 +223,12 @@ impl Shard {
                 Command::Ringback { id, side, on } => self.ringback(id, side, on),
                 Command::Stream { id, side, tap } => self.start_stream(id, side, *tap),
                 Command::StopStream { id, seq } => self.stop_stream(id, seq),
+                Command::Evict(r) => {
+                    if r.epoch == self.epoch() && self.resting.remove(&r.slot).is_some() {
+                        // Closing the sockets takes them off the poller.
+                        self.free.push(r.slot);
+                    }
+                }
                 #[cfg(any(test, feature = "fault-injection"))]
                 Command::Panic => panic!("media shard: panic injected by a test"),
                 Command::Stop => return false,
@@ -261,14 +267,28 @@ impl Shard {
     fn add(
         &mut self,
         id: u64,
-        sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
+        sockets: [super::LegSockets; 2],
         policy: SourcePolicy,
         timeout: Duration,
         events: EventSink,
     ) {
-        let slots = [self.slot(), self.slot()];
-        for (i, (rtp, rtcp)) in sockets.into_iter().enumerate() {
-            let io = self.plain_io(slots[i], rtp, rtcp);
+        let [a, b] = sockets;
+        let ios = [self.leg_io(a), self.leg_io(b)];
+        let [Some((slot_a, io_a)), Some((slot_b, io_b))] = ios else {
+            // Only when the shard was started again between the lease and now: its calls
+            // hear that it failed.
+            tracing::error!(
+                pair = id,
+                "media pair not added: its resting sockets are gone"
+            );
+            for (slot, io) in ios.into_iter().flatten() {
+                drop(io);
+                self.free.push(slot);
+            }
+            return;
+        };
+        let slots = [slot_a, slot_b];
+        for (i, io) in [io_a, io_b].into_iter().enumerate() {
             let side = if i == 0 { Side::A } else { Side::B };
             self.legs[slots[i]] = Some(Leg::new(io, id, slots[1 - i], side, policy, timeout));
         }
@@ -285,6 +305,23 @@ impl Shard {
             },
         );
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).increment(2.0);
+    }
+
+    /// A plain leg's sockets and their slot: sockets resting here keep theirs (and their
+    /// poller tokens), others get one and are registered. `None`: resting sockets this
+    /// shard no longer holds (it was started again since).
+    pub(super) fn leg_io(&mut self, sockets: super::LegSockets) -> Option<(usize, Io)> {
+        match sockets {
+            super::LegSockets::Bound(rtp, rtcp) => {
+                let slot = self.slot();
+                Some((slot, self.plain_io(slot, rtp, rtcp)))
+            }
+            super::LegSockets::Resting(r) if r.epoch == self.epoch() => {
+                let (rtp, rtcp) = self.resting.remove(&r.slot)?;
+                Some((r.slot, Io::Plain { rtp, rtcp }))
+            }
+            super::LegSockets::Resting(_) => None,
+        }
     }
 
     /// Registers a plain leg's sockets under slot `slot`'s tokens.
@@ -335,7 +372,7 @@ impl Shard {
         self.streams.retain(|s| *s != id);
         let pair = self.pairs.remove(&id)?;
         let stats = self.pair_stats(pair.legs);
-        let mut sockets = [None, None];
+        let mut resting = [None, None];
         let shared = pair.legs[1] == pair.legs[0];
         let mut distinct = 0;
         for (i, &slot) in pair.legs.iter().enumerate() {
@@ -343,7 +380,7 @@ impl Shard {
                 continue;
             }
             let own = i == 0 || pair.parked.is_none();
-            sockets[i] = self.release_leg(slot, keep && own);
+            resting[i] = self.release_leg(slot, keep && own);
             distinct += 1;
         }
         if let Some(slot) = pair.parked {
@@ -351,7 +388,18 @@ impl Shard {
             distinct += 1;
         }
         metrics::gauge!(telemetry::MEDIA_LEGS_ACTIVE).decrement(f64::from(distinct));
-        Some(super::Removed { stats, sockets })
+        Some(super::Removed {
+            stats,
+            resting,
+            epoch: self.epoch(),
+        })
+    }
+
+    /// The shard's life (see [`Inbox::epoch`](super::Inbox)).
+    fn epoch(&self) -> u64 {
+        self.commands
+            .epoch
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes the leg in `slot` out of the shard: its sockets deregistered (a plain leg's
@@ -360,14 +408,9 @@ impl Shard {
         let _ = self.release_leg(slot, false);
     }
 
-    /// As [`free_leg`](Self::free_leg); with `keep`, a plain leg's sockets are returned,
-    /// deregistered and still bound, instead of closed.
-    fn release_leg(
-        &mut self,
-        slot: usize,
-        keep: bool,
-    ) -> Option<(std::net::UdpSocket, std::net::UdpSocket)> {
-        let mut kept = None;
+    /// As [`free_leg`](Self::free_leg); with `keep`, a plain leg's sockets rest in its
+    /// slot, still bound and registered, instead of being closed: the slot is returned.
+    fn release_leg(&mut self, slot: usize, keep: bool) -> Option<usize> {
         // Whatever plays toward this leg's peer ends with it: a looping ringback would
         // otherwise outlive the call and play into the next leg given this slot.
         self.stop_playing(slot);
@@ -376,6 +419,7 @@ impl Shard {
                 metrics::gauge!(telemetry::TRANSCODING_LEGS_ACTIVE).decrement(1.0);
             }
             match &mut leg.io {
+                Io::Plain { .. } if keep => {}
                 Io::Plain { rtp, rtcp } => {
                     let registry = self.poll.registry();
                     let _ = registry.deregister(rtp);
@@ -397,11 +441,12 @@ impl Shard {
                 }
             }
             if let (true, Io::Plain { rtp, rtcp }) = (keep, leg.io) {
-                kept = Some((rtp.into(), rtcp.into()));
+                self.resting.insert(slot, (rtp, rtcp));
+                return Some(slot);
             }
         }
         self.free.push(slot);
-        kept
+        None
     }
 
     fn close_all(&mut self) {

@@ -375,6 +375,35 @@ fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_rec
     plane.stop();
 }
 
+/// Sockets the pool has no room to keep are closed by the shard they rest in: their port
+/// can be bound again, while the kept side's stays bound.
+#[test]
+fn kept_sockets_the_pool_has_no_room_for_are_closed_by_their_shard() {
+    let ports = PortAllocator::new(41_650, 41_653).keeping(1, Duration::from_millis(100));
+    let plane = MediaPlane::start(
+        "127.0.0.1".parse().unwrap(),
+        ports.clone(),
+        1,
+        SourcePolicy::Latch,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
+    let [a, b] = pair.ports();
+    pair.close().unwrap();
+    assert_eq!((ports.kept_bound(), ports.in_use()), (1, 0));
+    let closed = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        StdSocket::bind(("127.0.0.1", b)).is_ok()
+    });
+    assert!(closed, "side B's sockets closed by the shard");
+    assert!(
+        StdSocket::bind(("127.0.0.1", a)).is_err(),
+        "side A's rest, bound"
+    );
+    plane.stop();
+}
+
 #[test]
 fn ringback_ends_with_its_call_and_never_plays_into_the_next() {
     let r = rig(42_800, SourcePolicy::Strict, Duration::from_secs(30));
