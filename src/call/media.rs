@@ -685,7 +685,15 @@ impl Media {
         if changed == [None, None] {
             return;
         }
-        match pair.set_remotes(changed) {
+        // The shard is woken only when the pair can relay: until both peers are known,
+        // nothing could be (the shard takes the news with the next command or packet).
+        let both = (0..2).all(|i| changed[i].is_some() || self.remotes[i].is_some());
+        let sent = if both {
+            pair.set_remotes(changed)
+        } else {
+            pair.queue_remotes(changed)
+        };
+        match sent {
             Ok(()) => {
                 for (known, new) in self.remotes.iter_mut().zip(changed) {
                     if new.is_some() {

@@ -417,7 +417,7 @@ impl Calls {
         let args = CallArgs {
             id: id.clone(),
             offer,
-            plan,
+            plan: Box::new(plan),
             offered_at: now_ms(),
             registry: inner.registry.clone(),
             cdrs: inner.cdrs.clone(),

@@ -59,7 +59,7 @@ pub struct CallArgs {
     /// What was offered.
     pub offer: CallOffer,
     /// What the call is made of.
-    pub plan: CallPlan,
+    pub plan: Box<CallPlan>,
     /// When (Unix ms).
     pub offered_at: i64,
     /// Registry of live calls, where the call registers itself.
@@ -348,14 +348,14 @@ impl Actor for CallSupervisor {
             direction = args.offer.direction.as_str()
         );
         let permit = args.plan.permit().cloned();
-        let at_dial_only = matches!(args.plan, CallPlan::AppToSip { .. });
-        let customer_side = match &args.plan {
+        let at_dial_only = matches!(*args.plan, CallPlan::AppToSip { .. });
+        let customer_side = match &*args.plan {
             CallPlan::SipToWhatsApp { .. } | CallPlan::AppToSip { .. } => {
                 crate::media::types::Side::B
             }
             _ => crate::media::types::Side::A,
         };
-        let app = match &args.plan {
+        let app = match &*args.plan {
             CallPlan::Ivr { ivr, .. }
             | CallPlan::AppCall { ivr, .. }
             | CallPlan::AppToSip { ivr, .. } => ivr.app_name(),
@@ -394,7 +394,7 @@ impl Actor for CallSupervisor {
             called: args.plan.called(),
             dial_role: args.plan.dialled(),
             wa_call_id_from_meta: false,
-            coupled: matches!(args.plan, CallPlan::Signalled(_)),
+            coupled: matches!(*args.plan, CallPlan::Signalled(_)),
             permit,
             trunk: None,
             media_report: Default::default(),
@@ -498,7 +498,7 @@ impl Call {
         ports: PortAllocator,
         leases: [crate::media::ports::PortLease; 2],
         plane: Option<crate::media::plane::MediaPlane>,
-        plan: CallPlan,
+        plan: Box<CallPlan>,
     ) -> Result<(), ActorProcessingErr> {
         let (media, _) = Actor::spawn_linked(
             None,
@@ -517,7 +517,7 @@ impl Call {
             .push((media.get_id(), ChildRole::Media, media.get_cell()));
         self.media = Some(media);
         tracing::debug!(plan = plan.name(), "spawning the call's legs");
-        match plan {
+        match *plan {
             CallPlan::WhatsAppToSip { whatsapp, sip } => {
                 let wa = self
                     .spawn_whatsapp(myself, WhatsAppStart::Inbound(whatsapp), Face::Caller)

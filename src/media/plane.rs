@@ -366,10 +366,9 @@ impl MediaPlane {
     }
 
     /// Like [`add_pair`](Self::add_pair), on ports already leased where given (a port that
-    /// cannot be bound is replaced by another from the pool). The shard takes the pair
-    /// with the next command sent to it (the peers' addresses, which a call sends next), or
-    /// within a tick: a call's setup wakes the shard once less. Packets reaching the new
-    /// sockets meanwhile wait in them.
+    /// cannot be bound is replaced by another from the pool). A pair on sockets resting in
+    /// the shard is taken with the next command or packet (commands run before packets),
+    /// within a tick at the latest: a call's setup wakes the shard once less.
     pub fn add_pair_on(
         &self,
         leases: [Option<PortLease>; 2],
@@ -390,17 +389,24 @@ impl MediaPlane {
         let (b_lease, b) = self.leg_sockets(b, shard)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let ports = [a_lease.port(), b_lease.port()];
+        // Resting sockets are registered already: what reaches them wakes the shard, which
+        // runs its commands (this addition) before it reads them. New ones are registered
+        // at once.
+        let resting = matches!((&a, &b), (LegSockets::Resting(_), LegSockets::Resting(_)));
         self.own(shard, id, &events);
-        if let Err(e) = self.queue(
-            shard,
-            Command::Add {
-                id,
-                sockets: [a, b],
-                policy: self.inner.policy,
-                timeout: self.inner.timeout,
-                events,
-            },
-        ) {
+        let add = Command::Add {
+            id,
+            sockets: [a, b],
+            policy: self.inner.policy,
+            timeout: self.inner.timeout,
+            events,
+        };
+        let queued = if resting {
+            self.queue(shard, add)
+        } else {
+            self.send(shard, add)
+        };
+        if let Err(e) = queued {
             self.disown(shard, id);
             return Err(e);
         }

@@ -707,7 +707,7 @@ impl SipIngress {
                 }
             };
             let setup = BridgeSetup {
-                bridge,
+                bridge: Box::new(bridge),
                 a: Some(origin.clone()),
                 placed: false,
                 b: vec![None],

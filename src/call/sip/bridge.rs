@@ -34,7 +34,7 @@ use crate::store::HangupParty;
 /// A call's SIP bridge as its ingress set it up: the sans-IO bridge, the listeners of its
 /// SIP legs, and its place in the ingress's routing.
 pub struct BridgeSetup {
-    pub(super) bridge: Bridge,
+    pub(super) bridge: Box<Bridge>,
     /// Leg A's listener; `None`: leg A is the call's WhatsApp leg, or the switch itself.
     pub(super) a: Option<SipHandle>,
     /// Leg A is the switch itself: a call it places to a SIP party (nobody calls; the
@@ -125,7 +125,7 @@ pub enum BridgeMsg {
 
 /// State of a running bridge actor.
 pub(crate) struct BridgeState {
-    bridge: Bridge,
+    bridge: Box<Bridge>,
     /// Leg A's listener; `None`: leg A is the call's WhatsApp leg, or the switch itself.
     a: Option<SipHandle>,
     /// Leg A is the switch itself (a call it places to a SIP party).

@@ -682,7 +682,7 @@ impl SipIngress {
         )
         .map_err(|_| (500, "the WhatsApp side could not start a bridge"))?;
         Ok(BridgeSetup {
-            bridge,
+            bridge: Box::new(bridge),
             a: None,
             placed: false,
             b: b_handles,
@@ -848,7 +848,7 @@ impl SipIngress {
             .table
             .insert(a_call_id.clone(), Route::Pending(Vec::new()));
         let setup = BridgeSetup {
-            bridge,
+            bridge: Box::new(bridge),
             a: Some(origin.clone()),
             placed: false,
             b: b_handles,

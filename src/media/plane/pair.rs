@@ -41,6 +41,20 @@ impl MediaPair {
         )
     }
 
+    /// Like [`set_remotes`](Self::set_remotes), without waking the shard: for addresses
+    /// that let nothing be relayed yet (the other side's peer is unknown). The shard takes
+    /// them with its next command or packet (commands run before packets), within a tick
+    /// at the latest.
+    pub fn queue_remotes(&self, remotes: [Option<Remote>; 2]) -> Result<(), MediaError> {
+        self.plane.queue(
+            self.shard,
+            Command::Remote {
+                id: self.id,
+                remotes,
+            },
+        )
+    }
+
     /// Makes `side` (a plain leg) speak SDES-SRTP with these keys (ours to send, the peer's
     /// to receive). A WebRTC side is left alone: it has DTLS-SRTP of its own.
     pub fn set_srtp(
