@@ -685,15 +685,11 @@ impl Media {
         if changed == [None, None] {
             return;
         }
-        // The shard is woken only when the pair can relay: until both peers are known,
-        // nothing could be (the shard takes the news with the next command or packet).
-        let both = (0..2).all(|i| changed[i].is_some() || self.remotes[i].is_some());
-        let sent = if both {
-            pair.set_remotes(changed)
-        } else {
-            pair.queue_remotes(changed)
-        };
-        match sent {
+        // Without waking the shard: addresses matter only to packets, and a packet wakes
+        // the shard, which runs its queued commands before it reads any; what the shard
+        // sends of its own (prompts, ringback, digits) is asked for by commands that wake
+        // it, queued behind these.
+        match pair.queue_remotes(changed) {
             Ok(()) => {
                 for (known, new) in self.remotes.iter_mut().zip(changed) {
                     if new.is_some() {

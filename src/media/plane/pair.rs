@@ -41,10 +41,11 @@ impl MediaPair {
         )
     }
 
-    /// Like [`set_remotes`](Self::set_remotes), without waking the shard: for addresses
-    /// that let nothing be relayed yet (the other side's peer is unknown). The shard takes
-    /// them with its next command or packet (commands run before packets), within a tick
-    /// at the latest.
+    /// Like [`set_remotes`](Self::set_remotes), without waking the shard: it takes them
+    /// with its next command or packet (commands run before packets are read), within a
+    /// tick at the latest. Enough for a pair whose sockets are registered (any pair but one
+    /// just added on resting sockets, which is taken the same way): addresses matter only
+    /// to the packets that arrive.
     pub fn queue_remotes(&self, remotes: [Option<Remote>; 2]) -> Result<(), MediaError> {
         self.plane.queue(
             self.shard,
