@@ -251,8 +251,6 @@ pub struct Media {
     /// Side A's SDP, when side A is a plain leg (a phone a call placed to SIP rang): a
     /// WebRTC leg standing in for side B speaks Opus with its codec.
     plain_a: Option<Remote>,
-    /// What each side's peer was last said to be (the shard hears only of changes).
-    remotes: [Option<Remote>; 2],
     /// Our SDES offer's keys, until the answer picks one.
     sdes_offer: Vec<crate::media::srtp::Crypto>,
     /// Side A speaks SDES-SRTP with agreed keys (its media counts as connected).
@@ -314,7 +312,6 @@ impl Actor for MediaActor {
             clock: [8000; 2],
             codec_path: None,
             plain_a: None,
-            remotes: [None, None],
             sdes_offer: Vec::new(),
             sdes_a: false,
             recording: CallRecording::Idle,
@@ -665,41 +662,25 @@ fn side_index(side: Side) -> usize {
 }
 
 impl Media {
-    /// Takes what the sides' SDP say; the shard hears of the sides that changed, in one
+    /// Takes what the sides' SDP say (`None`: a side unchanged), for the shard in one
     /// command.
     fn set_remotes(&mut self, remotes: [Option<Remote>; 2]) {
-        let mut changed = [None, None];
-        for (i, remote) in remotes.into_iter().enumerate() {
+        for (i, remote) in remotes.iter().enumerate() {
             let Some(remote) = remote else { continue };
             self.clock[i] = remote.dtmf_clock.max(1);
             if i == 0 {
-                self.plain_a = Some(remote);
-            }
-            if self.remotes[i] != Some(remote) {
-                changed[i] = Some(remote);
+                self.plain_a = Some(*remote);
             }
         }
         let Resources::Anchored(pair) = &self.resources else {
             return;
         };
-        if changed == [None, None] {
-            return;
-        }
         // Without waking the shard: addresses matter only to packets, and a packet wakes
         // the shard, which runs its queued commands before it reads any; what the shard
         // sends of its own (prompts, ringback, digits) is asked for by commands that wake
         // it, queued behind these.
-        match pair.queue_remotes(changed) {
-            Ok(()) => {
-                for (known, new) in self.remotes.iter_mut().zip(changed) {
-                    if new.is_some() {
-                        *known = new;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(parent: &self.span, error = %e, "media update not delivered")
-            }
+        if let Err(e) = pair.queue_remotes(remotes) {
+            tracing::warn!(parent: &self.span, error = %e, "media update not delivered");
         }
     }
 
@@ -775,7 +756,6 @@ impl Media {
                 };
                 tracing::debug!(parent: &self.span, a = anchor.ports[0], b = anchor.ports[1], "media anchored");
                 self.resources = Resources::Anchored(pair);
-                self.remotes = [None, None];
                 Some(anchor)
             }
             Err(e) => {
@@ -816,7 +796,6 @@ impl Media {
         pair.set_srtp(Side::A, keying).map_err(|e| e.to_string())?;
         pair.set_remote(Side::A, remote)
             .map_err(|e| e.to_string())?;
-        self.remotes[0] = Some(remote);
         self.clock[0] = remote.dtmf_clock;
         // No handshake follows: the media is up as far as the call can tell (Meta waits for
         // the switch's first packet, so nothing may wait for one of Meta's).
@@ -935,7 +914,6 @@ impl Media {
             self.codec_path = Some("opus echo".into());
         }
         self.resources = Resources::Anchored(pair);
-        self.remotes = [None, None];
         Ok((sdp, ports))
     }
 

@@ -207,8 +207,8 @@ impl std::fmt::Debug for MediaPlane {
     }
 }
 
-/// A bridged pair of legs in a shard; removed from it when dropped (its ports return to the
-/// pool once the shard has closed the sockets).
+/// A bridged pair of legs in a shard; removed from it when dropped (or closed, when its
+/// sockets rest in the shard for a later call).
 pub struct MediaPair {
     id: u64,
     shard: usize,
@@ -241,7 +241,7 @@ impl MediaPlane {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
             let notified = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let epoch = Arc::new(std::sync::atomic::AtomicU64::new(next_epoch()));
             let inbox = crate::media::shard::Inbox {
                 rx,
                 notified: notified.clone(),
@@ -272,12 +272,16 @@ impl MediaPlane {
             .map(|h| (h.tx.clone(), h.waker.clone(), h.notified.clone()))
             .collect();
         ports.set_evictor(Arc::new(move |r: Resting| {
-            if let Some((tx, waker, notified)) = evict.get(r.shard) {
-                if tx.try_send(Command::Evict(r)).is_ok() && !notified.swap(true, Ordering::SeqCst)
-                {
-                    let _ = waker.wake();
-                }
+            let Some((tx, waker, notified)) = evict.get(r.shard) else {
+                return false;
+            };
+            if tx.try_send(Command::Evict(r)).is_err() {
+                return false;
             }
+            if !notified.swap(true, Ordering::SeqCst) {
+                let _ = waker.wake();
+            }
+            true
         }));
         Ok(MediaPlane {
             inner: Arc::new(PlaneInner {
@@ -357,8 +361,8 @@ impl MediaPlane {
         }
     }
 
-    /// Binds two legs (RTP on an even port, RTCP on the next) and bridges them in the next
-    /// shard at once; `events` hears what happens on them.
+    /// Two legs (RTP on an even port, RTCP on the next), bridged at once in the shard where
+    /// kept sockets rest or in the next one; `events` hears what happens on them.
     pub fn add_pair(&self, events: EventSink) -> Result<MediaPair, MediaError> {
         let pair = self.add_pair_on([None, None], events)?;
         self.wake(pair.shard);
@@ -385,8 +389,14 @@ impl MediaPlane {
                 || self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len(),
                 |r| r.shard,
             );
-        let (a_lease, a) = self.leg_sockets(a, shard)?;
-        let (b_lease, b) = self.leg_sockets(b, shard)?;
+        let (mut a_lease, a) = self.leg_sockets(a, shard)?;
+        let (mut b_lease, b) = match self.leg_sockets(b, shard) {
+            Ok(b) => b,
+            Err(e) => {
+                keep_resting(&mut a_lease, &a);
+                return Err(e);
+            }
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let ports = [a_lease.port(), b_lease.port()];
         // Resting sockets are registered already: what reaches them wakes the shard, which
@@ -394,6 +404,7 @@ impl MediaPlane {
         // at once.
         let resting = matches!((&a, &b), (LegSockets::Resting(_), LegSockets::Resting(_)));
         self.own(shard, id, &events);
+        let kept = [resting_of(&a), resting_of(&b)];
         let add = Command::Add {
             id,
             sockets: [a, b],
@@ -408,6 +419,12 @@ impl MediaPlane {
         };
         if let Err(e) = queued {
             self.disown(shard, id);
+            // The shard never took them: resting sockets stay in the pool's records.
+            for (lease, r) in [&mut a_lease, &mut b_lease].into_iter().zip(kept) {
+                if let Some(r) = r {
+                    lease.give_back(r);
+                }
+            }
             return Err(e);
         }
         Ok(MediaPair {
@@ -576,7 +593,7 @@ impl MediaPlane {
         let remotes = std::mem::take(&mut prepared.remotes);
         let (shard, socket) = (prepared.shard, prepared.socket);
         let a_port = leg.local().port();
-        let (leases, b, b_port) = match far {
+        let (mut leases, b, b_port) = match far {
             FarSide::Rtp(lease) => match self.leg_sockets(lease, shard) {
                 Ok((lease, sockets)) => {
                     let port = lease.port();
@@ -591,6 +608,7 @@ impl MediaPlane {
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let kept = remotes.clone();
+        let b_resting = b.as_ref().and_then(resting_of);
         self.own(shard, id, &events);
         if let Err(e) = self.send(
             shard,
@@ -607,6 +625,9 @@ impl MediaPlane {
         ) {
             self.disown(shard, id);
             self.release_rtc(socket, &kept);
+            if let (Some(r), Some(lease)) = (b_resting, leases.first_mut()) {
+                lease.give_back(r);
+            }
             return Err(e);
         }
         Ok(MediaPair {
@@ -649,9 +670,9 @@ impl MediaPlane {
                 return Ok((lease, LegSockets::Resting(r)))
             }
             Some(r) if self.is_current(&r) => {
-                // Resting in another shard: closed there, and this leg takes another port
-                // (this one is leased again long after).
-                self.evict(r);
+                // Resting in another shard: closed there (this port is leased again long
+                // after), and this leg takes another port.
+                self.evict(&mut lease, r);
                 drop(lease);
                 return self.bind_leg(shard);
             }
@@ -689,23 +710,28 @@ impl MediaPlane {
     fn lease_and_bind(&self, shard: Option<usize>) -> Result<(PortLease, LegSockets), MediaError> {
         let mut last = None;
         // Ports another process holds (another instance sharing the range) are skipped;
-        // each skipped lease goes to the back of the pool.
-        for _ in 0..64 {
+        // each skipped lease goes to the back of the pool. Kept pairs resting in another
+        // shard are leased only when no port is free: closed there, and another port taken.
+        let mut tries = 0;
+        let mut evicted = 0;
+        while tries < 64 && evicted <= self.inner.ports.capacity() {
             let mut lease = self
                 .inner
                 .ports
-                .lease()
+                .lease_in(shard)
                 .map_err(|e| MediaError::Ports(e.to_string()))?;
             match lease.take_resting() {
                 Some(r) if Some(r.shard) == shard && self.is_current(&r) => {
                     return Ok((lease, LegSockets::Resting(r)))
                 }
                 Some(r) if self.is_current(&r) => {
-                    self.evict(r);
+                    self.evict(&mut lease, r);
+                    evicted += 1;
                     continue;
                 }
                 _ => {}
             }
+            tries += 1;
             let port = lease.port();
             match (bind(self.inner.ip, port), bind(self.inner.ip, port + 1)) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((lease, LegSockets::Bound(rtp, rtcp))),
@@ -721,9 +747,12 @@ impl MediaPlane {
         )))
     }
 
-    /// Has the shard holding resting sockets close them.
-    fn evict(&self, r: Resting) {
-        let _ = self.send(r.shard, Command::Evict(r));
+    /// Has the shard holding resting sockets close them; when it cannot be told (its queue
+    /// full), `lease` keeps them, for the pool.
+    fn evict(&self, lease: &mut PortLease, r: Resting) {
+        if self.send(r.shard, Command::Evict(r)).is_err() {
+            lease.give_back(r);
+        }
     }
 
     /// Stops every shard and waits for the threads.
@@ -741,6 +770,28 @@ impl MediaPlane {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// A shard's life, unique in the process (so no record of one plane's resting sockets
+/// passes for another's).
+fn next_epoch() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a leg's sockets rest, when they rest.
+fn resting_of(sockets: &LegSockets) -> Option<Resting> {
+    match sockets {
+        LegSockets::Resting(r) => Some(*r),
+        LegSockets::Bound(..) => None,
+    }
+}
+
+/// Gives resting sockets a leg did not use back to its lease (for the pool to keep).
+fn keep_resting(lease: &mut PortLease, sockets: &LegSockets) {
+    if let Some(r) = resting_of(sockets) {
+        lease.give_back(r);
     }
 }
 
@@ -797,7 +848,7 @@ impl Supervised {
             } = shard;
             // Sockets resting in the failed shard closed with it: the pool's records of
             // them are stale from now on.
-            commands.epoch.fetch_add(1, Ordering::Relaxed);
+            commands.epoch.store(next_epoch(), Ordering::Relaxed);
             for info in self
                 .rtc
                 .lock()

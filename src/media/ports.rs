@@ -54,8 +54,9 @@ pub struct Resting {
     pub slot: usize,
 }
 
-/// Closes resting sockets the pool has no room for (the media plane tells their shard).
-pub type Evictor = Arc<dyn Fn(Resting) + Send + Sync>;
+/// Closes resting sockets the pool has no room for (the media plane tells their shard);
+/// false when the shard could not be told (its queue full), and the pool keeps them.
+pub type Evictor = Arc<dyn Fn(Resting) -> bool + Send + Sync>;
 
 /// The pool of RTP ports of one node. Cheap to clone; used at call setup, never per packet.
 #[derive(Clone)]
@@ -152,6 +153,41 @@ impl PortAllocator {
                     pool: Arc::clone(&self.pool),
                 });
             }
+        }
+        match pool.free.pop_front() {
+            Some(port) => Ok(PortLease {
+                port,
+                resting: None,
+                pool: Arc::clone(&self.pool),
+            }),
+            None => Err(PortsExhausted { total: pool.total }),
+        }
+    }
+
+    /// Leases a port for a leg relayed in `shard`: a pair resting there that has rested,
+    /// else a free port, else any kept pair (when no port is free). `None`: a free port
+    /// first, else any kept pair.
+    pub fn lease_in(&self, shard: Option<usize>) -> Result<PortLease, PortsExhausted> {
+        let mut pool = self.lock();
+        let rest = pool.rest;
+        let here = shard.and_then(|shard| {
+            pool.bound
+                .iter()
+                .take(16)
+                .position(|b| b.resting.shard == shard && b.since.elapsed() >= rest)
+        });
+        let taken = match here {
+            Some(i) => pool.bound.remove(i),
+            None if pool.free.is_empty() => pool.bound.pop_front(),
+            None => None,
+        };
+        if let Some(b) = taken {
+            publish_kept(pool.bound.len());
+            return Ok(PortLease {
+                port: b.port,
+                resting: Some(b.resting),
+                pool: Arc::clone(&self.pool),
+            });
         }
         match pool.free.pop_front() {
             Some(port) => Ok(PortLease {
@@ -277,12 +313,20 @@ impl Drop for PortLease {
         }
         // No room to keep them: their shard closes them. The port goes to the back of the
         // queue, leased again long after they are closed (a bind that finds it still taken
-        // moves on to another port).
+        // moves on to another port). A shard that cannot be told leaves them kept.
         let evictor = pool.evictor.clone();
-        pool.free.push_back(self.port);
         drop(pool);
-        if let Some(evict) = evictor {
-            evict(resting);
+        let evicted = evictor.is_some_and(|evict| evict(resting));
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if evicted {
+            pool.free.push_back(self.port);
+        } else {
+            pool.bound.push_back(Bound {
+                port: self.port,
+                resting,
+                since: Instant::now(),
+            });
+            publish_kept(pool.bound.len());
         }
     }
 }
@@ -333,7 +377,10 @@ mod tests {
         let evicted = Arc::new(Mutex::new(Vec::new()));
         let ports = PortAllocator::new(42_900, 42_909).keeping(1, Duration::from_millis(200));
         let seen = evicted.clone();
-        ports.set_evictor(Arc::new(move |r| seen.lock().unwrap().push(r)));
+        ports.set_evictor(Arc::new(move |r| {
+            seen.lock().unwrap().push(r);
+            true
+        }));
         let mut a = ports.lease().expect("a");
         let mut b = ports.lease().expect("b");
         assert!(a.take_resting().is_none(), "nothing kept yet");
@@ -378,5 +425,28 @@ mod tests {
         let [mut a, mut b] = ports.lease_two().expect("two");
         assert_eq!(a.take_resting(), Some(in_shard(0, 1)));
         assert_eq!(b.take_resting(), Some(in_shard(0, 3)));
+    }
+
+    /// A leg's port comes from its shard's kept pairs, else from the free ports: pairs
+    /// resting in another shard are left to their calls.
+    #[test]
+    fn a_legs_port_comes_from_its_shard_or_the_free_ones() {
+        let ports = PortAllocator::new(42_900, 42_909).keeping(8, Duration::ZERO);
+        let mut leases: Vec<_> = (0..2).map(|_| ports.lease().expect("lease")).collect();
+        for (l, shard) in leases.iter_mut().zip([0, 1]) {
+            l.give_back(Resting {
+                shard,
+                epoch: 0,
+                slot: shard,
+            });
+        }
+        drop(leases);
+        let mut here = ports.lease_in(Some(1)).expect("in shard 1");
+        assert_eq!(here.take_resting().map(|r| r.shard), Some(1));
+        let mut free = ports.lease_in(Some(2)).expect("a free port");
+        assert!(free.take_resting().is_none());
+        let mut any = ports.lease_in(None).expect("a free port");
+        assert!(any.take_resting().is_none());
+        assert_eq!(ports.kept_bound(), 1, "shard 0's pair is left");
     }
 }

@@ -321,7 +321,9 @@ impl MediaPair {
             match lease {
                 Some(lease) => lease.give_back(resting),
                 // No lease to keep them with: closed.
-                None => self.plane.evict(resting),
+                None => {
+                    let _ = self.plane.send(self.shard, Command::Evict(resting));
+                }
             }
         }
         Some(removed.stats)

@@ -129,6 +129,7 @@ impl Shard {
                     pair = id,
                     "media pair not added: its resting sockets are gone"
                 );
+                events(MediaEvent::ShardFailed);
                 return;
             }
             None => None,

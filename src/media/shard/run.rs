@@ -43,7 +43,8 @@ impl Shard {
                 }
             }
             // Commands first, whatever woke the shard: some are queued without a wake-up
-            // (a plain pair's addition) and wait for the next one, at most a tick.
+            // (peers' addresses, a pair's addition on resting sockets) and wait for the next
+            // one (a packet, another command, the tick).
             if !self.run_commands() {
                 self.close_all();
                 return;
@@ -126,8 +127,25 @@ impl Shard {
                 }
                 Command::Remove { id, reply } => {
                     let keep = reply.is_some();
-                    if let (Some(reply), Some(removed)) = (reply, self.remove(id, keep)) {
-                        let _ = reply.try_send(removed);
+                    let removed = self.remove(id, keep);
+                    if let Some(reply) = reply {
+                        // A pair the shard does not have (its addition failed) is answered
+                        // too, so nobody waits for it.
+                        let removed = removed.unwrap_or_else(|| super::Removed {
+                            stats: [LegStats::default(); 2],
+                            resting: [None, None],
+                            epoch: self.epoch(),
+                        });
+                        if let Err(e) = reply.try_send(removed) {
+                            // Nobody took them (the caller gave up waiting): closed.
+                            let (std::sync::mpsc::TrySendError::Full(removed)
+                            | std::sync::mpsc::TrySendError::Disconnected(removed)) = e;
+                            for slot in removed.resting.into_iter().flatten() {
+                                if self.resting.remove(&slot).is_some() {
+                                    self.free.push(slot);
+                                }
+                            }
+                        }
                     }
                 }
                 Command::Stats { id, reply } => {
@@ -285,6 +303,7 @@ impl Shard {
                 drop(io);
                 self.free.push(slot);
             }
+            events(MediaEvent::ShardFailed);
             return;
         };
         let slots = [slot_a, slot_b];
@@ -366,8 +385,8 @@ impl Shard {
     }
 
     /// Takes a pair out. With `keep`, its two sides' plain sockets (when they are still the
-    /// pair's own: no WebRTC leg standing in for side B) are handed back bound rather than
-    /// closed.
+    /// pair's own: no WebRTC leg standing in for side B) rest in the shard, bound and
+    /// registered, rather than being closed.
     fn remove(&mut self, id: u64, keep: bool) -> Option<super::Removed> {
         self.streams.retain(|s| *s != id);
         let pair = self.pairs.remove(&id)?;

@@ -321,9 +321,10 @@ fn silence_raises_a_timeout_once_per_side() {
     r.plane.stop();
 }
 
-#[test]
-fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_received() {
-    let ports = PortAllocator::new(41_600, 41_603).keeping(8, Duration::from_millis(100));
+/// One shard over two port pairs from `first`, keeping at most `keep` pairs bound, each
+/// resting 100 ms.
+fn keeping_plane(first: u16, keep: usize) -> (PortAllocator, MediaPlane) {
+    let ports = PortAllocator::new(first, first + 3).keeping(keep, Duration::from_millis(100));
     let plane = MediaPlane::start(
         "127.0.0.1".parse().unwrap(),
         ports.clone(),
@@ -332,6 +333,12 @@ fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_rec
         Duration::from_secs(30),
     )
     .unwrap();
+    (ports, plane)
+}
+
+#[test]
+fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_received() {
+    let (ports, plane) = keeping_plane(41_600, 8);
     let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let [a, b] = pair.ports();
     pair.close().unwrap();
@@ -379,15 +386,7 @@ fn closing_a_pair_keeps_its_sockets_bound_for_a_later_call_without_what_they_rec
 /// can be bound again, while the kept side's stays bound.
 #[test]
 fn kept_sockets_the_pool_has_no_room_for_are_closed_by_their_shard() {
-    let ports = PortAllocator::new(41_650, 41_653).keeping(1, Duration::from_millis(100));
-    let plane = MediaPlane::start(
-        "127.0.0.1".parse().unwrap(),
-        ports.clone(),
-        1,
-        SourcePolicy::Latch,
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (ports, plane) = keeping_plane(41_650, 1);
     let pair = plane.add_pair(Arc::new(|_| {})).unwrap();
     let [a, b] = pair.ports();
     pair.close().unwrap();
