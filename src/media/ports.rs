@@ -144,24 +144,31 @@ impl PortAllocator {
             .bound
             .front()
             .is_some_and(|b| b.since.elapsed() >= pool.rest);
-        if rested || pool.free.is_empty() {
-            if let Some(b) = pool.bound.pop_front() {
+        let taken = if rested || pool.free.is_empty() {
+            pool.bound.pop_front()
+        } else {
+            None
+        };
+        self.hand_out(&mut pool, taken)
+    }
+
+    /// A lease on the kept pair `taken`, else on the least recently used free port.
+    fn hand_out(&self, pool: &mut Pool, taken: Option<Bound>) -> Result<PortLease, PortsExhausted> {
+        let (port, resting) = match taken {
+            Some(b) => {
                 publish_kept(pool.bound.len());
-                return Ok(PortLease {
-                    port: b.port,
-                    resting: Some(b.resting),
-                    pool: Arc::clone(&self.pool),
-                });
+                (b.port, Some(b.resting))
             }
-        }
-        match pool.free.pop_front() {
-            Some(port) => Ok(PortLease {
-                port,
-                resting: None,
-                pool: Arc::clone(&self.pool),
-            }),
-            None => Err(PortsExhausted { total: pool.total }),
-        }
+            None => match pool.free.pop_front() {
+                Some(port) => (port, None),
+                None => return Err(PortsExhausted { total: pool.total }),
+            },
+        };
+        Ok(PortLease {
+            port,
+            resting,
+            pool: Arc::clone(&self.pool),
+        })
     }
 
     /// Leases a port for a leg relayed in `shard`: a pair resting there that has rested,
@@ -181,22 +188,7 @@ impl PortAllocator {
             None if pool.free.is_empty() => pool.bound.pop_front(),
             None => None,
         };
-        if let Some(b) = taken {
-            publish_kept(pool.bound.len());
-            return Ok(PortLease {
-                port: b.port,
-                resting: Some(b.resting),
-                pool: Arc::clone(&self.pool),
-            });
-        }
-        match pool.free.pop_front() {
-            Some(port) => Ok(PortLease {
-                port,
-                resting: None,
-                pool: Arc::clone(&self.pool),
-            }),
-            None => Err(PortsExhausted { total: pool.total }),
-        }
+        self.hand_out(&mut pool, taken)
     }
 
     /// Leases the two ports of a call: the second, when the first rests in a shard, one
@@ -213,12 +205,7 @@ impl PortAllocator {
                 .take(16)
                 .position(|b| b.resting.shard == shard && b.since.elapsed() >= rest);
             if let Some(b) = found.and_then(|i| pool.bound.remove(i)) {
-                publish_kept(pool.bound.len());
-                let second = PortLease {
-                    port: b.port,
-                    resting: Some(b.resting),
-                    pool: Arc::clone(&self.pool),
-                };
+                let second = self.hand_out(&mut pool, Some(b))?;
                 return Ok([first, second]);
             }
         }
