@@ -48,6 +48,11 @@ RATES=("$@"); [ ${#RATES[@]} -eq 0 ] && RATES=(200 1000 2000)
 W="$(mktemp -d /tmp/sip-cps.XXXXXX)"
 L=127.0.0.1
 SW_PIN=(taskset -c "$SWITCH_CPUS"); H_PIN=(taskset -c "$HARNESS_CPUS")
+# Socket buffers of SIPp and Kamailio, the size waswitch asks for its own SIP socket (their
+# defaults, 64 KiB and 256 KiB, drop datagrams in bursts at these rates, so every system
+# would be measured partly on its retransmissions; the kernel caps this at
+# net.core.rmem_max).
+SOCK_BUF=4194304
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -97,7 +102,7 @@ wait_udp() { for _ in $(seq 100); do ss -lun | grep -q "$L:$1 " && return 0; sle
 
 # The callee both systems send their calls to.
 "${H_PIN[@]}" sipp -sf "$ROOT/loadtest/sipp/cps_uas.xml" -i $L -p 5071 -bind_local -mi $L -mp 6010 \
-  -ci $L -cp 8892 -nostdin -timeout 3600s -default_behaviors all,-abortunexp \
+  -ci $L -cp 8892 -buff_size $SOCK_BUF -nostdin -timeout 3600s -default_behaviors all,-abortunexp \
   >"$W/uas.out" 2>&1 &
 PIDS+=("$!")
 
@@ -109,7 +114,7 @@ start_switch() { # start_switch CONFIG LOG
 start_switch "$W/waswitch.toml" "$W/waswitch.log"
 mkdir -p "$W/kam"
 "${SW_PIN[@]}" kamailio -f "$ROOT/loadtest/kamailio/proxy.cfg" -DD -E -Y "$W/kam" -w "$W/kam" \
-  -A LISTEN=udp:$L:5064 -A DOWNSTREAM="\"sip:$L:5071\"" -A CHILDREN=2 -m 256 -M 16 \
+  -A LISTEN=udp:$L:5064 -A DOWNSTREAM="\"sip:$L:5071\"" -A CHILDREN=2 -b $SOCK_BUF -m 256 -M 16 \
   >"$W/kamailio.log" 2>&1 &
 KPID=$!; PIDS+=("$KPID")
 wait_udp 5064 || { echo "kamailio did not start"; tail "$W/kamailio.log"; exit 2; }
@@ -137,7 +142,7 @@ metric() { # metric NAME: a sample of the switch's /metrics (0 when absent)
 caller() { # caller SCENARIO PORT RATE CALLS CSV OUT
   timeout -s TERM $((DUR * 3 + 30)) \
   "${H_PIN[@]}" sipp -sf "$ROOT/loadtest/sipp/$1" $L:$2 -s 1000 -i $L -p 5080 -bind_local \
-    -mi $L -mp 6100 -ci $L -cp 8891 -r "$3" -rp 1000 -m "$4" -l $(($3 * 5)) -nostdin \
+    -mi $L -mp 6100 -ci $L -cp 8891 -buff_size $SOCK_BUF -r "$3" -rp 1000 -m "$4" -l $(($3 * 5)) -nostdin \
     -default_behaviors all,-abortunexp -recv_timeout 10000 -timeout $((DUR * 3 + 20))s \
     -trace_stat -stf "$5" -fd 1 >"$6" 2>&1
 }

@@ -180,7 +180,7 @@ pub struct AgentConfig {
 /// Overload protection: above these, new calls get 503 with Retry-After at once.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitsConfig {
-    /// New INVITEs accepted per second (a burst of one second's worth is allowed); 0: no limit.
+    /// New INVITEs accepted per second (bursts of a tenth of a second's worth, at least 10, pass); 0: no limit.
     pub max_cps: u32,
     /// Calls in progress on this node; 0: no limit.
     pub max_calls: u32,

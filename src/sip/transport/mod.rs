@@ -210,9 +210,35 @@ pub(crate) fn serve_udp_socket(
     settings: ListenerSettings,
 ) -> std::io::Result<SipListener> {
     let local = socket.local_addr()?;
+    size_buffers(&socket, local);
     Ok(SipListener::start(local, Kind::Udp, |signals| {
         vec![tokio::spawn(serve_udp(socket, settings, signals))]
     }))
+}
+
+/// Socket buffers a SIP UDP listener asks for. The kernel's default (about 200 KiB, some 90
+/// datagrams on loopback) overflows in the first burst of an overload, and every datagram it
+/// drops is a retransmission later; 4 MiB holds a second of signalling at thousands of calls
+/// per second.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UDP_BUFFER`] both ways; says once when the kernel grants less
+/// (`net.core.rmem_max` / `wmem_max` cap what a process may ask for).
+fn size_buffers(socket: &UdpSocket, local: SocketAddr) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    // Linux reports twice what it granted (it counts its bookkeeping).
+    let granted = sock.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < UDP_BUFFER {
+        tracing::warn!(
+            %local,
+            granted_kib = granted / 1024,
+            wanted_kib = UDP_BUFFER / 1024,
+            "SIP UDP receive buffer smaller than wanted: bursts may be dropped and retransmitted; \
+             raise the cap with sysctl -w net.core.rmem_max={UDP_BUFFER} (and wmem_max)"
+        );
+    }
 }
 
 async fn serve_udp(socket: UdpSocket, settings: ListenerSettings, signals: Signals) {
@@ -397,4 +423,24 @@ fn rand_seed() -> u64 {
     let id = uuid::Uuid::new_v4();
     let (hi, lo) = id.as_u64_pair();
     hi ^ lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sip_socket_gets_the_buffer_the_kernel_allows() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let local = socket.local_addr().expect("local");
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .expect("net.core.rmem_max");
+        size_buffers(&socket, local);
+        let granted = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .expect("SO_RCVBUF");
+        assert_eq!(granted / 2, UDP_BUFFER.min(cap));
+    }
 }
