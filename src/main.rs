@@ -582,7 +582,39 @@ async fn audit(config: Config, action: AuditAction) -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as servers do: each anchored call
+/// holds four sockets, and the media pool keeps sockets bound between calls within a
+/// share of this limit. Says what it did, or why not.
+#[allow(unsafe_code)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    if soft >= limit.rlim_max {
+        tracing::info!(open_files = soft, "open-file limit");
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = limit.rlim_max,
+            "open-file limit raised to its hard limit"
+        );
+    } else {
+        tracing::warn!(open_files = soft, hard = limit.rlim_max,
+            error = %std::io::Error::last_os_error(), "open-file limit not raised");
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
+    raise_open_file_limit();
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {

@@ -21,7 +21,20 @@ fn free_port() -> u16 {
 }
 
 fn waswitch(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    waswitch_under(None, args)
+}
+
+/// `waswitch args`, started with its soft open-file limit lowered to `open_files` first
+/// (by the shell's `ulimit -Sn`) when given.
+fn waswitch_under(open_files: Option<u64>, args: &[&str]) -> Command {
+    let mut cmd = match open_files {
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), BIN]);
+            sh
+        }
+        None => Command::new(BIN),
+    };
     cmd.args(args);
     for (var, _) in waswitch::config::ENV_OVERRIDES {
         cmd.env_remove(var);
@@ -179,6 +192,14 @@ struct RunningNode {
 
 impl RunningNode {
     fn start(extra_args: &[&str], store_url: Option<String>) -> Self {
+        Self::start_under(None, extra_args, store_url)
+    }
+
+    fn start_under(
+        open_files: Option<u64>,
+        extra_args: &[&str],
+        store_url: Option<String>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = format!("127.0.0.1:{}", free_port());
         let store_url = store_url.unwrap_or_else(|| {
@@ -187,7 +208,7 @@ impl RunningNode {
         let config = example_config();
         let mut args = vec!["run", "--config", config.to_str().expect("utf-8")];
         args.extend_from_slice(extra_args);
-        let child = waswitch(&args)
+        let child = waswitch_under(open_files, &args)
             .current_dir(dir.path())
             .env("WASWITCH_HTTP_LISTEN", &http)
             .env("WASWITCH_SIP_LISTEN", format!("127.0.0.1:{}", free_port()))
@@ -263,6 +284,29 @@ impl RunningNode {
         }
         s
     }
+}
+
+/// A process's open-file limits from /proc: (soft, hard).
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let fields: Vec<_> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+#[test]
+fn run_raises_its_open_file_limit_to_the_hard_one() {
+    let node = RunningNode::start_under(Some(512), &[], None);
+    let (soft, hard) = open_file_limits(node.child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert_ne!(soft, "512");
+    node.signal("TERM");
+    let (code, logs) = node.wait_exit();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("open-file limit raised"), "{logs}");
 }
 
 #[test]

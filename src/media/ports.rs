@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 /// goes on sending.
 pub const REST: Duration = Duration::from_secs(1);
 
-/// Most pairs kept bound between calls (two sockets each), and never more than an eighth
-/// of the process's open-file limit in pairs (a quarter of it in sockets): the calls' own
-/// sockets, SIP and HTTP connections and the store need the rest.
-pub const KEEP_BOUND: usize = 4096;
+/// Most pairs kept bound between calls (two sockets each), and never more than a quarter
+/// of the process's open-file limit in pairs (half of it in sockets): the calls' own
+/// sockets, SIP and HTTP connections and the store need the rest. A node taking calls at
+/// rate R keeps some 2·R·[`REST`] pairs resting (two legs a call); 8192 covers 4,000 calls
+/// a second where the limit allows (`waswitch run` raises its soft limit to the hard one).
+pub const KEEP_BOUND: usize = 8192;
 
 /// [`KEEP_BOUND`], within the process's soft open-file limit (read from
 /// `/proc/self/limits`; 1024 assumed where it cannot be read).
@@ -39,7 +41,7 @@ fn keep_within_file_limit() -> usize {
                 .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
         })
         .unwrap_or(1024);
-    KEEP_BOUND.min(soft / 8)
+    KEEP_BOUND.min(soft / 4)
 }
 
 /// A port's RTP and RTCP sockets resting in a media shard between calls.
