@@ -222,7 +222,7 @@ pub(crate) fn serve_udp_socket(
 /// per second.
 const UDP_BUFFER: usize = 4 << 20;
 
-/// Asks for [`UDP_BUFFER`] both ways; says once when the kernel grants less
+/// Asks for [`UDP_BUFFER`] both ways; warns when the kernel grants less
 /// (`net.core.rmem_max` / `wmem_max` cap what a process may ask for).
 fn size_buffers(socket: &UdpSocket, local: SocketAddr) {
     let sock = socket2::SockRef::from(socket);
