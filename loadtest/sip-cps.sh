@@ -64,6 +64,12 @@ for tool in sipp kamailio taskset; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install sip-tester kamailio util-linux)"; exit 2; }
 done
 [ -x "$BIN" ] || { echo "no waswitch binary at $BIN (cargo build --release)"; exit 2; }
+for cap in rmem_max wmem_max; do
+  [ "$(cat /proc/sys/net/core/$cap)" -lt "$SOCK_BUF" ] &&
+    echo "note: net.core.$cap is $(cat /proc/sys/net/core/$cap): every system gets less than" \
+      "$SOCK_BUF bytes of socket buffer, and bursts are dropped and retransmitted" \
+      "(sysctl -w net.core.$cap=$SOCK_BUF)"
+done
 
 switch_config() { # switch_config FILE MAX_CPS
   cat >"$1" <<TOML
