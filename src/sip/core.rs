@@ -248,6 +248,7 @@ enum TimerOwner {
 
 /// The switch's SIP core for one listening address.
 pub(crate) struct SipCore {
+    counters: MessageCounters,
     timers: TimerConfig,
     transport: Transport,
     txns: HashMap<TxnKey, Entry>,
@@ -309,6 +310,7 @@ impl SipCore {
             local,
             branch_seed,
             next_request: 0,
+            counters: MessageCounters::default(),
             wheel: BinaryHeap::new(),
             ids: HashMap::new(),
             next_id: 0,
@@ -408,11 +410,11 @@ impl SipCore {
         match screen(framed) {
             Screened::Accept(msg) => self.handle_message(now, msg, from),
             Screened::Answer(resp) => {
-                count("in", "invalid");
+                self.counters.count("in", Label::Name("invalid"));
                 self.send(from, &resp);
             }
             Screened::Drop(why) => {
-                count("in", "dropped");
+                self.counters.count("in", Label::Name("dropped"));
                 tracing::debug!(%from, %why, "SIP message dropped");
             }
         }
@@ -421,11 +423,13 @@ impl SipCore {
     /// A framed, screened message.
     fn handle_message(&mut self, now: Instant, mut msg: SipMessage, from: SocketAddr) {
         let Some(method) = msg.method().cloned() else {
-            count("in", msg.status().unwrap_or(0).to_string());
+            self.counters
+                .count("in", Label::Status(msg.status().unwrap_or(0)));
             self.handle_response(now, msg);
             return;
         };
-        count("in", method.metric_label());
+        self.counters
+            .count("in", Label::Name(method.metric_label()));
         // Screening guarantees Via, Call-ID, CSeq and From parse; without them there is
         // nothing to match on and nothing sensible to answer.
         let Some(top) = top_via(&msg) else {
@@ -1004,7 +1008,7 @@ impl SipCore {
     pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         let (to, bytes) = self.out.pop_front()?;
         if let Some(code) = status_of(&bytes) {
-            count("out", code.to_string());
+            self.counters.count("out", Label::Status(code));
         }
         Some((to, bytes))
     }
@@ -1101,22 +1105,49 @@ fn stamp_received(msg: &mut SipMessage, top: &Via, peer: SocketAddr) {
     msg.headers[pos] = Header::new(HeaderName::Via, new.freeze());
 }
 
-fn status_of(bytes: &[u8]) -> Option<&str> {
+fn status_of(bytes: &[u8]) -> Option<u16> {
     if bytes.starts_with(b"SIP/2.0 ") && bytes.len() >= 11 {
-        std::str::from_utf8(&bytes[8..11]).ok()
+        std::str::from_utf8(&bytes[8..11]).ok()?.parse().ok()
     } else {
         None
     }
 }
 
-/// Counts a message. Labels are bounded: methods the switch knows, `other`, or a status code.
-fn count(direction: &'static str, what: impl Into<metrics::SharedString>) {
-    metrics::counter!(
-        telemetry::SIP_MESSAGES_TOTAL,
-        "direction" => direction,
-        "method_or_status" => what.into()
-    )
-    .increment(1);
+/// What `waswitch_sip_messages_total`'s `method_or_status` label holds; bounded: methods
+/// the switch knows, `other`, `invalid`, `dropped`, or a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Label {
+    /// A method's bounded label, or `invalid` / `dropped`.
+    Name(&'static str),
+    /// A response's status code.
+    Status(u16),
+}
+
+/// `waswitch_sip_messages_total`'s counters by direction and label, each looked up in the
+/// metrics registry once per core rather than for every message (a lookup builds the key,
+/// hashes it and, for a status, formats it).
+#[derive(Default)]
+struct MessageCounters {
+    handles: HashMap<(&'static str, Label), metrics::Counter>,
+}
+
+impl MessageCounters {
+    fn count(&mut self, direction: &'static str, label: Label) {
+        self.handles
+            .entry((direction, label))
+            .or_insert_with(|| {
+                let what: metrics::SharedString = match label {
+                    Label::Name(name) => name.into(),
+                    Label::Status(code) => code.to_string().into(),
+                };
+                metrics::counter!(
+                    telemetry::SIP_MESSAGES_TOTAL,
+                    "direction" => direction,
+                    "method_or_status" => what
+                )
+            })
+            .increment(1);
+    }
 }
 
 /// The INVITEs the rate limit refused (stateless 503), each for as long as its caller may
@@ -1274,6 +1305,51 @@ mod tests {
         // Timer I = T4 after the ACK.
         core.handle_timeout(now + Duration::from_secs(6));
         assert_eq!(core.transactions(), 0);
+    }
+
+    /// The value of one `waswitch_sip_messages_total` series (0 when absent).
+    fn messages(direction: &str, label: &str) -> f64 {
+        let series = format!(
+            "{}{{direction=\"{direction}\",method_or_status=\"{label}\"}}",
+            telemetry::SIP_MESSAGES_TOTAL
+        );
+        telemetry::install_metrics()
+            .render()
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn messages_are_counted_by_direction_and_method_or_status() {
+        let before = [
+            messages("in", "OPTIONS"),
+            messages("out", "200"),
+            messages("in", "dropped"),
+        ];
+        let mut core = core();
+        let peer = PEER.parse().unwrap();
+        let now = Instant::now();
+        for n in 0..3 {
+            core.handle_datagram(now, options(&format!("z9hG4bK-count{n}")), peer);
+        }
+        core.handle_datagram(
+            now,
+            Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"),
+            peer,
+        );
+        let codes: Vec<_> = sent(&mut core).iter().filter_map(|m| m.status()).collect();
+        assert_eq!(codes.iter().filter(|c| **c == 200).count(), 3, "{codes:?}");
+        let after = [
+            messages("in", "OPTIONS"),
+            messages("out", "200"),
+            messages("in", "dropped"),
+        ];
+        assert_eq!(after[0] - before[0], 3.0);
+        assert_eq!(after[1] - before[1], 3.0);
+        assert_eq!(after[2] - before[2], 1.0);
     }
 
     #[test]
