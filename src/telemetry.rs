@@ -1084,6 +1084,22 @@ fn register_catalogue() {
     }
 }
 
+/// Sum of a metric's series whose label set contains `label` (or all, if empty), as this
+/// process's recorder renders them now (unit tests).
+#[cfg(test)]
+pub(crate) fn metric_sum(name: &str, label: &str) -> f64 {
+    install_metrics()
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            (*series == name || series.starts_with(&format!("{name}{{"))) && series.contains(label)
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod catalogue_tests {
     use super::*;

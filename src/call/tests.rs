@@ -40,20 +40,6 @@ fn offer(direction: Direction) -> CallOffer {
     }
 }
 
-/// Sum of a metric's series whose label set contains `label` (or all, if empty).
-fn metric(name: &str, label: &str) -> f64 {
-    telemetry::install_metrics()
-        .render()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            (*series == name || series.starts_with(&format!("{name}{{"))) && series.contains(label)
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
-}
-
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !done() {
@@ -112,7 +98,7 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = test_node(dir.path(), Duration::from_secs(1)).await;
     let calls = node.calls().clone();
-    let failures_before = metric(telemetry::ACTOR_FAILURES_TOTAL, "");
+    let failures_before = telemetry::metric_sum(telemetry::ACTOR_FAILURES_TOTAL, "");
 
     let starts = (0..CALLS).map(|i| {
         let calls = calls.clone();
@@ -132,7 +118,10 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     });
     let ids: Vec<(CallId, Direction)> = futures::future::join_all(starts).await;
     assert_eq!(calls.active(), CALLS);
-    assert_eq!(metric(telemetry::CALLS_ACTIVE, ""), CALLS as f64);
+    assert_eq!(
+        telemetry::metric_sum(telemetry::CALLS_ACTIVE, ""),
+        CALLS as f64
+    );
     assert_eq!(calls.ports().in_use(), 2 * CALLS);
 
     // 20 panics and 20 errors, spread over every kind of child.
@@ -170,7 +159,7 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
         assert!(snap.media.is_some(), "{id}");
         assert!(snap.answered_at.is_some(), "{id}");
     }
-    let failures = metric(telemetry::ACTOR_FAILURES_TOTAL, "") - failures_before;
+    let failures = telemetry::metric_sum(telemetry::ACTOR_FAILURES_TOTAL, "") - failures_before;
     assert_eq!(failures, 40.0, "waswitch_actor_failures_total");
     // Failed calls release their ports (a child's state is dropped as it stops).
     wait_until(
@@ -202,7 +191,7 @@ async fn two_thousand_calls_forty_failures_isolated_exactly_one_cdr_each() {
     }
     assert!(calls.wait_idle(Duration::from_secs(30)).await, "calls left");
     assert_eq!(calls.registry().len(), 0);
-    assert_eq!(metric(telemetry::CALLS_ACTIVE, ""), 0.0);
+    assert_eq!(telemetry::metric_sum(telemetry::CALLS_ACTIVE, ""), 0.0);
     wait_until("every port to return", Duration::from_secs(10), || {
         calls.ports().in_use() == 0
     })
@@ -870,7 +859,7 @@ async fn ports_are_leased_at_admission_and_calls_beyond_them_are_refused_up_fron
     })
     .await;
     let calls = node.calls().clone();
-    let refused_before = metric(telemetry::CALLS_REFUSED_TOTAL, "media_ports");
+    let refused_before = telemetry::metric_sum(telemetry::CALLS_REFUSED_TOTAL, "media_ports");
     // Each start on a task of its own, all at once.
     let starts: Vec<_> = (0..20)
         .map(|_| {
@@ -898,7 +887,7 @@ async fn ports_are_leased_at_admission_and_calls_beyond_them_are_refused_up_fron
     assert_eq!(calls.active(), 5);
     assert_eq!(calls.ports().in_use(), 10);
     assert_eq!(
-        metric(telemetry::CALLS_REFUSED_TOTAL, "media_ports") - refused_before,
+        telemetry::metric_sum(telemetry::CALLS_REFUSED_TOTAL, "media_ports") - refused_before,
         15.0
     );
     node.drain_and_stop().await;

@@ -1307,19 +1307,12 @@ mod tests {
         assert_eq!(core.transactions(), 0);
     }
 
-    /// The value of one `waswitch_sip_messages_total` series (0 when absent).
+    /// The count of `waswitch_sip_messages_total`'s series for `direction` and `label`.
     fn messages(direction: &str, label: &str) -> f64 {
-        let series = format!(
-            "{}{{direction=\"{direction}\",method_or_status=\"{label}\"}}",
-            telemetry::SIP_MESSAGES_TOTAL
-        );
-        telemetry::install_metrics()
-            .render()
-            .lines()
-            .filter_map(|l| l.rsplit_once(' '))
-            .find(|(s, _)| *s == series)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0.0)
+        telemetry::metric_sum(
+            telemetry::SIP_MESSAGES_TOTAL,
+            &format!("direction=\"{direction}\",method_or_status=\"{label}\""),
+        )
     }
 
     #[test]
